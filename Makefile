@@ -1,0 +1,50 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Everything is built with CMake; this file only strings the steps together.
+JOBS ?= $(shell nproc)
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
+CMAKE_FLAGS ?=
+
+.PHONY: all deps build build-asan build-tsan demo test test-fast bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+build-asan: deps
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMV_SANITIZE=ON $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+build-tsan: deps
+	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMV_TSAN=ON $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_pod test_logdirty
+
+demo: build
+	@$(BUILD)/memvisor demo
+
+# The whole suite, in the normal build and again under ASan+UBSan; the
+# concurrency tests (fault service, dirty logging) once more under TSan.
+test: build build-asan build-tsan
+	@echo "== normal build"
+	@cd $(BUILD) && ctest --output-on-failure -j 1
+	@echo "== ASan+UBSan build"
+	@cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j 1
+	@echo "== TSan build (concurrency tests)"
+	@cd $(TSAN_BUILD) && TSAN_OPTIONS=halt_on_error=1 \
+		ctest --output-on-failure -j 1 -R '^test_(pod|logdirty)\.'
+
+test-fast: build
+	@cd $(BUILD) && ctest --output-on-failure
+
+bench: build
+	@$(BUILD)/memvisor bench pod --json
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)

@@ -1,0 +1,154 @@
+/*
+ * bench_util.h - what every benchmark suite shares: clocks, order
+ * statistics, error reporting, option parsing, the machine description, a
+ * vCPU thread, and the comparison of a figure with its peer (as a table row
+ * or JSON).
+ */
+#ifndef MV_BENCH_UTIL_H
+#define MV_BENCH_UTIL_H
+
+#include "memvisor.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct json_object;
+
+/* Return values of mv_bench_main and the suites. */
+enum {
+    MV_BENCH_OK = 0,
+    MV_BENCH_FAILED = 1,
+    MV_BENCH_USAGE = 2,
+};
+
+#define MV_BENCH_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MV_BENCH_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define MV_BENCH_MIB ((uint64_t)1 << 20)
+#define MV_BENCH_GIB ((uint64_t)1 << 30)
+
+/* ------------------------------------------------------------------------ */
+/* Clocks                                                                    */
+
+/* CLOCK_MONOTONIC, in nanoseconds. */
+uint64_t mv_bench_now_ns(void);
+/* CPU time of every thread of the process / of the calling thread. */
+uint64_t mv_bench_process_cpu_ns(void);
+uint64_t mv_bench_thread_cpu_ns(void);
+/* Median cost of two back-to-back mv_bench_now_ns() calls: what timing one
+ * operation adds to its figure. */
+uint64_t mv_bench_timer_overhead_ns(void);
+
+/* ------------------------------------------------------------------------ */
+/* Order statistics                                                          */
+
+void mv_bench_sort(uint64_t *values, size_t count);
+/* Nearest-rank percentile (0 < p <= 100) of `count` sorted values. */
+uint64_t mv_bench_percentile(const uint64_t *sorted, size_t count, double p);
+/* Rounds a suite may repeat its measurements for. */
+#define MV_BENCH_MAX_ROUNDS 31
+/* Median of `count` (1..MV_BENCH_MAX_ROUNDS) unsorted values; the input is
+ * untouched. */
+uint64_t mv_bench_median(const uint64_t *values, size_t count);
+
+/* ------------------------------------------------------------------------ */
+/* Errors and options                                                        */
+
+/* Print "memvisor bench: <message>" to stderr. */
+void mv_bench_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Report a failed library call `call` that returned `rc`, with
+ * mv_strerror() and mv_last_error().  Returns MV_BENCH_FAILED. */
+int mv_bench_lib_error(const char *call, int rc);
+/* Probe the kernel; when it lacks what memvisor needs, say so and return
+ * MV_BENCH_FAILED.  `features` is filled either way. */
+int mv_bench_probe_kernel(struct mv_kernel_features *features);
+/* Parse the decimal value of option `name` within [min, max].  Returns 0,
+ * or prints why not and returns MV_BENCH_USAGE. */
+int mv_bench_parse_u64(const char *name, const char *arg, uint64_t min,
+                       uint64_t max, uint64_t *out);
+/* A host log callback that prints the library's messages to stderr. */
+void mv_bench_log(void *opaque, enum mv_log_level level, const char *message);
+
+/* ------------------------------------------------------------------------ */
+/* The machine and the run                                                   */
+
+struct mv_bench_machine {
+    char release[65];       /* uname -r */
+    long nproc;             /* online CPUs */
+    char cpu_model[128];    /* first "model name" of /proc/cpuinfo */
+    char clocksource[32];   /* the clock behind CLOCK_MONOTONIC */
+    char shmem_thp[32];     /* shmem transparent huge page policy */
+    uint64_t mem_available; /* bytes */
+    char date[32];          /* start of the run, UTC, ISO 8601 */
+};
+
+void mv_bench_machine_probe(struct mv_bench_machine *machine,
+                            const struct mv_kernel_features *features);
+struct json_object *mv_bench_machine_json(const struct mv_bench_machine *machine);
+void mv_bench_machine_print(FILE *out, const struct mv_bench_machine *machine);
+
+/* Run fn(arg) on a new thread, as a guest's vCPU, and wait for it.  Returns
+ * 0, or prints why the thread could not start and returns MV_BENCH_FAILED. */
+int mv_bench_run_thread(void *(*fn)(void *), void *arg);
+
+/* Threads running at once, as a guest's vCPUs. */
+#define MV_BENCH_MAX_THREADS 16
+struct mv_bench_threads {
+    pthread_t thread[MV_BENCH_MAX_THREADS];
+    unsigned count;             /* started */
+};
+
+/*
+ * Start `count` (1..MV_BENCH_MAX_THREADS) threads, thread i running
+ * fn((char *)args + i * arg_size).  Returns 0, or prints why a thread could
+ * not start and returns MV_BENCH_FAILED; threads->count says how many run
+ * either way, and mv_bench_threads_join must be called for them.
+ */
+int mv_bench_threads_start(struct mv_bench_threads *threads, void *(*fn)(void *),
+                           void *args, size_t arg_size, unsigned count);
+/* Wait for every thread started. */
+void mv_bench_threads_join(struct mv_bench_threads *threads);
+
+/* ------------------------------------------------------------------------ */
+/* Figures against their peers                                               */
+
+/*
+ * One figure measured against its peer in the same run.  The ratio is
+ * value / peer_value; a goal, when there is one, is met when the ratio is at
+ * most goal_max_ratio (times: lower is better) or at least goal_min_ratio
+ * (rates: higher is better).
+ */
+struct mv_bench_comparison {
+    const char *figure;
+    const char *unit;       /* "ns", "GiB/s" or "pages/s" */
+    double value;
+    const char *peer;
+    double peer_value;
+    double goal_max_ratio;  /* 0: no such goal */
+    double goal_min_ratio;  /* 0: no such goal */
+};
+
+double mv_bench_ratio(const struct mv_bench_comparison *c);
+/* True when the comparison has a goal / has one and meets it. */
+bool mv_bench_has_goal(const struct mv_bench_comparison *c);
+bool mv_bench_goal_met(const struct mv_bench_comparison *c);
+struct json_object *mv_bench_comparison_json(const struct mv_bench_comparison *c);
+/* One table row; mv_bench_comparison_header prints the column titles. */
+void mv_bench_comparison_header(FILE *out);
+void mv_bench_comparison_print(FILE *out, const struct mv_bench_comparison *c);
+/* A value in `unit` for humans ("12.3 us", "1.85 GiB/s", "41.2 k/s") into
+ * buf. */
+const char *mv_bench_format(char *buf, size_t size, double value, const char *unit);
+
+/* ------------------------------------------------------------------------ */
+/* JSON                                                                      */
+
+/* A JSON number printed with `decimals` digits after the point. */
+struct json_object *mv_bench_json_real(double value, int decimals);
+/* Print `root` to stdout (pretty) and release it.  Returns 0 or
+ * MV_BENCH_FAILED. */
+int mv_bench_json_emit(struct json_object *root);
+
+#endif /* MV_BENCH_UTIL_H */

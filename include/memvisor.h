@@ -1,0 +1,510 @@
+/*
+ * memvisor.h - public interface of libmemvisor, a userspace memory hypervisor.
+ *
+ * A host owns the machine memory (one sparse memfd) and a fault service.
+ * Domains are guests: each has a guest-physical address space of `maxmem`
+ * bytes backed by machine frames on demand, exposed to the embedder as one
+ * host virtual range (mv_domain_ram) that a VMM hands to its vCPUs, exactly
+ * as it would hand a memory slot to KVM.
+ *
+ * Conventions
+ *   - Every function that can fail returns 0 (or a count) on success and a
+ *     negative errno value on failure.  mv_strerror() turns the value into
+ *     words; mv_last_error() returns a sentence describing the most recent
+ *     failure of the calling thread (which argument, which limit).
+ *   - The library never exits and never prints; give the host a log
+ *     callback to see what it does.
+ *   - Domains are named by a domain id (domid).  A destroyed domain's id is
+ *     never reused by the same host, so a stale id fails with -ESRCH rather
+ *     than reaching another guest.
+ *   - Sizes are in bytes and must be multiples of MV_PAGE_SIZE unless said
+ *     otherwise; guest frame numbers (gfn) are page indices.
+ *   - Thread safety: every function taking an mv_host may be called from any
+ *     thread concurrently, except mv_host_destroy.
+ */
+#ifndef MEMVISOR_H
+#define MEMVISOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MV_VERSION_MAJOR 0
+#define MV_VERSION_MINOR 1
+#define MV_VERSION_PATCH 0
+
+#define MV_PAGE_SHIFT 12
+#define MV_PAGE_SIZE (1u << MV_PAGE_SHIFT)
+/* Pages in one populate-on-demand superpage block (2 MiB). */
+#define MV_BLOCK_PAGES 512u
+#define MV_NAME_MAX 64
+
+typedef struct mv_host mv_host;
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                    */
+
+/* Words for a negative errno value returned by this library.  Thread-safe. */
+const char *mv_strerror(int err);
+
+/*
+ * The message describing the last failure of a call made by this thread,
+ * e.g. "target 2048 MiB exceeds maxmem 1024 MiB".  Empty when the last call
+ * succeeded without setting one.  The pointer stays valid until the thread's
+ * next call into the library.
+ */
+const char *mv_last_error(void);
+
+/* ------------------------------------------------------------------------ */
+/* Kernel features                                                          */
+
+/* What the running kernel offers; filled by mv_probe_kernel(). */
+struct mv_kernel_features {
+    char release[65];              /* uname -r */
+    int uffd_available;            /* a userfaultfd can be opened at all */
+    int uffd_dev;                  /* opened through /dev/userfaultfd */
+    int uffd_user_mode_only;       /* only user-mode faults are trapped */
+    uint64_t uffd_features;        /* UFFD_FEATURE_* bits the kernel offers */
+    int missing_shmem;             /* MISSING faults on shmem (4.11) */
+    int minor_shmem;               /* MINOR faults on shmem (5.14) */
+    int wp_shmem;                  /* write-protect on shmem (5.19) */
+    int wp_unpopulated;            /* WP of unpopulated ptes (6.4) */
+    int wp_async;                  /* kernel-resolved WP faults (6.7) */
+    int pagemap_scan;              /* PAGEMAP_SCAN ioctl (6.7) */
+    uint64_t max_map_count;        /* vm.max_map_count */
+    char shmem_thp[32];            /* shmem_enabled policy in force */
+    uint64_t mem_available;        /* MemAvailable, bytes */
+};
+
+/*
+ * Probe the kernel for the features memvisor uses.  Returns 0 when every
+ * feature the foundation needs (userfaultfd with MISSING and MINOR faults on
+ * shmem) is present; otherwise a negative errno, with mv_last_error() naming
+ * the missing feature and the kernel version that introduced it.  `out` is
+ * filled in either case.  Thread-safe.
+ */
+int mv_probe_kernel(struct mv_kernel_features *out);
+
+/* ------------------------------------------------------------------------ */
+/* Host                                                                      */
+
+enum mv_log_level { MV_LOG_ERROR, MV_LOG_WARN, MV_LOG_INFO, MV_LOG_DEBUG };
+
+typedef void (*mv_log_fn)(void *opaque, enum mv_log_level level,
+                          const char *message);
+
+struct mv_host_config {
+    /* Machine memory the host may populate; 0 = 80% of MemAvailable. */
+    uint64_t budget_bytes;
+    /* Size of the machine frame space (sparse); 0 = 1 TiB. */
+    uint64_t machine_bytes;
+    /* Fault service threads; 0 = 1. */
+    unsigned fault_threads;
+    /*
+     * How long a fault thread keeps polling its userfaultfd after serving a
+     * fault before it sleeps, in microseconds (0 = never spin).  Spinning
+     * trades CPU for fault latency while a guest is faulting in a burst.
+     * Default (MV_FAULT_SPIN_DEFAULT) set by mv_host_config_init.
+     */
+    unsigned fault_spin_us;
+    mv_log_fn log;
+    void *log_opaque;
+    enum mv_log_level log_level;
+};
+#define MV_FAULT_SPIN_DEFAULT 50u
+
+/* Fill `config` with defaults. */
+void mv_host_config_init(struct mv_host_config *config);
+
+/*
+ * Create a host: machine memory, budget and fault service.  Fails with
+ * -EINVAL (bad config), -ENOSYS/-EOPNOTSUPP (kernel lacks a needed feature;
+ * mv_last_error names it), -ENOMEM, or the errno of a failed system call.
+ */
+int mv_host_create(const struct mv_host_config *config, mv_host **out);
+
+/*
+ * Destroy every domain and the host.  Guest threads still touching guest RAM
+ * get SIGBUS.  Not thread-safe with respect to other calls on this host.
+ */
+void mv_host_destroy(mv_host *host);
+
+struct mv_host_stats {
+    uint64_t budget_pages;        /* populated frames allowed */
+    uint64_t populated_pages;     /* frames holding memory now */
+    uint64_t peak_populated_pages;
+    uint64_t machine_pages;       /* size of the frame space */
+    uint64_t free_frame_pages;    /* frame space not given to a domain */
+    uint64_t domains;
+    uint64_t faults;              /* userfaultfd messages served */
+    uint64_t fault_wakeups;       /* times a fault thread woke from sleep */
+};
+
+/* Host-wide counters.  Thread-safe. */
+int mv_host_stats(mv_host *host, struct mv_host_stats *out);
+
+/*
+ * Change the host budget.  Fails with -EBUSY when more pages than
+ * `budget_bytes` are populated now (nothing changes).
+ */
+int mv_host_set_budget(mv_host *host, uint64_t budget_bytes);
+
+/*
+ * Check every host invariant (frame allocator, budget, every domain's p2m
+ * against the machine memory).  Returns 0, or -EUCLEAN with mv_last_error()
+ * naming the first violation.  Thread-safe; takes every domain lock in turn,
+ * so the cross-domain sum is exact only while no fault is being served:
+ * call it with the guests quiet.
+ */
+int mv_host_audit(mv_host *host);
+
+/* ------------------------------------------------------------------------ */
+/* Domains                                                                   */
+
+/*
+ * What happens when a domain touches a populate-on-demand page and neither
+ * its target nor the host budget has a page left, after an emergency sweep
+ * for zero pages found nothing.
+ */
+enum mv_pod_policy {
+    MV_POD_WAIT = 0,   /* block the vCPU until memory frees up, then crash */
+    MV_POD_CRASH = 1,  /* crash the domain at once (Xen's behaviour) */
+};
+
+enum mv_domain_state {
+    MV_DOMAIN_RUNNING,
+    MV_DOMAIN_PAUSED,
+    MV_DOMAIN_CRASHED,
+};
+
+/*
+ * Mechanisms that keep a dirty log.  The write-protect flavour of a
+ * userfaultfd is fixed when it is opened, so a domain picks its mechanism
+ * at creation.
+ */
+enum mv_logdirty_mode {
+    MV_LOGDIRTY_AUTO = 0,     /* the fastest the kernel offers */
+    MV_LOGDIRTY_WP_ASYNC,     /* UFFD_FEATURE_WP_ASYNC + PAGEMAP_SCAN (6.7) */
+    MV_LOGDIRTY_WP_SYNC,      /* every first write trapped by a handler (5.19) */
+    MV_LOGDIRTY_MPROTECT,     /* mprotect + SIGSEGV: any kernel */
+};
+
+struct mv_domain_config {
+    char name[MV_NAME_MAX];   /* unique among the host's domains, non-empty */
+    uint64_t maxmem_bytes;    /* guest-physical address space */
+    uint64_t target_bytes;    /* PoD budget: pages it may have populated */
+    unsigned vcpus;           /* 1..MV_MAX_VCPUS */
+    enum mv_pod_policy pod_policy;
+    unsigned wait_timeout_ms; /* MV_POD_WAIT: how long before crashing */
+    /*
+     * Populate a whole 2 MiB block on first touch when every page of the
+     * block is a PoD entry and the target and host budget allow it (default
+     * 1).  0 populates one page per fault.
+     */
+    int pod_block_populate;
+    /* How this domain's dirty log is kept (see mv_logdirty_enable). */
+    enum mv_logdirty_mode logdirty_mode;
+};
+#define MV_MAX_VCPUS 64u
+#define MV_WAIT_TIMEOUT_DEFAULT_MS 10000u
+
+/* Fill `config` with defaults (1 vCPU, MV_POD_WAIT, default timeout). */
+void mv_domain_config_init(struct mv_domain_config *config);
+
+/*
+ * Create a domain, booted ballooned: every gfn is a populate-on-demand entry
+ * and nothing is populated.  Errors: -EINVAL (empty or too long name, size
+ * zero or not page-aligned, target > maxmem, vcpus out of range), -EEXIST
+ * (name taken), -ENOSPC (frame space exhausted), -E2BIG (maxmem larger than
+ * the machine), system call errors.  Thread-safe.
+ */
+int mv_domain_create(mv_host *host, const struct mv_domain_config *config,
+                     uint32_t *domid);
+
+/*
+ * Destroy a domain: stop its built-in vCPUs, wake every thread blocked on a
+ * fault of it, and return all of its memory to the host, scrubbed.  Stop
+ * your own vCPUs first: a thread that touches the RAM during the call takes
+ * SIGBUS, and after it the range is unmapped (SIGSEGV).  Never hangs on a
+ * pending fault.  -ESRCH for an unknown domain.  Thread-safe.
+ */
+int mv_domain_destroy(mv_host *host, uint32_t domid);
+
+/* Find a domain by name.  -ESRCH when no such domain exists. */
+int mv_domain_lookup(mv_host *host, const char *name, uint32_t *domid);
+
+/*
+ * List domain ids into `ids` (up to `capacity`).  Returns the number of
+ * domains (which may exceed `capacity`), or a negative errno.
+ */
+int mv_domain_list(mv_host *host, uint32_t *ids, size_t capacity);
+
+/*
+ * Pause: built-in vCPUs stop at their next page boundary (the call waits for
+ * them, up to 5 s: -ETIMEDOUT), and faults from any other thread are held
+ * until mv_domain_unpause.  -EALREADY when already paused, -ESRCH, -EPERM
+ * on a crashed domain.
+ */
+int mv_domain_pause(mv_host *host, uint32_t domid);
+int mv_domain_unpause(mv_host *host, uint32_t domid);
+
+/*
+ * The host address of gfn 0 of the domain's RAM and its size.  The range
+ * stays valid until the domain is destroyed.  Touching it from any thread is
+ * how a guest uses memory; memvisor populates pages on first touch.
+ */
+int mv_domain_ram(mv_host *host, uint32_t domid, void **ram, uint64_t *size);
+
+struct mv_domain_info {
+    uint32_t domid;
+    char name[MV_NAME_MAX];
+    enum mv_domain_state state;
+    enum mv_pod_policy pod_policy;
+    unsigned vcpus;
+    uint64_t maxmem_pages;
+    uint64_t target_pages;
+    uint64_t populated_pages;   /* 0 <= populated <= target <= maxmem */
+    uint64_t pod_pages;         /* entries that populate on first touch */
+    uint64_t ballooned_pages;   /* given back by decrease_reservation */
+    uint64_t faults;            /* faults served */
+    uint64_t populated_4k;      /* single pages populated */
+    uint64_t populated_2m;      /* whole 2 MiB blocks populated */
+    uint64_t sweeps;            /* emergency sweeps run */
+    uint64_t sweep_scanned;     /* pages examined by sweeps */
+    uint64_t reclaimed_zero;    /* zero pages turned back into PoD entries */
+    uint64_t pod_waits;         /* faults that had to wait for memory */
+    uint64_t pod_wait_ns;       /* total time faults waited */
+    uint64_t held_faults;       /* faults held now (paused or waiting) */
+    char crash_reason[128];     /* why, when state == MV_DOMAIN_CRASHED */
+};
+
+/* Snapshot of a domain's state and counters.  -ESRCH for unknown domains. */
+int mv_domain_info(mv_host *host, uint32_t domid, struct mv_domain_info *out);
+
+/*
+ * Set the PoD target.  Raising it lets held faults proceed.  Lowering it
+ * below the populated count first reclaims zero pages; when more populated
+ * pages hold data than the new target allows, fails with -EBUSY and changes
+ * nothing the guest can see (balloon first).  -EINVAL when target > maxmem
+ * or not page-aligned.
+ */
+int mv_domain_set_target(mv_host *host, uint32_t domid, uint64_t target_bytes);
+
+/*
+ * Balloon hypercalls (Xen's XENMEM_decrease/increase_reservation).
+ * decrease: each gfn's memory goes back to the host, scrubbed, and the gfn is
+ * marked ballooned; a later touch of it crashes the domain.  increase: each
+ * ballooned gfn becomes a PoD entry again (zero, populated on touch).  Both
+ * validate every gfn before changing anything: -EINVAL with the offending
+ * gfn named when one is past maxmem or (decrease) already ballooned or
+ * (increase) not ballooned.  Returns the number of gfns processed.
+ */
+int mv_domain_decrease_reservation(mv_host *host, uint32_t domid,
+                                   const uint64_t *gfns, size_t count);
+int mv_domain_increase_reservation(mv_host *host, uint32_t domid,
+                                   const uint64_t *gfns, size_t count);
+
+struct mv_sweep_result {
+    uint64_t scanned;     /* populated pages examined */
+    uint64_t reclaimed;   /* all-zero pages turned back into PoD entries */
+    uint64_t elapsed_ns;
+};
+
+/*
+ * Run a zero-page sweep now: examine up to `max_pages` populated pages (0 =
+ * the whole domain), cheapest test first, and turn every all-zero page back
+ * into a PoD entry, returning its memory to the host.  The guest keeps
+ * running; a vCPU touching a page while it is examined waits for the verdict.
+ * This is the same sweep the fault path runs when the target is exhausted.
+ */
+int mv_domain_reclaim_zero(mv_host *host, uint32_t domid, uint64_t max_pages,
+                           struct mv_sweep_result *result);
+
+enum mv_page_type {
+    MV_PAGE_RAM = 0,        /* populated, in the domain's own frame */
+    MV_PAGE_POD = 1,        /* not populated; reads as zero; PoD on touch */
+    MV_PAGE_BALLOONED = 2,  /* returned by decrease_reservation */
+};
+
+/* The p2m type of one gfn.  -EINVAL past maxmem. */
+int mv_domain_page_type(mv_host *host, uint32_t domid, uint64_t gfn,
+                        enum mv_page_type *type);
+
+/*
+ * Copy one guest page into `buf` (MV_PAGE_SIZE bytes) the way a debugger or
+ * migration would see it, without populating it: PoD pages read as zero.
+ * -ENODATA for a ballooned gfn.  Does not fault, allocate or count as a
+ * guest access.
+ */
+int mv_domain_read_page(mv_host *host, uint32_t domid, uint64_t gfn, void *buf);
+
+/*
+ * Check the domain's invariants: 0 <= populated <= target <= maxmem, the
+ * counts of each type match the p2m, and every RAM gfn has a machine frame
+ * while every PoD/ballooned gfn has none.  0 or -EUCLEAN (mv_last_error()
+ * names the gfn and the rule).
+ */
+int mv_domain_audit(mv_host *host, uint32_t domid);
+
+/* ------------------------------------------------------------------------ */
+/* Dirty logging                                                             */
+
+/*
+ * A dirty bitmap has one bit per gfn: bit (gfn % 64) of word (gfn / 64).
+ * Its size in words is mv_logdirty_words(maxmem pages); calls taking a
+ * bitmap fail with -EINVAL when `words` is not exactly that.
+ */
+static inline size_t mv_logdirty_words(uint64_t maxmem_pages)
+{
+    return (size_t)((maxmem_pages + 63) / 64);
+}
+
+/*
+ * Start logging: write-protect all of the domain's memory (in O(1) work per
+ * page table, not per page, on the WP_ASYNC path) and report, from now on,
+ * every page written by the guest or changed by memvisor itself (populate,
+ * zero reclaim, balloon).  -EALREADY when already logging, -EPERM on a
+ * crashed domain, -EOPNOTSUPP when the domain's mechanism is unavailable.
+ */
+int mv_logdirty_enable(mv_host *host, uint32_t domid);
+
+/* Stop logging and make all memory writable again.  -EINVAL when not
+ * logging. */
+int mv_logdirty_disable(mv_host *host, uint32_t domid);
+
+/*
+ * Read the pages dirtied since the last mv_logdirty_clean (or enable)
+ * without clearing them.  `zero` (may be NULL) gets a bit for every dirty
+ * page that now holds no data (a PoD entry after zero reclaim, a ballooned
+ * page): send a zero marker for those, not bytes.  Returns the number of
+ * dirty pages.
+ */
+int64_t mv_logdirty_peek(mv_host *host, uint32_t domid, uint64_t *dirty,
+                         uint64_t *zero, size_t words);
+
+/*
+ * Read and clear: the pages returned are write-protected again before the
+ * call returns, so a write that lands after it is reported by the next call
+ * and no write is ever lost between the two.  Reading the returned pages
+ * after this call sees every write reported.  Returns the number of dirty
+ * pages.  Over-reporting, documented: a 2 MiB PoD populate reports its 512
+ * pages; a page the zero sweep examined and found to hold data is reported.
+ */
+int64_t mv_logdirty_clean(mv_host *host, uint32_t domid, uint64_t *dirty,
+                          uint64_t *zero, size_t words);
+
+struct mv_logdirty_stats {
+    int enabled;
+    enum mv_logdirty_mode mode;     /* the mechanism in use */
+    uint64_t rounds;                /* clean calls */
+    uint64_t last_dirty;            /* pages in the last round */
+    uint64_t total_dirty;
+    uint64_t last_fetch_ns;         /* time of the last clean call */
+    uint64_t total_fetch_ns;
+    uint64_t faults;                /* write traps taken (sync WP, mprotect) */
+    uint64_t protect_ns;            /* time enable took to protect memory */
+};
+
+int mv_logdirty_stats(mv_host *host, uint32_t domid, struct mv_logdirty_stats *out);
+
+/* The words of the domain's live dirty bitmap, for consumers in other
+ * threads: producers set bits atomically; a consumer takes word i with an
+ * atomic exchange (`x = atomic_exchange(&words[i], 0)`), which never stops a
+ * producer.  With MV_LOGDIRTY_WP_ASYNC guest writes reach it when
+ * mv_logdirty_harvest runs (peek and clean harvest first).  Also available to
+ * other processes through mv_logdirty_bitmap_fd.  Valid until the domain is
+ * destroyed. */
+int mv_logdirty_bitmap(mv_host *host, uint32_t domid, uint64_t **words,
+                       size_t *count);
+
+/* A memfd holding that bitmap, to map MAP_SHARED in another process.  The
+ * caller owns the returned descriptor. */
+int mv_logdirty_bitmap_fd(mv_host *host, uint32_t domid, int *fd);
+
+/* Move the kernel's record of guest writes into the live bitmap (and
+ * re-protect those pages).  Returns the pages moved. */
+int64_t mv_logdirty_harvest(mv_host *host, uint32_t domid);
+
+/* Name of a mechanism ("wp-async", ...). */
+const char *mv_logdirty_mode_name(enum mv_logdirty_mode mode);
+
+/* ------------------------------------------------------------------------ */
+/* Built-in guests                                                           */
+
+/*
+ * Workloads run on threads that act as the domain's vCPUs and touch guest RAM
+ * with ordinary loads and stores.  They keep a content oracle: for every gfn
+ * they know what they last wrote, so any lost or foreign byte is found.
+ */
+enum mv_workload_kind {
+    MV_WORKLOAD_SCRUB,   /* zero all of maxmem once, as OSes do at boot */
+    MV_WORKLOAD_RANDOM,  /* write random pages at a set rate */
+    MV_WORKLOAD_VERIFY,  /* read every page through guest RAM, check oracle */
+};
+
+struct mv_workload_config {
+    enum mv_workload_kind kind;
+    uint64_t pages_per_second; /* RANDOM: dirty rate, total; 0 = unlimited */
+    uint64_t duration_ms;      /* RANDOM: stop after; 0 = until stopped */
+    uint64_t max_pages;        /* RANDOM: stop after this many writes; 0 = no cap */
+    uint64_t working_set_pages;/* RANDOM: gfns [0, n) are written; 0 = all */
+    uint64_t seed;
+};
+
+void mv_workload_config_init(struct mv_workload_config *config,
+                             enum mv_workload_kind kind);
+
+/*
+ * Start a workload on all of the domain's vCPUs.  -EBUSY when one is already
+ * running, -EPERM on a crashed domain.
+ */
+int mv_workload_start(mv_host *host, uint32_t domid,
+                      const struct mv_workload_config *config);
+
+struct mv_workload_status {
+    int running;              /* vCPUs still running */
+    uint64_t pages_done;      /* pages written or verified so far */
+    uint64_t mismatches;      /* VERIFY: pages that differed from the oracle */
+    uint64_t first_bad_gfn;   /* VERIFY: first mismatch, UINT64_MAX if none */
+    int crashed;              /* a vCPU took SIGBUS (the domain crashed) */
+    uint64_t elapsed_ns;
+};
+
+/*
+ * Wait for the workload to finish, up to `timeout_ms` (0 = just look).
+ * Returns 0 when finished, -ETIMEDOUT when still running; `status` may be
+ * NULL.
+ */
+int mv_workload_wait(mv_host *host, uint32_t domid, unsigned timeout_ms,
+                     struct mv_workload_status *status);
+
+/* Ask the workload's vCPUs to stop and wait for them. */
+int mv_workload_stop(mv_host *host, uint32_t domid);
+
+/*
+ * The content oracle, checked from the host side without touching guest RAM
+ * (no faults, no population): every page must hold what the built-in
+ * workloads last wrote, zero where nothing was written.  Returns the number
+ * of mismatching pages (0 is the only acceptable answer) or a negative errno;
+ * `first_bad_gfn` (may be NULL) receives the first mismatch.  Call it while no
+ * workload runs (-EBUSY otherwise).
+ */
+int64_t mv_oracle_verify(mv_host *host, uint32_t domid, uint64_t *first_bad_gfn);
+
+/*
+ * The built-in guest's balloon driver: inflate or deflate the balloon so the
+ * guest holds `guest_bytes` of usable memory.  It picks pages the guest is
+ * not using (skipping the pages vCPUs are writing), gives them back with
+ * decrease_reservation (or takes them back with increase_reservation) and
+ * tells the workloads never to touch a ballooned page.  Returns the number of
+ * pages moved.
+ */
+int64_t mv_guest_balloon(mv_host *host, uint32_t domid, uint64_t guest_bytes);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MEMVISOR_H */

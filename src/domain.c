@@ -1,0 +1,822 @@
+/*
+ * domain.c - domains: the host's table of them, their life cycle, pause,
+ * crash, the p2m and the balloon hypercalls, and the domain audit.
+ *
+ * A domain's RAM is one host virtual range, a MAP_SHARED mapping of its own
+ * naturally aligned block of machine frames, so gfn -> mfn is base_mfn + gfn
+ * and the whole RAM is a single VMA.  The range is registered with the
+ * domain's userfaultfd for MISSING faults (first touch of a PoD entry) and
+ * MINOR faults (a page the zero sweep took out of the page table).
+ *
+ * The p2m is one byte per gfn (enum mv__p2m_type) plus, per 2 MiB block, the
+ * number of PoD entries in it, so "is this block all PoD" costs O(1).
+ *   Invariants: populated + pod + ballooned == maxmem;
+ *               0 <= populated <= target <= maxmem;
+ *               block_pod[b] == #PoD entries in block b.
+ *
+ * Life cycle: a domain is reachable through the host table; every user
+ * takes a reference (mv__domain_get).  Destroy removes it from the table
+ * first, so no new user can find it, then poisons its RAM (SIGBUS for any
+ * toucher), stops its vCPUs, and waits for the references in flight to drop
+ * before it frees anything.
+ *
+ * Locking: host->domains_lock (rwlock) guards the table and is never held
+ * while taking a domain lock for long; domain->lock guards the rest.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------ */
+/* references                                                               */
+
+static struct mv_domain *domain_find(struct mv_host *host, uint32_t domid,
+                                     bool include_dying)
+{
+    struct mv_domain *found = NULL;
+
+    pthread_rwlock_rdlock(&host->domains_lock);
+    for (size_t i = 0; i < host->domain_count; i++) {
+        struct mv_domain *d = host->domains[i];
+
+        if (d->domid == domid && (include_dying || !atomic_load(&d->dying))) {
+            found = d;
+            atomic_fetch_add(&found->refs, 1);
+            break;
+        }
+    }
+    pthread_rwlock_unlock(&host->domains_lock);
+    return found;
+}
+
+struct mv_domain *mv__domain_get(struct mv_host *host, uint32_t domid)
+{
+    struct mv_domain *d = domain_find(host, domid, false);
+
+    if (!d)
+        mv__fail(-ESRCH, "no domain with id %u", domid);
+    return d;
+}
+
+struct mv_domain *mv__domain_get_any(struct mv_host *host, uint32_t domid)
+{
+    return domain_find(host, domid, true);
+}
+
+void mv__domain_put(struct mv_domain *d)
+{
+    if (atomic_fetch_sub(&d->refs, 1) == 2) {
+        /* Possibly the destroyer waiting for the last user to leave. */
+        mv__mutex_lock(&d->lock);
+        pthread_cond_broadcast(&d->refs_cond);
+        mv__mutex_unlock(&d->lock);
+    }
+}
+
+size_t mv__domain_get_all(struct mv_host *host, struct mv_domain ***out)
+{
+    struct mv_domain **all;
+    size_t n;
+
+    pthread_rwlock_rdlock(&host->domains_lock);
+    all = calloc(host->domain_count ? host->domain_count : 1, sizeof(*all));
+    n = 0;
+    for (size_t i = 0; all && i < host->domain_count; i++) {
+        if (atomic_load(&host->domains[i]->dying))
+            continue;
+        all[n] = host->domains[i];
+        atomic_fetch_add(&all[n++]->refs, 1);
+    }
+    pthread_rwlock_unlock(&host->domains_lock);
+    *out = all;
+    return n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* p2m                                                                      */
+
+static uint64_t *type_counter(struct mv_domain *d, enum mv__p2m_type type)
+{
+    switch (type) {
+    case MV_P2M_RAM:
+        return &d->populated;
+    case MV_P2M_POD:
+        return &d->pod;
+    case MV_P2M_BALLOONED:
+        break;
+    }
+    return &d->ballooned;
+}
+
+void mv__p2m_set(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
+{
+    enum mv__p2m_type old = (enum mv__p2m_type)d->p2m[gfn];
+
+    if (old == type)
+        return;
+    (*type_counter(d, old))--;
+    (*type_counter(d, type))++;
+    if (old == MV_P2M_POD)
+        d->block_pod[gfn / MV_BLOCK_PAGES]--;
+    if (type == MV_P2M_POD)
+        d->block_pod[gfn / MV_BLOCK_PAGES]++;
+    d->p2m[gfn] = (uint8_t)type;
+}
+
+/* ------------------------------------------------------------------------ */
+/* crash                                                                    */
+
+/* Replace the RAM mapping with one that raises SIGBUS on every access, then
+ * wake every thread blocked on a fault in it so it takes the signal. */
+static void poison_ram(struct mv_domain *d)
+{
+    size_t length = d->maxmem_pages << MV_PAGE_SHIFT;
+
+    if (!mv__os_map_shared(d->ram, length, d->host->sigbus_fd, 0,
+                           PROT_READ | PROT_WRITE))
+        mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot poison its RAM: %s",
+                d->domid, mv_strerror(-errno));
+    mv__os_uffd_wake(d->uffd, d->ram, length);
+    mv__fault_release_all(d);
+}
+
+void mv__domain_crash(struct mv_domain *d, const char *fmt, ...)
+{
+    va_list ap;
+
+    mv__assert_held(&d->lock);
+    if (d->state == MV_DOMAIN_CRASHED || d->dying)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(d->crash_reason, sizeof(d->crash_reason), fmt, ap);
+    va_end(ap);
+    d->state = MV_DOMAIN_CRASHED;
+    mv__log(d->host, MV_LOG_ERROR, "domain %u (%s) crashed: %s", d->domid,
+            d->config.name, d->crash_reason);
+    poison_ram(d);
+}
+
+/* ------------------------------------------------------------------------ */
+/* create / destroy                                                         */
+
+void mv_domain_config_init(struct mv_domain_config *config)
+{
+    memset(config, 0, sizeof(*config));
+    config->vcpus = 1;
+    config->pod_policy = MV_POD_WAIT;
+    config->wait_timeout_ms = MV_WAIT_TIMEOUT_DEFAULT_MS;
+    config->pod_block_populate = 1;
+}
+
+static int validate_config(const struct mv_domain_config *c)
+{
+    size_t len = strnlen(c->name, MV_NAME_MAX);
+
+    if (len == 0)
+        return mv__fail(-EINVAL, "domain name is empty");
+    if (len == MV_NAME_MAX)
+        return mv__fail(-EINVAL, "domain name is longer than %d bytes",
+                        MV_NAME_MAX - 1);
+    for (size_t i = 0; i < len; i++)
+        if (c->name[i] <= ' ' || c->name[i] == 0x7f)
+            return mv__fail(-EINVAL, "domain name has a space or control "
+                            "character at byte %zu", i);
+    if (c->maxmem_bytes == 0 || c->maxmem_bytes % MV_PAGE_SIZE)
+        return mv__fail(-EINVAL, "maxmem %llu is not a positive multiple of %u",
+                        (unsigned long long)c->maxmem_bytes, MV_PAGE_SIZE);
+    if (c->target_bytes % MV_PAGE_SIZE)
+        return mv__fail(-EINVAL, "target %llu is not a multiple of %u",
+                        (unsigned long long)c->target_bytes, MV_PAGE_SIZE);
+    if (c->target_bytes > c->maxmem_bytes)
+        return mv__fail(-EINVAL, "target %llu MiB exceeds maxmem %llu MiB",
+                        (unsigned long long)(c->target_bytes / MV_MIB),
+                        (unsigned long long)(c->maxmem_bytes / MV_MIB));
+    if (c->vcpus == 0 || c->vcpus > MV_MAX_VCPUS)
+        return mv__fail(-EINVAL, "vcpus %u is outside 1..%u", c->vcpus, MV_MAX_VCPUS);
+    if (c->pod_policy != MV_POD_WAIT && c->pod_policy != MV_POD_CRASH)
+        return mv__fail(-EINVAL, "unknown PoD policy %d", (int)c->pod_policy);
+    return 0;
+}
+
+/* Map the domain's frames at a 2 MiB-aligned address, so that gfn blocks
+ * line up with huge page boundaries. */
+static int map_ram(struct mv_domain *d, uint64_t register_modes)
+{
+    struct mv_host *h = d->host;
+    size_t length = d->maxmem_pages << MV_PAGE_SHIFT;
+    size_t align = (size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT;
+    uint8_t *reserve, *aligned;
+    uint64_t ioctls = 0;
+    int rc;
+
+    reserve = mmap(NULL, length + align, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (reserve == MAP_FAILED)
+        return mv__fail(-errno, "cannot reserve %zu bytes of address space",
+                        length + align);
+    aligned = (uint8_t *)(((uintptr_t)reserve + align - 1) & ~(uintptr_t)(align - 1));
+    if (aligned > reserve)
+        munmap(reserve, (size_t)(aligned - reserve));
+    munmap(aligned + length, (size_t)(reserve + align - aligned));
+    d->ram = mv__os_map_shared(aligned, length, h->machine.memfd,
+                               d->base_mfn << MV_PAGE_SHIFT, PROT_READ | PROT_WRITE);
+    if (!d->ram) {
+        rc = -errno;
+        munmap(aligned, length);
+        return mv__fail(rc, "cannot map guest RAM: %s", mv_strerror(rc));
+    }
+    rc = mv__os_uffd_register(d->uffd, d->ram, length,
+                              UFFDIO_REGISTER_MODE_MISSING |
+                              UFFDIO_REGISTER_MODE_MINOR | register_modes,
+                              &ioctls);
+    if (rc < 0)
+        return mv__fail(rc, "cannot register guest RAM with userfaultfd: %s",
+                        mv_strerror(rc));
+    if (!(ioctls & (1ull << _UFFDIO_ZEROPAGE)) ||
+        !(ioctls & (1ull << _UFFDIO_CONTINUE)) || !(ioctls & (1ull << _UFFDIO_WAKE)))
+        return mv__fail(-EOPNOTSUPP, "userfaultfd on shmem lacks ZEROPAGE, "
+                        "CONTINUE or WAKE (ioctls 0x%llx; needs Linux 5.14)",
+                        (unsigned long long)ioctls);
+    return 0;
+}
+
+/* Free everything a domain holds (it is out of the table, unreferenced). */
+static void domain_free(struct mv_domain *d)
+{
+    struct mv_host *h = d->host;
+
+    if (d->guest)
+        mv__guest_destroy(d);
+    mv__logdirty_destroy(d); /* before the RAM goes: a handler may look */
+    if (d->ram)
+        mv__os_unmap(d->ram, d->maxmem_pages << MV_PAGE_SHIFT);
+    if (d->uffd >= 0)
+        close(d->uffd);
+    if (d->frame_pages) {
+        mv__os_punch(h->machine.memfd, d->base_mfn << MV_PAGE_SHIFT,
+                     d->frame_pages << MV_PAGE_SHIFT);
+        mv__machine_uncharge(&h->machine, d->populated);
+        mv__machine_free(&h->machine, d->base_mfn, d->frame_pages);
+        mv__fault_kick(h);
+    }
+    free(d->held);
+    free(d->block_pod);
+    free(d->p2m);
+    pthread_cond_destroy(&d->refs_cond);
+    mv__mutex_destroy(&d->lock);
+    free(d);
+}
+
+static int domain_init(struct mv_host *h, struct mv_domain *d,
+                       const struct mv_domain_config *config)
+{
+    uint64_t blocks, uffd_features, register_modes;
+    enum mv_logdirty_mode mode;
+    int rc;
+
+    d->host = h;
+    d->config = *config;
+    d->uffd = -1;
+    atomic_init(&d->refs, 1);
+    mv__mutex_init(&d->lock, MV_LOCK_DOMAIN);
+    mv__cond_init(&d->refs_cond);
+    d->state = MV_DOMAIN_RUNNING;
+    d->maxmem_pages = config->maxmem_bytes >> MV_PAGE_SHIFT;
+    d->target_pages = config->target_bytes >> MV_PAGE_SHIFT;
+    d->pod = d->maxmem_pages;
+    blocks = (d->maxmem_pages + MV_BLOCK_PAGES - 1) / MV_BLOCK_PAGES;
+    d->p2m = malloc(d->maxmem_pages);
+    d->block_pod = calloc(blocks, sizeof(*d->block_pod));
+    if (!d->p2m || !d->block_pod)
+        return mv__fail(-ENOMEM, "no memory for a p2m of %llu entries",
+                        (unsigned long long)d->maxmem_pages);
+    memset(d->p2m, MV_P2M_POD, d->maxmem_pages);
+    for (uint64_t b = 0; b < blocks; b++)
+        d->block_pod[b] = (uint16_t)MV_MIN(MV_BLOCK_PAGES,
+                                           d->maxmem_pages - b * MV_BLOCK_PAGES);
+
+    d->frame_pages = blocks * MV_BLOCK_PAGES;
+    rc = mv__machine_alloc(&h->machine, d->frame_pages, &d->base_mfn);
+    if (rc < 0) {
+        d->frame_pages = 0;
+        return rc;
+    }
+    rc = mv__logdirty_resolve(h, config->logdirty_mode, &mode, &uffd_features,
+                              &register_modes);
+    if (rc < 0)
+        return rc;
+    rc = mv__logdirty_create(d, mode);
+    if (rc < 0)
+        return rc;
+    d->uffd = mv__uffd_create(uffd_features);
+    if (d->uffd < 0)
+        return d->uffd;
+    rc = map_ram(d, register_modes);
+    if (rc < 0)
+        return rc;
+    return mv__guest_create(d);
+}
+
+static int table_insert(struct mv_host *h, struct mv_domain *d)
+{
+    int rc = 0;
+
+    pthread_rwlock_wrlock(&h->domains_lock);
+    for (size_t i = 0; i < h->domain_count; i++) {
+        if (strcmp(h->domains[i]->config.name, d->config.name) == 0) {
+            rc = mv__fail(-EEXIST, "a domain named '%s' exists (id %u)",
+                          d->config.name, h->domains[i]->domid);
+            goto out;
+        }
+    }
+    if (h->domain_count == h->domain_capacity) {
+        size_t cap = h->domain_capacity ? h->domain_capacity * 2 : 16;
+        struct mv_domain **n = realloc(h->domains, cap * sizeof(*n));
+
+        if (!n) {
+            rc = mv__fail(-ENOMEM, "no memory for the domain table");
+            goto out;
+        }
+        h->domains = n;
+        h->domain_capacity = cap;
+    }
+    d->domid = h->next_domid++;
+    h->domains[h->domain_count++] = d;
+out:
+    pthread_rwlock_unlock(&h->domains_lock);
+    return rc;
+}
+
+static struct mv_domain *table_remove(struct mv_host *h, uint32_t domid)
+{
+    struct mv_domain *d = NULL;
+
+    pthread_rwlock_wrlock(&h->domains_lock);
+    for (size_t i = 0; i < h->domain_count; i++) {
+        if (h->domains[i]->domid == domid) {
+            d = h->domains[i];
+            h->domains[i] = h->domains[--h->domain_count];
+            break;
+        }
+    }
+    pthread_rwlock_unlock(&h->domains_lock);
+    return d;
+}
+
+int mv_domain_create(mv_host *host, const struct mv_domain_config *config,
+                     uint32_t *domid)
+{
+    struct mv_domain *d;
+    int rc;
+
+    mv__clear_error();
+    if (!host || !config || !domid)
+        return mv__fail(-EINVAL, "host, config and domid must not be NULL");
+    rc = validate_config(config);
+    if (rc < 0)
+        return rc;
+    d = calloc(1, sizeof(*d));
+    if (!d)
+        return mv__fail(-ENOMEM, "no memory for a domain");
+    rc = domain_init(host, d, config);
+    if (rc == 0)
+        rc = table_insert(host, d);
+    if (rc == 0) {
+        rc = mv__fault_add_domain(host, d);
+        if (rc < 0)
+            table_remove(host, d->domid);
+    }
+    if (rc < 0) {
+        char why[256];
+
+        /* Keep the reason: tearing down may overwrite the message. */
+        snprintf(why, sizeof(why), "%s", mv_last_error());
+        domain_free(d);
+        return mv__fail(rc, "%s", why);
+    }
+    *domid = d->domid;
+    mv__log(host, MV_LOG_INFO, "domain %u (%s) created: maxmem %llu MiB, "
+            "target %llu MiB, %u vCPUs", d->domid, d->config.name,
+            (unsigned long long)(config->maxmem_bytes / MV_MIB),
+            (unsigned long long)(config->target_bytes / MV_MIB), config->vcpus);
+    return 0;
+}
+
+/*
+ * Destroy in an order that never leaves a thread stuck or a pointer dangling:
+ * mark it dying (lookups fail from here on, the fault service only wakes its
+ * faults), poison its RAM so every toucher takes SIGBUS, stop the vCPUs,
+ * take its userfaultfd out of the fault service, drop it from the table, and
+ * wait for the references still in flight.
+ */
+int mv_domain_destroy(mv_host *host, uint32_t domid)
+{
+    struct mv_domain *d;
+    bool already;
+
+    mv__clear_error();
+    d = mv__domain_get(host, domid);
+    if (!d)
+        return -ESRCH;
+    mv__mutex_lock(&d->lock);
+    already = atomic_exchange(&d->dying, true);
+    if (!already && d->state != MV_DOMAIN_CRASHED)
+        poison_ram(d);
+    mv__mutex_unlock(&d->lock);
+    if (already) {
+        mv__domain_put(d);
+        return mv__fail(-ESRCH, "domain %u is being destroyed", domid);
+    }
+    mv__guest_destroy(d);
+    mv__fault_remove_domain(host, d);
+    table_remove(host, domid);
+    atomic_fetch_sub(&d->refs, 1); /* the table's reference; ours remains */
+    mv__mutex_lock(&d->lock);
+    while (atomic_load(&d->refs) > 1)
+        mv__cond_wait(&d->refs_cond, &d->lock, 0);
+    mv__mutex_unlock(&d->lock);
+    mv__log(host, MV_LOG_INFO, "domain %u (%s) destroyed", domid, d->config.name);
+    domain_free(d);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* queries                                                                  */
+
+int mv_domain_lookup(mv_host *host, const char *name, uint32_t *domid)
+{
+    int rc = -ESRCH;
+
+    mv__clear_error();
+    pthread_rwlock_rdlock(&host->domains_lock);
+    for (size_t i = 0; i < host->domain_count; i++) {
+        if (strcmp(host->domains[i]->config.name, name) == 0) {
+            *domid = host->domains[i]->domid;
+            rc = 0;
+            break;
+        }
+    }
+    pthread_rwlock_unlock(&host->domains_lock);
+    if (rc < 0)
+        return mv__fail(rc, "no domain named '%s'", name);
+    return 0;
+}
+
+static int compare_domid(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+int mv_domain_list(mv_host *host, uint32_t *ids, size_t capacity)
+{
+    size_t n;
+
+    mv__clear_error();
+    pthread_rwlock_rdlock(&host->domains_lock);
+    n = host->domain_count;
+    for (size_t i = 0; ids && i < n && i < capacity; i++)
+        ids[i] = host->domains[i]->domid;
+    pthread_rwlock_unlock(&host->domains_lock);
+    if (ids && capacity)
+        qsort(ids, MV_MIN(n, capacity), sizeof(*ids), compare_domid);
+    return (int)n;
+}
+
+int mv_domain_ram(mv_host *host, uint32_t domid, void **ram, uint64_t *size)
+{
+    struct mv_domain *d = mv__domain_get(host, domid);
+
+    if (!d)
+        return -ESRCH;
+    *ram = d->ram;
+    *size = d->maxmem_pages << MV_PAGE_SHIFT;
+    mv__domain_put(d);
+    return 0;
+}
+
+int mv_domain_info(mv_host *host, uint32_t domid, struct mv_domain_info *out)
+{
+    struct mv_domain *d = mv__domain_get(host, domid);
+
+    if (!d)
+        return -ESRCH;
+    memset(out, 0, sizeof(*out));
+    mv__mutex_lock(&d->lock);
+    out->domid = d->domid;
+    snprintf(out->name, sizeof(out->name), "%s", d->config.name);
+    out->state = d->state;
+    out->pod_policy = d->config.pod_policy;
+    out->vcpus = d->config.vcpus;
+    out->maxmem_pages = d->maxmem_pages;
+    out->target_pages = d->target_pages;
+    out->populated_pages = d->populated;
+    out->pod_pages = d->pod;
+    out->ballooned_pages = d->ballooned;
+    out->faults = d->faults;
+    out->populated_4k = d->populated_4k;
+    out->populated_2m = d->populated_2m;
+    out->sweeps = d->sweeps;
+    out->sweep_scanned = d->sweep_scanned;
+    out->reclaimed_zero = d->reclaimed_zero;
+    out->pod_waits = d->pod_waits;
+    out->pod_wait_ns = d->pod_wait_ns;
+    out->held_faults = d->held_count;
+    snprintf(out->crash_reason, sizeof(out->crash_reason), "%s", d->crash_reason);
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+    return 0;
+}
+
+static int check_gfn(struct mv_domain *d, uint64_t gfn)
+{
+    if (gfn >= d->maxmem_pages)
+        return mv__fail(-EINVAL, "gfn %#llx is past maxmem (%llu pages)",
+                        (unsigned long long)gfn, (unsigned long long)d->maxmem_pages);
+    return 0;
+}
+
+int mv_domain_page_type(mv_host *host, uint32_t domid, uint64_t gfn,
+                        enum mv_page_type *type)
+{
+    struct mv_domain *d = mv__domain_get(host, domid);
+    int rc;
+
+    if (!d)
+        return -ESRCH;
+    mv__mutex_lock(&d->lock);
+    rc = check_gfn(d, gfn);
+    if (rc == 0)
+        *type = (enum mv_page_type)d->p2m[gfn];
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+    return rc;
+}
+
+int mv_domain_read_page(mv_host *host, uint32_t domid, uint64_t gfn, void *buf)
+{
+    struct mv_domain *d = mv__domain_get(host, domid);
+    int rc;
+
+    if (!d)
+        return -ESRCH;
+    mv__mutex_lock(&d->lock);
+    rc = check_gfn(d, gfn);
+    if (rc == 0) {
+        switch ((enum mv__p2m_type)d->p2m[gfn]) {
+        case MV_P2M_RAM:
+            rc = mv__machine_read(&host->machine, d->base_mfn + gfn, 1, buf);
+            break;
+        case MV_P2M_POD:
+            memset(buf, 0, MV_PAGE_SIZE);
+            break;
+        case MV_P2M_BALLOONED:
+            rc = mv__fail(-ENODATA, "gfn %#llx is ballooned out",
+                          (unsigned long long)gfn);
+            break;
+        }
+    }
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* pause                                                                    */
+
+#define MV_PAUSE_TIMEOUT_MS 5000u
+
+int mv_domain_pause(mv_host *host, uint32_t domid)
+{
+    struct mv_domain *d = mv__domain_get(host, domid);
+    int rc = 0;
+
+    if (!d)
+        return -ESRCH;
+    mv__clear_error();
+    mv__mutex_lock(&d->lock);
+    if (d->state == MV_DOMAIN_CRASHED)
+        rc = mv__fail(-EPERM, "domain %u has crashed: %s", domid, d->crash_reason);
+    else if (d->state == MV_DOMAIN_PAUSED)
+        rc = mv__fail(-EALREADY, "domain %u is already paused", domid);
+    else
+        d->state = MV_DOMAIN_PAUSED; /* from now on faults are held */
+    mv__mutex_unlock(&d->lock);
+    if (rc == 0)
+        rc = mv__guest_park(d, MV_PAUSE_TIMEOUT_MS);
+    mv__domain_put(d);
+    return rc;
+}
+
+int mv_domain_unpause(mv_host *host, uint32_t domid)
+{
+    struct mv_domain *d = mv__domain_get(host, domid);
+    int rc = 0;
+
+    if (!d)
+        return -ESRCH;
+    mv__clear_error();
+    mv__mutex_lock(&d->lock);
+    if (d->state != MV_DOMAIN_PAUSED)
+        rc = mv__fail(-EINVAL, "domain %u is not paused", domid);
+    else
+        d->state = MV_DOMAIN_RUNNING;
+    mv__mutex_unlock(&d->lock);
+    if (rc == 0) {
+        mv__guest_unpark(d);
+        mv__fault_kick(host);
+    }
+    mv__domain_put(d);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* reservations                                                             */
+
+/*
+ * Check a gfn list before anything changes: every gfn inside maxmem, of the
+ * type the operation needs (ballooned or not), and no gfn twice.
+ */
+static int validate_gfns(struct mv_domain *d, const uint64_t *gfns, size_t count,
+                         bool want_ballooned)
+{
+    uint8_t *seen = calloc((d->maxmem_pages + 7) / 8, 1);
+    int rc = 0;
+
+    if (!seen)
+        return mv__fail(-ENOMEM, "no memory to check %zu gfns", count);
+    for (size_t i = 0; i < count && rc == 0; i++) {
+        uint64_t g = gfns[i];
+
+        rc = check_gfn(d, g);
+        if (rc < 0)
+            break;
+        if ((d->p2m[g] == MV_P2M_BALLOONED) != want_ballooned)
+            rc = mv__fail(-EINVAL, "gfn %#llx is %s ballooned", (unsigned long long)g,
+                          want_ballooned ? "not" : "already");
+        else if (seen[g / 8] & (1u << (g % 8)))
+            rc = mv__fail(-EINVAL, "gfn %#llx is listed twice", (unsigned long long)g);
+        seen[g / 8] |= (uint8_t)(1u << (g % 8));
+    }
+    free(seen);
+    return rc;
+}
+
+static int reservation_begin(mv_host *host, uint32_t domid, const uint64_t *gfns,
+                             size_t count, struct mv_domain **out)
+{
+    struct mv_domain *d;
+
+    mv__clear_error();
+    if (count && !gfns)
+        return mv__fail(-EINVAL, "gfn list is NULL");
+    if (count > INT32_MAX)
+        return mv__fail(-E2BIG, "%zu gfns in one call; at most %d", count, INT32_MAX);
+    d = mv__domain_get(host, domid);
+    if (!d)
+        return -ESRCH;
+    mv__mutex_lock(&d->lock);
+    if (d->state == MV_DOMAIN_CRASHED) {
+        mv__mutex_unlock(&d->lock);
+        mv__domain_put(d);
+        return mv__fail(-EPERM, "domain %u has crashed", domid);
+    }
+    *out = d;
+    return 0;
+}
+
+static void reservation_end(struct mv_domain *d)
+{
+    struct mv_host *h = d->host;
+
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+    mv__fault_kick(h);
+}
+
+int mv_domain_decrease_reservation(mv_host *host, uint32_t domid,
+                                   const uint64_t *gfns, size_t count)
+{
+    struct mv_domain *d;
+    size_t done = 0;
+    int rc = reservation_begin(host, domid, gfns, count, &d);
+
+    if (rc < 0)
+        return rc;
+    rc = validate_gfns(d, gfns, count, false);
+    for (; rc == 0 && done < count; done++) {
+        if (d->p2m[gfns[done]] == MV_P2M_RAM) {
+            rc = mv__pod_release(d, gfns[done], MV_P2M_BALLOONED);
+        } else {
+            mv__p2m_set(d, gfns[done], MV_P2M_BALLOONED);
+            mv__logdirty_mark(d, gfns[done], 1);
+        }
+    }
+    if (rc < 0 && done)
+        rc = mv__fail(rc, "releasing gfn %#llx failed after %zu gfns: %s",
+                      (unsigned long long)gfns[done - 1], done - 1, mv_strerror(rc));
+    reservation_end(d);
+    return rc < 0 ? rc : (int)count;
+}
+
+int mv_domain_increase_reservation(mv_host *host, uint32_t domid,
+                                   const uint64_t *gfns, size_t count)
+{
+    struct mv_domain *d;
+    int rc = reservation_begin(host, domid, gfns, count, &d);
+
+    if (rc < 0)
+        return rc;
+    rc = validate_gfns(d, gfns, count, true);
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        mv__p2m_set(d, gfns[i], MV_P2M_POD);
+        mv__logdirty_mark(d, gfns[i], 1);
+    }
+    reservation_end(d);
+    return rc < 0 ? rc : (int)count;
+}
+
+/* ------------------------------------------------------------------------ */
+/* audit                                                                    */
+
+static int audit_locked(struct mv_domain *d)
+{
+    uint64_t count[3] = { 0, 0, 0 };
+    uint8_t *resident;
+    int rc;
+
+    if (!(d->populated <= d->target_pages && d->target_pages <= d->maxmem_pages))
+        return mv__fail(-EUCLEAN, "domain %u: 0 <= populated %llu <= target %llu "
+                        "<= maxmem %llu does not hold", d->domid,
+                        (unsigned long long)d->populated,
+                        (unsigned long long)d->target_pages,
+                        (unsigned long long)d->maxmem_pages);
+    resident = malloc(d->frame_pages);
+    if (!resident)
+        return mv__fail(-ENOMEM, "audit: no memory");
+    rc = d->state == MV_DOMAIN_CRASHED ? 0 :
+         mv__machine_resident(&d->host->machine, d->base_mfn, d->frame_pages, resident);
+    for (uint64_t g = 0; g < d->maxmem_pages && rc == 0; g++) {
+        uint8_t t = d->p2m[g];
+
+        if (t > MV_P2M_BALLOONED) {
+            rc = mv__fail(-EUCLEAN, "domain %u: gfn %#llx has unknown type %u",
+                          d->domid, (unsigned long long)g, t);
+            break;
+        }
+        count[t]++;
+        if (d->state != MV_DOMAIN_CRASHED &&
+            (t == MV_P2M_RAM) != (resident[g] & 1))
+            rc = mv__fail(-EUCLEAN, "domain %u: gfn %#llx is %s but its frame %s "
+                          "memory", d->domid, (unsigned long long)g,
+                          t == MV_P2M_RAM ? "RAM" : t == MV_P2M_POD ? "PoD" : "ballooned",
+                          resident[g] & 1 ? "holds" : "holds no");
+    }
+    for (uint64_t g = d->maxmem_pages; g < d->frame_pages && rc == 0; g++)
+        if (d->state != MV_DOMAIN_CRASHED && (resident[g] & 1))
+            rc = mv__fail(-EUCLEAN, "domain %u: frame past maxmem (gfn %#llx) "
+                          "holds memory", d->domid, (unsigned long long)g);
+    free(resident);
+    if (rc < 0)
+        return rc;
+    if (count[MV_P2M_RAM] != d->populated || count[MV_P2M_POD] != d->pod ||
+        count[MV_P2M_BALLOONED] != d->ballooned)
+        return mv__fail(-EUCLEAN, "domain %u: p2m holds %llu RAM, %llu PoD, %llu "
+                        "ballooned; counters say %llu, %llu, %llu", d->domid,
+                        (unsigned long long)count[0], (unsigned long long)count[1],
+                        (unsigned long long)count[2], (unsigned long long)d->populated,
+                        (unsigned long long)d->pod, (unsigned long long)d->ballooned);
+    for (uint64_t b = 0; b * MV_BLOCK_PAGES < d->maxmem_pages; b++) {
+        uint64_t pod = 0;
+
+        for (uint64_t g = b * MV_BLOCK_PAGES;
+             g < MV_MIN((b + 1) * MV_BLOCK_PAGES, d->maxmem_pages); g++)
+            pod += d->p2m[g] == MV_P2M_POD;
+        if (pod != d->block_pod[b])
+            return mv__fail(-EUCLEAN, "domain %u: block %llu has %llu PoD entries, "
+                            "its counter says %u", d->domid, (unsigned long long)b,
+                            (unsigned long long)pod, d->block_pod[b]);
+    }
+    return 0;
+}
+
+int mv_domain_audit(mv_host *host, uint32_t domid)
+{
+    struct mv_domain *d = mv__domain_get(host, domid);
+    int rc;
+
+    if (!d)
+        return -ESRCH;
+    mv__clear_error();
+    mv__mutex_lock(&d->lock);
+    rc = audit_locked(d);
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+    return rc;
+}

@@ -1,0 +1,311 @@
+/*
+ * fault.c - the fault service: threads that read every domain's userfaultfd
+ * and resolve its faults, and the list of faults that must wait.
+ *
+ *   vCPU thread            fault thread
+ *   store to guest RAM --> uffd message --> epoll --> read --> domain lock
+ *     (blocked in the                          mv__pod_fault: populate or
+ *      kernel)                                 map; the ioctl wakes the vCPU
+ *
+ * One epoll set holds the userfaultfd of every domain (keyed by domid) and an
+ * eventfd used to kick the threads: memory was freed or a domain unpaused, so
+ * held faults should be tried again, or the service is stopping.  Faults of
+ * many domains are served concurrently by the configured number of threads;
+ * a domain's faults serialize on its lock.
+ *
+ * Held faults: a paused domain's faults wait for unpause (no deadline); a
+ * fault that found no memory under MV_POD_WAIT waits until memory frees up
+ * or its deadline passes, then the domain crashes.  While any fault is held
+ * the threads wake every MV_HELD_TICK_MS to check deadlines.
+ *
+ * After serving a burst, a thread keeps polling (without sleeping) for
+ * fault_spin_us: the next fault of a guest touching fresh memory usually
+ * comes within microseconds, and a sleeping thread costs a scheduler wakeup.
+ *
+ * Locking: a thread takes one domain lock at a time; host->held_total is an
+ * atomic sum of every domain's held_count.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define MV_KICK_KEY UINT64_MAX
+#define MV_HELD_TICK_MS 20
+#define MV_MSGS_PER_READ 32
+
+void mv__fault_kick(struct mv_host *host)
+{
+    uint64_t one = 1;
+
+    if (host->kick_fd >= 0)
+        (void)!write(host->kick_fd, &one, sizeof(one));
+}
+
+int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns)
+{
+    mv__assert_held(&d->lock);
+    for (size_t i = 0; i < d->held_count; i++)
+        if (d->held[i].gfn == gfn)
+            return 0;
+    if (d->held_count == d->held_capacity) {
+        size_t cap = d->held_capacity ? d->held_capacity * 2 : 8;
+        struct mv__held_fault *n = realloc(d->held, cap * sizeof(*n));
+
+        if (!n)
+            return -ENOMEM;
+        d->held = n;
+        d->held_capacity = cap;
+    }
+    d->held[d->held_count++] = (struct mv__held_fault){
+        .gfn = gfn, .since_ns = mv__now_ns(), .deadline_ns = deadline_ns,
+    };
+    atomic_fetch_add(&d->host->held_total, 1);
+    return 0;
+}
+
+void mv__fault_release_all(struct mv_domain *d)
+{
+    mv__assert_held(&d->lock);
+    atomic_fetch_sub(&d->host->held_total, d->held_count);
+    d->held_count = 0;
+}
+
+static void remove_held(struct mv_domain *d, size_t i)
+{
+    d->held[i] = d->held[--d->held_count];
+    atomic_fetch_sub(&d->host->held_total, 1);
+}
+
+MV_COLD static void out_of_memory(struct mv_domain *d, uint64_t gfn)
+{
+    if (d->config.pod_policy == MV_POD_CRASH) {
+        mv__domain_crash(d, "out of memory populating gfn %#llx: %llu of %llu "
+                         "target pages hold data and no zero page was found",
+                         (unsigned long long)gfn, (unsigned long long)d->populated,
+                         (unsigned long long)d->target_pages);
+        return;
+    }
+    if (mv__fault_hold(d, gfn, mv__now_ns() +
+                       (uint64_t)d->config.wait_timeout_ms * 1000000ull) < 0) {
+        mv__domain_crash(d, "out of memory populating gfn %#llx and no memory "
+                         "to queue the fault", (unsigned long long)gfn);
+        return;
+    }
+    d->pod_waits++;
+}
+
+/* Serve one fault (domain lock held). */
+static void serve_fault(struct mv_domain *d, uint64_t address, uint64_t flags)
+{
+    uint64_t gfn;
+
+    if (address < (uintptr_t)d->ram ||
+        address >= (uintptr_t)d->ram + (d->maxmem_pages << MV_PAGE_SHIFT))
+        return;
+    gfn = (address - (uintptr_t)d->ram) >> MV_PAGE_SHIFT;
+    d->faults++;
+    if (atomic_load(&d->dying) || d->state == MV_DOMAIN_CRASHED) {
+        /* Its RAM raises SIGBUS now: let the thread run into it. */
+        mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+        return;
+    }
+    if (d->state == MV_DOMAIN_PAUSED) {
+        if (mv__fault_hold(d, gfn, 0) < 0)
+            mv__domain_crash(d, "no memory to hold a fault while paused");
+        return;
+    }
+    if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+        mv__logdirty_wp_fault(d, gfn);
+        return;
+    }
+    if (mv__pod_fault(d, gfn) == -ENOMEM)
+        out_of_memory(d, gfn);
+}
+
+/* Drain a domain's userfaultfd.  Returns the number of faults served. */
+static unsigned serve_domain(struct mv_host *h, uint32_t domid)
+{
+    struct uffd_msg msgs[MV_MSGS_PER_READ];
+    struct mv_domain *d = mv__domain_get_any(h, domid);
+    unsigned served = 0;
+
+    if (!d)
+        return 0;
+    for (;;) {
+        ssize_t r = read(d->uffd, msgs, sizeof(msgs));
+        size_t n;
+
+        if (r <= 0)
+            break;
+        n = (size_t)r / sizeof(msgs[0]);
+        atomic_fetch_add(&h->faults, n); /* before any vCPU is woken */
+        mv__mutex_lock(&d->lock);
+        for (size_t i = 0; i < n; i++)
+            if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+                serve_fault(d, msgs[i].arg.pagefault.address,
+                            msgs[i].arg.pagefault.flags);
+        mv__mutex_unlock(&d->lock);
+        served += (unsigned)n;
+    }
+    mv__domain_put(d);
+    return served;
+}
+
+/* Try a domain's held faults again (lock held). */
+static void retry_held_locked(struct mv_domain *d, uint64_t now)
+{
+    size_t i = 0;
+
+    while (i < d->held_count && d->state == MV_DOMAIN_RUNNING) {
+        struct mv__held_fault *f = &d->held[i];
+        uint64_t gfn = f->gfn;
+        int rc = mv__pod_fault(d, gfn);
+
+        if (rc == -EFAULT)
+            return; /* crashed: every held fault was released */
+        if (rc == 0) {
+            if (f->deadline_ns)
+                d->pod_wait_ns += now - f->since_ns;
+            remove_held(d, i);
+            continue;
+        }
+        if (f->deadline_ns == 0) {
+            /* Held for a pause; now it waits for memory. */
+            remove_held(d, i);
+            out_of_memory(d, gfn);
+            continue;
+        }
+        if (now >= f->deadline_ns) {
+            mv__domain_crash(d, "out of memory: gfn %#llx waited %u ms for a "
+                             "page; %llu of %llu target pages hold data",
+                             (unsigned long long)gfn, d->config.wait_timeout_ms,
+                             (unsigned long long)d->populated,
+                             (unsigned long long)d->target_pages);
+            return;
+        }
+        i++;
+    }
+}
+
+static void retry_held(struct mv_host *h)
+{
+    struct mv_domain **all;
+    size_t n = mv__domain_get_all(h, &all);
+    uint64_t now = mv__now_ns();
+
+    for (size_t i = 0; i < n; i++) {
+        mv__mutex_lock(&all[i]->lock);
+        if (all[i]->held_count)
+            retry_held_locked(all[i], now);
+        mv__mutex_unlock(&all[i]->lock);
+        mv__domain_put(all[i]);
+    }
+    free(all);
+}
+
+static void *fault_thread(void *arg)
+{
+    struct mv_host *h = arg;
+    struct epoll_event events[16];
+    uint64_t spin_ns = (uint64_t)h->config.fault_spin_us * 1000ull;
+    uint64_t spin_until = 0, last_retry = 0;
+
+    while (!atomic_load(&h->stopping)) {
+        bool held = atomic_load(&h->held_total) > 0, kicked = false;
+        int timeout = spin_until ? 0 : held ? MV_HELD_TICK_MS : -1;
+        int n = epoll_wait(h->epoll_fd, events, MV_ARRAY_SIZE(events), timeout);
+        unsigned served = 0;
+        uint64_t now;
+
+        if (n < 0 && errno != EINTR)
+            break;
+        if (n > 0 && timeout != 0)
+            atomic_fetch_add(&h->fault_wakeups, 1);
+        for (int i = 0; i < n; i++) {
+            if (events[i].data.u64 == MV_KICK_KEY) {
+                uint64_t count;
+
+                /* When stopping, leave the eventfd readable for the others. */
+                if (atomic_load(&h->stopping))
+                    break;
+                (void)!read(h->kick_fd, &count, sizeof(count));
+                kicked = true;
+            } else {
+                served += serve_domain(h, (uint32_t)events[i].data.u64);
+            }
+        }
+        now = mv__now_ns();
+        if (served && spin_ns)
+            spin_until = now + spin_ns;
+        else if (spin_until && now >= spin_until)
+            spin_until = 0;
+        if (kicked || (held && now - last_retry >= MV_HELD_TICK_MS * 1000000ull)) {
+            retry_held(h);
+            last_retry = now;
+        }
+    }
+    return NULL;
+}
+
+int mv__fault_service_start(struct mv_host *h)
+{
+    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = MV_KICK_KEY };
+    int rc;
+
+    h->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (h->epoll_fd < 0)
+        return mv__fail(-errno, "epoll_create1 failed");
+    h->kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (h->kick_fd < 0)
+        return mv__fail(-errno, "eventfd failed");
+    if (epoll_ctl(h->epoll_fd, EPOLL_CTL_ADD, h->kick_fd, &ev) < 0)
+        return mv__fail(-errno, "epoll_ctl failed");
+    h->fault_threads = calloc(h->config.fault_threads, sizeof(pthread_t));
+    if (!h->fault_threads)
+        return mv__fail(-ENOMEM, "no memory for fault threads");
+    for (unsigned i = 0; i < h->config.fault_threads; i++) {
+        rc = pthread_create(&h->fault_threads[i], NULL, fault_thread, h);
+        if (rc) {
+            mv__fault_service_stop(h);
+            return mv__fail(-rc, "cannot start fault thread %u", i);
+        }
+        h->fault_thread_count++;
+    }
+    return 0;
+}
+
+void mv__fault_service_stop(struct mv_host *h)
+{
+    atomic_store(&h->stopping, true);
+    for (unsigned i = 0; i < h->fault_thread_count; i++)
+        mv__fault_kick(h);
+    for (unsigned i = 0; i < h->fault_thread_count; i++)
+        pthread_join(h->fault_threads[i], NULL);
+    h->fault_thread_count = 0;
+    free(h->fault_threads);
+    h->fault_threads = NULL;
+    if (h->kick_fd >= 0)
+        close(h->kick_fd);
+    if (h->epoll_fd >= 0)
+        close(h->epoll_fd);
+    h->kick_fd = h->epoll_fd = -1;
+}
+
+int mv__fault_add_domain(struct mv_host *h, struct mv_domain *d)
+{
+    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = d->domid };
+
+    if (epoll_ctl(h->epoll_fd, EPOLL_CTL_ADD, d->uffd, &ev) < 0)
+        return mv__fail(-errno, "cannot add domain %u to the fault service", d->domid);
+    return 0;
+}
+
+void mv__fault_remove_domain(struct mv_host *h, struct mv_domain *d)
+{
+    epoll_ctl(h->epoll_fd, EPOLL_CTL_DEL, d->uffd, NULL);
+}

@@ -1,0 +1,679 @@
+/*
+ * guest.c - built-in guests: vCPU threads, workloads, the content oracle and
+ * the guest's balloon driver.
+ *
+ * A built-in guest stands in for an operating system: its vCPUs are threads
+ * that touch guest RAM with ordinary loads and stores, exactly as a VMM's
+ * vCPUs reach memory through KVM, so every fault they take goes through the
+ * real fault service.
+ *
+ * Content oracle: oracle[gfn] is the version last written to gfn (0 = zero
+ * page).  A page of version v > 0 holds a pattern derived from (seed, gfn, v)
+ * that is never all zero, so any lost write, stale page or foreign byte is
+ * found by comparing.  Each gfn has one writer at a time: the random writer
+ * gives vCPU i the gfns with gfn % vcpus == i, the scrubber gives each vCPU a
+ * contiguous slice, and only one workload runs at a time.
+ *
+ * Ballooning while vCPUs run: ballooned[gfn] is the guest's own record of
+ * pages it gave away, and each vCPU publishes the gfn it is writing in
+ * current_gfn.  A vCPU claims a page by storing current_gfn and then
+ * checking ballooned[gfn]; the balloon driver claims it by setting
+ * ballooned[gfn] and then checking every current_gfn.  With sequentially
+ * consistent atomics at least one of the two sees the other and backs off,
+ * so a page is never written after it was given away.
+ *
+ * A vCPU whose domain crashes takes SIGBUS on its next access; the handler
+ * (installed once, chaining to any previous one for other threads) jumps
+ * back to the vCPU's entry point, which ends the thread.
+ *
+ * Locking: guest->lock (MV_LOCK_GUEST) guards running/parked/active and
+ * serializes the balloon driver; it may be held while taking the domain
+ * lock, never the other way round.  vCPUs hold no lock while touching RAM.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MV_NO_GFN UINT64_MAX
+#define MV_PARK_POLL_NS 1000000ull
+
+struct mv__vcpu {
+    struct mv__guest *guest;
+    unsigned index;
+    pthread_t thread;
+    _Atomic uint64_t current_gfn;
+    sigjmp_buf crash_jump;
+};
+
+struct mv__guest {
+    struct mv_domain *domain;
+    struct mv__mutex lock;
+    pthread_cond_t cond;
+    struct mv_workload_config workload;
+    unsigned started;           /* threads created for the workload */
+    unsigned running;           /* threads still running it */
+    unsigned parked;
+    atomic_bool stop;
+    atomic_bool park;
+    atomic_bool crashed;
+    _Atomic uint64_t pages_done;
+    _Atomic uint64_t mismatches;
+    _Atomic uint64_t first_bad_gfn;
+    uint64_t start_ns;
+    uint64_t end_ns;
+    _Atomic uint32_t *oracle;
+    _Atomic uint8_t *ballooned;
+    uint64_t ballooned_count;
+    unsigned vcpu_count;
+    struct mv__vcpu vcpus[];
+};
+
+/* ------------------------------------------------------------------------ */
+/* SIGBUS: a crashed domain's vCPU leaves its workload                       */
+
+static _Thread_local struct mv__vcpu *current_vcpu;
+static struct sigaction previous_sigbus;
+static pthread_once_t sigbus_once = PTHREAD_ONCE_INIT;
+
+static void on_sigbus(int sig, siginfo_t *info, void *context)
+{
+    struct mv__vcpu *v = current_vcpu;
+
+    if (v)
+        siglongjmp(v->crash_jump, 1);
+    /* Not one of ours: behave as if we were never installed. */
+    if (previous_sigbus.sa_flags & SA_SIGINFO) {
+        previous_sigbus.sa_sigaction(sig, info, context);
+    } else if (previous_sigbus.sa_handler == SIG_DFL) {
+        sigaction(SIGBUS, &previous_sigbus, NULL); /* re-faults, default action */
+    } else if (previous_sigbus.sa_handler != SIG_IGN) {
+        previous_sigbus.sa_handler(sig);
+    }
+}
+
+static void install_sigbus_handler(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &previous_sigbus);
+}
+
+/* ------------------------------------------------------------------------ */
+/* content oracle                                                           */
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* Word i of the page (gfn, version); version 0 is the zero page.  Adjacent
+ * words differ by an odd constant, so a version > 0 page is never zero. */
+static inline uint64_t pattern_base(uint64_t seed, uint64_t gfn, uint32_t version)
+{
+    return mix64(seed ^ mix64(gfn * 0x100000001b3ull + version));
+}
+
+#define MV_PATTERN_STEP 0x9e3779b97f4a7c15ull
+
+static void write_pattern(uint8_t *page, uint64_t seed, uint64_t gfn, uint32_t version)
+{
+    uint64_t *w = (uint64_t *)page, x = pattern_base(seed, gfn, version);
+
+    for (unsigned i = 0; i < MV_PAGE_SIZE / 8; i++)
+        w[i] = x + i * MV_PATTERN_STEP;
+}
+
+static bool page_matches(const uint8_t *page, uint64_t seed, uint64_t gfn,
+                         uint32_t version)
+{
+    const uint64_t *w = (const uint64_t *)page;
+    uint64_t x = version ? pattern_base(seed, gfn, version) : 0;
+    uint64_t step = version ? MV_PATTERN_STEP : 0;
+
+    for (unsigned i = 0; i < MV_PAGE_SIZE / 8; i++)
+        if (w[i] != x + i * step)
+            return false;
+    return true;
+}
+
+static void note_mismatch(struct mv__guest *g, uint64_t gfn)
+{
+    uint64_t first = atomic_load(&g->first_bad_gfn);
+
+    atomic_fetch_add(&g->mismatches, 1);
+    while (gfn < first && !atomic_compare_exchange_weak(&g->first_bad_gfn, &first, gfn))
+        ;
+}
+
+/* ------------------------------------------------------------------------ */
+/* vCPUs                                                                    */
+
+/* A page boundary: stop or park here if asked.  False means stop. */
+static bool vcpu_checkpoint(struct mv__vcpu *v)
+{
+    struct mv__guest *g = v->guest;
+
+    if (mv_unlikely(atomic_load_explicit(&g->park, memory_order_relaxed))) {
+        mv__mutex_lock(&g->lock);
+        g->parked++;
+        pthread_cond_broadcast(&g->cond);
+        while (atomic_load(&g->park) && !atomic_load(&g->stop))
+            mv__cond_wait(&g->cond, &g->lock, 0);
+        g->parked--;
+        mv__mutex_unlock(&g->lock);
+    }
+    return !atomic_load_explicit(&g->stop, memory_order_relaxed);
+}
+
+static bool vcpu_claim(struct mv__vcpu *v, uint64_t gfn)
+{
+    atomic_store(&v->current_gfn, gfn);
+    if (atomic_load(&v->guest->ballooned[gfn])) {
+        atomic_store(&v->current_gfn, MV_NO_GFN);
+        return false;
+    }
+    return true;
+}
+
+static void vcpu_release(struct mv__vcpu *v)
+{
+    atomic_store(&v->current_gfn, MV_NO_GFN);
+    atomic_fetch_add_explicit(&v->guest->pages_done, 1, memory_order_relaxed);
+}
+
+static void run_scrub(struct mv__vcpu *v)
+{
+    struct mv__guest *g = v->guest;
+    struct mv_domain *d = g->domain;
+    uint64_t n = d->maxmem_pages, k = g->vcpu_count;
+    uint64_t first = n * v->index / k, end = n * (v->index + 1) / k;
+
+    for (uint64_t gfn = first; gfn < end && vcpu_checkpoint(v); gfn++) {
+        if (!vcpu_claim(v, gfn))
+            continue;
+        memset(mv__gfn_addr(d, gfn), 0, MV_PAGE_SIZE);
+        atomic_store_explicit(&g->oracle[gfn], 0, memory_order_relaxed);
+        vcpu_release(v);
+    }
+}
+
+static void pace(uint64_t start_ns, uint64_t done, uint64_t per_second)
+{
+    uint64_t due = start_ns + done * 1000000000ull / per_second, now = mv__now_ns();
+
+    if (due > now + 100000) {
+        struct timespec ts = { .tv_sec = (time_t)((due - now) / 1000000000ull),
+                               .tv_nsec = (long)((due - now) % 1000000000ull) };
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void run_random(struct mv__vcpu *v)
+{
+    struct mv__guest *g = v->guest;
+    struct mv_domain *d = g->domain;
+    const struct mv_workload_config *c = &g->workload;
+    uint64_t k = g->vcpu_count, i = v->index;
+    uint64_t ws = c->working_set_pages ? c->working_set_pages : d->maxmem_pages;
+    uint64_t owned = ws > i ? (ws - i + k - 1) / k : 0;
+    uint64_t rate = c->pages_per_second ? MV_MAX(c->pages_per_second / k, 1) : 0;
+    uint64_t cap = c->max_pages ? c->max_pages / k + (i < c->max_pages % k) : UINT64_MAX;
+    uint64_t deadline = c->duration_ms ? g->start_ns + c->duration_ms * 1000000ull : 0;
+    uint64_t rng = mix64(c->seed ^ (i + 1) * 0x2545f4914f6cdd1dull), done = 0;
+
+    while (owned && done < cap && vcpu_checkpoint(v)) {
+        uint64_t gfn;
+        uint32_t version;
+
+        if (deadline && (done & 15) == 0 && mv__now_ns() >= deadline)
+            break;
+        rng = mix64(rng);
+        gfn = (rng % owned) * k + i;
+        if (!vcpu_claim(v, gfn))
+            continue;
+        version = atomic_load_explicit(&g->oracle[gfn], memory_order_relaxed) + 1;
+        if (version == 0)
+            version = 1;
+        write_pattern(mv__gfn_addr(d, gfn), c->seed, gfn, version);
+        atomic_store_explicit(&g->oracle[gfn], version, memory_order_relaxed);
+        vcpu_release(v);
+        done++;
+        if (rate)
+            pace(g->start_ns, done, rate);
+    }
+}
+
+static void run_verify(struct mv__vcpu *v)
+{
+    struct mv__guest *g = v->guest;
+    struct mv_domain *d = g->domain;
+
+    for (uint64_t gfn = v->index; gfn < d->maxmem_pages && vcpu_checkpoint(v);
+         gfn += g->vcpu_count) {
+        if (!vcpu_claim(v, gfn))
+            continue;
+        if (!page_matches(mv__gfn_addr(d, gfn), g->workload.seed, gfn,
+                          atomic_load_explicit(&g->oracle[gfn], memory_order_relaxed)))
+            note_mismatch(g, gfn);
+        vcpu_release(v);
+    }
+}
+
+static void *vcpu_main(void *arg)
+{
+    struct mv__vcpu *v = arg;
+    struct mv__guest *g = v->guest;
+
+    current_vcpu = v;
+    if (sigsetjmp(v->crash_jump, 1) == 0) {
+        switch (g->workload.kind) {
+        case MV_WORKLOAD_SCRUB:
+            run_scrub(v);
+            break;
+        case MV_WORKLOAD_RANDOM:
+            run_random(v);
+            break;
+        case MV_WORKLOAD_VERIFY:
+            run_verify(v);
+            break;
+        }
+    } else {
+        atomic_store(&g->crashed, true);
+    }
+    current_vcpu = NULL;
+    atomic_store(&v->current_gfn, MV_NO_GFN);
+    mv__mutex_lock(&g->lock);
+    if (--g->running == 0)
+        g->end_ns = mv__now_ns();
+    pthread_cond_broadcast(&g->cond);
+    mv__mutex_unlock(&g->lock);
+    return NULL;
+}
+
+/* Join finished vCPU threads (guest lock held, running == 0). */
+static void join_vcpus(struct mv__guest *g)
+{
+    for (unsigned i = 0; i < g->started; i++)
+        pthread_join(g->vcpus[i].thread, NULL);
+    g->started = 0;
+}
+
+/* Stop the workload and join its threads (guest lock held). */
+static void stop_vcpus(struct mv__guest *g)
+{
+    atomic_store(&g->stop, true);
+    pthread_cond_broadcast(&g->cond);
+    while (g->running)
+        mv__cond_wait(&g->cond, &g->lock, 0);
+    join_vcpus(g);
+}
+
+/* ------------------------------------------------------------------------ */
+/* life cycle                                                               */
+
+int mv__guest_create(struct mv_domain *d)
+{
+    unsigned k = d->config.vcpus;
+    struct mv__guest *g = calloc(1, sizeof(*g) + k * sizeof(g->vcpus[0]));
+
+    if (!g)
+        return mv__fail(-ENOMEM, "no memory for %u vCPUs", k);
+    g->oracle = calloc(d->maxmem_pages, sizeof(*g->oracle));
+    g->ballooned = calloc(d->maxmem_pages, sizeof(*g->ballooned));
+    if (!g->oracle || !g->ballooned) {
+        free(g->oracle);
+        free(g->ballooned);
+        free(g);
+        return mv__fail(-ENOMEM, "no memory for the content oracle");
+    }
+    g->domain = d;
+    g->vcpu_count = k;
+    mv__mutex_init(&g->lock, MV_LOCK_GUEST);
+    mv__cond_init(&g->cond);
+    for (unsigned i = 0; i < k; i++) {
+        g->vcpus[i].guest = g;
+        g->vcpus[i].index = i;
+        atomic_init(&g->vcpus[i].current_gfn, MV_NO_GFN);
+    }
+    pthread_once(&sigbus_once, install_sigbus_handler);
+    d->guest = g;
+    return 0;
+}
+
+void mv__guest_destroy(struct mv_domain *d)
+{
+    struct mv__guest *g = d->guest;
+
+    if (!g)
+        return;
+    mv__mutex_lock(&g->lock);
+    stop_vcpus(g);
+    mv__mutex_unlock(&g->lock);
+    pthread_cond_destroy(&g->cond);
+    mv__mutex_destroy(&g->lock);
+    free(g->oracle);
+    free(g->ballooned);
+    free(g);
+    d->guest = NULL;
+}
+
+int mv__guest_park(struct mv_domain *d, unsigned timeout_ms)
+{
+    struct mv__guest *g = d->guest;
+    uint64_t deadline = mv__now_ns() + timeout_ms * 1000000ull;
+    int rc = 0;
+
+    mv__mutex_lock(&g->lock);
+    atomic_store(&g->park, true);
+    for (;;) {
+        size_t held;
+
+        mv__mutex_lock(&d->lock);
+        held = d->held_count;
+        mv__mutex_unlock(&d->lock);
+        if (g->parked + held >= g->running)
+            break;
+        if (mv__now_ns() >= deadline) {
+            rc = mv__fail(-ETIMEDOUT, "%u of %u vCPUs did not reach a pause point "
+                          "within %u ms", g->running - g->parked, g->running,
+                          timeout_ms);
+            break;
+        }
+        mv__cond_wait(&g->cond, &g->lock, mv__now_ns() + MV_PARK_POLL_NS);
+    }
+    mv__mutex_unlock(&g->lock);
+    return rc;
+}
+
+void mv__guest_unpark(struct mv_domain *d)
+{
+    struct mv__guest *g = d->guest;
+
+    mv__mutex_lock(&g->lock);
+    atomic_store(&g->park, false);
+    pthread_cond_broadcast(&g->cond);
+    mv__mutex_unlock(&g->lock);
+}
+
+/* ------------------------------------------------------------------------ */
+/* workloads                                                                */
+
+void mv_workload_config_init(struct mv_workload_config *config,
+                             enum mv_workload_kind kind)
+{
+    memset(config, 0, sizeof(*config));
+    config->kind = kind;
+    config->seed = 0x6d656d7669736f72ull;
+}
+
+static int validate_workload(struct mv_domain *d, const struct mv_workload_config *c)
+{
+    if (c->kind != MV_WORKLOAD_SCRUB && c->kind != MV_WORKLOAD_RANDOM &&
+        c->kind != MV_WORKLOAD_VERIFY)
+        return mv__fail(-EINVAL, "unknown workload kind %d", (int)c->kind);
+    if (c->working_set_pages > d->maxmem_pages)
+        return mv__fail(-EINVAL, "working set of %llu pages exceeds maxmem (%llu)",
+                        (unsigned long long)c->working_set_pages,
+                        (unsigned long long)d->maxmem_pages);
+    return 0;
+}
+
+int mv_workload_start(mv_host *host, uint32_t domid,
+                      const struct mv_workload_config *config)
+{
+    struct mv_domain *d = mv__domain_get(host, domid);
+    struct mv__guest *g;
+    int rc = 0;
+
+    if (!d)
+        return -ESRCH;
+    mv__clear_error();
+    g = d->guest;
+    mv__mutex_lock(&g->lock);
+    if (g->running) {
+        rc = mv__fail(-EBUSY, "a workload is already running on domain %u", domid);
+        goto out;
+    }
+    rc = validate_workload(d, config);
+    if (rc < 0)
+        goto out;
+    mv__mutex_lock(&d->lock);
+    if (d->state == MV_DOMAIN_CRASHED)
+        rc = mv__fail(-EPERM, "domain %u has crashed: %s", domid, d->crash_reason);
+    mv__mutex_unlock(&d->lock);
+    if (rc < 0)
+        goto out;
+    join_vcpus(g);
+    /* The oracle's patterns depend on the seed: keep the first one. */
+    if (g->workload.seed && config->seed != g->workload.seed)
+        rc = mv__fail(-EINVAL, "seed differs from the one the oracle was written "
+                      "with (%#llx)", (unsigned long long)g->workload.seed);
+    if (rc < 0)
+        goto out;
+    g->workload = *config;
+    atomic_store(&g->stop, false);
+    atomic_store(&g->crashed, false);
+    atomic_store(&g->pages_done, 0);
+    atomic_store(&g->mismatches, 0);
+    atomic_store(&g->first_bad_gfn, UINT64_MAX);
+    g->start_ns = mv__now_ns();
+    g->end_ns = 0;
+    for (unsigned i = 0; i < g->vcpu_count; i++) {
+        int err = pthread_create(&g->vcpus[i].thread, NULL, vcpu_main, &g->vcpus[i]);
+
+        if (err) {
+            rc = mv__fail(-err, "cannot start vCPU %u", i);
+            stop_vcpus(g);
+            goto out;
+        }
+        g->started++;
+        g->running++;
+    }
+out:
+    mv__mutex_unlock(&g->lock);
+    mv__domain_put(d);
+    return rc;
+}
+
+int mv_workload_wait(mv_host *host, uint32_t domid, unsigned timeout_ms,
+                     struct mv_workload_status *status)
+{
+    struct mv_domain *d = mv__domain_get(host, domid);
+    struct mv__guest *g;
+    uint64_t deadline;
+    int rc = 0;
+
+    if (!d)
+        return -ESRCH;
+    mv__clear_error();
+    g = d->guest;
+    deadline = mv__now_ns() + timeout_ms * 1000000ull;
+    mv__mutex_lock(&g->lock);
+    while (g->running && timeout_ms && mv__now_ns() < deadline)
+        mv__cond_wait(&g->cond, &g->lock, deadline);
+    if (g->running)
+        rc = -ETIMEDOUT;
+    else
+        join_vcpus(g);
+    if (status) {
+        status->running = (int)g->running;
+        status->pages_done = atomic_load(&g->pages_done);
+        status->mismatches = atomic_load(&g->mismatches);
+        status->first_bad_gfn = atomic_load(&g->first_bad_gfn);
+        status->crashed = atomic_load(&g->crashed);
+        status->elapsed_ns = !g->start_ns ? 0 :
+                             (g->end_ns && !g->running ? g->end_ns : mv__now_ns()) -
+                             g->start_ns;
+    }
+    mv__mutex_unlock(&g->lock);
+    mv__domain_put(d);
+    return rc;
+}
+
+int mv_workload_stop(mv_host *host, uint32_t domid)
+{
+    struct mv_domain *d = mv__domain_get(host, domid);
+
+    if (!d)
+        return -ESRCH;
+    mv__clear_error();
+    mv__mutex_lock(&d->guest->lock);
+    stop_vcpus(d->guest);
+    mv__mutex_unlock(&d->guest->lock);
+    mv__domain_put(d);
+    return 0;
+}
+
+int64_t mv_oracle_verify(mv_host *host, uint32_t domid, uint64_t *first_bad_gfn)
+{
+    struct mv_domain *d = mv__domain_get(host, domid);
+    struct mv__guest *g;
+    uint8_t *page;
+    int64_t bad = 0;
+    int rc = 0;
+
+    if (!d)
+        return -ESRCH;
+    mv__clear_error();
+    g = d->guest;
+    page = malloc(MV_PAGE_SIZE);
+    if (!page) {
+        mv__domain_put(d);
+        return mv__fail(-ENOMEM, "no memory");
+    }
+    if (first_bad_gfn)
+        *first_bad_gfn = UINT64_MAX;
+    mv__mutex_lock(&g->lock);
+    if (g->running)
+        rc = mv__fail(-EBUSY, "a workload is running on domain %u", domid);
+    for (uint64_t gfn = 0; rc == 0 && gfn < d->maxmem_pages; gfn++) {
+        bool ok;
+
+        rc = mv_domain_read_page(host, domid, gfn, page);
+        if (atomic_load(&g->ballooned[gfn])) {
+            /* The guest gave it away: the hypervisor must agree. */
+            ok = rc == -ENODATA;
+            rc = 0;
+        } else {
+            if (rc < 0)
+                break;
+            ok = page_matches(page, g->workload.seed, gfn,
+                              atomic_load_explicit(&g->oracle[gfn], memory_order_relaxed));
+        }
+        if (!ok) {
+            if (bad == 0 && first_bad_gfn)
+                *first_bad_gfn = gfn;
+            bad++;
+        }
+    }
+    mv__mutex_unlock(&g->lock);
+    free(page);
+    mv__domain_put(d);
+    return rc < 0 ? rc : bad;
+}
+
+/* ------------------------------------------------------------------------ */
+/* balloon driver                                                           */
+
+/* The balloon's side of the claim protocol (see the head comment). */
+static bool balloon_claim(struct mv__guest *g, uint64_t gfn)
+{
+    atomic_store(&g->ballooned[gfn], 1);
+    for (unsigned i = 0; i < g->vcpu_count; i++) {
+        if (atomic_load(&g->vcpus[i].current_gfn) == gfn) {
+            atomic_store(&g->ballooned[gfn], 0);
+            return false;
+        }
+    }
+    return true;
+}
+
+static int64_t balloon_inflate(struct mv_host *host, struct mv__guest *g, uint64_t want)
+{
+    struct mv_domain *d = g->domain;
+    uint64_t *gfns = malloc(want * sizeof(*gfns)), n = 0;
+    int rc;
+
+    if (!gfns)
+        return mv__fail(-ENOMEM, "no memory for %llu gfns", (unsigned long long)want);
+    for (uint64_t gfn = d->maxmem_pages; gfn-- > 0 && n < want;)
+        if (!atomic_load(&g->ballooned[gfn]) && balloon_claim(g, gfn))
+            gfns[n++] = gfn;
+    rc = mv_domain_decrease_reservation(host, d->domid, gfns, n);
+    for (uint64_t i = 0; i < n; i++) {
+        if (rc < 0)
+            atomic_store(&g->ballooned[gfns[i]], 0);
+        else
+            atomic_store_explicit(&g->oracle[gfns[i]], 0, memory_order_relaxed);
+    }
+    free(gfns);
+    if (rc < 0)
+        return rc;
+    g->ballooned_count += n;
+    return (int64_t)n;
+}
+
+static int64_t balloon_deflate(struct mv_host *host, struct mv__guest *g, uint64_t want)
+{
+    struct mv_domain *d = g->domain;
+    uint64_t *gfns = malloc(want * sizeof(*gfns)), n = 0;
+    int rc;
+
+    if (!gfns)
+        return mv__fail(-ENOMEM, "no memory for %llu gfns", (unsigned long long)want);
+    for (uint64_t gfn = 0; gfn < d->maxmem_pages && n < want; gfn++)
+        if (atomic_load(&g->ballooned[gfn]))
+            gfns[n++] = gfn;
+    rc = mv_domain_increase_reservation(host, d->domid, gfns, n);
+    if (rc >= 0)
+        for (uint64_t i = 0; i < n; i++)
+            atomic_store(&g->ballooned[gfns[i]], 0);
+    free(gfns);
+    if (rc < 0)
+        return rc;
+    g->ballooned_count -= n;
+    return (int64_t)n;
+}
+
+int64_t mv_guest_balloon(mv_host *host, uint32_t domid, uint64_t guest_bytes)
+{
+    struct mv_domain *d = mv__domain_get(host, domid);
+    struct mv__guest *g;
+    uint64_t want = guest_bytes >> MV_PAGE_SHIFT, usable;
+    int64_t rc = 0;
+
+    if (!d)
+        return -ESRCH;
+    mv__clear_error();
+    g = d->guest;
+    if (guest_bytes % MV_PAGE_SIZE || want == 0 || want > d->maxmem_pages) {
+        rc = mv__fail(-EINVAL, "guest size %llu must be a positive multiple of "
+                      "4 KiB no larger than maxmem (%llu MiB)",
+                      (unsigned long long)guest_bytes,
+                      (unsigned long long)(d->maxmem_pages >> (20 - MV_PAGE_SHIFT)));
+        mv__domain_put(d);
+        return rc;
+    }
+    mv__mutex_lock(&g->lock);
+    usable = d->maxmem_pages - g->ballooned_count;
+    if (want < usable)
+        rc = balloon_inflate(host, g, usable - want);
+    else if (want > usable)
+        rc = balloon_deflate(host, g, want - usable);
+    mv__mutex_unlock(&g->lock);
+    mv__domain_put(d);
+    return rc;
+}

@@ -1,0 +1,182 @@
+/*
+ * host.c - the host: configuration, creation and teardown, host-wide
+ * statistics, the budget and the host audit.
+ *
+ * A host is the unit an embedder creates once: it probes the kernel, builds
+ * the machine memory (machine.c) and starts the fault service (fault.c).
+ * Domain ids start at 1 and are never reused by one host.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MV_DEFAULT_MACHINE_BYTES (1024ull * MV_GIB)
+
+void mv_host_config_init(struct mv_host_config *config)
+{
+    memset(config, 0, sizeof(*config));
+    config->fault_threads = 1;
+    config->fault_spin_us = MV_FAULT_SPIN_DEFAULT;
+    config->log_level = MV_LOG_INFO;
+}
+
+int mv_host_create(const struct mv_host_config *config, mv_host **out)
+{
+    struct mv_host *h;
+    uint64_t budget;
+    int rc;
+
+    mv__clear_error();
+    if (!config || !out)
+        return mv__fail(-EINVAL, "config and out must not be NULL");
+    if (config->fault_threads > 64)
+        return mv__fail(-EINVAL, "fault_threads %u is above 64", config->fault_threads);
+    if (config->budget_bytes % MV_PAGE_SIZE || config->machine_bytes % (2 * MV_MIB))
+        return mv__fail(-EINVAL, "budget must be a multiple of 4 KiB and the "
+                        "machine size a multiple of 2 MiB");
+    h = calloc(1, sizeof(*h));
+    if (!h)
+        return mv__fail(-ENOMEM, "no memory for a host");
+    h->config = *config;
+    if (!h->config.fault_threads)
+        h->config.fault_threads = 1;
+    if (!h->config.machine_bytes)
+        h->config.machine_bytes = MV_DEFAULT_MACHINE_BYTES;
+    h->epoll_fd = h->kick_fd = h->sigbus_fd = -1;
+    h->next_domid = 1;
+    h->machine.memfd = -1;
+    pthread_rwlock_init(&h->domains_lock, NULL);
+
+    rc = mv_probe_kernel(&h->features);
+    if (rc < 0)
+        goto fail;
+    budget = h->config.budget_bytes ? h->config.budget_bytes
+                                    : h->features.mem_available / 10 * 8;
+    if (budget < MV_PAGE_SIZE) {
+        rc = mv__fail(-EINVAL, "host budget of %llu bytes is below one page",
+                      (unsigned long long)budget);
+        goto fail;
+    }
+    rc = mv__machine_init(&h->machine, h->config.machine_bytes,
+                          budget >> MV_PAGE_SHIFT);
+    if (rc < 0)
+        goto fail;
+    h->sigbus_fd = mv__os_memfd("memvisor-crashed", 0);
+    if (h->sigbus_fd < 0) {
+        rc = mv__fail(h->sigbus_fd, "cannot create the SIGBUS memfd");
+        goto fail;
+    }
+    rc = mv__fault_service_start(h);
+    if (rc < 0)
+        goto fail;
+    mv__log(h, MV_LOG_INFO, "host up: budget %llu MiB, machine %llu GiB, "
+            "%u fault threads, kernel %s", (unsigned long long)(budget / MV_MIB),
+            (unsigned long long)(h->config.machine_bytes / MV_GIB),
+            h->config.fault_threads, h->features.release);
+    *out = h;
+    return 0;
+fail:
+    {
+        char why[256];
+
+        snprintf(why, sizeof(why), "%s", mv_last_error());
+        mv_host_destroy(h);
+        return mv__fail(rc, "%s", why);
+    }
+}
+
+void mv_host_destroy(mv_host *h)
+{
+    uint32_t ids[64];
+    int n;
+
+    if (!h)
+        return;
+    while ((n = mv_domain_list(h, ids, MV_ARRAY_SIZE(ids))) > 0)
+        for (int i = 0; i < MV_MIN(n, (int)MV_ARRAY_SIZE(ids)); i++)
+            mv_domain_destroy(h, ids[i]);
+    mv__fault_service_stop(h);
+    if (h->sigbus_fd >= 0)
+        close(h->sigbus_fd);
+    if (h->machine.pages)
+        mv__machine_fini(&h->machine);
+    pthread_rwlock_destroy(&h->domains_lock);
+    free(h->domains);
+    free(h);
+}
+
+int mv_host_stats(mv_host *h, struct mv_host_stats *out)
+{
+    mv__clear_error();
+    memset(out, 0, sizeof(*out));
+    out->budget_pages = atomic_load(&h->machine.budget_pages);
+    out->populated_pages = atomic_load(&h->machine.populated_pages);
+    out->peak_populated_pages = atomic_load(&h->machine.peak_populated_pages);
+    out->machine_pages = h->machine.pages;
+    mv__mutex_lock(&h->machine.lock);
+    out->free_frame_pages = h->machine.free_pages;
+    mv__mutex_unlock(&h->machine.lock);
+    pthread_rwlock_rdlock(&h->domains_lock);
+    out->domains = h->domain_count;
+    pthread_rwlock_unlock(&h->domains_lock);
+    out->faults = atomic_load(&h->faults);
+    out->fault_wakeups = atomic_load(&h->fault_wakeups);
+    return 0;
+}
+
+int mv_host_set_budget(mv_host *h, uint64_t budget_bytes)
+{
+    uint64_t pages = budget_bytes >> MV_PAGE_SHIFT, populated, old;
+
+    mv__clear_error();
+    if (budget_bytes % MV_PAGE_SIZE || pages == 0)
+        return mv__fail(-EINVAL, "budget %llu is not a positive multiple of 4 KiB",
+                        (unsigned long long)budget_bytes);
+    /* Lowering races with charges: lower the bar first, then check, so no
+     * charge can slip past the new value unseen. */
+    old = atomic_exchange(&h->machine.budget_pages, pages);
+    populated = atomic_load(&h->machine.populated_pages);
+    if (populated > pages) {
+        atomic_store(&h->machine.budget_pages, old);
+        return mv__fail(-EBUSY, "%llu pages are populated, more than a budget of "
+                        "%llu; reclaim or balloon first", (unsigned long long)populated,
+                        (unsigned long long)pages);
+    }
+    mv__fault_kick(h);
+    return 0;
+}
+
+int mv_host_audit(mv_host *h)
+{
+    struct mv_domain **all;
+    size_t n;
+    uint64_t populated = 0;
+    int rc;
+
+    mv__clear_error();
+    rc = mv__machine_audit(&h->machine);
+    if (rc < 0)
+        return rc;
+    n = mv__domain_get_all(h, &all);
+    for (size_t i = 0; i < n; i++) {
+        if (rc == 0) {
+            rc = mv_domain_audit(h, all[i]->domid);
+            if (rc == -ESRCH)
+                rc = 0; /* destroyed meanwhile */
+        }
+        mv__mutex_lock(&all[i]->lock);
+        populated += all[i]->populated;
+        mv__mutex_unlock(&all[i]->lock);
+        mv__domain_put(all[i]);
+    }
+    free(all);
+    if (rc == 0 && populated != atomic_load(&h->machine.populated_pages))
+        rc = mv__fail(-EUCLEAN, "host: domains hold %llu populated pages, the "
+                      "budget counts %llu", (unsigned long long)populated,
+                      (unsigned long long)atomic_load(&h->machine.populated_pages));
+    return rc;
+}

@@ -1,0 +1,398 @@
+/*
+ * internal.h - types and functions shared by the library's subsystems.
+ *
+ * Layout of the library (one subsystem per file):
+ *   error.c    error words, per-thread error messages, logging
+ *   lock.c     mutexes with a lock order checked in debug builds
+ *   os.c       every system call on memory and userfaultfds, fault injection
+ *   probe.c    kernel feature probing, opening userfaultfds
+ *   machine.c  machine memory: the memfd, the frame allocator (buddy)
+ *              and the host budget
+ *   host.c     host life cycle, host statistics and audit
+ *   domain.c   domains: table, life cycle, pause, p2m queries, reservations,
+ *              crash, audit
+ *   fault.c    the fault service: threads, held faults
+ *   pod.c      populate-on-demand: populate, zero sweep, target
+ *   logdirty.c dirty logging: WP_ASYNC + PAGEMAP_SCAN, synchronous
+ *              write-protect, mprotect + SIGSEGV; the shared dirty bitmap
+ *   guest.c    built-in guests: vCPU threads, workloads, content oracle,
+ *              balloon driver
+ *
+ * Lock order (a thread may take a lock only if it holds none of a higher or
+ * equal level; checked at run time when MV_DEBUG_LOCKS is defined):
+ *
+ *   MV_LOCK_HOST (host->domains_lock, a rwlock: not level-checked, taken
+ *                 briefly to look domains up, never held across a fault)
+ *     < MV_LOCK_GUEST   (guest->lock)
+ *     < MV_LOCK_DOMAIN  (domain->lock: p2m, counters, state, held faults)
+ *     < MV_LOCK_MACHINE (machine->lock: the frame allocator)
+ *
+ * The host budget is lock-free (atomics).  A thread touching guest RAM (a
+ * vCPU) must hold no lock: its fault is served by a fault thread that takes
+ * the domain lock.
+ */
+#ifndef MV_INTERNAL_H
+#define MV_INTERNAL_H
+
+#include "compat.h"
+#include "memvisor.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define MV_UNUSED __attribute__((unused))
+#define MV_COLD __attribute__((cold, noinline))
+#define MV_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define mv_likely(x) __builtin_expect(!!(x), 1)
+#define mv_unlikely(x) __builtin_expect(!!(x), 0)
+#define MV_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MV_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MV_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#define MV_MIB (1024ull * 1024ull)
+#define MV_GIB (1024ull * MV_MIB)
+
+/* ------------------------------------------------------------------------ */
+/* error.c                                                                   */
+
+/* Record a message for mv_last_error() and return `err` (negative errno). */
+int mv__fail(int err, const char *fmt, ...) MV_PRINTF(2, 3);
+/* Clear the calling thread's last error message. */
+void mv__clear_error(void);
+void mv__log(struct mv_host *host, enum mv_log_level level, const char *fmt, ...)
+    MV_PRINTF(3, 4);
+uint64_t mv__now_ns(void);
+
+/* ------------------------------------------------------------------------ */
+/* lock.c                                                                    */
+
+enum mv__lock_level {
+    MV_LOCK_GUEST = 1,
+    MV_LOCK_DOMAIN = 2,
+    MV_LOCK_MACHINE = 3,
+};
+
+struct mv__mutex {
+    pthread_mutex_t mutex;
+    enum mv__lock_level level;
+};
+
+void mv__mutex_init(struct mv__mutex *m, enum mv__lock_level level);
+void mv__mutex_destroy(struct mv__mutex *m);
+void mv__mutex_lock(struct mv__mutex *m);
+void mv__mutex_unlock(struct mv__mutex *m);
+/* Wait on `cond`, releasing `m` meanwhile; `deadline_ns` 0 = forever.
+ * Returns false on timeout. */
+bool mv__cond_wait(pthread_cond_t *cond, struct mv__mutex *m,
+                   uint64_t deadline_ns);
+void mv__cond_init(pthread_cond_t *cond);
+/* Debug builds: abort unless the calling thread holds `m`. */
+void mv__assert_held(struct mv__mutex *m);
+
+/* ------------------------------------------------------------------------ */
+/* os.c: every system call on memory and userfaultfds                        */
+
+enum mv__os_op {
+    MV_OS_MEMFD,
+    MV_OS_MMAP,
+    MV_OS_PUNCH,
+    MV_OS_ZAP,
+    MV_OS_UFFD_OPEN,
+    MV_OS_UFFD_REGISTER,
+    MV_OS_UFFD_ZEROPAGE,
+    MV_OS_UFFD_CONTINUE,
+    MV_OS_UFFD_WAKE,
+    MV_OS_UFFD_WRITEPROTECT,
+    MV_OS_PAGEMAP_SCAN,
+    MV_OS_READ,
+    MV_OS_OP_COUNT,
+};
+
+/*
+ * Fault injection for tests: the next `count` calls of `op`, after `skip`
+ * successful ones, fail with -`err`.  count 0 disarms.
+ */
+void mv__os_inject(enum mv__os_op op, int err, unsigned skip, unsigned count);
+
+int mv__os_memfd(const char *name, uint64_t size);
+/* mmap(MAP_SHARED) of `fd` at `offset`; at `fixed` when non-NULL.  Returns
+ * the address or NULL with errno set. */
+void *mv__os_map_shared(void *fixed, size_t length, int fd, uint64_t offset,
+                        int prot);
+int mv__os_unmap(void *addr, size_t length);
+/* Return the pages [offset, offset+length) of `fd` to the host, zeroed. */
+int mv__os_punch(int fd, uint64_t offset, uint64_t length);
+/* Read exactly `length` bytes of `fd` at `offset`. */
+int mv__os_read(int fd, void *buf, uint64_t offset, uint64_t length);
+/* Drop the page table entries of a shared mapping (pages stay in memory). */
+int mv__os_zap(void *addr, size_t length);
+
+/* Open a non-blocking userfaultfd: /dev/userfaultfd, else the syscall, else
+ * the syscall restricted to user-mode faults.  `how` receives 0, 1 or 2. */
+int mv__os_uffd_open(int *how);
+int mv__os_uffd_api(int uffd, uint64_t features, uint64_t *offered,
+                    uint64_t *ioctls);
+int mv__os_uffd_register(int uffd, void *addr, size_t length, uint64_t mode,
+                         uint64_t *ioctls);
+int mv__os_uffd_unregister(int uffd, void *addr, size_t length);
+/* Populate [addr, addr+length) with zeroed pages and wake the faulters.
+ * -EEXIST when a page is already mapped there (nothing after it is done). */
+int mv__os_uffd_zeropage(int uffd, void *addr, size_t length);
+/* Map the existing page-cache pages of [addr, addr+length) and wake. */
+int mv__os_uffd_continue(int uffd, void *addr, size_t length);
+int mv__os_uffd_wake(int uffd, void *addr, size_t length);
+/* Write-protect (or unprotect, which also wakes) [addr, addr+length). */
+int mv__os_uffd_writeprotect(int uffd, void *addr, size_t length, bool protect);
+/* PAGEMAP_SCAN over `arg` on /proc/self/pagemap `fd`: regions found or
+ * a negative errno. */
+long mv__os_pagemap_scan(int fd, struct pm_scan_arg *arg);
+
+/* ------------------------------------------------------------------------ */
+/* probe.c                                                                   */
+
+
+/* Open a userfaultfd for a domain: MISSING and MINOR shmem faults plus
+ * `features`.  The range ioctls are checked
+ * at register time.  Returns the fd or a negative errno. */
+int mv__uffd_create(uint64_t features);
+
+/* ------------------------------------------------------------------------ */
+/* machine.c                                                                 */
+
+/*
+ * Frames are handed out by a binary buddy allocator over the frame space
+ * [0, machine_pages).  A domain takes one naturally aligned block big enough
+ * for its maxmem (the unused tail goes straight back), so that gfn -> mfn is
+ * base + gfn.  Allocating frames does not use memory; populating them does,
+ * and that is what the budget counts.
+ */
+#define MV_BUDDY_MAX_ORDER 30
+
+struct mv__free_list {
+    uint64_t *starts; /* first frame of each free block of this order */
+    size_t count;
+    size_t capacity;
+};
+
+struct mv__machine {
+    int memfd;
+    uint64_t pages;          /* frame space */
+    struct mv__mutex lock;   /* protects free lists and free_pages */
+    struct mv__free_list free[MV_BUDDY_MAX_ORDER + 1];
+    uint64_t free_pages;
+    _Atomic uint64_t budget_pages;
+    _Atomic uint64_t populated_pages;
+    _Atomic uint64_t peak_populated_pages;
+};
+
+int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
+                     uint64_t budget_pages);
+void mv__machine_fini(struct mv__machine *m);
+/* Allocate a block of at least `pages` frames, aligned to its order. */
+int mv__machine_alloc(struct mv__machine *m, uint64_t pages, uint64_t *first);
+void mv__machine_free(struct mv__machine *m, uint64_t first, uint64_t pages);
+/* Charge `pages` populated frames to the budget; false when over it. */
+bool mv__machine_charge(struct mv__machine *m, uint64_t pages);
+void mv__machine_uncharge(struct mv__machine *m, uint64_t pages);
+/* Copy frames [mfn, mfn + pages) into buf; holes read as zeros. */
+int mv__machine_read(struct mv__machine *m, uint64_t mfn, uint64_t pages, void *buf);
+/* resident[i] = 1 when frame first + i holds memory. */
+int mv__machine_resident(struct mv__machine *m, uint64_t first, uint64_t pages,
+                         uint8_t *resident);
+int mv__machine_audit(struct mv__machine *m);
+
+/* ------------------------------------------------------------------------ */
+/* domains and the p2m                                                       */
+
+/* p2m entry types; values match enum mv_page_type. */
+enum mv__p2m_type {
+    MV_P2M_RAM = MV_PAGE_RAM,
+    MV_P2M_POD = MV_PAGE_POD,
+    MV_P2M_BALLOONED = MV_PAGE_BALLOONED,
+};
+
+/* A fault that could not be served yet: the domain is paused, or it waits
+ * for memory under MV_POD_WAIT. */
+struct mv__held_fault {
+    uint64_t gfn;
+    uint64_t since_ns;
+    uint64_t deadline_ns; /* 0: held for a pause, no deadline */
+};
+
+struct mv__guest;
+struct mv__logdirty;
+
+struct mv_domain {
+    uint32_t domid;
+    struct mv_domain_config config;
+    struct mv_host *host;
+    atomic_int refs;           /* table's reference + lookups in flight */
+
+    struct mv__mutex lock;     /* protects everything below */
+    pthread_cond_t refs_cond;  /* destroy waits for lookups to finish */
+    enum mv_domain_state state;
+    atomic_bool dying;         /* being destroyed: lookups fail */
+    char crash_reason[128];
+
+    uint64_t maxmem_pages;
+    uint64_t target_pages;
+    uint64_t base_mfn;         /* gfn -> mfn is base_mfn + gfn for RAM */
+    uint64_t frame_pages;      /* size of the frame block allocated */
+    uint8_t *p2m;              /* enum mv__p2m_type per gfn */
+    uint16_t *block_pod;       /* PoD entries in each 2 MiB block */
+
+    /* 0 <= populated <= target <= maxmem;
+     * populated + pod + ballooned == maxmem */
+    uint64_t populated;
+    uint64_t pod;
+    uint64_t ballooned;
+
+    uint8_t *ram;              /* guest RAM: gfn 0 at ram */
+    int uffd;
+
+    uint64_t sweep_cursor;     /* next gfn the zero sweep examines */
+    unsigned sweep_backoff;    /* faults to skip optional sweeps for */
+
+    struct mv__held_fault *held;
+    size_t held_count;
+    size_t held_capacity;
+
+    /* counters (under lock) */
+    uint64_t faults;
+    uint64_t populated_4k;
+    uint64_t populated_2m;
+    uint64_t sweeps;
+    uint64_t sweep_scanned;
+    uint64_t reclaimed_zero;
+    uint64_t pod_waits;
+    uint64_t pod_wait_ns;
+
+    struct mv__guest *guest;   /* built-in vCPUs; owned by guest.c */
+    struct mv__logdirty *logdirty; /* owned by logdirty.c */
+};
+
+static inline uint8_t *mv__gfn_addr(struct mv_domain *d, uint64_t gfn)
+{
+    return d->ram + (gfn << MV_PAGE_SHIFT);
+}
+
+/* Look a domain up and take a reference; NULL (with an error recorded) when
+ * it does not exist or is being destroyed. */
+struct mv_domain *mv__domain_get(struct mv_host *host, uint32_t domid);
+/* The same, but also finds a domain being destroyed (for the fault service,
+ * which must still drain its userfaultfd). */
+struct mv_domain *mv__domain_get_any(struct mv_host *host, uint32_t domid);
+void mv__domain_put(struct mv_domain *d);
+/* Every live domain, referenced; the caller puts each and frees the array. */
+size_t mv__domain_get_all(struct mv_host *host, struct mv_domain ***out);
+
+/*
+ * Crash the domain (lock held): record why, replace its RAM with a mapping
+ * that raises SIGBUS on every access, and wake every thread waiting on a
+ * fault of it.  The host and other domains are untouched.
+ */
+void mv__domain_crash(struct mv_domain *d, const char *fmt, ...) MV_PRINTF(2, 3);
+
+/* Set a p2m entry, keeping the type counters in step (lock held). */
+void mv__p2m_set(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type);
+
+/* ------------------------------------------------------------------------ */
+/* pod.c                                                                     */
+
+/* Pages the fault path's emergency sweep examines at most, and how many zero
+ * pages it tries to reclaim before stopping. */
+#define MV_SWEEP_SCAN_LIMIT 16384u
+#define MV_SWEEP_RECLAIM_GOAL 1024u
+/* Faults for which a futile sweep suppresses sweeps made only to keep a
+ * 2 MiB block whole. */
+#define MV_SWEEP_BACKOFF 256u
+
+/*
+ * Serve a fault at `gfn` (domain lock held, domain running): map the page or
+ * populate it.  Returns 0 when the faulting threads were woken, -ENOMEM when
+ * no memory could be found (the caller applies the domain's policy), or
+ * -EFAULT when the domain had to be crashed (already done).
+ */
+int mv__pod_fault(struct mv_domain *d, uint64_t gfn);
+
+/* Zero sweep (lock held): examine up to `max_scan` populated pages from the
+ * cursor and reclaim all-zero ones until `want` were reclaimed. */
+void mv__pod_sweep(struct mv_domain *d, uint64_t max_scan, uint64_t want,
+                   struct mv_sweep_result *result);
+
+/* Release `gfn`'s memory (lock held; entry is RAM) and give it `type`. */
+int mv__pod_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type);
+
+/* ------------------------------------------------------------------------ */
+/* fault.c                                                                   */
+
+int mv__fault_service_start(struct mv_host *host);
+void mv__fault_service_stop(struct mv_host *host);
+int mv__fault_add_domain(struct mv_host *host, struct mv_domain *d);
+void mv__fault_remove_domain(struct mv_host *host, struct mv_domain *d);
+/* Ask the fault threads to retry held faults (memory was freed, a domain
+ * was unpaused).  Cheap; callable with any lock held. */
+void mv__fault_kick(struct mv_host *host);
+/* Hold a fault (domain lock held).  `deadline_ns` 0 = until unpaused. */
+int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns);
+/* Wake every held fault of a crashed or dying domain (lock held). */
+void mv__fault_release_all(struct mv_domain *d);
+
+/* ------------------------------------------------------------------------ */
+/* logdirty.c                                                                */
+
+/* Pick the mechanism for a new domain (AUTO resolves to the fastest the
+ * kernel has) and the userfaultfd features and register modes it needs. */
+int mv__logdirty_resolve(struct mv_host *host, enum mv_logdirty_mode requested,
+                         enum mv_logdirty_mode *mode, uint64_t *uffd_features,
+                         uint64_t *register_modes);
+int mv__logdirty_create(struct mv_domain *d, enum mv_logdirty_mode mode);
+void mv__logdirty_destroy(struct mv_domain *d);
+/* memvisor changed [gfn, gfn + n) (lock held): report it if logging. */
+void mv__logdirty_mark(struct mv_domain *d, uint64_t gfn, uint64_t n);
+/* A synchronous write-protect fault at gfn (lock held, domain running). */
+void mv__logdirty_wp_fault(struct mv_domain *d, uint64_t gfn);
+
+/* ------------------------------------------------------------------------ */
+/* guest.c                                                                   */
+
+int mv__guest_create(struct mv_domain *d);
+/* Stop the vCPUs (their RAM must already raise SIGBUS or be served). */
+void mv__guest_destroy(struct mv_domain *d);
+/* Ask the vCPUs to park at a page boundary and wait (up to `timeout_ms`)
+ * until every running vCPU is parked or held in a fault. */
+int mv__guest_park(struct mv_domain *d, unsigned timeout_ms);
+void mv__guest_unpark(struct mv_domain *d);
+
+/* ------------------------------------------------------------------------ */
+/* the host                                                                  */
+
+struct mv_host {
+    struct mv_host_config config;
+    struct mv_kernel_features features;
+    struct mv__machine machine;
+    int sigbus_fd;               /* empty memfd: mapping it raises SIGBUS */
+
+    pthread_rwlock_t domains_lock;
+    struct mv_domain **domains;
+    size_t domain_count;
+    size_t domain_capacity;
+    uint32_t next_domid;
+
+    /* fault service */
+    int epoll_fd;
+    int kick_fd;                 /* eventfd: retry held faults / stop */
+    pthread_t *fault_threads;
+    unsigned fault_thread_count;
+    atomic_bool stopping;
+    atomic_uint_fast64_t held_total;
+
+    _Atomic uint64_t faults;
+    _Atomic uint64_t fault_wakeups;
+};
+
+#endif /* MV_INTERNAL_H */

@@ -1,0 +1,323 @@
+/*
+ * machine.c - machine memory: the memfd that is the host's RAM, the frame
+ * allocator and the budget.
+ *
+ *   memfd  [0 ........................................ machine_pages)
+ *           | dom 1 block | free | dom 2 block |      free           |
+ *
+ * The host reads frames with pread (zero checks, page reads, the oracle)
+ * rather than through a mapping of its own: a read of a hole returns zeros
+ * without allocating, no page-table entry is created that a hole punch
+ * would have to shoot down, and the host can never fault on itself.
+ * Residency (which frames hold memory) comes from SEEK_DATA/SEEK_HOLE.
+ *
+ * A machine frame number (mfn) is a page offset in the memfd.  The frame
+ * space is sparse: handing frames out costs no memory; a frame holds memory
+ * only once populated, and punching a hole returns it to the host, zeroed,
+ * before anyone else can map it.  That is how freed memory is scrubbed.
+ *
+ * Frame allocator: a binary buddy system.  free[k] holds the first frame of
+ * every free block of 2^k frames; blocks are naturally aligned and a block's
+ * buddy is first ^ 2^k.  The lists are small (a few blocks per order per
+ * domain), so they are plain arrays searched linearly.
+ *   Invariants: free blocks are disjoint, aligned, inside the frame space;
+ *   no two buddies are both free at the same order; their sizes add up to
+ *   free_pages.
+ *
+ * Budget: populated_pages <= budget_pages, kept with atomics so the fault
+ * path never takes a lock for it.
+ *
+ * Locking: machine->lock (MV_LOCK_MACHINE, innermost) protects the free lists
+ * and free_pages.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static unsigned order_for(uint64_t pages)
+{
+    unsigned order = 0;
+
+    while ((1ull << order) < pages)
+        order++;
+    return order;
+}
+
+static int free_list_push(struct mv__free_list *list, uint64_t start)
+{
+    if (list->count == list->capacity) {
+        size_t cap = list->capacity ? list->capacity * 2 : 16;
+        uint64_t *n = realloc(list->starts, cap * sizeof(*n));
+
+        if (!n)
+            return -ENOMEM;
+        list->starts = n;
+        list->capacity = cap;
+    }
+    list->starts[list->count++] = start;
+    return 0;
+}
+
+static ssize_t free_list_find(const struct mv__free_list *list, uint64_t start)
+{
+    for (size_t i = 0; i < list->count; i++)
+        if (list->starts[i] == start)
+            return (ssize_t)i;
+    return -1;
+}
+
+static bool free_list_remove(struct mv__free_list *list, uint64_t start)
+{
+    ssize_t i = free_list_find(list, start);
+
+    if (i < 0)
+        return false;
+    list->starts[i] = list->starts[--list->count];
+    return true;
+}
+
+/* Free one aligned block, merging with free buddies (lock held). */
+static int buddy_free_block(struct mv__machine *m, uint64_t start, unsigned order)
+{
+    while (order < MV_BUDDY_MAX_ORDER) {
+        uint64_t buddy = start ^ (1ull << order);
+
+        if (buddy + (1ull << order) > m->pages ||
+            !free_list_remove(&m->free[order], buddy))
+            break;
+        start = MV_MIN(start, buddy);
+        order++;
+    }
+    return free_list_push(&m->free[order], start);
+}
+
+/* Free [first, first + pages) as maximal aligned blocks (lock held). */
+static int buddy_free_range(struct mv__machine *m, uint64_t first, uint64_t pages)
+{
+    while (pages) {
+        unsigned order = first ? (unsigned)__builtin_ctzll(first) : MV_BUDDY_MAX_ORDER;
+        int rc;
+
+        order = MV_MIN(order, MV_BUDDY_MAX_ORDER);
+        while ((1ull << order) > pages)
+            order--;
+        rc = buddy_free_block(m, first, order);
+        if (rc < 0)
+            return rc;
+        m->free_pages += 1ull << order;
+        first += 1ull << order;
+        pages -= 1ull << order;
+    }
+    return 0;
+}
+
+int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
+                     uint64_t budget_pages)
+{
+    int rc;
+
+    memset(m, 0, sizeof(*m));
+    m->memfd = -1;
+    m->pages = machine_bytes >> MV_PAGE_SHIFT;
+    if (m->pages < MV_BLOCK_PAGES)
+        return mv__fail(-EINVAL, "machine size %llu bytes is below one 2 MiB block",
+                        (unsigned long long)machine_bytes);
+    if (m->pages > (1ull << MV_BUDDY_MAX_ORDER) * 64)
+        return mv__fail(-EINVAL, "machine size %llu GiB is above the %llu GiB "
+                        "the frame allocator covers",
+                        (unsigned long long)(machine_bytes / MV_GIB),
+                        (unsigned long long)(((1ull << MV_BUDDY_MAX_ORDER) * 64)
+                                             >> (30 - MV_PAGE_SHIFT)));
+    mv__mutex_init(&m->lock, MV_LOCK_MACHINE);
+    m->memfd = mv__os_memfd("memvisor-machine", machine_bytes);
+    if (m->memfd < 0) {
+        rc = m->memfd;
+        m->memfd = -1;
+        return mv__fail(rc, "cannot create the machine memfd of %llu bytes: %s",
+                        (unsigned long long)machine_bytes, mv_strerror(rc));
+    }
+    mv__mutex_lock(&m->lock);
+    rc = buddy_free_range(m, 0, m->pages);
+    mv__mutex_unlock(&m->lock);
+    if (rc < 0) {
+        mv__machine_fini(m);
+        return mv__fail(rc, "cannot set up the frame allocator");
+    }
+    atomic_store(&m->budget_pages, budget_pages);
+    return 0;
+}
+
+void mv__machine_fini(struct mv__machine *m)
+{
+    if (m->memfd >= 0)
+        close(m->memfd);
+    for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++)
+        free(m->free[k].starts);
+    mv__mutex_destroy(&m->lock);
+    memset(m, 0, sizeof(*m));
+    m->memfd = -1;
+}
+
+int mv__machine_alloc(struct mv__machine *m, uint64_t pages, uint64_t *first)
+{
+    unsigned want = order_for(pages), k;
+    uint64_t start;
+    int rc = 0;
+
+    if (want > MV_BUDDY_MAX_ORDER || pages > m->pages)
+        return mv__fail(-E2BIG, "%llu frames exceed the machine's %llu",
+                        (unsigned long long)pages, (unsigned long long)m->pages);
+    mv__mutex_lock(&m->lock);
+    for (k = want; k <= MV_BUDDY_MAX_ORDER && m->free[k].count == 0; k++)
+        ;
+    if (k > MV_BUDDY_MAX_ORDER) {
+        mv__mutex_unlock(&m->lock);
+        return mv__fail(-ENOSPC, "no free run of %llu frames in the machine "
+                        "(%llu frames free, fragmented or too few)",
+                        (unsigned long long)pages, (unsigned long long)m->free_pages);
+    }
+    start = m->free[k].starts[--m->free[k].count];
+    /* Split down to the order wanted, freeing the upper halves. */
+    while (k > want && rc == 0) {
+        k--;
+        rc = free_list_push(&m->free[k], start + (1ull << k));
+    }
+    m->free_pages -= 1ull << want;
+    /* Return the tail beyond what was asked for. */
+    if (rc == 0)
+        rc = buddy_free_range(m, start + pages, (1ull << want) - pages);
+    mv__mutex_unlock(&m->lock);
+    if (rc < 0)
+        return mv__fail(rc, "out of memory in the frame allocator");
+    *first = start;
+    return 0;
+}
+
+void mv__machine_free(struct mv__machine *m, uint64_t first, uint64_t pages)
+{
+    mv__mutex_lock(&m->lock);
+    /* Only fails when the list cannot grow; the frames are then lost to the
+     * allocator (never to another domain), which the audit reports. */
+    (void)buddy_free_range(m, first, pages);
+    mv__mutex_unlock(&m->lock);
+}
+
+int mv__machine_read(struct mv__machine *m, uint64_t mfn, uint64_t pages, void *buf)
+{
+    int rc = mv__os_read(m->memfd, buf, mfn << MV_PAGE_SHIFT, pages << MV_PAGE_SHIFT);
+
+    if (rc < 0)
+        return mv__fail(rc, "cannot read frames %#llx+%llu: %s",
+                        (unsigned long long)mfn, (unsigned long long)pages,
+                        mv_strerror(rc));
+    return 0;
+}
+
+int mv__machine_resident(struct mv__machine *m, uint64_t first, uint64_t pages,
+                         uint8_t *resident)
+{
+    off_t pos = (off_t)(first << MV_PAGE_SHIFT), end = (off_t)((first + pages) << MV_PAGE_SHIFT);
+
+    memset(resident, 0, pages);
+    while (pos < end) {
+        off_t data = lseek(m->memfd, pos, SEEK_DATA), hole;
+
+        if (data < 0 && errno == ENXIO)
+            break;
+        if (data < 0)
+            return mv__fail(-errno, "SEEK_DATA on the machine memfd failed");
+        if (data >= end)
+            break;
+        hole = lseek(m->memfd, data, SEEK_HOLE);
+        if (hole < 0)
+            return mv__fail(-errno, "SEEK_HOLE on the machine memfd failed");
+        hole = MV_MIN(hole, end);
+        memset(resident + ((uint64_t)data >> MV_PAGE_SHIFT) - first, 1,
+               (uint64_t)(hole - data) >> MV_PAGE_SHIFT);
+        pos = hole;
+    }
+    return 0;
+}
+
+bool mv__machine_charge(struct mv__machine *m, uint64_t pages)
+{
+    uint64_t cur = atomic_load(&m->populated_pages), peak;
+
+    do {
+        if (cur + pages > atomic_load(&m->budget_pages))
+            return false;
+    } while (!atomic_compare_exchange_weak(&m->populated_pages, &cur, cur + pages));
+    cur += pages;
+    peak = atomic_load(&m->peak_populated_pages);
+    while (cur > peak &&
+           !atomic_compare_exchange_weak(&m->peak_populated_pages, &peak, cur))
+        ;
+    return true;
+}
+
+void mv__machine_uncharge(struct mv__machine *m, uint64_t pages)
+{
+    atomic_fetch_sub(&m->populated_pages, pages);
+}
+
+static int compare_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+int mv__machine_audit(struct mv__machine *m)
+{
+    uint64_t total = 0, n = 0, *blocks;
+    int rc = 0;
+
+    if (atomic_load(&m->populated_pages) > atomic_load(&m->budget_pages))
+        return mv__fail(-EUCLEAN, "machine: populated %llu > budget %llu",
+                        (unsigned long long)atomic_load(&m->populated_pages),
+                        (unsigned long long)atomic_load(&m->budget_pages));
+    mv__mutex_lock(&m->lock);
+    for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++)
+        n += m->free[k].count;
+    blocks = calloc(n ? n : 1, 2 * sizeof(*blocks));
+    if (!blocks) {
+        mv__mutex_unlock(&m->lock);
+        return mv__fail(-ENOMEM, "machine audit: out of memory");
+    }
+    n = 0;
+    for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER && rc == 0; k++) {
+        for (size_t i = 0; i < m->free[k].count && rc == 0; i++) {
+            uint64_t s = m->free[k].starts[i], size = 1ull << k;
+
+            if (s & (size - 1) || s + size > m->pages)
+                rc = mv__fail(-EUCLEAN, "machine: free block %llu of order %u "
+                              "misaligned or outside the frame space",
+                              (unsigned long long)s, k);
+            else if (k < MV_BUDDY_MAX_ORDER && free_list_find(&m->free[k], s ^ size) >= 0)
+                rc = mv__fail(-EUCLEAN, "machine: buddies %llu and %llu of order "
+                              "%u are both free", (unsigned long long)s,
+                              (unsigned long long)(s ^ size), k);
+            blocks[2 * n] = s;
+            blocks[2 * n + 1] = size;
+            n++;
+            total += size;
+        }
+    }
+    if (rc == 0 && total != m->free_pages)
+        rc = mv__fail(-EUCLEAN, "machine: free blocks add up to %llu, counter "
+                      "says %llu", (unsigned long long)total,
+                      (unsigned long long)m->free_pages);
+    mv__mutex_unlock(&m->lock);
+    qsort(blocks, n, 2 * sizeof(*blocks), compare_u64);
+    for (uint64_t i = 1; i < n && rc == 0; i++)
+        if (blocks[2 * (i - 1)] + blocks[2 * (i - 1) + 1] > blocks[2 * i])
+            rc = mv__fail(-EUCLEAN, "machine: free blocks at %llu and %llu overlap",
+                          (unsigned long long)blocks[2 * (i - 1)],
+                          (unsigned long long)blocks[2 * i]);
+    free(blocks);
+    return rc;
+}

@@ -1,0 +1,292 @@
+/*
+ * os.c - the one place that makes system calls on memory and userfaultfds.
+ *
+ * Every mmap, hole punch, page-table zap and userfaultfd ioctl the library
+ * issues goes through a function here, so that tests can make any of them
+ * fail on demand (mv__os_inject) and see that the caller recovers or reports
+ * the error, never corrupts a page.  Functions return 0 or a negative errno,
+ * except the mapping call, which returns NULL and sets errno.
+ *
+ * Injection state is a small table of atomics: arming it is for tests and is
+ * not meant to race with itself.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+struct injection {
+    atomic_int err;
+    atomic_uint skip;
+    atomic_uint count;
+};
+
+static struct injection injections[MV_OS_OP_COUNT];
+
+void mv__os_inject(enum mv__os_op op, int err, unsigned skip, unsigned count)
+{
+    struct injection *inj = &injections[op];
+
+    atomic_store(&inj->count, 0);
+    atomic_store(&inj->err, err);
+    atomic_store(&inj->skip, skip);
+    atomic_store(&inj->count, count);
+}
+
+/* Returns the negative errno to fail this call with, or 0. */
+static int injected(enum mv__os_op op)
+{
+    struct injection *inj = &injections[op];
+    unsigned n;
+
+    if (mv_likely(atomic_load_explicit(&inj->count, memory_order_relaxed) == 0))
+        return 0;
+    n = atomic_load(&inj->skip);
+    while (n > 0) {
+        if (atomic_compare_exchange_weak(&inj->skip, &n, n - 1))
+            return 0;
+    }
+    n = atomic_load(&inj->count);
+    while (n > 0) {
+        if (atomic_compare_exchange_weak(&inj->count, &n, n - 1))
+            return -atomic_load(&inj->err);
+    }
+    return 0;
+}
+
+int mv__os_memfd(const char *name, uint64_t size)
+{
+    int fd, err = injected(MV_OS_MEMFD);
+
+    if (err)
+        return err;
+    fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (ftruncate(fd, (off_t)size) < 0) {
+        err = -errno;
+        close(fd);
+        return err;
+    }
+    return fd;
+}
+
+void *mv__os_map_shared(void *fixed, size_t length, int fd, uint64_t offset,
+                        int prot)
+{
+    int err = injected(MV_OS_MMAP);
+    void *p;
+
+    if (err) {
+        errno = -err;
+        return NULL;
+    }
+    p = mmap(fixed, length, prot,
+             MAP_SHARED | MAP_NORESERVE | (fixed ? MAP_FIXED : 0), fd,
+             (off_t)offset);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+int mv__os_unmap(void *addr, size_t length)
+{
+    return munmap(addr, length) < 0 ? -errno : 0;
+}
+
+int mv__os_punch(int fd, uint64_t offset, uint64_t length)
+{
+    int err = injected(MV_OS_PUNCH);
+
+    if (err)
+        return err;
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)offset, (off_t)length) < 0)
+        return -errno;
+    return 0;
+}
+
+int mv__os_read(int fd, void *buf, uint64_t offset, uint64_t length)
+{
+    uint8_t *p = buf;
+    int err = injected(MV_OS_READ);
+
+    if (err)
+        return err;
+    while (length) {
+        ssize_t n = pread(fd, p, length, (off_t)offset);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return -EIO;
+        p += n;
+        offset += (uint64_t)n;
+        length -= (uint64_t)n;
+    }
+    return 0;
+}
+
+int mv__os_zap(void *addr, size_t length)
+{
+    int err = injected(MV_OS_ZAP);
+
+    if (err)
+        return err;
+    return madvise(addr, length, MADV_DONTNEED) < 0 ? -errno : 0;
+}
+
+int mv__os_uffd_open(int *how)
+{
+    int fd, dev, err = injected(MV_OS_UFFD_OPEN);
+
+    if (err)
+        return err;
+    dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+    if (dev >= 0) {
+        fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+        close(dev);
+        if (fd >= 0) {
+            *how = 0;
+            return fd;
+        }
+    }
+    fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0) {
+        *how = 1;
+        return fd;
+    }
+    if (errno != EPERM)
+        return -errno;
+    fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (fd < 0)
+        return -errno;
+    *how = 2;
+    return fd;
+}
+
+int mv__os_uffd_api(int uffd, uint64_t features, uint64_t *offered,
+                    uint64_t *ioctls)
+{
+    struct uffdio_api api = { .api = UFFD_API, .features = features };
+
+    if (ioctl(uffd, UFFDIO_API, &api) < 0)
+        return -errno;
+    if (offered)
+        *offered = api.features;
+    if (ioctls)
+        *ioctls = api.ioctls;
+    return 0;
+}
+
+int mv__os_uffd_register(int uffd, void *addr, size_t length, uint64_t mode,
+                         uint64_t *ioctls)
+{
+    struct uffdio_register reg = {
+        .range = { .start = (uintptr_t)addr, .len = length },
+        .mode = mode,
+    };
+    int err = injected(MV_OS_UFFD_REGISTER);
+
+    if (err)
+        return err;
+    if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0)
+        return -errno;
+    if (ioctls)
+        *ioctls = reg.ioctls;
+    return 0;
+}
+
+int mv__os_uffd_unregister(int uffd, void *addr, size_t length)
+{
+    struct uffdio_range range = { .start = (uintptr_t)addr, .len = length };
+
+    return ioctl(uffd, UFFDIO_UNREGISTER, &range) < 0 ? -errno : 0;
+}
+
+/*
+ * The fill ioctls return EAGAIN when the address space changed under them
+ * (a concurrent mmap/munmap): retry from where they stopped.
+ */
+int mv__os_uffd_zeropage(int uffd, void *addr, size_t length)
+{
+    uintptr_t start = (uintptr_t)addr, end = start + length;
+    int err = injected(MV_OS_UFFD_ZEROPAGE);
+
+    if (err)
+        return err;
+    while (start < end) {
+        struct uffdio_zeropage zp = { .range = { .start = start, .len = end - start } };
+
+        if (ioctl(uffd, UFFDIO_ZEROPAGE, &zp) == 0)
+            return 0;
+        if (errno != EAGAIN)
+            return -errno;
+        if (zp.zeropage > 0)
+            start += (uintptr_t)zp.zeropage;
+    }
+    return 0;
+}
+
+int mv__os_uffd_continue(int uffd, void *addr, size_t length)
+{
+    uintptr_t start = (uintptr_t)addr, end = start + length;
+    int err = injected(MV_OS_UFFD_CONTINUE);
+
+    if (err)
+        return err;
+    while (start < end) {
+        struct uffdio_continue c = { .range = { .start = start, .len = end - start } };
+
+        if (ioctl(uffd, UFFDIO_CONTINUE, &c) == 0)
+            return 0;
+        if (errno != EAGAIN)
+            return -errno;
+        if (c.mapped > 0)
+            start += (uintptr_t)c.mapped;
+    }
+    return 0;
+}
+
+int mv__os_uffd_wake(int uffd, void *addr, size_t length)
+{
+    struct uffdio_range range = { .start = (uintptr_t)addr, .len = length };
+    int err = injected(MV_OS_UFFD_WAKE);
+
+    if (err)
+        return err;
+    return ioctl(uffd, UFFDIO_WAKE, &range) < 0 ? -errno : 0;
+}
+
+int mv__os_uffd_writeprotect(int uffd, void *addr, size_t length, bool protect)
+{
+    struct uffdio_writeprotect wp = {
+        .range = { .start = (uintptr_t)addr, .len = length },
+        .mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+    };
+    int err = injected(MV_OS_UFFD_WRITEPROTECT);
+
+    if (err)
+        return err;
+    while (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
+        if (errno != EAGAIN)
+            return -errno;
+    }
+    return 0;
+}
+
+long mv__os_pagemap_scan(int fd, struct pm_scan_arg *arg)
+{
+    long n;
+    int err = injected(MV_OS_PAGEMAP_SCAN);
+
+    if (err)
+        return err;
+    n = ioctl(fd, PAGEMAP_SCAN, arg);
+    return n < 0 ? -errno : n;
+}

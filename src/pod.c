@@ -1,0 +1,425 @@
+/*
+ * pod.c - populate-on-demand (after Xen's p2m-pod.c).
+ *
+ * A domain boots "ballooned": maxmem pages of address space, every gfn a PoD
+ * entry, nothing populated, and a target of pages it may have populated at
+ * once.  A first touch of a PoD entry traps (MISSING fault) and is served
+ * here by populating a zeroed page, or the whole 2 MiB block around it when
+ * the block is all PoD and the budgets allow (one UFFDIO_ZEROPAGE maps 512
+ * pages, so the guest takes one trap instead of 512).
+ *
+ * When the target (or the host budget) is exhausted, an emergency sweep
+ * looks for populated pages that are all zero - a guest that scrubs its
+ * memory at boot leaves plenty - and turns them back into PoD entries.  The
+ * sweep is bounded (MV_SWEEP_SCAN_LIMIT pages per call, continuing from a
+ * cursor), so a fault never costs O(maxmem).
+ *
+ * Reclaiming a page a vCPU may be writing at that instant is the delicate
+ * part.  The sweep reads a 2 MiB block's populated frames with one pread
+ * and checks each page, first words first (cheap, no side effects); only
+ * pages that read as zero are zapped from the guest's page table, after
+ * which any guest access traps (MINOR fault) and waits for the domain lock
+ * the sweep holds.
+ * Every store that completed before the zap is in the frame, so the full
+ * check of a second read after the zap sees it: a zero page is punched out
+ * (its memory goes back to the host, zeroed), a page with data is mapped
+ * back at once (UFFDIO_CONTINUE).  Reading with pread rather than through
+ * a mapping creates no page-table entries, which on a paravirtualized
+ * machine cost a trap each to build and a TLB shootdown to tear down.
+ *
+ * Invariants (checked by mv_domain_audit):
+ *   0 <= populated <= target <= maxmem
+ *   populated + pod + ballooned == maxmem
+ *   a gfn is RAM  <=>  its frame holds memory in the machine memfd
+ *
+ * Locking: every function here runs with the domain lock held.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t frame_offset(struct mv_domain *d, uint64_t gfn)
+{
+    return (d->base_mfn + gfn) << MV_PAGE_SHIFT;
+}
+
+/* Charge `pages` to the domain's target and to the host budget. */
+static bool charge(struct mv_domain *d, uint64_t pages)
+{
+    if (d->populated + pages > d->target_pages)
+        return false;
+    return mv__machine_charge(&d->host->machine, pages);
+}
+
+/* First words only: rejects almost every page with data after one line. */
+static bool cheap_zero(const uint8_t *page)
+{
+    const uint64_t *w = (const uint64_t *)page;
+
+    return (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) == 0;
+}
+
+static bool page_is_zero(const uint8_t *page)
+{
+    const uint64_t *w = (const uint64_t *)page;
+
+    for (unsigned i = 0; i < MV_PAGE_SIZE / 8; i += 8) {
+        if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] |
+            w[i + 6] | w[i + 7])
+            return false;
+    }
+    return true;
+}
+
+/* Give back memory the p2m does not account for (all PoD, content zero by
+ * definition), so that a failed populate leaves no stray frame behind. */
+static void discard_frames(struct mv_domain *d, uint64_t gfn, uint64_t pages)
+{
+    int rc = mv__os_punch(d->host->machine.memfd, frame_offset(d, gfn),
+                          pages << MV_PAGE_SHIFT);
+
+    if (rc < 0)
+        mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot discard frames of "
+                "gfn %#llx+%llu: %s", d->domid, (unsigned long long)gfn,
+                (unsigned long long)pages, mv_strerror(rc));
+}
+
+/*
+ * Make room for `pages` more populated pages by sweeping for zero pages.
+ * Sweeping only to keep a block whole is optional work: after a sweep that
+ * found too little, skip such sweeps for the next MV_SWEEP_BACKOFF faults
+ * rather than rescan memory full of data on every fault.
+ */
+static bool sweep_for(struct mv_domain *d, uint64_t pages, bool optional)
+{
+    struct mv_sweep_result res;
+
+    if (optional && d->sweep_backoff) {
+        d->sweep_backoff--;
+        return false;
+    }
+    mv__pod_sweep(d, MV_SWEEP_SCAN_LIMIT, MV_MAX(pages, MV_SWEEP_RECLAIM_GOAL), &res);
+    if (res.reclaimed < pages) {
+        d->sweep_backoff = MV_SWEEP_BACKOFF;
+        return false;
+    }
+    return charge(d, pages);
+}
+
+/* Populate the whole 2 MiB block around gfn.  -EAGAIN: not possible now,
+ * populate a single page instead. */
+static int populate_block(struct mv_domain *d, uint64_t gfn)
+{
+    uint64_t first = gfn & ~(uint64_t)(MV_BLOCK_PAGES - 1);
+    int rc;
+
+    if (!d->config.pod_block_populate || first + MV_BLOCK_PAGES > d->maxmem_pages ||
+        d->block_pod[first / MV_BLOCK_PAGES] != MV_BLOCK_PAGES)
+        return -EAGAIN;
+    if (!charge(d, MV_BLOCK_PAGES) && !sweep_for(d, MV_BLOCK_PAGES, true))
+        return -EAGAIN;
+    rc = mv__os_uffd_zeropage(d->uffd, mv__gfn_addr(d, first),
+                              (size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
+    if (rc < 0) {
+        discard_frames(d, first, MV_BLOCK_PAGES);
+        mv__machine_uncharge(&d->host->machine, MV_BLOCK_PAGES);
+        mv__log(d->host, MV_LOG_WARN, "domain %u: 2 MiB populate at gfn %#llx "
+                "failed (%s); falling back to 4 KiB", d->domid,
+                (unsigned long long)first, mv_strerror(rc));
+        return -EAGAIN;
+    }
+    for (uint64_t i = 0; i < MV_BLOCK_PAGES; i++)
+        mv__p2m_set(d, first + i, MV_P2M_RAM);
+    mv__logdirty_mark(d, first, MV_BLOCK_PAGES);
+    d->populated_2m++;
+    return 0;
+}
+
+static int populate_page(struct mv_domain *d, uint64_t gfn)
+{
+    int rc;
+
+    if (!charge(d, 1) && !sweep_for(d, 1, false))
+        return -ENOMEM;
+    rc = mv__os_uffd_zeropage(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+    if (rc == -EEXIST) {
+        /* A frame exists for a PoD entry: memory we never handed out.  Its
+         * bytes are not the guest's (a PoD page is zero), so drop it. */
+        mv__log(d->host, MV_LOG_ERROR, "domain %u: stray frame under PoD gfn "
+                "%#llx discarded", d->domid, (unsigned long long)gfn);
+        discard_frames(d, gfn, 1);
+        rc = mv__os_uffd_zeropage(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+    }
+    if (rc < 0) {
+        discard_frames(d, gfn, 1);
+        mv__machine_uncharge(&d->host->machine, 1);
+        if (rc == -ENOMEM)
+            return rc;
+        mv__domain_crash(d, "cannot populate gfn %#llx: %s",
+                         (unsigned long long)gfn, mv_strerror(rc));
+        return -EFAULT;
+    }
+    mv__p2m_set(d, gfn, MV_P2M_RAM);
+    mv__logdirty_mark(d, gfn, 1);
+    d->populated_4k++;
+    return 0;
+}
+
+/* A populated page trapped: the sweep zapped it, or another vCPU's fault on
+ * the same page was served first.  Map it (or just wake). */
+static int map_present(struct mv_domain *d, uint64_t gfn)
+{
+    int rc = mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+
+    if (rc == -EEXIST)
+        rc = mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+    if (rc < 0) {
+        mv__domain_crash(d, "cannot map populated gfn %#llx: %s",
+                         (unsigned long long)gfn, mv_strerror(rc));
+        return -EFAULT;
+    }
+    return 0;
+}
+
+int mv__pod_fault(struct mv_domain *d, uint64_t gfn)
+{
+    switch ((enum mv__p2m_type)d->p2m[gfn]) {
+    case MV_P2M_RAM:
+        return map_present(d, gfn);
+    case MV_P2M_POD:
+        if (populate_block(d, gfn) == 0)
+            return 0;
+        return populate_page(d, gfn);
+    case MV_P2M_BALLOONED:
+        mv__domain_crash(d, "guest touched gfn %#llx, which it had ballooned out",
+                         (unsigned long long)gfn);
+        return -EFAULT;
+    }
+    mv__domain_crash(d, "corrupt p2m entry %u at gfn %#llx", d->p2m[gfn],
+                     (unsigned long long)gfn);
+    return -EFAULT;
+}
+
+int mv__pod_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
+{
+    int rc = mv__os_punch(d->host->machine.memfd, frame_offset(d, gfn),
+                          MV_PAGE_SIZE);
+
+    if (rc < 0)
+        return rc;
+    mv__p2m_set(d, gfn, type);
+    mv__machine_uncharge(&d->host->machine, 1);
+    mv__logdirty_mark(d, gfn, 1);
+    return 0;
+}
+
+#define MV_BLOCK_BYTES ((size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT)
+
+/*
+ * Map zapped pages with data back now rather than let the guest take a trap
+ * for each.  The mapping comes back writable, so report the pages to the
+ * dirty log: over-reporting, never a lost write.
+ */
+static void remap_zapped(struct mv_domain *d, uint64_t gfn, uint64_t n)
+{
+    int rc;
+
+    mv__logdirty_mark(d, gfn, n);
+    rc = mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), n << MV_PAGE_SHIFT);
+    if (rc < 0 && rc != -EEXIST)
+        mv__log(d->host, MV_LOG_WARN, "domain %u: cannot remap gfn %#llx after "
+                "the sweep (%s); it will trap once", d->domid,
+                (unsigned long long)gfn, mv_strerror(rc));
+}
+
+/* One 2 MiB buffer per thread that sweeps, freed when the thread exits. */
+static pthread_key_t sweep_buffer_key;
+static pthread_once_t sweep_buffer_once = PTHREAD_ONCE_INIT;
+
+static void make_sweep_buffer_key(void)
+{
+    pthread_key_create(&sweep_buffer_key, free);
+}
+
+static uint8_t *sweep_buffer(void)
+{
+    uint8_t *buf;
+
+    pthread_once(&sweep_buffer_once, make_sweep_buffer_key);
+    buf = pthread_getspecific(sweep_buffer_key);
+    if (!buf) {
+        buf = aligned_alloc(MV_PAGE_SIZE, MV_BLOCK_BYTES);
+        if (buf && pthread_setspecific(sweep_buffer_key, buf) != 0) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    return buf;
+}
+
+/*
+ * [gfn, gfn + n) are RAM, passed the cheap check and are zapped from the
+ * guest's page table; `pages` holds their bytes as read after the zap.
+ * Punch out runs of zero pages, map the others back.  Returns pages
+ * reclaimed.
+ */
+static uint64_t reclaim_zapped_run(struct mv_domain *d, uint64_t gfn, uint64_t n,
+                                   const uint8_t *pages)
+{
+    uint64_t reclaimed = 0, i = 0;
+
+    while (i < n) {
+        uint64_t start = i;
+        bool zero = page_is_zero(pages + (i << MV_PAGE_SHIFT));
+        int rc = 0;
+
+        while (++i < n && page_is_zero(pages + (i << MV_PAGE_SHIFT)) == zero)
+            ;
+        if (zero) {
+            rc = mv__os_punch(d->host->machine.memfd, frame_offset(d, gfn + start),
+                              (i - start) << MV_PAGE_SHIFT);
+            if (rc == 0) {
+                for (uint64_t j = start; j < i; j++)
+                    mv__p2m_set(d, gfn + j, MV_P2M_POD);
+                mv__machine_uncharge(&d->host->machine, i - start);
+                mv__logdirty_mark(d, gfn + start, i - start);
+                reclaimed += i - start;
+                continue;
+            }
+        }
+        remap_zapped(d, gfn + start, i - start);
+    }
+    return reclaimed;
+}
+
+/* Sweep the RAM pages of one 2 MiB block [first, end).  Returns pages
+ * reclaimed; adds the populated pages examined to *scanned. */
+static uint64_t sweep_block(struct mv_domain *d, uint64_t first, uint64_t end,
+                            uint8_t *buf, uint64_t *scanned)
+{
+    uint64_t lo = first, hi = end, reclaimed = 0, gfn;
+
+    while (lo < hi && d->p2m[lo] != MV_P2M_RAM)
+        lo++;
+    while (hi > lo && d->p2m[hi - 1] != MV_P2M_RAM)
+        hi--;
+    if (lo == hi || mv__machine_read(&d->host->machine, d->base_mfn + lo, hi - lo, buf) < 0)
+        return 0;
+    for (gfn = lo; gfn < hi;) {
+        uint64_t run = gfn;
+        uint8_t *at = buf + ((gfn - lo) << MV_PAGE_SHIFT);
+
+        /* A maximal run of populated pages that read as zero, first words
+         * first: only these are worth unmapping for the check that counts. */
+        while (run < hi && d->p2m[run] == MV_P2M_RAM &&
+               cheap_zero(buf + ((run - lo) << MV_PAGE_SHIFT)) &&
+               page_is_zero(buf + ((run - lo) << MV_PAGE_SHIFT)))
+            run++;
+        if (run == gfn) {
+            *scanned += d->p2m[gfn] == MV_P2M_RAM;
+            gfn++;
+            continue;
+        }
+        *scanned += run - gfn;
+        if (mv__os_zap(mv__gfn_addr(d, gfn), (run - gfn) << MV_PAGE_SHIFT) == 0) {
+            if (mv__machine_read(&d->host->machine, d->base_mfn + gfn, run - gfn, at) == 0)
+                reclaimed += reclaim_zapped_run(d, gfn, run - gfn, at);
+            else
+                remap_zapped(d, gfn, run - gfn);
+        }
+        gfn = run;
+    }
+    return reclaimed;
+}
+
+void mv__pod_sweep(struct mv_domain *d, uint64_t max_scan, uint64_t want,
+                   struct mv_sweep_result *result)
+{
+    uint64_t start_ns = mv__now_ns(), visited = 0, scanned = 0, reclaimed = 0;
+    uint64_t gfn = d->sweep_cursor;
+    uint8_t *buf = sweep_buffer();
+
+    mv__assert_held(&d->lock);
+    if (!buf)
+        mv__log(d->host, MV_LOG_ERROR, "domain %u: no memory for the sweep buffer",
+                d->domid);
+    while (buf && visited < d->maxmem_pages && scanned < max_scan &&
+           reclaimed < want && d->populated > 0) {
+        uint64_t end = MV_MIN((gfn | (MV_BLOCK_PAGES - 1)) + 1, d->maxmem_pages);
+
+        visited += end - gfn;
+        if (d->block_pod[gfn / MV_BLOCK_PAGES] < end - (gfn & ~(uint64_t)(MV_BLOCK_PAGES - 1)))
+            reclaimed += sweep_block(d, gfn, end, buf, &scanned);
+        gfn = end >= d->maxmem_pages ? 0 : end;
+    }
+    d->sweep_cursor = gfn;
+    d->sweeps++;
+    d->sweep_scanned += scanned;
+    d->reclaimed_zero += reclaimed;
+    result->scanned = scanned;
+    result->reclaimed = reclaimed;
+    result->elapsed_ns = mv__now_ns() - start_ns;
+    if (reclaimed)
+        mv__fault_kick(d->host);
+}
+
+int mv_domain_reclaim_zero(mv_host *host, uint32_t domid, uint64_t max_pages,
+                           struct mv_sweep_result *result)
+{
+    struct mv_sweep_result local;
+    struct mv_domain *d = mv__domain_get(host, domid);
+    int rc = 0;
+
+    if (!d)
+        return -ESRCH;
+    mv__mutex_lock(&d->lock);
+    if (d->state == MV_DOMAIN_CRASHED)
+        rc = mv__fail(-EPERM, "domain %u has crashed", domid);
+    else
+        mv__pod_sweep(d, max_pages ? max_pages : d->maxmem_pages, UINT64_MAX,
+                      result ? result : &local);
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+    return rc;
+}
+
+int mv_domain_set_target(mv_host *host, uint32_t domid, uint64_t target_bytes)
+{
+    struct mv_sweep_result res;
+    struct mv_domain *d;
+    uint64_t target = target_bytes >> MV_PAGE_SHIFT;
+    int rc = 0;
+
+    mv__clear_error();
+    if (target_bytes % MV_PAGE_SIZE)
+        return mv__fail(-EINVAL, "target %llu is not a multiple of the page size",
+                        (unsigned long long)target_bytes);
+    d = mv__domain_get(host, domid);
+    if (!d)
+        return -ESRCH;
+    mv__mutex_lock(&d->lock);
+    if (target > d->maxmem_pages) {
+        rc = mv__fail(-EINVAL, "target %llu MiB exceeds maxmem %llu MiB",
+                      (unsigned long long)(target_bytes / MV_MIB),
+                      (unsigned long long)(d->maxmem_pages >> (20 - MV_PAGE_SHIFT)));
+    } else if (d->state == MV_DOMAIN_CRASHED) {
+        rc = mv__fail(-EPERM, "domain %u has crashed", domid);
+    } else {
+        if (target < d->populated)
+            mv__pod_sweep(d, d->maxmem_pages, d->populated - target, &res);
+        if (target < d->populated)
+            rc = mv__fail(-EBUSY, "%llu pages hold data, more than the new target "
+                          "of %llu; balloon the guest down first",
+                          (unsigned long long)d->populated,
+                          (unsigned long long)target);
+        else
+            d->target_pages = target;
+    }
+    mv__mutex_unlock(&d->lock);
+    if (rc == 0)
+        mv__fault_kick(host);
+    mv__domain_put(d);
+    return rc;
+}

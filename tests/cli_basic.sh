@@ -1,0 +1,368 @@
+#!/usr/bin/env bash
+# cli_basic.sh - memvisord and the memvisor tool end to end.
+#
+# Usage: bash tests/cli_basic.sh PATH/TO/memvisord PATH/TO/memvisor
+#
+# Starts a daemon on a private socket and drives it through the tool: domain
+# life cycle, errors and their exit statuses, stats as JSON, pause, workloads,
+# targets, ballooning, the content oracle and audits.  Then talks to the
+# socket directly (malformed and oversized requests, a client that hangs up
+# mid-request, a client that stalls while others are served), checks that a
+# second daemon refuses the socket, that a dead daemon's socket is replaced,
+# and that SIGTERM and `shutdown` stop a daemon cleanly.  Every check counts;
+# the last line is "cli_basic: N passed, M failed" and the exit status is
+# non-zero when anything failed.  Skips (exit 0) when the kernel lacks what
+# memvisor needs.
+set -u
+
+if [ $# -ne 2 ]; then
+    echo "usage: $0 MEMVISORD MEMVISOR" >&2
+    exit 2
+fi
+daemon_bin=$1
+cli_bin=$2
+scratch=$(mktemp -d)
+export MEMVISOR_SOCKET=$scratch/memvisord.sock
+passed=0
+failed=0
+daemon_pids=()
+
+cleanup() {
+    for pid in "${daemon_pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    wait 2>/dev/null
+    rm -rf "$scratch"
+}
+trap cleanup EXIT
+
+pass() {
+    passed=$((passed + 1))
+    echo "ok   $1"
+}
+
+fail() {
+    failed=$((failed + 1))
+    echo "FAIL $1: $2"
+}
+
+# The output of the last command, indented, after a failure.
+show_output() {
+    sed 's/^/     | /' "$scratch/out" "$scratch/err" | head -20
+}
+
+# expect DESCRIPTION COMMAND...: COMMAND (a test(1) expression or any
+# command) must succeed.
+expect() {
+    local what=$1
+    shift
+    if "$@"; then
+        pass "$what"
+    else
+        fail "$what" "false: $*"
+    fi
+}
+
+# check DESCRIPTION STATUS [--out REGEX] [--err REGEX] -- COMMAND...
+# Runs COMMAND (output in $scratch/out and $scratch/err) and expects its exit
+# status and, when given, a line of stdout or stderr matching each REGEX.
+check() {
+    local what=$1 expected=$2 out_re="" err_re="" status
+    shift 2
+    while [ "$1" != "--" ]; do
+        case $1 in
+        --out) out_re=$2 ;;
+        --err) err_re=$2 ;;
+        esac
+        shift 2
+    done
+    shift
+    timeout 60 "$@" >"$scratch/out" 2>"$scratch/err"
+    status=$?
+    if [ "$status" -ne "$expected" ]; then
+        fail "$what" "exit status $status, expected $expected"
+        show_output
+    elif [ -n "$out_re" ] && ! grep -Eq -- "$out_re" "$scratch/out"; then
+        fail "$what" "stdout lacks /$out_re/"
+        show_output
+    elif [ -n "$err_re" ] && ! grep -Eq -- "$err_re" "$scratch/err"; then
+        fail "$what" "stderr lacks /$err_re/"
+        show_output
+    else
+        pass "$what"
+    fi
+}
+
+# json_check DESCRIPTION PYTHON_EXPRESSION: the expression, over `d` (the
+# JSON the last command printed), must be true.
+json_check() {
+    if python3 -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+sys.exit(0 if eval("(" + sys.argv[2] + ")") else 1)' "$scratch/out" "$2" 2>>"$scratch/err"; then
+        pass "$1"
+    else
+        fail "$1" "not true of the JSON: $2"
+        show_output
+    fi
+}
+
+# domain_json DOMAIN: `stats --json DOMAIN` into $scratch/out.
+domain_json() {
+    timeout 60 "$cli_bin" stats --json "$1" >"$scratch/out" 2>"$scratch/err"
+}
+
+# start_daemon SOCKET LOG: start memvisord and wait until it answers.
+start_daemon() {
+    "$daemon_bin" --socket "$1" --log-level debug 2>"$2" &
+    daemon_pid=$!
+    daemon_pids+=("$daemon_pid")
+    for _ in $(seq 100); do
+        if "$cli_bin" --socket "$1" list >/dev/null 2>&1; then
+            return 0
+        fi
+        kill -0 "$daemon_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "memvisord did not start on $1:" >&2
+    cat "$2" >&2
+    return 1
+}
+
+# wait_exit PID: wait up to 10 s for a daemon to exit; its status in $exit_status.
+wait_exit() {
+    for _ in $(seq 100); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.1
+    done
+    wait "$1"
+    exit_status=$?
+}
+
+if ! "$cli_bin" doctor >"$scratch/out" 2>&1; then
+    echo "cli_basic: skipped, the kernel lacks what memvisor needs:"
+    cat "$scratch/out"
+    exit 0
+fi
+
+# ---------------------------------------------------------------------------
+# The tool on its own
+
+check "doctor" 0 --out "can run on this kernel" -- "$cli_bin" doctor
+check "doctor --json" 0 -- "$cli_bin" doctor --json
+json_check "doctor --json reports every feature" \
+    'd["usable"] and len(d["features"]) == 6 and d["kernel_release"]'
+check "--help" 0 --out "^usage: memvisor" -- "$cli_bin" --help
+for cmd in doctor create destroy list pause unpause stats set-target balloon reclaim \
+           workload workload-status workload-stop verify audit logdirty wss shutdown demo; do
+    check "$cmd --help" 0 --out "^usage: memvisor $cmd" -- "$cli_bin" "$cmd" --help
+done
+check "unknown command" 2 --err "^memvisor: unknown command 'frobnicate'" -- \
+    "$cli_bin" frobnicate
+check "unknown option" 2 --err "^memvisor: list: unknown option '--bogus'" -- \
+    "$cli_bin" list --bogus
+check "bad size" 2 --err "^memvisor: create: --maxmem: '12Q' is not a size" -- \
+    "$cli_bin" create x --maxmem 12Q
+check "oversized size" 2 --err "too large" -- "$cli_bin" set-target x 99999999999P
+check "missing operand" 2 --err "^memvisor: balloon: expects DOMAIN SIZE" -- \
+    "$cli_bin" balloon web
+check "no daemon" 1 --err "^memvisor: list: cannot reach memvisord" -- \
+    "$cli_bin" --socket "$scratch/nobody.sock" list
+
+# ---------------------------------------------------------------------------
+# Domains through the daemon
+
+start_daemon "$MEMVISOR_SOCKET" "$scratch/daemon.log" || exit 1
+main_pid=$daemon_pid
+
+check "create web" 0 --out "^created domain 1 \(web\)" -- \
+    "$cli_bin" create web --maxmem 256M --target 64M --vcpus 2
+check "create db" 0 --out "^created domain 2 \(db\)" -- "$cli_bin" create db --maxmem 128M
+check "duplicate name" 1 --err "^memvisor: create: .+: a domain named 'web' exists" -- \
+    "$cli_bin" create web --maxmem 64M
+check "target above maxmem" 1 --err "^memvisor: create: .+: target .* exceeds maxmem" -- \
+    "$cli_bin" create big --maxmem 256M --target 512M
+check "unknown domain" 1 --err "^memvisor: pause: no such domain: no domain named 'nosuch'" -- \
+    "$cli_bin" pause nosuch
+check "workload options need --workload" 2 -- "$cli_bin" create w --maxmem 64M --rate 5
+check "list" 0 --out "^ +2 +db +running" -- "$cli_bin" list
+
+check "stats --json" 0 -- "$cli_bin" stats --json
+json_check "stats --json has the host and both domains" \
+    'd["host"]["budget_pages"] > 0 and d["host"]["domains"] == 2 and
+     [x["name"] for x in d["domains"]] == ["web", "db"]'
+json_check "stats --json has each counter" \
+    'all(k in d["domains"][0] for k in ("state", "maxmem_pages", "target_pages",
+         "populated_pages", "pod_pages", "ballooned_pages", "faults", "populated_2m",
+         "populated_4k", "sweeps", "reclaimed_zero", "pod_waits", "crash_reason",
+         "workload"))
+     and d["domains"][0]["maxmem_pages"] == 65536 and d["domains"][0]["target_pages"] == 16384'
+check "stats table" 0 --out "^ +1 +web +running" -- "$cli_bin" stats
+check "stats by id" 0 --out "^ +2 +db " -- "$cli_bin" stats 2
+
+check "pause" 0 -- "$cli_bin" pause web
+domain_json web
+json_check "paused" 'd["domains"][0]["state"] == "paused"'
+check "pause twice" 1 --err "already paused" -- "$cli_bin" pause web
+check "unpause" 0 -- "$cli_bin" unpause web
+domain_json web
+json_check "running again" 'd["domains"][0]["state"] == "running"'
+
+check "scrub to completion" 0 --out "finished, 65536 pages" -- "$cli_bin" workload web scrub
+domain_json web
+json_check "scrub stayed within target by sweeping zero pages" \
+    'd["domains"][0]["populated_pages"] <= d["domains"][0]["target_pages"] and
+     d["domains"][0]["sweeps"] > 0 and d["domains"][0]["reclaimed_zero"] > 0 and
+     d["domains"][0]["workload"]["finished"]'
+
+check "set-target" 0 -- "$cli_bin" set-target web 128M
+domain_json web
+json_check "target raised" 'd["domains"][0]["target_pages"] == 32768'
+check "set-target above maxmem" 1 --err "exceeds maxmem" -- "$cli_bin" set-target web 1G
+check "random writer" 0 --out "finished" -- \
+    "$cli_bin" workload web random --duration-ms 500 --rate 2000 --working-set 16M
+check "balloon" 0 --out "^balloon: moved 16384 pages" -- "$cli_bin" balloon web 192M
+domain_json web
+json_check "ballooned" 'd["domains"][0]["ballooned_pages"] == 16384'
+check "verify" 0 --out "every page of web" -- "$cli_bin" verify web
+check "verify by id" 0 -- "$cli_bin" verify 1
+check "verify workload" 0 --out "finished" -- "$cli_bin" workload web verify
+check "workload-status --json" 0 -- "$cli_bin" workload-status --json web
+json_check "verify workload found no mismatch" \
+    'd["workload"]["finished"] and d["workload"]["mismatches"] == 0'
+check "detached random writer" 0 --out "started" -- \
+    "$cli_bin" workload web random --rate 1000 --working-set 8M
+check "workload-stop" 0 -- "$cli_bin" workload-stop web
+check "reclaim" 0 --out "^reclaim: examined" -- "$cli_bin" reclaim db
+check "audit" 0 --out "invariant" -- "$cli_bin" audit
+check "audit one domain" 0 -- "$cli_bin" audit web
+
+# Dirty logging and the working-set estimate
+check "logdirty clean before enable" 1 --err "not logging dirty pages" -- \
+    "$cli_bin" logdirty web clean
+check "logdirty bad action" 2 --err "is not enable" -- "$cli_bin" logdirty web frob
+check "create with a dirty-log mode" 0 -- \
+    "$cli_bin" create logged --maxmem 64M --logdirty wp-sync
+check "bad dirty-log mode" 2 --err "is not auto" -- \
+    "$cli_bin" create bad --maxmem 64M --logdirty fast
+check "logdirty enable" 0 --out "dirty log of logged: on, mechanism wp-sync" -- \
+    "$cli_bin" logdirty logged enable
+check "logdirty enable twice" 1 --err "already logging" -- "$cli_bin" logdirty logged enable
+check "writes while logging" 0 --out "finished" -- \
+    "$cli_bin" workload logged random --max-pages 300 --working-set 4M
+check "logdirty clean --json" 0 -- "$cli_bin" logdirty --json logged clean
+json_check "the written pages are reported" \
+    'd["dirty_pages"] >= 256 and d["dirty_pages"] <= 1024 and d["logdirty"]["rounds"] == 1'
+check "logdirty clean again: nothing new" 0 --out "^clean: 0 dirty pages" -- \
+    "$cli_bin" logdirty logged clean
+check "logdirty disable" 0 --out "off" -- "$cli_bin" logdirty logged disable
+check "working-set writer" 0 --out "started" -- \
+    "$cli_bin" workload logged random --rate 2000 --working-set 8M
+check "wss --json" 0 -- "$cli_bin" wss logged --interval 1 --count 2 --json
+expect "wss printed two intervals with pages written" python3 -c '
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+sys.exit(0 if len(rows) == 2 and all(r["pages"] > 0 for r in rows) else 1)' "$scratch/out"
+check "wss left logging off" 0 --out "dirty log of logged: off" -- \
+    "$cli_bin" logdirty logged stats
+check "stop the working-set writer" 0 -- "$cli_bin" workload-stop logged
+check "verify after logging" 0 -- "$cli_bin" verify logged
+check "destroy logged" 0 -- "$cli_bin" destroy logged
+
+# ---------------------------------------------------------------------------
+# The socket spoken to directly
+
+check "malformed and oversized requests" 0 -- python3 - "$MEMVISOR_SOCKET" <<'EOF'
+import json, socket, sys
+
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect(sys.argv[1])
+    return s, s.makefile("rb")
+
+def ask(s, f, raw):
+    s.sendall(raw)
+    return json.loads(f.readline())
+
+def expect_error(reply, errno, words):
+    assert reply["ok"] is False and reply["errno"] == errno, reply
+    assert words in reply["detail"], reply
+
+s, f = connect()
+expect_error(ask(s, f, b"this is not json\n"), 22, "malformed JSON")
+expect_error(ask(s, f, b"[1, 2]\n"), 22, "must be a JSON object")
+expect_error(ask(s, f, b'{"cmd": "nope"}\n'), 22, "unknown command 'nope'")
+expect_error(ask(s, f, b'{"nocmd": 1}\n'), 22, "missing argument 'cmd'")
+expect_error(ask(s, f, b'{"cmd": "create", "name": 7, "maxmem": 4096}\n'), 22,
+             "argument 'name' must be a string")
+expect_error(ask(s, f, b'{"cmd": "set-target", "domain": "web", "targte": 1}\n'), 22,
+             "unknown argument 'targte'")
+expect_error(ask(s, f, b'{"cmd": "workload-status", "domain": "web", "wait_ms": 60000}\n'),
+             22, "wait_ms")
+expect_error(ask(s, f, b'{"cmd": "balloon", "domain": "web", "size": "lots"}\n'), 22,
+             "is not a size")
+expect_error(ask(s, f, b'{"cmd": "list"' + b" " * 70000 + b"}\n"), 90, "longer than")
+reply = ask(s, f, b'{"cmd": "list"}\n')
+assert reply["ok"] and len(reply["domains"]) == 2, reply
+# Two requests in one write are answered in order.
+s.sendall(b'{"cmd": "stats", "domain": "db"}\n{"cmd": "list"}\n')
+assert "host" in json.loads(f.readline())
+assert "host" not in json.loads(f.readline())
+s.close()
+EOF
+check "daemon answers after bad requests" 0 -- "$cli_bin" list
+
+check "clients that hang up mid-request" 0 -- python3 - "$MEMVISOR_SOCKET" <<'EOF'
+import socket, sys
+
+for raw in (b'{"cmd": "li', b'{"cmd": "stats"}\n' * 50, b"x" * 100000):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    s.sendall(raw)
+    s.close()
+EOF
+check "daemon answers after clients hung up" 0 --out "web" -- "$cli_bin" list
+
+check "a stalled client does not block others" 0 -- python3 - "$MEMVISOR_SOCKET" "$cli_bin" <<'EOF'
+import json, socket, subprocess, sys
+
+stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+stalled.settimeout(20)
+stalled.connect(sys.argv[1])
+stalled.sendall(b'{"cmd": "li')
+subprocess.run([sys.argv[2], "list"], check=True, timeout=20, stdout=subprocess.DEVNULL)
+stalled.sendall(b'st"}\n')
+assert json.loads(stalled.makefile("rb").readline())["ok"]
+EOF
+
+check "second daemon refuses the socket" 1 --err "another memvisord \(pid $main_pid\)" -- \
+    "$daemon_bin" --socket "$MEMVISOR_SOCKET"
+check "first daemon unharmed" 0 -- "$cli_bin" list
+
+check "destroy" 0 -- "$cli_bin" destroy db
+check "list after destroy" 0 -- "$cli_bin" list
+expect "db left the list" test "$(grep -c " db " "$scratch/out")" -eq 0
+check "destroy twice" 1 --err "no such domain" -- "$cli_bin" destroy db
+
+# ---------------------------------------------------------------------------
+# Stopping: a dead daemon's socket is replaced, SIGTERM and shutdown are clean
+
+other=$scratch/other.sock
+start_daemon "$other" "$scratch/other.log" || exit 1
+{ kill -KILL "$daemon_pid"; wait_exit "$daemon_pid"; } 2>/dev/null # no "Killed" notice
+expect "socket left by a killed daemon" test -S "$other"
+expect "stale socket replaced" start_daemon "$other" "$scratch/other2.log"
+check "new daemon serves" 0 -- "$cli_bin" --socket "$other" create solo --maxmem 64M
+kill -TERM "$daemon_pid"
+wait_exit "$daemon_pid"
+expect "SIGTERM exits 0" test "$exit_status" -eq 0
+expect "SIGTERM removes socket and lock" test ! -e "$other" -a ! -e "$other.lock"
+
+check "shutdown" 0 -- "$cli_bin" shutdown
+wait_exit "$main_pid"
+expect "shutdown exits 0" test "$exit_status" -eq 0
+expect "shutdown removes socket and lock" \
+    test ! -e "$MEMVISOR_SOCKET" -a ! -e "$MEMVISOR_SOCKET.lock"
+
+echo "cli_basic: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

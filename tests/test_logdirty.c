@@ -1,0 +1,448 @@
+/*
+ * test_logdirty.c - dirty logging on every mechanism: no lost write and no
+ * false dirty page with writers on several threads while rounds are fetched,
+ * the same answers from all three mechanisms on one write pattern, pages
+ * changed by memvisor itself (populate, zero reclaim, balloon) reported with
+ * the right zero bits, the shared bitmap, and bad calls.
+ */
+#include "testutil.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define PAGES 16384u /* 64 MiB domains */
+#define WORDS (PAGES / 64)
+
+static bool mode_available(enum mv_logdirty_mode mode)
+{
+    struct mv_kernel_features f;
+
+    mv_probe_kernel(&f);
+    switch (mode) {
+    case MV_LOGDIRTY_WP_ASYNC:
+        return f.wp_async && f.pagemap_scan && f.wp_shmem;
+    case MV_LOGDIRTY_WP_SYNC:
+        return f.wp_shmem;
+    case MV_LOGDIRTY_AUTO:
+    case MV_LOGDIRTY_MPROTECT:
+        break;
+    }
+    return true;
+}
+
+/* A domain with every page populated and no room for the sweep to act, so
+ * that only guest writes make pages dirty. */
+static uint32_t logging_domain(mv_host *h, const char *name, enum mv_logdirty_mode mode)
+{
+    struct mv_domain_config c;
+    uint64_t size;
+    uint32_t id;
+    void *ram;
+
+    if (!mode_available(mode)) {
+        print_message("skipped: the kernel lacks %s\n", mv_logdirty_mode_name(mode));
+        skip();
+    }
+    mv_domain_config_init(&c);
+    snprintf(c.name, sizeof(c.name), "%s", name);
+    c.maxmem_bytes = c.target_bytes = (uint64_t)PAGES * MV_PAGE_SIZE;
+    c.logdirty_mode = mode;
+    assert_ok(mv_domain_create(h, &c, &id));
+    assert_ok(mv_domain_ram(h, id, &ram, &size));
+    for (uint64_t p = 0; p < PAGES; p++)
+        ((volatile uint8_t *)ram)[p * MV_PAGE_SIZE] = 0;
+    return id;
+}
+
+static uint8_t *ram_of(mv_host *h, uint32_t id)
+{
+    uint64_t size;
+    void *ram;
+
+    assert_ok(mv_domain_ram(h, id, &ram, &size));
+    return ram;
+}
+
+static bool bit(const uint64_t *bm, uint64_t gfn)
+{
+    return (bm[gfn / 64] >> (gfn % 64)) & 1;
+}
+
+static uint64_t popcount(const uint64_t *bm)
+{
+    uint64_t n = 0;
+
+    for (size_t i = 0; i < WORDS; i++)
+        n += (uint64_t)__builtin_popcountll(bm[i]);
+    return n;
+}
+
+/* ------------------------------------------------------------------------ */
+
+static void bad_calls_are_refused(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "bad", (uint64_t)PAGES * 4096, 16 * MiB);
+    uint64_t bm[WORDS + 1];
+    struct mv_logdirty_stats s;
+
+    (void)state;
+    assert_err(mv_logdirty_disable(h, id), -EINVAL);
+    assert_err(mv_logdirty_clean(h, id, bm, NULL, WORDS), -EINVAL);
+    assert_ok(mv_logdirty_enable(h, id));
+    assert_err(mv_logdirty_enable(h, id), -EALREADY);
+    assert_err(mv_logdirty_clean(h, id, bm, NULL, WORDS + 1), -EINVAL);
+    assert_err(mv_logdirty_peek(h, id, bm, NULL, WORDS - 1), -EINVAL);
+    assert_err(mv_logdirty_clean(h, id, NULL, NULL, WORDS), -EINVAL);
+    assert_int_equal(mv_logdirty_clean(h, 999, bm, NULL, WORDS), -ESRCH);
+    assert_ok(mv_logdirty_stats(h, id, &s));
+    assert_true(s.enabled);
+    assert_int_not_equal(s.mode, MV_LOGDIRTY_AUTO);
+    assert_ok(mv_logdirty_disable(h, id));
+    assert_err(mv_logdirty_disable(h, id), -EINVAL);
+    /* Destroyed while logging: nothing leaks, nothing crashes. */
+    assert_ok(mv_logdirty_enable(h, id));
+    assert_ok(mv_domain_destroy(h, id));
+    assert_int_equal(mv_logdirty_clean(h, id, bm, NULL, WORDS), -ESRCH);
+    mv_host_destroy(h);
+}
+
+static void unavailable_mode_is_explained(void **state)
+{
+    struct mv_domain_config c;
+    mv_host *h = tu_host();
+    uint32_t id;
+
+    (void)state;
+    mv_domain_config_init(&c);
+    snprintf(c.name, sizeof(c.name), "x");
+    c.maxmem_bytes = 16 * MiB;
+    c.logdirty_mode = (enum mv_logdirty_mode)42;
+    assert_err(mv_domain_create(h, &c, &id), -EINVAL);
+    mv_host_destroy(h);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Exact answers on a scripted pattern, identical on every mechanism.       */
+
+static void write_page(uint8_t *ram, uint64_t gfn, uint64_t value)
+{
+    ((volatile uint64_t *)(ram + gfn * MV_PAGE_SIZE))[1] = value;
+}
+
+static void scripted_rounds(enum mv_logdirty_mode mode)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "script", mode);
+    uint8_t *ram = ram_of(h, id);
+    uint64_t dirty[WORDS], zero[WORDS], gfn;
+
+    assert_ok(mv_logdirty_enable(h, id));
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 0);
+
+    /* Round 1: scattered writes, some twice; reads are not writes. */
+    for (gfn = 5; gfn < PAGES; gfn += 97)
+        write_page(ram, gfn, gfn);
+    write_page(ram, 5, 1);
+    for (gfn = 0; gfn < PAGES; gfn += 3)
+        (void)((volatile uint8_t *)ram)[gfn * MV_PAGE_SIZE];
+    assert_int_equal(mv_logdirty_peek(h, id, dirty, NULL, WORDS), (PAGES - 5 + 96) / 97);
+    assert_int_equal(mv_logdirty_peek(h, id, dirty, NULL, WORDS), (PAGES - 5 + 96) / 97);
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, zero, WORDS), (PAGES - 5 + 96) / 97);
+    for (gfn = 0; gfn < PAGES; gfn++) {
+        assert_int_equal(bit(dirty, gfn), gfn >= 5 && (gfn - 5) % 97 == 0);
+        assert_false(bit(zero, gfn));
+    }
+    /* Nothing written since: nothing reported. */
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 0);
+
+    /* Round 2: a contiguous run, and the same pages again. */
+    for (int pass = 0; pass < 2; pass++)
+        for (gfn = 1000; gfn < 1300; gfn++)
+            write_page(ram, gfn, pass);
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 300);
+    assert_true(bit(dirty, 1000) && bit(dirty, 1299) && !bit(dirty, 999) && !bit(dirty, 1300));
+
+    /* Round 3: memvisor's own changes.  Pages 1000..1299 are zero again
+     * after this: the sweep reclaims them and reports them as zero. */
+    for (gfn = 1000; gfn < 1300; gfn++)
+        ((volatile uint64_t *)(ram + gfn * MV_PAGE_SIZE))[1] = 0;
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 300);
+    {
+        struct mv_sweep_result r;
+        uint64_t balloon[] = { 7, 8 };
+
+        assert_ok(mv_domain_reclaim_zero(h, id, 0, &r));
+        assert_true(r.reclaimed >= 300);
+        assert_int_equal(mv_domain_decrease_reservation(h, id, balloon, 2), 2);
+        assert_true(mv_logdirty_clean(h, id, dirty, zero, WORDS) >= 302);
+        assert_true(bit(dirty, 1000) && bit(zero, 1000));
+        assert_true(bit(dirty, 7) && bit(zero, 7));
+        for (gfn = 0; gfn < PAGES; gfn++)
+            assert_int_equal(bit(dirty, gfn), bit(zero, gfn)); /* all reclaimed */
+        /* Touching a reclaimed page populates it: dirty, with data. */
+        write_page(ram, 1000, 9);
+        assert_true(mv_logdirty_clean(h, id, dirty, zero, WORDS) >= 1);
+        assert_true(bit(dirty, 1000) && !bit(zero, 1000));
+    }
+    assert_ok(mv_logdirty_disable(h, id));
+    /* Not logging: writes are free again and the domain is sound. */
+    write_page(ram, 3, 3);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+static void scripted_rounds_wp_async(void **state)
+{
+    (void)state;
+    scripted_rounds(MV_LOGDIRTY_WP_ASYNC);
+}
+
+static void scripted_rounds_wp_sync(void **state)
+{
+    (void)state;
+    scripted_rounds(MV_LOGDIRTY_WP_SYNC);
+}
+
+static void scripted_rounds_mprotect(void **state)
+{
+    (void)state;
+    scripted_rounds(MV_LOGDIRTY_MPROTECT);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Writers on several threads while rounds are fetched.                     */
+
+#define WRITERS 3
+#define ROUNDS 60
+#define WRITES_PER_WRITER 40000
+
+struct write_record {
+    uint32_t gfn;
+    uint32_t after;  /* cleans completed before the write began */
+    uint32_t before; /* cleans started when the write had finished */
+};
+
+struct race {
+    uint8_t *ram;
+    atomic_uint cleans_started;
+    atomic_uint cleans_done;
+    atomic_bool stop;
+    struct write_record *log[WRITERS];
+    size_t logged[WRITERS];
+    uint64_t last_value[PAGES];
+};
+
+struct writer {
+    struct race *race;
+    unsigned index;
+};
+
+static void *writer_main(void *arg)
+{
+    struct writer *w = arg;
+    struct race *r = w->race;
+    uint64_t rng = 0x9e3779b97f4a7c15ull * (w->index + 1);
+
+    for (size_t n = 0; n < WRITES_PER_WRITER && !atomic_load(&r->stop); n++) {
+        struct write_record *rec = &r->log[w->index][n];
+        uint64_t gfn;
+
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        gfn = (rng % (PAGES / WRITERS)) * WRITERS + w->index; /* owned gfns */
+        rec->gfn = (uint32_t)gfn;
+        rec->after = atomic_load(&r->cleans_done);
+        ((volatile uint64_t *)(r->ram + gfn * MV_PAGE_SIZE))[0] = n + 1;
+        r->last_value[gfn] = n + 1;
+        rec->before = atomic_load(&r->cleans_started);
+        r->logged[w->index] = n + 1;
+        if ((n & 255) == 0)
+            usleep(200);
+    }
+    return NULL;
+}
+
+static void concurrent_writers(enum mv_logdirty_mode mode)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "race", mode);
+    static struct race r;
+    struct writer writers[WRITERS];
+    pthread_t threads[WRITERS];
+    uint64_t (*rounds)[WORDS] = calloc(ROUNDS + 2, sizeof(*rounds));
+    unsigned done = 0;
+    uint64_t lost = 0, false_dirty = 0;
+
+    memset(&r, 0, sizeof(r));
+    r.ram = ram_of(h, id);
+    assert_ok(mv_logdirty_enable(h, id));
+    for (unsigned i = 0; i < WRITERS; i++) {
+        r.log[i] = calloc(WRITES_PER_WRITER, sizeof(struct write_record));
+        writers[i] = (struct writer){ .race = &r, .index = i };
+        assert_int_equal(pthread_create(&threads[i], NULL, writer_main, &writers[i]), 0);
+    }
+    /* Rounds 1..ROUNDS while writing; the last one after the writers stop. */
+    for (done = 1; done <= ROUNDS; done++) {
+        usleep(3000);
+        atomic_store(&r.cleans_started, done);
+        assert_ok(mv_logdirty_clean(h, id, rounds[done], NULL, WORDS));
+        atomic_store(&r.cleans_done, done);
+    }
+    atomic_store(&r.stop, true);
+    for (unsigned i = 0; i < WRITERS; i++)
+        pthread_join(threads[i], NULL);
+    atomic_store(&r.cleans_started, done);
+    assert_ok(mv_logdirty_clean(h, id, rounds[done], NULL, WORDS));
+
+    /* No lost write: each write is in a round in (after, before + 1]. */
+    for (unsigned i = 0; i < WRITERS; i++) {
+        for (size_t n = 0; n < r.logged[i]; n++) {
+            const struct write_record *w = &r.log[i][n];
+            bool seen = false;
+
+            for (unsigned k = w->after + 1; k <= w->before + 1 && k <= done && !seen; k++)
+                seen = bit(rounds[k], w->gfn);
+            lost += !seen;
+        }
+    }
+    /* No false dirty: each reported page had a write that could be in it. */
+    for (unsigned k = 1; k <= done; k++) {
+        for (uint64_t gfn = 0; gfn < PAGES; gfn++) {
+            unsigned i = (unsigned)(gfn % WRITERS);
+            bool explained = false;
+
+            if (!bit(rounds[k], gfn))
+                continue;
+            for (size_t n = 0; n < r.logged[i] && !explained; n++) {
+                const struct write_record *w = &r.log[i][n];
+
+                explained = w->gfn == gfn && w->after < k && k <= w->before + 1;
+            }
+            false_dirty += !explained;
+        }
+    }
+    print_message("%s: %u rounds, %zu+%zu+%zu writes, %llu lost, %llu false dirty\n",
+                  mv_logdirty_mode_name(mode), done, r.logged[0], r.logged[1],
+                  r.logged[2], (unsigned long long)lost,
+                  (unsigned long long)false_dirty);
+    assert_int_equal(lost, 0);
+    assert_int_equal(false_dirty, 0);
+    /* The content check: every page holds the last value written to it. */
+    for (uint64_t gfn = 0; gfn < PAGES; gfn++)
+        assert_int_equal(((uint64_t *)(r.ram + gfn * MV_PAGE_SIZE))[0], r.last_value[gfn]);
+    assert_ok(mv_host_audit(h));
+    for (unsigned i = 0; i < WRITERS; i++)
+        free(r.log[i]);
+    free(rounds);
+    mv_host_destroy(h);
+}
+
+static void concurrent_writers_wp_async(void **state)
+{
+    (void)state;
+    concurrent_writers(MV_LOGDIRTY_WP_ASYNC);
+}
+
+static void concurrent_writers_wp_sync(void **state)
+{
+    (void)state;
+    concurrent_writers(MV_LOGDIRTY_WP_SYNC);
+}
+
+static void concurrent_writers_mprotect(void **state)
+{
+    (void)state;
+    concurrent_writers(MV_LOGDIRTY_MPROTECT);
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* The built-in guest under logging: its vCPUs write, fetches run, and the
+ * oracle still holds; every page the workload wrote was reported. */
+static void guest_workload_under_logging(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "guest", (uint64_t)PAGES * 4096, 32 * MiB);
+    struct mv_workload_config w;
+    uint64_t dirty[WORDS], seen[WORDS] = { 0 };
+    uint64_t page[MV_PAGE_SIZE / 8];
+    struct mv_workload_status st;
+
+    (void)state;
+    assert_ok(mv_logdirty_enable(h, id));
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.working_set_pages = 4096;
+    w.max_pages = 30000;
+    assert_ok(mv_workload_start(h, id, &w));
+    while (mv_workload_wait(h, id, 5, &st) == -ETIMEDOUT) {
+        assert_ok(mv_logdirty_clean(h, id, dirty, NULL, WORDS));
+        for (size_t i = 0; i < WORDS; i++)
+            seen[i] |= dirty[i];
+    }
+    assert_ok(mv_logdirty_clean(h, id, dirty, NULL, WORDS));
+    for (size_t i = 0; i < WORDS; i++)
+        seen[i] |= dirty[i];
+    for (uint64_t gfn = 0; gfn < PAGES; gfn++) {
+        assert_ok(mv_domain_read_page(h, id, gfn, page));
+        if (page[0] || page[1])
+            assert_true(bit(seen, gfn)); /* written, so reported */
+    }
+    assert_true(popcount(seen) >= 4096 - 64);
+    tu_verify(h, id);
+    mv_host_destroy(h);
+}
+
+/* A consumer thread drains the live bitmap with atomic exchanges while a
+ * producer writes: everything written is consumed exactly once or more. */
+static void shared_bitmap_consumer(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "shared", MV_LOGDIRTY_WP_SYNC);
+    uint8_t *ram = ram_of(h, id);
+    uint64_t *live, seen[WORDS] = { 0 }, dirty[WORDS];
+    size_t words;
+    int fd;
+    uint64_t *mapped;
+
+    (void)state;
+    assert_ok(mv_logdirty_enable(h, id));
+    assert_ok(mv_logdirty_bitmap(h, id, &live, &words));
+    assert_int_equal(words, WORDS);
+    assert_ok(mv_logdirty_bitmap_fd(h, id, &fd));
+    mapped = mmap(NULL, words * 8, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    assert_true(mapped != MAP_FAILED);
+    for (uint64_t gfn = 0; gfn < PAGES; gfn += 2)
+        write_page(ram, gfn, 1);
+    /* Another mapping of the same bitmap sees the producer's bits. */
+    assert_true(bit(mapped, 0) && bit(mapped, 2) && !bit(mapped, 1));
+    for (size_t i = 0; i < words; i++)
+        seen[i] |= atomic_exchange((_Atomic uint64_t *)&live[i], 0);
+    for (uint64_t gfn = 0; gfn < PAGES; gfn++)
+        assert_int_equal(bit(seen, gfn), gfn % 2 == 0);
+    /* Consumed words are gone from the next fetch. */
+    assert_int_equal(mv_logdirty_peek(h, id, dirty, NULL, WORDS), 0);
+    munmap(mapped, words * 8);
+    close(fd);
+    mv_host_destroy(h);
+}
+
+static const struct CMUnitTest cases[] = {
+    cmocka_unit_test(bad_calls_are_refused),
+    cmocka_unit_test(unavailable_mode_is_explained),
+    cmocka_unit_test(scripted_rounds_wp_async),
+    cmocka_unit_test(scripted_rounds_wp_sync),
+    cmocka_unit_test(scripted_rounds_mprotect),
+    cmocka_unit_test(concurrent_writers_wp_async),
+    cmocka_unit_test(concurrent_writers_wp_sync),
+    cmocka_unit_test(concurrent_writers_mprotect),
+    cmocka_unit_test(guest_workload_under_logging),
+    cmocka_unit_test(shared_bitmap_consumer),
+};
+
+TU_MAIN(cases)

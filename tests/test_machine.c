@@ -1,0 +1,121 @@
+/*
+ * test_machine.c - the frame allocator and the budget, through the internal
+ * interface: allocation alignment, splitting, merging back to one block,
+ * exhaustion, and the audit catching a corrupted free list.
+ */
+#include "testutil.h"
+
+#include "internal.h"
+
+#define MACHINE (64 * MiB) /* 16384 frames */
+
+static void blocks_are_aligned_and_disjoint(void **state)
+{
+    struct mv__machine m;
+    uint64_t a, b, c;
+
+    (void)state;
+    assert_ok(mv__machine_init(&m, MACHINE, 1024));
+    assert_ok(mv__machine_alloc(&m, 512, &a));
+    assert_ok(mv__machine_alloc(&m, 1000, &b)); /* rounded to 1024, tail freed */
+    assert_ok(mv__machine_alloc(&m, 1, &c));
+    assert_int_equal(a % 512, 0);
+    assert_int_equal(b % 1024, 0);
+    assert_true(a + 512 <= b || b + 1000 <= a);
+    assert_true(c < b || c >= b + 1000); /* may land in b's freed tail */
+    assert_true(c < a || c >= a + 512);
+    assert_int_equal(m.free_pages, 16384 - 512 - 1000 - 1);
+    assert_ok(mv__machine_audit(&m));
+    mv__machine_free(&m, a, 512);
+    mv__machine_free(&m, b, 1000);
+    mv__machine_free(&m, c, 1);
+    assert_ok(mv__machine_audit(&m));
+    /* Everything merged back into the one block it started as. */
+    assert_int_equal(m.free[14].count, 1);
+    assert_int_equal(m.free_pages, 16384);
+    mv__machine_fini(&m);
+}
+
+static void exhaustion_and_fragmentation_are_reported(void **state)
+{
+    struct mv__machine m;
+    uint64_t first[16], x;
+
+    (void)state;
+    assert_ok(mv__machine_init(&m, MACHINE, 1024));
+    for (int i = 0; i < 16; i++)
+        assert_ok(mv__machine_alloc(&m, 1024, &first[i]));
+    assert_err(mv__machine_alloc(&m, 1, &x), -ENOSPC);
+    for (int i = 0; i < 16; i += 2)
+        mv__machine_free(&m, first[i], 1024);
+    /* Half the frames are free, but no run of 2048 is. */
+    assert_err(mv__machine_alloc(&m, 2048, &x), -ENOSPC);
+    assert_non_null(strstr(mv_last_error(), "8192 frames free"));
+    assert_err(mv__machine_alloc(&m, 1u << 20, &x), -E2BIG);
+    assert_ok(mv__machine_audit(&m));
+    mv__machine_fini(&m);
+}
+
+static void audit_catches_a_corrupt_free_list(void **state)
+{
+    struct mv__machine m;
+    struct mv__free_list *list;
+    uint64_t a;
+
+    (void)state;
+    assert_ok(mv__machine_init(&m, MACHINE, 1024));
+    assert_ok(mv__machine_alloc(&m, 4096, &a));
+    list = &m.free[12]; /* holds a's buddy, so it has room */
+    /* Claim the allocated block is free too. */
+    list->starts[list->count++] = a;
+    m.free_pages += 4096;
+    assert_err(mv__machine_audit(&m), -EUCLEAN);
+    assert_non_null(strstr(mv_last_error(), "both free"));
+    /* A misaligned block. */
+    list->starts[list->count - 1] = a + 1;
+    assert_err(mv__machine_audit(&m), -EUCLEAN);
+    assert_non_null(strstr(mv_last_error(), "misaligned"));
+    /* A counter out of step. */
+    list->count--;
+    assert_err(mv__machine_audit(&m), -EUCLEAN);
+    m.free_pages -= 4096;
+    assert_ok(mv__machine_audit(&m));
+    mv__machine_fini(&m);
+}
+
+static void budget_counts_populated_frames(void **state)
+{
+    struct mv__machine m;
+
+    (void)state;
+    assert_ok(mv__machine_init(&m, MACHINE, 100));
+    assert_true(mv__machine_charge(&m, 60));
+    assert_false(mv__machine_charge(&m, 41));
+    assert_true(mv__machine_charge(&m, 40));
+    assert_false(mv__machine_charge(&m, 1));
+    mv__machine_uncharge(&m, 50);
+    assert_true(mv__machine_charge(&m, 1));
+    assert_int_equal(atomic_load(&m.populated_pages), 51);
+    assert_int_equal(atomic_load(&m.peak_populated_pages), 100);
+    assert_ok(mv__machine_audit(&m));
+    mv__machine_fini(&m);
+}
+
+static void machine_size_is_validated(void **state)
+{
+    struct mv__machine m;
+
+    (void)state;
+    assert_err(mv__machine_init(&m, 1 * MiB, 1), -EINVAL);
+    assert_err(mv__machine_init(&m, 1ull << 50, 1), -EINVAL);
+}
+
+static const struct CMUnitTest cases[] = {
+    cmocka_unit_test(blocks_are_aligned_and_disjoint),
+    cmocka_unit_test(exhaustion_and_fragmentation_are_reported),
+    cmocka_unit_test(audit_catches_a_corrupt_free_list),
+    cmocka_unit_test(budget_counts_populated_frames),
+    cmocka_unit_test(machine_size_is_validated),
+};
+
+TU_MAIN(cases)

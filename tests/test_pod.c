@@ -1,0 +1,629 @@
+/*
+ * test_pod.c - populate-on-demand end to end: first-touch population (2 MiB
+ * and 4 KiB), the zero sweep, both out-of-memory policies, ballooning,
+ * pause, many domains at once, destroy with faults pending and injected
+ * system-call failures.  Every case that runs a guest ends with the content
+ * oracle and the audit.
+ */
+#include "testutil.h"
+
+#include "internal.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------ */
+/* A test thread touching guest RAM the way an embedder's vCPU would, which
+ * survives the SIGBUS of a crashed or destroyed domain.                     */
+
+static _Thread_local sigjmp_buf *toucher_jump;
+
+static void toucher_signal(int sig)
+{
+    (void)sig;
+    if (toucher_jump)
+        siglongjmp(*toucher_jump, 1);
+    abort();
+}
+
+/* Installed before the host, so the library's SIGBUS handler chains to it.
+ * SIGSEGV too: a thread still blocked on a fault when its domain is
+ * destroyed may run only after the RAM range is unmapped. */
+static void install_toucher_handler(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = toucher_signal;
+    sigaction(SIGBUS, &sa, NULL);
+    sigaction(SIGSEGV, &sa, NULL);
+}
+
+struct toucher {
+    volatile uint8_t *address;
+    atomic_int state; /* 0 running, 1 touched, 2 got a signal */
+    pthread_t thread;
+};
+
+static void *toucher_main(void *arg)
+{
+    struct toucher *t = arg;
+    sigjmp_buf jump;
+
+    toucher_jump = &jump;
+    if (sigsetjmp(jump, 1) == 0) {
+        *t->address = 0x5a;
+        atomic_store(&t->state, 1);
+    } else {
+        atomic_store(&t->state, 2);
+    }
+    toucher_jump = NULL;
+    return NULL;
+}
+
+static void touch_async(struct toucher *t, void *address)
+{
+    t->address = address;
+    atomic_store(&t->state, 0);
+    assert_int_equal(pthread_create(&t->thread, NULL, toucher_main, t), 0);
+}
+
+/* Touch and wait; returns the toucher's final state. */
+static int touch(void *address)
+{
+    struct toucher t;
+
+    touch_async(&t, address);
+    pthread_join(t.thread, NULL);
+    return atomic_load(&t.state);
+}
+
+static uint8_t *ram_of(mv_host *h, uint32_t id)
+{
+    uint64_t size;
+    void *ram;
+
+    assert_ok(mv_domain_ram(h, id, &ram, &size));
+    return ram;
+}
+
+static void wait_for_held(mv_host *h, uint32_t id, uint64_t n)
+{
+    for (int i = 0; i < 5000 && tu_info(h, id).held_faults < n; i++)
+        usleep(1000);
+    assert_true(tu_info(h, id).held_faults >= n);
+}
+
+/* ------------------------------------------------------------------------ */
+
+static void first_touch_populates_whole_block(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "blk", 64 * MiB, 16 * MiB);
+    uint8_t *ram = ram_of(h, id);
+    struct mv_domain_info i;
+    enum mv_page_type t;
+
+    (void)state;
+    assert_int_equal(touch(ram + 3 * MiB + 5), 1);
+    i = tu_info(h, id);
+    assert_int_equal(i.populated_pages, MV_BLOCK_PAGES);
+    assert_int_equal(i.populated_2m, 1);
+    assert_int_equal(i.faults, 1);
+    assert_ok(mv_domain_page_type(h, id, 512, &t));
+    assert_int_equal(t, MV_PAGE_RAM);
+    assert_ok(mv_domain_page_type(h, id, 1024, &t));
+    assert_int_equal(t, MV_PAGE_POD);
+    assert_int_equal(ram[3 * MiB + 5], 0x5a);
+    assert_int_equal(ram[2 * MiB], 0);
+    assert_int_equal(tu_info(h, id).faults, 1); /* the block took one trap */
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+static void single_pages_when_block_populate_is_off(void **state)
+{
+    struct mv_domain_config c;
+    mv_host *h = tu_host();
+    uint32_t id;
+    uint8_t *ram;
+
+    (void)state;
+    mv_domain_config_init(&c);
+    snprintf(c.name, sizeof(c.name), "4k");
+    c.maxmem_bytes = 64 * MiB;
+    c.target_bytes = 16 * MiB;
+    c.pod_block_populate = 0;
+    assert_ok(mv_domain_create(h, &c, &id));
+    ram = ram_of(h, id);
+    for (int p = 0; p < 10; p++)
+        assert_int_equal(touch(ram + p * 4096), 1);
+    assert_int_equal(tu_info(h, id).populated_pages, 10);
+    assert_int_equal(tu_info(h, id).populated_4k, 10);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+static void single_pages_when_target_is_short_of_a_block(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "short", 64 * MiB, 100 * 4096);
+    uint8_t *ram = ram_of(h, id);
+
+    (void)state;
+    assert_int_equal(touch(ram), 1);
+    assert_int_equal(tu_info(h, id).populated_pages, 1);
+    assert_int_equal(tu_info(h, id).populated_2m, 0);
+    mv_host_destroy(h);
+}
+
+static void scrub_beyond_target_is_served_by_the_sweep(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "scrub", 512 * MiB, 64 * MiB);
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    struct mv_domain_info i;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_SCRUB);
+    st = tu_run(h, id, &w);
+    assert_false(st.crashed);
+    assert_int_equal(st.pages_done, 131072);
+    i = tu_info(h, id);
+    assert_true(i.populated_pages <= i.target_pages);
+    assert_true(i.sweeps > 0);
+    assert_true(i.reclaimed_zero >= 131072 - i.target_pages);
+    assert_int_equal(i.pod_waits, 0);
+    assert_int_equal(i.state, MV_DOMAIN_RUNNING);
+    tu_verify(h, id);
+    mv_host_destroy(h);
+}
+
+static void sweep_never_reclaims_data(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "data", 64 * MiB, 64 * MiB);
+    uint8_t *ram = ram_of(h, id);
+    struct mv_workload_config w;
+    struct mv_sweep_result r;
+
+    (void)state;
+    /* Data everywhere in the first 8 MiB; then pages whose only non-zero
+     * byte is the last one, which passes the cheap check. */
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.working_set_pages = 2048;
+    w.max_pages = 20000;
+    tu_run(h, id, &w);
+    for (int p = 4096; p < 4196; p++)
+        ram[(size_t)p * 4096 + 4095] = 1;
+    assert_ok(mv_domain_reclaim_zero(h, id, 0, &r));
+    for (int p = 4096; p < 4196; p++)
+        assert_int_equal(ram[(size_t)p * 4096 + 4095], 1);
+    for (int p = 4096; p < 4196; p++)
+        ram[(size_t)p * 4096 + 4095] = 0; /* back to what the oracle knows */
+    /* The untouched rest of the populated blocks is zero and was reclaimed. */
+    assert_true(r.reclaimed > 0);
+    assert_true(tu_info(h, id).populated_pages >= 2048);
+    tu_verify(h, id);
+    mv_host_destroy(h);
+}
+
+/* Data over more than the target: the sweep finds nothing to reclaim. */
+static struct mv_workload_config overfill_config(uint64_t pages)
+{
+    struct mv_workload_config w;
+
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.max_pages = pages;
+    return w;
+}
+
+static void crash_policy_crashes_only_that_domain(void **state)
+{
+    mv_host *h;
+    uint32_t victim, bystander;
+    struct mv_workload_config w = overfill_config(30000);
+    struct mv_workload_status st;
+    struct mv_domain_info i;
+
+    (void)state;
+    install_toucher_handler();
+    h = tu_host();
+    victim = tu_domain_with(h, "victim", 256 * MiB, 8 * MiB, 2, MV_POD_CRASH, 0);
+    bystander = tu_domain(h, "bystander", 64 * MiB, 32 * MiB);
+    w.working_set_pages = 0;
+    assert_ok(mv_workload_start(h, victim, &w));
+    w.max_pages = 4000;
+    w.working_set_pages = 4096;
+    st = tu_run(h, bystander, &w);
+    assert_false(st.crashed);
+    assert_ok(mv_workload_wait(h, victim, 60000, &st));
+    assert_true(st.crashed);
+    i = tu_info(h, victim);
+    assert_int_equal(i.state, MV_DOMAIN_CRASHED);
+    assert_non_null(strstr(i.crash_reason, "out of memory"));
+    /* A crashed domain refuses work and its RAM raises SIGBUS. */
+    assert_err(mv_workload_start(h, victim, &w), -EPERM);
+    assert_err(mv_domain_pause(h, victim), -EPERM);
+    assert_int_equal(touch(ram_of(h, victim)), 2);
+    assert_int_equal(tu_info(h, bystander).state, MV_DOMAIN_RUNNING);
+    tu_verify(h, bystander);
+    assert_ok(mv_domain_destroy(h, victim));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+static void wait_policy_resumes_when_target_rises(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "waiter", 64 * MiB, 8 * MiB);
+    struct mv_workload_config w = overfill_config(6000);
+    struct mv_workload_status st;
+    struct mv_domain_info i;
+
+    (void)state;
+    assert_ok(mv_workload_start(h, id, &w));
+    wait_for_held(h, id, 1);
+    assert_int_equal(mv_workload_wait(h, id, 100, NULL), -ETIMEDOUT);
+    assert_ok(mv_domain_set_target(h, id, 64 * MiB));
+    assert_ok(mv_workload_wait(h, id, 60000, &st));
+    assert_false(st.crashed);
+    i = tu_info(h, id);
+    assert_true(i.pod_waits > 0);
+    assert_int_equal(i.held_faults, 0);
+    assert_int_equal(i.state, MV_DOMAIN_RUNNING);
+    tu_verify(h, id);
+    mv_host_destroy(h);
+}
+
+static void wait_policy_resumes_when_guest_balloons(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "balloon", 64 * MiB, 8 * MiB);
+    /* ~2400 distinct pages: more than the 2048 of the target, but after the
+     * top half is ballooned the rest fits. */
+    struct mv_workload_config w = overfill_config(2600);
+    struct mv_workload_status st;
+
+    (void)state;
+    assert_ok(mv_workload_start(h, id, &w));
+    wait_for_held(h, id, 1);
+    /* The guest gives back half of its memory, data pages included. */
+    assert_int_equal(mv_guest_balloon(h, id, 32 * MiB), 8192);
+    assert_ok(mv_workload_wait(h, id, 60000, &st));
+    assert_false(st.crashed);
+    assert_int_equal(tu_info(h, id).ballooned_pages, 8192);
+    tu_verify(h, id);
+    /* Deflate: the pages come back as zero PoD entries. */
+    assert_int_equal(mv_guest_balloon(h, id, 64 * MiB), 8192);
+    assert_int_equal(tu_info(h, id).ballooned_pages, 0);
+    tu_verify(h, id);
+    mv_host_destroy(h);
+}
+
+static void wait_policy_times_out_into_a_crash(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain_with(h, "timeout", 64 * MiB, 4 * MiB, 1, MV_POD_WAIT, 300);
+    struct mv_workload_config w = overfill_config(4000);
+    struct mv_workload_status st;
+    struct mv_domain_info i;
+
+    (void)state;
+    assert_ok(mv_workload_start(h, id, &w));
+    assert_ok(mv_workload_wait(h, id, 30000, &st));
+    assert_true(st.crashed);
+    i = tu_info(h, id);
+    assert_int_equal(i.state, MV_DOMAIN_CRASHED);
+    assert_non_null(strstr(i.crash_reason, "waited 300 ms"));
+    assert_int_equal(i.held_faults, 0);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+static void touching_a_ballooned_page_crashes_the_domain(void **state)
+{
+    mv_host *h;
+    uint32_t id;
+    uint64_t gfn = 77;
+
+    (void)state;
+    install_toucher_handler();
+    h = tu_host();
+    id = tu_domain(h, "bad-guest", 64 * MiB, 16 * MiB);
+    assert_int_equal(mv_domain_decrease_reservation(h, id, &gfn, 1), 1);
+    assert_int_equal(touch(ram_of(h, id) + gfn * 4096), 2);
+    assert_int_equal(tu_info(h, id).state, MV_DOMAIN_CRASHED);
+    assert_non_null(strstr(tu_info(h, id).crash_reason, "ballooned"));
+    mv_host_destroy(h);
+}
+
+static void lowering_target_reclaims_zero_pages_or_refuses(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "lower", 64 * MiB, 32 * MiB);
+    uint8_t *ram = ram_of(h, id);
+    struct mv_workload_config w;
+
+    (void)state;
+    /* Four blocks populated; one page of data in each. */
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.working_set_pages = 4;
+    w.max_pages = 4;
+    tu_run(h, id, &w);
+    for (int b = 1; b < 4; b++)
+        assert_int_equal(touch(ram + b * 2 * MiB), 1);
+    for (int b = 1; b < 4; b++)
+        ram[b * 2 * MiB] = 0;
+    assert_int_equal(tu_info(h, id).populated_pages, 4 * 512);
+    assert_ok(mv_domain_set_target(h, id, 16 * 4096));
+    assert_true(tu_info(h, id).populated_pages <= 16);
+    assert_err(mv_domain_set_target(h, id, 2 * 4096), -EBUSY);
+    assert_int_equal(tu_info(h, id).target_pages, 16);
+    tu_verify(h, id);
+    mv_host_destroy(h);
+}
+
+static void pause_holds_faults_until_unpause(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "paused", 64 * MiB, 16 * MiB);
+    struct toucher t;
+
+    (void)state;
+    assert_ok(mv_domain_pause(h, id));
+    touch_async(&t, ram_of(h, id) + 12345);
+    wait_for_held(h, id, 1);
+    usleep(50000);
+    assert_int_equal(atomic_load(&t.state), 0);
+    assert_int_equal(tu_info(h, id).populated_pages, 0);
+    assert_ok(mv_domain_unpause(h, id));
+    pthread_join(t.thread, NULL);
+    assert_int_equal(atomic_load(&t.state), 1);
+    assert_int_equal(tu_info(h, id).held_faults, 0);
+    mv_host_destroy(h);
+}
+
+static void pause_parks_running_vcpus(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "park", 64 * MiB, 64 * MiB);
+    struct mv_workload_config w;
+    struct mv_workload_status a, b;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.duration_ms = 60000;
+    assert_ok(mv_workload_start(h, id, &w));
+    usleep(50000);
+    assert_ok(mv_domain_pause(h, id));
+    mv_workload_wait(h, id, 0, &a);
+    usleep(100000);
+    mv_workload_wait(h, id, 0, &b);
+    assert_int_equal(a.pages_done, b.pages_done);
+    assert_ok(mv_domain_unpause(h, id));
+    usleep(50000);
+    mv_workload_wait(h, id, 0, &b);
+    assert_true(b.pages_done > a.pages_done);
+    assert_ok(mv_workload_stop(h, id));
+    tu_verify(h, id);
+    mv_host_destroy(h);
+}
+
+static void many_domains_fault_concurrently_on(mv_host *h)
+{
+    uint32_t ids[4];
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+
+    for (int i = 0; i < 4; i++) {
+        char name[16];
+
+        snprintf(name, sizeof(name), "dom%d", i);
+        ids[i] = tu_domain(h, name, 256 * MiB, 32 * MiB);
+    }
+    mv_workload_config_init(&w, MV_WORKLOAD_SCRUB);
+    for (int i = 0; i < 4; i++)
+        assert_ok(mv_workload_start(h, ids[i], &w));
+    for (int i = 0; i < 4; i++) {
+        assert_ok(mv_workload_wait(h, ids[i], 60000, &st));
+        assert_false(st.crashed);
+    }
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.working_set_pages = 6000;
+    w.max_pages = 20000;
+    for (int i = 0; i < 4; i++) {
+        w.seed = 0x6d656d7669736f72ull;
+        assert_ok(mv_workload_start(h, ids[i], &w));
+    }
+    for (int i = 0; i < 4; i++) {
+        assert_ok(mv_workload_wait(h, ids[i], 60000, &st));
+        assert_false(st.crashed);
+    }
+    /* The guest's own view, through its RAM, agrees with the host's. */
+    mv_workload_config_init(&w, MV_WORKLOAD_VERIFY);
+    for (int i = 0; i < 4; i++) {
+        st = tu_run(h, ids[i], &w);
+        assert_int_equal(st.mismatches, 0);
+        tu_verify(h, ids[i]);
+    }
+    mv_host_destroy(h);
+}
+
+static void many_domains_fault_concurrently(void **state)
+{
+    (void)state;
+    many_domains_fault_concurrently_on(tu_host());
+}
+
+static void two_fault_threads_serve_many_domains(void **state)
+{
+    struct mv_host_config c;
+    mv_host *h;
+
+    (void)state;
+    mv_host_config_init(&c);
+    c.machine_bytes = 64 * GiB;
+    c.budget_bytes = 4 * GiB;
+    c.fault_threads = 2;
+    c.fault_spin_us = 0;
+    if (mv_host_create(&c, &h) < 0) {
+        print_message("skipped: %s\n", mv_last_error());
+        skip();
+    }
+    many_domains_fault_concurrently_on(h);
+}
+
+static void host_destroy_with_faults_pending(void **state)
+{
+    mv_host *h;
+    uint32_t a, b;
+    struct toucher t1, t2;
+    struct mv_workload_config w = overfill_config(100000);
+
+    (void)state;
+    install_toucher_handler();
+    h = tu_host();
+    a = tu_domain(h, "held-a", 64 * MiB, 16 * MiB);
+    b = tu_domain(h, "held-b", 64 * MiB, 4 * MiB);
+    assert_ok(mv_domain_pause(h, a));
+    touch_async(&t1, ram_of(h, a) + 4096);
+    assert_ok(mv_workload_start(h, b, &w)); /* will wait for memory */
+    touch_async(&t2, ram_of(h, a) + 8 * MiB);
+    wait_for_held(h, a, 2);
+    wait_for_held(h, b, 1);
+    mv_host_destroy(h);
+    pthread_join(t1.thread, NULL);
+    pthread_join(t2.thread, NULL);
+    assert_int_equal(atomic_load(&t1.state), 2);
+    assert_int_equal(atomic_load(&t2.state), 2);
+}
+
+static void destroy_with_a_fault_pending(void **state)
+{
+    mv_host *h;
+    uint32_t id;
+    struct toucher t;
+    struct mv_host_stats s;
+
+    (void)state;
+    install_toucher_handler();
+    h = tu_host();
+    id = tu_domain(h, "doomed", 64 * MiB, 16 * MiB);
+    assert_int_equal(touch(ram_of(h, id)), 1);
+    assert_ok(mv_domain_pause(h, id));
+    touch_async(&t, ram_of(h, id) + 8 * MiB);
+    wait_for_held(h, id, 1);
+    assert_ok(mv_domain_destroy(h, id));
+    pthread_join(t.thread, NULL);
+    assert_int_equal(atomic_load(&t.state), 2);
+    assert_ok(mv_host_stats(h, &s));
+    assert_int_equal(s.populated_pages, 0);
+    assert_int_equal(s.domains, 0);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+static void host_budget_is_shared_by_domains(void **state)
+{
+    mv_host *h = tu_host_with(16 * MiB, 0);
+    uint32_t a = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    uint32_t b = tu_domain_with(h, "b", 64 * MiB, 64 * MiB, 1, MV_POD_CRASH, 0);
+    struct mv_workload_config w = overfill_config(3000);
+    struct mv_workload_status st;
+    struct mv_host_stats s;
+
+    (void)state;
+    w.working_set_pages = 3000; /* 12 MiB of data in a */
+    st = tu_run(h, a, &w);
+    assert_false(st.crashed);
+    w.working_set_pages = 2000; /* b finds only 4 MiB left */
+    st = tu_run(h, b, &w);
+    assert_true(st.crashed);
+    assert_ok(mv_host_stats(h, &s));
+    assert_true(s.populated_pages <= s.budget_pages);
+    assert_true(s.peak_populated_pages <= 4096);
+    tu_verify(h, a);
+    mv_host_destroy(h);
+}
+
+static void injected_failures_never_corrupt(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "inject", 64 * MiB, 64 * MiB);
+    uint8_t *ram = ram_of(h, id);
+    struct mv_domain_info i;
+
+    (void)state;
+    /* A failed 2 MiB populate falls back to one page. */
+    mv__os_inject(MV_OS_UFFD_ZEROPAGE, ENOMEM, 0, 1);
+    assert_int_equal(touch(ram), 1);
+    i = tu_info(h, id);
+    assert_int_equal(i.populated_pages, 1);
+    assert_int_equal(i.populated_4k, 1);
+    assert_ok(mv_host_audit(h));
+    /* A failed hole punch leaves the page populated and intact. */
+    ram[4096 * 3] = 0;
+    mv__os_inject(MV_OS_PUNCH, EIO, 0, 1);
+    assert_ok(mv_domain_reclaim_zero(h, id, 0, NULL));
+    assert_ok(mv_host_audit(h));
+    /* An unexpected populate error crashes the domain, not the host. */
+    mv__os_inject(MV_OS_UFFD_ZEROPAGE, EIO, 0, 2);
+    install_toucher_handler();
+    assert_int_equal(touch(ram + 32 * MiB), 2);
+    i = tu_info(h, id);
+    assert_int_equal(i.state, MV_DOMAIN_CRASHED);
+    assert_non_null(strstr(i.crash_reason, "cannot populate"));
+    mv__os_inject(MV_OS_UFFD_ZEROPAGE, 0, 0, 0);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+static void oracle_detects_a_foreign_write(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "oracle", 64 * MiB, 64 * MiB);
+    struct mv_workload_config w;
+    uint64_t bad_gfn;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.working_set_pages = 1000;
+    w.max_pages = 3000;
+    tu_run(h, id, &w);
+    assert_int_equal(mv_oracle_verify(h, id, &bad_gfn), 0);
+    ram_of(h, id)[777 * 4096 + 100] ^= 1;
+    assert_int_equal(mv_oracle_verify(h, id, &bad_gfn), 1);
+    assert_int_equal(bad_gfn, 777);
+    mv_workload_config_init(&w, MV_WORKLOAD_VERIFY);
+    assert_int_equal(tu_run(h, id, &w).mismatches, 1);
+    mv_host_destroy(h);
+}
+
+static const struct CMUnitTest cases[] = {
+    cmocka_unit_test(first_touch_populates_whole_block),
+    cmocka_unit_test(single_pages_when_block_populate_is_off),
+    cmocka_unit_test(single_pages_when_target_is_short_of_a_block),
+    cmocka_unit_test(scrub_beyond_target_is_served_by_the_sweep),
+    cmocka_unit_test(sweep_never_reclaims_data),
+    cmocka_unit_test(crash_policy_crashes_only_that_domain),
+    cmocka_unit_test(wait_policy_resumes_when_target_rises),
+    cmocka_unit_test(wait_policy_resumes_when_guest_balloons),
+    cmocka_unit_test(wait_policy_times_out_into_a_crash),
+    cmocka_unit_test(touching_a_ballooned_page_crashes_the_domain),
+    cmocka_unit_test(lowering_target_reclaims_zero_pages_or_refuses),
+    cmocka_unit_test(pause_holds_faults_until_unpause),
+    cmocka_unit_test(pause_parks_running_vcpus),
+    cmocka_unit_test(many_domains_fault_concurrently),
+    cmocka_unit_test(two_fault_threads_serve_many_domains),
+    cmocka_unit_test(host_destroy_with_faults_pending),
+    cmocka_unit_test(destroy_with_a_fault_pending),
+    cmocka_unit_test(host_budget_is_shared_by_domains),
+    cmocka_unit_test(injected_failures_never_corrupt),
+    cmocka_unit_test(oracle_detects_a_foreign_write),
+};
+
+TU_MAIN(cases)

@@ -1,0 +1,622 @@
+/*
+ * test_protocol.c - unit tests of tools/protocol.c, the wire protocol shared
+ * by memvisord and the memvisor tool: size and number parsing, the line
+ * reader's framing (partial, multiple and oversized lines), message parsing,
+ * reply construction and reading, typed arguments, a whole call over a
+ * socket pair, and the doctor report.  No host is created: these run on any
+ * kernel.
+ */
+#include "testutil.h"
+
+#include "protocol.h"
+
+#include <json-c/json.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------ */
+/* Sizes and numbers                                                         */
+
+static void assert_size(const char *text, uint64_t expected)
+{
+    uint64_t bytes = 12345;
+
+    if (mv_proto_parse_size(text, &bytes) != 0)
+        fail_msg("'%s' was rejected", text);
+    if (bytes != expected)
+        fail_msg("'%s' parsed as %llu, expected %llu", text, (unsigned long long)bytes,
+                 (unsigned long long)expected);
+}
+
+static void assert_size_error(const char *text, int expected)
+{
+    uint64_t bytes = 12345;
+    int rc = mv_proto_parse_size(text, &bytes);
+
+    if (rc != expected)
+        fail_msg("'%s' gave %d, expected %d", text, rc, expected);
+    assert_int_equal(bytes, 12345); /* untouched on failure */
+}
+
+static void size_parses_bytes_and_binary_units(void **state)
+{
+    (void)state;
+    assert_size("4096", 4096);
+    assert_size("4096B", 4096);
+    assert_size("1K", 1024);
+    assert_size("256M", 256 * MiB);
+    assert_size("256m", 256 * MiB);
+    assert_size("1G", GiB);
+    assert_size("2GiB", 2 * GiB);
+    assert_size("3kb", 3 * 1024);
+    assert_size("1T", 1024 * GiB);
+    assert_size("1P", 1024 * 1024 * GiB);
+    assert_size("007M", 7 * MiB);
+}
+
+static void size_accepts_zero(void **state)
+{
+    (void)state;
+    assert_size("0", 0);
+    assert_size("0G", 0);
+}
+
+static void size_rejects_overflow(void **state)
+{
+    (void)state;
+    assert_size("18446744073709551615", UINT64_MAX);
+    assert_size_error("18446744073709551616", -ERANGE);
+    assert_size_error("99999999999999999999999", -ERANGE);
+    assert_size("16777215T", 16777215ull << 40);
+    assert_size_error("16777216T", -ERANGE);
+    assert_size_error("16384P", -ERANGE);
+}
+
+static void size_rejects_garbage(void **state)
+{
+    static const char *const garbage[] = {
+        "", "G", "-1", "+1", " 1", "1 ", "1.5G", "1X", "1GG", "1iB", "1Gi", "0x10",
+        "1KiBx", "1 G", "one",
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++)
+        assert_size_error(garbage[i], -EINVAL);
+}
+
+static void u64_parses_digits_only(void **state)
+{
+    uint64_t value = 0;
+
+    (void)state;
+    assert_int_equal(mv_proto_parse_u64("0", &value), 0);
+    assert_int_equal(value, 0);
+    assert_int_equal(mv_proto_parse_u64("18446744073709551615", &value), 0);
+    assert_true(value == UINT64_MAX);
+    assert_int_equal(mv_proto_parse_u64("18446744073709551616", &value), -ERANGE);
+    assert_int_equal(mv_proto_parse_u64("4K", &value), -EINVAL);
+    assert_int_equal(mv_proto_parse_u64("", &value), -EINVAL);
+    assert_int_equal(mv_proto_parse_u64("-3", &value), -EINVAL);
+}
+
+static void size_formats_for_humans(void **state)
+{
+    char buf[32];
+
+    (void)state;
+    assert_string_equal(mv_proto_format_size(buf, sizeof(buf), 0), "0 B");
+    assert_string_equal(mv_proto_format_size(buf, sizeof(buf), 1023), "1023 B");
+    assert_string_equal(mv_proto_format_size(buf, sizeof(buf), 4096), "4 KiB");
+    assert_string_equal(mv_proto_format_size(buf, sizeof(buf), 256 * MiB), "256 MiB");
+    assert_string_equal(mv_proto_format_size(buf, sizeof(buf), 3 * GiB / 2), "1.5 GiB");
+    assert_string_equal(mv_proto_format_size(buf, sizeof(buf), UINT64_MAX), "16.0 EiB");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Line reader                                                               */
+
+/* Deliver `data` as one read(2) would. */
+static void feed(struct mv_proto_reader *reader, const char *data)
+{
+    size_t room, n = strlen(data);
+    char *space = mv_proto_reader_space(reader, &room);
+
+    assert_non_null(space);
+    assert_true(room >= n);
+    memcpy(space, data, n);
+    mv_proto_reader_commit(reader, n);
+}
+
+static void expect_line(struct mv_proto_reader *reader, const char *expected)
+{
+    char *line;
+    size_t length;
+
+    assert_int_equal(mv_proto_reader_next(reader, &line, &length), MV_PROTO_LINE);
+    assert_string_equal(line, expected);
+    assert_int_equal(length, strlen(expected));
+}
+
+static void expect_status(struct mv_proto_reader *reader, enum mv_proto_next expected)
+{
+    char *line;
+    size_t length;
+
+    assert_int_equal(mv_proto_reader_next(reader, &line, &length), expected);
+}
+
+static void reader_splits_lines_of_one_read(void **state)
+{
+    struct mv_proto_reader reader;
+
+    (void)state;
+    mv_proto_reader_init(&reader, MV_PROTO_MAX_REQUEST);
+    feed(&reader, "{\"cmd\":\"list\"}\n{\"cmd\":\"stats\"}\nthird\n");
+    expect_line(&reader, "{\"cmd\":\"list\"}");
+    expect_line(&reader, "{\"cmd\":\"stats\"}");
+    expect_line(&reader, "third");
+    expect_status(&reader, MV_PROTO_NEED_MORE);
+    assert_false(mv_proto_reader_partial(&reader));
+    mv_proto_reader_free(&reader);
+}
+
+static void reader_joins_partial_lines(void **state)
+{
+    struct mv_proto_reader reader;
+
+    (void)state;
+    mv_proto_reader_init(&reader, MV_PROTO_MAX_REQUEST);
+    feed(&reader, "{\"cmd\"");
+    expect_status(&reader, MV_PROTO_NEED_MORE);
+    assert_true(mv_proto_reader_partial(&reader));
+    feed(&reader, ":\"li");
+    expect_status(&reader, MV_PROTO_NEED_MORE);
+    feed(&reader, "st\"}\n{\"cmd\":");
+    expect_line(&reader, "{\"cmd\":\"list\"}");
+    expect_status(&reader, MV_PROTO_NEED_MORE);
+    assert_true(mv_proto_reader_partial(&reader));
+    feed(&reader, "1}\n");
+    expect_line(&reader, "{\"cmd\":1}");
+    assert_false(mv_proto_reader_partial(&reader));
+    mv_proto_reader_free(&reader);
+}
+
+static void reader_strips_cr_and_skips_empty_lines(void **state)
+{
+    struct mv_proto_reader reader;
+
+    (void)state;
+    mv_proto_reader_init(&reader, 64);
+    feed(&reader, "\n\r\none\r\n\ntwo\n");
+    expect_line(&reader, "one");
+    expect_line(&reader, "two");
+    expect_status(&reader, MV_PROTO_NEED_MORE);
+    mv_proto_reader_free(&reader);
+}
+
+static void reader_takes_a_line_of_exactly_max_bytes(void **state)
+{
+    struct mv_proto_reader reader;
+    char line[18];
+
+    (void)state;
+    mv_proto_reader_init(&reader, 16);
+    memset(line, 'x', 16);
+    line[16] = '\n';
+    line[17] = '\0';
+    feed(&reader, line);
+    line[16] = '\0';
+    expect_line(&reader, line);
+    mv_proto_reader_free(&reader);
+}
+
+/* A line that overflows the buffer before its newline arrives is reported
+ * once; the rest of it is skipped across reads; the next line is intact. */
+static void reader_rejects_oversized_line_and_resyncs(void **state)
+{
+    struct mv_proto_reader reader;
+
+    (void)state;
+    mv_proto_reader_init(&reader, 16);
+    feed(&reader, "0123456789");
+    expect_status(&reader, MV_PROTO_NEED_MORE);
+    feed(&reader, "0123456");
+    expect_status(&reader, MV_PROTO_OVERSIZED);
+    expect_status(&reader, MV_PROTO_NEED_MORE);
+    assert_true(mv_proto_reader_partial(&reader));
+    feed(&reader, "still long");
+    expect_status(&reader, MV_PROTO_NEED_MORE);
+    feed(&reader, "end\nnext\n");
+    expect_line(&reader, "next");
+    expect_status(&reader, MV_PROTO_NEED_MORE);
+    assert_false(mv_proto_reader_partial(&reader));
+    mv_proto_reader_free(&reader);
+}
+
+/* One byte over the limit is too long, even when its newline comes next. */
+static void reader_rejects_a_line_one_byte_too_long(void **state)
+{
+    struct mv_proto_reader reader;
+
+    (void)state;
+    mv_proto_reader_init(&reader, 8);
+    feed(&reader, "ok\n123456");
+    expect_line(&reader, "ok");
+    expect_status(&reader, MV_PROTO_NEED_MORE);
+    feed(&reader, "789");
+    expect_status(&reader, MV_PROTO_OVERSIZED);
+    feed(&reader, "\nafter\n");
+    expect_line(&reader, "after");
+    mv_proto_reader_free(&reader);
+}
+
+/* The buffer grows from small to the limit and no further. */
+static void reader_grows_up_to_the_limit(void **state)
+{
+    struct mv_proto_reader reader;
+    size_t total = 0, room;
+
+    (void)state;
+    mv_proto_reader_init(&reader, MV_PROTO_MAX_REQUEST);
+    for (;;) {
+        char *space = mv_proto_reader_space(&reader, &room);
+
+        assert_non_null(space);
+        memset(space, 'a', room);
+        mv_proto_reader_commit(&reader, room);
+        total += room;
+        if (total > MV_PROTO_MAX_REQUEST)
+            break;
+        expect_status(&reader, MV_PROTO_NEED_MORE);
+    }
+    assert_int_equal(total, MV_PROTO_MAX_REQUEST + 1);
+    assert_int_equal(reader.capacity, MV_PROTO_MAX_REQUEST + 1);
+    expect_status(&reader, MV_PROTO_OVERSIZED);
+    mv_proto_reader_free(&reader);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Messages                                                                  */
+
+static int parse(const char *text, struct json_object **message, char *why)
+{
+    return mv_proto_parse_message(text, strlen(text), message, why);
+}
+
+static void message_parses_an_object(void **state)
+{
+    char why[MV_PROTO_DETAIL_MAX];
+    struct json_object *message = NULL;
+    const char *cmd = NULL;
+
+    (void)state;
+    assert_int_equal(parse("{\"cmd\": \"list\", \"x\": [1, 2]} \t", &message, why), 0);
+    assert_int_equal(mv_proto_arg_string(message, "cmd", true, &cmd, why), 0);
+    assert_string_equal(cmd, "list");
+    json_object_put(message);
+}
+
+static void message_rejects_malformed_json(void **state)
+{
+    static const char *const malformed[] = {
+        "{", "{\"cmd\":}", "nul", "{'cmd': 'list'}", "{\"cmd\":\"list\"} x",
+        "{\"cmd\":\"list\"}{}", "{\"a\":1,}", "\"\xff\xfe\"",
+    };
+    char why[MV_PROTO_DETAIL_MAX];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(malformed) / sizeof(malformed[0]); i++) {
+        struct json_object *message = NULL;
+
+        why[0] = '\0';
+        if (parse(malformed[i], &message, why) != -EINVAL)
+            fail_msg("'%s' was accepted", malformed[i]);
+        assert_null(message);
+        assert_true(why[0] != '\0');
+    }
+}
+
+static void message_rejects_non_objects(void **state)
+{
+    static const char *const values[] = { "[1]", "42", "\"list\"", "null", "true" };
+    char why[MV_PROTO_DETAIL_MAX];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        struct json_object *message = NULL;
+
+        if (parse(values[i], &message, why) != -EINVAL)
+            fail_msg("'%s' was accepted", values[i]);
+        assert_non_null(strstr(why, "must be a JSON object"));
+    }
+}
+
+/* A message is one line whatever its strings hold. */
+static void encoded_message_is_one_line(void **state)
+{
+    struct json_object *reply = mv_proto_reply_ok();
+    size_t length;
+    char *line;
+
+    (void)state;
+    json_object_object_add(reply, "text", json_object_new_string("two\nlines/"));
+    line = mv_proto_encode_line(reply, &length);
+    assert_non_null(line);
+    assert_int_equal(length, strlen(line));
+    assert_true(line[length - 1] == '\n');
+    assert_ptr_equal(strchr(line, '\n'), line + length - 1);
+    assert_string_equal(line, "{\"ok\":true,\"text\":\"two\\nlines/\"}\n");
+    free(line);
+    json_object_put(reply);
+}
+
+static void error_reply_carries_errno_words_and_detail(void **state)
+{
+    struct json_object *reply = mv_proto_reply_error(-EINVAL, "target 2 GiB exceeds maxmem");
+    char why[MV_PROTO_DETAIL_MAX];
+    struct json_object *parsed;
+    const char *error, *detail;
+    size_t length;
+    char *line;
+
+    (void)state;
+    line = mv_proto_encode_line(reply, &length);
+    line[length - 1] = '\0'; /* the reader's view: newline removed */
+    assert_int_equal(mv_proto_parse_message(line, length - 1, &parsed, why), 0);
+    assert_string_equal(json_object_get_string(json_object_object_get(parsed, "error")),
+                        mv_strerror(-EINVAL));
+    assert_int_equal(json_object_get_int(json_object_object_get(parsed, "errno")), EINVAL);
+    assert_int_equal(mv_proto_reply_status(parsed, &error, &detail), -EINVAL);
+    assert_string_equal(error, mv_strerror(-EINVAL));
+    assert_string_equal(detail, "target 2 GiB exceeds maxmem");
+    free(line);
+    json_object_put(parsed);
+    json_object_put(reply);
+}
+
+static void ok_reply_reads_as_success(void **state)
+{
+    struct json_object *reply = mv_proto_reply_ok();
+    const char *error, *detail;
+
+    (void)state;
+    assert_int_equal(mv_proto_reply_status(reply, &error, &detail), 0);
+    json_object_put(reply);
+}
+
+static void malformed_reply_reads_as_protocol_error(void **state)
+{
+    static const char *const replies[] = {
+        "{}", "{\"ok\":1}", "{\"ok\":false}", "{\"ok\":false,\"errno\":-5}",
+        "{\"ok\":false,\"errno\":\"EINVAL\"}",
+    };
+    char why[MV_PROTO_DETAIL_MAX];
+    const char *error, *detail;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(replies) / sizeof(replies[0]); i++) {
+        struct json_object *reply;
+
+        assert_int_equal(parse(replies[i], &reply, why), 0);
+        if (mv_proto_reply_status(reply, &error, &detail) != -EPROTO)
+            fail_msg("'%s' was taken for a reply", replies[i]);
+        assert_string_equal(error, "malformed reply");
+        json_object_put(reply);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Typed arguments                                                           */
+
+static void arguments_are_typed(void **state)
+{
+    char why[MV_PROTO_DETAIL_MAX];
+    struct json_object *m, *object = NULL;
+    const char *text = "preset";
+    uint64_t value = 7;
+
+    (void)state;
+    assert_int_equal(parse("{\"cmd\":\"create\",\"name\":\"web\",\"maxmem\":\"1G\","
+                           "\"target\":268435456,\"vcpus\":2,\"neg\":-1,\"real\":1.5,"
+                           "\"bad_size\":\"1X\",\"huge\":\"99999999999999999999P\","
+                           "\"workload\":{\"kind\":\"scrub\"}}", &m, why), 0);
+
+    assert_int_equal(mv_proto_arg_string(m, "name", true, &text, why), 0);
+    assert_string_equal(text, "web");
+    assert_int_equal(mv_proto_arg_size(m, "maxmem", true, &value, why), 0);
+    assert_true(value == GiB);
+    assert_int_equal(mv_proto_arg_size(m, "target", true, &value, why), 0);
+    assert_true(value == 256 * MiB);
+    assert_int_equal(mv_proto_arg_u64(m, "vcpus", true, &value, why), 0);
+    assert_int_equal(value, 2);
+    assert_int_equal(mv_proto_arg_object(m, "workload", true, &object, why), 0);
+    assert_non_null(object);
+
+    /* Absent: optional leaves the preset, required explains. */
+    value = 99;
+    assert_int_equal(mv_proto_arg_u64(m, "rate", false, &value, why), 0);
+    assert_int_equal(value, 99);
+    assert_int_equal(mv_proto_arg_u64(m, "rate", true, &value, why), -EINVAL);
+    assert_string_equal(why, "missing argument 'rate'");
+
+    /* Present with the wrong type or value. */
+    assert_int_equal(mv_proto_arg_string(m, "vcpus", true, &text, why), -EINVAL);
+    assert_string_equal(why, "argument 'vcpus' must be a string");
+    assert_int_equal(mv_proto_arg_u64(m, "name", true, &value, why), -EINVAL);
+    assert_int_equal(mv_proto_arg_u64(m, "neg", true, &value, why), -EINVAL);
+    assert_string_equal(why, "argument 'neg' must not be negative");
+    assert_int_equal(mv_proto_arg_u64(m, "real", true, &value, why), -EINVAL);
+    assert_int_equal(mv_proto_arg_size(m, "bad_size", true, &value, why), -EINVAL);
+    assert_non_null(strstr(why, "'1X' is not a size"));
+    assert_int_equal(mv_proto_arg_size(m, "huge", true, &value, why), -EINVAL);
+    assert_non_null(strstr(why, "too large"));
+    assert_int_equal(mv_proto_arg_object(m, "name", true, &object, why), -EINVAL);
+    json_object_put(m);
+}
+
+static void unknown_members_are_named(void **state)
+{
+    static const char *const allowed[] = { "domain", "target", NULL };
+    char why[MV_PROTO_DETAIL_MAX];
+    struct json_object *m;
+
+    (void)state;
+    assert_int_equal(parse("{\"cmd\":\"set-target\",\"domain\":\"a\",\"target\":1}", &m, why),
+                     0);
+    assert_int_equal(mv_proto_check_members(m, allowed, why), 0);
+    json_object_put(m);
+    assert_int_equal(parse("{\"cmd\":\"set-target\",\"domain\":\"a\",\"targte\":1}", &m, why),
+                     0);
+    assert_int_equal(mv_proto_check_members(m, allowed, why), -EINVAL);
+    assert_string_equal(why, "unknown argument 'targte'");
+    json_object_put(m);
+}
+
+static void enum_names_round_trip(void **state)
+{
+    enum mv_workload_kind kind;
+    enum mv_pod_policy policy;
+
+    (void)state;
+    for (int k = MV_WORKLOAD_SCRUB; k <= MV_WORKLOAD_VERIFY; k++) {
+        assert_int_equal(mv_proto_workload_parse(mv_proto_workload_name(k), &kind), 0);
+        assert_int_equal(kind, k);
+    }
+    for (int p = MV_POD_WAIT; p <= MV_POD_CRASH; p++) {
+        assert_int_equal(mv_proto_policy_parse(mv_proto_policy_name(p), &policy), 0);
+        assert_int_equal(policy, p);
+    }
+    assert_int_equal(mv_proto_workload_parse("Scrub", &kind), -EINVAL);
+    assert_int_equal(mv_proto_policy_parse("", &policy), -EINVAL);
+    assert_string_equal(mv_proto_state_name(MV_DOMAIN_CRASHED), "crashed");
+    assert_string_equal(mv_proto_state_name((enum mv_domain_state)42), "unknown");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Calls and sockets                                                         */
+
+/* The request reaches the peer as one line and the peer's line comes back
+ * parsed, even when it arrived before the request was sent. */
+static void call_exchanges_one_line_each_way(void **state)
+{
+    static const char answer[] = "{\"ok\":true,\"domid\":3}\n";
+    char why[MV_PROTO_DETAIL_MAX], received[256];
+    struct mv_proto_reader reader;
+    struct json_object *request = mv_proto_request_new("create"), *reply = NULL;
+    int fds[2];
+    ssize_t n;
+
+    (void)state;
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+    assert_int_equal(write(fds[1], answer, strlen(answer)), (ssize_t)strlen(answer));
+    json_object_object_add(request, "name", json_object_new_string("web"));
+    mv_proto_reader_init(&reader, MV_PROTO_MAX_REPLY);
+    assert_int_equal(mv_proto_call(fds[0], &reader, request, &reply, why), 0);
+    assert_int_equal(json_object_get_int(json_object_object_get(reply, "domid")), 3);
+    n = read(fds[1], received, sizeof(received) - 1);
+    assert_true(n > 0);
+    received[n] = '\0';
+    assert_string_equal(received, "{\"cmd\":\"create\",\"name\":\"web\"}\n");
+
+    /* A peer that hangs up without answering. */
+    json_object_put(reply);
+    close(fds[1]);
+    assert_int_equal(mv_proto_call(fds[0], &reader, request, &reply, why) < 0, 1);
+    assert_true(why[0] != '\0');
+    close(fds[0]);
+    mv_proto_reader_free(&reader);
+    json_object_put(request);
+}
+
+static void socket_path_prefers_option_then_environment(void **state)
+{
+    (void)state;
+    unsetenv(MV_PROTO_SOCKET_ENV);
+    assert_string_equal(mv_proto_socket_path(NULL), MV_PROTO_SOCKET_DEFAULT);
+    setenv(MV_PROTO_SOCKET_ENV, "", 1);
+    assert_string_equal(mv_proto_socket_path(NULL), MV_PROTO_SOCKET_DEFAULT);
+    setenv(MV_PROTO_SOCKET_ENV, "env.sock", 1);
+    assert_string_equal(mv_proto_socket_path(NULL), "env.sock");
+    assert_string_equal(mv_proto_socket_path("option.sock"), "option.sock");
+    unsetenv(MV_PROTO_SOCKET_ENV);
+}
+
+static void socket_address_rejects_long_paths(void **state)
+{
+    char why[MV_PROTO_DETAIL_MAX], path[256];
+    struct sockaddr_un address;
+    socklen_t length;
+
+    (void)state;
+    assert_int_equal(mv_proto_socket_address("a.sock", &address, &length, why), 0);
+    assert_string_equal(address.sun_path, "a.sock");
+    memset(path, 'p', sizeof(path) - 1);
+    path[sizeof(path) - 1] = '\0';
+    assert_int_equal(mv_proto_socket_address(path, &address, &length, why), -ENAMETOOLONG);
+    assert_int_equal(mv_proto_socket_address("", &address, &length, why), -EINVAL);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Doctor report                                                             */
+
+static void doctor_report_gives_verdict_and_advice(void **state)
+{
+    struct mv_kernel_features features = { .release = "4.19.0", .uffd_available = 1,
+                                           .missing_shmem = 1, .max_map_count = 65530 };
+    struct json_object *report, *advice;
+    const char *joined;
+
+    (void)state;
+    report = mv_proto_doctor_json(&features, -EOPNOTSUPP, "userfaultfd lacks MINOR faults");
+    assert_false(json_object_get_boolean(json_object_object_get(report, "usable")));
+    assert_string_equal(json_object_get_string(json_object_object_get(report, "problem")),
+                        "userfaultfd lacks MINOR faults");
+    advice = json_object_object_get(report, "advice");
+    joined = json_object_to_json_string(advice);
+    assert_non_null(strstr(joined, "Linux 5.14"));
+    assert_non_null(strstr(joined, "vm.max_map_count"));
+    assert_int_equal(json_object_array_length(json_object_object_get(report, "features")), 6);
+    json_object_put(report);
+
+    features.minor_shmem = features.wp_shmem = features.wp_unpopulated = 1;
+    features.wp_async = features.pagemap_scan = 1;
+    features.max_map_count = 1u << 20;
+    report = mv_proto_doctor_json(&features, 0, "");
+    assert_true(json_object_get_boolean(json_object_object_get(report, "usable")));
+    assert_null(json_object_object_get(report, "problem"));
+    assert_int_equal(json_object_array_length(json_object_object_get(report, "advice")), 0);
+    json_object_put(report);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(size_parses_bytes_and_binary_units),
+    cmocka_unit_test(size_accepts_zero),
+    cmocka_unit_test(size_rejects_overflow),
+    cmocka_unit_test(size_rejects_garbage),
+    cmocka_unit_test(u64_parses_digits_only),
+    cmocka_unit_test(size_formats_for_humans),
+    cmocka_unit_test(reader_splits_lines_of_one_read),
+    cmocka_unit_test(reader_joins_partial_lines),
+    cmocka_unit_test(reader_strips_cr_and_skips_empty_lines),
+    cmocka_unit_test(reader_takes_a_line_of_exactly_max_bytes),
+    cmocka_unit_test(reader_rejects_oversized_line_and_resyncs),
+    cmocka_unit_test(reader_rejects_a_line_one_byte_too_long),
+    cmocka_unit_test(reader_grows_up_to_the_limit),
+    cmocka_unit_test(message_parses_an_object),
+    cmocka_unit_test(message_rejects_malformed_json),
+    cmocka_unit_test(message_rejects_non_objects),
+    cmocka_unit_test(encoded_message_is_one_line),
+    cmocka_unit_test(error_reply_carries_errno_words_and_detail),
+    cmocka_unit_test(ok_reply_reads_as_success),
+    cmocka_unit_test(malformed_reply_reads_as_protocol_error),
+    cmocka_unit_test(arguments_are_typed),
+    cmocka_unit_test(unknown_members_are_named),
+    cmocka_unit_test(enum_names_round_trip),
+    cmocka_unit_test(call_exchanges_one_line_each_way),
+    cmocka_unit_test(socket_path_prefers_option_then_environment),
+    cmocka_unit_test(socket_address_rejects_long_paths),
+    cmocka_unit_test(doctor_report_gives_verdict_and_advice),
+};
+
+TU_MAIN(tests)

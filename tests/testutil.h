@@ -1,0 +1,135 @@
+/*
+ * testutil.h - what every library test shares: a host that skips the test
+ * (saying why) when the kernel lacks a feature, domain shorthands, checks
+ * that print mv_last_error() on failure, and the runner that executes one
+ * named case per process.
+ */
+#ifndef MV_TESTUTIL_H
+#define MV_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "memvisor.h"
+
+#define MiB (1024ull * 1024ull)
+#define GiB (1024ull * MiB)
+
+/* Fail the test with the library's explanation unless `expr` is >= 0. */
+#define assert_ok(expr)                                                        \
+    do {                                                                       \
+        long long rc_ = (long long)(expr);                                     \
+        if (rc_ < 0)                                                           \
+            fail_msg("%s = %lld (%s): %s", #expr, rc_, mv_strerror((int)rc_), \
+                     mv_last_error());                                         \
+    } while (0)
+
+/* Expect exactly the error `err` and a non-empty explanation. */
+#define assert_err(expr, err)                                                  \
+    do {                                                                       \
+        long long rc_ = (long long)(expr);                                     \
+        if (rc_ != (err))                                                      \
+            fail_msg("%s = %lld, expected %d (%s); message: %s", #expr, rc_,   \
+                     (err), mv_strerror(err), mv_last_error());                \
+        assert_true(mv_last_error()[0] != '\0' || (err) == -ESRCH);            \
+    } while (0)
+
+static inline mv_host *tu_host_with(uint64_t budget, unsigned spin_us)
+{
+    struct mv_kernel_features f;
+    struct mv_host_config c;
+    mv_host *h = NULL;
+
+    if (mv_probe_kernel(&f) < 0) {
+        print_message("skipped: %s\n", mv_last_error());
+        skip();
+    }
+    mv_host_config_init(&c);
+    /* 64 GiB of frame space: plenty for tests, and it fits the address
+     * space ThreadSanitizer leaves to the program. */
+    c.machine_bytes = 64 * GiB;
+    c.budget_bytes = budget;
+    c.fault_spin_us = spin_us;
+    assert_ok(mv_host_create(&c, &h));
+    return h;
+}
+
+static inline mv_host *tu_host(void)
+{
+    return tu_host_with(4 * GiB, MV_FAULT_SPIN_DEFAULT);
+}
+
+static inline uint32_t tu_domain_with(mv_host *h, const char *name, uint64_t maxmem,
+                                      uint64_t target, unsigned vcpus,
+                                      enum mv_pod_policy policy, unsigned wait_ms)
+{
+    struct mv_domain_config c;
+    uint32_t id = 0;
+
+    mv_domain_config_init(&c);
+    snprintf(c.name, sizeof(c.name), "%s", name);
+    c.maxmem_bytes = maxmem;
+    c.target_bytes = target;
+    c.vcpus = vcpus;
+    c.pod_policy = policy;
+    if (wait_ms)
+        c.wait_timeout_ms = wait_ms;
+    assert_ok(mv_domain_create(h, &c, &id));
+    return id;
+}
+
+static inline uint32_t tu_domain(mv_host *h, const char *name, uint64_t maxmem,
+                                 uint64_t target)
+{
+    return tu_domain_with(h, name, maxmem, target, 2, MV_POD_WAIT, 0);
+}
+
+static inline struct mv_domain_info tu_info(mv_host *h, uint32_t id)
+{
+    struct mv_domain_info info;
+
+    assert_ok(mv_domain_info(h, id, &info));
+    return info;
+}
+
+/* Run a workload to completion and return its status. */
+static inline struct mv_workload_status tu_run(mv_host *h, uint32_t id,
+                                               const struct mv_workload_config *w)
+{
+    struct mv_workload_status st;
+
+    assert_ok(mv_workload_start(h, id, w));
+    assert_ok(mv_workload_wait(h, id, 60000, &st));
+    return st;
+}
+
+/* The closing check of every integration test: content oracle and audit. */
+static inline void tu_verify(mv_host *h, uint32_t id)
+{
+    uint64_t bad_gfn = 0;
+    int64_t bad = mv_oracle_verify(h, id, &bad_gfn);
+
+    assert_ok(bad);
+    if (bad)
+        fail_msg("content oracle: %lld pages differ, first at gfn %#llx",
+                 (long long)bad, (unsigned long long)bad_gfn);
+    assert_ok(mv_host_audit(h));
+}
+
+/* Run the named case, or all of them without an argument. */
+#define TU_MAIN(cases)                                                         \
+    int main(int argc, char **argv)                                            \
+    {                                                                          \
+        if (argc > 1)                                                          \
+            cmocka_set_test_filter(argv[1]);                                   \
+        return cmocka_run_group_tests(cases, NULL, NULL);                      \
+    }
+
+#endif /* MV_TESTUTIL_H */

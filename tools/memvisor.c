@@ -1,0 +1,1720 @@
+/*
+ * memvisor.c - the memvisor command-line tool, in the manner of Xen's `xl`:
+ * one subcommand per operation, each a request to memvisord (protocol.h),
+ * plus `doctor` (runs here), `bench` (the suites of bench/) and `demo`.
+ *
+ * Organisation: exit statuses and messages; options, described once in a
+ * table from which both getopt's table and the --help text are built, and
+ * whose values land in a JSON object under their request argument names;
+ * the connection to memvisord; output formatting; one function per
+ * subcommand; the demo; the command table and main.
+ *
+ * Exit statuses: 0 success, 1 the daemon or the library said no (printed as
+ * "memvisor: <cmd>: <error>: <detail>"), 2 a usage error (one line).
+ */
+#include "bench.h"
+#include "protocol.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+enum exit_status { STATUS_OK = 0, STATUS_FAILED = 1, STATUS_USAGE = 2 };
+
+/* How long a waiting command sleeps in the daemon per workload-status. */
+#define WORKLOAD_POLL_MS 1000u
+/* --help layout: lines of at most HELP_WIDTH columns, option names in a
+ * column of their own. */
+#define HELP_WIDTH 80
+#define HELP_OPTION_WIDTH 22
+/* getopt_long's value for a command's option i: OPTION_VALUE_BASE + i, clear
+ * of the characters it returns itself. */
+#define OPTION_VALUE_BASE 256
+
+/* ------------------------------------------------------------------------ */
+/* Messages                                                                  */
+
+static void vreport(const char *command, const char *fmt, va_list ap)
+{
+    fputs("memvisor: ", stderr);
+    if (command)
+        fprintf(stderr, "%s: ", command);
+    vfprintf(stderr, fmt, ap);
+}
+
+/* A usage error: one line, status 2. */
+static int usage_error(const char *command, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int usage_error(const char *command, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vreport(command, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (see memvisor%s%s --help)\n", command ? " " : "",
+            command ? command : "");
+    return STATUS_USAGE;
+}
+
+/* A failure: one line, status 1. */
+static int command_failed(const char *command, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int command_failed(const char *command, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vreport(command, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return STATUS_FAILED;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Options                                                                   */
+
+enum value_kind {
+    VALUE_FLAG,       /* no value: stored as true */
+    VALUE_SIZE,       /* mv_proto_parse_size */
+    VALUE_NUMBER,     /* mv_proto_parse_u64 */
+    VALUE_POLICY,     /* wait | crash */
+    VALUE_WORKLOAD,   /* scrub | random | verify */
+    VALUE_LOGDIRTY,   /* auto | wp-async | wp-sync | mprotect */
+};
+
+struct cli_option {
+    const char *name;       /* --name */
+    enum value_kind kind;
+    const char *key;        /* where the value goes in the parsed options */
+    const char *metavar;    /* what --help shows as the value */
+    const char *help;
+};
+
+static const struct cli_option
+    opt_json = { "json", VALUE_FLAG, "json", NULL, "print JSON instead of text" },
+    opt_daemon = { "daemon", VALUE_FLAG, "daemon", NULL,
+                   "ask memvisord what it sees instead of probing here" },
+    opt_maxmem = { "maxmem", VALUE_SIZE, "maxmem", "SIZE",
+                   "guest-physical memory, e.g. 1G (required)" },
+    opt_target = { "target", VALUE_SIZE, "target", "SIZE",
+                   "memory it may have populated (default: maxmem)" },
+    opt_vcpus = { "vcpus", VALUE_NUMBER, "vcpus", "N",
+                  "vCPUs of its built-in workloads, 1..64 (default 1)" },
+    opt_policy = { "policy", VALUE_POLICY, "policy", "wait|crash",
+                   "when no memory is left: hold the vCPU up to --wait-timeout-ms, "
+                   "then crash (wait, default), or crash at once as Xen does (crash)" },
+    opt_wait_timeout = { "wait-timeout-ms", VALUE_NUMBER, "wait_timeout_ms", "MS",
+                         "how long a vCPU may wait for memory (default 10000)" },
+    opt_start_workload = { "workload", VALUE_WORKLOAD, "kind", "KIND",
+                           "start a workload at once: scrub, random or verify "
+                           "(options below as for 'memvisor workload')" },
+    opt_rate = { "rate", VALUE_NUMBER, "rate", "N",
+                 "random: pages written per second, all vCPUs together "
+                 "(default: as fast as possible)" },
+    opt_duration = { "duration-ms", VALUE_NUMBER, "duration_ms", "MS",
+                     "random: stop after this long (default: at workload-stop)" },
+    opt_workload_max_pages = { "max-pages", VALUE_NUMBER, "max_pages", "N",
+                               "random: stop after N page writes" },
+    opt_working_set = { "working-set", VALUE_SIZE, "working_set", "SIZE",
+                        "random: write only the first SIZE of memory (default: all)" },
+    opt_seed = { "seed", VALUE_NUMBER, "seed", "N",
+                 "pattern seed; a domain's workloads must all use the same one" },
+    opt_detach = { "detach", VALUE_FLAG, "detach", NULL,
+                   "return once the workload started instead of waiting for it" },
+    opt_reclaim_max_pages = { "max-pages", VALUE_NUMBER, "max_pages", "N",
+                              "examine at most N populated pages (default: all)" },
+    opt_logdirty = { "logdirty", VALUE_LOGDIRTY, "logdirty", "MODE",
+                     "how its dirty log is kept: auto (default: the fastest the "
+                     "kernel has), wp-async, wp-sync or mprotect" },
+    opt_interval = { "interval", VALUE_NUMBER, "interval", "S",
+                     "seconds between two fetches (default 1)" },
+    opt_count = { "count", VALUE_NUMBER, "count", "N",
+                  "stop after N intervals (default: until interrupted)" };
+
+/* The request arguments that describe a workload. */
+static const char *const workload_keys[] = {
+    "kind", "rate", "duration_ms", "max_pages", "working_set", "seed", NULL,
+};
+
+struct invocation;
+
+struct command {
+    const char *name;
+    const char *operands;     /* synopsis of the operands */
+    int min_operands, max_operands;
+    const char *summary;      /* one line for `memvisor --help` */
+    const char *description;  /* what `memvisor NAME --help` explains */
+    const struct cli_option *const *options;
+    int (*run)(const struct invocation *inv);
+    bool own_arguments;       /* run parses its arguments itself */
+};
+
+struct invocation {
+    const struct command *command;
+    int argc;                 /* the command's arguments, name first */
+    char **argv;
+    const char *socket_path;
+    char **operands;
+    int operand_count;
+    struct json_object *options;  /* option values under their keys */
+};
+
+static bool option_set(const struct invocation *inv, const char *key)
+{
+    return json_object_object_get_ex(inv->options, key, NULL);
+}
+
+static size_t option_count(const struct command *command)
+{
+    size_t n = 0;
+
+    while (command->options && command->options[n])
+        n++;
+    return n;
+}
+
+/* Print `text` from column `column`, wrapped before HELP_WIDTH with
+ * continuation lines starting at column `indent`. */
+static void print_wrapped(const char *text, int column, int indent)
+{
+    while (*text) {
+        int word = (int)strcspn(text, " ");
+
+        if (column > indent && column + 1 + word > HELP_WIDTH) {
+            printf("\n%*s", indent, "");
+            column = indent;
+        } else if (column > indent) {
+            putchar(' ');
+            column++;
+        }
+        printf("%.*s", word, text);
+        column += word;
+        text += word;
+        text += strspn(text, " ");
+    }
+    putchar('\n');
+}
+
+static void print_command_help(const struct command *command)
+{
+    size_t n = option_count(command);
+
+    printf("usage: memvisor %s%s%s%s\n\n%s\n", command->name, n ? " [options]" : "",
+           command->operands[0] ? " " : "", command->operands, command->description);
+    printf("\noptions:\n");
+    for (size_t i = 0; i < n; i++) {
+        const struct cli_option *o = command->options[i];
+        char left[64];
+
+        snprintf(left, sizeof(left), "--%s%s%s", o->name, o->metavar ? " " : "",
+                 o->metavar ? o->metavar : "");
+        printf("  %-*s ", HELP_OPTION_WIDTH, left);
+        print_wrapped(o->help, HELP_OPTION_WIDTH + 3, HELP_OPTION_WIDTH + 3);
+    }
+    printf("  %-*s %s\n", HELP_OPTION_WIDTH, "--help", "show this help");
+}
+
+/* Parse one option's value into inv->options. */
+static int store_option(const struct invocation *inv, const struct cli_option *o,
+                        const char *value)
+{
+    const char *command = inv->command->name;
+    struct json_object *stored = NULL;
+    enum mv_pod_policy policy;
+    enum mv_workload_kind kind;
+    enum mv_logdirty_mode mode;
+    uint64_t number;
+    int rc;
+
+    switch (o->kind) {
+    case VALUE_FLAG:
+        stored = json_object_new_boolean(1);
+        break;
+    case VALUE_SIZE:
+        rc = mv_proto_parse_size(value, &number);
+        if (rc < 0)
+            return usage_error(command, "--%s: '%s' is %s", o->name, value,
+                               mv_proto_size_error(rc));
+        stored = json_object_new_uint64(number);
+        break;
+    case VALUE_NUMBER:
+        rc = mv_proto_parse_u64(value, &number);
+        if (rc < 0)
+            return usage_error(command, "--%s: '%s' is %s", o->name, value,
+                               rc == -ERANGE ? "too large for 64 bits" : "not a number");
+        stored = json_object_new_uint64(number);
+        break;
+    case VALUE_POLICY:
+        if (mv_proto_policy_parse(value, &policy) < 0)
+            return usage_error(command, "--%s: '%s' is not wait or crash", o->name, value);
+        stored = json_object_new_string(value);
+        break;
+    case VALUE_WORKLOAD:
+        if (mv_proto_workload_parse(value, &kind) < 0)
+            return usage_error(command, "--%s: '%s' is not scrub, random or verify",
+                               o->name, value);
+        stored = json_object_new_string(value);
+        break;
+    case VALUE_LOGDIRTY:
+        if (mv_proto_logdirty_mode_parse(value, &mode) < 0)
+            return usage_error(command, "--%s: '%s' is not auto, wp-async, wp-sync or "
+                               "mprotect", o->name, value);
+        stored = json_object_new_string(value);
+        break;
+    }
+    json_object_object_add(inv->options, o->key, stored);
+    return STATUS_OK;
+}
+
+/*
+ * Parse a subcommand's options and operands (argv[0] is its name).
+ * Returns -1 to go on, or the exit status (after --help: 0).
+ */
+static int parse_command_line(struct invocation *inv, int argc, char **argv)
+{
+    const struct command *command = inv->command;
+    size_t n = option_count(command);
+    struct option *table = calloc(n + 2, sizeof(*table));
+    int opt, status = -1;
+
+    if (!table)
+        return command_failed(command->name, "no memory");
+    for (size_t i = 0; i < n; i++)
+        table[i] = (struct option){ command->options[i]->name,
+                                    command->options[i]->kind == VALUE_FLAG
+                                        ? no_argument : required_argument,
+                                    NULL, OPTION_VALUE_BASE + (int)i };
+    table[n] = (struct option){ "help", no_argument, NULL, 'h' };
+    optind = 0; /* a fresh scan of a new argument vector */
+    opterr = 0;
+    while (status < 0 && (opt = getopt_long(argc, argv, ":h", table, NULL)) != -1) {
+        if (opt == 'h') {
+            print_command_help(command);
+            status = STATUS_OK;
+        } else if (opt == ':') {
+            status = usage_error(command->name, "option '%s' needs a value",
+                                 argv[optind - 1]);
+        } else if (opt == '?') {
+            status = usage_error(command->name, "unknown option '%s'", argv[optind - 1]);
+        } else if (store_option(inv, command->options[opt - OPTION_VALUE_BASE], optarg) !=
+                   STATUS_OK) {
+            status = STATUS_USAGE;
+        }
+    }
+    free(table);
+    if (status >= 0)
+        return status;
+    inv->operands = argv + optind;
+    inv->operand_count = argc - optind;
+    if (inv->operand_count < command->min_operands)
+        return usage_error(command->name, "expects %s", command->operands);
+    if (inv->operand_count > command->max_operands)
+        return usage_error(command->name, "unexpected argument '%s'",
+                           inv->operands[command->max_operands]);
+    return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The connection to memvisord                                               */
+
+struct connection {
+    int fd;
+    struct mv_proto_reader reader;
+    const char *command;      /* for messages */
+};
+
+static int connection_open(struct connection *conn, const char *command,
+                           const char *socket_path, bool quiet)
+{
+    char why[MV_PROTO_DETAIL_MAX];
+    struct sockaddr_un address;
+    socklen_t length;
+    int rc = mv_proto_socket_address(socket_path, &address, &length, why);
+
+    conn->command = command;
+    conn->fd = -1;
+    mv_proto_reader_init(&conn->reader, MV_PROTO_MAX_REPLY);
+    if (rc < 0)
+        return quiet ? STATUS_FAILED : command_failed(command, "%s", why);
+    conn->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (conn->fd >= 0 && connect(conn->fd, (struct sockaddr *)&address, length) == 0)
+        return STATUS_OK;
+    rc = errno;
+    if (conn->fd >= 0)
+        close(conn->fd);
+    conn->fd = -1;
+    if (quiet)
+        return STATUS_FAILED;
+    return command_failed(command, "cannot reach memvisord at %s: %s (is it running? "
+                          "--socket and $%s choose the socket)", socket_path,
+                          strerror(rc), MV_PROTO_SOCKET_ENV);
+}
+
+static void connection_close(struct connection *conn)
+{
+    if (conn->fd >= 0)
+        close(conn->fd);
+    conn->fd = -1;
+    mv_proto_reader_free(&conn->reader);
+}
+
+/*
+ * Send `request` (consumed) and take the reply.  STATUS_OK with *reply set,
+ * or STATUS_FAILED after printing why (the daemon's error reply included).
+ */
+static int connection_call(struct connection *conn, struct json_object *request,
+                           struct json_object **reply)
+{
+    char why[MV_PROTO_DETAIL_MAX];
+    const char *error, *detail;
+    int rc = mv_proto_call(conn->fd, &conn->reader, request, reply, why);
+
+    json_object_put(request);
+    if (rc < 0)
+        return command_failed(conn->command, "%s", why);
+    rc = mv_proto_reply_status(*reply, &error, &detail);
+    if (rc == 0)
+        return STATUS_OK;
+    if (detail[0])
+        command_failed(conn->command, "%s: %s", error, detail);
+    else
+        command_failed(conn->command, "%s", error);
+    json_object_put(*reply);
+    *reply = NULL;
+    return STATUS_FAILED;
+}
+
+/* One request on a connection of its own; the reply goes to *reply when
+ * `reply` is not NULL. */
+static int request_once(const struct invocation *inv, struct json_object *request,
+                        struct json_object **reply)
+{
+    struct connection conn;
+    struct json_object *answer = NULL;
+    int status = connection_open(&conn, inv->command->name, inv->socket_path, false);
+
+    if (status == STATUS_OK)
+        status = connection_call(&conn, request, &answer);
+    else
+        json_object_put(request);
+    connection_close(&conn);
+    if (reply)
+        *reply = answer;
+    else
+        json_object_put(answer);
+    return status;
+}
+
+/* A request for this command with {"domain": operand 0}. */
+static struct json_object *domain_request(const struct invocation *inv, const char *cmd)
+{
+    struct json_object *request = mv_proto_request_new(cmd);
+
+    json_object_object_add(request, "domain", json_object_new_string(inv->operands[0]));
+    return request;
+}
+
+/* Copy option `key`, when given, into `request`. */
+static void copy_option(const struct invocation *inv, struct json_object *request,
+                        const char *key)
+{
+    struct json_object *value;
+
+    if (json_object_object_get_ex(inv->options, key, &value))
+        json_object_object_add(request, key, json_object_get(value));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reading replies and printing                                              */
+
+/* The member `key` of a reply object, or NULL. */
+static struct json_object *field(struct json_object *object, const char *key)
+{
+    struct json_object *value = NULL;
+
+    json_object_object_get_ex(object, key, &value);
+    return value;
+}
+
+static uint64_t field_u64(struct json_object *object, const char *key)
+{
+    char why[MV_PROTO_DETAIL_MAX];
+    uint64_t value = 0;
+
+    mv_proto_arg_u64(object, key, false, &value, why);
+    return value;
+}
+
+static const char *field_string(struct json_object *object, const char *key)
+{
+    char why[MV_PROTO_DETAIL_MAX];
+    const char *value = "";
+
+    mv_proto_arg_string(object, key, false, &value, why);
+    return value;
+}
+
+static bool field_bool(struct json_object *object, const char *key)
+{
+    return json_object_get_boolean(field(object, key));
+}
+
+/* Elements of an array member; 0 when it is not an array. */
+static size_t field_length(struct json_object *object, const char *key)
+{
+    struct json_object *array = field(object, key);
+
+    return json_object_is_type(array, json_type_array) ? json_object_array_length(array) : 0;
+}
+
+static struct json_object *field_item(struct json_object *object, const char *key, size_t i)
+{
+    return json_object_array_get_idx(field(object, key), i);
+}
+
+/* Pages as a size for humans. */
+static const char *pages_text(char *buf, size_t size, uint64_t pages)
+{
+    return mv_proto_format_size(buf, size, pages * MV_PAGE_SIZE);
+}
+
+static double seconds(uint64_t ns)
+{
+    return (double)ns / 1e9;
+}
+
+/* Print a reply as JSON, without its "ok". */
+static void print_json(struct json_object *reply)
+{
+    json_object_object_del(reply, "ok");
+    printf("%s\n", json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PRETTY |
+                                                             JSON_C_TO_STRING_NOSLASHESCAPE));
+}
+
+/* ------------------------------------------------------------------------ */
+/* doctor                                                                    */
+
+static void print_doctor(struct json_object *report)
+{
+    struct json_object *uffd = field(report, "userfaultfd");
+    char size[32];
+
+    printf("kernel            %s\n", field_string(report, "kernel_release"));
+    if (field_bool(uffd, "available"))
+        printf("userfaultfd       opened through %s, %s (features %s)\n",
+               field_string(uffd, "opened_through"),
+               field_bool(uffd, "user_mode_only") ? "user-mode faults only"
+                                                  : "user and kernel faults",
+               field_string(uffd, "features"));
+    else
+        printf("userfaultfd       not available\n");
+    printf("features\n");
+    for (size_t i = 0; i < field_length(report, "features"); i++) {
+        struct json_object *f = field_item(report, "features", i);
+
+        printf("  %-4s %s (Linux %s%s)\n", field_bool(f, "present") ? "yes" : "NO",
+               field_string(f, "description"), field_string(f, "since"),
+               field_bool(f, "required") ? ", required" : "");
+    }
+    printf("vm.max_map_count  %" PRIu64 "\n", field_u64(report, "max_map_count"));
+    printf("shmem THP         %s\n", field_string(report, "shmem_thp"));
+    printf("MemAvailable      %s\n",
+           mv_proto_format_size(size, sizeof(size), field_u64(report, "mem_available_bytes")));
+    if (field_length(report, "advice")) {
+        printf("advice\n");
+        for (size_t i = 0; i < field_length(report, "advice"); i++)
+            printf("  - %s\n", json_object_get_string(field_item(report, "advice", i)));
+    }
+    if (field_bool(report, "usable"))
+        printf("memvisor can run on this kernel.\n");
+    else
+        printf("memvisor cannot run on this kernel: %s\n", field_string(report, "problem"));
+}
+
+/* The local doctor report (caller owns it); *usable tells the verdict. */
+static struct json_object *doctor_report_here(bool *usable)
+{
+    struct mv_kernel_features features;
+    int rc = mv_probe_kernel(&features);
+
+    *usable = rc == 0;
+    return mv_proto_doctor_json(&features, rc, mv_last_error());
+}
+
+static int run_doctor(const struct invocation *inv)
+{
+    struct json_object *reply = NULL, *report;
+    bool usable;
+    int status;
+
+    if (option_set(inv, "daemon")) {
+        status = request_once(inv, mv_proto_request_new("doctor"), &reply);
+        if (status != STATUS_OK)
+            return status;
+        report = json_object_get(field(reply, "doctor"));
+        json_object_put(reply);
+        if (!json_object_is_type(report, json_type_object)) {
+            json_object_put(report);
+            return command_failed(inv->command->name, "memvisord sent no report");
+        }
+        usable = field_bool(report, "usable");
+    } else {
+        report = doctor_report_here(&usable);
+    }
+    if (option_set(inv, "json"))
+        print_json(report);
+    else
+        print_doctor(report);
+    json_object_put(report);
+    return usable ? STATUS_OK : STATUS_FAILED;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Domain life cycle                                                         */
+
+static int run_create(const struct invocation *inv)
+{
+    struct json_object *request = mv_proto_request_new("create"), *reply;
+    int status;
+
+    if (!option_set(inv, "maxmem")) {
+        json_object_put(request);
+        return usage_error(inv->command->name, "--maxmem is required");
+    }
+    json_object_object_add(request, "name", json_object_new_string(inv->operands[0]));
+    copy_option(inv, request, "maxmem");
+    copy_option(inv, request, "target");
+    copy_option(inv, request, "vcpus");
+    copy_option(inv, request, "policy");
+    copy_option(inv, request, "wait_timeout_ms");
+    copy_option(inv, request, "logdirty");
+    if (option_set(inv, "kind")) {
+        struct json_object *workload = json_object_new_object();
+
+        for (const char *const *key = workload_keys; *key; key++)
+            copy_option(inv, workload, *key);
+        json_object_object_add(request, "workload", workload);
+    } else {
+        for (const char *const *key = workload_keys; *key; key++) {
+            if (option_set(inv, *key)) {
+                json_object_put(request);
+                return usage_error(inv->command->name, "workload options need "
+                                   "--workload KIND");
+            }
+        }
+    }
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    printf("created domain %" PRIu64 " (%s)\n", field_u64(reply, "domid"),
+           field_string(reply, "name"));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_destroy(const struct invocation *inv)
+{
+    return request_once(inv, domain_request(inv, "destroy"), NULL);
+}
+
+static int run_pause(const struct invocation *inv)
+{
+    return request_once(inv, domain_request(inv, "pause"), NULL);
+}
+
+static int run_unpause(const struct invocation *inv)
+{
+    return request_once(inv, domain_request(inv, "unpause"), NULL);
+}
+
+static int run_list(const struct invocation *inv)
+{
+    struct json_object *reply;
+    char maxmem[32], target[32], populated[32];
+    int status = request_once(inv, mv_proto_request_new("list"), &reply);
+
+    if (status != STATUS_OK)
+        return status;
+    if (option_set(inv, "json")) {
+        print_json(reply);
+        json_object_put(reply);
+        return STATUS_OK;
+    }
+    printf("%4s  %-16s %-8s %5s %10s %10s %10s\n", "ID", "NAME", "STATE", "VCPUS",
+           "MAXMEM", "TARGET", "POPULATED");
+    for (size_t i = 0; i < field_length(reply, "domains"); i++) {
+        struct json_object *d = field_item(reply, "domains", i);
+
+        printf("%4" PRIu64 "  %-16s %-8s %5" PRIu64 " %10s %10s %10s\n",
+               field_u64(d, "domid"), field_string(d, "name"), field_string(d, "state"),
+               field_u64(d, "vcpus"),
+               pages_text(maxmem, sizeof(maxmem), field_u64(d, "maxmem_pages")),
+               pages_text(target, sizeof(target), field_u64(d, "target_pages")),
+               pages_text(populated, sizeof(populated), field_u64(d, "populated_pages")));
+    }
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* stats                                                                     */
+
+static void print_stats(struct json_object *reply)
+{
+    struct json_object *host = field(reply, "host");
+    size_t count = field_length(reply, "domains");
+    char budget[32], populated[32], peak[32];
+    bool crash_seen = false;
+
+    printf("host: budget %s, populated %s (peak %s), domains %" PRIu64 ", faults served %"
+           PRIu64 "\n\n",
+           pages_text(budget, sizeof(budget), field_u64(host, "budget_pages")),
+           pages_text(populated, sizeof(populated), field_u64(host, "populated_pages")),
+           pages_text(peak, sizeof(peak), field_u64(host, "peak_populated_pages")),
+           field_u64(host, "domains"), field_u64(host, "faults"));
+    printf("%4s  %-12s %-7s %10s %10s %10s %10s %10s %8s %6s %8s %6s %10s %6s\n", "ID",
+           "NAME", "STATE", "MAXMEM", "TARGET", "POPULATED", "POD", "BALLOONED", "FAULTS",
+           "2M", "4K", "SWEEPS", "RECLAIMED", "WAITS");
+    for (size_t i = 0; i < count; i++) {
+        struct json_object *d = field_item(reply, "domains", i);
+        char sizes[6][32];
+
+        printf("%4" PRIu64 "  %-12s %-7s %10s %10s %10s %10s %10s %8" PRIu64 " %6" PRIu64
+               " %8" PRIu64 " %6" PRIu64 " %10s %6" PRIu64 "\n",
+               field_u64(d, "domid"), field_string(d, "name"), field_string(d, "state"),
+               pages_text(sizes[0], sizeof(sizes[0]), field_u64(d, "maxmem_pages")),
+               pages_text(sizes[1], sizeof(sizes[1]), field_u64(d, "target_pages")),
+               pages_text(sizes[2], sizeof(sizes[2]), field_u64(d, "populated_pages")),
+               pages_text(sizes[3], sizeof(sizes[3]), field_u64(d, "pod_pages")),
+               pages_text(sizes[4], sizeof(sizes[4]), field_u64(d, "ballooned_pages")),
+               field_u64(d, "faults"), field_u64(d, "populated_2m"),
+               field_u64(d, "populated_4k"), field_u64(d, "sweeps"),
+               pages_text(sizes[5], sizeof(sizes[5]), field_u64(d, "reclaimed_zero")),
+               field_u64(d, "pod_waits"));
+    }
+    for (size_t i = 0; i < count; i++) {
+        struct json_object *d = field_item(reply, "domains", i);
+
+        if (!field_string(d, "crash_reason")[0])
+            continue;
+        printf("%sdomain %" PRIu64 " (%s) crashed: %s\n", crash_seen ? "" : "\n",
+               field_u64(d, "domid"), field_string(d, "name"),
+               field_string(d, "crash_reason"));
+        crash_seen = true;
+    }
+}
+
+static int run_stats(const struct invocation *inv)
+{
+    struct json_object *request = mv_proto_request_new("stats"), *reply;
+    int status;
+
+    if (inv->operand_count)
+        json_object_object_add(request, "domain", json_object_new_string(inv->operands[0]));
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    if (option_set(inv, "json"))
+        print_json(reply);
+    else
+        print_stats(reply);
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Memory                                                                    */
+
+/* Operand `index` as a size, or a usage error. */
+static int size_operand(const struct invocation *inv, int index, uint64_t *bytes)
+{
+    const char *text = inv->operands[index];
+    int rc = mv_proto_parse_size(text, bytes);
+
+    if (rc < 0)
+        return usage_error(inv->command->name, "'%s' is %s", text, mv_proto_size_error(rc));
+    return STATUS_OK;
+}
+
+static int run_set_target(const struct invocation *inv)
+{
+    struct json_object *request;
+    uint64_t target;
+    int status = size_operand(inv, 1, &target);
+
+    if (status != STATUS_OK)
+        return status;
+    request = domain_request(inv, "set-target");
+    json_object_object_add(request, "target", json_object_new_uint64(target));
+    return request_once(inv, request, NULL);
+}
+
+static int run_balloon(const struct invocation *inv)
+{
+    struct json_object *request, *reply;
+    char moved[32];
+    uint64_t size;
+    int status = size_operand(inv, 1, &size);
+
+    if (status != STATUS_OK)
+        return status;
+    request = domain_request(inv, "balloon");
+    json_object_object_add(request, "size", json_object_new_uint64(size));
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    printf("balloon: moved %" PRIu64 " pages (%s)\n", field_u64(reply, "pages_moved"),
+           pages_text(moved, sizeof(moved), field_u64(reply, "pages_moved")));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_reclaim(const struct invocation *inv)
+{
+    struct json_object *request = domain_request(inv, "reclaim"), *reply;
+    char reclaimed[32];
+    int status;
+
+    copy_option(inv, request, "max_pages");
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    printf("reclaim: examined %" PRIu64 " pages, returned %" PRIu64 " zero pages (%s) "
+           "to the host in %.3f s\n", field_u64(reply, "scanned"),
+           field_u64(reply, "reclaimed"),
+           pages_text(reclaimed, sizeof(reclaimed), field_u64(reply, "reclaimed")),
+           seconds(field_u64(reply, "elapsed_ns")));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Workloads and checks                                                      */
+
+static void print_workload_status(const char *domain, struct json_object *status)
+{
+    printf("workload on %s: %s, %" PRIu64 " pages in %.2f s", domain,
+           field_bool(status, "finished") ? "finished" : "running",
+           field_u64(status, "pages_done"), seconds(field_u64(status, "elapsed_ns")));
+    if (field_u64(status, "mismatches"))
+        printf(", %" PRIu64 " pages differ from the oracle (first at gfn %#" PRIx64 ")",
+               field_u64(status, "mismatches"), field_u64(status, "first_bad_gfn"));
+    if (field_bool(status, "crashed"))
+        printf(", the domain crashed (see memvisor stats %s)", domain);
+    printf("\n");
+}
+
+/* Exit status of a finished workload: failed when it found or caused harm. */
+static int workload_outcome(const struct invocation *inv, struct json_object *status)
+{
+    if (field_bool(status, "crashed"))
+        return command_failed(inv->command->name, "domain %s crashed during the workload",
+                              inv->operands[0]);
+    if (field_u64(status, "mismatches"))
+        return command_failed(inv->command->name, "%" PRIu64 " pages of %s differ from "
+                              "the oracle", field_u64(status, "mismatches"),
+                              inv->operands[0]);
+    return STATUS_OK;
+}
+
+/* Poll workload-status on `conn` until the workload of `domain` finishes;
+ * *status gets its last status. */
+static int workload_wait(struct connection *conn, const char *domain,
+                         struct json_object **status)
+{
+    struct json_object *reply = NULL;
+
+    for (;;) {
+        struct json_object *request = mv_proto_request_new("workload-status");
+        int rc;
+
+        json_object_object_add(request, "domain", json_object_new_string(domain));
+        json_object_object_add(request, "wait_ms", json_object_new_int(WORKLOAD_POLL_MS));
+        rc = connection_call(conn, request, &reply);
+        if (rc != STATUS_OK)
+            return rc;
+        if (field_bool(field(reply, "workload"), "finished"))
+            break;
+        json_object_put(reply);
+    }
+    *status = json_object_get(field(reply, "workload"));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_workload(const struct invocation *inv)
+{
+    struct json_object *request = domain_request(inv, "workload-start"), *reply, *status;
+    const char *kind = inv->operands[1];
+    enum mv_workload_kind parsed;
+    struct connection conn;
+    bool endless;
+    int rc;
+
+    if (mv_proto_workload_parse(kind, &parsed) < 0) {
+        json_object_put(request);
+        return usage_error(inv->command->name, "'%s' is not scrub, random or verify", kind);
+    }
+    json_object_object_add(request, "kind", json_object_new_string(kind));
+    for (const char *const *key = workload_keys + 1; *key; key++)
+        copy_option(inv, request, *key);
+    endless = parsed == MV_WORKLOAD_RANDOM && !option_set(inv, "duration_ms") &&
+              !option_set(inv, "max_pages");
+
+    rc = connection_open(&conn, inv->command->name, inv->socket_path, false);
+    if (rc != STATUS_OK) {
+        json_object_put(request);
+        return rc;
+    }
+    rc = connection_call(&conn, request, &reply);
+    if (rc == STATUS_OK) {
+        json_object_put(reply);
+        if (option_set(inv, "detach") || endless) {
+            printf("%s started on %s%s\n", kind, inv->operands[0],
+                   endless ? "; stop it with 'memvisor workload-stop'" : "");
+        } else {
+            rc = workload_wait(&conn, inv->operands[0], &status);
+            if (rc == STATUS_OK) {
+                print_workload_status(inv->operands[0], status);
+                rc = workload_outcome(inv, status);
+                json_object_put(status);
+            }
+        }
+    }
+    connection_close(&conn);
+    return rc;
+}
+
+static int run_workload_status(const struct invocation *inv)
+{
+    struct json_object *reply;
+    int status = request_once(inv, domain_request(inv, "workload-status"), &reply);
+
+    if (status != STATUS_OK)
+        return status;
+    if (option_set(inv, "json"))
+        print_json(reply);
+    else
+        print_workload_status(inv->operands[0], field(reply, "workload"));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_workload_stop(const struct invocation *inv)
+{
+    return request_once(inv, domain_request(inv, "workload-stop"), NULL);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Dirty logging                                                             */
+
+static void print_logdirty_stats(const char *domain, struct json_object *l)
+{
+    printf("dirty log of %s: %s, mechanism %s; %" PRIu64 " rounds, %" PRIu64
+           " pages in the last (fetched in %.3f ms), %" PRIu64 " in all; %" PRIu64
+           " write traps; protecting all memory took %.3f ms\n", domain,
+           field_bool(l, "enabled") ? "on" : "off", field_string(l, "mode"),
+           field_u64(l, "rounds"), field_u64(l, "last_dirty"),
+           (double)field_u64(l, "last_fetch_ns") / 1e6, field_u64(l, "total_dirty"),
+           field_u64(l, "faults"), (double)field_u64(l, "protect_ns") / 1e6);
+}
+
+static int logdirty_request(const struct invocation *inv, const char *action,
+                            struct json_object **reply)
+{
+    struct json_object *request = domain_request(inv, "logdirty");
+
+    json_object_object_add(request, "action", json_object_new_string(action));
+    return request_once(inv, request, reply);
+}
+
+static int run_logdirty(const struct invocation *inv)
+{
+    static const char *const actions[] = { "enable", "disable", "clean", "peek", "stats" };
+    const char *action = inv->operands[1];
+    struct json_object *reply;
+    bool known = false;
+    int status;
+
+    for (size_t i = 0; i < sizeof(actions) / sizeof(actions[0]); i++)
+        known |= strcmp(action, actions[i]) == 0;
+    if (!known)
+        return usage_error(inv->command->name, "'%s' is not enable, disable, clean, "
+                           "peek or stats", action);
+    status = logdirty_request(inv, action, &reply);
+    if (status != STATUS_OK)
+        return status;
+    if (option_set(inv, "json")) {
+        print_json(reply);
+    } else {
+        if (json_object_object_get_ex(reply, "dirty_pages", NULL))
+            printf("%s: %" PRIu64 " dirty pages, %" PRIu64 " of them now hold no data\n",
+                   action, field_u64(reply, "dirty_pages"), field_u64(reply, "zero_pages"));
+        print_logdirty_stats(inv->operands[0], field(reply, "logdirty"));
+    }
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static volatile sig_atomic_t wss_interrupted;
+
+static void on_wss_interrupt(int sig)
+{
+    (void)sig;
+    wss_interrupted = 1;
+}
+
+/* The working-set estimate: pages written per interval, from dirty-log
+ * rounds.  Logging is switched on for the measurement if it was off, and off
+ * again afterwards. */
+static int run_wss(const struct invocation *inv)
+{
+    uint64_t interval = 1, count = 0;
+    struct json_object *reply, *option;
+    struct sigaction sa = { .sa_handler = on_wss_interrupt };
+    bool enabled_here = false;
+    int status;
+
+    if (json_object_object_get_ex(inv->options, "interval", &option))
+        interval = json_object_get_uint64(option);
+    if (json_object_object_get_ex(inv->options, "count", &option))
+        count = json_object_get_uint64(option);
+    if (interval == 0)
+        return usage_error(inv->command->name, "--interval must be at least 1 second");
+    status = logdirty_request(inv, "stats", &reply);
+    if (status != STATUS_OK)
+        return status;
+    if (!field_bool(field(reply, "logdirty"), "enabled")) {
+        json_object_put(reply);
+        status = logdirty_request(inv, "enable", &reply);
+        if (status != STATUS_OK)
+            return status;
+        enabled_here = true;
+    }
+    json_object_put(reply);
+    /* A first fetch sets the baseline: what was written before we looked. */
+    status = logdirty_request(inv, "clean", &reply);
+    if (status != STATUS_OK)
+        return status;
+    json_object_put(reply);
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (!option_set(inv, "json"))
+        printf("%8s  %12s  %12s  %10s\n", "seconds", "pages", "written", "fetch ms");
+    for (uint64_t i = 1; (count == 0 || i <= count) && !wss_interrupted; i++) {
+        char size[32];
+
+        sleep((unsigned)interval);
+        if (wss_interrupted)
+            break;
+        status = logdirty_request(inv, "clean", &reply);
+        if (status != STATUS_OK)
+            break;
+        if (option_set(inv, "json")) {
+            printf("{\"seconds\":%" PRIu64 ",\"pages\":%" PRIu64 ",\"zero_pages\":%"
+                   PRIu64 ",\"fetch_ns\":%" PRIu64 "}\n", i * interval,
+                   field_u64(reply, "dirty_pages"), field_u64(reply, "zero_pages"),
+                   field_u64(field(reply, "logdirty"), "last_fetch_ns"));
+        } else {
+            printf("%8" PRIu64 "  %12" PRIu64 "  %12s  %10.3f\n", i * interval,
+                   field_u64(reply, "dirty_pages"),
+                   pages_text(size, sizeof(size), field_u64(reply, "dirty_pages")),
+                   (double)field_u64(field(reply, "logdirty"), "last_fetch_ns") / 1e6);
+        }
+        fflush(stdout);
+        json_object_put(reply);
+    }
+    if (enabled_here) {
+        int off = logdirty_request(inv, "disable", &reply);
+
+        if (off == STATUS_OK)
+            json_object_put(reply);
+        else if (status == STATUS_OK)
+            status = off;
+    }
+    return status;
+}
+
+static int run_verify(const struct invocation *inv)
+{
+    struct json_object *reply;
+    uint64_t mismatches;
+    int status = request_once(inv, domain_request(inv, "verify"), &reply);
+
+    if (status != STATUS_OK)
+        return status;
+    mismatches = field_u64(reply, "mismatches");
+    if (mismatches)
+        status = command_failed(inv->command->name, "%" PRIu64 " pages of %s differ from "
+                                "the content oracle, the first at gfn %#" PRIx64,
+                                mismatches, inv->operands[0],
+                                field_u64(reply, "first_bad_gfn"));
+    else
+        printf("content oracle: every page of %s holds what its guest wrote\n",
+               inv->operands[0]);
+    json_object_put(reply);
+    return status;
+}
+
+static int run_audit(const struct invocation *inv)
+{
+    struct json_object *request = mv_proto_request_new("audit");
+    int status;
+
+    if (inv->operand_count)
+        json_object_object_add(request, "domain", json_object_new_string(inv->operands[0]));
+    status = request_once(inv, request, NULL);
+    if (status == STATUS_OK)
+        printf("audit: every invariant of %s holds\n",
+               inv->operand_count ? inv->operands[0] : "the host");
+    return status;
+}
+
+static int run_shutdown(const struct invocation *inv)
+{
+    return request_once(inv, mv_proto_request_new("shutdown"), NULL);
+}
+
+static int run_bench(const struct invocation *inv)
+{
+    return mv_bench_main(inv->argc, inv->argv);
+}
+
+/* ------------------------------------------------------------------------ */
+/* demo                                                                      */
+
+/*
+ * The demo runs its own memvisord on a private socket, so that it needs
+ * nothing set up and leaves nothing behind: four guests that scrub 1 GiB at
+ * boot while allowed 256 MiB each, then random writers, the content oracle
+ * and an audit.
+ */
+#define DEMO_DOMAINS 4
+#define DEMO_MAXMEM (1ull << 30)
+#define DEMO_TARGET (256ull << 20)
+#define DEMO_VCPUS 2
+#define DEMO_SCRUB_TIMEOUT_S 40
+#define DEMO_RANDOM_RATE 4000        /* pages per second per domain */
+#define DEMO_RANDOM_MS 2000
+#define DEMO_WORKING_SET (64ull << 20)
+#define DEMO_DAEMON_START_S 10
+
+static volatile sig_atomic_t demo_interrupted;
+
+static void demo_on_signal(int sig)
+{
+    (void)sig;
+    demo_interrupted = 1;
+}
+
+struct demo {
+    char dir[PATH_MAX];
+    char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    pid_t daemon;
+    struct connection conn;
+};
+
+/* memvisord sits next to this binary. */
+static int demo_daemon_path(char *path, size_t size)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+    if (n < 0)
+        return command_failed("demo", "cannot find this program: /proc/self/exe: %s",
+                              strerror(errno));
+    self[n] = '\0';
+    if (snprintf(path, size, "%s/memvisord", dirname(self)) >= (int)size ||
+        access(path, X_OK) < 0)
+        return command_failed("demo", "cannot run %s: %s (memvisord must sit next to "
+                              "memvisor)", path, strerror(errno));
+    return STATUS_OK;
+}
+
+static int demo_start_daemon(struct demo *demo)
+{
+    const char *tmp = getenv("TMPDIR");
+    char daemon_path[PATH_MAX];
+    char *argv[] = { daemon_path, "--socket", demo->socket_path, "--log-level", "warn",
+                     NULL };
+    int rc = demo_daemon_path(daemon_path, sizeof(daemon_path));
+
+    if (rc != STATUS_OK)
+        return rc;
+    snprintf(demo->dir, sizeof(demo->dir), "%s/memvisor-demo.XXXXXX",
+             tmp && tmp[0] ? tmp : P_tmpdir);
+    if (!mkdtemp(demo->dir)) {
+        demo->dir[0] = '\0';
+        return command_failed("demo", "cannot create a directory for the socket: %s",
+                              strerror(errno));
+    }
+    if (snprintf(demo->socket_path, sizeof(demo->socket_path), "%s/memvisord.sock",
+                 demo->dir) >= (int)sizeof(demo->socket_path))
+        return command_failed("demo", "%s is too long a path for a Unix socket; set TMPDIR "
+                              "to a shorter directory", demo->dir);
+    rc = posix_spawn(&demo->daemon, daemon_path, NULL, NULL, argv, environ);
+    if (rc) {
+        demo->daemon = 0;
+        return command_failed("demo", "cannot start %s: %s", daemon_path, strerror(rc));
+    }
+    for (int tries = 0; tries < DEMO_DAEMON_START_S * 20 && !demo_interrupted; tries++) {
+        int wstatus;
+
+        if (connection_open(&demo->conn, "demo", demo->socket_path, true) == STATUS_OK)
+            return STATUS_OK;
+        connection_close(&demo->conn);
+        if (waitpid(demo->daemon, &wstatus, WNOHANG) == demo->daemon) {
+            demo->daemon = 0;
+            return command_failed("demo", "memvisord exited (status %d) before it listened",
+                                  WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1);
+        }
+        usleep(50 * 1000);
+    }
+    return command_failed("demo", "memvisord did not listen on %s within %d s",
+                          demo->socket_path, DEMO_DAEMON_START_S);
+}
+
+/* Stop the daemon (politely, then firmly) and remove what the demo made.
+ * STATUS_FAILED when the daemon did not exit cleanly. */
+static int demo_cleanup(struct demo *demo)
+{
+    char path[PATH_MAX + 8];
+    int status = STATUS_OK;
+
+    if (demo->daemon > 0) {
+        struct json_object *request = mv_proto_request_new("shutdown"), *reply = NULL;
+        char why[MV_PROTO_DETAIL_MAX];
+        int wstatus;
+
+        /* Quietly: after a ^C the daemon may be gone already. */
+        if (demo->conn.fd < 0 || mv_proto_call(demo->conn.fd, &demo->conn.reader, request,
+                                               &reply, why) < 0)
+            kill(demo->daemon, SIGTERM);
+        json_object_put(request);
+        json_object_put(reply);
+        for (int tries = 0; waitpid(demo->daemon, &wstatus, WNOHANG) == 0; tries++) {
+            if (tries == 200)
+                kill(demo->daemon, SIGKILL);
+            usleep(50 * 1000);
+        }
+        if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0)
+            status = command_failed("demo", "memvisord did not exit cleanly (%s %d)",
+                                    WIFEXITED(wstatus) ? "status" : "signal",
+                                    WIFEXITED(wstatus) ? WEXITSTATUS(wstatus)
+                                                       : WTERMSIG(wstatus));
+    }
+    connection_close(&demo->conn);
+    if (demo->dir[0]) {
+        unlink(demo->socket_path);
+        snprintf(path, sizeof(path), "%s.lock", demo->socket_path);
+        unlink(path);
+        rmdir(demo->dir);
+    }
+    return status;
+}
+
+static int demo_call(struct demo *demo, struct json_object *request,
+                     struct json_object **reply)
+{
+    if (demo_interrupted) {
+        json_object_put(request);
+        return command_failed("demo", "interrupted");
+    }
+    return connection_call(&demo->conn, request, reply);
+}
+
+static int demo_create_domains(struct demo *demo)
+{
+    for (int i = 1; i <= DEMO_DOMAINS; i++) {
+        struct json_object *request = mv_proto_request_new("create"), *workload, *reply;
+        char name[MV_NAME_MAX];
+        int rc;
+
+        snprintf(name, sizeof(name), "demo-%d", i);
+        json_object_object_add(request, "name", json_object_new_string(name));
+        json_object_object_add(request, "maxmem", json_object_new_uint64(DEMO_MAXMEM));
+        json_object_object_add(request, "target", json_object_new_uint64(DEMO_TARGET));
+        json_object_object_add(request, "vcpus", json_object_new_int(DEMO_VCPUS));
+        workload = json_object_new_object();
+        json_object_object_add(workload, "kind", json_object_new_string("scrub"));
+        json_object_object_add(request, "workload", workload);
+        rc = demo_call(demo, request, &reply);
+        if (rc != STATUS_OK)
+            return rc;
+        json_object_put(reply);
+    }
+    return STATUS_OK;
+}
+
+/* One line per domain; *done tells whether every workload finished. */
+static int demo_print_progress(struct demo *demo, unsigned second, bool *done)
+{
+    struct json_object *reply;
+    int rc = demo_call(demo, mv_proto_request_new("stats"), &reply);
+
+    if (rc != STATUS_OK)
+        return rc;
+    *done = true;
+    if (second > 1)
+        printf("\n");
+    for (size_t i = 0; i < field_length(reply, "domains"); i++) {
+        struct json_object *d = field_item(reply, "domains", i);
+        struct json_object *w = field(d, "workload");
+        char populated[32], target[32], reclaimed[32];
+
+        if (strcmp(field_string(d, "state"), "crashed") == 0) {
+            rc = command_failed("demo", "%s crashed: %s", field_string(d, "name"),
+                                field_string(d, "crash_reason"));
+            break;
+        }
+        *done = *done && field_bool(w, "finished");
+        printf("%3us  %-7s populated %9s of %-8s faults %7" PRIu64 "  sweeps %5" PRIu64
+               "  reclaimed %9s  scrubbed %3" PRIu64 "%%\n", second,
+               field_string(d, "name"),
+               pages_text(populated, sizeof(populated), field_u64(d, "populated_pages")),
+               pages_text(target, sizeof(target), field_u64(d, "target_pages")),
+               field_u64(d, "faults"), field_u64(d, "sweeps"),
+               pages_text(reclaimed, sizeof(reclaimed), field_u64(d, "reclaimed_zero")),
+               field_u64(w, "pages_done") * 100 / (field_u64(d, "maxmem_pages") ?: 1));
+    }
+    fflush(stdout);
+    json_object_put(reply);
+    return rc;
+}
+
+static int demo_scrub(struct demo *demo)
+{
+    bool done = false;
+    unsigned second;
+    int rc;
+
+    printf("Booting %d guests ballooned: maxmem %llu MiB, target %llu MiB, %d vCPUs each.\n"
+           "Each zeroes all of its memory at boot, as Windows and many kernels do;\n"
+           "populate-on-demand keeps it within its target by sweeping zero pages back.\n\n",
+           DEMO_DOMAINS, DEMO_MAXMEM >> 20, DEMO_TARGET >> 20, DEMO_VCPUS);
+    rc = demo_create_domains(demo);
+    for (second = 1; rc == STATUS_OK && !done; second++) {
+        if (second > DEMO_SCRUB_TIMEOUT_S)
+            return command_failed("demo", "the scrubbers did not finish within %d s",
+                                  DEMO_SCRUB_TIMEOUT_S);
+        sleep(1);
+        rc = demo_print_progress(demo, second, &done);
+    }
+    if (rc == STATUS_OK)
+        printf("\nEvery guest scrubbed %llu MiB.\n", DEMO_MAXMEM >> 20);
+    return rc;
+}
+
+/* Random writers on every domain, waited for. */
+static int demo_random(struct demo *demo)
+{
+    int rc = STATUS_OK;
+
+    printf("Random writers: %.1f s at %d pages/s per guest over its first %llu MiB...\n",
+           DEMO_RANDOM_MS / 1000.0, DEMO_RANDOM_RATE, DEMO_WORKING_SET >> 20);
+    fflush(stdout);
+    for (int i = 1; rc == STATUS_OK && i <= DEMO_DOMAINS; i++) {
+        struct json_object *request = mv_proto_request_new("workload-start"), *reply;
+        char name[MV_NAME_MAX];
+
+        snprintf(name, sizeof(name), "demo-%d", i);
+        json_object_object_add(request, "domain", json_object_new_string(name));
+        json_object_object_add(request, "kind", json_object_new_string("random"));
+        json_object_object_add(request, "rate", json_object_new_int(DEMO_RANDOM_RATE));
+        json_object_object_add(request, "duration_ms", json_object_new_int(DEMO_RANDOM_MS));
+        json_object_object_add(request, "working_set", json_object_new_uint64(DEMO_WORKING_SET));
+        rc = demo_call(demo, request, &reply);
+        if (rc == STATUS_OK)
+            json_object_put(reply);
+    }
+    for (int i = 1; rc == STATUS_OK && i <= DEMO_DOMAINS; i++) {
+        struct json_object *status;
+        char name[MV_NAME_MAX];
+
+        snprintf(name, sizeof(name), "demo-%d", i);
+        rc = workload_wait(&demo->conn, name, &status);
+        if (rc != STATUS_OK)
+            break;
+        if (field_bool(status, "crashed"))
+            rc = command_failed("demo", "%s crashed during the random writes", name);
+        else
+            printf("  %s wrote %" PRIu64 " pages\n", name, field_u64(status, "pages_done"));
+        json_object_put(status);
+    }
+    return rc;
+}
+
+/* The content oracle of every domain, then the host audit. */
+static int demo_check(struct demo *demo, uint64_t *mismatches)
+{
+    struct json_object *reply;
+    int rc = STATUS_OK;
+
+    *mismatches = 0;
+    for (int i = 1; rc == STATUS_OK && i <= DEMO_DOMAINS; i++) {
+        struct json_object *request = mv_proto_request_new("verify");
+        char name[MV_NAME_MAX];
+
+        snprintf(name, sizeof(name), "demo-%d", i);
+        json_object_object_add(request, "domain", json_object_new_string(name));
+        rc = demo_call(demo, request, &reply);
+        if (rc == STATUS_OK) {
+            *mismatches += field_u64(reply, "mismatches");
+            json_object_put(reply);
+        }
+    }
+    if (rc == STATUS_OK)
+        rc = demo_call(demo, mv_proto_request_new("audit"), &reply);
+    if (rc == STATUS_OK) {
+        json_object_put(reply);
+        printf("Content oracle: %" PRIu64 " mismatching pages; host audit: every "
+               "invariant holds.\n", *mismatches);
+    }
+    return rc;
+}
+
+static int demo_summary(struct demo *demo, uint64_t mismatches)
+{
+    struct json_object *reply;
+    uint64_t sweeps = 0, reclaimed = 0, peak, naive = DEMO_DOMAINS * DEMO_MAXMEM;
+    char naive_text[32], peak_text[32], reclaimed_text[32];
+    int rc = demo_call(demo, mv_proto_request_new("stats"), &reply);
+
+    if (rc != STATUS_OK)
+        return rc;
+    for (size_t i = 0; i < field_length(reply, "domains"); i++) {
+        sweeps += field_u64(field_item(reply, "domains", i), "sweeps");
+        reclaimed += field_u64(field_item(reply, "domains", i), "reclaimed_zero");
+    }
+    peak = field_u64(field(reply, "host"), "peak_populated_pages") * MV_PAGE_SIZE;
+    json_object_put(reply);
+    printf("\nSummary\n"
+           "  naive allocation, %d x %llu MiB   %s\n"
+           "  peak populated on the host      %s (%.1fx less)\n"
+           "  emergency zero sweeps           %" PRIu64 "\n"
+           "  zero pages reclaimed            %s\n"
+           "  content oracle mismatches       %" PRIu64 "\n",
+           DEMO_DOMAINS, DEMO_MAXMEM >> 20,
+           mv_proto_format_size(naive_text, sizeof(naive_text), naive),
+           mv_proto_format_size(peak_text, sizeof(peak_text), peak),
+           peak ? (double)naive / (double)peak : 0.0, sweeps,
+           pages_text(reclaimed_text, sizeof(reclaimed_text), reclaimed), mismatches);
+    if (mismatches)
+        return command_failed("demo", "%" PRIu64 " pages lost or corrupted", mismatches);
+    return STATUS_OK;
+}
+
+static int run_demo(const struct invocation *inv)
+{
+    struct demo demo = { .conn = { .fd = -1 } };
+    struct sigaction sa = { .sa_handler = demo_on_signal };
+    struct json_object *report;
+    uint64_t mismatches = 0;
+    bool usable;
+    int rc;
+
+    (void)inv;
+    report = doctor_report_here(&usable);
+    if (!usable) {
+        print_doctor(report);
+        json_object_put(report);
+        return STATUS_FAILED;
+    }
+    /* The daemon's default budget is 80% of MemAvailable. */
+    if (field_u64(report, "mem_available_bytes") / 10 * 8 < DEMO_DOMAINS * DEMO_TARGET) {
+        char available[32];
+
+        mv_proto_format_size(available, sizeof(available),
+                             field_u64(report, "mem_available_bytes"));
+        json_object_put(report);
+        return command_failed("demo", "the guests need %llu MiB, more than 80%% of "
+                              "MemAvailable (%s)", DEMO_DOMAINS * DEMO_TARGET >> 20,
+                              available);
+    }
+    json_object_put(report);
+    /* No SA_RESTART: an interrupted call returns and the demo cleans up. */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    rc = demo_start_daemon(&demo);
+    if (rc == STATUS_OK)
+        rc = demo_scrub(&demo);
+    if (rc == STATUS_OK)
+        rc = demo_random(&demo);
+    if (rc == STATUS_OK)
+        rc = demo_check(&demo, &mismatches);
+    if (rc == STATUS_OK)
+        rc = demo_summary(&demo, mismatches);
+    if (demo_cleanup(&demo) != STATUS_OK && rc == STATUS_OK)
+        rc = STATUS_FAILED;
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Commands and main                                                         */
+
+#define OPTIONS(...) ((const struct cli_option *const[]){ __VA_ARGS__, NULL })
+
+static const struct command commands[] = {
+    {
+        .name = "doctor", .operands = "",
+        .summary = "check what this kernel offers memvisor",
+        .description =
+            "Probe the running kernel here (no daemon needed): release, userfaultfd\n"
+            "access, each feature memvisor uses with the Linux version that brought it,\n"
+            "vm.max_map_count, the shmem THP policy and MemAvailable, with advice for\n"
+            "whatever is missing.  Exits 1 when a required feature is missing.",
+        .options = OPTIONS(&opt_json, &opt_daemon), .run = run_doctor,
+    },
+    {
+        .name = "create", .operands = "NAME", .min_operands = 1, .max_operands = 1,
+        .summary = "create a domain, booted ballooned",
+        .description =
+            "Create a domain: NAME gets --maxmem of guest-physical memory, all of it\n"
+            "populate-on-demand, of which at most --target may be populated at once.\n"
+            "Prints the new domain's id.",
+        .options = OPTIONS(&opt_maxmem, &opt_target, &opt_vcpus, &opt_policy,
+                           &opt_wait_timeout, &opt_logdirty, &opt_start_workload, &opt_rate,
+                           &opt_duration, &opt_workload_max_pages, &opt_working_set,
+                           &opt_seed),
+        .run = run_create,
+    },
+    {
+        .name = "destroy", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
+        .summary = "destroy a domain",
+        .description = "Stop DOMAIN's vCPUs and return all of its memory to the host, "
+                       "scrubbed.",
+        .run = run_destroy,
+    },
+    {
+        .name = "list", .operands = "",
+        .summary = "list the domains",
+        .description = "One line per domain: id, name, state, vCPUs, maxmem, target, "
+                       "populated.",
+        .options = OPTIONS(&opt_json), .run = run_list,
+    },
+    {
+        .name = "pause", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
+        .summary = "pause a domain",
+        .description = "Stop DOMAIN's vCPUs at their next page and hold its faults until\n"
+                       "unpause (waits up to 5 s for the vCPUs).",
+        .run = run_pause,
+    },
+    {
+        .name = "unpause", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
+        .summary = "let a paused domain run again",
+        .description = "Resume DOMAIN's vCPUs and release its held faults.",
+        .run = run_unpause,
+    },
+    {
+        .name = "stats", .operands = "[DOMAIN]", .max_operands = 1,
+        .summary = "show host and domain counters",
+        .description =
+            "The host's budget and populated memory, and for each domain (or DOMAIN\n"
+            "only) its state, sizes, faults, 2 MiB and 4 KiB populates, zero sweeps,\n"
+            "reclaimed memory, waits for memory and crash reason.",
+        .options = OPTIONS(&opt_json), .run = run_stats,
+    },
+    {
+        .name = "set-target", .operands = "DOMAIN SIZE", .min_operands = 2,
+        .max_operands = 2,
+        .summary = "change a domain's PoD target",
+        .description =
+            "Let DOMAIN have at most SIZE populated.  Lowering it below what is\n"
+            "populated first reclaims zero pages, and fails with nothing changed when\n"
+            "more pages hold data (balloon first).",
+        .run = run_set_target,
+    },
+    {
+        .name = "balloon", .operands = "DOMAIN SIZE", .min_operands = 2, .max_operands = 2,
+        .summary = "resize a guest with its balloon driver",
+        .description =
+            "Ask DOMAIN's built-in balloon driver to leave the guest SIZE of usable\n"
+            "memory: it gives unused pages back to the host (decrease_reservation) or\n"
+            "takes them back (increase_reservation).  Prints the pages moved.",
+        .run = run_balloon,
+    },
+    {
+        .name = "reclaim", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
+        .summary = "return a domain's zero pages to the host now",
+        .description =
+            "Run a zero-page sweep over DOMAIN's populated memory: every all-zero page\n"
+            "goes back to the host and becomes populate-on-demand again.",
+        .options = OPTIONS(&opt_reclaim_max_pages), .run = run_reclaim,
+    },
+    {
+        .name = "workload", .operands = "DOMAIN scrub|random|verify", .min_operands = 2,
+        .max_operands = 2,
+        .summary = "run a built-in guest workload",
+        .description =
+            "Run a workload on all of DOMAIN's vCPUs: scrub zeroes all of maxmem once,\n"
+            "as operating systems do at boot; random writes random pages; verify reads\n"
+            "every page through guest memory and checks it against the content oracle.\n"
+            "Waits for the workload and reports it (exit 1 when pages differ or the\n"
+            "domain crashed), unless --detach or a random workload without a limit.",
+        .options = OPTIONS(&opt_rate, &opt_duration, &opt_workload_max_pages,
+                           &opt_working_set, &opt_seed, &opt_detach),
+        .run = run_workload,
+    },
+    {
+        .name = "workload-status", .operands = "DOMAIN", .min_operands = 1,
+        .max_operands = 1,
+        .summary = "show a domain's workload",
+        .description = "Whether DOMAIN's workload still runs, pages done, time taken, "
+                       "oracle\nmismatches and whether the domain crashed.",
+        .options = OPTIONS(&opt_json), .run = run_workload_status,
+    },
+    {
+        .name = "workload-stop", .operands = "DOMAIN", .min_operands = 1,
+        .max_operands = 1,
+        .summary = "stop a domain's workload",
+        .description = "Ask DOMAIN's vCPUs to stop their workload and wait for them.",
+        .run = run_workload_stop,
+    },
+    {
+        .name = "verify", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
+        .summary = "check a domain against the content oracle",
+        .description =
+            "Compare every page of DOMAIN, from the host side, with what its built-in\n"
+            "workloads last wrote.  Exits 1 when any page differs.",
+        .run = run_verify,
+    },
+    {
+        .name = "audit", .operands = "[DOMAIN]", .max_operands = 1,
+        .summary = "check every invariant",
+        .description = "Walk the host's structures (or DOMAIN's only) and check every\n"
+                       "invariant.  Exact while the guests are quiet.",
+        .run = run_audit,
+    },
+    {
+        .name = "logdirty", .operands = "DOMAIN enable|disable|clean|peek|stats",
+        .min_operands = 2, .max_operands = 2,
+        .summary = "write-protect a domain and learn which pages it writes",
+        .description =
+            "enable write-protects all of DOMAIN's memory and starts its dirty log;\n"
+            "clean fetches the pages written since the last clean and protects them\n"
+            "again (peek fetches without clearing); disable stops logging.  Prints the\n"
+            "counts and the log's counters: rounds, fetch time, write traps.",
+        .options = OPTIONS(&opt_json), .run = run_logdirty,
+    },
+    {
+        .name = "wss", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
+        .summary = "estimate a domain's working set from its dirty log",
+        .description =
+            "Print the pages DOMAIN writes in each interval (its writable working\n"
+            "set), from dirty-log rounds.  Turns logging on for the measurement when\n"
+            "it was off, and off again at the end or on Ctrl-C.",
+        .options = OPTIONS(&opt_interval, &opt_count, &opt_json), .run = run_wss,
+    },
+    {
+        .name = "shutdown", .operands = "",
+        .summary = "stop memvisord",
+        .description = "Destroy every domain and stop the daemon.",
+        .run = run_shutdown,
+    },
+    {
+        .name = "bench", .operands = "SUITE [options]",
+        .summary = "run a benchmark suite ('memvisor bench --help' lists them)",
+        .run = run_bench, .own_arguments = true,
+    },
+    {
+        .name = "demo", .operands = "",
+        .summary = "show populate-on-demand at work (about 10 s)",
+        .description =
+            "Start a private memvisord, boot four 1 GiB guests with 256 MiB each, let\n"
+            "them zero all their memory, write randomly, check every page against the\n"
+            "content oracle and audit; then compare the memory used with a naive\n"
+            "allocation.  Exits 1 when a page was lost.",
+        .run = run_demo,
+    },
+};
+
+static void print_usage(FILE *out)
+{
+    fprintf(out,
+        "usage: memvisor [--socket PATH] COMMAND [options] [arguments]\n"
+        "\n"
+        "Drive memvisord, the memvisor host daemon.  DOMAIN is a name or an id;\n"
+        "SIZE is bytes or a number with K, M, G, T or P (binary units).\n"
+        "\n"
+        "commands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(out, "  %-16s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out,
+        "\n"
+        "options:\n"
+        "  --socket PATH    memvisord's socket (default $%s, else\n"
+        "                   %s)\n"
+        "  --help           show this help; 'memvisor COMMAND --help' for a command\n"
+        "  --version        show the version\n",
+        MV_PROTO_SOCKET_ENV, MV_PROTO_SOCKET_DEFAULT);
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_SOCKET = 256, OPT_VERSION };
+    static const struct option global_options[] = {
+        { "socket", required_argument, NULL, OPT_SOCKET },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, OPT_VERSION },
+        { NULL, 0, NULL, 0 },
+    };
+    struct invocation inv = { 0 };
+    const char *socket_option = NULL;
+    int opt, status;
+
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, "+:h", global_options, NULL)) != -1) {
+        switch (opt) {
+        case OPT_SOCKET:
+            socket_option = optarg;
+            break;
+        case 'h':
+            print_usage(stdout);
+            return STATUS_OK;
+        case OPT_VERSION:
+            printf("memvisor %d.%d.%d\n", MV_VERSION_MAJOR, MV_VERSION_MINOR,
+                   MV_VERSION_PATCH);
+            return STATUS_OK;
+        case ':':
+            return usage_error(NULL, "option '%s' needs a value", argv[optind - 1]);
+        default:
+            return usage_error(NULL, "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind == argc)
+        return usage_error(NULL, "no command given");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(commands[i].name, argv[optind]) == 0)
+            inv.command = &commands[i];
+    if (!inv.command)
+        return usage_error(NULL, "unknown command '%s'", argv[optind]);
+    inv.argc = argc - optind;
+    inv.argv = argv + optind;
+    inv.socket_path = mv_proto_socket_path(socket_option);
+    inv.options = json_object_new_object();
+    status = inv.command->own_arguments ? -1 : parse_command_line(&inv, inv.argc, inv.argv);
+    if (status < 0)
+        status = inv.command->run(&inv);
+    json_object_put(inv.options);
+    return status;
+}

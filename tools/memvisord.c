@@ -1,0 +1,1261 @@
+/*
+ * memvisord.c - the memvisor host daemon: one mv_host holding every domain
+ * in this process, driven by JSON requests on a Unix socket (protocol.h).
+ *
+ * Organisation: options and logging; the socket, its lock file and the
+ * pidfile; the command handlers and their table; clients (a line reader in,
+ * a reply queue out); the event loop; start-up and teardown.
+ *
+ * One thread runs the loop: epoll over the listening socket, a signalfd
+ * (SIGINT/SIGTERM are blocked before the library starts its threads, so
+ * only the signalfd sees them) and the clients.  Library calls run on the
+ * loop and may block for a while (a pause waits for the vCPUs up to 5 s,
+ * workload-status up to MV_PROTO_MAX_WAIT_MS), but the loop never blocks on
+ * a client: sockets are non-blocking and a reply that does not fit in the
+ * socket buffer waits in the client's queue for EPOLLOUT.  A client is not
+ * read while a reply of its waits, so each one holds at most one reply and
+ * MV_PROTO_MAX_REQUEST + 1 bytes of requests, and a client that never reads
+ * costs only its own progress.  Each turn reads a client at most CLIENT_READS_PER_TURN times so
+ * that one busy client cannot starve the others.
+ *
+ * Exclusivity: PATH.lock next to the socket is flock()ed for the daemon's
+ * lifetime and holds its pid, so a second daemon on the same socket refuses
+ * to start and names the first; a socket file left behind by a daemon that
+ * died is replaced.
+ */
+#include "protocol.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_CLIENTS 128u
+#define CLIENT_READS_PER_TURN 16u
+#define EPOLL_BATCH 64
+#define LISTEN_BACKLOG 64
+
+enum exit_status { STATUS_OK = 0, STATUS_FAILED = 1, STATUS_USAGE = 2 };
+
+struct options {
+    const char *socket_path;
+    const char *pidfile;
+    uint64_t budget_bytes;
+    unsigned fault_threads;
+    enum mv_log_level log_level;
+};
+
+struct client {
+    int fd;
+    unsigned id;                   /* for log lines */
+    struct mv_proto_reader input;
+    char *output;                  /* queued reply bytes */
+    size_t output_length;
+    size_t output_sent;
+    size_t output_capacity;
+    bool peer_closed;              /* recv returned 0 */
+    uint32_t events;               /* epoll interest registered */
+    struct client *prev, *next;
+};
+
+struct daemon {
+    mv_host *host;
+    int epoll_fd;
+    int listen_fd;
+    int signal_fd;
+    int lock_fd;
+    bool listening;                /* the socket file is ours to unlink */
+    const char *socket_path;
+    char lock_path[PATH_MAX];
+    const char *pidfile;
+    struct client *clients;
+    unsigned client_count;
+    unsigned next_client_id;
+    bool stopping;
+};
+
+/* One request being answered. */
+struct request {
+    struct json_object *args;      /* the request object */
+    struct json_object *reply;     /* {"ok": true, ...}: results go here */
+    char why[MV_PROTO_DETAIL_MAX]; /* the detail of an error reply */
+};
+
+/* ------------------------------------------------------------------------ */
+/* Options and logging                                                       */
+
+static enum mv_log_level log_threshold = MV_LOG_INFO;
+
+static const char *const log_level_names[] = {
+    [MV_LOG_ERROR] = "error",
+    [MV_LOG_WARN] = "warn",
+    [MV_LOG_INFO] = "info",
+    [MV_LOG_DEBUG] = "debug",
+};
+
+static void daemon_log(enum mv_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void daemon_log(enum mv_log_level level, const char *fmt, ...)
+{
+    char message[1024];
+    va_list ap;
+
+    if (level > log_threshold)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof(message), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "memvisord: %s: %s\n", log_level_names[level], message);
+}
+
+static void log_library_message(void *opaque, enum mv_log_level level, const char *message)
+{
+    (void)opaque;
+    daemon_log(level, "%s", message);
+}
+
+static void print_usage(FILE *out)
+{
+    fprintf(out,
+        "usage: memvisord [options]\n"
+        "\n"
+        "The memvisor host daemon: hosts every domain in this process and serves\n"
+        "the memvisor tool over a Unix socket.  Stops on SIGINT, SIGTERM or the\n"
+        "'shutdown' command, destroying every domain.\n"
+        "\n"
+        "options:\n"
+        "  --socket PATH        socket to listen on (default $%s, else\n"
+        "                       %s);\n"
+        "                       PATH.lock keeps a second daemon away\n"
+        "  --budget SIZE        machine memory domains may populate, e.g. 8G\n"
+        "                       (default: 80%% of MemAvailable)\n"
+        "  --fault-threads N    userfaultfd service threads (default 1)\n"
+        "  --foreground         stay in the foreground (the only mode; for\n"
+        "                       service managers that pass it)\n"
+        "  --pidfile PATH       write the daemon's pid to PATH while it runs\n"
+        "  --log-level LEVEL    error, warn, info (default) or debug\n"
+        "  --help               show this help\n"
+        "  --version            show the version\n",
+        MV_PROTO_SOCKET_ENV, MV_PROTO_SOCKET_DEFAULT);
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("memvisord: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs(" (see memvisord --help)\n", stderr);
+    return STATUS_USAGE;
+}
+
+/* Returns -1 to go on, or the exit status. */
+static int parse_options(int argc, char **argv, struct options *o)
+{
+    enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FOREGROUND,
+           OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION };
+    static const struct option long_options[] = {
+        { "socket", required_argument, NULL, OPT_SOCKET },
+        { "budget", required_argument, NULL, OPT_BUDGET },
+        { "fault-threads", required_argument, NULL, OPT_FAULT_THREADS },
+        { "foreground", no_argument, NULL, OPT_FOREGROUND },
+        { "pidfile", required_argument, NULL, OPT_PIDFILE },
+        { "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, OPT_VERSION },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *socket_option = NULL;
+    uint64_t value;
+    int opt, rc;
+
+    memset(o, 0, sizeof(*o));
+    o->log_level = MV_LOG_INFO;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
+        switch (opt) {
+        case OPT_SOCKET:
+            socket_option = optarg;
+            break;
+        case OPT_BUDGET:
+            rc = mv_proto_parse_size(optarg, &o->budget_bytes);
+            if (rc < 0)
+                return usage_error("--budget: '%s' is %s", optarg, mv_proto_size_error(rc));
+            break;
+        case OPT_FAULT_THREADS:
+            if (mv_proto_parse_u64(optarg, &value) < 0 || value == 0 || value > 64)
+                return usage_error("--fault-threads: '%s' is not a number in 1..64",
+                                   optarg);
+            o->fault_threads = (unsigned)value;
+            break;
+        case OPT_FOREGROUND:
+            break;
+        case OPT_PIDFILE:
+            o->pidfile = optarg;
+            break;
+        case OPT_LOG_LEVEL: {
+            size_t i = 0;
+
+            while (i < sizeof(log_level_names) / sizeof(log_level_names[0]) &&
+                   strcmp(log_level_names[i], optarg) != 0)
+                i++;
+            if (i == sizeof(log_level_names) / sizeof(log_level_names[0]))
+                return usage_error("--log-level: '%s' is not error, warn, info or "
+                                   "debug", optarg);
+            o->log_level = (enum mv_log_level)i;
+            break;
+        }
+        case 'h':
+            print_usage(stdout);
+            return STATUS_OK;
+        case OPT_VERSION:
+            printf("memvisord %d.%d.%d\n", MV_VERSION_MAJOR, MV_VERSION_MINOR,
+                   MV_VERSION_PATCH);
+            return STATUS_OK;
+        case ':':
+            return usage_error("option '%s' needs a value", argv[optind - 1]);
+        default:
+            return usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+    o->socket_path = mv_proto_socket_path(socket_option);
+    return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Socket, lock file and pidfile                                             */
+
+/* Create the directory that will hold `path`, when it is missing. */
+static int make_parent_directory(const char *path)
+{
+    char copy[PATH_MAX];
+    const char *dir;
+
+    if (snprintf(copy, sizeof(copy), "%s", path) >= (int)sizeof(copy)) {
+        daemon_log(MV_LOG_ERROR, "socket path '%s' is too long", path);
+        return -ENAMETOOLONG;
+    }
+    dir = dirname(copy);
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        daemon_log(MV_LOG_ERROR, "cannot create directory %s: %s", dir, strerror(errno));
+        return -errno;
+    }
+    return 0;
+}
+
+/* Tell who holds the lock, from the pid it wrote there. */
+static void report_lock_holder(struct daemon *d, int fd)
+{
+    char text[32] = "";
+    ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+    long pid = n > 0 ? strtol(text, NULL, 10) : 0;
+
+    if (pid > 0)
+        daemon_log(MV_LOG_ERROR, "another memvisord (pid %ld) is serving %s; stop it "
+                   "first or pick another --socket", pid, d->socket_path);
+    else
+        daemon_log(MV_LOG_ERROR, "another memvisord is serving %s (it holds %s); stop "
+                   "it first or pick another --socket", d->socket_path, d->lock_path);
+}
+
+/*
+ * Take PATH.lock.  A daemon that stops unlinks the file while still holding
+ * it, so a lock taken on a file that has since left the path is worthless:
+ * check that the path still names the locked file, and try again if not.
+ */
+static int lock_acquire(struct daemon *d)
+{
+    struct stat held, named;
+    char pid[32];
+    int fd, n;
+
+    if (snprintf(d->lock_path, sizeof(d->lock_path), "%s.lock", d->socket_path) >=
+        (int)sizeof(d->lock_path)) {
+        daemon_log(MV_LOG_ERROR, "socket path '%s' is too long", d->socket_path);
+        return -ENAMETOOLONG;
+    }
+    for (;;) {
+        fd = open(d->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            daemon_log(MV_LOG_ERROR, "cannot open lock file %s: %s", d->lock_path,
+                       strerror(errno));
+            return -errno;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+            int err = errno;
+
+            if (err == EWOULDBLOCK)
+                report_lock_holder(d, fd);
+            else
+                daemon_log(MV_LOG_ERROR, "cannot lock %s: %s", d->lock_path, strerror(err));
+            close(fd);
+            return -err;
+        }
+        if (fstat(fd, &held) == 0 && stat(d->lock_path, &named) == 0 &&
+            held.st_dev == named.st_dev && held.st_ino == named.st_ino)
+            break;
+        close(fd);
+    }
+    n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+        daemon_log(MV_LOG_WARN, "cannot write the pid to %s: %s", d->lock_path,
+                   strerror(errno));
+    d->lock_fd = fd;
+    return 0;
+}
+
+static int socket_listen(struct daemon *d)
+{
+    char why[MV_PROTO_DETAIL_MAX];
+    struct sockaddr_un address;
+    socklen_t length;
+    struct stat st;
+    int rc = mv_proto_socket_address(d->socket_path, &address, &length, why);
+
+    if (rc < 0) {
+        daemon_log(MV_LOG_ERROR, "%s", why);
+        return rc;
+    }
+    /* We hold the lock, so a socket file here is a dead daemon's. */
+    if (lstat(d->socket_path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            daemon_log(MV_LOG_ERROR, "%s exists and is not a socket; not replacing it",
+                       d->socket_path);
+            return -EEXIST;
+        }
+        daemon_log(MV_LOG_INFO, "replacing stale socket %s", d->socket_path);
+        unlink(d->socket_path);
+    }
+    d->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (d->listen_fd < 0 || bind(d->listen_fd, (struct sockaddr *)&address, length) < 0) {
+        daemon_log(MV_LOG_ERROR, "cannot bind %s: %s", d->socket_path, strerror(errno));
+        return -errno;
+    }
+    d->listening = true;
+    if (listen(d->listen_fd, LISTEN_BACKLOG) < 0) {
+        daemon_log(MV_LOG_ERROR, "cannot listen on %s: %s", d->socket_path, strerror(errno));
+        return -errno;
+    }
+    return 0;
+}
+
+static int pidfile_write(const char *path)
+{
+    FILE *f = fopen(path, "we");
+
+    if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0) {
+        daemon_log(MV_LOG_ERROR, "cannot write pidfile %s: %s", path, strerror(errno));
+        return -errno;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Commands                                                                  */
+
+static int request_fail(struct request *r, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int request_fail(struct request *r, int err, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(r->why, sizeof(r->why), fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+/* The outcome of a library call: its explanation is kept for the reply
+ * before any other call can overwrite it. */
+static int library_status(struct request *r, int64_t rc)
+{
+    if (rc >= 0)
+        return 0;
+    snprintf(r->why, sizeof(r->why), "%s", mv_last_error());
+    return (int)rc;
+}
+
+static void reply_u64(struct request *r, const char *key, uint64_t value)
+{
+    json_object_object_add(r->reply, key, json_object_new_uint64(value));
+}
+
+static bool has_arg(struct request *r, const char *key)
+{
+    return json_object_object_get_ex(r->args, key, NULL);
+}
+
+static int arg_unsigned(struct request *r, struct json_object *args, const char *key,
+                        unsigned *out)
+{
+    uint64_t value = *out;
+    int rc = mv_proto_arg_u64(args, key, false, &value, r->why);
+
+    if (rc < 0)
+        return rc;
+    if (value > UINT_MAX)
+        return request_fail(r, -EINVAL, "argument '%s' is larger than %u", key, UINT_MAX);
+    *out = (unsigned)value;
+    return 0;
+}
+
+/* "domain": a name, or an id as a number or a string of digits. */
+static int arg_domain(mv_host *host, struct request *r, uint32_t *domid)
+{
+    struct json_object *value;
+    uint64_t id;
+    int rc;
+
+    if (!json_object_object_get_ex(r->args, "domain", &value))
+        return request_fail(r, -EINVAL, "missing argument 'domain'");
+    if (json_object_is_type(value, json_type_string)) {
+        const char *name = json_object_get_string(value);
+
+        rc = mv_domain_lookup(host, name, domid);
+        if (rc == -ESRCH && mv_proto_parse_u64(name, &id) == 0 && id <= UINT32_MAX) {
+            *domid = (uint32_t)id;
+            return 0;
+        }
+        return library_status(r, rc);
+    }
+    rc = mv_proto_arg_u64(r->args, "domain", true, &id, r->why);
+    if (rc < 0)
+        return request_fail(r, rc, "argument 'domain' must be a name or an id");
+    if (id > UINT32_MAX)
+        return request_fail(r, -EINVAL, "domain id %" PRIu64 " is out of range", id);
+    *domid = (uint32_t)id;
+    return 0;
+}
+
+static const char *const workload_keys[] = {
+    "kind", "rate", "duration_ms", "max_pages", "working_set", "seed", NULL,
+};
+
+/* A workload described by `args` (the request itself or a nested object). */
+static int parse_workload(struct request *r, struct json_object *args,
+                          struct mv_workload_config *config)
+{
+    const char *kind;
+    uint64_t working_set = 0;
+    enum mv_workload_kind parsed;
+    int rc = mv_proto_arg_string(args, "kind", true, &kind, r->why);
+
+    if (rc < 0)
+        return rc;
+    if (mv_proto_workload_parse(kind, &parsed) < 0)
+        return request_fail(r, -EINVAL, "unknown workload kind '%s' (scrub, random or "
+                            "verify)", kind);
+    mv_workload_config_init(config, parsed);
+    if ((rc = mv_proto_arg_u64(args, "rate", false, &config->pages_per_second, r->why)) < 0 ||
+        (rc = mv_proto_arg_u64(args, "duration_ms", false, &config->duration_ms, r->why)) < 0 ||
+        (rc = mv_proto_arg_u64(args, "max_pages", false, &config->max_pages, r->why)) < 0 ||
+        (rc = mv_proto_arg_size(args, "working_set", false, &working_set, r->why)) < 0 ||
+        (rc = mv_proto_arg_u64(args, "seed", false, &config->seed, r->why)) < 0)
+        return rc;
+    if (working_set % MV_PAGE_SIZE)
+        return request_fail(r, -EINVAL, "working_set %" PRIu64 " is not a multiple of "
+                            "%u", working_set, MV_PAGE_SIZE);
+    config->working_set_pages = working_set / MV_PAGE_SIZE;
+    return 0;
+}
+
+static int domain_ids(mv_host *host, struct request *r, uint32_t **ids, size_t *count)
+{
+    int n = mv_domain_list(host, NULL, 0);
+
+    if (n < 0)
+        return library_status(r, n);
+    *ids = calloc((size_t)n + 1, sizeof(**ids));
+    if (!*ids)
+        return request_fail(r, -ENOMEM, "no memory to list %d domains", n);
+    n = mv_domain_list(host, *ids, (size_t)n);
+    if (n < 0) {
+        free(*ids);
+        return library_status(r, n);
+    }
+    *count = (size_t)n;
+    return 0;
+}
+
+/* A domain's info, with its workload's status when `with_workload`. */
+static int domain_json(mv_host *host, struct request *r, uint32_t domid,
+                       bool with_workload, struct json_object **out)
+{
+    struct mv_domain_info info;
+    struct mv_workload_status status;
+    int rc = library_status(r, mv_domain_info(host, domid, &info));
+
+    if (rc < 0)
+        return rc;
+    if (with_workload) {
+        rc = mv_workload_wait(host, domid, 0, &status);
+        if (rc < 0 && rc != -ETIMEDOUT)
+            return library_status(r, rc);
+    }
+    *out = mv_proto_domain_info_json(&info);
+    if (with_workload) {
+        struct mv_logdirty_stats logdirty;
+
+        json_object_object_add(*out, "workload",
+                               mv_proto_workload_status_json(&status, rc == 0));
+        if (mv_logdirty_stats(host, domid, &logdirty) == 0)
+            json_object_object_add(*out, "logdirty", mv_proto_logdirty_stats_json(&logdirty));
+    }
+    return 0;
+}
+
+/* "domains": the one domain the request names, or all of them. */
+static int reply_domains(mv_host *host, struct request *r, bool with_workload)
+{
+    struct json_object *list = json_object_new_array(), *entry;
+    uint32_t named, *ids = &named, *all = NULL;
+    size_t count = 1;
+    int rc;
+
+    json_object_object_add(r->reply, "domains", list);
+    if (has_arg(r, "domain")) {
+        rc = arg_domain(host, r, &named);
+    } else {
+        rc = domain_ids(host, r, &all, &count);
+        ids = all;
+    }
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        rc = domain_json(host, r, ids[i], with_workload, &entry);
+        if (rc == 0)
+            json_object_array_add(list, entry);
+    }
+    free(all);
+    return rc;
+}
+
+static int run_create(struct daemon *d, struct request *r)
+{
+    struct mv_domain_config config;
+    struct mv_workload_config workload;
+    struct json_object *workload_args = NULL;
+    const char *name, *policy = NULL, *logdirty = NULL;
+    uint32_t domid;
+    int rc;
+
+    mv_domain_config_init(&config);
+    if ((rc = mv_proto_arg_string(r->args, "name", true, &name, r->why)) < 0 ||
+        (rc = mv_proto_arg_size(r->args, "maxmem", true, &config.maxmem_bytes, r->why)) < 0)
+        return rc;
+    config.target_bytes = config.maxmem_bytes;
+    if ((rc = mv_proto_arg_size(r->args, "target", false, &config.target_bytes, r->why)) < 0 ||
+        (rc = arg_unsigned(r, r->args, "vcpus", &config.vcpus)) < 0 ||
+        (rc = arg_unsigned(r, r->args, "wait_timeout_ms", &config.wait_timeout_ms)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "policy", false, &policy, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "logdirty", false, &logdirty, r->why)) < 0 ||
+        (rc = mv_proto_arg_object(r->args, "workload", false, &workload_args, r->why)) < 0)
+        return rc;
+    if (strlen(name) >= sizeof(config.name))
+        return request_fail(r, -EINVAL, "domain name is longer than %zu bytes",
+                            sizeof(config.name) - 1);
+    snprintf(config.name, sizeof(config.name), "%s", name);
+    if (policy && mv_proto_policy_parse(policy, &config.pod_policy) < 0)
+        return request_fail(r, -EINVAL, "unknown policy '%s' (wait or crash)", policy);
+    if (logdirty && mv_proto_logdirty_mode_parse(logdirty, &config.logdirty_mode) < 0)
+        return request_fail(r, -EINVAL, "unknown dirty-log mode '%s' (auto, wp-async, "
+                            "wp-sync or mprotect)", logdirty);
+    if (workload_args && ((rc = mv_proto_check_members(workload_args, workload_keys,
+                                                       r->why)) < 0 ||
+                          (rc = parse_workload(r, workload_args, &workload)) < 0))
+        return rc;
+
+    rc = library_status(r, mv_domain_create(d->host, &config, &domid));
+    if (rc < 0)
+        return rc;
+    if (workload_args) {
+        rc = library_status(r, mv_workload_start(d->host, domid, &workload));
+        if (rc < 0) {
+            /* All or nothing: a domain without its workload was not asked for. */
+            mv_domain_destroy(d->host, domid);
+            return rc;
+        }
+    }
+    reply_u64(r, "domid", domid);
+    json_object_object_add(r->reply, "name", json_object_new_string(config.name));
+    return 0;
+}
+
+static int run_destroy(struct daemon *d, struct request *r)
+{
+    uint32_t domid;
+    int rc = arg_domain(d->host, r, &domid);
+
+    return rc < 0 ? rc : library_status(r, mv_domain_destroy(d->host, domid));
+}
+
+static int run_list(struct daemon *d, struct request *r)
+{
+    return reply_domains(d->host, r, false);
+}
+
+static int run_stats(struct daemon *d, struct request *r)
+{
+    struct mv_host_stats stats;
+    int rc = library_status(r, mv_host_stats(d->host, &stats));
+
+    if (rc < 0)
+        return rc;
+    json_object_object_add(r->reply, "host", mv_proto_host_stats_json(&stats));
+    return reply_domains(d->host, r, true);
+}
+
+static int run_pause(struct daemon *d, struct request *r)
+{
+    uint32_t domid;
+    int rc = arg_domain(d->host, r, &domid);
+
+    return rc < 0 ? rc : library_status(r, mv_domain_pause(d->host, domid));
+}
+
+static int run_unpause(struct daemon *d, struct request *r)
+{
+    uint32_t domid;
+    int rc = arg_domain(d->host, r, &domid);
+
+    return rc < 0 ? rc : library_status(r, mv_domain_unpause(d->host, domid));
+}
+
+static int run_set_target(struct daemon *d, struct request *r)
+{
+    uint64_t target;
+    uint32_t domid;
+    int rc;
+
+    if ((rc = arg_domain(d->host, r, &domid)) < 0 ||
+        (rc = mv_proto_arg_size(r->args, "target", true, &target, r->why)) < 0)
+        return rc;
+    return library_status(r, mv_domain_set_target(d->host, domid, target));
+}
+
+static int run_balloon(struct daemon *d, struct request *r)
+{
+    uint64_t size;
+    uint32_t domid;
+    int64_t moved;
+    int rc;
+
+    if ((rc = arg_domain(d->host, r, &domid)) < 0 ||
+        (rc = mv_proto_arg_size(r->args, "size", true, &size, r->why)) < 0)
+        return rc;
+    moved = mv_guest_balloon(d->host, domid, size);
+    if (moved < 0)
+        return library_status(r, moved);
+    reply_u64(r, "pages_moved", (uint64_t)moved);
+    return 0;
+}
+
+static int run_reclaim(struct daemon *d, struct request *r)
+{
+    struct mv_sweep_result result;
+    uint64_t max_pages = 0;
+    uint32_t domid;
+    int rc;
+
+    if ((rc = arg_domain(d->host, r, &domid)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "max_pages", false, &max_pages, r->why)) < 0 ||
+        (rc = library_status(r, mv_domain_reclaim_zero(d->host, domid, max_pages,
+                                                       &result))) < 0)
+        return rc;
+    reply_u64(r, "scanned", result.scanned);
+    reply_u64(r, "reclaimed", result.reclaimed);
+    reply_u64(r, "elapsed_ns", result.elapsed_ns);
+    return 0;
+}
+
+static int run_workload_start(struct daemon *d, struct request *r)
+{
+    struct mv_workload_config config;
+    uint32_t domid;
+    int rc;
+
+    if ((rc = arg_domain(d->host, r, &domid)) < 0 ||
+        (rc = parse_workload(r, r->args, &config)) < 0)
+        return rc;
+    return library_status(r, mv_workload_start(d->host, domid, &config));
+}
+
+static int run_workload_status(struct daemon *d, struct request *r)
+{
+    struct mv_workload_status status;
+    unsigned wait_ms = 0;
+    uint32_t domid;
+    int rc;
+
+    if ((rc = arg_domain(d->host, r, &domid)) < 0 ||
+        (rc = arg_unsigned(r, r->args, "wait_ms", &wait_ms)) < 0)
+        return rc;
+    if (wait_ms > MV_PROTO_MAX_WAIT_MS)
+        return request_fail(r, -EINVAL, "wait_ms %u is above %u: poll instead",
+                            wait_ms, MV_PROTO_MAX_WAIT_MS);
+    rc = mv_workload_wait(d->host, domid, wait_ms, &status);
+    if (rc < 0 && rc != -ETIMEDOUT)
+        return library_status(r, rc);
+    json_object_object_add(r->reply, "workload",
+                           mv_proto_workload_status_json(&status, rc == 0));
+    return 0;
+}
+
+static int run_workload_stop(struct daemon *d, struct request *r)
+{
+    uint32_t domid;
+    int rc = arg_domain(d->host, r, &domid);
+
+    return rc < 0 ? rc : library_status(r, mv_workload_stop(d->host, domid));
+}
+
+static int run_verify(struct daemon *d, struct request *r)
+{
+    uint64_t first_bad_gfn;
+    uint32_t domid;
+    int64_t mismatches;
+    int rc = arg_domain(d->host, r, &domid);
+
+    if (rc < 0)
+        return rc;
+    mismatches = mv_oracle_verify(d->host, domid, &first_bad_gfn);
+    if (mismatches < 0)
+        return library_status(r, mismatches);
+    reply_u64(r, "mismatches", (uint64_t)mismatches);
+    json_object_object_add(r->reply, "first_bad_gfn",
+                           mismatches ? json_object_new_uint64(first_bad_gfn) : NULL);
+    return 0;
+}
+
+static int run_audit(struct daemon *d, struct request *r)
+{
+    uint32_t domid;
+    int rc;
+
+    if (!has_arg(r, "domain"))
+        return library_status(r, mv_host_audit(d->host));
+    rc = arg_domain(d->host, r, &domid);
+    return rc < 0 ? rc : library_status(r, mv_domain_audit(d->host, domid));
+}
+
+static int run_doctor(struct daemon *d, struct request *r)
+{
+    struct mv_kernel_features features;
+    int rc = mv_probe_kernel(&features);
+
+    (void)d;
+    json_object_object_add(r->reply, "doctor",
+                           mv_proto_doctor_json(&features, rc, mv_last_error()));
+    return 0;
+}
+
+/*
+ * Dirty logging: enable, disable, stats, and fetches that report counts
+ * (the bitmap itself stays in the daemon: a wire client wants the working
+ * set, not 32 KiB of bits per GiB).
+ */
+static int run_logdirty(struct daemon *d, struct request *r)
+{
+    struct mv_logdirty_stats stats;
+    struct mv_domain_info info;
+    uint64_t *dirty = NULL, *zero = NULL, zero_pages = 0;
+    const char *action;
+    uint32_t domid;
+    size_t words;
+    int64_t n = 0;
+    int rc;
+
+    if ((rc = arg_domain(d->host, r, &domid)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "action", true, &action, r->why)) < 0)
+        return rc;
+    if (strcmp(action, "enable") == 0) {
+        rc = library_status(r, mv_logdirty_enable(d->host, domid));
+    } else if (strcmp(action, "disable") == 0) {
+        rc = library_status(r, mv_logdirty_disable(d->host, domid));
+    } else if (strcmp(action, "clean") == 0 || strcmp(action, "peek") == 0) {
+        if ((rc = library_status(r, mv_domain_info(d->host, domid, &info))) < 0)
+            return rc;
+        words = mv_logdirty_words(info.maxmem_pages);
+        dirty = calloc(words, sizeof(*dirty));
+        zero = calloc(words, sizeof(*zero));
+        if (!dirty || !zero) {
+            rc = request_fail(r, -ENOMEM, "no memory for a bitmap of %zu words", words);
+        } else {
+            n = action[0] == 'c' ? mv_logdirty_clean(d->host, domid, dirty, zero, words)
+                                 : mv_logdirty_peek(d->host, domid, dirty, zero, words);
+            rc = library_status(r, n < 0 ? (int)n : 0);
+            for (size_t i = 0; rc == 0 && i < words; i++)
+                zero_pages += (uint64_t)__builtin_popcountll(zero[i]);
+        }
+        free(dirty);
+        free(zero);
+        if (rc == 0) {
+            reply_u64(r, "dirty_pages", (uint64_t)n);
+            reply_u64(r, "zero_pages", zero_pages);
+        }
+    } else if (strcmp(action, "stats") != 0) {
+        rc = request_fail(r, -EINVAL, "unknown dirty-log action '%s' (enable, disable, "
+                          "clean, peek or stats)", action);
+    }
+    if (rc < 0 || (rc = library_status(r, mv_logdirty_stats(d->host, domid, &stats))) < 0)
+        return rc;
+    json_object_object_add(r->reply, "logdirty", mv_proto_logdirty_stats_json(&stats));
+    return 0;
+}
+
+static int run_shutdown(struct daemon *d, struct request *r)
+{
+    (void)r;
+    daemon_log(MV_LOG_INFO, "shutdown requested");
+    d->stopping = true;
+    return 0;
+}
+
+struct command {
+    const char *name;
+    int (*run)(struct daemon *d, struct request *r);
+    const char *const *args;       /* the arguments it accepts, NULL-terminated */
+};
+
+#define ARGS(...) ((const char *const[]){ __VA_ARGS__, NULL })
+#define NO_ARGS ((const char *const[]){ NULL })
+
+static const struct command commands[] = {
+    { "create", run_create,
+      ARGS("name", "maxmem", "target", "vcpus", "policy", "wait_timeout_ms", "logdirty",
+           "workload") },
+    { "destroy", run_destroy, ARGS("domain") },
+    { "list", run_list, ARGS("domain") },
+    { "stats", run_stats, ARGS("domain") },
+    { "info", run_stats, ARGS("domain") },
+    { "pause", run_pause, ARGS("domain") },
+    { "unpause", run_unpause, ARGS("domain") },
+    { "set-target", run_set_target, ARGS("domain", "target") },
+    { "balloon", run_balloon, ARGS("domain", "size") },
+    { "reclaim", run_reclaim, ARGS("domain", "max_pages") },
+    { "workload-start", run_workload_start,
+      ARGS("domain", "kind", "rate", "duration_ms", "max_pages", "working_set", "seed") },
+    { "workload-status", run_workload_status, ARGS("domain", "wait_ms") },
+    { "workload-stop", run_workload_stop, ARGS("domain") },
+    { "verify", run_verify, ARGS("domain") },
+    { "audit", run_audit, ARGS("domain") },
+    { "logdirty", run_logdirty, ARGS("domain", "action") },
+    { "doctor", run_doctor, NO_ARGS },
+    { "shutdown", run_shutdown, NO_ARGS },
+};
+
+static int dispatch(struct daemon *d, struct request *r, const char **name)
+{
+    const struct command *command = NULL;
+    int rc = mv_proto_arg_string(r->args, "cmd", true, name, r->why);
+
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(commands[i].name, *name) == 0)
+            command = &commands[i];
+    if (!command)
+        return request_fail(r, -EINVAL, "unknown command '%s'", *name);
+    rc = mv_proto_check_members(r->args, command->args, r->why);
+    if (rc < 0)
+        return rc;
+    r->reply = mv_proto_reply_ok();
+    return command->run(d, r);
+}
+
+/* The reply to one request line. */
+static struct json_object *answer(struct daemon *d, struct client *c, const char *line,
+                                  size_t length)
+{
+    struct request r = { 0 };
+    const char *name = "?";
+    struct json_object *reply;
+    int rc = mv_proto_parse_message(line, length, &r.args, r.why);
+
+    if (rc == 0)
+        rc = dispatch(d, &r, &name);
+    if (rc < 0) {
+        json_object_put(r.reply);
+        reply = mv_proto_reply_error(rc, r.why);
+        daemon_log(MV_LOG_DEBUG, "client %u: %s: %s: %s", c->id, name, mv_strerror(rc),
+                   r.why);
+    } else {
+        reply = r.reply;
+        daemon_log(MV_LOG_DEBUG, "client %u: %s: ok", c->id, name);
+    }
+    json_object_put(r.args);
+    return reply;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Clients                                                                   */
+
+static bool client_pending(const struct client *c)
+{
+    return c->output_sent < c->output_length;
+}
+
+static int client_queue(struct client *c, struct json_object *reply)
+{
+    size_t length;
+    char *line = mv_proto_encode_line(reply, &length);
+
+    json_object_put(reply);
+    if (!line)
+        return -ENOMEM;
+    if (c->output_length + length > c->output_capacity) {
+        char *grown = realloc(c->output, c->output_length + length);
+
+        if (!grown) {
+            free(line);
+            return -ENOMEM;
+        }
+        c->output = grown;
+        c->output_capacity = c->output_length + length;
+    }
+    memcpy(c->output + c->output_length, line, length);
+    c->output_length += length;
+    free(line);
+    return 0;
+}
+
+/* Send what the socket takes now.  0, or -errno when the client is gone. */
+static int client_flush(struct client *c)
+{
+    while (client_pending(c)) {
+        ssize_t n = send(c->fd, c->output + c->output_sent,
+                         c->output_length - c->output_sent, MSG_NOSIGNAL);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN ? 0 : -errno;
+        }
+        c->output_sent += (size_t)n;
+    }
+    c->output_length = c->output_sent = 0;
+    return 0;
+}
+
+/* Answer the complete lines held, one at a time, while replies drain. */
+static int client_answer_lines(struct daemon *d, struct client *c)
+{
+    int rc = 0;
+
+    while (rc == 0 && !client_pending(c)) {
+        char *line;
+        size_t length;
+
+        switch (mv_proto_reader_next(&c->input, &line, &length)) {
+        case MV_PROTO_LINE:
+            rc = client_queue(c, answer(d, c, line, length));
+            break;
+        case MV_PROTO_OVERSIZED: {
+            char why[MV_PROTO_DETAIL_MAX];
+
+            snprintf(why, sizeof(why), "request line longer than %d bytes; skipped up "
+                     "to its newline", MV_PROTO_MAX_REQUEST);
+            daemon_log(MV_LOG_DEBUG, "client %u: %s", c->id, why);
+            rc = client_queue(c, mv_proto_reply_error(-EMSGSIZE, why));
+            break;
+        }
+        case MV_PROTO_NEED_MORE:
+            return 0;
+        }
+        if (rc == 0)
+            rc = client_flush(c);
+    }
+    return rc;
+}
+
+/* One recv: 1 when something happened, 0 when the socket is empty, -errno
+ * when the client is gone. */
+static int client_receive(struct client *c)
+{
+    size_t room;
+    char *space = mv_proto_reader_space(&c->input, &room);
+    ssize_t n;
+
+    if (!space)
+        return -ENOMEM;
+    n = recv(c->fd, space, room, 0);
+    if (n < 0)
+        return errno == EAGAIN ? 0 : errno == EINTR ? 1 : -errno;
+    if (n == 0) {
+        c->peer_closed = true;
+        if (mv_proto_reader_partial(&c->input))
+            daemon_log(MV_LOG_DEBUG, "client %u hung up in the middle of a request; "
+                       "dropped it", c->id);
+        return 1;
+    }
+    mv_proto_reader_commit(&c->input, (size_t)n);
+    return 1;
+}
+
+static void client_close(struct daemon *d, struct client *c)
+{
+    daemon_log(MV_LOG_DEBUG, "client %u: disconnected", c->id);
+    epoll_ctl(d->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        d->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    d->client_count--;
+    mv_proto_reader_free(&c->input);
+    free(c->output);
+    free(c);
+}
+
+static int client_watch(struct daemon *d, struct client *c, uint32_t events)
+{
+    struct epoll_event ev = { .events = events, .data.ptr = c };
+
+    if (c->events == events)
+        return 0;
+    if (epoll_ctl(d->epoll_fd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
+        return -errno;
+    c->events = events;
+    return 0;
+}
+
+/* Everything a client's socket event calls for. */
+static void client_serve(struct daemon *d, struct client *c)
+{
+    unsigned reads = CLIENT_READS_PER_TURN;
+    int rc = client_flush(c);
+
+    while (rc >= 0) {
+        rc = client_answer_lines(d, c);
+        if (rc < 0 || client_pending(c) || c->peer_closed || reads-- == 0)
+            break;
+        rc = client_receive(c);
+        if (rc == 0)
+            break;
+    }
+    if (rc >= 0 && !(c->peer_closed && !client_pending(c)))
+        rc = client_watch(d, c, client_pending(c) ? EPOLLOUT : EPOLLIN);
+    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET)
+        daemon_log(MV_LOG_WARN, "client %u: %s; closing it", c->id, strerror(-rc));
+    if (rc < 0 || (c->peer_closed && !client_pending(c)))
+        client_close(d, c);
+}
+
+static void client_refuse(int fd)
+{
+    struct json_object *reply = mv_proto_reply_error(
+        -EUSERS, "memvisord already serves its maximum of clients; try again later");
+    size_t length;
+    char *line = mv_proto_encode_line(reply, &length);
+
+    if (line && send(fd, line, length, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        daemon_log(MV_LOG_DEBUG, "cannot tell a refused client why: %s", strerror(errno));
+    free(line);
+    json_object_put(reply);
+    close(fd);
+}
+
+static void accept_clients(struct daemon *d)
+{
+    for (;;) {
+        int fd = accept4(d->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct epoll_event ev = { .events = EPOLLIN };
+        struct client *c;
+
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                daemon_log(MV_LOG_WARN, "cannot accept a client: %s", strerror(errno));
+            return;
+        }
+        if (d->client_count >= MAX_CLIENTS) {
+            daemon_log(MV_LOG_WARN, "refusing a client: %u are connected", d->client_count);
+            client_refuse(fd);
+            continue;
+        }
+        c = calloc(1, sizeof(*c));
+        if (!c) {
+            daemon_log(MV_LOG_WARN, "no memory for a client");
+            close(fd);
+            continue;
+        }
+        c->fd = fd;
+        c->id = ++d->next_client_id;
+        c->events = EPOLLIN;
+        mv_proto_reader_init(&c->input, MV_PROTO_MAX_REQUEST);
+        ev.data.ptr = c;
+        if (epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+            daemon_log(MV_LOG_WARN, "cannot watch a client: %s", strerror(errno));
+            close(fd);
+            free(c);
+            continue;
+        }
+        c->next = d->clients;
+        if (d->clients)
+            d->clients->prev = c;
+        d->clients = c;
+        d->client_count++;
+        daemon_log(MV_LOG_DEBUG, "client %u: connected", c->id);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Event loop                                                                */
+
+static void receive_signal(struct daemon *d)
+{
+    struct signalfd_siginfo info;
+
+    if (read(d->signal_fd, &info, sizeof(info)) == (ssize_t)sizeof(info)) {
+        daemon_log(MV_LOG_INFO, "%s: shutting down", strsignal((int)info.ssi_signo));
+        d->stopping = true;
+    }
+}
+
+static int run_loop(struct daemon *d)
+{
+    struct epoll_event events[EPOLL_BATCH];
+
+    while (!d->stopping) {
+        int n = epoll_wait(d->epoll_fd, events, EPOLL_BATCH, -1);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            daemon_log(MV_LOG_ERROR, "epoll_wait: %s", strerror(errno));
+            return -errno;
+        }
+        for (int i = 0; i < n; i++) {
+            void *source = events[i].data.ptr;
+
+            if (source == &d->listen_fd)
+                accept_clients(d);
+            else if (source == &d->signal_fd)
+                receive_signal(d);
+            else
+                client_serve(d, source);
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Start-up and teardown                                                     */
+
+static int watch_fd(struct daemon *d, int *fd)
+{
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = fd };
+
+    if (epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, *fd, &ev) < 0) {
+        daemon_log(MV_LOG_ERROR, "epoll_ctl: %s", strerror(errno));
+        return -errno;
+    }
+    return 0;
+}
+
+static int daemon_start(struct daemon *d, const struct options *o, const sigset_t *signals)
+{
+    struct mv_host_config config;
+    int rc;
+
+    d->socket_path = o->socket_path;
+    if ((rc = make_parent_directory(d->socket_path)) < 0 || (rc = lock_acquire(d)) < 0)
+        return rc;
+
+    mv_host_config_init(&config);
+    config.budget_bytes = o->budget_bytes;
+    if (o->fault_threads)
+        config.fault_threads = o->fault_threads;
+    config.log = log_library_message;
+    config.log_level = o->log_level;
+    rc = mv_host_create(&config, &d->host);
+    if (rc < 0) {
+        daemon_log(MV_LOG_ERROR, "cannot create the host: %s: %s (run 'memvisor doctor')",
+                   mv_strerror(rc), mv_last_error());
+        return rc;
+    }
+
+    d->signal_fd = signalfd(-1, signals, SFD_NONBLOCK | SFD_CLOEXEC);
+    d->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (d->signal_fd < 0 || d->epoll_fd < 0) {
+        daemon_log(MV_LOG_ERROR, "cannot create the event loop: %s", strerror(errno));
+        return -errno;
+    }
+    if ((rc = socket_listen(d)) < 0 || (rc = watch_fd(d, &d->listen_fd)) < 0 ||
+        (rc = watch_fd(d, &d->signal_fd)) < 0)
+        return rc;
+    if (o->pidfile) {
+        rc = pidfile_write(o->pidfile);
+        if (rc < 0)
+            return rc;
+        d->pidfile = o->pidfile;
+    }
+    daemon_log(MV_LOG_INFO, "serving %s", d->socket_path);
+    return 0;
+}
+
+static void daemon_stop(struct daemon *d)
+{
+    while (d->clients)
+        client_close(d, d->clients);
+    if (d->listen_fd >= 0)
+        close(d->listen_fd);
+    if (d->listening)
+        unlink(d->socket_path);
+    if (d->host)
+        mv_host_destroy(d->host);
+    if (d->signal_fd >= 0)
+        close(d->signal_fd);
+    if (d->epoll_fd >= 0)
+        close(d->epoll_fd);
+    if (d->pidfile)
+        unlink(d->pidfile);
+    if (d->lock_fd >= 0) {
+        unlink(d->lock_path);
+        close(d->lock_fd);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct daemon d = { .epoll_fd = -1, .listen_fd = -1, .signal_fd = -1, .lock_fd = -1 };
+    struct options options;
+    sigset_t signals;
+    int status = parse_options(argc, argv, &options);
+
+    if (status >= 0)
+        return status;
+    log_threshold = options.log_level;
+    /* Before any library thread exists, so that every thread blocks them. */
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    sigprocmask(SIG_BLOCK, &signals, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    status = STATUS_FAILED;
+    if (daemon_start(&d, &options, &signals) == 0 && run_loop(&d) == 0)
+        status = STATUS_OK;
+    daemon_stop(&d);
+    return status;
+}
