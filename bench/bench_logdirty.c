@@ -19,15 +19,19 @@
  * reported as skipped, with the library's reason.
  *
  * Cases:
- *   fetch-scattered, fetch-clustered, fetch-clean (case 1)
+ *   fetch-scattered, fetch-clustered, fetch-clean, fetch-scattered-busy (case 1)
  *       mv_logdirty_clean of a fully populated --size-mib domain (3 GiB)
  *       after the main thread stored to 0.1% of its pages: one page in each
  *       of as many 2 MiB regions, or the same number in runs of
- *       LD_CLUSTER_RUN pages, or none.  --rounds rounds of one pattern (a
+ *       LD_CLUSTER_RUN pages, or none; and the scattered pattern again
+ *       while a vCPU thread on every other CPU reads guest RAM, so that each
+ *       TLB shootdown must interrupt a running CPU, as it must while a guest
+ *       runs during its migration.  --rounds rounds of one pattern (a
  *       store, then a timed fetch) give its median and p99; the patterns
  *       run one after the other, not interleaved, because the TLB flushes
  *       of one pattern change what the next pays on a virtual machine
- *       (docs/performance.md).  protect-all runs last, on wp-sync.
+ *       (docs/performance.md).  protect-all runs last, on wp-sync, with the
+ *       other CPUs idle and then busy.
  *   rewrite (case 2)
  *       mv_logdirty_enable on a fully populated --write-mib domain, then
  *       LD_WRITERS vCPU threads store one word to every page, each its own
@@ -103,7 +107,7 @@ static const char *mech_name(enum ld_mech m)
     return m == MECH_OFF ? "off" : mv_logdirty_mode_name(mech_modes[m]);
 }
 
-enum ld_pattern { PAT_SCATTERED, PAT_CLUSTERED, PAT_CLEAN, PAT_COUNT };
+enum ld_pattern { PAT_SCATTERED, PAT_CLUSTERED, PAT_CLEAN, PAT_SCATTERED_BUSY, PAT_COUNT };
 
 static const struct {
     const char *name;
@@ -117,6 +121,9 @@ static const struct {
         "64 contiguous pages, one run per 2 MiB region" },
     [PAT_CLEAN] = { "fetch-clean",
         "mv_logdirty_clean with nothing written since the last fetch" },
+    [PAT_SCATTERED_BUSY] = { "fetch-scattered-busy",
+        "fetch-scattered while a vCPU thread on every other CPU keeps loading "
+        "from guest RAM, as running vCPUs do during a migration" },
 };
 
 /* What the library logged while a domain lived (its errors are printed on
@@ -138,7 +145,8 @@ struct ld_fetch {
     uint64_t write_ns[PAT_COUNT][LD_MAX_ROUNDS]; /* storing the pattern */
 };
 
-/* Case 1's protect-all peer, on the wp-sync domain. */
+/* Case 1's protect-all peer, on the wp-sync domain; run->protect_all[busy]
+ * with the other CPUs idle (0) or running reading vCPUs (1). */
 struct ld_protect_all {
     uint64_t round_ns[LD_MAX_ROUNDS];  /* peek + disable + enable */
     uint64_t enable_ns[LD_MAX_ROUNDS]; /* the enable's protect_ns */
@@ -197,7 +205,7 @@ struct ld_run {
     uint64_t *sorted;               /* scratch for order statistics */
     uint64_t *fetch_samples;        /* a rate run's fetch times */
     struct ld_fetch fetch[MECH_COUNT];
-    struct ld_protect_all protect_all;
+    struct ld_protect_all protect_all[2];
     /* cases 2-4 */
     uint64_t write_bytes;
     size_t write_pages;
@@ -444,7 +452,7 @@ static size_t make_pattern(struct ld_run *run, enum ld_pattern p, unsigned round
     size_t runs = (run->dirty_pages + LD_CLUSTER_RUN - 1) / LD_CLUSTER_RUN;
 
     memset(run->expect, 0, mv_logdirty_words(run->fetch_pages) * sizeof(uint64_t));
-    if (p == PAT_SCATTERED) {
+    if (p == PAT_SCATTERED || p == PAT_SCATTERED_BUSY) {
         for (size_t i = 0; i < run->dirty_pages; i++) {
             size_t region = i * regions / run->dirty_pages;
 
@@ -506,7 +514,8 @@ static int fetch_round(struct ld_run *run, const struct ld_domain *d, enum ld_me
 
 /* The old way, on the wp-sync domain: read the log, then write-protect all
  * of guest RAM again. */
-static int protect_all_round(struct ld_run *run, const struct ld_domain *d, unsigned round)
+static int protect_all_round(struct ld_run *run, const struct ld_domain *d, bool busy,
+                             unsigned round)
 {
     size_t n = make_pattern(run, PAT_SCATTERED, round);
     uint64_t t0;
@@ -524,11 +533,87 @@ static int protect_all_round(struct ld_run *run, const struct ld_domain *d, unsi
     rc = mv_logdirty_disable(d->host, d->domid);
     if (rc < 0)
         return mv_bench_lib_error("mv_logdirty_disable", rc);
-    rc = enable_logging(d, &run->protect_all.enable_ns[round]);
-    run->protect_all.round_ns[round] = mv_bench_now_ns() - t0;
+    rc = enable_logging(d, &run->protect_all[busy].enable_ns[round]);
+    run->protect_all[busy].round_ns[round] = mv_bench_now_ns() - t0;
     if (rc != MV_BENCH_OK)
         return rc;
     return check_fetch(run, d, "mv_logdirty_peek", got, n);
+}
+
+/* A running vCPU that only reads guest RAM: a CPU that is in the guest's
+ * address space, so every TLB shootdown must interrupt it. */
+struct ld_reader {
+    const struct ld_domain *d;
+    const atomic_bool *stop;
+};
+
+static void *read_loop(void *arg)
+{
+    const struct ld_reader *r = arg;
+
+    while (!atomic_load_explicit(r->stop, memory_order_relaxed))
+        (void)*page_word(r->d, 0, LD_WORD_RANDOM);
+    return NULL;
+}
+
+struct ld_readers {
+    struct ld_reader reader[MV_BENCH_MAX_THREADS];
+    struct mv_bench_threads threads;
+    atomic_bool stop;
+};
+
+/* Start a reading vCPU thread on every CPU but the caller's (`busy`) or
+ * none; stop them with readers_stop either way. */
+static int readers_start(const struct ld_run *run, const struct ld_domain *d, bool busy,
+                         struct ld_readers *r)
+{
+    unsigned count = (unsigned)MV_BENCH_MIN(MV_BENCH_MAX(run->machine.nproc - 1, 1),
+                                            MV_BENCH_MAX_THREADS);
+
+    r->threads.count = 0;
+    atomic_init(&r->stop, false);
+    if (!busy)
+        return MV_BENCH_OK;
+    for (unsigned i = 0; i < count; i++)
+        r->reader[i] = (struct ld_reader){ .d = d, .stop = &r->stop };
+    return mv_bench_threads_start(&r->threads, read_loop, r->reader, sizeof(r->reader[0]),
+                                  count);
+}
+
+static void readers_stop(struct ld_readers *r)
+{
+    atomic_store(&r->stop, true);
+    mv_bench_threads_join(&r->threads);
+}
+
+static bool pattern_busy(enum ld_pattern p)
+{
+    return p == PAT_SCATTERED_BUSY;
+}
+
+/* --rounds fetches of pattern `p`. */
+static int fetch_pattern(struct ld_run *run, const struct ld_domain *d, enum ld_mech m,
+                         enum ld_pattern p)
+{
+    struct ld_readers r;
+    int rc = readers_start(run, d, pattern_busy(p), &r);
+
+    for (unsigned round = 0; round < run->opt.rounds && rc == MV_BENCH_OK; round++)
+        rc = fetch_round(run, d, m, p, round);
+    readers_stop(&r);
+    return rc;
+}
+
+/* --rounds rounds of protect-all, with the other CPUs idle or busy. */
+static int protect_all_rounds(struct ld_run *run, const struct ld_domain *d, bool busy)
+{
+    struct ld_readers r;
+    int rc = readers_start(run, d, busy, &r);
+
+    for (unsigned round = 0; round < run->opt.rounds && rc == MV_BENCH_OK; round++)
+        rc = protect_all_round(run, d, busy, round);
+    readers_stop(&r);
+    return rc;
 }
 
 static int fetch_mechanism(struct ld_run *run, enum ld_mech m)
@@ -543,11 +628,9 @@ static int fetch_mechanism(struct ld_run *run, enum ld_mech m)
     if (rc == MV_BENCH_OK)
         rc = enable_logging(&d, &f->protect_ns);
     for (int p = 0; p < PAT_COUNT && rc == MV_BENCH_OK; p++)
-        for (unsigned round = 0; round < run->opt.rounds && rc == MV_BENCH_OK; round++)
-            rc = fetch_round(run, &d, m, p, round);
-    for (unsigned round = 0; round < run->opt.rounds && rc == MV_BENCH_OK && m == MECH_SYNC;
-         round++)
-        rc = protect_all_round(run, &d, round);
+        rc = fetch_pattern(run, &d, m, p);
+    for (int busy = 0; busy < 2 && rc == MV_BENCH_OK && m == MECH_SYNC; busy++)
+        rc = protect_all_rounds(run, &d, busy);
     if (rc == MV_BENCH_OK)
         rc = add_logdirty_faults(&d, &f->faults);
     domain_close(&d);
@@ -772,6 +855,7 @@ static double rate_of(const struct ld_rate *r)
 static size_t fetch_comparisons(const struct ld_run *run, enum ld_pattern p,
                                 struct mv_bench_comparison *out)
 {
+    const struct ld_protect_all *pa = &run->protect_all[pattern_busy(p)];
     bool goal = p != PAT_CLEAN;
     double median;
     size_t n = 0;
@@ -800,14 +884,12 @@ static size_t fetch_comparisons(const struct ld_run *run, enum ld_pattern p,
         out[n++] = (struct mv_bench_comparison){
             .figure = "wp-async fetch, median", .unit = "ns", .value = median,
             .peer = "protect-all: peek+disable+enable",
-            .peer_value = (double)percentile_of(run, run->protect_all.round_ns,
-                                                run->opt.rounds, 50),
+            .peer_value = (double)percentile_of(run, pa->round_ns, run->opt.rounds, 50),
         };
         out[n++] = (struct mv_bench_comparison){
             .figure = "wp-async fetch, median", .unit = "ns", .value = median,
             .peer = "protect-all: the enable alone",
-            .peer_value = (double)percentile_of(run, run->protect_all.enable_ns,
-                                                run->opt.rounds, 50),
+            .peer_value = (double)percentile_of(run, pa->enable_ns, run->opt.rounds, 50),
         };
     }
     if (run->available[MECH_MPROTECT])
@@ -994,17 +1076,18 @@ static struct json_object *fetch_setup_json(const struct ld_run *run)
         log_json(mo, &run->fetch[m].log);
         json_object_object_add(o, mech_name(m), mo);
     }
-    if (run->available[MECH_SYNC]) {
+    for (int busy = 0; busy < 2 && run->available[MECH_SYNC]; busy++) {
+        const struct ld_protect_all *p = &run->protect_all[busy];
         struct json_object *pa = json_object_new_object();
 
-        json_object_object_add(pa, "what", json_object_new_string(
+        json_object_object_add(pa, "what", json_object_new_string(busy ?
+            "protect-all while a vCPU thread on every other CPU reads guest RAM" :
             "on the wp-sync domain after the scattered pattern was written: "
             "mv_logdirty_peek + mv_logdirty_disable + mv_logdirty_enable"));
-        json_object_object_add(pa, "round", samples_json(run, run->protect_all.round_ns,
-                                                         run->opt.rounds));
-        json_object_object_add(pa, "enable_protect", samples_json(
-            run, run->protect_all.enable_ns, run->opt.rounds));
-        json_object_object_add(o, "protect-all", pa);
+        json_object_object_add(pa, "round", samples_json(run, p->round_ns, run->opt.rounds));
+        json_object_object_add(pa, "enable_protect",
+                               samples_json(run, p->enable_ns, run->opt.rounds));
+        json_object_object_add(o, busy ? "protect-all-busy" : "protect-all", pa);
     }
     return o;
 }
@@ -1212,15 +1295,18 @@ static void print_fetch(const struct ld_run *run)
                                              run->opt.rounds, 50) /
                        (double)run->dirty_pages, "ns"));
         }
-        if (run->available[MECH_SYNC] && p == PAT_SCATTERED)
+        if (run->available[MECH_SYNC] && (p == PAT_SCATTERED || p == PAT_SCATTERED_BUSY)) {
+            const struct ld_protect_all *pa = &run->protect_all[pattern_busy(p)];
+
             printf("    %-12s %12s %12s   (peek+disable+enable; the enable alone: %s)\n",
                    "protect-all",
                    mv_bench_format(a, sizeof(a), (double)percentile_of(
-                       run, run->protect_all.round_ns, run->opt.rounds, 50), "ns"),
+                       run, pa->round_ns, run->opt.rounds, 50), "ns"),
                    mv_bench_format(b, sizeof(b), (double)percentile_of(
-                       run, run->protect_all.round_ns, run->opt.rounds, 99), "ns"),
+                       run, pa->round_ns, run->opt.rounds, 99), "ns"),
                    mv_bench_format(e, sizeof(e), (double)percentile_of(
-                       run, run->protect_all.enable_ns, run->opt.rounds, 50), "ns"));
+                       run, pa->enable_ns, run->opt.rounds, 50), "ns"));
+        }
         print_comparisons(cmp, fetch_comparisons(run, p, cmp));
     }
 }
@@ -1435,6 +1521,7 @@ static int run_suite(struct ld_run *run)
     run->fetch_pages = (size_t)(run->fetch_bytes >> MV_PAGE_SHIFT);
     run->dirty_pages = run->fetch_pages / LD_DIRTY_DIVISOR;
     run->pattern_regions[PAT_SCATTERED] = run->dirty_pages;
+    run->pattern_regions[PAT_SCATTERED_BUSY] = run->dirty_pages;
     run->pattern_regions[PAT_CLUSTERED] =
         (run->dirty_pages + LD_CLUSTER_RUN - 1) / LD_CLUSTER_RUN;
     run->write_bytes = run->opt.write_mib * MV_BENCH_MIB;

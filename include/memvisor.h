@@ -363,8 +363,10 @@ static inline size_t mv_logdirty_words(uint64_t maxmem_pages)
 }
 
 /*
- * Start logging: write-protect all of the domain's memory (in O(1) work per
- * page table, not per page, on the WP_ASYNC path) and report, from now on,
+ * Start logging: write-protect all of the domain's memory (one
+ * UFFDIO_WRITEPROTECT or mprotect over the whole RAM; the kernel rewrites
+ * every present page-table entry, so this costs O(populated pages) once)
+ * and report, from now on,
  * every page written by the guest or changed by memvisor itself (populate,
  * zero reclaim, balloon).  -EALREADY when already logging, -EPERM on a
  * crashed domain, -EOPNOTSUPP when the domain's mechanism is unavailable.

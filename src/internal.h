@@ -354,6 +354,9 @@ int mv__logdirty_create(struct mv_domain *d, enum mv_logdirty_mode mode);
 void mv__logdirty_destroy(struct mv_domain *d);
 /* memvisor changed [gfn, gfn + n) (lock held): report it if logging. */
 void mv__logdirty_mark(struct mv_domain *d, uint64_t gfn, uint64_t n);
+/* Whether logging has split the RAM into many VMAs (mprotect mode), so that
+ * one userfaultfd call cannot span a 2 MiB block (lock held). */
+bool mv__logdirty_splits_ram(struct mv_domain *d);
 /* A synchronous write-protect fault at gfn (lock held, domain running). */
 void mv__logdirty_wp_fault(struct mv_domain *d, uint64_t gfn);
 

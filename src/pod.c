@@ -116,7 +116,8 @@ static int populate_block(struct mv_domain *d, uint64_t gfn)
     int rc;
 
     if (!d->config.pod_block_populate || first + MV_BLOCK_PAGES > d->maxmem_pages ||
-        d->block_pod[first / MV_BLOCK_PAGES] != MV_BLOCK_PAGES)
+        d->block_pod[first / MV_BLOCK_PAGES] != MV_BLOCK_PAGES ||
+        mv__logdirty_splits_ram(d))
         return -EAGAIN;
     if (!charge(d, MV_BLOCK_PAGES) && !sweep_for(d, MV_BLOCK_PAGES, true))
         return -EAGAIN;
