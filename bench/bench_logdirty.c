@@ -1471,23 +1471,12 @@ static int parse_options(int argc, char **argv, struct ld_options *o, bool *help
         case 'h':
             *help = true;
             break;
-        case ':':
-            mv_bench_error("logdirty: %s needs a value", argv[optind - 1]);
-            rc = MV_BENCH_USAGE;
-            break;
         default:
-            mv_bench_error("logdirty: unknown option '%s'", argv[optind - 1]);
-            rc = MV_BENCH_USAGE;
+            rc = mv_bench_option_problem("logdirty", opt, argv);
             break;
         }
     }
-    if (rc == MV_BENCH_OK && optind < argc) {
-        mv_bench_error("logdirty: unexpected argument '%s'", argv[optind]);
-        rc = MV_BENCH_USAGE;
-    }
-    if (rc != MV_BENCH_OK)
-        fprintf(stderr, "try 'memvisor bench logdirty --help'\n");
-    return rc;
+    return mv_bench_options_done("logdirty", rc, argc, argv);
 }
 
 static int measure(struct ld_run *run)

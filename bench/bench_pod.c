@@ -776,23 +776,12 @@ static int parse_options(int argc, char **argv, struct pod_options *o, bool *hel
         case 'h':
             *help = true;
             break;
-        case ':':
-            mv_bench_error("pod: %s needs a value", argv[optind - 1]);
-            rc = MV_BENCH_USAGE;
-            break;
         default:
-            mv_bench_error("pod: unknown option '%s'", argv[optind - 1]);
-            rc = MV_BENCH_USAGE;
+            rc = mv_bench_option_problem("pod", opt, argv);
             break;
         }
     }
-    if (rc == MV_BENCH_OK && optind < argc) {
-        mv_bench_error("pod: unexpected argument '%s'", argv[optind]);
-        rc = MV_BENCH_USAGE;
-    }
-    if (rc != MV_BENCH_OK)
-        fprintf(stderr, "try 'memvisor bench pod --help'\n");
-    return rc;
+    return mv_bench_options_done("pod", rc, argc, argv);
 }
 
 static int run_suite(struct pod_run *run)

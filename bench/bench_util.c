@@ -6,6 +6,7 @@
 #include "bench_util.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <pthread.h>
@@ -400,5 +401,25 @@ int mv_bench_json_emit(struct json_object *root)
         rc = MV_BENCH_FAILED;
     }
     json_object_put(root);
+    return rc;
+}
+
+int mv_bench_option_problem(const char *suite, int opt, char **argv)
+{
+    if (opt == ':')
+        mv_bench_error("%s: %s needs a value", suite, argv[optind - 1]);
+    else
+        mv_bench_error("%s: unknown option '%s'", suite, argv[optind - 1]);
+    return MV_BENCH_USAGE;
+}
+
+int mv_bench_options_done(const char *suite, int rc, int argc, char **argv)
+{
+    if (rc == MV_BENCH_OK && optind < argc) {
+        mv_bench_error("%s: unexpected argument '%s'", suite, argv[optind]);
+        rc = MV_BENCH_USAGE;
+    }
+    if (rc != MV_BENCH_OK)
+        fprintf(stderr, "try 'memvisor bench %s --help'\n", suite);
     return rc;
 }

@@ -151,4 +151,11 @@ struct json_object *mv_bench_json_real(double value, int decimals);
  * MV_BENCH_FAILED. */
 int mv_bench_json_emit(struct json_object *root);
 
+/* getopt's ':' (missing value) or '?' (unknown option) for `suite`:
+ * reports it and returns MV_BENCH_USAGE. */
+int mv_bench_option_problem(const char *suite, int opt, char **argv);
+/* After the getopt loop: a stray operand is a usage error; on any error,
+ * point at --help.  Returns rc or MV_BENCH_USAGE. */
+int mv_bench_options_done(const char *suite, int rc, int argc, char **argv);
+
 #endif /* MV_BENCH_UTIL_H */
