@@ -23,13 +23,14 @@ build-asan: deps
 
 build-tsan: deps
 	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMV_TSAN=ON $(CMAKE_FLAGS) >/dev/null
-	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_pod test_logdirty
+	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_pod test_logdirty test_share
 
 demo: build
 	@$(BUILD)/memvisor demo
 
 # The whole suite, in the normal build and again under ASan+UBSan; the
-# concurrency tests (fault service, dirty logging) once more under TSan.
+# concurrency tests (fault service, dirty logging, sharing) once more under
+# TSan.
 test: build build-asan build-tsan
 	@echo "== normal build"
 	@cd $(BUILD) && ctest --output-on-failure -j 1
@@ -38,7 +39,7 @@ test: build build-asan build-tsan
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j 1
 	@echo "== TSan build (concurrency tests)"
 	@cd $(TSAN_BUILD) && TSAN_OPTIONS=halt_on_error=1 \
-		ctest --output-on-failure -j 1 -R '^test_(pod|logdirty)\.'
+		ctest --output-on-failure -j 1 -R '^test_(pod|logdirty|share)\.'
 
 test-fast: build
 	@cd $(BUILD) && ctest --output-on-failure

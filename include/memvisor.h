@@ -278,6 +278,15 @@ struct mv_domain_info {
     uint64_t pod_waits;         /* faults that had to wait for memory */
     uint64_t pod_wait_ns;       /* total time faults waited */
     uint64_t held_faults;       /* faults held now (paused or waiting) */
+    uint64_t shared_pages;      /* gfns mapping a shared frame */
+    uint64_t cow_breaks;        /* writes that got a private copy */
+    uint64_t cow_takeovers;     /* breaks of the last mapping (frame freed) */
+    uint64_t cow_nocopy;        /* breaks of a known-zero frame: no copy */
+    uint64_t cow_claimable;     /* breaks its target still covers now:
+                                   min(shared, target - populated) */
+    uint64_t cow_shortfall;     /* shared pages beyond that: writing them
+                                   all would wait or crash (PoD policy) */
+    uint64_t excluded_pages;    /* never shared nor scanned */
     char crash_reason[128];     /* why, when state == MV_DOMAIN_CRASHED */
 };
 
@@ -327,6 +336,7 @@ enum mv_page_type {
     MV_PAGE_RAM = 0,        /* populated, in the domain's own frame */
     MV_PAGE_POD = 1,        /* not populated; reads as zero; PoD on touch */
     MV_PAGE_BALLOONED = 2,  /* returned by decrease_reservation */
+    MV_PAGE_SHARED = 3,     /* maps a shared frame read-only (copy on write) */
 };
 
 /* The p2m type of one gfn.  -EINVAL past maxmem. */
@@ -432,6 +442,185 @@ int64_t mv_logdirty_harvest(mv_host *host, uint32_t domid);
 
 /* Name of a mechanism ("wp-async", ...). */
 const char *mv_logdirty_mode_name(enum mv_logdirty_mode mode);
+
+/* ------------------------------------------------------------------------ */
+/* Copy-on-write page sharing                                                */
+
+/*
+ * Two pages with the same bytes are kept once, in a shared frame owned by the
+ * host (Xen's dom_cow), and mapped read-only into every (domain, gfn) that
+ * shares it.  A write gets a private copy in the writer's own frame (a CoW
+ * break): other domains never see it.  Shared frames keep a reference count
+ * and a reverse map of every mapping.  The memory a CoW break needs comes
+ * from the domain's target and the host budget; when short, the domain's PoD
+ * policy decides (wait or crash).
+ *
+ * Every sharing call fails with a clear error and changes nothing when: a
+ * domain does not exist (-ESRCH), has crashed (-EPERM) or is paused (-EBUSY:
+ * a paused domain's pages are a snapshot in the making; unpause it, or use
+ * mv_domain_clone, which wants it paused); a gfn is past maxmem (-EINVAL) or
+ * excluded (-EPERM); a handle is stale (-ESTALE: the page was written,
+ * unshared or shared into another frame) or was never issued (-EINVAL).
+ */
+typedef uint64_t mv_share_handle;
+
+/*
+ * Nominate a populated page for sharing (Xen's nominate_gfn): it moves into
+ * a shared frame of its own and becomes read-only; a write breaks it back
+ * into a private page and the handle goes stale.  A page already shared
+ * returns its frame's handle.  An all-zero page is nominated too; its frame
+ * is known to be zero, so the write that breaks it copies nothing.  -EINVAL
+ * for a PoD or ballooned gfn.
+ */
+int mv_share_nominate(mv_host *host, uint32_t domid, uint64_t gfn,
+                      mv_share_handle *handle);
+
+/*
+ * Share (Xen's share_pages): both pages must be nominated and both handles
+ * current; their bytes are compared (-EINVAL when they differ, nothing
+ * changed); the client gfn is remapped to the source's frame and the client
+ * frame loses that mapping (freed, its handle retired, when it was the last).
+ * Sharing a page with itself is -EINVAL; two gfns already in one frame is 0.
+ */
+int mv_share_pages(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
+                   mv_share_handle src_handle, uint32_t client_domid,
+                   uint64_t client_gfn, mv_share_handle client_handle);
+
+/*
+ * Map the source's shared frame at a client gfn that holds no data (a PoD
+ * entry): -EEXIST when the client gfn is populated or shared, -EINVAL when
+ * ballooned.
+ */
+int mv_share_add_to_physmap(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
+                            mv_share_handle src_handle, uint32_t client_domid,
+                            uint64_t client_gfn);
+
+/*
+ * Give a shared gfn its private copy now, as a write would (-EINVAL when the
+ * gfn is not shared, -ENOMEM when neither the domain's target nor the host
+ * budget has a page; nothing changed).
+ */
+int mv_share_unshare(mv_host *host, uint32_t domid, uint64_t gfn);
+
+enum mv_share_outcome {
+    MV_SHARE_MATCHED = 0,  /* equal bytes found in the index: now shared */
+    MV_SHARE_INSERTED = 1, /* no match: the page is now in the index */
+    MV_SHARE_ZERO = 2,     /* all zero: back to PoD, no frame, no memory */
+    MV_SHARE_ALREADY = 3,  /* the gfn was already shared */
+    MV_SHARE_SKIPPED = 4,  /* not populated, or changed while examined */
+};
+
+/*
+ * One-call sharing (make_ro_and_share): look the page up in the host-wide
+ * content index (64-bit hash; bytes are always compared before sharing) and
+ * share it on a match, insert it on a miss.  All-zero pages go back to PoD.
+ * `count` consecutive gfns are done in one call, batching runs of gfns that
+ * land in consecutive frames into one remap; `outcomes` (may be NULL) gets
+ * one entry per gfn.  Returns the number of gfns shared (matched).
+ */
+int64_t mv_share_make_ro_and_share(mv_host *host, uint32_t domid, uint64_t gfn,
+                                   uint64_t count, enum mv_share_outcome *outcomes);
+
+/*
+ * Hint: [gfn, gfn + count) holds content that other ranges hinted with the
+ * same key also hold (a block of a shared base disk image, a file several
+ * guests loaded).  Hinted ranges are verified and shared first, by the next
+ * scan step, before any blind scanning.  `key` 0 is reserved (-EINVAL).
+ */
+int mv_share_hint(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count,
+                  uint64_t key);
+
+/*
+ * Keep [gfn, gfn + count) out of sharing for good: never shared, never
+ * scanned (keys, and the timing side channel of CoW faults).  Pages of the
+ * range that are shared now are unshared first (-ENOMEM when that needs
+ * memory the domain cannot have; then nothing is excluded).
+ */
+int mv_share_exclude(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count);
+
+/*
+ * Clone a paused domain (-EBUSY when running): the new domain, named
+ * `name`, has the source's configuration and shares every populated page
+ * with it read-only from the first instant; PoD and ballooned entries are
+ * copied as such.  The work is one remap per run of the source's p2m, not
+ * per page; no guest byte is copied until one side writes.  The source stays
+ * paused; the clone starts running (its built-in vCPUs idle).
+ */
+int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
+                    uint32_t *clone_domid);
+
+struct mv_scanner_config {
+    uint64_t pages_per_second; /* budget; 0 = no limit */
+    unsigned cpu_percent;      /* share of one CPU, 1..100; 0 = 100 */
+    unsigned max_vmas;         /* stop sharing near this many mappings;
+                                  0 = vm.max_map_count less a reserve */
+};
+
+void mv_scanner_config_init(struct mv_scanner_config *config);
+
+/*
+ * The background scanner: walks every running domain's populated pages, 2 MiB
+ * at a time, hinted ranges first.  A page whose hash changed since the last
+ * pass is volatile and skipped; an all-zero page goes back to PoD; a page
+ * whose bytes match an indexed frame is shared; a page seen twice (in any two
+ * places) is inserted.  -EALREADY when running.
+ */
+int mv_scanner_start(mv_host *host, const struct mv_scanner_config *config);
+int mv_scanner_stop(mv_host *host);
+
+struct mv_scan_result {
+    uint64_t pages_scanned;   /* populated pages hashed */
+    uint64_t pages_shared;    /* gfns newly mapping a shared frame */
+    uint64_t pages_zero;      /* zero pages returned to PoD */
+    uint64_t volatile_skips;  /* pages whose hash changed since last pass */
+    uint64_t hinted_pages;    /* pages of hinted ranges processed */
+    uint64_t elapsed_ns;
+};
+
+/*
+ * Run the scanner's work synchronously on the calling thread: pending hints,
+ * then up to `max_pages` populated pages (0 = one whole pass over every
+ * domain).  Works whether or not the background scanner runs.
+ */
+int mv_share_scan(mv_host *host, uint64_t max_pages, struct mv_scan_result *result);
+
+struct mv_share_stats {
+    uint64_t shared_frames;   /* frames owned by the host for sharing */
+    uint64_t shared_refs;     /* (domain, gfn) mappings of them */
+    uint64_t saved_pages;     /* shared_refs - shared_frames */
+    uint64_t indexed_frames;  /* frames in the content index */
+    uint64_t cow_breaks;      /* all domains, including takeovers, no-copy */
+    uint64_t cow_takeovers;
+    uint64_t cow_nocopy;
+    uint64_t zero_reclaimed;  /* zero pages the sharing code sent to PoD */
+    uint64_t hash_collisions; /* equal hashes, different bytes */
+    uint64_t hints_pending;   /* hinted ranges not processed yet */
+    uint64_t hinted_pages;    /* pages of hinted ranges processed */
+    /* scanner */
+    int scanner_running;
+    uint64_t scan_passes;
+    uint64_t scan_pages;
+    uint64_t scan_volatile;
+    uint64_t scan_cpu_ns;     /* CPU time the scanning took */
+    double scan_rate;         /* pages/s over the last pass */
+    /* mappings */
+    uint64_t vma_count;       /* mappings in this process now */
+    uint64_t max_map_count;   /* vm.max_map_count */
+    int sharing_stopped;      /* 1: near the limit, sharing paused */
+    char stop_reason[160];
+};
+
+int mv_share_stats(mv_host *host, struct mv_share_stats *out);
+
+/*
+ * Check sharing: every frame's reference count equals its reverse-map size;
+ * every reverse-map entry is a shared gfn of a live domain mapping that frame,
+ * and every shared gfn is in its frame's reverse map; the sum over domains of
+ * shared gfns equals saved + frames; every indexed frame's bytes still hash
+ * to its index entry; live frames hold memory; no guest write slipped into
+ * a private anonymous copy.  0 or -EUCLEAN with the broken rule named.
+ */
+int mv_share_audit(mv_host *host);
 
 /* ------------------------------------------------------------------------ */
 /* Built-in guests                                                           */

@@ -9,8 +9,10 @@
  * MINOR faults (a page the zero sweep took out of the page table).
  *
  * The p2m is one byte per gfn (enum mv__p2m_type) plus, per 2 MiB block, the
- * number of PoD entries in it, so "is this block all PoD" costs O(1).
- *   Invariants: populated + pod + ballooned == maxmem;
+ * number of PoD entries in it, so "is this block all PoD" costs O(1).  A
+ * shared gfn maps a frame owned by the host instead of its own; share.c
+ * keeps which one.
+ *   Invariants: populated + pod + ballooned + shared == maxmem;
  *               0 <= populated <= target <= maxmem;
  *               block_pod[b] == #PoD entries in block b.
  *
@@ -109,6 +111,8 @@ static uint64_t *type_counter(struct mv_domain *d, enum mv__p2m_type type)
         return &d->pod;
     case MV_P2M_BALLOONED:
         break;
+    case MV_P2M_SHARED:
+        return &d->shared;
     }
     return &d->ballooned;
 }
@@ -142,6 +146,8 @@ static void poison_ram(struct mv_domain *d)
         mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot poison its RAM: %s",
                 d->domid, mv_strerror(-errno));
     mv__os_uffd_wake(d->uffd, d->ram, length);
+    if (d->cow_uffd >= 0)
+        mv__os_uffd_wake(d->cow_uffd, d->ram, length);
     mv__fault_release_all(d);
 }
 
@@ -205,7 +211,7 @@ static int validate_config(const struct mv_domain_config *c)
 
 /* Map the domain's frames at a 2 MiB-aligned address, so that gfn blocks
  * line up with huge page boundaries. */
-static int map_ram(struct mv_domain *d, uint64_t register_modes)
+static int map_ram(struct mv_domain *d)
 {
     struct mv_host *h = d->host;
     size_t length = d->maxmem_pages << MV_PAGE_SHIFT;
@@ -230,10 +236,7 @@ static int map_ram(struct mv_domain *d, uint64_t register_modes)
         munmap(aligned, length);
         return mv__fail(rc, "cannot map guest RAM: %s", mv_strerror(rc));
     }
-    rc = mv__os_uffd_register(d->uffd, d->ram, length,
-                              UFFDIO_REGISTER_MODE_MISSING |
-                              UFFDIO_REGISTER_MODE_MINOR | register_modes,
-                              &ioctls);
+    rc = mv__os_uffd_register(d->uffd, d->ram, length, d->register_modes, &ioctls);
     if (rc < 0)
         return mv__fail(rc, "cannot register guest RAM with userfaultfd: %s",
                         mv_strerror(rc));
@@ -253,10 +256,13 @@ static void domain_free(struct mv_domain *d)
     if (d->guest)
         mv__guest_destroy(d);
     mv__logdirty_destroy(d); /* before the RAM goes: a handler may look */
+    mv__share_domain_destroy(d);
     if (d->ram)
         mv__os_unmap(d->ram, d->maxmem_pages << MV_PAGE_SHIFT);
     if (d->uffd >= 0)
         close(d->uffd);
+    if (d->cow_uffd >= 0)
+        close(d->cow_uffd);
     if (d->frame_pages) {
         mv__os_punch(h->machine.memfd, d->base_mfn << MV_PAGE_SHIFT,
                      d->frame_pages << MV_PAGE_SHIFT);
@@ -282,6 +288,7 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
     d->host = h;
     d->config = *config;
     d->uffd = -1;
+    d->cow_uffd = -1;
     atomic_init(&d->refs, 1);
     mv__mutex_init(&d->lock, MV_LOCK_DOMAIN);
     mv__cond_init(&d->refs_cond);
@@ -316,7 +323,12 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
     d->uffd = mv__uffd_create(uffd_features);
     if (d->uffd < 0)
         return d->uffd;
-    rc = map_ram(d, register_modes);
+    rc = mv__share_domain_init(d);
+    if (rc < 0)
+        return rc;
+    d->register_modes = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR |
+                        register_modes;
+    rc = map_ram(d);
     if (rc < 0)
         return rc;
     return mv__guest_create(d);
@@ -368,6 +380,71 @@ static struct mv_domain *table_remove(struct mv_host *h, uint32_t domid)
     return d;
 }
 
+/* Free a domain that failed half-way, keeping the reason: tearing down may
+ * overwrite the message. */
+static int discard_failed(struct mv_domain *d, int rc)
+{
+    char why[256];
+
+    snprintf(why, sizeof(why), "%s", mv_last_error());
+    domain_free(d);
+    return mv__fail(rc, "%s", why);
+}
+
+int mv__domain_new(struct mv_host *host, const struct mv_domain_config *config,
+                   struct mv_domain **out)
+{
+    struct mv_domain *d;
+    int rc = validate_config(config);
+
+    if (rc < 0)
+        return rc;
+    d = calloc(1, sizeof(*d));
+    if (!d)
+        return mv__fail(-ENOMEM, "no memory for a domain");
+    rc = domain_init(host, d, config);
+    if (rc < 0)
+        return discard_failed(d, rc);
+    *out = d;
+    return 0;
+}
+
+int mv__domain_publish(struct mv_host *host, struct mv_domain *d)
+{
+    int rc = table_insert(host, d);
+
+    if (rc == 0) {
+        rc = mv__fault_add_domain(host, d);
+        if (rc < 0)
+            table_remove(host, d->domid);
+    }
+    return rc < 0 ? discard_failed(d, rc) : 0;
+}
+
+void mv__domain_discard(struct mv_domain *d)
+{
+    domain_free(d);
+}
+
+int mv__domain_map_own(struct mv_domain *d, uint64_t gfn, uint64_t n)
+{
+    uint8_t *at = mv__gfn_addr(d, gfn);
+    int rc;
+
+    if (!mv__os_map_shared(at, n << MV_PAGE_SHIFT, d->host->machine.memfd,
+                           (d->base_mfn + gfn) << MV_PAGE_SHIFT,
+                           PROT_READ | PROT_WRITE))
+        return mv__fail(-errno, "domain %u: cannot map gfn %#llx+%llu to its own "
+                        "frames: %s", d->domid, (unsigned long long)gfn,
+                        (unsigned long long)n, mv_strerror(-errno));
+    rc = mv__os_uffd_register(d->uffd, at, n << MV_PAGE_SHIFT, d->register_modes, NULL);
+    if (rc < 0)
+        return mv__fail(rc, "domain %u: cannot register gfn %#llx+%llu with its "
+                        "userfaultfd: %s", d->domid, (unsigned long long)gfn,
+                        (unsigned long long)n, mv_strerror(rc));
+    return 0;
+}
+
 int mv_domain_create(mv_host *host, const struct mv_domain_config *config,
                      uint32_t *domid)
 {
@@ -377,28 +454,12 @@ int mv_domain_create(mv_host *host, const struct mv_domain_config *config,
     mv__clear_error();
     if (!host || !config || !domid)
         return mv__fail(-EINVAL, "host, config and domid must not be NULL");
-    rc = validate_config(config);
+    rc = mv__domain_new(host, config, &d);
     if (rc < 0)
         return rc;
-    d = calloc(1, sizeof(*d));
-    if (!d)
-        return mv__fail(-ENOMEM, "no memory for a domain");
-    rc = domain_init(host, d, config);
-    if (rc == 0)
-        rc = table_insert(host, d);
-    if (rc == 0) {
-        rc = mv__fault_add_domain(host, d);
-        if (rc < 0)
-            table_remove(host, d->domid);
-    }
-    if (rc < 0) {
-        char why[256];
-
-        /* Keep the reason: tearing down may overwrite the message. */
-        snprintf(why, sizeof(why), "%s", mv_last_error());
-        domain_free(d);
-        return mv__fail(rc, "%s", why);
-    }
+    rc = mv__domain_publish(host, d);
+    if (rc < 0)
+        return rc;
     *domid = d->domid;
     mv__log(host, MV_LOG_INFO, "domain %u (%s) created: maxmem %llu MiB, "
             "target %llu MiB, %u vCPUs", d->domid, d->config.name,
@@ -528,6 +589,8 @@ int mv_domain_info(mv_host *host, uint32_t domid, struct mv_domain_info *out)
     out->pod_waits = d->pod_waits;
     out->pod_wait_ns = d->pod_wait_ns;
     out->held_faults = d->held_count;
+    out->shared_pages = d->shared;
+    mv__share_domain_info(d, out);
     snprintf(out->crash_reason, sizeof(out->crash_reason), "%s", d->crash_reason);
     mv__mutex_unlock(&d->lock);
     mv__domain_put(d);
@@ -579,6 +642,9 @@ int mv_domain_read_page(mv_host *host, uint32_t domid, uint64_t gfn, void *buf)
         case MV_P2M_BALLOONED:
             rc = mv__fail(-ENODATA, "gfn %#llx is ballooned out",
                           (unsigned long long)gfn);
+            break;
+        case MV_P2M_SHARED:
+            rc = mv__machine_read(&host->machine, mv__share_mfn(d, gfn), 1, buf);
             break;
         }
     }
@@ -713,6 +779,8 @@ int mv_domain_decrease_reservation(mv_host *host, uint32_t domid,
     for (; rc == 0 && done < count; done++) {
         if (d->p2m[gfns[done]] == MV_P2M_RAM) {
             rc = mv__pod_release(d, gfns[done], MV_P2M_BALLOONED);
+        } else if (d->p2m[gfns[done]] == MV_P2M_SHARED) {
+            rc = mv__share_release(d, gfns[done], MV_P2M_BALLOONED);
         } else {
             mv__p2m_set(d, gfns[done], MV_P2M_BALLOONED);
             mv__logdirty_mark(d, gfns[done], 1);
@@ -747,7 +815,7 @@ int mv_domain_increase_reservation(mv_host *host, uint32_t domid,
 
 static int audit_locked(struct mv_domain *d)
 {
-    uint64_t count[3] = { 0, 0, 0 };
+    uint64_t count[4] = { 0, 0, 0, 0 };
     uint8_t *resident;
     int rc;
 
@@ -765,7 +833,7 @@ static int audit_locked(struct mv_domain *d)
     for (uint64_t g = 0; g < d->maxmem_pages && rc == 0; g++) {
         uint8_t t = d->p2m[g];
 
-        if (t > MV_P2M_BALLOONED) {
+        if (t > MV_P2M_SHARED) {
             rc = mv__fail(-EUCLEAN, "domain %u: gfn %#llx has unknown type %u",
                           d->domid, (unsigned long long)g, t);
             break;
@@ -775,7 +843,8 @@ static int audit_locked(struct mv_domain *d)
             (t == MV_P2M_RAM) != (resident[g] & 1))
             rc = mv__fail(-EUCLEAN, "domain %u: gfn %#llx is %s but its frame %s "
                           "memory", d->domid, (unsigned long long)g,
-                          t == MV_P2M_RAM ? "RAM" : t == MV_P2M_POD ? "PoD" : "ballooned",
+                          t == MV_P2M_RAM ? "RAM" : t == MV_P2M_POD ? "PoD" :
+                          t == MV_P2M_SHARED ? "shared" : "ballooned",
                           resident[g] & 1 ? "holds" : "holds no");
     }
     for (uint64_t g = d->maxmem_pages; g < d->frame_pages && rc == 0; g++)
@@ -786,12 +855,14 @@ static int audit_locked(struct mv_domain *d)
     if (rc < 0)
         return rc;
     if (count[MV_P2M_RAM] != d->populated || count[MV_P2M_POD] != d->pod ||
-        count[MV_P2M_BALLOONED] != d->ballooned)
+        count[MV_P2M_BALLOONED] != d->ballooned || count[MV_P2M_SHARED] != d->shared)
         return mv__fail(-EUCLEAN, "domain %u: p2m holds %llu RAM, %llu PoD, %llu "
-                        "ballooned; counters say %llu, %llu, %llu", d->domid,
+                        "ballooned, %llu shared; counters say %llu, %llu, %llu, %llu",
+                        d->domid,
                         (unsigned long long)count[0], (unsigned long long)count[1],
-                        (unsigned long long)count[2], (unsigned long long)d->populated,
-                        (unsigned long long)d->pod, (unsigned long long)d->ballooned);
+                        (unsigned long long)count[2], (unsigned long long)count[3],
+                        (unsigned long long)d->populated, (unsigned long long)d->pod,
+                        (unsigned long long)d->ballooned, (unsigned long long)d->shared);
     for (uint64_t b = 0; b * MV_BLOCK_PAGES < d->maxmem_pages; b++) {
         uint64_t pod = 0;
 

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #define MV_KICK_KEY UINT64_MAX
+#define MV_COW_KEY (1ull << 32) /* with the domid: its copy-on-write uffd */
 #define MV_HELD_TICK_MS 20
 #define MV_MSGS_PER_READ 32
 
@@ -46,11 +47,12 @@ void mv__fault_kick(struct mv_host *host)
         (void)!write(host->kick_fd, &one, sizeof(one));
 }
 
-int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns)
+int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns,
+                   bool cow)
 {
     mv__assert_held(&d->lock);
     for (size_t i = 0; i < d->held_count; i++)
-        if (d->held[i].gfn == gfn)
+        if (d->held[i].gfn == gfn && d->held[i].cow == cow)
             return 0;
     if (d->held_count == d->held_capacity) {
         size_t cap = d->held_capacity ? d->held_capacity * 2 : 8;
@@ -63,6 +65,7 @@ int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns)
     }
     d->held[d->held_count++] = (struct mv__held_fault){
         .gfn = gfn, .since_ns = mv__now_ns(), .deadline_ns = deadline_ns,
+        .cow = cow,
     };
     atomic_fetch_add(&d->host->held_total, 1);
     return 0;
@@ -81,17 +84,18 @@ static void remove_held(struct mv_domain *d, size_t i)
     atomic_fetch_sub(&d->host->held_total, 1);
 }
 
-MV_COLD static void out_of_memory(struct mv_domain *d, uint64_t gfn)
+MV_COLD static void out_of_memory(struct mv_domain *d, uint64_t gfn, bool cow)
 {
     if (d->config.pod_policy == MV_POD_CRASH) {
-        mv__domain_crash(d, "out of memory populating gfn %#llx: %llu of %llu "
+        mv__domain_crash(d, "out of memory %s gfn %#llx: %llu of %llu "
                          "target pages hold data and no zero page was found",
+                         cow ? "copying shared" : "populating",
                          (unsigned long long)gfn, (unsigned long long)d->populated,
                          (unsigned long long)d->target_pages);
         return;
     }
     if (mv__fault_hold(d, gfn, mv__now_ns() +
-                       (uint64_t)d->config.wait_timeout_ms * 1000000ull) < 0) {
+                       (uint64_t)d->config.wait_timeout_ms * 1000000ull, cow) < 0) {
         mv__domain_crash(d, "out of memory populating gfn %#llx and no memory "
                          "to queue the fault", (unsigned long long)gfn);
         return;
@@ -99,8 +103,25 @@ MV_COLD static void out_of_memory(struct mv_domain *d, uint64_t gfn)
     d->pod_waits++;
 }
 
+/*
+ * Resolve a fault now if possible (lock held, domain running): a write to a
+ * shared page breaks it; anything else is PoD's.  0, -ENOMEM or -EFAULT.
+ */
+static int resolve(struct mv_domain *d, uint64_t gfn, bool cow)
+{
+    if (cow) {
+        if (d->p2m[gfn] == MV_P2M_SHARED)
+            return mv__share_cow_fault(d, gfn);
+        /* Broken already (another vCPU, unshare): let it retry. */
+        mv__os_uffd_wake(d->cow_uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+        return 0;
+    }
+    return mv__pod_fault(d, gfn);
+}
+
 /* Serve one fault (domain lock held). */
-static void serve_fault(struct mv_domain *d, uint64_t address, uint64_t flags)
+static void serve_fault(struct mv_domain *d, uint64_t address, uint64_t flags,
+                        bool cow)
 {
     uint64_t gfn;
 
@@ -111,24 +132,26 @@ static void serve_fault(struct mv_domain *d, uint64_t address, uint64_t flags)
     d->faults++;
     if (atomic_load(&d->dying) || d->state == MV_DOMAIN_CRASHED) {
         /* Its RAM raises SIGBUS now: let the thread run into it. */
-        mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+        mv__os_uffd_wake(cow ? d->cow_uffd : d->uffd, mv__gfn_addr(d, gfn),
+                         MV_PAGE_SIZE);
         return;
     }
     if (d->state == MV_DOMAIN_PAUSED) {
-        if (mv__fault_hold(d, gfn, 0) < 0)
+        if (mv__fault_hold(d, gfn, 0, cow) < 0)
             mv__domain_crash(d, "no memory to hold a fault while paused");
         return;
     }
-    if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+    if (!cow && (flags & UFFD_PAGEFAULT_FLAG_WP)) {
         mv__logdirty_wp_fault(d, gfn);
         return;
     }
-    if (mv__pod_fault(d, gfn) == -ENOMEM)
-        out_of_memory(d, gfn);
+    if (resolve(d, gfn, cow) == -ENOMEM)
+        out_of_memory(d, gfn, cow);
 }
 
-/* Drain a domain's userfaultfd.  Returns the number of faults served. */
-static unsigned serve_domain(struct mv_host *h, uint32_t domid)
+/* Drain a domain's userfaultfd (its copy-on-write one when `cow`).
+ * Returns the number of faults served. */
+static unsigned serve_domain(struct mv_host *h, uint32_t domid, bool cow)
 {
     struct uffd_msg msgs[MV_MSGS_PER_READ];
     struct mv_domain *d = mv__domain_get_any(h, domid);
@@ -137,7 +160,7 @@ static unsigned serve_domain(struct mv_host *h, uint32_t domid)
     if (!d)
         return 0;
     for (;;) {
-        ssize_t r = read(d->uffd, msgs, sizeof(msgs));
+        ssize_t r = read(cow ? d->cow_uffd : d->uffd, msgs, sizeof(msgs));
         size_t n;
 
         if (r <= 0)
@@ -148,7 +171,7 @@ static unsigned serve_domain(struct mv_host *h, uint32_t domid)
         for (size_t i = 0; i < n; i++)
             if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
                 serve_fault(d, msgs[i].arg.pagefault.address,
-                            msgs[i].arg.pagefault.flags);
+                            msgs[i].arg.pagefault.flags, cow);
         mv__mutex_unlock(&d->lock);
         served += (unsigned)n;
     }
@@ -164,7 +187,8 @@ static void retry_held_locked(struct mv_domain *d, uint64_t now)
     while (i < d->held_count && d->state == MV_DOMAIN_RUNNING) {
         struct mv__held_fault *f = &d->held[i];
         uint64_t gfn = f->gfn;
-        int rc = mv__pod_fault(d, gfn);
+        bool cow = f->cow;
+        int rc = resolve(d, gfn, cow);
 
         if (rc == -EFAULT)
             return; /* crashed: every held fault was released */
@@ -177,7 +201,7 @@ static void retry_held_locked(struct mv_domain *d, uint64_t now)
         if (f->deadline_ns == 0) {
             /* Held for a pause; now it waits for memory. */
             remove_held(d, i);
-            out_of_memory(d, gfn);
+            out_of_memory(d, gfn, cow);
             continue;
         }
         if (now >= f->deadline_ns) {
@@ -236,7 +260,8 @@ static void *fault_thread(void *arg)
                 (void)!read(h->kick_fd, &count, sizeof(count));
                 kicked = true;
             } else {
-                served += serve_domain(h, (uint32_t)events[i].data.u64);
+                served += serve_domain(h, (uint32_t)events[i].data.u64,
+                                       (events[i].data.u64 & MV_COW_KEY) != 0);
             }
         }
         now = mv__now_ns();
@@ -299,13 +324,21 @@ void mv__fault_service_stop(struct mv_host *h)
 int mv__fault_add_domain(struct mv_host *h, struct mv_domain *d)
 {
     struct epoll_event ev = { .events = EPOLLIN, .data.u64 = d->domid };
+    struct epoll_event cow = { .events = EPOLLIN, .data.u64 = d->domid | MV_COW_KEY };
 
     if (epoll_ctl(h->epoll_fd, EPOLL_CTL_ADD, d->uffd, &ev) < 0)
         return mv__fail(-errno, "cannot add domain %u to the fault service", d->domid);
+    if (epoll_ctl(h->epoll_fd, EPOLL_CTL_ADD, d->cow_uffd, &cow) < 0) {
+        int rc = -errno;
+
+        epoll_ctl(h->epoll_fd, EPOLL_CTL_DEL, d->uffd, NULL);
+        return mv__fail(rc, "cannot add domain %u to the fault service", d->domid);
+    }
     return 0;
 }
 
 void mv__fault_remove_domain(struct mv_host *h, struct mv_domain *d)
 {
     epoll_ctl(h->epoll_fd, EPOLL_CTL_DEL, d->uffd, NULL);
+    epoll_ctl(h->epoll_fd, EPOLL_CTL_DEL, d->cow_uffd, NULL);
 }

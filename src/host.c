@@ -70,6 +70,12 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
         rc = mv__fail(h->sigbus_fd, "cannot create the SIGBUS memfd");
         goto fail;
     }
+    rc = mv__share_init(h);
+    if (rc < 0)
+        goto fail;
+    rc = mv__scanner_init(h);
+    if (rc < 0)
+        goto fail;
     rc = mv__fault_service_start(h);
     if (rc < 0)
         goto fail;
@@ -96,10 +102,12 @@ void mv_host_destroy(mv_host *h)
 
     if (!h)
         return;
+    mv__scanner_fini(h);
     while ((n = mv_domain_list(h, ids, MV_ARRAY_SIZE(ids))) > 0)
         for (int i = 0; i < MV_MIN(n, (int)MV_ARRAY_SIZE(ids)); i++)
             mv_domain_destroy(h, ids[i]);
     mv__fault_service_stop(h);
+    mv__share_fini(h);
     if (h->sigbus_fd >= 0)
         close(h->sigbus_fd);
     if (h->machine.pages)
@@ -174,9 +182,16 @@ int mv_host_audit(mv_host *h)
         mv__domain_put(all[i]);
     }
     free(all);
-    if (rc == 0 && populated != atomic_load(&h->machine.populated_pages))
-        rc = mv__fail(-EUCLEAN, "host: domains hold %llu populated pages, the "
-                      "budget counts %llu", (unsigned long long)populated,
-                      (unsigned long long)atomic_load(&h->machine.populated_pages));
+    if (rc == 0)
+        rc = mv_share_audit(h);
+    if (rc == 0) {
+        uint64_t frames = mv__share_frames(h);
+
+        if (populated + frames != atomic_load(&h->machine.populated_pages))
+            rc = mv__fail(-EUCLEAN, "host: domains hold %llu populated pages and "
+                          "sharing %llu frames, the budget counts %llu",
+                          (unsigned long long)populated, (unsigned long long)frames,
+                          (unsigned long long)atomic_load(&h->machine.populated_pages));
+    }
     return rc;
 }

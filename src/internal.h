@@ -17,15 +17,26 @@
  *              write-protect, mprotect + SIGSEGV; the shared dirty bitmap
  *   guest.c    built-in guests: vCPU threads, workloads, content oracle,
  *              balloon driver
+ *   share.c    copy-on-write sharing: shared frames, reverse maps, the
+ *              content index, CoW breaks, clones, the sharing audit
+ *   scan.c     the sharing scanner: hints, candidates, volatile pages,
+ *              budget
  *
  * Lock order (a thread may take a lock only if it holds none of a higher or
  * equal level; checked at run time when MV_DEBUG_LOCKS is defined):
  *
  *   MV_LOCK_HOST (host->domains_lock, a rwlock: not level-checked, taken
  *                 briefly to look domains up, never held across a fault)
+ *     < MV_LOCK_SCAN    (scanner->scan_lock: one scan step at a time)
+ *     < MV_LOCK_HINTS   (scanner->lock: hints, scanner config and stats)
  *     < MV_LOCK_GUEST   (guest->lock)
  *     < MV_LOCK_DOMAIN  (domain->lock: p2m, counters, state, held faults)
+ *     < MV_LOCK_SHARE   (share->lock: shared frames, reverse maps, index)
  *     < MV_LOCK_MACHINE (machine->lock: the frame allocator)
+ *
+ * No thread holds two domain locks: sharing between two domains locks the
+ * one whose mappings change and reads the other's shared entries under the
+ * share lock, which guards them.
  *
  * The host budget is lock-free (atomics).  A thread touching guest RAM (a
  * vCPU) must hold no lock: its fault is served by a fault thread that takes
@@ -71,9 +82,12 @@ uint64_t mv__now_ns(void);
 /* lock.c                                                                    */
 
 enum mv__lock_level {
-    MV_LOCK_GUEST = 1,
-    MV_LOCK_DOMAIN = 2,
-    MV_LOCK_MACHINE = 3,
+    MV_LOCK_SCAN = 1,
+    MV_LOCK_HINTS = 2,
+    MV_LOCK_GUEST = 3,
+    MV_LOCK_DOMAIN = 4,
+    MV_LOCK_SHARE = 5,
+    MV_LOCK_MACHINE = 6,
 };
 
 struct mv__mutex {
@@ -109,6 +123,8 @@ enum mv__os_op {
     MV_OS_UFFD_WRITEPROTECT,
     MV_OS_PAGEMAP_SCAN,
     MV_OS_READ,
+    MV_OS_WRITE,
+    MV_OS_COPY,
     MV_OS_OP_COUNT,
 };
 
@@ -123,11 +139,18 @@ int mv__os_memfd(const char *name, uint64_t size);
  * the address or NULL with errno set. */
 void *mv__os_map_shared(void *fixed, size_t length, int fd, uint64_t offset,
                         int prot);
+/* mmap(MAP_PRIVATE | MAP_FIXED) of `fd` at `offset`: writes through it
+ * never reach the file.  Returns the address or NULL with errno set. */
+void *mv__os_map_private(void *fixed, size_t length, int fd, uint64_t offset);
 int mv__os_unmap(void *addr, size_t length);
 /* Return the pages [offset, offset+length) of `fd` to the host, zeroed. */
 int mv__os_punch(int fd, uint64_t offset, uint64_t length);
 /* Read exactly `length` bytes of `fd` at `offset`. */
 int mv__os_read(int fd, void *buf, uint64_t offset, uint64_t length);
+/* Write exactly `length` bytes to `fd` at `offset`. */
+int mv__os_write(int fd, const void *buf, uint64_t offset, uint64_t length);
+/* Copy `length` bytes of `fd` from `from` to `to` inside the kernel. */
+int mv__os_copy(int fd, uint64_t from, uint64_t to, uint64_t length);
 /* Drop the page table entries of a shared mapping (pages stay in memory). */
 int mv__os_zap(void *addr, size_t length);
 
@@ -198,6 +221,8 @@ void mv__machine_free(struct mv__machine *m, uint64_t first, uint64_t pages);
 /* Charge `pages` populated frames to the budget; false when over it. */
 bool mv__machine_charge(struct mv__machine *m, uint64_t pages);
 void mv__machine_uncharge(struct mv__machine *m, uint64_t pages);
+/* Charge without the budget check, for pages given back at once (a move). */
+void mv__machine_charge_anyway(struct mv__machine *m, uint64_t pages);
 /* Copy frames [mfn, mfn + pages) into buf; holes read as zeros. */
 int mv__machine_read(struct mv__machine *m, uint64_t mfn, uint64_t pages, void *buf);
 /* resident[i] = 1 when frame first + i holds memory. */
@@ -213,6 +238,7 @@ enum mv__p2m_type {
     MV_P2M_RAM = MV_PAGE_RAM,
     MV_P2M_POD = MV_PAGE_POD,
     MV_P2M_BALLOONED = MV_PAGE_BALLOONED,
+    MV_P2M_SHARED = MV_PAGE_SHARED,
 };
 
 /* A fault that could not be served yet: the domain is paused, or it waits
@@ -221,10 +247,12 @@ struct mv__held_fault {
     uint64_t gfn;
     uint64_t since_ns;
     uint64_t deadline_ns; /* 0: held for a pause, no deadline */
+    bool cow;             /* a write to a shared page (a CoW break) */
 };
 
 struct mv__guest;
 struct mv__logdirty;
+struct mv__share_dom;
 
 struct mv_domain {
     uint32_t domid;
@@ -246,13 +274,17 @@ struct mv_domain {
     uint16_t *block_pod;       /* PoD entries in each 2 MiB block */
 
     /* 0 <= populated <= target <= maxmem;
-     * populated + pod + ballooned == maxmem */
+     * populated + pod + ballooned + shared == maxmem */
     uint64_t populated;
     uint64_t pod;
     uint64_t ballooned;
+    uint64_t shared;
 
     uint8_t *ram;              /* guest RAM: gfn 0 at ram */
     int uffd;
+    uint64_t register_modes;   /* modes the RAM is registered with on uffd */
+    int cow_uffd;              /* synchronous write-protect faults of the
+                                  shared frames it maps (share.c) */
 
     uint64_t sweep_cursor;     /* next gfn the zero sweep examines */
     unsigned sweep_backoff;    /* faults to skip optional sweeps for */
@@ -273,6 +305,7 @@ struct mv_domain {
 
     struct mv__guest *guest;   /* built-in vCPUs; owned by guest.c */
     struct mv__logdirty *logdirty; /* owned by logdirty.c */
+    struct mv__share_dom *share;   /* owned by share.c */
 };
 
 static inline uint8_t *mv__gfn_addr(struct mv_domain *d, uint64_t gfn)
@@ -299,6 +332,16 @@ void mv__domain_crash(struct mv_domain *d, const char *fmt, ...) MV_PRINTF(2, 3)
 
 /* Set a p2m entry, keeping the type counters in step (lock held). */
 void mv__p2m_set(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type);
+
+/* Build a domain that no one can reach yet (for clones), make it reachable,
+ * or throw it away. */
+int mv__domain_new(struct mv_host *host, const struct mv_domain_config *config,
+                   struct mv_domain **out);
+int mv__domain_publish(struct mv_host *host, struct mv_domain *d);
+void mv__domain_discard(struct mv_domain *d);
+/* Map [gfn, gfn + n) to the domain's own frames and register it with the
+ * domain's userfaultfd (lock held or domain unreachable). */
+int mv__domain_map_own(struct mv_domain *d, uint64_t gfn, uint64_t n);
 
 /* ------------------------------------------------------------------------ */
 /* pod.c                                                                     */
@@ -327,6 +370,13 @@ void mv__pod_sweep(struct mv_domain *d, uint64_t max_scan, uint64_t want,
 /* Release `gfn`'s memory (lock held; entry is RAM) and give it `type`. */
 int mv__pod_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type);
 
+/* Room for `pages` more populated pages (lock held): within the target,
+ * sweeping zero pages when it is full, and, when `machine`, charged to the
+ * host budget.  False when there is none. */
+bool mv__pod_claim(struct mv_domain *d, uint64_t pages, bool machine);
+
+bool mv__page_is_zero(const uint8_t *page);
+
 /* ------------------------------------------------------------------------ */
 /* fault.c                                                                   */
 
@@ -338,7 +388,8 @@ void mv__fault_remove_domain(struct mv_host *host, struct mv_domain *d);
  * was unpaused).  Cheap; callable with any lock held. */
 void mv__fault_kick(struct mv_host *host);
 /* Hold a fault (domain lock held).  `deadline_ns` 0 = until unpaused. */
-int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns);
+int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns,
+                   bool cow);
 /* Wake every held fault of a crashed or dying domain (lock held). */
 void mv__fault_release_all(struct mv_domain *d);
 
@@ -361,6 +412,74 @@ bool mv__logdirty_splits_ram(struct mv_domain *d);
 void mv__logdirty_wp_fault(struct mv_domain *d, uint64_t gfn);
 
 /* ------------------------------------------------------------------------ */
+/* share.c                                                                   */
+
+struct mv__share;
+
+int mv__share_init(struct mv_host *host);
+void mv__share_fini(struct mv_host *host);
+/* A new domain: its copy-on-write userfaultfd and sharing state. */
+int mv__share_domain_init(struct mv_domain *d);
+/* A domain going away (unreachable): drop every shared mapping it holds. */
+void mv__share_domain_destroy(struct mv_domain *d);
+/* A write to a shared gfn (lock held, domain running): give the domain its
+ * private copy.  0, -ENOMEM (the caller applies the PoD policy) or -EFAULT
+ * (the domain had to be crashed). */
+int mv__share_cow_fault(struct mv_domain *d, uint64_t gfn);
+/* The frame a shared gfn maps (lock held). */
+uint64_t mv__share_mfn(struct mv_domain *d, uint64_t gfn);
+/* Sharing figures of a domain for mv_domain_info (lock held). */
+void mv__share_domain_info(struct mv_domain *d, struct mv_domain_info *out);
+/* Drop a shared gfn's mapping and give it `type` (lock held). */
+int mv__share_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type);
+/* Whether gfn may be shared or scanned (lock held). */
+bool mv__share_excluded(struct mv_domain *d, uint64_t gfn);
+/* The scanner's per-gfn checksum table (lock held); NULL when no memory. */
+uint32_t *mv__share_checksums(struct mv_domain *d);
+/* Whether an indexed frame has this hash (a probe; bytes are compared
+ * later). */
+bool mv__share_index_probe(struct mv_host *host, uint64_t hash);
+uint64_t mv__share_hash(const uint8_t *page);
+/* Frames held for sharing (charged to the host budget, to no domain). */
+uint64_t mv__share_frames(struct mv_host *host);
+/* The scanner's limit on mappings (0: vm.max_map_count less a reserve). */
+void mv__share_set_max_vmas(struct mv_host *host, unsigned max_vmas);
+
+/* What mv__share_apply does with each gfn. */
+enum mv__share_action {
+    MV_ACT_SKIP = 0,       /* leave it alone */
+    MV_ACT_MATCH,          /* share with an equal indexed frame, if any */
+    MV_ACT_MATCH_INSERT,   /* ... and insert it in the index when none */
+    MV_ACT_INSERT,         /* a frame of its own, indexed (nominate) */
+};
+
+struct mv__apply_result {
+    uint64_t shared;       /* gfns now mapping a frame they matched */
+    uint64_t inserted;     /* gfns now in frames of their own, indexed */
+    uint64_t zero;         /* zero pages returned to PoD */
+    uint64_t skipped;
+};
+
+/*
+ * Share [gfn, gfn + n) (n <= MV_BLOCK_PAGES; lock held, domain running):
+ * unmap the gfns to act on, read them, compare, and map runs of gfns that
+ * go to consecutive frames with one remap each; put back the rest.
+ */
+int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
+                    const uint8_t *actions, enum mv_share_outcome *outcomes,
+                    struct mv__apply_result *result);
+
+/* ------------------------------------------------------------------------ */
+/* scan.c                                                                    */
+
+struct mv__scanner;
+
+int mv__scanner_init(struct mv_host *host);
+void mv__scanner_fini(struct mv_host *host);
+/* Scanner figures for mv_share_stats. */
+void mv__scanner_stats(struct mv_host *host, struct mv_share_stats *out);
+
+/* ------------------------------------------------------------------------ */
 /* guest.c                                                                   */
 
 int mv__guest_create(struct mv_domain *d);
@@ -370,6 +489,9 @@ void mv__guest_destroy(struct mv_domain *d);
  * until every running vCPU is parked or held in a fault. */
 int mv__guest_park(struct mv_domain *d, unsigned timeout_ms);
 void mv__guest_unpark(struct mv_domain *d);
+/* A clone's guest knows what its source's knows (content oracle, ballooned
+ * pages). */
+void mv__guest_clone_oracle(struct mv_domain *src, struct mv_domain *clone);
 
 /* ------------------------------------------------------------------------ */
 /* the host                                                                  */
@@ -396,6 +518,9 @@ struct mv_host {
 
     _Atomic uint64_t faults;
     _Atomic uint64_t fault_wakeups;
+
+    struct mv__share *share;      /* share.c */
+    struct mv__scanner *scanner;  /* scan.c */
 };
 
 #endif /* MV_INTERNAL_H */

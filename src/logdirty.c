@@ -263,9 +263,32 @@ static int protect_all(struct mv_domain *d, bool protect)
         rc = mprotect(d->ram, length, protect ? PROT_READ : PROT_READ | PROT_WRITE);
         return rc < 0 ? mv__fail(-errno, "mprotect of guest RAM failed") : 0;
     }
-    rc = mv__os_uffd_writeprotect(d->uffd, d->ram, length, protect);
-    return rc < 0 ? mv__fail(rc, "UFFDIO_WRITEPROTECT of guest RAM failed: %s",
-                             mv_strerror(rc)) : 0;
+    if (protect || d->shared == 0) {
+        rc = mv__os_uffd_writeprotect(d->uffd, d->ram, length, protect);
+        return rc < 0 ? mv__fail(rc, "UFFDIO_WRITEPROTECT of guest RAM failed: %s",
+                                 mv_strerror(rc)) : 0;
+    }
+    /* Unprotecting through one userfaultfd clears the write protection of
+     * every page in the range, also of pages registered with another: skip
+     * the shared frames, or a write would land in them. */
+    for (uint64_t g = 0; g < d->maxmem_pages;) {
+        uint64_t end = g;
+
+        if (d->p2m[g] == MV_P2M_SHARED) {
+            g++;
+            continue;
+        }
+        while (end < d->maxmem_pages && d->p2m[end] != MV_P2M_SHARED)
+            end++;
+        rc = mv__os_uffd_writeprotect(d->uffd, mv__gfn_addr(d, g),
+                                      (end - g) << MV_PAGE_SHIFT, false);
+        if (rc < 0)
+            return mv__fail(rc, "UFFDIO_WRITEPROTECT of gfn %#llx+%llu failed: %s",
+                            (unsigned long long)g, (unsigned long long)(end - g),
+                            mv_strerror(rc));
+        g = end;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -617,7 +640,8 @@ static void fill_zero(struct mv_domain *d, const uint64_t *dirty, uint64_t *zero
         while (x) {
             unsigned b = (unsigned)__builtin_ctzll(x);
 
-            if (d->p2m[w * 64 + b] != MV_P2M_RAM)
+            if (d->p2m[w * 64 + b] == MV_P2M_POD ||
+                d->p2m[w * 64 + b] == MV_P2M_BALLOONED)
                 z |= 1ull << b;
             x &= x - 1;
         }

@@ -259,6 +259,16 @@ bool mv__machine_charge(struct mv__machine *m, uint64_t pages)
     return true;
 }
 
+void mv__machine_charge_anyway(struct mv__machine *m, uint64_t pages)
+{
+    uint64_t cur = atomic_fetch_add(&m->populated_pages, pages) + pages;
+    uint64_t peak = atomic_load(&m->peak_populated_pages);
+
+    while (cur > peak &&
+           !atomic_compare_exchange_weak(&m->peak_populated_pages, &peak, cur))
+        ;
+}
+
 void mv__machine_uncharge(struct mv__machine *m, uint64_t pages)
 {
     atomic_fetch_sub(&m->populated_pages, pages);

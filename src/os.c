@@ -92,6 +92,20 @@ void *mv__os_map_shared(void *fixed, size_t length, int fd, uint64_t offset,
     return p == MAP_FAILED ? NULL : p;
 }
 
+void *mv__os_map_private(void *fixed, size_t length, int fd, uint64_t offset)
+{
+    int err = injected(MV_OS_MMAP);
+    void *p;
+
+    if (err) {
+        errno = -err;
+        return NULL;
+    }
+    p = mmap(fixed, length, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_NORESERVE | MAP_FIXED, fd, (off_t)offset);
+    return p == MAP_FAILED ? NULL : p;
+}
+
 int mv__os_unmap(void *addr, size_t length)
 {
     return munmap(addr, length) < 0 ? -errno : 0;
@@ -127,6 +141,52 @@ int mv__os_read(int fd, void *buf, uint64_t offset, uint64_t length)
             return -EIO;
         p += n;
         offset += (uint64_t)n;
+        length -= (uint64_t)n;
+    }
+    return 0;
+}
+
+int mv__os_write(int fd, const void *buf, uint64_t offset, uint64_t length)
+{
+    const uint8_t *p = buf;
+    int err = injected(MV_OS_WRITE);
+
+    if (err)
+        return err;
+    while (length) {
+        ssize_t n = pwrite(fd, p, length, (off_t)offset);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return -EIO;
+        p += n;
+        offset += (uint64_t)n;
+        length -= (uint64_t)n;
+    }
+    return 0;
+}
+
+int mv__os_copy(int fd, uint64_t from, uint64_t to, uint64_t length)
+{
+    int err = injected(MV_OS_COPY);
+
+    if (err)
+        return err;
+    while (length) {
+        off_t in = (off_t)from, out = (off_t)to;
+        ssize_t n = copy_file_range(fd, &in, fd, &out, length, 0);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return -EIO;
+        from += (uint64_t)n;
+        to += (uint64_t)n;
         length -= (uint64_t)n;
     }
     return 0;

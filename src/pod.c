@@ -61,7 +61,7 @@ static bool cheap_zero(const uint8_t *page)
     return (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) == 0;
 }
 
-static bool page_is_zero(const uint8_t *page)
+bool mv__page_is_zero(const uint8_t *page)
 {
     const uint64_t *w = (const uint64_t *)page;
 
@@ -197,10 +197,27 @@ int mv__pod_fault(struct mv_domain *d, uint64_t gfn)
         mv__domain_crash(d, "guest touched gfn %#llx, which it had ballooned out",
                          (unsigned long long)gfn);
         return -EFAULT;
+    case MV_P2M_SHARED:
+        /* It was shared while the fault waited: retry on the new mapping. */
+        mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+        return 0;
     }
     mv__domain_crash(d, "corrupt p2m entry %u at gfn %#llx", d->p2m[gfn],
                      (unsigned long long)gfn);
     return -EFAULT;
+}
+
+bool mv__pod_claim(struct mv_domain *d, uint64_t pages, bool machine)
+{
+    mv__assert_held(&d->lock);
+    if (d->populated + pages > d->target_pages) {
+        struct mv_sweep_result res;
+
+        mv__pod_sweep(d, MV_SWEEP_SCAN_LIMIT, MV_MAX(pages, MV_SWEEP_RECLAIM_GOAL), &res);
+        if (d->populated + pages > d->target_pages)
+            return false;
+    }
+    return !machine || mv__machine_charge(&d->host->machine, pages);
 }
 
 int mv__pod_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
@@ -273,10 +290,10 @@ static uint64_t reclaim_zapped_run(struct mv_domain *d, uint64_t gfn, uint64_t n
 
     while (i < n) {
         uint64_t start = i;
-        bool zero = page_is_zero(pages + (i << MV_PAGE_SHIFT));
+        bool zero = mv__page_is_zero(pages + (i << MV_PAGE_SHIFT));
         int rc = 0;
 
-        while (++i < n && page_is_zero(pages + (i << MV_PAGE_SHIFT)) == zero)
+        while (++i < n && mv__page_is_zero(pages + (i << MV_PAGE_SHIFT)) == zero)
             ;
         if (zero) {
             rc = mv__os_punch(d->host->machine.memfd, frame_offset(d, gfn + start),
@@ -316,7 +333,7 @@ static uint64_t sweep_block(struct mv_domain *d, uint64_t first, uint64_t end,
          * first: only these are worth unmapping for the check that counts. */
         while (run < hi && d->p2m[run] == MV_P2M_RAM &&
                cheap_zero(buf + ((run - lo) << MV_PAGE_SHIFT)) &&
-               page_is_zero(buf + ((run - lo) << MV_PAGE_SHIFT)))
+               mv__page_is_zero(buf + ((run - lo) << MV_PAGE_SHIFT)))
             run++;
         if (run == gfn) {
             *scanned += d->p2m[gfn] == MV_P2M_RAM;

@@ -7,7 +7,8 @@
  * table from which both getopt's table and the --help text are built, and
  * whose values land in a JSON object under their request argument names;
  * the connection to memvisord; output formatting; one function per
- * subcommand; the demo; the command table and main.
+ * subcommand (the `share` subcommands have a table of their own); the demo;
+ * the command table and main.
  *
  * Exit statuses: 0 success, 1 the daemon or the library said no (printed as
  * "memvisor: <cmd>: <error>: <detail>"), 2 a usage error (one line).
@@ -146,7 +147,17 @@ static const struct cli_option
     opt_interval = { "interval", VALUE_NUMBER, "interval", "S",
                      "seconds between two fetches (default 1)" },
     opt_count = { "count", VALUE_NUMBER, "count", "N",
-                  "stop after N intervals (default: until interrupted)" };
+                  "stop after N intervals (default: until interrupted)" },
+    opt_scan_pages = { "pages", VALUE_NUMBER, "max_pages", "N",
+                       "hash at most N populated pages (default: one whole pass over "
+                       "every domain)" },
+    opt_scanner_rate = { "rate", VALUE_NUMBER, "rate", "PAGES_PER_S",
+                         "pages hashed per second (default: no limit)" },
+    opt_scanner_cpu = { "cpu", VALUE_NUMBER, "cpu_percent", "PERCENT",
+                        "share of one CPU it may use, 1..100 (default 100)" },
+    opt_scanner_max_vmas = { "max-vmas", VALUE_NUMBER, "max_vmas", "N",
+                             "stop sharing near N mappings (default: vm.max_map_count "
+                             "less a reserve)" };
 
 /* The request arguments that describe a workload. */
 static const char *const workload_keys[] = {
@@ -154,6 +165,8 @@ static const char *const workload_keys[] = {
 };
 
 struct invocation;
+
+#define OPTIONS(...) ((const struct cli_option *const[]){ __VA_ARGS__, NULL })
 
 struct command {
     const char *name;
@@ -647,7 +660,7 @@ static int run_unpause(const struct invocation *inv)
 static int run_list(const struct invocation *inv)
 {
     struct json_object *reply;
-    char maxmem[32], target[32], populated[32];
+    char maxmem[32], target[32], populated[32], shared[32];
     int status = request_once(inv, mv_proto_request_new("list"), &reply);
 
     if (status != STATUS_OK)
@@ -657,17 +670,18 @@ static int run_list(const struct invocation *inv)
         json_object_put(reply);
         return STATUS_OK;
     }
-    printf("%4s  %-16s %-8s %5s %10s %10s %10s\n", "ID", "NAME", "STATE", "VCPUS",
-           "MAXMEM", "TARGET", "POPULATED");
+    printf("%4s  %-16s %-8s %5s %10s %10s %10s %10s\n", "ID", "NAME", "STATE", "VCPUS",
+           "MAXMEM", "TARGET", "POPULATED", "SHARED");
     for (size_t i = 0; i < field_length(reply, "domains"); i++) {
         struct json_object *d = field_item(reply, "domains", i);
 
-        printf("%4" PRIu64 "  %-16s %-8s %5" PRIu64 " %10s %10s %10s\n",
+        printf("%4" PRIu64 "  %-16s %-8s %5" PRIu64 " %10s %10s %10s %10s\n",
                field_u64(d, "domid"), field_string(d, "name"), field_string(d, "state"),
                field_u64(d, "vcpus"),
                pages_text(maxmem, sizeof(maxmem), field_u64(d, "maxmem_pages")),
                pages_text(target, sizeof(target), field_u64(d, "target_pages")),
-               pages_text(populated, sizeof(populated), field_u64(d, "populated_pages")));
+               pages_text(populated, sizeof(populated), field_u64(d, "populated_pages")),
+               pages_text(shared, sizeof(shared), field_u64(d, "shared_pages")));
     }
     json_object_put(reply);
     return STATUS_OK;
@@ -689,15 +703,15 @@ static void print_stats(struct json_object *reply)
            pages_text(populated, sizeof(populated), field_u64(host, "populated_pages")),
            pages_text(peak, sizeof(peak), field_u64(host, "peak_populated_pages")),
            field_u64(host, "domains"), field_u64(host, "faults"));
-    printf("%4s  %-12s %-7s %10s %10s %10s %10s %10s %8s %6s %8s %6s %10s %6s\n", "ID",
-           "NAME", "STATE", "MAXMEM", "TARGET", "POPULATED", "POD", "BALLOONED", "FAULTS",
-           "2M", "4K", "SWEEPS", "RECLAIMED", "WAITS");
+    printf("%4s  %-12s %-7s %10s %10s %10s %10s %10s %8s %6s %8s %6s %10s %6s %10s %9s\n",
+           "ID", "NAME", "STATE", "MAXMEM", "TARGET", "POPULATED", "POD", "BALLOONED",
+           "FAULTS", "2M", "4K", "SWEEPS", "RECLAIMED", "WAITS", "SHARED", "COWBREAKS");
     for (size_t i = 0; i < count; i++) {
         struct json_object *d = field_item(reply, "domains", i);
-        char sizes[6][32];
+        char sizes[7][32];
 
         printf("%4" PRIu64 "  %-12s %-7s %10s %10s %10s %10s %10s %8" PRIu64 " %6" PRIu64
-               " %8" PRIu64 " %6" PRIu64 " %10s %6" PRIu64 "\n",
+               " %8" PRIu64 " %6" PRIu64 " %10s %6" PRIu64 " %10s %9" PRIu64 "\n",
                field_u64(d, "domid"), field_string(d, "name"), field_string(d, "state"),
                pages_text(sizes[0], sizeof(sizes[0]), field_u64(d, "maxmem_pages")),
                pages_text(sizes[1], sizeof(sizes[1]), field_u64(d, "target_pages")),
@@ -707,7 +721,9 @@ static void print_stats(struct json_object *reply)
                field_u64(d, "faults"), field_u64(d, "populated_2m"),
                field_u64(d, "populated_4k"), field_u64(d, "sweeps"),
                pages_text(sizes[5], sizeof(sizes[5]), field_u64(d, "reclaimed_zero")),
-               field_u64(d, "pod_waits"));
+               field_u64(d, "pod_waits"),
+               pages_text(sizes[6], sizeof(sizes[6]), field_u64(d, "shared_pages")),
+               field_u64(d, "cow_breaks"));
     }
     for (size_t i = 0; i < count; i++) {
         struct json_object *d = field_item(reply, "domains", i);
@@ -1099,6 +1115,481 @@ static int run_bench(const struct invocation *inv)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Copy-on-write sharing                                                     */
+
+/* Operand `index` as a number (decimal or 0x hex) naming `what`, or a usage
+ * error. */
+static int number_operand(const struct invocation *inv, int index, const char *what,
+                          uint64_t *value)
+{
+    const char *text = inv->operands[index];
+    int rc = mv_proto_parse_number(text, value);
+
+    if (rc < 0)
+        return usage_error(inv->command->name, "%s '%s' is %s", what, text,
+                           rc == -ERANGE ? "too large for 64 bits"
+                                         : "not a number (decimal, or hex after 0x)");
+    return STATUS_OK;
+}
+
+/* Add operand `index`, a number, to `request` under `key`.  The request is
+ * released on a usage error. */
+static int add_number_operand(const struct invocation *inv, struct json_object *request,
+                              int index, const char *what, const char *key)
+{
+    uint64_t value;
+    int status = number_operand(inv, index, what, &value);
+
+    if (status != STATUS_OK) {
+        json_object_put(request);
+        return status;
+    }
+    json_object_object_add(request, key, json_object_new_uint64(value));
+    return STATUS_OK;
+}
+
+/* A request for `cmd` with {"domain": operand 0, "gfn": operand 1}, the
+ * operands after them in `keys` (NULL-terminated, named `whats`), or NULL
+ * after a usage error (its status in *status). */
+static struct json_object *page_request(const struct invocation *inv, const char *cmd,
+                                        const char *const *keys, const char *const *whats,
+                                        int *status)
+{
+    struct json_object *request = domain_request(inv, cmd);
+
+    *status = add_number_operand(inv, request, 1, "GFN", "gfn");
+    for (int i = 0; *status == STATUS_OK && keys && keys[i]; i++) {
+        if (2 + i >= inv->operand_count)
+            break;
+        *status = add_number_operand(inv, request, 2 + i, whats[i], keys[i]);
+    }
+    return *status == STATUS_OK ? request : NULL;
+}
+
+static int run_clone(const struct invocation *inv)
+{
+    struct json_object *request = domain_request(inv, "clone"), *reply;
+    int status;
+
+    json_object_object_add(request, "name", json_object_new_string(inv->operands[1]));
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    printf("created domain %" PRIu64 " (%s), a clone of %s\n", field_u64(reply, "domid"),
+           field_string(reply, "name"), inv->operands[0]);
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_share_nominate(const struct invocation *inv)
+{
+    struct json_object *request, *reply;
+    int status;
+
+    request = page_request(inv, "share-nominate", NULL, NULL, &status);
+    if (!request)
+        return status;
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    printf("%" PRIu64 "\n", field_u64(reply, "handle"));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+/* The source page (operands 0..2: domain, gfn, handle) and the client page
+ * (operands 3..: domain, gfn, and a handle when there is one). */
+static struct json_object *pair_request(const struct invocation *inv, const char *cmd,
+                                        int *status)
+{
+    struct json_object *request = mv_proto_request_new(cmd);
+
+    json_object_object_add(request, "source_domain",
+                           json_object_new_string(inv->operands[0]));
+    json_object_object_add(request, "client_domain",
+                           json_object_new_string(inv->operands[3]));
+    if ((*status = add_number_operand(inv, request, 1, "SRC_GFN", "source_gfn")) !=
+            STATUS_OK ||
+        (*status = add_number_operand(inv, request, 2, "SRC_HANDLE", "source_handle")) !=
+            STATUS_OK ||
+        (*status = add_number_operand(inv, request, 4, "CLIENT_GFN", "client_gfn")) !=
+            STATUS_OK)
+        return NULL;
+    if (inv->operand_count > 5 &&
+        (*status = add_number_operand(inv, request, 5, "CLIENT_HANDLE", "client_handle")) !=
+            STATUS_OK)
+        return NULL;
+    return request;
+}
+
+static int run_share_pages(const struct invocation *inv)
+{
+    int status;
+    struct json_object *request = pair_request(inv, "share-pages", &status);
+
+    return request ? request_once(inv, request, NULL) : status;
+}
+
+static int run_share_add_to_physmap(const struct invocation *inv)
+{
+    int status;
+    struct json_object *request = pair_request(inv, "share-add-to-physmap", &status);
+
+    return request ? request_once(inv, request, NULL) : status;
+}
+
+static int run_share_unshare(const struct invocation *inv)
+{
+    int status;
+    struct json_object *request = page_request(inv, "share-unshare", NULL, NULL, &status);
+
+    return request ? request_once(inv, request, NULL) : status;
+}
+
+static int run_share_make(const struct invocation *inv)
+{
+    static const char *const keys[] = { "count", NULL }, *const whats[] = { "COUNT" };
+    struct json_object *request, *reply;
+    int status;
+
+    request = page_request(inv, "share-make", keys, whats, &status);
+    if (!request)
+        return status;
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    if (option_set(inv, "json")) {
+        print_json(reply);
+    } else if (!json_object_object_get_ex(reply, "matched", NULL)) {
+        printf("make: %" PRIu64 " gfns shared\n", field_u64(reply, "shared"));
+    } else {
+        uint64_t count = 0;
+
+        for (unsigned o = 0; o <= MV_SHARE_SKIPPED; o++)
+            count += field_u64(reply, mv_proto_share_outcome_name((enum mv_share_outcome)o));
+        printf("make: %" PRIu64 " gfns: %" PRIu64 " matched and shared, %" PRIu64
+               " inserted into the index, %" PRIu64 " zero (returned to the host), %"
+               PRIu64 " already shared, %" PRIu64 " skipped\n", count,
+               field_u64(reply, "matched"), field_u64(reply, "inserted"),
+               field_u64(reply, "zero"), field_u64(reply, "already"),
+               field_u64(reply, "skipped"));
+    }
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_share_hint(const struct invocation *inv)
+{
+    static const char *const keys[] = { "count", "key", NULL },
+                             *const whats[] = { "COUNT", "KEY" };
+    int status;
+    struct json_object *request = page_request(inv, "share-hint", keys, whats, &status);
+
+    return request ? request_once(inv, request, NULL) : status;
+}
+
+static int run_share_exclude(const struct invocation *inv)
+{
+    static const char *const keys[] = { "count", NULL }, *const whats[] = { "COUNT" };
+    int status;
+    struct json_object *request = page_request(inv, "share-exclude", keys, whats, &status);
+
+    return request ? request_once(inv, request, NULL) : status;
+}
+
+static int run_share_scan(const struct invocation *inv)
+{
+    struct json_object *request = mv_proto_request_new("share-scan"), *reply, *scan;
+    char shared[32];
+    int status;
+
+    copy_option(inv, request, "max_pages");
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    scan = field(reply, "scan");
+    if (option_set(inv, "json"))
+        print_json(reply);
+    else
+        printf("scan: hashed %" PRIu64 " pages in %.3f s: %" PRIu64 " newly shared (%s), %"
+               PRIu64 " zero pages returned to the host, %" PRIu64 " volatile pages "
+               "skipped, %" PRIu64 " pages of hinted ranges\n",
+               field_u64(scan, "pages_scanned"), seconds(field_u64(scan, "elapsed_ns")),
+               field_u64(scan, "pages_shared"),
+               pages_text(shared, sizeof(shared), field_u64(scan, "pages_shared")),
+               field_u64(scan, "pages_zero"), field_u64(scan, "volatile_skips"),
+               field_u64(scan, "hinted_pages"));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_scanner_start(const struct invocation *inv)
+{
+    struct json_object *request = mv_proto_request_new("scanner-start");
+
+    copy_option(inv, request, "rate");
+    copy_option(inv, request, "cpu_percent");
+    copy_option(inv, request, "max_vmas");
+    return request_once(inv, request, NULL);
+}
+
+static int run_scanner_stop(const struct invocation *inv)
+{
+    return request_once(inv, mv_proto_request_new("scanner-stop"), NULL);
+}
+
+static void print_share_stats(struct json_object *reply)
+{
+    struct json_object *s = field(reply, "share");
+    char saved[32];
+
+    printf("sharing: %" PRIu64 " shared frames mapped %" PRIu64 " times, saving %" PRIu64
+           " pages (%s); %" PRIu64 " frames in the content index, %" PRIu64
+           " hash collisions\n",
+           field_u64(s, "shared_frames"), field_u64(s, "shared_refs"),
+           field_u64(s, "saved_pages"),
+           pages_text(saved, sizeof(saved), field_u64(s, "saved_pages")),
+           field_u64(s, "indexed_frames"), field_u64(s, "hash_collisions"));
+    printf("copy on write: %" PRIu64 " breaks, %" PRIu64 " of them takeovers, %" PRIu64
+           " without a copy; %" PRIu64 " zero pages returned to the host\n",
+           field_u64(s, "cow_breaks"), field_u64(s, "cow_takeovers"),
+           field_u64(s, "cow_nocopy"), field_u64(s, "zero_reclaimed"));
+    printf("hints: %" PRIu64 " ranges pending, %" PRIu64 " pages processed\n",
+           field_u64(s, "hints_pending"), field_u64(s, "hinted_pages"));
+    printf("scanner: %s; %" PRIu64 " passes, %" PRIu64 " pages, %" PRIu64 " volatile, "
+           "%.3f s of CPU, %.0f pages/s over the last pass\n",
+           field_bool(s, "scanner_running") ? "running" : "stopped",
+           field_u64(s, "scan_passes"), field_u64(s, "scan_pages"),
+           field_u64(s, "scan_volatile"), seconds(field_u64(s, "scan_cpu_ns")),
+           json_object_get_double(field(s, "scan_rate")));
+    printf("mappings: %" PRIu64 " of vm.max_map_count %" PRIu64 "%s%s\n",
+           field_u64(s, "vma_count"), field_u64(s, "max_map_count"),
+           field_bool(s, "sharing_stopped") ? "; sharing stopped: " : "",
+           field_bool(s, "sharing_stopped") ? field_string(s, "stop_reason") : "");
+    printf("\n%4s  %-12s %10s %10s %10s %10s %10s %10s %10s\n", "ID", "NAME", "SHARED",
+           "COWBREAKS", "TAKEOVERS", "NOCOPY", "CLAIMABLE", "SHORTFALL", "EXCLUDED");
+    for (size_t i = 0; i < field_length(reply, "domains"); i++) {
+        struct json_object *d = field_item(reply, "domains", i);
+
+        printf("%4" PRIu64 "  %-12s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %10" PRIu64
+               " %10" PRIu64 " %10" PRIu64 " %10" PRIu64 "\n",
+               field_u64(d, "domid"), field_string(d, "name"), field_u64(d, "shared_pages"),
+               field_u64(d, "cow_breaks"), field_u64(d, "cow_takeovers"),
+               field_u64(d, "cow_nocopy"), field_u64(d, "cow_claimable"),
+               field_u64(d, "cow_shortfall"), field_u64(d, "excluded_pages"));
+    }
+}
+
+static int run_share_stats(const struct invocation *inv)
+{
+    struct json_object *request = mv_proto_request_new("share-stats"), *reply;
+    int status;
+
+    if (inv->operand_count)
+        json_object_object_add(request, "domain", json_object_new_string(inv->operands[0]));
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    if (option_set(inv, "json"))
+        print_json(reply);
+    else
+        print_share_stats(reply);
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_share_audit(const struct invocation *inv)
+{
+    int status = request_once(inv, mv_proto_request_new("share-audit"), NULL);
+
+    if (status == STATUS_OK)
+        printf("share audit: every sharing invariant holds\n");
+    return status;
+}
+
+/* The subcommands of `memvisor share`, named in full for their messages and
+ * --help. */
+static const struct command share_commands[] = {
+    {
+        .name = "share nominate", .operands = "DOMAIN GFN", .min_operands = 2,
+        .max_operands = 2,
+        .summary = "make a page shareable; prints its handle",
+        .description =
+            "Move DOMAIN's populated page GFN into a shared frame of its own, read-only,\n"
+            "and print the frame's handle (alone on a line, for scripts).  A write to\n"
+            "the page breaks it back into a private page and the handle goes stale.\n"
+            "GFN is decimal or hex after 0x.",
+        .run = run_share_nominate,
+    },
+    {
+        .name = "share pages",
+        .operands = "SRC_DOMAIN SRC_GFN SRC_HANDLE CLIENT_DOMAIN CLIENT_GFN CLIENT_HANDLE",
+        .min_operands = 6, .max_operands = 6,
+        .summary = "share two nominated pages with equal bytes",
+        .description =
+            "Compare the two nominated pages and, when their bytes are equal, map the\n"
+            "source's frame at the client gfn; the client's frame is freed when that\n"
+            "was its last mapping.  Both handles must be current.",
+        .run = run_share_pages,
+    },
+    {
+        .name = "share add-to-physmap",
+        .operands = "SRC_DOMAIN SRC_GFN SRC_HANDLE CLIENT_DOMAIN CLIENT_GFN",
+        .min_operands = 5, .max_operands = 5,
+        .summary = "map a shared frame at a gfn that holds no data",
+        .description =
+            "Map the source's shared frame read-only at CLIENT_GFN, which must be a\n"
+            "populate-on-demand entry (neither populated nor shared nor ballooned).",
+        .run = run_share_add_to_physmap,
+    },
+    {
+        .name = "share unshare", .operands = "DOMAIN GFN", .min_operands = 2,
+        .max_operands = 2,
+        .summary = "give a shared gfn its private copy now",
+        .description = "Break the sharing of DOMAIN's GFN as a write would: it gets a\n"
+                       "private copy from the domain's target and the host budget.",
+        .run = run_share_unshare,
+    },
+    {
+        .name = "share make", .operands = "DOMAIN GFN [COUNT]", .min_operands = 2,
+        .max_operands = 3,
+        .summary = "share COUNT pages through the content index",
+        .description =
+            "For each of COUNT (default 1) gfns from GFN: look its bytes up in the\n"
+            "host's content index and share it on a match, insert it on a miss;\n"
+            "all-zero pages go back to the host as populate-on-demand entries.  Prints\n"
+            "how many gfns had each outcome.",
+        .options = OPTIONS(&opt_json), .run = run_share_make,
+    },
+    {
+        .name = "share hint", .operands = "DOMAIN GFN COUNT KEY", .min_operands = 4,
+        .max_operands = 4,
+        .summary = "say that a range holds content others hold too",
+        .description =
+            "Tell the scanner that COUNT pages from GFN hold the same content as other\n"
+            "ranges hinted with KEY (a non-zero number, e.g. a block of a shared base\n"
+            "image): they are verified and shared first, by the next scan step.",
+        .run = run_share_hint,
+    },
+    {
+        .name = "share exclude", .operands = "DOMAIN GFN COUNT", .min_operands = 3,
+        .max_operands = 3,
+        .summary = "keep a range out of sharing for good",
+        .description =
+            "Never share nor scan COUNT pages of DOMAIN from GFN (secrets, and the\n"
+            "timing side channel of copy-on-write faults).  Pages of the range shared\n"
+            "now are unshared first.",
+        .run = run_share_exclude,
+    },
+    {
+        .name = "share scan", .operands = "",
+        .summary = "run one scan now and show what it did",
+        .description =
+            "Run the scanner's work once, here and now: pending hints, then up to\n"
+            "--pages populated pages (default: one whole pass over every domain).\n"
+            "Prints the pages hashed, newly shared, returned as zero and skipped as\n"
+            "volatile.  Works whether or not the background scanner runs.",
+        .options = OPTIONS(&opt_scan_pages, &opt_json), .run = run_share_scan,
+    },
+    {
+        .name = "share scanner start", .operands = "",
+        .summary = "start the background scanner",
+        .description =
+            "Start the thread that walks every running domain's populated memory,\n"
+            "hinted ranges first, sharing pages with equal bytes and returning zero\n"
+            "pages to the host.",
+        .options = OPTIONS(&opt_scanner_rate, &opt_scanner_cpu, &opt_scanner_max_vmas),
+        .run = run_scanner_start,
+    },
+    {
+        .name = "share scanner stop", .operands = "",
+        .summary = "stop the background scanner",
+        .description = "Stop the background scanner; what it shared stays shared.",
+        .run = run_scanner_stop,
+    },
+    {
+        .name = "share stats", .operands = "[DOMAIN]", .max_operands = 1,
+        .summary = "show what sharing saves and costs",
+        .description =
+            "Shared frames, their mappings and the pages saved; copy-on-write breaks;\n"
+            "the content index, hints, the scanner and the mappings in use; then, for\n"
+            "each domain (or DOMAIN only), its shared pages, breaks, the breaks its\n"
+            "target still covers and those it does not, and its excluded pages.",
+        .options = OPTIONS(&opt_json), .run = run_share_stats,
+    },
+    {
+        .name = "share audit", .operands = "",
+        .summary = "check every sharing invariant",
+        .description =
+            "Check reference counts against reverse maps, every shared gfn against its\n"
+            "frame, the pages saved, the content index against the frames' bytes, and\n"
+            "that no guest write slipped past copy-on-write.  Exact while the guests\n"
+            "are quiet.",
+        .run = run_share_audit,
+    },
+};
+
+static void print_share_usage(FILE *out)
+{
+    fprintf(out,
+        "usage: memvisor share COMMAND [options] [arguments]\n"
+        "\n"
+        "Copy-on-write page sharing: pages with equal bytes are kept once, read-only,\n"
+        "and a write gets a private copy.  DOMAIN is a name or an id; GFN, COUNT,\n"
+        "handles and keys are decimal or hex after 0x.\n"
+        "\n"
+        "commands:\n");
+    for (size_t i = 0; i < sizeof(share_commands) / sizeof(share_commands[0]); i++)
+        fprintf(out, "  %-22s %s\n", share_commands[i].name + strlen("share "),
+                share_commands[i].summary);
+    fprintf(out, "\n'memvisor share COMMAND --help' explains a command.\n");
+}
+
+/* `memvisor share COMMAND ...`: find the subcommand ("scanner" takes one
+ * more word) and run it as a command of its own. */
+static int run_share(const struct invocation *inv)
+{
+    struct invocation sub = *inv;
+    char **argv = inv->argv + 1;
+    int argc = inv->argc - 1, status;
+    char name[64];
+
+    if (argc < 1)
+        return usage_error("share", "expects a command");
+    if (strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
+        print_share_usage(stdout);
+        return STATUS_OK;
+    }
+    if (strcmp(argv[0], "scanner") == 0) {
+        if (argc < 2)
+            return usage_error("share scanner", "expects start or stop");
+        if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+            print_share_usage(stdout);
+            return STATUS_OK;
+        }
+        snprintf(name, sizeof(name), "share scanner %s", argv[1]);
+        argv++;
+        argc--;
+    } else {
+        snprintf(name, sizeof(name), "share %s", argv[0]);
+    }
+    sub.command = NULL;
+    for (size_t i = 0; i < sizeof(share_commands) / sizeof(share_commands[0]); i++)
+        if (strcmp(share_commands[i].name, name) == 0)
+            sub.command = &share_commands[i];
+    if (!sub.command)
+        return usage_error(strncmp(name, "share scanner ", 14) == 0 ? "share scanner"
+                                                                      : "share",
+                           "unknown command '%s'", argv[0]);
+    sub.argc = argc;
+    sub.argv = argv;
+    status = parse_command_line(&sub, argc, argv);
+    if (status < 0)
+        status = sub.command->run(&sub);
+    return status;
+}
+
+/* ------------------------------------------------------------------------ */
 /* demo                                                                      */
 
 /*
@@ -1472,8 +1963,6 @@ static int run_demo(const struct invocation *inv)
 /* ------------------------------------------------------------------------ */
 /* Commands and main                                                         */
 
-#define OPTIONS(...) ((const struct cli_option *const[]){ __VA_ARGS__, NULL })
-
 static const struct command commands[] = {
     {
         .name = "doctor", .operands = "",
@@ -1509,7 +1998,7 @@ static const struct command commands[] = {
         .name = "list", .operands = "",
         .summary = "list the domains",
         .description = "One line per domain: id, name, state, vCPUs, maxmem, target, "
-                       "populated.",
+                       "populated,\nshared (memory mapping shared frames).",
         .options = OPTIONS(&opt_json), .run = run_list,
     },
     {
@@ -1531,7 +2020,8 @@ static const struct command commands[] = {
         .description =
             "The host's budget and populated memory, and for each domain (or DOMAIN\n"
             "only) its state, sizes, faults, 2 MiB and 4 KiB populates, zero sweeps,\n"
-            "reclaimed memory, waits for memory and crash reason.",
+            "reclaimed memory, waits for memory, shared memory, copy-on-write breaks\n"
+            "and crash reason.",
         .options = OPTIONS(&opt_json), .run = run_stats,
     },
     {
@@ -1624,6 +2114,22 @@ static const struct command commands[] = {
             "set), from dirty-log rounds.  Turns logging on for the measurement when\n"
             "it was off, and off again at the end or on Ctrl-C.",
         .options = OPTIONS(&opt_interval, &opt_count, &opt_json), .run = run_wss,
+    },
+    {
+        .name = "clone", .operands = "SRC_DOMAIN NEW_NAME", .min_operands = 2,
+        .max_operands = 2,
+        .summary = "clone a paused domain, sharing all of its memory",
+        .description =
+            "Create NEW_NAME with SRC_DOMAIN's configuration, sharing every populated\n"
+            "page with it copy-on-write: no byte is copied until one side writes.\n"
+            "SRC_DOMAIN must be paused ('memvisor pause') and stays paused; the clone\n"
+            "runs.  Prints the new domain's id.",
+        .run = run_clone,
+    },
+    {
+        .name = "share", .operands = "COMMAND [options] [arguments]",
+        .summary = "copy-on-write page sharing ('memvisor share --help' lists them)",
+        .run = run_share, .own_arguments = true,
     },
     {
         .name = "shutdown", .operands = "",

@@ -420,15 +420,17 @@ static int arg_unsigned(struct request *r, struct json_object *args, const char 
     return 0;
 }
 
-/* "domain": a name, or an id as a number or a string of digits. */
-static int arg_domain(mv_host *host, struct request *r, uint32_t *domid)
+/* A domain argument `key`: a name, or an id as a number or a string of
+ * digits. */
+static int arg_domain_key(mv_host *host, struct request *r, const char *key,
+                          uint32_t *domid)
 {
     struct json_object *value;
     uint64_t id;
     int rc;
 
-    if (!json_object_object_get_ex(r->args, "domain", &value))
-        return request_fail(r, -EINVAL, "missing argument 'domain'");
+    if (!json_object_object_get_ex(r->args, key, &value))
+        return request_fail(r, -EINVAL, "missing argument '%s'", key);
     if (json_object_is_type(value, json_type_string)) {
         const char *name = json_object_get_string(value);
 
@@ -439,13 +441,19 @@ static int arg_domain(mv_host *host, struct request *r, uint32_t *domid)
         }
         return library_status(r, rc);
     }
-    rc = mv_proto_arg_u64(r->args, "domain", true, &id, r->why);
+    rc = mv_proto_arg_u64(r->args, key, true, &id, r->why);
     if (rc < 0)
-        return request_fail(r, rc, "argument 'domain' must be a name or an id");
+        return request_fail(r, rc, "argument '%s' must be a name or an id", key);
     if (id > UINT32_MAX)
         return request_fail(r, -EINVAL, "domain id %" PRIu64 " is out of range", id);
     *domid = (uint32_t)id;
     return 0;
+}
+
+/* "domain": a name, or an id as a number or a string of digits. */
+static int arg_domain(mv_host *host, struct request *r, uint32_t *domid)
+{
+    return arg_domain_key(host, r, "domain", domid);
 }
 
 static const char *const workload_keys[] = {
@@ -822,6 +830,214 @@ static int run_logdirty(struct daemon *d, struct request *r)
     return 0;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Copy-on-write sharing                                                     */
+
+static int run_clone(struct daemon *d, struct request *r)
+{
+    const char *name;
+    uint32_t source, clone;
+    int rc;
+
+    if ((rc = arg_domain(d->host, r, &source)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "name", true, &name, r->why)) < 0 ||
+        (rc = library_status(r, mv_domain_clone(d->host, source, name, &clone))) < 0)
+        return rc;
+    reply_u64(r, "domid", clone);
+    json_object_object_add(r->reply, "name", json_object_new_string(name));
+    return 0;
+}
+
+/* The domain and gfn of a request whose keys start with `prefix`
+ * ("" or "source_" or "client_"). */
+static int arg_page(struct daemon *d, struct request *r, const char *prefix,
+                    uint32_t *domid, uint64_t *gfn)
+{
+    char domain_key[32], gfn_key[32];
+    int rc;
+
+    snprintf(domain_key, sizeof(domain_key), "%sdomain", prefix);
+    snprintf(gfn_key, sizeof(gfn_key), "%sgfn", prefix);
+    if ((rc = arg_domain_key(d->host, r, domain_key, domid)) < 0)
+        return rc;
+    return mv_proto_arg_u64(r->args, gfn_key, true, gfn, r->why);
+}
+
+static int run_share_nominate(struct daemon *d, struct request *r)
+{
+    mv_share_handle handle;
+    uint32_t domid;
+    uint64_t gfn;
+    int rc;
+
+    if ((rc = arg_page(d, r, "", &domid, &gfn)) < 0 ||
+        (rc = library_status(r, mv_share_nominate(d->host, domid, gfn, &handle))) < 0)
+        return rc;
+    reply_u64(r, "handle", handle);
+    return 0;
+}
+
+static int run_share_pages(struct daemon *d, struct request *r)
+{
+    mv_share_handle source_handle, client_handle;
+    uint64_t source_gfn, client_gfn;
+    uint32_t source, client;
+    int rc;
+
+    if ((rc = arg_page(d, r, "source_", &source, &source_gfn)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "source_handle", true, &source_handle, r->why)) < 0 ||
+        (rc = arg_page(d, r, "client_", &client, &client_gfn)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "client_handle", true, &client_handle, r->why)) < 0)
+        return rc;
+    return library_status(r, mv_share_pages(d->host, source, source_gfn, source_handle,
+                                            client, client_gfn, client_handle));
+}
+
+static int run_share_add_to_physmap(struct daemon *d, struct request *r)
+{
+    mv_share_handle source_handle;
+    uint64_t source_gfn, client_gfn;
+    uint32_t source, client;
+    int rc;
+
+    if ((rc = arg_page(d, r, "source_", &source, &source_gfn)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "source_handle", true, &source_handle, r->why)) < 0 ||
+        (rc = arg_page(d, r, "client_", &client, &client_gfn)) < 0)
+        return rc;
+    return library_status(r, mv_share_add_to_physmap(d->host, source, source_gfn,
+                                                     source_handle, client, client_gfn));
+}
+
+static int run_share_unshare(struct daemon *d, struct request *r)
+{
+    uint32_t domid;
+    uint64_t gfn;
+    int rc = arg_page(d, r, "", &domid, &gfn);
+
+    return rc < 0 ? rc : library_status(r, mv_share_unshare(d->host, domid, gfn));
+}
+
+/*
+ * make_ro_and_share over [gfn, gfn + count), replying how many gfns had
+ * each outcome.  The outcomes array is bounded by the domain's size: a
+ * longer range cannot be valid, and the library says why without one.  An
+ * outcome the library left unset is reported, not guessed.
+ */
+static int run_share_make(struct daemon *d, struct request *r)
+{
+    enum mv_share_outcome *outcomes = NULL;
+    struct mv_domain_info info;
+    uint64_t gfn, count = 1, tallied = 0, tally[MV_SHARE_SKIPPED + 1] = { 0 };
+    bool tallying;
+    uint32_t domid;
+    int64_t shared;
+    int rc;
+
+    if ((rc = arg_page(d, r, "", &domid, &gfn)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "count", false, &count, r->why)) < 0 ||
+        (rc = library_status(r, mv_domain_info(d->host, domid, &info))) < 0)
+        return rc;
+    if (count && count <= info.maxmem_pages) {
+        outcomes = malloc(count * sizeof(*outcomes));
+        if (!outcomes)
+            return request_fail(r, -ENOMEM, "no memory for %" PRIu64 " outcomes", count);
+        memset(outcomes, 0xff, count * sizeof(*outcomes));
+    }
+    tallying = outcomes != NULL;
+    shared = mv_share_make_ro_and_share(d->host, domid, gfn, count, outcomes);
+    rc = library_status(r, shared);
+    for (uint64_t i = 0; rc == 0 && tallying && i < count; i++) {
+        if ((unsigned)outcomes[i] <= MV_SHARE_SKIPPED) {
+            tally[outcomes[i]]++;
+            tallied++;
+        }
+    }
+    free(outcomes);
+    if (rc < 0)
+        return rc;
+    if (tallying && tallied != count)
+        return request_fail(r, -EPROTO, "the library gave an outcome for %" PRIu64
+                            " of %" PRIu64 " gfns (%" PRId64 " shared)", tallied, count,
+                            shared);
+    reply_u64(r, "shared", (uint64_t)shared);
+    for (unsigned o = 0; tallying && o <= MV_SHARE_SKIPPED; o++)
+        reply_u64(r, mv_proto_share_outcome_name((enum mv_share_outcome)o), tally[o]);
+    return 0;
+}
+
+static int run_share_hint(struct daemon *d, struct request *r)
+{
+    uint64_t gfn, count, key;
+    uint32_t domid;
+    int rc;
+
+    if ((rc = arg_page(d, r, "", &domid, &gfn)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "count", true, &count, r->why)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "key", true, &key, r->why)) < 0)
+        return rc;
+    return library_status(r, mv_share_hint(d->host, domid, gfn, count, key));
+}
+
+static int run_share_exclude(struct daemon *d, struct request *r)
+{
+    uint64_t gfn, count;
+    uint32_t domid;
+    int rc;
+
+    if ((rc = arg_page(d, r, "", &domid, &gfn)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "count", true, &count, r->why)) < 0)
+        return rc;
+    return library_status(r, mv_share_exclude(d->host, domid, gfn, count));
+}
+
+static int run_share_scan(struct daemon *d, struct request *r)
+{
+    struct mv_scan_result result;
+    uint64_t max_pages = 0;
+    int rc;
+
+    if ((rc = mv_proto_arg_u64(r->args, "max_pages", false, &max_pages, r->why)) < 0 ||
+        (rc = library_status(r, mv_share_scan(d->host, max_pages, &result))) < 0)
+        return rc;
+    json_object_object_add(r->reply, "scan", mv_proto_scan_result_json(&result));
+    return 0;
+}
+
+static int run_scanner_start(struct daemon *d, struct request *r)
+{
+    struct mv_scanner_config config;
+    int rc;
+
+    mv_scanner_config_init(&config);
+    if ((rc = mv_proto_arg_u64(r->args, "rate", false, &config.pages_per_second,
+                               r->why)) < 0 ||
+        (rc = arg_unsigned(r, r->args, "cpu_percent", &config.cpu_percent)) < 0 ||
+        (rc = arg_unsigned(r, r->args, "max_vmas", &config.max_vmas)) < 0)
+        return rc;
+    return library_status(r, mv_scanner_start(d->host, &config));
+}
+
+static int run_scanner_stop(struct daemon *d, struct request *r)
+{
+    return library_status(r, mv_scanner_stop(d->host));
+}
+
+static int run_share_stats(struct daemon *d, struct request *r)
+{
+    struct mv_share_stats stats;
+    int rc = library_status(r, mv_share_stats(d->host, &stats));
+
+    if (rc < 0)
+        return rc;
+    json_object_object_add(r->reply, "share", mv_proto_share_stats_json(&stats));
+    return reply_domains(d->host, r, false);
+}
+
+static int run_share_audit(struct daemon *d, struct request *r)
+{
+    return library_status(r, mv_share_audit(d->host));
+}
+
 static int run_shutdown(struct daemon *d, struct request *r)
 {
     (void)r;
@@ -859,6 +1075,22 @@ static const struct command commands[] = {
     { "verify", run_verify, ARGS("domain") },
     { "audit", run_audit, ARGS("domain") },
     { "logdirty", run_logdirty, ARGS("domain", "action") },
+    { "clone", run_clone, ARGS("domain", "name") },
+    { "share-nominate", run_share_nominate, ARGS("domain", "gfn") },
+    { "share-pages", run_share_pages,
+      ARGS("source_domain", "source_gfn", "source_handle", "client_domain", "client_gfn",
+           "client_handle") },
+    { "share-add-to-physmap", run_share_add_to_physmap,
+      ARGS("source_domain", "source_gfn", "source_handle", "client_domain", "client_gfn") },
+    { "share-unshare", run_share_unshare, ARGS("domain", "gfn") },
+    { "share-make", run_share_make, ARGS("domain", "gfn", "count") },
+    { "share-hint", run_share_hint, ARGS("domain", "gfn", "count", "key") },
+    { "share-exclude", run_share_exclude, ARGS("domain", "gfn", "count") },
+    { "share-scan", run_share_scan, ARGS("max_pages") },
+    { "scanner-start", run_scanner_start, ARGS("rate", "cpu_percent", "max_vmas") },
+    { "scanner-stop", run_scanner_stop, NO_ARGS },
+    { "share-stats", run_share_stats, ARGS("domain") },
+    { "share-audit", run_share_audit, NO_ARGS },
     { "doctor", run_doctor, NO_ARGS },
     { "shutdown", run_shutdown, NO_ARGS },
 };

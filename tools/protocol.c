@@ -104,6 +104,34 @@ int mv_proto_parse_u64(const char *text, uint64_t *value)
     return 0;
 }
 
+int mv_proto_parse_number(const char *text, uint64_t *value)
+{
+    const char *p = text + 2;
+    uint64_t v = 0;
+
+    if (text[0] != '0' || (text[1] != 'x' && text[1] != 'X'))
+        return mv_proto_parse_u64(text, value);
+    if (!*p)
+        return -EINVAL;
+    for (; *p; p++) {
+        unsigned digit;
+
+        if (*p >= '0' && *p <= '9')
+            digit = (unsigned)(*p - '0');
+        else if (*p >= 'a' && *p <= 'f')
+            digit = (unsigned)(*p - 'a' + 10);
+        else if (*p >= 'A' && *p <= 'F')
+            digit = (unsigned)(*p - 'A' + 10);
+        else
+            return -EINVAL;
+        if (v >> 60)
+            return -ERANGE;
+        v = v << 4 | digit;
+    }
+    *value = v;
+    return 0;
+}
+
 /* log2 of the unit a size suffix names, or -1 when it names none. */
 static int size_unit_shift(const char *suffix)
 {
@@ -543,6 +571,14 @@ static const char *const workload_names[] = {
     [MV_WORKLOAD_VERIFY] = "verify",
 };
 
+static const char *const share_outcome_names[] = {
+    [MV_SHARE_MATCHED] = "matched",
+    [MV_SHARE_INSERTED] = "inserted",
+    [MV_SHARE_ZERO] = "zero",
+    [MV_SHARE_ALREADY] = "already",
+    [MV_SHARE_SKIPPED] = "skipped",
+};
+
 #define NAME_OR_UNKNOWN(table, value)                                          \
     ((size_t)(value) < sizeof(table) / sizeof(table[0]) && table[value]        \
          ? table[value] : "unknown")
@@ -569,6 +605,11 @@ const char *mv_proto_policy_name(enum mv_pod_policy policy)
 const char *mv_proto_workload_name(enum mv_workload_kind kind)
 {
     return NAME_OR_UNKNOWN(workload_names, kind);
+}
+
+const char *mv_proto_share_outcome_name(enum mv_share_outcome outcome)
+{
+    return NAME_OR_UNKNOWN(share_outcome_names, outcome);
 }
 
 int mv_proto_policy_parse(const char *name, enum mv_pod_policy *policy)
@@ -664,6 +705,13 @@ struct json_object *mv_proto_domain_info_json(const struct mv_domain_info *info)
     add_u64(o, "pod_waits", info->pod_waits);
     add_u64(o, "pod_wait_ns", info->pod_wait_ns);
     add_u64(o, "held_faults", info->held_faults);
+    add_u64(o, "shared_pages", info->shared_pages);
+    add_u64(o, "cow_breaks", info->cow_breaks);
+    add_u64(o, "cow_takeovers", info->cow_takeovers);
+    add_u64(o, "cow_nocopy", info->cow_nocopy);
+    add_u64(o, "cow_claimable", info->cow_claimable);
+    add_u64(o, "cow_shortfall", info->cow_shortfall);
+    add_u64(o, "excluded_pages", info->excluded_pages);
     add_string(o, "crash_reason", info->crash_reason);
     return o;
 }
@@ -698,6 +746,47 @@ struct json_object *mv_proto_logdirty_stats_json(const struct mv_logdirty_stats 
     add_u64(o, "total_fetch_ns", stats->total_fetch_ns);
     add_u64(o, "faults", stats->faults);
     add_u64(o, "protect_ns", stats->protect_ns);
+    return o;
+}
+
+struct json_object *mv_proto_share_stats_json(const struct mv_share_stats *stats)
+{
+    struct json_object *o = json_object_new_object();
+
+    add_u64(o, "shared_frames", stats->shared_frames);
+    add_u64(o, "shared_refs", stats->shared_refs);
+    add_u64(o, "saved_pages", stats->saved_pages);
+    add_u64(o, "indexed_frames", stats->indexed_frames);
+    add_u64(o, "cow_breaks", stats->cow_breaks);
+    add_u64(o, "cow_takeovers", stats->cow_takeovers);
+    add_u64(o, "cow_nocopy", stats->cow_nocopy);
+    add_u64(o, "zero_reclaimed", stats->zero_reclaimed);
+    add_u64(o, "hash_collisions", stats->hash_collisions);
+    add_u64(o, "hints_pending", stats->hints_pending);
+    add_u64(o, "hinted_pages", stats->hinted_pages);
+    add_bool(o, "scanner_running", stats->scanner_running);
+    add_u64(o, "scan_passes", stats->scan_passes);
+    add_u64(o, "scan_pages", stats->scan_pages);
+    add_u64(o, "scan_volatile", stats->scan_volatile);
+    add_u64(o, "scan_cpu_ns", stats->scan_cpu_ns);
+    json_object_object_add(o, "scan_rate", json_object_new_double(stats->scan_rate));
+    add_u64(o, "vma_count", stats->vma_count);
+    add_u64(o, "max_map_count", stats->max_map_count);
+    add_bool(o, "sharing_stopped", stats->sharing_stopped);
+    add_string(o, "stop_reason", stats->stop_reason);
+    return o;
+}
+
+struct json_object *mv_proto_scan_result_json(const struct mv_scan_result *result)
+{
+    struct json_object *o = json_object_new_object();
+
+    add_u64(o, "pages_scanned", result->pages_scanned);
+    add_u64(o, "pages_shared", result->pages_shared);
+    add_u64(o, "pages_zero", result->pages_zero);
+    add_u64(o, "volatile_skips", result->volatile_skips);
+    add_u64(o, "hinted_pages", result->hinted_pages);
+    add_u64(o, "elapsed_ns", result->elapsed_ns);
     return o;
 }
 

@@ -36,8 +36,30 @@
  *                    -> workload: {status}
  *   verify           domain* -> mismatches, first_bad_gfn (null when none)
  *   audit            domain (default: the whole host)
+ *   logdirty         domain*, action* ("enable"|"disable"|"clean"|"peek"|
+ *                    "stats") -> dirty_pages, zero_pages (clean, peek),
+ *                    logdirty: {dirty-log stats}
  *   doctor           -> doctor: {kernel report, see mv_proto_doctor_json}
  *   shutdown
+ *
+ * Copy-on-write sharing (gfns, counts, handles and keys are JSON integers;
+ * a handle is any 64-bit unsigned value):
+ *   clone            domain*, name* -> domid, name  (the source must be paused)
+ *   share-nominate   domain*, gfn* -> handle
+ *   share-pages      source_domain*, source_gfn*, source_handle*,
+ *                    client_domain*, client_gfn*, client_handle*
+ *   share-add-to-physmap  source_domain*, source_gfn*, source_handle*,
+ *                    client_domain*, client_gfn*
+ *   share-unshare    domain*, gfn*
+ *   share-make       domain*, gfn*, count (default 1) -> shared, and the gfns
+ *                    of each outcome: matched, inserted, zero, already, skipped
+ *   share-hint       domain*, gfn*, count*, key*
+ *   share-exclude    domain*, gfn*, count*
+ *   share-scan       max_pages -> scan: {scan result}
+ *   scanner-start    rate (pages per second), cpu_percent, max_vmas
+ *   scanner-stop
+ *   share-stats      domain -> share: {sharing stats}, domains: [domain info]
+ *   share-audit
  *
  * Contents: socket path defaults; size and number parsing; the line reader
  * both ends use; message parsing, encoding and typed argument access; the
@@ -96,6 +118,10 @@ const char *mv_proto_size_error(int err);
 
 /* Parse plain decimal digits: 0, -EINVAL or -ERANGE as above. */
 int mv_proto_parse_u64(const char *text, uint64_t *value);
+
+/* Parse a number written in decimal or, after "0x" or "0X", in hexadecimal
+ * (guest frame numbers, handles, keys): 0, -EINVAL or -ERANGE as above. */
+int mv_proto_parse_number(const char *text, uint64_t *value);
 
 /* A size for humans into `buf`: "0 B", "4 KiB", "256 MiB", "1.5 GiB". */
 const char *mv_proto_format_size(char *buf, size_t size, uint64_t bytes);
@@ -209,6 +235,9 @@ int mv_proto_policy_parse(const char *name, enum mv_pod_policy *policy);
 int mv_proto_workload_parse(const char *name, enum mv_workload_kind *kind);
 /* "auto", "wp-async", "wp-sync" or "mprotect" (mv_logdirty_mode_name). */
 int mv_proto_logdirty_mode_parse(const char *name, enum mv_logdirty_mode *mode);
+/* "matched", "inserted", "zero", "already" or "skipped": the reply keys of
+ * share-make. */
+const char *mv_proto_share_outcome_name(enum mv_share_outcome outcome);
 
 /* ------------------------------------------------------------------------ */
 /* Library structures as JSON (every field under its own name)               */
@@ -220,6 +249,8 @@ struct json_object *mv_proto_domain_info_json(const struct mv_domain_info *info)
 struct json_object *mv_proto_workload_status_json(const struct mv_workload_status *status,
                                                   bool finished);
 struct json_object *mv_proto_logdirty_stats_json(const struct mv_logdirty_stats *stats);
+struct json_object *mv_proto_share_stats_json(const struct mv_share_stats *stats);
+struct json_object *mv_proto_scan_result_json(const struct mv_scan_result *result);
 
 /*
  * The `doctor` report of a kernel probe: release, userfaultfd access, each

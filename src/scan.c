@@ -1,0 +1,642 @@
+/*
+ * scan.c - the sharing scanner: finds duplicate pages from hints first and
+ * by hashing second, within a budget, and hands them to share.c.
+ *
+ * Hints.  mv_share_hint records that a range holds content other ranges with
+ * the same key hold (a block of a shared base image, a file loaded by several
+ * guests).  A key is acted on once two ranges carry it: the first range is
+ * inserted into the content index, the others are matched against it, so
+ * hinted duplicates are shared without anyone scanning for them, and in runs
+ * (the first range's pages land in consecutive frames, which the other
+ * ranges then map with one remap per run).
+ *
+ * Scanning.  The scanner walks every running domain's populated pages, one
+ * 2 MiB block at a time, reading the block with one pread (nothing is
+ * unmapped unless it is to be shared).  Per page:
+ *   - all zero: back to PoD (no frame, no memory, no copy on the next write);
+ *   - hash changed since the last pass: volatile, skipped (it would be
+ *     broken again soon);
+ *   - an indexed frame has the same hash: share (bytes compared first);
+ *   - the candidate table (a direct-mapped cache of hash -> last place seen,
+ *     like KSM's unstable tree) has the same hash elsewhere: insert this
+ *     page and queue the other place for matching right after the block;
+ *   - otherwise: remember it as a candidate.
+ * Unique pages therefore never become shared frames (no mapping, no copy).
+ *
+ * Budget: pages per second and a share of one CPU (thread CPU time against
+ * wall time), enforced between blocks.  Between passes that found nothing to
+ * share the thread rests.  Near vm.max_map_count share.c stops sharing and
+ * says why in the stats.
+ *
+ * Locking: scan_lock (MV_LOCK_SCAN) makes one scan step at a time (the
+ * thread or mv_share_scan) and guards the candidates, revisits and cursor;
+ * lock (MV_LOCK_HINTS) guards hints, config, stats and the thread state.
+ * Domain locks are taken under scan_lock, one at a time.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MV_CANDIDATE_BITS 20
+#define MV_REST_NS 50000000ull     /* between passes that shared nothing */
+#define MV_PACE_SLICE_NS 20000000ull
+
+struct hint {
+    uint64_t key;
+    uint32_t domid;
+    uint64_t gfn, count;
+};
+
+struct candidate {
+    uint64_t hash;
+    uint64_t gfn;
+    uint32_t domid;
+    uint32_t used;
+};
+
+struct revisit {
+    uint32_t domid;
+    uint64_t gfn;
+};
+
+struct mv__scanner {
+    struct mv__mutex scan_lock;
+    struct candidate *candidates;
+    uint64_t candidate_mask;
+    struct revisit *revisits;
+    size_t revisit_count, revisit_capacity;
+    uint32_t cursor_domid;
+    uint64_t cursor_gfn;
+    uint64_t pass_pages, pass_start_ns, pass_shared;
+    uint8_t *buffer;
+
+    struct mv__mutex lock;
+    pthread_cond_t cond;
+    struct hint *hints;
+    size_t hint_count, hint_capacity;
+    uint64_t *based_keys;
+    size_t based_count, based_capacity;
+    pthread_t thread;
+    bool running, stop;
+    struct mv_scanner_config config;
+    uint64_t passes, pages, volatile_skips, cpu_ns, hinted, last_pass_pages;
+    uint64_t last_pass_ns;
+};
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------ */
+/* hints                                                                    */
+
+static bool key_based(struct mv__scanner *sc, uint64_t key)
+{
+    for (size_t i = 0; i < sc->based_count; i++)
+        if (sc->based_keys[i] == key)
+            return true;
+    return false;
+}
+
+int mv_share_hint(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count,
+                  uint64_t key)
+{
+    struct mv__scanner *sc;
+    struct mv_domain *d;
+    int rc = 0;
+
+    mv__clear_error();
+    if (!host)
+        return mv__fail(-EINVAL, "host is NULL");
+    if (key == 0)
+        return mv__fail(-EINVAL, "hint key 0 is reserved");
+    d = mv__domain_get(host, domid);
+    if (!d)
+        return -ESRCH;
+    if (count == 0)
+        rc = mv__fail(-EINVAL, "an empty range of gfns");
+    else if (gfn >= d->maxmem_pages || count > d->maxmem_pages - gfn)
+        rc = mv__fail(-EINVAL, "gfns %#llx+%llu are not inside domain %u's %llu pages",
+                      (unsigned long long)gfn, (unsigned long long)count, domid,
+                      (unsigned long long)d->maxmem_pages);
+    mv__domain_put(d);
+    if (rc < 0)
+        return rc;
+    sc = host->scanner;
+    mv__mutex_lock(&sc->lock);
+    if (sc->hint_count == sc->hint_capacity) {
+        size_t cap = sc->hint_capacity ? sc->hint_capacity * 2 : 64;
+        struct hint *n = realloc(sc->hints, cap * sizeof(*n));
+
+        if (!n)
+            rc = mv__fail(-ENOMEM, "no memory for a hint");
+        else {
+            sc->hints = n;
+            sc->hint_capacity = cap;
+        }
+    }
+    if (rc == 0)
+        sc->hints[sc->hint_count++] = (struct hint){ key, domid, gfn, count };
+    mv__mutex_unlock(&sc->lock);
+    return rc;
+}
+
+/* Share one hinted range, a block at a time (scan_lock held). */
+static void apply_hint(mv_host *host, const struct hint *hint, bool insert,
+                       struct mv_scan_result *result)
+{
+    uint8_t actions[MV_BLOCK_PAGES];
+    struct mv_domain *d = mv__domain_get(host, hint->domid);
+
+    if (!d)
+        return;
+    memset(actions, insert ? MV_ACT_MATCH_INSERT : MV_ACT_MATCH, sizeof(actions));
+    mv__mutex_lock(&d->lock);
+    for (uint64_t done = 0; done < hint->count && d->state == MV_DOMAIN_RUNNING;) {
+        uint64_t g = hint->gfn + done;
+        uint64_t n = MV_MIN(hint->count - done, MV_BLOCK_PAGES - g % MV_BLOCK_PAGES);
+        struct mv__apply_result res;
+
+        if (mv__share_apply(d, g, n, actions, NULL, &res) < 0)
+            break;
+        result->pages_shared += res.shared + res.inserted;
+        result->pages_zero += res.zero;
+        done += n;
+    }
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+    result->hinted_pages += hint->count;
+}
+
+/* Act on the keys two ranges carry (scan_lock held). */
+static void process_hints(mv_host *host, struct mv_scan_result *result)
+{
+    struct mv__scanner *sc = host->scanner;
+    struct hint *ready = NULL;
+    bool *insert = NULL;
+    size_t count = 0;
+
+    mv__mutex_lock(&sc->lock);
+    if (sc->hint_count) {
+        ready = malloc(sc->hint_count * sizeof(*ready));
+        insert = calloc(sc->hint_count, sizeof(*insert));
+    }
+    for (size_t i = 0; ready && insert && i < sc->hint_count;) {
+        struct hint *h = &sc->hints[i];
+        size_t same = 0;
+
+        for (size_t j = 0; j < sc->hint_count; j++)
+            same += sc->hints[j].key == h->key;
+        if (same < 2 && !key_based(sc, h->key)) {
+            i++;
+            continue;
+        }
+        if (!key_based(sc, h->key)) {
+            if (sc->based_count == sc->based_capacity) {
+                size_t cap = sc->based_capacity ? sc->based_capacity * 2 : 64;
+                uint64_t *n = realloc(sc->based_keys, cap * sizeof(*n));
+
+                if (!n)
+                    break;
+                sc->based_keys = n;
+                sc->based_capacity = cap;
+            }
+            sc->based_keys[sc->based_count++] = h->key;
+            insert[count] = true;
+        }
+        ready[count++] = *h;
+        sc->hints[i] = sc->hints[--sc->hint_count];
+    }
+    mv__mutex_unlock(&sc->lock);
+    /* Inserting ranges first, so the others find their frames. */
+    for (size_t i = 0; i < count; i++)
+        if (insert[i])
+            apply_hint(host, &ready[i], true, result);
+    for (size_t i = 0; i < count; i++)
+        if (!insert[i])
+            apply_hint(host, &ready[i], false, result);
+    free(ready);
+    free(insert);
+}
+
+/* ------------------------------------------------------------------------ */
+/* scanning (scan_lock held)                                                */
+
+static void queue_revisit(struct mv__scanner *sc, uint32_t domid, uint64_t gfn)
+{
+    if (sc->revisit_count == sc->revisit_capacity) {
+        size_t cap = sc->revisit_capacity ? sc->revisit_capacity * 2 : 256;
+        struct revisit *n = realloc(sc->revisits, cap * sizeof(*n));
+
+        if (!n)
+            return; /* the next pass finds it */
+        sc->revisits = n;
+        sc->revisit_capacity = cap;
+    }
+    sc->revisits[sc->revisit_count++] = (struct revisit){ domid, gfn };
+}
+
+static int compare_revisit(const void *a, const void *b)
+{
+    const struct revisit *x = a, *y = b;
+
+    if (x->domid != y->domid)
+        return x->domid < y->domid ? -1 : 1;
+    return x->gfn < y->gfn ? -1 : x->gfn > y->gfn;
+}
+
+/* Match the queued places against the frames just inserted, a 2 MiB block of
+ * one domain per call. */
+static void process_revisits(mv_host *host, struct mv_scan_result *result)
+{
+    struct mv__scanner *sc = host->scanner;
+    uint8_t actions[MV_BLOCK_PAGES];
+
+    qsort(sc->revisits, sc->revisit_count, sizeof(sc->revisits[0]), compare_revisit);
+    for (size_t i = 0; i < sc->revisit_count;) {
+        uint32_t domid = sc->revisits[i].domid;
+        uint64_t block = sc->revisits[i].gfn / MV_BLOCK_PAGES, first = block * MV_BLOCK_PAGES;
+        struct mv_domain *d = mv__domain_get(host, domid);
+        uint64_t last = first;
+        struct mv__apply_result res;
+
+        memset(actions, MV_ACT_SKIP, sizeof(actions));
+        while (i < sc->revisit_count && sc->revisits[i].domid == domid &&
+               sc->revisits[i].gfn / MV_BLOCK_PAGES == block) {
+            actions[sc->revisits[i].gfn - first] = MV_ACT_MATCH;
+            last = sc->revisits[i].gfn;
+            i++;
+        }
+        if (!d)
+            continue;
+        mv__mutex_lock(&d->lock);
+        if (d->state == MV_DOMAIN_RUNNING && last < d->maxmem_pages &&
+            mv__share_apply(d, first, last - first + 1, actions, NULL, &res) == 0) {
+            result->pages_shared += res.shared;
+            result->pages_zero += res.zero;
+        }
+        mv__mutex_unlock(&d->lock);
+        mv__domain_put(d);
+    }
+    sc->revisit_count = 0;
+}
+
+/* Scan one 2 MiB block of d (its lock held). */
+static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
+                       struct mv_scan_result *result)
+{
+    struct mv__scanner *sc = host->scanner;
+    uint64_t end = MV_MIN(first + MV_BLOCK_PAGES, d->maxmem_pages), lo = first, hi = end;
+    uint8_t actions[MV_BLOCK_PAGES];
+    struct mv__apply_result res;
+    uint32_t *checksums;
+    bool any = false;
+
+    while (lo < hi && d->p2m[lo] != MV_P2M_RAM)
+        lo++;
+    while (hi > lo && d->p2m[hi - 1] != MV_P2M_RAM)
+        hi--;
+    if (lo == hi || mv__machine_read(&host->machine, d->base_mfn + lo, hi - lo,
+                                     sc->buffer) < 0)
+        return;
+    checksums = mv__share_checksums(d);
+    memset(actions, MV_ACT_SKIP, sizeof(actions));
+    for (uint64_t g = lo; g < hi; g++) {
+        const uint8_t *page = sc->buffer + ((g - lo) << MV_PAGE_SHIFT);
+        struct candidate *c;
+        uint64_t hash;
+        uint32_t sum;
+
+        if (d->p2m[g] != MV_P2M_RAM || mv__share_excluded(d, g))
+            continue;
+        result->pages_scanned++;
+        if (mv__page_is_zero(page)) {
+            actions[g - lo] = MV_ACT_MATCH;
+            any = true;
+            continue;
+        }
+        hash = mv__share_hash(page);
+        sum = (uint32_t)(hash >> 32) | 1;
+        if (checksums) {
+            uint32_t previous = checksums[g];
+
+            checksums[g] = sum;
+            if (previous && previous != sum) {
+                result->volatile_skips++;
+                continue;
+            }
+        }
+        if (mv__share_index_probe(host, hash)) {
+            actions[g - lo] = MV_ACT_MATCH;
+            any = true;
+            continue;
+        }
+        c = &sc->candidates[hash & sc->candidate_mask];
+        if (c->used && c->hash == hash && !(c->domid == d->domid && c->gfn == g)) {
+            actions[g - lo] = MV_ACT_MATCH_INSERT;
+            any = true;
+            queue_revisit(sc, c->domid, c->gfn);
+            c->used = 0;
+        } else {
+            *c = (struct candidate){ .hash = hash, .gfn = g, .domid = d->domid, .used = 1 };
+        }
+    }
+    if (!any)
+        return;
+    if (mv__share_apply(d, lo, hi - lo, actions, NULL, &res) == 0) {
+        result->pages_shared += res.shared + res.inserted;
+        result->pages_zero += res.zero;
+    }
+}
+
+/* The first running domain with an id >= domid, referenced; NULL if none. */
+static struct mv_domain *domain_from(mv_host *host, uint32_t domid)
+{
+    struct mv_domain **all, *found = NULL;
+    size_t n = mv__domain_get_all(host, &all);
+
+    for (size_t i = 0; i < n; i++) {
+        if (all[i]->domid >= domid && (!found || all[i]->domid < found->domid)) {
+            if (found)
+                mv__domain_put(found);
+            found = all[i];
+        } else {
+            mv__domain_put(all[i]);
+        }
+    }
+    free(all);
+    return found;
+}
+
+/*
+ * Scan from the cursor until `max_pages` populated pages were hashed or the
+ * pass ends (then *pass_done).  Returns 0 or a negative errno.
+ */
+static int scan_step(mv_host *host, uint64_t max_pages, struct mv_scan_result *result,
+                     bool *pass_done)
+{
+    struct mv__scanner *sc = host->scanner;
+
+    *pass_done = false;
+    if (sc->pass_start_ns == 0)
+        sc->pass_start_ns = mv__now_ns();
+    process_hints(host, result);
+    while (result->pages_scanned < max_pages) {
+        struct mv_domain *d = domain_from(host, sc->cursor_domid);
+        uint64_t before = result->pages_scanned;
+
+        if (!d) {
+            *pass_done = true;
+            break;
+        }
+        if (d->domid != sc->cursor_domid) {
+            sc->cursor_domid = d->domid;
+            sc->cursor_gfn = 0;
+        }
+        mv__mutex_lock(&d->lock);
+        if (d->state == MV_DOMAIN_RUNNING && sc->cursor_gfn < d->maxmem_pages)
+            scan_block(host, d, sc->cursor_gfn, result);
+        sc->cursor_gfn += MV_BLOCK_PAGES;
+        if (sc->cursor_gfn >= d->maxmem_pages || d->state != MV_DOMAIN_RUNNING) {
+            sc->cursor_domid = d->domid + 1;
+            sc->cursor_gfn = 0;
+        }
+        mv__mutex_unlock(&d->lock);
+        mv__domain_put(d);
+        if (sc->revisit_count)
+            process_revisits(host, result);
+        sc->pass_pages += result->pages_scanned - before;
+    }
+    if (*pass_done) {
+        uint64_t now = mv__now_ns();
+
+        mv__mutex_lock(&sc->lock);
+        sc->passes++;
+        sc->last_pass_pages = sc->pass_pages;
+        sc->last_pass_ns = now - sc->pass_start_ns;
+        mv__mutex_unlock(&sc->lock);
+        sc->cursor_domid = 0;
+        sc->cursor_gfn = 0;
+        sc->pass_pages = 0;
+        sc->pass_start_ns = 0;
+    }
+    return 0;
+}
+
+static void account(struct mv__scanner *sc, const struct mv_scan_result *r, uint64_t cpu)
+{
+    mv__mutex_lock(&sc->lock);
+    sc->pages += r->pages_scanned;
+    sc->volatile_skips += r->volatile_skips;
+    sc->hinted += r->hinted_pages;
+    sc->cpu_ns += cpu;
+    mv__mutex_unlock(&sc->lock);
+}
+
+int mv_share_scan(mv_host *host, uint64_t max_pages, struct mv_scan_result *result)
+{
+    struct mv__scanner *sc;
+    struct mv_scan_result local;
+    uint64_t start, cpu;
+    bool pass_done = false;
+    int rc = 0;
+
+    mv__clear_error();
+    if (!host)
+        return mv__fail(-EINVAL, "host is NULL");
+    sc = host->scanner;
+    if (!result)
+        result = &local;
+    memset(result, 0, sizeof(*result));
+    start = mv__now_ns();
+    cpu = thread_cpu_ns();
+    mv__mutex_lock(&sc->scan_lock);
+    if (max_pages == 0) {
+        /* One whole pass from the start. */
+        sc->cursor_domid = 0;
+        sc->cursor_gfn = 0;
+        sc->pass_pages = 0;
+        sc->pass_start_ns = 0;
+        while (rc == 0 && !pass_done)
+            rc = scan_step(host, UINT64_MAX, result, &pass_done);
+    } else {
+        rc = scan_step(host, max_pages, result, &pass_done);
+    }
+    mv__mutex_unlock(&sc->scan_lock);
+    result->elapsed_ns = mv__now_ns() - start;
+    account(sc, result, thread_cpu_ns() - cpu);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* the thread                                                               */
+
+/* Sleep until `deadline` or until asked to stop (lock held). */
+static void rest_until(struct mv__scanner *sc, uint64_t deadline)
+{
+    while (!sc->stop && mv__now_ns() < deadline)
+        mv__cond_wait(&sc->cond, &sc->lock, MV_MIN(deadline, mv__now_ns() + MV_PACE_SLICE_NS));
+}
+
+static void *scanner_main(void *arg)
+{
+    mv_host *host = arg;
+    struct mv__scanner *sc = host->scanner;
+    uint64_t start = mv__now_ns(), cpu_start = thread_cpu_ns(), pages = 0;
+
+    mv__mutex_lock(&sc->lock);
+    while (!sc->stop) {
+        struct mv_scanner_config cfg = sc->config;
+        struct mv_scan_result r;
+        uint64_t cpu0 = thread_cpu_ns(), cpu_used, wall, want;
+        bool pass_done;
+
+        mv__mutex_unlock(&sc->lock);
+        memset(&r, 0, sizeof(r));
+        mv__mutex_lock(&sc->scan_lock);
+        scan_step(host, MV_BLOCK_PAGES, &r, &pass_done);
+        mv__mutex_unlock(&sc->scan_lock);
+        account(sc, &r, thread_cpu_ns() - cpu0);
+        pages += r.pages_scanned;
+        mv__mutex_lock(&sc->lock);
+        /* Budget: CPU share and pages per second, over the thread's life. */
+        cpu_used = thread_cpu_ns() - cpu_start;
+        wall = mv__now_ns() - start;
+        want = wall;
+        if (cfg.cpu_percent && cfg.cpu_percent < 100)
+            want = MV_MAX(want, cpu_used * 100 / cfg.cpu_percent);
+        if (cfg.pages_per_second)
+            want = MV_MAX(want, pages * 1000000000ull / cfg.pages_per_second);
+        if (want > wall)
+            rest_until(sc, start + want);
+        if (pass_done && r.pages_shared == 0 && r.pages_zero == 0)
+            rest_until(sc, mv__now_ns() + MV_REST_NS);
+    }
+    mv__mutex_unlock(&sc->lock);
+    return NULL;
+}
+
+int mv_scanner_start(mv_host *host, const struct mv_scanner_config *config)
+{
+    struct mv__scanner *sc;
+    int rc = 0;
+
+    mv__clear_error();
+    if (!host || !config)
+        return mv__fail(-EINVAL, "host and config must not be NULL");
+    if (config->cpu_percent > 100)
+        return mv__fail(-EINVAL, "cpu_percent %u is above 100", config->cpu_percent);
+    sc = host->scanner;
+    mv__mutex_lock(&sc->lock);
+    if (sc->running) {
+        rc = mv__fail(-EALREADY, "the scanner is running");
+    } else {
+        sc->config = *config;
+        sc->stop = false;
+        mv__share_set_max_vmas(host, config->max_vmas);
+        rc = -pthread_create(&sc->thread, NULL, scanner_main, host);
+        if (rc < 0)
+            rc = mv__fail(rc, "cannot start the scanner thread");
+        else
+            sc->running = true;
+    }
+    mv__mutex_unlock(&sc->lock);
+    return rc;
+}
+
+int mv_scanner_stop(mv_host *host)
+{
+    struct mv__scanner *sc;
+    bool running;
+
+    mv__clear_error();
+    if (!host)
+        return mv__fail(-EINVAL, "host is NULL");
+    sc = host->scanner;
+    mv__mutex_lock(&sc->lock);
+    running = sc->running;
+    sc->stop = true;
+    pthread_cond_broadcast(&sc->cond);
+    mv__mutex_unlock(&sc->lock);
+    if (!running)
+        return mv__fail(-EINVAL, "the scanner is not running");
+    pthread_join(sc->thread, NULL);
+    mv__mutex_lock(&sc->lock);
+    sc->running = false;
+    mv__mutex_unlock(&sc->lock);
+    return 0;
+}
+
+void mv__scanner_stats(mv_host *host, struct mv_share_stats *out)
+{
+    struct mv__scanner *sc = host->scanner;
+
+    mv__mutex_lock(&sc->lock);
+    out->scanner_running = sc->running;
+    out->scan_passes = sc->passes;
+    out->scan_pages = sc->pages;
+    out->scan_volatile = sc->volatile_skips;
+    out->scan_cpu_ns = sc->cpu_ns;
+    out->scan_rate = sc->last_pass_ns ? (double)sc->last_pass_pages * 1e9 /
+                                        (double)sc->last_pass_ns : 0.0;
+    out->hints_pending = sc->hint_count;
+    out->hinted_pages = sc->hinted;
+    mv__mutex_unlock(&sc->lock);
+}
+
+/* ------------------------------------------------------------------------ */
+/* life cycle                                                               */
+
+int mv__scanner_init(mv_host *host)
+{
+    struct mv__scanner *sc = calloc(1, sizeof(*sc));
+
+    if (!sc)
+        return mv__fail(-ENOMEM, "no memory for the scanner");
+    sc->candidate_mask = (1ull << MV_CANDIDATE_BITS) - 1;
+    sc->candidates = calloc(sc->candidate_mask + 1, sizeof(*sc->candidates));
+    sc->buffer = aligned_alloc(MV_PAGE_SIZE, (size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
+    if (!sc->candidates || !sc->buffer) {
+        free(sc->candidates);
+        free(sc->buffer);
+        free(sc);
+        return mv__fail(-ENOMEM, "no memory for the scanner's tables");
+    }
+    mv__mutex_init(&sc->scan_lock, MV_LOCK_SCAN);
+    mv__mutex_init(&sc->lock, MV_LOCK_HINTS);
+    mv__cond_init(&sc->cond);
+    host->scanner = sc;
+    return 0;
+}
+
+void mv__scanner_fini(mv_host *host)
+{
+    struct mv__scanner *sc = host->scanner;
+
+    if (!sc)
+        return;
+    mv__mutex_lock(&sc->lock);
+    if (sc->running) {
+        mv__mutex_unlock(&sc->lock);
+        mv_scanner_stop(host);
+    } else {
+        mv__mutex_unlock(&sc->lock);
+    }
+    free(sc->candidates);
+    free(sc->revisits);
+    free(sc->hints);
+    free(sc->based_keys);
+    free(sc->buffer);
+    pthread_cond_destroy(&sc->cond);
+    mv__mutex_destroy(&sc->scan_lock);
+    mv__mutex_destroy(&sc->lock);
+    free(sc);
+    host->scanner = NULL;
+}

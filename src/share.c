@@ -1,0 +1,1895 @@
+/*
+ * share.c - copy-on-write page sharing: shared frames and their owner, the
+ * reverse maps, the content index, nominate/share/add_to_physmap/unshare,
+ * one-call sharing, CoW breaks, clones, exclusion and the sharing audit.
+ *
+ * Shared frames.  Pages with equal bytes are kept once, in a frame owned by
+ * the host (Xen's dom_cow) rather than by any domain, taken from regions of
+ * the machine memfd that share.c holds: pool regions handed out frame by
+ * frame, and adopted regions (a cloned domain's whole former frame block,
+ * whose populated frames become shared where they are, without a copy).
+ * Each frame has a reference count, a handle (a number never reused, so a
+ * stale or forged handle is told apart) and a reverse map of every
+ * (domain, gfn) mapping it; each domain keeps, per shared gfn, the frame and
+ * the gfn's position in that reverse map, so dropping one of thousands of
+ * mappings of a frame costs O(1).
+ *
+ * Mapping.  A shared gfn maps its frame with MAP_PRIVATE, registered with
+ * the domain's second, synchronous write-protect userfaultfd (cow_uffd) and
+ * write-protected: a write traps to the fault service, which breaks the
+ * sharing.  MAP_PRIVATE is what makes the remap safe: between mmap and the
+ * write protection a guest write can only make an anonymous private copy,
+ * never reach the frame; such copies are found right after (PAGEMAP_SCAN:
+ * present and not a file page) and become the gfn's private page.  Runs of
+ * consecutive gfns mapping consecutive frames are one mapping.  A break maps
+ * the gfn's own frame again (MAP_SHARED), registers it with the domain's own
+ * userfaultfd, and the mappings merge back.
+ *
+ * Turning a populated page into a shared one, the page is first unmapped
+ * from the guest (its accesses then trap and wait for the domain lock), read,
+ * compared byte for byte, and only then remapped: a write that completed
+ * before the unmap is in the bytes compared, none can land after.
+ *
+ * Memory: a shared frame is charged to the host budget, not to any domain.
+ * Sharing a populated page gives its own frame back; a CoW break claims a
+ * page from the domain's target and the host budget (PoD policy when short),
+ * except when the writer holds the last mapping: the frame's charge then
+ * moves to the domain (a takeover).  A break of a frame known to be zero maps
+ * a fresh zero page instead of copying.
+ *
+ * Invariants (mv_share_audit):
+ *   frame.refs == |frame.rmap|; every rmap entry (dom, gfn) has
+ *   p2m[gfn] == SHARED and dom.frame[gfn] == frame at that position;
+ *   sum over domains of shared gfns == saved + frames;
+ *   an indexed frame's bytes hash to its index entry;
+ *   host populated pages == sum of domains' populated + shared frames.
+ *
+ * Locking: share->lock (MV_LOCK_SHARE) guards frames, regions, the index,
+ * the registry of domains and every domain's shared-entry table.  Changing a
+ * gfn to or from SHARED takes the domain lock and then the share lock, so
+ * under the share lock alone the p2m's SHARED entries are stable.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#define MV_NO_MFN UINT64_MAX
+#define MV_POOL_REGION_PAGES (1ull << 16)
+#define MV_RMAP_INLINE 2
+#define MV_RMAP_GFN_BITS 40
+#define MV_MAP_RESERVE 2048u        /* mappings kept free for CoW breaks */
+#define MV_MAP_RECHECK_NS 100000000ull
+
+enum frame_flags {
+    FRAME_LIVE = 1,
+    FRAME_INDEXED = 2,
+    FRAME_ZERO = 4,
+};
+
+struct mv__sframe {
+    uint64_t hash;
+    uint64_t handle;
+    uint64_t index_next;         /* next frame in the index bucket */
+    uint32_t refs;
+    uint32_t rmap_cap;           /* 0: the entries are inline */
+    uint8_t flags;
+    union {
+        uint64_t inline_entries[MV_RMAP_INLINE];
+        uint64_t *heap;
+    } rmap;                      /* (registry slot << 40) | gfn */
+};
+
+struct mv__share_region {
+    uint64_t first;
+    uint64_t pages;
+    uint64_t bump;               /* pool: frames handed out at least once */
+    uint64_t live;
+    bool adopted;
+    uint64_t *free_frames;       /* pool: freed frames below bump */
+    size_t free_count, free_capacity;
+    struct mv__sframe *frames;
+};
+
+/* Per 2 MiB block of a domain with shared gfns: their frames and positions
+ * in the frames' reverse maps. */
+struct mv__share_block {
+    uint64_t mfn[MV_BLOCK_PAGES];
+    uint32_t pos[MV_BLOCK_PAGES];
+};
+
+struct mv__share_dom {
+    struct mv_domain *domain;
+    uint32_t slot;               /* in the registry */
+    struct mv__share_block **blocks;  /* share lock */
+    uint64_t *excluded;          /* bitmap; domain lock */
+    uint64_t excluded_count;
+    uint32_t *checksums;         /* scanner; domain lock */
+    uint64_t cow_breaks, cow_takeovers, cow_nocopy; /* domain lock */
+};
+
+struct mv__share {
+    struct mv__mutex lock;
+    struct mv__share_region **regions;   /* sorted by first */
+    size_t region_count, region_capacity;
+    uint64_t *buckets;                   /* index: head frame per bucket */
+    uint64_t bucket_mask;
+    uint64_t indexed;
+    uint64_t next_handle;
+    uint64_t frames, refs;
+    struct mv__share_dom **registry;
+    size_t registry_capacity;
+    /* counters */
+    uint64_t cow_breaks, cow_takeovers, cow_nocopy;
+    uint64_t zero_reclaimed, hash_collisions;
+    /* the mapping limit */
+    uint64_t max_map_count;
+    uint64_t vma_count;
+    uint64_t vma_checked_ns;
+    unsigned max_vmas;
+    bool stopped;
+    char stop_reason[160];
+    int pagemap_fd;              /* /proc/self/pagemap */
+};
+
+static uint64_t own_offset(struct mv_domain *d, uint64_t gfn)
+{
+    return (d->base_mfn + gfn) << MV_PAGE_SHIFT;
+}
+
+uint64_t mv__share_hash(const uint8_t *page)
+{
+    return XXH3_64bits(page, MV_PAGE_SIZE);
+}
+
+/* ------------------------------------------------------------------------ */
+/* regions and frames (share lock held)                                     */
+
+static struct mv__share_region *region_of(struct mv__share *s, uint64_t mfn)
+{
+    size_t lo = 0, hi = s->region_count;
+
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        struct mv__share_region *r = s->regions[mid];
+
+        if (mfn < r->first)
+            hi = mid;
+        else if (mfn >= r->first + r->pages)
+            lo = mid + 1;
+        else
+            return r;
+    }
+    return NULL;
+}
+
+static struct mv__sframe *frame_of(struct mv__share *s, uint64_t mfn)
+{
+    struct mv__share_region *r = region_of(s, mfn);
+
+    return r ? &r->frames[mfn - r->first] : NULL;
+}
+
+static int region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool adopted,
+                      struct mv__share_region **out)
+{
+    struct mv__share *s = h->share;
+    struct mv__share_region *r = calloc(1, sizeof(*r));
+    size_t at = 0;
+
+    if (!r || !(r->frames = calloc(pages, sizeof(*r->frames)))) {
+        free(r);
+        return mv__fail(-ENOMEM, "no memory for %llu shared frames",
+                        (unsigned long long)pages);
+    }
+    if (s->region_count == s->region_capacity) {
+        size_t cap = s->region_capacity ? s->region_capacity * 2 : 8;
+        struct mv__share_region **n = realloc(s->regions, cap * sizeof(*n));
+
+        if (!n) {
+            free(r->frames);
+            free(r);
+            return mv__fail(-ENOMEM, "no memory for shared frames");
+        }
+        s->regions = n;
+        s->region_capacity = cap;
+    }
+    r->first = first;
+    r->pages = pages;
+    r->adopted = adopted;
+    r->bump = adopted ? pages : 0;
+    while (at < s->region_count && s->regions[at]->first < first)
+        at++;
+    memmove(&s->regions[at + 1], &s->regions[at],
+            (s->region_count - at) * sizeof(s->regions[0]));
+    s->regions[at] = r;
+    s->region_count++;
+    *out = r;
+    return 0;
+}
+
+static void region_remove(struct mv_host *h, struct mv__share_region *r)
+{
+    struct mv__share *s = h->share;
+
+    for (size_t i = 0; i < s->region_count; i++) {
+        if (s->regions[i] == r) {
+            memmove(&s->regions[i], &s->regions[i + 1],
+                    (s->region_count - i - 1) * sizeof(s->regions[0]));
+            s->region_count--;
+            break;
+        }
+    }
+    /* Every frame of it is a hole already: freed frames are punched. */
+    mv__machine_free(&h->machine, r->first, r->pages);
+    free(r->free_frames);
+    free(r->frames);
+    free(r);
+}
+
+/* Frames [first, first + n) become live, with fresh handles. */
+static void frames_init(struct mv__share *s, struct mv__share_region *r,
+                        uint64_t first, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        struct mv__sframe *f = &r->frames[first + i - r->first];
+
+        memset(f, 0, sizeof(*f));
+        f->flags = FRAME_LIVE;
+        f->handle = ++s->next_handle;
+        f->index_next = MV_NO_MFN;
+    }
+    r->live += n;
+    s->frames += n;
+}
+
+/* Hand out n consecutive unused frames.  They hold no memory yet. */
+static int frames_alloc(struct mv_host *h, uint64_t n, uint64_t *first)
+{
+    struct mv__share *s = h->share;
+    struct mv__share_region *r;
+    uint64_t start;
+    int rc;
+
+    for (size_t i = 0; i < s->region_count; i++) {
+        r = s->regions[i];
+        if (r->adopted)
+            continue;
+        if (n == 1 && r->free_count) {
+            *first = r->free_frames[--r->free_count];
+            frames_init(s, r, *first, 1);
+            return 0;
+        }
+        if (r->bump + n <= r->pages) {
+            *first = r->first + r->bump;
+            r->bump += n;
+            frames_init(s, r, *first, n);
+            return 0;
+        }
+    }
+    rc = mv__machine_alloc(&h->machine, MV_MAX(n, MV_POOL_REGION_PAGES), &start);
+    if (rc < 0)
+        return rc;
+    rc = region_add(h, start, MV_MAX(n, MV_POOL_REGION_PAGES), false, &r);
+    if (rc < 0) {
+        mv__machine_free(&h->machine, start, MV_MAX(n, MV_POOL_REGION_PAGES));
+        return rc;
+    }
+    *first = r->first;
+    r->bump = n;
+    frames_init(s, r, *first, n);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* the content index (share lock held)                                      */
+
+static int index_grow(struct mv__share *s)
+{
+    uint64_t count = s->buckets ? (s->bucket_mask + 1) * 2 : 4096;
+    uint64_t *buckets = malloc(count * sizeof(*buckets));
+
+    if (!buckets)
+        return -ENOMEM;
+    for (uint64_t i = 0; i < count; i++)
+        buckets[i] = MV_NO_MFN;
+    for (uint64_t b = 0; s->buckets && b <= s->bucket_mask; b++) {
+        uint64_t mfn = s->buckets[b];
+
+        while (mfn != MV_NO_MFN) {
+            struct mv__sframe *f = frame_of(s, mfn);
+            uint64_t next = f->index_next;
+
+            f->index_next = buckets[f->hash & (count - 1)];
+            buckets[f->hash & (count - 1)] = mfn;
+            mfn = next;
+        }
+    }
+    free(s->buckets);
+    s->buckets = buckets;
+    s->bucket_mask = count - 1;
+    return 0;
+}
+
+static void index_insert(struct mv__share *s, uint64_t mfn, uint64_t hash)
+{
+    struct mv__sframe *f = frame_of(s, mfn);
+
+    if ((!s->buckets || s->indexed >= s->bucket_mask) && index_grow(s) < 0 && !s->buckets)
+        return; /* no memory: the frame stays out of the index */
+    f->hash = hash;
+    f->flags |= FRAME_INDEXED;
+    f->index_next = s->buckets[hash & s->bucket_mask];
+    s->buckets[hash & s->bucket_mask] = mfn;
+    s->indexed++;
+}
+
+static void index_remove(struct mv__share *s, uint64_t mfn)
+{
+    struct mv__sframe *f = frame_of(s, mfn);
+    uint64_t *link = &s->buckets[f->hash & s->bucket_mask];
+
+    while (*link != MV_NO_MFN && *link != mfn)
+        link = &frame_of(s, *link)->index_next;
+    if (*link == mfn) {
+        *link = f->index_next;
+        s->indexed--;
+    }
+    f->flags &= (uint8_t)~FRAME_INDEXED;
+    f->index_next = MV_NO_MFN;
+}
+
+bool mv__share_index_probe(struct mv_host *h, uint64_t hash)
+{
+    struct mv__share *s = h->share;
+    bool found = false;
+
+    mv__mutex_lock(&s->lock);
+    if (s->buckets) {
+        for (uint64_t mfn = s->buckets[hash & s->bucket_mask]; mfn != MV_NO_MFN && !found;) {
+            struct mv__sframe *f = frame_of(s, mfn);
+
+            found = f->hash == hash;
+            mfn = f->index_next;
+        }
+    }
+    mv__mutex_unlock(&s->lock);
+    return found;
+}
+
+/* An indexed frame holding exactly `page`, or MV_NO_MFN.  Bytes are always
+ * compared: a hash is only a hint. */
+static uint64_t index_find(struct mv_host *h, uint64_t hash, const uint8_t *page,
+                           uint8_t *scratch)
+{
+    struct mv__share *s = h->share;
+
+    if (!s->buckets)
+        return MV_NO_MFN;
+    for (uint64_t mfn = s->buckets[hash & s->bucket_mask]; mfn != MV_NO_MFN;) {
+        struct mv__sframe *f = frame_of(s, mfn);
+
+        if (f->hash == hash && mv__machine_read(&h->machine, mfn, 1, scratch) == 0) {
+            if (memcmp(scratch, page, MV_PAGE_SIZE) == 0)
+                return mfn;
+            s->hash_collisions++;
+        }
+        mfn = f->index_next;
+    }
+    return MV_NO_MFN;
+}
+
+/* ------------------------------------------------------------------------ */
+/* per-domain entries and reverse maps (share lock held)                    */
+
+static struct mv__share_block *dom_block(struct mv__share_dom *sd, uint64_t gfn, bool create)
+{
+    struct mv__share_block **b = &sd->blocks[gfn / MV_BLOCK_PAGES];
+
+    if (!*b && create)
+        *b = malloc(sizeof(**b));
+    return *b;
+}
+
+uint64_t mv__share_mfn(struct mv_domain *d, uint64_t gfn)
+{
+    struct mv__share *s = d->host->share;
+    struct mv__share_block *b;
+    uint64_t mfn;
+
+    mv__mutex_lock(&s->lock);
+    b = dom_block(d->share, gfn, false);
+    mfn = b ? b->mfn[gfn % MV_BLOCK_PAGES] : MV_NO_MFN;
+    mv__mutex_unlock(&s->lock);
+    return mfn;
+}
+
+static uint64_t *rmap_entries(struct mv__sframe *f)
+{
+    return f->rmap_cap ? f->rmap.heap : f->rmap.inline_entries;
+}
+
+static uint64_t rmap_encode(struct mv__share_dom *sd, uint64_t gfn)
+{
+    return ((uint64_t)sd->slot << MV_RMAP_GFN_BITS) | gfn;
+}
+
+/* (d, gfn) now maps mfn.  Only fails for lack of memory, changing nothing. */
+static int rmap_add(struct mv__share *s, uint64_t mfn, struct mv_domain *d, uint64_t gfn)
+{
+    struct mv__sframe *f = frame_of(s, mfn);
+    struct mv__share_block *b = dom_block(d->share, gfn, true);
+    uint32_t cap = f->rmap_cap ? f->rmap_cap : MV_RMAP_INLINE;
+
+    if (!b)
+        return -ENOMEM;
+    if (f->refs == cap) {
+        uint64_t *n = malloc((size_t)cap * 2 * sizeof(*n));
+
+        if (!n)
+            return -ENOMEM;
+        memcpy(n, rmap_entries(f), cap * sizeof(*n));
+        if (f->rmap_cap)
+            free(f->rmap.heap);
+        f->rmap.heap = n;
+        f->rmap_cap = cap * 2;
+    }
+    rmap_entries(f)[f->refs] = rmap_encode(d->share, gfn);
+    b->mfn[gfn % MV_BLOCK_PAGES] = mfn;
+    b->pos[gfn % MV_BLOCK_PAGES] = f->refs;
+    f->refs++;
+    s->refs++;
+    return 0;
+}
+
+/* Free a frame no one maps: scrub it, and give its charge back unless it
+ * moves to a domain (a takeover). */
+static void frame_free(struct mv_host *h, uint64_t mfn, bool uncharge)
+{
+    struct mv__share *s = h->share;
+    struct mv__share_region *r = region_of(s, mfn);
+    struct mv__sframe *f = &r->frames[mfn - r->first];
+    int rc;
+
+    if (f->flags & FRAME_INDEXED)
+        index_remove(s, mfn);
+    if (f->rmap_cap)
+        free(f->rmap.heap);
+    memset(f, 0, sizeof(*f));
+    rc = mv__os_punch(h->machine.memfd, mfn << MV_PAGE_SHIFT, MV_PAGE_SIZE);
+    if (rc < 0)
+        mv__log(h, MV_LOG_ERROR, "cannot scrub shared frame %#llx: %s",
+                (unsigned long long)mfn, mv_strerror(rc));
+    if (uncharge)
+        mv__machine_uncharge(&h->machine, 1);
+    s->frames--;
+    r->live--;
+    if (!r->adopted && r->free_count < r->free_capacity)
+        r->free_frames[r->free_count++] = mfn;
+    else if (!r->adopted) {
+        size_t cap = r->free_capacity ? r->free_capacity * 2 : 64;
+        uint64_t *n = realloc(r->free_frames, cap * sizeof(*n));
+
+        if (n) {
+            r->free_frames = n;
+            r->free_capacity = cap;
+            r->free_frames[r->free_count++] = mfn;
+        }
+    }
+    if (r->live == 0)
+        region_remove(h, r);
+}
+
+/* (d, gfn) no longer maps its frame; free the frame when it was the last. */
+static void rmap_del(struct mv_host *h, struct mv_domain *d, uint64_t gfn, bool uncharge)
+{
+    struct mv__share *s = h->share;
+    struct mv__share_block *b = dom_block(d->share, gfn, false);
+    uint64_t mfn = b->mfn[gfn % MV_BLOCK_PAGES];
+    uint32_t pos = b->pos[gfn % MV_BLOCK_PAGES];
+    struct mv__sframe *f = frame_of(s, mfn);
+    uint64_t *e = rmap_entries(f);
+    uint64_t last = e[f->refs - 1];
+
+    e[pos] = last;
+    if (pos != f->refs - 1) {
+        struct mv__share_dom *other = s->registry[last >> MV_RMAP_GFN_BITS];
+        uint64_t ogfn = last & ((1ull << MV_RMAP_GFN_BITS) - 1);
+
+        dom_block(other, ogfn, false)->pos[ogfn % MV_BLOCK_PAGES] = pos;
+    }
+    b->mfn[gfn % MV_BLOCK_PAGES] = MV_NO_MFN;
+    f->refs--;
+    s->refs--;
+    if (f->refs == 0)
+        frame_free(h, mfn, uncharge);
+}
+
+/* ------------------------------------------------------------------------ */
+/* the mapping limit                                                        */
+
+static uint64_t read_sysctl_u64(const char *path, uint64_t fallback)
+{
+    FILE *f = fopen(path, "re");
+    unsigned long long v;
+
+    if (!f)
+        return fallback;
+    if (fscanf(f, "%llu", &v) != 1)
+        v = fallback;
+    fclose(f);
+    return v;
+}
+
+static uint64_t count_mappings(void)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    uint64_t n = 0;
+    int c;
+
+    if (!f)
+        return 0;
+    while ((c = getc_unlocked(f)) != EOF)
+        n += c == '\n';
+    fclose(f);
+    return n;
+}
+
+/* Whether sharing may create `more` mappings (share lock held).  Near the
+ * limit it stops and says why, once; CoW breaks never need this: they merge
+ * mappings back. */
+static bool may_map(struct mv_host *h, uint64_t more)
+{
+    struct mv__share *s = h->share;
+    uint64_t now = mv__now_ns();
+    uint64_t limit = s->max_vmas ? s->max_vmas :
+                     (s->max_map_count > MV_MAP_RESERVE ? s->max_map_count - MV_MAP_RESERVE : 0);
+
+    if (now - s->vma_checked_ns > MV_MAP_RECHECK_NS || s->vma_count + more >= limit) {
+        s->vma_count = count_mappings();
+        s->vma_checked_ns = now;
+    }
+    if (s->vma_count + more >= limit) {
+        if (!s->stopped)
+            mv__log(h, MV_LOG_WARN, "sharing stopped: %llu mappings, limit %llu "
+                    "(vm.max_map_count %llu)", (unsigned long long)s->vma_count,
+                    (unsigned long long)limit, (unsigned long long)s->max_map_count);
+        s->stopped = true;
+        snprintf(s->stop_reason, sizeof(s->stop_reason),
+                 "%llu mappings of a limit of %llu (vm.max_map_count %llu, %u kept "
+                 "for copy-on-write breaks); raise vm.max_map_count",
+                 (unsigned long long)s->vma_count, (unsigned long long)limit,
+                 (unsigned long long)s->max_map_count, MV_MAP_RESERVE);
+        return false;
+    }
+    if (s->stopped) {
+        s->stopped = false;
+        s->stop_reason[0] = 0;
+    }
+    s->vma_count += more;
+    return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* mappings (domain lock held, or the domain is not reachable yet)          */
+
+/* Map [gfn, gfn + n) to frames [mfn, mfn + n), write-protected. */
+static int map_frames(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n)
+{
+    uint8_t *at = mv__gfn_addr(d, gfn);
+    size_t len = n << MV_PAGE_SHIFT;
+    int rc;
+
+    if (!mv__os_map_private(at, len, d->host->machine.memfd, mfn << MV_PAGE_SHIFT))
+        return mv__fail(-errno, "domain %u: cannot map gfn %#llx+%llu to shared "
+                        "frames: %s", d->domid, (unsigned long long)gfn,
+                        (unsigned long long)n, mv_strerror(-errno));
+    rc = mv__os_uffd_register(d->cow_uffd, at, len, UFFDIO_REGISTER_MODE_WP, NULL);
+    if (rc == 0)
+        rc = mv__os_uffd_writeprotect(d->cow_uffd, at, len, true);
+    if (rc < 0)
+        return mv__fail(rc, "domain %u: cannot write-protect shared gfn %#llx+%llu: %s",
+                        d->domid, (unsigned long long)gfn, (unsigned long long)n,
+                        mv_strerror(rc));
+    return 0;
+}
+
+/* Private anonymous copies in [gfn, gfn + n): guest writes that came between
+ * a remap and its write protection.  Sets written[i]; returns how many. */
+static long find_private_copies(struct mv_domain *d, uint64_t gfn, uint64_t n,
+                                uint8_t *written)
+{
+    struct page_region regions[16];
+    uintptr_t start = (uintptr_t)mv__gfn_addr(d, gfn), end = start + (n << MV_PAGE_SHIFT);
+    long found = 0;
+    int fd = d->host->share->pagemap_fd;
+
+    memset(written, 0, n);
+    while (start < end) {
+        struct pm_scan_arg arg = {
+            .size = sizeof(arg), .start = start, .end = end,
+            .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
+            .category_inverted = PAGE_IS_FILE,
+            .category_mask = PAGE_IS_FILE | PAGE_IS_PRESENT,
+            .return_mask = PAGE_IS_PRESENT,
+        };
+        long r = mv__os_pagemap_scan(fd, &arg);
+
+        if (r < 0)
+            return r;
+        for (long i = 0; i < r; i++) {
+            for (uintptr_t p = regions[i].start; p < regions[i].end; p += MV_PAGE_SIZE) {
+                written[(p - (uintptr_t)mv__gfn_addr(d, gfn)) >> MV_PAGE_SHIFT] = 1;
+                found++;
+            }
+        }
+        if (arg.walk_end <= start || r < (long)MV_ARRAY_SIZE(regions))
+            break;
+        start = arg.walk_end;
+    }
+    return found;
+}
+
+enum origin {
+    FROM_RAM,       /* populated, unmapped, bytes equal to the frames */
+    FROM_POD,       /* nothing there */
+    FROM_SHARED,    /* another frame with equal bytes */
+    FROM_CLONE,     /* a clone source's own frames, now the shared ones */
+};
+
+/*
+ * A guest write raced a remap and sits in a private copy at gfn: make it the
+ * gfn's own page.  For FROM_RAM the own frame is still charged; otherwise a
+ * page is claimed, and when there is none the domain crashes (this needs a
+ * guest store within microseconds of the remap and memory exhausted).
+ * Returns 0 when the gfn was made private (RAM).
+ */
+MV_COLD static int adopt_private_copy(struct mv_domain *d, uint64_t gfn, enum origin from)
+{
+    uint8_t page[MV_PAGE_SIZE];
+    int rc;
+
+    memcpy(page, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+    if (from != FROM_RAM && !mv__pod_claim(d, 1, true)) {
+        mv__domain_crash(d, "no memory for a write to gfn %#llx that raced its "
+                         "sharing", (unsigned long long)gfn);
+        return -EFAULT;
+    }
+    rc = mv__os_write(d->host->machine.memfd, page, own_offset(d, gfn), MV_PAGE_SIZE);
+    if (rc == 0)
+        rc = mv__domain_map_own(d, gfn, 1);
+    if (rc < 0) {
+        mv__domain_crash(d, "cannot keep a write to gfn %#llx that raced its "
+                         "sharing: %s", (unsigned long long)gfn, mv_strerror(rc));
+        return -EFAULT;
+    }
+    mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+    if (from != FROM_RAM)
+        mv__p2m_set(d, gfn, MV_P2M_RAM);
+    mv__logdirty_mark(d, gfn, 1);
+    return 0;
+}
+
+/* Put unmapped populated gfns back as they were. */
+static void restore_ram(struct mv_domain *d, uint64_t gfn, uint64_t n)
+{
+    int rc = mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), n << MV_PAGE_SHIFT);
+
+    mv__logdirty_mark(d, gfn, n);
+    if (rc < 0 && rc != -EEXIST)
+        mv__log(d->host, MV_LOG_WARN, "domain %u: cannot map gfn %#llx+%llu back "
+                "(%s); it will trap once", d->domid, (unsigned long long)gfn,
+                (unsigned long long)n, mv_strerror(rc));
+}
+
+/*
+ * Make [gfn, gfn + n) of d map frames [mfn, mfn + n) (domain and share locks
+ * held).  The frames are live and hold the bytes the gfns hold.  Returns the
+ * number of gfns now shared (some may have been written during the remap and
+ * stay private) or a negative errno with nothing changed but the mapping
+ * restored.
+ */
+static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
+                           enum origin from)
+{
+    struct mv__share *s = d->host->share;
+    uint8_t written[MV_BLOCK_PAGES];
+    int64_t shared = 0;
+    long copies;
+    int rc = map_frames(d, gfn, mfn, n);
+
+    if (rc < 0) {
+        /* Put the gfns back on their own frames (or their old frames). */
+        int undo = from == FROM_SHARED ? -EINVAL : mv__domain_map_own(d, gfn, n);
+
+        if (from == FROM_SHARED) {
+            uint64_t old = dom_block(d->share, gfn, false)->mfn[gfn % MV_BLOCK_PAGES];
+
+            undo = map_frames(d, gfn, old, 1);
+        }
+        if (undo < 0)
+            mv__domain_crash(d, "cannot restore gfn %#llx+%llu after a failed "
+                             "remap", (unsigned long long)gfn, (unsigned long long)n);
+        else if (from == FROM_RAM)
+            restore_ram(d, gfn, n);
+        return rc;
+    }
+    copies = find_private_copies(d, gfn, n, written);
+    if (copies < 0) {
+        mv__domain_crash(d, "cannot check gfn %#llx+%llu for writes during its "
+                         "remap: %s", (unsigned long long)gfn, (unsigned long long)n,
+                         mv_strerror((int)copies));
+        return -EFAULT;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        if (written[i]) {
+            if (adopt_private_copy(d, gfn + i, from) < 0)
+                return -EFAULT;
+            if (from == FROM_SHARED)
+                rmap_del(d->host, d, gfn + i, true);
+            continue;
+        }
+        if (from == FROM_SHARED)
+            rmap_del(d->host, d, gfn + i, true);
+        if (rmap_add(s, mfn + i, d, gfn + i) < 0) {
+            /* No memory for the reverse map: keep the page private. */
+            if (from == FROM_RAM || from == FROM_CLONE) {
+                mv__domain_map_own(d, gfn + i, 1);
+                if (from == FROM_CLONE)
+                    mv__os_copy(d->host->machine.memfd, (mfn + i) << MV_PAGE_SHIFT,
+                                own_offset(d, gfn + i), MV_PAGE_SIZE);
+                restore_ram(d, gfn + i, 1);
+                continue;
+            }
+            mv__domain_crash(d, "no memory for the reverse map of gfn %#llx",
+                             (unsigned long long)(gfn + i));
+            return -EFAULT;
+        }
+        if (from == FROM_RAM) {
+            rc = mv__os_punch(d->host->machine.memfd, own_offset(d, gfn + i), MV_PAGE_SIZE);
+            if (rc < 0)
+                mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot free the frame of "
+                        "shared gfn %#llx: %s", d->domid, (unsigned long long)(gfn + i),
+                        mv_strerror(rc));
+            mv__machine_uncharge(&d->host->machine, 1);
+        }
+        mv__p2m_set(d, gfn + i, MV_P2M_SHARED);
+        shared++;
+    }
+    mv__logdirty_mark(d, gfn, n);
+    mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), n << MV_PAGE_SHIFT);
+    return shared;
+}
+
+/* ------------------------------------------------------------------------ */
+/* CoW breaks                                                               */
+
+/* Give shared gfn its own page again (domain lock held, share lock not). */
+static int break_share(struct mv_domain *d, uint64_t gfn)
+{
+    struct mv_host *h = d->host;
+    struct mv__share *s = h->share;
+    struct mv__share_dom *sd = d->share;
+    uint64_t mfn, at = own_offset(d, gfn);
+    struct mv__sframe *f;
+    bool takeover, zero, charged;
+    int rc;
+
+    mv__mutex_lock(&s->lock);
+    mfn = dom_block(sd, gfn, false)->mfn[gfn % MV_BLOCK_PAGES];
+    takeover = frame_of(s, mfn)->refs == 1;
+    mv__mutex_unlock(&s->lock);
+    /* The sweep this may run needs the share lock not held. */
+    if (!mv__pod_claim(d, 1, !takeover))
+        return -ENOMEM;
+    charged = !takeover;
+    mv__mutex_lock(&s->lock);
+    f = frame_of(s, mfn);
+    takeover = f->refs == 1;
+    zero = f->flags & FRAME_ZERO;
+    if (!takeover && !charged) {
+        if (!mv__machine_charge(&h->machine, 1)) {
+            mv__mutex_unlock(&s->lock);
+            return -ENOMEM;
+        }
+        charged = true;
+    }
+    rc = zero ? 0 : mv__os_copy(h->machine.memfd, mfn << MV_PAGE_SHIFT, at, MV_PAGE_SIZE);
+    if (rc == 0)
+        rc = mv__domain_map_own(d, gfn, 1);
+    if (rc == 0)
+        rc = zero ? mv__os_uffd_zeropage(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE)
+                  : mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+    if (rc == -EEXIST)
+        rc = 0;
+    if (rc < 0) {
+        mv__mutex_unlock(&s->lock);
+        if (charged)
+            mv__machine_uncharge(&h->machine, 1);
+        mv__domain_crash(d, "cannot copy shared gfn %#llx on write: %s",
+                         (unsigned long long)gfn, mv_strerror(rc));
+        return -EFAULT;
+    }
+    mv__os_uffd_wake(d->cow_uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+    mv__p2m_set(d, gfn, MV_P2M_RAM);
+    /* A takeover moves the frame's charge to the domain. */
+    rmap_del(h, d, gfn, charged);
+    sd->cow_breaks++;
+    s->cow_breaks++;
+    if (takeover) {
+        sd->cow_takeovers++;
+        s->cow_takeovers++;
+    }
+    if (zero) {
+        sd->cow_nocopy++;
+        s->cow_nocopy++;
+    }
+    mv__mutex_unlock(&s->lock);
+    mv__logdirty_mark(d, gfn, 1);
+    return 0;
+}
+
+int mv__share_cow_fault(struct mv_domain *d, uint64_t gfn)
+{
+    return break_share(d, gfn);
+}
+
+int mv__share_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
+{
+    struct mv__share *s = d->host->share;
+    int rc = mv__domain_map_own(d, gfn, 1);
+
+    if (rc < 0)
+        return rc;
+    mv__os_uffd_wake(d->cow_uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+    mv__mutex_lock(&s->lock);
+    mv__p2m_set(d, gfn, type);
+    rmap_del(d->host, d, gfn, true);
+    mv__mutex_unlock(&s->lock);
+    mv__logdirty_mark(d, gfn, 1);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* one-call sharing                                                         */
+
+struct apply_plan {
+    uint8_t kind[MV_BLOCK_PAGES];      /* what became of each gfn */
+    uint64_t mfn[MV_BLOCK_PAGES];      /* matched frame */
+    uint64_t hash[MV_BLOCK_PAGES];
+};
+
+enum { PLAN_NONE, PLAN_ZERO, PLAN_MATCH, PLAN_INSERT, PLAN_RESTORE };
+
+/* One 2 MiB buffer per thread that shares, freed when the thread exits. */
+static pthread_key_t buffer_key;
+static pthread_once_t buffer_once = PTHREAD_ONCE_INIT;
+
+static void make_buffer_key(void)
+{
+    pthread_key_create(&buffer_key, free);
+}
+
+static uint8_t *thread_buffer(void)
+{
+    uint8_t *buf;
+
+    pthread_once(&buffer_once, make_buffer_key);
+    buf = pthread_getspecific(buffer_key);
+    if (!buf) {
+        buf = aligned_alloc(MV_PAGE_SIZE, ((size_t)MV_BLOCK_PAGES + 1) << MV_PAGE_SHIFT);
+        if (buf && pthread_setspecific(buffer_key, buf) != 0) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    return buf;
+}
+
+/* Zero pages found by sharing go back to PoD (domain lock held). */
+static uint64_t reclaim_zero_run(struct mv_domain *d, uint64_t gfn, uint64_t n)
+{
+    int rc = mv__os_punch(d->host->machine.memfd, own_offset(d, gfn), n << MV_PAGE_SHIFT);
+
+    if (rc < 0) {
+        restore_ram(d, gfn, n);
+        return 0;
+    }
+    for (uint64_t i = 0; i < n; i++)
+        mv__p2m_set(d, gfn + i, MV_P2M_POD);
+    mv__machine_uncharge(&d->host->machine, n);
+    mv__logdirty_mark(d, gfn, n);
+    d->reclaimed_zero += n;
+    return n;
+}
+
+/* Insert a run of pages (bytes in buf) into new consecutive frames and map
+ * them (both locks held).  Returns gfns shared or a negative errno. */
+static int64_t insert_run(struct mv_domain *d, uint64_t gfn, uint64_t n,
+                          const uint8_t *buf, const uint64_t *hash)
+{
+    struct mv_host *h = d->host;
+    struct mv__share *s = h->share;
+    uint64_t first;
+    int64_t done;
+    int rc = frames_alloc(h, n, &first);
+
+    if (rc < 0)
+        return rc;
+    rc = mv__os_write(h->machine.memfd, buf, first << MV_PAGE_SHIFT, n << MV_PAGE_SHIFT);
+    if (rc == 0) /* given back at once: each page shared frees its own */
+        mv__machine_charge_anyway(&h->machine, n);
+    if (rc < 0) {
+        for (uint64_t i = 0; i < n; i++)
+            frame_free(h, first + i, false);
+        return rc;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        index_insert(s, first + i, hash[i]);
+        if (mv__page_is_zero(buf + (i << MV_PAGE_SHIFT)))
+            frame_of(s, first + i)->flags |= FRAME_ZERO;
+    }
+    done = convert_run(d, gfn, first, n, FROM_RAM);
+    /* Frames of gfns that stayed private (or all, on failure). */
+    for (uint64_t i = 0; i < n; i++)
+        if (frame_of(s, first + i)->refs == 0 && (frame_of(s, first + i)->flags & FRAME_LIVE))
+            frame_free(h, first + i, true);
+    return done;
+}
+
+int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
+                    const uint8_t *actions, enum mv_share_outcome *outcomes,
+                    struct mv__apply_result *result)
+{
+    struct mv_host *h = d->host;
+    struct mv__share *s = h->share;
+    struct apply_plan *plan = malloc(sizeof(*plan));
+    uint8_t *buf = thread_buffer(), *scratch;
+    uint64_t i;
+    int rc = 0;
+
+    mv__assert_held(&d->lock);
+    memset(result, 0, sizeof(*result));
+    if (!plan || !buf) {
+        free(plan);
+        return mv__fail(-ENOMEM, "no memory to share pages");
+    }
+    scratch = buf + ((size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
+    memset(plan->kind, PLAN_NONE, n);
+    for (i = 0; i < n; i++) {
+        if (outcomes)
+            outcomes[i] = d->p2m[gfn + i] == MV_P2M_SHARED ? MV_SHARE_ALREADY
+                                                           : MV_SHARE_SKIPPED;
+    }
+    /* Unmap and read runs of the populated gfns to act on. */
+    for (i = 0; i < n;) {
+        uint64_t start = i;
+
+        while (i < n && actions[i] != MV_ACT_SKIP && d->p2m[gfn + i] == MV_P2M_RAM &&
+               !mv__share_excluded(d, gfn + i))
+            i++;
+        if (i == start) {
+            i++;
+            continue;
+        }
+        if (mv__os_zap(mv__gfn_addr(d, gfn + start), (i - start) << MV_PAGE_SHIFT) < 0)
+            continue;
+        if (mv__machine_read(&h->machine, d->base_mfn + gfn + start, i - start,
+                             buf + (start << MV_PAGE_SHIFT)) < 0) {
+            restore_ram(d, gfn + start, i - start);
+            continue;
+        }
+        memset(plan->kind + start, PLAN_RESTORE, i - start);
+    }
+    /* Decide, then act on runs, under the share lock. */
+    mv__mutex_lock(&s->lock);
+    for (i = 0; i < n; i++) {
+        const uint8_t *page = buf + (i << MV_PAGE_SHIFT);
+
+        if (plan->kind[i] != PLAN_RESTORE)
+            continue;
+        /* A nominated zero page still gets its frame (its break copies
+         * nothing); elsewhere zero pages go back to PoD. */
+        if (actions[i] != MV_ACT_INSERT && mv__page_is_zero(page)) {
+            plan->kind[i] = PLAN_ZERO;
+            continue;
+        }
+        plan->hash[i] = mv__share_hash(page);
+        plan->mfn[i] = actions[i] == MV_ACT_INSERT ? MV_NO_MFN
+                       : index_find(h, plan->hash[i], page, scratch);
+        if (plan->mfn[i] != MV_NO_MFN)
+            plan->kind[i] = PLAN_MATCH;
+        else if (actions[i] == MV_ACT_MATCH_INSERT || actions[i] == MV_ACT_INSERT)
+            plan->kind[i] = PLAN_INSERT;
+    }
+    for (i = 0; i < n;) {
+        uint8_t kind = plan->kind[i];
+        uint64_t start = i++;
+        int64_t done = 0;
+
+        while (i < n && plan->kind[i] == kind &&
+               (kind != PLAN_MATCH || plan->mfn[i] == plan->mfn[i - 1] + 1))
+            i++;
+        if (kind == PLAN_NONE)
+            continue;
+        if (kind == PLAN_ZERO) {
+            done = (int64_t)reclaim_zero_run(d, gfn + start, i - start);
+            result->zero += (uint64_t)done;
+            s->zero_reclaimed += (uint64_t)done;
+            for (uint64_t j = start; outcomes && j < start + (uint64_t)done; j++)
+                outcomes[j] = MV_SHARE_ZERO;
+            continue;
+        }
+        if (kind == PLAN_RESTORE || !may_map(h, 2)) {
+            restore_ram(d, gfn + start, i - start);
+            result->skipped += i - start;
+            continue;
+        }
+        if (kind == PLAN_MATCH)
+            done = convert_run(d, gfn + start, plan->mfn[start], i - start, FROM_RAM);
+        else
+            done = insert_run(d, gfn + start, i - start, buf + (start << MV_PAGE_SHIFT),
+                              plan->hash + start);
+        if (done == -EFAULT) {
+            rc = mv__fail(-EFAULT, "domain %u crashed while sharing", d->domid);
+            break;
+        }
+        if (done < 0 && kind == PLAN_INSERT) {
+            restore_ram(d, gfn + start, i - start);
+            done = 0;
+        }
+        if (done < 0)
+            done = 0;
+        for (uint64_t j = start; j < i; j++) {
+            if (d->p2m[gfn + j] != MV_P2M_SHARED)
+                continue;
+            if (outcomes)
+                outcomes[j] = kind == PLAN_MATCH ? MV_SHARE_MATCHED : MV_SHARE_INSERTED;
+        }
+        if (kind == PLAN_MATCH)
+            result->shared += (uint64_t)done;
+        else
+            result->inserted += (uint64_t)done;
+        result->skipped += i - start - (uint64_t)done;
+    }
+    mv__mutex_unlock(&s->lock);
+    free(plan);
+    if (result->zero)
+        mv__fault_kick(h);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* domains                                                                  */
+
+static int registry_add(struct mv__share *s, struct mv__share_dom *sd)
+{
+    size_t slot = 0;
+
+    while (slot < s->registry_capacity && s->registry[slot])
+        slot++;
+    if (slot == s->registry_capacity) {
+        size_t cap = s->registry_capacity ? s->registry_capacity * 2 : 16;
+        struct mv__share_dom **n = realloc(s->registry, cap * sizeof(*n));
+
+        if (!n)
+            return -ENOMEM;
+        memset(n + s->registry_capacity, 0, (cap - s->registry_capacity) * sizeof(*n));
+        s->registry = n;
+        s->registry_capacity = cap;
+    }
+    s->registry[slot] = sd;
+    sd->slot = (uint32_t)slot;
+    return 0;
+}
+
+int mv__share_domain_init(struct mv_domain *d)
+{
+    struct mv__share *s = d->host->share;
+    struct mv__share_dom *sd = calloc(1, sizeof(*sd));
+    uint64_t blocks = (d->maxmem_pages + MV_BLOCK_PAGES - 1) / MV_BLOCK_PAGES;
+    uint64_t ioctls = 0;
+    int rc;
+
+    if (!sd || !(sd->blocks = calloc(blocks, sizeof(*sd->blocks)))) {
+        free(sd);
+        return mv__fail(-ENOMEM, "no memory for the sharing table");
+    }
+    sd->domain = d;
+    mv__mutex_lock(&s->lock);
+    rc = registry_add(s, sd);
+    mv__mutex_unlock(&s->lock);
+    if (rc < 0) {
+        free(sd->blocks);
+        free(sd);
+        return mv__fail(rc, "no memory to register a domain for sharing");
+    }
+    d->share = sd;
+    d->cow_uffd = mv__uffd_create(0);
+    if (d->cow_uffd < 0)
+        return mv__fail(d->cow_uffd, "cannot open the copy-on-write userfaultfd: %s",
+                        mv_strerror(d->cow_uffd));
+    (void)ioctls;
+    return 0;
+}
+
+void mv__share_domain_destroy(struct mv_domain *d)
+{
+    struct mv__share *s = d->host->share;
+    struct mv__share_dom *sd = d->share;
+    uint64_t blocks = (d->maxmem_pages + MV_BLOCK_PAGES - 1) / MV_BLOCK_PAGES;
+
+    if (!sd)
+        return;
+    mv__mutex_lock(&s->lock);
+    for (uint64_t g = 0; d->shared && g < d->maxmem_pages; g++) {
+        if (d->p2m[g] == MV_P2M_SHARED) {
+            rmap_del(d->host, d, g, true);
+            mv__p2m_set(d, g, MV_P2M_POD);
+        }
+    }
+    s->registry[sd->slot] = NULL;
+    mv__mutex_unlock(&s->lock);
+    for (uint64_t b = 0; b < blocks; b++)
+        free(sd->blocks[b]);
+    free(sd->blocks);
+    free(sd->excluded);
+    free(sd->checksums);
+    free(sd);
+    d->share = NULL;
+}
+
+bool mv__share_excluded(struct mv_domain *d, uint64_t gfn)
+{
+    const uint64_t *x = d->share->excluded;
+
+    return x && (x[gfn / 64] >> (gfn % 64) & 1);
+}
+
+uint32_t *mv__share_checksums(struct mv_domain *d)
+{
+    if (!d->share->checksums)
+        d->share->checksums = calloc(d->maxmem_pages, sizeof(uint32_t));
+    return d->share->checksums;
+}
+
+void mv__share_domain_info(struct mv_domain *d, struct mv_domain_info *out)
+{
+    struct mv__share_dom *sd = d->share;
+    uint64_t room = d->target_pages - d->populated;
+
+    out->cow_breaks = sd->cow_breaks;
+    out->cow_takeovers = sd->cow_takeovers;
+    out->cow_nocopy = sd->cow_nocopy;
+    out->cow_claimable = MV_MIN(d->shared, room);
+    out->cow_shortfall = d->shared - out->cow_claimable;
+    out->excluded_pages = sd->excluded_count;
+}
+
+/* ------------------------------------------------------------------------ */
+/* the API                                                                  */
+
+/* Look a domain up for sharing and lock it: it must run. */
+static int begin(mv_host *host, uint32_t domid, struct mv_domain **out)
+{
+    struct mv_domain *d;
+
+    mv__clear_error();
+    if (!host)
+        return mv__fail(-EINVAL, "host is NULL");
+    d = mv__domain_get(host, domid);
+    if (!d)
+        return -ESRCH;
+    mv__mutex_lock(&d->lock);
+    if (d->state != MV_DOMAIN_RUNNING) {
+        int rc = d->state == MV_DOMAIN_CRASHED
+            ? mv__fail(-EPERM, "domain %u has crashed", domid)
+            : mv__fail(-EBUSY, "domain %u is paused: its pages are not shared "
+                       "while paused (unpause it, or clone it)", domid);
+
+        mv__mutex_unlock(&d->lock);
+        mv__domain_put(d);
+        return rc;
+    }
+    *out = d;
+    return 0;
+}
+
+static void end(struct mv_domain *d)
+{
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+}
+
+static int check_range(struct mv_domain *d, uint64_t gfn, uint64_t count)
+{
+    if (count == 0)
+        return mv__fail(-EINVAL, "an empty range of gfns");
+    if (gfn >= d->maxmem_pages || count > d->maxmem_pages - gfn)
+        return mv__fail(-EINVAL, "gfns %#llx+%llu are not inside domain %u's "
+                        "%llu pages", (unsigned long long)gfn, (unsigned long long)count,
+                        d->domid, (unsigned long long)d->maxmem_pages);
+    return 0;
+}
+
+static int check_shareable(struct mv_domain *d, uint64_t gfn)
+{
+    int rc = check_range(d, gfn, 1);
+
+    if (rc == 0 && mv__share_excluded(d, gfn))
+        rc = mv__fail(-EPERM, "domain %u gfn %#llx is excluded from sharing",
+                      d->domid, (unsigned long long)gfn);
+    return rc;
+}
+
+/* The frame a handle names at (domid, gfn) (share lock held): MV_NO_MFN with
+ * an error when the gfn is not shared into a frame with that handle. */
+static uint64_t handle_frame(struct mv_host *h, uint32_t domid, uint64_t gfn,
+                             mv_share_handle handle, int *rc)
+{
+    struct mv__share *s = h->share;
+    struct mv__share_dom *sd = NULL;
+    struct mv__share_block *b;
+    struct mv__sframe *f;
+    uint64_t mfn;
+
+    for (size_t i = 0; i < s->registry_capacity && !sd; i++)
+        if (s->registry[i] && s->registry[i]->domain->domid == domid)
+            sd = s->registry[i];
+    if (handle == 0 || handle > s->next_handle) {
+        *rc = mv__fail(-EINVAL, "handle %llu was never issued",
+                       (unsigned long long)handle);
+        return MV_NO_MFN;
+    }
+    if (!sd || gfn >= sd->domain->maxmem_pages) {
+        *rc = mv__fail(!sd ? -ESRCH : -EINVAL, "no gfn %#llx in domain %u",
+                       (unsigned long long)gfn, domid);
+        return MV_NO_MFN;
+    }
+    b = sd->domain->p2m[gfn] == MV_P2M_SHARED ? dom_block(sd, gfn, false) : NULL;
+    mfn = b ? b->mfn[gfn % MV_BLOCK_PAGES] : MV_NO_MFN;
+    f = mfn != MV_NO_MFN ? frame_of(s, mfn) : NULL;
+    if (!f || f->handle != handle) {
+        *rc = mv__fail(-ESTALE, "handle %llu is stale: domain %u gfn %#llx %s",
+                       (unsigned long long)handle, domid, (unsigned long long)gfn,
+                       f ? "is shared under another handle" : "is not shared (written "
+                       "or unshared since it was nominated)");
+        return MV_NO_MFN;
+    }
+    return mfn;
+}
+
+int mv_share_nominate(mv_host *host, uint32_t domid, uint64_t gfn,
+                      mv_share_handle *handle)
+{
+    struct mv_domain *d;
+    struct mv__apply_result res;
+    enum mv_share_outcome outcome;
+    uint8_t action = MV_ACT_INSERT;
+    int rc;
+
+    if (!handle)
+        return mv__fail(-EINVAL, "handle must not be NULL");
+    rc = begin(host, domid, &d);
+    if (rc < 0)
+        return rc;
+    rc = check_shareable(d, gfn);
+    if (rc == 0 && (d->p2m[gfn] == MV_P2M_POD || d->p2m[gfn] == MV_P2M_BALLOONED))
+        rc = mv__fail(-EINVAL, "domain %u gfn %#llx is %s: nothing to nominate", domid,
+                      (unsigned long long)gfn,
+                      d->p2m[gfn] == MV_P2M_POD ? "not populated" : "ballooned");
+    if (rc == 0 && d->p2m[gfn] == MV_P2M_RAM) {
+        rc = mv__share_apply(d, gfn, 1, &action, &outcome, &res);
+        if (rc == 0 && d->p2m[gfn] != MV_P2M_SHARED)
+            rc = mv__fail(-EAGAIN, "domain %u gfn %#llx was written while nominated, "
+                          "or sharing is stopped", domid, (unsigned long long)gfn);
+    }
+    if (rc == 0) {
+        struct mv__share *s = host->share;
+
+        mv__mutex_lock(&s->lock);
+        *handle = frame_of(s, dom_block(d->share, gfn, false)->mfn[gfn % MV_BLOCK_PAGES])->handle;
+        mv__mutex_unlock(&s->lock);
+    }
+    end(d);
+    return rc;
+}
+
+/* The source side of share/add_to_physmap must run too. */
+static int check_source(mv_host *host, uint32_t domid)
+{
+    struct mv_domain *src;
+    int rc;
+
+    if ((rc = begin(host, domid, &src)) < 0)
+        return rc;
+    end(src);
+    return 0;
+}
+
+int mv_share_pages(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
+                   mv_share_handle src_handle, uint32_t client_domid,
+                   uint64_t client_gfn, mv_share_handle client_handle)
+{
+    struct mv_domain *d;
+    struct mv__share *s;
+    uint64_t src_mfn, client_mfn;
+    uint8_t *a, *b;
+    int rc;
+
+    if (src_domid == client_domid && src_gfn == client_gfn)
+        return mv__fail(-EINVAL, "cannot share domain %u gfn %#llx with itself",
+                        src_domid, (unsigned long long)src_gfn);
+    if ((rc = check_source(host, src_domid)) < 0)
+        return rc;
+    if ((rc = begin(host, client_domid, &d)) < 0)
+        return rc;
+    s = host->share;
+    a = thread_buffer();
+    if (!a) {
+        end(d);
+        return mv__fail(-ENOMEM, "no memory to compare pages");
+    }
+    b = a + MV_PAGE_SIZE;
+    rc = check_shareable(d, client_gfn);
+    mv__mutex_lock(&s->lock);
+    src_mfn = rc < 0 ? MV_NO_MFN : handle_frame(host, src_domid, src_gfn, src_handle, &rc);
+    client_mfn = rc < 0 ? MV_NO_MFN :
+                 handle_frame(host, client_domid, client_gfn, client_handle, &rc);
+    if (rc == 0 && src_mfn != client_mfn) {
+        rc = mv__machine_read(&host->machine, src_mfn, 1, a);
+        if (rc == 0)
+            rc = mv__machine_read(&host->machine, client_mfn, 1, b);
+        if (rc == 0 && memcmp(a, b, MV_PAGE_SIZE) != 0)
+            rc = mv__fail(-EINVAL, "domain %u gfn %#llx and domain %u gfn %#llx hold "
+                          "different bytes", src_domid, (unsigned long long)src_gfn,
+                          client_domid, (unsigned long long)client_gfn);
+        if (rc == 0 && !may_map(host, 2))
+            rc = mv__fail(-ENOSPC, "sharing is stopped: %s", s->stop_reason);
+        if (rc == 0) {
+            int64_t done = convert_run(d, client_gfn, src_mfn, 1, FROM_SHARED);
+
+            if (done < 0)
+                rc = (int)done;
+            else if (done == 0)
+                rc = mv__fail(-EAGAIN, "domain %u gfn %#llx was written while being "
+                              "shared", client_domid, (unsigned long long)client_gfn);
+        }
+    }
+    mv__mutex_unlock(&s->lock);
+    end(d);
+    return rc;
+}
+
+int mv_share_add_to_physmap(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
+                            mv_share_handle src_handle, uint32_t client_domid,
+                            uint64_t client_gfn)
+{
+    struct mv_domain *d;
+    struct mv__share *s;
+    uint64_t mfn;
+    int rc;
+
+    if ((rc = check_source(host, src_domid)) < 0)
+        return rc;
+    if ((rc = begin(host, client_domid, &d)) < 0)
+        return rc;
+    s = host->share;
+    rc = check_shareable(d, client_gfn);
+    if (rc == 0 && d->p2m[client_gfn] == MV_P2M_BALLOONED)
+        rc = mv__fail(-EINVAL, "domain %u gfn %#llx is ballooned", client_domid,
+                      (unsigned long long)client_gfn);
+    else if (rc == 0 && d->p2m[client_gfn] != MV_P2M_POD)
+        rc = mv__fail(-EEXIST, "domain %u gfn %#llx holds a page already", client_domid,
+                      (unsigned long long)client_gfn);
+    mv__mutex_lock(&s->lock);
+    mfn = rc < 0 ? MV_NO_MFN : handle_frame(host, src_domid, src_gfn, src_handle, &rc);
+    if (rc == 0 && !may_map(host, 2))
+        rc = mv__fail(-ENOSPC, "sharing is stopped: %s", s->stop_reason);
+    if (rc == 0) {
+        int64_t done = convert_run(d, client_gfn, mfn, 1, FROM_POD);
+
+        if (done < 0)
+            rc = (int)done;
+        else if (done == 0)
+            rc = mv__fail(-EAGAIN, "domain %u gfn %#llx was written while being mapped",
+                          client_domid, (unsigned long long)client_gfn);
+    }
+    mv__mutex_unlock(&s->lock);
+    end(d);
+    return rc;
+}
+
+int mv_share_unshare(mv_host *host, uint32_t domid, uint64_t gfn)
+{
+    struct mv_domain *d;
+    int rc = begin(host, domid, &d);
+
+    if (rc < 0)
+        return rc;
+    rc = check_range(d, gfn, 1);
+    if (rc == 0 && d->p2m[gfn] != MV_P2M_SHARED)
+        rc = mv__fail(-EINVAL, "domain %u gfn %#llx is not shared", domid,
+                      (unsigned long long)gfn);
+    if (rc == 0) {
+        rc = break_share(d, gfn);
+        if (rc == -ENOMEM)
+            rc = mv__fail(-ENOMEM, "no page for domain %u gfn %#llx: %llu of %llu "
+                          "target pages hold data, or the host budget is spent",
+                          domid, (unsigned long long)gfn,
+                          (unsigned long long)d->populated,
+                          (unsigned long long)d->target_pages);
+    }
+    end(d);
+    if (rc == 0)
+        mv__fault_kick(host);
+    return rc;
+}
+
+int64_t mv_share_make_ro_and_share(mv_host *host, uint32_t domid, uint64_t gfn,
+                                   uint64_t count, enum mv_share_outcome *outcomes)
+{
+    uint8_t actions[MV_BLOCK_PAGES];
+    struct mv_domain *d;
+    int64_t shared = 0;
+    int rc = begin(host, domid, &d);
+
+    if (rc < 0)
+        return rc;
+    rc = check_range(d, gfn, count);
+    memset(actions, MV_ACT_MATCH_INSERT, sizeof(actions));
+    for (uint64_t done = 0; rc == 0 && done < count;) {
+        uint64_t n = MV_MIN(count - done, MV_BLOCK_PAGES - (gfn + done) % MV_BLOCK_PAGES);
+        struct mv__apply_result res;
+
+        rc = mv__share_apply(d, gfn + done, n, actions, outcomes ? outcomes + done : NULL,
+                             &res);
+        shared += (int64_t)res.shared;
+        done += n;
+    }
+    end(d);
+    return rc < 0 ? rc : shared;
+}
+
+int mv_share_exclude(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count)
+{
+    struct mv_domain *d;
+    struct mv__share_dom *sd;
+    int rc = begin(host, domid, &d);
+
+    if (rc < 0)
+        return rc;
+    sd = d->share;
+    rc = check_range(d, gfn, count);
+    if (rc == 0 && !sd->excluded &&
+        !(sd->excluded = calloc((d->maxmem_pages + 63) / 64, sizeof(uint64_t))))
+        rc = mv__fail(-ENOMEM, "no memory for the exclusion map");
+    for (uint64_t g = gfn; rc == 0 && g < gfn + count; g++) {
+        if (d->p2m[g] != MV_P2M_SHARED)
+            continue;
+        rc = break_share(d, g);
+        if (rc == -ENOMEM)
+            rc = mv__fail(-ENOMEM, "no page to unshare domain %u gfn %#llx before "
+                          "excluding it", domid, (unsigned long long)g);
+    }
+    for (uint64_t g = gfn; rc == 0 && g < gfn + count; g++) {
+        if (!mv__share_excluded(d, g))
+            sd->excluded_count++;
+        sd->excluded[g / 64] |= 1ull << (g % 64);
+    }
+    end(d);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* clones                                                                   */
+
+/* A run of the source's p2m: map it in both domains (both locked or the clone
+ * unreachable; share lock held). */
+static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_base,
+                     struct mv__share_region *r, uint64_t gfn, uint64_t n,
+                     enum mv__p2m_type type)
+{
+    struct mv__share *s = src->host->share;
+    int64_t done;
+
+    switch (type) {
+    case MV_P2M_POD:
+        return 0;
+    case MV_P2M_BALLOONED:
+        for (uint64_t i = 0; i < n; i++)
+            mv__p2m_set(c, gfn + i, MV_P2M_BALLOONED);
+        return 0;
+    case MV_P2M_RAM:
+        frames_init(s, r, old_base + gfn, n);
+        done = convert_run(src, gfn, old_base + gfn, n, FROM_CLONE);
+        if (done < 0)
+            return (int)done;
+        break;
+    case MV_P2M_SHARED:
+        /* Already shared: the clone maps the same frames, in runs of
+         * consecutive ones. */
+        for (uint64_t i = 0; i < n;) {
+            uint64_t m = dom_block(src->share, gfn + i, false)->mfn[(gfn + i) % MV_BLOCK_PAGES];
+            uint64_t k = 1;
+
+            while (i + k < n && dom_block(src->share, gfn + i + k, false)->mfn[(gfn + i + k) % MV_BLOCK_PAGES] == m + k)
+                k++;
+            /* The source was remapped whole: map its frames again. */
+            if (map_frames(src, gfn + i, m, k) < 0)
+                return -EFAULT;
+            done = convert_run(c, gfn + i, m, k, FROM_POD);
+            if (done < 0)
+                return (int)done;
+            i += k;
+        }
+        return 0;
+    }
+    for (uint64_t i = 0; i < n;) {
+        uint64_t k = 0;
+
+        if (src->p2m[gfn + i] != MV_P2M_SHARED) {
+            /* Written during the remap (a thread that ignored the pause):
+             * the source keeps a private copy, the clone the snapshot. */
+            done = convert_run(c, gfn + i, old_base + gfn + i, 1, FROM_POD);
+            if (frame_of(s, old_base + gfn + i)->refs == 0)
+                frame_free(src->host, old_base + gfn + i, true);
+            if (done < 0)
+                return (int)done;
+            i++;
+            continue;
+        }
+        while (i + k < n && src->p2m[gfn + i + k] == MV_P2M_SHARED)
+            k++;
+        done = convert_run(c, gfn + i, old_base + gfn + i, k, FROM_POD);
+        if (done < 0)
+            return (int)done;
+        i += k;
+    }
+    return 0;
+}
+
+int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
+                    uint32_t *clone_domid)
+{
+    struct mv_domain_config config;
+    struct mv_domain *src, *c = NULL;
+    struct mv__share_region *r = NULL;
+    struct mv__share *s;
+    uint64_t old_base, new_base, populated_before, runs;
+    int rc;
+
+    mv__clear_error();
+    if (!host || !name || !clone_domid)
+        return mv__fail(-EINVAL, "host, name and clone_domid must not be NULL");
+    src = mv__domain_get(host, src_domid);
+    if (!src)
+        return -ESRCH;
+    s = host->share;
+    mv__mutex_lock(&src->lock);
+    config = src->config;
+    rc = src->state == MV_DOMAIN_PAUSED ? 0 :
+         src->state == MV_DOMAIN_CRASHED ? mv__fail(-EPERM, "domain %u has crashed", src_domid)
+         : mv__fail(-EBUSY, "domain %u is running: pause it first (a clone is a "
+                    "snapshot)", src_domid);
+    mv__mutex_unlock(&src->lock);
+    if (rc == 0) {
+        snprintf(config.name, sizeof(config.name), "%s", name);
+        if (strlen(name) >= sizeof(config.name))
+            rc = mv__fail(-EINVAL, "clone name is longer than %d bytes", MV_NAME_MAX - 1);
+    }
+    if (rc == 0)
+        rc = mv__domain_new(host, &config, &c);
+    if (rc < 0) {
+        mv__domain_put(src);
+        return rc;
+    }
+    mv__mutex_lock(&src->lock);
+    if (src->state != MV_DOMAIN_PAUSED) {
+        rc = mv__fail(-EBUSY, "domain %u was unpaused during the clone", src_domid);
+        goto out;
+    }
+    c->target_pages = src->target_pages;
+    rc = mv__machine_alloc(&host->machine, src->frame_pages, &new_base);
+    if (rc < 0)
+        goto out;
+    mv__mutex_lock(&s->lock);
+    old_base = src->base_mfn;
+    populated_before = src->populated;
+    runs = 0;
+    for (uint64_t g = 0; g < src->maxmem_pages; g++)
+        runs += (src->p2m[g] == MV_P2M_RAM || src->p2m[g] == MV_P2M_SHARED) &&
+                (g == 0 || src->p2m[g - 1] != src->p2m[g]);
+    /* Each run may split a mapping in two, in both domains. */
+    if (!may_map(host, 4 * runs + 4) ||
+        (populated_before && region_add(host, old_base, src->frame_pages, true, &r) < 0)) {
+        mv__mutex_unlock(&s->lock);
+        mv__machine_free(&host->machine, new_base, src->frame_pages);
+        rc = s->stopped ? mv__fail(-ENOSPC, "sharing is stopped: %s", s->stop_reason)
+                        : mv__fail(-ENOMEM, "no memory for the clone's frames");
+        goto out;
+    }
+    /*
+     * The source's frames become the shared ones where they are; the source
+     * moves to a fresh block, all holes, mapped whole, and maps its former
+     * frames back run by run.  It is paused, so no vCPU sees the moment
+     * between.
+     */
+    src->base_mfn = new_base;
+    rc = mv__domain_map_own(src, 0, src->maxmem_pages);
+    for (uint64_t g = 0; rc == 0 && g < src->maxmem_pages;) {
+        enum mv__p2m_type t = (enum mv__p2m_type)src->p2m[g];
+        uint64_t n = 1;
+
+        while (g + n < src->maxmem_pages && src->p2m[g + n] == t &&
+               ((g + n) % MV_BLOCK_PAGES) != 0)
+            n++;
+        rc = clone_run(src, c, old_base, r, g, n, t);
+        g += n;
+    }
+    if (r && r->live == 0)
+        region_remove(host, r);
+    else if (!r)
+        mv__machine_free(&host->machine, old_base, src->frame_pages);
+    mv__mutex_unlock(&s->lock);
+    if (rc < 0) {
+        mv__domain_crash(src, "clone failed half-way: %s", mv_last_error());
+        goto out;
+    }
+    mv__logdirty_mark(src, 0, src->maxmem_pages);
+    mv__guest_clone_oracle(src, c);
+    mv__mutex_unlock(&src->lock);
+    rc = mv__domain_publish(host, c);
+    mv__domain_put(src);
+    if (rc < 0)
+        return rc;
+    *clone_domid = c->domid;
+    mv__log(host, MV_LOG_INFO, "domain %u (%s) cloned from %u: %llu pages shared",
+            c->domid, c->config.name, src_domid, (unsigned long long)c->shared);
+    return 0;
+out:
+    mv__mutex_unlock(&src->lock);
+    mv__domain_put(src);
+    mv__domain_discard(c);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* stats and audit                                                          */
+
+void mv_scanner_config_init(struct mv_scanner_config *config)
+{
+    memset(config, 0, sizeof(*config));
+}
+
+int mv_share_stats(mv_host *host, struct mv_share_stats *out)
+{
+    struct mv__share *s;
+
+    mv__clear_error();
+    if (!host || !out)
+        return mv__fail(-EINVAL, "host and out must not be NULL");
+    s = host->share;
+    memset(out, 0, sizeof(*out));
+    mv__mutex_lock(&s->lock);
+    out->shared_frames = s->frames;
+    out->shared_refs = s->refs;
+    out->saved_pages = s->refs - s->frames;
+    out->indexed_frames = s->indexed;
+    out->cow_breaks = s->cow_breaks;
+    out->cow_takeovers = s->cow_takeovers;
+    out->cow_nocopy = s->cow_nocopy;
+    out->zero_reclaimed = s->zero_reclaimed;
+    out->hash_collisions = s->hash_collisions;
+    s->vma_count = count_mappings();
+    s->vma_checked_ns = mv__now_ns();
+    out->vma_count = s->vma_count;
+    out->max_map_count = s->max_map_count;
+    out->sharing_stopped = s->stopped;
+    snprintf(out->stop_reason, sizeof(out->stop_reason), "%s", s->stop_reason);
+    mv__mutex_unlock(&s->lock);
+    mv__scanner_stats(host, out);
+    return 0;
+}
+
+void mv__share_set_max_vmas(struct mv_host *host, unsigned max_vmas)
+{
+    struct mv__share *s = host->share;
+
+    mv__mutex_lock(&s->lock);
+    s->max_vmas = max_vmas;
+    s->vma_checked_ns = 0;
+    mv__mutex_unlock(&s->lock);
+}
+
+/* Audit one frame (share lock held). */
+static int audit_frame(struct mv_host *h, uint64_t mfn, struct mv__sframe *f,
+                       uint8_t *page, const uint8_t *resident)
+{
+    struct mv__share *s = h->share;
+    uint64_t *e = rmap_entries(f);
+
+    if (f->refs == 0)
+        return mv__fail(-EUCLEAN, "shared frame %#llx is live with no mapping",
+                        (unsigned long long)mfn);
+    if (!*resident)
+        return mv__fail(-EUCLEAN, "shared frame %#llx holds no memory",
+                        (unsigned long long)mfn);
+    for (uint32_t i = 0; i < f->refs; i++) {
+        uint64_t slot = e[i] >> MV_RMAP_GFN_BITS, gfn = e[i] & ((1ull << MV_RMAP_GFN_BITS) - 1);
+        struct mv__share_dom *sd = slot < s->registry_capacity ? s->registry[slot] : NULL;
+        struct mv__share_block *b = sd && gfn < sd->domain->maxmem_pages
+                                    ? dom_block(sd, gfn, false) : NULL;
+
+        if (!b || sd->domain->p2m[gfn] != MV_P2M_SHARED ||
+            b->mfn[gfn % MV_BLOCK_PAGES] != mfn || b->pos[gfn % MV_BLOCK_PAGES] != i)
+            return mv__fail(-EUCLEAN, "shared frame %#llx: reverse-map entry %u "
+                            "(slot %llu, gfn %#llx) does not match the domain",
+                            (unsigned long long)mfn, i, (unsigned long long)slot,
+                            (unsigned long long)gfn);
+    }
+    if (f->flags & FRAME_INDEXED) {
+        int rc = mv__machine_read(&h->machine, mfn, 1, page);
+
+        if (rc < 0)
+            return rc;
+        if (mv__share_hash(page) != f->hash)
+            return mv__fail(-EUCLEAN, "shared frame %#llx no longer holds the bytes "
+                            "its index entry was made from", (unsigned long long)mfn);
+    }
+    return 0;
+}
+
+static int audit_domain_entries(struct mv_host *h, struct mv__share_dom *sd,
+                                uint64_t *shared)
+{
+    struct mv__share *s = h->share;
+    struct mv_domain *d = sd->domain;
+    uint8_t written[MV_BLOCK_PAGES];
+
+    for (uint64_t g = 0; g < d->maxmem_pages; g++) {
+        struct mv__share_block *b;
+        struct mv__sframe *f;
+
+        if (d->p2m[g] != MV_P2M_SHARED)
+            continue;
+        (*shared)++;
+        b = dom_block(sd, g, false);
+        f = b ? frame_of(s, b->mfn[g % MV_BLOCK_PAGES]) : NULL;
+        if (!f || !(f->flags & FRAME_LIVE) || b->pos[g % MV_BLOCK_PAGES] >= f->refs ||
+            rmap_entries(f)[b->pos[g % MV_BLOCK_PAGES]] != rmap_encode(sd, g))
+            return mv__fail(-EUCLEAN, "domain %u: shared gfn %#llx is not in its "
+                            "frame's reverse map", d->domid, (unsigned long long)g);
+    }
+    if (d->state == MV_DOMAIN_CRASHED || atomic_load(&d->dying))
+        return 0;
+    for (uint64_t g = 0; g < d->maxmem_pages; g += MV_BLOCK_PAGES) {
+        uint64_t n = MV_MIN(MV_BLOCK_PAGES, d->maxmem_pages - g);
+        long copies = find_private_copies(d, g, n, written);
+
+        if (copies > 0)
+            return mv__fail(-EUCLEAN, "domain %u: %ld guest pages near gfn %#llx live "
+                            "in private anonymous copies, not in machine frames",
+                            d->domid, copies, (unsigned long long)g);
+    }
+    return 0;
+}
+
+int mv_share_audit(mv_host *host)
+{
+    struct mv__share *s;
+    uint64_t shared = 0, frames = 0, populated = 0;
+    uint8_t *page, *resident = NULL;
+    int rc = 0;
+
+    mv__clear_error();
+    if (!host)
+        return mv__fail(-EINVAL, "host is NULL");
+    s = host->share;
+    page = malloc(MV_PAGE_SIZE);
+    if (!page)
+        return mv__fail(-ENOMEM, "audit: no memory");
+    mv__mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->region_count && rc == 0; i++) {
+        struct mv__share_region *r = s->regions[i];
+        uint64_t live = 0;
+
+        free(resident);
+        resident = malloc(r->pages);
+        if (!resident) {
+            rc = mv__fail(-ENOMEM, "audit: no memory");
+            break;
+        }
+        rc = mv__machine_resident(&host->machine, r->first, r->pages, resident);
+        for (uint64_t j = 0; rc == 0 && j < r->pages; j++) {
+            if (r->frames[j].flags & FRAME_LIVE) {
+                live++;
+                rc = audit_frame(host, r->first + j, &r->frames[j], page, &resident[j]);
+            } else if (resident[j] && j < r->bump) {
+                rc = mv__fail(-EUCLEAN, "free shared frame %#llx holds memory",
+                              (unsigned long long)(r->first + j));
+            }
+        }
+        if (rc == 0 && live != r->live)
+            rc = mv__fail(-EUCLEAN, "shared region at %#llx counts %llu live frames, "
+                          "holds %llu", (unsigned long long)r->first,
+                          (unsigned long long)r->live, (unsigned long long)live);
+        frames += live;
+    }
+    for (size_t i = 0; i < s->registry_capacity && rc == 0; i++) {
+        if (!s->registry[i])
+            continue;
+        rc = audit_domain_entries(host, s->registry[i], &shared);
+        populated += s->registry[i]->domain->populated;
+    }
+    if (rc == 0 && frames != s->frames)
+        rc = mv__fail(-EUCLEAN, "%llu live shared frames, counted %llu",
+                      (unsigned long long)frames, (unsigned long long)s->frames);
+    if (rc == 0 && shared != s->refs)
+        rc = mv__fail(-EUCLEAN, "domains map %llu shared gfns; saved %llu + frames "
+                      "%llu = %llu", (unsigned long long)shared,
+                      (unsigned long long)(s->refs - s->frames),
+                      (unsigned long long)s->frames, (unsigned long long)s->refs);
+    mv__mutex_unlock(&s->lock);
+    free(resident);
+    free(page);
+    (void)populated;
+    return rc;
+}
+
+uint64_t mv__share_frames(struct mv_host *host)
+{
+    struct mv__share *s = host->share;
+    uint64_t n;
+
+    mv__mutex_lock(&s->lock);
+    n = s->frames;
+    mv__mutex_unlock(&s->lock);
+    return n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* life cycle                                                               */
+
+int mv__share_init(struct mv_host *h)
+{
+    struct mv__share *s = calloc(1, sizeof(*s));
+
+    if (!s)
+        return mv__fail(-ENOMEM, "no memory for the sharing state");
+    mv__mutex_init(&s->lock, MV_LOCK_SHARE);
+    s->max_map_count = read_sysctl_u64("/proc/sys/vm/max_map_count", 65530);
+    s->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (s->pagemap_fd < 0) {
+        int rc = -errno;
+
+        mv__mutex_destroy(&s->lock);
+        free(s);
+        return mv__fail(rc, "cannot open /proc/self/pagemap: %s", mv_strerror(rc));
+    }
+    h->share = s;
+    return 0;
+}
+
+void mv__share_fini(struct mv_host *h)
+{
+    struct mv__share *s = h->share;
+
+    if (!s)
+        return;
+    while (s->region_count)
+        region_remove(h, s->regions[s->region_count - 1]);
+    free(s->regions);
+    free(s->buckets);
+    free(s->registry);
+    close(s->pagemap_fd);
+    mv__mutex_destroy(&s->lock);
+    free(s);
+    h->share = NULL;
+}

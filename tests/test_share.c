@@ -1,0 +1,562 @@
+/*
+ * test_share.c - copy-on-write sharing: the Xen-style primitives, one-call
+ * sharing, the scanner, clones, CoW breaks and their memory, exclusion, the
+ * mapping limit, and storms of writers while all of it runs.
+ *
+ * Content comes from the built-in guests: two domains running the random
+ * writer with the same seed write the same pages with the same bytes, so
+ * they have plenty to share, and the content oracle knows what every page
+ * must hold afterwards.
+ */
+#include "testutil.h"
+#include "internal.h"
+
+#include <stdlib.h>
+
+#define SEED 0x5eed5eedull
+
+static uint32_t domain1(mv_host *h, const char *name, uint64_t maxmem, unsigned vcpus)
+{
+    return tu_domain_with(h, name, maxmem, maxmem, vcpus, MV_POD_WAIT, 0);
+}
+
+/* Write `pages` random pages of gfns [0, ws) with the shared seed. */
+static void fill(mv_host *h, uint32_t id, uint64_t ws, uint64_t pages)
+{
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed = SEED;
+    w.working_set_pages = ws;
+    w.max_pages = pages;
+    st = tu_run(h, id, &w);
+    assert_int_equal(st.crashed, 0);
+}
+
+static struct mv_share_stats stats(mv_host *h)
+{
+    struct mv_share_stats s;
+
+    assert_ok(mv_share_stats(h, &s));
+    return s;
+}
+
+static enum mv_page_type type_of(mv_host *h, uint32_t id, uint64_t gfn)
+{
+    enum mv_page_type t;
+
+    assert_ok(mv_domain_page_type(h, id, gfn, &t));
+    return t;
+}
+
+/* nominate + share, stale handles, then writes break the sharing on both
+ * sides: copies first, takeovers once one side is alone. */
+static void nominate_share_and_break(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain1(h, "a", 64 * MiB, 1), b = domain1(h, "b", 64 * MiB, 1);
+    uint64_t shared = 0;
+    struct mv_share_stats s;
+
+    (void)state;
+    fill(h, a, 64, 400);
+    fill(h, b, 64, 400);
+    for (uint64_t g = 0; g < 64; g++) {
+        mv_share_handle ha, hb;
+
+        if (type_of(h, a, g) != MV_PAGE_RAM)
+            continue;
+        assert_ok(mv_share_nominate(h, a, g, &ha));
+        assert_ok(mv_share_nominate(h, b, g, &hb));
+        assert_int_equal(type_of(h, a, g), MV_PAGE_SHARED);
+        assert_ok(mv_share_pages(h, a, g, ha, b, g, hb));
+        /* The client's handle is retired with its frame. */
+        assert_err(mv_share_pages(h, a, g, ha, b, g, hb), -ESTALE);
+        assert_ok(mv_share_pages(h, a, g, ha, b, g, ha)); /* one frame: done */
+        shared++;
+    }
+    assert_true(shared > 40);
+    s = stats(h);
+    assert_int_equal(s.saved_pages, shared);
+    assert_int_equal(s.shared_frames, shared);
+    assert_int_equal(tu_info(h, b).shared_pages, shared);
+    tu_verify(h, a);
+    tu_verify(h, b);
+
+    /* b rewrites its pages: private copies; a sees none of it. */
+    fill(h, b, 64, 600);
+    s = stats(h);
+    assert_true(s.cow_breaks >= shared - 2);
+    assert_int_equal(s.cow_takeovers, 0);
+    tu_verify(h, a);
+    tu_verify(h, b);
+    /* a, now alone on its frames, takes them over. */
+    fill(h, a, 64, 600);
+    s = stats(h);
+    assert_true(s.cow_takeovers >= shared - 4);
+    assert_true(tu_info(h, a).cow_takeovers >= shared - 4);
+    tu_verify(h, a);
+    tu_verify(h, b);
+    /* A populated zero page (the 2 MiB populate left it) nominated, then
+     * written: no copy. */
+    {
+        mv_share_handle hz;
+
+        assert_int_equal(type_of(h, a, 300), MV_PAGE_RAM);
+        assert_ok(mv_share_nominate(h, a, 300, &hz));
+        assert_int_equal(type_of(h, a, 300), MV_PAGE_SHARED);
+        fill(h, a, 512, 5000);
+        assert_int_equal(type_of(h, a, 300), MV_PAGE_RAM);
+        assert_true(stats(h).cow_nocopy >= 1);
+        tu_verify(h, a);
+    }
+    mv_host_destroy(h);
+}
+
+/* make_ro_and_share over whole domains: the first inserts, the others match
+ * in runs; zero pages go back to PoD. */
+static void make_ro_and_share_across_domains(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id[3];
+    uint64_t pages = 16 * MiB / MV_PAGE_SIZE;
+    enum mv_share_outcome *out = calloc(pages, sizeof(*out));
+    struct mv_share_stats s;
+    uint64_t inserted = 0, matched = 0, mappings;
+
+    (void)state;
+    assert_non_null(out);
+    for (int i = 0; i < 3; i++) {
+        char name[8];
+
+        snprintf(name, sizeof(name), "d%d", i);
+        id[i] = domain1(h, name, 16 * MiB, 2);
+        /* gfns [0, 2048) all written (one run), some of the rest zero */
+        fill(h, id[i], 2048, 30000);
+    }
+    mappings = stats(h).vma_count;
+    for (int i = 0; i < 3; i++) {
+        int64_t n = mv_share_make_ro_and_share(h, id[i], 0, pages, out);
+
+        assert_ok(n);
+        for (uint64_t g = 0; g < pages; g++) {
+            inserted += out[g] == MV_SHARE_INSERTED;
+            matched += out[g] == MV_SHARE_MATCHED;
+        }
+        if (i == 0)
+            assert_int_equal(n, 0);
+        else
+            assert_true(n > 1000);
+    }
+    s = stats(h);
+    assert_true(inserted > 1000);
+    assert_int_equal(matched, 2 * inserted);
+    assert_int_equal(s.saved_pages, 2 * inserted);
+    /* Runs of consecutive frames: a few mappings, not one per page. */
+    assert_true(s.vma_count < mappings + 32);
+    /* Again: everything is shared already. */
+    assert_ok(mv_share_make_ro_and_share(h, id[1], 0, pages, out));
+    assert_int_equal(out[0] == MV_SHARE_ALREADY || out[0] == MV_SHARE_SKIPPED, 1);
+    for (int i = 0; i < 3; i++)
+        tu_verify(h, id[i]);
+    /* All three write on; nothing leaks between them. */
+    for (int i = 0; i < 3; i++) {
+        struct mv_workload_config w;
+
+        mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+        w.seed = SEED;
+        w.working_set_pages = 4096;
+        w.max_pages = 1500 * (uint64_t)(i + 1);
+        assert_ok(mv_workload_start(h, id[i], &w));
+    }
+    for (int i = 0; i < 3; i++)
+        assert_ok(mv_workload_wait(h, id[i], 60000, NULL));
+    for (int i = 0; i < 3; i++)
+        tu_verify(h, id[i]);
+    free(out);
+    mv_host_destroy(h);
+}
+
+/* The scanner finds the duplicates itself, returns zero pages to PoD and
+ * skips pages that keep changing. */
+static void scanner_shares_zero_and_volatile(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain1(h, "a", 32 * MiB, 1), b = domain1(h, "b", 32 * MiB, 1);
+    struct mv_workload_config w;
+    struct mv_scan_result r;
+    struct mv_share_stats s;
+    uint64_t pod_before;
+
+    (void)state;
+    fill(h, a, 4096, 3000);
+    fill(h, b, 4096, 3000);
+    pod_before = tu_info(h, a).pod_pages;
+    assert_ok(mv_share_scan(h, 0, &r));
+    assert_true(r.pages_scanned > 4000);
+    assert_true(r.pages_shared > 2000);
+    assert_true(r.pages_zero > 0); /* the block populate left zero pages */
+    assert_true(tu_info(h, a).pod_pages > pod_before);
+    s = stats(h);
+    assert_true(s.saved_pages > 1000);
+    assert_int_equal(s.scan_passes, 1);
+    tu_verify(h, a);
+    tu_verify(h, b);
+
+    /* A writer keeps changing a's pages while two passes run. */
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed = SEED;
+    w.working_set_pages = 8192;
+    w.pages_per_second = 20000;
+    w.duration_ms = 1500;
+    assert_ok(mv_workload_start(h, a, &w));
+    assert_ok(mv_share_scan(h, 0, &r));
+    assert_ok(mv_share_scan(h, 0, &r));
+    assert_ok(mv_workload_wait(h, a, 60000, NULL));
+    assert_ok(mv_share_scan(h, 0, &r));
+    s = stats(h);
+    assert_true(s.scan_volatile > 0);
+    tu_verify(h, a);
+    tu_verify(h, b);
+    mv_host_destroy(h);
+}
+
+/* Hinted ranges are shared by the next step without a scan of the rest. */
+static void hints_share_first(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain1(h, "a", 16 * MiB, 1), b = domain1(h, "b", 16 * MiB, 1);
+    struct mv_scan_result r;
+    struct mv_share_stats s;
+
+    (void)state;
+    fill(h, a, 1024, 3000);
+    fill(h, b, 1024, 3000);
+    assert_err(mv_share_hint(h, a, 0, 1024, 0), -EINVAL);
+    assert_err(mv_share_hint(h, a, 4000, 1024, 7), -EINVAL);
+    assert_ok(mv_share_hint(h, a, 0, 1024, 7));
+    assert_int_equal(stats(h).hints_pending, 1); /* one range: nothing to pair */
+    assert_ok(mv_share_hint(h, b, 0, 1024, 7));
+    assert_ok(mv_share_scan(h, 1, &r)); /* hints, then one block at most */
+    assert_int_equal(r.hinted_pages, 2048);
+    s = stats(h);
+    assert_int_equal(s.hints_pending, 0);
+    assert_true(s.saved_pages > 900);
+    assert_int_equal(tu_info(h, b).shared_pages, s.saved_pages);
+    tu_verify(h, a);
+    tu_verify(h, b);
+    mv_host_destroy(h);
+}
+
+/* A clone shares every populated page from the first instant; each side's
+ * writes stay its own. */
+static void clone_shares_until_written(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t src = domain1(h, "src", 128 * MiB, 2), c = 0;
+    uint64_t populated;
+    struct mv_share_stats s;
+    struct mv_domain_info ci;
+
+    (void)state;
+    fill(h, src, 16384, 20000);
+    assert_int_equal(mv_guest_balloon(h, src, 128 * MiB - 4 * MV_PAGE_SIZE), 4);
+    populated = tu_info(h, src).populated_pages;
+    assert_err(mv_domain_clone(h, src, "c", &c), -EBUSY);
+    assert_ok(mv_domain_pause(h, src));
+    assert_ok(mv_domain_clone(h, src, "c", &c));
+    ci = tu_info(h, c);
+    assert_int_equal(ci.shared_pages, populated);
+    assert_int_equal(ci.populated_pages, 0);
+    assert_int_equal(ci.ballooned_pages, 4);
+    assert_int_equal(tu_info(h, src).shared_pages, populated);
+    s = stats(h);
+    assert_int_equal(s.saved_pages, populated);
+    assert_int_equal(s.shared_frames, populated);
+    assert_err(mv_domain_clone(h, src, "c", &c), -EEXIST);
+    assert_ok(mv_domain_unpause(h, src));
+    tu_verify(h, src);
+    tu_verify(h, c);
+    /* Both write; then a clone of the clone. */
+    fill(h, src, 16384, 5000);
+    fill(h, c, 8192, 5000);
+    assert_true(tu_info(h, c).cow_breaks > 1000);
+    tu_verify(h, src);
+    tu_verify(h, c);
+    {
+        uint32_t cc;
+
+        assert_ok(mv_domain_pause(h, c));
+        assert_ok(mv_domain_clone(h, c, "cc", &cc));
+        assert_ok(mv_domain_unpause(h, c));
+        fill(h, cc, 16384, 3000);
+        tu_verify(h, cc);
+        assert_ok(mv_domain_destroy(h, cc));
+    }
+    assert_ok(mv_domain_destroy(h, src));
+    tu_verify(h, c);
+    fill(h, c, 16384, 5000); /* takeovers now */
+    assert_true(tu_info(h, c).cow_takeovers > 0);
+    tu_verify(h, c);
+    assert_ok(mv_domain_destroy(h, c));
+    s = stats(h);
+    assert_int_equal(s.shared_frames, 0);
+    assert_int_equal(s.shared_refs, 0);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* CoW breaks need memory: the clone's target bounds them, and the PoD
+ * policy decides when it is spent. */
+static void cow_breaks_follow_pod_policy(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t src = tu_domain_with(h, "src", 32 * MiB, 32 * MiB, 1, MV_POD_CRASH, 0), c;
+    struct mv_domain_info ci;
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+
+    (void)state;
+    fill(h, src, 8192, 8000);
+    assert_ok(mv_domain_pause(h, src));
+    assert_ok(mv_domain_clone(h, src, "c", &c));
+    assert_ok(mv_domain_unpause(h, src));
+    assert_ok(mv_domain_set_target(h, c, 4 * MiB));
+    ci = tu_info(h, c);
+    assert_int_equal(ci.cow_claimable, 1024);
+    assert_int_equal(ci.cow_shortfall, ci.shared_pages - 1024);
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed = SEED;
+    w.working_set_pages = 8192;
+    w.max_pages = 8000;
+    st = tu_run(h, c, &w);
+    assert_int_equal(st.crashed, 1);
+    ci = tu_info(h, c);
+    assert_int_equal(ci.state, MV_DOMAIN_CRASHED);
+    assert_non_null(strstr(ci.crash_reason, "shared"));
+    /* The source never noticed. */
+    tu_verify(h, src);
+    assert_ok(mv_domain_destroy(h, c));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* Excluded pages are never shared nor scanned; shared ones are unshared
+ * first. */
+static void exclude_keeps_pages_private(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain1(h, "a", 16 * MiB, 1), b = domain1(h, "b", 16 * MiB, 1);
+    uint64_t pages = 16 * MiB / MV_PAGE_SIZE;
+    mv_share_handle hd;
+
+    (void)state;
+    fill(h, a, 512, 2000);
+    fill(h, b, 512, 2000);
+    assert_ok(mv_share_make_ro_and_share(h, a, 0, pages, NULL));
+    assert_ok(mv_share_make_ro_and_share(h, b, 0, pages, NULL));
+    assert_true(tu_info(h, b).shared_pages > 400);
+    assert_ok(mv_share_exclude(h, b, 0, 256));
+    for (uint64_t g = 0; g < 256; g++)
+        assert_int_not_equal(type_of(h, b, g), MV_PAGE_SHARED);
+    assert_int_equal(tu_info(h, b).excluded_pages, 256);
+    assert_err(mv_share_nominate(h, b, 1, &hd), -EPERM);
+    assert_ok(mv_share_scan(h, 0, NULL));
+    assert_ok(mv_share_make_ro_and_share(h, b, 0, 256, NULL));
+    for (uint64_t g = 0; g < 256; g++)
+        assert_int_not_equal(type_of(h, b, g), MV_PAGE_SHARED);
+    tu_verify(h, a);
+    tu_verify(h, b);
+    mv_host_destroy(h);
+}
+
+/* Every bad call fails with a clear error and changes nothing. */
+static void bad_calls_are_refused(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain1(h, "a", 16 * MiB, 1), b = domain1(h, "b", 16 * MiB, 1), gone;
+    mv_share_handle ha = 0, hb = 0, hx;
+    uint64_t g = UINT64_MAX;
+    struct mv_share_stats before, after;
+
+    (void)state;
+    fill(h, a, 64, 300);
+    fill(h, b, 64, 300);
+    for (uint64_t i = 0; i < 64 && g == UINT64_MAX; i++)
+        if (type_of(h, a, i) == MV_PAGE_RAM)
+            g = i;
+    assert_ok(mv_share_nominate(h, a, g, &ha));
+    assert_ok(mv_share_nominate(h, b, g, &hb));
+    before = stats(h);
+    assert_err(mv_share_nominate(h, a, 1ull << 30, &hx), -EINVAL);
+    assert_err(mv_share_nominate(h, a, 4000, &hx), -EINVAL); /* PoD */
+    assert_err(mv_share_nominate(h, 999, 0, &hx), -ESRCH);
+    assert_err(mv_share_pages(h, a, g, ha, a, g, ha), -EINVAL);  /* itself */
+    assert_err(mv_share_pages(h, a, g, ha + 1000, b, g, hb), -EINVAL); /* forged */
+    assert_err(mv_share_pages(h, a, g, hb, b, g, hb), -ESTALE);  /* wrong frame */
+    assert_err(mv_share_pages(h, a, 1ull << 30, ha, b, g, hb), -EINVAL);
+    assert_err(mv_share_pages(h, a, g, ha, b, g + 1, hb), -ESTALE);
+    assert_err(mv_share_add_to_physmap(h, a, g, ha, b, g), -EEXIST);
+    assert_err(mv_share_add_to_physmap(h, a, g, ha, b, 1ull << 30), -EINVAL);
+    assert_err(mv_share_unshare(h, a, 4000), -EINVAL);
+    assert_err(mv_share_make_ro_and_share(h, a, 4000, 1000, NULL), -EINVAL);
+    assert_err(mv_share_exclude(h, a, 0, 0), -EINVAL);
+    assert_ok(mv_domain_pause(h, b));
+    assert_err(mv_share_pages(h, a, g, ha, b, g, hb), -EBUSY);
+    assert_err(mv_share_nominate(h, b, g, &hx), -EBUSY);
+    assert_ok(mv_domain_unpause(h, b));
+    after = stats(h);
+    assert_int_equal(after.shared_frames, before.shared_frames);
+    assert_int_equal(after.shared_refs, before.shared_refs);
+    /* add_to_physmap onto an unpopulated gfn works; then the source goes. */
+    assert_ok(mv_share_add_to_physmap(h, a, g, ha, b, 4000));
+    assert_int_equal(type_of(h, b, 4000), MV_PAGE_SHARED);
+    assert_ok(mv_share_unshare(h, b, 4000));
+    assert_int_equal(type_of(h, b, 4000), MV_PAGE_RAM);
+    gone = domain1(h, "gone", 16 * MiB, 1);
+    assert_ok(mv_domain_destroy(h, gone));
+    assert_err(mv_share_pages(h, gone, g, ha, b, g, hb), -ESRCH);
+    assert_err(mv_domain_clone(h, gone, "x", &gone), -ESRCH);
+    assert_ok(mv_share_pages(h, a, g, ha, b, g, hb));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* Near the mapping limit sharing stops, says why, and nothing breaks. */
+static void mapping_limit_stops_sharing(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain1(h, "a", 16 * MiB, 1), b = domain1(h, "b", 16 * MiB, 1);
+    struct mv_share_stats s;
+
+    (void)state;
+    fill(h, a, 4096, 4000);
+    fill(h, b, 4096, 4000);
+    s = stats(h);
+    mv__share_set_max_vmas(h, (unsigned)s.vma_count + 8);
+    assert_ok(mv_share_scan(h, 0, NULL));
+    s = stats(h);
+    assert_int_equal(s.sharing_stopped, 1);
+    assert_true(strstr(s.stop_reason, "max_map_count") != NULL);
+    assert_true(s.vma_count <= s.max_map_count);
+    tu_verify(h, a);
+    tu_verify(h, b);
+    /* Writers still run (breaks never need the limit). */
+    fill(h, a, 4096, 2000);
+    tu_verify(h, a);
+    mv_host_destroy(h);
+}
+
+/* The dirty log sees CoW breaks and sharing, and turning it off never makes
+ * a shared frame writable. */
+static void logdirty_with_sharing(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain1(h, "a", 16 * MiB, 1), b = domain1(h, "b", 16 * MiB, 1);
+    size_t words = mv_logdirty_words(16 * MiB / MV_PAGE_SIZE);
+    uint64_t *dirty = calloc(words, 8);
+    int64_t n;
+
+    (void)state;
+    fill(h, a, 256, 2000);
+    fill(h, b, 256, 2000);
+    assert_ok(mv_logdirty_enable(h, b));
+    assert_ok(mv_share_make_ro_and_share(h, a, 0, 256, NULL));
+    assert_ok(mv_share_make_ro_and_share(h, b, 0, 256, NULL));
+    assert_true(tu_info(h, b).shared_pages > 200);
+    assert_ok(mv_logdirty_clean(h, b, dirty, NULL, words));
+    fill(h, b, 256, 100);
+    n = mv_logdirty_clean(h, b, dirty, NULL, words);
+    assert_ok(n);
+    assert_true(n >= 50);
+    assert_ok(mv_logdirty_disable(h, b));
+    fill(h, b, 256, 2000);
+    tu_verify(h, a);
+    tu_verify(h, b);
+    free(dirty);
+    mv_host_destroy(h);
+}
+
+/* Storm: writers on several domains while the background scanner shares,
+ * and clones are made and destroyed; audit after every phase, oracle at the
+ * end. */
+static void storm(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id[3], base = domain1(h, "base", 32 * MiB, 1);
+    struct mv_scanner_config sc;
+    struct mv_workload_config w;
+    struct mv_share_stats s;
+
+    (void)state;
+    fill(h, base, 8192, 6000);
+    for (int i = 0; i < 3; i++) {
+        char name[8];
+
+        snprintf(name, sizeof(name), "w%d", i);
+        id[i] = domain1(h, name, 32 * MiB, 2);
+        fill(h, id[i], 8192, 6000);
+    }
+    mv_scanner_config_init(&sc);
+    assert_ok(mv_scanner_start(h, &sc));
+    assert_err(mv_scanner_start(h, &sc), -EALREADY);
+    for (int phase = 0; phase < 3; phase++) {
+        uint32_t clones[2];
+
+        for (int i = 0; i < 3; i++) {
+            mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+            w.seed = SEED;
+            w.working_set_pages = 8192;
+            w.pages_per_second = 4000;
+            w.duration_ms = 700;
+            assert_ok(mv_workload_start(h, id[i], &w));
+        }
+        assert_ok(mv_domain_pause(h, base));
+        for (int k = 0; k < 2; k++) {
+            char name[16];
+
+            snprintf(name, sizeof(name), "c%d-%d", phase, k);
+            assert_ok(mv_domain_clone(h, base, name, &clones[k]));
+        }
+        assert_ok(mv_domain_unpause(h, base));
+        fill(h, clones[0], 8192, 1500);
+        for (int i = 0; i < 3; i++)
+            assert_ok(mv_workload_wait(h, id[i], 60000, NULL));
+        /* The audit wants a quiet host. */
+        assert_ok(mv_scanner_stop(h));
+        tu_verify(h, clones[0]);
+        tu_verify(h, clones[1]);
+        for (int i = 0; i < 3; i++)
+            tu_verify(h, id[i]);
+        assert_ok(mv_domain_destroy(h, clones[0]));
+        assert_ok(mv_domain_destroy(h, clones[1]));
+        assert_ok(mv_host_audit(h));
+        assert_ok(mv_scanner_start(h, &sc));
+    }
+    assert_ok(mv_scanner_stop(h));
+    s = stats(h);
+    assert_true(s.saved_pages > 1000);
+    assert_true(s.cow_breaks > 0);
+    assert_true(s.scan_passes > 0);
+    tu_verify(h, base);
+    for (int i = 0; i < 3; i++)
+        tu_verify(h, id[i]);
+    mv_host_destroy(h);
+}
+
+static const struct CMUnitTest cases[] = {
+    cmocka_unit_test(nominate_share_and_break),
+    cmocka_unit_test(make_ro_and_share_across_domains),
+    cmocka_unit_test(scanner_shares_zero_and_volatile),
+    cmocka_unit_test(hints_share_first),
+    cmocka_unit_test(clone_shares_until_written),
+    cmocka_unit_test(cow_breaks_follow_pod_policy),
+    cmocka_unit_test(exclude_keeps_pages_private),
+    cmocka_unit_test(bad_calls_are_refused),
+    cmocka_unit_test(mapping_limit_stops_sharing),
+    cmocka_unit_test(logdirty_with_sharing),
+    cmocka_unit_test(storm),
+};
+
+TU_MAIN(cases)
