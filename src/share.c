@@ -392,8 +392,11 @@ static struct mv__share_block *dom_block(struct mv__share_dom *sd, uint64_t gfn,
 {
     struct mv__share_block **b = &sd->blocks[gfn / MV_BLOCK_PAGES];
 
-    if (!*b && create)
+    if (!*b && create) {
         *b = malloc(sizeof(**b));
+        if (*b)
+            memset((*b)->mfn, 0xff, sizeof((*b)->mfn)); /* MV_NO_MFN */
+    }
     return *b;
 }
 
@@ -1727,8 +1730,7 @@ static int audit_frame(struct mv_host *h, uint64_t mfn, struct mv__sframe *f,
         struct mv__share_block *b = sd && gfn < sd->domain->maxmem_pages
                                     ? dom_block(sd, gfn, false) : NULL;
 
-        if (!b || sd->domain->p2m[gfn] != MV_P2M_SHARED ||
-            b->mfn[gfn % MV_BLOCK_PAGES] != mfn || b->pos[gfn % MV_BLOCK_PAGES] != i)
+        if (!b || b->mfn[gfn % MV_BLOCK_PAGES] != mfn || b->pos[gfn % MV_BLOCK_PAGES] != i)
             return mv__fail(-EUCLEAN, "shared frame %#llx: reverse-map entry %u "
                             "(slot %llu, gfn %#llx) does not match the domain",
                             (unsigned long long)mfn, i, (unsigned long long)slot,
@@ -1746,27 +1748,39 @@ static int audit_frame(struct mv_host *h, uint64_t mfn, struct mv__sframe *f,
     return 0;
 }
 
-static int audit_domain_entries(struct mv_host *h, struct mv__share_dom *sd,
-                                uint64_t *shared)
+/* One domain's side (its lock and the share lock held): a gfn is SHARED
+ * exactly when its entry names a live frame whose reverse map holds it. */
+static int audit_domain_entries(struct mv_host *h, struct mv_domain *d, uint64_t *shared)
 {
     struct mv__share *s = h->share;
-    struct mv_domain *d = sd->domain;
-    uint8_t written[MV_BLOCK_PAGES];
+    struct mv__share_dom *sd = d->share;
 
     for (uint64_t g = 0; g < d->maxmem_pages; g++) {
-        struct mv__share_block *b;
-        struct mv__sframe *f;
+        struct mv__share_block *b = dom_block(sd, g, false);
+        uint64_t mfn = b ? b->mfn[g % MV_BLOCK_PAGES] : MV_NO_MFN;
+        struct mv__sframe *f = mfn != MV_NO_MFN ? frame_of(s, mfn) : NULL;
 
-        if (d->p2m[g] != MV_P2M_SHARED)
+        if (d->p2m[g] != MV_P2M_SHARED) {
+            if (mfn != MV_NO_MFN)
+                return mv__fail(-EUCLEAN, "domain %u: gfn %#llx is not shared but "
+                                "names frame %#llx", d->domid, (unsigned long long)g,
+                                (unsigned long long)mfn);
             continue;
+        }
         (*shared)++;
-        b = dom_block(sd, g, false);
-        f = b ? frame_of(s, b->mfn[g % MV_BLOCK_PAGES]) : NULL;
         if (!f || !(f->flags & FRAME_LIVE) || b->pos[g % MV_BLOCK_PAGES] >= f->refs ||
             rmap_entries(f)[b->pos[g % MV_BLOCK_PAGES]] != rmap_encode(sd, g))
             return mv__fail(-EUCLEAN, "domain %u: shared gfn %#llx is not in its "
                             "frame's reverse map", d->domid, (unsigned long long)g);
     }
+    return 0;
+}
+
+/* No guest page of d lives in a private anonymous copy (d's lock held). */
+static int audit_private_copies(struct mv_domain *d)
+{
+    uint8_t written[MV_BLOCK_PAGES];
+
     if (d->state == MV_DOMAIN_CRASHED || atomic_load(&d->dying))
         return 0;
     for (uint64_t g = 0; g < d->maxmem_pages; g += MV_BLOCK_PAGES) {
@@ -1781,21 +1795,13 @@ static int audit_domain_entries(struct mv_host *h, struct mv__share_dom *sd,
     return 0;
 }
 
-int mv_share_audit(mv_host *host)
+/* The frames (share lock held): residency, reverse maps, index bytes. */
+static int audit_frames(struct mv_host *host, uint64_t *frames)
 {
-    struct mv__share *s;
-    uint64_t shared = 0, frames = 0, populated = 0;
-    uint8_t *page, *resident = NULL;
-    int rc = 0;
+    struct mv__share *s = host->share;
+    uint8_t *page = malloc(MV_PAGE_SIZE), *resident = NULL;
+    int rc = page ? 0 : mv__fail(-ENOMEM, "audit: no memory");
 
-    mv__clear_error();
-    if (!host)
-        return mv__fail(-EINVAL, "host is NULL");
-    s = host->share;
-    page = malloc(MV_PAGE_SIZE);
-    if (!page)
-        return mv__fail(-ENOMEM, "audit: no memory");
-    mv__mutex_lock(&s->lock);
     for (size_t i = 0; i < s->region_count && rc == 0; i++) {
         struct mv__share_region *r = s->regions[i];
         uint64_t live = 0;
@@ -1820,26 +1826,58 @@ int mv_share_audit(mv_host *host)
             rc = mv__fail(-EUCLEAN, "shared region at %#llx counts %llu live frames, "
                           "holds %llu", (unsigned long long)r->first,
                           (unsigned long long)r->live, (unsigned long long)live);
-        frames += live;
+        *frames += live;
     }
-    for (size_t i = 0; i < s->registry_capacity && rc == 0; i++) {
-        if (!s->registry[i])
-            continue;
-        rc = audit_domain_entries(host, s->registry[i], &shared);
-        populated += s->registry[i]->domain->populated;
-    }
+    free(resident);
+    free(page);
+    return rc;
+}
+
+int mv_share_audit(mv_host *host)
+{
+    struct mv__share *s;
+    struct mv_domain **all;
+    uint64_t shared = 0, frames = 0, refs, counted;
+    size_t n, registered = 0;
+    int rc;
+
+    mv__clear_error();
+    if (!host)
+        return mv__fail(-EINVAL, "host is NULL");
+    s = host->share;
+    mv__mutex_lock(&s->lock);
+    rc = audit_frames(host, &frames);
     if (rc == 0 && frames != s->frames)
         rc = mv__fail(-EUCLEAN, "%llu live shared frames, counted %llu",
                       (unsigned long long)frames, (unsigned long long)s->frames);
-    if (rc == 0 && shared != s->refs)
+    mv__mutex_unlock(&s->lock);
+    n = mv__domain_get_all(host, &all);
+    for (size_t i = 0; i < n; i++) {
+        if (rc == 0) {
+            mv__mutex_lock(&all[i]->lock);
+            mv__mutex_lock(&s->lock);
+            rc = audit_domain_entries(host, all[i], &shared);
+            mv__mutex_unlock(&s->lock);
+            if (rc == 0)
+                rc = audit_private_copies(all[i]);
+            mv__mutex_unlock(&all[i]->lock);
+        }
+        mv__domain_put(all[i]);
+    }
+    free(all);
+    mv__mutex_lock(&s->lock);
+    refs = s->refs;
+    counted = s->frames;
+    for (size_t i = 0; i < s->registry_capacity; i++)
+        registered += s->registry[i] != NULL;
+    mv__mutex_unlock(&s->lock);
+    /* The totals hold on a quiet host (no domain being created or
+     * destroyed meanwhile). */
+    if (rc == 0 && registered == n && shared != refs)
         rc = mv__fail(-EUCLEAN, "domains map %llu shared gfns; saved %llu + frames "
                       "%llu = %llu", (unsigned long long)shared,
-                      (unsigned long long)(s->refs - s->frames),
-                      (unsigned long long)s->frames, (unsigned long long)s->refs);
-    mv__mutex_unlock(&s->lock);
-    free(resident);
-    free(page);
-    (void)populated;
+                      (unsigned long long)(refs - counted), (unsigned long long)counted,
+                      (unsigned long long)refs);
     return rc;
 }
 
