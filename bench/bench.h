@@ -26,5 +26,7 @@ int mv_bench_main(int argc, char **argv);
  */
 int mv_bench_pod(int argc, char **argv);
 int mv_bench_logdirty(int argc, char **argv);
+int mv_bench_share(int argc, char **argv);
+int mv_bench_cow(int argc, char **argv);
 
 #endif /* MV_BENCH_H */

@@ -18,6 +18,10 @@ static const struct bench_suite bench_suites[] = {
              "first touch and one core's read bandwidth", mv_bench_pod },
     { "logdirty", "dirty logging: the wp-async fast path vs the wp-sync "
                   "baseline, protect-all and mprotect", mv_bench_logdirty },
+    { "share", "page sharing of realistic guests: memvisor's scanner vs KSM "
+               "and the ideal", mv_bench_share },
+    { "cow", "cloning a domain and breaking shared pages vs fork and the "
+             "kernel's own faults", mv_bench_cow },
 };
 
 static void print_usage(FILE *out)
