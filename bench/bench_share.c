@@ -15,7 +15,8 @@
  *                    image's size), the image written into
  *                    mv_domain_ram() with ordinary stores (populate on
  *                    demand), then mv_share_scan() passes over every domain
- *                    until a pass saves nothing more.
+ *                    until a pass saves nothing more (at most 16 passes, and
+ *                    none started after the time KSM is given, below).
  *   ksm-aggressive   the same images copied into MADV_MERGEABLE anonymous
  *                    memory, KSM at pages_to_scan = 20000, sleep_millisecs =
  *                    0, until pages_sharing and ksm_zero_pages have not moved
@@ -23,7 +24,9 @@
  *   memvisor-hinted  memvisor-scan with every synthetic guest's kernel image
  *                    hinted (mv_share_hint, one key) before the first pass.
  *   ksm-defaults     (--ksm-defaults) KSM at the kernel's defaults, 100 pages
- *                    every 20 ms, with a timeout.
+ *                    every 20 ms.
+ * KSM is given 120 s flat out (900 s at its defaults), or 1 s per 10,000
+ * pages (per 500 pages) of guests when that is longer.
  *
  * Zero pages: memvisor returns them to populate-on-demand (no frame at all);
  * KSM maps them to the kernel's zero page only with use_zero_pages = 1, which
@@ -124,6 +127,7 @@ struct mv_case {
     unsigned passes;
     unsigned productive_passes; /* passes up to the last that saved */
     bool converged;
+    bool timed_out;             /* no new pass after the time budget */
     uint64_t converge_ns;
     uint64_t converge_process_cpu_ns;
     uint64_t converge_thread_cpu_ns;
@@ -201,6 +205,7 @@ struct ksm_state {
 
 struct share_run {
     struct share_options opt;
+    uint64_t timeout_s;         /* memvisor: no new pass after; KSM aggressive */
     struct mv_bench_machine machine;
     struct guest_image_set images;
     struct guest_image_ideal ideal;
@@ -417,11 +422,14 @@ static int ksm_save(struct ksm_state *k)
     struct sigaction sa;
 
     for (int i = 0; i < KSM_SAVED; i++) {
+        int rc;
+
         ksm_saved_value[i][0] = '\0';
         if (i == KSM_USE_ZERO && !k->have_zero)
             continue;
-        if (ksm_read(ksm_saved_names[i], ksm_saved_value[i], sizeof(ksm_saved_value[i])) < 0) {
-            mv_bench_error("share: cannot read %s: %s", ksm_saved_names[i], strerror(errno));
+        rc = ksm_read(ksm_saved_names[i], ksm_saved_value[i], sizeof(ksm_saved_value[i]));
+        if (rc < 0) {
+            mv_bench_error("share: cannot read %s: %s", ksm_saved_names[i], strerror(-rc));
             return MV_BENCH_FAILED;
         }
     }
@@ -662,8 +670,9 @@ static int hint_kernels(struct share_run *run, struct mv_case *c, mv_host *host,
     return MV_BENCH_OK;
 }
 
-/* Passes of mv_share_scan() until one saves nothing more. */
-static int scan_until_converged(struct mv_case *c, mv_host *host)
+/* Passes of mv_share_scan() until one saves nothing more, SH_MAX_PASSES, or
+ * no new pass once `timeout_s` have gone by. */
+static int scan_until_converged(struct mv_case *c, mv_host *host, uint64_t timeout_s)
 {
     struct mv_share_stats s0, s;
     uint64_t t0, cpu0, thread0, prev_saved, prev_zero;
@@ -703,6 +712,10 @@ static int scan_until_converged(struct mv_case *c, mv_host *host)
         }
         if (!gained && p > 0) {
             c->converged = true;
+            break;
+        }
+        if (pass->wall_ns >= timeout_s * 1000000000ull) {
+            c->timed_out = true;
             break;
         }
     }
@@ -834,7 +847,7 @@ static int mv_case_run(struct share_run *run, struct mv_case *c)
         rc = hint_kernels(run, c, host, doms);
     if (rc == MV_BENCH_OK) {
         c->ran = true;
-        rc = scan_until_converged(c, host);
+        rc = scan_until_converged(c, host, run->timeout_s);
     }
     if (rc == MV_BENCH_OK)
         rc = populated_pages(host, doms, run->images.count, &c->populated_after);
@@ -1009,6 +1022,9 @@ static struct json_object *mv_case_json(const struct mv_case *c)
         json_object_object_add(o, "first_left_unshared", json_object_new_string(where));
     }
     json_object_object_add(o, "converged", json_object_new_boolean(c->converged));
+    if (c->timed_out)
+        json_object_object_add(o, "stopped", json_object_new_string(
+            "no new pass after the time budget (parameters.timeout_s)"));
     json_object_object_add(o, "passes", u64_json(c->passes));
     json_object_object_add(o, "productive_passes", u64_json(c->productive_passes));
     json_object_object_add(o, "converge_ns", u64_json(c->converge_ns));
@@ -1107,7 +1123,7 @@ static struct json_object *ksm_case_json(const struct ksm_case *c)
 static struct json_object *ksm_json(const struct share_run *run)
 {
     const struct ksm_state *k = &run->ksm;
-    struct json_object *o = json_object_new_object(), *before = json_object_new_object();
+    struct json_object *o = json_object_new_object(), *before;
 
     json_object_object_add(o, "available", json_object_new_boolean(k->available));
     if (!k->available || run->opt.no_ksm) {
@@ -1115,6 +1131,7 @@ static struct json_object *ksm_json(const struct share_run *run)
             run->opt.no_ksm ? "--no-ksm" : k->reason));
         return o;
     }
+    before = json_object_new_object();
     json_object_object_add(o, "ksmd_pid", json_object_new_int(k->ksmd_pid));
     json_object_object_add(before, "run", json_object_new_string(ksm_saved_value[KSM_RUN]));
     json_object_object_add(before, "pages_to_scan",
@@ -1176,6 +1193,7 @@ static int report_json(const struct share_run *run)
         json_object_object_add(params, "files_unique", u64_json(run->images.files_unique));
         json_object_object_add(params, "generate_ns", u64_json(run->images.generate_ns));
     }
+    json_object_object_add(params, "timeout_s", u64_json(run->timeout_s));
     json_object_object_add(params, "images", images_json(run));
     json_object_object_add(params, "statistic", json_object_new_string(
         "one run of each case; converge_ns: memvisor, from the first scan pass to the "
@@ -1212,9 +1230,10 @@ static void print_mv_case(const struct mv_case *c)
 {
     printf("\n%s: %s\n", c->name, c->what);
     printf("    saved %" PRIu64 " non-zero pages, %" PRIu64 " zero pages to PoD; "
-           "%u passes (%u productive), converged in %.1f ms, %.1f ms CPU "
+           "%u passes (%u productive), %s in %.1f ms, %.1f ms CPU "
            "(scan_cpu_ns %.1f ms)\n", c->saved_pages, c->zero_pages, c->passes,
-           c->productive_passes, (double)c->converge_ns / 1e6,
+           c->productive_passes, c->converged ? "converged" : "NOT converged",
+           (double)c->converge_ns / 1e6,
            (double)c->converge_process_cpu_ns / 1e6, (double)c->converge_scan_cpu_ns / 1e6);
     printf("    %" PRIu64 " duplicated pages left unshared\n", c->missed_duplicates);
     printf("    populated %" PRIu64 " -> %" PRIu64 " pages; %" PRIu64 " shared frames, "
@@ -1448,6 +1467,7 @@ static int run_suite(struct share_run *run)
      * it settled. */
     pages = run->image_bytes / MV_PAGE_SIZE;
     aggressive_timeout_s = MV_BENCH_MAX(120, pages / 10000);
+    run->timeout_s = aggressive_timeout_s;
     default_timeout_s = MV_BENCH_MAX(900, pages / 500);
     run->mv_scan = (struct mv_case){
         .name = "memvisor-scan",
@@ -1879,12 +1899,12 @@ static int cow_ram(mv_host *host, uint32_t dom, uint8_t **ram)
 
 /*
  * Read every page of `dom` with mv_domain_read_page and compare it with its
- * content (salt), where the `count` pages `stride` apart carry the byte
- * at `offset` ^ 0xff, and a second such byte when offset2 >= 0.
+ * content (salt), where the `count` pages `stride` apart carry the byte at
+ * `offset` ^ 0xff.
  */
 static int cow_check_domain(struct cow_run *run, mv_host *host, uint32_t dom,
                             const char *name, uint64_t pages, uint64_t salt,
-                            uint64_t count, uint64_t stride, unsigned offset, int offset2)
+                            uint64_t count, uint64_t stride, unsigned offset)
 {
     uint64_t *want = aligned_alloc(MV_PAGE_SIZE, MV_PAGE_SIZE);
     uint64_t *got = aligned_alloc(MV_PAGE_SIZE, MV_PAGE_SIZE);
@@ -1904,11 +1924,8 @@ static int cow_check_domain(struct cow_run *run, mv_host *host, uint32_t dom,
             break;
         }
         cow_fill_page(want, salt, gfn);
-        if (gfn % stride == 0 && gfn / stride < count) {
+        if (gfn % stride == 0 && gfn / stride < count)
             ((uint8_t *)want)[offset] ^= 0xff;
-            if (offset2 >= 0)
-                ((uint8_t *)want)[offset2] ^= 0xff;
-        }
         run->pages_checked++;
         if (memcmp(want, got, MV_PAGE_SIZE) != 0) {
             if (!run->mismatches)
@@ -1978,10 +1995,10 @@ static int cow_clone_case(struct cow_run *run, mv_host *host)
         return mv_bench_lib_error("mv_domain_info", rc);
 
     rc = cow_check_domain(run, host, src, "cow-source", run->pages, COW_SALT_SOURCE,
-                          run->opt.pages, run->stride, COW_SOURCE_BYTE, -1);
+                          run->opt.pages, run->stride, COW_SOURCE_BYTE);
     if (rc == MV_BENCH_OK)
         rc = cow_check_domain(run, host, clone, "cow-clone", run->pages, COW_SALT_SOURCE,
-                              run->opt.pages, run->stride, COW_CLONE_BYTE, -1);
+                              run->opt.pages, run->stride, COW_CLONE_BYTE);
     return rc;
 }
 
@@ -2025,10 +2042,10 @@ static int cow_mras_case(struct cow_run *run, mv_host *host)
         (rc = cow_saved(host, &run->mras_saved_after, NULL, NULL)) != MV_BENCH_OK)
         return rc;
     run->mras_saved_after -= saved0;
-    rc = cow_check_domain(run, host, a, "cow-share-a", pages, COW_SALT_SHARED, 0, 1, 0, -1);
+    rc = cow_check_domain(run, host, a, "cow-share-a", pages, COW_SALT_SHARED, 0, 1, 0);
     if (rc == MV_BENCH_OK)
         rc = cow_check_domain(run, host, b, "cow-share-b", pages, COW_SALT_SHARED, count,
-                              stride, COW_CLONE_BYTE, -1);
+                              stride, COW_CLONE_BYTE);
     return rc;
 }
 

@@ -142,9 +142,18 @@ static void poison_ram(struct mv_domain *d)
     size_t length = d->maxmem_pages << MV_PAGE_SHIFT;
 
     if (!mv__os_map_shared(d->ram, length, d->host->sigbus_fd, 0,
-                           PROT_READ | PROT_WRITE))
-        mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot poison its RAM: %s",
-                d->domid, mv_strerror(-errno));
+                           PROT_READ | PROT_WRITE)) {
+        /* At vm.max_map_count the replacing mmap can fail: unmapping the
+         * whole range first frees its mappings (a stray access in between
+         * takes SIGSEGV rather than writing anywhere). */
+        mv__log(d->host, MV_LOG_WARN, "domain %u: cannot poison its RAM (%s); "
+                "unmapping it first", d->domid, mv_strerror(-errno));
+        mv__os_unmap(d->ram, length);
+        if (!mv__os_map_shared(d->ram, length, d->host->sigbus_fd, 0,
+                               PROT_READ | PROT_WRITE))
+            mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot poison its RAM: %s",
+                    d->domid, mv_strerror(-errno));
+    }
     mv__os_uffd_wake(d->uffd, d->ram, length);
     if (d->cow_uffd >= 0)
         mv__os_uffd_wake(d->cow_uffd, d->ram, length);

@@ -41,6 +41,7 @@
 #include <time.h>
 
 #define MV_CANDIDATE_BITS 20
+#define MV_CANDIDATE_WAYS 8u
 #define MV_REST_NS 50000000ull     /* between passes that shared nothing */
 #define MV_PACE_SLICE_NS 20000000ull
 
@@ -288,6 +289,25 @@ static void process_revisits(mv_host *host, struct mv_scan_result *result)
     sc->revisit_count = 0;
 }
 
+/*
+ * The candidate for `hash`: a set of MV_CANDIDATE_WAYS slots chosen by the
+ * hash's low bits.  The entry with this hash if there is one, else a free
+ * slot, else the slot the hash's high bits pick (so two contents that share
+ * the low bits do not evict each other pass after pass).
+ */
+static struct candidate *find_candidate(struct mv__scanner *sc, uint64_t hash)
+{
+    struct candidate *set = &sc->candidates[hash & sc->candidate_mask & ~(uint64_t)(MV_CANDIDATE_WAYS - 1)];
+
+    for (unsigned i = 0; i < MV_CANDIDATE_WAYS; i++)
+        if (set[i].used && set[i].hash == hash)
+            return &set[i];
+    for (unsigned i = 0; i < MV_CANDIDATE_WAYS; i++)
+        if (!set[i].used)
+            return &set[i];
+    return &set[(hash >> 60) % MV_CANDIDATE_WAYS];
+}
+
 /* Scan one 2 MiB block of d (its lock held). */
 static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
                        struct mv_scan_result *result)
@@ -338,7 +358,7 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
             any = true;
             continue;
         }
-        c = &sc->candidates[hash & sc->candidate_mask];
+        c = find_candidate(sc, hash);
         if (c->used && c->hash == hash && !(c->domid == d->domid && c->gfn == g)) {
             actions[g - lo] = MV_ACT_MATCH_INSERT;
             any = true;

@@ -554,7 +554,9 @@ static bool may_map(struct mv_host *h, uint64_t more)
     uint64_t limit = s->max_vmas ? s->max_vmas :
                      (s->max_map_count > MV_MAP_RESERVE ? s->max_map_count - MV_MAP_RESERVE : 0);
 
-    if (now - s->vma_checked_ns > MV_MAP_RECHECK_NS || s->vma_count + more >= limit) {
+    /* Counting reads all of /proc/self/maps: at most every 100 ms, also
+     * while stopped at the limit (else every scanned page would pay it). */
+    if (now - s->vma_checked_ns > MV_MAP_RECHECK_NS) {
         s->vma_count = count_mappings();
         s->vma_checked_ns = now;
     }
