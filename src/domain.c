@@ -743,35 +743,43 @@ static int validate_gfns(struct mv_domain *d, const uint64_t *gfns, size_t count
     return rc;
 }
 
-static int reservation_begin(mv_host *host, uint32_t domid, const uint64_t *gfns,
-                             size_t count, struct mv_domain **out)
+int mv__domain_lock_live(struct mv_host *host, uint32_t domid, struct mv_domain **out)
 {
-    struct mv_domain *d;
+    struct mv_domain *d = mv__domain_get(host, domid);
 
-    mv__clear_error();
-    if (count && !gfns)
-        return mv__fail(-EINVAL, "gfn list is NULL");
-    if (count > INT32_MAX)
-        return mv__fail(-E2BIG, "%zu gfns in one call; at most %d", count, INT32_MAX);
-    d = mv__domain_get(host, domid);
     if (!d)
         return -ESRCH;
     mv__mutex_lock(&d->lock);
     if (d->state == MV_DOMAIN_CRASHED) {
-        mv__mutex_unlock(&d->lock);
-        mv__domain_put(d);
+        mv__domain_unlock_put(d);
         return mv__fail(-EPERM, "domain %u has crashed", domid);
     }
     *out = d;
     return 0;
 }
 
+void mv__domain_unlock_put(struct mv_domain *d)
+{
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+}
+
+static int reservation_begin(mv_host *host, uint32_t domid, const uint64_t *gfns,
+                             size_t count, struct mv_domain **out)
+{
+    mv__clear_error();
+    if (count && !gfns)
+        return mv__fail(-EINVAL, "gfn list is NULL");
+    if (count > INT32_MAX)
+        return mv__fail(-E2BIG, "%zu gfns in one call; at most %d", count, INT32_MAX);
+    return mv__domain_lock_live(host, domid, out);
+}
+
 static void reservation_end(struct mv_domain *d)
 {
     struct mv_host *h = d->host;
 
-    mv__mutex_unlock(&d->lock);
-    mv__domain_put(d);
+    mv__domain_unlock_put(d);
     mv__fault_kick(h);
 }
 

@@ -320,6 +320,10 @@ struct mv_domain *mv__domain_get(struct mv_host *host, uint32_t domid);
  * which must still drain its userfaultfd). */
 struct mv_domain *mv__domain_get_any(struct mv_host *host, uint32_t domid);
 void mv__domain_put(struct mv_domain *d);
+/* Look a domain up, take a reference and lock it; -EPERM (with the reason)
+ * when it has crashed.  Undone by mv__domain_unlock_put. */
+int mv__domain_lock_live(struct mv_host *host, uint32_t domid, struct mv_domain **out);
+void mv__domain_unlock_put(struct mv_domain *d);
 /* Every live domain, referenced; the caller puts each and frees the array. */
 size_t mv__domain_get_all(struct mv_host *host, struct mv_domain ***out);
 

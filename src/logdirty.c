@@ -415,30 +415,20 @@ void mv__logdirty_wp_fault(struct mv_domain *d, uint64_t gfn)
 static int begin(mv_host *host, uint32_t domid, bool must_be_enabled,
                  struct mv_domain **out)
 {
-    struct mv_domain *d = mv__domain_get(host, domid);
-    int rc = 0;
+    int rc;
 
     mv__clear_error();
-    if (!d)
-        return -ESRCH;
-    mv__mutex_lock(&d->lock);
-    if (d->state == MV_DOMAIN_CRASHED)
-        rc = mv__fail(-EPERM, "domain %u has crashed", domid);
-    else if (must_be_enabled && !d->logdirty->enabled)
+    rc = mv__domain_lock_live(host, domid, out);
+    if (rc == 0 && must_be_enabled && !(*out)->logdirty->enabled) {
+        mv__domain_unlock_put(*out);
         rc = mv__fail(-EINVAL, "domain %u is not logging dirty pages", domid);
-    if (rc < 0) {
-        mv__mutex_unlock(&d->lock);
-        mv__domain_put(d);
-        return rc;
     }
-    *out = d;
-    return 0;
+    return rc;
 }
 
 static void end(struct mv_domain *d)
 {
-    mv__mutex_unlock(&d->lock);
-    mv__domain_put(d);
+    mv__domain_unlock_put(d);
 }
 
 int mv_logdirty_enable(mv_host *host, uint32_t domid)

@@ -123,15 +123,12 @@ int mv__os_punch(int fd, uint64_t offset, uint64_t length)
     return 0;
 }
 
-int mv__os_read(int fd, void *buf, uint64_t offset, uint64_t length)
+/* pread or pwrite exactly `length` bytes, across short transfers. */
+static int transfer(int fd, uint8_t *p, uint64_t offset, uint64_t length, bool write)
 {
-    uint8_t *p = buf;
-    int err = injected(MV_OS_READ);
-
-    if (err)
-        return err;
     while (length) {
-        ssize_t n = pread(fd, p, length, (off_t)offset);
+        ssize_t n = write ? pwrite(fd, p, length, (off_t)offset)
+                          : pread(fd, p, length, (off_t)offset);
 
         if (n < 0 && errno == EINTR)
             continue;
@@ -146,27 +143,18 @@ int mv__os_read(int fd, void *buf, uint64_t offset, uint64_t length)
     return 0;
 }
 
+int mv__os_read(int fd, void *buf, uint64_t offset, uint64_t length)
+{
+    int err = injected(MV_OS_READ);
+
+    return err ? err : transfer(fd, buf, offset, length, false);
+}
+
 int mv__os_write(int fd, const void *buf, uint64_t offset, uint64_t length)
 {
-    const uint8_t *p = buf;
     int err = injected(MV_OS_WRITE);
 
-    if (err)
-        return err;
-    while (length) {
-        ssize_t n = pwrite(fd, p, length, (off_t)offset);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -errno;
-        if (n == 0)
-            return -EIO;
-        p += n;
-        offset += (uint64_t)n;
-        length -= (uint64_t)n;
-    }
-    return 0;
+    return err ? err : transfer(fd, (uint8_t *)buf, offset, length, true);
 }
 
 int mv__os_copy(int fd, uint64_t from, uint64_t to, uint64_t length)

@@ -543,6 +543,11 @@ static void *scanner_main(void *arg)
     return NULL;
 }
 
+void mv_scanner_config_init(struct mv_scanner_config *config)
+{
+    memset(config, 0, sizeof(*config));
+}
+
 int mv_scanner_start(mv_host *host, const struct mv_scanner_config *config)
 {
     struct mv__scanner *sc;

@@ -710,14 +710,11 @@ static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint
     int rc = map_frames(d, gfn, mfn, n);
 
     if (rc < 0) {
-        /* Put the gfns back on their own frames (or their old frames). */
-        int undo = from == FROM_SHARED ? -EINVAL : mv__domain_map_own(d, gfn, n);
+        /* Put the gfns back where they were: their old frame, or their own. */
+        int undo = from == FROM_SHARED
+            ? map_frames(d, gfn, dom_block(d->share, gfn, false)->mfn[gfn % MV_BLOCK_PAGES], 1)
+            : mv__domain_map_own(d, gfn, n);
 
-        if (from == FROM_SHARED) {
-            uint64_t old = dom_block(d->share, gfn, false)->mfn[gfn % MV_BLOCK_PAGES];
-
-            undo = map_frames(d, gfn, old, 1);
-        }
         if (undo < 0)
             mv__domain_crash(d, "cannot restore gfn %#llx+%llu after a failed "
                              "remap", (unsigned long long)gfn, (unsigned long long)n);
@@ -872,7 +869,10 @@ struct apply_plan {
 
 enum { PLAN_NONE, PLAN_ZERO, PLAN_MATCH, PLAN_INSERT, PLAN_RESTORE };
 
-/* One 2 MiB buffer per thread that shares, freed when the thread exits. */
+/* One 2 MiB buffer (and a page of scratch) per thread that shares, freed
+ * when the thread exits.  Not the PoD sweep's buffer: sharing may sweep
+ * (claiming a page for a write that raced a remap) while its bytes are in
+ * use. */
 static pthread_key_t buffer_key;
 static pthread_once_t buffer_once = PTHREAD_ONCE_INIT;
 
@@ -954,17 +954,15 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
 {
     struct mv_host *h = d->host;
     struct mv__share *s = h->share;
-    struct apply_plan *plan = malloc(sizeof(*plan));
+    struct apply_plan plan_storage, *plan = &plan_storage;
     uint8_t *buf = thread_buffer(), *scratch;
     uint64_t i;
     int rc = 0;
 
     mv__assert_held(&d->lock);
     memset(result, 0, sizeof(*result));
-    if (!plan || !buf) {
-        free(plan);
+    if (!buf)
         return mv__fail(-ENOMEM, "no memory to share pages");
-    }
     scratch = buf + ((size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
     memset(plan->kind, PLAN_NONE, n);
     for (i = 0; i < n; i++) {
@@ -1064,7 +1062,6 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
         result->skipped += i - start - (uint64_t)done;
     }
     mv__mutex_unlock(&s->lock);
-    free(plan);
     if (result->zero)
         mv__fault_kick(h);
     return rc;
@@ -1099,7 +1096,6 @@ int mv__share_domain_init(struct mv_domain *d)
     struct mv__share *s = d->host->share;
     struct mv__share_dom *sd = calloc(1, sizeof(*sd));
     uint64_t blocks = (d->maxmem_pages + MV_BLOCK_PAGES - 1) / MV_BLOCK_PAGES;
-    uint64_t ioctls = 0;
     int rc;
 
     if (!sd || !(sd->blocks = calloc(blocks, sizeof(*sd->blocks)))) {
@@ -1120,7 +1116,6 @@ int mv__share_domain_init(struct mv_domain *d)
     if (d->cow_uffd < 0)
         return mv__fail(d->cow_uffd, "cannot open the copy-on-write userfaultfd: %s",
                         mv_strerror(d->cow_uffd));
-    (void)ioctls;
     return 0;
 }
 
@@ -1183,33 +1178,23 @@ void mv__share_domain_info(struct mv_domain *d, struct mv_domain_info *out)
 /* Look a domain up for sharing and lock it: it must run. */
 static int begin(mv_host *host, uint32_t domid, struct mv_domain **out)
 {
-    struct mv_domain *d;
+    int rc;
 
     mv__clear_error();
     if (!host)
         return mv__fail(-EINVAL, "host is NULL");
-    d = mv__domain_get(host, domid);
-    if (!d)
-        return -ESRCH;
-    mv__mutex_lock(&d->lock);
-    if (d->state != MV_DOMAIN_RUNNING) {
-        int rc = d->state == MV_DOMAIN_CRASHED
-            ? mv__fail(-EPERM, "domain %u has crashed", domid)
-            : mv__fail(-EBUSY, "domain %u is paused: its pages are not shared "
-                       "while paused (unpause it, or clone it)", domid);
-
-        mv__mutex_unlock(&d->lock);
-        mv__domain_put(d);
-        return rc;
+    rc = mv__domain_lock_live(host, domid, out);
+    if (rc == 0 && (*out)->state == MV_DOMAIN_PAUSED) {
+        mv__domain_unlock_put(*out);
+        rc = mv__fail(-EBUSY, "domain %u is paused: its pages are not shared "
+                      "while paused (unpause it, or clone it)", domid);
     }
-    *out = d;
-    return 0;
+    return rc;
 }
 
 static void end(struct mv_domain *d)
 {
-    mv__mutex_unlock(&d->lock);
-    mv__domain_put(d);
+    mv__domain_unlock_put(d);
 }
 
 static int check_range(struct mv_domain *d, uint64_t gfn, uint64_t count)
@@ -1667,11 +1652,6 @@ out:
 
 /* ------------------------------------------------------------------------ */
 /* stats and audit                                                          */
-
-void mv_scanner_config_init(struct mv_scanner_config *config)
-{
-    memset(config, 0, sizeof(*config));
-}
 
 int mv_share_stats(mv_host *host, struct mv_share_stats *out)
 {

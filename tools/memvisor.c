@@ -737,9 +737,12 @@ static void print_stats(struct json_object *reply)
     }
 }
 
-static int run_stats(const struct invocation *inv)
+/* A report of every domain, or of the one named: as JSON or through
+ * `print`. */
+static int run_report(const struct invocation *inv, const char *type,
+                      void (*print)(struct json_object *reply))
 {
-    struct json_object *request = mv_proto_request_new("stats"), *reply;
+    struct json_object *request = mv_proto_request_new(type), *reply;
     int status;
 
     if (inv->operand_count)
@@ -750,9 +753,14 @@ static int run_stats(const struct invocation *inv)
     if (option_set(inv, "json"))
         print_json(reply);
     else
-        print_stats(reply);
+        print(reply);
     json_object_put(reply);
     return STATUS_OK;
+}
+
+static int run_stats(const struct invocation *inv)
+{
+    return run_report(inv, "stats", print_stats);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1382,20 +1390,7 @@ static void print_share_stats(struct json_object *reply)
 
 static int run_share_stats(const struct invocation *inv)
 {
-    struct json_object *request = mv_proto_request_new("share-stats"), *reply;
-    int status;
-
-    if (inv->operand_count)
-        json_object_object_add(request, "domain", json_object_new_string(inv->operands[0]));
-    status = request_once(inv, request, &reply);
-    if (status != STATUS_OK)
-        return status;
-    if (option_set(inv, "json"))
-        print_json(reply);
-    else
-        print_share_stats(reply);
-    json_object_put(reply);
-    return STATUS_OK;
+    return run_report(inv, "share-stats", print_share_stats);
 }
 
 static int run_share_audit(const struct invocation *inv)
