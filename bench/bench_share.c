@@ -1588,6 +1588,7 @@ struct cow_run {
     uint64_t saved_after_source;
     struct mv_domain_info source_info;
     uint64_t vmas_after_breaks;
+    uint64_t run_unshares;      /* pages unshared with breaks near the limit */
     /* make_ro_and_share */
     uint64_t mras_pages;        /* of each of the two domains */
     uint64_t mras_first_ns;     /* the first domain: every page inserted */
@@ -1870,7 +1871,8 @@ static int cow_create(mv_host *host, const char *name, uint64_t bytes, uint32_t 
     return rc < 0 ? mv_bench_lib_error("mv_domain_create", rc) : MV_BENCH_OK;
 }
 
-static int cow_saved(mv_host *host, uint64_t *saved, uint64_t *frames, uint64_t *vmas)
+static int cow_saved(mv_host *host, uint64_t *saved, uint64_t *frames, uint64_t *vmas,
+                     uint64_t *run_unshares)
 {
     struct mv_share_stats s;
     int rc = mv_share_stats(host, &s);
@@ -1882,6 +1884,8 @@ static int cow_saved(mv_host *host, uint64_t *saved, uint64_t *frames, uint64_t 
         *frames = s.shared_frames;
     if (vmas)
         *vmas = s.vma_count;
+    if (run_unshares)
+        *run_unshares = s.cow_run_unshares;
     return MV_BENCH_OK;
 }
 
@@ -1956,7 +1960,7 @@ static int cow_clone_case(struct cow_run *run, mv_host *host)
     run->populated_pages = info.populated_pages;
     if ((rc = mv_domain_pause(host, src)) < 0)
         return mv_bench_lib_error("mv_domain_pause", rc);
-    if ((rc = cow_saved(host, &saved0, NULL, NULL)) != MV_BENCH_OK)
+    if ((rc = cow_saved(host, &saved0, NULL, NULL, NULL)) != MV_BENCH_OK)
         return rc;
     t0 = mv_bench_now_ns();
     rc = mv_domain_clone(host, src, "cow-clone", &clone);
@@ -1964,7 +1968,7 @@ static int cow_clone_case(struct cow_run *run, mv_host *host)
     if (rc < 0)
         return mv_bench_lib_error("mv_domain_clone", rc);
     if ((rc = cow_saved(host, &run->saved_after_clone, &run->shared_frames_after_clone,
-                        &run->vmas_after_clone)) != MV_BENCH_OK)
+                        &run->vmas_after_clone, NULL)) != MV_BENCH_OK)
         return rc;
     run->saved_after_clone -= saved0;
     if ((rc = mv_domain_info(host, clone, &info)) < 0)
@@ -1975,7 +1979,7 @@ static int cow_clone_case(struct cow_run *run, mv_host *host)
     if ((rc = cow_ram(host, clone, &ram)) != MV_BENCH_OK ||
         (rc = cow_timed_writes(run, ram, run->opt.pages, run->stride, COW_CLONE_BYTE,
                                COW_SALT_SOURCE, &run->clone_break)) != MV_BENCH_OK ||
-        (rc = cow_saved(host, &run->saved_after_breaks, NULL, NULL)) != MV_BENCH_OK)
+        (rc = cow_saved(host, &run->saved_after_breaks, NULL, NULL, NULL)) != MV_BENCH_OK)
         return rc;
     run->saved_after_breaks -= saved0;
     if ((rc = mv_domain_info(host, clone, &run->clone_info)) < 0)
@@ -1988,7 +1992,7 @@ static int cow_clone_case(struct cow_run *run, mv_host *host)
         (rc = cow_timed_writes(run, ram, run->opt.pages, run->stride, COW_SOURCE_BYTE,
                                COW_SALT_SOURCE, &run->source_break)) != MV_BENCH_OK ||
         (rc = cow_saved(host, &run->saved_after_source, NULL,
-                        &run->vmas_after_breaks)) != MV_BENCH_OK)
+                        &run->vmas_after_breaks, &run->run_unshares)) != MV_BENCH_OK)
         return rc;
     run->saved_after_source -= saved0;
     if ((rc = mv_domain_info(host, src, &run->source_info)) < 0)
@@ -2020,7 +2024,7 @@ static int cow_mras_case(struct cow_run *run, mv_host *host)
         (rc = cow_create(host, "cow-share-b", bytes, &b)) != MV_BENCH_OK ||
         (rc = cow_fill_domain(host, a, COW_SALT_SHARED, NULL)) != MV_BENCH_OK ||
         (rc = cow_fill_domain(host, b, COW_SALT_SHARED, NULL)) != MV_BENCH_OK ||
-        (rc = cow_saved(host, &saved0, NULL, NULL)) != MV_BENCH_OK)
+        (rc = cow_saved(host, &saved0, NULL, NULL, NULL)) != MV_BENCH_OK)
         return rc;
     t0 = mv_bench_now_ns();
     n = mv_share_make_ro_and_share(host, a, 0, pages, NULL);
@@ -2033,13 +2037,13 @@ static int cow_mras_case(struct cow_run *run, mv_host *host)
     if (n < 0)
         return mv_bench_lib_error("mv_share_make_ro_and_share", (int)n);
     run->mras_matched = (uint64_t)n;
-    if ((rc = cow_saved(host, &run->mras_saved, NULL, NULL)) != MV_BENCH_OK)
+    if ((rc = cow_saved(host, &run->mras_saved, NULL, NULL, NULL)) != MV_BENCH_OK)
         return rc;
     run->mras_saved -= saved0;
     if ((rc = cow_ram(host, b, &ram)) != MV_BENCH_OK ||
         (rc = cow_timed_writes(run, ram, count, stride, COW_CLONE_BYTE, COW_SALT_SHARED,
                                &run->mras_break)) != MV_BENCH_OK ||
-        (rc = cow_saved(host, &run->mras_saved_after, NULL, NULL)) != MV_BENCH_OK)
+        (rc = cow_saved(host, &run->mras_saved_after, NULL, NULL, NULL)) != MV_BENCH_OK)
         return rc;
     run->mras_saved_after -= saved0;
     rc = cow_check_domain(run, host, a, "cow-share-a", pages, COW_SALT_SHARED, 0, 1, 0);
@@ -2228,6 +2232,7 @@ static int cow_report_json(const struct cow_run *run)
     json_object_object_add(o, "saved_pages_after", u64_json(run->saved_after_source));
     json_object_object_add(o, "source_domain", cow_info_json(&run->source_info));
     json_object_object_add(o, "vma_count_after", u64_json(run->vmas_after_breaks));
+    json_object_object_add(o, "cow_run_unshares", u64_json(run->run_unshares));
     json_object_object_add(breaks, "source_writes_last_mapping", o);
     json_object_object_add(root, "breaks", breaks);
 
@@ -2301,6 +2306,10 @@ static int cow_report_text(const struct cow_run *run)
     printf("    saved pages: %" PRIu64 " after the clone, %" PRIu64 " after its writes, %"
            PRIu64 " after the source's\n", run->saved_after_clone, run->saved_after_breaks,
            run->saved_after_source);
+    if (run->run_unshares)
+        printf("    near vm.max_map_count: %" PRIu64 " pages unshared along with their "
+               "neighbours' breaks (%" PRIu64 " mappings)\n", run->run_unshares,
+               run->vmas_after_breaks);
     printf("\nmake_ro_and_share: 2 x %" PRIu64 " pages, first domain %s, second %s, "
            "%" PRIu64 " matched, %" PRIu64 " saved, %" PRIu64 " after %" PRIu64 " writes\n",
            run->mras_pages, mv_bench_format(a, sizeof(a), (double)run->mras_first_ns, "ns"),

@@ -608,6 +608,9 @@ struct mv_share_stats {
     uint64_t max_map_count;   /* vm.max_map_count */
     int sharing_stopped;      /* 1: near the limit, sharing paused */
     char stop_reason[160];
+    uint64_t cow_run_unshares; /* pages unshared along with a CoW break so
+                                  that it did not split a mapping: breaks
+                                  do that once mappings near the limit */
 };
 
 int mv_share_stats(mv_host *host, struct mv_share_stats *out);

@@ -448,6 +448,9 @@ uint64_t mv__share_hash(const uint8_t *page);
 uint64_t mv__share_frames(struct mv_host *host);
 /* The scanner's limit on mappings (0: vm.max_map_count less a reserve). */
 void mv__share_set_max_vmas(struct mv_host *host, unsigned max_vmas);
+/* Tests: the mappings past which CoW breaks stop splitting runs (0: the
+ * default, vm.max_map_count less a slack). */
+void mv__share_set_break_limit(struct mv_host *host, uint64_t mappings);
 
 /* What mv__share_apply does with each gfn. */
 enum mv__share_action {

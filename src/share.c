@@ -23,7 +23,9 @@
  * present and not a file page) and become the gfn's private page.  Runs of
  * consecutive gfns mapping consecutive frames are one mapping.  A break maps
  * the gfn's own frame again (MAP_SHARED), registers it with the domain's own
- * userfaultfd, and the mappings merge back.
+ * userfaultfd, and the mappings merge back; a break inside a run splits it
+ * in three, so near vm.max_map_count a break unshares the rest of its run
+ * on one side as well and the mappings do not grow (break_extent).
  *
  * Turning a populated page into a shared one, the page is first unmapped
  * from the guest (its accesses then trap and wait for the domain lock), read,
@@ -65,6 +67,10 @@
 #define MV_RMAP_INLINE 2
 #define MV_RMAP_GFN_BITS 40
 #define MV_MAP_RESERVE 2048u        /* mappings kept free for CoW breaks */
+#define MV_MAP_SLACK 512u           /* ... of which breaks leave this many */
+#define MV_MAP_HARD_MARGIN 64u      /* ... and take the last of them only
+                                       when there is no memory otherwise */
+#define MV_BREAK_RUN_MAX 4096u      /* gfns a break may unshare with it */
 #define MV_MAP_RECHECK_NS 100000000ull
 
 enum frame_flags {
@@ -126,14 +132,15 @@ struct mv__share {
     struct mv__share_dom **registry;
     size_t registry_capacity;
     /* counters */
-    uint64_t cow_breaks, cow_takeovers, cow_nocopy;
+    uint64_t cow_breaks, cow_takeovers, cow_nocopy, cow_run_unshares;
     uint64_t zero_reclaimed, hash_collisions;
     /* the mapping limit */
     uint64_t max_map_count;
     uint64_t vma_count;
     uint64_t vma_checked_ns;
     unsigned max_vmas;
-    bool stopped;
+    uint64_t break_limit;        /* 0: vm.max_map_count - MV_MAP_SLACK */
+    bool stopped, breaks_unsharing_runs;
     char stop_reason[160];
     int pagemap_fd;              /* /proc/self/pagemap */
 };
@@ -544,23 +551,31 @@ static uint64_t count_mappings(void)
     return n;
 }
 
-/* Whether sharing may create `more` mappings (share lock held).  Near the
- * limit it stops and says why, once; CoW breaks never need this: they merge
- * mappings back. */
-static bool may_map(struct mv_host *h, uint64_t more)
+/* The mappings of this process (share lock held).  Counting reads all of
+ * /proc/self/maps, so it is done at most every 100 ms; in between the count
+ * only grows by what sharing and breaks add (never an undercount from our
+ * side: what merges back is found at the next count). */
+static uint64_t vma_count(struct mv__share *s)
 {
-    struct mv__share *s = h->share;
     uint64_t now = mv__now_ns();
-    uint64_t limit = s->max_vmas ? s->max_vmas :
-                     (s->max_map_count > MV_MAP_RESERVE ? s->max_map_count - MV_MAP_RESERVE : 0);
 
-    /* Counting reads all of /proc/self/maps: at most every 100 ms, also
-     * while stopped at the limit (else every scanned page would pay it). */
     if (now - s->vma_checked_ns > MV_MAP_RECHECK_NS) {
         s->vma_count = count_mappings();
         s->vma_checked_ns = now;
     }
-    if (s->vma_count + more >= limit) {
+    return s->vma_count;
+}
+
+/* Whether sharing may create `more` mappings (share lock held).  Near the
+ * limit it stops and says why, once; the last MV_MAP_RESERVE mappings are
+ * left to CoW breaks. */
+static bool may_map(struct mv_host *h, uint64_t more)
+{
+    struct mv__share *s = h->share;
+    uint64_t limit = s->max_vmas ? s->max_vmas :
+                     (s->max_map_count > MV_MAP_RESERVE ? s->max_map_count - MV_MAP_RESERVE : 0);
+
+    if (vma_count(s) + more >= limit) {
         if (!s->stopped)
             mv__log(h, MV_LOG_WARN, "sharing stopped: %llu mappings, limit %llu "
                     "(vm.max_map_count %llu)", (unsigned long long)s->vma_count,
@@ -772,68 +787,191 @@ static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint
 /* ------------------------------------------------------------------------ */
 /* CoW breaks                                                               */
 
-/* Give shared gfn its own page again (domain lock held, share lock not). */
+/* The frame shared gfn maps, or MV_NO_MFN when gfn is not shared (domain
+ * and share locks held). */
+static uint64_t shared_mfn(struct mv_domain *d, uint64_t gfn)
+{
+    struct mv__share_block *b;
+
+    if (gfn >= d->maxmem_pages || d->p2m[gfn] != MV_P2M_SHARED)
+        return MV_NO_MFN;
+    b = dom_block(d->share, gfn, false);
+    return b ? b->mfn[gfn % MV_BLOCK_PAGES] : MV_NO_MFN;
+}
+
+/* How far from gfn its run (consecutive gfns on consecutive frames: one
+ * mapping) goes towards `step` (+1 or -1), at most `max` gfns: sets *len to
+ * the gfns beyond gfn in the run, and returns whether the run ends there. */
+static bool run_side(struct mv_domain *d, uint64_t gfn, int step, uint64_t max,
+                     uint64_t *len)
+{
+    uint64_t mfn = shared_mfn(d, gfn);
+
+    for (*len = 0; *len < max; (*len)++) {
+        uint64_t k = *len + 1, next, want;
+
+        if (step < 0 ? gfn < k : gfn + k >= d->maxmem_pages)
+            return true;
+        next = shared_mfn(d, step < 0 ? gfn - k : gfn + k);
+        want = step < 0 ? mfn - k : mfn + k;
+        if (next == MV_NO_MFN || next != want)
+            return true;
+    }
+    return false;
+}
+
+/* Whether the neighbour of a run at `gfn` maps its own frame, so that own
+ * frames mapped next to it merge with its mapping. */
+static bool maps_own(struct mv_domain *d, uint64_t gfn, int step)
+{
+    if (step < 0 ? gfn == 0 : gfn + 1 >= d->maxmem_pages)
+        return false;
+    return shared_mfn(d, step < 0 ? gfn - 1 : gfn + 1) == MV_NO_MFN;
+}
+
+/*
+ * The gfns a write to shared gfn unshares, [*first, *first + return) (domain
+ * and share locks held).  While mappings are plentiful, gfn alone: it splits
+ * its run's mapping in three.  Near vm.max_map_count a break must not split:
+ * it takes the rest of its run on one side with it (the side whose own
+ * neighbour its own frames merge with, else the shorter), so the mappings do
+ * not grow.  Only a run longer than MV_BREAK_RUN_MAX on both sides is still
+ * split.
+ */
+static uint64_t break_extent(struct mv_domain *d, uint64_t gfn, uint64_t *first)
+{
+    struct mv__share *s = d->host->share;
+    uint64_t limit = s->break_limit ? s->break_limit :
+                     (s->max_map_count > MV_MAP_SLACK ? s->max_map_count - MV_MAP_SLACK : 0);
+    uint64_t left, right, cost_left, cost_right;
+    bool left_ends, right_ends;
+
+    *first = gfn;
+    if (vma_count(s) + 2 < limit) {
+        s->vma_count += 2;
+        return 1;
+    }
+    left_ends = run_side(d, gfn, -1, MV_BREAK_RUN_MAX, &left);
+    right_ends = run_side(d, gfn, +1, MV_BREAK_RUN_MAX, &right);
+    if (!s->breaks_unsharing_runs)
+        mv__log(d->host, MV_LOG_WARN, "%llu mappings, limit %llu: copy-on-write "
+                "breaks now unshare the rest of their run so as not to split it",
+                (unsigned long long)s->vma_count, (unsigned long long)limit);
+    s->breaks_unsharing_runs = true;
+    if (!left_ends && !right_ends) {
+        s->vma_count += 2;
+        return 1;
+    }
+    /* A side's cost: its pages, plus a mapping when its own frames would
+     * not merge with the neighbour's. */
+    cost_left = left_ends ? left + (maps_own(d, gfn - left, -1) ? 0 : MV_BREAK_RUN_MAX)
+                          : UINT64_MAX;
+    cost_right = right_ends ? right + (maps_own(d, gfn + right, +1) ? 0 : MV_BREAK_RUN_MAX)
+                            : UINT64_MAX;
+    if (cost_left <= cost_right) {
+        *first = gfn - left;
+        return left + 1;
+    }
+    return right + 1;
+}
+
+/* Gfns of [gfn, gfn + n) that hold the last mapping of their frame (share
+ * lock held). */
+static uint64_t count_takeovers(struct mv_domain *d, uint64_t gfn, uint64_t n)
+{
+    struct mv__share *s = d->host->share;
+    uint64_t takeovers = 0;
+
+    for (uint64_t i = 0; i < n; i++)
+        takeovers += frame_of(s, shared_mfn(d, gfn + i))->refs == 1;
+    return takeovers;
+}
+
+/*
+ * Give shared gfn its own page again, with the rest of its run when
+ * break_extent says so (domain lock held, share lock not).  Each gfn gets a
+ * copy of its frame in its own slot, except that one alone on a frame known
+ * to be zero gets a fresh zero page; each needs a page of the domain's
+ * target, and a page of the host budget unless it held the frame's last
+ * mapping (the frame's charge then moves to the domain: a takeover).
+ */
 static int break_share(struct mv_domain *d, uint64_t gfn)
 {
     struct mv_host *h = d->host;
     struct mv__share *s = h->share;
     struct mv__share_dom *sd = d->share;
-    uint64_t mfn, at = own_offset(d, gfn);
-    struct mv__sframe *f;
-    bool takeover, zero, charged;
+    uint64_t first, n, mfn, charged;
+    bool zero;
     int rc;
 
     mv__mutex_lock(&s->lock);
-    mfn = dom_block(sd, gfn, false)->mfn[gfn % MV_BLOCK_PAGES];
-    takeover = frame_of(s, mfn)->refs == 1;
+    n = break_extent(d, gfn, &first);
     mv__mutex_unlock(&s->lock);
-    /* The sweep this may run needs the share lock not held. */
-    if (!mv__pod_claim(d, 1, !takeover))
-        return -ENOMEM;
-    charged = !takeover;
-    mv__mutex_lock(&s->lock);
-    f = frame_of(s, mfn);
-    takeover = f->refs == 1;
-    zero = f->flags & FRAME_ZERO;
-    if (!takeover && !charged) {
-        if (!mv__machine_charge(&h->machine, 1)) {
-            mv__mutex_unlock(&s->lock);
+    /* The sweep this may run needs the share lock not held.  The extent
+     * cannot change meanwhile: changing a gfn to or from SHARED takes the
+     * domain lock, which is held; only the frames' counts can. */
+    if (!mv__pod_claim(d, n, false)) {
+        /* No memory for the run: split it after all while the kernel's
+         * limit still allows. */
+        bool split;
+
+        if (n == 1)
             return -ENOMEM;
-        }
-        charged = true;
+        mv__mutex_lock(&s->lock);
+        split = vma_count(s) + 2 + MV_MAP_HARD_MARGIN < s->max_map_count;
+        s->vma_count += split ? 2 : 0;
+        mv__mutex_unlock(&s->lock);
+        first = gfn;
+        n = 1;
+        if (!split || !mv__pod_claim(d, 1, false))
+            return -ENOMEM;
     }
-    rc = zero ? 0 : mv__os_copy(h->machine.memfd, mfn << MV_PAGE_SHIFT, at, MV_PAGE_SIZE);
+    mv__mutex_lock(&s->lock);
+    charged = n - count_takeovers(d, first, n);
+    if (charged && !mv__machine_charge(&h->machine, charged)) {
+        mv__mutex_unlock(&s->lock);
+        return -ENOMEM;
+    }
+    mfn = shared_mfn(d, first);
+    zero = n == 1 && (frame_of(s, mfn)->flags & FRAME_ZERO);
+    rc = zero ? 0 : mv__os_copy(h->machine.memfd, mfn << MV_PAGE_SHIFT,
+                                own_offset(d, first), n << MV_PAGE_SHIFT);
     if (rc == 0)
-        rc = mv__domain_map_own(d, gfn, 1);
+        rc = mv__domain_map_own(d, first, n);
     if (rc == 0)
-        rc = zero ? mv__os_uffd_zeropage(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE)
-                  : mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+        rc = zero ? mv__os_uffd_zeropage(d->uffd, mv__gfn_addr(d, first), MV_PAGE_SIZE)
+                  : mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, first),
+                                         n << MV_PAGE_SHIFT);
     if (rc == -EEXIST)
         rc = 0;
     if (rc < 0) {
         mv__mutex_unlock(&s->lock);
         if (charged)
-            mv__machine_uncharge(&h->machine, 1);
-        mv__domain_crash(d, "cannot copy shared gfn %#llx on write: %s",
-                         (unsigned long long)gfn, mv_strerror(rc));
+            mv__machine_uncharge(&h->machine, charged);
+        mv__domain_crash(d, "cannot copy shared gfn %#llx+%llu on write: %s",
+                         (unsigned long long)first, (unsigned long long)n,
+                         mv_strerror(rc));
         return -EFAULT;
     }
-    mv__os_uffd_wake(d->cow_uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
-    mv__p2m_set(d, gfn, MV_P2M_RAM);
-    /* A takeover moves the frame's charge to the domain. */
-    rmap_del(h, d, gfn, charged);
+    mv__os_uffd_wake(d->cow_uffd, mv__gfn_addr(d, first), n << MV_PAGE_SHIFT);
+    for (uint64_t i = 0; i < n; i++) {
+        /* A takeover moves the frame's charge to the domain. */
+        bool takeover = frame_of(s, mfn + i)->refs == 1;
+
+        mv__p2m_set(d, first + i, MV_P2M_RAM);
+        rmap_del(h, d, first + i, !takeover);
+        sd->cow_takeovers += takeover;
+        s->cow_takeovers += takeover;
+    }
     sd->cow_breaks++;
     s->cow_breaks++;
-    if (takeover) {
-        sd->cow_takeovers++;
-        s->cow_takeovers++;
-    }
+    s->cow_run_unshares += n - 1;
     if (zero) {
         sd->cow_nocopy++;
         s->cow_nocopy++;
     }
     mv__mutex_unlock(&s->lock);
-    mv__logdirty_mark(d, gfn, 1);
+    mv__logdirty_mark(d, first, n);
     return 0;
 }
 
@@ -1670,6 +1808,7 @@ int mv_share_stats(mv_host *host, struct mv_share_stats *out)
     out->cow_breaks = s->cow_breaks;
     out->cow_takeovers = s->cow_takeovers;
     out->cow_nocopy = s->cow_nocopy;
+    out->cow_run_unshares = s->cow_run_unshares;
     out->zero_reclaimed = s->zero_reclaimed;
     out->hash_collisions = s->hash_collisions;
     s->vma_count = count_mappings();
@@ -1689,6 +1828,16 @@ void mv__share_set_max_vmas(struct mv_host *host, unsigned max_vmas)
 
     mv__mutex_lock(&s->lock);
     s->max_vmas = max_vmas;
+    s->vma_checked_ns = 0;
+    mv__mutex_unlock(&s->lock);
+}
+
+void mv__share_set_break_limit(struct mv_host *host, uint64_t mappings)
+{
+    struct mv__share *s = host->share;
+
+    mv__mutex_lock(&s->lock);
+    s->break_limit = mappings;
     s->vma_checked_ns = 0;
     mv__mutex_unlock(&s->lock);
 }

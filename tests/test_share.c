@@ -448,6 +448,39 @@ static void mapping_limit_stops_sharing(void **state)
     mv_host_destroy(h);
 }
 
+/* Near the limit, CoW breaks scattered over a clone stop splitting its
+ * mapping: each takes the rest of its run along, and the mappings stay put. */
+static void breaks_near_the_limit_do_not_split(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t src = domain1(h, "src", 16 * MiB, 1), c;
+    uint64_t limit;
+    struct mv_share_stats s;
+
+    (void)state;
+    fill(h, src, 4096, 6000);
+    assert_ok(mv_domain_pause(h, src));
+    assert_ok(mv_domain_clone(h, src, "c", &c));
+    assert_ok(mv_domain_unpause(h, src));
+    s = stats(h);
+    assert_int_equal(s.cow_run_unshares, 0);
+    /* Room for about 20 splitting breaks, then none. */
+    limit = s.vma_count + 40;
+    mv__share_set_break_limit(h, limit);
+    fill(h, c, 4096, 3000);
+    fill(h, src, 4096, 3000);
+    s = stats(h);
+    assert_true(s.cow_breaks > 100);
+    assert_true(s.cow_run_unshares > 0);
+    assert_true(s.vma_count <= limit + 16);
+    assert_true(tu_info(h, c).shared_pages > 0);
+    tu_verify(h, src);
+    tu_verify(h, c);
+    assert_ok(mv_share_audit(h));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 /* The dirty log sees CoW breaks and sharing, and turning it off never makes
  * a shared frame writable. */
 static void logdirty_with_sharing(void **state)
@@ -555,6 +588,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(exclude_keeps_pages_private),
     cmocka_unit_test(bad_calls_are_refused),
     cmocka_unit_test(mapping_limit_stops_sharing),
+    cmocka_unit_test(breaks_near_the_limit_do_not_split),
     cmocka_unit_test(logdirty_with_sharing),
     cmocka_unit_test(storm),
 };

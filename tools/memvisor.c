@@ -1358,10 +1358,12 @@ static void print_share_stats(struct json_object *reply)
            field_u64(s, "saved_pages"),
            pages_text(saved, sizeof(saved), field_u64(s, "saved_pages")),
            field_u64(s, "indexed_frames"), field_u64(s, "hash_collisions"));
-    printf("copy on write: %" PRIu64 " breaks, %" PRIu64 " of them takeovers, %" PRIu64
-           " without a copy; %" PRIu64 " zero pages returned to the host\n",
+    printf("copy on write: %" PRIu64 " breaks, %" PRIu64 " takeovers, %" PRIu64
+           " without a copy, %" PRIu64 " pages unshared with a neighbour's break near "
+           "the mapping limit; %" PRIu64 " zero pages returned to the host\n",
            field_u64(s, "cow_breaks"), field_u64(s, "cow_takeovers"),
-           field_u64(s, "cow_nocopy"), field_u64(s, "zero_reclaimed"));
+           field_u64(s, "cow_nocopy"), field_u64(s, "cow_run_unshares"),
+           field_u64(s, "zero_reclaimed"));
     printf("hints: %" PRIu64 " ranges pending, %" PRIu64 " pages processed\n",
            field_u64(s, "hints_pending"), field_u64(s, "hinted_pages"));
     printf("scanner: %s; %" PRIu64 " passes, %" PRIu64 " pages, %" PRIu64 " volatile, "
