@@ -17,7 +17,8 @@
  *   - hash changed since the last pass: volatile, skipped (it would be
  *     broken again soon);
  *   - an indexed frame has the same hash: share (bytes compared first);
- *   - the candidate table (a direct-mapped cache of hash -> last place seen,
+ *   - the candidate table (an 8-way set-associative cache of hash -> last
+ *     place seen,
  *     like KSM's unstable tree) has the same hash elsewhere: insert this
  *     page and queue the other place for matching right after the block;
  *   - otherwise: remember it as a candidate.
@@ -40,7 +41,7 @@
 #include <string.h>
 #include <time.h>
 
-#define MV_CANDIDATE_BITS 20
+#define MV_CANDIDATE_BITS 21
 #define MV_CANDIDATE_WAYS 8u
 #define MV_REST_NS 50000000ull     /* between passes that shared nothing */
 #define MV_PACE_SLICE_NS 20000000ull
@@ -51,12 +52,14 @@ struct hint {
     uint64_t gfn, count;
 };
 
+/* 16 bytes: a set of MV_CANDIDATE_WAYS is two cache lines. */
 struct candidate {
     uint64_t hash;
-    uint64_t gfn;
-    uint32_t domid;
-    uint32_t used;
+    uint64_t place;              /* 0: free; else PLACE_USED | domid << 40 | gfn */
 };
+
+#define PLACE_USED (1ull << 63)
+#define PLACE_GFN_BITS 40
 
 struct revisit {
     uint32_t domid;
@@ -295,15 +298,20 @@ static void process_revisits(mv_host *host, struct mv_scan_result *result)
  * slot, else the slot the hash's high bits pick (so two contents that share
  * the low bits do not evict each other pass after pass).
  */
+static uint64_t candidate_place(uint32_t domid, uint64_t gfn)
+{
+    return PLACE_USED | (uint64_t)domid << PLACE_GFN_BITS | gfn;
+}
+
 static struct candidate *find_candidate(struct mv__scanner *sc, uint64_t hash)
 {
     struct candidate *set = &sc->candidates[hash & sc->candidate_mask & ~(uint64_t)(MV_CANDIDATE_WAYS - 1)];
 
     for (unsigned i = 0; i < MV_CANDIDATE_WAYS; i++)
-        if (set[i].used && set[i].hash == hash)
+        if (set[i].place && set[i].hash == hash)
             return &set[i];
     for (unsigned i = 0; i < MV_CANDIDATE_WAYS; i++)
-        if (!set[i].used)
+        if (!set[i].place)
             return &set[i];
     return &set[(hash >> 60) % MV_CANDIDATE_WAYS];
 }
@@ -359,13 +367,14 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
             continue;
         }
         c = find_candidate(sc, hash);
-        if (c->used && c->hash == hash && !(c->domid == d->domid && c->gfn == g)) {
+        if (c->place && c->hash == hash && c->place != candidate_place(d->domid, g)) {
             actions[g - lo] = MV_ACT_MATCH_INSERT;
             any = true;
-            queue_revisit(sc, c->domid, c->gfn);
-            c->used = 0;
+            queue_revisit(sc, (uint32_t)((c->place & ~PLACE_USED) >> PLACE_GFN_BITS),
+                          c->place & ((1ull << PLACE_GFN_BITS) - 1));
+            c->place = 0;
         } else {
-            *c = (struct candidate){ .hash = hash, .gfn = g, .domid = d->domid, .used = 1 };
+            *c = (struct candidate){ .hash = hash, .place = candidate_place(d->domid, g) };
         }
     }
     if (!any)
@@ -626,7 +635,9 @@ int mv__scanner_init(mv_host *host)
     if (!sc)
         return mv__fail(-ENOMEM, "no memory for the scanner");
     sc->candidate_mask = (1ull << MV_CANDIDATE_BITS) - 1;
-    sc->candidates = calloc(sc->candidate_mask + 1, sizeof(*sc->candidates));
+    sc->candidates = aligned_alloc(64, (sc->candidate_mask + 1) * sizeof(*sc->candidates));
+    if (sc->candidates)
+        memset(sc->candidates, 0, (sc->candidate_mask + 1) * sizeof(*sc->candidates));
     sc->buffer = aligned_alloc(MV_PAGE_SIZE, (size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
     if (!sc->candidates || !sc->buffer) {
         free(sc->candidates);

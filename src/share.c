@@ -370,6 +370,22 @@ bool mv__share_index_probe(struct mv_host *h, uint64_t hash)
     return found;
 }
 
+/* The first indexed frame whose hash is `hash`, or MV_NO_MFN: a candidate
+ * only, its bytes still to be compared (share lock held). */
+static uint64_t index_lookup(struct mv__share *s, uint64_t hash)
+{
+    if (!s->buckets)
+        return MV_NO_MFN;
+    for (uint64_t mfn = s->buckets[hash & s->bucket_mask]; mfn != MV_NO_MFN;) {
+        struct mv__sframe *f = frame_of(s, mfn);
+
+        if (f->hash == hash)
+            return mfn;
+        mfn = f->index_next;
+    }
+    return MV_NO_MFN;
+}
+
 /* An indexed frame holding exactly `page`, or MV_NO_MFN.  Bytes are always
  * compared: a hash is only a hint. */
 static uint64_t index_find(struct mv_host *h, uint64_t hash, const uint8_t *page,
@@ -708,6 +724,21 @@ static void restore_ram(struct mv_domain *d, uint64_t gfn, uint64_t n)
                 (unsigned long long)n, mv_strerror(rc));
 }
 
+/* Give back the own frames of gfns now shared (hole punched, uncharged). */
+static void free_own_frames(struct mv_domain *d, uint64_t gfn, uint64_t n)
+{
+    int rc;
+
+    if (n == 0)
+        return;
+    rc = mv__os_punch(d->host->machine.memfd, own_offset(d, gfn), n << MV_PAGE_SHIFT);
+    if (rc < 0)
+        mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot free the frames of shared "
+                "gfn %#llx+%llu: %s", d->domid, (unsigned long long)gfn,
+                (unsigned long long)n, mv_strerror(rc));
+    mv__machine_uncharge(&d->host->machine, n);
+}
+
 /*
  * Make [gfn, gfn + n) of d map frames [mfn, mfn + n) (domain and share locks
  * held).  The frames are live and hold the bytes the gfns hold.  Returns the
@@ -720,6 +751,7 @@ static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint
 {
     struct mv__share *s = d->host->share;
     uint8_t written[MV_BLOCK_PAGES];
+    uint64_t freed_start = 0, freed_end = 0; /* own frames not freed yet */
     int64_t shared = 0;
     long copies;
     int rc = map_frames(d, gfn, mfn, n);
@@ -747,7 +779,7 @@ static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint
     for (uint64_t i = 0; i < n; i++) {
         if (written[i]) {
             if (adopt_private_copy(d, gfn + i, from) < 0)
-                return -EFAULT;
+                goto crashed;
             if (from == FROM_SHARED)
                 rmap_del(d->host, d, gfn + i, true);
             continue;
@@ -766,22 +798,26 @@ static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint
             }
             mv__domain_crash(d, "no memory for the reverse map of gfn %#llx",
                              (unsigned long long)(gfn + i));
-            return -EFAULT;
+            goto crashed;
         }
-        if (from == FROM_RAM) {
-            rc = mv__os_punch(d->host->machine.memfd, own_offset(d, gfn + i), MV_PAGE_SIZE);
-            if (rc < 0)
-                mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot free the frame of "
-                        "shared gfn %#llx: %s", d->domid, (unsigned long long)(gfn + i),
-                        mv_strerror(rc));
-            mv__machine_uncharge(&d->host->machine, 1);
+        if (from == FROM_RAM && freed_end != i) {
+            free_own_frames(d, gfn + freed_start, freed_end - freed_start);
+            freed_start = i;
         }
+        freed_end = i + 1;
         mv__p2m_set(d, gfn + i, MV_P2M_SHARED);
         shared++;
     }
+    if (from == FROM_RAM)
+        free_own_frames(d, gfn + freed_start, freed_end - freed_start);
     mv__logdirty_mark(d, gfn, n);
     mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), n << MV_PAGE_SHIFT);
     return shared;
+
+crashed:
+    if (from == FROM_RAM)
+        free_own_frames(d, gfn + freed_start, freed_end - freed_start);
+    return -EFAULT;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1011,6 +1047,8 @@ enum { PLAN_NONE, PLAN_ZERO, PLAN_MATCH, PLAN_INSERT, PLAN_RESTORE };
  * when the thread exits.  Not the PoD sweep's buffer: sharing may sweep
  * (claiming a page for a write that raced a remap) while its bytes are in
  * use. */
+/* Per thread that shares: a block's pages as read, the frames they are
+ * compared with, and a page of scratch. */
 static pthread_key_t buffer_key;
 static pthread_once_t buffer_once = PTHREAD_ONCE_INIT;
 
@@ -1026,7 +1064,7 @@ static uint8_t *thread_buffer(void)
     pthread_once(&buffer_once, make_buffer_key);
     buf = pthread_getspecific(buffer_key);
     if (!buf) {
-        buf = aligned_alloc(MV_PAGE_SIZE, ((size_t)MV_BLOCK_PAGES + 1) << MV_PAGE_SHIFT);
+        buf = aligned_alloc(MV_PAGE_SIZE, ((size_t)MV_BLOCK_PAGES * 2 + 1) << MV_PAGE_SHIFT);
         if (buf && pthread_setspecific(buffer_key, buf) != 0) {
             free(buf);
             buf = NULL;
@@ -1086,6 +1124,46 @@ static int64_t insert_run(struct mv_domain *d, uint64_t gfn, uint64_t n,
     return done;
 }
 
+/*
+ * Turn the plan's candidate frames (found by hash) into matches, comparing
+ * bytes (share lock held).  Candidates of consecutive pages that are
+ * consecutive frames, as where a block matches an earlier copy of itself,
+ * are read with one pread; a page whose first candidate differs (a hash
+ * collision) is looked up again in the whole index chain.  Pages without a
+ * match are inserted when the action says so, else left to restore.
+ */
+static void verify_matches(struct mv_host *h, struct apply_plan *plan, uint64_t n,
+                           const uint8_t *actions, const uint8_t *buf, uint8_t *frames,
+                           uint8_t *scratch)
+{
+    for (uint64_t i = 0; i < n;) {
+        uint64_t start = i++;
+        bool read;
+
+        if (plan->kind[start] != PLAN_RESTORE)
+            continue;
+        if (plan->mfn[start] != MV_NO_MFN) {
+            while (i < n && plan->kind[i] == PLAN_RESTORE &&
+                   plan->mfn[i] == plan->mfn[i - 1] + 1)
+                i++;
+        }
+        read = plan->mfn[start] != MV_NO_MFN &&
+               mv__machine_read(&h->machine, plan->mfn[start], i - start, frames) == 0;
+        for (uint64_t j = start; j < i; j++) {
+            const uint8_t *page = buf + (j << MV_PAGE_SHIFT);
+
+            if (plan->mfn[j] != MV_NO_MFN &&
+                (!read || memcmp(frames + ((j - start) << MV_PAGE_SHIFT), page,
+                                 MV_PAGE_SIZE) != 0))
+                plan->mfn[j] = index_find(h, plan->hash[j], page, scratch);
+            if (plan->mfn[j] != MV_NO_MFN)
+                plan->kind[j] = PLAN_MATCH;
+            else if (actions[j] == MV_ACT_MATCH_INSERT || actions[j] == MV_ACT_INSERT)
+                plan->kind[j] = PLAN_INSERT;
+        }
+    }
+}
+
 int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
                     const uint8_t *actions, enum mv_share_outcome *outcomes,
                     struct mv__apply_result *result)
@@ -1093,7 +1171,7 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
     struct mv_host *h = d->host;
     struct mv__share *s = h->share;
     struct apply_plan plan_storage, *plan = &plan_storage;
-    uint8_t *buf = thread_buffer(), *scratch;
+    uint8_t *buf = thread_buffer(), *frames, *scratch;
     uint64_t i;
     int rc = 0;
 
@@ -1101,7 +1179,8 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
     memset(result, 0, sizeof(*result));
     if (!buf)
         return mv__fail(-ENOMEM, "no memory to share pages");
-    scratch = buf + ((size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
+    frames = buf + ((size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
+    scratch = frames + ((size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
     memset(plan->kind, PLAN_NONE, n);
     for (i = 0; i < n; i++) {
         if (outcomes)
@@ -1143,12 +1222,9 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
         }
         plan->hash[i] = mv__share_hash(page);
         plan->mfn[i] = actions[i] == MV_ACT_INSERT ? MV_NO_MFN
-                       : index_find(h, plan->hash[i], page, scratch);
-        if (plan->mfn[i] != MV_NO_MFN)
-            plan->kind[i] = PLAN_MATCH;
-        else if (actions[i] == MV_ACT_MATCH_INSERT || actions[i] == MV_ACT_INSERT)
-            plan->kind[i] = PLAN_INSERT;
+                       : index_lookup(s, plan->hash[i]);
     }
+    verify_matches(h, plan, n, actions, buf, frames, scratch);
     for (i = 0; i < n;) {
         uint8_t kind = plan->kind[i];
         uint64_t start = i++;
