@@ -882,8 +882,10 @@ static uint64_t break_extent(struct mv_domain *d, uint64_t gfn, uint64_t *first)
     uint64_t left, right, cost_left, cost_right;
     bool left_ends, right_ends;
 
+    /* The count as last known, plus what was added since, first: counting
+     * again reads all of /proc/self/maps, too slow for every fault. */
     *first = gfn;
-    if (vma_count(s) + 2 < limit) {
+    if (s->vma_count + 2 < limit || vma_count(s) + 2 < limit) {
         s->vma_count += 2;
         return 1;
     }
