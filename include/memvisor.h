@@ -105,8 +105,9 @@ struct mv_host_config {
     unsigned fault_threads;
     /*
      * How long a fault thread keeps polling its userfaultfd after serving a
-     * fault before it sleeps, in microseconds (0 = never spin).  Spinning
-     * trades CPU for fault latency while a guest is faulting in a burst.
+     * populate-on-demand fault before it sleeps, in microseconds (0 = never
+     * spin).  Spinning trades CPU for fault latency while a guest is
+     * faulting in a burst.  Copy-on-write faults never start it.
      * Default (MV_FAULT_SPIN_DEFAULT) set by mv_host_config_init.
      */
     unsigned fault_spin_us;
