@@ -138,7 +138,7 @@ struct mv__share {
     uint64_t max_map_count;
     uint64_t vma_count;
     uint64_t vma_checked_ns;
-    unsigned max_vmas;
+    uint64_t max_vmas;           /* 0: vm.max_map_count - MV_MAP_RESERVE */
     uint64_t break_limit;        /* 0: vm.max_map_count - MV_MAP_SLACK */
     bool stopped, breaks_unsharing_runs;
     char stop_reason[160];
@@ -1900,24 +1900,25 @@ int mv_share_stats(mv_host *host, struct mv_share_stats *out)
     return 0;
 }
 
-void mv__share_set_max_vmas(struct mv_host *host, unsigned max_vmas)
+/* Set one of the mapping limits; the next check counts the mappings. */
+static void set_map_limit(struct mv_host *host, uint64_t *limit, uint64_t mappings)
 {
     struct mv__share *s = host->share;
 
     mv__mutex_lock(&s->lock);
-    s->max_vmas = max_vmas;
+    *limit = mappings;
     s->vma_checked_ns = 0;
     mv__mutex_unlock(&s->lock);
 }
 
+void mv__share_set_max_vmas(struct mv_host *host, unsigned max_vmas)
+{
+    set_map_limit(host, &host->share->max_vmas, max_vmas);
+}
+
 void mv__share_set_break_limit(struct mv_host *host, uint64_t mappings)
 {
-    struct mv__share *s = host->share;
-
-    mv__mutex_lock(&s->lock);
-    s->break_limit = mappings;
-    s->vma_checked_ns = 0;
-    mv__mutex_unlock(&s->lock);
+    set_map_limit(host, &host->share->break_limit, mappings);
 }
 
 /* Audit one frame (share lock held). */

@@ -42,6 +42,17 @@ static struct mv_share_stats stats(mv_host *h)
     return s;
 }
 
+/* A clone "c" of running domain src, which runs on afterwards. */
+static uint32_t clone_running(mv_host *h, uint32_t src)
+{
+    uint32_t c;
+
+    assert_ok(mv_domain_pause(h, src));
+    assert_ok(mv_domain_clone(h, src, "c", &c));
+    assert_ok(mv_domain_unpause(h, src));
+    return c;
+}
+
 static enum mv_page_type type_of(mv_host *h, uint32_t id, uint64_t gfn)
 {
     enum mv_page_type t;
@@ -319,9 +330,7 @@ static void cow_breaks_follow_pod_policy(void **state)
 
     (void)state;
     fill(h, src, 8192, 8000);
-    assert_ok(mv_domain_pause(h, src));
-    assert_ok(mv_domain_clone(h, src, "c", &c));
-    assert_ok(mv_domain_unpause(h, src));
+    c = clone_running(h, src);
     assert_ok(mv_domain_set_target(h, c, 4 * MiB));
     ci = tu_info(h, c);
     assert_int_equal(ci.cow_claimable, 1024);
@@ -459,9 +468,7 @@ static void breaks_near_the_limit_do_not_split(void **state)
 
     (void)state;
     fill(h, src, 4096, 6000);
-    assert_ok(mv_domain_pause(h, src));
-    assert_ok(mv_domain_clone(h, src, "c", &c));
-    assert_ok(mv_domain_unpause(h, src));
+    c = clone_running(h, src);
     s = stats(h);
     assert_int_equal(s.cow_run_unshares, 0);
     /* Room for about 20 splitting breaks, then none. */
