@@ -865,21 +865,32 @@ static bool maps_own(struct mv_domain *d, uint64_t gfn, int step)
     return shared_mfn(d, step < 0 ? gfn - 1 : gfn + 1) == MV_NO_MFN;
 }
 
+/* Whether a break may still split a run: the kernel's own limit is not
+ * near (share lock held); takes the two mappings. */
+static bool may_split(struct mv__share *s)
+{
+    if (vma_count(s) + 2 + MV_MAP_HARD_MARGIN >= s->max_map_count)
+        return false;
+    s->vma_count += 2;
+    return true;
+}
+
 /*
  * The gfns a write to shared gfn unshares, [*first, *first + return) (domain
  * and share locks held).  While mappings are plentiful, gfn alone: it splits
  * its run's mapping in three.  Near vm.max_map_count a break must not split:
  * it takes the rest of its run on one side with it (the side whose own
  * neighbour its own frames merge with, else the shorter), so the mappings do
- * not grow.  Only a run longer than MV_BREAK_RUN_MAX on both sides is still
- * split.
+ * not grow.  It still splits, while the kernel's own limit is not near, a
+ * run longer than MV_BREAK_RUN_MAX on both sides or one that would take
+ * more than half of what the domain may still populate.
  */
 static uint64_t break_extent(struct mv_domain *d, uint64_t gfn, uint64_t *first)
 {
     struct mv__share *s = d->host->share;
     uint64_t limit = s->break_limit ? s->break_limit :
                      (s->max_map_count > MV_MAP_SLACK ? s->max_map_count - MV_MAP_SLACK : 0);
-    uint64_t left, right, cost_left, cost_right;
+    uint64_t left, right, cost_left, cost_right, n;
     bool left_ends, right_ends;
 
     /* The count as last known, plus what was added since, first: counting
@@ -906,11 +917,14 @@ static uint64_t break_extent(struct mv_domain *d, uint64_t gfn, uint64_t *first)
                           : UINT64_MAX;
     cost_right = right_ends ? right + (maps_own(d, gfn + right, +1) ? 0 : MV_BREAK_RUN_MAX)
                             : UINT64_MAX;
-    if (cost_left <= cost_right) {
-        *first = gfn - left;
-        return left + 1;
-    }
-    return right + 1;
+    n = cost_left <= cost_right ? left + 1 : right + 1;
+    /* Memory the run takes is gone for writes to come: past half of what
+     * the domain may still populate, split while the kernel allows. */
+    if (n > (d->target_pages - MV_MIN(d->populated, d->target_pages)) / 2 &&
+        may_split(s))
+        return 1;
+    *first = cost_left <= cost_right ? gfn - left : gfn;
+    return n;
 }
 
 /* Gfns of [gfn, gfn + n) that hold the last mapping of their frame (share
@@ -956,8 +970,7 @@ static int break_share(struct mv_domain *d, uint64_t gfn)
         if (n == 1)
             return -ENOMEM;
         mv__mutex_lock(&s->lock);
-        split = vma_count(s) + 2 + MV_MAP_HARD_MARGIN < s->max_map_count;
-        s->vma_count += split ? 2 : 0;
+        split = may_split(s);
         mv__mutex_unlock(&s->lock);
         first = gfn;
         n = 1;

@@ -488,6 +488,33 @@ static void breaks_near_the_limit_do_not_split(void **state)
     mv_host_destroy(h);
 }
 
+/* Near the limit, a break whose run the domain has no memory for splits
+ * after all (while the kernel's limit allows) rather than fail the write. */
+static void breaks_near_the_limit_without_memory_split(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t src = tu_domain_with(h, "src", 16 * MiB, 16 * MiB, 1, MV_POD_CRASH, 0), c;
+    struct mv_share_stats s;
+    struct mv_domain_info ci;
+
+    (void)state;
+    fill(h, src, 4096, 6000);
+    c = clone_running(h, src);
+    assert_ok(mv_domain_set_target(h, c, 64 * MV_PAGE_SIZE));
+    s = stats(h);
+    mv__share_set_break_limit(h, s.vma_count);
+    fill(h, c, 4096, 40); /* crashes c if a break fails */
+    ci = tu_info(h, c);
+    assert_true(ci.cow_breaks >= 30);
+    assert_true(ci.populated_pages <= 64);
+    assert_true(stats(h).cow_run_unshares < 64);
+    tu_verify(h, src);
+    tu_verify(h, c);
+    assert_ok(mv_share_audit(h));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 /* The dirty log sees CoW breaks and sharing, and turning it off never makes
  * a shared frame writable. */
 static void logdirty_with_sharing(void **state)
@@ -596,6 +623,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(bad_calls_are_refused),
     cmocka_unit_test(mapping_limit_stops_sharing),
     cmocka_unit_test(breaks_near_the_limit_do_not_split),
+    cmocka_unit_test(breaks_near_the_limit_without_memory_split),
     cmocka_unit_test(logdirty_with_sharing),
     cmocka_unit_test(storm),
 };
