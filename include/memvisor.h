@@ -654,7 +654,10 @@ void mv_workload_config_init(struct mv_workload_config *config,
 
 /*
  * Start a workload on all of the domain's vCPUs.  -EBUSY when one is already
- * running, -EPERM on a crashed domain.
+ * running, -EPERM on a crashed domain.  The vCPUs leave a crashed domain
+ * through a SIGBUS handler the library installs; if the application has
+ * replaced it since, it is installed again here, chaining to the
+ * application's for SIGBUS on any other thread.
  */
 int mv_workload_start(mv_host *host, uint32_t domid,
                       const struct mv_workload_config *config);

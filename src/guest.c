@@ -23,7 +23,8 @@
  * so a page is never written after it was given away.
  *
  * A vCPU whose domain crashes takes SIGBUS on its next access; the handler
- * (installed once, chaining to any previous one for other threads) jumps
+ * (installed with the first domain and again at any workload start that
+ * finds it replaced, chaining to the previous one for other threads) jumps
  * back to the vCPU's entry point, which ends the thread.
  *
  * Locking: guest->lock (MV_LOCK_GUEST) guards running/parked/active and
@@ -78,7 +79,7 @@ struct mv__guest {
 
 static _Thread_local struct mv__vcpu *current_vcpu;
 static struct sigaction previous_sigbus;
-static pthread_once_t sigbus_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t sigbus_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void on_sigbus(int sig, siginfo_t *info, void *context)
 {
@@ -86,25 +87,16 @@ static void on_sigbus(int sig, siginfo_t *info, void *context)
 
     if (v)
         siglongjmp(v->crash_jump, 1);
-    /* Not one of ours: behave as if we were never installed. */
-    if (previous_sigbus.sa_flags & SA_SIGINFO) {
-        previous_sigbus.sa_sigaction(sig, info, context);
-    } else if (previous_sigbus.sa_handler == SIG_DFL) {
-        sigaction(SIGBUS, &previous_sigbus, NULL); /* re-faults, default action */
-    } else if (previous_sigbus.sa_handler != SIG_IGN) {
-        previous_sigbus.sa_handler(sig);
-    }
+    mv__os_signal_chain(&previous_sigbus, sig, info, context);
 }
 
+/* Checked at every workload start: the application may have replaced the
+ * handler since (it is then chained to, as whatever it replaced was). */
 static void install_sigbus_handler(void)
 {
-    struct sigaction sa;
-
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = on_sigbus;
-    sa.sa_flags = SA_SIGINFO;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGBUS, &sa, &previous_sigbus);
+    pthread_mutex_lock(&sigbus_lock);
+    mv__os_signal_install(SIGBUS, on_sigbus, 0, &previous_sigbus);
+    pthread_mutex_unlock(&sigbus_lock);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -369,7 +361,7 @@ int mv__guest_create(struct mv_domain *d)
         g->vcpus[i].index = i;
         atomic_init(&g->vcpus[i].current_gfn, MV_NO_GFN);
     }
-    pthread_once(&sigbus_once, install_sigbus_handler);
+    install_sigbus_handler();
     d->guest = g;
     return 0;
 }
@@ -484,6 +476,7 @@ int mv_workload_start(mv_host *host, uint32_t domid,
                       "with (%#llx)", (unsigned long long)g->workload.seed);
     if (rc < 0)
         goto out;
+    install_sigbus_handler();
     g->workload = *config;
     atomic_store(&g->stop, false);
     atomic_store(&g->crashed, false);

@@ -49,6 +49,7 @@
 #include "memvisor.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -173,6 +174,17 @@ int mv__os_uffd_writeprotect(int uffd, void *addr, size_t length, bool protect);
 /* PAGEMAP_SCAN over `arg` on /proc/self/pagemap `fd`: regions found or
  * a negative errno. */
 long mv__os_pagemap_scan(int fd, struct pm_scan_arg *arg);
+
+/* Signal handlers the library needs (SIGBUS for crashed vCPUs, SIGSEGV for
+ * mprotect dirty logging).  mv__os_signal_install puts `handler` in place
+ * unless it is there already (the application may have replaced it since),
+ * keeping the handler it replaces in *previous; the caller serializes.
+ * mv__os_signal_chain passes a signal that is not the library's on to that
+ * handler, or to the default action, and never loops between the two. */
+void mv__os_signal_install(int sig, void (*handler)(int, siginfo_t *, void *), int flags,
+                           struct sigaction *previous);
+void mv__os_signal_chain(const struct sigaction *previous, int sig, siginfo_t *info,
+                         void *context);
 
 /* ------------------------------------------------------------------------ */
 /* probe.c                                                                   */

@@ -138,7 +138,6 @@ struct mprotect_slot {
 static struct mprotect_slot slots[MV_MPROTECT_SLOTS];
 static atomic_int handlers_running;
 static struct sigaction previous_sigsegv;
-static pthread_once_t sigsegv_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Make [page] writable and report it; on failure widen (signal context). */
@@ -179,31 +178,16 @@ static void on_sigsegv(int sig, siginfo_t *info, void *context)
         }
     }
     atomic_fetch_sub(&handlers_running, 1);
-    if (previous_sigsegv.sa_flags & SA_SIGINFO)
-        previous_sigsegv.sa_sigaction(sig, info, context);
-    else if (previous_sigsegv.sa_handler == SIG_DFL)
-        sigaction(SIGSEGV, &previous_sigsegv, NULL); /* re-faults: default */
-    else if (previous_sigsegv.sa_handler != SIG_IGN)
-        previous_sigsegv.sa_handler(sig);
-}
-
-static void install_sigsegv_handler(void)
-{
-    struct sigaction sa;
-
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = on_sigsegv;
-    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGSEGV, &sa, &previous_sigsegv);
+    mv__os_signal_chain(&previous_sigsegv, sig, info, context);
 }
 
 static int slot_claim(struct mv_domain *d, struct mv__logdirty *l)
 {
     int found = -1;
 
-    pthread_once(&sigsegv_once, install_sigsegv_handler);
     pthread_mutex_lock(&slots_lock);
+    /* Again at every claim: the application may have replaced it since. */
+    mv__os_signal_install(SIGSEGV, on_sigsegv, SA_NODEFER, &previous_sigsegv);
     for (int i = 0; i < MV_MPROTECT_SLOTS && found < 0; i++) {
         if (atomic_load(&slots[i].end) == 0) {
             atomic_store(&slots[i].bitmap, l->bitmap);

@@ -8,13 +8,15 @@
  * except the mapping call, which returns NULL and sets errno.
  *
  * Injection state is a small table of atomics: arming it is for tests and is
- * not meant to race with itself.
+ * not meant to race with itself.  Signal handlers are installed here too.
  */
 #include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdatomic.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -337,4 +339,51 @@ long mv__os_pagemap_scan(int fd, struct pm_scan_arg *arg)
         return err;
     n = ioctl(fd, PAGEMAP_SCAN, arg);
     return n < 0 ? -errno : n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* signal handlers                                                          */
+
+void mv__os_signal_install(int sig, void (*handler)(int, siginfo_t *, void *), int flags,
+                           struct sigaction *previous)
+{
+    struct sigaction sa, current;
+
+    if (sigaction(sig, NULL, &current) == 0 && (current.sa_flags & SA_SIGINFO) &&
+        current.sa_sigaction == handler)
+        return;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = handler;
+    sa.sa_flags = SA_SIGINFO | flags;
+    sigemptyset(&sa.sa_mask);
+    sigaction(sig, &sa, previous);
+}
+
+void mv__os_signal_chain(const struct sigaction *previous, int sig, siginfo_t *info,
+                         void *context)
+{
+    /* A handler installed after ours may chain back to it: the second time
+     * round in one thread, take the default action instead of looping. */
+    static _Thread_local bool chaining;
+    struct sigaction fallback;
+
+    if (!chaining && (previous->sa_flags & SA_SIGINFO) && previous->sa_sigaction) {
+        chaining = true;
+        previous->sa_sigaction(sig, info, context);
+        chaining = false;
+        return;
+    }
+    if (!chaining && !(previous->sa_flags & SA_SIGINFO) &&
+        previous->sa_handler != SIG_DFL && previous->sa_handler != SIG_IGN) {
+        chaining = true;
+        previous->sa_handler(sig);
+        chaining = false;
+        return;
+    }
+    if (!chaining && previous->sa_handler == SIG_IGN)
+        return;
+    /* The default action: the faulting access runs again and takes it. */
+    memset(&fallback, 0, sizeof(fallback));
+    fallback.sa_handler = SIG_DFL;
+    sigaction(sig, &fallback, NULL);
 }
