@@ -255,15 +255,12 @@ static void count_log(void *opaque, enum mv_log_level level, const char *message
 static int host_open(mv_host **host, uint64_t bytes, struct ld_log *log)
 {
     struct mv_host_config hc;
-    int rc;
 
-    mv_host_config_init(&hc);
+    mv_bench_host_config_init(&hc);
     hc.budget_bytes = 2 * bytes;
     hc.log = log ? count_log : mv_bench_log;
     hc.log_opaque = log;
-    hc.log_level = MV_LOG_WARN;
-    rc = mv_host_create(&hc, host);
-    return rc < 0 ? mv_bench_lib_error("mv_host_create", rc) : MV_BENCH_OK;
+    return mv_bench_host_create(&hc, host);
 }
 
 /* Which mechanisms the kernel offers: a domain of one 2 MiB block each. */
@@ -326,7 +323,7 @@ static int domain_open(struct ld_domain *d, uint64_t bytes, enum ld_mech m,
         rc = mv_bench_lib_error("mv_domain_ram", rc);
     else if (!d->dirty)
         mv_bench_error("logdirty: no memory for a bitmap of %zu words", d->words);
-    if (rc < 0 || !d->dirty) {
+    if (rc != 0 || !d->dirty) {
         domain_close(d);
         return MV_BENCH_FAILED;
     }
@@ -743,14 +740,6 @@ static void *fetch_loop(void *arg)
     return NULL;
 }
 
-static void sleep_ms(uint64_t ms)
-{
-    struct timespec ts = { .tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000 };
-
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
 /* Run the writers (and, when logging, the fetch thread) for --duration-ms. */
 static int run_writers(struct ld_run *run, const struct ld_domain *d, bool logging,
                        struct ld_rate *r)
@@ -775,7 +764,7 @@ static int run_writers(struct ld_run *run, const struct ld_domain *d, bool loggi
     if (rc == MV_BENCH_OK && logging)
         rc = mv_bench_threads_start(&fetcher, fetch_loop, &f, sizeof(f), 1);
     if (rc == MV_BENCH_OK)
-        sleep_ms(run->opt.duration_ms);
+        mv_bench_sleep_ms(run->opt.duration_ms);
     atomic_store(&stop, true);
     mv_bench_threads_join(&writers);
     r->elapsed_ns = mv_bench_now_ns() - t0;
@@ -979,35 +968,23 @@ static struct json_object *rounds_json(const uint64_t *values, size_t count)
     return a;
 }
 
-/* {"median_ns", "p99_ns", "rounds_ns": [...]} of `count` values. */
+/* "median_ns", "p99_ns" and "rounds_ns": [...] of `count` values, into `o`. */
+static void samples_add(struct json_object *o, const struct ld_run *run, const uint64_t *values,
+                        size_t count)
+{
+    json_object_object_add(o, "median_ns", u64_json(percentile_of(run, values, count, 50)));
+    json_object_object_add(o, "p99_ns", u64_json(percentile_of(run, values, count, 99)));
+    json_object_object_add(o, "rounds_ns", rounds_json(values, count));
+}
+
+/* The same as a new object. */
 static struct json_object *samples_json(const struct ld_run *run, const uint64_t *values,
                                         size_t count)
 {
     struct json_object *o = json_object_new_object();
 
-    json_object_object_add(o, "median_ns", u64_json(percentile_of(run, values, count, 50)));
-    json_object_object_add(o, "p99_ns", u64_json(percentile_of(run, values, count, 99)));
-    json_object_object_add(o, "rounds_ns", rounds_json(values, count));
+    samples_add(o, run, values, count);
     return o;
-}
-
-/* Adds the comparisons to `o` and returns whether every goal among them
- * was met; *goals counts the goals. */
-static bool comparisons_json(struct json_object *o, const struct mv_bench_comparison *c,
-                             size_t n, unsigned *goals)
-{
-    struct json_object *list = json_object_new_array();
-    bool met = true;
-
-    for (size_t i = 0; i < n; i++) {
-        json_object_array_add(list, mv_bench_comparison_json(&c[i]));
-        if (mv_bench_has_goal(&c[i])) {
-            (*goals)++;
-            met = met && mv_bench_goal_met(&c[i]);
-        }
-    }
-    json_object_object_add(o, "comparisons", list);
-    return met;
 }
 
 static void log_json(struct json_object *o, const struct ld_log *log)
@@ -1018,11 +995,28 @@ static void log_json(struct json_object *o, const struct ld_log *log)
     json_object_object_add(o, "first_library_message", json_object_new_string(log->first));
 }
 
-static struct json_object *skipped_json(const struct ld_run *run, enum ld_mech m)
+/* Mechanism m's object, added to `parent` under its name; NULL when the
+ * kernel lacks m, the object then saying why it was skipped. */
+static struct json_object *mech_json(const struct ld_run *run, struct json_object *parent,
+                                     enum ld_mech m)
 {
     struct json_object *o = json_object_new_object();
 
+    json_object_object_add(parent, mech_name(m), o);
+    if (run->available[m])
+        return o;
     json_object_object_add(o, "skipped", json_object_new_string(run->skipped[m]));
+    return NULL;
+}
+
+/* A case's object: its name, number and what it measures. */
+static struct json_object *case_json(const char *name, int number, const char *what)
+{
+    struct json_object *o = json_object_new_object();
+
+    json_object_object_add(o, "name", json_object_new_string(name));
+    json_object_object_add(o, "case", json_object_new_int(number));
+    json_object_object_add(o, "what", json_object_new_string(what));
     return o;
 }
 
@@ -1030,31 +1024,26 @@ static struct json_object *fetch_case_json(const struct ld_run *run, enum ld_pat
                                            bool *met, unsigned *goals)
 {
     struct mv_bench_comparison cmp[LD_MAX_COMPARISONS];
-    struct json_object *o = json_object_new_object(), *raw = json_object_new_object();
+    struct json_object *o = case_json(patterns[p].name, 1, patterns[p].what);
+    struct json_object *raw = json_object_new_object();
     size_t rounds = run->opt.rounds;
 
-    json_object_object_add(o, "name", json_object_new_string(patterns[p].name));
-    json_object_object_add(o, "case", json_object_new_int(1));
-    json_object_object_add(o, "what", json_object_new_string(patterns[p].what));
     json_object_object_add(o, "dirty_pages",
                            u64_json(p == PAT_CLEAN ? 0 : run->dirty_pages));
     json_object_object_add(o, "dirty_2m_regions", u64_json(run->pattern_regions[p]));
     for (int m = MECH_ASYNC; m < MECH_COUNT; m++) {
         const struct ld_fetch *f = &run->fetch[m];
-        struct json_object *mo;
+        struct json_object *mo = mech_json(run, raw, m);
 
-        if (!run->available[m]) {
-            json_object_object_add(raw, mech_name(m), skipped_json(run, m));
+        if (!mo)
             continue;
-        }
-        mo = samples_json(run, f->fetch_ns[p], rounds);
+        samples_add(mo, run, f->fetch_ns[p], rounds);
         if (p != PAT_CLEAN)
             json_object_object_add(mo, "write_pattern",
                                    samples_json(run, f->write_ns[p], rounds));
-        json_object_object_add(raw, mech_name(m), mo);
     }
     json_object_object_add(o, "raw", raw);
-    *met = comparisons_json(o, cmp, fetch_comparisons(run, p, cmp), goals) && *met;
+    *met = mv_bench_comparisons_json(o, cmp, fetch_comparisons(run, p, cmp), goals) && *met;
     return o;
 }
 
@@ -1063,18 +1052,14 @@ static struct json_object *fetch_setup_json(const struct ld_run *run)
     struct json_object *o = json_object_new_object();
 
     for (int m = MECH_ASYNC; m < MECH_COUNT; m++) {
-        struct json_object *mo;
+        struct json_object *mo = mech_json(run, o, m);
 
-        if (!run->available[m]) {
-            json_object_object_add(o, mech_name(m), skipped_json(run, m));
+        if (!mo)
             continue;
-        }
-        mo = json_object_new_object();
         json_object_object_add(mo, "populate_ns", u64_json(run->fetch[m].populate_ns));
         json_object_object_add(mo, "enable_protect_ns", u64_json(run->fetch[m].protect_ns));
         json_object_object_add(mo, "write_traps", u64_json(run->fetch[m].faults));
         log_json(mo, &run->fetch[m].log);
-        json_object_object_add(o, mech_name(m), mo);
     }
     for (int busy = 0; busy < 2 && run->available[MECH_SYNC]; busy++) {
         const struct ld_protect_all *p = &run->protect_all[busy];
@@ -1096,22 +1081,17 @@ static struct json_object *rewrite_case_json(const struct ld_run *run, bool *met
                                              unsigned *goals)
 {
     struct mv_bench_comparison cmp[LD_MAX_COMPARISONS];
-    struct json_object *o = json_object_new_object(), *raw = json_object_new_object();
-
-    json_object_object_add(o, "name", json_object_new_string("rewrite"));
-    json_object_object_add(o, "case", json_object_new_int(2));
-    json_object_object_add(o, "what", json_object_new_string(
+    struct json_object *o = case_json("rewrite", 2,
         "mv_logdirty_enable on a fully populated domain, then 4 vCPUs store one "
-        "word to every page, each its own quarter"));
+        "word to every page, each its own quarter");
+    struct json_object *raw = json_object_new_object();
+
     for (int m = 0; m < MECH_COUNT; m++) {
         const struct ld_rewrite *r = &run->rewrite[m];
-        struct json_object *mo;
+        struct json_object *mo = mech_json(run, raw, m);
 
-        if (!run->available[m]) {
-            json_object_object_add(raw, mech_name(m), skipped_json(run, m));
+        if (!mo)
             continue;
-        }
-        mo = json_object_new_object();
         json_object_object_add(mo, "total_ns", u64_json(r->total_ns));
         json_object_object_add(mo, "per_page_ns", mv_bench_json_real(
             (double)r->total_ns / (double)run->write_pages, 1));
@@ -1122,10 +1102,9 @@ static struct json_object *rewrite_case_json(const struct ld_run *run, bool *met
             json_object_object_add(mo, "fetch_all_dirty_ns", u64_json(r->fetch_ns));
         }
         log_json(mo, &r->log);
-        json_object_object_add(raw, mech_name(m), mo);
     }
     json_object_object_add(o, "raw", raw);
-    *met = comparisons_json(o, cmp, rewrite_comparisons(run, cmp), goals) && *met;
+    *met = mv_bench_comparisons_json(o, cmp, rewrite_comparisons(run, cmp), goals) && *met;
     return o;
 }
 
@@ -1133,20 +1112,16 @@ static struct json_object *rate_case_json(const struct ld_run *run, enum ld_rate
                                           bool *met, unsigned *goals)
 {
     struct mv_bench_comparison cmp[LD_MAX_COMPARISONS];
-    struct json_object *o = json_object_new_object(), *raw = json_object_new_object();
+    struct json_object *o = case_json(rate_cases[c].name, c == RATE_FRESH ? 3 : 4,
+                                      rate_cases[c].what);
+    struct json_object *raw = json_object_new_object();
 
-    json_object_object_add(o, "name", json_object_new_string(rate_cases[c].name));
-    json_object_object_add(o, "case", json_object_new_int(c == RATE_FRESH ? 3 : 4));
-    json_object_object_add(o, "what", json_object_new_string(rate_cases[c].what));
     for (int m = 0; m < MECH_COUNT; m++) {
         const struct ld_rate *r = &run->rate[c][m];
-        struct json_object *mo;
+        struct json_object *mo = mech_json(run, raw, m);
 
-        if (!run->available[m]) {
-            json_object_object_add(raw, mech_name(m), skipped_json(run, m));
+        if (!mo)
             continue;
-        }
-        mo = json_object_new_object();
         json_object_object_add(mo, "elapsed_ns", u64_json(r->elapsed_ns));
         json_object_object_add(mo, "writes", u64_json(r->writes));
         json_object_object_add(mo, "pages_per_second", mv_bench_json_real(rate_of(r), 0));
@@ -1160,10 +1135,9 @@ static struct json_object *rate_case_json(const struct ld_run *run, enum ld_rate
             json_object_object_add(mo, "write_traps", u64_json(r->faults));
         }
         log_json(mo, &r->log);
-        json_object_object_add(raw, mech_name(m), mo);
     }
     json_object_object_add(o, "raw", raw);
-    *met = comparisons_json(o, cmp, rate_comparisons(run, c, cmp), goals) && *met;
+    *met = mv_bench_comparisons_json(o, cmp, rate_comparisons(run, c, cmp), goals) && *met;
     return o;
 }
 
@@ -1212,14 +1186,11 @@ static struct json_object *goal_json(void)
 
 static int report_json(const struct ld_run *run)
 {
-    struct json_object *root = json_object_new_object(), *cases = json_object_new_array();
-    struct json_object *mechs = json_object_new_object();
+    struct json_object *root = mv_bench_json_root("logdirty", &run->machine);
+    struct json_object *cases = json_object_new_array(), *mechs = json_object_new_object();
     unsigned goals = 0;
     bool met = true;
 
-    json_object_object_add(root, "suite", json_object_new_string("logdirty"));
-    json_object_object_add(root, "date", json_object_new_string(run->machine.date));
-    json_object_object_add(root, "machine", mv_bench_machine_json(&run->machine));
     json_object_object_add(root, "parameters", parameters_json(run));
     json_object_object_add(root, "goal", goal_json());
     for (int m = MECH_ASYNC; m < MECH_COUNT; m++)
@@ -1241,15 +1212,6 @@ static int report_json(const struct ld_run *run)
 
 /* ------------------------------------------------------------------------ */
 /* Table                                                                     */
-
-static void print_comparisons(const struct mv_bench_comparison *c, size_t n)
-{
-    if (n == 0)
-        return;
-    mv_bench_comparison_header(stdout);
-    for (size_t i = 0; i < n; i++)
-        mv_bench_comparison_print(stdout, &c[i]);
-}
 
 static void print_log(enum ld_mech m, const struct ld_log *log)
 {
@@ -1307,7 +1269,7 @@ static void print_fetch(const struct ld_run *run)
                    mv_bench_format(e, sizeof(e), (double)percentile_of(
                        run, pa->enable_ns, run->opt.rounds, 50), "ns"));
         }
-        print_comparisons(cmp, fetch_comparisons(run, p, cmp));
+        mv_bench_comparisons_print(stdout, cmp, fetch_comparisons(run, p, cmp));
     }
 }
 
@@ -1337,7 +1299,7 @@ static void print_rewrite(const struct ld_run *run)
     }
     for (int m = 0; m < MECH_COUNT; m++)
         print_log(m, &run->rewrite[m].log);
-    print_comparisons(cmp, rewrite_comparisons(run, cmp));
+    mv_bench_comparisons_print(stdout, cmp, rewrite_comparisons(run, cmp));
 }
 
 static void print_rate(const struct ld_run *run, enum ld_rate_case c)
@@ -1365,7 +1327,7 @@ static void print_rate(const struct ld_run *run, enum ld_rate_case c)
     }
     for (int m = 0; m < MECH_COUNT; m++)
         print_log(m, &run->rate[c][m].log);
-    print_comparisons(cmp, rate_comparisons(run, c, cmp));
+    mv_bench_comparisons_print(stdout, cmp, rate_comparisons(run, c, cmp));
 }
 
 static int report_text(const struct ld_run *run)
@@ -1410,21 +1372,32 @@ static void print_usage(FILE *out)
         LD_DEFAULT_DURATION_MS, LD_DEFAULT_FETCH_INTERVAL_MS);
 }
 
-static int parse_size(const char *name, const char *arg, uint64_t *out)
+/* One option other than --json and --help. */
+static int parse_option(int opt, const char *arg, void *ctx)
 {
-    int rc = mv_bench_parse_u64(name, arg, 2, LD_MAX_SIZE_MIB, out);
+    struct ld_options *o = ctx;
 
-    if (rc == MV_BENCH_OK && *out % 2) {
-        mv_bench_error("%s: %" PRIu64 " MiB is not a whole number of 2 MiB blocks",
-                       name, *out);
-        rc = MV_BENCH_USAGE;
+    switch (opt) {
+    case 's':
+        return mv_bench_parse_mib("logdirty: --size-mib", arg, LD_MAX_SIZE_MIB, &o->size_mib);
+    case 'r':
+        return mv_bench_parse_u64("logdirty: --rounds", arg, 1, LD_MAX_ROUNDS, &o->rounds);
+    case 'w':
+        return mv_bench_parse_mib("logdirty: --write-mib", arg, LD_MAX_SIZE_MIB,
+                                  &o->write_mib);
+    case 'd':
+        return mv_bench_parse_u64("logdirty: --duration-ms", arg, 1, 3600000,
+                                  &o->duration_ms);
+    case 'i':
+        return mv_bench_parse_u64("logdirty: --fetch-interval-ms", arg, 0, 60000,
+                                  &o->fetch_interval_ms);
     }
-    return rc;
+    return MV_BENCH_OK;
 }
 
 /* Returns MV_BENCH_OK, or MV_BENCH_USAGE after saying why; `help` is set
  * when --help was given. */
-static int parse_options(int argc, char **argv, struct ld_options *o, bool *help)
+static int parse_options(int argc, char **argv, void *arg, bool *help)
 {
     static const struct option options[] = {
         { "json", no_argument, NULL, 'j' },
@@ -1436,46 +1409,16 @@ static int parse_options(int argc, char **argv, struct ld_options *o, bool *help
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    int opt, rc = MV_BENCH_OK;
+    struct ld_options *o = &((struct ld_run *)arg)->opt;
+    int rc;
 
     *o = (struct ld_options){
         .size_mib = LD_DEFAULT_SIZE_MIB, .write_mib = LD_DEFAULT_WRITE_MIB,
         .rounds = LD_DEFAULT_ROUNDS, .duration_ms = LD_DEFAULT_DURATION_MS,
         .fetch_interval_ms = LD_DEFAULT_FETCH_INTERVAL_MS,
     };
-    *help = false;
-    optind = 0; /* the caller may have run getopt on its own arguments */
-    opterr = 0;
-    while (rc == MV_BENCH_OK && (opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'j':
-            o->json = true;
-            break;
-        case 's':
-            rc = parse_size("logdirty: --size-mib", optarg, &o->size_mib);
-            break;
-        case 'r':
-            rc = mv_bench_parse_u64("logdirty: --rounds", optarg, 1, LD_MAX_ROUNDS, &o->rounds);
-            break;
-        case 'w':
-            rc = parse_size("logdirty: --write-mib", optarg, &o->write_mib);
-            break;
-        case 'd':
-            rc = mv_bench_parse_u64("logdirty: --duration-ms", optarg, 1, 3600000,
-                                    &o->duration_ms);
-            break;
-        case 'i':
-            rc = mv_bench_parse_u64("logdirty: --fetch-interval-ms", optarg, 0, 60000,
-                                    &o->fetch_interval_ms);
-            break;
-        case 'h':
-            *help = true;
-            break;
-        default:
-            rc = mv_bench_option_problem("logdirty", opt, argv);
-            break;
-        }
-    }
+    rc = mv_bench_parse_options("logdirty", argc, argv, options, parse_option, o, &o->json,
+                                help);
     return mv_bench_options_done("logdirty", rc, argc, argv);
 }
 
@@ -1496,16 +1439,16 @@ static int measure(struct ld_run *run)
     return rc;
 }
 
-static int run_suite(struct ld_run *run)
+static int run_suite(void *arg)
 {
+    struct ld_run *run = arg;
     struct mv_kernel_features features;
     uint64_t largest;
     size_t words;
-    int rc = mv_bench_probe_kernel(&features);
+    int rc = mv_bench_probe(&features, &run->machine);
 
     if (rc != MV_BENCH_OK)
         return rc;
-    mv_bench_machine_probe(&run->machine, &features);
     run->fetch_bytes = run->opt.size_mib * MV_BENCH_MIB;
     run->fetch_pages = (size_t)(run->fetch_bytes >> MV_PAGE_SHIFT);
     run->dirty_pages = run->fetch_pages / LD_DIRTY_DIVISOR;
@@ -1540,25 +1483,22 @@ static int run_suite(struct ld_run *run)
     return run->opt.json ? report_json(run) : report_text(run);
 }
 
-int mv_bench_logdirty(int argc, char **argv)
+static void release(void *arg)
 {
-    struct ld_run *run = calloc(1, sizeof(*run));
-    bool help;
-    int rc;
+    struct ld_run *run = arg;
 
-    if (!run) {
-        mv_bench_error("logdirty: out of memory");
-        return MV_BENCH_FAILED;
-    }
-    rc = parse_options(argc, argv, &run->opt, &help);
-    if (rc == MV_BENCH_OK && help)
-        print_usage(stdout);
-    else if (rc == MV_BENCH_OK)
-        rc = run_suite(run);
     free(run->gfns);
     free(run->expect);
     free(run->sorted);
     free(run->fetch_samples);
-    free(run);
-    return rc;
+}
+
+int mv_bench_logdirty(int argc, char **argv)
+{
+    static const struct mv_bench_suite suite = {
+        .name = "logdirty", .run_size = sizeof(struct ld_run), .parse = parse_options,
+        .usage = print_usage, .run = run_suite, .release = release,
+    };
+
+    return mv_bench_suite_main(&suite, argc, argv);
 }

@@ -349,18 +349,14 @@ static int domain_open(struct pod_domain *pd, uint64_t bytes, unsigned spin_us,
 {
     struct mv_host_config hc;
     struct mv_domain_config dc;
-    uint64_t size;
-    void *ram;
     int rc;
 
-    mv_host_config_init(&hc);
+    mv_bench_host_config_init(&hc);
     hc.budget_bytes = bytes;
     hc.fault_spin_us = spin_us;
-    hc.log = mv_bench_log;
-    hc.log_level = MV_LOG_WARN;
-    rc = mv_host_create(&hc, &pd->host);
-    if (rc < 0)
-        return mv_bench_lib_error("mv_host_create", rc);
+    rc = mv_bench_host_create(&hc, &pd->host);
+    if (rc != MV_BENCH_OK)
+        return rc;
     mv_domain_config_init(&dc);
     snprintf(dc.name, sizeof(dc.name), "bench-pod");
     dc.maxmem_bytes = dc.target_bytes = bytes;
@@ -371,14 +367,10 @@ static int domain_open(struct pod_domain *pd, uint64_t bytes, unsigned spin_us,
         mv_host_destroy(pd->host);
         return rc;
     }
-    rc = mv_domain_ram(pd->host, pd->domid, &ram, &size);
-    if (rc < 0) {
-        rc = mv_bench_lib_error("mv_domain_ram", rc);
+    rc = mv_bench_domain_ram(pd->host, pd->domid, &pd->ram, NULL);
+    if (rc != MV_BENCH_OK)
         mv_host_destroy(pd->host);
-        return rc;
-    }
-    pd->ram = ram;
-    return MV_BENCH_OK;
+    return rc;
 }
 
 /* The library's counters after a pass, checked against what the case
@@ -411,6 +403,27 @@ static int domain_check(const struct pod_run *run, const struct pod_case *c,
     return MV_BENCH_FAILED;
 }
 
+/* A new domain for case `c` (domain_open), every page touched by `pass`,
+ * the library's counters checked (domain_check).  On failure the host is
+ * destroyed already. */
+static int touch_domain(const struct pod_run *run, const struct pod_case *c,
+                        struct pod_domain *pd, struct touch_pass *pass,
+                        struct mv_host_stats *stats, struct mv_domain_info *info)
+{
+    int rc = domain_open(pd, run->bytes, c->sleeping ? 0 : (unsigned)run->opt.spin_us,
+                         c->block_populate);
+
+    if (rc != MV_BENCH_OK)
+        return rc;
+    pass->mem = pd->ram;
+    rc = run_touch(pass);
+    if (rc == MV_BENCH_OK)
+        rc = domain_check(run, c, pd, stats, info);
+    if (rc != MV_BENCH_OK)
+        mv_host_destroy(pd->host);
+    return rc;
+}
+
 static int fault_pass(struct pod_run *run, size_t ci, unsigned round, bool timed)
 {
     const struct pod_case *c = &pod_cases[ci];
@@ -423,17 +436,10 @@ static int fault_pass(struct pod_run *run, size_t ci, unsigned round, bool timed
     struct pod_domain pd;
     int rc;
 
-    rc = domain_open(&pd, run->bytes, c->sleeping ? 0 : (unsigned)run->opt.spin_us,
-                     c->block_populate);
+    rc = touch_domain(run, c, &pd, &pass, &stats, &info);
     if (rc != MV_BENCH_OK)
         return rc;
-    pass.mem = pd.ram;
-    rc = run_touch(&pass);
-    if (rc == MV_BENCH_OK)
-        rc = domain_check(run, c, &pd, &stats, &info);
     mv_host_destroy(pd.host);
-    if (rc != MV_BENCH_OK)
-        return rc;
     if (timed) {
         record_latencies(run, r, round, c->block_populate);
         return MV_BENCH_OK;
@@ -480,15 +486,11 @@ static int sweep_pass(struct pod_run *run, size_t ci, unsigned round)
     uint64_t elapsed, again = 0;
     int rc;
 
-    rc = domain_open(&pd, run->bytes, (unsigned)run->opt.spin_us, c->block_populate);
+    /* Sweep cases do not sleep: their fault thread spins --spin-us. */
+    rc = touch_domain(run, c, &pd, &pass, &stats, &info);
     if (rc != MV_BENCH_OK)
         return rc;
-    pass.mem = pd.ram;
-    rc = run_touch(&pass);
-    if (rc == MV_BENCH_OK)
-        rc = domain_check(run, c, &pd, &stats, &info);
-    if (rc == MV_BENCH_OK)
-        rc = timed_sweep(run, c, &pd, &elapsed, &res);
+    rc = timed_sweep(run, c, &pd, &elapsed, &res);
     if (rc == MV_BENCH_OK && c->value)
         rc = timed_sweep(run, c, &pd, &again, &res);
     mv_host_destroy(pd.host);
@@ -626,15 +628,12 @@ static struct json_object *record_json(const struct pod_run *run,
 
 static int report_json(const struct pod_run *run)
 {
-    struct json_object *root = json_object_new_object();
+    struct json_object *root = mv_bench_json_root("pod", &run->machine);
     struct json_object *params = json_object_new_object();
     struct json_object *peer = json_object_new_object();
     struct json_object *cases = json_object_new_array();
     bool all_met = true;
 
-    json_object_object_add(root, "suite", json_object_new_string("pod"));
-    json_object_object_add(root, "date", json_object_new_string(run->machine.date));
-    json_object_object_add(root, "machine", mv_bench_machine_json(&run->machine));
     json_object_object_add(params, "size_mib", json_object_new_int64((int64_t)run->opt.size_mib));
     json_object_object_add(params, "pages", json_object_new_int64((int64_t)run->pages));
     json_object_object_add(params, "rounds", json_object_new_int64((int64_t)run->opt.rounds));
@@ -655,7 +654,7 @@ static int report_json(const struct pod_run *run)
     for (size_t ci = 0; ci < POD_CASES; ci++) {
         const struct pod_case *c = &pod_cases[ci];
         struct mv_bench_comparison cmp[POD_MAX_COMPARISONS];
-        struct json_object *o = json_object_new_object(), *list = json_object_new_array();
+        struct json_object *o = json_object_new_object();
         size_t n = case_comparisons(run, ci, cmp);
 
         json_object_object_add(o, "name", json_object_new_string(c->name));
@@ -665,12 +664,7 @@ static int report_json(const struct pod_run *run)
         json_object_object_add(o, "pod_block_populate",
                                json_object_new_int(c->block_populate));
         json_object_object_add(o, "raw", record_json(run, &run->cases[ci]));
-        for (size_t i = 0; i < n; i++) {
-            json_object_array_add(list, mv_bench_comparison_json(&cmp[i]));
-            if (cmp[i].goal_max_ratio > 0 && !mv_bench_goal_met(&cmp[i]))
-                all_met = false;
-        }
-        json_object_object_add(o, "comparisons", list);
+        all_met = mv_bench_comparisons_json(o, cmp, n, NULL) && all_met;
         json_object_array_add(cases, o);
     }
     json_object_object_add(root, "cases", cases);
@@ -699,9 +693,7 @@ static int report_text(const struct pod_run *run)
         size_t n = case_comparisons(run, ci, cmp);
 
         printf("\n%s: %s\n", pod_cases[ci].name, pod_cases[ci].what);
-        mv_bench_comparison_header(stdout);
-        for (size_t i = 0; i < n; i++)
-            mv_bench_comparison_print(stdout, &cmp[i]);
+        mv_bench_comparisons_print(stdout, cmp, n);
         printf("  raw figures (medians):\n");
         print_raw(run, &run->cases[ci]);
     }
@@ -731,9 +723,25 @@ static void print_usage(FILE *out)
         MV_FAULT_SPIN_DEFAULT);
 }
 
+/* One option other than --json and --help. */
+static int parse_option(int opt, const char *arg, void *ctx)
+{
+    struct pod_options *o = ctx;
+
+    switch (opt) {
+    case 's':
+        return mv_bench_parse_mib("pod: --size", arg, POD_MAX_SIZE_MIB, &o->size_mib);
+    case 'r':
+        return mv_bench_parse_u64("pod: --rounds", arg, 1, MV_BENCH_MAX_ROUNDS, &o->rounds);
+    case 'p':
+        return mv_bench_parse_u64("pod: --spin-us", arg, 0, 1000000, &o->spin_us);
+    }
+    return MV_BENCH_OK;
+}
+
 /* Returns MV_BENCH_OK, or MV_BENCH_USAGE after saying why; `help` is set
  * when --help was given. */
-static int parse_options(int argc, char **argv, struct pod_options *o, bool *help)
+static int parse_options(int argc, char **argv, void *arg, bool *help)
 {
     static const struct option options[] = {
         { "json", no_argument, NULL, 'j' },
@@ -743,55 +751,27 @@ static int parse_options(int argc, char **argv, struct pod_options *o, bool *hel
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    struct pod_options *o = &((struct pod_run *)arg)->opt;
     struct mv_host_config defaults;
-    int opt, rc = MV_BENCH_OK;
+    int rc;
 
     mv_host_config_init(&defaults);
     *o = (struct pod_options){
         .size_mib = POD_DEFAULT_SIZE_MIB, .rounds = POD_DEFAULT_ROUNDS,
         .spin_us = defaults.fault_spin_us,
     };
-    *help = false;
-    optind = 0; /* the caller may have run getopt on its own arguments */
-    opterr = 0;
-    while (rc == MV_BENCH_OK && (opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'j':
-            o->json = true;
-            break;
-        case 's':
-            rc = mv_bench_parse_u64("pod: --size", optarg, 2, POD_MAX_SIZE_MIB, &o->size_mib);
-            if (rc == MV_BENCH_OK && o->size_mib % 2) {
-                mv_bench_error("pod: --size: %" PRIu64 " MiB is not a whole number "
-                               "of 2 MiB blocks", o->size_mib);
-                rc = MV_BENCH_USAGE;
-            }
-            break;
-        case 'r':
-            rc = mv_bench_parse_u64("pod: --rounds", optarg, 1, MV_BENCH_MAX_ROUNDS, &o->rounds);
-            break;
-        case 'p':
-            rc = mv_bench_parse_u64("pod: --spin-us", optarg, 0, 1000000, &o->spin_us);
-            break;
-        case 'h':
-            *help = true;
-            break;
-        default:
-            rc = mv_bench_option_problem("pod", opt, argv);
-            break;
-        }
-    }
+    rc = mv_bench_parse_options("pod", argc, argv, options, parse_option, o, &o->json, help);
     return mv_bench_options_done("pod", rc, argc, argv);
 }
 
-static int run_suite(struct pod_run *run)
+static int run_suite(void *arg)
 {
+    struct pod_run *run = arg;
     struct mv_kernel_features features;
-    int rc = mv_bench_probe_kernel(&features);
+    int rc = mv_bench_probe(&features, &run->machine);
 
     if (rc != MV_BENCH_OK)
         return rc;
-    mv_bench_machine_probe(&run->machine, &features);
     run->bytes = run->opt.size_mib * MV_BENCH_MIB;
     run->pages = (size_t)(run->bytes / MV_PAGE_SIZE);
     /* One buffer of --size is live at a time; leave the host as much again. */
@@ -819,23 +799,20 @@ static int run_suite(struct pod_run *run)
     return run->opt.json ? report_json(run) : report_text(run);
 }
 
-int mv_bench_pod(int argc, char **argv)
+static void release(void *arg)
 {
-    struct pod_run *run = calloc(1, sizeof(*run));
-    bool help;
-    int rc;
+    struct pod_run *run = arg;
 
-    if (!run) {
-        mv_bench_error("pod: out of memory");
-        return MV_BENCH_FAILED;
-    }
-    rc = parse_options(argc, argv, &run->opt, &help);
-    if (rc == MV_BENCH_OK && help)
-        print_usage(stdout);
-    else if (rc == MV_BENCH_OK)
-        rc = run_suite(run);
     free(run->latency);
     free(run->block_latency);
-    free(run);
-    return rc;
+}
+
+int mv_bench_pod(int argc, char **argv)
+{
+    static const struct mv_bench_suite suite = {
+        .name = "pod", .run_size = sizeof(struct pod_run), .parse = parse_options,
+        .usage = print_usage, .run = run_suite, .release = release,
+    };
+
+    return mv_bench_suite_main(&suite, argc, argv);
 }

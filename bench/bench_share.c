@@ -80,7 +80,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #define SH_MAX_PASSES 16u
@@ -378,6 +377,13 @@ static uint64_t ksmd_cpu_ns(int pid)
     return (utime + stime) * (1000000000ull / (uint64_t)tick);
 }
 
+/* A KSM setting shown in the report, "-" where this kernel lacks it. */
+static void ksm_read_shown(const char *name, char *buf, size_t size)
+{
+    if (ksm_read(name, buf, size) < 0)
+        snprintf(buf, size, "-");
+}
+
 /* Can the suite use KSM?  Fills the state; saves nothing yet. */
 static void ksm_probe(struct ksm_state *k)
 {
@@ -404,15 +410,10 @@ static void ksm_probe(struct ksm_state *k)
     k->pages_sharing_before = ksm_u64("pages_sharing");
     k->have_zero = access(SH_KSM_DIR "use_zero_pages", W_OK) == 0 &&
                    access(SH_KSM_DIR "ksm_zero_pages", R_OK) == 0;
-    if (ksm_read("merge_across_nodes", k->merge_across_nodes,
-                 sizeof(k->merge_across_nodes)) < 0)
-        snprintf(k->merge_across_nodes, sizeof(k->merge_across_nodes), "-");
-    if (ksm_read("smart_scan", k->smart_scan, sizeof(k->smart_scan)) < 0)
-        snprintf(k->smart_scan, sizeof(k->smart_scan), "-");
-    if (ksm_read("max_page_sharing", k->max_page_sharing, sizeof(k->max_page_sharing)) < 0)
-        snprintf(k->max_page_sharing, sizeof(k->max_page_sharing), "-");
-    if (ksm_read("advisor_mode", k->advisor_mode, sizeof(k->advisor_mode)) < 0)
-        snprintf(k->advisor_mode, sizeof(k->advisor_mode), "-");
+    ksm_read_shown("merge_across_nodes", k->merge_across_nodes, sizeof(k->merge_across_nodes));
+    ksm_read_shown("smart_scan", k->smart_scan, sizeof(k->smart_scan));
+    ksm_read_shown("max_page_sharing", k->max_page_sharing, sizeof(k->max_page_sharing));
+    ksm_read_shown("advisor_mode", k->advisor_mode, sizeof(k->advisor_mode));
     k->available = true;
 }
 
@@ -476,15 +477,6 @@ static void ksm_counters_read(const struct ksm_state *k, struct ksm_counters *c)
     c->zero_pages = k->have_zero ? ksm_u64("ksm_zero_pages") : 0;
     c->unshared = ksm_u64("pages_unshared");
     c->volatile_pages = ksm_u64("pages_volatile");
-}
-
-static void sleep_ms(uint64_t ms)
-{
-    struct timespec ts = { .tv_sec = (time_t)(ms / 1000),
-                           .tv_nsec = (long)(ms % 1000) * 1000000L };
-
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
 }
 
 static void unmap_regions(uint8_t **regions, const struct guest_image_set *set)
@@ -555,7 +547,7 @@ static int ksm_case_run(struct share_run *run, struct ksm_case *c)
     for (;;) {
         uint64_t t, cpu;
 
-        sleep_ms(c->sample_ms);
+        mv_bench_sleep_ms(c->sample_ms);
         ksm_counters_read(k, &now);
         t = mv_bench_now_ns() - t0;
         cpu = ksmd_cpu_ns(k->ksmd_pid) - cpu0;
@@ -633,8 +625,7 @@ static int load_domains(struct share_run *run, struct mv_case *c, mv_host *host,
     for (size_t i = 0; i < set->count; i++) {
         const struct guest_image *image = &set->images[i];
         struct mv_domain_config dc;
-        uint64_t size;
-        void *ram;
+        uint8_t *ram;
         int rc;
 
         mv_domain_config_init(&dc);
@@ -643,9 +634,9 @@ static int load_domains(struct share_run *run, struct mv_case *c, mv_host *host,
         rc = mv_domain_create(host, &dc, &doms[i]);
         if (rc < 0)
             return mv_bench_lib_error("mv_domain_create", rc);
-        rc = mv_domain_ram(host, doms[i], &ram, &size);
-        if (rc < 0)
-            return mv_bench_lib_error("mv_domain_ram", rc);
+        rc = mv_bench_domain_ram(host, doms[i], &ram, NULL);
+        if (rc != MV_BENCH_OK)
+            return rc;
         memcpy(ram, image->data, image->bytes);
     }
     c->load_ns = mv_bench_now_ns() - t0;
@@ -763,6 +754,21 @@ static void note_mismatch(struct mv_case *c, size_t image, uint64_t gfn)
     }
 }
 
+/* mv_share_audit and mv_host_audit; what the first that fails says goes
+ * into `error`, which is left as it is when both pass. */
+static void audit_host(mv_host *host, int *share_audit, int *host_audit, char *error,
+                       size_t size)
+{
+    *share_audit = mv_share_audit(host);
+    if (*share_audit < 0)
+        snprintf(error, size, "mv_share_audit: %s: %s", mv_strerror(*share_audit),
+                 mv_last_error());
+    *host_audit = mv_host_audit(host);
+    if (*host_audit < 0 && !error[0])
+        snprintf(error, size, "mv_host_audit: %s: %s", mv_strerror(*host_audit),
+                 mv_last_error());
+}
+
 /* Every page of every domain against its image: from the host side with
  * mv_domain_read_page, then as the guest sees it; then the audits. */
 static int check_domains(struct share_run *run, struct mv_case *c, mv_host *host,
@@ -793,26 +799,18 @@ static int check_domains(struct share_run *run, struct mv_case *c, mv_host *host
         }
     }
     free(buf);
-    c->share_audit = mv_share_audit(host);
-    if (c->share_audit < 0)
-        snprintf(c->audit_error, sizeof(c->audit_error), "mv_share_audit: %s: %s",
-                 mv_strerror(c->share_audit), mv_last_error());
-    c->host_audit = mv_host_audit(host);
-    if (c->host_audit < 0 && !c->audit_error[0])
-        snprintf(c->audit_error, sizeof(c->audit_error), "mv_host_audit: %s: %s",
-                 mv_strerror(c->host_audit), mv_last_error());
+    audit_host(host, &c->share_audit, &c->host_audit, c->audit_error, sizeof(c->audit_error));
     /* The guest's view, last: reading a page that went back to PoD
      * populates it again. */
     for (size_t i = 0; i < run->images.count; i++) {
         const struct guest_image *image = &run->images.images[i];
-        uint64_t size;
-        void *ram;
-        int rc = mv_domain_ram(host, doms[i], &ram, &size);
+        uint8_t *ram;
+        int rc = mv_bench_domain_ram(host, doms[i], &ram, NULL);
 
-        if (rc < 0)
-            return mv_bench_lib_error("mv_domain_ram", rc);
+        if (rc != MV_BENCH_OK)
+            return rc;
         for (uint64_t gfn = 0; gfn < image->pages; gfn++)
-            if (memcmp((uint8_t *)ram + gfn * MV_PAGE_SIZE, guest_image_page(image, gfn),
+            if (memcmp(ram + gfn * MV_PAGE_SIZE, guest_image_page(image, gfn),
                        MV_PAGE_SIZE) != 0) {
                 c->guest_view_mismatches++;
                 note_mismatch(c, i, gfn);
@@ -831,17 +829,12 @@ static int check_domains(struct share_run *run, struct mv_case *c, mv_host *host
 
 static int mv_case_run(struct share_run *run, struct mv_case *c)
 {
-    struct mv_host_config hc;
     uint32_t doms[GUEST_IMAGE_MAX];
     mv_host *host;
-    int rc;
+    int rc = mv_bench_host_create(NULL, &host);
 
-    mv_host_config_init(&hc);
-    hc.log = mv_bench_log;
-    hc.log_level = MV_LOG_WARN;
-    rc = mv_host_create(&hc, &host);
-    if (rc < 0)
-        return mv_bench_lib_error("mv_host_create", rc);
+    if (rc != MV_BENCH_OK)
+        return rc;
     rc = load_domains(run, c, host, doms);
     if (rc == MV_BENCH_OK && c->hinted)
         rc = hint_kernels(run, c, host, doms);
@@ -1164,16 +1157,13 @@ static struct json_object *ksm_json(const struct share_run *run)
 
 static int report_json(const struct share_run *run)
 {
-    struct json_object *root = json_object_new_object();
+    struct json_object *root = mv_bench_json_root("share", &run->machine);
     struct json_object *params = json_object_new_object();
-    struct json_object *mv = json_object_new_object(), *list = json_object_new_array();
+    struct json_object *mv = json_object_new_object();
     struct mv_bench_comparison cmp[SH_MAX_COMPARISONS];
     size_t n = comparisons(run, cmp);
-    bool all_met = true;
+    bool all_met;
 
-    json_object_object_add(root, "suite", json_object_new_string("share"));
-    json_object_object_add(root, "date", json_object_new_string(run->machine.date));
-    json_object_object_add(root, "machine", mv_bench_machine_json(&run->machine));
     json_object_object_add(params, "source", json_object_new_string(
         run->images.synthetic ? "synthetic" : "raw RAM dumps (--image)"));
     if (run->images.synthetic) {
@@ -1215,12 +1205,7 @@ static int report_json(const struct share_run *run)
                            mv_case_json(&run->mv_hinted) : NULL);
     json_object_object_add(root, "memvisor", mv);
     json_object_object_add(root, "ksm", ksm_json(run));
-    for (size_t i = 0; i < n; i++) {
-        json_object_array_add(list, mv_bench_comparison_json(&cmp[i]));
-        if (mv_bench_has_goal(&cmp[i]) && !mv_bench_goal_met(&cmp[i]))
-            all_met = false;
-    }
-    json_object_object_add(root, "comparisons", list);
+    all_met = mv_bench_comparisons_json(root, cmp, n, NULL);
     json_object_object_add(root, "goals_met", json_object_new_boolean(all_met));
     json_object_object_add(root, "ok", json_object_new_boolean(run->ok));
     return mv_bench_json_emit(root);
@@ -1283,9 +1268,7 @@ static int report_text(const struct share_run *run)
     if (run->ksm_default.ran)
         print_ksm_case(&run->ksm_default);
     printf("\n");
-    mv_bench_comparison_header(stdout);
-    for (size_t i = 0; i < n; i++)
-        mv_bench_comparison_print(stdout, &cmp[i]);
+    mv_bench_comparisons_print(stdout, cmp, n);
     printf("\n%s\n", run->ok ? "ok" : "FAILED: see the checks above");
     return fflush(stdout) == EOF ? MV_BENCH_FAILED : MV_BENCH_OK;
 }
@@ -1321,7 +1304,41 @@ static void print_usage(FILE *out)
         GUEST_IMAGE_DEFAULT_SEED, 900u);
 }
 
-static int parse_options(int argc, char **argv, struct share_options *o, bool *help)
+/* One option other than --json and --help. */
+static int parse_option(int opt, const char *arg, void *ctx)
+{
+    struct share_options *o = ctx;
+
+    switch (opt) {
+    case 'g':
+        o->sized = true;
+        return mv_bench_parse_u64("share: --guests", arg, 1, GUEST_IMAGE_MAX, &o->guests);
+    case 'm':
+        o->sized = true;
+        return mv_bench_parse_mib("share: --guest-mib", arg, SH_MAX_GUEST_MIB, &o->guest_mib);
+    case 's':
+        return mv_bench_parse_u64("share: --seed", arg, 0, UINT64_MAX, &o->seed);
+    case 'i':
+        if (o->nimages == GUEST_IMAGE_MAX) {
+            mv_bench_error("share: --image: at most %u images", GUEST_IMAGE_MAX);
+            return MV_BENCH_USAGE;
+        }
+        o->images[o->nimages++] = arg;
+        break;
+    case 'H':
+        o->no_hint = true;
+        break;
+    case 'K':
+        o->no_ksm = true;
+        break;
+    case 'D':
+        o->ksm_defaults = true;
+        break;
+    }
+    return MV_BENCH_OK;
+}
+
+static int parse_options(int argc, char **argv, void *arg, bool *help)
 {
     static const struct option options[] = {
         { "json", no_argument, NULL, 'j' },
@@ -1335,62 +1352,14 @@ static int parse_options(int argc, char **argv, struct share_options *o, bool *h
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    int opt, rc = MV_BENCH_OK;
+    struct share_options *o = &((struct share_run *)arg)->opt;
+    int rc;
 
     *o = (struct share_options){
         .guests = GUEST_IMAGE_DEFAULT_GUESTS, .guest_mib = GUEST_IMAGE_DEFAULT_MIB,
         .seed = GUEST_IMAGE_DEFAULT_SEED,
     };
-    *help = false;
-    optind = 0;
-    opterr = 0;
-    while (rc == MV_BENCH_OK && (opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'j':
-            o->json = true;
-            break;
-        case 'g':
-            rc = mv_bench_parse_u64("share: --guests", optarg, 1, GUEST_IMAGE_MAX, &o->guests);
-            o->sized = true;
-            break;
-        case 'm':
-            rc = mv_bench_parse_u64("share: --guest-mib", optarg, 2, SH_MAX_GUEST_MIB,
-                                    &o->guest_mib);
-            if (rc == MV_BENCH_OK && o->guest_mib % 2) {
-                mv_bench_error("share: --guest-mib: %" PRIu64 " MiB is not a whole "
-                               "number of 2 MiB blocks", o->guest_mib);
-                rc = MV_BENCH_USAGE;
-            }
-            o->sized = true;
-            break;
-        case 's':
-            rc = mv_bench_parse_u64("share: --seed", optarg, 0, UINT64_MAX, &o->seed);
-            break;
-        case 'i':
-            if (o->nimages == GUEST_IMAGE_MAX) {
-                mv_bench_error("share: --image: at most %u images", GUEST_IMAGE_MAX);
-                rc = MV_BENCH_USAGE;
-                break;
-            }
-            o->images[o->nimages++] = optarg;
-            break;
-        case 'H':
-            o->no_hint = true;
-            break;
-        case 'K':
-            o->no_ksm = true;
-            break;
-        case 'D':
-            o->ksm_defaults = true;
-            break;
-        case 'h':
-            *help = true;
-            break;
-        default:
-            rc = mv_bench_option_problem("share", opt, argv);
-            break;
-        }
-    }
+    rc = mv_bench_parse_options("share", argc, argv, options, parse_option, o, &o->json, help);
     if (rc == MV_BENCH_OK && o->nimages && o->sized) {
         mv_bench_error("share: --image replaces the synthetic guests; --guests and "
                        "--guest-mib do not apply to it");
@@ -1449,15 +1418,15 @@ static int run_ksm(struct share_run *run, struct ksm_case *c)
     return ksm_case_run(run, c);
 }
 
-static int run_suite(struct share_run *run)
+static int run_suite(void *arg)
 {
+    struct share_run *run = arg;
     struct mv_kernel_features features;
     uint64_t pages, aggressive_timeout_s, default_timeout_s;
-    int rc = mv_bench_probe_kernel(&features);
+    int rc = mv_bench_probe(&features, &run->machine);
 
     if (rc != MV_BENCH_OK)
         return rc;
-    mv_bench_machine_probe(&run->machine, &features);
     rc = prepare_images(run, &features);
     if (rc != MV_BENCH_OK)
         return rc;
@@ -1512,24 +1481,21 @@ static int run_suite(struct share_run *run)
     return rc;
 }
 
+static void release(void *arg)
+{
+    struct share_run *run = arg;
+
+    guest_image_set_free(&run->images);
+}
+
 int mv_bench_share(int argc, char **argv)
 {
-    struct share_run *run = calloc(1, sizeof(*run));
-    bool help;
-    int rc;
+    static const struct mv_bench_suite suite = {
+        .name = "share", .run_size = sizeof(struct share_run), .parse = parse_options,
+        .usage = print_usage, .run = run_suite, .release = release,
+    };
 
-    if (!run) {
-        mv_bench_error("share: out of memory");
-        return MV_BENCH_FAILED;
-    }
-    rc = parse_options(argc, argv, &run->opt, &help);
-    if (rc == MV_BENCH_OK && help)
-        print_usage(stdout);
-    else if (rc == MV_BENCH_OK)
-        rc = run_suite(run);
-    guest_image_set_free(&run->images);
-    free(run);
-    return rc;
+    return mv_bench_suite_main(&suite, argc, argv);
 }
 
 /* ======================================================================== */
@@ -1730,27 +1696,36 @@ static int cow_memfd(uint64_t bytes)
     return fd;
 }
 
+/* Map all `bytes` of memfd `fd` with `flags` and close it; NULL after
+ * saying why not. */
+static uint8_t *cow_map_memfd(int fd, uint64_t bytes, int flags)
+{
+    void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, flags, fd, 0);
+
+    close(fd);
+    if (mem == MAP_FAILED) {
+        mv_bench_error("cow: %smmap of a memfd: %s", flags & MAP_PRIVATE ? "private " : "",
+                       strerror(errno));
+        return NULL;
+    }
+    return mem;
+}
+
 /* First write to fresh pages: private anonymous, or a shared memfd mapping. */
 static int cow_kernel_touch(struct cow_run *run, bool shmem, struct cow_latency *out)
 {
     uint8_t *mem;
-    int rc, fd = -1;
+    int rc;
 
     if (shmem) {
-        fd = cow_memfd(run->bytes);
-        if (fd < 0)
-            return MV_BENCH_FAILED;
-        mem = mmap(NULL, run->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        close(fd);
-        if (mem == MAP_FAILED) {
-            mv_bench_error("cow: mmap of a memfd: %s", strerror(errno));
-            return MV_BENCH_FAILED;
-        }
+        int fd = cow_memfd(run->bytes);
+
+        mem = fd < 0 ? NULL : cow_map_memfd(fd, run->bytes, MAP_SHARED);
     } else {
         mem = cow_map_anon(run->bytes, MAP_PRIVATE);
-        if (!mem)
-            return MV_BENCH_FAILED;
     }
+    if (!mem)
+        return MV_BENCH_FAILED;
     rc = cow_timed_writes(run, mem, run->opt.pages, run->stride, 0, 0, out);
     munmap(mem, run->bytes);
     return rc;
@@ -1775,12 +1750,9 @@ static int cow_kernel_file(struct cow_run *run)
             close(fd);
             return MV_BENCH_FAILED;
         }
-    mem = mmap(NULL, run->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (mem == MAP_FAILED) {
-        mv_bench_error("cow: private mmap of a memfd: %s", strerror(errno));
+    mem = cow_map_memfd(fd, run->bytes, MAP_PRIVATE);
+    if (!mem)
         return MV_BENCH_FAILED;
-    }
     for (uint64_t i = 0; i < run->opt.pages; i++)
         sink = mem[i * run->stride * MV_PAGE_SIZE];
     (void)sink;
@@ -1847,13 +1819,13 @@ static int cow_kernel_fork(struct cow_run *run)
 static int cow_fill_domain(mv_host *host, uint32_t dom, uint64_t salt, uint64_t *ns)
 {
     uint64_t size, t0 = mv_bench_now_ns();
-    void *ram;
-    int rc = mv_domain_ram(host, dom, &ram, &size);
+    uint8_t *ram;
+    int rc = mv_bench_domain_ram(host, dom, &ram, &size);
 
-    if (rc < 0)
-        return mv_bench_lib_error("mv_domain_ram", rc);
+    if (rc != MV_BENCH_OK)
+        return rc;
     for (uint64_t gfn = 0; gfn < size / MV_PAGE_SIZE; gfn++)
-        cow_fill_page((uint64_t *)((uint8_t *)ram + gfn * MV_PAGE_SIZE), salt, gfn);
+        cow_fill_page((uint64_t *)(ram + gfn * MV_PAGE_SIZE), salt, gfn);
     if (ns)
         *ns = mv_bench_now_ns() - t0;
     return MV_BENCH_OK;
@@ -1886,18 +1858,6 @@ static int cow_saved(mv_host *host, uint64_t *saved, uint64_t *frames, uint64_t 
         *vmas = s.vma_count;
     if (run_unshares)
         *run_unshares = s.cow_run_unshares;
-    return MV_BENCH_OK;
-}
-
-static int cow_ram(mv_host *host, uint32_t dom, uint8_t **ram)
-{
-    uint64_t size;
-    void *r;
-    int rc = mv_domain_ram(host, dom, &r, &size);
-
-    if (rc < 0)
-        return mv_bench_lib_error("mv_domain_ram", rc);
-    *ram = r;
     return MV_BENCH_OK;
 }
 
@@ -1976,7 +1936,7 @@ static int cow_clone_case(struct cow_run *run, mv_host *host)
     run->clone_shared_pages = info.shared_pages;
 
     /* The clone writes: each store breaks a page the source still maps. */
-    if ((rc = cow_ram(host, clone, &ram)) != MV_BENCH_OK ||
+    if ((rc = mv_bench_domain_ram(host, clone, &ram, NULL)) != MV_BENCH_OK ||
         (rc = cow_timed_writes(run, ram, run->opt.pages, run->stride, COW_CLONE_BYTE,
                                COW_SALT_SOURCE, &run->clone_break)) != MV_BENCH_OK ||
         (rc = cow_saved(host, &run->saved_after_breaks, NULL, NULL, NULL)) != MV_BENCH_OK)
@@ -1988,7 +1948,7 @@ static int cow_clone_case(struct cow_run *run, mv_host *host)
     /* The source writes the same pages: now the last mapping of each frame. */
     if ((rc = mv_domain_unpause(host, src)) < 0)
         return mv_bench_lib_error("mv_domain_unpause", rc);
-    if ((rc = cow_ram(host, src, &ram)) != MV_BENCH_OK ||
+    if ((rc = mv_bench_domain_ram(host, src, &ram, NULL)) != MV_BENCH_OK ||
         (rc = cow_timed_writes(run, ram, run->opt.pages, run->stride, COW_SOURCE_BYTE,
                                COW_SALT_SOURCE, &run->source_break)) != MV_BENCH_OK ||
         (rc = cow_saved(host, &run->saved_after_source, NULL,
@@ -2006,16 +1966,31 @@ static int cow_clone_case(struct cow_run *run, mv_host *host)
     return rc;
 }
 
+/* mv_share_make_ro_and_share of the first `pages` of `dom`, timed into *ns;
+ * the pages it matched into *matched (may be NULL). */
+static int cow_share_domain(mv_host *host, uint32_t dom, uint64_t pages, uint64_t *ns,
+                            uint64_t *matched)
+{
+    uint64_t t0 = mv_bench_now_ns();
+    int64_t n = mv_share_make_ro_and_share(host, dom, 0, pages, NULL);
+
+    *ns = mv_bench_now_ns() - t0;
+    if (n < 0)
+        return mv_bench_lib_error("mv_share_make_ro_and_share", (int)n);
+    if (matched)
+        *matched = (uint64_t)n;
+    return MV_BENCH_OK;
+}
+
 /* Two domains with the same bytes shared by mv_share_make_ro_and_share, then
  * writes to the second. */
 static int cow_mras_case(struct cow_run *run, mv_host *host)
 {
     uint64_t bytes = MV_BENCH_MIN(run->bytes, (uint64_t)COW_SHARE_MAX_MIB * MV_BENCH_MIB);
     uint64_t pages = bytes / MV_PAGE_SIZE, count = MV_BENCH_MIN(run->opt.pages, pages);
-    uint64_t stride = pages / count, saved0 = 0, t0;
+    uint64_t stride = pages / count, saved0 = 0;
     uint32_t a, b;
     uint8_t *ram = NULL;
-    int64_t n;
     int rc;
 
     run->mras_pages = pages;
@@ -2024,23 +1999,14 @@ static int cow_mras_case(struct cow_run *run, mv_host *host)
         (rc = cow_create(host, "cow-share-b", bytes, &b)) != MV_BENCH_OK ||
         (rc = cow_fill_domain(host, a, COW_SALT_SHARED, NULL)) != MV_BENCH_OK ||
         (rc = cow_fill_domain(host, b, COW_SALT_SHARED, NULL)) != MV_BENCH_OK ||
-        (rc = cow_saved(host, &saved0, NULL, NULL, NULL)) != MV_BENCH_OK)
-        return rc;
-    t0 = mv_bench_now_ns();
-    n = mv_share_make_ro_and_share(host, a, 0, pages, NULL);
-    run->mras_first_ns = mv_bench_now_ns() - t0;
-    if (n < 0)
-        return mv_bench_lib_error("mv_share_make_ro_and_share", (int)n);
-    t0 = mv_bench_now_ns();
-    n = mv_share_make_ro_and_share(host, b, 0, pages, NULL);
-    run->mras_second_ns = mv_bench_now_ns() - t0;
-    if (n < 0)
-        return mv_bench_lib_error("mv_share_make_ro_and_share", (int)n);
-    run->mras_matched = (uint64_t)n;
-    if ((rc = cow_saved(host, &run->mras_saved, NULL, NULL, NULL)) != MV_BENCH_OK)
+        (rc = cow_saved(host, &saved0, NULL, NULL, NULL)) != MV_BENCH_OK ||
+        (rc = cow_share_domain(host, a, pages, &run->mras_first_ns, NULL)) != MV_BENCH_OK ||
+        (rc = cow_share_domain(host, b, pages, &run->mras_second_ns,
+                               &run->mras_matched)) != MV_BENCH_OK ||
+        (rc = cow_saved(host, &run->mras_saved, NULL, NULL, NULL)) != MV_BENCH_OK)
         return rc;
     run->mras_saved -= saved0;
-    if ((rc = cow_ram(host, b, &ram)) != MV_BENCH_OK ||
+    if ((rc = mv_bench_domain_ram(host, b, &ram, NULL)) != MV_BENCH_OK ||
         (rc = cow_timed_writes(run, ram, count, stride, COW_CLONE_BYTE, COW_SALT_SHARED,
                                &run->mras_break)) != MV_BENCH_OK ||
         (rc = cow_saved(host, &run->mras_saved_after, NULL, NULL, NULL)) != MV_BENCH_OK)
@@ -2055,28 +2021,17 @@ static int cow_mras_case(struct cow_run *run, mv_host *host)
 
 static int cow_memvisor(struct cow_run *run)
 {
-    struct mv_host_config hc;
     mv_host *host;
-    int rc;
+    int rc = mv_bench_host_create(NULL, &host);
 
-    mv_host_config_init(&hc);
-    hc.log = mv_bench_log;
-    hc.log_level = MV_LOG_WARN;
-    rc = mv_host_create(&hc, &host);
-    if (rc < 0)
-        return mv_bench_lib_error("mv_host_create", rc);
+    if (rc != MV_BENCH_OK)
+        return rc;
     rc = cow_clone_case(run, host);
     if (rc == MV_BENCH_OK)
         rc = cow_mras_case(run, host);
     if (rc == MV_BENCH_OK) {
-        run->share_audit = mv_share_audit(host);
-        if (run->share_audit < 0)
-            snprintf(run->audit_error, sizeof(run->audit_error), "mv_share_audit: %s: %s",
-                     mv_strerror(run->share_audit), mv_last_error());
-        run->host_audit = mv_host_audit(host);
-        if (run->host_audit < 0 && !run->audit_error[0])
-            snprintf(run->audit_error, sizeof(run->audit_error), "mv_host_audit: %s: %s",
-                     mv_strerror(run->host_audit), mv_last_error());
+        audit_host(host, &run->share_audit, &run->host_audit, run->audit_error,
+                   sizeof(run->audit_error));
         run->ok = run->mismatches == 0 && run->share_audit == 0 && run->host_audit == 0;
         if (!run->ok)
             mv_bench_error("cow: %" PRIu64 " pages read back wrong (first: %s)%s%s",
@@ -2174,18 +2129,14 @@ static struct json_object *cow_info_json(const struct mv_domain_info *i)
 
 static int cow_report_json(const struct cow_run *run)
 {
-    struct json_object *root = json_object_new_object();
+    struct json_object *root = mv_bench_json_root("cow", &run->machine);
     struct json_object *params = json_object_new_object(), *kernel = json_object_new_object();
     struct json_object *clone = json_object_new_object(), *breaks = json_object_new_object();
     struct json_object *o, *mras = json_object_new_object(), *checks = json_object_new_object();
-    struct json_object *list = json_object_new_array();
     struct mv_bench_comparison cmp[COW_MAX_COMPARISONS];
     size_t n = cow_comparisons(run, cmp);
-    bool all_met = true;
+    bool all_met;
 
-    json_object_object_add(root, "suite", json_object_new_string("cow"));
-    json_object_object_add(root, "date", json_object_new_string(run->machine.date));
-    json_object_object_add(root, "machine", mv_bench_machine_json(&run->machine));
     json_object_object_add(params, "guest_mib", u64_json(run->opt.mib));
     json_object_object_add(params, "source_pages", u64_json(run->pages));
     json_object_object_add(params, "writes", u64_json(run->opt.pages));
@@ -2258,12 +2209,7 @@ static int cow_report_json(const struct cow_run *run)
         json_object_object_add(checks, "audit_error", json_object_new_string(run->audit_error));
     json_object_object_add(root, "checks", checks);
 
-    for (size_t i = 0; i < n; i++) {
-        json_object_array_add(list, mv_bench_comparison_json(&cmp[i]));
-        if (mv_bench_has_goal(&cmp[i]) && !mv_bench_goal_met(&cmp[i]))
-            all_met = false;
-    }
-    json_object_object_add(root, "comparisons", list);
+    all_met = mv_bench_comparisons_json(root, cmp, n, NULL);
     json_object_object_add(root, "goals_met", json_object_new_boolean(all_met));
     json_object_object_add(root, "ok", json_object_new_boolean(run->ok));
     return mv_bench_json_emit(root);
@@ -2316,9 +2262,7 @@ static int cow_report_text(const struct cow_run *run)
            mv_bench_format(b, sizeof(b), (double)run->mras_second_ns, "ns"),
            run->mras_matched, run->mras_saved, run->mras_saved_after, run->mras_writes);
     printf("\n");
-    mv_bench_comparison_header(stdout);
-    for (size_t i = 0; i < n; i++)
-        mv_bench_comparison_print(stdout, &cmp[i]);
+    mv_bench_comparisons_print(stdout, cmp, n);
     printf("\nchecks: %" PRIu64 " pages read back, %" PRIu64 " wrong, share audit %d, "
            "host audit %d: %s\n", run->pages_checked, run->mismatches, run->share_audit,
            run->host_audit, run->ok ? "ok" : "FAILED");
@@ -2344,7 +2288,21 @@ static void cow_usage(FILE *out)
         COW_DEFAULT_MIB, COW_DEFAULT_PAGES);
 }
 
-static int cow_parse_options(int argc, char **argv, struct cow_options *o, bool *help)
+/* One option other than --json and --help. */
+static int cow_parse_option(int opt, const char *arg, void *ctx)
+{
+    struct cow_options *o = ctx;
+
+    switch (opt) {
+    case 'm':
+        return mv_bench_parse_mib("cow: --guest-mib", arg, COW_MAX_MIB, &o->mib);
+    case 'p':
+        return mv_bench_parse_u64("cow: --pages", arg, 1, UINT32_MAX, &o->pages);
+    }
+    return MV_BENCH_OK;
+}
+
+static int cow_parse_options(int argc, char **argv, void *arg, bool *help)
 {
     static const struct option options[] = {
         { "json", no_argument, NULL, 'j' },
@@ -2353,36 +2311,11 @@ static int cow_parse_options(int argc, char **argv, struct cow_options *o, bool 
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    int opt, rc = MV_BENCH_OK;
+    struct cow_options *o = &((struct cow_run *)arg)->opt;
+    int rc;
 
     *o = (struct cow_options){ .mib = COW_DEFAULT_MIB, .pages = COW_DEFAULT_PAGES };
-    *help = false;
-    optind = 0;
-    opterr = 0;
-    while (rc == MV_BENCH_OK && (opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'j':
-            o->json = true;
-            break;
-        case 'm':
-            rc = mv_bench_parse_u64("cow: --guest-mib", optarg, 2, COW_MAX_MIB, &o->mib);
-            if (rc == MV_BENCH_OK && o->mib % 2) {
-                mv_bench_error("cow: --guest-mib: %" PRIu64 " MiB is not a whole number "
-                               "of 2 MiB blocks", o->mib);
-                rc = MV_BENCH_USAGE;
-            }
-            break;
-        case 'p':
-            rc = mv_bench_parse_u64("cow: --pages", optarg, 1, UINT32_MAX, &o->pages);
-            break;
-        case 'h':
-            *help = true;
-            break;
-        default:
-            rc = mv_bench_option_problem("cow", opt, argv);
-            break;
-        }
-    }
+    rc = mv_bench_parse_options("cow", argc, argv, options, cow_parse_option, o, &o->json, help);
     if (rc == MV_BENCH_OK && o->pages > o->mib * (MV_BENCH_MIB / MV_PAGE_SIZE)) {
         mv_bench_error("cow: --pages %" PRIu64 " is more than the %" PRIu64 " pages of "
                        "a %" PRIu64 " MiB domain", o->pages,
@@ -2392,14 +2325,14 @@ static int cow_parse_options(int argc, char **argv, struct cow_options *o, bool 
     return mv_bench_options_done("cow", rc, argc, argv);
 }
 
-static int cow_run_suite(struct cow_run *run)
+static int cow_run_suite(void *arg)
 {
+    struct cow_run *run = arg;
     struct mv_kernel_features features;
-    int rc = mv_bench_probe_kernel(&features);
+    int rc = mv_bench_probe(&features, &run->machine);
 
     if (rc != MV_BENCH_OK)
         return rc;
-    mv_bench_machine_probe(&run->machine, &features);
     run->bytes = run->opt.mib * MV_BENCH_MIB;
     run->pages = run->bytes / MV_PAGE_SIZE;
     run->stride = run->pages / run->opt.pages;
@@ -2437,22 +2370,19 @@ static int cow_run_suite(struct cow_run *run)
     return rc;
 }
 
+static void cow_release(void *arg)
+{
+    struct cow_run *run = arg;
+
+    free(run->latency);
+}
+
 int mv_bench_cow(int argc, char **argv)
 {
-    struct cow_run *run = calloc(1, sizeof(*run));
-    bool help;
-    int rc;
+    static const struct mv_bench_suite suite = {
+        .name = "cow", .run_size = sizeof(struct cow_run), .parse = cow_parse_options,
+        .usage = cow_usage, .run = cow_run_suite, .release = cow_release,
+    };
 
-    if (!run) {
-        mv_bench_error("cow: out of memory");
-        return MV_BENCH_FAILED;
-    }
-    rc = cow_parse_options(argc, argv, &run->opt, &help);
-    if (rc == MV_BENCH_OK && help)
-        cow_usage(stdout);
-    else if (rc == MV_BENCH_OK)
-        rc = cow_run_suite(run);
-    free(run->latency);
-    free(run);
-    return rc;
+    return mv_bench_suite_main(&suite, argc, argv);
 }

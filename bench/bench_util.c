@@ -1,7 +1,8 @@
 /*
  * bench_util.c - helpers every benchmark suite shares: clocks, order
- * statistics, error reporting, option parsing, the machine description, the
- * vCPU thread, and figures compared with their peers.
+ * statistics, error reporting, option parsing, the machine description,
+ * hosts and domains, the vCPU thread, figures compared with their peers,
+ * and the entry point's shape.
  */
 #include "bench_util.h"
 
@@ -55,6 +56,15 @@ uint64_t mv_bench_timer_overhead_ns(void)
     }
     mv_bench_sort(samples, SAMPLES);
     return mv_bench_percentile(samples, SAMPLES, 50);
+}
+
+void mv_bench_sleep_ms(uint64_t ms)
+{
+    struct timespec ts = { .tv_sec = (time_t)(ms / 1000),
+                           .tv_nsec = (long)(ms % 1000) * 1000000L };
+
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -155,6 +165,18 @@ int mv_bench_parse_u64(const char *name, const char *arg, uint64_t min,
     return MV_BENCH_OK;
 }
 
+int mv_bench_parse_mib(const char *name, const char *arg, uint64_t max, uint64_t *out)
+{
+    int rc = mv_bench_parse_u64(name, arg, 2, max, out);
+
+    if (rc == MV_BENCH_OK && *out % 2) {
+        mv_bench_error("%s: %" PRIu64 " MiB is not a whole number of 2 MiB blocks",
+                       name, *out);
+        rc = MV_BENCH_USAGE;
+    }
+    return rc;
+}
+
 void mv_bench_log(void *opaque, enum mv_log_level level, const char *message)
 {
     static const char *const names[] = {
@@ -244,6 +266,49 @@ void mv_bench_machine_print(FILE *out, const struct mv_bench_machine *m)
     fprintf(out, "machine: Linux %s, %ld CPUs, %s, clocksource %s, shmem THP %s, "
             "%" PRIu64 " MiB available\n", m->release, m->nproc, m->cpu_model,
             m->clocksource, m->shmem_thp, m->mem_available / MV_BENCH_MIB);
+}
+
+int mv_bench_probe(struct mv_kernel_features *features, struct mv_bench_machine *machine)
+{
+    int rc = mv_bench_probe_kernel(features);
+
+    if (rc == MV_BENCH_OK)
+        mv_bench_machine_probe(machine, features);
+    return rc;
+}
+
+void mv_bench_host_config_init(struct mv_host_config *hc)
+{
+    mv_host_config_init(hc);
+    hc->log = mv_bench_log;
+    hc->log_level = MV_LOG_WARN;
+}
+
+int mv_bench_host_create(const struct mv_host_config *hc, mv_host **host)
+{
+    struct mv_host_config defaults;
+    int rc;
+
+    if (!hc) {
+        mv_bench_host_config_init(&defaults);
+        hc = &defaults;
+    }
+    rc = mv_host_create(hc, host);
+    return rc < 0 ? mv_bench_lib_error("mv_host_create", rc) : MV_BENCH_OK;
+}
+
+int mv_bench_domain_ram(mv_host *host, uint32_t dom, uint8_t **ram, uint64_t *size)
+{
+    uint64_t bytes;
+    void *r;
+    int rc = mv_domain_ram(host, dom, &r, &bytes);
+
+    if (rc < 0)
+        return mv_bench_lib_error("mv_domain_ram", rc);
+    *ram = r;
+    if (size)
+        *size = bytes;
+    return MV_BENCH_OK;
 }
 
 int mv_bench_run_thread(void *(*fn)(void *), void *arg)
@@ -379,6 +444,15 @@ void mv_bench_comparison_print(FILE *out, const struct mv_bench_comparison *c)
             !mv_bench_has_goal(c) ? "-" : mv_bench_goal_met(c) ? "yes" : "NO");
 }
 
+void mv_bench_comparisons_print(FILE *out, const struct mv_bench_comparison *c, size_t n)
+{
+    if (n == 0)
+        return;
+    mv_bench_comparison_header(out);
+    for (size_t i = 0; i < n; i++)
+        mv_bench_comparison_print(out, &c[i]);
+}
+
 /* ------------------------------------------------------------------------ */
 /* JSON                                                                      */
 
@@ -388,6 +462,16 @@ struct json_object *mv_bench_json_real(double value, int decimals)
 
     snprintf(text, sizeof(text), "%.*f", decimals, value);
     return json_object_new_double_s(value, text);
+}
+
+struct json_object *mv_bench_json_root(const char *suite, const struct mv_bench_machine *machine)
+{
+    struct json_object *root = json_object_new_object();
+
+    json_object_object_add(root, "suite", json_object_new_string(suite));
+    json_object_object_add(root, "date", json_object_new_string(machine->date));
+    json_object_object_add(root, "machine", mv_bench_machine_json(machine));
+    return root;
 }
 
 int mv_bench_json_emit(struct json_object *root)
@@ -404,6 +488,27 @@ int mv_bench_json_emit(struct json_object *root)
     return rc;
 }
 
+bool mv_bench_comparisons_json(struct json_object *o, const struct mv_bench_comparison *c,
+                               size_t n, unsigned *goals)
+{
+    struct json_object *list = json_object_new_array();
+    bool met = true;
+
+    for (size_t i = 0; i < n; i++) {
+        json_object_array_add(list, mv_bench_comparison_json(&c[i]));
+        if (!mv_bench_has_goal(&c[i]))
+            continue;
+        if (goals)
+            (*goals)++;
+        met = met && mv_bench_goal_met(&c[i]);
+    }
+    json_object_object_add(o, "comparisons", list);
+    return met;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Options and entry points                                                  */
+
 int mv_bench_option_problem(const char *suite, int opt, char **argv)
 {
     if (opt == ':')
@@ -411,6 +516,29 @@ int mv_bench_option_problem(const char *suite, int opt, char **argv)
     else
         mv_bench_error("%s: unknown option '%s'", suite, argv[optind - 1]);
     return MV_BENCH_USAGE;
+}
+
+int mv_bench_parse_options(const char *suite, int argc, char **argv,
+                           const struct option *options,
+                           int (*handle)(int opt, const char *arg, void *ctx), void *ctx,
+                           bool *json, bool *help)
+{
+    int opt, rc = MV_BENCH_OK;
+
+    *help = false;
+    optind = 0; /* the caller may have run getopt on its own arguments */
+    opterr = 0;
+    while (rc == MV_BENCH_OK && (opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        if (opt == 'j')
+            *json = true;
+        else if (opt == 'h')
+            *help = true;
+        else if (opt == ':' || opt == '?')
+            rc = mv_bench_option_problem(suite, opt, argv);
+        else
+            rc = handle(opt, optarg, ctx);
+    }
+    return rc;
 }
 
 int mv_bench_options_done(const char *suite, int rc, int argc, char **argv)
@@ -421,5 +549,26 @@ int mv_bench_options_done(const char *suite, int rc, int argc, char **argv)
     }
     if (rc != MV_BENCH_OK)
         fprintf(stderr, "try 'memvisor bench %s --help'\n", suite);
+    return rc;
+}
+
+int mv_bench_suite_main(const struct mv_bench_suite *suite, int argc, char **argv)
+{
+    void *run = calloc(1, suite->run_size);
+    bool help;
+    int rc;
+
+    if (!run) {
+        mv_bench_error("%s: out of memory", suite->name);
+        return MV_BENCH_FAILED;
+    }
+    rc = suite->parse(argc, argv, run, &help);
+    if (rc == MV_BENCH_OK && help)
+        suite->usage(stdout);
+    else if (rc == MV_BENCH_OK)
+        rc = suite->run(run);
+    if (suite->release)
+        suite->release(run);
+    free(run);
     return rc;
 }
