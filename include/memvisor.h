@@ -623,6 +623,7 @@ int mv_share_stats(mv_host *host, struct mv_share_stats *out);
  * shared gfns equals saved + frames; every indexed frame's bytes still hash
  * to its index entry; live frames hold memory; no guest write slipped into
  * a private anonymous copy.  0 or -EUCLEAN with the broken rule named.
+ * Exact also while guests write and the scanner runs.
  */
 int mv_share_audit(mv_host *host);
 

@@ -637,9 +637,10 @@ static int map_frames(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t 
 }
 
 /* Private anonymous copies in [gfn, gfn + n): guest writes that came between
- * a remap and its write protection.  Sets written[i]; returns how many. */
+ * a remap and its write protection (with `writable`, only copies not
+ * write-protected).  Sets written[i]; returns how many. */
 static long find_private_copies(struct mv_domain *d, uint64_t gfn, uint64_t n,
-                                uint8_t *written)
+                                uint8_t *written, bool writable)
 {
     struct page_region regions[16];
     uintptr_t start = (uintptr_t)mv__gfn_addr(d, gfn), end = start + (n << MV_PAGE_SHIFT);
@@ -652,7 +653,8 @@ static long find_private_copies(struct mv_domain *d, uint64_t gfn, uint64_t n,
             .size = sizeof(arg), .start = start, .end = end,
             .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
             .category_inverted = PAGE_IS_FILE,
-            .category_mask = PAGE_IS_FILE | PAGE_IS_PRESENT,
+            .category_mask = PAGE_IS_FILE | PAGE_IS_PRESENT |
+                             (writable ? PAGE_IS_WRITTEN : 0),
             .return_mask = PAGE_IS_PRESENT,
         };
         long r = mv__os_pagemap_scan(fd, &arg);
@@ -769,7 +771,7 @@ static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint
             restore_ram(d, gfn, n);
         return rc;
     }
-    copies = find_private_copies(d, gfn, n, written);
+    copies = find_private_copies(d, gfn, n, written, false);
     if (copies < 0) {
         mv__domain_crash(d, "cannot check gfn %#llx+%llu for writes during its "
                          "remap: %s", (unsigned long long)gfn, (unsigned long long)n,
@@ -1973,7 +1975,7 @@ static int audit_frame(struct mv_host *h, uint64_t mfn, struct mv__sframe *f,
 
 /* One domain's side (its lock and the share lock held): a gfn is SHARED
  * exactly when its entry names a live frame whose reverse map holds it. */
-static int audit_domain_entries(struct mv_host *h, struct mv_domain *d, uint64_t *shared)
+static int audit_domain_entries(struct mv_host *h, struct mv_domain *d)
 {
     struct mv__share *s = h->share;
     struct mv__share_dom *sd = d->share;
@@ -1990,7 +1992,6 @@ static int audit_domain_entries(struct mv_host *h, struct mv_domain *d, uint64_t
                                 (unsigned long long)mfn);
             continue;
         }
-        (*shared)++;
         if (!f || !(f->flags & FRAME_LIVE) || b->pos[g % MV_BLOCK_PAGES] >= f->refs ||
             rmap_entries(f)[b->pos[g % MV_BLOCK_PAGES]] != rmap_encode(sd, g))
             return mv__fail(-EUCLEAN, "domain %u: shared gfn %#llx is not in its "
@@ -1999,21 +2000,45 @@ static int audit_domain_entries(struct mv_host *h, struct mv_domain *d, uint64_t
     return 0;
 }
 
-/* No guest page of d lives in a private anonymous copy (d's lock held). */
+/*
+ * No guest write lives outside machine frames (domain lock held).  An
+ * anonymous copy at a shared gfn may exist for a moment: a write to a page
+ * the kernel had unmapped keeps its write protection through a copy of the
+ * frame, then traps and is broken as usual.  Such a copy must still be
+ * write-protected and equal its frame; any other is a write that escaped.
+ */
 static int audit_private_copies(struct mv_domain *d)
 {
-    uint8_t written[MV_BLOCK_PAGES];
+    uint8_t written[MV_BLOCK_PAGES], frame[MV_PAGE_SIZE];
+    struct mv__share *s = d->host->share;
 
     if (d->state == MV_DOMAIN_CRASHED || atomic_load(&d->dying))
         return 0;
     for (uint64_t g = 0; g < d->maxmem_pages; g += MV_BLOCK_PAGES) {
         uint64_t n = MV_MIN(MV_BLOCK_PAGES, d->maxmem_pages - g);
-        long copies = find_private_copies(d, g, n, written);
+        long copies = find_private_copies(d, g, n, written, true);
 
         if (copies > 0)
-            return mv__fail(-EUCLEAN, "domain %u: %ld guest pages near gfn %#llx live "
-                            "in private anonymous copies, not in machine frames",
+            return mv__fail(-EUCLEAN, "domain %u: %ld guest pages near gfn %#llx were "
+                            "written to private anonymous copies, not to machine frames",
                             d->domid, copies, (unsigned long long)g);
+        if (copies == 0)
+            copies = find_private_copies(d, g, n, written, false);
+        for (uint64_t i = 0; copies > 0 && i < n; i++) {
+            uint64_t mfn;
+
+            if (!written[i])
+                continue;
+            mv__mutex_lock(&s->lock);
+            mfn = shared_mfn(d, g + i);
+            mv__mutex_unlock(&s->lock);
+            if (mfn == MV_NO_MFN ||
+                mv__machine_read(&d->host->machine, mfn, 1, frame) < 0 ||
+                memcmp(frame, mv__gfn_addr(d, g + i), MV_PAGE_SIZE) != 0)
+                return mv__fail(-EUCLEAN, "domain %u: gfn %#llx lives in a private "
+                                "anonymous copy that is not its shared frame's",
+                                d->domid, (unsigned long long)(g + i));
+        }
     }
     return 0;
 }
@@ -2056,12 +2081,32 @@ static int audit_frames(struct mv_host *host, uint64_t *frames)
     return rc;
 }
 
+/* Shared entries of every registered domain (share lock held: they only
+ * change under it, so the sum is exact even while guests run). */
+static uint64_t count_shared_entries(struct mv__share *s)
+{
+    uint64_t entries = 0;
+
+    for (size_t i = 0; i < s->registry_capacity; i++) {
+        struct mv__share_dom *sd = s->registry[i];
+        uint64_t pages = sd ? sd->domain->maxmem_pages : 0;
+
+        for (uint64_t b = 0; b * MV_BLOCK_PAGES < pages; b++) {
+            if (!sd->blocks[b])
+                continue;
+            for (uint64_t k = 0; k < MV_BLOCK_PAGES; k++)
+                entries += sd->blocks[b]->mfn[k] != MV_NO_MFN;
+        }
+    }
+    return entries;
+}
+
 int mv_share_audit(mv_host *host)
 {
     struct mv__share *s;
     struct mv_domain **all;
-    uint64_t shared = 0, frames = 0, refs, counted;
-    size_t n, registered = 0;
+    uint64_t frames = 0, entries;
+    size_t n;
     int rc;
 
     mv__clear_error();
@@ -2073,13 +2118,19 @@ int mv_share_audit(mv_host *host)
     if (rc == 0 && frames != s->frames)
         rc = mv__fail(-EUCLEAN, "%llu live shared frames, counted %llu",
                       (unsigned long long)frames, (unsigned long long)s->frames);
+    entries = count_shared_entries(s);
+    if (rc == 0 && entries != s->refs)
+        rc = mv__fail(-EUCLEAN, "domains map %llu shared gfns; saved %llu + frames "
+                      "%llu = %llu", (unsigned long long)entries,
+                      (unsigned long long)(s->refs - s->frames),
+                      (unsigned long long)s->frames, (unsigned long long)s->refs);
     mv__mutex_unlock(&s->lock);
     n = mv__domain_get_all(host, &all);
     for (size_t i = 0; i < n; i++) {
         if (rc == 0) {
             mv__mutex_lock(&all[i]->lock);
             mv__mutex_lock(&s->lock);
-            rc = audit_domain_entries(host, all[i], &shared);
+            rc = audit_domain_entries(host, all[i]);
             mv__mutex_unlock(&s->lock);
             if (rc == 0)
                 rc = audit_private_copies(all[i]);
@@ -2088,19 +2139,6 @@ int mv_share_audit(mv_host *host)
         mv__domain_put(all[i]);
     }
     free(all);
-    mv__mutex_lock(&s->lock);
-    refs = s->refs;
-    counted = s->frames;
-    for (size_t i = 0; i < s->registry_capacity; i++)
-        registered += s->registry[i] != NULL;
-    mv__mutex_unlock(&s->lock);
-    /* The totals hold on a quiet host (no domain being created or
-     * destroyed meanwhile). */
-    if (rc == 0 && registered == n && shared != refs)
-        rc = mv__fail(-EUCLEAN, "domains map %llu shared gfns; saved %llu + frames "
-                      "%llu = %llu", (unsigned long long)shared,
-                      (unsigned long long)(refs - counted), (unsigned long long)counted,
-                      (unsigned long long)refs);
     return rc;
 }
 
