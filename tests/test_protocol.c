@@ -317,6 +317,44 @@ static void message_rejects_malformed_json(void **state)
     }
 }
 
+/* What the JSON parser would silently change is refused: a NUL inside a
+ * string (it would cut the string short) and integers outside 64 bits (they
+ * would be capped); the largest values that fit, and an escaped backslash
+ * before "u0000", are fine. */
+static void message_rejects_nul_and_numbers_out_of_range(void **state)
+{
+    static const struct { const char *text; int err; } cases[] = {
+        { "{\"cmd\":\"destroy\",\"domain\":\"web\\u0000x\"}", -EINVAL },
+        { "{\"cmd\\u0000zz\":\"list\"}", -EINVAL },
+        { "{\"cmd\":\"scan\",\"max_pages\":18446744073709551616}", -EINVAL },
+        { "{\"cmd\":\"scan\",\"max_pages\":340282366920938463463374607431768211456}", -EINVAL },
+        { "{\"cmd\":\"scan\",\"n\":-9223372036854775809}", -EINVAL },
+        { "{\"cmd\":\"scan\",\"max_pages\":18446744073709551615}", 0 },
+        { "{\"cmd\":\"scan\",\"n\":-9223372036854775808,\"x\":1.5e400}", 0 },
+        { "{\"cmd\":\"list\",\"name\":\"a\\\\u0000\"}", 0 },
+    };
+    char why[MV_PROTO_DETAIL_MAX];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct json_object *message = NULL;
+        int rc = parse(cases[i].text, &message, why);
+
+        if (rc != cases[i].err)
+            fail_msg("'%s' gave %d, expected %d", cases[i].text, rc, cases[i].err);
+        assert_true(rc == 0 ? message != NULL : message == NULL);
+        json_object_put(message);
+    }
+    /* A raw NUL byte inside the line. */
+    {
+        static const char raw[] = "{\"cmd\":\"li\0st\"}";
+        struct json_object *message = NULL;
+
+        assert_int_equal(mv_proto_parse_message(raw, sizeof(raw) - 1, &message, why), -EINVAL);
+        assert_null(message);
+    }
+}
+
 static void message_rejects_non_objects(void **state)
 {
     static const char *const values[] = { "[1]", "42", "\"list\"", "null", "true" };
@@ -605,6 +643,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(reader_grows_up_to_the_limit),
     cmocka_unit_test(message_parses_an_object),
     cmocka_unit_test(message_rejects_malformed_json),
+    cmocka_unit_test(message_rejects_nul_and_numbers_out_of_range),
     cmocka_unit_test(message_rejects_non_objects),
     cmocka_unit_test(encoded_message_is_one_line),
     cmocka_unit_test(error_reply_carries_errno_words_and_detail),

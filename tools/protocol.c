@@ -278,6 +278,75 @@ bool mv_proto_reader_partial(const struct mv_proto_reader *reader)
 /* ------------------------------------------------------------------------ */
 /* Messages                                                                  */
 
+/* An integer literal at line[start, end) that fits in 64 bits: an unsigned
+ * one up to UINT64_MAX, a negative one down to INT64_MIN. */
+static bool integer_fits(const char *line, size_t start, size_t end)
+{
+    char digits[24];
+    size_t length = end - start;
+
+    if (length >= sizeof(digits))
+        return false;
+    memcpy(digits, line + start, length);
+    digits[length] = 0;
+    errno = 0;
+    if (digits[0] == '-')
+        (void)strtoll(digits, NULL, 10);
+    else
+        (void)strtoull(digits, NULL, 10);
+    return errno != ERANGE;
+}
+
+/*
+ * Refuse what the JSON parser would accept but silently change: a NUL in a
+ * string (\u0000 or a raw byte: the string would end there, so
+ * "web\u0000x" would name "web") and an integer outside 64 bits (it would
+ * be capped at the largest value).  The scan follows strings and escapes;
+ * anything malformed is left to the parser to report.
+ */
+static int check_literals(const char *line, size_t length, char *why)
+{
+    bool in_string = false;
+
+    if (memchr(line, 0, length))
+        return fail_why(why, -EINVAL, "a message must not contain NUL bytes");
+    for (size_t i = 0; i < length; i++) {
+        size_t start = i;
+
+        if (in_string) {
+            if (line[i] == '"')
+                in_string = false;
+            else if (line[i] == '\\' && i + 5 < length && line[i + 1] == 'u' &&
+                     memcmp(line + i + 2, "0000", 4) == 0)
+                return fail_why(why, -EINVAL, "a string holds a NUL character "
+                                "(\\u0000) at byte %zu", i);
+            else if (line[i] == '\\')
+                i++;
+            continue;
+        }
+        if (line[i] == '"') {
+            in_string = true;
+            continue;
+        }
+        if (line[i] != '-' && !isdigit((unsigned char)line[i]))
+            continue;
+        for (i++; i < length && isdigit((unsigned char)line[i]); i++)
+            ;
+        if (i < length && (line[i] == '.' || line[i] == 'e' || line[i] == 'E')) {
+            /* A fraction or exponent: the parser makes it a double. */
+            while (i < length && (isdigit((unsigned char)line[i]) || line[i] == '.' ||
+                                  line[i] == 'e' || line[i] == 'E' || line[i] == '+' ||
+                                  line[i] == '-'))
+                i++;
+        } else if (i > start + (line[start] == '-') && !integer_fits(line, start, i)) {
+            return fail_why(why, -EINVAL, "the number at byte %zu does not fit in 64 "
+                            "bits", start);
+        }
+        i--;
+    }
+    return 0;
+}
+
 int mv_proto_parse_message(const char *line, size_t length,
                            struct json_object **message, char *why)
 {
@@ -285,12 +354,18 @@ int mv_proto_parse_message(const char *line, size_t length,
     struct json_object *parsed;
     enum json_tokener_error error;
     size_t end;
+    int rc;
 
     if (!tokener)
         return fail_why(why, -ENOMEM, "no memory for a JSON parser");
     if (length > INT32_MAX - 1) {
         json_tokener_free(tokener);
         return fail_why(why, -EINVAL, "message of %zu bytes is too long", length);
+    }
+    rc = check_literals(line, length, why);
+    if (rc < 0) {
+        json_tokener_free(tokener);
+        return rc;
     }
     json_tokener_set_flags(tokener, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
     /* Passing the terminating NUL tells the parser the input ends there. */
@@ -479,6 +554,8 @@ int mv_proto_arg_string(struct json_object *message, const char *key,
     if (!json_object_is_type(value, json_type_string))
         return fail_why(why, -EINVAL, "argument '%s' must be a string", key);
     *out = json_object_get_string(value);
+    if (strlen(*out) != (size_t)json_object_get_string_len(value))
+        return fail_why(why, -EINVAL, "argument '%s' holds a NUL character", key);
     return 0;
 }
 
