@@ -318,9 +318,10 @@ static void message_rejects_malformed_json(void **state)
 }
 
 /* What the JSON parser would silently change is refused: a NUL inside a
- * string (it would cut the string short) and integers outside 64 bits (they
- * would be capped); the largest values that fit, and an escaped backslash
- * before "u0000", are fine. */
+ * string (it would cut the string short), integers outside 64 bits (they
+ * would be capped) and raw control characters in strings; the largest
+ * values that fit, escaped control characters and an escaped backslash
+ * before "u0000" are fine. */
 static void message_rejects_nul_and_numbers_out_of_range(void **state)
 {
     static const struct { const char *text; int err; } cases[] = {
@@ -332,6 +333,8 @@ static void message_rejects_nul_and_numbers_out_of_range(void **state)
         { "{\"cmd\":\"scan\",\"max_pages\":18446744073709551615}", 0 },
         { "{\"cmd\":\"scan\",\"n\":-9223372036854775808,\"x\":1.5e400}", 0 },
         { "{\"cmd\":\"list\",\"name\":\"a\\\\u0000\"}", 0 },
+        { "{\"cmd\":\"list\",\"name\":\"a\tb\"}", -EINVAL },
+        { "{\"cmd\":\"list\",\"name\":\"a\\tb\"}", 0 },
     };
     char why[MV_PROTO_DETAIL_MAX];
 

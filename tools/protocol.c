@@ -301,7 +301,8 @@ static bool integer_fits(const char *line, size_t start, size_t end)
  * Refuse what the JSON parser would accept but silently change: a NUL in a
  * string (\u0000 or a raw byte: the string would end there, so
  * "web\u0000x" would name "web") and an integer outside 64 bits (it would
- * be capped at the largest value).  The scan follows strings and escapes;
+ * be capped at the largest value); and raw control characters in strings,
+ * which JSON does not allow and the parser lets through.  The scan follows strings and escapes;
  * anything malformed is left to the parser to report.
  */
 static int check_literals(const char *line, size_t length, char *why)
@@ -314,6 +315,10 @@ static int check_literals(const char *line, size_t length, char *why)
         size_t start = i;
 
         if (in_string) {
+            if ((unsigned char)line[i] < 0x20)
+                return fail_why(why, -EINVAL, "a string holds the control character "
+                                "%#x at byte %zu (JSON wants it escaped)",
+                                (unsigned char)line[i], i);
             if (line[i] == '"')
                 in_string = false;
             else if (line[i] == '\\' && i + 5 < length && line[i + 1] == 'u' &&
