@@ -380,9 +380,9 @@ void mv__os_signal_chain(const struct sigaction *previous, int sig, siginfo_t *i
         chaining = false;
         return;
     }
-    if (!chaining && previous->sa_handler == SIG_IGN)
-        return;
-    /* The default action: the faulting access runs again and takes it. */
+    /* The default action (also for SIG_IGN: the kernel does not let a
+     * synchronous fault be ignored either): the faulting access runs
+     * again and takes it. */
     memset(&fallback, 0, sizeof(fallback));
     fallback.sa_handler = SIG_DFL;
     sigaction(sig, &fallback, NULL);
