@@ -18,9 +18,9 @@
  *     broken again soon);
  *   - an indexed frame has the same hash: share (bytes compared first);
  *   - the candidate table (an 8-way set-associative cache of hash -> last
- *     place seen,
- *     like KSM's unstable tree) has the same hash elsewhere: insert this
- *     page and queue the other place for matching right after the block;
+ *     place seen, like KSM's unstable tree) has the same hash elsewhere:
+ *     insert this page and queue the other place for matching right after
+ *     the block;
  *   - otherwise: remember it as a candidate.
  * Unique pages therefore never become shared frames (no mapping, no copy).
  *
@@ -292,17 +292,18 @@ static void process_revisits(mv_host *host, struct mv_scan_result *result)
     sc->revisit_count = 0;
 }
 
+/* A candidate's place: domain and gfn in one word, never 0. */
+static uint64_t candidate_place(uint32_t domid, uint64_t gfn)
+{
+    return PLACE_USED | (uint64_t)domid << PLACE_GFN_BITS | gfn;
+}
+
 /*
  * The candidate for `hash`: a set of MV_CANDIDATE_WAYS slots chosen by the
  * hash's low bits.  The entry with this hash if there is one, else a free
  * slot, else the slot the hash's high bits pick (so two contents that share
  * the low bits do not evict each other pass after pass).
  */
-static uint64_t candidate_place(uint32_t domid, uint64_t gfn)
-{
-    return PLACE_USED | (uint64_t)domid << PLACE_GFN_BITS | gfn;
-}
-
 static struct candidate *find_candidate(struct mv__scanner *sc, uint64_t hash)
 {
     struct candidate *set = &sc->candidates[hash & sc->candidate_mask & ~(uint64_t)(MV_CANDIDATE_WAYS - 1)];
