@@ -23,8 +23,8 @@
  * so a page is never written after it was given away.
  *
  * A vCPU whose domain crashes takes SIGBUS on its next access; the handler
- * (installed with the first domain and again at any workload start that
- * finds it replaced, chaining to the previous one for other threads) jumps
+ * (installed when a workload starts, unless it is in place already,
+ * chaining to the previous one for other threads) jumps
  * back to the vCPU's entry point, which ends the thread.
  *
  * Locking: guest->lock (MV_LOCK_GUEST) guards running/parked/active and
@@ -361,7 +361,6 @@ int mv__guest_create(struct mv_domain *d)
         g->vcpus[i].index = i;
         atomic_init(&g->vcpus[i].current_gfn, MV_NO_GFN);
     }
-    install_sigbus_handler();
     d->guest = g;
     return 0;
 }

@@ -125,12 +125,18 @@ int mv__os_punch(int fd, uint64_t offset, uint64_t length)
     return 0;
 }
 
-/* pread or pwrite exactly `length` bytes, across short transfers. */
-static int transfer(int fd, uint8_t *p, uint64_t offset, uint64_t length, bool write)
+enum transfer { TRANSFER_READ, TRANSFER_WRITE, TRANSFER_COPY };
+
+/* pread into p from `from`, pwrite p at `to`, or copy_file_range from `from`
+ * to `to` within fd: exactly `length` bytes, across short transfers. */
+static int transfer(int fd, enum transfer how, uint8_t *p, uint64_t from, uint64_t to,
+                    uint64_t length)
 {
     while (length) {
-        ssize_t n = write ? pwrite(fd, p, length, (off_t)offset)
-                          : pread(fd, p, length, (off_t)offset);
+        off_t in = (off_t)from, out = (off_t)to;
+        ssize_t n = how == TRANSFER_READ  ? pread(fd, p, length, in)
+                  : how == TRANSFER_WRITE ? pwrite(fd, p, length, out)
+                  : copy_file_range(fd, &in, fd, &out, length, 0);
 
         if (n < 0 && errno == EINTR)
             continue;
@@ -138,8 +144,9 @@ static int transfer(int fd, uint8_t *p, uint64_t offset, uint64_t length, bool w
             return -errno;
         if (n == 0)
             return -EIO;
-        p += n;
-        offset += (uint64_t)n;
+        p += how == TRANSFER_COPY ? 0 : n;
+        from += (uint64_t)n;
+        to += (uint64_t)n;
         length -= (uint64_t)n;
     }
     return 0;
@@ -149,37 +156,21 @@ int mv__os_read(int fd, void *buf, uint64_t offset, uint64_t length)
 {
     int err = injected(MV_OS_READ);
 
-    return err ? err : transfer(fd, buf, offset, length, false);
+    return err ? err : transfer(fd, TRANSFER_READ, buf, offset, 0, length);
 }
 
 int mv__os_write(int fd, const void *buf, uint64_t offset, uint64_t length)
 {
     int err = injected(MV_OS_WRITE);
 
-    return err ? err : transfer(fd, (uint8_t *)buf, offset, length, true);
+    return err ? err : transfer(fd, TRANSFER_WRITE, (uint8_t *)buf, 0, offset, length);
 }
 
 int mv__os_copy(int fd, uint64_t from, uint64_t to, uint64_t length)
 {
     int err = injected(MV_OS_COPY);
 
-    if (err)
-        return err;
-    while (length) {
-        off_t in = (off_t)from, out = (off_t)to;
-        ssize_t n = copy_file_range(fd, &in, fd, &out, length, 0);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -errno;
-        if (n == 0)
-            return -EIO;
-        from += (uint64_t)n;
-        to += (uint64_t)n;
-        length -= (uint64_t)n;
-    }
-    return 0;
+    return err ? err : transfer(fd, TRANSFER_COPY, NULL, from, to, length);
 }
 
 int mv__os_zap(void *addr, size_t length)

@@ -423,15 +423,25 @@ static struct mv__share_block *dom_block(struct mv__share_dom *sd, uint64_t gfn,
     return *b;
 }
 
+/* The frame shared gfn maps, or MV_NO_MFN when gfn is not shared (domain
+ * and share locks held). */
+static uint64_t shared_mfn(struct mv_domain *d, uint64_t gfn)
+{
+    struct mv__share_block *b;
+
+    if (gfn >= d->maxmem_pages || d->p2m[gfn] != MV_P2M_SHARED)
+        return MV_NO_MFN;
+    b = dom_block(d->share, gfn, false);
+    return b ? b->mfn[gfn % MV_BLOCK_PAGES] : MV_NO_MFN;
+}
+
 uint64_t mv__share_mfn(struct mv_domain *d, uint64_t gfn)
 {
     struct mv__share *s = d->host->share;
-    struct mv__share_block *b;
     uint64_t mfn;
 
     mv__mutex_lock(&s->lock);
-    b = dom_block(d->share, gfn, false);
-    mfn = b ? b->mfn[gfn % MV_BLOCK_PAGES] : MV_NO_MFN;
+    mfn = shared_mfn(d, gfn);
     mv__mutex_unlock(&s->lock);
     return mfn;
 }
@@ -637,25 +647,26 @@ static int map_frames(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t 
 }
 
 /* Private anonymous copies in [gfn, gfn + n): guest writes that came between
- * a remap and its write protection (with `writable`, only copies not
- * write-protected).  Sets written[i]; returns how many. */
+ * a remap and its write protection.  Sets found[i] to the copy's PAGEMAP_SCAN
+ * categories (PAGE_IS_PRESENT, and PAGE_IS_WRITTEN when the copy is not
+ * write-protected), 0 where there is none; returns how many. */
 static long find_private_copies(struct mv_domain *d, uint64_t gfn, uint64_t n,
-                                uint8_t *written, bool writable)
+                                uint8_t *found)
 {
     struct page_region regions[16];
-    uintptr_t start = (uintptr_t)mv__gfn_addr(d, gfn), end = start + (n << MV_PAGE_SHIFT);
-    long found = 0;
+    uintptr_t base = (uintptr_t)mv__gfn_addr(d, gfn);
+    uintptr_t start = base, end = base + (n << MV_PAGE_SHIFT);
+    long copies = 0;
     int fd = d->host->share->pagemap_fd;
 
-    memset(written, 0, n);
+    memset(found, 0, n);
     while (start < end) {
         struct pm_scan_arg arg = {
             .size = sizeof(arg), .start = start, .end = end,
             .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
             .category_inverted = PAGE_IS_FILE,
-            .category_mask = PAGE_IS_FILE | PAGE_IS_PRESENT |
-                             (writable ? PAGE_IS_WRITTEN : 0),
-            .return_mask = PAGE_IS_PRESENT,
+            .category_mask = PAGE_IS_FILE | PAGE_IS_PRESENT,
+            .return_mask = PAGE_IS_PRESENT | PAGE_IS_WRITTEN,
         };
         long r = mv__os_pagemap_scan(fd, &arg);
 
@@ -663,15 +674,15 @@ static long find_private_copies(struct mv_domain *d, uint64_t gfn, uint64_t n,
             return r;
         for (long i = 0; i < r; i++) {
             for (uintptr_t p = regions[i].start; p < regions[i].end; p += MV_PAGE_SIZE) {
-                written[(p - (uintptr_t)mv__gfn_addr(d, gfn)) >> MV_PAGE_SHIFT] = 1;
-                found++;
+                found[(p - base) >> MV_PAGE_SHIFT] = (uint8_t)regions[i].categories;
+                copies++;
             }
         }
         if (arg.walk_end <= start || r < (long)MV_ARRAY_SIZE(regions))
             break;
         start = arg.walk_end;
     }
-    return found;
+    return copies;
 }
 
 enum origin {
@@ -761,7 +772,7 @@ static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint
     if (rc < 0) {
         /* Put the gfns back where they were: their old frame, or their own. */
         int undo = from == FROM_SHARED
-            ? map_frames(d, gfn, dom_block(d->share, gfn, false)->mfn[gfn % MV_BLOCK_PAGES], 1)
+            ? map_frames(d, gfn, shared_mfn(d, gfn), 1)
             : mv__domain_map_own(d, gfn, n);
 
         if (undo < 0)
@@ -771,7 +782,7 @@ static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint
             restore_ram(d, gfn, n);
         return rc;
     }
-    copies = find_private_copies(d, gfn, n, written, false);
+    copies = find_private_copies(d, gfn, n, written);
     if (copies < 0) {
         mv__domain_crash(d, "cannot check gfn %#llx+%llu for writes during its "
                          "remap: %s", (unsigned long long)gfn, (unsigned long long)n,
@@ -824,18 +835,6 @@ crashed:
 
 /* ------------------------------------------------------------------------ */
 /* CoW breaks                                                               */
-
-/* The frame shared gfn maps, or MV_NO_MFN when gfn is not shared (domain
- * and share locks held). */
-static uint64_t shared_mfn(struct mv_domain *d, uint64_t gfn)
-{
-    struct mv__share_block *b;
-
-    if (gfn >= d->maxmem_pages || d->p2m[gfn] != MV_P2M_SHARED)
-        return MV_NO_MFN;
-    b = dom_block(d->share, gfn, false);
-    return b ? b->mfn[gfn % MV_BLOCK_PAGES] : MV_NO_MFN;
-}
 
 /* How far from gfn its run (consecutive gfns on consecutive frames: one
  * mapping) goes towards `step` (+1 or -1), at most `max` gfns: sets *len to
@@ -1515,7 +1514,7 @@ int mv_share_nominate(mv_host *host, uint32_t domid, uint64_t gfn,
         struct mv__share *s = host->share;
 
         mv__mutex_lock(&s->lock);
-        *handle = frame_of(s, dom_block(d->share, gfn, false)->mfn[gfn % MV_BLOCK_PAGES])->handle;
+        *handle = frame_of(s, shared_mfn(d, gfn))->handle;
         mv__mutex_unlock(&s->lock);
     }
     end(d);
@@ -1737,11 +1736,10 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
         /* Already shared: the clone maps the same frames, in runs of
          * consecutive ones. */
         for (uint64_t i = 0; i < n;) {
-            uint64_t m = dom_block(src->share, gfn + i, false)->mfn[(gfn + i) % MV_BLOCK_PAGES];
-            uint64_t k = 1;
+            uint64_t m = shared_mfn(src, gfn + i), k;
 
-            while (i + k < n && dom_block(src->share, gfn + i + k, false)->mfn[(gfn + i + k) % MV_BLOCK_PAGES] == m + k)
-                k++;
+            run_side(src, gfn + i, +1, n - i - 1, &k);
+            k++;
             /* The source was remapped whole: map its frames again. */
             if (map_frames(src, gfn + i, m, k) < 0)
                 return -EFAULT;
@@ -2009,26 +2007,28 @@ static int audit_domain_entries(struct mv_host *h, struct mv_domain *d)
  */
 static int audit_private_copies(struct mv_domain *d)
 {
-    uint8_t written[MV_BLOCK_PAGES], frame[MV_PAGE_SIZE];
+    uint8_t found[MV_BLOCK_PAGES], frame[MV_PAGE_SIZE];
     struct mv__share *s = d->host->share;
 
     if (d->state == MV_DOMAIN_CRASHED || atomic_load(&d->dying))
         return 0;
     for (uint64_t g = 0; g < d->maxmem_pages; g += MV_BLOCK_PAGES) {
         uint64_t n = MV_MIN(MV_BLOCK_PAGES, d->maxmem_pages - g);
-        long copies = find_private_copies(d, g, n, written, true);
+        long copies = find_private_copies(d, g, n, found);
 
-        if (copies > 0)
-            return mv__fail(-EUCLEAN, "domain %u: %ld guest pages near gfn %#llx were "
-                            "written to private anonymous copies, not to machine frames",
-                            d->domid, copies, (unsigned long long)g);
-        if (copies == 0)
-            copies = find_private_copies(d, g, n, written, false);
+        if (copies < 0)
+            return mv__fail((int)copies, "domain %u: cannot look for private copies "
+                            "near gfn %#llx: %s", d->domid, (unsigned long long)g,
+                            mv_strerror((int)copies));
         for (uint64_t i = 0; copies > 0 && i < n; i++) {
             uint64_t mfn;
 
-            if (!written[i])
+            if (!found[i])
                 continue;
+            if (found[i] & PAGE_IS_WRITTEN)
+                return mv__fail(-EUCLEAN, "domain %u: gfn %#llx was written to a private "
+                                "anonymous copy, not to a machine frame", d->domid,
+                                (unsigned long long)(g + i));
             mv__mutex_lock(&s->lock);
             mfn = shared_mfn(d, g + i);
             mv__mutex_unlock(&s->lock);

@@ -43,6 +43,13 @@ static struct mv_share_stats stats(mv_host *h)
     return s;
 }
 
+/* The content oracle and the audits of two domains. */
+static void verify_both(mv_host *h, uint32_t a, uint32_t b)
+{
+    tu_verify(h, a);
+    tu_verify(h, b);
+}
+
 /* A clone "c" of running domain src, which runs on afterwards. */
 static uint32_t clone_running(mv_host *h, uint32_t src)
 {
@@ -93,23 +100,20 @@ static void nominate_share_and_break(void **state)
     assert_int_equal(s.saved_pages, shared);
     assert_int_equal(s.shared_frames, shared);
     assert_int_equal(tu_info(h, b).shared_pages, shared);
-    tu_verify(h, a);
-    tu_verify(h, b);
+    verify_both(h, a, b);
 
     /* b rewrites its pages: private copies; a sees none of it. */
     fill(h, b, 64, 600);
     s = stats(h);
     assert_true(s.cow_breaks >= shared - 2);
     assert_int_equal(s.cow_takeovers, 0);
-    tu_verify(h, a);
-    tu_verify(h, b);
+    verify_both(h, a, b);
     /* a, now alone on its frames, takes them over. */
     fill(h, a, 64, 600);
     s = stats(h);
     assert_true(s.cow_takeovers >= shared - 4);
     assert_true(tu_info(h, a).cow_takeovers >= shared - 4);
-    tu_verify(h, a);
-    tu_verify(h, b);
+    verify_both(h, a, b);
     /* A populated zero page (the 2 MiB populate left it) nominated, then
      * written: no copy. */
     {
@@ -213,8 +217,7 @@ static void scanner_shares_zero_and_volatile(void **state)
     s = stats(h);
     assert_true(s.saved_pages > 1000);
     assert_int_equal(s.scan_passes, 1);
-    tu_verify(h, a);
-    tu_verify(h, b);
+    verify_both(h, a, b);
 
     /* A writer keeps changing a's pages while two passes run. */
     mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
@@ -229,8 +232,7 @@ static void scanner_shares_zero_and_volatile(void **state)
     assert_ok(mv_share_scan(h, 0, &r));
     s = stats(h);
     assert_true(s.scan_volatile > 0);
-    tu_verify(h, a);
-    tu_verify(h, b);
+    verify_both(h, a, b);
     mv_host_destroy(h);
 }
 
@@ -256,8 +258,7 @@ static void hints_share_first(void **state)
     assert_int_equal(s.hints_pending, 0);
     assert_true(s.saved_pages > 900);
     assert_int_equal(tu_info(h, b).shared_pages, s.saved_pages);
-    tu_verify(h, a);
-    tu_verify(h, b);
+    verify_both(h, a, b);
     mv_host_destroy(h);
 }
 
@@ -288,14 +289,12 @@ static void clone_shares_until_written(void **state)
     assert_int_equal(s.shared_frames, populated);
     assert_err(mv_domain_clone(h, src, "c", &c), -EEXIST);
     assert_ok(mv_domain_unpause(h, src));
-    tu_verify(h, src);
-    tu_verify(h, c);
+    verify_both(h, src, c);
     /* Both write; then a clone of the clone. */
     fill(h, src, 16384, 5000);
     fill(h, c, 8192, 5000);
     assert_true(tu_info(h, c).cow_breaks > 1000);
-    tu_verify(h, src);
-    tu_verify(h, c);
+    verify_both(h, src, c);
     {
         uint32_t cc;
 
@@ -376,8 +375,7 @@ static void exclude_keeps_pages_private(void **state)
     assert_ok(mv_share_make_ro_and_share(h, b, 0, 256, NULL));
     for (uint64_t g = 0; g < 256; g++)
         assert_int_not_equal(type_of(h, b, g), MV_PAGE_SHARED);
-    tu_verify(h, a);
-    tu_verify(h, b);
+    verify_both(h, a, b);
     mv_host_destroy(h);
 }
 
@@ -450,8 +448,7 @@ static void mapping_limit_stops_sharing(void **state)
     assert_int_equal(s.sharing_stopped, 1);
     assert_true(strstr(s.stop_reason, "max_map_count") != NULL);
     assert_true(s.vma_count <= s.max_map_count);
-    tu_verify(h, a);
-    tu_verify(h, b);
+    verify_both(h, a, b);
     /* Writers still run (breaks never need the limit). */
     fill(h, a, 4096, 2000);
     tu_verify(h, a);
@@ -482,8 +479,7 @@ static void breaks_near_the_limit_do_not_split(void **state)
     assert_true(s.cow_run_unshares > 0);
     assert_true(s.vma_count <= limit + 16);
     assert_true(tu_info(h, c).shared_pages > 0);
-    tu_verify(h, src);
-    tu_verify(h, c);
+    verify_both(h, src, c);
     assert_ok(mv_share_audit(h));
     assert_ok(mv_host_audit(h));
     mv_host_destroy(h);
@@ -509,8 +505,7 @@ static void breaks_near_the_limit_without_memory_split(void **state)
     assert_true(ci.cow_breaks >= 30);
     assert_true(ci.populated_pages <= 64);
     assert_true(stats(h).cow_run_unshares < 64);
-    tu_verify(h, src);
-    tu_verify(h, c);
+    verify_both(h, src, c);
     assert_ok(mv_share_audit(h));
     assert_ok(mv_host_audit(h));
     mv_host_destroy(h);
@@ -546,8 +541,7 @@ static void audit_is_exact_while_guests_run(void **state)
     assert_int_equal(st.crashed, 0);
     assert_ok(mv_workload_wait(h, b, 60000, &st));
     assert_int_equal(st.crashed, 0);
-    tu_verify(h, a);
-    tu_verify(h, b);
+    verify_both(h, a, b);
     mv_host_destroy(h);
 }
 
@@ -575,8 +569,7 @@ static void logdirty_with_sharing(void **state)
     assert_true(n >= 50);
     assert_ok(mv_logdirty_disable(h, b));
     fill(h, b, 256, 2000);
-    tu_verify(h, a);
-    tu_verify(h, b);
+    verify_both(h, a, b);
     free(dirty);
     mv_host_destroy(h);
 }
@@ -628,8 +621,7 @@ static void storm(void **state)
             assert_ok(mv_workload_wait(h, id[i], 60000, NULL));
         /* The audit wants a quiet host. */
         assert_ok(mv_scanner_stop(h));
-        tu_verify(h, clones[0]);
-        tu_verify(h, clones[1]);
+        verify_both(h, clones[0], clones[1]);
         for (int i = 0; i < 3; i++)
             tu_verify(h, id[i]);
         assert_ok(mv_domain_destroy(h, clones[0]));
