@@ -71,7 +71,9 @@
 #define MV_MAP_HARD_MARGIN 64u      /* ... and take the last of them only
                                        when there is no memory otherwise */
 #define MV_BREAK_RUN_MAX 4096u      /* gfns a break may unshare with it */
-#define MV_MAP_RECHECK_NS 100000000ull
+#define MV_MAP_RECHECK_NS 100000000ull        /* sharing: count at most this often */
+#define MV_MAP_RECHECK_FAULT_NS 1000000000ull /* a CoW break: counting costs a
+                                                 fault up to tens of ms */
 
 enum frame_flags {
     FRAME_LIVE = 1,
@@ -578,14 +580,14 @@ static uint64_t count_mappings(void)
 }
 
 /* The mappings of this process (share lock held).  Counting reads all of
- * /proc/self/maps, so it is done at most every 100 ms; in between the count
- * only grows by what sharing and breaks add (never an undercount from our
- * side: what merges back is found at the next count). */
-static uint64_t vma_count(struct mv__share *s)
+ * /proc/self/maps, so it is done at most every `interval` ns; in between the
+ * count only grows by what sharing and breaks add (never an undercount from
+ * our side: what merges back is found at the next count). */
+static uint64_t vma_count(struct mv__share *s, uint64_t interval)
 {
     uint64_t now = mv__now_ns();
 
-    if (now - s->vma_checked_ns > MV_MAP_RECHECK_NS) {
+    if (now - s->vma_checked_ns > interval) {
         s->vma_count = count_mappings();
         s->vma_checked_ns = now;
     }
@@ -601,7 +603,7 @@ static bool may_map(struct mv_host *h, uint64_t more)
     uint64_t limit = s->max_vmas ? s->max_vmas :
                      (s->max_map_count > MV_MAP_RESERVE ? s->max_map_count - MV_MAP_RESERVE : 0);
 
-    if (vma_count(s) + more >= limit) {
+    if (vma_count(s, MV_MAP_RECHECK_NS) + more >= limit) {
         if (!s->stopped)
             mv__log(h, MV_LOG_WARN, "sharing stopped: %llu mappings, limit %llu "
                     "(vm.max_map_count %llu)", (unsigned long long)s->vma_count,
@@ -870,7 +872,7 @@ static bool maps_own(struct mv_domain *d, uint64_t gfn, int step)
  * near (share lock held); takes the two mappings. */
 static bool may_split(struct mv__share *s)
 {
-    if (vma_count(s) + 2 + MV_MAP_HARD_MARGIN >= s->max_map_count)
+    if (vma_count(s, MV_MAP_RECHECK_FAULT_NS) + 2 + MV_MAP_HARD_MARGIN >= s->max_map_count)
         return false;
     s->vma_count += 2;
     return true;
@@ -897,7 +899,7 @@ static uint64_t break_extent(struct mv_domain *d, uint64_t gfn, uint64_t *first)
     /* The count as last known, plus what was added since, first: counting
      * again reads all of /proc/self/maps, too slow for every fault. */
     *first = gfn;
-    if (s->vma_count + 2 < limit || vma_count(s) + 2 < limit) {
+    if (s->vma_count + 2 < limit || vma_count(s, MV_MAP_RECHECK_FAULT_NS) + 2 < limit) {
         s->vma_count += 2;
         return 1;
     }
