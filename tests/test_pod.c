@@ -256,6 +256,32 @@ static void crash_policy_crashes_only_that_domain(void **state)
     mv_host_destroy(h);
 }
 
+/* The application replaced the library's SIGBUS handler after a workload
+ * ran: the next workload puts it back, so a crash still ends only the
+ * domain's vCPUs, and other threads' SIGBUS still reach the application. */
+static void replaced_sigbus_handler_is_put_back(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t victim = tu_domain_with(h, "victim", 256 * MiB, 8 * MiB, 2, MV_POD_CRASH, 0);
+    struct mv_workload_config w = overfill_config(100);
+    struct mv_workload_status st;
+
+    (void)state;
+    w.working_set_pages = 64;
+    st = tu_run(h, victim, &w);
+    assert_false(st.crashed);
+    install_toucher_handler();
+    w = overfill_config(30000);
+    w.working_set_pages = 0;
+    st = tu_run(h, victim, &w);
+    assert_true(st.crashed);
+    assert_int_equal(tu_info(h, victim).state, MV_DOMAIN_CRASHED);
+    assert_int_equal(touch(ram_of(h, victim)), 2);
+    assert_ok(mv_domain_destroy(h, victim));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 static void wait_policy_resumes_when_target_rises(void **state)
 {
     mv_host *h = tu_host();
@@ -610,6 +636,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(scrub_beyond_target_is_served_by_the_sweep),
     cmocka_unit_test(sweep_never_reclaims_data),
     cmocka_unit_test(crash_policy_crashes_only_that_domain),
+    cmocka_unit_test(replaced_sigbus_handler_is_put_back),
     cmocka_unit_test(wait_policy_resumes_when_target_rises),
     cmocka_unit_test(wait_policy_resumes_when_guest_balloons),
     cmocka_unit_test(wait_policy_times_out_into_a_crash),
