@@ -432,6 +432,32 @@ static void shared_bitmap_consumer(void **state)
     mv_host_destroy(h);
 }
 
+/* With wp-async the kernel keeps guest writes until harvested: harvest
+ * moves exactly the written pages into the live bitmap, once. */
+static void harvest_fills_the_live_bitmap(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "harvest", MV_LOGDIRTY_WP_ASYNC);
+    uint8_t *ram = ram_of(h, id);
+    uint64_t *live, seen[WORDS] = { 0 };
+    size_t words;
+
+    (void)state;
+    assert_ok(mv_logdirty_enable(h, id));
+    assert_ok(mv_logdirty_bitmap(h, id, &live, &words));
+    for (uint64_t gfn = 0; gfn < PAGES; gfn += 3)
+        write_page(ram, gfn, 2);
+    assert_int_equal(mv_logdirty_harvest(h, id), (PAGES + 2) / 3);
+    for (size_t i = 0; i < words; i++)
+        seen[i] = atomic_exchange((_Atomic uint64_t *)&live[i], 0);
+    for (uint64_t gfn = 0; gfn < PAGES; gfn++)
+        assert_int_equal(bit(seen, gfn), gfn % 3 == 0);
+    /* Harvested pages are protected again: nothing is left to move. */
+    assert_int_equal(mv_logdirty_harvest(h, id), 0);
+    assert_err(mv_logdirty_harvest(h, 999), -ESRCH);
+    mv_host_destroy(h);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(bad_calls_are_refused),
     cmocka_unit_test(unavailable_mode_is_explained),
@@ -443,6 +469,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(concurrent_writers_mprotect),
     cmocka_unit_test(guest_workload_under_logging),
     cmocka_unit_test(shared_bitmap_consumer),
+    cmocka_unit_test(harvest_fills_the_live_bitmap),
 };
 
 TU_MAIN(cases)
