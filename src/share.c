@@ -106,16 +106,21 @@ struct mv__share_region {
 };
 
 /* Per 2 MiB block of a domain with shared gfns: their frames and positions
- * in the frames' reverse maps. */
+ * in the frames' reverse maps.  A frame is stored plus one, so that 0 means
+ * none and a block of the zero-filled table needs no initialising
+ * (entry_mfn, entry_set). */
 struct mv__share_block {
-    uint64_t mfn[MV_BLOCK_PAGES];
+    uint64_t frame_plus_one[MV_BLOCK_PAGES];
     uint32_t pos[MV_BLOCK_PAGES];
 };
 
 struct mv__share_dom {
     struct mv_domain *domain;
     uint32_t slot;               /* in the registry */
-    struct mv__share_block **blocks;  /* share lock */
+    struct mv__share_block **blocks;  /* share lock; NULL: no entry yet */
+    struct mv__share_block *table;    /* where blocks live: one per 2 MiB
+                                         of maxmem, untouched until used */
+    size_t table_bytes;
     uint64_t *excluded;          /* bitmap; domain lock */
     uint64_t excluded_count;
     uint32_t *checksums;         /* scanner; domain lock */
@@ -417,12 +422,36 @@ static struct mv__share_block *dom_block(struct mv__share_dom *sd, uint64_t gfn,
 {
     struct mv__share_block **b = &sd->blocks[gfn / MV_BLOCK_PAGES];
 
-    if (!*b && create) {
-        *b = malloc(sizeof(**b));
-        if (*b)
-            memset((*b)->mfn, 0xff, sizeof((*b)->mfn)); /* MV_NO_MFN */
-    }
+    if (!*b && create)
+        *b = &sd->table[gfn / MV_BLOCK_PAGES];
     return *b;
+}
+
+_Static_assert(MV_NO_MFN + 1 == 0, "an empty entry is MV_NO_MFN plus one");
+
+/* The frame of gfn's entry in its block (b may be NULL), or MV_NO_MFN. */
+static uint64_t entry_mfn(const struct mv__share_block *b, uint64_t gfn)
+{
+    return b ? b->frame_plus_one[gfn % MV_BLOCK_PAGES] - 1 : MV_NO_MFN;
+}
+
+static void entry_set(struct mv__share_block *b, uint64_t gfn, uint64_t mfn)
+{
+    b->frame_plus_one[gfn % MV_BLOCK_PAGES] = mfn + 1;
+}
+
+/* Make the entries of [gfn, gfn + n) ready to be filled: their blocks exist
+ * and their memory is populated in one call rather than a page fault per
+ * page (a clone fills hundreds of thousands). */
+static void dom_blocks_prefault(struct mv__share_dom *sd, uint64_t gfn, uint64_t n)
+{
+    uint64_t first = gfn / MV_BLOCK_PAGES, last = (gfn + n - 1) / MV_BLOCK_PAGES;
+
+    if (n == 0)
+        return;
+    for (uint64_t b = first; b <= last; b++)
+        dom_block(sd, b * MV_BLOCK_PAGES, true);
+    mv__os_table_prefault(&sd->table[first], (last - first + 1) * sizeof(sd->table[0]));
 }
 
 /* The frame shared gfn maps, or MV_NO_MFN when gfn is not shared (domain
@@ -434,7 +463,7 @@ static uint64_t shared_mfn(struct mv_domain *d, uint64_t gfn)
     if (gfn >= d->maxmem_pages || d->p2m[gfn] != MV_P2M_SHARED)
         return MV_NO_MFN;
     b = dom_block(d->share, gfn, false);
-    return b ? b->mfn[gfn % MV_BLOCK_PAGES] : MV_NO_MFN;
+    return entry_mfn(b, gfn);
 }
 
 uint64_t mv__share_mfn(struct mv_domain *d, uint64_t gfn)
@@ -465,8 +494,6 @@ static int rmap_add(struct mv__share *s, uint64_t mfn, struct mv_domain *d, uint
     struct mv__share_block *b = dom_block(d->share, gfn, true);
     uint32_t cap = f->rmap_cap ? f->rmap_cap : MV_RMAP_INLINE;
 
-    if (!b)
-        return -ENOMEM;
     if (f->refs == cap) {
         uint64_t *n = malloc((size_t)cap * 2 * sizeof(*n));
 
@@ -479,7 +506,7 @@ static int rmap_add(struct mv__share *s, uint64_t mfn, struct mv_domain *d, uint
         f->rmap_cap = cap * 2;
     }
     rmap_entries(f)[f->refs] = rmap_encode(d->share, gfn);
-    b->mfn[gfn % MV_BLOCK_PAGES] = mfn;
+    entry_set(b, gfn, mfn);
     b->pos[gfn % MV_BLOCK_PAGES] = f->refs;
     f->refs++;
     s->refs++;
@@ -529,7 +556,7 @@ static void rmap_del(struct mv_host *h, struct mv_domain *d, uint64_t gfn, bool 
 {
     struct mv__share *s = h->share;
     struct mv__share_block *b = dom_block(d->share, gfn, false);
-    uint64_t mfn = b->mfn[gfn % MV_BLOCK_PAGES];
+    uint64_t mfn = entry_mfn(b, gfn);
     uint32_t pos = b->pos[gfn % MV_BLOCK_PAGES];
     struct mv__sframe *f = frame_of(s, mfn);
     uint64_t *e = rmap_entries(f);
@@ -542,7 +569,7 @@ static void rmap_del(struct mv_host *h, struct mv_domain *d, uint64_t gfn, bool 
 
         dom_block(other, ogfn, false)->pos[ogfn % MV_BLOCK_PAGES] = pos;
     }
-    b->mfn[gfn % MV_BLOCK_PAGES] = MV_NO_MFN;
+    entry_set(b, gfn, MV_NO_MFN);
     f->refs--;
     s->refs--;
     if (f->refs == 0)
@@ -1330,7 +1357,13 @@ int mv__share_domain_init(struct mv_domain *d)
     uint64_t blocks = (d->maxmem_pages + MV_BLOCK_PAGES - 1) / MV_BLOCK_PAGES;
     int rc;
 
-    if (!sd || !(sd->blocks = calloc(blocks, sizeof(*sd->blocks)))) {
+    if (sd) {
+        sd->table_bytes = blocks * sizeof(*sd->table);
+        sd->table = mv__os_table_alloc(sd->table_bytes);
+    }
+    if (!sd || !sd->table || !(sd->blocks = calloc(blocks, sizeof(*sd->blocks)))) {
+        if (sd && sd->table)
+            mv__os_unmap(sd->table, sd->table_bytes);
         free(sd);
         return mv__fail(-ENOMEM, "no memory for the sharing table");
     }
@@ -1339,6 +1372,7 @@ int mv__share_domain_init(struct mv_domain *d)
     rc = registry_add(s, sd);
     mv__mutex_unlock(&s->lock);
     if (rc < 0) {
+        mv__os_unmap(sd->table, sd->table_bytes);
         free(sd->blocks);
         free(sd);
         return mv__fail(rc, "no memory to register a domain for sharing");
@@ -1355,7 +1389,6 @@ void mv__share_domain_destroy(struct mv_domain *d)
 {
     struct mv__share *s = d->host->share;
     struct mv__share_dom *sd = d->share;
-    uint64_t blocks = (d->maxmem_pages + MV_BLOCK_PAGES - 1) / MV_BLOCK_PAGES;
 
     if (!sd)
         return;
@@ -1368,8 +1401,7 @@ void mv__share_domain_destroy(struct mv_domain *d)
     }
     s->registry[sd->slot] = NULL;
     mv__mutex_unlock(&s->lock);
-    for (uint64_t b = 0; b < blocks; b++)
-        free(sd->blocks[b]);
+    mv__os_unmap(sd->table, sd->table_bytes);
     free(sd->blocks);
     free(sd->excluded);
     free(sd->checksums);
@@ -1475,7 +1507,7 @@ static uint64_t handle_frame(struct mv_host *h, uint32_t domid, uint64_t gfn,
         return MV_NO_MFN;
     }
     b = sd->domain->p2m[gfn] == MV_P2M_SHARED ? dom_block(sd, gfn, false) : NULL;
-    mfn = b ? b->mfn[gfn % MV_BLOCK_PAGES] : MV_NO_MFN;
+    mfn = entry_mfn(b, gfn);
     f = mfn != MV_NO_MFN ? frame_of(s, mfn) : NULL;
     if (!f || f->handle != handle) {
         *rc = mv__fail(-ESTALE, "handle %llu is stale: domain %u gfn %#llx %s",
@@ -1776,6 +1808,38 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
     return 0;
 }
 
+/*
+ * Before a clone fills them: the frame records of the source's populated
+ * gfns and both domains' entries for every gfn that will be shared, written
+ * in one call per extent instead of a page fault per page of the tables
+ * (about a third of a clone's time otherwise).  Only a speed-up: where the
+ * kernel cannot populate, the tables fault in as they are written.
+ */
+static void prepare_clone_tables(struct mv_domain *src, struct mv_domain *c,
+                                struct mv__share_region *r, uint64_t old_base)
+{
+    for (uint64_t g = 0; g < src->maxmem_pages;) {
+        uint64_t n = 0;
+        bool populated = false;
+
+        while (g + n < src->maxmem_pages && (src->p2m[g + n] == MV_P2M_RAM ||
+                                             src->p2m[g + n] == MV_P2M_SHARED)) {
+            populated |= src->p2m[g + n] == MV_P2M_RAM;
+            n++;
+        }
+        if (n == 0) {
+            g++;
+            continue;
+        }
+        dom_blocks_prefault(src->share, g, n);
+        dom_blocks_prefault(c->share, g, n);
+        if (populated && r)
+            mv__os_table_prefault(&r->frames[old_base + g - r->first],
+                                  n * sizeof(r->frames[0]));
+        g += n;
+    }
+}
+
 int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
                     uint32_t *clone_domid)
 {
@@ -1836,6 +1900,7 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
                         : mv__fail(-ENOMEM, "no memory for the clone's frames");
         goto out;
     }
+    prepare_clone_tables(src, c, r, old_base);
     /*
      * The source's frames become the shared ones where they are; the source
      * moves to a fresh block, all holes, mapped whole, and maps its former
@@ -1955,7 +2020,7 @@ static int audit_frame(struct mv_host *h, uint64_t mfn, struct mv__sframe *f,
         struct mv__share_block *b = sd && gfn < sd->domain->maxmem_pages
                                     ? dom_block(sd, gfn, false) : NULL;
 
-        if (!b || b->mfn[gfn % MV_BLOCK_PAGES] != mfn || b->pos[gfn % MV_BLOCK_PAGES] != i)
+        if (!b || entry_mfn(b, gfn) != mfn || b->pos[gfn % MV_BLOCK_PAGES] != i)
             return mv__fail(-EUCLEAN, "shared frame %#llx: reverse-map entry %u "
                             "(slot %llu, gfn %#llx) does not match the domain",
                             (unsigned long long)mfn, i, (unsigned long long)slot,
@@ -1982,7 +2047,7 @@ static int audit_domain_entries(struct mv_host *h, struct mv_domain *d)
 
     for (uint64_t g = 0; g < d->maxmem_pages; g++) {
         struct mv__share_block *b = dom_block(sd, g, false);
-        uint64_t mfn = b ? b->mfn[g % MV_BLOCK_PAGES] : MV_NO_MFN;
+        uint64_t mfn = entry_mfn(b, g);
         struct mv__sframe *f = mfn != MV_NO_MFN ? frame_of(s, mfn) : NULL;
 
         if (d->p2m[g] != MV_P2M_SHARED) {
@@ -2097,7 +2162,7 @@ static uint64_t count_shared_entries(struct mv__share *s)
             if (!sd->blocks[b])
                 continue;
             for (uint64_t k = 0; k < MV_BLOCK_PAGES; k++)
-                entries += sd->blocks[b]->mfn[k] != MV_NO_MFN;
+                entries += sd->blocks[b]->frame_plus_one[k] != 0;
         }
     }
     return entries;
