@@ -140,11 +140,11 @@ static atomic_int handlers_running;
 static struct sigaction previous_sigsegv;
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Make [page] writable and report it; on failure widen (signal context). */
-static void unprotect_in_handler(struct mprotect_slot *s, uintptr_t addr)
+/* Make [page] writable and report it in `bm`, the bitmap of the domain
+ * whose RAM is [start, end); on failure widen (signal context). */
+static void unprotect_in_handler(uintptr_t start, uintptr_t end, _Atomic uint64_t *bm,
+                                 _Atomic uint64_t *faults, uintptr_t addr)
 {
-    uintptr_t start = atomic_load(&s->start), end = atomic_load(&s->end);
-    _Atomic uint64_t *bm = atomic_load(&s->bitmap);
     uintptr_t page = addr & ~(uintptr_t)(MV_PAGE_SIZE - 1);
     uintptr_t block = addr & ~(((uintptr_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT) - 1);
     uintptr_t block_end = MV_MIN(block + ((uintptr_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT), end);
@@ -159,20 +159,29 @@ static void unprotect_in_handler(struct mprotect_slot *s, uintptr_t addr)
         mprotect((void *)start, end - start, PROT_READ | PROT_WRITE);
         set_bits(bm, 0, (end - start) >> MV_PAGE_SHIFT);
     }
-    atomic_fetch_add_explicit(atomic_load(&s->faults), 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(faults, 1, memory_order_relaxed);
 }
 
 static void on_sigsegv(int sig, siginfo_t *info, void *context)
 {
     uintptr_t addr = (uintptr_t)info->si_addr;
 
+    /*
+     * Counted before reading any slot, and each slot read once, start
+     * before end: a claim stores start first and a release clears end
+     * first, so a non-zero start followed by an end past addr are the
+     * values of one claim.  A release waits for this handler to finish,
+     * and no slot is claimed again before that.
+     */
     atomic_fetch_add(&handlers_running, 1);
     for (int i = 0; i < MV_MPROTECT_SLOTS; i++) {
         struct mprotect_slot *s = &slots[i];
+        uintptr_t start = atomic_load(&s->start);
+        uintptr_t end = start ? atomic_load(&s->end) : 0;
 
-        if (addr >= atomic_load(&s->start) && addr < atomic_load(&s->end) &&
-            info->si_code == SEGV_ACCERR) {
-            unprotect_in_handler(s, addr);
+        if (start && addr >= start && addr < end && info->si_code == SEGV_ACCERR) {
+            unprotect_in_handler(start, end, atomic_load(&s->bitmap),
+                                 atomic_load(&s->faults), addr);
             atomic_fetch_sub(&handlers_running, 1);
             return;
         }
@@ -205,15 +214,16 @@ static int slot_claim(struct mv_domain *d, struct mv__logdirty *l)
     return 0;
 }
 
-/* Release a slot and wait until no handler can still be using it. */
+/* Release a slot and wait until no handler can still be using it; until
+ * then no one claims a slot (a handler may hold this one's old values). */
 static void slot_release(struct mv__logdirty *l)
 {
     pthread_mutex_lock(&slots_lock);
     atomic_store(&slots[l->slot].end, 0);
     atomic_store(&slots[l->slot].start, 0);
-    pthread_mutex_unlock(&slots_lock);
     while (atomic_load(&handlers_running))
         sched_yield();
+    pthread_mutex_unlock(&slots_lock);
     l->slot = -1;
 }
 
@@ -384,6 +394,19 @@ void mv__logdirty_wp_fault(struct mv_domain *d, uint64_t gfn)
     struct mv__logdirty *l = d->logdirty;
     int rc;
 
+    /*
+     * The message may be older than the gfn's state: sharing, a zero sweep
+     * or the balloon may have remapped it since it was read.  Unprotecting
+     * through this userfaultfd would clear the protection a shared frame's
+     * mapping took through the copy-on-write one, and the guest's write
+     * would land in an anonymous copy no one tracks.  Only a private page
+     * is unprotected; otherwise the writer retries and meets the gfn's
+     * current mapping, whose own fault marks the page dirty.
+     */
+    if (d->p2m[gfn] != MV_P2M_RAM) {
+        mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+        return;
+    }
     set_bits(l->bitmap, gfn, 1);
     atomic_fetch_add_explicit(&l->faults, 1, memory_order_relaxed);
     rc = mv__os_uffd_writeprotect(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE, false);

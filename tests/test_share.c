@@ -574,6 +574,56 @@ static void logdirty_with_sharing(void **state)
     mv_host_destroy(h);
 }
 
+/*
+ * A synchronous dirty-log write fault read before its gfn was shared, and
+ * served after: serving it must not unprotect the shared mapping (that
+ * cleared its copy-on-write protection, and the next write went to an
+ * anonymous copy: lost to the domain, caught by the audit).
+ */
+static void stale_logdirty_fault_on_shared_gfn(void **state)
+{
+    mv_host *h = tu_host();
+    struct mv_domain_config c;
+    struct mv_domain *d;
+    mv_share_handle handle;
+    enum mv_page_type type;
+    uint8_t page[MV_PAGE_SIZE];
+    uint8_t *ram;
+    uint64_t size;
+    uint32_t id;
+
+    (void)state;
+    mv_domain_config_init(&c);
+    snprintf(c.name, sizeof(c.name), "wp");
+    c.maxmem_bytes = c.target_bytes = 4 * MiB;
+    c.logdirty_mode = MV_LOGDIRTY_WP_SYNC;
+    if (mv_domain_create(h, &c, &id) == -EOPNOTSUPP) {
+        print_message("skipped: %s\n", mv_last_error());
+        mv_host_destroy(h);
+        skip();
+    }
+    assert_ok(mv_domain_ram(h, id, (void **)&ram, &size));
+    memset(ram + 7 * MV_PAGE_SIZE, 0x11, MV_PAGE_SIZE);
+    assert_ok(mv_logdirty_enable(h, id));
+    assert_ok(mv_share_nominate(h, id, 7, &handle));
+    /* The fault service's handling of the stale message. */
+    d = mv__domain_get(h, id);
+    assert_non_null(d);
+    mv__mutex_lock(&d->lock);
+    mv__logdirty_wp_fault(d, 7);
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+    ram[7 * MV_PAGE_SIZE + 100] = 0x42;
+    assert_ok(mv_domain_read_page(h, id, 7, page));
+    assert_int_equal(page[100], 0x42);
+    assert_int_equal(page[0], 0x11);
+    assert_ok(mv_domain_page_type(h, id, 7, &type));
+    assert_int_equal(type, MV_PAGE_RAM);
+    assert_ok(mv_share_audit(h));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 /* Storm: writers on several domains while the background scanner shares,
  * and clones are made and destroyed; audit after every phase, oracle at the
  * end. */
@@ -654,6 +704,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(breaks_near_the_limit_without_memory_split),
     cmocka_unit_test(audit_is_exact_while_guests_run),
     cmocka_unit_test(logdirty_with_sharing),
+    cmocka_unit_test(stale_logdirty_fault_on_shared_gfn),
     cmocka_unit_test(storm),
 };
 
