@@ -72,12 +72,32 @@ struct mv_domain *mv__domain_get_any(struct mv_host *host, uint32_t domid)
 
 void mv__domain_put(struct mv_domain *d)
 {
-    if (atomic_fetch_sub(&d->refs, 1) == 2) {
-        /* Possibly the destroyer waiting for the last user to leave. */
-        mv__mutex_lock(&d->lock);
+    int refs = atomic_load(&d->refs);
+
+    /* Not the last user but one: nobody can be waiting for this. */
+    while (refs > 2)
+        if (atomic_compare_exchange_weak(&d->refs, &refs, refs - 1))
+            return;
+    /*
+     * Possibly the last user, with a destroyer waiting.  It checks the
+     * count under the lock, so dropping the reference under the lock too
+     * keeps it from freeing the domain before this thread is done with it.
+     */
+    mv__mutex_lock(&d->lock);
+    if (atomic_fetch_sub(&d->refs, 1) == 2)
         pthread_cond_broadcast(&d->refs_cond);
-        mv__mutex_unlock(&d->lock);
-    }
+    mv__mutex_unlock(&d->lock);
+}
+
+/* Drop the table's reference to a domain taken out of the table, and wait
+ * until the caller's is the only one left. */
+static void wait_for_users(struct mv_domain *d)
+{
+    atomic_fetch_sub(&d->refs, 1);
+    mv__mutex_lock(&d->lock);
+    while (atomic_load(&d->refs) > 1)
+        mv__cond_wait(&d->refs_cond, &d->lock, 0);
+    mv__mutex_unlock(&d->lock);
 }
 
 size_t mv__domain_get_all(struct mv_host *host, struct mv_domain ***out)
@@ -306,6 +326,11 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
     d->target_pages = config->target_bytes >> MV_PAGE_SHIFT;
     d->pod = d->maxmem_pages;
     blocks = (d->maxmem_pages + MV_BLOCK_PAGES - 1) / MV_BLOCK_PAGES;
+    /* Before the p2m: a maxmem the machine cannot hold is E2BIG, not a
+     * failed allocation of its tables. */
+    rc = mv__machine_fits(&h->machine, blocks * MV_BLOCK_PAGES);
+    if (rc < 0)
+        return rc;
     d->p2m = malloc(d->maxmem_pages);
     d->block_pod = calloc(blocks, sizeof(*d->block_pod));
     if (!d->p2m || !d->block_pod)
@@ -424,8 +449,13 @@ int mv__domain_publish(struct mv_host *host, struct mv_domain *d)
 
     if (rc == 0) {
         rc = mv__fault_add_domain(host, d);
-        if (rc < 0)
+        if (rc < 0) {
+            /* Others may have found it in the table meanwhile. */
+            atomic_store(&d->dying, true);
             table_remove(host, d->domid);
+            atomic_fetch_add(&d->refs, 1); /* ours, beside the table's */
+            wait_for_users(d);
+        }
     }
     return rc < 0 ? discard_failed(d, rc) : 0;
 }
@@ -505,11 +535,7 @@ int mv_domain_destroy(mv_host *host, uint32_t domid)
     mv__guest_destroy(d);
     mv__fault_remove_domain(host, d);
     table_remove(host, domid);
-    atomic_fetch_sub(&d->refs, 1); /* the table's reference; ours remains */
-    mv__mutex_lock(&d->lock);
-    while (atomic_load(&d->refs) > 1)
-        mv__cond_wait(&d->refs_cond, &d->lock, 0);
-    mv__mutex_unlock(&d->lock);
+    wait_for_users(d);
     mv__log(host, MV_LOG_INFO, "domain %u (%s) destroyed", domid, d->config.name);
     domain_free(d);
     return 0;

@@ -239,6 +239,9 @@ int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
                      uint64_t budget_pages);
 void mv__machine_fini(struct mv__machine *m);
 /* Allocate a block of at least `pages` frames, aligned to its order. */
+/* 0 when a run of `pages` frames could ever be allocated, else -E2BIG with
+ * a message (larger than the machine or its allocator's largest order). */
+int mv__machine_fits(const struct mv__machine *m, uint64_t pages);
 int mv__machine_alloc(struct mv__machine *m, uint64_t pages, uint64_t *first);
 void mv__machine_free(struct mv__machine *m, uint64_t first, uint64_t pages);
 /* Charge `pages` populated frames to the budget; false when over it. */

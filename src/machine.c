@@ -162,15 +162,23 @@ void mv__machine_fini(struct mv__machine *m)
     m->memfd = -1;
 }
 
+int mv__machine_fits(const struct mv__machine *m, uint64_t pages)
+{
+    if (pages > m->pages || order_for(pages) > MV_BUDDY_MAX_ORDER)
+        return mv__fail(-E2BIG, "%llu frames exceed the machine's %llu",
+                        (unsigned long long)pages, (unsigned long long)m->pages);
+    return 0;
+}
+
 int mv__machine_alloc(struct mv__machine *m, uint64_t pages, uint64_t *first)
 {
     unsigned want = order_for(pages), k;
     uint64_t start;
-    int rc = 0;
 
-    if (want > MV_BUDDY_MAX_ORDER || pages > m->pages)
-        return mv__fail(-E2BIG, "%llu frames exceed the machine's %llu",
-                        (unsigned long long)pages, (unsigned long long)m->pages);
+    int rc = mv__machine_fits(m, pages);
+
+    if (rc < 0)
+        return rc;
     mv__mutex_lock(&m->lock);
     for (k = want; k <= MV_BUDDY_MAX_ORDER && m->free[k].count == 0; k++)
         ;

@@ -41,6 +41,10 @@ static void create_rejects_bad_config(void **state)
     c.maxmem_bytes = 4096 * GiB; /* larger than the 1 TiB machine */
     c.target_bytes = 0;
     assert_err(mv_domain_create(h, &c, &id), -E2BIG);
+    /* Refused before its p2m is allocated: a byte per page of 1 PiB is
+     * not there to allocate, and the answer is still E2BIG. */
+    c.maxmem_bytes = 1024 * 1024 * GiB;
+    assert_err(mv_domain_create(h, &c, &id), -E2BIG);
     assert_int_equal(mv_domain_list(h, NULL, 0), 0);
     assert_ok(mv_host_audit(h));
     mv_host_destroy(h);
