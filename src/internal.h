@@ -119,6 +119,7 @@ enum mv__os_op {
     MV_OS_UFFD_OPEN,
     MV_OS_UFFD_REGISTER,
     MV_OS_UFFD_ZEROPAGE,
+    MV_OS_UFFD_ZEROPAGE_MIDWAY, /* a multi-page zeropage fails half-way */
     MV_OS_UFFD_CONTINUE,
     MV_OS_UFFD_WAKE,
     MV_OS_UFFD_WRITEPROTECT,
@@ -177,6 +178,9 @@ int mv__os_uffd_unregister(int uffd, void *addr, size_t length);
 /* Populate [addr, addr+length) with zeroed pages and wake the faulters.
  * -EEXIST when a page is already mapped there (nothing after it is done). */
 int mv__os_uffd_zeropage(int uffd, void *addr, size_t length);
+/* The same, telling in *done how many bytes from addr were populated (and
+ * their faulters woken: guests may have written them) when it fails. */
+int mv__os_uffd_zeropage_some(int uffd, void *addr, size_t length, size_t *done);
 /* Map the existing page-cache pages of [addr, addr+length) and wake. */
 int mv__os_uffd_continue(int uffd, void *addr, size_t length);
 int mv__os_uffd_wake(int uffd, void *addr, size_t length);

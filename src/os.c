@@ -273,24 +273,40 @@ int mv__os_uffd_unregister(int uffd, void *addr, size_t length)
  * The fill ioctls return EAGAIN when the address space changed under them
  * (a concurrent mmap/munmap): retry from where they stopped.
  */
-int mv__os_uffd_zeropage(int uffd, void *addr, size_t length)
+int mv__os_uffd_zeropage_some(int uffd, void *addr, size_t length, size_t *done)
 {
     uintptr_t start = (uintptr_t)addr, end = start + length;
-    int err = injected(MV_OS_UFFD_ZEROPAGE);
+    int err = injected(MV_OS_UFFD_ZEROPAGE), midway = 0;
 
+    *done = 0;
     if (err)
         return err;
+    /* As the kernel may: the first half populated, then an error. */
+    if (length > MV_PAGE_SIZE && (midway = injected(MV_OS_UFFD_ZEROPAGE_MIDWAY)))
+        end = start + (length / 2 & ~(size_t)(MV_PAGE_SIZE - 1));
     while (start < end) {
         struct uffdio_zeropage zp = { .range = { .start = start, .len = end - start } };
 
-        if (ioctl(uffd, UFFDIO_ZEROPAGE, &zp) == 0)
-            return 0;
-        if (errno != EAGAIN)
-            return -errno;
+        if (ioctl(uffd, UFFDIO_ZEROPAGE, &zp) == 0) {
+            start = end;
+            break;
+        }
+        if (errno != EAGAIN) {
+            err = -errno;
+            break;
+        }
         if (zp.zeropage > 0)
             start += (uintptr_t)zp.zeropage;
     }
-    return 0;
+    *done = start - (uintptr_t)addr;
+    return err ? err : midway;
+}
+
+int mv__os_uffd_zeropage(int uffd, void *addr, size_t length)
+{
+    size_t done;
+
+    return mv__os_uffd_zeropage_some(uffd, addr, length, &done);
 }
 
 int mv__os_uffd_continue(int uffd, void *addr, size_t length)

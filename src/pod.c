@@ -112,7 +112,8 @@ static bool sweep_for(struct mv_domain *d, uint64_t pages, bool optional)
  * populate a single page instead. */
 static int populate_block(struct mv_domain *d, uint64_t gfn)
 {
-    uint64_t first = gfn & ~(uint64_t)(MV_BLOCK_PAGES - 1);
+    uint64_t first = gfn & ~(uint64_t)(MV_BLOCK_PAGES - 1), kept;
+    size_t done;
     int rc;
 
     if (!d->config.pod_block_populate || first + MV_BLOCK_PAGES > d->maxmem_pages ||
@@ -121,14 +122,22 @@ static int populate_block(struct mv_domain *d, uint64_t gfn)
         return -EAGAIN;
     if (!charge(d, MV_BLOCK_PAGES) && !sweep_for(d, MV_BLOCK_PAGES, true))
         return -EAGAIN;
-    rc = mv__os_uffd_zeropage(d->uffd, mv__gfn_addr(d, first),
-                              (size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
+    rc = mv__os_uffd_zeropage_some(d->uffd, mv__gfn_addr(d, first),
+                                   (size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT, &done);
     if (rc < 0) {
-        discard_frames(d, first, MV_BLOCK_PAGES);
-        mv__machine_uncharge(&d->host->machine, MV_BLOCK_PAGES);
+        /* Pages populated before the failure are mapped and their vCPUs
+         * woken: they may hold guest writes, so they are the domain's now.
+         * Only the rest goes back. */
+        kept = done >> MV_PAGE_SHIFT;
+        discard_frames(d, first + kept, MV_BLOCK_PAGES - kept);
+        mv__machine_uncharge(&d->host->machine, MV_BLOCK_PAGES - kept);
+        for (uint64_t i = 0; i < kept; i++)
+            mv__p2m_set(d, first + i, MV_P2M_RAM);
+        mv__logdirty_mark(d, first, kept);
+        d->populated_4k += kept;
         mv__log(d->host, MV_LOG_WARN, "domain %u: 2 MiB populate at gfn %#llx "
-                "failed (%s); falling back to 4 KiB", d->domid,
-                (unsigned long long)first, mv_strerror(rc));
+                "failed after %llu pages (%s); falling back to 4 KiB", d->domid,
+                (unsigned long long)first, (unsigned long long)kept, mv_strerror(rc));
         return -EAGAIN;
     }
     for (uint64_t i = 0; i < MV_BLOCK_PAGES; i++)

@@ -591,6 +591,23 @@ static void injected_failures_never_corrupt(void **state)
     assert_int_equal(i.populated_pages, 1);
     assert_int_equal(i.populated_4k, 1);
     assert_ok(mv_host_audit(h));
+    /* A 2 MiB populate that fails half-way keeps the half it populated:
+     * those pages were mapped and their vCPUs woken, so they may hold
+     * guest writes.  The touched page, in the other half, gets its own. */
+    mv__os_inject(MV_OS_UFFD_ZEROPAGE_MIDWAY, ENOMEM, 0, 1);
+    assert_int_equal(touch(ram + 2 * MiB + 300 * 4096), 1);
+    i = tu_info(h, id);
+    assert_int_equal(i.populated_pages, 1 + 256 + 1);
+    for (uint64_t g = 512; g < 1024; g++) {
+        enum mv_page_type t;
+
+        assert_ok(mv_domain_page_type(h, id, g, &t));
+        assert_int_equal(t, g < 512 + 256 || g == 512 + 300 ? MV_PAGE_RAM : MV_PAGE_POD);
+    }
+    assert_int_equal(ram[2 * MiB + 7 * 4096], 0);
+    ram[2 * MiB + 7 * 4096] = 0x5a;
+    assert_ok(mv_host_audit(h));
+    assert_int_equal(ram[2 * MiB + 7 * 4096], 0x5a);
     /* A failed hole punch leaves the page populated and intact. */
     ram[4096 * 3] = 0;
     mv__os_inject(MV_OS_PUNCH, EIO, 0, 1);
