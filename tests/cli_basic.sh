@@ -46,6 +46,16 @@ check "unknown command" 2 --err "^memvisor: unknown command 'frobnicate'" -- \
     "$cli_bin" frobnicate
 check "unknown option" 2 --err "^memvisor: list: unknown option '--bogus'" -- \
     "$cli_bin" list --bogus
+check "grouped short options name the letter" 2 --err "^memvisor: list: unknown option '-x'" -- \
+    "$cli_bin" list -xy
+check "ambiguous option" 2 --err "'--max' is ambiguous: --maxmem, --max-pages" -- \
+    "$cli_bin" create x --max 1G
+check "flag given a value" 2 --err "option '--json' takes no value" -- \
+    "$cli_bin" list --json=yes
+check "daemon names a bad short option" 2 --err "^memvisord: unknown option '-x'" -- \
+    "$daemon_bin" -xy
+check "wss interval bound" 2 --err "--interval must be 1 to 86400 seconds" -- \
+    "$cli_bin" wss web --interval 4294967296
 check "bad size" 2 --err "^memvisor: create: --maxmem: '12Q' is not a size" -- \
     "$cli_bin" create x --maxmem 12Q
 check "oversized size" 2 --err "too large" -- "$cli_bin" set-target x 99999999999P
@@ -197,6 +207,39 @@ assert "host" not in json.loads(f.readline())
 s.close()
 EOF
 check "daemon answers after bad requests" 0 -- "$cli_bin" list
+
+# One client's pipelined requests are answered in turn with other clients':
+# a request from a second client is not kept waiting behind all of them.
+check "a busy client does not starve others" 0 -- python3 - "$MEMVISOR_SOCKET" <<'EOF'
+import socket, sys, threading, time
+
+n = 400
+a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+a.settimeout(120)
+a.connect(sys.argv[1])
+done = {}
+
+def drain():
+    got = 0
+    while got < n:
+        data = a.recv(1 << 20)
+        assert data, "daemon closed the busy client"
+        got += data.count(b"\n")
+    done["a"] = time.monotonic()
+
+t = threading.Thread(target=drain)
+t.start()
+a.sendall(b'{"cmd": "audit"}\n' * n)
+time.sleep(0.05)
+b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+b.settimeout(120)
+b.connect(sys.argv[1])
+b.sendall(b'{"cmd": "list"}\n')
+assert b"domains" in b.makefile("rb").readline()
+done["b"] = time.monotonic()
+t.join()
+assert done["b"] < done["a"], "the second client waited for all of the first's requests"
+EOF
 
 check "clients that hang up mid-request" 0 -- python3 - "$MEMVISOR_SOCKET" <<'EOF'
 import socket, sys

@@ -1909,11 +1909,11 @@ static void create_fixture(struct fuzz *f, struct fixture *x)
     json_object_object_add(request, "max_pages", json_object_new_int(1024));
     json_object_object_add(request, "seed", json_object_new_int(atoi(FIXTURE_SEED)));
     call_quietly(f, request, 0);
-    for (int i = 0; i < 10 && !f->stopped; i++) {
+    for (int i = 0; i < 100 && !f->stopped; i++) {
         bool finished;
 
         request = make_request("workload-status", x->domid);
-        json_object_object_add(request, "wait_ms", json_object_new_int(1000));
+        json_object_object_add(request, "wait_ms", json_object_new_int(MV_PROTO_MAX_WAIT_MS));
         reply = call(f, request, 0);
         finished = !reply ||
                    json_object_get_boolean(find_member(find_member(reply, "workload"), "finished"));

@@ -37,7 +37,9 @@ extern char **environ;
 enum exit_status { STATUS_OK = 0, STATUS_FAILED = 1, STATUS_USAGE = 2 };
 
 /* How long a waiting command sleeps in the daemon per workload-status. */
-#define WORKLOAD_POLL_MS 1000u
+#define WSS_MAX_INTERVAL_S 86400u
+#define WORKLOAD_POLL_MS 50u  /* between status polls, slept here: the daemon's loop
+                                  serves everyone, and must not wait for us */
 /* --help layout: lines of at most HELP_WIDTH columns, option names in a
  * column of their own. */
 #define HELP_WIDTH 80
@@ -154,7 +156,7 @@ static const struct cli_option
     opt_scanner_rate = { "rate", VALUE_NUMBER, "rate", "PAGES_PER_S",
                          "pages hashed per second (default: no limit)" },
     opt_scanner_cpu = { "cpu", VALUE_NUMBER, "cpu_percent", "PERCENT",
-                        "share of one CPU it may use, 1..100 (default 100)" },
+                        "share of one CPU it may use, 1..100; 0 or absent: 100" },
     opt_scanner_max_vmas = { "max-vmas", VALUE_NUMBER, "max_vmas", "N",
                              "stop sharing near N mappings (default: vm.max_map_count "
                              "less a reserve)" };
@@ -192,6 +194,15 @@ struct invocation {
 static bool option_set(const struct invocation *inv, const char *key)
 {
     return json_object_object_get_ex(inv->options, key, NULL);
+}
+
+/* A number option's value, 0 when it was not given. */
+static uint64_t option_u64(const struct invocation *inv, const char *key)
+{
+    struct json_object *value;
+
+    return json_object_object_get_ex(inv->options, key, &value)
+           ? json_object_get_uint64(value) : 0;
 }
 
 static size_t option_count(const struct command *command)
@@ -321,11 +332,11 @@ static int parse_command_line(struct invocation *inv, int argc, char **argv)
         if (opt == 'h') {
             print_command_help(command);
             status = STATUS_OK;
-        } else if (opt == ':') {
-            status = usage_error(command->name, "option '%s' needs a value",
-                                 argv[optind - 1]);
-        } else if (opt == '?') {
-            status = usage_error(command->name, "unknown option '%s'", argv[optind - 1]);
+        } else if (opt == ':' || opt == '?') {
+            char why[160];
+
+            mv_tool_bad_option(argv, table, opt, why, sizeof(why));
+            status = usage_error(command->name, "%s", why);
         } else if (store_option(inv, command->options[opt - OPTION_VALUE_BASE], optarg) !=
                    STATUS_OK) {
             status = STATUS_USAGE;
@@ -870,13 +881,13 @@ static int workload_wait(struct connection *conn, const char *domain,
         int rc;
 
         json_object_object_add(request, "domain", json_object_new_string(domain));
-        json_object_object_add(request, "wait_ms", json_object_new_int(WORKLOAD_POLL_MS));
         rc = connection_call(conn, request, &reply);
         if (rc != STATUS_OK)
             return rc;
         if (field_bool(field(reply, "workload"), "finished"))
             break;
         json_object_put(reply);
+        usleep(WORKLOAD_POLL_MS * 1000);
     }
     *status = json_object_get(field(reply, "workload"));
     json_object_put(reply);
@@ -899,8 +910,9 @@ static int run_workload(const struct invocation *inv)
     json_object_object_add(request, "kind", json_object_new_string(kind));
     for (const char *const *key = workload_keys + 1; *key; key++)
         copy_option(inv, request, *key);
-    endless = parsed == MV_WORKLOAD_RANDOM && !option_set(inv, "duration_ms") &&
-              !option_set(inv, "max_pages");
+    /* 0 is "no limit" to the library, as is leaving the option out. */
+    endless = parsed == MV_WORKLOAD_RANDOM && option_u64(inv, "duration_ms") == 0 &&
+              option_u64(inv, "max_pages") == 0;
 
     rc = connection_open(&conn, inv->command->name, inv->socket_path, false);
     if (rc != STATUS_OK) {
@@ -1020,8 +1032,9 @@ static int run_wss(const struct invocation *inv)
         interval = json_object_get_uint64(option);
     if (json_object_object_get_ex(inv->options, "count", &option))
         count = json_object_get_uint64(option);
-    if (interval == 0)
-        return usage_error(inv->command->name, "--interval must be at least 1 second");
+    if (interval == 0 || interval > WSS_MAX_INTERVAL_S)
+        return usage_error(inv->command->name, "--interval must be 1 to %u seconds",
+                           WSS_MAX_INTERVAL_S);
     status = logdirty_request(inv, "stats", &reply);
     if (status != STATUS_OK)
         return status;
@@ -2198,10 +2211,12 @@ int main(int argc, char **argv)
             printf("memvisor %d.%d.%d\n", MV_VERSION_MAJOR, MV_VERSION_MINOR,
                    MV_VERSION_PATCH);
             return STATUS_OK;
-        case ':':
-            return usage_error(NULL, "option '%s' needs a value", argv[optind - 1]);
-        default:
-            return usage_error(NULL, "unknown option '%s'", argv[optind - 1]);
+        default: {
+            char why[160];
+
+            mv_tool_bad_option(argv, global_options, opt, why, sizeof(why));
+            return usage_error(NULL, "%s", why);
+        }
         }
     }
     if (optind == argc)

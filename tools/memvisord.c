@@ -15,8 +15,13 @@
  * socket buffer waits in the client's queue for EPOLLOUT.  A client is not
  * read while a reply of its waits, so each one holds at most one reply and
  * MV_PROTO_MAX_REQUEST + 1 bytes of requests, and a client that never reads
- * costs only its own progress.  Each turn reads a client at most CLIENT_READS_PER_TURN times so
- * that one busy client cannot starve the others.
+ * costs only its own progress.  A turn answers one request of a client
+ * (reading it at most CLIENT_READS_PER_TURN times); clients with more
+ * requests complete are served again, in turn with the others, before the
+ * loop sleeps, so one busy client cannot starve the others.  When file
+ * descriptors run out, a spare one is given up to accept the waiting client
+ * and tell it why, rather than leave the listening socket spinning the
+ * loop.
  *
  * Exclusivity: PATH.lock next to the socket is flock()ed for the daemon's
  * lifetime and holds its pid, so a second daemon on the same socket refuses
@@ -67,6 +72,8 @@ struct client {
     size_t output_sent;
     size_t output_capacity;
     bool peer_closed;              /* recv returned 0 */
+    bool more;                     /* a request may be complete: served
+                                      again before the loop sleeps */
     uint32_t events;               /* epoll interest registered */
     struct client *prev, *next;
 };
@@ -84,6 +91,11 @@ struct daemon {
     struct client *clients;
     unsigned client_count;
     unsigned next_client_id;
+    int spare_fd;                  /* given up to accept and refuse a client
+                                      when file descriptors run out */
+    bool fd_shortage;              /* said so in the log already */
+    bool accept_paused;            /* listening socket not watched: out of
+                                      descriptors, spare included */
     bool stopping;
 };
 
@@ -230,10 +242,12 @@ static int parse_options(int argc, char **argv, struct options *o)
             printf("memvisord %d.%d.%d\n", MV_VERSION_MAJOR, MV_VERSION_MINOR,
                    MV_VERSION_PATCH);
             return STATUS_OK;
-        case ':':
-            return usage_error("option '%s' needs a value", argv[optind - 1]);
-        default:
-            return usage_error("unknown option '%s'", argv[optind - 1]);
+        default: {
+            char why[160];
+
+            mv_tool_bad_option(argv, long_options, opt, why, sizeof(why));
+            return usage_error("%s", why);
+        }
         }
     }
     if (optind < argc)
@@ -1188,35 +1202,33 @@ static int client_flush(struct client *c)
     return 0;
 }
 
-/* Answer the complete lines held, one at a time, while replies drain. */
-static int client_answer_lines(struct daemon *d, struct client *c)
+/* Answer one complete line held: 1 when one was answered, 0 when none is
+ * complete, -errno when the client is gone. */
+static int client_answer_one(struct daemon *d, struct client *c)
 {
-    int rc = 0;
+    char *line;
+    size_t length;
+    int rc;
 
-    while (rc == 0 && !client_pending(c)) {
-        char *line;
-        size_t length;
+    switch (mv_proto_reader_next(&c->input, &line, &length)) {
+    case MV_PROTO_LINE:
+        rc = client_queue(c, answer(d, c, line, length));
+        break;
+    case MV_PROTO_OVERSIZED: {
+        char why[MV_PROTO_DETAIL_MAX];
 
-        switch (mv_proto_reader_next(&c->input, &line, &length)) {
-        case MV_PROTO_LINE:
-            rc = client_queue(c, answer(d, c, line, length));
-            break;
-        case MV_PROTO_OVERSIZED: {
-            char why[MV_PROTO_DETAIL_MAX];
-
-            snprintf(why, sizeof(why), "request line longer than %d bytes; skipped up "
-                     "to its newline", MV_PROTO_MAX_REQUEST);
-            daemon_log(MV_LOG_DEBUG, "client %u: %s", c->id, why);
-            rc = client_queue(c, mv_proto_reply_error(-EMSGSIZE, why));
-            break;
-        }
-        case MV_PROTO_NEED_MORE:
-            return 0;
-        }
-        if (rc == 0)
-            rc = client_flush(c);
+        snprintf(why, sizeof(why), "request line longer than %d bytes; skipped up "
+                 "to its newline", MV_PROTO_MAX_REQUEST);
+        daemon_log(MV_LOG_DEBUG, "client %u: %s", c->id, why);
+        rc = client_queue(c, mv_proto_reply_error(-EMSGSIZE, why));
+        break;
     }
-    return rc;
+    default:
+        return 0;
+    }
+    if (rc == 0)
+        rc = client_flush(c);
+    return rc < 0 ? rc : 1;
 }
 
 /* One recv: 1 when something happened, 0 when the socket is empty, -errno
@@ -1272,32 +1284,62 @@ static int client_watch(struct daemon *d, struct client *c, uint32_t events)
     return 0;
 }
 
-/* Everything a client's socket event calls for. */
+/* A client with nothing left to do: it hung up, and every reply is out. */
+static bool client_done(const struct client *c)
+{
+    return c->peer_closed && !client_pending(c) && !c->more;
+}
+
+/* A client's turn: flush, then read until one request is complete and
+ * answer it.  One request a turn, so that a client that sent thousands at
+ * once waits its turn like everyone else (c->more brings it back). */
 static void client_serve(struct daemon *d, struct client *c)
 {
     unsigned reads = CLIENT_READS_PER_TURN;
     int rc = client_flush(c);
 
-    while (rc >= 0) {
-        rc = client_answer_lines(d, c);
-        if (rc < 0 || client_pending(c) || c->peer_closed || reads-- == 0)
+    c->more = false;
+    while (rc >= 0 && !client_pending(c)) {
+        rc = client_answer_one(d, c);
+        if (rc != 0) {
+            c->more = rc > 0 && !client_pending(c);
+            break;
+        }
+        if (c->peer_closed || reads-- == 0)
             break;
         rc = client_receive(c);
         if (rc == 0)
             break;
     }
-    if (rc >= 0 && !(c->peer_closed && !client_pending(c)))
+    if (rc > 0)
+        rc = 0;
+    if (rc == 0 && !client_done(c))
         rc = client_watch(d, c, client_pending(c) ? EPOLLOUT : EPOLLIN);
     if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET)
         daemon_log(MV_LOG_WARN, "client %u: %s; closing it", c->id, strerror(-rc));
-    if (rc < 0 || (c->peer_closed && !client_pending(c)))
+    if (rc < 0 || client_done(c))
         client_close(d, c);
 }
 
-static void client_refuse(int fd)
+/* Give every client with a request waiting its next turn; true when some
+ * may still have more. */
+static bool serve_waiting_clients(struct daemon *d)
 {
-    struct json_object *reply = mv_proto_reply_error(
-        -EUSERS, "memvisord already serves its maximum of clients; try again later");
+    bool more = false;
+
+    for (struct client *c = d->clients, *next; c; c = next) {
+        next = c->next;
+        if (c->more)
+            client_serve(d, c);
+    }
+    for (struct client *c = d->clients; c && !more; c = c->next)
+        more = c->more;
+    return more;
+}
+
+static void client_refuse(int fd, int err, const char *why)
+{
+    struct json_object *reply = mv_proto_reply_error(err, why);
     size_t length;
     char *line = mv_proto_encode_line(reply, &length);
 
@@ -1308,6 +1350,37 @@ static void client_refuse(int fd)
     close(fd);
 }
 
+/*
+ * accept4 failed for want of file descriptors (each domain holds four).
+ * The connection would wait forever and the listening socket would stay
+ * readable, spinning the loop: give up the spare descriptor to accept it,
+ * tell it why, and take the spare back.  Without a spare, stop watching
+ * the socket until one can be had again (run_loop retries).  Returns true
+ * when a connection was taken off the queue.
+ */
+static bool accept_without_descriptors(struct daemon *d)
+{
+    int fd;
+
+    if (!d->fd_shortage)
+        daemon_log(MV_LOG_WARN, "out of file descriptors (%s): refusing clients until "
+                   "some are free (destroy domains or raise the limit)", strerror(errno));
+    d->fd_shortage = true;
+    if (d->spare_fd >= 0) {
+        close(d->spare_fd);
+        fd = accept4(d->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            client_refuse(fd, -EMFILE, "memvisord has no file descriptor left for a "
+                          "client; destroy domains or raise its limit (ulimit -n)");
+        d->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0)
+            return true;
+    }
+    if (!d->accept_paused && epoll_ctl(d->epoll_fd, EPOLL_CTL_DEL, d->listen_fd, NULL) == 0)
+        d->accept_paused = true;
+    return false;
+}
+
 static void accept_clients(struct daemon *d)
 {
     for (;;) {
@@ -1315,14 +1388,21 @@ static void accept_clients(struct daemon *d)
         struct epoll_event ev = { .events = EPOLLIN };
         struct client *c;
 
+        if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+            if (!accept_without_descriptors(d))
+                return;
+            continue;
+        }
         if (fd < 0) {
             if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
                 daemon_log(MV_LOG_WARN, "cannot accept a client: %s", strerror(errno));
             return;
         }
+        d->fd_shortage = false;
         if (d->client_count >= MAX_CLIENTS) {
             daemon_log(MV_LOG_WARN, "refusing a client: %u are connected", d->client_count);
-            client_refuse(fd);
+            client_refuse(fd, -EUSERS, "memvisord already serves its maximum of clients; "
+                          "try again later");
             continue;
         }
         c = calloc(1, sizeof(*c));
@@ -1364,12 +1444,33 @@ static void receive_signal(struct daemon *d)
     }
 }
 
+static int watch_fd(struct daemon *d, int *fd)
+{
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = fd };
+
+    if (epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, *fd, &ev) < 0) {
+        daemon_log(MV_LOG_ERROR, "epoll_ctl: %s", strerror(errno));
+        return -errno;
+    }
+    return 0;
+}
+
 static int run_loop(struct daemon *d)
 {
     struct epoll_event events[EPOLL_BATCH];
 
+    bool more = false;
+
     while (!d->stopping) {
-        int n = epoll_wait(d->epoll_fd, events, EPOLL_BATCH, -1);
+        int n;
+
+        if (d->accept_paused && d->spare_fd < 0)
+            d->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (d->accept_paused && d->spare_fd >= 0 && watch_fd(d, &d->listen_fd) == 0)
+            d->accept_paused = false;
+        /* Clients with requests waiting: look for events without sleeping. */
+        n = epoll_wait(d->epoll_fd, events, EPOLL_BATCH,
+                       more ? 0 : d->accept_paused ? 1000 : -1);
 
         if (n < 0) {
             if (errno == EINTR)
@@ -1387,23 +1488,13 @@ static int run_loop(struct daemon *d)
             else
                 client_serve(d, source);
         }
+        more = serve_waiting_clients(d);
     }
     return 0;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Start-up and teardown                                                     */
-
-static int watch_fd(struct daemon *d, int *fd)
-{
-    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = fd };
-
-    if (epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, *fd, &ev) < 0) {
-        daemon_log(MV_LOG_ERROR, "epoll_ctl: %s", strerror(errno));
-        return -errno;
-    }
-    return 0;
-}
 
 static int daemon_start(struct daemon *d, const struct options *o, const sigset_t *signals)
 {
@@ -1433,6 +1524,7 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
         daemon_log(MV_LOG_ERROR, "cannot create the event loop: %s", strerror(errno));
         return -errno;
     }
+    d->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if ((rc = socket_listen(d)) < 0 || (rc = watch_fd(d, &d->listen_fd)) < 0 ||
         (rc = watch_fd(d, &d->signal_fd)) < 0)
         return rc;
@@ -1458,6 +1550,8 @@ static void daemon_stop(struct daemon *d)
         mv_host_destroy(d->host);
     if (d->signal_fd >= 0)
         close(d->signal_fd);
+    if (d->spare_fd >= 0)
+        close(d->spare_fd);
     if (d->epoll_fd >= 0)
         close(d->epoll_fd);
     if (d->pidfile)
@@ -1470,7 +1564,8 @@ static void daemon_stop(struct daemon *d)
 
 int main(int argc, char **argv)
 {
-    struct daemon d = { .epoll_fd = -1, .listen_fd = -1, .signal_fd = -1, .lock_fd = -1 };
+    struct daemon d = { .epoll_fd = -1, .listen_fd = -1, .signal_fd = -1, .lock_fd = -1,
+                        .spare_fd = -1 };
     struct options options;
     sigset_t signals;
     int status = parse_options(argc, argv, &options);

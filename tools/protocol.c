@@ -11,6 +11,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <stdarg.h>
@@ -486,6 +487,8 @@ static int send_all(int fd, const char *data, size_t length, char *why)
     while (length) {
         ssize_t n = send(fd, data, length, MSG_NOSIGNAL);
 
+        if (n < 0 && errno == EINTR)
+            continue; /* a signal the caller handles (the CLI's Ctrl-C) */
         if (n < 0)
             return fail_why(why, -errno, "cannot send the request: %s", strerror(errno));
         data += n;
@@ -524,6 +527,8 @@ int mv_proto_call(int fd, struct mv_proto_reader *reader,
         if (!space)
             return fail_why(why, -ENOMEM, "no memory for the reply");
         n = recv(fd, space, room, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n < 0)
             return fail_why(why, -errno, "cannot receive the reply: %s", strerror(errno));
         if (n == 0)
@@ -993,4 +998,45 @@ struct json_object *mv_proto_doctor_json(const struct mv_kernel_features *f,
                                                              : mv_strerror(probe_rc));
     json_object_object_add(report, "advice", doctor_advice(f));
     return report;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Option errors                                                             */
+
+void mv_tool_bad_option(char *const *argv, const struct option *options, int result,
+                        char *why, size_t size)
+{
+    const char *word = argv[optind - 1], *value;
+    size_t length, used, matches = 0;
+
+    if (optopt > 0 && optopt < 256 && strncmp(word, "--", 2) != 0) {
+        snprintf(why, size, result == ':' ? "option '-%c' needs a value"
+                                          : "unknown option '-%c'", optopt);
+        return;
+    }
+    if (strncmp(word, "--", 2) != 0) {
+        snprintf(why, size, "unknown option '%s'", word);
+        return;
+    }
+    value = strchr(word, '=');
+    length = value ? (size_t)(value - word) - 2 : strlen(word) - 2;
+    for (const struct option *o = options; o->name; o++) {
+        if (strlen(o->name) == length && strncmp(o->name, word + 2, length) == 0) {
+            snprintf(why, size, result == ':' ? "option '--%s' needs a value"
+                     : value && o->has_arg == no_argument ? "option '--%s' takes no value"
+                     : "option '--%s' is not valid here", o->name);
+            return;
+        }
+    }
+    used = (size_t)snprintf(why, size, "option '%.*s' is ambiguous:", (int)length + 2, word);
+    for (const struct option *o = options; o->name; o++) {
+        if (strncmp(o->name, word + 2, length) == 0) {
+            matches++;
+            if (used < size)
+                used += (size_t)snprintf(why + used, size - used, "%s --%s",
+                                         matches > 1 ? "," : "", o->name);
+        }
+    }
+    if (matches < 2)
+        snprintf(why, size, "unknown option '%.*s'", (int)length + 2, word);
 }

@@ -88,7 +88,7 @@ struct json_object;
 /* Size of every `why` buffer below. */
 #define MV_PROTO_DETAIL_MAX 256
 /* Longest a workload-status request may make the daemon wait. */
-#define MV_PROTO_MAX_WAIT_MS 5000u
+#define MV_PROTO_MAX_WAIT_MS 100u
 
 /* ------------------------------------------------------------------------ */
 /* Socket                                                                    */
@@ -260,5 +260,17 @@ struct json_object *mv_proto_scan_result_json(const struct mv_scan_result *resul
  */
 struct json_object *mv_proto_doctor_json(const struct mv_kernel_features *features,
                                          int probe_rc, const char *problem);
+
+/*
+ * Shared by the two programs' option parsing: after getopt_long returned
+ * '?' (or ':' for a missing value), what went wrong, in `why`: "unknown
+ * option '-x'" (the letter itself, also inside a group such as -xy),
+ * "option '--max' is ambiguous: --maxmem, --max-pages", "option '--json'
+ * takes no value", "option '--rate' needs a value" or "unknown option
+ * '--frob'".  `options` is the table given to getopt_long.
+ */
+struct option;
+void mv_tool_bad_option(char *const *argv, const struct option *options, int result,
+                        char *why, size_t size);
 
 #endif /* MV_PROTOCOL_H */
