@@ -208,6 +208,25 @@ s.close()
 EOF
 check "daemon answers after bad requests" 0 -- "$cli_bin" list
 
+# Every slot held by a silent connection: one idle for 5 s makes room.
+check "silent connections do not shut others out" 0 -- python3 - "$MEMVISOR_SOCKET" "$cli_bin" <<'EOF'
+import socket, subprocess, sys, time
+
+held = []
+for i in range(128):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    held.append(s)
+time.sleep(0.3)
+r = subprocess.run([sys.argv[2], "list"], capture_output=True, text=True)
+assert r.returncode == 1 and "maximum of clients" in r.stderr, (r.returncode, r.stderr)
+time.sleep(5.5)
+r = subprocess.run([sys.argv[2], "list"], capture_output=True, text=True)
+assert r.returncode == 0, (r.returncode, r.stderr)
+for s in held:
+    s.close()
+EOF
+
 # One client's pipelined requests are answered in turn with other clients':
 # a request from a second client is not kept waiting behind all of them.
 check "a busy client does not starve others" 0 -- python3 - "$MEMVISOR_SOCKET" <<'EOF'

@@ -21,7 +21,9 @@
  * loop sleeps, so one busy client cannot starve the others.  When file
  * descriptors run out, a spare one is given up to accept the waiting client
  * and tell it why, rather than leave the listening socket spinning the
- * loop.
+ * loop.  With all MAX_CLIENTS slots taken, a client idle for
+ * CLIENT_IDLE_EVICT_S is closed to make room, so silent connections cannot
+ * shut everyone out.
  *
  * Exclusivity: PATH.lock next to the socket is flock()ed for the daemon's
  * lifetime and holds its pid, so a second daemon on the same socket refuses
@@ -46,9 +48,12 @@
 #include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_CLIENTS 128u
+#define CLIENT_IDLE_EVICT_S 5   /* a full table makes room by closing a
+                                   client idle this long, or refuses */
 #define CLIENT_READS_PER_TURN 16u
 #define EPOLL_BATCH 64
 #define LISTEN_BACKLOG 64
@@ -75,6 +80,7 @@ struct client {
     bool more;                     /* a request may be complete: served
                                       again before the loop sleeps */
     uint32_t events;               /* epoll interest registered */
+    time_t last_active;            /* CLOCK_MONOTONIC seconds of its last turn */
     struct client *prev, *next;
 };
 
@@ -1284,6 +1290,37 @@ static int client_watch(struct daemon *d, struct client *c, uint32_t events)
     return 0;
 }
 
+static time_t monotonic_seconds(void)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec;
+}
+
+/*
+ * With every slot taken, a connection that has sent nothing, or half a
+ * request, for CLIENT_IDLE_EVICT_S makes room for a new one: otherwise 128
+ * silent connections would shut everyone out.  The one idle longest goes.
+ * Returns whether one was closed.
+ */
+static bool evict_idle_client(struct daemon *d)
+{
+    time_t now = monotonic_seconds();
+    struct client *oldest = NULL;
+
+    for (struct client *c = d->clients; c; c = c->next)
+        if (!client_pending(c) && !c->more && now - c->last_active >= CLIENT_IDLE_EVICT_S &&
+            (!oldest || c->last_active < oldest->last_active))
+            oldest = c;
+    if (!oldest)
+        return false;
+    daemon_log(MV_LOG_INFO, "client %u: idle for %lld s with every slot taken; closed "
+               "to make room", oldest->id, (long long)(now - oldest->last_active));
+    client_close(d, oldest);
+    return true;
+}
+
 /* A client with nothing left to do: it hung up, and every reply is out. */
 static bool client_done(const struct client *c)
 {
@@ -1298,6 +1335,7 @@ static void client_serve(struct daemon *d, struct client *c)
     unsigned reads = CLIENT_READS_PER_TURN;
     int rc = client_flush(c);
 
+    c->last_active = monotonic_seconds();
     c->more = false;
     while (rc >= 0 && !client_pending(c)) {
         rc = client_answer_one(d, c);
@@ -1399,7 +1437,7 @@ static void accept_clients(struct daemon *d)
             return;
         }
         d->fd_shortage = false;
-        if (d->client_count >= MAX_CLIENTS) {
+        if (d->client_count >= MAX_CLIENTS && !evict_idle_client(d)) {
             daemon_log(MV_LOG_WARN, "refusing a client: %u are connected", d->client_count);
             client_refuse(fd, -EUSERS, "memvisord already serves its maximum of clients; "
                           "try again later");
@@ -1414,6 +1452,7 @@ static void accept_clients(struct daemon *d)
         c->fd = fd;
         c->id = ++d->next_client_id;
         c->events = EPOLLIN;
+        c->last_active = monotonic_seconds();
         mv_proto_reader_init(&c->input, MV_PROTO_MAX_REQUEST);
         ev.data.ptr = c;
         if (epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
@@ -1458,10 +1497,10 @@ static int watch_fd(struct daemon *d, int *fd)
 static int run_loop(struct daemon *d)
 {
     struct epoll_event events[EPOLL_BATCH];
-
     bool more = false;
 
     while (!d->stopping) {
+        bool accepting = false;
         int n;
 
         if (d->accept_paused && d->spare_fd < 0)
@@ -1482,12 +1521,15 @@ static int run_loop(struct daemon *d)
             void *source = events[i].data.ptr;
 
             if (source == &d->listen_fd)
-                accept_clients(d);
+                accepting = true;
             else if (source == &d->signal_fd)
                 receive_signal(d);
             else
                 client_serve(d, source);
         }
+        /* After the batch: making room may close a client it names. */
+        if (accepting)
+            accept_clients(d);
         more = serve_waiting_clients(d);
     }
     return 0;

@@ -509,6 +509,24 @@ int mv_proto_call(int fd, struct mv_proto_reader *reader,
         return fail_why(why, -ENOMEM, "no memory to encode the request");
     rc = send_all(fd, line, length, why);
     free(line);
+    /* Hung up before reading the request: it may have said why first (a
+     * daemon refusing a client does), and that is the better answer. */
+    if (rc == -EPIPE || rc == -ECONNRESET) {
+        char *sent;
+        enum mv_proto_next got = mv_proto_reader_next(reader, &sent, &length);
+
+        if (got == MV_PROTO_NEED_MORE) {
+            char *space = mv_proto_reader_space(reader, &length);
+            ssize_t n = space ? recv(fd, space, length, MSG_DONTWAIT) : -1;
+
+            if (n > 0) {
+                mv_proto_reader_commit(reader, (size_t)n);
+                got = mv_proto_reader_next(reader, &sent, &length);
+            }
+        }
+        if (got == MV_PROTO_LINE)
+            return mv_proto_parse_message(sent, length, reply, why);
+    }
     while (rc == 0) {
         size_t room;
         char *space;
