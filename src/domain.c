@@ -89,11 +89,10 @@ void mv__domain_put(struct mv_domain *d)
     mv__mutex_unlock(&d->lock);
 }
 
-/* Drop the table's reference to a domain taken out of the table, and wait
- * until the caller's is the only one left. */
+/* Wait until the caller's reference to a domain taken out of the table is
+ * the only one left. */
 static void wait_for_users(struct mv_domain *d)
 {
-    atomic_fetch_sub(&d->refs, 1);
     mv__mutex_lock(&d->lock);
     while (atomic_load(&d->refs) > 1)
         mv__cond_wait(&d->refs_cond, &d->lock, 0);
@@ -452,8 +451,7 @@ int mv__domain_publish(struct mv_host *host, struct mv_domain *d)
         if (rc < 0) {
             /* Others may have found it in the table meanwhile. */
             atomic_store(&d->dying, true);
-            table_remove(host, d->domid);
-            atomic_fetch_add(&d->refs, 1); /* ours, beside the table's */
+            table_remove(host, d->domid); /* its reference is ours again */
             wait_for_users(d);
         }
     }
@@ -535,6 +533,7 @@ int mv_domain_destroy(mv_host *host, uint32_t domid)
     mv__guest_destroy(d);
     mv__fault_remove_domain(host, d);
     table_remove(host, domid);
+    atomic_fetch_sub(&d->refs, 1); /* the table's reference; ours remains */
     wait_for_users(d);
     mv__log(host, MV_LOG_INFO, "domain %u (%s) destroyed", domid, d->config.name);
     domain_free(d);

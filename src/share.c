@@ -117,9 +117,9 @@ struct mv__share_block {
 struct mv__share_dom {
     struct mv_domain *domain;
     uint32_t slot;               /* in the registry */
-    struct mv__share_block **blocks;  /* share lock; NULL: no entry yet */
-    struct mv__share_block *table;    /* where blocks live: one per 2 MiB
-                                         of maxmem, untouched until used */
+    struct mv__share_block *table;    /* share lock; one block per 2 MiB of
+                                         maxmem, untouched until used */
+    uint64_t *table_used;             /* bitmap: blocks that ever had an entry */
     size_t table_bytes;
     uint64_t *excluded;          /* bitmap; domain lock */
     uint64_t excluded_count;
@@ -420,11 +420,11 @@ static uint64_t index_find(struct mv_host *h, uint64_t hash, const uint8_t *page
 
 static struct mv__share_block *dom_block(struct mv__share_dom *sd, uint64_t gfn, bool create)
 {
-    struct mv__share_block **b = &sd->blocks[gfn / MV_BLOCK_PAGES];
+    uint64_t b = gfn / MV_BLOCK_PAGES, bit = 1ull << (b % 64);
 
-    if (!*b && create)
-        *b = &sd->table[gfn / MV_BLOCK_PAGES];
-    return *b;
+    if (create)
+        sd->table_used[b / 64] |= bit;
+    return sd->table_used[b / 64] & bit ? &sd->table[b] : NULL;
 }
 
 _Static_assert(MV_NO_MFN + 1 == 0, "an empty entry is MV_NO_MFN plus one");
@@ -1361,7 +1361,8 @@ int mv__share_domain_init(struct mv_domain *d)
         sd->table_bytes = blocks * sizeof(*sd->table);
         sd->table = mv__os_table_alloc(sd->table_bytes);
     }
-    if (!sd || !sd->table || !(sd->blocks = calloc(blocks, sizeof(*sd->blocks)))) {
+    if (!sd || !sd->table ||
+        !(sd->table_used = calloc((blocks + 63) / 64, sizeof(*sd->table_used)))) {
         if (sd && sd->table)
             mv__os_unmap(sd->table, sd->table_bytes);
         free(sd);
@@ -1373,7 +1374,7 @@ int mv__share_domain_init(struct mv_domain *d)
     mv__mutex_unlock(&s->lock);
     if (rc < 0) {
         mv__os_unmap(sd->table, sd->table_bytes);
-        free(sd->blocks);
+        free(sd->table_used);
         free(sd);
         return mv__fail(rc, "no memory to register a domain for sharing");
     }
@@ -1402,7 +1403,7 @@ void mv__share_domain_destroy(struct mv_domain *d)
     s->registry[sd->slot] = NULL;
     mv__mutex_unlock(&s->lock);
     mv__os_unmap(sd->table, sd->table_bytes);
-    free(sd->blocks);
+    free(sd->table_used);
     free(sd->excluded);
     free(sd->checksums);
     free(sd);
@@ -2158,11 +2159,11 @@ static uint64_t count_shared_entries(struct mv__share *s)
         struct mv__share_dom *sd = s->registry[i];
         uint64_t pages = sd ? sd->domain->maxmem_pages : 0;
 
-        for (uint64_t b = 0; b * MV_BLOCK_PAGES < pages; b++) {
-            if (!sd->blocks[b])
-                continue;
-            for (uint64_t k = 0; k < MV_BLOCK_PAGES; k++)
-                entries += sd->blocks[b]->frame_plus_one[k] != 0;
+        for (uint64_t g = 0; g < pages; g += MV_BLOCK_PAGES) {
+            struct mv__share_block *b = dom_block(sd, g, false);
+
+            for (uint64_t k = 0; b && k < MV_BLOCK_PAGES; k++)
+                entries += b->frame_plus_one[k] != 0;
         }
     }
     return entries;

@@ -1329,8 +1329,9 @@ static bool client_done(const struct client *c)
 
 /* A client's turn: flush, then read until one request is complete and
  * answer it.  One request a turn, so that a client that sent thousands at
- * once waits its turn like everyone else (c->more brings it back). */
-static void client_serve(struct daemon *d, struct client *c)
+ * once waits its turn like everyone else (c->more brings it back).
+ * Returns whether it still has a request waiting (false once closed). */
+static bool client_serve(struct daemon *d, struct client *c)
 {
     unsigned reads = CLIENT_READS_PER_TURN;
     int rc = client_flush(c);
@@ -1355,8 +1356,11 @@ static void client_serve(struct daemon *d, struct client *c)
         rc = client_watch(d, c, client_pending(c) ? EPOLLOUT : EPOLLIN);
     if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET)
         daemon_log(MV_LOG_WARN, "client %u: %s; closing it", c->id, strerror(-rc));
-    if (rc < 0 || client_done(c))
+    if (rc < 0 || client_done(c)) {
         client_close(d, c);
+        return false;
+    }
+    return c->more;
 }
 
 /* Give every client with a request waiting its next turn; true when some
@@ -1367,11 +1371,9 @@ static bool serve_waiting_clients(struct daemon *d)
 
     for (struct client *c = d->clients, *next; c; c = next) {
         next = c->next;
-        if (c->more)
-            client_serve(d, c);
+        if (c->more && client_serve(d, c))
+            more = true;
     }
-    for (struct client *c = d->clients; c && !more; c = c->next)
-        more = c->more;
     return more;
 }
 

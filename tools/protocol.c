@@ -1040,9 +1040,9 @@ void mv_tool_bad_option(char *const *argv, const struct option *options, int res
     length = value ? (size_t)(value - word) - 2 : strlen(word) - 2;
     for (const struct option *o = options; o->name; o++) {
         if (strlen(o->name) == length && strncmp(o->name, word + 2, length) == 0) {
+            /* An exact name fails only for a missing or an unwanted value. */
             snprintf(why, size, result == ':' ? "option '--%s' needs a value"
-                     : value && o->has_arg == no_argument ? "option '--%s' takes no value"
-                     : "option '--%s' is not valid here", o->name);
+                                              : "option '--%s' takes no value", o->name);
             return;
         }
     }
