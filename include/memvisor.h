@@ -612,6 +612,9 @@ struct mv_share_stats {
     uint64_t cow_run_unshares; /* pages unshared along with a CoW break so
                                   that it did not split a mapping: breaks
                                   do that once mappings near the limit */
+    uint64_t clone_pending_frames; /* frames adopted by clones that nothing
+                                      has touched since: their records are
+                                      not written yet (part of shared_frames) */
 };
 
 int mv_share_stats(mv_host *host, struct mv_share_stats *out);

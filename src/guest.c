@@ -705,13 +705,16 @@ void mv__guest_clone_oracle(struct mv_domain *src, struct mv_domain *clone)
     struct mv__guest *from = src->guest, *to = clone->guest;
 
     to->workload.seed = from->workload.seed;
+    /* The clone's arrays are fresh and zero: storing only what is not
+     * leaves the pages of them that would stay zero untouched. */
     for (uint64_t gfn = 0; gfn < src->maxmem_pages; gfn++) {
-        atomic_store_explicit(&to->oracle[gfn],
-                              atomic_load_explicit(&from->oracle[gfn], memory_order_relaxed),
-                              memory_order_relaxed);
-        atomic_store_explicit(&to->ballooned[gfn],
-                              atomic_load_explicit(&from->ballooned[gfn], memory_order_relaxed),
-                              memory_order_relaxed);
+        uint32_t version = atomic_load_explicit(&from->oracle[gfn], memory_order_relaxed);
+        uint8_t ballooned = atomic_load_explicit(&from->ballooned[gfn], memory_order_relaxed);
+
+        if (version)
+            atomic_store_explicit(&to->oracle[gfn], version, memory_order_relaxed);
+        if (ballooned)
+            atomic_store_explicit(&to->ballooned[gfn], ballooned, memory_order_relaxed);
     }
     to->ballooned_count = from->ballooned_count;
 }

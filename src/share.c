@@ -39,9 +39,14 @@
  * moves to the domain (a takeover).  A break of a frame known to be zero maps
  * a fresh zero page instead of copying.
  *
+ * Clones adopt frames pending: no record and no entries until first looked
+ * at (see "Pending frames" below).
+ *
  * Invariants (mv_share_audit):
  *   frame.refs == |frame.rmap|; every rmap entry (dom, gfn) has
  *   p2m[gfn] == SHARED and dom.frame[gfn] == frame at that position;
+ *   a pending frame has no record, and its gfn is SHARED with no entry in
+ *   each domain that its region names and that names the region;
  *   sum over domains of shared gfns == saved + frames;
  *   an indexed frame's bytes hash to its index entry;
  *   host populated pages == sum of domains' populated + shared frames.
@@ -103,6 +108,11 @@ struct mv__share_region {
     uint64_t *free_frames;       /* pool: freed frames below bump */
     size_t free_count, free_capacity;
     struct mv__sframe *frames;
+    /* Adopted: frames still as the clone left them (see "Pending frames"),
+     * one bit per frame, and the two domains that map them. */
+    uint64_t *pending;
+    uint64_t pending_frames;
+    struct mv__share_dom *pending_doms[2];  /* source (rmap position 0), clone */
 };
 
 /* Per 2 MiB block of a domain with shared gfns: their frames and positions
@@ -121,6 +131,7 @@ struct mv__share_dom {
                                          maxmem, untouched until used */
     uint64_t *table_used;             /* bitmap: blocks that ever had an entry */
     size_t table_bytes;
+    struct mv__share_region *pending_region;  /* whose pending frames it maps */
     uint64_t *excluded;          /* bitmap; domain lock */
     uint64_t excluded_count;
     uint32_t *checksums;         /* scanner; domain lock */
@@ -183,11 +194,29 @@ static struct mv__share_region *region_of(struct mv__share *s, uint64_t mfn)
     return NULL;
 }
 
-static struct mv__sframe *frame_of(struct mv__share *s, uint64_t mfn)
+static void materialize_word(struct mv__share *s, struct mv__share_region *r,
+                             uint64_t word);
+
+/* A frame's record as stored: pending frames have none yet (the audit). */
+static struct mv__sframe *frame_raw(struct mv__share *s, uint64_t mfn)
 {
     struct mv__share_region *r = region_of(s, mfn);
 
     return r ? &r->frames[mfn - r->first] : NULL;
+}
+
+/* A frame's record, written first if the frame is pending. */
+static struct mv__sframe *frame_of(struct mv__share *s, uint64_t mfn)
+{
+    struct mv__share_region *r = region_of(s, mfn);
+    uint64_t i;
+
+    if (!r)
+        return NULL;
+    i = mfn - r->first;
+    if (r->pending_frames && r->pending[i / 64])
+        materialize_word(s, r, i / 64);
+    return &r->frames[i];
 }
 
 static int region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool adopted,
@@ -197,7 +226,10 @@ static int region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool ad
     struct mv__share_region *r = calloc(1, sizeof(*r));
     size_t at = 0;
 
-    if (!r || !(r->frames = calloc(pages, sizeof(*r->frames)))) {
+    if (!r || !(r->frames = calloc(pages, sizeof(*r->frames))) ||
+        (adopted && !(r->pending = calloc((pages + 63) / 64, sizeof(*r->pending))))) {
+        if (r)
+            free(r->frames);
         free(r);
         return mv__fail(-ENOMEM, "no memory for %llu shared frames",
                         (unsigned long long)pages);
@@ -207,6 +239,7 @@ static int region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool ad
         struct mv__share_region **n = realloc(s->regions, cap * sizeof(*n));
 
         if (!n) {
+            free(r->pending);
             free(r->frames);
             free(r);
             return mv__fail(-ENOMEM, "no memory for shared frames");
@@ -243,6 +276,7 @@ static void region_remove(struct mv_host *h, struct mv__share_region *r)
     /* Every frame of it is a hole already: freed frames are punched. */
     mv__machine_free(&h->machine, r->first, r->pages);
     free(r->free_frames);
+    free(r->pending);
     free(r->frames);
     free(r);
 }
@@ -418,13 +452,33 @@ static uint64_t index_find(struct mv_host *h, uint64_t hash, const uint8_t *page
 /* ------------------------------------------------------------------------ */
 /* per-domain entries and reverse maps (share lock held)                    */
 
-static struct mv__share_block *dom_block(struct mv__share_dom *sd, uint64_t gfn, bool create)
+/* The entries of gfn's block as stored (NULL when it never had one); with
+ * `create`, the block counts as used from now on. */
+static struct mv__share_block *block_raw(struct mv__share_dom *sd, uint64_t gfn, bool create)
 {
     uint64_t b = gfn / MV_BLOCK_PAGES, bit = 1ull << (b % 64);
 
     if (create)
         sd->table_used[b / 64] |= bit;
     return sd->table_used[b / 64] & bit ? &sd->table[b] : NULL;
+}
+
+/* gfn's frame while it is pending, else MV_NO_MFN. */
+static uint64_t pending_mfn(const struct mv__share_dom *sd, uint64_t gfn)
+{
+    const struct mv__share_region *r = sd->pending_region;
+
+    return r && (r->pending[gfn / 64] >> (gfn % 64) & 1) ? r->first + gfn : MV_NO_MFN;
+}
+
+/* The entries of gfn's block, pending ones near gfn written first. */
+static struct mv__share_block *dom_block(struct mv__share_dom *sd, uint64_t gfn, bool create)
+{
+    struct mv__share_region *r = sd->pending_region;
+
+    if (r && r->pending[gfn / 64])
+        materialize_word(sd->domain->host->share, r, gfn / 64);
+    return block_raw(sd, gfn, create);
 }
 
 _Static_assert(MV_NO_MFN + 1 == 0, "an empty entry is MV_NO_MFN plus one");
@@ -450,7 +504,7 @@ static void dom_blocks_prefault(struct mv__share_dom *sd, uint64_t gfn, uint64_t
     if (n == 0)
         return;
     for (uint64_t b = first; b <= last; b++)
-        dom_block(sd, b * MV_BLOCK_PAGES, true);
+        block_raw(sd, b * MV_BLOCK_PAGES, true);
     mv__os_table_prefault(&sd->table[first], (last - first + 1) * sizeof(sd->table[0]));
 }
 
@@ -462,8 +516,10 @@ static uint64_t shared_mfn(struct mv_domain *d, uint64_t gfn)
 
     if (gfn >= d->maxmem_pages || d->p2m[gfn] != MV_P2M_SHARED)
         return MV_NO_MFN;
-    b = dom_block(d->share, gfn, false);
-    return entry_mfn(b, gfn);
+    /* Looking a frame up does not write out pending ones: reads stay cheap. */
+    b = block_raw(d->share, gfn, false);
+    return b && b->frame_plus_one[gfn % MV_BLOCK_PAGES] ? entry_mfn(b, gfn)
+                                                        : pending_mfn(d->share, gfn);
 }
 
 uint64_t mv__share_mfn(struct mv_domain *d, uint64_t gfn)
@@ -485,6 +541,137 @@ static uint64_t *rmap_entries(struct mv__sframe *f)
 static uint64_t rmap_encode(struct mv__share_dom *sd, uint64_t gfn)
 {
     return ((uint64_t)sd->slot << MV_RMAP_GFN_BITS) | gfn;
+}
+
+/*
+ * Pending frames.  A clone leaves every frame it adopts mapped by exactly two
+ * gfns, the source's and the clone's, both at the frame's index in the
+ * region.  Writing a record and two entries per frame was most of a clone's
+ * own work, so the clone only sets the frame's bit in the region's pending
+ * bitmap (the region remembers the two domains, each domain the region), and
+ * the records and entries of 64 frames are written when one of them or of
+ * their gfns is first looked at: frame_of and dom_block, through which every
+ * other path goes.  Only the audit and a destroy read the pending form as it
+ * is.  A domain destroyed lets go of its pending frames without records (the
+ * other domain then maps them alone, and when neither does they are freed by
+ * the run: pending_detach).  A domain maps the pending frames of at most one
+ * region: a clone first writes out those of its source.
+ */
+static void materialize_word(struct mv__share *s, struct mv__share_region *r, uint64_t word)
+{
+    struct mv__share_dom *doms[2];
+    uint64_t bits = r->pending[word];
+    uint32_t holders = 0;
+
+    for (int i = 0; i < 2; i++)
+        if (r->pending_doms[i])
+            doms[holders++] = r->pending_doms[i];
+    if (holders == 0)
+        return;   /* both let go during their destroy: pending_detach frees */
+    r->pending[word] = 0;
+    r->pending_frames -= (uint64_t)__builtin_popcountll(bits);
+    for (; bits; bits &= bits - 1) {
+        uint64_t gfn = word * 64 + (uint64_t)__builtin_ctzll(bits), mfn = r->first + gfn;
+        struct mv__sframe *f = &r->frames[gfn];
+
+        memset(f, 0, sizeof(*f));
+        f->flags = FRAME_LIVE;
+        f->handle = ++s->next_handle;
+        f->index_next = MV_NO_MFN;
+        f->refs = holders;
+        for (uint32_t i = 0; i < holders; i++) {
+            struct mv__share_block *b = block_raw(doms[i], gfn, true);
+
+            f->rmap.inline_entries[i] = rmap_encode(doms[i], gfn);
+            entry_set(b, gfn, mfn);
+            b->pos[gfn % MV_BLOCK_PAGES] = i;
+        }
+    }
+    if (r->pending_frames == 0) {
+        for (uint32_t i = 0; i < holders; i++)
+            doms[i]->pending_region = NULL;
+        r->pending_doms[0] = r->pending_doms[1] = NULL;
+    }
+}
+
+/* Write out every pending frame of r. */
+static void materialize_region(struct mv__share *s, struct mv__share_region *r)
+{
+    for (uint64_t w = 0; r->pending_frames && w < (r->pages + 63) / 64; w++)
+        if (r->pending[w])
+            materialize_word(s, r, w);
+}
+
+/* A domain going away stops mapping its pending frames (its lock and the
+ * share lock held): those gfns are PoD from now on, and the other domain
+ * keeps the frames, at rmap position 0 once written out. */
+static void pending_let_go(struct mv__share *s, struct mv_domain *d)
+{
+    struct mv__share_dom *sd = d->share;
+    struct mv__share_region *r = sd->pending_region;
+
+    for (uint64_t w = 0; w < (r->pages + 63) / 64; w++)
+        for (uint64_t bits = r->pending[w]; bits; bits &= bits - 1)
+            mv__p2m_set(d, w * 64 + (uint64_t)__builtin_ctzll(bits), MV_P2M_POD);
+    r->pending_doms[r->pending_doms[0] == sd ? 0 : 1] = NULL;
+    sd->pending_region = NULL;
+    s->refs -= r->pending_frames;
+}
+
+/* No domain maps r's pending frames any more: free them, a run at a time. */
+static void pending_free(struct mv_host *h, struct mv__share_region *r)
+{
+    struct mv__share *s = h->share;
+    uint64_t freed = 0;
+
+    for (uint64_t g = 0; r->pending_frames && g < r->pages;) {
+        uint64_t n = 0;
+        int rc;
+
+        if (!(r->pending[g / 64] >> (g % 64) & 1)) {
+            g = r->pending[g / 64] >> (g % 64) ? g + 1 : (g / 64 + 1) * 64;
+            continue;
+        }
+        while (g + n < r->pages && (r->pending[(g + n) / 64] >> ((g + n) % 64) & 1)) {
+            r->pending[(g + n) / 64] &= ~(1ull << ((g + n) % 64));
+            n++;
+        }
+        rc = mv__os_punch(h->machine.memfd, (r->first + g) << MV_PAGE_SHIFT,
+                          n << MV_PAGE_SHIFT);
+        if (rc < 0)
+            mv__log(h, MV_LOG_ERROR, "cannot scrub shared frames %#llx+%llu: %s",
+                    (unsigned long long)(r->first + g), (unsigned long long)n,
+                    mv_strerror(rc));
+        r->pending_frames -= n;
+        freed += n;
+        g += n;
+    }
+    mv__machine_uncharge(&h->machine, freed);
+    s->frames -= freed;
+    r->live -= freed;
+    if (r->live == 0)
+        region_remove(h, r);
+}
+
+/* Frames [r->first + gfn, + n) are now mapped by gfn in both the source and
+ * the clone and are live: count them, pending (share lock held). */
+static void pending_add(struct mv__share *s, struct mv__share_region *r,
+                        struct mv_domain *src, struct mv_domain *clone,
+                        uint64_t gfn, uint64_t n)
+{
+    for (uint64_t g = gfn; g < gfn + n;) {
+        uint64_t k = MV_MIN(64 - g % 64, gfn + n - g);
+
+        r->pending[g / 64] |= (k == 64 ? ~0ull : ((1ull << k) - 1)) << (g % 64);
+        g += k;
+    }
+    r->pending_frames += n;
+    r->pending_doms[0] = src->share;
+    r->pending_doms[1] = clone->share;
+    src->share->pending_region = clone->share->pending_region = r;
+    r->live += n;
+    s->frames += n;
+    s->refs += 2 * n;
 }
 
 /* (d, gfn) now maps mfn.  Only fails for lack of memory, changing nothing. */
@@ -781,20 +968,12 @@ static void free_own_frames(struct mv_domain *d, uint64_t gfn, uint64_t n)
     mv__machine_uncharge(&d->host->machine, n);
 }
 
-/*
- * Make [gfn, gfn + n) of d map frames [mfn, mfn + n) (domain and share locks
- * held).  The frames are live and hold the bytes the gfns hold.  Returns the
- * number of gfns now shared (some may have been written during the remap and
- * stay private) or a negative errno with nothing changed but the mapping
- * restored.
- */
-static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
-                           enum origin from)
+/* Map [gfn, gfn + n) of d to frames [mfn, mfn + n) and find the writes that
+ * raced the remap (written, as find_private_copies).  On failure nothing has
+ * changed but the mapping, put back where it was, or the domain crashed. */
+static long map_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
+                    enum origin from, uint8_t *written)
 {
-    struct mv__share *s = d->host->share;
-    uint8_t written[MV_BLOCK_PAGES];
-    uint64_t freed_start = 0, freed_end = 0; /* own frames not freed yet */
-    int64_t shared = 0;
     long copies;
     int rc = map_frames(d, gfn, mfn, n);
 
@@ -818,6 +997,19 @@ static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint
                          mv_strerror((int)copies));
         return -EFAULT;
     }
+    return copies;
+}
+
+/* The bookkeeping of a run map_run mapped: gfns written meanwhile become
+ * private, the others shared.  Returns how many are shared now, or -EFAULT
+ * when the domain crashed. */
+static int64_t settle_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
+                          enum origin from, const uint8_t *written)
+{
+    struct mv__share *s = d->host->share;
+    uint64_t freed_start = 0, freed_end = 0; /* own frames not freed yet */
+    int64_t shared = 0;
+
     for (uint64_t i = 0; i < n; i++) {
         if (written[i]) {
             if (adopt_private_copy(d, gfn + i, from) < 0)
@@ -860,6 +1052,22 @@ crashed:
     if (from == FROM_RAM)
         free_own_frames(d, gfn + freed_start, freed_end - freed_start);
     return -EFAULT;
+}
+
+/*
+ * Make [gfn, gfn + n) of d map frames [mfn, mfn + n) (domain and share locks
+ * held).  The frames are live and hold the bytes the gfns hold.  Returns the
+ * number of gfns now shared (some may have been written during the remap and
+ * stay private) or a negative errno with nothing changed but the mapping
+ * restored.
+ */
+static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
+                           enum origin from)
+{
+    uint8_t written[MV_BLOCK_PAGES];
+    long copies = map_run(d, gfn, mfn, n, from, written);
+
+    return copies < 0 ? copies : settle_run(d, gfn, mfn, n, from, written);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1390,16 +1598,22 @@ void mv__share_domain_destroy(struct mv_domain *d)
 {
     struct mv__share *s = d->host->share;
     struct mv__share_dom *sd = d->share;
+    struct mv__share_region *r;
 
     if (!sd)
         return;
     mv__mutex_lock(&s->lock);
+    r = sd->pending_region;
+    if (r)
+        pending_let_go(s, d);
     for (uint64_t g = 0; d->shared && g < d->maxmem_pages; g++) {
         if (d->p2m[g] == MV_P2M_SHARED) {
             rmap_del(d->host, d, g, true);
             mv__p2m_set(d, g, MV_P2M_POD);
         }
     }
+    if (r && !r->pending_doms[0] && !r->pending_doms[1])
+        pending_free(d->host, r);
     s->registry[sd->slot] = NULL;
     mv__mutex_unlock(&s->lock);
     mv__os_unmap(sd->table, sd->table_bytes);
@@ -1761,12 +1975,30 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
         for (uint64_t i = 0; i < n; i++)
             mv__p2m_set(c, gfn + i, MV_P2M_BALLOONED);
         return 0;
-    case MV_P2M_RAM:
+    case MV_P2M_RAM: {
+        uint8_t written[MV_BLOCK_PAGES];
+        long copies = map_run(src, gfn, old_base + gfn, n, FROM_CLONE, written);
+
+        if (copies < 0)
+            return (int)copies;
+        /* The clone is not reachable yet: no write can race its remap. */
+        if (copies == 0 && map_frames(c, gfn, old_base + gfn, n) == 0) {
+            pending_add(s, r, src, c, gfn, n);
+            for (uint64_t i = 0; i < n; i++) {
+                mv__p2m_set(src, gfn + i, MV_P2M_SHARED);
+                mv__p2m_set(c, gfn + i, MV_P2M_SHARED);
+            }
+            mv__os_uffd_wake(src->uffd, mv__gfn_addr(src, gfn), n << MV_PAGE_SHIFT);
+            return 0;
+        }
+        /* A thread ignored the pause, or the clone could not map: a record
+         * per frame, and the clone maps what the source still shares. */
         frames_init(s, r, old_base + gfn, n);
-        done = convert_run(src, gfn, old_base + gfn, n, FROM_CLONE);
+        done = settle_run(src, gfn, old_base + gfn, n, FROM_CLONE, written);
         if (done < 0)
             return (int)done;
         break;
+    }
     case MV_P2M_SHARED:
         /* Already shared: the clone maps the same frames, in runs of
          * consecutive ones. */
@@ -1810,11 +2042,12 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
 }
 
 /*
- * Before a clone fills them: the frame records of the source's populated
- * gfns and both domains' entries for every gfn that will be shared, written
- * in one call per extent instead of a page fault per page of the tables
- * (about a third of a clone's time otherwise).  Only a speed-up: where the
- * kernel cannot populate, the tables fault in as they are written.
+ * Before a clone: the memory of the tables it and the first writes after it
+ * will fill (both domains' entries of every gfn that will be shared, the
+ * records of the frames adopted), populated in one call per extent.  A page
+ * fault per page of them instead was a third of a clone's time, or, with the
+ * records left pending, a few page faults in each of the first CoW breaks.
+ * Only a speed-up: where the kernel cannot populate, they fault in as used.
  */
 static void prepare_clone_tables(struct mv_domain *src, struct mv_domain *c,
                                 struct mv__share_region *r, uint64_t old_base)
@@ -1886,6 +2119,9 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
     if (rc < 0)
         goto out;
     mv__mutex_lock(&s->lock);
+    /* The source is about to map pending frames of a new region. */
+    if (src->share->pending_region)
+        materialize_region(s, src->share->pending_region);
     old_base = src->base_mfn;
     populated_before = src->populated;
     runs = 0;
@@ -1968,6 +2204,8 @@ int mv_share_stats(mv_host *host, struct mv_share_stats *out)
     out->cow_takeovers = s->cow_takeovers;
     out->cow_nocopy = s->cow_nocopy;
     out->cow_run_unshares = s->cow_run_unshares;
+    for (size_t i = 0; i < s->region_count; i++)
+        out->clone_pending_frames += s->regions[i]->pending_frames;
     out->zero_reclaimed = s->zero_reclaimed;
     out->hash_collisions = s->hash_collisions;
     s->vma_count = count_mappings();
@@ -2019,7 +2257,7 @@ static int audit_frame(struct mv_host *h, uint64_t mfn, struct mv__sframe *f,
         uint64_t slot = e[i] >> MV_RMAP_GFN_BITS, gfn = e[i] & ((1ull << MV_RMAP_GFN_BITS) - 1);
         struct mv__share_dom *sd = slot < s->registry_capacity ? s->registry[slot] : NULL;
         struct mv__share_block *b = sd && gfn < sd->domain->maxmem_pages
-                                    ? dom_block(sd, gfn, false) : NULL;
+                                    ? block_raw(sd, gfn, false) : NULL;
 
         if (!b || entry_mfn(b, gfn) != mfn || b->pos[gfn % MV_BLOCK_PAGES] != i)
             return mv__fail(-EUCLEAN, "shared frame %#llx: reverse-map entry %u "
@@ -2039,23 +2277,55 @@ static int audit_frame(struct mv_host *h, uint64_t mfn, struct mv__sframe *f,
     return 0;
 }
 
+/* A pending frame (share lock held): mapped by its gfn in the domains the
+ * region names (one or both), which name the region back and hold no entry
+ * for the gfn. */
+static int audit_pending_frame(struct mv__share_region *r, uint64_t gfn,
+                               const uint8_t *resident)
+{
+    if (r->frames[gfn].flags & FRAME_LIVE)
+        return mv__fail(-EUCLEAN, "shared frame %#llx is pending and has a record",
+                        (unsigned long long)(r->first + gfn));
+    if (!*resident)
+        return mv__fail(-EUCLEAN, "shared frame %#llx holds no memory",
+                        (unsigned long long)(r->first + gfn));
+    if (!r->pending_doms[0] && !r->pending_doms[1])
+        return mv__fail(-EUCLEAN, "pending shared frame %#llx has no domain",
+                        (unsigned long long)(r->first + gfn));
+    for (int i = 0; i < 2; i++) {
+        struct mv__share_dom *sd = r->pending_doms[i];
+
+        if (!sd)
+            continue;
+        if (sd->pending_region != r || gfn >= sd->domain->maxmem_pages ||
+            sd->domain->p2m[gfn] != MV_P2M_SHARED ||
+            entry_mfn(block_raw(sd, gfn, false), gfn) != MV_NO_MFN)
+            return mv__fail(-EUCLEAN, "pending shared frame %#llx is not mapped by gfn "
+                            "%#llx of its %s alone", (unsigned long long)(r->first + gfn),
+                            (unsigned long long)gfn, i == 0 ? "source" : "clone");
+    }
+    return 0;
+}
+
 /* One domain's side (its lock and the share lock held): a gfn is SHARED
- * exactly when its entry names a live frame whose reverse map holds it. */
+ * exactly when its entry names a live frame whose reverse map holds it, or
+ * it maps a pending frame (checked from the frame's side). */
 static int audit_domain_entries(struct mv_host *h, struct mv_domain *d)
 {
     struct mv__share *s = h->share;
     struct mv__share_dom *sd = d->share;
 
     for (uint64_t g = 0; g < d->maxmem_pages; g++) {
-        struct mv__share_block *b = dom_block(sd, g, false);
-        uint64_t mfn = entry_mfn(b, g);
-        struct mv__sframe *f = mfn != MV_NO_MFN ? frame_of(s, mfn) : NULL;
+        struct mv__share_block *b = block_raw(sd, g, false);
+        uint64_t mfn = entry_mfn(b, g), pending = pending_mfn(sd, g);
+        struct mv__sframe *f = mfn != MV_NO_MFN ? frame_raw(s, mfn) : NULL;
 
-        if (d->p2m[g] != MV_P2M_SHARED) {
-            if (mfn != MV_NO_MFN)
-                return mv__fail(-EUCLEAN, "domain %u: gfn %#llx is not shared but "
-                                "names frame %#llx", d->domid, (unsigned long long)g,
-                                (unsigned long long)mfn);
+        if (d->p2m[g] != MV_P2M_SHARED || pending != MV_NO_MFN) {
+            if (mfn != MV_NO_MFN || (pending != MV_NO_MFN && d->p2m[g] != MV_P2M_SHARED))
+                return mv__fail(-EUCLEAN, "domain %u: gfn %#llx is %s but names frame "
+                                "%#llx", d->domid, (unsigned long long)g,
+                                d->p2m[g] != MV_P2M_SHARED ? "not shared" : "pending",
+                                (unsigned long long)(mfn != MV_NO_MFN ? mfn : pending));
             continue;
         }
         if (!f || !(f->flags & FRAME_LIVE) || b->pos[g % MV_BLOCK_PAGES] >= f->refs ||
@@ -2120,7 +2390,7 @@ static int audit_frames(struct mv_host *host, uint64_t *frames)
 
     for (size_t i = 0; i < s->region_count && rc == 0; i++) {
         struct mv__share_region *r = s->regions[i];
-        uint64_t live = 0;
+        uint64_t live = 0, pending = 0;
 
         free(resident);
         resident = malloc(r->pages);
@@ -2130,7 +2400,11 @@ static int audit_frames(struct mv_host *host, uint64_t *frames)
         }
         rc = mv__machine_resident(&host->machine, r->first, r->pages, resident);
         for (uint64_t j = 0; rc == 0 && j < r->pages; j++) {
-            if (r->frames[j].flags & FRAME_LIVE) {
+            if (r->pending && (r->pending[j / 64] >> (j % 64) & 1)) {
+                live++;
+                pending++;
+                rc = audit_pending_frame(r, j, &resident[j]);
+            } else if (r->frames[j].flags & FRAME_LIVE) {
                 live++;
                 rc = audit_frame(host, r->first + j, &r->frames[j], page, &resident[j]);
             } else if (resident[j] && j < r->bump) {
@@ -2142,6 +2416,10 @@ static int audit_frames(struct mv_host *host, uint64_t *frames)
             rc = mv__fail(-EUCLEAN, "shared region at %#llx counts %llu live frames, "
                           "holds %llu", (unsigned long long)r->first,
                           (unsigned long long)r->live, (unsigned long long)live);
+        if (rc == 0 && pending != r->pending_frames)
+            rc = mv__fail(-EUCLEAN, "shared region at %#llx counts %llu pending frames, "
+                          "holds %llu", (unsigned long long)r->first,
+                          (unsigned long long)r->pending_frames, (unsigned long long)pending);
         *frames += live;
     }
     free(resident);
@@ -2160,11 +2438,14 @@ static uint64_t count_shared_entries(struct mv__share *s)
         uint64_t pages = sd ? sd->domain->maxmem_pages : 0;
 
         for (uint64_t g = 0; g < pages; g += MV_BLOCK_PAGES) {
-            struct mv__share_block *b = dom_block(sd, g, false);
+            struct mv__share_block *b = block_raw(sd, g, false);
 
             for (uint64_t k = 0; b && k < MV_BLOCK_PAGES; k++)
                 entries += b->frame_plus_one[k] != 0;
         }
+        /* Pending frames are mapped by both of their domains. */
+        if (sd && sd->pending_region)
+            entries += sd->pending_region->pending_frames;
     }
     return entries;
 }

@@ -318,6 +318,119 @@ static void clone_shares_until_written(void **state)
     mv_host_destroy(h);
 }
 
+/* A clone leaves the frames it adopts pending, without records, until
+ * something looks at them; handles, reads, writes, a clone of either side,
+ * the audit and destroys in either order must find them shared all the
+ * same, and freed when neither side maps them. */
+static void clone_frames_pending_until_touched(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t src = domain1(h, "src", 64 * MiB, 2), c, cc;
+    mv_share_handle hs, hc;
+    uint64_t populated, before, g, page[MV_PAGE_SIZE / 8], other[MV_PAGE_SIZE / 8];
+    struct mv_share_stats s;
+    enum mv_page_type t;
+
+    (void)state;
+    fill(h, src, 16384, 12000);
+    /* Shared before the clone: those the clone maps with records. */
+    assert_true(mv_share_make_ro_and_share(h, src, 0, 1024, NULL) >= 0);
+    populated = tu_info(h, src).populated_pages;
+    assert_true(populated > 5000);
+    before = stats(h).shared_frames;
+    c = clone_running(h, src);
+    s = stats(h);
+    assert_int_equal(s.clone_pending_frames, populated);
+    assert_int_equal(s.shared_frames, before + populated);
+    assert_ok(mv_share_audit(h));
+    /* A handle names the frame both sides map; reading it is the frame's. */
+    for (g = 2048; g < 16384; g++) {
+        assert_ok(mv_domain_page_type(h, c, g, &t));
+        if (t == MV_PAGE_SHARED)
+            break;
+    }
+    assert_true(g < 16384);
+    assert_ok(mv_share_nominate(h, c, g, &hc));
+    assert_ok(mv_share_nominate(h, src, g, &hs));
+    assert_int_equal(hs, hc);
+    assert_ok(mv_domain_read_page(h, c, g, page));
+    assert_ok(mv_domain_read_page(h, src, g, other));
+    assert_memory_equal(page, other, MV_PAGE_SIZE);
+    assert_true(stats(h).clone_pending_frames < populated);
+    assert_ok(mv_share_audit(h));
+    /* Writes on both sides, then a clone of the clone while frames are
+     * still pending: the second clone writes them out first. */
+    fill(h, c, 16384, 1500);
+    fill(h, src, 16384, 1500);
+    verify_both(h, src, c);
+    assert_true(stats(h).clone_pending_frames > 0);
+    assert_ok(mv_domain_pause(h, c));
+    assert_ok(mv_domain_clone(h, c, "cc", &cc));
+    assert_ok(mv_domain_unpause(h, c));
+    assert_ok(mv_share_audit(h));
+    fill(h, cc, 16384, 1500);
+    tu_verify(h, cc);
+    /* The clone's own pending frames go when cc does; the source's first
+     * clone keeps its frames when the source goes, and takes them over. */
+    assert_ok(mv_domain_destroy(h, cc));
+    assert_ok(mv_share_audit(h));
+    assert_ok(mv_domain_destroy(h, src));
+    tu_verify(h, c);
+    fill(h, c, 16384, 3000);
+    assert_true(tu_info(h, c).cow_takeovers > 0);
+    tu_verify(h, c);
+    assert_ok(mv_domain_destroy(h, c));
+    s = stats(h);
+    assert_int_equal(s.shared_frames, 0);
+    assert_int_equal(s.shared_refs, 0);
+    assert_int_equal(s.clone_pending_frames, 0);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* Destroys of both sides of a clone nothing touched, in each order: the
+ * survivor maps the pending frames alone (a write takes its frame over, no
+ * memory needed), and when it goes too they are freed. */
+static void clone_destroyed_untouched(void **state)
+{
+    mv_host *h = tu_host();
+    struct mv_host_stats hs;
+
+    (void)state;
+    for (int order = 0; order < 2; order++) {
+        uint32_t src = domain1(h, "src", 32 * MiB, 1), c, survivor;
+        uint64_t populated;
+        struct mv_share_stats s;
+
+        fill(h, src, 8192, 6000);
+        populated = tu_info(h, src).populated_pages;
+        c = clone_running(h, src);
+        assert_ok(mv_domain_destroy(h, order == 0 ? c : src));
+        survivor = order == 0 ? src : c;
+        s = stats(h);
+        assert_int_equal(s.clone_pending_frames, populated);
+        assert_int_equal(s.shared_frames, populated);
+        assert_int_equal(s.saved_pages, 0);
+        assert_int_equal(tu_info(h, survivor).shared_pages, populated);
+        tu_verify(h, survivor);
+        /* A few writes: most frames are still pending when it goes. */
+        fill(h, survivor, 8192, 20);
+        assert_true(tu_info(h, survivor).cow_takeovers > 0);
+        assert_int_equal(tu_info(h, survivor).cow_takeovers,
+                         tu_info(h, survivor).cow_breaks);
+        tu_verify(h, survivor);
+        assert_true(stats(h).clone_pending_frames > populated / 2);
+        assert_ok(mv_domain_destroy(h, survivor));
+        s = stats(h);
+        assert_int_equal(s.shared_frames, 0);
+        assert_int_equal(s.clone_pending_frames, 0);
+        assert_ok(mv_host_stats(h, &hs));
+        assert_int_equal(hs.populated_pages, 0);
+        assert_ok(mv_host_audit(h));
+    }
+    mv_host_destroy(h);
+}
+
 /* CoW breaks need memory: the clone's target bounds them, and the PoD
  * policy decides when it is spent. */
 static void cow_breaks_follow_pod_policy(void **state)
@@ -696,6 +809,8 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(scanner_shares_zero_and_volatile),
     cmocka_unit_test(hints_share_first),
     cmocka_unit_test(clone_shares_until_written),
+    cmocka_unit_test(clone_frames_pending_until_touched),
+    cmocka_unit_test(clone_destroyed_untouched),
     cmocka_unit_test(cow_breaks_follow_pod_policy),
     cmocka_unit_test(exclude_keeps_pages_private),
     cmocka_unit_test(bad_calls_are_refused),

@@ -1377,6 +1377,8 @@ static void print_share_stats(struct json_object *reply)
            field_u64(s, "cow_breaks"), field_u64(s, "cow_takeovers"),
            field_u64(s, "cow_nocopy"), field_u64(s, "cow_run_unshares"),
            field_u64(s, "zero_reclaimed"));
+    printf("clones: %" PRIu64 " adopted frames untouched since (no records written yet)\n",
+           field_u64(s, "clone_pending_frames"));
     printf("hints: %" PRIu64 " ranges pending, %" PRIu64 " pages processed\n",
            field_u64(s, "hints_pending"), field_u64(s, "hinted_pages"));
     printf("scanner: %s; %" PRIu64 " passes, %" PRIu64 " pages, %" PRIu64 " volatile, "

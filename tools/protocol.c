@@ -866,6 +866,7 @@ struct json_object *mv_proto_share_stats_json(const struct mv_share_stats *stats
     add_u64(o, "cow_takeovers", stats->cow_takeovers);
     add_u64(o, "cow_nocopy", stats->cow_nocopy);
     add_u64(o, "cow_run_unshares", stats->cow_run_unshares);
+    add_u64(o, "clone_pending_frames", stats->clone_pending_frames);
     add_u64(o, "zero_reclaimed", stats->zero_reclaimed);
     add_u64(o, "hash_collisions", stats->hash_collisions);
     add_u64(o, "hints_pending", stats->hints_pending);
