@@ -57,6 +57,10 @@
  *   make_ro_and_share  two domains with the same bytes (at most 256 MiB)
  *                    shared by mv_share_make_ro_and_share(), then writes to
  *                    the second.
+ *   unwritten clone  another source like the first, cloned, the clone
+ *                    destroyed with nothing written (a sandbox's life), then
+ *                    the source, by then alone on every frame.  Peer: fork()
+ *                    holding as much, the child exiting at once, waitpid().
  *   kernel peers     the same timed stores to fresh private anonymous pages
  *                    and fresh pages of a shared memfd mapping (first-touch
  *                    faults), to a private file mapping whose pages were read
@@ -1539,6 +1543,11 @@ struct cow_run {
     struct cow_latency fork_cow;
     uint64_t fork_populate_ns;
     uint64_t fork_ns;
+    uint64_t fork_exit_ns;      /* fork() + the child's _exit() + waitpid() */
+    /* a clone that nothing writes, destroyed (a sandbox's life) */
+    uint64_t untouched_clone_ns;
+    uint64_t untouched_destroy_ns;
+    uint64_t last_holder_destroy_ns;  /* the source, then alone on its frames */
     /* the clone */
     uint64_t populate_ns;
     uint64_t populated_pages;
@@ -1807,6 +1816,16 @@ static int cow_kernel_fork(struct cow_run *run)
     } else {
         memcpy(run->latency, shared, count * sizeof(uint64_t));
         cow_summarize(run->latency, count, shared[count], &run->fork_cow);
+        /* A child that writes nothing: its whole life, as a clone's. */
+        t0 = mv_bench_now_ns();
+        pid = fork();
+        if (pid == 0)
+            _exit(0);
+        if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status)) {
+            mv_bench_error("cow: fork() and exit: %s", strerror(errno));
+            rc = MV_BENCH_FAILED;
+        }
+        run->fork_exit_ns = mv_bench_now_ns() - t0;
     }
     munmap(shared, (count + 1) * sizeof(uint64_t));
     munmap(mem, run->bytes);
@@ -2019,6 +2038,40 @@ static int cow_mras_case(struct cow_run *run, mv_host *host)
     return rc;
 }
 
+/* A clone nothing writes, destroyed, then its source (by then the only
+ * mapping of every frame): a sandbox's life, and the memory given back. */
+static int cow_untouched_case(struct cow_run *run, mv_host *host)
+{
+    uint32_t src, clone;
+    uint64_t t0;
+    int rc = cow_create(host, "cow-untouched", run->bytes, &src);
+
+    if (rc == MV_BENCH_OK)
+        rc = cow_fill_domain(host, src, COW_SALT_SOURCE, NULL);
+    if (rc != MV_BENCH_OK)
+        return rc;
+    if ((rc = mv_domain_pause(host, src)) < 0)
+        return mv_bench_lib_error("mv_domain_pause", rc);
+    t0 = mv_bench_now_ns();
+    rc = mv_domain_clone(host, src, "cow-untouched-clone", &clone);
+    run->untouched_clone_ns = mv_bench_now_ns() - t0;
+    if (rc < 0)
+        return mv_bench_lib_error("mv_domain_clone", rc);
+    t0 = mv_bench_now_ns();
+    rc = mv_domain_destroy(host, clone);
+    run->untouched_destroy_ns = mv_bench_now_ns() - t0;
+    if (rc < 0)
+        return mv_bench_lib_error("mv_domain_destroy", rc);
+    rc = cow_check_domain(run, host, src, "cow-untouched", run->pages, COW_SALT_SOURCE,
+                          0, 1, 0);
+    if (rc != MV_BENCH_OK)
+        return rc;
+    t0 = mv_bench_now_ns();
+    rc = mv_domain_destroy(host, src);
+    run->last_holder_destroy_ns = mv_bench_now_ns() - t0;
+    return rc < 0 ? mv_bench_lib_error("mv_domain_destroy", rc) : MV_BENCH_OK;
+}
+
 static int cow_memvisor(struct cow_run *run)
 {
     mv_host *host;
@@ -2029,6 +2082,8 @@ static int cow_memvisor(struct cow_run *run)
     rc = cow_clone_case(run, host);
     if (rc == MV_BENCH_OK)
         rc = cow_mras_case(run, host);
+    if (rc == MV_BENCH_OK)
+        rc = cow_untouched_case(run, host);
     if (rc == MV_BENCH_OK) {
         audit_host(host, &run->share_audit, &run->host_audit, run->audit_error,
                    sizeof(run->audit_error));
@@ -2045,7 +2100,7 @@ static int cow_memvisor(struct cow_run *run)
 /* ------------------------------------------------------------------------ */
 /* Comparisons and reports                                                   */
 
-#define COW_MAX_COMPARISONS 10
+#define COW_MAX_COMPARISONS 11
 
 static size_t cow_comparisons(const struct cow_run *run, struct mv_bench_comparison *out)
 {
@@ -2060,6 +2115,11 @@ static size_t cow_comparisons(const struct cow_run *run, struct mv_bench_compari
     out[n++] = (struct mv_bench_comparison){
         .figure = "clone", .unit = "ns", .value = (double)run->clone_ns,
         .peer = "fork() holding as much memory", .peer_value = (double)run->fork_ns,
+    };
+    out[n++] = (struct mv_bench_comparison){
+        .figure = "clone + destroy, unwritten", .unit = "ns",
+        .value = (double)(run->untouched_clone_ns + run->untouched_destroy_ns),
+        .peer = "fork() + exit + wait", .peer_value = (double)run->fork_exit_ns,
     };
     out[n++] = (struct mv_bench_comparison){
         .figure = "CoW break median", .unit = "ns",
@@ -2174,6 +2234,16 @@ static int cow_report_json(const struct cow_run *run)
     json_object_object_add(clone, "clone_shared_pages", u64_json(run->clone_shared_pages));
     json_object_object_add(clone, "vma_count", u64_json(run->vmas_after_clone));
     json_object_object_add(root, "clone", clone);
+    o = json_object_new_object();
+    json_object_object_add(o, "clone_ns", u64_json(run->untouched_clone_ns));
+    json_object_object_add(o, "destroy_clone_ns", u64_json(run->untouched_destroy_ns));
+    json_object_object_add(o, "destroy_source_ns", u64_json(run->last_holder_destroy_ns));
+    json_object_object_add(o, "fork_exit_wait_ns", u64_json(run->fork_exit_ns));
+    json_object_object_add(o, "what", json_object_new_string(
+        "a second source of guest_mib, cloned, the clone destroyed with nothing written, "
+        "then the source destroyed (by then the only mapping of every frame); the peer is "
+        "fork() of the process holding guest_mib, the child exiting at once, waitpid()"));
+    json_object_object_add(root, "unwritten_clone", o);
 
     o = cow_latency_json(&run->clone_break);
     json_object_object_add(o, "saved_pages_after", u64_json(run->saved_after_breaks));
@@ -2229,7 +2299,7 @@ static int cow_report_text(const struct cow_run *run)
 {
     struct mv_bench_comparison cmp[COW_MAX_COMPARISONS];
     size_t n = cow_comparisons(run, cmp);
-    char a[32], b[32];
+    char a[32], b[32], c[32], d[32];
 
     printf("memvisor bench cow: a %" PRIu64 " MiB domain, %" PRIu64 " writes %" PRIu64
            " pages apart, timer overhead %" PRIu64 " ns per timed store\n", run->opt.mib,
@@ -2241,6 +2311,12 @@ static int cow_report_text(const struct cow_run *run)
            run->populated_pages ? (double)run->clone_ns / (double)run->populated_pages : 0,
            run->saved_after_clone,
            mv_bench_format(b, sizeof(b), (double)run->fork_ns, "ns"));
+    printf("unwritten clone: cloned in %s, destroyed in %s; then its source, alone on "
+           "every frame, destroyed in %s; fork() + exit + wait: %s\n",
+           mv_bench_format(a, sizeof(a), (double)run->untouched_clone_ns, "ns"),
+           mv_bench_format(b, sizeof(b), (double)run->untouched_destroy_ns, "ns"),
+           mv_bench_format(c, sizeof(c), (double)run->last_holder_destroy_ns, "ns"),
+           mv_bench_format(d, sizeof(d), (double)run->fork_exit_ns, "ns"));
     printf("\nwrites:\n");
     cow_print_latency("memvisor: clone breaks a shared page", &run->clone_break);
     cow_print_latency("memvisor: source, last mapping of the frame", &run->source_break);
