@@ -544,8 +544,10 @@ int mv_share_exclude(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count
  * `name`, has the source's configuration and shares every populated page
  * with it read-only from the first instant; PoD and ballooned entries are
  * copied as such.  The work is one remap per run of the source's p2m, not
- * per page; no guest byte is copied until one side writes.  The source stays
- * paused; the clone starts running (its built-in vCPUs idle).
+ * per page; no guest byte is copied until one side writes, and the sharing
+ * records of a frame are written only when it is first touched
+ * (mv_share_stats().clone_pending_frames counts those not yet).  The source
+ * stays paused; the clone starts running (its built-in vCPUs idle).
  */
 int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
                     uint32_t *clone_domid);
