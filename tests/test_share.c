@@ -262,6 +262,26 @@ static void hints_share_first(void **state)
     mv_host_destroy(h);
 }
 
+/* `gone` is destroyed; `survivor`, the last mapping of what they shared,
+ * writes `pages` pages (takeovers), and when it goes too, no shared frame is
+ * left. */
+static void survivor_takes_over(mv_host *h, uint32_t gone, uint32_t survivor, uint64_t pages)
+{
+    struct mv_share_stats s;
+
+    assert_ok(mv_domain_destroy(h, gone));
+    tu_verify(h, survivor);
+    fill(h, survivor, 16384, pages);
+    assert_true(tu_info(h, survivor).cow_takeovers > 0);
+    tu_verify(h, survivor);
+    assert_ok(mv_domain_destroy(h, survivor));
+    s = stats(h);
+    assert_int_equal(s.shared_frames, 0);
+    assert_int_equal(s.shared_refs, 0);
+    assert_int_equal(s.clone_pending_frames, 0);
+    assert_ok(mv_host_audit(h));
+}
+
 /* A clone shares every populated page from the first instant; each side's
  * writes stay its own. */
 static void clone_shares_until_written(void **state)
@@ -305,16 +325,7 @@ static void clone_shares_until_written(void **state)
         tu_verify(h, cc);
         assert_ok(mv_domain_destroy(h, cc));
     }
-    assert_ok(mv_domain_destroy(h, src));
-    tu_verify(h, c);
-    fill(h, c, 16384, 5000); /* takeovers now */
-    assert_true(tu_info(h, c).cow_takeovers > 0);
-    tu_verify(h, c);
-    assert_ok(mv_domain_destroy(h, c));
-    s = stats(h);
-    assert_int_equal(s.shared_frames, 0);
-    assert_int_equal(s.shared_refs, 0);
-    assert_ok(mv_host_audit(h));
+    survivor_takes_over(h, src, c, 5000);
     mv_host_destroy(h);
 }
 
@@ -374,17 +385,7 @@ static void clone_frames_pending_until_touched(void **state)
      * clone keeps its frames when the source goes, and takes them over. */
     assert_ok(mv_domain_destroy(h, cc));
     assert_ok(mv_share_audit(h));
-    assert_ok(mv_domain_destroy(h, src));
-    tu_verify(h, c);
-    fill(h, c, 16384, 3000);
-    assert_true(tu_info(h, c).cow_takeovers > 0);
-    tu_verify(h, c);
-    assert_ok(mv_domain_destroy(h, c));
-    s = stats(h);
-    assert_int_equal(s.shared_frames, 0);
-    assert_int_equal(s.shared_refs, 0);
-    assert_int_equal(s.clone_pending_frames, 0);
-    assert_ok(mv_host_audit(h));
+    survivor_takes_over(h, src, c, 3000);
     mv_host_destroy(h);
 }
 
