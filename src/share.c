@@ -551,11 +551,12 @@ static uint64_t rmap_encode(struct mv__share_dom *sd, uint64_t gfn)
  * bitmap (the region remembers the two domains, each domain the region), and
  * the records and entries of 64 frames are written when one of them or of
  * their gfns is first looked at: frame_of and dom_block, through which every
- * other path goes.  Only the audit and a destroy read the pending form as it
- * is.  A domain destroyed lets go of its pending frames without records (the
- * other domain then maps them alone, and when neither does they are freed by
- * the run: pending_detach).  A domain maps the pending frames of at most one
- * region: a clone first writes out those of its source.
+ * other path goes.  Looking a frame's number up (shared_mfn), the audit and
+ * a destroy read the pending form as it is.  A domain destroyed lets go of
+ * its pending frames without records (pending_let_go: the other domain then
+ * maps them alone), and when neither does they are freed by the run
+ * (pending_free).  A domain maps the pending frames of at most one region: a
+ * clone first writes out those of its source.
  */
 static void materialize_word(struct mv__share *s, struct mv__share_region *r, uint64_t word)
 {
@@ -567,7 +568,7 @@ static void materialize_word(struct mv__share *s, struct mv__share_region *r, ui
         if (r->pending_doms[i])
             doms[holders++] = r->pending_doms[i];
     if (holders == 0)
-        return;   /* both let go during their destroy: pending_detach frees */
+        return;   /* both let go during their destroy: pending_free frees */
     r->pending[word] = 0;
     r->pending_frames -= (uint64_t)__builtin_popcountll(bits);
     for (; bits; bits &= bits - 1) {
