@@ -1922,23 +1922,32 @@ static int cow_check_domain(struct cow_run *run, mv_host *host, uint32_t dom,
     return rc;
 }
 
+/* A source of --guest-mib, every page written, paused for a clone. */
+static int cow_paused_source(mv_host *host, const char *name, uint64_t bytes, uint32_t *src,
+                             uint64_t *populate_ns)
+{
+    int rc = cow_create(host, name, bytes, src);
+
+    if (rc == MV_BENCH_OK)
+        rc = cow_fill_domain(host, *src, COW_SALT_SOURCE, populate_ns);
+    if (rc == MV_BENCH_OK && (rc = mv_domain_pause(host, *src)) < 0)
+        return mv_bench_lib_error("mv_domain_pause", rc);
+    return rc;
+}
+
 static int cow_clone_case(struct cow_run *run, mv_host *host)
 {
     struct mv_domain_info info;
     uint32_t src, clone;
     uint64_t saved0 = 0, t0;
     uint8_t *ram = NULL;
-    int rc = cow_create(host, "cow-source", run->bytes, &src);
+    int rc = cow_paused_source(host, "cow-source", run->bytes, &src, &run->populate_ns);
 
-    if (rc == MV_BENCH_OK)
-        rc = cow_fill_domain(host, src, COW_SALT_SOURCE, &run->populate_ns);
     if (rc != MV_BENCH_OK)
         return rc;
     if ((rc = mv_domain_info(host, src, &info)) < 0)
         return mv_bench_lib_error("mv_domain_info", rc);
     run->populated_pages = info.populated_pages;
-    if ((rc = mv_domain_pause(host, src)) < 0)
-        return mv_bench_lib_error("mv_domain_pause", rc);
     if ((rc = cow_saved(host, &saved0, NULL, NULL, NULL)) != MV_BENCH_OK)
         return rc;
     t0 = mv_bench_now_ns();
@@ -2044,14 +2053,10 @@ static int cow_untouched_case(struct cow_run *run, mv_host *host)
 {
     uint32_t src, clone;
     uint64_t t0;
-    int rc = cow_create(host, "cow-untouched", run->bytes, &src);
+    int rc = cow_paused_source(host, "cow-untouched", run->bytes, &src, NULL);
 
-    if (rc == MV_BENCH_OK)
-        rc = cow_fill_domain(host, src, COW_SALT_SOURCE, NULL);
     if (rc != MV_BENCH_OK)
         return rc;
-    if ((rc = mv_domain_pause(host, src)) < 0)
-        return mv_bench_lib_error("mv_domain_pause", rc);
     t0 = mv_bench_now_ns();
     rc = mv_domain_clone(host, src, "cow-untouched-clone", &clone);
     run->untouched_clone_ns = mv_bench_now_ns() - t0;

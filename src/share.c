@@ -512,14 +512,13 @@ static void dom_blocks_prefault(struct mv__share_dom *sd, uint64_t gfn, uint64_t
  * and share locks held). */
 static uint64_t shared_mfn(struct mv_domain *d, uint64_t gfn)
 {
-    struct mv__share_block *b;
+    uint64_t mfn;
 
     if (gfn >= d->maxmem_pages || d->p2m[gfn] != MV_P2M_SHARED)
         return MV_NO_MFN;
     /* Looking a frame up does not write out pending ones: reads stay cheap. */
-    b = block_raw(d->share, gfn, false);
-    return b && b->frame_plus_one[gfn % MV_BLOCK_PAGES] ? entry_mfn(b, gfn)
-                                                        : pending_mfn(d->share, gfn);
+    mfn = entry_mfn(block_raw(d->share, gfn, false), gfn);
+    return mfn != MV_NO_MFN ? mfn : pending_mfn(d->share, gfn);
 }
 
 uint64_t mv__share_mfn(struct mv_domain *d, uint64_t gfn)
