@@ -161,6 +161,11 @@ struct mv__share {
     bool stopped, breaks_unsharing_runs;
     char stop_reason[160];
     int pagemap_fd;              /* /proc/self/pagemap */
+    /* While a domain is destroyed: freed frames not yet punched, one run of
+     * consecutive frames, and how many of them give their charge back
+     * (scrub_frame, scrub_flush). */
+    bool scrub_batching;
+    uint64_t scrub_first, scrub_count, scrub_uncharge;
 };
 
 static uint64_t own_offset(struct mv_domain *d, uint64_t gfn)
@@ -261,10 +266,13 @@ static int region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool ad
     return 0;
 }
 
+static void scrub_flush(struct mv_host *h);
+
 static void region_remove(struct mv_host *h, struct mv__share_region *r)
 {
     struct mv__share *s = h->share;
 
+    scrub_flush(h);     /* the block must hold no memory when it goes back */
     for (size_t i = 0; i < s->region_count; i++) {
         if (s->regions[i] == r) {
             memmove(&s->regions[i], &s->regions[i + 1],
@@ -700,6 +708,43 @@ static int rmap_add(struct mv__share *s, uint64_t mfn, struct mv_domain *d, uint
     return 0;
 }
 
+/* Punch out the frames scrub_frame has gathered and give their charge back
+ * (share lock held).  A no-op when there are none. */
+static void scrub_flush(struct mv_host *h)
+{
+    struct mv__share *s = h->share;
+    int rc;
+
+    if (!s->scrub_count)
+        return;
+    rc = mv__os_punch(h->machine.memfd, s->scrub_first << MV_PAGE_SHIFT,
+                      s->scrub_count << MV_PAGE_SHIFT);
+    if (rc < 0)
+        mv__log(h, MV_LOG_ERROR, "cannot scrub shared frames %#llx+%llu: %s",
+                (unsigned long long)s->scrub_first, (unsigned long long)s->scrub_count,
+                mv_strerror(rc));
+    mv__machine_uncharge(&h->machine, s->scrub_uncharge);
+    s->scrub_count = s->scrub_uncharge = 0;
+}
+
+/* Scrub a freed frame: at once, or while a domain is destroyed, as part of
+ * a run of consecutive frames punched with one call.  A gathered frame is
+ * not handed out again before the run is punched: that needs the share
+ * lock, which the destroy holds until it flushes. */
+static void scrub_frame(struct mv_host *h, uint64_t mfn, bool uncharge)
+{
+    struct mv__share *s = h->share;
+
+    if (s->scrub_count && mfn != s->scrub_first + s->scrub_count)
+        scrub_flush(h);
+    if (!s->scrub_count)
+        s->scrub_first = mfn;
+    s->scrub_count++;
+    s->scrub_uncharge += uncharge;
+    if (!s->scrub_batching)
+        scrub_flush(h);
+}
+
 /* Free a frame no one maps: scrub it, and give its charge back unless it
  * moves to a domain (a takeover). */
 static void frame_free(struct mv_host *h, uint64_t mfn, bool uncharge)
@@ -707,19 +752,13 @@ static void frame_free(struct mv_host *h, uint64_t mfn, bool uncharge)
     struct mv__share *s = h->share;
     struct mv__share_region *r = region_of(s, mfn);
     struct mv__sframe *f = &r->frames[mfn - r->first];
-    int rc;
 
     if (f->flags & FRAME_INDEXED)
         index_remove(s, mfn);
     if (f->rmap_cap)
         free(f->rmap.heap);
     memset(f, 0, sizeof(*f));
-    rc = mv__os_punch(h->machine.memfd, mfn << MV_PAGE_SHIFT, MV_PAGE_SIZE);
-    if (rc < 0)
-        mv__log(h, MV_LOG_ERROR, "cannot scrub shared frame %#llx: %s",
-                (unsigned long long)mfn, mv_strerror(rc));
-    if (uncharge)
-        mv__machine_uncharge(&h->machine, 1);
+    scrub_frame(h, mfn, uncharge);
     s->frames--;
     r->live--;
     if (!r->adopted && r->free_count < r->free_capacity)
@@ -1606,12 +1645,15 @@ void mv__share_domain_destroy(struct mv_domain *d)
     r = sd->pending_region;
     if (r)
         pending_let_go(s, d);
+    s->scrub_batching = true;
     for (uint64_t g = 0; d->shared && g < d->maxmem_pages; g++) {
         if (d->p2m[g] == MV_P2M_SHARED) {
             rmap_del(d->host, d, g, true);
             mv__p2m_set(d, g, MV_P2M_POD);
         }
     }
+    scrub_flush(d->host);
+    s->scrub_batching = false;
     if (r && !r->pending_doms[0] && !r->pending_doms[1])
         pending_free(d->host, r);
     s->registry[sd->slot] = NULL;
