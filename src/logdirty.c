@@ -490,130 +490,57 @@ int mv_logdirty_disable(mv_host *host, uint32_t domid)
     return rc;
 }
 
-typedef int64_t (*region_fn)(struct mv_domain *d, const struct page_region *r,
-                            void *context);
-
 /*
- * One PAGEMAP_SCAN pass over [start, end) for written pages, re-protecting
- * them when `protect`.  Calls fn on each region found.  Returns the pages
- * found or a negative errno.
+ * wp-async: move written PTEs into the bitmap, re-protecting them (lock
+ * held).  Returns pages moved.
+ *
+ * One protecting PAGEMAP_SCAN over all of RAM: the kernel reads and
+ * re-protects each written PTE atomically under its page-table lock and
+ * walks clean memory without any work in userspace; a full output vector
+ * stops the walk at a page it has not protected, and the next call goes on
+ * from there.  The kernel flushes the TLB once per page table it changed,
+ * over that table's whole rest.  The alternative, a read-only scan to find
+ * the written regions and then a protecting call per 2 MiB block over just
+ * their span (precise flushes), costs a second walk of all of RAM and a
+ * system call per block, and measured slower on both hosts we have run on
+ * (docs/performance.md).  Mappings of shared frames are skipped: they
+ * belong to the synchronous copy-on-write userfaultfd and are never
+ * written in place.
  */
-static int64_t scan_written(struct mv_domain *d, uintptr_t start, uintptr_t end,
-                            bool protect, struct page_region *regions, size_t capacity,
-                            region_fn fn, void *context)
+static int64_t harvest_locked(struct mv_domain *d)
 {
+    struct page_region regions[256];
+    uintptr_t base = (uintptr_t)d->ram, end = base + (d->maxmem_pages << MV_PAGE_SHIFT);
     struct pm_scan_arg arg = {
         .size = sizeof(arg),
-        .flags = protect ? PM_SCAN_WP_MATCHING : 0,
-        .start = start,
+        .flags = PM_SCAN_WP_MATCHING,
+        .start = base,
         .end = end,
         .vec = (uintptr_t)regions,
-        .vec_len = capacity,
+        .vec_len = MV_ARRAY_SIZE(regions),
         .category_mask = PAGE_IS_WRITTEN,
         .return_mask = PAGE_IS_WRITTEN,
     };
     int64_t pages = 0;
 
+    if (d->logdirty->mode != MV_LOGDIRTY_WP_ASYNC)
+        return 0;
     for (;;) {
         long n = mv__os_pagemap_scan(d->logdirty->pagemap_fd, &arg);
 
         if (n < 0)
             return mv__fail((int)n, "PAGEMAP_SCAN failed: %s", mv_strerror((int)n));
         for (long i = 0; i < n; i++) {
-            int64_t rc = fn(d, &regions[i], context);
+            uint64_t gfn = (regions[i].start - base) >> MV_PAGE_SHIFT;
+            uint64_t count = (regions[i].end - regions[i].start) >> MV_PAGE_SHIFT;
 
-            if (rc < 0)
-                return rc;
-            pages += rc;
+            set_bits(d->logdirty->bitmap, gfn, count);
+            pages += (int64_t)count;
         }
         if (arg.walk_end == 0 || arg.walk_end >= end)
             return pages;
         arg.start = arg.walk_end;
     }
-}
-
-/* Second pass: the region was read and re-protected; report it. */
-static int64_t report_region(struct mv_domain *d, const struct page_region *r,
-                             void *context)
-{
-    uint64_t gfn = (r->start - (uintptr_t)d->ram) >> MV_PAGE_SHIFT;
-    uint64_t count = (r->end - r->start) >> MV_PAGE_SHIFT;
-
-    (void)context;
-    set_bits(d->logdirty->bitmap, gfn, count);
-    return (int64_t)count;
-}
-
-/* The written regions of one 2 MiB block, gathered by the first pass. */
-struct block_span {
-    uintptr_t start;
-    uintptr_t end;
-};
-
-/* Read and re-protect one span atomically: the second pass. */
-static int64_t protect_span(struct mv_domain *d, struct block_span *span)
-{
-    struct page_region found[32];
-    int64_t rc;
-
-    if (span->start == span->end)
-        return 0;
-    rc = scan_written(d, span->start, span->end, true, found, MV_ARRAY_SIZE(found),
-                      report_region, NULL);
-    span->start = span->end = 0;
-    return rc;
-}
-
-/* First pass: extend the current block's span, or close it and start the
- * next block's.  Pages are counted by the second pass. */
-static int64_t gather_region(struct mv_domain *d, const struct page_region *r,
-                             void *context)
-{
-    const uintptr_t block = (uintptr_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT;
-    struct block_span *span = context;
-    int64_t rc = 0;
-
-    if (span->start != span->end &&
-        r->start / block != (span->end - 1) / block)
-        rc = protect_span(d, span);
-    if (rc < 0)
-        return rc;
-    if (span->start == span->end)
-        span->start = r->start;
-    span->end = r->end;
-    return rc;
-}
-
-/*
- * wp-async: move written PTEs into the bitmap, re-protecting them (lock
- * held).  Returns pages moved.
- *
- * Two passes.  A read-only scan finds the written regions (no per-page work
- * for clean memory); then each 2 MiB block's span of written regions is read
- * and re-protected atomically by a second, protecting scan of just that
- * span.  One protecting pass over everything would do the same, but the
- * kernel then flushes the TLB over each whole page table it changed, and a
- * full flush costs tens of microseconds on a paravirtualized machine against
- * a few for the handful of pages that changed; one call per region instead
- * of per block costs ten times more when a block holds many regions.  A page
- * written between the passes is either in its span's second pass or still
- * marked written for the next harvest: nothing is lost.
- */
-static int64_t harvest_locked(struct mv_domain *d)
-{
-    struct page_region regions[256];
-    struct block_span span = { 0, 0 };
-    uintptr_t base = (uintptr_t)d->ram;
-    int64_t rc, last;
-
-    if (d->logdirty->mode != MV_LOGDIRTY_WP_ASYNC)
-        return 0;
-    rc = scan_written(d, base, base + (d->maxmem_pages << MV_PAGE_SHIFT), false,
-                      regions, MV_ARRAY_SIZE(regions), gather_region, &span);
-    if (rc < 0)
-        return rc;
-    last = protect_span(d, &span);
-    return last < 0 ? last : rc + last;
 }
 
 int64_t mv_logdirty_harvest(mv_host *host, uint32_t domid)
@@ -664,8 +591,13 @@ static int64_t fetch(mv_host *host, uint32_t domid, uint64_t *dirty,
     }
     rc = harvest_locked(d);
     for (size_t i = 0; rc >= 0 && i < words; i++) {
-        dirty[i] = clear ? atomic_exchange_explicit(&l->bitmap[i], 0, memory_order_acq_rel)
-                         : atomic_load_explicit(&l->bitmap[i], memory_order_acquire);
+        /* A word read as zero is not exchanged: a bit set after the read
+         * stays in the live bitmap, like one set after an exchange, and is
+         * fetched next time.  Most words are zero, and a locked exchange
+         * costs ten times a read. */
+        dirty[i] = atomic_load_explicit(&l->bitmap[i], memory_order_acquire);
+        if (clear && dirty[i])
+            dirty[i] = atomic_exchange_explicit(&l->bitmap[i], 0, memory_order_acq_rel);
         count += (uint64_t)__builtin_popcountll(dirty[i]);
     }
     if (rc >= 0 && clear && l->mode != MV_LOGDIRTY_WP_ASYNC) {
