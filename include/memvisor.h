@@ -111,6 +111,14 @@ struct mv_host_config {
      * Default (MV_FAULT_SPIN_DEFAULT) set by mv_host_config_init.
      */
     unsigned fault_spin_us;
+    /*
+     * CPUs the fault threads may run on, a list in taskset's syntax
+     * ("2", "0-3,8"); NULL or "" = wherever the process may.  Read only by
+     * mv_host_create.  On a virtual machine, waking another vCPU can cost
+     * more than the fault itself: a VMM that pins its vCPUs does best to
+     * put the fault threads on the same CPUs (docs/performance.md).
+     */
+    const char *fault_cpus;
     mv_log_fn log;
     void *log_opaque;
     enum mv_log_level log_level;

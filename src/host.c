@@ -24,6 +24,52 @@ void mv_host_config_init(struct mv_host_config *config)
     config->log_level = MV_LOG_INFO;
 }
 
+/*
+ * Parse a CPU list in taskset's syntax ("0-3,8") into `set`: each CPU must
+ * exist and the list must name at least one this process may run on.
+ */
+static int parse_cpu_list(const char *list, cpu_set_t *set)
+{
+    cpu_set_t allowed;
+    const char *p = list;
+
+    CPU_ZERO(set);
+    do {
+        char *end;
+        unsigned long first, last;
+
+        if (*p < '0' || *p > '9')
+            return mv__fail(-EINVAL, "fault_cpus '%s': expected a CPU number at '%s'",
+                            list, p);
+        first = last = strtoul(p, &end, 10);
+        if (*end == '-') {
+            p = end + 1;
+            if (*p < '0' || *p > '9')
+                return mv__fail(-EINVAL, "fault_cpus '%s': expected a CPU number "
+                                "at '%s'", list, p);
+            last = strtoul(p, &end, 10);
+        }
+        if (last < first)
+            return mv__fail(-EINVAL, "fault_cpus '%s': range %lu-%lu runs backwards",
+                            list, first, last);
+        if (last >= CPU_SETSIZE)
+            return mv__fail(-EINVAL, "fault_cpus '%s': CPU %lu is beyond the %d "
+                            "this library can name", list, last, CPU_SETSIZE);
+        for (unsigned long cpu = first; cpu <= last; cpu++)
+            CPU_SET(cpu, set);
+        p = end;
+    } while (*p == ',' && ++p);
+    if (*p)
+        return mv__fail(-EINVAL, "fault_cpus '%s': unexpected '%s'", list, p);
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0) {
+        CPU_AND(&allowed, &allowed, set);
+        if (CPU_COUNT(&allowed) == 0)
+            return mv__fail(-EINVAL, "fault_cpus '%s': none of these CPUs is one "
+                            "this process may run on", list);
+    }
+    return 0;
+}
+
 int mv_host_create(const struct mv_host_config *config, mv_host **out)
 {
     struct mv_host *h;
@@ -42,6 +88,15 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     if (!h)
         return mv__fail(-ENOMEM, "no memory for a host");
     h->config = *config;
+    h->config.fault_cpus = NULL;    /* the caller's string: read here only */
+    if (config->fault_cpus && config->fault_cpus[0]) {
+        rc = parse_cpu_list(config->fault_cpus, &h->fault_cpus);
+        if (rc < 0) {
+            free(h);
+            return rc;
+        }
+        h->fault_cpus_set = true;
+    }
     if (!h->config.fault_threads)
         h->config.fault_threads = 1;
     if (!h->config.machine_bytes)

@@ -49,6 +49,7 @@
 #include "memvisor.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -550,6 +551,8 @@ struct mv_host {
     int kick_fd;                 /* eventfd: retry held faults / stop */
     pthread_t *fault_threads;
     unsigned fault_thread_count;
+    cpu_set_t fault_cpus;        /* valid when fault_cpus_set */
+    bool fault_cpus_set;
     atomic_bool stopping;
     atomic_uint_fast64_t held_total;
 

@@ -54,6 +54,8 @@ check "flag given a value" 2 --err "option '--json' takes no value" -- \
     "$cli_bin" list --json=yes
 check "daemon names a bad short option" 2 --err "^memvisord: unknown option '-x'" -- \
     "$daemon_bin" -xy
+check "daemon explains a bad --fault-cpus" 1 --err "fault_cpus '3-1': range 3-1 runs backwards" -- \
+    "$daemon_bin" --socket "$scratch/bad-cpus.sock" --fault-cpus 3-1
 check "wss interval bound" 2 --err "--interval must be 1 to 86400 seconds" -- \
     "$cli_bin" wss web --interval 4294967296
 check "bad size" 2 --err "^memvisor: create: --maxmem: '12Q' is not a size" -- \

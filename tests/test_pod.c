@@ -503,6 +503,46 @@ static void two_fault_threads_serve_many_domains(void **state)
     many_domains_fault_concurrently_on(h);
 }
 
+/* Fault threads start on the CPUs fault_cpus names, and serve faults there. */
+static void fault_threads_run_on_fault_cpus(void **state)
+{
+    struct mv_host_config c;
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    cpu_set_t allowed, got;
+    char list[16];
+    mv_host *h;
+    uint32_t id;
+    int cpu = 0;
+
+    (void)state;
+    assert_int_equal(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
+    while (!CPU_ISSET(cpu, &allowed))
+        cpu++;
+    snprintf(list, sizeof(list), "%d", cpu);
+    mv_host_config_init(&c);
+    c.machine_bytes = 64 * GiB;
+    c.budget_bytes = 1 * GiB;
+    c.fault_threads = 2;
+    c.fault_cpus = list;
+    assert_ok(mv_host_create(&c, &h));
+    assert_int_equal(h->fault_thread_count, 2);
+    for (unsigned i = 0; i < h->fault_thread_count; i++) {
+        assert_int_equal(pthread_getaffinity_np(h->fault_threads[i], sizeof(got), &got), 0);
+        assert_int_equal(CPU_COUNT(&got), 1);
+        assert_true(CPU_ISSET(cpu, &got));
+    }
+    id = tu_domain(h, "pinned", 64 * MiB, 64 * MiB);
+    mv_workload_config_init(&w, MV_WORKLOAD_SCRUB);
+    st = tu_run(h, id, &w);
+    assert_false(st.crashed);
+    mv_workload_config_init(&w, MV_WORKLOAD_VERIFY);
+    st = tu_run(h, id, &w);
+    assert_int_equal(st.mismatches, 0);
+    tu_verify(h, id);
+    mv_host_destroy(h);
+}
+
 static void host_destroy_with_faults_pending(void **state)
 {
     mv_host *h;
@@ -663,6 +703,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(pause_parks_running_vcpus),
     cmocka_unit_test(many_domains_fault_concurrently),
     cmocka_unit_test(two_fault_threads_serve_many_domains),
+    cmocka_unit_test(fault_threads_run_on_fault_cpus),
     cmocka_unit_test(host_destroy_with_faults_pending),
     cmocka_unit_test(destroy_with_a_fault_pending),
     cmocka_unit_test(host_budget_is_shared_by_domains),

@@ -65,6 +65,7 @@ struct options {
     const char *pidfile;
     uint64_t budget_bytes;
     unsigned fault_threads;
+    const char *fault_cpus;
     enum mv_log_level log_level;
 };
 
@@ -162,6 +163,8 @@ static void print_usage(FILE *out)
         "  --budget SIZE        machine memory domains may populate, e.g. 8G\n"
         "                       (default: 80%% of MemAvailable)\n"
         "  --fault-threads N    userfaultfd service threads (default 1)\n"
+        "  --fault-cpus LIST    CPUs they run on, e.g. 0-3,8 (default: any);\n"
+        "                       best the CPUs of the vCPUs they serve\n"
         "  --foreground         stay in the foreground (the only mode; for\n"
         "                       service managers that pass it)\n"
         "  --pidfile PATH       write the daemon's pid to PATH while it runs\n"
@@ -188,12 +191,13 @@ static int usage_error(const char *fmt, ...)
 /* Returns -1 to go on, or the exit status. */
 static int parse_options(int argc, char **argv, struct options *o)
 {
-    enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FOREGROUND,
+    enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FAULT_CPUS, OPT_FOREGROUND,
            OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION };
     static const struct option long_options[] = {
         { "socket", required_argument, NULL, OPT_SOCKET },
         { "budget", required_argument, NULL, OPT_BUDGET },
         { "fault-threads", required_argument, NULL, OPT_FAULT_THREADS },
+        { "fault-cpus", required_argument, NULL, OPT_FAULT_CPUS },
         { "foreground", no_argument, NULL, OPT_FOREGROUND },
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
         { "log-level", required_argument, NULL, OPT_LOG_LEVEL },
@@ -223,6 +227,9 @@ static int parse_options(int argc, char **argv, struct options *o)
                 return usage_error("--fault-threads: '%s' is not a number in 1..64",
                                    optarg);
             o->fault_threads = (unsigned)value;
+            break;
+        case OPT_FAULT_CPUS:
+            o->fault_cpus = optarg;     /* checked by mv_host_create */
             break;
         case OPT_FOREGROUND:
             break;
@@ -1553,6 +1560,7 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
     config.budget_bytes = o->budget_bytes;
     if (o->fault_threads)
         config.fault_threads = o->fault_threads;
+    config.fault_cpus = o->fault_cpus;
     config.log = log_library_message;
     config.log_level = o->log_level;
     rc = mv_host_create(&config, &d->host);
