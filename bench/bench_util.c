@@ -231,12 +231,15 @@ void mv_bench_machine_probe(struct mv_bench_machine *m,
 {
     struct utsname uts;
     time_t now = time(NULL);
+    cpu_set_t allowed;
     struct tm tm;
 
     memset(m, 0, sizeof(*m));
     if (uname(&uts) == 0)
         snprintf(m->release, sizeof(m->release), "%s", uts.release);
     m->nproc = sysconf(_SC_NPROCESSORS_ONLN);
+    m->cpus_allowed = sched_getaffinity(0, sizeof(allowed), &allowed) == 0
+                      ? CPU_COUNT(&allowed) : m->nproc;
     read_keyed_line("/proc/cpuinfo", "model name", m->cpu_model, sizeof(m->cpu_model));
     read_first_line("/sys/devices/system/clocksource/clocksource0/current_clocksource",
                     m->clocksource, sizeof(m->clocksource));
@@ -252,6 +255,7 @@ struct json_object *mv_bench_machine_json(const struct mv_bench_machine *m)
 
     json_object_object_add(o, "release", json_object_new_string(m->release));
     json_object_object_add(o, "nproc", json_object_new_int64(m->nproc));
+    json_object_object_add(o, "cpus_allowed", json_object_new_int64(m->cpus_allowed));
     json_object_object_add(o, "cpu_model", json_object_new_string(m->cpu_model));
     json_object_object_add(o, "clocksource", json_object_new_string(m->clocksource));
     json_object_object_add(o, "shmem_thp", json_object_new_string(m->shmem_thp));
@@ -266,6 +270,9 @@ void mv_bench_machine_print(FILE *out, const struct mv_bench_machine *m)
     fprintf(out, "machine: Linux %s, %ld CPUs, %s, clocksource %s, shmem THP %s, "
             "%" PRIu64 " MiB available\n", m->release, m->nproc, m->cpu_model,
             m->clocksource, m->shmem_thp, m->mem_available / MV_BENCH_MIB);
+    if (m->cpus_allowed < m->nproc)
+        fprintf(out, "pinned:  this run may use %ld of the %ld CPUs, and so may its "
+                "fault threads\n", m->cpus_allowed, m->nproc);
 }
 
 int mv_bench_probe(struct mv_kernel_features *features, struct mv_bench_machine *machine)

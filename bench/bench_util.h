@@ -83,6 +83,7 @@ void mv_bench_log(void *opaque, enum mv_log_level level, const char *message);
 struct mv_bench_machine {
     char release[65];       /* uname -r */
     long nproc;             /* online CPUs */
+    long cpus_allowed;      /* of them, those the process may run on (taskset) */
     char cpu_model[128];    /* first "model name" of /proc/cpuinfo */
     char clocksource[32];   /* the clock behind CLOCK_MONOTONIC */
     char shmem_thp[32];     /* shmem transparent huge page policy */
