@@ -304,20 +304,20 @@ int mv__fault_service_start(struct mv_host *h)
     if (!h->fault_threads)
         return mv__fail(-ENOMEM, "no memory for fault threads");
     rc = pthread_attr_init(&attr);
-    if (rc == 0 && h->fault_cpus_set)
-        rc = pthread_attr_setaffinity_np(&attr, sizeof(h->fault_cpus), &h->fault_cpus);
     if (rc)
         return mv__fail(-rc, "cannot set up the fault threads' attributes");
-    for (unsigned i = 0; i < h->config.fault_threads; i++) {
+    if (CPU_COUNT(&h->fault_cpus))
+        rc = pthread_attr_setaffinity_np(&attr, sizeof(h->fault_cpus), &h->fault_cpus);
+    for (unsigned i = 0; rc == 0 && i < h->config.fault_threads; i++) {
         rc = pthread_create(&h->fault_threads[i], &attr, fault_thread, h);
-        if (rc) {
-            pthread_attr_destroy(&attr);
-            mv__fault_service_stop(h);
-            return mv__fail(-rc, "cannot start fault thread %u", i);
-        }
-        h->fault_thread_count++;
+        if (rc == 0)
+            h->fault_thread_count++;
     }
     pthread_attr_destroy(&attr);
+    if (rc) {
+        mv__fault_service_stop(h);
+        return mv__fail(-rc, "cannot start fault thread %u", h->fault_thread_count);
+    }
     return 0;
 }
 

@@ -95,7 +95,6 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
             free(h);
             return rc;
         }
-        h->fault_cpus_set = true;
     }
     if (!h->config.fault_threads)
         h->config.fault_threads = 1;

@@ -551,8 +551,7 @@ struct mv_host {
     int kick_fd;                 /* eventfd: retry held faults / stop */
     pthread_t *fault_threads;
     unsigned fault_thread_count;
-    cpu_set_t fault_cpus;        /* valid when fault_cpus_set */
-    bool fault_cpus_set;
+    cpu_set_t fault_cpus;        /* empty: no restriction */
     atomic_bool stopping;
     atomic_uint_fast64_t held_total;
 

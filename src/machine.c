@@ -174,7 +174,6 @@ int mv__machine_alloc(struct mv__machine *m, uint64_t pages, uint64_t *first)
 {
     unsigned want = order_for(pages), k;
     uint64_t start;
-
     int rc = mv__machine_fits(m, pages);
 
     if (rc < 0)

@@ -267,6 +267,7 @@ static int region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool ad
 }
 
 static void scrub_flush(struct mv_host *h);
+static void scrub_frame(struct mv_host *h, uint64_t mfn, bool uncharge);
 
 static void region_remove(struct mv_host *h, struct mv__share_region *r)
 {
@@ -626,35 +627,19 @@ static void pending_let_go(struct mv__share *s, struct mv_domain *d)
     s->refs -= r->pending_frames;
 }
 
-/* No domain maps r's pending frames any more: free them, a run at a time. */
+/* No domain maps r's pending frames any more: free them.  Called while a
+ * destroy gathers freed frames, so consecutive ones are punched as a run. */
 static void pending_free(struct mv_host *h, struct mv__share_region *r)
 {
     struct mv__share *s = h->share;
-    uint64_t freed = 0;
+    uint64_t freed = r->pending_frames;
 
-    for (uint64_t g = 0; r->pending_frames && g < r->pages;) {
-        uint64_t n = 0;
-        int rc;
-
-        if (!(r->pending[g / 64] >> (g % 64) & 1)) {
-            g = r->pending[g / 64] >> (g % 64) ? g + 1 : (g / 64 + 1) * 64;
-            continue;
-        }
-        while (g + n < r->pages && (r->pending[(g + n) / 64] >> ((g + n) % 64) & 1)) {
-            r->pending[(g + n) / 64] &= ~(1ull << ((g + n) % 64));
-            n++;
-        }
-        rc = mv__os_punch(h->machine.memfd, (r->first + g) << MV_PAGE_SHIFT,
-                          n << MV_PAGE_SHIFT);
-        if (rc < 0)
-            mv__log(h, MV_LOG_ERROR, "cannot scrub shared frames %#llx+%llu: %s",
-                    (unsigned long long)(r->first + g), (unsigned long long)n,
-                    mv_strerror(rc));
-        r->pending_frames -= n;
-        freed += n;
-        g += n;
+    for (uint64_t w = 0; r->pending_frames && w < (r->pages + 63) / 64; w++) {
+        for (uint64_t bits = r->pending[w]; bits; bits &= bits - 1)
+            scrub_frame(h, r->first + w * 64 + (uint64_t)__builtin_ctzll(bits), true);
+        r->pending_frames -= (uint64_t)__builtin_popcountll(r->pending[w]);
+        r->pending[w] = 0;
     }
-    mv__machine_uncharge(&h->machine, freed);
     s->frames -= freed;
     r->live -= freed;
     if (r->live == 0)
@@ -1652,10 +1637,10 @@ void mv__share_domain_destroy(struct mv_domain *d)
             mv__p2m_set(d, g, MV_P2M_POD);
         }
     }
-    scrub_flush(d->host);
-    s->scrub_batching = false;
     if (r && !r->pending_doms[0] && !r->pending_doms[1])
         pending_free(d->host, r);
+    scrub_flush(d->host);
+    s->scrub_batching = false;
     s->registry[sd->slot] = NULL;
     mv__mutex_unlock(&s->lock);
     mv__os_unmap(sd->table, sd->table_bytes);
