@@ -7,7 +7,7 @@
  *     (blocked in the                          mv__pod_fault: populate or
  *      kernel)                                 map; the ioctl wakes the vCPU
  *
- * One epoll set holds the userfaultfd of every domain (keyed by domid) and an
+ * An epoll set holds the userfaultfd of every domain (keyed by domid) and an
  * eventfd used to kick the threads: memory was freed or a domain unpaused, so
  * held faults should be tried again, or the service is stopping.  Faults of
  * many domains are served concurrently by the configured number of threads;
@@ -28,7 +28,11 @@
  * The threads run on the host's fault_cpus when given.  Where a fault is
  * served matters on a virtual machine: a fault thread woken on another vCPU
  * than the faulting one, and the faulting thread woken back, can cost more
- * than the rest of the fault.
+ * than the rest of the fault.  In MV_FAULT_PER_CPU mode there is one thread
+ * pinned to each of those CPUs, each waiting on an epoll set of its own that
+ * holds every userfaultfd: a fault wakes them all, and the one on the CPU
+ * the faulting thread has just left serves it there while the others find
+ * nothing to read.  Those threads never spin.
  *
  * Locking: a thread takes one domain lock at a time; host->held_total is an
  * atomic sum of every domain's held_count.
@@ -242,15 +246,18 @@ static void retry_held(struct mv_host *h)
 
 static void *fault_thread(void *arg)
 {
-    struct mv_host *h = arg;
+    struct mv__fault_thread *self = arg;
+    struct mv_host *h = self->host;
     struct epoll_event events[16];
-    uint64_t spin_ns = (uint64_t)h->config.fault_spin_us * 1000ull;
+    /* A thread pinned to one CPU never spins: it would keep that CPU from
+     * the vCPU it has just woken there. */
+    uint64_t spin_ns = self->cpu >= 0 ? 0 : (uint64_t)h->config.fault_spin_us * 1000ull;
     uint64_t spin_until = 0, last_retry = 0;
 
     while (!atomic_load(&h->stopping)) {
         bool held = atomic_load(&h->held_total) > 0, kicked = false;
         int timeout = spin_until ? 0 : held ? MV_HELD_TICK_MS : -1;
-        int n = epoll_wait(h->epoll_fd, events, MV_ARRAY_SIZE(events), timeout);
+        int n = epoll_wait(self->epoll_fd, events, MV_ARRAY_SIZE(events), timeout);
         unsigned served = 0;
         uint64_t now;
 
@@ -286,37 +293,75 @@ static void *fault_thread(void *arg)
     return NULL;
 }
 
+/* The n-th CPU of `set`. */
+static int nth_cpu(const cpu_set_t *set, unsigned n)
+{
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+        if (CPU_ISSET(cpu, set) && n-- == 0)
+            return cpu;
+    return -1;
+}
+
+static int start_thread(struct mv_host *h, struct mv__fault_thread *t)
+{
+    pthread_attr_t attr;
+    cpu_set_t one;
+    int rc = pthread_attr_init(&attr);
+
+    if (rc)
+        return -rc;
+    if (t->cpu >= 0) {
+        CPU_ZERO(&one);
+        CPU_SET(t->cpu, &one);
+        rc = pthread_attr_setaffinity_np(&attr, sizeof(one), &one);
+    } else if (CPU_COUNT(&h->fault_cpus)) {
+        rc = pthread_attr_setaffinity_np(&attr, sizeof(h->fault_cpus), &h->fault_cpus);
+    }
+    if (rc == 0)
+        rc = pthread_create(&t->thread, &attr, fault_thread, t);
+    pthread_attr_destroy(&attr);
+    return -rc;
+}
+
 int mv__fault_service_start(struct mv_host *h)
 {
-    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = MV_KICK_KEY };
-    pthread_attr_t attr;
+    bool per_cpu = h->config.fault_mode == MV_FAULT_PER_CPU;
+    unsigned threads = h->config.fault_threads;
     int rc;
 
-    h->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-    if (h->epoll_fd < 0)
-        return mv__fail(-errno, "epoll_create1 failed");
     h->kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (h->kick_fd < 0)
         return mv__fail(-errno, "eventfd failed");
-    if (epoll_ctl(h->epoll_fd, EPOLL_CTL_ADD, h->kick_fd, &ev) < 0)
-        return mv__fail(-errno, "epoll_ctl failed");
-    h->fault_threads = calloc(h->config.fault_threads, sizeof(pthread_t));
-    if (!h->fault_threads)
+    h->epoll_count = per_cpu ? threads : 1;
+    h->epoll_fds = malloc(h->epoll_count * sizeof(int));
+    h->fault_threads = calloc(threads, sizeof(*h->fault_threads));
+    if (!h->epoll_fds || !h->fault_threads) {
+        h->epoll_count = 0;
         return mv__fail(-ENOMEM, "no memory for fault threads");
-    rc = pthread_attr_init(&attr);
-    if (rc)
-        return mv__fail(-rc, "cannot set up the fault threads' attributes");
-    if (CPU_COUNT(&h->fault_cpus))
-        rc = pthread_attr_setaffinity_np(&attr, sizeof(h->fault_cpus), &h->fault_cpus);
-    for (unsigned i = 0; rc == 0 && i < h->config.fault_threads; i++) {
-        rc = pthread_create(&h->fault_threads[i], &attr, fault_thread, h);
-        if (rc == 0)
-            h->fault_thread_count++;
     }
-    pthread_attr_destroy(&attr);
-    if (rc) {
-        mv__fault_service_stop(h);
-        return mv__fail(-rc, "cannot start fault thread %u", h->fault_thread_count);
+    for (unsigned i = 0; i < h->epoll_count; i++)
+        h->epoll_fds[i] = -1;
+    for (unsigned i = 0; i < h->epoll_count; i++) {
+        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = MV_KICK_KEY };
+
+        h->epoll_fds[i] = epoll_create1(EPOLL_CLOEXEC);
+        if (h->epoll_fds[i] < 0)
+            return mv__fail(-errno, "epoll_create1 failed");
+        if (epoll_ctl(h->epoll_fds[i], EPOLL_CTL_ADD, h->kick_fd, &ev) < 0)
+            return mv__fail(-errno, "epoll_ctl failed");
+    }
+    for (unsigned i = 0; i < threads; i++) {
+        struct mv__fault_thread *t = &h->fault_threads[i];
+
+        t->host = h;
+        t->epoll_fd = h->epoll_fds[per_cpu ? i : 0];
+        t->cpu = per_cpu ? nth_cpu(&h->fault_cpus, i) : -1;
+        rc = start_thread(h, t);
+        if (rc < 0) {
+            mv__fault_service_stop(h);
+            return mv__fail(rc, "cannot start fault thread %u", i);
+        }
+        h->fault_thread_count++;
     }
     return 0;
 }
@@ -327,35 +372,45 @@ void mv__fault_service_stop(struct mv_host *h)
     for (unsigned i = 0; i < h->fault_thread_count; i++)
         mv__fault_kick(h);
     for (unsigned i = 0; i < h->fault_thread_count; i++)
-        pthread_join(h->fault_threads[i], NULL);
+        pthread_join(h->fault_threads[i].thread, NULL);
     h->fault_thread_count = 0;
     free(h->fault_threads);
     h->fault_threads = NULL;
+    for (unsigned i = 0; i < h->epoll_count; i++)
+        if (h->epoll_fds[i] >= 0)
+            close(h->epoll_fds[i]);
+    free(h->epoll_fds);
+    h->epoll_fds = NULL;
+    h->epoll_count = 0;
     if (h->kick_fd >= 0)
         close(h->kick_fd);
-    if (h->epoll_fd >= 0)
-        close(h->epoll_fd);
-    h->kick_fd = h->epoll_fd = -1;
+    h->kick_fd = -1;
 }
 
 int mv__fault_add_domain(struct mv_host *h, struct mv_domain *d)
 {
-    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = d->domid };
-    struct epoll_event cow = { .events = EPOLLIN, .data.u64 = d->domid | MV_COW_KEY };
+    for (unsigned i = 0; i < h->epoll_count; i++) {
+        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = d->domid };
+        struct epoll_event cow = { .events = EPOLLIN,
+                                   .data.u64 = d->domid | MV_COW_KEY };
 
-    if (epoll_ctl(h->epoll_fd, EPOLL_CTL_ADD, d->uffd, &ev) < 0)
-        return mv__fail(-errno, "cannot add domain %u to the fault service", d->domid);
-    if (epoll_ctl(h->epoll_fd, EPOLL_CTL_ADD, d->cow_uffd, &cow) < 0) {
-        int rc = -errno;
+        if (epoll_ctl(h->epoll_fds[i], EPOLL_CTL_ADD, d->uffd, &ev) < 0 ||
+            epoll_ctl(h->epoll_fds[i], EPOLL_CTL_ADD, d->cow_uffd, &cow) < 0) {
+            int rc = -errno;
 
-        epoll_ctl(h->epoll_fd, EPOLL_CTL_DEL, d->uffd, NULL);
-        return mv__fail(rc, "cannot add domain %u to the fault service", d->domid);
+            mv__fault_remove_domain(h, d);
+            return mv__fail(rc, "cannot add domain %u to the fault service", d->domid);
+        }
     }
     return 0;
 }
 
+/* Also undoes a partial mv__fault_add_domain: a descriptor not in a set is
+ * refused with ENOENT, harmlessly. */
 void mv__fault_remove_domain(struct mv_host *h, struct mv_domain *d)
 {
-    epoll_ctl(h->epoll_fd, EPOLL_CTL_DEL, d->uffd, NULL);
-    epoll_ctl(h->epoll_fd, EPOLL_CTL_DEL, d->cow_uffd, NULL);
+    for (unsigned i = 0; i < h->epoll_count; i++) {
+        epoll_ctl(h->epoll_fds[i], EPOLL_CTL_DEL, d->uffd, NULL);
+        epoll_ctl(h->epoll_fds[i], EPOLL_CTL_DEL, d->cow_uffd, NULL);
+    }
 }

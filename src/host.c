@@ -70,6 +70,51 @@ static int parse_cpu_list(const char *list, cpu_set_t *set)
     return 0;
 }
 
+const char *mv_fault_mode_name(enum mv_fault_mode mode)
+{
+    switch (mode) {
+    case MV_FAULT_AUTO:
+        return "auto";
+    case MV_FAULT_SHARED:
+        return "shared";
+    case MV_FAULT_PER_CPU:
+        return "per-cpu";
+    }
+    return "unknown";
+}
+
+/*
+ * Settle the fault mode (MV_FAULT_AUTO chooses).  Per CPU, the fault
+ * threads are the CPUs of fault_cpus this process may run on (all it may
+ * run on when fault_cpus is empty), one each.
+ */
+static int choose_fault_mode(struct mv_host *h)
+{
+    cpu_set_t cpus;
+    int count;
+
+    if (h->config.fault_mode == MV_FAULT_SHARED)
+        return 0;
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) < 0)
+        return mv__fail(-errno, "cannot read the CPUs this process may run on");
+    if (CPU_COUNT(&h->fault_cpus))
+        CPU_AND(&cpus, &cpus, &h->fault_cpus);
+    count = CPU_COUNT(&cpus);
+    if (h->config.fault_mode == MV_FAULT_AUTO) {
+        h->config.fault_mode = h->config.fault_threads <= 1 &&
+                               count <= (int)MV_FAULT_PER_CPU_AUTO_MAX
+                             ? MV_FAULT_PER_CPU : MV_FAULT_SHARED;
+        if (h->config.fault_mode == MV_FAULT_SHARED)
+            return 0;
+    }
+    if (count > 64)
+        return mv__fail(-EINVAL, "fault_mode per-CPU: %d CPUs, more than 64 fault "
+                        "threads; name fewer in fault_cpus", count);
+    h->fault_cpus = cpus;
+    h->config.fault_threads = (unsigned)count;
+    return 0;
+}
+
 int mv_host_create(const struct mv_host_config *config, mv_host **out)
 {
     struct mv_host *h;
@@ -79,6 +124,9 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     mv__clear_error();
     if (!config || !out)
         return mv__fail(-EINVAL, "config and out must not be NULL");
+    if ((unsigned)config->fault_mode > MV_FAULT_PER_CPU)
+        return mv__fail(-EINVAL, "fault_mode %d is not MV_FAULT_AUTO, _SHARED or "
+                        "_PER_CPU", (int)config->fault_mode);
     if (config->fault_threads > 64)
         return mv__fail(-EINVAL, "fault_threads %u is above 64", config->fault_threads);
     if (config->budget_bytes % MV_PAGE_SIZE || config->machine_bytes % (2 * MV_MIB))
@@ -98,9 +146,14 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     }
     if (!h->config.fault_threads)
         h->config.fault_threads = 1;
+    rc = choose_fault_mode(h);
+    if (rc < 0) {
+        free(h);
+        return rc;
+    }
     if (!h->config.machine_bytes)
         h->config.machine_bytes = MV_DEFAULT_MACHINE_BYTES;
-    h->epoll_fd = h->kick_fd = h->sigbus_fd = -1;
+    h->kick_fd = h->sigbus_fd = -1;
     h->next_domid = 1;
     h->machine.memfd = -1;
     pthread_rwlock_init(&h->domains_lock, NULL);
@@ -134,9 +187,11 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     if (rc < 0)
         goto fail;
     mv__log(h, MV_LOG_INFO, "host up: budget %llu MiB, machine %llu GiB, "
-            "%u fault threads, kernel %s", (unsigned long long)(budget / MV_MIB),
+            "%u fault threads%s, kernel %s", (unsigned long long)(budget / MV_MIB),
             (unsigned long long)(h->config.machine_bytes / MV_GIB),
-            h->config.fault_threads, h->features.release);
+            h->config.fault_threads,
+            h->config.fault_mode == MV_FAULT_PER_CPU ? " (one per CPU)" : "",
+            h->features.release);
     *out = h;
     return 0;
 fail:
@@ -187,6 +242,8 @@ int mv_host_stats(mv_host *h, struct mv_host_stats *out)
     pthread_rwlock_unlock(&h->domains_lock);
     out->faults = atomic_load(&h->faults);
     out->fault_wakeups = atomic_load(&h->fault_wakeups);
+    out->fault_threads = h->fault_thread_count;
+    out->fault_mode = h->config.fault_mode;
     return 0;
 }
 

@@ -534,6 +534,15 @@ void mv__guest_clone_oracle(struct mv_domain *src, struct mv_domain *clone);
 /* ------------------------------------------------------------------------ */
 /* the host                                                                  */
 
+/* A fault service thread: the epoll set it waits on, the CPU it is pinned
+ * to (-1: the host's fault_cpus, or anywhere). */
+struct mv__fault_thread {
+    struct mv_host *host;
+    pthread_t thread;
+    int epoll_fd;
+    int cpu;
+};
+
 struct mv_host {
     struct mv_host_config config;
     struct mv_kernel_features features;
@@ -547,9 +556,10 @@ struct mv_host {
     uint32_t next_domid;
 
     /* fault service */
-    int epoll_fd;
+    int *epoll_fds;              /* one set, or one per fault thread */
+    unsigned epoll_count;
     int kick_fd;                 /* eventfd: retry held faults / stop */
-    pthread_t *fault_threads;
+    struct mv__fault_thread *fault_threads;
     unsigned fault_thread_count;
     cpu_set_t fault_cpus;        /* empty: no restriction */
     atomic_bool stopping;

@@ -56,6 +56,8 @@ check "daemon names a bad short option" 2 --err "^memvisord: unknown option '-x'
     "$daemon_bin" -xy
 check "daemon explains a bad --fault-cpus" 1 --err "fault_cpus '3-1': range 3-1 runs backwards" -- \
     "$daemon_bin" --socket "$scratch/bad-cpus.sock" --fault-cpus 3-1
+check "daemon names a bad --fault-mode" 2 --err "fault-mode: 'fast' is not auto, shared or per-cpu" -- \
+    "$daemon_bin" --socket "$scratch/bad-mode.sock" --fault-mode fast
 check "wss interval bound" 2 --err "--interval must be 1 to 86400 seconds" -- \
     "$cli_bin" wss web --interval 4294967296
 check "bad size" 2 --err "^memvisor: create: --maxmem: '12Q' is not a size" -- \
@@ -88,6 +90,8 @@ check "stats --json" 0 -- "$cli_bin" stats --json
 json_check "stats --json has the host and both domains" \
     'd["host"]["budget_pages"] > 0 and d["host"]["domains"] == 2 and
      [x["name"] for x in d["domains"]] == ["web", "db"]'
+json_check "stats --json tells the fault service" \
+    'd["host"]["fault_mode"] in ("shared", "per-cpu") and d["host"]["fault_threads"] >= 1'
 json_check "stats --json has each counter" \
     'all(k in d["domains"][0] for k in ("state", "maxmem_pages", "target_pages",
          "populated_pages", "pod_pages", "ballooned_pages", "faults", "populated_2m",

@@ -130,8 +130,12 @@ check "share stats with no daemon" 1 --err "^memvisor: share stats: cannot reach
 # ---------------------------------------------------------------------------
 # Clone: a paused domain's memory shared copy-on-write
 
-start_daemon "$MEMVISOR_SOCKET" "$scratch/daemon.log" || exit 1
+# This daemon serves faults with one thread for all; cli_basic's in the
+# default mode (one thread per CPU on a machine of a few CPUs).
+start_daemon "$MEMVISOR_SOCKET" "$scratch/daemon.log" --fault-mode shared || exit 1
 main_pid=$daemon_pid
+check "daemon started its fault threads shared" 0 -- \
+    grep -q "1 fault threads, kernel" "$scratch/daemon.log"
 
 check "share stats on a fresh host" 0 -- "$cli_bin" share stats --json
 json_check "nothing shared yet" \

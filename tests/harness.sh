@@ -93,9 +93,9 @@ sys.exit(0 if eval("(" + sys.argv[2] + ")") else 1)' "$scratch/out" "$2" 2>>"$sc
 }
 
 
-# start_daemon SOCKET LOG: start memvisord and wait until it answers.
+# start_daemon SOCKET LOG [OPTION...]: start memvisord and wait until it answers.
 start_daemon() {
-    "$daemon_bin" --socket "$1" --log-level debug 2>"$2" &
+    "$daemon_bin" --socket "$1" --log-level debug "${@:3}" 2>"$2" &
     daemon_pid=$!
     daemon_pids+=("$daemon_pid")
     for _ in $(seq 100); do

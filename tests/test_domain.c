@@ -240,6 +240,10 @@ static void host_rejects_bad_config(void **state)
     mv_host_config_init(&c);
     c.fault_threads = 1000;
     assert_err(mv_host_create(&c, &h), -EINVAL);
+    mv_host_config_init(&c);
+    c.fault_mode = (enum mv_fault_mode)7;
+    assert_err(mv_host_create(&c, &h), -EINVAL);
+    assert_non_null(strstr(mv_last_error(), "fault_mode"));
     /* CPU lists: syntax, order, range, and CPUs this process may not use. */
     static const char *const bad_cpus[] = { "x", "1,", ",1", "0-", "3-1", "1 2", "0--1",
                                             "99999", "1023" };

@@ -525,10 +525,11 @@ static void fault_threads_run_on_fault_cpus(void **state)
     c.budget_bytes = 1 * GiB;
     c.fault_threads = 2;
     c.fault_cpus = list;
+    c.fault_mode = MV_FAULT_SHARED;
     assert_ok(mv_host_create(&c, &h));
     assert_int_equal(h->fault_thread_count, 2);
     for (unsigned i = 0; i < h->fault_thread_count; i++) {
-        assert_int_equal(pthread_getaffinity_np(h->fault_threads[i], sizeof(got), &got), 0);
+        assert_int_equal(pthread_getaffinity_np(h->fault_threads[i].thread, sizeof(got), &got), 0);
         assert_int_equal(CPU_COUNT(&got), 1);
         assert_true(CPU_ISSET(cpu, &got));
     }
@@ -539,6 +540,84 @@ static void fault_threads_run_on_fault_cpus(void **state)
     mv_workload_config_init(&w, MV_WORKLOAD_VERIFY);
     st = tu_run(h, id, &w);
     assert_int_equal(st.mismatches, 0);
+    tu_verify(h, id);
+    mv_host_destroy(h);
+}
+
+/* One fault thread per CPU: each pinned to its own CPU with an epoll set of
+ * its own, all of the CPUs covered; faults of several vCPUs served right.
+ * MV_FAULT_AUTO chooses it on a few CPUs with one fault thread asked for. */
+static void fault_thread_per_cpu_pins_one_each(void **state)
+{
+    struct mv_host_stats hs;
+    struct mv_host_config c;
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    cpu_set_t allowed, seen, got;
+    char list[16];
+    mv_host *h;
+    uint32_t id;
+    int first = 0;
+
+    (void)state;
+    assert_int_equal(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
+    mv_host_config_init(&c);
+    c.machine_bytes = 64 * GiB;
+    c.budget_bytes = 1 * GiB;
+    c.fault_threads = 7; /* not used */
+    c.fault_mode = MV_FAULT_PER_CPU;
+    assert_ok(mv_host_create(&c, &h));
+    assert_int_equal(h->fault_thread_count, CPU_COUNT(&allowed));
+    assert_ok(mv_host_stats(h, &hs));
+    assert_int_equal(hs.fault_mode, MV_FAULT_PER_CPU);
+    assert_int_equal(hs.fault_threads, CPU_COUNT(&allowed));
+    assert_int_equal(h->epoll_count, h->fault_thread_count);
+    CPU_ZERO(&seen);
+    for (unsigned i = 0; i < h->fault_thread_count; i++) {
+        assert_int_equal(pthread_getaffinity_np(h->fault_threads[i].thread, sizeof(got),
+                                                &got), 0);
+        assert_int_equal(CPU_COUNT(&got), 1);
+        assert_true(CPU_ISSET(h->fault_threads[i].cpu, &got));
+        assert_false(CPU_ISSET(h->fault_threads[i].cpu, &seen));
+        CPU_SET(h->fault_threads[i].cpu, &seen);
+        for (unsigned j = 0; j < i; j++)
+            assert_int_not_equal(h->fault_threads[i].epoll_fd, h->fault_threads[j].epoll_fd);
+    }
+    assert_true(CPU_EQUAL(&seen, &allowed));
+    id = tu_domain_with(h, "per-cpu", 64 * MiB, 64 * MiB, 2, MV_POD_WAIT,
+                        MV_WAIT_TIMEOUT_DEFAULT_MS);
+    mv_workload_config_init(&w, MV_WORKLOAD_SCRUB);
+    st = tu_run(h, id, &w);
+    assert_false(st.crashed);
+    mv_workload_config_init(&w, MV_WORKLOAD_VERIFY);
+    st = tu_run(h, id, &w);
+    assert_int_equal(st.mismatches, 0);
+    tu_verify(h, id);
+    mv_host_destroy(h);
+
+    /* With fault_cpus: its CPUs only; AUTO on one CPU chooses per CPU,
+     * unless more than one fault thread is asked for. */
+    while (!CPU_ISSET(first, &allowed))
+        first++;
+    snprintf(list, sizeof(list), "%d", first);
+    c.fault_cpus = list;
+    c.fault_mode = MV_FAULT_AUTO;
+    c.fault_threads = 2;
+    assert_ok(mv_host_create(&c, &h));
+    assert_ok(mv_host_stats(h, &hs));
+    assert_int_equal(hs.fault_mode, MV_FAULT_SHARED);
+    assert_int_equal(hs.fault_threads, 2);
+    mv_host_destroy(h);
+    c.fault_threads = 1;
+    assert_ok(mv_host_create(&c, &h));
+    assert_ok(mv_host_stats(h, &hs));
+    assert_int_equal(hs.fault_mode, MV_FAULT_PER_CPU);
+    assert_int_equal(h->fault_thread_count, 1);
+    assert_int_equal(h->fault_threads[0].cpu, first);
+    id = tu_domain(h, "per-cpu-one", 16 * MiB, 16 * MiB);
+    mv_workload_config_init(&w, MV_WORKLOAD_SCRUB);
+    st = tu_run(h, id, &w);
+    assert_false(st.crashed);
     tu_verify(h, id);
     mv_host_destroy(h);
 }
@@ -704,6 +783,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(many_domains_fault_concurrently),
     cmocka_unit_test(two_fault_threads_serve_many_domains),
     cmocka_unit_test(fault_threads_run_on_fault_cpus),
+    cmocka_unit_test(fault_thread_per_cpu_pins_one_each),
     cmocka_unit_test(host_destroy_with_faults_pending),
     cmocka_unit_test(destroy_with_a_fault_pending),
     cmocka_unit_test(host_budget_is_shared_by_domains),

@@ -709,11 +709,12 @@ static void print_stats(struct json_object *reply)
     bool crash_seen = false;
 
     printf("host: budget %s, populated %s (peak %s), domains %" PRIu64 ", faults served %"
-           PRIu64 "\n\n",
+           PRIu64 " by %" PRIu64 " fault threads (%s)\n\n",
            pages_text(budget, sizeof(budget), field_u64(host, "budget_pages")),
            pages_text(populated, sizeof(populated), field_u64(host, "populated_pages")),
            pages_text(peak, sizeof(peak), field_u64(host, "peak_populated_pages")),
-           field_u64(host, "domains"), field_u64(host, "faults"));
+           field_u64(host, "domains"), field_u64(host, "faults"),
+           field_u64(host, "fault_threads"), field_string(host, "fault_mode"));
     printf("%4s  %-12s %-7s %10s %10s %10s %10s %10s %8s %6s %8s %6s %10s %6s %10s %9s\n",
            "ID", "NAME", "STATE", "MAXMEM", "TARGET", "POPULATED", "POD", "BALLOONED",
            "FAULTS", "2M", "4K", "SWEEPS", "RECLAIMED", "WAITS", "SHARED", "COWBREAKS");

@@ -66,6 +66,7 @@ struct options {
     uint64_t budget_bytes;
     unsigned fault_threads;
     const char *fault_cpus;
+    enum mv_fault_mode fault_mode;
     enum mv_log_level log_level;
 };
 
@@ -165,13 +166,16 @@ static void print_usage(FILE *out)
         "  --fault-threads N    userfaultfd service threads (default 1)\n"
         "  --fault-cpus LIST    CPUs they run on, e.g. 0-3,8 (default: any);\n"
         "                       best the CPUs of the vCPUs they serve\n"
+        "  --fault-mode MODE    shared: those threads, on any of those CPUs;\n"
+        "                       per-cpu: one pinned to each of the CPUs;\n"
+        "                       auto (default): per-cpu on up to %u CPUs\n"
         "  --foreground         stay in the foreground (the only mode; for\n"
         "                       service managers that pass it)\n"
         "  --pidfile PATH       write the daemon's pid to PATH while it runs\n"
         "  --log-level LEVEL    error, warn, info (default) or debug\n"
         "  --help               show this help\n"
         "  --version            show the version\n",
-        MV_PROTO_SOCKET_ENV, MV_PROTO_SOCKET_DEFAULT);
+        MV_PROTO_SOCKET_ENV, MV_PROTO_SOCKET_DEFAULT, MV_FAULT_PER_CPU_AUTO_MAX);
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -191,13 +195,15 @@ static int usage_error(const char *fmt, ...)
 /* Returns -1 to go on, or the exit status. */
 static int parse_options(int argc, char **argv, struct options *o)
 {
-    enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FAULT_CPUS, OPT_FOREGROUND,
+    enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FAULT_CPUS, OPT_FAULT_MODE,
+           OPT_FOREGROUND,
            OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION };
     static const struct option long_options[] = {
         { "socket", required_argument, NULL, OPT_SOCKET },
         { "budget", required_argument, NULL, OPT_BUDGET },
         { "fault-threads", required_argument, NULL, OPT_FAULT_THREADS },
         { "fault-cpus", required_argument, NULL, OPT_FAULT_CPUS },
+        { "fault-mode", required_argument, NULL, OPT_FAULT_MODE },
         { "foreground", no_argument, NULL, OPT_FOREGROUND },
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
         { "log-level", required_argument, NULL, OPT_LOG_LEVEL },
@@ -230,6 +236,17 @@ static int parse_options(int argc, char **argv, struct options *o)
             break;
         case OPT_FAULT_CPUS:
             o->fault_cpus = optarg;     /* checked by mv_host_create */
+            break;
+        case OPT_FAULT_MODE:
+            if (strcmp(optarg, "auto") == 0)
+                o->fault_mode = MV_FAULT_AUTO;
+            else if (strcmp(optarg, "shared") == 0)
+                o->fault_mode = MV_FAULT_SHARED;
+            else if (strcmp(optarg, "per-cpu") == 0)
+                o->fault_mode = MV_FAULT_PER_CPU;
+            else
+                return usage_error("--fault-mode: '%s' is not auto, shared or per-cpu",
+                                   optarg);
             break;
         case OPT_FOREGROUND:
             break;
@@ -1561,6 +1578,7 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
     if (o->fault_threads)
         config.fault_threads = o->fault_threads;
     config.fault_cpus = o->fault_cpus;
+    config.fault_mode = o->fault_mode;
     config.log = log_library_message;
     config.log_level = o->log_level;
     rc = mv_host_create(&config, &d->host);
