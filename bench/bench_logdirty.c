@@ -195,6 +195,7 @@ struct ld_run {
     struct mv_bench_machine machine;
     bool available[MECH_COUNT];
     char skipped[MECH_COUNT][192];  /* why, when not available */
+    struct mv_host_stats host;      /* the probe's: the fault service chosen */
     /* case 1 */
     uint64_t fetch_bytes;
     size_t fetch_pages;
@@ -271,6 +272,10 @@ static int probe_mechanisms(struct ld_run *run)
 
     if (rc != MV_BENCH_OK)
         return rc;
+    if ((rc = mv_host_stats(host, &run->host)) < 0) {
+        mv_host_destroy(host);
+        return mv_bench_lib_error("mv_host_stats", rc);
+    }
     for (int m = 0; m < MECH_COUNT && rc == MV_BENCH_OK; m++) {
         struct mv_domain_config dc =
             domain_config((uint64_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT, m);
@@ -1157,7 +1162,9 @@ static struct json_object *parameters_json(const struct ld_run *run)
     json_object_object_add(o, "vcpu_threads", u64_json(LD_WRITERS));
     json_object_object_add(o, "duration_ms", u64_json(run->opt.duration_ms));
     json_object_object_add(o, "fetch_interval_ms", u64_json(run->opt.fetch_interval_ms));
-    json_object_object_add(o, "fault_threads", u64_json(hc.fault_threads ? hc.fault_threads : 1));
+    json_object_object_add(o, "fault_threads", u64_json(run->host.fault_threads));
+    json_object_object_add(o, "fault_mode",
+                           json_object_new_string(mv_fault_mode_name(run->host.fault_mode)));
     json_object_object_add(o, "fault_spin_us", u64_json(hc.fault_spin_us));
     json_object_object_add(o, "pod_block_populate", json_object_new_int(1));
     json_object_object_add(o, "statistic", json_object_new_string(

@@ -15,7 +15,9 @@
  *                        first touch of a 2 MiB block populates all of it),
  *                        with the fault thread spinning --spin-us after a
  *                        fault (the library's default) or sleeping at once
- *                        (fault_spin_us = 0).
+ *                        (fault_spin_us = 0), one thread for all CPUs
+ *                        (fault_mode shared); pod-4k-per-cpu with one fault
+ *                        thread pinned to each CPU (fault_mode per-CPU).
  *   sweep-*              mv_domain_reclaim_zero() over a fully populated
  *                        domain whose pages are all zero, have data in their
  *                        first word, or have data only in their last word.
@@ -116,6 +118,8 @@ struct pod_case {
     enum pod_case_kind kind;
     int block_populate;
     bool sleeping;      /* fault_spin_us = 0 instead of --spin-us */
+    bool per_cpu;       /* MV_FAULT_PER_CPU (its threads never spin), else
+                         * MV_FAULT_SHARED */
     unsigned word;      /* sweep: each page gets `value` in this word */
     uint64_t value;
 };
@@ -128,6 +132,10 @@ static const struct pod_case pod_cases[] = {
       .sleeping = true,
       .what = "a fault per page (pod_block_populate = 0); the fault thread "
               "sleeps at once (fault_spin_us = 0)" },
+    { .name = "pod-4k-per-cpu", .kind = CASE_FAULT, .block_populate = 0,
+      .sleeping = true, .per_cpu = true,
+      .what = "a fault per page (pod_block_populate = 0); one fault thread "
+              "pinned to each CPU (fault_mode per-CPU), none spinning" },
     { .name = "pod-2m-spin", .kind = CASE_FAULT, .block_populate = 1,
       .what = "the first touch of a 2 MiB block populates all 512 pages "
               "(pod_block_populate = 1); the fault thread spins --spin-us" },
@@ -345,7 +353,7 @@ struct pod_domain {
 
 /* A new host with one domain of `bytes`, all of it PoD entries. */
 static int domain_open(struct pod_domain *pd, uint64_t bytes, unsigned spin_us,
-                       int block_populate)
+                       bool per_cpu, int block_populate)
 {
     struct mv_host_config hc;
     struct mv_domain_config dc;
@@ -354,6 +362,7 @@ static int domain_open(struct pod_domain *pd, uint64_t bytes, unsigned spin_us,
     mv_bench_host_config_init(&hc);
     hc.budget_bytes = bytes;
     hc.fault_spin_us = spin_us;
+    hc.fault_mode = per_cpu ? MV_FAULT_PER_CPU : MV_FAULT_SHARED;
     rc = mv_bench_host_create(&hc, &pd->host);
     if (rc != MV_BENCH_OK)
         return rc;
@@ -411,7 +420,7 @@ static int touch_domain(const struct pod_run *run, const struct pod_case *c,
                         struct mv_host_stats *stats, struct mv_domain_info *info)
 {
     int rc = domain_open(pd, run->bytes, c->sleeping ? 0 : (unsigned)run->opt.spin_us,
-                         c->block_populate);
+                         c->per_cpu, c->block_populate);
 
     if (rc != MV_BENCH_OK)
         return rc;
@@ -661,6 +670,8 @@ static int report_json(const struct pod_run *run)
         json_object_object_add(o, "what", json_object_new_string(c->what));
         json_object_object_add(o, "fault_spin_us", json_object_new_int64(
             c->kind == CASE_FAULT && c->sleeping ? 0 : (int64_t)run->opt.spin_us));
+        json_object_object_add(o, "fault_mode", json_object_new_string(
+            mv_fault_mode_name(c->per_cpu ? MV_FAULT_PER_CPU : MV_FAULT_SHARED)));
         json_object_object_add(o, "pod_block_populate",
                                json_object_new_int(c->block_populate));
         json_object_object_add(o, "raw", record_json(run, &run->cases[ci]));

@@ -61,11 +61,16 @@
  *                    destroyed with nothing written (a sandbox's life), then
  *                    the source, by then alone on every frame.  Peer: fork()
  *                    holding as much, the child exiting at once, waitpid().
+ *   per-CPU clone    the clone writes again on a host with one fault thread
+ *                    pinned to each CPU (MV_FAULT_PER_CPU); every other case
+ *                    runs with one fault thread for all (MV_FAULT_SHARED).
  *   kernel peers     the same timed stores to fresh private anonymous pages
  *                    and fresh pages of a shared memfd mapping (first-touch
  *                    faults), to a private file mapping whose pages were read
  *                    (CoW of a page-cache page), and by a fork()ed child to
  *                    its parent's populated memory (CoW after fork).
+ *   break floor      the system calls a break into the writer's own slot
+ *                    cannot do without, with no bookkeeping (cow_floor.c).
  * Every page of every domain is read back with mv_domain_read_page() and
  * compared with what was written, and the audits must return 0.
  */
@@ -1557,6 +1562,8 @@ struct cow_run {
     uint64_t clone_shared_pages;
     uint64_t vmas_after_clone;
     struct cow_latency clone_break;
+    struct cow_latency per_cpu_break;   /* the same, MV_FAULT_PER_CPU */
+    struct cow_latency floor_break;     /* mv_bench_cow_floor */
     uint64_t saved_after_breaks;
     /* both destroyed after the writes: the clone, then the source, by then
      * the last mapping of every frame, of which frames_written_out have
@@ -1841,6 +1848,17 @@ static int cow_kernel_fork(struct cow_run *run)
 /* ------------------------------------------------------------------------ */
 /* memvisor: clone, breaks, make_ro_and_share                                */
 
+/* The break's floor (cow_floor.c), as many writes as the clone's. */
+static int cow_floor(struct cow_run *run)
+{
+    uint64_t total_ns = 0;
+    int rc = mv_bench_cow_floor(run->opt.pages, run->latency, &total_ns);
+
+    if (rc == MV_BENCH_OK)
+        cow_summarize(run->latency, run->opt.pages, total_ns, &run->floor_break);
+    return rc;
+}
+
 static int cow_fill_domain(mv_host *host, uint32_t dom, uint64_t salt, uint64_t *ns)
 {
     uint64_t size, t0 = mv_bench_now_ns();
@@ -2107,35 +2125,76 @@ static int cow_untouched_case(struct cow_run *run, mv_host *host)
     return rc < 0 ? mv_bench_lib_error("mv_domain_destroy", rc) : MV_BENCH_OK;
 }
 
+/* The clone's writes again, on a host with one fault thread per CPU. */
+static int cow_per_cpu_case(struct cow_run *run)
+{
+    struct mv_host_config hc;
+    mv_host *host;
+    uint32_t src, clone;
+    uint8_t *ram = NULL;
+    int rc;
+
+    mv_bench_host_config_init(&hc);
+    hc.fault_mode = MV_FAULT_PER_CPU;
+    if ((rc = mv_bench_host_create(&hc, &host)) != MV_BENCH_OK)
+        return rc;
+    rc = cow_paused_source(host, "cow-per-cpu", run->bytes, &src, NULL);
+    if (rc == MV_BENCH_OK && (rc = mv_domain_clone(host, src, "cow-per-cpu-clone",
+                                                   &clone)) < 0)
+        rc = mv_bench_lib_error("mv_domain_clone", rc);
+    if (rc == MV_BENCH_OK)
+        rc = mv_bench_domain_ram(host, clone, &ram, NULL);
+    if (rc == MV_BENCH_OK)
+        rc = cow_timed_writes(run, ram, run->opt.pages, run->stride, COW_CLONE_BYTE,
+                              COW_SALT_SOURCE, &run->per_cpu_break);
+    if (rc == MV_BENCH_OK)
+        rc = cow_check_domain(run, host, src, "cow-per-cpu", run->pages, COW_SALT_SOURCE,
+                              0, 1, 0);
+    if (rc == MV_BENCH_OK)
+        rc = cow_check_domain(run, host, clone, "cow-per-cpu-clone", run->pages,
+                              COW_SALT_SOURCE, run->opt.pages, run->stride, COW_CLONE_BYTE);
+    if (rc == MV_BENCH_OK)
+        audit_host(host, &run->share_audit, &run->host_audit, run->audit_error,
+                   sizeof(run->audit_error));
+    mv_host_destroy(host);
+    return rc;
+}
+
 static int cow_memvisor(struct cow_run *run)
 {
+    struct mv_host_config hc;
     mv_host *host;
-    int rc = mv_bench_host_create(NULL, &host);
+    int rc;
 
-    if (rc != MV_BENCH_OK)
+    mv_bench_host_config_init(&hc);
+    hc.fault_mode = MV_FAULT_SHARED;
+    if ((rc = mv_bench_host_create(&hc, &host)) != MV_BENCH_OK)
         return rc;
     rc = cow_clone_case(run, host);
     if (rc == MV_BENCH_OK)
         rc = cow_mras_case(run, host);
     if (rc == MV_BENCH_OK)
         rc = cow_untouched_case(run, host);
-    if (rc == MV_BENCH_OK) {
+    if (rc == MV_BENCH_OK)
         audit_host(host, &run->share_audit, &run->host_audit, run->audit_error,
                    sizeof(run->audit_error));
+    mv_host_destroy(host);
+    if (rc == MV_BENCH_OK && run->share_audit == 0 && run->host_audit == 0)
+        rc = cow_per_cpu_case(run);
+    if (rc == MV_BENCH_OK) {
         run->ok = run->mismatches == 0 && run->share_audit == 0 && run->host_audit == 0;
         if (!run->ok)
             mv_bench_error("cow: %" PRIu64 " pages read back wrong (first: %s)%s%s",
                            run->mismatches, run->mismatches ? run->first_bad : "none",
                            run->audit_error[0] ? "; " : "", run->audit_error);
     }
-    mv_host_destroy(host);
     return rc;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Comparisons and reports                                                   */
 
-#define COW_MAX_COMPARISONS 11
+#define COW_MAX_COMPARISONS 14
 
 static size_t cow_comparisons(const struct cow_run *run, struct mv_bench_comparison *out)
 {
@@ -2159,6 +2218,24 @@ static size_t cow_comparisons(const struct cow_run *run, struct mv_bench_compari
     out[n++] = (struct mv_bench_comparison){
         .figure = "CoW break median", .unit = "ns",
         .value = (double)run->clone_break.median_ns,
+        .peer = "kernel first touch (anonymous)",
+        .peer_value = (double)run->anon_touch.median_ns, .goal_max_ratio = 3.0,
+    };
+    out[n++] = (struct mv_bench_comparison){
+        .figure = "CoW break median", .unit = "ns",
+        .value = (double)run->clone_break.median_ns,
+        .peer = "floor: the break's system calls",
+        .peer_value = (double)run->floor_break.median_ns,
+    };
+    out[n++] = (struct mv_bench_comparison){
+        .figure = "floor: break system calls", .unit = "ns",
+        .value = (double)run->floor_break.median_ns,
+        .peer = "kernel first touch (anonymous)",
+        .peer_value = (double)run->anon_touch.median_ns,
+    };
+    out[n++] = (struct mv_bench_comparison){
+        .figure = "CoW break med., thread per CPU", .unit = "ns",
+        .value = (double)run->per_cpu_break.median_ns,
         .peer = "kernel first touch (anonymous)",
         .peer_value = (double)run->anon_touch.median_ns, .goal_max_ratio = 3.0,
     };
@@ -2294,6 +2371,14 @@ static int cow_report_json(const struct cow_run *run)
     json_object_object_add(o, "vma_count_after", u64_json(run->vmas_after_breaks));
     json_object_object_add(o, "cow_run_unshares", u64_json(run->run_unshares));
     json_object_object_add(breaks, "source_writes_last_mapping", o);
+    json_object_object_add(breaks, "clone_writes_fault_mode_per_cpu",
+                           cow_latency_json(&run->per_cpu_break));
+    o = cow_latency_json(&run->floor_break);
+    json_object_object_add(o, "what", json_object_new_string(
+        "the system calls of a break into the writer's own slot with no bookkeeping: "
+        "a poll()ing server reads the write fault, copy_file_range, mmap MAP_FIXED, "
+        "UFFDIO_REGISTER, UFFDIO_CONTINUE, UFFDIO_WAKE; every other page written"));
+    json_object_object_add(breaks, "floor", o);
     json_object_object_add(root, "breaks", breaks);
 
     json_object_object_add(mras, "pages_per_domain", u64_json(run->mras_pages));
@@ -2365,6 +2450,8 @@ static int cow_report_text(const struct cow_run *run)
     cow_print_latency("memvisor: clone breaks a shared page", &run->clone_break);
     cow_print_latency("memvisor: source, last mapping of the frame", &run->source_break);
     cow_print_latency("memvisor: make_ro_and_share page", &run->mras_break);
+    cow_print_latency("memvisor: clone, a fault thread per CPU", &run->per_cpu_break);
+    cow_print_latency("floor: the break's system calls alone", &run->floor_break);
     cow_print_latency("kernel: first touch, private anonymous", &run->anon_touch);
     cow_print_latency("kernel: first touch, shared memfd", &run->shmem_touch);
     cow_print_latency("kernel: CoW after fork()", &run->fork_cow);
@@ -2480,6 +2567,8 @@ static int cow_run_suite(void *arg)
         rc = cow_kernel_file(run);
     if (rc == MV_BENCH_OK)
         rc = cow_kernel_fork(run);
+    if (rc == MV_BENCH_OK)
+        rc = cow_floor(run);
     if (rc == MV_BENCH_OK)
         rc = cow_memvisor(run);
     if (rc != MV_BENCH_OK)

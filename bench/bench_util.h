@@ -113,6 +113,11 @@ int mv_bench_domain_ram(mv_host *host, uint32_t dom, uint8_t **ram, uint64_t *si
  * 0, or prints why the thread could not start and returns MV_BENCH_FAILED. */
 int mv_bench_run_thread(void *(*fn)(void *), void *arg);
 
+/* The floor of a copy-on-write break (cow_floor.c): `count` breaks of every
+ * other page, each store's latency into latency[], the writer's whole time
+ * into *total_ns. */
+int mv_bench_cow_floor(uint64_t count, uint64_t *latency, uint64_t *total_ns);
+
 /* Threads running at once, as a guest's vCPUs. */
 #define MV_BENCH_MAX_THREADS 16
 struct mv_bench_threads {
