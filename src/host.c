@@ -24,13 +24,9 @@ void mv_host_config_init(struct mv_host_config *config)
     config->log_level = MV_LOG_INFO;
 }
 
-/*
- * Parse a CPU list in taskset's syntax ("0-3,8") into `set`: each CPU must
- * exist and the list must name at least one this process may run on.
- */
+/* Parse a CPU list in taskset's syntax ("0-3,8") into `set`. */
 static int parse_cpu_list(const char *list, cpu_set_t *set)
 {
-    cpu_set_t allowed;
     const char *p = list;
 
     CPU_ZERO(set);
@@ -61,12 +57,6 @@ static int parse_cpu_list(const char *list, cpu_set_t *set)
     } while (*p == ',' && ++p);
     if (*p)
         return mv__fail(-EINVAL, "fault_cpus '%s': unexpected '%s'", list, p);
-    if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0) {
-        CPU_AND(&allowed, &allowed, set);
-        if (CPU_COUNT(&allowed) == 0)
-            return mv__fail(-EINVAL, "fault_cpus '%s': none of these CPUs is one "
-                            "this process may run on", list);
-    }
     return 0;
 }
 
@@ -84,29 +74,34 @@ const char *mv_fault_mode_name(enum mv_fault_mode mode)
 }
 
 /*
- * Settle the fault mode (MV_FAULT_AUTO chooses).  Per CPU, the fault
- * threads are the CPUs of fault_cpus this process may run on (all it may
- * run on when fault_cpus is empty), one each.
+ * Settle where the fault threads run: the CPUs of `list` (taskset syntax;
+ * NULL or "" = no restriction) this process may run on, of which there must
+ * be at least one; and the fault mode (MV_FAULT_AUTO chooses).  Per CPU,
+ * there is one thread for each of those CPUs.
  */
-static int choose_fault_mode(struct mv_host *h)
+static int settle_fault_threads(struct mv_host *h, const char *list)
 {
     cpu_set_t cpus;
-    int count;
+    int count, rc;
 
-    if (h->config.fault_mode == MV_FAULT_SHARED)
-        return 0;
     if (sched_getaffinity(0, sizeof(cpus), &cpus) < 0)
         return mv__fail(-errno, "cannot read the CPUs this process may run on");
-    if (CPU_COUNT(&h->fault_cpus))
+    if (list && list[0]) {
+        rc = parse_cpu_list(list, &h->fault_cpus);
+        if (rc < 0)
+            return rc;
         CPU_AND(&cpus, &cpus, &h->fault_cpus);
+        if (CPU_COUNT(&cpus) == 0)
+            return mv__fail(-EINVAL, "fault_cpus '%s': none of these CPUs is one "
+                            "this process may run on", list);
+    }
     count = CPU_COUNT(&cpus);
-    if (h->config.fault_mode == MV_FAULT_AUTO) {
+    if (h->config.fault_mode == MV_FAULT_AUTO)
         h->config.fault_mode = h->config.fault_threads <= 1 &&
                                count <= (int)MV_FAULT_PER_CPU_AUTO_MAX
                              ? MV_FAULT_PER_CPU : MV_FAULT_SHARED;
-        if (h->config.fault_mode == MV_FAULT_SHARED)
-            return 0;
-    }
+    if (h->config.fault_mode == MV_FAULT_SHARED)
+        return 0;
     if (count > 64)
         return mv__fail(-EINVAL, "fault_mode per-CPU: %d CPUs, more than 64 fault "
                         "threads; name fewer in fault_cpus", count);
@@ -137,16 +132,9 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
         return mv__fail(-ENOMEM, "no memory for a host");
     h->config = *config;
     h->config.fault_cpus = NULL;    /* the caller's string: read here only */
-    if (config->fault_cpus && config->fault_cpus[0]) {
-        rc = parse_cpu_list(config->fault_cpus, &h->fault_cpus);
-        if (rc < 0) {
-            free(h);
-            return rc;
-        }
-    }
     if (!h->config.fault_threads)
         h->config.fault_threads = 1;
-    rc = choose_fault_mode(h);
+    rc = settle_fault_threads(h, config->fault_cpus);
     if (rc < 0) {
         free(h);
         return rc;

@@ -503,22 +503,46 @@ static void two_fault_threads_serve_many_domains(void **state)
     many_domains_fault_concurrently_on(h);
 }
 
+/* The guest scrubs all of its RAM and reads it back; then the content
+ * oracle and the audit, and the host is destroyed. */
+static void scrub_verify_and_destroy(mv_host *h, uint32_t id)
+{
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+
+    mv_workload_config_init(&w, MV_WORKLOAD_SCRUB);
+    st = tu_run(h, id, &w);
+    assert_false(st.crashed);
+    mv_workload_config_init(&w, MV_WORKLOAD_VERIFY);
+    st = tu_run(h, id, &w);
+    assert_int_equal(st.mismatches, 0);
+    tu_verify(h, id);
+    mv_host_destroy(h);
+}
+
+/* The lowest-numbered CPU in `set` (not empty). */
+static int first_cpu(const cpu_set_t *set)
+{
+    int cpu = 0;
+
+    while (!CPU_ISSET(cpu, set))
+        cpu++;
+    return cpu;
+}
+
 /* Fault threads start on the CPUs fault_cpus names, and serve faults there. */
 static void fault_threads_run_on_fault_cpus(void **state)
 {
     struct mv_host_config c;
-    struct mv_workload_config w;
-    struct mv_workload_status st;
     cpu_set_t allowed, got;
     char list[16];
     mv_host *h;
     uint32_t id;
-    int cpu = 0;
+    int cpu;
 
     (void)state;
     assert_int_equal(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
-    while (!CPU_ISSET(cpu, &allowed))
-        cpu++;
+    cpu = first_cpu(&allowed);
     snprintf(list, sizeof(list), "%d", cpu);
     mv_host_config_init(&c);
     c.machine_bytes = 64 * GiB;
@@ -534,14 +558,7 @@ static void fault_threads_run_on_fault_cpus(void **state)
         assert_true(CPU_ISSET(cpu, &got));
     }
     id = tu_domain(h, "pinned", 64 * MiB, 64 * MiB);
-    mv_workload_config_init(&w, MV_WORKLOAD_SCRUB);
-    st = tu_run(h, id, &w);
-    assert_false(st.crashed);
-    mv_workload_config_init(&w, MV_WORKLOAD_VERIFY);
-    st = tu_run(h, id, &w);
-    assert_int_equal(st.mismatches, 0);
-    tu_verify(h, id);
-    mv_host_destroy(h);
+    scrub_verify_and_destroy(h, id);
 }
 
 /* One fault thread per CPU: each pinned to its own CPU with an epoll set of
@@ -557,7 +574,7 @@ static void fault_thread_per_cpu_pins_one_each(void **state)
     char list[16];
     mv_host *h;
     uint32_t id;
-    int first = 0;
+    int first;
 
     (void)state;
     assert_int_equal(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
@@ -586,19 +603,11 @@ static void fault_thread_per_cpu_pins_one_each(void **state)
     assert_true(CPU_EQUAL(&seen, &allowed));
     id = tu_domain_with(h, "per-cpu", 64 * MiB, 64 * MiB, 2, MV_POD_WAIT,
                         MV_WAIT_TIMEOUT_DEFAULT_MS);
-    mv_workload_config_init(&w, MV_WORKLOAD_SCRUB);
-    st = tu_run(h, id, &w);
-    assert_false(st.crashed);
-    mv_workload_config_init(&w, MV_WORKLOAD_VERIFY);
-    st = tu_run(h, id, &w);
-    assert_int_equal(st.mismatches, 0);
-    tu_verify(h, id);
-    mv_host_destroy(h);
+    scrub_verify_and_destroy(h, id);
 
     /* With fault_cpus: its CPUs only; AUTO on one CPU chooses per CPU,
      * unless more than one fault thread is asked for. */
-    while (!CPU_ISSET(first, &allowed))
-        first++;
+    first = first_cpu(&allowed);
     snprintf(list, sizeof(list), "%d", first);
     c.fault_cpus = list;
     c.fault_mode = MV_FAULT_AUTO;
