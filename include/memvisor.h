@@ -120,6 +120,44 @@ enum mv_fault_mode {
 };
 #define MV_FAULT_PER_CPU_AUTO_MAX 4
 
+/*
+ * Who copies a shared page when a domain writes it (mv_domain_config).
+ *
+ * MV_COW_TRAP (default): the write traps to a fault thread, which copies the
+ * frame into the writer's own frame before the write goes on.  Every break
+ * is charged when it happens; the last mapping of a frame takes it over; a
+ * zero frame is not copied; when memory is short the PoD policy holds the
+ * writer or crashes the domain.  A break costs tens of microseconds
+ * (docs/performance.md).
+ *
+ * MV_COW_KERNEL: the kernel copies the page at the write, as it does for a
+ * fork's private memory, with no trap: a break costs about what a first
+ * touch of fresh memory costs.  The copy is anonymous memory until memvisor
+ * *settles* it: moves its bytes into the writer's own frame, charges it and
+ * updates the sharing records (takeovers included), as a trapped break
+ * would have.  Settling happens on every call that reads, shares or remaps
+ * the page, on mv_share_settle, mv_share_stats, mv_domain_info and the
+ * audits, on pause, and in the background every cow_settle_ms; reads through
+ * the library see the copy's bytes at any time.  The kernel copies only
+ * while the domain's target has room for a copy of every shared page (a
+ * clone whose target is its source's always has), so a domain never holds
+ * more than its target; the host budget is charged at the settle, and may
+ * be exceeded until then by the copies made since the last one.  Writes to
+ * shared pages trap instead (the MV_COW_TRAP path, the PoD policy deciding
+ * when memory is short) while the target has no such room, after a settle
+ * found the budget spent (until 256 pages of it are free again), while
+ * the domain is paused, and while its dirty log is on.  Every break is a
+ * copy: a zero frame is copied too.
+ */
+enum mv_cow_mode {
+    MV_COW_TRAP = 0,
+    MV_COW_KERNEL,
+};
+#define MV_COW_SETTLE_DEFAULT_MS 100u
+
+/* "trap" or "kernel". */
+const char *mv_cow_mode_name(enum mv_cow_mode mode);
+
 struct mv_host_config {
     /* Machine memory the host may populate; 0 = 80% of MemAvailable. */
     uint64_t budget_bytes;
@@ -145,6 +183,12 @@ struct mv_host_config {
     const char *fault_cpus;
     /* How the fault threads wait and where they run (enum mv_fault_mode). */
     enum mv_fault_mode fault_mode;
+    /*
+     * MV_COW_KERNEL domains: how often, in milliseconds, the kernel's copies
+     * of shared pages are settled in the background (1..60000; default
+     * MV_COW_SETTLE_DEFAULT_MS set by mv_host_config_init).
+     */
+    unsigned cow_settle_ms;
     mv_log_fn log;
     void *log_opaque;
     enum mv_log_level log_level;
@@ -247,6 +291,8 @@ struct mv_domain_config {
     int pod_block_populate;
     /* How this domain's dirty log is kept (see mv_logdirty_enable). */
     enum mv_logdirty_mode logdirty_mode;
+    /* Who copies a shared page this domain writes (enum mv_cow_mode). */
+    enum mv_cow_mode cow_mode;
 };
 #define MV_MAX_VCPUS 64u
 #define MV_WAIT_TIMEOUT_DEFAULT_MS 10000u
@@ -322,6 +368,11 @@ struct mv_domain_info {
     uint64_t cow_breaks;        /* writes that got a private copy */
     uint64_t cow_takeovers;     /* breaks of the last mapping (frame freed) */
     uint64_t cow_nocopy;        /* breaks of a known-zero frame: no copy */
+    enum mv_cow_mode cow_mode;
+    uint64_t cow_kernel_copies; /* breaks the kernel copied, settled since
+                                   (part of cow_breaks) */
+    int cow_trapping;           /* MV_COW_KERNEL: 1 while its shared pages
+                                   trap (paused, dirty log on, memory short) */
     uint64_t cow_claimable;     /* breaks its target still covers now:
                                    min(shared, target - populated) */
     uint64_t cow_shortfall;     /* shared pages beyond that: writing them
@@ -493,7 +544,8 @@ const char *mv_logdirty_mode_name(enum mv_logdirty_mode mode);
  * break): other domains never see it.  Shared frames keep a reference count
  * and a reverse map of every mapping.  The memory a CoW break needs comes
  * from the domain's target and the host budget; when short, the domain's PoD
- * policy decides (wait or crash).
+ * policy decides (wait or crash).  Who makes the copy, and when it reaches
+ * the writer's own frame, is the domain's cow_mode (enum mv_cow_mode).
  *
  * Every sharing call fails with a clear error and changes nothing when: a
  * domain does not exist (-ESRCH), has crashed (-EPERM) or is paused (-EBUSY:
@@ -591,6 +643,15 @@ int mv_share_exclude(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count
 int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
                     uint32_t *clone_domid);
 
+/*
+ * Settle an MV_COW_KERNEL domain now (see enum mv_cow_mode): every page the
+ * kernel copied on a write moves into the domain's own frame and the sharing
+ * records catch up.  Returns the copies settled (0 for an MV_COW_TRAP
+ * domain), -ESRCH, -EPERM (crashed).  Copies with no memory to settle stay
+ * as they are (mv_share_stats().cow_settle_waiting) and are not counted.
+ */
+int64_t mv_share_settle(mv_host *host, uint32_t domid);
+
 struct mv_scanner_config {
     uint64_t pages_per_second; /* budget; 0 = no limit */
     unsigned cpu_percent;      /* share of one CPU, 1..100; 0 = 100 */
@@ -656,6 +717,12 @@ struct mv_share_stats {
     uint64_t clone_pending_frames; /* frames adopted by clones that nothing
                                       has touched since: their records are
                                       not written yet (part of shared_frames) */
+    /* MV_COW_KERNEL (see enum mv_cow_mode) */
+    uint64_t cow_kernel_copies;    /* kernel copies settled (part of cow_breaks) */
+    uint64_t cow_settles;          /* settle passes over a domain */
+    uint64_t cow_settle_ns;        /* time they took */
+    uint64_t cow_settle_waiting;   /* copies found with no memory to settle
+                                      them: their writers trap now */
 };
 
 int mv_share_stats(mv_host *host, struct mv_share_stats *out);
@@ -666,8 +733,9 @@ int mv_share_stats(mv_host *host, struct mv_share_stats *out);
  * and every shared gfn is in its frame's reverse map; the sum over domains of
  * shared gfns equals saved + frames; every indexed frame's bytes still hash
  * to its index entry; live frames hold memory; no guest write slipped into
- * a private anonymous copy.  0 or -EUCLEAN with the broken rule named.
- * Exact also while guests write and the scanner runs.
+ * a private anonymous copy (MV_COW_KERNEL domains are settled first; a copy
+ * made since must be of a shared gfn).  0 or -EUCLEAN with the broken rule
+ * named.  Exact also while guests write and the scanner runs.
  */
 int mv_share_audit(mv_host *host);
 

@@ -234,6 +234,9 @@ static int validate_config(const struct mv_domain_config *c)
         return mv__fail(-EINVAL, "vcpus %u is outside 1..%u", c->vcpus, MV_MAX_VCPUS);
     if (c->pod_policy != MV_POD_WAIT && c->pod_policy != MV_POD_CRASH)
         return mv__fail(-EINVAL, "unknown PoD policy %d", (int)c->pod_policy);
+    if (c->cow_mode != MV_COW_TRAP && c->cow_mode != MV_COW_KERNEL)
+        return mv__fail(-EINVAL, "cow_mode %d is not MV_COW_TRAP or MV_COW_KERNEL",
+                        (int)c->cow_mode);
     return 0;
 }
 
@@ -649,6 +652,9 @@ int mv_domain_page_type(mv_host *host, uint32_t domid, uint64_t gfn,
         return -ESRCH;
     mv__mutex_lock(&d->lock);
     rc = check_gfn(d, gfn);
+    /* A shared page the kernel copied on a write is private: settle it. */
+    if (rc == 0 && d->p2m[gfn] == MV_P2M_SHARED && mv__share_settle(d, gfn, 1) == -EFAULT)
+        rc = mv__fail(-EPERM, "domain %u crashed: %s", domid, d->crash_reason);
     if (rc == 0)
         *type = (enum mv_page_type)d->p2m[gfn];
     mv__mutex_unlock(&d->lock);
@@ -678,7 +684,15 @@ int mv_domain_read_page(mv_host *host, uint32_t domid, uint64_t gfn, void *buf)
                           (unsigned long long)gfn);
             break;
         case MV_P2M_SHARED:
-            rc = mv__machine_read(&host->machine, mv__share_mfn(d, gfn), 1, buf);
+            /* A copy the kernel made is its bytes: settle it first. */
+            if (mv__share_settle(d, gfn, 1) == -EFAULT) {
+                rc = mv__fail(-EPERM, "domain %u crashed: %s", domid, d->crash_reason);
+                break;
+            }
+            if (d->p2m[gfn] == MV_P2M_SHARED)
+                rc = mv__machine_read(&host->machine, mv__share_mfn(d, gfn), 1, buf);
+            else
+                rc = mv__machine_read(&host->machine, d->base_mfn + gfn, 1, buf);
             break;
         }
     }
@@ -707,6 +721,11 @@ int mv_domain_pause(mv_host *host, uint32_t domid)
         rc = mv__fail(-EALREADY, "domain %u is already paused", domid);
     else
         d->state = MV_DOMAIN_PAUSED; /* from now on faults are held */
+    /* Writes to shared pages too: they trap instead of being copied by the
+     * kernel, and the copies made so far are settled. */
+    if (rc == 0 && mv__share_cow_trap(d, MV__COW_TRAP_PAUSED, true) < 0)
+        rc = mv__fail(-EPERM, "domain %u crashed while pausing: %s", domid,
+                      d->crash_reason);
     mv__mutex_unlock(&d->lock);
     if (rc == 0)
         rc = mv__guest_park(d, MV_PAUSE_TIMEOUT_MS);
@@ -727,6 +746,9 @@ int mv_domain_unpause(mv_host *host, uint32_t domid)
         rc = mv__fail(-EINVAL, "domain %u is not paused", domid);
     else
         d->state = MV_DOMAIN_RUNNING;
+    if (rc == 0 && mv__share_cow_trap(d, MV__COW_TRAP_PAUSED, false) < 0)
+        mv__log(host, MV_LOG_WARN, "domain %u: %s; its writes to shared pages trap",
+                domid, mv_last_error());
     mv__mutex_unlock(&d->lock);
     if (rc == 0) {
         mv__guest_unpark(d);

@@ -21,6 +21,7 @@ void mv_host_config_init(struct mv_host_config *config)
     memset(config, 0, sizeof(*config));
     config->fault_threads = 1;
     config->fault_spin_us = MV_FAULT_SPIN_DEFAULT;
+    config->cow_settle_ms = MV_COW_SETTLE_DEFAULT_MS;
     config->log_level = MV_LOG_INFO;
 }
 
@@ -124,6 +125,8 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
                         "_PER_CPU", (int)config->fault_mode);
     if (config->fault_threads > 64)
         return mv__fail(-EINVAL, "fault_threads %u is above 64", config->fault_threads);
+    if (config->cow_settle_ms > 60000)
+        return mv__fail(-EINVAL, "cow_settle_ms %u is above 60000", config->cow_settle_ms);
     if (config->budget_bytes % MV_PAGE_SIZE || config->machine_bytes % (2 * MV_MIB))
         return mv__fail(-EINVAL, "budget must be a multiple of 4 KiB and the "
                         "machine size a multiple of 2 MiB");
@@ -134,6 +137,8 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     h->config.fault_cpus = NULL;    /* the caller's string: read here only */
     if (!h->config.fault_threads)
         h->config.fault_threads = 1;
+    if (!h->config.cow_settle_ms)
+        h->config.cow_settle_ms = MV_COW_SETTLE_DEFAULT_MS;
     rc = settle_fault_threads(h, config->fault_cpus);
     if (rc < 0) {
         free(h);
@@ -265,6 +270,9 @@ int mv_host_audit(mv_host *h)
     int rc;
 
     mv__clear_error();
+    /* Copies the kernel made on write become breaks first, so that the
+     * counts below do not move under the audit. */
+    mv__share_settle_all(h);
     rc = mv__machine_audit(&h->machine);
     if (rc < 0)
         return rc;

@@ -27,6 +27,7 @@
  *
  *   MV_LOCK_HOST (host->domains_lock, a rwlock: not level-checked, taken
  *                 briefly to look domains up, never held across a fault)
+ *     < MV_LOCK_SETTLE  (share->settler_lock: only the settler's sleep)
  *     < MV_LOCK_SCAN    (scanner->scan_lock: one scan step at a time)
  *     < MV_LOCK_HINTS   (scanner->lock: hints, scanner config and stats)
  *     < MV_LOCK_GUEST   (guest->lock)
@@ -84,6 +85,7 @@ uint64_t mv__now_ns(void);
 /* lock.c                                                                    */
 
 enum mv__lock_level {
+    MV_LOCK_SETTLE = 0,     /* share->settler_lock: the settler's sleep */
     MV_LOCK_SCAN = 1,
     MV_LOCK_HINTS = 2,
     MV_LOCK_GUEST = 3,
@@ -461,8 +463,28 @@ void mv__share_domain_destroy(struct mv_domain *d);
  * private copy.  0, -ENOMEM (the caller applies the PoD policy) or -EFAULT
  * (the domain had to be crashed). */
 int mv__share_cow_fault(struct mv_domain *d, uint64_t gfn);
-/* The frame a shared gfn maps (lock held). */
+/* The frame a shared gfn maps (lock held).  MV_COW_KERNEL: settle the gfn
+ * first (mv__share_settle), or its bytes may be a copy's. */
 uint64_t mv__share_mfn(struct mv_domain *d, uint64_t gfn);
+/* Reasons an MV_COW_KERNEL domain's shared gfns trap instead of being
+ * copied by the kernel. */
+enum mv__cow_trap {
+    MV__COW_TRAP_PAUSED = 1,    /* paused: writes are held */
+    MV__COW_TRAP_LOGDIRTY = 2,  /* dirty log on: breaks mark pages dirty */
+    MV__COW_TRAP_MEMORY = 4,    /* a copy found no page: the PoD policy rules */
+};
+/* Set or clear a trap reason (lock held).  Setting one settles the whole
+ * domain too, so that no copy is left unaccounted.  0 or -EFAULT (crashed);
+ * nothing for an MV_COW_TRAP domain. */
+int mv__share_cow_trap(struct mv_domain *d, enum mv__cow_trap reason, bool on);
+/* Settle the kernel copies of [gfn, gfn + n) (lock held): copies settled,
+ * -ENOMEM (some wait for memory) or -EFAULT (crashed). */
+int64_t mv__share_settle(struct mv_domain *d, uint64_t gfn, uint64_t n);
+/* MV_COW_KERNEL: the domain's populated pages or target changed; trap when
+ * its target no longer has room for a copy of every shared page (lock held). */
+void mv__share_check_room(struct mv_domain *d);
+/* Settle every running MV_COW_KERNEL domain (no lock held). */
+void mv__share_settle_all(struct mv_host *host);
 /* Sharing figures of a domain for mv_domain_info (lock held). */
 void mv__share_domain_info(struct mv_domain *d, struct mv_domain_info *out);
 /* Drop a shared gfn's mapping and give it `type` (lock held). */

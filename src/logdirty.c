@@ -458,7 +458,11 @@ int mv_logdirty_enable(mv_host *host, uint32_t domid)
     if (rc == 0) {
         for (size_t i = 0; i < l->words; i++)
             atomic_store_explicit(&l->bitmap[i], 0, memory_order_relaxed);
-        rc = protect_all(d, true);
+        /* Writes to shared pages trap while the log is on: each break
+         * marks its page. */
+        rc = mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, true);
+        if (rc == 0)
+            rc = protect_all(d, true);
         if (rc < 0 && l->slot >= 0)
             slot_release(l);
     }
@@ -484,6 +488,8 @@ int mv_logdirty_disable(mv_host *host, uint32_t domid)
     l = d->logdirty;
     l->enabled = false;
     rc = protect_all(d, false);
+    if (rc == 0)
+        rc = mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, false);
     if (l->slot >= 0)
         slot_release(l);
     end(d);

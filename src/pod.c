@@ -195,13 +195,17 @@ static int map_present(struct mv_domain *d, uint64_t gfn)
 
 int mv__pod_fault(struct mv_domain *d, uint64_t gfn)
 {
+    int rc;
+
     switch ((enum mv__p2m_type)d->p2m[gfn]) {
     case MV_P2M_RAM:
         return map_present(d, gfn);
     case MV_P2M_POD:
-        if (populate_block(d, gfn) == 0)
-            return 0;
-        return populate_page(d, gfn);
+        rc = populate_block(d, gfn) == 0 ? 0 : populate_page(d, gfn);
+        /* Less room for copies of shared pages now. */
+        if (rc == 0 && d->shared)
+            mv__share_check_room(d);
+        return rc;
     case MV_P2M_BALLOONED:
         mv__domain_crash(d, "guest touched gfn %#llx, which it had ballooned out",
                          (unsigned long long)gfn);
@@ -443,6 +447,7 @@ int mv_domain_set_target(mv_host *host, uint32_t domid, uint64_t target_bytes)
                           (unsigned long long)target);
         else
             d->target_pages = target;
+        mv__share_check_room(d);
     }
     mv__mutex_unlock(&d->lock);
     if (rc == 0)

@@ -42,6 +42,16 @@
  * Clones adopt frames pending: no record and no entries until first looked
  * at (see "Pending frames" below).
  *
+ * Kernel copies (MV_COW_KERNEL domains).  Their shared gfns are mapped
+ * without write protection while their target has room for a copy of each
+ * and no other reason to trap holds (paused, dirty log on): a write makes
+ * the kernel copy the frame into an anonymous page of the MAP_PRIVATE
+ * mapping, with no trap.  Settling (on every call that looks at such a gfn,
+ * on pause, on stats and audits, and every cow_settle_ms on the settler
+ * thread) protects each copy, writes its bytes into the gfn's own frame and
+ * records it as a break.  Until then the gfn is SHARED in the p2m and its
+ * bytes are the copy's.
+ *
  * Invariants (mv_share_audit):
  *   frame.refs == |frame.rmap|; every rmap entry (dom, gfn) has
  *   p2m[gfn] == SHARED and dom.frame[gfn] == frame at that position;
@@ -52,7 +62,9 @@
  *   host populated pages == sum of domains' populated + shared frames.
  *
  * Locking: share->lock (MV_LOCK_SHARE) guards frames, regions, the index,
- * the registry of domains and every domain's shared-entry table.  Changing a
+ * the registry of domains and every domain's shared-entry table.  The
+ * settler holds settler_lock (MV_LOCK_SETTLE) only while it sleeps, and
+ * settles each domain under its domain lock, like any other caller.  Changing a
  * gfn to or from SHARED takes the domain lock and then the share lock, so
  * under the share lock alone the p2m's SHARED entries are stable.
  */
@@ -136,6 +148,11 @@ struct mv__share_dom {
     uint64_t excluded_count;
     uint32_t *checksums;         /* scanner; domain lock */
     uint64_t cow_breaks, cow_takeovers, cow_nocopy; /* domain lock */
+    /* MV_COW_KERNEL (domain lock): why its shared gfns trap now (enum
+     * mv__cow_trap bits; none: the kernel copies on write), copies settled,
+     * and copies the last whole settle found no memory for. */
+    unsigned trap_reasons;
+    uint64_t kernel_copies, settle_waiting;
 };
 
 struct mv__share {
@@ -152,6 +169,12 @@ struct mv__share {
     /* counters */
     uint64_t cow_breaks, cow_takeovers, cow_nocopy, cow_run_unshares;
     uint64_t zero_reclaimed, hash_collisions;
+    uint64_t kernel_copies, settles, settle_ns;
+    /* The background settler of MV_COW_KERNEL domains (settler_main). */
+    struct mv__mutex settler_lock;
+    pthread_cond_t settler_cond;
+    pthread_t settler;
+    bool settler_started, settler_stop;
     /* the mapping limit */
     uint64_t max_map_count;
     uint64_t vma_count;
@@ -171,6 +194,19 @@ struct mv__share {
 static uint64_t own_offset(struct mv_domain *d, uint64_t gfn)
 {
     return (d->base_mfn + gfn) << MV_PAGE_SHIFT;
+}
+
+/* Whether the kernel copies d's shared pages on write (MV_COW_KERNEL). */
+static bool kernel_copies(struct mv_domain *d)
+{
+    return d->config.cow_mode == MV_COW_KERNEL;
+}
+
+/* ... and does now, without a trap: no reason to trap holds (domain lock
+ * held). */
+static bool kernel_copies_on(struct mv_domain *d)
+{
+    return kernel_copies(d) && d->share->trap_reasons == 0;
 }
 
 uint64_t mv__share_hash(const uint8_t *page)
@@ -865,7 +901,10 @@ static bool may_map(struct mv_host *h, uint64_t more)
 /* ------------------------------------------------------------------------ */
 /* mappings (domain lock held, or the domain is not reachable yet)          */
 
-/* Map [gfn, gfn + n) to frames [mfn, mfn + n), write-protected. */
+static void check_room(struct mv_domain *d, uint64_t more);
+
+/* Map [gfn, gfn + n) to frames [mfn, mfn + n), write-protected unless the
+ * kernel copies this domain's shared pages now. */
 static int map_frames(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n)
 {
     uint8_t *at = mv__gfn_addr(d, gfn);
@@ -877,7 +916,7 @@ static int map_frames(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t 
                         "frames: %s", d->domid, (unsigned long long)gfn,
                         (unsigned long long)n, mv_strerror(-errno));
     rc = mv__os_uffd_register(d->cow_uffd, at, len, UFFDIO_REGISTER_MODE_WP, NULL);
-    if (rc == 0)
+    if (rc == 0 && !kernel_copies_on(d))
         rc = mv__os_uffd_writeprotect(d->cow_uffd, at, len, true);
     if (rc < 0)
         return mv__fail(rc, "domain %u: cannot write-protect shared gfn %#llx+%llu: %s",
@@ -944,6 +983,11 @@ MV_COLD static int adopt_private_copy(struct mv_domain *d, uint64_t gfn, enum or
     uint8_t page[MV_PAGE_SIZE];
     int rc;
 
+    /* Where the kernel copies on write, the copy is not protected yet: stop
+     * further writes (they trap and wait for the domain lock) before
+     * reading it. */
+    if (kernel_copies_on(d))
+        mv__os_uffd_writeprotect(d->cow_uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE, true);
     memcpy(page, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
     if (from != FROM_RAM && !mv__pod_claim(d, 1, true)) {
         mv__domain_crash(d, "no memory for a write to gfn %#llx that raced its "
@@ -999,7 +1043,12 @@ static long map_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
                     enum origin from, uint8_t *written)
 {
     long copies;
-    int rc = map_frames(d, gfn, mfn, n);
+    int rc;
+
+    /* Gfns that held nothing add shared pages the target must have room to
+     * copy; populated ones free as much room as they add. */
+    check_room(d, from == FROM_POD ? n : 0);
+    rc = map_frames(d, gfn, mfn, n);
 
     if (rc < 0) {
         /* Put the gfns back where they were: their old frame, or their own. */
@@ -1095,6 +1144,276 @@ static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint
 }
 
 /* ------------------------------------------------------------------------ */
+/* kernel copies (MV_COW_KERNEL)                                            */
+
+/*
+ * An MV_COW_KERNEL domain's shared gfns are mapped without write protection
+ * while no trap reason holds: a write makes the kernel copy the frame into
+ * an anonymous page of the mapping (MAP_PRIVATE), and the writer goes on.
+ * Settling turns such a copy into what a trapped break would have made: it
+ * write-protects the copy (later writes trap and wait for the domain lock),
+ * claims a page as a break does (a takeover when the gfn held the frame's
+ * last mapping), writes the copy's bytes into the gfn's own frame, maps the
+ * own frame and drops the gfn from its frame's reverse map.  A gfn whose
+ * copy is not settled yet is SHARED in the p2m and its bytes are the copy's:
+ * every path that reads or remaps a shared gfn settles it first.
+ */
+
+static uint64_t count_takeovers(struct mv_domain *d, uint64_t gfn, uint64_t n);
+static bool may_split_for_break(struct mv__share *s);
+static int break_share_trapped(struct mv_domain *d, uint64_t gfn);
+
+/* Write-protect, or not, the shared gfns of [gfn, gfn + n) through the CoW
+ * userfaultfd (domain lock held). */
+static int protect_shared(struct mv_domain *d, uint64_t gfn, uint64_t n, bool protect)
+{
+    uint64_t end = gfn + n;
+
+    for (uint64_t g = gfn; g < end && d->shared;) {
+        uint64_t k = 0;
+        int rc;
+
+        if (d->p2m[g] != MV_P2M_SHARED) {
+            g++;
+            continue;
+        }
+        while (g + k < end && d->p2m[g + k] == MV_P2M_SHARED)
+            k++;
+        rc = mv__os_uffd_writeprotect(d->cow_uffd, mv__gfn_addr(d, g),
+                                      k << MV_PAGE_SHIFT, protect);
+        if (rc < 0)
+            return mv__fail(rc, "domain %u: cannot %s shared gfn %#llx+%llu: %s",
+                            d->domid, protect ? "write-protect" : "unprotect",
+                            (unsigned long long)g, (unsigned long long)k, mv_strerror(rc));
+        g += k;
+    }
+    return 0;
+}
+
+/* Set or clear a reason for d's shared gfns to trap (domain lock held): they
+ * are write-protected when the first reason comes and unprotected when the
+ * last one goes. */
+static int cow_trap(struct mv_domain *d, unsigned reason, bool on)
+{
+    struct mv__share_dom *sd = d->share;
+    bool was = kernel_copies_on(d);
+
+    if (on)
+        sd->trap_reasons |= reason;
+    else
+        sd->trap_reasons &= ~reason;
+    if (was == kernel_copies_on(d))
+        return 0;
+    return protect_shared(d, 0, d->maxmem_pages, was);
+}
+
+/* Pages d's target still has room for (domain lock held). */
+static uint64_t target_room(struct mv_domain *d)
+{
+    return d->target_pages - MV_MIN(d->populated, d->target_pages);
+}
+
+/* The kernel copies a domain's shared pages only while its target has room
+ * for a copy of every one of them (and `more` to come): a domain never holds
+ * more memory than its target, and when short, its writes trap and the PoD
+ * policy decides (domain lock held). */
+static void check_room(struct mv_domain *d, uint64_t more)
+{
+    if (kernel_copies_on(d) && d->shared + more > target_room(d) &&
+        cow_trap(d, MV__COW_TRAP_MEMORY, true) < 0)
+        mv__log(d->host, MV_LOG_WARN, "domain %u: %s", d->domid, mv_last_error());
+}
+
+void mv__share_check_room(struct mv_domain *d)
+{
+    check_room(d, 0);
+}
+
+/* Settle [gfn, gfn + n), consecutive shared gfns that all hold a kernel copy
+ * (domain lock held, share lock not).  0, -ENOMEM (no page: the copies stay,
+ * write-protected) or -EFAULT (the domain crashed). */
+static int settle_copies(struct mv_domain *d, uint64_t gfn, uint64_t n)
+{
+    struct mv_host *h = d->host;
+    struct mv__share *s = h->share;
+    struct mv__share_dom *sd = d->share;
+    uint8_t *at = mv__gfn_addr(d, gfn);
+    size_t len = n << MV_PAGE_SHIFT;
+    uint64_t charged;
+    bool split;
+    int rc;
+
+    rc = mv__os_uffd_writeprotect(d->cow_uffd, at, len, true);
+    if (rc < 0) {
+        mv__domain_crash(d, "cannot write-protect the copies of gfn %#llx+%llu: %s",
+                         (unsigned long long)gfn, (unsigned long long)n, mv_strerror(rc));
+        return -EFAULT;
+    }
+    mv__mutex_lock(&s->lock);
+    split = may_split_for_break(s);
+    mv__mutex_unlock(&s->lock);
+    if (!split) {
+        /* Near the mapping limit: break them one by one as trapped writes,
+         * which take their run along rather than split it. */
+        for (uint64_t i = 0; i < n; i++)
+            if (d->p2m[gfn + i] == MV_P2M_SHARED && (rc = break_share_trapped(d, gfn + i)) < 0)
+                return rc;
+        return 0;
+    }
+    if (!mv__pod_claim(d, n, false))
+        return -ENOMEM;
+    mv__mutex_lock(&s->lock);
+    charged = n - count_takeovers(d, gfn, n);
+    if (charged && !mv__machine_charge(&h->machine, charged)) {
+        mv__mutex_unlock(&s->lock);
+        return -ENOMEM;
+    }
+    /* The copies are stable now: writes to them trap.  Their bytes go to the
+     * own frames, which then replace them in the mapping. */
+    rc = mv__os_write(h->machine.memfd, at, own_offset(d, gfn), len);
+    if (rc == 0)
+        rc = mv__domain_map_own(d, gfn, n);
+    if (rc == 0)
+        rc = mv__os_uffd_continue(d->uffd, at, len);
+    if (rc == -EEXIST)
+        rc = 0;
+    if (rc < 0) {
+        mv__mutex_unlock(&s->lock);
+        if (charged)
+            mv__machine_uncharge(&h->machine, charged);
+        mv__domain_crash(d, "cannot settle the copies of shared gfn %#llx+%llu: %s",
+                         (unsigned long long)gfn, (unsigned long long)n, mv_strerror(rc));
+        return -EFAULT;
+    }
+    mv__os_uffd_wake(d->cow_uffd, at, len);
+    for (uint64_t i = 0; i < n; i++) {
+        bool takeover = frame_of(s, shared_mfn(d, gfn + i))->refs == 1;
+
+        mv__p2m_set(d, gfn + i, MV_P2M_RAM);
+        rmap_del(h, d, gfn + i, !takeover);
+        sd->cow_takeovers += takeover;
+        s->cow_takeovers += takeover;
+    }
+    sd->cow_breaks += n;
+    s->cow_breaks += n;
+    sd->kernel_copies += n;
+    s->kernel_copies += n;
+    mv__mutex_unlock(&s->lock);
+    mv__logdirty_mark(d, gfn, n);
+    return 0;
+}
+
+/*
+ * Settle the kernel copies in [gfn, gfn + n) (domain lock held, share lock
+ * not).  With `hold`, the range's shared gfns are write-protected first and
+ * stay so: no copy can appear there until the caller, done remapping or
+ * reading them, calls rearm_range.  Returns the copies settled, -ENOMEM when
+ * some found no page (they stay, write-protected, and the domain traps until
+ * memory is back), or -EFAULT when the domain crashed.
+ */
+static int64_t settle_range(struct mv_domain *d, uint64_t gfn, uint64_t n, bool hold)
+{
+    struct page_region regions[32];
+    uintptr_t base = (uintptr_t)mv__gfn_addr(d, gfn);
+    uintptr_t start = base, end = base + (n << MV_PAGE_SHIFT);
+    int fd = d->host->share->pagemap_fd;
+    int64_t settled = 0;
+    uint64_t waiting = 0;
+    int rc;
+
+    if (!kernel_copies(d) || d->shared == 0 || d->state == MV_DOMAIN_CRASHED ||
+        atomic_load(&d->dying))
+        return 0;
+    if (hold && (rc = protect_shared(d, gfn, n, true)) < 0) {
+        mv__domain_crash(d, "%s", mv_last_error());
+        return -EFAULT;
+    }
+    while (start < end) {
+        struct pm_scan_arg arg = {
+            .size = sizeof(arg), .start = start, .end = end,
+            .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
+            .category_inverted = PAGE_IS_FILE,
+            .category_mask = PAGE_IS_FILE | PAGE_IS_PRESENT,
+            .return_mask = PAGE_IS_PRESENT,
+        };
+        long r = mv__os_pagemap_scan(fd, &arg);
+
+        if (r < 0) {
+            mv__domain_crash(d, "cannot look for copies of shared gfns: %s",
+                             mv_strerror((int)r));
+            return -EFAULT;
+        }
+        for (long i = 0; i < r; i++) {
+            uint64_t g = (regions[i].start - base) >> MV_PAGE_SHIFT;
+            uint64_t last = (regions[i].end - base) >> MV_PAGE_SHIFT;
+
+            g += gfn;
+            last += gfn;
+            while (g < last) {
+                uint64_t k = 0;
+
+                if (d->p2m[g] != MV_P2M_SHARED) {
+                    g++;        /* cannot happen: own mappings are shmem */
+                    continue;
+                }
+                /* A run mapping one shmem mapping of the own frames at most
+                 * 2 MiB at a time, so that a run merges as it settles. */
+                while (g + k < last && d->p2m[g + k] == MV_P2M_SHARED &&
+                       (k == 0 || (g + k) % MV_BLOCK_PAGES != 0))
+                    k++;
+                rc = settle_copies(d, g, k);
+                if (rc == -EFAULT)
+                    return rc;
+                if (rc == -ENOMEM)
+                    waiting += k;
+                else
+                    settled += (int64_t)k;
+                g += k;
+            }
+        }
+        if (arg.walk_end <= start || r < (long)MV_ARRAY_SIZE(regions))
+            break;
+        start = arg.walk_end;
+    }
+    if (waiting) {
+        d->share->settle_waiting = waiting;
+        cow_trap(d, MV__COW_TRAP_MEMORY, true);
+        return -ENOMEM;
+    }
+    return settled;
+}
+
+/* Write-protect the shared gfns [gfn, gfn + n) and find the copies the
+ * kernel made of them (found[i] != 0), which can no longer change (domain
+ * lock held).  Returns how many, or -EFAULT when the domain crashed. */
+static long hold_copies(struct mv_domain *d, uint64_t gfn, uint64_t n, uint8_t *found)
+{
+    long copies;
+
+    if (protect_shared(d, gfn, n, true) < 0) {
+        mv__domain_crash(d, "%s", mv_last_error());
+        return -EFAULT;
+    }
+    copies = find_private_copies(d, gfn, n, found);
+    if (copies < 0) {
+        mv__domain_crash(d, "cannot look for copies of gfn %#llx+%llu: %s",
+                         (unsigned long long)gfn, (unsigned long long)n,
+                         mv_strerror((int)copies));
+        return -EFAULT;
+    }
+    return copies;
+}
+
+/* Undo settle_range's hold on the shared gfns of [gfn, gfn + n) (domain lock
+ * held). */
+static void rearm_range(struct mv_domain *d, uint64_t gfn, uint64_t n)
+{
+    if (kernel_copies_on(d) && protect_shared(d, gfn, n, false) < 0)
+        mv__log(d->host, MV_LOG_WARN, "domain %u: %s; those pages trap on write",
+                d->domid, mv_last_error());
+}
+
+/* ------------------------------------------------------------------------ */
 /* CoW breaks                                                               */
 
 /* How far from gfn its run (consecutive gfns on consecutive frames: one
@@ -1137,6 +1456,28 @@ static bool may_split(struct mv__share *s)
     return true;
 }
 
+/* The mappings CoW breaks may use (share lock held). */
+static uint64_t break_map_limit(struct mv__share *s)
+{
+    return s->break_limit ? s->break_limit :
+           (s->max_map_count > MV_MAP_SLACK ? s->max_map_count - MV_MAP_SLACK : 0);
+}
+
+/* Whether a break may split a mapping in three, far from the limit breaks
+ * keep to (share lock held); takes the two mappings.  The count as last
+ * known, plus what was added since, first: counting again reads all of
+ * /proc/self/maps, too slow for every fault. */
+static bool may_split_for_break(struct mv__share *s)
+{
+    uint64_t limit = break_map_limit(s);
+
+    if (s->vma_count + 2 < limit || vma_count(s, MV_MAP_RECHECK_FAULT_NS) + 2 < limit) {
+        s->vma_count += 2;
+        return true;
+    }
+    return false;
+}
+
 /*
  * The gfns a write to shared gfn unshares, [*first, *first + return) (domain
  * and share locks held).  While mappings are plentiful, gfn alone: it splits
@@ -1150,18 +1491,13 @@ static bool may_split(struct mv__share *s)
 static uint64_t break_extent(struct mv_domain *d, uint64_t gfn, uint64_t *first)
 {
     struct mv__share *s = d->host->share;
-    uint64_t limit = s->break_limit ? s->break_limit :
-                     (s->max_map_count > MV_MAP_SLACK ? s->max_map_count - MV_MAP_SLACK : 0);
+    uint64_t limit = break_map_limit(s);
     uint64_t left, right, cost_left, cost_right, n;
     bool left_ends, right_ends;
 
-    /* The count as last known, plus what was added since, first: counting
-     * again reads all of /proc/self/maps, too slow for every fault. */
     *first = gfn;
-    if (s->vma_count + 2 < limit || vma_count(s, MV_MAP_RECHECK_FAULT_NS) + 2 < limit) {
-        s->vma_count += 2;
+    if (may_split_for_break(s))
         return 1;
-    }
     left_ends = run_side(d, gfn, -1, MV_BREAK_RUN_MAX, &left);
     right_ends = run_side(d, gfn, +1, MV_BREAK_RUN_MAX, &right);
     if (!s->breaks_unsharing_runs)
@@ -1209,12 +1545,14 @@ static uint64_t count_takeovers(struct mv_domain *d, uint64_t gfn, uint64_t n)
  * target, and a page of the host budget unless it held the frame's last
  * mapping (the frame's charge then moves to the domain: a takeover).
  */
-static int break_share(struct mv_domain *d, uint64_t gfn)
+static int break_share_trapped(struct mv_domain *d, uint64_t gfn)
 {
     struct mv_host *h = d->host;
     struct mv__share *s = h->share;
     struct mv__share_dom *sd = d->share;
+    uint8_t found[MV_BREAK_RUN_MAX + 1];
     uint64_t first, n, mfn, charged;
+    long copies;
     bool zero;
     int rc;
 
@@ -1239,6 +1577,11 @@ static int break_share(struct mv_domain *d, uint64_t gfn)
         if (!split || !mv__pod_claim(d, 1, false))
             return -ENOMEM;
     }
+    /* Where the kernel copies on write, gfns of the extent may hold copies:
+     * protected, they stay as they are while their bytes are taken. */
+    copies = kernel_copies(d) ? hold_copies(d, first, n, found) : 0;
+    if (copies < 0)
+        return (int)copies;
     mv__mutex_lock(&s->lock);
     charged = n - count_takeovers(d, first, n);
     if (charged && !mv__machine_charge(&h->machine, charged)) {
@@ -1246,9 +1589,13 @@ static int break_share(struct mv_domain *d, uint64_t gfn)
         return -ENOMEM;
     }
     mfn = shared_mfn(d, first);
-    zero = n == 1 && (frame_of(s, mfn)->flags & FRAME_ZERO);
+    zero = n == 1 && !copies && (frame_of(s, mfn)->flags & FRAME_ZERO);
     rc = zero ? 0 : mv__os_copy(h->machine.memfd, mfn << MV_PAGE_SHIFT,
                                 own_offset(d, first), n << MV_PAGE_SHIFT);
+    for (uint64_t i = 0; rc == 0 && copies && i < n; i++)
+        if (found[i])
+            rc = mv__os_write(h->machine.memfd, mv__gfn_addr(d, first + i),
+                              own_offset(d, first + i), MV_PAGE_SIZE);
     if (rc == 0)
         rc = mv__domain_map_own(d, first, n);
     if (rc == 0)
@@ -1279,6 +1626,8 @@ static int break_share(struct mv_domain *d, uint64_t gfn)
     sd->cow_breaks++;
     s->cow_breaks++;
     s->cow_run_unshares += n - 1;
+    sd->kernel_copies += (uint64_t)copies;
+    s->kernel_copies += (uint64_t)copies;
     if (zero) {
         sd->cow_nocopy++;
         s->cow_nocopy++;
@@ -1286,6 +1635,20 @@ static int break_share(struct mv_domain *d, uint64_t gfn)
     mv__mutex_unlock(&s->lock);
     mv__logdirty_mark(d, first, n);
     return 0;
+}
+
+/*
+ * Break shared gfn (domain lock held, share lock not).  When memory is short
+ * an MV_COW_KERNEL domain traps from then on, so that the PoD policy decides
+ * for every write, not only this one.
+ */
+static int break_share(struct mv_domain *d, uint64_t gfn)
+{
+    int rc = break_share_trapped(d, gfn);
+
+    if (rc == -ENOMEM && kernel_copies(d) && cow_trap(d, MV__COW_TRAP_MEMORY, true) < 0)
+        mv__log(d->host, MV_LOG_WARN, "domain %u: %s", d->domid, mv_last_error());
+    return rc;
 }
 
 int mv__share_cow_fault(struct mv_domain *d, uint64_t gfn)
@@ -1559,6 +1922,145 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
 }
 
 /* ------------------------------------------------------------------------ */
+/* settling whole domains, and the background settler                       */
+
+/* Free pages the host budget needs before a domain that trapped for memory
+ * lets the kernel copy its writes again (its target must have room for a
+ * copy of every shared page, as ever). */
+#define MV_COW_REARM_PAGES 256u
+
+/* Settle all of d (domain lock held).  Copies settled, -ENOMEM or -EFAULT. */
+static int64_t settle_domain(struct mv_domain *d)
+{
+    struct mv__share *s = d->host->share;
+    struct mv__share_dom *sd = d->share;
+    uint64_t start = mv__now_ns(), budget, populated;
+    int64_t settled;
+
+    if (!kernel_copies(d) || d->state == MV_DOMAIN_CRASHED || atomic_load(&d->dying))
+        return 0;
+    settled = settle_range(d, 0, d->maxmem_pages, false);
+    if (settled >= 0)
+        sd->settle_waiting = 0;
+    budget = atomic_load(&d->host->machine.budget_pages);
+    populated = atomic_load(&d->host->machine.populated_pages);
+    /* Memory is back: the kernel may copy again. */
+    if (settled >= 0 && (sd->trap_reasons & MV__COW_TRAP_MEMORY) &&
+        d->shared <= target_room(d) &&
+        budget >= populated + MV_COW_REARM_PAGES &&
+        cow_trap(d, MV__COW_TRAP_MEMORY, false) < 0)
+        mv__log(d->host, MV_LOG_WARN, "domain %u: %s", d->domid, mv_last_error());
+    mv__mutex_lock(&s->lock);
+    s->settles++;
+    s->settle_ns += mv__now_ns() - start;
+    mv__mutex_unlock(&s->lock);
+    return settled;
+}
+
+int64_t mv__share_settle(struct mv_domain *d, uint64_t gfn, uint64_t n)
+{
+    return settle_range(d, gfn, n, false);
+}
+
+int mv__share_cow_trap(struct mv_domain *d, enum mv__cow_trap reason, bool on)
+{
+    int rc;
+
+    if (!kernel_copies(d))
+        return 0;
+    rc = cow_trap(d, reason, on);
+    if (rc == 0 && on && settle_domain(d) == -EFAULT)
+        rc = -EFAULT;
+    return rc;
+}
+
+/* Settle every MV_COW_KERNEL domain that has shared gfns (no lock held). */
+void mv__share_settle_all(struct mv_host *h)
+{
+    struct mv_domain **all;
+    size_t n = mv__domain_get_all(h, &all);
+
+    for (size_t i = 0; i < n; i++) {
+        struct mv_domain *d = all[i];
+
+        if (kernel_copies(d)) {
+            mv__mutex_lock(&d->lock);
+            if (d->state == MV_DOMAIN_RUNNING && d->shared)
+                settle_domain(d);
+            mv__mutex_unlock(&d->lock);
+        }
+        mv__domain_put(d);
+    }
+    free(all);
+}
+
+static void *settler_main(void *arg)
+{
+    struct mv_host *h = arg;
+    struct mv__share *s = h->share;
+    uint64_t interval = (uint64_t)h->config.cow_settle_ms * 1000000ull;
+
+    mv__mutex_lock(&s->settler_lock);
+    while (!s->settler_stop) {
+        if (mv__cond_wait(&s->settler_cond, &s->settler_lock, mv__now_ns() + interval) ||
+            s->settler_stop)
+            continue;
+        mv__mutex_unlock(&s->settler_lock);
+        mv__share_settle_all(h);
+        mv__mutex_lock(&s->settler_lock);
+    }
+    mv__mutex_unlock(&s->settler_lock);
+    return NULL;
+}
+
+/* The first MV_COW_KERNEL domain starts the settler. */
+static int settler_start(struct mv_host *h)
+{
+    struct mv__share *s = h->share;
+    int rc = 0;
+
+    mv__mutex_lock(&s->settler_lock);
+    if (!s->settler_started) {
+        rc = -pthread_create(&s->settler, NULL, settler_main, h);
+        s->settler_started = rc == 0;
+    }
+    mv__mutex_unlock(&s->settler_lock);
+    return rc < 0 ? mv__fail(rc, "cannot start the copy settler: %s", mv_strerror(rc)) : 0;
+}
+
+const char *mv_cow_mode_name(enum mv_cow_mode mode)
+{
+    switch (mode) {
+    case MV_COW_TRAP:
+        return "trap";
+    case MV_COW_KERNEL:
+        return "kernel";
+    }
+    return "unknown";
+}
+
+int64_t mv_share_settle(mv_host *host, uint32_t domid)
+{
+    struct mv_domain *d;
+    int64_t rc;
+
+    mv__clear_error();
+    if (!host)
+        return mv__fail(-EINVAL, "host is NULL");
+    rc = mv__domain_lock_live(host, domid, &d);
+    if (rc < 0)
+        return rc;
+    rc = settle_domain(d);
+    if (rc == -ENOMEM)
+        rc = 0;
+    else if (rc == -EFAULT)
+        rc = mv__fail(-EFAULT, "domain %u crashed while settling: %s", domid,
+                      d->crash_reason);
+    mv__domain_unlock_put(d);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
 /* domains                                                                  */
 
 static int registry_add(struct mv__share *s, struct mv__share_dom *sd)
@@ -1615,7 +2117,7 @@ int mv__share_domain_init(struct mv_domain *d)
     if (d->cow_uffd < 0)
         return mv__fail(d->cow_uffd, "cannot open the copy-on-write userfaultfd: %s",
                         mv_strerror(d->cow_uffd));
-    return 0;
+    return kernel_copies(d) ? settler_start(d->host) : 0;
 }
 
 void mv__share_domain_destroy(struct mv_domain *d)
@@ -1668,11 +2170,17 @@ uint32_t *mv__share_checksums(struct mv_domain *d)
 void mv__share_domain_info(struct mv_domain *d, struct mv_domain_info *out)
 {
     struct mv__share_dom *sd = d->share;
-    uint64_t room = d->target_pages - d->populated;
+    uint64_t room;
 
+    if (d->state == MV_DOMAIN_RUNNING)
+        settle_domain(d);
+    room = d->target_pages - d->populated;
     out->cow_breaks = sd->cow_breaks;
     out->cow_takeovers = sd->cow_takeovers;
     out->cow_nocopy = sd->cow_nocopy;
+    out->cow_mode = d->config.cow_mode;
+    out->cow_kernel_copies = sd->kernel_copies;
+    out->cow_trapping = kernel_copies(d) && sd->trap_reasons != 0;
     out->cow_claimable = MV_MIN(d->shared, room);
     out->cow_shortfall = d->shared - out->cow_claimable;
     out->excluded_pages = sd->excluded_count;
@@ -1776,6 +2284,8 @@ int mv_share_nominate(mv_host *host, uint32_t domid, uint64_t gfn,
     if (rc < 0)
         return rc;
     rc = check_shareable(d, gfn);
+    if (rc == 0 && settle_range(d, gfn, 1, false) == -EFAULT)
+        rc = mv__fail(-EFAULT, "domain %u crashed: %s", domid, d->crash_reason);
     if (rc == 0 && (d->p2m[gfn] == MV_P2M_POD || d->p2m[gfn] == MV_P2M_BALLOONED))
         rc = mv__fail(-EINVAL, "domain %u gfn %#llx is %s: nothing to nominate", domid,
                       (unsigned long long)gfn,
@@ -1797,16 +2307,20 @@ int mv_share_nominate(mv_host *host, uint32_t domid, uint64_t gfn,
     return rc;
 }
 
-/* The source side of share/add_to_physmap must run too. */
-static int check_source(mv_host *host, uint32_t domid)
+/* The source side of share/add_to_physmap must run too; a copy the kernel
+ * made of its page is settled, so that its handle is stale if it was
+ * written. */
+static int check_source(mv_host *host, uint32_t domid, uint64_t gfn)
 {
     struct mv_domain *src;
     int rc;
 
     if ((rc = begin(host, domid, &src)) < 0)
         return rc;
+    if (gfn < src->maxmem_pages && settle_range(src, gfn, 1, false) == -EFAULT)
+        rc = mv__fail(-EFAULT, "domain %u crashed: %s", domid, src->crash_reason);
     end(src);
-    return 0;
+    return rc;
 }
 
 int mv_share_pages(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
@@ -1822,7 +2336,7 @@ int mv_share_pages(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
     if (src_domid == client_domid && src_gfn == client_gfn)
         return mv__fail(-EINVAL, "cannot share domain %u gfn %#llx with itself",
                         src_domid, (unsigned long long)src_gfn);
-    if ((rc = check_source(host, src_domid)) < 0)
+    if ((rc = check_source(host, src_domid, src_gfn)) < 0)
         return rc;
     if ((rc = begin(host, client_domid, &d)) < 0)
         return rc;
@@ -1834,6 +2348,10 @@ int mv_share_pages(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
     }
     b = a + MV_PAGE_SIZE;
     rc = check_shareable(d, client_gfn);
+    /* Its copy, if the kernel made one, is settled, and no other can be made
+     * until it is remapped: its handle and bytes cannot change meanwhile. */
+    if (rc == 0 && settle_range(d, client_gfn, 1, true) == -EFAULT)
+        rc = mv__fail(-EFAULT, "domain %u crashed: %s", client_domid, d->crash_reason);
     mv__mutex_lock(&s->lock);
     src_mfn = rc < 0 ? MV_NO_MFN : handle_frame(host, src_domid, src_gfn, src_handle, &rc);
     client_mfn = rc < 0 ? MV_NO_MFN :
@@ -1859,6 +2377,8 @@ int mv_share_pages(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
         }
     }
     mv__mutex_unlock(&s->lock);
+    if (client_gfn < d->maxmem_pages)
+        rearm_range(d, client_gfn, 1);
     end(d);
     return rc;
 }
@@ -1872,7 +2392,7 @@ int mv_share_add_to_physmap(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
     uint64_t mfn;
     int rc;
 
-    if ((rc = check_source(host, src_domid)) < 0)
+    if ((rc = check_source(host, src_domid, src_gfn)) < 0)
         return rc;
     if ((rc = begin(host, client_domid, &d)) < 0)
         return rc;
@@ -1939,6 +2459,9 @@ int64_t mv_share_make_ro_and_share(mv_host *host, uint32_t domid, uint64_t gfn,
     if (rc < 0)
         return rc;
     rc = check_range(d, gfn, count);
+    /* A shared gfn the guest wrote is private now, and may be shared again. */
+    if (rc == 0 && settle_range(d, gfn, count, false) == -EFAULT)
+        rc = mv__fail(-EFAULT, "domain %u crashed: %s", domid, d->crash_reason);
     memset(actions, MV_ACT_MATCH_INSERT, sizeof(actions));
     for (uint64_t done = 0; rc == 0 && done < count;) {
         uint64_t n = MV_MIN(count - done, MV_BLOCK_PAGES - (gfn + done) % MV_BLOCK_PAGES);
@@ -2213,16 +2736,40 @@ out:
 /* ------------------------------------------------------------------------ */
 /* stats and audit                                                          */
 
+/* Copies waiting for memory, over all domains. */
+static uint64_t settle_waiting(struct mv_host *h)
+{
+    struct mv_domain **all;
+    size_t n = mv__domain_get_all(h, &all);
+    uint64_t waiting = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        mv__mutex_lock(&all[i]->lock);
+        waiting += all[i]->share ? all[i]->share->settle_waiting : 0;
+        mv__mutex_unlock(&all[i]->lock);
+        mv__domain_put(all[i]);
+    }
+    free(all);
+    return waiting;
+}
+
 int mv_share_stats(mv_host *host, struct mv_share_stats *out)
 {
     struct mv__share *s;
+    uint64_t waiting;
 
     mv__clear_error();
     if (!host || !out)
         return mv__fail(-EINVAL, "host and out must not be NULL");
     s = host->share;
     memset(out, 0, sizeof(*out));
+    mv__share_settle_all(host);
+    waiting = settle_waiting(host);
     mv__mutex_lock(&s->lock);
+    out->cow_kernel_copies = s->kernel_copies;
+    out->cow_settles = s->settles;
+    out->cow_settle_ns = s->settle_ns;
+    out->cow_settle_waiting = waiting;
     out->shared_frames = s->frames;
     out->shared_refs = s->refs;
     out->saved_pages = s->refs - s->frames;
@@ -2369,6 +2916,8 @@ static int audit_domain_entries(struct mv_host *h, struct mv_domain *d)
  * the kernel had unmapped keeps its write protection through a copy of the
  * frame, then traps and is broken as usual.  Such a copy must still be
  * write-protected and equal its frame; any other is a write that escaped.
+ * Where the kernel copies on write (MV_COW_KERNEL), a copy is a write not
+ * settled yet, and must be of a shared gfn.
  */
 static int audit_private_copies(struct mv_domain *d)
 {
@@ -2390,6 +2939,15 @@ static int audit_private_copies(struct mv_domain *d)
 
             if (!found[i])
                 continue;
+            if (kernel_copies(d)) {
+                /* A copy made since the settle, or one waiting for memory:
+                 * it must be of a shared gfn. */
+                if (d->p2m[g + i] != MV_P2M_SHARED)
+                    return mv__fail(-EUCLEAN, "domain %u: gfn %#llx, not shared, lives "
+                                    "in a private anonymous copy", d->domid,
+                                    (unsigned long long)(g + i));
+                continue;
+            }
             if (found[i] & PAGE_IS_WRITTEN)
                 return mv__fail(-EUCLEAN, "domain %u: gfn %#llx was written to a private "
                                 "anonymous copy, not to a machine frame", d->domid,
@@ -2489,6 +3047,8 @@ int mv_share_audit(mv_host *host)
     if (!host)
         return mv__fail(-EINVAL, "host is NULL");
     s = host->share;
+    /* Kernel copies made so far become what trapped breaks would have. */
+    mv__share_settle_all(host);
     mv__mutex_lock(&s->lock);
     rc = audit_frames(host, &frames);
     if (rc == 0 && frames != s->frames)
@@ -2539,12 +3099,16 @@ int mv__share_init(struct mv_host *h)
     if (!s)
         return mv__fail(-ENOMEM, "no memory for the sharing state");
     mv__mutex_init(&s->lock, MV_LOCK_SHARE);
+    mv__mutex_init(&s->settler_lock, MV_LOCK_SETTLE);
+    mv__cond_init(&s->settler_cond);
     s->max_map_count = read_sysctl_u64("/proc/sys/vm/max_map_count", 65530);
     s->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     if (s->pagemap_fd < 0) {
         int rc = -errno;
 
         mv__mutex_destroy(&s->lock);
+        mv__mutex_destroy(&s->settler_lock);
+        pthread_cond_destroy(&s->settler_cond);
         free(s);
         return mv__fail(rc, "cannot open /proc/self/pagemap: %s", mv_strerror(rc));
     }
@@ -2558,6 +3122,14 @@ void mv__share_fini(struct mv_host *h)
 
     if (!s)
         return;
+    mv__mutex_lock(&s->settler_lock);
+    s->settler_stop = true;
+    pthread_cond_signal(&s->settler_cond);
+    mv__mutex_unlock(&s->settler_lock);
+    if (s->settler_started)
+        pthread_join(s->settler, NULL);
+    mv__mutex_destroy(&s->settler_lock);
+    pthread_cond_destroy(&s->settler_cond);
     while (s->region_count)
         region_remove(h, s->regions[s->region_count - 1]);
     free(s->regions);

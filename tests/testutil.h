@@ -92,6 +92,10 @@ static inline uint32_t tu_domain_with(mv_host *h, const char *name, uint64_t max
     c.pod_policy = policy;
     if (wait_ms)
         c.wait_timeout_ms = wait_ms;
+    /* CTest runs the sharing suite a second time with the kernel copying
+     * shared pages on write. */
+    if (getenv("MV_TEST_KERNEL_COW"))
+        c.cow_mode = MV_COW_KERNEL;
     assert_ok(mv_domain_create(h, &c, &id));
     return id;
 }
