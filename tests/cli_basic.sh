@@ -5,7 +5,8 @@
 #
 # Starts a daemon on a private socket and drives it through the tool: domain
 # life cycle, errors and their exit statuses, stats as JSON, pause, workloads,
-# targets, ballooning, the content oracle and audits.  Then talks to the
+# targets, ballooning, the content oracle, audits, dirty logging and the
+# copy-on-write mode.  Then talks to the
 # socket directly (malformed and oversized requests, a client that hangs up
 # mid-request, a client that stalls while others are served), checks that a
 # second daemon refuses the socket, that a dead daemon's socket is replaced,
@@ -58,6 +59,17 @@ check "daemon explains a bad --fault-cpus" 1 --err "fault_cpus '3-1': range 3-1 
     "$daemon_bin" --socket "$scratch/bad-cpus.sock" --fault-cpus 3-1
 check "daemon names a bad --fault-mode" 2 --err "fault-mode: 'fast' is not auto, shared or per-cpu" -- \
     "$daemon_bin" --socket "$scratch/bad-mode.sock" --fault-mode fast
+for bad in 0 60001 soon; do
+    check "daemon names a bad --cow-settle-ms $bad" 2 \
+        --err "^memvisord: --cow-settle-ms: '$bad' is not a number in 1\.\.60000" -- \
+        "$daemon_bin" --socket "$scratch/bad-settle.sock" --cow-settle-ms "$bad"
+done
+check "daemon --help tells --cow-settle-ms" 0 --out "^  --cow-settle-ms MS " -- "$daemon_bin" --help
+check "create --help tells --cow-mode" 0 --out "^  --cow-mode MODE +who copies a shared page it writes" -- \
+    "$cli_bin" create --help
+check "bad copy-on-write mode" 2 \
+    --err "^memvisor: create: --cow-mode: 'fork' is not trap or kernel" -- \
+    "$cli_bin" create x --maxmem 64M --cow-mode fork
 check "wss interval bound" 2 --err "--interval must be 1 to 86400 seconds" -- \
     "$cli_bin" wss web --interval 4294967296
 check "bad size" 2 --err "^memvisor: create: --maxmem: '12Q' is not a size" -- \
@@ -96,7 +108,7 @@ json_check "stats --json has each counter" \
     'all(k in d["domains"][0] for k in ("state", "maxmem_pages", "target_pages",
          "populated_pages", "pod_pages", "ballooned_pages", "faults", "populated_2m",
          "populated_4k", "sweeps", "reclaimed_zero", "pod_waits", "crash_reason",
-         "workload"))
+         "cow_kernel_copies", "workload"))
      and d["domains"][0]["maxmem_pages"] == 65536 and d["domains"][0]["target_pages"] == 16384'
 check "stats table" 0 --out "^ +1 +web +running" -- "$cli_bin" stats
 check "stats by id" 0 --out "^ +2 +db " -- "$cli_bin" stats 2
@@ -170,6 +182,32 @@ check "stop the working-set writer" 0 -- "$cli_bin" workload-stop logged
 check "verify after logging" 0 -- "$cli_bin" verify logged
 check "destroy logged" 0 -- "$cli_bin" destroy logged
 
+# Who copies a shared page on a write
+check "create with the kernel copy-on-write mode" 0 --out "^created domain [0-9]+ \(kcow\)" -- \
+    "$cli_bin" create kcow --maxmem 64M --cow-mode kernel
+domain_json kcow
+json_check "its info tells the kernel mode, no copy and no trap" \
+    'd["domains"][0]["cow_mode"] == "kernel" and d["domains"][0]["cow_kernel_copies"] == 0 and
+     d["domains"][0]["cow_trapping"] is False'
+check "list tells each domain's copy-on-write mode" 0 --out "^ +[0-9]+ +kcow +running .* kernel$" -- \
+    "$cli_bin" list
+expect "list: web copies on a trap" grep -Eq "^ +1 +web +running .* trap$" "$scratch/out"
+domain_json web
+json_check "a domain created without --cow-mode traps" \
+    'd["domains"][0]["cow_mode"] == "trap" and d["domains"][0]["cow_trapping"] is False'
+check "pause kcow" 0 -- "$cli_bin" pause kcow
+domain_json kcow
+json_check "a paused kernel-mode domain traps" 'd["domains"][0]["cow_trapping"] is True'
+check "unpause kcow" 0 -- "$cli_bin" unpause kcow
+domain_json kcow
+json_check "and stops trapping when it runs again" 'd["domains"][0]["cow_trapping"] is False'
+check "create with the trap copy-on-write mode" 0 -- \
+    "$cli_bin" create tcow --maxmem 64M --cow-mode trap
+domain_json tcow
+json_check "its info tells the trap mode" 'd["domains"][0]["cow_mode"] == "trap"'
+check "destroy kcow" 0 -- "$cli_bin" destroy kcow
+check "destroy tcow" 0 -- "$cli_bin" destroy tcow
+
 # ---------------------------------------------------------------------------
 # The socket spoken to directly
 
@@ -203,6 +241,13 @@ expect_error(ask(s, f, b'{"cmd": "workload-status", "domain": "web", "wait_ms": 
              22, "wait_ms")
 expect_error(ask(s, f, b'{"cmd": "balloon", "domain": "web", "size": "lots"}\n'), 22,
              "is not a size")
+expect_error(ask(s, f, b'{"cmd": "create", "name": "c", "maxmem": 4096, "cow_mode": "fork"}\n'),
+             22, "unknown copy-on-write mode 'fork' (trap or kernel)")
+expect_error(ask(s, f, b'{"cmd": "create", "name": "c", "maxmem": 4096, "cow_mode": 1}\n'), 22,
+             "argument 'cow_mode' must be a string")
+expect_error(ask(s, f, b'{"cmd": "share-settle"}\n'), 22, "missing argument 'domain'")
+reply = ask(s, f, b'{"cmd": "share-settle", "domain": "web"}\n')
+assert reply["ok"] and reply["settled"] == 0, reply
 expect_error(ask(s, f, b'{"cmd": "list"' + b" " * 70000 + b"}\n"), 90, "longer than")
 reply = ask(s, f, b'{"cmd": "list"}\n')
 assert reply["ok"] and len(reply["domains"]) == 2, reply

@@ -6,7 +6,8 @@
 # Checks the usage errors of `memvisor share` and `memvisor clone` without a
 # daemon, then starts one on a private socket and drives sharing end to end:
 # clone of a paused domain (pages saved, the source isolated from the
-# clone's writes), nominate + share-pages between two domains whose built-in
+# clone's writes), the same with the kernel copying on write and `share
+# settle` catching up, nominate + share-pages between two domains whose built-in
 # writers wrote equal pages, stale and never-issued handles, add-to-physmap,
 # unshare, make_ro_and_share through the content index, exclusion, hints,
 # synchronous scans and the background scanner, the new per-domain counters
@@ -70,7 +71,7 @@ equal_writes() {
 check "share --help" 0 --out "^usage: memvisor share" -- "$cli_bin" share --help
 check "share --help lists the scanner" 0 --out "^  scanner start " -- \
     "$cli_bin" share --help
-for sub in nominate pages add-to-physmap unshare make hint exclude scan stats audit; do
+for sub in nominate pages add-to-physmap unshare settle make hint exclude scan stats audit; do
     check "share $sub --help" 0 --out "^usage: memvisor share $sub" -- \
         "$cli_bin" share "$sub" --help
 done
@@ -122,6 +123,10 @@ check "scanner --cpu needs a value" 2 --err "needs a value" -- \
     "$cli_bin" share scanner start --cpu
 check "scanner stop takes no operand" 2 --err "unexpected argument" -- \
     "$cli_bin" share scanner stop now
+check "settle without a domain" 2 --err "^memvisor: share settle: expects DOMAIN" -- \
+    "$cli_bin" share settle
+check "settle of two domains" 2 --err "^memvisor: share settle: unexpected argument 'b'" -- \
+    "$cli_bin" share settle a b
 check "clone without a name" 2 --err "^memvisor: clone: expects SRC_DOMAIN NEW_NAME" -- \
     "$cli_bin" clone web
 check "share stats with no daemon" 1 --err "^memvisor: share stats: cannot reach memvisord" -- \
@@ -131,8 +136,11 @@ check "share stats with no daemon" 1 --err "^memvisor: share stats: cannot reach
 # Clone: a paused domain's memory shared copy-on-write
 
 # This daemon serves faults with one thread for all; cli_basic's in the
-# default mode (one thread per CPU on a machine of a few CPUs).
-start_daemon "$MEMVISOR_SOCKET" "$scratch/daemon.log" --fault-mode shared || exit 1
+# default mode (one thread per CPU on a machine of a few CPUs).  Its
+# background settler of kernel copies waits a minute between passes, so
+# that `share settle` has copies left to settle.
+start_daemon "$MEMVISOR_SOCKET" "$scratch/daemon.log" --fault-mode shared \
+    --cow-settle-ms 60000 || exit 1
 main_pid=$daemon_pid
 check "daemon started its fault threads shared" 0 -- \
     grep -q "1 fault threads, kernel" "$scratch/daemon.log"
@@ -185,10 +193,10 @@ expect "share stats shows the clone's shared pages" \
     grep -Eq "^ +$copy_id +copy +$base_populated +0 " "$scratch/out"
 check "share stats for one domain" 0 --out "^ +$copy_id +copy " -- "$cli_bin" share stats copy
 expect "share stats for one domain shows only it" test "$(grep -c ' base ' "$scratch/out")" -eq 0
-check "list shows shared memory" 0 --out "^ +ID +NAME +STATE +VCPUS +MAXMEM +TARGET +POPULATED +SHARED$" -- \
+check "list shows shared memory" 0 --out "^ +ID +NAME +STATE +VCPUS +MAXMEM +TARGET +POPULATED +SHARED +COW$" -- \
     "$cli_bin" list
-expect "list: the clone's line ends with its shared memory" \
-    grep -Eq "^ +$copy_id +copy +running +2 +64 MiB +64 MiB .* [1-9][0-9.]* [KMG]iB$" "$scratch/out"
+expect "list: the clone's line ends with its shared memory and copy-on-write mode" \
+    grep -Eq "^ +$copy_id +copy +running +2 +64 MiB +64 MiB .* [1-9][0-9.]* [KMG]iB +trap$" "$scratch/out"
 check "stats shows shared memory and CoW breaks" 0 --out "SHARED +COWBREAKS$" -- \
     "$cli_bin" stats
 expect "stats: the clone's line ends with its sharing counters" \
@@ -214,6 +222,58 @@ check "share audit after CoW breaks" 0 -- "$cli_bin" share audit
 check "share stats --json after CoW breaks" 0 -- "$cli_bin" share stats --json
 json_check "host-wide CoW breaks counted" "d['share']['cow_breaks'] >= $base_populated"
 check "unpause base" 0 -- "$cli_bin" unpause base
+
+# ---------------------------------------------------------------------------
+# Clone with the kernel copying on write, settled by `share settle`
+
+check "create kbase copying in the kernel" 0 -- \
+    "$cli_bin" create kbase --maxmem 64M --vcpus 2 --cow-mode kernel
+check "kbase writes 8 MiB" 0 --out "finished" -- \
+    "$cli_bin" workload kbase random --max-pages 4000 --working-set 8M --seed 13
+kbase_populated=$(counter kbase populated_pages)
+expect "kbase has populated pages ($kbase_populated)" test "$kbase_populated" -gt 0
+check "pause kbase" 0 -- "$cli_bin" pause kbase
+check "clone kbase" 0 --out "^created domain [0-9]+ \(kcopy\), a clone of kbase$" -- \
+    "$cli_bin" clone kbase kcopy
+check "stats --json kcopy" 0 -- "$cli_bin" stats --json kcopy
+json_check "the clone copies in the kernel too, and nothing was copied yet" \
+    "d['domains'][0]['cow_mode'] == 'kernel' and d['domains'][0]['cow_kernel_copies'] == 0 and
+     d['domains'][0]['shared_pages'] == $kbase_populated and
+     d['domains'][0]['cow_trapping'] is False"
+check "stats --json kbase" 0 -- "$cli_bin" stats --json kbase
+json_check "the paused source's shared pages trap" \
+    "d['domains'][0]['cow_mode'] == 'kernel' and d['domains'][0]['cow_trapping'] is True"
+check "kcopy zeroes all of its memory" 0 --out "finished, 16384 pages" -- \
+    "$cli_bin" workload kcopy scrub --seed 13
+check "settle kcopy" 0 --out "^settle: [0-9]+ copies the kernel made moved into kcopy's own memory$" -- \
+    "$cli_bin" share settle kcopy
+check "stats --json kcopy after its writes" 0 -- "$cli_bin" stats --json kcopy
+json_check "every break of the clone was a kernel copy, settled" \
+    "d['domains'][0]['shared_pages'] == 0 and
+     d['domains'][0]['cow_breaks'] >= $kbase_populated and
+     d['domains'][0]['cow_kernel_copies'] == d['domains'][0]['cow_breaks']"
+kcopies=$(counter kcopy cow_kernel_copies)
+check "settle kcopy again: nothing left" 0 --out "^settle: 0 copies " -- \
+    "$cli_bin" share settle kcopy
+check "settle a trap domain" 0 --out "^settle: 0 copies .* base's own memory$" -- \
+    "$cli_bin" share settle base
+check "settle an unknown domain" 1 --err "^memvisor: share settle: no such domain" -- \
+    "$cli_bin" share settle nosuch
+check "share stats --json after settling" 0 -- "$cli_bin" share stats --json
+json_check "host-wide kernel copies and settle passes counted" \
+    "d['share']['cow_kernel_copies'] >= $kcopies and d['share']['cow_settles'] >= 1 and
+     d['share']['cow_settle_ns'] > 0 and d['share']['cow_settle_waiting'] == 0 and
+     d['share']['cow_kernel_copies'] <= d['share']['cow_breaks']"
+check "share stats tells the kernel copies" 0 --out "^kernel copies: [1-9][0-9]* settled " -- \
+    "$cli_bin" share stats
+expect "share stats: kcopy copies in the kernel and does not trap" \
+    grep -Eq "^ +[0-9]+ +kcopy .* kernel +$kcopies +no$" "$scratch/out"
+expect "share stats: the paused kbase traps" grep -Eq "^ +[0-9]+ +kbase .* kernel +0 +yes$" "$scratch/out"
+expect "share stats: base copies on a trap" grep -Eq "^ +1 +base .* trap +0 +-$" "$scratch/out"
+check "kcopy holds what it wrote" 0 -- "$cli_bin" verify kcopy
+check "kbase never saw kcopy's writes" 0 -- "$cli_bin" verify kbase
+check "share audit after kernel copies" 0 -- "$cli_bin" share audit
+check "unpause kbase" 0 -- "$cli_bin" unpause kbase
 
 # ---------------------------------------------------------------------------
 # nominate and share-pages between two domains with equal pages
@@ -397,12 +457,12 @@ check "scanner with --cpu above 100" 1 --err "^memvisor: share scanner start: In
 
 check "share audit at the end" 0 -- "$cli_bin" share audit
 check "host audit at the end" 0 -- "$cli_bin" audit
-for dom in base copy left right east west north south; do
+for dom in base copy kbase kcopy left right east west north south; do
     check "verify $dom at the end" 0 -- "$cli_bin" verify "$dom"
 done
 check "destroy the clone" 0 -- "$cli_bin" destroy copy
 check "share audit after destroying the clone" 0 -- "$cli_bin" share audit
-for dom in base left right east west north south; do
+for dom in base kbase kcopy left right east west north south; do
     check "destroy $dom" 0 -- "$cli_bin" destroy "$dom"
 done
 check "share stats --json with no domain left" 0 -- "$cli_bin" share stats --json

@@ -249,6 +249,7 @@ static const struct arg create_args[] = {
     { .key = "wait_timeout_ms", .kind = ARG_NUMBER, .samples = SAMPLES("0", "100", "1000") },
     { .key = "logdirty", .kind = ARG_WORD,
       .samples = SAMPLES("auto", "wp-async", "wp-sync", "mprotect") },
+    { .key = "cow_mode", .kind = ARG_WORD, .samples = SAMPLES("trap", "kernel") },
     { .key = "workload", .kind = ARG_WORKLOAD },
     END_OF_ARGS,
 };
@@ -371,6 +372,7 @@ static const struct command commands[] = {
     { "share-make", share_make_args, false },
     { "share-hint", share_hint_args, false },
     { "share-exclude", share_exclude_args, false },
+    { "share-settle", domain_args, false },
     { "share-scan", share_scan_args, false },
     { "scanner-start", scanner_start_args, false },
     { "scanner-stop", no_args, false },

@@ -2,8 +2,10 @@
  * test_protocol.c - unit tests of tools/protocol.c, the wire protocol shared
  * by memvisord and the memvisor tool: size and number parsing, the line
  * reader's framing (partial, multiple and oversized lines), message parsing,
- * reply construction and reading, typed arguments, a whole call over a
- * socket pair, and the doctor report.  No host is created: these run on any
+ * reply construction and reading, typed arguments, the names of library
+ * enums (the copy-on-write mode of create among them), the JSON of domain
+ * info and sharing statistics, a whole call over a socket pair, and the
+ * doctor report.  No host is created: these run on any
  * kernel.
  */
 #include "testutil.h"
@@ -534,6 +536,135 @@ static void enum_names_round_trip(void **state)
     assert_string_equal(mv_proto_state_name((enum mv_domain_state)42), "unknown");
 }
 
+static void cow_modes_parse_by_name(void **state)
+{
+    static const char *const bad[] = { "", "Kernel", "TRAP", "fork", "kernel ", "unknown" };
+    enum mv_cow_mode mode = MV_COW_KERNEL;
+
+    (void)state;
+    assert_int_equal(mv_proto_cow_mode_parse("trap", &mode), 0);
+    assert_int_equal(mode, MV_COW_TRAP);
+    assert_int_equal(mv_proto_cow_mode_parse("kernel", &mode), 0);
+    assert_int_equal(mode, MV_COW_KERNEL);
+    for (int m = MV_COW_TRAP; m <= MV_COW_KERNEL; m++) {
+        assert_int_equal(mv_proto_cow_mode_parse(mv_cow_mode_name(m), &mode), 0);
+        assert_int_equal(mode, m);
+    }
+    /* A bad name leaves the mode as it was. */
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        mode = MV_COW_KERNEL;
+        if (mv_proto_cow_mode_parse(bad[i], &mode) != -EINVAL)
+            fail_msg("'%s' was taken for a copy-on-write mode", bad[i]);
+        assert_int_equal(mode, MV_COW_KERNEL);
+    }
+}
+
+/* The create request's cow_mode as the daemon reads it: a string naming a
+ * mode; any other type, or another word, is refused. */
+static void create_takes_a_cow_mode(void **state)
+{
+    static const char *const allowed[] = { "name", "maxmem", "cow_mode", NULL };
+    char why[MV_PROTO_DETAIL_MAX];
+    struct json_object *m;
+    enum mv_cow_mode mode = MV_COW_TRAP;
+    const char *name = NULL;
+
+    (void)state;
+    assert_int_equal(parse("{\"cmd\":\"create\",\"name\":\"a\",\"maxmem\":4096,"
+                           "\"cow_mode\":\"kernel\"}", &m, why), 0);
+    assert_int_equal(mv_proto_check_members(m, allowed, why), 0);
+    assert_int_equal(mv_proto_arg_string(m, "cow_mode", false, &name, why), 0);
+    assert_string_equal(name, "kernel");
+    assert_int_equal(mv_proto_cow_mode_parse(name, &mode), 0);
+    assert_int_equal(mode, MV_COW_KERNEL);
+    json_object_put(m);
+
+    assert_int_equal(parse("{\"cmd\":\"create\",\"cow_mode\":\"fork\"}", &m, why), 0);
+    assert_int_equal(mv_proto_arg_string(m, "cow_mode", false, &name, why), 0);
+    assert_int_equal(mv_proto_cow_mode_parse(name, &mode), -EINVAL);
+    json_object_put(m);
+
+    assert_int_equal(parse("{\"cmd\":\"create\",\"cow_mode\":1}", &m, why), 0);
+    assert_int_equal(mv_proto_arg_string(m, "cow_mode", false, &name, why), -EINVAL);
+    assert_string_equal(why, "argument 'cow_mode' must be a string");
+    json_object_put(m);
+
+    assert_int_equal(parse("{\"cmd\":\"create\",\"cow-mode\":\"kernel\"}", &m, why), 0);
+    assert_int_equal(mv_proto_check_members(m, allowed, why), -EINVAL);
+    assert_string_equal(why, "unknown argument 'cow-mode'");
+    json_object_put(m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Library structures as JSON                                                */
+
+static uint64_t member_u64(struct json_object *object, const char *key)
+{
+    struct json_object *value;
+
+    if (!json_object_object_get_ex(object, key, &value))
+        fail_msg("no member '%s'", key);
+    assert_true(json_object_is_type(value, json_type_int));
+    return json_object_get_uint64(value);
+}
+
+static struct json_object *member_of_type(struct json_object *object, const char *key,
+                                          json_type type)
+{
+    struct json_object *value;
+
+    if (!json_object_object_get_ex(object, key, &value))
+        fail_msg("no member '%s'", key);
+    assert_true(json_object_is_type(value, type));
+    return value;
+}
+
+static void domain_info_tells_the_cow_mode(void **state)
+{
+    struct mv_domain_info info = { .domid = 4, .name = "k", .cow_mode = MV_COW_KERNEL,
+                                   .cow_breaks = 12, .cow_kernel_copies = 10,
+                                   .cow_trapping = 1 };
+    struct json_object *o;
+
+    (void)state;
+    o = mv_proto_domain_info_json(&info);
+    assert_string_equal(json_object_get_string(member_of_type(o, "cow_mode",
+                                                              json_type_string)), "kernel");
+    assert_int_equal(member_u64(o, "cow_kernel_copies"), 10);
+    assert_int_equal(member_u64(o, "cow_breaks"), 12);
+    assert_true(json_object_get_boolean(member_of_type(o, "cow_trapping",
+                                                       json_type_boolean)));
+    json_object_put(o);
+
+    info.cow_mode = MV_COW_TRAP;
+    info.cow_kernel_copies = 0;
+    info.cow_trapping = 0;
+    o = mv_proto_domain_info_json(&info);
+    assert_string_equal(json_object_get_string(member_of_type(o, "cow_mode",
+                                                              json_type_string)), "trap");
+    assert_int_equal(member_u64(o, "cow_kernel_copies"), 0);
+    assert_false(json_object_get_boolean(member_of_type(o, "cow_trapping",
+                                                        json_type_boolean)));
+    json_object_put(o);
+}
+
+static void share_stats_tell_the_settling(void **state)
+{
+    struct mv_share_stats stats = { .cow_breaks = 9, .cow_kernel_copies = 7,
+                                    .cow_settles = 3, .cow_settle_ns = 123456789012ull,
+                                    .cow_settle_waiting = 2 };
+    struct json_object *o;
+
+    (void)state;
+    o = mv_proto_share_stats_json(&stats);
+    assert_int_equal(member_u64(o, "cow_breaks"), 9);
+    assert_int_equal(member_u64(o, "cow_kernel_copies"), 7);
+    assert_int_equal(member_u64(o, "cow_settles"), 3);
+    assert_true(member_u64(o, "cow_settle_ns") == 123456789012ull);
+    assert_int_equal(member_u64(o, "cow_settle_waiting"), 2);
+    json_object_put(o);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Calls and sockets                                                         */
 
@@ -655,6 +786,10 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(arguments_are_typed),
     cmocka_unit_test(unknown_members_are_named),
     cmocka_unit_test(enum_names_round_trip),
+    cmocka_unit_test(cow_modes_parse_by_name),
+    cmocka_unit_test(create_takes_a_cow_mode),
+    cmocka_unit_test(domain_info_tells_the_cow_mode),
+    cmocka_unit_test(share_stats_tell_the_settling),
     cmocka_unit_test(call_exchanges_one_line_each_way),
     cmocka_unit_test(socket_path_prefers_option_then_environment),
     cmocka_unit_test(socket_address_rejects_long_paths),

@@ -100,6 +100,7 @@ enum value_kind {
     VALUE_POLICY,     /* wait | crash */
     VALUE_WORKLOAD,   /* scrub | random | verify */
     VALUE_LOGDIRTY,   /* auto | wp-async | wp-sync | mprotect */
+    VALUE_COW,        /* trap | kernel */
 };
 
 struct cli_option {
@@ -146,6 +147,10 @@ static const struct cli_option
     opt_logdirty = { "logdirty", VALUE_LOGDIRTY, "logdirty", "MODE",
                      "how its dirty log is kept: auto (default: the fastest the "
                      "kernel has), wp-async, wp-sync or mprotect" },
+    opt_cow_mode = { "cow-mode", VALUE_COW, "cow_mode", "MODE",
+                     "who copies a shared page it writes: memvisor, on a trap (trap, "
+                     "default), or the kernel, with no trap, settled into the domain's "
+                     "own memory soon after (kernel)" },
     opt_interval = { "interval", VALUE_NUMBER, "interval", "S",
                      "seconds between two fetches (default 1)" },
     opt_count = { "count", VALUE_NUMBER, "count", "N",
@@ -264,6 +269,7 @@ static int store_option(const struct invocation *inv, const struct cli_option *o
     enum mv_pod_policy policy;
     enum mv_workload_kind kind;
     enum mv_logdirty_mode mode;
+    enum mv_cow_mode cow_mode;
     uint64_t number;
     int rc;
 
@@ -300,6 +306,11 @@ static int store_option(const struct invocation *inv, const struct cli_option *o
         if (mv_proto_logdirty_mode_parse(value, &mode) < 0)
             return usage_error(command, "--%s: '%s' is not auto, wp-async, wp-sync or "
                                "mprotect", o->name, value);
+        stored = json_object_new_string(value);
+        break;
+    case VALUE_COW:
+        if (mv_proto_cow_mode_parse(value, &cow_mode) < 0)
+            return usage_error(command, "--%s: '%s' is not trap or kernel", o->name, value);
         stored = json_object_new_string(value);
         break;
     }
@@ -629,6 +640,7 @@ static int run_create(const struct invocation *inv)
     copy_option(inv, request, "policy");
     copy_option(inv, request, "wait_timeout_ms");
     copy_option(inv, request, "logdirty");
+    copy_option(inv, request, "cow_mode");
     if (option_set(inv, "kind")) {
         struct json_object *workload = json_object_new_object();
 
@@ -681,18 +693,19 @@ static int run_list(const struct invocation *inv)
         json_object_put(reply);
         return STATUS_OK;
     }
-    printf("%4s  %-16s %-8s %5s %10s %10s %10s %10s\n", "ID", "NAME", "STATE", "VCPUS",
-           "MAXMEM", "TARGET", "POPULATED", "SHARED");
+    printf("%4s  %-16s %-8s %5s %10s %10s %10s %10s %s\n", "ID", "NAME", "STATE", "VCPUS",
+           "MAXMEM", "TARGET", "POPULATED", "SHARED", "COW");
     for (size_t i = 0; i < field_length(reply, "domains"); i++) {
         struct json_object *d = field_item(reply, "domains", i);
 
-        printf("%4" PRIu64 "  %-16s %-8s %5" PRIu64 " %10s %10s %10s %10s\n",
+        printf("%4" PRIu64 "  %-16s %-8s %5" PRIu64 " %10s %10s %10s %10s %s\n",
                field_u64(d, "domid"), field_string(d, "name"), field_string(d, "state"),
                field_u64(d, "vcpus"),
                pages_text(maxmem, sizeof(maxmem), field_u64(d, "maxmem_pages")),
                pages_text(target, sizeof(target), field_u64(d, "target_pages")),
                pages_text(populated, sizeof(populated), field_u64(d, "populated_pages")),
-               pages_text(shared, sizeof(shared), field_u64(d, "shared_pages")));
+               pages_text(shared, sizeof(shared), field_u64(d, "shared_pages")),
+               field_string(d, "cow_mode"));
     }
     json_object_put(reply);
     return STATUS_OK;
@@ -1268,6 +1281,19 @@ static int run_share_unshare(const struct invocation *inv)
     return request ? request_once(inv, request, NULL) : status;
 }
 
+static int run_share_settle(const struct invocation *inv)
+{
+    struct json_object *reply;
+    int status = request_once(inv, domain_request(inv, "share-settle"), &reply);
+
+    if (status != STATUS_OK)
+        return status;
+    printf("settle: %" PRIu64 " copies the kernel made moved into %s's own memory\n",
+           field_u64(reply, "settled"), inv->operands[0]);
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
 static int run_share_make(const struct invocation *inv)
 {
     static const char *const keys[] = { "count", NULL }, *const whats[] = { "COUNT" };
@@ -1378,6 +1404,11 @@ static void print_share_stats(struct json_object *reply)
            field_u64(s, "cow_breaks"), field_u64(s, "cow_takeovers"),
            field_u64(s, "cow_nocopy"), field_u64(s, "cow_run_unshares"),
            field_u64(s, "zero_reclaimed"));
+    printf("kernel copies: %" PRIu64 " settled (counted in the breaks) by %" PRIu64
+           " settle passes in %.3f s; %" PRIu64 " found no memory to settle them (their "
+           "writers trap)\n",
+           field_u64(s, "cow_kernel_copies"), field_u64(s, "cow_settles"),
+           seconds(field_u64(s, "cow_settle_ns")), field_u64(s, "cow_settle_waiting"));
     printf("clones: %" PRIu64 " adopted frames untouched since (no records written yet)\n",
            field_u64(s, "clone_pending_frames"));
     printf("hints: %" PRIu64 " ranges pending, %" PRIu64 " pages processed\n",
@@ -1392,17 +1423,22 @@ static void print_share_stats(struct json_object *reply)
            field_u64(s, "vma_count"), field_u64(s, "max_map_count"),
            field_bool(s, "sharing_stopped") ? "; sharing stopped: " : "",
            field_bool(s, "sharing_stopped") ? field_string(s, "stop_reason") : "");
-    printf("\n%4s  %-12s %10s %10s %10s %10s %10s %10s %10s\n", "ID", "NAME", "SHARED",
-           "COWBREAKS", "TAKEOVERS", "NOCOPY", "CLAIMABLE", "SHORTFALL", "EXCLUDED");
+    printf("\n%4s  %-12s %10s %10s %10s %10s %10s %10s %10s %-6s %10s %s\n", "ID", "NAME",
+           "SHARED", "COWBREAKS", "TAKEOVERS", "NOCOPY", "CLAIMABLE", "SHORTFALL", "EXCLUDED",
+           "COW", "KCOPIES", "TRAPPING");
     for (size_t i = 0; i < field_length(reply, "domains"); i++) {
         struct json_object *d = field_item(reply, "domains", i);
+        bool kernel =
+            strcmp(field_string(d, "cow_mode"), mv_cow_mode_name(MV_COW_KERNEL)) == 0;
 
         printf("%4" PRIu64 "  %-12s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %10" PRIu64
-               " %10" PRIu64 " %10" PRIu64 " %10" PRIu64 "\n",
+               " %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %-6s %10" PRIu64 " %s\n",
                field_u64(d, "domid"), field_string(d, "name"), field_u64(d, "shared_pages"),
                field_u64(d, "cow_breaks"), field_u64(d, "cow_takeovers"),
                field_u64(d, "cow_nocopy"), field_u64(d, "cow_claimable"),
-               field_u64(d, "cow_shortfall"), field_u64(d, "excluded_pages"));
+               field_u64(d, "cow_shortfall"), field_u64(d, "excluded_pages"),
+               field_string(d, "cow_mode"), field_u64(d, "cow_kernel_copies"),
+               !kernel ? "-" : field_bool(d, "cow_trapping") ? "yes" : "no");
     }
 }
 
@@ -1462,6 +1498,18 @@ static const struct command share_commands[] = {
         .description = "Break the sharing of DOMAIN's GFN as a write would: it gets a\n"
                        "private copy from the domain's target and the host budget.",
         .run = run_share_unshare,
+    },
+    {
+        .name = "share settle", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
+        .summary = "settle the copies the kernel made for a domain now",
+        .description =
+            "For a domain created with --cow-mode kernel: move every page the kernel\n"
+            "copied on a write into the domain's own memory, charge it and update the\n"
+            "sharing records, as a trapped break would have; memvisord does so in the\n"
+            "background anyway (its --cow-settle-ms).  Prints the copies settled (0 for\n"
+            "a --cow-mode trap domain); copies with no memory to settle them stay as\n"
+            "they are.",
+        .run = run_share_settle,
     },
     {
         .name = "share make", .operands = "DOMAIN GFN [COUNT]", .min_operands = 2,
@@ -1525,9 +1573,11 @@ static const struct command share_commands[] = {
         .summary = "show what sharing saves and costs",
         .description =
             "Shared frames, their mappings and the pages saved; copy-on-write breaks;\n"
-            "the content index, hints, the scanner and the mappings in use; then, for\n"
-            "each domain (or DOMAIN only), its shared pages, breaks, the breaks its\n"
-            "target still covers and those it does not, and its excluded pages.",
+            "the kernel's copies settled; the content index, hints, the scanner and the\n"
+            "mappings in use; then, for each domain (or DOMAIN only), its shared pages,\n"
+            "breaks, the breaks its target still covers and those it does not, its\n"
+            "excluded pages, who copies its shared pages on a write, the kernel's\n"
+            "copies settled and whether its shared pages trap for now.",
         .options = OPTIONS(&opt_json), .run = run_share_stats,
     },
     {
@@ -1995,9 +2045,9 @@ static const struct command commands[] = {
             "populate-on-demand, of which at most --target may be populated at once.\n"
             "Prints the new domain's id.",
         .options = OPTIONS(&opt_maxmem, &opt_target, &opt_vcpus, &opt_policy,
-                           &opt_wait_timeout, &opt_logdirty, &opt_start_workload, &opt_rate,
-                           &opt_duration, &opt_workload_max_pages, &opt_working_set,
-                           &opt_seed),
+                           &opt_wait_timeout, &opt_logdirty, &opt_cow_mode,
+                           &opt_start_workload, &opt_rate, &opt_duration,
+                           &opt_workload_max_pages, &opt_working_set, &opt_seed),
         .run = run_create,
     },
     {
@@ -2011,7 +2061,8 @@ static const struct command commands[] = {
         .name = "list", .operands = "",
         .summary = "list the domains",
         .description = "One line per domain: id, name, state, vCPUs, maxmem, target, "
-                       "populated,\nshared (memory mapping shared frames).",
+                       "populated,\nshared (memory mapping shared frames) and who copies "
+                       "its shared pages\non a write (--cow-mode of create).",
         .options = OPTIONS(&opt_json), .run = run_list,
     },
     {

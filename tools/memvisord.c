@@ -57,6 +57,7 @@
 #define CLIENT_READS_PER_TURN 16u
 #define EPOLL_BATCH 64
 #define LISTEN_BACKLOG 64
+#define COW_SETTLE_MAX_MS 60000u  /* the most mv_host_config.cow_settle_ms takes */
 
 enum exit_status { STATUS_OK = 0, STATUS_FAILED = 1, STATUS_USAGE = 2 };
 
@@ -67,6 +68,7 @@ struct options {
     unsigned fault_threads;
     const char *fault_cpus;
     enum mv_fault_mode fault_mode;
+    unsigned cow_settle_ms;
     enum mv_log_level log_level;
 };
 
@@ -169,13 +171,17 @@ static void print_usage(FILE *out)
         "  --fault-mode MODE    shared: those threads, on any of those CPUs;\n"
         "                       per-cpu: one pinned to each of the CPUs;\n"
         "                       auto (default): per-cpu on up to %u CPUs\n"
+        "  --cow-settle-ms MS   how often the copies the kernel made for\n"
+        "                       --cow-mode kernel domains are settled, 1..%u\n"
+        "                       (default %u)\n"
         "  --foreground         stay in the foreground (the only mode; for\n"
         "                       service managers that pass it)\n"
         "  --pidfile PATH       write the daemon's pid to PATH while it runs\n"
         "  --log-level LEVEL    error, warn, info (default) or debug\n"
         "  --help               show this help\n"
         "  --version            show the version\n",
-        MV_PROTO_SOCKET_ENV, MV_PROTO_SOCKET_DEFAULT, MV_FAULT_PER_CPU_AUTO_MAX);
+        MV_PROTO_SOCKET_ENV, MV_PROTO_SOCKET_DEFAULT, MV_FAULT_PER_CPU_AUTO_MAX,
+        COW_SETTLE_MAX_MS, MV_COW_SETTLE_DEFAULT_MS);
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -196,7 +202,7 @@ static int usage_error(const char *fmt, ...)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FAULT_CPUS, OPT_FAULT_MODE,
-           OPT_FOREGROUND,
+           OPT_COW_SETTLE_MS, OPT_FOREGROUND,
            OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION };
     static const struct option long_options[] = {
         { "socket", required_argument, NULL, OPT_SOCKET },
@@ -204,6 +210,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         { "fault-threads", required_argument, NULL, OPT_FAULT_THREADS },
         { "fault-cpus", required_argument, NULL, OPT_FAULT_CPUS },
         { "fault-mode", required_argument, NULL, OPT_FAULT_MODE },
+        { "cow-settle-ms", required_argument, NULL, OPT_COW_SETTLE_MS },
         { "foreground", no_argument, NULL, OPT_FOREGROUND },
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
         { "log-level", required_argument, NULL, OPT_LOG_LEVEL },
@@ -247,6 +254,13 @@ static int parse_options(int argc, char **argv, struct options *o)
             else
                 return usage_error("--fault-mode: '%s' is not auto, shared or per-cpu",
                                    optarg);
+            break;
+        case OPT_COW_SETTLE_MS:
+            if (mv_proto_parse_u64(optarg, &value) < 0 || value == 0 ||
+                value > COW_SETTLE_MAX_MS)
+                return usage_error("--cow-settle-ms: '%s' is not a number in 1..%u",
+                                   optarg, COW_SETTLE_MAX_MS);
+            o->cow_settle_ms = (unsigned)value;
             break;
         case OPT_FOREGROUND:
             break;
@@ -606,7 +620,7 @@ static int run_create(struct daemon *d, struct request *r)
     struct mv_domain_config config;
     struct mv_workload_config workload;
     struct json_object *workload_args = NULL;
-    const char *name, *policy = NULL, *logdirty = NULL;
+    const char *name, *policy = NULL, *logdirty = NULL, *cow_mode = NULL;
     uint32_t domid;
     int rc;
 
@@ -620,6 +634,7 @@ static int run_create(struct daemon *d, struct request *r)
         (rc = arg_unsigned(r, r->args, "wait_timeout_ms", &config.wait_timeout_ms)) < 0 ||
         (rc = mv_proto_arg_string(r->args, "policy", false, &policy, r->why)) < 0 ||
         (rc = mv_proto_arg_string(r->args, "logdirty", false, &logdirty, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "cow_mode", false, &cow_mode, r->why)) < 0 ||
         (rc = mv_proto_arg_object(r->args, "workload", false, &workload_args, r->why)) < 0)
         return rc;
     if (strlen(name) >= sizeof(config.name))
@@ -631,6 +646,9 @@ static int run_create(struct daemon *d, struct request *r)
     if (logdirty && mv_proto_logdirty_mode_parse(logdirty, &config.logdirty_mode) < 0)
         return request_fail(r, -EINVAL, "unknown dirty-log mode '%s' (auto, wp-async, "
                             "wp-sync or mprotect)", logdirty);
+    if (cow_mode && mv_proto_cow_mode_parse(cow_mode, &config.cow_mode) < 0)
+        return request_fail(r, -EINVAL, "unknown copy-on-write mode '%s' (trap or kernel)",
+                            cow_mode);
     if (workload_args && ((rc = mv_proto_check_members(workload_args, workload_keys,
                                                        r->why)) < 0 ||
                           (rc = parse_workload(r, workload_args, &workload)) < 0))
@@ -1034,6 +1052,21 @@ static int run_share_exclude(struct daemon *d, struct request *r)
     return library_status(r, mv_share_exclude(d->host, domid, gfn, count));
 }
 
+static int run_share_settle(struct daemon *d, struct request *r)
+{
+    uint32_t domid;
+    int64_t settled;
+    int rc = arg_domain(d->host, r, &domid);
+
+    if (rc < 0)
+        return rc;
+    settled = mv_share_settle(d->host, domid);
+    if (settled < 0)
+        return library_status(r, settled);
+    reply_u64(r, "settled", (uint64_t)settled);
+    return 0;
+}
+
 static int run_share_scan(struct daemon *d, struct request *r)
 {
     struct mv_scan_result result;
@@ -1102,7 +1135,7 @@ struct command {
 static const struct command commands[] = {
     { "create", run_create,
       ARGS("name", "maxmem", "target", "vcpus", "policy", "wait_timeout_ms", "logdirty",
-           "workload") },
+           "cow_mode", "workload") },
     { "destroy", run_destroy, ARGS("domain") },
     { "list", run_list, ARGS("domain") },
     { "stats", run_stats, ARGS("domain") },
@@ -1130,6 +1163,7 @@ static const struct command commands[] = {
     { "share-make", run_share_make, ARGS("domain", "gfn", "count") },
     { "share-hint", run_share_hint, ARGS("domain", "gfn", "count", "key") },
     { "share-exclude", run_share_exclude, ARGS("domain", "gfn", "count") },
+    { "share-settle", run_share_settle, ARGS("domain") },
     { "share-scan", run_share_scan, ARGS("max_pages") },
     { "scanner-start", run_scanner_start, ARGS("rate", "cpu_percent", "max_vmas") },
     { "scanner-stop", run_scanner_stop, NO_ARGS },
@@ -1579,6 +1613,8 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
         config.fault_threads = o->fault_threads;
     config.fault_cpus = o->fault_cpus;
     config.fault_mode = o->fault_mode;
+    if (o->cow_settle_ms)
+        config.cow_settle_ms = o->cow_settle_ms;
     config.log = log_library_message;
     config.log_level = o->log_level;
     rc = mv_host_create(&config, &d->host);

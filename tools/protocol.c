@@ -753,6 +753,17 @@ int mv_proto_logdirty_mode_parse(const char *name, enum mv_logdirty_mode *mode)
     return -EINVAL;
 }
 
+int mv_proto_cow_mode_parse(const char *name, enum mv_cow_mode *mode)
+{
+    for (int m = MV_COW_TRAP; m <= MV_COW_KERNEL; m++) {
+        if (strcmp(name, mv_cow_mode_name((enum mv_cow_mode)m)) == 0) {
+            *mode = (enum mv_cow_mode)m;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Library structures as JSON                                                */
 
@@ -816,6 +827,9 @@ struct json_object *mv_proto_domain_info_json(const struct mv_domain_info *info)
     add_u64(o, "cow_breaks", info->cow_breaks);
     add_u64(o, "cow_takeovers", info->cow_takeovers);
     add_u64(o, "cow_nocopy", info->cow_nocopy);
+    add_string(o, "cow_mode", mv_cow_mode_name(info->cow_mode));
+    add_u64(o, "cow_kernel_copies", info->cow_kernel_copies);
+    add_bool(o, "cow_trapping", info->cow_trapping);
     add_u64(o, "cow_claimable", info->cow_claimable);
     add_u64(o, "cow_shortfall", info->cow_shortfall);
     add_u64(o, "excluded_pages", info->excluded_pages);
@@ -869,6 +883,10 @@ struct json_object *mv_proto_share_stats_json(const struct mv_share_stats *stats
     add_u64(o, "cow_nocopy", stats->cow_nocopy);
     add_u64(o, "cow_run_unshares", stats->cow_run_unshares);
     add_u64(o, "clone_pending_frames", stats->clone_pending_frames);
+    add_u64(o, "cow_kernel_copies", stats->cow_kernel_copies);
+    add_u64(o, "cow_settles", stats->cow_settles);
+    add_u64(o, "cow_settle_ns", stats->cow_settle_ns);
+    add_u64(o, "cow_settle_waiting", stats->cow_settle_waiting);
     add_u64(o, "zero_reclaimed", stats->zero_reclaimed);
     add_u64(o, "hash_collisions", stats->hash_collisions);
     add_u64(o, "hints_pending", stats->hints_pending);

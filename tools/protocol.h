@@ -19,9 +19,10 @@
  *
  * Commands: arguments (* required) -> results besides "ok"
  *   create           name*, maxmem*, target (default maxmem), vcpus,
- *                    policy ("wait"|"crash"), wait_timeout_ms, workload (an
- *                    object with the arguments of workload-start but domain)
- *                    -> domid, name
+ *                    policy ("wait"|"crash"), wait_timeout_ms, logdirty
+ *                    ("auto"|"wp-async"|"wp-sync"|"mprotect"), cow_mode
+ *                    ("trap"|"kernel"), workload (an object with the
+ *                    arguments of workload-start but domain) -> domid, name
  *   destroy, pause, unpause, workload-stop             domain*
  *   list             domain -> domains: [domain info]
  *   stats (or info)  domain -> host: {host stats},
@@ -55,6 +56,8 @@
  *                    of each outcome: matched, inserted, zero, already, skipped
  *   share-hint       domain*, gfn*, count*, key*
  *   share-exclude    domain*, gfn*, count*
+ *   share-settle     domain* -> settled  (the kernel's copies moved into the
+ *                    domain's own frames; 0 for a "trap" domain)
  *   share-scan       max_pages -> scan: {scan result}
  *   scanner-start    rate (pages per second), cpu_percent, max_vmas
  *   scanner-stop
@@ -235,6 +238,8 @@ int mv_proto_policy_parse(const char *name, enum mv_pod_policy *policy);
 int mv_proto_workload_parse(const char *name, enum mv_workload_kind *kind);
 /* "auto", "wp-async", "wp-sync" or "mprotect" (mv_logdirty_mode_name). */
 int mv_proto_logdirty_mode_parse(const char *name, enum mv_logdirty_mode *mode);
+/* "trap" or "kernel" (mv_cow_mode_name). */
+int mv_proto_cow_mode_parse(const char *name, enum mv_cow_mode *mode);
 /* "matched", "inserted", "zero", "already" or "skipped": the reply keys of
  * share-make. */
 const char *mv_proto_share_outcome_name(enum mv_share_outcome outcome);
