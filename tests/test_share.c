@@ -1028,6 +1028,53 @@ static void kernel_copies_settle_into_breaks(void **state)
     mv_host_destroy(h);
 }
 
+/* The settler thread settles kernel copies with no call asking for it: the
+ * host budget is charged for them within a few of its intervals. */
+static void settler_settles_in_the_background(void **state)
+{
+    struct mv_host_config hc;
+    struct mv_host_stats hs;
+    mv_host *h = NULL;
+    uint32_t src, c;
+    uint64_t pages = 4 * MiB / MV_PAGE_SIZE, size, before, g;
+    uint8_t *ram, buf[MV_PAGE_SIZE];
+    int waited_ms = 0;
+
+    (void)state;
+    mv_host_config_init(&hc);
+    hc.machine_bytes = 64 * GiB;
+    hc.budget_bytes = 1 * GiB;
+    hc.cow_settle_ms = 10;
+    assert_ok(mv_host_create(&hc, &h));
+    src = kernel_cow_domain(h, "src", 4 * MiB);
+    assert_ok(mv_domain_ram(h, src, (void **)&ram, &size));
+    for (g = 0; g < pages; g++)
+        guest_fill_page(ram + g * MV_PAGE_SIZE, pattern(g, 0, 0));
+    assert_ok(mv_domain_pause(h, src));
+    assert_ok(mv_domain_clone(h, src, "c", &c));
+    assert_ok(mv_domain_unpause(h, src));
+    assert_ok(mv_host_stats(h, &hs));
+    before = hs.populated_pages;
+    assert_ok(mv_domain_ram(h, c, (void **)&ram, &size));
+    for (g = 0; g < 100; g++)
+        guest_store(ram + g * 3 * MV_PAGE_SIZE + 1, pattern(g, 1, 1));
+    do {
+        usleep(10000);
+        waited_ms += 10;
+        assert_ok(mv_host_stats(h, &hs));
+    } while (hs.populated_pages < before + 100 && waited_ms < 10000);
+    assert_int_equal(hs.populated_pages, before + 100);
+    for (g = 0; g < pages; g++) {
+        assert_ok(mv_domain_read_page(h, c, g, buf));
+        assert_int_equal(buf[0], pattern(g, 0, 0));
+        assert_int_equal(buf[1], g % 3 == 0 && g / 3 < 100 ? pattern(g / 3, 1, 1)
+                                                            : pattern(g, 0, 0));
+    }
+    assert_int_equal(tu_info(h, c).cow_kernel_copies, 100);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(nominate_share_and_break),
     cmocka_unit_test(make_ro_and_share_across_domains),
@@ -1047,6 +1094,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(stale_logdirty_fault_on_shared_gfn),
     cmocka_unit_test(storm),
     cmocka_unit_test(kernel_copies_settle_into_breaks),
+    cmocka_unit_test(settler_settles_in_the_background),
 };
 
 TU_MAIN(cases)
