@@ -2220,39 +2220,73 @@ static int cow_untouched_case(struct cow_run *run, mv_host *host)
     return rc < 0 ? mv_bench_lib_error("mv_domain_destroy", rc) : MV_BENCH_OK;
 }
 
+/*
+ * A host of its own made from `hc` (*host, NULL when it could not be made),
+ * a paused source `name` of cow_mode `mode` on it, the source's clone
+ * "<name>-clone", and the clone's RAM.
+ */
+static int cow_cloned_host(struct cow_run *run, struct mv_host_config *hc, const char *name,
+                           enum mv_cow_mode mode, mv_host **host, uint32_t *src,
+                           uint32_t *clone, uint8_t **clone_ram)
+{
+    char clone_name[MV_NAME_MAX];
+    int rc;
+
+    *host = NULL;
+    if ((rc = mv_bench_host_create(hc, host)) != MV_BENCH_OK)
+        return rc;
+    snprintf(clone_name, sizeof(clone_name), "%s-clone", name);
+    rc = cow_paused_source_mode(*host, name, run->bytes, mode, src, NULL);
+    if (rc == MV_BENCH_OK && (rc = mv_domain_clone(*host, *src, clone_name, clone)) < 0)
+        rc = mv_bench_lib_error("mv_domain_clone", rc);
+    if (rc == MV_BENCH_OK)
+        rc = mv_bench_domain_ram(*host, *clone, clone_ram, NULL);
+    return rc;
+}
+
+/*
+ * The end of a case on a host of its own, when `rc` says it went well so
+ * far: every page of the source (`source_writes` of them written at
+ * COW_SOURCE_BYTE) and of the clone (every write at COW_CLONE_BYTE) read
+ * back, and the audits.  The host is destroyed in any case.
+ */
+static int cow_check_and_destroy(struct cow_run *run, mv_host *host, const char *name,
+                                 uint32_t src, uint64_t source_writes, uint32_t clone,
+                                 int rc)
+{
+    char clone_name[MV_NAME_MAX];
+
+    snprintf(clone_name, sizeof(clone_name), "%s-clone", name);
+    if (rc == MV_BENCH_OK)
+        rc = cow_check_domain(run, host, src, name, run->pages, COW_SALT_SOURCE,
+                              source_writes, run->stride, COW_SOURCE_BYTE);
+    if (rc == MV_BENCH_OK)
+        rc = cow_check_domain(run, host, clone, clone_name, run->pages, COW_SALT_SOURCE,
+                              run->opt.pages, run->stride, COW_CLONE_BYTE);
+    if (rc == MV_BENCH_OK)
+        audit_host(host, &run->share_audit, &run->host_audit, run->audit_error,
+                   sizeof(run->audit_error));
+    if (host)
+        mv_host_destroy(host);
+    return rc;
+}
+
 /* The clone's writes again, on a host with one fault thread per CPU. */
 static int cow_per_cpu_case(struct cow_run *run)
 {
     struct mv_host_config hc;
     mv_host *host;
-    uint32_t src, clone;
+    uint32_t src = 0, clone = 0;
     uint8_t *ram = NULL;
     int rc;
 
     mv_bench_host_config_init(&hc);
     hc.fault_mode = MV_FAULT_PER_CPU;
-    if ((rc = mv_bench_host_create(&hc, &host)) != MV_BENCH_OK)
-        return rc;
-    rc = cow_paused_source(host, "cow-per-cpu", run->bytes, &src, NULL);
-    if (rc == MV_BENCH_OK && (rc = mv_domain_clone(host, src, "cow-per-cpu-clone",
-                                                   &clone)) < 0)
-        rc = mv_bench_lib_error("mv_domain_clone", rc);
-    if (rc == MV_BENCH_OK)
-        rc = mv_bench_domain_ram(host, clone, &ram, NULL);
+    rc = cow_cloned_host(run, &hc, "cow-per-cpu", MV_COW_TRAP, &host, &src, &clone, &ram);
     if (rc == MV_BENCH_OK)
         rc = cow_timed_writes(run, ram, run->opt.pages, run->stride, COW_CLONE_BYTE,
                               COW_SALT_SOURCE, &run->per_cpu_break);
-    if (rc == MV_BENCH_OK)
-        rc = cow_check_domain(run, host, src, "cow-per-cpu", run->pages, COW_SALT_SOURCE,
-                              0, 1, 0);
-    if (rc == MV_BENCH_OK)
-        rc = cow_check_domain(run, host, clone, "cow-per-cpu-clone", run->pages,
-                              COW_SALT_SOURCE, run->opt.pages, run->stride, COW_CLONE_BYTE);
-    if (rc == MV_BENCH_OK)
-        audit_host(host, &run->share_audit, &run->host_audit, run->audit_error,
-                   sizeof(run->audit_error));
-    mv_host_destroy(host);
-    return rc;
+    return cow_check_and_destroy(run, host, "cow-per-cpu", src, 0, clone, rc);
 }
 
 /* mv_share_settle of `dom`, timed; its domain info after. */
@@ -2282,20 +2316,13 @@ static int cow_kernel_case(struct cow_run *run)
 {
     struct mv_host_config hc;
     mv_host *host;
-    uint32_t src, clone;
+    uint32_t src = 0, clone = 0;
     uint8_t *ram = NULL;
     int rc;
 
     mv_bench_host_config_init(&hc);
     hc.cow_settle_ms = 60000;
-    if ((rc = mv_bench_host_create(&hc, &host)) != MV_BENCH_OK)
-        return rc;
-    rc = cow_paused_source_mode(host, "cow-kernel", run->bytes, MV_COW_KERNEL, &src, NULL);
-    if (rc == MV_BENCH_OK && (rc = mv_domain_clone(host, src, "cow-kernel-clone",
-                                                   &clone)) < 0)
-        rc = mv_bench_lib_error("mv_domain_clone", rc);
-    if (rc == MV_BENCH_OK)
-        rc = mv_bench_domain_ram(host, clone, &ram, NULL);
+    rc = cow_cloned_host(run, &hc, "cow-kernel", MV_COW_KERNEL, &host, &src, &clone, &ram);
     if (rc == MV_BENCH_OK)
         rc = cow_paired_writes(run, ram, COW_CLONE_BYTE, COW_SALT_SOURCE,
                                &run->kernel_break, &run->kernel_peer);
@@ -2314,12 +2341,6 @@ static int cow_kernel_case(struct cow_run *run)
                         &run->kernel_source_settled, &run->kernel_source_info);
     if (rc == MV_BENCH_OK)
         rc = cow_saved(host, &run->kernel_saved_after, NULL, NULL, NULL);
-    if (rc == MV_BENCH_OK)
-        rc = cow_check_domain(run, host, src, "cow-kernel", run->pages, COW_SALT_SOURCE,
-                              run->opt.pages, run->stride, COW_SOURCE_BYTE);
-    if (rc == MV_BENCH_OK)
-        rc = cow_check_domain(run, host, clone, "cow-kernel-clone", run->pages,
-                              COW_SALT_SOURCE, run->opt.pages, run->stride, COW_CLONE_BYTE);
     if (rc == MV_BENCH_OK && (run->kernel_settled != run->opt.pages ||
                               run->kernel_source_settled != run->opt.pages)) {
         mv_bench_error("cow: kernel copies: %" PRIu64 " and %" PRIu64 " settled, %"
@@ -2327,11 +2348,7 @@ static int cow_kernel_case(struct cow_run *run)
                        run->kernel_source_settled, run->opt.pages);
         run->mismatches++;
     }
-    if (rc == MV_BENCH_OK)
-        audit_host(host, &run->share_audit, &run->host_audit, run->audit_error,
-                   sizeof(run->audit_error));
-    mv_host_destroy(host);
-    return rc;
+    return cow_check_and_destroy(run, host, "cow-kernel", src, run->opt.pages, clone, rc);
 }
 
 static int cow_memvisor(struct cow_run *run)

@@ -930,6 +930,27 @@ static int map_frames(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t 
  * a remap and its write protection.  Sets found[i] to the copy's PAGEMAP_SCAN
  * categories (PAGE_IS_PRESENT, and PAGE_IS_WRITTEN when the copy is not
  * write-protected), 0 where there is none; returns how many. */
+/* One PAGEMAP_SCAN of [*start, end) for private anonymous copies (present,
+ * not a file page): up to `cap` regions, with PAGE_IS_PRESENT and, when not
+ * write-protected, PAGE_IS_WRITTEN.  Moves *start past what was walked (to
+ * `end` when all was).  Returns the regions or a negative errno. */
+static long scan_private_copies(struct mv_domain *d, uintptr_t *start, uintptr_t end,
+                                struct page_region *regions, size_t cap)
+{
+    struct pm_scan_arg arg = {
+        .size = sizeof(arg), .start = *start, .end = end,
+        .vec = (uintptr_t)regions, .vec_len = cap,
+        .category_inverted = PAGE_IS_FILE,
+        .category_mask = PAGE_IS_FILE | PAGE_IS_PRESENT,
+        .return_mask = PAGE_IS_PRESENT | PAGE_IS_WRITTEN,
+    };
+    long r = mv__os_pagemap_scan(d->host->share->pagemap_fd, &arg);
+
+    if (r >= 0)
+        *start = arg.walk_end <= *start || r < (long)cap ? end : arg.walk_end;
+    return r;
+}
+
 static long find_private_copies(struct mv_domain *d, uint64_t gfn, uint64_t n,
                                 uint8_t *found)
 {
@@ -937,18 +958,10 @@ static long find_private_copies(struct mv_domain *d, uint64_t gfn, uint64_t n,
     uintptr_t base = (uintptr_t)mv__gfn_addr(d, gfn);
     uintptr_t start = base, end = base + (n << MV_PAGE_SHIFT);
     long copies = 0;
-    int fd = d->host->share->pagemap_fd;
 
     memset(found, 0, n);
     while (start < end) {
-        struct pm_scan_arg arg = {
-            .size = sizeof(arg), .start = start, .end = end,
-            .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
-            .category_inverted = PAGE_IS_FILE,
-            .category_mask = PAGE_IS_FILE | PAGE_IS_PRESENT,
-            .return_mask = PAGE_IS_PRESENT | PAGE_IS_WRITTEN,
-        };
-        long r = mv__os_pagemap_scan(fd, &arg);
+        long r = scan_private_copies(d, &start, end, regions, MV_ARRAY_SIZE(regions));
 
         if (r < 0)
             return r;
@@ -958,9 +971,6 @@ static long find_private_copies(struct mv_domain *d, uint64_t gfn, uint64_t n,
                 copies++;
             }
         }
-        if (arg.walk_end <= start || r < (long)MV_ARRAY_SIZE(regions))
-            break;
-        start = arg.walk_end;
     }
     return copies;
 }
@@ -1230,21 +1240,97 @@ void mv__share_check_room(struct mv_domain *d)
     check_room(d, 0);
 }
 
+/*
+ * Give shared gfns [first, first + n) their own frames (domain lock held,
+ * share lock not; the domain's page claim made): charge the host for those
+ * that do not hold their frame's last mapping (the others take it over),
+ * fill the own frames -- with the kernel's copy where copies[i] (all of them
+ * when copies is NULL), else the frame's bytes, nothing for a lone zero
+ * frame --, map them, wake the writers and drop the gfns from the reverse
+ * maps, counting `breaks` breaks.  0, -ENOMEM (nothing changed) or -EFAULT
+ * (the domain crashed).
+ */
+static int give_own_frames(struct mv_domain *d, uint64_t first, uint64_t n,
+                           const uint8_t *copies, uint64_t breaks)
+{
+    struct mv_host *h = d->host;
+    struct mv__share *s = h->share;
+    struct mv__share_dom *sd = d->share;
+    uint8_t *at = mv__gfn_addr(d, first);
+    size_t len = n << MV_PAGE_SHIFT;
+    uint64_t charged, copied = copies ? 0 : n;
+    bool zero;
+    int rc;
+
+    for (uint64_t i = 0; copies && i < n; i++)
+        copied += copies[i] != 0;
+    mv__mutex_lock(&s->lock);
+    charged = n - count_takeovers(d, first, n);
+    if (charged && !mv__machine_charge(&h->machine, charged)) {
+        mv__mutex_unlock(&s->lock);
+        return -ENOMEM;
+    }
+    zero = n == 1 && !copied && (frame_of(s, shared_mfn(d, first))->flags & FRAME_ZERO);
+    if (!copies)
+        rc = mv__os_write(h->machine.memfd, at, own_offset(d, first), len);
+    else
+        rc = zero ? 0 : mv__os_copy(h->machine.memfd, shared_mfn(d, first) << MV_PAGE_SHIFT,
+                                    own_offset(d, first), len);
+    /* A copy is stable: write-protected, its writers trap. */
+    for (uint64_t i = 0; rc == 0 && copies && copied && i < n; i++)
+        if (copies[i])
+            rc = mv__os_write(h->machine.memfd, at + (i << MV_PAGE_SHIFT),
+                              own_offset(d, first + i), MV_PAGE_SIZE);
+    if (rc == 0)
+        rc = mv__domain_map_own(d, first, n);
+    if (rc == 0)
+        rc = zero ? mv__os_uffd_zeropage(d->uffd, at, MV_PAGE_SIZE)
+                  : mv__os_uffd_continue(d->uffd, at, len);
+    if (rc == -EEXIST)
+        rc = 0;
+    if (rc < 0) {
+        mv__mutex_unlock(&s->lock);
+        if (charged)
+            mv__machine_uncharge(&h->machine, charged);
+        mv__domain_crash(d, "cannot give shared gfn %#llx+%llu its own frames: %s",
+                         (unsigned long long)first, (unsigned long long)n,
+                         mv_strerror(rc));
+        return -EFAULT;
+    }
+    mv__os_uffd_wake(d->cow_uffd, at, len);
+    for (uint64_t i = 0; i < n; i++) {
+        /* A takeover moves the frame's charge to the domain. */
+        bool takeover = frame_of(s, shared_mfn(d, first + i))->refs == 1;
+
+        mv__p2m_set(d, first + i, MV_P2M_RAM);
+        rmap_del(h, d, first + i, !takeover);
+        sd->cow_takeovers += takeover;
+        s->cow_takeovers += takeover;
+    }
+    sd->cow_breaks += breaks;
+    s->cow_breaks += breaks;
+    s->cow_run_unshares += n - breaks;
+    sd->kernel_copies += copied;
+    s->kernel_copies += copied;
+    if (zero) {
+        sd->cow_nocopy++;
+        s->cow_nocopy++;
+    }
+    mv__mutex_unlock(&s->lock);
+    mv__logdirty_mark(d, first, n);
+    return 0;
+}
+
 /* Settle [gfn, gfn + n), consecutive shared gfns that all hold a kernel copy
  * (domain lock held, share lock not).  0, -ENOMEM (no page: the copies stay,
  * write-protected) or -EFAULT (the domain crashed). */
 static int settle_copies(struct mv_domain *d, uint64_t gfn, uint64_t n)
 {
-    struct mv_host *h = d->host;
-    struct mv__share *s = h->share;
-    struct mv__share_dom *sd = d->share;
-    uint8_t *at = mv__gfn_addr(d, gfn);
-    size_t len = n << MV_PAGE_SHIFT;
-    uint64_t charged;
+    struct mv__share *s = d->host->share;
     bool split;
     int rc;
 
-    rc = mv__os_uffd_writeprotect(d->cow_uffd, at, len, true);
+    rc = mv__os_uffd_writeprotect(d->cow_uffd, mv__gfn_addr(d, gfn), n << MV_PAGE_SHIFT, true);
     if (rc < 0) {
         mv__domain_crash(d, "cannot write-protect the copies of gfn %#llx+%llu: %s",
                          (unsigned long long)gfn, (unsigned long long)n, mv_strerror(rc));
@@ -1263,45 +1349,7 @@ static int settle_copies(struct mv_domain *d, uint64_t gfn, uint64_t n)
     }
     if (!mv__pod_claim(d, n, false))
         return -ENOMEM;
-    mv__mutex_lock(&s->lock);
-    charged = n - count_takeovers(d, gfn, n);
-    if (charged && !mv__machine_charge(&h->machine, charged)) {
-        mv__mutex_unlock(&s->lock);
-        return -ENOMEM;
-    }
-    /* The copies are stable now: writes to them trap.  Their bytes go to the
-     * own frames, which then replace them in the mapping. */
-    rc = mv__os_write(h->machine.memfd, at, own_offset(d, gfn), len);
-    if (rc == 0)
-        rc = mv__domain_map_own(d, gfn, n);
-    if (rc == 0)
-        rc = mv__os_uffd_continue(d->uffd, at, len);
-    if (rc == -EEXIST)
-        rc = 0;
-    if (rc < 0) {
-        mv__mutex_unlock(&s->lock);
-        if (charged)
-            mv__machine_uncharge(&h->machine, charged);
-        mv__domain_crash(d, "cannot settle the copies of shared gfn %#llx+%llu: %s",
-                         (unsigned long long)gfn, (unsigned long long)n, mv_strerror(rc));
-        return -EFAULT;
-    }
-    mv__os_uffd_wake(d->cow_uffd, at, len);
-    for (uint64_t i = 0; i < n; i++) {
-        bool takeover = frame_of(s, shared_mfn(d, gfn + i))->refs == 1;
-
-        mv__p2m_set(d, gfn + i, MV_P2M_RAM);
-        rmap_del(h, d, gfn + i, !takeover);
-        sd->cow_takeovers += takeover;
-        s->cow_takeovers += takeover;
-    }
-    sd->cow_breaks += n;
-    s->cow_breaks += n;
-    sd->kernel_copies += n;
-    s->kernel_copies += n;
-    mv__mutex_unlock(&s->lock);
-    mv__logdirty_mark(d, gfn, n);
-    return 0;
+    return give_own_frames(d, gfn, n, NULL, n);
 }
 
 /*
@@ -1317,7 +1365,6 @@ static int64_t settle_range(struct mv_domain *d, uint64_t gfn, uint64_t n, bool 
     struct page_region regions[32];
     uintptr_t base = (uintptr_t)mv__gfn_addr(d, gfn);
     uintptr_t start = base, end = base + (n << MV_PAGE_SHIFT);
-    int fd = d->host->share->pagemap_fd;
     int64_t settled = 0;
     uint64_t waiting = 0;
     int rc;
@@ -1330,14 +1377,7 @@ static int64_t settle_range(struct mv_domain *d, uint64_t gfn, uint64_t n, bool 
         return -EFAULT;
     }
     while (start < end) {
-        struct pm_scan_arg arg = {
-            .size = sizeof(arg), .start = start, .end = end,
-            .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
-            .category_inverted = PAGE_IS_FILE,
-            .category_mask = PAGE_IS_FILE | PAGE_IS_PRESENT,
-            .return_mask = PAGE_IS_PRESENT,
-        };
-        long r = mv__os_pagemap_scan(fd, &arg);
+        long r = scan_private_copies(d, &start, end, regions, MV_ARRAY_SIZE(regions));
 
         if (r < 0) {
             mv__domain_crash(d, "cannot look for copies of shared gfns: %s",
@@ -1372,9 +1412,6 @@ static int64_t settle_range(struct mv_domain *d, uint64_t gfn, uint64_t n, bool 
                 g += k;
             }
         }
-        if (arg.walk_end <= start || r < (long)MV_ARRAY_SIZE(regions))
-            break;
-        start = arg.walk_end;
     }
     if (waiting) {
         d->share->settle_waiting = waiting;
@@ -1548,14 +1585,10 @@ static uint64_t count_takeovers(struct mv_domain *d, uint64_t gfn, uint64_t n)
  */
 static int break_share_trapped(struct mv_domain *d, uint64_t gfn)
 {
-    struct mv_host *h = d->host;
-    struct mv__share *s = h->share;
-    struct mv__share_dom *sd = d->share;
+    struct mv__share *s = d->host->share;
     uint8_t found[MV_BREAK_RUN_MAX + 1];
-    uint64_t first, n, mfn, charged;
+    uint64_t first, n;
     long copies;
-    bool zero;
-    int rc;
 
     mv__mutex_lock(&s->lock);
     n = break_extent(d, gfn, &first);
@@ -1580,62 +1613,10 @@ static int break_share_trapped(struct mv_domain *d, uint64_t gfn)
     }
     /* Where the kernel copies on write, gfns of the extent may hold copies:
      * protected, they stay as they are while their bytes are taken. */
-    copies = kernel_copies(d) ? hold_copies(d, first, n, found) : 0;
-    if (copies < 0)
+    memset(found, 0, n);
+    if (kernel_copies(d) && (copies = hold_copies(d, first, n, found)) < 0)
         return (int)copies;
-    mv__mutex_lock(&s->lock);
-    charged = n - count_takeovers(d, first, n);
-    if (charged && !mv__machine_charge(&h->machine, charged)) {
-        mv__mutex_unlock(&s->lock);
-        return -ENOMEM;
-    }
-    mfn = shared_mfn(d, first);
-    zero = n == 1 && !copies && (frame_of(s, mfn)->flags & FRAME_ZERO);
-    rc = zero ? 0 : mv__os_copy(h->machine.memfd, mfn << MV_PAGE_SHIFT,
-                                own_offset(d, first), n << MV_PAGE_SHIFT);
-    for (uint64_t i = 0; rc == 0 && copies && i < n; i++)
-        if (found[i])
-            rc = mv__os_write(h->machine.memfd, mv__gfn_addr(d, first + i),
-                              own_offset(d, first + i), MV_PAGE_SIZE);
-    if (rc == 0)
-        rc = mv__domain_map_own(d, first, n);
-    if (rc == 0)
-        rc = zero ? mv__os_uffd_zeropage(d->uffd, mv__gfn_addr(d, first), MV_PAGE_SIZE)
-                  : mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, first),
-                                         n << MV_PAGE_SHIFT);
-    if (rc == -EEXIST)
-        rc = 0;
-    if (rc < 0) {
-        mv__mutex_unlock(&s->lock);
-        if (charged)
-            mv__machine_uncharge(&h->machine, charged);
-        mv__domain_crash(d, "cannot copy shared gfn %#llx+%llu on write: %s",
-                         (unsigned long long)first, (unsigned long long)n,
-                         mv_strerror(rc));
-        return -EFAULT;
-    }
-    mv__os_uffd_wake(d->cow_uffd, mv__gfn_addr(d, first), n << MV_PAGE_SHIFT);
-    for (uint64_t i = 0; i < n; i++) {
-        /* A takeover moves the frame's charge to the domain. */
-        bool takeover = frame_of(s, mfn + i)->refs == 1;
-
-        mv__p2m_set(d, first + i, MV_P2M_RAM);
-        rmap_del(h, d, first + i, !takeover);
-        sd->cow_takeovers += takeover;
-        s->cow_takeovers += takeover;
-    }
-    sd->cow_breaks++;
-    s->cow_breaks++;
-    s->cow_run_unshares += n - 1;
-    sd->kernel_copies += (uint64_t)copies;
-    s->kernel_copies += (uint64_t)copies;
-    if (zero) {
-        sd->cow_nocopy++;
-        s->cow_nocopy++;
-    }
-    mv__mutex_unlock(&s->lock);
-    mv__logdirty_mark(d, first, n);
-    return 0;
+    return give_own_frames(d, first, n, found, 1);
 }
 
 /*
@@ -2026,8 +2007,9 @@ int mv__share_cow_trap(struct mv_domain *d, enum mv__cow_trap reason, bool on)
 
 /* Settle every running MV_COW_KERNEL domain that has shared gfns, each
  * under its lock, or a chunk at a time (no lock held).  Returns whether one
- * traps for want of memory (only a settle lets it copy again). */
-static bool settle_all(struct mv_host *h, bool chunked)
+ * traps for want of memory (only a settle lets it copy again); adds the
+ * copies left waiting for memory to *waiting when not NULL. */
+static bool settle_all(struct mv_host *h, bool chunked, uint64_t *waiting)
 {
     struct mv_domain **all;
     size_t n = mv__domain_get_all(h, &all);
@@ -2047,6 +2029,8 @@ static bool settle_all(struct mv_host *h, bool chunked)
         if (kernel_copies(d)) {
             mv__mutex_lock(&d->lock);
             memory_trapped |= (d->share->trap_reasons & MV__COW_TRAP_MEMORY) != 0;
+            if (waiting)
+                *waiting += d->share->settle_waiting;
             mv__mutex_unlock(&d->lock);
         }
         mv__domain_put(d);
@@ -2057,7 +2041,7 @@ static bool settle_all(struct mv_host *h, bool chunked)
 
 void mv__share_settle_all(struct mv_host *h)
 {
-    settle_all(h, false);
+    settle_all(h, false, NULL);
 }
 
 /* Page faults this process has taken: a kernel copy is one, so while the
@@ -2091,7 +2075,7 @@ static void *settler_main(void *arg)
             continue;
         faults_seen = faults;
         mv__mutex_unlock(&s->settler_lock);
-        memory_trapped = settle_all(h, true);
+        memory_trapped = settle_all(h, true, NULL);
         mv__mutex_lock(&s->settler_lock);
     }
     mv__mutex_unlock(&s->settler_lock);
@@ -2821,35 +2805,17 @@ out:
 /* ------------------------------------------------------------------------ */
 /* stats and audit                                                          */
 
-/* Copies waiting for memory, over all domains. */
-static uint64_t settle_waiting(struct mv_host *h)
-{
-    struct mv_domain **all;
-    size_t n = mv__domain_get_all(h, &all);
-    uint64_t waiting = 0;
-
-    for (size_t i = 0; i < n; i++) {
-        mv__mutex_lock(&all[i]->lock);
-        waiting += all[i]->share ? all[i]->share->settle_waiting : 0;
-        mv__mutex_unlock(&all[i]->lock);
-        mv__domain_put(all[i]);
-    }
-    free(all);
-    return waiting;
-}
-
 int mv_share_stats(mv_host *host, struct mv_share_stats *out)
 {
     struct mv__share *s;
-    uint64_t waiting;
+    uint64_t waiting = 0;
 
     mv__clear_error();
     if (!host || !out)
         return mv__fail(-EINVAL, "host and out must not be NULL");
     s = host->share;
     memset(out, 0, sizeof(*out));
-    mv__share_settle_all(host);
-    waiting = settle_waiting(host);
+    settle_all(host, false, &waiting);
     mv__mutex_lock(&s->lock);
     out->cow_kernel_copies = s->kernel_copies;
     out->cow_settles = s->settles;

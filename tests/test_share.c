@@ -817,8 +817,8 @@ static void storm(void **state)
     mv_host_destroy(h);
 }
 
-/* A host whose settler waits a minute, so that the test settles alone. */
-static mv_host *host_settling_by_hand(void)
+/* A host whose settler runs every `settle_ms`. */
+static mv_host *host_settling_every(unsigned settle_ms)
 {
     struct mv_host_config c;
     mv_host *h = NULL;
@@ -826,7 +826,7 @@ static mv_host *host_settling_by_hand(void)
     mv_host_config_init(&c);
     c.machine_bytes = 64 * GiB;
     c.budget_bytes = 4 * GiB;
-    c.cow_settle_ms = 60000;
+    c.cow_settle_ms = settle_ms;
     assert_ok(mv_host_create(&c, &h));
     return h;
 }
@@ -881,7 +881,7 @@ static uint8_t pattern(uint64_t g, size_t at, unsigned r)
  */
 static void kernel_copies_settle_into_breaks(void **state)
 {
-    mv_host *h = host_settling_by_hand();
+    mv_host *h = host_settling_every(60000);  /* the test settles alone */
     uint32_t src = kernel_cow_domain(h, "src", 16 * MiB), c;
     uint64_t pages = 16 * MiB / MV_PAGE_SIZE, size, faults, g;
     uint8_t *ram, buf[MV_PAGE_SIZE];
@@ -1032,20 +1032,14 @@ static void kernel_copies_settle_into_breaks(void **state)
  * host budget is charged for them within a few of its intervals. */
 static void settler_settles_in_the_background(void **state)
 {
-    struct mv_host_config hc;
     struct mv_host_stats hs;
-    mv_host *h = NULL;
+    mv_host *h = host_settling_every(10);
     uint32_t src, c;
     uint64_t pages = 4 * MiB / MV_PAGE_SIZE, size, before, g;
     uint8_t *ram, buf[MV_PAGE_SIZE];
     int waited_ms = 0;
 
     (void)state;
-    mv_host_config_init(&hc);
-    hc.machine_bytes = 64 * GiB;
-    hc.budget_bytes = 1 * GiB;
-    hc.cow_settle_ms = 10;
-    assert_ok(mv_host_create(&hc, &h));
     src = kernel_cow_domain(h, "src", 4 * MiB);
     assert_ok(mv_domain_ram(h, src, (void **)&ram, &size));
     for (g = 0; g < pages; g++)
