@@ -90,6 +90,22 @@ void mv__fault_release_all(struct mv_domain *d)
     d->held_count = 0;
 }
 
+int mv__fault_wake(struct mv_domain *d, bool cow, uint64_t gfn, uint64_t n)
+{
+    int rc = 0;
+
+    mv__assert_held(&d->lock);
+    for (unsigned i = 0; i < MV_WAKE_TRIES; i++) {
+        rc = mv__os_uffd_wake(cow ? d->cow_uffd : d->uffd, mv__gfn_addr(d, gfn),
+                              n << MV_PAGE_SHIFT);
+        if (rc == 0)
+            return 0;
+    }
+    mv__domain_crash(d, "cannot wake the vCPUs faulting on gfn %#llx+%llu: %s",
+                     (unsigned long long)gfn, (unsigned long long)n, mv_strerror(rc));
+    return -EFAULT;
+}
+
 static void remove_held(struct mv_domain *d, size_t i)
 {
     d->held[i] = d->held[--d->held_count];
@@ -125,8 +141,7 @@ static int resolve(struct mv_domain *d, uint64_t gfn, bool cow)
         if (d->p2m[gfn] == MV_P2M_SHARED)
             return mv__share_cow_fault(d, gfn);
         /* Broken already (another vCPU, unshare): let it retry. */
-        mv__os_uffd_wake(d->cow_uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
-        return 0;
+        return mv__fault_wake(d, true, gfn, 1);
     }
     return mv__pod_fault(d, gfn);
 }
@@ -144,8 +159,7 @@ static void serve_fault(struct mv_domain *d, uint64_t address, uint64_t flags,
     d->faults++;
     if (atomic_load(&d->dying) || d->state == MV_DOMAIN_CRASHED) {
         /* Its RAM raises SIGBUS now: let the thread run into it. */
-        mv__os_uffd_wake(cow ? d->cow_uffd : d->uffd, mv__gfn_addr(d, gfn),
-                         MV_PAGE_SIZE);
+        mv__fault_wake(d, cow, gfn, 1);
         return;
     }
     if (d->state == MV_DOMAIN_PAUSED) {

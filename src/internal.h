@@ -429,6 +429,12 @@ int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns,
                    bool cow);
 /* Wake every held fault of a crashed or dying domain (lock held). */
 void mv__fault_release_all(struct mv_domain *d);
+/* Wake the threads blocked on faults in [gfn, gfn + n) of d's userfaultfd
+ * (its copy-on-write one when `cow`).  A vCPU must never wait forever: a
+ * wake that fails MV_WAKE_TRIES times crashes the domain, whose poisoning
+ * wakes its whole RAM.  Domain lock held.  0, or -EFAULT when it crashed. */
+int mv__fault_wake(struct mv_domain *d, bool cow, uint64_t gfn, uint64_t n);
+#define MV_WAKE_TRIES 3
 
 /* ------------------------------------------------------------------------ */
 /* logdirty.c                                                                */

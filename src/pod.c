@@ -155,12 +155,14 @@ static int populate_page(struct mv_domain *d, uint64_t gfn)
         return -ENOMEM;
     rc = mv__os_uffd_zeropage(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
     if (rc == -EEXIST) {
-        /* A frame exists for a PoD entry: memory we never handed out.  Its
-         * bytes are not the guest's (a PoD page is zero), so drop it. */
-        mv__log(d->host, MV_LOG_ERROR, "domain %u: stray frame under PoD gfn "
-                "%#llx discarded", d->domid, (unsigned long long)gfn);
-        discard_frames(d, gfn, 1);
-        rc = mv__os_uffd_zeropage(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+        /* A page is mapped under a PoD entry: the guest may have written
+         * it, so it is never dropped.  It is the domain's page now, charged
+         * as the populate it stands for; the p2m was what was wrong. */
+        mv__log(d->host, MV_LOG_ERROR, "domain %u: PoD gfn %#llx already had a "
+                "page; keeping it", d->domid, (unsigned long long)gfn);
+        mv__p2m_set(d, gfn, MV_P2M_RAM);
+        mv__logdirty_mark(d, gfn, 1);
+        return mv__fault_wake(d, false, gfn, 1);
     }
     if (rc < 0) {
         discard_frames(d, gfn, 1);
@@ -184,7 +186,7 @@ static int map_present(struct mv_domain *d, uint64_t gfn)
     int rc = mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
 
     if (rc == -EEXIST)
-        rc = mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+        return mv__fault_wake(d, false, gfn, 1);
     if (rc < 0) {
         mv__domain_crash(d, "cannot map populated gfn %#llx: %s",
                          (unsigned long long)gfn, mv_strerror(rc));
@@ -201,7 +203,10 @@ int mv__pod_fault(struct mv_domain *d, uint64_t gfn)
     case MV_P2M_RAM:
         return map_present(d, gfn);
     case MV_P2M_POD:
-        rc = populate_block(d, gfn) == 0 ? 0 : populate_page(d, gfn);
+        rc = populate_block(d, gfn);
+        /* A block that failed half-way may have populated gfn already. */
+        if (rc < 0)
+            rc = d->p2m[gfn] == MV_P2M_RAM ? map_present(d, gfn) : populate_page(d, gfn);
         /* Less room for copies of shared pages now. */
         if (rc == 0 && d->shared)
             mv__share_check_room(d);
@@ -212,8 +217,7 @@ int mv__pod_fault(struct mv_domain *d, uint64_t gfn)
         return -EFAULT;
     case MV_P2M_SHARED:
         /* It was shared while the fault waited: retry on the new mapping. */
-        mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
-        return 0;
+        return mv__fault_wake(d, false, gfn, 1);
     }
     mv__domain_crash(d, "corrupt p2m entry %u at gfn %#llx", d->p2m[gfn],
                      (unsigned long long)gfn);

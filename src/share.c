@@ -1129,7 +1129,7 @@ static int64_t settle_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint6
     if (from == FROM_RAM)
         free_own_frames(d, gfn + freed_start, freed_end - freed_start);
     mv__logdirty_mark(d, gfn, n);
-    mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), n << MV_PAGE_SHIFT);
+    mv__fault_wake(d, false, gfn, n);
     return shared;
 
 crashed:
@@ -1297,7 +1297,7 @@ static int give_own_frames(struct mv_domain *d, uint64_t first, uint64_t n,
                          mv_strerror(rc));
         return -EFAULT;
     }
-    mv__os_uffd_wake(d->cow_uffd, at, len);
+    mv__fault_wake(d, true, first, n);
     for (uint64_t i = 0; i < n; i++) {
         /* A takeover moves the frame's charge to the domain. */
         bool takeover = frame_of(s, shared_mfn(d, first + i))->refs == 1;
@@ -1645,7 +1645,7 @@ int mv__share_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
 
     if (rc < 0)
         return rc;
-    mv__os_uffd_wake(d->cow_uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+    mv__fault_wake(d, true, gfn, 1);
     mv__mutex_lock(&s->lock);
     mv__p2m_set(d, gfn, type);
     rmap_del(d->host, d, gfn, true);
