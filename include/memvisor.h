@@ -136,9 +136,10 @@ enum mv_fault_mode {
  * *settles* it: moves its bytes into the writer's own frame, charges it and
  * updates the sharing records (takeovers included), as a trapped break
  * would have.  Settling happens on every call that reads, shares or remaps
- * the page, on mv_share_settle, mv_share_stats, mv_domain_info and the
- * audits, on pause, and in the background every cow_settle_ms; reads through
- * the library see the copy's bytes at any time.  The kernel copies only
+ * the page, on mv_share_settle and the audits, on pause, and in the
+ * background every cow_settle_ms; reads through the library see the copy's
+ * bytes at any time.  Statistics (mv_share_stats, mv_domain_info) change
+ * nothing: they count a copy once it is settled.  The kernel copies only
  * while the domain's target has room for a copy of every shared page (a
  * clone whose target is its source's always has), so a domain never holds
  * more than its target; the host budget is charged at the settle, and may
@@ -223,6 +224,7 @@ struct mv_host_stats {
     uint64_t domains;
     uint64_t faults;              /* userfaultfd messages served */
     uint64_t fault_wakeups;       /* times a fault thread woke from sleep */
+    uint64_t fault_wait_errors;   /* failed waits for faults, survived (logged) */
     unsigned fault_threads;       /* running */
     enum mv_fault_mode fault_mode; /* SHARED or PER_CPU: what AUTO chose */
 };
@@ -239,9 +241,11 @@ int mv_host_set_budget(mv_host *host, uint64_t budget_bytes);
 /*
  * Check every host invariant (frame allocator, budget, every domain's p2m
  * against the machine memory).  Returns 0, or -EUCLEAN with mv_last_error()
- * naming the first violation.  Thread-safe; takes every domain lock in turn,
- * so the cross-domain sum is exact only while no fault is being served:
- * call it with the guests quiet.
+ * naming the first violation.  Thread-safe, and exact while guests fault and
+ * the scanner shares: each domain is checked under its lock, and the sum of
+ * every domain's pages against the budget is taken again until a view held
+ * still.  -EAGAIN (no violation found) when memory kept moving through every
+ * attempt: audit again, or with the guests paused.
  */
 int mv_host_audit(mv_host *host);
 
@@ -722,9 +726,13 @@ struct mv_share_stats {
     uint64_t cow_settles;          /* settle passes over a domain */
     uint64_t cow_settle_ns;        /* time they took */
     uint64_t cow_settle_waiting;   /* copies found with no memory to settle
-                                      them: their writers trap now */
+                                      them by the last settle pass: their
+                                      writers trap now */
 };
 
+/* Sharing counters.  Changes nothing and takes the share lock only to copy
+ * them (the mappings are counted before), so a monitoring loop does not
+ * delay copy-on-write breaks.  Thread-safe. */
 int mv_share_stats(mv_host *host, struct mv_share_stats *out);
 
 /*

@@ -192,6 +192,8 @@ void mv__domain_crash(struct mv_domain *d, const char *fmt, ...)
     d->state = MV_DOMAIN_CRASHED;
     mv__log(d->host, MV_LOG_ERROR, "domain %u (%s) crashed: %s", d->domid,
             d->config.name, d->crash_reason);
+    /* A call that returns -EFAULT for the crash says why. */
+    mv__fail(-EFAULT, "domain %u crashed: %s", d->domid, d->crash_reason);
     poison_ram(d);
 }
 
@@ -247,24 +249,19 @@ static int map_ram(struct mv_domain *d)
     struct mv_host *h = d->host;
     size_t length = d->maxmem_pages << MV_PAGE_SHIFT;
     size_t align = (size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT;
-    uint8_t *reserve, *aligned;
+    uint8_t *aligned;
     uint64_t ioctls = 0;
     int rc;
 
-    reserve = mmap(NULL, length + align, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (reserve == MAP_FAILED)
-        return mv__fail(-errno, "cannot reserve %zu bytes of address space",
-                        length + align);
-    aligned = (uint8_t *)(((uintptr_t)reserve + align - 1) & ~(uintptr_t)(align - 1));
-    if (aligned > reserve)
-        munmap(reserve, (size_t)(aligned - reserve));
-    munmap(aligned + length, (size_t)(reserve + align - aligned));
+    aligned = mv__os_reserve_aligned(length, align);
+    if (!aligned)
+        return mv__fail(-errno, "cannot reserve %zu bytes of address space: %s",
+                        length + align, mv_strerror(-errno));
     d->ram = mv__os_map_shared(aligned, length, h->machine.memfd,
                                d->base_mfn << MV_PAGE_SHIFT, PROT_READ | PROT_WRITE);
     if (!d->ram) {
         rc = -errno;
-        munmap(aligned, length);
+        mv__os_unmap(aligned, length);
         return mv__fail(rc, "cannot map guest RAM: %s", mv_strerror(rc));
     }
     rc = mv__os_uffd_register(d->uffd, d->ram, length, d->register_modes, &ioctls);
@@ -295,8 +292,9 @@ static void domain_free(struct mv_domain *d)
     if (d->cow_uffd >= 0)
         close(d->cow_uffd);
     if (d->frame_pages) {
-        mv__os_punch(h->machine.memfd, d->base_mfn << MV_PAGE_SHIFT,
-                     d->frame_pages << MV_PAGE_SHIFT);
+        if (mv__machine_scrub(&h->machine, d->base_mfn, d->frame_pages) < 0)
+            mv__log(h, MV_LOG_ERROR, "domain %u destroyed: %s", d->domid,
+                    mv_last_error());
         mv__machine_uncharge(&h->machine, d->populated);
         mv__machine_free(&h->machine, d->base_mfn, d->frame_pages);
         mv__fault_kick(h);
@@ -535,11 +533,13 @@ int mv_domain_destroy(mv_host *host, uint32_t domid)
     }
     mv__guest_destroy(d);
     mv__fault_remove_domain(host, d);
+    atomic_fetch_add(&host->domains_dying, 1); /* audits: not a quiet view */
     table_remove(host, domid);
     atomic_fetch_sub(&d->refs, 1); /* the table's reference; ours remains */
     wait_for_users(d);
     mv__log(host, MV_LOG_INFO, "domain %u (%s) destroyed", domid, d->config.name);
     domain_free(d);
+    atomic_fetch_sub(&host->domains_dying, 1);
     return 0;
 }
 

@@ -44,6 +44,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MV_KICK_KEY UINT64_MAX
@@ -133,7 +134,9 @@ MV_COLD static void out_of_memory(struct mv_domain *d, uint64_t gfn, bool cow)
 
 /*
  * Resolve a fault now if possible (lock held, domain running): a write to a
- * shared page breaks it; anything else is PoD's.  0, -ENOMEM or -EFAULT.
+ * shared page breaks it; anything else is PoD's.  0, -EFAULT (the domain
+ * crashed), or another negative errno when it could not be resolved now and
+ * nothing changed (-ENOMEM: no memory).
  */
 static int resolve(struct mv_domain *d, uint64_t gfn, bool cow)
 {
@@ -151,6 +154,7 @@ static void serve_fault(struct mv_domain *d, uint64_t address, uint64_t flags,
                         bool cow)
 {
     uint64_t gfn;
+    int rc;
 
     if (address < (uintptr_t)d->ram ||
         address >= (uintptr_t)d->ram + (d->maxmem_pages << MV_PAGE_SHIFT))
@@ -171,7 +175,11 @@ static void serve_fault(struct mv_domain *d, uint64_t address, uint64_t flags,
         mv__logdirty_wp_fault(d, gfn);
         return;
     }
-    if (resolve(d, gfn, cow) == -ENOMEM)
+    /* Out of memory, or a system call that failed and left the page as it
+     * was: the fault waits and is tried again, like one short of memory,
+     * up to the domain's wait_timeout_ms (MV_POD_CRASH: crash now). */
+    rc = resolve(d, gfn, cow);
+    if (rc < 0 && rc != -EFAULT)
         out_of_memory(d, gfn, cow);
 }
 
@@ -258,6 +266,35 @@ static void retry_held(struct mv_host *h)
     free(all);
 }
 
+/*
+ * The wait for faults failed (it cannot, short of a bug or a kernel out of
+ * memory).  A fault thread never gives up: vCPUs would wait forever.  Serve
+ * every domain's userfaultfds without waiting, and, when none had a fault,
+ * back off a tick before trying the wait again.  Returns faults served.
+ */
+MV_COLD static unsigned wait_failed(struct mv_host *h, int err)
+{
+    struct mv_domain **all;
+    size_t n = mv__domain_get_all(h, &all);
+    unsigned served = 0;
+
+    if (atomic_fetch_add(&h->fault_wait_errors, 1) % 1000 == 0)
+        mv__log(h, MV_LOG_ERROR, "fault service: waiting for faults failed (%s); "
+                "reading every userfaultfd in turn meanwhile", mv_strerror(err));
+    for (size_t i = 0; i < n; i++) {
+        served += serve_domain(h, all[i]->domid, false);
+        served += serve_domain(h, all[i]->domid, true);
+        mv__domain_put(all[i]);
+    }
+    free(all);
+    if (!served) {
+        struct timespec tick = { .tv_nsec = 1000000 };
+
+        nanosleep(&tick, NULL);
+    }
+    return served;
+}
+
 static void *fault_thread(void *arg)
 {
     struct mv__fault_thread *self = arg;
@@ -271,12 +308,15 @@ static void *fault_thread(void *arg)
     while (!atomic_load(&h->stopping)) {
         bool held = atomic_load(&h->held_total) > 0, kicked = false;
         int timeout = spin_until ? 0 : held ? MV_HELD_TICK_MS : -1;
-        int n = epoll_wait(self->epoll_fd, events, MV_ARRAY_SIZE(events), timeout);
+        int n = mv__os_epoll_wait(self->epoll_fd, events, MV_ARRAY_SIZE(events), timeout);
         unsigned served = 0;
         uint64_t now;
 
-        if (n < 0 && errno != EINTR)
-            break;
+        if (n < 0) {
+            if (n != -EINTR)
+                served = wait_failed(h, n);
+            n = 0;
+        }
         if (n > 0 && timeout != 0)
             atomic_fetch_add(&h->fault_wakeups, 1);
         for (int i = 0; i < n; i++) {

@@ -8,6 +8,8 @@
  */
 #include "internal.h"
 
+#include <sched.h>
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -235,6 +237,7 @@ int mv_host_stats(mv_host *h, struct mv_host_stats *out)
     pthread_rwlock_unlock(&h->domains_lock);
     out->faults = atomic_load(&h->faults);
     out->fault_wakeups = atomic_load(&h->fault_wakeups);
+    out->fault_wait_errors = atomic_load(&h->fault_wait_errors);
     out->fault_threads = h->fault_thread_count;
     out->fault_mode = h->config.fault_mode;
     return 0;
@@ -262,11 +265,54 @@ int mv_host_set_budget(mv_host *h, uint64_t budget_bytes)
     return 0;
 }
 
+/* Sum every domain's populated pages and the sharing frames against the
+ * budget's count.  Faults, sharing and destroys may move pages meanwhile:
+ * the sum is taken again until no page was charged or uncharged and no
+ * domain was being destroyed while it was taken (each domain's own count is
+ * read under its lock, and every charge happens under that domain's lock,
+ * so a view that held still is exact).  -EAGAIN when none held still. */
+#define MV_AUDIT_SUM_TRIES 64
+
+static int audit_budget_sum(mv_host *h)
+{
+    for (unsigned attempt = 0; attempt < MV_AUDIT_SUM_TRIES; attempt++) {
+        uint64_t before = atomic_load(&h->machine.charge_changes);
+        uint64_t populated = 0, frames, charged;
+        struct mv_domain **all;
+        bool quiet = atomic_load(&h->domains_dying) == 0;
+        size_t n = mv__domain_get_all(h, &all);
+
+        for (size_t i = 0; i < n; i++) {
+            mv__mutex_lock(&all[i]->lock);
+            populated += all[i]->populated;
+            mv__mutex_unlock(&all[i]->lock);
+            mv__domain_put(all[i]);
+        }
+        free(all);
+        frames = mv__share_frames(h);
+        charged = atomic_load(&h->machine.populated_pages);
+        quiet = quiet && atomic_load(&h->domains_dying) == 0 &&
+                atomic_load(&h->machine.charge_changes) == before;
+        if (!quiet) {
+            sched_yield();
+            continue;
+        }
+        if (populated + frames != charged)
+            return mv__fail(-EUCLEAN, "host: domains hold %llu populated pages and "
+                            "sharing %llu frames, the budget counts %llu",
+                            (unsigned long long)populated, (unsigned long long)frames,
+                            (unsigned long long)charged);
+        return 0;
+    }
+    return mv__fail(-EAGAIN, "host: memory was populated or freed during each of %u "
+                    "attempts to sum it against the budget: no consistent view "
+                    "(audit again, or with the guests paused)", MV_AUDIT_SUM_TRIES);
+}
+
 int mv_host_audit(mv_host *h)
 {
     struct mv_domain **all;
     size_t n;
-    uint64_t populated = 0;
     int rc;
 
     mv__clear_error();
@@ -283,22 +329,12 @@ int mv_host_audit(mv_host *h)
             if (rc == -ESRCH)
                 rc = 0; /* destroyed meanwhile */
         }
-        mv__mutex_lock(&all[i]->lock);
-        populated += all[i]->populated;
-        mv__mutex_unlock(&all[i]->lock);
         mv__domain_put(all[i]);
     }
     free(all);
     if (rc == 0)
         rc = mv_share_audit(h);
-    if (rc == 0) {
-        uint64_t frames = mv__share_frames(h);
-
-        if (populated + frames != atomic_load(&h->machine.populated_pages))
-            rc = mv__fail(-EUCLEAN, "host: domains hold %llu populated pages and "
-                          "sharing %llu frames, the budget counts %llu",
-                          (unsigned long long)populated, (unsigned long long)frames,
-                          (unsigned long long)atomic_load(&h->machine.populated_pages));
-    }
+    if (rc == 0)
+        rc = audit_budget_sum(h);
     return rc;
 }

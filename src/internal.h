@@ -56,6 +56,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/epoll.h>
 #include <sys/types.h>
 
 #define MV_UNUSED __attribute__((unused))
@@ -130,6 +131,7 @@ enum mv__os_op {
     MV_OS_READ,
     MV_OS_WRITE,
     MV_OS_COPY,
+    MV_OS_EPOLL_WAIT,
     MV_OS_OP_COUNT,
 };
 
@@ -138,6 +140,8 @@ enum mv__os_op {
  * successful ones, fail with -`err`.  count 0 disarms.
  */
 void mv__os_inject(enum mv__os_op op, int err, unsigned skip, unsigned count);
+/* Failures of `op` still armed: 0 once the injected ones have happened. */
+unsigned mv__os_injection_left(enum mv__os_op op);
 
 int mv__os_memfd(const char *name, uint64_t size);
 /* mmap(MAP_SHARED) of `fd` at `offset`; at `fixed` when non-NULL.  Returns
@@ -147,6 +151,9 @@ void *mv__os_map_shared(void *fixed, size_t length, int fd, uint64_t offset,
 /* mmap(MAP_PRIVATE | MAP_FIXED) of `fd` at `offset`: writes through it
  * never reach the file.  Returns the address or NULL with errno set. */
 void *mv__os_map_private(void *fixed, size_t length, int fd, uint64_t offset);
+/* Reserve `length` bytes of address space aligned to `align` (a power of
+ * two), inaccessible until mapped over.  NULL with errno set on failure. */
+void *mv__os_reserve_aligned(size_t length, size_t align);
 int mv__os_unmap(void *addr, size_t length);
 /* Return the pages [offset, offset+length) of `fd` to the host, zeroed. */
 int mv__os_punch(int fd, uint64_t offset, uint64_t length);
@@ -192,6 +199,8 @@ int mv__os_uffd_writeprotect(int uffd, void *addr, size_t length, bool protect);
 /* PAGEMAP_SCAN over `arg` on /proc/self/pagemap `fd`: regions found or
  * a negative errno. */
 long mv__os_pagemap_scan(int fd, struct pm_scan_arg *arg);
+/* epoll_wait on the fault service's set: events, or a negative errno. */
+int mv__os_epoll_wait(int epoll_fd, struct epoll_event *events, int max, int timeout_ms);
 
 /* Signal handlers the library needs (SIGBUS for crashed vCPUs, SIGSEGV for
  * mprotect dirty logging).  mv__os_signal_install puts `handler` in place
@@ -240,6 +249,9 @@ struct mv__machine {
     _Atomic uint64_t budget_pages;
     _Atomic uint64_t populated_pages;
     _Atomic uint64_t peak_populated_pages;
+    /* Bumped by every charge and uncharge: an audit that sums the budget
+     * against the domains knows whether its view held still. */
+    _Atomic uint64_t charge_changes;
 };
 
 int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
@@ -258,6 +270,12 @@ void mv__machine_uncharge(struct mv__machine *m, uint64_t pages);
 void mv__machine_charge_anyway(struct mv__machine *m, uint64_t pages);
 /* Copy frames [mfn, mfn + pages) into buf; holes read as zeros. */
 int mv__machine_read(struct mv__machine *m, uint64_t mfn, uint64_t pages, void *buf);
+/* Return frames [first, first + pages) to the host, zeroed, before anyone
+ * may be given them again: a hole punch, tried MV_SCRUB_TRIES times; failing
+ * that, the frames are overwritten with zeros (their memory stays held) and
+ * the punch's error is returned.  Never leaves their old bytes behind. */
+int mv__machine_scrub(struct mv__machine *m, uint64_t first, uint64_t pages);
+#define MV_SCRUB_TRIES 3
 /* resident[i] = 1 when frame first + i holds memory. */
 int mv__machine_resident(struct mv__machine *m, uint64_t first, uint64_t pages,
                          uint8_t *resident);
@@ -595,6 +613,8 @@ struct mv_host {
 
     _Atomic uint64_t faults;
     _Atomic uint64_t fault_wakeups;
+    _Atomic uint64_t fault_wait_errors; /* epoll_wait failures survived */
+    atomic_uint domains_dying;   /* out of the table, memory not freed yet */
 
     struct mv__share *share;      /* share.c */
     struct mv__scanner *scanner;  /* scan.c */

@@ -258,6 +258,7 @@ bool mv__machine_charge(struct mv__machine *m, uint64_t pages)
         if (cur + pages > atomic_load(&m->budget_pages))
             return false;
     } while (!atomic_compare_exchange_weak(&m->populated_pages, &cur, cur + pages));
+    atomic_fetch_add(&m->charge_changes, 1);
     cur += pages;
     peak = atomic_load(&m->peak_populated_pages);
     while (cur > peak &&
@@ -271,6 +272,7 @@ void mv__machine_charge_anyway(struct mv__machine *m, uint64_t pages)
     uint64_t cur = atomic_fetch_add(&m->populated_pages, pages) + pages;
     uint64_t peak = atomic_load(&m->peak_populated_pages);
 
+    atomic_fetch_add(&m->charge_changes, 1);
     while (cur > peak &&
            !atomic_compare_exchange_weak(&m->peak_populated_pages, &peak, cur))
         ;
@@ -279,6 +281,30 @@ void mv__machine_charge_anyway(struct mv__machine *m, uint64_t pages)
 void mv__machine_uncharge(struct mv__machine *m, uint64_t pages)
 {
     atomic_fetch_sub(&m->populated_pages, pages);
+    atomic_fetch_add(&m->charge_changes, 1);
+}
+
+int mv__machine_scrub(struct mv__machine *m, uint64_t first, uint64_t pages)
+{
+    static const uint8_t zeros[64 * 1024];
+    uint64_t offset = first << MV_PAGE_SHIFT, length = pages << MV_PAGE_SHIFT;
+    int rc = 0;
+
+    for (unsigned i = 0; i < MV_SCRUB_TRIES; i++)
+        if ((rc = mv__os_punch(m->memfd, offset, length)) == 0)
+            return 0;
+    for (uint64_t done = 0; done < length; done += sizeof(zeros)) {
+        int w = mv__os_write(m->memfd, zeros, offset + done,
+                             MV_MIN(sizeof(zeros), length - done));
+
+        if (w < 0)
+            return mv__fail(w, "frames %#llx+%llu: cannot punch them (%s) nor "
+                            "overwrite them (%s)", (unsigned long long)first,
+                            (unsigned long long)pages, mv_strerror(rc), mv_strerror(w));
+    }
+    return mv__fail(rc, "frames %#llx+%llu: cannot punch them (%s); zeroed, their "
+                    "memory stays held", (unsigned long long)first,
+                    (unsigned long long)pages, mv_strerror(rc));
 }
 
 static int compare_u64(const void *a, const void *b)

@@ -40,6 +40,11 @@ void mv__os_inject(enum mv__os_op op, int err, unsigned skip, unsigned count)
     atomic_store(&inj->count, count);
 }
 
+unsigned mv__os_injection_left(enum mv__os_op op)
+{
+    return atomic_load(&injections[op].count);
+}
+
 /* Returns the negative errno to fail this call with, or 0. */
 static int injected(enum mv__os_op op)
 {
@@ -106,6 +111,26 @@ void *mv__os_map_private(void *fixed, size_t length, int fd, uint64_t offset)
     p = mmap(fixed, length, PROT_READ | PROT_WRITE,
              MAP_PRIVATE | MAP_NORESERVE | MAP_FIXED, fd, (off_t)offset);
     return p == MAP_FAILED ? NULL : p;
+}
+
+void *mv__os_reserve_aligned(size_t length, size_t align)
+{
+    int err = injected(MV_OS_MMAP);
+    uint8_t *reserve, *aligned;
+
+    if (err) {
+        errno = -err;
+        return NULL;
+    }
+    reserve = mmap(NULL, length + align, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (reserve == MAP_FAILED)
+        return NULL;
+    aligned = (uint8_t *)(((uintptr_t)reserve + align - 1) & ~(uintptr_t)(align - 1));
+    if (aligned > reserve)
+        munmap(reserve, (size_t)(aligned - reserve));
+    munmap(aligned + length, (size_t)(reserve + align - aligned));
+    return aligned;
 }
 
 int mv__os_unmap(void *addr, size_t length)
@@ -327,6 +352,16 @@ int mv__os_uffd_continue(int uffd, void *addr, size_t length)
             start += (uintptr_t)c.mapped;
     }
     return 0;
+}
+
+int mv__os_epoll_wait(int epoll_fd, struct epoll_event *events, int max, int timeout_ms)
+{
+    int err = injected(MV_OS_EPOLL_WAIT), n;
+
+    if (err)
+        return err;
+    n = epoll_wait(epoll_fd, events, max, timeout_ms);
+    return n < 0 ? -errno : n;
 }
 
 int mv__os_uffd_wake(int uffd, void *addr, size_t length)

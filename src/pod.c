@@ -77,13 +77,10 @@ bool mv__page_is_zero(const uint8_t *page)
  * definition), so that a failed populate leaves no stray frame behind. */
 static void discard_frames(struct mv_domain *d, uint64_t gfn, uint64_t pages)
 {
-    int rc = mv__os_punch(d->host->machine.memfd, frame_offset(d, gfn),
-                          pages << MV_PAGE_SHIFT);
-
-    if (rc < 0)
-        mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot discard frames of "
-                "gfn %#llx+%llu: %s", d->domid, (unsigned long long)gfn,
-                (unsigned long long)pages, mv_strerror(rc));
+    if (mv__machine_scrub(&d->host->machine, d->base_mfn + gfn, pages) < 0)
+        mv__log(d->host, MV_LOG_ERROR, "domain %u: discarding gfn %#llx+%llu: %s",
+                d->domid, (unsigned long long)gfn, (unsigned long long)pages,
+                mv_last_error());
 }
 
 /*

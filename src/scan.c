@@ -55,11 +55,15 @@ struct hint {
 /* 16 bytes: a set of MV_CANDIDATE_WAYS is two cache lines. */
 struct candidate {
     uint64_t hash;
-    uint64_t place;              /* 0: free; else PLACE_USED | domid << 40 | gfn */
+    uint64_t place;              /* 0: free; else PLACE_USED | domid << 31 | gfn */
 };
 
+/* A whole 32-bit domid and a gfn fit beside the used bit: no frame space
+ * (so no domain) has more than 2^MV_BUDDY_MAX_ORDER pages. */
 #define PLACE_USED (1ull << 63)
-#define PLACE_GFN_BITS 40
+#define PLACE_GFN_BITS 31
+_Static_assert(MV_BUDDY_MAX_ORDER <= PLACE_GFN_BITS, "a gfn must fit in a place");
+_Static_assert(PLACE_GFN_BITS + 32 < 64, "a domid must fit in a place");
 
 struct revisit {
     uint32_t domid;
@@ -168,10 +172,12 @@ static void apply_hint(mv_host *host, const struct hint *hint, bool insert,
         uint64_t n = MV_MIN(hint->count - done, MV_BLOCK_PAGES - g % MV_BLOCK_PAGES);
         struct mv__apply_result res;
 
-        if (mv__share_apply(d, g, n, actions, NULL, &res) < 0)
-            break;
+        int rc = mv__share_apply(d, g, n, actions, NULL, &res);
+
         result->pages_shared += res.shared + res.inserted;
         result->pages_zero += res.zero;
+        if (rc < 0)
+            break;
         done += n;
     }
     mv__mutex_unlock(&d->lock);
@@ -281,8 +287,9 @@ static void process_revisits(mv_host *host, struct mv_scan_result *result)
         if (!d)
             continue;
         mv__mutex_lock(&d->lock);
-        if (d->state == MV_DOMAIN_RUNNING && last < d->maxmem_pages &&
-            mv__share_apply(d, first, last - first + 1, actions, NULL, &res) == 0) {
+        /* A failed apply put back what it could not do; count what it did. */
+        if (d->state == MV_DOMAIN_RUNNING && last < d->maxmem_pages) {
+            mv__share_apply(d, first, last - first + 1, actions, NULL, &res);
             result->pages_shared += res.shared;
             result->pages_zero += res.zero;
         }
@@ -380,10 +387,9 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
     }
     if (!any)
         return;
-    if (mv__share_apply(d, lo, hi - lo, actions, NULL, &res) == 0) {
-        result->pages_shared += res.shared + res.inserted;
-        result->pages_zero += res.zero;
-    }
+    mv__share_apply(d, lo, hi - lo, actions, NULL, &res);
+    result->pages_shared += res.shared + res.inserted;
+    result->pages_zero += res.zero;
 }
 
 /* The first running domain with an id >= domid, referenced; NULL if none. */

@@ -81,6 +81,7 @@
 #include <xxhash.h>
 
 #define MV_NO_MFN UINT64_MAX
+#define MV_SCAN_TRIES 3
 #define MV_POOL_REGION_PAGES (1ull << 16)
 #define MV_RMAP_INLINE 2
 #define MV_RMAP_GFN_BITS 40
@@ -171,6 +172,7 @@ struct mv__share {
     uint64_t cow_breaks, cow_takeovers, cow_nocopy, cow_run_unshares;
     uint64_t zero_reclaimed, hash_collisions;
     uint64_t kernel_copies, settles, settle_ns;
+    uint64_t settle_waiting;     /* copies waiting for memory, last pass */
     /* The background settler of MV_COW_KERNEL domains (settler_main). */
     struct mv__mutex settler_lock;
     pthread_cond_t settler_cond;
@@ -739,12 +741,9 @@ static void scrub_flush(struct mv_host *h)
 
     if (!s->scrub_count)
         return;
-    rc = mv__os_punch(h->machine.memfd, s->scrub_first << MV_PAGE_SHIFT,
-                      s->scrub_count << MV_PAGE_SHIFT);
+    rc = mv__machine_scrub(&h->machine, s->scrub_first, s->scrub_count);
     if (rc < 0)
-        mv__log(h, MV_LOG_ERROR, "cannot scrub shared frames %#llx+%llu: %s",
-                (unsigned long long)s->scrub_first, (unsigned long long)s->scrub_count,
-                mv_strerror(rc));
+        mv__log(h, MV_LOG_ERROR, "shared frames freed: %s", mv_last_error());
     mv__machine_uncharge(&h->machine, s->scrub_uncharge);
     s->scrub_count = s->scrub_uncharge = 0;
 }
@@ -872,11 +871,28 @@ static uint64_t vma_count(struct mv__share *s, uint64_t interval)
 /* Whether sharing may create `more` mappings (share lock held).  Near the
  * limit it stops and says why, once; the last MV_MAP_RESERVE mappings are
  * left to CoW breaks. */
+static uint64_t map_limit(const struct mv__share *s)
+{
+    return s->max_vmas ? s->max_vmas :
+           (s->max_map_count > MV_MAP_RESERVE ? s->max_map_count - MV_MAP_RESERVE : 0);
+}
+
+/* Sharing stopped at the mapping limit resumes, and says so, once the
+ * mappings counted last leave room for `more` below it (share lock held). */
+static void recheck_stopped(struct mv_host *h, uint64_t more)
+{
+    struct mv__share *s = h->share;
+
+    if (s->stopped && s->vma_count + more < map_limit(s)) {
+        s->stopped = false;
+        s->stop_reason[0] = 0;
+    }
+}
+
 static bool may_map(struct mv_host *h, uint64_t more)
 {
     struct mv__share *s = h->share;
-    uint64_t limit = s->max_vmas ? s->max_vmas :
-                     (s->max_map_count > MV_MAP_RESERVE ? s->max_map_count - MV_MAP_RESERVE : 0);
+    uint64_t limit = map_limit(s);
 
     if (vma_count(s, MV_MAP_RECHECK_NS) + more >= limit) {
         if (!s->stopped)
@@ -891,10 +907,7 @@ static bool may_map(struct mv_host *h, uint64_t more)
                  (unsigned long long)s->max_map_count, MV_MAP_RESERVE);
         return false;
     }
-    if (s->stopped) {
-        s->stopped = false;
-        s->stop_reason[0] = 0;
-    }
+    recheck_stopped(h, more);
     s->vma_count += more;
     return true;
 }
@@ -944,8 +957,12 @@ static long scan_private_copies(struct mv_domain *d, uintptr_t *start, uintptr_t
         .category_mask = PAGE_IS_FILE | PAGE_IS_PRESENT,
         .return_mask = PAGE_IS_PRESENT | PAGE_IS_WRITTEN,
     };
-    long r = mv__os_pagemap_scan(d->host->share->pagemap_fd, &arg);
+    long r = -EINVAL;
 
+    /* The scan changes nothing: a failed one is tried again before the
+     * caller must give up on what it cannot see. */
+    for (unsigned i = 0; i < MV_SCAN_TRIES && r < 0; i++)
+        r = mv__os_pagemap_scan(d->host->share->pagemap_fd, &arg);
     if (r >= 0)
         *start = arg.walk_end <= *start || r < (long)cap ? end : arg.walk_end;
     return r;
@@ -1032,19 +1049,74 @@ static void restore_ram(struct mv_domain *d, uint64_t gfn, uint64_t n)
                 (unsigned long long)n, mv_strerror(rc));
 }
 
-/* Give back the own frames of gfns now shared (hole punched, uncharged). */
-static void free_own_frames(struct mv_domain *d, uint64_t gfn, uint64_t n)
+/*
+ * Give back the own frames of gfns now shared (hole punched, uncharged).
+ * When the punch fails the frames still hold memory, so the gfns cannot
+ * stay shared: they become private again on their own frames (bytes taken
+ * from the shared frame, in case part of the punch went through), keeping
+ * their charge.  Both locks held.  0, the punch's error with the gfns
+ * private again, or -EFAULT when even that failed and the domain crashed.
+ */
+static int free_own_frames(struct mv_domain *d, uint64_t gfn, uint64_t n)
 {
-    int rc;
+    struct mv_host *h = d->host;
+    int rc, undo = 0;
 
     if (n == 0)
-        return;
-    rc = mv__os_punch(d->host->machine.memfd, own_offset(d, gfn), n << MV_PAGE_SHIFT);
-    if (rc < 0)
-        mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot free the frames of shared "
-                "gfn %#llx+%llu: %s", d->domid, (unsigned long long)gfn,
-                (unsigned long long)n, mv_strerror(rc));
-    mv__machine_uncharge(&d->host->machine, n);
+        return 0;
+    rc = mv__os_punch(h->machine.memfd, own_offset(d, gfn), n << MV_PAGE_SHIFT);
+    if (rc == 0) {
+        mv__machine_uncharge(&h->machine, n);
+        return 0;
+    }
+    for (uint64_t i = 0; undo == 0 && i < n; i++)
+        undo = mv__os_copy(h->machine.memfd, shared_mfn(d, gfn + i) << MV_PAGE_SHIFT,
+                           own_offset(d, gfn + i), MV_PAGE_SIZE);
+    if (undo == 0)
+        undo = mv__domain_map_own(d, gfn, n);
+    if (undo < 0) {
+        mv__domain_crash(d, "cannot free the frames of shared gfn %#llx+%llu (%s) "
+                         "nor make them private again (%s)", (unsigned long long)gfn,
+                         (unsigned long long)n, mv_strerror(rc), mv_strerror(undo));
+        mv__machine_uncharge(&h->machine, n);
+        return -EFAULT;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        rmap_del(h, d, gfn + i, true);
+        mv__p2m_set(d, gfn + i, MV_P2M_RAM);
+    }
+    restore_ram(d, gfn, n);
+    return mv__fail(rc, "domain %u: cannot free the frames of gfn %#llx+%llu to "
+                    "share them: %s; they stay private", d->domid,
+                    (unsigned long long)gfn, (unsigned long long)n, mv_strerror(rc));
+}
+
+/* After a FROM_RAM remap of [gfn, gfn + n): give back the own frames of its
+ * gfns now shared, run by run.  Returns how many went back to private
+ * because their frames could not be freed, with the first error in *error
+ * (left alone when there was none). */
+static uint64_t free_own_runs(struct mv_domain *d, uint64_t gfn, uint64_t n, int *error)
+{
+    uint64_t unshared = 0;
+
+    for (uint64_t i = 0; i < n;) {
+        uint64_t start = i;
+        int rc;
+
+        while (i < n && d->p2m[gfn + i] == MV_P2M_SHARED)
+            i++;
+        if (i == start) {
+            i++;
+            continue;
+        }
+        rc = free_own_frames(d, gfn + start, i - start);
+        if (rc < 0) {
+            unshared += i - start;
+            if (*error == 0 || rc == -EFAULT)
+                *error = rc;
+        }
+    }
+    return unshared;
 }
 
 /* Map [gfn, gfn + n) of d to frames [mfn, mfn + n) and find the writes that
@@ -1088,10 +1160,9 @@ static long map_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
  * private, the others shared.  Returns how many are shared now, or -EFAULT
  * when the domain crashed. */
 static int64_t settle_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
-                          enum origin from, const uint8_t *written)
+                          enum origin from, const uint8_t *written, int *error)
 {
     struct mv__share *s = d->host->share;
-    uint64_t freed_start = 0, freed_end = 0; /* own frames not freed yet */
     int64_t shared = 0;
 
     for (uint64_t i = 0; i < n; i++) {
@@ -1118,23 +1189,18 @@ static int64_t settle_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint6
                              (unsigned long long)(gfn + i));
             goto crashed;
         }
-        if (from == FROM_RAM && freed_end != i) {
-            free_own_frames(d, gfn + freed_start, freed_end - freed_start);
-            freed_start = i;
-        }
-        freed_end = i + 1;
         mv__p2m_set(d, gfn + i, MV_P2M_SHARED);
         shared++;
     }
     if (from == FROM_RAM)
-        free_own_frames(d, gfn + freed_start, freed_end - freed_start);
+        shared -= free_own_runs(d, gfn, n, error);
     mv__logdirty_mark(d, gfn, n);
     mv__fault_wake(d, false, gfn, n);
     return shared;
 
 crashed:
     if (from == FROM_RAM)
-        free_own_frames(d, gfn + freed_start, freed_end - freed_start);
+        free_own_runs(d, gfn, n, error);
     return -EFAULT;
 }
 
@@ -1143,15 +1209,16 @@ crashed:
  * held).  The frames are live and hold the bytes the gfns hold.  Returns the
  * number of gfns now shared (some may have been written during the remap and
  * stay private) or a negative errno with nothing changed but the mapping
- * restored.
+ * restored.  FROM_RAM: gfns whose own frames could not be freed stay
+ * private, with the error in *error (untouched when there was none).
  */
 static int64_t convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
-                           enum origin from)
+                           enum origin from, int *error)
 {
     uint8_t written[MV_BLOCK_PAGES];
     long copies = map_run(d, gfn, mfn, n, from, written);
 
-    return copies < 0 ? copies : settle_run(d, gfn, mfn, n, from, written);
+    return copies < 0 ? copies : settle_run(d, gfn, mfn, n, from, written, error);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1259,7 +1326,7 @@ static int give_own_frames(struct mv_domain *d, uint64_t first, uint64_t n,
     uint8_t *at = mv__gfn_addr(d, first);
     size_t len = n << MV_PAGE_SHIFT;
     uint64_t charged, copied = copies ? 0 : n;
-    bool zero;
+    bool zero, remapped = false;
     int rc;
 
     for (uint64_t i = 0; copies && i < n; i++)
@@ -1281,17 +1348,34 @@ static int give_own_frames(struct mv_domain *d, uint64_t first, uint64_t n,
         if (copies[i])
             rc = mv__os_write(h->machine.memfd, at + (i << MV_PAGE_SHIFT),
                               own_offset(d, first + i), MV_PAGE_SIZE);
-    if (rc == 0)
+    if (rc == 0) {
+        remapped = true;
         rc = mv__domain_map_own(d, first, n);
+    }
     if (rc == 0)
         rc = zero ? mv__os_uffd_zeropage(d->uffd, at, MV_PAGE_SIZE)
                   : mv__os_uffd_continue(d->uffd, at, len);
     if (rc == -EEXIST)
         rc = 0;
     if (rc < 0) {
+        /* Without a copy in the run, the gfns can map their shared frames
+         * again as if nothing happened; a copy holds guest writes that only
+         * its own frame has now. */
+        int undo = !remapped ? 0 : copied ? rc
+                   : map_frames(d, first, shared_mfn(d, first), n);
+
+        /* ... and their own frames hold nothing again. */
+        if (undo == 0)
+            undo = mv__os_punch(h->machine.memfd, own_offset(d, first), len);
+
         mv__mutex_unlock(&s->lock);
         if (charged)
             mv__machine_uncharge(&h->machine, charged);
+        if (undo == 0)
+            return mv__fail(rc, "domain %u: cannot give shared gfn %#llx+%llu its own "
+                            "frames: %s; it stays shared", d->domid,
+                            (unsigned long long)first, (unsigned long long)n,
+                            mv_strerror(rc));
         mv__domain_crash(d, "cannot give shared gfn %#llx+%llu its own frames: %s",
                          (unsigned long long)first, (unsigned long long)n,
                          mv_strerror(rc));
@@ -1695,13 +1779,17 @@ static uint8_t *thread_buffer(void)
     return buf;
 }
 
-/* Zero pages found by sharing go back to PoD (domain lock held). */
-static uint64_t reclaim_zero_run(struct mv_domain *d, uint64_t gfn, uint64_t n)
+/* Zero pages found by sharing go back to PoD (domain lock held).  When
+ * their frames cannot be freed they stay populated, and *error says why. */
+static uint64_t reclaim_zero_run(struct mv_domain *d, uint64_t gfn, uint64_t n, int *error)
 {
     int rc = mv__os_punch(d->host->machine.memfd, own_offset(d, gfn), n << MV_PAGE_SHIFT);
 
     if (rc < 0) {
         restore_ram(d, gfn, n);
+        *error = mv__fail(rc, "domain %u: cannot free the zero pages at gfn %#llx+%llu: "
+                          "%s; they stay private", d->domid, (unsigned long long)gfn,
+                          (unsigned long long)n, mv_strerror(rc));
         return 0;
     }
     for (uint64_t i = 0; i < n; i++)
@@ -1715,7 +1803,7 @@ static uint64_t reclaim_zero_run(struct mv_domain *d, uint64_t gfn, uint64_t n)
 /* Insert a run of pages (bytes in buf) into new consecutive frames and map
  * them (both locks held).  Returns gfns shared or a negative errno. */
 static int64_t insert_run(struct mv_domain *d, uint64_t gfn, uint64_t n,
-                          const uint8_t *buf, const uint64_t *hash)
+                          const uint8_t *buf, const uint64_t *hash, int *error)
 {
     struct mv_host *h = d->host;
     struct mv__share *s = h->share;
@@ -1738,11 +1826,16 @@ static int64_t insert_run(struct mv_domain *d, uint64_t gfn, uint64_t n,
         if (mv__page_is_zero(buf + (i << MV_PAGE_SHIFT)))
             frame_of(s, first + i)->flags |= FRAME_ZERO;
     }
-    done = convert_run(d, gfn, first, n, FROM_RAM);
-    /* Frames of gfns that stayed private (or all, on failure). */
-    for (uint64_t i = 0; i < n; i++)
-        if (frame_of(s, first + i)->refs == 0 && (frame_of(s, first + i)->flags & FRAME_LIVE))
+    done = convert_run(d, gfn, first, n, FROM_RAM, error);
+    /* Frames of gfns that stayed private (or all, on failure).  Those that
+     * were shared and taken back (free_own_frames) are gone already, and
+     * with the last of them, maybe their region. */
+    for (uint64_t i = 0; i < n; i++) {
+        struct mv__sframe *f = frame_of(s, first + i);
+
+        if (f && f->refs == 0 && (f->flags & FRAME_LIVE))
             frame_free(h, first + i, true);
+    }
     return done;
 }
 
@@ -1857,24 +1950,25 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
             i++;
         if (kind == PLAN_NONE)
             continue;
-        if (kind == PLAN_ZERO) {
-            done = (int64_t)reclaim_zero_run(d, gfn + start, i - start);
+        if (kind == PLAN_ZERO && rc == 0) {
+            done = (int64_t)reclaim_zero_run(d, gfn + start, i - start, &rc);
             result->zero += (uint64_t)done;
             s->zero_reclaimed += (uint64_t)done;
             for (uint64_t j = start; outcomes && j < start + (uint64_t)done; j++)
                 outcomes[j] = MV_SHARE_ZERO;
             continue;
         }
-        if (kind == PLAN_RESTORE || !may_map(h, 2)) {
+        /* After a failure the rest goes back as it was. */
+        if (kind == PLAN_RESTORE || rc < 0 || !may_map(h, 2)) {
             restore_ram(d, gfn + start, i - start);
             result->skipped += i - start;
             continue;
         }
         if (kind == PLAN_MATCH)
-            done = convert_run(d, gfn + start, plan->mfn[start], i - start, FROM_RAM);
+            done = convert_run(d, gfn + start, plan->mfn[start], i - start, FROM_RAM, &rc);
         else
             done = insert_run(d, gfn + start, i - start, buf + (start << MV_PAGE_SHIFT),
-                              plan->hash + start);
+                              plan->hash + start, &rc);
         if (done == -EFAULT) {
             rc = mv__fail(-EFAULT, "domain %u crashed while sharing", d->domid);
             break;
@@ -2009,11 +2103,12 @@ int mv__share_cow_trap(struct mv_domain *d, enum mv__cow_trap reason, bool on)
  * under its lock, or a chunk at a time (no lock held).  Returns whether one
  * traps for want of memory (only a settle lets it copy again); adds the
  * copies left waiting for memory to *waiting when not NULL. */
-static bool settle_all(struct mv_host *h, bool chunked, uint64_t *waiting)
+static bool settle_all(struct mv_host *h, bool chunked)
 {
     struct mv_domain **all;
     size_t n = mv__domain_get_all(h, &all);
     bool memory_trapped = false;
+    uint64_t waiting = 0;
 
     for (size_t i = 0; i < n; i++) {
         struct mv_domain *d = all[i];
@@ -2029,19 +2124,21 @@ static bool settle_all(struct mv_host *h, bool chunked, uint64_t *waiting)
         if (kernel_copies(d)) {
             mv__mutex_lock(&d->lock);
             memory_trapped |= (d->share->trap_reasons & MV__COW_TRAP_MEMORY) != 0;
-            if (waiting)
-                *waiting += d->share->settle_waiting;
+            waiting += d->share->settle_waiting;
             mv__mutex_unlock(&d->lock);
         }
         mv__domain_put(d);
     }
     free(all);
+    mv__mutex_lock(&h->share->lock);
+    h->share->settle_waiting = waiting;
+    mv__mutex_unlock(&h->share->lock);
     return memory_trapped;
 }
 
 void mv__share_settle_all(struct mv_host *h)
 {
-    settle_all(h, false, NULL);
+    settle_all(h, false);
 }
 
 /* Page faults this process has taken: a kernel copy is one, so while the
@@ -2075,7 +2172,7 @@ static void *settler_main(void *arg)
             continue;
         faults_seen = faults;
         mv__mutex_unlock(&s->settler_lock);
-        memory_trapped = settle_all(h, true, NULL);
+        memory_trapped = settle_all(h, true);
         mv__mutex_lock(&s->settler_lock);
     }
     mv__mutex_unlock(&s->settler_lock);
@@ -2241,8 +2338,6 @@ void mv__share_domain_info(struct mv_domain *d, struct mv_domain_info *out)
     struct mv__share_dom *sd = d->share;
     uint64_t room;
 
-    if (d->state == MV_DOMAIN_RUNNING)
-        settle_domain(d);
     room = d->target_pages - d->populated;
     out->cow_breaks = sd->cow_breaks;
     out->cow_takeovers = sd->cow_takeovers;
@@ -2436,7 +2531,7 @@ int mv_share_pages(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
         if (rc == 0 && !may_map(host, 2))
             rc = mv__fail(-ENOSPC, "sharing is stopped: %s", s->stop_reason);
         if (rc == 0) {
-            int64_t done = convert_run(d, client_gfn, src_mfn, 1, FROM_SHARED);
+            int64_t done = convert_run(d, client_gfn, src_mfn, 1, FROM_SHARED, NULL);
 
             if (done < 0)
                 rc = (int)done;
@@ -2478,7 +2573,7 @@ int mv_share_add_to_physmap(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
     if (rc == 0 && !may_map(host, 2))
         rc = mv__fail(-ENOSPC, "sharing is stopped: %s", s->stop_reason);
     if (rc == 0) {
-        int64_t done = convert_run(d, client_gfn, mfn, 1, FROM_POD);
+        int64_t done = convert_run(d, client_gfn, mfn, 1, FROM_POD, NULL);
 
         if (done < 0)
             rc = (int)done;
@@ -2613,7 +2708,7 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
         /* A thread ignored the pause, or the clone could not map: a record
          * per frame, and the clone maps what the source still shares. */
         frames_init(s, r, old_base + gfn, n);
-        done = settle_run(src, gfn, old_base + gfn, n, FROM_CLONE, written);
+        done = settle_run(src, gfn, old_base + gfn, n, FROM_CLONE, written, NULL);
         if (done < 0)
             return (int)done;
         break;
@@ -2629,7 +2724,7 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
             /* The source was remapped whole: map its frames again. */
             if (map_frames(src, gfn + i, m, k) < 0)
                 return -EFAULT;
-            done = convert_run(c, gfn + i, m, k, FROM_POD);
+            done = convert_run(c, gfn + i, m, k, FROM_POD, NULL);
             if (done < 0)
                 return (int)done;
             i += k;
@@ -2642,7 +2737,7 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
         if (src->p2m[gfn + i] != MV_P2M_SHARED) {
             /* Written during the remap (a thread that ignored the pause):
              * the source keeps a private copy, the clone the snapshot. */
-            done = convert_run(c, gfn + i, old_base + gfn + i, 1, FROM_POD);
+            done = convert_run(c, gfn + i, old_base + gfn + i, 1, FROM_POD, NULL);
             if (frame_of(s, old_base + gfn + i)->refs == 0)
                 frame_free(src->host, old_base + gfn + i, true);
             if (done < 0)
@@ -2652,7 +2747,7 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
         }
         while (i + k < n && src->p2m[gfn + i + k] == MV_P2M_SHARED)
             k++;
-        done = convert_run(c, gfn + i, old_base + gfn + i, k, FROM_POD);
+        done = convert_run(c, gfn + i, old_base + gfn + i, k, FROM_POD, NULL);
         if (done < 0)
             return (int)done;
         i += k;
@@ -2808,19 +2903,26 @@ out:
 int mv_share_stats(mv_host *host, struct mv_share_stats *out)
 {
     struct mv__share *s;
-    uint64_t waiting = 0;
+    uint64_t mappings;
 
     mv__clear_error();
     if (!host || !out)
         return mv__fail(-EINVAL, "host and out must not be NULL");
     s = host->share;
     memset(out, 0, sizeof(*out));
-    settle_all(host, false, &waiting);
+    /* Reading the counters changes nothing and holds no lock a fault needs
+     * for long: kernel copies are counted once settled, and the mappings
+     * are counted before the share lock is taken. */
+    mappings = count_mappings();
     mv__mutex_lock(&s->lock);
+    s->vma_count = mappings;
+    s->vma_checked_ns = mv__now_ns();
+    /* Stopped stays stopped until sharing would get somewhere again. */
+    recheck_stopped(host, MV_MAP_HARD_MARGIN);
     out->cow_kernel_copies = s->kernel_copies;
     out->cow_settles = s->settles;
     out->cow_settle_ns = s->settle_ns;
-    out->cow_settle_waiting = waiting;
+    out->cow_settle_waiting = s->settle_waiting;
     out->shared_frames = s->frames;
     out->shared_refs = s->refs;
     out->saved_pages = s->refs - s->frames;
@@ -2833,8 +2935,6 @@ int mv_share_stats(mv_host *host, struct mv_share_stats *out)
         out->clone_pending_frames += s->regions[i]->pending_frames;
     out->zero_reclaimed = s->zero_reclaimed;
     out->hash_collisions = s->hash_collisions;
-    s->vma_count = count_mappings();
-    s->vma_checked_ns = mv__now_ns();
     out->vma_count = s->vma_count;
     out->max_map_count = s->max_map_count;
     out->sharing_stopped = s->stopped;

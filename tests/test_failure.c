@@ -1,0 +1,821 @@
+/*
+ * test_failure.c - the failure rule, shown by injecting failures.
+ *
+ * An operation that fails returns an error and leaves everything as it was;
+ * where that is impossible it crashes the one domain concerned, never the
+ * host and never another domain; a vCPU never waits forever; no write is
+ * ever lost.
+ *
+ * The table case runs every public operation that reaches the OS layer
+ * (os.c) with one failure of one OS operation injected, for every OS
+ * operation and every position n along the operation's path (the n-th call
+ * fails), until a run passes without the injection being reached.  After
+ * each run it checks: the call's result (success, or an error with a
+ * message), that no vCPU hangs (every workload finishes within a deadline),
+ * the host audit, the content oracle of every domain, and that the domains
+ * the operation was not about did not change at all.  Each operation is its
+ * own case, so CTest runs each in its own process under a timeout.
+ *
+ * The other cases reproduce one finding each, and fail without its fix.
+ */
+#include "testutil.h"
+#include "internal.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SEED 0x5eed5eedull
+#define OTHER_SEED 0xb157a4d3ull
+#define DEADLINE_MS 30000u
+#define MAX_STEPS 400u
+
+/* ------------------------------------------------------------------------ */
+/* shared helpers                                                            */
+
+static uint32_t domain_with(mv_host *h, const char *name, uint64_t maxmem,
+                            enum mv_cow_mode cow, enum mv_logdirty_mode ld)
+{
+    struct mv_domain_config c;
+    uint32_t id = 0;
+
+    mv_domain_config_init(&c);
+    snprintf(c.name, sizeof(c.name), "%s", name);
+    c.maxmem_bytes = maxmem;
+    c.target_bytes = maxmem;
+    c.vcpus = 1;
+    c.wait_timeout_ms = 2000;
+    c.cow_mode = cow;
+    c.logdirty_mode = ld;
+    assert_ok(mv_domain_create(h, &c, &id));
+    return id;
+}
+
+/* Run a workload to its end within the deadline: a vCPU that never comes
+ * back fails the test.  Returns whether the domain crashed under it. */
+static bool run_bounded(mv_host *h, uint32_t id, enum mv_workload_kind kind,
+                        uint64_t seed, uint64_t ws, uint64_t pages)
+{
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    int rc;
+
+    mv_workload_config_init(&w, kind);
+    w.seed = seed;
+    w.working_set_pages = ws;
+    w.max_pages = pages;
+    assert_ok(mv_workload_start(h, id, &w));
+    rc = mv_workload_wait(h, id, DEADLINE_MS, &st);
+    if (rc == -ETIMEDOUT)
+        fail_msg("domain %u: a vCPU still waits after %u ms", id, DEADLINE_MS);
+    assert_ok(rc);
+    return st.crashed != 0;
+}
+
+static void fill(mv_host *h, uint32_t id, uint64_t seed, uint64_t ws, uint64_t pages)
+{
+    assert_false(run_bounded(h, id, MV_WORKLOAD_RANDOM, seed, ws, pages));
+}
+
+/* The host audit, taken again while it cannot get a consistent view. */
+static void audit_host(mv_host *h)
+{
+    int rc;
+
+    for (int i = 0; i < 100 && (rc = mv_host_audit(h)) == -EAGAIN; i++)
+        ;
+    if (rc < 0)
+        fail_msg("host audit: %s", mv_last_error());
+}
+
+static void verify_oracle(mv_host *h, uint32_t id)
+{
+    uint64_t bad = 0;
+    int64_t n = mv_oracle_verify(h, id, &bad);
+
+    assert_ok(n);
+    if (n)
+        fail_msg("domain %u: %lld pages differ from the oracle, first gfn %#llx",
+                 id, (long long)n, (unsigned long long)bad);
+}
+
+static struct mv_domain_info info_of(mv_host *h, uint32_t id)
+{
+    mv__share_settle_all(h);
+    return tu_info(h, id);
+}
+
+static void disarm_all(void)
+{
+    for (int op = 0; op < MV_OS_OP_COUNT; op++)
+        mv__os_inject((enum mv__os_op)op, 0, 0, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* the injection table                                                       */
+
+/*
+ * A scene: the victim v (the domain the operation is about), a partner p
+ * with the same content at the same gfns (for sharing), and a bystander b
+ * that nothing is about.  The operation may change v (and, for sharing, p's
+ * mappings but never p's bytes); b must not change at all.
+ */
+struct scene {
+    mv_host *h;
+    uint32_t v, p, b;
+    enum mv_cow_mode cow;
+    enum mv_logdirty_mode ld;
+    uint64_t dirty[64];
+};
+
+struct operation {
+    const char *name;
+    /* Brings the scene to just before the call under test. */
+    void (*prepare)(struct scene *s);
+    /* The call under test: 0 or more, or a negative errno with a message.
+     * May leave v crashed. */
+    int64_t (*run)(struct scene *s);
+    bool needs_partner;
+    enum mv_cow_mode cow;
+    enum mv_logdirty_mode ld;
+};
+
+#define WS 256u        /* working set of the fills, in pages */
+
+static void prepare_nothing(struct scene *s)
+{
+    (void)s;
+}
+
+static int64_t run_populate(struct scene *s)
+{
+    /* Fresh pages of the victim's second half: 2 MiB blocks and pages. */
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    int rc;
+
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed = SEED;
+    w.max_pages = 200;
+    assert_ok(mv_workload_start(s->h, s->v, &w));
+    rc = mv_workload_wait(s->h, s->v, DEADLINE_MS, &st);
+    if (rc == -ETIMEDOUT)
+        fail_msg("populate: a vCPU still waits after %u ms", DEADLINE_MS);
+    return rc;
+}
+
+static void prepare_zero_pages(struct scene *s)
+{
+    /* Scrub zeroes all of maxmem: every page populated, most zero. */
+    assert_false(run_bounded(s->h, s->v, MV_WORKLOAD_SCRUB, SEED, 0, 0));
+    fill(s->h, s->v, SEED, WS / 2, 100);
+}
+
+static int64_t run_sweep(struct scene *s)
+{
+    return mv_domain_reclaim_zero(s->h, s->v, 0, NULL);
+}
+
+static int64_t run_balloon(struct scene *s)
+{
+    return mv_guest_balloon(s->h, s->v, 1 * MiB);
+}
+
+static int64_t run_deflate(struct scene *s)
+{
+    return mv_guest_balloon(s->h, s->v, 8 * MiB);
+}
+
+static void prepare_ballooned(struct scene *s)
+{
+    assert_ok(mv_guest_balloon(s->h, s->v, 1 * MiB));
+}
+
+static int64_t run_set_target(struct scene *s)
+{
+    return mv_domain_set_target(s->h, s->v, 1 * MiB);
+}
+
+static int64_t run_share_pages(struct scene *s)
+{
+    int64_t shared = 0;
+
+    for (uint64_t g = 0; g < 8; g++) {
+        mv_share_handle hv, hp;
+        enum mv_page_type t;
+        int rc;
+
+        assert_ok(mv_domain_page_type(s->h, s->v, g, &t));
+        if (t != MV_PAGE_RAM)
+            continue;
+        if ((rc = mv_share_nominate(s->h, s->v, g, &hv)) < 0 ||
+            (rc = mv_share_nominate(s->h, s->p, g, &hp)) < 0 ||
+            (rc = mv_share_pages(s->h, s->v, g, hv, s->p, g, hp)) < 0)
+            return rc;
+        shared++;
+    }
+    return shared;
+}
+
+static int64_t run_make_ro_and_share(struct scene *s)
+{
+    int64_t rc = mv_share_make_ro_and_share(s->h, s->v, 0, 64, NULL);
+
+    if (rc >= 0)
+        rc = mv_share_make_ro_and_share(s->h, s->p, 0, 64, NULL);
+    return rc;
+}
+
+static void prepare_shared(struct scene *s)
+{
+    assert_ok(mv_share_make_ro_and_share(s->h, s->v, 0, WS, NULL));
+    assert_ok(mv_share_make_ro_and_share(s->h, s->p, 0, WS, NULL));
+    assert_true(info_of(s->h, s->p).shared_pages > 50);
+}
+
+static int64_t run_unshare(struct scene *s)
+{
+    int64_t done = 0;
+
+    for (uint64_t g = 0; g < 32; g++) {
+        enum mv_page_type t;
+        int rc;
+
+        assert_ok(mv_domain_page_type(s->h, s->v, g, &t));
+        if (t != MV_PAGE_SHARED)
+            continue;
+        if ((rc = mv_share_unshare(s->h, s->v, g)) < 0)
+            return rc;
+        done++;
+    }
+    return done;
+}
+
+/* The victim writes its shared pages: copy-on-write breaks (trapped or the
+ * kernel's copies, settled at the end). */
+static int64_t run_cow_writes(struct scene *s)
+{
+    if (run_bounded(s->h, s->v, MV_WORKLOAD_RANDOM, SEED, WS, 24))
+        return 0;
+    return mv_share_settle(s->h, s->v);
+}
+
+static void prepare_shared_written(struct scene *s)
+{
+    prepare_shared(s);
+    fill(s->h, s->v, SEED, WS, 100);
+}
+
+static int64_t run_settle(struct scene *s)
+{
+    return mv_share_settle(s->h, s->v);
+}
+
+static int64_t run_clone(struct scene *s)
+{
+    uint32_t c;
+    int rc;
+
+    assert_ok(mv_domain_pause(s->h, s->v));
+    rc = mv_domain_clone(s->h, s->v, "clone", &c);
+    if (rc == 0) {
+        assert_ok(mv_domain_unpause(s->h, s->v));
+        audit_host(s->h);
+        verify_oracle(s->h, c);
+        assert_ok(mv_domain_destroy(s->h, c));
+        return 0;
+    }
+    /* A snapshot never harms what it copies. */
+    assert_int_equal(info_of(s->h, s->v).state, MV_DOMAIN_PAUSED);
+    assert_ok(mv_domain_unpause(s->h, s->v));
+    return rc;
+}
+
+static int64_t run_logdirty_enable(struct scene *s)
+{
+    return mv_logdirty_enable(s->h, s->v);
+}
+
+static void prepare_logging(struct scene *s)
+{
+    assert_ok(mv_logdirty_enable(s->h, s->v));
+    fill(s->h, s->v, SEED, WS, 100);
+}
+
+static int64_t run_logdirty_clean(struct scene *s)
+{
+    int64_t n = mv_logdirty_clean(s->h, s->v, s->dirty, NULL, MV_ARRAY_SIZE(s->dirty));
+
+    if (n < 0)
+        return n;
+    /* A write after the clean is reported by the next one. */
+    fill(s->h, s->v, SEED, 64, 1);
+    n = mv_logdirty_clean(s->h, s->v, s->dirty, NULL, MV_ARRAY_SIZE(s->dirty));
+    if (n == 0)
+        fail_msg("a write after a clean was not reported");
+    return n;
+}
+
+static int64_t run_logdirty_disable(struct scene *s)
+{
+    return mv_logdirty_disable(s->h, s->v);
+}
+
+static int64_t run_destroy(struct scene *s)
+{
+    int rc = mv_domain_destroy(s->h, s->v);
+
+    s->v = 0;
+    return rc;
+}
+
+/* The fault service's own wait (epoll) failing under running guests. */
+static int64_t run_fault_service(struct scene *s)
+{
+    return run_populate(s);
+}
+
+static const struct operation operations[] = {
+    { "populate", prepare_nothing, run_populate, false, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
+    { "sweep", prepare_zero_pages, run_sweep, false, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
+    { "balloon", prepare_nothing, run_balloon, false, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
+    { "deflate", prepare_ballooned, run_deflate, false, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
+    { "set_target", prepare_nothing, run_set_target, false, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
+    { "share", prepare_nothing, run_share_pages, true, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
+    { "make_ro_and_share", prepare_nothing, run_make_ro_and_share, true, MV_COW_TRAP,
+      MV_LOGDIRTY_AUTO },
+    { "unshare", prepare_shared, run_unshare, true, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
+    { "cow_break_trap", prepare_shared, run_cow_writes, true, MV_COW_TRAP,
+      MV_LOGDIRTY_AUTO },
+    { "cow_break_kernel", prepare_shared, run_cow_writes, true, MV_COW_KERNEL,
+      MV_LOGDIRTY_AUTO },
+    { "settle", prepare_shared_written, run_settle, true, MV_COW_KERNEL, MV_LOGDIRTY_AUTO },
+    { "clone", prepare_shared, run_clone, true, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
+    { "logdirty_enable_wp_async", prepare_nothing, run_logdirty_enable, false, MV_COW_TRAP,
+      MV_LOGDIRTY_WP_ASYNC },
+    { "logdirty_enable_wp_sync", prepare_nothing, run_logdirty_enable, false, MV_COW_TRAP,
+      MV_LOGDIRTY_WP_SYNC },
+    { "logdirty_enable_mprotect", prepare_nothing, run_logdirty_enable, false, MV_COW_TRAP,
+      MV_LOGDIRTY_MPROTECT },
+    { "logdirty_clean_wp_async", prepare_logging, run_logdirty_clean, false, MV_COW_TRAP,
+      MV_LOGDIRTY_WP_ASYNC },
+    { "logdirty_clean_wp_sync", prepare_logging, run_logdirty_clean, false, MV_COW_TRAP,
+      MV_LOGDIRTY_WP_SYNC },
+    { "logdirty_clean_mprotect", prepare_logging, run_logdirty_clean, false, MV_COW_TRAP,
+      MV_LOGDIRTY_MPROTECT },
+    { "logdirty_disable_wp_async", prepare_logging, run_logdirty_disable, false,
+      MV_COW_TRAP, MV_LOGDIRTY_WP_ASYNC },
+    { "logdirty_disable_wp_sync", prepare_logging, run_logdirty_disable, false,
+      MV_COW_TRAP, MV_LOGDIRTY_WP_SYNC },
+    { "logdirty_disable_mprotect", prepare_logging, run_logdirty_disable, false,
+      MV_COW_TRAP, MV_LOGDIRTY_MPROTECT },
+    { "destroy", prepare_shared, run_destroy, true, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
+    { "fault_service", prepare_nothing, run_fault_service, false, MV_COW_TRAP,
+      MV_LOGDIRTY_AUTO },
+};
+
+/* The errno each OS operation fails with: what the kernel would say. */
+static int injected_errno(enum mv__os_op op)
+{
+    switch (op) {
+    case MV_OS_READ:
+    case MV_OS_WRITE:
+    case MV_OS_COPY:
+    case MV_OS_PUNCH:
+        return EIO;
+    case MV_OS_EPOLL_WAIT:
+        return EBADF;
+    case MV_OS_UFFD_WAKE:
+    case MV_OS_UFFD_CONTINUE:
+    case MV_OS_UFFD_WRITEPROTECT:
+        return EINVAL;
+    default:
+        return ENOMEM;
+    }
+}
+
+/* What a domain is, for "did it change": its counts and state. */
+struct snapshot {
+    enum mv_domain_state state;
+    uint64_t populated, pod, ballooned, shared;
+};
+
+static struct snapshot snapshot_of(mv_host *h, uint32_t id)
+{
+    struct mv_domain_info i = info_of(h, id);
+
+    return (struct snapshot){ i.state, i.populated_pages, i.pod_pages,
+                              i.ballooned_pages, i.shared_pages };
+}
+
+static bool same_snapshot(struct snapshot x, struct snapshot y)
+{
+    return x.state == y.state && x.populated == y.populated && x.pod == y.pod &&
+           x.ballooned == y.ballooned && x.shared == y.shared;
+}
+
+static void set_up(struct scene *s, const struct operation *o)
+{
+    memset(s, 0, sizeof(*s));
+    s->h = tu_host_with(1 * GiB, MV_FAULT_SPIN_DEFAULT);
+    s->v = domain_with(s->h, "v", 8 * MiB, o->cow, o->ld);
+    s->b = domain_with(s->h, "b", 8 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+    fill(s->h, s->v, SEED, WS, 400);
+    fill(s->h, s->b, OTHER_SEED, WS, 400);
+    if (o->needs_partner) {
+        s->p = domain_with(s->h, "p", 8 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+        fill(s->h, s->p, SEED, WS, 400);
+    }
+    o->prepare(s);
+}
+
+/*
+ * One run: fail the (skip+1)-th call of `op` during the operation.
+ * Returns whether the injection was reached.
+ */
+static bool run_injected(const struct operation *o, enum mv__os_op op, unsigned skip)
+{
+    struct scene s;
+    struct snapshot before_b, before_p = { 0 };
+    bool reached;
+    int64_t rc;
+
+    set_up(&s, o);
+    before_b = snapshot_of(s.h, s.b);
+    if (s.p)
+        before_p = snapshot_of(s.h, s.p);
+    mv__clear_error();
+    mv__os_inject(op, injected_errno(op), skip, 1);
+    rc = o->run(&s);
+    reached = mv__os_injection_left(op) == 0;
+    disarm_all();
+    if (rc < 0 && mv_last_error()[0] == '\0' && rc != -ESRCH)
+        fail_msg("%s, op %d failing call %u: error %lld without a message", o->name,
+                 (int)op, skip + 1, (long long)rc);
+    /* The domains it was not about: unchanged, running, content intact. */
+    assert_true(same_snapshot(before_b, snapshot_of(s.h, s.b)));
+    verify_oracle(s.h, s.b);
+    if (s.p) {
+        struct snapshot now = snapshot_of(s.h, s.p);
+
+        assert_int_equal(now.state, MV_DOMAIN_RUNNING);
+        assert_int_equal(now.ballooned, before_p.ballooned);
+        verify_oracle(s.h, s.p);
+    }
+    audit_host(s.h);
+    if (s.v && info_of(s.h, s.v).state != MV_DOMAIN_CRASHED) {
+        /* The victim runs on: every vCPU comes back, every byte is right. */
+        verify_oracle(s.h, s.v);
+        if (info_of(s.h, s.v).state == MV_DOMAIN_PAUSED)
+            assert_ok(mv_domain_unpause(s.h, s.v));
+        if (!run_bounded(s.h, s.v, MV_WORKLOAD_RANDOM, SEED, WS, 100))
+            verify_oracle(s.h, s.v);
+    }
+    if (s.p) {
+        assert_false(run_bounded(s.h, s.p, MV_WORKLOAD_RANDOM, SEED, WS, 100));
+        verify_oracle(s.h, s.p);
+    }
+    audit_host(s.h);
+    mv_host_destroy(s.h);
+    return reached;
+}
+
+static void run_operation(const char *name)
+{
+    const struct operation *o = NULL;
+    unsigned runs = 0;
+
+    for (size_t i = 0; i < MV_ARRAY_SIZE(operations); i++)
+        if (strcmp(operations[i].name, name) == 0)
+            o = &operations[i];
+    assert_non_null(o);
+    for (int op = 0; op < MV_OS_OP_COUNT; op++) {
+        unsigned skip = 0;
+
+        while (run_injected(o, (enum mv__os_op)op, skip)) {
+            runs++;
+            if (getenv("MV_TEST_VERBOSE"))
+                print_message("%s: op %d, call %u failed\n", name, op, skip + 1);
+            if (++skip == MAX_STEPS)
+                fail_msg("%s: op %d still reached after %u calls", name, op, skip);
+        }
+    }
+    print_message("%s: %u runs with a failure injected\n", name, runs);
+}
+
+#define TABLE_CASE(op)                                                         \
+    static void inject_##op(void **state)                                      \
+    {                                                                          \
+        (void)state;                                                           \
+        run_operation(#op);                                                    \
+    }
+
+TABLE_CASE(populate)
+TABLE_CASE(sweep)
+TABLE_CASE(balloon)
+TABLE_CASE(deflate)
+TABLE_CASE(set_target)
+TABLE_CASE(share)
+TABLE_CASE(make_ro_and_share)
+TABLE_CASE(unshare)
+TABLE_CASE(cow_break_trap)
+TABLE_CASE(cow_break_kernel)
+TABLE_CASE(settle)
+TABLE_CASE(clone)
+TABLE_CASE(logdirty_enable_wp_async)
+TABLE_CASE(logdirty_enable_wp_sync)
+TABLE_CASE(logdirty_enable_mprotect)
+TABLE_CASE(logdirty_clean_wp_async)
+TABLE_CASE(logdirty_clean_wp_sync)
+TABLE_CASE(logdirty_clean_mprotect)
+TABLE_CASE(logdirty_disable_wp_async)
+TABLE_CASE(logdirty_disable_wp_sync)
+TABLE_CASE(logdirty_disable_mprotect)
+TABLE_CASE(destroy)
+TABLE_CASE(fault_service)
+
+/* ------------------------------------------------------------------------ */
+/* one case per finding                                                      */
+
+/* A 2 MiB populate that fails half-way populated the faulting page
+ * already: the fallback must serve it as it is, not punch it out under the
+ * guest's write (nor charge it twice). */
+static void half_failed_block_populate_keeps_the_write(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = domain_with(h, "v", 8 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+    volatile uint8_t *ram;
+    uint64_t size;
+    struct mv_domain_info i;
+
+    (void)state;
+    assert_ok(mv_domain_ram(h, id, (void **)&ram, &size));
+    mv__os_inject(MV_OS_UFFD_ZEROPAGE_MIDWAY, ENOMEM, 0, 1);
+    /* gfn 512 + 7 is in the half the failed block populate kept. */
+    ram[(512 + 7) * MV_PAGE_SIZE + 100] = 0x5a;
+    disarm_all();
+    assert_int_equal(ram[(512 + 7) * MV_PAGE_SIZE + 100], 0x5a);
+    i = tu_info(h, id);
+    assert_int_equal(i.populated_pages, 256);
+    assert_int_equal(i.state, MV_DOMAIN_RUNNING);
+    audit_host(h);
+    assert_int_equal(ram[(512 + 7) * MV_PAGE_SIZE + 100], 0x5a);
+    mv_host_destroy(h);
+}
+
+/* Sharing whose own frames cannot be freed keeps the pages private (with
+ * their memory charged) and says so, rather than sharing pages whose old
+ * frames still hold memory. */
+static void failed_punch_keeps_pages_private(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain_with(h, "a", 16 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+    uint32_t b = domain_with(h, "b", 16 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+    struct mv_domain_info before, after;
+    int64_t rc;
+
+    (void)state;
+    fill(h, a, SEED, 512, 600);
+    fill(h, b, SEED, 512, 600);
+    assert_ok(mv_share_make_ro_and_share(h, a, 0, 512, NULL));
+    /* No zero pages left to reclaim: the punch that fails is the one that
+     * frees the frames of pages just shared. */
+    assert_ok(mv_domain_reclaim_zero(h, b, 0, NULL));
+    before = tu_info(h, b);
+    mv__os_inject(MV_OS_PUNCH, EIO, 0, 1);
+    rc = mv_share_make_ro_and_share(h, b, 0, 512, NULL);
+    disarm_all();
+    assert_int_equal(rc, -EIO);
+    assert_non_null(strstr(mv_last_error(), "to share them"));
+    after = tu_info(h, b);
+    assert_int_equal(after.state, MV_DOMAIN_RUNNING);
+    assert_int_equal(after.populated_pages + after.shared_pages,
+                     before.populated_pages + before.shared_pages);
+    audit_host(h);
+    verify_oracle(h, a);
+    verify_oracle(h, b);
+    /* Asked again, the pages are shared. */
+    assert_true(mv_share_make_ro_and_share(h, b, 0, 512, NULL) > 0);
+    audit_host(h);
+    verify_oracle(h, b);
+    mv_host_destroy(h);
+}
+
+/* A wake that fails on the copy-on-write path is tried again; one that
+ * keeps failing crashes the domain, whose vCPU then leaves through SIGBUS:
+ * never a vCPU blocked forever. */
+static void failed_wakes_never_hang_a_vcpu(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain_with(h, "a", 16 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+    uint32_t b = domain_with(h, "b", 16 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+    uint32_t c = domain_with(h, "c", 16 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+
+    (void)state;
+    fill(h, a, SEED, 256, 400);
+    fill(h, b, SEED, 256, 400);
+    fill(h, c, OTHER_SEED, 256, 400);
+    assert_ok(mv_share_make_ro_and_share(h, a, 0, 256, NULL));
+    assert_ok(mv_share_make_ro_and_share(h, b, 0, 256, NULL));
+    assert_true(tu_info(h, b).shared_pages > 100);
+    /* One failure: the wake is tried again and the writers go on. */
+    mv__os_inject(MV_OS_UFFD_WAKE, EINVAL, 0, 1);
+    assert_false(run_bounded(h, b, MV_WORKLOAD_RANDOM, SEED, 256, 200));
+    assert_int_equal(mv__os_injection_left(MV_OS_UFFD_WAKE), 0);
+    disarm_all();
+    verify_oracle(h, b);
+    /* Every try fails: the domain crashes and its vCPU leaves. */
+    mv__os_inject(MV_OS_UFFD_WAKE, EINVAL, 0, MV_WAKE_TRIES);
+    assert_true(run_bounded(h, a, MV_WORKLOAD_RANDOM, SEED, 256, 200));
+    disarm_all();
+    assert_int_equal(tu_info(h, a).state, MV_DOMAIN_CRASHED);
+    assert_non_null(strstr(tu_info(h, a).crash_reason, "cannot wake"));
+    /* Nobody else was harmed. */
+    verify_oracle(h, b);
+    verify_oracle(h, c);
+    assert_int_equal(tu_info(h, b).state, MV_DOMAIN_RUNNING);
+    audit_host(h);
+    mv_host_destroy(h);
+}
+
+/* A fault thread whose wait fails keeps serving faults. */
+static void fault_threads_survive_wait_errors(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain_with(h, "a", 64 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+    struct mv_host_stats hs;
+
+    (void)state;
+    mv__os_inject(MV_OS_EPOLL_WAIT, EBADF, 0, 1000);
+    fill(h, a, SEED, 8192, 3000);
+    disarm_all();
+    assert_ok(mv_host_stats(h, &hs));
+    assert_true(hs.fault_wait_errors > 0);
+    assert_int_equal(tu_info(h, a).state, MV_DOMAIN_RUNNING);
+    verify_oracle(h, a);
+    fill(h, a, SEED, 8192, 1000);
+    verify_oracle(h, a);
+    audit_host(h);
+    mv_host_destroy(h);
+}
+
+/* Reading statistics changes nothing: a kernel copy stays unsettled (and
+ * uncounted) until something settles it. */
+static void statistics_change_nothing(void **state)
+{
+    struct mv_host_config hc;
+    struct mv_share_stats st;
+    mv_host *h;
+    uint32_t src, c;
+
+    (void)state;
+    mv_host_config_init(&hc);
+    hc.machine_bytes = 64 * GiB;
+    hc.budget_bytes = 4 * GiB;
+    hc.cow_settle_ms = 60000;   /* the settler stays out of the way */
+    assert_ok(mv_host_create(&hc, &h));
+    src = domain_with(h, "src", 16 * MiB, MV_COW_KERNEL, MV_LOGDIRTY_AUTO);
+    fill(h, src, SEED, 1024, 1500);
+    assert_ok(mv_domain_pause(h, src));
+    assert_ok(mv_domain_clone(h, src, "c", &c));
+    assert_ok(mv_domain_unpause(h, src));
+    fill(h, c, SEED, 1024, 100);
+    for (int i = 0; i < 3; i++) {
+        assert_ok(mv_share_stats(h, &st));
+        assert_int_equal(st.cow_kernel_copies, 0);
+        assert_int_equal(tu_info(h, c).cow_kernel_copies, 0);
+    }
+    assert_true(mv_share_settle(h, c) > 0);
+    assert_ok(mv_share_stats(h, &st));
+    assert_true(st.cow_kernel_copies > 0);
+    assert_int_equal(tu_info(h, c).cow_kernel_copies, st.cow_kernel_copies);
+    audit_host(h);
+    verify_oracle(h, src);
+    verify_oracle(h, c);
+    mv_host_destroy(h);
+}
+
+/* The scanner tells apart domains whose ids differ past bit 23 (it packed
+ * a domain and a gfn in one word and took them for the same page). */
+static void scanner_tells_large_domids_apart(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a, b;
+    struct mv_share_stats st;
+
+    (void)state;
+    h->next_domid = 5;
+    a = domain_with(h, "a", 16 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+    h->next_domid = 5 + (1u << 23);
+    b = domain_with(h, "b", 16 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+    assert_int_equal(b, a + (1u << 23));
+    fill(h, a, SEED, 512, 400);
+    fill(h, b, SEED, 512, 400);
+    for (int pass = 0; pass < 3; pass++)
+        assert_ok(mv_share_scan(h, 0, NULL));
+    assert_ok(mv_share_stats(h, &st));
+    assert_true(st.saved_pages > 100);
+    audit_host(h);
+    verify_oracle(h, a);
+    verify_oracle(h, b);
+    mv_host_destroy(h);
+}
+
+/* The audit is exact while the scanner shares and guests write: it passes,
+ * or says it could not take a consistent view, and never reports a
+ * violation that is not there. */
+static void audit_is_exact_while_mechanisms_run(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain_with(h, "a", 32 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+    uint32_t b = domain_with(h, "b", 32 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+    struct mv_scanner_config sc;
+    struct mv_workload_config w;
+    unsigned exact = 0;
+
+    (void)state;
+    fill(h, a, SEED, 4096, 6000);
+    fill(h, b, SEED, 4096, 6000);
+    mv_scanner_config_init(&sc);
+    assert_ok(mv_scanner_start(h, &sc));
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed = SEED;
+    w.working_set_pages = 8192;
+    w.max_pages = 20000;
+    assert_ok(mv_workload_start(h, a, &w));
+    for (int i = 0; i < 40; i++) {
+        int rc = mv_host_audit(h);
+
+        if (rc == -EUCLEAN)
+            fail_msg("audit %d while the scanner runs: %s", i, mv_last_error());
+        if (rc != -EAGAIN)
+            assert_ok(rc);
+        exact += rc == 0;
+    }
+    assert_true(exact > 0);
+    assert_ok(mv_workload_wait(h, a, DEADLINE_MS, NULL));
+    assert_ok(mv_scanner_stop(h));
+    audit_host(h);
+    verify_oracle(h, a);
+    verify_oracle(h, b);
+    mv_host_destroy(h);
+}
+
+/* A domain whose address space cannot be reserved is refused cleanly. */
+static void failed_reservation_refuses_the_domain(void **state)
+{
+    mv_host *h = tu_host();
+    struct mv_domain_config c;
+    uint32_t id;
+
+    (void)state;
+    mv_domain_config_init(&c);
+    snprintf(c.name, sizeof(c.name), "x");
+    c.maxmem_bytes = c.target_bytes = 16 * MiB;
+    mv__os_inject(MV_OS_MMAP, ENOMEM, 0, 1);
+    assert_err(mv_domain_create(h, &c, &id), -ENOMEM);
+    disarm_all();
+    assert_non_null(strstr(mv_last_error(), "address space"));
+    assert_ok(mv_domain_create(h, &c, &id));
+    fill(h, id, SEED, 1024, 100);
+    verify_oracle(h, id);
+    audit_host(h);
+    mv_host_destroy(h);
+}
+
+static const struct CMUnitTest cases[] = {
+    cmocka_unit_test(half_failed_block_populate_keeps_the_write),
+    cmocka_unit_test(failed_punch_keeps_pages_private),
+    cmocka_unit_test(failed_wakes_never_hang_a_vcpu),
+    cmocka_unit_test(fault_threads_survive_wait_errors),
+    cmocka_unit_test(statistics_change_nothing),
+    cmocka_unit_test(scanner_tells_large_domids_apart),
+    cmocka_unit_test(audit_is_exact_while_mechanisms_run),
+    cmocka_unit_test(failed_reservation_refuses_the_domain),
+    cmocka_unit_test(inject_populate),
+    cmocka_unit_test(inject_sweep),
+    cmocka_unit_test(inject_balloon),
+    cmocka_unit_test(inject_deflate),
+    cmocka_unit_test(inject_set_target),
+    cmocka_unit_test(inject_share),
+    cmocka_unit_test(inject_make_ro_and_share),
+    cmocka_unit_test(inject_unshare),
+    cmocka_unit_test(inject_cow_break_trap),
+    cmocka_unit_test(inject_cow_break_kernel),
+    cmocka_unit_test(inject_settle),
+    cmocka_unit_test(inject_clone),
+    cmocka_unit_test(inject_logdirty_enable_wp_async),
+    cmocka_unit_test(inject_logdirty_enable_wp_sync),
+    cmocka_unit_test(inject_logdirty_enable_mprotect),
+    cmocka_unit_test(inject_logdirty_clean_wp_async),
+    cmocka_unit_test(inject_logdirty_clean_wp_sync),
+    cmocka_unit_test(inject_logdirty_clean_mprotect),
+    cmocka_unit_test(inject_logdirty_disable_wp_async),
+    cmocka_unit_test(inject_logdirty_disable_wp_sync),
+    cmocka_unit_test(inject_logdirty_disable_mprotect),
+    cmocka_unit_test(inject_destroy),
+    cmocka_unit_test(inject_fault_service),
+};
+
+TU_MAIN(cases)
