@@ -14,10 +14,14 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <semaphore.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "memvisor.h"
 
@@ -136,6 +140,55 @@ static inline void tu_verify(mv_host *h, uint32_t id)
         fail_msg("content oracle: %lld pages differ, first at gfn %#llx",
                  (long long)bad, (unsigned long long)bad_gfn);
     assert_ok(mv_host_audit(h));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Waiting for another thread without ordering events by sleeping.           */
+
+/* Long enough for anything a test waits for on a loaded machine under a
+ * sanitizer; reaching it fails the test rather than hanging it. */
+#define TU_DEADLINE_MS 30000u
+
+static inline uint64_t tu_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Poll `cond` (an expression with no side effects the test depends on)
+ * until it holds; fail the test, naming it, if it does not within
+ * TU_DEADLINE_MS. */
+#define tu_wait_until(cond)                                                    \
+    do {                                                                       \
+        uint64_t until_ = tu_now_ms() + TU_DEADLINE_MS;                        \
+        while (!(cond)) {                                                      \
+            if (tu_now_ms() >= until_)                                         \
+                fail_msg("still not true after %u ms: %s", TU_DEADLINE_MS,     \
+                         #cond);                                               \
+            usleep(1000);                                                      \
+        }                                                                      \
+    } while (0)
+
+/* Wait for `sem` up to `ms`; false when it was not posted in time. */
+static inline bool tu_sem_wait_ms(sem_t *sem, unsigned ms)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    for (;;) {
+        if (sem_timedwait(sem, &ts) == 0)
+            return true;
+        if (errno != EINTR)
+            return false;
+    }
 }
 
 /* Run the named case, or all of them without an argument. */
