@@ -33,7 +33,7 @@ build-tsan: deps
 
 # Every build type with every compiler, warnings as errors, each in its own
 # directory under $(MATRIX_BUILD): optimisation levels and compilers differ in
-# what they warn about.  Builds only; run the tests with `make test`.
+# what they warn about.  Builds only, no tests run here.
 build-matrix: deps
 	@set -e; for cc in $(MATRIX_COMPILERS); do for type in $(MATRIX_TYPES); do \
 		dir=$(MATRIX_BUILD)/$$cc-$$type; echo "== $$cc $$type ($$dir)"; \
@@ -47,8 +47,10 @@ demo: build
 
 # The whole suite, in the normal build and again under ASan+UBSan; the
 # concurrency tests (fault service, dirty logging, sharing) once more under
-# TSan.
-test: build build-asan build-tsan
+# TSan.  First every build type with both compilers (build-matrix, under a
+# minute on two cores), so that a warning only an optimisation level or
+# only clang reports fails here rather than in a user's build.
+test: build-matrix build build-asan build-tsan
 	@echo "== normal build"
 	@cd $(BUILD) && ctest --output-on-failure -j 1
 	@echo "== ASan+UBSan build"
