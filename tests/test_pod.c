@@ -160,10 +160,7 @@ static void single_pages_when_block_populate_is_off(void **state)
     uint8_t *ram;
 
     (void)state;
-    mv_domain_config_init(&c);
-    snprintf(c.name, sizeof(c.name), "4k");
-    c.maxmem_bytes = 64 * MiB;
-    c.target_bytes = 16 * MiB;
+    tu_domain_config(&c, "4k", 64 * MiB, 16 * MiB);
     c.pod_block_populate = 0;
     assert_ok(mv_domain_create(h, &c, &id));
     ram = ram_of(h, id);
@@ -532,15 +529,10 @@ static void two_fault_threads_serve_many_domains(void **state)
     mv_host *h;
 
     (void)state;
-    mv_host_config_init(&c);
-    c.machine_bytes = 64 * GiB;
-    c.budget_bytes = 4 * GiB;
+    tu_host_config(&c, 4 * GiB);
     c.fault_threads = 2;
     c.fault_spin_us = 0;
-    if (mv_host_create(&c, &h) < 0) {
-        print_message("skipped: %s\n", mv_last_error());
-        skip();
-    }
+    assert_ok(mv_host_create(&c, &h));
     many_domains_fault_concurrently_on(h);
 }
 
@@ -585,9 +577,7 @@ static void fault_threads_run_on_fault_cpus(void **state)
     assert_int_equal(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
     cpu = first_cpu(&allowed);
     snprintf(list, sizeof(list), "%d", cpu);
-    mv_host_config_init(&c);
-    c.machine_bytes = 64 * GiB;
-    c.budget_bytes = 1 * GiB;
+    tu_host_config(&c, 1 * GiB);
     c.fault_threads = 2;
     c.fault_cpus = list;
     c.fault_mode = MV_FAULT_SHARED;
@@ -619,9 +609,7 @@ static void fault_thread_per_cpu_pins_one_each(void **state)
 
     (void)state;
     assert_int_equal(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
-    mv_host_config_init(&c);
-    c.machine_bytes = 64 * GiB;
-    c.budget_bytes = 1 * GiB;
+    tu_host_config(&c, 1 * GiB);
     c.fault_threads = 7; /* not used */
     c.fault_mode = MV_FAULT_PER_CPU;
     assert_ok(mv_host_create(&c, &h));

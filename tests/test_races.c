@@ -202,9 +202,7 @@ static void *create_doomed(void *arg)
     struct mv_domain_config c;
 
     atomic_store(&a->tid, my_tid());
-    mv_domain_config_init(&c);
-    snprintf(c.name, sizeof(c.name), "doomed");
-    c.maxmem_bytes = c.target_bytes = 16 * MiB;
+    tu_domain_config(&c, "doomed", 16 * MiB, 16 * MiB);
     a->rc = mv_domain_create(a->host, &c, &a->domid);
     atomic_store(&a->done_seq, atomic_fetch_add(&event_seq, 1));
     return NULL;

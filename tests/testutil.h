@@ -76,6 +76,23 @@ static inline mv_host *tu_host_with(uint64_t budget, unsigned spin_us)
     return h;
 }
 
+/* A host configuration as tu_host_with makes it, for a test that sets
+ * more: the kernel probed first (the test skips, saying why, when it lacks
+ * a feature), 64 GiB of frame space and `budget` bytes of it usable, the
+ * rest the library's defaults (no fault mode chosen from the environment). */
+static inline void tu_host_config(struct mv_host_config *c, uint64_t budget)
+{
+    struct mv_kernel_features f;
+
+    if (mv_probe_kernel(&f) < 0) {
+        print_message("skipped: %s\n", mv_last_error());
+        skip();
+    }
+    mv_host_config_init(c);
+    c->machine_bytes = 64 * GiB;
+    c->budget_bytes = budget;
+}
+
 static inline mv_host *tu_host(void)
 {
     return tu_host_with(4 * GiB, MV_FAULT_SPIN_DEFAULT);
@@ -102,6 +119,18 @@ static inline uint32_t tu_domain_with(mv_host *h, const char *name, uint64_t max
         c.cow_mode = MV_COW_KERNEL;
     assert_ok(mv_domain_create(h, &c, &id));
     return id;
+}
+
+/* A domain configuration with a name and sizes, the rest the library's
+ * defaults (no copy-on-write mode chosen from the environment), for a test
+ * that sets more before mv_domain_create. */
+static inline void tu_domain_config(struct mv_domain_config *c, const char *name,
+                                    uint64_t maxmem, uint64_t target)
+{
+    mv_domain_config_init(c);
+    snprintf(c->name, sizeof(c->name), "%s", name);
+    c->maxmem_bytes = maxmem;
+    c->target_bytes = target;
 }
 
 static inline uint32_t tu_domain(mv_host *h, const char *name, uint64_t maxmem,
