@@ -109,8 +109,12 @@ static void *use_ram(void *arg)
     void *ram;
     uint64_t size;
 
-    hold_next_lock = true;
-    u->rc = mv_domain_ram(u->host, u->domid, &ram, &size);
+    /* A release while another thread (a background pass of the library)
+     * also holds a reference takes no lock: then try again. */
+    do {
+        hold_next_lock = true;
+        u->rc = mv_domain_ram(u->host, u->domid, &ram, &size);
+    } while (hold_next_lock && u->rc == 0);
     hold_next_lock = false;
     atomic_store(&u->done_seq, atomic_fetch_add(&event_seq, 1));
     return NULL;
