@@ -4,9 +4,15 @@ JOBS ?= $(shell nproc)
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
+MATRIX_BUILD ?= build-matrix
+MATRIX_COMPILERS ?= gcc clang
+MATRIX_TYPES ?= Release Debug RelWithDebInfo MinSizeRel
 CMAKE_FLAGS ?=
+# The developers' and CI's builds treat warnings as errors; a plain cmake
+# build (a user's or an embedder's) does not.
+WERROR := -DMV_WERROR=ON
 
-.PHONY: all deps build build-asan build-tsan demo test test-fast bench clean
+.PHONY: all deps build build-asan build-tsan build-matrix demo test test-fast bench clean
 
 all: build
 
@@ -14,24 +20,37 @@ deps:
 	@scripts/install-deps.sh
 
 build: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
 build-asan: deps
-	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMV_SANITIZE=ON $(CMAKE_FLAGS) >/dev/null
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMV_SANITIZE=ON $(WERROR) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
 
 build-tsan: deps
-	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMV_TSAN=ON $(CMAKE_FLAGS) >/dev/null
+	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMV_TSAN=ON $(WERROR) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_pod test_logdirty test_share
+
+# Every build type with every compiler, warnings as errors, each in its own
+# directory under $(MATRIX_BUILD): optimisation levels and compilers differ in
+# what they warn about.  Builds only, no tests run here.
+build-matrix: deps
+	@set -e; for cc in $(MATRIX_COMPILERS); do for type in $(MATRIX_TYPES); do \
+		dir=$(MATRIX_BUILD)/$$cc-$$type; echo "== $$cc $$type ($$dir)"; \
+		cmake -S . -B $$dir -DCMAKE_C_COMPILER=$$cc -DCMAKE_BUILD_TYPE=$$type \
+			$(WERROR) $(CMAKE_FLAGS) >/dev/null; \
+		cmake --build $$dir -j $(JOBS); \
+	done; done; echo "build-matrix: all builds succeeded"
 
 demo: build
 	@$(BUILD)/memvisor demo
 
 # The whole suite, in the normal build and again under ASan+UBSan; the
 # concurrency tests (fault service, dirty logging, sharing) once more under
-# TSan.
-test: build build-asan build-tsan
+# TSan.  First every build type with both compilers (build-matrix, under a
+# minute on two cores), so that a warning only an optimisation level or
+# only clang reports fails here rather than in a user's build.
+test: build-matrix build build-asan build-tsan
 	@echo "== normal build"
 	@cd $(BUILD) && ctest --output-on-failure -j 1
 	@echo "== ASan+UBSan build"
@@ -48,4 +67,4 @@ bench: build
 	@$(BUILD)/memvisor bench pod --json
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(MATRIX_BUILD)

@@ -4,7 +4,8 @@
 # something is missing.
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config libjson-c-dev libcmocka-dev
+# clang: make test (make build-matrix) also builds with it.
+packages=(build-essential clang cmake pkg-config libjson-c-dev libcmocka-dev
           liblz4-dev libzstd-dev libxxhash-dev)
 
 missing=()

@@ -833,7 +833,7 @@ static void reservation_end(struct mv_domain *d)
 int mv_domain_decrease_reservation(mv_host *host, uint32_t domid,
                                    const uint64_t *gfns, size_t count)
 {
-    struct mv_domain *d;
+    struct mv_domain *d = NULL; /* set whenever reservation_begin succeeds */
     size_t done = 0;
     int rc = reservation_begin(host, domid, gfns, count, &d);
 
@@ -860,7 +860,7 @@ int mv_domain_decrease_reservation(mv_host *host, uint32_t domid,
 int mv_domain_increase_reservation(mv_host *host, uint32_t domid,
                                    const uint64_t *gfns, size_t count)
 {
-    struct mv_domain *d;
+    struct mv_domain *d = NULL; /* set whenever reservation_begin succeeds */
     int rc = reservation_begin(host, domid, gfns, count, &d);
 
     if (rc < 0)

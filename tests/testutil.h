@@ -14,10 +14,14 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <semaphore.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "memvisor.h"
 
@@ -72,6 +76,23 @@ static inline mv_host *tu_host_with(uint64_t budget, unsigned spin_us)
     return h;
 }
 
+/* A host configuration as tu_host_with makes it, for a test that sets
+ * more: the kernel probed first (the test skips, saying why, when it lacks
+ * a feature), 64 GiB of frame space and `budget` bytes of it usable, the
+ * rest the library's defaults (no fault mode chosen from the environment). */
+static inline void tu_host_config(struct mv_host_config *c, uint64_t budget)
+{
+    struct mv_kernel_features f;
+
+    if (mv_probe_kernel(&f) < 0) {
+        print_message("skipped: %s\n", mv_last_error());
+        skip();
+    }
+    mv_host_config_init(c);
+    c->machine_bytes = 64 * GiB;
+    c->budget_bytes = budget;
+}
+
 static inline mv_host *tu_host(void)
 {
     return tu_host_with(4 * GiB, MV_FAULT_SPIN_DEFAULT);
@@ -98,6 +119,18 @@ static inline uint32_t tu_domain_with(mv_host *h, const char *name, uint64_t max
         c.cow_mode = MV_COW_KERNEL;
     assert_ok(mv_domain_create(h, &c, &id));
     return id;
+}
+
+/* A domain configuration with a name and sizes, the rest the library's
+ * defaults (no copy-on-write mode chosen from the environment), for a test
+ * that sets more before mv_domain_create. */
+static inline void tu_domain_config(struct mv_domain_config *c, const char *name,
+                                    uint64_t maxmem, uint64_t target)
+{
+    mv_domain_config_init(c);
+    snprintf(c->name, sizeof(c->name), "%s", name);
+    c->maxmem_bytes = maxmem;
+    c->target_bytes = target;
 }
 
 static inline uint32_t tu_domain(mv_host *h, const char *name, uint64_t maxmem,
@@ -136,6 +169,55 @@ static inline void tu_verify(mv_host *h, uint32_t id)
         fail_msg("content oracle: %lld pages differ, first at gfn %#llx",
                  (long long)bad, (unsigned long long)bad_gfn);
     assert_ok(mv_host_audit(h));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Waiting for another thread without ordering events by sleeping.           */
+
+/* Long enough for anything a test waits for on a loaded machine under a
+ * sanitizer; reaching it fails the test rather than hanging it. */
+#define TU_DEADLINE_MS 30000u
+
+static inline uint64_t tu_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Poll `cond` (an expression with no side effects the test depends on)
+ * until it holds; fail the test, naming it, if it does not within
+ * TU_DEADLINE_MS. */
+#define tu_wait_until(cond)                                                    \
+    do {                                                                       \
+        uint64_t until_ = tu_now_ms() + TU_DEADLINE_MS;                        \
+        while (!(cond)) {                                                      \
+            if (tu_now_ms() >= until_)                                         \
+                fail_msg("still not true after %u ms: %s", TU_DEADLINE_MS,     \
+                         #cond);                                               \
+            usleep(1000);                                                      \
+        }                                                                      \
+    } while (0)
+
+/* Wait for `sem` up to `ms`; false when it was not posted in time. */
+static inline bool tu_sem_wait_ms(sem_t *sem, unsigned ms)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    for (;;) {
+        if (sem_timedwait(sem, &ts) == 0)
+            return true;
+        if (errno != EINTR)
+            return false;
+    }
 }
 
 /* Run the named case, or all of them without an argument. */
