@@ -203,6 +203,8 @@ void mv__os_signal_install(int sig, void (*handler)(int, siginfo_t *, void *), i
                            struct sigaction *previous);
 void mv__os_signal_chain(const struct sigaction *previous, int sig, siginfo_t *info,
                          void *context);
+/* Tests: the failures of `op` still armed (0 once all were injected). */
+unsigned mv__os_injection_left(enum mv__os_op op);
 
 /* ------------------------------------------------------------------------ */
 /* probe.c                                                                   */

@@ -413,3 +413,8 @@ void mv__os_signal_chain(const struct sigaction *previous, int sig, siginfo_t *i
     fallback.sa_handler = SIG_DFL;
     sigaction(sig, &fallback, NULL);
 }
+
+unsigned mv__os_injection_left(enum mv__os_op op)
+{
+    return atomic_load(&injections[op].count);
+}
