@@ -2785,6 +2785,7 @@ static int clone_take_back(struct mv_domain *src, struct mv__share_region *r,
     struct mv__share *s = src->host->share;
     struct mv__share_dom *sd = src->share;
     uint64_t taken = 0, pending = 0;
+    bool odd = false;
 
     for (uint64_t g = 0; r && g < src->maxmem_pages; g++) {
         uint64_t mfn = clone_adopted_mfn(src, r, g);
@@ -2794,11 +2795,11 @@ static int clone_take_back(struct mv_domain *src, struct mv__share_region *r,
         taken++;
         if (pending_mfn(sd, g) != MV_NO_MFN)
             pending++;
-        else if (mfn - r->first != g || r->frames[g].refs != 1 ||
-                 !(r->frames[g].flags & FRAME_LIVE))
-            taken = MV_NO_MFN - 1; /* a mapping it cannot have: refuse */
+        else
+            odd |= mfn - r->first != g || r->frames[g].refs != 1 ||
+                   !(r->frames[g].flags & FRAME_LIVE);
     }
-    if (r && (taken + 1 != r->live || pending != r->pending_frames))
+    if (r && (odd || taken + 1 != r->live || pending != r->pending_frames))
         return mv__fail(-EUCLEAN, "domain %u: the frames of a failed clone are not "
                         "as it left them (%llu of %llu live)", src->domid,
                         (unsigned long long)taken, (unsigned long long)r->live);
@@ -2919,7 +2920,8 @@ static int clone_fail(struct mv_domain *src, struct mv_domain *c,
         }
         mv__log(h, MV_LOG_INFO, "domain %u: clone failed and was undone: %s",
                 src->domid, why);
-        return mv__fail(err, "%s (domain %u is as it was)", why, src->domid);
+        return mv__fail(err, "domain %u could not be cloned, and is as it was: %s",
+                        src->domid, why);
     }
     /* Crashed already, or its frames are not as the clone left them: the
      * source stays on the new block, sharing what it shares now. */
@@ -2991,9 +2993,17 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
                     "snapshot)", src_domid);
     mv__mutex_unlock(&src->lock);
     if (rc == 0) {
+        uint32_t other;
+
         snprintf(config.name, sizeof(config.name), "%s", name);
         if (strlen(name) >= sizeof(config.name))
             rc = mv__fail(-EINVAL, "clone name is longer than %d bytes", MV_NAME_MAX - 1);
+        /* Refused before any work, not when the clone is published after
+         * the source was remapped. */
+        else if (mv_domain_lookup(host, config.name, &other) == 0)
+            rc = mv__fail(-EEXIST, "a domain named '%s' exists (id %u)", config.name, other);
+        else
+            mv__clear_error();
     }
     if (rc == 0)
         rc = mv__domain_new(host, &config, &c);

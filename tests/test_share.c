@@ -1191,6 +1191,13 @@ static void failed_clone_leaves_source_as_it_was(void **state)
         unsigned n;
 
         scene_build(h, &sc);
+        if (i == 0) {
+            uint32_t c;
+
+            /* A name taken is refused before the source is touched. */
+            assert_err(mv_domain_clone(h, sc.src, "other", &c), -EEXIST);
+            scene_check(h, &sc);
+        }
         for (n = 0; n < 500; n++) {
             uint32_t c = UINT32_MAX;
             unsigned left;
