@@ -642,7 +642,10 @@ int mv_share_exclude(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count
  * per page; no guest byte is copied until one side writes, and the sharing
  * records of a frame are written only when it is first touched
  * (mv_share_stats().clone_pending_frames counts those not yet).  The source
- * stays paused; the clone starts running (its built-in vCPUs idle).
+ * stays paused; the clone starts running (its built-in vCPUs idle).  A
+ * clone that fails returns the error and leaves the source as it was
+ * (paused, the same pages, sharing and accounting); only if putting it back
+ * fails too does the source crash, and the message says so.
  */
 int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
                     uint32_t *clone_domid);

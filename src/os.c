@@ -40,11 +40,6 @@ void mv__os_inject(enum mv__os_op op, int err, unsigned skip, unsigned count)
     atomic_store(&inj->count, count);
 }
 
-unsigned mv__os_injection_left(enum mv__os_op op)
-{
-    return atomic_load(&injections[op].count);
-}
-
 /* Returns the negative errno to fail this call with, or 0. */
 static int injected(enum mv__os_op op)
 {
@@ -447,4 +442,9 @@ void mv__os_signal_chain(const struct sigaction *previous, int sig, siginfo_t *i
     memset(&fallback, 0, sizeof(fallback));
     fallback.sa_handler = SIG_DFL;
     sigaction(sig, &fallback, NULL);
+}
+
+unsigned mv__os_injection_left(enum mv__os_op op)
+{
+    return atomic_load(&injections[op].count);
 }
