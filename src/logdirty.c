@@ -26,7 +26,8 @@
  * reads and re-protects each PTE atomically under the page-table lock.
  *
  * The mprotect handler runs in signal context: it finds its domain in a
- * fixed table of lock-free slots and makes only async-signal-safe calls.
+ * fixed table of lock-free slots and makes only async-signal-safe calls
+ * (errno is preserved).
  * When per-page mprotect fails (vm.max_map_count), it unprotects the 2 MiB
  * block, then the whole RAM, and reports all of it dirty: over-reporting,
  * never a lost write.
@@ -137,7 +138,6 @@ struct mprotect_slot {
 
 static struct mprotect_slot slots[MV_MPROTECT_SLOTS];
 static atomic_int handlers_running;
-static struct sigaction previous_sigsegv;
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Make [page] writable and report it in `bm`, the bitmap of the domain
@@ -151,12 +151,14 @@ static void unprotect_in_handler(uintptr_t start, uintptr_t end, _Atomic uint64_
 
     if (block < start)
         block = start;
-    if (mprotect((void *)page, MV_PAGE_SIZE, PROT_READ | PROT_WRITE) == 0) {
+    if (mv__os_mprotect((void *)page, MV_PAGE_SIZE, PROT_READ | PROT_WRITE) == 0) {
         set_bits(bm, (page - start) >> MV_PAGE_SHIFT, 1);
-    } else if (mprotect((void *)block, block_end - block, PROT_READ | PROT_WRITE) == 0) {
+    } else if (mv__os_mprotect((void *)block, block_end - block,
+                               PROT_READ | PROT_WRITE) == 0) {
         set_bits(bm, (block - start) >> MV_PAGE_SHIFT, (block_end - block) >> MV_PAGE_SHIFT);
     } else {
-        mprotect((void *)start, end - start, PROT_READ | PROT_WRITE);
+        /* Unprotecting all of it merges its mappings: no limit to hit. */
+        mv__os_mprotect((void *)start, end - start, PROT_READ | PROT_WRITE);
         set_bits(bm, 0, (end - start) >> MV_PAGE_SHIFT);
     }
     atomic_fetch_add_explicit(faults, 1, memory_order_relaxed);
@@ -165,6 +167,7 @@ static void unprotect_in_handler(uintptr_t start, uintptr_t end, _Atomic uint64_
 static void on_sigsegv(int sig, siginfo_t *info, void *context)
 {
     uintptr_t addr = (uintptr_t)info->si_addr;
+    int saved_errno = errno;
 
     /*
      * Counted before reading any slot, and each slot read once, start
@@ -183,20 +186,26 @@ static void on_sigsegv(int sig, siginfo_t *info, void *context)
             unprotect_in_handler(start, end, atomic_load(&s->bitmap),
                                  atomic_load(&s->faults), addr);
             atomic_fetch_sub(&handlers_running, 1);
+            errno = saved_errno;
             return;
         }
     }
     atomic_fetch_sub(&handlers_running, 1);
-    mv__os_signal_chain(&previous_sigsegv, sig, info, context);
+    mv__os_signal_chain(sig, info, context);
+    errno = saved_errno;
 }
 
 static int slot_claim(struct mv_domain *d, struct mv__logdirty *l)
 {
-    int found = -1;
+    int found = -1, rc;
 
     pthread_mutex_lock(&slots_lock);
     /* Again at every claim: the application may have replaced it since. */
-    mv__os_signal_install(SIGSEGV, on_sigsegv, SA_NODEFER, &previous_sigsegv);
+    rc = mv__os_signal_install(SIGSEGV, on_sigsegv, SA_NODEFER);
+    if (rc < 0) {
+        pthread_mutex_unlock(&slots_lock);
+        return mv__fail(rc, "cannot install the SIGSEGV handler: %s", mv_strerror(rc));
+    }
     for (int i = 0; i < MV_MPROTECT_SLOTS && found < 0; i++) {
         if (atomic_load(&slots[i].end) == 0) {
             atomic_store(&slots[i].bitmap, l->bitmap);
@@ -235,9 +244,9 @@ static int protect_run(struct mv_domain *d, uint64_t gfn, uint64_t n)
     int rc;
 
     if (d->logdirty->mode == MV_LOGDIRTY_MPROTECT) {
-        if (mprotect(mv__gfn_addr(d, gfn), n << MV_PAGE_SHIFT, PROT_READ) == 0)
+        rc = mv__os_mprotect(mv__gfn_addr(d, gfn), n << MV_PAGE_SHIFT, PROT_READ);
+        if (rc == 0)
             return 0;
-        rc = -errno;
     } else {
         rc = mv__os_uffd_writeprotect(d->uffd, mv__gfn_addr(d, gfn),
                                       n << MV_PAGE_SHIFT, true);
@@ -254,8 +263,8 @@ static int protect_all(struct mv_domain *d, bool protect)
     int rc;
 
     if (d->logdirty->mode == MV_LOGDIRTY_MPROTECT) {
-        rc = mprotect(d->ram, length, protect ? PROT_READ : PROT_READ | PROT_WRITE);
-        return rc < 0 ? mv__fail(-errno, "mprotect of guest RAM failed") : 0;
+        rc = mv__os_mprotect(d->ram, length, protect ? PROT_READ : PROT_READ | PROT_WRITE);
+        return rc < 0 ? mv__fail(rc, "mprotect of guest RAM failed: %s", mv_strerror(rc)) : 0;
     }
     if (protect || d->shared == 0) {
         rc = mv__os_uffd_writeprotect(d->uffd, d->ram, length, protect);
@@ -347,9 +356,9 @@ int mv__logdirty_create(struct mv_domain *d, enum mv_logdirty_mode mode)
     d->logdirty = l;
     if (l->memfd < 0)
         return mv__fail(l->memfd, "cannot create the dirty bitmap memfd");
-    map = mmap(NULL, l->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, l->memfd, 0);
-    if (map == MAP_FAILED)
-        return mv__fail(-errno, "cannot map the dirty bitmap");
+    map = mv__os_map_shared(NULL, l->map_bytes, l->memfd, 0, PROT_READ | PROT_WRITE);
+    if (!map)
+        return mv__fail(-errno, "cannot map the dirty bitmap: %s", mv_strerror(-errno));
     l->bitmap = map;
     if (mode == MV_LOGDIRTY_WP_ASYNC) {
         l->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -369,7 +378,7 @@ void mv__logdirty_destroy(struct mv_domain *d)
     if (l->slot >= 0)
         slot_release(l);
     if (l->bitmap)
-        munmap((void *)l->bitmap, l->map_bytes);
+        mv__os_unmap((void *)l->bitmap, l->map_bytes);
     if (l->memfd >= 0)
         close(l->memfd);
     if (l->pagemap_fd >= 0)

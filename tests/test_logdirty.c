@@ -7,7 +7,10 @@
  */
 #include "testutil.h"
 
+#include "internal.h"
+
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -458,6 +461,141 @@ static void harvest_fills_the_live_bitmap(void **state)
     mv_host_destroy(h);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Failures: an operation that fails returns an error and leaves the log as
+ * it was; no vCPU hangs, no write is lost, no other domain changes.        */
+
+static bool logging(mv_host *h, uint32_t id)
+{
+    struct mv_logdirty_stats s;
+
+    assert_ok(mv_logdirty_stats(h, id, &s));
+    return s.enabled;
+}
+
+/* The handler preserves errno, also when its mprotect fails (it then
+ * unprotects and reports the page's whole 2 MiB block). */
+static void errno_survives_a_handled_fault(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "errno", MV_LOGDIRTY_MPROTECT);
+    uint8_t *ram = ram_of(h, id);
+    uint64_t dirty[WORDS];
+    volatile int *err = &errno;
+
+    (void)state;
+    assert_ok(mv_logdirty_enable(h, id));
+    *err = EDOM;
+    write_page(ram, 3, 1);
+    assert_int_equal(*err, EDOM);
+    mv__os_inject(MV_OS_MPROTECT, ENOMEM, 0, 1);
+    write_page(ram, MV_BLOCK_PAGES + 3, 1);
+    assert_int_equal(*err, EDOM);
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 1 + MV_BLOCK_PAGES);
+    assert_true(bit(dirty, 3) && bit(dirty, MV_BLOCK_PAGES) &&
+                bit(dirty, 2 * MV_BLOCK_PAGES - 1) && !bit(dirty, 2 * MV_BLOCK_PAGES));
+    assert_ok(mv_logdirty_disable(h, id));
+    mv_host_destroy(h);
+}
+
+/* An application handler that was in place first gets the faults that are
+ * not the library's (SIGSEGV of the dirty log, SIGBUS of the vCPUs), and
+ * errno comes back as it was. */
+static uint8_t *foreign_page;
+static int foreign_fd;
+static volatile sig_atomic_t foreign_grown;
+
+static void foreign_handler(int sig)
+{
+    errno = ERANGE;
+    if (sig == SIGSEGV)
+        mprotect(foreign_page, MV_PAGE_SIZE, PROT_READ | PROT_WRITE);
+    else
+        foreign_grown = ftruncate(foreign_fd, MV_PAGE_SIZE) == 0;
+}
+
+static void foreign_faults_reach_the_previous_handler(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "foreign", MV_LOGDIRTY_MPROTECT);
+    uint8_t *ram = ram_of(h, id);
+    struct sigaction sa;
+    struct mv_workload_config w;
+    volatile int *err = &errno;
+
+    (void)state;
+    foreign_page = mmap(NULL, MV_PAGE_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(foreign_page != MAP_FAILED);
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = foreign_handler;
+    assert_int_equal(sigaction(SIGSEGV, &sa, NULL), 0);
+    assert_ok(mv_logdirty_enable(h, id));
+    write_page(ram, 1, 1);
+    *err = EDOM;
+    ((volatile uint8_t *)foreign_page)[0] = 1;
+    assert_int_equal(*err, EDOM);
+    assert_int_equal(foreign_page[0], 1);
+    assert_ok(mv_logdirty_disable(h, id));
+    munmap(foreign_page, MV_PAGE_SIZE);
+
+    /* SIGBUS: past the end of an empty file, until the handler grows it. */
+    foreign_fd = memfd_create("foreign", 0);
+    assert_true(foreign_fd >= 0);
+    foreign_page = mmap(NULL, MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+                        foreign_fd, 0);
+    assert_true(foreign_page != MAP_FAILED);
+    assert_int_equal(sigaction(SIGBUS, &sa, NULL), 0);
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.max_pages = 10;
+    assert_ok(mv_workload_start(h, id, &w)); /* installs the SIGBUS handler */
+    assert_ok(mv_workload_wait(h, id, 60000, NULL));
+    *err = EDOM;
+    ((volatile uint8_t *)foreign_page)[0] = 2;
+    assert_int_equal(*err, EDOM);
+    assert_int_equal(foreign_page[0], 2);
+    assert_true(foreign_grown);
+    munmap(foreign_page, MV_PAGE_SIZE);
+    close(foreign_fd);
+    mv_host_destroy(h);
+}
+
+/* A handler that cannot be installed fails the call that needs it. */
+static void failed_handler_install_is_reported(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "install", MV_LOGDIRTY_MPROTECT);
+    uint32_t g = tu_domain(h, "guest", 16 * MiB, 16 * MiB);
+    uint8_t *ram = ram_of(h, id);
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    struct sigaction sa, now;
+
+    (void)state;
+    /* As if the application had replaced the library's handlers. */
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_DFL;
+    assert_int_equal(sigaction(SIGSEGV, &sa, NULL), 0);
+    assert_int_equal(sigaction(SIGBUS, &sa, NULL), 0);
+    mv__os_inject(MV_OS_SIGACTION, EIO, 0, 1);
+    assert_err(mv_logdirty_enable(h, id), -EIO);
+    assert_false(logging(h, id));
+    write_page(ram, 4, 4); /* nothing protected */
+    assert_ok(mv_logdirty_enable(h, id));
+    assert_int_equal(sigaction(SIGSEGV, NULL, &now), 0);
+    assert_true((now.sa_flags & SA_SIGINFO) && now.sa_sigaction != NULL);
+    assert_ok(mv_logdirty_disable(h, id));
+
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.max_pages = 100;
+    mv__os_inject(MV_OS_SIGACTION, EIO, 0, 1);
+    assert_err(mv_workload_start(h, g, &w), -EIO);
+    assert_ok(mv_workload_start(h, g, &w));
+    assert_ok(mv_workload_wait(h, g, 60000, &st));
+    assert_false(st.crashed);
+    tu_verify(h, g);
+    mv_host_destroy(h);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(bad_calls_are_refused),
     cmocka_unit_test(unavailable_mode_is_explained),
@@ -470,6 +608,9 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(guest_workload_under_logging),
     cmocka_unit_test(shared_bitmap_consumer),
     cmocka_unit_test(harvest_fills_the_live_bitmap),
+    cmocka_unit_test(errno_survives_a_handled_fault),
+    cmocka_unit_test(foreign_faults_reach_the_previous_handler),
+    cmocka_unit_test(failed_handler_install_is_reported),
 };
 
 TU_MAIN(cases)
