@@ -2,38 +2,60 @@
  * logdirty.c - dirty logging: "write-protect all memory, then learn which
  * pages were written", three ways, one bitmap.
  *
- *   mechanism   protect all               a guest write              fetch
- *   wp-async    UFFDIO_WRITEPROTECT once  resolved in the kernel,     PAGEMAP_SCAN reads
- *               (page-table markers)      PTE remembers it            and re-protects in
+ *   mechanism   protect all               a guest write              harvest (each fetch)
+ *   wp-async    UFFDIO_WRITEPROTECT once  resolved in the kernel,     PAGEMAP_SCAN reads the
+ *               (page-table markers)      PTE remembers it            written PTEs and
+ *                                                                     re-protects them in
  *                                                                     one call
- *   wp-sync     the same                  trap -> fault thread sets   re-protect each
- *                                         the bit, unprotects page    dirty run
- *   mprotect    mprotect(PROT_READ)       SIGSEGV -> handler sets     mprotect each
- *                                         the bit, mprotects RW       dirty run
+ *   wp-sync     the same                  trap -> fault thread sets   take `writable`,
+ *                                         the bits, unprotects page   re-protect each run,
+ *                                                                     then report it
+ *   mprotect    mprotect(PROT_READ)       SIGSEGV -> handler          the same, with
+ *                                         mprotects RW, sets the bits mprotect
  *
  * The live bitmap lives in a memfd (so another process can map it) and is
  * the one place every producer reports to: the trap handlers above, the
- * harvest of PAGEMAP_SCAN results, and memvisor's own changes to guest
- * memory (mv__logdirty_mark: populate, zero reclaim, balloon).  Producers
- * set bits with atomic OR; a consumer takes a word with an atomic exchange,
- * so a fetch never stops a producer and never needs a second buffer.
+ * harvests, and memvisor's own changes to guest memory (mv__logdirty_mark:
+ * populate, zero reclaim, balloon).  Producers set bits with atomic OR; a
+ * consumer takes a word with an atomic exchange, so a fetch never stops a
+ * producer and never needs a second buffer.  Consumers are of two kinds:
+ * mv_logdirty_clean/peek, and code that exchanges words out of the live
+ * bitmap itself, after a mv_logdirty_harvest.
  *
- * Why a fetch loses no write: clean exchanges the words out first and only
- * then re-protects the pages it took.  A write between the two lands on a
- * page this fetch reports, and the caller reads the page after the fetch, so
- * it sees the write; a write after the re-protect traps (or, on wp-async, is
- * remembered by the PTE) and is reported next time.  On wp-async the kernel
- * reads and re-protects each PTE atomically under the page-table lock.
+ * Which pages can be written without a trap is therefore not the bitmap's
+ * business: a consumer may take a bit whenever it likes.  Each mode keeps
+ * that record apart -- wp-async in the PTEs (the kernel's "written"), the
+ * synchronous modes in `writable`, a private bitmap:
+ *
+ *   writable  >=  { gfn : the guest may write gfn without a trap }
+ *
+ * Every producer that may leave a page writable sets its `writable` bit
+ * (the handlers after unprotecting, mark for memvisor's own changes), and
+ * only a harvest clears it: it takes the words, re-protects those pages
+ * and only then ORs them into the live bitmap.  A write before the re-protect is covered by that report, a
+ * write after it traps and is reported anew; whoever took the page's bit
+ * before, its next write is reported.  The price: a page whose bit was
+ * taken while it was writable is reported once more by the next harvest,
+ * as it may have been written unseen in between (over-reporting, never a
+ * lost write).
+ *
+ * Why a fetch loses no write: it harvests first, then exchanges the words
+ * out; a write after the harvest re-protected its page traps (or, on
+ * wp-async, is remembered by the PTE) and is reported by this fetch or the
+ * next.  On wp-async the kernel reads and re-protects each PTE atomically
+ * under the page-table lock.
  *
  * The mprotect handler runs in signal context: it finds its domain in a
  * fixed table of lock-free slots and makes only async-signal-safe calls
- * (errno is preserved).
- * When per-page mprotect fails (vm.max_map_count), it unprotects the 2 MiB
- * block, then the whole RAM, and reports all of it dirty: over-reporting,
- * never a lost write.
+ * (errno is preserved).  When per-page mprotect fails (vm.max_map_count),
+ * it unprotects the 2 MiB block, then the whole RAM, and reports all of it
+ * dirty.  A failed fetch keeps every page it took reported and in
+ * `writable`.
  *
  * Locking: everything but the signal handler and bitmap consumers runs
- * under the domain lock.
+ * under the domain lock (the wp-sync fault handler too); `taken` is the
+ * harvest's scratch, under that lock.  slots_lock serializes slot claims
+ * and releases (and is taken before os.c's signal lock).
  */
 #include "internal.h"
 
@@ -53,6 +75,10 @@ struct mv__logdirty {
     _Atomic uint64_t *bitmap;
     size_t words;
     size_t map_bytes;
+    /* wp-sync, mprotect: pages a trap or memvisor may have left writable
+     * since the last harvest (a superset), and room to take them. */
+    _Atomic uint64_t *writable;
+    uint64_t *taken;
     int pagemap_fd;           /* wp-async: /proc/self/pagemap */
     int slot;                 /* mprotect: index in the handler's table */
     struct mv_logdirty_stats stats;
@@ -133,6 +159,7 @@ struct mprotect_slot {
     _Atomic uintptr_t start;
     _Atomic uintptr_t end;
     _Atomic(_Atomic uint64_t *) bitmap;
+    _Atomic(_Atomic uint64_t *) writable;
     _Atomic(_Atomic uint64_t *) faults;
 };
 
@@ -140,28 +167,40 @@ static struct mprotect_slot slots[MV_MPROTECT_SLOTS];
 static atomic_int handlers_running;
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Make [page] writable and report it in `bm`, the bitmap of the domain
- * whose RAM is [start, end); on failure widen (signal context). */
-static void unprotect_in_handler(uintptr_t start, uintptr_t end, _Atomic uint64_t *bm,
-                                 _Atomic uint64_t *faults, uintptr_t addr)
+/*
+ * Make [page] writable, then record it as writable and dirty in the domain
+ * whose RAM is [start, end); on failure widen (signal context).  Recorded
+ * after the mprotect: a harvest that ran in between and missed the page
+ * finds it at the next one, and every write before that is covered by the
+ * dirty bit set here or by that harvest.
+ */
+static void unprotect_in_handler(const struct mprotect_slot *s, uintptr_t start,
+                                 uintptr_t end, uintptr_t addr)
 {
     uintptr_t page = addr & ~(uintptr_t)(MV_PAGE_SIZE - 1);
     uintptr_t block = addr & ~(((uintptr_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT) - 1);
     uintptr_t block_end = MV_MIN(block + ((uintptr_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT), end);
+    uintptr_t first = page, last = page + MV_PAGE_SIZE;
 
     if (block < start)
         block = start;
     if (mv__os_mprotect((void *)page, MV_PAGE_SIZE, PROT_READ | PROT_WRITE) == 0) {
-        set_bits(bm, (page - start) >> MV_PAGE_SHIFT, 1);
+        /* the page alone */
     } else if (mv__os_mprotect((void *)block, block_end - block,
                                PROT_READ | PROT_WRITE) == 0) {
-        set_bits(bm, (block - start) >> MV_PAGE_SHIFT, (block_end - block) >> MV_PAGE_SHIFT);
+        first = block;
+        last = block_end;
     } else {
         /* Unprotecting all of it merges its mappings: no limit to hit. */
         mv__os_mprotect((void *)start, end - start, PROT_READ | PROT_WRITE);
-        set_bits(bm, 0, (end - start) >> MV_PAGE_SHIFT);
+        first = start;
+        last = end;
     }
-    atomic_fetch_add_explicit(faults, 1, memory_order_relaxed);
+    set_bits(atomic_load(&s->writable), (first - start) >> MV_PAGE_SHIFT,
+             (last - first) >> MV_PAGE_SHIFT);
+    set_bits(atomic_load(&s->bitmap), (first - start) >> MV_PAGE_SHIFT,
+             (last - first) >> MV_PAGE_SHIFT);
+    atomic_fetch_add_explicit(atomic_load(&s->faults), 1, memory_order_relaxed);
 }
 
 static void on_sigsegv(int sig, siginfo_t *info, void *context)
@@ -183,8 +222,7 @@ static void on_sigsegv(int sig, siginfo_t *info, void *context)
         uintptr_t end = start ? atomic_load(&s->end) : 0;
 
         if (start && addr >= start && addr < end && info->si_code == SEGV_ACCERR) {
-            unprotect_in_handler(start, end, atomic_load(&s->bitmap),
-                                 atomic_load(&s->faults), addr);
+            unprotect_in_handler(s, start, end, addr);
             atomic_fetch_sub(&handlers_running, 1);
             errno = saved_errno;
             return;
@@ -209,6 +247,7 @@ static int slot_claim(struct mv_domain *d, struct mv__logdirty *l)
     for (int i = 0; i < MV_MPROTECT_SLOTS && found < 0; i++) {
         if (atomic_load(&slots[i].end) == 0) {
             atomic_store(&slots[i].bitmap, l->bitmap);
+            atomic_store(&slots[i].writable, l->writable);
             atomic_store(&slots[i].faults, &l->faults);
             atomic_store(&slots[i].start, (uintptr_t)d->ram);
             atomic_store(&slots[i].end, (uintptr_t)d->ram + (d->maxmem_pages << MV_PAGE_SHIFT));
@@ -360,6 +399,12 @@ int mv__logdirty_create(struct mv_domain *d, enum mv_logdirty_mode mode)
     if (!map)
         return mv__fail(-errno, "cannot map the dirty bitmap: %s", mv_strerror(-errno));
     l->bitmap = map;
+    if (mode != MV_LOGDIRTY_WP_ASYNC) {
+        l->writable = calloc(l->words, sizeof(*l->writable));
+        l->taken = calloc(l->words, sizeof(*l->taken));
+        if (!l->writable || !l->taken)
+            return mv__fail(-ENOMEM, "no memory for the dirty log");
+    }
     if (mode == MV_LOGDIRTY_WP_ASYNC) {
         l->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
         if (l->pagemap_fd < 0)
@@ -379,6 +424,8 @@ void mv__logdirty_destroy(struct mv_domain *d)
         slot_release(l);
     if (l->bitmap)
         mv__os_unmap((void *)l->bitmap, l->map_bytes);
+    free((void *)l->writable);
+    free(l->taken);
     if (l->memfd >= 0)
         close(l->memfd);
     if (l->pagemap_fd >= 0)
@@ -387,10 +434,17 @@ void mv__logdirty_destroy(struct mv_domain *d)
     d->logdirty = NULL;
 }
 
+/* The change may have left the pages writable (a populate without write
+ * protection): the next harvest protects them again. */
 void mv__logdirty_mark(struct mv_domain *d, uint64_t gfn, uint64_t n)
 {
-    if (d->logdirty && d->logdirty->enabled)
-        set_bits(d->logdirty->bitmap, gfn, n);
+    struct mv__logdirty *l = d->logdirty;
+
+    if (!l || !l->enabled)
+        return;
+    if (l->writable)
+        set_bits(l->writable, gfn, n);
+    set_bits(l->bitmap, gfn, n);
 }
 
 bool mv__logdirty_splits_ram(struct mv_domain *d)
@@ -416,6 +470,8 @@ void mv__logdirty_wp_fault(struct mv_domain *d, uint64_t gfn)
         mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
         return;
     }
+    if (l->writable)
+        set_bits(l->writable, gfn, 1);
     set_bits(l->bitmap, gfn, 1);
     atomic_fetch_add_explicit(&l->faults, 1, memory_order_relaxed);
     rc = mv__os_uffd_writeprotect(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE, false);
@@ -465,8 +521,11 @@ int mv_logdirty_enable(mv_host *host, uint32_t domid)
     if (l->mode == MV_LOGDIRTY_MPROTECT)
         rc = slot_claim(d, l);
     if (rc == 0) {
-        for (size_t i = 0; i < l->words; i++)
+        for (size_t i = 0; i < l->words; i++) {
             atomic_store_explicit(&l->bitmap[i], 0, memory_order_relaxed);
+            if (l->writable)
+                atomic_store_explicit(&l->writable[i], 0, memory_order_relaxed);
+        }
         /* Writes to shared pages trap while the log is on: each break
          * marks its page. */
         rc = mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, true);
@@ -522,7 +581,7 @@ int mv_logdirty_disable(mv_host *host, uint32_t domid)
  * belong to the synchronous copy-on-write userfaultfd and are never
  * written in place.
  */
-static int64_t harvest_locked(struct mv_domain *d)
+static int64_t harvest_written(struct mv_domain *d)
 {
     struct page_region regions[256];
     uintptr_t base = (uintptr_t)d->ram, end = base + (d->maxmem_pages << MV_PAGE_SHIFT);
@@ -538,8 +597,6 @@ static int64_t harvest_locked(struct mv_domain *d)
     };
     int64_t pages = 0;
 
-    if (d->logdirty->mode != MV_LOGDIRTY_WP_ASYNC)
-        return 0;
     for (;;) {
         long n = mv__os_pagemap_scan(d->logdirty->pagemap_fd, &arg);
 
@@ -556,6 +613,41 @@ static int64_t harvest_locked(struct mv_domain *d)
             return pages;
         arg.start = arg.walk_end;
     }
+}
+
+/*
+ * wp-sync, mprotect: move the pages left writable into the bitmap,
+ * protecting them again (lock held).  Returns pages moved.  Protected
+ * first, reported after: a write before the protect is covered by the
+ * report, a write after it traps.  Pages that could not be protected are
+ * reported and stay in `writable`, for the next harvest to try again.
+ */
+static int64_t harvest_writable(struct mv_domain *d)
+{
+    struct mv__logdirty *l = d->logdirty;
+    int64_t pages = 0;
+    int rc;
+
+    for (size_t i = 0; i < l->words; i++) {
+        l->taken[i] = atomic_load_explicit(&l->writable[i], memory_order_relaxed)
+                    ? atomic_exchange(&l->writable[i], 0) : 0;
+        pages += __builtin_popcountll(l->taken[i]);
+    }
+    rc = for_each_block_span(d, l->taken, l->words, protect_run);
+    for (size_t i = 0; i < l->words; i++) {
+        if (!l->taken[i])
+            continue;
+        atomic_fetch_or(&l->bitmap[i], l->taken[i]);
+        if (rc < 0)
+            atomic_fetch_or(&l->writable[i], l->taken[i]);
+    }
+    return rc < 0 ? rc : pages;
+}
+
+static int64_t harvest_locked(struct mv_domain *d)
+{
+    return d->logdirty->mode == MV_LOGDIRTY_WP_ASYNC ? harvest_written(d)
+                                                      : harvest_writable(d);
 }
 
 int64_t mv_logdirty_harvest(mv_host *host, uint32_t domid)
@@ -604,6 +696,8 @@ static int64_t fetch(mv_host *host, uint32_t domid, uint64_t *dirty,
         return mv__fail(-EINVAL, "dirty bitmap has %zu words; domain %u needs %zu",
                         dirty ? words : 0, domid, l->words);
     }
+    /* Every page the guest can write without a trap is protected again
+     * and in the live bitmap after this, whoever took its bit before. */
     rc = harvest_locked(d);
     for (size_t i = 0; rc >= 0 && i < words; i++) {
         /* A word read as zero is not exchanged: a bit set after the read
@@ -614,12 +708,6 @@ static int64_t fetch(mv_host *host, uint32_t domid, uint64_t *dirty,
         if (clear && dirty[i])
             dirty[i] = atomic_exchange_explicit(&l->bitmap[i], 0, memory_order_acq_rel);
         count += (uint64_t)__builtin_popcountll(dirty[i]);
-    }
-    if (rc >= 0 && clear && l->mode != MV_LOGDIRTY_WP_ASYNC) {
-        rc = for_each_block_span(d, dirty, words, protect_run);
-        if (rc < 0) /* keep them reported rather than lose them */
-            for (size_t i = 0; i < words; i++)
-                atomic_fetch_or(&l->bitmap[i], dirty[i]);
     }
     if (rc >= 0 && zero)
         fill_zero(d, dirty, zero, words);

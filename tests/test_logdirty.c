@@ -271,7 +271,23 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-static void concurrent_writers(enum mv_logdirty_mode mode)
+/* One round of a consumer of the live bitmap: harvest, then take every
+ * word with an atomic exchange. */
+static void take_round(mv_host *h, uint32_t id, uint64_t *out)
+{
+    uint64_t *live;
+    size_t words;
+
+    assert_ok(mv_logdirty_bitmap(h, id, &live, &words));
+    assert_int_equal(words, WORDS);
+    assert_ok(mv_logdirty_harvest(h, id));
+    for (size_t i = 0; i < WORDS; i++)
+        out[i] = atomic_exchange((_Atomic uint64_t *)&live[i], 0);
+}
+
+/* Rounds are fetched with mv_logdirty_clean, or when `exported` by a
+ * consumer of the live bitmap (take_round). */
+static void concurrent_writers(enum mv_logdirty_mode mode, bool exported)
 {
     mv_host *h = tu_host();
     uint32_t id = logging_domain(h, "race", mode);
@@ -294,14 +310,20 @@ static void concurrent_writers(enum mv_logdirty_mode mode)
     for (done = 1; done <= ROUNDS; done++) {
         usleep(3000);
         atomic_store(&r.cleans_started, done);
-        assert_ok(mv_logdirty_clean(h, id, rounds[done], NULL, WORDS));
+        if (exported)
+            take_round(h, id, rounds[done]);
+        else
+            assert_ok(mv_logdirty_clean(h, id, rounds[done], NULL, WORDS));
         atomic_store(&r.cleans_done, done);
     }
     atomic_store(&r.stop, true);
     for (unsigned i = 0; i < WRITERS; i++)
         pthread_join(threads[i], NULL);
     atomic_store(&r.cleans_started, done);
-    assert_ok(mv_logdirty_clean(h, id, rounds[done], NULL, WORDS));
+    if (exported)
+        take_round(h, id, rounds[done]);
+    else
+        assert_ok(mv_logdirty_clean(h, id, rounds[done], NULL, WORDS));
 
     /* No lost write: each write is in a round in (after, before + 1]. */
     for (unsigned i = 0; i < WRITERS; i++) {
@@ -330,8 +352,9 @@ static void concurrent_writers(enum mv_logdirty_mode mode)
             false_dirty += !explained;
         }
     }
-    print_message("%s: %u rounds, %zu+%zu+%zu writes, %llu lost, %llu false dirty\n",
-                  mv_logdirty_mode_name(mode), done, r.logged[0], r.logged[1],
+    print_message("%s%s: %u rounds, %zu+%zu+%zu writes, %llu lost, %llu false dirty\n",
+                  mv_logdirty_mode_name(mode), exported ? " (live bitmap)" : "",
+                  done, r.logged[0], r.logged[1],
                   r.logged[2], (unsigned long long)lost,
                   (unsigned long long)false_dirty);
     assert_int_equal(lost, 0);
@@ -349,19 +372,19 @@ static void concurrent_writers(enum mv_logdirty_mode mode)
 static void concurrent_writers_wp_async(void **state)
 {
     (void)state;
-    concurrent_writers(MV_LOGDIRTY_WP_ASYNC);
+    concurrent_writers(MV_LOGDIRTY_WP_ASYNC, false);
 }
 
 static void concurrent_writers_wp_sync(void **state)
 {
     (void)state;
-    concurrent_writers(MV_LOGDIRTY_WP_SYNC);
+    concurrent_writers(MV_LOGDIRTY_WP_SYNC, false);
 }
 
 static void concurrent_writers_mprotect(void **state)
 {
     (void)state;
-    concurrent_writers(MV_LOGDIRTY_MPROTECT);
+    concurrent_writers(MV_LOGDIRTY_MPROTECT, false);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -424,6 +447,7 @@ static void shared_bitmap_consumer(void **state)
         write_page(ram, gfn, 1);
     /* Another mapping of the same bitmap sees the producer's bits. */
     assert_true(bit(mapped, 0) && bit(mapped, 2) && !bit(mapped, 1));
+    assert_int_equal(mv_logdirty_harvest(h, id), PAGES / 2);
     for (size_t i = 0; i < words; i++)
         seen[i] |= atomic_exchange((_Atomic uint64_t *)&live[i], 0);
     for (uint64_t gfn = 0; gfn < PAGES; gfn++)
@@ -459,6 +483,73 @@ static void harvest_fills_the_live_bitmap(void **state)
     assert_int_equal(mv_logdirty_harvest(h, id), 0);
     assert_err(mv_logdirty_harvest(h, 999), -ESRCH);
     mv_host_destroy(h);
+}
+
+/* ------------------------------------------------------------------------ */
+/* A consumer of the live bitmap: what it takes is written again, and
+ * reported again, in every mode.                                          */
+
+/* Pages whose bits a consumer took are re-armed: written again after the
+ * exchange, they are reported by the next round of that consumer, and by
+ * a clean when the exchange had no harvest before it. */
+static void taken_pages_are_reported_again(enum mv_logdirty_mode mode)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "again", mode);
+    uint8_t *ram = ram_of(h, id);
+    uint64_t *live, taken[WORDS], dirty[WORDS];
+    size_t words;
+
+    assert_ok(mv_logdirty_enable(h, id));
+    assert_ok(mv_logdirty_bitmap(h, id, &live, &words));
+    for (int pass = 0; pass < 3; pass++) {
+        for (uint64_t gfn = 11; gfn < PAGES; gfn += 101)
+            write_page(ram, gfn, pass + 1);
+        take_round(h, id, taken);
+        for (uint64_t gfn = 0; gfn < PAGES; gfn++)
+            assert_int_equal(bit(taken, gfn), gfn >= 11 && (gfn - 11) % 101 == 0);
+    }
+    /* Taken without a harvest first: a clean still reports the writes
+     * that follow (once more for the taken ones, which may have been
+     * written unseen in between). */
+    for (uint64_t gfn = 7; gfn < PAGES; gfn += 89)
+        write_page(ram, gfn, 1);
+    for (size_t i = 0; i < words; i++)
+        (void)atomic_exchange((_Atomic uint64_t *)&live[i], 0);
+    for (uint64_t gfn = 7; gfn < PAGES; gfn += 89)
+        write_page(ram, gfn, 2);
+    assert_ok(mv_logdirty_clean(h, id, dirty, NULL, WORDS));
+    for (uint64_t gfn = 7; gfn < PAGES; gfn += 89)
+        assert_true(bit(dirty, gfn));
+    /* Everything is protected again: exact from here on. */
+    write_page(ram, 5, 3);
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 1);
+    assert_true(bit(dirty, 5));
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 0);
+    assert_ok(mv_logdirty_disable(h, id));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+static void live_bitmap_consumer_wp_async(void **state)
+{
+    (void)state;
+    concurrent_writers(MV_LOGDIRTY_WP_ASYNC, true);
+    taken_pages_are_reported_again(MV_LOGDIRTY_WP_ASYNC);
+}
+
+static void live_bitmap_consumer_wp_sync(void **state)
+{
+    (void)state;
+    concurrent_writers(MV_LOGDIRTY_WP_SYNC, true);
+    taken_pages_are_reported_again(MV_LOGDIRTY_WP_SYNC);
+}
+
+static void live_bitmap_consumer_mprotect(void **state)
+{
+    (void)state;
+    concurrent_writers(MV_LOGDIRTY_MPROTECT, true);
+    taken_pages_are_reported_again(MV_LOGDIRTY_MPROTECT);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -608,6 +699,9 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(guest_workload_under_logging),
     cmocka_unit_test(shared_bitmap_consumer),
     cmocka_unit_test(harvest_fills_the_live_bitmap),
+    cmocka_unit_test(live_bitmap_consumer_wp_async),
+    cmocka_unit_test(live_bitmap_consumer_wp_sync),
+    cmocka_unit_test(live_bitmap_consumer_mprotect),
     cmocka_unit_test(errno_survives_a_handled_fault),
     cmocka_unit_test(foreign_faults_reach_the_previous_handler),
     cmocka_unit_test(failed_handler_install_is_reported),
