@@ -30,9 +30,10 @@
  *   writable  >=  { gfn : the guest may write gfn without a trap }
  *
  * Every producer that may leave a page writable sets its `writable` bit
- * (the handlers after unprotecting, mark for memvisor's own changes), and
- * only a harvest clears it: it takes the words, re-protects those pages
- * and only then ORs them into the live bitmap.  A write before the re-protect is covered by that report, a
+ * (the handlers after unprotecting, mark for memvisor's own changes, a
+ * failed disable for all of RAM), and only a harvest clears it: it takes
+ * the words, re-protects those pages and only then ORs them into the live
+ * bitmap.  A write before the re-protect is covered by that report, a
  * write after it traps and is reported anew; whoever took the page's bit
  * before, its next write is reported.  The price: a page whose bit was
  * taken while it was writable is reported once more by the next harvest,
@@ -49,8 +50,15 @@
  * fixed table of lock-free slots and makes only async-signal-safe calls
  * (errno is preserved).  When per-page mprotect fails (vm.max_map_count),
  * it unprotects the 2 MiB block, then the whole RAM, and reports all of it
- * dirty.  A failed fetch keeps every page it took reported and in
- * `writable`.
+ * dirty.  A domain holds its slot while any of its pages may still be
+ * PROT_READ -- from enable until a disable (or a failed enable's undo) has
+ * made all of RAM writable, else until destroy -- so a guest store never
+ * reaches the default SIGSEGV action.
+ *
+ * Failures: a failed enable undoes what it did and leaves the log off; a
+ * failed fetch keeps every page it took reported and in `writable`; a
+ * failed disable leaves the log on (see mv_logdirty_disable).  No failure
+ * leaves a page protected with no one to let its writes through.
  *
  * Locking: everything but the signal handler and bitmap consumers runs
  * under the domain lock (the wp-sync fault handler too); `taken` is the
@@ -63,6 +71,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -80,7 +89,8 @@ struct mv__logdirty {
     _Atomic uint64_t *writable;
     uint64_t *taken;
     int pagemap_fd;           /* wp-async: /proc/self/pagemap */
-    int slot;                 /* mprotect: index in the handler's table */
+    int slot;                 /* mprotect: index in the handler's table; held
+                                 while any page may still be PROT_READ */
     struct mv_logdirty_stats stats;
     _Atomic uint64_t faults;
 };
@@ -233,6 +243,8 @@ static void on_sigsegv(int sig, siginfo_t *info, void *context)
     errno = saved_errno;
 }
 
+/* Install the handler and claim a slot, unless the domain holds one still
+ * (a disable that could not unprotect all of RAM). */
 static int slot_claim(struct mv_domain *d, struct mv__logdirty *l)
 {
     int found = -1, rc;
@@ -243,6 +255,10 @@ static int slot_claim(struct mv_domain *d, struct mv__logdirty *l)
     if (rc < 0) {
         pthread_mutex_unlock(&slots_lock);
         return mv__fail(rc, "cannot install the SIGSEGV handler: %s", mv_strerror(rc));
+    }
+    if (l->slot >= 0) {
+        pthread_mutex_unlock(&slots_lock);
+        return 0;
     }
     for (int i = 0; i < MV_MPROTECT_SLOTS && found < 0; i++) {
         if (atomic_load(&slots[i].end) == 0) {
@@ -447,9 +463,13 @@ void mv__logdirty_mark(struct mv_domain *d, uint64_t gfn, uint64_t n)
     set_bits(l->bitmap, gfn, n);
 }
 
+/* Also after a failed undo: the domain holds its slot while any page may be
+ * PROT_READ, and those pages are mappings of their own. */
 bool mv__logdirty_splits_ram(struct mv_domain *d)
 {
-    return d->logdirty && d->logdirty->enabled && d->logdirty->mode == MV_LOGDIRTY_MPROTECT;
+    struct mv__logdirty *l = d->logdirty;
+
+    return l && l->mode == MV_LOGDIRTY_MPROTECT && (l->enabled || l->slot >= 0);
 }
 
 void mv__logdirty_wp_fault(struct mv_domain *d, uint64_t gfn)
@@ -503,6 +523,30 @@ static void end(struct mv_domain *d)
     mv__domain_unlock_put(d);
 }
 
+/*
+ * Undo a failed enable (lock held): make RAM writable again.  When that
+ * fails too, some pages may stay protected: a write to one still traps and
+ * is let through (wp-sync by the fault thread, mprotect by the handler,
+ * whose slot the domain keeps until RAM is known writable), so the domain
+ * runs on, paying a trap per such page.  The first failure's message stays.
+ */
+static void enable_undo(struct mv_domain *d, int rc)
+{
+    struct mv__logdirty *l = d->logdirty;
+    char message[256];
+
+    snprintf(message, sizeof(message), "%s", mv_last_error());
+    if (protect_all(d, false) < 0)
+        mv__log(d->host, MV_LOG_WARN, "domain %u: after a failed dirty-log enable: %s",
+                d->domid, mv_last_error());
+    else if (l->slot >= 0)
+        slot_release(l);
+    if (mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, false) < 0)
+        mv__log(d->host, MV_LOG_WARN, "domain %u: after a failed dirty-log enable: %s",
+                d->domid, mv_last_error());
+    mv__fail(rc, "%s", message);
+}
+
 int mv_logdirty_enable(mv_host *host, uint32_t domid)
 {
     struct mv_domain *d;
@@ -531,8 +575,8 @@ int mv_logdirty_enable(mv_host *host, uint32_t domid)
         rc = mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, true);
         if (rc == 0)
             rc = protect_all(d, true);
-        if (rc < 0 && l->slot >= 0)
-            slot_release(l);
+        if (rc < 0)
+            enable_undo(d, rc);
     }
     if (rc == 0) {
         memset(&l->stats, 0, sizeof(l->stats));
@@ -545,6 +589,13 @@ int mv_logdirty_enable(mv_host *host, uint32_t domid)
     return rc;
 }
 
+/*
+ * When RAM cannot be made writable again, part of it may be: the log stays
+ * on and every page counts as left writable, so the next harvest protects
+ * and reports all of them (over-reporting, never a lost write), and the
+ * mprotect handler keeps its slot, so no write to a page still protected
+ * reaches the default SIGSEGV action.
+ */
 int mv_logdirty_disable(mv_host *host, uint32_t domid)
 {
     struct mv_domain *d;
@@ -554,12 +605,19 @@ int mv_logdirty_disable(mv_host *host, uint32_t domid)
     if (rc < 0)
         return rc;
     l = d->logdirty;
-    l->enabled = false;
     rc = protect_all(d, false);
-    if (rc == 0)
-        rc = mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, false);
+    if (rc < 0) {
+        if (l->writable)
+            set_bits(l->writable, 0, d->maxmem_pages);
+        end(d);
+        return rc;
+    }
+    l->enabled = false;
     if (l->slot >= 0)
         slot_release(l);
+    /* RAM is writable and the log off whatever this returns; shared pages
+     * may go on trapping. */
+    rc = mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, false);
     end(d);
     return rc;
 }

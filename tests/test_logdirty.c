@@ -564,6 +564,49 @@ static bool logging(mv_host *h, uint32_t id)
     return s.enabled;
 }
 
+/* mprotect: a disable that cannot make RAM writable again keeps the log,
+ * and the handler, so the next store is served, not fatal; an enable whose
+ * undo fails keeps the handler for the pages it left protected. */
+static void failed_disable_keeps_the_host_alive(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "disable", MV_LOGDIRTY_MPROTECT);
+    uint8_t *ram = ram_of(h, id);
+    uint64_t dirty[WORDS];
+
+    (void)state;
+    assert_ok(mv_logdirty_enable(h, id));
+    write_page(ram, 10, 1);
+    mv__os_inject(MV_OS_MPROTECT, EIO, 0, 1);
+    assert_err(mv_logdirty_disable(h, id), -EIO);
+    assert_true(logging(h, id));
+    write_page(ram, 20, 2); /* traps: RAM is still protected */
+    /* Part of RAM may have been unprotected: every page is reported. */
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), PAGES);
+    write_page(ram, 30, 3);
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 1);
+    assert_true(bit(dirty, 30));
+    assert_ok(mv_logdirty_disable(h, id));
+    assert_false(logging(h, id));
+    write_page(ram, 40, 4);
+
+    /* The write-protect fails, and so does the undo: not logging, and the
+     * pages left protected are still let through. */
+    mv__os_inject(MV_OS_MPROTECT, EIO, 0, 2);
+    assert_err(mv_logdirty_enable(h, id), -EIO);
+    assert_false(logging(h, id));
+    for (uint64_t gfn = 0; gfn < PAGES; gfn += 7)
+        write_page(ram, gfn, 5);
+    assert_ok(mv_logdirty_enable(h, id));
+    write_page(ram, 50, 6);
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 1);
+    assert_ok(mv_logdirty_disable(h, id));
+    write_page(ram, 60, 7);
+    assert_int_equal(((volatile uint64_t *)(ram + 60 * MV_PAGE_SIZE))[1], 7);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 /* The handler preserves errno, also when its mprotect fails (it then
  * unprotects and reports the page's whole 2 MiB block). */
 static void errno_survives_a_handled_fault(void **state)
@@ -702,6 +745,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(live_bitmap_consumer_wp_async),
     cmocka_unit_test(live_bitmap_consumer_wp_sync),
     cmocka_unit_test(live_bitmap_consumer_mprotect),
+    cmocka_unit_test(failed_disable_keeps_the_host_alive),
     cmocka_unit_test(errno_survives_a_handled_fault),
     cmocka_unit_test(foreign_faults_reach_the_previous_handler),
     cmocka_unit_test(failed_handler_install_is_reported),
