@@ -730,6 +730,165 @@ static void failed_handler_install_is_reported(void **state)
     mv_host_destroy(h);
 }
 
+#define GPAGES 4096u /* 16 MiB guests */
+
+static uint32_t guest_domain(mv_host *h, const char *name, enum mv_logdirty_mode mode)
+{
+    struct mv_domain_config c;
+    uint32_t id;
+
+    if (!mode_available(mode)) {
+        print_message("skipped: the kernel lacks %s\n", mv_logdirty_mode_name(mode));
+        skip();
+    }
+    mv_domain_config_init(&c);
+    snprintf(c.name, sizeof(c.name), "%s", name);
+    c.maxmem_bytes = c.target_bytes = (uint64_t)GPAGES * MV_PAGE_SIZE;
+    c.vcpus = 2;
+    c.logdirty_mode = mode;
+    assert_ok(mv_domain_create(h, &c, &id));
+    return id;
+}
+
+/* Run the built-in guest to its end: a vCPU that hung would show as a
+ * timeout here. */
+static void run_guest(mv_host *h, uint32_t id)
+{
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.max_pages = 3000;
+    w.seed = 42;
+    assert_ok(mv_workload_start(h, id, &w));
+    assert_ok(mv_workload_wait(h, id, 60000, &st));
+    assert_false(st.crashed);
+}
+
+static void hash_pages(mv_host *h, uint32_t id, uint64_t *hash)
+{
+    static uint64_t page[MV_PAGE_SIZE / 8];
+
+    for (uint64_t gfn = 0; gfn < GPAGES; gfn++) {
+        int rc = mv_domain_read_page(h, id, gfn, page);
+        uint64_t x = 0xcbf29ce484222325ull;
+
+        if (rc != -ENODATA)
+            assert_ok(rc);
+        for (size_t i = 0; rc == 0 && i < MV_PAGE_SIZE / 8; i++)
+            x = (x ^ page[i]) * 0x100000001b3ull;
+        hash[gfn] = x;
+    }
+}
+
+/* Every page whose content differs from `before` is in `dirty`. */
+static void assert_changes_reported(mv_host *h, uint32_t id, const uint64_t *before,
+                                    const uint64_t *dirty)
+{
+    static uint64_t after[GPAGES];
+    uint64_t changed = 0;
+
+    hash_pages(h, id, after);
+    for (uint64_t gfn = 0; gfn < GPAGES; gfn++) {
+        if (after[gfn] == before[gfn])
+            continue;
+        changed++;
+        if (!bit(dirty, gfn))
+            fail_msg("gfn %#llx was written and not reported", (unsigned long long)gfn);
+    }
+    assert_true(changed > 0);
+}
+
+/*
+ * The system call each step of `mode` makes on guest memory fails once (and
+ * the enable's undo too): the call says so, the guest's vCPUs run on to
+ * their end, every write is reported by the next successful fetch, the
+ * oracle and audits hold, and a bystander domain is unchanged.
+ */
+static void injected_failures(enum mv_logdirty_mode mode)
+{
+    enum mv__os_op protect_op = mode == MV_LOGDIRTY_MPROTECT ? MV_OS_MPROTECT
+                              : MV_OS_UFFD_WRITEPROTECT;
+    enum mv__os_op fetch_op = mode == MV_LOGDIRTY_WP_ASYNC ? MV_OS_PAGEMAP_SCAN
+                            : protect_op;
+    mv_host *h = tu_host();
+    uint32_t a = guest_domain(h, "a", mode), b = guest_domain(h, "b", mode);
+    static uint64_t before[GPAGES], bystander[GPAGES], now[GPAGES];
+    uint64_t dirty[GPAGES / 64];
+
+    /* The bystander logs too, and holds data. */
+    run_guest(h, b);
+    assert_ok(mv_logdirty_enable(h, b));
+    run_guest(h, b);
+    assert_ok(mv_logdirty_clean(h, b, dirty, NULL, GPAGES / 64));
+    hash_pages(h, b, bystander);
+    run_guest(h, a);
+
+    /* enable: the protect fails; then the protect and its undo. */
+    for (unsigned failures = 1; failures <= 2; failures++) {
+        mv__os_inject(protect_op, EIO, 0, failures);
+        assert_err(mv_logdirty_enable(h, a), -EIO);
+        mv__os_inject(protect_op, 0, 0, 0);
+        assert_false(logging(h, a));
+        run_guest(h, a);
+        tu_verify(h, a);
+    }
+    assert_ok(mv_logdirty_enable(h, a));
+    assert_ok(mv_logdirty_clean(h, a, dirty, NULL, GPAGES / 64));
+    hash_pages(h, a, before);
+
+    /* clean */
+    run_guest(h, a);
+    mv__os_inject(fetch_op, EIO, 0, 1);
+    assert_err(mv_logdirty_clean(h, a, dirty, NULL, GPAGES / 64), -EIO);
+    mv__os_inject(fetch_op, 0, 0, 0);
+    assert_true(logging(h, a));
+    run_guest(h, a);
+    assert_ok(mv_logdirty_clean(h, a, dirty, NULL, GPAGES / 64));
+    assert_changes_reported(h, a, before, dirty);
+    tu_verify(h, a);
+    hash_pages(h, a, before);
+
+    /* disable */
+    run_guest(h, a);
+    mv__os_inject(protect_op, EIO, 0, 1);
+    assert_err(mv_logdirty_disable(h, a), -EIO);
+    mv__os_inject(protect_op, 0, 0, 0);
+    assert_true(logging(h, a));
+    run_guest(h, a);
+    assert_ok(mv_logdirty_clean(h, a, dirty, NULL, GPAGES / 64));
+    assert_changes_reported(h, a, before, dirty);
+    assert_ok(mv_logdirty_disable(h, a));
+    run_guest(h, a);
+    tu_verify(h, a);
+
+    /* The bystander: same bytes, nothing dirty, oracle and audit hold. */
+    hash_pages(h, b, now);
+    assert_memory_equal(now, bystander, sizeof(now));
+    assert_int_equal(mv_logdirty_clean(h, b, dirty, NULL, GPAGES / 64), 0);
+    assert_ok(mv_domain_audit(h, b));
+    tu_verify(h, b);
+    mv_host_destroy(h);
+}
+
+static void injected_failures_wp_async(void **state)
+{
+    (void)state;
+    injected_failures(MV_LOGDIRTY_WP_ASYNC);
+}
+
+static void injected_failures_wp_sync(void **state)
+{
+    (void)state;
+    injected_failures(MV_LOGDIRTY_WP_SYNC);
+}
+
+static void injected_failures_mprotect(void **state)
+{
+    (void)state;
+    injected_failures(MV_LOGDIRTY_MPROTECT);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(bad_calls_are_refused),
     cmocka_unit_test(unavailable_mode_is_explained),
@@ -749,6 +908,9 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(errno_survives_a_handled_fault),
     cmocka_unit_test(foreign_faults_reach_the_previous_handler),
     cmocka_unit_test(failed_handler_install_is_reported),
+    cmocka_unit_test(injected_failures_wp_async),
+    cmocka_unit_test(injected_failures_wp_sync),
+    cmocka_unit_test(injected_failures_mprotect),
 };
 
 TU_MAIN(cases)
