@@ -730,6 +730,41 @@ static void failed_handler_install_is_reported(void **state)
     mv_host_destroy(h);
 }
 
+/* Creating a logging domain fails cleanly at each of its mappings, the
+ * dirty bitmap's among them, and leaves the host as it was. */
+static void failed_mapping_fails_the_create(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t other = logging_domain(h, "other", MV_LOGDIRTY_MPROTECT), id;
+    struct mv_domain_config c;
+    bool bitmap_failed = false;
+    int rc = -1;
+
+    (void)state;
+    mv_domain_config_init(&c);
+    snprintf(c.name, sizeof(c.name), "new");
+    c.maxmem_bytes = c.target_bytes = 16 * MiB;
+    c.logdirty_mode = MV_LOGDIRTY_MPROTECT;
+    for (unsigned skip = 0; rc < 0; skip++) {
+        assert_true(skip < 64);
+        mv__os_inject(MV_OS_MMAP, ENOMEM, skip, 1);
+        rc = mv_domain_create(h, &c, &id);
+        mv__os_inject(MV_OS_MMAP, 0, 0, 0);
+        if (rc < 0) {
+            assert_err(rc, -ENOMEM);
+            bitmap_failed |= strstr(mv_last_error(), "dirty bitmap") != NULL;
+            assert_ok(mv_host_audit(h));
+        }
+    }
+    assert_true(bitmap_failed);
+    assert_ok(mv_logdirty_enable(h, id));
+    write_page(ram_of(h, id), 1, 1);
+    assert_ok(mv_logdirty_disable(h, id));
+    assert_ok(mv_domain_audit(h, other));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 #define GPAGES 4096u /* 16 MiB guests */
 
 static uint32_t guest_domain(mv_host *h, const char *name, enum mv_logdirty_mode mode)
@@ -908,6 +943,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(errno_survives_a_handled_fault),
     cmocka_unit_test(foreign_faults_reach_the_previous_handler),
     cmocka_unit_test(failed_handler_install_is_reported),
+    cmocka_unit_test(failed_mapping_fails_the_create),
     cmocka_unit_test(injected_failures_wp_async),
     cmocka_unit_test(injected_failures_wp_sync),
     cmocka_unit_test(injected_failures_mprotect),
