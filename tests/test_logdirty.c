@@ -1,9 +1,12 @@
 /*
  * test_logdirty.c - dirty logging on every mechanism: no lost write and no
- * false dirty page with writers on several threads while rounds are fetched,
- * the same answers from all three mechanisms on one write pattern, pages
- * changed by memvisor itself (populate, zero reclaim, balloon) reported with
- * the right zero bits, the shared bitmap, and bad calls.
+ * false dirty page with writers on several threads while rounds are fetched
+ * (by clean, or by a consumer of the live bitmap), the same answers from all
+ * three mechanisms on one write pattern, pages changed by memvisor itself
+ * (populate, zero reclaim, balloon) reported with the right zero bits, the
+ * shared bitmap, bad calls, the signal handlers (errno, chaining, a failed
+ * install), and injected system-call failures in enable, clean and disable:
+ * an error, no hung vCPU, no lost write, no other domain changed.
  */
 #include "testutil.h"
 
