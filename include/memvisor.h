@@ -520,10 +520,12 @@ int mv_logdirty_stats(mv_host *host, uint32_t domid, struct mv_logdirty_stats *o
 /* The words of the domain's live dirty bitmap, for consumers in other
  * threads: producers set bits atomically; a consumer takes word i with an
  * atomic exchange (`x = atomic_exchange(&words[i], 0)`), which never stops a
- * producer.  With MV_LOGDIRTY_WP_ASYNC guest writes reach it when
- * mv_logdirty_harvest runs (peek and clean harvest first).  Also available to
- * other processes through mv_logdirty_bitmap_fd.  Valid until the domain is
- * destroyed. */
+ * producer.  A round is mv_logdirty_harvest, then the exchanges: in every
+ * mode the harvest is what protects again the pages whose bits were taken,
+ * so that their next writes are reported (peek and clean harvest first; a
+ * page whose bit was taken is reported again by the next harvest, peek or
+ * clean).  Also available to other processes through
+ * mv_logdirty_bitmap_fd.  Valid until the domain is destroyed. */
 int mv_logdirty_bitmap(mv_host *host, uint32_t domid, uint64_t **words,
                        size_t *count);
 
@@ -531,8 +533,10 @@ int mv_logdirty_bitmap(mv_host *host, uint32_t domid, uint64_t **words,
  * caller owns the returned descriptor. */
 int mv_logdirty_bitmap_fd(mv_host *host, uint32_t domid, int *fd);
 
-/* Move the kernel's record of guest writes into the live bitmap (and
- * re-protect those pages).  Returns the pages moved. */
+/* Move the record of pages the guest may write without a trap (wp-async:
+ * the kernel's record of written pages; wp-sync, mprotect: the pages
+ * unprotected since the last harvest) into the live bitmap, protecting
+ * them again.  Returns the pages moved. */
 int64_t mv_logdirty_harvest(mv_host *host, uint32_t domid);
 
 /* Name of a mechanism ("wp-async", ...). */

@@ -78,8 +78,6 @@ struct mv__guest {
 /* SIGBUS: a crashed domain's vCPU leaves its workload                       */
 
 static _Thread_local struct mv__vcpu *current_vcpu;
-static struct sigaction previous_sigbus;
-static pthread_mutex_t sigbus_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void on_sigbus(int sig, siginfo_t *info, void *context)
 {
@@ -87,16 +85,17 @@ static void on_sigbus(int sig, siginfo_t *info, void *context)
 
     if (v)
         siglongjmp(v->crash_jump, 1);
-    mv__os_signal_chain(&previous_sigbus, sig, info, context);
+    mv__os_signal_chain(sig, info, context);
 }
 
 /* Checked at every workload start: the application may have replaced the
  * handler since (it is then chained to, as whatever it replaced was). */
-static void install_sigbus_handler(void)
+static int install_sigbus_handler(void)
 {
-    pthread_mutex_lock(&sigbus_lock);
-    mv__os_signal_install(SIGBUS, on_sigbus, 0, &previous_sigbus);
-    pthread_mutex_unlock(&sigbus_lock);
+    int rc = mv__os_signal_install(SIGBUS, on_sigbus, 0);
+
+    return rc < 0 ? mv__fail(rc, "cannot install the SIGBUS handler: %s",
+                             mv_strerror(rc)) : 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -473,9 +472,10 @@ int mv_workload_start(mv_host *host, uint32_t domid,
     if (g->workload.seed && config->seed != g->workload.seed)
         rc = mv__fail(-EINVAL, "seed differs from the one the oracle was written "
                       "with (%#llx)", (unsigned long long)g->workload.seed);
+    if (rc == 0)
+        rc = install_sigbus_handler();
     if (rc < 0)
         goto out;
-    install_sigbus_handler();
     g->workload = *config;
     atomic_store(&g->stop, false);
     atomic_store(&g->crashed, false);

@@ -132,6 +132,8 @@ enum mv__os_op {
     MV_OS_WRITE,
     MV_OS_COPY,
     MV_OS_EPOLL_WAIT,
+    MV_OS_MPROTECT,
+    MV_OS_SIGACTION,            /* installing a signal handler */
     MV_OS_OP_COUNT,
 };
 
@@ -202,16 +204,24 @@ long mv__os_pagemap_scan(int fd, struct pm_scan_arg *arg);
 /* epoll_wait on the fault service's set: events, or a negative errno. */
 int mv__os_epoll_wait(int epoll_fd, struct epoll_event *events, int max, int timeout_ms);
 
-/* Signal handlers the library needs (SIGBUS for crashed vCPUs, SIGSEGV for
- * mprotect dirty logging).  mv__os_signal_install puts `handler` in place
- * unless it is there already (the application may have replaced it since),
- * keeping the handler it replaces in *previous; the caller serializes.
- * mv__os_signal_chain passes a signal that is not the library's on to that
- * handler, or to the default action, and never loops between the two. */
-void mv__os_signal_install(int sig, void (*handler)(int, siginfo_t *, void *), int flags,
-                           struct sigaction *previous);
-void mv__os_signal_chain(const struct sigaction *previous, int sig, siginfo_t *info,
-                         void *context);
+/* mprotect [addr, addr+length) to `prot`: 0 or a negative errno (errno set
+ * too).  Async-signal-safe, injection included. */
+int mv__os_mprotect(void *addr, size_t length, int prot);
+
+/*
+ * Signal handlers the library needs (SIGBUS for crashed vCPUs, SIGSEGV for
+ * mprotect dirty logging), one per signal.  mv__os_signal_install puts
+ * `handler` in place unless it is there already (the application may have
+ * replaced it since), remembering the action it replaces; 0 or a negative
+ * errno, and then the handler is not installed.  Callers need not
+ * serialize.  mv__os_signal_chain, called from the handler for a signal
+ * that is not the library's, passes it on to that remembered action, or to
+ * the default action, never loops between the two and preserves errno.  The
+ * remembered action is published whole before the handler goes in and is
+ * never rewritten in place, so a handler reads it safely at any time.
+ */
+int mv__os_signal_install(int sig, void (*handler)(int, siginfo_t *, void *), int flags);
+void mv__os_signal_chain(int sig, siginfo_t *info, void *context);
 
 /* ------------------------------------------------------------------------ */
 /* probe.c                                                                   */

@@ -2,37 +2,68 @@
  * logdirty.c - dirty logging: "write-protect all memory, then learn which
  * pages were written", three ways, one bitmap.
  *
- *   mechanism   protect all               a guest write              fetch
- *   wp-async    UFFDIO_WRITEPROTECT once  resolved in the kernel,     PAGEMAP_SCAN reads
- *               (page-table markers)      PTE remembers it            and re-protects in
+ *   mechanism   protect all               a guest write              harvest (each fetch)
+ *   wp-async    UFFDIO_WRITEPROTECT once  resolved in the kernel,     PAGEMAP_SCAN reads the
+ *               (page-table markers)      PTE remembers it            written PTEs and
+ *                                                                     re-protects them in
  *                                                                     one call
- *   wp-sync     the same                  trap -> fault thread sets   re-protect each
- *                                         the bit, unprotects page    dirty run
- *   mprotect    mprotect(PROT_READ)       SIGSEGV -> handler sets     mprotect each
- *                                         the bit, mprotects RW       dirty run
+ *   wp-sync     the same                  trap -> fault thread sets   take `writable`,
+ *                                         the bits, unprotects page   re-protect each run,
+ *                                                                     then report it
+ *   mprotect    mprotect(PROT_READ)       SIGSEGV -> handler          the same, with
+ *                                         mprotects RW, sets the bits mprotect
  *
  * The live bitmap lives in a memfd (so another process can map it) and is
  * the one place every producer reports to: the trap handlers above, the
- * harvest of PAGEMAP_SCAN results, and memvisor's own changes to guest
- * memory (mv__logdirty_mark: populate, zero reclaim, balloon).  Producers
- * set bits with atomic OR; a consumer takes a word with an atomic exchange,
- * so a fetch never stops a producer and never needs a second buffer.
+ * harvests, and memvisor's own changes to guest memory (mv__logdirty_mark:
+ * populate, zero reclaim, balloon).  Producers set bits with atomic OR; a
+ * consumer takes a word with an atomic exchange, so a fetch never stops a
+ * producer and never needs a second buffer.  Consumers are of two kinds:
+ * mv_logdirty_clean/peek, and code that exchanges words out of the live
+ * bitmap itself, after a mv_logdirty_harvest.
  *
- * Why a fetch loses no write: clean exchanges the words out first and only
- * then re-protects the pages it took.  A write between the two lands on a
- * page this fetch reports, and the caller reads the page after the fetch, so
- * it sees the write; a write after the re-protect traps (or, on wp-async, is
- * remembered by the PTE) and is reported next time.  On wp-async the kernel
- * reads and re-protects each PTE atomically under the page-table lock.
+ * Which pages can be written without a trap is therefore not the bitmap's
+ * business: a consumer may take a bit whenever it likes.  Each mode keeps
+ * that record apart -- wp-async in the PTEs (the kernel's "written"), the
+ * synchronous modes in `writable`, a private bitmap:
+ *
+ *   writable  >=  { gfn : the guest may write gfn without a trap }
+ *
+ * Every producer that may leave a page writable sets its `writable` bit
+ * (the handlers after unprotecting, mark for memvisor's own changes, a
+ * failed disable for all of RAM), and only a harvest clears it: it takes
+ * the words, re-protects those pages and only then ORs them into the live
+ * bitmap.  A write before the re-protect is covered by that report, a
+ * write after it traps and is reported anew; whoever took the page's bit
+ * before, its next write is reported.  The price: a page whose bit was
+ * taken while it was writable is reported once more by the next harvest,
+ * as it may have been written unseen in between (over-reporting, never a
+ * lost write).
+ *
+ * Why a fetch loses no write: it harvests first, then exchanges the words
+ * out; a write after the harvest re-protected its page traps (or, on
+ * wp-async, is remembered by the PTE) and is reported by this fetch or the
+ * next.  On wp-async the kernel reads and re-protects each PTE atomically
+ * under the page-table lock.
  *
  * The mprotect handler runs in signal context: it finds its domain in a
- * fixed table of lock-free slots and makes only async-signal-safe calls.
- * When per-page mprotect fails (vm.max_map_count), it unprotects the 2 MiB
- * block, then the whole RAM, and reports all of it dirty: over-reporting,
- * never a lost write.
+ * fixed table of lock-free slots and makes only async-signal-safe calls
+ * (errno is preserved).  When per-page mprotect fails (vm.max_map_count),
+ * it unprotects the 2 MiB block, then the whole RAM, and reports all of it
+ * dirty.  A domain holds its slot while any of its pages may still be
+ * PROT_READ -- from enable until a disable (or a failed enable's undo) has
+ * made all of RAM writable, else until destroy -- so a guest store never
+ * reaches the default SIGSEGV action.
+ *
+ * Failures: a failed enable undoes what it did and leaves the log off; a
+ * failed fetch keeps every page it took reported and in `writable`; a
+ * failed disable leaves the log on (see mv_logdirty_disable).  No failure
+ * leaves a page protected with no one to let its writes through.
  *
  * Locking: everything but the signal handler and bitmap consumers runs
- * under the domain lock.
+ * under the domain lock (the wp-sync fault handler too); `taken` is the
+ * harvest's scratch, under that lock.  slots_lock serializes slot claims
+ * and releases (and is taken before os.c's signal lock).
  */
 #include "internal.h"
 
@@ -40,6 +71,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -52,8 +84,13 @@ struct mv__logdirty {
     _Atomic uint64_t *bitmap;
     size_t words;
     size_t map_bytes;
+    /* wp-sync, mprotect: pages a trap or memvisor may have left writable
+     * since the last harvest (a superset), and room to take them. */
+    _Atomic uint64_t *writable;
+    uint64_t *taken;
     int pagemap_fd;           /* wp-async: /proc/self/pagemap */
-    int slot;                 /* mprotect: index in the handler's table */
+    int slot;                 /* mprotect: index in the handler's table; held
+                                 while any page may still be PROT_READ */
     struct mv_logdirty_stats stats;
     _Atomic uint64_t faults;
 };
@@ -132,39 +169,54 @@ struct mprotect_slot {
     _Atomic uintptr_t start;
     _Atomic uintptr_t end;
     _Atomic(_Atomic uint64_t *) bitmap;
+    _Atomic(_Atomic uint64_t *) writable;
     _Atomic(_Atomic uint64_t *) faults;
 };
 
 static struct mprotect_slot slots[MV_MPROTECT_SLOTS];
 static atomic_int handlers_running;
-static struct sigaction previous_sigsegv;
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Make [page] writable and report it in `bm`, the bitmap of the domain
- * whose RAM is [start, end); on failure widen (signal context). */
-static void unprotect_in_handler(uintptr_t start, uintptr_t end, _Atomic uint64_t *bm,
-                                 _Atomic uint64_t *faults, uintptr_t addr)
+/*
+ * Make [page] writable, then record it as writable and dirty in the domain
+ * whose RAM is [start, end); on failure widen (signal context).  Recorded
+ * after the mprotect: a harvest that ran in between and missed the page
+ * finds it at the next one, and every write before that is covered by the
+ * dirty bit set here or by that harvest.
+ */
+static void unprotect_in_handler(const struct mprotect_slot *s, uintptr_t start,
+                                 uintptr_t end, uintptr_t addr)
 {
     uintptr_t page = addr & ~(uintptr_t)(MV_PAGE_SIZE - 1);
     uintptr_t block = addr & ~(((uintptr_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT) - 1);
     uintptr_t block_end = MV_MIN(block + ((uintptr_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT), end);
+    uintptr_t first = page, last = page + MV_PAGE_SIZE;
 
     if (block < start)
         block = start;
-    if (mprotect((void *)page, MV_PAGE_SIZE, PROT_READ | PROT_WRITE) == 0) {
-        set_bits(bm, (page - start) >> MV_PAGE_SHIFT, 1);
-    } else if (mprotect((void *)block, block_end - block, PROT_READ | PROT_WRITE) == 0) {
-        set_bits(bm, (block - start) >> MV_PAGE_SHIFT, (block_end - block) >> MV_PAGE_SHIFT);
+    if (mv__os_mprotect((void *)page, MV_PAGE_SIZE, PROT_READ | PROT_WRITE) == 0) {
+        /* the page alone */
+    } else if (mv__os_mprotect((void *)block, block_end - block,
+                               PROT_READ | PROT_WRITE) == 0) {
+        first = block;
+        last = block_end;
     } else {
-        mprotect((void *)start, end - start, PROT_READ | PROT_WRITE);
-        set_bits(bm, 0, (end - start) >> MV_PAGE_SHIFT);
+        /* Unprotecting all of it merges its mappings: no limit to hit. */
+        mv__os_mprotect((void *)start, end - start, PROT_READ | PROT_WRITE);
+        first = start;
+        last = end;
     }
-    atomic_fetch_add_explicit(faults, 1, memory_order_relaxed);
+    set_bits(atomic_load(&s->writable), (first - start) >> MV_PAGE_SHIFT,
+             (last - first) >> MV_PAGE_SHIFT);
+    set_bits(atomic_load(&s->bitmap), (first - start) >> MV_PAGE_SHIFT,
+             (last - first) >> MV_PAGE_SHIFT);
+    atomic_fetch_add_explicit(atomic_load(&s->faults), 1, memory_order_relaxed);
 }
 
 static void on_sigsegv(int sig, siginfo_t *info, void *context)
 {
     uintptr_t addr = (uintptr_t)info->si_addr;
+    int saved_errno = errno;
 
     /*
      * Counted before reading any slot, and each slot read once, start
@@ -180,26 +232,38 @@ static void on_sigsegv(int sig, siginfo_t *info, void *context)
         uintptr_t end = start ? atomic_load(&s->end) : 0;
 
         if (start && addr >= start && addr < end && info->si_code == SEGV_ACCERR) {
-            unprotect_in_handler(start, end, atomic_load(&s->bitmap),
-                                 atomic_load(&s->faults), addr);
+            unprotect_in_handler(s, start, end, addr);
             atomic_fetch_sub(&handlers_running, 1);
+            errno = saved_errno;
             return;
         }
     }
     atomic_fetch_sub(&handlers_running, 1);
-    mv__os_signal_chain(&previous_sigsegv, sig, info, context);
+    mv__os_signal_chain(sig, info, context);
+    errno = saved_errno;
 }
 
+/* Install the handler and claim a slot, unless the domain holds one still
+ * (a disable that could not unprotect all of RAM). */
 static int slot_claim(struct mv_domain *d, struct mv__logdirty *l)
 {
-    int found = -1;
+    int found = -1, rc;
 
     pthread_mutex_lock(&slots_lock);
     /* Again at every claim: the application may have replaced it since. */
-    mv__os_signal_install(SIGSEGV, on_sigsegv, SA_NODEFER, &previous_sigsegv);
+    rc = mv__os_signal_install(SIGSEGV, on_sigsegv, SA_NODEFER);
+    if (rc < 0) {
+        pthread_mutex_unlock(&slots_lock);
+        return mv__fail(rc, "cannot install the SIGSEGV handler: %s", mv_strerror(rc));
+    }
+    if (l->slot >= 0) {
+        pthread_mutex_unlock(&slots_lock);
+        return 0;
+    }
     for (int i = 0; i < MV_MPROTECT_SLOTS && found < 0; i++) {
         if (atomic_load(&slots[i].end) == 0) {
             atomic_store(&slots[i].bitmap, l->bitmap);
+            atomic_store(&slots[i].writable, l->writable);
             atomic_store(&slots[i].faults, &l->faults);
             atomic_store(&slots[i].start, (uintptr_t)d->ram);
             atomic_store(&slots[i].end, (uintptr_t)d->ram + (d->maxmem_pages << MV_PAGE_SHIFT));
@@ -235,9 +299,9 @@ static int protect_run(struct mv_domain *d, uint64_t gfn, uint64_t n)
     int rc;
 
     if (d->logdirty->mode == MV_LOGDIRTY_MPROTECT) {
-        if (mprotect(mv__gfn_addr(d, gfn), n << MV_PAGE_SHIFT, PROT_READ) == 0)
+        rc = mv__os_mprotect(mv__gfn_addr(d, gfn), n << MV_PAGE_SHIFT, PROT_READ);
+        if (rc == 0)
             return 0;
-        rc = -errno;
     } else {
         rc = mv__os_uffd_writeprotect(d->uffd, mv__gfn_addr(d, gfn),
                                       n << MV_PAGE_SHIFT, true);
@@ -254,8 +318,8 @@ static int protect_all(struct mv_domain *d, bool protect)
     int rc;
 
     if (d->logdirty->mode == MV_LOGDIRTY_MPROTECT) {
-        rc = mprotect(d->ram, length, protect ? PROT_READ : PROT_READ | PROT_WRITE);
-        return rc < 0 ? mv__fail(-errno, "mprotect of guest RAM failed") : 0;
+        rc = mv__os_mprotect(d->ram, length, protect ? PROT_READ : PROT_READ | PROT_WRITE);
+        return rc < 0 ? mv__fail(rc, "mprotect of guest RAM failed: %s", mv_strerror(rc)) : 0;
     }
     if (protect || d->shared == 0) {
         rc = mv__os_uffd_writeprotect(d->uffd, d->ram, length, protect);
@@ -347,10 +411,16 @@ int mv__logdirty_create(struct mv_domain *d, enum mv_logdirty_mode mode)
     d->logdirty = l;
     if (l->memfd < 0)
         return mv__fail(l->memfd, "cannot create the dirty bitmap memfd");
-    map = mmap(NULL, l->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, l->memfd, 0);
-    if (map == MAP_FAILED)
-        return mv__fail(-errno, "cannot map the dirty bitmap");
+    map = mv__os_map_shared(NULL, l->map_bytes, l->memfd, 0, PROT_READ | PROT_WRITE);
+    if (!map)
+        return mv__fail(-errno, "cannot map the dirty bitmap: %s", mv_strerror(-errno));
     l->bitmap = map;
+    if (mode != MV_LOGDIRTY_WP_ASYNC) {
+        l->writable = calloc(l->words, sizeof(*l->writable));
+        l->taken = calloc(l->words, sizeof(*l->taken));
+        if (!l->writable || !l->taken)
+            return mv__fail(-ENOMEM, "no memory for the dirty log");
+    }
     if (mode == MV_LOGDIRTY_WP_ASYNC) {
         l->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
         if (l->pagemap_fd < 0)
@@ -369,7 +439,9 @@ void mv__logdirty_destroy(struct mv_domain *d)
     if (l->slot >= 0)
         slot_release(l);
     if (l->bitmap)
-        munmap((void *)l->bitmap, l->map_bytes);
+        mv__os_unmap((void *)l->bitmap, l->map_bytes);
+    free((void *)l->writable);
+    free(l->taken);
     if (l->memfd >= 0)
         close(l->memfd);
     if (l->pagemap_fd >= 0)
@@ -378,15 +450,26 @@ void mv__logdirty_destroy(struct mv_domain *d)
     d->logdirty = NULL;
 }
 
+/* The change may have left the pages writable (a populate without write
+ * protection): the next harvest protects them again. */
 void mv__logdirty_mark(struct mv_domain *d, uint64_t gfn, uint64_t n)
 {
-    if (d->logdirty && d->logdirty->enabled)
-        set_bits(d->logdirty->bitmap, gfn, n);
+    struct mv__logdirty *l = d->logdirty;
+
+    if (!l || !l->enabled)
+        return;
+    if (l->writable)
+        set_bits(l->writable, gfn, n);
+    set_bits(l->bitmap, gfn, n);
 }
 
+/* Also after a failed undo: the domain holds its slot while any page may be
+ * PROT_READ, and those pages are mappings of their own. */
 bool mv__logdirty_splits_ram(struct mv_domain *d)
 {
-    return d->logdirty && d->logdirty->enabled && d->logdirty->mode == MV_LOGDIRTY_MPROTECT;
+    struct mv__logdirty *l = d->logdirty;
+
+    return l && l->mode == MV_LOGDIRTY_MPROTECT && (l->enabled || l->slot >= 0);
 }
 
 void mv__logdirty_wp_fault(struct mv_domain *d, uint64_t gfn)
@@ -407,6 +490,8 @@ void mv__logdirty_wp_fault(struct mv_domain *d, uint64_t gfn)
         mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
         return;
     }
+    if (l->writable)
+        set_bits(l->writable, gfn, 1);
     set_bits(l->bitmap, gfn, 1);
     atomic_fetch_add_explicit(&l->faults, 1, memory_order_relaxed);
     rc = mv__os_uffd_writeprotect(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE, false);
@@ -438,6 +523,30 @@ static void end(struct mv_domain *d)
     mv__domain_unlock_put(d);
 }
 
+/*
+ * Undo a failed enable (lock held): make RAM writable again.  When that
+ * fails too, some pages may stay protected: a write to one still traps and
+ * is let through (wp-sync by the fault thread, mprotect by the handler,
+ * whose slot the domain keeps until RAM is known writable), so the domain
+ * runs on, paying a trap per such page.  The first failure's message stays.
+ */
+static void enable_undo(struct mv_domain *d, int rc)
+{
+    struct mv__logdirty *l = d->logdirty;
+    char message[256];
+
+    snprintf(message, sizeof(message), "%s", mv_last_error());
+    if (protect_all(d, false) < 0)
+        mv__log(d->host, MV_LOG_WARN, "domain %u: after a failed dirty-log enable: %s",
+                d->domid, mv_last_error());
+    else if (l->slot >= 0)
+        slot_release(l);
+    if (mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, false) < 0)
+        mv__log(d->host, MV_LOG_WARN, "domain %u: after a failed dirty-log enable: %s",
+                d->domid, mv_last_error());
+    mv__fail(rc, "%s", message);
+}
+
 int mv_logdirty_enable(mv_host *host, uint32_t domid)
 {
     struct mv_domain *d;
@@ -456,15 +565,18 @@ int mv_logdirty_enable(mv_host *host, uint32_t domid)
     if (l->mode == MV_LOGDIRTY_MPROTECT)
         rc = slot_claim(d, l);
     if (rc == 0) {
-        for (size_t i = 0; i < l->words; i++)
+        for (size_t i = 0; i < l->words; i++) {
             atomic_store_explicit(&l->bitmap[i], 0, memory_order_relaxed);
+            if (l->writable)
+                atomic_store_explicit(&l->writable[i], 0, memory_order_relaxed);
+        }
         /* Writes to shared pages trap while the log is on: each break
          * marks its page. */
         rc = mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, true);
         if (rc == 0)
             rc = protect_all(d, true);
-        if (rc < 0 && l->slot >= 0)
-            slot_release(l);
+        if (rc < 0)
+            enable_undo(d, rc);
     }
     if (rc == 0) {
         memset(&l->stats, 0, sizeof(l->stats));
@@ -477,6 +589,13 @@ int mv_logdirty_enable(mv_host *host, uint32_t domid)
     return rc;
 }
 
+/*
+ * When RAM cannot be made writable again, part of it may be: the log stays
+ * on and every page counts as left writable, so the next harvest protects
+ * and reports all of them (over-reporting, never a lost write), and the
+ * mprotect handler keeps its slot, so no write to a page still protected
+ * reaches the default SIGSEGV action.
+ */
 int mv_logdirty_disable(mv_host *host, uint32_t domid)
 {
     struct mv_domain *d;
@@ -486,12 +605,19 @@ int mv_logdirty_disable(mv_host *host, uint32_t domid)
     if (rc < 0)
         return rc;
     l = d->logdirty;
-    l->enabled = false;
     rc = protect_all(d, false);
-    if (rc == 0)
-        rc = mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, false);
+    if (rc < 0) {
+        if (l->writable)
+            set_bits(l->writable, 0, d->maxmem_pages);
+        end(d);
+        return rc;
+    }
+    l->enabled = false;
     if (l->slot >= 0)
         slot_release(l);
+    /* RAM is writable and the log off whatever this returns; shared pages
+     * may go on trapping. */
+    rc = mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, false);
     end(d);
     return rc;
 }
@@ -513,7 +639,7 @@ int mv_logdirty_disable(mv_host *host, uint32_t domid)
  * belong to the synchronous copy-on-write userfaultfd and are never
  * written in place.
  */
-static int64_t harvest_locked(struct mv_domain *d)
+static int64_t harvest_written(struct mv_domain *d)
 {
     struct page_region regions[256];
     uintptr_t base = (uintptr_t)d->ram, end = base + (d->maxmem_pages << MV_PAGE_SHIFT);
@@ -529,8 +655,6 @@ static int64_t harvest_locked(struct mv_domain *d)
     };
     int64_t pages = 0;
 
-    if (d->logdirty->mode != MV_LOGDIRTY_WP_ASYNC)
-        return 0;
     for (;;) {
         long n = mv__os_pagemap_scan(d->logdirty->pagemap_fd, &arg);
 
@@ -547,6 +671,41 @@ static int64_t harvest_locked(struct mv_domain *d)
             return pages;
         arg.start = arg.walk_end;
     }
+}
+
+/*
+ * wp-sync, mprotect: move the pages left writable into the bitmap,
+ * protecting them again (lock held).  Returns pages moved.  Protected
+ * first, reported after: a write before the protect is covered by the
+ * report, a write after it traps.  Pages that could not be protected are
+ * reported and stay in `writable`, for the next harvest to try again.
+ */
+static int64_t harvest_writable(struct mv_domain *d)
+{
+    struct mv__logdirty *l = d->logdirty;
+    int64_t pages = 0;
+    int rc;
+
+    for (size_t i = 0; i < l->words; i++) {
+        l->taken[i] = atomic_load_explicit(&l->writable[i], memory_order_relaxed)
+                    ? atomic_exchange(&l->writable[i], 0) : 0;
+        pages += __builtin_popcountll(l->taken[i]);
+    }
+    rc = for_each_block_span(d, l->taken, l->words, protect_run);
+    for (size_t i = 0; i < l->words; i++) {
+        if (!l->taken[i])
+            continue;
+        atomic_fetch_or(&l->bitmap[i], l->taken[i]);
+        if (rc < 0)
+            atomic_fetch_or(&l->writable[i], l->taken[i]);
+    }
+    return rc < 0 ? rc : pages;
+}
+
+static int64_t harvest_locked(struct mv_domain *d)
+{
+    return d->logdirty->mode == MV_LOGDIRTY_WP_ASYNC ? harvest_written(d)
+                                                      : harvest_writable(d);
 }
 
 int64_t mv_logdirty_harvest(mv_host *host, uint32_t domid)
@@ -595,6 +754,8 @@ static int64_t fetch(mv_host *host, uint32_t domid, uint64_t *dirty,
         return mv__fail(-EINVAL, "dirty bitmap has %zu words; domain %u needs %zu",
                         dirty ? words : 0, domid, l->words);
     }
+    /* Every page the guest can write without a trap is protected again
+     * and in the live bitmap after this, whoever took its bit before. */
     rc = harvest_locked(d);
     for (size_t i = 0; rc >= 0 && i < words; i++) {
         /* A word read as zero is not exchanged: a bit set after the read
@@ -605,12 +766,6 @@ static int64_t fetch(mv_host *host, uint32_t domid, uint64_t *dirty,
         if (clear && dirty[i])
             dirty[i] = atomic_exchange_explicit(&l->bitmap[i], 0, memory_order_acq_rel);
         count += (uint64_t)__builtin_popcountll(dirty[i]);
-    }
-    if (rc >= 0 && clear && l->mode != MV_LOGDIRTY_WP_ASYNC) {
-        rc = for_each_block_span(d, dirty, words, protect_run);
-        if (rc < 0) /* keep them reported rather than lose them */
-            for (size_t i = 0; i < words; i++)
-                atomic_fetch_or(&l->bitmap[i], dirty[i]);
     }
     if (rc >= 0 && zero)
         fill_zero(d, dirty, zero, words);

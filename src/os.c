@@ -8,14 +8,19 @@
  * except the mapping call, which returns NULL and sets errno.
  *
  * Injection state is a small table of atomics: arming it is for tests and is
- * not meant to race with itself.  Signal handlers are installed here too.
+ * not meant to race with itself.  Signal handlers are installed here too:
+ * the action each replaced is kept in a record written once and published
+ * through an atomic pointer, so a handler reads it without a lock while
+ * another thread installs again.
  */
 #include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -397,43 +402,100 @@ long mv__os_pagemap_scan(int fd, struct pm_scan_arg *arg)
     return n < 0 ? -errno : n;
 }
 
+int mv__os_mprotect(void *addr, size_t length, int prot)
+{
+    int err = injected(MV_OS_MPROTECT);
+
+    if (err) {
+        errno = -err;
+        return err;
+    }
+    return mprotect(addr, length, prot) < 0 ? -errno : 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* signal handlers                                                          */
 
-void mv__os_signal_install(int sig, void (*handler)(int, siginfo_t *, void *), int flags,
-                           struct sigaction *previous)
+/*
+ * The action a library handler replaced, as its handler reads it: written
+ * whole, then published with a release store, never changed again and
+ * never freed (a handler on another thread may be reading an older one;
+ * there is one per time the application replaced ours, a handful).
+ */
+struct saved_action {
+    struct sigaction action;
+    struct saved_action *next; /* every record of this signal (signal_lock) */
+};
+
+static _Atomic(struct saved_action *) saved_actions[NSIG];
+static struct saved_action *all_saved[NSIG];
+static pthread_mutex_t signal_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int mv__os_signal_install(int sig, void (*handler)(int, siginfo_t *, void *), int flags)
 {
     struct sigaction sa, current;
+    struct saved_action *saved, *older;
+    int err = 0;
 
-    if (sigaction(sig, NULL, &current) == 0 && (current.sa_flags & SA_SIGINFO) &&
-        current.sa_sigaction == handler)
-        return;
+    if (sig <= 0 || sig >= NSIG)
+        return -EINVAL;
+    pthread_mutex_lock(&signal_lock);
+    if (sigaction(sig, NULL, &current) < 0) {
+        err = -errno;
+        goto out;
+    }
+    if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == handler)
+        goto out;
+    saved = malloc(sizeof(*saved));
+    if (!saved) {
+        err = -ENOMEM;
+        goto out;
+    }
+    saved->action = current;
+    saved->next = all_saved[sig];
+    all_saved[sig] = saved;
+    /* Published before the handler goes in: it never chains to an action
+     * older than the one it replaced. */
+    older = atomic_exchange_explicit(&saved_actions[sig], saved, memory_order_acq_rel);
     memset(&sa, 0, sizeof(sa));
     sa.sa_sigaction = handler;
     sa.sa_flags = SA_SIGINFO | flags;
     sigemptyset(&sa.sa_mask);
-    sigaction(sig, &sa, previous);
+    err = injected(MV_OS_SIGACTION);
+    if (err == 0 && sigaction(sig, &sa, NULL) < 0)
+        err = -errno;
+    if (err) /* nothing changed: chain on as before */
+        atomic_store_explicit(&saved_actions[sig], older, memory_order_release);
+out:
+    pthread_mutex_unlock(&signal_lock);
+    return err;
 }
 
-void mv__os_signal_chain(const struct sigaction *previous, int sig, siginfo_t *info,
-                         void *context)
+void mv__os_signal_chain(int sig, siginfo_t *info, void *context)
 {
     /* A handler installed after ours may chain back to it: the second time
      * round in one thread, take the default action instead of looping. */
     static _Thread_local bool chaining;
+    const struct saved_action *saved =
+        atomic_load_explicit(&saved_actions[sig], memory_order_acquire);
+    const struct sigaction *previous = saved ? &saved->action : NULL;
     struct sigaction fallback;
+    int saved_errno = errno;
 
-    if (!chaining && (previous->sa_flags & SA_SIGINFO) && previous->sa_sigaction) {
+    if (!chaining && previous && (previous->sa_flags & SA_SIGINFO) &&
+        previous->sa_sigaction) {
         chaining = true;
         previous->sa_sigaction(sig, info, context);
         chaining = false;
+        errno = saved_errno;
         return;
     }
-    if (!chaining && !(previous->sa_flags & SA_SIGINFO) &&
+    if (!chaining && previous && !(previous->sa_flags & SA_SIGINFO) &&
         previous->sa_handler != SIG_DFL && previous->sa_handler != SIG_IGN) {
         chaining = true;
         previous->sa_handler(sig);
         chaining = false;
+        errno = saved_errno;
         return;
     }
     /* The default action (also for SIG_IGN: the kernel does not let a
@@ -442,6 +504,7 @@ void mv__os_signal_chain(const struct sigaction *previous, int sig, siginfo_t *i
     memset(&fallback, 0, sizeof(fallback));
     fallback.sa_handler = SIG_DFL;
     sigaction(sig, &fallback, NULL);
+    errno = saved_errno;
 }
 
 unsigned mv__os_injection_left(enum mv__os_op op)

@@ -1,13 +1,19 @@
 /*
  * test_logdirty.c - dirty logging on every mechanism: no lost write and no
- * false dirty page with writers on several threads while rounds are fetched,
- * the same answers from all three mechanisms on one write pattern, pages
- * changed by memvisor itself (populate, zero reclaim, balloon) reported with
- * the right zero bits, the shared bitmap, and bad calls.
+ * false dirty page with writers on several threads while rounds are fetched
+ * (by clean, or by a consumer of the live bitmap), the same answers from all
+ * three mechanisms on one write pattern, pages changed by memvisor itself
+ * (populate, zero reclaim, balloon) reported with the right zero bits, the
+ * shared bitmap, bad calls, the signal handlers (errno, chaining, a failed
+ * install), and injected system-call failures in enable, clean and disable:
+ * an error, no hung vCPU, no lost write, no other domain changed.
  */
 #include "testutil.h"
 
+#include "internal.h"
+
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -268,7 +274,23 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-static void concurrent_writers(enum mv_logdirty_mode mode)
+/* One round of a consumer of the live bitmap: harvest, then take every
+ * word with an atomic exchange. */
+static void take_round(mv_host *h, uint32_t id, uint64_t *out)
+{
+    uint64_t *live;
+    size_t words;
+
+    assert_ok(mv_logdirty_bitmap(h, id, &live, &words));
+    assert_int_equal(words, WORDS);
+    assert_ok(mv_logdirty_harvest(h, id));
+    for (size_t i = 0; i < WORDS; i++)
+        out[i] = atomic_exchange((_Atomic uint64_t *)&live[i], 0);
+}
+
+/* Rounds are fetched with mv_logdirty_clean, or when `exported` by a
+ * consumer of the live bitmap (take_round). */
+static void concurrent_writers(enum mv_logdirty_mode mode, bool exported)
 {
     mv_host *h = tu_host();
     uint32_t id = logging_domain(h, "race", mode);
@@ -291,14 +313,20 @@ static void concurrent_writers(enum mv_logdirty_mode mode)
     for (done = 1; done <= ROUNDS; done++) {
         usleep(3000);
         atomic_store(&r.cleans_started, done);
-        assert_ok(mv_logdirty_clean(h, id, rounds[done], NULL, WORDS));
+        if (exported)
+            take_round(h, id, rounds[done]);
+        else
+            assert_ok(mv_logdirty_clean(h, id, rounds[done], NULL, WORDS));
         atomic_store(&r.cleans_done, done);
     }
     atomic_store(&r.stop, true);
     for (unsigned i = 0; i < WRITERS; i++)
         pthread_join(threads[i], NULL);
     atomic_store(&r.cleans_started, done);
-    assert_ok(mv_logdirty_clean(h, id, rounds[done], NULL, WORDS));
+    if (exported)
+        take_round(h, id, rounds[done]);
+    else
+        assert_ok(mv_logdirty_clean(h, id, rounds[done], NULL, WORDS));
 
     /* No lost write: each write is in a round in (after, before + 1]. */
     for (unsigned i = 0; i < WRITERS; i++) {
@@ -327,8 +355,9 @@ static void concurrent_writers(enum mv_logdirty_mode mode)
             false_dirty += !explained;
         }
     }
-    print_message("%s: %u rounds, %zu+%zu+%zu writes, %llu lost, %llu false dirty\n",
-                  mv_logdirty_mode_name(mode), done, r.logged[0], r.logged[1],
+    print_message("%s%s: %u rounds, %zu+%zu+%zu writes, %llu lost, %llu false dirty\n",
+                  mv_logdirty_mode_name(mode), exported ? " (live bitmap)" : "",
+                  done, r.logged[0], r.logged[1],
                   r.logged[2], (unsigned long long)lost,
                   (unsigned long long)false_dirty);
     assert_int_equal(lost, 0);
@@ -346,19 +375,19 @@ static void concurrent_writers(enum mv_logdirty_mode mode)
 static void concurrent_writers_wp_async(void **state)
 {
     (void)state;
-    concurrent_writers(MV_LOGDIRTY_WP_ASYNC);
+    concurrent_writers(MV_LOGDIRTY_WP_ASYNC, false);
 }
 
 static void concurrent_writers_wp_sync(void **state)
 {
     (void)state;
-    concurrent_writers(MV_LOGDIRTY_WP_SYNC);
+    concurrent_writers(MV_LOGDIRTY_WP_SYNC, false);
 }
 
 static void concurrent_writers_mprotect(void **state)
 {
     (void)state;
-    concurrent_writers(MV_LOGDIRTY_MPROTECT);
+    concurrent_writers(MV_LOGDIRTY_MPROTECT, false);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -421,6 +450,7 @@ static void shared_bitmap_consumer(void **state)
         write_page(ram, gfn, 1);
     /* Another mapping of the same bitmap sees the producer's bits. */
     assert_true(bit(mapped, 0) && bit(mapped, 2) && !bit(mapped, 1));
+    assert_int_equal(mv_logdirty_harvest(h, id), PAGES / 2);
     for (size_t i = 0; i < words; i++)
         seen[i] |= atomic_exchange((_Atomic uint64_t *)&live[i], 0);
     for (uint64_t gfn = 0; gfn < PAGES; gfn++)
@@ -458,6 +488,445 @@ static void harvest_fills_the_live_bitmap(void **state)
     mv_host_destroy(h);
 }
 
+/* ------------------------------------------------------------------------ */
+/* A consumer of the live bitmap: what it takes is written again, and
+ * reported again, in every mode.                                          */
+
+/* Pages whose bits a consumer took are re-armed: written again after the
+ * exchange, they are reported by the next round of that consumer, and by
+ * a clean when the exchange had no harvest before it. */
+static void taken_pages_are_reported_again(enum mv_logdirty_mode mode)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "again", mode);
+    uint8_t *ram = ram_of(h, id);
+    uint64_t *live, taken[WORDS], dirty[WORDS];
+    size_t words;
+
+    assert_ok(mv_logdirty_enable(h, id));
+    assert_ok(mv_logdirty_bitmap(h, id, &live, &words));
+    for (int pass = 0; pass < 3; pass++) {
+        for (uint64_t gfn = 11; gfn < PAGES; gfn += 101)
+            write_page(ram, gfn, pass + 1);
+        take_round(h, id, taken);
+        for (uint64_t gfn = 0; gfn < PAGES; gfn++)
+            assert_int_equal(bit(taken, gfn), gfn >= 11 && (gfn - 11) % 101 == 0);
+    }
+    /* Taken without a harvest first: a clean still reports the writes
+     * that follow (once more for the taken ones, which may have been
+     * written unseen in between). */
+    for (uint64_t gfn = 7; gfn < PAGES; gfn += 89)
+        write_page(ram, gfn, 1);
+    for (size_t i = 0; i < words; i++)
+        (void)atomic_exchange((_Atomic uint64_t *)&live[i], 0);
+    for (uint64_t gfn = 7; gfn < PAGES; gfn += 89)
+        write_page(ram, gfn, 2);
+    assert_ok(mv_logdirty_clean(h, id, dirty, NULL, WORDS));
+    for (uint64_t gfn = 7; gfn < PAGES; gfn += 89)
+        assert_true(bit(dirty, gfn));
+    /* Everything is protected again: exact from here on. */
+    write_page(ram, 5, 3);
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 1);
+    assert_true(bit(dirty, 5));
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 0);
+    assert_ok(mv_logdirty_disable(h, id));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+static void live_bitmap_consumer_wp_async(void **state)
+{
+    (void)state;
+    concurrent_writers(MV_LOGDIRTY_WP_ASYNC, true);
+    taken_pages_are_reported_again(MV_LOGDIRTY_WP_ASYNC);
+}
+
+static void live_bitmap_consumer_wp_sync(void **state)
+{
+    (void)state;
+    concurrent_writers(MV_LOGDIRTY_WP_SYNC, true);
+    taken_pages_are_reported_again(MV_LOGDIRTY_WP_SYNC);
+}
+
+static void live_bitmap_consumer_mprotect(void **state)
+{
+    (void)state;
+    concurrent_writers(MV_LOGDIRTY_MPROTECT, true);
+    taken_pages_are_reported_again(MV_LOGDIRTY_MPROTECT);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Failures: an operation that fails returns an error and leaves the log as
+ * it was; no vCPU hangs, no write is lost, no other domain changes.        */
+
+static bool logging(mv_host *h, uint32_t id)
+{
+    struct mv_logdirty_stats s;
+
+    assert_ok(mv_logdirty_stats(h, id, &s));
+    return s.enabled;
+}
+
+/* mprotect: a disable that cannot make RAM writable again keeps the log,
+ * and the handler, so the next store is served, not fatal; an enable whose
+ * undo fails keeps the handler for the pages it left protected. */
+static void failed_disable_keeps_the_host_alive(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "disable", MV_LOGDIRTY_MPROTECT);
+    uint8_t *ram = ram_of(h, id);
+    uint64_t dirty[WORDS];
+
+    (void)state;
+    assert_ok(mv_logdirty_enable(h, id));
+    write_page(ram, 10, 1);
+    mv__os_inject(MV_OS_MPROTECT, EIO, 0, 1);
+    assert_err(mv_logdirty_disable(h, id), -EIO);
+    assert_true(logging(h, id));
+    write_page(ram, 20, 2); /* traps: RAM is still protected */
+    /* Part of RAM may have been unprotected: every page is reported. */
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), PAGES);
+    write_page(ram, 30, 3);
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 1);
+    assert_true(bit(dirty, 30));
+    assert_ok(mv_logdirty_disable(h, id));
+    assert_false(logging(h, id));
+    write_page(ram, 40, 4);
+
+    /* The write-protect fails, and so does the undo: not logging, and the
+     * pages left protected are still let through. */
+    mv__os_inject(MV_OS_MPROTECT, EIO, 0, 2);
+    assert_err(mv_logdirty_enable(h, id), -EIO);
+    assert_false(logging(h, id));
+    for (uint64_t gfn = 0; gfn < PAGES; gfn += 7)
+        write_page(ram, gfn, 5);
+    assert_ok(mv_logdirty_enable(h, id));
+    write_page(ram, 50, 6);
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 1);
+    assert_ok(mv_logdirty_disable(h, id));
+    write_page(ram, 60, 7);
+    assert_int_equal(((volatile uint64_t *)(ram + 60 * MV_PAGE_SIZE))[1], 7);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* The handler preserves errno, also when its mprotect fails (it then
+ * unprotects and reports the page's whole 2 MiB block). */
+static void errno_survives_a_handled_fault(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "errno", MV_LOGDIRTY_MPROTECT);
+    uint8_t *ram = ram_of(h, id);
+    uint64_t dirty[WORDS];
+    volatile int *err = &errno;
+
+    (void)state;
+    assert_ok(mv_logdirty_enable(h, id));
+    *err = EDOM;
+    write_page(ram, 3, 1);
+    assert_int_equal(*err, EDOM);
+    mv__os_inject(MV_OS_MPROTECT, ENOMEM, 0, 1);
+    write_page(ram, MV_BLOCK_PAGES + 3, 1);
+    assert_int_equal(*err, EDOM);
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 1 + MV_BLOCK_PAGES);
+    assert_true(bit(dirty, 3) && bit(dirty, MV_BLOCK_PAGES) &&
+                bit(dirty, 2 * MV_BLOCK_PAGES - 1) && !bit(dirty, 2 * MV_BLOCK_PAGES));
+    assert_ok(mv_logdirty_disable(h, id));
+    mv_host_destroy(h);
+}
+
+/* An application handler that was in place first gets the faults that are
+ * not the library's (SIGSEGV of the dirty log, SIGBUS of the vCPUs), and
+ * errno comes back as it was. */
+static uint8_t *foreign_page;
+static int foreign_fd;
+static volatile sig_atomic_t foreign_grown;
+
+static void foreign_handler(int sig)
+{
+    errno = ERANGE;
+    if (sig == SIGSEGV)
+        mprotect(foreign_page, MV_PAGE_SIZE, PROT_READ | PROT_WRITE);
+    else
+        foreign_grown = ftruncate(foreign_fd, MV_PAGE_SIZE) == 0;
+}
+
+static void foreign_faults_reach_the_previous_handler(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "foreign", MV_LOGDIRTY_MPROTECT);
+    uint8_t *ram = ram_of(h, id);
+    struct sigaction sa;
+    struct mv_workload_config w;
+    volatile int *err = &errno;
+
+    (void)state;
+    foreign_page = mmap(NULL, MV_PAGE_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(foreign_page != MAP_FAILED);
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = foreign_handler;
+    assert_int_equal(sigaction(SIGSEGV, &sa, NULL), 0);
+    assert_ok(mv_logdirty_enable(h, id));
+    write_page(ram, 1, 1);
+    *err = EDOM;
+    ((volatile uint8_t *)foreign_page)[0] = 1;
+    assert_int_equal(*err, EDOM);
+    assert_int_equal(foreign_page[0], 1);
+    assert_ok(mv_logdirty_disable(h, id));
+    munmap(foreign_page, MV_PAGE_SIZE);
+
+    /* SIGBUS: past the end of an empty file, until the handler grows it. */
+    foreign_fd = memfd_create("foreign", 0);
+    assert_true(foreign_fd >= 0);
+    foreign_page = mmap(NULL, MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+                        foreign_fd, 0);
+    assert_true(foreign_page != MAP_FAILED);
+    assert_int_equal(sigaction(SIGBUS, &sa, NULL), 0);
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.max_pages = 10;
+    assert_ok(mv_workload_start(h, id, &w)); /* installs the SIGBUS handler */
+    assert_ok(mv_workload_wait(h, id, 60000, NULL));
+    *err = EDOM;
+    ((volatile uint8_t *)foreign_page)[0] = 2;
+    assert_int_equal(*err, EDOM);
+    assert_int_equal(foreign_page[0], 2);
+    assert_true(foreign_grown);
+    munmap(foreign_page, MV_PAGE_SIZE);
+    close(foreign_fd);
+    mv_host_destroy(h);
+}
+
+/* A handler that cannot be installed fails the call that needs it. */
+static void failed_handler_install_is_reported(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "install", MV_LOGDIRTY_MPROTECT);
+    uint32_t g = tu_domain(h, "guest", 16 * MiB, 16 * MiB);
+    uint8_t *ram = ram_of(h, id);
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    struct sigaction sa, now;
+
+    (void)state;
+    /* As if the application had replaced the library's handlers. */
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_DFL;
+    assert_int_equal(sigaction(SIGSEGV, &sa, NULL), 0);
+    assert_int_equal(sigaction(SIGBUS, &sa, NULL), 0);
+    mv__os_inject(MV_OS_SIGACTION, EIO, 0, 1);
+    assert_err(mv_logdirty_enable(h, id), -EIO);
+    assert_false(logging(h, id));
+    write_page(ram, 4, 4); /* nothing protected */
+    assert_ok(mv_logdirty_enable(h, id));
+    assert_int_equal(sigaction(SIGSEGV, NULL, &now), 0);
+    assert_true((now.sa_flags & SA_SIGINFO) && now.sa_sigaction != NULL);
+    assert_ok(mv_logdirty_disable(h, id));
+
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.max_pages = 100;
+    mv__os_inject(MV_OS_SIGACTION, EIO, 0, 1);
+    assert_err(mv_workload_start(h, g, &w), -EIO);
+    assert_ok(mv_workload_start(h, g, &w));
+    assert_ok(mv_workload_wait(h, g, 60000, &st));
+    assert_false(st.crashed);
+    tu_verify(h, g);
+    mv_host_destroy(h);
+}
+
+/* Creating a logging domain fails cleanly at each of its mappings, the
+ * dirty bitmap's among them, and leaves the host as it was. */
+static void failed_mapping_fails_the_create(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t other = logging_domain(h, "other", MV_LOGDIRTY_MPROTECT), id;
+    struct mv_domain_config c;
+    bool bitmap_failed = false;
+    int rc = -1;
+
+    (void)state;
+    mv_domain_config_init(&c);
+    snprintf(c.name, sizeof(c.name), "new");
+    c.maxmem_bytes = c.target_bytes = 16 * MiB;
+    c.logdirty_mode = MV_LOGDIRTY_MPROTECT;
+    for (unsigned skip = 0; rc < 0; skip++) {
+        assert_true(skip < 64);
+        mv__os_inject(MV_OS_MMAP, ENOMEM, skip, 1);
+        rc = mv_domain_create(h, &c, &id);
+        mv__os_inject(MV_OS_MMAP, 0, 0, 0);
+        if (rc < 0) {
+            assert_err(rc, -ENOMEM);
+            bitmap_failed |= strstr(mv_last_error(), "dirty bitmap") != NULL;
+            assert_ok(mv_host_audit(h));
+        }
+    }
+    assert_true(bitmap_failed);
+    assert_ok(mv_logdirty_enable(h, id));
+    write_page(ram_of(h, id), 1, 1);
+    assert_ok(mv_logdirty_disable(h, id));
+    assert_ok(mv_domain_audit(h, other));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+#define GPAGES 4096u /* 16 MiB guests */
+
+static uint32_t guest_domain(mv_host *h, const char *name, enum mv_logdirty_mode mode)
+{
+    struct mv_domain_config c;
+    uint32_t id;
+
+    if (!mode_available(mode)) {
+        print_message("skipped: the kernel lacks %s\n", mv_logdirty_mode_name(mode));
+        skip();
+    }
+    mv_domain_config_init(&c);
+    snprintf(c.name, sizeof(c.name), "%s", name);
+    c.maxmem_bytes = c.target_bytes = (uint64_t)GPAGES * MV_PAGE_SIZE;
+    c.vcpus = 2;
+    c.logdirty_mode = mode;
+    assert_ok(mv_domain_create(h, &c, &id));
+    return id;
+}
+
+/* Run the built-in guest to its end: a vCPU that hung would show as a
+ * timeout here. */
+static void run_guest(mv_host *h, uint32_t id)
+{
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.max_pages = 3000;
+    w.seed = 42;
+    assert_ok(mv_workload_start(h, id, &w));
+    assert_ok(mv_workload_wait(h, id, 60000, &st));
+    assert_false(st.crashed);
+}
+
+static void hash_pages(mv_host *h, uint32_t id, uint64_t *hash)
+{
+    static uint64_t page[MV_PAGE_SIZE / 8];
+
+    for (uint64_t gfn = 0; gfn < GPAGES; gfn++) {
+        int rc = mv_domain_read_page(h, id, gfn, page);
+        uint64_t x = 0xcbf29ce484222325ull;
+
+        if (rc != -ENODATA)
+            assert_ok(rc);
+        for (size_t i = 0; rc == 0 && i < MV_PAGE_SIZE / 8; i++)
+            x = (x ^ page[i]) * 0x100000001b3ull;
+        hash[gfn] = x;
+    }
+}
+
+/* Every page whose content differs from `before` is in `dirty`. */
+static void assert_changes_reported(mv_host *h, uint32_t id, const uint64_t *before,
+                                    const uint64_t *dirty)
+{
+    static uint64_t after[GPAGES];
+    uint64_t changed = 0;
+
+    hash_pages(h, id, after);
+    for (uint64_t gfn = 0; gfn < GPAGES; gfn++) {
+        if (after[gfn] == before[gfn])
+            continue;
+        changed++;
+        if (!bit(dirty, gfn))
+            fail_msg("gfn %#llx was written and not reported", (unsigned long long)gfn);
+    }
+    assert_true(changed > 0);
+}
+
+/*
+ * The system call each step of `mode` makes on guest memory fails once (and
+ * the enable's undo too): the call says so, the guest's vCPUs run on to
+ * their end, every write is reported by the next successful fetch, the
+ * oracle and audits hold, and a bystander domain is unchanged.
+ */
+static void injected_failures(enum mv_logdirty_mode mode)
+{
+    enum mv__os_op protect_op = mode == MV_LOGDIRTY_MPROTECT ? MV_OS_MPROTECT
+                              : MV_OS_UFFD_WRITEPROTECT;
+    enum mv__os_op fetch_op = mode == MV_LOGDIRTY_WP_ASYNC ? MV_OS_PAGEMAP_SCAN
+                            : protect_op;
+    mv_host *h = tu_host();
+    uint32_t a = guest_domain(h, "a", mode), b = guest_domain(h, "b", mode);
+    static uint64_t before[GPAGES], bystander[GPAGES], now[GPAGES];
+    uint64_t dirty[GPAGES / 64];
+
+    /* The bystander logs too, and holds data. */
+    run_guest(h, b);
+    assert_ok(mv_logdirty_enable(h, b));
+    run_guest(h, b);
+    assert_ok(mv_logdirty_clean(h, b, dirty, NULL, GPAGES / 64));
+    hash_pages(h, b, bystander);
+    run_guest(h, a);
+
+    /* enable: the protect fails; then the protect and its undo. */
+    for (unsigned failures = 1; failures <= 2; failures++) {
+        mv__os_inject(protect_op, EIO, 0, failures);
+        assert_err(mv_logdirty_enable(h, a), -EIO);
+        mv__os_inject(protect_op, 0, 0, 0);
+        assert_false(logging(h, a));
+        run_guest(h, a);
+        tu_verify(h, a);
+    }
+    assert_ok(mv_logdirty_enable(h, a));
+    assert_ok(mv_logdirty_clean(h, a, dirty, NULL, GPAGES / 64));
+    hash_pages(h, a, before);
+
+    /* clean */
+    run_guest(h, a);
+    mv__os_inject(fetch_op, EIO, 0, 1);
+    assert_err(mv_logdirty_clean(h, a, dirty, NULL, GPAGES / 64), -EIO);
+    mv__os_inject(fetch_op, 0, 0, 0);
+    assert_true(logging(h, a));
+    run_guest(h, a);
+    assert_ok(mv_logdirty_clean(h, a, dirty, NULL, GPAGES / 64));
+    assert_changes_reported(h, a, before, dirty);
+    tu_verify(h, a);
+    hash_pages(h, a, before);
+
+    /* disable */
+    run_guest(h, a);
+    mv__os_inject(protect_op, EIO, 0, 1);
+    assert_err(mv_logdirty_disable(h, a), -EIO);
+    mv__os_inject(protect_op, 0, 0, 0);
+    assert_true(logging(h, a));
+    run_guest(h, a);
+    assert_ok(mv_logdirty_clean(h, a, dirty, NULL, GPAGES / 64));
+    assert_changes_reported(h, a, before, dirty);
+    assert_ok(mv_logdirty_disable(h, a));
+    run_guest(h, a);
+    tu_verify(h, a);
+
+    /* The bystander: same bytes, nothing dirty, oracle and audit hold. */
+    hash_pages(h, b, now);
+    assert_memory_equal(now, bystander, sizeof(now));
+    assert_int_equal(mv_logdirty_clean(h, b, dirty, NULL, GPAGES / 64), 0);
+    assert_ok(mv_domain_audit(h, b));
+    tu_verify(h, b);
+    mv_host_destroy(h);
+}
+
+static void injected_failures_wp_async(void **state)
+{
+    (void)state;
+    injected_failures(MV_LOGDIRTY_WP_ASYNC);
+}
+
+static void injected_failures_wp_sync(void **state)
+{
+    (void)state;
+    injected_failures(MV_LOGDIRTY_WP_SYNC);
+}
+
+static void injected_failures_mprotect(void **state)
+{
+    (void)state;
+    injected_failures(MV_LOGDIRTY_MPROTECT);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(bad_calls_are_refused),
     cmocka_unit_test(unavailable_mode_is_explained),
@@ -470,6 +939,17 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(guest_workload_under_logging),
     cmocka_unit_test(shared_bitmap_consumer),
     cmocka_unit_test(harvest_fills_the_live_bitmap),
+    cmocka_unit_test(live_bitmap_consumer_wp_async),
+    cmocka_unit_test(live_bitmap_consumer_wp_sync),
+    cmocka_unit_test(live_bitmap_consumer_mprotect),
+    cmocka_unit_test(failed_disable_keeps_the_host_alive),
+    cmocka_unit_test(errno_survives_a_handled_fault),
+    cmocka_unit_test(foreign_faults_reach_the_previous_handler),
+    cmocka_unit_test(failed_handler_install_is_reported),
+    cmocka_unit_test(failed_mapping_fails_the_create),
+    cmocka_unit_test(injected_failures_wp_async),
+    cmocka_unit_test(injected_failures_wp_sync),
+    cmocka_unit_test(injected_failures_mprotect),
 };
 
 TU_MAIN(cases)
