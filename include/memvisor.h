@@ -404,7 +404,11 @@ int mv_domain_set_target(mv_host *host, uint32_t domid, uint64_t target_bytes);
  * ballooned gfn becomes a PoD entry again (zero, populated on touch).  Both
  * validate every gfn before changing anything: -EINVAL with the offending
  * gfn named when one is past maxmem or (decrease) already ballooned or
- * (increase) not ballooned.  Returns the number of gfns processed.
+ * (increase) not ballooned.  Returns the number of gfns processed: when
+ * releasing one fails part-way (its memory could not be given back), the
+ * gfns before it stay released and their number is returned, fewer than
+ * `count`, with mv_last_error() saying why, as Xen's hypercall does; a
+ * failure at the first gfn returns the error.
  */
 int mv_domain_decrease_reservation(mv_host *host, uint32_t domid,
                                    const uint64_t *gfns, size_t count);

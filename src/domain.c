@@ -850,11 +850,15 @@ int mv_domain_decrease_reservation(mv_host *host, uint32_t domid,
             mv__logdirty_mark(d, gfns[done], 1);
         }
     }
+    /* As Xen's hypercall: the gfns before the one that failed stay
+     * released, and their number is the answer. */
     if (rc < 0 && done)
         rc = mv__fail(rc, "releasing gfn %#llx failed after %zu gfns: %s",
                       (unsigned long long)gfns[done - 1], done - 1, mv_strerror(rc));
     reservation_end(d);
-    return rc < 0 ? rc : (int)count;
+    if (rc < 0)
+        return done > 1 ? (int)(done - 1) : rc;
+    return (int)count;
 }
 
 int mv_domain_increase_reservation(mv_host *host, uint32_t domid,

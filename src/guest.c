@@ -626,8 +626,10 @@ static int64_t balloon_inflate(struct mv_host *host, struct mv__guest *g, uint64
         if (!atomic_load(&g->ballooned[gfn]) && balloon_claim(g, gfn))
             gfns[n++] = gfn;
     rc = mv_domain_decrease_reservation(host, d->domid, gfns, n);
+    /* The gfns released (all, or those before a failure) are given away;
+     * the guest keeps the others. */
     for (uint64_t i = 0; i < n; i++) {
-        if (rc < 0)
+        if (rc < 0 || i >= (uint64_t)rc)
             atomic_store(&g->ballooned[gfns[i]], 0);
         else
             atomic_store_explicit(&g->oracle[gfns[i]], 0, memory_order_relaxed);
@@ -635,8 +637,8 @@ static int64_t balloon_inflate(struct mv_host *host, struct mv__guest *g, uint64
     free(gfns);
     if (rc < 0)
         return rc;
-    g->ballooned_count += n;
-    return (int64_t)n;
+    g->ballooned_count += (uint64_t)rc;
+    return rc;
 }
 
 static int64_t balloon_deflate(struct mv_host *host, struct mv__guest *g, uint64_t want)
