@@ -167,6 +167,16 @@ static void serve_fault(struct mv_domain *d, uint64_t address, uint64_t flags,
         return;
     }
     if (d->state == MV_DOMAIN_PAUSED) {
+        /* A fault that needs no memory and changes nothing (the page is
+         * there, or no longer shared) lets its vCPU go on to its pause
+         * point.  Held, it would count as a stopped vCPU, and a stale
+         * message (its vCPU woken already) would let pause return while
+         * that vCPU still runs. */
+        if (cow ? d->p2m[gfn] != MV_P2M_SHARED
+                : !(flags & UFFD_PAGEFAULT_FLAG_WP) && d->p2m[gfn] == MV_P2M_RAM) {
+            resolve(d, gfn, cow);
+            return;
+        }
         if (mv__fault_hold(d, gfn, 0, cow) < 0)
             mv__domain_crash(d, "no memory to hold a fault while paused");
         return;

@@ -477,6 +477,35 @@ static void pause_parks_running_vcpus(void **state)
     mv_host_destroy(h);
 }
 
+/* vCPUs that fault all the time (fresh pages of a large domain) are
+ * stopped by pause too: those blocked in a fault that needs memory are
+ * held, the others park; none writes a page after pause returns.  A stale
+ * fault message (its vCPU woken already) must not count as a stopped vCPU. */
+static void pause_stops_faulting_vcpus(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "faulting", 256 * MiB, 256 * MiB);
+    struct mv_workload_config w;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM); /* until stopped */
+    assert_ok(mv_workload_start(h, id, &w));
+    for (int round = 0; round < 20; round++) {
+        uint64_t a, b;
+
+        tu_wait_until(pages_done(h, id) >= (uint64_t)(round + 1) * 200);
+        assert_ok(mv_domain_pause(h, id));
+        a = pages_done(h, id);
+        run_control_domain(h, "ctl");
+        b = pages_done(h, id);
+        assert_int_equal(a, b);
+        assert_ok(mv_domain_unpause(h, id));
+    }
+    assert_ok(mv_workload_stop(h, id));
+    tu_verify(h, id);
+    mv_host_destroy(h);
+}
+
 static void many_domains_fault_concurrently_on(mv_host *h)
 {
     uint32_t ids[4];
@@ -818,6 +847,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(lowering_target_reclaims_zero_pages_or_refuses),
     cmocka_unit_test(pause_holds_faults_until_unpause),
     cmocka_unit_test(pause_parks_running_vcpus),
+    cmocka_unit_test(pause_stops_faulting_vcpus),
     cmocka_unit_test(many_domains_fault_concurrently),
     cmocka_unit_test(two_fault_threads_serve_many_domains),
     cmocka_unit_test(fault_threads_run_on_fault_cpus),
