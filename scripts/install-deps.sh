@@ -5,7 +5,9 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config libjson-c-dev libcmocka-dev
-          liblz4-dev libzstd-dev libxxhash-dev)
+          liblz4-dev libzstd-dev libxxhash-dev
+          valgrind    # test_protocol.valgrind
+          clang)      # the libFuzzer target fuzz_protocol
 
 missing=()
 for p in "${packages[@]}"; do
