@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <libgen.h>
@@ -47,6 +48,7 @@
 #include <sys/epoll.h>
 #include <sys/file.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -70,6 +72,7 @@ struct options {
     enum mv_fault_mode fault_mode;
     unsigned cow_settle_ms;
     enum mv_log_level log_level;
+    const char *socket_group;      /* --socket-group: its members may connect */
 };
 
 struct client {
@@ -88,16 +91,27 @@ struct client {
     struct client *prev, *next;
 };
 
+/* A file the daemon created, removed at exit only while the path still
+ * names it. */
+struct owned_file {
+    const char *path;
+    dev_t dev;
+    ino_t ino;
+    bool owned;
+};
+
 struct daemon {
     mv_host *host;
     int epoll_fd;
     int listen_fd;
     int signal_fd;
     int lock_fd;
-    bool listening;                /* the socket file is ours to unlink */
     const char *socket_path;
     char lock_path[PATH_MAX];
-    const char *pidfile;
+    struct owned_file socket_file, lock_file, pid_file;
+    bool group_access;             /* members of socket_gid may connect */
+    gid_t socket_gid;
+    uid_t uid;                     /* the daemon's own (effective) user */
     struct client *clients;
     unsigned client_count;
     unsigned next_client_id;
@@ -163,6 +177,10 @@ static void print_usage(FILE *out)
         "  --socket PATH        socket to listen on (default $%s, else\n"
         "                       %s);\n"
         "                       PATH.lock keeps a second daemon away\n"
+        "  --socket-group NAME  let members of group NAME connect too (socket\n"
+        "                       0660); otherwise only root and this daemon's\n"
+        "                       user may (socket 0600).  A client that connects\n"
+        "                       controls every domain\n"
         "  --budget SIZE        machine memory domains may populate, e.g. 8G\n"
         "                       (default: 80%% of MemAvailable)\n"
         "  --fault-threads N    userfaultfd service threads (default 1)\n"
@@ -203,9 +221,10 @@ static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FAULT_CPUS, OPT_FAULT_MODE,
            OPT_COW_SETTLE_MS, OPT_FOREGROUND,
-           OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION };
+           OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION, OPT_SOCKET_GROUP };
     static const struct option long_options[] = {
         { "socket", required_argument, NULL, OPT_SOCKET },
+        { "socket-group", required_argument, NULL, OPT_SOCKET_GROUP },
         { "budget", required_argument, NULL, OPT_BUDGET },
         { "fault-threads", required_argument, NULL, OPT_FAULT_THREADS },
         { "fault-cpus", required_argument, NULL, OPT_FAULT_CPUS },
@@ -229,6 +248,9 @@ static int parse_options(int argc, char **argv, struct options *o)
         switch (opt) {
         case OPT_SOCKET:
             socket_option = optarg;
+            break;
+        case OPT_SOCKET_GROUP:
+            o->socket_group = optarg;   /* resolved by daemon_start */
             break;
         case OPT_BUDGET:
             rc = mv_proto_parse_size(optarg, &o->budget_bytes);
@@ -336,6 +358,65 @@ static void report_lock_holder(struct daemon *d, int fd)
                    "it first or pick another --socket", d->socket_path, d->lock_path);
 }
 
+/* Remember that `fd`, open on `path`, is a file this daemon made. */
+static void file_own(struct owned_file *f, const char *path, int fd)
+{
+    struct stat st;
+
+    f->path = path;
+    if (fstat(fd, &st) == 0) {
+        f->dev = st.st_dev;
+        f->ino = st.st_ino;
+        f->owned = true;
+    }
+}
+
+/* Unlink a file this daemon made, unless its path now names another file
+ * (a second daemon's, or anyone's): only what it created goes. */
+static void file_remove(struct owned_file *f)
+{
+    struct stat st;
+
+    if (!f->owned)
+        return;
+    f->owned = false;
+    if (lstat(f->path, &st) < 0)
+        return;
+    if (st.st_dev != f->dev || st.st_ino != f->ino) {
+        daemon_log(MV_LOG_WARN, "%s is no longer the file this daemon created; left "
+                   "in place", f->path);
+        return;
+    }
+    unlink(f->path);
+}
+
+/* Open a file the daemon writes for others to read (lock file, pidfile)
+ * without following a symbolic link and only when it is a plain file:
+ * a link planted at the path would otherwise have its target truncated. */
+static int open_private_file(const char *path, const char *what, int flags, mode_t mode)
+{
+    struct stat st;
+    int fd = open(path, flags | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, mode);
+
+    if (fd < 0) {
+        int err = errno;
+
+        if (err == ELOOP)
+            daemon_log(MV_LOG_ERROR, "%s %s is a symbolic link; refusing to follow it "
+                       "(remove it if it is not a leftover of an attack)", what, path);
+        else if (err != EEXIST)
+            daemon_log(MV_LOG_ERROR, "cannot open %s %s: %s", what, path, strerror(err));
+        return -err;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink > 1) {
+        daemon_log(MV_LOG_ERROR, "%s %s is not a plain file of its own (a device, fifo "
+                   "or hard link); refusing to write to it", what, path);
+        close(fd);
+        return -EPERM;
+    }
+    return fd;
+}
+
 /*
  * Take PATH.lock.  A daemon that stops unlinks the file while still holding
  * it, so a lock taken on a file that has since left the path is worthless:
@@ -353,12 +434,9 @@ static int lock_acquire(struct daemon *d)
         return -ENAMETOOLONG;
     }
     for (;;) {
-        fd = open(d->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-        if (fd < 0) {
-            daemon_log(MV_LOG_ERROR, "cannot open lock file %s: %s", d->lock_path,
-                       strerror(errno));
-            return -errno;
-        }
+        fd = open_private_file(d->lock_path, "lock file", O_RDWR | O_CREAT, 0600);
+        if (fd < 0)
+            return fd;
         if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
             int err = errno;
 
@@ -369,7 +447,7 @@ static int lock_acquire(struct daemon *d)
             close(fd);
             return -err;
         }
-        if (fstat(fd, &held) == 0 && stat(d->lock_path, &named) == 0 &&
+        if (fstat(fd, &held) == 0 && lstat(d->lock_path, &named) == 0 &&
             held.st_dev == named.st_dev && held.st_ino == named.st_ino)
             break;
         close(fd);
@@ -379,6 +457,33 @@ static int lock_acquire(struct daemon *d)
         daemon_log(MV_LOG_WARN, "cannot write the pid to %s: %s", d->lock_path,
                    strerror(errno));
     d->lock_fd = fd;
+    file_own(&d->lock_file, d->lock_path, fd);
+    return 0;
+}
+
+/*
+ * Whether a daemon answers on the socket file at `address`: the lock file
+ * says so only while nobody removed it, so before a socket file is taken
+ * for a dead daemon's, a connection is tried.  0 when nothing listens
+ * there, -EADDRINUSE when something does.
+ */
+static int socket_check_stale(struct daemon *d, const struct sockaddr_un *address,
+                              socklen_t length)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int rc;
+
+    if (fd < 0)
+        return -errno;
+    rc = connect(fd, (const struct sockaddr *)address, length);
+    if (rc == 0 || errno == EAGAIN || errno == EINPROGRESS) {
+        close(fd);
+        daemon_log(MV_LOG_ERROR, "a daemon answers on %s although %s did not say so "
+                   "(was the lock file removed?); stop it first or pick another --socket",
+                   d->socket_path, d->lock_path);
+        return -EADDRINUSE;
+    }
+    close(fd);
     return 0;
 }
 
@@ -388,28 +493,52 @@ static int socket_listen(struct daemon *d)
     struct sockaddr_un address;
     socklen_t length;
     struct stat st;
+    mode_t umask_before;
     int rc = mv_proto_socket_address(d->socket_path, &address, &length, why);
 
     if (rc < 0) {
         daemon_log(MV_LOG_ERROR, "%s", why);
         return rc;
     }
-    /* We hold the lock, so a socket file here is a dead daemon's. */
+    /* We hold the lock, so a socket file here should be a dead daemon's:
+     * make sure nothing answers on it before replacing it. */
     if (lstat(d->socket_path, &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) {
             daemon_log(MV_LOG_ERROR, "%s exists and is not a socket; not replacing it",
                        d->socket_path);
             return -EEXIST;
         }
+        if ((rc = socket_check_stale(d, &address, length)) < 0)
+            return rc;
         daemon_log(MV_LOG_INFO, "replacing stale socket %s", d->socket_path);
         unlink(d->socket_path);
     }
     d->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (d->listen_fd < 0 || bind(d->listen_fd, (struct sockaddr *)&address, length) < 0) {
+    if (d->listen_fd < 0) {
+        daemon_log(MV_LOG_ERROR, "cannot create a socket: %s", strerror(errno));
+        return -errno;
+    }
+    /* Whoever connects controls every domain: the socket is created 0600
+     * whatever the umask, and opened to the --socket-group only after it
+     * belongs to that group. */
+    umask_before = umask(0177);
+    rc = bind(d->listen_fd, (struct sockaddr *)&address, length);
+    umask(umask_before);
+    if (rc < 0) {
         daemon_log(MV_LOG_ERROR, "cannot bind %s: %s", d->socket_path, strerror(errno));
         return -errno;
     }
-    d->listening = true;
+    if (lstat(d->socket_path, &st) == 0) {
+        d->socket_file = (struct owned_file){ .path = d->socket_path, .dev = st.st_dev,
+                                              .ino = st.st_ino, .owned = true };
+    }
+    if (d->group_access &&
+        (chown(d->socket_path, (uid_t)-1, d->socket_gid) < 0 ||
+         chmod(d->socket_path, 0660) < 0)) {
+        daemon_log(MV_LOG_ERROR, "cannot give %s to group %u: %s", d->socket_path,
+                   (unsigned)d->socket_gid, strerror(errno));
+        return -errno;
+    }
     if (listen(d->listen_fd, LISTEN_BACKLOG) < 0) {
         daemon_log(MV_LOG_ERROR, "cannot listen on %s: %s", d->socket_path, strerror(errno));
         return -errno;
@@ -417,14 +546,48 @@ static int socket_listen(struct daemon *d)
     return 0;
 }
 
-static int pidfile_write(const char *path)
+/* Write the pid to a new file at `path`: a plain file left there (by a
+ * daemon that was killed) is replaced, never written through; a symbolic
+ * link is refused. */
+static int pidfile_write(struct daemon *d, const char *path)
 {
-    FILE *f = fopen(path, "we");
+    char pid[32];
+    int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    int fd;
 
-    if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0) {
-        daemon_log(MV_LOG_ERROR, "cannot write pidfile %s: %s", path, strerror(errno));
-        return -errno;
+    fd = open_private_file(path, "pidfile", O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd == -EEXIST) {
+        struct stat st;
+
+        if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+            daemon_log(MV_LOG_ERROR, "pidfile %s is a symbolic link; refusing to follow "
+                       "it", path);
+            return -ELOOP;
+        }
+        if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+            daemon_log(MV_LOG_ERROR, "pidfile %s exists and is not a plain file", path);
+            return -EEXIST;
+        }
+        daemon_log(MV_LOG_INFO, "replacing the pidfile %s left behind", path);
+        if (unlink(path) < 0 && errno != ENOENT) {
+            daemon_log(MV_LOG_ERROR, "cannot remove %s: %s", path, strerror(errno));
+            return -errno;
+        }
+        fd = open_private_file(path, "pidfile", O_WRONLY | O_CREAT | O_EXCL, 0644);
     }
+    if (fd == -EEXIST)
+        daemon_log(MV_LOG_ERROR, "pidfile %s appeared again while being replaced", path);
+    if (fd < 0)
+        return fd;
+    file_own(&d->pid_file, path, fd);
+    if (write(fd, pid, (size_t)n) != n) {
+        int err = errno ? errno : EIO;
+
+        daemon_log(MV_LOG_ERROR, "cannot write pidfile %s: %s", path, strerror(err));
+        close(fd);
+        return -err;
+    }
+    close(fd);
     return 0;
 }
 
@@ -1479,6 +1642,51 @@ static bool accept_without_descriptors(struct daemon *d)
     return false;
 }
 
+/*
+ * Whether the peer of a new connection may talk to the daemon: root, the
+ * daemon's own user, and (with --socket-group) the members of that group,
+ * as the kernel recorded them when it connected (SO_PEERCRED, and
+ * SO_PEERGROUPS for its supplementary groups).  The socket's mode keeps
+ * others out already; this holds even when it was changed, or reached by a
+ * process allowed past the file's mode.  A refused peer is told why and
+ * closed.
+ */
+static bool peer_allowed(struct daemon *d, int fd)
+{
+    struct ucred cred;
+    socklen_t length = sizeof(cred);
+    char why[MV_PROTO_DETAIL_MAX];
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) < 0) {
+        daemon_log(MV_LOG_WARN, "refusing a client whose credentials cannot be read: %s",
+                   strerror(errno));
+        close(fd);
+        return false;
+    }
+    if (cred.uid == 0 || cred.uid == d->uid)
+        return true;
+    if (d->group_access) {
+        gid_t groups[256];
+
+        if (cred.gid == d->socket_gid)
+            return true;
+        length = sizeof(groups);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &length) == 0) {
+            for (size_t i = 0; i < length / sizeof(groups[0]); i++)
+                if (groups[i] == d->socket_gid)
+                    return true;
+        }
+    }
+    snprintf(why, sizeof(why), "uid %u may not use memvisord: it serves root, uid %u%s",
+             (unsigned)cred.uid, (unsigned)d->uid,
+             d->group_access ? " and the members of its --socket-group" : "");
+    daemon_log(MV_LOG_WARN, "refused a client: pid %ld, uid %u, gid %u: not root, not "
+               "uid %u%s", (long)cred.pid, (unsigned)cred.uid, (unsigned)cred.gid,
+               (unsigned)d->uid, d->group_access ? ", not in the socket group" : "");
+    client_refuse(fd, -EACCES, why);
+    return false;
+}
+
 static void accept_clients(struct daemon *d)
 {
     for (;;) {
@@ -1497,6 +1705,8 @@ static void accept_clients(struct daemon *d)
             return;
         }
         d->fd_shortage = false;
+        if (!peer_allowed(d, fd))
+            continue;
         if (d->client_count >= MAX_CLIENTS && !evict_idle_client(d)) {
             daemon_log(MV_LOG_WARN, "refusing a client: %u are connected", d->client_count);
             client_refuse(fd, -EUSERS, "memvisord already serves its maximum of clients; "
@@ -1598,12 +1808,37 @@ static int run_loop(struct daemon *d)
 /* ------------------------------------------------------------------------ */
 /* Start-up and teardown                                                     */
 
+/* --socket-group: a group name, or a numeric gid. */
+static int resolve_group(const char *name, gid_t *gid)
+{
+    struct group entry, *found = NULL;
+    char buffer[4096];
+    uint64_t number;
+    int rc = getgrnam_r(name, &entry, buffer, sizeof(buffer), &found);
+
+    if (rc == 0 && found) {
+        *gid = found->gr_gid;
+        return 0;
+    }
+    if (mv_proto_parse_u64(name, &number) == 0 && number < (gid_t)-1) {
+        *gid = (gid_t)number;
+        return 0;
+    }
+    daemon_log(MV_LOG_ERROR, "--socket-group: no group named '%s'%s%s", name,
+               rc ? ": " : "", rc ? strerror(rc) : "");
+    return rc ? -rc : -ENOENT;
+}
+
 static int daemon_start(struct daemon *d, const struct options *o, const sigset_t *signals)
 {
     struct mv_host_config config;
     int rc;
 
     d->socket_path = o->socket_path;
+    d->uid = geteuid();
+    if (o->socket_group && (rc = resolve_group(o->socket_group, &d->socket_gid)) < 0)
+        return rc;
+    d->group_access = o->socket_group != NULL;
     if ((rc = make_parent_directory(d->socket_path)) < 0 || (rc = lock_acquire(d)) < 0)
         return rc;
 
@@ -1634,12 +1869,8 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
     if ((rc = socket_listen(d)) < 0 || (rc = watch_fd(d, &d->listen_fd)) < 0 ||
         (rc = watch_fd(d, &d->signal_fd)) < 0)
         return rc;
-    if (o->pidfile) {
-        rc = pidfile_write(o->pidfile);
-        if (rc < 0)
-            return rc;
-        d->pidfile = o->pidfile;
-    }
+    if (o->pidfile && (rc = pidfile_write(d, o->pidfile)) < 0)
+        return rc;
     daemon_log(MV_LOG_INFO, "serving %s", d->socket_path);
     return 0;
 }
@@ -1650,8 +1881,7 @@ static void daemon_stop(struct daemon *d)
         client_close(d, d->clients);
     if (d->listen_fd >= 0)
         close(d->listen_fd);
-    if (d->listening)
-        unlink(d->socket_path);
+    file_remove(&d->socket_file);
     if (d->host)
         mv_host_destroy(d->host);
     if (d->signal_fd >= 0)
@@ -1660,10 +1890,9 @@ static void daemon_stop(struct daemon *d)
         close(d->spare_fd);
     if (d->epoll_fd >= 0)
         close(d->epoll_fd);
-    if (d->pidfile)
-        unlink(d->pidfile);
+    file_remove(&d->pid_file);
     if (d->lock_fd >= 0) {
-        unlink(d->lock_path);
+        file_remove(&d->lock_file);
         close(d->lock_fd);
     }
 }
