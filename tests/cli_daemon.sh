@@ -140,4 +140,121 @@ expect "it removed its socket" test ! -e "$fsock"
 expect "it left the pidfile that is not its own" \
     test "$(cat "$scratch/old.pid" 2>/dev/null)" = "someone else's"
 
+# ---------------------------------------------------------------------------
+# Signals
+
+ssock=$scratch/signals.sock
+slog=$scratch/signals.log
+start_daemon "$ssock" "$slog" --test-commands || exit 1
+signals_pid=$daemon_pid
+check "a domain to keep" 0 -- "$cli_bin" --socket "$ssock" create keeper --maxmem 64M
+for sig in HUP USR1 USR2; do
+    case $sig in
+    HUP) said="Hangup: ignored" ;;
+    USR1) said="SIGUSR1: 1 domains, [0-9]+ of [0-9]+ budget pages populated" ;;
+    USR2) said="User defined signal 2: ignored" ;;
+    esac
+    kill -"$sig" "$signals_pid"
+    expect "SIG$sig is logged" wait_for 10 grep -Eq "$said" "$slog"
+    expect "the daemon survives SIG$sig" kill -0 "$signals_pid"
+    check "and its domain is still served after SIG$sig" 0 --out "keeper" -- \
+        "$cli_bin" --socket "$ssock" list
+done
+
+# SIGTERM while a long call runs: obeyed at once (the held call gives up).
+python3 - "$ssock" >"$scratch/held.out" 2>&1 <<'EOF2' &
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(30)
+s.connect(sys.argv[1])
+s.sendall(b'{"cmd": "test-hold"}\n')
+print(s.makefile("rb").readline().decode().strip())
+EOF2
+held_pid=$!
+expect "a call is held on a worker" wait_for 10 grep -q "test-hold: holding" "$slog"
+start=$(date +%s%N)
+kill -TERM "$signals_pid"
+wait_exit "$signals_pid"
+elapsed_ms=$((($(date +%s%N) - start) / 1000000))
+expect "SIGTERM during a long call exits 0" test "$exit_status" -eq 0
+expect "within 5 s (took $elapsed_ms ms)" test "$elapsed_ms" -lt 5000
+expect "SIGTERM removes socket and lock" test ! -e "$ssock" -a ! -e "$ssock.lock"
+wait "$held_pid"
+expect "the held call is told the daemon stopped" grep -q "memvisord is stopping" "$scratch/held.out"
+
+# ---------------------------------------------------------------------------
+# One loop serves everyone: a long call does not stall the others
+
+lsock=$scratch/loop.sock
+llog=$scratch/loop.log
+start_daemon "$lsock" "$llog" --test-commands --request-timeout-ms 300 || exit 1
+loop_pid=$daemon_pid
+check "a domain to list" 0 -- "$cli_bin" --socket "$lsock" create busy --maxmem 64M
+check "a long call does not stall list on another connection" 0 -- \
+    python3 - "$lsock" "$llog" <<'EOF2'
+import json, select, socket, sys, time
+
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect(sys.argv[1])
+    return s, s.makefile("rb")
+
+def held():
+    return "test-hold: holding" in open(sys.argv[2]).read()
+
+a, fa = connect()
+a.sendall(b'{"cmd": "test-hold"}\n')
+deadline = time.monotonic() + 10
+while not held():
+    assert time.monotonic() < deadline, "the hold never started"
+    time.sleep(0.02)
+# The hold runs: a list and a stats on another connection are answered
+# while it still does (its reply has not come).
+b, fb = connect()
+b.settimeout(5)
+for request in (b'{"cmd": "list"}\n', b'{"cmd": "stats"}\n', b'{"cmd": "audit"}\n'):
+    b.sendall(request)
+    reply = json.loads(fb.readline())
+    assert reply["ok"], reply
+assert select.select([a], [], [], 0)[0] == [], "the held call answered early"
+b.sendall(b'{"cmd": "test-release"}\n')
+reply = json.loads(fb.readline())
+assert reply["ok"] and reply["released"] == 1, reply
+reply = json.loads(fa.readline())
+assert reply["ok"], reply
+# The held connection is served again afterwards.
+a.sendall(b'{"cmd": "list"}\n')
+assert json.loads(fa.readline())["ok"]
+EOF2
+
+check "a half-sent request is dropped after --request-timeout-ms" 0 -- \
+    python3 - "$lsock" <<'EOF2'
+import json, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(sys.argv[1])
+start = time.monotonic()
+s.sendall(b'{"cmd": "li')
+reply = json.loads(s.makefile("rb").readline())
+assert reply["ok"] is False and reply["errno"] == 110, reply
+assert "not complete after 300 ms" in reply["detail"], reply
+assert s.recv(1) == b"", "the connection stayed open"
+assert time.monotonic() - start < 5
+EOF2
+expect "the drop is logged" grep -q "request not complete after 300 ms; dropped" "$llog"
+check "a quiet connection (no request begun) is not dropped" 0 -- \
+    python3 - "$lsock" <<'EOF2'
+import json, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(sys.argv[1])
+# Twice the deadline: time passing is what is tested, not an ordering.
+time.sleep(0.6)
+s.sendall(b'{"cmd": "list"}\n')
+assert json.loads(s.makefile("rb").readline())["ok"]
+EOF2
+stop_daemon "$loop_pid" "$lsock"
+expect "shutdown exits 0" test "$exit_status" -eq 0
+
 harness_finish
