@@ -16,7 +16,10 @@
 # (test-hold, see memvisord --test-commands) does not delay `list` on
 # another; a half-sent request is dropped after --request-timeout-ms.
 # Everything is ordered by handshakes (replies, files, log lines polled
-# with a deadline), never by sleeping.  Every check counts; the last line is
+# with a deadline), never by sleeping.  Names: an all-digit domain name
+# (it would read as an id) is refused; sharing is not reported stopped once
+# every domain is gone.  A --budget above the machine's memory needs
+# --overcommit.  Every check counts; the last line is
 # "cli_daemon: N passed, M failed".  Skips (exit 0) when the kernel lacks
 # what memvisor needs.
 set -u
@@ -256,5 +259,42 @@ assert json.loads(s.makefile("rb").readline())["ok"]
 EOF2
 stop_daemon "$loop_pid" "$lsock"
 expect "shutdown exits 0" test "$exit_status" -eq 0
+
+# ---------------------------------------------------------------------------
+# Names, budgets, the sharing verdict
+
+nsock=$scratch/names.sock
+start_daemon "$nsock" "$scratch/names.log" || exit 1
+names_pid=$daemon_pid
+check "an all-digit name is refused" 1 --err "domain name '7' is all digits" -- \
+    "$cli_bin" --socket "$nsock" create 7 --maxmem 64M
+check "a name with a letter is fine" 0 -- "$cli_bin" --socket "$nsock" create 7a --maxmem 64M
+check "pause 7a" 0 -- "$cli_bin" --socket "$nsock" pause 7a
+check "an all-digit clone name is refused" 1 --err "domain name '1' is all digits" -- \
+    "$cli_bin" --socket "$nsock" clone 7a 1
+# Stop sharing (a mapping limit of 1), then let every domain go.
+check "a scanner with a mapping limit of 1" 0 -- \
+    "$cli_bin" --socket "$nsock" share scanner start --max-vmas 1
+check "a clone at the mapping limit is refused and says why" 1 \
+    --err "clone: .*sharing is stopped: [0-9]+ mappings of a limit of 1" -- \
+    "$cli_bin" --socket "$nsock" clone 7a copy
+check "share stats say sharing stopped at its last attempt" 0 \
+    --out "sharing stopped at its last attempt: " -- "$cli_bin" --socket "$nsock" share stats
+check "scanner stop" 0 -- "$cli_bin" --socket "$nsock" share scanner stop
+check "destroy 7a" 0 -- "$cli_bin" --socket "$nsock" destroy 7a
+check "share stats --json with every domain gone" 0 -- \
+    "$cli_bin" --socket "$nsock" share stats --json
+json_check "sharing is not stopped once every domain is gone" \
+    'not d["share"]["sharing_stopped"] and d["share"]["stop_reason"] == ""'
+stop_daemon "$names_pid" "$nsock"
+
+check "a budget above the machine's memory is refused" 1 \
+    --err "--budget 1 PiB is more than the machine's memory .*--overcommit" -- \
+    "$daemon_bin" --socket "$scratch/budget.sock" --budget 1P
+expect "the refused daemon left no file" test ! -e "$scratch/budget.sock" -a ! -e "$scratch/budget.sock.lock"
+start_daemon "$scratch/budget.sock" "$scratch/budget.log" --budget 1P --overcommit || exit 1
+expect "--overcommit accepts it with a warning" \
+    grep -q "warn: --budget 1 PiB is more than the machine's memory" "$scratch/budget.log"
+stop_daemon "$daemon_pid" "$scratch/budget.sock"
 
 harness_finish

@@ -878,6 +878,21 @@ static int reply_domains(mv_host *host, struct request *r, bool with_workload)
     return rc;
 }
 
+/*
+ * A new domain's name: an all-digit one would read as the id of another
+ * domain wherever a domain is named ("destroy 7" destroyed the domain
+ * named "7", not domain 7), so it is refused.
+ */
+static int check_new_name(struct request *r, const char *name)
+{
+    uint64_t ignored;
+
+    if (mv_proto_parse_u64(name, &ignored) != -EINVAL)
+        return request_fail(r, -EINVAL, "domain name '%s' is all digits: it would read "
+                            "as a domain id; use a name with a letter in it", name);
+    return 0;
+}
+
 static int run_create(struct daemon *d, struct request *r)
 {
     struct mv_domain_config config;
@@ -903,6 +918,8 @@ static int run_create(struct daemon *d, struct request *r)
     if (strlen(name) >= sizeof(config.name))
         return request_fail(r, -EINVAL, "domain name is longer than %zu bytes",
                             sizeof(config.name) - 1);
+    if ((rc = check_new_name(r, name)) < 0)
+        return rc;
     snprintf(config.name, sizeof(config.name), "%s", name);
     if (policy && mv_proto_policy_parse(policy, &config.pod_policy) < 0)
         return request_fail(r, -EINVAL, "unknown policy '%s' (wait or crash)", policy);
@@ -1166,6 +1183,7 @@ static int run_clone(struct daemon *d, struct request *r)
 
     if ((rc = arg_domain(d->host, r, &source)) < 0 ||
         (rc = mv_proto_arg_string(r->args, "name", true, &name, r->why)) < 0 ||
+        (rc = check_new_name(r, name)) < 0 ||
         (rc = library_status(r, mv_domain_clone(d->host, source, name, &clone))) < 0)
         return rc;
     reply_u64(r, "domid", clone);
@@ -1369,6 +1387,13 @@ static int run_share_stats(struct daemon *d, struct request *r)
 
     if (rc < 0)
         return rc;
+    /* The library keeps "sharing stopped" from its last attempt to map until
+     * the next one: with every domain gone there is nothing to share and
+     * nothing is stopped, though no attempt came to say so. */
+    if (stats.sharing_stopped && mv_domain_list(d->host, NULL, 0) == 0) {
+        stats.sharing_stopped = 0;
+        stats.stop_reason[0] = 0;
+    }
     json_object_object_add(r->reply, "share", mv_proto_share_stats_json(&stats));
     return reply_domains(d->host, r, false);
 }
