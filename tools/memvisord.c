@@ -1947,6 +1947,14 @@ static void job_finish(struct daemon *d, struct job *job)
     rc = client_queue(c, request_reply(c, &job->r, job->name, job->rc));
     free(job);
     c->busy = false;
+    /* Stopping: the reply is the last thing the client gets; a request it
+     * sent meanwhile would start a job no worker may be left to run. */
+    if (d->stopping) {
+        if (rc == 0)
+            (void)client_flush(c);
+        client_close(d, c);
+        return;
+    }
     if (rc == 0 && epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
         rc = -errno;
     c->events = EPOLLIN;
