@@ -297,4 +297,11 @@ expect "--overcommit accepts it with a warning" \
     grep -q "warn: --budget 1 PiB is more than the machine's memory" "$scratch/budget.log"
 stop_daemon "$daemon_pid" "$scratch/budget.sock"
 
+if grep -Eq "Sanitizer|runtime error:" "$scratch"/*.log; then
+    fail "no sanitizer report in the daemons' logs" "found one:"
+    grep -E -A40 "Sanitizer|runtime error:" "$scratch"/*.log | head -60 | sed 's/^/     | /'
+else
+    pass "no sanitizer report in the daemons' logs"
+fi
+
 harness_finish
