@@ -276,7 +276,7 @@ check "an all-digit clone name is refused" 1 --err "domain name '1' is all digit
 check "a scanner with a mapping limit of 1" 0 -- \
     "$cli_bin" --socket "$nsock" share scanner start --max-vmas 1
 check "a clone at the mapping limit is refused and says why" 1 \
-    --err "clone: .*sharing is stopped: [0-9]+ mappings of a limit of 1" -- \
+    --err "clone: .*sharing is stopped: [0-9]+ mappings of a limit of 1 .*; the clone needed up to [0-9]+ new mappings \([0-9]+ runs of pages\), [0-9]+ are in use$" -- \
     "$cli_bin" --socket "$nsock" clone 7a copy
 check "share stats say sharing stopped at its last attempt" 0 \
     --out "sharing stopped at its last attempt: " -- "$cli_bin" --socket "$nsock" share stats

@@ -1175,6 +1175,35 @@ static int run_logdirty(struct daemon *d, struct request *r)
 /* ------------------------------------------------------------------------ */
 /* Copy-on-write sharing                                                     */
 
+/*
+ * A clone refused at the mapping limit: the library says how many mappings
+ * are in use of what limit, not how many the clone needed.  It reserves 4
+ * for each run of populated or shared gfns of the source, plus 4: count
+ * them (the source is paused, so they hold still) and say so.
+ */
+static void explain_clone_mappings(struct daemon *d, struct request *r, uint32_t source)
+{
+    struct mv_domain_info info;
+    struct mv_share_stats stats;
+    enum mv_page_type type, previous = MV_PAGE_POD;
+    uint64_t runs = 0;
+    size_t used = strlen(r->why);
+
+    if (mv_domain_info(d->host, source, &info) < 0 || mv_share_stats(d->host, &stats) < 0)
+        return;
+    for (uint64_t gfn = 0; gfn < info.maxmem_pages; gfn++) {
+        if (mv_domain_page_type(d->host, source, gfn, &type) < 0)
+            return;
+        if ((type == MV_PAGE_RAM || type == MV_PAGE_SHARED) && (gfn == 0 || type != previous))
+            runs++;
+        previous = type;
+    }
+    /* Short: the library's sentence takes most of the detail already. */
+    snprintf(r->why + used, sizeof(r->why) - used, "; the clone needed up to %" PRIu64
+             " new mappings (%" PRIu64 " runs of pages), %" PRIu64 " are in use",
+             4 * runs + 4, runs, stats.vma_count);
+}
+
 static int run_clone(struct daemon *d, struct request *r)
 {
     const char *name;
@@ -1183,8 +1212,12 @@ static int run_clone(struct daemon *d, struct request *r)
 
     if ((rc = arg_domain(d->host, r, &source)) < 0 ||
         (rc = mv_proto_arg_string(r->args, "name", true, &name, r->why)) < 0 ||
-        (rc = check_new_name(r, name)) < 0 ||
-        (rc = library_status(r, mv_domain_clone(d->host, source, name, &clone))) < 0)
+        (rc = check_new_name(r, name)) < 0)
+        return rc;
+    rc = library_status(r, mv_domain_clone(d->host, source, name, &clone));
+    if (rc == -ENOSPC)
+        explain_clone_mappings(d, r, source);
+    if (rc < 0)
         return rc;
     reply_u64(r, "domid", clone);
     json_object_object_add(r->reply, "name", json_object_new_string(name));
