@@ -12,7 +12,8 @@
 # intact; a second daemon on a socket a live daemon answers on is refused
 # even without the lock file; a daemon removes only files it created.
 # Signals: SIGHUP, SIGUSR1 and SIGUSR2 leave it serving; SIGTERM during a
-# long call stops it promptly.  The loop: a long call on one connection
+# long call stops it promptly (the socket goes at once; a call that cannot
+# be interrupted is waited for, unless a second SIGTERM comes).  The loop: a long call on one connection
 # (test-hold, see memvisord --test-commands) does not delay `list` on
 # another; a half-sent request is dropped after --request-timeout-ms.
 # Everything is ordered by handshakes (replies, files, log lines polled
@@ -184,6 +185,33 @@ expect "within 5 s (took $elapsed_ms ms)" test "$elapsed_ms" -lt 5000
 expect "SIGTERM removes socket and lock" test ! -e "$ssock" -a ! -e "$ssock.lock"
 wait "$held_pid"
 expect "the held call is told the daemon stopped" grep -q "memvisord is stopping" "$scratch/held.out"
+
+# A call that cannot be interrupted: SIGTERM closes the socket at once and
+# waits for it; a second SIGTERM exits without waiting.
+ssock=$scratch/stubborn.sock
+slog=$scratch/stubborn.log
+start_daemon "$ssock" "$slog" --test-commands || exit 1
+stubborn_pid=$daemon_pid
+python3 - "$ssock" >/dev/null 2>&1 <<'EOF2' &
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(30)
+s.connect(sys.argv[1])
+s.sendall(b'{"cmd": "test-hold", "stubborn": 1}\n')
+s.recv(1)
+EOF2
+held_pid=$!
+expect "an uninterruptible call is held" wait_for 10 grep -q "test-hold: holding" "$slog"
+kill -TERM "$stubborn_pid"
+expect "SIGTERM closes the socket at once" wait_for 5 test ! -e "$ssock"
+expect "and waits for the call" wait_for 5 grep -q "waiting for 1 calls in progress" "$slog"
+expect "the daemon is still alive meanwhile" kill -0 "$stubborn_pid"
+kill -TERM "$stubborn_pid"
+wait_exit "$stubborn_pid"
+expect "a second SIGTERM exits without waiting (status 1)" test "$exit_status" -eq 1
+expect "and says so" grep -q "exiting without waiting for 1 calls in progress" "$slog"
+expect "it removes its lock too" test ! -e "$ssock.lock"
+wait "$held_pid"
 
 # ---------------------------------------------------------------------------
 # One loop serves everyone: a long call does not stall the others

@@ -3,7 +3,7 @@
  * in this process, driven by JSON requests on a Unix socket (protocol.h).
  *
  * Organisation: options and logging; the socket, its lock file and the
- * pidfile; the command handlers and their table; clients (a line reader in,
+ * pidfile; the command handlers and their table; the workers; clients (a line reader in,
  * a reply queue out); the event loop; start-up and teardown.
  *
  * One thread runs the loop: epoll over the listening socket, a signalfd
@@ -1448,18 +1448,24 @@ static int run_shutdown(struct daemon *d, struct request *r)
  * Test commands (--test-commands): test-hold holds a worker until a
  * test-release, or until the daemon stops, so a test can keep a long call
  * running for exactly as long as it needs; it logs "test-hold: holding"
- * once it holds.  test-release releases every hold and replies how many.
+ * once it holds.  With "stubborn": 1 it does not give up when the daemon
+ * stops, like a library call that cannot be interrupted.  test-release
+ * releases every hold and replies how many.
  */
 static int run_test_hold(struct daemon *d, struct request *r)
 {
     bool released;
     unsigned generation;
+    uint64_t stubborn = 0;
+    int rc = mv_proto_arg_u64(r->args, "stubborn", false, &stubborn, r->why);
 
+    if (rc < 0)
+        return rc;
     pthread_mutex_lock(&d->jobs_lock);
     generation = d->hold_generation;
     d->holders++;
     daemon_log(MV_LOG_INFO, "test-hold: holding a worker until test-release");
-    while (generation == d->hold_generation && !d->workers_stop)
+    while (generation == d->hold_generation && (stubborn || !d->workers_stop))
         pthread_cond_wait(&d->hold_cond, &d->jobs_lock);
     d->holders--;
     released = generation != d->hold_generation;
@@ -1539,7 +1545,7 @@ static const struct command commands[] = {
     { "share-audit", run_share_audit, NO_ARGS, 0 },
     { "doctor", run_doctor, NO_ARGS, 0 },
     { "shutdown", run_shutdown, NO_ARGS, ON_LOOP },
-    { "test-hold", run_test_hold, NO_ARGS, TEST_ONLY },
+    { "test-hold", run_test_hold, ARGS("stubborn"), TEST_ONLY },
     { "test-release", run_test_release, NO_ARGS, TEST_ONLY },
 };
 
