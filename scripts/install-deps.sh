@@ -4,9 +4,10 @@
 # something is missing.
 set -euo pipefail
 
-# clang: make test (make build-matrix) also builds with it.
-packages=(build-essential clang cmake pkg-config libjson-c-dev libcmocka-dev
-          liblz4-dev libzstd-dev libxxhash-dev)
+packages=(build-essential cmake pkg-config libjson-c-dev libcmocka-dev
+          liblz4-dev libzstd-dev libxxhash-dev
+          valgrind    # test_protocol.valgrind
+          clang)      # make build-matrix, and the libFuzzer target fuzz_protocol
 
 missing=()
 for p in "${packages[@]}"; do

@@ -440,11 +440,26 @@ check "share audit after scans" 0 -- "$cli_bin" share audit
 # ---------------------------------------------------------------------------
 # The background scanner
 
+# scan_json KEY: that counter of `share stats --json`.
+scan_json() {
+    "$cli_bin" share stats --json 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["share"][sys.argv[1]])' "$1"
+}
+passes_before=$(scan_json scan_passes)
 check "scanner start" 0 -- "$cli_bin" share scanner start --rate 50000 --cpu 20 --max-vmas 30000
 check "scanner start twice" 1 --err "^memvisor: share scanner start: already in that state" -- \
     "$cli_bin" share scanner start
 check "share stats while scanning" 0 --out "^scanner: running" -- "$cli_bin" share stats
-sleep 1
+# Let it work: wait (bounded) for a pass of its own, rather than sleep.
+scanned=false
+for _ in $(seq 600); do
+    if [ "$(scan_json scan_passes)" -gt "$passes_before" ] 2>/dev/null; then
+        scanned=true
+        break
+    fi
+    sleep 0.1
+done
+expect "the scanner completes a pass" $scanned
 check "scanner stop" 0 -- "$cli_bin" share scanner stop
 check "share stats --json after stop" 0 -- "$cli_bin" share stats --json
 json_check "the scanner stopped" 'not d["share"]["scanner_running"]'

@@ -375,6 +375,32 @@ static void message_rejects_non_objects(void **state)
     }
 }
 
+/* The refusal names the type the value had: the value is freed only after
+ * its type was read (it used to be read from freed memory: "not (null)"). */
+static void message_names_the_type_it_refuses(void **state)
+{
+    static const struct { const char *text, *type; } values[] = {
+        { "[]", "array" }, { "[1, 2]", "array" }, { "42", "int" }, { "4.5", "double" },
+        { "\"x\"", "string" }, { "true", "boolean" }, { "false", "boolean" },
+        { "null", "null" },
+    };
+    char why[MV_PROTO_DETAIL_MAX], expected[64];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        struct json_object *message = NULL;
+
+        memset(why, 0, sizeof(why));
+        if (parse(values[i].text, &message, why) != -EINVAL)
+            fail_msg("'%s' was accepted", values[i].text);
+        assert_null(message);
+        snprintf(expected, sizeof(expected), "a message must be a JSON object, not %s",
+                 values[i].type);
+        if (strcmp(why, expected) != 0)
+            fail_msg("'%s': \"%s\", expected \"%s\"", values[i].text, why, expected);
+    }
+}
+
 /* A message is one line whatever its strings hold. */
 static void encoded_message_is_one_line(void **state)
 {
@@ -779,6 +805,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(message_rejects_malformed_json),
     cmocka_unit_test(message_rejects_nul_and_numbers_out_of_range),
     cmocka_unit_test(message_rejects_non_objects),
+    cmocka_unit_test(message_names_the_type_it_refuses),
     cmocka_unit_test(encoded_message_is_one_line),
     cmocka_unit_test(error_reply_carries_errno_words_and_detail),
     cmocka_unit_test(ok_reply_reads_as_success),

@@ -1421,7 +1421,7 @@ static void print_share_stats(struct json_object *reply)
            json_object_get_double(field(s, "scan_rate")));
     printf("mappings: %" PRIu64 " of vm.max_map_count %" PRIu64 "%s%s\n",
            field_u64(s, "vma_count"), field_u64(s, "max_map_count"),
-           field_bool(s, "sharing_stopped") ? "; sharing stopped: " : "",
+           field_bool(s, "sharing_stopped") ? "; sharing stopped at its last attempt: " : "",
            field_bool(s, "sharing_stopped") ? field_string(s, "stop_reason") : "");
     printf("\n%4s  %-12s %10s %10s %10s %10s %10s %10s %10s %-6s %10s %s\n", "ID", "NAME",
            "SHARED", "COWBREAKS", "TAKEOVERS", "NOCOPY", "CLAIMABLE", "SHORTFALL", "EXCLUDED",

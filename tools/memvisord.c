@@ -3,57 +3,84 @@
  * in this process, driven by JSON requests on a Unix socket (protocol.h).
  *
  * Organisation: options and logging; the socket, its lock file and the
- * pidfile; the command handlers and their table; clients (a line reader in,
+ * pidfile; the command handlers and their table; the workers; clients (a line reader in,
  * a reply queue out); the event loop; start-up and teardown.
  *
  * One thread runs the loop: epoll over the listening socket, a signalfd
- * (SIGINT/SIGTERM are blocked before the library starts its threads, so
- * only the signalfd sees them) and the clients.  Library calls run on the
- * loop and may block for a while (a pause waits for the vCPUs up to 5 s,
- * workload-status up to MV_PROTO_MAX_WAIT_MS), but the loop never blocks on
- * a client: sockets are non-blocking and a reply that does not fit in the
- * socket buffer waits in the client's queue for EPOLLOUT.  A client is not
- * read while a reply of its waits, so each one holds at most one reply and
- * MV_PROTO_MAX_REQUEST + 1 bytes of requests, and a client that never reads
- * costs only its own progress.  A turn answers one request of a client
- * (reading it at most CLIENT_READS_PER_TURN times); clients with more
- * requests complete are served again, in turn with the others, before the
- * loop sleeps, so one busy client cannot starve the others.  When file
- * descriptors run out, a spare one is given up to accept the waiting client
- * and tell it why, rather than leave the listening socket spinning the
- * loop.  With all MAX_CLIENTS slots taken, a client idle for
- * CLIENT_IDLE_EVICT_S is closed to make room, so silent connections cannot
- * shut everyone out.
+ * (SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 are blocked before the
+ * library starts its threads, so only the signalfd sees them), an eventfd
+ * the workers raise, and the clients.  No library call runs on the loop:
+ * any may wait on a lock a long call holds (a stats waits for a verify of
+ * the same domain; a pause for the vCPUs up to 5 s), so every command but
+ * `shutdown` runs on a worker thread (up to MAX_WORKERS, started on demand;
+ * the library is thread-safe but for mv_host_destroy) and its reply is
+ * queued when the worker is done, while the loop serves everyone else.  A
+ * client whose request runs on a worker is not read nor watched until its
+ * reply is queued, so its replies keep the order of its requests.  The loop
+ * never blocks on a client: sockets are non-blocking and a reply that does
+ * not fit in the socket buffer waits in the client's queue for EPOLLOUT.  A
+ * client is not read while a reply of its waits, so each one holds at most
+ * one reply and MV_PROTO_MAX_REQUEST + 1 bytes of requests, and a client
+ * that never reads costs only its own progress.  A turn answers one request
+ * of a client (reading it at most CLIENT_READS_PER_TURN times); clients
+ * with more requests complete are served again, in turn with the others,
+ * before the loop sleeps, so one busy client cannot starve the others.  A
+ * request begun must be complete within --request-timeout-ms, or the client
+ * is told and closed.  When file descriptors run out, a spare one is given
+ * up to accept the waiting client and tell it why, rather than leave the
+ * listening socket spinning the loop.  With all MAX_CLIENTS slots taken, a
+ * client idle for --idle-evict-ms is closed to make room, so silent
+ * connections cannot shut everyone out.
+ *
+ * Access: whoever connects controls every domain.  The socket is made 0600
+ * whatever the umask (0660 of --socket-group), and each peer's credentials
+ * (SO_PEERCRED, SO_PEERGROUPS) must be root's, the daemon's user's or, with
+ * --socket-group, include that group.
  *
  * Exclusivity: PATH.lock next to the socket is flock()ed for the daemon's
  * lifetime and holds its pid, so a second daemon on the same socket refuses
- * to start and names the first; a socket file left behind by a daemon that
- * died is replaced.
+ * to start and names the first; a socket file is replaced only when no
+ * daemon answers on it.  The lock file and the pidfile are never opened
+ * through a symbolic link, and at exit the daemon removes only the files it
+ * created, while their paths still name them.
+ *
+ * Stopping: SIGINT, SIGTERM or `shutdown` close the socket at once, wait for
+ * the calls running on workers (the library cannot interrupt them; a second
+ * signal exits without waiting), then destroy the host.  SIGHUP and SIGUSR2
+ * are ignored and SIGUSR1 logs the host's counters: by default each would
+ * kill the daemon and every guest with it.
  */
 #include "protocol.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MAX_CLIENTS 128u
-#define CLIENT_IDLE_EVICT_S 5   /* a full table makes room by closing a
-                                   client idle this long, or refuses */
+#define CLIENT_IDLE_EVICT_MS 5000u   /* a full table makes room by closing
+                                        a client idle this long, or refuses */
+#define REQUEST_TIMEOUT_MS 30000u    /* a request begun must end within this */
+#define TIMEOUT_MAX_MS 3600000u      /* the most either option takes */
+#define MAX_WORKERS 16u              /* threads running commands */
 #define CLIENT_READS_PER_TURN 16u
 #define EPOLL_BATCH 64
 #define LISTEN_BACKLOG 64
@@ -70,6 +97,11 @@ struct options {
     enum mv_fault_mode fault_mode;
     unsigned cow_settle_ms;
     enum mv_log_level log_level;
+    const char *socket_group;      /* --socket-group: its members may connect */
+    unsigned idle_evict_ms;
+    unsigned request_timeout_ms;
+    bool overcommit;               /* a --budget above the machine's memory */
+    bool test_commands;            /* test-hold and test-release */
 };
 
 struct client {
@@ -84,8 +116,21 @@ struct client {
     bool more;                     /* a request may be complete: served
                                       again before the loop sleeps */
     uint32_t events;               /* epoll interest registered */
-    time_t last_active;            /* CLOCK_MONOTONIC seconds of its last turn */
+    uint64_t last_active;          /* CLOCK_MONOTONIC ms of its last turn */
+    uint64_t partial_since;        /* ms since a request was begun and not
+                                      finished; 0 when none is */
+    bool busy;                     /* a request of its runs on a worker: not
+                                      read, not watched, not closed */
     struct client *prev, *next;
+};
+
+/* A file the daemon created, removed at exit only while the path still
+ * names it. */
+struct owned_file {
+    const char *path;
+    dev_t dev;
+    ino_t ino;
+    bool owned;
 };
 
 struct daemon {
@@ -94,10 +139,12 @@ struct daemon {
     int listen_fd;
     int signal_fd;
     int lock_fd;
-    bool listening;                /* the socket file is ours to unlink */
     const char *socket_path;
     char lock_path[PATH_MAX];
-    const char *pidfile;
+    struct owned_file socket_file, lock_file, pid_file;
+    bool group_access;             /* members of socket_gid may connect */
+    gid_t socket_gid;
+    uid_t uid;                     /* the daemon's own (effective) user */
     struct client *clients;
     unsigned client_count;
     unsigned next_client_id;
@@ -107,6 +154,23 @@ struct daemon {
     bool accept_paused;            /* listening socket not watched: out of
                                       descriptors, spare included */
     bool stopping;
+    unsigned idle_evict_ms;
+    unsigned request_timeout_ms;
+    bool test_commands;
+
+    /* Workers.  jobs_lock guards the queue, the done list, the counts and
+     * the test-hold state; done_fd (an eventfd) tells the loop that the
+     * done list has jobs.  jobs_in_flight is the loop's own. */
+    pthread_mutex_t jobs_lock;
+    pthread_cond_t jobs_cond;      /* a job was queued, or workers_stop */
+    pthread_cond_t hold_cond;      /* test-release, or workers_stop */
+    struct job *queue_head, *queue_tail, *done;
+    pthread_t workers[MAX_WORKERS];
+    unsigned worker_count, idle_workers;
+    bool workers_stop;
+    unsigned hold_generation, holders;
+    int done_fd;
+    unsigned jobs_in_flight;
 };
 
 /* One request being answered. */
@@ -114,6 +178,18 @@ struct request {
     struct json_object *args;      /* the request object */
     struct json_object *reply;     /* {"ok": true, ...}: results go here */
     char why[MV_PROTO_DETAIL_MAX]; /* the detail of an error reply */
+};
+
+struct command;
+
+/* A request handed to a worker; the client waits for it (c->busy). */
+struct job {
+    struct client *client;
+    const struct command *command;
+    const char *name;              /* the command's name, in r.args */
+    struct request r;
+    int rc;
+    struct job *next;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -157,14 +233,22 @@ static void print_usage(FILE *out)
         "\n"
         "The memvisor host daemon: hosts every domain in this process and serves\n"
         "the memvisor tool over a Unix socket.  Stops on SIGINT, SIGTERM or the\n"
-        "'shutdown' command, destroying every domain.\n"
+        "'shutdown' command, destroying every domain, once the calls running\n"
+        "finish (a second SIGINT or SIGTERM exits without waiting).  SIGHUP and\n"
+        "SIGUSR2 are ignored; SIGUSR1 logs the host's counters.\n"
         "\n"
         "options:\n"
         "  --socket PATH        socket to listen on (default $%s, else\n"
         "                       %s);\n"
         "                       PATH.lock keeps a second daemon away\n"
+        "  --socket-group NAME  let members of group NAME connect too (socket\n"
+        "                       0660); otherwise only root and this daemon's\n"
+        "                       user may (socket 0600).  A client that connects\n"
+        "                       controls every domain\n"
         "  --budget SIZE        machine memory domains may populate, e.g. 8G\n"
-        "                       (default: 80%% of MemAvailable)\n"
+        "                       (default: 80%% of MemAvailable); more than the\n"
+        "                       machine's memory is refused without --overcommit\n"
+        "  --overcommit         accept a --budget above the machine's memory\n"
         "  --fault-threads N    userfaultfd service threads (default 1)\n"
         "  --fault-cpus LIST    CPUs they run on, e.g. 0-3,8 (default: any);\n"
         "                       best the CPUs of the vCPUs they serve\n"
@@ -178,10 +262,18 @@ static void print_usage(FILE *out)
         "                       service managers that pass it)\n"
         "  --pidfile PATH       write the daemon's pid to PATH while it runs\n"
         "  --log-level LEVEL    error, warn, info (default) or debug\n"
+        "  --request-timeout-ms MS  a client that began a request must finish\n"
+        "                       sending it within MS (default %u); else it is\n"
+        "                       told so and closed\n"
+        "  --idle-evict-ms MS   with every one of the %u client slots taken, a\n"
+        "                       client idle this long makes room (default %u)\n"
+        "  --test-commands      accept test-hold and test-release, which hold a\n"
+        "                       worker until released (for tests only)\n"
         "  --help               show this help\n"
         "  --version            show the version\n",
         MV_PROTO_SOCKET_ENV, MV_PROTO_SOCKET_DEFAULT, MV_FAULT_PER_CPU_AUTO_MAX,
-        COW_SETTLE_MAX_MS, MV_COW_SETTLE_DEFAULT_MS);
+        COW_SETTLE_MAX_MS, MV_COW_SETTLE_DEFAULT_MS, REQUEST_TIMEOUT_MS, MAX_CLIENTS,
+        CLIENT_IDLE_EVICT_MS);
 }
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -203,9 +295,15 @@ static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FAULT_CPUS, OPT_FAULT_MODE,
            OPT_COW_SETTLE_MS, OPT_FOREGROUND,
-           OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION };
+           OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION, OPT_SOCKET_GROUP, OPT_IDLE_EVICT_MS,
+           OPT_REQUEST_TIMEOUT_MS, OPT_OVERCOMMIT, OPT_TEST_COMMANDS };
     static const struct option long_options[] = {
         { "socket", required_argument, NULL, OPT_SOCKET },
+        { "socket-group", required_argument, NULL, OPT_SOCKET_GROUP },
+        { "idle-evict-ms", required_argument, NULL, OPT_IDLE_EVICT_MS },
+        { "request-timeout-ms", required_argument, NULL, OPT_REQUEST_TIMEOUT_MS },
+        { "overcommit", no_argument, NULL, OPT_OVERCOMMIT },
+        { "test-commands", no_argument, NULL, OPT_TEST_COMMANDS },
         { "budget", required_argument, NULL, OPT_BUDGET },
         { "fault-threads", required_argument, NULL, OPT_FAULT_THREADS },
         { "fault-cpus", required_argument, NULL, OPT_FAULT_CPUS },
@@ -224,11 +322,35 @@ static int parse_options(int argc, char **argv, struct options *o)
 
     memset(o, 0, sizeof(*o));
     o->log_level = MV_LOG_INFO;
+    o->idle_evict_ms = CLIENT_IDLE_EVICT_MS;
+    o->request_timeout_ms = REQUEST_TIMEOUT_MS;
     opterr = 0;
     while ((opt = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
         switch (opt) {
         case OPT_SOCKET:
             socket_option = optarg;
+            break;
+        case OPT_SOCKET_GROUP:
+            o->socket_group = optarg;   /* resolved by daemon_start */
+            break;
+        case OPT_IDLE_EVICT_MS:
+        case OPT_REQUEST_TIMEOUT_MS:
+            if (mv_proto_parse_u64(optarg, &value) < 0 || value == 0 ||
+                value > TIMEOUT_MAX_MS)
+                return usage_error("--%s: '%s' is not a number in 1..%u",
+                                   opt == OPT_IDLE_EVICT_MS ? "idle-evict-ms"
+                                                            : "request-timeout-ms",
+                                   optarg, TIMEOUT_MAX_MS);
+            if (opt == OPT_IDLE_EVICT_MS)
+                o->idle_evict_ms = (unsigned)value;
+            else
+                o->request_timeout_ms = (unsigned)value;
+            break;
+        case OPT_OVERCOMMIT:
+            o->overcommit = true;
+            break;
+        case OPT_TEST_COMMANDS:
+            o->test_commands = true;
             break;
         case OPT_BUDGET:
             rc = mv_proto_parse_size(optarg, &o->budget_bytes);
@@ -336,6 +458,65 @@ static void report_lock_holder(struct daemon *d, int fd)
                    "it first or pick another --socket", d->socket_path, d->lock_path);
 }
 
+/* Remember that `fd`, open on `path`, is a file this daemon made. */
+static void file_own(struct owned_file *f, const char *path, int fd)
+{
+    struct stat st;
+
+    f->path = path;
+    if (fstat(fd, &st) == 0) {
+        f->dev = st.st_dev;
+        f->ino = st.st_ino;
+        f->owned = true;
+    }
+}
+
+/* Unlink a file this daemon made, unless its path now names another file
+ * (a second daemon's, or anyone's): only what it created goes. */
+static void file_remove(struct owned_file *f)
+{
+    struct stat st;
+
+    if (!f->owned)
+        return;
+    f->owned = false;
+    if (lstat(f->path, &st) < 0)
+        return;
+    if (st.st_dev != f->dev || st.st_ino != f->ino) {
+        daemon_log(MV_LOG_WARN, "%s is no longer the file this daemon created; left "
+                   "in place", f->path);
+        return;
+    }
+    unlink(f->path);
+}
+
+/* Open a file the daemon writes for others to read (lock file, pidfile)
+ * without following a symbolic link and only when it is a plain file:
+ * a link planted at the path would otherwise have its target truncated. */
+static int open_private_file(const char *path, const char *what, int flags, mode_t mode)
+{
+    struct stat st;
+    int fd = open(path, flags | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, mode);
+
+    if (fd < 0) {
+        int err = errno;
+
+        if (err == ELOOP)
+            daemon_log(MV_LOG_ERROR, "%s %s is a symbolic link; refusing to follow it "
+                       "(remove it if it is not a leftover of an attack)", what, path);
+        else if (err != EEXIST)
+            daemon_log(MV_LOG_ERROR, "cannot open %s %s: %s", what, path, strerror(err));
+        return -err;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink > 1) {
+        daemon_log(MV_LOG_ERROR, "%s %s is not a plain file of its own (a device, fifo "
+                   "or hard link); refusing to write to it", what, path);
+        close(fd);
+        return -EPERM;
+    }
+    return fd;
+}
+
 /*
  * Take PATH.lock.  A daemon that stops unlinks the file while still holding
  * it, so a lock taken on a file that has since left the path is worthless:
@@ -353,12 +534,9 @@ static int lock_acquire(struct daemon *d)
         return -ENAMETOOLONG;
     }
     for (;;) {
-        fd = open(d->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-        if (fd < 0) {
-            daemon_log(MV_LOG_ERROR, "cannot open lock file %s: %s", d->lock_path,
-                       strerror(errno));
-            return -errno;
-        }
+        fd = open_private_file(d->lock_path, "lock file", O_RDWR | O_CREAT, 0600);
+        if (fd < 0)
+            return fd;
         if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
             int err = errno;
 
@@ -369,7 +547,7 @@ static int lock_acquire(struct daemon *d)
             close(fd);
             return -err;
         }
-        if (fstat(fd, &held) == 0 && stat(d->lock_path, &named) == 0 &&
+        if (fstat(fd, &held) == 0 && lstat(d->lock_path, &named) == 0 &&
             held.st_dev == named.st_dev && held.st_ino == named.st_ino)
             break;
         close(fd);
@@ -379,6 +557,33 @@ static int lock_acquire(struct daemon *d)
         daemon_log(MV_LOG_WARN, "cannot write the pid to %s: %s", d->lock_path,
                    strerror(errno));
     d->lock_fd = fd;
+    file_own(&d->lock_file, d->lock_path, fd);
+    return 0;
+}
+
+/*
+ * Whether a daemon answers on the socket file at `address`: the lock file
+ * says so only while nobody removed it, so before a socket file is taken
+ * for a dead daemon's, a connection is tried.  0 when nothing listens
+ * there, -EADDRINUSE when something does.
+ */
+static int socket_check_stale(struct daemon *d, const struct sockaddr_un *address,
+                              socklen_t length)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int rc;
+
+    if (fd < 0)
+        return -errno;
+    rc = connect(fd, (const struct sockaddr *)address, length);
+    if (rc == 0 || errno == EAGAIN || errno == EINPROGRESS) {
+        close(fd);
+        daemon_log(MV_LOG_ERROR, "a daemon answers on %s although %s did not say so "
+                   "(was the lock file removed?); stop it first or pick another --socket",
+                   d->socket_path, d->lock_path);
+        return -EADDRINUSE;
+    }
+    close(fd);
     return 0;
 }
 
@@ -388,28 +593,52 @@ static int socket_listen(struct daemon *d)
     struct sockaddr_un address;
     socklen_t length;
     struct stat st;
+    mode_t umask_before;
     int rc = mv_proto_socket_address(d->socket_path, &address, &length, why);
 
     if (rc < 0) {
         daemon_log(MV_LOG_ERROR, "%s", why);
         return rc;
     }
-    /* We hold the lock, so a socket file here is a dead daemon's. */
+    /* We hold the lock, so a socket file here should be a dead daemon's:
+     * make sure nothing answers on it before replacing it. */
     if (lstat(d->socket_path, &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) {
             daemon_log(MV_LOG_ERROR, "%s exists and is not a socket; not replacing it",
                        d->socket_path);
             return -EEXIST;
         }
+        if ((rc = socket_check_stale(d, &address, length)) < 0)
+            return rc;
         daemon_log(MV_LOG_INFO, "replacing stale socket %s", d->socket_path);
         unlink(d->socket_path);
     }
     d->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (d->listen_fd < 0 || bind(d->listen_fd, (struct sockaddr *)&address, length) < 0) {
+    if (d->listen_fd < 0) {
+        daemon_log(MV_LOG_ERROR, "cannot create a socket: %s", strerror(errno));
+        return -errno;
+    }
+    /* Whoever connects controls every domain: the socket is created 0600
+     * whatever the umask, and opened to the --socket-group only after it
+     * belongs to that group. */
+    umask_before = umask(0177);
+    rc = bind(d->listen_fd, (struct sockaddr *)&address, length);
+    umask(umask_before);
+    if (rc < 0) {
         daemon_log(MV_LOG_ERROR, "cannot bind %s: %s", d->socket_path, strerror(errno));
         return -errno;
     }
-    d->listening = true;
+    if (lstat(d->socket_path, &st) == 0) {
+        d->socket_file = (struct owned_file){ .path = d->socket_path, .dev = st.st_dev,
+                                              .ino = st.st_ino, .owned = true };
+    }
+    if (d->group_access &&
+        (chown(d->socket_path, (uid_t)-1, d->socket_gid) < 0 ||
+         chmod(d->socket_path, 0660) < 0)) {
+        daemon_log(MV_LOG_ERROR, "cannot give %s to group %u: %s", d->socket_path,
+                   (unsigned)d->socket_gid, strerror(errno));
+        return -errno;
+    }
     if (listen(d->listen_fd, LISTEN_BACKLOG) < 0) {
         daemon_log(MV_LOG_ERROR, "cannot listen on %s: %s", d->socket_path, strerror(errno));
         return -errno;
@@ -417,14 +646,48 @@ static int socket_listen(struct daemon *d)
     return 0;
 }
 
-static int pidfile_write(const char *path)
+/* Write the pid to a new file at `path`: a plain file left there (by a
+ * daemon that was killed) is replaced, never written through; a symbolic
+ * link is refused. */
+static int pidfile_write(struct daemon *d, const char *path)
 {
-    FILE *f = fopen(path, "we");
+    char pid[32];
+    int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    int fd;
 
-    if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0) {
-        daemon_log(MV_LOG_ERROR, "cannot write pidfile %s: %s", path, strerror(errno));
-        return -errno;
+    fd = open_private_file(path, "pidfile", O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd == -EEXIST) {
+        struct stat st;
+
+        if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+            daemon_log(MV_LOG_ERROR, "pidfile %s is a symbolic link; refusing to follow "
+                       "it", path);
+            return -ELOOP;
+        }
+        if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+            daemon_log(MV_LOG_ERROR, "pidfile %s exists and is not a plain file", path);
+            return -EEXIST;
+        }
+        daemon_log(MV_LOG_INFO, "replacing the pidfile %s left behind", path);
+        if (unlink(path) < 0 && errno != ENOENT) {
+            daemon_log(MV_LOG_ERROR, "cannot remove %s: %s", path, strerror(errno));
+            return -errno;
+        }
+        fd = open_private_file(path, "pidfile", O_WRONLY | O_CREAT | O_EXCL, 0644);
     }
+    if (fd == -EEXIST)
+        daemon_log(MV_LOG_ERROR, "pidfile %s appeared again while being replaced", path);
+    if (fd < 0)
+        return fd;
+    file_own(&d->pid_file, path, fd);
+    if (write(fd, pid, (size_t)n) != n) {
+        int err = errno ? errno : EIO;
+
+        daemon_log(MV_LOG_ERROR, "cannot write pidfile %s: %s", path, strerror(err));
+        close(fd);
+        return -err;
+    }
+    close(fd);
     return 0;
 }
 
@@ -615,6 +878,21 @@ static int reply_domains(mv_host *host, struct request *r, bool with_workload)
     return rc;
 }
 
+/*
+ * A new domain's name: an all-digit one would read as the id of another
+ * domain wherever a domain is named ("destroy 7" destroyed the domain
+ * named "7", not domain 7), so it is refused.
+ */
+static int check_new_name(struct request *r, const char *name)
+{
+    uint64_t ignored;
+
+    if (mv_proto_parse_u64(name, &ignored) != -EINVAL)
+        return request_fail(r, -EINVAL, "domain name '%s' is all digits: it would read "
+                            "as a domain id; use a name with a letter in it", name);
+    return 0;
+}
+
 static int run_create(struct daemon *d, struct request *r)
 {
     struct mv_domain_config config;
@@ -640,6 +918,8 @@ static int run_create(struct daemon *d, struct request *r)
     if (strlen(name) >= sizeof(config.name))
         return request_fail(r, -EINVAL, "domain name is longer than %zu bytes",
                             sizeof(config.name) - 1);
+    if ((rc = check_new_name(r, name)) < 0)
+        return rc;
     snprintf(config.name, sizeof(config.name), "%s", name);
     if (policy && mv_proto_policy_parse(policy, &config.pod_policy) < 0)
         return request_fail(r, -EINVAL, "unknown policy '%s' (wait or crash)", policy);
@@ -895,6 +1175,35 @@ static int run_logdirty(struct daemon *d, struct request *r)
 /* ------------------------------------------------------------------------ */
 /* Copy-on-write sharing                                                     */
 
+/*
+ * A clone refused at the mapping limit: the library says how many mappings
+ * are in use of what limit, not how many the clone needed.  It reserves 4
+ * for each run of populated or shared gfns of the source, plus 4: count
+ * them (the source is paused, so they hold still) and say so.
+ */
+static void explain_clone_mappings(struct daemon *d, struct request *r, uint32_t source)
+{
+    struct mv_domain_info info;
+    struct mv_share_stats stats;
+    enum mv_page_type type, previous = MV_PAGE_POD;
+    uint64_t runs = 0;
+    size_t used = strlen(r->why);
+
+    if (mv_domain_info(d->host, source, &info) < 0 || mv_share_stats(d->host, &stats) < 0)
+        return;
+    for (uint64_t gfn = 0; gfn < info.maxmem_pages; gfn++) {
+        if (mv_domain_page_type(d->host, source, gfn, &type) < 0)
+            return;
+        if ((type == MV_PAGE_RAM || type == MV_PAGE_SHARED) && (gfn == 0 || type != previous))
+            runs++;
+        previous = type;
+    }
+    /* Short: the library's sentence takes most of the detail already. */
+    snprintf(r->why + used, sizeof(r->why) - used, "; the clone needed up to %" PRIu64
+             " new mappings (%" PRIu64 " runs of pages), %" PRIu64 " are in use",
+             4 * runs + 4, runs, stats.vma_count);
+}
+
 static int run_clone(struct daemon *d, struct request *r)
 {
     const char *name;
@@ -903,7 +1212,12 @@ static int run_clone(struct daemon *d, struct request *r)
 
     if ((rc = arg_domain(d->host, r, &source)) < 0 ||
         (rc = mv_proto_arg_string(r->args, "name", true, &name, r->why)) < 0 ||
-        (rc = library_status(r, mv_domain_clone(d->host, source, name, &clone))) < 0)
+        (rc = check_new_name(r, name)) < 0)
+        return rc;
+    rc = library_status(r, mv_domain_clone(d->host, source, name, &clone));
+    if (rc == -ENOSPC)
+        explain_clone_mappings(d, r, source);
+    if (rc < 0)
         return rc;
     reply_u64(r, "domid", clone);
     json_object_object_add(r->reply, "name", json_object_new_string(name));
@@ -1106,6 +1420,13 @@ static int run_share_stats(struct daemon *d, struct request *r)
 
     if (rc < 0)
         return rc;
+    /* The library keeps "sharing stopped" from its last attempt to map until
+     * the next one: with every domain gone there is nothing to share and
+     * nothing is stopped, though no attempt came to say so. */
+    if (stats.sharing_stopped && mv_domain_list(d->host, NULL, 0) == 0) {
+        stats.sharing_stopped = 0;
+        stats.stop_reason[0] = 0;
+    }
     json_object_object_add(r->reply, "share", mv_proto_share_stats_json(&stats));
     return reply_domains(d->host, r, false);
 }
@@ -1123,10 +1444,63 @@ static int run_shutdown(struct daemon *d, struct request *r)
     return 0;
 }
 
+/*
+ * Test commands (--test-commands): test-hold holds a worker until a
+ * test-release, or until the daemon stops, so a test can keep a long call
+ * running for exactly as long as it needs; it logs "test-hold: holding"
+ * once it holds.  With "stubborn": 1 it does not give up when the daemon
+ * stops, like a library call that cannot be interrupted.  test-release
+ * releases every hold and replies how many.
+ */
+static int run_test_hold(struct daemon *d, struct request *r)
+{
+    bool released;
+    unsigned generation;
+    uint64_t stubborn = 0;
+    int rc = mv_proto_arg_u64(r->args, "stubborn", false, &stubborn, r->why);
+
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&d->jobs_lock);
+    generation = d->hold_generation;
+    d->holders++;
+    daemon_log(MV_LOG_INFO, "test-hold: holding a worker until test-release");
+    while (generation == d->hold_generation && (stubborn || !d->workers_stop))
+        pthread_cond_wait(&d->hold_cond, &d->jobs_lock);
+    d->holders--;
+    released = generation != d->hold_generation;
+    pthread_mutex_unlock(&d->jobs_lock);
+    if (!released)
+        return request_fail(r, -ECANCELED, "memvisord is stopping");
+    return 0;
+}
+
+static int run_test_release(struct daemon *d, struct request *r)
+{
+    unsigned holders;
+
+    pthread_mutex_lock(&d->jobs_lock);
+    holders = d->holders;
+    d->hold_generation++;
+    pthread_cond_broadcast(&d->hold_cond);
+    pthread_mutex_unlock(&d->jobs_lock);
+    reply_u64(r, "released", holders);
+    return 0;
+}
+
+enum command_flags {
+    ON_LOOP = 1,                   /* runs on the event loop (touches its state) */
+    TEST_ONLY = 2,                 /* only with --test-commands */
+};
+
+/* Every command but ON_LOOP ones runs on a worker thread: any library call
+ * may wait on a domain lock a long call holds (stats waits for a verify of
+ * the same domain), so none runs on the loop. */
 struct command {
     const char *name;
     int (*run)(struct daemon *d, struct request *r);
     const char *const *args;       /* the arguments it accepts, NULL-terminated */
+    unsigned flags;
 };
 
 #define ARGS(...) ((const char *const[]){ __VA_ARGS__, NULL })
@@ -1135,45 +1509,50 @@ struct command {
 static const struct command commands[] = {
     { "create", run_create,
       ARGS("name", "maxmem", "target", "vcpus", "policy", "wait_timeout_ms", "logdirty",
-           "cow_mode", "workload") },
-    { "destroy", run_destroy, ARGS("domain") },
-    { "list", run_list, ARGS("domain") },
-    { "stats", run_stats, ARGS("domain") },
-    { "info", run_stats, ARGS("domain") },
-    { "pause", run_pause, ARGS("domain") },
-    { "unpause", run_unpause, ARGS("domain") },
-    { "set-target", run_set_target, ARGS("domain", "target") },
-    { "balloon", run_balloon, ARGS("domain", "size") },
-    { "reclaim", run_reclaim, ARGS("domain", "max_pages") },
+           "cow_mode", "workload"), 0 },
+    { "destroy", run_destroy, ARGS("domain"), 0 },
+    { "list", run_list, ARGS("domain"), 0 },
+    { "stats", run_stats, ARGS("domain"), 0 },
+    { "info", run_stats, ARGS("domain"), 0 },
+    { "pause", run_pause, ARGS("domain"), 0 },
+    { "unpause", run_unpause, ARGS("domain"), 0 },
+    { "set-target", run_set_target, ARGS("domain", "target"), 0 },
+    { "balloon", run_balloon, ARGS("domain", "size"), 0 },
+    { "reclaim", run_reclaim, ARGS("domain", "max_pages"), 0 },
     { "workload-start", run_workload_start,
-      ARGS("domain", "kind", "rate", "duration_ms", "max_pages", "working_set", "seed") },
-    { "workload-status", run_workload_status, ARGS("domain", "wait_ms") },
-    { "workload-stop", run_workload_stop, ARGS("domain") },
-    { "verify", run_verify, ARGS("domain") },
-    { "audit", run_audit, ARGS("domain") },
-    { "logdirty", run_logdirty, ARGS("domain", "action") },
-    { "clone", run_clone, ARGS("domain", "name") },
-    { "share-nominate", run_share_nominate, ARGS("domain", "gfn") },
+      ARGS("domain", "kind", "rate", "duration_ms", "max_pages", "working_set", "seed"), 0 },
+    { "workload-status", run_workload_status, ARGS("domain", "wait_ms"), 0 },
+    { "workload-stop", run_workload_stop, ARGS("domain"), 0 },
+    { "verify", run_verify, ARGS("domain"), 0 },
+    { "audit", run_audit, ARGS("domain"), 0 },
+    { "logdirty", run_logdirty, ARGS("domain", "action"), 0 },
+    { "clone", run_clone, ARGS("domain", "name"), 0 },
+    { "share-nominate", run_share_nominate, ARGS("domain", "gfn"), 0 },
     { "share-pages", run_share_pages,
       ARGS("source_domain", "source_gfn", "source_handle", "client_domain", "client_gfn",
-           "client_handle") },
+           "client_handle"), 0 },
     { "share-add-to-physmap", run_share_add_to_physmap,
-      ARGS("source_domain", "source_gfn", "source_handle", "client_domain", "client_gfn") },
-    { "share-unshare", run_share_unshare, ARGS("domain", "gfn") },
-    { "share-make", run_share_make, ARGS("domain", "gfn", "count") },
-    { "share-hint", run_share_hint, ARGS("domain", "gfn", "count", "key") },
-    { "share-exclude", run_share_exclude, ARGS("domain", "gfn", "count") },
-    { "share-settle", run_share_settle, ARGS("domain") },
-    { "share-scan", run_share_scan, ARGS("max_pages") },
-    { "scanner-start", run_scanner_start, ARGS("rate", "cpu_percent", "max_vmas") },
-    { "scanner-stop", run_scanner_stop, NO_ARGS },
-    { "share-stats", run_share_stats, ARGS("domain") },
-    { "share-audit", run_share_audit, NO_ARGS },
-    { "doctor", run_doctor, NO_ARGS },
-    { "shutdown", run_shutdown, NO_ARGS },
+      ARGS("source_domain", "source_gfn", "source_handle", "client_domain", "client_gfn"), 0 },
+    { "share-unshare", run_share_unshare, ARGS("domain", "gfn"), 0 },
+    { "share-make", run_share_make, ARGS("domain", "gfn", "count"), 0 },
+    { "share-hint", run_share_hint, ARGS("domain", "gfn", "count", "key"), 0 },
+    { "share-exclude", run_share_exclude, ARGS("domain", "gfn", "count"), 0 },
+    { "share-settle", run_share_settle, ARGS("domain"), 0 },
+    { "share-scan", run_share_scan, ARGS("max_pages"), 0 },
+    { "scanner-start", run_scanner_start, ARGS("rate", "cpu_percent", "max_vmas"), 0 },
+    { "scanner-stop", run_scanner_stop, NO_ARGS, 0 },
+    { "share-stats", run_share_stats, ARGS("domain"), 0 },
+    { "share-audit", run_share_audit, NO_ARGS, 0 },
+    { "doctor", run_doctor, NO_ARGS, 0 },
+    { "shutdown", run_shutdown, NO_ARGS, ON_LOOP },
+    { "test-hold", run_test_hold, ARGS("stubborn"), TEST_ONLY },
+    { "test-release", run_test_release, NO_ARGS, TEST_ONLY },
 };
 
-static int dispatch(struct daemon *d, struct request *r, const char **name)
+/* The command a request names, with its arguments checked; r->reply is
+ * ready for its results. */
+static int dispatch(struct daemon *d, struct request *r, const char **name,
+                    const struct command **found)
 {
     const struct command *command = NULL;
     int rc = mv_proto_arg_string(r->args, "cmd", true, name, r->why);
@@ -1183,37 +1562,141 @@ static int dispatch(struct daemon *d, struct request *r, const char **name)
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         if (strcmp(commands[i].name, *name) == 0)
             command = &commands[i];
-    if (!command)
+    if (!command || ((command->flags & TEST_ONLY) && !d->test_commands))
         return request_fail(r, -EINVAL, "unknown command '%s'", *name);
     rc = mv_proto_check_members(r->args, command->args, r->why);
     if (rc < 0)
         return rc;
     r->reply = mv_proto_reply_ok();
-    return command->run(d, r);
+    *found = command;
+    return 0;
 }
 
-/* The reply to one request line. */
-static struct json_object *answer(struct daemon *d, struct client *c, const char *line,
-                                  size_t length)
+/* The reply to a request that ran with outcome `rc`; frees the request. */
+static struct json_object *request_reply(struct client *c, struct request *r,
+                                         const char *name, int rc)
 {
-    struct request r = { 0 };
-    const char *name = "?";
     struct json_object *reply;
-    int rc = mv_proto_parse_message(line, length, &r.args, r.why);
 
-    if (rc == 0)
-        rc = dispatch(d, &r, &name);
     if (rc < 0) {
-        json_object_put(r.reply);
-        reply = mv_proto_reply_error(rc, r.why);
+        json_object_put(r->reply);
+        reply = mv_proto_reply_error(rc, r->why);
         daemon_log(MV_LOG_DEBUG, "client %u: %s: %s: %s", c->id, name, mv_strerror(rc),
-                   r.why);
+                   r->why);
     } else {
-        reply = r.reply;
+        reply = r->reply;
         daemon_log(MV_LOG_DEBUG, "client %u: %s: ok", c->id, name);
     }
-    json_object_put(r.args);
+    r->reply = NULL;
+    json_object_put(r->args);
+    r->args = NULL;
     return reply;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Workers                                                                   */
+
+static void *worker_main(void *opaque)
+{
+    struct daemon *d = opaque;
+
+    pthread_mutex_lock(&d->jobs_lock);
+    for (;;) {
+        struct job *job;
+        uint64_t one = 1;
+
+        while (!d->queue_head && !d->workers_stop)
+            pthread_cond_wait(&d->jobs_cond, &d->jobs_lock);
+        job = d->queue_head;
+        if (!job)
+            break;
+        d->queue_head = job->next;
+        if (!d->queue_head)
+            d->queue_tail = NULL;
+        d->idle_workers--;
+        pthread_mutex_unlock(&d->jobs_lock);
+
+        job->rc = job->command->run(d, &job->r);
+
+        pthread_mutex_lock(&d->jobs_lock);
+        job->next = d->done;
+        d->done = job;
+        d->idle_workers++;
+        if (write(d->done_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+            daemon_log(MV_LOG_ERROR, "cannot wake the event loop: %s", strerror(errno));
+    }
+    pthread_mutex_unlock(&d->jobs_lock);
+    return NULL;
+}
+
+/* Queue a job, starting a worker when none is idle and fewer than
+ * MAX_WORKERS run.  0, or -errno when no worker can run it. */
+static int job_queue(struct daemon *d, struct job *job)
+{
+    int rc = 0;
+
+    pthread_mutex_lock(&d->jobs_lock);
+    if (d->idle_workers == 0 && d->worker_count < MAX_WORKERS) {
+        rc = -pthread_create(&d->workers[d->worker_count], NULL, worker_main, d);
+        if (rc == 0) {
+            d->worker_count++;
+            d->idle_workers++;
+        } else if (d->worker_count > 0) {
+            rc = 0;                /* the running ones will get to it */
+        }
+    }
+    if (rc == 0) {
+        job->next = NULL;
+        if (d->queue_tail)
+            d->queue_tail->next = job;
+        else
+            d->queue_head = job;
+        d->queue_tail = job;
+        pthread_cond_signal(&d->jobs_cond);
+        d->jobs_in_flight++;
+    }
+    pthread_mutex_unlock(&d->jobs_lock);
+    return rc;
+}
+
+/* The jobs the workers finished, oldest first. */
+static struct job *jobs_take_done(struct daemon *d)
+{
+    struct job *done, *ordered = NULL;
+    uint64_t count;
+
+    if (read(d->done_fd, &count, sizeof(count)) < 0 && errno != EAGAIN)
+        daemon_log(MV_LOG_WARN, "cannot read the workers' eventfd: %s", strerror(errno));
+    pthread_mutex_lock(&d->jobs_lock);
+    done = d->done;
+    d->done = NULL;
+    pthread_mutex_unlock(&d->jobs_lock);
+    while (done) {
+        struct job *next = done->next;
+
+        done->next = ordered;
+        ordered = done;
+        done = next;
+    }
+    return ordered;
+}
+
+/* Stop the workers once the queue is empty, releasing test holds. */
+static void workers_stop(struct daemon *d)
+{
+    pthread_mutex_lock(&d->jobs_lock);
+    d->workers_stop = true;
+    pthread_cond_broadcast(&d->jobs_cond);
+    pthread_cond_broadcast(&d->hold_cond);
+    pthread_mutex_unlock(&d->jobs_lock);
+}
+
+static void workers_join(struct daemon *d)
+{
+    workers_stop(d);
+    for (unsigned i = 0; i < d->worker_count; i++)
+        pthread_join(d->workers[i], NULL);
+    d->worker_count = 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1266,17 +1749,65 @@ static int client_flush(struct client *c)
     return 0;
 }
 
-/* Answer one complete line held: 1 when one was answered, 0 when none is
- * complete, -errno when the client is gone. */
+/*
+ * Start answering one request line: a malformed one, or one of an ON_LOOP
+ * command, is answered here; any other goes to a worker, and the client
+ * waits (c->busy) until job_finish queues the reply.  Returns the reply to
+ * queue now, or NULL when a worker has it.
+ */
+static struct json_object *request_start(struct daemon *d, struct client *c,
+                                         const char *line, size_t length)
+{
+    const struct command *command = NULL;
+    const char *name = "?";
+    struct job *job = calloc(1, sizeof(*job));
+    struct json_object *reply;
+    struct request *r;
+    int rc;
+
+    if (!job) {
+        struct request none = { 0 };
+
+        snprintf(none.why, sizeof(none.why), "no memory for a request");
+        return request_reply(c, &none, name, -ENOMEM);
+    }
+    r = &job->r;
+    rc = mv_proto_parse_message(line, length, &r->args, r->why);
+    if (rc == 0)
+        rc = dispatch(d, r, &name, &command);
+    if (rc == 0 && (command->flags & ON_LOOP)) {
+        rc = command->run(d, r);
+    } else if (rc == 0) {
+        job->client = c;
+        job->command = command;
+        job->name = name;
+        rc = job_queue(d, job);
+        if (rc == 0) {
+            c->busy = true;
+            return NULL;
+        }
+        snprintf(r->why, sizeof(r->why), "cannot start a worker: %s", strerror(-rc));
+    }
+    reply = request_reply(c, r, name, rc);
+    free(job);
+    return reply;
+}
+
+/* Answer one complete line held: 1 when one was answered (or handed to a
+ * worker), 0 when none is complete, -errno when the client is gone. */
 static int client_answer_one(struct daemon *d, struct client *c)
 {
+    struct json_object *reply;
     char *line;
     size_t length;
     int rc;
 
     switch (mv_proto_reader_next(&c->input, &line, &length)) {
     case MV_PROTO_LINE:
-        rc = client_queue(c, answer(d, c, line, length));
+        reply = request_start(d, c, line, length);
+        if (!reply)
+            return 1;
+        rc = client_queue(c, reply);
         break;
     case MV_PROTO_OVERSIZED: {
         char why[MV_PROTO_DETAIL_MAX];
@@ -1348,33 +1879,34 @@ static int client_watch(struct daemon *d, struct client *c, uint32_t events)
     return 0;
 }
 
-static time_t monotonic_seconds(void)
+static uint64_t monotonic_ms(void)
 {
     struct timespec now;
 
     clock_gettime(CLOCK_MONOTONIC, &now);
-    return now.tv_sec;
+    return (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
 }
 
 /*
  * With every slot taken, a connection that has sent nothing, or half a
- * request, for CLIENT_IDLE_EVICT_S makes room for a new one: otherwise 128
+ * request, for idle_evict_ms makes room for a new one: otherwise 128
  * silent connections would shut everyone out.  The one idle longest goes.
  * Returns whether one was closed.
  */
 static bool evict_idle_client(struct daemon *d)
 {
-    time_t now = monotonic_seconds();
+    uint64_t now = monotonic_ms();
     struct client *oldest = NULL;
 
     for (struct client *c = d->clients; c; c = c->next)
-        if (!client_pending(c) && !c->more && now - c->last_active >= CLIENT_IDLE_EVICT_S &&
+        if (!c->busy && !client_pending(c) && !c->more &&
+            now - c->last_active >= d->idle_evict_ms &&
             (!oldest || c->last_active < oldest->last_active))
             oldest = c;
     if (!oldest)
         return false;
-    daemon_log(MV_LOG_INFO, "client %u: idle for %lld s with every slot taken; closed "
-               "to make room", oldest->id, (long long)(now - oldest->last_active));
+    daemon_log(MV_LOG_INFO, "client %u: idle for %llu ms with every slot taken; closed "
+               "to make room", oldest->id, (unsigned long long)(now - oldest->last_active));
     client_close(d, oldest);
     return true;
 }
@@ -1382,24 +1914,38 @@ static bool evict_idle_client(struct daemon *d)
 /* A client with nothing left to do: it hung up, and every reply is out. */
 static bool client_done(const struct client *c)
 {
-    return c->peer_closed && !client_pending(c) && !c->more;
+    return c->peer_closed && !c->busy && !client_pending(c) && !c->more;
+}
+
+/* A client waits for a worker: not watched, so that neither its requests
+ * nor its hangup are seen until the reply is queued. */
+static int client_unwatch(struct daemon *d, struct client *c)
+{
+    if (epoll_ctl(d->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL) < 0)
+        return -errno;
+    c->events = 0;
+    return 0;
 }
 
 /* A client's turn: flush, then read until one request is complete and
- * answer it.  One request a turn, so that a client that sent thousands at
- * once waits its turn like everyone else (c->more brings it back).
- * Returns whether it still has a request waiting (false once closed). */
+ * answer it (or hand it to a worker).  One request a turn, so that a
+ * client that sent thousands at once waits its turn like everyone else
+ * (c->more brings it back).  Returns whether it still has a request
+ * waiting (false once closed or busy). */
 static bool client_serve(struct daemon *d, struct client *c)
 {
     unsigned reads = CLIENT_READS_PER_TURN;
-    int rc = client_flush(c);
+    int rc;
 
-    c->last_active = monotonic_seconds();
+    if (c->busy)
+        return false;
+    rc = client_flush(c);
+    c->last_active = monotonic_ms();
     c->more = false;
     while (rc >= 0 && !client_pending(c)) {
         rc = client_answer_one(d, c);
         if (rc != 0) {
-            c->more = rc > 0 && !client_pending(c);
+            c->more = rc > 0 && !client_pending(c) && !c->busy;
             break;
         }
         if (c->peer_closed || reads-- == 0)
@@ -1410,15 +1956,92 @@ static bool client_serve(struct daemon *d, struct client *c)
     }
     if (rc > 0)
         rc = 0;
-    if (rc == 0 && !client_done(c))
+    /* A request begun and not finished has request_timeout_ms to end. */
+    if (c->busy || !mv_proto_reader_partial(&c->input) || c->more)
+        c->partial_since = 0;
+    else if (!c->partial_since)
+        c->partial_since = c->last_active;
+    if (rc == 0 && c->busy)
+        rc = client_unwatch(d, c);
+    else if (rc == 0 && !client_done(c))
         rc = client_watch(d, c, client_pending(c) ? EPOLLOUT : EPOLLIN);
     if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET)
         daemon_log(MV_LOG_WARN, "client %u: %s; closing it", c->id, strerror(-rc));
-    if (rc < 0 || client_done(c)) {
+    if (!c->busy && (rc < 0 || client_done(c))) {
         client_close(d, c);
         return false;
     }
     return c->more;
+}
+
+/* A worker finished a client's request: queue the reply, watch the client
+ * again and give it a turn (it may have more requests held). */
+static void job_finish(struct daemon *d, struct job *job)
+{
+    struct client *c = job->client;
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
+    int rc;
+
+    d->jobs_in_flight--;
+    rc = client_queue(c, request_reply(c, &job->r, job->name, job->rc));
+    free(job);
+    c->busy = false;
+    /* Stopping: the reply is the last thing the client gets; a request it
+     * sent meanwhile would start a job no worker may be left to run. */
+    if (d->stopping) {
+        if (rc == 0)
+            (void)client_flush(c);
+        client_close(d, c);
+        return;
+    }
+    if (rc == 0 && epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
+        rc = -errno;
+    c->events = EPOLLIN;
+    if (rc < 0) {
+        daemon_log(MV_LOG_WARN, "client %u: %s; closing it", c->id, strerror(-rc));
+        client_close(d, c);
+        return;
+    }
+    c->more = true;
+    client_serve(d, c);
+}
+
+/*
+ * Close the clients whose request began more than request_timeout_ms ago
+ * and is still not complete, telling them why: a client that keeps half a
+ * request open must not hold a slot forever.  Returns the milliseconds
+ * until the next such deadline, or -1 when there is none.
+ */
+static int expire_requests(struct daemon *d)
+{
+    uint64_t now = monotonic_ms();
+    int64_t next = -1;
+
+    for (struct client *c = d->clients, *following; c; c = following) {
+        uint64_t deadline = c->partial_since + d->request_timeout_ms;
+
+        following = c->next;
+        if (!c->partial_since || c->busy)
+            continue;
+        if (deadline > now) {
+            if (next < 0 || (int64_t)(deadline - now) < next)
+                next = (int64_t)(deadline - now);
+            continue;
+        }
+        daemon_log(MV_LOG_INFO, "client %u: request not complete after %u ms; dropped",
+                   c->id, d->request_timeout_ms);
+        {
+            char why[MV_PROTO_DETAIL_MAX];
+
+            snprintf(why, sizeof(why), "the request was not complete after %u ms "
+                     "(--request-timeout-ms); closing the connection",
+                     d->request_timeout_ms);
+            if (client_queue(c, mv_proto_reply_error(-ETIMEDOUT, why)) == 0)
+                (void)client_flush(c);
+        }
+        client_close(d, c);
+    }
+    return next < 0 ? -1 : next > INT_MAX ? INT_MAX : (int)next;
 }
 
 /* Give every client with a request waiting its next turn; true when some
@@ -1429,7 +2052,7 @@ static bool serve_waiting_clients(struct daemon *d)
 
     for (struct client *c = d->clients, *next; c; c = next) {
         next = c->next;
-        if (c->more && client_serve(d, c))
+        if (c->more && !c->busy && client_serve(d, c))
             more = true;
     }
     return more;
@@ -1479,6 +2102,51 @@ static bool accept_without_descriptors(struct daemon *d)
     return false;
 }
 
+/*
+ * Whether the peer of a new connection may talk to the daemon: root, the
+ * daemon's own user, and (with --socket-group) the members of that group,
+ * as the kernel recorded them when it connected (SO_PEERCRED, and
+ * SO_PEERGROUPS for its supplementary groups).  The socket's mode keeps
+ * others out already; this holds even when it was changed, or reached by a
+ * process allowed past the file's mode.  A refused peer is told why and
+ * closed.
+ */
+static bool peer_allowed(struct daemon *d, int fd)
+{
+    struct ucred cred;
+    socklen_t length = sizeof(cred);
+    char why[MV_PROTO_DETAIL_MAX];
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) < 0) {
+        daemon_log(MV_LOG_WARN, "refusing a client whose credentials cannot be read: %s",
+                   strerror(errno));
+        close(fd);
+        return false;
+    }
+    if (cred.uid == 0 || cred.uid == d->uid)
+        return true;
+    if (d->group_access) {
+        gid_t groups[256];
+
+        if (cred.gid == d->socket_gid)
+            return true;
+        length = sizeof(groups);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &length) == 0) {
+            for (size_t i = 0; i < length / sizeof(groups[0]); i++)
+                if (groups[i] == d->socket_gid)
+                    return true;
+        }
+    }
+    snprintf(why, sizeof(why), "uid %u may not use memvisord: it serves root, uid %u%s",
+             (unsigned)cred.uid, (unsigned)d->uid,
+             d->group_access ? " and the members of its --socket-group" : "");
+    daemon_log(MV_LOG_WARN, "refused a client: pid %ld, uid %u, gid %u: not root, not "
+               "uid %u%s", (long)cred.pid, (unsigned)cred.uid, (unsigned)cred.gid,
+               (unsigned)d->uid, d->group_access ? ", not in the socket group" : "");
+    client_refuse(fd, -EACCES, why);
+    return false;
+}
+
 static void accept_clients(struct daemon *d)
 {
     for (;;) {
@@ -1497,6 +2165,8 @@ static void accept_clients(struct daemon *d)
             return;
         }
         d->fd_shortage = false;
+        if (!peer_allowed(d, fd))
+            continue;
         if (d->client_count >= MAX_CLIENTS && !evict_idle_client(d)) {
             daemon_log(MV_LOG_WARN, "refusing a client: %u are connected", d->client_count);
             client_refuse(fd, -EUSERS, "memvisord already serves its maximum of clients; "
@@ -1512,7 +2182,7 @@ static void accept_clients(struct daemon *d)
         c->fd = fd;
         c->id = ++d->next_client_id;
         c->events = EPOLLIN;
-        c->last_active = monotonic_seconds();
+        c->last_active = monotonic_ms();
         mv_proto_reader_init(&c->input, MV_PROTO_MAX_REQUEST);
         ev.data.ptr = c;
         if (epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
@@ -1533,13 +2203,59 @@ static void accept_clients(struct daemon *d)
 /* ------------------------------------------------------------------------ */
 /* Event loop                                                                */
 
+/* SIGUSR1: the host's counters, in the log. */
+static void log_counters(struct daemon *d)
+{
+    struct mv_host_stats stats;
+
+    if (mv_host_stats(d->host, &stats) < 0) {
+        daemon_log(MV_LOG_WARN, "SIGUSR1: cannot read the host's counters: %s",
+                   mv_last_error());
+        return;
+    }
+    daemon_log(MV_LOG_INFO, "SIGUSR1: %" PRIu64 " domains, %" PRIu64 " of %" PRIu64
+               " budget pages populated, %" PRIu64 " faults served; %u clients, %u "
+               "calls running on %u workers", stats.domains, stats.populated_pages,
+               stats.budget_pages, stats.faults, d->client_count, d->jobs_in_flight,
+               d->worker_count);
+}
+
+/*
+ * Signals arrive here, through the signalfd, whatever the loop is doing:
+ * no library call runs on the loop.  SIGINT and SIGTERM stop the daemon; a
+ * second one while calls are still running exits at once.  SIGHUP (the
+ * terminal closed) and SIGUSR2 are ignored, SIGUSR1 logs the counters: by
+ * default each would have killed every guest.
+ */
 static void receive_signal(struct daemon *d)
 {
     struct signalfd_siginfo info;
 
-    if (read(d->signal_fd, &info, sizeof(info)) == (ssize_t)sizeof(info)) {
-        daemon_log(MV_LOG_INFO, "%s: shutting down", strsignal((int)info.ssi_signo));
-        d->stopping = true;
+    while (read(d->signal_fd, &info, sizeof(info)) == (ssize_t)sizeof(info)) {
+        int sig = (int)info.ssi_signo;
+
+        switch (sig) {
+        case SIGINT:
+        case SIGTERM:
+            if (d->stopping && d->jobs_in_flight) {
+                daemon_log(MV_LOG_WARN, "%s again: exiting without waiting for %u calls "
+                           "in progress", strsignal(sig), d->jobs_in_flight);
+                file_remove(&d->socket_file);
+                file_remove(&d->pid_file);
+                file_remove(&d->lock_file);
+                _exit(STATUS_FAILED);
+            }
+            daemon_log(MV_LOG_INFO, "%s: shutting down", strsignal(sig));
+            d->stopping = true;
+            break;
+        case SIGUSR1:
+            log_counters(d);
+            break;
+        default:
+            daemon_log(MV_LOG_INFO, "%s: ignored (memvisord stops on SIGINT, SIGTERM or "
+                       "'shutdown')", strsignal(sig));
+            break;
+        }
     }
 }
 
@@ -1554,22 +2270,31 @@ static int watch_fd(struct daemon *d, int *fd)
     return 0;
 }
 
+static void finish_jobs(struct daemon *d)
+{
+    for (struct job *job = jobs_take_done(d), *next; job; job = next) {
+        next = job->next;
+        job_finish(d, job);
+    }
+}
+
 static int run_loop(struct daemon *d)
 {
     struct epoll_event events[EPOLL_BATCH];
     bool more = false;
 
     while (!d->stopping) {
-        bool accepting = false;
-        int n;
+        bool accepting = false, finished = false;
+        int n, timeout = expire_requests(d);
 
         if (d->accept_paused && d->spare_fd < 0)
             d->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (d->accept_paused && d->spare_fd >= 0 && watch_fd(d, &d->listen_fd) == 0)
             d->accept_paused = false;
+        if (d->accept_paused && (timeout < 0 || timeout > 1000))
+            timeout = 1000;
         /* Clients with requests waiting: look for events without sleeping. */
-        n = epoll_wait(d->epoll_fd, events, EPOLL_BATCH,
-                       more ? 0 : d->accept_paused ? 1000 : -1);
+        n = epoll_wait(d->epoll_fd, events, EPOLL_BATCH, more ? 0 : timeout);
 
         if (n < 0) {
             if (errno == EINTR)
@@ -1584,19 +2309,113 @@ static int run_loop(struct daemon *d)
                 accepting = true;
             else if (source == &d->signal_fd)
                 receive_signal(d);
+            else if (source == &d->done_fd)
+                finished = true;
             else
                 client_serve(d, source);
         }
-        /* After the batch: making room may close a client it names. */
-        if (accepting)
+        /* After the batch: replying and making room may close a client it
+         * names. */
+        if (finished)
+            finish_jobs(d);
+        if (accepting && !d->stopping)
             accept_clients(d);
         more = serve_waiting_clients(d);
     }
     return 0;
 }
 
+/*
+ * Stopping: the socket goes at once, so nobody new waits on a daemon that
+ * is leaving, and the idle clients are closed; the calls still running on
+ * workers cannot be interrupted (the library has no way to), so they are
+ * waited for, their replies sent, before the host is destroyed.  The
+ * signalfd is still watched: a second SIGINT or SIGTERM exits at once.
+ */
+static void drain(struct daemon *d)
+{
+    struct epoll_event events[EPOLL_BATCH];
+
+    if (d->listen_fd >= 0) {
+        epoll_ctl(d->epoll_fd, EPOLL_CTL_DEL, d->listen_fd, NULL);
+        close(d->listen_fd);
+        d->listen_fd = -1;
+    }
+    file_remove(&d->socket_file);
+    workers_stop(d);               /* test-hold gives up */
+    if (d->jobs_in_flight)
+        daemon_log(MV_LOG_INFO, "waiting for %u calls in progress to finish (signal "
+                   "again to exit without waiting)", d->jobs_in_flight);
+    while (d->jobs_in_flight) {
+        int n;
+
+        for (struct client *c = d->clients, *next; c; c = next) {
+            next = c->next;
+            if (!c->busy)
+                client_close(d, c);
+        }
+        n = epoll_wait(d->epoll_fd, events, EPOLL_BATCH, -1);
+        if (n < 0 && errno != EINTR) {
+            daemon_log(MV_LOG_ERROR, "epoll_wait: %s", strerror(errno));
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            if (events[i].data.ptr == &d->signal_fd)
+                receive_signal(d);
+            else if (events[i].data.ptr == &d->done_fd)
+                finish_jobs(d);
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* Start-up and teardown                                                     */
+
+/* --socket-group: a group name, or a numeric gid. */
+static int resolve_group(const char *name, gid_t *gid)
+{
+    struct group entry, *found = NULL;
+    char buffer[4096];
+    uint64_t number;
+    int rc = getgrnam_r(name, &entry, buffer, sizeof(buffer), &found);
+
+    if (rc == 0 && found) {
+        *gid = found->gr_gid;
+        return 0;
+    }
+    if (mv_proto_parse_u64(name, &number) == 0 && number < (gid_t)-1) {
+        *gid = (gid_t)number;
+        return 0;
+    }
+    daemon_log(MV_LOG_ERROR, "--socket-group: no group named '%s'%s%s", name,
+               rc ? ": " : "", rc ? strerror(rc) : "");
+    return rc ? -rc : -ENOENT;
+}
+
+/*
+ * A budget above the machine's memory would let domains populate more than
+ * there is, and the kernel's OOM killer, not the PoD policy, would decide
+ * who pays: refused unless --overcommit says it is meant.
+ */
+static int check_budget(const struct options *o)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+    uint64_t machine = pages > 0 && page_size > 0 ? (uint64_t)pages * (uint64_t)page_size : 0;
+    char budget[32], total[32];
+
+    if (!machine || o->budget_bytes <= machine)
+        return 0;
+    mv_proto_format_size(budget, sizeof(budget), o->budget_bytes);
+    mv_proto_format_size(total, sizeof(total), machine);
+    if (!o->overcommit) {
+        daemon_log(MV_LOG_ERROR, "--budget %s is more than the machine's memory (%s); "
+                   "pass --overcommit if that is meant", budget, total);
+        return -E2BIG;
+    }
+    daemon_log(MV_LOG_WARN, "--budget %s is more than the machine's memory (%s): domains "
+               "may populate more than there is (--overcommit)", budget, total);
+    return 0;
+}
 
 static int daemon_start(struct daemon *d, const struct options *o, const sigset_t *signals)
 {
@@ -1604,6 +2423,15 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
     int rc;
 
     d->socket_path = o->socket_path;
+    d->uid = geteuid();
+    if (o->socket_group && (rc = resolve_group(o->socket_group, &d->socket_gid)) < 0)
+        return rc;
+    d->group_access = o->socket_group != NULL;
+    d->idle_evict_ms = o->idle_evict_ms;
+    d->request_timeout_ms = o->request_timeout_ms;
+    d->test_commands = o->test_commands;
+    if ((rc = check_budget(o)) < 0)
+        return rc;
     if ((rc = make_parent_directory(d->socket_path)) < 0 || (rc = lock_acquire(d)) < 0)
         return rc;
 
@@ -1630,28 +2458,33 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
         daemon_log(MV_LOG_ERROR, "cannot create the event loop: %s", strerror(errno));
         return -errno;
     }
+    d->done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (d->done_fd < 0) {
+        daemon_log(MV_LOG_ERROR, "cannot create the workers' eventfd: %s", strerror(errno));
+        return -errno;
+    }
     d->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if ((rc = socket_listen(d)) < 0 || (rc = watch_fd(d, &d->listen_fd)) < 0 ||
-        (rc = watch_fd(d, &d->signal_fd)) < 0)
+        (rc = watch_fd(d, &d->signal_fd)) < 0 || (rc = watch_fd(d, &d->done_fd)) < 0)
         return rc;
-    if (o->pidfile) {
-        rc = pidfile_write(o->pidfile);
-        if (rc < 0)
-            return rc;
-        d->pidfile = o->pidfile;
-    }
+    if (o->pidfile && (rc = pidfile_write(d, o->pidfile)) < 0)
+        return rc;
     daemon_log(MV_LOG_INFO, "serving %s", d->socket_path);
     return 0;
 }
 
 static void daemon_stop(struct daemon *d)
 {
+    if (d->epoll_fd >= 0)
+        drain(d);
+    workers_join(d);
     while (d->clients)
         client_close(d, d->clients);
     if (d->listen_fd >= 0)
         close(d->listen_fd);
-    if (d->listening)
-        unlink(d->socket_path);
+    file_remove(&d->socket_file);
+    if (d->done_fd >= 0)
+        close(d->done_fd);
     if (d->host)
         mv_host_destroy(d->host);
     if (d->signal_fd >= 0)
@@ -1660,10 +2493,9 @@ static void daemon_stop(struct daemon *d)
         close(d->spare_fd);
     if (d->epoll_fd >= 0)
         close(d->epoll_fd);
-    if (d->pidfile)
-        unlink(d->pidfile);
+    file_remove(&d->pid_file);
     if (d->lock_fd >= 0) {
-        unlink(d->lock_path);
+        file_remove(&d->lock_file);
         close(d->lock_fd);
     }
 }
@@ -1671,7 +2503,10 @@ static void daemon_stop(struct daemon *d)
 int main(int argc, char **argv)
 {
     struct daemon d = { .epoll_fd = -1, .listen_fd = -1, .signal_fd = -1, .lock_fd = -1,
-                        .spare_fd = -1 };
+                        .spare_fd = -1, .done_fd = -1,
+                        .jobs_lock = PTHREAD_MUTEX_INITIALIZER,
+                        .jobs_cond = PTHREAD_COND_INITIALIZER,
+                        .hold_cond = PTHREAD_COND_INITIALIZER };
     struct options options;
     sigset_t signals;
     int status = parse_options(argc, argv, &options);
@@ -1679,10 +2514,14 @@ int main(int argc, char **argv)
     if (status >= 0)
         return status;
     log_threshold = options.log_level;
-    /* Before any library thread exists, so that every thread blocks them. */
+    /* Before any library thread or worker exists, so that every thread
+     * blocks them and only the signalfd sees them. */
     sigemptyset(&signals);
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGHUP);
+    sigaddset(&signals, SIGUSR1);
+    sigaddset(&signals, SIGUSR2);
     sigprocmask(SIG_BLOCK, &signals, NULL);
     signal(SIGPIPE, SIG_IGN);
 

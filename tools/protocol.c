@@ -391,9 +391,12 @@ int mv_proto_parse_message(const char *line, size_t length,
         }
     }
     if (!json_object_is_type(parsed, json_type_object)) {
+        /* Name the type before the value is freed (json-c names a NULL
+         * value, a JSON null, "null"). */
+        const char *type = json_type_to_name(json_object_get_type(parsed));
+
         json_object_put(parsed);
-        return fail_why(why, -EINVAL, "a message must be a JSON object, not %s",
-                        json_type_to_name(json_object_get_type(parsed)));
+        return fail_why(why, -EINVAL, "a message must be a JSON object, not %s", type);
     }
     *message = parsed;
     return 0;

@@ -42,6 +42,14 @@
  *                    logdirty: {dirty-log stats}
  *   doctor           -> doctor: {kernel report, see mv_proto_doctor_json}
  *   shutdown
+ *   test-hold, test-release -> released (only with memvisord --test-commands:
+ *                    a call held on a daemon worker until released)
+ *
+ * A new domain's name (create, clone) must not be all digits: it would read
+ * as an id.  Access is the daemon's business: a peer it does not serve gets
+ * one EACCES error reply and the connection is closed.  A request begun must
+ * be complete within memvisord --request-timeout-ms, or the reply is an
+ * ETIMEDOUT error and the connection is closed.
  *
  * Copy-on-write sharing (gfns, counts, handles and keys are JSON integers;
  * a handle is any 64-bit unsigned value):
