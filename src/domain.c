@@ -154,6 +154,20 @@ void mv__p2m_set(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
 /* ------------------------------------------------------------------------ */
 /* crash                                                                    */
 
+/* Wake every thread blocked on a fault of `uffd` in d's RAM.  The last
+ * resort of a crash: it is tried again, and only logged when it keeps
+ * failing (nothing else could wake them). */
+static void wake_all(struct mv_domain *d, int uffd, size_t length)
+{
+    int rc = 0;
+
+    for (unsigned i = 0; i < MV_WAKE_TRIES; i++)
+        if ((rc = mv__os_uffd_wake(uffd, d->ram, length)) == 0)
+            return;
+    mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot wake its vCPUs after the "
+            "crash: %s", d->domid, mv_strerror(rc));
+}
+
 /* Replace the RAM mapping with one that raises SIGBUS on every access, then
  * wake every thread blocked on a fault in it so it takes the signal. */
 static void poison_ram(struct mv_domain *d)
@@ -173,9 +187,9 @@ static void poison_ram(struct mv_domain *d)
             mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot poison its RAM: %s",
                     d->domid, mv_strerror(-errno));
     }
-    mv__os_uffd_wake(d->uffd, d->ram, length);
+    wake_all(d, d->uffd, length);
     if (d->cow_uffd >= 0)
-        mv__os_uffd_wake(d->cow_uffd, d->ram, length);
+        wake_all(d, d->cow_uffd, length);
     mv__fault_release_all(d);
 }
 

@@ -487,7 +487,7 @@ void mv__logdirty_wp_fault(struct mv_domain *d, uint64_t gfn)
      * current mapping, whose own fault marks the page dirty.
      */
     if (d->p2m[gfn] != MV_P2M_RAM) {
-        mv__os_uffd_wake(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+        mv__fault_wake(d, false, gfn, 1);
         return;
     }
     if (l->writable)

@@ -1014,8 +1014,14 @@ MV_COLD static int adopt_private_copy(struct mv_domain *d, uint64_t gfn, enum or
     /* Where the kernel copies on write, the copy is not protected yet: stop
      * further writes (they trap and wait for the domain lock) before
      * reading it. */
-    if (kernel_copies_on(d))
-        mv__os_uffd_writeprotect(d->cow_uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE, true);
+    if (kernel_copies_on(d) &&
+        (rc = mv__os_uffd_writeprotect(d->cow_uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE,
+                                       true)) < 0) {
+        /* A write after the read below would be lost with the copy. */
+        mv__domain_crash(d, "cannot stop writes to gfn %#llx to keep one that raced "
+                         "its sharing: %s", (unsigned long long)gfn, mv_strerror(rc));
+        return -EFAULT;
+    }
     memcpy(page, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
     if (from != FROM_RAM && !mv__pod_claim(d, 1, true)) {
         mv__domain_crash(d, "no memory for a write to gfn %#llx that raced its "
@@ -1030,7 +1036,9 @@ MV_COLD static int adopt_private_copy(struct mv_domain *d, uint64_t gfn, enum or
                          "sharing: %s", (unsigned long long)gfn, mv_strerror(rc));
         return -EFAULT;
     }
-    mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+    /* Only spares the guest a trap: unmapped, the page is mapped at its
+     * next fault. */
+    (void)mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
     if (from != FROM_RAM)
         mv__p2m_set(d, gfn, MV_P2M_RAM);
     mv__logdirty_mark(d, gfn, 1);

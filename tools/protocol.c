@@ -798,6 +798,7 @@ struct json_object *mv_proto_host_stats_json(const struct mv_host_stats *stats)
     add_u64(o, "domains", stats->domains);
     add_u64(o, "faults", stats->faults);
     add_u64(o, "fault_wakeups", stats->fault_wakeups);
+    add_u64(o, "fault_wait_errors", stats->fault_wait_errors);
     add_u64(o, "fault_threads", stats->fault_threads);
     add_string(o, "fault_mode", mv_fault_mode_name(stats->fault_mode));
     return o;
