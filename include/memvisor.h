@@ -225,6 +225,9 @@ struct mv_host_stats {
     uint64_t faults;              /* userfaultfd messages served */
     uint64_t fault_wakeups;       /* times a fault thread woke from sleep */
     uint64_t fault_wait_errors;   /* failed waits for faults, survived (logged) */
+    uint64_t metadata_bytes;      /* memvisor's own tables: every domain's
+                                     (mv_domain_info) and sharing's frame
+                                     records and content index */
     unsigned fault_threads;       /* running */
     enum mv_fault_mode fault_mode; /* SHARED or PER_CPU: what AUTO chose */
 };
@@ -382,6 +385,11 @@ struct mv_domain_info {
     uint64_t cow_shortfall;     /* shared pages beyond that: writing them
                                    all would wait or crash (PoD policy) */
     uint64_t excluded_pages;    /* never shared nor scanned */
+    /* Host memory memvisor's own tables take for this domain: the p2m, the
+     * sharing entries written so far, the dirty bitmaps, the built-in
+     * guest's oracle.  Grows with maxmem (about 5 bytes a page with the
+     * built-in guest), not with the memory the guest uses. */
+    uint64_t metadata_bytes;
     char crash_reason[128];     /* why, when state == MV_DOMAIN_CRASHED */
 };
 

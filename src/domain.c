@@ -641,6 +641,10 @@ int mv_domain_info(mv_host *host, uint32_t domid, struct mv_domain_info *out)
     out->pod_wait_ns = d->pod_wait_ns;
     out->held_faults = d->held_count;
     out->shared_pages = d->shared;
+    out->metadata_bytes = sizeof(*d) + d->maxmem_pages * sizeof(*d->p2m) +
+        (d->maxmem_pages + MV_BLOCK_PAGES - 1) / MV_BLOCK_PAGES * sizeof(*d->block_pod) +
+        d->held_capacity * sizeof(*d->held) + mv__logdirty_metadata(d) +
+        mv__guest_metadata(d);
     mv__share_domain_info(d, out);
     snprintf(out->crash_reason, sizeof(out->crash_reason), "%s", d->crash_reason);
     mv__mutex_unlock(&d->lock);

@@ -381,6 +381,16 @@ void mv__guest_destroy(struct mv_domain *d)
     d->guest = NULL;
 }
 
+uint64_t mv__guest_metadata(struct mv_domain *d)
+{
+    const struct mv__guest *g = d->guest;
+
+    if (!g)
+        return 0;
+    return sizeof(*g) + g->vcpu_count * sizeof(g->vcpus[0]) +
+           d->maxmem_pages * (sizeof(*g->oracle) + sizeof(*g->ballooned));
+}
+
 int mv__guest_park(struct mv_domain *d, unsigned timeout_ms)
 {
     struct mv__guest *g = d->guest;

@@ -221,6 +221,23 @@ void mv_host_destroy(mv_host *h)
     free(h);
 }
 
+static uint64_t domains_metadata(mv_host *h)
+{
+    struct mv_domain **all;
+    size_t n = mv__domain_get_all(h, &all);
+    uint64_t bytes = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        struct mv_domain_info info;
+
+        if (mv_domain_info(h, all[i]->domid, &info) == 0)
+            bytes += info.metadata_bytes;
+        mv__domain_put(all[i]);
+    }
+    free(all);
+    return bytes;
+}
+
 int mv_host_stats(mv_host *h, struct mv_host_stats *out)
 {
     mv__clear_error();
@@ -238,6 +255,7 @@ int mv_host_stats(mv_host *h, struct mv_host_stats *out)
     out->faults = atomic_load(&h->faults);
     out->fault_wakeups = atomic_load(&h->fault_wakeups);
     out->fault_wait_errors = atomic_load(&h->fault_wait_errors);
+    out->metadata_bytes = mv__share_host_metadata(h) + domains_metadata(h);
     out->fault_threads = h->fault_thread_count;
     out->fault_mode = h->config.fault_mode;
     return 0;

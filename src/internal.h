@@ -474,6 +474,8 @@ int mv__logdirty_resolve(struct mv_host *host, enum mv_logdirty_mode requested,
                          uint64_t *register_modes);
 int mv__logdirty_create(struct mv_domain *d, enum mv_logdirty_mode mode);
 void mv__logdirty_destroy(struct mv_domain *d);
+/* Bytes of the dirty log's tables (domain lock held). */
+uint64_t mv__logdirty_metadata(struct mv_domain *d);
 /* memvisor changed [gfn, gfn + n) (lock held): report it if logging. */
 void mv__logdirty_mark(struct mv_domain *d, uint64_t gfn, uint64_t n);
 /* Whether logging has split the RAM into many VMAs (mprotect mode), so that
@@ -521,6 +523,8 @@ void mv__share_check_room(struct mv_domain *d);
 void mv__share_settle_all(struct mv_host *host);
 /* Sharing figures of a domain for mv_domain_info (lock held). */
 void mv__share_domain_info(struct mv_domain *d, struct mv_domain_info *out);
+/* Bytes of sharing's host-wide tables: frame records, the content index. */
+uint64_t mv__share_host_metadata(struct mv_host *host);
 /* Drop a shared gfn's mapping and give it `type` (lock held). */
 int mv__share_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type);
 /* Whether gfn may be shared or scanned (lock held). */
@@ -579,6 +583,8 @@ void mv__scanner_stats(struct mv_host *host, struct mv_share_stats *out);
 int mv__guest_create(struct mv_domain *d);
 /* Stop the vCPUs (their RAM must already raise SIGBUS or be served). */
 void mv__guest_destroy(struct mv_domain *d);
+/* Bytes of the built-in guest's tables (oracle, balloon record). */
+uint64_t mv__guest_metadata(struct mv_domain *d);
 /* Ask the vCPUs to park at a page boundary and wait (up to `timeout_ms`)
  * until every running vCPU is parked or held in a fault. */
 int mv__guest_park(struct mv_domain *d, unsigned timeout_ms);

@@ -430,6 +430,17 @@ int mv__logdirty_create(struct mv_domain *d, enum mv_logdirty_mode mode)
     return 0;
 }
 
+uint64_t mv__logdirty_metadata(struct mv_domain *d)
+{
+    const struct mv__logdirty *l = d->logdirty;
+
+    if (!l)
+        return 0;
+    return sizeof(*l) + l->map_bytes +
+           (l->writable ? l->words * sizeof(*l->writable) : 0) +
+           (l->taken ? l->words * sizeof(*l->taken) : 0);
+}
+
 void mv__logdirty_destroy(struct mv_domain *d)
 {
     struct mv__logdirty *l = d->logdirty;

@@ -2341,6 +2341,8 @@ uint32_t *mv__share_checksums(struct mv_domain *d)
     return d->share->checksums;
 }
 
+static uint64_t share_domain_metadata(struct mv_domain *d);
+
 void mv__share_domain_info(struct mv_domain *d, struct mv_domain_info *out)
 {
     struct mv__share_dom *sd = d->share;
@@ -2356,6 +2358,45 @@ void mv__share_domain_info(struct mv_domain *d, struct mv_domain_info *out)
     out->cow_claimable = MV_MIN(d->shared, room);
     out->cow_shortfall = d->shared - out->cow_claimable;
     out->excluded_pages = sd->excluded_count;
+    out->metadata_bytes += share_domain_metadata(d);
+}
+
+/* The entries a domain's table has been given (whole 2 MiB blocks of it, as
+ * they are first used) and its scanner and exclusion tables (domain lock
+ * held). */
+static uint64_t share_domain_metadata(struct mv_domain *d)
+{
+    const struct mv__share_dom *sd = d->share;
+    uint64_t blocks = (d->maxmem_pages + MV_BLOCK_PAGES - 1) / MV_BLOCK_PAGES, used = 0;
+
+    mv__mutex_lock(&d->host->share->lock);  /* guards table_used */
+    for (uint64_t w = 0; w < (blocks + 63) / 64; w++)
+        used += (uint64_t)__builtin_popcountll(sd->table_used[w]);
+    mv__mutex_unlock(&d->host->share->lock);
+    return sizeof(*sd) + used * sizeof(struct mv__share_block) +
+           (blocks + 63) / 64 * sizeof(uint64_t) +
+           (sd->excluded ? (d->maxmem_pages + 63) / 64 * sizeof(uint64_t) : 0) +
+           (sd->checksums ? d->maxmem_pages * sizeof(*sd->checksums) : 0);
+}
+
+uint64_t mv__share_host_metadata(struct mv_host *h)
+{
+    struct mv__share *s = h->share;
+    uint64_t bytes;
+
+    mv__mutex_lock(&s->lock);
+    bytes = (s->bucket_mask + 1) * sizeof(*s->buckets) +
+            s->region_capacity * sizeof(*s->regions) +
+            s->registry_capacity * sizeof(*s->registry);
+    for (size_t i = 0; i < s->region_count; i++) {
+        const struct mv__share_region *r = s->regions[i];
+
+        bytes += sizeof(*r) + r->pages * sizeof(*r->frames) +
+                 r->free_capacity * sizeof(*r->free_frames) +
+                 (r->pending ? (r->pages + 63) / 64 * sizeof(*r->pending) : 0);
+    }
+    mv__mutex_unlock(&s->lock);
+    return bytes;
 }
 
 /* ------------------------------------------------------------------------ */

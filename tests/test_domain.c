@@ -225,6 +225,29 @@ static void host_budget_validation(void **state)
     mv_host_destroy(h);
 }
 
+/* memvisor's own tables per domain are counted, grow with maxmem, and sum
+ * into the host's figure. */
+static void metadata_is_counted(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t small = tu_domain(h, "small", 1 * GiB, 64 * MiB);
+    uint32_t big = tu_domain(h, "big", 4 * GiB, 64 * MiB);
+    uint64_t pages = 1 * GiB / MV_PAGE_SIZE;
+    struct mv_domain_info s = tu_info(h, small), b = tu_info(h, big);
+    struct mv_host_stats hs;
+
+    (void)state;
+    /* A p2m byte, an oracle word and a balloon byte per page at least, and
+     * the dirty bitmap every domain has from its creation. */
+    assert_true(s.metadata_bytes >= pages * 6 + pages / 8);
+    assert_true(s.metadata_bytes < pages * 16);
+    assert_true(b.metadata_bytes >= 4 * s.metadata_bytes - 4 * MiB);
+    assert_ok(mv_host_stats(h, &hs));
+    assert_true(hs.metadata_bytes >= s.metadata_bytes + b.metadata_bytes);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 static void host_rejects_bad_config(void **state)
 {
     struct mv_host_config c;
@@ -285,6 +308,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(set_target_validation),
     cmocka_unit_test(host_budget_validation),
     cmocka_unit_test(host_rejects_bad_config),
+    cmocka_unit_test(metadata_is_counted),
     cmocka_unit_test(probe_reports_features),
 };
 

@@ -718,25 +718,28 @@ static void print_stats(struct json_object *reply)
 {
     struct json_object *host = field(reply, "host");
     size_t count = field_length(reply, "domains");
-    char budget[32], populated[32], peak[32];
+    char budget[32], populated[32], peak[32], metadata[32];
     bool crash_seen = false;
 
-    printf("host: budget %s, populated %s (peak %s), domains %" PRIu64 ", faults served %"
-           PRIu64 " by %" PRIu64 " fault threads (%s)\n\n",
+    printf("host: budget %s, populated %s (peak %s), metadata %s, domains %" PRIu64
+           ", faults served %" PRIu64 " by %" PRIu64 " fault threads (%s)\n\n",
            pages_text(budget, sizeof(budget), field_u64(host, "budget_pages")),
            pages_text(populated, sizeof(populated), field_u64(host, "populated_pages")),
            pages_text(peak, sizeof(peak), field_u64(host, "peak_populated_pages")),
+           mv_proto_format_size(metadata, sizeof(metadata), field_u64(host, "metadata_bytes")),
            field_u64(host, "domains"), field_u64(host, "faults"),
            field_u64(host, "fault_threads"), field_string(host, "fault_mode"));
-    printf("%4s  %-12s %-7s %10s %10s %10s %10s %10s %8s %6s %8s %6s %10s %6s %10s %9s\n",
+    printf("%4s  %-12s %-7s %10s %10s %10s %10s %10s %8s %6s %8s %6s %10s %6s %10s %9s "
+           "%9s\n",
            "ID", "NAME", "STATE", "MAXMEM", "TARGET", "POPULATED", "POD", "BALLOONED",
-           "FAULTS", "2M", "4K", "SWEEPS", "RECLAIMED", "WAITS", "SHARED", "COWBREAKS");
+           "FAULTS", "2M", "4K", "SWEEPS", "RECLAIMED", "WAITS", "SHARED", "COWBREAKS",
+           "METADATA");
     for (size_t i = 0; i < count; i++) {
         struct json_object *d = field_item(reply, "domains", i);
-        char sizes[7][32];
+        char sizes[8][32];
 
         printf("%4" PRIu64 "  %-12s %-7s %10s %10s %10s %10s %10s %8" PRIu64 " %6" PRIu64
-               " %8" PRIu64 " %6" PRIu64 " %10s %6" PRIu64 " %10s %9" PRIu64 "\n",
+               " %8" PRIu64 " %6" PRIu64 " %10s %6" PRIu64 " %10s %9" PRIu64 " %9s\n",
                field_u64(d, "domid"), field_string(d, "name"), field_string(d, "state"),
                pages_text(sizes[0], sizeof(sizes[0]), field_u64(d, "maxmem_pages")),
                pages_text(sizes[1], sizeof(sizes[1]), field_u64(d, "target_pages")),
@@ -748,7 +751,8 @@ static void print_stats(struct json_object *reply)
                pages_text(sizes[5], sizeof(sizes[5]), field_u64(d, "reclaimed_zero")),
                field_u64(d, "pod_waits"),
                pages_text(sizes[6], sizeof(sizes[6]), field_u64(d, "shared_pages")),
-               field_u64(d, "cow_breaks"));
+               field_u64(d, "cow_breaks"),
+               mv_proto_format_size(sizes[7], sizeof(sizes[7]), field_u64(d, "metadata_bytes")));
     }
     for (size_t i = 0; i < count; i++) {
         struct json_object *d = field_item(reply, "domains", i);

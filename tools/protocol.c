@@ -799,6 +799,7 @@ struct json_object *mv_proto_host_stats_json(const struct mv_host_stats *stats)
     add_u64(o, "faults", stats->faults);
     add_u64(o, "fault_wakeups", stats->fault_wakeups);
     add_u64(o, "fault_wait_errors", stats->fault_wait_errors);
+    add_u64(o, "metadata_bytes", stats->metadata_bytes);
     add_u64(o, "fault_threads", stats->fault_threads);
     add_string(o, "fault_mode", mv_fault_mode_name(stats->fault_mode));
     return o;
@@ -837,6 +838,7 @@ struct json_object *mv_proto_domain_info_json(const struct mv_domain_info *info)
     add_u64(o, "cow_claimable", info->cow_claimable);
     add_u64(o, "cow_shortfall", info->cow_shortfall);
     add_u64(o, "excluded_pages", info->excluded_pages);
+    add_u64(o, "metadata_bytes", info->metadata_bytes);
     add_string(o, "crash_reason", info->crash_reason);
     return o;
 }
