@@ -295,10 +295,11 @@ static void domain_free(struct mv_domain *d)
 {
     struct mv_host *h = d->host;
 
-    if (d->guest)
-        mv__guest_destroy(d);
-    mv__logdirty_destroy(d); /* before the RAM goes: a handler may look */
-    mv__share_domain_destroy(d);
+    /* In reverse: the last set up goes first, all before the RAM goes (a
+     * signal handler may still look at it). */
+    for (size_t i = mv__mechanism_count; i-- > 0;)
+        if (mv__mechanisms[i]->domain_destroy)
+            mv__mechanisms[i]->domain_destroy(d);
     if (d->ram)
         mv__os_unmap(d->ram, d->maxmem_pages << MV_PAGE_SHIFT);
     if (d->uffd >= 0)
@@ -324,8 +325,7 @@ static void domain_free(struct mv_domain *d)
 static int domain_init(struct mv_host *h, struct mv_domain *d,
                        const struct mv_domain_config *config)
 {
-    uint64_t blocks, uffd_features, register_modes;
-    enum mv_logdirty_mode mode;
+    uint64_t blocks, uffd_features = 0, register_modes = 0;
     int rc;
 
     d->host = h;
@@ -361,25 +361,21 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
         d->frame_pages = 0;
         return rc;
     }
-    rc = mv__logdirty_resolve(h, config->logdirty_mode, &mode, &uffd_features,
-                              &register_modes);
-    if (rc < 0)
-        return rc;
-    rc = mv__logdirty_create(d, mode);
-    if (rc < 0)
-        return rc;
+    mv__each_mechanism(m)
+        if (m->domain_traps && (rc = m->domain_traps(d, &uffd_features, &register_modes)) < 0)
+            return rc;
     d->uffd = mv__uffd_create(uffd_features);
     if (d->uffd < 0)
         return d->uffd;
-    rc = mv__share_domain_init(d);
-    if (rc < 0)
-        return rc;
     d->register_modes = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR |
                         register_modes;
     rc = map_ram(d);
     if (rc < 0)
         return rc;
-    return mv__guest_create(d);
+    mv__each_mechanism(m)
+        if (m->domain_init && (rc = m->domain_init(d)) < 0)
+            return rc;
+    return 0;
 }
 
 static int table_insert(struct mv_host *h, struct mv_domain *d)
@@ -545,7 +541,9 @@ int mv_domain_destroy(mv_host *host, uint32_t domid)
         mv__domain_put(d);
         return mv__fail(-ESRCH, "domain %u is being destroyed", domid);
     }
-    mv__guest_destroy(d);
+    mv__each_mechanism(m)
+        if (m->domain_stop)
+            m->domain_stop(d);
     mv__fault_remove_domain(host, d);
     atomic_fetch_add(&host->domains_dying, 1); /* audits: not a quiet view */
     table_remove(host, domid);
@@ -643,16 +641,17 @@ int mv_domain_info(mv_host *host, uint32_t domid, struct mv_domain_info *out)
     out->shared_pages = d->shared;
     out->metadata_bytes = sizeof(*d) + d->maxmem_pages * sizeof(*d->p2m) +
         (d->maxmem_pages + MV_BLOCK_PAGES - 1) / MV_BLOCK_PAGES * sizeof(*d->block_pod) +
-        d->held_capacity * sizeof(*d->held) + mv__logdirty_metadata(d) +
-        mv__guest_metadata(d);
-    mv__share_domain_info(d, out);
+        d->held_capacity * sizeof(*d->held);
+    mv__each_mechanism(m)
+        if (m->domain_info)
+            m->domain_info(d, out);
     snprintf(out->crash_reason, sizeof(out->crash_reason), "%s", d->crash_reason);
     mv__mutex_unlock(&d->lock);
     mv__domain_put(d);
     return 0;
 }
 
-static int check_gfn(struct mv_domain *d, uint64_t gfn)
+int mv__domain_check_gfn(struct mv_domain *d, uint64_t gfn)
 {
     if (gfn >= d->maxmem_pages)
         return mv__fail(-EINVAL, "gfn %#llx is past maxmem (%llu pages)",
@@ -660,18 +659,27 @@ static int check_gfn(struct mv_domain *d, uint64_t gfn)
     return 0;
 }
 
+/* The frame holding gfn's bytes now, from the owner of its p2m type (lock
+ * held). */
+static int page_frame(struct mv_domain *d, uint64_t gfn, uint64_t *mfn)
+{
+    return mv__p2m_ops_of((enum mv__p2m_type)d->p2m[gfn])->frame(d, gfn, mfn);
+}
+
 int mv_domain_page_type(mv_host *host, uint32_t domid, uint64_t gfn,
                         enum mv_page_type *type)
 {
     struct mv_domain *d = mv__domain_get(host, domid);
+    uint64_t mfn;
     int rc;
 
     if (!d)
         return -ESRCH;
     mv__mutex_lock(&d->lock);
-    rc = check_gfn(d, gfn);
-    /* A shared page the kernel copied on a write is private: settle it. */
-    if (rc == 0 && d->p2m[gfn] == MV_P2M_SHARED && mv__share_settle(d, gfn, 1) == -EFAULT)
+    rc = mv__domain_check_gfn(d, gfn);
+    /* Its owner brings the gfn up to date first (a remapped page the kernel
+     * copied on a write is the domain's own now). */
+    if (rc == 0 && page_frame(d, gfn, &mfn) == -EFAULT)
         rc = mv__fail(-EPERM, "domain %u crashed: %s", domid, d->crash_reason);
     if (rc == 0)
         *type = (enum mv_page_type)d->p2m[gfn];
@@ -683,37 +691,23 @@ int mv_domain_page_type(mv_host *host, uint32_t domid, uint64_t gfn,
 int mv_domain_read_page(mv_host *host, uint32_t domid, uint64_t gfn, void *buf)
 {
     struct mv_domain *d = mv__domain_get(host, domid);
+    uint64_t mfn;
     int rc;
 
     if (!d)
         return -ESRCH;
     mv__mutex_lock(&d->lock);
-    rc = check_gfn(d, gfn);
-    if (rc == 0) {
-        switch ((enum mv__p2m_type)d->p2m[gfn]) {
-        case MV_P2M_RAM:
-            rc = mv__machine_read(&host->machine, d->base_mfn + gfn, 1, buf);
-            break;
-        case MV_P2M_POD:
-            memset(buf, 0, MV_PAGE_SIZE);
-            break;
-        case MV_P2M_BALLOONED:
-            rc = mv__fail(-ENODATA, "gfn %#llx is ballooned out",
-                          (unsigned long long)gfn);
-            break;
-        case MV_P2M_SHARED:
-            /* A copy the kernel made is its bytes: settle it first. */
-            if (mv__share_settle(d, gfn, 1) == -EFAULT) {
-                rc = mv__fail(-EPERM, "domain %u crashed: %s", domid, d->crash_reason);
-                break;
-            }
-            if (d->p2m[gfn] == MV_P2M_SHARED)
-                rc = mv__machine_read(&host->machine, mv__share_mfn(d, gfn), 1, buf);
-            else
-                rc = mv__machine_read(&host->machine, d->base_mfn + gfn, 1, buf);
-            break;
-        }
-    }
+    rc = mv__domain_check_gfn(d, gfn);
+    if (rc == 0)
+        rc = page_frame(d, gfn, &mfn);
+    if (rc == -ENODATA)
+        rc = mv__fail(-ENODATA, "gfn %#llx is ballooned out", (unsigned long long)gfn);
+    else if (rc == -EFAULT)
+        rc = mv__fail(-EPERM, "domain %u crashed: %s", domid, d->crash_reason);
+    else if (rc == 0 && mfn == MV_NO_FRAME)
+        memset(buf, 0, MV_PAGE_SIZE);
+    else if (rc == 0)
+        rc = mv__machine_read(&host->machine, mfn, 1, buf);
     mv__mutex_unlock(&d->lock);
     mv__domain_put(d);
     return rc;
@@ -739,14 +733,15 @@ int mv_domain_pause(mv_host *host, uint32_t domid)
         rc = mv__fail(-EALREADY, "domain %u is already paused", domid);
     else
         d->state = MV_DOMAIN_PAUSED; /* from now on faults are held */
-    /* Writes to shared pages too: they trap instead of being copied by the
-     * kernel, and the copies made so far are settled. */
-    if (rc == 0 && mv__share_cow_trap(d, MV__COW_TRAP_PAUSED, true) < 0)
-        rc = mv__fail(-EPERM, "domain %u crashed while pausing: %s", domid,
-                      d->crash_reason);
+    /* Mechanisms whose writes bypass the fault service stop them now. */
+    mv__each_mechanism(m)
+        if (rc == 0 && m->domain_pause && m->domain_pause(d) < 0)
+            rc = mv__fail(-EPERM, "domain %u crashed while pausing: %s", domid,
+                          d->crash_reason);
     mv__mutex_unlock(&d->lock);
-    if (rc == 0)
-        rc = mv__guest_park(d, MV_PAUSE_TIMEOUT_MS);
+    mv__each_mechanism(m)
+        if (rc == 0 && m->domain_park)
+            rc = m->domain_park(d, MV_PAUSE_TIMEOUT_MS);
     mv__domain_put(d);
     return rc;
 }
@@ -764,12 +759,14 @@ int mv_domain_unpause(mv_host *host, uint32_t domid)
         rc = mv__fail(-EINVAL, "domain %u is not paused", domid);
     else
         d->state = MV_DOMAIN_RUNNING;
-    if (rc == 0 && mv__share_cow_trap(d, MV__COW_TRAP_PAUSED, false) < 0)
-        mv__log(host, MV_LOG_WARN, "domain %u: %s; its writes to shared pages trap",
-                domid, mv_last_error());
+    mv__each_mechanism(m)
+        if (rc == 0 && m->domain_unpause)
+            m->domain_unpause(d);
     mv__mutex_unlock(&d->lock);
     if (rc == 0) {
-        mv__guest_unpark(d);
+        mv__each_mechanism(m)
+            if (m->domain_unpark)
+                m->domain_unpark(d);
         mv__fault_kick(host);
     }
     mv__domain_put(d);
@@ -777,36 +774,7 @@ int mv_domain_unpause(mv_host *host, uint32_t domid)
 }
 
 /* ------------------------------------------------------------------------ */
-/* reservations                                                             */
-
-/*
- * Check a gfn list before anything changes: every gfn inside maxmem, of the
- * type the operation needs (ballooned or not), and no gfn twice.
- */
-static int validate_gfns(struct mv_domain *d, const uint64_t *gfns, size_t count,
-                         bool want_ballooned)
-{
-    uint8_t *seen = calloc((d->maxmem_pages + 7) / 8, 1);
-    int rc = 0;
-
-    if (!seen)
-        return mv__fail(-ENOMEM, "no memory to check %zu gfns", count);
-    for (size_t i = 0; i < count && rc == 0; i++) {
-        uint64_t g = gfns[i];
-
-        rc = check_gfn(d, g);
-        if (rc < 0)
-            break;
-        if ((d->p2m[g] == MV_P2M_BALLOONED) != want_ballooned)
-            rc = mv__fail(-EINVAL, "gfn %#llx is %s ballooned", (unsigned long long)g,
-                          want_ballooned ? "not" : "already");
-        else if (seen[g / 8] & (1u << (g % 8)))
-            rc = mv__fail(-EINVAL, "gfn %#llx is listed twice", (unsigned long long)g);
-        seen[g / 8] |= (uint8_t)(1u << (g % 8));
-    }
-    free(seen);
-    return rc;
-}
+/* live-domain locking                                                      */
 
 int mv__domain_lock_live(struct mv_host *host, uint32_t domid, struct mv_domain **out)
 {
@@ -827,73 +795,6 @@ void mv__domain_unlock_put(struct mv_domain *d)
 {
     mv__mutex_unlock(&d->lock);
     mv__domain_put(d);
-}
-
-static int reservation_begin(mv_host *host, uint32_t domid, const uint64_t *gfns,
-                             size_t count, struct mv_domain **out)
-{
-    mv__clear_error();
-    if (count && !gfns)
-        return mv__fail(-EINVAL, "gfn list is NULL");
-    if (count > INT32_MAX)
-        return mv__fail(-E2BIG, "%zu gfns in one call; at most %d", count, INT32_MAX);
-    return mv__domain_lock_live(host, domid, out);
-}
-
-static void reservation_end(struct mv_domain *d)
-{
-    struct mv_host *h = d->host;
-
-    mv__domain_unlock_put(d);
-    mv__fault_kick(h);
-}
-
-int mv_domain_decrease_reservation(mv_host *host, uint32_t domid,
-                                   const uint64_t *gfns, size_t count)
-{
-    struct mv_domain *d = NULL; /* set whenever reservation_begin succeeds */
-    size_t done = 0;
-    int rc = reservation_begin(host, domid, gfns, count, &d);
-
-    if (rc < 0)
-        return rc;
-    rc = validate_gfns(d, gfns, count, false);
-    for (; rc == 0 && done < count; done++) {
-        if (d->p2m[gfns[done]] == MV_P2M_RAM) {
-            rc = mv__pod_release(d, gfns[done], MV_P2M_BALLOONED);
-        } else if (d->p2m[gfns[done]] == MV_P2M_SHARED) {
-            rc = mv__share_release(d, gfns[done], MV_P2M_BALLOONED);
-        } else {
-            mv__p2m_set(d, gfns[done], MV_P2M_BALLOONED);
-            mv__logdirty_mark(d, gfns[done], 1);
-        }
-    }
-    /* As Xen's hypercall: the gfns before the one that failed stay
-     * released, and their number is the answer. */
-    if (rc < 0 && done)
-        rc = mv__fail(rc, "releasing gfn %#llx failed after %zu gfns: %s",
-                      (unsigned long long)gfns[done - 1], done - 1, mv_strerror(rc));
-    reservation_end(d);
-    if (rc < 0)
-        return done > 1 ? (int)(done - 1) : rc;
-    return (int)count;
-}
-
-int mv_domain_increase_reservation(mv_host *host, uint32_t domid,
-                                   const uint64_t *gfns, size_t count)
-{
-    struct mv_domain *d = NULL; /* set whenever reservation_begin succeeds */
-    int rc = reservation_begin(host, domid, gfns, count, &d);
-
-    if (rc < 0)
-        return rc;
-    rc = validate_gfns(d, gfns, count, true);
-    for (size_t i = 0; rc == 0 && i < count; i++) {
-        mv__p2m_set(d, gfns[i], MV_P2M_POD);
-        mv__logdirty_mark(d, gfns[i], 1);
-    }
-    reservation_end(d);
-    return rc < 0 ? rc : (int)count;
 }
 
 /* ------------------------------------------------------------------------ */

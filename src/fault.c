@@ -4,7 +4,7 @@
  *
  *   vCPU thread            fault thread
  *   store to guest RAM --> uffd message --> epoll --> read --> domain lock
- *     (blocked in the                          mv__pod_fault: populate or
+ *     (blocked in the                          the owner of the gfn's p2m type:
  *      kernel)                                 map; the ioctl wakes the vCPU
  *
  * An epoll set holds the userfaultfd of every domain (keyed by domid) and an
@@ -140,13 +140,25 @@ MV_COLD static void out_of_memory(struct mv_domain *d, uint64_t gfn, bool cow)
  */
 static int resolve(struct mv_domain *d, uint64_t gfn, bool cow)
 {
+    const struct mv__p2m_ops *ops = mv__p2m_ops_of((enum mv__p2m_type)d->p2m[gfn]);
+
     if (cow) {
-        if (d->p2m[gfn] == MV_P2M_SHARED)
-            return mv__share_cow_fault(d, gfn);
-        /* Broken already (another vCPU, unshare): let it retry. */
+        if (ops->remapped)
+            return ops->remap_fault(d, gfn);
+        /* Mapped back already (another vCPU, unshare): let it retry. */
         return mv__fault_wake(d, true, gfn, 1);
     }
-    return mv__pod_fault(d, gfn);
+    return ops->fault(d, gfn);
+}
+
+/* Whether the fault needs no memory and changes nothing: the page is there
+ * (a missing fault), or no longer remapped (a write through the second
+ * userfaultfd). */
+static bool needs_nothing(struct mv_domain *d, uint64_t gfn, uint64_t flags, bool cow)
+{
+    const struct mv__p2m_ops *ops = mv__p2m_ops_of((enum mv__p2m_type)d->p2m[gfn]);
+
+    return cow ? !ops->remapped : !(flags & UFFD_PAGEFAULT_FLAG_WP) && ops->present;
 }
 
 /* Serve one fault (domain lock held). */
@@ -172,8 +184,7 @@ static void serve_fault(struct mv_domain *d, uint64_t address, uint64_t flags,
          * point.  Held, it would count as a stopped vCPU, and a stale
          * message (its vCPU woken already) would let pause return while
          * that vCPU still runs. */
-        if (cow ? d->p2m[gfn] != MV_P2M_SHARED
-                : !(flags & UFFD_PAGEFAULT_FLAG_WP) && d->p2m[gfn] == MV_P2M_RAM) {
+        if (needs_nothing(d, gfn, flags, cow)) {
             resolve(d, gfn, cow);
             return;
         }
@@ -182,7 +193,9 @@ static void serve_fault(struct mv_domain *d, uint64_t address, uint64_t flags,
         return;
     }
     if (!cow && (flags & UFFD_PAGEFAULT_FLAG_WP)) {
-        mv__logdirty_wp_fault(d, gfn);
+        mv__each_mechanism(m)
+            if (m->write_fault)
+                m->write_fault(d, gfn);
         return;
     }
     /* Out of memory, or a system call that failed and left the page as it

@@ -532,6 +532,7 @@ int mv_workload_wait(mv_host *host, uint32_t domid, unsigned timeout_ms,
     else
         join_vcpus(g);
     if (status) {
+        memset(status, 0, sizeof(*status));
         status->running = (int)g->running;
         status->pages_done = atomic_load(&g->pages_done);
         status->mismatches = atomic_load(&g->mismatches);
@@ -730,3 +731,22 @@ void mv__guest_clone_oracle(struct mv_domain *src, struct mv_domain *clone)
     }
     to->ballooned_count = from->ballooned_count;
 }
+
+/* ------------------------------------------------------------------------ */
+/* what the built-in guests plug into the core                              */
+
+static void guest_info(struct mv_domain *d, struct mv_domain_info *out)
+{
+    out->metadata_bytes += mv__guest_metadata(d);
+}
+
+const struct mv__mechanism mv__guest_mechanism = {
+    .name = "built-in guests",
+    .domain_init = mv__guest_create,
+    .domain_stop = mv__guest_destroy,
+    .domain_destroy = mv__guest_destroy,
+    .domain_info = guest_info,
+    .domain_park = mv__guest_park,
+    .domain_unpark = mv__guest_unpark,
+    .domain_cloned = mv__guest_clone_oracle,
+};

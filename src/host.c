@@ -172,12 +172,9 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
         rc = mv__fail(h->sigbus_fd, "cannot create the SIGBUS memfd");
         goto fail;
     }
-    rc = mv__share_init(h);
-    if (rc < 0)
-        goto fail;
-    rc = mv__scanner_init(h);
-    if (rc < 0)
-        goto fail;
+    mv__each_mechanism(m)
+        if (m->host_init && (rc = m->host_init(h)) < 0)
+            goto fail;
     rc = mv__fault_service_start(h);
     if (rc < 0)
         goto fail;
@@ -206,12 +203,16 @@ void mv_host_destroy(mv_host *h)
 
     if (!h)
         return;
-    mv__scanner_fini(h);
+    mv__each_mechanism(m)
+        if (m->host_stop)
+            m->host_stop(h);
     while ((n = mv_domain_list(h, ids, MV_ARRAY_SIZE(ids))) > 0)
         for (int i = 0; i < MV_MIN(n, (int)MV_ARRAY_SIZE(ids)); i++)
             mv_domain_destroy(h, ids[i]);
     mv__fault_service_stop(h);
-    mv__share_fini(h);
+    for (size_t i = mv__mechanism_count; i-- > 0;)
+        if (mv__mechanisms[i]->host_fini)
+            mv__mechanisms[i]->host_fini(h);
     if (h->sigbus_fd >= 0)
         close(h->sigbus_fd);
     if (h->machine.pages)
@@ -255,7 +256,10 @@ int mv_host_stats(mv_host *h, struct mv_host_stats *out)
     out->faults = atomic_load(&h->faults);
     out->fault_wakeups = atomic_load(&h->fault_wakeups);
     out->fault_wait_errors = atomic_load(&h->fault_wait_errors);
-    out->metadata_bytes = mv__share_host_metadata(h) + domains_metadata(h);
+    out->metadata_bytes = domains_metadata(h);
+    mv__each_mechanism(m)
+        if (m->host_metadata)
+            out->metadata_bytes += m->host_metadata(h);
     out->fault_threads = h->fault_thread_count;
     out->fault_mode = h->config.fault_mode;
     return 0;
@@ -307,7 +311,10 @@ static int audit_budget_sum(mv_host *h)
             mv__domain_put(all[i]);
         }
         free(all);
-        frames = mv__share_frames(h);
+        frames = 0;
+        mv__each_mechanism(m)
+            if (m->host_frames)
+                frames += m->host_frames(h);
         charged = atomic_load(&h->machine.populated_pages);
         quiet = quiet && atomic_load(&h->domains_dying) == 0 &&
                 atomic_load(&h->machine.charge_changes) == before;
@@ -317,7 +324,8 @@ static int audit_budget_sum(mv_host *h)
         }
         if (populated + frames != charged)
             return mv__fail(-EUCLEAN, "host: domains hold %llu populated pages and "
-                            "sharing %llu frames, the budget counts %llu",
+                            "%llu frames are held outside them (shared), the budget "
+                            "counts %llu",
                             (unsigned long long)populated, (unsigned long long)frames,
                             (unsigned long long)charged);
         return 0;
@@ -334,9 +342,11 @@ int mv_host_audit(mv_host *h)
     int rc;
 
     mv__clear_error();
-    /* Copies the kernel made on write become breaks first, so that the
-     * counts below do not move under the audit. */
-    mv__share_settle_all(h);
+    /* Records that lag behind (kernel copies not settled yet) are brought
+     * up to date first, so that the counts below do not move under it. */
+    mv__each_mechanism(m)
+        if (m->host_settle)
+            m->host_settle(h);
     rc = mv__machine_audit(&h->machine);
     if (rc < 0)
         return rc;
@@ -351,7 +361,9 @@ int mv_host_audit(mv_host *h)
     }
     free(all);
     if (rc == 0)
-        rc = mv_share_audit(h);
+        mv__each_mechanism(m)
+            if (rc == 0 && m->host_audit)
+                rc = m->host_audit(h);
     if (rc == 0)
         rc = audit_budget_sum(h);
     return rc;

@@ -395,6 +395,8 @@ size_t mv__domain_get_all(struct mv_host *host, struct mv_domain ***out);
  */
 void mv__domain_crash(struct mv_domain *d, const char *fmt, ...) MV_PRINTF(2, 3);
 
+/* 0, or -EINVAL with a message when gfn is past maxmem. */
+int mv__domain_check_gfn(struct mv_domain *d, uint64_t gfn);
 /* Set a p2m entry, keeping the type counters in step (lock held). */
 void mv__p2m_set(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type);
 
@@ -463,6 +465,127 @@ void mv__fault_release_all(struct mv_domain *d);
  * wakes its whole RAM.  Domain lock held.  0, or -EFAULT when it crashed. */
 int mv__fault_wake(struct mv_domain *d, bool cow, uint64_t gfn, uint64_t n);
 #define MV_WAKE_TRIES 3
+
+/* ------------------------------------------------------------------------ */
+/* mechanism.c: what a mechanism plugs into the core (builtin.c lists them)  */
+
+/*
+ * The core (machine, host, domains and the p2m, the fault service) names no
+ * mechanism.  A mechanism (populate-on-demand, dirty logging, sharing, the
+ * built-in guests) fills in a struct mv__mechanism; the core calls each
+ * hook that is set, in the order of mv__mechanisms[] (builtin.c, the one
+ * file that lists them), and a mechanism reaches another only through the
+ * core's calls below (mv__domain_pages_changed, mv__domain_claim, ...),
+ * never by name.
+ *
+ * Faults are dispatched by p2m type: each type has one owner, whose
+ * p2m_ops serve a fault on its gfns, release them (balloon) and read them.
+ * Hooks noted "lock held" run with the domain lock; the others with none.
+ */
+struct mv__p2m_ops {
+    /* Gfns of this type map a page: a missing fault on one needs no memory
+     * (its vCPU is woken, or the page mapped again). */
+    bool present;
+    /* Gfns of this type map a frame elsewhere, write-protected through the
+     * domain's second (copy-on-write) userfaultfd. */
+    bool remapped;
+    /* A missing or minor fault at gfn (lock held, domain running): 0,
+     * -EFAULT (crashed), or another negative errno when it cannot be served
+     * now and nothing changed (-ENOMEM: no memory): the fault then waits. */
+    int (*fault)(struct mv_domain *d, uint64_t gfn);
+    /* remapped types: a write fault through the second userfaultfd; same
+     * answers as fault. */
+    int (*remap_fault)(struct mv_domain *d, uint64_t gfn);
+    /* Give gfn's memory back and make it `type` (lock held). */
+    int (*release)(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type);
+    /* The frame whose bytes gfn has now (lock held): 0 with *mfn
+     * (MV_NO_FRAME: the page reads as zero), -ENODATA (no page: ballooned)
+     * or -EFAULT (crashed).  May change the gfn's type (a remapped gfn
+     * written meanwhile becomes the domain's own). */
+    int (*frame)(struct mv_domain *d, uint64_t gfn, uint64_t *mfn);
+};
+#define MV_NO_FRAME UINT64_MAX
+#define MV_P2M_TYPES 4
+
+struct mv__mechanism {
+    const char *name;
+    /* p2m types this mechanism owns (NULL: none). */
+    const struct mv__p2m_ops *p2m_ops[MV_P2M_TYPES];
+
+    /* host */
+    int (*host_init)(struct mv_host *h);
+    /* Before the host's domains are destroyed: stop background work. */
+    void (*host_stop)(struct mv_host *h);
+    /* After they are (also after a host_init that failed half-way). */
+    void (*host_fini)(struct mv_host *h);
+    /* Bring lagging records up to date before an audit (no lock). */
+    void (*host_settle)(struct mv_host *h);
+    /* Pages charged to the budget that no domain's populated count holds. */
+    uint64_t (*host_frames)(struct mv_host *h);
+    uint64_t (*host_metadata)(struct mv_host *h);
+    int (*host_audit)(struct mv_host *h);
+
+    /* domains */
+    /* Before the domain's userfaultfd exists: the features and register
+     * modes its mechanism needs (may add to both). */
+    int (*domain_traps)(struct mv_domain *d, uint64_t *uffd_features,
+                        uint64_t *register_modes);
+    /* After its RAM is mapped, before it is reachable. */
+    int (*domain_init)(struct mv_domain *d);
+    /* Being destroyed: stop the vCPUs it runs (no lock; may be called
+     * again from domain_destroy's time). */
+    void (*domain_stop)(struct mv_domain *d);
+    /* Unreachable, vCPUs gone or going; in reverse registration order. */
+    void (*domain_destroy)(struct mv_domain *d);
+    /* Figures for mv_domain_info; add to out->metadata_bytes (lock held). */
+    void (*domain_info)(struct mv_domain *d, struct mv_domain_info *out);
+    /* Paused / unpaused (lock held, state already changed). */
+    int (*domain_pause)(struct mv_domain *d);
+    void (*domain_unpause)(struct mv_domain *d);
+    /* Wait until the domain's own vCPUs stopped or let them go (no lock). */
+    int (*domain_park)(struct mv_domain *d, unsigned timeout_ms);
+    void (*domain_unpark)(struct mv_domain *d);
+    /* A clone of the paused src was made (src's lock held). */
+    void (*domain_cloned)(struct mv_domain *src, struct mv_domain *clone);
+
+    /* events other mechanisms raise through the core (lock held) */
+    /* The hypervisor changed [gfn, gfn + n): bytes, mapping or type. */
+    void (*pages_changed)(struct mv_domain *d, uint64_t gfn, uint64_t n);
+    /* Whether the RAM must be populated page by page now (split mappings). */
+    bool (*needs_small_pages)(struct mv_domain *d);
+    /* Populated pages or the target changed. */
+    void (*room_changed)(struct mv_domain *d);
+    /* Every guest write must be seen (dirty tracking on) or no longer. */
+    int (*writes_watched)(struct mv_domain *d, bool on);
+    /* The domain is short of `pages` within its target: free what can be. */
+    void (*reclaim)(struct mv_domain *d, uint64_t pages);
+    /* A write the kernel cannot resolve alone (synchronous write protection
+     * on the domain's own userfaultfd) at gfn (lock held, running). */
+    void (*write_fault)(struct mv_domain *d, uint64_t gfn);
+};
+
+extern const struct mv__mechanism *const mv__mechanisms[];
+extern const size_t mv__mechanism_count;
+
+#define mv__each_mechanism(m)                                                  \
+    for (const struct mv__mechanism *const *m##_it = mv__mechanisms, *m;       \
+         m##_it < mv__mechanisms + mv__mechanism_count && (m = *m##_it, 1);    \
+         m##_it++)
+
+/* The owner's operations for the p2m type of gfn (never NULL). */
+const struct mv__p2m_ops *mv__p2m_ops_of(enum mv__p2m_type type);
+
+/* Events (domain lock held): each calls the hook of every mechanism. */
+void mv__domain_pages_changed(struct mv_domain *d, uint64_t gfn, uint64_t n);
+bool mv__domain_needs_small_pages(struct mv_domain *d);
+void mv__domain_room_changed(struct mv_domain *d);
+/* 0, or the first error (the others still told). */
+int mv__domain_writes_watched(struct mv_domain *d, bool on);
+/* src (paused, its lock held) was cloned into clone, not reachable yet. */
+void mv__domain_cloned(struct mv_domain *src, struct mv_domain *clone);
+/* Room for `pages` more populated pages within the target, reclaiming when
+ * it is full, and, when `machine`, charged to the host budget. */
+bool mv__domain_claim(struct mv_domain *d, uint64_t pages, bool machine);
 
 /* ------------------------------------------------------------------------ */
 /* logdirty.c                                                                */

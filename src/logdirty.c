@@ -552,7 +552,7 @@ static void enable_undo(struct mv_domain *d, int rc)
                 d->domid, mv_last_error());
     else if (l->slot >= 0)
         slot_release(l);
-    if (mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, false) < 0)
+    if (mv__domain_writes_watched(d, false) < 0)
         mv__log(d->host, MV_LOG_WARN, "domain %u: after a failed dirty-log enable: %s",
                 d->domid, mv_last_error());
     mv__fail(rc, "%s", message);
@@ -583,7 +583,7 @@ int mv_logdirty_enable(mv_host *host, uint32_t domid)
         }
         /* Writes to shared pages trap while the log is on: each break
          * marks its page. */
-        rc = mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, true);
+        rc = mv__domain_writes_watched(d, true);
         if (rc == 0)
             rc = protect_all(d, true);
         if (rc < 0)
@@ -628,7 +628,7 @@ int mv_logdirty_disable(mv_host *host, uint32_t domid)
         slot_release(l);
     /* RAM is writable and the log off whatever this returns; shared pages
      * may go on trapping. */
-    rc = mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, false);
+    rc = mv__domain_writes_watched(d, false);
     end(d);
     return rc;
 }
@@ -847,3 +847,38 @@ int mv_logdirty_bitmap_fd(mv_host *host, uint32_t domid, int *fd)
     mv__domain_put(d);
     return rc;
 }
+
+/* ------------------------------------------------------------------------ */
+/* what dirty logging plugs into the core                                   */
+
+/* A new domain: pick its mode, which decides its userfaultfd's features
+ * and register modes, and set up its log. */
+static int logdirty_traps(struct mv_domain *d, uint64_t *uffd_features,
+                          uint64_t *register_modes)
+{
+    enum mv_logdirty_mode mode;
+    uint64_t features, modes;
+    int rc = mv__logdirty_resolve(d->host, d->config.logdirty_mode, &mode, &features,
+                                  &modes);
+
+    if (rc < 0)
+        return rc;
+    *uffd_features |= features;
+    *register_modes |= modes;
+    return mv__logdirty_create(d, mode);
+}
+
+static void logdirty_info(struct mv_domain *d, struct mv_domain_info *out)
+{
+    out->metadata_bytes += mv__logdirty_metadata(d);
+}
+
+const struct mv__mechanism mv__logdirty_mechanism = {
+    .name = "dirty logging",
+    .domain_traps = logdirty_traps,
+    .domain_destroy = mv__logdirty_destroy,
+    .domain_info = logdirty_info,
+    .pages_changed = mv__logdirty_mark,
+    .needs_small_pages = mv__logdirty_splits_ram,
+    .write_fault = mv__logdirty_wp_fault,
+};

@@ -115,7 +115,7 @@ static int populate_block(struct mv_domain *d, uint64_t gfn)
 
     if (!d->config.pod_block_populate || first + MV_BLOCK_PAGES > d->maxmem_pages ||
         d->block_pod[first / MV_BLOCK_PAGES] != MV_BLOCK_PAGES ||
-        mv__logdirty_splits_ram(d))
+        mv__domain_needs_small_pages(d))
         return -EAGAIN;
     if (!charge(d, MV_BLOCK_PAGES) && !sweep_for(d, MV_BLOCK_PAGES, true))
         return -EAGAIN;
@@ -130,7 +130,7 @@ static int populate_block(struct mv_domain *d, uint64_t gfn)
         mv__machine_uncharge(&d->host->machine, MV_BLOCK_PAGES - kept);
         for (uint64_t i = 0; i < kept; i++)
             mv__p2m_set(d, first + i, MV_P2M_RAM);
-        mv__logdirty_mark(d, first, kept);
+        mv__domain_pages_changed(d, first, kept);
         d->populated_4k += kept;
         mv__log(d->host, MV_LOG_WARN, "domain %u: 2 MiB populate at gfn %#llx "
                 "failed after %llu pages (%s); falling back to 4 KiB", d->domid,
@@ -139,7 +139,7 @@ static int populate_block(struct mv_domain *d, uint64_t gfn)
     }
     for (uint64_t i = 0; i < MV_BLOCK_PAGES; i++)
         mv__p2m_set(d, first + i, MV_P2M_RAM);
-    mv__logdirty_mark(d, first, MV_BLOCK_PAGES);
+    mv__domain_pages_changed(d, first, MV_BLOCK_PAGES);
     d->populated_2m++;
     return 0;
 }
@@ -158,7 +158,7 @@ static int populate_page(struct mv_domain *d, uint64_t gfn)
         mv__log(d->host, MV_LOG_ERROR, "domain %u: PoD gfn %#llx already had a "
                 "page; keeping it", d->domid, (unsigned long long)gfn);
         mv__p2m_set(d, gfn, MV_P2M_RAM);
-        mv__logdirty_mark(d, gfn, 1);
+        mv__domain_pages_changed(d, gfn, 1);
         return mv__fault_wake(d, false, gfn, 1);
     }
     if (rc < 0) {
@@ -171,7 +171,7 @@ static int populate_page(struct mv_domain *d, uint64_t gfn)
         return -EFAULT;
     }
     mv__p2m_set(d, gfn, MV_P2M_RAM);
-    mv__logdirty_mark(d, gfn, 1);
+    mv__domain_pages_changed(d, gfn, 1);
     d->populated_4k++;
     return 0;
 }
@@ -192,49 +192,36 @@ static int map_present(struct mv_domain *d, uint64_t gfn)
     return 0;
 }
 
-int mv__pod_fault(struct mv_domain *d, uint64_t gfn)
+/* A PoD entry's first touch: populate its block, or the page. */
+static int pod_fault(struct mv_domain *d, uint64_t gfn)
 {
-    int rc;
+    int rc = populate_block(d, gfn);
 
-    switch ((enum mv__p2m_type)d->p2m[gfn]) {
-    case MV_P2M_RAM:
-        return map_present(d, gfn);
-    case MV_P2M_POD:
-        rc = populate_block(d, gfn);
-        /* A block that failed half-way may have populated gfn already. */
-        if (rc < 0)
-            rc = d->p2m[gfn] == MV_P2M_RAM ? map_present(d, gfn) : populate_page(d, gfn);
-        /* Less room for copies of shared pages now. */
-        if (rc == 0 && d->shared)
-            mv__share_check_room(d);
-        return rc;
-    case MV_P2M_BALLOONED:
-        mv__domain_crash(d, "guest touched gfn %#llx, which it had ballooned out",
-                         (unsigned long long)gfn);
-        return -EFAULT;
-    case MV_P2M_SHARED:
-        /* It was shared while the fault waited: retry on the new mapping. */
-        return mv__fault_wake(d, false, gfn, 1);
-    }
-    mv__domain_crash(d, "corrupt p2m entry %u at gfn %#llx", d->p2m[gfn],
+    /* A block that failed half-way may have populated gfn already. */
+    if (rc < 0)
+        rc = d->p2m[gfn] == MV_P2M_RAM ? map_present(d, gfn) : populate_page(d, gfn);
+    if (rc == 0)
+        mv__domain_room_changed(d);
+    return rc;
+}
+
+static int ballooned_fault(struct mv_domain *d, uint64_t gfn)
+{
+    mv__domain_crash(d, "guest touched gfn %#llx, which it had ballooned out",
                      (unsigned long long)gfn);
     return -EFAULT;
 }
 
-bool mv__pod_claim(struct mv_domain *d, uint64_t pages, bool machine)
+/* The domain is short of pages within its target: sweep for zero pages. */
+static void pod_reclaim(struct mv_domain *d, uint64_t pages)
 {
-    mv__assert_held(&d->lock);
-    if (d->populated + pages > d->target_pages) {
-        struct mv_sweep_result res;
+    struct mv_sweep_result res;
 
-        mv__pod_sweep(d, MV_SWEEP_SCAN_LIMIT, MV_MAX(pages, MV_SWEEP_RECLAIM_GOAL), &res);
-        if (d->populated + pages > d->target_pages)
-            return false;
-    }
-    return !machine || mv__machine_charge(&d->host->machine, pages);
+    mv__pod_sweep(d, MV_SWEEP_SCAN_LIMIT, MV_MAX(pages, MV_SWEEP_RECLAIM_GOAL), &res);
 }
 
-int mv__pod_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
+/* A RAM gfn's memory goes back; the gfn becomes `type`. */
+static int ram_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
 {
     int rc = mv__os_punch(d->host->machine.memfd, frame_offset(d, gfn),
                           MV_PAGE_SIZE);
@@ -243,8 +230,38 @@ int mv__pod_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
         return rc;
     mv__p2m_set(d, gfn, type);
     mv__machine_uncharge(&d->host->machine, 1);
-    mv__logdirty_mark(d, gfn, 1);
+    mv__domain_pages_changed(d, gfn, 1);
     return 0;
+}
+
+/* A gfn with no memory just changes type. */
+static int empty_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
+{
+    mv__p2m_set(d, gfn, type);
+    mv__domain_pages_changed(d, gfn, 1);
+    return 0;
+}
+
+static int ram_frame(struct mv_domain *d, uint64_t gfn, uint64_t *mfn)
+{
+    *mfn = d->base_mfn + gfn;
+    return 0;
+}
+
+static int pod_frame(struct mv_domain *d, uint64_t gfn, uint64_t *mfn)
+{
+    (void)d;
+    (void)gfn;
+    *mfn = MV_NO_FRAME;
+    return 0;
+}
+
+static int ballooned_frame(struct mv_domain *d, uint64_t gfn, uint64_t *mfn)
+{
+    (void)d;
+    (void)gfn;
+    (void)mfn;
+    return -ENODATA;
 }
 
 #define MV_BLOCK_BYTES ((size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT)
@@ -258,7 +275,7 @@ static void remap_zapped(struct mv_domain *d, uint64_t gfn, uint64_t n)
 {
     int rc;
 
-    mv__logdirty_mark(d, gfn, n);
+    mv__domain_pages_changed(d, gfn, n);
     rc = mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), n << MV_PAGE_SHIFT);
     if (rc < 0 && rc != -EEXIST)
         mv__log(d->host, MV_LOG_WARN, "domain %u: cannot remap gfn %#llx after "
@@ -316,7 +333,7 @@ static uint64_t reclaim_zapped_run(struct mv_domain *d, uint64_t gfn, uint64_t n
                 for (uint64_t j = start; j < i; j++)
                     mv__p2m_set(d, gfn + j, MV_P2M_POD);
                 mv__machine_uncharge(&d->host->machine, i - start);
-                mv__logdirty_mark(d, gfn + start, i - start);
+                mv__domain_pages_changed(d, gfn + start, i - start);
                 reclaimed += i - start;
                 continue;
             }
@@ -374,6 +391,7 @@ void mv__pod_sweep(struct mv_domain *d, uint64_t max_scan, uint64_t want,
     uint8_t *buf = sweep_buffer();
 
     mv__assert_held(&d->lock);
+    memset(result, 0, sizeof(*result));
     if (!buf)
         mv__log(d->host, MV_LOG_ERROR, "domain %u: no memory for the sweep buffer",
                 d->domid);
@@ -448,7 +466,7 @@ int mv_domain_set_target(mv_host *host, uint32_t domid, uint64_t target_bytes)
                           (unsigned long long)target);
         else
             d->target_pages = target;
-        mv__share_check_room(d);
+        mv__domain_room_changed(d);
     }
     mv__mutex_unlock(&d->lock);
     if (rc == 0)
@@ -456,3 +474,120 @@ int mv_domain_set_target(mv_host *host, uint32_t domid, uint64_t target_bytes)
     mv__domain_put(d);
     return rc;
 }
+
+/* ------------------------------------------------------------------------ */
+/* balloon: reservations                                                    */
+
+/*
+ * Check a gfn list before anything changes: every gfn inside maxmem, of the
+ * type the operation needs (ballooned or not), and no gfn twice.
+ */
+static int validate_gfns(struct mv_domain *d, const uint64_t *gfns, size_t count,
+                         bool want_ballooned)
+{
+    uint8_t *seen = calloc((d->maxmem_pages + 7) / 8, 1);
+    int rc = 0;
+
+    if (!seen)
+        return mv__fail(-ENOMEM, "no memory to check %zu gfns", count);
+    for (size_t i = 0; i < count && rc == 0; i++) {
+        uint64_t g = gfns[i];
+
+        rc = mv__domain_check_gfn(d, g);
+        if (rc < 0)
+            break;
+        if ((d->p2m[g] == MV_P2M_BALLOONED) != want_ballooned)
+            rc = mv__fail(-EINVAL, "gfn %#llx is %s ballooned", (unsigned long long)g,
+                          want_ballooned ? "not" : "already");
+        else if (seen[g / 8] & (1u << (g % 8)))
+            rc = mv__fail(-EINVAL, "gfn %#llx is listed twice", (unsigned long long)g);
+        seen[g / 8] |= (uint8_t)(1u << (g % 8));
+    }
+    free(seen);
+    return rc;
+}
+
+static int reservation_begin(mv_host *host, uint32_t domid, const uint64_t *gfns,
+                             size_t count, struct mv_domain **out)
+{
+    mv__clear_error();
+    if (count && !gfns)
+        return mv__fail(-EINVAL, "gfn list is NULL");
+    if (count > INT32_MAX)
+        return mv__fail(-E2BIG, "%zu gfns in one call; at most %d", count, INT32_MAX);
+    return mv__domain_lock_live(host, domid, out);
+}
+
+static void reservation_end(struct mv_domain *d)
+{
+    struct mv_host *h = d->host;
+
+    mv__domain_unlock_put(d);
+    mv__fault_kick(h);
+}
+
+int mv_domain_decrease_reservation(mv_host *host, uint32_t domid,
+                                   const uint64_t *gfns, size_t count)
+{
+    struct mv_domain *d = NULL; /* set whenever reservation_begin succeeds */
+    size_t done = 0;
+    int rc = reservation_begin(host, domid, gfns, count, &d);
+
+    if (rc < 0)
+        return rc;
+    rc = validate_gfns(d, gfns, count, false);
+    for (; rc == 0 && done < count; done++) {
+        /* The owner of the gfn's type gives its memory back. */
+        rc = mv__p2m_ops_of((enum mv__p2m_type)d->p2m[gfns[done]])
+                 ->release(d, gfns[done], MV_P2M_BALLOONED);
+    }
+    /* As Xen's hypercall: the gfns before the one that failed stay
+     * released, and their number is the answer. */
+    if (rc < 0 && done)
+        rc = mv__fail(rc, "releasing gfn %#llx failed after %zu gfns: %s",
+                      (unsigned long long)gfns[done - 1], done - 1, mv_strerror(rc));
+    reservation_end(d);
+    if (rc < 0)
+        return done > 1 ? (int)(done - 1) : rc;
+    return (int)count;
+}
+
+int mv_domain_increase_reservation(mv_host *host, uint32_t domid,
+                                   const uint64_t *gfns, size_t count)
+{
+    struct mv_domain *d = NULL; /* set whenever reservation_begin succeeds */
+    int rc = reservation_begin(host, domid, gfns, count, &d);
+
+    if (rc < 0)
+        return rc;
+    rc = validate_gfns(d, gfns, count, true);
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        mv__p2m_set(d, gfns[i], MV_P2M_POD);
+        mv__domain_pages_changed(d, gfns[i], 1);
+    }
+    reservation_end(d);
+    return rc < 0 ? rc : (int)count;
+}
+
+/* ------------------------------------------------------------------------ */
+/* what populate-on-demand plugs into the core                              */
+
+static const struct mv__p2m_ops ram_ops = {
+    .present = true, .fault = map_present, .release = ram_release, .frame = ram_frame,
+};
+static const struct mv__p2m_ops pod_ops = {
+    .fault = pod_fault, .release = empty_release, .frame = pod_frame,
+};
+static const struct mv__p2m_ops ballooned_ops = {
+    .fault = ballooned_fault, .release = empty_release, .frame = ballooned_frame,
+};
+
+const struct mv__mechanism mv__pod_mechanism = {
+    .name = "populate-on-demand",
+    .p2m_ops = {
+        [MV_P2M_RAM] = &ram_ops,
+        [MV_P2M_POD] = &pod_ops,
+        [MV_P2M_BALLOONED] = &ballooned_ops,
+    },
+    .reclaim = pod_reclaim,
+};

@@ -1023,7 +1023,7 @@ MV_COLD static int adopt_private_copy(struct mv_domain *d, uint64_t gfn, enum or
         return -EFAULT;
     }
     memcpy(page, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
-    if (from != FROM_RAM && !mv__pod_claim(d, 1, true)) {
+    if (from != FROM_RAM && !mv__domain_claim(d, 1, true)) {
         mv__domain_crash(d, "no memory for a write to gfn %#llx that raced its "
                          "sharing", (unsigned long long)gfn);
         return -EFAULT;
@@ -1041,7 +1041,7 @@ MV_COLD static int adopt_private_copy(struct mv_domain *d, uint64_t gfn, enum or
     (void)mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
     if (from != FROM_RAM)
         mv__p2m_set(d, gfn, MV_P2M_RAM);
-    mv__logdirty_mark(d, gfn, 1);
+    mv__domain_pages_changed(d, gfn, 1);
     return 0;
 }
 
@@ -1050,7 +1050,7 @@ static void restore_ram(struct mv_domain *d, uint64_t gfn, uint64_t n)
 {
     int rc = mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), n << MV_PAGE_SHIFT);
 
-    mv__logdirty_mark(d, gfn, n);
+    mv__domain_pages_changed(d, gfn, n);
     if (rc < 0 && rc != -EEXIST)
         mv__log(d->host, MV_LOG_WARN, "domain %u: cannot map gfn %#llx+%llu back "
                 "(%s); it will trap once", d->domid, (unsigned long long)gfn,
@@ -1202,7 +1202,7 @@ static int64_t settle_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint6
     }
     if (from == FROM_RAM)
         shared -= free_own_runs(d, gfn, n, error);
-    mv__logdirty_mark(d, gfn, n);
+    mv__domain_pages_changed(d, gfn, n);
     mv__fault_wake(d, false, gfn, n);
     return shared;
 
@@ -1409,7 +1409,7 @@ static int give_own_frames(struct mv_domain *d, uint64_t first, uint64_t n,
         s->cow_nocopy++;
     }
     mv__mutex_unlock(&s->lock);
-    mv__logdirty_mark(d, first, n);
+    mv__domain_pages_changed(d, first, n);
     return 0;
 }
 
@@ -1439,7 +1439,7 @@ static int settle_copies(struct mv_domain *d, uint64_t gfn, uint64_t n)
                 return rc;
         return 0;
     }
-    if (!mv__pod_claim(d, n, false))
+    if (!mv__domain_claim(d, n, false))
         return -ENOMEM;
     return give_own_frames(d, gfn, n, NULL, n);
 }
@@ -1688,7 +1688,7 @@ static int break_share_trapped(struct mv_domain *d, uint64_t gfn)
     /* The sweep this may run needs the share lock not held.  The extent
      * cannot change meanwhile: changing a gfn to or from SHARED takes the
      * domain lock, which is held; only the frames' counts can. */
-    if (!mv__pod_claim(d, n, false)) {
+    if (!mv__domain_claim(d, n, false)) {
         /* No memory for the run: split it after all while the kernel's
          * limit still allows. */
         bool split;
@@ -1700,7 +1700,7 @@ static int break_share_trapped(struct mv_domain *d, uint64_t gfn)
         mv__mutex_unlock(&s->lock);
         first = gfn;
         n = 1;
-        if (!split || !mv__pod_claim(d, 1, false))
+        if (!split || !mv__domain_claim(d, 1, false))
             return -ENOMEM;
     }
     /* Where the kernel copies on write, gfns of the extent may hold copies:
@@ -1742,7 +1742,7 @@ int mv__share_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
     mv__p2m_set(d, gfn, type);
     rmap_del(d->host, d, gfn, true);
     mv__mutex_unlock(&s->lock);
-    mv__logdirty_mark(d, gfn, 1);
+    mv__domain_pages_changed(d, gfn, 1);
     return 0;
 }
 
@@ -1803,7 +1803,7 @@ static uint64_t reclaim_zero_run(struct mv_domain *d, uint64_t gfn, uint64_t n, 
     for (uint64_t i = 0; i < n; i++)
         mv__p2m_set(d, gfn + i, MV_P2M_POD);
     mv__machine_uncharge(&d->host->machine, n);
-    mv__logdirty_mark(d, gfn, n);
+    mv__domain_pages_changed(d, gfn, n);
     d->reclaimed_zero += n;
     return n;
 }
@@ -3025,7 +3025,7 @@ static int clone_remap_back(struct mv_domain *src, uint64_t old_base, uint64_t n
         rc = map_frames(src, g, shared_mfn(src, g), k + 1);
         g += k + 1;
     }
-    mv__logdirty_mark(src, 0, src->maxmem_pages);
+    mv__domain_pages_changed(src, 0, src->maxmem_pages);
     /* The block goes back to the allocator as holes, or not at all. */
     prc = copied || rc < 0
         ? mv__os_punch(h->machine.memfd, new_base << MV_PAGE_SHIFT, pages << MV_PAGE_SHIFT)
@@ -3213,8 +3213,8 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
     else if (!r)
         mv__machine_free(&host->machine, old_base, src->frame_pages);
     mv__mutex_unlock(&s->lock);
-    mv__logdirty_mark(src, 0, src->maxmem_pages);
-    mv__guest_clone_oracle(src, c);
+    mv__domain_pages_changed(src, 0, src->maxmem_pages);
+    mv__domain_cloned(src, c);
     mv__mutex_unlock(&src->lock);
     rc = mv__domain_publish(host, c);
     mv__domain_put(src);
