@@ -50,7 +50,8 @@ install(FILES ${CMAKE_BINARY_DIR}/memvisorConfig.cmake
 
 # pkg-config file.  Its prefix is the one of the install, which
 # `cmake --install --prefix` may change after configuring: the file is
-# written at install time, then installed.
+# written at install time, into a staging directory of its own for each
+# prefix (installs to two prefixes may run at once), then installed.
 foreach(dir LIBDIR INCLUDEDIR)
   if(IS_ABSOLUTE "${CMAKE_INSTALL_${dir}}")
     set(MV_PC_${dir} "${CMAKE_INSTALL_${dir}}")
@@ -58,12 +59,20 @@ foreach(dir LIBDIR INCLUDEDIR)
     set(MV_PC_${dir} "\${prefix}/${CMAKE_INSTALL_${dir}}")
   endif()
 endforeach()
+if(IS_ABSOLUTE "${CMAKE_INSTALL_LIBDIR}")
+  set(MV_PC_DESTINATION "${CMAKE_INSTALL_LIBDIR}/pkgconfig")
+else()
+  set(MV_PC_DESTINATION "\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_LIBDIR}/pkgconfig")
+endif()
 configure_file(${CMAKE_SOURCE_DIR}/cmake/memvisor.pc.in
                ${CMAKE_BINARY_DIR}/memvisor.pc.in @ONLY)
 install(CODE "
   file(READ \"${CMAKE_BINARY_DIR}/memvisor.pc.in\" mv_pc)
   string(REPLACE \"%PREFIX%\" \"\${CMAKE_INSTALL_PREFIX}\" mv_pc \"\${mv_pc}\")
-  file(WRITE \"${CMAKE_BINARY_DIR}/memvisor.pc\" \"\${mv_pc}\")"
+  string(MD5 mv_pc_stage \"\${CMAKE_INSTALL_PREFIX}\")
+  set(mv_pc_stage \"${CMAKE_BINARY_DIR}/pkgconfig-staging/\${mv_pc_stage}\")
+  file(WRITE \"\${mv_pc_stage}/memvisor.pc\" \"\${mv_pc}\")
+  file(INSTALL DESTINATION \"${MV_PC_DESTINATION}\" TYPE FILE
+       FILES \"\${mv_pc_stage}/memvisor.pc\")
+  file(REMOVE_RECURSE \"\${mv_pc_stage}\")"
   COMPONENT devel)
-install(FILES ${CMAKE_BINARY_DIR}/memvisor.pc
-        DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig COMPONENT devel)

@@ -52,14 +52,17 @@ pkg_config)
     extra=$(nm -D --defined-only "$so" | awk '{ print $3 }' |
             grep -v '^mv_[a-z]' | grep -v '^_\(init\|fini\|edata\|end\|_bss_start\)$' || true)
     [ -z "$extra" ] || { echo "exported beyond the public API:"; echo "$extra"; exit 1; }
-    ! nm -D --defined-only "$so" | grep -q ' mv__' ||
-        { echo "internal mv__ functions exported"; exit 1; }
+    case $(nm -D --defined-only "$so") in
+    *" mv__"*) echo "internal mv__ functions exported"; exit 1;;
+    esac
     # Nothing of memvisor's build flags reaches the consumer.
     flags="$(pkg-config --cflags --libs --static memvisor)"
     case $flags in *-W*|*-fsanitize*|*-D*) echo "pkg-config leaks flags: $flags"; exit 1;; esac
     run "$cc" $san -o "$tmp/embed" "$example" $(pkg-config --cflags --libs memvisor)
-    ldd "$tmp/embed" | grep -q "libmemvisor.so.0 => $libdir/" ||
-        { echo "not linked with the installed libmemvisor.so.0:"; ldd "$tmp/embed"; exit 1; }
+    linked=$(ldd "$tmp/embed")
+    case $linked in *"libmemvisor.so.0 => $libdir/"*) ;;
+    *) echo "not linked with the installed libmemvisor.so.0:"; echo "$linked"; exit 1;;
+    esac
     run "$tmp/embed"
     ;;
 pkg_config_static)
@@ -73,12 +76,18 @@ cmake_package)
         -DCMAKE_C_FLAGS="$san" -DCMAKE_EXE_LINKER_FLAGS="$san" >"$tmp/cmake.log" ||
         { cat "$tmp/cmake.log"; exit 1; }
     cmake --build "$tmp/consumer" >"$tmp/build.log" 2>&1 || { cat "$tmp/build.log"; exit 1; }
-    grep -q -e '-Wshadow\|-Werror\|-fvisibility' "$tmp/consumer/CMakeFiles/embed_shared.dir/flags.make" &&
-        { echo "memvisor's build flags leaked into the consumer"; exit 1; }
-    ldd "$tmp/consumer/embed_shared" | grep -q "libmemvisor.so.0 => $libdir/" ||
-        { echo "embed_shared: not the installed libmemvisor.so.0"; exit 1; }
-    ! ldd "$tmp/consumer/embed_static" | grep -q libmemvisor ||
-        { echo "embed_static: linked with the shared library"; exit 1; }
+    for t in embed_shared embed_static; do
+        ! grep -e '-Wshadow\|-Werror\|-fvisibility\|-D_GNU_SOURCE' \
+            "$tmp/consumer/CMakeFiles/$t.dir/flags.make" ||
+            { echo "$t: memvisor's build flags leaked into the consumer"; exit 1; }
+    done
+    linked=$(ldd "$tmp/consumer/embed_shared")
+    case $linked in *"libmemvisor.so.0 => $libdir/"*) ;;
+    *) echo "embed_shared: not the installed libmemvisor.so.0:"; echo "$linked"; exit 1;;
+    esac
+    case $(ldd "$tmp/consumer/embed_static") in
+    *libmemvisor*) echo "embed_static: linked with the shared library"; exit 1;;
+    esac
     run "$tmp/consumer/embed_shared"
     run "$tmp/consumer/embed_static"
     ;;
