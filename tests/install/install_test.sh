@@ -52,6 +52,14 @@ pkg_config)
     extra=$(nm -D --defined-only "$so" | awk '{ print $3 }' |
             grep -v '^mv_[a-z]' | grep -v '^_\(init\|fini\|edata\|end\|_bss_start\)$' || true)
     [ -z "$extra" ] || { echo "exported beyond the public API:"; echo "$extra"; exit 1; }
+    # ... and all of it: every function memvisor.h declares (a declaration
+    # without MV_API would be hidden).
+    declared=$(grep -v '^static inline' "$prefix/include/memvisor.h" |
+               sed -n 's/^\(MV_API \)\?[a-z][a-z0-9_ ]* \**\(mv_[a-z0-9_]*\)(.*/\2/p' | sort)
+    exported=$(nm -D --defined-only "$so" | awk '{ print $3 }' | grep '^mv_' | sort)
+    [ -n "$declared" ] && [ "$declared" = "$exported" ] ||
+        { echo "declared in memvisor.h but not exported, or the reverse:";
+          diff <(echo "$declared") <(echo "$exported"); exit 1; }
     case $(nm -D --defined-only "$so") in
     *" mv__"*) echo "internal mv__ functions exported"; exit 1;;
     esac
