@@ -32,6 +32,15 @@ int main(void)
     size_t words;
     int64_t n;
 
+    /* The library the dynamic linker found must have this header's ABI:
+     * the same major version (the number in libmemvisor.so.N). */
+    if (mv_version_number() / 10000 != MV_VERSION_MAJOR) {
+        fprintf(stderr, "libmemvisor %s, built for %d.x\n", mv_version(),
+                MV_VERSION_MAJOR);
+        return 1;
+    }
+    printf("libmemvisor %s\n", mv_version());
+
     mv_host_config_init(&hc);                  /* budget: 80% of MemAvailable */
     CHECK(mv_host_create(&hc, &host));
 

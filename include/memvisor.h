@@ -32,9 +32,28 @@
 extern "C" {
 #endif
 
+/*
+ * The version of this header.  CMakeLists.txt reads these three lines for
+ * the project's version (the shared library's VERSION, the pkg-config and
+ * CMake package versions): bump them here, nowhere else.  mv_version() and
+ * mv_version_number() tell the version of the library actually loaded.
+ */
 #define MV_VERSION_MAJOR 0
 #define MV_VERSION_MINOR 1
 #define MV_VERSION_PATCH 0
+#define MV_VERSION_NUMBER \
+    (MV_VERSION_MAJOR * 10000 + MV_VERSION_MINOR * 100 + MV_VERSION_PATCH)
+
+/*
+ * Marks the library's public functions.  libmemvisor.so is built with
+ * -fvisibility=hidden: only the functions declared here with MV_API are
+ * exported from it, never the library's internals.
+ */
+#if defined(__GNUC__) || defined(__clang__)
+#define MV_API __attribute__((visibility("default")))
+#else
+#define MV_API
+#endif
 
 #define MV_PAGE_SHIFT 12
 #define MV_PAGE_SIZE (1u << MV_PAGE_SHIFT)
@@ -45,10 +64,20 @@ extern "C" {
 typedef struct mv_host mv_host;
 
 /* ------------------------------------------------------------------------ */
+/* Version                                                                   */
+
+/* The loaded library's version, "MAJOR.MINOR.PATCH".  Thread-safe. */
+MV_API const char *mv_version(void);
+
+/* The same as MAJOR * 10000 + MINOR * 100 + PATCH: compare it with
+ * MV_VERSION_NUMBER, the version of the header a program was built with. */
+MV_API int mv_version_number(void);
+
+/* ------------------------------------------------------------------------ */
 /* Errors                                                                    */
 
 /* Words for a negative errno value returned by this library.  Thread-safe. */
-const char *mv_strerror(int err);
+MV_API const char *mv_strerror(int err);
 
 /*
  * The message describing the last failure of a call made by this thread,
@@ -56,7 +85,7 @@ const char *mv_strerror(int err);
  * succeeded without setting one.  The pointer stays valid until the thread's
  * next call into the library.
  */
-const char *mv_last_error(void);
+MV_API const char *mv_last_error(void);
 
 /* ------------------------------------------------------------------------ */
 /* Kernel features                                                          */
@@ -77,6 +106,7 @@ struct mv_kernel_features {
     uint64_t max_map_count;        /* vm.max_map_count */
     char shmem_thp[32];            /* shmem_enabled policy in force */
     uint64_t mem_available;        /* MemAvailable, bytes */
+    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
 
 /*
@@ -86,7 +116,7 @@ struct mv_kernel_features {
  * the missing feature and the kernel version that introduced it.  `out` is
  * filled in either case.  Thread-safe.
  */
-int mv_probe_kernel(struct mv_kernel_features *out);
+MV_API int mv_probe_kernel(struct mv_kernel_features *out);
 
 /* ------------------------------------------------------------------------ */
 /* Host                                                                      */
@@ -157,7 +187,7 @@ enum mv_cow_mode {
 #define MV_COW_SETTLE_DEFAULT_MS 100u
 
 /* "trap" or "kernel". */
-const char *mv_cow_mode_name(enum mv_cow_mode mode);
+MV_API const char *mv_cow_mode_name(enum mv_cow_mode mode);
 
 struct mv_host_config {
     /* Machine memory the host may populate; 0 = 80% of MemAvailable. */
@@ -193,27 +223,28 @@ struct mv_host_config {
     mv_log_fn log;
     void *log_opaque;
     enum mv_log_level log_level;
+    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
 #define MV_FAULT_SPIN_DEFAULT 50u
 
 /* Fill `config` with defaults. */
-void mv_host_config_init(struct mv_host_config *config);
+MV_API void mv_host_config_init(struct mv_host_config *config);
 
 /* "auto", "shared" or "per-cpu". */
-const char *mv_fault_mode_name(enum mv_fault_mode mode);
+MV_API const char *mv_fault_mode_name(enum mv_fault_mode mode);
 
 /*
  * Create a host: machine memory, budget and fault service.  Fails with
  * -EINVAL (bad config), -ENOSYS/-EOPNOTSUPP (kernel lacks a needed feature;
  * mv_last_error names it), -ENOMEM, or the errno of a failed system call.
  */
-int mv_host_create(const struct mv_host_config *config, mv_host **out);
+MV_API int mv_host_create(const struct mv_host_config *config, mv_host **out);
 
 /*
  * Destroy every domain and the host.  Guest threads still touching guest RAM
  * get SIGBUS.  Not thread-safe with respect to other calls on this host.
  */
-void mv_host_destroy(mv_host *host);
+MV_API void mv_host_destroy(mv_host *host);
 
 struct mv_host_stats {
     uint64_t budget_pages;        /* populated frames allowed */
@@ -230,16 +261,17 @@ struct mv_host_stats {
                                      records and content index */
     unsigned fault_threads;       /* running */
     enum mv_fault_mode fault_mode; /* SHARED or PER_CPU: what AUTO chose */
+    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
 
 /* Host-wide counters.  Thread-safe. */
-int mv_host_stats(mv_host *host, struct mv_host_stats *out);
+MV_API int mv_host_stats(mv_host *host, struct mv_host_stats *out);
 
 /*
  * Change the host budget.  Fails with -EBUSY when more pages than
  * `budget_bytes` are populated now (nothing changes).
  */
-int mv_host_set_budget(mv_host *host, uint64_t budget_bytes);
+MV_API int mv_host_set_budget(mv_host *host, uint64_t budget_bytes);
 
 /*
  * Check every host invariant (frame allocator, budget, every domain's p2m
@@ -250,7 +282,7 @@ int mv_host_set_budget(mv_host *host, uint64_t budget_bytes);
  * still.  -EAGAIN (no violation found) when memory kept moving through every
  * attempt: audit again, or with the guests paused.
  */
-int mv_host_audit(mv_host *host);
+MV_API int mv_host_audit(mv_host *host);
 
 /* ------------------------------------------------------------------------ */
 /* Domains                                                                   */
@@ -300,12 +332,13 @@ struct mv_domain_config {
     enum mv_logdirty_mode logdirty_mode;
     /* Who copies a shared page this domain writes (enum mv_cow_mode). */
     enum mv_cow_mode cow_mode;
+    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
 #define MV_MAX_VCPUS 64u
 #define MV_WAIT_TIMEOUT_DEFAULT_MS 10000u
 
 /* Fill `config` with defaults (1 vCPU, MV_POD_WAIT, default timeout). */
-void mv_domain_config_init(struct mv_domain_config *config);
+MV_API void mv_domain_config_init(struct mv_domain_config *config);
 
 /*
  * Create a domain, booted ballooned: every gfn is a populate-on-demand entry
@@ -314,8 +347,8 @@ void mv_domain_config_init(struct mv_domain_config *config);
  * (name taken), -ENOSPC (frame space exhausted), -E2BIG (maxmem larger than
  * the machine), system call errors.  Thread-safe.
  */
-int mv_domain_create(mv_host *host, const struct mv_domain_config *config,
-                     uint32_t *domid);
+MV_API int mv_domain_create(mv_host *host, const struct mv_domain_config *config,
+                            uint32_t *domid);
 
 /*
  * Destroy a domain: stop its built-in vCPUs, wake every thread blocked on a
@@ -324,16 +357,16 @@ int mv_domain_create(mv_host *host, const struct mv_domain_config *config,
  * SIGBUS, and after it the range is unmapped (SIGSEGV).  Never hangs on a
  * pending fault.  -ESRCH for an unknown domain.  Thread-safe.
  */
-int mv_domain_destroy(mv_host *host, uint32_t domid);
+MV_API int mv_domain_destroy(mv_host *host, uint32_t domid);
 
 /* Find a domain by name.  -ESRCH when no such domain exists. */
-int mv_domain_lookup(mv_host *host, const char *name, uint32_t *domid);
+MV_API int mv_domain_lookup(mv_host *host, const char *name, uint32_t *domid);
 
 /*
  * List domain ids into `ids` (up to `capacity`).  Returns the number of
  * domains (which may exceed `capacity`), or a negative errno.
  */
-int mv_domain_list(mv_host *host, uint32_t *ids, size_t capacity);
+MV_API int mv_domain_list(mv_host *host, uint32_t *ids, size_t capacity);
 
 /*
  * Pause: built-in vCPUs stop at their next page boundary (the call waits for
@@ -341,15 +374,15 @@ int mv_domain_list(mv_host *host, uint32_t *ids, size_t capacity);
  * until mv_domain_unpause.  -EALREADY when already paused, -ESRCH, -EPERM
  * on a crashed domain.
  */
-int mv_domain_pause(mv_host *host, uint32_t domid);
-int mv_domain_unpause(mv_host *host, uint32_t domid);
+MV_API int mv_domain_pause(mv_host *host, uint32_t domid);
+MV_API int mv_domain_unpause(mv_host *host, uint32_t domid);
 
 /*
  * The host address of gfn 0 of the domain's RAM and its size.  The range
  * stays valid until the domain is destroyed.  Touching it from any thread is
  * how a guest uses memory; memvisor populates pages on first touch.
  */
-int mv_domain_ram(mv_host *host, uint32_t domid, void **ram, uint64_t *size);
+MV_API int mv_domain_ram(mv_host *host, uint32_t domid, void **ram, uint64_t *size);
 
 struct mv_domain_info {
     uint32_t domid;
@@ -391,10 +424,11 @@ struct mv_domain_info {
      * built-in guest), not with the memory the guest uses. */
     uint64_t metadata_bytes;
     char crash_reason[128];     /* why, when state == MV_DOMAIN_CRASHED */
+    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
 
 /* Snapshot of a domain's state and counters.  -ESRCH for unknown domains. */
-int mv_domain_info(mv_host *host, uint32_t domid, struct mv_domain_info *out);
+MV_API int mv_domain_info(mv_host *host, uint32_t domid, struct mv_domain_info *out);
 
 /*
  * Set the PoD target.  Raising it lets held faults proceed.  Lowering it
@@ -403,7 +437,7 @@ int mv_domain_info(mv_host *host, uint32_t domid, struct mv_domain_info *out);
  * nothing the guest can see (balloon first).  -EINVAL when target > maxmem
  * or not page-aligned.
  */
-int mv_domain_set_target(mv_host *host, uint32_t domid, uint64_t target_bytes);
+MV_API int mv_domain_set_target(mv_host *host, uint32_t domid, uint64_t target_bytes);
 
 /*
  * Balloon hypercalls (Xen's XENMEM_decrease/increase_reservation).
@@ -418,15 +452,16 @@ int mv_domain_set_target(mv_host *host, uint32_t domid, uint64_t target_bytes);
  * `count`, with mv_last_error() saying why, as Xen's hypercall does; a
  * failure at the first gfn returns the error.
  */
-int mv_domain_decrease_reservation(mv_host *host, uint32_t domid,
-                                   const uint64_t *gfns, size_t count);
-int mv_domain_increase_reservation(mv_host *host, uint32_t domid,
-                                   const uint64_t *gfns, size_t count);
+MV_API int mv_domain_decrease_reservation(mv_host *host, uint32_t domid,
+                                          const uint64_t *gfns, size_t count);
+MV_API int mv_domain_increase_reservation(mv_host *host, uint32_t domid,
+                                          const uint64_t *gfns, size_t count);
 
 struct mv_sweep_result {
     uint64_t scanned;     /* populated pages examined */
     uint64_t reclaimed;   /* all-zero pages turned back into PoD entries */
     uint64_t elapsed_ns;
+    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
 
 /*
@@ -436,8 +471,8 @@ struct mv_sweep_result {
  * running; a vCPU touching a page while it is examined waits for the verdict.
  * This is the same sweep the fault path runs when the target is exhausted.
  */
-int mv_domain_reclaim_zero(mv_host *host, uint32_t domid, uint64_t max_pages,
-                           struct mv_sweep_result *result);
+MV_API int mv_domain_reclaim_zero(mv_host *host, uint32_t domid, uint64_t max_pages,
+                                  struct mv_sweep_result *result);
 
 enum mv_page_type {
     MV_PAGE_RAM = 0,        /* populated, in the domain's own frame */
@@ -447,8 +482,8 @@ enum mv_page_type {
 };
 
 /* The p2m type of one gfn.  -EINVAL past maxmem. */
-int mv_domain_page_type(mv_host *host, uint32_t domid, uint64_t gfn,
-                        enum mv_page_type *type);
+MV_API int mv_domain_page_type(mv_host *host, uint32_t domid, uint64_t gfn,
+                               enum mv_page_type *type);
 
 /*
  * Copy one guest page into `buf` (MV_PAGE_SIZE bytes) the way a debugger or
@@ -456,7 +491,7 @@ int mv_domain_page_type(mv_host *host, uint32_t domid, uint64_t gfn,
  * -ENODATA for a ballooned gfn.  Does not fault, allocate or count as a
  * guest access.
  */
-int mv_domain_read_page(mv_host *host, uint32_t domid, uint64_t gfn, void *buf);
+MV_API int mv_domain_read_page(mv_host *host, uint32_t domid, uint64_t gfn, void *buf);
 
 /*
  * Check the domain's invariants: 0 <= populated <= target <= maxmem, the
@@ -464,7 +499,7 @@ int mv_domain_read_page(mv_host *host, uint32_t domid, uint64_t gfn, void *buf);
  * while every PoD/ballooned gfn has none.  0 or -EUCLEAN (mv_last_error()
  * names the gfn and the rule).
  */
-int mv_domain_audit(mv_host *host, uint32_t domid);
+MV_API int mv_domain_audit(mv_host *host, uint32_t domid);
 
 /* ------------------------------------------------------------------------ */
 /* Dirty logging                                                             */
@@ -488,11 +523,11 @@ static inline size_t mv_logdirty_words(uint64_t maxmem_pages)
  * zero reclaim, balloon).  -EALREADY when already logging, -EPERM on a
  * crashed domain, -EOPNOTSUPP when the domain's mechanism is unavailable.
  */
-int mv_logdirty_enable(mv_host *host, uint32_t domid);
+MV_API int mv_logdirty_enable(mv_host *host, uint32_t domid);
 
 /* Stop logging and make all memory writable again.  -EINVAL when not
  * logging. */
-int mv_logdirty_disable(mv_host *host, uint32_t domid);
+MV_API int mv_logdirty_disable(mv_host *host, uint32_t domid);
 
 /*
  * Read the pages dirtied since the last mv_logdirty_clean (or enable)
@@ -501,8 +536,8 @@ int mv_logdirty_disable(mv_host *host, uint32_t domid);
  * page): send a zero marker for those, not bytes.  Returns the number of
  * dirty pages.
  */
-int64_t mv_logdirty_peek(mv_host *host, uint32_t domid, uint64_t *dirty,
-                         uint64_t *zero, size_t words);
+MV_API int64_t mv_logdirty_peek(mv_host *host, uint32_t domid, uint64_t *dirty,
+                                uint64_t *zero, size_t words);
 
 /*
  * Read and clear: the pages returned are write-protected again before the
@@ -512,8 +547,8 @@ int64_t mv_logdirty_peek(mv_host *host, uint32_t domid, uint64_t *dirty,
  * pages.  Over-reporting, documented: a 2 MiB PoD populate reports its 512
  * pages; a page the zero sweep examined and found to hold data is reported.
  */
-int64_t mv_logdirty_clean(mv_host *host, uint32_t domid, uint64_t *dirty,
-                          uint64_t *zero, size_t words);
+MV_API int64_t mv_logdirty_clean(mv_host *host, uint32_t domid, uint64_t *dirty,
+                                 uint64_t *zero, size_t words);
 
 struct mv_logdirty_stats {
     int enabled;
@@ -525,9 +560,10 @@ struct mv_logdirty_stats {
     uint64_t total_fetch_ns;
     uint64_t faults;                /* write traps taken (sync WP, mprotect) */
     uint64_t protect_ns;            /* time enable took to protect memory */
+    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
 
-int mv_logdirty_stats(mv_host *host, uint32_t domid, struct mv_logdirty_stats *out);
+MV_API int mv_logdirty_stats(mv_host *host, uint32_t domid, struct mv_logdirty_stats *out);
 
 /* The words of the domain's live dirty bitmap, for consumers in other
  * threads: producers set bits atomically; a consumer takes word i with an
@@ -538,21 +574,21 @@ int mv_logdirty_stats(mv_host *host, uint32_t domid, struct mv_logdirty_stats *o
  * page whose bit was taken is reported again by the next harvest, peek or
  * clean).  Also available to other processes through
  * mv_logdirty_bitmap_fd.  Valid until the domain is destroyed. */
-int mv_logdirty_bitmap(mv_host *host, uint32_t domid, uint64_t **words,
-                       size_t *count);
+MV_API int mv_logdirty_bitmap(mv_host *host, uint32_t domid, uint64_t **words,
+                              size_t *count);
 
 /* A memfd holding that bitmap, to map MAP_SHARED in another process.  The
  * caller owns the returned descriptor. */
-int mv_logdirty_bitmap_fd(mv_host *host, uint32_t domid, int *fd);
+MV_API int mv_logdirty_bitmap_fd(mv_host *host, uint32_t domid, int *fd);
 
 /* Move the record of pages the guest may write without a trap (wp-async:
  * the kernel's record of written pages; wp-sync, mprotect: the pages
  * unprotected since the last harvest) into the live bitmap, protecting
  * them again.  Returns the pages moved. */
-int64_t mv_logdirty_harvest(mv_host *host, uint32_t domid);
+MV_API int64_t mv_logdirty_harvest(mv_host *host, uint32_t domid);
 
 /* Name of a mechanism ("wp-async", ...). */
-const char *mv_logdirty_mode_name(enum mv_logdirty_mode mode);
+MV_API const char *mv_logdirty_mode_name(enum mv_logdirty_mode mode);
 
 /* ------------------------------------------------------------------------ */
 /* Copy-on-write page sharing                                                */
@@ -584,8 +620,8 @@ typedef uint64_t mv_share_handle;
  * is known to be zero, so the write that breaks it copies nothing.  -EINVAL
  * for a PoD or ballooned gfn.
  */
-int mv_share_nominate(mv_host *host, uint32_t domid, uint64_t gfn,
-                      mv_share_handle *handle);
+MV_API int mv_share_nominate(mv_host *host, uint32_t domid, uint64_t gfn,
+                             mv_share_handle *handle);
 
 /*
  * Share (Xen's share_pages): both pages must be nominated and both handles
@@ -594,25 +630,25 @@ int mv_share_nominate(mv_host *host, uint32_t domid, uint64_t gfn,
  * frame loses that mapping (freed, its handle retired, when it was the last).
  * Sharing a page with itself is -EINVAL; two gfns already in one frame is 0.
  */
-int mv_share_pages(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
-                   mv_share_handle src_handle, uint32_t client_domid,
-                   uint64_t client_gfn, mv_share_handle client_handle);
+MV_API int mv_share_pages(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
+                          mv_share_handle src_handle, uint32_t client_domid,
+                          uint64_t client_gfn, mv_share_handle client_handle);
 
 /*
  * Map the source's shared frame at a client gfn that holds no data (a PoD
  * entry): -EEXIST when the client gfn is populated or shared, -EINVAL when
  * ballooned.
  */
-int mv_share_add_to_physmap(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
-                            mv_share_handle src_handle, uint32_t client_domid,
-                            uint64_t client_gfn);
+MV_API int mv_share_add_to_physmap(mv_host *host, uint32_t src_domid, uint64_t src_gfn,
+                                   mv_share_handle src_handle, uint32_t client_domid,
+                                   uint64_t client_gfn);
 
 /*
  * Give a shared gfn its private copy now, as a write would (-EINVAL when the
  * gfn is not shared, -ENOMEM when neither the domain's target nor the host
  * budget has a page; nothing changed).
  */
-int mv_share_unshare(mv_host *host, uint32_t domid, uint64_t gfn);
+MV_API int mv_share_unshare(mv_host *host, uint32_t domid, uint64_t gfn);
 
 enum mv_share_outcome {
     MV_SHARE_MATCHED = 0,  /* equal bytes found in the index: now shared */
@@ -630,8 +666,8 @@ enum mv_share_outcome {
  * land in consecutive frames into one remap; `outcomes` (may be NULL) gets
  * one entry per gfn.  Returns the number of gfns shared (matched).
  */
-int64_t mv_share_make_ro_and_share(mv_host *host, uint32_t domid, uint64_t gfn,
-                                   uint64_t count, enum mv_share_outcome *outcomes);
+MV_API int64_t mv_share_make_ro_and_share(mv_host *host, uint32_t domid, uint64_t gfn,
+                                          uint64_t count, enum mv_share_outcome *outcomes);
 
 /*
  * Hint: [gfn, gfn + count) holds content that other ranges hinted with the
@@ -639,8 +675,8 @@ int64_t mv_share_make_ro_and_share(mv_host *host, uint32_t domid, uint64_t gfn,
  * guests loaded).  Hinted ranges are verified and shared first, by the next
  * scan step, before any blind scanning.  `key` 0 is reserved (-EINVAL).
  */
-int mv_share_hint(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count,
-                  uint64_t key);
+MV_API int mv_share_hint(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count,
+                         uint64_t key);
 
 /*
  * Keep [gfn, gfn + count) out of sharing for good: never shared, never
@@ -648,7 +684,7 @@ int mv_share_hint(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count,
  * range that are shared now are unshared first (-ENOMEM when that needs
  * memory the domain cannot have; then nothing is excluded).
  */
-int mv_share_exclude(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count);
+MV_API int mv_share_exclude(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count);
 
 /*
  * Clone a paused domain (-EBUSY when running): the new domain, named
@@ -663,8 +699,8 @@ int mv_share_exclude(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count
  * (paused, the same pages, sharing and accounting); only if putting it back
  * fails too does the source crash, and the message says so.
  */
-int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
-                    uint32_t *clone_domid);
+MV_API int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
+                           uint32_t *clone_domid);
 
 /*
  * Settle an MV_COW_KERNEL domain now (see enum mv_cow_mode): every page the
@@ -673,16 +709,17 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
  * domain), -ESRCH, -EPERM (crashed).  Copies with no memory to settle stay
  * as they are (mv_share_stats().cow_settle_waiting) and are not counted.
  */
-int64_t mv_share_settle(mv_host *host, uint32_t domid);
+MV_API int64_t mv_share_settle(mv_host *host, uint32_t domid);
 
 struct mv_scanner_config {
     uint64_t pages_per_second; /* budget; 0 = no limit */
     unsigned cpu_percent;      /* share of one CPU, 1..100; 0 = 100 */
     unsigned max_vmas;         /* stop sharing near this many mappings;
                                   0 = vm.max_map_count less a reserve */
+    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
 
-void mv_scanner_config_init(struct mv_scanner_config *config);
+MV_API void mv_scanner_config_init(struct mv_scanner_config *config);
 
 /*
  * The background scanner: walks every running domain's populated pages, 2 MiB
@@ -691,8 +728,8 @@ void mv_scanner_config_init(struct mv_scanner_config *config);
  * whose bytes match an indexed frame is shared; a page seen twice (in any two
  * places) is inserted.  -EALREADY when running.
  */
-int mv_scanner_start(mv_host *host, const struct mv_scanner_config *config);
-int mv_scanner_stop(mv_host *host);
+MV_API int mv_scanner_start(mv_host *host, const struct mv_scanner_config *config);
+MV_API int mv_scanner_stop(mv_host *host);
 
 struct mv_scan_result {
     uint64_t pages_scanned;   /* populated pages hashed */
@@ -701,6 +738,7 @@ struct mv_scan_result {
     uint64_t volatile_skips;  /* pages whose hash changed since last pass */
     uint64_t hinted_pages;    /* pages of hinted ranges processed */
     uint64_t elapsed_ns;
+    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
 
 /*
@@ -708,7 +746,7 @@ struct mv_scan_result {
  * then up to `max_pages` populated pages (0 = one whole pass over every
  * domain).  Works whether or not the background scanner runs.
  */
-int mv_share_scan(mv_host *host, uint64_t max_pages, struct mv_scan_result *result);
+MV_API int mv_share_scan(mv_host *host, uint64_t max_pages, struct mv_scan_result *result);
 
 struct mv_share_stats {
     uint64_t shared_frames;   /* frames owned by the host for sharing */
@@ -747,12 +785,13 @@ struct mv_share_stats {
     uint64_t cow_settle_waiting;   /* copies found with no memory to settle
                                       them by the last settle pass: their
                                       writers trap now */
+    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
 
 /* Sharing counters.  Changes nothing and takes the share lock only to copy
  * them (the mappings are counted before), so a monitoring loop does not
  * delay copy-on-write breaks.  Thread-safe. */
-int mv_share_stats(mv_host *host, struct mv_share_stats *out);
+MV_API int mv_share_stats(mv_host *host, struct mv_share_stats *out);
 
 /*
  * Check sharing: every frame's reference count equals its reverse-map size;
@@ -764,7 +803,7 @@ int mv_share_stats(mv_host *host, struct mv_share_stats *out);
  * made since must be of a shared gfn).  0 or -EUCLEAN with the broken rule
  * named.  Exact also while guests write and the scanner runs.
  */
-int mv_share_audit(mv_host *host);
+MV_API int mv_share_audit(mv_host *host);
 
 /* ------------------------------------------------------------------------ */
 /* Built-in guests                                                           */
@@ -787,10 +826,11 @@ struct mv_workload_config {
     uint64_t max_pages;        /* RANDOM: stop after this many writes; 0 = no cap */
     uint64_t working_set_pages;/* RANDOM: gfns [0, n) are written; 0 = all */
     uint64_t seed;
+    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
 
-void mv_workload_config_init(struct mv_workload_config *config,
-                             enum mv_workload_kind kind);
+MV_API void mv_workload_config_init(struct mv_workload_config *config,
+                                    enum mv_workload_kind kind);
 
 /*
  * Start a workload on all of the domain's vCPUs.  -EBUSY when one is already
@@ -799,8 +839,8 @@ void mv_workload_config_init(struct mv_workload_config *config,
  * replaced it since, it is installed again here, chaining to the
  * application's for SIGBUS on any other thread.
  */
-int mv_workload_start(mv_host *host, uint32_t domid,
-                      const struct mv_workload_config *config);
+MV_API int mv_workload_start(mv_host *host, uint32_t domid,
+                             const struct mv_workload_config *config);
 
 struct mv_workload_status {
     int running;              /* vCPUs still running */
@@ -809,6 +849,7 @@ struct mv_workload_status {
     uint64_t first_bad_gfn;   /* VERIFY: first mismatch, UINT64_MAX if none */
     int crashed;              /* a vCPU took SIGBUS (the domain crashed) */
     uint64_t elapsed_ns;
+    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
 
 /*
@@ -816,11 +857,11 @@ struct mv_workload_status {
  * Returns 0 when finished, -ETIMEDOUT when still running; `status` may be
  * NULL.
  */
-int mv_workload_wait(mv_host *host, uint32_t domid, unsigned timeout_ms,
-                     struct mv_workload_status *status);
+MV_API int mv_workload_wait(mv_host *host, uint32_t domid, unsigned timeout_ms,
+                            struct mv_workload_status *status);
 
 /* Ask the workload's vCPUs to stop and wait for them. */
-int mv_workload_stop(mv_host *host, uint32_t domid);
+MV_API int mv_workload_stop(mv_host *host, uint32_t domid);
 
 /*
  * The content oracle, checked from the host side without touching guest RAM
@@ -830,7 +871,7 @@ int mv_workload_stop(mv_host *host, uint32_t domid);
  * `first_bad_gfn` (may be NULL) receives the first mismatch.  Call it while no
  * workload runs (-EBUSY otherwise).
  */
-int64_t mv_oracle_verify(mv_host *host, uint32_t domid, uint64_t *first_bad_gfn);
+MV_API int64_t mv_oracle_verify(mv_host *host, uint32_t domid, uint64_t *first_bad_gfn);
 
 /*
  * The built-in guest's balloon driver: inflate or deflate the balloon so the
@@ -840,7 +881,7 @@ int64_t mv_oracle_verify(mv_host *host, uint32_t domid, uint64_t *first_bad_gfn)
  * tells the workloads never to touch a ballooned page.  Returns the number of
  * pages moved.
  */
-int64_t mv_guest_balloon(mv_host *host, uint32_t domid, uint64_t guest_bytes);
+MV_API int64_t mv_guest_balloon(mv_host *host, uint32_t domid, uint64_t guest_bytes);
 
 #ifdef __cplusplus
 }
