@@ -1,17 +1,23 @@
 /*
  * memvisor.c - the memvisor command-line tool, in the manner of Xen's `xl`:
  * one subcommand per operation, each a request to memvisord (protocol.h),
- * plus `doctor` (runs here), `bench` (the suites of bench/) and `demo`.
+ * plus `doctor` (runs here), `bench` (runs memvisor-bench, found beside this
+ * program), `demo` and `help`.
  *
- * Organisation: exit statuses and messages; options, described once in a
- * table from which both getopt's table and the --help text are built, and
- * whose values land in a JSON object under their request argument names;
- * the connection to memvisord; output formatting; one function per
- * subcommand (the `share` subcommands have a table of their own); the demo;
- * the command table and main.
+ * Organisation: exit statuses and messages (as JSON under --json); options,
+ * described once in a table from which both getopt's table and the --help
+ * text are built, those that carry request arguments taking their name,
+ * type and help from the protocol's schema (schema.h), and whose values
+ * land in a JSON object under their request argument names; the connection
+ * to memvisord, which begins with a hello; output formatting; one function
+ * per subcommand (the `share` subcommands have a table of their own); the
+ * demo; the command table (each command with the requests it sends, its
+ * `wire` list) and main.
  *
  * Exit statuses: 0 success, 1 the daemon or the library said no (printed as
- * "memvisor: <cmd>: <error>: <detail>"), 2 a usage error (one line).
+ * "memvisor: <cmd>: <error>: <detail>"), 2 a usage error (one line).  With
+ * --json among the arguments a failure is instead one JSON object on stdout,
+ * {"ok": false, "error": WORD, "errno": N, "detail": TEXT}.
  */
 #include "protocol.h"
 #include "schema.h"
@@ -2559,7 +2565,8 @@ static int run_help(const struct invocation *inv)
         json_object_put(schema);
         return STATUS_OK;
     }
-    if (inv->argc == 1) {
+    if (inv->argc == 1 || strcmp(inv->argv[1], "--help") == 0 ||
+        strcmp(inv->argv[1], "-h") == 0) {
         print_usage(stdout);
         return STATUS_OK;
     }

@@ -3,8 +3,10 @@
  * in this process, driven by JSON requests on a Unix socket (protocol.h).
  *
  * Organisation: options and logging; the socket, its lock file and the
- * pidfile; the command handlers and their table; the workers; clients (a line reader in,
- * a reply queue out); the event loop; start-up and teardown.
+ * pidfile; the command handlers and their table, keyed by the wire names of
+ * the protocol's schema (schema.h), which checks each request before its
+ * handler runs, and hello; the workers; clients (a line reader in, a reply
+ * queue out); the event loop; start-up and teardown.
  *
  * One thread runs the loop: epoll over the listening socket, a signalfd
  * (SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 are blocked before the
@@ -12,7 +14,7 @@
  * the workers raise, and the clients.  No library call runs on the loop:
  * any may wait on a lock a long call holds (a stats waits for a verify of
  * the same domain; a pause for the vCPUs up to 5 s), so every command but
- * `shutdown` runs on a worker thread (up to MAX_WORKERS, started on demand;
+ * `shutdown` and `hello` runs on a worker thread (up to MAX_WORKERS, started on demand;
  * the library is thread-safe but for mv_host_destroy) and its reply is
  * queued when the worker is done, while the loop serves everyone else.  A
  * client whose request runs on a worker is not read nor watched until its
