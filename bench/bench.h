@@ -7,6 +7,9 @@
  * shared virtual machine.  Each suite prints a table, or with --json one
  * JSON object on stdout.
  *
+ * The suites build into their own program, memvisor-bench; the memvisor CLI
+ * links none of them and runs memvisor-bench from its own directory.
+ *
  * Adding a suite: write bench_<name>.c with an entry point of the shape of
  * mv_bench_pod, declare it below and list it in the table in bench_main.c.
  */
@@ -14,8 +17,8 @@
 #define MV_BENCH_H
 
 /*
- * Run `memvisor bench`: argv[0] is "bench", argv[1] the suite name, options
- * follow.  Returns 0 on success (whether or not the goals were met), 2 on a
+ * Run memvisor-bench (what `memvisor bench` executes, with its arguments):
+ * argv[0] is the program, argv[1] the suite name, options follow.  Returns 0 on success (whether or not the goals were met), 2 on a
  * usage error, 1 when the benchmark could not run; errors go to stderr.
  */
 int mv_bench_main(int argc, char **argv);

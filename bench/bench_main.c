@@ -1,5 +1,6 @@
 /*
- * bench_main.c - `memvisor bench`: the table of suites and the dispatcher.
+ * bench_main.c - memvisor-bench, which `memvisor bench` runs: the table of
+ * suites and the dispatcher.
  */
 #include "bench.h"
 #include "bench_util.h"
@@ -48,4 +49,11 @@ int mv_bench_main(int argc, char **argv)
     mv_bench_error("unknown suite '%s'", argv[1]);
     print_usage(stderr);
     return MV_BENCH_USAGE;
+}
+
+/* memvisor-bench: `memvisor bench SUITE ...` runs this program with the
+ * same arguments, SUITE first. */
+int main(int argc, char **argv)
+{
+    return mv_bench_main(argc, argv);
 }

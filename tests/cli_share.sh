@@ -197,10 +197,10 @@ check "list shows shared memory" 0 --out "^ +ID +NAME +STATE +VCPUS +MAXMEM +TAR
     "$cli_bin" list
 expect "list: the clone's line ends with its shared memory and copy-on-write mode" \
     grep -Eq "^ +$copy_id +copy +running +2 +64 MiB +64 MiB .* [1-9][0-9.]* [KMG]iB +trap$" "$scratch/out"
-check "stats shows shared memory and CoW breaks" 0 --out "SHARED +COWBREAKS$" -- \
+check "stats shows shared memory and CoW breaks" 0 --out "SHARED +COWBREAKS +METADATA$" -- \
     "$cli_bin" stats
-expect "stats: the clone's line ends with its sharing counters" \
-    grep -Eq "^ +$copy_id +copy +running .* [1-9][0-9.]* [KMG]iB +0$" "$scratch/out"
+expect "stats: the clone's line ends with its sharing counters and metadata" \
+    grep -Eq "^ +$copy_id +copy +running .* [1-9][0-9.]* [KMG]iB +0 +[0-9.]+ (B|[KMG]iB)$" "$scratch/out"
 check "share audit after the clone" 0 --out "^share audit: every sharing invariant holds$" -- \
     "$cli_bin" share audit
 check "host audit after the clone" 0 -- "$cli_bin" audit

@@ -3,12 +3,13 @@
  * every request gets one well-formed reply, every invalid request an error,
  * and no request crashes, wedges or disconnects the daemon.
  *
- * Usage: daemon_fuzz [--socket PATH] [--seed N] [--requests N]
+ * Usage: daemon_fuzz [--socket PATH] [--seed N] [--requests N] [--list-commands]
  *
  * Talks to a running daemon ($MEMVISOR_SOCKET or the default socket when
  * --socket is not given).  It first creates two 16 MiB domains with written
  * pages, so that requests naming a domain reach real paths, and sends the
- * valid request of every command in the daemon's table once.  Then each
+ * valid request of every command of the protocol's schema (tools/schema.c)
+ * once; --list-commands says which commands of the schema it covers.  Then each
  * request is one of those, mutated: arguments missing, of a JSON type the
  * command does not take, numbers negative, fractional, huge or overflowing,
  * sizes with bad units, strings empty, long or holding NUL and control
@@ -39,6 +40,7 @@
  * error.
  */
 #include "protocol.h"
+#include "schema.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -197,6 +199,7 @@ enum arg_kind {
     ARG_DOMAIN,     /* a domain: a name, or an id as a number or digits */
     ARG_NAME,       /* the name of a new domain */
     ARG_WORD,       /* one of the words in `samples` */
+    ARG_STRING,     /* any string; `samples` are valid ones as JSON text */
     ARG_SIZE,       /* bytes: an integer or a size string */
     ARG_NUMBER,     /* an unsigned integer */
     ARG_GFN,        /* a guest frame number */
@@ -220,169 +223,135 @@ struct command {
 };
 
 #define SAMPLES(...) ((const char *const[]){ __VA_ARGS__, NULL })
-#define END_OF_ARGS { .key = NULL }
-#define DOMAIN_ARG(name, needed) { .key = (name), .kind = ARG_DOMAIN, .required = (needed) }
-#define GFN_ARG(name) { .key = (name), .kind = ARG_GFN, .required = true,               \
-                        .samples = SAMPLES("0", "1", "511", "512", "4095", "4096") }
 
-static const struct arg no_args[] = { END_OF_ARGS };
-static const struct arg domain_args[] = { DOMAIN_ARG("domain", true), END_OF_ARGS };
-static const struct arg optional_domain_args[] = { DOMAIN_ARG("domain", false), END_OF_ARGS };
+/*
+ * The commands come from the protocol's schema (tools/schema.c): each
+ * argument's type gives the kind of values sent, its examples the valid
+ * ones, its range what the daemon refuses outright.  A command with an
+ * argument of a type this fuzzer cannot make is left out, and listed as
+ * such by --list-commands (tests/cli_schema.sh fails on it).  Test-only
+ * commands are not sent.
+ */
+#define MAX_COMMANDS 64
+#define MAX_ARGS 512
 
-#define WORKLOAD_ARGS                                                                   \
-    { .key = "kind", .kind = ARG_WORD, .required = true,                                 \
-      .samples = SAMPLES("scrub", "random", "verify") },                                 \
-    { .key = "rate", .kind = ARG_NUMBER, .samples = SAMPLES("0", "2000", "100000") },    \
-    { .key = "duration_ms", .kind = ARG_NUMBER, .samples = SAMPLES("10", "50", "200") }, \
-    { .key = "max_pages", .kind = ARG_NUMBER, .samples = SAMPLES("1", "100", "1000") },  \
-    { .key = "working_set", .kind = ARG_SIZE,                                            \
-      .samples = SAMPLES("\"1M\"", "\"4M\"", "8388608", "0") },                          \
-    { .key = "seed", .kind = ARG_NUMBER, .samples = SAMPLES(FIXTURE_SEED, "1") }
+static struct command commands[MAX_COMMANDS];
+static size_t command_count;
+static struct arg arg_pool[MAX_ARGS];
+static size_t arg_pool_used;
+/* The members of the workload object (create's "workload"). */
+static const struct arg *workload_args;
+static const struct mv_schema_arg *workload_members;
 
-static const struct arg workload_args[] = { WORKLOAD_ARGS, END_OF_ARGS };
+/* Valid values that are not harmless: no domain above VALID_SIZE_MAX, no
+ * wait above VALID_WAIT_MS. */
+static uint64_t harmless_cap(const struct mv_schema_arg *a)
+{
+    if (strcmp(a->name, "maxmem") == 0)
+        return VALID_SIZE_MAX;
+    if (strcmp(a->name, "wait_ms") == 0)
+        return VALID_WAIT_MS;
+    return 0;
+}
 
-static const struct arg create_args[] = {
-    { .key = "name", .kind = ARG_NAME, .required = true },
-    { .key = "maxmem", .kind = ARG_SIZE, .required = true, .cap = VALID_SIZE_MAX,
-      .samples = SAMPLES("\"16M\"", "\"4M\"", "4194304", "\"64MiB\"", "\"1m\"") },
-    { .key = "target", .kind = ARG_SIZE, .samples = SAMPLES("\"1M\"", "\"4M\"", "2097152") },
-    { .key = "vcpus", .kind = ARG_NUMBER, .samples = SAMPLES("1", "2", "4") },
-    { .key = "policy", .kind = ARG_WORD, .samples = SAMPLES("wait", "crash") },
-    { .key = "wait_timeout_ms", .kind = ARG_NUMBER, .samples = SAMPLES("0", "100", "1000") },
-    { .key = "logdirty", .kind = ARG_WORD,
-      .samples = SAMPLES("auto", "wp-async", "wp-sync", "mprotect") },
-    { .key = "cow_mode", .kind = ARG_WORD, .samples = SAMPLES("trap", "kernel") },
-    { .key = "workload", .kind = ARG_WORKLOAD },
-    END_OF_ARGS,
-};
+static const struct arg *convert_args(const struct mv_schema_arg *args);
 
-static const struct arg set_target_args[] = {
-    DOMAIN_ARG("domain", true),
-    { .key = "target", .kind = ARG_SIZE, .required = true,
-      .samples = SAMPLES("\"8M\"", "\"12M\"", "\"16M\"", "16777216") },
-    END_OF_ARGS,
-};
+/* One schema argument as the fuzzer's; false when it cannot make its values. */
+static bool convert_arg(const struct mv_schema_arg *a, struct arg *out)
+{
+    *out = (struct arg){ .key = a->name, .required = a->required, .samples = a->examples,
+                         .cap = harmless_cap(a), .refused_above = a->max };
+    switch (a->type) {
+    case MV_SCHEMA_DOMAIN:
+        out->kind = ARG_DOMAIN;
+        return true;
+    case MV_SCHEMA_NAME:
+        out->kind = ARG_NAME;
+        return true;
+    case MV_SCHEMA_HANDLE:
+        out->kind = ARG_HANDLE;
+        return true;
+    case MV_SCHEMA_ENUM:
+        out->kind = ARG_WORD;
+        out->samples = a->values;
+        return a->values && a->values[0];
+    case MV_SCHEMA_STRING:
+        out->kind = ARG_STRING;
+        return a->examples && a->examples[0];
+    case MV_SCHEMA_SIZE:
+        out->kind = ARG_SIZE;
+        return a->examples && a->examples[0];
+    case MV_SCHEMA_U64:
+        out->kind = ARG_NUMBER;
+        return a->examples && a->examples[0];
+    case MV_SCHEMA_GFN:
+        out->kind = ARG_GFN;
+        return a->examples && a->examples[0];
+    case MV_SCHEMA_OBJECT:
+        /* One object shape is known: the workload's. */
+        if (workload_members && workload_members != a->members)
+            return false;
+        if (!workload_members) {
+            workload_members = a->members;
+            workload_args = convert_args(a->members);
+        }
+        out->kind = ARG_WORKLOAD;
+        return workload_args != NULL;
+    default:
+        return false;
+    }
+}
 
-static const struct arg balloon_args[] = {
-    DOMAIN_ARG("domain", true),
-    { .key = "size", .kind = ARG_SIZE, .required = true,
-      .samples = SAMPLES("\"8M\"", "\"12M\"", "\"16M\"", "16777216") },
-    END_OF_ARGS,
-};
+/* A schema argument list as the fuzzer's, NULL-key ended; NULL when one of
+ * them cannot be made. */
+static const struct arg *convert_args(const struct mv_schema_arg *args)
+{
+    size_t n = 0, start = arg_pool_used;
 
-static const struct arg reclaim_args[] = {
-    DOMAIN_ARG("domain", true),
-    { .key = "max_pages", .kind = ARG_NUMBER, .samples = SAMPLES("0", "16", "4096") },
-    END_OF_ARGS,
-};
+    while (args[n].name)
+        n++;
+    if (start + n + 1 > MAX_ARGS)
+        return NULL;
+    arg_pool_used += n + 1;
+    for (size_t i = 0; i < n; i++)
+        if (!convert_arg(&args[i], &arg_pool[start + i]))
+            return NULL;
+    arg_pool[start + n] = (struct arg){ .key = NULL };
+    return &arg_pool[start];
+}
 
-static const struct arg workload_start_args[] = {
-    DOMAIN_ARG("domain", true), WORKLOAD_ARGS, END_OF_ARGS,
-};
+/* Every command of the schema this fuzzer can make requests of. */
+static void build_commands(void)
+{
+    for (size_t i = 0; i < mv_schema_command_count && command_count < MAX_COMMANDS; i++) {
+        const struct mv_schema_command *c = &mv_schema_commands[i];
+        const struct arg *args;
 
-static const struct arg workload_status_args[] = {
-    DOMAIN_ARG("domain", true),
-    { .key = "wait_ms", .kind = ARG_NUMBER, .samples = SAMPLES("0", "1", "10", "20"),
-      .cap = VALID_WAIT_MS, .refused_above = MV_PROTO_MAX_WAIT_MS },
-    END_OF_ARGS,
-};
+        if (c->flags & MV_SCHEMA_TEST_ONLY)
+            continue;
+        args = convert_args(mv_schema_target(c)->args);
+        if (!args)
+            continue;
+        commands[command_count++] = (struct command){
+            .name = c->name, .args = args, .fatal = (c->flags & MV_SCHEMA_STOPS_DAEMON) != 0,
+        };
+    }
+}
 
-static const struct arg logdirty_args[] = {
-    DOMAIN_ARG("domain", true),
-    { .key = "action", .kind = ARG_WORD, .required = true,
-      .samples = SAMPLES("enable", "disable", "clean", "peek", "stats") },
-    END_OF_ARGS,
-};
+/* --list-commands: each schema command, "covered" or "not covered" (a
+ * test-only one is "test-only"). */
+static void list_commands(void)
+{
+    for (size_t i = 0; i < mv_schema_command_count; i++) {
+        const struct mv_schema_command *c = &mv_schema_commands[i];
+        bool covered = false;
 
-static const struct arg clone_args[] = {
-    DOMAIN_ARG("domain", true),
-    { .key = "name", .kind = ARG_NAME, .required = true },
-    END_OF_ARGS,
-};
-
-static const struct arg page_args[] = { DOMAIN_ARG("domain", true), GFN_ARG("gfn"), END_OF_ARGS };
-
-static const struct arg share_pages_args[] = {
-    DOMAIN_ARG("source_domain", true), GFN_ARG("source_gfn"),
-    { .key = "source_handle", .kind = ARG_HANDLE, .required = true },
-    DOMAIN_ARG("client_domain", true), GFN_ARG("client_gfn"),
-    { .key = "client_handle", .kind = ARG_HANDLE, .required = true },
-    END_OF_ARGS,
-};
-
-static const struct arg share_add_to_physmap_args[] = {
-    DOMAIN_ARG("source_domain", true), GFN_ARG("source_gfn"),
-    { .key = "source_handle", .kind = ARG_HANDLE, .required = true },
-    DOMAIN_ARG("client_domain", true), GFN_ARG("client_gfn"),
-    END_OF_ARGS,
-};
-
-static const struct arg share_make_args[] = {
-    DOMAIN_ARG("domain", true), GFN_ARG("gfn"),
-    { .key = "count", .kind = ARG_NUMBER, .samples = SAMPLES("1", "16", "512") },
-    END_OF_ARGS,
-};
-
-static const struct arg share_hint_args[] = {
-    DOMAIN_ARG("domain", true), GFN_ARG("gfn"),
-    { .key = "count", .kind = ARG_NUMBER, .required = true, .samples = SAMPLES("1", "64", "512") },
-    { .key = "key", .kind = ARG_NUMBER, .required = true, .samples = SAMPLES("1", "42", "0") },
-    END_OF_ARGS,
-};
-
-static const struct arg share_exclude_args[] = {
-    DOMAIN_ARG("domain", true), GFN_ARG("gfn"),
-    { .key = "count", .kind = ARG_NUMBER, .required = true, .samples = SAMPLES("1", "8") },
-    END_OF_ARGS,
-};
-
-static const struct arg share_scan_args[] = {
-    { .key = "max_pages", .kind = ARG_NUMBER, .samples = SAMPLES("0", "100", "4096") },
-    END_OF_ARGS,
-};
-
-static const struct arg scanner_start_args[] = {
-    { .key = "rate", .kind = ARG_NUMBER, .samples = SAMPLES("0", "1000", "100000") },
-    { .key = "cpu_percent", .kind = ARG_NUMBER, .samples = SAMPLES("1", "10", "50") },
-    { .key = "max_vmas", .kind = ARG_NUMBER, .samples = SAMPLES("0", "1000", "60000") },
-    END_OF_ARGS,
-};
-
-/* Every command of memvisord's table, with the arguments it takes. */
-static const struct command commands[] = {
-    { "create", create_args, false },
-    { "destroy", domain_args, false },
-    { "list", optional_domain_args, false },
-    { "stats", optional_domain_args, false },
-    { "info", optional_domain_args, false },
-    { "pause", domain_args, false },
-    { "unpause", domain_args, false },
-    { "set-target", set_target_args, false },
-    { "balloon", balloon_args, false },
-    { "reclaim", reclaim_args, false },
-    { "workload-start", workload_start_args, false },
-    { "workload-status", workload_status_args, false },
-    { "workload-stop", domain_args, false },
-    { "verify", domain_args, false },
-    { "audit", optional_domain_args, false },
-    { "logdirty", logdirty_args, false },
-    { "clone", clone_args, false },
-    { "share-nominate", page_args, false },
-    { "share-pages", share_pages_args, false },
-    { "share-add-to-physmap", share_add_to_physmap_args, false },
-    { "share-unshare", page_args, false },
-    { "share-make", share_make_args, false },
-    { "share-hint", share_hint_args, false },
-    { "share-exclude", share_exclude_args, false },
-    { "share-settle", domain_args, false },
-    { "share-scan", share_scan_args, false },
-    { "scanner-start", scanner_start_args, false },
-    { "scanner-stop", no_args, false },
-    { "share-stats", optional_domain_args, false },
-    { "share-audit", no_args, false },
-    { "doctor", no_args, false },
-    { "shutdown", no_args, true },
-};
+        for (size_t j = 0; j < command_count; j++)
+            covered |= strcmp(commands[j].name, c->name) == 0;
+        printf("%s %s\n", c->name, (c->flags & MV_SCHEMA_TEST_ONLY) ? "test-only"
+                                    : covered ? "covered" : "not covered");
+    }
+}
 
 /* ------------------------------------------------------------------------ */
 /* Bad values                                                                */
@@ -538,6 +507,7 @@ static bool kind_accepts(enum arg_kind kind, enum json_kind json)
         return json == JSON_STRING || json == JSON_INTEGER;
     case ARG_NAME:
     case ARG_WORD:
+    case ARG_STRING:
         return json == JSON_STRING;
     case ARG_NUMBER:
     case ARG_GFN:
@@ -824,6 +794,7 @@ static void choose_value(struct fuzz *f, const struct arg *arg, struct text *out
         break;
     case ARG_SIZE:
     case ARG_NUMBER:
+    case ARG_STRING:
         text_set(out, arg->samples[random_below(samples)]);
         break;
     }
@@ -878,7 +849,7 @@ static bool kind_is_size(enum arg_kind kind)
 
 static bool kind_is_string(enum arg_kind kind)
 {
-    return kind == ARG_DOMAIN || kind == ARG_NAME || kind == ARG_WORD;
+    return kind == ARG_DOMAIN || kind == ARG_NAME || kind == ARG_WORD || kind == ARG_STRING;
 }
 
 static bool kind_is_workload(enum arg_kind kind)
@@ -1276,7 +1247,7 @@ static void add_line(struct exchange *x, const struct text *line, struct expecta
 static struct expectation build_request(struct fuzz *f, struct exchange *x, unsigned mutations,
                                         struct text *line)
 {
-    const struct command *c = &PICK(commands);
+    const struct command *c = &commands[random_below(command_count)];
     struct message m = { .count = 0 };
     struct mutating mu = { f, &m, c->args, c->name, &x->what };
     struct member *cmd;
@@ -2023,7 +1994,7 @@ static void send_every_command(struct fuzz *f)
 {
     const struct command *destroy = NULL;
 
-    for (size_t i = 0; i < COUNT(commands) && !f->stopped; i++) {
+    for (size_t i = 0; i < command_count && !f->stopped; i++) {
         if (strcmp(commands[i].name, "destroy") == 0)
             destroy = &commands[i];
         else if (!commands[i].fatal)
@@ -2072,7 +2043,8 @@ static int usage_error(const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fputs("\nusage: daemon_fuzz [--socket PATH] [--seed N] [--requests N]\n", stderr);
+    fputs("\nusage: daemon_fuzz [--socket PATH] [--seed N] [--requests N] "
+          "[--list-commands]\n", stderr);
     return 2;
 }
 
@@ -2082,6 +2054,7 @@ int main(int argc, char **argv)
         { "socket", required_argument, NULL, 's' },
         { "seed", required_argument, NULL, 'S' },
         { "requests", required_argument, NULL, 'n' },
+        { "list-commands", no_argument, NULL, 'l' },
         { NULL, 0, NULL, 0 },
     };
     struct fuzz f = { .fixtures = { { .name = "fuzz-a" }, { .name = "fuzz-b" } },
@@ -2092,9 +2065,13 @@ int main(int argc, char **argv)
     char why[MV_PROTO_DETAIL_MAX];
     int opt;
 
+    build_commands();
     opterr = 0;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         switch (opt) {
+        case 'l':
+            list_commands();
+            return 0;
         case 's':
             socket_option = optarg;
             break;

@@ -4,13 +4,15 @@
  * reader's framing (partial, multiple and oversized lines), message parsing,
  * reply construction and reading, typed arguments, the names of library
  * enums (the copy-on-write mode of create among them), the JSON of domain
- * info and sharing statistics, a whole call over a socket pair, and the
- * doctor report.  No host is created: these run on any
- * kernel.
+ * info and sharing statistics, a whole call over a socket pair, the
+ * doctor report, and the protocol's schema (tools/schema.c): its table well
+ * formed, its examples accepted and bad requests refused by its check, and
+ * protocol versions.  No host is created: these run on any kernel.
  */
 #include "testutil.h"
 
 #include "protocol.h"
+#include "schema.h"
 
 #include <json-c/json.h>
 #include <stdlib.h>
@@ -787,6 +789,216 @@ static void doctor_report_gives_verdict_and_advice(void **state)
     json_object_put(report);
 }
 
+/* ------------------------------------------------------------------------ */
+/* The schema                                                                */
+
+static void schema_args_are_well_formed(const char *command, const struct mv_schema_arg *args)
+{
+    for (const struct mv_schema_arg *a = args; a->name; a++) {
+        for (const struct mv_schema_arg *b = a + 1; b->name; b++)
+            if (strcmp(a->name, b->name) == 0)
+                fail_msg("%s: argument '%s' twice", command, a->name);
+        if (!a->help || !a->help[0])
+            fail_msg("%s: argument '%s' has no help", command, a->name);
+        if (a->type == MV_SCHEMA_ENUM && (!a->values || !a->values[0] || !a->noun))
+            fail_msg("%s: enum argument '%s' lacks words or a noun", command, a->name);
+        if (a->type == MV_SCHEMA_OBJECT) {
+            if (!a->members)
+                fail_msg("%s: object argument '%s' has no members", command, a->name);
+            schema_args_are_well_formed(command, a->members);
+        }
+        /* The fuzzer sends these as the valid values. */
+        if ((a->type == MV_SCHEMA_U64 || a->type == MV_SCHEMA_SIZE ||
+             a->type == MV_SCHEMA_GFN || a->type == MV_SCHEMA_STRING) &&
+            (!a->examples || !a->examples[0]))
+            fail_msg("%s: argument '%s' has no examples", command, a->name);
+    }
+}
+
+static void schema_is_well_formed(void **state)
+{
+    (void)state;
+    assert_true(mv_schema_command_count > 30);
+    for (size_t i = 0; i < mv_schema_command_count; i++) {
+        const struct mv_schema_command *c = &mv_schema_commands[i];
+
+        assert_non_null(c->summary);
+        assert_ptr_equal(mv_schema_find(c->name), c);
+        if (c->alias_of) {
+            assert_non_null(mv_schema_find(c->alias_of));
+            assert_null(mv_schema_find(c->alias_of)->alias_of);
+        }
+        assert_non_null(mv_schema_target(c)->args);
+        schema_args_are_well_formed(c->name, mv_schema_target(c)->args);
+    }
+    assert_null(mv_schema_find("nope"));
+    assert_non_null(mv_schema_find("hello"));
+    assert_string_equal(mv_schema_arg(mv_schema_find("create"), "workload.rate")->name, "rate");
+    assert_null(mv_schema_arg(mv_schema_find("create"), "workload.nope"));
+    assert_string_equal(mv_schema_arg(mv_schema_find("info"), "domain")->name, "domain");
+}
+
+/* A valid value of `a` as a JSON value: its first example or word. */
+static struct json_object *valid_value(const struct mv_schema_arg *a)
+{
+    struct json_object *object;
+
+    switch (a->type) {
+    case MV_SCHEMA_DOMAIN:
+    case MV_SCHEMA_NAME:
+        return json_object_new_string("web");
+    case MV_SCHEMA_HANDLE:
+        return json_object_new_uint64(7);
+    case MV_SCHEMA_BOOL:
+        return json_object_new_boolean(1);
+    case MV_SCHEMA_ENUM:
+        return json_object_new_string(a->values[0]);
+    case MV_SCHEMA_OBJECT:
+        object = json_object_new_object();
+        for (const struct mv_schema_arg *m = a->members; m->name; m++)
+            json_object_object_add(object, m->name, valid_value(m));
+        return object;
+    default:
+        return json_tokener_parse(a->examples[0]);
+    }
+}
+
+static void schema_check_takes_every_example(void **state)
+{
+    char why[MV_PROTO_DETAIL_MAX];
+
+    (void)state;
+    for (size_t i = 0; i < mv_schema_command_count; i++) {
+        const struct mv_schema_command *c = &mv_schema_commands[i];
+        struct json_object *request = mv_proto_request_new(c->name), *all;
+
+        /* The required arguments alone, then every argument, then each
+         * example of each argument in turn. */
+        for (const struct mv_schema_arg *a = mv_schema_target(c)->args; a->name; a++)
+            if (a->required)
+                json_object_object_add(request, a->name, valid_value(a));
+        if (mv_schema_check(c, request, why) != 0)
+            fail_msg("%s: its required arguments were refused: %s", c->name, why);
+        all = json_object_get(request);
+        for (const struct mv_schema_arg *a = mv_schema_target(c)->args; a->name; a++)
+            json_object_object_add(all, a->name, valid_value(a));
+        if (mv_schema_check(c, all, why) != 0)
+            fail_msg("%s: all its arguments were refused: %s", c->name, why);
+        for (const struct mv_schema_arg *a = mv_schema_target(c)->args; a->name; a++) {
+            for (const char *const *e = a->examples; e && *e; e++) {
+                json_object_object_add(all, a->name, json_tokener_parse(*e));
+                if (mv_schema_check(c, all, why) != 0)
+                    fail_msg("%s: example %s of '%s' was refused: %s", c->name, *e, a->name,
+                             why);
+            }
+            json_object_object_add(all, a->name, valid_value(a));
+        }
+        json_object_put(all);
+        json_object_put(request);
+    }
+}
+
+/* The detail of checking `text` against its command; "" when it passed. */
+static const char *check_detail(const char *text, char *why)
+{
+    struct json_object *m = NULL;
+    const char *cmd = NULL;
+    int rc;
+
+    assert_int_equal(parse(text, &m, why), 0);
+    assert_int_equal(mv_proto_arg_string(m, "cmd", true, &cmd, why), 0);
+    rc = mv_schema_check(mv_schema_find(cmd), m, why);
+    json_object_put(m);
+    if (rc == 0)
+        why[0] = '\0';
+    else
+        assert_int_equal(rc, -EINVAL);
+    return why;
+}
+
+static void schema_check_refuses_bad_requests(void **state)
+{
+    char why[MV_PROTO_DETAIL_MAX];
+
+    (void)state;
+    assert_string_equal(check_detail("{\"cmd\":\"set-target\",\"domain\":\"web\","
+                                     "\"targte\":1}", why), "unknown argument 'targte'");
+    assert_string_equal(check_detail("{\"cmd\":\"share-settle\"}", why),
+                        "missing argument 'domain'");
+    assert_string_equal(check_detail("{\"cmd\":\"create\",\"name\":7,\"maxmem\":4096}", why),
+                        "argument 'name' must be a string");
+    assert_string_equal(check_detail("{\"cmd\":\"create\",\"name\":\"c\",\"maxmem\":4096,"
+                                     "\"cow_mode\":\"fork\"}", why),
+                        "unknown copy-on-write mode 'fork' (trap or kernel)");
+    assert_string_equal(check_detail("{\"cmd\":\"logdirty\",\"domain\":1,\"action\":\"x\"}",
+                                     why),
+                        "unknown dirty-log action 'x' (enable, disable, clean, peek or "
+                        "stats)");
+    assert_string_equal(check_detail("{\"cmd\":\"workload-status\",\"domain\":\"web\","
+                                     "\"wait_ms\":101}", why),
+                        "wait_ms 101 is above 100: poll instead");
+    assert_string_equal(check_detail("{\"cmd\":\"workload-status\",\"domain\":\"web\","
+                                     "\"wait_ms\":100}", why), "");
+    assert_string_equal(check_detail("{\"cmd\":\"create\",\"name\":\"c\",\"maxmem\":4096,"
+                                     "\"vcpus\":4294967296}", why),
+                        "argument 'vcpus' is larger than 4294967295");
+    assert_string_equal(check_detail("{\"cmd\":\"balloon\",\"domain\":\"web\","
+                                     "\"size\":\"lots\"}", why),
+                        "argument 'size': 'lots' is not a size (bytes, or a number with K, "
+                        "M, G, T or P)");
+    assert_string_equal(check_detail("{\"cmd\":\"destroy\",\"domain\":4294967296}", why),
+                        "domain id 4294967296 is out of range");
+    assert_string_equal(check_detail("{\"cmd\":\"destroy\",\"domain\":[1]}", why),
+                        "argument 'domain' must be a name or an id");
+    assert_string_equal(check_detail("{\"cmd\":\"create\",\"name\":\"c\",\"maxmem\":4096,"
+                                     "\"workload\":{\"kind\":\"scrub\",\"speed\":1}}", why),
+                        "unknown argument 'speed'");
+    assert_string_equal(check_detail("{\"cmd\":\"create\",\"name\":\"c\",\"maxmem\":4096,"
+                                     "\"workload\":{\"rate\":1}}", why),
+                        "missing argument 'kind'");
+    assert_string_equal(check_detail("{\"cmd\":\"info\",\"domain\":\"web\",\"x\":1}", why),
+                        "unknown argument 'x'");
+    assert_string_equal(check_detail("{\"cmd\":\"hello\",\"protocol\":\"1.0\"}", why), "");
+}
+
+static void protocol_versions_parse(void **state)
+{
+    unsigned major = 9, minor = 9;
+
+    (void)state;
+    assert_int_equal(mv_proto_parse_version(MV_PROTO_VERSION, &major, &minor), 0);
+    assert_int_equal(major, MV_PROTO_VERSION_MAJOR);
+    assert_int_equal(minor, MV_PROTO_VERSION_MINOR);
+    assert_int_equal(mv_proto_parse_version("12.345", &major, &minor), 0);
+    assert_int_equal(major, 12);
+    assert_int_equal(minor, 345);
+    assert_int_equal(mv_proto_parse_version("1", &major, &minor), -EINVAL);
+    assert_int_equal(mv_proto_parse_version("1.", &major, &minor), -EINVAL);
+    assert_int_equal(mv_proto_parse_version(".1", &major, &minor), -EINVAL);
+    assert_int_equal(mv_proto_parse_version("1.0.0", &major, &minor), -EINVAL);
+    assert_int_equal(mv_proto_parse_version("-1.0", &major, &minor), -EINVAL);
+    assert_int_equal(mv_proto_parse_version("4294967296.0", &major, &minor), -EINVAL);
+}
+
+static void schema_json_lists_every_command(void **state)
+{
+    struct json_object *schema = mv_schema_json(), *commands;
+
+    (void)state;
+    assert_string_equal(json_object_get_string(json_object_object_get(schema, "protocol")),
+                        MV_PROTO_VERSION);
+    commands = json_object_object_get(schema, "commands");
+    assert_int_equal(json_object_array_length(commands), mv_schema_command_count);
+    for (size_t i = 0; i < mv_schema_command_count; i++) {
+        struct json_object *c = json_object_array_get_idx(commands, i);
+
+        assert_string_equal(json_object_get_string(json_object_object_get(c, "name")),
+                            mv_schema_commands[i].name);
+        assert_true(json_object_is_type(json_object_object_get(c, "args"), json_type_array));
+    }
+    json_object_put(schema);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(size_parses_bytes_and_binary_units),
     cmocka_unit_test(size_accepts_zero),
@@ -821,6 +1033,11 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(socket_path_prefers_option_then_environment),
     cmocka_unit_test(socket_address_rejects_long_paths),
     cmocka_unit_test(doctor_report_gives_verdict_and_advice),
+    cmocka_unit_test(schema_is_well_formed),
+    cmocka_unit_test(schema_check_takes_every_example),
+    cmocka_unit_test(schema_check_refuses_bad_requests),
+    cmocka_unit_test(protocol_versions_parse),
+    cmocka_unit_test(schema_json_lists_every_command),
 };
 
 TU_MAIN(tests)

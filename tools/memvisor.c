@@ -1,20 +1,26 @@
 /*
  * memvisor.c - the memvisor command-line tool, in the manner of Xen's `xl`:
  * one subcommand per operation, each a request to memvisord (protocol.h),
- * plus `doctor` (runs here), `bench` (the suites of bench/) and `demo`.
+ * plus `doctor` (runs here), `bench` (runs memvisor-bench, found beside this
+ * program), `demo` and `help`.
  *
- * Organisation: exit statuses and messages; options, described once in a
- * table from which both getopt's table and the --help text are built, and
- * whose values land in a JSON object under their request argument names;
- * the connection to memvisord; output formatting; one function per
- * subcommand (the `share` subcommands have a table of their own); the demo;
- * the command table and main.
+ * Organisation: exit statuses and messages (as JSON under --json); options,
+ * described once in a table from which both getopt's table and the --help
+ * text are built, those that carry request arguments taking their name,
+ * type and help from the protocol's schema (schema.h), and whose values
+ * land in a JSON object under their request argument names; the connection
+ * to memvisord, which begins with a hello; output formatting; one function
+ * per subcommand (the `share` subcommands have a table of their own); the
+ * demo; the command table (each command with the requests it sends, its
+ * `wire` list) and main.
  *
  * Exit statuses: 0 success, 1 the daemon or the library said no (printed as
- * "memvisor: <cmd>: <error>: <detail>"), 2 a usage error (one line).
+ * "memvisor: <cmd>: <error>: <detail>"), 2 a usage error (one line).  With
+ * --json among the arguments a failure is instead one JSON object on stdout,
+ * {"ok": false, "error": WORD, "errno": N, "detail": TEXT}.
  */
-#include "bench.h"
 #include "protocol.h"
+#include "schema.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -51,12 +57,49 @@ enum exit_status { STATUS_OK = 0, STATUS_FAILED = 1, STATUS_USAGE = 2 };
 /* ------------------------------------------------------------------------ */
 /* Messages                                                                  */
 
-static void vreport(const char *command, const char *fmt, va_list ap)
+/*
+ * With --json anywhere among the arguments, a failure is one JSON object on
+ * stdout, {"ok": false, "error": WORD, "errno": N, "detail": TEXT}, in the
+ * shape of the daemon's error replies (and with the daemon's own words when
+ * it said no), instead of a line on stderr; the exit status is the same.
+ * Only the first failure of a run is printed so: stdout stays one object.
+ */
+static bool json_errors;
+static bool json_error_printed;
+
+/* Report a failure with errno `err` (positive); `word` is the error's word
+ * (NULL: mv_strerror's) and `detail` what went wrong. */
+static void report_json(int err, const char *word, const char *detail)
 {
-    fputs("memvisor: ", stderr);
-    if (command)
-        fprintf(stderr, "%s: ", command);
-    vfprintf(stderr, fmt, ap);
+    struct json_object *error;
+
+    if (json_error_printed)
+        return;
+    json_error_printed = true;
+    error = json_object_new_object();
+    json_object_object_add(error, "ok", json_object_new_boolean(0));
+    json_object_object_add(error, "error", json_object_new_string(word ? word
+                                                                       : mv_strerror(-err)));
+    json_object_object_add(error, "errno", json_object_new_int(err));
+    json_object_object_add(error, "detail", json_object_new_string(detail));
+    printf("%s\n", json_object_to_json_string_ext(error, JSON_C_TO_STRING_PLAIN |
+                                                            JSON_C_TO_STRING_NOSLASHESCAPE));
+    fflush(stdout);
+    json_object_put(error);
+}
+
+static void vreport(const char *command, int err, const char *suffix, const char *fmt,
+                    va_list ap)
+{
+    char message[1024];
+
+    vsnprintf(message, sizeof(message), fmt, ap);
+    if (json_errors) {
+        report_json(err, NULL, message);
+        return;
+    }
+    fprintf(stderr, "memvisor: %s%s%s%s\n", command ? command : "", command ? ": " : "",
+            message, suffix);
 }
 
 /* A usage error: one line, status 2. */
@@ -65,28 +108,46 @@ static int usage_error(const char *command, const char *fmt, ...)
 
 static int usage_error(const char *command, const char *fmt, ...)
 {
+    char suffix[96];
     va_list ap;
 
+    snprintf(suffix, sizeof(suffix), " (see memvisor%s%s --help)", command ? " " : "",
+             command ? command : "");
     va_start(ap, fmt);
-    vreport(command, fmt, ap);
+    vreport(command, EINVAL, suffix, fmt, ap);
     va_end(ap);
-    fprintf(stderr, " (see memvisor%s%s --help)\n", command ? " " : "",
-            command ? command : "");
     return STATUS_USAGE;
 }
 
-/* A failure: one line, status 1. */
-static int command_failed(const char *command, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+/* A failure with errno `err`: one line, status 1. */
+static int command_failed_errno(const char *command, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
-static int command_failed(const char *command, const char *fmt, ...)
+static int command_failed_errno(const char *command, int err, const char *fmt, ...)
 {
     va_list ap;
 
     va_start(ap, fmt);
-    vreport(command, fmt, ap);
+    vreport(command, err, "", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    return STATUS_FAILED;
+}
+
+/* A failure that no errno names (pages differ, a workload crashed its
+ * domain): EIO for --json. */
+#define command_failed(command, ...) command_failed_errno(command, EIO, __VA_ARGS__)
+
+/* The daemon said no: its errno, word and detail. */
+static int daemon_refused(const char *command, int err, const char *word, const char *detail)
+{
+    if (json_errors) {
+        report_json(err, word, detail);
+        return STATUS_FAILED;
+    }
+    if (detail[0])
+        fprintf(stderr, "memvisor: %s: %s: %s\n", command, word, detail);
+    else
+        fprintf(stderr, "memvisor: %s: %s\n", command, word);
     return STATUS_FAILED;
 }
 
@@ -97,74 +158,108 @@ enum value_kind {
     VALUE_FLAG,       /* no value: stored as true */
     VALUE_SIZE,       /* mv_proto_parse_size */
     VALUE_NUMBER,     /* mv_proto_parse_u64 */
-    VALUE_POLICY,     /* wait | crash */
-    VALUE_WORKLOAD,   /* scrub | random | verify */
-    VALUE_LOGDIRTY,   /* auto | wp-async | wp-sync | mprotect */
-    VALUE_COW,        /* trap | kernel */
+    VALUE_ENUM,       /* one of the schema argument's words */
 };
 
+/*
+ * An option: either one of this tool's own (--json, --detach...), described
+ * here, or the carrier of a request argument, named by `wire` (the schema
+ * command) and `arg` (the argument's path there), whose name, value type,
+ * words, metavar and help all come from the schema unless given here.
+ */
 struct cli_option {
     const char *name;       /* --name */
     enum value_kind kind;
     const char *key;        /* where the value goes in the parsed options */
     const char *metavar;    /* what --help shows as the value */
     const char *help;
+    const char *wire, *arg; /* the request argument it carries */
 };
 
+/* An option as parsing and help see it, the schema's part filled in. */
+struct resolved_option {
+    struct cli_option o;
+    const struct mv_schema_arg *arg; /* NULL for the tool's own */
+    char name[40];
+};
+
+#define WIRE_OPTION(command, path) { .wire = (command), .arg = (path) }
+#define TOOL_OPTION(option, value_kind, where, value, text)                            \
+    { .name = (option), .kind = (value_kind), .key = (where), .metavar = (value),       \
+      .help = (text) }
+
 static const struct cli_option
-    opt_json = { "json", VALUE_FLAG, "json", NULL, "print JSON instead of text" },
-    opt_daemon = { "daemon", VALUE_FLAG, "daemon", NULL,
-                   "ask memvisord what it sees instead of probing here" },
-    opt_maxmem = { "maxmem", VALUE_SIZE, "maxmem", "SIZE",
-                   "guest-physical memory, e.g. 1G (required)" },
-    opt_target = { "target", VALUE_SIZE, "target", "SIZE",
-                   "memory it may have populated (default: maxmem)" },
-    opt_vcpus = { "vcpus", VALUE_NUMBER, "vcpus", "N",
-                  "vCPUs of its built-in workloads, 1..64 (default 1)" },
-    opt_policy = { "policy", VALUE_POLICY, "policy", "wait|crash",
-                   "when no memory is left: hold the vCPU up to --wait-timeout-ms, "
-                   "then crash (wait, default), or crash at once as Xen does (crash)" },
-    opt_wait_timeout = { "wait-timeout-ms", VALUE_NUMBER, "wait_timeout_ms", "MS",
-                         "how long a vCPU may wait for memory (default 10000)" },
-    opt_start_workload = { "workload", VALUE_WORKLOAD, "kind", "KIND",
-                           "start a workload at once: scrub, random or verify "
-                           "(options below as for 'memvisor workload')" },
-    opt_rate = { "rate", VALUE_NUMBER, "rate", "N",
-                 "random: pages written per second, all vCPUs together "
-                 "(default: as fast as possible)" },
-    opt_duration = { "duration-ms", VALUE_NUMBER, "duration_ms", "MS",
-                     "random: stop after this long (default: at workload-stop)" },
-    opt_workload_max_pages = { "max-pages", VALUE_NUMBER, "max_pages", "N",
-                               "random: stop after N page writes" },
-    opt_working_set = { "working-set", VALUE_SIZE, "working_set", "SIZE",
-                        "random: write only the first SIZE of memory (default: all)" },
-    opt_seed = { "seed", VALUE_NUMBER, "seed", "N",
-                 "pattern seed; a domain's workloads must all use the same one" },
-    opt_detach = { "detach", VALUE_FLAG, "detach", NULL,
-                   "return once the workload started instead of waiting for it" },
-    opt_reclaim_max_pages = { "max-pages", VALUE_NUMBER, "max_pages", "N",
-                              "examine at most N populated pages (default: all)" },
-    opt_logdirty = { "logdirty", VALUE_LOGDIRTY, "logdirty", "MODE",
-                     "how its dirty log is kept: auto (default: the fastest the "
-                     "kernel has), wp-async, wp-sync or mprotect" },
-    opt_cow_mode = { "cow-mode", VALUE_COW, "cow_mode", "MODE",
-                     "who copies a shared page it writes: memvisor, on a trap (trap, "
-                     "default), or the kernel, with no trap, settled into the domain's "
-                     "own memory soon after (kernel)" },
-    opt_interval = { "interval", VALUE_NUMBER, "interval", "S",
-                     "seconds between two fetches (default 1)" },
-    opt_count = { "count", VALUE_NUMBER, "count", "N",
-                  "stop after N intervals (default: until interrupted)" },
-    opt_scan_pages = { "pages", VALUE_NUMBER, "max_pages", "N",
-                       "hash at most N populated pages (default: one whole pass over "
-                       "every domain)" },
-    opt_scanner_rate = { "rate", VALUE_NUMBER, "rate", "PAGES_PER_S",
-                         "pages hashed per second (default: no limit)" },
-    opt_scanner_cpu = { "cpu", VALUE_NUMBER, "cpu_percent", "PERCENT",
-                        "share of one CPU it may use, 1..100; 0 or absent: 100" },
-    opt_scanner_max_vmas = { "max-vmas", VALUE_NUMBER, "max_vmas", "N",
-                             "stop sharing near N mappings (default: vm.max_map_count "
-                             "less a reserve)" };
+    opt_json = TOOL_OPTION("json", VALUE_FLAG, "json", NULL, "print JSON instead of text"),
+    opt_daemon = TOOL_OPTION("daemon", VALUE_FLAG, "daemon", NULL,
+                   "ask memvisord what it sees instead of probing here"),
+    opt_maxmem = WIRE_OPTION("create", "maxmem"),
+    opt_target = WIRE_OPTION("create", "target"),
+    opt_vcpus = WIRE_OPTION("create", "vcpus"),
+    opt_policy = WIRE_OPTION("create", "policy"),
+    opt_wait_timeout = WIRE_OPTION("create", "wait_timeout_ms"),
+    opt_start_workload = { .name = "workload", .wire = "create", .arg = "workload.kind",
+                           .help = "start a workload at once: scrub, random or verify "
+                                   "(options below as for 'memvisor workload')" },
+    opt_create_rate = WIRE_OPTION("create", "workload.rate"),
+    opt_create_duration = WIRE_OPTION("create", "workload.duration_ms"),
+    opt_create_max_pages = WIRE_OPTION("create", "workload.max_pages"),
+    opt_create_working_set = WIRE_OPTION("create", "workload.working_set"),
+    opt_create_seed = WIRE_OPTION("create", "workload.seed"),
+    opt_rate = WIRE_OPTION("workload-start", "rate"),
+    opt_duration = WIRE_OPTION("workload-start", "duration_ms"),
+    opt_workload_max_pages = WIRE_OPTION("workload-start", "max_pages"),
+    opt_working_set = WIRE_OPTION("workload-start", "working_set"),
+    opt_seed = WIRE_OPTION("workload-start", "seed"),
+    opt_detach = TOOL_OPTION("detach", VALUE_FLAG, "detach", NULL,
+                   "return once the workload started instead of waiting for it"),
+    opt_reclaim_max_pages = WIRE_OPTION("reclaim", "max_pages"),
+    opt_logdirty = WIRE_OPTION("create", "logdirty"),
+    opt_cow_mode = WIRE_OPTION("create", "cow_mode"),
+    opt_interval = TOOL_OPTION("interval", VALUE_NUMBER, "interval", "S",
+                     "seconds between two fetches (default 1)"),
+    opt_count = TOOL_OPTION("count", VALUE_NUMBER, "count", "N",
+                  "stop after N intervals (default: until interrupted)"),
+    opt_scan_pages = WIRE_OPTION("share-scan", "max_pages"),
+    opt_scanner_rate = WIRE_OPTION("scanner-start", "rate"),
+    opt_scanner_cpu = WIRE_OPTION("scanner-start", "cpu_percent"),
+    opt_scanner_max_vmas = WIRE_OPTION("scanner-start", "max_vmas");
+
+/* Fill in an option from the schema.  A reference to an argument the
+ * schema lacks is this program's bug: said, and the option is left out. */
+static bool resolve_option(const struct cli_option *o, struct resolved_option *out)
+{
+    const struct mv_schema_arg *a;
+    const char *key;
+
+    memset(out, 0, sizeof(*out));
+    out->o = *o;
+    if (!o->wire)
+        return true;
+    a = mv_schema_arg(mv_schema_find(o->wire), o->arg);
+    if (!mv_schema_find(o->wire) || !a) {
+        fprintf(stderr, "memvisor: internal error: no argument '%s' of '%s' in the "
+                "schema\n", o->arg, o->wire);
+        return false;
+    }
+    out->arg = a;
+    key = strrchr(o->arg, '.');
+    out->o.key = key ? key + 1 : o->arg;
+    if (!o->name) {
+        snprintf(out->name, sizeof(out->name), "%s", a->option ? a->option : a->name);
+        for (char *c = out->name; *c; c++)
+            if (*c == '_')
+                *c = '-';
+        out->o.name = out->name;
+    }
+    out->o.kind = a->type == MV_SCHEMA_SIZE ? VALUE_SIZE
+                  : a->type == MV_SCHEMA_ENUM ? VALUE_ENUM
+                  : a->type == MV_SCHEMA_BOOL ? VALUE_FLAG : VALUE_NUMBER;
+    if (!o->metavar)
+        out->o.metavar = a->metavar ? a->metavar : "VALUE";
+    if (!o->help)
+        out->o.help = a->help;
+    return true;
+}
 
 /* The request arguments that describe a workload. */
 static const char *const workload_keys[] = {
@@ -184,7 +279,11 @@ struct command {
     const struct cli_option *const *options;
     int (*run)(const struct invocation *inv);
     bool own_arguments;       /* run parses its arguments itself */
+    const char *const *wire;  /* the schema commands it sends, NULL-ended:
+                               * --help describes their arguments */
 };
+
+#define WIRE(...) ((const char *const[]){ __VA_ARGS__, NULL })
 
 struct invocation {
     const struct command *command;
@@ -241,6 +340,53 @@ static void print_wrapped(const char *text, int column, int indent)
     putchar('\n');
 }
 
+/* One argument of a request, and the members of an object argument, for
+ * --help: "NAME  TYPE, required|default X, at most N: HELP". */
+static void print_request_arg(const struct mv_schema_arg *a, const char *prefix)
+{
+    char left[64], text[640], words[128];
+    int n;
+
+    snprintf(left, sizeof(left), "%s%s", prefix, a->name);
+    n = snprintf(text, sizeof(text), "%s", mv_schema_type_name(a->type));
+    if (a->type == MV_SCHEMA_ENUM)
+        n += snprintf(text + n, sizeof(text) - (size_t)n, " (%s)",
+                      mv_schema_words(a, words, sizeof(words)));
+    if (a->required)
+        n += snprintf(text + n, sizeof(text) - (size_t)n, ", required");
+    else if (a->default_text)
+        n += snprintf(text + n, sizeof(text) - (size_t)n, ", default %s", a->default_text);
+    if (a->max)
+        n += snprintf(text + n, sizeof(text) - (size_t)n, ", at most %" PRIu64, a->max);
+    snprintf(text + n, sizeof(text) - (size_t)n, ": %s", a->help ? a->help : "");
+    printf("  %-*s ", HELP_OPTION_WIDTH, left);
+    print_wrapped(text, HELP_OPTION_WIDTH + 3, HELP_OPTION_WIDTH + 3);
+    for (const struct mv_schema_arg *m = a->members; m && m->name; m++) {
+        char nested[64];
+
+        snprintf(nested, sizeof(nested), "%s%s.", prefix, a->name);
+        print_request_arg(m, nested);
+    }
+}
+
+/* The requests a command sends, from the schema. */
+static void print_requests(const struct command *command)
+{
+    for (const char *const *w = command->wire; w && *w; w++) {
+        const struct mv_schema_command *c = mv_schema_find(*w);
+
+        if (!c)
+            continue;
+        printf("\nmemvisord request '%s'%s%s%s:\n", c->name,
+               c->replies ? " (replies " : "", c->replies ? c->replies : "",
+               c->replies ? ")" : "");
+        if (!mv_schema_target(c)->args[0].name)
+            printf("  (no arguments)\n");
+        for (const struct mv_schema_arg *a = mv_schema_target(c)->args; a->name; a++)
+            print_request_arg(a, "");
+    }
+}
+
 static void print_command_help(const struct command *command)
 {
     size_t n = option_count(command);
@@ -249,28 +395,30 @@ static void print_command_help(const struct command *command)
            command->operands[0] ? " " : "", command->operands, command->description);
     printf("\noptions:\n");
     for (size_t i = 0; i < n; i++) {
-        const struct cli_option *o = command->options[i];
+        struct resolved_option r;
         char left[64];
 
-        snprintf(left, sizeof(left), "--%s%s%s", o->name, o->metavar ? " " : "",
-                 o->metavar ? o->metavar : "");
+        if (!resolve_option(command->options[i], &r))
+            continue;
+        snprintf(left, sizeof(left), "--%s%s%s", r.o.name, r.o.metavar ? " " : "",
+                 r.o.metavar ? r.o.metavar : "");
         printf("  %-*s ", HELP_OPTION_WIDTH, left);
-        print_wrapped(o->help, HELP_OPTION_WIDTH + 3, HELP_OPTION_WIDTH + 3);
+        print_wrapped(r.o.help, HELP_OPTION_WIDTH + 3, HELP_OPTION_WIDTH + 3);
     }
     printf("  %-*s %s\n", HELP_OPTION_WIDTH, "--help", "show this help");
+    print_requests(command);
 }
 
 /* Parse one option's value into inv->options. */
-static int store_option(const struct invocation *inv, const struct cli_option *o,
+static int store_option(const struct invocation *inv, const struct resolved_option *r,
                         const char *value)
 {
     const char *command = inv->command->name;
+    const struct cli_option *o = &r->o;
     struct json_object *stored = NULL;
-    enum mv_pod_policy policy;
-    enum mv_workload_kind kind;
-    enum mv_logdirty_mode mode;
-    enum mv_cow_mode cow_mode;
+    char words[128];
     uint64_t number;
+    bool known = false;
     int rc;
 
     switch (o->kind) {
@@ -291,26 +439,12 @@ static int store_option(const struct invocation *inv, const struct cli_option *o
                                rc == -ERANGE ? "too large for 64 bits" : "not a number");
         stored = json_object_new_uint64(number);
         break;
-    case VALUE_POLICY:
-        if (mv_proto_policy_parse(value, &policy) < 0)
-            return usage_error(command, "--%s: '%s' is not wait or crash", o->name, value);
-        stored = json_object_new_string(value);
-        break;
-    case VALUE_WORKLOAD:
-        if (mv_proto_workload_parse(value, &kind) < 0)
-            return usage_error(command, "--%s: '%s' is not scrub, random or verify",
-                               o->name, value);
-        stored = json_object_new_string(value);
-        break;
-    case VALUE_LOGDIRTY:
-        if (mv_proto_logdirty_mode_parse(value, &mode) < 0)
-            return usage_error(command, "--%s: '%s' is not auto, wp-async, wp-sync or "
-                               "mprotect", o->name, value);
-        stored = json_object_new_string(value);
-        break;
-    case VALUE_COW:
-        if (mv_proto_cow_mode_parse(value, &cow_mode) < 0)
-            return usage_error(command, "--%s: '%s' is not trap or kernel", o->name, value);
+    case VALUE_ENUM:
+        for (const char *const *w = r->arg->values; w && *w; w++)
+            known |= strcmp(*w, value) == 0;
+        if (!known)
+            return usage_error(command, "--%s: '%s' is not %s", o->name, value,
+                               mv_schema_words(r->arg, words, sizeof(words)));
         stored = json_object_new_string(value);
         break;
     }
@@ -327,15 +461,26 @@ static int parse_command_line(struct invocation *inv, int argc, char **argv)
     const struct command *command = inv->command;
     size_t n = option_count(command);
     struct option *table = calloc(n + 2, sizeof(*table));
+    struct resolved_option *resolved = calloc(n + 1, sizeof(*resolved));
     int opt, status = -1;
 
-    if (!table)
-        return command_failed(command->name, "no memory");
-    for (size_t i = 0; i < n; i++)
-        table[i] = (struct option){ command->options[i]->name,
-                                    command->options[i]->kind == VALUE_FLAG
+    if (!table || !resolved) {
+        free(table);
+        free(resolved);
+        return command_failed_errno(command->name, ENOMEM, "no memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!resolve_option(command->options[i], &resolved[i])) {
+            free(table);
+            free(resolved);
+            return command_failed_errno(command->name, EPROTO, "the schema lacks an "
+                                        "argument this command needs");
+        }
+        table[i] = (struct option){ resolved[i].o.name,
+                                    resolved[i].o.kind == VALUE_FLAG
                                         ? no_argument : required_argument,
                                     NULL, OPTION_VALUE_BASE + (int)i };
+    }
     table[n] = (struct option){ "help", no_argument, NULL, 'h' };
     optind = 0; /* a fresh scan of a new argument vector */
     opterr = 0;
@@ -348,12 +493,13 @@ static int parse_command_line(struct invocation *inv, int argc, char **argv)
 
             mv_tool_bad_option(argv, table, opt, why, sizeof(why));
             status = usage_error(command->name, "%s", why);
-        } else if (store_option(inv, command->options[opt - OPTION_VALUE_BASE], optarg) !=
+        } else if (store_option(inv, &resolved[opt - OPTION_VALUE_BASE], optarg) !=
                    STATUS_OK) {
             status = STATUS_USAGE;
         }
     }
     free(table);
+    free(resolved);
     if (status >= 0)
         return status;
     inv->operands = argv + optind;
@@ -373,7 +519,61 @@ struct connection {
     int fd;
     struct mv_proto_reader reader;
     const char *command;      /* for messages */
+    struct json_object *hello; /* the daemon's reply to our hello; NULL from a
+                                * daemon older than the hello */
 };
+
+/*
+ * Say hello: our protocol version and name; the daemon's versions come
+ * back.  A daemon of another major version is refused here, before any
+ * request it could misread.  A daemon older than the hello says "unknown
+ * command 'hello'": it speaks protocol 1.0, and is served as before.
+ */
+static int connection_hello(struct connection *conn, bool quiet)
+{
+    struct json_object *request = mv_proto_request_new("hello"), *reply = NULL;
+    const char *error, *detail, *protocol = "";
+    char why[MV_PROTO_DETAIL_MAX], client[48];
+    unsigned major, minor;
+    int rc;
+
+    snprintf(client, sizeof(client), "memvisor %d.%d.%d", MV_VERSION_MAJOR,
+             MV_VERSION_MINOR, MV_VERSION_PATCH);
+    json_object_object_add(request, "protocol", json_object_new_string(MV_PROTO_VERSION));
+    json_object_object_add(request, "client", json_object_new_string(client));
+    rc = mv_proto_call(conn->fd, &conn->reader, request, &reply, why);
+    json_object_put(request);
+    if (rc < 0)
+        return quiet ? STATUS_FAILED : command_failed_errno(conn->command, -rc, "%s", why);
+    rc = mv_proto_reply_status(reply, &error, &detail);
+    if (rc == -EINVAL && strstr(detail, "unknown command 'hello'")) {
+        json_object_put(reply);
+        return STATUS_OK;
+    }
+    if (rc < 0) {
+        int status = quiet ? STATUS_FAILED
+                           : daemon_refused(conn->command, -rc, error, detail);
+
+        json_object_put(reply);
+        return status;
+    }
+    mv_proto_arg_string(reply, "protocol", false, &protocol, why);
+    if (mv_proto_parse_version(protocol, &major, &minor) < 0 ||
+        major != MV_PROTO_VERSION_MAJOR) {
+        rc = quiet ? STATUS_FAILED
+                   : command_failed_errno(conn->command, EPROTONOSUPPORT,
+                                          "memvisord speaks protocol %s and this memvisor "
+                                          "%s: their major versions differ, so neither "
+                                          "can trust what the other means; use the "
+                                          "memvisor of memvisord's release",
+                                          protocol[0] ? protocol : "(none)",
+                                          MV_PROTO_VERSION);
+        json_object_put(reply);
+        return rc;
+    }
+    conn->hello = reply;
+    return STATUS_OK;
+}
 
 static int connection_open(struct connection *conn, const char *command,
                            const char *socket_path, bool quiet)
@@ -385,19 +585,26 @@ static int connection_open(struct connection *conn, const char *command,
 
     conn->command = command;
     conn->fd = -1;
+    conn->hello = NULL;
     mv_proto_reader_init(&conn->reader, MV_PROTO_MAX_REPLY);
     if (rc < 0)
-        return quiet ? STATUS_FAILED : command_failed(command, "%s", why);
+        return quiet ? STATUS_FAILED : command_failed_errno(command, -rc, "%s", why);
     conn->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (conn->fd >= 0 && connect(conn->fd, (struct sockaddr *)&address, length) == 0)
-        return STATUS_OK;
+    if (conn->fd >= 0 && connect(conn->fd, (struct sockaddr *)&address, length) == 0) {
+        rc = connection_hello(conn, quiet);
+        if (rc != STATUS_OK) {
+            close(conn->fd);
+            conn->fd = -1;
+        }
+        return rc;
+    }
     rc = errno;
     if (conn->fd >= 0)
         close(conn->fd);
     conn->fd = -1;
     if (quiet)
         return STATUS_FAILED;
-    return command_failed(command, "cannot reach memvisord at %s: %s (is it running? "
+    return command_failed_errno(command, rc, "cannot reach memvisord at %s: %s (is it running? "
                           "--socket and $%s choose the socket)", socket_path,
                           strerror(rc), MV_PROTO_SOCKET_ENV);
 }
@@ -407,6 +614,8 @@ static void connection_close(struct connection *conn)
     if (conn->fd >= 0)
         close(conn->fd);
     conn->fd = -1;
+    json_object_put(conn->hello);
+    conn->hello = NULL;
     mv_proto_reader_free(&conn->reader);
 }
 
@@ -423,14 +632,11 @@ static int connection_call(struct connection *conn, struct json_object *request,
 
     json_object_put(request);
     if (rc < 0)
-        return command_failed(conn->command, "%s", why);
+        return command_failed_errno(conn->command, -rc, "%s", why);
     rc = mv_proto_reply_status(*reply, &error, &detail);
     if (rc == 0)
         return STATUS_OK;
-    if (detail[0])
-        command_failed(conn->command, "%s: %s", error, detail);
-    else
-        command_failed(conn->command, "%s", error);
+    daemon_refused(conn->command, -rc, error, detail);
     json_object_put(*reply);
     *reply = NULL;
     return STATUS_FAILED;
@@ -1148,9 +1354,36 @@ static int run_shutdown(const struct invocation *inv)
     return request_once(inv, mv_proto_request_new("shutdown"), NULL);
 }
 
+/* The program `name` beside this one into `path`: memvisord, memvisor-bench. */
+static int sibling_path(const char *command, const char *name, char *path, size_t size)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+    if (n < 0)
+        return command_failed_errno(command, errno, "cannot find this program: "
+                                    "/proc/self/exe: %s", strerror(errno));
+    self[n] = '\0';
+    if (snprintf(path, size, "%s/%s", dirname(self), name) >= (int)size ||
+        access(path, X_OK) < 0)
+        return command_failed_errno(command, errno, "cannot run %s: %s (%s must sit next "
+                                    "to memvisor)", path, strerror(errno), name);
+    return STATUS_OK;
+}
+
+/* `memvisor bench SUITE ...` is memvisor-bench SUITE ...: the benchmarks are
+ * a program of their own. */
 static int run_bench(const struct invocation *inv)
 {
-    return mv_bench_main(inv->argc, inv->argv);
+    char path[PATH_MAX];
+    int status = sibling_path("bench", "memvisor-bench", path, sizeof(path));
+
+    if (status != STATUS_OK)
+        return status;
+    fflush(NULL);
+    inv->argv[0] = path;
+    execv(path, inv->argv);
+    return command_failed_errno("bench", errno, "cannot run %s: %s", path, strerror(errno));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1472,7 +1705,7 @@ static const struct command share_commands[] = {
             "and print the frame's handle (alone on a line, for scripts).  A write to\n"
             "the page breaks it back into a private page and the handle goes stale.\n"
             "GFN is decimal or hex after 0x.",
-        .run = run_share_nominate,
+        .run = run_share_nominate, .wire = WIRE("share-nominate"),
     },
     {
         .name = "share pages",
@@ -1483,7 +1716,7 @@ static const struct command share_commands[] = {
             "Compare the two nominated pages and, when their bytes are equal, map the\n"
             "source's frame at the client gfn; the client's frame is freed when that\n"
             "was its last mapping.  Both handles must be current.",
-        .run = run_share_pages,
+        .run = run_share_pages, .wire = WIRE("share-pages"),
     },
     {
         .name = "share add-to-physmap",
@@ -1493,7 +1726,7 @@ static const struct command share_commands[] = {
         .description =
             "Map the source's shared frame read-only at CLIENT_GFN, which must be a\n"
             "populate-on-demand entry (neither populated nor shared nor ballooned).",
-        .run = run_share_add_to_physmap,
+        .run = run_share_add_to_physmap, .wire = WIRE("share-add-to-physmap"),
     },
     {
         .name = "share unshare", .operands = "DOMAIN GFN", .min_operands = 2,
@@ -1501,7 +1734,7 @@ static const struct command share_commands[] = {
         .summary = "give a shared gfn its private copy now",
         .description = "Break the sharing of DOMAIN's GFN as a write would: it gets a\n"
                        "private copy from the domain's target and the host budget.",
-        .run = run_share_unshare,
+        .run = run_share_unshare, .wire = WIRE("share-unshare"),
     },
     {
         .name = "share settle", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
@@ -1513,7 +1746,7 @@ static const struct command share_commands[] = {
             "background anyway (its --cow-settle-ms).  Prints the copies settled (0 for\n"
             "a --cow-mode trap domain); copies with no memory to settle them stay as\n"
             "they are.",
-        .run = run_share_settle,
+        .run = run_share_settle, .wire = WIRE("share-settle"),
     },
     {
         .name = "share make", .operands = "DOMAIN GFN [COUNT]", .min_operands = 2,
@@ -1524,7 +1757,7 @@ static const struct command share_commands[] = {
             "host's content index and share it on a match, insert it on a miss;\n"
             "all-zero pages go back to the host as populate-on-demand entries.  Prints\n"
             "how many gfns had each outcome.",
-        .options = OPTIONS(&opt_json), .run = run_share_make,
+        .options = OPTIONS(&opt_json), .run = run_share_make, .wire = WIRE("share-make"),
     },
     {
         .name = "share hint", .operands = "DOMAIN GFN COUNT KEY", .min_operands = 4,
@@ -1534,7 +1767,7 @@ static const struct command share_commands[] = {
             "Tell the scanner that COUNT pages from GFN hold the same content as other\n"
             "ranges hinted with KEY (a non-zero number, e.g. a block of a shared base\n"
             "image): they are verified and shared first, by the next scan step.",
-        .run = run_share_hint,
+        .run = run_share_hint, .wire = WIRE("share-hint"),
     },
     {
         .name = "share exclude", .operands = "DOMAIN GFN COUNT", .min_operands = 3,
@@ -1544,7 +1777,7 @@ static const struct command share_commands[] = {
             "Never share nor scan COUNT pages of DOMAIN from GFN (secrets, and the\n"
             "timing side channel of copy-on-write faults).  Pages of the range shared\n"
             "now are unshared first.",
-        .run = run_share_exclude,
+        .run = run_share_exclude, .wire = WIRE("share-exclude"),
     },
     {
         .name = "share scan", .operands = "",
@@ -1555,6 +1788,7 @@ static const struct command share_commands[] = {
             "Prints the pages hashed, newly shared, returned as zero and skipped as\n"
             "volatile.  Works whether or not the background scanner runs.",
         .options = OPTIONS(&opt_scan_pages, &opt_json), .run = run_share_scan,
+        .wire = WIRE("share-scan"),
     },
     {
         .name = "share scanner start", .operands = "",
@@ -1564,13 +1798,13 @@ static const struct command share_commands[] = {
             "hinted ranges first, sharing pages with equal bytes and returning zero\n"
             "pages to the host.",
         .options = OPTIONS(&opt_scanner_rate, &opt_scanner_cpu, &opt_scanner_max_vmas),
-        .run = run_scanner_start,
+        .run = run_scanner_start, .wire = WIRE("scanner-start"),
     },
     {
         .name = "share scanner stop", .operands = "",
         .summary = "stop the background scanner",
         .description = "Stop the background scanner; what it shared stays shared.",
-        .run = run_scanner_stop,
+        .run = run_scanner_stop, .wire = WIRE("scanner-stop"),
     },
     {
         .name = "share stats", .operands = "[DOMAIN]", .max_operands = 1,
@@ -1583,6 +1817,7 @@ static const struct command share_commands[] = {
             "excluded pages, who copies its shared pages on a write, the kernel's\n"
             "copies settled and whether its shared pages trap for now.",
         .options = OPTIONS(&opt_json), .run = run_share_stats,
+        .wire = WIRE("share-stats"),
     },
     {
         .name = "share audit", .operands = "",
@@ -1592,7 +1827,7 @@ static const struct command share_commands[] = {
             "frame, the pages saved, the content index against the frames' bytes, and\n"
             "that no guest write slipped past copy-on-write.  Exact while the guests\n"
             "are quiet.",
-        .run = run_share_audit,
+        .run = run_share_audit, .wire = WIRE("share-audit"),
     },
 };
 
@@ -1693,18 +1928,7 @@ struct demo {
 /* memvisord sits next to this binary. */
 static int demo_daemon_path(char *path, size_t size)
 {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-
-    if (n < 0)
-        return command_failed("demo", "cannot find this program: /proc/self/exe: %s",
-                              strerror(errno));
-    self[n] = '\0';
-    if (snprintf(path, size, "%s/memvisord", dirname(self)) >= (int)size ||
-        access(path, X_OK) < 0)
-        return command_failed("demo", "cannot run %s: %s (memvisord must sit next to "
-                              "memvisor)", path, strerror(errno));
-    return STATUS_OK;
+    return sibling_path("demo", "memvisord", path, size);
 }
 
 static int demo_start_daemon(struct demo *demo)
@@ -2028,6 +2252,47 @@ static int run_demo(const struct invocation *inv)
 }
 
 /* ------------------------------------------------------------------------ */
+/* hello and help                                                            */
+
+static int run_hello(const struct invocation *inv)
+{
+    struct connection conn;
+    struct json_object *commands;
+    int status = connection_open(&conn, inv->command->name, inv->socket_path, false);
+
+    if (status != STATUS_OK) {
+        connection_close(&conn);
+        return status;
+    }
+    if (option_set(inv, "json")) {
+        struct json_object *out = conn.hello ? json_object_get(conn.hello)
+                                             : json_object_new_object();
+
+        json_object_object_add(out, "client_protocol",
+                               json_object_new_string(MV_PROTO_VERSION));
+        print_json(out);
+        json_object_put(out);
+    } else if (!conn.hello) {
+        printf("memvisor %d.%d.%d, protocol %s; memvisord predates the hello (protocol "
+               "1.0)\n", MV_VERSION_MAJOR, MV_VERSION_MINOR, MV_VERSION_PATCH,
+               MV_PROTO_VERSION);
+    } else {
+        printf("memvisor %d.%d.%d, protocol %s\n", MV_VERSION_MAJOR, MV_VERSION_MINOR,
+               MV_VERSION_PATCH, MV_PROTO_VERSION);
+        printf("%s: protocol %s, library %s\ncommands:", field_string(conn.hello, "daemon"),
+               field_string(conn.hello, "protocol"), field_string(conn.hello, "library"));
+        commands = field(conn.hello, "commands");
+        for (size_t i = 0; i < field_length(conn.hello, "commands"); i++)
+            printf(" %s", json_object_get_string(json_object_array_get_idx(commands, i)));
+        printf("\n");
+    }
+    connection_close(&conn);
+    return STATUS_OK;
+}
+
+static int run_help(const struct invocation *inv);
+
+/* ------------------------------------------------------------------------ */
 /* Commands and main                                                         */
 
 static const struct command commands[] = {
@@ -2040,6 +2305,7 @@ static const struct command commands[] = {
             "vm.max_map_count, the shmem THP policy and MemAvailable, with advice for\n"
             "whatever is missing.  Exits 1 when a required feature is missing.",
         .options = OPTIONS(&opt_json, &opt_daemon), .run = run_doctor,
+        .wire = WIRE("doctor"),
     },
     {
         .name = "create", .operands = "NAME", .min_operands = 1, .max_operands = 1,
@@ -2050,16 +2316,17 @@ static const struct command commands[] = {
             "Prints the new domain's id.",
         .options = OPTIONS(&opt_maxmem, &opt_target, &opt_vcpus, &opt_policy,
                            &opt_wait_timeout, &opt_logdirty, &opt_cow_mode,
-                           &opt_start_workload, &opt_rate, &opt_duration,
-                           &opt_workload_max_pages, &opt_working_set, &opt_seed),
-        .run = run_create,
+                           &opt_start_workload, &opt_create_rate, &opt_create_duration,
+                           &opt_create_max_pages, &opt_create_working_set,
+                           &opt_create_seed),
+        .run = run_create, .wire = WIRE("create"),
     },
     {
         .name = "destroy", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
         .summary = "destroy a domain",
         .description = "Stop DOMAIN's vCPUs and return all of its memory to the host, "
                        "scrubbed.",
-        .run = run_destroy,
+        .run = run_destroy, .wire = WIRE("destroy"),
     },
     {
         .name = "list", .operands = "",
@@ -2067,20 +2334,20 @@ static const struct command commands[] = {
         .description = "One line per domain: id, name, state, vCPUs, maxmem, target, "
                        "populated,\nshared (memory mapping shared frames) and who copies "
                        "its shared pages\non a write (--cow-mode of create).",
-        .options = OPTIONS(&opt_json), .run = run_list,
+        .options = OPTIONS(&opt_json), .run = run_list, .wire = WIRE("list"),
     },
     {
         .name = "pause", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
         .summary = "pause a domain",
         .description = "Stop DOMAIN's vCPUs at their next page and hold its faults until\n"
                        "unpause (waits up to 5 s for the vCPUs).",
-        .run = run_pause,
+        .run = run_pause, .wire = WIRE("pause"),
     },
     {
         .name = "unpause", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
         .summary = "let a paused domain run again",
         .description = "Resume DOMAIN's vCPUs and release its held faults.",
-        .run = run_unpause,
+        .run = run_unpause, .wire = WIRE("unpause"),
     },
     {
         .name = "stats", .operands = "[DOMAIN]", .max_operands = 1,
@@ -2090,7 +2357,7 @@ static const struct command commands[] = {
             "only) its state, sizes, faults, 2 MiB and 4 KiB populates, zero sweeps,\n"
             "reclaimed memory, waits for memory, shared memory, copy-on-write breaks\n"
             "and crash reason.",
-        .options = OPTIONS(&opt_json), .run = run_stats,
+        .options = OPTIONS(&opt_json), .run = run_stats, .wire = WIRE("stats"),
     },
     {
         .name = "set-target", .operands = "DOMAIN SIZE", .min_operands = 2,
@@ -2100,7 +2367,7 @@ static const struct command commands[] = {
             "Let DOMAIN have at most SIZE populated.  Lowering it below what is\n"
             "populated first reclaims zero pages, and fails with nothing changed when\n"
             "more pages hold data (balloon first).",
-        .run = run_set_target,
+        .run = run_set_target, .wire = WIRE("set-target"),
     },
     {
         .name = "balloon", .operands = "DOMAIN SIZE", .min_operands = 2, .max_operands = 2,
@@ -2109,7 +2376,7 @@ static const struct command commands[] = {
             "Ask DOMAIN's built-in balloon driver to leave the guest SIZE of usable\n"
             "memory: it gives unused pages back to the host (decrease_reservation) or\n"
             "takes them back (increase_reservation).  Prints the pages moved.",
-        .run = run_balloon,
+        .run = run_balloon, .wire = WIRE("balloon"),
     },
     {
         .name = "reclaim", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
@@ -2118,6 +2385,7 @@ static const struct command commands[] = {
             "Run a zero-page sweep over DOMAIN's populated memory: every all-zero page\n"
             "goes back to the host and becomes populate-on-demand again.",
         .options = OPTIONS(&opt_reclaim_max_pages), .run = run_reclaim,
+        .wire = WIRE("reclaim"),
     },
     {
         .name = "workload", .operands = "DOMAIN scrub|random|verify", .min_operands = 2,
@@ -2131,7 +2399,7 @@ static const struct command commands[] = {
             "domain crashed), unless --detach or a random workload without a limit.",
         .options = OPTIONS(&opt_rate, &opt_duration, &opt_workload_max_pages,
                            &opt_working_set, &opt_seed, &opt_detach),
-        .run = run_workload,
+        .run = run_workload, .wire = WIRE("workload-start", "workload-status"),
     },
     {
         .name = "workload-status", .operands = "DOMAIN", .min_operands = 1,
@@ -2140,13 +2408,14 @@ static const struct command commands[] = {
         .description = "Whether DOMAIN's workload still runs, pages done, time taken, "
                        "oracle\nmismatches and whether the domain crashed.",
         .options = OPTIONS(&opt_json), .run = run_workload_status,
+        .wire = WIRE("workload-status"),
     },
     {
         .name = "workload-stop", .operands = "DOMAIN", .min_operands = 1,
         .max_operands = 1,
         .summary = "stop a domain's workload",
         .description = "Ask DOMAIN's vCPUs to stop their workload and wait for them.",
-        .run = run_workload_stop,
+        .run = run_workload_stop, .wire = WIRE("workload-stop"),
     },
     {
         .name = "verify", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
@@ -2154,14 +2423,14 @@ static const struct command commands[] = {
         .description =
             "Compare every page of DOMAIN, from the host side, with what its built-in\n"
             "workloads last wrote.  Exits 1 when any page differs.",
-        .run = run_verify,
+        .run = run_verify, .wire = WIRE("verify"),
     },
     {
         .name = "audit", .operands = "[DOMAIN]", .max_operands = 1,
         .summary = "check every invariant",
         .description = "Walk the host's structures (or DOMAIN's only) and check every\n"
                        "invariant.  Exact while the guests are quiet.",
-        .run = run_audit,
+        .run = run_audit, .wire = WIRE("audit"),
     },
     {
         .name = "logdirty", .operands = "DOMAIN enable|disable|clean|peek|stats",
@@ -2172,7 +2441,7 @@ static const struct command commands[] = {
             "clean fetches the pages written since the last clean and protects them\n"
             "again (peek fetches without clearing); disable stops logging.  Prints the\n"
             "counts and the log's counters: rounds, fetch time, write traps.",
-        .options = OPTIONS(&opt_json), .run = run_logdirty,
+        .options = OPTIONS(&opt_json), .run = run_logdirty, .wire = WIRE("logdirty"),
     },
     {
         .name = "wss", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
@@ -2182,6 +2451,7 @@ static const struct command commands[] = {
             "set), from dirty-log rounds.  Turns logging on for the measurement when\n"
             "it was off, and off again at the end or on Ctrl-C.",
         .options = OPTIONS(&opt_interval, &opt_count, &opt_json), .run = run_wss,
+        .wire = WIRE("logdirty"),
     },
     {
         .name = "clone", .operands = "SRC_DOMAIN NEW_NAME", .min_operands = 2,
@@ -2192,7 +2462,7 @@ static const struct command commands[] = {
             "page with it copy-on-write: no byte is copied until one side writes.\n"
             "SRC_DOMAIN must be paused ('memvisor pause') and stays paused; the clone\n"
             "runs.  Prints the new domain's id.",
-        .run = run_clone,
+        .run = run_clone, .wire = WIRE("clone"),
     },
     {
         .name = "share", .operands = "COMMAND [options] [arguments]",
@@ -2203,7 +2473,21 @@ static const struct command commands[] = {
         .name = "shutdown", .operands = "",
         .summary = "stop memvisord",
         .description = "Destroy every domain and stop the daemon.",
-        .run = run_shutdown,
+        .run = run_shutdown, .wire = WIRE("shutdown"),
+    },
+    {
+        .name = "hello", .operands = "",
+        .summary = "show the versions of memvisor and memvisord",
+        .description =
+            "Exchange protocol versions with memvisord (as every command does when it\n"
+            "connects) and print both ends' versions and the commands the daemon\n"
+            "serves.  Exits 1 when their major protocol versions differ.",
+        .options = OPTIONS(&opt_json), .run = run_hello, .wire = WIRE("hello"),
+    },
+    {
+        .name = "help", .operands = "[COMMAND] [--json]",
+        .summary = "explain the commands ('help --json': the protocol's schema)",
+        .run = run_help, .own_arguments = true,
     },
     {
         .name = "bench", .operands = "SUITE [options]",
@@ -2243,6 +2527,79 @@ static void print_usage(FILE *out)
         MV_PROTO_SOCKET_ENV, MV_PROTO_SOCKET_DEFAULT);
 }
 
+/* The CLI commands that send the schema command `wire`, as a JSON list. */
+static struct json_object *senders_json(const char *wire)
+{
+    struct json_object *list = json_object_new_array();
+    const struct command *tables[] = { commands, share_commands };
+    size_t counts[] = { sizeof(commands) / sizeof(commands[0]),
+                        sizeof(share_commands) / sizeof(share_commands[0]) };
+
+    for (size_t t = 0; t < 2; t++)
+        for (size_t i = 0; i < counts[t]; i++)
+            for (const char *const *w = tables[t][i].wire; w && *w; w++)
+                if (strcmp(*w, wire) == 0)
+                    json_object_array_add(list, json_object_new_string(tables[t][i].name));
+    return list;
+}
+
+/*
+ * `memvisor help`: the usage; `help COMMAND` (or `help share COMMAND`): the
+ * command's help; `help --json`: the protocol's schema, each command with
+ * the CLI commands that send it ("cli").
+ */
+static int run_help(const struct invocation *inv)
+{
+    char name[64] = "";
+
+    if (inv->argc == 2 && strcmp(inv->argv[1], "--json") == 0) {
+        struct json_object *schema = mv_schema_json(), *list;
+
+        json_object_object_get_ex(schema, "commands", &list);
+        for (size_t i = 0; i < json_object_array_length(list); i++) {
+            struct json_object *c = json_object_array_get_idx(list, i);
+
+            json_object_object_add(c, "cli", senders_json(field_string(c, "name")));
+        }
+        print_json(schema);
+        json_object_put(schema);
+        return STATUS_OK;
+    }
+    if (inv->argc == 1 || strcmp(inv->argv[1], "--help") == 0 ||
+        strcmp(inv->argv[1], "-h") == 0) {
+        print_usage(stdout);
+        return STATUS_OK;
+    }
+    for (int i = 1; i < inv->argc && i < 4; i++)
+        snprintf(name + strlen(name), sizeof(name) - strlen(name), "%s%s", i > 1 ? " " : "",
+                 inv->argv[i]);
+    if (strcmp(name, "share") == 0) {
+        print_share_usage(stdout);
+        return STATUS_OK;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(commands[i].name, name) == 0 && commands[i].description) {
+            print_command_help(&commands[i]);
+            return STATUS_OK;
+        }
+    for (size_t i = 0; i < sizeof(share_commands) / sizeof(share_commands[0]); i++)
+        if (strcmp(share_commands[i].name, name) == 0) {
+            print_command_help(&share_commands[i]);
+            return STATUS_OK;
+        }
+    return usage_error("help", "no command '%s' to explain", name);
+}
+
+/* Whether --json is among the arguments (before a "--"): failures are then
+ * reported as JSON. */
+static bool wants_json(int argc, char **argv)
+{
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (strcmp(argv[i], "--json") == 0)
+            return true;
+    return false;
+}
+
 int main(int argc, char **argv)
 {
     enum { OPT_SOCKET = 256, OPT_VERSION };
@@ -2256,6 +2613,7 @@ int main(int argc, char **argv)
     const char *socket_option = NULL;
     int opt, status;
 
+    json_errors = wants_json(argc, argv);
     opterr = 0;
     while ((opt = getopt_long(argc, argv, "+:h", global_options, NULL)) != -1) {
         switch (opt) {

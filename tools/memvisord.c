@@ -3,8 +3,10 @@
  * in this process, driven by JSON requests on a Unix socket (protocol.h).
  *
  * Organisation: options and logging; the socket, its lock file and the
- * pidfile; the command handlers and their table; the workers; clients (a line reader in,
- * a reply queue out); the event loop; start-up and teardown.
+ * pidfile; the command handlers and their table, keyed by the wire names of
+ * the protocol's schema (schema.h), which checks each request before its
+ * handler runs, and hello; the workers; clients (a line reader in, a reply
+ * queue out); the event loop; start-up and teardown.
  *
  * One thread runs the loop: epoll over the listening socket, a signalfd
  * (SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 are blocked before the
@@ -12,7 +14,7 @@
  * the workers raise, and the clients.  No library call runs on the loop:
  * any may wait on a lock a long call holds (a stats waits for a verify of
  * the same domain; a pause for the vCPUs up to 5 s), so every command but
- * `shutdown` runs on a worker thread (up to MAX_WORKERS, started on demand;
+ * `shutdown` and `hello` runs on a worker thread (up to MAX_WORKERS, started on demand;
  * the library is thread-safe but for mv_host_destroy) and its reply is
  * queued when the worker is done, while the loop serves everyone else.  A
  * client whose request runs on a worker is not read nor watched until its
@@ -51,6 +53,7 @@
  * kill the daemon and every guest with it.
  */
 #include "protocol.h"
+#include "schema.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -777,10 +780,6 @@ static int arg_domain(mv_host *host, struct request *r, uint32_t *domid)
     return arg_domain_key(host, r, "domain", domid);
 }
 
-static const char *const workload_keys[] = {
-    "kind", "rate", "duration_ms", "max_pages", "working_set", "seed", NULL,
-};
-
 /* A workload described by `args` (the request itself or a nested object). */
 static int parse_workload(struct request *r, struct json_object *args,
                           struct mv_workload_config *config)
@@ -929,9 +928,7 @@ static int run_create(struct daemon *d, struct request *r)
     if (cow_mode && mv_proto_cow_mode_parse(cow_mode, &config.cow_mode) < 0)
         return request_fail(r, -EINVAL, "unknown copy-on-write mode '%s' (trap or kernel)",
                             cow_mode);
-    if (workload_args && ((rc = mv_proto_check_members(workload_args, workload_keys,
-                                                       r->why)) < 0 ||
-                          (rc = parse_workload(r, workload_args, &workload)) < 0))
+    if (workload_args && (rc = parse_workload(r, workload_args, &workload)) < 0)
         return rc;
 
     rc = library_status(r, mv_domain_create(d->host, &config, &domid));
@@ -1488,87 +1485,140 @@ static int run_test_release(struct daemon *d, struct request *r)
     return 0;
 }
 
+static int run_hello(struct daemon *d, struct request *r);
+
 enum command_flags {
     ON_LOOP = 1,                   /* runs on the event loop (touches its state) */
-    TEST_ONLY = 2,                 /* only with --test-commands */
 };
 
-/* Every command but ON_LOOP ones runs on a worker thread: any library call
- * may wait on a domain lock a long call holds (stats waits for a verify of
- * the same domain), so none runs on the loop. */
+/*
+ * The handler of each command of the schema (schema.c), by its wire name:
+ * the schema says what a request may hold and checks it before the handler
+ * runs.  Every command but ON_LOOP ones runs on a worker thread: any
+ * library call may wait on a domain lock a long call holds (stats waits for
+ * a verify of the same domain), so none runs on the loop.  An alias of the
+ * schema (info) runs the handler of the command it names.
+ */
 struct command {
     const char *name;
     int (*run)(struct daemon *d, struct request *r);
-    const char *const *args;       /* the arguments it accepts, NULL-terminated */
     unsigned flags;
 };
 
-#define ARGS(...) ((const char *const[]){ __VA_ARGS__, NULL })
-#define NO_ARGS ((const char *const[]){ NULL })
-
 static const struct command commands[] = {
-    { "create", run_create,
-      ARGS("name", "maxmem", "target", "vcpus", "policy", "wait_timeout_ms", "logdirty",
-           "cow_mode", "workload"), 0 },
-    { "destroy", run_destroy, ARGS("domain"), 0 },
-    { "list", run_list, ARGS("domain"), 0 },
-    { "stats", run_stats, ARGS("domain"), 0 },
-    { "info", run_stats, ARGS("domain"), 0 },
-    { "pause", run_pause, ARGS("domain"), 0 },
-    { "unpause", run_unpause, ARGS("domain"), 0 },
-    { "set-target", run_set_target, ARGS("domain", "target"), 0 },
-    { "balloon", run_balloon, ARGS("domain", "size"), 0 },
-    { "reclaim", run_reclaim, ARGS("domain", "max_pages"), 0 },
-    { "workload-start", run_workload_start,
-      ARGS("domain", "kind", "rate", "duration_ms", "max_pages", "working_set", "seed"), 0 },
-    { "workload-status", run_workload_status, ARGS("domain", "wait_ms"), 0 },
-    { "workload-stop", run_workload_stop, ARGS("domain"), 0 },
-    { "verify", run_verify, ARGS("domain"), 0 },
-    { "audit", run_audit, ARGS("domain"), 0 },
-    { "logdirty", run_logdirty, ARGS("domain", "action"), 0 },
-    { "clone", run_clone, ARGS("domain", "name"), 0 },
-    { "share-nominate", run_share_nominate, ARGS("domain", "gfn"), 0 },
-    { "share-pages", run_share_pages,
-      ARGS("source_domain", "source_gfn", "source_handle", "client_domain", "client_gfn",
-           "client_handle"), 0 },
-    { "share-add-to-physmap", run_share_add_to_physmap,
-      ARGS("source_domain", "source_gfn", "source_handle", "client_domain", "client_gfn"), 0 },
-    { "share-unshare", run_share_unshare, ARGS("domain", "gfn"), 0 },
-    { "share-make", run_share_make, ARGS("domain", "gfn", "count"), 0 },
-    { "share-hint", run_share_hint, ARGS("domain", "gfn", "count", "key"), 0 },
-    { "share-exclude", run_share_exclude, ARGS("domain", "gfn", "count"), 0 },
-    { "share-settle", run_share_settle, ARGS("domain"), 0 },
-    { "share-scan", run_share_scan, ARGS("max_pages"), 0 },
-    { "scanner-start", run_scanner_start, ARGS("rate", "cpu_percent", "max_vmas"), 0 },
-    { "scanner-stop", run_scanner_stop, NO_ARGS, 0 },
-    { "share-stats", run_share_stats, ARGS("domain"), 0 },
-    { "share-audit", run_share_audit, NO_ARGS, 0 },
-    { "doctor", run_doctor, NO_ARGS, 0 },
-    { "shutdown", run_shutdown, NO_ARGS, ON_LOOP },
-    { "test-hold", run_test_hold, ARGS("stubborn"), TEST_ONLY },
-    { "test-release", run_test_release, NO_ARGS, TEST_ONLY },
+    { "hello", run_hello, ON_LOOP },
+    { "create", run_create, 0 },
+    { "destroy", run_destroy, 0 },
+    { "list", run_list, 0 },
+    { "stats", run_stats, 0 },
+    { "pause", run_pause, 0 },
+    { "unpause", run_unpause, 0 },
+    { "set-target", run_set_target, 0 },
+    { "balloon", run_balloon, 0 },
+    { "reclaim", run_reclaim, 0 },
+    { "workload-start", run_workload_start, 0 },
+    { "workload-status", run_workload_status, 0 },
+    { "workload-stop", run_workload_stop, 0 },
+    { "verify", run_verify, 0 },
+    { "audit", run_audit, 0 },
+    { "logdirty", run_logdirty, 0 },
+    { "clone", run_clone, 0 },
+    { "share-nominate", run_share_nominate, 0 },
+    { "share-pages", run_share_pages, 0 },
+    { "share-add-to-physmap", run_share_add_to_physmap, 0 },
+    { "share-unshare", run_share_unshare, 0 },
+    { "share-make", run_share_make, 0 },
+    { "share-hint", run_share_hint, 0 },
+    { "share-exclude", run_share_exclude, 0 },
+    { "share-settle", run_share_settle, 0 },
+    { "share-scan", run_share_scan, 0 },
+    { "scanner-start", run_scanner_start, 0 },
+    { "scanner-stop", run_scanner_stop, 0 },
+    { "share-stats", run_share_stats, 0 },
+    { "share-audit", run_share_audit, 0 },
+    { "doctor", run_doctor, 0 },
+    { "shutdown", run_shutdown, ON_LOOP },
+    { "test-hold", run_test_hold, 0 },
+    { "test-release", run_test_release, 0 },
 };
 
-/* The command a request names, with its arguments checked; r->reply is
- * ready for its results. */
+/* The handler of a schema command (of the command an alias names), or
+ * NULL when this daemon has none. */
+static const struct command *command_handler(const struct mv_schema_command *entry)
+{
+    const char *name = mv_schema_target(entry)->name;
+
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+/* Whether this daemon serves `entry`: it has a handler, and a test command
+ * only with --test-commands. */
+static bool command_served(const struct daemon *d, const struct mv_schema_command *entry)
+{
+    if ((entry->flags & MV_SCHEMA_TEST_ONLY) && !d->test_commands)
+        return false;
+    return command_handler(entry) != NULL;
+}
+
+/*
+ * hello: the versions of both ends.  Any client is answered (a client of
+ * another major version is told ours and decides); the commands listed are
+ * those this daemon serves, in the schema's order.
+ */
+static int run_hello(struct daemon *d, struct request *r)
+{
+    struct json_object *list = json_object_new_array();
+    const char *protocol, *client = "a client";
+    unsigned major, minor;
+    char library[32];
+    int rc;
+
+    if ((rc = mv_proto_arg_string(r->args, "protocol", true, &protocol, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "client", false, &client, r->why)) < 0) {
+        json_object_put(list);
+        return rc;
+    }
+    if (mv_proto_parse_version(protocol, &major, &minor) < 0) {
+        json_object_put(list);
+        return request_fail(r, -EINVAL, "protocol '%s' is not a version MAJOR.MINOR",
+                            protocol);
+    }
+    daemon_log(major == MV_PROTO_VERSION_MAJOR ? MV_LOG_DEBUG : MV_LOG_WARN,
+               "hello from %.64s, protocol %u.%u (memvisord speaks %s)", client, major,
+               minor, MV_PROTO_VERSION);
+    snprintf(library, sizeof(library), "%d.%d.%d", MV_VERSION_MAJOR, MV_VERSION_MINOR,
+             MV_VERSION_PATCH);
+    json_object_object_add(r->reply, "protocol", json_object_new_string(MV_PROTO_VERSION));
+    json_object_object_add(r->reply, "library", json_object_new_string(library));
+    json_object_object_add(r->reply, "daemon", json_object_new_string("memvisord"));
+    for (size_t i = 0; i < mv_schema_command_count; i++)
+        if (command_served(d, &mv_schema_commands[i]))
+            json_object_array_add(list, json_object_new_string(mv_schema_commands[i].name));
+    json_object_object_add(r->reply, "commands", list);
+    return 0;
+}
+
+/* The command a request names, with its arguments checked against the
+ * schema; r->reply is ready for its results. */
 static int dispatch(struct daemon *d, struct request *r, const char **name,
                     const struct command **found)
 {
-    const struct command *command = NULL;
+    const struct mv_schema_command *entry;
     int rc = mv_proto_arg_string(r->args, "cmd", true, name, r->why);
 
     if (rc < 0)
         return rc;
-    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        if (strcmp(commands[i].name, *name) == 0)
-            command = &commands[i];
-    if (!command || ((command->flags & TEST_ONLY) && !d->test_commands))
+    entry = mv_schema_find(*name);
+    if (!entry || !command_served(d, entry))
         return request_fail(r, -EINVAL, "unknown command '%s'", *name);
-    rc = mv_proto_check_members(r->args, command->args, r->why);
+    rc = mv_schema_check(entry, r->args, r->why);
     if (rc < 0)
         return rc;
     r->reply = mv_proto_reply_ok();
-    *found = command;
+    *found = command_handler(entry);
     return 0;
 }
 

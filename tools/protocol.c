@@ -14,6 +14,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <json-c/json.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +103,24 @@ int mv_proto_parse_u64(const char *text, uint64_t *value)
     if (*end)
         return -EINVAL;
     *value = v;
+    return 0;
+}
+
+int mv_proto_parse_version(const char *text, unsigned *major, unsigned *minor)
+{
+    const char *dot = strchr(text, '.');
+    char first[24];
+    uint64_t a, b;
+
+    if (!dot || (size_t)(dot - text) >= sizeof(first))
+        return -EINVAL;
+    memcpy(first, text, (size_t)(dot - text));
+    first[dot - text] = '\0';
+    if (mv_proto_parse_u64(first, &a) < 0 || mv_proto_parse_u64(dot + 1, &b) < 0 ||
+        a > UINT_MAX || b > UINT_MAX)
+        return -EINVAL;
+    *major = (unsigned)a;
+    *minor = (unsigned)b;
     return 0;
 }
 

@@ -17,7 +17,17 @@
  * "domain" is a name, or an id: a number, or a string of digits that names
  * no domain.  An argument a command does not take is an error.
  *
+ * The commands and their arguments are written once, in tools/schema.c
+ * (`memvisor help --json` prints them); the summary below is for reading.
+ *
+ * Versions: a client may begin with {"cmd": "hello", "protocol": "M.N",
+ * "client": "<name>"}; the reply carries the daemon's "protocol" (MAJOR.MINOR),
+ * "library" (libmemvisor's version), "daemon" and "commands" (what it
+ * serves).  Clients and daemons of the same MAJOR understand each other; a
+ * request without a hello is served as before (docs/protocol.md).
+ *
  * Commands: arguments (* required) -> results besides "ok"
+ *   hello            protocol*, client -> protocol, library, daemon, commands
  *   create           name*, maxmem*, target (default maxmem), vcpus,
  *                    policy ("wait"|"crash"), wait_timeout_ms, logdirty
  *                    ("auto"|"wp-async"|"wp-sync"|"mprotect"), cow_mode
@@ -98,6 +108,15 @@ struct json_object;
 #define MV_PROTO_MAX_REPLY (16 * 1024 * 1024)
 /* Size of every `why` buffer below. */
 #define MV_PROTO_DETAIL_MAX 256
+/* The protocol's version: MAJOR changes when an old client or daemon would
+ * misread the other (a command or argument removed or changed in meaning),
+ * MINOR when something is added. */
+#define MV_PROTO_VERSION_MAJOR 1
+#define MV_PROTO_VERSION_MINOR 0
+#define MV_PROTO_STRINGIFY_(x) #x
+#define MV_PROTO_STRINGIFY(x) MV_PROTO_STRINGIFY_(x)
+#define MV_PROTO_VERSION MV_PROTO_STRINGIFY(MV_PROTO_VERSION_MAJOR) "." \
+                         MV_PROTO_STRINGIFY(MV_PROTO_VERSION_MINOR)
 /* Longest a workload-status request may make the daemon wait. */
 #define MV_PROTO_MAX_WAIT_MS 100u
 
@@ -126,6 +145,9 @@ int mv_proto_parse_size(const char *text, uint64_t *bytes);
 
 /* Why mv_proto_parse_size failed with `err`, worded to follow "'TEXT' is ". */
 const char *mv_proto_size_error(int err);
+
+/* Parse a protocol version "MAJOR.MINOR": 0, or -EINVAL. */
+int mv_proto_parse_version(const char *text, unsigned *major, unsigned *minor);
 
 /* Parse plain decimal digits: 0, -EINVAL or -ERANGE as above. */
 int mv_proto_parse_u64(const char *text, uint64_t *value);
