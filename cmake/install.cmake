@@ -21,7 +21,8 @@ install(TARGETS memvisor memvisor_shared EXPORT memvisorTargets
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT runtime
                 NAMELINK_COMPONENT devel
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT devel)
-install(TARGETS memvisor-cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
+# memvisor-bench beside memvisor: `memvisor bench` runs it from there.
+install(TARGETS memvisor-cli memvisor-bench RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
         COMPONENT tools)
 # The daemon is a system service (man section 8), run by root or a service
 # manager: sbin.
