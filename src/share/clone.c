@@ -374,10 +374,11 @@ static int clone_fail(struct mv_domain *src, struct mv_domain *c,
 /*
  * Before a clone: the memory of the tables it and the first writes after it
  * will fill (both domains' entries of every gfn that will be shared, the
- * records of the frames adopted), populated in one call per extent.  A page
- * fault per page of them instead was a third of a clone's time, or, with the
- * records left pending, a few page faults in each of the first CoW breaks.
- * Only a speed-up: where the kernel cannot populate, they fault in as used.
+ * records of the frames adopted), populated in one call per extent rather
+ * than a page fault per page, in the clone or, with the records left
+ * pending, in the first CoW breaks (what that cost: docs/performance.md,
+ * "Clones with their tables populated up front").  Only a speed-up: where
+ * the kernel cannot populate, they fault in as used.
  */
 static void prepare_clone_tables(struct mv_domain *src, struct mv_domain *c,
                                 struct mv__share_region *r, uint64_t old_base)

@@ -277,8 +277,9 @@ static int64_t settle_domain(struct mv_domain *d)
 
 /* The background settler holds a domain's lock for this many gfns at a
  * time: a pass over a domain whose shared pages are all mapped walks
- * every page-table entry (2.4-7.8 ms a GiB here), and the domain's faults
- * wait for the lock meanwhile. */
+ * every page-table entry (its cost: docs/performance.md, "What the
+ * settler's passes cost"), and the domain's faults wait for the lock
+ * meanwhile. */
 #define MV_SETTLE_CHUNK_PAGES (32u * MV_BLOCK_PAGES)
 
 /* Settle all of d taking its lock a chunk at a time (no lock held). */

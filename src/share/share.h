@@ -117,8 +117,9 @@
                                        when there is no memory otherwise */
 #define MV_BREAK_RUN_MAX 4096u      /* gfns a break may unshare with it */
 #define MV_MAP_RECHECK_NS 100000000ull        /* sharing: count at most this often */
-#define MV_MAP_RECHECK_FAULT_NS 1000000000ull /* a CoW break: counting costs a
-                                                 fault up to tens of ms */
+/* A CoW break counts at most this often: counting reads all of
+ * /proc/self/maps, inside the fault (docs/performance.md, "Limit: mappings"). */
+#define MV_MAP_RECHECK_FAULT_NS 1000000000ull
 
 enum frame_flags {
     FRAME_LIVE = 1,
