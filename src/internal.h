@@ -17,9 +17,10 @@
  *              write-protect, mprotect + SIGSEGV; the shared dirty bitmap
  *   guest.c    built-in guests: vCPU threads, workloads, content oracle,
  *              balloon driver
- *   share.c    copy-on-write sharing: shared frames, reverse maps, the
- *              content index, CoW breaks, clones, the sharing audit
- *   scan.c     the sharing scanner: hints, candidates, volatile pages,
+ *   share/     copy-on-write sharing, one idea per file (share/share.h
+ *              has the map): shared frames, reverse maps, the content
+ *              index, CoW breaks, kernel copies, clones, the sharing audit
+ *   share/scan.c  the sharing scanner: hints, candidates, volatile pages,
  *              budget
  *
  * Lock order (a thread may take a lock only if it holds none of a higher or

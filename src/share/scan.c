@@ -1,6 +1,7 @@
 /*
  * scan.c - the sharing scanner: finds duplicate pages from hints first and
- * by hashing second, within a budget, and hands them to share.c.
+ * by hashing second, within a budget, and hands them to apply.c
+ * (mv__share_apply).
  *
  * Hints.  mv_share_hint records that a range holds content other ranges with
  * the same key hold (a block of a shared base image, a file loaded by several
@@ -26,7 +27,7 @@
  *
  * Budget: pages per second and a share of one CPU (thread CPU time against
  * wall time), enforced between blocks.  Between passes that found nothing to
- * share the thread rests.  Near vm.max_map_count share.c stops sharing and
+ * share the thread rests.  Near vm.max_map_count sharing stops (map.c) and
  * says why in the stats.
  *
  * Locking: scan_lock (MV_LOCK_SCAN) makes one scan step at a time (the

@@ -1,13 +1,13 @@
 /*
- * share_mechanism.c - what copy-on-write sharing plugs into the core: the
+ * mechanism.c - what copy-on-write sharing plugs into the core: the
  * SHARED p2m type (its faults, release and reads), the host's sharing state
  * and scanner, and the events that make a domain's writes to shared pages
  * trap (paused, dirty log on) or that change its room for copies.
  *
  * Locking: as each hook's contract in internal.h says; the functions called
- * are share.c's and scan.c's, with their own locking rules.
+ * are the other files' of src/share/, with their own locking rules.
  */
-#include "internal.h"
+#include "share.h"
 
 #include <errno.h>
 

@@ -1,0 +1,272 @@
+/*
+ * apply.c - one-call sharing: mv__share_apply, the engine of
+ * make_ro_and_share, nomination and the scanner.  For a block of gfns it
+ * unmaps the populated ones, reads them, then under the share lock sends
+ * zero pages back to PoD, matches the others against the content index
+ * (bytes compared) or inserts them into new frames, and remaps them by runs.
+ *
+ * Invariant: a page becomes shared only after it was unmapped, read and
+ * compared byte for byte: a write that completed before the unmap is in the
+ * bytes compared, none can land after (its access traps and waits for the
+ * domain lock).
+ *
+ * Locking: the domain lock held; the share lock taken for the decision and
+ * the remaps.  Each thread that shares has its own buffers (thread_buffer).
+ */
+#include "share.h"
+
+struct apply_plan {
+    uint8_t kind[MV_BLOCK_PAGES];      /* what became of each gfn */
+    uint64_t mfn[MV_BLOCK_PAGES];      /* matched frame */
+    uint64_t hash[MV_BLOCK_PAGES];
+};
+
+enum { PLAN_NONE, PLAN_ZERO, PLAN_MATCH, PLAN_INSERT, PLAN_RESTORE };
+
+/* One 2 MiB buffer (and a page of scratch) per thread that shares, freed
+ * when the thread exits.  Not the PoD sweep's buffer: sharing may sweep
+ * (claiming a page for a write that raced a remap) while its bytes are in
+ * use. */
+/* Per thread that shares: a block's pages as read, the frames they are
+ * compared with, and a page of scratch. */
+static pthread_key_t buffer_key;
+static pthread_once_t buffer_once = PTHREAD_ONCE_INIT;
+
+static void make_buffer_key(void)
+{
+    pthread_key_create(&buffer_key, free);
+}
+
+uint8_t *share_thread_buffer(void)
+{
+    uint8_t *buf;
+
+    pthread_once(&buffer_once, make_buffer_key);
+    buf = pthread_getspecific(buffer_key);
+    if (!buf) {
+        buf = aligned_alloc(MV_PAGE_SIZE, ((size_t)MV_BLOCK_PAGES * 2 + 1) << MV_PAGE_SHIFT);
+        if (buf && pthread_setspecific(buffer_key, buf) != 0) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    return buf;
+}
+
+/* Zero pages found by sharing go back to PoD (domain lock held).  When
+ * their frames cannot be freed they stay populated, and *error says why. */
+static uint64_t reclaim_zero_run(struct mv_domain *d, uint64_t gfn, uint64_t n, int *error)
+{
+    int rc = mv__os_punch(d->host->machine.memfd, own_offset(d, gfn), n << MV_PAGE_SHIFT);
+
+    if (rc < 0) {
+        share_restore_ram(d, gfn, n);
+        *error = mv__fail(rc, "domain %u: cannot free the zero pages at gfn %#llx+%llu: "
+                          "%s; they stay private", d->domid, (unsigned long long)gfn,
+                          (unsigned long long)n, mv_strerror(rc));
+        return 0;
+    }
+    for (uint64_t i = 0; i < n; i++)
+        mv__p2m_set(d, gfn + i, MV_P2M_POD);
+    mv__machine_uncharge(&d->host->machine, n);
+    mv__domain_pages_changed(d, gfn, n);
+    d->reclaimed_zero += n;
+    return n;
+}
+
+/* Insert a run of pages (bytes in buf) into new consecutive frames and map
+ * them (both locks held).  Returns gfns shared or a negative errno. */
+static int64_t insert_run(struct mv_domain *d, uint64_t gfn, uint64_t n,
+                          const uint8_t *buf, const uint64_t *hash, int *error)
+{
+    struct mv_host *h = d->host;
+    struct mv__share *s = h->share;
+    uint64_t first;
+    int64_t done;
+    int rc = share_frames_alloc(h, n, &first);
+
+    if (rc < 0)
+        return rc;
+    rc = mv__os_write(h->machine.memfd, buf, first << MV_PAGE_SHIFT, n << MV_PAGE_SHIFT);
+    if (rc == 0) /* given back at once: each page shared frees its own */
+        mv__machine_charge_anyway(&h->machine, n);
+    if (rc < 0) {
+        for (uint64_t i = 0; i < n; i++)
+            share_frame_free(h, first + i, false);
+        return rc;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        share_index_insert(s, first + i, hash[i]);
+        if (mv__page_is_zero(buf + (i << MV_PAGE_SHIFT)))
+            share_frame_of(s, first + i)->flags |= FRAME_ZERO;
+    }
+    done = share_convert_run(d, gfn, first, n, FROM_RAM, error);
+    /* Frames of gfns that stayed private (or all, on failure).  Those that
+     * were shared and taken back (free_own_frames) are gone already, and
+     * with the last of them, maybe their region. */
+    for (uint64_t i = 0; i < n; i++) {
+        struct mv__sframe *f = share_frame_of(s, first + i);
+
+        if (f && f->refs == 0 && (f->flags & FRAME_LIVE))
+            share_frame_free(h, first + i, true);
+    }
+    return done;
+}
+
+/*
+ * Turn the plan's candidate frames (found by hash) into matches, comparing
+ * bytes (share lock held).  Candidates of consecutive pages that are
+ * consecutive frames, as where a block matches an earlier copy of itself,
+ * are read with one pread; a page whose first candidate differs (a hash
+ * collision) is looked up again in the whole index chain.  Pages without a
+ * match are inserted when the action says so, else left to restore.
+ */
+static void verify_matches(struct mv_host *h, struct apply_plan *plan, uint64_t n,
+                           const uint8_t *actions, const uint8_t *buf, uint8_t *frames,
+                           uint8_t *scratch)
+{
+    for (uint64_t i = 0; i < n;) {
+        uint64_t start = i++;
+        bool read;
+
+        if (plan->kind[start] != PLAN_RESTORE)
+            continue;
+        if (plan->mfn[start] != MV_NO_MFN) {
+            while (i < n && plan->kind[i] == PLAN_RESTORE &&
+                   plan->mfn[i] == plan->mfn[i - 1] + 1)
+                i++;
+        }
+        read = plan->mfn[start] != MV_NO_MFN &&
+               mv__machine_read(&h->machine, plan->mfn[start], i - start, frames) == 0;
+        for (uint64_t j = start; j < i; j++) {
+            const uint8_t *page = buf + (j << MV_PAGE_SHIFT);
+
+            if (plan->mfn[j] != MV_NO_MFN &&
+                (!read || memcmp(frames + ((j - start) << MV_PAGE_SHIFT), page,
+                                 MV_PAGE_SIZE) != 0))
+                plan->mfn[j] = share_index_find(h, plan->hash[j], page, scratch);
+            if (plan->mfn[j] != MV_NO_MFN)
+                plan->kind[j] = PLAN_MATCH;
+            else if (actions[j] == MV_ACT_MATCH_INSERT || actions[j] == MV_ACT_INSERT)
+                plan->kind[j] = PLAN_INSERT;
+        }
+    }
+}
+
+int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
+                    const uint8_t *actions, enum mv_share_outcome *outcomes,
+                    struct mv__apply_result *result)
+{
+    struct mv_host *h = d->host;
+    struct mv__share *s = h->share;
+    struct apply_plan plan_storage, *plan = &plan_storage;
+    uint8_t *buf = share_thread_buffer(), *frames, *scratch;
+    uint64_t i;
+    int rc = 0;
+
+    mv__assert_held(&d->lock);
+    memset(result, 0, sizeof(*result));
+    if (!buf)
+        return mv__fail(-ENOMEM, "no memory to share pages");
+    frames = buf + ((size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
+    scratch = frames + ((size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
+    memset(plan->kind, PLAN_NONE, n);
+    for (i = 0; i < n; i++) {
+        if (outcomes)
+            outcomes[i] = d->p2m[gfn + i] == MV_P2M_SHARED ? MV_SHARE_ALREADY
+                                                           : MV_SHARE_SKIPPED;
+    }
+    /* Unmap and read runs of the populated gfns to act on. */
+    for (i = 0; i < n;) {
+        uint64_t start = i;
+
+        while (i < n && actions[i] != MV_ACT_SKIP && d->p2m[gfn + i] == MV_P2M_RAM &&
+               !mv__share_excluded(d, gfn + i))
+            i++;
+        if (i == start) {
+            i++;
+            continue;
+        }
+        if (mv__os_zap(mv__gfn_addr(d, gfn + start), (i - start) << MV_PAGE_SHIFT) < 0)
+            continue;
+        if (mv__machine_read(&h->machine, d->base_mfn + gfn + start, i - start,
+                             buf + (start << MV_PAGE_SHIFT)) < 0) {
+            share_restore_ram(d, gfn + start, i - start);
+            continue;
+        }
+        memset(plan->kind + start, PLAN_RESTORE, i - start);
+    }
+    /* Decide, then act on runs, under the share lock. */
+    mv__mutex_lock(&s->lock);
+    for (i = 0; i < n; i++) {
+        const uint8_t *page = buf + (i << MV_PAGE_SHIFT);
+
+        if (plan->kind[i] != PLAN_RESTORE)
+            continue;
+        /* A nominated zero page still gets its frame (its break copies
+         * nothing); elsewhere zero pages go back to PoD. */
+        if (actions[i] != MV_ACT_INSERT && mv__page_is_zero(page)) {
+            plan->kind[i] = PLAN_ZERO;
+            continue;
+        }
+        plan->hash[i] = mv__share_hash(page);
+        plan->mfn[i] = actions[i] == MV_ACT_INSERT ? MV_NO_MFN
+                       : share_index_lookup(s, plan->hash[i]);
+    }
+    verify_matches(h, plan, n, actions, buf, frames, scratch);
+    for (i = 0; i < n;) {
+        uint8_t kind = plan->kind[i];
+        uint64_t start = i++;
+        int64_t done = 0;
+
+        while (i < n && plan->kind[i] == kind &&
+               (kind != PLAN_MATCH || plan->mfn[i] == plan->mfn[i - 1] + 1))
+            i++;
+        if (kind == PLAN_NONE)
+            continue;
+        if (kind == PLAN_ZERO && rc == 0) {
+            done = (int64_t)reclaim_zero_run(d, gfn + start, i - start, &rc);
+            result->zero += (uint64_t)done;
+            s->zero_reclaimed += (uint64_t)done;
+            for (uint64_t j = start; outcomes && j < start + (uint64_t)done; j++)
+                outcomes[j] = MV_SHARE_ZERO;
+            continue;
+        }
+        /* After a failure the rest goes back as it was. */
+        if (kind == PLAN_RESTORE || rc < 0 || !share_may_map(h, 2)) {
+            share_restore_ram(d, gfn + start, i - start);
+            result->skipped += i - start;
+            continue;
+        }
+        if (kind == PLAN_MATCH)
+            done = share_convert_run(d, gfn + start, plan->mfn[start], i - start, FROM_RAM, &rc);
+        else
+            done = insert_run(d, gfn + start, i - start, buf + (start << MV_PAGE_SHIFT),
+                              plan->hash + start, &rc);
+        if (done == -EFAULT) {
+            rc = mv__fail(-EFAULT, "domain %u crashed while sharing", d->domid);
+            break;
+        }
+        if (done < 0 && kind == PLAN_INSERT) {
+            share_restore_ram(d, gfn + start, i - start);
+            done = 0;
+        }
+        if (done < 0)
+            done = 0;
+        for (uint64_t j = start; j < i; j++) {
+            if (d->p2m[gfn + j] != MV_P2M_SHARED)
+                continue;
+            if (outcomes)
+                outcomes[j] = kind == PLAN_MATCH ? MV_SHARE_MATCHED : MV_SHARE_INSERTED;
+        }
+        if (kind == PLAN_MATCH)
+            result->shared += (uint64_t)done;
+        else
+            result->inserted += (uint64_t)done;
+        result->skipped += i - start - (uint64_t)done;
+    }
+    mv__mutex_unlock(&s->lock);
+    if (result->zero)
+        mv__fault_kick(h);
+    return rc;
+}
