@@ -65,7 +65,7 @@
  * harvest's scratch, under that lock.  slots_lock serializes slot claims
  * and releases (and is taken before os.c's signal lock).
  */
-#include "internal.h"
+#include "logdirty.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -284,6 +284,18 @@ void mv__machine_uncharge(struct mv__machine *m, uint64_t pages)
     atomic_fetch_add(&m->charge_changes, 1);
 }
 
+bool mv__page_is_zero(const uint8_t *page)
+{
+    const uint64_t *w = (const uint64_t *)page;
+
+    for (unsigned i = 0; i < MV_PAGE_SIZE / 8; i += 8) {
+        if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] |
+            w[i + 6] | w[i + 7])
+            return false;
+    }
+    return true;
+}
+
 int mv__machine_scrub(struct mv__machine *m, uint64_t first, uint64_t pages)
 {
     static const uint8_t zeros[64 * 1024];

@@ -34,7 +34,7 @@
  *
  * Locking: every function here runs with the domain lock held.
  */
-#include "internal.h"
+#include "pod.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -59,18 +59,6 @@ static bool cheap_zero(const uint8_t *page)
     const uint64_t *w = (const uint64_t *)page;
 
     return (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) == 0;
-}
-
-bool mv__page_is_zero(const uint8_t *page)
-{
-    const uint64_t *w = (const uint64_t *)page;
-
-    for (unsigned i = 0; i < MV_PAGE_SIZE / 8; i += 8) {
-        if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] |
-            w[i + 6] | w[i + 7])
-            return false;
-    }
-    return true;
 }
 
 /* Give back memory the p2m does not account for (all PoD, content zero by

@@ -20,6 +20,7 @@
  */
 #include "testutil.h"
 #include "internal.h"
+#include "sharing.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -10,6 +10,8 @@
  */
 #include "testutil.h"
 #include "internal.h"
+#include "sharing.h"
+#include "logdirty.h"
 
 #include <stdlib.h>
 #include <unistd.h>

@@ -35,7 +35,7 @@
  * lock (MV_LOCK_HINTS) guards hints, config, stats and the thread state.
  * Domain locks are taken under scan_lock, one at a time.
  */
-#include "internal.h"
+#include "sharing.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -1,8 +1,8 @@
 /*
  * share.h - the sharing code's own header: its structures, constants and the
  * functions its files call in one another.  Nothing outside src/share/
- * includes it; the rest of the library sees the sharing code through the
- * mv__share_* calls of internal.h.
+ * includes it; the rest of the library's code and its tests see the
+ * sharing code through sharing.h, and the core through its mechanism.
  *
  * Copy-on-write page sharing, one idea per file:
  *   frames.c  shared frames, their regions (pool and adopted), pending
@@ -95,7 +95,7 @@
 #ifndef MV_SHARE_H
 #define MV_SHARE_H
 
-#include "internal.h"
+#include "sharing.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -1,0 +1,101 @@
+/*
+ * sharing.h - what copy-on-write sharing (src/share/) offers the rest of the
+ * library's own code and its tests: its state's life cycle, trap reasons,
+ * settling, the scanner, and test knobs.  The core reaches it only through
+ * mv__share_mechanism (src/share/mechanism.c, listed in builtin.c).
+ */
+#ifndef MV_SHARING_H
+#define MV_SHARING_H
+
+#include "internal.h"
+
+
+struct mv__share;
+
+int mv__share_init(struct mv_host *host);
+void mv__share_fini(struct mv_host *host);
+/* A new domain: its copy-on-write userfaultfd and sharing state. */
+int mv__share_domain_init(struct mv_domain *d);
+/* A domain going away (unreachable): drop every shared mapping it holds. */
+void mv__share_domain_destroy(struct mv_domain *d);
+/* A write to a shared gfn (lock held, domain running): give the domain its
+ * private copy.  0, -ENOMEM (the caller applies the PoD policy) or -EFAULT
+ * (the domain had to be crashed). */
+int mv__share_cow_fault(struct mv_domain *d, uint64_t gfn);
+/* The frame a shared gfn maps (lock held).  MV_COW_KERNEL: settle the gfn
+ * first (mv__share_settle), or its bytes may be a copy's. */
+uint64_t mv__share_mfn(struct mv_domain *d, uint64_t gfn);
+/* Reasons an MV_COW_KERNEL domain's shared gfns trap instead of being
+ * copied by the kernel. */
+enum mv__cow_trap {
+    MV__COW_TRAP_PAUSED = 1,    /* paused: writes are held */
+    MV__COW_TRAP_LOGDIRTY = 2,  /* dirty log on: breaks mark pages dirty */
+    MV__COW_TRAP_MEMORY = 4,    /* a copy found no page: the PoD policy rules */
+};
+/* Set or clear a trap reason (lock held).  Setting one settles the whole
+ * domain too, so that no copy is left unaccounted.  0 or -EFAULT (crashed);
+ * nothing for an MV_COW_TRAP domain. */
+int mv__share_cow_trap(struct mv_domain *d, enum mv__cow_trap reason, bool on);
+/* Settle the kernel copies of [gfn, gfn + n) (lock held): copies settled,
+ * -ENOMEM (some wait for memory) or -EFAULT (crashed). */
+int64_t mv__share_settle(struct mv_domain *d, uint64_t gfn, uint64_t n);
+/* MV_COW_KERNEL: the domain's populated pages or target changed; trap when
+ * its target no longer has room for a copy of every shared page (lock held). */
+void mv__share_check_room(struct mv_domain *d);
+/* Settle every running MV_COW_KERNEL domain (no lock held). */
+void mv__share_settle_all(struct mv_host *host);
+/* Sharing figures of a domain for mv_domain_info (lock held). */
+void mv__share_domain_info(struct mv_domain *d, struct mv_domain_info *out);
+/* Bytes of sharing's host-wide tables: frame records, the content index. */
+uint64_t mv__share_host_metadata(struct mv_host *host);
+/* Drop a shared gfn's mapping and give it `type` (lock held). */
+int mv__share_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type);
+/* Whether gfn may be shared or scanned (lock held). */
+bool mv__share_excluded(struct mv_domain *d, uint64_t gfn);
+/* The scanner's per-gfn checksum table (lock held); NULL when no memory. */
+uint32_t *mv__share_checksums(struct mv_domain *d);
+/* Whether an indexed frame has this hash (a probe; bytes are compared
+ * later). */
+bool mv__share_index_probe(struct mv_host *host, uint64_t hash);
+uint64_t mv__share_hash(const uint8_t *page);
+/* Frames held for sharing (charged to the host budget, to no domain). */
+uint64_t mv__share_frames(struct mv_host *host);
+/* The scanner's limit on mappings (0: vm.max_map_count less a reserve). */
+void mv__share_set_max_vmas(struct mv_host *host, unsigned max_vmas);
+/* Tests: the mappings past which CoW breaks stop splitting runs (0: the
+ * default, vm.max_map_count less a slack). */
+void mv__share_set_break_limit(struct mv_host *host, uint64_t mappings);
+
+/* What mv__share_apply does with each gfn. */
+enum mv__share_action {
+    MV_ACT_SKIP = 0,       /* leave it alone */
+    MV_ACT_MATCH,          /* share with an equal indexed frame, if any */
+    MV_ACT_MATCH_INSERT,   /* ... and insert it in the index when none */
+    MV_ACT_INSERT,         /* a frame of its own, indexed (nominate) */
+};
+
+struct mv__apply_result {
+    uint64_t shared;       /* gfns now mapping a frame they matched */
+    uint64_t inserted;     /* gfns now in frames of their own, indexed */
+    uint64_t zero;         /* zero pages returned to PoD */
+    uint64_t skipped;
+};
+
+/*
+ * Share [gfn, gfn + n) (n <= MV_BLOCK_PAGES; lock held, domain running):
+ * unmap the gfns to act on, read them, compare, and map runs of gfns that
+ * go to consecutive frames with one remap each; put back the rest.
+ */
+int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
+                    const uint8_t *actions, enum mv_share_outcome *outcomes,
+                    struct mv__apply_result *result);
+
+
+struct mv__scanner;
+
+int mv__scanner_init(struct mv_host *host);
+void mv__scanner_fini(struct mv_host *host);
+/* Scanner figures for mv_share_stats. */
+void mv__scanner_stats(struct mv_host *host, struct mv_share_stats *out);
+
+#endif /* MV_SHARING_H */
