@@ -41,10 +41,7 @@ static uint32_t domain_with(mv_host *h, const char *name, uint64_t maxmem,
     struct mv_domain_config c;
     uint32_t id = 0;
 
-    mv_domain_config_init(&c);
-    snprintf(c.name, sizeof(c.name), "%s", name);
-    c.maxmem_bytes = maxmem;
-    c.target_bytes = maxmem;
+    tu_domain_config(&c, name, maxmem, maxmem);
     c.vcpus = 1;
     c.wait_timeout_ms = 2000;
     c.cow_mode = cow;

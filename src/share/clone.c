@@ -182,23 +182,6 @@ static void clone_let_go(struct mv_domain *c)
     }
 }
 
-/* Take r out of the list of regions without giving its block back. */
-static void region_unlink(struct mv__share *s, struct mv__share_region *r)
-{
-    for (size_t i = 0; i < s->region_count; i++) {
-        if (s->regions[i] == r) {
-            memmove(&s->regions[i], &s->regions[i + 1],
-                    (s->region_count - i - 1) * sizeof(s->regions[0]));
-            s->region_count--;
-            break;
-        }
-    }
-    free(r->free_frames);
-    free(r->pending);
-    free(r->frames);
-    free(r);
-}
-
 /* The frame of a gfn of src the clone made shared: in r at the gfn's index
  * (pending, or with a record), else MV_NO_MFN (share lock held). */
 static uint64_t clone_adopted_mfn(struct mv_domain *src, struct mv__share_region *r,
@@ -266,7 +249,7 @@ static int clone_take_back(struct mv_domain *src, struct mv__share_region *r,
         s->refs -= taken;
         if (sd->pending_region == r)
             sd->pending_region = NULL;
-        region_unlink(s, r);
+        share_region_unlink(s, r);
     }
     src->base_mfn = old_base;
     return 0;

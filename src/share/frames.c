@@ -100,11 +100,8 @@ int share_region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool ado
 }
 static void scrub_frame(struct mv_host *h, uint64_t mfn, bool uncharge);
 
-void share_region_remove(struct mv_host *h, struct mv__share_region *r)
+void share_region_unlink(struct mv__share *s, struct mv__share_region *r)
 {
-    struct mv__share *s = h->share;
-
-    share_scrub_flush(h);     /* the block must hold no memory when it goes back */
     for (size_t i = 0; i < s->region_count; i++) {
         if (s->regions[i] == r) {
             memmove(&s->regions[i], &s->regions[i + 1],
@@ -113,6 +110,14 @@ void share_region_remove(struct mv_host *h, struct mv__share_region *r)
             break;
         }
     }
+}
+
+void share_region_remove(struct mv_host *h, struct mv__share_region *r)
+{
+    struct mv__share *s = h->share;
+
+    share_scrub_flush(h);     /* the block must hold no memory when it goes back */
+    share_region_unlink(s, r);
     /* Every frame of it is a hole already: freed frames are punched. */
     mv__machine_free(&h->machine, r->first, r->pages);
     free(r->free_frames);
