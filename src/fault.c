@@ -22,8 +22,8 @@
  * polling (without sleeping) for fault_spin_us: the next fault of a guest
  * touching fresh memory usually comes within microseconds, and a sleeping
  * thread costs a scheduler wakeup.  Copy-on-write faults do not start the
- * polling: measured with bench cow, a polling thread made the woken writer
- * wait (break median 116-131 us polling, 77-88 us not).
+ * polling: a polling thread made the woken writer wait (bench cow; the
+ * figures are in docs/performance.md, "CoW fault").
  *
  * The threads run on the host's fault_cpus when given.  Where a fault is
  * served matters on a virtual machine: a fault thread woken on another vCPU

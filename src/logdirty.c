@@ -129,7 +129,7 @@ static void set_bits(_Atomic uint64_t *bm, uint64_t gfn, uint64_t n)
  * Call fn(d, first, count) over the set bits of `words`, one call per 2 MiB
  * block that has any: re-protecting a page that is still protected changes
  * nothing, while every protect call costs a TLB shootdown, which on a
- * virtual machine can cost 50 us.  So runs in the same block are merged
+ * virtual machine is dear (docs/performance.md).  So runs in the same block are merged
  * with the clean pages between them.
  */
 static int for_each_block_span(struct mv_domain *d, const uint64_t *words, size_t count,

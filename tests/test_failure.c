@@ -23,6 +23,7 @@
 #include "sharing.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,6 +32,7 @@
 #define OTHER_SEED 0xb157a4d3ull
 #define DEADLINE_MS 30000u
 #define MAX_STEPS 400u
+#define WATCHDOG_S 120u  /* one run of the table, at most (sanitizers included) */
 
 /* ------------------------------------------------------------------------ */
 /* shared helpers                                                            */
@@ -483,6 +485,23 @@ static bool run_injected(const struct operation *o, enum mv__os_op op, unsigned 
     return reached;
 }
 
+/* Where the table is: a run that never ends says which one it was. */
+static const char *watch_name;
+static volatile sig_atomic_t watch_op, watch_skip;
+
+static void watchdog_fired(int sig)
+{
+    char line[160];
+    int n = snprintf(line, sizeof(line), "test_failure: %s, op %d failing call %d "
+                     "did not finish within %u s\n", watch_name, (int)watch_op,
+                     (int)watch_skip + 1, WATCHDOG_S);
+
+    (void)sig;
+    if (n > 0)
+        (void)!write(STDERR_FILENO, line, (size_t)MV_MIN(n, (int)sizeof(line) - 1));
+    abort();
+}
+
 static void run_operation(const char *name)
 {
     const struct operation *o = NULL;
@@ -492,10 +511,31 @@ static void run_operation(const char *name)
         if (strcmp(operations[i].name, name) == 0)
             o = &operations[i];
     assert_non_null(o);
+    signal(SIGALRM, watchdog_fired);
+    /* MV_TEST_ONLY=OP:N replays the run that fails the N-th call of OP. */
+    if (getenv("MV_TEST_ONLY")) {
+        int op = 0;
+        unsigned n = 1;
+
+        assert_int_equal(sscanf(getenv("MV_TEST_ONLY"), "%d:%u", &op, &n), 2);
+        assert_true(op >= 0 && op < MV_OS_OP_COUNT && n > 0);
+        run_injected(o, (enum mv__os_op)op, n - 1);
+        return;
+    }
     for (int op = 0; op < MV_OS_OP_COUNT; op++) {
         unsigned skip = 0;
 
-        while (run_injected(o, (enum mv__os_op)op, skip)) {
+        for (;;) {
+            bool reached;
+
+            watch_name = name;
+            watch_op = op;
+            watch_skip = (sig_atomic_t)skip;
+            alarm(WATCHDOG_S);
+            reached = run_injected(o, (enum mv__os_op)op, skip);
+            alarm(0);
+            if (!reached)
+                break;
             runs++;
             if (getenv("MV_TEST_VERBOSE"))
                 print_message("%s: op %d, call %u failed\n", name, op, skip + 1);
