@@ -499,6 +499,14 @@ static void watchdog_fired(int sig)
     (void)sig;
     if (n > 0)
         (void)!write(STDERR_FILENO, line, (size_t)MV_MIN(n, (int)sizeof(line) - 1));
+    /* For a developer chasing a hang: every thread's stack, from gdb. */
+    if (getenv("MV_TEST_GDB_ON_HANG")) {
+        char cmd[128];
+
+        snprintf(cmd, sizeof(cmd), "gdb -batch -p %d -ex 'thread apply all bt 20' >&2",
+                 (int)getpid());
+        (void)!system(cmd);
+    }
     abort();
 }
 

@@ -5,9 +5,12 @@
  * before its next mutex lock, as if preempted there, until the test lets it
  * go; and the fault service's registration of a new domain can be made to
  * fail once such a thread is held.  Every step waits for the one before it
- * to be seen to have happened: nothing is ordered by sleeping.
+ * to be seen to have happened: nothing is ordered by sleeping.  read and
+ * epoll_wait are wrapped too, to stop a fault thread just before it reads
+ * the fault service's kick and another just before it waits again.
  */
 #include "testutil.h"
+#include "internal.h"
 
 #include <pthread.h>
 #include <semaphore.h>
@@ -22,6 +25,10 @@ int __real_pthread_mutex_lock(pthread_mutex_t *m);
 int __wrap_pthread_mutex_lock(pthread_mutex_t *m);
 int __real_epoll_ctl(int epfd, int op, int fd, struct epoll_event *event);
 int __wrap_epoll_ctl(int epfd, int op, int fd, struct epoll_event *event);
+ssize_t __real_read(int fd, void *buf, size_t count);
+ssize_t __wrap_read(int fd, void *buf, size_t count);
+int __real_epoll_wait(int epfd, struct epoll_event *events, int max, int timeout);
+int __wrap_epoll_wait(int epfd, struct epoll_event *events, int max, int timeout);
 
 static _Thread_local bool hold_next_lock;
 static sem_t held;          /* posted by a thread reaching its hold point */
@@ -65,6 +72,39 @@ int __wrap_epoll_ctl(int epfd, int op, int fd, struct epoll_event *event)
         return -1;
     }
     return __real_epoll_ctl(epfd, op, fd, event);
+}
+
+/* The kick race: the first fault thread to read the kick eventfd after
+ * `kick_fd` is armed waits, before reading, until the service is stopping
+ * (so its read takes the stop's kicks); any other fault thread that comes
+ * back to wait for events meanwhile waits until that read is done. */
+static atomic_int kick_fd = -1;
+static atomic_bool kick_reader_taken, kick_read_done;
+static mv_host *kick_host;
+static sem_t reader_held, waiter_held;
+
+ssize_t __wrap_read(int fd, void *buf, size_t count)
+{
+    if (fd >= 0 && fd == atomic_load(&kick_fd) && !atomic_exchange(&kick_reader_taken, true)) {
+        ssize_t r;
+
+        sem_post(&reader_held);
+        tu_wait_until(atomic_load(&kick_host->stopping));
+        r = __real_read(fd, buf, count);
+        atomic_store(&kick_read_done, true);
+        return r;
+    }
+    return __real_read(fd, buf, count);
+}
+
+int __wrap_epoll_wait(int epfd, struct epoll_event *events, int max, int timeout)
+{
+    if (atomic_load(&kick_fd) >= 0 && atomic_load(&kick_reader_taken) &&
+        !atomic_load(&kick_read_done)) {
+        sem_post(&waiter_held);
+        tu_wait_until(atomic_load(&kick_read_done));
+    }
+    return __real_epoll_wait(epfd, events, max, timeout);
 }
 
 static pid_t my_tid(void)
@@ -247,9 +287,49 @@ static void failed_create_waits_for_its_finders(void **state)
     mv_host_destroy(h);
 }
 
+static void *destroy_host(void *arg)
+{
+    mv_host_destroy(arg);
+    return NULL;
+}
+
+/* A fault thread that read a kick just as the service stopped emptied the
+ * eventfd of the stop's kicks too; another, waiting for events again, must
+ * still be woken, or stopping the service (destroying the host) waits for
+ * it forever. */
+static void stopping_wakes_every_fault_thread(void **state)
+{
+    struct mv_host_config c;
+    struct timespec deadline;
+    pthread_t destroyer;
+    mv_host *h;
+
+    (void)state;
+    tu_host_config(&c, 1 * GiB);
+    c.fault_mode = MV_FAULT_SHARED;
+    c.fault_threads = 2;
+    assert_ok(mv_host_create(&c, &h));
+    assert_int_equal(sem_init(&reader_held, 0, 0), 0);
+    assert_int_equal(sem_init(&waiter_held, 0, 0), 0);
+    kick_host = h;
+    atomic_store(&kick_fd, h->kick_fd);
+    /* Both threads wake; one is held before its read, the other before it
+     * waits again. */
+    mv__fault_kick(h);
+    assert_true(tu_sem_wait_ms(&reader_held, TU_DEADLINE_MS));
+    assert_true(tu_sem_wait_ms(&waiter_held, TU_DEADLINE_MS));
+    assert_int_equal(pthread_create(&destroyer, NULL, destroy_host, h), 0);
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 30;
+    if (pthread_timedjoin_np(destroyer, NULL, &deadline) != 0)
+        fail_msg("destroying the host still waits for a fault thread after 30 s");
+    atomic_store(&kick_fd, -1);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(reference_released_during_destroy),
     cmocka_unit_test(failed_create_waits_for_its_finders),
+    cmocka_unit_test(stopping_wakes_every_fault_thread),
 };
 
 TU_MAIN(cases)
