@@ -474,8 +474,9 @@ int mv__fault_wake(struct mv_domain *d, bool cow, uint64_t gfn, uint64_t n);
  * The core (machine, host, domains and the p2m, the fault service) names no
  * mechanism.  A mechanism (populate-on-demand, dirty logging, sharing, the
  * built-in guests) fills in a struct mv__mechanism; the core calls each
- * hook that is set, in the order of mv__mechanisms[] (builtin.c, the one
- * file that lists them), and a mechanism reaches another only through the
+ * hook that is set, in the order of mv__mechanisms[] (builtin.c lists the
+ * built-in ones, mv__mechanism_register appends the others), and a
+ * mechanism reaches another only through the
  * core's calls below (mv__domain_pages_changed, mv__domain_claim, ...),
  * never by name.
  *
@@ -565,8 +566,20 @@ struct mv__mechanism {
     void (*write_fault)(struct mv_domain *d, uint64_t gfn);
 };
 
-extern const struct mv__mechanism *const mv__mechanisms[];
-extern const size_t mv__mechanism_count;
+/* The built-in mechanisms (builtin.c), then the registered ones. */
+#define MV_MECHANISMS_MAX 8
+extern const struct mv__mechanism *mv__mechanisms[MV_MECHANISMS_MAX];
+extern size_t mv__mechanism_count;
+
+/* Add a mechanism from outside the library (libmemvisor-guest) after the
+ * built-in ones; its hooks are called like theirs.  Only before the first
+ * host is created (-EBUSY after), at most MV_MECHANISMS_MAX in all
+ * (-ENOSPC).  Returns the mechanism's index in mv__mechanisms (its slot in
+ * mv_domain.ext), the same index again when it is registered already.
+ * Thread-safe. */
+int mv__mechanism_register(const struct mv__mechanism *m);
+/* A host is being created: registration is closed from now on. */
+void mv__mechanisms_seal(void);
 
 #define mv__each_mechanism(m)                                                  \
     for (const struct mv__mechanism *const *m##_it = mv__mechanisms, *m;       \
