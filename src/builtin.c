@@ -16,11 +16,9 @@
 extern const struct mv__mechanism mv__share_mechanism;
 extern const struct mv__mechanism mv__logdirty_mechanism;
 extern const struct mv__mechanism mv__pod_mechanism;
-extern const struct mv__mechanism mv__guest_mechanism;
 
 #define MV_BUILTIN_MECHANISMS \
-    &mv__share_mechanism, &mv__logdirty_mechanism, &mv__pod_mechanism, \
-    &mv__guest_mechanism
+    &mv__share_mechanism, &mv__logdirty_mechanism, &mv__pod_mechanism
 
 /* Written only by mv__mechanism_register, under its lock, before any host
  * exists; read-only from then on. */

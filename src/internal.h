@@ -15,8 +15,9 @@
  *   pod.c      populate-on-demand: populate, zero sweep, target
  *   logdirty.c dirty logging: WP_ASYNC + PAGEMAP_SCAN, synchronous
  *              write-protect, mprotect + SIGSEGV; the shared dirty bitmap
- *   guest.c    built-in guests: vCPU threads, workloads, content oracle,
- *              balloon driver
+ *   (the built-in guests -- vCPU threads, workloads, content oracle,
+ *   balloon driver -- are not part of the library: guest/, libmemvisor-guest,
+ *   a mechanism registered with mv__mechanism_register)
  *   share/     copy-on-write sharing, one idea per file (share/share.h
  *              has the map): shared frames, reverse maps, the content
  *              index, CoW breaks, kernel copies, clones, the sharing audit
@@ -312,7 +313,8 @@ struct mv__held_fault {
     bool cow;             /* a write to a shared page (a CoW break) */
 };
 
-struct mv__guest;
+/* Mechanisms in all: the built-in ones and those registered (mechanism.c). */
+#define MV_MECHANISMS_MAX 8
 struct mv__logdirty;
 struct mv__share_dom;
 
@@ -365,7 +367,10 @@ struct mv_domain {
     uint64_t pod_waits;
     uint64_t pod_wait_ns;
 
-    struct mv__guest *guest;   /* built-in vCPUs; owned by guest.c */
+    /* Per-domain state of the registered mechanisms (libmemvisor-guest's
+     * vCPUs), each at its index in mv__mechanisms and owned by it: set by
+     * its domain_init, freed by its domain_destroy.  NULL otherwise. */
+    void *ext[MV_MECHANISMS_MAX];
     struct mv__logdirty *logdirty; /* owned by logdirty.c */
     struct mv__share_dom *share;   /* owned by share.c */
 };
@@ -567,7 +572,6 @@ struct mv__mechanism {
 };
 
 /* The built-in mechanisms (builtin.c), then the registered ones. */
-#define MV_MECHANISMS_MAX 8
 extern const struct mv__mechanism *mv__mechanisms[MV_MECHANISMS_MAX];
 extern size_t mv__mechanism_count;
 
@@ -713,22 +717,6 @@ int mv__scanner_init(struct mv_host *host);
 void mv__scanner_fini(struct mv_host *host);
 /* Scanner figures for mv_share_stats. */
 void mv__scanner_stats(struct mv_host *host, struct mv_share_stats *out);
-
-/* ------------------------------------------------------------------------ */
-/* guest.c                                                                   */
-
-int mv__guest_create(struct mv_domain *d);
-/* Stop the vCPUs (their RAM must already raise SIGBUS or be served). */
-void mv__guest_destroy(struct mv_domain *d);
-/* Bytes of the built-in guest's tables (oracle, balloon record). */
-uint64_t mv__guest_metadata(struct mv_domain *d);
-/* Ask the vCPUs to park at a page boundary and wait (up to `timeout_ms`)
- * until every running vCPU is parked or held in a fault. */
-int mv__guest_park(struct mv_domain *d, unsigned timeout_ms);
-void mv__guest_unpark(struct mv_domain *d);
-/* A clone's guest knows what its source's knows (content oracle, ballooned
- * pages). */
-void mv__guest_clone_oracle(struct mv_domain *src, struct mv_domain *clone);
 
 /* ------------------------------------------------------------------------ */
 /* the host                                                                  */

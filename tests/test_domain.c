@@ -4,6 +4,7 @@
  * the domain exactly as it was.
  */
 #include "testutil.h"
+#include "memvisor-guest.h"
 
 static void create_rejects_bad_config(void **state)
 {
