@@ -306,7 +306,11 @@ enum mv_domain_state {
 /*
  * Mechanisms that keep a dirty log.  The write-protect flavour of a
  * userfaultfd is fixed when it is opened, so a domain picks its mechanism
- * at creation.
+ * at creation.  Only MV_LOGDIRTY_MPROTECT uses a signal: the first
+ * mv_logdirty_enable of a domain in that mode installs the library's SIGSEGV
+ * handler (again at each enable if the application replaced it since), and
+ * no other mode or call installs one.  See mv_domain_ram for how it and the
+ * application's own handlers coexist.
  */
 enum mv_logdirty_mode {
     MV_LOGDIRTY_AUTO = 0,     /* the fastest the kernel offers */
@@ -351,7 +355,8 @@ MV_API int mv_domain_create(mv_host *host, const struct mv_domain_config *config
                             uint32_t *domid);
 
 /*
- * Destroy a domain: stop its built-in vCPUs, wake every thread blocked on a
+ * Destroy a domain: stop the vCPUs a registered mechanism runs on it (the
+ * built-in guests of libmemvisor-guest), wake every thread blocked on a
  * fault of it, and return all of its memory to the host, scrubbed.  Stop
  * your own vCPUs first: a thread that touches the RAM during the call takes
  * SIGBUS, and after it the range is unmapped (SIGSEGV).  Never hangs on a
@@ -369,7 +374,8 @@ MV_API int mv_domain_lookup(mv_host *host, const char *name, uint32_t *domid);
 MV_API int mv_domain_list(mv_host *host, uint32_t *ids, size_t capacity);
 
 /*
- * Pause: built-in vCPUs stop at their next page boundary (the call waits for
+ * Pause: built-in vCPUs (libmemvisor-guest) stop at their next page
+ * boundary (the call waits for
  * them, up to 5 s: -ETIMEDOUT), and faults from any other thread are held
  * until mv_domain_unpause.  -EALREADY when already paused, -ESRCH, -EPERM
  * on a crashed domain.
@@ -381,6 +387,29 @@ MV_API int mv_domain_unpause(mv_host *host, uint32_t domid);
  * The host address of gfn 0 of the domain's RAM and its size.  The range
  * stays valid until the domain is destroyed.  Touching it from any thread is
  * how a guest uses memory; memvisor populates pages on first touch.
+ *
+ * Signals: libmemvisor installs no signal handler the embedder did not ask
+ * for; the vCPUs and their signals are the embedder's.
+ *   - SIGBUS: when a domain crashes (its PoD policy gave up, a page could not
+ *     be served, a ballooned page was touched) or is destroyed, its RAM is
+ *     replaced by a mapping on which every access raises SIGBUS, so a thread
+ *     of the embedder touching it takes SIGBUS in that thread rather than
+ *     hanging.  The library does not catch it: the embedder handles it, as
+ *     it would a KVM exit that ends a vCPU -- e.g. a SIGBUS handler that
+ *     leaves the vCPU (siglongjmp) when si_addr lies in a range it got from
+ *     mv_domain_ram, and passes any other SIGBUS on to the action it
+ *     replaced.  Without a handler the process dies, as for any SIGBUS.
+ *   - SIGSEGV: only a domain with MV_LOGDIRTY_MPROTECT logging dirty pages
+ *     has the library's handler installed (by mv_logdirty_enable); it takes
+ *     write faults inside the RAM of such a domain and passes every other
+ *     SIGSEGV on to the action it replaced (the embedder's handler, or the
+ *     default action).  An embedder installing its own SIGSEGV handler
+ *     afterwards must do the same the other way round: pass faults it does
+ *     not recognise on to the action it replaced (the library's), or a
+ *     guest write to a write-protected page is never resumed.
+ * The built-in guests of libmemvisor-guest (memvisor's test scaffolding)
+ * install a SIGBUS handler for their own vCPUs when a workload starts;
+ * that is that library's, not this one's.
  */
 MV_API int mv_domain_ram(mv_host *host, uint32_t domid, void **ram, uint64_t *size);
 
