@@ -104,12 +104,17 @@ static struct mv__guest *guest_of(struct mv_domain *d)
     return guest_slot < 0 ? NULL : d->ext[guest_slot];
 }
 
+/* Why the registration failed: -EBUSY (a host existed already), -ENOSPC
+ * (the core's mechanism table was full). */
+static int register_error;
+
 /* What every entry point answers when the guests never registered. */
 static int not_registered(void)
 {
     return mv__fail(-EOPNOTSUPP, "the built-in guests are not registered with "
-                    "libmemvisor (a host was created before libmemvisor-guest "
-                    "was initialised)");
+                    "libmemvisor: %s", register_error == -ENOSPC
+                    ? "its mechanism table is full"
+                    : "a host was created before libmemvisor-guest was initialised");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -815,4 +820,6 @@ __attribute__((constructor)) static void register_guests(void)
 
     if (slot >= 0)
         guest_slot = slot;
+    else
+        register_error = slot;
 }
