@@ -10,12 +10,14 @@
  * archive, libmemvisor-guest.a, and is not installed; it links the static
  * libmemvisor (it reaches the domains' internals).
  *
- * Linking it registers the built-in guests with libmemvisor before main()
- * runs; after that every domain gets vCPUs for these calls to drive.  The
+ * A program that calls any function declared here links the guests, and
+ * they register with libmemvisor before main() runs (no call to make);
+ * from then on every domain gets vCPUs for these calls to drive.  The
  * conventions are memvisor.h's: 0 or a count on success, a negative errno on
  * failure, mv_last_error() for the sentence.  Every call fails with
  * -EOPNOTSUPP when the guests could not register (a host was created before
- * the library was initialised, which only another constructor can do).
+ * they could, which only another constructor can do, or libmemvisor's
+ * mechanism table was full).
  */
 #ifndef MEMVISOR_GUEST_H
 #define MEMVISOR_GUEST_H
