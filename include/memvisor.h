@@ -306,7 +306,11 @@ enum mv_domain_state {
 /*
  * Mechanisms that keep a dirty log.  The write-protect flavour of a
  * userfaultfd is fixed when it is opened, so a domain picks its mechanism
- * at creation.
+ * at creation.  Only MV_LOGDIRTY_MPROTECT uses a signal: the first
+ * mv_logdirty_enable of a domain in that mode installs the library's SIGSEGV
+ * handler (again at each enable if the application replaced it since), and
+ * no other mode or call installs one.  See mv_domain_ram for how it and the
+ * application's own handlers coexist.
  */
 enum mv_logdirty_mode {
     MV_LOGDIRTY_AUTO = 0,     /* the fastest the kernel offers */
@@ -351,7 +355,8 @@ MV_API int mv_domain_create(mv_host *host, const struct mv_domain_config *config
                             uint32_t *domid);
 
 /*
- * Destroy a domain: stop its built-in vCPUs, wake every thread blocked on a
+ * Destroy a domain: stop the vCPUs a registered mechanism runs on it (the
+ * built-in guests of libmemvisor-guest), wake every thread blocked on a
  * fault of it, and return all of its memory to the host, scrubbed.  Stop
  * your own vCPUs first: a thread that touches the RAM during the call takes
  * SIGBUS, and after it the range is unmapped (SIGSEGV).  Never hangs on a
@@ -369,7 +374,8 @@ MV_API int mv_domain_lookup(mv_host *host, const char *name, uint32_t *domid);
 MV_API int mv_domain_list(mv_host *host, uint32_t *ids, size_t capacity);
 
 /*
- * Pause: built-in vCPUs stop at their next page boundary (the call waits for
+ * Pause: built-in vCPUs (libmemvisor-guest) stop at their next page
+ * boundary (the call waits for
  * them, up to 5 s: -ETIMEDOUT), and faults from any other thread are held
  * until mv_domain_unpause.  -EALREADY when already paused, -ESRCH, -EPERM
  * on a crashed domain.
@@ -381,6 +387,29 @@ MV_API int mv_domain_unpause(mv_host *host, uint32_t domid);
  * The host address of gfn 0 of the domain's RAM and its size.  The range
  * stays valid until the domain is destroyed.  Touching it from any thread is
  * how a guest uses memory; memvisor populates pages on first touch.
+ *
+ * Signals: libmemvisor installs no signal handler the embedder did not ask
+ * for; the vCPUs and their signals are the embedder's.
+ *   - SIGBUS: when a domain crashes (its PoD policy gave up, a page could not
+ *     be served, a ballooned page was touched) or is destroyed, its RAM is
+ *     replaced by a mapping on which every access raises SIGBUS, so a thread
+ *     of the embedder touching it takes SIGBUS in that thread rather than
+ *     hanging.  The library does not catch it: the embedder handles it, as
+ *     it would a KVM exit that ends a vCPU -- e.g. a SIGBUS handler that
+ *     leaves the vCPU (siglongjmp) when si_addr lies in a range it got from
+ *     mv_domain_ram, and passes any other SIGBUS on to the action it
+ *     replaced.  Without a handler the process dies, as for any SIGBUS.
+ *   - SIGSEGV: only a domain with MV_LOGDIRTY_MPROTECT logging dirty pages
+ *     has the library's handler installed (by mv_logdirty_enable); it takes
+ *     write faults inside the RAM of such a domain and passes every other
+ *     SIGSEGV on to the action it replaced (the embedder's handler, or the
+ *     default action).  An embedder installing its own SIGSEGV handler
+ *     afterwards must do the same the other way round: pass faults it does
+ *     not recognise on to the action it replaced (the library's), or a
+ *     guest write to a write-protected page is never resumed.
+ * The built-in guests of libmemvisor-guest (memvisor's test scaffolding)
+ * install a SIGBUS handler for their own vCPUs when a workload starts;
+ * that is that library's, not this one's.
  */
 MV_API int mv_domain_ram(mv_host *host, uint32_t domid, void **ram, uint64_t *size);
 
@@ -804,84 +833,6 @@ MV_API int mv_share_stats(mv_host *host, struct mv_share_stats *out);
  * named.  Exact also while guests write and the scanner runs.
  */
 MV_API int mv_share_audit(mv_host *host);
-
-/* ------------------------------------------------------------------------ */
-/* Built-in guests                                                           */
-
-/*
- * Workloads run on threads that act as the domain's vCPUs and touch guest RAM
- * with ordinary loads and stores.  They keep a content oracle: for every gfn
- * they know what they last wrote, so any lost or foreign byte is found.
- */
-enum mv_workload_kind {
-    MV_WORKLOAD_SCRUB,   /* zero all of maxmem once, as OSes do at boot */
-    MV_WORKLOAD_RANDOM,  /* write random pages at a set rate */
-    MV_WORKLOAD_VERIFY,  /* read every page through guest RAM, check oracle */
-};
-
-struct mv_workload_config {
-    enum mv_workload_kind kind;
-    uint64_t pages_per_second; /* RANDOM: dirty rate, total; 0 = unlimited */
-    uint64_t duration_ms;      /* RANDOM: stop after; 0 = until stopped */
-    uint64_t max_pages;        /* RANDOM: stop after this many writes; 0 = no cap */
-    uint64_t working_set_pages;/* RANDOM: gfns [0, n) are written; 0 = all */
-    uint64_t seed;
-    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
-};
-
-MV_API void mv_workload_config_init(struct mv_workload_config *config,
-                                    enum mv_workload_kind kind);
-
-/*
- * Start a workload on all of the domain's vCPUs.  -EBUSY when one is already
- * running, -EPERM on a crashed domain.  The vCPUs leave a crashed domain
- * through a SIGBUS handler the library installs; if the application has
- * replaced it since, it is installed again here, chaining to the
- * application's for SIGBUS on any other thread.
- */
-MV_API int mv_workload_start(mv_host *host, uint32_t domid,
-                             const struct mv_workload_config *config);
-
-struct mv_workload_status {
-    int running;              /* vCPUs still running */
-    uint64_t pages_done;      /* pages written or verified so far */
-    uint64_t mismatches;      /* VERIFY: pages that differed from the oracle */
-    uint64_t first_bad_gfn;   /* VERIFY: first mismatch, UINT64_MAX if none */
-    int crashed;              /* a vCPU took SIGBUS (the domain crashed) */
-    uint64_t elapsed_ns;
-    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
-};
-
-/*
- * Wait for the workload to finish, up to `timeout_ms` (0 = just look).
- * Returns 0 when finished, -ETIMEDOUT when still running; `status` may be
- * NULL.
- */
-MV_API int mv_workload_wait(mv_host *host, uint32_t domid, unsigned timeout_ms,
-                            struct mv_workload_status *status);
-
-/* Ask the workload's vCPUs to stop and wait for them. */
-MV_API int mv_workload_stop(mv_host *host, uint32_t domid);
-
-/*
- * The content oracle, checked from the host side without touching guest RAM
- * (no faults, no population): every page must hold what the built-in
- * workloads last wrote, zero where nothing was written.  Returns the number
- * of mismatching pages (0 is the only acceptable answer) or a negative errno;
- * `first_bad_gfn` (may be NULL) receives the first mismatch.  Call it while no
- * workload runs (-EBUSY otherwise).
- */
-MV_API int64_t mv_oracle_verify(mv_host *host, uint32_t domid, uint64_t *first_bad_gfn);
-
-/*
- * The built-in guest's balloon driver: inflate or deflate the balloon so the
- * guest holds `guest_bytes` of usable memory.  It picks pages the guest is
- * not using (skipping the pages vCPUs are writing), gives them back with
- * decrease_reservation (or takes them back with increase_reservation) and
- * tells the workloads never to touch a ballooned page.  Returns the number of
- * pages moved.
- */
-MV_API int64_t mv_guest_balloon(mv_host *host, uint32_t domid, uint64_t guest_bytes);
 
 #ifdef __cplusplus
 }

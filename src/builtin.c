@@ -3,24 +3,32 @@
  * core calls their hooks (and the reverse order when tearing down): sharing
  * first (its second userfaultfd exists before anything maps a frame
  * elsewhere), dirty logging (it decides the domain's userfaultfd features),
- * populate-on-demand (owner of the RAM, PoD and ballooned p2m types), and
- * the built-in guests last (their vCPUs start once everything else is set
- * up, and stop first).
+ * then populate-on-demand (owner of the RAM, PoD and ballooned p2m types).
+ * Mechanisms from outside the library (the built-in guests of
+ * libmemvisor-guest) follow them in mv__mechanisms[], appended by
+ * mv__mechanism_register (mechanism.c) before the first host exists: their
+ * vCPUs start once everything else is set up, and stop first.
  *
- * The one file of the library that names every mechanism.
+ * The one file of the library that names every built-in mechanism.
  */
 #include "internal.h"
 
 extern const struct mv__mechanism mv__share_mechanism;
 extern const struct mv__mechanism mv__logdirty_mechanism;
 extern const struct mv__mechanism mv__pod_mechanism;
-extern const struct mv__mechanism mv__guest_mechanism;
 
-const struct mv__mechanism *const mv__mechanisms[] = {
-    &mv__share_mechanism,
-    &mv__logdirty_mechanism,
-    &mv__pod_mechanism,
-    &mv__guest_mechanism,
+#define MV_BUILTIN_MECHANISMS \
+    &mv__share_mechanism, &mv__logdirty_mechanism, &mv__pod_mechanism
+
+/* Written only by mv__mechanism_register, under its lock, before any host
+ * exists; read-only from then on. */
+const struct mv__mechanism *mv__mechanisms[MV_MECHANISMS_MAX] = {
+    MV_BUILTIN_MECHANISMS
 };
 
-const size_t mv__mechanism_count = MV_ARRAY_SIZE(mv__mechanisms);
+size_t mv__mechanism_count =
+    MV_ARRAY_SIZE(((const struct mv__mechanism *const[]){ MV_BUILTIN_MECHANISMS }));
+
+_Static_assert(MV_ARRAY_SIZE(((const struct mv__mechanism *const[]){
+                   MV_BUILTIN_MECHANISMS })) < MV_MECHANISMS_MAX,
+               "MV_MECHANISMS_MAX leaves no room to register a mechanism");

@@ -15,8 +15,9 @@
  *   pod.c      populate-on-demand: populate, zero sweep, target
  *   logdirty.c dirty logging: WP_ASYNC + PAGEMAP_SCAN, synchronous
  *              write-protect, mprotect + SIGSEGV; the shared dirty bitmap
- *   guest.c    built-in guests: vCPU threads, workloads, content oracle,
- *              balloon driver
+ *   (the built-in guests -- vCPU threads, workloads, content oracle,
+ *   balloon driver -- are not part of the library: guest/, libmemvisor-guest,
+ *   a mechanism registered with mv__mechanism_register)
  *   share/     copy-on-write sharing, one idea per file (share/share.h
  *              has the map): shared frames, reverse maps, the content
  *              index, CoW breaks, kernel copies, clones, the sharing audit
@@ -312,7 +313,8 @@ struct mv__held_fault {
     bool cow;             /* a write to a shared page (a CoW break) */
 };
 
-struct mv__guest;
+/* Mechanisms in all: the built-in ones and those registered (mechanism.c). */
+#define MV_MECHANISMS_MAX 8
 struct mv__logdirty;
 struct mv__share_dom;
 
@@ -365,7 +367,10 @@ struct mv_domain {
     uint64_t pod_waits;
     uint64_t pod_wait_ns;
 
-    struct mv__guest *guest;   /* built-in vCPUs; owned by guest.c */
+    /* Per-domain state of the registered mechanisms (libmemvisor-guest's
+     * vCPUs), each at its index in mv__mechanisms and owned by it: set by
+     * its domain_init, freed by its domain_destroy.  NULL otherwise. */
+    void *ext[MV_MECHANISMS_MAX];
     struct mv__logdirty *logdirty; /* owned by logdirty.c */
     struct mv__share_dom *share;   /* owned by share.c */
 };
@@ -443,8 +448,9 @@ int mv__fault_wake(struct mv_domain *d, bool cow, uint64_t gfn, uint64_t n);
  * The core (machine, host, domains and the p2m, the fault service) names no
  * mechanism.  A mechanism (populate-on-demand, dirty logging, sharing, the
  * built-in guests) fills in a struct mv__mechanism; the core calls each
- * hook that is set, in the order of mv__mechanisms[] (builtin.c, the one
- * file that lists them), and a mechanism reaches another only through the
+ * hook that is set, in the order of mv__mechanisms[] (builtin.c lists the
+ * built-in ones, mv__mechanism_register appends the others), and a
+ * mechanism reaches another only through the
  * core's calls below (mv__domain_pages_changed, mv__domain_claim, ...),
  * never by name.
  *
@@ -534,8 +540,19 @@ struct mv__mechanism {
     void (*write_fault)(struct mv_domain *d, uint64_t gfn);
 };
 
-extern const struct mv__mechanism *const mv__mechanisms[];
-extern const size_t mv__mechanism_count;
+/* The built-in mechanisms (builtin.c), then the registered ones. */
+extern const struct mv__mechanism *mv__mechanisms[MV_MECHANISMS_MAX];
+extern size_t mv__mechanism_count;
+
+/* Add a mechanism from outside the library (libmemvisor-guest) after the
+ * built-in ones; its hooks are called like theirs.  Only before the first
+ * host is created (-EBUSY after), at most MV_MECHANISMS_MAX in all
+ * (-ENOSPC).  Returns the mechanism's index in mv__mechanisms (its slot in
+ * mv_domain.ext), the same index again when it is registered already.
+ * Thread-safe. */
+int mv__mechanism_register(const struct mv__mechanism *m);
+/* A host is being created: registration is closed from now on. */
+void mv__mechanisms_seal(void);
 
 #define mv__each_mechanism(m)                                                  \
     for (const struct mv__mechanism *const *m##_it = mv__mechanisms, *m;       \
@@ -556,22 +573,6 @@ void mv__domain_cloned(struct mv_domain *src, struct mv_domain *clone);
 /* Room for `pages` more populated pages within the target, reclaiming when
  * it is full, and, when `machine`, charged to the host budget. */
 bool mv__domain_claim(struct mv_domain *d, uint64_t pages, bool machine);
-
-/* ------------------------------------------------------------------------ */
-/* guest.c                                                                   */
-
-int mv__guest_create(struct mv_domain *d);
-/* Stop the vCPUs (their RAM must already raise SIGBUS or be served). */
-void mv__guest_destroy(struct mv_domain *d);
-/* Bytes of the built-in guest's tables (oracle, balloon record). */
-uint64_t mv__guest_metadata(struct mv_domain *d);
-/* Ask the vCPUs to park at a page boundary and wait (up to `timeout_ms`)
- * until every running vCPU is parked or held in a fault. */
-int mv__guest_park(struct mv_domain *d, unsigned timeout_ms);
-void mv__guest_unpark(struct mv_domain *d);
-/* A clone's guest knows what its source's knows (content oracle, ballooned
- * pages). */
-void mv__guest_clone_oracle(struct mv_domain *src, struct mv_domain *clone);
 
 /* ------------------------------------------------------------------------ */
 /* the host                                                                  */

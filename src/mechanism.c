@@ -1,18 +1,62 @@
 /*
  * mechanism.c - how the core reaches the mechanisms, and how they reach each
- * other: hooks called in the order of mv__mechanisms[] (builtin.c), and
- * faults dispatched by p2m type to the type's owner.
+ * other: hooks called in the order of mv__mechanisms[] (builtin.c, then the
+ * registered ones), and faults dispatched by p2m type to the type's owner.
  *
  * Invariants: every p2m type has exactly one owner (checked on first use);
  * the core calls a hook only through the functions here or an
  * mv__each_mechanism loop, so that no core file names a mechanism.
  *
+ * Registration: mechanisms from outside the library (libmemvisor-guest's
+ * built-in guests) are appended to the table by mv__mechanism_register,
+ * before the first host is created; mv_host_create seals the table, so
+ * every host sees the same mechanisms for its whole life, and the hooks'
+ * loops read the table without a lock.
+ *
  * Locking: the event functions run with the caller's domain lock held and
- * take no lock of their own; the table is constant.
+ * take no lock of their own; the table changes only under register_lock
+ * and only while it is not sealed (no host exists yet, so no reader).
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <stdlib.h>
+
+static pthread_mutex_t register_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool sealed;
+
+int mv__mechanism_register(const struct mv__mechanism *m)
+{
+    int rc = -EBUSY;
+
+    if (!m)
+        return -EINVAL;
+    pthread_mutex_lock(&register_lock);
+    for (size_t i = 0; i < mv__mechanism_count; i++) {
+        if (mv__mechanisms[i] == m) {
+            rc = (int)i;
+            goto out;
+        }
+    }
+    if (sealed)
+        goto out;
+    if (mv__mechanism_count == MV_MECHANISMS_MAX) {
+        rc = -ENOSPC;
+        goto out;
+    }
+    rc = (int)mv__mechanism_count;
+    mv__mechanisms[mv__mechanism_count++] = m;
+out:
+    pthread_mutex_unlock(&register_lock);
+    return rc;
+}
+
+void mv__mechanisms_seal(void)
+{
+    pthread_mutex_lock(&register_lock);
+    sealed = true;
+    pthread_mutex_unlock(&register_lock);
+}
 
 const struct mv__p2m_ops *mv__p2m_ops_of(enum mv__p2m_type type)
 {

@@ -4,6 +4,9 @@
  * the domain exactly as it was.
  */
 #include "testutil.h"
+#include "memvisor-guest.h"
+
+#include "internal.h"
 
 static void create_rejects_bad_config(void **state)
 {
@@ -297,6 +300,54 @@ static void probe_reports_features(void **state)
     assert_true(f.mem_available > 0);
 }
 
+/*
+ * The built-in guests are not in the core's list of mechanisms: they
+ * register themselves (this program calls them, so it links them) and come
+ * after the built-in ones.  Registration closes when the first host is
+ * created; a registered mechanism's index stays its own.
+ */
+static void mechanisms_register_before_the_first_host(void **state)
+{
+    static struct mv__mechanism extra[MV_MECHANISMS_MAX], late = { .name = "late" };
+    size_t count = mv__mechanism_count;
+    const struct mv__mechanism *guests;
+    mv_host *h;
+    uint32_t id;
+    int rc;
+
+    (void)state;
+    assert_true(count >= 2 && count <= MV_MECHANISMS_MAX);
+    guests = mv__mechanisms[count - 1];
+    assert_string_equal(guests->name, "built-in guests");
+    assert_int_equal(mv__mechanism_register(guests), (int)count - 1);
+    assert_int_equal(mv__mechanism_register(NULL), -EINVAL);
+    for (size_t i = 0; i < MV_MECHANISMS_MAX; i++)
+        extra[i].name = "extra";
+    /* Run alone, this case has created no host yet: the table fills up.
+     * After the other cases of this program it is closed already. */
+    rc = mv__mechanism_register(&extra[0]);
+    if (rc != -EBUSY) {
+        assert_int_equal(rc, (int)count);
+        for (size_t i = 1; count + i < MV_MECHANISMS_MAX; i++)
+            assert_int_equal(mv__mechanism_register(&extra[i]), (int)(count + i));
+        assert_int_equal(mv__mechanism_register(&extra[MV_MECHANISMS_MAX - 1]), -ENOSPC);
+        assert_int_equal(mv__mechanism_count, MV_MECHANISMS_MAX);
+    }
+    h = tu_host();
+    assert_int_equal(mv__mechanism_register(&late), -EBUSY);
+    assert_int_equal(mv__mechanism_register(guests), (int)count - 1);
+    /* Mechanisms without hooks change nothing; the guests still run. */
+    id = tu_domain(h, "d", 16 * MiB, 16 * MiB);
+    {
+        struct mv_workload_config w;
+
+        mv_workload_config_init(&w, MV_WORKLOAD_SCRUB);
+        tu_run(h, id, &w);
+        tu_verify(h, id);
+    }
+    mv_host_destroy(h);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(create_rejects_bad_config),
     cmocka_unit_test(names_are_unique_and_ids_never_reused),
@@ -310,6 +361,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(host_rejects_bad_config),
     cmocka_unit_test(metadata_is_counted),
     cmocka_unit_test(probe_reports_features),
+    cmocka_unit_test(mechanisms_register_before_the_first_host),
 };
 
 TU_MAIN(cases)

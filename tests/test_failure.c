@@ -19,6 +19,7 @@
  * The other cases reproduce one finding each, and fail without its fix.
  */
 #include "testutil.h"
+#include "memvisor-guest.h"
 #include "internal.h"
 #include "sharing.h"
 

@@ -9,6 +9,7 @@
  * an error, no hung vCPU, no lost write, no other domain changed.
  */
 #include "testutil.h"
+#include "memvisor-guest.h"
 
 #include "internal.h"
 

@@ -6,6 +6,7 @@
  * oracle and the audit.
  */
 #include "testutil.h"
+#include "memvisor-guest.h"
 
 #include "internal.h"
 

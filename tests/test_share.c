@@ -9,6 +9,7 @@
  * must hold afterwards.
  */
 #include "testutil.h"
+#include "memvisor-guest.h"
 #include "internal.h"
 #include "sharing.h"
 #include "logdirty.h"

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "memvisor.h"
+#include "memvisor-guest.h"
 
 #define MiB (1024ull * 1024ull)
 #define GiB (1024ull * MiB)

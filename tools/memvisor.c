@@ -19,6 +19,7 @@
  * --json among the arguments a failure is instead one JSON object on stdout,
  * {"ok": false, "error": WORD, "errno": N, "detail": TEXT}.
  */
+#include "memvisor-guest.h"
 #include "protocol.h"
 #include "schema.h"
 

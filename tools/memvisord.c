@@ -52,6 +52,7 @@
  * are ignored and SIGUSR1 logs the host's counters: by default each would
  * kill the daemon and every guest with it.
  */
+#include "memvisor-guest.h"
 #include "protocol.h"
 #include "schema.h"
 

@@ -91,6 +91,7 @@
 #define MV_PROTOCOL_H
 
 #include "memvisor.h"
+#include "memvisor-guest.h"
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,6 +1,26 @@
 /*
- * guest.c - built-in guests: vCPU threads, workloads, the content oracle and
- * the guest's balloon driver.
+ * guest.c - libmemvisor-guest, the built-in guests: vCPU threads, workloads,
+ * the content oracle and the guest's balloon driver (memvisor-guest.h).
+ *
+ * Test scaffolding, kept out of libmemvisor: the product library installs
+ * no SIGBUS handler and names no guest.  The guests plug into the core as a
+ * mechanism like any other (struct mv__mechanism, at the end of this file),
+ * registered with mv__mechanism_register; the core keeps their per-domain
+ * state in d->ext[guest_slot] without knowing its type.
+ *
+ * Registration must happen before the first host exists, and is done by a
+ * constructor here (register_guests) rather than by a call every program
+ * would have to remember.  A constructor only runs if the linker takes its
+ * object out of the static archive, which it does only for an object that
+ * defines a symbol the program uses: so this library is ONE object file --
+ * every public entry point (mv_workload_*, mv_oracle_verify,
+ * mv_guest_balloon) lives in it with the constructor, and any program that
+ * calls one of them links the constructor too.  A program calling none has
+ * no use for the guests and gets none.  Keep it so: splitting this file
+ * would let a program link an entry point without the registration.  (Were
+ * the registration to fail anyway -- a host created by an earlier
+ * constructor, a full table -- the entry points return -EOPNOTSUPP rather
+ * than touch a domain without guest state.)
  *
  * A built-in guest stands in for an operating system: its vCPUs are threads
  * that touch guest RAM with ordinary loads and stores, exactly as a VMM's
@@ -32,6 +52,7 @@
  * lock, never the other way round.  vCPUs hold no lock while touching RAM.
  */
 #include "internal.h"
+#include "memvisor-guest.h"
 
 #include <errno.h>
 #include <setjmp.h>
@@ -73,6 +94,28 @@ struct mv__guest {
     unsigned vcpu_count;
     struct mv__vcpu vcpus[];
 };
+
+/* Our index in the core's mechanism table, and so our slot in d->ext;
+ * -1 until registered (never, if the registration failed). */
+static int guest_slot = -1;
+
+static struct mv__guest *guest_of(struct mv_domain *d)
+{
+    return guest_slot < 0 ? NULL : d->ext[guest_slot];
+}
+
+/* Why the registration failed: -EBUSY (a host existed already), -ENOSPC
+ * (the core's mechanism table was full). */
+static int register_error;
+
+/* What every entry point answers when the guests never registered. */
+static int not_registered(void)
+{
+    return mv__fail(-EOPNOTSUPP, "the built-in guests are not registered with "
+                    "libmemvisor: %s", register_error == -ENOSPC
+                    ? "its mechanism table is full"
+                    : "a host was created before libmemvisor-guest was initialised");
+}
 
 /* ------------------------------------------------------------------------ */
 /* SIGBUS: a crashed domain's vCPU leaves its workload                       */
@@ -336,7 +379,7 @@ static void stop_vcpus(struct mv__guest *g)
 /* ------------------------------------------------------------------------ */
 /* life cycle                                                               */
 
-int mv__guest_create(struct mv_domain *d)
+static int guest_create(struct mv_domain *d)
 {
     unsigned k = d->config.vcpus;
     struct mv__guest *g = calloc(1, sizeof(*g) + k * sizeof(g->vcpus[0]));
@@ -360,13 +403,13 @@ int mv__guest_create(struct mv_domain *d)
         g->vcpus[i].index = i;
         atomic_init(&g->vcpus[i].current_gfn, MV_NO_GFN);
     }
-    d->guest = g;
+    d->ext[guest_slot] = g;
     return 0;
 }
 
-void mv__guest_destroy(struct mv_domain *d)
+static void guest_destroy(struct mv_domain *d)
 {
-    struct mv__guest *g = d->guest;
+    struct mv__guest *g = guest_of(d);
 
     if (!g)
         return;
@@ -378,12 +421,12 @@ void mv__guest_destroy(struct mv_domain *d)
     free(g->oracle);
     free(g->ballooned);
     free(g);
-    d->guest = NULL;
+    d->ext[guest_slot] = NULL;
 }
 
-uint64_t mv__guest_metadata(struct mv_domain *d)
+static uint64_t guest_metadata(struct mv_domain *d)
 {
-    const struct mv__guest *g = d->guest;
+    const struct mv__guest *g = guest_of(d);
 
     if (!g)
         return 0;
@@ -391,9 +434,9 @@ uint64_t mv__guest_metadata(struct mv_domain *d)
            d->maxmem_pages * (sizeof(*g->oracle) + sizeof(*g->ballooned));
 }
 
-int mv__guest_park(struct mv_domain *d, unsigned timeout_ms)
+static int guest_park(struct mv_domain *d, unsigned timeout_ms)
 {
-    struct mv__guest *g = d->guest;
+    struct mv__guest *g = guest_of(d);
     uint64_t deadline = mv__now_ns() + timeout_ms * 1000000ull;
     int rc = 0;
 
@@ -419,9 +462,9 @@ int mv__guest_park(struct mv_domain *d, unsigned timeout_ms)
     return rc;
 }
 
-void mv__guest_unpark(struct mv_domain *d)
+static void guest_unpark(struct mv_domain *d)
 {
-    struct mv__guest *g = d->guest;
+    struct mv__guest *g = guest_of(d);
 
     mv__mutex_lock(&g->lock);
     atomic_store(&g->park, false);
@@ -455,14 +498,17 @@ static int validate_workload(struct mv_domain *d, const struct mv_workload_confi
 int mv_workload_start(mv_host *host, uint32_t domid,
                       const struct mv_workload_config *config)
 {
-    struct mv_domain *d = mv__domain_get(host, domid);
+    struct mv_domain *d;
     struct mv__guest *g;
     int rc = 0;
 
+    if (guest_slot < 0)
+        return not_registered();
+    d = mv__domain_get(host, domid);
     if (!d)
         return -ESRCH;
     mv__clear_error();
-    g = d->guest;
+    g = guest_of(d);
     mv__mutex_lock(&g->lock);
     if (g->running) {
         rc = mv__fail(-EBUSY, "a workload is already running on domain %u", domid);
@@ -514,15 +560,18 @@ out:
 int mv_workload_wait(mv_host *host, uint32_t domid, unsigned timeout_ms,
                      struct mv_workload_status *status)
 {
-    struct mv_domain *d = mv__domain_get(host, domid);
+    struct mv_domain *d;
     struct mv__guest *g;
     uint64_t deadline;
     int rc = 0;
 
+    if (guest_slot < 0)
+        return not_registered();
+    d = mv__domain_get(host, domid);
     if (!d)
         return -ESRCH;
     mv__clear_error();
-    g = d->guest;
+    g = guest_of(d);
     deadline = mv__now_ns() + timeout_ms * 1000000ull;
     mv__mutex_lock(&g->lock);
     while (g->running && timeout_ms && mv__now_ns() < deadline)
@@ -549,30 +598,38 @@ int mv_workload_wait(mv_host *host, uint32_t domid, unsigned timeout_ms,
 
 int mv_workload_stop(mv_host *host, uint32_t domid)
 {
-    struct mv_domain *d = mv__domain_get(host, domid);
+    struct mv_domain *d;
+    struct mv__guest *g;
 
+    if (guest_slot < 0)
+        return not_registered();
+    d = mv__domain_get(host, domid);
     if (!d)
         return -ESRCH;
     mv__clear_error();
-    mv__mutex_lock(&d->guest->lock);
-    stop_vcpus(d->guest);
-    mv__mutex_unlock(&d->guest->lock);
+    g = guest_of(d);
+    mv__mutex_lock(&g->lock);
+    stop_vcpus(g);
+    mv__mutex_unlock(&g->lock);
     mv__domain_put(d);
     return 0;
 }
 
 int64_t mv_oracle_verify(mv_host *host, uint32_t domid, uint64_t *first_bad_gfn)
 {
-    struct mv_domain *d = mv__domain_get(host, domid);
+    struct mv_domain *d;
     struct mv__guest *g;
     uint8_t *page;
     int64_t bad = 0;
     int rc = 0;
 
+    if (guest_slot < 0)
+        return not_registered();
+    d = mv__domain_get(host, domid);
     if (!d)
         return -ESRCH;
     mv__clear_error();
-    g = d->guest;
+    g = guest_of(d);
     page = malloc(MV_PAGE_SIZE);
     if (!page) {
         mv__domain_put(d);
@@ -676,15 +733,18 @@ static int64_t balloon_deflate(struct mv_host *host, struct mv__guest *g, uint64
 
 int64_t mv_guest_balloon(mv_host *host, uint32_t domid, uint64_t guest_bytes)
 {
-    struct mv_domain *d = mv__domain_get(host, domid);
+    struct mv_domain *d;
     struct mv__guest *g;
     uint64_t want = guest_bytes >> MV_PAGE_SHIFT, usable;
     int64_t rc = 0;
 
+    if (guest_slot < 0)
+        return not_registered();
+    d = mv__domain_get(host, domid);
     if (!d)
         return -ESRCH;
     mv__clear_error();
-    g = d->guest;
+    g = guest_of(d);
     if (guest_bytes % MV_PAGE_SIZE || want == 0 || want > d->maxmem_pages) {
         rc = mv__fail(-EINVAL, "guest size %llu must be a positive multiple of "
                       "4 KiB no larger than maxmem (%llu MiB)",
@@ -713,9 +773,9 @@ int64_t mv_guest_balloon(mv_host *host, uint32_t domid, uint64_t guest_bytes)
  * the source's domain lock held and the source paused (its vCPUs write
  * nothing), the clone not reachable yet.
  */
-void mv__guest_clone_oracle(struct mv_domain *src, struct mv_domain *clone)
+static void guest_clone_oracle(struct mv_domain *src, struct mv_domain *clone)
 {
-    struct mv__guest *from = src->guest, *to = clone->guest;
+    struct mv__guest *from = guest_of(src), *to = guest_of(clone);
 
     to->workload.seed = from->workload.seed;
     /* The clone's arrays are fresh and zero: storing only what is not
@@ -733,20 +793,33 @@ void mv__guest_clone_oracle(struct mv_domain *src, struct mv_domain *clone)
 }
 
 /* ------------------------------------------------------------------------ */
-/* what the built-in guests plug into the core                              */
+/* what the built-in guests plug into the core, last of the mechanisms      */
 
 static void guest_info(struct mv_domain *d, struct mv_domain_info *out)
 {
-    out->metadata_bytes += mv__guest_metadata(d);
+    out->metadata_bytes += guest_metadata(d);
 }
 
-const struct mv__mechanism mv__guest_mechanism = {
+static const struct mv__mechanism guest_mechanism = {
     .name = "built-in guests",
-    .domain_init = mv__guest_create,
-    .domain_stop = mv__guest_destroy,
-    .domain_destroy = mv__guest_destroy,
+    .domain_init = guest_create,
+    .domain_stop = guest_destroy,
+    .domain_destroy = guest_destroy,
     .domain_info = guest_info,
-    .domain_park = mv__guest_park,
-    .domain_unpark = mv__guest_unpark,
-    .domain_cloned = mv__guest_clone_oracle,
+    .domain_park = guest_park,
+    .domain_unpark = guest_unpark,
+    .domain_cloned = guest_clone_oracle,
 };
+
+/* Before main(), so before any host exists (see the head comment for why a
+ * constructor, and why in this file).  A failure leaves guest_slot at -1:
+ * the entry points then say so. */
+__attribute__((constructor)) static void register_guests(void)
+{
+    int slot = mv__mechanism_register(&guest_mechanism);
+
+    if (slot >= 0)
+        guest_slot = slot;
+    else
+        register_error = slot;
+}
