@@ -509,6 +509,10 @@ int mv_workload_start(mv_host *host, uint32_t domid,
         return -ESRCH;
     mv__clear_error();
     g = guest_of(d);
+    if (!g) {
+        mv__domain_put(d);
+        return not_registered();
+    }
     mv__mutex_lock(&g->lock);
     if (g->running) {
         rc = mv__fail(-EBUSY, "a workload is already running on domain %u", domid);
@@ -572,6 +576,10 @@ int mv_workload_wait(mv_host *host, uint32_t domid, unsigned timeout_ms,
         return -ESRCH;
     mv__clear_error();
     g = guest_of(d);
+    if (!g) {
+        mv__domain_put(d);
+        return not_registered();
+    }
     deadline = mv__now_ns() + timeout_ms * 1000000ull;
     mv__mutex_lock(&g->lock);
     while (g->running && timeout_ms && mv__now_ns() < deadline)
@@ -608,6 +616,10 @@ int mv_workload_stop(mv_host *host, uint32_t domid)
         return -ESRCH;
     mv__clear_error();
     g = guest_of(d);
+    if (!g) {
+        mv__domain_put(d);
+        return not_registered();
+    }
     mv__mutex_lock(&g->lock);
     stop_vcpus(g);
     mv__mutex_unlock(&g->lock);
@@ -630,6 +642,10 @@ int64_t mv_oracle_verify(mv_host *host, uint32_t domid, uint64_t *first_bad_gfn)
         return -ESRCH;
     mv__clear_error();
     g = guest_of(d);
+    if (!g) {
+        mv__domain_put(d);
+        return not_registered();
+    }
     page = malloc(MV_PAGE_SIZE);
     if (!page) {
         mv__domain_put(d);
@@ -745,6 +761,10 @@ int64_t mv_guest_balloon(mv_host *host, uint32_t domid, uint64_t guest_bytes)
         return -ESRCH;
     mv__clear_error();
     g = guest_of(d);
+    if (!g) {
+        mv__domain_put(d);
+        return not_registered();
+    }
     if (guest_bytes % MV_PAGE_SIZE || want == 0 || want > d->maxmem_pages) {
         rc = mv__fail(-EINVAL, "guest size %llu must be a positive multiple of "
                       "4 KiB no larger than maxmem (%llu MiB)",

@@ -856,8 +856,8 @@ int mv_logdirty_bitmap_fd(mv_host *host, uint32_t domid, int *fd)
 static int logdirty_traps(struct mv_domain *d, uint64_t *uffd_features,
                           uint64_t *register_modes)
 {
-    enum mv_logdirty_mode mode;
-    uint64_t features, modes;
+    enum mv_logdirty_mode mode = MV_LOGDIRTY_AUTO;
+    uint64_t features = 0, modes = 0;
     int rc = mv__logdirty_resolve(d->host, d->config.logdirty_mode, &mode, &features,
                                   &modes);
 
