@@ -698,8 +698,13 @@ static void fault_threads_survive_wait_errors(void **state)
     struct mv_host_stats hs;
 
     (void)state;
-    mv__os_inject(MV_OS_EPOLL_WAIT, EBADF, 0, 1000);
+    /* The threads wait already: a kick brings them back to a wait that
+     * fails, before the guest faults. */
+    mv__os_inject(MV_OS_EPOLL_WAIT, EBADF, 0, 1000000);
+    mv__fault_kick(h);
+    tu_wait_until(mv_host_stats(h, &hs) == 0 && hs.fault_wait_errors > 0);
     fill(h, a, SEED, 8192, 3000);
+    assert_true(mv__os_injection_left(MV_OS_EPOLL_WAIT) > 0); /* failing throughout */
     disarm_all();
     assert_ok(mv_host_stats(h, &hs));
     assert_true(hs.fault_wait_errors > 0);
