@@ -123,7 +123,9 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     if (!config || !out)
         return mv__fail(-EINVAL, "config and out must not be NULL");
     /* Every host sees the same mechanisms: none may register from now on. */
-    mv__mechanisms_seal();
+    rc = mv__mechanisms_seal();
+    if (rc < 0)
+        return rc;
     if ((unsigned)config->fault_mode > MV_FAULT_PER_CPU)
         return mv__fail(-EINVAL, "fault_mode %d is not MV_FAULT_AUTO, _SHARED or "
                         "_PER_CPU", (int)config->fault_mode);

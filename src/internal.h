@@ -551,15 +551,17 @@ extern size_t mv__mechanism_count;
  * mv_domain.ext), the same index again when it is registered already.
  * Thread-safe. */
 int mv__mechanism_register(const struct mv__mechanism *m);
-/* A host is being created: registration is closed from now on. */
-void mv__mechanisms_seal(void);
+/* A host is being created: registration is closed from now on, and each
+ * p2m type's owner is found.  -EINVAL (with a message) when a type has no
+ * owner or two. */
+int mv__mechanisms_seal(void);
 
 #define mv__each_mechanism(m)                                                  \
     for (const struct mv__mechanism *const *m##_it = mv__mechanisms, *m;       \
          m##_it < mv__mechanisms + mv__mechanism_count && (m = *m##_it, 1);    \
          m##_it++)
 
-/* The owner's operations for the p2m type of gfn (never NULL). */
+/* The owner's operations for a p2m type (never NULL once a host exists). */
 const struct mv__p2m_ops *mv__p2m_ops_of(enum mv__p2m_type type);
 
 /* Events (domain lock held): each calls the hook of every mechanism. */

@@ -3,7 +3,8 @@
  * other: hooks called in the order of mv__mechanisms[] (builtin.c, then the
  * registered ones), and faults dispatched by p2m type to the type's owner.
  *
- * Invariants: every p2m type has exactly one owner (checked on first use);
+ * Invariants: every p2m type has exactly one owner (checked when the table
+ * is sealed, by the first mv_host_create);
  * the core calls a hook only through the functions here or an
  * mv__each_mechanism loop, so that no core file names a mechanism.
  *
@@ -20,7 +21,6 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <stdlib.h>
 
 static pthread_mutex_t register_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool sealed;
@@ -51,31 +51,40 @@ out:
     return rc;
 }
 
-void mv__mechanisms_seal(void)
+/* The owner of each p2m type, found when the table is sealed. */
+static const struct mv__p2m_ops *owners[MV_P2M_TYPES];
+
+int mv__mechanisms_seal(void)
 {
+    int rc = 0;
+
     pthread_mutex_lock(&register_lock);
-    sealed = true;
+    if (!sealed) {
+        for (unsigned t = 0; t < MV_P2M_TYPES && rc == 0; t++) {
+            const struct mv__mechanism *owner = NULL;
+
+            mv__each_mechanism(m) {
+                if (!m->p2m_ops[t])
+                    continue;
+                if (owner)
+                    rc = mv__fail(-EINVAL, "p2m type %u has two owners: %s and %s", t,
+                                  owner->name, m->name);
+                owner = m;
+            }
+            if (rc == 0 && !owner)
+                rc = mv__fail(-EINVAL, "p2m type %u has no owner", t);
+            if (rc == 0)
+                owners[t] = owner->p2m_ops[t];
+        }
+        sealed = rc == 0;
+    }
     pthread_mutex_unlock(&register_lock);
+    return rc;
 }
 
 const struct mv__p2m_ops *mv__p2m_ops_of(enum mv__p2m_type type)
 {
-    static const struct mv__p2m_ops *owners[MV_P2M_TYPES];
-    const struct mv__p2m_ops *ops = __atomic_load_n(&owners[type], __ATOMIC_ACQUIRE);
-
-    if (mv_likely(ops != NULL))
-        return ops;
-    mv__each_mechanism(m) {
-        if (m->p2m_ops[type]) {
-            if (ops)
-                abort(); /* two owners: a build error, not a run-time one */
-            ops = m->p2m_ops[type];
-        }
-    }
-    if (!ops)
-        abort();
-    __atomic_store_n(&owners[type], ops, __ATOMIC_RELEASE);
-    return ops;
+    return owners[type];
 }
 
 void mv__domain_pages_changed(struct mv_domain *d, uint64_t gfn, uint64_t n)
