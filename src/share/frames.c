@@ -110,20 +110,21 @@ void share_region_unlink(struct mv__share *s, struct mv__share_region *r)
             break;
         }
     }
+    free(r->free_frames);
+    free(r->pending);
+    free(r->frames);
+    free(r);
 }
 
 void share_region_remove(struct mv_host *h, struct mv__share_region *r)
 {
     struct mv__share *s = h->share;
+    uint64_t first = r->first, pages = r->pages;
 
     share_scrub_flush(h);     /* the block must hold no memory when it goes back */
     share_region_unlink(s, r);
     /* Every frame of it is a hole already: freed frames are punched. */
-    mv__machine_free(&h->machine, r->first, r->pages);
-    free(r->free_frames);
-    free(r->pending);
-    free(r->frames);
-    free(r);
+    mv__machine_free(&h->machine, first, pages);
 }
 
 /* Frames [first, first + n) become live, with fresh handles. */

@@ -295,7 +295,8 @@ struct mv__sframe *share_frame_raw(struct mv__share *s, uint64_t mfn);
 struct mv__sframe *share_frame_of(struct mv__share *s, uint64_t mfn);
 int share_region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool adopted,
                      struct mv__share_region **out);
-/* Take r out of the list of regions without giving its block back. */
+/* Take r out of the list of regions and free it, without giving its block
+ * back. */
 void share_region_unlink(struct mv__share *s, struct mv__share_region *r);
 void share_region_remove(struct mv_host *h, struct mv__share_region *r);
 void share_frames_init(struct mv__share *s, struct mv__share_region *r,
