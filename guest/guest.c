@@ -446,7 +446,7 @@ static int guest_park(struct mv_domain *d, unsigned timeout_ms)
         size_t held;
 
         mv__mutex_lock(&d->lock);
-        held = d->held_count;
+        held = mv__fault_held_blocking(d);
         mv__mutex_unlock(&d->lock);
         if (g->parked + held >= g->running)
             break;

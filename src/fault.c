@@ -236,6 +236,25 @@ static unsigned serve_domain(struct mv_host *h, uint32_t domid, bool cow)
     return served;
 }
 
+size_t mv__fault_held_blocking(struct mv_domain *d)
+{
+    mv__assert_held(&d->lock);
+    for (size_t i = 0; i < d->held_count;) {
+        struct mv__held_fault *f = &d->held[i];
+
+        /* Resolved meanwhile (a neighbour's 2 MiB populate woke its vCPU):
+         * drop it.  The wake is in case it was not: a vCPU woken for
+         * nothing only faults again. */
+        if (needs_nothing(d, f->gfn, 0, f->cow)) {
+            resolve(d, f->gfn, f->cow);
+            remove_held(d, i);
+            continue;
+        }
+        i++;
+    }
+    return d->held_count;
+}
+
 /* Try a domain's held faults again (lock held). */
 static void retry_held_locked(struct mv_domain *d, uint64_t now)
 {

@@ -432,6 +432,10 @@ void mv__fault_kick(struct mv_host *host);
 /* Hold a fault (domain lock held).  `deadline_ns` 0 = until unpaused. */
 int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns,
                    bool cow);
+/* Held faults whose vCPU still waits (lock held): those whose page was
+ * made present meanwhile are dropped first.  What pause counts as stopped
+ * vCPUs. */
+size_t mv__fault_held_blocking(struct mv_domain *d);
 /* Wake every held fault of a crashed or dying domain (lock held). */
 void mv__fault_release_all(struct mv_domain *d);
 /* Wake the threads blocked on faults in [gfn, gfn + n) of d's userfaultfd
