@@ -495,6 +495,25 @@ static int validate_workload(struct mv_domain *d, const struct mv_workload_confi
     return 0;
 }
 
+/* An entry point's start: the domain, referenced, and its guest.  -ESRCH,
+ * or what not_registered() says when the guests never registered. */
+static int guest_begin(mv_host *host, uint32_t domid, struct mv_domain **d,
+                       struct mv__guest **g)
+{
+    if (guest_slot < 0)
+        return not_registered();
+    *d = mv__domain_get(host, domid);
+    if (!*d)
+        return -ESRCH;
+    mv__clear_error();
+    *g = guest_of(*d);
+    if (!*g) {
+        mv__domain_put(*d);
+        return not_registered();
+    }
+    return 0;
+}
+
 int mv_workload_start(mv_host *host, uint32_t domid,
                       const struct mv_workload_config *config)
 {
@@ -502,17 +521,9 @@ int mv_workload_start(mv_host *host, uint32_t domid,
     struct mv__guest *g;
     int rc = 0;
 
-    if (guest_slot < 0)
-        return not_registered();
-    d = mv__domain_get(host, domid);
-    if (!d)
-        return -ESRCH;
-    mv__clear_error();
-    g = guest_of(d);
-    if (!g) {
-        mv__domain_put(d);
-        return not_registered();
-    }
+    rc = guest_begin(host, domid, &d, &g);
+    if (rc < 0)
+        return rc;
     mv__mutex_lock(&g->lock);
     if (g->running) {
         rc = mv__fail(-EBUSY, "a workload is already running on domain %u", domid);
@@ -569,17 +580,9 @@ int mv_workload_wait(mv_host *host, uint32_t domid, unsigned timeout_ms,
     uint64_t deadline;
     int rc = 0;
 
-    if (guest_slot < 0)
-        return not_registered();
-    d = mv__domain_get(host, domid);
-    if (!d)
-        return -ESRCH;
-    mv__clear_error();
-    g = guest_of(d);
-    if (!g) {
-        mv__domain_put(d);
-        return not_registered();
-    }
+    rc = guest_begin(host, domid, &d, &g);
+    if (rc < 0)
+        return rc;
     deadline = mv__now_ns() + timeout_ms * 1000000ull;
     mv__mutex_lock(&g->lock);
     while (g->running && timeout_ms && mv__now_ns() < deadline)
@@ -608,18 +611,10 @@ int mv_workload_stop(mv_host *host, uint32_t domid)
 {
     struct mv_domain *d;
     struct mv__guest *g;
+    int rc = guest_begin(host, domid, &d, &g);
 
-    if (guest_slot < 0)
-        return not_registered();
-    d = mv__domain_get(host, domid);
-    if (!d)
-        return -ESRCH;
-    mv__clear_error();
-    g = guest_of(d);
-    if (!g) {
-        mv__domain_put(d);
-        return not_registered();
-    }
+    if (rc < 0)
+        return rc;
     mv__mutex_lock(&g->lock);
     stop_vcpus(g);
     mv__mutex_unlock(&g->lock);
@@ -635,17 +630,9 @@ int64_t mv_oracle_verify(mv_host *host, uint32_t domid, uint64_t *first_bad_gfn)
     int64_t bad = 0;
     int rc = 0;
 
-    if (guest_slot < 0)
-        return not_registered();
-    d = mv__domain_get(host, domid);
-    if (!d)
-        return -ESRCH;
-    mv__clear_error();
-    g = guest_of(d);
-    if (!g) {
-        mv__domain_put(d);
-        return not_registered();
-    }
+    rc = guest_begin(host, domid, &d, &g);
+    if (rc < 0)
+        return rc;
     page = malloc(MV_PAGE_SIZE);
     if (!page) {
         mv__domain_put(d);
@@ -754,17 +741,9 @@ int64_t mv_guest_balloon(mv_host *host, uint32_t domid, uint64_t guest_bytes)
     uint64_t want = guest_bytes >> MV_PAGE_SHIFT, usable;
     int64_t rc = 0;
 
-    if (guest_slot < 0)
-        return not_registered();
-    d = mv__domain_get(host, domid);
-    if (!d)
-        return -ESRCH;
-    mv__clear_error();
-    g = guest_of(d);
-    if (!g) {
-        mv__domain_put(d);
-        return not_registered();
-    }
+    rc = guest_begin(host, domid, &d, &g);
+    if (rc < 0)
+        return rc;
     if (guest_bytes % MV_PAGE_SIZE || want == 0 || want > d->maxmem_pages) {
         rc = mv__fail(-EINVAL, "guest size %llu must be a positive multiple of "
                       "4 KiB no larger than maxmem (%llu MiB)",
