@@ -506,6 +506,13 @@ static int guest_begin(mv_host *host, uint32_t domid, struct mv_domain **d,
     if (!*d)
         return -ESRCH;
     mv__clear_error();
+    if ((*d)->vmm) {
+        int pid = (*d)->vmm->pid;
+
+        mv__domain_put(*d);
+        return mv__fail(-EOPNOTSUPP, "domain %u's vCPUs are VMM process %d's: it "
+                        "runs no built-in workload", domid, pid);
+    }
     *g = guest_of(*d);
     if (!*g) {
         mv__domain_put(*d);

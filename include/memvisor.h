@@ -413,6 +413,78 @@ MV_API int mv_domain_unpause(mv_host *host, uint32_t domid);
  */
 MV_API int mv_domain_ram(mv_host *host, uint32_t domid, void **ram, uint64_t *size);
 
+/*
+ * Guest RAM in another process (a VMM such as QEMU).
+ *
+ * The VMM maps the domain's frames -- the host's machine memory file
+ * (mv_host_machine_fd) at the offset mv_domain_create_vmm asks for -- and
+ * its vCPUs touch them there; the library serves their faults through
+ * userfaultfds the VMM created and handed over, reads its page tables
+ * through its /proc/PID/pagemap, and changes its mappings (sharing, the
+ * zero sweep) through `ops`, which the VMM carries out in its own address
+ * space.  libmemvisor's VMM hand-over (mv_vmm_serve, and the agent library
+ * loaded into the VMM) implements the ops; an embedder may implement its
+ * own.  What works on such a domain: populate-on-demand and the zero
+ * sweep, ballooning (mv_domain_discard), dirty logging in the
+ * MV_LOGDIRTY_WP_ASYNC and MV_LOGDIRTY_WP_SYNC modes, and copy-on-write
+ * sharing in MV_COW_TRAP mode.  Not: MV_LOGDIRTY_MPROTECT, MV_COW_KERNEL,
+ * clones, the built-in guests (-EOPNOTSUPP, saying so).
+ */
+#define MV_VMM_MAP_PRIVATE 1u /* a private copy-on-write view, not the frames */
+struct mv_vmm_ops {
+    /* Map `length` bytes of the machine memory file at `offset` over
+     * [addr, addr + length) in the VMM: MAP_SHARED | MAP_FIXED (MAP_PRIVATE
+     * with MV_VMM_MAP_PRIVATE), readable and writable.  0 or -errno.
+     * Called with library locks held: it must not call the library. */
+    int (*map)(void *ctx, uint64_t addr, uint64_t length, uint64_t offset,
+               unsigned flags);
+    /* madvise(MADV_DONTNEED) [addr, addr + length) in the VMM.  0 or -errno. */
+    int (*zap)(void *ctx, uint64_t addr, uint64_t length);
+    /* The domain crashed (reason given): no vCPU of the VMM may touch its
+     * RAM again -- stop or kill the VMM.  Must not call the library. */
+    void (*crash)(void *ctx, const char *reason);
+    /* The domain is being destroyed and the library holds nothing of the
+     * VMM any more: release ctx.  May be NULL. */
+    void (*release)(void *ctx);
+};
+
+struct mv_vmm_ram {
+    int pid;             /* the VMM's process */
+    uint64_t addr;       /* where gfn 0 is in the VMM: maxmem bytes reserved */
+    int uffd;            /* two userfaultfds the VMM opened (non-blocking,  */
+    int wp_uffd;         /* UFFDIO_API not done yet); the library owns them */
+    int pagemap_fd;      /* the VMM's /proc/PID/pagemap; the library owns it */
+    struct mv_vmm_ops ops;
+    void *ctx;
+    uint64_t reserved[4];
+};
+
+/* The machine memory file VMMs map guest RAM from (a memfd; do not close). */
+MV_API int mv_host_machine_fd(mv_host *host);
+
+/*
+ * Create a domain whose RAM the VMM described by `vmm` maps: booted
+ * ballooned like mv_domain_create, its frames mapped in the VMM through
+ * vmm->ops->map and registered with its userfaultfds before this returns.
+ * The library owns the three fds from the call on, whether it succeeds or
+ * not (vmm->ops->release is not called on failure: ctx stays the
+ * caller's).  Errors: those of mv_domain_create; -EINVAL (bad fds, ops
+ * missing, address not page-aligned, a built-in workload or an unsupported
+ * mode asked for); the errors of vmm->ops->map.  Thread-safe.
+ */
+MV_API int mv_domain_create_vmm(mv_host *host, const struct mv_domain_config *config,
+                                const struct mv_vmm_ram *vmm, uint32_t *domid);
+
+/*
+ * The guest gave [gfn, gfn + count) up (a VMM's balloon inflating, or free
+ * page reporting): their memory returns to the host, scrubbed, and they
+ * become populate-on-demand entries again, read as zero and populated at
+ * the next touch.  Ballooned and PoD gfns are left as they are.  Returns
+ * the number of pages whose memory was returned, or -errno.
+ */
+MV_API int64_t mv_domain_discard(mv_host *host, uint32_t domid, uint64_t gfn,
+                                 uint64_t count);
+
 struct mv_domain_info {
     uint32_t domid;
     char name[MV_NAME_MAX];

@@ -154,45 +154,6 @@ void mv__p2m_set(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
 /* ------------------------------------------------------------------------ */
 /* crash                                                                    */
 
-/* Wake every thread blocked on a fault of `uffd` in d's RAM.  The last
- * resort of a crash: it is tried again, and only logged when it keeps
- * failing (nothing else could wake them). */
-static void wake_all(struct mv_domain *d, int uffd, size_t length)
-{
-    int rc = 0;
-
-    for (unsigned i = 0; i < MV_WAKE_TRIES; i++)
-        if ((rc = mv__os_uffd_wake(uffd, d->ram, length)) == 0)
-            return;
-    mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot wake its vCPUs after the "
-            "crash: %s", d->domid, mv_strerror(rc));
-}
-
-/* Replace the RAM mapping with one that raises SIGBUS on every access, then
- * wake every thread blocked on a fault in it so it takes the signal. */
-static void poison_ram(struct mv_domain *d)
-{
-    size_t length = d->maxmem_pages << MV_PAGE_SHIFT;
-
-    if (!mv__os_map_shared(d->ram, length, d->host->sigbus_fd, 0,
-                           PROT_READ | PROT_WRITE)) {
-        /* At vm.max_map_count the replacing mmap can fail: unmapping the
-         * whole range first frees its mappings (a stray access in between
-         * takes SIGSEGV rather than writing anywhere). */
-        mv__log(d->host, MV_LOG_WARN, "domain %u: cannot poison its RAM (%s); "
-                "unmapping it first", d->domid, mv_strerror(-errno));
-        mv__os_unmap(d->ram, length);
-        if (!mv__os_map_shared(d->ram, length, d->host->sigbus_fd, 0,
-                               PROT_READ | PROT_WRITE))
-            mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot poison its RAM: %s",
-                    d->domid, mv_strerror(-errno));
-    }
-    wake_all(d, d->uffd, length);
-    if (d->cow_uffd >= 0)
-        wake_all(d, d->cow_uffd, length);
-    mv__fault_release_all(d);
-}
-
 void mv__domain_crash(struct mv_domain *d, const char *fmt, ...)
 {
     va_list ap;
@@ -208,7 +169,7 @@ void mv__domain_crash(struct mv_domain *d, const char *fmt, ...)
             d->config.name, d->crash_reason);
     /* A call that returns -EFAULT for the crash says why. */
     mv__fail(-EFAULT, "domain %u crashed: %s", d->domid, d->crash_reason);
-    poison_ram(d);
+    mv__ram_poison(d);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -256,28 +217,25 @@ static int validate_config(const struct mv_domain_config *c)
     return 0;
 }
 
-/* Map the domain's frames at a 2 MiB-aligned address, so that gfn blocks
- * line up with huge page boundaries. */
+/* Map the domain's frames -- here at a 2 MiB-aligned address, so that gfn
+ * blocks line up with huge page boundaries, or where the VMM reserved them
+ * -- and register them with the domain's userfaultfd. */
 static int map_ram(struct mv_domain *d)
 {
-    struct mv_host *h = d->host;
     size_t length = d->maxmem_pages << MV_PAGE_SHIFT;
     size_t align = (size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT;
-    uint8_t *aligned;
     uint64_t ioctls = 0;
     int rc;
 
-    aligned = mv__os_reserve_aligned(length, align);
-    if (!aligned)
-        return mv__fail(-errno, "cannot reserve %zu bytes of address space: %s",
-                        length + align, mv_strerror(-errno));
-    d->ram = mv__os_map_shared(aligned, length, h->machine.memfd,
-                               d->base_mfn << MV_PAGE_SHIFT, PROT_READ | PROT_WRITE);
-    if (!d->ram) {
-        rc = -errno;
-        mv__os_unmap(aligned, length);
-        return mv__fail(rc, "cannot map guest RAM: %s", mv_strerror(rc));
+    if (!d->vmm) {
+        d->ram = mv__os_reserve_aligned(length, align);
+        if (!d->ram)
+            return mv__fail(-errno, "cannot reserve %zu bytes of address space: %s",
+                            length + align, mv_strerror(-errno));
     }
+    rc = mv__ram_map(d, 0, d->maxmem_pages, d->base_mfn << MV_PAGE_SHIFT, false);
+    if (rc < 0)
+        return mv__fail(rc, "cannot map guest RAM: %s", mv_strerror(rc));
     rc = mv__os_uffd_register(d->uffd, d->ram, length, d->register_modes, &ioctls);
     if (rc < 0)
         return mv__fail(rc, "cannot register guest RAM with userfaultfd: %s",
@@ -300,8 +258,7 @@ static void domain_free(struct mv_domain *d)
     for (size_t i = mv__mechanism_count; i-- > 0;)
         if (mv__mechanisms[i]->domain_destroy)
             mv__mechanisms[i]->domain_destroy(d);
-    if (d->ram)
-        mv__os_unmap(d->ram, d->maxmem_pages << MV_PAGE_SHIFT);
+    mv__ram_fini(d);
     if (d->uffd >= 0)
         close(d->uffd);
     if (d->cow_uffd >= 0)
@@ -323,13 +280,17 @@ static void domain_free(struct mv_domain *d)
 }
 
 static int domain_init(struct mv_host *h, struct mv_domain *d,
-                       const struct mv_domain_config *config)
+                       const struct mv_domain_config *config, struct mv__vmm *vmm,
+                       uint64_t vmm_addr)
 {
     uint64_t blocks, uffd_features = 0, register_modes = 0;
     int rc;
 
     d->host = h;
     d->config = *config;
+    d->vmm = vmm;
+    if (vmm)
+        d->ram = (uint8_t *)(uintptr_t)vmm_addr;
     d->uffd = -1;
     d->cow_uffd = -1;
     atomic_init(&d->refs, 1);
@@ -364,7 +325,7 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
     mv__each_mechanism(m)
         if (m->domain_traps && (rc = m->domain_traps(d, &uffd_features, &register_modes)) < 0)
             return rc;
-    d->uffd = mv__uffd_create(uffd_features);
+    d->uffd = mv__ram_uffd(d, uffd_features);
     if (d->uffd < 0)
         return d->uffd;
     d->register_modes = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR |
@@ -435,22 +396,30 @@ static int discard_failed(struct mv_domain *d, int rc)
     return mv__fail(rc, "%s", why);
 }
 
-int mv__domain_new(struct mv_host *host, const struct mv_domain_config *config,
-                   struct mv_domain **out)
+/* Build a domain; its RAM in the VMM `vmm` (owned from now on) when set. */
+static int domain_new(struct mv_host *host, const struct mv_domain_config *config,
+                      struct mv__vmm *vmm, uint64_t vmm_addr, struct mv_domain **out)
 {
-    struct mv_domain *d;
+    struct mv_domain *d = NULL;
     int rc = validate_config(config);
 
-    if (rc < 0)
+    if (rc == 0 && !(d = calloc(1, sizeof(*d))))
+        rc = mv__fail(-ENOMEM, "no memory for a domain");
+    if (rc < 0) {
+        mv__ram_vmm_free(vmm);
         return rc;
-    d = calloc(1, sizeof(*d));
-    if (!d)
-        return mv__fail(-ENOMEM, "no memory for a domain");
-    rc = domain_init(host, d, config);
+    }
+    rc = domain_init(host, d, config, vmm, vmm_addr);
     if (rc < 0)
         return discard_failed(d, rc);
     *out = d;
     return 0;
+}
+
+int mv__domain_new(struct mv_host *host, const struct mv_domain_config *config,
+                   struct mv_domain **out)
+{
+    return domain_new(host, config, NULL, 0, out);
 }
 
 int mv__domain_publish(struct mv_host *host, struct mv_domain *d)
@@ -477,14 +446,12 @@ void mv__domain_discard(struct mv_domain *d)
 int mv__domain_map_own(struct mv_domain *d, uint64_t gfn, uint64_t n)
 {
     uint8_t *at = mv__gfn_addr(d, gfn);
-    int rc;
+    int rc = mv__ram_map(d, gfn, n, (d->base_mfn + gfn) << MV_PAGE_SHIFT, false);
 
-    if (!mv__os_map_shared(at, n << MV_PAGE_SHIFT, d->host->machine.memfd,
-                           (d->base_mfn + gfn) << MV_PAGE_SHIFT,
-                           PROT_READ | PROT_WRITE))
-        return mv__fail(-errno, "domain %u: cannot map gfn %#llx+%llu to its own "
+    if (rc < 0)
+        return mv__fail(rc, "domain %u: cannot map gfn %#llx+%llu to its own "
                         "frames: %s", d->domid, (unsigned long long)gfn,
-                        (unsigned long long)n, mv_strerror(-errno));
+                        (unsigned long long)n, mv_strerror(rc));
     rc = mv__os_uffd_register(d->uffd, at, n << MV_PAGE_SHIFT, d->register_modes, NULL);
     if (rc < 0)
         return mv__fail(rc, "domain %u: cannot register gfn %#llx+%llu with its "
@@ -493,16 +460,12 @@ int mv__domain_map_own(struct mv_domain *d, uint64_t gfn, uint64_t n)
     return 0;
 }
 
-int mv_domain_create(mv_host *host, const struct mv_domain_config *config,
-                     uint32_t *domid)
+static int create_and_publish(mv_host *host, const struct mv_domain_config *config,
+                              struct mv__vmm *vmm, uint64_t vmm_addr, uint32_t *domid)
 {
     struct mv_domain *d;
-    int rc;
+    int rc = domain_new(host, config, vmm, vmm_addr, &d);
 
-    mv__clear_error();
-    if (!host || !config || !domid)
-        return mv__fail(-EINVAL, "host, config and domid must not be NULL");
-    rc = mv__domain_new(host, config, &d);
     if (rc < 0)
         return rc;
     rc = mv__domain_publish(host, d);
@@ -510,10 +473,85 @@ int mv_domain_create(mv_host *host, const struct mv_domain_config *config,
         return rc;
     *domid = d->domid;
     mv__log(host, MV_LOG_INFO, "domain %u (%s) created: maxmem %llu MiB, "
-            "target %llu MiB, %u vCPUs", d->domid, d->config.name,
+            "target %llu MiB, %u vCPUs%s", d->domid, d->config.name,
             (unsigned long long)(config->maxmem_bytes / MV_MIB),
-            (unsigned long long)(config->target_bytes / MV_MIB), config->vcpus);
+            (unsigned long long)(config->target_bytes / MV_MIB), config->vcpus,
+            vmm ? ", RAM in a VMM" : "");
     return 0;
+}
+
+int mv_domain_create(mv_host *host, const struct mv_domain_config *config,
+                     uint32_t *domid)
+{
+    mv__clear_error();
+    if (!host || !config || !domid)
+        return mv__fail(-EINVAL, "host, config and domid must not be NULL");
+    return create_and_publish(host, config, NULL, 0, domid);
+}
+
+static void close_handed_over(const struct mv_vmm_ram *vmm)
+{
+    int fds[] = { vmm->uffd, vmm->wp_uffd, vmm->pagemap_fd };
+
+    for (size_t i = 0; i < MV_ARRAY_SIZE(fds); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
+
+static int check_vmm(const struct mv_domain_config *config, const struct mv_vmm_ram *vmm)
+{
+    if (vmm->uffd < 0 || vmm->wp_uffd < 0 || vmm->pagemap_fd < 0 ||
+        vmm->uffd == vmm->wp_uffd)
+        return mv__fail(-EINVAL, "a VMM hands over two userfaultfds and its "
+                        "pagemap (got fds %d, %d, %d)", vmm->uffd, vmm->wp_uffd,
+                        vmm->pagemap_fd);
+    if (!vmm->ops.map || !vmm->ops.zap || !vmm->ops.crash)
+        return mv__fail(-EINVAL, "the VMM's map, zap and crash operations are "
+                        "required");
+    if (vmm->pid <= 0)
+        return mv__fail(-EINVAL, "VMM pid %d is not a process", vmm->pid);
+    if (!vmm->addr || vmm->addr % ((uint64_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT))
+        return mv__fail(-EINVAL, "the VMM's RAM address %#llx is not 2 MiB-aligned",
+                        (unsigned long long)vmm->addr);
+    if (config->logdirty_mode == MV_LOGDIRTY_MPROTECT)
+        return mv__fail(-EOPNOTSUPP, "mprotect dirty logging needs the RAM in "
+                        "this process; a VMM's RAM logs with wp-async or wp-sync");
+    if (config->cow_mode == MV_COW_KERNEL)
+        return mv__fail(-EOPNOTSUPP, "kernel-copy sharing needs the RAM in this "
+                        "process; a VMM's RAM shares in trap mode");
+    return 0;
+}
+
+int mv_domain_create_vmm(mv_host *host, const struct mv_domain_config *config,
+                         const struct mv_vmm_ram *vmm, uint32_t *domid)
+{
+    struct mv__vmm *v = NULL;
+    uint64_t d_ram_addr;
+    int rc;
+
+    mv__clear_error();
+    if (!vmm)
+        return mv__fail(-EINVAL, "vmm must not be NULL");
+    rc = !host || !config || !domid
+             ? mv__fail(-EINVAL, "host, config and domid must not be NULL")
+             : check_vmm(config, vmm);
+    if (rc == 0 && !(v = calloc(1, sizeof(*v))))
+        rc = mv__fail(-ENOMEM, "no memory for a VMM's record");
+    if (rc < 0) {
+        close_handed_over(vmm);
+        if (vmm->ops.release)
+            vmm->ops.release(vmm->ctx);
+        return rc;
+    }
+    v->pid = vmm->pid;
+    v->ops = vmm->ops;
+    v->ctx = vmm->ctx;
+    v->pagemap_fd = vmm->pagemap_fd;
+    v->uffds[0] = vmm->uffd;
+    v->uffds[1] = vmm->wp_uffd;
+    d_ram_addr = vmm->addr;
+    rc = create_and_publish(host, config, v, d_ram_addr, domid);
+    return rc;
 }
 
 /*
@@ -534,8 +572,10 @@ int mv_domain_destroy(mv_host *host, uint32_t domid)
         return -ESRCH;
     mv__mutex_lock(&d->lock);
     already = atomic_exchange(&d->dying, true);
-    if (!already && d->state != MV_DOMAIN_CRASHED)
-        poison_ram(d);
+    if (!already && d->state != MV_DOMAIN_CRASHED) {
+        snprintf(d->crash_reason, sizeof(d->crash_reason), "destroyed");
+        mv__ram_poison(d);
+    }
     mv__mutex_unlock(&d->lock);
     if (already) {
         mv__domain_put(d);
@@ -605,6 +645,13 @@ int mv_domain_ram(mv_host *host, uint32_t domid, void **ram, uint64_t *size)
 
     if (!d)
         return -ESRCH;
+    if (d->vmm) {
+        int pid = d->vmm->pid;
+
+        mv__domain_put(d);
+        return mv__fail(-EREMOTE, "domain %u's RAM is mapped in VMM process %d, "
+                        "not here", domid, pid);
+    }
     *ram = d->ram;
     *size = d->maxmem_pages << MV_PAGE_SHIFT;
     mv__domain_put(d);

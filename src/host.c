@@ -11,6 +11,7 @@
 #include <sched.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,7 +153,7 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     }
     if (!h->config.machine_bytes)
         h->config.machine_bytes = MV_DEFAULT_MACHINE_BYTES;
-    h->kick_fd = h->sigbus_fd = -1;
+    h->kick_fd = h->sigbus_fd = h->pagemap_fd = -1;
     h->next_domid = 1;
     h->machine.memfd = -1;
     pthread_rwlock_init(&h->domains_lock, NULL);
@@ -174,6 +175,11 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     h->sigbus_fd = mv__os_memfd("memvisor-crashed", 0);
     if (h->sigbus_fd < 0) {
         rc = mv__fail(h->sigbus_fd, "cannot create the SIGBUS memfd");
+        goto fail;
+    }
+    h->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (h->pagemap_fd < 0) {
+        rc = mv__fail(-errno, "cannot open /proc/self/pagemap: %s", mv_strerror(-errno));
         goto fail;
     }
     mv__each_mechanism(m)
@@ -219,6 +225,8 @@ void mv_host_destroy(mv_host *h)
             mv__mechanisms[i]->host_fini(h);
     if (h->sigbus_fd >= 0)
         close(h->sigbus_fd);
+    if (h->pagemap_fd >= 0)
+        close(h->pagemap_fd);
     if (h->machine.pages)
         mv__machine_fini(&h->machine);
     pthread_rwlock_destroy(&h->domains_lock);
@@ -371,4 +379,12 @@ int mv_host_audit(mv_host *h)
     if (rc == 0)
         rc = audit_budget_sum(h);
     return rc;
+}
+
+int mv_host_machine_fd(mv_host *host)
+{
+    mv__clear_error();
+    if (!host)
+        return mv__fail(-EINVAL, "host must not be NULL");
+    return host->machine.memfd;
 }

@@ -11,6 +11,8 @@
  *   host.c     host life cycle, host statistics and audit
  *   domain.c   domains: table, life cycle, pause, p2m queries, reservations,
  *              crash, audit
+ *   ram.c      where a domain's RAM is mapped (the second-stage page
+ *              table): in this process, or in a VMM's through its ops
  *   fault.c    the fault service: threads, held faults
  *   pod.c      populate-on-demand: populate, zero sweep, target
  *   logdirty.c dirty logging: WP_ASYNC + PAGEMAP_SCAN, synchronous
@@ -233,6 +235,9 @@ void mv__os_signal_chain(int sig, siginfo_t *info, void *context);
  * `features`.  The range ioctls are checked
  * at register time.  Returns the fd or a negative errno. */
 int mv__uffd_create(uint64_t features);
+/* The same for a userfaultfd opened elsewhere (handed over by a VMM): the
+ * handshake, closing `fd` when it fails.  fd or a negative errno. */
+int mv__uffd_adopt(int fd, uint64_t features);
 
 /* ------------------------------------------------------------------------ */
 /* machine.c                                                                 */
@@ -318,6 +323,17 @@ struct mv__held_fault {
 struct mv__logdirty;
 struct mv__share_dom;
 
+/* A domain whose RAM lives in another process, a VMM (ram.c): the handed-
+ * over userfaultfds and pagemap, and the VMM's operations that change its
+ * mappings.  Set once at creation, never changed. */
+struct mv__vmm {
+    pid_t pid;
+    struct mv_vmm_ops ops;
+    void *ctx;
+    int pagemap_fd;        /* the VMM's /proc/PID/pagemap */
+    int uffds[2];          /* handed over, not yet given to a user; -1 after */
+};
+
 struct mv_domain {
     uint32_t domid;
     struct mv_domain_config config;
@@ -344,7 +360,11 @@ struct mv_domain {
     uint64_t ballooned;
     uint64_t shared;
 
-    uint8_t *ram;              /* guest RAM: gfn 0 at ram */
+    uint8_t *ram;              /* guest RAM: gfn 0 at ram, in this process,
+                                  or in the VMM's when vmm is set (then it
+                                  is an address there, never dereferenced
+                                  here) */
+    struct mv__vmm *vmm;       /* NULL: the RAM is in this process */
     int uffd;
     uint64_t register_modes;   /* modes the RAM is registered with on uffd */
     int cow_uffd;              /* synchronous write-protect faults of the
@@ -415,6 +435,35 @@ void mv__domain_discard(struct mv_domain *d);
 /* Map [gfn, gfn + n) to the domain's own frames and register it with the
  * domain's userfaultfd (lock held or domain unreachable). */
 int mv__domain_map_own(struct mv_domain *d, uint64_t gfn, uint64_t n);
+
+/* ------------------------------------------------------------------------ */
+/* ram.c: the mappings through which the vCPUs reach a domain's RAM          */
+
+/* Map [gfn, gfn + n) to the machine memory at byte `offset`: shared (the
+ * frames themselves) or a private copy-on-write view of them (`private`).
+ * The new mapping is not registered with any userfaultfd. */
+int mv__ram_map(struct mv_domain *d, uint64_t gfn, uint64_t n, uint64_t offset,
+                bool private);
+/* Drop the page table entries of [gfn, gfn + n) (the pages stay). */
+int mv__ram_zap(struct mv_domain *d, uint64_t gfn, uint64_t n);
+/* Read what the vCPUs see at [gfn, gfn + n): only for pages mapped now
+ * (private copies), never for missing ones. */
+int mv__ram_read_mapped(struct mv_domain *d, uint64_t gfn, uint64_t n, void *buf);
+/* Write what the vCPUs see at [gfn, gfn + n) (present pages only, as
+ * mv__ram_read_mapped) to the machine memory at byte `offset`. */
+int mv__ram_save_mapped(struct mv_domain *d, uint64_t gfn, uint64_t n, uint64_t offset);
+/* /proc/PID/pagemap of the process the RAM is mapped in. */
+int mv__ram_pagemap_fd(struct mv_domain *d);
+/* A userfaultfd for d's RAM with `features` (besides the domain ones):
+ * opened here, or the next one the VMM handed over.  fd or -errno. */
+int mv__ram_uffd(struct mv_domain *d, uint64_t features);
+/* Make every access to the RAM fail for good (a crash): SIGBUS here, the
+ * VMM stopped there; then wake every thread waiting on a fault of it. */
+void mv__ram_poison(struct mv_domain *d);
+/* Release what ram.c holds for d (its destroy). */
+void mv__ram_fini(struct mv_domain *d);
+/* Close a VMM's handed-over fds and release its ctx (NULL: nothing). */
+void mv__ram_vmm_free(struct mv__vmm *v);
 
 /* Whether a page's bytes are all zero (any page: guest or frame). */
 bool mv__page_is_zero(const uint8_t *page);
@@ -597,6 +646,7 @@ struct mv_host {
     struct mv_kernel_features features;
     struct mv__machine machine;
     int sigbus_fd;               /* empty memfd: mapping it raises SIGBUS */
+    int pagemap_fd;              /* /proc/self/pagemap */
 
     pthread_rwlock_t domains_lock;
     struct mv_domain **domains;

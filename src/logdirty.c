@@ -88,7 +88,6 @@ struct mv__logdirty {
      * since the last harvest (a superset), and room to take them. */
     _Atomic uint64_t *writable;
     uint64_t *taken;
-    int pagemap_fd;           /* wp-async: /proc/self/pagemap */
     int slot;                 /* mprotect: index in the handler's table; held
                                  while any page may still be PROT_READ */
     struct mv_logdirty_stats stats;
@@ -404,7 +403,6 @@ int mv__logdirty_create(struct mv_domain *d, enum mv_logdirty_mode mode)
         return mv__fail(-ENOMEM, "no memory for the dirty log");
     l->mode = mode;
     l->slot = -1;
-    l->pagemap_fd = -1;
     l->words = mv_logdirty_words(d->maxmem_pages);
     l->map_bytes = (l->words * sizeof(uint64_t) + MV_PAGE_SIZE - 1) & ~(size_t)(MV_PAGE_SIZE - 1);
     l->memfd = mv__os_memfd("memvisor-dirty-bitmap", l->map_bytes);
@@ -420,11 +418,6 @@ int mv__logdirty_create(struct mv_domain *d, enum mv_logdirty_mode mode)
         l->taken = calloc(l->words, sizeof(*l->taken));
         if (!l->writable || !l->taken)
             return mv__fail(-ENOMEM, "no memory for the dirty log");
-    }
-    if (mode == MV_LOGDIRTY_WP_ASYNC) {
-        l->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-        if (l->pagemap_fd < 0)
-            return mv__fail(-errno, "cannot open /proc/self/pagemap");
     }
     l->stats.mode = mode;
     return 0;
@@ -455,8 +448,6 @@ void mv__logdirty_destroy(struct mv_domain *d)
     free(l->taken);
     if (l->memfd >= 0)
         close(l->memfd);
-    if (l->pagemap_fd >= 0)
-        close(l->pagemap_fd);
     free(l);
     d->logdirty = NULL;
 }
@@ -667,7 +658,7 @@ static int64_t harvest_written(struct mv_domain *d)
     int64_t pages = 0;
 
     for (;;) {
-        long n = mv__os_pagemap_scan(d->logdirty->pagemap_fd, &arg);
+        long n = mv__os_pagemap_scan(mv__ram_pagemap_fd(d), &arg);
 
         if (n < 0)
             return mv__fail((int)n, "PAGEMAP_SCAN failed: %s", mv_strerror((int)n));

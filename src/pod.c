@@ -360,7 +360,7 @@ static uint64_t sweep_block(struct mv_domain *d, uint64_t first, uint64_t end,
             continue;
         }
         *scanned += run - gfn;
-        if (mv__os_zap(mv__gfn_addr(d, gfn), (run - gfn) << MV_PAGE_SHIFT) == 0) {
+        if (mv__ram_zap(d, gfn, run - gfn) == 0) {
             if (mv__machine_read(&d->host->machine, d->base_mfn + gfn, run - gfn, at) == 0)
                 reclaimed += reclaim_zapped_run(d, gfn, run - gfn, at);
             else
@@ -555,6 +555,37 @@ int mv_domain_increase_reservation(mv_host *host, uint32_t domid,
     }
     reservation_end(d);
     return rc < 0 ? rc : (int)count;
+}
+
+int64_t mv_domain_discard(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count)
+{
+    struct mv_domain *d = NULL; /* set whenever reservation_begin succeeds */
+    int64_t released = 0;
+    int rc = reservation_begin(host, domid, NULL, 0, &d);
+
+    if (rc < 0)
+        return rc;
+    if (gfn >= d->maxmem_pages || count > d->maxmem_pages - gfn)
+        rc = mv__fail(-EINVAL, "gfn %#llx+%llu is outside the domain's %llu pages",
+                      (unsigned long long)gfn, (unsigned long long)count,
+                      (unsigned long long)d->maxmem_pages);
+    for (uint64_t g = gfn; rc == 0 && g < gfn + count; g++) {
+        enum mv__p2m_type type = (enum mv__p2m_type)d->p2m[g];
+
+        if (type == MV_P2M_POD || type == MV_P2M_BALLOONED)
+            continue;
+        /* The owner of the gfn's type gives its memory back. */
+        rc = mv__p2m_ops_of(type)->release(d, g, MV_P2M_POD);
+        if (rc < 0)
+            rc = mv__fail(rc, "discarding gfn %#llx failed after %lld pages: %s",
+                          (unsigned long long)g, (long long)released, mv_strerror(rc));
+        else
+            released++;
+    }
+    if (released)
+        mv__domain_room_changed(d);
+    reservation_end(d);
+    return rc < 0 ? rc : released;
 }
 
 /* ------------------------------------------------------------------------ */

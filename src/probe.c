@@ -133,14 +133,10 @@ int mv_probe_kernel(struct mv_kernel_features *out)
     return 0;
 }
 
-int mv__uffd_create(uint64_t features)
+int mv__uffd_adopt(int fd, uint64_t features)
 {
-    int fd, how, rc;
+    int rc = mv__os_uffd_api(fd, features | MV_UFFD_DOMAIN_FEATURES, NULL, NULL);
 
-    fd = mv__os_uffd_open(&how);
-    if (fd < 0)
-        return mv__fail(fd, "cannot open a userfaultfd: %s", mv_strerror(fd));
-    rc = mv__os_uffd_api(fd, features | MV_UFFD_DOMAIN_FEATURES, NULL, NULL);
     if (rc < 0) {
         close(fd);
         return mv__fail(rc, "UFFDIO_API with features 0x%llx failed: %s",
@@ -148,4 +144,14 @@ int mv__uffd_create(uint64_t features)
                         mv_strerror(rc));
     }
     return fd;
+}
+
+int mv__uffd_create(uint64_t features)
+{
+    int fd, how;
+
+    fd = mv__os_uffd_open(&how);
+    if (fd < 0)
+        return mv__fail(fd, "cannot open a userfaultfd: %s", mv_strerror(fd));
+    return mv__uffd_adopt(fd, features);
 }

@@ -455,16 +455,6 @@ int mv__share_init(struct mv_host *h)
     mv__mutex_init(&s->settler_lock, MV_LOCK_SETTLE);
     mv__cond_init(&s->settler_cond);
     s->max_map_count = share_read_sysctl_u64("/proc/sys/vm/max_map_count", 65530);
-    s->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-    if (s->pagemap_fd < 0) {
-        int rc = -errno;
-
-        mv__mutex_destroy(&s->lock);
-        mv__mutex_destroy(&s->settler_lock);
-        pthread_cond_destroy(&s->settler_cond);
-        free(s);
-        return mv__fail(rc, "cannot open /proc/self/pagemap: %s", mv_strerror(rc));
-    }
     h->share = s;
     return 0;
 }
@@ -488,7 +478,6 @@ void mv__share_fini(struct mv_host *h)
     free(s->regions);
     free(s->buckets);
     free(s->registry);
-    close(s->pagemap_fd);
     mv__mutex_destroy(&s->lock);
     free(s);
     h->share = NULL;

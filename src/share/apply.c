@@ -187,7 +187,7 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
             i++;
             continue;
         }
-        if (mv__os_zap(mv__gfn_addr(d, gfn + start), (i - start) << MV_PAGE_SHIFT) < 0)
+        if (mv__ram_zap(d, gfn + start, i - start) < 0)
             continue;
         if (mv__machine_read(&h->machine, d->base_mfn + gfn + start, i - start,
                              buf + (start << MV_PAGE_SHIFT)) < 0) {

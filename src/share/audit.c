@@ -125,7 +125,7 @@ static int audit_domain_entries(struct mv_host *h, struct mv_domain *d)
  */
 static int audit_private_copies(struct mv_domain *d)
 {
-    uint8_t found[MV_BLOCK_PAGES], frame[MV_PAGE_SIZE];
+    uint8_t found[MV_BLOCK_PAGES], frame[MV_PAGE_SIZE], copy[MV_PAGE_SIZE];
     struct mv__share *s = d->host->share;
 
     if (d->state == MV_DOMAIN_CRASHED || atomic_load(&d->dying))
@@ -161,7 +161,8 @@ static int audit_private_copies(struct mv_domain *d)
             mv__mutex_unlock(&s->lock);
             if (mfn == MV_NO_MFN ||
                 mv__machine_read(&d->host->machine, mfn, 1, frame) < 0 ||
-                memcmp(frame, mv__gfn_addr(d, g + i), MV_PAGE_SIZE) != 0)
+                mv__ram_read_mapped(d, g + i, 1, copy) < 0 ||
+                memcmp(frame, copy, MV_PAGE_SIZE) != 0)
                 return mv__fail(-EUCLEAN, "domain %u: gfn %#llx lives in a private "
                                 "anonymous copy that is not its shared frame's",
                                 d->domid, (unsigned long long)(g + i));

@@ -407,7 +407,10 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
     s = host->share;
     mv__mutex_lock(&src->lock);
     config = src->config;
-    rc = src->state == MV_DOMAIN_PAUSED ? 0 :
+    rc = src->vmm ? mv__fail(-EOPNOTSUPP, "domain %u's RAM is in VMM process %d: "
+                             "clones need the RAM in this process", src_domid,
+                             src->vmm->pid) :
+         src->state == MV_DOMAIN_PAUSED ? 0 :
          src->state == MV_DOMAIN_CRASHED ? mv__fail(-EPERM, "domain %u has crashed", src_domid)
          : mv__fail(-EBUSY, "domain %u is running: pause it first (a clone is a "
                     "snapshot)", src_domid);

@@ -176,15 +176,14 @@ int share_give_own_frames(struct mv_domain *d, uint64_t first, uint64_t n,
     }
     zero = n == 1 && !copied && (share_frame_of(s, share_shared_mfn(d, first))->flags & FRAME_ZERO);
     if (!copies)
-        rc = mv__os_write(h->machine.memfd, at, own_offset(d, first), len);
+        rc = mv__ram_save_mapped(d, first, n, own_offset(d, first));
     else
         rc = zero ? 0 : mv__os_copy(h->machine.memfd, share_shared_mfn(d, first) << MV_PAGE_SHIFT,
                                     own_offset(d, first), len);
     /* A copy is stable: write-protected, its writers trap. */
     for (uint64_t i = 0; rc == 0 && copies && copied && i < n; i++)
         if (copies[i])
-            rc = mv__os_write(h->machine.memfd, at + (i << MV_PAGE_SHIFT),
-                              own_offset(d, first + i), MV_PAGE_SIZE);
+            rc = mv__ram_save_mapped(d, first + i, 1, own_offset(d, first + i));
     if (rc == 0) {
         remapped = true;
         rc = mv__domain_map_own(d, first, n);

@@ -113,12 +113,12 @@ int share_map_frames(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n
 {
     uint8_t *at = mv__gfn_addr(d, gfn);
     size_t len = n << MV_PAGE_SHIFT;
-    int rc;
+    int rc = mv__ram_map(d, gfn, n, mfn << MV_PAGE_SHIFT, true);
 
-    if (!mv__os_map_private(at, len, d->host->machine.memfd, mfn << MV_PAGE_SHIFT))
-        return mv__fail(-errno, "domain %u: cannot map gfn %#llx+%llu to shared "
+    if (rc < 0)
+        return mv__fail(rc, "domain %u: cannot map gfn %#llx+%llu to shared "
                         "frames: %s", d->domid, (unsigned long long)gfn,
-                        (unsigned long long)n, mv_strerror(-errno));
+                        (unsigned long long)n, mv_strerror(rc));
     rc = mv__os_uffd_register(d->cow_uffd, at, len, UFFDIO_REGISTER_MODE_WP, NULL);
     if (rc == 0 && !kernel_copies_on(d))
         rc = mv__os_uffd_writeprotect(d->cow_uffd, at, len, true);
@@ -152,7 +152,7 @@ long share_scan_private_copies(struct mv_domain *d, uintptr_t *start, uintptr_t 
     /* The scan changes nothing: a failed one is tried again before the
      * caller must give up on what it cannot see. */
     for (unsigned i = 0; i < MV_SCAN_TRIES && r < 0; i++)
-        r = mv__os_pagemap_scan(d->host->share->pagemap_fd, &arg);
+        r = mv__os_pagemap_scan(mv__ram_pagemap_fd(d), &arg);
     if (r >= 0)
         *start = arg.walk_end <= *start || r < (long)cap ? end : arg.walk_end;
     return r;
@@ -205,7 +205,12 @@ MV_COLD static int adopt_private_copy(struct mv_domain *d, uint64_t gfn, enum or
                          "its sharing: %s", (unsigned long long)gfn, mv_strerror(rc));
         return -EFAULT;
     }
-    memcpy(page, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+    rc = mv__ram_read_mapped(d, gfn, 1, page);
+    if (rc < 0) {
+        mv__domain_crash(d, "cannot read a write to gfn %#llx that raced its "
+                         "sharing: %s", (unsigned long long)gfn, mv_strerror(rc));
+        return -EFAULT;
+    }
     if (from != FROM_RAM && !mv__domain_claim(d, 1, true)) {
         mv__domain_crash(d, "no memory for a write to gfn %#llx that raced its "
                          "sharing", (unsigned long long)gfn);

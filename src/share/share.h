@@ -213,7 +213,6 @@ struct mv__share {
     uint64_t break_limit;        /* 0: vm.max_map_count - MV_MAP_SLACK */
     bool stopped, breaks_unsharing_runs;
     char stop_reason[160];
-    int pagemap_fd;              /* /proc/self/pagemap */
     /* While a domain is destroyed: freed frames not yet punched, one run of
      * consecutive frames, and how many of them give their charge back
      * (scrub_frame, share_scrub_flush). */

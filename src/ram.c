@@ -1,0 +1,192 @@
+/*
+ * ram.c - the second-stage page table: the mappings through which a
+ * domain's vCPUs reach its RAM.
+ *
+ * A domain's RAM is mapped either in this process (the built-in guests, an
+ * embedding VMM) or in another one, a VMM that handed its userfaultfds and
+ * pagemap over (mv_domain_create_vmm).  Everything that changes or reads
+ * those mappings goes through here, so no other file needs to know where
+ * they are:
+ *   - userfaultfd ioctls act on the address space of the process that
+ *     opened the userfaultfd, so they work unchanged on d->ram either way;
+ *   - mmap and madvise act only on the caller's own address space: for a
+ *     VMM they are the VMM's ops, run by code inside it;
+ *   - page contents are read from the machine memory file (machine.c),
+ *     never through the mapping, except private copies, which exist only
+ *     in the mapping and are always present (read_mapped).
+ * Invariant: d->vmm is set once at creation and never changes; for a VMM
+ * domain d->ram is an address in the VMM and is never dereferenced here.
+ * Locking: callers hold the domain lock, or the domain is unreachable.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+int mv__ram_map(struct mv_domain *d, uint64_t gfn, uint64_t n, uint64_t offset,
+                bool private)
+{
+    uint8_t *at = mv__gfn_addr(d, gfn);
+    size_t len = n << MV_PAGE_SHIFT;
+    void *mapped;
+    int rc;
+
+    if (d->vmm) {
+        rc = d->vmm->ops.map(d->vmm->ctx, (uintptr_t)at, len, offset,
+                             private ? MV_VMM_MAP_PRIVATE : 0);
+        if (rc > 0 || rc < -4095)
+            rc = -EIO; /* an op that broke its contract */
+        return rc < 0 ? mv__fail(rc, "VMM %d cannot map %zu bytes at %p: %s",
+                                 d->vmm->pid, len, (void *)at, mv_strerror(rc))
+                      : 0;
+    }
+    mapped = private ? mv__os_map_private(at, len, d->host->machine.memfd, offset)
+                     : mv__os_map_shared(at, len, d->host->machine.memfd, offset,
+                                         PROT_READ | PROT_WRITE);
+    return mapped ? 0 : -errno;
+}
+
+int mv__ram_zap(struct mv_domain *d, uint64_t gfn, uint64_t n)
+{
+    uint8_t *at = mv__gfn_addr(d, gfn);
+    int rc;
+
+    if (!d->vmm)
+        return mv__os_zap(at, n << MV_PAGE_SHIFT);
+    rc = d->vmm->ops.zap(d->vmm->ctx, (uintptr_t)at, n << MV_PAGE_SHIFT);
+    return rc > 0 || rc < -4095 ? -EIO : rc;
+}
+
+int mv__ram_read_mapped(struct mv_domain *d, uint64_t gfn, uint64_t n, void *buf)
+{
+    size_t len = n << MV_PAGE_SHIFT;
+    struct iovec local = { buf, len }, remote = { mv__gfn_addr(d, gfn), len };
+    ssize_t got;
+
+    if (!d->vmm) {
+        memcpy(buf, mv__gfn_addr(d, gfn), len);
+        return 0;
+    }
+    /* Only present pages are read this way: a missing one would wait on a
+     * fault that this thread may be the one to serve. */
+    got = process_vm_readv(d->vmm->pid, &local, 1, &remote, 1, 0);
+    if (got == (ssize_t)len)
+        return 0;
+    return mv__fail(got < 0 ? -errno : -EIO, "cannot read gfn %#llx+%llu from VMM %d: %s",
+                    (unsigned long long)gfn, (unsigned long long)n, d->vmm->pid,
+                    got < 0 ? mv_strerror(-errno) : "short read");
+}
+
+int mv__ram_save_mapped(struct mv_domain *d, uint64_t gfn, uint64_t n, uint64_t offset)
+{
+    uint8_t page[MV_PAGE_SIZE];
+    int rc = 0;
+
+    if (!d->vmm)
+        return mv__os_write(d->host->machine.memfd, mv__gfn_addr(d, gfn), offset,
+                            n << MV_PAGE_SHIFT);
+    for (uint64_t i = 0; rc == 0 && i < n; i++) {
+        rc = mv__ram_read_mapped(d, gfn + i, 1, page);
+        if (rc == 0)
+            rc = mv__os_write(d->host->machine.memfd, page,
+                              offset + (i << MV_PAGE_SHIFT), MV_PAGE_SIZE);
+    }
+    return rc;
+}
+
+int mv__ram_pagemap_fd(struct mv_domain *d)
+{
+    return d->vmm ? d->vmm->pagemap_fd : d->host->pagemap_fd;
+}
+
+int mv__ram_uffd(struct mv_domain *d, uint64_t features)
+{
+    if (!d->vmm)
+        return mv__uffd_create(features);
+    for (size_t i = 0; i < MV_ARRAY_SIZE(d->vmm->uffds); i++) {
+        int fd = d->vmm->uffds[i];
+
+        if (fd < 0)
+            continue;
+        d->vmm->uffds[i] = -1;
+        return mv__uffd_adopt(fd, features);
+    }
+    return mv__fail(-EMFILE, "VMM %d handed over no userfaultfd for this use",
+                    d->vmm->pid);
+}
+
+/* Wake every thread blocked on a fault of `uffd` in d's RAM.  The last
+ * resort of a crash: it is tried again, and only logged when it keeps
+ * failing (nothing else could wake them). */
+static void wake_all(struct mv_domain *d, int uffd, size_t length)
+{
+    int rc = 0;
+
+    for (unsigned i = 0; i < MV_WAKE_TRIES; i++)
+        if ((rc = mv__os_uffd_wake(uffd, d->ram, length)) == 0)
+            return;
+    mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot wake its vCPUs after the "
+            "crash: %s", d->domid, mv_strerror(rc));
+}
+
+/* Replace the RAM mapping with one that raises SIGBUS on every access. */
+static void poison_here(struct mv_domain *d, size_t length)
+{
+    if (mv__os_map_shared(d->ram, length, d->host->sigbus_fd, 0,
+                          PROT_READ | PROT_WRITE))
+        return;
+    /* At vm.max_map_count the replacing mmap can fail: unmapping the whole
+     * range first frees its mappings (a stray access in between takes
+     * SIGSEGV rather than writing anywhere). */
+    mv__log(d->host, MV_LOG_WARN, "domain %u: cannot poison its RAM (%s); "
+            "unmapping it first", d->domid, mv_strerror(-errno));
+    mv__os_unmap(d->ram, length);
+    if (!mv__os_map_shared(d->ram, length, d->host->sigbus_fd, 0,
+                           PROT_READ | PROT_WRITE))
+        mv__log(d->host, MV_LOG_ERROR, "domain %u: cannot poison its RAM: %s",
+                d->domid, mv_strerror(-errno));
+}
+
+void mv__ram_poison(struct mv_domain *d)
+{
+    size_t length = d->maxmem_pages << MV_PAGE_SHIFT;
+
+    if (d->vmm)
+        d->vmm->ops.crash(d->vmm->ctx, d->crash_reason);
+    else
+        poison_here(d, length);
+    if (d->uffd >= 0)
+        wake_all(d, d->uffd, length);
+    if (d->cow_uffd >= 0)
+        wake_all(d, d->cow_uffd, length);
+    mv__fault_release_all(d);
+}
+
+void mv__ram_fini(struct mv_domain *d)
+{
+    if (!d->vmm) {
+        if (d->ram)
+            mv__os_unmap(d->ram, d->maxmem_pages << MV_PAGE_SHIFT);
+        return;
+    }
+    mv__ram_vmm_free(d->vmm);
+    d->vmm = NULL;
+}
+
+void mv__ram_vmm_free(struct mv__vmm *v)
+{
+    if (!v)
+        return;
+    for (size_t i = 0; i < MV_ARRAY_SIZE(v->uffds); i++)
+        if (v->uffds[i] >= 0)
+            close(v->uffds[i]);
+    if (v->pagemap_fd >= 0)
+        close(v->pagemap_fd);
+    if (v->ops.release)
+        v->ops.release(v->ctx);
+    free(v);
+}
