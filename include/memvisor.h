@@ -466,9 +466,9 @@ MV_API int mv_host_machine_fd(mv_host *host);
  * Create a domain whose RAM the VMM described by `vmm` maps: booted
  * ballooned like mv_domain_create, its frames mapped in the VMM through
  * vmm->ops->map and registered with its userfaultfds before this returns.
- * The library owns the three fds from the call on, whether it succeeds or
- * not (vmm->ops->release is not called on failure: ctx stays the
- * caller's).  Errors: those of mv_domain_create; -EINVAL (bad fds, ops
+ * The library owns the three fds and ctx from the call on, whether it
+ * succeeds or not: it closes them and calls vmm->ops->release (when set)
+ * once it no longer needs them.  Errors: those of mv_domain_create; -EINVAL (bad fds, ops
  * missing, address not page-aligned, a built-in workload or an unsupported
  * mode asked for); the errors of vmm->ops->map.  Thread-safe.
  */
@@ -484,6 +484,22 @@ MV_API int mv_domain_create_vmm(mv_host *host, const struct mv_domain_config *co
  */
 MV_API int64_t mv_domain_discard(mv_host *host, uint32_t domid, uint64_t gfn,
                                  uint64_t count);
+
+/*
+ * Serve a VMM that speaks memvisor's hand-over (docs/vmm-handover.md; the
+ * agent library libmemvisor-agent.so speaks it for an unmodified VMM) on
+ * `control`, a connected SOCK_SEQPACKET Unix socket the library owns from
+ * the call on.  Waits up to timeout_ms (0: forever) for the VMM's HELLO,
+ * creates the domain from `config` (its maxmem must be the size of the RAM
+ * the VMM maps) with mv_domain_create_vmm, tells the VMM, and serves its
+ * requests (discards) on a thread of the library.  When the VMM exits the
+ * domain crashes ("VMM process N exited") and its own frames return to
+ * the host; destroying the domain kills the VMM.  Errors: -ETIMEDOUT (no
+ * HELLO), -EPROTO (not this protocol), -EINVAL (sizes differ), and those
+ * of mv_domain_create_vmm; the VMM is told why.
+ */
+MV_API int mv_vmm_accept(mv_host *host, int control, const struct mv_domain_config *config,
+                         unsigned timeout_ms, uint32_t *domid);
 
 struct mv_domain_info {
     uint32_t domid;

@@ -171,7 +171,7 @@ int mv__share_domain_init(struct mv_domain *d)
         return mv__fail(rc, "no memory to register a domain for sharing");
     }
     d->share = sd;
-    d->cow_uffd = mv__uffd_create(0);
+    d->cow_uffd = mv__ram_uffd(d, 0);
     if (d->cow_uffd < 0)
         return mv__fail(d->cow_uffd, "cannot open the copy-on-write userfaultfd: %s",
                         mv_strerror(d->cow_uffd));

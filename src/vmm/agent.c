@@ -1,0 +1,400 @@
+/*
+ * vmm/agent.c - libmemvisor-agent.so, the agent loaded into an unmodified
+ * VMM (LD_PRELOAD) so that memvisor serves its guest RAM.
+ *
+ * It watches the VMM map the machine memory file (inherited as
+ * MEMVISOR_RAM_FD; the VMM opens it by path, e.g. /proc/self/fd/N): that
+ * mapping is the guest RAM.  Instead of mapping it, the agent opens two
+ * userfaultfds and /proc/self/pagemap, hands them to memvisor over the
+ * control socket (MEMVISOR_VMM_FD) with a HELLO, and carries out
+ * memvisor's MAP requests until memvisor says READY; only then does the
+ * VMM's mmap return, so no guest access precedes the registration.  From
+ * then on a thread of the agent carries out memvisor's requests (MAP, ZAP,
+ * STOP), and the VMM's hole punches in the file (balloon, free page
+ * reporting) become DISCARD requests: the agent never lets the VMM touch
+ * the file at its own idea of an offset, which would be another domain's.
+ * If memvisor goes away the agent kills the VMM: without memvisor its RAM
+ * would run on unmanaged.
+ *
+ * Protocol: vmm/handover.h.  Locking: `request_lock` serializes the VMM
+ * threads' DISCARD requests; the control socket has one reader at a time
+ * (the mmap hook before READY, the agent thread after).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "vmm/handover.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define AGENT_EXPORT __attribute__((visibility("default")))
+
+static int control_fd = -1;   /* MEMVISOR_VMM_FD */
+static int ram_fd = -1;       /* MEMVISOR_RAM_FD: the machine memory file */
+static int request_fd = -1;   /* our end of the requests socket */
+static dev_t ram_dev;
+static ino_t ram_ino;
+static bool handed_over;
+static uint64_t ram_length;
+static pthread_mutex_t request_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t handover_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint32_t request_seq;
+
+static void say(const char *fmt, ...)
+{
+    char line[256];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n > (int)sizeof(line) - 2)
+        n = (int)sizeof(line) - 2;
+    line[n++] = '\n';
+    (void)!write(STDERR_FILENO, "memvisor-agent: ", 16);
+    (void)!write(STDERR_FILENO, line, (size_t)n);
+}
+
+static int env_fd(const char *name)
+{
+    const char *v = getenv(name);
+    char *end;
+    long fd;
+
+    if (!v)
+        return -1;
+    fd = strtol(v, &end, 10);
+    return *v && !*end && fd >= 0 && fd < 65536 ? (int)fd : -1;
+}
+
+__attribute__((constructor)) static void agent_init(void)
+{
+    struct stat st;
+
+    control_fd = env_fd("MEMVISOR_VMM_FD");
+    ram_fd = env_fd("MEMVISOR_RAM_FD");
+    if (control_fd < 0 || ram_fd < 0)
+        return; /* not under memvisor: the agent stays out of the way */
+    if (fstat(ram_fd, &st) < 0) {
+        say("MEMVISOR_RAM_FD %d: %s; not serving this VMM", ram_fd, strerror(errno));
+        control_fd = ram_fd = -1;
+        return;
+    }
+    ram_dev = st.st_dev;
+    ram_ino = st.st_ino;
+    fcntl(control_fd, F_SETFD, FD_CLOEXEC);
+    fcntl(ram_fd, F_SETFD, FD_CLOEXEC);
+    /* A child the VMM starts (a helper script) must not take the agent. */
+    unsetenv("LD_PRELOAD");
+    unsetenv("MEMVISOR_VMM_FD");
+    unsetenv("MEMVISOR_RAM_FD");
+}
+
+static bool is_ram_file(int fd)
+{
+    struct stat st;
+
+    return fd >= 0 && ram_fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == ram_dev &&
+           st.st_ino == ram_ino;
+}
+
+static void msg_init(struct mv_handover_msg *m, uint16_t type)
+{
+    memset(m, 0, sizeof(*m));
+    m->magic = MV_HANDOVER_MAGIC;
+    m->version = MV_HANDOVER_VERSION;
+    m->type = type;
+}
+
+static int send_msg(int fd, const struct mv_handover_msg *m, const int *fds, int nfds)
+{
+    char cbuf[CMSG_SPACE(sizeof(int) * MV_HANDOVER_FDS)];
+    struct iovec iov = { (void *)m, sizeof(*m) };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+    ssize_t n;
+
+    if (nfds) {
+        struct cmsghdr *c;
+
+        memset(cbuf, 0, sizeof(cbuf));
+        mh.msg_control = cbuf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    do
+        n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n == (ssize_t)sizeof(*m) ? 0 : -1;
+}
+
+static int recv_msg(int fd, struct mv_handover_msg *m)
+{
+    ssize_t n;
+
+    do
+        n = recv(fd, m, sizeof(*m), 0);
+    while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)sizeof(*m) || m->magic != MV_HANDOVER_MAGIC ||
+        m->version != MV_HANDOVER_VERSION)
+        return -1;
+    m->text[sizeof(m->text) - 1] = '\0';
+    return 0;
+}
+
+static void *raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+}
+
+/* Carry out one request of memvisor's; false for READY (not a request). */
+static int carry_out(struct mv_handover_msg *m)
+{
+    void *at = (void *)(uintptr_t)m->addr;
+    int rc = 0;
+
+    switch (m->type) {
+    case MV_HO_MAP: {
+        int flags = MAP_FIXED | (m->flags & MV_HO_MAP_PRIVATE ? MAP_PRIVATE : MAP_SHARED);
+        void *p = raw_mmap(at, m->length, PROT_READ | PROT_WRITE, flags, ram_fd,
+                           (off_t)m->offset);
+
+        rc = p == MAP_FAILED ? -errno : 0;
+        break;
+    }
+    case MV_HO_ZAP:
+        rc = madvise(at, m->length, MADV_DONTNEED) < 0 ? -errno : 0;
+        break;
+    case MV_HO_STOP:
+        say("memvisor stops this VMM: %s", m->text);
+        kill(getpid(), SIGKILL);
+        break;
+    default:
+        rc = -EOPNOTSUPP;
+    }
+    m->type |= MV_HO_REPLY;
+    m->result = rc;
+    return send_msg(control_fd, m, NULL, 0);
+}
+
+static void *serve_memvisor(void *arg)
+{
+    struct mv_handover_msg m;
+
+    (void)arg;
+    while (recv_msg(control_fd, &m) == 0)
+        if (carry_out(&m) < 0)
+            break;
+    say("memvisor went away: stopping the VMM, whose RAM nobody serves now");
+    kill(getpid(), SIGKILL);
+    return NULL;
+}
+
+static int open_uffd(void)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+
+    if (fd < 0 && (errno == EPERM || errno == ENOSYS)) {
+        int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+
+        if (dev >= 0) {
+            fd = ioctl(dev, _IO(0xAA, 0x00), O_CLOEXEC | O_NONBLOCK); /* USERFAULTFD_IOC_NEW */
+            close(dev);
+        }
+    }
+    return fd;
+}
+
+/* Hand the RAM at [addr, addr + len) over; true when memvisor serves it. */
+static bool hand_over(void *addr, size_t len)
+{
+    int fds[MV_HANDOVER_FDS] = { -1, -1, -1, -1 }, pair[2] = { -1, -1 };
+    struct mv_handover_msg m;
+    pthread_t thread;
+    bool ok = false;
+
+    fds[0] = open_uffd();
+    fds[1] = open_uffd();
+    fds[2] = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (fds[0] < 0 || fds[1] < 0 || fds[2] < 0 ||
+        socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+        say("cannot open userfaultfds or pagemap: %s", strerror(errno));
+        goto out;
+    }
+    fds[3] = pair[1];
+    msg_init(&m, MV_HO_HELLO);
+    m.addr = (uintptr_t)addr;
+    m.length = len;
+    m.pid = getpid();
+    snprintf(m.text, sizeof(m.text), "%s", program_invocation_short_name);
+    if (send_msg(control_fd, &m, fds, MV_HANDOVER_FDS) < 0) {
+        say("cannot reach memvisor: %s", strerror(errno));
+        goto out;
+    }
+    for (;;) {
+        if (recv_msg(control_fd, &m) < 0) {
+            say("memvisor closed the hand-over");
+            goto out;
+        }
+        if (m.type == MV_HO_READY)
+            break;
+        if (carry_out(&m) < 0)
+            goto out;
+    }
+    if (m.result < 0) {
+        say("memvisor refused this VMM's RAM: %s", m.text);
+        errno = -m.result;
+        goto out;
+    }
+    request_fd = pair[0];
+    pair[0] = -1;
+    if (pthread_create(&thread, NULL, serve_memvisor, NULL) != 0) {
+        say("cannot start the agent thread; stopping the VMM");
+        kill(getpid(), SIGKILL);
+    }
+    pthread_detach(thread);
+    ok = true;
+out:
+    /* memvisor holds its own copies now: if it dies, they go with it. */
+    for (int i = 0; i < MV_HANDOVER_FDS; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    if (pair[0] >= 0)
+        close(pair[0]);
+    return ok;
+}
+
+static void *map_ram(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    bool fixed = flags & MAP_FIXED;
+    void *at = addr;
+
+    if (off != 0 || !(flags & MAP_SHARED) || prot != (PROT_READ | PROT_WRITE)) {
+        say("the VMM maps the RAM file at offset %lld, flags %#x, prot %#x: only a "
+            "whole shared read-write mapping can be served", (long long)off, flags, prot);
+        errno = EINVAL;
+        return MAP_FAILED;
+    }
+    (void)fd;
+    pthread_mutex_lock(&handover_lock);
+    if (handed_over) {
+        pthread_mutex_unlock(&handover_lock);
+        say("the VMM maps its RAM a second time; memvisor serves one mapping");
+        errno = EBUSY;
+        return MAP_FAILED;
+    }
+    if (!fixed) {
+        at = raw_mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (at == MAP_FAILED) {
+            pthread_mutex_unlock(&handover_lock);
+            return MAP_FAILED;
+        }
+    }
+    if (!hand_over(at, len)) {
+        int err = errno ? errno : EIO;
+
+        if (!fixed)
+            munmap(at, len);
+        pthread_mutex_unlock(&handover_lock);
+        errno = err;
+        return MAP_FAILED;
+    }
+    handed_over = true;
+    ram_length = len;
+    pthread_mutex_unlock(&handover_lock);
+    return at;
+}
+
+AGENT_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    if (control_fd >= 0 && is_ram_file(fd))
+        return map_ram(addr, len, prot, flags, fd, off);
+    return raw_mmap(addr, len, prot, flags, fd, off);
+}
+
+AGENT_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    return mmap64(addr, len, prot, flags, fd, off);
+}
+
+/* The VMM gives [off, off + len) of its RAM back: memvisor frees it. */
+static int discard(off_t off, off_t len)
+{
+    struct mv_handover_msg m;
+    int rc = -EIO;
+
+    if (!handed_over || off < 0 || len < 0 || (uint64_t)off + (uint64_t)len > ram_length)
+        return -EINVAL;
+    pthread_mutex_lock(&request_lock);
+    msg_init(&m, MV_HO_DISCARD);
+    m.seq = ++request_seq;
+    m.offset = (uint64_t)off;
+    m.length = (uint64_t)len;
+    if (send_msg(request_fd, &m, NULL, 0) == 0 && recv_msg(request_fd, &m) == 0 &&
+        m.type == (MV_HO_DISCARD | MV_HO_REPLY))
+        rc = m.result;
+    pthread_mutex_unlock(&request_lock);
+    if (rc < 0 && rc != -EIO)
+        say("memvisor did not discard %#llx+%#llx: %s", (long long)off, (long long)len, m.text);
+    return rc;
+}
+
+AGENT_EXPORT int fallocate64(int fd, int mode, off_t off, off_t len)
+{
+    if (control_fd >= 0 && is_ram_file(fd)) {
+        int rc;
+
+        if (!(mode & FALLOC_FL_PUNCH_HOLE)) {
+            errno = EOPNOTSUPP; /* the file is memvisor's: nothing to allocate */
+            return -1;
+        }
+        rc = discard(off, len);
+        if (rc < 0) {
+            errno = -rc;
+            return -1;
+        }
+        return 0;
+    }
+    return (int)syscall(SYS_fallocate, fd, mode, off, len);
+}
+
+AGENT_EXPORT int fallocate(int fd, int mode, off_t off, off_t len)
+{
+    return fallocate64(fd, mode, off, len);
+}
+
+/* The machine file is sized by memvisor; the VMM must never change it. */
+AGENT_EXPORT int ftruncate64(int fd, off_t len)
+{
+    if (control_fd >= 0 && is_ram_file(fd)) {
+        errno = EPERM;
+        return -1;
+    }
+    return (int)syscall(SYS_ftruncate, fd, len);
+}
+
+AGENT_EXPORT int ftruncate(int fd, off_t len)
+{
+    return ftruncate64(fd, len);
+}

@@ -1,0 +1,506 @@
+/*
+ * test_vmm.c - domains whose RAM lives in another process: a stand-in VMM
+ * (vmm_stub, mapping its RAM the way QEMU does) with the agent loaded,
+ * served through the hand-over (mv_vmm_accept).  Each case ends with the
+ * VMM verifying its own pages, the library reading them back (the host's
+ * view), and the domain and host audits.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "testutil.h"
+
+#include <fcntl.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct stub {
+    pid_t pid;
+    FILE *in;   /* commands to the VMM */
+    FILE *out;  /* its replies */
+    uint32_t domid;
+};
+
+#define STUB_CONTROL_FD 10
+#define STUB_RAM_FD 11
+
+/* Start a stand-in VMM mapping `size` bytes, with the agent unless
+ * `no_agent`; its end of the control socket is returned in *peer when
+ * `peer` is set (the caller serves it), else served here with `config`. */
+static pid_t stub_spawn(mv_host *h, uint64_t size, bool no_agent, int *control,
+                        FILE **in, FILE **out)
+{
+    int sv[2], to[2], from[2];
+    pid_t pid;
+
+    assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    assert_int_equal(pipe2(to, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(from, O_CLOEXEC), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char sz[32], path[64];
+
+        dup2(to[0], 0);
+        dup2(from[1], 1);
+        dup2(sv[1], STUB_CONTROL_FD);
+        dup2(mv_host_machine_fd(h), STUB_RAM_FD);
+        snprintf(sz, sizeof(sz), "%llu", (unsigned long long)size);
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", STUB_RAM_FD);
+        if (!no_agent)
+            setenv("LD_PRELOAD", MV_AGENT_PATH, 1);
+        setenv("MEMVISOR_VMM_FD", "10", 1);
+        setenv("MEMVISOR_RAM_FD", "11", 1);
+        /* The agent comes before the sanitizer runtimes in the stub. */
+        setenv("ASAN_OPTIONS", "verify_asan_link_order=0:detect_leaks=0", 1);
+        execl(MV_STUB_PATH, "vmm_stub", sz, path, (char *)NULL);
+        _exit(127);
+    }
+    close(sv[1]);
+    close(to[0]);
+    close(from[1]);
+    *control = sv[0];
+    *in = fdopen(to[1], "w");
+    *out = fdopen(from[0], "r");
+    assert_non_null(*in);
+    assert_non_null(*out);
+    return pid;
+}
+
+/* One command, its reply line (without the newline) in a static buffer. */
+static const char *stub_cmd(struct stub *s, const char *fmt, ...)
+{
+    static char reply[256];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vfprintf(s->in, fmt, ap);
+    va_end(ap);
+    fputc('\n', s->in);
+    fflush(s->in);
+    if (!fgets(reply, sizeof(reply), s->out))
+        return "eof";
+    reply[strcspn(reply, "\n")] = '\0';
+    return reply;
+}
+
+#define assert_cmd_ok(s, ...) assert_string_equal(stub_cmd(s, __VA_ARGS__), "ok")
+
+static void config_for(struct mv_domain_config *c, const char *name, uint64_t maxmem,
+                       uint64_t target)
+{
+    mv_domain_config_init(c);
+    snprintf(c->name, sizeof(c->name), "%s", name);
+    c->maxmem_bytes = maxmem;
+    c->target_bytes = target;
+}
+
+static void stub_start_with(mv_host *h, struct stub *s, const struct mv_domain_config *c)
+{
+    char line[64];
+    int control;
+
+    s->pid = stub_spawn(h, c->maxmem_bytes, false, &control, &s->in, &s->out);
+    assert_ok(mv_vmm_accept(h, control, c, 10000, &s->domid));
+    assert_non_null(fgets(line, sizeof(line), s->out));
+    assert_string_equal(line, "ready\n");
+}
+
+static void stub_start(mv_host *h, struct stub *s, const char *name, uint64_t maxmem,
+                       uint64_t target)
+{
+    struct mv_domain_config c;
+
+    config_for(&c, name, maxmem, target);
+    stub_start_with(h, s, &c);
+}
+
+/* The VMM exits on its own; the domain is destroyed. */
+static void stub_stop(mv_host *h, struct stub *s)
+{
+    int status;
+
+    fprintf(s->in, "exit\n");
+    fclose(s->in);
+    fclose(s->out);
+    assert_int_equal(waitpid(s->pid, &status, 0), s->pid);
+    assert_ok(mv_domain_destroy(h, s->domid));
+}
+
+/* What the library reads at gfn matches the VMM's pattern (seed) or is
+ * all `byte` when seed is 0. */
+static void assert_host_sees(mv_host *h, uint32_t domid, uint64_t gfn, uint64_t seed,
+                             int byte)
+{
+    uint8_t page[4096], want[4096];
+
+    assert_ok(mv_domain_read_page(h, domid, gfn, page));
+    if (seed) {
+        uint64_t *w = (uint64_t *)want;
+
+        for (uint64_t i = 0; i < 512; i++) {
+            uint64_t x = seed * 0x9e3779b97f4a7c15ull ^ gfn * 0xbf58476d1ce4e5b9ull ^ i;
+
+            x ^= x >> 31;
+            x *= 0x94d049bb133111ebull;
+            w[i] = (x ^ (x >> 29)) | 1;
+        }
+    } else {
+        memset(want, byte, sizeof(want));
+    }
+    assert_memory_equal(page, want, sizeof(page));
+}
+
+static void audit_all(mv_host *h, uint32_t domid)
+{
+    assert_ok(mv_domain_audit(h, domid));
+    assert_ok(mv_share_audit(h));
+    assert_ok(mv_host_audit(h));
+}
+
+/* First touches populate within the target; the VMM and the host agree on
+ * every byte. */
+static void vmm_pod_populates_on_touch(void **state)
+{
+    mv_host *h = tu_host();
+    struct stub s;
+    struct mv_domain_info info;
+
+    (void)state;
+    stub_start(h, &s, "vmm-pod", 64 * MiB, 16 * MiB);
+    info = tu_info(h, s.domid);
+    assert_int_equal(info.populated_pages, 0);
+    assert_cmd_ok(&s, "write 0 2048 7");
+    info = tu_info(h, s.domid);
+    assert_true(info.populated_pages >= 2048);
+    assert_true(info.populated_pages <= 4096);
+    assert_cmd_ok(&s, "verify 0 2048 7");
+    assert_string_equal(stub_cmd(&s, "sum 8000 10"), "ok 0"); /* never written */
+    assert_host_sees(h, s.domid, 5, 7, 0);
+    assert_host_sees(h, s.domid, 2047, 7, 0);
+    audit_all(h, s.domid);
+    stub_stop(h, &s);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* With MV_POD_CRASH a touch past the target crashes the domain: the VMM is
+ * killed, not left hanging. */
+static void vmm_crash_policy_stops_the_vmm(void **state)
+{
+    mv_host *h = tu_host();
+    struct mv_domain_config c;
+    struct stub s;
+    int status;
+
+    (void)state;
+    config_for(&c, "vmm-crash", 32 * MiB, 4 * MiB);
+    c.pod_policy = MV_POD_CRASH;
+    c.pod_block_populate = 0;
+    stub_start_with(h, &s, &c);
+    assert_string_equal(stub_cmd(&s, "write 0 2048 3"), "eof");
+    assert_int_equal(waitpid(s.pid, &status, 0), s.pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    assert_int_equal(tu_info(h, s.domid).state, MV_DOMAIN_CRASHED);
+    fclose(s.in);
+    fclose(s.out);
+    assert_ok(mv_domain_destroy(h, s.domid));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* The zero sweep reclaims the VMM's zero pages (zapping them in the VMM
+ * through the agent) and keeps every other byte. */
+static void vmm_sweep_reclaims_zero_pages(void **state)
+{
+    mv_host *h = tu_host();
+    struct mv_sweep_result res;
+    struct stub s;
+
+    (void)state;
+    stub_start(h, &s, "vmm-sweep", 32 * MiB, 32 * MiB);
+    assert_cmd_ok(&s, "write 0 1024 11");
+    assert_cmd_ok(&s, "fill 1024 1024 0");
+    assert_true(tu_info(h, s.domid).populated_pages >= 2048);
+    assert_ok(mv_domain_reclaim_zero(h, s.domid, 0, &res));
+    assert_true(res.reclaimed >= 1024);
+    assert_true(tu_info(h, s.domid).populated_pages <= 1024 + (8192 - 2048));
+    assert_cmd_ok(&s, "verify 0 1024 11");
+    assert_string_equal(stub_cmd(&s, "sum 1024 1024"), "ok 0");
+    /* Written again after the sweep: kept. */
+    assert_cmd_ok(&s, "fill 1024 1 5");
+    assert_host_sees(h, s.domid, 1024, 0, 5);
+    audit_all(h, s.domid);
+    stub_stop(h, &s);
+    mv_host_destroy(h);
+}
+
+/* The VMM punching pages out of its RAM file (a balloon, free page
+ * reporting) returns their frames; touched again they read zero. */
+static void vmm_discard_returns_frames(void **state)
+{
+    mv_host *h = tu_host();
+    enum mv_page_type type;
+    uint64_t before;
+    struct stub s;
+
+    (void)state;
+    stub_start(h, &s, "vmm-discard", 32 * MiB, 32 * MiB);
+    assert_cmd_ok(&s, "write 0 2048 5");
+    before = tu_info(h, s.domid).populated_pages;
+    assert_cmd_ok(&s, "discard 512 512");
+    assert_int_equal(tu_info(h, s.domid).populated_pages, before - 512);
+    assert_ok(mv_domain_page_type(h, s.domid, 700, &type));
+    assert_int_equal(type, MV_PAGE_POD);
+    assert_string_equal(stub_cmd(&s, "sum 512 512"), "ok 0");
+    assert_cmd_ok(&s, "verify 0 512 5");
+    assert_cmd_ok(&s, "verify 1024 1024 5");
+    assert_cmd_ok(&s, "write 512 512 6");
+    assert_cmd_ok(&s, "verify 512 512 6");
+    assert_host_sees(h, s.domid, 600, 6, 0);
+    /* Past the RAM: refused, nothing changed. */
+    assert_string_equal(stub_cmd(&s, "discard 8190 4"), "err 22");
+    audit_all(h, s.domid);
+    stub_stop(h, &s);
+    mv_host_destroy(h);
+}
+
+/* Dirty logging reads the VMM's page tables through its pagemap. */
+static void check_dirty_log(enum mv_logdirty_mode mode)
+{
+    mv_host *h = tu_host();
+    struct mv_domain_config c;
+    uint64_t dirty[64], zero[64];
+    struct stub s;
+    int64_t n;
+
+    config_for(&c, "vmm-dirty", 16 * MiB, 16 * MiB);
+    c.logdirty_mode = mode;
+    stub_start_with(h, &s, &c);
+    assert_cmd_ok(&s, "write 0 4096 1");
+    assert_ok(mv_logdirty_enable(h, s.domid));
+    assert_ok(mv_logdirty_clean(h, s.domid, dirty, zero, 64));
+    assert_cmd_ok(&s, "write 100 3 2");
+    assert_cmd_ok(&s, "write 3000 1 2");
+    n = mv_logdirty_clean(h, s.domid, dirty, zero, 64);
+    assert_int_equal(n, 4);
+    for (uint64_t g = 0; g < 4096; g++)
+        assert_int_equal(!!(dirty[g / 64] & (1ull << (g % 64))),
+                         (g >= 100 && g <= 102) || g == 3000);
+    assert_int_equal(mv_logdirty_clean(h, s.domid, dirty, zero, 64), 0);
+    assert_cmd_ok(&s, "verify 100 3 2");
+    assert_cmd_ok(&s, "verify 0 100 1");
+    assert_ok(mv_logdirty_disable(h, s.domid));
+    audit_all(h, s.domid);
+    stub_stop(h, &s);
+    mv_host_destroy(h);
+}
+
+static void vmm_dirty_log_wp_async(void **state)
+{
+    (void)state;
+    check_dirty_log(MV_LOGDIRTY_WP_ASYNC);
+}
+
+static void vmm_dirty_log_wp_sync(void **state)
+{
+    (void)state;
+    check_dirty_log(MV_LOGDIRTY_WP_SYNC);
+}
+
+/* Pages equal across two VMMs are shared (remapped inside each VMM by its
+ * agent); writes after sharing break correctly in each. */
+static void vmm_sharing_across_vmms(void **state)
+{
+    mv_host *h = tu_host();
+    struct mv_scan_result r;
+    struct mv_share_stats st;
+    struct stub a, b;
+
+    (void)state;
+    stub_start(h, &a, "vmm-a", 16 * MiB, 16 * MiB);
+    stub_start(h, &b, "vmm-b", 16 * MiB, 16 * MiB);
+    assert_cmd_ok(&a, "write 0 512 42");   /* same pattern, same gfns */
+    assert_cmd_ok(&b, "write 0 512 42");
+    assert_cmd_ok(&a, "write 512 256 1");  /* different */
+    assert_cmd_ok(&b, "write 512 256 2");
+    for (int i = 0; i < 2; i++)
+        assert_ok(mv_share_scan(h, 0, &r));
+    assert_ok(mv_share_stats(h, &st));
+    assert_true(st.saved_pages >= 500);
+    assert_true(tu_info(h, a.domid).shared_pages >= 500);
+    audit_all(h, a.domid);
+    assert_ok(mv_domain_audit(h, b.domid));
+    /* Copy-on-write: a's writes are a's alone. */
+    assert_cmd_ok(&a, "write 0 64 43");
+    assert_cmd_ok(&a, "verify 0 64 43");
+    assert_cmd_ok(&a, "verify 64 448 42");
+    assert_cmd_ok(&b, "verify 0 512 42");
+    assert_cmd_ok(&b, "verify 512 256 2");
+    assert_host_sees(h, b.domid, 10, 42, 0);
+    assert_host_sees(h, a.domid, 10, 43, 0);
+    audit_all(h, a.domid);
+    assert_ok(mv_domain_audit(h, b.domid));
+    stub_stop(h, &a);
+    assert_cmd_ok(&b, "verify 0 512 42");
+    stub_stop(h, &b);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* A VMM that exits crashes its domain, whose frames go back at once. */
+static void vmm_exit_crashes_domain_and_frees_frames(void **state)
+{
+    mv_host *h = tu_host();
+    struct mv_domain_info info;
+    struct stub s;
+    int status;
+
+    (void)state;
+    stub_start(h, &s, "vmm-exit", 32 * MiB, 32 * MiB);
+    assert_cmd_ok(&s, "write 0 2048 9");
+    kill(s.pid, SIGKILL);
+    assert_int_equal(waitpid(s.pid, &status, 0), s.pid);
+    tu_wait_until(tu_info(h, s.domid).state == MV_DOMAIN_CRASHED);
+    tu_wait_until(tu_info(h, s.domid).populated_pages == 0);
+    info = tu_info(h, s.domid);
+    assert_int_equal(info.populated_pages, 0);
+    assert_ok(mv_host_audit(h));
+    fclose(s.in);
+    fclose(s.out);
+    assert_ok(mv_domain_destroy(h, s.domid));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* Destroying the domain kills its VMM. */
+static void vmm_destroy_kills_the_vmm(void **state)
+{
+    mv_host *h = tu_host();
+    struct stub s;
+    int status;
+
+    (void)state;
+    stub_start(h, &s, "vmm-destroy", 16 * MiB, 16 * MiB);
+    assert_cmd_ok(&s, "write 0 100 4");
+    assert_ok(mv_domain_destroy(h, s.domid));
+    assert_int_equal(waitpid(s.pid, &status, 0), s.pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    fclose(s.in);
+    fclose(s.out);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* If the server goes away, the agent stops its VMM rather than let it run
+ * on unserved.  The server is a child process here (with a host of its
+ * own), the VMM its child; this process adopts the VMM when the server
+ * dies (a subreaper) and sees how it ended. */
+static void vmm_stops_when_memvisor_dies(void **state)
+{
+    int report[2], status;
+    pid_t server, vmm = 0;
+
+    (void)state;
+    assert_int_equal(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    assert_int_equal(pipe(report), 0);
+    server = fork();
+    assert_true(server >= 0);
+    if (server == 0) {
+        mv_host *h = tu_host();
+        struct stub s;
+
+        close(report[0]);
+        stub_start(h, &s, "vmm-orphan", 16 * MiB, 16 * MiB);
+        if (strcmp(stub_cmd(&s, "write 0 16 1"), "ok") != 0 ||
+            strcmp(stub_cmd(&s, "hold"), "ok") != 0)
+            _exit(1);
+        if (write(report[1], &s.pid, sizeof(s.pid)) != (ssize_t)sizeof(s.pid))
+            _exit(1);
+        pause();
+        _exit(0);
+    }
+    close(report[1]);
+    assert_int_equal(read(report[0], &vmm, sizeof(vmm)), (ssize_t)sizeof(vmm));
+    close(report[0]);
+    kill(server, SIGKILL);
+    assert_int_equal(waitpid(server, &status, 0), server);
+    assert_int_equal(waitpid(vmm, &status, 0), vmm);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+}
+
+/* Bad hand-overs: a size that is not maxmem, no agent (no hello), and a
+ * peer that does not speak the protocol: each refused with a reason, the
+ * VMM told, nothing left behind. */
+static void vmm_bad_handovers_are_refused(void **state)
+{
+    mv_host *h = tu_host();
+    struct mv_domain_config c;
+    FILE *in, *out;
+    int control, status, sv[2];
+    uint32_t id;
+    char line[64];
+    pid_t pid;
+
+    (void)state;
+    config_for(&c, "vmm-bad", 32 * MiB, 32 * MiB);
+    pid = stub_spawn(h, 16 * MiB, false, &control, &in, &out);
+    assert_err(mv_vmm_accept(h, control, &c, 10000, &id), -EINVAL);
+    assert_non_null(strstr(mv_last_error(), "maxmem"));
+    assert_non_null(fgets(line, sizeof(line), out));
+    assert_string_equal(line, "mapfail 22\n");
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    fclose(in);
+    fclose(out);
+
+    pid = stub_spawn(h, 32 * MiB, true, &control, &in, &out);
+    assert_err(mv_vmm_accept(h, control, &c, 300, &id), -ETIMEDOUT);
+    fclose(in);
+    fclose(out);
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+
+    assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    assert_int_equal(write(sv[1], "hello, memvisor", 15), 15);
+    assert_err(mv_vmm_accept(h, sv[0], &c, 1000, &id), -EPROTO);
+    close(sv[1]);
+
+    /* An unsupported mode for RAM in a VMM is refused before anything. */
+    c.logdirty_mode = MV_LOGDIRTY_MPROTECT;
+    pid = stub_spawn(h, 32 * MiB, false, &control, &in, &out);
+    assert_err(mv_vmm_accept(h, control, &c, 10000, &id), -EOPNOTSUPP);
+    assert_non_null(fgets(line, sizeof(line), out));
+    assert_string_equal(line, "mapfail 95\n");
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    fclose(in);
+    fclose(out);
+    assert_int_equal(mv_domain_list(h, NULL, 0), 0);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+static const struct CMUnitTest cases[] = {
+    cmocka_unit_test(vmm_pod_populates_on_touch),
+    cmocka_unit_test(vmm_crash_policy_stops_the_vmm),
+    cmocka_unit_test(vmm_sweep_reclaims_zero_pages),
+    cmocka_unit_test(vmm_discard_returns_frames),
+    cmocka_unit_test(vmm_dirty_log_wp_async),
+    cmocka_unit_test(vmm_dirty_log_wp_sync),
+    cmocka_unit_test(vmm_sharing_across_vmms),
+    cmocka_unit_test(vmm_exit_crashes_domain_and_frees_frames),
+    cmocka_unit_test(vmm_destroy_kills_the_vmm),
+    cmocka_unit_test(vmm_stops_when_memvisor_dies),
+    cmocka_unit_test(vmm_bad_handovers_are_refused),
+};
+
+TU_MAIN(cases)
