@@ -160,6 +160,7 @@ enum value_kind {
     VALUE_SIZE,       /* mv_proto_parse_size */
     VALUE_NUMBER,     /* mv_proto_parse_u64 */
     VALUE_ENUM,       /* one of the schema argument's words */
+    VALUE_STRING,     /* any text */
 };
 
 /*
@@ -216,6 +217,12 @@ static const struct cli_option
     opt_reclaim_max_pages = WIRE_OPTION("reclaim", "max_pages"),
     opt_logdirty = WIRE_OPTION("create", "logdirty"),
     opt_cow_mode = WIRE_OPTION("create", "cow_mode"),
+    opt_vmm = WIRE_OPTION("create", "vmm"),
+    opt_kernel = WIRE_OPTION("create", "kernel"),
+    opt_initrd = WIRE_OPTION("create", "initrd"),
+    opt_append = WIRE_OPTION("create", "append"),
+    opt_accel = WIRE_OPTION("create", "accel"),
+    opt_console_bytes = WIRE_OPTION("console", "bytes"),
     opt_interval = TOOL_OPTION("interval", VALUE_NUMBER, "interval", "S",
                      "seconds between two fetches (default 1)"),
     opt_count = TOOL_OPTION("count", VALUE_NUMBER, "count", "N",
@@ -254,7 +261,8 @@ static bool resolve_option(const struct cli_option *o, struct resolved_option *o
     }
     out->o.kind = a->type == MV_SCHEMA_SIZE ? VALUE_SIZE
                   : a->type == MV_SCHEMA_ENUM ? VALUE_ENUM
-                  : a->type == MV_SCHEMA_BOOL ? VALUE_FLAG : VALUE_NUMBER;
+                  : a->type == MV_SCHEMA_BOOL ? VALUE_FLAG
+                  : a->type == MV_SCHEMA_STRING ? VALUE_STRING : VALUE_NUMBER;
     if (!o->metavar)
         out->o.metavar = a->metavar ? a->metavar : "VALUE";
     if (!o->help)
@@ -446,6 +454,9 @@ static int store_option(const struct invocation *inv, const struct resolved_opti
         if (!known)
             return usage_error(command, "--%s: '%s' is not %s", o->name, value,
                                mv_schema_words(r->arg, words, sizeof(words)));
+        stored = json_object_new_string(value);
+        break;
+    case VALUE_STRING:
         stored = json_object_new_string(value);
         break;
     }
@@ -848,6 +859,11 @@ static int run_create(const struct invocation *inv)
     copy_option(inv, request, "wait_timeout_ms");
     copy_option(inv, request, "logdirty");
     copy_option(inv, request, "cow_mode");
+    copy_option(inv, request, "vmm");
+    copy_option(inv, request, "kernel");
+    copy_option(inv, request, "initrd");
+    copy_option(inv, request, "append");
+    copy_option(inv, request, "accel");
     if (option_set(inv, "kind")) {
         struct json_object *workload = json_object_new_object();
 
@@ -868,6 +884,38 @@ static int run_create(const struct invocation *inv)
         return status;
     printf("created domain %" PRIu64 " (%s)\n", field_u64(reply, "domid"),
            field_string(reply, "name"));
+    if (field(reply, "pid"))
+        printf("QEMU %" PRIu64 "; console %s, guest control %s, QMP %s\n",
+               field_u64(reply, "pid"), field_string(reply, "console"),
+               field_string(reply, "control"), field_string(reply, "qmp"));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_console(const struct invocation *inv)
+{
+    struct json_object *request = domain_request(inv, "console"), *reply;
+    int status;
+
+    copy_option(inv, request, "bytes");
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    fputs(field_string(reply, "text"), stdout);
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_qmp(const struct invocation *inv)
+{
+    struct json_object *request = domain_request(inv, "qmp"), *reply;
+    int status;
+
+    json_object_object_add(request, "command", json_object_new_string(inv->operands[1]));
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    printf("%s\n", field_string(reply, "reply"));
     json_object_put(reply);
     return STATUS_OK;
 }
@@ -2319,8 +2367,24 @@ static const struct command commands[] = {
                            &opt_wait_timeout, &opt_logdirty, &opt_cow_mode,
                            &opt_start_workload, &opt_create_rate, &opt_create_duration,
                            &opt_create_max_pages, &opt_create_working_set,
-                           &opt_create_seed),
+                           &opt_create_seed, &opt_vmm, &opt_kernel, &opt_initrd,
+                           &opt_append, &opt_accel),
         .run = run_create, .wire = WIRE("create"),
+    },
+    {
+        .name = "console", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
+        .summary = "show a real guest's serial console",
+        .description = "Print the last bytes of the serial console of DOMAIN, a guest "
+                       "created with --vmm qemu.",
+        .options = OPTIONS(&opt_console_bytes),
+        .run = run_console, .wire = WIRE("console"),
+    },
+    {
+        .name = "qmp", .operands = "DOMAIN JSON", .min_operands = 2, .max_operands = 2,
+        .summary = "send a QMP command to a real guest's QEMU",
+        .description = "Send JSON, one QMP command object, to the QEMU of DOMAIN and print "
+                       "its answer, e.g. memvisor qmp vm1 '{\"execute\":\"query-status\"}'.",
+        .run = run_qmp, .wire = WIRE("qmp"),
     },
     {
         .name = "destroy", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,

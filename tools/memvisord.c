@@ -52,6 +52,7 @@
  * are ignored and SIGUSR1 logs the host's counters: by default each would
  * kill the daemon and every guest with it.
  */
+#include "qemu.h"
 #include "memvisor-guest.h"
 #include "protocol.h"
 #include "schema.h"
@@ -175,6 +176,14 @@ struct daemon {
     unsigned hold_generation, holders;
     int done_fd;
     unsigned jobs_in_flight;
+
+    /* Real guests: the QEMU of each domain that has one.  guests_lock
+     * guards the table; a guest's QEMU is stopped only by the destroy of
+     * its domain. */
+    pthread_mutex_t guests_lock;
+    struct mv_qemu *guests;
+    size_t guest_count;
+    char run_dir[PATH_MAX];        /* consoles, QMP and control sockets */
 };
 
 /* One request being answered. */
@@ -893,12 +902,82 @@ static int check_new_name(struct request *r, const char *name)
     return 0;
 }
 
+/* The QEMU of a domain, copied out (false: it has none). */
+static bool guest_of(struct daemon *d, uint32_t domid, struct mv_qemu *out)
+{
+    bool found = false;
+
+    pthread_mutex_lock(&d->guests_lock);
+    for (size_t i = 0; i < d->guest_count && !found; i++)
+        if (d->guests[i].domid == domid) {
+            *out = d->guests[i];
+            found = true;
+        }
+    pthread_mutex_unlock(&d->guests_lock);
+    return found;
+}
+
+/* Forget a domain's QEMU (false: it had none). */
+static bool guest_take(struct daemon *d, uint32_t domid, struct mv_qemu *out)
+{
+    bool found = false;
+
+    pthread_mutex_lock(&d->guests_lock);
+    for (size_t i = 0; i < d->guest_count && !found; i++)
+        if (d->guests[i].domid == domid) {
+            *out = d->guests[i];
+            d->guests[i] = d->guests[--d->guest_count];
+            found = true;
+        }
+    pthread_mutex_unlock(&d->guests_lock);
+    return found;
+}
+
+static int create_real_guest(struct daemon *d, struct request *r,
+                             const struct mv_domain_config *config)
+{
+    struct mv_qemu_options o = { .run_dir = d->run_dir };
+    struct mv_qemu q, *grown;
+    int rc;
+
+    if ((rc = mv_proto_arg_string(r->args, "kernel", false, &o.kernel, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "initrd", false, &o.initrd, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "append", false, &o.append, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "accel", false, &o.accel, r->why)) < 0)
+        return rc;
+    if (!o.kernel)
+        return request_fail(r, -EINVAL, "--vmm qemu needs --kernel (scripts/guest-image.sh "
+                            "builds one)");
+    pthread_mutex_lock(&d->guests_lock);
+    grown = realloc(d->guests, (d->guest_count + 1) * sizeof(*grown));
+    if (grown)
+        d->guests = grown;
+    pthread_mutex_unlock(&d->guests_lock);
+    if (!grown)
+        return request_fail(r, -ENOMEM, "no memory for a guest's record");
+    rc = mv_qemu_launch(d->host, config, &o, &q, r->why, sizeof(r->why));
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&d->guests_lock);
+    d->guests[d->guest_count++] = q;
+    pthread_mutex_unlock(&d->guests_lock);
+    daemon_log(MV_LOG_INFO, "domain %u (%s): QEMU %d started; console %s", q.domid,
+               config->name, (int)q.pid, q.console_path);
+    reply_u64(r, "domid", q.domid);
+    reply_u64(r, "pid", (uint64_t)q.pid);
+    json_object_object_add(r->reply, "name", json_object_new_string(config->name));
+    json_object_object_add(r->reply, "console", json_object_new_string(q.console_path));
+    json_object_object_add(r->reply, "control", json_object_new_string(q.ctl_path));
+    json_object_object_add(r->reply, "qmp", json_object_new_string(q.qmp_path));
+    return 0;
+}
+
 static int run_create(struct daemon *d, struct request *r)
 {
     struct mv_domain_config config;
     struct mv_workload_config workload;
     struct json_object *workload_args = NULL;
-    const char *name, *policy = NULL, *logdirty = NULL, *cow_mode = NULL;
+    const char *name, *policy = NULL, *logdirty = NULL, *cow_mode = NULL, *vmm = NULL;
     uint32_t domid;
     int rc;
 
@@ -913,7 +992,8 @@ static int run_create(struct daemon *d, struct request *r)
         (rc = mv_proto_arg_string(r->args, "policy", false, &policy, r->why)) < 0 ||
         (rc = mv_proto_arg_string(r->args, "logdirty", false, &logdirty, r->why)) < 0 ||
         (rc = mv_proto_arg_string(r->args, "cow_mode", false, &cow_mode, r->why)) < 0 ||
-        (rc = mv_proto_arg_object(r->args, "workload", false, &workload_args, r->why)) < 0)
+        (rc = mv_proto_arg_object(r->args, "workload", false, &workload_args, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "vmm", false, &vmm, r->why)) < 0)
         return rc;
     if (strlen(name) >= sizeof(config.name))
         return request_fail(r, -EINVAL, "domain name is longer than %zu bytes",
@@ -931,6 +1011,15 @@ static int run_create(struct daemon *d, struct request *r)
                             cow_mode);
     if (workload_args && (rc = parse_workload(r, workload_args, &workload)) < 0)
         return rc;
+    if (vmm && workload_args)
+        return request_fail(r, -EINVAL, "a real guest runs its own workloads: --workload "
+                            "is for built-in guests");
+    if (vmm)
+        return create_real_guest(d, r, &config);
+    if (has_arg(r, "kernel") || has_arg(r, "initrd") || has_arg(r, "append") ||
+        has_arg(r, "accel"))
+        return request_fail(r, -EINVAL, "kernel, initrd, append and accel go with "
+                            "--vmm qemu");
 
     rc = library_status(r, mv_domain_create(d->host, &config, &domid));
     if (rc < 0)
@@ -950,10 +1039,94 @@ static int run_create(struct daemon *d, struct request *r)
 
 static int run_destroy(struct daemon *d, struct request *r)
 {
+    struct mv_qemu q;
     uint32_t domid;
     int rc = arg_domain(d->host, r, &domid);
 
-    return rc < 0 ? rc : library_status(r, mv_domain_destroy(d->host, domid));
+    if (rc < 0)
+        return rc;
+    if (guest_take(d, domid, &q)) {
+        /* QEMU quits first, so that it does not die of the destroy. */
+        mv_qemu_stop(&q, 3000);
+        mv_qemu_cleanup(&q);
+    }
+    return library_status(r, mv_domain_destroy(d->host, domid));
+}
+
+/* The domain's QEMU, or a failed request saying it has none. */
+static int arg_real_guest(struct daemon *d, struct request *r, struct mv_qemu *q)
+{
+    uint32_t domid;
+    int rc = arg_domain(d->host, r, &domid);
+
+    if (rc < 0)
+        return rc;
+    if (!guest_of(d, domid, q))
+        return request_fail(r, -EINVAL, "domain %u is not a real guest (created without "
+                            "--vmm)", domid);
+    return 0;
+}
+
+static int run_console(struct daemon *d, struct request *r)
+{
+    uint64_t bytes = 65536;
+    struct mv_qemu q;
+    struct stat st;
+    char *text;
+    ssize_t got;
+    int rc, fd;
+
+    if ((rc = arg_real_guest(d, r, &q)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "bytes", false, &bytes, r->why)) < 0)
+        return rc;
+    fd = open(q.console_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        rc = request_fail(r, -errno, "cannot read the console %s: %s", q.console_path,
+                          strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
+    if (bytes > (uint64_t)st.st_size)
+        bytes = (uint64_t)st.st_size;
+    if (bytes > 1u << 20)
+        bytes = 1u << 20;
+    text = malloc(bytes + 1);
+    if (!text) {
+        close(fd);
+        return request_fail(r, -ENOMEM, "no memory for the console");
+    }
+    got = pread(fd, text, bytes, st.st_size - (off_t)bytes);
+    close(fd);
+    text[got > 0 ? got : 0] = '\0';
+    /* JSON strings are text: anything not printable becomes '?'. */
+    for (ssize_t i = 0; i < got; i++)
+        if ((unsigned char)text[i] < 0x20 && text[i] != '\n' && text[i] != '\t')
+            text[i] = '?';
+        else if ((unsigned char)text[i] >= 0x7f)
+            text[i] = '?';
+    json_object_object_add(r->reply, "text", json_object_new_string(text));
+    free(text);
+    return 0;
+}
+
+static int run_qmp(struct daemon *d, struct request *r)
+{
+    const char *command;
+    char reply[8192];
+    struct mv_qemu q;
+    int rc;
+
+    if ((rc = arg_real_guest(d, r, &q)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "command", true, &command, r->why)) < 0)
+        return rc;
+    if (strchr(command, '\n'))
+        return request_fail(r, -EINVAL, "a QMP command is one line of JSON");
+    rc = mv_qemu_qmp(&q, command, reply, sizeof(reply), 10000, r->why, sizeof(r->why));
+    if (rc < 0)
+        return rc;
+    json_object_object_add(r->reply, "reply", json_object_new_string(reply));
+    return 0;
 }
 
 static int run_list(struct daemon *d, struct request *r)
@@ -972,20 +1145,42 @@ static int run_stats(struct daemon *d, struct request *r)
     return reply_domains(d->host, r, true);
 }
 
+/* A QMP command without arguments for a real guest's QEMU. */
+static int guest_qmp(struct request *r, const struct mv_qemu *q, const char *execute)
+{
+    char command[128], reply[1024];
+
+    snprintf(command, sizeof(command), "{\"execute\":\"%s\"}", execute);
+    return mv_qemu_qmp(q, command, reply, sizeof(reply), 10000, r->why, sizeof(r->why));
+}
+
+/* A real guest's vCPUs are QEMU's: QEMU stops them (QMP stop), then the
+ * library holds whatever fault comes later. */
 static int run_pause(struct daemon *d, struct request *r)
 {
+    struct mv_qemu q;
     uint32_t domid;
     int rc = arg_domain(d->host, r, &domid);
 
-    return rc < 0 ? rc : library_status(r, mv_domain_pause(d->host, domid));
+    if (rc < 0)
+        return rc;
+    if (guest_of(d, domid, &q) && (rc = guest_qmp(r, &q, "stop")) < 0)
+        return rc;
+    return library_status(r, mv_domain_pause(d->host, domid));
 }
 
 static int run_unpause(struct daemon *d, struct request *r)
 {
+    struct mv_qemu q;
     uint32_t domid;
     int rc = arg_domain(d->host, r, &domid);
 
-    return rc < 0 ? rc : library_status(r, mv_domain_unpause(d->host, domid));
+    if (rc < 0)
+        return rc;
+    rc = library_status(r, mv_domain_unpause(d->host, domid));
+    if (rc == 0 && guest_of(d, domid, &q))
+        rc = guest_qmp(r, &q, "cont");
+    return rc;
 }
 
 static int run_set_target(struct daemon *d, struct request *r)
@@ -1007,9 +1202,25 @@ static int run_balloon(struct daemon *d, struct request *r)
     int64_t moved;
     int rc;
 
+    struct mv_qemu q;
+
     if ((rc = arg_domain(d->host, r, &domid)) < 0 ||
         (rc = mv_proto_arg_size(r->args, "size", true, &size, r->why)) < 0)
         return rc;
+    if (guest_of(d, domid, &q)) {
+        /* QEMU's virtio-balloon: the guest inflates to `size`, and what it
+         * gives up comes back to the host as QEMU discards it. */
+        char command[160], reply[1024];
+
+        snprintf(command, sizeof(command),
+                 "{\"execute\":\"balloon\",\"arguments\":{\"value\":%llu}}",
+                 (unsigned long long)size);
+        rc = mv_qemu_qmp(&q, command, reply, sizeof(reply), 10000, r->why, sizeof(r->why));
+        if (rc < 0)
+            return rc;
+        reply_u64(r, "pages_moved", 0);
+        return 0;
+    }
     moved = mv_guest_balloon(d->host, domid, size);
     if (moved < 0)
         return library_status(r, moved);
@@ -1510,6 +1721,8 @@ static const struct command commands[] = {
     { "hello", run_hello, ON_LOOP },
     { "create", run_create, 0 },
     { "destroy", run_destroy, 0 },
+    { "console", run_console, 0 },
+    { "qmp", run_qmp, 0 },
     { "list", run_list, 0 },
     { "stats", run_stats, 0 },
     { "pause", run_pause, 0 },
@@ -2475,6 +2688,13 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
 
     d->socket_path = o->socket_path;
     d->uid = geteuid();
+    pthread_mutex_init(&d->guests_lock, NULL);
+    /* Real guests' consoles and sockets go beside the daemon's socket. */
+    snprintf(d->run_dir, sizeof(d->run_dir), "%s", o->socket_path);
+    if (strrchr(d->run_dir, '/'))
+        *strrchr(d->run_dir, '/') = '\0';
+    else
+        snprintf(d->run_dir, sizeof(d->run_dir), ".");
     if (o->socket_group && (rc = resolve_group(o->socket_group, &d->socket_gid)) < 0)
         return rc;
     d->group_access = o->socket_group != NULL;
@@ -2536,6 +2756,14 @@ static void daemon_stop(struct daemon *d)
     file_remove(&d->socket_file);
     if (d->done_fd >= 0)
         close(d->done_fd);
+    /* Real guests: QEMU quits before the host goes (which would kill it). */
+    for (size_t i = 0; i < d->guest_count; i++) {
+        mv_qemu_stop(&d->guests[i], 2000);
+        mv_qemu_cleanup(&d->guests[i]);
+    }
+    free(d->guests);
+    d->guests = NULL;
+    d->guest_count = 0;
     if (d->host)
         mv_host_destroy(d->host);
     if (d->signal_fd >= 0)

@@ -119,6 +119,36 @@ static const struct mv_schema_arg create_args[] = {
     { .name = "workload", .type = MV_SCHEMA_OBJECT, .members = workload_members,
       .default_text = "none",
       .help = "a workload to start at once: the arguments of workload-start but domain" },
+    { .name = "vmm", .type = MV_SCHEMA_ENUM, .values = WORDS("qemu"), .noun = "VMM",
+      .metavar = "qemu", .default_text = "none: built-in guests",
+      .help = "run a real guest: start this VMM (qemu) with the domain as its RAM" },
+    { .name = "kernel", .type = MV_SCHEMA_STRING, .metavar = "FILE",
+      .help = "--vmm: the guest kernel (required with --vmm)",
+      .examples = EXAMPLES("\"/nonexistent/vmlinuz\"") },
+    { .name = "initrd", .type = MV_SCHEMA_STRING, .metavar = "FILE", .default_text = "none",
+      .help = "--vmm: the guest's initramfs", .examples = EXAMPLES("\"/nonexistent\"") },
+    { .name = "append", .type = MV_SCHEMA_STRING, .metavar = "CMDLINE",
+      .default_text = "console=ttyS0", .help = "--vmm: the guest kernel's command line",
+      .examples = EXAMPLES("\"console=ttyS0\"") },
+    { .name = "accel", .type = MV_SCHEMA_ENUM, .values = WORDS("tcg", "kvm"),
+      .noun = "accelerator", .metavar = "tcg|kvm", .default_text = "tcg",
+      .help = "--vmm: QEMU's accelerator (kvm needs /dev/kvm)" },
+    END,
+};
+
+static const struct mv_schema_arg console_args[] = {
+    DOMAIN_ARG("domain", true, "the domain: a name or an id"),
+    { .name = "bytes", .type = MV_SCHEMA_U64, .metavar = "N", .default_text = "65536",
+      .help = "at most the last N bytes (default 65536)",
+      .examples = EXAMPLES("0", "100", "65536") },
+    END,
+};
+
+static const struct mv_schema_arg qmp_args[] = {
+    DOMAIN_ARG("domain", true, "the domain: a name or an id"),
+    { .name = "command", .type = MV_SCHEMA_STRING, .required = true, .metavar = "JSON",
+      .help = "a QMP command object, e.g. {\"execute\":\"query-status\"}",
+      .examples = EXAMPLES("\"{\\\"execute\\\":\\\"query-status\\\"}\"") },
     END,
 };
 
@@ -266,6 +296,9 @@ const struct mv_schema_command mv_schema_commands[] = {
       NULL, "protocol, library, daemon, commands" },
     { "create", "create a domain, booted ballooned", create_args, 0, NULL, "domid, name" },
     { "destroy", "destroy a domain", domain_args, LONG, NULL, NULL },
+    { "console", "a real guest's serial console (its last bytes)", console_args, 0, NULL,
+      "text" },
+    { "qmp", "send a QMP command to a real guest's QEMU", qmp_args, LONG, NULL, "reply" },
     { "list", "list the domains", optional_domain_args, 0, NULL, "domains" },
     { "stats", "host and domain counters", optional_domain_args, 0, NULL,
       "host, domains (with workload and logdirty)" },
