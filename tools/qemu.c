@@ -334,12 +334,12 @@ int mv_qemu_qmp(const struct mv_qemu *q, const char *command, char *reply,
                     strerror(-rc));
     }
     rc = qmp_read_answer(fd, buf, sizeof(buf), deadline, why, why_len); /* greeting */
-    if (rc == 0 && write(fd, caps, strlen(caps)) != (ssize_t)strlen(caps))
+    if (rc == 0 && send(fd, caps, strlen(caps), MSG_NOSIGNAL) != (ssize_t)strlen(caps))
         rc = fail(why, why_len, -EPIPE, "QMP write failed");
     if (rc == 0)
         rc = qmp_read_answer(fd, buf, sizeof(buf), deadline, why, why_len);
-    if (rc == 0 && (write(fd, command, strlen(command)) != (ssize_t)strlen(command) ||
-                    write(fd, "\n", 1) != 1))
+    if (rc == 0 && (send(fd, command, strlen(command), MSG_NOSIGNAL) != (ssize_t)strlen(command) ||
+                    send(fd, "\n", 1, MSG_NOSIGNAL) != 1))
         rc = fail(why, why_len, -EPIPE, "QMP write failed");
     if (rc == 0)
         rc = qmp_read_answer(fd, buf, sizeof(buf), deadline, why, why_len);
@@ -350,6 +350,83 @@ int mv_qemu_qmp(const struct mv_qemu *q, const char *command, char *reply,
     if (strstr(buf, "\"error\""))
         return fail(why, why_len, -EINVAL, "QEMU refused %s: %s", command, buf);
     return 0;
+}
+
+int mv_qemu_guest_command(const struct mv_qemu *q, const char *line, char *reply,
+                          size_t reply_len, unsigned timeout_ms, char *why, size_t why_len)
+{
+    static unsigned tag;
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    char buf[65536], want[32], *nl, *start;
+    struct timespec ts;
+    uint64_t deadline, now;
+    size_t used = 0;
+    unsigned t;
+    int fd, rc = 0;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    deadline = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + timeout_ms;
+    if (strlen(q->ctl_path) >= sizeof(a.sun_path))
+        return fail(why, why_len, -ENAMETOOLONG, "control socket path too long");
+    memcpy(a.sun_path, q->ctl_path, strlen(q->ctl_path) + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return fail(why, why_len, -errno, "socket: %s", strerror(errno));
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        rc = -errno;
+        close(fd);
+        return fail(why, why_len, rc, "cannot reach the guest's control socket %s: %s",
+                    q->ctl_path, strerror(-rc));
+    }
+    /* A tag tells this command's answer from one left over from another. */
+    t = __atomic_add_fetch(&tag, 1, __ATOMIC_RELAXED);
+    snprintf(want, sizeof(want), "\"id\":\"t%u\"", t);
+    {
+        char out[512];
+        int len = snprintf(out, sizeof(out), "#t%u %s\n", t, line);
+
+        if (len >= (int)sizeof(out) ||
+            send(fd, out, (size_t)len, MSG_NOSIGNAL) != (ssize_t)len) {
+            rc = len >= (int)sizeof(out) ? -E2BIG : -errno;
+            close(fd);
+            return fail(why, why_len, rc, "cannot send '%s' to the guest", line);
+        }
+    }
+    for (;;) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        ssize_t n;
+
+        buf[used] = '\0';
+        for (start = buf; (nl = strchr(start, '\n')); start = nl + 1) {
+            *nl = '\0';
+            if (strstr(start, want)) {
+                snprintf(reply, reply_len, "%s", start);
+                close(fd);
+                return 0;
+            }
+        }
+        used -= (size_t)(start - buf);
+        memmove(buf, start, used);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+        if (now >= deadline) {
+            rc = fail(why, why_len, -ETIMEDOUT, "the guest did not answer '%s' in time",
+                      line);
+            break;
+        }
+        if (poll(&p, 1, (int)(deadline - now)) <= 0)
+            continue;
+        if (used + 1 >= sizeof(buf))
+            used = 0; /* an endless line: drop it */
+        n = read(fd, buf + used, sizeof(buf) - used - 1);
+        if (n <= 0) {
+            rc = fail(why, why_len, -EPIPE, "the guest's control channel closed");
+            break;
+        }
+        used += (size_t)n;
+    }
+    close(fd);
+    return rc;
 }
 
 void mv_qemu_stop(struct mv_qemu *q, unsigned timeout_ms)

@@ -49,6 +49,13 @@ int mv_qemu_launch(mv_host *host, const struct mv_domain_config *config,
 int mv_qemu_qmp(const struct mv_qemu *q, const char *command, char *reply,
                 size_t reply_len, unsigned timeout_ms, char *why, size_t why_len);
 
+/* Send one command line to the guest's agent on its control channel (the
+ * test guest's mvguest, guest/vm) and put its one-line answer in reply.
+ * 0, or a negative errno (-ETIMEDOUT, -ECONNREFUSED while the guest boots)
+ * with why filled. */
+int mv_qemu_guest_command(const struct mv_qemu *q, const char *line, char *reply,
+                          size_t reply_len, unsigned timeout_ms, char *why, size_t why_len);
+
 /* Ask QEMU to quit (QMP "quit"), then SIGKILL if it has not exited within
  * timeout_ms.  Reaps it. */
 void mv_qemu_stop(struct mv_qemu *q, unsigned timeout_ms);
