@@ -497,7 +497,9 @@ static int validate_workload(struct mv_domain *d, const struct mv_workload_confi
 
 /* An entry point's start: the domain, referenced, and its guest.  -ESRCH,
  * or what not_registered() says when the guests never registered. */
-static int guest_begin(mv_host *host, uint32_t domid, struct mv_domain **d,
+/* Look the domain and its guest up.  `vcpus`: the call runs or reads the
+ * built-in vCPUs' work, which a domain whose vCPUs are a VMM's has not. */
+static int guest_begin(mv_host *host, uint32_t domid, bool vcpus, struct mv_domain **d,
                        struct mv__guest **g)
 {
     if (guest_slot < 0)
@@ -506,7 +508,7 @@ static int guest_begin(mv_host *host, uint32_t domid, struct mv_domain **d,
     if (!*d)
         return -ESRCH;
     mv__clear_error();
-    if ((*d)->vmm) {
+    if (vcpus && (*d)->vmm) {
         int pid = (*d)->vmm->pid;
 
         mv__domain_put(*d);
@@ -528,7 +530,7 @@ int mv_workload_start(mv_host *host, uint32_t domid,
     struct mv__guest *g;
     int rc = 0;
 
-    rc = guest_begin(host, domid, &d, &g);
+    rc = guest_begin(host, domid, true, &d, &g);
     if (rc < 0)
         return rc;
     mv__mutex_lock(&g->lock);
@@ -587,7 +589,7 @@ int mv_workload_wait(mv_host *host, uint32_t domid, unsigned timeout_ms,
     uint64_t deadline;
     int rc = 0;
 
-    rc = guest_begin(host, domid, &d, &g);
+    rc = guest_begin(host, domid, false, &d, &g);
     if (rc < 0)
         return rc;
     deadline = mv__now_ns() + timeout_ms * 1000000ull;
@@ -618,7 +620,7 @@ int mv_workload_stop(mv_host *host, uint32_t domid)
 {
     struct mv_domain *d;
     struct mv__guest *g;
-    int rc = guest_begin(host, domid, &d, &g);
+    int rc = guest_begin(host, domid, false, &d, &g);
 
     if (rc < 0)
         return rc;
@@ -637,7 +639,7 @@ int64_t mv_oracle_verify(mv_host *host, uint32_t domid, uint64_t *first_bad_gfn)
     int64_t bad = 0;
     int rc = 0;
 
-    rc = guest_begin(host, domid, &d, &g);
+    rc = guest_begin(host, domid, true, &d, &g);
     if (rc < 0)
         return rc;
     page = malloc(MV_PAGE_SIZE);
@@ -748,7 +750,7 @@ int64_t mv_guest_balloon(mv_host *host, uint32_t domid, uint64_t guest_bytes)
     uint64_t want = guest_bytes >> MV_PAGE_SHIFT, usable;
     int64_t rc = 0;
 
-    rc = guest_begin(host, domid, &d, &g);
+    rc = guest_begin(host, domid, true, &d, &g);
     if (rc < 0)
         return rc;
     if (guest_bytes % MV_PAGE_SIZE || want == 0 || want > d->maxmem_pages) {

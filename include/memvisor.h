@@ -450,7 +450,8 @@ struct mv_vmm_ops {
 
 struct mv_vmm_ram {
     int pid;             /* the VMM's process */
-    uint64_t addr;       /* where gfn 0 is in the VMM: maxmem bytes reserved */
+    uint64_t addr;       /* where gfn 0 is in the VMM (page-aligned): maxmem
+                            bytes of address space it reserved */
     int uffd;            /* two userfaultfds the VMM opened (non-blocking,  */
     int wp_uffd;         /* UFFDIO_API not done yet); the library owns them */
     int pagemap_fd;      /* the VMM's /proc/PID/pagemap; the library owns it */

@@ -510,8 +510,10 @@ static int check_vmm(const struct mv_domain_config *config, const struct mv_vmm_
                         "required");
     if (vmm->pid <= 0)
         return mv__fail(-EINVAL, "VMM pid %d is not a process", vmm->pid);
-    if (!vmm->addr || vmm->addr % ((uint64_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT))
-        return mv__fail(-EINVAL, "the VMM's RAM address %#llx is not 2 MiB-aligned",
+    /* Any page will do; 2 MiB alignment only lets the kernel use huge
+     * pages, which the machine file does not have. */
+    if (!vmm->addr || vmm->addr % MV_PAGE_SIZE)
+        return mv__fail(-EINVAL, "the VMM's RAM address %#llx is not page-aligned",
                         (unsigned long long)vmm->addr);
     if (config->logdirty_mode == MV_LOGDIRTY_MPROTECT)
         return mv__fail(-EOPNOTSUPP, "mprotect dirty logging needs the RAM in "

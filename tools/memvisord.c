@@ -1099,12 +1099,20 @@ static int run_console(struct daemon *d, struct request *r)
     got = pread(fd, text, bytes, st.st_size - (off_t)bytes);
     close(fd);
     text[got > 0 ? got : 0] = '\0';
-    /* JSON strings are text: anything not printable becomes '?'. */
-    for (ssize_t i = 0; i < got; i++)
-        if ((unsigned char)text[i] < 0x20 && text[i] != '\n' && text[i] != '\t')
-            text[i] = '?';
-        else if ((unsigned char)text[i] >= 0x7f)
-            text[i] = '?';
+    /* JSON strings are text: carriage returns go, anything else not
+     * printable becomes '?'. */
+    {
+        ssize_t kept = 0;
+
+        for (ssize_t i = 0; i < got; i++) {
+            unsigned char c = (unsigned char)text[i];
+
+            if (c == '\r')
+                continue;
+            text[kept++] = (c < 0x20 && c != '\n' && c != '\t') || c >= 0x7f ? '?' : (char)c;
+        }
+        text[kept] = '\0';
+    }
     json_object_object_add(r->reply, "text", json_object_new_string(text));
     free(text);
     return 0;
