@@ -139,7 +139,7 @@ static int start_workload(const char *name, const char *arg, char *err, size_t e
             close(ctl_fd);
         signal(SIGCHLD, SIG_DFL);
         signal(SIGPIPE, SIG_DFL);
-        mvg_log("%s: start %s", name, arg ? arg : "");
+        mvg_log("%s: start%s%s", name, arg ? " " : "", arg ? arg : "");
         mvg_workload_main(name, arg, &s->c);
     }
     setpgid(pid, pid);
