@@ -48,6 +48,11 @@ sudo=""
 [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo="sudo"
 
 # ---- kernel -------------------------------------------------------------
+# Modules the guest needs and this kernel does not build in: virtio-pci (the
+# transport of every virtio device QEMU gives the guest) and virtio-balloon
+# (the balloon and free page reporting).  The control channel is the second
+# 16550 serial port, built in (CONFIG_SERIAL_8250=y): no virtio_console.
+want_modules=(virtio_pci virtio_balloon)
 # The real package behind the metapackage; an already cached kernel is used
 # when apt cannot say (no package lists, offline).
 resolve_kpkg() {
@@ -83,12 +88,14 @@ if [ -z "$deb" ]; then
 fi
 
 kroot=$out/kernel
-if [ ! -f "$kroot/.from" ] || [ "$(cat "$kroot/.from")" != "$(basename "$deb")" ] ||
+stamp="$(basename "$deb") ${want_modules[*]}"
+fresh=0
+if [ ! -f "$kroot/.from" ] || [ "$(cat "$kroot/.from")" != "$stamp" ] ||
    [ "$deb" -nt "$kroot/.from" ]; then
     rm -rf "$kroot"
     mkdir -p "$kroot"
     dpkg-deb -x "$deb" "$kroot" || die "dpkg-deb -x $deb failed"
-    basename "$deb" >"$kroot/.from"
+    fresh=1
     did+=("extracted $kpkg")
 fi
 moddir=$(ls -d "$kroot"/lib/modules/* "$kroot"/usr/lib/modules/* 2>/dev/null | head -1 || true)
@@ -101,6 +108,39 @@ if [ ! -f "$moddir/modules.dep" ]; then
     depmod -b "${moddir%/lib/modules/*}" "$kver" >>"$log" 2>&1 ||
         die "depmod failed for $kver (see $log)"
 fi
+# modules, resolved through modules.dep into load order
+declare -A loaded=()
+order=()
+builtin_has() { grep -qE "(^|/)$1\.ko(\.[a-z]+)?\$" "$moddir/modules.builtin"; }
+dep_line() { grep -E "(^|/)$1\.ko(\.[a-z]+)?:" "$moddir/modules.dep" | head -1; }
+add_path() { # a path relative to moddir: its dependencies first
+    local p=$1 line d deps i
+    [ -n "${loaded[$p]:-}" ] && return 0
+    line=$(grep -E "^$(printf '%s' "$p" | sed 's/[.]/\\./g'):" "$moddir/modules.dep" | head -1)
+    deps=(${line#*:})
+    for ((i = ${#deps[@]} - 1; i >= 0; i--)); do
+        add_path "${deps[$i]}"
+    done
+    loaded[$p]=1
+    order+=("$p")
+}
+for m in "${want_modules[@]}"; do
+    if builtin_has "$m"; then
+        continue
+    fi
+    line=$(dep_line "$m")
+    [ -n "$line" ] || die "module $m is neither built into $kver nor in modules.dep"
+    add_path "${line%%:*}"
+done
+if [ $fresh -eq 1 ]; then
+    # keep only what the image takes: the package is ~400 MB unpacked
+    keep=$(printf '%s\n' "${order[@]}")
+    (cd "$moddir" && find kernel -type f | LC_ALL=C sort |
+        grep -vxF -f <(printf '%s\n' "$keep") | xargs -r rm -f)
+    find "$moddir/kernel" -type d -empty -delete
+    rm -rf "$kroot/usr/share" "$kroot"/boot/System.map-*
+    printf '%s\n' "$stamp" >"$kroot/.from"
+fi
 if [ ! -f "$out/vmlinuz" ] || [ "$vmlinuz" -nt "$out/vmlinuz" ] ||
    ! cmp -s "$vmlinuz" "$out/vmlinuz"; then
     cp "$vmlinuz" "$out/vmlinuz.tmp" && mv "$out/vmlinuz.tmp" "$out/vmlinuz"
@@ -108,11 +148,6 @@ if [ ! -f "$out/vmlinuz" ] || [ "$vmlinuz" -nt "$out/vmlinuz" ] ||
 fi
 
 # ---- initramfs ------------------------------------------------------------
-# Modules the guest needs and this kernel does not build in: virtio-pci (the
-# transport of every virtio device QEMU gives the guest) and virtio-balloon
-# (the balloon and free page reporting).  The control channel is the second
-# 16550 serial port, built in (CONFIG_SERIAL_8250=y): no virtio_console.
-want_modules=(virtio_pci virtio_balloon)
 srcdir=$root/guest/vm
 initrd=$out/initramfs.cpio.gz
 inputs=("${BASH_SOURCE[0]}" "$srcdir" "$srcdir"/* "$busybox" "$kroot/.from")
@@ -138,30 +173,6 @@ if [ $stale -eq 1 ]; then
             ln -s /bin/busybox "$stage/$applet"
     done
 
-    # modules, resolved through modules.dep into load order
-    declare -A loaded=()
-    order=()
-    builtin_has() { grep -qE "(^|/)$1\.ko(\.[a-z]+)?\$" "$moddir/modules.builtin"; }
-    dep_line() { grep -E "(^|/)$1\.ko(\.[a-z]+)?:" "$moddir/modules.dep" | head -1; }
-    add_path() { # a path relative to moddir: its dependencies first
-        local p=$1 line d deps i
-        [ -n "${loaded[$p]:-}" ] && return 0
-        line=$(grep -E "^$(printf '%s' "$p" | sed 's/[.]/\\./g'):" "$moddir/modules.dep" | head -1)
-        deps=(${line#*:})
-        for ((i = ${#deps[@]} - 1; i >= 0; i--)); do
-            add_path "${deps[$i]}"
-        done
-        loaded[$p]=1
-        order+=("$p")
-    }
-    for m in "${want_modules[@]}"; do
-        if builtin_has "$m"; then
-            continue
-        fi
-        line=$(dep_line "$m")
-        [ -n "$line" ] || die "module $m is neither built into $kver nor in modules.dep"
-        add_path "${line%%:*}"
-    done
     : >"$stage/etc/mv-modules"
     for p in "${order[@]}"; do
         plain=${p%.xz}; plain=${plain%.zst}; plain=${plain%.gz}
