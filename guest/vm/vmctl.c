@@ -11,6 +11,11 @@
  * (#TAG, echoed by the agent as "id") so that a stale reply -- one a
  * previous, impatient client left in the channel -- is skipped, not taken;
  * the tag is taken out of the reply it prints.
+ *
+ * Before the command, it pings until the agent answers: QEMU accepts the
+ * connection as soon as it starts, but what is sent before the agent has
+ * opened its port is lost (the UART's FIFO is cleared when the port is
+ * opened).  ping is harmless to repeat; the command itself is sent once.
  */
 #include <errno.h>
 #include <poll.h>
@@ -35,12 +40,88 @@ static int usage(void)
     return 2;
 }
 
-/* The reply's tag: ,"id":"TAG" right after "ok". */
-static int has_tag(const char *line, const char *tag)
+/* Reads lines until one carries ,"id":"TAG" (right after "ok"), which it
+ * returns with the tag taken out (malloc'd), or NULL at the deadline or on
+ * an error (*why says which).  Every resend_ms, when resend is not NULL, it
+ * is written again. */
+static char *await_reply(int fd, const char *tag, long long deadline, const char *resend,
+                         long long resend_ms, const char **why)
 {
-    char want[80];
-    snprintf(want, sizeof want, "\"id\":\"%s\"", tag);
-    return strstr(line, want) != NULL;
+    char idm[80];
+    snprintf(idm, sizeof idm, ",\"id\":\"%s\"", tag);
+    size_t lcap = 4096, llen = 0;
+    char *line = malloc(lcap);
+    long long next_send = now_ms(); /* the first send is now */
+    *why = "no reply";
+    if (!line) {
+        *why = "out of memory";
+        return NULL;
+    }
+    for (;;) {
+        long long now = now_ms(), left = deadline - now;
+        if (left <= 0)
+            break;
+        if (resend && now >= next_send) {
+            size_t n = strlen(resend);
+            if (write(fd, resend, n) != (ssize_t)n) {
+                *why = "write failed";
+                break;
+            }
+            next_send = now + resend_ms;
+        }
+        long long wait = resend ? next_send - now : left;
+        if (wait > left)
+            wait = left;
+        if (wait > 1000)
+            wait = 1000;
+        struct pollfd pfd = { fd, POLLIN, 0 };
+        int pr = poll(&pfd, 1, (int)(wait < 1 ? 1 : wait));
+        if (pr < 0 && errno != EINTR) {
+            *why = "poll failed";
+            break;
+        }
+        if (pr <= 0)
+            continue;
+        char buf[4096];
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n == 0) {
+            *why = "connection closed";
+            break;
+        }
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            *why = "read failed";
+            break;
+        }
+        for (ssize_t k = 0; k < n; k++) {
+            if (buf[k] == '\r')
+                continue;
+            if (buf[k] != '\n') {
+                if (llen + 2 > lcap) {
+                    char *nl = realloc(line, lcap * 2);
+                    if (!nl) {
+                        *why = "out of memory";
+                        free(line);
+                        return NULL;
+                    }
+                    line = nl;
+                    lcap *= 2;
+                }
+                line[llen++] = buf[k];
+                continue;
+            }
+            line[llen] = '\0';
+            char *at = line[0] == '{' ? strstr(line, idm) : NULL;
+            if (at) {
+                memmove(at, at + strlen(idm), strlen(at + strlen(idm)) + 1);
+                return line;
+            }
+            llen = 0; /* stale or foreign: skip */
+        }
+    }
+    free(line);
+    return NULL;
 }
 
 int main(int argc, char **argv)
@@ -62,13 +143,15 @@ int main(int argc, char **argv)
 
     char tag[32];
     snprintf(tag, sizeof tag, "v%ld-%lld", (long)getpid(), now_ms() % 1000000);
-    size_t cap = strlen(tag) + 4;
+    char tag_p[40];
+    snprintf(tag_p, sizeof tag_p, "%sp", tag);
+    size_t cap = strlen(tag) + 5;
     for (int k = i; k < argc; k++)
         cap += strlen(argv[k]) + 1;
     char *cmd = malloc(cap);
     if (!cmd)
         return 2;
-    size_t len = (size_t)snprintf(cmd, cap, "#%s", tag);
+    size_t len = (size_t)snprintf(cmd, cap, "\n#%s", tag);
     for (int k = i; k < argc; k++) {
         if (strchr(argv[k], '\n') || strchr(argv[k], '\r')) {
             fprintf(stderr, "memvisor-vmctl: no line breaks in a command\n");
@@ -110,83 +193,36 @@ int main(int argc, char **argv)
         }
         usleep(50000);
     }
-    /* A blank line first ends whatever partial line an earlier client left
-     * in the agent's buffer (the agent ignores blank lines). */
-    if (write(fd, "\n", 1) != 1 || write(fd, cmd, len) != (ssize_t)len) {
+    /* Each line starts with a line break: it ends whatever partial line an
+     * earlier client left in the agent's buffer (blank lines get no
+     * reply). */
+    char ping[64];
+    snprintf(ping, sizeof ping, "\n#%sp ping\n", tag);
+    const char *why;
+    char *reply = await_reply(fd, tag_p, deadline, ping, 500, &why);
+    if (!reply) {
+        fprintf(stderr, "memvisor-vmctl: %s: the agent does not answer within %ld ms (%s)\n",
+                path, timeout_ms, why);
+        free(cmd);
+        close(fd);
+        return 2;
+    }
+    free(reply);
+    if (write(fd, cmd, len) != (ssize_t)len) {
         fprintf(stderr, "memvisor-vmctl: write: %s\n", strerror(errno));
         free(cmd);
         close(fd);
         return 2;
     }
     free(cmd);
-
-    size_t lcap = 4096, llen = 0;
-    char *line = malloc(lcap);
-    if (!line) {
-        close(fd);
+    reply = await_reply(fd, tag, deadline, NULL, 0, &why);
+    close(fd);
+    if (!reply) {
+        fprintf(stderr, "memvisor-vmctl: %s: %s within %ld ms\n", path, why, timeout_ms);
         return 2;
     }
-    for (;;) {
-        long long left = deadline - now_ms();
-        if (left <= 0) {
-            fprintf(stderr, "memvisor-vmctl: no reply within %ld ms\n", timeout_ms);
-            break;
-        }
-        struct pollfd pfd = { fd, POLLIN, 0 };
-        int pr = poll(&pfd, 1, (int)(left > 1000 ? 1000 : left));
-        if (pr < 0 && errno != EINTR) {
-            fprintf(stderr, "memvisor-vmctl: poll: %s\n", strerror(errno));
-            break;
-        }
-        if (pr <= 0)
-            continue;
-        char buf[4096];
-        ssize_t n = read(fd, buf, sizeof buf);
-        if (n == 0) {
-            fprintf(stderr, "memvisor-vmctl: connection closed before the reply\n");
-            break;
-        }
-        if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN)
-                continue;
-            fprintf(stderr, "memvisor-vmctl: read: %s\n", strerror(errno));
-            break;
-        }
-        for (ssize_t k = 0; k < n; k++) {
-            if (buf[k] != '\n') {
-                if (buf[k] == '\r')
-                    continue;
-                if (llen + 2 > lcap) {
-                    char *nl = realloc(line, lcap * 2);
-                    if (!nl) {
-                        free(line);
-                        close(fd);
-                        return 2;
-                    }
-                    line = nl;
-                    lcap *= 2;
-                }
-                line[llen++] = buf[k];
-                continue;
-            }
-            line[llen] = '\0';
-            if (line[0] == '{' && has_tag(line, tag)) {
-                /* print the reply as the agent would without a tag */
-                char idm[80];
-                snprintf(idm, sizeof idm, ",\"id\":\"%s\"", tag);
-                char *at = strstr(line, idm);
-                if (at)
-                    memmove(at, at + strlen(idm), strlen(at + strlen(idm)) + 1);
-                puts(line);
-                int ok = strncmp(line, "{\"ok\":true", 10) == 0;
-                free(line);
-                close(fd);
-                return ok ? 0 : 1;
-            }
-            llen = 0; /* stale or foreign: skip */
-        }
-    }
-    free(line);
-    close(fd);
-    return 2;
+    puts(reply);
+    int ok = strncmp(reply, "{\"ok\":true", 10) == 0;
+    free(reply);
+    return ok ? 0 : 1;
 }
