@@ -114,10 +114,10 @@ order=()
 builtin_has() { grep -qE "(^|/)$1\.ko(\.[a-z]+)?\$" "$moddir/modules.builtin"; }
 dep_line() { grep -E "(^|/)$1\.ko(\.[a-z]+)?:" "$moddir/modules.dep" | head -1; }
 add_path() { # a path relative to moddir: its dependencies first
-    local p=$1 line d deps i
+    local p=$1 line deps i
     [ -n "${loaded[$p]:-}" ] && return 0
     line=$(grep -E "^$(printf '%s' "$p" | sed 's/[.]/\\./g'):" "$moddir/modules.dep" | head -1)
-    deps=(${line#*:})
+    read -ra deps <<<"${line#*:}"
     for ((i = ${#deps[@]} - 1; i >= 0; i--)); do
         add_path "${deps[$i]}"
     done
@@ -138,7 +138,7 @@ if [ $fresh -eq 1 ]; then
     (cd "$moddir" && find kernel -type f | LC_ALL=C sort |
         grep -vxF -f <(printf '%s\n' "$keep") | xargs -r rm -f)
     find "$moddir/kernel" -type d -empty -delete
-    rm -rf "$kroot/usr/share" "$kroot"/boot/System.map-*
+    rm -rf "${kroot:?}/usr/share" "${kroot:?}"/boot/System.map-*
     printf '%s\n' "$stamp" >"$kroot/.from"
 fi
 if [ ! -f "$out/vmlinuz" ] || [ "$vmlinuz" -nt "$out/vmlinuz" ] ||

@@ -47,10 +47,12 @@ echo "boot: agent answers after $((($(date +%s%N) - start) / 1000000)) ms;" \
     "$(grep -a -o 'MV-GUEST boot [0-9.]*' "$dir/con")"
 grep -aq "MV-GUEST modules:.*virtio_balloon" "$dir/con" || fail "virtio_balloon not loaded"
 
+# shellcheck disable=SC2086 # $c and $w are a command and its argument
 for c in "meminfo" "status" "sync" "drop-caches" "touch 16"; do
     ctl $c >/dev/null || fail "$c"
 done
 if ctl no-such-command >/dev/null; then fail "an unknown command was accepted"; fi
+# shellcheck disable=SC2086
 for w in idle "pagecache 8" compile "churn 4"; do
     ctl run $w >/dev/null || fail "run $w"
 done

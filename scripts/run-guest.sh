@@ -56,6 +56,7 @@ cmdline="console=ttyS0 init_on_free=1 quiet"
 [ -n "$run" ] && cmdline="$cmdline mv.run=$run"
 [ -n "$append" ] && cmdline="$cmdline $append"
 
+# shellcheck disable=SC2054 # commas inside QEMU option values
 args=(qemu-system-x86_64 -accel "$accel" -m "$mem" -smp 1 -nographic -no-reboot
       -kernel "$KERNEL" -initrd "$INITRD" -append "$cmdline"
       -nic none -device virtio-balloon-pci,free-page-reporting=on)
