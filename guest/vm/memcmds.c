@@ -21,6 +21,33 @@
 static char *dirty_buf;
 static uint64_t dirty_pages, dirty_gen;
 
+/* MemAvailable in kB, 0 when unknown */
+static uint64_t mem_available_kb(void)
+{
+    FILE *fp = fopen("/proc/meminfo", "r");
+    char line[256];
+    uint64_t kb = 0;
+    while (fp && fgets(line, sizeof line, fp))
+        if (strncmp(line, "MemAvailable:", 13) == 0)
+            kb = strtoull(line + 13, NULL, 10);
+    if (fp)
+        fclose(fp);
+    return kb;
+}
+
+/* Refuses a request the guest cannot hold: the OOM killer would otherwise
+ * answer it, by killing the agent that asked. */
+static int too_big(struct mvg_reply *r, const char *id, uint64_t bytes)
+{
+    uint64_t avail = mem_available_kb() * 1024u, margin = 16u << 20;
+    if (avail && bytes + margin > avail) {
+        mvg_reply_error(r, id, "%" PRIu64 " KiB asked, %" PRIu64 " KiB available", bytes >> 10,
+                        avail >> 10);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -40,6 +67,8 @@ void mvg_cmd_dirty(struct mvg_reply *r, const char *id, const char *arg)
         dirty_buf = NULL;
     }
     if (!dirty_buf) {
+        if (too_big(r, id, n * MVG_PAGE))
+            return;
         void *p = mmap(NULL, n * MVG_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                        -1, 0);
         if (p == MAP_FAILED) {
@@ -112,6 +141,8 @@ void mvg_cmd_touch(struct mvg_reply *r, const char *id, const char *arg)
         return;
     }
     size_t len = (size_t)(mib << 20);
+    if (too_big(r, id, len))
+        return;
     uint64_t t0 = mvg_mono_us();
     char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {

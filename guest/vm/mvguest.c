@@ -139,6 +139,13 @@ static int start_workload(const char *name, const char *arg, char *err, size_t e
             close(ctl_fd);
         signal(SIGCHLD, SIG_DFL);
         signal(SIGPIPE, SIG_DFL);
+        int ofd = open("/proc/self/oom_score_adj", O_WRONLY);
+        if (ofd >= 0) {
+            if (write(ofd, "0\n", 2) != 2) {
+                /* stays at the agent's value */
+            }
+            close(ofd);
+        }
         mvg_log("%s: start%s%s", name, arg ? " " : "", arg ? arg : "");
         mvg_workload_main(name, arg, &s->c);
     }
@@ -384,6 +391,14 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IONBF, 0);
     prctl(PR_SET_CHILD_SUBREAPER, 1);
+    /* under memory pressure the OOM killer takes a workload, not the agent
+     * (not -1000: with nothing else to kill the kernel would panic) */
+    int ofd = open("/proc/self/oom_score_adj", O_WRONLY);
+    if (ofd >= 0) {
+        if (write(ofd, "-900\n", 5) != 5)
+            mvg_log("agent: oom_score_adj: %s", strerror(errno));
+        close(ofd);
+    }
     slots = mmap(NULL, sizeof(struct mvg_slot) * MVG_MAX_WORKLOADS, PROT_READ | PROT_WRITE,
                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (slots == MAP_FAILED) {
