@@ -18,6 +18,12 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cache=$out/cache
 log=$out/guest-image.log
+# guests started in parallel each run this script: one builds, the others
+# wait and then find everything up to date
+if command -v flock >/dev/null; then
+    exec 9>"$out/.lock"
+    flock 9
+fi
 : >"$log"
 
 die() { echo "guest-image: $*" >&2; exit 1; }
