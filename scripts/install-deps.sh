@@ -7,7 +7,11 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config libjson-c-dev libcmocka-dev
           liblz4-dev libzstd-dev libxxhash-dev
           valgrind    # test_protocol.valgrind
-          clang)      # make build-matrix, and the libFuzzer target fuzz_protocol
+          clang       # make build-matrix, and the libFuzzer target fuzz_protocol
+          # real QEMU guests (scripts/guest-image.sh, scripts/run-guest.sh):
+          # the emulator, the guest's userland, the initramfs tools, and
+          # kmod's depmod for the Debian kernel's modules.dep
+          qemu-system-x86 busybox-static cpio kmod libc6-dev)
 
 missing=()
 for p in "${packages[@]}"; do
