@@ -7,12 +7,17 @@ TSAN_BUILD ?= build-tsan
 MATRIX_BUILD ?= build-matrix
 MATRIX_COMPILERS ?= gcc clang
 MATRIX_TYPES ?= Release Debug RelWithDebInfo MinSizeRel
+# The real guests' image (Debian's kernel and a busybox initramfs), built
+# from Debian packages by scripts/guest-image.sh; the real-guest tests and
+# the demo use it.
+GUEST_IMAGE ?= build/vm
+export MV_GUEST_IMAGE := $(abspath $(GUEST_IMAGE))
 CMAKE_FLAGS ?=
 # The developers' and CI's builds treat warnings as errors; a plain cmake
 # build (a user's or an embedder's) does not.
 WERROR := -DMV_WERROR=ON
 
-.PHONY: all deps build build-asan build-tsan build-matrix demo test test-fast bench clean
+.PHONY: all deps build build-asan build-tsan build-matrix guest-image demo test test-fast bench clean
 
 all: build
 
@@ -42,7 +47,13 @@ build-matrix: deps
 		cmake --build $$dir -j $(JOBS); \
 	done; done; echo "build-matrix: all builds succeeded"
 
-demo: build
+# Without it (no QEMU, no Debian mirror) the real-guest tests skip, saying
+# why, and the demo runs built-in guests.
+guest-image: deps
+	@scripts/guest-image.sh $(GUEST_IMAGE) || \
+		echo "memvisor: no guest image: real-guest tests will skip and the demo will use built-in guests"
+
+demo: build guest-image
 	@$(BUILD)/memvisor demo
 
 # The whole suite, in the normal build and again under ASan+UBSan; the
@@ -50,7 +61,7 @@ demo: build
 # TSan.  First every build type with both compilers (build-matrix, under a
 # minute on two cores), so that a warning only an optimisation level or
 # only clang reports fails here rather than in a user's build.
-test: build-matrix build build-asan build-tsan
+test: build-matrix build build-asan build-tsan guest-image
 	@echo "== normal build"
 	@cd $(BUILD) && ctest --output-on-failure -j 1
 	@echo "== ASan+UBSan build"

@@ -1040,17 +1040,21 @@ static int run_create(struct daemon *d, struct request *r)
 static int run_destroy(struct daemon *d, struct request *r)
 {
     struct mv_qemu q;
+    bool has_guest;
     uint32_t domid;
     int rc = arg_domain(d->host, r, &domid);
 
     if (rc < 0)
         return rc;
-    if (guest_take(d, domid, &q)) {
-        /* QEMU quits first, so that it does not die of the destroy. */
+    has_guest = guest_take(d, domid, &q);
+    /* The destroy stops a real guest's QEMU (its vCPUs must not touch the
+     * RAM again); then it is reaped. */
+    rc = library_status(r, mv_domain_destroy(d->host, domid));
+    if (has_guest) {
         mv_qemu_stop(&q, 3000);
         mv_qemu_cleanup(&q);
     }
-    return library_status(r, mv_domain_destroy(d->host, domid));
+    return rc;
 }
 
 /* The domain's QEMU, or a failed request saying it has none. */
@@ -2764,7 +2768,9 @@ static void daemon_stop(struct daemon *d)
     file_remove(&d->socket_file);
     if (d->done_fd >= 0)
         close(d->done_fd);
-    /* Real guests: QEMU quits before the host goes (which would kill it). */
+    /* Destroying the host stops real guests' QEMUs; then they are reaped. */
+    if (d->host)
+        mv_host_destroy(d->host);
     for (size_t i = 0; i < d->guest_count; i++) {
         mv_qemu_stop(&d->guests[i], 2000);
         mv_qemu_cleanup(&d->guests[i]);
@@ -2772,8 +2778,6 @@ static void daemon_stop(struct daemon *d)
     free(d->guests);
     d->guests = NULL;
     d->guest_count = 0;
-    if (d->host)
-        mv_host_destroy(d->host);
     if (d->signal_fd >= 0)
         close(d->signal_fd);
     if (d->spare_fd >= 0)
