@@ -23,6 +23,9 @@
  *              index, CoW breaks, kernel copies, clones, the sharing audit
  *   share/scan.c  the sharing scanner: hints, candidates, volatile pages,
  *              budget
+ *   tmem/      transcendent memory, one idea per file (tmem/tmem.h has the
+ *              map): pools and the guest interface, the compressed page
+ *              store, giving memory back, host paging
  *
  * Lock order (a thread may take a lock only if it holds none of a higher or
  * equal level; checked at run time when MV_DEBUG_LOCKS is defined):
@@ -35,6 +38,9 @@
  *     < MV_LOCK_GUEST   (guest->lock)
  *     < MV_LOCK_DOMAIN  (domain->lock: p2m, counters, state, held faults)
  *     < MV_LOCK_SHARE   (share->lock: shared frames, reverse maps, index)
+ *     < MV_LOCK_TMEM    (tmem->lock: every tmem record; the budget-short
+ *                        hook takes it from charge paths holding a domain
+ *                        or the share lock; it allocates frames under it)
  *     < MV_LOCK_MACHINE (machine->lock: the frame allocator)
  *
  * No thread holds two domain locks: sharing between two domains locks the
@@ -94,7 +100,8 @@ enum mv__lock_level {
     MV_LOCK_GUEST = 3,
     MV_LOCK_DOMAIN = 4,
     MV_LOCK_SHARE = 5,
-    MV_LOCK_MACHINE = 6,
+    MV_LOCK_TMEM = 6,
+    MV_LOCK_MACHINE = 7,
 };
 
 struct mv__mutex {
@@ -542,6 +549,11 @@ struct mv__mechanism {
     /* A write the kernel cannot resolve alone (synchronous write protection
      * on the domain's own userfaultfd) at gfn (lock held, running). */
     void (*write_fault)(struct mv_domain *d, uint64_t gfn);
+    /* The host budget is `pages` short of a charge for `d` (NULL: not for
+     * one domain): give back what can be, return how many pages.  Called
+     * with d's lock or the share lock held, or none; must take no domain
+     * lock. */
+    uint64_t (*budget_short)(struct mv_host *h, struct mv_domain *d, uint64_t pages);
 };
 
 /* The built-in mechanisms (builtin.c), then the registered ones. */
@@ -579,6 +591,11 @@ void mv__domain_cloned(struct mv_domain *src, struct mv_domain *clone);
 /* Room for `pages` more populated pages within the target, reclaiming when
  * it is full, and, when `machine`, charged to the host budget. */
 bool mv__domain_claim(struct mv_domain *d, uint64_t pages, bool machine);
+/* Charge `pages` to the host budget for `d` (NULL: for no one domain);
+ * when the budget is short, every mechanism's budget_short hook is asked
+ * to give memory back first, then the charge is tried again.  Any lock up
+ * to the share lock may be held. */
+bool mv__host_charge(struct mv_host *h, struct mv_domain *d, uint64_t pages);
 
 /* ------------------------------------------------------------------------ */
 /* the host                                                                  */
@@ -621,6 +638,7 @@ struct mv_host {
 
     struct mv__share *share;      /* share.c */
     struct mv__scanner *scanner;  /* scan.c */
+    struct mv__tmem *tmem;        /* tmem/ */
 };
 
 #endif /* MV_INTERNAL_H */
