@@ -183,12 +183,22 @@ MV_GUEST_ACCESS static void zero_page(uint8_t *page)
         w[i] = 0;
 }
 
+/* Word i of a pattern steps every 2^shift words: 0 for the seeds of
+ * incompressible pages, MV_PATTERN_RUN_SHIFT for MV_SEED_COMPRESSIBLE ones
+ * (runs of equal words, which compress the way guest memory does). */
+#define MV_PATTERN_RUN_SHIFT 5
+static inline unsigned pattern_shift(uint64_t seed)
+{
+    return (seed & MV_SEED_COMPRESSIBLE) ? MV_PATTERN_RUN_SHIFT : 0;
+}
+
 MV_GUEST_ACCESS static void write_pattern(uint8_t *page, uint64_t seed, uint64_t gfn, uint32_t version)
 {
     uint64_t *w = (uint64_t *)page, x = pattern_base(seed, gfn, version);
+    unsigned shift = pattern_shift(seed);
 
     for (unsigned i = 0; i < MV_PAGE_SIZE / 8; i++)
-        w[i] = x + i * MV_PATTERN_STEP;
+        w[i] = x + (i >> shift) * MV_PATTERN_STEP;
 }
 
 MV_GUEST_ACCESS static bool page_matches(const uint8_t *page, uint64_t seed, uint64_t gfn,
@@ -197,9 +207,10 @@ MV_GUEST_ACCESS static bool page_matches(const uint8_t *page, uint64_t seed, uin
     const uint64_t *w = (const uint64_t *)page;
     uint64_t x = version ? pattern_base(seed, gfn, version) : 0;
     uint64_t step = version ? MV_PATTERN_STEP : 0;
+    unsigned shift = pattern_shift(seed);
 
     for (unsigned i = 0; i < MV_PAGE_SIZE / 8; i++)
-        if (w[i] != x + i * step)
+        if (w[i] != x + (i >> shift) * step)
             return false;
     return true;
 }

@@ -453,7 +453,8 @@ struct mv_domain_info {
      * built-in guest), not with the memory the guest uses. */
     uint64_t metadata_bytes;
     char crash_reason[128];     /* why, when state == MV_DOMAIN_CRASHED */
-    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
+    uint64_t paged_pages;       /* paged out by the host into tmem */
+    uint64_t reserved[7];     /* zero; room to grow without breaking the ABI */
 };
 
 /* Snapshot of a domain's state and counters.  -ESRCH for unknown domains. */
@@ -508,6 +509,8 @@ enum mv_page_type {
     MV_PAGE_POD = 1,        /* not populated; reads as zero; PoD on touch */
     MV_PAGE_BALLOONED = 2,  /* returned by decrease_reservation */
     MV_PAGE_SHARED = 3,     /* maps a shared frame read-only (copy on write) */
+    MV_PAGE_PAGED = 4,      /* paged out by the host into tmem; paged back
+                               in transparently on touch */
 };
 
 /* The p2m type of one gfn.  -EINVAL past maxmem. */
@@ -997,11 +1000,32 @@ struct mv_tmem_stats {
     uint64_t budget_short_freed; /* frames tmem gave back then */
     uint64_t repaid;            /* frames repaid from collateral */
     uint64_t paged_out;         /* guest pages held by host paging now */
+    uint64_t page_outs;         /* pages paged out, in all */
     uint64_t page_ins;          /* paged pages faulted back in */
+    uint64_t page_in_ns;        /* time page-ins took (claim, decompress, map) */
+    uint64_t auto_paged;        /* pages the automatic mode paged out */
     uint64_t metadata_bytes;
     struct mv_tmem_counts counts;
     uint64_t reserved[8];
 };
+
+/*
+ * Host paging: overcommit with no guest cooperation.  Page out up to
+ * `pages` of the domain's populated pages, cold ones first (not touched
+ * since the last paging pass, judged from the page tables), into a
+ * compressed persistent pool the host owns: their frames go back to the
+ * budget and their gfns read MV_PAGE_PAGED until touched, when they are
+ * paged back in transparently.  Returns the pages paged out.
+ */
+MV_API int64_t mv_tmem_page_out(mv_host *host, uint32_t domid, uint64_t pages);
+
+/*
+ * The automatic mode: a host thread pages cold pages out of every domain
+ * whenever populated pages exceed `high_pct` percent of the host budget,
+ * down to `low_pct`, and at once when a charge finds the budget exhausted.
+ * high_pct 0 stops it.
+ */
+MV_API int mv_tmem_auto_paging(mv_host *host, unsigned high_pct, unsigned low_pct);
 
 /* Host-wide figures.  Thread-safe. */
 MV_API int mv_tmem_stats(mv_host *host, struct mv_tmem_stats *out);

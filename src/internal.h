@@ -309,6 +309,7 @@ enum mv__p2m_type {
     MV_P2M_POD = MV_PAGE_POD,
     MV_P2M_BALLOONED = MV_PAGE_BALLOONED,
     MV_P2M_SHARED = MV_PAGE_SHARED,
+    MV_P2M_PAGED = MV_PAGE_PAGED,
 };
 
 /* A fault that could not be served yet: the domain is paused, or it waits
@@ -345,11 +346,12 @@ struct mv_domain {
     uint16_t *block_pod;       /* PoD entries in each 2 MiB block */
 
     /* 0 <= populated <= target <= maxmem;
-     * populated + pod + ballooned + shared == maxmem */
+     * populated + pod + ballooned + shared + paged == maxmem */
     uint64_t populated;
     uint64_t pod;
     uint64_t ballooned;
     uint64_t shared;
+    uint64_t paged;
 
     uint8_t *ram;              /* guest RAM: gfn 0 at ram */
     int uffd;
@@ -490,9 +492,13 @@ struct mv__p2m_ops {
      * or -EFAULT (crashed).  May change the gfn's type (a remapped gfn
      * written meanwhile becomes the domain's own). */
     int (*frame)(struct mv_domain *d, uint64_t gfn, uint64_t *mfn);
+    /* Types whose bytes are in no frame (paged out to tmem): copy gfn's
+     * bytes into `buf` (lock held), changing nothing; their frame answers
+     * -ENODATA.  NULL for the others. */
+    int (*read)(struct mv_domain *d, uint64_t gfn, void *buf);
 };
 #define MV_NO_FRAME UINT64_MAX
-#define MV_P2M_TYPES 4
+#define MV_P2M_TYPES 5
 
 struct mv__mechanism {
     const char *name;

@@ -666,6 +666,216 @@ static void injected_failures_lose_and_leak_nothing(void **state)
     mv_host_destroy(h);
 }
 
+static void page_out_and_fault_back_in(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 32 * MiB, 32 * MiB);
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    struct mv_host_stats before, after;
+    struct mv_tmem_stats s;
+    enum mv_page_type type;
+    uint64_t populated, paged = 0;
+    int64_t n;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed |= MV_SEED_COMPRESSIBLE;
+    w.max_pages = 6000;
+    w.working_set_pages = 4096;
+    st = tu_run(h, d, &w);
+    assert_false(st.crashed);
+    populated = tu_info(h, d).populated_pages;
+    assert_ok(mv_host_stats(h, &before));
+    n = mv_tmem_page_out(h, d, 2000);
+    assert_int_equal(n, 2000);
+    assert_int_equal(tu_info(h, d).paged_pages, 2000);
+    assert_int_equal(tu_info(h, d).populated_pages, populated - 2000);
+    assert_ok(mv_host_stats(h, &after));
+    /* Compressible pages: far fewer frames than pages. */
+    assert_true(before.populated_pages - after.populated_pages > 1500);
+    for (uint64_t g = 0; g < 8192 && !paged; g++) {
+        assert_ok(mv_domain_page_type(h, d, g, &type));
+        paged = type == MV_PAGE_PAGED;
+    }
+    assert_true(paged);
+    audit(h);
+    /* The oracle reads paged pages without paging them in... */
+    assert_int_equal(mv_oracle_verify(h, d, NULL), 0);
+    assert_int_equal(tu_info(h, d).paged_pages, 2000);
+    /* ... the guest's own reads page them in, transparently. */
+    mv_workload_config_init(&w, MV_WORKLOAD_VERIFY);
+    w.seed |= MV_SEED_COMPRESSIBLE;
+    st = tu_run(h, d, &w);
+    assert_int_equal(st.mismatches, 0);
+    assert_int_equal(tu_info(h, d).paged_pages, 0);
+    s = stats(h);
+    assert_int_equal(s.page_ins, 2000);
+    assert_int_equal(s.paged_out, 0);
+    tu_verify(h, d);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void paged_pages_balloon_clone_and_destroy(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 16 * MiB, 16 * MiB), c;
+    struct mv_workload_config w;
+    uint64_t gfns[64], n = 0;
+    enum mv_page_type type;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed |= MV_SEED_COMPRESSIBLE;
+    w.max_pages = 3000;
+    tu_run(h, d, &w);
+    assert_true(mv_tmem_page_out(h, d, 1000) > 0);
+    /* Ballooning a paged gfn drops its copy. */
+    for (uint64_t g = 0; g < 4096 && n < 64; g++) {
+        assert_ok(mv_domain_page_type(h, d, g, &type));
+        if (type == MV_PAGE_PAGED)
+            gfns[n++] = g;
+    }
+    assert_int_equal(n, 64);
+    assert_int_equal(mv_domain_decrease_reservation(h, d, gfns, 64), 64);
+    assert_ok(mv_domain_increase_reservation(h, d, gfns, 64));
+    audit(h);
+    /* A clone pages its source back in first. */
+    assert_ok(mv_domain_pause(h, d));
+    assert_ok(mv_domain_clone(h, d, "c", &c));
+    assert_int_equal(tu_info(h, d).paged_pages, 0);
+    audit(h);
+    assert_ok(mv_domain_unpause(h, d));
+    assert_true(mv_tmem_page_out(h, d, 500) >= 0);
+    assert_ok(mv_domain_destroy(h, d));
+    assert_int_equal(stats(h).paged_out, 0);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+struct thrash {
+    mv_host *h;
+    uint32_t d;
+    int eph, per;
+    atomic_bool stop;
+    atomic_int bad;
+    uint64_t gets, hits;
+};
+
+/* A guest using tmem as a page cache (ephemeral) and as swap (persistent):
+ * every page it gets back must be what it put; no persistent page lost. */
+static void *thrasher(void *arg)
+{
+    struct thrash *t = arg;
+    uint8_t p[PAGE];
+    uint64_t oid[3];
+    uint32_t i = 0;
+
+    oid_of(oid, 5);
+    while (!atomic_load(&t->stop)) {
+        int rc;
+
+        i = (i + 1) % 3000;
+        if (put(t->h, t->d, t->eph, 5, i, i, 2) < 0)
+            atomic_fetch_add(&t->bad, 1);
+        rc = mv_tmem_get_page(t->h, t->d, (uint32_t)t->eph, oid, (i * 7) % 3000, p, PAGE);
+        t->gets++;
+        if (rc == 1) {
+            uint8_t want[PAGE];
+
+            t->hits++;
+            fill(want, (i * 7) % 3000, 2);
+            if (memcmp(want, p, PAGE))
+                atomic_fetch_add(&t->bad, 1);
+        } else if (rc < 0) {
+            atomic_fetch_add(&t->bad, 1);
+        }
+        if (i < 500) {
+            rc = mv_tmem_get_page(t->h, t->d, (uint32_t)t->per, oid, i, p, PAGE);
+            if (rc != 1) {
+                atomic_fetch_add(&t->bad, 1);
+            } else {
+                uint8_t want[PAGE];
+
+                fill(want, i + 7, 2);
+                if (memcmp(want, p, PAGE))
+                    atomic_fetch_add(&t->bad, 1);
+            }
+        }
+    }
+    return NULL;
+}
+
+static void pressure_paging_cow_and_tmem_at_once(void **state)
+{
+    /* Demand: three domains of 24 MiB plus a clone and tmem, on a budget of
+     * 24 MiB. */
+    mv_host *h = tu_host_with(24 * MiB, MV_FAULT_SPIN_DEFAULT);
+    uint32_t d[4];
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    struct thrash th = { .h = h };
+    pthread_t thread;
+    struct mv_tmem_stats s;
+    struct mv_share_stats ss;
+
+    (void)state;
+    for (int i = 0; i < 3; i++) {
+        char name[8];
+
+        snprintf(name, sizeof(name), "d%d", i);
+        d[i] = tu_domain_with(h, name, 24 * MiB, 24 * MiB, 2, MV_POD_WAIT, 60000);
+    }
+    assert_ok(mv_tmem_auto_paging(h, 90, 70));
+    th.d = d[0];
+    th.eph = mv_tmem_new_pool(h, d[0], 0, NULL);
+    th.per = mv_tmem_new_pool(h, d[0], MV_TMEM_PERSISTENT, NULL);
+    for (uint32_t i = 0; i < 500; i++)
+        assert_int_equal(put(h, d[0], th.per, 5, i, i + 7, 2), 1);
+    /* d0 fills its RAM and is cloned: the clone shares every page, and
+     * writes to either break copy-on-write. */
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed |= MV_SEED_COMPRESSIBLE;
+    w.max_pages = 6000;
+    st = tu_run(h, d[0], &w);
+    assert_false(st.crashed);
+    assert_ok(mv_domain_pause(h, d[0]));
+    assert_ok(mv_domain_clone(h, d[0], "clone", &d[3]));
+    assert_ok(mv_domain_unpause(h, d[0]));
+    assert_int_equal(pthread_create(&thread, NULL, thrasher, &th), 0);
+    w.max_pages = 12000;
+    for (int i = 0; i < 4; i++)
+        assert_ok(mv_workload_start(h, d[i], &w));
+    for (int i = 0; i < 4; i++) {
+        assert_ok(mv_workload_wait(h, d[i], 120000, &st));
+        assert_false(st.crashed);
+    }
+    atomic_store(&th.stop, true);
+    pthread_join(thread, NULL);
+    assert_int_equal(atomic_load(&th.bad), 0);
+    s = stats(h);
+    print_message("paged out %llu (auto %llu), paged in %llu, evictions %llu, "
+                  "budget short %llu, tmem gets %llu hits %llu\n",
+                  (unsigned long long)s.page_outs, (unsigned long long)s.auto_paged,
+                  (unsigned long long)s.page_ins, (unsigned long long)s.evictions,
+                  (unsigned long long)s.budget_short_calls,
+                  (unsigned long long)th.gets, (unsigned long long)th.hits);
+    assert_true(s.page_outs > 0);
+    assert_ok(mv_share_stats(h, &ss));
+    print_message("copy-on-write breaks %llu\n", (unsigned long long)ss.cow_breaks);
+    assert_true(ss.cow_breaks > 0);
+    assert_ok(mv_tmem_auto_paging(h, 0, 0));
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(mv_oracle_verify(h, d[i], NULL), 0);
+        assert_int_equal(tu_info(h, d[i]).state, MV_DOMAIN_RUNNING);
+    }
+    for (uint32_t i = 0; i < 500; i++)
+        expect_page(h, d[0], th.per, 5, i, i + 7, 2);
+    audit(h);
+    mv_host_destroy(h);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(persistent_pages_round_trip),
     cmocka_unit_test(ephemeral_get_is_exclusive_unless_shared),
@@ -683,6 +893,9 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(destroy_pool_while_gets_are_in_flight),
     cmocka_unit_test(domain_destroyed_with_pages_in_pools),
     cmocka_unit_test(injected_failures_lose_and_leak_nothing),
+    cmocka_unit_test(page_out_and_fault_back_in),
+    cmocka_unit_test(paged_pages_balloon_clone_and_destroy),
+    cmocka_unit_test(pressure_paging_cow_and_tmem_at_once),
 };
 
 TU_MAIN(cases)

@@ -26,8 +26,11 @@ static int tmem_host_init(struct mv_host *h)
     t->spare_max = TM_SPARE_MAX;
     t->obj_buckets = 1024;
     t->objects = calloc(t->obj_buckets, sizeof(*t->objects));
+    t->pagemap_fd = -1;
     rc = t->objects ? tm_store_init(t) : mv__fail(-ENOMEM, "tmem: out of memory");
     h->tmem = t;
+    if (rc == 0)
+        rc = tm_paging_init(t);
     return rc;
 }
 
@@ -37,7 +40,10 @@ static void tmem_host_fini(struct mv_host *h)
 
     if (!t)
         return;
+    tm_paging_fini(t);
     mv__mutex_lock(&t->lock);
+    t->paging_pool = NULL;
+    t->paging_client = NULL;
     for (uint32_t i = 0; i < TM_MAX_POOLS; i++)
         if (t->pools[i])
             tm_pool_free(t, t->pools[i]);
@@ -84,6 +90,12 @@ static uint64_t tmem_host_metadata(struct mv_host *h)
     return bytes;
 }
 
+static void tmem_host_stop(struct mv_host *h)
+{
+    if (h->tmem)
+        tm_paging_stop(h->tmem);
+}
+
 static void tmem_domain_destroy(struct mv_domain *d)
 {
     struct mv__tmem *t = d->host->tmem;
@@ -91,6 +103,7 @@ static void tmem_domain_destroy(struct mv_domain *d)
     if (!t)
         return;
     mv__mutex_lock(&t->lock);
+    tm_paging_domain_gone(t, d->domid);
     tm_client_drop(t, d->domid);
     mv__mutex_unlock(&t->lock);
 }
@@ -102,7 +115,9 @@ static int tmem_host_audit(struct mv_host *h)
 
 const struct mv__mechanism mv__tmem_mechanism = {
     .name = "tmem",
+    .p2m_ops = { [MV_P2M_PAGED] = &mv__tmem_paged_ops },
     .host_init = tmem_host_init,
+    .host_stop = tmem_host_stop,
     .host_fini = tmem_host_fini,
     .host_frames = tmem_host_frames,
     .host_metadata = tmem_host_metadata,
@@ -176,6 +191,11 @@ int mv_tmem_stats(mv_host *h, struct mv_tmem_stats *out)
     out->budget_short_calls = t->short_calls;
     out->budget_short_freed = t->short_freed;
     out->repaid = t->repaid;
+    out->paged_out = t->paged_now;
+    out->page_outs = t->page_outs;
+    out->page_ins = t->page_ins;
+    out->page_in_ns = t->page_in_ns;
+    out->auto_paged = t->auto_paged;
     out->metadata_bytes = metadata(t);
     for (uint32_t i = 0; i < TM_MAX_POOLS; i++) {
         struct mv_tmem_counts c;
@@ -251,6 +271,65 @@ int mv_tmem_client_list(mv_host *h, struct mv_tmem_client_info *out, size_t capa
 
 /* ---- audit ---- */
 
+/* Each domain's paged gfns against the host pool's pages of it (domain
+ * lock, then tmem lock: exact while the domain faults). */
+static int audit_paged(struct mv_host *h)
+{
+    struct mv__tmem *t = tm_of(h);
+    struct mv_domain **all;
+    size_t n = mv__domain_get_all(h, &all);
+    int rc = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        struct mv_domain *d = all[i];
+        uint64_t held = 0;
+
+        mv__mutex_lock(&d->lock);
+        mv__mutex_lock(&t->lock);
+        if (t->paging_pool) {
+            struct tm_pool *pool = t->paging_pool;
+
+            for (struct tm_list *e = pool->objects.next; e != &pool->objects; e = e->next) {
+                struct tm_object *o = tm_container(e, struct tm_object, link);
+
+                if (o->oid[0] == d->domid)
+                    held += o->npages;
+            }
+        }
+        if (rc == 0 && d->state != MV_DOMAIN_CRASHED && held != d->paged)
+            rc = mv__fail(-EUCLEAN, "tmem: domain %u has %llu paged gfns, the host "
+                          "pool holds %llu of its pages", d->domid,
+                          (unsigned long long)d->paged, (unsigned long long)held);
+        for (uint64_t g = 0; rc == 0 && d->paged && g < d->maxmem_pages; g++) {
+            if (d->p2m[g] == MV_P2M_PAGED) {
+                struct tm_object *o = NULL;
+                uint64_t oid[3] = { d->domid, g >> 32, 0 };
+                bool found = false;
+
+                for (struct tm_list *e = t->paging_pool->objects.next;
+                     !o && e != &t->paging_pool->objects; e = e->next) {
+                    struct tm_object *x = tm_container(e, struct tm_object, link);
+
+                    if (!memcmp(x->oid, oid, sizeof(oid)))
+                        o = x;
+                }
+                for (size_t b = 0; o && !found && b < o->nbuckets; b++)
+                    for (struct tm_page *pg = o->pages[b]; pg && !found; pg = pg->hnext)
+                        found = pg->index == (uint32_t)g;
+                if (!found)
+                    rc = mv__fail(-EUCLEAN, "tmem: domain %u gfn %#llx is paged but "
+                                  "the host pool has no copy", d->domid,
+                                  (unsigned long long)g);
+            }
+        }
+        mv__mutex_unlock(&t->lock);
+        mv__mutex_unlock(&d->lock);
+        mv__domain_put(d);
+    }
+    free(all);
+    return rc;
+}
+
 int mv_tmem_audit(mv_host *h)
 {
     struct mv__tmem *t = tm_of(h);
@@ -258,8 +337,13 @@ int mv_tmem_audit(mv_host *h)
     int rc;
 
     mv__clear_error();
+    rc = audit_paged(h);
+    if (rc < 0)
+        return rc;
     mv__mutex_lock(&t->lock);
-    rc = tm_store_audit(t);
+    rc = tm_paging_audit(t);
+    if (rc == 0)
+        rc = tm_store_audit(t);
     if (rc == 0)
         rc = tm_pool_audit(t);
     for (uint32_t i = 0; rc == 0 && i < TM_MAX_POOLS; i++)

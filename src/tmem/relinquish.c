@@ -132,6 +132,9 @@ uint64_t tm_budget_short(struct mv_host *h, struct mv_domain *d, uint64_t pages)
     freed = t->relinquished - before;
     t->short_freed += freed;
     mv__mutex_unlock(&t->lock);
+    /* Host paging frees more, from another thread (it takes domain locks). */
+    if (freed < pages)
+        tm_paging_wake(t);
     return freed;
 }
 

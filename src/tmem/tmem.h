@@ -197,6 +197,19 @@ struct mv__tmem {
     uint64_t short_calls, short_freed;
     uint64_t spare_max;                /* spare frames kept (TM_SPARE_MAX) */
     uint64_t page_count, blob_count, zspage_count, pool_count;
+    /* host paging (paging.c) */
+    struct tm_client *paging_client;   /* TM_HOST_CLIENT */
+    struct tm_pool *paging_pool;       /* made at the first page-out */
+    uint64_t paged_now, page_outs, page_ins, page_in_ns, auto_paged;
+    bool pagemap_scan;                 /* PAGEMAP_SCAN, else pagemap reads */
+    int pagemap_fd;
+    pthread_mutex_t auto_ctl;          /* starting and stopping the thread */
+    pthread_mutex_t auto_lock;         /* the thread's sleep */
+    pthread_cond_t auto_cond;
+    pthread_t auto_thread;
+    bool auto_running, auto_stop;
+    atomic_bool auto_urgent;           /* a charge failed: run now */
+    unsigned auto_high, auto_low, auto_period_ms;
 };
 
 static inline struct mv__tmem *tm_of(struct mv_host *h) { return h->tmem; }
@@ -257,5 +270,17 @@ bool tm_evict_one(struct mv__tmem *t, struct tm_client *prefer);
 bool tm_charge(struct mv__tmem *t, uint64_t frames, bool may_evict);
 /* The core's budget-short hook (takes the lock). */
 uint64_t tm_budget_short(struct mv_host *h, struct mv_domain *d, uint64_t pages);
+
+/* paging.c */
+extern const struct mv__p2m_ops mv__tmem_paged_ops;
+int tm_paging_init(struct mv__tmem *t);
+/* Stop the automatic mode's thread (no lock). */
+void tm_paging_stop(struct mv__tmem *t);
+void tm_paging_fini(struct mv__tmem *t);
+/* A failing charge: let the automatic mode run now (no tmem lock). */
+void tm_paging_wake(struct mv__tmem *t);
+/* The domain is gone: drop its paged pages (tmem lock held). */
+void tm_paging_domain_gone(struct mv__tmem *t, uint32_t domid);
+int tm_paging_audit(struct mv__tmem *t);
 
 #endif /* MV_TMEM_H */
