@@ -37,6 +37,13 @@ enum mv_workload_kind {
     MV_WORKLOAD_SCRUB,   /* zero all of maxmem once, as OSes do at boot */
     MV_WORKLOAD_RANDOM,  /* write random pages at a set rate */
     MV_WORKLOAD_VERIFY,  /* read every page through guest RAM, check oracle */
+    /* tmem clients (working_set_pages: the guest's "RAM" for them; max_pages:
+     * accesses).  Each verifies every page it gets back, counting any that
+     * differs (or, for swap, a persistent page lost) as a mismatch, and ends
+     * with its pages flushed and its RAM zeroed (the oracle still holds). */
+    MV_WORKLOAD_CLEANCACHE, /* page cache: evicted pages into an ephemeral
+                               pool, got back before "reading the disk" */
+    MV_WORKLOAD_FRONTSWAP,  /* swap: evicted pages into a persistent pool */
 };
 
 struct mv_workload_config {

@@ -247,6 +247,30 @@ static void bad_input_is_refused_with_a_reason(void **state)
     assert_err(mv_tmem_new_pool(h, 777, 0, NULL), -ESRCH);
     assert_err(mv_tmem_set_client(h, a, 0, 10), -EINVAL);
     assert_err(mv_tmem_relinquish_pageblock(h, 99), -EINVAL);
+    /* The host's paging pool is nobody's, not even "domain UINT32_MAX"'s. */
+    {
+        struct mv_tmem_pool_info info[8];
+        uint64_t size;
+        void *ram;
+        int n, host_pools = 0;
+
+        assert_ok(mv_domain_ram(h, a, &ram, &size));
+        ((volatile uint8_t *)ram)[0] = 1;
+        assert_int_equal(mv_tmem_page_out(h, a, 1), 1);
+        n = mv_tmem_pool_list(h, info, 8);
+        for (int i = 0; i < n; i++) {
+            uint64_t hk[3] = { a, 0, 0 };
+
+            if (info[i].owner != UINT32_MAX)
+                continue;
+            host_pools++;
+            assert_err(mv_tmem_flush_object(h, UINT32_MAX, info[i].pool, hk), -EPERM);
+            assert_err(mv_tmem_destroy_pool(h, UINT32_MAX, info[i].pool), -EPERM);
+            assert_err(mv_tmem_put_page(h, UINT32_MAX, info[i].pool, hk, 0, page, PAGE),
+                       -EPERM);
+        }
+        assert_int_equal(host_pools, 1);
+    }
     assert_ok(mv_tmem_authorize(h, a, uuid));
     assert_ok(mv_tmem_authorize(h, b, uuid));
     assert_ok(mv_tmem_new_pool(h, a, MV_TMEM_SHARED, uuid));
@@ -876,6 +900,73 @@ static void pressure_paging_cow_and_tmem_at_once(void **state)
     mv_host_destroy(h);
 }
 
+static void guest_page_cache_and_swap_over_tmem(void **state)
+{
+    mv_host *h = tu_host_with(64 * MiB, MV_FAULT_SPIN_DEFAULT);
+    uint32_t d = tu_domain(h, "g", 32 * MiB, 32 * MiB);
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    struct mv_tmem_pool_info pools[4];
+    int n;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_CLEANCACHE);
+    w.working_set_pages = 256;
+    w.max_pages = 20000;
+    st = tu_run(h, d, &w);
+    assert_false(st.crashed);
+    assert_int_equal(st.mismatches, 0);
+    mv_workload_config_init(&w, MV_WORKLOAD_FRONTSWAP);
+    w.working_set_pages = 256;
+    w.max_pages = 20000;
+    st = tu_run(h, d, &w);
+    assert_false(st.crashed);
+    assert_int_equal(st.mismatches, 0);
+    n = mv_tmem_pool_list(h, pools, 4);
+    assert_int_equal(n, 2);
+    for (int i = 0; i < n; i++) {
+        print_message("pool %u (%s): puts %llu gets %llu found %llu\n", pools[i].pool,
+                      pools[i].flags & MV_TMEM_PERSISTENT ? "frontswap" : "cleancache",
+                      (unsigned long long)pools[i].counts.puts,
+                      (unsigned long long)pools[i].counts.gets,
+                      (unsigned long long)pools[i].counts.found_gets);
+        assert_true(pools[i].counts.found_gets > 1000);
+        assert_int_equal(pools[i].counts.pages, 0); /* flushed at the end */
+    }
+    tu_verify(h, d);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void guest_tmem_clients_under_a_tight_budget(void **state)
+{
+    /* The page cache's puts are dropped and its pages evicted; the swap's
+     * puts fail at once when there is no room, and it never loses one. */
+    mv_host *h = tu_host_with(8 * MiB, MV_FAULT_SPIN_DEFAULT);
+    uint32_t a = tu_domain_with(h, "a", 16 * MiB, 16 * MiB, 2, MV_POD_WAIT, 30000);
+    uint32_t b = tu_domain_with(h, "b", 16 * MiB, 16 * MiB, 2, MV_POD_WAIT, 30000);
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_CLEANCACHE);
+    w.working_set_pages = 512;
+    w.max_pages = 20000;
+    assert_ok(mv_workload_start(h, a, &w));
+    w.kind = MV_WORKLOAD_FRONTSWAP;
+    assert_ok(mv_workload_start(h, b, &w));
+    assert_ok(mv_workload_wait(h, a, 60000, &st));
+    assert_false(st.crashed);
+    assert_int_equal(st.mismatches, 0);
+    assert_ok(mv_workload_wait(h, b, 60000, &st));
+    assert_false(st.crashed);
+    assert_int_equal(st.mismatches, 0);
+    tu_verify(h, a);
+    tu_verify(h, b);
+    audit(h);
+    mv_host_destroy(h);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(persistent_pages_round_trip),
     cmocka_unit_test(ephemeral_get_is_exclusive_unless_shared),
@@ -896,6 +987,8 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(page_out_and_fault_back_in),
     cmocka_unit_test(paged_pages_balloon_clone_and_destroy),
     cmocka_unit_test(pressure_paging_cow_and_tmem_at_once),
+    cmocka_unit_test(guest_page_cache_and_swap_over_tmem),
+    cmocka_unit_test(guest_tmem_clients_under_a_tight_budget),
 };
 
 TU_MAIN(cases)

@@ -199,8 +199,9 @@ static const struct cli_option
     opt_policy = WIRE_OPTION("create", "policy"),
     opt_wait_timeout = WIRE_OPTION("create", "wait_timeout_ms"),
     opt_start_workload = { .name = "workload", .wire = "create", .arg = "workload.kind",
-                           .help = "start a workload at once: scrub, random or verify "
-                                   "(options below as for 'memvisor workload')" },
+                           .help = "start a workload at once: scrub, random, verify, "
+                                   "cleancache or frontswap (options below as for "
+                                   "'memvisor workload')" },
     opt_create_rate = WIRE_OPTION("create", "workload.rate"),
     opt_create_duration = WIRE_OPTION("create", "workload.duration_ms"),
     opt_create_max_pages = WIRE_OPTION("create", "workload.max_pages"),
@@ -1130,7 +1131,8 @@ static int run_workload(const struct invocation *inv)
 
     if (mv_proto_workload_parse(kind, &parsed) < 0) {
         json_object_put(request);
-        return usage_error(inv->command->name, "'%s' is not scrub, random or verify", kind);
+        return usage_error(inv->command->name,
+                           "'%s' is not scrub, random, verify, cleancache or frontswap", kind);
     }
     json_object_object_add(request, "kind", json_object_new_string(kind));
     for (const char *const *key = workload_keys + 1; *key; key++)
@@ -2724,13 +2726,15 @@ static const struct command commands[] = {
         .wire = WIRE("reclaim"),
     },
     {
-        .name = "workload", .operands = "DOMAIN scrub|random|verify", .min_operands = 2,
-        .max_operands = 2,
+        .name = "workload", .operands = "DOMAIN scrub|random|verify|cleancache|frontswap",
+        .min_operands = 2, .max_operands = 2,
         .summary = "run a built-in guest workload",
         .description =
             "Run a workload on all of DOMAIN's vCPUs: scrub zeroes all of maxmem once,\n"
             "as operating systems do at boot; random writes random pages; verify reads\n"
-            "every page through guest memory and checks it against the content oracle.\n"
+            "every page through guest memory and checks it against the content oracle;\n"
+            "cleancache and frontswap are tmem clients (a page cache and swap over\n"
+            "transcendent memory) that verify every page they get back.\n"
             "Waits for the workload and reports it (exit 1 when pages differ or the\n"
             "domain crashed), unless --detach or a random workload without a limit.",
         .options = OPTIONS(&opt_rate, &opt_duration, &opt_workload_max_pages,

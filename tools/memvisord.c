@@ -793,8 +793,8 @@ static int parse_workload(struct request *r, struct json_object *args,
     if (rc < 0)
         return rc;
     if (mv_proto_workload_parse(kind, &parsed) < 0)
-        return request_fail(r, -EINVAL, "unknown workload kind '%s' (scrub, random or "
-                            "verify)", kind);
+        return request_fail(r, -EINVAL, "unknown workload kind '%s' (scrub, random, "
+                            "verify, cleancache or frontswap)", kind);
     mv_workload_config_init(config, parsed);
     if ((rc = mv_proto_arg_u64(args, "rate", false, &config->pages_per_second, r->why)) < 0 ||
         (rc = mv_proto_arg_u64(args, "duration_ms", false, &config->duration_ms, r->why)) < 0 ||

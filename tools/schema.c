@@ -40,8 +40,10 @@
 
 #define WORKLOAD_ARGS                                                                  \
     { .name = "kind", .type = MV_SCHEMA_ENUM, .required = true,                         \
-      .values = WORDS("scrub", "random", "verify"), .noun = "workload kind",            \
-      .metavar = "KIND", .help = "the workload: scrub, random or verify" },             \
+      .values = WORDS("scrub", "random", "verify", "cleancache", "frontswap"),          \
+      .noun = "workload kind", .metavar = "KIND",                                       \
+      .help = "the workload: scrub, random, verify, or the tmem clients cleancache "    \
+              "(page cache) and frontswap (swap)" },                                    \
     { .name = "rate", .type = MV_SCHEMA_U64, .metavar = "N",                            \
       .default_text = "as fast as possible",                                            \
       .help = "random: pages written per second, all vCPUs together (default: as fast " \

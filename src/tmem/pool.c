@@ -245,6 +245,10 @@ static int pool_access(struct mv__tmem *t, uint32_t domid, uint32_t id,
 
     if (!pool)
         return mv__fail(-ENOENT, "tmem pool %u does not exist", id);
+    /* The host's own pools (host paging) are no guest's, whatever id a
+     * caller claims to be. */
+    if (pool->owner == TM_HOST_CLIENT)
+        return mv__fail(-EPERM, "tmem pool %u belongs to the host", id);
     if (pool->flags & MV_TMEM_SHARED) {
         for (size_t i = 0; i < pool->member_count; i++)
             if (pool->members[i] == domid) {
