@@ -69,7 +69,7 @@ static uint64_t metadata(const struct mv__tmem *t)
                      t->dedup_buckets * sizeof(void *);
 
     bytes += t->chunk_count * sizeof(struct tm_chunk);
-    bytes += t->zspage_count * (sizeof(struct tm_zspage) + 64 * sizeof(void *));
+    bytes += t->zspage_count * (sizeof(struct tm_zspage) + 32 * sizeof(void *));
     bytes += t->blob_count * sizeof(struct tm_blob);
     bytes += t->page_count * sizeof(struct tm_page);
     bytes += t->obj_count * (sizeof(struct tm_object) + 8 * sizeof(void *));

@@ -131,6 +131,21 @@ static void frame_scrub(struct mv__tmem *t, struct tm_chunk *c, unsigned i)
     atomic_fetch_sub(&t->charged, 1);
 }
 
+/* Scrub the run [i, i + k) of c's frames and give its memory back: one
+ * hole punch for the run. */
+static void run_scrub(struct mv__tmem *t, struct tm_chunk *c, unsigned i, unsigned k)
+{
+    int rc = mv__machine_scrub(&t->host->machine, c->first_mfn + i, k);
+
+    if (rc < 0)
+        mv__log(t->host, MV_LOG_ERROR, "tmem: scrubbing frames %#llx+%u: %s",
+                (unsigned long long)(c->first_mfn + i), k, mv_strerror(rc));
+    for (unsigned j = 0; j < k; j++)
+        c->state[i + j] = TM_FRAME_FREE;
+    mv__machine_uncharge(&t->host->machine, k);
+    atomic_fetch_sub(&t->charged, k);
+}
+
 uint64_t tm_release_spare(struct mv__tmem *t, uint64_t n)
 {
     uint64_t done = 0;
@@ -138,13 +153,21 @@ uint64_t tm_release_spare(struct mv__tmem *t, uint64_t n)
     for (struct tm_list *e = t->chunks.next; e != &t->chunks && done < n; e = e->next) {
         struct tm_chunk *c = tm_container(e, struct tm_chunk, link);
 
-        for (unsigned i = 0; i < TM_CHUNK_FRAMES && c->spare && done < n; i++) {
-            if (c->state[i] != TM_FRAME_SPARE)
+        for (unsigned i = 0; i < TM_CHUNK_FRAMES && c->spare && done < n;) {
+            unsigned k = 0;
+
+            while (i + k < TM_CHUNK_FRAMES && c->state[i + k] == TM_FRAME_SPARE &&
+                   done + k < n)
+                k++;
+            if (k == 0) {
+                i++;
                 continue;
-            frame_scrub(t, c, i);
-            c->spare--;
-            t->spare_frames--;
-            done++;
+            }
+            run_scrub(t, c, i, k);
+            c->spare -= k;
+            t->spare_frames -= k;
+            done += k;
+            i += k;
         }
     }
     tm_release_chunks(t);
@@ -271,15 +294,15 @@ static struct tm_zspage *zspage_with_room(struct mv__tmem *t, unsigned cls)
 {
     struct tm_class *cl = &t->cls[cls];
 
-    /* Fuller zspages are kept first (slot_alloc moves a zspage that filled
-     * to the back, slot_free one that emptied a slot to the front). */
-    for (struct tm_list *e = cl->zspages.next; e != &cl->zspages; e = e->next) {
-        struct tm_zspage *zs = tm_container(e, struct tm_zspage, link);
+    struct tm_zspage *zs;
 
-        if (zs->used < zs->slots)
-            return zs;
-    }
-    return NULL;
+    /* Zspages with a free slot are kept before the full ones (slot_alloc
+     * moves one that filled to the back, slot_free one that freed a slot
+     * to the front, compaction likewise): the first tells. */
+    if (tm_list_empty(&cl->zspages))
+        return NULL;
+    zs = tm_container(cl->zspages.next, struct tm_zspage, link);
+    return zs->used < zs->slots ? zs : NULL;
 }
 
 static int slot_alloc(struct mv__tmem *t, unsigned cls, bool may_evict,
@@ -601,6 +624,10 @@ uint64_t tm_compact(struct mv__tmem *t)
             dst->used++;
             cl->used_slots++;
             t->compact_moves++;
+            if (dst->used == dst->slots) {
+                tm_list_del(&dst->link);
+                tm_list_add(cl->zspages.prev, &dst->link);
+            }
             if (src->used == 1) {
                 freed += src->frames;
                 j--;
@@ -653,9 +680,16 @@ int tm_store_audit(struct mv__tmem *t)
         struct tm_class *cl = &t->cls[c];
         uint64_t n = 0, slots = 0;
 
+        bool seen_full = false;
+
         for (struct tm_list *e = cl->zspages.next; e != &cl->zspages; e = e->next) {
             struct tm_zspage *zs = tm_container(e, struct tm_zspage, link);
             unsigned u = 0;
+
+            if (zs->used < zs->slots && seen_full)
+                return mv__fail(-EUCLEAN, "tmem: a class-%u zspage with room follows a "
+                                "full one", c);
+            seen_full |= zs->used == zs->slots;
 
             for (unsigned s = 0; s < zs->slots; s++) {
                 if (!zs->owner[s])

@@ -39,9 +39,9 @@
 
 #define TM_CHUNK_FRAMES 256u
 #define TM_SPARE_MAX 32u
-#define TM_CLASS_SHIFT 6                      /* 64-byte size classes */
+#define TM_CLASS_SHIFT 5                      /* 32-byte size classes */
 #define TM_CLASS_COUNT (MV_PAGE_SIZE >> TM_CLASS_SHIFT)
-#define TM_ZSPAGE_MAX_FRAMES 4u
+#define TM_ZSPAGE_MAX_FRAMES 8u
 /* A compressed page longer than this is stored raw ("poor compression"). */
 #define TM_RAW_THRESHOLD (MV_PAGE_SIZE - MV_PAGE_SIZE / 8)
 #define TM_MAX_POOLS 1024u
@@ -169,8 +169,7 @@ struct tm_client {
 };
 
 struct tm_class {
-    struct tm_list zspages;            /* partly used first is not kept:
-                                          allocation scans for room */
+    struct tm_list zspages;            /* those with a free slot first */
     unsigned frames;                   /* frames per zspage */
     unsigned slots;
     uint64_t zspage_count, used_slots;
