@@ -10,7 +10,8 @@
 # flushes, a shared pool joined by UUID only once authorised, foreign and
 # unknown pools, wrong sizes, over-quota puts, `tmem list` (text and JSON),
 # relinquishing frames, host paging of a domain whose guest then reads its
-# pages back (content oracle), and destroying domains with pages in pools.
+# pages back (content oracle), destroying domains with pages in pools, and
+# a daemon with --auto-paging running a guest that writes twice its budget.
 # The audit must hold throughout.  The last line is
 # "cli_tmem: N passed, M failed"; skips (exit 0) when the kernel lacks what
 # memvisor needs.
@@ -156,5 +157,20 @@ check "tmem list --json" 0 -- "$cli_bin" tmem list --json
 json_check "no pages; only the host's paging pool is left" \
     'd["tmem"]["counts"]["pages"] == 0 and all(p["owner"] == "host" for p in d["pools"])'
 check "audit at the end" 0 -- "$cli_bin" audit
+
+# The automatic mode: a budget far below what the guest writes; host paging
+# keeps it running, and every page is still what it wrote.
+check "a bad --auto-paging" 2 --err "auto-paging" -- "$daemon_bin" --auto-paging 50:60
+auto_socket=$scratch/auto.sock
+start_daemon "$auto_socket" "$scratch/auto.log" --budget 24M --auto-paging 90:70 || exit 1
+check "auto: create q" 0 -- "$cli_bin" --socket "$auto_socket" create q --maxmem 64M \
+    --target 64M --vcpus 2 --wait-timeout-ms 60000
+check "auto: q writes 48 MiB into a 24 MiB budget" 0 --out "finished" -- \
+    "$cli_bin" --socket "$auto_socket" workload q random --max-pages 30000 \
+    --working-set 48M --seed 9223372036854775809
+check "auto: the oracle holds" 0 -- "$cli_bin" --socket "$auto_socket" verify q
+check "auto: tmem list" 0 -- "$cli_bin" --socket "$auto_socket" tmem list --json
+json_check "auto: pages were paged out" 'd["tmem"]["page_outs"] > 0'
+check "auto: audit" 0 -- "$cli_bin" --socket "$auto_socket" audit
 
 harness_finish

@@ -106,6 +106,8 @@ struct options {
     unsigned request_timeout_ms;
     bool overcommit;               /* a --budget above the machine's memory */
     bool test_commands;            /* test-hold and test-release */
+    unsigned auto_paging_high;     /* --auto-paging HIGH:LOW (percent), 0: off */
+    unsigned auto_paging_low;
 };
 
 struct client {
@@ -273,6 +275,9 @@ static void print_usage(FILE *out)
         "                       client idle this long makes room (default %u)\n"
         "  --test-commands      accept test-hold and test-release, which hold a\n"
         "                       worker until released (for tests only)\n"
+        "  --auto-paging HIGH:LOW  host paging: above HIGH%% of the budget\n"
+        "                       populated, page cold guest pages out into\n"
+        "                       compressed memory down to LOW%% (default: off)\n"
         "  --help               show this help\n"
         "  --version            show the version\n",
         MV_PROTO_SOCKET_ENV, MV_PROTO_SOCKET_DEFAULT, MV_FAULT_PER_CPU_AUTO_MAX,
@@ -300,7 +305,7 @@ static int parse_options(int argc, char **argv, struct options *o)
     enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FAULT_CPUS, OPT_FAULT_MODE,
            OPT_COW_SETTLE_MS, OPT_FOREGROUND,
            OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION, OPT_SOCKET_GROUP, OPT_IDLE_EVICT_MS,
-           OPT_REQUEST_TIMEOUT_MS, OPT_OVERCOMMIT, OPT_TEST_COMMANDS };
+           OPT_REQUEST_TIMEOUT_MS, OPT_OVERCOMMIT, OPT_TEST_COMMANDS, OPT_AUTO_PAGING };
     static const struct option long_options[] = {
         { "socket", required_argument, NULL, OPT_SOCKET },
         { "socket-group", required_argument, NULL, OPT_SOCKET_GROUP },
@@ -308,6 +313,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         { "request-timeout-ms", required_argument, NULL, OPT_REQUEST_TIMEOUT_MS },
         { "overcommit", no_argument, NULL, OPT_OVERCOMMIT },
         { "test-commands", no_argument, NULL, OPT_TEST_COMMANDS },
+        { "auto-paging", required_argument, NULL, OPT_AUTO_PAGING },
         { "budget", required_argument, NULL, OPT_BUDGET },
         { "fault-threads", required_argument, NULL, OPT_FAULT_THREADS },
         { "fault-cpus", required_argument, NULL, OPT_FAULT_CPUS },
@@ -355,6 +361,13 @@ static int parse_options(int argc, char **argv, struct options *o)
             break;
         case OPT_TEST_COMMANDS:
             o->test_commands = true;
+            break;
+        case OPT_AUTO_PAGING:
+            if (sscanf(optarg, "%u:%u", &o->auto_paging_high, &o->auto_paging_low) != 2 ||
+                o->auto_paging_high > 100 || o->auto_paging_high == 0 ||
+                o->auto_paging_low >= o->auto_paging_high)
+                return usage_error("--auto-paging: '%s' is not HIGH:LOW percentages with "
+                                   "0 <= LOW < HIGH <= 100", optarg);
             break;
         case OPT_BUDGET:
             rc = mv_proto_parse_size(optarg, &o->budget_bytes);
@@ -2880,6 +2893,11 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
     if (rc < 0) {
         daemon_log(MV_LOG_ERROR, "cannot create the host: %s: %s (run 'memvisor doctor')",
                    mv_strerror(rc), mv_last_error());
+        return rc;
+    }
+    if (o->auto_paging_high &&
+        (rc = mv_tmem_auto_paging(d->host, o->auto_paging_high, o->auto_paging_low)) < 0) {
+        daemon_log(MV_LOG_ERROR, "cannot start host paging: %s", mv_last_error());
         return rc;
     }
 

@@ -335,13 +335,17 @@ static void auto_pass(struct mv__tmem *t)
         return;
     need = populated > low ? populated - low : 1;
     n = mv__domain_get_all(h, &all);
-    for (size_t i = 0; i < n; i++)
-        total += all[i]->populated; /* a hint only: read without the lock */
+    for (size_t i = 0; i < n; i++) {
+        mv__mutex_lock(&all[i]->lock);
+        total += all[i]->populated;
+        mv__mutex_unlock(&all[i]->lock);
+    }
     for (size_t i = 0; i < n; i++) {
         struct mv_domain *d = all[i];
-        uint64_t share = total ? need * d->populated / total + 1 : need;
+        uint64_t share;
 
         mv__mutex_lock(&d->lock);
+        share = total ? need * d->populated / total + 1 : need;
         if (d->state != MV_DOMAIN_CRASHED && !atomic_load(&d->dying)) {
             int64_t done = page_out(d, share, false);
 
@@ -383,7 +387,7 @@ static void *auto_thread(void *arg)
 
 void tm_paging_wake(struct mv__tmem *t)
 {
-    if (!t->auto_running)
+    if (!atomic_load(&t->auto_running))
         return;
     atomic_store(&t->auto_urgent, true);
     pthread_mutex_lock(&t->auto_lock);

@@ -206,7 +206,8 @@ struct mv__tmem {
     pthread_mutex_t auto_lock;         /* the thread's sleep */
     pthread_cond_t auto_cond;
     pthread_t auto_thread;
-    bool auto_running, auto_stop;
+    atomic_bool auto_running;          /* read by the hook without auto_ctl */
+    bool auto_stop;                    /* under auto_lock */
     atomic_bool auto_urgent;           /* a charge failed: run now */
     unsigned auto_high, auto_low, auto_period_ms;
 };
