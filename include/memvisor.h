@@ -889,7 +889,11 @@ MV_API int mv_tmem_new_pool(mv_host *host, uint32_t domid, unsigned flags,
 MV_API int mv_tmem_destroy_pool(mv_host *host, uint32_t domid, uint32_t pool);
 
 /*
- * Put `size` (must be MV_PAGE_SIZE) bytes at `page` under the key.
+ * Put `size` (must be MV_PAGE_SIZE) bytes at `page` under the key.  `page`
+ * (and a get's buffer) must not be a domain's RAM of this host: copy the
+ * guest page to a buffer first, as a hypercall copies from the guest (tmem
+ * copies under its lock, and a page of guest RAM may need that lock to be
+ * paged back in).
  * Returns 1 when stored, 0 when an ephemeral put was dropped (no room),
  * -EDQUOT when a persistent put is over the domain's quota, -ENOMEM when
  * it finds no memory, -EINVAL for a bad size or NULL page.
@@ -963,6 +967,7 @@ struct mv_tmem_counts {
     uint64_t dedup_hits;
     uint64_t same_filled;       /* zero- or same-filled pages (no bytes kept) */
     uint64_t pages;             /* pages stored now */
+    uint64_t marker_pages;      /* ... of which same-filled, kept as a word */
     uint64_t stored_bytes;      /* bytes of frames they take */
     uint64_t reserved[4];
 };
@@ -1035,8 +1040,9 @@ MV_API int mv_tmem_pool_list(mv_host *host, struct mv_tmem_pool_info *out,
                              size_t capacity);
 MV_API int mv_tmem_client_list(mv_host *host, struct mv_tmem_client_info *out,
                                size_t capacity);
-/* Compression ratio of counts: pages stored per page of frames used
- * (bytes of pages / stored bytes; 0 when nothing is stored). */
+/* Compression ratio of counts: bytes of the pages stored over the bytes
+ * they take (slot bytes, and one 8-byte word for each marker page); 0 when
+ * nothing is stored. */
 MV_API double mv_tmem_ratio(const struct mv_tmem_counts *counts);
 
 /*

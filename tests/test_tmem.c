@@ -863,7 +863,17 @@ static void pressure_paging_cow_and_tmem_at_once(void **state)
     w.seed |= MV_SEED_COMPRESSIBLE;
     w.max_pages = 6000;
     st = tu_run(h, d[0], &w);
-    assert_false(st.crashed);
+    if (st.crashed) {
+        struct mv_host_stats hs;
+
+        mv_host_stats(h, &hs);
+        s = stats(h);
+        fail_msg("domain %u crashed: %s; host populated %llu; tmem frames %llu used %llu "
+                 "spare %llu paged %llu chunks %llu", d[0], tu_info(h, d[0]).crash_reason,
+                 (unsigned long long)hs.populated_pages, (unsigned long long)s.frames,
+                 (unsigned long long)s.used_frames, (unsigned long long)s.spare_frames,
+                 (unsigned long long)s.paged_out, (unsigned long long)s.chunks);
+    }
     assert_ok(mv_domain_pause(h, d[0]));
     assert_ok(mv_domain_clone(h, d[0], "clone", &d[3]));
     assert_ok(mv_domain_unpause(h, d[0]));
@@ -873,7 +883,8 @@ static void pressure_paging_cow_and_tmem_at_once(void **state)
         assert_ok(mv_workload_start(h, d[i], &w));
     for (int i = 0; i < 4; i++) {
         assert_ok(mv_workload_wait(h, d[i], 120000, &st));
-        assert_false(st.crashed);
+        if (st.crashed)
+            fail_msg("domain %u crashed: %s", d[i], tu_info(h, d[i]).crash_reason);
     }
     atomic_store(&th.stop, true);
     pthread_join(thread, NULL);

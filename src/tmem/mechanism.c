@@ -142,6 +142,7 @@ static void counts_out(const struct tm_pool_counts *c, struct mv_tmem_counts *o)
     o->dedup_hits = c->dedup_hits;
     o->same_filled = c->same_filled;
     o->pages = c->pages;
+    o->marker_pages = c->marker_pages;
     o->stored_bytes = c->stored_bytes;
 }
 
@@ -158,6 +159,7 @@ static void counts_add(struct mv_tmem_counts *sum, const struct mv_tmem_counts *
     sum->dedup_hits += c->dedup_hits;
     sum->same_filled += c->same_filled;
     sum->pages += c->pages;
+    sum->marker_pages += c->marker_pages;
     sum->stored_bytes += c->stored_bytes;
 }
 
@@ -165,9 +167,9 @@ double mv_tmem_ratio(const struct mv_tmem_counts *c)
 {
     if (!c || c->pages == 0)
         return 0;
-    /* Pages kept as markers take no bytes: count them against one byte so
-     * that the ratio stays finite. */
-    return (double)c->pages * MV_PAGE_SIZE / (double)(c->stored_bytes ? c->stored_bytes : 1);
+    /* A page kept as a marker takes its one word. */
+    return (double)c->pages * MV_PAGE_SIZE /
+           (double)(c->stored_bytes + 8 * c->marker_pages + 1);
 }
 
 int mv_tmem_stats(mv_host *h, struct mv_tmem_stats *out)

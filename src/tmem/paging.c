@@ -171,50 +171,80 @@ const struct mv__p2m_ops mv__tmem_paged_ops = {
 
 /* ---- page-out ---- */
 
-/* Page gfn (RAM, translation zapped) out (domain lock held): 0, or a
- * negative errno with the page left as it was. */
-static int page_out_one(struct mv_domain *d, uint64_t gfn, uint8_t *buf)
+/* Up to this many pages are paged out together: their frames are released
+ * first, so that a new zspage (at most TM_ZSPAGE_MAX_FRAMES frames) can be
+ * had even when the budget is exhausted. */
+#define TM_PAGE_OUT_BATCH TM_ZSPAGE_MAX_FRAMES
+
+/* Page out the RAM gfns[0..n) (domain lock held): each is zapped, read and
+ * its frame released, then stored in the host pool; a page tmem cannot take
+ * goes back into its frame.  Returns how many were paged out, or a
+ * negative errno when none was. */
+static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
+                          uint8_t (*buf)[MV_PAGE_SIZE])
 {
     struct mv__tmem *t = tm_of(d->host);
     struct mv__machine *m = &d->host->machine;
-    uint64_t off = (d->base_mfn + gfn) << MV_PAGE_SHIFT, oid[3];
+    bool stored[TM_PAGE_OUT_BATCH] = { false };
     struct tm_pool *pool;
-    uint32_t index;
-    int rc;
+    unsigned taken = 0, done = 0;
+    int rc = 0;
 
-    rc = mv__os_zap(mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
-    if (rc == 0)
-        rc = mv__machine_read(m, d->base_mfn + gfn, 1, buf);
-    if (rc < 0)
+    for (; taken < n; taken++) {
+        uint64_t gfn = gfns[taken];
+
+        rc = mv__os_zap(mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+        if (rc == 0)
+            rc = mv__machine_read(m, d->base_mfn + gfn, 1, buf[taken]);
+        /* The guest's frame goes first, so that tmem has its memory for the
+         * compressed copy even when the budget is exhausted.  A page whose
+         * punch fails is still in the page cache: its next touch maps it. */
+        if (rc == 0)
+            rc = mv__os_punch(m->memfd, (d->base_mfn + gfn) << MV_PAGE_SHIFT, MV_PAGE_SIZE);
+        if (rc < 0)
+            break;
+    }
+    if (taken == 0)
         return rc;
-    /* The guest's frame goes first, so that tmem has its memory for the
-     * compressed copy even when the budget is exhausted. */
-    rc = mv__os_punch(m->memfd, off, MV_PAGE_SIZE);
-    if (rc < 0)
-        return rc; /* still mapped in the page cache: the next touch maps it */
-    mv__machine_uncharge(m, 1);
-    key_of(d, gfn, oid, &index);
+    mv__machine_uncharge(m, taken);
     mv__mutex_lock(&t->lock);
     rc = host_pool(t, &pool);
-    if (rc == 0)
-        rc = tm_put(t, t->paging_client, pool, oid, index, buf);
-    if (rc == 1)
-        t->paged_now++, t->page_outs++;
+    for (unsigned i = 0; rc == 0 && i < taken; i++) {
+        uint64_t oid[3];
+        uint32_t index;
+        int r;
+
+        key_of(d, gfns[i], oid, &index);
+        r = tm_put(t, t->paging_client, pool, oid, index, buf[i]);
+        stored[i] = r == 1;
+        if (r == 1) {
+            t->paged_now++;
+            t->page_outs++;
+            done++;
+        } else {
+            rc = r < 0 ? r : -ENOMEM;
+        }
+    }
     mv__mutex_unlock(&t->lock);
-    if (rc == 1) {
-        mv__p2m_set(d, gfn, MV_P2M_PAGED);
-        mv__domain_pages_changed(d, gfn, 1);
-        return 0;
+    for (unsigned i = 0; i < taken; i++) {
+        uint64_t gfn = gfns[i];
+
+        if (stored[i]) {
+            mv__p2m_set(d, gfn, MV_P2M_PAGED);
+            mv__domain_pages_changed(d, gfn, 1);
+            continue;
+        }
+        /* No room in tmem: the page goes back where it was, at once. */
+        mv__machine_charge_anyway(m, 1);
+        if (mv__os_write(m->memfd, buf[i], (d->base_mfn + gfn) << MV_PAGE_SHIFT,
+                         MV_PAGE_SIZE) < 0) {
+            mv__machine_uncharge(m, 1);
+            mv__domain_crash(d, "cannot put gfn %#llx back after a failed page-out",
+                             (unsigned long long)gfn);
+            return -EFAULT;
+        }
     }
-    /* No room in tmem: the page goes back where it was. */
-    mv__machine_charge_anyway(m, 1);
-    if (mv__os_write(m->memfd, buf, off, MV_PAGE_SIZE) < 0) {
-        mv__domain_crash(d, "cannot put gfn %#llx back after a failed page-out",
-                         (unsigned long long)gfn);
-        mv__machine_uncharge(m, 1);
-        return -EFAULT;
-    }
-    return rc < 0 ? rc : -ENOMEM;
+    return done ? (int)done : rc < 0 ? rc : -ENOMEM;
 }
 
 /* present[g] = 1 when gfn g's translation is present (domain lock held). */
@@ -264,21 +294,58 @@ static int scan_present(struct mv__tmem *t, struct mv_domain *d, uint8_t *presen
 static int64_t page_out(struct mv_domain *d, uint64_t want, bool force)
 {
     struct mv__tmem *t = tm_of(d->host);
-    uint8_t *present = malloc(d->maxmem_pages), buf[MV_PAGE_SIZE];
-    uint64_t done = 0, g;
+    uint8_t *present = malloc(d->maxmem_pages);
+    uint8_t (*buf)[MV_PAGE_SIZE] = malloc(TM_PAGE_OUT_BATCH * sizeof(*buf));
+    uint64_t done = 0, g, batch[TM_PAGE_OUT_BATCH];
+    unsigned n = 0;
     int rc;
 
-    if (!present)
+    if (!present || !buf) {
+        free(present);
+        free(buf);
         return mv__fail(-ENOMEM, "tmem: no memory to scan domain %u", d->domid);
-    rc = scan_present(t, d, present);
-    for (g = 0; rc == 0 && g < d->maxmem_pages && done < want; g++) {
-        if (d->p2m[g] != MV_P2M_RAM || present[g])
-            continue;
-        rc = page_out_one(d, g, buf);
-        done += rc == 0;
     }
-    /* Age the pages left: the next pass knows which were touched since. */
-    for (g = 0; rc == 0 && g < d->maxmem_pages;) {
+    rc = scan_present(t, d, present);
+    /* Cold pages first; with `force`, then the others in p2m order (they
+     * are aged below first, so all are unmapped by then). */
+    for (int pass = 0; pass < 2 && rc == 0; pass++) {
+        if (pass == 1) {
+            if (!force)
+                break;
+            /* Age the pages left: the next pass knows which were touched. */
+            for (g = 0; g < d->maxmem_pages;) {
+                uint64_t run = g;
+
+                while (run < d->maxmem_pages && d->p2m[run] == MV_P2M_RAM && present[run])
+                    run++;
+                if (run > g) {
+                    (void)mv__os_zap(mv__gfn_addr(d, g), (run - g) << MV_PAGE_SHIFT);
+                    g = run;
+                } else {
+                    g++;
+                }
+            }
+        }
+        for (g = 0; rc == 0 && g <= d->maxmem_pages && done < want; g++) {
+            bool last = g == d->maxmem_pages;
+
+            if (!last && (d->p2m[g] != MV_P2M_RAM || (pass == 0 && present[g])))
+                continue;
+            if (!last)
+                batch[n++] = g;
+            if (n && (n == TM_PAGE_OUT_BATCH || last || done + n >= want)) {
+                int r = page_out_batch(d, batch, n, buf);
+
+                if (r > 0)
+                    done += (uint64_t)r;
+                else
+                    rc = r;
+                n = 0;
+            }
+        }
+    }
+    /* Without `force`, age the pages left for the next pass. */
+    for (g = 0; !force && g < d->maxmem_pages;) {
         uint64_t run = g;
 
         while (run < d->maxmem_pages && d->p2m[run] == MV_P2M_RAM && present[run])
@@ -290,13 +357,8 @@ static int64_t page_out(struct mv_domain *d, uint64_t want, bool force)
             g++;
         }
     }
-    for (g = 0; rc == 0 && force && g < d->maxmem_pages && done < want; g++) {
-        if (d->p2m[g] != MV_P2M_RAM)
-            continue;
-        rc = page_out_one(d, g, buf);
-        done += rc == 0;
-    }
     free(present);
+    free(buf);
     if (done)
         mv__fault_kick(d->host);
     if (rc < 0 && done == 0)

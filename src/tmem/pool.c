@@ -209,10 +209,15 @@ static void page_unlink(struct tm_object *o, struct tm_page *pg)
 
 /* ---- pages ---- */
 
-static void counts_pages(struct tm_pool *pool, struct tm_client *c, int delta)
+static void counts_pages(struct tm_pool *pool, struct tm_client *c, const struct tm_page *pg,
+                         int delta)
 {
     pool->c.pages += (uint64_t)(int64_t)delta;
     c->c.pages += (uint64_t)(int64_t)delta;
+    if (pg->kind == TM_PAGE_SAME) {
+        pool->c.marker_pages += (uint64_t)(int64_t)delta;
+        c->c.marker_pages += (uint64_t)(int64_t)delta;
+    }
     if (pool->flags & MV_TMEM_PERSISTENT)
         c->persistent += (uint64_t)(int64_t)delta;
     else
@@ -226,9 +231,9 @@ void tm_page_free(struct mv__tmem *t, struct tm_page *pg)
     uint64_t before = pool->c.stored_bytes;
 
     page_unlink(o, pg);
+    counts_pages(pool, pg->client, pg, -1);
     tm_release_page(t, pool, pg);
     pg->client->c.stored_bytes -= before - pool->c.stored_bytes;
-    counts_pages(pool, pg->client, -1);
     if (!(pool->flags & MV_TMEM_PERSISTENT))
         tm_list_del(&pg->lru);
     t->page_count--;
@@ -561,7 +566,7 @@ int tm_put(struct mv__tmem *t, struct tm_client *c, struct tm_pool *pool,
     }
     c->c.stored_bytes += pool->c.stored_bytes - before;
     page_link(o, pg);
-    counts_pages(pool, c, 1);
+    counts_pages(pool, c, pg, 1);
     if (!persistent)
         tm_list_add(&c->lru, &pg->lru);
     t->page_count++;
@@ -792,7 +797,7 @@ int tm_pool_audit(struct mv__tmem *t)
     }
     for (uint32_t i = 0; i < TM_MAX_POOLS; i++) {
         struct tm_pool *pool = t->pools[i];
-        uint64_t n = 0;
+        uint64_t n = 0, markers = 0;
 
         if (!pool)
             continue;
@@ -816,6 +821,7 @@ int tm_pool_audit(struct mv__tmem *t)
                         return mv__fail(-EUCLEAN, "tmem: a page of pool %u names "
                                         "a slot that does not hold its bytes", i);
                     k++;
+                    markers += pg->kind == TM_PAGE_SAME;
                 }
             }
             if (k != o->npages || k == 0)
@@ -824,9 +830,11 @@ int tm_pool_audit(struct mv__tmem *t)
             n += k;
             objects++;
         }
-        if (n != pool->c.pages)
-            return mv__fail(-EUCLEAN, "tmem: pool %u counts %llu pages, holds %llu", i,
-                            (unsigned long long)pool->c.pages, (unsigned long long)n);
+        if (n != pool->c.pages || markers != pool->c.marker_pages)
+            return mv__fail(-EUCLEAN, "tmem: pool %u counts %llu pages (%llu markers), "
+                            "holds %llu (%llu)", i, (unsigned long long)pool->c.pages,
+                            (unsigned long long)pool->c.marker_pages,
+                            (unsigned long long)n, (unsigned long long)markers);
         pages += n;
     }
     if (pages != t->page_count || objects != t->obj_count || pools != t->pool_count)
