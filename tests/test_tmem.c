@@ -978,6 +978,51 @@ static void guest_tmem_clients_under_a_tight_budget(void **state)
     mv_host_destroy(h);
 }
 
+struct pool_maker {
+    mv_host *h;
+    uint32_t d;
+    atomic_int made;
+};
+
+static void *make_pools(void *arg)
+{
+    struct pool_maker *m = arg;
+    uint8_t page[PAGE] = { 3 };
+    uint64_t oid[3] = { 1, 2, 3 };
+
+    for (int i = 0; i < 200; i++) {
+        int pool = mv_tmem_new_pool(m->h, m->d, MV_TMEM_PERSISTENT, NULL);
+
+        if (pool < 0)
+            break;
+        atomic_fetch_add(&m->made, 1);
+        mv_tmem_put_page(m->h, m->d, (uint32_t)pool, oid, (uint32_t)i, page, PAGE);
+    }
+    return NULL;
+}
+
+static void pools_made_while_the_domain_dies_are_not_left_behind(void **state)
+{
+    mv_host *h = tu_host();
+
+    (void)state;
+    for (int round = 0; round < 20; round++) {
+        struct pool_maker m = { .h = h };
+        pthread_t thread;
+
+        m.d = tu_domain(h, "dying", 16 * MiB, 16 * MiB);
+        assert_int_equal(pthread_create(&thread, NULL, make_pools, &m), 0);
+        if (round % 2)
+            usleep(200);
+        assert_ok(mv_domain_destroy(h, m.d));
+        pthread_join(thread, NULL);
+        assert_int_equal(stats(h).pools, 0);
+        assert_int_equal(stats(h).counts.pages, 0);
+    }
+    audit(h);
+    mv_host_destroy(h);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(persistent_pages_round_trip),
     cmocka_unit_test(ephemeral_get_is_exclusive_unless_shared),
@@ -1000,6 +1045,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(pressure_paging_cow_and_tmem_at_once),
     cmocka_unit_test(guest_page_cache_and_swap_over_tmem),
     cmocka_unit_test(guest_tmem_clients_under_a_tight_budget),
+    cmocka_unit_test(pools_made_while_the_domain_dies_are_not_left_behind),
 };
 
 TU_MAIN(cases)

@@ -57,15 +57,19 @@ struct tm_client *tm_client_get(struct mv__tmem *t, uint32_t domid, uint64_t quo
     return c;
 }
 
-/* A live domain's maxmem in pages (its default quota): 0 or -ESRCH. */
-static int domain_quota(struct mv_host *h, uint32_t domid, uint64_t *quota)
+/* A live domain, referenced, and its maxmem in pages (its default quota):
+ * 0 or -ESRCH.  The reference is held across the call's tmem work, so that
+ * a destroy of the domain runs tmem's domain_destroy hook (which drops
+ * what the domain has in tmem) only after that work: a client or pool made
+ * for a domain being destroyed is never left behind.  Undone by
+ * mv__domain_put. */
+static int domain_hold(struct mv_host *h, uint32_t domid, struct mv_domain **d,
+                       uint64_t *quota)
 {
-    struct mv_domain *d = mv__domain_get(h, domid);
-
-    if (!d)
+    *d = mv__domain_get(h, domid);
+    if (!*d)
         return mv__fail(-ESRCH, "domain %u does not exist", domid);
-    *quota = d->maxmem_pages;
-    mv__domain_put(d);
+    *quota = (*d)->maxmem_pages;
     return 0;
 }
 
@@ -377,6 +381,7 @@ static int check_key(const uint64_t *oid)
 int mv_tmem_authorize(mv_host *h, uint32_t domid, const uint8_t uuid[MV_TMEM_UUID_SIZE])
 {
     struct mv__tmem *t = tm_of(h);
+    struct mv_domain *d;
     struct tm_client *c;
     uint64_t quota = 0;
     int rc;
@@ -384,7 +389,7 @@ int mv_tmem_authorize(mv_host *h, uint32_t domid, const uint8_t uuid[MV_TMEM_UUI
     mv__clear_error();
     if (!uuid)
         return mv__fail(-EINVAL, "tmem: no UUID given");
-    if ((rc = domain_quota(h, domid, &quota)) < 0)
+    if ((rc = domain_hold(h, domid, &d, &quota)) < 0)
         return rc;
     mv__mutex_lock(&t->lock);
     c = tm_client_get(t, domid, quota);
@@ -404,6 +409,7 @@ int mv_tmem_authorize(mv_host *h, uint32_t domid, const uint8_t uuid[MV_TMEM_UUI
     }
 out:
     mv__mutex_unlock(&t->lock);
+    mv__domain_put(d);
     return rc;
 }
 
@@ -451,6 +457,7 @@ int mv_tmem_new_pool(mv_host *h, uint32_t domid, unsigned flags, const uint8_t *
 {
     struct mv__tmem *t = tm_of(h);
     struct tm_pool *pool = NULL;
+    struct mv_domain *d;
     struct tm_client *c;
     uint64_t quota = 0;
     int rc;
@@ -460,7 +467,7 @@ int mv_tmem_new_pool(mv_host *h, uint32_t domid, unsigned flags, const uint8_t *
         return mv__fail(-EINVAL, "tmem: unknown pool flags %#x", flags & ~MV_TMEM_FLAGS_ALL);
     if ((flags & MV_TMEM_SHARED) && !uuid)
         return mv__fail(-EINVAL, "tmem: a shared pool needs a UUID");
-    if ((rc = domain_quota(h, domid, &quota)) < 0)
+    if ((rc = domain_hold(h, domid, &d, &quota)) < 0)
         return rc;
     mv__mutex_lock(&t->lock);
     c = tm_client_get(t, domid, quota);
@@ -507,6 +514,7 @@ int mv_tmem_new_pool(mv_host *h, uint32_t domid, unsigned flags, const uint8_t *
         rc = (int)pool->id;
 out:
     mv__mutex_unlock(&t->lock);
+    mv__domain_put(d);
     return rc;
 }
 
@@ -736,6 +744,7 @@ int64_t mv_tmem_flush_object(mv_host *h, uint32_t domid, uint32_t id, const uint
 int mv_tmem_set_client(mv_host *h, uint32_t domid, unsigned weight, uint64_t quota_pages)
 {
     struct mv__tmem *t = tm_of(h);
+    struct mv_domain *d;
     struct tm_client *c;
     uint64_t quota = 0;
     int rc;
@@ -743,7 +752,7 @@ int mv_tmem_set_client(mv_host *h, uint32_t domid, unsigned weight, uint64_t quo
     mv__clear_error();
     if (weight < 1 || weight > 10000)
         return mv__fail(-EINVAL, "tmem: weight %u is outside 1..10000", weight);
-    if ((rc = domain_quota(h, domid, &quota)) < 0)
+    if ((rc = domain_hold(h, domid, &d, &quota)) < 0)
         return rc;
     mv__mutex_lock(&t->lock);
     c = tm_client_get(t, domid, quota);
@@ -752,24 +761,27 @@ int mv_tmem_set_client(mv_host *h, uint32_t domid, unsigned weight, uint64_t quo
         c->quota = quota_pages;
     }
     mv__mutex_unlock(&t->lock);
+    mv__domain_put(d);
     return c ? 0 : -ENOMEM;
 }
 
 int mv_tmem_set_collateral(mv_host *h, uint32_t domid, uint64_t pages)
 {
     struct mv__tmem *t = tm_of(h);
+    struct mv_domain *d;
     struct tm_client *c;
     uint64_t quota = 0;
     int rc;
 
     mv__clear_error();
-    if ((rc = domain_quota(h, domid, &quota)) < 0)
+    if ((rc = domain_hold(h, domid, &d, &quota)) < 0)
         return rc;
     mv__mutex_lock(&t->lock);
     c = tm_client_get(t, domid, quota);
     if (c)
         c->collateral = pages;
     mv__mutex_unlock(&t->lock);
+    mv__domain_put(d);
     return c ? 0 : -ENOMEM;
 }
 
