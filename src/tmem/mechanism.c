@@ -5,7 +5,13 @@
  * audit and the budget-short hook; statistics (like Xen's `xl tmem-list`)
  * and mv_tmem_audit.
  *
- * Locking: everything here takes tmem->lock; host_frames reads an atomic.
+ * Invariants: the host exists => its tmem state exists (host_init made it,
+ * host_fini frees it after every domain is gone); a domain's tmem state
+ * (client, private pools, pages in shared pools, paged pages) is gone once
+ * its domain_destroy hook has run.
+ *
+ * Locking: everything here takes tmem->lock; host_frames reads an atomic;
+ * the audit takes each domain's lock, then tmem's.
  */
 #include "tmem.h"
 

@@ -19,6 +19,11 @@
  * pool, so a page is never matched against another domain's data (no covert
  * channel between domains through dedup timing).
  *
+ * Invariants (tm_store_audit): frames charged == USED + SPARE frames; a
+ * chunk is kept only while one of its frames is USED or SPARE; every used
+ * slot's owner is a blob that names that slot; a class's zspages with a
+ * free slot come before its full ones; no zspage is empty.
+ *
  * Locking: every function here runs with tmem->lock held.
  */
 #include "tmem.h"
