@@ -23,6 +23,8 @@ static const struct bench_suite bench_suites[] = {
                "and the ideal", mv_bench_share },
     { "cow", "cloning a domain and breaking shared pages vs fork and the "
              "kernel's own faults", mv_bench_cow },
+    { "tmem", "transcendent memory: put/get and compression vs zram and a "
+              "plain lz4 loop; paged faults vs first touch and zram swap-in", mv_bench_tmem },
 };
 
 static void print_usage(FILE *out)

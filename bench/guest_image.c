@@ -99,13 +99,109 @@ static uint64_t page_seed(uint64_t seed, enum guest_page_kind kind, uint64_t id,
     return mix64(mix64(mix64(seed ^ ((uint64_t)(kind + 1) << 56)) ^ id) ^ index);
 }
 
-static void fill_page(uint8_t *page, uint64_t seed)
+static void fill_random(uint8_t *page, uint64_t seed)
 {
     uint64_t *w = (uint64_t *)page, s = seed;
 
     for (size_t i = 0; i < GI_PAGE_WORDS; i++)
         w[i] = splitmix64(&s);
     w[0] |= 1;
+}
+
+/* Page-cache text: words of a small vocabulary, as source, logs and
+ * configuration files hold. */
+static void fill_text(uint8_t *page, uint64_t s)
+{
+    static const char *const words[] = {
+        "the ", "of ", "and ", "to ", "in ", "is ", "for ", "that ", "with ", "on ",
+        "static ", "int ", "return ", "if (", "else ", "struct ", "void ", "char *",
+        "unsigned ", "long ", "const ", "#include <", ".h>\n", "{\n", "}\n", ";\n",
+        "    ", "\t", "= ", "== ", "!= ", "0", "1", "NULL", "error", "memory", "page",
+        "file", "size", "buffer", "kernel", "user", "data", "value", "count", "index",
+        "next", "prev", "list", "lock", "init", "free", "alloc", "read", "write", "open",
+        "close", "[INFO] ", "[WARN] ", "2026-12-04 ", "GET /", " HTTP/1.1\n", "=", "\n",
+    };
+    size_t i = 0;
+
+    while (i < MV_PAGE_SIZE) {
+        const char *w = words[splitmix64(&s) % (sizeof(words) / sizeof(words[0]))];
+
+        while (*w && i < MV_PAGE_SIZE)
+            page[i++] = (uint8_t)*w++;
+    }
+    memcpy(page, &s, sizeof(s)); /* distinct pages stay distinct */
+}
+
+/* Machine code: a few common opcodes, ModRM bytes, small displacements and
+ * immediates, the odd 32-bit address. */
+static void fill_code(uint8_t *page, uint64_t s)
+{
+    static const uint8_t ops[] = { 0x48, 0x89, 0x8b, 0xe8, 0x83, 0xc3, 0x0f, 0x85,
+                                   0x74, 0x75, 0x31, 0x41, 0x4c, 0x55, 0x5d, 0xff };
+    size_t i = 0;
+
+    while (i < MV_PAGE_SIZE) {
+        uint64_t r = splitmix64(&s);
+
+        page[i++] = ops[r & 15];
+        if (i < MV_PAGE_SIZE && (r & 0x30))
+            page[i++] = (uint8_t)(0xc0 | ((r >> 8) & 0x3f));
+        if (i < MV_PAGE_SIZE && (r & 0xc0) == 0xc0)
+            page[i++] = (uint8_t)((r >> 16) & 0x7f);
+        if ((r & 0x700) == 0x700)
+            for (int k = 0; k < 4 && i < MV_PAGE_SIZE; k++)
+                page[i++] = (uint8_t)(k < 2 ? r >> (24 + 8 * k) : 0);
+    }
+    memcpy(page, &s, sizeof(s));
+}
+
+/* Heap: zero words, pointers into one arena, small integers, some random
+ * payload. */
+static void fill_heap(uint8_t *page, uint64_t s)
+{
+    uint64_t *w = (uint64_t *)page;
+
+    for (size_t i = 0; i < GI_PAGE_WORDS; i++) {
+        uint64_t r = splitmix64(&s);
+
+        switch (r & 7) {
+        case 0: case 1: case 2:
+            w[i] = 0;
+            break;
+        case 3: case 4:
+            w[i] = 0x00007f3a20000000ull + ((r >> 8) & 0xffff0);
+            break;
+        case 5: case 6:
+            w[i] = (r >> 8) & 0x3ff;
+            break;
+        default:
+            w[i] = r;
+        }
+    }
+    w[0] = s | 1;
+}
+
+/* The bytes of a page of `kind` made from `seed`: random (what the sharing
+ * benchmarks need: no two distinct pages compress alike), or, for the
+ * compression benchmarks, the texture of the kind. */
+static void fill_page(const struct guest_image_params *p, uint8_t *page,
+                      enum guest_page_kind kind, uint64_t seed)
+{
+    if (!p->compressible) {
+        fill_random(page, seed);
+        return;
+    }
+    switch (kind) {
+    case GUEST_PAGE_KERNEL:
+        fill_code(page, seed);
+        break;
+    case GUEST_PAGE_SHARED_CACHE:
+    case GUEST_PAGE_UNIQUE_CACHE:
+        fill_text(page, seed);
+        break;
+    default:
+        fill_heap(page, seed);
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -169,19 +265,20 @@ static void runs_shuffle(struct gi_runs *r, uint64_t *rng)
 }
 
 /* Write the run's pages at gfn `at` of `image`. */
-static void write_run(struct guest_image *image, uint64_t seed, const struct gi_run *run,
-                      uint64_t offset, uint64_t at, uint64_t n)
+static void write_run(struct guest_image *image, const struct guest_image_params *p,
+                      const struct gi_run *run, uint64_t offset, uint64_t at, uint64_t n)
 {
     image->kind_pages[run->kind] += n;
     if (run->kind == GUEST_PAGE_ZERO)
         return; /* fresh anonymous memory reads as zero */
     for (uint64_t i = 0; i < n; i++)
-        fill_page((uint8_t *)image->map + (at + i) * MV_PAGE_SIZE,
-                  page_seed(seed, run->kind, run->id, run->first + offset + i));
+        fill_page(p, (uint8_t *)image->map + (at + i) * MV_PAGE_SIZE, run->kind,
+                  page_seed(p->seed, run->kind, run->id, run->first + offset + i));
 }
 
 /* Lay the shuffled runs out from gfn 0 up, around the kernel image. */
-static void lay_out(struct guest_image *image, uint64_t seed, const struct gi_runs *r)
+static void lay_out(struct guest_image *image, const struct guest_image_params *p,
+                    const struct gi_runs *r)
 {
     uint64_t pos = 0, kend = image->kernel_gfn + image->kernel_pages;
 
@@ -195,7 +292,7 @@ static void lay_out(struct guest_image *image, uint64_t seed, const struct gi_ru
                 pos = kend;
             if (pos < image->kernel_gfn)
                 n = MV_BENCH_MIN(n, image->kernel_gfn - pos);
-            write_run(image, seed, &r->v[i], done, pos, n);
+            write_run(image, p, &r->v[i], done, pos, n);
             pos += n;
             done += n;
         }
@@ -379,10 +476,10 @@ int guest_image_generate(const struct guest_image_params *p, struct guest_image_
         image->kernel_gfn = p->kernel_offset_mib * (MV_BENCH_MIB / MV_PAGE_SIZE);
         image->kernel_pages = kernel;
         for (uint64_t i = 0; i < kernel; i++)
-            fill_page((uint8_t *)image->map + (image->kernel_gfn + i) * MV_PAGE_SIZE,
-                      page_seed(p->seed, GUEST_PAGE_KERNEL, 0, i));
+            fill_page(p, (uint8_t *)image->map + (image->kernel_gfn + i) * MV_PAGE_SIZE,
+                      GUEST_PAGE_KERNEL, page_seed(p->seed, GUEST_PAGE_KERNEL, 0, i));
         image->kind_pages[GUEST_PAGE_KERNEL] = kernel;
-        lay_out(image, p->seed, &runs[g]);
+        lay_out(image, p, &runs[g]);
         if (mprotect(image->map, image->map_bytes, PROT_READ) < 0) {
             mv_bench_error("guest images: mprotect: %s", strerror(errno));
             rc = MV_BENCH_FAILED;

@@ -59,6 +59,12 @@ struct guest_image_params {
     unsigned anon_pct;          /* the rest, less the kernel, is zero */
     unsigned run_min_pages;     /* file and anonymous pages come in runs */
     unsigned run_max_pages;     /* of this many consecutive pages */
+    /* Page contents: false (the default) fills every non-zero page with
+     * random bytes, which no compressor shrinks (the sharing benchmarks);
+     * true gives each kind its texture: machine code for the kernel, text
+     * for the page cache, heap words (zeros, pointers, small integers) for
+     * anonymous memory (the compression benchmarks). */
+    bool compressible;
 };
 
 #define GUEST_IMAGE_DEFAULT_GUESTS 6u

@@ -91,6 +91,8 @@ struct mv__guest {
     _Atomic uint32_t *oracle;
     _Atomic uint8_t *ballooned;
     uint64_t ballooned_count;
+    int tmem_pool[2];           /* cleancache (ephemeral), frontswap
+                                   (persistent); -1 until first used */
     unsigned vcpu_count;
     struct mv__vcpu vcpus[];
 };
@@ -183,12 +185,22 @@ MV_GUEST_ACCESS static void zero_page(uint8_t *page)
         w[i] = 0;
 }
 
+/* Word i of a pattern steps every 2^shift words: 0 for the seeds of
+ * incompressible pages, MV_PATTERN_RUN_SHIFT for MV_SEED_COMPRESSIBLE ones
+ * (runs of equal words, which compress the way guest memory does). */
+#define MV_PATTERN_RUN_SHIFT 5
+static inline unsigned pattern_shift(uint64_t seed)
+{
+    return (seed & MV_SEED_COMPRESSIBLE) ? MV_PATTERN_RUN_SHIFT : 0;
+}
+
 MV_GUEST_ACCESS static void write_pattern(uint8_t *page, uint64_t seed, uint64_t gfn, uint32_t version)
 {
     uint64_t *w = (uint64_t *)page, x = pattern_base(seed, gfn, version);
+    unsigned shift = pattern_shift(seed);
 
     for (unsigned i = 0; i < MV_PAGE_SIZE / 8; i++)
-        w[i] = x + i * MV_PATTERN_STEP;
+        w[i] = x + (i >> shift) * MV_PATTERN_STEP;
 }
 
 MV_GUEST_ACCESS static bool page_matches(const uint8_t *page, uint64_t seed, uint64_t gfn,
@@ -197,9 +209,10 @@ MV_GUEST_ACCESS static bool page_matches(const uint8_t *page, uint64_t seed, uin
     const uint64_t *w = (const uint64_t *)page;
     uint64_t x = version ? pattern_base(seed, gfn, version) : 0;
     uint64_t step = version ? MV_PATTERN_STEP : 0;
+    unsigned shift = pattern_shift(seed);
 
     for (unsigned i = 0; i < MV_PAGE_SIZE / 8; i++)
-        if (w[i] != x + i * step)
+        if (w[i] != x + (i >> shift) * step)
             return false;
     return true;
 }
@@ -327,6 +340,152 @@ static void run_verify(struct mv__vcpu *v)
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* tmem clients: a page cache over cleancache, swap over frontswap           */
+
+/*
+ * The guest's tmem clients, as Linux's cleancache and frontswap drivers use
+ * Xen's tmem.  Each vCPU owns the gfns g % vcpus == i of the working set
+ * (its "RAM"); pages move between them and tmem through a bounce buffer,
+ * as a hypercall copies from and to guest memory (tmem copies under its
+ * lock, and a guest page may need that lock to be paged in).
+ *
+ * Page cache: a file of 4x as many blocks as the vCPU has slots; a block
+ * read that misses the cache evicts a slot (FIFO) into the ephemeral pool,
+ * then tries the pool before "reading the disk" (the block's pattern).  A
+ * page got from the pool must be the block's.
+ *
+ * Swap: 2x as many virtual pages as slots, each written with a version; an
+ * evicted page is put into the persistent pool (or "written to the swap
+ * disk" when the put fails) and got back on its next touch.  A page whose
+ * put succeeded must come back, and with its last version.
+ *
+ * Both end by flushing their objects and zeroing their slots, so that the
+ * content oracle (which knows nothing of them) still holds.
+ */
+#define TMEM_CACHE_TAG (1ull << 62)
+#define TMEM_SWAP_TAG (1ull << 61)
+#define TMEM_NONE UINT32_MAX
+
+MV_GUEST_ACCESS static void copy_from_guest(uint8_t *buf, const uint8_t *page)
+{
+    memcpy(buf, page, MV_PAGE_SIZE);
+}
+
+MV_GUEST_ACCESS static void copy_to_guest(uint8_t *page, const uint8_t *buf)
+{
+    memcpy(page, buf, MV_PAGE_SIZE);
+}
+
+static bool buffer_matches(const uint8_t *buf, uint64_t seed, uint64_t id, uint32_t version)
+{
+    uint8_t want[MV_PAGE_SIZE];
+
+    write_pattern(want, seed, id, version);
+    return memcmp(buf, want, MV_PAGE_SIZE) == 0;
+}
+
+static void run_tmem_client(struct mv__vcpu *v, bool swap)
+{
+    struct mv__guest *g = v->guest;
+    struct mv_domain *d = g->domain;
+    const struct mv_workload_config *c = &g->workload;
+    mv_host *host = d->host;
+    uint64_t k = g->vcpu_count, i = v->index;
+    uint64_t ws = c->working_set_pages ? c->working_set_pages : d->maxmem_pages;
+    uint64_t slots = ws > i ? (ws - i + k - 1) / k : 0;
+    uint64_t items = slots * (swap ? 2 : 4);
+    uint64_t cap = c->max_pages ? c->max_pages / k + (i < c->max_pages % k) : UINT64_MAX;
+    uint64_t rng = mix64(c->seed ^ (i + 1) * 0x9e3779b97f4a7c15ull), done = 0, hand = 0;
+    uint64_t oid[3] = { swap ? TMEM_SWAP_TAG : TMEM_CACHE_TAG, i, 0 };
+    uint64_t tag = (swap ? TMEM_SWAP_TAG : TMEM_CACHE_TAG) | (i << 32);
+    uint32_t pool = (uint32_t)g->tmem_pool[swap];
+    uint32_t *slot_item = malloc(slots * sizeof(*slot_item));
+    uint32_t *item_slot = malloc(items * sizeof(*item_slot));
+    uint32_t *version = calloc(items, sizeof(*version));
+    uint8_t *in_tmem = calloc(items, 1), buf[MV_PAGE_SIZE];
+
+    if (!slot_item || !item_slot || !version || !in_tmem || items > UINT32_MAX) {
+        note_mismatch(g, i); /* cannot run: say so rather than pass */
+        goto out;
+    }
+    for (uint64_t s = 0; s < slots; s++)
+        slot_item[s] = TMEM_NONE;
+    for (uint64_t b = 0; b < items; b++)
+        item_slot[b] = TMEM_NONE;
+    while (slots && done < cap && vcpu_checkpoint(v)) {
+        uint64_t item, s, gfn;
+        int rc;
+
+        rng = mix64(rng);
+        item = rng % items;
+        s = item_slot[item];
+        if (s == TMEM_NONE) {
+            /* Make room: the slot under the hand goes to tmem. */
+            s = hand;
+            hand = (hand + 1) % slots;
+            gfn = s * k + i;
+            if (!vcpu_claim(v, gfn))
+                continue;
+            if (slot_item[s] != TMEM_NONE) {
+                uint32_t old = slot_item[s];
+
+                copy_from_guest(buf, mv__gfn_addr(d, gfn));
+                rc = mv_tmem_put_page(host, d->domid, pool, oid, old, buf, MV_PAGE_SIZE);
+                in_tmem[old] = rc == 1;
+                if (rc < 0 && !swap)
+                    note_mismatch(g, gfn); /* an ephemeral put never fails */
+                item_slot[old] = TMEM_NONE;
+            }
+            /* Bring the item in: from tmem, else from the disk. */
+            rc = mv_tmem_get_page(host, d->domid, pool, oid, (uint32_t)item, buf, MV_PAGE_SIZE);
+            if (rc == 1) {
+                if (!buffer_matches(buf, c->seed, tag | item, swap ? version[item] + 1 : 1))
+                    note_mismatch(g, gfn);
+                if (swap)
+                    mv_tmem_flush_page(host, d->domid, pool, oid, (uint32_t)item);
+            } else {
+                if (rc < 0 || (swap && in_tmem[item]))
+                    note_mismatch(g, gfn); /* a persistent page was lost */
+                write_pattern(buf, c->seed, tag | item, swap ? version[item] + 1 : 1);
+            }
+            in_tmem[item] = 0;
+            copy_to_guest(mv__gfn_addr(d, gfn), buf);
+            slot_item[s] = (uint32_t)item;
+            item_slot[item] = (uint32_t)s;
+        } else {
+            gfn = s * k + i;
+            if (!vcpu_claim(v, gfn))
+                continue;
+        }
+        if (swap) {
+            /* Anonymous memory is written: a new version. */
+            version[item]++;
+            write_pattern(mv__gfn_addr(d, gfn), c->seed, tag | item, version[item] + 1);
+        } else if (!page_matches(mv__gfn_addr(d, gfn), c->seed, tag | item, 1)) {
+            note_mismatch(g, gfn);
+        }
+        vcpu_release(v);
+        done++;
+    }
+out:
+    /* Unmount and power off: the oracle holds again. */
+    mv_tmem_flush_object(host, d->domid, pool, oid);
+    for (uint64_t s = 0; slot_item && s < slots; s++) {
+        uint64_t gfn = s * k + i;
+
+        if (slot_item[s] == TMEM_NONE || !vcpu_claim(v, gfn))
+            continue;
+        zero_page(mv__gfn_addr(d, gfn));
+        atomic_store_explicit(&g->oracle[gfn], 0, memory_order_relaxed);
+        atomic_store(&v->current_gfn, MV_NO_GFN);
+    }
+    free(slot_item);
+    free(item_slot);
+    free(version);
+    free(in_tmem);
+}
+
 static void *vcpu_main(void *arg)
 {
     struct mv__vcpu *v = arg;
@@ -343,6 +502,12 @@ static void *vcpu_main(void *arg)
             break;
         case MV_WORKLOAD_VERIFY:
             run_verify(v);
+            break;
+        case MV_WORKLOAD_CLEANCACHE:
+            run_tmem_client(v, false);
+            break;
+        case MV_WORKLOAD_FRONTSWAP:
+            run_tmem_client(v, true);
             break;
         }
     } else {
@@ -396,6 +561,7 @@ static int guest_create(struct mv_domain *d)
     }
     g->domain = d;
     g->vcpu_count = k;
+    g->tmem_pool[0] = g->tmem_pool[1] = -1;
     mv__mutex_init(&g->lock, MV_LOCK_GUEST);
     mv__cond_init(&g->cond);
     for (unsigned i = 0; i < k; i++) {
@@ -486,7 +652,8 @@ void mv_workload_config_init(struct mv_workload_config *config,
 static int validate_workload(struct mv_domain *d, const struct mv_workload_config *c)
 {
     if (c->kind != MV_WORKLOAD_SCRUB && c->kind != MV_WORKLOAD_RANDOM &&
-        c->kind != MV_WORKLOAD_VERIFY)
+        c->kind != MV_WORKLOAD_VERIFY && c->kind != MV_WORKLOAD_CLEANCACHE &&
+        c->kind != MV_WORKLOAD_FRONTSWAP)
         return mv__fail(-EINVAL, "unknown workload kind %d", (int)c->kind);
     if (c->working_set_pages > d->maxmem_pages)
         return mv__fail(-EINVAL, "working set of %llu pages exceeds maxmem (%llu)",
@@ -541,6 +708,18 @@ int mv_workload_start(mv_host *host, uint32_t domid,
     rc = validate_workload(d, config);
     if (rc < 0)
         goto out;
+    /* The tmem clients' pools, made at their first use. */
+    if (config->kind == MV_WORKLOAD_CLEANCACHE || config->kind == MV_WORKLOAD_FRONTSWAP) {
+        bool swap = config->kind == MV_WORKLOAD_FRONTSWAP;
+
+        if (g->tmem_pool[swap] < 0) {
+            rc = mv_tmem_new_pool(host, domid, swap ? MV_TMEM_PERSISTENT : 0, NULL);
+            if (rc < 0)
+                goto out;
+            g->tmem_pool[swap] = rc;
+            rc = 0;
+        }
+    }
     mv__mutex_lock(&d->lock);
     if (d->state == MV_DOMAIN_CRASHED)
         rc = mv__fail(-EPERM, "domain %u has crashed: %s", domid, d->crash_reason);

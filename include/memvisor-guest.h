@@ -37,6 +37,13 @@ enum mv_workload_kind {
     MV_WORKLOAD_SCRUB,   /* zero all of maxmem once, as OSes do at boot */
     MV_WORKLOAD_RANDOM,  /* write random pages at a set rate */
     MV_WORKLOAD_VERIFY,  /* read every page through guest RAM, check oracle */
+    /* tmem clients (working_set_pages: the guest's "RAM" for them; max_pages:
+     * accesses).  Each verifies every page it gets back, counting any that
+     * differs (or, for swap, a persistent page lost) as a mismatch, and ends
+     * with its pages flushed and its RAM zeroed (the oracle still holds). */
+    MV_WORKLOAD_CLEANCACHE, /* page cache: evicted pages into an ephemeral
+                               pool, got back before "reading the disk" */
+    MV_WORKLOAD_FRONTSWAP,  /* swap: evicted pages into a persistent pool */
 };
 
 struct mv_workload_config {
@@ -45,9 +52,13 @@ struct mv_workload_config {
     uint64_t duration_ms;      /* RANDOM: stop after; 0 = until stopped */
     uint64_t max_pages;        /* RANDOM: stop after this many writes; 0 = no cap */
     uint64_t working_set_pages;/* RANDOM: gfns [0, n) are written; 0 = all */
-    uint64_t seed;
+    uint64_t seed;            /* | MV_SEED_COMPRESSIBLE: pages compress */
     uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
 };
+/* A seed with this bit writes pages made of runs of equal words, which
+ * compress (about 20:1 with lz4) as real guest memory does; without it the
+ * pages do not compress at all. */
+#define MV_SEED_COMPRESSIBLE (1ull << 63)
 
 MV_API void mv_workload_config_init(struct mv_workload_config *config,
                                     enum mv_workload_kind kind);

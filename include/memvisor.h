@@ -542,7 +542,8 @@ struct mv_domain_info {
      * built-in guest), not with the memory the guest uses. */
     uint64_t metadata_bytes;
     char crash_reason[128];     /* why, when state == MV_DOMAIN_CRASHED */
-    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
+    uint64_t paged_pages;       /* paged out by the host into tmem */
+    uint64_t reserved[7];     /* zero; room to grow without breaking the ABI */
 };
 
 /* Snapshot of a domain's state and counters.  -ESRCH for unknown domains. */
@@ -597,6 +598,8 @@ enum mv_page_type {
     MV_PAGE_POD = 1,        /* not populated; reads as zero; PoD on touch */
     MV_PAGE_BALLOONED = 2,  /* returned by decrease_reservation */
     MV_PAGE_SHARED = 3,     /* maps a shared frame read-only (copy on write) */
+    MV_PAGE_PAGED = 4,      /* paged out by the host into tmem; paged back
+                               in transparently on touch */
 };
 
 /* The p2m type of one gfn.  -EINVAL past maxmem. */
@@ -922,6 +925,222 @@ MV_API int mv_share_stats(mv_host *host, struct mv_share_stats *out);
  * named.  Exact also while guests write and the scanner runs.
  */
 MV_API int mv_share_audit(mv_host *host);
+
+/* ------------------------------------------------------------------------ */
+/* Transcendent memory (tmem)                                                */
+
+/*
+ * A host-wide store of pages that domains put to and get from by key, as
+ * Xen's tmem hypercalls do: (pool, 192-bit object id, 32-bit index).  Pages
+ * are kept compressed in machine frames counted in the host budget.
+ *
+ * Ephemeral pools (a clean page cache): a put may be dropped at any time
+ * and a later get may miss; a get from a private ephemeral pool removes the
+ * page.  Persistent pools (swap): a put succeeds or fails at once, within
+ * the domain's quota, and the page is never dropped.  A put to a key that
+ * holds a page replaces it (and a failed one leaves the key empty).
+ * Shared pools are joined by a 128-bit UUID, only by domains the host
+ * authorised for it (mv_tmem_authorize); pages of a shared pool are seen by
+ * every member.  A domain reaches only its own pools and the shared ones it
+ * joined (-EPERM otherwise); its pools and pages go when it is destroyed.
+ *
+ * When the host budget runs out (a populate, a copy-on-write break), tmem
+ * gives memory back first: spare frames, then ephemeral pages, least
+ * recently used first within per-domain weights (a domain over its share
+ * loses first), then compaction.
+ */
+#define MV_TMEM_PERSISTENT 0x1u  /* else ephemeral */
+#define MV_TMEM_SHARED 0x2u      /* joined by UUID; else private */
+#define MV_TMEM_ZSTD 0x4u        /* compress with zstd; else lz4 */
+#define MV_TMEM_DEDUP 0x8u       /* keep identical pages once (bytes compared) */
+#define MV_TMEM_FLAGS_ALL 0xfu
+#define MV_TMEM_UUID_SIZE 16
+
+/* Let `domid` join the shared pool named `uuid` (create it or join it). */
+MV_API int mv_tmem_authorize(mv_host *host, uint32_t domid,
+                             const uint8_t uuid[MV_TMEM_UUID_SIZE]);
+
+/*
+ * Create a pool for `domid` with MV_TMEM_* `flags` (`uuid` is used only
+ * with MV_TMEM_SHARED, and may be NULL otherwise): a shared pool of that
+ * UUID that exists already is joined (its flags must match).  Returns the
+ * pool id (>= 0), -EPERM when the domain is not authorised for the UUID,
+ * -EINVAL for unknown flags, -ENOSPC when the host has no pool id left.
+ */
+MV_API int mv_tmem_new_pool(mv_host *host, uint32_t domid, unsigned flags,
+                            const uint8_t *uuid);
+
+/*
+ * Leave the pool: a private pool and its pages are freed; a shared pool is
+ * freed when its last member leaves.  -ENOENT unknown, -EPERM not the
+ * domain's.
+ */
+MV_API int mv_tmem_destroy_pool(mv_host *host, uint32_t domid, uint32_t pool);
+
+/*
+ * Put `size` (must be MV_PAGE_SIZE) bytes at `page` under the key.  `page`
+ * (and a get's buffer) must not be a domain's RAM of this host: copy the
+ * guest page to a buffer first, as a hypercall copies from the guest (tmem
+ * copies under its lock, and a page of guest RAM may need that lock to be
+ * paged back in).
+ * Returns 1 when stored, 0 when an ephemeral put was dropped (no room),
+ * -EDQUOT when a persistent put is over the domain's quota, -ENOMEM when
+ * it finds no memory, -EINVAL for a bad size or NULL page.
+ */
+MV_API int mv_tmem_put_page(mv_host *host, uint32_t domid, uint32_t pool,
+                            const uint64_t oid[3], uint32_t index,
+                            const void *page, size_t size);
+
+/* Copy the page under the key into `page` (`size` = MV_PAGE_SIZE): 1 when
+ * found, 0 when not (ephemeral pages may be gone). */
+MV_API int mv_tmem_get_page(mv_host *host, uint32_t domid, uint32_t pool,
+                            const uint64_t oid[3], uint32_t index, void *page,
+                            size_t size);
+
+/* Remove one page: 1 when it was there, 0 when not. */
+MV_API int mv_tmem_flush_page(mv_host *host, uint32_t domid, uint32_t pool,
+                              const uint64_t oid[3], uint32_t index);
+
+/* Remove every page of an object: how many were removed. */
+MV_API int64_t mv_tmem_flush_object(mv_host *host, uint32_t domid, uint32_t pool,
+                                    const uint64_t oid[3]);
+
+/*
+ * A domain's share of tmem: `weight` (1..10000, default 100) orders
+ * eviction (the domain furthest over weight-proportional share of ephemeral
+ * pages loses first); `quota_pages` bounds its persistent pages (default:
+ * its maxmem).
+ */
+MV_API int mv_tmem_set_client(mv_host *host, uint32_t domid, unsigned weight,
+                              uint64_t quota_pages);
+
+/*
+ * Repayment reserve (the "repayment FIFO" of the Xen CoW talk): pledge up
+ * to `pages` of the domain's ephemeral tmem pages as collateral.  When a
+ * copy-on-write break or a populate of that domain finds the host budget
+ * exhausted, the domain's own collateral pages are evicted first.  0 ends
+ * the pledge.
+ */
+MV_API int mv_tmem_set_collateral(mv_host *host, uint32_t domid, uint64_t pages);
+
+/*
+ * Giving memory back to the host (Xen's tmem_relinquish_* API).
+ *   relinquish_page: free one frame to the host, evicting ephemeral pages
+ *     as needed: 1 when done, 0 when tmem has nothing to give.
+ *   relinquish_pageblock: make a run of 2^order frames free in the machine
+ *     allocator (evicting, compacting, returning whole chunks): 0 or
+ *     -ENOMEM.
+ *   evict_npages: evict ephemeral pages until `n` frames are empty (kept by
+ *     tmem as spare): how many.
+ *   relinquish_pages: scrub up to `n` spare frames and give them back to
+ *     the host budget: how many.
+ */
+MV_API int mv_tmem_relinquish_page(mv_host *host);
+MV_API int mv_tmem_relinquish_pageblock(mv_host *host, unsigned order);
+MV_API int64_t mv_tmem_evict_npages(mv_host *host, uint64_t n);
+MV_API int64_t mv_tmem_relinquish_pages(mv_host *host, uint64_t n);
+/* Move compressed pages out of sparse frames: frames freed. */
+MV_API int64_t mv_tmem_compact(mv_host *host);
+
+/* Counters of one pool, one domain (over its pools) or the host (over
+ * all), like Xen's `xl tmem-list`. */
+struct mv_tmem_counts {
+    uint64_t puts;              /* put calls */
+    uint64_t puts_stored;       /* ... that stored the page */
+    uint64_t gets;
+    uint64_t found_gets;        /* gets that found the page */
+    uint64_t flushes;           /* pages removed by flush_page/object */
+    uint64_t flush_objects;
+    uint64_t evictions;         /* ephemeral pages dropped by the host */
+    uint64_t poor_compressions; /* pages stored raw */
+    uint64_t dedup_hits;
+    uint64_t same_filled;       /* zero- or same-filled pages (no bytes kept) */
+    uint64_t pages;             /* pages stored now */
+    uint64_t marker_pages;      /* ... of which same-filled, kept as a word */
+    uint64_t stored_bytes;      /* bytes of frames they take */
+    uint64_t reserved[4];
+};
+
+struct mv_tmem_pool_info {
+    uint32_t pool;
+    uint32_t owner;             /* domain that created it (UINT32_MAX: host) */
+    unsigned flags;
+    uint32_t members;           /* domains in it */
+    uint8_t uuid[MV_TMEM_UUID_SIZE];
+    struct mv_tmem_counts counts;
+};
+
+struct mv_tmem_client_info {
+    uint32_t domid;             /* UINT32_MAX: the host (paging) */
+    unsigned weight;
+    uint64_t quota_pages;
+    uint64_t persistent_pages;
+    uint64_t ephemeral_pages;
+    uint64_t collateral_pages;  /* pledged for repayment */
+    uint64_t repaid_pages;      /* frames repaid from its collateral */
+    struct mv_tmem_counts counts;
+};
+
+struct mv_tmem_stats {
+    uint64_t frames;            /* frames charged to the budget */
+    uint64_t used_frames;       /* holding pages */
+    uint64_t spare_frames;      /* empty, kept for the next put */
+    uint64_t chunks;            /* runs of frames taken from the machine */
+    uint64_t pools;
+    uint64_t evictions;
+    uint64_t relinquished;      /* frames given back to the host */
+    uint64_t compactions, compact_moves;
+    uint64_t budget_short_calls; /* times the host ran short and asked */
+    uint64_t budget_short_freed; /* frames tmem gave back then */
+    uint64_t repaid;            /* frames repaid from collateral */
+    uint64_t paged_out;         /* guest pages held by host paging now */
+    uint64_t page_outs;         /* pages paged out, in all */
+    uint64_t page_ins;          /* paged pages faulted back in */
+    uint64_t page_in_ns;        /* time page-ins took (claim, decompress, map) */
+    uint64_t auto_paged;        /* pages the automatic mode paged out */
+    uint64_t metadata_bytes;
+    struct mv_tmem_counts counts;
+    uint64_t reserved[8];
+};
+
+/*
+ * Host paging: overcommit with no guest cooperation.  Page out up to
+ * `pages` of the domain's populated pages, cold ones first (not touched
+ * since the last paging pass, judged from the page tables), into a
+ * compressed persistent pool the host owns: their frames go back to the
+ * budget and their gfns read MV_PAGE_PAGED until touched, when they are
+ * paged back in transparently.  Returns the pages paged out.
+ */
+MV_API int64_t mv_tmem_page_out(mv_host *host, uint32_t domid, uint64_t pages);
+
+/*
+ * The automatic mode: a host thread pages cold pages out of every domain
+ * whenever populated pages exceed `high_pct` percent of the host budget,
+ * down to `low_pct`, and at once when a charge finds the budget exhausted.
+ * high_pct 0 stops it.
+ */
+MV_API int mv_tmem_auto_paging(mv_host *host, unsigned high_pct, unsigned low_pct);
+
+/* Host-wide figures.  Thread-safe. */
+MV_API int mv_tmem_stats(mv_host *host, struct mv_tmem_stats *out);
+/* Up to `capacity` pools / clients into `out`: how many there are (more
+ * than capacity: call again with room). */
+MV_API int mv_tmem_pool_list(mv_host *host, struct mv_tmem_pool_info *out,
+                             size_t capacity);
+MV_API int mv_tmem_client_list(mv_host *host, struct mv_tmem_client_info *out,
+                               size_t capacity);
+/* Compression ratio of counts: bytes of the pages stored over the bytes
+ * they take (slot bytes, and one 8-byte word for each marker page); 0 when
+ * nothing is stored. */
+MV_API double mv_tmem_ratio(const struct mv_tmem_counts *counts);
+
+/*
+ * Account for every tmem frame: chunk states against counters, every
+ * zspage slot against its page record, every page against its pool, every
+ * client's counts, frames charged against frames held.  0 or -EUCLEAN
+ * naming the broken rule.  Also called by mv_host_audit.
+ */
+MV_API int mv_tmem_audit(mv_host *host);
 
 #ifdef __cplusplus
 }

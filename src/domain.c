@@ -132,6 +132,8 @@ static uint64_t *type_counter(struct mv_domain *d, enum mv__p2m_type type)
         break;
     case MV_P2M_SHARED:
         return &d->shared;
+    case MV_P2M_PAGED:
+        return &d->paged;
     }
     return &d->ballooned;
 }
@@ -688,6 +690,7 @@ int mv_domain_info(mv_host *host, uint32_t domid, struct mv_domain_info *out)
     out->pod_wait_ns = d->pod_wait_ns;
     out->held_faults = d->held_count;
     out->shared_pages = d->shared;
+    out->paged_pages = d->paged;
     out->metadata_bytes = sizeof(*d) + d->maxmem_pages * sizeof(*d->p2m) +
         (d->maxmem_pages + MV_BLOCK_PAGES - 1) / MV_BLOCK_PAGES * sizeof(*d->block_pod) +
         d->held_capacity * sizeof(*d->held);
@@ -740,6 +743,7 @@ int mv_domain_page_type(mv_host *host, uint32_t domid, uint64_t gfn,
 int mv_domain_read_page(mv_host *host, uint32_t domid, uint64_t gfn, void *buf)
 {
     struct mv_domain *d = mv__domain_get(host, domid);
+    const struct mv__p2m_ops *ops;
     uint64_t mfn;
     int rc;
 
@@ -747,6 +751,11 @@ int mv_domain_read_page(mv_host *host, uint32_t domid, uint64_t gfn, void *buf)
         return -ESRCH;
     mv__mutex_lock(&d->lock);
     rc = mv__domain_check_gfn(d, gfn);
+    ops = rc == 0 ? mv__p2m_ops_of((enum mv__p2m_type)d->p2m[gfn]) : NULL;
+    if (ops && ops->read && d->state != MV_DOMAIN_CRASHED) {
+        rc = ops->read(d, gfn, buf);
+        goto out;
+    }
     if (rc == 0)
         rc = page_frame(d, gfn, &mfn);
     if (rc == -ENODATA)
@@ -757,6 +766,7 @@ int mv_domain_read_page(mv_host *host, uint32_t domid, uint64_t gfn, void *buf)
         memset(buf, 0, MV_PAGE_SIZE);
     else if (rc == 0)
         rc = mv__machine_read(&host->machine, mfn, 1, buf);
+out:
     mv__mutex_unlock(&d->lock);
     mv__domain_put(d);
     return rc;
@@ -851,7 +861,7 @@ void mv__domain_unlock_put(struct mv_domain *d)
 
 static int audit_locked(struct mv_domain *d)
 {
-    uint64_t count[4] = { 0, 0, 0, 0 };
+    uint64_t count[MV_P2M_TYPES] = { 0 };
     uint8_t *resident;
     int rc;
 
@@ -869,7 +879,7 @@ static int audit_locked(struct mv_domain *d)
     for (uint64_t g = 0; g < d->maxmem_pages && rc == 0; g++) {
         uint8_t t = d->p2m[g];
 
-        if (t > MV_P2M_SHARED) {
+        if (t >= MV_P2M_TYPES) {
             rc = mv__fail(-EUCLEAN, "domain %u: gfn %#llx has unknown type %u",
                           d->domid, (unsigned long long)g, t);
             break;
@@ -880,7 +890,8 @@ static int audit_locked(struct mv_domain *d)
             rc = mv__fail(-EUCLEAN, "domain %u: gfn %#llx is %s but its frame %s "
                           "memory", d->domid, (unsigned long long)g,
                           t == MV_P2M_RAM ? "RAM" : t == MV_P2M_POD ? "PoD" :
-                          t == MV_P2M_SHARED ? "shared" : "ballooned",
+                          t == MV_P2M_SHARED ? "shared" : t == MV_P2M_PAGED ? "paged" :
+                          "ballooned",
                           resident[g] & 1 ? "holds" : "holds no");
     }
     for (uint64_t g = d->maxmem_pages; g < d->frame_pages && rc == 0; g++)
@@ -891,14 +902,17 @@ static int audit_locked(struct mv_domain *d)
     if (rc < 0)
         return rc;
     if (count[MV_P2M_RAM] != d->populated || count[MV_P2M_POD] != d->pod ||
-        count[MV_P2M_BALLOONED] != d->ballooned || count[MV_P2M_SHARED] != d->shared)
+        count[MV_P2M_BALLOONED] != d->ballooned || count[MV_P2M_SHARED] != d->shared ||
+        count[MV_P2M_PAGED] != d->paged)
         return mv__fail(-EUCLEAN, "domain %u: p2m holds %llu RAM, %llu PoD, %llu "
-                        "ballooned, %llu shared; counters say %llu, %llu, %llu, %llu",
-                        d->domid,
+                        "ballooned, %llu shared, %llu paged; counters say %llu, %llu, "
+                        "%llu, %llu, %llu", d->domid,
                         (unsigned long long)count[0], (unsigned long long)count[1],
                         (unsigned long long)count[2], (unsigned long long)count[3],
+                        (unsigned long long)count[4],
                         (unsigned long long)d->populated, (unsigned long long)d->pod,
-                        (unsigned long long)d->ballooned, (unsigned long long)d->shared);
+                        (unsigned long long)d->ballooned, (unsigned long long)d->shared,
+                        (unsigned long long)d->paged);
     for (uint64_t b = 0; b * MV_BLOCK_PAGES < d->maxmem_pages; b++) {
         uint64_t pod = 0;
 

@@ -25,6 +25,9 @@
  *              index, CoW breaks, kernel copies, clones, the sharing audit
  *   share/scan.c  the sharing scanner: hints, candidates, volatile pages,
  *              budget
+ *   tmem/      transcendent memory, one idea per file (tmem/tmem.h has the
+ *              map): pools and the guest interface, the compressed page
+ *              store, giving memory back, host paging
  *
  * Lock order (a thread may take a lock only if it holds none of a higher or
  * equal level; checked at run time when MV_DEBUG_LOCKS is defined):
@@ -37,6 +40,9 @@
  *     < MV_LOCK_GUEST   (guest->lock)
  *     < MV_LOCK_DOMAIN  (domain->lock: p2m, counters, state, held faults)
  *     < MV_LOCK_SHARE   (share->lock: shared frames, reverse maps, index)
+ *     < MV_LOCK_TMEM    (tmem->lock: every tmem record; the budget-short
+ *                        hook takes it from charge paths holding a domain
+ *                        or the share lock; it allocates frames under it)
  *     < MV_LOCK_MACHINE (machine->lock: the frame allocator)
  *
  * No thread holds two domain locks: sharing between two domains locks the
@@ -96,7 +102,8 @@ enum mv__lock_level {
     MV_LOCK_GUEST = 3,
     MV_LOCK_DOMAIN = 4,
     MV_LOCK_SHARE = 5,
-    MV_LOCK_MACHINE = 6,
+    MV_LOCK_TMEM = 6,
+    MV_LOCK_MACHINE = 7,
 };
 
 struct mv__mutex {
@@ -307,6 +314,7 @@ enum mv__p2m_type {
     MV_P2M_POD = MV_PAGE_POD,
     MV_P2M_BALLOONED = MV_PAGE_BALLOONED,
     MV_P2M_SHARED = MV_PAGE_SHARED,
+    MV_P2M_PAGED = MV_PAGE_PAGED,
 };
 
 /* A fault that could not be served yet: the domain is paused, or it waits
@@ -354,11 +362,12 @@ struct mv_domain {
     uint16_t *block_pod;       /* PoD entries in each 2 MiB block */
 
     /* 0 <= populated <= target <= maxmem;
-     * populated + pod + ballooned + shared == maxmem */
+     * populated + pod + ballooned + shared + paged == maxmem */
     uint64_t populated;
     uint64_t pod;
     uint64_t ballooned;
     uint64_t shared;
+    uint64_t paged;
 
     uint8_t *ram;              /* guest RAM: gfn 0 at ram, in this process,
                                   or in the VMM's when vmm is set (then it
@@ -532,9 +541,13 @@ struct mv__p2m_ops {
      * or -EFAULT (crashed).  May change the gfn's type (a remapped gfn
      * written meanwhile becomes the domain's own). */
     int (*frame)(struct mv_domain *d, uint64_t gfn, uint64_t *mfn);
+    /* Types whose bytes are in no frame (paged out to tmem): copy gfn's
+     * bytes into `buf` (lock held), changing nothing; their frame answers
+     * -ENODATA.  NULL for the others. */
+    int (*read)(struct mv_domain *d, uint64_t gfn, void *buf);
 };
 #define MV_NO_FRAME UINT64_MAX
-#define MV_P2M_TYPES 4
+#define MV_P2M_TYPES 5
 
 struct mv__mechanism {
     const char *name;
@@ -591,6 +604,11 @@ struct mv__mechanism {
     /* A write the kernel cannot resolve alone (synchronous write protection
      * on the domain's own userfaultfd) at gfn (lock held, running). */
     void (*write_fault)(struct mv_domain *d, uint64_t gfn);
+    /* The host budget is `pages` short of a charge for `d` (NULL: not for
+     * one domain): give back what can be, return how many pages.  Called
+     * with d's lock or the share lock held, or none; must take no domain
+     * lock. */
+    uint64_t (*budget_short)(struct mv_host *h, struct mv_domain *d, uint64_t pages);
 };
 
 /* The built-in mechanisms (builtin.c), then the registered ones. */
@@ -628,6 +646,11 @@ void mv__domain_cloned(struct mv_domain *src, struct mv_domain *clone);
 /* Room for `pages` more populated pages within the target, reclaiming when
  * it is full, and, when `machine`, charged to the host budget. */
 bool mv__domain_claim(struct mv_domain *d, uint64_t pages, bool machine);
+/* Charge `pages` to the host budget for `d` (NULL: for no one domain);
+ * when the budget is short, every mechanism's budget_short hook is asked
+ * to give memory back first, then the charge is tried again.  Any lock up
+ * to the share lock may be held. */
+bool mv__host_charge(struct mv_host *h, struct mv_domain *d, uint64_t pages);
 
 /* ------------------------------------------------------------------------ */
 /* the host                                                                  */
@@ -671,6 +694,7 @@ struct mv_host {
 
     struct mv__share *share;      /* share.c */
     struct mv__scanner *scanner;  /* scan.c */
+    struct mv__tmem *tmem;        /* tmem/ */
 };
 
 #endif /* MV_INTERNAL_H */

@@ -134,7 +134,24 @@ bool mv__domain_claim(struct mv_domain *d, uint64_t pages, bool machine)
         if (d->populated + pages > d->target_pages)
             return false;
     }
-    return !machine || mv__machine_charge(&d->host->machine, pages);
+    return !machine || mv__host_charge(d->host, d, pages);
+}
+
+bool mv__host_charge(struct mv_host *h, struct mv_domain *d, uint64_t pages)
+{
+    struct mv__machine *mach = &h->machine;
+    uint64_t budget, populated;
+
+    if (mv__machine_charge(mach, pages))
+        return true;
+    budget = atomic_load(&mach->budget_pages);
+    populated = atomic_load(&mach->populated_pages);
+    if (populated + pages <= budget)
+        return mv__machine_charge(mach, pages);
+    mv__each_mechanism(m)
+        if (m->budget_short)
+            m->budget_short(h, d, populated + pages - budget);
+    return mv__machine_charge(mach, pages);
 }
 
 void mv__domain_cloned(struct mv_domain *src, struct mv_domain *clone)

@@ -50,7 +50,7 @@ static bool charge(struct mv_domain *d, uint64_t pages)
 {
     if (d->populated + pages > d->target_pages)
         return false;
-    return mv__machine_charge(&d->host->machine, pages);
+    return mv__host_charge(d->host, d, pages);
 }
 
 /* First words only: rejects almost every page with data after one line. */

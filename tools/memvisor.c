@@ -201,8 +201,9 @@ static const struct cli_option
     opt_policy = WIRE_OPTION("create", "policy"),
     opt_wait_timeout = WIRE_OPTION("create", "wait_timeout_ms"),
     opt_start_workload = { .name = "workload", .wire = "create", .arg = "workload.kind",
-                           .help = "start a workload at once: scrub, random or verify "
-                                   "(options below as for 'memvisor workload')" },
+                           .help = "start a workload at once: scrub, random, verify, "
+                                   "cleancache or frontswap (options below as for "
+                                   "'memvisor workload')" },
     opt_create_rate = WIRE_OPTION("create", "workload.rate"),
     opt_create_duration = WIRE_OPTION("create", "workload.duration_ms"),
     opt_create_max_pages = WIRE_OPTION("create", "workload.max_pages"),
@@ -1179,7 +1180,8 @@ static int run_workload(const struct invocation *inv)
 
     if (mv_proto_workload_parse(kind, &parsed) < 0) {
         json_object_put(request);
-        return usage_error(inv->command->name, "'%s' is not scrub, random or verify", kind);
+        return usage_error(inv->command->name,
+                           "'%s' is not scrub, random, verify, cleancache or frontswap", kind);
     }
     json_object_object_add(request, "kind", json_object_new_string(kind));
     for (const char *const *key = workload_keys + 1; *key; key++)
@@ -1936,6 +1938,341 @@ static int run_share(const struct invocation *inv)
     sub.argc = argc;
     sub.argv = argv;
     status = parse_command_line(&sub, argc, argv);
+    if (status < 0)
+        status = sub.command->run(&sub);
+    return status;
+}
+
+/* ------------------------------------------------------------------------ */
+/* tmem and page-out (self-contained: these functions, their tables, and    */
+/* one line each in `commands`, senders_json and run_help)                   */
+
+static const struct cli_option
+    opt_tmem_codec = WIRE_OPTION("tmem-new-pool", "codec"),
+    opt_tmem_dedup = WIRE_OPTION("tmem-new-pool", "dedup"),
+    opt_tmem_put_seed = WIRE_OPTION("tmem-put", "seed"),
+    opt_tmem_size = WIRE_OPTION("tmem-put", "size"),
+    opt_tmem_get_seed = WIRE_OPTION("tmem-get", "seed"),
+    opt_tmem_relinquish_pages = WIRE_OPTION("tmem-relinquish", "pages"),
+    opt_page_out_pages = WIRE_OPTION("page-out", "pages");
+
+/* {"domain", "pool", "object"[, "index"]} from operands 0..3. */
+static struct json_object *tmem_key_request(const struct invocation *inv, const char *cmd,
+                                            bool with_object, int *status)
+{
+    struct json_object *request = domain_request(inv, cmd);
+
+    *status = add_number_operand(inv, request, 1, "POOL", "pool");
+    if (*status != STATUS_OK || !with_object)
+        return *status == STATUS_OK ? request : NULL;
+    json_object_object_add(request, "object", json_object_new_string(inv->operands[2]));
+    if (inv->operand_count > 3)
+        *status = add_number_operand(inv, request, 3, "INDEX", "index");
+    return *status == STATUS_OK ? request : NULL;
+}
+
+static void print_tmem_counts(const char *what, struct json_object *c)
+{
+    printf("%s: %" PRIu64 " pages in %" PRIu64 " bytes (ratio %.2f); puts %" PRIu64
+           " (%" PRIu64 " stored), gets %" PRIu64 " (%" PRIu64 " found), flushes %" PRIu64
+           " (%" PRIu64 " objects), evictions %" PRIu64 ", poor compressions %" PRIu64
+           ", same-filled %" PRIu64 ", dedup hits %" PRIu64 "\n",
+           what, field_u64(c, "pages"), field_u64(c, "stored_bytes"),
+           json_object_get_double(field(c, "ratio")), field_u64(c, "puts"),
+           field_u64(c, "puts_stored"), field_u64(c, "gets"), field_u64(c, "found_gets"),
+           field_u64(c, "flushes"), field_u64(c, "flush_objects"), field_u64(c, "evictions"),
+           field_u64(c, "poor_compressions"), field_u64(c, "same_filled"),
+           field_u64(c, "dedup_hits"));
+}
+
+static void print_tmem_list(struct json_object *reply)
+{
+    struct json_object *t = field(reply, "tmem");
+
+    printf("tmem: %" PRIu64 " frames (%" PRIu64 " used, %" PRIu64 " spare), %" PRIu64
+           " relinquished, %" PRIu64 " evictions, %" PRIu64 " budget shortages (%" PRIu64
+           " frames given), %" PRIu64 " repaid from collateral; host paging: %" PRIu64
+           " pages out now, %" PRIu64 " out and %" PRIu64 " in so far\n",
+           field_u64(t, "frames"), field_u64(t, "used_frames"), field_u64(t, "spare_frames"),
+           field_u64(t, "relinquished"), field_u64(t, "evictions"),
+           field_u64(t, "budget_short_calls"), field_u64(t, "budget_short_freed"),
+           field_u64(t, "repaid"), field_u64(t, "paged_out"), field_u64(t, "page_outs"),
+           field_u64(t, "page_ins"));
+    print_tmem_counts("all pools", field(t, "counts"));
+    printf("\n%5s %6s %-10s %-8s %-5s %5s %10s %10s %10s %10s %8s %7s\n", "POOL", "OWNER",
+           "KIND", "SHARING", "CODEC", "DEDUP", "PAGES", "PUTS", "GETS", "FOUND", "EVICTED",
+           "RATIO");
+    for (size_t i = 0; i < field_length(reply, "pools"); i++) {
+        struct json_object *p = field_item(reply, "pools", i), *c = field(p, "counts");
+
+        printf("%5" PRIu64 " %6s %-10s %-8s %-5s %5s %10" PRIu64 " %10" PRIu64 " %10" PRIu64
+               " %10" PRIu64 " %8" PRIu64 " %7.2f\n", field_u64(p, "pool"),
+               json_object_get_string(field(p, "owner")), field_string(p, "kind"),
+               field_string(p, "sharing"), field_string(p, "codec"),
+               field_bool(p, "dedup") ? "on" : "off", field_u64(c, "pages"),
+               field_u64(c, "puts"), field_u64(c, "gets"), field_u64(c, "found_gets"),
+               field_u64(c, "evictions"), json_object_get_double(field(c, "ratio")));
+    }
+    printf("\n%6s %6s %10s %10s %10s %10s %10s\n", "DOMAIN", "WEIGHT", "PERSIST",
+           "EPHEMERAL", "QUOTA", "COLLATERAL", "REPAID");
+    for (size_t i = 0; i < field_length(reply, "clients"); i++) {
+        struct json_object *c = field_item(reply, "clients", i);
+
+        printf("%6s %6" PRIu64 " %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %10" PRIu64
+               " %10" PRIu64 "\n", json_object_get_string(field(c, "domid")),
+               field_u64(c, "weight"), field_u64(c, "persistent_pages"),
+               field_u64(c, "ephemeral_pages"), field_u64(c, "quota_pages"),
+               field_u64(c, "collateral_pages"), field_u64(c, "repaid_pages"));
+    }
+}
+
+static int run_tmem_list(const struct invocation *inv)
+{
+    return run_report(inv, "tmem-list", print_tmem_list);
+}
+
+static int run_tmem_authorize(const struct invocation *inv)
+{
+    struct json_object *request = domain_request(inv, "tmem-authorize");
+
+    json_object_object_add(request, "uuid", json_object_new_string(inv->operands[1]));
+    return request_once(inv, request, NULL);
+}
+
+static int run_tmem_new_pool(const struct invocation *inv)
+{
+    struct json_object *request = domain_request(inv, "tmem-new-pool"), *reply;
+    int status;
+
+    json_object_object_add(request, "kind", json_object_new_string(inv->operands[1]));
+    if (inv->operand_count > 2) {
+        json_object_object_add(request, "sharing", json_object_new_string("shared"));
+        json_object_object_add(request, "uuid", json_object_new_string(inv->operands[2]));
+    }
+    copy_option(inv, request, "codec");
+    copy_option(inv, request, "dedup");
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    printf("%" PRIu64 "\n", field_u64(reply, "pool"));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_tmem_destroy_pool(const struct invocation *inv)
+{
+    int status;
+    struct json_object *request = tmem_key_request(inv, "tmem-destroy-pool", false, &status);
+
+    return request ? request_once(inv, request, NULL) : status;
+}
+
+static int run_tmem_put(const struct invocation *inv)
+{
+    int status;
+    struct json_object *request = tmem_key_request(inv, "tmem-put", true, &status), *reply;
+
+    if (!request)
+        return status;
+    copy_option(inv, request, "seed");
+    copy_option(inv, request, "size");
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    if (option_set(inv, "json"))
+        print_json(reply);
+    else
+        printf("%s\n", field_bool(reply, "stored") ? "stored" : "dropped");
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_tmem_get(const struct invocation *inv)
+{
+    int status;
+    struct json_object *request = tmem_key_request(inv, "tmem-get", true, &status), *reply;
+
+    if (!request)
+        return status;
+    copy_option(inv, request, "seed");
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    if (option_set(inv, "json"))
+        print_json(reply);
+    else if (!field_bool(reply, "found"))
+        printf("missing\n");
+    else
+        printf("found%s\n", !field(reply, "matches") ? ""
+                            : field_bool(reply, "matches") ? ", matches" : ", DIFFERS");
+    /* A page that differs from the one put is a failure of the command. */
+    status = field(reply, "matches") && !field_bool(reply, "matches") ? STATUS_FAILED
+                                                                      : STATUS_OK;
+    json_object_put(reply);
+    return status;
+}
+
+static int run_tmem_flush(const struct invocation *inv)
+{
+    int status;
+    struct json_object *request = tmem_key_request(inv, "tmem-flush", true, &status), *reply;
+
+    if (!request)
+        return status;
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    printf("%" PRIu64 " pages flushed\n", field_u64(reply, "flushed"));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_tmem_relinquish(const struct invocation *inv)
+{
+    struct json_object *request = mv_proto_request_new("tmem-relinquish"), *reply;
+    int status;
+
+    copy_option(inv, request, "pages");
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    printf("%" PRIu64 " frames given back to the host\n", field_u64(reply, "relinquished"));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_page_out(const struct invocation *inv)
+{
+    struct json_object *request = domain_request(inv, "page-out"), *reply;
+    int status;
+
+    copy_option(inv, request, "pages");
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    if (option_set(inv, "json"))
+        print_json(reply);
+    else
+        printf("%" PRIu64 " pages paged out\n", field_u64(reply, "paged"));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static const struct command tmem_commands[] = {
+    {
+        .name = "tmem list", .operands = "[DOMAIN]", .max_operands = 1,
+        .summary = "show pools, domains and host figures (like xl tmem-list)",
+        .description =
+            "Host figures (frames, evictions, relinquished frames, budget shortages,\n"
+            "repayment, host paging), then every pool (or DOMAIN's) with its puts,\n"
+            "gets, found gets, flushes, evictions and compression ratio, then every\n"
+            "domain's pages, quota, collateral and repaid frames.",
+        .options = OPTIONS(&opt_json), .run = run_tmem_list, .wire = WIRE("tmem-list"),
+    },
+    {
+        .name = "tmem authorize", .operands = "DOMAIN UUID", .min_operands = 2,
+        .max_operands = 2, .summary = "let DOMAIN join the shared pool of UUID",
+        .description = "Authorise DOMAIN to create or join the shared tmem pool named UUID\n"
+                       "(32 hex digits, dashes allowed).",
+        .run = run_tmem_authorize, .wire = WIRE("tmem-authorize"),
+    },
+    {
+        .name = "tmem new-pool", .operands = "DOMAIN ephemeral|persistent [UUID]",
+        .min_operands = 2, .max_operands = 3,
+        .summary = "create a pool for DOMAIN; prints its id",
+        .description =
+            "Create a private pool for DOMAIN, or with UUID create or join the shared\n"
+            "pool of that UUID (DOMAIN must be authorised).  Prints the pool id.",
+        .options = OPTIONS(&opt_tmem_codec, &opt_tmem_dedup), .run = run_tmem_new_pool,
+        .wire = WIRE("tmem-new-pool"),
+    },
+    {
+        .name = "tmem destroy-pool", .operands = "DOMAIN POOL", .min_operands = 2,
+        .max_operands = 2, .summary = "leave a pool (a private one is freed)",
+        .description = "DOMAIN leaves POOL; its pages go, and the pool with its last member.",
+        .run = run_tmem_destroy_pool, .wire = WIRE("tmem-destroy-pool"),
+    },
+    {
+        .name = "tmem put", .operands = "DOMAIN POOL OID INDEX", .min_operands = 4,
+        .max_operands = 4, .summary = "put a test page made from --seed",
+        .description =
+            "Put the page made from --seed (text-like bytes) under (POOL, OID, INDEX)\n"
+            "as DOMAIN would.  OID is N or N:N:N.  Prints stored, or dropped when an\n"
+            "ephemeral pool had no room.",
+        .options = OPTIONS(&opt_tmem_put_seed, &opt_tmem_size, &opt_json),
+        .run = run_tmem_put, .wire = WIRE("tmem-put"),
+    },
+    {
+        .name = "tmem get", .operands = "DOMAIN POOL OID INDEX", .min_operands = 4,
+        .max_operands = 4, .summary = "get a page; with --seed, compare it",
+        .description =
+            "Get the page under (POOL, OID, INDEX) as DOMAIN would (from a private\n"
+            "ephemeral pool this removes it).  Prints missing or found; with --seed,\n"
+            "whether it matches the page made from that seed (exit 1 when not).",
+        .options = OPTIONS(&opt_tmem_get_seed, &opt_json), .run = run_tmem_get,
+        .wire = WIRE("tmem-get"),
+    },
+    {
+        .name = "tmem flush", .operands = "DOMAIN POOL OID [INDEX]", .min_operands = 3,
+        .max_operands = 4, .summary = "flush a page, or a whole object",
+        .description = "Remove page INDEX of object OID, or every page of it.",
+        .run = run_tmem_flush, .wire = WIRE("tmem-flush"),
+    },
+    {
+        .name = "tmem relinquish", .operands = "",
+        .summary = "give tmem frames back to the host",
+        .description = "Scrub and give back up to --pages frames: spare ones first, then\n"
+                       "evicting ephemeral pages (never persistent ones).",
+        .options = OPTIONS(&opt_tmem_relinquish_pages), .run = run_tmem_relinquish,
+        .wire = WIRE("tmem-relinquish"),
+    },
+};
+
+static void print_tmem_usage(FILE *out)
+{
+    fprintf(out,
+        "usage: memvisor tmem COMMAND [options] [arguments]\n"
+        "\n"
+        "Transcendent memory: pools of compressed pages that domains put to and get\n"
+        "from by (pool, object id, index); ephemeral pages may be dropped, persistent\n"
+        "ones are kept.  The page commands act as the guest would, for tests.\n"
+        "\n"
+        "commands:\n");
+    for (size_t i = 0; i < sizeof(tmem_commands) / sizeof(tmem_commands[0]); i++)
+        fprintf(out, "  %-22s %s\n", tmem_commands[i].name + strlen("tmem "),
+                tmem_commands[i].summary);
+    fprintf(out, "\n'memvisor tmem COMMAND --help' explains a command.\n");
+}
+
+/* The tmem subcommand named `name` ("tmem put"), or NULL. */
+static const struct command *tmem_command(const char *name)
+{
+    for (size_t i = 0; i < sizeof(tmem_commands) / sizeof(tmem_commands[0]); i++)
+        if (strcmp(tmem_commands[i].name, name) == 0)
+            return &tmem_commands[i];
+    return NULL;
+}
+
+/* `memvisor tmem COMMAND ...`. */
+static int run_tmem(const struct invocation *inv)
+{
+    struct invocation sub = *inv;
+    char name[64];
+    int status;
+
+    if (inv->argc < 2)
+        return usage_error("tmem", "expects a command");
+    if (strcmp(inv->argv[1], "--help") == 0 || strcmp(inv->argv[1], "-h") == 0) {
+        print_tmem_usage(stdout);
+        return STATUS_OK;
+    }
+    snprintf(name, sizeof(name), "tmem %s", inv->argv[1]);
+    sub.command = tmem_command(name);
+    if (!sub.command)
+        return usage_error("tmem", "unknown command '%s'", inv->argv[1]);
+    sub.argc = inv->argc - 1;
+    sub.argv = inv->argv + 1;
+    status = parse_command_line(&sub, sub.argc, sub.argv);
     if (status < 0)
         status = sub.command->run(&sub);
     return status;
@@ -2708,13 +3045,15 @@ static const struct command commands[] = {
         .wire = WIRE("reclaim"),
     },
     {
-        .name = "workload", .operands = "DOMAIN scrub|random|verify", .min_operands = 2,
-        .max_operands = 2,
+        .name = "workload", .operands = "DOMAIN scrub|random|verify|cleancache|frontswap",
+        .min_operands = 2, .max_operands = 2,
         .summary = "run a built-in guest workload",
         .description =
             "Run a workload on all of DOMAIN's vCPUs: scrub zeroes all of maxmem once,\n"
             "as operating systems do at boot; random writes random pages; verify reads\n"
-            "every page through guest memory and checks it against the content oracle.\n"
+            "every page through guest memory and checks it against the content oracle;\n"
+            "cleancache and frontswap are tmem clients (a page cache and swap over\n"
+            "transcendent memory) that verify every page they get back.\n"
             "Waits for the workload and reports it (exit 1 when pages differ or the\n"
             "domain crashed), unless --detach or a random workload without a limit.",
         .options = OPTIONS(&opt_rate, &opt_duration, &opt_workload_max_pages,
@@ -2790,6 +3129,21 @@ static const struct command commands[] = {
         .run = run_share, .own_arguments = true,
     },
     {
+        .name = "tmem", .operands = "COMMAND [options] [arguments]",
+        .summary = "transcendent memory ('memvisor tmem --help' lists them)",
+        .run = run_tmem, .own_arguments = true,
+    },
+    {
+        .name = "page-out", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
+        .summary = "page cold pages of a domain out into compressed host memory",
+        .description =
+            "Page out up to --pages of DOMAIN's populated pages, cold ones first (not\n"
+            "touched since the last paging pass), into a compressed pool the host owns.\n"
+            "Their frames go back to the host; a touch pages them back in.",
+        .options = OPTIONS(&opt_page_out_pages, &opt_json), .run = run_page_out,
+        .wire = WIRE("page-out"),
+    },
+    {
         .name = "shutdown", .operands = "",
         .summary = "stop memvisord",
         .description = "Destroy every domain and stop the daemon.",
@@ -2851,11 +3205,12 @@ static void print_usage(FILE *out)
 static struct json_object *senders_json(const char *wire)
 {
     struct json_object *list = json_object_new_array();
-    const struct command *tables[] = { commands, share_commands };
+    const struct command *tables[] = { commands, share_commands, tmem_commands };
     size_t counts[] = { sizeof(commands) / sizeof(commands[0]),
-                        sizeof(share_commands) / sizeof(share_commands[0]) };
+                        sizeof(share_commands) / sizeof(share_commands[0]),
+                        sizeof(tmem_commands) / sizeof(tmem_commands[0]) };
 
-    for (size_t t = 0; t < 2; t++)
+    for (size_t t = 0; t < 3; t++)
         for (size_t i = 0; i < counts[t]; i++)
             for (const char *const *w = tables[t][i].wire; w && *w; w++)
                 if (strcmp(*w, wire) == 0)
@@ -2895,6 +3250,14 @@ static int run_help(const struct invocation *inv)
                  inv->argv[i]);
     if (strcmp(name, "share") == 0) {
         print_share_usage(stdout);
+        return STATUS_OK;
+    }
+    if (strcmp(name, "tmem") == 0) {
+        print_tmem_usage(stdout);
+        return STATUS_OK;
+    }
+    if (tmem_command(name)) {
+        print_command_help(tmem_command(name));
         return STATUS_OK;
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)

@@ -107,6 +107,8 @@ struct options {
     unsigned request_timeout_ms;
     bool overcommit;               /* a --budget above the machine's memory */
     bool test_commands;            /* test-hold and test-release */
+    unsigned auto_paging_high;     /* --auto-paging HIGH:LOW (percent), 0: off */
+    unsigned auto_paging_low;
 };
 
 struct client {
@@ -282,6 +284,9 @@ static void print_usage(FILE *out)
         "                       client idle this long makes room (default %u)\n"
         "  --test-commands      accept test-hold and test-release, which hold a\n"
         "                       worker until released (for tests only)\n"
+        "  --auto-paging HIGH:LOW  host paging: above HIGH%% of the budget\n"
+        "                       populated, page cold guest pages out into\n"
+        "                       compressed memory down to LOW%% (default: off)\n"
         "  --help               show this help\n"
         "  --version            show the version\n",
         MV_PROTO_SOCKET_ENV, MV_PROTO_SOCKET_DEFAULT, MV_FAULT_PER_CPU_AUTO_MAX,
@@ -309,7 +314,7 @@ static int parse_options(int argc, char **argv, struct options *o)
     enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FAULT_CPUS, OPT_FAULT_MODE,
            OPT_COW_SETTLE_MS, OPT_FOREGROUND,
            OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION, OPT_SOCKET_GROUP, OPT_IDLE_EVICT_MS,
-           OPT_REQUEST_TIMEOUT_MS, OPT_OVERCOMMIT, OPT_TEST_COMMANDS };
+           OPT_REQUEST_TIMEOUT_MS, OPT_OVERCOMMIT, OPT_TEST_COMMANDS, OPT_AUTO_PAGING };
     static const struct option long_options[] = {
         { "socket", required_argument, NULL, OPT_SOCKET },
         { "socket-group", required_argument, NULL, OPT_SOCKET_GROUP },
@@ -317,6 +322,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         { "request-timeout-ms", required_argument, NULL, OPT_REQUEST_TIMEOUT_MS },
         { "overcommit", no_argument, NULL, OPT_OVERCOMMIT },
         { "test-commands", no_argument, NULL, OPT_TEST_COMMANDS },
+        { "auto-paging", required_argument, NULL, OPT_AUTO_PAGING },
         { "budget", required_argument, NULL, OPT_BUDGET },
         { "fault-threads", required_argument, NULL, OPT_FAULT_THREADS },
         { "fault-cpus", required_argument, NULL, OPT_FAULT_CPUS },
@@ -364,6 +370,13 @@ static int parse_options(int argc, char **argv, struct options *o)
             break;
         case OPT_TEST_COMMANDS:
             o->test_commands = true;
+            break;
+        case OPT_AUTO_PAGING:
+            if (sscanf(optarg, "%u:%u", &o->auto_paging_high, &o->auto_paging_low) != 2 ||
+                o->auto_paging_high > 100 || o->auto_paging_high == 0 ||
+                o->auto_paging_low >= o->auto_paging_high)
+                return usage_error("--auto-paging: '%s' is not HIGH:LOW percentages with "
+                                   "0 <= LOW < HIGH <= 100", optarg);
             break;
         case OPT_BUDGET:
             rc = mv_proto_parse_size(optarg, &o->budget_bytes);
@@ -802,8 +815,8 @@ static int parse_workload(struct request *r, struct json_object *args,
     if (rc < 0)
         return rc;
     if (mv_proto_workload_parse(kind, &parsed) < 0)
-        return request_fail(r, -EINVAL, "unknown workload kind '%s' (scrub, random or "
-                            "verify)", kind);
+        return request_fail(r, -EINVAL, "unknown workload kind '%s' (scrub, random, "
+                            "verify, cleancache or frontswap)", kind);
     mv_workload_config_init(config, parsed);
     if ((rc = mv_proto_arg_u64(args, "rate", false, &config->pages_per_second, r->why)) < 0 ||
         (rc = mv_proto_arg_u64(args, "duration_ms", false, &config->duration_ms, r->why)) < 0 ||
@@ -1657,6 +1670,378 @@ static int run_share_audit(struct daemon *d, struct request *r)
     return library_status(r, mv_share_audit(d->host));
 }
 
+/* ------------------------------------------------------------------------ */
+/* Transcendent memory: the guest interface for tests and tools, tmem-list,  */
+/* host paging.  Self-contained: only these functions and their table        */
+/* entries know tmem.                                                        */
+
+/* The page tmem-put puts for `seed`: text-like bytes, as a page cache holds
+ * (0: a zero page).  tmem-get compares against the same. */
+static void tmem_seed_page(uint64_t seed, uint8_t *page)
+{
+    static const char *const words[] = { "memory ", "page ", "domain ", "the ", "tmem ",
+                                         "kernel ", "0x7f3a ", "ret\n", "mov ", "\t" };
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+
+    memset(page, 0, MV_PAGE_SIZE);
+    for (unsigned i = 0; seed && i < MV_PAGE_SIZE;) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        for (const char *w = words[x % 10]; *w && i < MV_PAGE_SIZE; w++)
+            page[i++] = (uint8_t)*w;
+    }
+    if (seed)
+        memcpy(page, &seed, sizeof(seed));
+}
+
+/* "uuid": 32 hex digits, dashes anywhere. */
+static int tmem_arg_uuid(struct request *r, bool required, uint8_t uuid[16], bool *given)
+{
+    const char *text = NULL;
+    unsigned n = 0;
+    int rc = mv_proto_arg_string(r->args, "uuid", required, &text, r->why);
+
+    *given = false;
+    if (rc < 0 || !text)
+        return rc;
+    memset(uuid, 0, 16);
+    for (const char *c = text; *c; c++) {
+        int v = *c >= '0' && *c <= '9' ? *c - '0'
+              : *c >= 'a' && *c <= 'f' ? *c - 'a' + 10
+              : *c >= 'A' && *c <= 'F' ? *c - 'A' + 10 : -1;
+
+        if (*c == '-')
+            continue;
+        if (v < 0 || n == 32)
+            return request_fail(r, -EINVAL, "uuid '%s' is not 32 hex digits", text);
+        uuid[n / 2] |= (uint8_t)(n % 2 ? v : v << 4);
+        n++;
+    }
+    if (n != 32)
+        return request_fail(r, -EINVAL, "uuid '%s' is not 32 hex digits", text);
+    *given = true;
+    return 0;
+}
+
+/* "object": N or N:N:N. */
+static int tmem_arg_object(struct request *r, uint64_t oid[3])
+{
+    const char *text;
+    char part[32];
+    int rc = mv_proto_arg_string(r->args, "object", true, &text, r->why);
+
+    if (rc < 0)
+        return rc;
+    oid[0] = oid[1] = oid[2] = 0;
+    for (int i = 0; i < 3; i++) {
+        size_t len = strcspn(text, ":");
+
+        if (len == 0 || len >= sizeof(part))
+            return request_fail(r, -EINVAL, "object '%s' is not N or N:N:N", text);
+        memcpy(part, text, len);
+        part[len] = 0;
+        if (mv_proto_parse_u64(part, &oid[i]) < 0)
+            return request_fail(r, -EINVAL, "object part '%s' is not a number", part);
+        text += len;
+        if (!*text)
+            return 0;
+        text++;
+    }
+    return request_fail(r, -EINVAL, "object has more than three parts");
+}
+
+/* domain, pool, object and (when `index_needed`) index. */
+static int tmem_arg_key(struct daemon *d, struct request *r, bool index_needed,
+                        uint32_t *domid, uint32_t *pool, uint64_t oid[3], uint64_t *index)
+{
+    uint64_t p;
+    int rc;
+
+    if ((rc = arg_domain(d->host, r, domid)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "pool", true, &p, r->why)) < 0)
+        return rc;
+    if (p > UINT32_MAX)
+        return request_fail(r, -EINVAL, "pool %" PRIu64 " is out of range", p);
+    *pool = (uint32_t)p;
+    if (!oid)
+        return 0;
+    if ((rc = tmem_arg_object(r, oid)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "index", index_needed, index, r->why)) < 0)
+        return rc;
+    if (*index > UINT32_MAX)
+        return request_fail(r, -EINVAL, "index %" PRIu64 " is out of range", *index);
+    return 0;
+}
+
+static struct json_object *tmem_counts_json(const struct mv_tmem_counts *c)
+{
+    struct json_object *o = json_object_new_object();
+
+    json_object_object_add(o, "puts", json_object_new_uint64(c->puts));
+    json_object_object_add(o, "puts_stored", json_object_new_uint64(c->puts_stored));
+    json_object_object_add(o, "gets", json_object_new_uint64(c->gets));
+    json_object_object_add(o, "found_gets", json_object_new_uint64(c->found_gets));
+    json_object_object_add(o, "flushes", json_object_new_uint64(c->flushes));
+    json_object_object_add(o, "flush_objects", json_object_new_uint64(c->flush_objects));
+    json_object_object_add(o, "evictions", json_object_new_uint64(c->evictions));
+    json_object_object_add(o, "poor_compressions",
+                           json_object_new_uint64(c->poor_compressions));
+    json_object_object_add(o, "dedup_hits", json_object_new_uint64(c->dedup_hits));
+    json_object_object_add(o, "same_filled", json_object_new_uint64(c->same_filled));
+    json_object_object_add(o, "pages", json_object_new_uint64(c->pages));
+    json_object_object_add(o, "marker_pages", json_object_new_uint64(c->marker_pages));
+    json_object_object_add(o, "stored_bytes", json_object_new_uint64(c->stored_bytes));
+    json_object_object_add(o, "ratio", json_object_new_double(mv_tmem_ratio(c)));
+    return o;
+}
+
+static int run_tmem_list(struct daemon *d, struct request *r)
+{
+    struct json_object *host = json_object_new_object(), *pools = json_object_new_array(),
+                       *clients = json_object_new_array();
+    struct mv_tmem_pool_info *pi = NULL;
+    struct mv_tmem_client_info *ci = NULL;
+    struct mv_tmem_stats s;
+    uint32_t only = UINT32_MAX;
+    bool one = has_arg(r, "domain");
+    int np = 0, nc = 0, rc;
+
+    json_object_object_add(r->reply, "tmem", host);
+    json_object_object_add(r->reply, "pools", pools);
+    json_object_object_add(r->reply, "clients", clients);
+    if ((one && (rc = arg_domain(d->host, r, &only)) < 0) ||
+        (rc = library_status(r, mv_tmem_stats(d->host, &s))) < 0)
+        return rc;
+    /* Lists grow between the count and the copy: ask again until they fit. */
+    for (int room = 16;; room *= 2) {
+        free(pi);
+        free(ci);
+        pi = calloc((size_t)room, sizeof(*pi));
+        ci = calloc((size_t)room, sizeof(*ci));
+        if (!pi || !ci) {
+            free(pi);
+            free(ci);
+            return request_fail(r, -ENOMEM, "out of memory");
+        }
+        np = mv_tmem_pool_list(d->host, pi, (size_t)room);
+        nc = mv_tmem_client_list(d->host, ci, (size_t)room);
+        if (np < 0 || nc < 0) {
+            free(pi);
+            free(ci);
+            return library_status(r, np < 0 ? np : nc);
+        }
+        if (np <= room && nc <= room)
+            break;
+    }
+    json_object_object_add(host, "frames", json_object_new_uint64(s.frames));
+    json_object_object_add(host, "used_frames", json_object_new_uint64(s.used_frames));
+    json_object_object_add(host, "spare_frames", json_object_new_uint64(s.spare_frames));
+    json_object_object_add(host, "pools", json_object_new_uint64(s.pools));
+    json_object_object_add(host, "evictions", json_object_new_uint64(s.evictions));
+    json_object_object_add(host, "relinquished", json_object_new_uint64(s.relinquished));
+    json_object_object_add(host, "compactions", json_object_new_uint64(s.compactions));
+    json_object_object_add(host, "budget_short_calls",
+                           json_object_new_uint64(s.budget_short_calls));
+    json_object_object_add(host, "budget_short_freed",
+                           json_object_new_uint64(s.budget_short_freed));
+    json_object_object_add(host, "repaid", json_object_new_uint64(s.repaid));
+    json_object_object_add(host, "paged_out", json_object_new_uint64(s.paged_out));
+    json_object_object_add(host, "page_outs", json_object_new_uint64(s.page_outs));
+    json_object_object_add(host, "page_ins", json_object_new_uint64(s.page_ins));
+    json_object_object_add(host, "metadata_bytes", json_object_new_uint64(s.metadata_bytes));
+    json_object_object_add(host, "counts", tmem_counts_json(&s.counts));
+    for (int i = 0; i < np; i++) {
+        struct json_object *o = json_object_new_object();
+        char uuid[33];
+
+        if (one && pi[i].owner != only)
+            continue;
+        for (int k = 0; k < 16; k++)
+            snprintf(uuid + 2 * k, 3, "%02x", pi[i].uuid[k]);
+        json_object_object_add(o, "pool", json_object_new_uint64(pi[i].pool));
+        json_object_object_add(o, "owner", pi[i].owner == UINT32_MAX
+                                   ? json_object_new_string("host")
+                                   : json_object_new_uint64(pi[i].owner));
+        json_object_object_add(o, "kind", json_object_new_string(
+            pi[i].flags & MV_TMEM_PERSISTENT ? "persistent" : "ephemeral"));
+        json_object_object_add(o, "sharing", json_object_new_string(
+            pi[i].flags & MV_TMEM_SHARED ? "shared" : "private"));
+        json_object_object_add(o, "codec", json_object_new_string(
+            pi[i].flags & MV_TMEM_ZSTD ? "zstd" : "lz4"));
+        json_object_object_add(o, "dedup", json_object_new_boolean(
+            (pi[i].flags & MV_TMEM_DEDUP) != 0));
+        json_object_object_add(o, "members", json_object_new_uint64(pi[i].members));
+        if (pi[i].flags & MV_TMEM_SHARED)
+            json_object_object_add(o, "uuid", json_object_new_string(uuid));
+        json_object_object_add(o, "counts", tmem_counts_json(&pi[i].counts));
+        json_object_array_add(pools, o);
+    }
+    for (int i = 0; i < nc; i++) {
+        struct json_object *o = json_object_new_object();
+
+        if (one && ci[i].domid != only)
+            continue;
+        json_object_object_add(o, "domid", ci[i].domid == UINT32_MAX
+                                   ? json_object_new_string("host")
+                                   : json_object_new_uint64(ci[i].domid));
+        json_object_object_add(o, "weight", json_object_new_uint64(ci[i].weight));
+        json_object_object_add(o, "quota_pages", json_object_new_uint64(ci[i].quota_pages));
+        json_object_object_add(o, "persistent_pages",
+                               json_object_new_uint64(ci[i].persistent_pages));
+        json_object_object_add(o, "ephemeral_pages",
+                               json_object_new_uint64(ci[i].ephemeral_pages));
+        json_object_object_add(o, "collateral_pages",
+                               json_object_new_uint64(ci[i].collateral_pages));
+        json_object_object_add(o, "repaid_pages", json_object_new_uint64(ci[i].repaid_pages));
+        json_object_object_add(o, "counts", tmem_counts_json(&ci[i].counts));
+        json_object_array_add(clients, o);
+    }
+    free(pi);
+    free(ci);
+    return 0;
+}
+
+static int run_tmem_authorize(struct daemon *d, struct request *r)
+{
+    uint8_t uuid[16];
+    uint32_t domid;
+    bool given;
+    int rc;
+
+    if ((rc = arg_domain(d->host, r, &domid)) < 0 ||
+        (rc = tmem_arg_uuid(r, true, uuid, &given)) < 0)
+        return rc;
+    return library_status(r, mv_tmem_authorize(d->host, domid, uuid));
+}
+
+static int run_tmem_new_pool(struct daemon *d, struct request *r)
+{
+    const char *kind = NULL, *sharing = "private", *codec = "lz4", *dedup = "off";
+    unsigned flags = 0;
+    uint8_t uuid[16];
+    uint32_t domid;
+    bool given;
+    int rc;
+
+    if ((rc = arg_domain(d->host, r, &domid)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "kind", true, &kind, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "sharing", false, &sharing, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "codec", false, &codec, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "dedup", false, &dedup, r->why)) < 0 ||
+        (rc = tmem_arg_uuid(r, false, uuid, &given)) < 0)
+        return rc;
+    flags |= strcmp(kind, "persistent") == 0 ? MV_TMEM_PERSISTENT : 0;
+    flags |= strcmp(sharing, "shared") == 0 ? MV_TMEM_SHARED : 0;
+    flags |= strcmp(codec, "zstd") == 0 ? MV_TMEM_ZSTD : 0;
+    flags |= strcmp(dedup, "on") == 0 ? MV_TMEM_DEDUP : 0;
+    rc = mv_tmem_new_pool(d->host, domid, flags, given ? uuid : NULL);
+    if (rc < 0)
+        return library_status(r, rc);
+    reply_u64(r, "pool", (uint64_t)rc);
+    return 0;
+}
+
+static int run_tmem_destroy_pool(struct daemon *d, struct request *r)
+{
+    uint32_t domid = 0, pool = 0;
+    int rc = tmem_arg_key(d, r, false, &domid, &pool, NULL, NULL);
+
+    return rc < 0 ? rc : library_status(r, mv_tmem_destroy_pool(d->host, domid, pool));
+}
+
+static int run_tmem_put(struct daemon *d, struct request *r)
+{
+    uint64_t oid[3], index = 0, seed = 0, size = MV_PAGE_SIZE;
+    uint8_t page[2 * MV_PAGE_SIZE];
+    uint32_t domid = 0, pool = 0;
+    int rc;
+
+    if ((rc = tmem_arg_key(d, r, true, &domid, &pool, oid, &index)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "seed", true, &seed, r->why)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "size", false, &size, r->why)) < 0)
+        return rc;
+    tmem_seed_page(seed, page);
+    /* A size above two pages is refused by the library all the same. */
+    rc = mv_tmem_put_page(d->host, domid, pool, oid, (uint32_t)index, page,
+                          size > sizeof(page) ? sizeof(page) + 1 : (size_t)size);
+    if (rc < 0)
+        return library_status(r, rc);
+    json_object_object_add(r->reply, "stored", json_object_new_boolean(rc == 1));
+    return 0;
+}
+
+static int run_tmem_get(struct daemon *d, struct request *r)
+{
+    uint64_t oid[3], index = 0, seed = 0;
+    uint8_t page[MV_PAGE_SIZE], want[MV_PAGE_SIZE];
+    uint32_t domid = 0, pool = 0;
+    int rc;
+
+    if ((rc = tmem_arg_key(d, r, true, &domid, &pool, oid, &index)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "seed", false, &seed, r->why)) < 0)
+        return rc;
+    rc = mv_tmem_get_page(d->host, domid, pool, oid, (uint32_t)index, page, sizeof(page));
+    if (rc < 0)
+        return library_status(r, rc);
+    json_object_object_add(r->reply, "found", json_object_new_boolean(rc == 1));
+    if (rc == 1 && has_arg(r, "seed")) {
+        tmem_seed_page(seed, want);
+        json_object_object_add(r->reply, "matches",
+                               json_object_new_boolean(memcmp(page, want, sizeof(page)) == 0));
+    }
+    return 0;
+}
+
+static int run_tmem_flush(struct daemon *d, struct request *r)
+{
+    uint64_t oid[3], index = 0;
+    uint32_t domid = 0, pool = 0;
+    int64_t n;
+    int rc;
+
+    if ((rc = tmem_arg_key(d, r, false, &domid, &pool, oid, &index)) < 0)
+        return rc;
+    n = has_arg(r, "index") ? mv_tmem_flush_page(d->host, domid, pool, oid, (uint32_t)index)
+                            : mv_tmem_flush_object(d->host, domid, pool, oid);
+    if (n < 0)
+        return library_status(r, n);
+    reply_u64(r, "flushed", (uint64_t)n);
+    return 0;
+}
+
+static int run_tmem_relinquish(struct daemon *d, struct request *r)
+{
+    uint64_t pages, done = 0;
+    int rc = mv_proto_arg_u64(r->args, "pages", true, &pages, r->why);
+
+    if (rc < 0)
+        return rc;
+    /* Spare frames first, then one frame at a time, evicting. */
+    done = (uint64_t)mv_tmem_relinquish_pages(d->host, pages);
+    while (done < pages && mv_tmem_relinquish_page(d->host) == 1)
+        done++;
+    reply_u64(r, "relinquished", done);
+    return 0;
+}
+
+static int run_page_out(struct daemon *d, struct request *r)
+{
+    uint64_t pages;
+    uint32_t domid;
+    int64_t n;
+    int rc;
+
+    if ((rc = arg_domain(d->host, r, &domid)) < 0 ||
+        (rc = mv_proto_arg_u64(r->args, "pages", true, &pages, r->why)) < 0)
+        return rc;
+    n = mv_tmem_page_out(d->host, domid, pages);
+    if (n < 0)
+        return library_status(r, n);
+    reply_u64(r, "paged", (uint64_t)n);
+    return 0;
+}
+
 static int run_shutdown(struct daemon *d, struct request *r)
 {
     (void)r;
@@ -1762,6 +2147,15 @@ static const struct command commands[] = {
     { "scanner-stop", run_scanner_stop, 0 },
     { "share-stats", run_share_stats, 0 },
     { "share-audit", run_share_audit, 0 },
+    { "tmem-list", run_tmem_list, 0 },
+    { "tmem-authorize", run_tmem_authorize, 0 },
+    { "tmem-new-pool", run_tmem_new_pool, 0 },
+    { "tmem-destroy-pool", run_tmem_destroy_pool, 0 },
+    { "tmem-put", run_tmem_put, 0 },
+    { "tmem-get", run_tmem_get, 0 },
+    { "tmem-flush", run_tmem_flush, 0 },
+    { "tmem-relinquish", run_tmem_relinquish, 0 },
+    { "page-out", run_page_out, 0 },
     { "doctor", run_doctor, 0 },
     { "shutdown", run_shutdown, ON_LOOP },
     { "test-hold", run_test_hold, 0 },
@@ -2732,6 +3126,11 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
     if (rc < 0) {
         daemon_log(MV_LOG_ERROR, "cannot create the host: %s: %s (run 'memvisor doctor')",
                    mv_strerror(rc), mv_last_error());
+        return rc;
+    }
+    if (o->auto_paging_high &&
+        (rc = mv_tmem_auto_paging(d->host, o->auto_paging_high, o->auto_paging_low)) < 0) {
+        daemon_log(MV_LOG_ERROR, "cannot start host paging: %s", mv_last_error());
         return rc;
     }
 

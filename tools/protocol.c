@@ -696,6 +696,8 @@ static const char *const workload_names[] = {
     [MV_WORKLOAD_SCRUB] = "scrub",
     [MV_WORKLOAD_RANDOM] = "random",
     [MV_WORKLOAD_VERIFY] = "verify",
+    [MV_WORKLOAD_CLEANCACHE] = "cleancache",
+    [MV_WORKLOAD_FRONTSWAP] = "frontswap",
 };
 
 static const char *const share_outcome_names[] = {

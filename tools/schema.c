@@ -40,8 +40,10 @@
 
 #define WORKLOAD_ARGS                                                                  \
     { .name = "kind", .type = MV_SCHEMA_ENUM, .required = true,                         \
-      .values = WORDS("scrub", "random", "verify"), .noun = "workload kind",            \
-      .metavar = "KIND", .help = "the workload: scrub, random or verify" },             \
+      .values = WORDS("scrub", "random", "verify", "cleancache", "frontswap"),          \
+      .noun = "workload kind", .metavar = "KIND",                                       \
+      .help = "the workload: scrub, random, verify, or the tmem clients cleancache "    \
+              "(page cache) and frontswap (swap)" },                                    \
     { .name = "rate", .type = MV_SCHEMA_U64, .metavar = "N",                            \
       .default_text = "as fast as possible",                                            \
       .help = "random: pages written per second, all vCPUs together (default: as fast " \
@@ -286,6 +288,101 @@ static const struct mv_schema_arg test_hold_args[] = {
     END,
 };
 
+/* Transcendent memory (the guest interface is here for tests and tools;
+ * a guest makes these calls through the library). */
+#define TMEM_POOL_ARG                                                                  \
+    { .name = "pool", .type = MV_SCHEMA_U64, .required = true, .max = UINT32_MAX,      \
+      .metavar = "POOL", .help = "the pool id, from tmem-new-pool",                     \
+      .examples = EXAMPLES("0", "1", "2") }
+#define TMEM_OBJECT_ARG                                                                \
+    { .name = "object", .type = MV_SCHEMA_STRING, .required = true, .metavar = "OID",   \
+      .help = "the 192-bit object id: N, or N:N:N (decimal or 0x hex)",                 \
+      .examples = EXAMPLES("\"1\"", "\"7:0:0\"", "\"0x10:2:3\"") }
+#define TMEM_INDEX_ARG(needed, text)                                                   \
+    { .name = "index", .type = MV_SCHEMA_U64, .required = (needed), .max = UINT32_MAX,  \
+      .metavar = "INDEX", .help = (text), .examples = EXAMPLES("0", "1", "4095") }
+#define TMEM_UUID_ARG(needed, text)                                                    \
+    { .name = "uuid", .type = MV_SCHEMA_STRING, .required = (needed), .metavar = "UUID", \
+      .help = (text),                                                                   \
+      .examples = EXAMPLES("\"00112233-4455-6677-8899-aabbccddeeff\"",                  \
+                           "\"0123456789abcdef0123456789abcdef\"") }
+
+static const struct mv_schema_arg tmem_authorize_args[] = {
+    DOMAIN_ARG("domain", true, "the domain: a name or an id"),
+    TMEM_UUID_ARG(true, "the shared pool's UUID: 32 hex digits, dashes allowed"),
+    END,
+};
+
+static const struct mv_schema_arg tmem_new_pool_args[] = {
+    DOMAIN_ARG("domain", true, "the domain: a name or an id"),
+    { .name = "kind", .type = MV_SCHEMA_ENUM, .required = true,
+      .values = WORDS("ephemeral", "persistent"), .noun = "pool kind", .metavar = "KIND",
+      .help = "ephemeral (pages may be dropped: a page cache) or persistent (kept: swap)" },
+    { .name = "sharing", .type = MV_SCHEMA_ENUM, .values = WORDS("private", "shared"),
+      .noun = "pool sharing", .metavar = "HOW", .default_text = "private",
+      .help = "private, or shared: joined by UUID by the domains authorised for it" },
+    TMEM_UUID_ARG(false, "shared pools: the pool's UUID"),
+    { .name = "codec", .type = MV_SCHEMA_ENUM, .values = WORDS("lz4", "zstd"),
+      .noun = "codec", .metavar = "CODEC", .default_text = "lz4",
+      .help = "how its pages are compressed: lz4 or zstd" },
+    { .name = "dedup", .type = MV_SCHEMA_ENUM, .values = WORDS("off", "on"),
+      .noun = "dedup setting", .metavar = "off|on", .default_text = "off",
+      .help = "keep identical pages of the pool once (bytes compared)" },
+    END,
+};
+
+static const struct mv_schema_arg tmem_pool_args[] = {
+    DOMAIN_ARG("domain", true, "the domain: a name or an id"), TMEM_POOL_ARG, END,
+};
+
+static const struct mv_schema_arg tmem_put_args[] = {
+    DOMAIN_ARG("domain", true, "the domain: a name or an id"),
+    TMEM_POOL_ARG,
+    TMEM_OBJECT_ARG,
+    TMEM_INDEX_ARG(true, "the page's index in the object"),
+    { .name = "seed", .type = MV_SCHEMA_U64, .required = true, .metavar = "N",
+      .help = "the page put: text-like bytes made from N (0: a zero page)",
+      .examples = EXAMPLES("0", "1", "42") },
+    { .name = "size", .type = MV_SCHEMA_U64, .metavar = "BYTES", .default_text = "4096",
+      .max = 65536, .help = "bytes handed to the put (only one page is accepted)",
+      .examples = EXAMPLES("4096") },
+    END,
+};
+
+static const struct mv_schema_arg tmem_get_args[] = {
+    DOMAIN_ARG("domain", true, "the domain: a name or an id"),
+    TMEM_POOL_ARG,
+    TMEM_OBJECT_ARG,
+    TMEM_INDEX_ARG(true, "the page's index in the object"),
+    { .name = "seed", .type = MV_SCHEMA_U64, .metavar = "N", .default_text = "none",
+      .help = "compare the page found with the one tmem-put makes from N",
+      .examples = EXAMPLES("0", "1", "42") },
+    END,
+};
+
+static const struct mv_schema_arg tmem_flush_args[] = {
+    DOMAIN_ARG("domain", true, "the domain: a name or an id"),
+    TMEM_POOL_ARG,
+    TMEM_OBJECT_ARG,
+    TMEM_INDEX_ARG(false, "flush this page only (default: the whole object)"),
+    END,
+};
+
+static const struct mv_schema_arg page_out_args[] = {
+    DOMAIN_ARG("domain", true, "the domain: a name or an id"),
+    { .name = "pages", .type = MV_SCHEMA_U64, .required = true, .metavar = "N",
+      .help = "page out up to N populated pages, cold ones first",
+      .examples = EXAMPLES("0", "1", "256") },
+    END,
+};
+
+static const struct mv_schema_arg tmem_relinquish_args[] = {
+    { .name = "pages", .type = MV_SCHEMA_U64, .required = true, .metavar = "N",
+      .help = "frames to give back to the host, evicting ephemeral pages as needed",
+      .examples = EXAMPLES("0", "1", "64") },
+    END,
+};
+
 /* ------------------------------------------------------------------------ */
 /* The commands                                                              */
 
@@ -343,6 +440,24 @@ const struct mv_schema_command mv_schema_commands[] = {
     { "share-stats", "what sharing saves and costs", optional_domain_args, 0, NULL,
       "share, domains" },
     { "share-audit", "check every sharing invariant", no_args, LONG, NULL, NULL },
+    { "tmem-list", "transcendent memory: pools, domains and host figures",
+      optional_domain_args, 0, NULL, "tmem, pools, clients" },
+    { "tmem-authorize", "let a domain join the shared tmem pool of a UUID",
+      tmem_authorize_args, 0, NULL, NULL },
+    { "tmem-new-pool", "create a tmem pool for a domain (or join a shared one)",
+      tmem_new_pool_args, 0, NULL, "pool" },
+    { "tmem-destroy-pool", "leave a tmem pool; a private one is freed", tmem_pool_args, 0,
+      NULL, NULL },
+    { "tmem-put", "put a page into a tmem pool, as the guest would", tmem_put_args, 0, NULL,
+      "stored" },
+    { "tmem-get", "get a page from a tmem pool, as the guest would", tmem_get_args, 0, NULL,
+      "found, matches" },
+    { "tmem-flush", "flush a page or an object of a tmem pool", tmem_flush_args, 0, NULL,
+      "flushed" },
+    { "tmem-relinquish", "give tmem frames back to the host", tmem_relinquish_args, LONG,
+      NULL, "relinquished" },
+    { "page-out", "page cold pages of a domain out into compressed host memory",
+      page_out_args, LONG, NULL, "paged" },
     { "doctor", "what this kernel offers memvisor", no_args, 0, NULL, "doctor" },
     { "shutdown", "destroy every domain and stop the daemon", no_args,
       MV_SCHEMA_STOPS_DAEMON, NULL, NULL },

@@ -96,6 +96,10 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
     switch (type) {
     case MV_P2M_POD:
         return 0;
+    case MV_P2M_PAGED:
+        /* Paged back in before the clone began, under the same lock. */
+        return mv__fail(-EUCLEAN, "domain %u: gfn %#llx is still paged out",
+                        src->domid, (unsigned long long)gfn);
     case MV_P2M_BALLOONED:
         for (uint64_t i = 0; i < n; i++)
             mv__p2m_set(c, gfn + i, MV_P2M_BALLOONED);
@@ -439,6 +443,13 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
         rc = mv__fail(-EBUSY, "domain %u was unpaused during the clone", src_domid);
         goto out;
     }
+    /* Pages the host paged out come back first: a clone maps frames. */
+    for (uint64_t g = 0; rc == 0 && src->paged && g < src->maxmem_pages; g++)
+        if (src->p2m[g] == MV_P2M_PAGED && mv__p2m_ops_of(MV_P2M_PAGED)->fault(src, g) < 0)
+            rc = mv__fail(-ENOMEM, "domain %u: no memory to page gfn %#llx back in "
+                          "for the clone", src_domid, (unsigned long long)g);
+    if (rc < 0)
+        goto out;
     c->target_pages = src->target_pages;
     rc = mv__machine_alloc(&host->machine, src->frame_pages, &new_base);
     if (rc < 0)

@@ -170,7 +170,7 @@ int share_give_own_frames(struct mv_domain *d, uint64_t first, uint64_t n,
         copied += copies[i] != 0;
     mv__mutex_lock(&s->lock);
     charged = n - count_takeovers(d, first, n);
-    if (charged && !mv__machine_charge(&h->machine, charged)) {
+    if (charged && !mv__host_charge(h, d, charged)) {
         mv__mutex_unlock(&s->lock);
         return -ENOMEM;
     }

@@ -1,0 +1,683 @@
+/*
+ * bench_tmem.c - `memvisor bench tmem`: transcendent memory against the
+ * kernel's compressed memory, in the same run, on the same pages.
+ *
+ * Pages: one synthetic guest of --size MiB from guest_image.c with
+ * compressible contents (machine code, page-cache text, heap words and
+ * zero pages in realistic proportions), the same bytes for every peer.
+ *
+ * Figures and their peers:
+ *   put / get        mv_tmem_put_page and mv_tmem_get_page of every page
+ *                    into / from a persistent lz4 pool, one thread;
+ *   zram write/read  the same pages written to / read from /dev/zram0
+ *                    (lz4) with O_DIRECT, one 4 KiB request per page, one
+ *                    thread: what swapping through zram costs per page;
+ *   lz4 loop         LZ4_compress_default / LZ4_decompress_safe of every
+ *                    page on one core, nothing else: the compressor's floor;
+ *   ratio            pages stored / memory used: tmem's frames charged to
+ *                    the host budget, zram's mem_used_total (both include
+ *                    their allocators' waste), the lz4 loop's compressed
+ *                    bytes (no allocator at all);
+ *   relinquish       mv_tmem_evict_npages(n) and mv_tmem_relinquish_pages(n)
+ *                    over a full ephemeral pool, per frame;
+ *   paged fault      the first touch of a page that host paging compressed
+ *                    away (fault, decompress, map) against the kernel's first
+ *                    touch of a memfd page and a swap-in from zram (the page
+ *                    pushed out with MADV_PAGEOUT while zram is the only
+ *                    swap; swap is turned off again at once).
+ * zswap is not measured: it is off on these hosts, and turning it on would
+ * change swapping for every process of a shared machine; it compresses
+ * with the same allocator as zram.  zram is used only when it is unused
+ * (disksize 0) and reset afterwards; without it its peers are reported as
+ * not measured, with the reason.
+ */
+#include "bench.h"
+#include "bench_util.h"
+#include "guest_image.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <lz4.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/swap.h>
+#include <unistd.h>
+
+#define TMEM_DEFAULT_MIB 128u
+#define TMEM_MAX_MIB 4096u
+#define TMEM_FAULT_PAGES 4096u      /* pages of the fault-latency cases */
+#define TMEM_RELINQUISH_FRAMES 1024u
+#define ZRAM "/sys/block/zram0/"
+#define TM_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define TM_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+struct tmem_options {
+    uint64_t size_mib;
+    bool json;
+};
+
+struct tmem_run {
+    struct tmem_options opt;
+    struct mv_bench_machine machine;
+    struct guest_image_set set;
+    const struct guest_image *image;
+    uint64_t pages;
+    /* tmem */
+    uint64_t put_ns, get_ns, frames, stored_bytes, poor, same, bad_pages;
+    /* the lz4 loop */
+    uint64_t lz4_comp_ns, lz4_decomp_ns, lz4_bytes;
+    /* zram */
+    bool zram;
+    char zram_why[160];
+    uint64_t zram_write_ns, zram_read_ns, zram_orig, zram_compr, zram_used, zram_bad;
+    /* relinquish */
+    uint64_t evicted_frames, evict_ns, relinquished_frames, relinquish_ns;
+    /* fault latency (medians and 99th percentiles) */
+    uint64_t paged_median, paged_p99, kernel_median, kernel_p99;
+    bool zram_swap;
+    char zram_swap_why[160];
+    uint64_t swapin_median, swapin_p99, swapped_pages;
+};
+
+static double gib_per_s(uint64_t pages, uint64_t ns)
+{
+    return ns ? (double)pages * MV_PAGE_SIZE / (double)ns * 1e9 / (double)(1ull << 30) : 0;
+}
+
+/* ---- tmem ---- */
+
+static int measure_tmem(struct tmem_run *run)
+{
+    struct mv_host_config hc;
+    struct mv_domain_config dc;
+    struct mv_tmem_stats s;
+    uint8_t page[MV_PAGE_SIZE];
+    mv_host *h = NULL;
+    uint32_t dom;
+    uint64_t t0, oid[3] = { 1, 0, 0 };
+    int pool, rc;
+
+    mv_bench_host_config_init(&hc);
+    hc.budget_bytes = run->pages * MV_PAGE_SIZE * 2 + 256 * MV_BENCH_MIB;
+    if (mv_bench_host_create(&hc, &h) != MV_BENCH_OK)
+        return MV_BENCH_FAILED;
+    mv_domain_config_init(&dc);
+    snprintf(dc.name, sizeof(dc.name), "tmem-client");
+    dc.maxmem_bytes = dc.target_bytes = 16 * MV_BENCH_MIB;
+    rc = mv_domain_create(h, &dc, &dom);
+    if (rc == 0)
+        rc = mv_tmem_set_client(h, dom, 100, UINT64_MAX);
+    pool = rc < 0 ? rc : mv_tmem_new_pool(h, dom, MV_TMEM_PERSISTENT, NULL);
+    if (pool < 0) {
+        mv_host_destroy(h);
+        return mv_bench_lib_error("tmem pool", pool);
+    }
+    t0 = mv_bench_now_ns();
+    for (uint64_t i = 0; i < run->pages; i++) {
+        oid[1] = i >> 32;
+        rc = mv_tmem_put_page(h, dom, (uint32_t)pool, oid, (uint32_t)i,
+                              guest_image_page(run->image, i), MV_PAGE_SIZE);
+        if (rc != 1) {
+            mv_host_destroy(h);
+            return mv_bench_lib_error("mv_tmem_put_page", rc < 0 ? rc : -ENOMEM);
+        }
+    }
+    run->put_ns = mv_bench_now_ns() - t0;
+    mv_tmem_stats(h, &s);
+    run->frames = s.frames;
+    run->stored_bytes = s.counts.stored_bytes;
+    run->poor = s.counts.poor_compressions;
+    run->same = s.counts.same_filled;
+    t0 = mv_bench_now_ns();
+    for (uint64_t i = 0; i < run->pages; i++) {
+        oid[1] = i >> 32;
+        if (mv_tmem_get_page(h, dom, (uint32_t)pool, oid, (uint32_t)i, page, MV_PAGE_SIZE) != 1)
+            run->bad_pages++;
+    }
+    run->get_ns = mv_bench_now_ns() - t0;
+    /* Untimed: every page is what was put. */
+    for (uint64_t i = 0; i < run->pages; i++) {
+        oid[1] = i >> 32;
+        if (mv_tmem_get_page(h, dom, (uint32_t)pool, oid, (uint32_t)i, page, MV_PAGE_SIZE) != 1 ||
+            memcmp(page, guest_image_page(run->image, i), MV_PAGE_SIZE))
+            run->bad_pages++;
+    }
+    /* Relinquish: the pages again, in an ephemeral pool, then frames back. */
+    mv_tmem_destroy_pool(h, dom, (uint32_t)pool);
+    mv_tmem_relinquish_pages(h, UINT64_MAX);
+    pool = mv_tmem_new_pool(h, dom, 0, NULL);
+    for (uint64_t i = 0; pool >= 0 && i < run->pages; i++) {
+        oid[1] = i >> 32;
+        mv_tmem_put_page(h, dom, (uint32_t)pool, oid, (uint32_t)i,
+                         guest_image_page(run->image, i), MV_PAGE_SIZE);
+    }
+    t0 = mv_bench_now_ns();
+    run->evicted_frames = (uint64_t)TM_MAX(mv_tmem_evict_npages(h, TMEM_RELINQUISH_FRAMES), 0);
+    run->evict_ns = mv_bench_now_ns() - t0;
+    t0 = mv_bench_now_ns();
+    run->relinquished_frames = (uint64_t)TM_MAX(mv_tmem_relinquish_pages(h, TMEM_RELINQUISH_FRAMES), 0);
+    run->relinquish_ns = mv_bench_now_ns() - t0;
+    rc = mv_tmem_audit(h);
+    mv_host_destroy(h);
+    if (rc < 0)
+        return mv_bench_lib_error("mv_tmem_audit", rc);
+    return MV_BENCH_OK;
+}
+
+/* ---- the lz4 loop ---- */
+
+static void measure_lz4(struct tmem_run *run)
+{
+    int bound = LZ4_compressBound(MV_PAGE_SIZE);
+    char *dst = malloc((size_t)bound), page[MV_PAGE_SIZE];
+    uint32_t *len = malloc(run->pages * sizeof(*len));
+    char *all = malloc(run->pages * (size_t)bound);
+    uint64_t t0;
+
+    if (!dst || !len || !all) {
+        free(dst);
+        free(len);
+        free(all);
+        return;
+    }
+    /* The compressed copies are kept (as a store would) but the timing is
+     * of the compressor alone: compress in place, then copy out untimed. */
+    memset(all, 0, run->pages * (size_t)bound);
+    t0 = mv_bench_now_ns();
+    for (uint64_t i = 0; i < run->pages; i++)
+        len[i] = (uint32_t)LZ4_compress_default((const char *)guest_image_page(run->image, i),
+                                                all + i * (uint64_t)bound, MV_PAGE_SIZE, bound);
+    run->lz4_comp_ns = mv_bench_now_ns() - t0;
+    for (uint64_t i = 0; i < run->pages; i++)
+        run->lz4_bytes += len[i];
+    t0 = mv_bench_now_ns();
+    for (uint64_t i = 0; i < run->pages; i++)
+        LZ4_decompress_safe(all + i * (uint64_t)bound, page, (int)len[i], MV_PAGE_SIZE);
+    run->lz4_decomp_ns = mv_bench_now_ns() - t0;
+    free(dst);
+    free(len);
+    free(all);
+}
+
+/* ---- zram ---- */
+
+static int sys_write(const char *file, const char *text)
+{
+    int fd = open(file, O_WRONLY | O_CLOEXEC), rc = 0;
+
+    if (fd < 0)
+        return -errno;
+    if (write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+static int sys_read_u64s(const char *file, uint64_t *v, int n)
+{
+    char buf[256];
+    FILE *f = fopen(file, "re");
+    int got = 0;
+
+    if (!f)
+        return -errno;
+    if (fgets(buf, sizeof(buf), f)) {
+        char *p = buf;
+
+        for (; got < n; got++) {
+            char *end;
+
+            v[got] = strtoull(p, &end, 10);
+            if (end == p)
+                break;
+            p = end;
+        }
+    }
+    fclose(f);
+    return got;
+}
+
+/* Make zram0 an lz4 device of `bytes`, if nobody uses it.  0 or why not. */
+static int zram_setup(uint64_t bytes, char *why, size_t size)
+{
+    uint64_t disksize = 1;
+    char text[32];
+
+    if (sys_read_u64s(ZRAM "disksize", &disksize, 1) != 1) {
+        snprintf(why, size, "no /dev/zram0 (modprobe zram)");
+        return -ENODEV;
+    }
+    if (disksize != 0) {
+        snprintf(why, size, "/dev/zram0 is in use (disksize %" PRIu64 ")", disksize);
+        return -EBUSY;
+    }
+    snprintf(text, sizeof(text), "%" PRIu64, bytes);
+    if (sys_write(ZRAM "comp_algorithm", "lz4") < 0 || sys_write(ZRAM "disksize", text) < 0) {
+        snprintf(why, size, "cannot configure /dev/zram0: %s (root needed)", strerror(errno));
+        sys_write(ZRAM "reset", "1");
+        return -EPERM;
+    }
+    return 0;
+}
+
+static void zram_reset(void)
+{
+    sys_write(ZRAM "reset", "1");
+}
+
+static void measure_zram(struct tmem_run *run)
+{
+    uint64_t mm[3], t0;
+    uint8_t *buf = NULL;
+    int fd;
+
+    if (zram_setup(run->pages * MV_PAGE_SIZE + 64 * MV_BENCH_MIB, run->zram_why,
+                   sizeof(run->zram_why)) < 0)
+        return;
+    fd = open("/dev/zram0", O_RDWR | O_DIRECT | O_CLOEXEC);
+    if (fd < 0 || posix_memalign((void **)&buf, MV_PAGE_SIZE, MV_PAGE_SIZE)) {
+        snprintf(run->zram_why, sizeof(run->zram_why), "cannot open /dev/zram0: %s",
+                 strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        zram_reset();
+        return;
+    }
+    t0 = mv_bench_now_ns();
+    for (uint64_t i = 0; i < run->pages; i++)
+        if (pwrite(fd, guest_image_page(run->image, i), MV_PAGE_SIZE,
+                   (off_t)(i * MV_PAGE_SIZE)) != MV_PAGE_SIZE)
+            run->zram_bad++;
+    run->zram_write_ns = mv_bench_now_ns() - t0;
+    if (sys_read_u64s(ZRAM "mm_stat", mm, 3) == 3) {
+        run->zram_orig = mm[0];
+        run->zram_compr = mm[1];
+        run->zram_used = mm[2];
+    }
+    t0 = mv_bench_now_ns();
+    for (uint64_t i = 0; i < run->pages; i++)
+        if (pread(fd, buf, MV_PAGE_SIZE, (off_t)(i * MV_PAGE_SIZE)) != MV_PAGE_SIZE)
+            run->zram_bad++;
+    run->zram_read_ns = mv_bench_now_ns() - t0;
+    for (uint64_t i = 0; i < run->pages; i++)
+        if (pread(fd, buf, MV_PAGE_SIZE, (off_t)(i * MV_PAGE_SIZE)) != MV_PAGE_SIZE ||
+            memcmp(buf, guest_image_page(run->image, i), MV_PAGE_SIZE))
+            run->zram_bad++;
+    close(fd);
+    free(buf);
+    zram_reset();
+    run->zram = run->zram_used > 0 && run->zram_bad == 0;
+    if (!run->zram)
+        snprintf(run->zram_why, sizeof(run->zram_why), "zram lost %" PRIu64 " pages or "
+                 "reported no memory used", run->zram_bad);
+}
+
+/* ---- fault latency ---- */
+
+static int by_value(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return (x > y) - (x < y);
+}
+
+static void median_p99(uint64_t *v, size_t n, uint64_t *median, uint64_t *p99)
+{
+    qsort(v, n, sizeof(*v), by_value);
+    *median = n ? v[n / 2] : 0;
+    *p99 = n ? v[n * 99 / 100] : 0;
+}
+
+/* Time a read of the first word of each of `n` pages at `mem`. */
+static void touch_pages(volatile uint8_t *mem, size_t n, const uint64_t *want, uint64_t *lat,
+                        uint64_t *bad)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t t0 = mv_bench_now_ns(), w = *(volatile uint64_t *)(mem + i * MV_PAGE_SIZE);
+
+        lat[i] = mv_bench_now_ns() - t0;
+        if (want && w != want[i])
+            (*bad)++;
+    }
+}
+
+static int measure_faults(struct tmem_run *run)
+{
+    size_t n = TM_MIN(TMEM_FAULT_PAGES, run->pages);
+    uint64_t *lat = malloc(n * sizeof(*lat)), *want = malloc(n * sizeof(*want)), bad = 0;
+    struct mv_host_config hc;
+    struct mv_domain_config dc;
+    mv_host *h = NULL;
+    uint8_t *ram, *mem;
+    uint32_t dom;
+    int64_t paged;
+    int fd, rc;
+
+    if (!lat || !want) {
+        free(lat);
+        free(want);
+        mv_bench_error("tmem: no memory for latency samples");
+        return MV_BENCH_FAILED;
+    }
+    for (size_t i = 0; i < n; i++)
+        memcpy(&want[i], guest_image_page(run->image, i), sizeof(want[i]));
+    /* Host paging. */
+    mv_bench_host_config_init(&hc);
+    if (mv_bench_host_create(&hc, &h) != MV_BENCH_OK)
+        goto fail;
+    mv_domain_config_init(&dc);
+    snprintf(dc.name, sizeof(dc.name), "paged");
+    dc.maxmem_bytes = dc.target_bytes = ((n * MV_PAGE_SIZE + 2 * MV_BENCH_MIB - 1) /
+                                         (2 * MV_BENCH_MIB)) * 2 * MV_BENCH_MIB;
+    rc = mv_domain_create(h, &dc, &dom);
+    if (rc < 0 || mv_bench_domain_ram(h, dom, &ram, NULL) != MV_BENCH_OK) {
+        mv_host_destroy(h);
+        if (rc < 0)
+            mv_bench_lib_error("mv_domain_create", rc);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++)
+        memcpy(ram + i * MV_PAGE_SIZE, guest_image_page(run->image, i), MV_PAGE_SIZE);
+    paged = mv_tmem_page_out(h, dom, n);
+    if (paged < 0) {
+        mv_host_destroy(h);
+        mv_bench_lib_error("mv_tmem_page_out", (int)paged);
+        goto fail;
+    }
+    if ((uint64_t)paged != n) {
+        mv_host_destroy(h);
+        mv_bench_error("tmem: %" PRId64 " of %zu pages paged out", paged, n);
+        goto fail;
+    }
+    touch_pages(ram, n, want, lat, &bad);
+    median_p99(lat, n, &run->paged_median, &run->paged_p99);
+    run->bad_pages += bad;
+    mv_host_destroy(h);
+    /* The kernel's first touch of a memfd page. */
+    fd = memfd_create("tmem-bench", MFD_CLOEXEC);
+    if (fd >= 0 && ftruncate(fd, (off_t)(n * MV_PAGE_SIZE)) == 0) {
+        mem = mmap(NULL, n * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (mem != MAP_FAILED) {
+            for (size_t i = 0; i < n; i++) {
+                uint64_t t0 = mv_bench_now_ns();
+
+                ((volatile uint8_t *)mem)[i * MV_PAGE_SIZE] = 1;
+                lat[i] = mv_bench_now_ns() - t0;
+            }
+            median_p99(lat, n, &run->kernel_median, &run->kernel_p99);
+            munmap(mem, n * MV_PAGE_SIZE);
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    /* A swap-in from zram: zram the only swap, the pages pushed out. */
+    if (zram_setup(n * MV_PAGE_SIZE * 2 + 16 * MV_BENCH_MIB, run->zram_swap_why,
+                   sizeof(run->zram_swap_why)) == 0) {
+        if (system("mkswap /dev/zram0 >/dev/null 2>&1") != 0 ||
+            swapon("/dev/zram0", SWAP_FLAG_PREFER | (32767 << SWAP_FLAG_PRIO_SHIFT)) != 0) {
+            snprintf(run->zram_swap_why, sizeof(run->zram_swap_why),
+                     "cannot swap on /dev/zram0: %s", strerror(errno));
+        } else {
+            mem = mmap(NULL, n * MV_PAGE_SIZE, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (mem != MAP_FAILED) {
+                int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+
+                for (size_t i = 0; i < n; i++)
+                    memcpy(mem + i * MV_PAGE_SIZE, guest_image_page(run->image, i),
+                           MV_PAGE_SIZE);
+                madvise(mem, n * MV_PAGE_SIZE, MADV_PAGEOUT);
+                for (size_t i = 0; pm >= 0 && i < n; i++) {
+                    uint64_t e = 0;
+
+                    if (pread(pm, &e, 8, (off_t)(((uintptr_t)mem >> 12) + i) * 8) == 8 &&
+                        (e >> 62 & 1))
+                        run->swapped_pages++;
+                }
+                if (pm >= 0)
+                    close(pm);
+                bad = 0;
+                touch_pages(mem, n, want, lat, &bad);
+                run->bad_pages += bad;
+                median_p99(lat, n, &run->swapin_median, &run->swapin_p99);
+                run->zram_swap = run->swapped_pages > n / 2;
+                if (!run->zram_swap)
+                    snprintf(run->zram_swap_why, sizeof(run->zram_swap_why),
+                             "MADV_PAGEOUT swapped only %" PRIu64 " of %zu pages",
+                             run->swapped_pages, n);
+                munmap(mem, n * MV_PAGE_SIZE);
+            }
+            swapoff("/dev/zram0");
+        }
+        zram_reset();
+    }
+    free(lat);
+    free(want);
+    return MV_BENCH_OK;
+fail:
+    free(lat);
+    free(want);
+    return MV_BENCH_FAILED;
+}
+
+/* ---- reports ---- */
+
+static double tmem_ratio(const struct tmem_run *r)
+{
+    return r->frames ? (double)r->pages / (double)r->frames : 0;
+}
+
+static size_t comparisons(const struct tmem_run *r, struct mv_bench_comparison *c)
+{
+    double put = gib_per_s(r->pages, r->put_ns), get = gib_per_s(r->pages, r->get_ns);
+    size_t n = 0;
+
+    if (r->zram) {
+        c[n++] = (struct mv_bench_comparison){ "put throughput", "GiB/s", put, "zram write",
+                                               gib_per_s(r->pages, r->zram_write_ns), 0, 1.0 };
+        c[n++] = (struct mv_bench_comparison){ "get throughput", "GiB/s", get, "zram read",
+                                               gib_per_s(r->pages, r->zram_read_ns), 0, 1.0 };
+        c[n++] = (struct mv_bench_comparison){
+            "compression ratio", "x", tmem_ratio(r), "zram (mem_used_total)",
+            (double)r->zram_orig / (double)r->zram_used, 0, 1.0 };
+    }
+    c[n++] = (struct mv_bench_comparison){ "put throughput", "GiB/s", put,
+                                           "lz4 compress loop, one core",
+                                           gib_per_s(r->pages, r->lz4_comp_ns), 0, 0.7 };
+    c[n++] = (struct mv_bench_comparison){ "get throughput", "GiB/s", get,
+                                           "lz4 decompress loop, one core",
+                                           gib_per_s(r->pages, r->lz4_decomp_ns), 0, 0.7 };
+    c[n++] = (struct mv_bench_comparison){
+        "compression ratio", "x", tmem_ratio(r), "lz4 loop (bytes only)",
+        (double)r->pages * MV_PAGE_SIZE / (double)TM_MAX(r->lz4_bytes, 1), 0, 0 };
+    c[n++] = (struct mv_bench_comparison){ "paged fault (median)", "ns",
+                                           (double)r->paged_median, "kernel first touch",
+                                           (double)r->kernel_median, 0, 0 };
+    if (r->zram_swap)
+        c[n++] = (struct mv_bench_comparison){ "paged fault (median)", "ns",
+                                               (double)r->paged_median, "zram swap-in",
+                                               (double)r->swapin_median, 0, 0 };
+    return n;
+}
+
+static int report_json(struct tmem_run *r)
+{
+    struct json_object *root = mv_bench_json_root("tmem", &r->machine);
+    struct json_object *p = json_object_new_object(), *raw = json_object_new_object();
+    struct mv_bench_comparison c[16];
+    size_t n = comparisons(r, c);
+    bool met;
+
+    json_object_object_add(p, "size_mib", json_object_new_uint64(r->opt.size_mib));
+    json_object_object_add(p, "pages", json_object_new_uint64(r->pages));
+    json_object_object_add(p, "pages_what", json_object_new_string(
+        "one synthetic guest (guest_image.c, compressible contents: code, text, heap, zero)"));
+    json_object_object_add(p, "fault_pages",
+                           json_object_new_uint64(TM_MIN(TMEM_FAULT_PAGES, r->pages)));
+    json_object_object_add(root, "parameters", p);
+    json_object_object_add(raw, "put_ns", json_object_new_uint64(r->put_ns));
+    json_object_object_add(raw, "get_ns", json_object_new_uint64(r->get_ns));
+    json_object_object_add(raw, "tmem_frames", json_object_new_uint64(r->frames));
+    json_object_object_add(raw, "tmem_stored_bytes", json_object_new_uint64(r->stored_bytes));
+    json_object_object_add(raw, "tmem_poor_compressions", json_object_new_uint64(r->poor));
+    json_object_object_add(raw, "tmem_same_filled", json_object_new_uint64(r->same));
+    json_object_object_add(raw, "lz4_compress_ns", json_object_new_uint64(r->lz4_comp_ns));
+    json_object_object_add(raw, "lz4_decompress_ns", json_object_new_uint64(r->lz4_decomp_ns));
+    json_object_object_add(raw, "lz4_bytes", json_object_new_uint64(r->lz4_bytes));
+    json_object_object_add(raw, "zram", json_object_new_boolean(r->zram));
+    if (r->zram) {
+        json_object_object_add(raw, "zram_write_ns", json_object_new_uint64(r->zram_write_ns));
+        json_object_object_add(raw, "zram_read_ns", json_object_new_uint64(r->zram_read_ns));
+        json_object_object_add(raw, "zram_orig_bytes", json_object_new_uint64(r->zram_orig));
+        json_object_object_add(raw, "zram_compr_bytes", json_object_new_uint64(r->zram_compr));
+        json_object_object_add(raw, "zram_mem_used", json_object_new_uint64(r->zram_used));
+    } else {
+        json_object_object_add(raw, "zram_not_measured", json_object_new_string(r->zram_why));
+    }
+    json_object_object_add(raw, "zswap_not_measured", json_object_new_string(
+        "off on this host; turning it on changes swapping for every process"));
+    json_object_object_add(raw, "evicted_frames", json_object_new_uint64(r->evicted_frames));
+    json_object_object_add(raw, "evict_ns", json_object_new_uint64(r->evict_ns));
+    json_object_object_add(raw, "relinquished_frames",
+                           json_object_new_uint64(r->relinquished_frames));
+    json_object_object_add(raw, "relinquish_ns", json_object_new_uint64(r->relinquish_ns));
+    json_object_object_add(raw, "paged_fault_median_ns", json_object_new_uint64(r->paged_median));
+    json_object_object_add(raw, "paged_fault_p99_ns", json_object_new_uint64(r->paged_p99));
+    json_object_object_add(raw, "kernel_touch_median_ns", json_object_new_uint64(r->kernel_median));
+    json_object_object_add(raw, "kernel_touch_p99_ns", json_object_new_uint64(r->kernel_p99));
+    if (r->zram_swap) {
+        json_object_object_add(raw, "zram_swapin_median_ns",
+                               json_object_new_uint64(r->swapin_median));
+        json_object_object_add(raw, "zram_swapin_p99_ns", json_object_new_uint64(r->swapin_p99));
+        json_object_object_add(raw, "zram_swapped_pages", json_object_new_uint64(r->swapped_pages));
+    } else {
+        json_object_object_add(raw, "zram_swapin_not_measured",
+                               json_object_new_string(r->zram_swap_why));
+    }
+    json_object_object_add(raw, "mismatched_pages", json_object_new_uint64(r->bad_pages));
+    json_object_object_add(root, "raw", raw);
+    met = mv_bench_comparisons_json(root, c, n, NULL);
+    json_object_object_add(root, "goals_met", json_object_new_boolean(met));
+    return mv_bench_json_emit(root);
+}
+
+static int report_text(struct tmem_run *r)
+{
+    struct mv_bench_comparison c[16];
+    size_t n = comparisons(r, c);
+
+    printf("memvisor bench tmem: %" PRIu64 " pages (%" PRIu64 " MiB) of one synthetic guest "
+           "with compressible contents\n", r->pages, r->opt.size_mib);
+    mv_bench_machine_print(stdout, &r->machine);
+    printf("\ntmem: %" PRIu64 " frames for %" PRIu64 " pages (%" PRIu64 " same-filled, %"
+           PRIu64 " stored raw); relinquish: evict_npages %" PRIu64 " frames in %.1f us, "
+           "relinquish_pages %" PRIu64 " frames in %.1f us; mismatched pages %" PRIu64 "\n",
+           r->frames, r->pages, r->same, r->poor, r->evicted_frames, r->evict_ns / 1e3,
+           r->relinquished_frames, r->relinquish_ns / 1e3, r->bad_pages);
+    if (!r->zram)
+        printf("zram: not measured: %s\n", r->zram_why);
+    if (!r->zram_swap)
+        printf("zram swap-in: not measured: %s\n", r->zram_swap_why);
+    printf("zswap: not measured: off on this host (turning it on changes swapping for "
+           "every process)\n\n");
+    mv_bench_comparisons_print(stdout, c, n);
+    return fflush(stdout) == EOF ? MV_BENCH_FAILED : MV_BENCH_OK;
+}
+
+/* ---- entry point ---- */
+
+static void print_usage(FILE *out)
+{
+    fprintf(out,
+        "usage: memvisor bench tmem [--json] [--size MIB]\n"
+        "\n"
+        "Transcendent memory against zram and a plain lz4 loop on the same realistic\n"
+        "guest pages: put/get throughput, compression ratio, relinquish time, and the\n"
+        "fault latency of a paged-out page against the kernel's first touch and a\n"
+        "zram swap-in.  Uses /dev/zram0 when it is unused (root), resets it after.\n"
+        "\n"
+        "  --size MIB   guest pages to store (default %u, at most %u)\n"
+        "  --json       one JSON object on stdout\n"
+        "  --help       this text\n", TMEM_DEFAULT_MIB, TMEM_MAX_MIB);
+}
+
+static int parse_option(int opt, const char *arg, void *ctx)
+{
+    struct tmem_options *o = ctx;
+
+    if (opt == 's')
+        return mv_bench_parse_mib("tmem: --size", arg, TMEM_MAX_MIB, &o->size_mib);
+    return MV_BENCH_OK;
+}
+
+static int parse_options(int argc, char **argv, void *arg, bool *help)
+{
+    static const struct option options[] = {
+        { "json", no_argument, NULL, 'j' },
+        { "size", required_argument, NULL, 's' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    struct tmem_options *o = &((struct tmem_run *)arg)->opt;
+    int rc;
+
+    *o = (struct tmem_options){ .size_mib = TMEM_DEFAULT_MIB };
+    rc = mv_bench_parse_options("tmem", argc, argv, options, parse_option, o, &o->json, help);
+    return mv_bench_options_done("tmem", rc, argc, argv);
+}
+
+static int run_suite(void *arg)
+{
+    struct tmem_run *run = arg;
+    struct mv_kernel_features features;
+    struct guest_image_params p;
+    int rc = mv_bench_probe(&features, &run->machine);
+
+    if (rc != MV_BENCH_OK)
+        return rc;
+    guest_image_params_init(&p);
+    p.guests = 1;
+    p.guest_mib = run->opt.size_mib;
+    p.kernel_mib = TM_MIN(p.kernel_mib, run->opt.size_mib / 8);
+    p.compressible = true;
+    rc = guest_image_generate(&p, &run->set);
+    if (rc != MV_BENCH_OK)
+        return rc;
+    run->image = &run->set.images[0];
+    run->pages = run->image->pages;
+    rc = measure_tmem(run);
+    if (rc == MV_BENCH_OK) {
+        measure_lz4(run);
+        measure_zram(run);
+        rc = measure_faults(run);
+    }
+    if (rc != MV_BENCH_OK)
+        return rc;
+    if (run->bad_pages) {
+        mv_bench_error("tmem: %" PRIu64 " pages came back different", run->bad_pages);
+        return MV_BENCH_FAILED;
+    }
+    return run->opt.json ? report_json(run) : report_text(run);
+}
+
+static void release(void *arg)
+{
+    struct tmem_run *run = arg;
+
+    guest_image_set_free(&run->set);
+}
+
+int mv_bench_tmem(int argc, char **argv)
+{
+    static const struct mv_bench_suite suite = {
+        .name = "tmem", .run_size = sizeof(struct tmem_run), .parse = parse_options,
+        .usage = print_usage, .run = run_suite, .release = release,
+    };
+
+    return mv_bench_suite_main(&suite, argc, argv);
+}

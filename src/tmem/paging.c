@@ -1,0 +1,564 @@
+/*
+ * paging.c - host paging: overcommit with no guest cooperation.  Cold pages
+ * of a domain are compressed into a persistent pool the host owns (client
+ * TM_HOST_CLIENT, key: object {domid, gfn >> 32, 0}, index gfn), their
+ * frames scrubbed and uncharged, and their p2m entries typed MV_P2M_PAGED,
+ * a type tmem owns: a touch faults (the frame is a hole), and the fault
+ * decompresses the page into its own frame and maps it, transparently.
+ *
+ * Cold is judged from the page tables: a RAM page whose translation is not
+ * present (PAGEMAP_SCAN, PAGE_IS_PRESENT, on the RAM's pagemap (ram.c); reading it on kernels
+ * without it) was not touched since its translation was last zapped.  A
+ * paging pass pages out such pages, then zaps the translations of the
+ * other RAM pages ("ages" them) so that the next pass sees which of them
+ * were touched meanwhile; a touched page only takes a minor fault that
+ * maps it again.  An explicit page-out of N pages takes cold pages first,
+ * then the aged ones in p2m order.
+ *
+ * The automatic mode (mv_tmem_auto_paging) runs a thread that pages out
+ * cold pages of every domain, in proportion to their populated pages,
+ * whenever the host's populated pages are above a high watermark of the
+ * budget, down to a low one; a failing charge (the budget-short hook)
+ * wakes it at once.
+ *
+ * Invariants: a PAGED gfn's frame holds no memory and the host pool holds
+ * exactly one page under its key (mv_tmem_audit counts them against every
+ * domain's paged counter).
+ *
+ * Locking: page-out and page-in run with the domain lock held and take the
+ * tmem lock inside it (domain < tmem); the thread takes one domain lock at
+ * a time, and its own sleep mutex (not level-checked) only while holding
+ * nothing else.
+ */
+#include "tmem.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void key_of(const struct mv_domain *d, uint64_t gfn, uint64_t oid[3], uint32_t *index)
+{
+    oid[0] = d->domid;
+    oid[1] = gfn >> 32;
+    oid[2] = 0;
+    *index = (uint32_t)gfn;
+}
+
+/* The host's pool, made at the first page-out (tmem lock held). */
+static int host_pool(struct mv__tmem *t, struct tm_pool **out)
+{
+    int rc;
+
+    if (!t->paging_client) {
+        t->paging_client = tm_client_get(t, TM_HOST_CLIENT, UINT64_MAX);
+        if (!t->paging_client)
+            return -ENOMEM;
+    }
+    if (!t->paging_pool) {
+        rc = tm_pool_create(t, TM_HOST_CLIENT, MV_TMEM_PERSISTENT, NULL, &t->paging_pool);
+        if (rc < 0)
+            return rc;
+    }
+    *out = t->paging_pool;
+    return 0;
+}
+
+/* ---- the p2m type ---- */
+
+/* Bring gfn back into its own frame (domain lock held): 0, -ENOMEM (no
+ * memory now: nothing changed) or -EFAULT (crashed). */
+static int page_in(struct mv_domain *d, uint64_t gfn, bool map)
+{
+    struct mv__tmem *t = tm_of(d->host);
+    uint8_t buf[MV_PAGE_SIZE];
+    uint64_t oid[3], start = mv__now_ns();
+    uint32_t index;
+    int rc;
+
+    if (!mv__domain_claim(d, 1, true))
+        return -ENOMEM;
+    key_of(d, gfn, oid, &index);
+    mv__mutex_lock(&t->lock);
+    rc = t->paging_pool ? tm_get(t, t->paging_client, t->paging_pool, oid, index, buf, true)
+                        : 0;
+    if (rc == 1)
+        rc = mv__os_write(d->host->machine.memfd, buf,
+                          (d->base_mfn + gfn) << MV_PAGE_SHIFT, MV_PAGE_SIZE);
+    else if (rc == 0)
+        rc = -ENODATA;
+    if (rc == 0)
+        tm_flush(t, t->paging_pool, oid, index);
+    mv__mutex_unlock(&t->lock);
+    if (rc < 0) {
+        mv__machine_uncharge(&d->host->machine, 1);
+        mv__domain_crash(d, "cannot page gfn %#llx back in: %s", (unsigned long long)gfn,
+                         mv_strerror(rc));
+        return -EFAULT;
+    }
+    mv__p2m_set(d, gfn, MV_P2M_RAM);
+    if (map) {
+        rc = mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+        if (rc == -EEXIST)
+            rc = mv__fault_wake(d, false, gfn, 1);
+        else if (rc < 0)
+            mv__log(d->host, MV_LOG_WARN, "domain %u: gfn %#llx paged in but not "
+                    "mapped (%s): it traps once more", d->domid,
+                    (unsigned long long)gfn, mv_strerror(rc));
+    }
+    mv__domain_pages_changed(d, gfn, 1);
+    mv__mutex_lock(&t->lock);
+    t->page_ins++;
+    t->paged_now--;
+    t->page_in_ns += mv__now_ns() - start;
+    mv__mutex_unlock(&t->lock);
+    return rc == -EFAULT ? -EFAULT : 0;
+}
+
+static int paged_fault(struct mv_domain *d, uint64_t gfn)
+{
+    return page_in(d, gfn, true);
+}
+
+static int paged_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
+{
+    struct mv__tmem *t = tm_of(d->host);
+    uint64_t oid[3];
+    uint32_t index;
+
+    key_of(d, gfn, oid, &index);
+    mv__mutex_lock(&t->lock);
+    if (t->paging_pool && tm_flush(t, t->paging_pool, oid, index))
+        t->paged_now--;
+    mv__mutex_unlock(&t->lock);
+    mv__p2m_set(d, gfn, type);
+    mv__domain_pages_changed(d, gfn, 1);
+    return 0;
+}
+
+static int paged_frame(struct mv_domain *d, uint64_t gfn, uint64_t *mfn)
+{
+    (void)gfn;
+    (void)mfn;
+    return d->state == MV_DOMAIN_CRASHED ? -EFAULT : -ENODATA;
+}
+
+static int paged_read(struct mv_domain *d, uint64_t gfn, void *buf)
+{
+    struct mv__tmem *t = tm_of(d->host);
+    uint64_t oid[3];
+    uint32_t index;
+    int rc;
+
+    key_of(d, gfn, oid, &index);
+    mv__mutex_lock(&t->lock);
+    rc = t->paging_pool ? tm_get(t, t->paging_client, t->paging_pool, oid, index, buf, true)
+                        : 0;
+    mv__mutex_unlock(&t->lock);
+    if (rc == 0)
+        rc = mv__fail(-EUCLEAN, "domain %u gfn %#llx is paged but tmem has no copy",
+                      d->domid, (unsigned long long)gfn);
+    return rc < 0 ? rc : 0;
+}
+
+const struct mv__p2m_ops mv__tmem_paged_ops = {
+    .fault = paged_fault,
+    .release = paged_release,
+    .frame = paged_frame,
+    .read = paged_read,
+};
+
+/* ---- page-out ---- */
+
+/* Up to this many pages are paged out together: their frames are released
+ * first, so that a new zspage (at most TM_ZSPAGE_MAX_FRAMES frames) can be
+ * had even when the budget is exhausted. */
+#define TM_PAGE_OUT_BATCH TM_ZSPAGE_MAX_FRAMES
+
+/* Page out the RAM gfns[0..n) (domain lock held): each is zapped, read and
+ * its frame released, then stored in the host pool; a page tmem cannot take
+ * goes back into its frame.  Returns how many were paged out, or a
+ * negative errno when none was. */
+static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
+                          uint8_t (*buf)[MV_PAGE_SIZE])
+{
+    struct mv__tmem *t = tm_of(d->host);
+    struct mv__machine *m = &d->host->machine;
+    bool stored[TM_PAGE_OUT_BATCH] = { false };
+    struct tm_pool *pool;
+    unsigned taken = 0, done = 0;
+    int rc = 0;
+
+    for (; taken < n; taken++) {
+        uint64_t gfn = gfns[taken];
+
+        rc = mv__ram_zap(d, gfn, 1);
+        if (rc == 0)
+            rc = mv__machine_read(m, d->base_mfn + gfn, 1, buf[taken]);
+        /* The guest's frame goes first, so that tmem has its memory for the
+         * compressed copy even when the budget is exhausted.  A page whose
+         * punch fails is still in the page cache: its next touch maps it. */
+        if (rc == 0)
+            rc = mv__os_punch(m->memfd, (d->base_mfn + gfn) << MV_PAGE_SHIFT, MV_PAGE_SIZE);
+        if (rc < 0)
+            break;
+    }
+    if (taken == 0)
+        return rc;
+    mv__machine_uncharge(m, taken);
+    mv__mutex_lock(&t->lock);
+    rc = host_pool(t, &pool);
+    for (unsigned i = 0; rc == 0 && i < taken; i++) {
+        uint64_t oid[3];
+        uint32_t index;
+        int r;
+
+        key_of(d, gfns[i], oid, &index);
+        r = tm_put(t, t->paging_client, pool, oid, index, buf[i]);
+        stored[i] = r == 1;
+        if (r == 1) {
+            t->paged_now++;
+            t->page_outs++;
+            done++;
+        } else {
+            rc = r < 0 ? r : -ENOMEM;
+        }
+    }
+    mv__mutex_unlock(&t->lock);
+    for (unsigned i = 0; i < taken; i++) {
+        uint64_t gfn = gfns[i];
+
+        if (stored[i]) {
+            mv__p2m_set(d, gfn, MV_P2M_PAGED);
+            mv__domain_pages_changed(d, gfn, 1);
+            continue;
+        }
+        /* No room in tmem: the page goes back where it was, at once. */
+        mv__machine_charge_anyway(m, 1);
+        if (mv__os_write(m->memfd, buf[i], (d->base_mfn + gfn) << MV_PAGE_SHIFT,
+                         MV_PAGE_SIZE) < 0) {
+            mv__machine_uncharge(m, 1);
+            mv__domain_crash(d, "cannot put gfn %#llx back after a failed page-out",
+                             (unsigned long long)gfn);
+            return -EFAULT;
+        }
+    }
+    return done ? (int)done : rc < 0 ? rc : -ENOMEM;
+}
+
+/* present[g] = 1 when gfn g's translation is present (domain lock held). */
+static int scan_present(struct mv__tmem *t, struct mv_domain *d, uint8_t *present)
+{
+    uint64_t start = (uintptr_t)d->ram, end = start + (d->maxmem_pages << MV_PAGE_SHIFT);
+
+    memset(present, 0, d->maxmem_pages);
+    if (t->pagemap_scan) {
+        struct page_region regions[256];
+
+        while (start < end) {
+            struct pm_scan_arg arg = {
+                .size = sizeof(arg), .start = start, .end = end,
+                .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
+                .category_mask = PAGE_IS_PRESENT, .return_mask = PAGE_IS_PRESENT,
+            };
+            long n = mv__os_pagemap_scan(mv__ram_pagemap_fd(d), &arg);
+
+            if (n < 0)
+                return mv__fail((int)n, "tmem: PAGEMAP_SCAN of domain %u failed", d->domid);
+            for (long i = 0; i < n; i++)
+                memset(present + ((regions[i].start - (uintptr_t)d->ram) >> MV_PAGE_SHIFT), 1,
+                       (regions[i].end - regions[i].start) >> MV_PAGE_SHIFT);
+            if (arg.walk_end <= start)
+                break;
+            start = arg.walk_end;
+        }
+        return 0;
+    }
+    for (uint64_t g = 0; g < d->maxmem_pages; g += 512) {
+        uint64_t e[512];
+        uint64_t n = MV_MIN(512, d->maxmem_pages - g);
+        ssize_t got = pread(mv__ram_pagemap_fd(d), e, n * 8, (off_t)((start >> MV_PAGE_SHIFT) + g) * 8);
+
+        if (got != (ssize_t)(n * 8))
+            return mv__fail(-EIO, "tmem: reading the pagemap failed");
+        for (uint64_t i = 0; i < n; i++)
+            present[g + i] = (uint8_t)(e[i] >> 63);
+    }
+    return 0;
+}
+
+/* Page out up to `want` pages of d, cold ones first; with `force`, aged
+ * ones too (domain lock held, domain not crashed).  Returns pages paged
+ * out or a negative errno. */
+static int64_t page_out(struct mv_domain *d, uint64_t want, bool force)
+{
+    struct mv__tmem *t = tm_of(d->host);
+    uint8_t *present = malloc(d->maxmem_pages);
+    uint8_t (*buf)[MV_PAGE_SIZE] = malloc(TM_PAGE_OUT_BATCH * sizeof(*buf));
+    uint64_t done = 0, g, batch[TM_PAGE_OUT_BATCH];
+    unsigned n = 0;
+    int rc;
+
+    if (!present || !buf) {
+        free(present);
+        free(buf);
+        return mv__fail(-ENOMEM, "tmem: no memory to scan domain %u", d->domid);
+    }
+    rc = scan_present(t, d, present);
+    /* Cold pages first; with `force`, then the others in p2m order (they
+     * are aged below first, so all are unmapped by then). */
+    for (int pass = 0; pass < 2 && rc == 0; pass++) {
+        if (pass == 1) {
+            if (!force)
+                break;
+            /* Age the pages left: the next pass knows which were touched. */
+            for (g = 0; g < d->maxmem_pages;) {
+                uint64_t run = g;
+
+                while (run < d->maxmem_pages && d->p2m[run] == MV_P2M_RAM && present[run])
+                    run++;
+                if (run > g) {
+                    (void)mv__ram_zap(d, g, run - g);
+                    g = run;
+                } else {
+                    g++;
+                }
+            }
+        }
+        for (g = 0; rc == 0 && g <= d->maxmem_pages && done < want; g++) {
+            bool last = g == d->maxmem_pages;
+
+            if (!last && (d->p2m[g] != MV_P2M_RAM || (pass == 0 && present[g])))
+                continue;
+            if (!last)
+                batch[n++] = g;
+            if (n && (n == TM_PAGE_OUT_BATCH || last || done + n >= want)) {
+                int r = page_out_batch(d, batch, n, buf);
+
+                if (r > 0)
+                    done += (uint64_t)r;
+                else
+                    rc = r;
+                n = 0;
+            }
+        }
+    }
+    /* Without `force`, age the pages left for the next pass. */
+    for (g = 0; !force && g < d->maxmem_pages;) {
+        uint64_t run = g;
+
+        while (run < d->maxmem_pages && d->p2m[run] == MV_P2M_RAM && present[run])
+            run++;
+        if (run > g) {
+            (void)mv__ram_zap(d, g, run - g);
+            g = run;
+        } else {
+            g++;
+        }
+    }
+    free(present);
+    free(buf);
+    if (done)
+        mv__fault_kick(d->host);
+    if (rc < 0 && done == 0)
+        return rc;
+    return (int64_t)done;
+}
+
+int64_t mv_tmem_page_out(mv_host *h, uint32_t domid, uint64_t pages)
+{
+    struct mv_domain *d;
+    int64_t rc;
+    int r;
+
+    mv__clear_error();
+    r = mv__domain_lock_live(h, domid, &d);
+    if (r < 0)
+        return r;
+    rc = page_out(d, pages, true);
+    mv__domain_unlock_put(d);
+    return rc;
+}
+
+/* ---- the automatic mode ---- */
+
+static void auto_pass(struct mv__tmem *t)
+{
+    struct mv_host *h = t->host;
+    uint64_t budget = atomic_load(&h->machine.budget_pages);
+    uint64_t populated = atomic_load(&h->machine.populated_pages);
+    uint64_t high = budget / 100 * t->auto_high, low = budget / 100 * t->auto_low;
+    uint64_t total = 0, need;
+    struct mv_domain **all;
+    size_t n;
+
+    if (populated <= high && !atomic_exchange(&t->auto_urgent, false))
+        return;
+    need = populated > low ? populated - low : 1;
+    n = mv__domain_get_all(h, &all);
+    for (size_t i = 0; i < n; i++) {
+        mv__mutex_lock(&all[i]->lock);
+        total += all[i]->populated;
+        mv__mutex_unlock(&all[i]->lock);
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct mv_domain *d = all[i];
+        uint64_t share;
+
+        mv__mutex_lock(&d->lock);
+        share = total ? need * d->populated / total + 1 : need;
+        if (d->state != MV_DOMAIN_CRASHED && !atomic_load(&d->dying)) {
+            int64_t done = page_out(d, share, false);
+
+            if (done > 0) {
+                mv__mutex_lock(&t->lock);
+                t->auto_paged += (uint64_t)done;
+                mv__mutex_unlock(&t->lock);
+            }
+        }
+        mv__mutex_unlock(&d->lock);
+        mv__domain_put(d);
+    }
+    free(all);
+}
+
+static void *auto_thread(void *arg)
+{
+    struct mv__tmem *t = arg;
+
+    pthread_mutex_lock(&t->auto_lock);
+    while (!t->auto_stop) {
+        struct timespec ts;
+
+        pthread_mutex_unlock(&t->auto_lock);
+        auto_pass(t);
+        pthread_mutex_lock(&t->auto_lock);
+        if (t->auto_stop)
+            break;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += (long)t->auto_period_ms * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        if (!atomic_load(&t->auto_urgent))
+            pthread_cond_timedwait(&t->auto_cond, &t->auto_lock, &ts);
+    }
+    pthread_mutex_unlock(&t->auto_lock);
+    return NULL;
+}
+
+void tm_paging_wake(struct mv__tmem *t)
+{
+    if (!atomic_load(&t->auto_running))
+        return;
+    atomic_store(&t->auto_urgent, true);
+    pthread_mutex_lock(&t->auto_lock);
+    pthread_cond_signal(&t->auto_cond);
+    pthread_mutex_unlock(&t->auto_lock);
+}
+
+int mv_tmem_auto_paging(mv_host *h, unsigned high_pct, unsigned low_pct)
+{
+    struct mv__tmem *t = tm_of(h);
+    pthread_condattr_t attr;
+    int rc = 0;
+
+    mv__clear_error();
+    if (high_pct && (high_pct > 100 || low_pct >= high_pct))
+        return mv__fail(-EINVAL, "tmem: watermarks must be 0 < low %u < high %u <= 100",
+                        low_pct, high_pct);
+    pthread_mutex_lock(&t->auto_ctl);
+    if (t->auto_running) {
+        pthread_mutex_lock(&t->auto_lock);
+        t->auto_stop = true;
+        pthread_cond_signal(&t->auto_cond);
+        pthread_mutex_unlock(&t->auto_lock);
+        pthread_join(t->auto_thread, NULL);
+        t->auto_running = false;
+        pthread_cond_destroy(&t->auto_cond);
+    }
+    t->auto_high = high_pct;
+    t->auto_low = low_pct;
+    if (high_pct) {
+        t->auto_stop = false;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&t->auto_cond, &attr);
+        pthread_condattr_destroy(&attr);
+        if (pthread_create(&t->auto_thread, NULL, auto_thread, t) != 0) {
+            pthread_cond_destroy(&t->auto_cond);
+            rc = mv__fail(-EAGAIN, "tmem: cannot start the paging thread");
+        } else {
+            t->auto_running = true;
+        }
+    }
+    pthread_mutex_unlock(&t->auto_ctl);
+    return rc;
+}
+
+/* ---- life cycle ---- */
+
+int tm_paging_init(struct mv__tmem *t)
+{
+    t->pagemap_scan = t->host->features.pagemap_scan;
+    t->auto_period_ms = 50;
+    pthread_mutex_init(&t->auto_lock, NULL);
+    pthread_mutex_init(&t->auto_ctl, NULL);
+    return 0;
+}
+
+void tm_paging_stop(struct mv__tmem *t)
+{
+    if (t->auto_running)
+        (void)mv_tmem_auto_paging(t->host, 0, 0);
+}
+
+void tm_paging_fini(struct mv__tmem *t)
+{
+    tm_paging_stop(t);
+    pthread_mutex_destroy(&t->auto_lock);
+    pthread_mutex_destroy(&t->auto_ctl);
+}
+
+/* The domain is gone: its paged pages with it (tmem lock held). */
+void tm_paging_domain_gone(struct mv__tmem *t, uint32_t domid)
+{
+    struct tm_pool *pool = t->paging_pool;
+    struct tm_list *e, *next;
+
+    if (!pool)
+        return;
+    for (e = pool->objects.next; e != &pool->objects; e = next) {
+        struct tm_object *o = tm_container(e, struct tm_object, link);
+
+        next = e->next;
+        if (o->oid[0] != domid)
+            continue;
+        /* Freeing the last page frees the object: step past it first. */
+        while (o->npages) {
+            struct tm_page *pg = NULL;
+
+            for (size_t b = 0; !pg && b < o->nbuckets; b++)
+                pg = o->pages[b];
+            t->paged_now--;
+            if (o->npages == 1) {
+                tm_page_free(t, pg);
+                break;
+            }
+            tm_page_free(t, pg);
+        }
+    }
+}
+
+/* Every domain's paged count against the host pool (tmem lock held; the
+ * domain counters are read racily, so only a quiet host is checked). */
+int tm_paging_audit(struct mv__tmem *t)
+{
+    uint64_t pages = t->paging_pool ? t->paging_pool->c.pages : 0;
+
+    if (pages != t->paged_now)
+        return mv__fail(-EUCLEAN, "tmem: the host pool holds %llu paged pages, %llu "
+                        "are counted", (unsigned long long)pages,
+                        (unsigned long long)t->paged_now);
+    return 0;
+}

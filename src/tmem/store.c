@@ -1,0 +1,729 @@
+/*
+ * store.c - how tmem keeps a page: zero- and same-filled pages as a marker
+ * only, others compressed (lz4, or zstd when the pool asks) or raw when
+ * compression does not pay, packed into machine frames by a size-class
+ * allocator in the manner of zsmalloc; compaction; deduplication of
+ * identical pages within a pool.
+ *
+ * Size classes are 64 bytes apart.  A zspage of a class is a run of 1 to
+ * TM_ZSPAGE_MAX_FRAMES frames of one chunk (contiguous in the chunk's
+ * mapping, so a slot may straddle two frames), the run length chosen to
+ * waste the least.  A frame is charged to the host budget from the moment a
+ * zspage takes it (or it was kept SPARE) until it is scrubbed (a hole) and
+ * uncharged.
+ *
+ * Dedup compares bytes, never only hashes: a blob is reused only when its
+ * stored bytes equal the new page's compressed bytes under the same codec
+ * (the codecs are deterministic, so equal stored bytes decode to equal
+ * pages); the xxh3 hash of the page only finds candidates.  The index is per
+ * pool, so a page is never matched against another domain's data (no covert
+ * channel between domains through dedup timing).
+ *
+ * Invariants (tm_store_audit): frames charged == USED + SPARE frames; a
+ * chunk is kept only while one of its frames is USED or SPARE; every used
+ * slot's owner is a blob that names that slot; a class's zspages with a
+ * free slot come before its full ones; no zspage is empty.
+ *
+ * Locking: every function here runs with tmem->lock held.
+ */
+#include "tmem.h"
+
+#include <errno.h>
+#include <lz4.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <xxhash.h>
+#include <zstd.h>
+
+#define TM_ZSTD_LEVEL 1
+
+static unsigned class_size(unsigned cls) { return (cls + 1) << TM_CLASS_SHIFT; }
+
+unsigned tm_blob_bytes(const struct mv__tmem *t, const struct tm_blob *b)
+{
+    (void)t;
+    return class_size(b->zs->cls);
+}
+
+int tm_store_init(struct mv__tmem *t)
+{
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
+        unsigned size = class_size(c), best = 1;
+        uint64_t best_waste = UINT64_MAX;
+
+        /* The run length wasting the smallest share of its bytes. */
+        for (unsigned k = 1; k <= TM_ZSPAGE_MAX_FRAMES; k++) {
+            uint64_t bytes = (uint64_t)k * MV_PAGE_SIZE;
+            uint64_t waste = (bytes % size) * 1000 / bytes;
+
+            if (waste < best_waste) {
+                best_waste = waste;
+                best = k;
+            }
+        }
+        tm_list_init(&t->cls[c].zspages);
+        t->cls[c].frames = best;
+        t->cls[c].slots = best * MV_PAGE_SIZE / size;
+    }
+    t->scratch = malloc(2 * MV_PAGE_SIZE);
+    t->zstd_cctx = ZSTD_createCCtx();
+    t->zstd_dctx = ZSTD_createDCtx();
+    t->dedup_buckets = 1024;
+    t->dedup = calloc(t->dedup_buckets, sizeof(*t->dedup));
+    if (!t->scratch || !t->zstd_cctx || !t->zstd_dctx || !t->dedup)
+        return mv__fail(-ENOMEM, "tmem: out of memory for the page store");
+    return 0;
+}
+
+void tm_store_fini(struct mv__tmem *t)
+{
+    free(t->scratch);
+    ZSTD_freeCCtx(t->zstd_cctx);
+    ZSTD_freeDCtx(t->zstd_dctx);
+    free(t->dedup);
+    t->scratch = NULL;
+    t->zstd_cctx = t->zstd_dctx = NULL;
+    t->dedup = NULL;
+}
+
+/* ---- frames and chunks ---- */
+
+static void chunk_note(struct mv__tmem *t, struct tm_chunk *c)
+{
+    /* Chunks with a frame to give are kept before the full ones. */
+    tm_list_del(&c->link);
+    if (c->used < TM_CHUNK_FRAMES)
+        tm_list_add(&t->chunks, &c->link);
+    else
+        tm_list_add(t->chunks.prev, &c->link);
+}
+
+static void chunk_free(struct mv__tmem *t, struct tm_chunk *c)
+{
+    tm_list_del(&c->link);
+    mv__os_unmap(c->map, (size_t)TM_CHUNK_FRAMES << MV_PAGE_SHIFT);
+    mv__machine_free(&t->host->machine, c->first_mfn, TM_CHUNK_FRAMES);
+    t->chunk_count--;
+    free(c);
+}
+
+void tm_release_chunks(struct mv__tmem *t)
+{
+    struct tm_list *e = t->chunks.next, *next;
+
+    for (; e != &t->chunks; e = next) {
+        struct tm_chunk *c = tm_container(e, struct tm_chunk, link);
+
+        next = e->next;
+        if (c->used == 0 && c->spare == 0)
+            chunk_free(t, c);
+    }
+}
+
+/* Scrub frame i of c and give its memory back to the budget. */
+static void frame_scrub(struct mv__tmem *t, struct tm_chunk *c, unsigned i)
+{
+    int rc = mv__machine_scrub(&t->host->machine, c->first_mfn + i, 1);
+
+    /* On failure the frame was overwritten with zeros and still holds
+     * memory: it is uncharged all the same, as a domain's frame is. */
+    if (rc < 0)
+        mv__log(t->host, MV_LOG_ERROR, "tmem: scrubbing frame %#llx: %s",
+                (unsigned long long)(c->first_mfn + i), mv_strerror(rc));
+    c->state[i] = TM_FRAME_FREE;
+    mv__machine_uncharge(&t->host->machine, 1);
+    atomic_fetch_sub(&t->charged, 1);
+}
+
+/* Scrub the run [i, i + k) of c's frames and give its memory back: one
+ * hole punch for the run. */
+static void run_scrub(struct mv__tmem *t, struct tm_chunk *c, unsigned i, unsigned k)
+{
+    int rc = mv__machine_scrub(&t->host->machine, c->first_mfn + i, k);
+
+    if (rc < 0)
+        mv__log(t->host, MV_LOG_ERROR, "tmem: scrubbing frames %#llx+%u: %s",
+                (unsigned long long)(c->first_mfn + i), k, mv_strerror(rc));
+    for (unsigned j = 0; j < k; j++)
+        c->state[i + j] = TM_FRAME_FREE;
+    mv__machine_uncharge(&t->host->machine, k);
+    atomic_fetch_sub(&t->charged, k);
+}
+
+uint64_t tm_release_spare(struct mv__tmem *t, uint64_t n)
+{
+    uint64_t done = 0;
+
+    for (struct tm_list *e = t->chunks.next; e != &t->chunks && done < n; e = e->next) {
+        struct tm_chunk *c = tm_container(e, struct tm_chunk, link);
+
+        for (unsigned i = 0; i < TM_CHUNK_FRAMES && c->spare && done < n;) {
+            unsigned k = 0;
+
+            while (i + k < TM_CHUNK_FRAMES && c->state[i + k] == TM_FRAME_SPARE &&
+                   done + k < n)
+                k++;
+            if (k == 0) {
+                i++;
+                continue;
+            }
+            run_scrub(t, c, i, k);
+            c->spare -= k;
+            t->spare_frames -= k;
+            done += k;
+            i += k;
+        }
+    }
+    tm_release_chunks(t);
+    t->relinquished += done;
+    return done;
+}
+
+/* A run of `k` frames not USED in a chunk, preferring SPARE ones; a new
+ * chunk when none has room.  The frames are charged already: SPARE ones
+ * taken refund their charge. */
+static int frames_take(struct mv__tmem *t, unsigned k, struct tm_chunk **out,
+                       unsigned *first)
+{
+    struct tm_chunk *best = NULL, *c;
+    unsigned best_at = 0, best_spare = 0;
+    uint64_t mfn;
+    int rc;
+
+    for (struct tm_list *e = t->chunks.next; e != &t->chunks; e = e->next) {
+        c = tm_container(e, struct tm_chunk, link);
+        if (c->used == TM_CHUNK_FRAMES)
+            break; /* the full ones come last */
+        for (unsigned i = 0; i + k <= TM_CHUNK_FRAMES; i++) {
+            unsigned spare = 0, j;
+
+            for (j = 0; j < k && c->state[i + j] != TM_FRAME_USED; j++)
+                spare += c->state[i + j] == TM_FRAME_SPARE;
+            if (j < k) {
+                i += j;
+                continue;
+            }
+            if (!best || spare > best_spare) {
+                best = c;
+                best_at = i;
+                best_spare = spare;
+            }
+            if (spare == k || !c->spare)
+                goto found;
+        }
+    }
+    if (best)
+        goto found;
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return mv__fail(-ENOMEM, "tmem: out of memory for a chunk record");
+    rc = mv__machine_alloc(&t->host->machine, TM_CHUNK_FRAMES, &mfn);
+    if (rc < 0) {
+        free(c);
+        return rc;
+    }
+    c->first_mfn = mfn;
+    c->map = mv__os_map_shared(NULL, (size_t)TM_CHUNK_FRAMES << MV_PAGE_SHIFT,
+                               t->host->machine.memfd, mfn << MV_PAGE_SHIFT,
+                               PROT_READ | PROT_WRITE);
+    if (!c->map) {
+        rc = mv__fail(-errno, "tmem: cannot map frames %#llx+%u",
+                      (unsigned long long)mfn, TM_CHUNK_FRAMES);
+        mv__machine_free(&t->host->machine, mfn, TM_CHUNK_FRAMES);
+        free(c);
+        return rc;
+    }
+    tm_list_add(&t->chunks, &c->link);
+    t->chunk_count++;
+    best = c;
+    best_at = 0;
+found:
+    for (unsigned j = 0; j < k; j++) {
+        if (best->state[best_at + j] == TM_FRAME_SPARE) {
+            best->spare--;
+            t->spare_frames--;
+            mv__machine_uncharge(&t->host->machine, 1);
+            atomic_fetch_sub(&t->charged, 1);
+        }
+        best->state[best_at + j] = TM_FRAME_USED;
+    }
+    best->used += k;
+    t->used_frames += k;
+    chunk_note(t, best);
+    *out = best;
+    *first = best_at;
+    return 0;
+}
+
+/* A zspage's frames are empty: keep them SPARE (up to TM_SPARE_MAX) or
+ * scrub them and give their memory back. */
+static void frames_put(struct mv__tmem *t, struct tm_chunk *c, unsigned first, unsigned k)
+{
+    for (unsigned j = 0; j < k; j++) {
+        c->used--;
+        t->used_frames--;
+        if (t->spare_frames < t->spare_max) {
+            c->state[first + j] = TM_FRAME_SPARE;
+            c->spare++;
+            t->spare_frames++;
+        } else {
+            frame_scrub(t, c, first + j);
+        }
+    }
+    if (c->used == 0 && c->spare == 0)
+        chunk_free(t, c);
+    else
+        chunk_note(t, c);
+}
+
+static void zspage_free(struct mv__tmem *t, struct tm_zspage *zs)
+{
+    struct tm_class *cl = &t->cls[zs->cls];
+
+    tm_list_del(&zs->link);
+    cl->zspage_count--;
+    t->zspage_count--;
+    frames_put(t, zs->chunk, zs->frame, zs->frames);
+    free(zs->owner);
+    free(zs);
+}
+
+static uint8_t *slot_addr(const struct tm_zspage *zs, unsigned slot)
+{
+    return zs->chunk->map + ((size_t)zs->frame << MV_PAGE_SHIFT) +
+           (size_t)slot * class_size(zs->cls);
+}
+
+static struct tm_zspage *zspage_with_room(struct mv__tmem *t, unsigned cls)
+{
+    struct tm_class *cl = &t->cls[cls];
+
+    struct tm_zspage *zs;
+
+    /* Zspages with a free slot are kept before the full ones (slot_alloc
+     * moves one that filled to the back, slot_free one that freed a slot
+     * to the front, compaction likewise): the first tells. */
+    if (tm_list_empty(&cl->zspages))
+        return NULL;
+    zs = tm_container(cl->zspages.next, struct tm_zspage, link);
+    return zs->used < zs->slots ? zs : NULL;
+}
+
+static int slot_alloc(struct mv__tmem *t, unsigned cls, bool may_evict,
+                      struct tm_zspage **out, unsigned *slot)
+{
+    struct tm_class *cl = &t->cls[cls];
+    struct tm_zspage *zs = zspage_with_room(t, cls);
+    int rc;
+
+    if (!zs) {
+        if (!tm_charge(t, cl->frames, may_evict))
+            return mv__fail(-ENOMEM, "tmem: the host budget has no room for "
+                            "%u more frames", cl->frames);
+        /* Evicting to make room may have freed a slot of this class. */
+        zs = zspage_with_room(t, cls);
+        if (zs) {
+            mv__machine_uncharge(&t->host->machine, cl->frames);
+            atomic_fetch_sub(&t->charged, cl->frames);
+        }
+    }
+    if (!zs) {
+        zs = calloc(1, sizeof(*zs));
+        if (zs)
+            zs->owner = calloc(cl->slots, sizeof(*zs->owner));
+        if (!zs || !zs->owner) {
+            if (zs)
+                free(zs);
+            rc = mv__fail(-ENOMEM, "tmem: out of memory for a zspage record");
+            goto uncharge;
+        }
+        rc = frames_take(t, cl->frames, &zs->chunk, &zs->frame);
+        if (rc < 0) {
+            free(zs->owner);
+            free(zs);
+            goto uncharge;
+        }
+        zs->frames = cl->frames;
+        zs->cls = cls;
+        zs->slots = cl->slots;
+        tm_list_add(&cl->zspages, &zs->link);
+        cl->zspage_count++;
+        t->zspage_count++;
+    }
+    for (unsigned s = 0; s < zs->slots; s++) {
+        if (!zs->owner[s]) {
+            *slot = s;
+            break;
+        }
+    }
+    zs->used++;
+    cl->used_slots++;
+    if (zs->used == zs->slots) {
+        tm_list_del(&zs->link);
+        tm_list_add(cl->zspages.prev, &zs->link);
+    }
+    *out = zs;
+    return 0;
+uncharge:
+    mv__machine_uncharge(&t->host->machine, cl->frames);
+    atomic_fetch_sub(&t->charged, cl->frames);
+    return rc;
+}
+
+static void slot_free(struct mv__tmem *t, struct tm_zspage *zs, unsigned slot)
+{
+    struct tm_class *cl = &t->cls[zs->cls];
+
+    zs->owner[slot] = NULL;
+    zs->used--;
+    cl->used_slots--;
+    if (zs->used == 0) {
+        zspage_free(t, zs);
+        return;
+    }
+    tm_list_del(&zs->link);
+    tm_list_add(&cl->zspages, &zs->link);
+}
+
+/* ---- dedup index ---- */
+
+static size_t dedup_bucket(const struct mv__tmem *t, uint64_t hash, uint32_t pool)
+{
+    return (size_t)((hash ^ ((uint64_t)pool * 0x9e3779b97f4a7c15ull)) & (t->dedup_buckets - 1));
+}
+
+static void dedup_grow(struct mv__tmem *t)
+{
+    size_t n = t->dedup_buckets * 2;
+    struct tm_blob **b = calloc(n, sizeof(*b));
+
+    if (!b)
+        return; /* longer chains, still correct */
+    for (size_t i = 0; i < t->dedup_buckets; i++) {
+        struct tm_blob *x = t->dedup[i], *next;
+
+        for (; x; x = next) {
+            size_t k = (size_t)((x->hash ^ ((uint64_t)x->dedup_pool * 0x9e3779b97f4a7c15ull)) &
+                                (n - 1));
+
+            next = x->hnext;
+            x->hnext = b[k];
+            b[k] = x;
+        }
+    }
+    free(t->dedup);
+    t->dedup = b;
+    t->dedup_buckets = n;
+}
+
+static void dedup_remove(struct mv__tmem *t, struct tm_blob *b)
+{
+    struct tm_blob **p = &t->dedup[dedup_bucket(t, b->hash, b->dedup_pool)];
+
+    for (; *p; p = &(*p)->hnext) {
+        if (*p == b) {
+            *p = b->hnext;
+            t->dedup_count--;
+            break;
+        }
+    }
+    b->indexed = false;
+}
+
+/* ---- pages ---- */
+
+static bool same_filled(const uint8_t *page, uint64_t *fill)
+{
+    const uint64_t *w = (const uint64_t *)page;
+    uint64_t v = w[0];
+
+    for (unsigned i = 1; i < MV_PAGE_SIZE / 8; i++)
+        if (w[i] != v)
+            return false;
+    *fill = v;
+    return true;
+}
+
+int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
+                  const uint8_t *page, bool dedup)
+{
+    const uint8_t *src = t->scratch;
+    unsigned codec = TM_CODEC_LZ4, len = 0;
+    uint64_t hash = 0;
+    struct tm_blob *b;
+    int rc;
+
+    if (same_filled(page, &pg->fill)) {
+        pg->kind = TM_PAGE_SAME;
+        pg->blob = NULL;
+        pool->c.same_filled++;
+        return 0;
+    }
+    if (pool->flags & MV_TMEM_ZSTD) {
+        size_t n = ZSTD_compressCCtx(t->zstd_cctx, t->scratch, 2 * MV_PAGE_SIZE,
+                                     page, MV_PAGE_SIZE, TM_ZSTD_LEVEL);
+
+        codec = TM_CODEC_ZSTD;
+        len = ZSTD_isError(n) || n > TM_RAW_THRESHOLD ? 0 : (unsigned)n;
+    } else {
+        int n = LZ4_compress_default((const char *)page, (char *)t->scratch,
+                                     MV_PAGE_SIZE, TM_RAW_THRESHOLD);
+
+        len = n > 0 ? (unsigned)n : 0;
+    }
+    if (len == 0) {
+        codec = TM_CODEC_RAW;
+        len = MV_PAGE_SIZE;
+        src = page;
+        pool->c.poor_compressions++;
+    }
+    if (dedup) {
+        hash = XXH3_64bits(page, MV_PAGE_SIZE);
+        for (b = t->dedup[dedup_bucket(t, hash, pool->id)]; b; b = b->hnext) {
+            if (b->hash == hash && b->dedup_pool == pool->id &&
+                b->dedup_client == pg->client && b->codec == codec &&
+                b->len == len && memcmp(slot_addr(b->zs, b->slot), src, len) == 0) {
+                b->refs++;
+                pg->kind = TM_PAGE_BLOB;
+                pg->blob = b;
+                pool->c.dedup_hits++;
+                return 0;
+            }
+        }
+    }
+    b = calloc(1, sizeof(*b));
+    if (!b)
+        return mv__fail(-ENOMEM, "tmem: out of memory for a page record");
+    /* Persistent puts may evict ephemeral pages; ephemeral ones only their
+     * own kind too: the same rule (never a persistent page). */
+    rc = slot_alloc(t, (len - 1) >> TM_CLASS_SHIFT, true, &b->zs, &b->slot);
+    if (rc < 0) {
+        free(b);
+        return rc;
+    }
+    /* The scratch buffer still holds this page's bytes: making room only
+     * frees pages, it never compresses one. */
+    memcpy(slot_addr(b->zs, b->slot), src, len);
+    b->zs->owner[b->slot] = b;
+    b->len = len;
+    b->codec = codec;
+    b->refs = 1;
+    t->blob_count++;
+    if (dedup) {
+        size_t k;
+
+        if (t->dedup_count >= t->dedup_buckets)
+            dedup_grow(t);
+        k = dedup_bucket(t, hash, pool->id);
+        b->hash = hash;
+        b->dedup_pool = pool->id;
+        b->dedup_client = pg->client;
+        b->indexed = true;
+        b->hnext = t->dedup[k];
+        t->dedup[k] = b;
+        t->dedup_count++;
+    }
+    pool->c.stored_bytes += class_size(b->zs->cls);
+    pg->kind = TM_PAGE_BLOB;
+    pg->blob = b;
+    return 0;
+}
+
+int tm_load_page(struct mv__tmem *t, const struct tm_page *pg, uint8_t *page)
+{
+    const struct tm_blob *b = pg->blob;
+    const uint8_t *src;
+
+    if (pg->kind == TM_PAGE_SAME) {
+        uint64_t *w = (uint64_t *)page;
+
+        for (unsigned i = 0; i < MV_PAGE_SIZE / 8; i++)
+            w[i] = pg->fill;
+        return 0;
+    }
+    src = slot_addr(b->zs, b->slot);
+    switch (b->codec) {
+    case TM_CODEC_RAW:
+        memcpy(page, src, MV_PAGE_SIZE);
+        return 0;
+    case TM_CODEC_LZ4:
+        if (LZ4_decompress_safe((const char *)src, (char *)page, (int)b->len,
+                                MV_PAGE_SIZE) == (int)MV_PAGE_SIZE)
+            return 0;
+        break;
+    default: {
+        size_t n = ZSTD_decompressDCtx(t->zstd_dctx, page, MV_PAGE_SIZE, src, b->len);
+
+        if (!ZSTD_isError(n) && n == MV_PAGE_SIZE)
+            return 0;
+        break;
+    }
+    }
+    return mv__fail(-EIO, "tmem: a stored page of %u bytes does not decompress",
+                    b->len);
+}
+
+void tm_release_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg)
+{
+    struct tm_blob *b = pg->blob;
+
+    if (pg->kind == TM_PAGE_SAME || !b)
+        return;
+    pg->blob = NULL;
+    if (--b->refs)
+        return;
+    if (b->indexed)
+        dedup_remove(t, b);
+    pool->c.stored_bytes -= class_size(b->zs->cls);
+    slot_free(t, b->zs, b->slot);
+    t->blob_count--;
+    free(b);
+}
+
+/* ---- compaction ---- */
+
+static int by_used_desc(const void *a, const void *b)
+{
+    const struct tm_zspage *x = *(struct tm_zspage *const *)a;
+    const struct tm_zspage *y = *(struct tm_zspage *const *)b;
+
+    return (x->used < y->used) - (x->used > y->used);
+}
+
+uint64_t tm_compact(struct mv__tmem *t)
+{
+    uint64_t freed = 0;
+
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
+        struct tm_class *cl = &t->cls[c];
+        uint64_t need = (cl->used_slots + cl->slots - 1) / cl->slots;
+        struct tm_zspage **v;
+        size_t n = 0, i, j;
+
+        if (cl->zspage_count <= need)
+            continue;
+        v = malloc(cl->zspage_count * sizeof(*v));
+        if (!v)
+            break;
+        for (struct tm_list *e = cl->zspages.next; e != &cl->zspages; e = e->next)
+            v[n++] = tm_container(e, struct tm_zspage, link);
+        qsort(v, n, sizeof(*v), by_used_desc);
+        /* Fill the fullest from the emptiest. */
+        for (i = 0, j = n - 1; i < j;) {
+            struct tm_zspage *dst = v[i], *src = v[j];
+            unsigned s, d;
+
+            if (dst->used == dst->slots) {
+                i++;
+                continue;
+            }
+            for (s = 0; !src->owner[s]; s++)
+                ;
+            for (d = 0; dst->owner[d]; d++)
+                ;
+            memcpy(slot_addr(dst, d), slot_addr(src, s), src->owner[s]->len);
+            dst->owner[d] = src->owner[s];
+            dst->owner[d]->zs = dst;
+            dst->owner[d]->slot = d;
+            dst->used++;
+            cl->used_slots++;
+            t->compact_moves++;
+            if (dst->used == dst->slots) {
+                tm_list_del(&dst->link);
+                tm_list_add(cl->zspages.prev, &dst->link);
+            }
+            if (src->used == 1) {
+                freed += src->frames;
+                j--;
+            }
+            slot_free(t, src, s); /* frees src when it empties */
+        }
+        free(v);
+    }
+    t->compactions++;
+    return freed;
+}
+
+/* ---- audit ---- */
+
+int tm_store_audit(struct mv__tmem *t)
+{
+    uint64_t used = 0, spare = 0, zs_frames = 0, chunks = 0;
+
+    for (struct tm_list *e = t->chunks.next; e != &t->chunks; e = e->next) {
+        struct tm_chunk *c = tm_container(e, struct tm_chunk, link);
+        unsigned u = 0, s = 0;
+
+        for (unsigned i = 0; i < TM_CHUNK_FRAMES; i++) {
+            u += c->state[i] == TM_FRAME_USED;
+            s += c->state[i] == TM_FRAME_SPARE;
+        }
+        if (u != c->used || s != c->spare)
+            return mv__fail(-EUCLEAN, "tmem: chunk %#llx counts %u used %u spare "
+                            "frames, its states say %u and %u",
+                            (unsigned long long)c->first_mfn, c->used, c->spare, u, s);
+        if (u == 0 && s == 0)
+            return mv__fail(-EUCLEAN, "tmem: chunk %#llx is empty but kept",
+                            (unsigned long long)c->first_mfn);
+        used += u;
+        spare += s;
+        chunks++;
+    }
+    if (chunks != t->chunk_count || used != t->used_frames || spare != t->spare_frames)
+        return mv__fail(-EUCLEAN, "tmem: %llu chunks, %llu used and %llu spare frames "
+                        "found, the counters say %llu, %llu and %llu",
+                        (unsigned long long)chunks, (unsigned long long)used,
+                        (unsigned long long)spare, (unsigned long long)t->chunk_count,
+                        (unsigned long long)t->used_frames,
+                        (unsigned long long)t->spare_frames);
+    if (used + spare != atomic_load(&t->charged))
+        return mv__fail(-EUCLEAN, "tmem: %llu frames hold memory, %llu are charged",
+                        (unsigned long long)(used + spare),
+                        (unsigned long long)atomic_load(&t->charged));
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
+        struct tm_class *cl = &t->cls[c];
+        uint64_t n = 0, slots = 0;
+
+        bool seen_full = false;
+
+        for (struct tm_list *e = cl->zspages.next; e != &cl->zspages; e = e->next) {
+            struct tm_zspage *zs = tm_container(e, struct tm_zspage, link);
+            unsigned u = 0;
+
+            if (zs->used < zs->slots && seen_full)
+                return mv__fail(-EUCLEAN, "tmem: a class-%u zspage with room follows a "
+                                "full one", c);
+            seen_full |= zs->used == zs->slots;
+
+            for (unsigned s = 0; s < zs->slots; s++) {
+                if (!zs->owner[s])
+                    continue;
+                u++;
+                if (zs->owner[s]->zs != zs || zs->owner[s]->slot != s ||
+                    zs->owner[s]->refs == 0)
+                    return mv__fail(-EUCLEAN, "tmem: slot %u of a class-%u zspage "
+                                    "names a blob that is elsewhere", s, c);
+            }
+            for (unsigned f = 0; f < zs->frames; f++)
+                if (zs->chunk->state[zs->frame + f] != TM_FRAME_USED)
+                    return mv__fail(-EUCLEAN, "tmem: a zspage frame is not marked used");
+            if (u != zs->used || u == 0)
+                return mv__fail(-EUCLEAN, "tmem: a class-%u zspage counts %u used "
+                                "slots, has %u", c, zs->used, u);
+            n++;
+            slots += u;
+            zs_frames += zs->frames;
+        }
+        if (n != cl->zspage_count || slots != cl->used_slots)
+            return mv__fail(-EUCLEAN, "tmem: class %u counts %llu zspages and %llu "
+                            "slots, has %llu and %llu", c,
+                            (unsigned long long)cl->zspage_count,
+                            (unsigned long long)cl->used_slots,
+                            (unsigned long long)n, (unsigned long long)slots);
+    }
+    if (zs_frames != used)
+        return mv__fail(-EUCLEAN, "tmem: zspages hold %llu frames, %llu are used",
+                        (unsigned long long)zs_frames, (unsigned long long)used);
+    return 0;
+}

@@ -1,0 +1,1051 @@
+/*
+ * test_tmem.c - transcendent memory: Xen's pool semantics (ephemeral and
+ * persistent, private and shared, exclusive gets, replacing puts, quotas),
+ * bad input and foreign pools, the compressed store (markers, poor
+ * compressions, zstd, dedup, compaction), giving memory back (the
+ * relinquish API, eviction by weight, the host's budget-short hook, the
+ * repayment reserve), domains destroyed with pages in pools, injected
+ * failures, and mv_tmem_audit / mv_host_audit after each.
+ */
+#include "testutil.h"
+#include "internal.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define PAGE MV_PAGE_SIZE
+
+/* Page contents that compress the way guest pages do, a function of
+ * (seed, kind): 0 zero, 1 same-filled, 2 text-like, 3 incompressible. */
+static void fill(uint8_t *p, uint64_t seed, int kind)
+{
+    static const char *words[] = { "memory", "page ", "domain", "the ", "tmem ",
+                                   "kernel", "0x7f3a", "ret\n", "mov ", "\t" };
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+
+    switch (kind) {
+    case 0:
+        memset(p, 0, PAGE);
+        break;
+    case 1:
+        for (unsigned i = 0; i < PAGE / 8; i++)
+            ((uint64_t *)p)[i] = seed | 0x0101010101010101ull;
+        break;
+    case 2:
+        for (unsigned i = 0; i < PAGE;) {
+            const char *w;
+
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            w = words[x % 10];
+            for (; *w && i < PAGE; w++)
+                p[i++] = (uint8_t)*w;
+        }
+        memcpy(p, &seed, sizeof(seed));
+        break;
+    default:
+        for (unsigned i = 0; i < PAGE / 8; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            ((uint64_t *)p)[i] = x;
+        }
+    }
+}
+
+static void oid_of(uint64_t oid[3], uint64_t n)
+{
+    oid[0] = n;
+    oid[1] = ~n;
+    oid[2] = n * 7;
+}
+
+static void expect_page(mv_host *h, uint32_t dom, int pool, uint64_t obj, uint32_t idx,
+                        uint64_t seed, int kind)
+{
+    uint8_t want[PAGE], got[PAGE];
+    uint64_t oid[3];
+
+    oid_of(oid, obj);
+    fill(want, seed, kind);
+    memset(got, 0xa5, PAGE);
+    assert_int_equal(mv_tmem_get_page(h, dom, (uint32_t)pool, oid, idx, got, PAGE), 1);
+    assert_memory_equal(got, want, PAGE);
+}
+
+static int put(mv_host *h, uint32_t dom, int pool, uint64_t obj, uint32_t idx,
+               uint64_t seed, int kind)
+{
+    uint8_t p[PAGE];
+    uint64_t oid[3];
+
+    oid_of(oid, obj);
+    fill(p, seed, kind);
+    return mv_tmem_put_page(h, dom, (uint32_t)pool, oid, idx, p, PAGE);
+}
+
+static struct mv_tmem_stats stats(mv_host *h)
+{
+    struct mv_tmem_stats s;
+
+    assert_ok(mv_tmem_stats(h, &s));
+    return s;
+}
+
+static struct mv_tmem_client_info client(mv_host *h, uint32_t dom)
+{
+    struct mv_tmem_client_info c[16];
+    int n = mv_tmem_client_list(h, c, 16);
+
+    assert_ok(n);
+    for (int i = 0; i < n && i < 16; i++)
+        if (c[i].domid == dom)
+            return c[i];
+    fail_msg("domain %u has no tmem client", dom);
+    return c[0];
+}
+
+static void audit(mv_host *h)
+{
+    assert_ok(mv_tmem_audit(h));
+    assert_ok(mv_host_audit(h));
+}
+
+static void persistent_pages_round_trip(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    int pool = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+    struct mv_tmem_stats s;
+
+    (void)state;
+    assert_ok(pool);
+    for (uint32_t i = 0; i < 400; i++)
+        assert_int_equal(put(h, d, pool, i % 7, i, i, (int)(i % 4)), 1);
+    audit(h);
+    for (uint32_t i = 0; i < 400; i++)
+        expect_page(h, d, pool, i % 7, i, i, (int)(i % 4));
+    /* A persistent get leaves the page. */
+    for (uint32_t i = 0; i < 400; i += 3)
+        expect_page(h, d, pool, i % 7, i, i, (int)(i % 4));
+    s = stats(h);
+    assert_int_equal(s.counts.pages, 400);
+    assert_int_equal(s.counts.same_filled, 200);
+    assert_int_equal(s.counts.poor_compressions, 100);
+    assert_true(s.counts.found_gets == s.counts.gets);
+    assert_true(s.frames > 0 && s.frames < 200);
+    assert_true(mv_tmem_ratio(&s.counts) > 1.5);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void ephemeral_get_is_exclusive_unless_shared(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    uint32_t b = tu_domain(h, "b", 64 * MiB, 64 * MiB);
+    uint8_t uuid[16] = { 1, 2, 3 }, buf[PAGE];
+    uint64_t oid[3];
+    int priv = mv_tmem_new_pool(h, a, 0, NULL), shared;
+
+    (void)state;
+    assert_ok(priv);
+    assert_int_equal(put(h, a, priv, 1, 5, 42, 2), 1);
+    expect_page(h, a, priv, 1, 5, 42, 2);
+    oid_of(oid, 1);
+    assert_int_equal(mv_tmem_get_page(h, a, (uint32_t)priv, oid, 5, buf, PAGE), 0);
+
+    assert_ok(mv_tmem_authorize(h, a, uuid));
+    assert_ok(mv_tmem_authorize(h, b, uuid));
+    shared = mv_tmem_new_pool(h, a, MV_TMEM_SHARED, uuid);
+    assert_ok(shared);
+    assert_int_equal(mv_tmem_new_pool(h, b, MV_TMEM_SHARED, uuid), shared);
+    assert_int_equal(put(h, a, shared, 9, 1, 77, 2), 1);
+    expect_page(h, b, shared, 9, 1, 77, 2);
+    expect_page(h, a, shared, 9, 1, 77, 2);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void duplicate_put_replaces_and_flushes_work(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    int pool = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+    uint8_t buf[PAGE];
+    uint64_t oid[3];
+
+    (void)state;
+    assert_int_equal(put(h, d, pool, 1, 1, 10, 2), 1);
+    assert_int_equal(put(h, d, pool, 1, 1, 11, 3), 1);
+    expect_page(h, d, pool, 1, 1, 11, 3);
+    assert_int_equal(stats(h).counts.pages, 1);
+    for (uint32_t i = 0; i < 50; i++)
+        assert_int_equal(put(h, d, pool, 2, i, i, 2), 1);
+    oid_of(oid, 1);
+    assert_int_equal(mv_tmem_flush_page(h, d, (uint32_t)pool, oid, 1), 1);
+    assert_int_equal(mv_tmem_flush_page(h, d, (uint32_t)pool, oid, 1), 0);
+    assert_int_equal(mv_tmem_get_page(h, d, (uint32_t)pool, oid, 1, buf, PAGE), 0);
+    oid_of(oid, 2);
+    assert_int_equal(mv_tmem_flush_object(h, d, (uint32_t)pool, oid), 50);
+    assert_int_equal(mv_tmem_flush_object(h, d, (uint32_t)pool, oid), 0);
+    assert_int_equal(stats(h).counts.pages, 0);
+    assert_int_equal(stats(h).used_frames, 0);
+    assert_int_equal(stats(h).counts.flushes, 51);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void persistent_quota_fails_at_once(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    int pool = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+    uint8_t buf[PAGE];
+    uint64_t oid[3];
+
+    (void)state;
+    assert_ok(mv_tmem_set_client(h, d, 100, 10));
+    for (uint32_t i = 0; i < 10; i++)
+        assert_int_equal(put(h, d, pool, 1, i, i, 2), 1);
+    assert_err(put(h, d, pool, 1, 10, 10, 2), -EDQUOT);
+    /* Replacing a page stays within the quota. */
+    assert_int_equal(put(h, d, pool, 1, 3, 99, 2), 1);
+    expect_page(h, d, pool, 1, 3, 99, 2);
+    assert_ok(mv_tmem_set_client(h, d, 100, 9));
+    /* A replacing put that fails leaves the key empty. */
+    assert_err(put(h, d, pool, 1, 4, 100, 2), -EDQUOT);
+    oid_of(oid, 1);
+    assert_int_equal(mv_tmem_get_page(h, d, (uint32_t)pool, oid, 4, buf, PAGE), 0);
+    assert_int_equal(client(h, d).persistent_pages, 9);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void bad_input_is_refused_with_a_reason(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    uint32_t b = tu_domain(h, "b", 64 * MiB, 64 * MiB);
+    int pa = mv_tmem_new_pool(h, a, MV_TMEM_PERSISTENT, NULL);
+    uint8_t page[PAGE] = { 1 }, uuid[16] = { 9 };
+    uint64_t oid[3] = { 1, 2, 3 };
+
+    (void)state;
+    assert_ok(pa);
+    assert_err(mv_tmem_put_page(h, a, 999, oid, 0, page, PAGE), -ENOENT);
+    assert_err(mv_tmem_put_page(h, a, 5000, oid, 0, page, PAGE), -ENOENT);
+    assert_err(mv_tmem_put_page(h, b, (uint32_t)pa, oid, 0, page, PAGE), -EPERM);
+    assert_err(mv_tmem_get_page(h, b, (uint32_t)pa, oid, 0, page, PAGE), -EPERM);
+    assert_err(mv_tmem_flush_page(h, b, (uint32_t)pa, oid, 0), -EPERM);
+    assert_err(mv_tmem_flush_object(h, b, (uint32_t)pa, oid), -EPERM);
+    assert_err(mv_tmem_destroy_pool(h, b, (uint32_t)pa), -EPERM);
+    assert_err(mv_tmem_put_page(h, a, (uint32_t)pa, oid, 0, page, PAGE - 1), -EINVAL);
+    assert_err(mv_tmem_put_page(h, a, (uint32_t)pa, oid, 0, NULL, PAGE), -EINVAL);
+    assert_err(mv_tmem_get_page(h, a, (uint32_t)pa, oid, 0, page, 2 * PAGE), -EINVAL);
+    assert_err(mv_tmem_put_page(h, a, (uint32_t)pa, NULL, 0, page, PAGE), -EINVAL);
+    assert_err(mv_tmem_new_pool(h, a, 0x100, NULL), -EINVAL);
+    assert_err(mv_tmem_new_pool(h, a, MV_TMEM_SHARED, NULL), -EINVAL);
+    assert_err(mv_tmem_new_pool(h, a, MV_TMEM_SHARED, uuid), -EPERM);
+    assert_err(mv_tmem_new_pool(h, 777, 0, NULL), -ESRCH);
+    assert_err(mv_tmem_set_client(h, a, 0, 10), -EINVAL);
+    assert_err(mv_tmem_relinquish_pageblock(h, 99), -EINVAL);
+    /* The host's paging pool is nobody's, not even "domain UINT32_MAX"'s. */
+    {
+        struct mv_tmem_pool_info info[8];
+        uint64_t size;
+        void *ram;
+        int n, host_pools = 0;
+
+        assert_ok(mv_domain_ram(h, a, &ram, &size));
+        ((volatile uint8_t *)ram)[0] = 1;
+        assert_int_equal(mv_tmem_page_out(h, a, 1), 1);
+        n = mv_tmem_pool_list(h, info, 8);
+        for (int i = 0; i < n; i++) {
+            uint64_t hk[3] = { a, 0, 0 };
+
+            if (info[i].owner != UINT32_MAX)
+                continue;
+            host_pools++;
+            assert_err(mv_tmem_flush_object(h, UINT32_MAX, info[i].pool, hk), -EPERM);
+            assert_err(mv_tmem_destroy_pool(h, UINT32_MAX, info[i].pool), -EPERM);
+            assert_err(mv_tmem_put_page(h, UINT32_MAX, info[i].pool, hk, 0, page, PAGE),
+                       -EPERM);
+        }
+        assert_int_equal(host_pools, 1);
+    }
+    assert_ok(mv_tmem_authorize(h, a, uuid));
+    assert_ok(mv_tmem_authorize(h, b, uuid));
+    assert_ok(mv_tmem_new_pool(h, a, MV_TMEM_SHARED, uuid));
+    assert_err(mv_tmem_new_pool(h, b, MV_TMEM_SHARED | MV_TMEM_PERSISTENT, uuid), -EINVAL);
+    assert_ok(mv_tmem_destroy_pool(h, a, (uint32_t)pa));
+    assert_err(mv_tmem_destroy_pool(h, a, (uint32_t)pa), -ENOENT);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void pages_never_reach_another_domain(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    uint32_t b;
+    int pa = mv_tmem_new_pool(h, a, MV_TMEM_PERSISTENT | MV_TMEM_DEDUP, NULL), pb;
+    uint8_t buf[PAGE];
+    uint64_t oid[3];
+
+    (void)state;
+    for (uint32_t i = 0; i < 100; i++)
+        assert_int_equal(put(h, a, pa, 1, i, i, 2), 1);
+    assert_ok(mv_domain_destroy(h, a));
+    assert_int_equal(stats(h).counts.pages, 0);
+    audit(h);
+    /* The freed pool id is given to the next domain: it finds nothing. */
+    b = tu_domain(h, "b", 64 * MiB, 64 * MiB);
+    pb = mv_tmem_new_pool(h, b, MV_TMEM_PERSISTENT | MV_TMEM_DEDUP, NULL);
+    assert_int_equal(pb, pa);
+    oid_of(oid, 1);
+    for (uint32_t i = 0; i < 100; i++)
+        assert_int_equal(mv_tmem_get_page(h, b, (uint32_t)pb, oid, i, buf, PAGE), 0);
+    /* Identical content put by b is not deduplicated against anything of a. */
+    assert_int_equal(put(h, b, pb, 1, 0, 0, 2), 1);
+    assert_int_equal(stats(h).counts.dedup_hits, 0);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void shared_pool_needs_authorisation(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    uint32_t b = tu_domain(h, "b", 64 * MiB, 64 * MiB);
+    uint32_t c = tu_domain(h, "c", 64 * MiB, 64 * MiB);
+    uint8_t uuid[16] = { 0xde, 0xad }, buf[PAGE];
+    uint64_t oid[3];
+    int pool;
+
+    (void)state;
+    assert_ok(mv_tmem_authorize(h, a, uuid));
+    assert_ok(mv_tmem_authorize(h, b, uuid));
+    pool = mv_tmem_new_pool(h, a, MV_TMEM_SHARED | MV_TMEM_PERSISTENT, uuid);
+    assert_ok(pool);
+    assert_int_equal(mv_tmem_new_pool(h, b, MV_TMEM_SHARED | MV_TMEM_PERSISTENT, uuid), pool);
+    assert_err(mv_tmem_new_pool(h, c, MV_TMEM_SHARED | MV_TMEM_PERSISTENT, uuid), -EPERM);
+    assert_err(put(h, c, pool, 1, 1, 1, 2), -EPERM);
+    assert_int_equal(put(h, b, pool, 1, 1, 5, 2), 1);
+    assert_int_equal(put(h, a, pool, 1, 2, 6, 2), 1);
+    expect_page(h, a, pool, 1, 1, 5, 2);
+    /* b leaves: its pages go, a's stay. */
+    assert_ok(mv_tmem_destroy_pool(h, b, (uint32_t)pool));
+    oid_of(oid, 1);
+    assert_int_equal(mv_tmem_get_page(h, a, (uint32_t)pool, oid, 1, buf, PAGE), 0);
+    expect_page(h, a, pool, 1, 2, 6, 2);
+    assert_err(put(h, b, pool, 1, 1, 1, 2), -EPERM);
+    /* The last member's destroy frees the pool. */
+    assert_ok(mv_domain_destroy(h, a));
+    assert_int_equal(stats(h).pools, 0);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void zstd_and_dedup_pools(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    int z = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT | MV_TMEM_ZSTD, NULL);
+    int dd = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT | MV_TMEM_DEDUP, NULL);
+    struct mv_tmem_pool_info info[4];
+    uint64_t oid[3];
+
+    (void)state;
+    for (uint32_t i = 0; i < 100; i++) {
+        assert_int_equal(put(h, d, z, 1, i, i, 2 + (i % 2)), 1);
+        assert_int_equal(put(h, d, dd, 1, i, 1234, 2), 1); /* all the same */
+    }
+    assert_int_equal(mv_tmem_pool_list(h, info, 4), 2);
+    for (int i = 0; i < 2; i++) {
+        if (info[i].pool == (uint32_t)dd) {
+            assert_int_equal(info[i].counts.dedup_hits, 99);
+            assert_true(info[i].counts.stored_bytes < PAGE);
+        } else {
+            assert_int_equal(info[i].counts.poor_compressions, 50);
+        }
+    }
+    for (uint32_t i = 0; i < 100; i++) {
+        expect_page(h, d, z, 1, i, i, 2 + (i % 2));
+        expect_page(h, d, dd, 1, i, 1234, 2);
+    }
+    oid_of(oid, 1);
+    for (uint32_t i = 0; i < 99; i++)
+        assert_int_equal(mv_tmem_flush_page(h, d, (uint32_t)dd, oid, i), 1);
+    expect_page(h, d, dd, 1, 99, 1234, 2);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void compaction_frees_frames_and_keeps_pages(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    int pool = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+    uint64_t oid[3], before;
+
+    (void)state;
+    for (uint32_t i = 0; i < 2000; i++)
+        assert_int_equal(put(h, d, pool, 1, i, i, 2), 1);
+    oid_of(oid, 1);
+    for (uint32_t i = 0; i < 2000; i++)
+        if (i % 4)
+            assert_int_equal(mv_tmem_flush_page(h, d, (uint32_t)pool, oid, i), 1);
+    before = stats(h).used_frames;
+    assert_true(mv_tmem_compact(h) > 0);
+    assert_true(stats(h).used_frames < before / 2);
+    assert_true(stats(h).compact_moves > 0);
+    for (uint32_t i = 0; i < 2000; i += 4)
+        expect_page(h, d, pool, 1, i, i, 2);
+    assert_true(mv_tmem_relinquish_pages(h, 1000) > 0);
+    assert_int_equal(stats(h).spare_frames, 0);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void relinquish_api_gives_back_ephemeral_only(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    int eph = mv_tmem_new_pool(h, d, 0, NULL);
+    int per = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+    struct mv_host_stats hs0, hs1;
+    struct mv_tmem_stats s;
+
+    (void)state;
+    for (uint32_t i = 0; i < 600; i++) {
+        assert_int_equal(put(h, d, eph, 1, i, i, 3), 1);
+        assert_int_equal(put(h, d, per, 1, i, i + 1000000, 3), 1);
+    }
+    assert_ok(mv_host_stats(h, &hs0));
+    assert_true(mv_tmem_evict_npages(h, 100) >= 100);
+    s = stats(h);
+    assert_true(s.spare_frames >= 100);
+    assert_true(s.evictions >= 100);
+    assert_int_equal(mv_tmem_relinquish_pages(h, 50), 50);
+    assert_ok(mv_host_stats(h, &hs1));
+    assert_int_equal(hs0.populated_pages - hs1.populated_pages, 50);
+    assert_int_equal(mv_tmem_relinquish_page(h), 1);
+    assert_ok(mv_tmem_relinquish_pageblock(h, 4));
+    /* Everything ephemeral can go; the persistent pages stay. */
+    while (mv_tmem_relinquish_page(h) == 1)
+        ;
+    s = stats(h);
+    assert_int_equal(client(h, d).ephemeral_pages, 0);
+    assert_int_equal(client(h, d).persistent_pages, 600);
+    assert_int_equal(s.spare_frames, 0);
+    for (uint32_t i = 0; i < 600; i++)
+        expect_page(h, d, per, 1, i, i + 1000000, 3);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void eviction_takes_from_the_domain_over_its_share(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    uint32_t b = tu_domain(h, "b", 64 * MiB, 64 * MiB);
+    int pa = mv_tmem_new_pool(h, a, 0, NULL), pb = mv_tmem_new_pool(h, b, 0, NULL);
+
+    (void)state;
+    assert_ok(mv_tmem_set_client(h, a, 100, 0));
+    assert_ok(mv_tmem_set_client(h, b, 300, 0));
+    for (uint32_t i = 0; i < 400; i++) {
+        assert_int_equal(put(h, a, pa, 1, i, i, 3), 1);
+        assert_int_equal(put(h, b, pb, 1, i, i, 3), 1);
+    }
+    /* a holds 400 at weight 100, b 400 at weight 300: a loses until it
+     * is down to a third of b. */
+    assert_true(mv_tmem_evict_npages(h, 200) >= 200);
+    assert_int_equal(client(h, b).ephemeral_pages, 400);
+    assert_int_equal(client(h, a).counts.evictions, 400 - client(h, a).ephemeral_pages);
+    assert_ok(mv_tmem_evict_npages(h, 300));
+    assert_true(client(h, b).ephemeral_pages < 400);
+    assert_true(client(h, a).ephemeral_pages * 3 <= client(h, b).ephemeral_pages + 3);
+    /* The oldest pages went first: a's newest are still there. */
+    if (client(h, a).ephemeral_pages)
+        expect_page(h, a, pa, 1, 399, 399, 3);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+/* Guest RAM touched by this thread: populates through the fault service. */
+static void touch(mv_host *h, uint32_t d, uint64_t pages, uint8_t v)
+{
+    void *ram;
+    uint64_t size;
+
+    assert_ok(mv_domain_ram(h, d, &ram, &size));
+    for (uint64_t i = 0; i < pages; i++)
+        ((volatile uint8_t *)ram)[i * PAGE + 1] = v;
+}
+
+static void budget_short_takes_tmem_memory_first(void **state)
+{
+    mv_host *h = tu_host_with(16 * MiB, MV_FAULT_SPIN_DEFAULT);
+    uint32_t a = tu_domain_with(h, "a", 16 * MiB, 16 * MiB, 1, MV_POD_CRASH, 0);
+    int eph = mv_tmem_new_pool(h, a, 0, NULL), per = mv_tmem_new_pool(h, a, MV_TMEM_PERSISTENT, NULL);
+    struct mv_domain_config c;
+    struct mv_tmem_stats s;
+    uint32_t stored = 0, b;
+    int rc;
+
+    (void)state;
+    /* The persistent pool takes a quarter of the budget; ephemeral puts
+     * fill the rest and are dropped (0), not failed, beyond it. */
+    for (uint32_t i = 0; i < 1000; i++)
+        assert_int_equal(put(h, a, per, 1, i, i, 3), 1);
+    for (uint32_t i = 0; i < 6000; i++) {
+        rc = put(h, a, eph, 1, i, i, 3);
+        assert_true(rc == 0 || rc == 1);
+        stored += (uint32_t)rc;
+    }
+    assert_true(stored > 2000);
+    /* A domain populating its RAM gets the budget back from tmem. */
+    tu_domain_config(&c, "b", 8 * MiB, 8 * MiB);
+    c.pod_policy = MV_POD_CRASH;
+    c.pod_block_populate = 0;
+    assert_ok(mv_domain_create(h, &c, &b));
+    touch(h, b, 2048, 7);
+    assert_int_equal(tu_info(h, b).state, MV_DOMAIN_RUNNING);
+    s = stats(h);
+    assert_true(s.budget_short_calls > 0);
+    assert_true(s.budget_short_freed > 0);
+    assert_true(s.evictions > 0);
+    for (uint32_t i = 0; i < 1000; i++)
+        expect_page(h, a, per, 1, i, i, 3);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void repayment_comes_from_the_domains_own_collateral(void **state)
+{
+    mv_host *h = tu_host_with(16 * MiB, MV_FAULT_SPIN_DEFAULT);
+    struct mv_domain_config c;
+    uint32_t a, b;
+    int pa, pb;
+
+    (void)state;
+    tu_domain_config(&c, "a", 8 * MiB, 8 * MiB);
+    c.pod_policy = MV_POD_CRASH;
+    c.pod_block_populate = 0;
+    assert_ok(mv_domain_create(h, &c, &a));
+    snprintf(c.name, sizeof(c.name), "b");
+    assert_ok(mv_domain_create(h, &c, &b));
+    pa = mv_tmem_new_pool(h, a, 0, NULL);
+    pb = mv_tmem_new_pool(h, b, 0, NULL);
+    /* b is far over its share, but a pledged its own pages. */
+    for (uint32_t i = 0; i < 1500; i++)
+        assert_int_equal(put(h, a, pa, 1, i, i, 3), 1);
+    for (uint32_t i = 0; i < 2500; i++)
+        assert_true(put(h, b, pb, 1, i, i, 3) >= 0);
+    assert_ok(mv_tmem_set_collateral(h, a, 1500));
+    assert_int_equal(client(h, a).collateral_pages, 1500);
+    touch(h, a, 1500, 3);
+    assert_int_equal(tu_info(h, a).state, MV_DOMAIN_RUNNING);
+    assert_true(client(h, a).repaid_pages > 0);
+    assert_true(client(h, a).counts.evictions > 0);
+    assert_int_equal(client(h, b).repaid_pages, 0);
+    assert_int_equal(client(h, b).counts.evictions, 0);
+    assert_true(stats(h).repaid == client(h, a).repaid_pages);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+struct race {
+    mv_host *h;
+    uint32_t d;
+    int pool;
+    atomic_bool stop;
+    atomic_int bad;
+};
+
+static void *getter(void *arg)
+{
+    struct race *r = arg;
+    uint8_t buf[PAGE];
+    uint64_t oid[3];
+
+    oid_of(oid, 1);
+    for (uint32_t i = 0; !atomic_load(&r->stop); i = (i + 1) % 500) {
+        int rc = mv_tmem_get_page(r->h, r->d, (uint32_t)r->pool, oid, i, buf, PAGE);
+
+        if (rc == 1) {
+            uint8_t want[PAGE];
+
+            fill(want, i, 2);
+            if (memcmp(want, buf, PAGE))
+                atomic_fetch_add(&r->bad, 1);
+        } else if (rc != 0 && rc != -ENOENT) {
+            atomic_fetch_add(&r->bad, 1);
+        }
+    }
+    return NULL;
+}
+
+static void destroy_pool_while_gets_are_in_flight(void **state)
+{
+    mv_host *h = tu_host();
+    struct race r = { .h = h };
+    pthread_t th[2];
+
+    (void)state;
+    r.d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    for (int round = 0; round < 20; round++) {
+        r.pool = mv_tmem_new_pool(h, r.d, MV_TMEM_PERSISTENT, NULL);
+        assert_ok(r.pool);
+        for (uint32_t i = 0; i < 500; i++)
+            assert_int_equal(put(h, r.d, r.pool, 1, i, i, 2), 1);
+        atomic_store(&r.stop, false);
+        for (int i = 0; i < 2; i++)
+            assert_int_equal(pthread_create(&th[i], NULL, getter, &r), 0);
+        usleep(2000);
+        assert_ok(mv_tmem_destroy_pool(h, r.d, (uint32_t)r.pool));
+        usleep(1000);
+        atomic_store(&r.stop, true);
+        for (int i = 0; i < 2; i++)
+            pthread_join(th[i], NULL);
+    }
+    assert_int_equal(atomic_load(&r.bad), 0);
+    assert_int_equal(stats(h).counts.pages, 0);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void domain_destroyed_with_pages_in_pools(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    uint32_t b = tu_domain(h, "b", 64 * MiB, 64 * MiB);
+    uint8_t uuid[16] = { 7 };
+    int pa = mv_tmem_new_pool(h, a, 0, NULL), ps;
+    struct mv_host_stats hs;
+
+    (void)state;
+    assert_ok(mv_tmem_authorize(h, a, uuid));
+    assert_ok(mv_tmem_authorize(h, b, uuid));
+    ps = mv_tmem_new_pool(h, a, MV_TMEM_SHARED | MV_TMEM_PERSISTENT, uuid);
+    assert_int_equal(mv_tmem_new_pool(h, b, MV_TMEM_SHARED | MV_TMEM_PERSISTENT, uuid), ps);
+    for (uint32_t i = 0; i < 300; i++) {
+        assert_int_equal(put(h, a, pa, 1, i, i, 2), 1);
+        assert_int_equal(put(h, a, ps, 1, i, i, 3), 1);
+        assert_int_equal(put(h, b, ps, 2, i, i, 2), 1);
+    }
+    assert_ok(mv_domain_destroy(h, a));
+    assert_int_equal(stats(h).counts.pages, 300);
+    expect_page(h, b, ps, 2, 7, 7, 2);
+    audit(h);
+    assert_ok(mv_domain_destroy(h, b));
+    assert_int_equal(stats(h).counts.pages, 0);
+    assert_int_equal(stats(h).pools, 0);
+    mv_tmem_relinquish_pages(h, UINT64_MAX);
+    assert_int_equal(stats(h).frames, 0);
+    assert_int_equal(stats(h).chunks, 0);
+    assert_ok(mv_host_stats(h, &hs));
+    assert_int_equal(hs.populated_pages, 0);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void injected_failures_lose_and_leak_nothing(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    int per = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+    int eph = mv_tmem_new_pool(h, d, 0, NULL);
+    struct mv_host_stats hs;
+
+    (void)state;
+    /* No chunk can be mapped: a persistent put fails at once, an
+     * ephemeral one is dropped. */
+    mv__os_inject(MV_OS_MMAP, ENOMEM, 0, 2);
+    assert_err(put(h, d, per, 1, 0, 0, 2), -ENOMEM);
+    assert_int_equal(put(h, d, eph, 1, 0, 0, 2), 0);
+    mv__os_inject(MV_OS_MMAP, 0, 0, 0);
+    assert_int_equal(stats(h).chunks, 0);
+    audit(h);
+    for (uint32_t i = 0; i < 300; i++)
+        assert_int_equal(put(h, d, per, 1, i, i, 3), 1);
+    /* Scrubbing fails: the frames are zeroed by hand and still given back. */
+    mv__os_inject(MV_OS_PUNCH, EIO, 0, 1000);
+    for (uint32_t i = 0; i < 300; i++) {
+        uint64_t oid[3];
+
+        oid_of(oid, 1);
+        if (i % 2)
+            assert_int_equal(mv_tmem_flush_page(h, d, (uint32_t)per, oid, i), 1);
+    }
+    mv_tmem_relinquish_pages(h, UINT64_MAX);
+    mv__os_inject(MV_OS_PUNCH, 0, 0, 0);
+    for (uint32_t i = 0; i < 300; i += 2)
+        expect_page(h, d, per, 1, i, i, 3);
+    audit(h);
+    assert_ok(mv_domain_destroy(h, d));
+    mv_tmem_relinquish_pages(h, UINT64_MAX);
+    assert_ok(mv_host_stats(h, &hs));
+    assert_int_equal(hs.populated_pages, 0);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void page_out_and_fault_back_in(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 32 * MiB, 32 * MiB);
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    struct mv_host_stats before, after;
+    struct mv_tmem_stats s;
+    enum mv_page_type type;
+    uint64_t populated, paged = 0;
+    int64_t n;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed |= MV_SEED_COMPRESSIBLE;
+    w.max_pages = 6000;
+    w.working_set_pages = 4096;
+    st = tu_run(h, d, &w);
+    assert_false(st.crashed);
+    populated = tu_info(h, d).populated_pages;
+    assert_ok(mv_host_stats(h, &before));
+    n = mv_tmem_page_out(h, d, 2000);
+    assert_int_equal(n, 2000);
+    assert_int_equal(tu_info(h, d).paged_pages, 2000);
+    assert_int_equal(tu_info(h, d).populated_pages, populated - 2000);
+    assert_ok(mv_host_stats(h, &after));
+    /* Compressible pages: far fewer frames than pages. */
+    assert_true(before.populated_pages - after.populated_pages > 1500);
+    for (uint64_t g = 0; g < 8192 && !paged; g++) {
+        assert_ok(mv_domain_page_type(h, d, g, &type));
+        paged = type == MV_PAGE_PAGED;
+    }
+    assert_true(paged);
+    audit(h);
+    /* The oracle reads paged pages without paging them in... */
+    assert_int_equal(mv_oracle_verify(h, d, NULL), 0);
+    assert_int_equal(tu_info(h, d).paged_pages, 2000);
+    /* ... the guest's own reads page them in, transparently. */
+    mv_workload_config_init(&w, MV_WORKLOAD_VERIFY);
+    w.seed |= MV_SEED_COMPRESSIBLE;
+    st = tu_run(h, d, &w);
+    assert_int_equal(st.mismatches, 0);
+    assert_int_equal(tu_info(h, d).paged_pages, 0);
+    s = stats(h);
+    assert_int_equal(s.page_ins, 2000);
+    assert_int_equal(s.paged_out, 0);
+    tu_verify(h, d);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void paged_pages_balloon_clone_and_destroy(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 16 * MiB, 16 * MiB), c;
+    struct mv_workload_config w;
+    uint64_t gfns[64], n = 0;
+    enum mv_page_type type;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed |= MV_SEED_COMPRESSIBLE;
+    w.max_pages = 3000;
+    tu_run(h, d, &w);
+    assert_true(mv_tmem_page_out(h, d, 1000) > 0);
+    /* Ballooning a paged gfn drops its copy. */
+    for (uint64_t g = 0; g < 4096 && n < 64; g++) {
+        assert_ok(mv_domain_page_type(h, d, g, &type));
+        if (type == MV_PAGE_PAGED)
+            gfns[n++] = g;
+    }
+    assert_int_equal(n, 64);
+    assert_int_equal(mv_domain_decrease_reservation(h, d, gfns, 64), 64);
+    assert_ok(mv_domain_increase_reservation(h, d, gfns, 64));
+    audit(h);
+    /* A clone pages its source back in first. */
+    assert_ok(mv_domain_pause(h, d));
+    assert_ok(mv_domain_clone(h, d, "c", &c));
+    assert_int_equal(tu_info(h, d).paged_pages, 0);
+    audit(h);
+    assert_ok(mv_domain_unpause(h, d));
+    assert_true(mv_tmem_page_out(h, d, 500) >= 0);
+    assert_ok(mv_domain_destroy(h, d));
+    assert_int_equal(stats(h).paged_out, 0);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+struct thrash {
+    mv_host *h;
+    uint32_t d;
+    int eph, per;
+    atomic_bool stop;
+    atomic_int bad;
+    uint64_t gets, hits;
+};
+
+/* A guest using tmem as a page cache (ephemeral) and as swap (persistent):
+ * every page it gets back must be what it put; no persistent page lost. */
+static void *thrasher(void *arg)
+{
+    struct thrash *t = arg;
+    uint8_t p[PAGE];
+    uint64_t oid[3];
+    uint32_t i = 0;
+
+    oid_of(oid, 5);
+    while (!atomic_load(&t->stop)) {
+        int rc;
+
+        i = (i + 1) % 3000;
+        if (put(t->h, t->d, t->eph, 5, i, i, 2) < 0)
+            atomic_fetch_add(&t->bad, 1);
+        rc = mv_tmem_get_page(t->h, t->d, (uint32_t)t->eph, oid, (i * 7) % 3000, p, PAGE);
+        t->gets++;
+        if (rc == 1) {
+            uint8_t want[PAGE];
+
+            t->hits++;
+            fill(want, (i * 7) % 3000, 2);
+            if (memcmp(want, p, PAGE))
+                atomic_fetch_add(&t->bad, 1);
+        } else if (rc < 0) {
+            atomic_fetch_add(&t->bad, 1);
+        }
+        if (i < 500) {
+            rc = mv_tmem_get_page(t->h, t->d, (uint32_t)t->per, oid, i, p, PAGE);
+            if (rc != 1) {
+                atomic_fetch_add(&t->bad, 1);
+            } else {
+                uint8_t want[PAGE];
+
+                fill(want, i + 7, 2);
+                if (memcmp(want, p, PAGE))
+                    atomic_fetch_add(&t->bad, 1);
+            }
+        }
+    }
+    return NULL;
+}
+
+static void pressure_paging_cow_and_tmem_at_once(void **state)
+{
+    /* Demand: three domains of 24 MiB plus a clone and tmem, on a budget of
+     * 24 MiB. */
+    mv_host *h = tu_host_with(24 * MiB, MV_FAULT_SPIN_DEFAULT);
+    uint32_t d[4];
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    struct thrash th = { .h = h };
+    pthread_t thread;
+    struct mv_tmem_stats s;
+    struct mv_share_stats ss;
+
+    (void)state;
+    for (int i = 0; i < 3; i++) {
+        char name[8];
+
+        snprintf(name, sizeof(name), "d%d", i);
+        d[i] = tu_domain_with(h, name, 24 * MiB, 24 * MiB, 2, MV_POD_WAIT, 60000);
+    }
+    assert_ok(mv_tmem_auto_paging(h, 90, 70));
+    th.d = d[0];
+    th.eph = mv_tmem_new_pool(h, d[0], 0, NULL);
+    th.per = mv_tmem_new_pool(h, d[0], MV_TMEM_PERSISTENT, NULL);
+    for (uint32_t i = 0; i < 500; i++)
+        assert_int_equal(put(h, d[0], th.per, 5, i, i + 7, 2), 1);
+    /* d0 fills its RAM and is cloned: the clone shares every page, and
+     * writes to either break copy-on-write. */
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed |= MV_SEED_COMPRESSIBLE;
+    w.max_pages = 6000;
+    st = tu_run(h, d[0], &w);
+    if (st.crashed) {
+        struct mv_host_stats hs;
+
+        mv_host_stats(h, &hs);
+        s = stats(h);
+        fail_msg("domain %u crashed: %s; host populated %llu; tmem frames %llu used %llu "
+                 "spare %llu paged %llu chunks %llu", d[0], tu_info(h, d[0]).crash_reason,
+                 (unsigned long long)hs.populated_pages, (unsigned long long)s.frames,
+                 (unsigned long long)s.used_frames, (unsigned long long)s.spare_frames,
+                 (unsigned long long)s.paged_out, (unsigned long long)s.chunks);
+    }
+    assert_ok(mv_domain_pause(h, d[0]));
+    assert_ok(mv_domain_clone(h, d[0], "clone", &d[3]));
+    assert_ok(mv_domain_unpause(h, d[0]));
+    assert_int_equal(pthread_create(&thread, NULL, thrasher, &th), 0);
+    w.max_pages = 12000;
+    for (int i = 0; i < 4; i++)
+        assert_ok(mv_workload_start(h, d[i], &w));
+    for (int i = 0; i < 4; i++) {
+        assert_ok(mv_workload_wait(h, d[i], 120000, &st));
+        if (st.crashed)
+            fail_msg("domain %u crashed: %s", d[i], tu_info(h, d[i]).crash_reason);
+    }
+    atomic_store(&th.stop, true);
+    pthread_join(thread, NULL);
+    assert_int_equal(atomic_load(&th.bad), 0);
+    s = stats(h);
+    print_message("paged out %llu (auto %llu), paged in %llu, evictions %llu, "
+                  "budget short %llu, tmem gets %llu hits %llu\n",
+                  (unsigned long long)s.page_outs, (unsigned long long)s.auto_paged,
+                  (unsigned long long)s.page_ins, (unsigned long long)s.evictions,
+                  (unsigned long long)s.budget_short_calls,
+                  (unsigned long long)th.gets, (unsigned long long)th.hits);
+    assert_true(s.page_outs > 0);
+    assert_ok(mv_share_stats(h, &ss));
+    print_message("copy-on-write breaks %llu\n", (unsigned long long)ss.cow_breaks);
+    assert_true(ss.cow_breaks > 0);
+    assert_ok(mv_tmem_auto_paging(h, 0, 0));
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(mv_oracle_verify(h, d[i], NULL), 0);
+        assert_int_equal(tu_info(h, d[i]).state, MV_DOMAIN_RUNNING);
+    }
+    for (uint32_t i = 0; i < 500; i++)
+        expect_page(h, d[0], th.per, 5, i, i + 7, 2);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void guest_page_cache_and_swap_over_tmem(void **state)
+{
+    mv_host *h = tu_host_with(64 * MiB, MV_FAULT_SPIN_DEFAULT);
+    uint32_t d = tu_domain(h, "g", 32 * MiB, 32 * MiB);
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+    struct mv_tmem_pool_info pools[4];
+    int n;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_CLEANCACHE);
+    w.working_set_pages = 256;
+    w.max_pages = 20000;
+    st = tu_run(h, d, &w);
+    assert_false(st.crashed);
+    assert_int_equal(st.mismatches, 0);
+    mv_workload_config_init(&w, MV_WORKLOAD_FRONTSWAP);
+    w.working_set_pages = 256;
+    w.max_pages = 20000;
+    st = tu_run(h, d, &w);
+    assert_false(st.crashed);
+    assert_int_equal(st.mismatches, 0);
+    n = mv_tmem_pool_list(h, pools, 4);
+    assert_int_equal(n, 2);
+    for (int i = 0; i < n; i++) {
+        print_message("pool %u (%s): puts %llu gets %llu found %llu\n", pools[i].pool,
+                      pools[i].flags & MV_TMEM_PERSISTENT ? "frontswap" : "cleancache",
+                      (unsigned long long)pools[i].counts.puts,
+                      (unsigned long long)pools[i].counts.gets,
+                      (unsigned long long)pools[i].counts.found_gets);
+        assert_true(pools[i].counts.found_gets > 1000);
+        assert_int_equal(pools[i].counts.pages, 0); /* flushed at the end */
+    }
+    tu_verify(h, d);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static void guest_tmem_clients_under_a_tight_budget(void **state)
+{
+    /* The page cache's puts are dropped and its pages evicted; the swap's
+     * puts fail at once when there is no room, and it never loses one. */
+    mv_host *h = tu_host_with(8 * MiB, MV_FAULT_SPIN_DEFAULT);
+    uint32_t a = tu_domain_with(h, "a", 16 * MiB, 16 * MiB, 2, MV_POD_WAIT, 30000);
+    uint32_t b = tu_domain_with(h, "b", 16 * MiB, 16 * MiB, 2, MV_POD_WAIT, 30000);
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_CLEANCACHE);
+    w.working_set_pages = 512;
+    w.max_pages = 20000;
+    assert_ok(mv_workload_start(h, a, &w));
+    w.kind = MV_WORKLOAD_FRONTSWAP;
+    assert_ok(mv_workload_start(h, b, &w));
+    assert_ok(mv_workload_wait(h, a, 60000, &st));
+    assert_false(st.crashed);
+    assert_int_equal(st.mismatches, 0);
+    assert_ok(mv_workload_wait(h, b, 60000, &st));
+    assert_false(st.crashed);
+    assert_int_equal(st.mismatches, 0);
+    tu_verify(h, a);
+    tu_verify(h, b);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+struct pool_maker {
+    mv_host *h;
+    uint32_t d;
+    atomic_int made;
+};
+
+static void *make_pools(void *arg)
+{
+    struct pool_maker *m = arg;
+    uint8_t page[PAGE] = { 3 };
+    uint64_t oid[3] = { 1, 2, 3 };
+
+    for (int i = 0; i < 200; i++) {
+        int pool = mv_tmem_new_pool(m->h, m->d, MV_TMEM_PERSISTENT, NULL);
+
+        if (pool < 0)
+            break;
+        atomic_fetch_add(&m->made, 1);
+        mv_tmem_put_page(m->h, m->d, (uint32_t)pool, oid, (uint32_t)i, page, PAGE);
+    }
+    return NULL;
+}
+
+static void pools_made_while_the_domain_dies_are_not_left_behind(void **state)
+{
+    mv_host *h = tu_host();
+
+    (void)state;
+    for (int round = 0; round < 20; round++) {
+        struct pool_maker m = { .h = h };
+        pthread_t thread;
+
+        m.d = tu_domain(h, "dying", 16 * MiB, 16 * MiB);
+        assert_int_equal(pthread_create(&thread, NULL, make_pools, &m), 0);
+        if (round % 2)
+            usleep(200);
+        assert_ok(mv_domain_destroy(h, m.d));
+        pthread_join(thread, NULL);
+        assert_int_equal(stats(h).pools, 0);
+        assert_int_equal(stats(h).counts.pages, 0);
+    }
+    audit(h);
+    mv_host_destroy(h);
+}
+
+static const struct CMUnitTest cases[] = {
+    cmocka_unit_test(persistent_pages_round_trip),
+    cmocka_unit_test(ephemeral_get_is_exclusive_unless_shared),
+    cmocka_unit_test(duplicate_put_replaces_and_flushes_work),
+    cmocka_unit_test(persistent_quota_fails_at_once),
+    cmocka_unit_test(bad_input_is_refused_with_a_reason),
+    cmocka_unit_test(pages_never_reach_another_domain),
+    cmocka_unit_test(shared_pool_needs_authorisation),
+    cmocka_unit_test(zstd_and_dedup_pools),
+    cmocka_unit_test(compaction_frees_frames_and_keeps_pages),
+    cmocka_unit_test(relinquish_api_gives_back_ephemeral_only),
+    cmocka_unit_test(eviction_takes_from_the_domain_over_its_share),
+    cmocka_unit_test(budget_short_takes_tmem_memory_first),
+    cmocka_unit_test(repayment_comes_from_the_domains_own_collateral),
+    cmocka_unit_test(destroy_pool_while_gets_are_in_flight),
+    cmocka_unit_test(domain_destroyed_with_pages_in_pools),
+    cmocka_unit_test(injected_failures_lose_and_leak_nothing),
+    cmocka_unit_test(page_out_and_fault_back_in),
+    cmocka_unit_test(paged_pages_balloon_clone_and_destroy),
+    cmocka_unit_test(pressure_paging_cow_and_tmem_at_once),
+    cmocka_unit_test(guest_page_cache_and_swap_over_tmem),
+    cmocka_unit_test(guest_tmem_clients_under_a_tight_budget),
+    cmocka_unit_test(pools_made_while_the_domain_dies_are_not_left_behind),
+};
+
+TU_MAIN(cases)
