@@ -28,6 +28,13 @@ install(TARGETS memvisor-cli memvisor-bench RUNTIME DESTINATION ${CMAKE_INSTALL_
 # manager: sbin.
 install(TARGETS memvisord RUNTIME DESTINATION ${CMAKE_INSTALL_SBINDIR}
         COMPONENT tools)
+# The agent VMMs load (LD_PRELOAD) to hand their RAM over, in a directory
+# of its own (it is not a library to link); memvisord and memvisor find it
+# there (MV_AGENT_INSTALL_PATH).  memvisor-vmctl talks to the test guest.
+install(TARGETS memvisor_agent LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/memvisor
+        COMPONENT tools)
+install(TARGETS memvisor-vmctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
+        COMPONENT tools)
 install(FILES ${CMAKE_SOURCE_DIR}/docs/man/memvisor.1
         DESTINATION ${CMAKE_INSTALL_MANDIR}/man1 COMPONENT tools)
 install(FILES ${CMAKE_SOURCE_DIR}/docs/man/memvisord.8

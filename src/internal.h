@@ -153,6 +153,9 @@ enum mv__os_op {
  * successful ones, fail with -`err`.  count 0 disarms.
  */
 void mv__os_inject(enum mv__os_op op, int err, unsigned skip, unsigned count);
+/* For an operation carried out elsewhere (a VMM's mmap or madvise): the
+ * injected failure of `op` to report instead of doing it, or 0. */
+int mv__os_injected(enum mv__os_op op);
 /* Failures of `op` still armed: 0 once the injected ones have happened. */
 unsigned mv__os_injection_left(enum mv__os_op op);
 

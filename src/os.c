@@ -66,6 +66,11 @@ static int injected(enum mv__os_op op)
     return 0;
 }
 
+int mv__os_injected(enum mv__os_op op)
+{
+    return injected(op);
+}
+
 int mv__os_memfd(const char *name, uint64_t size)
 {
     int fd, err = injected(MV_OS_MEMFD);

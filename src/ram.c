@@ -36,8 +36,11 @@ int mv__ram_map(struct mv_domain *d, uint64_t gfn, uint64_t n, uint64_t offset,
     int rc;
 
     if (d->vmm) {
-        rc = d->vmm->ops.map(d->vmm->ctx, (uintptr_t)at, len, offset,
-                             private ? MV_VMM_MAP_PRIVATE : 0);
+        /* Injected failures stand for the VMM's own, as for a local mmap. */
+        rc = mv__os_injected(MV_OS_MMAP);
+        if (rc == 0)
+            rc = d->vmm->ops.map(d->vmm->ctx, (uintptr_t)at, len, offset,
+                                 private ? MV_VMM_MAP_PRIVATE : 0);
         if (rc > 0 || rc < -4095)
             rc = -EIO; /* an op that broke its contract */
         return rc < 0 ? mv__fail(rc, "VMM %d cannot map %zu bytes at %p: %s",
@@ -57,7 +60,9 @@ int mv__ram_zap(struct mv_domain *d, uint64_t gfn, uint64_t n)
 
     if (!d->vmm)
         return mv__os_zap(at, n << MV_PAGE_SHIFT);
-    rc = d->vmm->ops.zap(d->vmm->ctx, (uintptr_t)at, n << MV_PAGE_SHIFT);
+    rc = mv__os_injected(MV_OS_ZAP);
+    if (rc == 0)
+        rc = d->vmm->ops.zap(d->vmm->ctx, (uintptr_t)at, n << MV_PAGE_SHIFT);
     return rc > 0 || rc < -4095 ? -EIO : rc;
 }
 

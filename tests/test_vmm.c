@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "testutil.h"
+#include "internal.h"
 
 #include <fcntl.h>
 
@@ -489,6 +490,79 @@ static void vmm_bad_handovers_are_refused(void **state)
     mv_host_destroy(h);
 }
 
+/* The VMM's mappings fail (its mmap or madvise refused, as an injected
+ * failure stands for): sharing and the zero sweep fail or do less, and
+ * every byte the VMM wrote stays as it was, for every failing call in
+ * turn. */
+static void vmm_failed_remaps_and_zaps_keep_every_byte(void **state)
+{
+    enum mv__os_op ops[] = { MV_OS_MMAP, MV_OS_ZAP };
+
+    (void)state;
+    for (size_t o = 0; o < sizeof(ops) / sizeof(ops[0]); o++) {
+        bool reached = true;
+
+        for (unsigned skip = 0; reached; skip++) {
+            mv_host *h = tu_host();
+            struct mv_sweep_result res;
+            struct mv_scan_result r;
+            struct stub a, b;
+
+            stub_start(h, &a, "vmm-fa", 16 * MiB, 16 * MiB);
+            stub_start(h, &b, "vmm-fb", 16 * MiB, 16 * MiB);
+            assert_cmd_ok(&a, "write 0 256 42");
+            assert_cmd_ok(&b, "write 0 256 42");
+            assert_cmd_ok(&a, "fill 256 256 0");
+            assert_cmd_ok(&b, "write 256 256 7");
+            mv__os_inject(ops[o], EIO, skip, 1);
+            (void)mv_share_scan(h, 0, &r);
+            (void)mv_domain_reclaim_zero(h, a.domid, 0, &res);
+            /* The n-th call fails, for n = 1, 2, ... until a run makes
+             * fewer than n calls (there is at least one). */
+            reached = mv__os_injection_left(ops[o]) == 0;
+            assert_true(reached || skip > 0);
+            mv__os_inject(ops[o], 0, 0, 0);
+            assert_cmd_ok(&a, "verify 0 256 42");
+            assert_cmd_ok(&b, "verify 0 256 42");
+            assert_string_equal(stub_cmd(&a, "sum 256 256"), "ok 0");
+            assert_cmd_ok(&b, "verify 256 256 7");
+            /* Writes after the failure land where they should. */
+            assert_cmd_ok(&a, "write 0 16 43");
+            assert_cmd_ok(&b, "verify 0 256 42");
+            assert_host_sees(h, a.domid, 3, 43, 0);
+            assert_host_sees(h, b.domid, 3, 42, 0);
+            audit_all(h, a.domid);
+            assert_ok(mv_domain_audit(h, b.domid));
+            stub_stop(h, &a);
+            stub_stop(h, &b);
+            assert_ok(mv_host_audit(h));
+            mv_host_destroy(h);
+        }
+    }
+}
+
+/* A discard whose hole punch fails: the VMM is told, the pages keep their
+ * bytes and their frames. */
+static void vmm_failed_discard_keeps_the_pages(void **state)
+{
+    mv_host *h = tu_host();
+    uint64_t before;
+    struct stub s;
+
+    (void)state;
+    stub_start(h, &s, "vmm-fdiscard", 16 * MiB, 16 * MiB);
+    assert_cmd_ok(&s, "write 0 1024 8");
+    before = tu_info(h, s.domid).populated_pages;
+    mv__os_inject(MV_OS_PUNCH, EIO, 0, 100);
+    assert_string_equal(stub_cmd(&s, "discard 0 512"), "err 5");
+    mv__os_inject(MV_OS_PUNCH, 0, 0, 0);
+    assert_int_equal(tu_info(h, s.domid).populated_pages, before);
+    assert_cmd_ok(&s, "verify 0 1024 8");
+    audit_all(h, s.domid);
+    stub_stop(h, &s);
+    mv_host_destroy(h);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(vmm_pod_populates_on_touch),
     cmocka_unit_test(vmm_crash_policy_stops_the_vmm),
@@ -501,6 +575,8 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(vmm_destroy_kills_the_vmm),
     cmocka_unit_test(vmm_stops_when_memvisor_dies),
     cmocka_unit_test(vmm_bad_handovers_are_refused),
+    cmocka_unit_test(vmm_failed_remaps_and_zaps_keep_every_byte),
+    cmocka_unit_test(vmm_failed_discard_keeps_the_pages),
 };
 
 TU_MAIN(cases)

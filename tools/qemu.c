@@ -83,9 +83,6 @@ static bool find_agent(char *out, size_t len)
             if (snprintf(out, len, "%s/libmemvisor-agent.so", self) < (int)len &&
                 access(out, R_OK) == 0)
                 return true;
-            if (snprintf(out, len, "%s/../lib/memvisor/libmemvisor-agent.so", self) <
-                    (int)len && access(out, R_OK) == 0)
-                return true;
         }
     }
 #ifdef MV_AGENT_INSTALL_PATH

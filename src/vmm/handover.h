@@ -61,4 +61,7 @@ struct mv_handover_msg {
                            READY, STOP: a reason, NUL-terminated */
 };
 
+/* The size is part of the protocol (docs/vmm-handover.md). */
+_Static_assert(sizeof(struct mv_handover_msg) == 152, "hand-over message is 152 bytes");
+
 #endif /* MV_VMM_HANDOVER_H */
