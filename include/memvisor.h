@@ -502,6 +502,83 @@ MV_API int64_t mv_domain_discard(mv_host *host, uint32_t domid, uint64_t gfn,
 MV_API int mv_vmm_accept(mv_host *host, int control, const struct mv_domain_config *config,
                          unsigned timeout_ms, uint32_t *domid);
 
+/*
+ * Snapshot memory served through a VMM's own userfaultfd: Firecracker's
+ * page-fault-handler hand-over (on snapshot restore, the VMM sends a JSON
+ * list of its memory regions and its userfaultfd over a Unix socket; the
+ * daemon reads them, docs/vmm-handover.md).  The memory is the VMM's own
+ * anonymous memory, not machine frames, so such a VM is not a domain: it
+ * has a record of its own (mv_fc).  Served: populate-on-demand (a missing
+ * page is filled on first touch from the snapshot's memory file, or with
+ * zeros, within target_bytes and the host budget, with the PoD policies),
+ * the VMM's balloon removals (UFFD_EVENT_REMOVE: uncharged, zero when
+ * touched again), and synchronous dirty logging when the VMM registered
+ * its regions for write protection.  Not: remapping, sharing, zero sweeps
+ * (only code in the VMM could map there).
+ */
+typedef struct mv_fc mv_fc;
+
+struct mv_fc_region {          /* as the hand-over names them */
+    uint64_t base;             /* base_host_virt_addr */
+    uint64_t size;
+    uint64_t offset;           /* into the snapshot's memory file */
+    uint64_t page_size;        /* bytes; only 4096 is served */
+};
+
+struct mv_fc_config {
+    char name[MV_NAME_MAX];
+    const char *mem_file;      /* the snapshot's memory file; NULL: all zero */
+    uint64_t target_bytes;     /* 0: no limit but the host budget */
+    enum mv_pod_policy pod_policy;
+    unsigned wait_timeout_ms;  /* MV_POD_WAIT; 0: MV_WAIT_TIMEOUT_DEFAULT_MS */
+    uint64_t reserved[4];
+};
+
+enum mv_fc_state { MV_FC_RUNNING, MV_FC_CRASHED, MV_FC_EXITED };
+
+struct mv_fc_info {
+    int pid;
+    enum mv_fc_state state;
+    char reason[128];          /* why it crashed or exited */
+    uint64_t pages;            /* all regions */
+    uint64_t target_pages;
+    uint64_t populated_pages;  /* filled and not removed: charged */
+    uint64_t loaded_pages;     /* filled from the memory file */
+    uint64_t zero_filled_pages;
+    uint64_t removed_pages;    /* removed by the VMM (its balloon) */
+    uint64_t faults;
+    uint64_t write_faults;     /* dirty logging's traps */
+    uint64_t pod_waits;
+    uint64_t logdirty_rounds;
+    int logging;
+    uint64_t reserved[4];
+};
+
+/* Serve the VMM `pid` whose `count` regions are registered with `uffd`
+ * (UFFDIO_API done by the VMM; the library owns the fd from the call on,
+ * failing or not).  Errors: -EINVAL (bad regions: not 4 KiB pages,
+ * misaligned, overlapping; bad config), -ENOENT and the like (the memory
+ * file), -ESRCH (no such process).  The VMM is killed when the VM crashes
+ * (no memory under MV_POD_CRASH, a page that cannot be filled) or is
+ * destroyed: its faults would otherwise wait forever. */
+MV_API int mv_fc_serve(mv_host *host, const struct mv_fc_config *config, int uffd, int pid,
+                       const struct mv_fc_region *regions, size_t count, mv_fc **out);
+MV_API int mv_fc_info(mv_fc *vm, struct mv_fc_info *out);
+MV_API int mv_fc_set_target(mv_fc *vm, uint64_t target_bytes);
+/* Dirty logging: write-protect every filled page (-EINVAL from the kernel
+ * when the VMM did not register its regions for write protection), then
+ * clean (read and clear into `bitmap`, one bit per page of all regions in
+ * order; the pages are protected again first) and disable. */
+MV_API int mv_fc_logdirty_enable(mv_fc *vm);
+MV_API int64_t mv_fc_logdirty_clean(mv_fc *vm, uint64_t *bitmap, size_t words);
+MV_API int mv_fc_logdirty_disable(mv_fc *vm);
+/* Every filled page counted; the host audit runs it for every VM too. */
+MV_API int mv_fc_audit(mv_fc *vm);
+/* Stop serving: kills a VMM still running, uncharges its pages. */
+MV_API void mv_fc_destroy(mv_fc *vm);
+MV_API mv_fc *mv_fc_next(mv_host *host, mv_fc *after);
+MV_API const char *mv_fc_name(const mv_fc *vm);
+
 struct mv_domain_info {
     uint32_t domid;
     char name[MV_NAME_MAX];

@@ -5,7 +5,8 @@
  * elsewhere), dirty logging (it decides the domain's userfaultfd features),
  * then populate-on-demand (owner of the RAM, PoD and ballooned p2m types),
  * then transcendent memory (owner of the paged type; it gives memory back
- * first when the host budget runs short).
+ * first when the host budget runs short), then the snapshot hand-over
+ * (VMs whose memory is the VMM's own, served outside the p2m).
  * Mechanisms from outside the library (the built-in guests of
  * libmemvisor-guest) follow them in mv__mechanisms[], appended by
  * mv__mechanism_register (mechanism.c) before the first host exists: their
@@ -19,10 +20,11 @@ extern const struct mv__mechanism mv__share_mechanism;
 extern const struct mv__mechanism mv__logdirty_mechanism;
 extern const struct mv__mechanism mv__pod_mechanism;
 extern const struct mv__mechanism mv__tmem_mechanism;
+extern const struct mv__mechanism mv__fc_mechanism;
 
 #define MV_BUILTIN_MECHANISMS \
     &mv__share_mechanism, &mv__logdirty_mechanism, &mv__pod_mechanism, \
-    &mv__tmem_mechanism
+    &mv__tmem_mechanism, &mv__fc_mechanism
 
 /* Written only by mv__mechanism_register, under its lock, before any host
  * exists; read-only from then on. */

@@ -145,6 +145,7 @@ enum mv__os_op {
     MV_OS_EPOLL_WAIT,
     MV_OS_MPROTECT,
     MV_OS_SIGACTION,            /* installing a signal handler */
+    MV_OS_UFFD_COPY,            /* UFFDIO_COPY: filling a page with bytes */
     MV_OS_OP_COUNT,
 };
 
@@ -207,6 +208,10 @@ int mv__os_uffd_zeropage(int uffd, void *addr, size_t length);
 /* The same, telling in *done how many bytes from addr were populated (and
  * their faulters woken: guests may have written them) when it fails. */
 int mv__os_uffd_zeropage_some(int uffd, void *addr, size_t length, size_t *done);
+/* Fill the missing page at addr (page-aligned, one page) with the bytes at
+ * src and wake its faulters; write-protected when `wp`.  -EEXIST when a
+ * page is there already, -EAGAIN when the range is changing (retry). */
+int mv__os_uffd_copy(int uffd, void *addr, const void *src, bool wp);
 /* Map the existing page-cache pages of [addr, addr+length) and wake. */
 int mv__os_uffd_continue(int uffd, void *addr, size_t length);
 int mv__os_uffd_wake(int uffd, void *addr, size_t length);
@@ -695,6 +700,9 @@ struct mv_host {
     _Atomic uint64_t fault_wait_errors; /* epoll_wait failures survived */
     atomic_uint domains_dying;   /* out of the table, memory not freed yet */
 
+    /* Host-wide state of the mechanisms, each at its index in
+     * mv__mechanisms, owned by it (set by its host_init). */
+    void *ext[MV_MECHANISMS_MAX];
     struct mv__share *share;      /* share.c */
     struct mv__scanner *scanner;  /* scan.c */
     struct mv__tmem *tmem;        /* tmem/ */

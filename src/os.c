@@ -396,6 +396,21 @@ int mv__os_uffd_writeprotect(int uffd, void *addr, size_t length, bool protect)
     return 0;
 }
 
+int mv__os_uffd_copy(int uffd, void *addr, const void *src, bool wp)
+{
+    struct uffdio_copy copy = {
+        .dst = (uintptr_t)addr, .src = (uintptr_t)src, .len = MV_PAGE_SIZE,
+        .mode = wp ? UFFDIO_COPY_MODE_WP : 0,
+    };
+    int err = injected(MV_OS_UFFD_COPY);
+
+    if (err)
+        return err;
+    if (ioctl(uffd, UFFDIO_COPY, &copy) == 0)
+        return 0;
+    return -errno;
+}
+
 long mv__os_pagemap_scan(int fd, struct pm_scan_arg *arg)
 {
     long n;
