@@ -2228,48 +2228,191 @@ static const struct command tmem_commands[] = {
     },
 };
 
-static void print_tmem_usage(FILE *out)
+/* ------------------------------------------------------------------------ */
+/* snapshot VMs: Firecracker's page-fault-handler hand-over                  */
+
+static const struct cli_option
+    opt_fc_mem_file = WIRE_OPTION("fc-listen", "mem_file"),
+    opt_fc_target = WIRE_OPTION("fc-listen", "target"),
+    opt_fc_policy = WIRE_OPTION("fc-listen", "policy");
+
+static int run_fc_listen(const struct invocation *inv)
 {
-    fprintf(out,
-        "usage: memvisor tmem COMMAND [options] [arguments]\n"
-        "\n"
-        "Transcendent memory: pools of compressed pages that domains put to and get\n"
-        "from by (pool, object id, index); ephemeral pages may be dropped, persistent\n"
-        "ones are kept.  The page commands act as the guest would, for tests.\n"
-        "\n"
-        "commands:\n");
-    for (size_t i = 0; i < sizeof(tmem_commands) / sizeof(tmem_commands[0]); i++)
-        fprintf(out, "  %-22s %s\n", tmem_commands[i].name + strlen("tmem "),
-                tmem_commands[i].summary);
-    fprintf(out, "\n'memvisor tmem COMMAND --help' explains a command.\n");
+    struct json_object *request = mv_proto_request_new("fc-listen"), *reply;
+    int status;
+
+    json_object_object_add(request, "vm", json_object_new_string(inv->operands[0]));
+    json_object_object_add(request, "socket", json_object_new_string(inv->operands[1]));
+    copy_option(inv, request, "mem_file");
+    copy_option(inv, request, "target");
+    copy_option(inv, request, "policy");
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    printf("%s: waiting for its VMM on %s\n", field_string(reply, "vm"),
+           field_string(reply, "socket"));
+    json_object_put(reply);
+    return STATUS_OK;
 }
 
-/* The tmem subcommand named `name` ("tmem put"), or NULL. */
-static const struct command *tmem_command(const char *name)
+static void print_fc_list(struct json_object *reply)
 {
-    for (size_t i = 0; i < sizeof(tmem_commands) / sizeof(tmem_commands[0]); i++)
-        if (strcmp(tmem_commands[i].name, name) == 0)
-            return &tmem_commands[i];
+    printf("%-16s %-9s %7s %10s %10s %10s %8s %9s\n", "NAME", "STATE", "PID", "FILLED",
+           "LOADED", "REMOVED", "FAULTS", "WP-FAULTS");
+    for (size_t i = 0; i < field_length(reply, "vms"); i++) {
+        struct json_object *v = field_item(reply, "vms", i);
+        char filled[32], loaded[32], removed[32];
+
+        if (!field(v, "pid")) {
+            printf("%-16s %-9s %s\n", field_string(v, "vm"), field_string(v, "state"),
+                   field_string(v, "reason")[0] ? field_string(v, "reason")
+                                                : field_string(v, "socket"));
+            continue;
+        }
+        printf("%-16s %-9s %7" PRIu64 " %10s %10s %10s %8" PRIu64 " %9" PRIu64 "%s%s\n",
+               field_string(v, "vm"), field_string(v, "state"), field_u64(v, "pid"),
+               pages_text(filled, sizeof(filled), field_u64(v, "populated_pages")),
+               pages_text(loaded, sizeof(loaded), field_u64(v, "loaded_pages")),
+               pages_text(removed, sizeof(removed), field_u64(v, "removed_pages")),
+               field_u64(v, "faults"), field_u64(v, "write_faults"),
+               field_string(v, "reason")[0] ? "  " : "", field_string(v, "reason"));
+    }
+}
+
+static int run_fc_list(const struct invocation *inv)
+{
+    return run_report(inv, "fc-list", print_fc_list);
+}
+
+static int run_fc_logdirty(const struct invocation *inv)
+{
+    struct json_object *request = mv_proto_request_new("fc-logdirty"), *reply;
+    int status;
+
+    json_object_object_add(request, "vm", json_object_new_string(inv->operands[0]));
+    json_object_object_add(request, "action", json_object_new_string(inv->operands[1]));
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    if (field(reply, "dirty_pages"))
+        printf("clean: %" PRIu64 " dirty pages\n", field_u64(reply, "dirty_pages"));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
+static int run_fc_stop(const struct invocation *inv)
+{
+    struct json_object *request = mv_proto_request_new("fc-stop");
+
+    json_object_object_add(request, "vm", json_object_new_string(inv->operands[0]));
+    return request_once(inv, request, NULL);
+}
+
+static const struct command fc_commands[] = {
+    {
+        .name = "fc listen", .operands = "NAME SOCKET", .min_operands = 2, .max_operands = 2,
+        .summary = "serve a VMM restoring a snapshot (Firecracker's backend_path)",
+        .description =
+            "Listen on SOCKET (an absolute path) for a VMM that hands its guest memory's\n"
+            "userfaultfd over as Firecracker does on snapshot restore (a JSON list of\n"
+            "regions and the userfaultfd), then serve its faults: pages from --mem-file\n"
+            "(the snapshot's memory, loaded lazily) or zeros, within --target, with\n"
+            "--policy when memory runs out; balloon removals give memory back.",
+        .options = OPTIONS(&opt_fc_mem_file, &opt_fc_target, &opt_fc_policy),
+        .run = run_fc_listen, .wire = WIRE("fc-listen"),
+    },
+    {
+        .name = "fc list", .operands = "",
+        .summary = "the snapshot VMs and their counters",
+        .description = "Each snapshot VM: its state, its VMM, the memory filled (from the\n"
+                       "file, or zeros), removed by its balloon, and its faults.",
+        .options = OPTIONS(&opt_json), .run = run_fc_list, .wire = WIRE("fc-list"),
+    },
+    {
+        .name = "fc logdirty", .operands = "NAME enable|clean|disable", .min_operands = 2,
+        .max_operands = 2, .summary = "dirty logging of a snapshot VM",
+        .description = "enable write-protects its filled pages (the VMM must have registered\n"
+                       "them for write protection); clean counts the pages written since and\n"
+                       "protects them again; disable stops.",
+        .run = run_fc_logdirty, .wire = WIRE("fc-logdirty"),
+    },
+    {
+        .name = "fc stop", .operands = "NAME", .min_operands = 1, .max_operands = 1,
+        .summary = "stop serving a snapshot VM",
+        .description = "Stop serving NAME: its VMM, whose next fault would wait forever, is\n"
+                       "killed, and its memory uncharged.",
+        .run = run_fc_stop, .wire = WIRE("fc-stop"),
+    },
+};
+
+/* ------------------------------------------------------------------------ */
+/* command groups: `memvisor tmem COMMAND`, `memvisor fc COMMAND`            */
+
+struct command_group {
+    const char *name;
+    const char *about;
+    const struct command *commands;
+    size_t count;
+};
+
+static const struct command_group groups[] = {
+    { "tmem",
+      "Transcendent memory: pools of compressed pages that domains put to and get\n"
+      "from by (pool, object id, index); ephemeral pages may be dropped, persistent\n"
+      "ones are kept.  The page commands act as the guest would, for tests.\n",
+      tmem_commands, sizeof(tmem_commands) / sizeof(tmem_commands[0]) },
+    { "fc",
+      "Snapshot VMs: a VMM restoring a snapshot hands its guest memory's userfaultfd\n"
+      "over (Firecracker's page-fault-handler hand-over) and memvisor serves it.\n",
+      fc_commands, sizeof(fc_commands) / sizeof(fc_commands[0]) },
+};
+
+static const struct command_group *group_named(const char *name)
+{
+    for (size_t i = 0; i < sizeof(groups) / sizeof(groups[0]); i++)
+        if (strcmp(groups[i].name, name) == 0)
+            return &groups[i];
     return NULL;
 }
 
-/* `memvisor tmem COMMAND ...`. */
-static int run_tmem(const struct invocation *inv)
+static void print_group_usage(const struct command_group *g, FILE *out)
 {
+    fprintf(out, "usage: memvisor %s COMMAND [options] [arguments]\n\n%s\ncommands:\n",
+            g->name, g->about);
+    for (size_t i = 0; i < g->count; i++)
+        fprintf(out, "  %-22s %s\n", g->commands[i].name + strlen(g->name) + 1,
+                g->commands[i].summary);
+    fprintf(out, "\n'memvisor %s COMMAND --help' explains a command.\n", g->name);
+}
+
+/* The grouped command named `name` ("tmem put", "fc list"), or NULL. */
+static const struct command *group_command(const char *name)
+{
+    for (size_t g = 0; g < sizeof(groups) / sizeof(groups[0]); g++)
+        for (size_t i = 0; i < groups[g].count; i++)
+            if (strcmp(groups[g].commands[i].name, name) == 0)
+                return &groups[g].commands[i];
+    return NULL;
+}
+
+/* `memvisor GROUP COMMAND ...`: run the subcommand as a command of its own. */
+static int run_group(const struct invocation *inv)
+{
+    const struct command_group *g = group_named(inv->command->name);
     struct invocation sub = *inv;
     char name[64];
     int status;
 
     if (inv->argc < 2)
-        return usage_error("tmem", "expects a command");
+        return usage_error(g->name, "expects a command");
     if (strcmp(inv->argv[1], "--help") == 0 || strcmp(inv->argv[1], "-h") == 0) {
-        print_tmem_usage(stdout);
+        print_group_usage(g, stdout);
         return STATUS_OK;
     }
-    snprintf(name, sizeof(name), "tmem %s", inv->argv[1]);
-    sub.command = tmem_command(name);
+    snprintf(name, sizeof(name), "%s %s", g->name, inv->argv[1]);
+    sub.command = group_command(name);
     if (!sub.command)
-        return usage_error("tmem", "unknown command '%s'", inv->argv[1]);
+        return usage_error(g->name, "unknown command '%s'", inv->argv[1]);
     sub.argc = inv->argc - 1;
     sub.argv = inv->argv + 1;
     status = parse_command_line(&sub, sub.argc, sub.argv);
@@ -3131,7 +3274,13 @@ static const struct command commands[] = {
     {
         .name = "tmem", .operands = "COMMAND [options] [arguments]",
         .summary = "transcendent memory ('memvisor tmem --help' lists them)",
-        .run = run_tmem, .own_arguments = true,
+        .run = run_group, .own_arguments = true,
+    },
+    {
+        .name = "fc", .operands = "COMMAND [options] [arguments]",
+        .summary = "snapshot VMs: Firecracker's page-fault-handler hand-over "
+                   "('memvisor fc --help')",
+        .run = run_group, .own_arguments = true,
     },
     {
         .name = "page-out", .operands = "DOMAIN", .min_operands = 1, .max_operands = 1,
@@ -3205,12 +3354,14 @@ static void print_usage(FILE *out)
 static struct json_object *senders_json(const char *wire)
 {
     struct json_object *list = json_object_new_array();
-    const struct command *tables[] = { commands, share_commands, tmem_commands };
+    const struct command *tables[] = { commands, share_commands, tmem_commands,
+                                       fc_commands };
     size_t counts[] = { sizeof(commands) / sizeof(commands[0]),
                         sizeof(share_commands) / sizeof(share_commands[0]),
-                        sizeof(tmem_commands) / sizeof(tmem_commands[0]) };
+                        sizeof(tmem_commands) / sizeof(tmem_commands[0]),
+                        sizeof(fc_commands) / sizeof(fc_commands[0]) };
 
-    for (size_t t = 0; t < 3; t++)
+    for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++)
         for (size_t i = 0; i < counts[t]; i++)
             for (const char *const *w = tables[t][i].wire; w && *w; w++)
                 if (strcmp(*w, wire) == 0)
@@ -3252,12 +3403,12 @@ static int run_help(const struct invocation *inv)
         print_share_usage(stdout);
         return STATUS_OK;
     }
-    if (strcmp(name, "tmem") == 0) {
-        print_tmem_usage(stdout);
+    if (group_named(name)) {
+        print_group_usage(group_named(name), stdout);
         return STATUS_OK;
     }
-    if (tmem_command(name)) {
-        print_command_help(tmem_command(name));
+    if (group_command(name)) {
+        print_command_help(group_command(name));
         return STATUS_OK;
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)

@@ -53,6 +53,7 @@
  * kill the daemon and every guest with it.
  */
 #include "qemu.h"
+#include "fc.h"
 #include "memvisor-guest.h"
 #include "protocol.h"
 #include "schema.h"
@@ -68,6 +69,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +79,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -186,6 +189,26 @@ struct daemon {
     struct mv_qemu *guests;
     size_t guest_count;
     char run_dir[PATH_MAX];        /* consoles, QMP and control sockets */
+
+    /* Snapshot VMs (Firecracker's hand-over): fc_lock guards the list. */
+    pthread_mutex_t fc_lock;
+    struct fc_entry *fcs;
+};
+
+/* A snapshot VM: its socket, the thread waiting for its VMM, then what
+ * serves it. */
+struct fc_entry {
+    char name[MV_NAME_MAX];
+    char socket_path[PATH_MAX];
+    char mem_file[PATH_MAX];
+    struct mv_fc_config config;
+    struct daemon *daemon;
+    int listen_fd;
+    pthread_t thread;
+    atomic_bool stop;
+    mv_fc *vm;                     /* once the VMM handed over */
+    char why[256];                 /* why the hand-over failed */
+    struct fc_entry *next;
 };
 
 /* One request being answered. */
@@ -2108,6 +2131,251 @@ enum command_flags {
  * a verify of the same domain), so none runs on the loop.  An alias of the
  * schema (info) runs the handler of the command it names.
  */
+/* ------------------------------------------------------------------------ */
+/* Snapshot VMs: Firecracker's page-fault-handler hand-over                  */
+
+/* Wait for the VMM on the entry's socket, then serve it. */
+static void *fc_wait(void *arg)
+{
+    struct fc_entry *e = arg;
+    struct mv_fc_handover ho;
+    char why[256] = "";
+    int rc = -ETIMEDOUT;
+
+    while (rc == -ETIMEDOUT && !atomic_load(&e->stop))
+        rc = mv_fc_receive(e->listen_fd, 200, &ho, why, sizeof(why));
+    if (rc == 0) {
+        mv_fc *vm;
+
+        rc = mv_fc_serve(e->daemon->host, &e->config, ho.uffd, ho.pid, ho.regions,
+                         ho.count, &vm);
+        free(ho.regions);
+        pthread_mutex_lock(&e->daemon->fc_lock);
+        if (rc == 0)
+            e->vm = vm;
+        else
+            snprintf(e->why, sizeof(e->why), "%s", mv_last_error());
+        pthread_mutex_unlock(&e->daemon->fc_lock);
+    } else if (!atomic_load(&e->stop)) {
+        pthread_mutex_lock(&e->daemon->fc_lock);
+        snprintf(e->why, sizeof(e->why), "%s", why);
+        pthread_mutex_unlock(&e->daemon->fc_lock);
+    }
+    if (rc < 0 && !atomic_load(&e->stop))
+        daemon_log(MV_LOG_WARN, "%s: no hand-over: %s", e->name, e->why);
+    else if (rc == 0)
+        daemon_log(MV_LOG_INFO, "%s: serving VMM %d", e->name, ho.pid);
+    return NULL;
+}
+
+static struct fc_entry *fc_find(struct daemon *d, const char *name)
+{
+    for (struct fc_entry *e = d->fcs; e; e = e->next)
+        if (strcmp(e->name, name) == 0)
+            return e;
+    return NULL;
+}
+
+/* Stop an entry that is out of the list: its thread, its VM, its socket. */
+static void fc_entry_free(struct fc_entry *e)
+{
+    atomic_store(&e->stop, true);
+    pthread_join(e->thread, NULL);
+    if (e->vm)
+        mv_fc_destroy(e->vm);
+    close(e->listen_fd);
+    unlink(e->socket_path);
+    free(e);
+}
+
+static int run_fc_listen(struct daemon *d, struct request *r)
+{
+    const char *name, *path, *mem_file = NULL, *policy = NULL;
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct fc_entry *e;
+    int rc;
+
+    if ((rc = mv_proto_arg_string(r->args, "vm", true, &name, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "socket", true, &path, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "mem_file", false, &mem_file, r->why)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "policy", false, &policy, r->why)) < 0)
+        return rc;
+    if (!name[0] || strlen(name) >= MV_NAME_MAX)
+        return request_fail(r, -EINVAL, "a VM name of 1 to %d bytes", MV_NAME_MAX - 1);
+    if (path[0] != '/' || strlen(path) >= sizeof(sa.sun_path))
+        return request_fail(r, -EINVAL, "the socket must be an absolute path shorter than "
+                            "%zu bytes", sizeof(sa.sun_path));
+    if (mem_file && (mem_file[0] != '/' || strlen(mem_file) >= PATH_MAX))
+        return request_fail(r, -EINVAL, "the memory file must be an absolute path");
+    if (mem_file && access(mem_file, R_OK) != 0)
+        return request_fail(r, -errno, "cannot read the memory file %s: %s", mem_file,
+                            strerror(errno));
+    e = calloc(1, sizeof(*e));
+    if (!e)
+        return request_fail(r, -ENOMEM, "no memory");
+    snprintf(e->name, sizeof(e->name), "%s", name);
+    snprintf(e->config.name, sizeof(e->config.name), "%s", name);
+    snprintf(e->socket_path, sizeof(e->socket_path), "%s", path);
+    if (mem_file) {
+        snprintf(e->mem_file, sizeof(e->mem_file), "%s", mem_file);
+        e->config.mem_file = e->mem_file;
+    }
+    e->config.pod_policy = MV_POD_WAIT;
+    if (policy && mv_proto_policy_parse(policy, &e->config.pod_policy) < 0) {
+        free(e);
+        return request_fail(r, -EINVAL, "unknown policy '%s' (wait or crash)", policy);
+    }
+    if ((rc = mv_proto_arg_size(r->args, "target", false, &e->config.target_bytes,
+                                r->why)) < 0) {
+        free(e);
+        return rc;
+    }
+    e->daemon = d;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    e->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    pthread_mutex_lock(&d->fc_lock);
+    if (fc_find(d, name))
+        rc = request_fail(r, -EEXIST, "a snapshot VM named '%s' exists", name);
+    else if (e->listen_fd < 0 || bind(e->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+        rc = request_fail(r, -errno, "cannot create the socket %s: %s", path,
+                          strerror(errno));
+    else if (chmod(path, 0600) < 0 || listen(e->listen_fd, 1) < 0 ||
+             (rc = -pthread_create(&e->thread, NULL, fc_wait, e)) < 0) {
+        rc = request_fail(r, rc < 0 ? rc : -errno, "cannot listen on %s: %s", path,
+                          strerror(rc < 0 ? -rc : errno));
+        unlink(path);
+    }
+    if (rc == 0) {
+        e->next = d->fcs;
+        d->fcs = e;
+    }
+    pthread_mutex_unlock(&d->fc_lock);
+    if (rc < 0) {
+        if (e->listen_fd >= 0)
+            close(e->listen_fd);
+        free(e);
+        return rc;
+    }
+    json_object_object_add(r->reply, "vm", json_object_new_string(name));
+    json_object_object_add(r->reply, "socket", json_object_new_string(path));
+    return 0;
+}
+
+static const char *const fc_state_names[] = { "running", "crashed", "exited" };
+
+static int run_fc_list(struct daemon *d, struct request *r)
+{
+    struct json_object *list = json_object_new_array();
+
+    pthread_mutex_lock(&d->fc_lock);
+    for (struct fc_entry *e = d->fcs; e; e = e->next) {
+        struct json_object *o = json_object_new_object();
+        struct mv_fc_info info;
+
+        json_object_object_add(o, "vm", json_object_new_string(e->name));
+        json_object_object_add(o, "socket", json_object_new_string(e->socket_path));
+        if (e->vm && mv_fc_info(e->vm, &info) == 0) {
+            json_object_object_add(o, "state",
+                                   json_object_new_string(fc_state_names[info.state]));
+            json_object_object_add(o, "reason", json_object_new_string(info.reason));
+            json_object_object_add(o, "pid", json_object_new_int(info.pid));
+#define FC_FIELD(f) json_object_object_add(o, #f, json_object_new_uint64(info.f))
+            FC_FIELD(pages);
+            FC_FIELD(target_pages);
+            FC_FIELD(populated_pages);
+            FC_FIELD(loaded_pages);
+            FC_FIELD(zero_filled_pages);
+            FC_FIELD(removed_pages);
+            FC_FIELD(faults);
+            FC_FIELD(write_faults);
+            FC_FIELD(pod_waits);
+            FC_FIELD(logdirty_rounds);
+#undef FC_FIELD
+            json_object_object_add(o, "logging", json_object_new_boolean(info.logging));
+        } else {
+            json_object_object_add(o, "state", json_object_new_string(
+                                                   e->why[0] ? "failed" : "listening"));
+            json_object_object_add(o, "reason", json_object_new_string(e->why));
+        }
+        json_object_array_add(list, o);
+    }
+    pthread_mutex_unlock(&d->fc_lock);
+    json_object_object_add(r->reply, "vms", list);
+    return 0;
+}
+
+/* The VM being served under `vm`, or a failed request. */
+static int arg_fc(struct daemon *d, struct request *r, mv_fc **vm)
+{
+    const char *name;
+    struct fc_entry *e;
+    int rc = mv_proto_arg_string(r->args, "vm", true, &name, r->why);
+
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&d->fc_lock);
+    e = fc_find(d, name);
+    *vm = e ? e->vm : NULL;
+    pthread_mutex_unlock(&d->fc_lock);
+    if (!e)
+        return request_fail(r, -ESRCH, "no snapshot VM named '%s'", name);
+    if (!*vm)
+        return request_fail(r, -EAGAIN, "'%s' has no VMM yet: %s", name,
+                            "it is waiting for the hand-over");
+    return 0;
+}
+
+static int run_fc_logdirty(struct daemon *d, struct request *r)
+{
+    const char *action;
+    struct mv_fc_info info;
+    uint64_t *bits;
+    int64_t n;
+    mv_fc *vm;
+    int rc;
+
+    if ((rc = arg_fc(d, r, &vm)) < 0 ||
+        (rc = mv_proto_arg_string(r->args, "action", true, &action, r->why)) < 0)
+        return rc;
+    if (strcmp(action, "enable") == 0)
+        return library_status(r, mv_fc_logdirty_enable(vm));
+    if (strcmp(action, "disable") == 0)
+        return library_status(r, mv_fc_logdirty_disable(vm));
+    if ((rc = library_status(r, mv_fc_info(vm, &info))) < 0)
+        return rc;
+    bits = calloc((info.pages + 63) / 64, sizeof(*bits));
+    if (!bits)
+        return request_fail(r, -ENOMEM, "no memory for the dirty bitmap");
+    n = mv_fc_logdirty_clean(vm, bits, (info.pages + 63) / 64);
+    free(bits);
+    if (n < 0)
+        return library_status(r, n);
+    reply_u64(r, "dirty_pages", (uint64_t)n);
+    return 0;
+}
+
+static int run_fc_stop(struct daemon *d, struct request *r)
+{
+    const char *name;
+    struct fc_entry *e = NULL;
+    int rc = mv_proto_arg_string(r->args, "vm", true, &name, r->why);
+
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&d->fc_lock);
+    for (struct fc_entry **at = &d->fcs; *at; at = &(*at)->next)
+        if (strcmp((*at)->name, name) == 0) {
+            e = *at;
+            *at = e->next;
+            break;
+        }
+    pthread_mutex_unlock(&d->fc_lock);
+    if (!e)
+        return request_fail(r, -ESRCH, "no snapshot VM named '%s'", name);
+    fc_entry_free(e);
+    return 0;
+}
+
 struct command {
     const char *name;
     int (*run)(struct daemon *d, struct request *r);
@@ -2119,6 +2387,10 @@ static const struct command commands[] = {
     { "create", run_create, 0 },
     { "destroy", run_destroy, 0 },
     { "console", run_console, 0 },
+    { "fc-listen", run_fc_listen, 0 },
+    { "fc-list", run_fc_list, 0 },
+    { "fc-logdirty", run_fc_logdirty, 0 },
+    { "fc-stop", run_fc_stop, 0 },
     { "qmp", run_qmp, 0 },
     { "list", run_list, 0 },
     { "stats", run_stats, 0 },
@@ -3095,6 +3367,7 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
     d->socket_path = o->socket_path;
     d->uid = geteuid();
     pthread_mutex_init(&d->guests_lock, NULL);
+    pthread_mutex_init(&d->fc_lock, NULL);
     /* Real guests' consoles and sockets go beside the daemon's socket. */
     snprintf(d->run_dir, sizeof(d->run_dir), "%s", o->socket_path);
     if (strrchr(d->run_dir, '/'))
@@ -3167,6 +3440,12 @@ static void daemon_stop(struct daemon *d)
     file_remove(&d->socket_file);
     if (d->done_fd >= 0)
         close(d->done_fd);
+    while (d->fcs) {
+        struct fc_entry *e = d->fcs;
+
+        d->fcs = e->next;
+        fc_entry_free(e);
+    }
     /* Destroying the host stops real guests' QEMUs; then they are reaped. */
     if (d->host)
         mv_host_destroy(d->host);

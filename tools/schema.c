@@ -201,6 +201,42 @@ static const struct mv_schema_arg logdirty_args[] = {
     END,
 };
 
+#define FC_VM_ARG \
+    { .name = "vm", .type = MV_SCHEMA_STRING, .required = true, .metavar = "NAME", \
+      .help = "the snapshot VM, as named by fc-listen", \
+      .examples = EXAMPLES("\"fc1\"", "\"none\"") }
+
+static const struct mv_schema_arg fc_listen_args[] = {
+    { .name = "vm", .type = MV_SCHEMA_STRING, .required = true, .metavar = "NAME",
+      .help = "a name for the VM to serve", .examples = EXAMPLES("\"fc1\"", "\"\"") },
+    { .name = "socket", .type = MV_SCHEMA_STRING, .required = true, .metavar = "PATH",
+      .help = "the Unix socket the VMM connects to (Firecracker's backend_path): an "
+              "absolute path that does not exist yet",
+      .examples = EXAMPLES("\"/nonexistent/fc.sock\"", "\"relative.sock\"") },
+    { .name = "mem_file", .type = MV_SCHEMA_STRING, .metavar = "FILE",
+      .default_text = "none: pages read zero",
+      .help = "the snapshot's memory file, loaded lazily",
+      .examples = EXAMPLES("\"/nonexistent/mem\"") },
+    { .name = "target", .type = MV_SCHEMA_SIZE, .metavar = "SIZE",
+      .default_text = "no limit but the host budget",
+      .help = "memory it may have filled", .examples = EXAMPLES("\"4M\"", "0") },
+    { .name = "policy", .type = MV_SCHEMA_ENUM, .values = WORDS("wait", "crash"),
+      .noun = "policy", .metavar = "wait|crash", .default_text = "wait",
+      .help = "when no memory is left: wait for it, or crash (the VMM is killed)" },
+    END,
+};
+
+static const struct mv_schema_arg fc_vm_args[] = { FC_VM_ARG, END };
+
+static const struct mv_schema_arg fc_logdirty_args[] = {
+    FC_VM_ARG,
+    { .name = "action", .type = MV_SCHEMA_ENUM, .required = true,
+      .values = WORDS("enable", "clean", "disable"), .noun = "action",
+      .metavar = "enable|clean|disable",
+      .help = "write-protect and start the log, fetch and clear it, or stop" },
+    END,
+};
+
 static const struct mv_schema_arg clone_args[] = {
     DOMAIN_ARG("domain", true, "the paused domain to clone"),
     { .name = "name", .type = MV_SCHEMA_NAME, .required = true, .metavar = "NEW_NAME",
@@ -440,6 +476,14 @@ const struct mv_schema_command mv_schema_commands[] = {
     { "share-stats", "what sharing saves and costs", optional_domain_args, 0, NULL,
       "share, domains" },
     { "share-audit", "check every sharing invariant", no_args, LONG, NULL, NULL },
+    { "fc-listen", "serve a VMM's snapshot memory through its userfaultfd "
+      "(Firecracker's page-fault-handler hand-over)", fc_listen_args, 0, NULL,
+      "vm, socket" },
+    { "fc-list", "the snapshot VMs served and their counters", no_args, 0, NULL, "vms" },
+    { "fc-logdirty", "dirty logging of a snapshot VM", fc_logdirty_args, LONG, NULL,
+      "dirty_pages (clean)" },
+    { "fc-stop", "stop serving a snapshot VM (its VMM is killed)", fc_vm_args, LONG, NULL,
+      NULL },
     { "tmem-list", "transcendent memory: pools, domains and host figures",
       optional_domain_args, 0, NULL, "tmem, pools, clients" },
     { "tmem-authorize", "let a domain join the shared tmem pool of a UUID",
