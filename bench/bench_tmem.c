@@ -12,12 +12,18 @@
  *   zram write/read  the same pages written to / read from /dev/zram0
  *                    (lz4) with O_DIRECT, one 4 KiB request per page, one
  *                    thread: what swapping through zram costs per page;
+ *   zswap store/load the same pages in a child process's anonymous memory
+ *                    pushed out with MADV_PAGEOUT into zswap (lz4 when the
+ *                    kernel's crypto API has it, else its configured
+ *                    compressor, named in the report) over a swap file made
+ *                    for the run, then touched back, one word a page;
  *   lz4 loop         LZ4_compress_default / LZ4_decompress_safe of every
  *                    page on one core, nothing else: the compressor's floor;
  *   ratio            pages stored / memory used: tmem's frames charged to
- *                    the host budget, zram's mem_used_total (both include
- *                    their allocators' waste), the lz4 loop's compressed
- *                    bytes (no allocator at all);
+ *                    the host budget, zram's mem_used_total, zswap's
+ *                    pool_total_size from debugfs (all three include their
+ *                    allocators' waste; zero-filled pages count as stored),
+ *                    the lz4 loop's compressed bytes (no allocator at all);
  *   relinquish       mv_tmem_evict_npages(n) and mv_tmem_relinquish_pages(n)
  *                    over a full ephemeral pool, per frame;
  *   paged fault      the first touch of a page that host paging compressed
@@ -25,11 +31,14 @@
  *                    touch of a memfd page and a swap-in from zram (the page
  *                    pushed out with MADV_PAGEOUT while zram is the only
  *                    swap; swap is turned off again at once).
- * zswap is not measured: it is off on these hosts, and turning it on would
- * change swapping for every process of a shared machine; it compresses
- * with the same allocator as zram.  zram is used only when it is unused
- * (disksize 0) and reset afterwards; without it its peers are reported as
- * not measured, with the reason.
+ * zram is used only when it is unused (disksize 0) and reset afterwards.
+ * zswap is used only when it is off: it is turned on for its measurement
+ * alone (which changes swapping for every process of the machine while it
+ * lasts), debugfs is mounted if it was not, the swap file is made and
+ * swapped on; every setting is put back afterwards, on errors and on
+ * SIGINT, SIGTERM and SIGHUP too.
+ * Without either, its peers are reported as not measured, with the reason.
+ * The zswap rows have no goals: the goals are against zram and the loop.
  */
 #include "bench.h"
 #include "bench_util.h"
@@ -1177,10 +1186,12 @@ static void print_usage(FILE *out)
     fprintf(out,
         "usage: memvisor bench tmem [--json] [--size MIB]\n"
         "\n"
-        "Transcendent memory against zram and a plain lz4 loop on the same realistic\n"
-        "guest pages: put/get throughput, compression ratio, relinquish time, and the\n"
-        "fault latency of a paged-out page against the kernel's first touch and a\n"
-        "zram swap-in.  Uses /dev/zram0 when it is unused (root), resets it after.\n"
+        "Transcendent memory against zram, zswap and a plain lz4 loop on the same\n"
+        "realistic guest pages: put/get throughput, compression ratio, relinquish\n"
+        "time, and the fault latency of a paged-out page against the kernel's first\n"
+        "touch and a zram swap-in.  Uses /dev/zram0 when it is unused (root), resets\n"
+        "it after; turns zswap on over a swap file in $TMPDIR (or /tmp) when it is\n"
+        "off (root), and puts back every setting after.\n"
         "\n"
         "  --size MIB   guest pages to store (default %u, at most %u)\n"
         "  --json       one JSON object on stdout\n"
