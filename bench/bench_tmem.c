@@ -50,10 +50,10 @@
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <lz4.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <signal.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/statfs.h>
