@@ -12,12 +12,18 @@
  *   zram write/read  the same pages written to / read from /dev/zram0
  *                    (lz4) with O_DIRECT, one 4 KiB request per page, one
  *                    thread: what swapping through zram costs per page;
+ *   zswap store/load the same pages in a child process's anonymous memory
+ *                    pushed out with MADV_PAGEOUT into zswap (lz4 when the
+ *                    kernel's crypto API has it, else its configured
+ *                    compressor, named in the report) over a swap file made
+ *                    for the run, then touched back, one word a page;
  *   lz4 loop         LZ4_compress_default / LZ4_decompress_safe of every
  *                    page on one core, nothing else: the compressor's floor;
  *   ratio            pages stored / memory used: tmem's frames charged to
- *                    the host budget, zram's mem_used_total (both include
- *                    their allocators' waste), the lz4 loop's compressed
- *                    bytes (no allocator at all);
+ *                    the host budget, zram's mem_used_total, zswap's
+ *                    pool_total_size from debugfs (all three include their
+ *                    allocators' waste; zero-filled pages count as stored),
+ *                    the lz4 loop's compressed bytes (no allocator at all);
  *   relinquish       mv_tmem_evict_npages(n) and mv_tmem_relinquish_pages(n)
  *                    over a full ephemeral pool, per frame;
  *   paged fault      the first touch of a page that host paging compressed
@@ -25,11 +31,14 @@
  *                    touch of a memfd page and a swap-in from zram (the page
  *                    pushed out with MADV_PAGEOUT while zram is the only
  *                    swap; swap is turned off again at once).
- * zswap is not measured: it is off on these hosts, and turning it on would
- * change swapping for every process of a shared machine; it compresses
- * with the same allocator as zram.  zram is used only when it is unused
- * (disksize 0) and reset afterwards; without it its peers are reported as
- * not measured, with the reason.
+ * zram is used only when it is unused (disksize 0) and reset afterwards.
+ * zswap is used only when it is off: it is turned on for its measurement
+ * alone (which changes swapping for every process of the machine while it
+ * lasts), debugfs is mounted if it was not, the swap file is made and
+ * swapped on; every setting is put back afterwards, on errors and on
+ * SIGINT, SIGTERM and SIGHUP too.
+ * Without either, its peers are reported as not measured, with the reason.
+ * The zswap rows have no goals: the goals are against zram and the loop.
  */
 #include "bench.h"
 #include "bench_util.h"
@@ -41,12 +50,17 @@
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <lz4.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/statfs.h>
 #include <sys/swap.h>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <linux/magic.h>
 
 #define TMEM_DEFAULT_MIB 128u
 #define TMEM_MAX_MIB 4096u
@@ -75,6 +89,15 @@ struct tmem_run {
     bool zram;
     char zram_why[160];
     uint64_t zram_write_ns, zram_read_ns, zram_orig, zram_compr, zram_used, zram_bad;
+    /* zswap */
+    bool zswap;
+    char zswap_why[200];
+    char zswap_compressor[32];
+    char zswap_compressor_note[128];
+    uint64_t zswap_store_ns, zswap_load_ns, zswap_swapped, zswap_stored, zswap_zero,
+             zswap_pool_bytes, zswap_written_back, zswap_to_file, zswap_rejected,
+             zswap_left_swapped, zswap_bad, zswap_incompressible, zswap_decompress_fail;
+    char zswap_peer[3][48];     /* the comparisons' peer names */
     /* relinquish */
     uint64_t evicted_frames, evict_ns, relinquished_frames, relinquish_ns;
     /* fault latency (medians and 99th percentiles) */
@@ -317,6 +340,518 @@ static void measure_zram(struct tmem_run *run)
                  "reported no memory used", run->zram_bad);
 }
 
+/* ---- zswap ----
+ *
+ * zswap is turned on (lz4 when the kernel's crypto API has it, else the
+ * compressor it is configured with) over a swap file made for the run in
+ * a temporary directory.  A child process copies the pages into anonymous
+ * memory and pushes them out with MADV_PAGEOUT (timed: the store), the
+ * parent reads zswap's debugfs counters (the ratio, and that nothing
+ * reached the file), then the child touches every page back (timed: the
+ * load) and compares every byte.  The pages are reclaimed by MADV_PAGEOUT
+ * rather than a cgroup's memory.reclaim because memory.reclaim needs the
+ * cgroup v2 memory controller, which a host with the controller on its v1
+ * hierarchy does not offer; both run the same reclaim (shrink_folio_list,
+ * swap_writeout, zswap_store), MADV_PAGEOUT on exactly the child's pages.
+ * Every setting changed (zswap's enabled and compressor, debugfs mounted,
+ * the swap file on) is put back on every exit path, a signal's included.
+ */
+
+#define ZSWAP_PARAM "/sys/module/zswap/parameters/"
+#define ZSWAP_DEBUG "/sys/kernel/debug/zswap/"
+#define DEBUGFS_DIR "/sys/kernel/debug"
+#define ZSWAP_PAGEOUT_PASSES 4
+
+/* Read by the signal handler: plain static storage, set before it is
+ * armed. */
+static struct {
+    pid_t owner;            /* the process that changed things */
+    char enabled[16];       /* saved values, "" when not saved */
+    char compressor[64];
+    bool compressor_changed;
+    bool debugfs_mounted;   /* by us */
+    char dir[128];          /* temporary directory, "" when none */
+    char file[160];         /* swap file, "" when none */
+    bool swap_on;
+    pid_t child;
+} zs;
+static volatile sig_atomic_t zs_dirty;
+static struct sigaction zs_old_action[3];
+static const int zs_signals[3] = { SIGINT, SIGTERM, SIGHUP };
+
+/* Put everything back, in the reverse order of its making.  Async-signal-
+ * safe (kill, waitpid, swapoff, unlink, rmdir, open, write, close,
+ * umount2).  Returns 0 or the first error. */
+static int zswap_put_back(void)
+{
+    int rc = 0;
+
+    if (zs.child > 0) {
+        kill(zs.child, SIGKILL);
+        waitpid(zs.child, NULL, 0);
+        zs.child = 0;
+    }
+    if (zs.swap_on) {
+        if (swapoff(zs.file) != 0 && !rc)
+            rc = -errno;
+        zs.swap_on = false;
+    }
+    if (zs.file[0]) {
+        if (unlink(zs.file) != 0 && !rc)
+            rc = -errno;
+        zs.file[0] = '\0';
+    }
+    if (zs.dir[0]) {
+        if (rmdir(zs.dir) != 0 && !rc)
+            rc = -errno;
+        zs.dir[0] = '\0';
+    }
+    if (zs.enabled[0]) {
+        int r = sys_write(ZSWAP_PARAM "enabled", zs.enabled);
+
+        if (r < 0 && !rc)
+            rc = r;
+        zs.enabled[0] = '\0';
+    }
+    if (zs.compressor_changed) {
+        int r = sys_write(ZSWAP_PARAM "compressor", zs.compressor);
+
+        if (r < 0 && !rc)
+            rc = r;
+        zs.compressor_changed = false;
+    }
+    if (zs.debugfs_mounted) {
+        if (umount2(DEBUGFS_DIR, 0) != 0 && !rc)
+            rc = -errno;
+        zs.debugfs_mounted = false;
+    }
+    return rc;
+}
+
+static void zswap_signal_handler(int sig)
+{
+    if (zs_dirty && getpid() == zs.owner)
+        (void)zswap_put_back();
+    zs_dirty = 0;
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void zswap_arm(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = zswap_signal_handler;
+    sigemptyset(&sa.sa_mask);
+    zs.owner = getpid();
+    zs_dirty = 1;
+    for (int i = 0; i < 3; i++)
+        sigaction(zs_signals[i], &sa, &zs_old_action[i]);
+}
+
+/* Put back and disarm; a failure to put back is reported. */
+static void zswap_disarm(void)
+{
+    sigset_t block, old;
+    int rc;
+
+    if (!zs_dirty)
+        return;
+
+    sigemptyset(&block);
+    for (int i = 0; i < 3; i++)
+        sigaddset(&block, zs_signals[i]);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    rc = zswap_put_back();
+    zs_dirty = 0;
+    for (int i = 0; i < 3; i++)
+        sigaction(zs_signals[i], &zs_old_action[i], NULL);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (rc < 0)
+        mv_bench_error("tmem: cannot put zswap's settings back: %s", strerror(-rc));
+}
+
+/* The first line of `file` without its newline; 0 or -errno. */
+static int sys_read_line(const char *file, char *buf, size_t size)
+{
+    FILE *f = fopen(file, "re");
+    int rc = 0;
+
+    if (!f)
+        return -errno;
+    if (!fgets(buf, (int)size, f))
+        rc = -EIO;
+    else
+        buf[strcspn(buf, "\n")] = '\0';
+    fclose(f);
+    return rc;
+}
+
+static uint64_t zswap_counter(const char *name)
+{
+    char path[128];
+    uint64_t v = 0;
+
+    snprintf(path, sizeof(path), ZSWAP_DEBUG "%s", name);
+    return sys_read_u64s(path, &v, 1) == 1 ? v : 0;
+}
+
+/* Does /proc/crypto list an algorithm called `name`? */
+static bool crypto_has(const char *name)
+{
+    char line[256], want[96];
+    FILE *f = fopen("/proc/crypto", "re");
+    bool found = false;
+
+    if (!f)
+        return false;
+    snprintf(want, sizeof(want), "%s\n", name);
+    while (!found && fgets(line, sizeof(line), f)) {
+        char *colon = strchr(line, ':');
+
+        found = strncmp(line, "name", 4) == 0 && colon &&
+                strcmp(colon + 1 + strspn(colon + 1, " \t"), want) == 0;
+    }
+    fclose(f);
+    return found;
+}
+
+struct vm_swap_counts {
+    uint64_t pswpout, swpout_zero, zswpout, zswpwb;
+};
+
+static void vm_swap_counts(struct vm_swap_counts *c)
+{
+    char line[128];
+    FILE *f = fopen("/proc/vmstat", "re");
+
+    memset(c, 0, sizeof(*c));
+    if (!f)
+        return;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long long v;
+        char key[64];
+
+        if (sscanf(line, "%63s %llu", key, &v) != 2)
+            continue;
+        if (strcmp(key, "pswpout") == 0)
+            c->pswpout = v;
+        else if (strcmp(key, "swpout_zero") == 0)
+            c->swpout_zero = v;
+        else if (strcmp(key, "zswpout") == 0)
+            c->zswpout = v;
+        else if (strcmp(key, "zswpwb") == 0)
+            c->zswpwb = v;
+    }
+    fclose(f);
+}
+
+/* A swap file of `pages` pages (the header's included) at zs.file, zeros
+ * behind a version-1 swap header, as mkswap writes it.  0 or -errno. */
+static int make_swap_file(uint64_t pages)
+{
+    static const uint8_t zero[1 << 16];
+    uint8_t header[MV_PAGE_SIZE];
+    uint32_t version = 1, last_page = (uint32_t)(pages - 1);
+    int fd = open(zs.file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600), rc = 0;
+
+    if (fd < 0) {
+        rc = -errno;
+        zs.file[0] = '\0';
+        return rc;
+    }
+    for (uint64_t off = 0; rc == 0 && off < pages * MV_PAGE_SIZE; off += sizeof(zero))
+        if (pwrite(fd, zero, sizeof(zero), (off_t)off) != (ssize_t)sizeof(zero))
+            rc = errno ? -errno : -ENOSPC;
+    memset(header, 0, sizeof(header));
+    memcpy(header + 1024, &version, 4);
+    memcpy(header + 1028, &last_page, 4);
+    /* nr_badpages 0, then the uuid and the label */
+    memcpy(header + 1024 + 12 + 16, "memvisor-zswap", 14);
+    memcpy(header + MV_PAGE_SIZE - 10, "SWAPSPACE2", 10);
+    if (rc == 0 && pwrite(fd, header, sizeof(header), 0) != (ssize_t)sizeof(header))
+        rc = -errno;
+    if (rc == 0 && fsync(fd) != 0)
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+/* What the child tells the parent, after the store and after the load. */
+struct zswap_report {
+    int err;                /* errno of a failed step, 0 */
+    char step[32];          /* that step */
+    uint64_t store_ns, swapped, load_ns, left_swapped, bad;
+};
+
+/* Pages of `mem` (n pages) whose pagemap entry says swapped. */
+static uint64_t count_swapped(const uint8_t *mem, uint64_t n, uint64_t *entries)
+{
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    uint64_t swapped = 0;
+    ssize_t got;
+
+    if (fd < 0)
+        return 0;
+    got = pread(fd, entries, n * 8, (off_t)((uintptr_t)mem / MV_PAGE_SIZE * 8));
+    close(fd);
+    for (uint64_t i = 0; got == (ssize_t)(n * 8) && i < n; i++)
+        swapped += entries[i] >> 62 & 1;
+    return swapped;
+}
+
+static bool pipe_io(int fd, void *buf, size_t size, bool out)
+{
+    for (size_t done = 0; done < size;) {
+        ssize_t n = out ? write(fd, (char *)buf + done, size - done)
+                        : read(fd, (char *)buf + done, size - done);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return false;
+        done += (size_t)n;
+    }
+    return true;
+}
+
+static void zswap_child(const struct tmem_run *run, int cmd, int out)
+{
+    size_t bytes = run->pages * MV_PAGE_SIZE;
+    struct zswap_report rep;
+    uint64_t *entries = malloc(run->pages * 8), t0, sum = 0;
+    uint8_t *mem;
+    char go;
+
+    for (int i = 0; i < 3; i++)
+        signal(zs_signals[i], SIG_DFL);
+    memset(&rep, 0, sizeof(rep));
+    mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED || !entries) {
+        rep.err = mem == MAP_FAILED ? errno : ENOMEM;
+        snprintf(rep.step, sizeof(rep.step), "mmap");
+        pipe_io(out, &rep, sizeof(rep), true);
+        _exit(1);
+    }
+    /* 4 KiB pages, as the other peers store them. */
+    madvise(mem, bytes, MADV_NOHUGEPAGE);
+    for (uint64_t i = 0; i < run->pages; i++)
+        memcpy(mem + i * MV_PAGE_SIZE, guest_image_page(run->image, i), MV_PAGE_SIZE);
+    /* The store: reclaim of every page, again for those a pass skipped
+     * (folios still in a per-CPU LRU batch). */
+    for (int pass = 0; pass < ZSWAP_PAGEOUT_PASSES && rep.swapped < run->pages; pass++) {
+        t0 = mv_bench_now_ns();
+        if (madvise(mem, bytes, MADV_PAGEOUT) != 0) {
+            rep.err = errno;
+            snprintf(rep.step, sizeof(rep.step), "MADV_PAGEOUT");
+            break;
+        }
+        rep.store_ns += mv_bench_now_ns() - t0;
+        rep.swapped = count_swapped(mem, run->pages, entries);
+    }
+    if (!pipe_io(out, &rep, sizeof(rep), true) || rep.err || !pipe_io(cmd, &go, 1, false))
+        _exit(1);
+    /* The load: the first touch of every page. */
+    t0 = mv_bench_now_ns();
+    for (uint64_t i = 0; i < run->pages; i++)
+        sum += *(volatile uint64_t *)(mem + i * MV_PAGE_SIZE);
+    rep.load_ns = mv_bench_now_ns() - t0;
+    (void)sum;
+    rep.left_swapped = count_swapped(mem, run->pages, entries);
+    for (uint64_t i = 0; i < run->pages; i++)
+        if (memcmp(mem + i * MV_PAGE_SIZE, guest_image_page(run->image, i), MV_PAGE_SIZE))
+            rep.bad++;
+    pipe_io(out, &rep, sizeof(rep), true);
+    _exit(0);
+}
+
+#define ZSWAP_WHY(...) snprintf(run->zswap_why, sizeof(run->zswap_why), __VA_ARGS__)
+
+/* Turn zswap on over a fresh swap file.  0, or why not in run->zswap_why. */
+static int zswap_setup(struct tmem_run *run)
+{
+    const char *tmp = getenv("TMPDIR");
+    char buf[64];
+    struct statfs sfs;
+    int rc;
+
+    if (sys_read_line(ZSWAP_PARAM "enabled", zs.enabled, sizeof(zs.enabled)) < 0 ||
+        sys_read_line(ZSWAP_PARAM "compressor", zs.compressor, sizeof(zs.compressor)) < 0) {
+        zs.enabled[0] = '\0';
+        ZSWAP_WHY("no %senabled: the kernel was built without CONFIG_ZSWAP", ZSWAP_PARAM);
+        return -ENODEV;
+    }
+    if (access(ZSWAP_PARAM "enabled", W_OK) != 0) {
+        ZSWAP_WHY("%senabled is not writable (%s): root needed", ZSWAP_PARAM, strerror(errno));
+        zs.enabled[0] = '\0';
+        return -EPERM;
+    }
+    if (zs.enabled[0] == 'Y') {
+        ZSWAP_WHY("zswap is already on: its pool would hold other processes' pages too");
+        zs.enabled[0] = '\0';
+        return -EBUSY;
+    }
+    zswap_arm();
+    /* debugfs, for zswap's counters. */
+    if (statfs(DEBUGFS_DIR, &sfs) != 0 || sfs.f_type != DEBUGFS_MAGIC) {
+        if (mount("debugfs", DEBUGFS_DIR, "debugfs", 0, NULL) != 0) {
+            ZSWAP_WHY("cannot mount debugfs on %s: %s", DEBUGFS_DIR, strerror(errno));
+            return -errno;
+        }
+        zs.debugfs_mounted = true;
+    }
+    /* The compressor: lz4 as the other peers, when the kernel has it. */
+    if (crypto_has("lz4")) {
+        if (strcmp(zs.compressor, "lz4") != 0) {
+            zs.compressor_changed = true;
+            if ((rc = sys_write(ZSWAP_PARAM "compressor", "lz4")) < 0) {
+                ZSWAP_WHY("cannot set zswap's compressor to lz4: %s", strerror(-rc));
+                return rc;
+            }
+        }
+    } else {
+        snprintf(run->zswap_compressor_note, sizeof(run->zswap_compressor_note),
+                 "no lz4 in the kernel's crypto API (CONFIG_CRYPTO_LZ4): %s used",
+                 zs.compressor);
+    }
+    if ((rc = sys_write(ZSWAP_PARAM "enabled", "Y")) < 0) {
+        ZSWAP_WHY("cannot turn zswap on: %s", strerror(-rc));
+        return rc;
+    }
+    if (sys_read_line(ZSWAP_PARAM "compressor", run->zswap_compressor,
+                      sizeof(run->zswap_compressor)) < 0 ||
+        sys_read_line(ZSWAP_PARAM "enabled", buf, sizeof(buf)) < 0 || buf[0] != 'Y') {
+        ZSWAP_WHY("zswap did not turn on (see dmesg)");
+        return -EIO;
+    }
+    if (access(ZSWAP_DEBUG "stored_pages", R_OK) != 0) {
+        ZSWAP_WHY("no %sstored_pages: %s", ZSWAP_DEBUG, strerror(errno));
+        return -ENOENT;
+    }
+    /* The swap file behind it: a slot for every page, and some. */
+    snprintf(zs.dir, sizeof(zs.dir), "%s/memvisor-zswap-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(zs.dir)) {
+        ZSWAP_WHY("cannot make a temporary directory like %s: %s", zs.dir, strerror(errno));
+        zs.dir[0] = '\0';
+        return -errno;
+    }
+    snprintf(zs.file, sizeof(zs.file), "%s/swap", zs.dir);
+    if ((rc = make_swap_file(run->pages + 1 + 16 * MV_BENCH_MIB / MV_PAGE_SIZE)) < 0) {
+        ZSWAP_WHY("cannot write a swap file in %s: %s", zs.dir, strerror(-rc));
+        return rc;
+    }
+    if (swapon(zs.file, SWAP_FLAG_PREFER | (32767 << SWAP_FLAG_PRIO_SHIFT)) != 0) {
+        ZSWAP_WHY("swapon %s refused: %s", zs.file, strerror(errno));
+        return -errno;
+    }
+    zs.swap_on = true;
+    return 0;
+}
+
+static void measure_zswap(struct tmem_run *run)
+{
+    struct vm_swap_counts before, after;
+    struct zswap_report rep;
+    uint64_t wb0, rej0, rej1, df0;
+    int cmd[2] = { -1, -1 }, out[2] = { -1, -1 };
+    static const char *const rejects[] = {
+        "reject_compress_poor", "reject_compress_fail", "reject_alloc_fail",
+        "reject_kmemcache_fail", "reject_reclaim_fail",
+    };
+
+    memset(&zs, 0, sizeof(zs));
+    if (zswap_setup(run) < 0)
+        goto out;
+    wb0 = zswap_counter("written_back_pages");
+    rej0 = 0;
+    for (size_t i = 0; i < sizeof(rejects) / sizeof(rejects[0]); i++)
+        rej0 += zswap_counter(rejects[i]);
+    df0 = zswap_counter("decompress_fail");
+    vm_swap_counts(&before);
+    if (zswap_counter("stored_pages") != 0) {
+        ZSWAP_WHY("zswap already holds %" PRIu64 " pages", zswap_counter("stored_pages"));
+        goto out;
+    }
+    if (pipe2(cmd, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) {
+        ZSWAP_WHY("pipe: %s", strerror(errno));
+        goto out;
+    }
+    fflush(NULL);
+    zs.child = fork();
+    if (zs.child < 0) {
+        zs.child = 0;
+        ZSWAP_WHY("fork: %s", strerror(errno));
+        goto out;
+    }
+    if (zs.child == 0) {
+        close(cmd[1]);
+        close(out[0]);
+        zswap_child(run, cmd[0], out[1]);
+    }
+    close(cmd[0]);
+    close(out[1]);
+    cmd[0] = out[1] = -1;
+    if (!pipe_io(out[0], &rep, sizeof(rep), false)) {
+        ZSWAP_WHY("the child died before its pages were out");
+        goto out;
+    }
+    if (rep.err) {
+        ZSWAP_WHY("child: %s: %s", rep.step, strerror(rep.err));
+        goto out;
+    }
+    /* The pages are out: what zswap holds for them. */
+    vm_swap_counts(&after);
+    run->zswap_store_ns = rep.store_ns;
+    run->zswap_swapped = rep.swapped;
+    run->zswap_stored = zswap_counter("stored_pages");
+    run->zswap_pool_bytes = zswap_counter("pool_total_size");
+    run->zswap_written_back = zswap_counter("written_back_pages") - wb0;
+    rej1 = 0;
+    for (size_t i = 0; i < sizeof(rejects) / sizeof(rejects[0]); i++)
+        rej1 += zswap_counter(rejects[i]);
+    run->zswap_rejected = rej1 - rej0;
+    run->zswap_incompressible = zswap_counter("stored_incompressible_pages");
+    run->zswap_to_file = after.pswpout - before.pswpout;
+    run->zswap_zero = after.swpout_zero - before.swpout_zero;
+    if (!pipe_io(cmd[1], "g", 1, true) || !pipe_io(out[0], &rep, sizeof(rep), false)) {
+        ZSWAP_WHY("the child died while touching its pages back");
+        goto out;
+    }
+    waitpid(zs.child, NULL, 0);
+    zs.child = 0;
+    run->zswap_load_ns = rep.load_ns;
+    run->zswap_left_swapped = rep.left_swapped;
+    run->zswap_bad = rep.bad;
+    run->zswap_decompress_fail = zswap_counter("decompress_fail") - df0;
+    if (rep.bad)
+        ZSWAP_WHY("%" PRIu64 " pages came back from zswap different", rep.bad);
+    else if (run->zswap_swapped < run->pages * 99 / 100)
+        ZSWAP_WHY("MADV_PAGEOUT swapped only %" PRIu64 " of %" PRIu64 " pages",
+                  run->zswap_swapped, run->pages);
+    else if (run->zswap_written_back || run->zswap_to_file > run->pages / 100)
+        ZSWAP_WHY("%" PRIu64 " pages reached the swap file (%" PRIu64 " written back)",
+                  run->zswap_to_file, run->zswap_written_back);
+    else if (!run->zswap_stored || !run->zswap_pool_bytes)
+        ZSWAP_WHY("zswap reported %" PRIu64 " pages in %" PRIu64 " bytes",
+                  run->zswap_stored, run->zswap_pool_bytes);
+    else
+        run->zswap = true;
+    snprintf(run->zswap_peer[0], sizeof(run->zswap_peer[0]), "zswap store (%s)",
+             run->zswap_compressor);
+    snprintf(run->zswap_peer[1], sizeof(run->zswap_peer[1]), "zswap load (%s)",
+             run->zswap_compressor);
+    snprintf(run->zswap_peer[2], sizeof(run->zswap_peer[2]), "zswap (pool_total_size)");
+out:
+    for (int i = 0; i < 2; i++) {
+        if (cmd[i] >= 0)
+            close(cmd[i]);
+        if (out[i] >= 0)
+            close(out[i]);
+    }
+    zswap_disarm();
+}
+
 /* ---- fault latency ---- */
 
 static int by_value(const void *a, const void *b)
@@ -472,6 +1007,14 @@ static double tmem_ratio(const struct tmem_run *r)
     return r->frames ? (double)r->pages / (double)r->frames : 0;
 }
 
+/* Pages zswap took (compressed, or zero-filled and kept as a bit by the
+ * swap layer) per page of its pool. */
+static double zswap_ratio(const struct tmem_run *r)
+{
+    return r->zswap_pool_bytes ? (double)(r->zswap_stored + r->zswap_zero) * MV_PAGE_SIZE /
+                                 (double)r->zswap_pool_bytes : 0;
+}
+
 static size_t comparisons(const struct tmem_run *r, struct mv_bench_comparison *c)
 {
     double put = gib_per_s(r->pages, r->put_ns), get = gib_per_s(r->pages, r->get_ns);
@@ -485,6 +1028,16 @@ static size_t comparisons(const struct tmem_run *r, struct mv_bench_comparison *
         c[n++] = (struct mv_bench_comparison){
             "compression ratio", "x", tmem_ratio(r), "zram (mem_used_total)",
             (double)r->zram_orig / (double)r->zram_used, 0, 1.0 };
+    }
+    if (r->zswap) {
+        c[n++] = (struct mv_bench_comparison){ "put throughput", "GiB/s", put, r->zswap_peer[0],
+                                               gib_per_s(r->zswap_swapped, r->zswap_store_ns),
+                                               0, 0 };
+        c[n++] = (struct mv_bench_comparison){ "get throughput", "GiB/s", get, r->zswap_peer[1],
+                                               gib_per_s(r->zswap_swapped, r->zswap_load_ns),
+                                               0, 0 };
+        c[n++] = (struct mv_bench_comparison){ "compression ratio", "x", tmem_ratio(r),
+                                               r->zswap_peer[2], zswap_ratio(r), 0, 0 };
     }
     c[n++] = (struct mv_bench_comparison){ "put throughput", "GiB/s", put,
                                            "lz4 compress loop, one core",
@@ -539,8 +1092,38 @@ static int report_json(struct tmem_run *r)
     } else {
         json_object_object_add(raw, "zram_not_measured", json_object_new_string(r->zram_why));
     }
-    json_object_object_add(raw, "zswap_not_measured", json_object_new_string(
-        "off on this host; turning it on changes swapping for every process"));
+    json_object_object_add(raw, "zswap", json_object_new_boolean(r->zswap));
+    if (r->zswap) {
+        json_object_object_add(raw, "zswap_compressor",
+                               json_object_new_string(r->zswap_compressor));
+        if (r->zswap_compressor_note[0])
+            json_object_object_add(raw, "zswap_compressor_note",
+                                   json_object_new_string(r->zswap_compressor_note));
+        json_object_object_add(raw, "zswap_reclaim", json_object_new_string(
+            "MADV_PAGEOUT by a child process over a swap file made for the run"));
+        json_object_object_add(raw, "zswap_store_ns", json_object_new_uint64(r->zswap_store_ns));
+        json_object_object_add(raw, "zswap_load_ns", json_object_new_uint64(r->zswap_load_ns));
+        json_object_object_add(raw, "zswap_swapped_pages",
+                               json_object_new_uint64(r->zswap_swapped));
+        json_object_object_add(raw, "zswap_stored_pages", json_object_new_uint64(r->zswap_stored));
+        json_object_object_add(raw, "zswap_stored_incompressible_pages",
+                               json_object_new_uint64(r->zswap_incompressible));
+        json_object_object_add(raw, "zswap_decompress_fail",
+                               json_object_new_uint64(r->zswap_decompress_fail));
+        json_object_object_add(raw, "zswap_zero_pages", json_object_new_uint64(r->zswap_zero));
+        json_object_object_add(raw, "zswap_pool_total_size",
+                               json_object_new_uint64(r->zswap_pool_bytes));
+        json_object_object_add(raw, "zswap_written_back_pages",
+                               json_object_new_uint64(r->zswap_written_back));
+        json_object_object_add(raw, "zswap_rejected_pages",
+                               json_object_new_uint64(r->zswap_rejected));
+        json_object_object_add(raw, "zswap_pages_to_swap_file",
+                               json_object_new_uint64(r->zswap_to_file));
+        json_object_object_add(raw, "zswap_pages_left_swapped",
+                               json_object_new_uint64(r->zswap_left_swapped));
+    } else {
+        json_object_object_add(raw, "zswap_not_measured", json_object_new_string(r->zswap_why));
+    }
     json_object_object_add(raw, "evicted_frames", json_object_new_uint64(r->evicted_frames));
     json_object_object_add(raw, "evict_ns", json_object_new_uint64(r->evict_ns));
     json_object_object_add(raw, "relinquished_frames",
@@ -583,8 +1166,15 @@ static int report_text(struct tmem_run *r)
         printf("zram: not measured: %s\n", r->zram_why);
     if (!r->zram_swap)
         printf("zram swap-in: not measured: %s\n", r->zram_swap_why);
-    printf("zswap: not measured: off on this host (turning it on changes swapping for "
-           "every process)\n\n");
+    if (r->zswap)
+        printf("zswap: %s%s%s; %" PRIu64 " pages out by MADV_PAGEOUT: %" PRIu64 " stored (%" PRIu64
+               " of them raw), %" PRIu64 " zero-filled, in %" PRIu64 " pool bytes; %" PRIu64 " rejected, %"
+               PRIu64 " to the swap file, %" PRIu64 " written back\n\n", r->zswap_compressor,
+               r->zswap_compressor_note[0] ? ": " : "", r->zswap_compressor_note,
+               r->zswap_swapped, r->zswap_stored, r->zswap_incompressible, r->zswap_zero, r->zswap_pool_bytes,
+               r->zswap_rejected, r->zswap_to_file, r->zswap_written_back);
+    else
+        printf("zswap: not measured: %s\n\n", r->zswap_why);
     mv_bench_comparisons_print(stdout, c, n);
     return fflush(stdout) == EOF ? MV_BENCH_FAILED : MV_BENCH_OK;
 }
@@ -596,10 +1186,12 @@ static void print_usage(FILE *out)
     fprintf(out,
         "usage: memvisor bench tmem [--json] [--size MIB]\n"
         "\n"
-        "Transcendent memory against zram and a plain lz4 loop on the same realistic\n"
-        "guest pages: put/get throughput, compression ratio, relinquish time, and the\n"
-        "fault latency of a paged-out page against the kernel's first touch and a\n"
-        "zram swap-in.  Uses /dev/zram0 when it is unused (root), resets it after.\n"
+        "Transcendent memory against zram, zswap and a plain lz4 loop on the same\n"
+        "realistic guest pages: put/get throughput, compression ratio, relinquish\n"
+        "time, and the fault latency of a paged-out page against the kernel's first\n"
+        "touch and a zram swap-in.  Uses /dev/zram0 when it is unused (root), resets\n"
+        "it after; turns zswap on over a swap file in $TMPDIR (or /tmp) when it is\n"
+        "off (root), and puts back every setting after.\n"
         "\n"
         "  --size MIB   guest pages to store (default %u, at most %u)\n"
         "  --json       one JSON object on stdout\n"
@@ -654,6 +1246,7 @@ static int run_suite(void *arg)
     if (rc == MV_BENCH_OK) {
         measure_lz4(run);
         measure_zram(run);
+        measure_zswap(run);
         rc = measure_faults(run);
     }
     if (rc != MV_BENCH_OK)
