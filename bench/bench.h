@@ -31,5 +31,6 @@ int mv_bench_pod(int argc, char **argv);
 int mv_bench_logdirty(int argc, char **argv);
 int mv_bench_share(int argc, char **argv);
 int mv_bench_cow(int argc, char **argv);
+int mv_bench_vm(int argc, char **argv);
 
 #endif /* MV_BENCH_H */

@@ -23,6 +23,8 @@ static const struct bench_suite bench_suites[] = {
                "and the ideal", mv_bench_share },
     { "cow", "cloning a domain and breaking shared pages vs fork and the "
              "kernel's own faults", mv_bench_cow },
+    { "vm", "real QEMU guests on memvisor vs plain QEMU and KSM: boot, "
+            "host memory, convergence, guest touch", mv_bench_vm },
 };
 
 static void print_usage(FILE *out)
