@@ -83,7 +83,8 @@ struct vm_memory {
     uint64_t host_populated;    /* memvisor: mv_host_stats populated */
     uint64_t metadata_bytes;    /* memvisor's own tables */
     uint64_t qemu_pss_kb;       /* every QEMU process, whole */
-    uint64_t qemu_ram_pss_kb;   /* of it, the machine file's mappings */
+    uint64_t qemu_ram_pss_kb;   /* of it, the guest RAM mapping (machine file or
+                                   QEMU's anonymous RAM) */
     uint64_t total_bytes;       /* the figure */
     uint64_t converge_ns;       /* scan passes / KSM until it stopped */
     uint64_t converge_cpu_ns;
@@ -405,12 +406,16 @@ static uint64_t pss_kb(pid_t pid)
     return kb;
 }
 
-/* Pss of the process's mappings of `file` (a path as /proc/PID/maps shows
- * it), in kB. */
-static uint64_t pss_of_file_kb(pid_t pid, const char *file)
+/*
+ * Pss of the process's guest RAM, in kB: its mappings of `file` (a path as
+ * /proc/PID/maps shows it: memvisor's machine file), or with file NULL the
+ * anonymous read-write mapping of maxmem bytes (QEMU's own RAM; QEMU may
+ * add up to a 2 MiB alignment).
+ */
+static uint64_t pss_of_ram_kb(pid_t pid, const char *file, uint64_t maxmem)
 {
     char path[64], line[PATH_MAX + 256];
-    bool in_file = false;
+    bool in_ram = false;
     uint64_t kb = 0;
     FILE *f;
 
@@ -420,15 +425,20 @@ static uint64_t pss_of_file_kb(pid_t pid, const char *file)
         return 0;
     while (fgets(line, sizeof(line), f)) {
         unsigned long a, b;
+        char perms[8];
         int off = 0;
 
         line[strcspn(line, "\n")] = '\0';
         /* A mapping's header: "start-end perms offset dev inode path". */
-        if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %n", &a, &b, &off) == 2 && off > 0) {
-            in_file = strcmp(line + off, file) == 0;
+        if (sscanf(line, "%lx-%lx %7s %*s %*s %*s %n", &a, &b, perms, &off) == 3 && off > 0) {
+            if (file)
+                in_ram = strcmp(line + off, file) == 0;
+            else
+                in_ram = line[off] == '\0' && strcmp(perms, "rw-p") == 0 &&
+                         b - a >= maxmem && b - a <= maxmem + 4 * MV_BENCH_MIB;
             continue;
         }
-        if (in_file && strncmp(line, "Pss:", 4) == 0)
+        if (in_ram && strncmp(line, "Pss:", 4) == 0)
             kb += strtoull(line + 4, NULL, 10);
     }
     fclose(f);
@@ -747,7 +757,7 @@ static int measure_memory_mv(struct vm_run *run, mv_host *host, struct vm_guest 
             return mv_bench_lib_error("mv_domain_info", rc);
         m->frames += info.populated_pages;
         m->qemu_pss_kb += pss_kb(g[i].q.pid);
-        m->qemu_ram_pss_kb += pss_of_file_kb(g[i].q.pid, file);
+        m->qemu_ram_pss_kb += pss_of_ram_kb(g[i].q.pid, file, run->opt.maxmem);
     }
     m->host_populated = hs.populated_pages;
     m->metadata_bytes = hs.metadata_bytes;
@@ -816,12 +826,14 @@ static int measure_memory_ksm(struct vm_run *run, struct vm_guest *g, unsigned n
     m->passes = (unsigned)(ksm_u64("full_scans") - scans0);
     m->saved_pages = ksm_u64("pages_sharing");
     m->zero_pages = ksm_u64("ksm_zero_pages");
-    for (unsigned i = 0; i < n; i++)
+    for (unsigned i = 0; i < n; i++) {
         m->qemu_pss_kb += pss_kb(g[i].q.pid);
+        m->qemu_ram_pss_kb += pss_of_ram_kb(g[i].q.pid, NULL, run->opt.maxmem);
+    }
     m->total_bytes = m->qemu_pss_kb * 1024;
     fprintf(stderr, "vm: KSM: %u full scans, pages_sharing %" PRIu64 ", zero %" PRIu64
-            ", QEMU Pss %" PRIu64 " kB\n", m->passes, m->saved_pages, m->zero_pages,
-            m->qemu_pss_kb);
+            ", QEMU Pss %" PRIu64 " kB of which RAM %" PRIu64 " kB\n", m->passes,
+            m->saved_pages, m->zero_pages, m->qemu_pss_kb, m->qemu_ram_pss_kb);
     return 0;
 }
 
