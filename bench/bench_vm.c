@@ -28,6 +28,9 @@
  *            mv_domain_read_page.
  *   touch    `touch 256` in the guest (its own ms), --touch-runs times on
  *            a memvisor guest and a plain (memfd) guest, alternating.
+ *
+ * MV_BENCH_VM_SMAPS=DIR keeps a copy of every QEMU's smaps at the memory
+ * measurement, to see where QEMU's own memory goes.
  */
 #include "bench.h"
 #include "bench_util.h"
@@ -458,6 +461,19 @@ static uint64_t pss_of_ram_kb(pid_t pid, const char *file, uint64_t maxmem)
     return kb;
 }
 
+/* With MV_BENCH_VM_SMAPS=DIR, keep a copy of each QEMU's smaps there. */
+static void keep_smaps(const struct mv_qemu *q)
+{
+    const char *dir = getenv("MV_BENCH_VM_SMAPS");
+    char cmd[PATH_MAX + 128];
+
+    if (!dir)
+        return;
+    snprintf(cmd, sizeof(cmd), "cp /proc/%d/smaps '%s/%s.smaps'", (int)q->pid, dir, q->name);
+    if (system(cmd) != 0)
+        mv_bench_error("vm: cannot copy %s's smaps to %s", q->name, dir);
+}
+
 /* ------------------------------------------------------------------------ */
 /* KSM                                                                       */
 
@@ -771,6 +787,7 @@ static int measure_memory_mv(struct vm_run *run, mv_host *host, struct vm_guest 
         m->frames += info.populated_pages;
         m->qemu_pss_kb += pss_kb(g[i].q.pid);
         m->qemu_ram_pss_kb += pss_of_ram_kb(g[i].q.pid, file, run->opt.maxmem);
+        keep_smaps(&g[i].q);
     }
     m->host_populated = hs.populated_pages;
     m->metadata_bytes = hs.metadata_bytes;
@@ -842,6 +859,7 @@ static int measure_memory_ksm(struct vm_run *run, struct vm_guest *g, unsigned n
     for (unsigned i = 0; i < n; i++) {
         m->qemu_pss_kb += pss_kb(g[i].q.pid);
         m->qemu_ram_pss_kb += pss_of_ram_kb(g[i].q.pid, NULL, run->opt.maxmem);
+        keep_smaps(&g[i].q);
     }
     m->total_bytes = m->qemu_pss_kb * 1024;
     fprintf(stderr, "vm: KSM: %u full scans, pages_sharing %" PRIu64 ", zero %" PRIu64
@@ -1029,7 +1047,9 @@ static void print_usage(FILE *out)
         "  --touch-runs N   touch runs of each kind (default 5)\n"
         "  --settle S       seconds the workloads run before sharing (default 20)\n"
         "  --ksm-timeout S  longest KSM is given to converge (default 300)\n"
-        "  --help           this text\n");
+        "  --help           this text\n"
+        "\n"
+        "MV_BENCH_VM_SMAPS=DIR keeps each QEMU's smaps of the memory case in DIR.\n");
 }
 
 static int parse_size(const char *arg, uint64_t *out)
