@@ -1014,7 +1014,9 @@ static int report(struct vm_run *run)
         json_object_object_add(o, "ideal_pages_read",
                                json_object_new_int64((int64_t)run->ideal_pages_read));
         json_object_object_add(root, "raw", o);
-        mv_bench_comparisons_json(root, c, n, NULL);
+        json_object_object_add(root, "goals_met",
+                               json_object_new_boolean(mv_bench_comparisons_json(root, c, n,
+                                                                                  NULL)));
         return mv_bench_json_emit(root);
     }
     mv_bench_machine_print(stdout, &run->machine);
