@@ -1194,9 +1194,9 @@ static int check_prerequisites(struct vm_run *run)
     snprintf(run->kernel, sizeof(run->kernel), "%s/vmlinuz", run->opt.image);
     snprintf(run->initrd, sizeof(run->initrd), "%s/initramfs.cpio.gz", run->opt.image);
     if (access(run->kernel, R_OK) != 0 || access(run->initrd, R_OK) != 0) {
-        mv_bench_error("vm: no guest image in %s (vmlinuz and initramfs.cpio.gz): build "
-                       "it with scripts/guest-image.sh %s, or give --image or "
-                       "MV_GUEST_IMAGE", run->opt.image, run->opt.image);
+        mv_bench_error("vm: no guest image in %s: it needs vmlinuz and "
+                       "initramfs.cpio.gz (the test guest's image); give its directory "
+                       "with --image or MV_GUEST_IMAGE", run->opt.image);
         return MV_BENCH_FAILED;
     }
     if (strcmp(run->opt.accel, "kvm") == 0 && access("/dev/kvm", R_OK | W_OK) != 0) {
