@@ -113,6 +113,8 @@ struct vm_run {
 /* ------------------------------------------------------------------------ */
 /* Small helpers                                                             */
 
+static int file_read(const char *path, char *buf, size_t size);
+
 static uint64_t now_ms(void)
 {
     return mv_bench_now_ns() / 1000000;
@@ -159,9 +161,14 @@ static int guest_wait_boot(struct vm_guest *g)
                                   sizeof(why)) == 0)
             return 0;
         if (waitpid(g->q.pid, &status, WNOHANG) == g->q.pid) {
+            char log[512] = "";
+
             g->q.pid = 0;
-            mv_bench_error("vm: QEMU of %s exited during the boot (see %s)", g->q.name,
-                           g->q.log_path);
+            (void)file_read(g->q.log_path, log, sizeof(log));
+            mv_bench_error("vm: QEMU of %s exited during the boot (%s %d); it said: %s",
+                           g->q.name, WIFSIGNALED(status) ? "signal" : "status",
+                           WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status),
+                           log[0] ? log : "nothing");
             return -ECHILD;
         }
         if (now_ms() > until) {
