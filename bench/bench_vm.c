@@ -105,6 +105,9 @@ struct vm_run {
     char kernel[PATH_MAX], initrd[PATH_MAX], run_dir[256];
     uint64_t boot_mv[MV_BENCH_MAX_ROUNDS], boot_plain[MV_BENCH_MAX_ROUNDS];
     uint64_t touch_mv[MV_BENCH_MAX_ROUNDS], touch_plain[MV_BENCH_MAX_ROUNDS];
+    /* memvisor's touch runs: faults served, pages and 2 MiB blocks populated */
+    uint64_t touch_faults[MV_BENCH_MAX_ROUNDS], touch_4k[MV_BENCH_MAX_ROUNDS];
+    uint64_t touch_2m[MV_BENCH_MAX_ROUNDS];
     struct vm_memory mem_mv, mem_ksm;
     uint64_t ideal_frames, ideal_nonzero_pages, ideal_pages_read;
     char ksm_settings[160];
@@ -389,14 +392,26 @@ static int measure_touch(struct vm_run *run, mv_host *host)
         for (int k = 0; k < 2 && rc == 0; k++) {
             int which = (k + (int)r) % 2;
             struct vm_guest *x = &g[which];
+            struct mv_domain_info before = { 0 }, after = { 0 };
 
+            if (which == 0)
+                (void)mv_domain_info(host, x->q.domid, &before);
             rc = guest_cmd(x, "touch 256", VM_CMD_TIMEOUT_MS);
+            if (which == 0 && rc == 0 && mv_domain_info(host, x->q.domid, &after) == 0) {
+                run->touch_faults[r] = after.faults - before.faults;
+                run->touch_4k[r] = after.populated_4k - before.populated_4k;
+                run->touch_2m[r] = after.populated_2m - before.populated_2m;
+            }
             if (rc == 0) {
                 uint64_t ms = reply_u64(x->reply, "ms");
 
                 (which == 0 ? run->touch_mv : run->touch_plain)[r] = ms * 1000000;
-                fprintf(stderr, "vm: touch 256 %-8s %" PRIu64 " ms\n",
-                        which == 0 ? "memvisor" : "plain", ms);
+                if (which == 0)
+                    fprintf(stderr, "vm: touch 256 memvisor %" PRIu64 " ms (%" PRIu64
+                            " faults, %" PRIu64 " pages and %" PRIu64 " blocks populated)\n",
+                            ms, run->touch_faults[r], run->touch_4k[r], run->touch_2m[r]);
+                else
+                    fprintf(stderr, "vm: touch 256 plain    %" PRIu64 " ms\n", ms);
             }
         }
     }
@@ -1013,6 +1028,12 @@ static int report(struct vm_run *run)
         json_object_object_add(o, "boot_plain_ns", u64_array(run->boot_plain, run->opt.rounds));
         json_object_object_add(o, "touch_memvisor_ns", u64_array(run->touch_mv, run->opt.touch_runs));
         json_object_object_add(o, "touch_plain_ns", u64_array(run->touch_plain, run->opt.touch_runs));
+        json_object_object_add(o, "touch_memvisor_faults",
+                               u64_array(run->touch_faults, run->opt.touch_runs));
+        json_object_object_add(o, "touch_memvisor_populated_4k",
+                               u64_array(run->touch_4k, run->opt.touch_runs));
+        json_object_object_add(o, "touch_memvisor_populated_2m",
+                               u64_array(run->touch_2m, run->opt.touch_runs));
         json_object_object_add(o, "memory_memvisor", memory_json(&run->mem_mv));
         json_object_object_add(o, "memory_ksm", memory_json(&run->mem_ksm));
         json_object_object_add(o, "ideal_frames", json_object_new_int64((int64_t)run->ideal_frames));
