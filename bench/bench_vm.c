@@ -21,8 +21,8 @@
  *            pages_to_scan 20000, sleep_millisecs 0, use_zero_pages 1,
  *            until pages_sharing stops growing.  Both converge by one
  *            rule: the time and CPU until the last pass / sample that saved
- *            0.5% more, two passes / full scans confirming it.  Both with free page
- *            reporting.  Host memory: Pss of the QEMU processes (plain);
+ *            0.5% more, two passes / full scans confirming it.  Both with
+ *            free page reporting.  Host memory: Pss of the QEMU processes (plain);
  *            memvisor's frames (domains' populated + shared frames) plus
  *            the QEMU processes' Pss outside the mapping of the machine
  *            file (memvisor).  The ideal: one frame per distinct non-zero
