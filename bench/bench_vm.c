@@ -1034,7 +1034,8 @@ static int report(struct vm_run *run)
         json_object_object_add(o, "maxmem_bytes", json_object_new_int64((int64_t)run->opt.maxmem));
         json_object_object_add(o, "accel", json_object_new_string(run->opt.accel));
         json_object_object_add(o, "rounds", json_object_new_int64((int64_t)run->opt.rounds));
-        json_object_object_add(o, "touch_runs", json_object_new_int64((int64_t)run->opt.touch_runs));
+        json_object_object_add(o, "touch_runs",
+                               json_object_new_int64((int64_t)run->opt.touch_runs));
         json_object_object_add(o, "settle_s", json_object_new_int64((int64_t)run->opt.settle_s));
         json_object_object_add(o, "image", json_object_new_string(run->opt.image));
         json_object_object_add(o, "ksm", json_object_new_string(run->ksm_settings));
@@ -1042,8 +1043,10 @@ static int report(struct vm_run *run)
         o = json_object_new_object();
         json_object_object_add(o, "boot_memvisor_ns", u64_array(run->boot_mv, run->opt.rounds));
         json_object_object_add(o, "boot_plain_ns", u64_array(run->boot_plain, run->opt.rounds));
-        json_object_object_add(o, "touch_memvisor_ns", u64_array(run->touch_mv, run->opt.touch_runs));
-        json_object_object_add(o, "touch_plain_ns", u64_array(run->touch_plain, run->opt.touch_runs));
+        json_object_object_add(o, "touch_memvisor_ns",
+                               u64_array(run->touch_mv, run->opt.touch_runs));
+        json_object_object_add(o, "touch_plain_ns",
+                               u64_array(run->touch_plain, run->opt.touch_runs));
         json_object_object_add(o, "touch_memvisor_faults",
                                u64_array(run->touch_faults, run->opt.touch_runs));
         json_object_object_add(o, "touch_memvisor_populated_4k",
@@ -1052,7 +1055,8 @@ static int report(struct vm_run *run)
                                u64_array(run->touch_2m, run->opt.touch_runs));
         json_object_object_add(o, "memory_memvisor", memory_json(&run->mem_mv));
         json_object_object_add(o, "memory_ksm", memory_json(&run->mem_ksm));
-        json_object_object_add(o, "ideal_frames", json_object_new_int64((int64_t)run->ideal_frames));
+        json_object_object_add(o, "ideal_frames",
+                               json_object_new_int64((int64_t)run->ideal_frames));
         json_object_object_add(o, "ideal_nonzero_pages",
                                json_object_new_int64((int64_t)run->ideal_nonzero_pages));
         json_object_object_add(o, "ideal_pages_read",
