@@ -32,5 +32,6 @@ int mv_bench_logdirty(int argc, char **argv);
 int mv_bench_share(int argc, char **argv);
 int mv_bench_cow(int argc, char **argv);
 int mv_bench_tmem(int argc, char **argv);
+int mv_bench_vm(int argc, char **argv);
 
 #endif /* MV_BENCH_H */

@@ -25,6 +25,8 @@ static const struct bench_suite bench_suites[] = {
              "kernel's own faults", mv_bench_cow },
     { "tmem", "transcendent memory: put/get and compression vs zram and a "
               "plain lz4 loop; paged faults vs first touch and zram swap-in", mv_bench_tmem },
+    { "vm", "real QEMU guests on memvisor vs plain QEMU and KSM: boot, "
+            "host memory, convergence, guest touch", mv_bench_vm },
 };
 
 static void print_usage(FILE *out)

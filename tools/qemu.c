@@ -164,7 +164,7 @@ int mv_qemu_launch(mv_host *host, const struct mv_domain_config *config,
     snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(config->maxmem_bytes >> 20));
     snprintf(ram_path, sizeof(ram_path), "/proc/self/fd/%d", MV_QEMU_RAM_FD);
     snprintf(ram_arg, sizeof(ram_arg), "memory-backend-file,id=ram,size=%llu,mem-path=%s,"
-             "share=on", (unsigned long long)config->maxmem_bytes, ram_path);
+             "share=on,align=2M", (unsigned long long)config->maxmem_bytes, ram_path);
     snprintf(console_arg, sizeof(console_arg), "file,id=con,path=%s", out->console_path);
     snprintf(ctl_arg, sizeof(ctl_arg), "socket,id=ctl,path=%s,server=on,wait=off",
              out->ctl_path);
