@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #define AGENT_EXPORT __attribute__((visibility("default")))
+#define AGENT_STACK_BYTES (64 * 1024)
 
 static int control_fd = -1;   /* MEMVISOR_VMM_FD */
 static int ram_fd = -1;       /* MEMVISOR_RAM_FD: the machine memory file */
@@ -231,6 +232,7 @@ static bool hand_over(void *addr, size_t len)
 {
     int fds[MV_HANDOVER_FDS] = { -1, -1, -1, -1 }, pair[2] = { -1, -1 };
     struct mv_handover_msg m;
+    pthread_attr_t attr;
     pthread_t thread;
     bool ok = false;
 
@@ -269,10 +271,15 @@ static bool hand_over(void *addr, size_t len)
     }
     request_fd = pair[0];
     pair[0] = -1;
-    if (pthread_create(&thread, NULL, serve_memvisor, NULL) != 0) {
+    /* A small stack: the default 8 MiB one can be backed by a 2 MiB huge
+     * page at its first touch, memory the VMM would hold for nothing. */
+    if (pthread_attr_init(&attr) != 0 ||
+        pthread_attr_setstacksize(&attr, AGENT_STACK_BYTES) != 0 ||
+        pthread_create(&thread, &attr, serve_memvisor, NULL) != 0) {
         say("cannot start the agent thread; stopping the VMM");
         kill(getpid(), SIGKILL);
     }
+    pthread_attr_destroy(&attr);
     pthread_detach(thread);
     ok = true;
 out:
