@@ -38,7 +38,9 @@
  *       of one pattern change what the next pays on a virtual machine
  *       (docs/performance.md).  On wp-async each round also stores the
  *       pattern into the floor's mapping and times its scan, the two
- *       fetches taking turns to go first.  protect-all runs last, on
+ *       fetches taking turns to go first; beside the ratio of their
+ *       medians, the median of their ratio round by round (the two see
+ *       the same second of a drifting machine).  protect-all runs last, on
  *       wp-sync, with the other CPUs idle and then busy; it is the peer of
  *       the busy case when busy and of the others when idle.
  *   rewrite (case 2)
@@ -900,6 +902,19 @@ static uint64_t fetch_stat(const struct ld_run *run, enum ld_mech m, enum ld_pat
     return percentile_of(run, run->fetch[m].fetch_ns[p], run->opt.rounds, percentile);
 }
 
+/* Median over the rounds of wp-async's fetch / the floor's in the same
+ * round: on a shared VM the cost of a walk drifts from second to second,
+ * and the two fetches of a round see the same machine. */
+static double floor_paired_ratio(const struct ld_run *run, enum ld_pattern p)
+{
+    uint64_t milli[LD_MAX_ROUNDS];
+
+    for (unsigned r = 0; r < run->opt.rounds; r++)
+        milli[r] = run->floor_ns[p][r] ? run->fetch[MECH_ASYNC].fetch_ns[p][r] * 1000 /
+                                         run->floor_ns[p][r] : 0;
+    return (double)percentile_of(run, milli, run->opt.rounds, 50) / 1000.0;
+}
+
 static double rate_of(const struct ld_rate *r)
 {
     return r->elapsed_ns ? (double)r->writes * 1e9 / (double)r->elapsed_ns : 0;
@@ -1126,6 +1141,8 @@ static struct json_object *fetch_case_json(const struct ld_run *run, enum ld_pat
         struct json_object *fo = json_object_new_object();
 
         samples_add(fo, run, run->floor_ns[p], rounds);
+        json_object_object_add(fo, "wp_async_over_floor_paired_median",
+                               mv_bench_json_real(floor_paired_ratio(run, p), 3));
         json_object_object_add(raw, "kernel-floor", fo);
     }
     json_object_object_add(o, "raw", raw);
@@ -1350,12 +1367,14 @@ static void print_fetch(const struct ld_run *run)
                        (double)run->dirty_pages, "ns"));
         }
         if (run->available[MECH_ASYNC])
-            printf("    %-12s %12s %12s   (raw PAGEMAP_SCAN loop, no memvisor code)\n",
+            printf("    %-12s %12s %12s   (raw PAGEMAP_SCAN loop, no memvisor code; "
+                   "wp-async / floor in the same round, median: %.3f)\n",
                    "kernel floor",
                    mv_bench_format(a, sizeof(a), (double)percentile_of(
                        run, run->floor_ns[p], run->opt.rounds, 50), "ns"),
                    mv_bench_format(b, sizeof(b), (double)percentile_of(
-                       run, run->floor_ns[p], run->opt.rounds, 99), "ns"));
+                       run, run->floor_ns[p], run->opt.rounds, 99), "ns"),
+                   floor_paired_ratio(run, p));
         if (run->available[MECH_SYNC] && (p == PAT_SCATTERED || p == PAT_SCATTERED_BUSY)) {
             const struct ld_protect_all *pa = &run->protect_all[pattern_busy(p)];
 
