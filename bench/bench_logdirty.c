@@ -20,7 +20,10 @@
  *                PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN) over a memfd
  *                mapping of the same size registered with a WP_ASYNC
  *                userfaultfd, given the same pattern in the same round
- *                (logdirty_floor.c); case 1 only, beside wp-async
+ *                (logdirty_floor.c); case 1 only, beside wp-async.  The
+ *                busy case's readers load from the domain's RAM, but they
+ *                run in this process, so the floor's flushes must
+ *                interrupt them just the same
  * A mechanism the kernel lacks (mv_domain_create fails with -EOPNOTSUPP) is
  * reported as skipped, with the library's reason.
  *
