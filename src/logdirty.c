@@ -63,9 +63,9 @@
  *
  * Failures: a failed enable undoes what it did and leaves the log off; a
  * failed fetch keeps every page it took reported (in the live bitmap) and
- * in `writable`; a
- * failed disable leaves the log on (see mv_logdirty_disable).  No failure
- * leaves a page protected with no one to let its writes through.
+ * in `writable`; a failed disable leaves the log on (see
+ * mv_logdirty_disable).  No failure leaves a page protected with no one to
+ * let its writes through.
  *
  * Locking: everything but the signal handler and bitmap consumers runs
  * under the domain lock (the wp-sync fault handler too); `taken` is the
