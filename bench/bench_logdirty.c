@@ -15,6 +15,15 @@
  *                the enable alone (one UFFDIO_WRITEPROTECT over all RAM,
  *                mv_logdirty_stats().protect_ns) is recorded too
  *   off          the same guest writes with logging off
+ *   kernel floor the fetch with no memvisor code: a raw loop of protecting
+ *                PAGEMAP_SCAN ioctls (PM_SCAN_WP_MATCHING |
+ *                PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN) over a memfd
+ *                mapping of the same size registered with a WP_ASYNC
+ *                userfaultfd, given the same pattern in the same round
+ *                (logdirty_floor.c); case 1 only, beside wp-async.  The
+ *                busy case's readers load from the domain's RAM, but they
+ *                run in this process, so the floor's flushes must
+ *                interrupt them just the same
  * A mechanism the kernel lacks (mv_domain_create fails with -EOPNOTSUPP) is
  * reported as skipped, with the library's reason.
  *
@@ -30,8 +39,13 @@
  *       store, then a timed fetch) give its median and p99; the patterns
  *       run one after the other, not interleaved, because the TLB flushes
  *       of one pattern change what the next pays on a virtual machine
- *       (docs/performance.md).  protect-all runs last, on wp-sync, with the
- *       other CPUs idle and then busy.
+ *       (docs/performance.md).  On wp-async each round also stores the
+ *       pattern into the floor's mapping and times its scan, the two
+ *       fetches taking turns to go first; beside the ratio of their
+ *       medians, the median of their ratio round by round (the two see
+ *       the same second of a drifting machine).  protect-all runs last, on
+ *       wp-sync, with the other CPUs idle and then busy; it is the peer of
+ *       the busy case when busy and of the others when idle.
  *   rewrite (case 2)
  *       mv_logdirty_enable on a fully populated --write-mib domain, then
  *       LD_WRITERS vCPU threads store one word to every page, each its own
@@ -48,6 +62,7 @@
  */
 #include "bench.h"
 #include "bench_util.h"
+#include "logdirty_floor.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -78,6 +93,10 @@
 #define LD_GOAL_FETCH_NS 1e6
 #define LD_GOAL_FETCH_SPEEDUP 50.0
 #define LD_GOAL_RATE_RATIO 5.0
+/* wp-async fetch against the kernel's floor (at most) and against
+ * protect-all (at least this many times faster). */
+#define LD_GOAL_FLOOR_RATIO 1.1
+#define LD_GOAL_PROTECT_ALL_SPEEDUP 50.0
 /* Words of a page each kind of store writes (any word dirties the page). */
 #define LD_WORD_POPULATE 0u
 #define LD_WORD_PATTERN 1u
@@ -207,6 +226,8 @@ struct ld_run {
     uint64_t *fetch_samples;        /* a rate run's fetch times */
     struct ld_fetch fetch[MECH_COUNT];
     struct ld_protect_all protect_all[2];
+    struct ld_floor floor;          /* open while wp-async's case 1 runs */
+    uint64_t floor_ns[PAT_COUNT][LD_MAX_ROUNDS];
     /* cases 2-4 */
     uint64_t write_bytes;
     size_t write_pages;
@@ -500,18 +521,52 @@ static int check_fetch(const struct ld_run *run, const struct ld_domain *d,
     return MV_BENCH_FAILED;
 }
 
+/* The kernel's floor for this round: the same pattern stored into its
+ * mapping, then its scan timed; it must find exactly the pages stored to. */
+static int floor_round(struct ld_run *run, enum ld_pattern p, unsigned round, size_t n)
+{
+    uint64_t t0;
+    int64_t got;
+
+    for (size_t i = 0; i < n; i++)
+        ((volatile uint64_t *)(run->floor.mem + run->gfns[i] * MV_PAGE_SIZE))[LD_WORD_PATTERN] =
+            round + 1;
+    t0 = mv_bench_now_ns();
+    got = ld_floor_fetch(&run->floor);
+    run->floor_ns[p][round] = mv_bench_now_ns() - t0;
+    if (got == (int64_t)n)
+        return MV_BENCH_OK;
+    if (got < 0)
+        mv_bench_error("logdirty: the floor's PAGEMAP_SCAN failed: %s", strerror((int)-got));
+    else
+        mv_bench_error("logdirty: the floor's scan after %zu pages were written "
+                       "found %" PRId64, n, got);
+    return MV_BENCH_FAILED;
+}
+
 static int fetch_round(struct ld_run *run, const struct ld_domain *d, enum ld_mech m,
                        enum ld_pattern p, unsigned round)
 {
     size_t n = make_pattern(run, p, round);
+    bool floor = m == MECH_ASYNC;
     uint64_t t0;
     int64_t got;
+    int rc = MV_BENCH_OK;
 
+    /* The floor goes first every other round: neither fetch always runs
+     * right after the other's TLB flushes. */
+    if (floor && round % 2)
+        rc = floor_round(run, p, round, n);
+    if (rc != MV_BENCH_OK)
+        return rc;
     run->fetch[m].write_ns[p][round] = write_pattern(run, d, n, round);
     t0 = mv_bench_now_ns();
     got = mv_logdirty_clean(d->host, d->domid, d->dirty, NULL, d->words);
     run->fetch[m].fetch_ns[p][round] = mv_bench_now_ns() - t0;
-    return check_fetch(run, d, "mv_logdirty_clean", got, n);
+    rc = check_fetch(run, d, "mv_logdirty_clean", got, n);
+    if (rc == MV_BENCH_OK && floor && round % 2 == 0)
+        rc = floor_round(run, p, round, n);
+    return rc;
 }
 
 /* The old way, on the wp-sync domain: read the log, then write-protect all
@@ -629,8 +684,19 @@ static int fetch_mechanism(struct ld_run *run, enum ld_mech m)
     rc = populate(&d, &f->populate_ns);
     if (rc == MV_BENCH_OK)
         rc = enable_logging(&d, &f->protect_ns);
+    if (rc == MV_BENCH_OK && m == MECH_ASYNC) {
+        const char *failed = "";
+        int err = ld_floor_open(&run->floor, run->fetch_bytes, &failed);
+
+        if (err < 0) {
+            mv_bench_error("logdirty: the kernel's floor: %s failed: %s", failed,
+                           strerror(-err));
+            rc = MV_BENCH_FAILED;
+        }
+    }
     for (int p = 0; p < PAT_COUNT && rc == MV_BENCH_OK; p++)
         rc = fetch_pattern(run, &d, m, p);
+    ld_floor_close(&run->floor);
     for (int busy = 0; busy < 2 && rc == MV_BENCH_OK && m == MECH_SYNC; busy++)
         rc = protect_all_rounds(run, &d, busy);
     if (rc == MV_BENCH_OK)
@@ -839,12 +905,25 @@ static uint64_t fetch_stat(const struct ld_run *run, enum ld_mech m, enum ld_pat
     return percentile_of(run, run->fetch[m].fetch_ns[p], run->opt.rounds, percentile);
 }
 
+/* Median over the rounds of wp-async's fetch / the floor's in the same
+ * round: on a shared VM the cost of a walk drifts from second to second,
+ * and the two fetches of a round see the same machine. */
+static double floor_paired_ratio(const struct ld_run *run, enum ld_pattern p)
+{
+    uint64_t milli[LD_MAX_ROUNDS];
+
+    for (unsigned r = 0; r < run->opt.rounds; r++)
+        milli[r] = run->floor_ns[p][r] ? run->fetch[MECH_ASYNC].fetch_ns[p][r] * 1000 /
+                                         run->floor_ns[p][r] : 0;
+    return (double)percentile_of(run, milli, run->opt.rounds, 50) / 1000.0;
+}
+
 static double rate_of(const struct ld_rate *r)
 {
     return r->elapsed_ns ? (double)r->writes * 1e9 / (double)r->elapsed_ns : 0;
 }
 
-#define LD_MAX_COMPARISONS 8
+#define LD_MAX_COMPARISONS 10
 
 static size_t fetch_comparisons(const struct ld_run *run, enum ld_pattern p,
                                 struct mv_bench_comparison *out)
@@ -862,6 +941,18 @@ static size_t fetch_comparisons(const struct ld_run *run, enum ld_pattern p,
         .peer = "the issue's goal", .peer_value = LD_GOAL_FETCH_NS,
         .goal_max_ratio = goal ? 1.0 : 0,
     };
+    out[n++] = (struct mv_bench_comparison){
+        .figure = "wp-async fetch, median", .unit = "ns", .value = median,
+        .peer = "kernel floor: raw PAGEMAP_SCAN, median",
+        .peer_value = (double)percentile_of(run, run->floor_ns[p], run->opt.rounds, 50),
+        .goal_max_ratio = LD_GOAL_FLOOR_RATIO,
+    };
+    out[n++] = (struct mv_bench_comparison){
+        .figure = "wp-async fetch, p99", .unit = "ns",
+        .value = (double)fetch_stat(run, MECH_ASYNC, p, 99),
+        .peer = "kernel floor: raw PAGEMAP_SCAN, p99",
+        .peer_value = (double)percentile_of(run, run->floor_ns[p], run->opt.rounds, 99),
+    };
     if (run->available[MECH_SYNC]) {
         out[n++] = (struct mv_bench_comparison){
             .figure = "wp-async fetch, median", .unit = "ns", .value = median,
@@ -877,8 +968,10 @@ static size_t fetch_comparisons(const struct ld_run *run, enum ld_pattern p,
         };
         out[n++] = (struct mv_bench_comparison){
             .figure = "wp-async fetch, median", .unit = "ns", .value = median,
-            .peer = "protect-all: peek+disable+enable",
+            .peer = pattern_busy(p) ? "protect-all (busy): peek+disable+enable"
+                                    : "protect-all: peek+disable+enable",
             .peer_value = (double)percentile_of(run, pa->round_ns, run->opt.rounds, 50),
+            .goal_max_ratio = 1.0 / LD_GOAL_PROTECT_ALL_SPEEDUP,
         };
         out[n++] = (struct mv_bench_comparison){
             .figure = "wp-async fetch, median", .unit = "ns", .value = median,
@@ -1047,6 +1140,14 @@ static struct json_object *fetch_case_json(const struct ld_run *run, enum ld_pat
             json_object_object_add(mo, "write_pattern",
                                    samples_json(run, f->write_ns[p], rounds));
     }
+    if (run->available[MECH_ASYNC]) {
+        struct json_object *fo = json_object_new_object();
+
+        samples_add(fo, run, run->floor_ns[p], rounds);
+        json_object_object_add(fo, "wp_async_over_floor_paired_median",
+                               mv_bench_json_real(floor_paired_ratio(run, p), 3));
+        json_object_object_add(raw, "kernel-floor", fo);
+    }
     json_object_object_add(o, "raw", raw);
     *met = mv_bench_comparisons_json(o, cmp, fetch_comparisons(run, p, cmp), goals) && *met;
     return o;
@@ -1183,6 +1284,10 @@ static struct json_object *goal_json(void)
     json_object_object_add(o, "fetch_max_ns", u64_json((uint64_t)LD_GOAL_FETCH_NS));
     json_object_object_add(o, "fetch_min_speedup_vs_wp_sync",
                            mv_bench_json_real(LD_GOAL_FETCH_SPEEDUP, 0));
+    json_object_object_add(o, "fetch_max_ratio_vs_kernel_floor",
+                           mv_bench_json_real(LD_GOAL_FLOOR_RATIO, 2));
+    json_object_object_add(o, "fetch_min_speedup_vs_protect_all",
+                           mv_bench_json_real(LD_GOAL_PROTECT_ALL_SPEEDUP, 0));
     json_object_object_add(o, "rate_min_ratio_vs_wp_sync",
                            mv_bench_json_real(LD_GOAL_RATE_RATIO, 0));
     json_object_object_add(o, "source", json_object_new_string(
@@ -1264,6 +1369,15 @@ static void print_fetch(const struct ld_run *run)
                                              run->opt.rounds, 50) /
                        (double)run->dirty_pages, "ns"));
         }
+        if (run->available[MECH_ASYNC])
+            printf("    %-12s %12s %12s   (raw PAGEMAP_SCAN loop, no memvisor code; "
+                   "wp-async / floor in the same round, median: %.3f)\n",
+                   "kernel floor",
+                   mv_bench_format(a, sizeof(a), (double)percentile_of(
+                       run, run->floor_ns[p], run->opt.rounds, 50), "ns"),
+                   mv_bench_format(b, sizeof(b), (double)percentile_of(
+                       run, run->floor_ns[p], run->opt.rounds, 99), "ns"),
+                   floor_paired_ratio(run, p));
         if (run->available[MECH_SYNC] && (p == PAT_SCATTERED || p == PAT_SCATTERED_BUSY)) {
             const struct ld_protect_all *pa = &run->protect_all[pattern_busy(p)];
 
@@ -1452,8 +1566,10 @@ static int run_suite(void *arg)
     struct mv_kernel_features features;
     uint64_t largest;
     size_t words;
-    int rc = mv_bench_probe(&features, &run->machine);
+    int rc;
 
+    ld_floor_init(&run->floor);
+    rc = mv_bench_probe(&features, &run->machine);
     if (rc != MV_BENCH_OK)
         return rc;
     run->fetch_bytes = run->opt.size_mib * MV_BENCH_MIB;
@@ -1465,10 +1581,11 @@ static int run_suite(void *arg)
         (run->dirty_pages + LD_CLUSTER_RUN - 1) / LD_CLUSTER_RUN;
     run->write_bytes = run->opt.write_mib * MV_BENCH_MIB;
     run->write_pages = (size_t)(run->write_bytes >> MV_PAGE_SHIFT);
-    /* One domain is live at a time; leave the host as much again. */
-    largest = MV_BENCH_MAX(run->fetch_bytes, run->write_bytes);
+    /* One domain is live at a time, and the floor beside case 1's; leave
+     * the host as much again. */
+    largest = MV_BENCH_MAX(2 * run->fetch_bytes, run->write_bytes);
     if (features.mem_available / 2 < largest) {
-        mv_bench_error("logdirty: a %" PRIu64 " MiB domain needs twice that "
+        mv_bench_error("logdirty: %" PRIu64 " MiB of domain and floor need twice that "
                        "available; MemAvailable is %" PRIu64 " MiB",
                        largest / MV_BENCH_MIB, features.mem_available / MV_BENCH_MIB);
         return MV_BENCH_FAILED;
@@ -1498,6 +1615,7 @@ static void release(void *arg)
     free(run->expect);
     free(run->sorted);
     free(run->fetch_samples);
+    ld_floor_close(&run->floor);
 }
 
 int mv_bench_logdirty(int argc, char **argv)

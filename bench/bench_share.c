@@ -73,6 +73,15 @@
  *                    in the same state (on this shared VM a first touch costs
  *                    2 us or 13 us depending on the second it runs in).  The
  *                    break goal (<= 3x a first touch) is this case's.
+ *   kernel settler   the background settler's cost on an MV_COW_KERNEL
+ *                    clone at the default cow_settle_ms: the clone's RAM is
+ *                    read once (mapped, as a running guest's is), then a
+ *                    vCPU thread stores to the --pages pages at an even pace
+ *                    over COW_SETTLER_MS, each store a kernel copy the
+ *                    settler moves into the clone's own frames.  The
+ *                    settler thread's CPU time (its thread CPU clock, found
+ *                    by its name in /proc/self/task) over that window, per
+ *                    GiB of shared memory per second.
  *   kernel peers     the same timed stores to fresh private anonymous pages
  *                    and fresh pages of a shared memfd mapping (first-touch
  *                    faults), to a private file mapping whose pages were read
@@ -98,6 +107,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SH_MAX_PASSES 16u
@@ -1583,6 +1593,12 @@ struct cow_run {
     uint64_t kernel_source_settled;
     struct mv_domain_info kernel_source_info;
     uint64_t kernel_saved_after;            /* both written and settled */
+    /* MV_COW_KERNEL with the background settler at work */
+    uint64_t settler_shared_pages;          /* the clone's, at the start */
+    uint64_t settler_window_ns;             /* the paced writes */
+    uint64_t settler_cpu_ns;                /* the settler thread's CPU */
+    uint64_t settler_process_cpu_ns;        /* every thread's, meanwhile */
+    uint64_t settler_copies;                /* settled by the end */
     struct cow_latency kernel_peer;         /* first touches paired with the
                                                clone's writes */
     struct cow_latency kernel_source_peer;  /* ... with the source's */
@@ -2351,6 +2367,147 @@ static int cow_kernel_case(struct cow_run *run)
     return cow_check_and_destroy(run, host, "cow-kernel", src, run->opt.pages, clone, rc);
 }
 
+/* How long the settler case's vCPU writes, at an even pace. */
+#define COW_SETTLER_MS 3000u
+/* What settle.c names the settler thread (MV__SETTLER_NAME). */
+#define COW_SETTLER_NAME "memvisor-settle"
+
+/* The CPU clock of this process's thread `tid`: the kernel's encoding of a
+ * per-thread CPU-time clock (CPUCLOCK_SCHED, per thread), which
+ * pthread_getcpuclockid gives for threads the caller has a handle on. */
+static clockid_t cow_thread_clock(pid_t tid)
+{
+    return (clockid_t)((~(unsigned)tid << 3) | 6u);
+}
+
+/* The settler's thread id, found by name; 0 when there is none. */
+static pid_t cow_settler_tid(void)
+{
+    DIR *dir = opendir("/proc/self/task");
+    struct dirent *e;
+    pid_t found = 0;
+
+    while (dir && !found && (e = readdir(dir))) {
+        char path[300], comm[32] = "";
+        FILE *f;
+
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+        if (!(f = fopen(path, "r")))
+            continue;
+        if (fgets(comm, sizeof(comm), f) && strcmp(comm, COW_SETTLER_NAME "\n") == 0)
+            found = (pid_t)atoi(e->d_name);
+        fclose(f);
+    }
+    if (dir)
+        closedir(dir);
+    return found;
+}
+
+static uint64_t cow_clock_ns(clockid_t clock)
+{
+    struct timespec ts;
+
+    if (clock_gettime(clock, &ts) < 0)
+        return UINT64_MAX;
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The vCPU of the settler case: one store every window / count. */
+struct cow_paced {
+    struct cow_writes w;
+    uint64_t window_ns;
+};
+
+static void *cow_paced_thread(void *arg)
+{
+    struct cow_paced *p = arg;
+    uint64_t t0 = mv_bench_now_ns();
+
+    for (uint64_t i = 0; i <= p->w.count; i++) {
+        uint64_t at = t0 + p->window_ns * i / p->w.count;
+        struct timespec ts = { (time_t)(at / 1000000000ull), (long)(at % 1000000000ull) };
+
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+            ;
+        if (i < p->w.count)
+            p->w.total_ns += cow_store_block(&p->w, p->w.mem, p->w.salt, p->w.latency, i, 1);
+    }
+    return NULL;
+}
+
+/*
+ * The background settler at work (default cow_settle_ms) on an
+ * MV_COW_KERNEL clone whose RAM is all mapped while a vCPU makes kernel
+ * copies at an even pace: the settler thread's CPU time over the window.
+ */
+static int cow_settler_case(struct cow_run *run)
+{
+    struct mv_host_config hc;
+    struct mv_share_stats stats;
+    struct mv_domain_info info;
+    struct cow_paced p;
+    mv_host *host;
+    uint32_t src = 0, clone = 0;
+    uint8_t *ram = NULL;
+    uint64_t cpu0, process0, t0;
+    clockid_t clock = 0;
+    pid_t tid = 0;
+    int rc;
+
+    mv_bench_host_config_init(&hc);
+    rc = cow_cloned_host(run, &hc, "cow-settler", MV_COW_KERNEL, &host, &src, &clone, &ram);
+    if (rc == MV_BENCH_OK && (rc = mv_domain_info(host, clone, &info)) < 0)
+        rc = mv_bench_lib_error("mv_domain_info", rc);
+    if (rc == MV_BENCH_OK) {
+        run->settler_shared_pages = info.shared_pages;
+        if (!(tid = cow_settler_tid())) {
+            mv_bench_error("cow: no thread named " COW_SETTLER_NAME " in /proc/self/task");
+            rc = MV_BENCH_FAILED;
+        }
+        clock = cow_thread_clock(tid);
+        if (rc == MV_BENCH_OK && cow_clock_ns(clock) == UINT64_MAX) {
+            mv_bench_error("cow: cannot read the settler's CPU clock: %s", strerror(errno));
+            rc = MV_BENCH_FAILED;
+        }
+    }
+    if (rc == MV_BENCH_OK) {
+        /* Mapped, as a running guest's RAM is: a settler pass walks it all. */
+        for (uint64_t g = 0; g < run->pages; g++)
+            (void)*(volatile uint8_t *)(ram + g * MV_PAGE_SIZE);
+        p = (struct cow_paced){
+            .w = { .mem = ram, .count = run->opt.pages, .stride = run->stride,
+                   .offset = COW_CLONE_BYTE, .salt = COW_SALT_SOURCE,
+                   .latency = run->latency },
+            .window_ns = (uint64_t)COW_SETTLER_MS * 1000000ull,
+        };
+        /* A pass may still run from the reads: start on a quiet settler. */
+        mv_bench_sleep_ms(2 * MV_COW_SETTLE_DEFAULT_MS);
+        cpu0 = cow_clock_ns(clock);
+        process0 = mv_bench_process_cpu_ns();
+        t0 = mv_bench_now_ns();
+        rc = mv_bench_run_thread(cow_paced_thread, &p);
+        run->settler_window_ns = mv_bench_now_ns() - t0;
+        run->settler_cpu_ns = cow_clock_ns(clock) - cpu0;
+        run->settler_process_cpu_ns = mv_bench_process_cpu_ns() - process0;
+    }
+    if (rc == MV_BENCH_OK && (rc = mv_share_stats(host, &stats)) < 0)
+        rc = mv_bench_lib_error("mv_share_stats", rc);
+    if (rc == MV_BENCH_OK)
+        run->settler_copies = stats.cow_kernel_copies;
+    return cow_check_and_destroy(run, host, "cow-settler", src, 0, clone, rc);
+}
+
+/* Settler CPU per GiB of shared memory per second of the window, in ns. */
+static double cow_settler_cost(const struct cow_run *run)
+{
+    double gib = (double)run->settler_shared_pages * MV_PAGE_SIZE / (double)(1ull << 30);
+    double seconds = (double)run->settler_window_ns / 1e9;
+
+    return gib > 0 && seconds > 0 ? (double)run->settler_cpu_ns / gib / seconds : 0;
+}
+
 static int cow_memvisor(struct cow_run *run)
 {
     struct mv_host_config hc;
@@ -2374,6 +2531,8 @@ static int cow_memvisor(struct cow_run *run)
         rc = cow_per_cpu_case(run);
     if (rc == MV_BENCH_OK && run->share_audit == 0 && run->host_audit == 0)
         rc = cow_kernel_case(run);
+    if (rc == MV_BENCH_OK && run->share_audit == 0 && run->host_audit == 0)
+        rc = cow_settler_case(run);
     if (rc == MV_BENCH_OK) {
         run->ok = run->mismatches == 0 && run->share_audit == 0 && run->host_audit == 0;
         if (!run->ok)
@@ -2620,6 +2779,20 @@ static int cow_report_json(const struct cow_run *run)
     json_object_object_add(o, "first_touch_anonymous_paired",
                            cow_latency_json(&run->kernel_source_peer));
     json_object_object_add(breaks, "source_writes_last_mapping_kernel_copy", o);
+    o = json_object_new_object();
+    json_object_object_add(o, "what", json_object_new_string(
+        "the background settler (default cow_settle_ms) of an MV_COW_KERNEL clone whose "
+        "RAM was read once (all mapped) while a vCPU stores to the written pages at an "
+        "even pace, each store a kernel copy: the settler thread's CPU time"));
+    json_object_object_add(o, "shared_pages", u64_json(run->settler_shared_pages));
+    json_object_object_add(o, "writes", u64_json(run->opt.pages));
+    json_object_object_add(o, "window_ns", u64_json(run->settler_window_ns));
+    json_object_object_add(o, "settler_cpu_ns", u64_json(run->settler_cpu_ns));
+    json_object_object_add(o, "process_cpu_ns", u64_json(run->settler_process_cpu_ns));
+    json_object_object_add(o, "kernel_copies_settled", u64_json(run->settler_copies));
+    json_object_object_add(o, "settler_cpu_ns_per_gib_per_s",
+                           mv_bench_json_real(cow_settler_cost(run), 0));
+    json_object_object_add(breaks, "kernel_copy_settler", o);
     json_object_object_add(root, "breaks", breaks);
 
     json_object_object_add(mras, "pages_per_domain", u64_json(run->mras_pages));
@@ -2703,6 +2876,13 @@ static int cow_report_text(const struct cow_run *run)
     cow_print_latency("kernel: first touch, shared memfd", &run->shmem_touch);
     cow_print_latency("kernel: CoW after fork()", &run->fork_cow);
     cow_print_latency("kernel: CoW of a read private file mapping", &run->file_cow);
+    printf("    settler: %" PRIu64 " kernel copies over %s in a %" PRIu64 " MiB clone: "
+           "its thread %s of CPU (all threads %s), %.2f%% of a CPU per GiB shared\n",
+           run->opt.pages, mv_bench_format(a, sizeof(a), (double)run->settler_window_ns, "ns"),
+           run->settler_shared_pages * MV_PAGE_SIZE / MV_BENCH_MIB,
+           mv_bench_format(b, sizeof(b), (double)run->settler_cpu_ns, "ns"),
+           mv_bench_format(c, sizeof(c), (double)run->settler_process_cpu_ns, "ns"),
+           cow_settler_cost(run) / 1e7);
     printf("    saved pages: %" PRIu64 " after the clone, %" PRIu64 " after its writes, %"
            PRIu64 " after the source's\n", run->saved_after_clone, run->saved_after_breaks,
            run->saved_after_source);

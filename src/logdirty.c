@@ -18,9 +18,12 @@
  * harvests, and memvisor's own changes to guest memory (mv__logdirty_mark:
  * populate, zero reclaim, balloon).  Producers set bits with atomic OR; a
  * consumer takes a word with an atomic exchange, so a fetch never stops a
- * producer and never needs a second buffer.  Consumers are of two kinds:
- * mv_logdirty_clean/peek, and code that exchanges words out of the live
- * bitmap itself, after a mv_logdirty_harvest.
+ * producer.  Consumers are of two kinds: mv_logdirty_clean/peek, and code
+ * that exchanges words out of the live bitmap itself, after a
+ * mv_logdirty_harvest.  mv_logdirty_clean on wp-async uses the caller's
+ * bitmap as a second buffer: it takes the live words into it, then the
+ * kernel's scan writes into it directly (clean_written), so the scan's
+ * answer never goes through the shared bitmap.
  *
  * Which pages can be written without a trap is therefore not the bitmap's
  * business: a consumer may take a bit whenever it likes.  Each mode keeps
@@ -44,7 +47,10 @@
  * out; a write after the harvest re-protected its page traps (or, on
  * wp-async, is remembered by the PTE) and is reported by this fetch or the
  * next.  On wp-async the kernel reads and re-protects each PTE atomically
- * under the page-table lock.
+ * under the page-table lock; there a clean takes the words first and
+ * scans after, into the caller's bitmap: a bit set after its word was
+ * taken stays in the live bitmap, a write after the scan stays in its PTE,
+ * and a failed scan puts everything it took back into the live bitmap.
  *
  * The mprotect handler runs in signal context: it finds its domain in a
  * fixed table of lock-free slots and makes only async-signal-safe calls
@@ -56,9 +62,10 @@
  * reaches the default SIGSEGV action.
  *
  * Failures: a failed enable undoes what it did and leaves the log off; a
- * failed fetch keeps every page it took reported and in `writable`; a
- * failed disable leaves the log on (see mv_logdirty_disable).  No failure
- * leaves a page protected with no one to let its writes through.
+ * failed fetch keeps every page it took reported (in the live bitmap) and
+ * in `writable`; a failed disable leaves the log on (see
+ * mv_logdirty_disable).  No failure leaves a page protected with no one to
+ * let its writes through.
  *
  * Locking: everything but the signal handler and bitmap consumers runs
  * under the domain lock (the wp-sync fault handler too); `taken` is the
@@ -122,6 +129,24 @@ static void set_bits(_Atomic uint64_t *bm, uint64_t gfn, uint64_t n)
         gfn += take;
         n -= take;
     }
+}
+
+/* OR [gfn, gfn + n) into a private bitmap; returns how many of those bits
+ * were clear. */
+static uint64_t or_bits(uint64_t *bm, uint64_t gfn, uint64_t n)
+{
+    uint64_t added = 0;
+
+    while (n) {
+        uint64_t bit = gfn % 64, take = MV_MIN(n, 64 - bit);
+        uint64_t mask = take == 64 ? ~0ull : ((1ull << take) - 1) << bit;
+
+        added += (uint64_t)__builtin_popcountll(mask & ~bm[gfn / 64]);
+        bm[gfn / 64] |= mask;
+        gfn += take;
+        n -= take;
+    }
+    return added;
 }
 
 /*
@@ -625,8 +650,10 @@ int mv_logdirty_disable(mv_host *host, uint32_t domid)
 }
 
 /*
- * wp-async: move written PTEs into the bitmap, re-protecting them (lock
- * held).  Returns pages moved.
+ * wp-async: move written PTEs into a bitmap, re-protecting them (lock
+ * held): the live bitmap (atomic ORs) when `into` is NULL, else the
+ * private bitmap `into` (plain ORs, mv_logdirty_clean's fast path).
+ * Returns pages moved, or into `into` the pages whose bits were clear.
  *
  * One protecting PAGEMAP_SCAN over all of RAM: the kernel reads and
  * re-protects each written PTE atomically under its page-table lock and
@@ -641,7 +668,7 @@ int mv_logdirty_disable(mv_host *host, uint32_t domid)
  * belong to the synchronous copy-on-write userfaultfd and are never
  * written in place.
  */
-static int64_t harvest_written(struct mv_domain *d)
+static int64_t harvest_written(struct mv_domain *d, uint64_t *into)
 {
     struct page_region regions[256];
     uintptr_t base = (uintptr_t)d->ram, end = base + (d->maxmem_pages << MV_PAGE_SHIFT);
@@ -666,8 +693,12 @@ static int64_t harvest_written(struct mv_domain *d)
             uint64_t gfn = (regions[i].start - base) >> MV_PAGE_SHIFT;
             uint64_t count = (regions[i].end - regions[i].start) >> MV_PAGE_SHIFT;
 
-            set_bits(d->logdirty->bitmap, gfn, count);
-            pages += (int64_t)count;
+            if (into)
+                pages += (int64_t)or_bits(into, gfn, count);
+            else {
+                set_bits(d->logdirty->bitmap, gfn, count);
+                pages += (int64_t)count;
+            }
         }
         if (arg.walk_end == 0 || arg.walk_end >= end)
             return pages;
@@ -706,7 +737,7 @@ static int64_t harvest_writable(struct mv_domain *d)
 
 static int64_t harvest_locked(struct mv_domain *d)
 {
-    return d->logdirty->mode == MV_LOGDIRTY_WP_ASYNC ? harvest_written(d)
+    return d->logdirty->mode == MV_LOGDIRTY_WP_ASYNC ? harvest_written(d, NULL)
                                                       : harvest_writable(d);
 }
 
@@ -740,6 +771,55 @@ static void fill_zero(struct mv_domain *d, const uint64_t *dirty, uint64_t *zero
     }
 }
 
+/*
+ * Copy the live bitmap into `dirty`, exchanging each word that is not zero
+ * out of it when `clear`.  A word read as zero is not exchanged: a bit set
+ * after the read stays in the live bitmap, like one set after an exchange,
+ * and is fetched next time.  Most words are zero, and a locked exchange
+ * costs ten times a read (as does popcount without a POPCNT instruction,
+ * a library call in a baseline x86-64 build).  Returns the bits taken.
+ */
+static uint64_t take_words(struct mv__logdirty *l, uint64_t *dirty, size_t words, bool clear)
+{
+    uint64_t count = 0;
+
+    for (size_t i = 0; i < words; i++) {
+        uint64_t w = atomic_load_explicit(&l->bitmap[i], memory_order_acquire);
+
+        if (w && clear)
+            w = atomic_exchange_explicit(&l->bitmap[i], 0, memory_order_acq_rel);
+        dirty[i] = w;
+        if (w)
+            count += (uint64_t)__builtin_popcountll(w);
+    }
+    return count;
+}
+
+/*
+ * mv_logdirty_clean on wp-async (lock held): the caller's bitmap is the
+ * second buffer.  The live words are taken first, then the protecting scan
+ * ORs the written PTEs straight into `dirty`, so the kernel's answer never
+ * passes through the live bitmap (no atomic per region, no second exchange
+ * per word).  A page written after the scan re-protected it is remembered
+ * by its PTE, a bit set in the live bitmap after its word was taken stays
+ * there: both are fetched next time.  When the scan fails, every bit taken
+ * (from the live bitmap or from PTEs the scan re-protected) is ORed back
+ * into the live bitmap, where the next fetch or consumer finds it.
+ */
+static int64_t clean_written(struct mv_domain *d, uint64_t *dirty, size_t words)
+{
+    struct mv__logdirty *l = d->logdirty;
+    uint64_t taken = take_words(l, dirty, words, true);
+    int64_t added = harvest_written(d, dirty);
+
+    if (added >= 0)
+        return (int64_t)taken + added;
+    for (size_t i = 0; i < words; i++)
+        if (dirty[i])
+            atomic_fetch_or_explicit(&l->bitmap[i], dirty[i], memory_order_release);
+    return added;
+}
+
 static int64_t fetch(mv_host *host, uint32_t domid, uint64_t *dirty,
                      uint64_t *zero, size_t words, bool clear)
 {
@@ -756,18 +836,16 @@ static int64_t fetch(mv_host *host, uint32_t domid, uint64_t *dirty,
         return mv__fail(-EINVAL, "dirty bitmap has %zu words; domain %u needs %zu",
                         dirty ? words : 0, domid, l->words);
     }
-    /* Every page the guest can write without a trap is protected again
-     * and in the live bitmap after this, whoever took its bit before. */
-    rc = harvest_locked(d);
-    for (size_t i = 0; rc >= 0 && i < words; i++) {
-        /* A word read as zero is not exchanged: a bit set after the read
-         * stays in the live bitmap, like one set after an exchange, and is
-         * fetched next time.  Most words are zero, and a locked exchange
-         * costs ten times a read. */
-        dirty[i] = atomic_load_explicit(&l->bitmap[i], memory_order_acquire);
-        if (clear && dirty[i])
-            dirty[i] = atomic_exchange_explicit(&l->bitmap[i], 0, memory_order_acq_rel);
-        count += (uint64_t)__builtin_popcountll(dirty[i]);
+    if (clear && l->mode == MV_LOGDIRTY_WP_ASYNC) {
+        rc = clean_written(d, dirty, words);
+        count = rc >= 0 ? (uint64_t)rc : 0;
+    } else {
+        /* Every page the guest can write without a trap is protected
+         * again and in the live bitmap after this, whoever took its bit
+         * before. */
+        rc = harvest_locked(d);
+        if (rc >= 0)
+            count = take_words(l, dirty, words, clear);
     }
     if (rc >= 0 && zero)
         fill_zero(d, dirty, zero, words);

@@ -489,6 +489,50 @@ static void harvest_fills_the_live_bitmap(void **state)
     mv_host_destroy(h);
 }
 
+/*
+ * wp-async clean scans into the caller's bitmap after taking the live
+ * words: a scan that fails after its first batch (the kernel re-protected
+ * those pages already) must put everything it took back into the live
+ * bitmap -- the batch's pages and a page a harvest had moved there -- so
+ * the next clean reports every write exactly, and stats count only the
+ * successful fetch.
+ */
+static void failed_scan_puts_back_what_it_took(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t id = logging_domain(h, "putback", MV_LOGDIRTY_WP_ASYNC);
+    uint8_t *ram = ram_of(h, id);
+    uint64_t dirty[WORDS], *live;
+    struct mv_logdirty_stats st;
+    size_t words;
+    uint64_t written = 0;
+
+    (void)state;
+    assert_ok(mv_logdirty_enable(h, id));
+    assert_ok(mv_logdirty_bitmap(h, id, &live, &words));
+    /* One page in the live bitmap through a harvest... */
+    write_page(ram, PAGES - 1, 5);
+    assert_int_equal(mv_logdirty_harvest(h, id), 1);
+    /* ... and 600 separate runs: more than one batch of scan results. */
+    for (uint64_t gfn = 0; gfn < 1200; gfn += 2, written++)
+        write_page(ram, gfn, 5);
+    mv__os_inject(MV_OS_PAGEMAP_SCAN, EIO, 1, 1);
+    assert_err(mv_logdirty_clean(h, id, dirty, NULL, WORDS), -EIO);
+    assert_int_equal(mv__os_injection_left(MV_OS_PAGEMAP_SCAN), 0);
+    mv__os_inject(MV_OS_PAGEMAP_SCAN, 0, 0, 0);
+    /* The first batch is protected again and back in the live bitmap. */
+    assert_true(bit(live, 0));
+    assert_true(bit(live, PAGES - 1));
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), (int64_t)written + 1);
+    for (uint64_t gfn = 0; gfn < PAGES; gfn++)
+        assert_int_equal(bit(dirty, gfn), gfn == PAGES - 1 || (gfn < 1200 && gfn % 2 == 0));
+    assert_int_equal(mv_logdirty_clean(h, id, dirty, NULL, WORDS), 0);
+    assert_ok(mv_logdirty_stats(h, id, &st));
+    assert_int_equal(st.rounds, 2);
+    assert_int_equal(st.total_dirty, written + 1);
+    mv_host_destroy(h);
+}
+
 /* ------------------------------------------------------------------------ */
 /* A consumer of the live bitmap: what it takes is written again, and
  * reported again, in every mode.                                          */
@@ -940,6 +984,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(guest_workload_under_logging),
     cmocka_unit_test(shared_bitmap_consumer),
     cmocka_unit_test(harvest_fills_the_live_bitmap),
+    cmocka_unit_test(failed_scan_puts_back_what_it_took),
     cmocka_unit_test(live_bitmap_consumer_wp_async),
     cmocka_unit_test(live_bitmap_consumer_wp_sync),
     cmocka_unit_test(live_bitmap_consumer_mprotect),

@@ -348,6 +348,9 @@ void share_check_room(struct mv_domain *d, uint64_t more);
 int64_t share_settle_range(struct mv_domain *d, uint64_t gfn, uint64_t n, bool hold);
 long share_hold_copies(struct mv_domain *d, uint64_t gfn, uint64_t n, uint8_t *found);
 void share_rearm_range(struct mv_domain *d, uint64_t gfn, uint64_t n);
+/* The settler thread's name (at most 15 characters); `memvisor bench cow`
+ * looks it up in /proc/self/task to read its CPU time. */
+#define MV__SETTLER_NAME "memvisor-settle"
 int share_settler_start(struct mv_host *h);
 
 /* cow.c */
