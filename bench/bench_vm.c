@@ -199,65 +199,27 @@ enum plain_ram { PLAIN_MEMFD, PLAIN_KSM };
 static int plain_launch(struct vm_run *run, const char *name, enum plain_ram ram,
                         struct mv_qemu *out)
 {
-    char mem[32], ram_arg[160], console_arg[PATH_MAX + 64], ctl_arg[PATH_MAX + 64];
-    char qmp_arg[PATH_MAX + 64];
-    const char *argv[48];
-    int argc = 0, log_fd;
+    struct mv_qemu_argv a = { .argc = 0 };
+    char ram_arg[160];
+    int log_fd;
     pid_t pid;
 
     memset(out, 0, sizeof(*out));
-    snprintf(out->name, sizeof(out->name), "%s", name);
-    snprintf(out->console_path, sizeof(out->console_path), "%s/%s.console", run->run_dir,
-             name);
-    snprintf(out->qmp_path, sizeof(out->qmp_path), "%s/%s.qmp", run->run_dir, name);
-    snprintf(out->ctl_path, sizeof(out->ctl_path), "%s/%s.ctl", run->run_dir, name);
-    snprintf(out->log_path, sizeof(out->log_path), "%s/%s.log", run->run_dir, name);
-    mv_qemu_cleanup(out);
-    snprintf(mem, sizeof(mem), "%" PRIu64 "M", run->opt.maxmem >> 20);
+    mv_qemu_name_files(out, run->run_dir, name);
     snprintf(ram_arg, sizeof(ram_arg), "memory-backend-memfd,id=ram,size=%" PRIu64
              ",share=on", run->opt.maxmem);
-    snprintf(console_arg, sizeof(console_arg), "file,id=con,path=%s", out->console_path);
-    snprintf(ctl_arg, sizeof(ctl_arg), "socket,id=ctl,path=%s,server=on,wait=off",
-             out->ctl_path);
-    snprintf(qmp_arg, sizeof(qmp_arg), "unix:%s,server=on,wait=off", out->qmp_path);
-    argv[argc++] = "qemu-system-x86_64";
-    argv[argc++] = "-accel";
-    argv[argc++] = run->opt.accel;
-    argv[argc++] = "-machine";
+    a.argv[a.argc++] = "qemu-system-x86_64";
+    a.argv[a.argc++] = "-accel";
+    a.argv[a.argc++] = run->opt.accel;
+    a.argv[a.argc++] = "-machine";
     if (ram == PLAIN_MEMFD) {
-        argv[argc++] = "pc,memory-backend=ram";
-        argv[argc++] = "-object";
-        argv[argc++] = ram_arg;
+        a.argv[a.argc++] = "pc,memory-backend=ram";
+        a.argv[a.argc++] = "-object";
+        a.argv[a.argc++] = ram_arg;
     } else {
-        argv[argc++] = "pc,mem-merge=on";
+        a.argv[a.argc++] = "pc,mem-merge=on";
     }
-    argv[argc++] = "-m";
-    argv[argc++] = mem;
-    argv[argc++] = "-smp";
-    argv[argc++] = "1";
-    argv[argc++] = "-display";
-    argv[argc++] = "none";
-    argv[argc++] = "-no-reboot";
-    argv[argc++] = "-nodefaults";
-    argv[argc++] = "-chardev";
-    argv[argc++] = console_arg;
-    argv[argc++] = "-serial";
-    argv[argc++] = "chardev:con";
-    argv[argc++] = "-chardev";
-    argv[argc++] = ctl_arg;
-    argv[argc++] = "-serial";
-    argv[argc++] = "chardev:ctl";
-    argv[argc++] = "-qmp";
-    argv[argc++] = qmp_arg;
-    argv[argc++] = "-device";
-    argv[argc++] = "virtio-balloon-pci,id=balloon0,free-page-reporting=on";
-    argv[argc++] = "-kernel";
-    argv[argc++] = run->kernel;
-    argv[argc++] = "-initrd";
-    argv[argc++] = run->initrd;
-    argv[argc++] = "-append";
-    argv[argc++] = VM_APPEND;
-    argv[argc] = NULL;
+    mv_qemu_add_guest_args(&a, out, run->opt.maxmem, run->kernel, run->initrd, VM_APPEND);
 
     log_fd = open(out->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (log_fd < 0) {
@@ -280,8 +242,8 @@ static int plain_launch(struct vm_run *run, const char *name, enum plain_ram ram
             dup2(devnull, 0);
         dup2(log_fd, 1);
         dup2(log_fd, 2);
-        execvp(argv[0], (char *const *)argv);
-        dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
+        execvp(a.argv[0], (char *const *)a.argv);
+        dprintf(2, "exec %s: %s\n", a.argv[0], strerror(errno));
         _exit(127);
     }
     close(log_fd);

@@ -60,8 +60,9 @@ static void standin_start(mv_host *h, struct standin *s, const char *sizes, bool
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     struct mv_fc_handover ho;
-    int lfd, to[2], from[2];
+    char *argv[] = { "fc_standin", sa.sun_path, (char *)sizes, wp ? "--wp" : NULL, NULL };
     char why[256], line[64];
+    int lfd;
 
     snprintf(s->dir, sizeof(s->dir), "/tmp/mv-test-fc.XXXXXX");
     assert_non_null(mkdtemp(s->dir));
@@ -69,21 +70,7 @@ static void standin_start(mv_host *h, struct standin *s, const char *sizes, bool
     lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     assert_int_equal(listen(lfd, 1), 0);
-    assert_int_equal(pipe2(to, O_CLOEXEC), 0);
-    assert_int_equal(pipe2(from, O_CLOEXEC), 0);
-    s->pid = fork();
-    assert_true(s->pid >= 0);
-    if (s->pid == 0) {
-        dup2(to[0], 0);
-        dup2(from[1], 1);
-        execl(MV_STANDIN_PATH, "fc_standin", sa.sun_path, sizes, wp ? "--wp" : NULL,
-              (char *)NULL);
-        _exit(127);
-    }
-    close(to[0]);
-    close(from[1]);
-    s->in = fdopen(to[1], "w");
-    s->out = fdopen(from[0], "r");
+    s->pid = tu_spawn(MV_STANDIN_PATH, argv, NULL, NULL, &s->in, &s->out);
     if (mv_fc_receive(lfd, 10000, &ho, why, sizeof(why)) < 0)
         fail_msg("no hand-over: %s", why);
     close(lfd);

@@ -35,46 +35,46 @@ struct stub {
 #define STUB_CONTROL_FD 10
 #define STUB_RAM_FD 11
 
+/* What the stand-in VMM's child sets up before its exec: the control
+ * socket and the machine file at the descriptors its environment names,
+ * and the agent unless the case runs without it. */
+struct stub_setup {
+    int control, ram;
+    bool no_agent;
+};
+
+static void stub_prepare(void *arg)
+{
+    const struct stub_setup *s = arg;
+
+    dup2(s->control, STUB_CONTROL_FD);
+    dup2(s->ram, STUB_RAM_FD);
+    if (!s->no_agent)
+        setenv("LD_PRELOAD", MV_AGENT_PATH, 1);
+    setenv("MEMVISOR_VMM_FD", "10", 1);
+    setenv("MEMVISOR_RAM_FD", "11", 1);
+    /* The agent comes before the sanitizer runtimes in the stub. */
+    setenv("ASAN_OPTIONS", "verify_asan_link_order=0:detect_leaks=0", 1);
+}
+
 /* Start a stand-in VMM mapping `size` bytes, with the agent unless
- * `no_agent`; its end of the control socket is returned in *peer when
- * `peer` is set (the caller serves it), else served here with `config`. */
+ * `no_agent`; memvisor's end of its control socket in *control. */
 static pid_t stub_spawn(mv_host *h, uint64_t size, bool no_agent, int *control,
                         FILE **in, FILE **out)
 {
-    int sv[2], to[2], from[2];
+    char sz[32], path[64];
+    char *argv[] = { "vmm_stub", sz, path, NULL };
+    struct stub_setup setup = { .ram = mv_host_machine_fd(h), .no_agent = no_agent };
+    int sv[2];
     pid_t pid;
 
     assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-    assert_int_equal(pipe2(to, O_CLOEXEC), 0);
-    assert_int_equal(pipe2(from, O_CLOEXEC), 0);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        char sz[32], path[64];
-
-        dup2(to[0], 0);
-        dup2(from[1], 1);
-        dup2(sv[1], STUB_CONTROL_FD);
-        dup2(mv_host_machine_fd(h), STUB_RAM_FD);
-        snprintf(sz, sizeof(sz), "%llu", (unsigned long long)size);
-        snprintf(path, sizeof(path), "/proc/self/fd/%d", STUB_RAM_FD);
-        if (!no_agent)
-            setenv("LD_PRELOAD", MV_AGENT_PATH, 1);
-        setenv("MEMVISOR_VMM_FD", "10", 1);
-        setenv("MEMVISOR_RAM_FD", "11", 1);
-        /* The agent comes before the sanitizer runtimes in the stub. */
-        setenv("ASAN_OPTIONS", "verify_asan_link_order=0:detect_leaks=0", 1);
-        execl(MV_STUB_PATH, "vmm_stub", sz, path, (char *)NULL);
-        _exit(127);
-    }
+    snprintf(sz, sizeof(sz), "%llu", (unsigned long long)size);
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", STUB_RAM_FD);
+    setup.control = sv[1];
+    pid = tu_spawn(MV_STUB_PATH, argv, stub_prepare, &setup, in, out);
     close(sv[1]);
-    close(to[0]);
-    close(from[1]);
     *control = sv[0];
-    *in = fdopen(to[1], "w");
-    *out = fdopen(from[0], "r");
-    assert_non_null(*in);
-    assert_non_null(*out);
     return pid;
 }
 

@@ -23,6 +23,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+
 #include "memvisor.h"
 #include "memvisor-guest.h"
 
@@ -219,6 +223,39 @@ static inline bool tu_sem_wait_ms(sem_t *sem, unsigned ms)
         if (errno != EINTR)
             return false;
     }
+}
+
+/*
+ * Start `path` (argv[0] first, NULL-terminated) in a child whose stdin and
+ * stdout are pipes, returned as *in (to write it commands) and *out (to
+ * read its replies); in the child, setup(arg) runs first when set (its
+ * descriptors, its environment).  The child's pid.
+ */
+static inline pid_t tu_spawn(const char *path, char *const argv[], void (*setup)(void *),
+                             void *arg, FILE **in, FILE **out)
+{
+    int to[2], from[2];
+    pid_t pid;
+
+    assert_int_equal(pipe2(to, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(from, O_CLOEXEC), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(to[0], 0);
+        dup2(from[1], 1);
+        if (setup)
+            setup(arg);
+        execv(path, argv);
+        _exit(127);
+    }
+    close(to[0]);
+    close(from[1]);
+    *in = fdopen(to[1], "w");
+    *out = fdopen(from[0], "r");
+    assert_non_null(*in);
+    assert_non_null(*out);
+    return pid;
 }
 
 /* Run the named case, or all of them without an argument. */

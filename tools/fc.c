@@ -5,6 +5,7 @@
  * address, size and offset as unsigned integers and a page size.
  */
 #include "fc.h"
+#include "protocol.h"
 
 #include <errno.h>
 #include <json-c/json.h>
@@ -18,19 +19,6 @@
 #include <unistd.h>
 
 #define MV_FC_MESSAGE_MAX 65536
-
-static int fail(char *why, size_t len, int err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *why, size_t len, int err, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(why, len, fmt, ap);
-    va_end(ap);
-    return err;
-}
 
 static bool member_u64(struct json_object *o, const char *key, uint64_t *out)
 {
@@ -55,18 +43,18 @@ int mv_fc_parse_regions(const char *json, struct mv_fc_region **regions, size_t 
     *regions = NULL;
     *count = 0;
     if (!tok)
-        return fail(why, why_len, -ENOMEM, "no memory to parse the hand-over");
+        return mv_proto_fail(why, why_len, -ENOMEM, "no memory to parse the hand-over");
     root = json_tokener_parse_ex(tok, json, (int)strlen(json));
     if (!root || json_tokener_get_error(tok) != json_tokener_success ||
         tok->char_offset != (int)strlen(json))
-        rc = fail(why, why_len, -EINVAL, "the hand-over is not one JSON value: %s",
+        rc = mv_proto_fail(why, why_len, -EINVAL, "the hand-over is not one JSON value: %s",
                   json_tokener_error_desc(json_tokener_get_error(tok)));
     else if (!json_object_is_type(root, json_type_array) ||
              (n = json_object_array_length(root)) == 0 || n > 1024)
-        rc = fail(why, why_len, -EINVAL, "the hand-over is not an array of 1 to 1024 "
+        rc = mv_proto_fail(why, why_len, -EINVAL, "the hand-over is not an array of 1 to 1024 "
                   "regions");
     else if (!(r = calloc(n, sizeof(*r))))
-        rc = fail(why, why_len, -ENOMEM, "no memory for %zu regions", n);
+        rc = mv_proto_fail(why, why_len, -ENOMEM, "no memory for %zu regions", n);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         struct json_object *o = json_object_array_get_idx(root, i);
         uint64_t kib;
@@ -74,14 +62,14 @@ int mv_fc_parse_regions(const char *json, struct mv_fc_region **regions, size_t 
         if (!json_object_is_type(o, json_type_object) ||
             !member_u64(o, "base_host_virt_addr", &r[i].base) ||
             !member_u64(o, "size", &r[i].size) || !member_u64(o, "offset", &r[i].offset))
-            rc = fail(why, why_len, -EINVAL, "region %zu lacks base_host_virt_addr, size "
+            rc = mv_proto_fail(why, why_len, -EINVAL, "region %zu lacks base_host_virt_addr, size "
                       "or offset as unsigned integers", i);
         else if (member_u64(o, "page_size", &r[i].page_size))
             ;
         else if (member_u64(o, "page_size_kib", &kib) && kib < (UINT64_MAX >> 10))
             r[i].page_size = kib << 10;
         else
-            rc = fail(why, why_len, -EINVAL, "region %zu has no page_size", i);
+            rc = mv_proto_fail(why, why_len, -EINVAL, "region %zu has no page_size", i);
     }
     if (root)
         json_object_put(root);
@@ -112,28 +100,28 @@ int mv_fc_receive(int listen_fd, unsigned timeout_ms, struct mv_fc_handover *out
     memset(out, 0, sizeof(*out));
     out->uffd = -1;
     if (!buf)
-        return fail(why, why_len, -ENOMEM, "no memory for the hand-over");
+        return mv_proto_fail(why, why_len, -ENOMEM, "no memory for the hand-over");
     rc = poll(&p, 1, timeout_ms ? (int)timeout_ms : -1);
     if (rc <= 0) {
         free(buf);
-        return rc == 0 ? fail(why, why_len, -ETIMEDOUT, "no VMM connected within %u ms",
+        return rc == 0 ? mv_proto_fail(why, why_len, -ETIMEDOUT, "no VMM connected within %u ms",
                               timeout_ms)
-                       : fail(why, why_len, -errno, "poll: %s", strerror(errno));
+                       : mv_proto_fail(why, why_len, -errno, "poll: %s", strerror(errno));
     }
     conn = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (conn < 0) {
         free(buf);
-        return fail(why, why_len, -errno, "accept: %s", strerror(errno));
+        return mv_proto_fail(why, why_len, -errno, "accept: %s", strerror(errno));
     }
     if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) < 0)
         cred.pid = 0;
     p.fd = conn;
     rc = poll(&p, 1, timeout_ms ? (int)timeout_ms : -1) <= 0
-             ? fail(why, why_len, -ETIMEDOUT, "the VMM connected but sent nothing")
+             ? mv_proto_fail(why, why_len, -ETIMEDOUT, "the VMM connected but sent nothing")
              : 0;
     n = rc == 0 ? recvmsg(conn, &mh, MSG_CMSG_CLOEXEC) : -1;
     if (rc == 0 && n < 0)
-        rc = fail(why, why_len, -errno, "recvmsg: %s", strerror(errno));
+        rc = mv_proto_fail(why, why_len, -errno, "recvmsg: %s", strerror(errno));
     for (struct cmsghdr *c = n >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c)) {
         int *fds = (int *)CMSG_DATA(c);
         size_t nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -149,9 +137,9 @@ int mv_fc_receive(int listen_fd, unsigned timeout_ms, struct mv_fc_handover *out
     }
     close(conn);
     if (rc == 0 && (n == 0 || out->uffd < 0))
-        rc = fail(why, why_len, -EPROTO, "the VMM's message carried no userfaultfd");
+        rc = mv_proto_fail(why, why_len, -EPROTO, "the VMM's message carried no userfaultfd");
     if (rc == 0 && (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
-        rc = fail(why, why_len, -EPROTO, "the VMM's message was longer than %d bytes",
+        rc = mv_proto_fail(why, why_len, -EPROTO, "the VMM's message was longer than %d bytes",
                   MV_FC_MESSAGE_MAX);
     if (rc == 0) {
         buf[n] = '\0';

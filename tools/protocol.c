@@ -19,23 +19,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define READER_INITIAL_CAPACITY 4096u
 /* Below this, sharing many pages runs out of mappings (see doctor advice). */
 #define RECOMMENDED_MAX_MAP_COUNT 262144u
 
-static int fail_why(char *why, int err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail_why(char *why, int err, const char *fmt, ...)
+int mv_proto_fail(char *why, size_t why_len, int err, const char *fmt, ...)
 {
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(why, MV_PROTO_DETAIL_MAX, fmt, ap);
+    vsnprintf(why, why_len, fmt, ap);
     va_end(ap);
     return err;
+}
+
+uint64_t mv_proto_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -58,9 +64,9 @@ int mv_proto_socket_address(const char *path, struct sockaddr_un *address,
     size_t n = strlen(path);
 
     if (n == 0)
-        return fail_why(why, -EINVAL, "the socket path is empty");
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "the socket path is empty");
     if (n >= sizeof(address->sun_path))
-        return fail_why(why, -ENAMETOOLONG, "socket path '%s' is longer than %zu bytes",
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -ENAMETOOLONG, "socket path '%s' is longer than %zu bytes",
                         path, sizeof(address->sun_path) - 1);
     memset(address, 0, sizeof(*address));
     address->sun_family = AF_UNIX;
@@ -330,20 +336,20 @@ static int check_literals(const char *line, size_t length, char *why)
     bool in_string = false;
 
     if (memchr(line, 0, length))
-        return fail_why(why, -EINVAL, "a message must not contain NUL bytes");
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "a message must not contain NUL bytes");
     for (size_t i = 0; i < length; i++) {
         size_t start = i;
 
         if (in_string) {
             if ((unsigned char)line[i] < 0x20)
-                return fail_why(why, -EINVAL, "a string holds the control character "
+                return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "a string holds the control character "
                                 "%#x at byte %zu (JSON wants it escaped)",
                                 (unsigned char)line[i], i);
             if (line[i] == '"')
                 in_string = false;
             else if (line[i] == '\\' && i + 5 < length && line[i + 1] == 'u' &&
                      memcmp(line + i + 2, "0000", 4) == 0)
-                return fail_why(why, -EINVAL, "a string holds a NUL character "
+                return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "a string holds a NUL character "
                                 "(\\u0000) at byte %zu", i);
             else if (line[i] == '\\')
                 i++;
@@ -364,7 +370,7 @@ static int check_literals(const char *line, size_t length, char *why)
                                   line[i] == '-'))
                 i++;
         } else if (i > start + (line[start] == '-') && !integer_fits(line, start, i)) {
-            return fail_why(why, -EINVAL, "the number at byte %zu does not fit in 64 "
+            return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "the number at byte %zu does not fit in 64 "
                             "bits", start);
         }
         i--;
@@ -382,10 +388,10 @@ int mv_proto_parse_message(const char *line, size_t length,
     int rc;
 
     if (!tokener)
-        return fail_why(why, -ENOMEM, "no memory for a JSON parser");
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -ENOMEM, "no memory for a JSON parser");
     if (length > INT32_MAX - 1) {
         json_tokener_free(tokener);
-        return fail_why(why, -EINVAL, "message of %zu bytes is too long", length);
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "message of %zu bytes is too long", length);
     }
     rc = check_literals(line, length, why);
     if (rc < 0) {
@@ -400,12 +406,12 @@ int mv_proto_parse_message(const char *line, size_t length,
     json_tokener_free(tokener);
     /* json-c parses a JSON null successfully into NULL. */
     if (!parsed && error != json_tokener_success)
-        return fail_why(why, -EINVAL, "malformed JSON at byte %zu: %s", end,
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "malformed JSON at byte %zu: %s", end,
                         json_tokener_error_desc(error));
     for (; end < length; end++) {
         if (line[end] != ' ' && line[end] != '\t' && line[end] != '\r') {
             json_object_put(parsed);
-            return fail_why(why, -EINVAL, "unexpected data after the JSON value at "
+            return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "unexpected data after the JSON value at "
                             "byte %zu", end);
         }
     }
@@ -415,7 +421,7 @@ int mv_proto_parse_message(const char *line, size_t length,
         const char *type = json_type_to_name(json_object_get_type(parsed));
 
         json_object_put(parsed);
-        return fail_why(why, -EINVAL, "a message must be a JSON object, not %s", type);
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "a message must be a JSON object, not %s", type);
     }
     *message = parsed;
     return 0;
@@ -512,7 +518,7 @@ static int send_all(int fd, const char *data, size_t length, char *why)
         if (n < 0 && errno == EINTR)
             continue; /* a signal the caller handles (the CLI's Ctrl-C) */
         if (n < 0)
-            return fail_why(why, -errno, "cannot send the request: %s", strerror(errno));
+            return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -errno, "cannot send the request: %s", strerror(errno));
         data += n;
         length -= (size_t)n;
     }
@@ -528,7 +534,7 @@ int mv_proto_call(int fd, struct mv_proto_reader *reader,
     int rc;
 
     if (!line)
-        return fail_why(why, -ENOMEM, "no memory to encode the request");
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -ENOMEM, "no memory to encode the request");
     rc = send_all(fd, line, length, why);
     free(line);
     /* Hung up before reading the request: it may have said why first (a
@@ -558,21 +564,21 @@ int mv_proto_call(int fd, struct mv_proto_reader *reader,
         case MV_PROTO_LINE:
             return mv_proto_parse_message(line, length, reply, why);
         case MV_PROTO_OVERSIZED:
-            return fail_why(why, -EMSGSIZE, "the reply is longer than %zu bytes",
+            return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EMSGSIZE, "the reply is longer than %zu bytes",
                             reader->max_line);
         case MV_PROTO_NEED_MORE:
             break;
         }
         space = mv_proto_reader_space(reader, &room);
         if (!space)
-            return fail_why(why, -ENOMEM, "no memory for the reply");
+            return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -ENOMEM, "no memory for the reply");
         n = recv(fd, space, room, 0);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
-            return fail_why(why, -errno, "cannot receive the reply: %s", strerror(errno));
+            return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -errno, "cannot receive the reply: %s", strerror(errno));
         if (n == 0)
-            return fail_why(why, -ECONNRESET, "memvisord closed the connection "
+            return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -ECONNRESET, "memvisord closed the connection "
                             "without replying");
         mv_proto_reader_commit(reader, (size_t)n);
     }
@@ -591,7 +597,7 @@ static int missing_argument(const char *key, bool required, char *why)
 {
     if (!required)
         return 0;
-    return fail_why(why, -EINVAL, "missing argument '%s'", key);
+    return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "missing argument '%s'", key);
 }
 
 int mv_proto_arg_string(struct json_object *message, const char *key,
@@ -602,10 +608,10 @@ int mv_proto_arg_string(struct json_object *message, const char *key,
     if (!value)
         return missing_argument(key, required, why);
     if (!json_object_is_type(value, json_type_string))
-        return fail_why(why, -EINVAL, "argument '%s' must be a string", key);
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "argument '%s' must be a string", key);
     *out = json_object_get_string(value);
     if (strlen(*out) != (size_t)json_object_get_string_len(value))
-        return fail_why(why, -EINVAL, "argument '%s' holds a NUL character", key);
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "argument '%s' holds a NUL character", key);
     return 0;
 }
 
@@ -614,9 +620,9 @@ static int integer_value(struct json_object *value, const char *key, uint64_t *o
                          char *why)
 {
     if (!json_object_is_type(value, json_type_int))
-        return fail_why(why, -EINVAL, "argument '%s' must be an integer", key);
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "argument '%s' must be an integer", key);
     if (json_object_get_int64(value) < 0)
-        return fail_why(why, -EINVAL, "argument '%s' must not be negative", key);
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "argument '%s' must not be negative", key);
     *out = json_object_get_uint64(value);
     return 0;
 }
@@ -643,7 +649,7 @@ int mv_proto_arg_size(struct json_object *message, const char *key,
         return integer_value(value, key, out, why);
     rc = mv_proto_parse_size(json_object_get_string(value), out);
     if (rc < 0)
-        return fail_why(why, -EINVAL, "argument '%s': '%s' is %s", key,
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "argument '%s': '%s' is %s", key,
                         json_object_get_string(value), mv_proto_size_error(rc));
     return 0;
 }
@@ -656,7 +662,7 @@ int mv_proto_arg_object(struct json_object *message, const char *key,
     if (!value)
         return missing_argument(key, required, why);
     if (!json_object_is_type(value, json_type_object))
-        return fail_why(why, -EINVAL, "argument '%s' must be an object", key);
+        return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "argument '%s' must be an object", key);
     *out = value;
     return 0;
 }
@@ -673,7 +679,7 @@ int mv_proto_check_members(struct json_object *message,
         while (*name && strcmp(*name, key) != 0)
             name++;
         if (!*name)
-            return fail_why(why, -EINVAL, "unknown argument '%s'", key);
+            return mv_proto_fail(why, MV_PROTO_DETAIL_MAX, -EINVAL, "unknown argument '%s'", key);
     }
     return 0;
 }

@@ -109,6 +109,13 @@ struct json_object;
 #define MV_PROTO_MAX_REPLY (16 * 1024 * 1024)
 /* Size of every `why` buffer below. */
 #define MV_PROTO_DETAIL_MAX 256
+
+/* Put the message in why (why_len bytes) and return err: the tools' way
+ * of failing with a reason. */
+int mv_proto_fail(char *why, size_t why_len, int err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* CLOCK_MONOTONIC in milliseconds. */
+uint64_t mv_proto_now_ms(void);
 /* The protocol's version: MAJOR changes when an old client or daemon would
  * misread the other (a command or argument removed or changed in meaning),
  * MINOR when something is added. */

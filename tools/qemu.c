@@ -13,6 +13,7 @@
  * calls.
  */
 #include "qemu.h"
+#include "protocol.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,19 +32,6 @@
 
 #define MV_QEMU_CONTROL_FD 10
 #define MV_QEMU_RAM_FD 11
-
-static int fail(char *why, size_t len, int err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *why, size_t len, int err, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(why, len, fmt, ap);
-    va_end(ap);
-    return err;
-}
 
 /* `name` found in PATH (or as a path), into out. */
 static bool find_program(const char *name, char *out, size_t len)
@@ -119,101 +107,112 @@ static void last_log_line(const char *path, char *out, size_t len)
     }
 }
 
+void mv_qemu_name_files(struct mv_qemu *q, const char *run_dir, const char *name)
+{
+    snprintf(q->name, sizeof(q->name), "%s", name);
+    snprintf(q->console_path, sizeof(q->console_path), "%s/%s.console", run_dir, name);
+    snprintf(q->qmp_path, sizeof(q->qmp_path), "%s/%s.qmp", run_dir, name);
+    snprintf(q->ctl_path, sizeof(q->ctl_path), "%s/%s.ctl", run_dir, name);
+    snprintf(q->log_path, sizeof(q->log_path), "%s/%s.log", run_dir, name);
+    mv_qemu_cleanup(q);
+}
+
+void mv_qemu_add_guest_args(struct mv_qemu_argv *a, const struct mv_qemu *q,
+                            uint64_t maxmem_bytes, const char *kernel, const char *initrd,
+                            const char *append)
+{
+    snprintf(a->mem, sizeof(a->mem), "%lluM", (unsigned long long)(maxmem_bytes >> 20));
+    snprintf(a->console, sizeof(a->console), "file,id=con,path=%s", q->console_path);
+    snprintf(a->ctl, sizeof(a->ctl), "socket,id=ctl,path=%s,server=on,wait=off",
+             q->ctl_path);
+    snprintf(a->qmp, sizeof(a->qmp), "unix:%s,server=on,wait=off", q->qmp_path);
+    a->argv[a->argc++] = "-m";
+    a->argv[a->argc++] = a->mem;
+    a->argv[a->argc++] = "-smp";
+    a->argv[a->argc++] = "1";
+    a->argv[a->argc++] = "-display";
+    a->argv[a->argc++] = "none";
+    a->argv[a->argc++] = "-no-reboot";
+    a->argv[a->argc++] = "-nodefaults";
+    a->argv[a->argc++] = "-chardev";
+    a->argv[a->argc++] = a->console;
+    a->argv[a->argc++] = "-serial";
+    a->argv[a->argc++] = "chardev:con";
+    a->argv[a->argc++] = "-chardev";
+    a->argv[a->argc++] = a->ctl;
+    a->argv[a->argc++] = "-serial";
+    a->argv[a->argc++] = "chardev:ctl";
+    a->argv[a->argc++] = "-qmp";
+    a->argv[a->argc++] = a->qmp;
+    a->argv[a->argc++] = "-device";
+    a->argv[a->argc++] = "virtio-balloon-pci,id=balloon0,free-page-reporting=on";
+    a->argv[a->argc++] = "-kernel";
+    a->argv[a->argc++] = kernel;
+    if (initrd) {
+        a->argv[a->argc++] = "-initrd";
+        a->argv[a->argc++] = initrd;
+    }
+    a->argv[a->argc++] = "-append";
+    a->argv[a->argc++] = append;
+    a->argv[a->argc] = NULL;
+}
+
 int mv_qemu_launch(mv_host *host, const struct mv_domain_config *config,
                    const struct mv_qemu_options *o, struct mv_qemu *out,
                    char *why, size_t why_len)
 {
-    char qemu[PATH_MAX], agent[PATH_MAX], ram_arg[256], mem[32], ram_path[64];
-    char console_arg[PATH_MAX + 64], ctl_arg[PATH_MAX + 64], qmp_arg[PATH_MAX + 64];
+    char qemu[PATH_MAX], agent[PATH_MAX], ram_arg[256], ram_path[64];
     char env_fd[16], env_ram[16], env_preload[PATH_MAX + 16], last[200];
     const char *accel = o->accel ? o->accel : "tcg";
-    const char *argv[48];
-    int sv[2], rc, log_fd, argc = 0, status;
+    struct mv_qemu_argv a;
+    int sv[2], rc, log_fd, status;
     uint32_t domid;
     pid_t pid;
 
     memset(out, 0, sizeof(*out));
     if (!find_program(o->qemu ? o->qemu : "qemu-system-x86_64", qemu, sizeof(qemu)))
-        return fail(why, why_len, -ENOENT, "%s not found: install Debian's qemu-system-x86 "
+        return mv_proto_fail(why, why_len, -ENOENT, "%s not found: install Debian's qemu-system-x86 "
                     "(apt-get install qemu-system-x86)",
                     o->qemu ? o->qemu : "qemu-system-x86_64");
     if (!o->kernel || access(o->kernel, R_OK) != 0)
-        return fail(why, why_len, -ENOENT, "kernel %s cannot be read: build the guest "
+        return mv_proto_fail(why, why_len, -ENOENT, "kernel %s cannot be read: build the guest "
                     "image with scripts/guest-image.sh, or give --kernel",
                     o->kernel ? o->kernel : "(none given)");
     if (o->initrd && access(o->initrd, R_OK) != 0)
-        return fail(why, why_len, -ENOENT, "initrd %s cannot be read", o->initrd);
+        return mv_proto_fail(why, why_len, -ENOENT, "initrd %s cannot be read", o->initrd);
     if (strcmp(accel, "tcg") != 0 && strcmp(accel, "kvm") != 0)
-        return fail(why, why_len, -EINVAL, "accelerator '%s' is not tcg or kvm", accel);
+        return mv_proto_fail(why, why_len, -EINVAL, "accelerator '%s' is not tcg or kvm", accel);
     if (strcmp(accel, "kvm") == 0 && access("/dev/kvm", R_OK | W_OK) != 0)
-        return fail(why, why_len, -ENODEV, "-accel kvm needs /dev/kvm, which this host "
+        return mv_proto_fail(why, why_len, -ENODEV, "-accel kvm needs /dev/kvm, which this host "
                     "lacks: use tcg");
     if (o->agent)
         snprintf(agent, sizeof(agent), "%s", o->agent);
     else if (!find_agent(agent, sizeof(agent)))
-        return fail(why, why_len, -ENOENT, "libmemvisor-agent.so not found next to "
+        return mv_proto_fail(why, why_len, -ENOENT, "libmemvisor-agent.so not found next to "
                     "memvisord nor where it is installed");
-    snprintf(out->name, sizeof(out->name), "%s", config->name);
-    snprintf(out->console_path, sizeof(out->console_path), "%s/%s.console", o->run_dir,
-             config->name);
-    snprintf(out->qmp_path, sizeof(out->qmp_path), "%s/%s.qmp", o->run_dir, config->name);
-    snprintf(out->ctl_path, sizeof(out->ctl_path), "%s/%s.ctl", o->run_dir, config->name);
-    snprintf(out->log_path, sizeof(out->log_path), "%s/%s.log", o->run_dir, config->name);
-    mv_qemu_cleanup(out);
-
-    snprintf(mem, sizeof(mem), "%lluM", (unsigned long long)(config->maxmem_bytes >> 20));
+    mv_qemu_name_files(out, o->run_dir, config->name);
     snprintf(ram_path, sizeof(ram_path), "/proc/self/fd/%d", MV_QEMU_RAM_FD);
     snprintf(ram_arg, sizeof(ram_arg), "memory-backend-file,id=ram,size=%llu,mem-path=%s,"
              "share=on,align=2M", (unsigned long long)config->maxmem_bytes, ram_path);
-    snprintf(console_arg, sizeof(console_arg), "file,id=con,path=%s", out->console_path);
-    snprintf(ctl_arg, sizeof(ctl_arg), "socket,id=ctl,path=%s,server=on,wait=off",
-             out->ctl_path);
-    snprintf(qmp_arg, sizeof(qmp_arg), "unix:%s,server=on,wait=off", out->qmp_path);
-    argv[argc++] = qemu;
-    argv[argc++] = "-accel";
-    argv[argc++] = accel;
-    argv[argc++] = "-machine";
-    argv[argc++] = "pc,memory-backend=ram";
-    argv[argc++] = "-object";
-    argv[argc++] = ram_arg;
-    argv[argc++] = "-m";
-    argv[argc++] = mem;
-    argv[argc++] = "-smp";
-    argv[argc++] = "1";
-    argv[argc++] = "-display";
-    argv[argc++] = "none";
-    argv[argc++] = "-no-reboot";
-    argv[argc++] = "-nodefaults";
-    argv[argc++] = "-chardev";
-    argv[argc++] = console_arg;
-    argv[argc++] = "-serial";
-    argv[argc++] = "chardev:con";
-    argv[argc++] = "-chardev";
-    argv[argc++] = ctl_arg;
-    argv[argc++] = "-serial";
-    argv[argc++] = "chardev:ctl";
-    argv[argc++] = "-qmp";
-    argv[argc++] = qmp_arg;
-    argv[argc++] = "-device";
-    argv[argc++] = "virtio-balloon-pci,id=balloon0,free-page-reporting=on";
-    argv[argc++] = "-kernel";
-    argv[argc++] = o->kernel;
-    if (o->initrd) {
-        argv[argc++] = "-initrd";
-        argv[argc++] = o->initrd;
-    }
-    argv[argc++] = "-append";
-    argv[argc++] = o->append ? o->append : "console=ttyS0";
-    argv[argc] = NULL;
+    a.argc = 0;
+    a.argv[a.argc++] = qemu;
+    a.argv[a.argc++] = "-accel";
+    a.argv[a.argc++] = accel;
+    a.argv[a.argc++] = "-machine";
+    a.argv[a.argc++] = "pc,memory-backend=ram";
+    a.argv[a.argc++] = "-object";
+    a.argv[a.argc++] = ram_arg;
+    mv_qemu_add_guest_args(&a, out, config->maxmem_bytes, o->kernel, o->initrd,
+                           o->append ? o->append : "console=ttyS0");
 
     log_fd = open(out->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (log_fd < 0)
-        return fail(why, why_len, -errno, "cannot create %s: %s", out->log_path,
+        return mv_proto_fail(why, why_len, -errno, "cannot create %s: %s", out->log_path,
                     strerror(errno));
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
         rc = -errno;
         close(log_fd);
-        return fail(why, why_len, rc, "socketpair: %s", strerror(-rc));
+        return mv_proto_fail(why, why_len, rc, "socketpair: %s", strerror(-rc));
     }
     snprintf(env_fd, sizeof(env_fd), "%d", MV_QEMU_CONTROL_FD);
     snprintf(env_ram, sizeof(env_ram), "%d", MV_QEMU_RAM_FD);
@@ -224,7 +223,7 @@ int mv_qemu_launch(mv_host *host, const struct mv_domain_config *config,
         close(sv[0]);
         close(sv[1]);
         close(log_fd);
-        return fail(why, why_len, rc, "fork: %s", strerror(-rc));
+        return mv_proto_fail(why, why_len, rc, "fork: %s", strerror(-rc));
     }
     if (pid == 0) {
         int devnull = open("/dev/null", O_RDWR);
@@ -244,7 +243,7 @@ int mv_qemu_launch(mv_host *host, const struct mv_domain_config *config,
         setenv("LD_PRELOAD", env_preload, 1);
         setenv("MEMVISOR_VMM_FD", env_fd, 1);
         setenv("MEMVISOR_RAM_FD", env_ram, 1);
-        execv(qemu, (char *const *)argv);
+        execv(qemu, (char *const *)a.argv);
         dprintf(2, "exec %s: %s\n", qemu, strerror(errno));
         _exit(127);
     }
@@ -260,7 +259,7 @@ int mv_qemu_launch(mv_host *host, const struct mv_domain_config *config,
         waitpid(pid, &status, 0);
         last_log_line(out->log_path, last, sizeof(last));
         mv_qemu_cleanup(out);
-        return fail(why, why_len, rc, "QEMU did not hand its RAM over: %s%s%s", lib,
+        return mv_proto_fail(why, why_len, rc, "QEMU did not hand its RAM over: %s%s%s", lib,
                     last[0] ? "; QEMU said: " : "", last);
     }
     out->pid = pid;
@@ -276,7 +275,6 @@ static int qmp_read_answer(int fd, char *buf, size_t len, uint64_t deadline_ms,
     size_t used = 0;
 
     for (;;) {
-        struct timespec ts;
         struct pollfd p = { .fd = fd, .events = POLLIN };
         char *nl;
         uint64_t now;
@@ -290,17 +288,16 @@ static int qmp_read_answer(int fd, char *buf, size_t len, uint64_t deadline_ms,
             used -= (size_t)(nl + 1 - buf);
             memmove(buf, nl + 1, used);
         }
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+        now = mv_proto_now_ms();
         if (now >= deadline_ms)
-            return fail(why, why_len, -ETIMEDOUT, "QMP did not answer in time");
+            return mv_proto_fail(why, why_len, -ETIMEDOUT, "QMP did not answer in time");
         if (poll(&p, 1, (int)(deadline_ms - now)) <= 0)
             continue;
         if (used + 1 >= len)
-            return fail(why, why_len, -EMSGSIZE, "QMP answer too long");
+            return mv_proto_fail(why, why_len, -EMSGSIZE, "QMP answer too long");
         n = read(fd, buf + used, len - used - 1);
         if (n <= 0)
-            return fail(why, why_len, -EPIPE, "QMP closed the connection");
+            return mv_proto_fail(why, why_len, -EPIPE, "QMP closed the connection");
         used += (size_t)n;
         buf[used] = '\0';
     }
@@ -311,33 +308,30 @@ int mv_qemu_qmp(const struct mv_qemu *q, const char *command, char *reply,
 {
     struct sockaddr_un a = { .sun_family = AF_UNIX };
     const char *caps = "{\"execute\":\"qmp_capabilities\"}\n";
-    struct timespec ts;
-    uint64_t deadline;
+    uint64_t deadline = mv_proto_now_ms() + timeout_ms;
     char buf[16384];
     int fd, rc;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    deadline = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + timeout_ms;
     if (strlen(q->qmp_path) >= sizeof(a.sun_path))
-        return fail(why, why_len, -ENAMETOOLONG, "QMP socket path too long");
+        return mv_proto_fail(why, why_len, -ENAMETOOLONG, "QMP socket path too long");
     memcpy(a.sun_path, q->qmp_path, strlen(q->qmp_path) + 1);
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return fail(why, why_len, -errno, "socket: %s", strerror(errno));
+        return mv_proto_fail(why, why_len, -errno, "socket: %s", strerror(errno));
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
         rc = -errno;
         close(fd);
-        return fail(why, why_len, rc, "cannot reach QEMU's QMP socket %s: %s", q->qmp_path,
+        return mv_proto_fail(why, why_len, rc, "cannot reach QEMU's QMP socket %s: %s", q->qmp_path,
                     strerror(-rc));
     }
     rc = qmp_read_answer(fd, buf, sizeof(buf), deadline, why, why_len); /* greeting */
     if (rc == 0 && send(fd, caps, strlen(caps), MSG_NOSIGNAL) != (ssize_t)strlen(caps))
-        rc = fail(why, why_len, -EPIPE, "QMP write failed");
+        rc = mv_proto_fail(why, why_len, -EPIPE, "QMP write failed");
     if (rc == 0)
         rc = qmp_read_answer(fd, buf, sizeof(buf), deadline, why, why_len);
     if (rc == 0 && (send(fd, command, strlen(command), MSG_NOSIGNAL) != (ssize_t)strlen(command) ||
                     send(fd, "\n", 1, MSG_NOSIGNAL) != 1))
-        rc = fail(why, why_len, -EPIPE, "QMP write failed");
+        rc = mv_proto_fail(why, why_len, -EPIPE, "QMP write failed");
     if (rc == 0)
         rc = qmp_read_answer(fd, buf, sizeof(buf), deadline, why, why_len);
     close(fd);
@@ -345,7 +339,7 @@ int mv_qemu_qmp(const struct mv_qemu *q, const char *command, char *reply,
         return rc;
     snprintf(reply, reply_len, "%s", buf);
     if (strstr(buf, "\"error\""))
-        return fail(why, why_len, -EINVAL, "QEMU refused %s: %s", command, buf);
+        return mv_proto_fail(why, why_len, -EINVAL, "QEMU refused %s: %s", command, buf);
     return 0;
 }
 
@@ -355,24 +349,21 @@ int mv_qemu_guest_command(const struct mv_qemu *q, const char *line, char *reply
     static unsigned tag;
     struct sockaddr_un a = { .sun_family = AF_UNIX };
     char buf[65536], want[32], *nl, *start;
-    struct timespec ts;
-    uint64_t deadline, now;
+    uint64_t deadline = mv_proto_now_ms() + timeout_ms, now;
     size_t used = 0;
     unsigned t;
     int fd, rc = 0;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    deadline = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + timeout_ms;
     if (strlen(q->ctl_path) >= sizeof(a.sun_path))
-        return fail(why, why_len, -ENAMETOOLONG, "control socket path too long");
+        return mv_proto_fail(why, why_len, -ENAMETOOLONG, "control socket path too long");
     memcpy(a.sun_path, q->ctl_path, strlen(q->ctl_path) + 1);
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return fail(why, why_len, -errno, "socket: %s", strerror(errno));
+        return mv_proto_fail(why, why_len, -errno, "socket: %s", strerror(errno));
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
         rc = -errno;
         close(fd);
-        return fail(why, why_len, rc, "cannot reach the guest's control socket %s: %s",
+        return mv_proto_fail(why, why_len, rc, "cannot reach the guest's control socket %s: %s",
                     q->ctl_path, strerror(-rc));
     }
     /* A tag tells this command's answer from one left over from another. */
@@ -386,7 +377,7 @@ int mv_qemu_guest_command(const struct mv_qemu *q, const char *line, char *reply
             send(fd, out, (size_t)len, MSG_NOSIGNAL) != (ssize_t)len) {
             rc = len >= (int)sizeof(out) ? -E2BIG : -errno;
             close(fd);
-            return fail(why, why_len, rc, "cannot send '%s' to the guest", line);
+            return mv_proto_fail(why, why_len, rc, "cannot send '%s' to the guest", line);
         }
     }
     for (;;) {
@@ -404,11 +395,10 @@ int mv_qemu_guest_command(const struct mv_qemu *q, const char *line, char *reply
         }
         used -= (size_t)(start - buf);
         memmove(buf, start, used);
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+        now = mv_proto_now_ms();
         if (now >= deadline) {
-            rc = fail(why, why_len, -ETIMEDOUT, "the guest did not answer '%s' in time",
-                      line);
+            rc = mv_proto_fail(why, why_len, -ETIMEDOUT,
+                               "the guest did not answer '%s' in time", line);
             break;
         }
         if (poll(&p, 1, (int)(deadline - now)) <= 0)
@@ -417,7 +407,7 @@ int mv_qemu_guest_command(const struct mv_qemu *q, const char *line, char *reply
             used = 0; /* an endless line: drop it */
         n = read(fd, buf + used, sizeof(buf) - used - 1);
         if (n <= 0) {
-            rc = fail(why, why_len, -EPIPE, "the guest's control channel closed");
+            rc = mv_proto_fail(why, why_len, -EPIPE, "the guest's control channel closed");
             break;
         }
         used += (size_t)n;

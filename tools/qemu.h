@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 struct mv_qemu_options {
@@ -35,6 +36,26 @@ struct mv_qemu {
                                     (the guest's control channel) */
     char log_path[PATH_MAX];     /* QEMU's own stderr */
 };
+
+/* A QEMU command line being built: the arguments and the text they
+ * point into. */
+struct mv_qemu_argv {
+    const char *argv[48];
+    int argc;
+    char mem[32], console[PATH_MAX + 64], ctl[PATH_MAX + 64], qmp[PATH_MAX + 64];
+};
+
+/* Name the guest's files in run_dir (console, QMP, control, log) and
+ * remove stale sockets. */
+void mv_qemu_name_files(struct mv_qemu *q, const char *run_dir, const char *name);
+
+/* Append what every guest gets, after the caller's memory arguments: its
+ * size, one vCPU, no display nor default devices, the console file, the
+ * control and QMP sockets, a virtio-balloon with free page reporting, and
+ * the kernel, initrd (NULL: none) and command line; then the final NULL. */
+void mv_qemu_add_guest_args(struct mv_qemu_argv *a, const struct mv_qemu *q,
+                            uint64_t maxmem_bytes, const char *kernel, const char *initrd,
+                            const char *append);
 
 /* Start QEMU for a new domain of `config` (maxmem = the guest's RAM) and
  * hand its RAM over.  0 with *out filled, or a negative errno with the
