@@ -83,17 +83,12 @@ static void standin_start(mv_host *h, struct standin *s, const char *sizes, bool
 
 static const char *cmd(struct standin *s, const char *fmt, ...)
 {
-    static char reply[128];
+    const char *reply;
     va_list ap;
 
     va_start(ap, fmt);
-    vfprintf(s->in, fmt, ap);
+    reply = tu_vask(s->in, s->out, fmt, ap);
     va_end(ap);
-    fputc('\n', s->in);
-    fflush(s->in);
-    if (!fgets(reply, sizeof(reply), s->out))
-        return "eof";
-    reply[strcspn(reply, "\n")] = '\0';
     return reply;
 }
 

@@ -81,17 +81,12 @@ static pid_t stub_spawn(mv_host *h, uint64_t size, bool no_agent, int *control,
 /* One command, its reply line (without the newline) in a static buffer. */
 static const char *stub_cmd(struct stub *s, const char *fmt, ...)
 {
-    static char reply[256];
+    const char *reply;
     va_list ap;
 
     va_start(ap, fmt);
-    vfprintf(s->in, fmt, ap);
+    reply = tu_vask(s->in, s->out, fmt, ap);
     va_end(ap);
-    fputc('\n', s->in);
-    fflush(s->in);
-    if (!fgets(reply, sizeof(reply), s->out))
-        return "eof";
-    reply[strcspn(reply, "\n")] = '\0';
     return reply;
 }
 

@@ -258,6 +258,22 @@ static inline pid_t tu_spawn(const char *path, char *const argv[], void (*setup)
     return pid;
 }
 
+/* Send a child started by tu_spawn one command line (printf-style) and
+ * return its one-line reply, newline dropped, or "eof" when it ended (a
+ * static buffer: the next call overwrites it). */
+static inline const char *tu_vask(FILE *in, FILE *out, const char *fmt, va_list ap)
+{
+    static char reply[256];
+
+    vfprintf(in, fmt, ap);
+    fputc('\n', in);
+    fflush(in);
+    if (!fgets(reply, sizeof(reply), out))
+        return "eof";
+    reply[strcspn(reply, "\n")] = '\0';
+    return reply;
+}
+
 /* Run the named case, or all of them without an argument. */
 #define TU_MAIN(cases)                                                         \
     int main(int argc, char **argv)                                            \
