@@ -186,7 +186,7 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
     struct mv__tmem *t = tm_of(d->host);
     struct mv__machine *m = &d->host->machine;
     bool stored[TM_PAGE_OUT_BATCH] = { false };
-    struct tm_pool *pool;
+    struct tm_pool *pool = NULL; /* set by host_pool (gcc -Os cannot tell) */
     unsigned taken = 0, done = 0;
     int rc = 0;
 

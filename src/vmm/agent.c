@@ -234,7 +234,7 @@ static bool hand_over(void *addr, size_t len)
     struct mv_handover_msg m;
     pthread_attr_t attr;
     pthread_t thread;
-    bool ok = false;
+    bool ok = false, started;
 
     fds[0] = open_uffd();
     fds[1] = open_uffd();
@@ -273,14 +273,18 @@ static bool hand_over(void *addr, size_t len)
     pair[0] = -1;
     /* A small stack: the default 8 MiB one can be backed by a 2 MiB huge
      * page at its first touch, memory the VMM would hold for nothing. */
-    if (pthread_attr_init(&attr) != 0 ||
-        pthread_attr_setstacksize(&attr, AGENT_STACK_BYTES) != 0 ||
-        pthread_create(&thread, &attr, serve_memvisor, NULL) != 0) {
+    started = pthread_attr_init(&attr) == 0;
+    if (started) {
+        started = pthread_attr_setstacksize(&attr, AGENT_STACK_BYTES) == 0 &&
+                  pthread_create(&thread, &attr, serve_memvisor, NULL) == 0;
+        pthread_attr_destroy(&attr);
+    }
+    if (!started) {
         say("cannot start the agent thread; stopping the VMM");
         kill(getpid(), SIGKILL);
+    } else {
+        pthread_detach(thread);
     }
-    pthread_attr_destroy(&attr);
-    pthread_detach(thread);
     ok = true;
 out:
     /* memvisor holds its own copies now: if it dies, they go with it. */
