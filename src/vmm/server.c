@@ -3,15 +3,20 @@
  * accepts a VMM's HELLO, creates its domain with mv_domain_create_vmm, and
  * carries out the library's mapping changes in the VMM by asking its agent.
  *
- * One struct vmm_conn per VMM, owned by its domain from creation on (the
- * domain's vmm ops release it).  Its thread serves the VMM's own requests
- * (DISCARD) and notices the VMM's exit (its end of the requests socket
- * closes): the domain then crashes and its frames return to the host.
+ * One struct vmm_conn per VMM, with two references: the domain's (its vmm
+ * ops release it, when the domain goes or its creation fails) and
+ * mv_vmm_accept's own until it returns, because the domain may be
+ * destroyed by another thread as soon as it exists.  Its thread, started
+ * before the domain and let go once the domain exists, serves the VMM's
+ * own requests (DISCARD) and notices the VMM's exit (its end of the
+ * requests socket closes): the domain then crashes and its frames return
+ * to the host.
  *
  * Locking: `call_lock` serializes requests on the control socket (the
  * library calls map and zap with the domain lock held, so they never wait
- * on the library).  The thread takes no lock of its own; it calls the
- * public API, like any user.
+ * on the library).  `start_lock` guards go and released.  The thread
+ * takes no lock of its own while serving; it calls the public API, like
+ * any user.
  */
 #include "internal.h"
 #include "vmm/handover.h"
@@ -41,7 +46,22 @@ struct vmm_conn {
     pthread_t thread;
     bool thread_started;
     atomic_bool stopping;
+    atomic_int refs;
+    pthread_mutex_t start_lock;
+    pthread_cond_t start_cond;
+    bool go;                   /* the domain exists: serve */
+    bool released;             /* the domain let go of it */
 };
+
+static void conn_put(struct vmm_conn *c)
+{
+    if (atomic_fetch_sub(&c->refs, 1) != 1)
+        return;
+    pthread_mutex_destroy(&c->call_lock);
+    pthread_mutex_destroy(&c->start_lock);
+    pthread_cond_destroy(&c->start_cond);
+    free(c);
+}
 
 static void msg_init(struct mv_handover_msg *m, uint16_t type)
 {
@@ -171,25 +191,30 @@ static void vmm_crash(void *ctx, const char *reason)
         syscall(SYS_pidfd_send_signal, c->pidfd, SIGKILL, NULL, 0);
 }
 
+/* The domain lets go: stop the thread, close what it held. */
 static void vmm_release(void *ctx)
 {
     struct vmm_conn *c = ctx;
 
+    pthread_mutex_lock(&c->start_lock);
+    c->released = true;
     atomic_store(&c->stopping, true);
+    pthread_cond_broadcast(&c->start_cond);
+    pthread_mutex_unlock(&c->start_lock);
     if (c->requests >= 0)
         shutdown(c->requests, SHUT_RDWR);
-    if (c->thread_started && !pthread_equal(c->thread, pthread_self()))
+    if (c->thread_started)
         pthread_join(c->thread, NULL);
-    else if (c->thread_started)
-        pthread_detach(c->thread);
     if (c->requests >= 0)
         close(c->requests);
+    pthread_mutex_lock(&c->start_lock);
     if (c->control >= 0)
         close(c->control);
+    c->control = -1;
+    pthread_mutex_unlock(&c->start_lock);
     if (c->pidfd >= 0)
         close(c->pidfd);
-    pthread_mutex_destroy(&c->call_lock);
-    free(c);
+    conn_put(c);
 }
 
 /* The VMM is gone: crash its domain and give its own frames back. */
@@ -234,6 +259,11 @@ static void *serve_vmm(void *arg)
 {
     struct vmm_conn *c = arg;
 
+    /* Only once the domain exists (or is not to be). */
+    pthread_mutex_lock(&c->start_lock);
+    while (!c->go && !atomic_load(&c->stopping))
+        pthread_cond_wait(&c->start_cond, &c->start_lock);
+    pthread_mutex_unlock(&c->start_lock);
     while (!atomic_load(&c->stopping)) {
         struct mv_handover_msg m;
         int rc = recv_msg(c->requests, &m, -1, NULL, 0);
@@ -283,7 +313,8 @@ int mv_vmm_accept(mv_host *host, int control, const struct mv_domain_config *con
     struct mv_handover_msg hello;
     struct mv_vmm_ram vmm = { .uffd = -1, .wp_uffd = -1, .pagemap_fd = -1 };
     struct vmm_conn *c;
-    int fds[MV_HANDOVER_FDS], spare, rc;
+    int fds[MV_HANDOVER_FDS], spare = -1, rc;
+    uint32_t id = 0;
 
     mv__clear_error();
     if (!host || !config || !domid || control < 0) {
@@ -309,7 +340,10 @@ int mv_vmm_accept(mv_host *host, int control, const struct mv_domain_config *con
         c->control = control;
         c->requests = fds[3];
         c->pidfd = (int)syscall(SYS_pidfd_open, hello.pid, 0);
+        atomic_init(&c->refs, 2); /* the domain's, and this call's */
         pthread_mutex_init(&c->call_lock, NULL);
+        pthread_mutex_init(&c->start_lock, NULL);
+        pthread_cond_init(&c->start_cond, NULL);
         if (hello.type != MV_HO_HELLO)
             rc = mv__fail(-EPROTO, "the VMM's first message is type %u, not HELLO",
                           hello.type);
@@ -322,6 +356,9 @@ int mv_vmm_accept(mv_host *host, int control, const struct mv_domain_config *con
             rc = mv__fail(-EINVAL, "the VMM maps %llu bytes of RAM, the domain's maxmem "
                           "is %llu", (unsigned long long)hello.length,
                           (unsigned long long)config->maxmem_bytes);
+        else if ((rc = -pthread_create(&c->thread, NULL, serve_vmm, c)) < 0)
+            mv__fail(rc, "cannot start the VMM's request thread");
+        c->thread_started = rc == 0;
     }
     if (rc < 0) {
         char why[sizeof(hello.text)];
@@ -331,9 +368,10 @@ int mv_vmm_accept(mv_host *host, int control, const struct mv_domain_config *con
             if (fds[i] >= 0)
                 close(fds[i]);
         send_ready(control, rc, 0, why);
-        if (c)
-            vmm_release(c);
-        else {
+        if (c) {
+            vmm_release(c); /* the domain's reference, which it never took */
+            conn_put(c);
+        } else {
             if (fds[3] >= 0)
                 close(fds[3]);
             close(control);
@@ -348,29 +386,35 @@ int mv_vmm_accept(mv_host *host, int control, const struct mv_domain_config *con
     vmm.ops = (struct mv_vmm_ops){ .map = vmm_map, .zap = vmm_zap, .crash = vmm_crash,
                                    .release = vmm_release };
     vmm.ctx = c;
-    /* From here the domain owns c, failing or not: keep a way to tell the
-     * agent why it failed. */
+    /* From here the domain holds a reference to c, failing or not; ours
+     * keeps c alive until the end of this call whatever the domain does. */
     spare = dup(control);
-    rc = mv_domain_create_vmm(host, config, &vmm, &c->domid);
+    rc = mv_domain_create_vmm(host, config, &vmm, &id);
+    pthread_mutex_lock(&c->start_lock);
     if (rc < 0) {
         char why[sizeof(hello.text)];
 
         snprintf(why, sizeof(why), "%s", mv_last_error());
+        /* Released by the failed creation, its control socket closed:
+         * tell the agent on a copy made before (none: it sees the close). */
+        pthread_mutex_unlock(&c->start_lock);
         if (spare >= 0) {
             send_ready(spare, rc, 0, why);
             close(spare);
         }
+        conn_put(c);
         return mv__fail(rc, "%s", why);
     }
+    if (!c->released) {
+        c->domid = id;
+        c->go = true;
+        pthread_cond_broadcast(&c->start_cond);
+        send_ready(c->control, 0, id, NULL);
+    }
+    pthread_mutex_unlock(&c->start_lock);
     if (spare >= 0)
         close(spare);
-    *domid = c->domid;
-    send_ready(c->control, 0, c->domid, NULL);
-    rc = pthread_create(&c->thread, NULL, serve_vmm, c);
-    if (rc != 0) {
-        mv_domain_destroy(host, *domid);
-        return mv__fail(-rc, "cannot start the VMM's request thread");
-    }
-    c->thread_started = true;
+    conn_put(c);
+    *domid = id;
     return 0;
 }
