@@ -10,7 +10,8 @@
 # console and qmp of a built-in domain.  Then one guest end to end: it
 # boots (its console says its agent is ready), `list` shows it, QMP answers
 # through memvisor, pause stops it and unpause lets it run, the balloon
-# shrinks it, audits hold, destroy stops QEMU and frees everything.  Skips
+# shrinks it, its dirty log and working set are read, audits hold, destroy
+# stops QEMU and frees everything.  Skips
 # (exit 0), saying why, without QEMU or the guest image (MV_GUEST_IMAGE, or
 # build/vm beside the source tree, which make test builds).
 set -u
@@ -91,6 +92,12 @@ for _ in $(seq 300); do
     sleep 0.1
 done
 expect "the guest's balloon reached 256M" test "$inflated" -eq 1
+check "dirty logging of the real guest" 0 -- "$cli_bin" logdirty vm1 enable
+check "its working set, from the dirty log" 0 --out '[0-9]' -- \
+    "$cli_bin" wss vm1 --interval 1 --count 2
+check "a clean of its log" 0 --out 'clean: [0-9]+ dirty pages' -- \
+    "$cli_bin" logdirty vm1 clean
+check "logging off" 0 -- "$cli_bin" logdirty vm1 disable
 check "reclaim the guest's zero pages" 0 --out 'returned [0-9]+ zero pages' -- \
     "$cli_bin" reclaim vm1
 check "audit of the guest" 0 -- "$cli_bin" audit vm1
