@@ -153,8 +153,9 @@ static bool claim_page(struct mv_fc *vm)
             kill_vmm(vm, "waited %u ms for memory", vm->config.wait_timeout_ms);
             return false;
         }
-        /* Woken by a larger target, a removal, or a periodic retry of the
-         * host budget (freed elsewhere without telling this VM). */
+        /* Woken by a larger target, by destroy, or for a periodic retry of
+         * the host budget (freed elsewhere without telling this VM).  Not
+         * by this VM's removals: this thread reads them, after this fault. */
         struct timespec ts;
 
         clock_gettime(CLOCK_REALTIME, &ts);
