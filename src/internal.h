@@ -28,6 +28,10 @@
  *   tmem/      transcendent memory, one idea per file (tmem/tmem.h has the
  *              map): pools and the guest interface, the compressed page
  *              store, giving memory back, host paging
+ *   vmm/       VMMs in other processes: the hand-over's messages
+ *              (handover.h), memvisor's side of it (server.c), Firecracker's
+ *              snapshot hand-over (firecracker.c); agent.c is not part of
+ *              the library but libmemvisor-agent.so, loaded into a VMM
  *
  * Lock order (a thread may take a lock only if it holds none of a higher or
  * equal level; checked at run time when MV_DEBUG_LOCKS is defined):
