@@ -1875,11 +1875,12 @@ static int run_tmem_list(struct daemon *d, struct request *r)
     json_object_object_add(host, "metadata_bytes", json_object_new_uint64(s.metadata_bytes));
     json_object_object_add(host, "counts", tmem_counts_json(&s.counts));
     for (int i = 0; i < np; i++) {
-        struct json_object *o = json_object_new_object();
+        struct json_object *o;
         char uuid[33];
 
         if (one && pi[i].owner != only)
             continue;
+        o = json_object_new_object();
         for (int k = 0; k < 16; k++)
             snprintf(uuid + 2 * k, 3, "%02x", pi[i].uuid[k]);
         json_object_object_add(o, "pool", json_object_new_uint64(pi[i].pool));
@@ -1901,10 +1902,11 @@ static int run_tmem_list(struct daemon *d, struct request *r)
         json_object_array_add(pools, o);
     }
     for (int i = 0; i < nc; i++) {
-        struct json_object *o = json_object_new_object();
+        struct json_object *o;
 
         if (one && ci[i].domid != only)
             continue;
+        o = json_object_new_object();
         json_object_object_add(o, "domid", ci[i].domid == UINT32_MAX
                                    ? json_object_new_string("host")
                                    : json_object_new_uint64(ci[i].domid));
