@@ -721,6 +721,14 @@ static void page_out_and_fault_back_in(void **state)
     for (uint64_t g = 0; g < 8192 && !paged; g++) {
         assert_ok(mv_domain_page_type(h, d, g, &type));
         paged = type == MV_PAGE_PAGED;
+        /* Sharing refuses a paged-out page, saying so (it once took it for
+         * a shared one). */
+        if (paged) {
+            mv_share_handle handle;
+
+            assert_err(mv_share_nominate(h, d, g, &handle), -EINVAL);
+            assert_non_null(strstr(mv_last_error(), "paged out"));
+        }
     }
     assert_true(paged);
     audit(h);

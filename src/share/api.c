@@ -170,10 +170,14 @@ int mv_share_nominate(mv_host *host, uint32_t domid, uint64_t gfn,
     rc = check_shareable(d, gfn);
     if (rc == 0 && share_settle_range(d, gfn, 1, false) == -EFAULT)
         rc = mv__fail(-EFAULT, "domain %u crashed: %s", domid, d->crash_reason);
-    if (rc == 0 && (d->p2m[gfn] == MV_P2M_POD || d->p2m[gfn] == MV_P2M_BALLOONED))
+    /* Only a page in memory, its own or shared, has bytes to nominate (a
+     * paged-out one is touched back in first). */
+    if (rc == 0 && d->p2m[gfn] != MV_P2M_RAM && d->p2m[gfn] != MV_P2M_SHARED)
         rc = mv__fail(-EINVAL, "domain %u gfn %#llx is %s: nothing to nominate", domid,
                       (unsigned long long)gfn,
-                      d->p2m[gfn] == MV_P2M_POD ? "not populated" : "ballooned");
+                      d->p2m[gfn] == MV_P2M_POD         ? "not populated"
+                      : d->p2m[gfn] == MV_P2M_BALLOONED ? "ballooned"
+                                                        : "not in memory (paged out)");
     if (rc == 0 && d->p2m[gfn] == MV_P2M_RAM) {
         rc = mv__share_apply(d, gfn, 1, &action, &outcome, &res);
         if (rc == 0 && d->p2m[gfn] != MV_P2M_SHARED)
