@@ -303,27 +303,39 @@ static int qmp_read_answer(int fd, char *buf, size_t len, uint64_t deadline_ms,
     }
 }
 
-int mv_qemu_qmp(const struct mv_qemu *q, const char *command, char *reply,
-                size_t reply_len, unsigned timeout_ms, char *why, size_t why_len)
+/* A stream connection to the Unix socket at path (`what` names it in the
+ * error): the fd, or a negative errno with why filled. */
+static int connect_to(const char *path, const char *what, char *why, size_t why_len)
 {
     struct sockaddr_un a = { .sun_family = AF_UNIX };
-    const char *caps = "{\"execute\":\"qmp_capabilities\"}\n";
-    uint64_t deadline = mv_proto_now_ms() + timeout_ms;
-    char buf[16384];
     int fd, rc;
 
-    if (strlen(q->qmp_path) >= sizeof(a.sun_path))
-        return mv_proto_fail(why, why_len, -ENAMETOOLONG, "QMP socket path too long");
-    memcpy(a.sun_path, q->qmp_path, strlen(q->qmp_path) + 1);
+    if (strlen(path) >= sizeof(a.sun_path))
+        return mv_proto_fail(why, why_len, -ENAMETOOLONG, "%s path %s is too long", what,
+                             path);
+    memcpy(a.sun_path, path, strlen(path) + 1);
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return mv_proto_fail(why, why_len, -errno, "socket: %s", strerror(errno));
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
         rc = -errno;
         close(fd);
-        return mv_proto_fail(why, why_len, rc, "cannot reach QEMU's QMP socket %s: %s", q->qmp_path,
-                    strerror(-rc));
+        return mv_proto_fail(why, why_len, rc, "cannot reach %s %s: %s", what, path,
+                             strerror(-rc));
     }
+    return fd;
+}
+
+int mv_qemu_qmp(const struct mv_qemu *q, const char *command, char *reply,
+                size_t reply_len, unsigned timeout_ms, char *why, size_t why_len)
+{
+    const char *caps = "{\"execute\":\"qmp_capabilities\"}\n";
+    uint64_t deadline = mv_proto_now_ms() + timeout_ms;
+    char buf[16384];
+    int fd = connect_to(q->qmp_path, "QEMU's QMP socket", why, why_len), rc;
+
+    if (fd < 0)
+        return fd;
     rc = qmp_read_answer(fd, buf, sizeof(buf), deadline, why, why_len); /* greeting */
     if (rc == 0 && send(fd, caps, strlen(caps), MSG_NOSIGNAL) != (ssize_t)strlen(caps))
         rc = mv_proto_fail(why, why_len, -EPIPE, "QMP write failed");
@@ -347,25 +359,14 @@ int mv_qemu_guest_command(const struct mv_qemu *q, const char *line, char *reply
                           size_t reply_len, unsigned timeout_ms, char *why, size_t why_len)
 {
     static unsigned tag;
-    struct sockaddr_un a = { .sun_family = AF_UNIX };
     char buf[65536], want[32], *nl, *start;
     uint64_t deadline = mv_proto_now_ms() + timeout_ms, now;
     size_t used = 0;
     unsigned t;
-    int fd, rc = 0;
+    int fd = connect_to(q->ctl_path, "the guest's control socket", why, why_len), rc = 0;
 
-    if (strlen(q->ctl_path) >= sizeof(a.sun_path))
-        return mv_proto_fail(why, why_len, -ENAMETOOLONG, "control socket path too long");
-    memcpy(a.sun_path, q->ctl_path, strlen(q->ctl_path) + 1);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return mv_proto_fail(why, why_len, -errno, "socket: %s", strerror(errno));
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-        rc = -errno;
-        close(fd);
-        return mv_proto_fail(why, why_len, rc, "cannot reach the guest's control socket %s: %s",
-                    q->ctl_path, strerror(-rc));
-    }
+        return fd;
     /* A tag tells this command's answer from one left over from another. */
     t = __atomic_add_fetch(&tag, 1, __ATOMIC_RELAXED);
     snprintf(want, sizeof(want), "\"id\":\"t%u\"", t);
