@@ -278,6 +278,7 @@ struct mv__free_list {
 
 struct mv__machine {
     int memfd;
+    const uint8_t *view;     /* the memfd mapped read-only: see machine.c */
     uint64_t pages;          /* frame space */
     struct mv__mutex lock;   /* protects free lists and free_pages */
     struct mv__free_list free[MV_BUDDY_MAX_ORDER + 1];
@@ -304,6 +305,13 @@ bool mv__machine_charge(struct mv__machine *m, uint64_t pages);
 void mv__machine_uncharge(struct mv__machine *m, uint64_t pages);
 /* Charge without the budget check, for pages given back at once (a move). */
 void mv__machine_charge_anyway(struct mv__machine *m, uint64_t pages);
+/* Frame mfn in place, read-only.  Only for a frame known to hold memory
+ * (populated, under the lock that keeps it so): a hole read there would be
+ * allocated. */
+static inline const uint8_t *mv__machine_frame(const struct mv__machine *m, uint64_t mfn)
+{
+    return m->view + (mfn << MV_PAGE_SHIFT);
+}
 /* Copy frames [mfn, mfn + pages) into buf; holes read as zeros. */
 int mv__machine_read(struct mv__machine *m, uint64_t mfn, uint64_t pages, void *buf);
 /* Return frames [first, first + pages) to the host, zeroed, before anyone

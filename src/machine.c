@@ -5,10 +5,15 @@
  *   memfd  [0 ........................................ machine_pages)
  *           | dom 1 block | free | dom 2 block |      free           |
  *
- * The host reads frames with pread (zero checks, page reads, the oracle)
- * rather than through a mapping of its own: a read of a hole returns zeros
- * without allocating, no page-table entry is created that a hole punch
- * would have to shoot down, and the host can never fault on itself.
+ * The host reads frames that may be holes with pread (zero checks, page
+ * reads, the oracle): a read of a hole returns zeros without allocating.
+ * Frames known to hold memory (a domain's populated pages under its lock, a
+ * live shared frame under the share lock) are read in place through the
+ * view, a read-only shared mapping of the whole memfd: no copy, no page
+ * cache lookup, and after the first read of a frame (which maps it and the
+ * present frames around it) no kernel entry at all, until a hole punch
+ * takes the entry away.  A read of a hole through the view would allocate
+ * the frame: only frames the caller knows to be populated may be read there.
  * Residency (which frames hold memory) comes from SEEK_DATA/SEEK_HOLE.
  *
  * A machine frame number (mfn) is a page offset in the memfd.  The frame
@@ -140,6 +145,15 @@ int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
         return mv__fail(rc, "cannot create the machine memfd of %llu bytes: %s",
                         (unsigned long long)machine_bytes, mv_strerror(rc));
     }
+    m->view = mmap(NULL, m->pages << MV_PAGE_SHIFT, PROT_READ, MAP_SHARED, m->memfd, 0);
+    if (m->view == MAP_FAILED) {
+        rc = -errno;
+        m->view = NULL;
+        mv__machine_fini(m);
+        return mv__fail(rc, "cannot map the machine memfd for reading: %s", mv_strerror(rc));
+    }
+    /* A child of the host (a VMM it starts) has no use for it. */
+    (void)madvise((void *)m->view, m->pages << MV_PAGE_SHIFT, MADV_DONTFORK);
     mv__mutex_lock(&m->lock);
     rc = buddy_free_range(m, 0, m->pages);
     mv__mutex_unlock(&m->lock);
@@ -153,6 +167,8 @@ int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
 
 void mv__machine_fini(struct mv__machine *m)
 {
+    if (m->view)
+        munmap((void *)m->view, m->pages << MV_PAGE_SHIFT);
     if (m->memfd >= 0)
         close(m->memfd);
     for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++)

@@ -1,9 +1,10 @@
 /*
  * apply.c - one-call sharing: mv__share_apply, the engine of
  * make_ro_and_share, nomination and the scanner.  For a block of gfns it
- * unmaps the populated ones, reads them, then under the share lock sends
- * zero pages back to PoD, matches the others against the content index
- * (bytes compared) or inserts them into new frames, and remaps them by runs.
+ * unmaps the populated ones, reads them in place (the machine's view), then
+ * under the share lock sends zero pages back to PoD, matches the others
+ * against the content index (bytes compared) or inserts them into new
+ * frames, and remaps them by runs.
  *
  * Invariant: a page becomes shared only after it was unmapped, read and
  * compared byte for byte: a write that completed before the unmap is in the
@@ -11,7 +12,7 @@
  * domain lock).
  *
  * Locking: the domain lock held; the share lock taken for the decision and
- * the remaps.  Each thread that shares has its own buffers (thread_buffer).
+ * the remaps.
  */
 #include "share.h"
 
@@ -23,12 +24,8 @@ struct apply_plan {
 
 enum { PLAN_NONE, PLAN_ZERO, PLAN_MATCH, PLAN_INSERT, PLAN_RESTORE };
 
-/* One 2 MiB buffer (and a page of scratch) per thread that shares, freed
- * when the thread exits.  Not the PoD sweep's buffer: sharing may sweep
- * (claiming a page for a write that raced a remap) while its bytes are in
- * use. */
-/* Per thread that shares: a block's pages as read, the frames they are
- * compared with, and a page of scratch. */
+/* Two pages of scratch per thread that compares pages outside a block
+ * (mv_share_pages), freed when the thread exits. */
 static pthread_key_t buffer_key;
 static pthread_once_t buffer_once = PTHREAD_ONCE_INIT;
 
@@ -44,7 +41,7 @@ uint8_t *share_thread_buffer(void)
     pthread_once(&buffer_once, make_buffer_key);
     buf = pthread_getspecific(buffer_key);
     if (!buf) {
-        buf = aligned_alloc(MV_PAGE_SIZE, ((size_t)MV_BLOCK_PAGES * 2 + 1) << MV_PAGE_SHIFT);
+        buf = aligned_alloc(MV_PAGE_SIZE, (size_t)2 << MV_PAGE_SHIFT);
         if (buf && pthread_setspecific(buffer_key, buf) != 0) {
             free(buf);
             buf = NULL;
@@ -115,41 +112,26 @@ static int64_t insert_run(struct mv_domain *d, uint64_t gfn, uint64_t n,
 
 /*
  * Turn the plan's candidate frames (found by hash) into matches, comparing
- * bytes (share lock held).  Candidates of consecutive pages that are
- * consecutive frames, as where a block matches an earlier copy of itself,
- * are read with one pread; a page whose first candidate differs (a hash
- * collision) is looked up again in the whole index chain.  Pages without a
- * match are inserted when the action says so, else left to restore.
+ * bytes in place (share lock held: indexed frames are live).  A page whose
+ * first candidate differs (a hash collision) is looked up again in the whole
+ * index chain.  Pages without a match are inserted when the action says so,
+ * else left to restore.
  */
 static void verify_matches(struct mv_host *h, struct apply_plan *plan, uint64_t n,
-                           const uint8_t *actions, const uint8_t *buf, uint8_t *frames,
-                           uint8_t *scratch)
+                           const uint8_t *actions, const uint8_t *pages)
 {
-    for (uint64_t i = 0; i < n;) {
-        uint64_t start = i++;
-        bool read;
+    for (uint64_t j = 0; j < n; j++) {
+        const uint8_t *page = pages + (j << MV_PAGE_SHIFT);
 
-        if (plan->kind[start] != PLAN_RESTORE)
+        if (plan->kind[j] != PLAN_RESTORE)
             continue;
-        if (plan->mfn[start] != MV_NO_MFN) {
-            while (i < n && plan->kind[i] == PLAN_RESTORE &&
-                   plan->mfn[i] == plan->mfn[i - 1] + 1)
-                i++;
-        }
-        read = plan->mfn[start] != MV_NO_MFN &&
-               mv__machine_read(&h->machine, plan->mfn[start], i - start, frames) == 0;
-        for (uint64_t j = start; j < i; j++) {
-            const uint8_t *page = buf + (j << MV_PAGE_SHIFT);
-
-            if (plan->mfn[j] != MV_NO_MFN &&
-                (!read || memcmp(frames + ((j - start) << MV_PAGE_SHIFT), page,
-                                 MV_PAGE_SIZE) != 0))
-                plan->mfn[j] = share_index_find(h, plan->hash[j], page, scratch);
-            if (plan->mfn[j] != MV_NO_MFN)
-                plan->kind[j] = PLAN_MATCH;
-            else if (actions[j] == MV_ACT_MATCH_INSERT || actions[j] == MV_ACT_INSERT)
-                plan->kind[j] = PLAN_INSERT;
-        }
+        if (plan->mfn[j] != MV_NO_MFN &&
+            memcmp(mv__machine_frame(&h->machine, plan->mfn[j]), page, MV_PAGE_SIZE) != 0)
+            plan->mfn[j] = share_index_find(h, plan->hash[j], page);
+        if (plan->mfn[j] != MV_NO_MFN)
+            plan->kind[j] = PLAN_MATCH;
+        else if (actions[j] == MV_ACT_MATCH_INSERT || actions[j] == MV_ACT_INSERT)
+            plan->kind[j] = PLAN_INSERT;
     }
 }
 
@@ -160,23 +142,21 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
     struct mv_host *h = d->host;
     struct mv__share *s = h->share;
     struct apply_plan plan_storage, *plan = &plan_storage;
-    uint8_t *buf = share_thread_buffer(), *frames, *scratch;
+    /* The block's own frames, read in place: those acted on are populated
+     * (RAM) and unmapped from the guest, so they hold still. */
+    const uint8_t *buf = mv__machine_frame(&h->machine, d->base_mfn + gfn);
     uint64_t i;
     int rc = 0;
 
     mv__assert_held(&d->lock);
     memset(result, 0, sizeof(*result));
-    if (!buf)
-        return mv__fail(-ENOMEM, "no memory to share pages");
-    frames = buf + ((size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
-    scratch = frames + ((size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
     memset(plan->kind, PLAN_NONE, n);
     for (i = 0; i < n; i++) {
         if (outcomes)
             outcomes[i] = d->p2m[gfn + i] == MV_P2M_SHARED ? MV_SHARE_ALREADY
                                                            : MV_SHARE_SKIPPED;
     }
-    /* Unmap and read runs of the populated gfns to act on. */
+    /* Unmap runs of the populated gfns to act on. */
     for (i = 0; i < n;) {
         uint64_t start = i;
 
@@ -189,11 +169,6 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
         }
         if (mv__ram_zap(d, gfn + start, i - start) < 0)
             continue;
-        if (mv__machine_read(&h->machine, d->base_mfn + gfn + start, i - start,
-                             buf + (start << MV_PAGE_SHIFT)) < 0) {
-            share_restore_ram(d, gfn + start, i - start);
-            continue;
-        }
         memset(plan->kind + start, PLAN_RESTORE, i - start);
     }
     /* Decide, then act on runs, under the share lock. */
@@ -213,7 +188,7 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
         plan->mfn[i] = actions[i] == MV_ACT_INSERT ? MV_NO_MFN
                        : share_index_lookup(s, plan->hash[i]);
     }
-    verify_matches(h, plan, n, actions, buf, frames, scratch);
+    verify_matches(h, plan, n, actions, buf);
     for (i = 0; i < n;) {
         uint8_t kind = plan->kind[i];
         uint64_t start = i++;

@@ -113,8 +113,7 @@ uint64_t share_index_lookup(struct mv__share *s, uint64_t hash)
 
 /* An indexed frame holding exactly `page`, or MV_NO_MFN.  Bytes are always
  * compared: a hash is only a hint. */
-uint64_t share_index_find(struct mv_host *h, uint64_t hash, const uint8_t *page,
-                          uint8_t *scratch)
+uint64_t share_index_find(struct mv_host *h, uint64_t hash, const uint8_t *page)
 {
     struct mv__share *s = h->share;
 
@@ -123,8 +122,9 @@ uint64_t share_index_find(struct mv_host *h, uint64_t hash, const uint8_t *page,
     for (uint64_t mfn = s->buckets[hash & s->bucket_mask]; mfn != MV_NO_MFN;) {
         struct mv__sframe *f = share_frame_of(s, mfn);
 
-        if (f->hash == hash && mv__machine_read(&h->machine, mfn, 1, scratch) == 0) {
-            if (memcmp(scratch, page, MV_PAGE_SIZE) == 0)
+        /* An indexed frame is live: it holds memory, read it in place. */
+        if (f->hash == hash) {
+            if (memcmp(mv__machine_frame(&h->machine, mfn), page, MV_PAGE_SIZE) == 0)
                 return mfn;
             s->hash_collisions++;
         }

@@ -12,8 +12,8 @@
  * ranges then map with one remap per run).
  *
  * Scanning.  The scanner walks every running domain's populated pages, one
- * 2 MiB block at a time, reading the block with one pread (nothing is
- * unmapped unless it is to be shared).  Per page:
+ * 2 MiB block at a time, reading them in place through the machine's view
+ * (no copy; nothing is unmapped unless it is to be shared).  Per page:
  *   - all zero: back to PoD (no frame, no memory, no copy on the next write);
  *   - hash changed since the last pass: volatile, skipped (it would be
  *     broken again soon);
@@ -80,7 +80,6 @@ struct mv__scanner {
     uint32_t cursor_domid;
     uint64_t cursor_gfn;
     uint64_t pass_pages, pass_start_ns, pass_shared;
-    uint8_t *buffer;
 
     struct mv__mutex lock;
     pthread_cond_t cond;
@@ -340,19 +339,24 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
         lo++;
     while (hi > lo && d->p2m[hi - 1] != MV_P2M_RAM)
         hi--;
-    if (lo == hi || mv__machine_read(&host->machine, d->base_mfn + lo, hi - lo,
-                                     sc->buffer) < 0)
+    if (lo == hi)
         return;
     checksums = mv__share_checksums(d);
     memset(actions, MV_ACT_SKIP, sizeof(actions));
     for (uint64_t g = lo; g < hi; g++) {
-        const uint8_t *page = sc->buffer + ((g - lo) << MV_PAGE_SHIFT);
+        /* Populated (RAM, the domain lock held): read in place. */
+        const uint8_t *page = mv__machine_frame(&host->machine, d->base_mfn + g);
         struct candidate *c;
         uint64_t hash;
         uint32_t sum;
 
         if (d->p2m[g] != MV_P2M_RAM || mv__share_excluded(d, g))
             continue;
+        /* A page is read from memory, not cache: start on the next one
+         * while this one is hashed (prefetchers stop at page boundaries). */
+        if (g + 1 < hi && d->p2m[g + 1] == MV_P2M_RAM)
+            for (unsigned line = 0; line < MV_PAGE_SIZE; line += 64)
+                __builtin_prefetch(page + MV_PAGE_SIZE + line);
         result->pages_scanned++;
         if (mv__page_is_zero(page)) {
             actions[g - lo] = MV_ACT_MATCH;
@@ -646,10 +650,7 @@ int mv__scanner_init(mv_host *host)
     sc->candidates = aligned_alloc(64, (sc->candidate_mask + 1) * sizeof(*sc->candidates));
     if (sc->candidates)
         memset(sc->candidates, 0, (sc->candidate_mask + 1) * sizeof(*sc->candidates));
-    sc->buffer = aligned_alloc(MV_PAGE_SIZE, (size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT);
-    if (!sc->candidates || !sc->buffer) {
-        free(sc->candidates);
-        free(sc->buffer);
+    if (!sc->candidates) {
         free(sc);
         return mv__fail(-ENOMEM, "no memory for the scanner's tables");
     }
@@ -677,7 +678,6 @@ void mv__scanner_fini(mv_host *host)
     free(sc->revisits);
     free(sc->hints);
     free(sc->based_keys);
-    free(sc->buffer);
     pthread_cond_destroy(&sc->cond);
     mv__mutex_destroy(&sc->scan_lock);
     mv__mutex_destroy(&sc->lock);

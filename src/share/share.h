@@ -315,8 +315,7 @@ void share_frame_free(struct mv_host *h, uint64_t mfn, bool uncharge);
 void share_index_insert(struct mv__share *s, uint64_t mfn, uint64_t hash);
 void share_index_remove(struct mv__share *s, uint64_t mfn);
 uint64_t share_index_lookup(struct mv__share *s, uint64_t hash);
-uint64_t share_index_find(struct mv_host *h, uint64_t hash, const uint8_t *page,
-                          uint8_t *scratch);
+uint64_t share_index_find(struct mv_host *h, uint64_t hash, const uint8_t *page);
 
 /* rmap.c */
 struct mv__share_block *share_dom_block(struct mv__share_dom *sd, uint64_t gfn, bool create);
