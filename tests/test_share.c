@@ -250,6 +250,108 @@ static void scanner_shares_zero_and_volatile(void **state)
     mv_host_destroy(h);
 }
 
+/* Three copies of a content in one block of b, one in a: the scanner's
+ * candidates make two of b's pages inserts of the same pass.  They end on
+ * one frame: a content is never held by two shared frames. */
+static void equal_pages_of_a_block_share_one_frame(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain1(h, "a", 4 * MiB, 1), b = domain1(h, "b", 4 * MiB, 1);
+    uint8_t *ra, *rb, page[MV_PAGE_SIZE];
+    struct mv_share_stats s;
+    uint64_t size;
+
+    (void)state;
+    assert_ok(mv_domain_ram(h, a, (void **)&ra, &size));
+    assert_ok(mv_domain_ram(h, b, (void **)&rb, &size));
+    memset(ra + 5 * MV_PAGE_SIZE, 0x5a, MV_PAGE_SIZE);
+    for (uint64_t g = 10; g < 13; g++)
+        memset(rb + g * MV_PAGE_SIZE, 0x5a, MV_PAGE_SIZE);
+    memset(rb + 20 * MV_PAGE_SIZE, 0x77, MV_PAGE_SIZE); /* unique */
+    assert_ok(mv_share_scan(h, 0, NULL));
+    s = stats(h);
+    assert_int_equal(s.shared_frames, 1);
+    assert_int_equal(s.shared_refs, 4);
+    assert_int_equal(s.saved_pages, 3);
+    assert_int_equal(type_of(h, a, 5), MV_PAGE_SHARED);
+    for (uint64_t g = 10; g < 13; g++) {
+        assert_int_equal(type_of(h, b, g), MV_PAGE_SHARED);
+        assert_ok(mv_domain_read_page(h, b, g, page));
+        assert_int_equal(page[0], 0x5a);
+        assert_int_equal(page[MV_PAGE_SIZE - 1], 0x5a);
+        assert_int_equal(rb[g * MV_PAGE_SIZE + 77], 0x5a);
+    }
+    assert_int_equal(type_of(h, b, 20), MV_PAGE_RAM);
+    assert_int_equal(rb[20 * MV_PAGE_SIZE], 0x77);
+    /* A write breaks one copy only. */
+    rb[11 * MV_PAGE_SIZE] = 1;
+    assert_int_equal(rb[10 * MV_PAGE_SIZE], 0x5a);
+    assert_int_equal(ra[5 * MV_PAGE_SIZE], 0x5a);
+    assert_int_equal(rb[11 * MV_PAGE_SIZE], 1);
+    assert_ok(mv_share_audit(h));
+    assert_ok(mv_domain_audit(h, a));
+    assert_ok(mv_domain_audit(h, b));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* The same scene with each kind of system call failing at each call in
+ * turn: every page keeps its bytes, the audits pass, and a scan without
+ * failures ends on one frame. */
+static void equal_pages_of_a_block_survive_failures(void **state)
+{
+    static const enum mv__os_op ops[] = { MV_OS_MMAP, MV_OS_ZAP, MV_OS_PUNCH, MV_OS_WRITE,
+                                          MV_OS_UFFD_CONTINUE };
+    unsigned failed = 0;
+
+    (void)state;
+    for (size_t k = 0; k < MV_ARRAY_SIZE(ops); k++) {
+        for (unsigned n = 0; n < 64; n++) {
+            mv_host *h = tu_host();
+            uint32_t a = domain1(h, "a", 4 * MiB, 1), b = domain1(h, "b", 4 * MiB, 1);
+            uint8_t *ra, *rb, page[MV_PAGE_SIZE];
+            struct mv_share_stats s;
+            uint64_t size;
+            unsigned left;
+            int rc;
+
+            assert_ok(mv_domain_ram(h, a, (void **)&ra, &size));
+            assert_ok(mv_domain_ram(h, b, (void **)&rb, &size));
+            memset(ra + 5 * MV_PAGE_SIZE, 0x5a, MV_PAGE_SIZE);
+            for (uint64_t g = 10; g < 13; g++)
+                memset(rb + g * MV_PAGE_SIZE, 0x5a, MV_PAGE_SIZE);
+            mv__os_inject(ops[k], EIO, n, 1);
+            rc = mv_share_scan(h, 0, NULL);
+            left = mv__os_injection_left(ops[k]);
+            mv__os_inject(ops[k], 0, 0, 0);
+            if (rc < 0)
+                assert_true(mv_last_error()[0] != '\0');
+            failed += left == 0;
+            for (uint64_t g = 10; g < 13; g++) {
+                assert_ok(mv_domain_read_page(h, b, g, page));
+                assert_int_equal(page[0], 0x5a);
+                assert_int_equal(rb[g * MV_PAGE_SIZE + 4095], 0x5a);
+            }
+            assert_int_equal(ra[5 * MV_PAGE_SIZE + 9], 0x5a);
+            assert_ok(mv_share_audit(h));
+            assert_ok(mv_domain_audit(h, a));
+            assert_ok(mv_domain_audit(h, b));
+            assert_ok(mv_host_audit(h));
+            assert_ok(mv_share_scan(h, 0, NULL));
+            assert_ok(mv_share_scan(h, 0, NULL));
+            s = stats(h);
+            assert_int_equal(s.shared_frames, 1);
+            assert_int_equal(s.saved_pages, 3);
+            assert_ok(mv_share_audit(h));
+            assert_ok(mv_host_audit(h));
+            mv_host_destroy(h);
+            if (left)
+                break; /* no call of this kind was left to fail */
+        }
+    }
+    assert_true(failed >= 5);
+}
+
 /* Hinted ranges are shared by the next step without a scan of the rest. */
 static void hints_share_first(void **state)
 {
@@ -1254,6 +1356,8 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(nominate_share_and_break),
     cmocka_unit_test(make_ro_and_share_across_domains),
     cmocka_unit_test(scanner_shares_zero_and_volatile),
+    cmocka_unit_test(equal_pages_of_a_block_share_one_frame),
+    cmocka_unit_test(equal_pages_of_a_block_survive_failures),
     cmocka_unit_test(hints_share_first),
     cmocka_unit_test(clone_shares_until_written),
     cmocka_unit_test(clone_frames_pending_until_touched),

@@ -22,7 +22,7 @@ struct apply_plan {
     uint64_t hash[MV_BLOCK_PAGES];
 };
 
-enum { PLAN_NONE, PLAN_ZERO, PLAN_MATCH, PLAN_INSERT, PLAN_RESTORE };
+enum { PLAN_NONE, PLAN_ZERO, PLAN_MATCH, PLAN_INSERT, PLAN_RESTORE, PLAN_AFTER };
 
 /* Two pages of scratch per thread that compares pages outside a block
  * (mv_share_pages), freed when the thread exits. */
@@ -135,6 +135,74 @@ static void verify_matches(struct mv_host *h, struct apply_plan *plan, uint64_t 
     }
 }
 
+/*
+ * A page to insert whose bytes equal an earlier page of the block that is
+ * inserted too: it is matched to that page's frame once the frame is in
+ * (PLAN_AFTER), instead of getting a frame of its own that would hold the
+ * same content twice.  An open-addressed table of the block's inserts by
+ * hash; bytes compared.
+ */
+static void plan_equal_inserts(struct apply_plan *plan, uint64_t n, const uint8_t *pages)
+{
+    uint16_t slot[2 * MV_BLOCK_PAGES];  /* page + 1, 0: empty */
+    const uint64_t mask = 2 * MV_BLOCK_PAGES - 1;
+
+    memset(slot, 0, sizeof(slot));
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t at = plan->hash[i] & mask;
+
+        if (plan->kind[i] != PLAN_INSERT)
+            continue;
+        for (; slot[at]; at = (at + 1) & mask) {
+            uint64_t j = slot[at] - 1u;
+
+            if (plan->hash[j] == plan->hash[i] &&
+                memcmp(pages + (j << MV_PAGE_SHIFT), pages + (i << MV_PAGE_SHIFT),
+                       MV_PAGE_SIZE) == 0) {
+                plan->kind[i] = PLAN_AFTER;
+                break;
+            }
+        }
+        if (plan->kind[i] == PLAN_INSERT)
+            slot[at] = (uint16_t)(i + 1);
+    }
+}
+
+/* Match the PLAN_AFTER pages to the frames just inserted (share lock held);
+ * those whose frame did not go in stay private.  Returns pages shared. */
+static uint64_t match_after_inserts(struct mv_domain *d, uint64_t gfn, struct apply_plan *plan,
+                                    uint64_t n, const uint8_t *pages,
+                                    enum mv_share_outcome *outcomes, int *rc)
+{
+    uint64_t shared = 0;
+
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t mfn;
+        int64_t done = 0;
+
+        if (plan->kind[i] != PLAN_AFTER)
+            continue;
+        mfn = *rc < 0 ? MV_NO_MFN
+                      : share_index_find(d->host, plan->hash[i], pages + (i << MV_PAGE_SHIFT));
+        if (mfn == MV_NO_MFN || !share_may_map(d->host, 2)) {
+            share_restore_ram(d, gfn + i, 1);
+            continue;
+        }
+        /* Short of sharing it, the conversion leaves the page as it was. */
+        done = share_convert_run(d, gfn + i, mfn, 1, FROM_RAM, rc);
+        if (done == -EFAULT) {
+            *rc = mv__fail(-EFAULT, "domain %u crashed while sharing", d->domid);
+            break;
+        }
+        if (done <= 0)
+            continue;
+        shared++;
+        if (outcomes)
+            outcomes[i] = MV_SHARE_MATCHED;
+    }
+    return shared;
+}
+
 int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
                     const uint8_t *actions, enum mv_share_outcome *outcomes,
                     struct mv__apply_result *result)
@@ -189,6 +257,7 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
                        : share_index_lookup(s, plan->hash[i]);
     }
     verify_matches(h, plan, n, actions, buf);
+    plan_equal_inserts(plan, n, buf);
     for (i = 0; i < n;) {
         uint8_t kind = plan->kind[i];
         uint64_t start = i++;
@@ -197,7 +266,7 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
         while (i < n && plan->kind[i] == kind &&
                (kind != PLAN_MATCH || plan->mfn[i] == plan->mfn[i - 1] + 1))
             i++;
-        if (kind == PLAN_NONE)
+        if (kind == PLAN_NONE || kind == PLAN_AFTER)
             continue;
         if (kind == PLAN_ZERO && rc == 0) {
             done = (int64_t)reclaim_zero_run(d, gfn + start, i - start, &rc);
@@ -240,6 +309,7 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
             result->inserted += (uint64_t)done;
         result->skipped += i - start - (uint64_t)done;
     }
+    result->shared += match_after_inserts(d, gfn, plan, n, buf, outcomes, &rc);
     mv__mutex_unlock(&s->lock);
     if (result->zero)
         mv__fault_kick(h);
