@@ -17,7 +17,7 @@ CMAKE_FLAGS ?=
 # build (a user's or an embedder's) does not.
 WERROR := -DMV_WERROR=ON
 
-.PHONY: all deps build build-asan build-tsan build-matrix guest-image demo test test-fast bench clean
+.PHONY: all deps build build-asan build-tsan build-matrix guest-image guest-ram demo test test-fast bench clean
 
 all: build
 
@@ -52,6 +52,13 @@ build-matrix: deps
 guest-image: deps
 	@scripts/guest-image.sh $(GUEST_IMAGE) || \
 		echo "memvisor: no guest image: real-guest tests will skip and the demo will use built-in guests"
+
+# Real guests' RAM for `memvisor bench share` (six guests booted under QEMU
+# with different workloads, their RAM kept as raw dumps in $(GUEST_IMAGE)/ram;
+# out of the repository).  The bench captures them itself when they are
+# missing; this target does it ahead of time.
+guest-ram: build guest-image
+	@scripts/guest-ram.sh --image $(GUEST_IMAGE) --out $(GUEST_IMAGE)/ram >/dev/null
 
 demo: build guest-image
 	@$(BUILD)/memvisor demo

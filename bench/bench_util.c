@@ -14,6 +14,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
@@ -578,4 +579,36 @@ int mv_bench_suite_main(const struct mv_bench_suite *suite, int argc, char **arg
         suite->release(run);
     free(run);
     return rc;
+}
+
+/* The default image: $MV_GUEST_IMAGE, else build/vm of the tree this
+ * program was built in (next to it, or beside its build directory). */
+void mv_bench_guest_image_dir(char *out, size_t len)
+{
+    char self[PATH_MAX - 128], try[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    char *slash;
+
+    if (getenv("MV_GUEST_IMAGE")) {
+        snprintf(out, len, "%s", getenv("MV_GUEST_IMAGE"));
+        return;
+    }
+    if (n > 0) {
+        self[n] = '\0';
+        slash = strrchr(self, '/');
+        if (slash) {
+            *slash = '\0';
+            snprintf(try, sizeof(try), "%s/vm/vmlinuz", self);
+            if (access(try, R_OK) == 0) {
+                snprintf(out, len, "%s/vm", self);
+                return;
+            }
+            snprintf(try, sizeof(try), "%s/../build/vm/vmlinuz", self);
+            if (access(try, R_OK) == 0) {
+                snprintf(out, len, "%s/../build/vm", self);
+                return;
+            }
+        }
+    }
+    snprintf(out, len, "%s", MV_GUEST_IMAGE_DEFAULT);
 }

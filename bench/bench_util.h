@@ -99,6 +99,10 @@ void mv_bench_machine_print(FILE *out, const struct mv_bench_machine *machine);
  * machine.  Returns 0 or MV_BENCH_FAILED. */
 int mv_bench_probe(struct mv_kernel_features *features, struct mv_bench_machine *machine);
 
+/* The test guest's image directory (scripts/guest-image.sh): $MV_GUEST_IMAGE,
+ * else build/vm of the tree this program was built in. */
+void mv_bench_guest_image_dir(char *out, size_t len);
+
 /* The library's host defaults, its warnings and errors printed by
  * mv_bench_log. */
 void mv_bench_host_config_init(struct mv_host_config *hc);

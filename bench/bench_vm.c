@@ -1121,38 +1121,6 @@ static int parse_option(int opt, const char *arg, void *ctx)
     return MV_BENCH_OK;
 }
 
-/* The default image: $MV_GUEST_IMAGE, else build/vm of the tree this
- * program was built in (next to it, or beside its build directory). */
-static void default_image(char *out, size_t len)
-{
-    char self[PATH_MAX - 128], try[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-    char *slash;
-
-    if (getenv("MV_GUEST_IMAGE")) {
-        snprintf(out, len, "%s", getenv("MV_GUEST_IMAGE"));
-        return;
-    }
-    if (n > 0) {
-        self[n] = '\0';
-        slash = strrchr(self, '/');
-        if (slash) {
-            *slash = '\0';
-            snprintf(try, sizeof(try), "%s/vm/vmlinuz", self);
-            if (access(try, R_OK) == 0) {
-                snprintf(out, len, "%s/vm", self);
-                return;
-            }
-            snprintf(try, sizeof(try), "%s/../build/vm/vmlinuz", self);
-            if (access(try, R_OK) == 0) {
-                snprintf(out, len, "%s/../build/vm", self);
-                return;
-            }
-        }
-    }
-    snprintf(out, len, "%s", MV_GUEST_IMAGE_DEFAULT);
-}
-
 static int parse_options(int argc, char **argv, void *arg, bool *help)
 {
     static const struct option options[] = {
@@ -1177,7 +1145,7 @@ static int parse_options(int argc, char **argv, void *arg, bool *help)
     };
     rc = mv_bench_parse_options("vm", argc, argv, options, parse_option, o, &o->json, help);
     if (rc == MV_BENCH_OK && !o->image[0])
-        default_image(o->image, sizeof(o->image));
+        mv_bench_guest_image_dir(o->image, sizeof(o->image));
     return mv_bench_options_done("vm", rc, argc, argv);
 }
 
