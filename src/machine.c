@@ -145,10 +145,9 @@ int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
         return mv__fail(rc, "cannot create the machine memfd of %llu bytes: %s",
                         (unsigned long long)machine_bytes, mv_strerror(rc));
     }
-    m->view = mmap(NULL, m->pages << MV_PAGE_SHIFT, PROT_READ, MAP_SHARED, m->memfd, 0);
-    if (m->view == MAP_FAILED) {
+    m->view = mv__os_map_shared(NULL, m->pages << MV_PAGE_SHIFT, m->memfd, 0, PROT_READ);
+    if (!m->view) {
         rc = -errno;
-        m->view = NULL;
         mv__machine_fini(m);
         return mv__fail(rc, "cannot map the machine memfd for reading: %s", mv_strerror(rc));
     }

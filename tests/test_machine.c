@@ -1,11 +1,13 @@
 /*
  * test_machine.c - the frame allocator and the budget, through the internal
  * interface: allocation alignment, splitting, merging back to one block,
- * exhaustion, and the audit catching a corrupted free list.
+ * exhaustion, the audit catching a corrupted free list, and a machine that
+ * cannot be made.
  */
 #include "testutil.h"
-
 #include "internal.h"
+
+#include <dirent.h>
 
 #define MACHINE (64 * MiB) /* 16384 frames */
 
@@ -110,12 +112,48 @@ static void machine_size_is_validated(void **state)
     assert_err(mv__machine_init(&m, 1ull << 50, 1), -EINVAL);
 }
 
+static unsigned open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    unsigned n = 0;
+
+    assert_non_null(d);
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* A machine whose memfd or view cannot be made fails with a message and
+ * leaves nothing open. */
+static void failed_machine_init_leaves_nothing(void **state)
+{
+    static const enum mv__os_op ops[] = { MV_OS_MEMFD, MV_OS_MMAP };
+    struct mv__machine m;
+
+    (void)state;
+    for (size_t i = 0; i < MV_ARRAY_SIZE(ops); i++) {
+        unsigned fds = open_fds();
+
+        mv__os_inject(ops[i], ENOMEM, 0, 1);
+        assert_err(mv__machine_init(&m, MACHINE, 1024), -ENOMEM);
+        assert_int_equal(mv__os_injection_left(ops[i]), 0);
+        mv__os_inject(ops[i], 0, 0, 0);
+        assert_true(mv_last_error()[0] != '\0');
+        assert_int_equal(open_fds(), fds);
+    }
+    assert_ok(mv__machine_init(&m, MACHINE, 1024));
+    assert_non_null(m.view);
+    mv__machine_fini(&m);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(blocks_are_aligned_and_disjoint),
     cmocka_unit_test(exhaustion_and_fragmentation_are_reported),
     cmocka_unit_test(audit_catches_a_corrupt_free_list),
     cmocka_unit_test(budget_counts_populated_frames),
     cmocka_unit_test(machine_size_is_validated),
+    cmocka_unit_test(failed_machine_init_leaves_nothing),
 };
 
 TU_MAIN(cases)
