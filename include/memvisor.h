@@ -503,6 +503,19 @@ MV_API int mv_vmm_accept(mv_host *host, int control, const struct mv_domain_conf
                          unsigned timeout_ms, uint32_t *domid);
 
 /*
+ * Give back the zero pages of the VMM's own RAM blocks (firmware, option
+ * ROMs, ACPI tables: memory the VMM allocates itself and marks mergeable,
+ * outside the guest RAM the library serves), as KSM would merge them.  The
+ * agent write-protects each block while it drops its zero pages, so a write
+ * of the VMM waits rather than being lost.  For domains served through
+ * mv_vmm_accept.  *pages_freed (may be NULL): pages of the VMM's memory
+ * given back.  Errors: -ESRCH, -EOPNOTSUPP (not a domain of mv_vmm_accept,
+ * or the VMM's kernel cannot write-protect anonymous memory), -EPERM
+ * (crashed), and the agent's errors.  Thread-safe.
+ */
+MV_API int mv_vmm_trim(mv_host *host, uint32_t domid, uint64_t *pages_freed);
+
+/*
  * Snapshot memory served through a VMM's own userfaultfd: Firecracker's
  * page-fault-handler hand-over (on snapshot restore, the VMM sends a JSON
  * list of its memory regions and its userfaultfd over a Unix socket; the

@@ -1111,6 +1111,10 @@ static int run_reclaim(const struct invocation *inv)
            field_u64(reply, "reclaimed"),
            pages_text(reclaimed, sizeof(reclaimed), field_u64(reply, "reclaimed")),
            seconds(field_u64(reply, "elapsed_ns")));
+    if (json_object_object_get_ex(reply, "vmm_pages_freed", NULL))
+        printf("reclaim: QEMU's own blocks gave back %" PRIu64 " zero pages (%s)\n",
+               field_u64(reply, "vmm_pages_freed"),
+               pages_text(reclaimed, sizeof(reclaimed), field_u64(reply, "vmm_pages_freed")));
     json_object_put(reply);
     return STATUS_OK;
 }

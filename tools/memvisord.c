@@ -1279,6 +1279,7 @@ static int run_balloon(struct daemon *d, struct request *r)
 static int run_reclaim(struct daemon *d, struct request *r)
 {
     struct mv_sweep_result result;
+    struct mv_qemu q;
     uint64_t max_pages = 0;
     uint32_t domid;
     int rc;
@@ -1291,6 +1292,14 @@ static int run_reclaim(struct daemon *d, struct request *r)
     reply_u64(r, "scanned", result.scanned);
     reply_u64(r, "reclaimed", result.reclaimed);
     reply_u64(r, "elapsed_ns", result.elapsed_ns);
+    /* A real guest: QEMU's own blocks (ROMs, ACPI tables) too. */
+    if (guest_of(d, domid, &q)) {
+        uint64_t freed = 0;
+
+        if ((rc = library_status(r, mv_vmm_trim(d->host, domid, &freed))) < 0)
+            return rc;
+        reply_u64(r, "vmm_pages_freed", freed);
+    }
     return 0;
 }
 

@@ -442,8 +442,9 @@ const struct mv_schema_command mv_schema_commands[] = {
     { "set-target", "change a domain's PoD target", set_target_args, LONG, NULL, NULL },
     { "balloon", "resize a guest with its balloon driver", balloon_args, LONG, NULL,
       "pages_moved" },
-    { "reclaim", "return a domain's zero pages to the host now", reclaim_args, LONG, NULL,
-      "scanned, reclaimed, elapsed_ns" },
+    { "reclaim", "return a domain's zero pages to the host now (a real guest's: "
+      "QEMU's own blocks' too)", reclaim_args, LONG, NULL,
+      "scanned, reclaimed, elapsed_ns, vmm_pages_freed (real guests)" },
     { "workload-start", "start a built-in guest workload", workload_start_args, 0, NULL,
       NULL },
     { "workload-status", "a domain's workload", workload_status_args, 0, NULL, "workload" },

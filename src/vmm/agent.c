@@ -16,9 +16,21 @@
  * If memvisor goes away the agent kills the VMM: without memvisor its RAM
  * would run on unmanaged.
  *
+ * The VMM's other RAM blocks (firmware, option ROMs, ACPI tables) stay in
+ * its own anonymous memory, which QEMU marks mergeable for KSM.  QEMU fills
+ * them whole at reset (a 2 MiB ACPI table area holds about 128 KiB of
+ * tables and zeros after them).  The agent keeps them on small pages and,
+ * when memvisor asks (TRIM), gives back their zero pages as KSM would merge
+ * them: each block is write-protected with a userfaultfd of its own
+ * (a VMM thread writing to it waits meanwhile), its zero pages are
+ * dropped, and the protection is lifted, so no write can fall between the
+ * check and the drop.
+ *
  * Protocol: vmm/handover.h.  Locking: `request_lock` serializes the VMM
  * threads' DISCARD requests; the control socket has one reader at a time
- * (the mmap hook before READY, the agent thread after).
+ * (the mmap hook before READY, the agent thread after); `merge_lock` guards
+ * the list of the VMM's own blocks, held by a TRIM throughout and by the
+ * VMM's munmap.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -51,6 +63,7 @@ static int request_fd = -1;   /* our end of the requests socket */
 static dev_t ram_dev;
 static ino_t ram_ino;
 static bool handed_over;
+static uintptr_t ram_base;
 static uint64_t ram_length;
 static pthread_mutex_t request_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t handover_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -169,6 +182,8 @@ static void *raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t
     return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 }
 
+static int64_t trim_own_blocks(void);
+
 /* Carry out one request of memvisor's; false for READY (not a request). */
 static int carry_out(struct mv_handover_msg *m)
 {
@@ -187,6 +202,13 @@ static int carry_out(struct mv_handover_msg *m)
     case MV_HO_ZAP:
         rc = madvise(at, m->length, MADV_DONTNEED) < 0 ? -errno : 0;
         break;
+    case MV_HO_TRIM: {
+        int64_t freed = trim_own_blocks();
+
+        rc = freed < 0 ? (int)freed : 0;
+        m->length = freed < 0 ? 0 : (uint64_t)freed;
+        break;
+    }
     case MV_HO_STOP:
         say("memvisor stops this VMM: %s", m->text);
         kill(getpid(), SIGKILL);
@@ -332,6 +354,7 @@ static void *map_ram(void *addr, size_t len, int prot, int flags, int fd, off_t 
         return MAP_FAILED;
     }
     handed_over = true;
+    ram_base = (uintptr_t)at;
     ram_length = len;
     pthread_mutex_unlock(&handover_lock);
     return at;
@@ -408,4 +431,183 @@ AGENT_EXPORT int ftruncate64(int fd, off_t len)
 AGENT_EXPORT int ftruncate(int fd, off_t len)
 {
     return ftruncate64(fd, len);
+}
+
+/* Memory the VMM would have KSM merge, outside the guest RAM memvisor
+ * serves, stays on small pages (see the top of this file).  QEMU marks a
+ * RAM block mergeable before it asks huge pages for it, so the ranges marked
+ * mergeable are remembered until unmapped, and a later MADV_HUGEPAGE inside
+ * one of them is not passed on.  Locking: `merge_lock`. */
+#define AGENT_MERGE_RANGES 64
+
+static struct { uintptr_t start, end; } merge_ranges[AGENT_MERGE_RANGES];
+static pthread_mutex_t merge_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool in_guest_ram(uintptr_t start, size_t len)
+{
+    return handed_over && start < ram_base + ram_length && start + len > ram_base;
+}
+
+static void remember_mergeable(uintptr_t start, size_t len)
+{
+    pthread_mutex_lock(&merge_lock);
+    for (int i = 0; i < AGENT_MERGE_RANGES; i++)
+        if (merge_ranges[i].end == 0) {
+            merge_ranges[i].start = start;
+            merge_ranges[i].end = start + len;
+            break;
+        }
+    pthread_mutex_unlock(&merge_lock);
+}
+
+static bool within_mergeable(uintptr_t start, size_t len)
+{
+    bool found = false;
+
+    pthread_mutex_lock(&merge_lock);
+    for (int i = 0; i < AGENT_MERGE_RANGES && !found; i++)
+        found = merge_ranges[i].end != 0 && start >= merge_ranges[i].start &&
+                start + len <= merge_ranges[i].end;
+    pthread_mutex_unlock(&merge_lock);
+    return found;
+}
+
+static void forget_mergeable_locked(uintptr_t start, size_t len)
+{
+    for (int i = 0; i < AGENT_MERGE_RANGES; i++)
+        if (merge_ranges[i].end != 0 && start < merge_ranges[i].end &&
+            start + len > merge_ranges[i].start)
+            merge_ranges[i].start = merge_ranges[i].end = 0;
+}
+
+AGENT_EXPORT int madvise(void *addr, size_t len, int advice)
+{
+    uintptr_t start = (uintptr_t)addr;
+    bool own_block = control_fd >= 0 && !in_guest_ram(start, len);
+    int rc;
+
+    if (own_block && advice == MADV_HUGEPAGE && within_mergeable(start, len))
+        advice = MADV_NOHUGEPAGE;
+    rc = (int)syscall(SYS_madvise, addr, len, advice);
+    if (rc == 0 && own_block && advice == MADV_MERGEABLE) {
+        int saved = errno;
+
+        remember_mergeable(start, len);
+        (void)syscall(SYS_madvise, addr, len, MADV_NOHUGEPAGE);
+        errno = saved;
+    }
+    return rc;
+}
+
+AGENT_EXPORT int munmap(void *addr, size_t len)
+{
+    int rc;
+
+    if (control_fd < 0)
+        return (int)syscall(SYS_munmap, addr, len);
+    /* Under the lock, so that a TRIM never acts on an address reused. */
+    pthread_mutex_lock(&merge_lock);
+    forget_mergeable_locked((uintptr_t)addr, len);
+    rc = (int)syscall(SYS_munmap, addr, len);
+    pthread_mutex_unlock(&merge_lock);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* TRIM: the zero pages of the VMM's own blocks                             */
+
+static int trim_uffd = -1;     /* registered over the blocks, write-protect */
+/* MEMVISOR_AGENT_TRIM_PAUSE_US: a pause between a zero page's check and its
+ * drop, so that tests can show a store in between is not lost. */
+static unsigned trim_pause_us;
+
+static bool page_is_zero(const uint8_t *page)
+{
+    const uint64_t *w = (const uint64_t *)page;
+
+    for (size_t i = 0; i < 4096 / 8; i++)
+        if (w[i])
+            return false;
+    return true;
+}
+
+static int write_protect(uintptr_t start, uintptr_t end, bool on)
+{
+    struct uffdio_writeprotect wp = {
+        .range = { .start = start, .len = end - start },
+        .mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+    };
+
+    return ioctl(trim_uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
+}
+
+/* One block: protect, drop the zero pages the VMM wrote (present and its
+ * own, pagemap bits 63 and 56), unprotect.  Returns pages dropped. */
+static int64_t trim_block(int pagemap, uintptr_t start, uintptr_t end)
+{
+    struct uffdio_register reg = {
+        .range = { .start = start, .len = end - start },
+        .mode = UFFDIO_REGISTER_MODE_WP,
+    };
+    int64_t freed = 0;
+    int rc;
+
+    if (ioctl(trim_uffd, UFFDIO_REGISTER, &reg) < 0 && errno != EBUSY)
+        return -errno;
+    if ((rc = write_protect(start, end, true)) < 0)
+        return rc;
+    for (uintptr_t at = start; at < end; at += 4096) {
+        uint64_t entry = 0;
+
+        if (pread(pagemap, &entry, sizeof(entry), (off_t)(at / 4096 * 8)) != sizeof(entry))
+            break;
+        if (!(entry >> 63 & 1) || !(entry >> 56 & 1) || !page_is_zero((const uint8_t *)at))
+            continue;
+        if (trim_pause_us)
+            usleep(trim_pause_us); /* tests: a store racing the drop waits */
+        if (syscall(SYS_madvise, at, 4096, MADV_DONTNEED) == 0)
+            freed++;
+    }
+    rc = write_protect(start, end, false);
+    return rc < 0 ? rc : freed;
+}
+
+static int64_t trim_own_blocks(void)
+{
+    int64_t freed = 0;
+    int pagemap;
+
+    if (trim_uffd < 0) {
+        struct uffdio_api api = { .api = UFFD_API };
+        int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+
+        if (fd < 0)
+            return -errno;
+        if (ioctl(fd, UFFDIO_API, &api) < 0) {
+            int err = errno;
+
+            close(fd);
+            return -err;
+        }
+        trim_uffd = fd;
+    }
+    if (getenv("MEMVISOR_AGENT_TRIM_PAUSE_US"))
+        trim_pause_us = (unsigned)strtoul(getenv("MEMVISOR_AGENT_TRIM_PAUSE_US"), NULL, 10);
+    pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (pagemap < 0)
+        return -errno;
+    /* Held throughout: the VMM cannot unmap a block (munmap waits for the
+     * lock) and map something else there while its pages are dropped. */
+    pthread_mutex_lock(&merge_lock);
+    for (int i = 0; i < AGENT_MERGE_RANGES && freed >= 0; i++) {
+        int64_t got;
+
+        if (!merge_ranges[i].end)
+            continue;
+        got = trim_block(pagemap, merge_ranges[i].start, merge_ranges[i].end);
+        freed = got < 0 ? got : freed + got;
+    }
+    pthread_mutex_unlock(&merge_lock);
+    close(pagemap);
+    return freed;
 }

@@ -39,6 +39,8 @@ enum mv_handover_type {
                           must stop at once (the agent kills it) */
     MV_HO_DISCARD = 6, /* agent: the VMM discarded [offset, offset + length)
                           of its RAM (a balloon, free page reporting) */
+    MV_HO_TRIM = 7,    /* server: give back the zero pages of the VMM's own
+                          RAM blocks; the reply's length is the pages freed */
     MV_HO_REPLY = 0x80 /* or-ed into the type of a reply */
 };
 

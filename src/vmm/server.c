@@ -138,8 +138,9 @@ static int recv_msg(int fd, struct mv_handover_msg *m, int timeout_ms, int *fds,
 }
 
 /* One request to the agent and its reply: 0 or -errno. */
-static int call_agent(struct vmm_conn *c, uint16_t type, uint64_t addr, uint64_t length,
-                      uint64_t offset, uint32_t flags)
+static int call_agent_reply(struct vmm_conn *c, uint16_t type, uint64_t addr,
+                            uint64_t length, uint64_t offset, uint32_t flags,
+                            struct mv_handover_msg *reply)
 {
     struct mv_handover_msg m;
     uint64_t deadline = mv__now_ns() + MV_VMM_CALL_TIMEOUT_MS * 1000000ull;
@@ -162,12 +163,20 @@ static int call_agent(struct vmm_conn *c, uint16_t type, uint64_t addr, uint64_t
                                         NULL, 0);
         if (rc == 0 && r.type == (type | MV_HO_REPLY) && r.seq == m.seq) {
             rc = r.result > 0 || r.result < -4095 ? -EPROTO : r.result;
+            if (reply)
+                *reply = r;
             break;
         }
         /* A stale reply (a request that timed out before) is skipped. */
     }
     pthread_mutex_unlock(&c->call_lock);
     return rc;
+}
+
+static int call_agent(struct vmm_conn *c, uint16_t type, uint64_t addr, uint64_t length,
+                      uint64_t offset, uint32_t flags)
+{
+    return call_agent_reply(c, type, addr, length, offset, flags, NULL);
 }
 
 static int vmm_map(void *ctx, uint64_t addr, uint64_t length, uint64_t offset, unsigned flags)
@@ -417,4 +426,36 @@ int mv_vmm_accept(mv_host *host, int control, const struct mv_domain_config *con
     conn_put(c);
     *domid = id;
     return 0;
+}
+
+int mv_vmm_trim(mv_host *host, uint32_t domid, uint64_t *pages_freed)
+{
+    struct mv_handover_msg reply;
+    struct mv_domain *d;
+    int rc = 0;
+
+    mv__clear_error();
+    if (pages_freed)
+        *pages_freed = 0;
+    if (!host)
+        return mv__fail(-EINVAL, "host is NULL");
+    d = mv__domain_get(host, domid);
+    if (!d)
+        return -ESRCH;
+    /* Under the domain lock, as map and zap: the connection stays. */
+    mv__mutex_lock(&d->lock);
+    if (!d->vmm || d->vmm->ops.map != vmm_map)
+        rc = mv__fail(-EOPNOTSUPP, "domain %u's RAM is not served through the VMM "
+                      "hand-over (mv_vmm_accept)", domid);
+    else if (d->state == MV_DOMAIN_CRASHED)
+        rc = mv__fail(-EPERM, "domain %u has crashed", domid);
+    else if ((rc = call_agent_reply(d->vmm->ctx, MV_HO_TRIM, 0, 0, 0, 0, &reply)) < 0)
+        rc = mv__fail(rc, "domain %u: the VMM's agent could not trim its own memory: %s%s",
+                      domid, mv_strerror(rc), rc == -EINVAL || rc == -EOPNOTSUPP ?
+                      " (its kernel may not write-protect anonymous memory)" : "");
+    else if (pages_freed)
+        *pages_freed = reply.length;
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+    return rc;
 }
