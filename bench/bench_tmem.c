@@ -31,6 +31,14 @@
  *                    touch of a memfd page and a swap-in from zram (the page
  *                    pushed out with MADV_PAGEOUT while zram is the only
  *                    swap; swap is turned off again at once).
+ * Rounds: put/get, the zram write/read and the lz4 loop are measured
+ * --rounds times, alternating which of tmem and zram goes first (the one
+ * going second may find the memory the first just freed still warm, and a
+ * neighbour's load on a shared machine hits whichever runs at that moment);
+ * each figure is the median of its rounds, and the report keeps every
+ * round.  Stored sizes are the same in every round (the pages and codecs
+ * are deterministic); the first round's are reported.  zswap, relinquish
+ * and the fault latencies are measured once.
  * zram is used only when it is unused (disksize 0) and reset afterwards.
  * zswap is used only when it is off: it is turned on for its measurement
  * alone (which changes swapping for every process of the machine while it
@@ -63,6 +71,7 @@
 #include <linux/magic.h>
 
 #define TMEM_DEFAULT_MIB 128u
+#define TMEM_DEFAULT_ROUNDS 5u
 #define TMEM_MAX_MIB 4096u
 #define TMEM_FAULT_PAGES 4096u      /* pages of the fault-latency cases */
 #define TMEM_RELINQUISH_FRAMES 1024u
@@ -72,6 +81,7 @@
 
 struct tmem_options {
     uint64_t size_mib;
+    uint64_t rounds;
     bool json;
 };
 
@@ -85,6 +95,10 @@ struct tmem_run {
     uint64_t put_ns, get_ns, frames, stored_bytes, poor, same, bad_pages;
     /* the lz4 loop */
     uint64_t lz4_comp_ns, lz4_decomp_ns, lz4_bytes;
+    /* each round's timings (the figures above are their medians) */
+    uint64_t round_put[MV_BENCH_MAX_ROUNDS], round_get[MV_BENCH_MAX_ROUNDS];
+    uint64_t round_lz4_comp[MV_BENCH_MAX_ROUNDS], round_lz4_decomp[MV_BENCH_MAX_ROUNDS];
+    uint64_t round_zram_write[MV_BENCH_MAX_ROUNDS], round_zram_read[MV_BENCH_MAX_ROUNDS];
     /* zram */
     bool zram;
     char zram_why[160];
@@ -114,7 +128,8 @@ static double gib_per_s(uint64_t pages, uint64_t ns)
 
 /* ---- tmem ---- */
 
-static int measure_tmem(struct tmem_run *run)
+/* One round of put and get; the first also measures relinquish. */
+static int measure_tmem(struct tmem_run *run, unsigned round)
 {
     struct mv_host_config hc;
     struct mv_domain_config dc;
@@ -150,19 +165,21 @@ static int measure_tmem(struct tmem_run *run)
             return mv_bench_lib_error("mv_tmem_put_page", rc < 0 ? rc : -ENOMEM);
         }
     }
-    run->put_ns = mv_bench_now_ns() - t0;
+    run->round_put[round] = mv_bench_now_ns() - t0;
     mv_tmem_stats(h, &s);
-    run->frames = s.frames;
-    run->stored_bytes = s.counts.stored_bytes;
-    run->poor = s.counts.poor_compressions;
-    run->same = s.counts.same_filled;
+    if (round == 0) {
+        run->frames = s.frames;
+        run->stored_bytes = s.counts.stored_bytes;
+        run->poor = s.counts.poor_compressions;
+        run->same = s.counts.same_filled;
+    }
     t0 = mv_bench_now_ns();
     for (uint64_t i = 0; i < run->pages; i++) {
         oid[1] = i >> 32;
         if (mv_tmem_get_page(h, dom, (uint32_t)pool, oid, (uint32_t)i, page, MV_PAGE_SIZE) != 1)
             run->bad_pages++;
     }
-    run->get_ns = mv_bench_now_ns() - t0;
+    run->round_get[round] = mv_bench_now_ns() - t0;
     /* Untimed: every page is what was put. */
     for (uint64_t i = 0; i < run->pages; i++) {
         oid[1] = i >> 32;
@@ -170,6 +187,8 @@ static int measure_tmem(struct tmem_run *run)
             memcmp(page, guest_image_page(run->image, i), MV_PAGE_SIZE))
             run->bad_pages++;
     }
+    if (round > 0)
+        goto out;
     /* Relinquish: the pages again, in an ephemeral pool, then frames back. */
     mv_tmem_destroy_pool(h, dom, (uint32_t)pool);
     mv_tmem_relinquish_pages(h, UINT64_MAX);
@@ -185,6 +204,7 @@ static int measure_tmem(struct tmem_run *run)
     t0 = mv_bench_now_ns();
     run->relinquished_frames = (uint64_t)TM_MAX(mv_tmem_relinquish_pages(h, TMEM_RELINQUISH_FRAMES), 0);
     run->relinquish_ns = mv_bench_now_ns() - t0;
+out:
     rc = mv_tmem_audit(h);
     mv_host_destroy(h);
     if (rc < 0)
@@ -194,7 +214,7 @@ static int measure_tmem(struct tmem_run *run)
 
 /* ---- the lz4 loop ---- */
 
-static void measure_lz4(struct tmem_run *run)
+static void measure_lz4(struct tmem_run *run, unsigned round)
 {
     int bound = LZ4_compressBound(MV_PAGE_SIZE);
     char *dst = malloc((size_t)bound), page[MV_PAGE_SIZE];
@@ -215,13 +235,14 @@ static void measure_lz4(struct tmem_run *run)
     for (uint64_t i = 0; i < run->pages; i++)
         len[i] = (uint32_t)LZ4_compress_default((const char *)guest_image_page(run->image, i),
                                                 all + i * (uint64_t)bound, MV_PAGE_SIZE, bound);
-    run->lz4_comp_ns = mv_bench_now_ns() - t0;
+    run->round_lz4_comp[round] = mv_bench_now_ns() - t0;
+    run->lz4_bytes = 0;
     for (uint64_t i = 0; i < run->pages; i++)
         run->lz4_bytes += len[i];
     t0 = mv_bench_now_ns();
     for (uint64_t i = 0; i < run->pages; i++)
         LZ4_decompress_safe(all + i * (uint64_t)bound, page, (int)len[i], MV_PAGE_SIZE);
-    run->lz4_decomp_ns = mv_bench_now_ns() - t0;
+    run->round_lz4_decomp[round] = mv_bench_now_ns() - t0;
     free(dst);
     free(len);
     free(all);
@@ -293,12 +314,17 @@ static void zram_reset(void)
     sys_write(ZRAM "reset", "1");
 }
 
-static void measure_zram(struct tmem_run *run)
+/* One round of zram writes and reads; a round after a failed one is not
+ * run (run->zram stays false). */
+static void measure_zram(struct tmem_run *run, unsigned round)
 {
     uint64_t mm[3], t0;
     uint8_t *buf = NULL;
     int fd;
 
+    if (round > 0 && !run->zram)
+        return;
+    run->zram = false;
     if (zram_setup(run->pages * MV_PAGE_SIZE + 64 * MV_BENCH_MIB, run->zram_why,
                    sizeof(run->zram_why)) < 0)
         return;
@@ -316,8 +342,8 @@ static void measure_zram(struct tmem_run *run)
         if (pwrite(fd, guest_image_page(run->image, i), MV_PAGE_SIZE,
                    (off_t)(i * MV_PAGE_SIZE)) != MV_PAGE_SIZE)
             run->zram_bad++;
-    run->zram_write_ns = mv_bench_now_ns() - t0;
-    if (sys_read_u64s(ZRAM "mm_stat", mm, 3) == 3) {
+    run->round_zram_write[round] = mv_bench_now_ns() - t0;
+    if (round == 0 && sys_read_u64s(ZRAM "mm_stat", mm, 3) == 3) {
         run->zram_orig = mm[0];
         run->zram_compr = mm[1];
         run->zram_used = mm[2];
@@ -326,7 +352,7 @@ static void measure_zram(struct tmem_run *run)
     for (uint64_t i = 0; i < run->pages; i++)
         if (pread(fd, buf, MV_PAGE_SIZE, (off_t)(i * MV_PAGE_SIZE)) != MV_PAGE_SIZE)
             run->zram_bad++;
-    run->zram_read_ns = mv_bench_now_ns() - t0;
+    run->round_zram_read[round] = mv_bench_now_ns() - t0;
     for (uint64_t i = 0; i < run->pages; i++)
         if (pread(fd, buf, MV_PAGE_SIZE, (off_t)(i * MV_PAGE_SIZE)) != MV_PAGE_SIZE ||
             memcmp(buf, guest_image_page(run->image, i), MV_PAGE_SIZE))
@@ -1000,6 +1026,44 @@ fail:
     return MV_BENCH_FAILED;
 }
 
+/* ---- rounds ---- */
+
+/* tmem, the lz4 loop and zram, --rounds times, tmem first in even rounds
+ * and zram first in odd ones; the figures are the medians. */
+static int measure_rounds(struct tmem_run *run)
+{
+    unsigned n = (unsigned)run->opt.rounds;
+
+    for (unsigned r = 0; r < n; r++) {
+        int rc;
+
+        if (r % 2)
+            measure_zram(run, r);
+        rc = measure_tmem(run, r);
+        if (rc != MV_BENCH_OK)
+            return rc;
+        measure_lz4(run, r);
+        if (r % 2 == 0)
+            measure_zram(run, r);
+    }
+    run->put_ns = mv_bench_median(run->round_put, n);
+    run->get_ns = mv_bench_median(run->round_get, n);
+    run->lz4_comp_ns = mv_bench_median(run->round_lz4_comp, n);
+    run->lz4_decomp_ns = mv_bench_median(run->round_lz4_decomp, n);
+    run->zram_write_ns = mv_bench_median(run->round_zram_write, n);
+    run->zram_read_ns = mv_bench_median(run->round_zram_read, n);
+    return MV_BENCH_OK;
+}
+
+static struct json_object *rounds_json(const uint64_t *v, uint64_t n)
+{
+    struct json_object *a = json_object_new_array();
+
+    for (uint64_t i = 0; i < n; i++)
+        json_object_array_add(a, json_object_new_uint64(v[i]));
+    return a;
+}
+
 /* ---- reports ---- */
 
 static double tmem_ratio(const struct tmem_run *r)
@@ -1067,6 +1131,10 @@ static int report_json(struct tmem_run *r)
     bool met;
 
     json_object_object_add(p, "size_mib", json_object_new_uint64(r->opt.size_mib));
+    json_object_object_add(p, "rounds", json_object_new_uint64(r->opt.rounds));
+    json_object_object_add(p, "rounds_what", json_object_new_string(
+        "put/get, zram write/read and the lz4 loop, tmem first in even rounds and zram "
+        "first in odd ones; each *_ns figure is the median of its rounds"));
     json_object_object_add(p, "pages", json_object_new_uint64(r->pages));
     json_object_object_add(p, "pages_what", json_object_new_string(
         "one synthetic guest (guest_image.c, compressible contents: code, text, heap, zero)"));
@@ -1075,17 +1143,27 @@ static int report_json(struct tmem_run *r)
     json_object_object_add(root, "parameters", p);
     json_object_object_add(raw, "put_ns", json_object_new_uint64(r->put_ns));
     json_object_object_add(raw, "get_ns", json_object_new_uint64(r->get_ns));
+    json_object_object_add(raw, "put_ns_rounds", rounds_json(r->round_put, r->opt.rounds));
+    json_object_object_add(raw, "get_ns_rounds", rounds_json(r->round_get, r->opt.rounds));
     json_object_object_add(raw, "tmem_frames", json_object_new_uint64(r->frames));
     json_object_object_add(raw, "tmem_stored_bytes", json_object_new_uint64(r->stored_bytes));
     json_object_object_add(raw, "tmem_poor_compressions", json_object_new_uint64(r->poor));
     json_object_object_add(raw, "tmem_same_filled", json_object_new_uint64(r->same));
     json_object_object_add(raw, "lz4_compress_ns", json_object_new_uint64(r->lz4_comp_ns));
     json_object_object_add(raw, "lz4_decompress_ns", json_object_new_uint64(r->lz4_decomp_ns));
+    json_object_object_add(raw, "lz4_compress_ns_rounds",
+                           rounds_json(r->round_lz4_comp, r->opt.rounds));
+    json_object_object_add(raw, "lz4_decompress_ns_rounds",
+                           rounds_json(r->round_lz4_decomp, r->opt.rounds));
     json_object_object_add(raw, "lz4_bytes", json_object_new_uint64(r->lz4_bytes));
     json_object_object_add(raw, "zram", json_object_new_boolean(r->zram));
     if (r->zram) {
         json_object_object_add(raw, "zram_write_ns", json_object_new_uint64(r->zram_write_ns));
         json_object_object_add(raw, "zram_read_ns", json_object_new_uint64(r->zram_read_ns));
+        json_object_object_add(raw, "zram_write_ns_rounds",
+                               rounds_json(r->round_zram_write, r->opt.rounds));
+        json_object_object_add(raw, "zram_read_ns_rounds",
+                               rounds_json(r->round_zram_read, r->opt.rounds));
         json_object_object_add(raw, "zram_orig_bytes", json_object_new_uint64(r->zram_orig));
         json_object_object_add(raw, "zram_compr_bytes", json_object_new_uint64(r->zram_compr));
         json_object_object_add(raw, "zram_mem_used", json_object_new_uint64(r->zram_used));
@@ -1155,7 +1233,8 @@ static int report_text(struct tmem_run *r)
     size_t n = comparisons(r, c);
 
     printf("memvisor bench tmem: %" PRIu64 " pages (%" PRIu64 " MiB) of one synthetic guest "
-           "with compressible contents\n", r->pages, r->opt.size_mib);
+           "with compressible contents; put/get, zram and the lz4 loop: median of %" PRIu64
+           " round%s\n", r->pages, r->opt.size_mib, r->opt.rounds, r->opt.rounds == 1 ? "" : "s");
     mv_bench_machine_print(stdout, &r->machine);
     printf("\ntmem: %" PRIu64 " frames for %" PRIu64 " pages (%" PRIu64 " same-filled, %"
            PRIu64 " stored raw); relinquish: evict_npages %" PRIu64 " frames in %.1f us, "
@@ -1184,7 +1263,7 @@ static int report_text(struct tmem_run *r)
 static void print_usage(FILE *out)
 {
     fprintf(out,
-        "usage: memvisor bench tmem [--json] [--size MIB]\n"
+        "usage: memvisor bench tmem [--json] [--size MIB] [--rounds N]\n"
         "\n"
         "Transcendent memory against zram, zswap and a plain lz4 loop on the same\n"
         "realistic guest pages: put/get throughput, compression ratio, relinquish\n"
@@ -1194,8 +1273,12 @@ static void print_usage(FILE *out)
         "off (root), and puts back every setting after.\n"
         "\n"
         "  --size MIB   guest pages to store (default %u, at most %u)\n"
+        "  --rounds N   times put/get, zram and the lz4 loop are measured, tmem\n"
+        "               and zram taking turns to go first; medians are reported\n"
+        "               (default %u, at most %u)\n"
         "  --json       one JSON object on stdout\n"
-        "  --help       this text\n", TMEM_DEFAULT_MIB, TMEM_MAX_MIB);
+        "  --help       this text\n", TMEM_DEFAULT_MIB, TMEM_MAX_MIB, TMEM_DEFAULT_ROUNDS,
+        MV_BENCH_MAX_ROUNDS);
 }
 
 static int parse_option(int opt, const char *arg, void *ctx)
@@ -1204,6 +1287,8 @@ static int parse_option(int opt, const char *arg, void *ctx)
 
     if (opt == 's')
         return mv_bench_parse_mib("tmem: --size", arg, TMEM_MAX_MIB, &o->size_mib);
+    if (opt == 'r')
+        return mv_bench_parse_u64("tmem: --rounds", arg, 1, MV_BENCH_MAX_ROUNDS, &o->rounds);
     return MV_BENCH_OK;
 }
 
@@ -1212,13 +1297,14 @@ static int parse_options(int argc, char **argv, void *arg, bool *help)
     static const struct option options[] = {
         { "json", no_argument, NULL, 'j' },
         { "size", required_argument, NULL, 's' },
+        { "rounds", required_argument, NULL, 'r' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     struct tmem_options *o = &((struct tmem_run *)arg)->opt;
     int rc;
 
-    *o = (struct tmem_options){ .size_mib = TMEM_DEFAULT_MIB };
+    *o = (struct tmem_options){ .size_mib = TMEM_DEFAULT_MIB, .rounds = TMEM_DEFAULT_ROUNDS };
     rc = mv_bench_parse_options("tmem", argc, argv, options, parse_option, o, &o->json, help);
     return mv_bench_options_done("tmem", rc, argc, argv);
 }
@@ -1242,10 +1328,8 @@ static int run_suite(void *arg)
         return rc;
     run->image = &run->set.images[0];
     run->pages = run->image->pages;
-    rc = measure_tmem(run);
+    rc = measure_rounds(run);
     if (rc == MV_BENCH_OK) {
-        measure_lz4(run);
-        measure_zram(run);
         measure_zswap(run);
         rc = measure_faults(run);
     }
