@@ -666,6 +666,15 @@ static void injected_failures_lose_and_leak_nothing(void **state)
     mv__os_inject(MV_OS_MMAP, 0, 0, 0);
     assert_int_equal(stats(h).chunks, 0);
     audit(h);
+    /* Filling new zspages' frames in one write fails: each frame is
+     * populated by the first store into it instead, and nothing is lost. */
+    mv__os_inject(MV_OS_WRITE, EIO, 0, 3);
+    for (uint32_t i = 0; i < 300; i++)
+        assert_int_equal(put(h, d, per, 2, i, i, 2), 1);
+    assert_int_equal(mv__os_injected(MV_OS_WRITE), 0); /* all three failed a write */
+    for (uint32_t i = 0; i < 300; i++)
+        expect_page(h, d, per, 2, i, i, 2);
+    audit(h);
     for (uint32_t i = 0; i < 300; i++)
         assert_int_equal(put(h, d, per, 1, i, i, 3), 1);
     /* Scrubbing fails: the frames are zeroed by hand and still given back. */

@@ -5,12 +5,19 @@
  * allocator in the manner of zsmalloc; compaction; deduplication of
  * identical pages within a pool.
  *
- * Size classes are 64 bytes apart.  A zspage of a class is a run of 1 to
+ * Size classes are 32 bytes apart.  A zspage of a class is a run of 1 to
  * TM_ZSPAGE_MAX_FRAMES frames of one chunk (contiguous in the chunk's
  * mapping, so a slot may straddle two frames), the run length chosen to
  * waste the least.  A frame is charged to the host budget from the moment a
  * zspage takes it (or it was kept SPARE) until it is scrubbed (a hole) and
  * uncharged.
+ *
+ * Populating frames is a fifth of a put's time (a write fault on a hole of
+ * the memfd allocates, clears and maps one page; see docs/performance.md),
+ * so a new zspage's holes are filled with one write of zeros to the memfd
+ * and mapped by one read fault, which maps every cached page around it
+ * (run_populate).  A zspage of one frame is left to its write fault: the
+ * system call would cost more than it saves.
  *
  * Dedup compares bytes, never only hashes: a blob is reused only when its
  * stored bytes equal the new page's compressed bytes under the same codec
@@ -180,6 +187,39 @@ uint64_t tm_release_spare(struct mv__tmem *t, uint64_t n)
     return done;
 }
 
+#define TM_POPULATE_MIN_FRAMES 2u
+
+/* Read by run_populate's writes, never written: the zero page backs it. */
+static uint8_t tm_zeros[TM_ZSPAGE_MAX_FRAMES << MV_PAGE_SHIFT];
+
+/* Frames [first, first + k) of c are about to hold a zspage; those that
+ * are holes get memory now, in one write and one read fault rather than a
+ * write fault each: a page of the memfd written whole is allocated
+ * without being cleared, and a read fault maps the cached pages around
+ * it.  Best effort: when the write fails, the first store into each frame
+ * populates it, as it would have anyway. */
+static void run_populate(struct mv__tmem *t, struct tm_chunk *c, unsigned first, unsigned k)
+{
+    unsigned from = k, to = 0;
+
+    for (unsigned j = 0; j < k; j++) {
+        if (c->state[first + j] == TM_FRAME_FREE) {
+            from = MV_MIN(from, j);
+            to = j + 1;
+        }
+    }
+    if (from >= to || to - from < TM_POPULATE_MIN_FRAMES)
+        return;
+    /* SPARE frames between two holes are rewritten too: their bytes are
+     * stale, and one write is cheaper than two. */
+    if (mv__os_write(t->host->machine.memfd, tm_zeros,
+                     (c->first_mfn + first + from) << MV_PAGE_SHIFT,
+                     (uint64_t)(to - from) << MV_PAGE_SHIFT) < 0)
+        return;
+    for (unsigned j = from; j < to; j++)
+        (void)*(volatile const uint8_t *)(c->map + ((size_t)(first + j) << MV_PAGE_SHIFT));
+}
+
 /* A run of `k` frames not USED in a chunk, preferring SPARE ones; a new
  * chunk when none has room.  The frames are charged already: SPARE ones
  * taken refund their charge. */
@@ -239,6 +279,7 @@ static int frames_take(struct mv__tmem *t, unsigned k, struct tm_chunk **out,
     best = c;
     best_at = 0;
 found:
+    run_populate(t, best, best_at, k);
     for (unsigned j = 0; j < k; j++) {
         if (best->state[best_at + j] == TM_FRAME_SPARE) {
             best->spare--;
