@@ -11,7 +11,9 @@
  *   each domain that its region names and that names the region;
  *   sum over domains of shared gfns == share.refs (saved + frames);
  *   an indexed frame's bytes hash to its index entry;
- *   no guest write lives outside machine frames (audit_private_copies).
+ *   no guest write lives outside machine frames (audit_private_copies);
+ *   where stores to shared pages trap, no shared gfn is mapped writable
+ *   (audit_shared_protected).
  *
  * Locking: settles kernel copies first (no lock held), then the share lock
  * for the frames, then each domain's lock and the share lock for its side.
@@ -171,6 +173,49 @@ static int audit_private_copies(struct mv_domain *d)
     return 0;
 }
 
+/*
+ * Where a store to a shared page must trap (MV_COW_TRAP), no shared gfn is
+ * mapped writable: a page of it in the page tables is write-protected
+ * (domain lock held).  A clone's source maps its former frames MAP_SHARED
+ * (clone.c), where a missed protection would let a store reach a frame the
+ * clone maps.
+ */
+static int audit_shared_protected(struct mv_domain *d)
+{
+    struct page_region regions[64];
+    uintptr_t base = (uintptr_t)mv__gfn_addr(d, 0);
+    uintptr_t start = base, end = base + (d->maxmem_pages << MV_PAGE_SHIFT);
+
+    if (kernel_copies(d) || d->shared == 0 || d->state == MV_DOMAIN_CRASHED ||
+        atomic_load(&d->dying))
+        return 0;
+    while (start < end) {
+        struct pm_scan_arg arg = {
+            .size = sizeof(arg), .start = start, .end = end,
+            .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
+            .category_mask = PAGE_IS_FILE | PAGE_IS_PRESENT | PAGE_IS_WRITTEN,
+            .return_mask = PAGE_IS_WRITTEN,
+        };
+        long r = mv__os_pagemap_scan(mv__ram_pagemap_fd(d), &arg);
+
+        if (r < 0)
+            return mv__fail((int)r, "domain %u: cannot read its page tables: %s",
+                            d->domid, mv_strerror((int)r));
+        for (long i = 0; i < r; i++) {
+            for (uintptr_t p = regions[i].start; p < regions[i].end; p += MV_PAGE_SIZE) {
+                uint64_t gfn = (p - base) >> MV_PAGE_SHIFT;
+
+                if (d->p2m[gfn] == MV_P2M_SHARED)
+                    return mv__fail(-EUCLEAN, "domain %u: shared gfn %#llx is mapped "
+                                    "writable", d->domid, (unsigned long long)gfn);
+            }
+        }
+        start = arg.walk_end <= start || r < (long)MV_ARRAY_SIZE(regions) ? end
+                                                                          : arg.walk_end;
+    }
+    return 0;
+}
+
 /* The frames (share lock held): residency, reverse maps, index bytes. */
 static int audit_frames(struct mv_host *host, uint64_t *frames)
 {
@@ -275,6 +320,8 @@ int mv_share_audit(mv_host *host)
             mv__mutex_unlock(&s->lock);
             if (rc == 0)
                 rc = audit_private_copies(all[i]);
+            if (rc == 0)
+                rc = audit_shared_protected(all[i]);
             mv__mutex_unlock(&all[i]->lock);
         }
         mv__domain_put(all[i]);
