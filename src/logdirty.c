@@ -557,6 +557,43 @@ static void end(struct mv_domain *d)
  * whose slot the domain keeps until RAM is known writable), so the domain
  * runs on, paying a trap per such page.  The first failure's message stays.
  */
+/*
+ * The write-protect modes register RAM for write protection at their first
+ * enable, not when the domain is made: a range registered so is unprotected
+ * page by page when it leaves the userfaultfd (the kernel walks every
+ * page-table entry), which a clone's source does with all its populated
+ * pages (share/clone.c).  Every run of own mappings is registered again with
+ * the mode added; shared gfns belong to the copy-on-write userfaultfd and
+ * are skipped.  Later mappings take d->register_modes.  Domain lock held.
+ */
+static int register_for_log(struct mv_domain *d)
+{
+    uint64_t modes = d->register_modes | UFFDIO_REGISTER_MODE_WP;
+
+    if (d->logdirty->mode == MV_LOGDIRTY_MPROTECT || d->register_modes == modes)
+        return 0;
+    for (uint64_t g = 0; g < d->maxmem_pages;) {
+        uint64_t end = g;
+        int rc;
+
+        if (d->p2m[g] == MV_P2M_SHARED) {
+            g++;
+            continue;
+        }
+        while (end < d->maxmem_pages && d->p2m[end] != MV_P2M_SHARED)
+            end++;
+        rc = mv__os_uffd_register(d->uffd, mv__gfn_addr(d, g), (end - g) << MV_PAGE_SHIFT,
+                                  modes, NULL);
+        if (rc < 0)
+            return mv__fail(rc, "cannot register gfn %#llx+%llu for write protection: %s",
+                            (unsigned long long)g, (unsigned long long)(end - g),
+                            mv_strerror(rc));
+        g = end;
+    }
+    d->register_modes = modes;
+    return 0;
+}
+
 static void enable_undo(struct mv_domain *d, int rc)
 {
     struct mv__logdirty *l = d->logdirty;
@@ -589,7 +626,8 @@ int mv_logdirty_enable(mv_host *host, uint32_t domid)
         return mv__fail(-EALREADY, "domain %u is already logging dirty pages", domid);
     }
     start = mv__now_ns();
-    if (l->mode == MV_LOGDIRTY_MPROTECT)
+    rc = register_for_log(d);
+    if (rc == 0 && l->mode == MV_LOGDIRTY_MPROTECT)
         rc = slot_claim(d, l);
     if (rc == 0) {
         for (size_t i = 0; i < l->words; i++) {
@@ -932,8 +970,10 @@ static int logdirty_traps(struct mv_domain *d, uint64_t *uffd_features,
 
     if (rc < 0)
         return rc;
+    /* The modes are registered at the first enable (register_for_log). */
+    (void)register_modes;
+    (void)modes;
     *uffd_features |= features;
-    *register_modes |= modes;
     return mv__logdirty_create(d, mode);
 }
 
