@@ -153,6 +153,28 @@ void mv__p2m_set(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
     d->p2m[gfn] = (uint8_t)type;
 }
 
+void mv__p2m_set_range(struct mv_domain *d, uint64_t gfn, uint64_t n, enum mv__p2m_type type)
+{
+    /* A run of one old type within one block at a time: counters once. */
+    for (uint64_t g = gfn, end = gfn + n; g < end;) {
+        enum mv__p2m_type old = (enum mv__p2m_type)d->p2m[g];
+        uint64_t block_end = MV_MIN(end, (g / MV_BLOCK_PAGES + 1) * MV_BLOCK_PAGES), k = 1;
+
+        while (g + k < block_end && d->p2m[g + k] == old)
+            k++;
+        if (old != type) {
+            *type_counter(d, old) -= k;
+            *type_counter(d, type) += k;
+            if (old == MV_P2M_POD)
+                d->block_pod[g / MV_BLOCK_PAGES] -= k;
+            if (type == MV_P2M_POD)
+                d->block_pod[g / MV_BLOCK_PAGES] += k;
+            memset(&d->p2m[g], type, k);
+        }
+        g += k;
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* crash                                                                    */
 

@@ -150,6 +150,7 @@ enum mv__os_op {
     MV_OS_MPROTECT,
     MV_OS_SIGACTION,            /* installing a signal handler */
     MV_OS_UFFD_COPY,            /* UFFDIO_COPY: filling a page with bytes */
+    MV_OS_UFFD_UNREGISTER,
     MV_OS_OP_COUNT,
 };
 
@@ -454,6 +455,8 @@ void mv__domain_crash(struct mv_domain *d, const char *fmt, ...) MV_PRINTF(2, 3)
 int mv__domain_check_gfn(struct mv_domain *d, uint64_t gfn);
 /* Set a p2m entry, keeping the type counters in step (lock held). */
 void mv__p2m_set(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type);
+/* The same for [gfn, gfn + n). */
+void mv__p2m_set_range(struct mv_domain *d, uint64_t gfn, uint64_t n, enum mv__p2m_type type);
 
 /* Build a domain that no one can reach yet (for clones), make it reachable,
  * or throw it away. */

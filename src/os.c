@@ -295,7 +295,10 @@ int mv__os_uffd_register(int uffd, void *addr, size_t length, uint64_t mode,
 int mv__os_uffd_unregister(int uffd, void *addr, size_t length)
 {
     struct uffdio_range range = { .start = (uintptr_t)addr, .len = length };
+    int err = injected(MV_OS_UFFD_UNREGISTER);
 
+    if (err)
+        return err;
     return ioctl(uffd, UFFDIO_UNREGISTER, &range) < 0 ? -errno : 0;
 }
 

@@ -274,22 +274,28 @@ static int64_t run_settle(struct scene *s)
     return mv_share_settle(s->h, s->v);
 }
 
+/* Paused before the failures are armed: only the clone meets them (a
+ * kernel-copying domain's pause protects its shared pages). */
+static void prepare_shared_paused(struct scene *s)
+{
+    prepare_shared(s);
+    assert_ok(mv_domain_pause(s->h, s->v));
+}
+
+/* The source stays paused: the checks after the run unpause it. */
 static int64_t run_clone(struct scene *s)
 {
     uint32_t c;
     int rc;
 
-    assert_ok(mv_domain_pause(s->h, s->v));
     rc = mv_domain_clone(s->h, s->v, "clone", &c);
     snprintf(s->why, sizeof(s->why), "%s", mv_last_error());
     if (rc == 0) {
         s->c = c;
-        assert_ok(mv_domain_unpause(s->h, s->v));
         return 0;
     }
     /* A snapshot never harms what it copies. */
     assert_int_equal(info_of(s->h, s->v).state, MV_DOMAIN_PAUSED);
-    assert_ok(mv_domain_unpause(s->h, s->v));
     return rc;
 }
 
@@ -352,7 +358,9 @@ static const struct operation operations[] = {
     { "cow_break_kernel", prepare_shared, run_cow_writes, true, MV_COW_KERNEL,
       MV_LOGDIRTY_AUTO },
     { "settle", prepare_shared_written, run_settle, true, MV_COW_KERNEL, MV_LOGDIRTY_AUTO },
-    { "clone", prepare_shared, run_clone, true, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
+    { "clone", prepare_shared_paused, run_clone, true, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
+    { "clone_kernel", prepare_shared_paused, run_clone, true, MV_COW_KERNEL,
+      MV_LOGDIRTY_AUTO },
     { "logdirty_enable_wp_async", prepare_nothing, run_logdirty_enable, false, MV_COW_TRAP,
       MV_LOGDIRTY_WP_ASYNC },
     { "logdirty_enable_wp_sync", prepare_nothing, run_logdirty_enable, false, MV_COW_TRAP,
@@ -574,6 +582,7 @@ TABLE_CASE(cow_break_trap)
 TABLE_CASE(cow_break_kernel)
 TABLE_CASE(settle)
 TABLE_CASE(clone)
+TABLE_CASE(clone_kernel)
 TABLE_CASE(logdirty_enable_wp_async)
 TABLE_CASE(logdirty_enable_wp_sync)
 TABLE_CASE(logdirty_enable_mprotect)
@@ -874,6 +883,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(inject_cow_break_kernel),
     cmocka_unit_test(inject_settle),
     cmocka_unit_test(inject_clone),
+    cmocka_unit_test(inject_clone_kernel),
     cmocka_unit_test(inject_logdirty_enable_wp_async),
     cmocka_unit_test(inject_logdirty_enable_wp_sync),
     cmocka_unit_test(inject_logdirty_enable_mprotect),

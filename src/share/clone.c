@@ -4,6 +4,20 @@
  * run, and the frames are left pending (frames.c) rather than recorded one
  * by one; and the rollback of a clone that fails half-way (below).
  *
+ * The source's populated runs are shared in place: their mappings, and the
+ * page-table entries the guest built, stay where they are (MAP_SHARED on
+ * the former frames), move from the domain's own userfaultfd to its
+ * copy-on-write one and are write-protected there, which costs the kernel
+ * one pass over the entries, as fork() write-protects a parent's.  Remapping
+ * them (MAP_PRIVATE, as other sharing does) made the kernel tear every entry
+ * down instead, twice the cost, and the guest fault each page back in
+ * (docs/performance.md, "Clones share the source's pages in place").  A
+ * write between the two ioctls can only land in the former frame, which is
+ * the snapshot both then share: there is no private copy to look for.  A
+ * source whose kernel copies on write (MV_COW_KERNEL) needs MAP_PRIVATE
+ * mappings, where an unprotected store makes a copy rather than reach the
+ * frame, and is remapped as before.
+ *
  * Invariants:
  *   a clone either completes or changes nothing (or crashes the source,
  *   saying so, when a system call of the undo fails);
@@ -61,6 +75,28 @@ static long clone_remap_source(struct mv_domain *src, uint64_t gfn, uint64_t mfn
     return copies;
 }
 
+/* The source's populated run [gfn, gfn + n) becomes shared where it is:
+ * still mapped MAP_SHARED on its former frames, now registered with the
+ * copy-on-write userfaultfd and write-protected.  On failure the run may be
+ * registered with either userfaultfd or none: the undo maps the source
+ * whole again. */
+static int clone_protect_in_place(struct mv_domain *src, uint64_t gfn, uint64_t n)
+{
+    uint8_t *at = mv__gfn_addr(src, gfn);
+    size_t len = n << MV_PAGE_SHIFT;
+    int rc = mv__os_uffd_unregister(src->uffd, at, len);
+
+    if (rc == 0)
+        rc = mv__os_uffd_register(src->cow_uffd, at, len, UFFDIO_REGISTER_MODE_WP, NULL);
+    if (rc == 0)
+        rc = mv__os_uffd_writeprotect(src->cow_uffd, at, len, true);
+    return rc < 0 ? mv__fail(rc, "domain %u: cannot write-protect gfn %#llx+%llu in "
+                             "place for the clone: %s", src->domid,
+                             (unsigned long long)gfn, (unsigned long long)n,
+                             mv_strerror(rc))
+                  : 0;
+}
+
 /* The clone maps live frames [mfn, mfn + n) at [gfn, gfn + n), with a
  * record each.  It is not reachable yet: no write can race the remap.  On
  * failure the gfns done so far are shared and the rest not: the undo lets
@@ -82,12 +118,33 @@ static int clone_map_frames(struct mv_domain *c, uint64_t gfn, uint64_t mfn, uin
     return rc;
 }
 
+/* Both domains map the source's populated run [gfn, gfn + n), shared in
+ * place (source locked, clone unreachable; share lock held). */
+static int clone_share_in_place(struct mv_domain *src, struct mv_domain *c,
+                                uint64_t old_base, struct mv__share_region *r,
+                                uint64_t gfn, uint64_t n)
+{
+    int rc = clone_protect_in_place(src, gfn, n);
+
+    /* The clone is not reachable yet: no write can race its remap. */
+    if (rc == 0)
+        rc = share_map_frames(c, gfn, old_base + gfn, n);
+    if (rc < 0)
+        return rc;
+    share_pending_add(src->host->share, r, src, c, gfn, n);
+    mv__p2m_set_range(src, gfn, n, MV_P2M_SHARED);
+    mv__p2m_set_range(c, gfn, n, MV_P2M_SHARED);
+    return mv__fault_wake(src, false, gfn, n);
+}
+
 /* A run of the source's p2m: map it in both domains (source locked, clone
- * unreachable; share lock held).  0, or a negative errno with a message:
- * the caller undoes the clone. */
+ * unreachable; share lock held).  `in_place`: the source kept its mappings
+ * (populated runs are shared in place, the others still map the former
+ * block); otherwise it was mapped whole onto its new block.  0, or a
+ * negative errno with a message: the caller undoes the clone. */
 static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_base,
                      struct mv__share_region *r, uint64_t gfn, uint64_t n,
-                     enum mv__p2m_type type)
+                     enum mv__p2m_type type, bool in_place)
 {
     struct mv__share *s = src->host->share;
     int64_t done;
@@ -95,18 +152,24 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
 
     switch (type) {
     case MV_P2M_POD:
-        return 0;
+        /* Its own frames are in the new block now. */
+        return in_place ? mv__domain_map_own(src, gfn, n) : 0;
     case MV_P2M_PAGED:
         /* Paged back in before the clone began, under the same lock. */
         return mv__fail(-EUCLEAN, "domain %u: gfn %#llx is still paged out",
                         src->domid, (unsigned long long)gfn);
     case MV_P2M_BALLOONED:
-        for (uint64_t i = 0; i < n; i++)
-            mv__p2m_set(c, gfn + i, MV_P2M_BALLOONED);
+        if (in_place && (rc = mv__domain_map_own(src, gfn, n)) < 0)
+            return rc;
+        mv__p2m_set_range(c, gfn, n, MV_P2M_BALLOONED);
         return 0;
     case MV_P2M_RAM: {
         uint8_t written[MV_BLOCK_PAGES];
-        long copies = clone_remap_source(src, gfn, old_base + gfn, n, written);
+        long copies;
+
+        if (in_place)
+            return clone_share_in_place(src, c, old_base, r, gfn, n);
+        copies = clone_remap_source(src, gfn, old_base + gfn, n, written);
 
         if (copies < 0)
             return (int)copies;
@@ -138,8 +201,9 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
 
             share_run_side(src, gfn + i, +1, n - i - 1, &k);
             k++;
-            /* The source was remapped whole: map its frames again. */
-            rc = share_map_frames(src, gfn + i, m, k);
+            /* Mapped whole onto its new block, the source maps its
+             * frames again; in place, it never stopped. */
+            rc = in_place ? 0 : share_map_frames(src, gfn + i, m, k);
             if (rc == 0)
                 rc = clone_map_frames(c, gfn + i, m, k);
             if (rc < 0)
@@ -400,6 +464,7 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
     struct mv__share_region *r = NULL;
     struct mv__share *s;
     uint64_t old_base, new_base, populated_before, runs;
+    bool in_place;
     int rc;
 
     mv__clear_error();
@@ -478,20 +543,23 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
     prepare_clone_tables(src, c, r, old_base);
     /*
      * The source's frames become the shared ones where they are; the source
-     * moves to a fresh block, all holes, mapped whole, and maps its former
-     * frames back run by run.  It is paused, so no vCPU sees the moment
-     * between.
+     * moves to a fresh block, all holes.  In place, its populated runs keep
+     * their mappings and the rest is mapped onto the new block; otherwise
+     * it is mapped whole onto the new block and maps its former frames back
+     * run by run, 2 MiB at a time (the most clone_run checks for raced
+     * writes at once).  It is paused, so no vCPU sees the moment between.
      */
+    in_place = !kernel_copies(src);
     src->base_mfn = new_base;
-    rc = mv__domain_map_own(src, 0, src->maxmem_pages);
+    rc = in_place ? 0 : mv__domain_map_own(src, 0, src->maxmem_pages);
     for (uint64_t g = 0; rc == 0 && g < src->maxmem_pages;) {
         enum mv__p2m_type t = (enum mv__p2m_type)src->p2m[g];
         uint64_t n = 1;
 
         while (g + n < src->maxmem_pages && src->p2m[g + n] == t &&
-               ((g + n) % MV_BLOCK_PAGES) != 0)
+               (in_place || ((g + n) % MV_BLOCK_PAGES) != 0))
             n++;
-        rc = clone_run(src, c, old_base, r, g, n, t);
+        rc = clone_run(src, c, old_base, r, g, n, t, in_place);
         g += n;
     }
     if (rc < 0) {

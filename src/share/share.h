@@ -40,7 +40,10 @@
  * write protection a guest write can only make an anonymous private copy,
  * never reach the frame; such copies are found right after (PAGEMAP_SCAN:
  * present and not a file page) and become the gfn's private page.  Runs of
- * consecutive gfns mapping consecutive frames are one mapping.  A break maps
+ * consecutive gfns mapping consecutive frames are one mapping.  A clone's
+ * source is the exception: its populated pages are shared in place, still
+ * mapped MAP_SHARED, registered with cow_uffd and write-protected there
+ * (clone.c); nothing is remapped, so no write can race a remap.  A break maps
  * the gfn's own frame again (MAP_SHARED), registers it with the domain's own
  * userfaultfd, and the mappings merge back; a break inside a run splits it
  * in three, so near vm.max_map_count a break unshares the rest of its run
