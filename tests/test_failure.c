@@ -761,6 +761,45 @@ static void statistics_change_nothing(void **state)
     mv_host_destroy(h);
 }
 
+/* A clone write-protects a large populated run of its source with two
+ * threads (clone.c): a failure in either half undoes the clone, and the
+ * source is as it was. */
+static void clone_split_protection_failure_undoes(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t src = domain_with(h, "src", 48 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO), c;
+    struct mv_domain_info before, after;
+
+    (void)state;
+    /* Every page populated: one run of 48 MiB. */
+    assert_false(run_bounded(h, src, MV_WORKLOAD_SCRUB, SEED, 0, 0));
+    fill(h, src, SEED, 4096, 2000);
+    assert_ok(mv_domain_pause(h, src));
+    for (unsigned skip = 0; skip < 2; skip++) {
+        before = info_of(h, src);
+        mv__os_inject(MV_OS_UFFD_WRITEPROTECT, EINVAL, skip, 1);
+        assert_err(mv_domain_clone(h, src, "c", &c), -EINVAL);
+        assert_int_equal(mv__os_injection_left(MV_OS_UFFD_WRITEPROTECT), 0);
+        disarm_all();
+        after = info_of(h, src);
+        assert_int_equal(after.state, MV_DOMAIN_PAUSED);
+        assert_int_equal(after.populated_pages, before.populated_pages);
+        assert_int_equal(after.shared_pages, 0);
+        audit_host(h);
+        verify_oracle(h, src);
+    }
+    assert_ok(mv_domain_clone(h, src, "c", &c));
+    assert_int_equal(info_of(h, c).shared_pages, info_of(h, src).shared_pages);
+    audit_host(h);
+    assert_ok(mv_domain_unpause(h, src));
+    fill(h, src, SEED, 4096, 1000);
+    fill(h, c, SEED, 4096, 1000);
+    audit_host(h);
+    verify_oracle(h, src);
+    verify_oracle(h, c);
+    mv_host_destroy(h);
+}
+
 /* The scanner tells apart domains whose ids differ past bit 23 (it packed
  * a domain and a gfn in one word and took them for the same page). */
 static void scanner_tells_large_domids_apart(void **state)
@@ -868,6 +907,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(failed_wakes_never_hang_a_vcpu),
     cmocka_unit_test(fault_threads_survive_wait_errors),
     cmocka_unit_test(statistics_change_nothing),
+    cmocka_unit_test(clone_split_protection_failure_undoes),
     cmocka_unit_test(scanner_tells_large_domids_apart),
     cmocka_unit_test(audit_is_exact_while_mechanisms_run),
     cmocka_unit_test(failed_reservation_refuses_the_domain),

@@ -75,12 +75,108 @@ static long clone_remap_source(struct mv_domain *src, uint64_t gfn, uint64_t mfn
     return copies;
 }
 
+/*
+ * The memory of the tables a clone and the first writes after it fill
+ * (both domains' entries of every gfn that will be shared, the records of
+ * the frames adopted): populated with one call per extent rather than a
+ * page fault per page, in the clone or, with the records left pending, in
+ * the first CoW breaks (what that cost: docs/performance.md, "Clones with
+ * their tables populated up front").  Only a speed-up: where the kernel
+ * cannot populate, they fault in as used.  The ranges are gathered first
+ * (prepare_clone_tables, under the locks) and populated by whoever has time:
+ * the helper thread below, else the clone at its end.
+ */
+struct clone_tables {
+    struct clone_range {
+        void *at;
+        size_t len;
+    } *ranges;
+    size_t count, capacity;
+    bool populated;
+};
+
+static void clone_tables_add(struct clone_tables *t, void *at, size_t len)
+{
+    if (len == 0)
+        return;
+    if (t->count == t->capacity) {
+        size_t cap = t->capacity ? 2 * t->capacity : 16;
+        struct clone_range *n = realloc(t->ranges, cap * sizeof(*n));
+
+        if (!n) {
+            /* No room to remember it: populate it now. */
+            (void)mv__os_table_prefault(at, len);
+            return;
+        }
+        t->ranges = n;
+        t->capacity = cap;
+    }
+    t->ranges[t->count++] = (struct clone_range){ at, len };
+}
+
+static void clone_tables_populate(struct clone_tables *t)
+{
+    for (size_t i = 0; i < t->count; i++)
+        (void)mv__os_table_prefault(t->ranges[i].at, t->ranges[i].len);
+    t->populated = true;
+}
+
+/*
+ * Write-protecting the source's populated pages, the kernel's pass over
+ * their page-table entries, is most of a clone.  The pass takes the
+ * address space's lock only to read and each page table's own lock, so on
+ * a host with more than one CPU a helper thread protects the upper half of
+ * a large run, then populates the tables, while the caller protects the
+ * lower half and maps the clone (what it saves: docs/performance.md,
+ * "Clones share the source's pages in place").  The helper makes system
+ * calls only; the caller reports what failed.
+ */
+#define CLONE_SPLIT_MIN_PAGES (16u * MV_BLOCK_PAGES)    /* 32 MiB */
+
+struct clone_helper {
+    int uffd;
+    uint8_t *at;
+    size_t len;
+    struct clone_tables *tables;    /* NULL: populated already */
+    int rc;
+};
+
+static void *clone_helper_main(void *arg)
+{
+    struct clone_helper *h = arg;
+
+    h->rc = mv__os_uffd_writeprotect(h->uffd, h->at, h->len, true);
+    if (h->tables)
+        clone_tables_populate(h->tables);
+    return NULL;
+}
+
+static int clone_writeprotect(int uffd, uint8_t *at, uint64_t n, struct clone_tables *tables)
+{
+    uint64_t lower = n / 2 / MV_BLOCK_PAGES * MV_BLOCK_PAGES;
+    struct clone_helper upper = {
+        .uffd = uffd, .at = at + (lower << MV_PAGE_SHIFT),
+        .len = (n - lower) << MV_PAGE_SHIFT,
+        .tables = tables->populated ? NULL : tables,
+    };
+    pthread_t helper;
+    int rc;
+
+    if (n < CLONE_SPLIT_MIN_PAGES || sysconf(_SC_NPROCESSORS_ONLN) < 2 ||
+        pthread_create(&helper, NULL, clone_helper_main, &upper) != 0)
+        return mv__os_uffd_writeprotect(uffd, at, n << MV_PAGE_SHIFT, true);
+    rc = mv__os_uffd_writeprotect(uffd, at, lower << MV_PAGE_SHIFT, true);
+    pthread_join(helper, NULL);
+    return rc < 0 ? rc : upper.rc;
+}
+
 /* The source's populated run [gfn, gfn + n) becomes shared where it is:
  * still mapped MAP_SHARED on its former frames, now registered with the
  * copy-on-write userfaultfd and write-protected.  On failure the run may be
- * registered with either userfaultfd or none: the undo maps the source
- * whole again. */
-static int clone_protect_in_place(struct mv_domain *src, uint64_t gfn, uint64_t n)
+ * registered with either userfaultfd or none, and protected in part: the
+ * undo maps the source whole again. */
+static int clone_protect_in_place(struct mv_domain *src, uint64_t gfn, uint64_t n,
+                                  struct clone_tables *tables)
 {
     uint8_t *at = mv__gfn_addr(src, gfn);
     size_t len = n << MV_PAGE_SHIFT;
@@ -89,7 +185,7 @@ static int clone_protect_in_place(struct mv_domain *src, uint64_t gfn, uint64_t 
     if (rc == 0)
         rc = mv__os_uffd_register(src->cow_uffd, at, len, UFFDIO_REGISTER_MODE_WP, NULL);
     if (rc == 0)
-        rc = mv__os_uffd_writeprotect(src->cow_uffd, at, len, true);
+        rc = clone_writeprotect(src->cow_uffd, at, n, tables);
     return rc < 0 ? mv__fail(rc, "domain %u: cannot write-protect gfn %#llx+%llu in "
                              "place for the clone: %s", src->domid,
                              (unsigned long long)gfn, (unsigned long long)n,
@@ -122,9 +218,9 @@ static int clone_map_frames(struct mv_domain *c, uint64_t gfn, uint64_t mfn, uin
  * place (source locked, clone unreachable; share lock held). */
 static int clone_share_in_place(struct mv_domain *src, struct mv_domain *c,
                                 uint64_t old_base, struct mv__share_region *r,
-                                uint64_t gfn, uint64_t n)
+                                uint64_t gfn, uint64_t n, struct clone_tables *tables)
 {
-    int rc = clone_protect_in_place(src, gfn, n);
+    int rc = clone_protect_in_place(src, gfn, n, tables);
 
     /* The clone is not reachable yet: no write can race its remap. */
     if (rc == 0)
@@ -144,7 +240,7 @@ static int clone_share_in_place(struct mv_domain *src, struct mv_domain *c,
  * negative errno with a message: the caller undoes the clone. */
 static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_base,
                      struct mv__share_region *r, uint64_t gfn, uint64_t n,
-                     enum mv__p2m_type type, bool in_place)
+                     enum mv__p2m_type type, bool in_place, struct clone_tables *tables)
 {
     struct mv__share *s = src->host->share;
     int64_t done;
@@ -168,7 +264,7 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
         long copies;
 
         if (in_place)
-            return clone_share_in_place(src, c, old_base, r, gfn, n);
+            return clone_share_in_place(src, c, old_base, r, gfn, n, tables);
         copies = clone_remap_source(src, gfn, old_base + gfn, n, written);
 
         if (copies < 0)
@@ -422,21 +518,18 @@ static int clone_fail(struct mv_domain *src, struct mv_domain *c,
     return mv__fail(err, "domain %u could not be cloned and crashed: %s", src->domid, why);
 }
 
-/*
- * Before a clone: the memory of the tables it and the first writes after it
- * will fill (both domains' entries of every gfn that will be shared, the
- * records of the frames adopted), populated in one call per extent rather
- * than a page fault per page, in the clone or, with the records left
- * pending, in the first CoW breaks (what that cost: docs/performance.md,
- * "Clones with their tables populated up front").  Only a speed-up: where
- * the kernel cannot populate, they fault in as used.
- */
+/* Before a clone: the ranges of table memory it and the first breaks after
+ * it will fill (struct clone_tables), their blocks created (share lock
+ * held). */
 static void prepare_clone_tables(struct mv_domain *src, struct mv_domain *c,
-                                struct mv__share_region *r, uint64_t old_base)
+                                 struct mv__share_region *r, uint64_t old_base,
+                                 struct clone_tables *t)
 {
     for (uint64_t g = 0; g < src->maxmem_pages;) {
         uint64_t n = 0;
         bool populated = false;
+        size_t len;
+        void *at;
 
         while (g + n < src->maxmem_pages && (src->p2m[g + n] == MV_P2M_RAM ||
                                              src->p2m[g + n] == MV_P2M_SHARED)) {
@@ -447,11 +540,13 @@ static void prepare_clone_tables(struct mv_domain *src, struct mv_domain *c,
             g++;
             continue;
         }
-        share_dom_blocks_prefault(src->share, g, n);
-        share_dom_blocks_prefault(c->share, g, n);
+        share_dom_blocks_prepare(src->share, g, n, &at, &len);
+        clone_tables_add(t, at, len);
+        share_dom_blocks_prepare(c->share, g, n, &at, &len);
+        clone_tables_add(t, at, len);
         if (populated && r)
-            mv__os_table_prefault(&r->frames[old_base + g - r->first],
-                                  n * sizeof(r->frames[0]));
+            clone_tables_add(t, &r->frames[old_base + g - r->first],
+                             n * sizeof(r->frames[0]));
         g += n;
     }
 }
@@ -463,6 +558,7 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
     struct mv_domain *src, *c = NULL;
     struct mv__share_region *r = NULL;
     struct mv__share *s;
+    struct clone_tables tables = { 0 };
     uint64_t old_base, new_base, populated_before, runs;
     bool in_place;
     int rc;
@@ -540,7 +636,10 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
     }
     if (r)
         r->live++; /* held while the clone works: see clone_fail */
-    prepare_clone_tables(src, c, r, old_base);
+    in_place = !kernel_copies(src);
+    prepare_clone_tables(src, c, r, old_base, &tables);
+    if (!in_place)
+        clone_tables_populate(&tables);
     /*
      * The source's frames become the shared ones where they are; the source
      * moves to a fresh block, all holes.  In place, its populated runs keep
@@ -549,7 +648,6 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
      * run by run, 2 MiB at a time (the most clone_run checks for raced
      * writes at once).  It is paused, so no vCPU sees the moment between.
      */
-    in_place = !kernel_copies(src);
     src->base_mfn = new_base;
     rc = in_place ? 0 : mv__domain_map_own(src, 0, src->maxmem_pages);
     for (uint64_t g = 0; rc == 0 && g < src->maxmem_pages;) {
@@ -559,9 +657,12 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
         while (g + n < src->maxmem_pages && src->p2m[g + n] == t &&
                (in_place || ((g + n) % MV_BLOCK_PAGES) != 0))
             n++;
-        rc = clone_run(src, c, old_base, r, g, n, t, in_place);
+        rc = clone_run(src, c, old_base, r, g, n, t, in_place, &tables);
         g += n;
     }
+    if (rc == 0 && !tables.populated)
+        clone_tables_populate(&tables);
+    free(tables.ranges);
     if (rc < 0) {
         rc = clone_fail(src, c, r, old_base, new_base, rc);
         mv__mutex_unlock(&s->lock);
