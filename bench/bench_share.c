@@ -57,10 +57,24 @@
  *   make_ro_and_share  two domains with the same bytes (at most 256 MiB)
  *                    shared by mv_share_make_ro_and_share(), then writes to
  *                    the second.
- *   unwritten clone  another source like the first, cloned, the clone
- *                    destroyed with nothing written (a sandbox's life), then
- *                    the source, by then alone on every frame.  Peer: fork()
- *                    holding as much, the child exiting at once, waitpid().
+ *   clone lives      --rounds times, each on a host of its own: a source
+ *                    like the first, cloned, the clone destroyed with
+ *                    nothing written (a sandbox's life), then the source, by
+ *                    then alone on every frame; each step timed.  In the
+ *                    same round, no domain alive, the peer: fork() of this
+ *                    process holding as much populated private anonymous
+ *                    memory, the child (which touches nothing) told to exit
+ *                    and waited for, then the parent's munmap() of the
+ *                    memory; and the floor of freeing memfd memory as the
+ *                    source's destroy does: munmap() of a populated 1 GiB
+ *                    MAP_SHARED memfd mapping, then the hole punch of its
+ *                    pages.  The goals (clone, destroy of the clone, destroy
+ *                    of the source, each <= 1x its peer) compare medians
+ *                    over the rounds.  The clone's figure counts what
+ *                    fork()'s does up front: fork() copies page-table
+ *                    entries, a clone leaves the kernel's write-protect
+ *                    markers, and its first read of a page is a minor
+ *                    fault instead.
  *   per-CPU clone    the clone writes again on a host with one fault thread
  *                    pinned to each CPU (MV_FAULT_PER_CPU); every other case
  *                    runs with one fault thread for all (MV_FAULT_SHARED).
@@ -1937,6 +1951,28 @@ struct cow_options {
     bool json;
     uint64_t mib;
     uint64_t pages;
+    uint64_t rounds;
+};
+
+#define COW_DEFAULT_ROUNDS 3u
+
+/* One round of the clone lives (cow_life_round): memvisor's figures and
+ * the kernel's, in the same round. */
+enum cow_life_figure {
+    LIFE_CLONE,             /* mv_domain_clone of the paused source */
+    LIFE_DESTROY_CLONE,     /* the clone, nothing written */
+    LIFE_DESTROY_SOURCE,    /* the source, then alone on every frame */
+    LIFE_FORK,              /* fork() holding as much memory */
+    LIFE_CHILD_EXIT,        /* the child told to exit, until waitpid() */
+    LIFE_PARENT_FREE,       /* the parent's munmap() after it */
+    LIFE_MEMFD_UNMAP,       /* munmap() of a populated memfd mapping */
+    LIFE_MEMFD_PUNCH,       /* the hole punch of its pages after it */
+    LIFE_FIGURES,
+};
+
+static const char *const cow_life_names[LIFE_FIGURES] = {
+    "clone_ns", "destroy_clone_ns", "destroy_source_ns", "fork_ns", "child_exit_wait_ns",
+    "parent_munmap_ns", "memfd_munmap_ns", "memfd_punch_ns",
 };
 
 struct cow_latency {
@@ -1963,10 +1999,10 @@ struct cow_run {
     uint64_t fork_populate_ns;
     uint64_t fork_ns;
     uint64_t fork_exit_ns;      /* fork() + the child's _exit() + waitpid() */
-    /* a clone that nothing writes, destroyed (a sandbox's life) */
-    uint64_t untouched_clone_ns;
-    uint64_t untouched_destroy_ns;
-    uint64_t last_holder_destroy_ns;  /* the source, then alone on its frames */
+    /* clones that nothing writes, destroyed (a sandbox's life), beside
+     * fork(), round by round; medians */
+    uint64_t life[LIFE_FIGURES][MV_BENCH_MAX_ROUNDS];
+    uint64_t life_median[LIFE_FIGURES];
     /* the clone */
     uint64_t populate_ns;
     uint64_t populated_pages;
@@ -2601,34 +2637,171 @@ static int cow_mras_case(struct cow_run *run, mv_host *host)
     return rc;
 }
 
-/* A clone nothing writes, destroyed, then its source (by then the only
- * mapping of every frame): a sandbox's life, and the memory given back. */
-static int cow_untouched_case(struct cow_run *run, mv_host *host)
+/* ------------------------------------------------------------------------ */
+/* Clone lives against fork(), round by round                                */
+
+/* The first failure of any audit is the one kept. */
+static void cow_audit(struct cow_run *run, mv_host *host)
 {
+    int share_audit = 0, host_audit = 0;
+    char error[sizeof(run->audit_error)] = "";
+
+    audit_host(host, &share_audit, &host_audit, error, sizeof(error));
+    if ((share_audit || host_audit) && !run->share_audit && !run->host_audit) {
+        run->share_audit = share_audit;
+        run->host_audit = host_audit;
+        snprintf(run->audit_error, sizeof(run->audit_error), "%s", error);
+    }
+}
+
+/* fork() of this process holding the source's size of populated private
+ * anonymous memory; the child touches nothing and waits to be told to
+ * exit; the parent then frees the memory, alone on it. */
+static int cow_fork_life(struct cow_run *run, uint64_t *figures)
+{
+    uint8_t *mem = cow_map_anon(run->bytes, MAP_PRIVATE);
+    int go[2] = { -1, -1 }, status = 0, rc = MV_BENCH_OK;
+    uint64_t t0;
+    pid_t pid;
+    char c = 0;
+
+    if (!mem)
+        return MV_BENCH_FAILED;
+    for (uint64_t p = 0; p < run->pages; p++)
+        mem[p * MV_PAGE_SIZE] = 1;
+    if (pipe2(go, O_CLOEXEC) < 0) {
+        mv_bench_error("cow: pipe: %s", strerror(errno));
+        munmap(mem, run->bytes);
+        return MV_BENCH_FAILED;
+    }
+    t0 = mv_bench_now_ns();
+    pid = fork();
+    if (pid == 0) {
+        (void)!read(go[0], &c, 1);
+        _exit(0);
+    }
+    figures[LIFE_FORK] = mv_bench_now_ns() - t0;
+    if (pid < 0) {
+        mv_bench_error("cow: fork: %s", strerror(errno));
+        rc = MV_BENCH_FAILED;
+    } else {
+        t0 = mv_bench_now_ns();
+        (void)!write(go[1], &c, 1);
+        if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status)) {
+            mv_bench_error("cow: the forked child did not exit (status %d)", status);
+            rc = MV_BENCH_FAILED;
+        }
+        figures[LIFE_CHILD_EXIT] = mv_bench_now_ns() - t0;
+    }
+    close(go[0]);
+    close(go[1]);
+    t0 = mv_bench_now_ns();
+    munmap(mem, run->bytes);
+    figures[LIFE_PARENT_FREE] = mv_bench_now_ns() - t0;
+    return rc;
+}
+
+/* The kernel's floor for what a source's destroy frees: a populated memfd
+ * mapping of its size unmapped, then its pages punched out. */
+static int cow_memfd_free(struct cow_run *run, uint64_t *figures)
+{
+    int fd = cow_memfd(run->bytes);
+    uint8_t *mem = fd < 0 ? MAP_FAILED : mmap(NULL, run->bytes, PROT_READ | PROT_WRITE,
+                                              MAP_SHARED, fd, 0);
+    uint64_t t0;
+    int rc;
+
+    if (mem == MAP_FAILED) {
+        if (fd >= 0) {
+            mv_bench_error("cow: mmap of a memfd: %s", strerror(errno));
+            close(fd);
+        }
+        return MV_BENCH_FAILED;
+    }
+    for (uint64_t p = 0; p < run->pages; p++)
+        mem[p * MV_PAGE_SIZE] = 1;
+    t0 = mv_bench_now_ns();
+    munmap(mem, run->bytes);
+    figures[LIFE_MEMFD_UNMAP] = mv_bench_now_ns() - t0;
+    t0 = mv_bench_now_ns();
+    rc = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)run->bytes);
+    figures[LIFE_MEMFD_PUNCH] = mv_bench_now_ns() - t0;
+    if (rc < 0)
+        mv_bench_error("cow: punching a memfd: %s", strerror(errno));
+    close(fd);
+    return rc < 0 ? MV_BENCH_FAILED : MV_BENCH_OK;
+}
+
+/* A clone nothing writes, destroyed, then its source (by then the only
+ * mapping of every frame): a sandbox's life, and the memory given back, on
+ * a host of its own.  The clone's and the source's bytes are read back,
+ * and the audits run, between the timed steps. */
+static int cow_memvisor_life(struct cow_run *run, uint64_t *figures)
+{
+    struct mv_host_config hc;
+    mv_host *host;
     uint32_t src, clone;
     uint64_t t0;
-    int rc = cow_paused_source(host, "cow-untouched", run->bytes, &src, NULL);
+    int rc;
 
-    if (rc != MV_BENCH_OK)
+    mv_bench_host_config_init(&hc);
+    hc.fault_mode = MV_FAULT_SHARED;
+    if ((rc = mv_bench_host_create(&hc, &host)) != MV_BENCH_OK)
         return rc;
-    t0 = mv_bench_now_ns();
-    rc = mv_domain_clone(host, src, "cow-untouched-clone", &clone);
-    run->untouched_clone_ns = mv_bench_now_ns() - t0;
-    if (rc < 0)
-        return mv_bench_lib_error("mv_domain_clone", rc);
-    t0 = mv_bench_now_ns();
-    rc = mv_domain_destroy(host, clone);
-    run->untouched_destroy_ns = mv_bench_now_ns() - t0;
-    if (rc < 0)
-        return mv_bench_lib_error("mv_domain_destroy", rc);
-    rc = cow_check_domain(run, host, src, "cow-untouched", run->pages, COW_SALT_SOURCE,
-                          0, 1, 0);
-    if (rc != MV_BENCH_OK)
-        return rc;
-    t0 = mv_bench_now_ns();
-    rc = mv_domain_destroy(host, src);
-    run->last_holder_destroy_ns = mv_bench_now_ns() - t0;
-    return rc < 0 ? mv_bench_lib_error("mv_domain_destroy", rc) : MV_BENCH_OK;
+    rc = cow_paused_source(host, "cow-life", run->bytes, &src, NULL);
+    if (rc == MV_BENCH_OK) {
+        t0 = mv_bench_now_ns();
+        rc = mv_domain_clone(host, src, "cow-life-clone", &clone);
+        figures[LIFE_CLONE] = mv_bench_now_ns() - t0;
+        rc = rc < 0 ? mv_bench_lib_error("mv_domain_clone", rc) : MV_BENCH_OK;
+    }
+    if (rc == MV_BENCH_OK)
+        rc = cow_check_domain(run, host, clone, "cow-life-clone", run->pages,
+                              COW_SALT_SOURCE, 0, 1, 0);
+    if (rc == MV_BENCH_OK) {
+        cow_audit(run, host);
+        t0 = mv_bench_now_ns();
+        rc = mv_domain_destroy(host, clone);
+        figures[LIFE_DESTROY_CLONE] = mv_bench_now_ns() - t0;
+        rc = rc < 0 ? mv_bench_lib_error("mv_domain_destroy", rc) : MV_BENCH_OK;
+    }
+    if (rc == MV_BENCH_OK)
+        rc = cow_check_domain(run, host, src, "cow-life", run->pages, COW_SALT_SOURCE,
+                              0, 1, 0);
+    if (rc == MV_BENCH_OK) {
+        cow_audit(run, host);
+        t0 = mv_bench_now_ns();
+        rc = mv_domain_destroy(host, src);
+        figures[LIFE_DESTROY_SOURCE] = mv_bench_now_ns() - t0;
+        rc = rc < 0 ? mv_bench_lib_error("mv_domain_destroy", rc) : MV_BENCH_OK;
+    }
+    if (rc == MV_BENCH_OK)
+        cow_audit(run, host);
+    mv_host_destroy(host);
+    return rc;
+}
+
+/* --rounds rounds, each the kernel's life beside memvisor's, the kernel's
+ * first (fork() in a process where no domain's RAM is mapped), alternating
+ * so that both see the machine in the same state; then the medians. */
+static int cow_lives(struct cow_run *run)
+{
+    int rc = MV_BENCH_OK;
+
+    for (uint64_t i = 0; rc == MV_BENCH_OK && i < run->opt.rounds; i++) {
+        uint64_t figures[LIFE_FIGURES] = { 0 };
+
+        rc = cow_fork_life(run, figures);
+        if (rc == MV_BENCH_OK)
+            rc = cow_memfd_free(run, figures);
+        if (rc == MV_BENCH_OK)
+            rc = cow_memvisor_life(run, figures);
+        for (int f = 0; f < LIFE_FIGURES; f++)
+            run->life[f][i] = figures[f];
+    }
+    for (int f = 0; rc == MV_BENCH_OK && f < LIFE_FIGURES; f++)
+        run->life_median[f] = mv_bench_median(run->life[f], run->opt.rounds);
+    return rc;
 }
 
 /*
@@ -2675,8 +2848,7 @@ static int cow_check_and_destroy(struct cow_run *run, mv_host *host, const char 
         rc = cow_check_domain(run, host, clone, clone_name, run->pages, COW_SALT_SOURCE,
                               run->opt.pages, run->stride, COW_CLONE_BYTE);
     if (rc == MV_BENCH_OK)
-        audit_host(host, &run->share_audit, &run->host_audit, run->audit_error,
-                   sizeof(run->audit_error));
+        cow_audit(run, host);
     if (host)
         mv_host_destroy(host);
     return rc;
@@ -2917,10 +3089,7 @@ static int cow_memvisor(struct cow_run *run)
     if (rc == MV_BENCH_OK)
         rc = cow_mras_case(run, host);
     if (rc == MV_BENCH_OK)
-        rc = cow_untouched_case(run, host);
-    if (rc == MV_BENCH_OK)
-        audit_host(host, &run->share_audit, &run->host_audit, run->audit_error,
-                   sizeof(run->audit_error));
+        cow_audit(run, host);
     mv_host_destroy(host);
     if (rc == MV_BENCH_OK && run->share_audit == 0 && run->host_audit == 0)
         rc = cow_per_cpu_case(run);
@@ -2941,7 +3110,7 @@ static int cow_memvisor(struct cow_run *run)
 /* ------------------------------------------------------------------------ */
 /* Comparisons and reports                                                   */
 
-#define COW_MAX_COMPARISONS 18
+#define COW_MAX_COMPARISONS 20
 
 static size_t cow_comparisons(const struct cow_run *run, struct mv_bench_comparison *out)
 {
@@ -2954,13 +3123,29 @@ static size_t cow_comparisons(const struct cow_run *run, struct mv_bench_compari
         .goal_min_ratio = 1.0,
     };
     out[n++] = (struct mv_bench_comparison){
-        .figure = "clone", .unit = "ns", .value = (double)run->clone_ns,
-        .peer = "fork() holding as much memory", .peer_value = (double)run->fork_ns,
+        .figure = "clone, median of rounds", .unit = "ns",
+        .value = (double)run->life_median[LIFE_CLONE],
+        .peer = "fork() holding as much memory", .peer_value = (double)run->life_median[LIFE_FORK],
+        .goal_max_ratio = 1.0,
     };
     out[n++] = (struct mv_bench_comparison){
-        .figure = "clone + destroy, unwritten", .unit = "ns",
-        .value = (double)(run->untouched_clone_ns + run->untouched_destroy_ns),
-        .peer = "fork() + exit + wait", .peer_value = (double)run->fork_exit_ns,
+        .figure = "destroy of the clone", .unit = "ns",
+        .value = (double)run->life_median[LIFE_DESTROY_CLONE],
+        .peer = "the forked child's exit + wait",
+        .peer_value = (double)run->life_median[LIFE_CHILD_EXIT], .goal_max_ratio = 1.0,
+    };
+    out[n++] = (struct mv_bench_comparison){
+        .figure = "destroy of the source after", .unit = "ns",
+        .value = (double)run->life_median[LIFE_DESTROY_SOURCE],
+        .peer = "the parent's munmap() after", .peer_value = (double)run->life_median[LIFE_PARENT_FREE],
+        .goal_max_ratio = 1.0,
+    };
+    out[n++] = (struct mv_bench_comparison){
+        .figure = "destroy of the source after", .unit = "ns",
+        .value = (double)run->life_median[LIFE_DESTROY_SOURCE],
+        .peer = "floor: memfd munmap + punch",
+        .peer_value = (double)(run->life_median[LIFE_MEMFD_UNMAP] +
+                               run->life_median[LIFE_MEMFD_PUNCH]),
     };
     out[n++] = (struct mv_bench_comparison){
         .figure = "CoW break median, kernel copy", .unit = "ns",
@@ -3125,15 +3310,24 @@ static int cow_report_json(const struct cow_run *run)
     json_object_object_add(clone, "destroy_source_ns", u64_json(run->written_destroy_source_ns));
     json_object_object_add(root, "clone", clone);
     o = json_object_new_object();
-    json_object_object_add(o, "clone_ns", u64_json(run->untouched_clone_ns));
-    json_object_object_add(o, "destroy_clone_ns", u64_json(run->untouched_destroy_ns));
-    json_object_object_add(o, "destroy_source_ns", u64_json(run->last_holder_destroy_ns));
-    json_object_object_add(o, "fork_exit_wait_ns", u64_json(run->fork_exit_ns));
+    json_object_object_add(o, "rounds", u64_json(run->opt.rounds));
+    for (int f = 0; f < LIFE_FIGURES; f++) {
+        struct json_object *a = json_object_new_array();
+
+        for (uint64_t i = 0; i < run->opt.rounds; i++)
+            json_object_array_add(a, u64_json(run->life[f][i]));
+        json_object_object_add(o, cow_life_names[f], a);
+    }
     json_object_object_add(o, "what", json_object_new_string(
-        "a second source of guest_mib, cloned, the clone destroyed with nothing written, "
-        "then the source destroyed (by then the only mapping of every frame); the peer is "
-        "fork() of the process holding guest_mib, the child exiting at once, waitpid()"));
-    json_object_object_add(root, "unwritten_clone", o);
+        "per round, on a host of its own: a source of guest_mib filled and paused, "
+        "cloned, the clone destroyed with nothing written, then the source (by then "
+        "the only mapping of every frame); beside it, with no domain alive: fork() of "
+        "the process holding guest_mib of populated private anonymous memory, the "
+        "child (touching nothing) told to exit and waited for, the parent's munmap() "
+        "of the memory; and munmap() of a populated MAP_SHARED memfd mapping of "
+        "guest_mib, then the hole punch of its pages. The clone leaves its page "
+        "tables to be filled by minor faults on first access; fork() copies them"));
+    json_object_object_add(root, "clone_lives", o);
 
     o = cow_latency_json(&run->clone_break);
     json_object_object_add(o, "saved_pages_after", u64_json(run->saved_after_breaks));
@@ -3232,7 +3426,7 @@ static int cow_report_text(const struct cow_run *run)
 {
     struct mv_bench_comparison cmp[COW_MAX_COMPARISONS];
     size_t n = cow_comparisons(run, cmp);
-    char a[32], b[32], c[32], d[32];
+    char a[32], b[32], c[32];
 
     printf("memvisor bench cow: a %" PRIu64 " MiB domain, %" PRIu64 " writes %" PRIu64
            " pages apart, timer overhead %" PRIu64 " ns per timed store\n", run->opt.mib,
@@ -3249,12 +3443,16 @@ static int cow_report_text(const struct cow_run *run)
            "in %s\n", run->frames_written_out,
            mv_bench_format(a, sizeof(a), (double)run->written_destroy_clone_ns, "ns"),
            mv_bench_format(b, sizeof(b), (double)run->written_destroy_source_ns, "ns"));
-    printf("unwritten clone: cloned in %s, destroyed in %s; then its source, alone on "
-           "every frame, destroyed in %s; fork() + exit + wait: %s\n",
-           mv_bench_format(a, sizeof(a), (double)run->untouched_clone_ns, "ns"),
-           mv_bench_format(b, sizeof(b), (double)run->untouched_destroy_ns, "ns"),
-           mv_bench_format(c, sizeof(c), (double)run->last_holder_destroy_ns, "ns"),
-           mv_bench_format(d, sizeof(d), (double)run->fork_exit_ns, "ns"));
+    printf("clone lives, %" PRIu64 " rounds (clone / destroy clone / destroy source; "
+           "fork / child exit + wait / parent munmap; memfd munmap / punch):\n",
+           run->opt.rounds);
+    for (uint64_t i = 0; i < run->opt.rounds; i++) {
+        printf("   ");
+        for (int f = 0; f < LIFE_FIGURES; f++)
+            printf(" %s%s", mv_bench_format(a, sizeof(a), (double)run->life[f][i], "ns"),
+                   f == LIFE_DESTROY_SOURCE || f == LIFE_PARENT_FREE ? "  |" : "");
+        printf("\n");
+    }
     printf("\nwrites:\n");
     cow_print_latency("memvisor: clone breaks a shared page", &run->clone_break);
     cow_print_latency("memvisor: source, last mapping of the frame", &run->source_break);
@@ -3304,7 +3502,7 @@ static int cow_report_text(const struct cow_run *run)
 static void cow_usage(FILE *out)
 {
     fprintf(out,
-        "usage: memvisor bench cow [--json] [--guest-mib MIB] [--pages N]\n"
+        "usage: memvisor bench cow [--json] [--guest-mib MIB] [--pages N] [--rounds N]\n"
         "\n"
         "Cloning a paused domain (mv_domain_clone) and the copy-on-write break of\n"
         "a shared page, measured against fork() and the kernel's own first-touch\n"
@@ -3313,8 +3511,9 @@ static void cow_usage(FILE *out)
         "  --json            print one JSON object instead of a table\n"
         "  --guest-mib MIB   the cloned domain, a multiple of 2 (default %u)\n"
         "  --pages N         pages written, evenly spread (default %u)\n"
+        "  --rounds N        clone lives beside fork(), 1 to %u (default %u)\n"
         "  --help            this text\n",
-        COW_DEFAULT_MIB, COW_DEFAULT_PAGES);
+        COW_DEFAULT_MIB, COW_DEFAULT_PAGES, MV_BENCH_MAX_ROUNDS, COW_DEFAULT_ROUNDS);
 }
 
 /* One option other than --json and --help. */
@@ -3327,6 +3526,8 @@ static int cow_parse_option(int opt, const char *arg, void *ctx)
         return mv_bench_parse_mib("cow: --guest-mib", arg, COW_MAX_MIB, &o->mib);
     case 'p':
         return mv_bench_parse_u64("cow: --pages", arg, 1, UINT32_MAX, &o->pages);
+    case 'r':
+        return mv_bench_parse_u64("cow: --rounds", arg, 1, MV_BENCH_MAX_ROUNDS, &o->rounds);
     }
     return MV_BENCH_OK;
 }
@@ -3337,13 +3538,15 @@ static int cow_parse_options(int argc, char **argv, void *arg, bool *help)
         { "json", no_argument, NULL, 'j' },
         { "guest-mib", required_argument, NULL, 'm' },
         { "pages", required_argument, NULL, 'p' },
+        { "rounds", required_argument, NULL, 'r' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     struct cow_options *o = &((struct cow_run *)arg)->opt;
     int rc;
 
-    *o = (struct cow_options){ .mib = COW_DEFAULT_MIB, .pages = COW_DEFAULT_PAGES };
+    *o = (struct cow_options){ .mib = COW_DEFAULT_MIB, .pages = COW_DEFAULT_PAGES,
+                               .rounds = COW_DEFAULT_ROUNDS };
     rc = mv_bench_parse_options("cow", argc, argv, options, cow_parse_option, o, &o->json, help);
     if (rc == MV_BENCH_OK && o->pages > o->mib * (MV_BENCH_MIB / MV_PAGE_SIZE)) {
         mv_bench_error("cow: --pages %" PRIu64 " is more than the %" PRIu64 " pages of "
@@ -3391,6 +3594,8 @@ static int cow_run_suite(void *arg)
         rc = cow_kernel_fork(run);
     if (rc == MV_BENCH_OK)
         rc = cow_floor(run);
+    if (rc == MV_BENCH_OK)
+        rc = cow_lives(run);
     if (rc == MV_BENCH_OK)
         rc = cow_memvisor(run);
     if (rc != MV_BENCH_OK)
