@@ -25,7 +25,10 @@
  *   region.live == frames mapped + 1, so that it cannot be freed under it.
  *
  * Locking: the source's lock and the share lock throughout the steps; the
- * clone is unreachable until published.
+ * clone is unreachable until published.  A helper thread that protects half
+ * of a large run (clone_writeprotect) takes no lock and touches no record:
+ * it makes system calls on ranges the caller gave it, and is joined before
+ * the caller looks at what it did.
  */
 #include "share.h"
 
