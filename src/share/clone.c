@@ -87,7 +87,8 @@ static long clone_remap_source(struct mv_domain *src, uint64_t gfn, uint64_t mfn
  * their tables populated up front").  Only a speed-up: where the kernel
  * cannot populate, they fault in as used.  The ranges are gathered first
  * (prepare_clone_tables, under the locks) and populated by whoever has time:
- * the helper thread below, else the clone at its end.
+ * the clone and the helper thread below while the source is protected, else
+ * the clone at its end.
  */
 struct clone_tables {
     struct clone_range {
@@ -129,18 +130,22 @@ static void clone_tables_populate(struct clone_tables *t)
  * their page-table entries, is most of a clone.  The pass takes the
  * address space's lock only to read and each page table's own lock, so on
  * a host with more than one CPU a helper thread protects the upper half of
- * a large run, then populates the tables, while the caller protects the
- * lower half and maps the clone (what it saves: docs/performance.md,
- * "Clones share the source's pages in place").  The helper makes system
- * calls only; the caller reports what failed.
+ * a large run and then populates the frame records, while the caller
+ * protects the lower half and the clone's mapping and populates the
+ * domains' entries (what it saves: docs/performance.md, "Clones share the source's
+ * pages in place").  The helper makes system calls only, on ranges it was
+ * given; the caller joins it before looking at what it did, and reports
+ * what failed.
  */
 #define CLONE_SPLIT_MIN_PAGES (16u * MV_BLOCK_PAGES)    /* 32 MiB */
 
 struct clone_helper {
+    pthread_t thread;
+    bool running;
     int uffd;
     uint8_t *at;
     size_t len;
-    struct clone_tables *tables;    /* NULL: populated already */
+    struct clone_tables *tables;    /* NULL: nothing to populate */
     int rc;
 };
 
@@ -154,46 +159,34 @@ static void *clone_helper_main(void *arg)
     return NULL;
 }
 
-static int clone_writeprotect(int uffd, uint8_t *at, uint64_t n, struct clone_tables *tables)
+/* Hand the upper half of [at, at + n pages) and `tables` to a helper
+ * thread when it is worth one; returns how many pages from `at` the
+ * caller protects itself (all of them when there is no helper). */
+static uint64_t clone_helper_start(struct clone_helper *h, int uffd, uint8_t *at,
+                                   uint64_t n, struct clone_tables *tables)
 {
     uint64_t lower = n / 2 / MV_BLOCK_PAGES * MV_BLOCK_PAGES;
-    struct clone_helper upper = {
+
+    *h = (struct clone_helper){
         .uffd = uffd, .at = at + (lower << MV_PAGE_SHIFT),
         .len = (n - lower) << MV_PAGE_SHIFT,
         .tables = tables->populated ? NULL : tables,
     };
-    pthread_t helper;
-    int rc;
-
     if (n < CLONE_SPLIT_MIN_PAGES || sysconf(_SC_NPROCESSORS_ONLN) < 2 ||
-        pthread_create(&helper, NULL, clone_helper_main, &upper) != 0)
-        return mv__os_uffd_writeprotect(uffd, at, n << MV_PAGE_SHIFT, true);
-    rc = mv__os_uffd_writeprotect(uffd, at, lower << MV_PAGE_SHIFT, true);
-    pthread_join(helper, NULL);
-    return rc < 0 ? rc : upper.rc;
+        pthread_create(&h->thread, NULL, clone_helper_main, h) != 0)
+        return n;
+    h->running = true;
+    return lower;
 }
 
-/* The source's populated run [gfn, gfn + n) becomes shared where it is:
- * still mapped MAP_SHARED on its former frames, now registered with the
- * copy-on-write userfaultfd and write-protected.  On failure the run may be
- * registered with either userfaultfd or none, and protected in part: the
- * undo maps the source whole again. */
-static int clone_protect_in_place(struct mv_domain *src, uint64_t gfn, uint64_t n,
-                                  struct clone_tables *tables)
+/* Wait for the helper, if one was started: 0 or its failure. */
+static int clone_helper_join(struct clone_helper *h)
 {
-    uint8_t *at = mv__gfn_addr(src, gfn);
-    size_t len = n << MV_PAGE_SHIFT;
-    int rc = mv__os_uffd_unregister(src->uffd, at, len);
-
-    if (rc == 0)
-        rc = mv__os_uffd_register(src->cow_uffd, at, len, UFFDIO_REGISTER_MODE_WP, NULL);
-    if (rc == 0)
-        rc = clone_writeprotect(src->cow_uffd, at, n, tables);
-    return rc < 0 ? mv__fail(rc, "domain %u: cannot write-protect gfn %#llx+%llu in "
-                             "place for the clone: %s", src->domid,
-                             (unsigned long long)gfn, (unsigned long long)n,
-                             mv_strerror(rc))
-                  : 0;
+    if (!h->running)
+        return 0;
+    pthread_join(h->thread, NULL);
+    h->running = false;
+    return h->rc;
 }
 
 /* The clone maps live frames [mfn, mfn + n) at [gfn, gfn + n), with a
@@ -217,17 +210,60 @@ static int clone_map_frames(struct mv_domain *c, uint64_t gfn, uint64_t mfn, uin
     return rc;
 }
 
-/* Both domains map the source's populated run [gfn, gfn + n), shared in
- * place (source locked, clone unreachable; share lock held). */
+/*
+ * Both domains map the source's populated run [gfn, gfn + n), shared in
+ * place (source locked, clone unreachable; share lock held): the source's
+ * mappings stay on its former frames, move from its own userfaultfd to the
+ * copy-on-write one and are write-protected there; the clone maps the
+ * frames, write-protected.  The calls that change mappings (and take the
+ * address space's lock to write) come first; then the caller and a helper
+ * protect, and populate table memory (`entries` the caller, `records` the
+ * helper), with the lock taken only to read.  On failure the run may be
+ * registered with either userfaultfd or none, and protected in part: the
+ * undo maps the source whole again and lets go of the clone.
+ */
 static int clone_share_in_place(struct mv_domain *src, struct mv_domain *c,
                                 uint64_t old_base, struct mv__share_region *r,
-                                uint64_t gfn, uint64_t n, struct clone_tables *tables)
+                                uint64_t gfn, uint64_t n, struct clone_tables *entries,
+                                struct clone_tables *records)
 {
-    int rc = clone_protect_in_place(src, gfn, n, tables);
+    uint8_t *at = mv__gfn_addr(src, gfn), *clone_at = mv__gfn_addr(c, gfn);
+    size_t len = n << MV_PAGE_SHIFT;
+    struct clone_helper helper = { .running = false };
+    uint64_t own = n;
+    int rc = mv__os_uffd_unregister(src->uffd, at, len), hrc;
 
-    /* The clone is not reachable yet: no write can race its remap. */
     if (rc == 0)
-        rc = share_map_frames(c, gfn, old_base + gfn, n);
+        rc = mv__os_uffd_register(src->cow_uffd, at, len, UFFDIO_REGISTER_MODE_WP, NULL);
+    if (rc < 0)
+        return mv__fail(rc, "domain %u: cannot move gfn %#llx+%llu to its copy-on-write "
+                        "userfaultfd: %s", src->domid, (unsigned long long)gfn,
+                        (unsigned long long)n, mv_strerror(rc));
+    /* The clone is not reachable yet: no write can race its remap. */
+    rc = mv__ram_map(c, gfn, n, (old_base + gfn) << MV_PAGE_SHIFT, true);
+    if (rc == 0)
+        rc = mv__os_uffd_register(c->cow_uffd, clone_at, len, UFFDIO_REGISTER_MODE_WP, NULL);
+    if (rc < 0)
+        return mv__fail(rc, "domain %u: cannot map gfn %#llx+%llu to shared frames: %s",
+                        c->domid, (unsigned long long)gfn, (unsigned long long)n,
+                        mv_strerror(rc));
+    own = clone_helper_start(&helper, src->cow_uffd, at, n, records);
+    rc = mv__os_uffd_writeprotect(src->cow_uffd, at, own << MV_PAGE_SHIFT, true);
+    if (rc < 0)
+        rc = mv__fail(rc, "domain %u: cannot write-protect gfn %#llx+%llu in place for "
+                      "the clone: %s", src->domid, (unsigned long long)gfn,
+                      (unsigned long long)own, mv_strerror(rc));
+    if (rc == 0 && (rc = mv__os_uffd_writeprotect(c->cow_uffd, clone_at, len, true)) < 0)
+        rc = mv__fail(rc, "domain %u: cannot write-protect shared gfn %#llx+%llu: %s",
+                      c->domid, (unsigned long long)gfn, (unsigned long long)n,
+                      mv_strerror(rc));
+    if (rc == 0 && !entries->populated)
+        clone_tables_populate(entries);
+    hrc = clone_helper_join(&helper);
+    if (rc == 0 && hrc < 0)
+        rc = mv__fail(hrc, "domain %u: cannot write-protect gfn %#llx+%llu in place "
+                      "for the clone: %s", src->domid, (unsigned long long)(gfn + own),
+                      (unsigned long long)(n - own), mv_strerror(hrc));
     if (rc < 0)
         return rc;
     share_pending_add(src->host->share, r, src, c, gfn, n);
@@ -243,7 +279,7 @@ static int clone_share_in_place(struct mv_domain *src, struct mv_domain *c,
  * negative errno with a message: the caller undoes the clone. */
 static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_base,
                      struct mv__share_region *r, uint64_t gfn, uint64_t n,
-                     enum mv__p2m_type type, bool in_place, struct clone_tables *tables)
+                     enum mv__p2m_type type, bool in_place, struct clone_tables tables[2])
 {
     struct mv__share *s = src->host->share;
     int64_t done;
@@ -267,7 +303,8 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
         long copies;
 
         if (in_place)
-            return clone_share_in_place(src, c, old_base, r, gfn, n, tables);
+            return clone_share_in_place(src, c, old_base, r, gfn, n, &tables[0],
+                                        &tables[1]);
         copies = clone_remap_source(src, gfn, old_base + gfn, n, written);
 
         if (copies < 0)
@@ -523,10 +560,11 @@ static int clone_fail(struct mv_domain *src, struct mv_domain *c,
 
 /* Before a clone: the ranges of table memory it and the first breaks after
  * it will fill (struct clone_tables), their blocks created (share lock
- * held). */
+ * held): both domains' entries into t[0], the adopted frames' records into
+ * t[1]. */
 static void prepare_clone_tables(struct mv_domain *src, struct mv_domain *c,
                                  struct mv__share_region *r, uint64_t old_base,
-                                 struct clone_tables *t)
+                                 struct clone_tables t[2])
 {
     for (uint64_t g = 0; g < src->maxmem_pages;) {
         uint64_t n = 0;
@@ -544,11 +582,11 @@ static void prepare_clone_tables(struct mv_domain *src, struct mv_domain *c,
             continue;
         }
         share_dom_blocks_prepare(src->share, g, n, &at, &len);
-        clone_tables_add(t, at, len);
+        clone_tables_add(&t[0], at, len);
         share_dom_blocks_prepare(c->share, g, n, &at, &len);
-        clone_tables_add(t, at, len);
+        clone_tables_add(&t[0], at, len);
         if (populated && r)
-            clone_tables_add(t, &r->frames[old_base + g - r->first],
+            clone_tables_add(&t[1], &r->frames[old_base + g - r->first],
                              n * sizeof(r->frames[0]));
         g += n;
     }
@@ -561,7 +599,7 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
     struct mv_domain *src, *c = NULL;
     struct mv__share_region *r = NULL;
     struct mv__share *s;
-    struct clone_tables tables = { 0 };
+    struct clone_tables tables[2] = { { 0 }, { 0 } };
     uint64_t old_base, new_base, populated_before, runs;
     bool in_place;
     int rc;
@@ -640,9 +678,9 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
     if (r)
         r->live++; /* held while the clone works: see clone_fail */
     in_place = !kernel_copies(src);
-    prepare_clone_tables(src, c, r, old_base, &tables);
-    if (!in_place)
-        clone_tables_populate(&tables);
+    prepare_clone_tables(src, c, r, old_base, tables);
+    for (int i = 0; !in_place && i < 2; i++)
+        clone_tables_populate(&tables[i]);
     /*
      * The source's frames become the shared ones where they are; the source
      * moves to a fresh block, all holes.  In place, its populated runs keep
@@ -660,12 +698,14 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
         while (g + n < src->maxmem_pages && src->p2m[g + n] == t &&
                (in_place || ((g + n) % MV_BLOCK_PAGES) != 0))
             n++;
-        rc = clone_run(src, c, old_base, r, g, n, t, in_place, &tables);
+        rc = clone_run(src, c, old_base, r, g, n, t, in_place, tables);
         g += n;
     }
-    if (rc == 0 && !tables.populated)
-        clone_tables_populate(&tables);
-    free(tables.ranges);
+    for (int i = 0; i < 2; i++) {
+        if (rc == 0 && !tables[i].populated)
+            clone_tables_populate(&tables[i]);
+        free(tables[i].ranges);
+    }
     if (rc < 0) {
         rc = clone_fail(src, c, r, old_base, new_base, rc);
         mv__mutex_unlock(&s->lock);
