@@ -192,12 +192,6 @@ int mv__os_zap(void *addr, size_t length);
  * set on failure (never injected: it is an allocation, not a mapping of
  * guest memory).  Released with mv__os_unmap. */
 void *mv__os_table_alloc(size_t length);
-/* Populate the pages under [addr, addr + length) of the library's own
- * memory now, in one call, rather than one page fault per page when they
- * are first written; bytes are not changed.  Only a speed-up: on failure (a
- * kernel before MADV_POPULATE_WRITE, or no memory) the pages fault in as
- * they are written, so the caller may ignore the result. */
-int mv__os_table_prefault(void *addr, size_t length);
 
 /* Open a non-blocking userfaultfd: /dev/userfaultfd, else the syscall, else
  * the syscall restricted to user-mode faults.  `how` receives 0, 1 or 2. */

@@ -220,17 +220,6 @@ void *mv__os_table_alloc(size_t length)
     return p == MAP_FAILED ? NULL : p;
 }
 
-int mv__os_table_prefault(void *addr, size_t length)
-{
-    uintptr_t start = (uintptr_t)addr & ~(uintptr_t)(MV_PAGE_SIZE - 1);
-    uintptr_t end = ((uintptr_t)addr + length + MV_PAGE_SIZE - 1) &
-                    ~(uintptr_t)(MV_PAGE_SIZE - 1);
-
-    if (length == 0)
-        return 0;
-    return madvise((void *)start, end - start, MADV_POPULATE_WRITE) < 0 ? -errno : 0;
-}
-
 int mv__os_uffd_open(int *how)
 {
     int fd, dev, err = injected(MV_OS_UFFD_OPEN);

@@ -79,61 +79,13 @@ static long clone_remap_source(struct mv_domain *src, uint64_t gfn, uint64_t mfn
 }
 
 /*
- * The memory of the tables a clone and the first writes after it fill
- * (both domains' entries of every gfn that will be shared, the records of
- * the frames adopted): populated with one call per extent rather than a
- * page fault per page, in the clone or, with the records left pending, in
- * the first CoW breaks (what that cost: docs/performance.md, "Clones with
- * their tables populated up front").  Only a speed-up: where the kernel
- * cannot populate, they fault in as used.  The ranges are gathered first
- * (prepare_clone_tables, under the locks) and populated by whoever has time:
- * the clone and the helper thread below while the source is protected, else
- * the clone at its end.
- */
-struct clone_tables {
-    struct clone_range {
-        void *at;
-        size_t len;
-    } *ranges;
-    size_t count, capacity;
-    bool populated;
-};
-
-static void clone_tables_add(struct clone_tables *t, void *at, size_t len)
-{
-    if (len == 0)
-        return;
-    if (t->count == t->capacity) {
-        size_t cap = t->capacity ? 2 * t->capacity : 16;
-        struct clone_range *n = realloc(t->ranges, cap * sizeof(*n));
-
-        if (!n) {
-            /* No room to remember it: populate it now. */
-            (void)mv__os_table_prefault(at, len);
-            return;
-        }
-        t->ranges = n;
-        t->capacity = cap;
-    }
-    t->ranges[t->count++] = (struct clone_range){ at, len };
-}
-
-static void clone_tables_populate(struct clone_tables *t)
-{
-    for (size_t i = 0; i < t->count; i++)
-        (void)mv__os_table_prefault(t->ranges[i].at, t->ranges[i].len);
-    t->populated = true;
-}
-
-/*
  * Write-protecting the source's populated pages, the kernel's pass over
  * their page-table entries, is most of a clone.  The pass takes the
  * address space's lock only to read and each page table's own lock, so on
  * a host with more than one CPU a helper thread protects the upper half of
- * a large run and then populates the frame records, while the caller
- * protects the lower half and the clone's mapping and populates the
- * domains' entries (what it saves: docs/performance.md, "Clones share the source's
- * pages in place").  The helper makes system calls only, on ranges it was
+ * a large run while the caller protects the lower half and the clone's
+ * mapping (what it saves: docs/performance.md, "Clones share the source's
+ * pages in place").  The helper makes one system call, on the range it was
  * given; the caller joins it before looking at what it did, and reports
  * what failed.
  */
@@ -145,7 +97,6 @@ struct clone_helper {
     int uffd;
     uint8_t *at;
     size_t len;
-    struct clone_tables *tables;    /* NULL: nothing to populate */
     int rc;
 };
 
@@ -154,23 +105,19 @@ static void *clone_helper_main(void *arg)
     struct clone_helper *h = arg;
 
     h->rc = mv__os_uffd_writeprotect(h->uffd, h->at, h->len, true);
-    if (h->tables)
-        clone_tables_populate(h->tables);
     return NULL;
 }
 
-/* Hand the upper half of [at, at + n pages) and `tables` to a helper
- * thread when it is worth one; returns how many pages from `at` the
- * caller protects itself (all of them when there is no helper). */
-static uint64_t clone_helper_start(struct clone_helper *h, int uffd, uint8_t *at,
-                                   uint64_t n, struct clone_tables *tables)
+/* Hand the upper half of [at, at + n pages) to a helper thread when it is
+ * worth one; returns how many pages from `at` the caller protects itself
+ * (all of them when there is no helper). */
+static uint64_t clone_helper_start(struct clone_helper *h, int uffd, uint8_t *at, uint64_t n)
 {
     uint64_t lower = n / 2 / MV_BLOCK_PAGES * MV_BLOCK_PAGES;
 
     *h = (struct clone_helper){
         .uffd = uffd, .at = at + (lower << MV_PAGE_SHIFT),
         .len = (n - lower) << MV_PAGE_SHIFT,
-        .tables = tables->populated ? NULL : tables,
     };
     if (n < CLONE_SPLIT_MIN_PAGES || sysconf(_SC_NPROCESSORS_ONLN) < 2 ||
         pthread_create(&h->thread, NULL, clone_helper_main, h) != 0)
@@ -217,15 +164,13 @@ static int clone_map_frames(struct mv_domain *c, uint64_t gfn, uint64_t mfn, uin
  * copy-on-write one and are write-protected there; the clone maps the
  * frames, write-protected.  The calls that change mappings (and take the
  * address space's lock to write) come first; then the caller and a helper
- * protect, and populate table memory (`entries` the caller, `records` the
- * helper), with the lock taken only to read.  On failure the run may be
+ * protect, with the lock taken only to read.  On failure the run may be
  * registered with either userfaultfd or none, and protected in part: the
  * undo maps the source whole again and lets go of the clone.
  */
 static int clone_share_in_place(struct mv_domain *src, struct mv_domain *c,
                                 uint64_t old_base, struct mv__share_region *r,
-                                uint64_t gfn, uint64_t n, struct clone_tables *entries,
-                                struct clone_tables *records)
+                                uint64_t gfn, uint64_t n)
 {
     uint8_t *at = mv__gfn_addr(src, gfn), *clone_at = mv__gfn_addr(c, gfn);
     size_t len = n << MV_PAGE_SHIFT;
@@ -247,7 +192,7 @@ static int clone_share_in_place(struct mv_domain *src, struct mv_domain *c,
         return mv__fail(rc, "domain %u: cannot map gfn %#llx+%llu to shared frames: %s",
                         c->domid, (unsigned long long)gfn, (unsigned long long)n,
                         mv_strerror(rc));
-    own = clone_helper_start(&helper, src->cow_uffd, at, n, records);
+    own = clone_helper_start(&helper, src->cow_uffd, at, n);
     rc = mv__os_uffd_writeprotect(src->cow_uffd, at, own << MV_PAGE_SHIFT, true);
     if (rc < 0)
         rc = mv__fail(rc, "domain %u: cannot write-protect gfn %#llx+%llu in place for "
@@ -257,8 +202,6 @@ static int clone_share_in_place(struct mv_domain *src, struct mv_domain *c,
         rc = mv__fail(rc, "domain %u: cannot write-protect shared gfn %#llx+%llu: %s",
                       c->domid, (unsigned long long)gfn, (unsigned long long)n,
                       mv_strerror(rc));
-    if (rc == 0 && !entries->populated)
-        clone_tables_populate(entries);
     hrc = clone_helper_join(&helper);
     if (rc == 0 && hrc < 0)
         rc = mv__fail(hrc, "domain %u: cannot write-protect gfn %#llx+%llu in place "
@@ -279,7 +222,7 @@ static int clone_share_in_place(struct mv_domain *src, struct mv_domain *c,
  * negative errno with a message: the caller undoes the clone. */
 static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_base,
                      struct mv__share_region *r, uint64_t gfn, uint64_t n,
-                     enum mv__p2m_type type, bool in_place, struct clone_tables tables[2])
+                     enum mv__p2m_type type, bool in_place)
 {
     struct mv__share *s = src->host->share;
     int64_t done;
@@ -303,8 +246,7 @@ static int clone_run(struct mv_domain *src, struct mv_domain *c, uint64_t old_ba
         long copies;
 
         if (in_place)
-            return clone_share_in_place(src, c, old_base, r, gfn, n, &tables[0],
-                                        &tables[1]);
+            return clone_share_in_place(src, c, old_base, r, gfn, n);
         copies = clone_remap_source(src, gfn, old_base + gfn, n, written);
 
         if (copies < 0)
@@ -558,40 +500,6 @@ static int clone_fail(struct mv_domain *src, struct mv_domain *c,
     return mv__fail(err, "domain %u could not be cloned and crashed: %s", src->domid, why);
 }
 
-/* Before a clone: the ranges of table memory it and the first breaks after
- * it will fill (struct clone_tables), their blocks created (share lock
- * held): both domains' entries into t[0], the adopted frames' records into
- * t[1]. */
-static void prepare_clone_tables(struct mv_domain *src, struct mv_domain *c,
-                                 struct mv__share_region *r, uint64_t old_base,
-                                 struct clone_tables t[2])
-{
-    for (uint64_t g = 0; g < src->maxmem_pages;) {
-        uint64_t n = 0;
-        bool populated = false;
-        size_t len;
-        void *at;
-
-        while (g + n < src->maxmem_pages && (src->p2m[g + n] == MV_P2M_RAM ||
-                                             src->p2m[g + n] == MV_P2M_SHARED)) {
-            populated |= src->p2m[g + n] == MV_P2M_RAM;
-            n++;
-        }
-        if (n == 0) {
-            g++;
-            continue;
-        }
-        share_dom_blocks_prepare(src->share, g, n, &at, &len);
-        clone_tables_add(&t[0], at, len);
-        share_dom_blocks_prepare(c->share, g, n, &at, &len);
-        clone_tables_add(&t[0], at, len);
-        if (populated && r)
-            clone_tables_add(&t[1], &r->frames[old_base + g - r->first],
-                             n * sizeof(r->frames[0]));
-        g += n;
-    }
-}
-
 int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
                     uint32_t *clone_domid)
 {
@@ -599,7 +507,6 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
     struct mv_domain *src, *c = NULL;
     struct mv__share_region *r = NULL;
     struct mv__share *s;
-    struct clone_tables tables[2] = { { 0 }, { 0 } };
     uint64_t old_base, new_base, populated_before, runs;
     bool in_place;
     int rc;
@@ -678,9 +585,6 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
     if (r)
         r->live++; /* held while the clone works: see clone_fail */
     in_place = !kernel_copies(src);
-    prepare_clone_tables(src, c, r, old_base, tables);
-    for (int i = 0; !in_place && i < 2; i++)
-        clone_tables_populate(&tables[i]);
     /*
      * The source's frames become the shared ones where they are; the source
      * moves to a fresh block, all holes.  In place, its populated runs keep
@@ -698,13 +602,8 @@ int mv_domain_clone(mv_host *host, uint32_t src_domid, const char *name,
         while (g + n < src->maxmem_pages && src->p2m[g + n] == t &&
                (in_place || ((g + n) % MV_BLOCK_PAGES) != 0))
             n++;
-        rc = clone_run(src, c, old_base, r, g, n, t, in_place, tables);
+        rc = clone_run(src, c, old_base, r, g, n, t, in_place);
         g += n;
-    }
-    for (int i = 0; i < 2; i++) {
-        if (rc == 0 && !tables[i].populated)
-            clone_tables_populate(&tables[i]);
-        free(tables[i].ranges);
     }
     if (rc < 0) {
         rc = clone_fail(src, c, r, old_base, new_base, rc);

@@ -32,24 +32,6 @@ struct mv__share_block *share_dom_block(struct mv__share_dom *sd, uint64_t gfn, 
     return block_raw(sd, gfn, create);
 }
 
-/* Make the entries of [gfn, gfn + n) ready to be filled: their blocks exist,
- * and *at, *len is their memory, for the caller to populate in one call
- * rather than a page fault per page (a clone fills hundreds of thousands). */
-void share_dom_blocks_prepare(struct mv__share_dom *sd, uint64_t gfn, uint64_t n,
-                              void **at, size_t *len)
-{
-    uint64_t first = gfn / MV_BLOCK_PAGES, last = (gfn + n - 1) / MV_BLOCK_PAGES;
-
-    *at = NULL;
-    *len = 0;
-    if (n == 0)
-        return;
-    for (uint64_t b = first; b <= last; b++)
-        block_raw(sd, b * MV_BLOCK_PAGES, true);
-    *at = &sd->table[first];
-    *len = (last - first + 1) * sizeof(sd->table[0]);
-}
-
 /* The frame shared gfn maps, or MV_NO_MFN when gfn is not shared (domain
  * and share locks held). */
 uint64_t share_shared_mfn(struct mv_domain *d, uint64_t gfn)

@@ -322,8 +322,6 @@ uint64_t share_index_find(struct mv_host *h, uint64_t hash, const uint8_t *page)
 
 /* rmap.c */
 struct mv__share_block *share_dom_block(struct mv__share_dom *sd, uint64_t gfn, bool create);
-void share_dom_blocks_prepare(struct mv__share_dom *sd, uint64_t gfn, uint64_t n,
-                              void **at, size_t *len);
 uint64_t share_shared_mfn(struct mv_domain *d, uint64_t gfn);
 int share_rmap_add(struct mv__share *s, uint64_t mfn, struct mv_domain *d, uint64_t gfn);
 void share_rmap_del(struct mv_host *h, struct mv_domain *d, uint64_t gfn, bool uncharge);
