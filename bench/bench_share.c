@@ -1967,12 +1967,14 @@ enum cow_life_figure {
     LIFE_PARENT_FREE,       /* the parent's munmap() after it */
     LIFE_MEMFD_UNMAP,       /* munmap() of a populated memfd mapping */
     LIFE_MEMFD_PUNCH,       /* the hole punch of its pages after it */
+    LIFE_CLONE_CPU,         /* CPU time of the process during the clone */
+    LIFE_FORK_CPU,          /* ... during fork() (the parent's side) */
     LIFE_FIGURES,
 };
 
 static const char *const cow_life_names[LIFE_FIGURES] = {
     "clone_ns", "destroy_clone_ns", "destroy_source_ns", "fork_ns", "child_exit_wait_ns",
-    "parent_munmap_ns", "memfd_munmap_ns", "memfd_punch_ns",
+    "parent_munmap_ns", "memfd_munmap_ns", "memfd_punch_ns", "clone_cpu_ns", "fork_cpu_ns",
 };
 
 struct cow_latency {
@@ -2661,7 +2663,7 @@ static int cow_fork_life(struct cow_run *run, uint64_t *figures)
 {
     uint8_t *mem = cow_map_anon(run->bytes, MAP_PRIVATE);
     int go[2] = { -1, -1 }, status = 0, rc = MV_BENCH_OK;
-    uint64_t t0;
+    uint64_t t0, cpu0;
     pid_t pid;
     char c = 0;
 
@@ -2674,6 +2676,7 @@ static int cow_fork_life(struct cow_run *run, uint64_t *figures)
         munmap(mem, run->bytes);
         return MV_BENCH_FAILED;
     }
+    cpu0 = mv_bench_process_cpu_ns();
     t0 = mv_bench_now_ns();
     pid = fork();
     if (pid == 0) {
@@ -2681,6 +2684,7 @@ static int cow_fork_life(struct cow_run *run, uint64_t *figures)
         _exit(0);
     }
     figures[LIFE_FORK] = mv_bench_now_ns() - t0;
+    figures[LIFE_FORK_CPU] = mv_bench_process_cpu_ns() - cpu0;
     if (pid < 0) {
         mv_bench_error("cow: fork: %s", strerror(errno));
         rc = MV_BENCH_FAILED;
@@ -2741,7 +2745,7 @@ static int cow_memvisor_life(struct cow_run *run, uint64_t *figures)
     struct mv_host_config hc;
     mv_host *host;
     uint32_t src, clone;
-    uint64_t t0;
+    uint64_t t0, cpu0;
     int rc;
 
     mv_bench_host_config_init(&hc);
@@ -2750,9 +2754,11 @@ static int cow_memvisor_life(struct cow_run *run, uint64_t *figures)
         return rc;
     rc = cow_paused_source(host, "cow-life", run->bytes, &src, NULL);
     if (rc == MV_BENCH_OK) {
+        cpu0 = mv_bench_process_cpu_ns();
         t0 = mv_bench_now_ns();
         rc = mv_domain_clone(host, src, "cow-life-clone", &clone);
         figures[LIFE_CLONE] = mv_bench_now_ns() - t0;
+        figures[LIFE_CLONE_CPU] = mv_bench_process_cpu_ns() - cpu0;
         rc = rc < 0 ? mv_bench_lib_error("mv_domain_clone", rc) : MV_BENCH_OK;
     }
     if (rc == MV_BENCH_OK)
@@ -3110,7 +3116,7 @@ static int cow_memvisor(struct cow_run *run)
 /* ------------------------------------------------------------------------ */
 /* Comparisons and reports                                                   */
 
-#define COW_MAX_COMPARISONS 20
+#define COW_MAX_COMPARISONS 21
 
 static size_t cow_comparisons(const struct cow_run *run, struct mv_bench_comparison *out)
 {
@@ -3127,6 +3133,11 @@ static size_t cow_comparisons(const struct cow_run *run, struct mv_bench_compari
         .value = (double)run->life_median[LIFE_CLONE],
         .peer = "fork() holding as much memory", .peer_value = (double)run->life_median[LIFE_FORK],
         .goal_max_ratio = 1.0,
+    };
+    out[n++] = (struct mv_bench_comparison){
+        .figure = "CPU during the clone", .unit = "ns",
+        .value = (double)run->life_median[LIFE_CLONE_CPU],
+        .peer = "CPU during fork()", .peer_value = (double)run->life_median[LIFE_FORK_CPU],
     };
     out[n++] = (struct mv_bench_comparison){
         .figure = "destroy of the clone", .unit = "ns",
@@ -3325,7 +3336,8 @@ static int cow_report_json(const struct cow_run *run)
         "the process holding guest_mib of populated private anonymous memory, the "
         "child (touching nothing) told to exit and waited for, the parent's munmap() "
         "of the memory; and munmap() of a populated MAP_SHARED memfd mapping of "
-        "guest_mib, then the hole punch of its pages. The clone leaves its page "
+        "guest_mib, then the hole punch of its pages; the process's CPU time (all "
+        "threads) during the clone and during fork(). The clone leaves its page "
         "tables to be filled by minor faults on first access; fork() copies them"));
     json_object_object_add(root, "clone_lives", o);
 
@@ -3444,13 +3456,14 @@ static int cow_report_text(const struct cow_run *run)
            mv_bench_format(a, sizeof(a), (double)run->written_destroy_clone_ns, "ns"),
            mv_bench_format(b, sizeof(b), (double)run->written_destroy_source_ns, "ns"));
     printf("clone lives, %" PRIu64 " rounds (clone / destroy clone / destroy source; "
-           "fork / child exit + wait / parent munmap; memfd munmap / punch):\n",
-           run->opt.rounds);
+           "fork / child exit + wait / parent munmap; memfd munmap / punch; CPU during "
+           "the clone / the fork):\n", run->opt.rounds);
     for (uint64_t i = 0; i < run->opt.rounds; i++) {
         printf("   ");
         for (int f = 0; f < LIFE_FIGURES; f++)
             printf(" %s%s", mv_bench_format(a, sizeof(a), (double)run->life[f][i], "ns"),
-                   f == LIFE_DESTROY_SOURCE || f == LIFE_PARENT_FREE ? "  |" : "");
+                   f == LIFE_DESTROY_SOURCE || f == LIFE_PARENT_FREE ||
+                   f == LIFE_MEMFD_PUNCH ? "  |" : "");
         printf("\n");
     }
     printf("\nwrites:\n");
