@@ -68,7 +68,9 @@
  *                    memory; and the floor of freeing memfd memory as the
  *                    source's destroy does: munmap() of a populated 1 GiB
  *                    MAP_SHARED memfd mapping, then the hole punch of its
- *                    pages.  The goals (clone, destroy of the clone, destroy
+ *                    pages.  Between clone and destroys the source, resumed,
+ *                    reads every page once, as the parent does after fork().
+ *                    The goals (clone, destroy of the clone, destroy
  *                    of the source, each <= 1x its peer) compare medians
  *                    over the rounds.  The clone's figure counts what
  *                    fork()'s does up front: fork() copies page-table
@@ -1969,12 +1971,15 @@ enum cow_life_figure {
     LIFE_MEMFD_PUNCH,       /* the hole punch of its pages after it */
     LIFE_CLONE_CPU,         /* CPU time of the process during the clone */
     LIFE_FORK_CPU,          /* ... during fork() (the parent's side) */
+    LIFE_SOURCE_READ,       /* the source, resumed, reads each of its pages */
+    LIFE_PARENT_READ,       /* the parent reads each of its pages after fork() */
     LIFE_FIGURES,
 };
 
 static const char *const cow_life_names[LIFE_FIGURES] = {
     "clone_ns", "destroy_clone_ns", "destroy_source_ns", "fork_ns", "child_exit_wait_ns",
     "parent_munmap_ns", "memfd_munmap_ns", "memfd_punch_ns", "clone_cpu_ns", "fork_cpu_ns",
+    "source_read_ns", "parent_read_ns",
 };
 
 struct cow_latency {
@@ -2690,6 +2695,10 @@ static int cow_fork_life(struct cow_run *run, uint64_t *figures)
         rc = MV_BENCH_FAILED;
     } else {
         t0 = mv_bench_now_ns();
+        for (uint64_t p = 0; p < run->pages; p++)
+            (void)*(volatile uint8_t *)(mem + p * MV_PAGE_SIZE);
+        figures[LIFE_PARENT_READ] = mv_bench_now_ns() - t0;
+        t0 = mv_bench_now_ns();
         (void)!write(go[1], &c, 1);
         if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status)) {
             mv_bench_error("cow: the forked child did not exit (status %d)", status);
@@ -2746,6 +2755,7 @@ static int cow_memvisor_life(struct cow_run *run, uint64_t *figures)
     mv_host *host;
     uint32_t src, clone;
     uint64_t t0, cpu0;
+    uint8_t *ram;
     int rc;
 
     mv_bench_host_config_init(&hc);
@@ -2760,6 +2770,15 @@ static int cow_memvisor_life(struct cow_run *run, uint64_t *figures)
         figures[LIFE_CLONE] = mv_bench_now_ns() - t0;
         figures[LIFE_CLONE_CPU] = mv_bench_process_cpu_ns() - cpu0;
         rc = rc < 0 ? mv_bench_lib_error("mv_domain_clone", rc) : MV_BENCH_OK;
+    }
+    if (rc == MV_BENCH_OK && (rc = mv_domain_unpause(host, src)) < 0)
+        rc = mv_bench_lib_error("mv_domain_unpause", rc);
+    if (rc == MV_BENCH_OK && (rc = mv_bench_domain_ram(host, src, &ram, NULL)) == MV_BENCH_OK) {
+        /* The source runs on: its first pass over its RAM. */
+        t0 = mv_bench_now_ns();
+        for (uint64_t p = 0; p < run->pages; p++)
+            (void)*(volatile uint8_t *)(ram + p * MV_PAGE_SIZE);
+        figures[LIFE_SOURCE_READ] = mv_bench_now_ns() - t0;
     }
     if (rc == MV_BENCH_OK)
         rc = cow_check_domain(run, host, clone, "cow-life-clone", run->pages,
@@ -3116,7 +3135,7 @@ static int cow_memvisor(struct cow_run *run)
 /* ------------------------------------------------------------------------ */
 /* Comparisons and reports                                                   */
 
-#define COW_MAX_COMPARISONS 21
+#define COW_MAX_COMPARISONS 22
 
 static size_t cow_comparisons(const struct cow_run *run, struct mv_bench_comparison *out)
 {
@@ -3138,6 +3157,12 @@ static size_t cow_comparisons(const struct cow_run *run, struct mv_bench_compari
         .figure = "CPU during the clone", .unit = "ns",
         .value = (double)run->life_median[LIFE_CLONE_CPU],
         .peer = "CPU during fork()", .peer_value = (double)run->life_median[LIFE_FORK_CPU],
+    };
+    out[n++] = (struct mv_bench_comparison){
+        .figure = "source reads its RAM after", .unit = "ns",
+        .value = (double)run->life_median[LIFE_SOURCE_READ],
+        .peer = "parent reads its memory after",
+        .peer_value = (double)run->life_median[LIFE_PARENT_READ],
     };
     out[n++] = (struct mv_bench_comparison){
         .figure = "destroy of the clone", .unit = "ns",
@@ -3337,8 +3362,10 @@ static int cow_report_json(const struct cow_run *run)
         "child (touching nothing) told to exit and waited for, the parent's munmap() "
         "of the memory; and munmap() of a populated MAP_SHARED memfd mapping of "
         "guest_mib, then the hole punch of its pages; the process's CPU time (all "
-        "threads) during the clone and during fork(). The clone leaves its page "
-        "tables to be filled by minor faults on first access; fork() copies them"));
+        "threads) during the clone and during fork(); one read of every page by the "
+        "source, unpaused, after the clone (before the clone is destroyed) and by the "
+        "parent after fork(). The clone leaves its page tables to be filled by minor "
+        "faults on first access; fork() copies them"));
     json_object_object_add(root, "clone_lives", o);
 
     o = cow_latency_json(&run->clone_break);
@@ -3457,13 +3484,14 @@ static int cow_report_text(const struct cow_run *run)
            mv_bench_format(b, sizeof(b), (double)run->written_destroy_source_ns, "ns"));
     printf("clone lives, %" PRIu64 " rounds (clone / destroy clone / destroy source; "
            "fork / child exit + wait / parent munmap; memfd munmap / punch; CPU during "
-           "the clone / the fork):\n", run->opt.rounds);
+           "the clone / the fork; first read of every page after: source / parent):\n",
+           run->opt.rounds);
     for (uint64_t i = 0; i < run->opt.rounds; i++) {
         printf("   ");
         for (int f = 0; f < LIFE_FIGURES; f++)
             printf(" %s%s", mv_bench_format(a, sizeof(a), (double)run->life[f][i], "ns"),
                    f == LIFE_DESTROY_SOURCE || f == LIFE_PARENT_FREE ||
-                   f == LIFE_MEMFD_PUNCH ? "  |" : "");
+                   f == LIFE_MEMFD_PUNCH || f == LIFE_FORK_CPU ? "  |" : "");
         printf("\n");
     }
     printf("\nwrites:\n");
