@@ -18,6 +18,15 @@
  *                        (fault_spin_us = 0), one thread for all CPUs
  *                        (fault_mode shared); pod-4k-per-cpu with one fault
  *                        thread pinned to each CPU (fault_mode per-CPU).
+ *                        These take every fault to a fault thread
+ *                        (fault_path thread), as the library did before
+ *                        faults were resolved in the faulting thread.
+ *   pod-*-vcpu           fault_path auto, the touching thread registered as
+ *                        a vCPU (mv_vcpu_enter): each fault is resolved in
+ *                        that thread's SIGBUS handler.
+ *   pod-4k-forward       fault_path auto, the touching thread not a vCPU:
+ *                        each fault is handed from its SIGBUS handler to a
+ *                        fault thread (what any other thread pays).
  *   sweep-*              mv_domain_reclaim_zero() over a fully populated
  *                        domain whose pages are all zero, have data in their
  *                        first word, or have data only in their last word.
@@ -75,6 +84,7 @@ enum pod_figure {
     FIG_WAKEUPS,        /* untimed pass: fault threads woken from sleep */
     FIG_BLOCKS_2M,      /* untimed pass: 2 MiB blocks populated whole */
     FIG_PAGES_4K,       /* untimed pass: single pages populated */
+    FIG_FAULTS_IN_THREAD, /* untimed pass: faults resolved in the vCPU */
     FIG_READ,           /* one core summing every word */
     FIG_SWEEP,          /* mv_domain_reclaim_zero over the whole domain */
     FIG_SWEEP_AGAIN,    /* the same sweep at once again, where it reclaims
@@ -98,6 +108,7 @@ static const char *const figure_names[FIG_COUNT] = {
     [FIG_WAKEUPS] = "fault_thread_wakeups",
     [FIG_BLOCKS_2M] = "populated_2m_blocks",
     [FIG_PAGES_4K] = "populated_4k_pages",
+    [FIG_FAULTS_IN_THREAD] = "faults_in_thread",
     [FIG_READ] = "read_ns",
     [FIG_SWEEP] = "sweep_ns",
     [FIG_SWEEP_AGAIN] = "sweep_again_ns",
@@ -120,6 +131,8 @@ struct pod_case {
     bool sleeping;      /* fault_spin_us = 0 instead of --spin-us */
     bool per_cpu;       /* MV_FAULT_PER_CPU (its threads never spin), else
                          * MV_FAULT_SHARED */
+    bool auto_path;     /* fault_path auto, else thread */
+    bool vcpu;          /* the touching thread calls mv_vcpu_enter */
     unsigned word;      /* sweep: each page gets `value` in this word */
     uint64_t value;
 };
@@ -136,6 +149,15 @@ static const struct pod_case pod_cases[] = {
       .sleeping = true, .per_cpu = true,
       .what = "a fault per page (pod_block_populate = 0); one fault thread "
               "pinned to each CPU (fault_mode per-CPU), none spinning" },
+    { .name = "pod-4k-vcpu", .kind = CASE_FAULT, .block_populate = 0,
+      .sleeping = true, .per_cpu = true, .auto_path = true, .vcpu = true,
+      .what = "a fault per page (pod_block_populate = 0), resolved in the "
+              "touching thread, a registered vCPU (fault_path auto)" },
+    { .name = "pod-4k-forward", .kind = CASE_FAULT, .block_populate = 0,
+      .sleeping = true, .per_cpu = true, .auto_path = true,
+      .what = "a fault per page (pod_block_populate = 0) of a thread that is "
+              "not a vCPU (fault_path auto): handed from its SIGBUS handler "
+              "to a fault thread pinned to each CPU" },
     { .name = "pod-2m-spin", .kind = CASE_FAULT, .block_populate = 1,
       .what = "the first touch of a 2 MiB block populates all 512 pages "
               "(pod_block_populate = 1); the fault thread spins --spin-us" },
@@ -143,6 +165,11 @@ static const struct pod_case pod_cases[] = {
       .sleeping = true,
       .what = "the first touch of a 2 MiB block populates all 512 pages "
               "(pod_block_populate = 1); the fault thread sleeps at once" },
+    { .name = "pod-2m-vcpu", .kind = CASE_FAULT, .block_populate = 1,
+      .sleeping = true, .per_cpu = true, .auto_path = true, .vcpu = true,
+      .what = "the first touch of a 2 MiB block populates all 512 pages "
+              "(pod_block_populate = 1), resolved in the touching thread, a "
+              "registered vCPU (fault_path auto)" },
     { .name = "sweep-zero", .kind = CASE_SWEEP, .block_populate = 1,
       .what = "every page all zero: passes the cheap check of its first "
               "words, is zapped, passes the full check and is reclaimed" },
@@ -178,6 +205,10 @@ struct pod_run {
 
 struct touch_pass {
     uint8_t *mem;
+    mv_host *host;          /* with vcpu: the thread enters domid as a vCPU */
+    uint32_t domid;
+    bool vcpu;
+    int in_thread;          /* what mv_vcpu_enter answered */
     size_t pages;
     unsigned word;
     uint64_t value;
@@ -194,7 +225,12 @@ struct touch_pass {
 static void *touch_thread(void *arg)
 {
     struct touch_pass *p = arg;
-    uint64_t cpu0 = mv_bench_thread_cpu_ns(), t0 = mv_bench_now_ns();
+    uint64_t cpu0, t0;
+
+    if (p->vcpu)
+        p->in_thread = mv_vcpu_enter(p->host, p->domid);
+    cpu0 = mv_bench_thread_cpu_ns();
+    t0 = mv_bench_now_ns();
 
     if (p->latency_ns) {
         for (size_t i = 0; i < p->pages; i++) {
@@ -210,6 +246,8 @@ static void *touch_thread(void *arg)
     }
     p->wall_ns = mv_bench_now_ns() - t0;
     p->vcpu_cpu_ns = mv_bench_thread_cpu_ns() - cpu0;
+    if (p->vcpu)
+        mv_vcpu_exit();
     return NULL;
 }
 
@@ -353,7 +391,7 @@ struct pod_domain {
 
 /* A new host with one domain of `bytes`, all of it PoD entries. */
 static int domain_open(struct pod_domain *pd, uint64_t bytes, unsigned spin_us,
-                       bool per_cpu, int block_populate)
+                       bool per_cpu, bool auto_path, int block_populate)
 {
     struct mv_host_config hc;
     struct mv_domain_config dc;
@@ -363,6 +401,7 @@ static int domain_open(struct pod_domain *pd, uint64_t bytes, unsigned spin_us,
     hc.budget_bytes = bytes;
     hc.fault_spin_us = spin_us;
     hc.fault_mode = per_cpu ? MV_FAULT_PER_CPU : MV_FAULT_SHARED;
+    hc.fault_path = auto_path ? MV_FAULT_PATH_AUTO : MV_FAULT_PATH_THREAD;
     rc = mv_bench_host_create(&hc, &pd->host);
     if (rc != MV_BENCH_OK)
         return rc;
@@ -399,6 +438,17 @@ static int domain_check(const struct pod_run *run, const struct pod_case *c,
     rc = mv_domain_info(pd->host, pd->domid, info);
     if (rc < 0)
         return mv_bench_lib_error("mv_domain_info", rc);
+    if (c->auto_path && !info->fault_in_thread) {
+        mv_bench_error("%s: the domain does not resolve faults in the faulting "
+                       "thread (no UFFD_FEATURE_SIGBUS?)", c->name);
+        return MV_BENCH_FAILED;
+    }
+    if (c->vcpu && info->faults_in_thread != info->faults) {
+        mv_bench_error("%s: %" PRIu64 " of %" PRIu64 " faults were resolved in the "
+                       "vCPU's thread; all should be", c->name,
+                       info->faults_in_thread, info->faults);
+        return MV_BENCH_FAILED;
+    }
     if (info->populated_pages == run->pages && info->populated_2m == want_2m &&
         info->populated_4k == want_4k)
         return MV_BENCH_OK;
@@ -420,11 +470,14 @@ static int touch_domain(const struct pod_run *run, const struct pod_case *c,
                         struct mv_host_stats *stats, struct mv_domain_info *info)
 {
     int rc = domain_open(pd, run->bytes, c->sleeping ? 0 : (unsigned)run->opt.spin_us,
-                         c->per_cpu, c->block_populate);
+                         c->per_cpu, c->auto_path, c->block_populate);
 
     if (rc != MV_BENCH_OK)
         return rc;
     pass->mem = pd->ram;
+    pass->host = pd->host;
+    pass->domid = pd->domid;
+    pass->vcpu = c->vcpu;
     rc = run_touch(pass);
     if (rc == MV_BENCH_OK)
         rc = domain_check(run, c, pd, stats, info);
@@ -458,6 +511,7 @@ static int fault_pass(struct pod_run *run, size_t ci, unsigned round, bool timed
     record(r, FIG_WAKEUPS, round, stats.fault_wakeups);
     record(r, FIG_BLOCKS_2M, round, info.populated_2m);
     record(r, FIG_PAGES_4K, round, info.populated_4k);
+    record(r, FIG_FAULTS_IN_THREAD, round, info.faults_in_thread);
     return MV_BENCH_OK;
 }
 
@@ -674,6 +728,11 @@ static int report_json(const struct pod_run *run)
             mv_fault_mode_name(c->per_cpu ? MV_FAULT_PER_CPU : MV_FAULT_SHARED)));
         json_object_object_add(o, "pod_block_populate",
                                json_object_new_int(c->block_populate));
+        if (c->kind == CASE_FAULT) {
+            json_object_object_add(o, "fault_path", json_object_new_string(
+                mv_fault_path_name(c->auto_path ? MV_FAULT_PATH_AUTO : MV_FAULT_PATH_THREAD)));
+            json_object_object_add(o, "vcpu", json_object_new_boolean(c->vcpu));
+        }
         json_object_object_add(o, "raw", record_json(run, &run->cases[ci]));
         all_met = mv_bench_comparisons_json(o, cmp, n, NULL) && all_met;
         json_object_array_add(cases, o);

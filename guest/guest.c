@@ -42,10 +42,13 @@
  * consistent atomics at least one of the two sees the other and backs off,
  * so a page is never written after it was given away.
  *
- * A vCPU whose domain crashes takes SIGBUS on its next access; the handler
- * (installed when a workload starts, unless it is in place already,
- * chaining to the previous one for other threads) jumps
- * back to the vCPU's entry point, which ends the thread.
+ * vCPU threads are registered with the library (mv_vcpu_enter), so that
+ * their faults are resolved in the thread itself where the domain allows
+ * it (those raise SIGBUS, which the library's handler resolves).  A vCPU
+ * whose domain crashes takes SIGBUS on its next access; the library's
+ * handler (installed when a workload starts, unless it is in place
+ * already, chaining to the previous one for other threads) calls our hook,
+ * which jumps back to the vCPU's entry point, which ends the thread.
  *
  * Locking: guest->lock (MV_LOCK_GUEST) guards running/parked/active and
  * serializes the balloon driver; it may be held while taking the domain
@@ -124,20 +127,24 @@ static int not_registered(void)
 
 static _Thread_local struct mv__vcpu *current_vcpu;
 
+/* Called by the library's SIGBUS handler for a SIGBUS it did not resolve
+ * (a crashed domain's RAM), before it passes the signal on. */
 static void on_sigbus(int sig, siginfo_t *info, void *context)
 {
     struct mv__vcpu *v = current_vcpu;
 
+    (void)sig;
+    (void)info;
+    (void)context;
     if (v)
         siglongjmp(v->crash_jump, 1);
-    mv__os_signal_chain(sig, info, context);
 }
 
 /* Checked at every workload start: the application may have replaced the
  * handler since (it is then chained to, as whatever it replaced was). */
 static int install_sigbus_handler(void)
 {
-    int rc = mv__os_signal_install(SIGBUS, on_sigbus, 0);
+    int rc = mv__vcpu_sigbus_install(on_sigbus);
 
     return rc < 0 ? mv__fail(rc, "cannot install the SIGBUS handler: %s",
                              mv_strerror(rc)) : 0;
@@ -492,6 +499,7 @@ static void *vcpu_main(void *arg)
     struct mv__guest *g = v->guest;
 
     current_vcpu = v;
+    (void)mv_vcpu_enter(g->domain->host, g->domain->domid);
     if (sigsetjmp(v->crash_jump, 1) == 0) {
         switch (g->workload.kind) {
         case MV_WORKLOAD_SCRUB:
@@ -514,6 +522,7 @@ static void *vcpu_main(void *arg)
         atomic_store(&g->crashed, true);
     }
     current_vcpu = NULL;
+    mv_vcpu_exit();
     atomic_store(&v->current_gfn, MV_NO_GFN);
     mv__mutex_lock(&g->lock);
     if (--g->running == 0)

@@ -25,6 +25,8 @@
 #ifndef MEMVISOR_H
 #define MEMVISOR_H
 
+#include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -151,6 +153,38 @@ enum mv_fault_mode {
 #define MV_FAULT_PER_CPU_AUTO_MAX 4
 
 /*
+ * Where a populate-on-demand fault of a vCPU is resolved
+ * (mv_host_config.fault_path).
+ *
+ * MV_FAULT_PATH_AUTO (default): in the faulting thread itself when that
+ * thread is a vCPU of the domain (mv_vcpu_enter; the built-in guests'
+ * vCPUs are) and the domain's RAM is in this process: the kernel raises
+ * SIGBUS in that thread instead of queueing the fault
+ * (UFFD_FEATURE_SIGBUS), and the library's handler populates the page
+ * there and lets the access run again -- the counterpart of KVM's
+ * memory-fault exits, resolved by the vCPU's own thread.  No thread switch
+ * at all: a fault costs about twice the kernel's own first touch
+ * (docs/performance.md).  Faults that need more than a free page (the
+ * target or the budget is full, the domain is paused, a page paged out or
+ * ballooned, a failed system call), and faults of any thread that is not a
+ * vCPU of the domain, are handed to the fault threads and served as they
+ * are on the other path, the thread waiting meanwhile.  Not used (the
+ * domain takes MV_FAULT_PATH_THREAD) when the domain's RAM is a VMM's,
+ * with MV_LOGDIRTY_WP_SYNC dirty logging (its write faults need a fault
+ * thread), or when the kernel lacks UFFD_FEATURE_SIGBUS (Linux 4.14).
+ * One caveat: a system call that reads or writes a page of guest RAM not
+ * populated yet fails with EFAULT instead of waiting for it (touch the page
+ * from user space first, or use MV_FAULT_PATH_THREAD).
+ *
+ * MV_FAULT_PATH_THREAD: every fault goes to a fault thread through the
+ * userfaultfd (two thread switches per fault).
+ */
+enum mv_fault_path {
+    MV_FAULT_PATH_AUTO = 0,
+    MV_FAULT_PATH_THREAD,
+};
+
+/*
  * Who copies a shared page when a domain writes it (mv_domain_config).
  *
  * MV_COW_TRAP (default): the write traps to a fault thread, which copies the
@@ -223,7 +257,9 @@ struct mv_host_config {
     mv_log_fn log;
     void *log_opaque;
     enum mv_log_level log_level;
-    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
+    /* Where vCPUs' faults are resolved (enum mv_fault_path). */
+    enum mv_fault_path fault_path;
+    uint64_t reserved[7];     /* zero; room to grow without breaking the ABI */
 };
 #define MV_FAULT_SPIN_DEFAULT 50u
 
@@ -232,6 +268,8 @@ MV_API void mv_host_config_init(struct mv_host_config *config);
 
 /* "auto", "shared" or "per-cpu". */
 MV_API const char *mv_fault_mode_name(enum mv_fault_mode mode);
+/* "auto" or "thread". */
+MV_API const char *mv_fault_path_name(enum mv_fault_path path);
 
 /*
  * Create a host: machine memory, budget and fault service.  Fails with
@@ -390,7 +428,16 @@ MV_API int mv_domain_unpause(mv_host *host, uint32_t domid);
  *
  * Signals: libmemvisor installs no signal handler the embedder did not ask
  * for; the vCPUs and their signals are the embedder's.
- *   - SIGBUS: when a domain crashes (its PoD policy gave up, a page could not
+ *   - SIGBUS, faults (MV_FAULT_PATH_AUTO): a domain whose faults are
+ *     resolved in the faulting thread has the library's SIGBUS handler
+ *     installed (by mv_domain_create): the kernel raises SIGBUS for every
+ *     fault on its RAM not populated yet, and the handler resolves it and
+ *     returns, so that the access runs again; every other SIGBUS is passed
+ *     on to the action it replaced.  An embedder installing its own SIGBUS
+ *     handler afterwards must call mv_sigbus_handled() first and return
+ *     when it answers true, or pass SIGBUS in guest RAM on to the action it
+ *     replaced (the library's).
+ *   - SIGBUS, crashes: when a domain crashes (its PoD policy gave up, a page could not
  *     be served, a ballooned page was touched) or is destroyed, its RAM is
  *     replaced by a mapping on which every access raises SIGBUS, so a thread
  *     of the embedder touching it takes SIGBUS in that thread rather than
@@ -412,6 +459,30 @@ MV_API int mv_domain_unpause(mv_host *host, uint32_t domid);
  * that is that library's, not this one's.
  */
 MV_API int mv_domain_ram(mv_host *host, uint32_t domid, void **ram, uint64_t *size);
+
+/*
+ * Declare the calling thread a vCPU of domain `domid` until mv_vcpu_exit()
+ * (or another mv_vcpu_enter): its faults on that domain's RAM are resolved
+ * in the thread itself when the domain allows it (MV_FAULT_PATH_AUTO).
+ * Returns 1 when they will be, 0 when they still go to the fault threads
+ * (MV_FAULT_PATH_THREAD, a VMM's RAM, wp-sync dirty logging), -ESRCH.
+ * The thread must not hold a lock its fault could need: the handler takes
+ * only the library's own locks, and hands the fault to a fault thread when
+ * the thread is inside a library call that holds one.  Thread-local; a
+ * destroyed domain's vCPUs need not exit (their registration lapses).
+ */
+MV_API int mv_vcpu_enter(mv_host *host, uint32_t domid);
+MV_API void mv_vcpu_exit(void);
+
+/*
+ * For an embedder's own SIGBUS handler (see mv_domain_ram, Signals): call it
+ * first with the handler's arguments.  True: the signal was a fault on the
+ * RAM of a domain of this process and has been resolved (or is being, by a
+ * fault thread, which it waited for): return from the handler and the access
+ * runs again.  False: not the library's (e.g. a crashed domain's RAM):
+ * handle it as before.  Async-signal-safe for the SIGBUS it is given.
+ */
+MV_API bool mv_sigbus_handled(int sig, siginfo_t *info, void *context);
 
 /*
  * Guest RAM in another process (a VMM such as QEMU).
@@ -633,7 +704,12 @@ struct mv_domain_info {
     uint64_t metadata_bytes;
     char crash_reason[128];     /* why, when state == MV_DOMAIN_CRASHED */
     uint64_t paged_pages;       /* paged out by the host into tmem */
-    uint64_t reserved[7];     /* zero; room to grow without breaking the ABI */
+    /* Faults resolved in the faulting vCPU's own thread (part of faults;
+     * MV_FAULT_PATH_AUTO), and whether the domain's faults can be
+     * (1) or all go to the fault threads (0). */
+    uint64_t faults_in_thread;
+    int fault_in_thread;
+    uint64_t reserved[5];     /* zero; room to grow without breaking the ABI */
 };
 
 /* Snapshot of a domain's state and counters.  -ESRCH for unknown domains. */

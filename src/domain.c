@@ -277,6 +277,8 @@ static void domain_free(struct mv_domain *d)
 {
     struct mv_host *h = d->host;
 
+    /* No SIGBUS handler may find it from here on. */
+    mv__vcpu_domain_release(d);
     /* In reverse: the last set up goes first, all before the RAM goes (a
      * signal handler may still look at it). */
     for (size_t i = mv__mechanism_count; i-- > 0;)
@@ -317,6 +319,7 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
         d->ram = (uint8_t *)(uintptr_t)vmm_addr;
     d->uffd = -1;
     d->cow_uffd = -1;
+    d->sigbus_slot = -1;
     atomic_init(&d->refs, 1);
     mv__mutex_init(&d->lock, MV_LOCK_DOMAIN);
     mv__cond_init(&d->refs_cond);
@@ -349,6 +352,14 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
     mv__each_mechanism(m)
         if (m->domain_traps && (rc = m->domain_traps(d, &uffd_features, &register_modes)) < 0)
             return rc;
+    /* Faults resolved in the faulting thread raise SIGBUS there; a write
+     * fault of synchronous write protection would too, and could not be
+     * told from a missing page: such domains keep the fault threads. */
+    if (!((register_modes & UFFDIO_REGISTER_MODE_WP) &&
+          !(uffd_features & UFFD_FEATURE_WP_ASYNC)) && mv__vcpu_domain_claim(d)) {
+        d->in_thread = true;
+        uffd_features |= UFFD_FEATURE_SIGBUS;
+    }
     d->uffd = mv__ram_uffd(d, uffd_features);
     if (d->uffd < 0)
         return d->uffd;
@@ -357,6 +368,7 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
     rc = map_ram(d);
     if (rc < 0)
         return rc;
+    mv__vcpu_domain_publish(d);
     mv__each_mechanism(m)
         if (m->domain_init && (rc = m->domain_init(d)) < 0)
             return rc;
@@ -703,6 +715,8 @@ int mv_domain_info(mv_host *host, uint32_t domid, struct mv_domain_info *out)
     out->pod_pages = d->pod;
     out->ballooned_pages = d->ballooned;
     out->faults = d->faults;
+    out->faults_in_thread = d->faults_in_thread;
+    out->fault_in_thread = d->in_thread;
     out->populated_4k = d->populated_4k;
     out->populated_2m = d->populated_2m;
     out->sweeps = d->sweeps;

@@ -34,16 +34,33 @@
  * the faulting thread has just left serves it there while the others find
  * nothing to read.  Those threads never spin.
  *
+ * Faults handed over: a domain whose faults raise SIGBUS (vcpu.c) has no
+ * userfaultfd messages; its faults that cannot be resolved in the faulting
+ * thread come here as requests on host->forward_new, each on the stack of
+ * a thread waiting in its handler on the request's verdict (a futex).  A
+ * fault thread serves a request as it serves a message (serve_fault), then
+ * gives the verdict -- RETRY once the page is there, CRASHED once the
+ * domain crashed or is going -- or, while the fault is held (paused, short
+ * of memory), moves it to host->forward_waiting and looks again after every
+ * retry of the held faults.  While requests wait the threads wake every
+ * MV_HELD_TICK_MS, as for held faults.  Stopping the service answers RETRY
+ * to every request left: the access then meets what became of the RAM.
+ *
  * Locking: a thread takes one domain lock at a time; host->held_total is an
- * atomic sum of every domain's held_count.
+ * atomic sum of every domain's held_count; host->forward_lock guards the
+ * two request lists and is taken with no other lock or under a domain lock
+ * (a leaf); a request is unlinked before its verdict is given, as the
+ * waiting thread's stack may be gone the instant after.
  */
 #include "internal.h"
 
 #include <errno.h>
+#include <linux/futex.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -89,6 +106,9 @@ void mv__fault_release_all(struct mv_domain *d)
     mv__assert_held(&d->lock);
     atomic_fetch_sub(&d->host->held_total, d->held_count);
     d->held_count = 0;
+    /* Requests handed over wait for a look at the domain's state. */
+    if (atomic_load(&d->host->forward_pending))
+        mv__fault_kick(d->host);
 }
 
 int mv__fault_wake(struct mv_domain *d, bool cow, uint64_t gfn, uint64_t n)
@@ -236,6 +256,130 @@ static unsigned serve_domain(struct mv_host *h, uint32_t domid, bool cow)
     return served;
 }
 
+/* ------------------------------------------------------------------------ */
+/* faults that raised SIGBUS                                                 */
+
+enum mv__fault_verdict mv__fault_in_thread(struct mv_domain *d, uint64_t gfn)
+{
+    enum mv__fault_verdict verdict = MV__FAULT_FORWARD;
+    const struct mv__p2m_ops *ops;
+
+    mv__mutex_lock(&d->lock);
+    if (atomic_load(&d->dying) || d->state == MV_DOMAIN_CRASHED) {
+        verdict = MV__FAULT_CRASHED;
+    } else if (d->state == MV_DOMAIN_RUNNING && gfn < d->maxmem_pages) {
+        ops = mv__p2m_ops_of((enum mv__p2m_type)d->p2m[gfn]);
+        if (ops->fault_fast && ops->fault_fast(d, gfn) == 0) {
+            d->faults++;
+            d->faults_in_thread++;
+            atomic_fetch_add(&d->host->faults, 1);
+            verdict = MV__FAULT_RETRY;
+        }
+    }
+    mv__mutex_unlock(&d->lock);
+    return verdict;
+}
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t value)
+{
+    syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+}
+
+static void futex_wake_all(_Atomic uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+}
+
+enum mv__fault_verdict mv__fault_forward(struct mv_host *h, uint32_t domid,
+                                         uint64_t address)
+{
+    struct mv__fault_request req = { .domid = domid, .address = address };
+    uint32_t verdict;
+
+    atomic_init(&req.verdict, MV__FAULT_WAITING);
+    pthread_mutex_lock(&h->forward_lock);
+    req.next = h->forward_new;
+    h->forward_new = &req;
+    atomic_fetch_add(&h->forward_pending, 1);
+    pthread_mutex_unlock(&h->forward_lock);
+    mv__fault_kick(h);
+    while ((verdict = atomic_load(&req.verdict)) == MV__FAULT_WAITING)
+        futex_wait(&req.verdict, MV__FAULT_WAITING);
+    return (enum mv__fault_verdict)verdict;
+}
+
+/* The request is unlinked: give its verdict.  Its memory may be gone the
+ * instant after the store; the wake only names the address. */
+static void answer(struct mv_host *h, struct mv__fault_request *req,
+                   enum mv__fault_verdict verdict)
+{
+    atomic_fetch_sub(&h->forward_pending, 1);
+    atomic_store(&req->verdict, verdict);
+    futex_wake_all(&req->verdict);
+}
+
+/* Where a served request stands (domain lock held). */
+static enum mv__fault_verdict request_verdict(struct mv_domain *d, uint64_t address)
+{
+    uint64_t gfn;
+    const struct mv__p2m_ops *ops;
+
+    if (atomic_load(&d->dying) || d->state == MV_DOMAIN_CRASHED)
+        return MV__FAULT_CRASHED;
+    if (address < (uintptr_t)d->ram ||
+        address >= (uintptr_t)d->ram + (d->maxmem_pages << MV_PAGE_SHIFT))
+        return MV__FAULT_RETRY;
+    gfn = (address - (uintptr_t)d->ram) >> MV_PAGE_SHIFT;
+    ops = mv__p2m_ops_of((enum mv__p2m_type)d->p2m[gfn]);
+    return ops->present || ops->remapped ? MV__FAULT_RETRY : MV__FAULT_WAITING;
+}
+
+/* Serve (`serve`) or look again at a list of requests taken off the host;
+ * those still waiting go (back) onto forward_waiting. */
+static void serve_requests(struct mv_host *h, struct mv__fault_request *list, bool serve)
+{
+    while (list) {
+        struct mv__fault_request *req = list;
+        struct mv_domain *d = mv__domain_get_any(h, req->domid);
+        enum mv__fault_verdict verdict = MV__FAULT_RETRY;
+
+        list = req->next;
+        if (d) {
+            mv__mutex_lock(&d->lock);
+            if (serve) {
+                atomic_fetch_add(&h->faults, 1);
+                serve_fault(d, req->address, 0, false);
+            }
+            verdict = request_verdict(d, req->address);
+            mv__mutex_unlock(&d->lock);
+            mv__domain_put(d);
+        }
+        if (verdict != MV__FAULT_WAITING) {
+            answer(h, req, verdict);
+            continue;
+        }
+        pthread_mutex_lock(&h->forward_lock);
+        req->next = h->forward_waiting;
+        h->forward_waiting = req;
+        pthread_mutex_unlock(&h->forward_lock);
+    }
+}
+
+/* Take one of the host's request lists. */
+static struct mv__fault_request *take_requests(struct mv_host *h,
+                                               struct mv__fault_request **from)
+{
+    struct mv__fault_request *list;
+
+    if (!atomic_load(&h->forward_pending))
+        return NULL;
+    pthread_mutex_lock(&h->forward_lock);
+    list = *from;
+    *from = NULL;
+    pthread_mutex_unlock(&h->forward_lock);
+    return list;
+}
+
 size_t mv__fault_held_blocking(struct mv_domain *d)
 {
     mv__assert_held(&d->lock);
@@ -348,7 +492,8 @@ static void *fault_thread(void *arg)
     uint64_t spin_until = 0, last_retry = 0;
 
     while (!atomic_load(&h->stopping)) {
-        bool held = atomic_load(&h->held_total) > 0, kicked = false;
+        bool held = atomic_load(&h->held_total) > 0 ||
+                    atomic_load(&h->forward_pending) > 0, kicked = false;
         int timeout = spin_until ? 0 : held ? MV_HELD_TICK_MS : -1;
         int n = mv__os_epoll_wait(self->epoll_fd, events, MV_ARRAY_SIZE(events), timeout);
         unsigned served = 0;
@@ -376,6 +521,8 @@ static void *fault_thread(void *arg)
                 served += serve_domain(h, (uint32_t)events[i].data.u64, false);
             }
         }
+        if (kicked)
+            serve_requests(h, take_requests(h, &h->forward_new), true);
         now = mv__now_ns();
         if (served && spin_ns)
             spin_until = now + spin_ns;
@@ -383,6 +530,7 @@ static void *fault_thread(void *arg)
             spin_until = 0;
         if (kicked || (held && now - last_retry >= MV_HELD_TICK_MS * 1000000ull)) {
             retry_held(h);
+            serve_requests(h, take_requests(h, &h->forward_waiting), false);
             last_retry = now;
         }
     }
@@ -475,6 +623,18 @@ void mv__fault_service_stop(struct mv_host *h)
     for (unsigned i = 0; i < h->fault_thread_count; i++)
         pthread_join(h->fault_threads[i].thread, NULL);
     h->fault_thread_count = 0;
+    /* No thread serves them any more: let their accesses run again. */
+    for (struct mv__fault_request **list = &h->forward_new;;
+         list = &h->forward_waiting) {
+        struct mv__fault_request *req = take_requests(h, list), *next;
+
+        for (; req; req = next) {
+            next = req->next;
+            answer(h, req, MV__FAULT_RETRY);
+        }
+        if (list == &h->forward_waiting)
+            break;
+    }
     free(h->fault_threads);
     h->fault_threads = NULL;
     for (unsigned i = 0; i < h->epoll_count; i++)

@@ -77,6 +77,17 @@ const char *mv_fault_mode_name(enum mv_fault_mode mode)
     return "unknown";
 }
 
+const char *mv_fault_path_name(enum mv_fault_path path)
+{
+    switch (path) {
+    case MV_FAULT_PATH_AUTO:
+        return "auto";
+    case MV_FAULT_PATH_THREAD:
+        return "thread";
+    }
+    return "unknown";
+}
+
 /*
  * Settle where the fault threads run: the CPUs of `list` (taskset syntax;
  * NULL or "" = no restriction) this process may run on, of which there must
@@ -130,6 +141,9 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     if ((unsigned)config->fault_mode > MV_FAULT_PER_CPU)
         return mv__fail(-EINVAL, "fault_mode %d is not MV_FAULT_AUTO, _SHARED or "
                         "_PER_CPU", (int)config->fault_mode);
+    if ((unsigned)config->fault_path > MV_FAULT_PATH_THREAD)
+        return mv__fail(-EINVAL, "fault_path %d is not MV_FAULT_PATH_AUTO or "
+                        "_THREAD", (int)config->fault_path);
     if (config->fault_threads > 64)
         return mv__fail(-EINVAL, "fault_threads %u is above 64", config->fault_threads);
     if (config->cow_settle_ms > 60000)
@@ -141,6 +155,7 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     if (!h)
         return mv__fail(-ENOMEM, "no memory for a host");
     h->config = *config;
+    pthread_mutex_init(&h->forward_lock, NULL);
     h->config.fault_cpus = NULL;    /* the caller's string: read here only */
     if (!h->config.fault_threads)
         h->config.fault_threads = 1;
@@ -148,6 +163,7 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
         h->config.cow_settle_ms = MV_COW_SETTLE_DEFAULT_MS;
     rc = settle_fault_threads(h, config->fault_cpus);
     if (rc < 0) {
+        pthread_mutex_destroy(&h->forward_lock);
         free(h);
         return rc;
     }
@@ -230,6 +246,7 @@ void mv_host_destroy(mv_host *h)
     if (h->machine.pages)
         mv__machine_fini(&h->machine);
     pthread_rwlock_destroy(&h->domains_lock);
+    pthread_mutex_destroy(&h->forward_lock);
     free(h->domains);
     free(h);
 }

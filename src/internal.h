@@ -13,7 +13,11 @@
  *              crash, audit
  *   ram.c      where a domain's RAM is mapped (the second-stage page
  *              table): in this process, or in a VMM's through its ops
- *   fault.c    the fault service: threads, held faults
+ *   fault.c    the fault service: threads, held faults, faults handed
+ *              over by the SIGBUS handler
+ *   vcpu.c     faults resolved in the faulting vCPU's own thread: the
+ *              SIGBUS handler, vCPU registration, the table of domains
+ *              whose faults raise SIGBUS
  *   pod.c      populate-on-demand: populate, zero sweep, target
  *   logdirty.c dirty logging: WP_ASYNC + PAGEMAP_SCAN, synchronous
  *              write-protect, mprotect + SIGSEGV; the shared dirty bitmap
@@ -55,7 +59,10 @@
  *
  * The host budget is lock-free (atomics).  A thread touching guest RAM (a
  * vCPU) must hold no lock: its fault is served by a fault thread that takes
- * the domain lock.
+ * the domain lock, or by the SIGBUS handler in the thread itself, which
+ * takes the domain lock only when the thread holds no library lock
+ * (mv__locks_held) and otherwise hands the fault to a fault thread.
+ * host->forward_lock (a plain mutex, a leaf) guards the faults handed over.
  */
 #ifndef MV_INTERNAL_H
 #define MV_INTERNAL_H
@@ -126,6 +133,9 @@ bool mv__cond_wait(pthread_cond_t *cond, struct mv__mutex *m,
 void mv__cond_init(pthread_cond_t *cond);
 /* Debug builds: abort unless the calling thread holds `m`. */
 void mv__assert_held(struct mv__mutex *m);
+/* How many mv__mutex locks the calling thread holds (every build): the
+ * SIGBUS handler resolves a fault in the thread only when it holds none. */
+unsigned mv__locks_held(void);
 
 /* ------------------------------------------------------------------------ */
 /* os.c: every system call on memory and userfaultfds                        */
@@ -394,6 +404,11 @@ struct mv_domain {
     int cow_uffd;              /* synchronous write-protect faults of the
                                   shared frames it maps (share.c) */
 
+    /* Faults raise SIGBUS in the faulting thread (UFFD_FEATURE_SIGBUS) and
+     * are resolved there or handed over (vcpu.c); set at creation. */
+    bool in_thread;
+    int sigbus_slot;           /* its slot in vcpu.c's table, or -1 */
+
     uint64_t sweep_cursor;     /* next gfn the zero sweep examines */
     unsigned sweep_backoff;    /* faults to skip optional sweeps for */
 
@@ -403,6 +418,7 @@ struct mv_domain {
 
     /* counters (under lock) */
     uint64_t faults;
+    uint64_t faults_in_thread;
     uint64_t populated_4k;
     uint64_t populated_2m;
     uint64_t sweeps;
@@ -520,6 +536,52 @@ void mv__fault_release_all(struct mv_domain *d);
 int mv__fault_wake(struct mv_domain *d, bool cow, uint64_t gfn, uint64_t n);
 #define MV_WAKE_TRIES 3
 
+/* What became of a fault that raised SIGBUS. */
+enum mv__fault_verdict {
+    MV__FAULT_WAITING = 0,  /* handed over, not served yet */
+    MV__FAULT_RETRY,        /* served: run the access again */
+    MV__FAULT_CRASHED,      /* the domain crashed or is going: the SIGBUS
+                               is the embedder's (a crashed vCPU) */
+    MV__FAULT_FORWARD,      /* cannot be served in the thread: hand over */
+};
+
+/* A fault handed to the fault threads by a thread that waits for it in its
+ * SIGBUS handler; lives on that thread's stack. */
+struct mv__fault_request {
+    struct mv__fault_request *next; /* host->forward_lock */
+    uint32_t domid;
+    uint64_t address;
+    _Atomic uint32_t verdict;       /* WAITING until a fault thread decides */
+};
+
+/* Resolve the fault at gfn of d in the calling thread (a vCPU of d,
+ * holding no library lock, from its SIGBUS handler).  RETRY, CRASHED or
+ * FORWARD. */
+enum mv__fault_verdict mv__fault_in_thread(struct mv_domain *d, uint64_t gfn);
+/* Hand the fault at `address` of domain `domid` to the fault threads and
+ * wait until it is served: RETRY or CRASHED.  Async-signal-safe. */
+enum mv__fault_verdict mv__fault_forward(struct mv_host *h, uint32_t domid,
+                                         uint64_t address);
+
+/* ------------------------------------------------------------------------ */
+/* vcpu.c                                                                    */
+
+/* Whether d's faults can raise SIGBUS and be resolved in the faulting
+ * thread (decided before its userfaultfd exists): claims a slot in the
+ * handler's table and installs the handler.  False when the host or the
+ * kernel rules it out, or no slot or handler could be had. */
+bool mv__vcpu_domain_claim(struct mv_domain *d);
+/* Install the library's SIGBUS handler (again: the application may have
+ * replaced it) and, when `hook` is not NULL, make it the function called
+ * for a SIGBUS the library does not resolve, before the signal is passed
+ * on (the built-in guests' vCPUs leave a crashed domain there; the hook
+ * returns for other threads).  0 or a negative errno. */
+int mv__vcpu_sigbus_install(void (*hook)(int, siginfo_t *, void *));
+/* d's RAM is mapped: the handler may find it from now on. */
+void mv__vcpu_domain_publish(struct mv_domain *d);
+/* Give d's slot back, waiting until no handler still uses it. */
+void mv__vcpu_domain_release(struct mv_domain *d);
+
 /* ------------------------------------------------------------------------ */
 /* mechanism.c: what a mechanism plugs into the core (builtin.c lists them)  */
 
@@ -548,6 +610,14 @@ struct mv__p2m_ops {
      * -EFAULT (crashed), or another negative errno when it cannot be served
      * now and nothing changed (-ENOMEM: no memory): the fault then waits. */
     int (*fault)(struct mv_domain *d, uint64_t gfn);
+    /* The same fault resolved in the faulting vCPU's own thread, from its
+     * SIGBUS handler (lock held, domain running): only what needs no
+     * allocation, no sleep, no other lock and no message (a free page within
+     * the target and the budget, a page mapped again).  0, or -EAGAIN when
+     * the fault needs more (reclaim, a wait, a crash, a failed system call):
+     * nothing changed, and `fault` then serves it in a fault thread.  NULL:
+     * always -EAGAIN. */
+    int (*fault_fast)(struct mv_domain *d, uint64_t gfn);
     /* remapped types: a write fault through the second userfaultfd; same
      * answers as fault. */
     int (*remap_fault)(struct mv_domain *d, uint64_t gfn);
@@ -703,6 +773,13 @@ struct mv_host {
     cpu_set_t fault_cpus;        /* empty: no restriction */
     atomic_bool stopping;
     atomic_uint_fast64_t held_total;
+
+    /* Faults handed over by SIGBUS handlers (fault.c), new and waiting
+     * for their domain (paused, short of memory); forward_lock. */
+    pthread_mutex_t forward_lock;
+    struct mv__fault_request *forward_new;
+    struct mv__fault_request *forward_waiting;
+    atomic_uint forward_pending;  /* requests in either list */
 
     _Atomic uint64_t faults;
     _Atomic uint64_t fault_wakeups;

@@ -49,6 +49,15 @@ void mv__assert_held(struct mv__mutex *m)
 #define NOTE_RELEASED(m) ((void)0)
 #endif
 
+/* Every build: the SIGBUS handler resolves a fault in the faulting thread
+ * only when that thread holds no library lock (vcpu.c). */
+static _Thread_local unsigned locks_held;
+
+unsigned mv__locks_held(void)
+{
+    return locks_held;
+}
+
 void mv__mutex_init(struct mv__mutex *m, enum mv__lock_level level)
 {
     pthread_mutex_init(&m->mutex, NULL);
@@ -65,10 +74,12 @@ void mv__mutex_lock(struct mv__mutex *m)
     check_order(m);
     pthread_mutex_lock(&m->mutex);
     NOTE_TAKEN(m);
+    locks_held++;
 }
 
 void mv__mutex_unlock(struct mv__mutex *m)
 {
+    locks_held--;
     NOTE_RELEASED(m);
     pthread_mutex_unlock(&m->mutex);
 }

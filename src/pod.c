@@ -27,6 +27,14 @@
  * a mapping creates no page-table entries, which on a paravirtualized
  * machine cost a trap each to build and a TLB shootdown to tear down.
  *
+ * In the faulting thread: a domain whose vCPUs resolve their own faults
+ * (vcpu.c) calls the fast forms (pod_fault_fast, map_present_fast) from the
+ * vCPU's SIGBUS handler.  They do only what a free page within the target
+ * and the budget needs -- one ioctl, the p2m, the counters -- and answer
+ * -EAGAIN, having changed nothing, for everything else: a sweep, the budget
+ * hooks, a failed ioctl and its message or crash are the fault threads'
+ * (the fault is handed to them and served by pod_fault as any other).
+ *
  * Invariants (checked by mv_domain_audit):
  *   0 <= populated <= target <= maxmem
  *   populated + pod + ballooned == maxmem
@@ -45,11 +53,14 @@ static uint64_t frame_offset(struct mv_domain *d, uint64_t gfn)
     return (d->base_mfn + gfn) << MV_PAGE_SHIFT;
 }
 
-/* Charge `pages` to the domain's target and to the host budget. */
-static bool charge(struct mv_domain *d, uint64_t pages)
+/* Charge `pages` to the domain's target and to the host budget; `fast`:
+ * only if the budget has room now (no mechanism is asked for memory). */
+static bool charge(struct mv_domain *d, uint64_t pages, bool fast)
 {
     if (d->populated + pages > d->target_pages)
         return false;
+    if (fast)
+        return mv__machine_charge(&d->host->machine, pages);
     return mv__host_charge(d->host, d, pages);
 }
 
@@ -90,12 +101,13 @@ static bool sweep_for(struct mv_domain *d, uint64_t pages, bool optional)
         d->sweep_backoff = MV_SWEEP_BACKOFF;
         return false;
     }
-    return charge(d, pages);
+    return charge(d, pages, false);
 }
 
 /* Populate the whole 2 MiB block around gfn.  -EAGAIN: not possible now,
- * populate a single page instead. */
-static int populate_block(struct mv_domain *d, uint64_t gfn)
+ * populate a single page instead.  `fast`: no sweep, no budget hooks (a
+ * failed ioctl is still handled here: what it populated is kept). */
+static int populate_block(struct mv_domain *d, uint64_t gfn, bool fast)
 {
     uint64_t first = gfn & ~(uint64_t)(MV_BLOCK_PAGES - 1), kept;
     size_t done;
@@ -105,7 +117,8 @@ static int populate_block(struct mv_domain *d, uint64_t gfn)
         d->block_pod[first / MV_BLOCK_PAGES] != MV_BLOCK_PAGES ||
         mv__domain_needs_small_pages(d))
         return -EAGAIN;
-    if (!charge(d, MV_BLOCK_PAGES) && !sweep_for(d, MV_BLOCK_PAGES, true))
+    if (!charge(d, MV_BLOCK_PAGES, fast) &&
+        (fast || !sweep_for(d, MV_BLOCK_PAGES, true)))
         return -EAGAIN;
     rc = mv__os_uffd_zeropage_some(d->uffd, mv__gfn_addr(d, first),
                                    (size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT, &done);
@@ -136,7 +149,7 @@ static int populate_page(struct mv_domain *d, uint64_t gfn)
 {
     int rc;
 
-    if (!charge(d, 1) && !sweep_for(d, 1, false))
+    if (!charge(d, 1, false) && !sweep_for(d, 1, false))
         return -ENOMEM;
     rc = mv__os_uffd_zeropage(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
     if (rc == -EEXIST) {
@@ -180,10 +193,50 @@ static int map_present(struct mv_domain *d, uint64_t gfn)
     return 0;
 }
 
+/* map_present in the faulting thread: the page mapped, or there already. */
+static int map_present_fast(struct mv_domain *d, uint64_t gfn)
+{
+    int rc = mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+
+    return rc == 0 || rc == -EEXIST ? 0 : -EAGAIN;
+}
+
+/*
+ * pod_fault in the faulting thread: its block, else the page, only when
+ * they fit the target and the budget as they are.  A failed block keeps
+ * what it populated (populate_block); a failed page changes nothing, and
+ * pod_fault tries it again in a fault thread.
+ */
+static int pod_fault_fast(struct mv_domain *d, uint64_t gfn)
+{
+    int rc = populate_block(d, gfn, true);
+
+    if (rc < 0 && d->p2m[gfn] == MV_P2M_RAM)
+        return map_present_fast(d, gfn);
+    if (rc < 0) {
+        if (!charge(d, 1, true))
+            return -EAGAIN;
+        rc = mv__os_uffd_zeropage(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
+        if (rc < 0) {
+            /* -EEXIST: a page is mapped there, which pod_fault keeps and
+             * reports; otherwise no stray frame may stay behind. */
+            if (rc != -EEXIST)
+                discard_frames(d, gfn, 1);
+            mv__machine_uncharge(&d->host->machine, 1);
+            return -EAGAIN;
+        }
+        mv__p2m_set(d, gfn, MV_P2M_RAM);
+        mv__domain_pages_changed(d, gfn, 1);
+        d->populated_4k++;
+    }
+    mv__domain_room_changed(d);
+    return 0;
+}
+
 /* A PoD entry's first touch: populate its block, or the page. */
 static int pod_fault(struct mv_domain *d, uint64_t gfn)
 {
-    int rc = populate_block(d, gfn);
+    int rc = populate_block(d, gfn, false);
 
     /* A block that failed half-way may have populated gfn already. */
     if (rc < 0)
@@ -592,10 +645,12 @@ int64_t mv_domain_discard(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t 
 /* what populate-on-demand plugs into the core                              */
 
 static const struct mv__p2m_ops ram_ops = {
-    .present = true, .fault = map_present, .release = ram_release, .frame = ram_frame,
+    .present = true, .fault = map_present, .fault_fast = map_present_fast,
+    .release = ram_release, .frame = ram_frame,
 };
 static const struct mv__p2m_ops pod_ops = {
-    .fault = pod_fault, .release = empty_release, .frame = pod_frame,
+    .fault = pod_fault, .fault_fast = pod_fault_fast, .release = empty_release,
+    .frame = pod_frame,
 };
 static const struct mv__p2m_ops ballooned_ops = {
     .fault = ballooned_fault, .release = empty_release, .frame = ballooned_frame,

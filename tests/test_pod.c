@@ -21,9 +21,11 @@
 
 static _Thread_local sigjmp_buf *toucher_jump;
 
-static void toucher_signal(int sig)
+/* As an embedder's handler must: the library's faults first. */
+static void toucher_signal(int sig, siginfo_t *info, void *context)
 {
-    (void)sig;
+    if (sig == SIGBUS && mv_sigbus_handled(sig, info, context))
+        return;
     if (toucher_jump)
         siglongjmp(*toucher_jump, 1);
     abort();
@@ -37,7 +39,8 @@ static void install_toucher_handler(void)
     struct sigaction sa;
 
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = toucher_signal;
+    sa.sa_sigaction = toucher_signal;
+    sa.sa_flags = SA_SIGINFO;
     sigaction(SIGBUS, &sa, NULL);
     sigaction(SIGSEGV, &sa, NULL);
 }
