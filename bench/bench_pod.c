@@ -23,7 +23,10 @@
  *                        faults were resolved in the faulting thread.
  *   pod-*-vcpu           fault_path auto, the touching thread registered as
  *                        a vCPU (mv_vcpu_enter): each fault is resolved in
- *                        that thread's SIGBUS handler.
+ *                        that thread's SIGBUS handler; pod-4k-vcpu with the
+ *                        default fault-around for a sequential toucher
+ *                        (pod_fault_around), pod-4k-vcpu-single with none
+ *                        (a fault per page).
  *   pod-4k-forward       fault_path auto, the touching thread not a vCPU:
  *                        each fault is handed from its SIGBUS handler to a
  *                        fault thread (what any other thread pays).
@@ -133,6 +136,7 @@ struct pod_case {
                          * MV_FAULT_SHARED */
     bool auto_path;     /* fault_path auto, else thread */
     bool vcpu;          /* the touching thread calls mv_vcpu_enter */
+    unsigned fault_around; /* pod_fault_around (0: the library's default) */
     unsigned word;      /* sweep: each page gets `value` in this word */
     uint64_t value;
 };
@@ -151,8 +155,14 @@ static const struct pod_case pod_cases[] = {
               "pinned to each CPU (fault_mode per-CPU), none spinning" },
     { .name = "pod-4k-vcpu", .kind = CASE_FAULT, .block_populate = 0,
       .sleeping = true, .per_cpu = true, .auto_path = true, .vcpu = true,
-      .what = "a fault per page (pod_block_populate = 0), resolved in the "
-              "touching thread, a registered vCPU (fault_path auto)" },
+      .what = "4 KiB pages (pod_block_populate = 0), faults resolved in the "
+              "touching thread, a registered vCPU (fault_path auto), with the "
+              "default fault-around for a sequential toucher" },
+    { .name = "pod-4k-vcpu-single", .kind = CASE_FAULT, .block_populate = 0,
+      .sleeping = true, .per_cpu = true, .auto_path = true, .vcpu = true,
+      .fault_around = 1,
+      .what = "a fault per page (pod_block_populate = 0, pod_fault_around = 1), "
+              "resolved in the touching thread, a registered vCPU (fault_path auto)" },
     { .name = "pod-4k-forward", .kind = CASE_FAULT, .block_populate = 0,
       .sleeping = true, .per_cpu = true, .auto_path = true,
       .what = "a fault per page (pod_block_populate = 0) of a thread that is "
@@ -391,7 +401,8 @@ struct pod_domain {
 
 /* A new host with one domain of `bytes`, all of it PoD entries. */
 static int domain_open(struct pod_domain *pd, uint64_t bytes, unsigned spin_us,
-                       bool per_cpu, bool auto_path, int block_populate)
+                       bool per_cpu, bool auto_path, int block_populate,
+                       unsigned fault_around)
 {
     struct mv_host_config hc;
     struct mv_domain_config dc;
@@ -409,6 +420,7 @@ static int domain_open(struct pod_domain *pd, uint64_t bytes, unsigned spin_us,
     snprintf(dc.name, sizeof(dc.name), "bench-pod");
     dc.maxmem_bytes = dc.target_bytes = bytes;
     dc.pod_block_populate = block_populate;
+    dc.pod_fault_around = fault_around;
     rc = mv_domain_create(pd->host, &dc, &pd->domid);
     if (rc < 0) {
         rc = mv_bench_lib_error("mv_domain_create", rc);
@@ -470,7 +482,7 @@ static int touch_domain(const struct pod_run *run, const struct pod_case *c,
                         struct mv_host_stats *stats, struct mv_domain_info *info)
 {
     int rc = domain_open(pd, run->bytes, c->sleeping ? 0 : (unsigned)run->opt.spin_us,
-                         c->per_cpu, c->auto_path, c->block_populate);
+                         c->per_cpu, c->auto_path, c->block_populate, c->fault_around);
 
     if (rc != MV_BENCH_OK)
         return rc;
@@ -732,6 +744,8 @@ static int report_json(const struct pod_run *run)
             json_object_object_add(o, "fault_path", json_object_new_string(
                 mv_fault_path_name(c->auto_path ? MV_FAULT_PATH_AUTO : MV_FAULT_PATH_THREAD)));
             json_object_object_add(o, "vcpu", json_object_new_boolean(c->vcpu));
+            json_object_object_add(o, "pod_fault_around", json_object_new_int64(
+                c->fault_around ? c->fault_around : MV_POD_FAULT_AROUND_DEFAULT));
         }
         json_object_object_add(o, "raw", record_json(run, &run->cases[ci]));
         all_met = mv_bench_comparisons_json(o, cmp, n, NULL) && all_met;

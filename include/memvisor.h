@@ -374,8 +374,22 @@ struct mv_domain_config {
     enum mv_logdirty_mode logdirty_mode;
     /* Who copies a shared page this domain writes (enum mv_cow_mode). */
     enum mv_cow_mode cow_mode;
-    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
+    /*
+     * Fault-around for sequential touchers, in pages (1..MV_POD_FAULT_AROUND_MAX;
+     * 0 = MV_POD_FAULT_AROUND_DEFAULT; 1 = off).  When a vCPU resolving its
+     * own faults (MV_FAULT_PATH_AUTO) faults on the page right after the
+     * last one it populated, that fault populates up to this many PoD pages
+     * from there in one go, as far as the target and the host budget have
+     * room now: a guest writing memory in order takes one fault for
+     * several pages, the way the kernel maps pages around a read fault.
+     * A random toucher is never given pages it did not touch.
+     */
+    unsigned pod_fault_around;
+    uint32_t reserved32;      /* zero */
+    uint64_t reserved[7];     /* zero; room to grow without breaking the ABI */
 };
+#define MV_POD_FAULT_AROUND_DEFAULT 3u
+#define MV_POD_FAULT_AROUND_MAX 64u
 #define MV_MAX_VCPUS 64u
 #define MV_WAIT_TIMEOUT_DEFAULT_MS 10000u
 

@@ -235,6 +235,9 @@ static int validate_config(const struct mv_domain_config *c)
         return mv__fail(-EINVAL, "vcpus %u is outside 1..%u", c->vcpus, MV_MAX_VCPUS);
     if (c->pod_policy != MV_POD_WAIT && c->pod_policy != MV_POD_CRASH)
         return mv__fail(-EINVAL, "unknown PoD policy %d", (int)c->pod_policy);
+    if (c->pod_fault_around > MV_POD_FAULT_AROUND_MAX)
+        return mv__fail(-EINVAL, "pod_fault_around %u is above %u pages",
+                        c->pod_fault_around, MV_POD_FAULT_AROUND_MAX);
     if (c->cow_mode != MV_COW_TRAP && c->cow_mode != MV_COW_KERNEL)
         return mv__fail(-EINVAL, "cow_mode %d is not MV_COW_TRAP or MV_COW_KERNEL",
                         (int)c->cow_mode);
@@ -314,6 +317,8 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
 
     d->host = h;
     d->config = *config;
+    if (!d->config.pod_fault_around)
+        d->config.pod_fault_around = MV_POD_FAULT_AROUND_DEFAULT;
     d->vmm = vmm;
     if (vmm)
         d->ram = (uint8_t *)(uintptr_t)vmm_addr;

@@ -41,6 +41,10 @@ static void create_rejects_bad_config(void **state)
     c.pod_policy = (enum mv_pod_policy)7;
     assert_err(mv_domain_create(h, &c, &id), -EINVAL);
     c.pod_policy = MV_POD_WAIT;
+    c.pod_fault_around = MV_POD_FAULT_AROUND_MAX + 1;
+    assert_err(mv_domain_create(h, &c, &id), -EINVAL);
+    assert_non_null(strstr(mv_last_error(), "pod_fault_around"));
+    c.pod_fault_around = 0;
     c.maxmem_bytes = 4096 * GiB; /* larger than the 1 TiB machine */
     c.target_bytes = 0;
     assert_err(mv_domain_create(h, &c, &id), -E2BIG);
@@ -270,6 +274,10 @@ static void host_rejects_bad_config(void **state)
     c.fault_mode = (enum mv_fault_mode)7;
     assert_err(mv_host_create(&c, &h), -EINVAL);
     assert_non_null(strstr(mv_last_error(), "fault_mode"));
+    mv_host_config_init(&c);
+    c.fault_path = (enum mv_fault_path)5;
+    assert_err(mv_host_create(&c, &h), -EINVAL);
+    assert_non_null(strstr(mv_last_error(), "fault_path"));
     /* CPU lists: syntax, order, range, and CPUs this process may not use. */
     static const char *const bad_cpus[] = { "x", "1,", ",1", "0-", "3-1", "1 2", "0--1",
                                             "99999", "1023" };

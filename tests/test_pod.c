@@ -2,7 +2,8 @@
  * test_pod.c - populate-on-demand end to end: first-touch population (2 MiB
  * and 4 KiB), the zero sweep, both out-of-memory policies, ballooning,
  * pause, many domains at once, destroy with faults pending and injected
- * system-call failures.  Every case that runs a guest ends with the content
+ * system-call failures; faults resolved in the faulting vCPU's own thread
+ * (fault_path auto) and handed to the fault threads from it, fault-around.  Every case that runs a guest ends with the content
  * oracle and the audit.
  */
 #include "testutil.h"
@@ -46,6 +47,8 @@ static void install_toucher_handler(void)
 }
 
 struct toucher {
+    mv_host *host;      /* set: the thread enters domid as a vCPU first */
+    uint32_t domid;
     volatile uint8_t *address;
     atomic_int state; /* 0 running, 1 touched, 2 got a signal */
     pthread_t thread;
@@ -57,6 +60,8 @@ static void *toucher_main(void *arg)
     sigjmp_buf jump;
 
     toucher_jump = &jump;
+    if (t->host)
+        assert_true(mv_vcpu_enter(t->host, t->domid) >= 0);
     if (sigsetjmp(jump, 1) == 0) {
         *t->address = 0x5a;
         atomic_store(&t->state, 1);
@@ -64,11 +69,13 @@ static void *toucher_main(void *arg)
         atomic_store(&t->state, 2);
     }
     toucher_jump = NULL;
+    mv_vcpu_exit();
     return NULL;
 }
 
 static void touch_async(struct toucher *t, void *address)
 {
+    t->host = NULL;
     t->address = address;
     atomic_store(&t->state, 0);
     assert_int_equal(pthread_create(&t->thread, NULL, toucher_main, t), 0);
@@ -80,6 +87,25 @@ static int touch(void *address)
     struct toucher t;
 
     touch_async(&t, address);
+    pthread_join(t.thread, NULL);
+    return atomic_load(&t.state);
+}
+
+/* The same from a thread that is a vCPU of domain id. */
+static void vcpu_touch_async(struct toucher *t, mv_host *h, uint32_t id, void *address)
+{
+    t->host = h;
+    t->domid = id;
+    t->address = address;
+    atomic_store(&t->state, 0);
+    assert_int_equal(pthread_create(&t->thread, NULL, toucher_main, t), 0);
+}
+
+static int vcpu_touch(mv_host *h, uint32_t id, void *address)
+{
+    struct toucher t;
+
+    vcpu_touch_async(&t, h, id, address);
     pthread_join(t.thread, NULL);
     return atomic_load(&t.state);
 }
@@ -836,6 +862,390 @@ static void oracle_detects_a_foreign_write(void **state)
     mv_host_destroy(h);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Faults resolved in the faulting vCPU's own thread (fault_path auto)       */
+
+/* A host whose domains resolve their vCPUs' faults in the vCPUs' threads,
+ * whatever the environment asks of the other cases. */
+static mv_host *in_thread_host(void)
+{
+    struct mv_host_config c;
+    mv_host *h;
+
+    tu_host_config(&c, 4 * GiB);
+    c.fault_path = MV_FAULT_PATH_AUTO;
+    assert_ok(mv_host_create(&c, &h));
+    return h;
+}
+
+/* A domain of single pages (no 2 MiB populate) on it; skips, saying why,
+ * when the kernel cannot raise SIGBUS for a fault. */
+static uint32_t in_thread_domain(mv_host *h, const char *name, uint64_t maxmem,
+                                 uint64_t target, enum mv_pod_policy policy,
+                                 unsigned fault_around)
+{
+    struct mv_domain_config c;
+    uint32_t id;
+
+    tu_domain_config(&c, name, maxmem, target);
+    c.pod_block_populate = 0;
+    c.pod_policy = policy;
+    c.pod_fault_around = fault_around;
+    assert_ok(mv_domain_create(h, &c, &id));
+    if (!tu_info(h, id).fault_in_thread) {
+        mv_host_destroy(h);
+        print_message("skipped: the kernel lacks UFFD_FEATURE_SIGBUS\n");
+        skip();
+    }
+    return id;
+}
+
+/* Guest RAM is written by several threads at once here, each store a whole
+ * word: atomics, so that ThreadSanitizer sees what the test means. */
+static void store_word(uint8_t *page, uint64_t value)
+{
+    __atomic_store_n((uint64_t *)page, value, __ATOMIC_RELAXED);
+}
+
+static uint64_t load_word(const uint8_t *page)
+{
+    return __atomic_load_n((const uint64_t *)page, __ATOMIC_RELAXED);
+}
+
+#define VCPU_THREADS 4u
+#define SHARED_PAGES 2048u
+#define OWN_PAGES 512u
+
+struct vcpu_worker {
+    mv_host *host;
+    uint32_t domid;
+    uint8_t *ram;
+    unsigned index;
+    int entered;
+    pthread_t thread;
+};
+
+/* Every worker stores into every shared page (the same value, from a
+ * different starting point), then into its own pages (its own values). */
+static void *vcpu_worker_main(void *arg)
+{
+    struct vcpu_worker *w = arg;
+
+    w->entered = mv_vcpu_enter(w->host, w->domid);
+    for (unsigned i = 0; i < SHARED_PAGES; i++) {
+        unsigned p = (i + w->index * SHARED_PAGES / VCPU_THREADS) % SHARED_PAGES;
+
+        store_word(w->ram + (size_t)p * 4096, 0x5a);
+    }
+    for (unsigned i = 0; i < OWN_PAGES; i++) {
+        size_t p = SHARED_PAGES + w->index * OWN_PAGES + i;
+
+        store_word(w->ram + p * 4096 + 8, (uint64_t)p << 8 | w->index);
+    }
+    mv_vcpu_exit();
+    return NULL;
+}
+
+/* Many vCPUs fault on the same pages and on pages of their own, each
+ * resolving its faults in its own thread; then built-in vCPUs run a
+ * workload the same way, which the oracle checks. */
+static void vcpus_resolve_their_own_faults_concurrently(void **state)
+{
+    mv_host *h = in_thread_host();
+    uint64_t pages = SHARED_PAGES + VCPU_THREADS * OWN_PAGES;
+    uint32_t id = in_thread_domain(h, "vcpus", pages * 4096, pages * 4096, MV_POD_WAIT, 0);
+    uint8_t *ram = ram_of(h, id);
+    struct vcpu_worker w[VCPU_THREADS];
+    struct mv_workload_config wl;
+    struct mv_domain_info i;
+    uint32_t guest;
+
+    (void)state;
+    for (unsigned k = 0; k < VCPU_THREADS; k++) {
+        w[k] = (struct vcpu_worker){ .host = h, .domid = id, .ram = ram, .index = k };
+        assert_int_equal(pthread_create(&w[k].thread, NULL, vcpu_worker_main, &w[k]), 0);
+    }
+    for (unsigned k = 0; k < VCPU_THREADS; k++) {
+        pthread_join(w[k].thread, NULL);
+        assert_int_equal(w[k].entered, 1);
+    }
+    for (unsigned p = 0; p < SHARED_PAGES; p++)
+        assert_int_equal(load_word(ram + (size_t)p * 4096), 0x5a);
+    for (unsigned k = 0; k < VCPU_THREADS; k++)
+        for (unsigned n = 0; n < OWN_PAGES; n++) {
+            size_t p = SHARED_PAGES + k * OWN_PAGES + n;
+
+            assert_int_equal(load_word(ram + p * 4096 + 8), (uint64_t)p << 8 | k);
+        }
+    i = tu_info(h, id);
+    assert_int_equal(i.populated_pages, pages);
+    assert_true(i.faults_in_thread > 0);
+    assert_true(i.faults_in_thread <= i.faults);
+    assert_ok(mv_host_audit(h));
+
+    guest = tu_domain_with(h, "guest", 64 * MiB, 64 * MiB, 4, MV_POD_WAIT, 0);
+    mv_workload_config_init(&wl, MV_WORKLOAD_RANDOM);
+    wl.max_pages = 20000;
+    assert_false(tu_run(h, guest, &wl).crashed);
+    assert_true(tu_info(h, guest).faults_in_thread > 0);
+    tu_verify(h, guest);
+    mv_host_destroy(h);
+}
+
+/* A thread that is not a vCPU of the domain keeps the fault threads: its
+ * fault is handed over from its SIGBUS handler and served there. */
+static void other_threads_faults_go_to_fault_threads(void **state)
+{
+    mv_host *h = in_thread_host();
+    uint32_t id = in_thread_domain(h, "others", 16 * MiB, 16 * MiB, MV_POD_WAIT, 0);
+    uint8_t *ram = ram_of(h, id);
+    struct mv_domain_info i;
+
+    (void)state;
+    assert_int_equal(touch(ram), 1);
+    assert_int_equal(touch(ram + 4096), 1); /* sequential, but no vCPU */
+    i = tu_info(h, id);
+    assert_int_equal(i.faults_in_thread, 0);
+    assert_int_equal(i.populated_pages, 2);
+    assert_int_equal(ram[0], 0x5a);
+    assert_int_equal(vcpu_touch(h, id, ram + 8 * 4096), 1);
+    i = tu_info(h, id);
+    assert_int_equal(i.faults_in_thread, 1);
+    assert_int_equal(i.populated_pages, 3);
+    /* The old path, asked for: nothing is resolved in the thread. */
+    {
+        struct mv_host_config c;
+        mv_host *old;
+        uint32_t o;
+
+        tu_host_config(&c, 64 * MiB);
+        c.fault_path = MV_FAULT_PATH_THREAD;
+        assert_ok(mv_host_create(&c, &old));
+        o = tu_domain(old, "old", 16 * MiB, 16 * MiB);
+        assert_int_equal(tu_info(old, o).fault_in_thread, 0);
+        assert_int_equal(vcpu_touch(old, o, ram_of(old, o)), 1);
+        assert_int_equal(tu_info(old, o).faults_in_thread, 0);
+        assert_ok(mv_host_audit(old));
+        mv_host_destroy(old);
+    }
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* A paused domain's vCPU that faults stops in its handler: the fault is
+ * held (what pause counts as a stopped vCPU) until unpause. */
+static void pause_holds_a_vcpus_own_fault(void **state)
+{
+    mv_host *h = in_thread_host();
+    uint32_t id = in_thread_domain(h, "paused", 16 * MiB, 16 * MiB, MV_POD_WAIT, 0);
+    uint8_t *ram = ram_of(h, id);
+    struct toucher t;
+
+    (void)state;
+    assert_ok(mv_domain_pause(h, id));
+    vcpu_touch_async(&t, h, id, ram + 5 * 4096);
+    wait_for_held(h, id, 1);
+    assert_int_equal(atomic_load(&t.state), 0);
+    assert_int_equal(tu_info(h, id).populated_pages, 0);
+    assert_ok(mv_domain_unpause(h, id));
+    pthread_join(t.thread, NULL);
+    assert_int_equal(atomic_load(&t.state), 1);
+    assert_int_equal(ram[5 * 4096], 0x5a);
+    assert_int_equal(tu_info(h, id).held_faults, 0);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* Out of memory, a vCPU's own fault follows the domain's policy: under
+ * MV_POD_WAIT it waits until the target rises, under MV_POD_CRASH the
+ * domain crashes and the vCPU takes SIGBUS. */
+static void vcpu_faults_follow_pod_policy(void **state)
+{
+    mv_host *h = in_thread_host();
+    uint32_t id = in_thread_domain(h, "waits", 16 * MiB, 4 * 4096, MV_POD_WAIT, 0);
+    uint32_t crash = in_thread_domain(h, "crashes", 16 * MiB, 4 * 4096, MV_POD_CRASH, 0);
+    uint8_t *ram = ram_of(h, id), *cram = ram_of(h, crash);
+    struct toucher t;
+
+    (void)state;
+    install_toucher_handler();
+    for (unsigned p = 0; p < 4; p++) {
+        assert_int_equal(vcpu_touch(h, id, ram + p * 4096), 1);
+        assert_int_equal(vcpu_touch(h, crash, cram + p * 4096), 1);
+    }
+    /* Fault-around stayed within the target. */
+    assert_int_equal(tu_info(h, id).populated_pages, 4);
+    vcpu_touch_async(&t, h, id, ram + 4 * 4096);
+    wait_for_held(h, id, 1);
+    assert_int_equal(atomic_load(&t.state), 0);
+    assert_ok(mv_domain_set_target(h, id, 8 * 4096));
+    pthread_join(t.thread, NULL);
+    assert_int_equal(atomic_load(&t.state), 1);
+    assert_true(tu_info(h, id).pod_waits > 0);
+
+    assert_int_equal(vcpu_touch(h, crash, cram + 4 * 4096), 2);
+    assert_int_equal(tu_info(h, crash).state, MV_DOMAIN_CRASHED);
+    assert_non_null(strstr(tu_info(h, crash).crash_reason, "out of memory"));
+    assert_ok(mv_domain_destroy(h, crash));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* A vCPU of domain id storing into pages [first, first + count) in order. */
+struct sequential {
+    mv_host *host;
+    uint32_t domid;
+    uint8_t *ram;
+    unsigned first, count;
+};
+
+static void *sequential_main(void *arg)
+{
+    struct sequential *q = arg;
+
+    assert_int_equal(mv_vcpu_enter(q->host, q->domid), 1);
+    for (unsigned p = q->first; p < q->first + q->count; p++)
+        store_word(q->ram + (size_t)p * 4096, p);
+    mv_vcpu_exit();
+    return NULL;
+}
+
+static void touch_in_order(mv_host *h, uint32_t id, unsigned first, unsigned count)
+{
+    struct sequential q = { .host = h, .domid = id, .ram = ram_of(h, id),
+                            .first = first, .count = count };
+    pthread_t thread;
+
+    assert_int_equal(pthread_create(&thread, NULL, sequential_main, &q), 0);
+    pthread_join(thread, NULL);
+}
+
+static enum mv_page_type type_of(mv_host *h, uint32_t id, uint64_t gfn)
+{
+    enum mv_page_type type;
+
+    assert_ok(mv_domain_page_type(h, id, gfn, &type));
+    return type;
+}
+
+/* A sequential vCPU gets the pages after the one it touched; a random one,
+ * another thread, or a domain with pod_fault_around 1 does not. */
+static void fault_around_only_for_sequential_vcpus(void **state)
+{
+    mv_host *h = in_thread_host();
+    uint32_t id = in_thread_domain(h, "around", 16 * MiB, 16 * MiB, MV_POD_WAIT, 0);
+    uint32_t off = in_thread_domain(h, "single", 16 * MiB, 16 * MiB, MV_POD_WAIT, 1);
+    uint8_t *ram = ram_of(h, id), *oram = ram_of(h, off);
+    struct mv_domain_info i;
+
+    (void)state;
+    /* Pages 0 and 1 in order: the second fault populates 1, 2 and 3. */
+    touch_in_order(h, id, 0, 2);
+    for (uint64_t g = 0; g < 2 + MV_POD_FAULT_AROUND_DEFAULT - 1; g++)
+        assert_int_equal(type_of(h, id, g), MV_PAGE_RAM);
+    assert_int_equal(type_of(h, id, 1 + MV_POD_FAULT_AROUND_DEFAULT), MV_PAGE_POD);
+    i = tu_info(h, id);
+    assert_int_equal(i.populated_pages, 1 + MV_POD_FAULT_AROUND_DEFAULT);
+    assert_int_equal(i.faults_in_thread, 2);
+    /* Fault-around stops at a page that is not a PoD entry. */
+    assert_int_equal(vcpu_touch(h, id, ram + 52 * 4096), 1);
+    touch_in_order(h, id, 50, 2);
+    assert_int_equal(type_of(h, id, 53), MV_PAGE_POD);
+    assert_int_equal(vcpu_touch(h, id, ram + 100 * 4096), 1); /* random */
+    assert_int_equal(type_of(h, id, 101), MV_PAGE_POD);
+    assert_int_equal(touch(ram + 101 * 4096), 1);            /* not a vCPU */
+    assert_int_equal(type_of(h, id, 102), MV_PAGE_POD);
+    assert_int_equal(tu_info(h, id).populated_pages, 1 + MV_POD_FAULT_AROUND_DEFAULT + 3 + 2);
+    /* Off: a fault per page, in order or not. */
+    touch_in_order(h, off, 0, 8);
+    assert_int_equal(tu_info(h, off).populated_pages, 8);
+    assert_int_equal(tu_info(h, off).faults_in_thread, 8);
+    assert_int_equal(load_word(oram + 7 * 4096), 7);
+    /* Within the target: a full window that does not fit shrinks to the
+     * page touched rather than wait. */
+    {
+        uint32_t tight = in_thread_domain(h, "tight", 16 * MiB, 3 * 4096, MV_POD_WAIT, 0);
+
+        touch_in_order(h, tight, 0, 3);
+        i = tu_info(h, tight);
+        assert_int_equal(i.populated_pages, 3);
+        assert_int_equal(i.pod_waits, 0);
+    }
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* Failures in the faulting thread change nothing there: the fault goes to
+ * a fault thread, which serves it (or crashes the domain) as always. */
+static void injected_failures_in_the_vcpus_thread(void **state)
+{
+    mv_host *h = in_thread_host();
+    uint32_t id = in_thread_domain(h, "failing", 16 * MiB, 16 * MiB, MV_POD_WAIT, 0);
+    uint8_t *ram = ram_of(h, id);
+    struct mv_domain_info i;
+
+    (void)state;
+    /* A populate that fails once is served by a fault thread. */
+    mv__os_inject(MV_OS_UFFD_ZEROPAGE, ENOMEM, 0, 1);
+    assert_int_equal(vcpu_touch(h, id, ram + 40 * 4096), 1);
+    i = tu_info(h, id);
+    assert_int_equal(i.populated_pages, 1);
+    assert_int_equal(i.faults_in_thread, 0);
+    assert_ok(mv_host_audit(h));
+    /* A page whose remap after a sweep failed is mapped again in the
+     * thread; when that fails too, by a fault thread. */
+    ram[41 * 4096] = 0; /* a zero page the sweep cannot punch out */
+    mv__os_inject(MV_OS_PUNCH, EIO, 0, 1);
+    mv__os_inject(MV_OS_UFFD_CONTINUE, EIO, 0, 2);
+    assert_ok(mv_domain_reclaim_zero(h, id, 0, NULL));
+    assert_int_equal(mv__os_injection_left(MV_OS_UFFD_CONTINUE), 1);
+    assert_int_equal(type_of(h, id, 41), MV_PAGE_RAM);
+    assert_int_equal(vcpu_touch(h, id, ram + 41 * 4096), 1);
+    assert_int_equal(mv__os_injection_left(MV_OS_UFFD_CONTINUE), 0);
+    assert_int_equal(tu_info(h, id).faults_in_thread, 0);
+    assert_int_equal(tu_info(h, id).state, MV_DOMAIN_RUNNING);
+    assert_ok(mv_host_audit(h));
+    /* Fault-around that fails half-way keeps what it populated: of the
+     * window from page 201, its first half. */
+    mv__os_inject(MV_OS_UFFD_ZEROPAGE_MIDWAY, ENOMEM, 0, 1);
+    touch_in_order(h, id, 200, 2);
+    assert_int_equal(mv__os_injection_left(MV_OS_UFFD_ZEROPAGE_MIDWAY), 0);
+    assert_int_equal(type_of(h, id, 201), MV_PAGE_RAM);
+    assert_int_equal(type_of(h, id, 201 + MV_POD_FAULT_AROUND_DEFAULT - 1), MV_PAGE_POD);
+    assert_int_equal(load_word(ram + 201 * 4096), 201);
+    assert_ok(mv_host_audit(h));
+    /* An unexpected populate error, in the thread and again in the fault
+     * thread, crashes the domain; its vCPU takes SIGBUS. */
+    install_toucher_handler();
+    mv__os_inject(MV_OS_UFFD_ZEROPAGE, EIO, 0, 2);
+    assert_int_equal(vcpu_touch(h, id, ram + 300 * 4096), 2);
+    i = tu_info(h, id);
+    assert_int_equal(i.state, MV_DOMAIN_CRASHED);
+    assert_non_null(strstr(i.crash_reason, "cannot populate"));
+    mv__os_inject(MV_OS_UFFD_ZEROPAGE, 0, 0, 0);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* Without its SIGBUS handler a domain keeps the fault threads. */
+static void failed_handler_install_keeps_fault_threads(void **state)
+{
+    mv_host *h = in_thread_host();
+    struct mv_domain_config c;
+    uint32_t id;
+
+    (void)state;
+    tu_domain_config(&c, "nohandler", 16 * MiB, 16 * MiB);
+    mv__os_inject(MV_OS_SIGACTION, EINVAL, 0, 1);
+    assert_ok(mv_domain_create(h, &c, &id));
+    mv__os_inject(MV_OS_SIGACTION, 0, 0, 0);
+    assert_int_equal(tu_info(h, id).fault_in_thread, 0);
+    assert_int_equal(vcpu_touch(h, id, ram_of(h, id)), 1);
+    assert_int_equal(tu_info(h, id).faults_in_thread, 0);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(first_touch_populates_whole_block),
     cmocka_unit_test(single_pages_when_block_populate_is_off),
@@ -861,6 +1271,13 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(host_budget_is_shared_by_domains),
     cmocka_unit_test(injected_failures_never_corrupt),
     cmocka_unit_test(oracle_detects_a_foreign_write),
+    cmocka_unit_test(vcpus_resolve_their_own_faults_concurrently),
+    cmocka_unit_test(other_threads_faults_go_to_fault_threads),
+    cmocka_unit_test(pause_holds_a_vcpus_own_fault),
+    cmocka_unit_test(vcpu_faults_follow_pod_policy),
+    cmocka_unit_test(fault_around_only_for_sequential_vcpus),
+    cmocka_unit_test(injected_failures_in_the_vcpus_thread),
+    cmocka_unit_test(failed_handler_install_keeps_fault_threads),
 };
 
 TU_MAIN(cases)
