@@ -35,13 +35,17 @@
  * held there, see above), makes system calls and atomics, preserves errno,
  * and allocates nothing on the in-thread path.
  *
- * Table: MV_VCPU_SLOTS slots {start, end, domain, generation}.  A domain
- * claims one before its userfaultfd exists (no slot: the other path),
- * publishes its RAM's range once mapped and releases the slot when it is
- * freed; release waits until no handler is inside (handlers_running), so
- * a handler never sees a freed domain.  A vCPU remembers (slot, generation),
- * so a slot reused by another domain is not taken for its own.  A handler
- * that hands a fault over leaves the table first: it waits outside it.
+ * Table: MV_VCPU_SLOTS slots {start, end, domain, generation, users}.  A
+ * domain claims one before its userfaultfd exists (no slot: the other
+ * path), publishes its RAM's range once mapped and releases the slot when
+ * it is freed.  A handler counts itself a user of the slot before it looks
+ * at the domain, for as long as it needs the domain or its host (a fault
+ * handed over included); release clears the range, then waits until the
+ * slot has no user, so a handler never sees a freed domain or host.  The
+ * wait ends: a fault handed over for a domain no longer in the host's
+ * table is answered at once by a fault thread (the service stops only
+ * after every domain is freed).  A vCPU remembers (slot, generation), so a
+ * slot reused by another domain is not taken for its own.
  *
  * One SIGBUS handler: the built-in guests' (a crashed domain's vCPU leaves
  * its workload) is a hook this one calls for a SIGBUS it did not resolve,
@@ -65,11 +69,11 @@ struct vcpu_slot {
     _Atomic uintptr_t end;                 /* 0: free or not published */
     _Atomic(struct mv_domain *) domain;    /* NULL: free */
     _Atomic uint64_t generation;
+    atomic_uint users;                     /* handlers using the domain */
 };
 
 static struct vcpu_slot slots[MV_VCPU_SLOTS];
 static _Atomic uint64_t next_generation = 1;
-static atomic_uint handlers_running;
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* The calling thread's registration: the slot of the domain it is a vCPU
@@ -153,7 +157,7 @@ void mv__vcpu_domain_release(struct mv_domain *d)
     atomic_store(&s->end, 0);
     atomic_store(&s->start, 0);
     /* A handler that found the slot before may still use the domain. */
-    while (atomic_load(&handlers_running))
+    while (atomic_load(&s->users))
         sched_yield();
     atomic_store(&s->domain, NULL);
     pthread_mutex_unlock(&slots_lock);
@@ -165,45 +169,52 @@ static bool slot_covers(int i, uintptr_t addr)
     return addr >= atomic_load(&slots[i].start) && addr < atomic_load(&slots[i].end);
 }
 
-/* The slot whose RAM holds addr, the caller's own first; -1: none. */
-static int slot_of(uintptr_t addr)
+/* The slot whose RAM holds addr, the caller's own first, with the caller
+ * counted as its user (slot_leave); -1: none. */
+static int slot_enter(uintptr_t addr)
 {
-    if (vcpu_slot >= 0 && slot_covers(vcpu_slot, addr))
-        return vcpu_slot;
-    for (int i = 0; i < MV_VCPU_SLOTS; i++)
-        if (slot_covers(i, addr))
-            return i;
-    return -1;
+    int i = vcpu_slot >= 0 && slot_covers(vcpu_slot, addr) ? vcpu_slot : -1;
+
+    for (int k = 0; i < 0 && k < MV_VCPU_SLOTS; k++)
+        if (slot_covers(k, addr))
+            i = k;
+    if (i < 0)
+        return -1;
+    atomic_fetch_add(&slots[i].users, 1);
+    /* Released meanwhile: its domain may be gone. */
+    if (!slot_covers(i, addr) || !atomic_load(&slots[i].domain)) {
+        atomic_fetch_sub(&slots[i].users, 1);
+        return -1;
+    }
+    return i;
+}
+
+static void slot_leave(int i)
+{
+    atomic_fetch_sub(&slots[i].users, 1);
 }
 
 bool mv_sigbus_handled(int sig, siginfo_t *info, void *context)
 {
     enum mv__fault_verdict verdict = MV__FAULT_FORWARD;
     struct mv_domain *d;
-    struct mv_host *h;
     uintptr_t addr;
-    uint32_t domid;
     int saved_errno = errno, i;
 
     (void)context;
     if (sig != SIGBUS || !info || info->si_code != BUS_ADRERR)
         return false;
     addr = (uintptr_t)info->si_addr;
-    atomic_fetch_add(&handlers_running, 1);
-    i = slot_of(addr);
-    d = i >= 0 ? atomic_load(&slots[i].domain) : NULL;
-    if (!d) {
-        atomic_fetch_sub(&handlers_running, 1);
+    i = slot_enter(addr);
+    if (i < 0)
         return false;
-    }
+    d = atomic_load(&slots[i].domain);
     if (i == vcpu_slot && atomic_load(&slots[i].generation) == vcpu_generation &&
         mv__locks_held() == 0)
         verdict = mv__fault_in_thread(d, (addr - (uintptr_t)d->ram) >> MV_PAGE_SHIFT);
-    h = d->host;
-    domid = d->domid;
-    atomic_fetch_sub(&handlers_running, 1);
     if (verdict == MV__FAULT_FORWARD)
-        verdict = mv__fault_forward(h, domid, addr);
+        verdict = mv__fault_forward(d->host, d->domid, addr);
+    slot_leave(i);
     errno = saved_errno;
     return verdict == MV__FAULT_RETRY;
 }
