@@ -31,10 +31,11 @@
  * (vcpu.c) calls the fast forms (pod_fault_fast, map_present_fast) from the
  * vCPU's SIGBUS handler.  They do only what a free page within the target
  * and the budget needs -- one ioctl, the p2m, the counters -- and answer
- * -EAGAIN, having changed nothing, for everything else: a sweep, the budget
- * hooks, a failed ioctl and its message or crash are the fault threads'
+ * -EAGAIN for everything else, the faulting page left as it was (pages an
+ * ioctl populated before it failed are kept, as pod_fault keeps them): a
+ * sweep, the budget hooks, a failed ioctl's crash are the fault threads'
  * (the fault is handed to them and served by pod_fault as any other).
- * There a vCPU that faults on the page right after the last run it
+ * In the handler, a vCPU that faults on the page right after the last run it
  * populated is a sequential toucher, and its fault populates up to
  * pod_fault_around PoD pages from there (one ioctl for them all): on a
  * virtual machine the signal costs about as much as the page itself, so a
