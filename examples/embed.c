@@ -51,7 +51,9 @@ int main(void)
     CHECK(mv_domain_create(host, &dc, &dom));
     CHECK(mv_domain_ram(host, dom, (void **)&ram, &size));
 
-    /* A vCPU is any thread that loads and stores to guest RAM. */
+    /* A vCPU is any thread that loads and stores to guest RAM.  Declared
+     * one, it resolves its own faults (fault_path auto). */
+    CHECK(mv_vcpu_enter(host, dom));
     memset(ram, 0, size);                      /* scrub all 1 GiB, as OSes do */
     strcpy((char *)ram + 4096, "hello from gfn 1");
 

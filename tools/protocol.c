@@ -847,6 +847,8 @@ struct json_object *mv_proto_domain_info_json(const struct mv_domain_info *info)
     add_u64(o, "pod_pages", info->pod_pages);
     add_u64(o, "ballooned_pages", info->ballooned_pages);
     add_u64(o, "faults", info->faults);
+    add_u64(o, "faults_in_thread", info->faults_in_thread);
+    add_bool(o, "fault_in_thread", info->fault_in_thread);
     add_u64(o, "populated_4k", info->populated_4k);
     add_u64(o, "populated_2m", info->populated_2m);
     add_u64(o, "sweeps", info->sweeps);
