@@ -69,6 +69,7 @@ struct pod_options {
     uint64_t size_mib;
     uint64_t rounds;
     uint64_t spin_us;
+    uint64_t fault_around;  /* pod-4k-vcpu's pod_fault_around; 0: default */
     bool json;
 };
 
@@ -481,8 +482,10 @@ static int touch_domain(const struct pod_run *run, const struct pod_case *c,
                         struct pod_domain *pd, struct touch_pass *pass,
                         struct mv_host_stats *stats, struct mv_domain_info *info)
 {
+    unsigned around = c->vcpu && !c->fault_around ? (unsigned)run->opt.fault_around
+                                                  : c->fault_around;
     int rc = domain_open(pd, run->bytes, c->sleeping ? 0 : (unsigned)run->opt.spin_us,
-                         c->per_cpu, c->auto_path, c->block_populate, c->fault_around);
+                         c->per_cpu, c->auto_path, c->block_populate, around);
 
     if (rc != MV_BENCH_OK)
         return rc;
@@ -745,7 +748,9 @@ static int report_json(const struct pod_run *run)
                 mv_fault_path_name(c->auto_path ? MV_FAULT_PATH_AUTO : MV_FAULT_PATH_THREAD)));
             json_object_object_add(o, "vcpu", json_object_new_boolean(c->vcpu));
             json_object_object_add(o, "pod_fault_around", json_object_new_int64(
-                c->fault_around ? c->fault_around : MV_POD_FAULT_AROUND_DEFAULT));
+                c->fault_around ? c->fault_around
+                : run->opt.fault_around ? (int64_t)run->opt.fault_around
+                : MV_POD_FAULT_AROUND_DEFAULT));
         }
         json_object_object_add(o, "raw", record_json(run, &run->cases[ci]));
         all_met = mv_bench_comparisons_json(o, cmp, n, NULL) && all_met;
@@ -791,6 +796,7 @@ static void print_usage(FILE *out)
 {
     fprintf(out,
         "usage: memvisor bench pod [--json] [--size MIB] [--rounds N] [--spin-us US]\n"
+        "                          [--fault-around PAGES]\n"
         "\n"
         "Populate-on-demand fault latency and zero-sweep throughput, measured\n"
         "against the kernel's own first-touch fault on a memfd mapping and one\n"
@@ -800,11 +806,13 @@ static void print_usage(FILE *out)
         "  --size MIB     memory each case touches, a multiple of 2 (default %u)\n"
         "  --rounds N     times every case is measured; medians are reported\n"
         "                 (1..%u, default %u)\n"
+        "  --fault-around PAGES  pod_fault_around of the vCPU cases that use the\n"
+        "                 default (1..%u; default: the library's, %u)\n"
         "  --spin-us US   fault_spin_us of the spinning cases (default: the\n"
         "                 library's, %u); the sleeping cases use 0\n"
         "  --help         this text\n",
         POD_DEFAULT_SIZE_MIB, MV_BENCH_MAX_ROUNDS, POD_DEFAULT_ROUNDS,
-        MV_FAULT_SPIN_DEFAULT);
+        MV_POD_FAULT_AROUND_MAX, MV_POD_FAULT_AROUND_DEFAULT, MV_FAULT_SPIN_DEFAULT);
 }
 
 /* One option other than --json and --help. */
@@ -819,6 +827,9 @@ static int parse_option(int opt, const char *arg, void *ctx)
         return mv_bench_parse_u64("pod: --rounds", arg, 1, MV_BENCH_MAX_ROUNDS, &o->rounds);
     case 'p':
         return mv_bench_parse_u64("pod: --spin-us", arg, 0, 1000000, &o->spin_us);
+    case 'a':
+        return mv_bench_parse_u64("pod: --fault-around", arg, 1, MV_POD_FAULT_AROUND_MAX,
+                                  &o->fault_around);
     }
     return MV_BENCH_OK;
 }
@@ -832,6 +843,7 @@ static int parse_options(int argc, char **argv, void *arg, bool *help)
         { "size", required_argument, NULL, 's' },
         { "rounds", required_argument, NULL, 'r' },
         { "spin-us", required_argument, NULL, 'p' },
+        { "fault-around", required_argument, NULL, 'a' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
