@@ -318,7 +318,18 @@ static void answer(struct mv_host *h, struct mv__fault_request *req,
     futex_wake_all(&req->verdict);
 }
 
-/* Where a served request stands (domain lock held). */
+/* Whether a fault at gfn is held (domain lock held). */
+static bool is_held(struct mv_domain *d, uint64_t gfn)
+{
+    for (size_t i = 0; i < d->held_count; i++)
+        if (d->held[i].gfn == gfn && !d->held[i].cow)
+            return true;
+    return false;
+}
+
+/* Where a served request stands (domain lock held): WAITING while its fault
+ * is held.  A page served and then reclaimed before the waiting thread ran
+ * again (a sweep takes a page still zero) is served again. */
 static enum mv__fault_verdict request_verdict(struct mv_domain *d, uint64_t address)
 {
     uint64_t gfn;
@@ -330,6 +341,14 @@ static enum mv__fault_verdict request_verdict(struct mv_domain *d, uint64_t addr
         address >= (uintptr_t)d->ram + (d->maxmem_pages << MV_PAGE_SHIFT))
         return MV__FAULT_RETRY;
     gfn = (address - (uintptr_t)d->ram) >> MV_PAGE_SHIFT;
+    ops = mv__p2m_ops_of((enum mv__p2m_type)d->p2m[gfn]);
+    if (ops->present || ops->remapped)
+        return MV__FAULT_RETRY;
+    if (is_held(d, gfn))
+        return MV__FAULT_WAITING;
+    serve_fault(d, address, 0, false);
+    if (atomic_load(&d->dying) || d->state == MV_DOMAIN_CRASHED)
+        return MV__FAULT_CRASHED;
     ops = mv__p2m_ops_of((enum mv__p2m_type)d->p2m[gfn]);
     return ops->present || ops->remapped ? MV__FAULT_RETRY : MV__FAULT_WAITING;
 }
