@@ -111,21 +111,27 @@ static bool sweep_for(struct mv_domain *d, uint64_t pages, bool optional)
     return charge(d, pages, false);
 }
 
+/* Whether a fault at gfn may populate its whole 2 MiB block. */
+static bool block_applies(struct mv_domain *d, uint64_t gfn)
+{
+    uint64_t first = gfn & ~(uint64_t)(MV_BLOCK_PAGES - 1);
+
+    return d->config.pod_block_populate && first + MV_BLOCK_PAGES <= d->maxmem_pages &&
+           d->block_pod[first / MV_BLOCK_PAGES] == MV_BLOCK_PAGES &&
+           !mv__domain_needs_small_pages(d);
+}
+
 /* Populate the whole 2 MiB block around gfn.  -EAGAIN: not possible now,
- * populate a single page instead.  `fast`: no sweep, no budget hooks (a
- * failed ioctl is still handled here: what it populated is kept). */
-static int populate_block(struct mv_domain *d, uint64_t gfn, bool fast)
+ * populate a single page instead. */
+static int populate_block(struct mv_domain *d, uint64_t gfn)
 {
     uint64_t first = gfn & ~(uint64_t)(MV_BLOCK_PAGES - 1), kept;
     size_t done;
     int rc;
 
-    if (!d->config.pod_block_populate || first + MV_BLOCK_PAGES > d->maxmem_pages ||
-        d->block_pod[first / MV_BLOCK_PAGES] != MV_BLOCK_PAGES ||
-        mv__domain_needs_small_pages(d))
+    if (!block_applies(d, gfn))
         return -EAGAIN;
-    if (!charge(d, MV_BLOCK_PAGES, fast) &&
-        (fast || !sweep_for(d, MV_BLOCK_PAGES, true)))
+    if (!charge(d, MV_BLOCK_PAGES, false) && !sweep_for(d, MV_BLOCK_PAGES, true))
         return -EAGAIN;
     rc = mv__os_uffd_zeropage_some(d->uffd, mv__gfn_addr(d, first),
                                    (size_t)MV_BLOCK_PAGES << MV_PAGE_SHIFT, &done);
@@ -262,20 +268,24 @@ static int populate_run_fast(struct mv_domain *d, uint64_t gfn, uint64_t n)
 }
 
 /*
- * pod_fault in the faulting thread: its block, else the page and, for a
- * sequential toucher, the pages after it (fault-around), only when they
- * fit the target and the budget as they are.  A failed block keeps what it
- * populated (populate_block); a run keeps what the ioctl populated; when
- * the page itself could not be, nothing changed, and pod_fault tries it
- * again in a fault thread.
+ * pod_fault in the faulting thread: the page and, for a sequential toucher,
+ * the pages after it (fault-around), only when they fit the target and the
+ * budget as they are.  A run keeps what the ioctl populated; when the page
+ * itself could not be, nothing changed, and pod_fault tries it again in a
+ * fault thread.  A whole 2 MiB block is left to a fault thread too: its
+ * ~0.6 ms of zeroing is the fault and the trap a rounding error, so the
+ * vCPU's thread saves nothing, and populating blocks there measured a
+ * worse p99 on a loaded machine (bench pod, pod-2m-vcpu against
+ * pod-2m-sleep).
  */
 static int pod_fault_fast(struct mv_domain *d, uint64_t gfn)
 {
-    int rc = populate_block(d, gfn, true);
+    int rc;
 
-    if (rc < 0 && d->p2m[gfn] == MV_P2M_RAM)
-        return map_present_fast(d, gfn);
-    if (rc < 0 && (rc = populate_run_fast(d, gfn, fault_around_pages(d, gfn))) < 0)
+    if (block_applies(d, gfn))
+        return -EAGAIN;
+    rc = populate_run_fast(d, gfn, fault_around_pages(d, gfn));
+    if (rc < 0)
         return rc;
     mv__domain_room_changed(d);
     return 0;
@@ -284,7 +294,7 @@ static int pod_fault_fast(struct mv_domain *d, uint64_t gfn)
 /* A PoD entry's first touch: populate its block, or the page. */
 static int pod_fault(struct mv_domain *d, uint64_t gfn)
 {
-    int rc = populate_block(d, gfn, false);
+    int rc = populate_block(d, gfn);
 
     /* A block that failed half-way may have populated gfn already. */
     if (rc < 0)

@@ -983,7 +983,14 @@ static void vcpus_resolve_their_own_faults_concurrently(void **state)
     assert_true(i.faults_in_thread <= i.faults);
     assert_ok(mv_host_audit(h));
 
-    guest = tu_domain_with(h, "guest", 64 * MiB, 64 * MiB, 4, MV_POD_WAIT, 0);
+    {
+        struct mv_domain_config c;
+
+        tu_domain_config(&c, "guest", 64 * MiB, 64 * MiB);
+        c.vcpus = 4;
+        c.pod_block_populate = 0; /* a whole block is a fault thread's */
+        assert_ok(mv_domain_create(h, &c, &guest));
+    }
     mv_workload_config_init(&wl, MV_WORKLOAD_RANDOM);
     wl.max_pages = 20000;
     assert_false(tu_run(h, guest, &wl).crashed);
