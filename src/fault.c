@@ -540,8 +540,8 @@ static void *fault_thread(void *arg)
                 served += serve_domain(h, (uint32_t)events[i].data.u64, false);
             }
         }
-        if (kicked)
-            serve_requests(h, take_requests(h, &h->forward_new), true);
+        /* Not only when kicked: a wait that failed sees no kick. */
+        serve_requests(h, take_requests(h, &h->forward_new), true);
         now = mv__now_ns();
         if (served && spin_ns)
             spin_until = now + spin_ns;
