@@ -359,8 +359,11 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
             return rc;
     /* Faults resolved in the faulting thread raise SIGBUS there; a write
      * fault of synchronous write protection would too, and could not be
-     * told from a missing page: such domains keep the fault threads. */
-    if (!((register_modes & UFFDIO_REGISTER_MODE_WP) &&
+     * told from a missing page: such domains keep the fault threads.  A
+     * mechanism may register for write protection later (at its first
+     * use), so asking the write-protect feature counts as registering. */
+    if (!(((register_modes & UFFDIO_REGISTER_MODE_WP) ||
+           (uffd_features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM)) &&
           !(uffd_features & UFFD_FEATURE_WP_ASYNC)) && mv__vcpu_domain_claim(d)) {
         d->in_thread = true;
         uffd_features |= UFFD_FEATURE_SIGBUS;
