@@ -250,6 +250,33 @@ static void scanner_shares_zero_and_volatile(void **state)
     mv_host_destroy(h);
 }
 
+/*
+ * Stores to and loads from guest RAM from the test's thread, made as a vCPU
+ * makes them.  ThreadSanitizer cannot see that the trap orders the fault
+ * service's reads and remaps of a page around them, so they are not
+ * instrumented (as the built-in guests' are not).
+ */
+__attribute__((no_sanitize("thread"), noinline))
+static void guest_store(uint8_t *at, uint8_t value)
+{
+    *(volatile uint8_t *)at = value;
+}
+
+__attribute__((no_sanitize("thread"), noinline))
+static void guest_fill_page(uint8_t *page, uint8_t value)
+{
+    volatile uint64_t *words = (volatile uint64_t *)page;
+
+    for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
+        words[i] = 0x0101010101010101ull * value;
+}
+
+__attribute__((no_sanitize("thread"), noinline))
+static uint8_t guest_load(const uint8_t *at)
+{
+    return *(const volatile uint8_t *)at;
+}
+
 /* Three copies of a content in one block of b, one in a: the scanner's
  * candidates make two of b's pages inserts of the same pass.  They end on
  * one frame: a content is never held by two shared frames. */
@@ -264,10 +291,10 @@ static void equal_pages_of_a_block_share_one_frame(void **state)
     (void)state;
     assert_ok(mv_domain_ram(h, a, (void **)&ra, &size));
     assert_ok(mv_domain_ram(h, b, (void **)&rb, &size));
-    memset(ra + 5 * MV_PAGE_SIZE, 0x5a, MV_PAGE_SIZE);
+    guest_fill_page(ra + 5 * MV_PAGE_SIZE, 0x5a);
     for (uint64_t g = 10; g < 13; g++)
-        memset(rb + g * MV_PAGE_SIZE, 0x5a, MV_PAGE_SIZE);
-    memset(rb + 20 * MV_PAGE_SIZE, 0x77, MV_PAGE_SIZE); /* unique */
+        guest_fill_page(rb + g * MV_PAGE_SIZE, 0x5a);
+    guest_fill_page(rb + 20 * MV_PAGE_SIZE, 0x77); /* unique */
     assert_ok(mv_share_scan(h, 0, NULL));
     s = stats(h);
     assert_int_equal(s.shared_frames, 1);
@@ -279,15 +306,15 @@ static void equal_pages_of_a_block_share_one_frame(void **state)
         assert_ok(mv_domain_read_page(h, b, g, page));
         assert_int_equal(page[0], 0x5a);
         assert_int_equal(page[MV_PAGE_SIZE - 1], 0x5a);
-        assert_int_equal(rb[g * MV_PAGE_SIZE + 77], 0x5a);
+        assert_int_equal(guest_load(rb + g * MV_PAGE_SIZE + 77), 0x5a);
     }
     assert_int_equal(type_of(h, b, 20), MV_PAGE_RAM);
-    assert_int_equal(rb[20 * MV_PAGE_SIZE], 0x77);
+    assert_int_equal(guest_load(rb + 20 * MV_PAGE_SIZE), 0x77);
     /* A write breaks one copy only. */
-    rb[11 * MV_PAGE_SIZE] = 1;
-    assert_int_equal(rb[10 * MV_PAGE_SIZE], 0x5a);
-    assert_int_equal(ra[5 * MV_PAGE_SIZE], 0x5a);
-    assert_int_equal(rb[11 * MV_PAGE_SIZE], 1);
+    guest_store(rb + 11 * MV_PAGE_SIZE, 1);
+    assert_int_equal(guest_load(rb + 10 * MV_PAGE_SIZE), 0x5a);
+    assert_int_equal(guest_load(ra + 5 * MV_PAGE_SIZE), 0x5a);
+    assert_int_equal(guest_load(rb + 11 * MV_PAGE_SIZE), 1);
     assert_ok(mv_share_audit(h));
     assert_ok(mv_domain_audit(h, a));
     assert_ok(mv_domain_audit(h, b));
@@ -317,9 +344,9 @@ static void equal_pages_of_a_block_survive_failures(void **state)
 
             assert_ok(mv_domain_ram(h, a, (void **)&ra, &size));
             assert_ok(mv_domain_ram(h, b, (void **)&rb, &size));
-            memset(ra + 5 * MV_PAGE_SIZE, 0x5a, MV_PAGE_SIZE);
+            guest_fill_page(ra + 5 * MV_PAGE_SIZE, 0x5a);
             for (uint64_t g = 10; g < 13; g++)
-                memset(rb + g * MV_PAGE_SIZE, 0x5a, MV_PAGE_SIZE);
+                guest_fill_page(rb + g * MV_PAGE_SIZE, 0x5a);
             mv__os_inject(ops[k], EIO, n, 1);
             rc = mv_share_scan(h, 0, NULL);
             left = mv__os_injection_left(ops[k]);
@@ -330,9 +357,9 @@ static void equal_pages_of_a_block_survive_failures(void **state)
             for (uint64_t g = 10; g < 13; g++) {
                 assert_ok(mv_domain_read_page(h, b, g, page));
                 assert_int_equal(page[0], 0x5a);
-                assert_int_equal(rb[g * MV_PAGE_SIZE + 4095], 0x5a);
+                assert_int_equal(guest_load(rb + g * MV_PAGE_SIZE + 4095), 0x5a);
             }
-            assert_int_equal(ra[5 * MV_PAGE_SIZE + 9], 0x5a);
+            assert_int_equal(guest_load(ra + 5 * MV_PAGE_SIZE + 9), 0x5a);
             assert_ok(mv_share_audit(h));
             assert_ok(mv_domain_audit(h, a));
             assert_ok(mv_domain_audit(h, b));
@@ -960,27 +987,6 @@ static uint32_t kernel_cow_domain(mv_host *h, const char *name, uint64_t bytes)
     c.cow_mode = MV_COW_KERNEL;
     assert_ok(mv_domain_create(h, &c, &id));
     return id;
-}
-
-/*
- * Stores to guest RAM from the test's thread, made as a vCPU makes them.
- * ThreadSanitizer cannot see that the trap orders the fault service's reads
- * of a page after them, so they are not instrumented (as the built-in
- * guests' are not).
- */
-__attribute__((no_sanitize("thread"), noinline))
-static void guest_store(uint8_t *at, uint8_t value)
-{
-    *(volatile uint8_t *)at = value;
-}
-
-__attribute__((no_sanitize("thread"), noinline))
-static void guest_fill_page(uint8_t *page, uint8_t value)
-{
-    volatile uint64_t *words = (volatile uint64_t *)page;
-
-    for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
-        words[i] = 0x0101010101010101ull * value;
 }
 
 /* The byte a test writes at offset `at` of gfn g, in round r. */
