@@ -6,8 +6,8 @@
 # Starts a daemon on a private socket and drives it through the tool: domain
 # life cycle, errors and their exit statuses, stats as JSON, pause, workloads,
 # targets, ballooning, the content oracle, audits, dirty logging and the
-# copy-on-write mode.  Then talks to the
-# socket directly (malformed and oversized requests, a client that hangs up
+# copy-on-write mode; a second daemon with --fault-path thread, whose
+# faults all go to the fault threads.  Then talks to the socket directly (malformed and oversized requests, a client that hangs up
 # mid-request, a client that stalls while others are served), checks that a
 # second daemon refuses the socket, that a dead daemon's socket is replaced,
 # and that SIGTERM and `shutdown` stop a daemon cleanly.  Every check counts;
@@ -59,6 +59,11 @@ check "daemon explains a bad --fault-cpus" 1 --err "fault_cpus '3-1': range 3-1 
     "$daemon_bin" --socket "$scratch/bad-cpus.sock" --fault-cpus 3-1
 check "daemon names a bad --fault-mode" 2 --err "fault-mode: 'fast' is not auto, shared or per-cpu" -- \
     "$daemon_bin" --socket "$scratch/bad-mode.sock" --fault-mode fast
+check "daemon names a bad --fault-path" 2 \
+    --err "^memvisord: --fault-path: 'vcpu' is not auto or thread \(see memvisord --help\)$" -- \
+    "$daemon_bin" --socket "$scratch/bad-path.sock" --fault-path vcpu
+expect "the refused daemon left no socket" test ! -e "$scratch/bad-path.sock"
+check "daemon --help tells --fault-path" 0 --out "^  --fault-path PATH " -- "$daemon_bin" --help
 for bad in 0 60001 soon; do
     check "daemon names a bad --cow-settle-ms $bad" 2 \
         --err "^memvisord: --cow-settle-ms: '$bad' is not a number in 1\.\.60000" -- \
@@ -105,7 +110,8 @@ json_check "stats --json has the host and both domains" \
     'd["host"]["budget_pages"] > 0 and d["host"]["domains"] == 2 and
      [x["name"] for x in d["domains"]] == ["web", "db"]'
 json_check "stats --json tells the fault service" \
-    'd["host"]["fault_mode"] in ("shared", "per-cpu") and d["host"]["fault_threads"] >= 1'
+    'd["host"]["fault_mode"] in ("shared", "per-cpu") and d["host"]["fault_threads"] >= 1 and
+     d["host"]["fault_path"] == "auto"'
 json_check "stats --json has each counter" \
     'all(k in d["domains"][0] for k in ("state", "maxmem_pages", "target_pages",
          "populated_pages", "pod_pages", "ballooned_pages", "faults", "populated_2m",
@@ -113,7 +119,21 @@ json_check "stats --json has each counter" \
          "cow_kernel_copies", "workload"))
      and d["domains"][0]["maxmem_pages"] == 65536 and d["domains"][0]["target_pages"] == 16384'
 check "stats table" 0 --out "^ +1 +web +running" -- "$cli_bin" stats
+expect "stats tells the default fault path" \
+    grep -Eq "^host: .* fault threads \((shared|per-cpu)\), fault path auto$" "$scratch/out"
 check "stats by id" 0 --out "^ +2 +db " -- "$cli_bin" stats 2
+
+# A target below 2 MiB: every fault populates a single page (a whole 2 MiB
+# block is always a fault thread's), which the default path resolves in
+# the faulting vCPU's thread.
+check "create small" 0 -- "$cli_bin" create small --maxmem 64M --target 1M
+check "writes to small" 0 --out "finished, 100 pages" -- \
+    "$cli_bin" workload small random --max-pages 100
+domain_json small
+json_check "faults resolved in the vCPU's thread" \
+    'd["domains"][0]["fault_in_thread"] is True and d["domains"][0]["populated_4k"] > 0 and
+     0 < d["domains"][0]["faults_in_thread"] <= d["domains"][0]["faults"]'
+check "destroy small" 0 -- "$cli_bin" destroy small
 
 check "pause" 0 -- "$cli_bin" pause web
 domain_json web
@@ -359,6 +379,30 @@ check "destroy" 0 -- "$cli_bin" destroy db
 check "list after destroy" 0 -- "$cli_bin" list
 expect "db left the list" test "$(grep -c " db " "$scratch/out")" -eq 0
 check "destroy twice" 1 --err "no such domain" -- "$cli_bin" destroy db
+
+# ---------------------------------------------------------------------------
+# --fault-path thread: every fault of a vCPU is left to the fault threads
+
+tsock=$scratch/thread.sock
+start_daemon "$tsock" "$scratch/thread.log" --fault-path thread || exit 1
+thread_pid=$daemon_pid
+# A target below 2 MiB: every fault populates a single page, which the
+# default path resolves in the vCPU's thread (see "faults resolved in the
+# vCPU's thread" above).
+check "a domain on the thread path" 0 -- \
+    "$cli_bin" --socket "$tsock" create tp --maxmem 64M --target 1M
+check "its writes" 0 --out "finished, 100 pages" -- \
+    "$cli_bin" --socket "$tsock" workload tp random --max-pages 100
+check "stats --json on the thread path" 0 -- "$cli_bin" --socket "$tsock" stats --json
+json_check "the host tells the thread path" 'd["host"]["fault_path"] == "thread"'
+json_check "the fault threads served every single-page fault" \
+    'd["domains"][0]["populated_4k"] > 0 and d["domains"][0]["faults"] > 0 and
+     d["domains"][0]["faults_in_thread"] == 0 and d["domains"][0]["fault_in_thread"] is False'
+check "stats tells the thread path" 0 --out "^host: .* fault threads \([a-z-]+\), fault path thread$" -- \
+    "$cli_bin" --socket "$tsock" stats
+"$cli_bin" --socket "$tsock" shutdown >/dev/null 2>&1
+wait_exit "$thread_pid"
+expect "the thread-path daemon shuts down with status 0" test "$exit_status" -eq 0
 
 # ---------------------------------------------------------------------------
 # Stopping: a dead daemon's socket is replaced, SIGTERM and shutdown are clean

@@ -976,16 +976,19 @@ static void print_stats(struct json_object *reply)
     struct json_object *host = field(reply, "host");
     size_t count = field_length(reply, "domains");
     char budget[32], populated[32], peak[32], metadata[32];
+    const char *fault_path = field_string(host, "fault_path");
     bool crash_seen = false;
 
+    /* A daemon older than --fault-path does not tell it. */
     printf("host: budget %s, populated %s (peak %s), metadata %s, domains %" PRIu64
-           ", faults served %" PRIu64 " by %" PRIu64 " fault threads (%s)\n\n",
+           ", faults served %" PRIu64 " by %" PRIu64 " fault threads (%s)%s%s\n\n",
            pages_text(budget, sizeof(budget), field_u64(host, "budget_pages")),
            pages_text(populated, sizeof(populated), field_u64(host, "populated_pages")),
            pages_text(peak, sizeof(peak), field_u64(host, "peak_populated_pages")),
            mv_proto_format_size(metadata, sizeof(metadata), field_u64(host, "metadata_bytes")),
            field_u64(host, "domains"), field_u64(host, "faults"),
-           field_u64(host, "fault_threads"), field_string(host, "fault_mode"));
+           field_u64(host, "fault_threads"), field_string(host, "fault_mode"),
+           fault_path[0] ? ", fault path " : "", fault_path);
     printf("%4s  %-12s %-7s %10s %10s %10s %10s %10s %8s %6s %8s %6s %10s %6s %10s %9s "
            "%9s\n",
            "ID", "NAME", "STATE", "MAXMEM", "TARGET", "POPULATED", "POD", "BALLOONED",

@@ -103,6 +103,7 @@ struct options {
     unsigned fault_threads;
     const char *fault_cpus;
     enum mv_fault_mode fault_mode;
+    enum mv_fault_path fault_path;
     unsigned cow_settle_ms;
     enum mv_log_level log_level;
     const char *socket_group;      /* --socket-group: its members may connect */
@@ -167,6 +168,7 @@ struct daemon {
     unsigned idle_evict_ms;
     unsigned request_timeout_ms;
     bool test_commands;
+    enum mv_fault_path fault_path; /* --fault-path, told by stats */
 
     /* Workers.  jobs_lock guards the queue, the done list, the counts and
      * the test-hold state; done_fd (an eventfd) tells the loop that the
@@ -293,6 +295,10 @@ static void print_usage(FILE *out)
         "  --fault-mode MODE    shared: those threads, on any of those CPUs;\n"
         "                       per-cpu: one pinned to each of the CPUs;\n"
         "                       auto (default): per-cpu on up to %u CPUs\n"
+        "  --fault-path PATH    where a vCPU's populate-on-demand faults are\n"
+        "                       resolved: auto (default): in the vCPU's own\n"
+        "                       thread where it can, else by the fault\n"
+        "                       threads; thread: always by the fault threads\n"
         "  --cow-settle-ms MS   how often the copies the kernel made for\n"
         "                       --cow-mode kernel domains are settled, 1..%u\n"
         "                       (default %u)\n"
@@ -335,7 +341,7 @@ static int usage_error(const char *fmt, ...)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FAULT_CPUS, OPT_FAULT_MODE,
-           OPT_COW_SETTLE_MS, OPT_FOREGROUND,
+           OPT_FAULT_PATH, OPT_COW_SETTLE_MS, OPT_FOREGROUND,
            OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION, OPT_SOCKET_GROUP, OPT_IDLE_EVICT_MS,
            OPT_REQUEST_TIMEOUT_MS, OPT_OVERCOMMIT, OPT_TEST_COMMANDS, OPT_AUTO_PAGING };
     static const struct option long_options[] = {
@@ -350,6 +356,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         { "fault-threads", required_argument, NULL, OPT_FAULT_THREADS },
         { "fault-cpus", required_argument, NULL, OPT_FAULT_CPUS },
         { "fault-mode", required_argument, NULL, OPT_FAULT_MODE },
+        { "fault-path", required_argument, NULL, OPT_FAULT_PATH },
         { "cow-settle-ms", required_argument, NULL, OPT_COW_SETTLE_MS },
         { "foreground", no_argument, NULL, OPT_FOREGROUND },
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
@@ -425,6 +432,14 @@ static int parse_options(int argc, char **argv, struct options *o)
             else
                 return usage_error("--fault-mode: '%s' is not auto, shared or per-cpu",
                                    optarg);
+            break;
+        case OPT_FAULT_PATH:
+            if (strcmp(optarg, "auto") == 0)
+                o->fault_path = MV_FAULT_PATH_AUTO;
+            else if (strcmp(optarg, "thread") == 0)
+                o->fault_path = MV_FAULT_PATH_THREAD;
+            else
+                return usage_error("--fault-path: '%s' is not auto or thread", optarg);
             break;
         case OPT_COW_SETTLE_MS:
             if (mv_proto_parse_u64(optarg, &value) < 0 || value == 0 ||
@@ -1184,12 +1199,17 @@ static int run_list(struct daemon *d, struct request *r)
 
 static int run_stats(struct daemon *d, struct request *r)
 {
+    struct json_object *host;
     struct mv_host_stats stats;
     int rc = library_status(r, mv_host_stats(d->host, &stats));
 
     if (rc < 0)
         return rc;
-    json_object_object_add(r->reply, "host", mv_proto_host_stats_json(&stats));
+    host = mv_proto_host_stats_json(&stats);
+    /* What the host was created with: mv_host_stats does not tell it. */
+    json_object_object_add(host, "fault_path",
+                           json_object_new_string(mv_fault_path_name(d->fault_path)));
+    json_object_object_add(r->reply, "host", host);
     return reply_domains(d->host, r, true);
 }
 
@@ -3391,6 +3411,7 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
     d->idle_evict_ms = o->idle_evict_ms;
     d->request_timeout_ms = o->request_timeout_ms;
     d->test_commands = o->test_commands;
+    d->fault_path = o->fault_path;
     if ((rc = check_budget(o)) < 0)
         return rc;
     if ((rc = make_parent_directory(d->socket_path)) < 0 || (rc = lock_acquire(d)) < 0)
@@ -3402,6 +3423,7 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
         config.fault_threads = o->fault_threads;
     config.fault_cpus = o->fault_cpus;
     config.fault_mode = o->fault_mode;
+    config.fault_path = o->fault_path;
     if (o->cow_settle_ms)
         config.cow_settle_ms = o->cow_settle_ms;
     config.log = log_library_message;
