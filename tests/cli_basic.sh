@@ -31,6 +31,14 @@ domain_json() {
     timeout 60 "$cli_bin" stats --json "$1" >"$scratch/out" 2>"$scratch/err"
 }
 
+# json_field PYTHON_EXPRESSION: the expression, over `d` (the JSON the last
+# command printed), printed.
+json_field() {
+    python3 -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+print(eval(sys.argv[2]))' "$scratch/out" "$1"
+}
+
 # ---------------------------------------------------------------------------
 # The tool on its own
 
@@ -114,7 +122,8 @@ json_check "stats --json tells the fault service" \
      d["host"]["fault_path"] == "auto"'
 json_check "stats --json has each counter" \
     'all(k in d["domains"][0] for k in ("state", "maxmem_pages", "target_pages",
-         "populated_pages", "pod_pages", "ballooned_pages", "faults", "populated_2m",
+         "populated_pages", "pod_pages", "ballooned_pages", "faults", "faults_in_thread",
+         "fault_in_thread", "populated_2m",
          "populated_4k", "sweeps", "reclaimed_zero", "pod_waits", "crash_reason",
          "cow_kernel_copies", "workload"))
      and d["domains"][0]["maxmem_pages"] == 65536 and d["domains"][0]["target_pages"] == 16384'
@@ -133,6 +142,13 @@ domain_json small
 json_check "faults resolved in the vCPU's thread" \
     'd["domains"][0]["fault_in_thread"] is True and d["domains"][0]["populated_4k"] > 0 and
      0 < d["domains"][0]["faults_in_thread"] <= d["domains"][0]["faults"]'
+# Nothing faults in small any more: the table must show the same figures.
+faults=$(json_field 'd["domains"][0]["faults"]')
+in_thread=$(json_field 'd["domains"][0]["faults_in_thread"]')
+check "stats prints them beside the faults" 0 \
+    --out "^ +[0-9]+ +small +running .* $faults +$in_thread +0 +$(json_field 'd["domains"][0]["populated_4k"]') " -- \
+    "$cli_bin" stats small
+expect "under IN-THREAD, after FAULTS" grep -Eq "^ +ID +NAME .* FAULTS +IN-THREAD +2M +4K " "$scratch/out"
 check "destroy small" 0 -- "$cli_bin" destroy small
 
 check "pause" 0 -- "$cli_bin" pause web
@@ -178,6 +194,8 @@ check "logdirty clean before enable" 1 --err "not logging dirty pages" -- \
 check "logdirty bad action" 2 --err "is not enable" -- "$cli_bin" logdirty web frob
 check "create with a dirty-log mode" 0 -- \
     "$cli_bin" create logged --maxmem 64M --logdirty wp-sync
+check "stats: a wp-sync domain leaves every fault to the fault threads" 0 \
+    --out "^ +[0-9]+ +logged +running +.* 0 +- +0 +0 " -- "$cli_bin" stats logged
 check "bad dirty-log mode" 2 --err "is not auto" -- \
     "$cli_bin" create bad --maxmem 64M --logdirty fast
 check "logdirty enable" 0 --out "dirty log of logged: on, mechanism wp-sync" -- \
@@ -398,6 +416,9 @@ json_check "the host tells the thread path" 'd["host"]["fault_path"] == "thread"
 json_check "the fault threads served every single-page fault" \
     'd["domains"][0]["populated_4k"] > 0 and d["domains"][0]["faults"] > 0 and
      d["domains"][0]["faults_in_thread"] == 0 and d["domains"][0]["fault_in_thread"] is False'
+faults=$(json_field 'd["domains"][0]["faults"]')
+check "stats shows no fault resolved in a vCPU's thread" 0 \
+    --out "^ +[0-9]+ +tp +running .* $faults +- +0 +[0-9]+ " -- "$cli_bin" --socket "$tsock" stats tp
 check "stats tells the thread path" 0 --out "^host: .* fault threads \([a-z-]+\), fault path thread$" -- \
     "$cli_bin" --socket "$tsock" stats
 "$cli_bin" --socket "$tsock" shutdown >/dev/null 2>&1

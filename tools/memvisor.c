@@ -989,16 +989,24 @@ static void print_stats(struct json_object *reply)
            field_u64(host, "domains"), field_u64(host, "faults"),
            field_u64(host, "fault_threads"), field_string(host, "fault_mode"),
            fault_path[0] ? ", fault path " : "", fault_path);
-    printf("%4s  %-12s %-7s %10s %10s %10s %10s %10s %8s %6s %8s %6s %10s %6s %10s %9s "
-           "%9s\n",
+    printf("%4s  %-12s %-7s %10s %10s %10s %10s %10s %8s %9s %6s %8s %6s %10s %6s %10s "
+           "%9s %9s\n",
            "ID", "NAME", "STATE", "MAXMEM", "TARGET", "POPULATED", "POD", "BALLOONED",
-           "FAULTS", "2M", "4K", "SWEEPS", "RECLAIMED", "WAITS", "SHARED", "COWBREAKS",
-           "METADATA");
+           "FAULTS", "IN-THREAD", "2M", "4K", "SWEEPS", "RECLAIMED", "WAITS", "SHARED",
+           "COWBREAKS", "METADATA");
     for (size_t i = 0; i < count; i++) {
         struct json_object *d = field_item(reply, "domains", i);
-        char sizes[8][32];
+        char sizes[8][32], in_thread[24];
 
-        printf("%4" PRIu64 "  %-12s %-7s %10s %10s %10s %10s %10s %8" PRIu64 " %6" PRIu64
+        /* Of the faults, those its vCPUs resolved in their own threads;
+         * "-" when every fault of the domain goes to the fault threads
+         * (fault path thread, a real guest, wp-sync dirty logging). */
+        if (field_bool(d, "fault_in_thread") || field_u64(d, "faults_in_thread"))
+            snprintf(in_thread, sizeof(in_thread), "%" PRIu64,
+                     field_u64(d, "faults_in_thread"));
+        else
+            snprintf(in_thread, sizeof(in_thread), "-");
+        printf("%4" PRIu64 "  %-12s %-7s %10s %10s %10s %10s %10s %8" PRIu64 " %9s %6" PRIu64
                " %8" PRIu64 " %6" PRIu64 " %10s %6" PRIu64 " %10s %9" PRIu64 " %9s\n",
                field_u64(d, "domid"), field_string(d, "name"), field_string(d, "state"),
                pages_text(sizes[0], sizeof(sizes[0]), field_u64(d, "maxmem_pages")),
@@ -1006,7 +1014,7 @@ static void print_stats(struct json_object *reply)
                pages_text(sizes[2], sizeof(sizes[2]), field_u64(d, "populated_pages")),
                pages_text(sizes[3], sizeof(sizes[3]), field_u64(d, "pod_pages")),
                pages_text(sizes[4], sizeof(sizes[4]), field_u64(d, "ballooned_pages")),
-               field_u64(d, "faults"), field_u64(d, "populated_2m"),
+               field_u64(d, "faults"), in_thread, field_u64(d, "populated_2m"),
                field_u64(d, "populated_4k"), field_u64(d, "sweeps"),
                pages_text(sizes[5], sizeof(sizes[5]), field_u64(d, "reclaimed_zero")),
                field_u64(d, "pod_waits"),
