@@ -185,6 +185,29 @@ enum mv_fault_path {
 };
 
 /*
+ * How frames a destroyed domain gives back are scrubbed (mv_host_config).
+ * Freed memory is always scrubbed (punched out of the machine memfd, so it
+ * reads as zeros) before any domain can be given it again.
+ *   MV_SCRUB_SYNC        mv_domain_destroy scrubs them before it returns.
+ *   MV_SCRUB_BACKGROUND  mv_domain_destroy queues them for a host thread
+ *                        and returns, as Xen gives a dead domain's pages
+ *                        back to be scrubbed later.  Until they are
+ *                        scrubbed their memory stays counted in the budget
+ *                        (mv_host_stats.scrub_pending_*) and their frames
+ *                        stay out of the allocator; a populate, copy-on-
+ *                        write break or domain creation that finds no room
+ *                        waits for the scrubber first.  mv_host_wait_freed
+ *                        waits for all of it.
+ * Covered: a domain's own frames, and the frames a clone and its source
+ * shared in place (mv_domain_clone) once both are gone.  Shared frames freed
+ * one by one are always scrubbed at once.
+ */
+enum mv_scrub_mode {
+    MV_SCRUB_SYNC = 0,
+    MV_SCRUB_BACKGROUND,
+};
+
+/*
  * Who copies a shared page when a domain writes it (mv_domain_config).
  *
  * MV_COW_TRAP (default): the write traps to a fault thread, which copies the
@@ -259,7 +282,9 @@ struct mv_host_config {
     enum mv_log_level log_level;
     /* Where vCPUs' faults are resolved (enum mv_fault_path). */
     enum mv_fault_path fault_path;
-    uint64_t reserved[7];     /* zero; room to grow without breaking the ABI */
+    /* When a destroyed domain's frames are scrubbed (enum mv_scrub_mode). */
+    enum mv_scrub_mode scrub_mode;
+    uint64_t reserved[6];     /* zero; room to grow without breaking the ABI */
 };
 #define MV_FAULT_SPIN_DEFAULT 50u
 
@@ -270,6 +295,8 @@ MV_API void mv_host_config_init(struct mv_host_config *config);
 MV_API const char *mv_fault_mode_name(enum mv_fault_mode mode);
 /* "auto" or "thread". */
 MV_API const char *mv_fault_path_name(enum mv_fault_path path);
+/* "sync" or "background". */
+MV_API const char *mv_scrub_mode_name(enum mv_scrub_mode mode);
 
 /*
  * Create a host: machine memory, budget and fault service.  Fails with
@@ -299,11 +326,28 @@ struct mv_host_stats {
                                      records and content index */
     unsigned fault_threads;       /* running */
     enum mv_fault_mode fault_mode; /* SHARED or PER_CPU: what AUTO chose */
-    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
+    enum mv_scrub_mode scrub_mode;
+    enum mv_fault_path fault_path;
+    /* MV_SCRUB_BACKGROUND: frames given back and not scrubbed yet, the
+     * budget they still hold, and frames scrubbed in the background so far
+     * (with how many of those scrubs fell back to overwriting with zeros,
+     * logged). */
+    uint64_t scrub_pending_pages;
+    uint64_t scrub_pending_charged_pages;
+    uint64_t scrubbed_background_pages;
+    uint64_t scrub_failures;
+    uint64_t reserved[3];     /* zero; room to grow without breaking the ABI */
 };
 
 /* Host-wide counters.  Thread-safe. */
 MV_API int mv_host_stats(mv_host *host, struct mv_host_stats *out);
+
+/*
+ * Wait until every frame given back so far is scrubbed, uncharged and back
+ * in the frame allocator (MV_SCRUB_BACKGROUND; returns at once under
+ * MV_SCRUB_SYNC).  Thread-safe.  Returns 0, or -EINVAL for a NULL host.
+ */
+MV_API int mv_host_wait_freed(mv_host *host);
 
 /*
  * Change the host budget.  Fails with -EBUSY when more pages than

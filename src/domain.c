@@ -293,11 +293,10 @@ static void domain_free(struct mv_domain *d)
     if (d->cow_uffd >= 0)
         close(d->cow_uffd);
     if (d->frame_pages) {
-        if (mv__machine_scrub(&h->machine, d->base_mfn, d->frame_pages) < 0)
+        if (mv__machine_release(&h->machine, d->base_mfn, d->frame_pages, d->populated,
+                                MV__RELEASE_SCRUB | MV__RELEASE_GIVE_BACK) < 0)
             mv__log(h, MV_LOG_ERROR, "domain %u destroyed: %s", d->domid,
                     mv_last_error());
-        mv__machine_uncharge(&h->machine, d->populated);
-        mv__machine_free(&h->machine, d->base_mfn, d->frame_pages);
         mv__fault_kick(h);
     }
     free(d->held);

@@ -88,6 +88,17 @@ const char *mv_fault_path_name(enum mv_fault_path path)
     return "unknown";
 }
 
+const char *mv_scrub_mode_name(enum mv_scrub_mode mode)
+{
+    switch (mode) {
+    case MV_SCRUB_SYNC:
+        return "sync";
+    case MV_SCRUB_BACKGROUND:
+        return "background";
+    }
+    return "unknown";
+}
+
 /*
  * Settle where the fault threads run: the CPUs of `list` (taskset syntax;
  * NULL or "" = no restriction) this process may run on, of which there must
@@ -144,6 +155,9 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     if ((unsigned)config->fault_path > MV_FAULT_PATH_THREAD)
         return mv__fail(-EINVAL, "fault_path %d is not MV_FAULT_PATH_AUTO or "
                         "_THREAD", (int)config->fault_path);
+    if ((unsigned)config->scrub_mode > MV_SCRUB_BACKGROUND)
+        return mv__fail(-EINVAL, "scrub_mode %d is not MV_SCRUB_SYNC or _BACKGROUND",
+                        (int)config->scrub_mode);
     if (config->fault_threads > 64)
         return mv__fail(-EINVAL, "fault_threads %u is above 64", config->fault_threads);
     if (config->cow_settle_ms > 60000)
@@ -187,6 +201,9 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     rc = mv__machine_init(&h->machine, h->config.machine_bytes,
                           budget >> MV_PAGE_SHIFT);
     if (rc < 0)
+        goto fail;
+    if (h->config.scrub_mode == MV_SCRUB_BACKGROUND &&
+        (rc = mv__scrub_start(&h->machine, h)) < 0)
         goto fail;
     h->sigbus_fd = mv__os_memfd("memvisor-crashed", 0);
     if (h->sigbus_fd < 0) {
@@ -235,6 +252,9 @@ void mv_host_destroy(mv_host *h)
     while ((n = mv_domain_list(h, ids, MV_ARRAY_SIZE(ids))) > 0)
         for (int i = 0; i < MV_MIN(n, (int)MV_ARRAY_SIZE(ids)); i++)
             mv_domain_destroy(h, ids[i]);
+    /* Before the fault service: the scrubber kicks it. */
+    if (h->machine.pages)
+        mv__scrub_stop(&h->machine);
     mv__fault_service_stop(h);
     for (size_t i = mv__mechanism_count; i-- > 0;)
         if (mv__mechanisms[i]->host_fini)
@@ -291,6 +311,18 @@ int mv_host_stats(mv_host *h, struct mv_host_stats *out)
             out->metadata_bytes += m->host_metadata(h);
     out->fault_threads = h->fault_thread_count;
     out->fault_mode = h->config.fault_mode;
+    out->scrub_mode = h->config.scrub_mode;
+    out->fault_path = h->config.fault_path;
+    if (h->machine.scrub.running) {
+        struct mv__scrubber *s = &h->machine.scrub;
+
+        mv__mutex_lock(&s->lock);
+        out->scrub_pending_pages = s->pending_pages;
+        out->scrub_pending_charged_pages = s->pending_charged;
+        out->scrubbed_background_pages = s->scrubbed_pages;
+        out->scrub_failures = s->failures;
+        mv__mutex_unlock(&s->lock);
+    }
     return 0;
 }
 
@@ -340,7 +372,8 @@ static int audit_budget_sum(mv_host *h)
             mv__domain_put(all[i]);
         }
         free(all);
-        frames = 0;
+        /* Frames given back and not scrubbed yet are still charged. */
+        frames = mv__scrub_pending_charged(&h->machine);
         mv__each_mechanism(m)
             if (m->host_frames)
                 frames += m->host_frames(h);
@@ -353,7 +386,8 @@ static int audit_budget_sum(mv_host *h)
         }
         if (populated + frames != charged)
             return mv__fail(-EUCLEAN, "host: domains hold %llu populated pages and "
-                            "%llu frames are held outside them (shared), the budget "
+                            "%llu frames are held outside them (shared, tmem, "
+                            "waiting to be scrubbed), the budget "
                             "counts %llu",
                             (unsigned long long)populated, (unsigned long long)frames,
                             (unsigned long long)charged);

@@ -8,6 +8,8 @@
  *   probe.c    kernel feature probing, opening userfaultfds
  *   machine.c  machine memory: the memfd, the frame allocator (buddy)
  *              and the host budget
+ *   scrub.c    frames given back: scrubbed at once, or queued for the
+ *              background scrubber (MV_SCRUB_BACKGROUND)
  *   host.c     host life cycle, host statistics and audit
  *   domain.c   domains: table, life cycle, pause, p2m queries, reservations,
  *              crash, audit
@@ -52,6 +54,8 @@
  *                        hook takes it from charge paths holding a domain
  *                        or the share lock; it allocates frames under it)
  *     < MV_LOCK_MACHINE (machine->lock: the frame allocator)
+ *     < MV_LOCK_SCRUB   (machine->scrub.lock: frames waiting to be scrubbed;
+ *                        waited on from charge and allocation paths)
  *
  * No thread holds two domain locks: sharing between two domains locks the
  * one whose mappings change and reads the other's shared entries under the
@@ -115,6 +119,7 @@ enum mv__lock_level {
     MV_LOCK_SHARE = 5,
     MV_LOCK_TMEM = 6,
     MV_LOCK_MACHINE = 7,
+    MV_LOCK_SCRUB = 8,      /* machine->scrub.lock: the scrub queue */
 };
 
 struct mv__mutex {
@@ -281,6 +286,35 @@ struct mv__free_list {
     size_t capacity;
 };
 
+/* A run of frames given back (scrub.c). */
+struct mv__release {
+    uint64_t first, pages;
+    uint64_t uncharge;       /* pages of the budget they hold until scrubbed */
+    unsigned flags;          /* MV__RELEASE_* */
+};
+#define MV__RELEASE_SCRUB 1u     /* punch them first */
+#define MV__RELEASE_GIVE_BACK 2u /* then back to the frame allocator */
+
+/* The background scrubber (scrub.c); zero and idle under MV_SCRUB_SYNC. */
+struct mv__scrubber {
+    struct mv__mutex lock;            /* MV_LOCK_SCRUB: everything below */
+    pthread_cond_t work;              /* the scrubber waits for releases */
+    pthread_cond_t done;              /* waiters for an entry to finish */
+    pthread_t thread;
+    bool running, stop;
+    bool held;                        /* tests: the scrubber takes nothing */
+    bool in_flight;                   /* queue[head] is being released */
+    struct mv__release *queue;        /* FIFO ring: queue[head..head+count) */
+    size_t head, count, capacity;
+    uint64_t pending_pages;           /* queued or in flight */
+    uint64_t pending_charged;         /* their charge, still counted */
+    uint64_t pending_give_back;       /* frames the allocator waits for */
+    uint64_t scrubbed_pages;          /* scrubbed by the scrubber */
+    uint64_t failures;                /* scrubs that fell back to zeros */
+    unsigned waiters;                 /* threads in mv__scrub_wait */
+    struct mv_host *host;             /* for the log and the fault kick */
+};
+
 struct mv__machine {
     int memfd;
     const uint8_t *view;     /* the memfd mapped read-only: see machine.c */
@@ -294,6 +328,7 @@ struct mv__machine {
     /* Bumped by every charge and uncharge: an audit that sums the budget
      * against the domains knows whether its view held still. */
     _Atomic uint64_t charge_changes;
+    struct mv__scrubber scrub;
 };
 
 int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
@@ -329,6 +364,34 @@ int mv__machine_scrub(struct mv__machine *m, uint64_t first, uint64_t pages);
 int mv__machine_resident(struct mv__machine *m, uint64_t first, uint64_t pages,
                          uint8_t *resident);
 int mv__machine_audit(struct mv__machine *m);
+
+/* scrub.c.  Frames [first, first + pages), owned by nobody from now on,
+ * holding `uncharge` pages of the budget: scrubbed (MV__RELEASE_SCRUB),
+ * uncharged and given back to the allocator (MV__RELEASE_GIVE_BACK), in
+ * that order.  Under MV_SCRUB_SYNC (or with no scrubber) at once, returning
+ * the scrub's error (message set; the rest is done all the same); under
+ * MV_SCRUB_BACKGROUND queued, in order, for the scrubber: the budget stays
+ * charged and the frames stay out of the allocator until it is done, and a
+ * charge or allocation that finds no room waits for it (mv__scrub_wait).
+ * No lock of level MV_LOCK_SCRUB or above may be held. */
+int mv__machine_release(struct mv__machine *m, uint64_t first, uint64_t pages,
+                        uint64_t uncharge, unsigned flags);
+int mv__scrub_start(struct mv__machine *m, struct mv_host *host);
+/* Finish what is queued, then stop the scrubber. */
+void mv__scrub_stop(struct mv__machine *m);
+/* The machine audit (machine lock held): append the queued give-backs to
+ * blocks (pairs first, pages; *n pairs), which must not meet a free block. */
+int mv__scrub_audit(struct mv__machine *m, uint64_t **blocks, uint64_t *n);
+/* Wait until no queued release holds budget (MV__RELEASE_SCRUB: charge) or
+ * frames for the allocator (MV__RELEASE_GIVE_BACK).  False at once when
+ * there was nothing to wait for. */
+bool mv__scrub_wait(struct mv__machine *m, unsigned what);
+/* Budget still charged to queued releases (the audit's sum). */
+uint64_t mv__scrub_pending_charged(struct mv__machine *m);
+/* Tests: hold the scrubber (it takes no entry) or let it go; how many
+ * threads wait for it. */
+void mv__scrub_hold(struct mv__machine *m, bool hold);
+unsigned mv__scrub_waiters(struct mv__machine *m);
 
 /* ------------------------------------------------------------------------ */
 /* domains and the p2m                                                       */

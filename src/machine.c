@@ -19,7 +19,9 @@
  * A machine frame number (mfn) is a page offset in the memfd.  The frame
  * space is sparse: handing frames out costs no memory; a frame holds memory
  * only once populated, and punching a hole returns it to the host, zeroed,
- * before anyone else can map it.  That is how freed memory is scrubbed.
+ * before anyone else can map it.  That is how freed memory is scrubbed
+ * (mv__machine_scrub); scrub.c gives frames back, at once or through the
+ * background scrubber, which keeps them out of the free lists until then.
  *
  * Frame allocator: a binary buddy system.  free[k] holds the first frame of
  * every free block of 2^k frames; blocks are naturally aligned and a block's
@@ -32,8 +34,10 @@
  * Budget: populated_pages <= budget_pages, kept with atomics so the fault
  * path never takes a lock for it.
  *
- * Locking: machine->lock (MV_LOCK_MACHINE, innermost) protects the free lists
- * and free_pages.
+ * Locking: machine->lock (MV_LOCK_MACHINE; only the scrub lock is taken
+ * under it, by the audit) protects the free lists and free_pages.  An
+ * allocation that finds no run waits, without it, for the scrubber's
+ * give-backs.
  */
 #include "internal.h"
 
@@ -193,11 +197,15 @@ int mv__machine_alloc(struct mv__machine *m, uint64_t pages, uint64_t *first)
 
     if (rc < 0)
         return rc;
+again:
     mv__mutex_lock(&m->lock);
     for (k = want; k <= MV_BUDDY_MAX_ORDER && m->free[k].count == 0; k++)
         ;
     if (k > MV_BUDDY_MAX_ORDER) {
         mv__mutex_unlock(&m->lock);
+        /* Blocks the scrubber has not given back yet may make the run. */
+        if (mv__scrub_wait(m, MV__RELEASE_GIVE_BACK))
+            goto again;
         return mv__fail(-ENOSPC, "no free run of %llu frames in the machine "
                         "(%llu frames free, fragmented or too few)",
                         (unsigned long long)pages, (unsigned long long)m->free_pages);
@@ -381,11 +389,15 @@ int mv__machine_audit(struct mv__machine *m)
         rc = mv__fail(-EUCLEAN, "machine: free blocks add up to %llu, counter "
                       "says %llu", (unsigned long long)total,
                       (unsigned long long)m->free_pages);
+    /* Blocks waiting for the scrubber are in no free list yet. */
+    if (rc == 0)
+        rc = mv__scrub_audit(m, &blocks, &n);
     mv__mutex_unlock(&m->lock);
     qsort(blocks, n, 2 * sizeof(*blocks), compare_u64);
     for (uint64_t i = 1; i < n && rc == 0; i++)
         if (blocks[2 * (i - 1)] + blocks[2 * (i - 1) + 1] > blocks[2 * i])
-            rc = mv__fail(-EUCLEAN, "machine: free blocks at %llu and %llu overlap",
+            rc = mv__fail(-EUCLEAN, "machine: free (or scrubbing) blocks at %llu "
+                          "and %llu overlap",
                           (unsigned long long)blocks[2 * (i - 1)],
                           (unsigned long long)blocks[2 * i]);
     free(blocks);

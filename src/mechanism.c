@@ -148,6 +148,9 @@ bool mv__host_charge(struct mv_host *h, struct mv_domain *d, uint64_t pages)
     populated = atomic_load(&mach->populated_pages);
     if (populated + pages <= budget)
         return mv__machine_charge(mach, pages);
+    /* Memory a destroyed domain gave back comes first, once scrubbed. */
+    if (mv__scrub_wait(mach, MV__RELEASE_SCRUB) && mv__machine_charge(mach, pages))
+        return true;
     mv__each_mechanism(m)
         if (m->budget_short)
             m->budget_short(h, d, populated + pages - budget);

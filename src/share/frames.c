@@ -123,8 +123,9 @@ void share_region_remove(struct mv_host *h, struct mv__share_region *r)
 
     share_scrub_flush(h);     /* the block must hold no memory when it goes back */
     share_region_unlink(s, r);
-    /* Every frame of it is a hole already: freed frames are punched. */
-    mv__machine_free(&h->machine, first, pages);
+    /* Every frame of it is a hole already, or queued to be punched ahead
+     * of this give-back (mv__machine_release keeps the order). */
+    (void)mv__machine_release(&h->machine, first, pages, 0, MV__RELEASE_GIVE_BACK);
 }
 
 /* Frames [first, first + n) become live, with fresh handles. */
@@ -257,19 +258,39 @@ void share_pending_let_go(struct mv__share *s, struct mv_domain *d)
     s->refs -= r->pending_frames;
 }
 
-/* No domain maps r's pending frames any more: free them.  Called while a
- * destroy gathers freed frames, so consecutive ones are punched as a run. */
+static void pending_release(struct mv_host *h, uint64_t first, uint64_t n)
+{
+    if (mv__machine_release(&h->machine, first, n, n, MV__RELEASE_SCRUB) < 0)
+        mv__log(h, MV_LOG_ERROR, "shared frames freed: %s", mv_last_error());
+}
+
+/* No domain maps r's pending frames any more: free them. */
 void share_pending_free(struct mv_host *h, struct mv__share_region *r)
 {
     struct mv__share *s = h->share;
-    uint64_t freed = r->pending_frames;
+    uint64_t freed = r->pending_frames, run = 0, run_first = 0;
 
+    /* Runs of pending frames, each released with one call: an adopted
+     * region hands no frame out, so under MV_SCRUB_BACKGROUND they may wait
+     * for the scrubber, and the region's block (given back when it empties,
+     * below) goes after them. */
     for (uint64_t w = 0; r->pending_frames && w < (r->pages + 63) / 64; w++) {
-        for (uint64_t bits = r->pending[w]; bits; bits &= bits - 1)
-            scrub_frame(h, r->first + w * 64 + (uint64_t)__builtin_ctzll(bits), true);
+        for (uint64_t bits = r->pending[w]; bits; bits &= bits - 1) {
+            uint64_t mfn = r->first + w * 64 + (uint64_t)__builtin_ctzll(bits);
+
+            if (run && mfn != run_first + run) {
+                pending_release(h, run_first, run);
+                run = 0;
+            }
+            if (!run)
+                run_first = mfn;
+            run++;
+        }
         r->pending_frames -= (uint64_t)__builtin_popcountll(r->pending[w]);
         r->pending[w] = 0;
     }
+    if (run)
+        pending_release(h, run_first, run);
     s->frames -= freed;
     r->live -= freed;
     if (r->live == 0)
