@@ -72,6 +72,10 @@ check "daemon names a bad --fault-path" 2 \
     "$daemon_bin" --socket "$scratch/bad-path.sock" --fault-path vcpu
 expect "the refused daemon left no socket" test ! -e "$scratch/bad-path.sock"
 check "daemon --help tells --fault-path" 0 --out "^  --fault-path PATH " -- "$daemon_bin" --help
+check "daemon names a bad --scrub-mode" 2 \
+    --err "^memvisord: --scrub-mode: 'later' is not sync or background \(see memvisord --help\)$" -- \
+    "$daemon_bin" --socket "$scratch/bad-scrub.sock" --scrub-mode later
+check "daemon --help tells --scrub-mode" 0 --out "^  --scrub-mode MODE " -- "$daemon_bin" --help
 for bad in 0 60001 soon; do
     check "daemon names a bad --cow-settle-ms $bad" 2 \
         --err "^memvisord: --cow-settle-ms: '$bad' is not a number in 1\.\.60000" -- \
@@ -119,7 +123,8 @@ json_check "stats --json has the host and both domains" \
      [x["name"] for x in d["domains"]] == ["web", "db"]'
 json_check "stats --json tells the fault service" \
     'd["host"]["fault_mode"] in ("shared", "per-cpu") and d["host"]["fault_threads"] >= 1 and
-     d["host"]["fault_path"] == "auto"'
+     d["host"]["fault_path"] == "auto" and d["host"]["scrub_mode"] == "sync" and
+     d["host"]["scrub_pending_pages"] == 0'
 json_check "stats --json has each counter" \
     'all(k in d["domains"][0] for k in ("state", "maxmem_pages", "target_pages",
          "populated_pages", "pod_pages", "ballooned_pages", "faults", "faults_in_thread",
@@ -402,7 +407,7 @@ check "destroy twice" 1 --err "no such domain" -- "$cli_bin" destroy db
 # --fault-path thread: every fault of a vCPU is left to the fault threads
 
 tsock=$scratch/thread.sock
-start_daemon "$tsock" "$scratch/thread.log" --fault-path thread || exit 1
+start_daemon "$tsock" "$scratch/thread.log" --fault-path thread --scrub-mode background || exit 1
 thread_pid=$daemon_pid
 # A target below 2 MiB: every fault populates a single page, which the
 # default path resolves in the vCPU's thread (see "faults resolved in the
@@ -420,6 +425,17 @@ faults=$(json_field 'd["domains"][0]["faults"]')
 check "stats shows no fault resolved in a vCPU's thread" 0 \
     --out "^ +[0-9]+ +tp +running .* $faults +- +0 +[0-9]+ " -- "$cli_bin" --socket "$tsock" stats tp
 check "stats tells the thread path" 0 --out "^host: .* fault threads \([a-z-]+\), fault path thread$" -- \
+    "$cli_bin" --socket "$tsock" stats
+# This daemon scrubs in the background: a destroyed domain's 64 MiB of
+# frames are waiting or scrubbed, whichever the scrubber has reached.
+check "destroy tp" 0 -- "$cli_bin" --socket "$tsock" destroy tp
+check "stats --json after the destroy" 0 -- "$cli_bin" --socket "$tsock" stats --json
+json_check "the host scrubs in the background" \
+    'd["host"]["scrub_mode"] == "background" and d["host"]["scrub_failures"] == 0 and
+     d["host"]["scrub_pending_pages"] + d["host"]["scrubbed_background_pages"] == 16384 and
+     d["host"]["scrub_pending_charged_pages"] <= d["host"]["scrub_pending_pages"]'
+check "stats tells the background scrub" 0 \
+    --out "^scrub: background, .* of frames waiting \(holding .* of the budget\), .* scrubbed so far, 0 scrubs fell back to zeroing$" -- \
     "$cli_bin" --socket "$tsock" stats
 "$cli_bin" --socket "$tsock" shutdown >/dev/null 2>&1
 wait_exit "$thread_pid"

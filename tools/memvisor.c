@@ -981,7 +981,7 @@ static void print_stats(struct json_object *reply)
 
     /* A daemon older than --fault-path does not tell it. */
     printf("host: budget %s, populated %s (peak %s), metadata %s, domains %" PRIu64
-           ", faults served %" PRIu64 " by %" PRIu64 " fault threads (%s)%s%s\n\n",
+           ", faults served %" PRIu64 " by %" PRIu64 " fault threads (%s)%s%s\n",
            pages_text(budget, sizeof(budget), field_u64(host, "budget_pages")),
            pages_text(populated, sizeof(populated), field_u64(host, "populated_pages")),
            pages_text(peak, sizeof(peak), field_u64(host, "peak_populated_pages")),
@@ -989,6 +989,20 @@ static void print_stats(struct json_object *reply)
            field_u64(host, "domains"), field_u64(host, "faults"),
            field_u64(host, "fault_threads"), field_string(host, "fault_mode"),
            fault_path[0] ? ", fault path " : "", fault_path);
+    /* Background scrubbing: what destroyed domains still hold. */
+    if (strcmp(field_string(host, "scrub_mode"), "background") == 0) {
+        char pending[32], charged[32], scrubbed[32];
+
+        printf("scrub: background, %s of frames waiting (holding %s of the budget), "
+               "%s scrubbed so far, %" PRIu64 " scrubs fell back to zeroing\n",
+               pages_text(pending, sizeof(pending), field_u64(host, "scrub_pending_pages")),
+               pages_text(charged, sizeof(charged),
+                          field_u64(host, "scrub_pending_charged_pages")),
+               pages_text(scrubbed, sizeof(scrubbed),
+                          field_u64(host, "scrubbed_background_pages")),
+               field_u64(host, "scrub_failures"));
+    }
+    printf("\n");
     printf("%4s  %-12s %-7s %10s %10s %10s %10s %10s %8s %9s %6s %8s %6s %10s %6s %10s "
            "%9s %9s\n",
            "ID", "NAME", "STATE", "MAXMEM", "TARGET", "POPULATED", "POD", "BALLOONED",

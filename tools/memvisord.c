@@ -104,6 +104,7 @@ struct options {
     const char *fault_cpus;
     enum mv_fault_mode fault_mode;
     enum mv_fault_path fault_path;
+    enum mv_scrub_mode scrub_mode;
     unsigned cow_settle_ms;
     enum mv_log_level log_level;
     const char *socket_group;      /* --socket-group: its members may connect */
@@ -168,7 +169,6 @@ struct daemon {
     unsigned idle_evict_ms;
     unsigned request_timeout_ms;
     bool test_commands;
-    enum mv_fault_path fault_path; /* --fault-path, told by stats */
 
     /* Workers.  jobs_lock guards the queue, the done list, the counts and
      * the test-hold state; done_fd (an eventfd) tells the loop that the
@@ -299,6 +299,10 @@ static void print_usage(FILE *out)
         "                       resolved: auto (default): in the vCPU's own\n"
         "                       thread where it can, else by the fault\n"
         "                       threads; thread: always by the fault threads\n"
+        "  --scrub-mode MODE    when a destroyed domain's memory is scrubbed:\n"
+        "                       sync (default): before destroy replies;\n"
+        "                       background: by a host thread afterwards, the\n"
+        "                       memory counted in the budget until then\n"
         "  --cow-settle-ms MS   how often the copies the kernel made for\n"
         "                       --cow-mode kernel domains are settled, 1..%u\n"
         "                       (default %u)\n"
@@ -341,7 +345,7 @@ static int usage_error(const char *fmt, ...)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FAULT_CPUS, OPT_FAULT_MODE,
-           OPT_FAULT_PATH, OPT_COW_SETTLE_MS, OPT_FOREGROUND,
+           OPT_FAULT_PATH, OPT_SCRUB_MODE, OPT_COW_SETTLE_MS, OPT_FOREGROUND,
            OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION, OPT_SOCKET_GROUP, OPT_IDLE_EVICT_MS,
            OPT_REQUEST_TIMEOUT_MS, OPT_OVERCOMMIT, OPT_TEST_COMMANDS, OPT_AUTO_PAGING };
     static const struct option long_options[] = {
@@ -357,6 +361,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         { "fault-cpus", required_argument, NULL, OPT_FAULT_CPUS },
         { "fault-mode", required_argument, NULL, OPT_FAULT_MODE },
         { "fault-path", required_argument, NULL, OPT_FAULT_PATH },
+        { "scrub-mode", required_argument, NULL, OPT_SCRUB_MODE },
         { "cow-settle-ms", required_argument, NULL, OPT_COW_SETTLE_MS },
         { "foreground", no_argument, NULL, OPT_FOREGROUND },
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
@@ -440,6 +445,14 @@ static int parse_options(int argc, char **argv, struct options *o)
                 o->fault_path = MV_FAULT_PATH_THREAD;
             else
                 return usage_error("--fault-path: '%s' is not auto or thread", optarg);
+            break;
+        case OPT_SCRUB_MODE:
+            if (strcmp(optarg, "sync") == 0)
+                o->scrub_mode = MV_SCRUB_SYNC;
+            else if (strcmp(optarg, "background") == 0)
+                o->scrub_mode = MV_SCRUB_BACKGROUND;
+            else
+                return usage_error("--scrub-mode: '%s' is not sync or background", optarg);
             break;
         case OPT_COW_SETTLE_MS:
             if (mv_proto_parse_u64(optarg, &value) < 0 || value == 0 ||
@@ -1206,9 +1219,6 @@ static int run_stats(struct daemon *d, struct request *r)
     if (rc < 0)
         return rc;
     host = mv_proto_host_stats_json(&stats);
-    /* What the host was created with: mv_host_stats does not tell it. */
-    json_object_object_add(host, "fault_path",
-                           json_object_new_string(mv_fault_path_name(d->fault_path)));
     json_object_object_add(r->reply, "host", host);
     return reply_domains(d->host, r, true);
 }
@@ -3411,7 +3421,6 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
     d->idle_evict_ms = o->idle_evict_ms;
     d->request_timeout_ms = o->request_timeout_ms;
     d->test_commands = o->test_commands;
-    d->fault_path = o->fault_path;
     if ((rc = check_budget(o)) < 0)
         return rc;
     if ((rc = make_parent_directory(d->socket_path)) < 0 || (rc = lock_acquire(d)) < 0)
@@ -3424,6 +3433,7 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
     config.fault_cpus = o->fault_cpus;
     config.fault_mode = o->fault_mode;
     config.fault_path = o->fault_path;
+    config.scrub_mode = o->scrub_mode;
     if (o->cow_settle_ms)
         config.cow_settle_ms = o->cow_settle_ms;
     config.log = log_library_message;

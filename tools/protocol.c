@@ -829,6 +829,12 @@ struct json_object *mv_proto_host_stats_json(const struct mv_host_stats *stats)
     add_u64(o, "metadata_bytes", stats->metadata_bytes);
     add_u64(o, "fault_threads", stats->fault_threads);
     add_string(o, "fault_mode", mv_fault_mode_name(stats->fault_mode));
+    add_string(o, "fault_path", mv_fault_path_name(stats->fault_path));
+    add_string(o, "scrub_mode", mv_scrub_mode_name(stats->scrub_mode));
+    add_u64(o, "scrub_pending_pages", stats->scrub_pending_pages);
+    add_u64(o, "scrub_pending_charged_pages", stats->scrub_pending_charged_pages);
+    add_u64(o, "scrubbed_background_pages", stats->scrubbed_background_pages);
+    add_u64(o, "scrub_failures", stats->scrub_failures);
     return o;
 }
 
