@@ -45,7 +45,7 @@ done
 check "hello --json lists the daemon's commands" 0 -- "$cli_bin" hello --json
 cp "$scratch/out" "$scratch/hello.json"
 json_check "hello tells both protocol versions and the library's" \
-    'd["protocol"] == "1.1" and d["client_protocol"] == "1.1" and d["library"] and d["daemon"] == "memvisord"'
+    'd["protocol"] == "1.2" and d["client_protocol"] == "1.2" and d["library"] and d["daemon"] == "memvisord"'
 
 check "every command has a daemon handler, a CLI command and fuzzer coverage" 0 -- \
     python3 - "$scratch/schema.json" "$scratch/hello.json" "$scratch/fuzz.txt" "$cli_bin" <<'EOF'
@@ -114,11 +114,11 @@ def ask(request):
 reply = ask({"cmd": "list"})
 assert reply["ok"] and reply["domains"] == [], reply
 reply = ask({"cmd": "hello", "protocol": "1.0", "client": "cli_schema"})
-assert reply["ok"] and reply["protocol"] == "1.1" and "hello" in reply["commands"], reply
+assert reply["ok"] and reply["protocol"] == "1.2" and "hello" in reply["commands"], reply
 assert isinstance(reply["library"], str) and reply["library"], reply
 # Another major version is answered too: the client decides.
 reply = ask({"cmd": "hello", "protocol": "2.3"})
-assert reply["ok"] and reply["protocol"] == "1.1", reply
+assert reply["ok"] and reply["protocol"] == "1.2", reply
 for bad in ("1", "x.y", "", "1.0.0", "-1.0"):
     reply = ask({"cmd": "hello", "protocol": bad})
     assert not reply["ok"] and reply["errno"] == 22, (bad, reply)
@@ -163,7 +163,7 @@ EOF
 
 fake_daemon "$scratch/newer.sock" 2.0
 check "a daemon of another major version is refused" 1 \
-    --err "memvisord speaks protocol 2.0 and this memvisor 1.1: their major versions differ" -- \
+    --err "memvisord speaks protocol 2.0 and this memvisor 1.2: their major versions differ" -- \
     "$cli_bin" --socket "$scratch/newer.sock" list
 check "... as JSON under --json" 1 -- "$cli_bin" --socket "$scratch/newer.sock" list --json
 json_check "the version error is EPROTONOSUPPORT" \

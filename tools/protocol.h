@@ -120,7 +120,7 @@ uint64_t mv_proto_now_ms(void);
  * misread the other (a command or argument removed or changed in meaning),
  * MINOR when something is added. */
 #define MV_PROTO_VERSION_MAJOR 1
-#define MV_PROTO_VERSION_MINOR 1
+#define MV_PROTO_VERSION_MINOR 2
 #define MV_PROTO_STRINGIFY_(x) #x
 #define MV_PROTO_STRINGIFY(x) MV_PROTO_STRINGIFY_(x)
 #define MV_PROTO_VERSION MV_PROTO_STRINGIFY(MV_PROTO_VERSION_MAJOR) "." \
