@@ -33,15 +33,7 @@ static mv_host *background_host(uint64_t budget, uint64_t machine, mv_log_fn log
 
 static void fill(mv_host *h, uint32_t id, uint64_t ws, uint64_t pages)
 {
-    struct mv_workload_config w;
-    struct mv_workload_status st;
-
-    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
-    w.seed = SEED;
-    w.working_set_pages = ws;
-    w.max_pages = pages;
-    st = tu_run(h, id, &w);
-    assert_int_equal(st.crashed, 0);
+    tu_fill_random(h, id, SEED, ws, pages);
 }
 
 static struct mv_host_stats host_stats(mv_host *h)

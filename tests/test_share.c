@@ -27,15 +27,7 @@ static uint32_t domain1(mv_host *h, const char *name, uint64_t maxmem, unsigned 
 /* Write `pages` random pages of gfns [0, ws) with the shared seed. */
 static void fill(mv_host *h, uint32_t id, uint64_t ws, uint64_t pages)
 {
-    struct mv_workload_config w;
-    struct mv_workload_status st;
-
-    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
-    w.seed = SEED;
-    w.working_set_pages = ws;
-    w.max_pages = pages;
-    st = tu_run(h, id, &w);
-    assert_int_equal(st.crashed, 0);
+    tu_fill_random(h, id, SEED, ws, pages);
 }
 
 /* Statistics change nothing: they count the kernel's copies (MV_COW_KERNEL)

@@ -166,6 +166,22 @@ static inline struct mv_workload_status tu_run(mv_host *h, uint32_t id,
     return st;
 }
 
+/* The random writer on every vCPU: `pages` writes to gfns [0, ws) drawn
+ * from `seed`, run to completion; the domain must not crash. */
+static inline void tu_fill_random(mv_host *h, uint32_t id, uint64_t seed, uint64_t ws,
+                                  uint64_t pages)
+{
+    struct mv_workload_config w;
+    struct mv_workload_status st;
+
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed = seed;
+    w.working_set_pages = ws;
+    w.max_pages = pages;
+    st = tu_run(h, id, &w);
+    assert_int_equal(st.crashed, 0);
+}
+
 /* The closing check of every integration test: content oracle and audit. */
 static inline void tu_verify(mv_host *h, uint32_t id)
 {
