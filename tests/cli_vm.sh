@@ -105,6 +105,23 @@ check "a second reclaim finds QEMU's blocks trimmed" 0 \
 check "audit of the guest" 0 -- "$cli_bin" audit vm1
 check "audit of the host" 0 -- "$cli_bin" audit
 qemu_pid=$(pgrep -f "qemu-system-x86_64.*vm1.qmp" | head -1)
+# QEMU quits under the domain (as it does when the guest powers off): the
+# domain crashes, and stats says how QEMU ended.
+# (QEMU may be gone before it answers: the command's status is not the test)
+"$cli_bin" qmp vm1 '{"execute":"quit"}' >/dev/null 2>&1 || true
+ended=0
+for _ in $(seq 300); do
+    if "$cli_bin" stats --json vm1 2>/dev/null |
+            grep -Eq '"vmm_exit": *"QEMU exited with status 0'; then
+        ended=1
+        break
+    fi
+    sleep 0.1
+done
+expect "stats --json tells how QEMU ended" test "$ended" -eq 1
+check "stats tells it beside the crash" 0 \
+    --out "^domain [0-9]+ \(vm1\) crashed: VMM process [0-9]+ exited; QEMU exited with status 0: the guest powered off, or QEMU was told to quit$" -- \
+    "$cli_bin" stats
 check "destroy" 0 -- "$cli_bin" destroy vm1
 expect "QEMU is gone" test -z "$qemu_pid" -o ! -d "/proc/${qemu_pid:-0}"
 check "host audit after destroy" 0 -- "$cli_bin" audit

@@ -1041,9 +1041,10 @@ static void print_stats(struct json_object *reply)
 
         if (!field_string(d, "crash_reason")[0])
             continue;
-        printf("%sdomain %" PRIu64 " (%s) crashed: %s\n", crash_seen ? "" : "\n",
+        printf("%sdomain %" PRIu64 " (%s) crashed: %s%s%s\n", crash_seen ? "" : "\n",
                field_u64(d, "domid"), field_string(d, "name"),
-               field_string(d, "crash_reason"));
+               field_string(d, "crash_reason"), field_string(d, "vmm_exit")[0] ? "; " : "",
+               field_string(d, "vmm_exit"));
         crash_seen = true;
     }
 }

@@ -80,6 +80,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -901,11 +902,37 @@ static int domain_ids(mv_host *host, struct request *r, uint32_t **ids, size_t *
 }
 
 /* A domain's info, with its workload's status when `with_workload`. */
-static int domain_json(mv_host *host, struct request *r, uint32_t domid,
+static bool guest_of(struct daemon *d, uint32_t domid, struct mv_qemu *out);
+
+/* How a real guest's QEMU ended, when it has (the library only sees its
+ * socket close): false while it runs.  The child is left to be reaped. */
+static bool vmm_exit_text(pid_t pid, char *text, size_t size)
+{
+    siginfo_t si;
+
+    memset(&si, 0, sizeof(si));
+    if (pid <= 0 || waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 ||
+        si.si_pid != pid)
+        return false;
+    if (si.si_code == CLD_EXITED && si.si_status == 0)
+        snprintf(text, size, "QEMU exited with status 0: the guest powered off, or "
+                 "QEMU was told to quit");
+    else if (si.si_code == CLD_EXITED)
+        snprintf(text, size, "QEMU exited with status %d", si.si_status);
+    else
+        snprintf(text, size, "QEMU was killed by signal %d (%s)", si.si_status,
+                 strsignal(si.si_status));
+    return true;
+}
+
+static int domain_json(struct daemon *d, struct request *r, uint32_t domid,
                        bool with_workload, struct json_object **out)
 {
+    mv_host *host = d->host;
     struct mv_domain_info info;
     struct mv_workload_status status;
+    struct mv_qemu q;
+    char text[160];
     int rc = library_status(r, mv_domain_info(host, domid, &info));
 
     if (rc < 0)
@@ -916,6 +943,10 @@ static int domain_json(mv_host *host, struct request *r, uint32_t domid,
             return library_status(r, rc);
     }
     *out = mv_proto_domain_info_json(&info);
+    /* A real guest whose QEMU is gone: say how it went. */
+    if (info.state == MV_DOMAIN_CRASHED && guest_of(d, domid, &q) &&
+        vmm_exit_text(q.pid, text, sizeof(text)))
+        json_object_object_add(*out, "vmm_exit", json_object_new_string(text));
     if (with_workload) {
         struct mv_logdirty_stats logdirty;
 
@@ -928,8 +959,9 @@ static int domain_json(mv_host *host, struct request *r, uint32_t domid,
 }
 
 /* "domains": the one domain the request names, or all of them. */
-static int reply_domains(mv_host *host, struct request *r, bool with_workload)
+static int reply_domains(struct daemon *d, struct request *r, bool with_workload)
 {
+    mv_host *host = d->host;
     struct json_object *list = json_object_new_array(), *entry;
     uint32_t named, *ids = &named, *all = NULL;
     size_t count = 1;
@@ -943,7 +975,7 @@ static int reply_domains(mv_host *host, struct request *r, bool with_workload)
         ids = all;
     }
     for (size_t i = 0; rc == 0 && i < count; i++) {
-        rc = domain_json(host, r, ids[i], with_workload, &entry);
+        rc = domain_json(d, r, ids[i], with_workload, &entry);
         if (rc == 0)
             json_object_array_add(list, entry);
     }
@@ -1207,7 +1239,7 @@ static int run_qmp(struct daemon *d, struct request *r)
 
 static int run_list(struct daemon *d, struct request *r)
 {
-    return reply_domains(d->host, r, false);
+    return reply_domains(d, r, false);
 }
 
 static int run_stats(struct daemon *d, struct request *r)
@@ -1220,7 +1252,7 @@ static int run_stats(struct daemon *d, struct request *r)
         return rc;
     host = mv_proto_host_stats_json(&stats);
     json_object_object_add(r->reply, "host", host);
-    return reply_domains(d->host, r, true);
+    return reply_domains(d, r, true);
 }
 
 /* A QMP command without arguments for a real guest's QEMU. */
@@ -1724,7 +1756,7 @@ static int run_share_stats(struct daemon *d, struct request *r)
         stats.stop_reason[0] = 0;
     }
     json_object_object_add(r->reply, "share", mv_proto_share_stats_json(&stats));
-    return reply_domains(d->host, r, false);
+    return reply_domains(d, r, false);
 }
 
 static int run_share_audit(struct daemon *d, struct request *r)
