@@ -338,6 +338,9 @@ int mv_host_set_budget(mv_host *h, uint64_t budget_bytes)
      * charge can slip past the new value unseen. */
     old = atomic_exchange(&h->machine.budget_pages, pages);
     populated = atomic_load(&h->machine.populated_pages);
+    /* Frames destroyed domains gave back count until scrubbed. */
+    if (populated > pages && mv__scrub_wait(&h->machine, MV__RELEASE_SCRUB))
+        populated = atomic_load(&h->machine.populated_pages);
     if (populated > pages) {
         atomic_store(&h->machine.budget_pages, old);
         return mv__fail(-EBUSY, "%llu pages are populated, more than a budget of "

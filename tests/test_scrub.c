@@ -164,6 +164,90 @@ static void charges_wait_for_the_scrubber(void **state)
     mv_host_destroy(h);
 }
 
+struct budget_waiter {
+    mv_host *h;
+    uint32_t dom;
+    int pool;
+    int rc;
+};
+
+/* 4096 distinct pages that do not compress into a persistent tmem pool:
+ * 16 MiB of frames. */
+static void *put_thread(void *arg)
+{
+    struct budget_waiter *w = arg;
+    uint64_t oid[3] = { 7, 0, 0 };
+    uint8_t page[4096];
+
+    w->rc = 0;
+    for (uint32_t i = 0; i < 4096 && w->rc >= 0; i++) {
+        for (size_t b = 0; b < sizeof(page); b += 8) {
+            uint64_t v = ((uint64_t)i << 32 | b) * 0x9e3779b97f4a7c15ull;
+
+            memcpy(page + b, &v, 8);
+        }
+        w->rc = mv_tmem_put_page(w->h, w->dom, (uint32_t)w->pool, oid, i, page, sizeof(page));
+        if (w->rc == 1)
+            w->rc = 0;
+    }
+    return NULL;
+}
+
+static void *set_budget_thread(void *arg)
+{
+    struct budget_waiter *w = arg;
+
+    w->rc = mv_host_set_budget(w->h, 24 * MiB);
+    return NULL;
+}
+
+/* tmem's frames and a lower budget wait for the scrubber too, rather than
+ * failing (tmem would evict, the budget refuse) while memory is on its way
+ * back. */
+static void tmem_and_budget_wait_for_the_scrubber(void **state)
+{
+    mv_host *h = background_host(40 * MiB, 0, NULL, NULL);
+    uint32_t a = tu_domain(h, "a", 32 * MiB, 32 * MiB), c;
+    struct budget_waiter w;
+    pthread_t t;
+
+    (void)state;
+    c = tu_domain(h, "client", 8 * MiB, 8 * MiB);
+    w = (struct budget_waiter){ .h = h, .dom = c };
+    assert_ok(mv_tmem_set_client(h, c, 100, UINT64_MAX)); /* no quota */
+    w.pool = mv_tmem_new_pool(h, c, MV_TMEM_PERSISTENT, NULL);
+    assert_true(w.pool >= 0);
+
+    fill(h, a, 8192, 8192);
+    mv__scrub_hold(&h->machine, true);
+    assert_ok(mv_domain_destroy(h, a));
+    /* The puts cannot all fit beside what a still holds. */
+    assert_true(host_stats(h).populated_pages + 4096 > 40 * MiB / 4096);
+    assert_int_equal(pthread_create(&t, NULL, put_thread, &w), 0);
+    tu_wait_until(mv__scrub_waiters(&h->machine) > 0);
+    mv__scrub_hold(&h->machine, false);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_ok(w.rc);
+    assert_ok(mv_host_audit(h));
+
+    a = tu_domain(h, "a2", 32 * MiB, 32 * MiB);
+    fill(h, a, 8192, 8192);
+    mv__scrub_hold(&h->machine, true);
+    assert_ok(mv_domain_destroy(h, a));
+    /* Over the new budget only until a2's frames are scrubbed. */
+    assert_true(host_stats(h).populated_pages > 24 * MiB / 4096);
+    assert_true(host_stats(h).populated_pages - host_stats(h).scrub_pending_charged_pages <=
+                24 * MiB / 4096);
+    assert_int_equal(pthread_create(&t, NULL, set_budget_thread, &w), 0);
+    tu_wait_until(mv__scrub_waiters(&h->machine) > 0);
+    mv__scrub_hold(&h->machine, false);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_ok(w.rc);
+    assert_int_equal(host_stats(h).budget_pages, 24 * MiB / 4096);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 /* A clone and its source share the source's former frames in place; when
  * both are gone those frames, and the region holding them, go back through
  * the scrubber in order. */
@@ -317,6 +401,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(destroy_returns_before_the_scrub),
     cmocka_unit_test(frames_are_given_out_only_scrubbed),
     cmocka_unit_test(charges_wait_for_the_scrubber),
+    cmocka_unit_test(tmem_and_budget_wait_for_the_scrubber),
     cmocka_unit_test(clone_frames_are_scrubbed_in_background),
     cmocka_unit_test(failed_background_scrub_zeroes_and_says_so),
     cmocka_unit_test(host_destroy_finishes_the_queue),

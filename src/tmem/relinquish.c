@@ -74,6 +74,10 @@ bool tm_charge(struct mv__tmem *t, uint64_t frames, bool may_evict)
             tm_release_spare(t, t->spare_frames);
             continue;
         }
+        /* Memory a destroyed domain gave back, once scrubbed, before any
+         * page is evicted. */
+        if (mv__scrub_wait(m, MV__RELEASE_SCRUB))
+            continue;
         if (!may_evict || !tm_evict_one(t, NULL))
             return false;
     }

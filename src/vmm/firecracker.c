@@ -135,7 +135,10 @@ static bool claim_page(struct mv_fc *vm)
         if (vm->stopping || vm->vm_state != MV_FC_RUNNING)
             return false;
         if ((!vm->info.target_pages || vm->info.populated_pages < vm->info.target_pages) &&
-            mv__machine_charge(&vm->host->machine, 1)) {
+            (mv__machine_charge(&vm->host->machine, 1) ||
+             /* memory a destroyed domain gave back, once scrubbed */
+             (mv__scrub_wait(&vm->host->machine, MV__RELEASE_SCRUB) &&
+              mv__machine_charge(&vm->host->machine, 1)))) {
             atomic_fetch_add(&fh->populated, 1);
             return true;
         }
