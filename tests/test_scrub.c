@@ -288,6 +288,69 @@ static void clone_frames_are_scrubbed_in_background(void **state)
     mv_host_destroy(h);
 }
 
+/* Two more domains share the clone's frames: when the clone and its
+ * source go, their region stays, and the frames they alone held are
+ * scrubbed at once (the region's audit finds no memory outside its live
+ * frames), the scrubber held or not. */
+static enum mv_page_type type_of(mv_host *h, uint32_t id, uint64_t gfn)
+{
+    enum mv_page_type t;
+
+    assert_ok(mv_domain_page_type(h, id, gfn, &t));
+    return t;
+}
+
+static void a_region_that_stays_is_scrubbed_at_once(void **state)
+{
+    mv_host *h = background_host(1 * GiB, 0, NULL, NULL);
+    uint32_t src = tu_domain(h, "src", 32 * MiB, 32 * MiB), c, x, y;
+    struct mv_share_stats ss;
+
+    (void)state;
+    fill(h, src, 8192, 6000);
+    x = tu_domain(h, "x", 32 * MiB, 32 * MiB);
+    fill(h, x, 8192, 6000);         /* the same seed: the same pages */
+    y = tu_domain(h, "y", 32 * MiB, 32 * MiB);
+    fill(h, y, 8192, 6000);
+    assert_ok(mv_domain_pause(h, src));
+    assert_ok(mv_domain_clone(h, src, "c", &c));
+    /* x and y take the clone's frame of a few gfns (those three domains
+     * wrote alike); every other frame of the region stays pending. */
+    for (uint64_t g = 0, done = 0; g < 8192 && done < 16; g++) {
+        mv_share_handle hc, hx, hy;
+
+        if (type_of(h, c, g) != MV_PAGE_SHARED || type_of(h, x, g) != MV_PAGE_RAM ||
+            type_of(h, y, g) != MV_PAGE_RAM)
+            continue;
+        assert_ok(mv_share_nominate(h, c, g, &hc));
+        assert_ok(mv_share_nominate(h, x, g, &hx));
+        assert_ok(mv_share_nominate(h, y, g, &hy));
+        if (mv_share_pages(h, c, g, hc, x, g, hx) < 0 ||
+            mv_share_pages(h, c, g, hc, y, g, hy) < 0)
+            continue; /* written a different number of times */
+        done++;
+    }
+    assert_ok(mv_share_stats(h, &ss));
+    assert_true(ss.clone_pending_frames > 4000);
+    mv__scrub_hold(&h->machine, true);
+    assert_ok(mv_domain_destroy(h, c));
+    assert_ok(mv_domain_destroy(h, src));
+    assert_ok(mv_share_stats(h, &ss));
+    assert_true(ss.shared_frames >= 8);          /* x and y still share them */
+    assert_ok(mv_host_audit(h));
+    mv__scrub_hold(&h->machine, false);
+    assert_ok(mv_host_wait_freed(h));
+    tu_verify(h, x);
+    tu_verify(h, y);
+    assert_ok(mv_domain_destroy(h, x));
+    assert_ok(mv_domain_destroy(h, y));
+    assert_ok(mv_host_wait_freed(h));
+    assert_int_equal(host_stats(h).populated_pages, 0);
+    assert_machine_empty(h);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 struct log_capture {
     pthread_mutex_t lock;
     char last_error[512];
@@ -403,6 +466,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(charges_wait_for_the_scrubber),
     cmocka_unit_test(tmem_and_budget_wait_for_the_scrubber),
     cmocka_unit_test(clone_frames_are_scrubbed_in_background),
+    cmocka_unit_test(a_region_that_stays_is_scrubbed_at_once),
     cmocka_unit_test(failed_background_scrub_zeroes_and_says_so),
     cmocka_unit_test(host_destroy_finishes_the_queue),
     cmocka_unit_test(scrub_mode_is_validated),

@@ -270,14 +270,22 @@ void share_pending_free(struct mv_host *h, struct mv__share_region *r)
     struct mv__share *s = h->share;
     uint64_t freed = r->pending_frames, run = 0, run_first = 0;
 
-    /* Runs of pending frames, each released with one call: an adopted
-     * region hands no frame out, so under MV_SCRUB_BACKGROUND they may wait
-     * for the scrubber, and the region's block (given back when it empties,
-     * below) goes after them. */
+    /* When the region goes with them, runs of pending frames are released
+     * with one call each: under MV_SCRUB_BACKGROUND they wait for the
+     * scrubber, and the region's block (given back below) goes after them.
+     * A region that stays (a third domain shares some of its frames) has
+     * them scrubbed at once: its audit finds no memory in a frame that is
+     * neither live nor pending. */
+    bool region_goes = r->live == freed;
+
     for (uint64_t w = 0; r->pending_frames && w < (r->pages + 63) / 64; w++) {
         for (uint64_t bits = r->pending[w]; bits; bits &= bits - 1) {
             uint64_t mfn = r->first + w * 64 + (uint64_t)__builtin_ctzll(bits);
 
+            if (!region_goes) {
+                scrub_frame(h, mfn, true);
+                continue;
+            }
             if (run && mfn != run_first + run) {
                 pending_release(h, run_first, run);
                 run = 0;
