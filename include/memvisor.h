@@ -199,8 +199,9 @@ enum mv_fault_path {
  *                        waits for the scrubber first.  mv_host_wait_freed
  *                        waits for all of it.
  * Covered: a domain's own frames, and the frames a clone and its source
- * shared in place (mv_domain_clone) once both are gone.  Shared frames freed
- * one by one are always scrubbed at once.
+ * shared in place (mv_domain_clone) once both are gone and no other domain
+ * shares any of them.  Shared frames freed one by one are always scrubbed
+ * at once.
  */
 enum mv_scrub_mode {
     MV_SCRUB_SYNC = 0,
