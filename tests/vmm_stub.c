@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,7 +62,7 @@ static uint64_t word(uint64_t seed, uint64_t gfn, uint64_t i)
 
 static uint8_t *rom;
 static volatile uint64_t rom_last[ROM_PAGES]; /* the writer's last store */
-static volatile int rom_stop;
+static atomic_int rom_stop;      /* the writer's stop, set by main */
 static volatile long rom_lost = -1;   /* a page whose last store was lost */
 static pthread_t rom_thread;
 
@@ -130,8 +131,8 @@ static void *rom_writer(void *arg)
     uint64_t value = 1;
 
     (void)arg;
-    while (!rom_stop) {
-        for (uint64_t p = 0; p < ROM_PAGES && !rom_stop; p++) {
+    while (!atomic_load(&rom_stop)) {
+        for (uint64_t p = 0; p < ROM_PAGES && !atomic_load(&rom_stop); p++) {
             uint64_t v = (value++ % 3) ? value : 0; /* a third go back to zero */
 
             if (p == ROM_MARKED)
@@ -166,10 +167,10 @@ static void rom_command(const char *cmd, const char *arg)
         else
             printf("bad %ld\n", bad);
     } else if (strcmp(cmd, "romwriter") == 0 && strcmp(arg, "start") == 0) {
-        rom_stop = 0;
+        atomic_store(&rom_stop, 0);
         printf(pthread_create(&rom_thread, NULL, rom_writer, NULL) == 0 ? "ok\n" : "err 12\n");
     } else if (strcmp(cmd, "romwriter") == 0 && strcmp(arg, "stop") == 0) {
-        rom_stop = 1;
+        atomic_store(&rom_stop, 1);
         pthread_join(rom_thread, NULL);
         bad = rom_lost >= 0 ? rom_lost : rom_bad_page();
         if (bad < 0)
