@@ -134,6 +134,19 @@ static void *fill_thread(void *arg)
     return NULL;
 }
 
+/* Start `fn(arg)` on a thread of its own, see it wait for the held
+ * scrubber (not for a timeout), let the scrubber go and join the thread.
+ * The caller holds the scrubber and checked that `fn` must wait. */
+static void run_past_the_held_scrubber(mv_host *h, void *(*fn)(void *), void *arg)
+{
+    pthread_t t;
+
+    assert_int_equal(pthread_create(&t, NULL, fn, arg), 0);
+    tu_wait_until(mv__scrub_waiters(&h->machine) > 0);
+    mv__scrub_hold(&h->machine, false);
+    assert_int_equal(pthread_join(t, NULL), 0);
+}
+
 /* The budget has room for one domain's pages: the second's populates wait
  * for the first's to be scrubbed and uncharged. */
 static void charges_wait_for_the_scrubber(void **state)
@@ -141,7 +154,6 @@ static void charges_wait_for_the_scrubber(void **state)
     mv_host *h = background_host(40 * MiB, 0, NULL, NULL);
     uint32_t a = tu_domain(h, "a", 32 * MiB, 32 * MiB), b;
     struct filler f;
-    pthread_t t;
 
     (void)state;
     fill(h, a, 8192, 8192);
@@ -151,12 +163,9 @@ static void charges_wait_for_the_scrubber(void **state)
     assert_ok(mv_domain_destroy(h, a));
     assert_int_equal(host_stats(h).scrub_pending_pages, 8192);
     f = (struct filler){ .h = h, .id = b };
-    assert_int_equal(pthread_create(&t, NULL, fill_thread, &f), 0);
-    /* b runs out of budget and waits for the scrubber, not for a timeout
-     * (holding b's lock: nothing here may ask for b until it is let go). */
-    tu_wait_until(mv__scrub_waiters(&h->machine) > 0);
-    mv__scrub_hold(&h->machine, false);
-    assert_int_equal(pthread_join(t, NULL), 0);
+    /* b runs out of budget and waits for the scrubber, holding b's lock:
+     * nothing here may ask for b until it is let go. */
+    run_past_the_held_scrubber(h, fill_thread, &f);
     assert_true(tu_info(h, b).populated_pages > 7000);
     assert_int_not_equal(tu_info(h, b).state, MV_DOMAIN_CRASHED);
     tu_verify(h, b);
@@ -209,7 +218,6 @@ static void tmem_and_budget_wait_for_the_scrubber(void **state)
     mv_host *h = background_host(40 * MiB, 0, NULL, NULL);
     uint32_t a = tu_domain(h, "a", 32 * MiB, 32 * MiB), c;
     struct budget_waiter w;
-    pthread_t t;
 
     (void)state;
     c = tu_domain(h, "client", 8 * MiB, 8 * MiB);
@@ -223,10 +231,7 @@ static void tmem_and_budget_wait_for_the_scrubber(void **state)
     assert_ok(mv_domain_destroy(h, a));
     /* The puts cannot all fit beside what a still holds. */
     assert_true(host_stats(h).populated_pages + 4096 > 40 * MiB / 4096);
-    assert_int_equal(pthread_create(&t, NULL, put_thread, &w), 0);
-    tu_wait_until(mv__scrub_waiters(&h->machine) > 0);
-    mv__scrub_hold(&h->machine, false);
-    assert_int_equal(pthread_join(t, NULL), 0);
+    run_past_the_held_scrubber(h, put_thread, &w);
     assert_ok(w.rc);
     assert_ok(mv_host_audit(h));
 
@@ -238,10 +243,7 @@ static void tmem_and_budget_wait_for_the_scrubber(void **state)
     assert_true(host_stats(h).populated_pages > 24 * MiB / 4096);
     assert_true(host_stats(h).populated_pages - host_stats(h).scrub_pending_charged_pages <=
                 24 * MiB / 4096);
-    assert_int_equal(pthread_create(&t, NULL, set_budget_thread, &w), 0);
-    tu_wait_until(mv__scrub_waiters(&h->machine) > 0);
-    mv__scrub_hold(&h->machine, false);
-    assert_int_equal(pthread_join(t, NULL), 0);
+    run_past_the_held_scrubber(h, set_budget_thread, &w);
     assert_ok(w.rc);
     assert_int_equal(host_stats(h).budget_pages, 24 * MiB / 4096);
     assert_ok(mv_host_audit(h));
