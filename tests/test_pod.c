@@ -1127,14 +1127,6 @@ static void touch_in_order(mv_host *h, uint32_t id, unsigned first, unsigned cou
     pthread_join(thread, NULL);
 }
 
-static enum mv_page_type type_of(mv_host *h, uint32_t id, uint64_t gfn)
-{
-    enum mv_page_type type;
-
-    assert_ok(mv_domain_page_type(h, id, gfn, &type));
-    return type;
-}
-
 /* A sequential vCPU gets the pages after the one it touched; a random one,
  * another thread, or a domain with pod_fault_around 1 does not. */
 static void fault_around_only_for_sequential_vcpus(void **state)
@@ -1149,19 +1141,19 @@ static void fault_around_only_for_sequential_vcpus(void **state)
     /* Pages 0 and 1 in order: the second fault populates 1, 2 and 3. */
     touch_in_order(h, id, 0, 2);
     for (uint64_t g = 0; g < 2 + MV_POD_FAULT_AROUND_DEFAULT - 1; g++)
-        assert_int_equal(type_of(h, id, g), MV_PAGE_RAM);
-    assert_int_equal(type_of(h, id, 1 + MV_POD_FAULT_AROUND_DEFAULT), MV_PAGE_POD);
+        assert_int_equal(tu_page_type(h, id, g), MV_PAGE_RAM);
+    assert_int_equal(tu_page_type(h, id, 1 + MV_POD_FAULT_AROUND_DEFAULT), MV_PAGE_POD);
     i = tu_info(h, id);
     assert_int_equal(i.populated_pages, 1 + MV_POD_FAULT_AROUND_DEFAULT);
     assert_int_equal(i.faults_in_thread, 2);
     /* Fault-around stops at a page that is not a PoD entry. */
     assert_int_equal(vcpu_touch(h, id, ram + 52 * 4096), 1);
     touch_in_order(h, id, 50, 2);
-    assert_int_equal(type_of(h, id, 53), MV_PAGE_POD);
+    assert_int_equal(tu_page_type(h, id, 53), MV_PAGE_POD);
     assert_int_equal(vcpu_touch(h, id, ram + 100 * 4096), 1); /* random */
-    assert_int_equal(type_of(h, id, 101), MV_PAGE_POD);
+    assert_int_equal(tu_page_type(h, id, 101), MV_PAGE_POD);
     assert_int_equal(touch(ram + 101 * 4096), 1);            /* not a vCPU */
-    assert_int_equal(type_of(h, id, 102), MV_PAGE_POD);
+    assert_int_equal(tu_page_type(h, id, 102), MV_PAGE_POD);
     assert_int_equal(tu_info(h, id).populated_pages, 1 + MV_POD_FAULT_AROUND_DEFAULT + 3 + 2);
     /* Off: a fault per page, in order or not. */
     touch_in_order(h, off, 0, 8);
@@ -1206,7 +1198,7 @@ static void injected_failures_in_the_vcpus_thread(void **state)
     mv__os_inject(MV_OS_UFFD_CONTINUE, EIO, 0, 2);
     assert_ok(mv_domain_reclaim_zero(h, id, 0, NULL));
     assert_int_equal(mv__os_injection_left(MV_OS_UFFD_CONTINUE), 1);
-    assert_int_equal(type_of(h, id, 41), MV_PAGE_RAM);
+    assert_int_equal(tu_page_type(h, id, 41), MV_PAGE_RAM);
     assert_int_equal(vcpu_touch(h, id, ram + 41 * 4096), 1);
     assert_int_equal(mv__os_injection_left(MV_OS_UFFD_CONTINUE), 0);
     assert_int_equal(tu_info(h, id).faults_in_thread, 0);
@@ -1217,8 +1209,8 @@ static void injected_failures_in_the_vcpus_thread(void **state)
     mv__os_inject(MV_OS_UFFD_ZEROPAGE_MIDWAY, ENOMEM, 0, 1);
     touch_in_order(h, id, 200, 2);
     assert_int_equal(mv__os_injection_left(MV_OS_UFFD_ZEROPAGE_MIDWAY), 0);
-    assert_int_equal(type_of(h, id, 201), MV_PAGE_RAM);
-    assert_int_equal(type_of(h, id, 201 + MV_POD_FAULT_AROUND_DEFAULT - 1), MV_PAGE_POD);
+    assert_int_equal(tu_page_type(h, id, 201), MV_PAGE_RAM);
+    assert_int_equal(tu_page_type(h, id, 201 + MV_POD_FAULT_AROUND_DEFAULT - 1), MV_PAGE_POD);
     assert_int_equal(load_word(ram + 201 * 4096), 201);
     assert_ok(mv_host_audit(h));
     /* An unexpected populate error, in the thread and again in the fault

@@ -65,14 +65,6 @@ static uint32_t clone_running(mv_host *h, uint32_t src)
     return c;
 }
 
-static enum mv_page_type type_of(mv_host *h, uint32_t id, uint64_t gfn)
-{
-    enum mv_page_type t;
-
-    assert_ok(mv_domain_page_type(h, id, gfn, &t));
-    return t;
-}
-
 /* nominate + share, stale handles, then writes break the sharing on both
  * sides: copies first, takeovers once one side is alone. */
 static void nominate_share_and_break(void **state)
@@ -88,11 +80,11 @@ static void nominate_share_and_break(void **state)
     for (uint64_t g = 0; g < 64; g++) {
         mv_share_handle ha, hb;
 
-        if (type_of(h, a, g) != MV_PAGE_RAM)
+        if (tu_page_type(h, a, g) != MV_PAGE_RAM)
             continue;
         assert_ok(mv_share_nominate(h, a, g, &ha));
         assert_ok(mv_share_nominate(h, b, g, &hb));
-        assert_int_equal(type_of(h, a, g), MV_PAGE_SHARED);
+        assert_int_equal(tu_page_type(h, a, g), MV_PAGE_SHARED);
         assert_ok(mv_share_pages(h, a, g, ha, b, g, hb));
         /* The client's handle is retired with its frame. */
         assert_err(mv_share_pages(h, a, g, ha, b, g, hb), -ESTALE);
@@ -123,11 +115,11 @@ static void nominate_share_and_break(void **state)
     {
         mv_share_handle hz;
 
-        assert_int_equal(type_of(h, a, 300), MV_PAGE_RAM);
+        assert_int_equal(tu_page_type(h, a, 300), MV_PAGE_RAM);
         assert_ok(mv_share_nominate(h, a, 300, &hz));
-        assert_int_equal(type_of(h, a, 300), MV_PAGE_SHARED);
+        assert_int_equal(tu_page_type(h, a, 300), MV_PAGE_SHARED);
         fill(h, a, 512, 5000);
-        assert_int_equal(type_of(h, a, 300), MV_PAGE_RAM);
+        assert_int_equal(tu_page_type(h, a, 300), MV_PAGE_RAM);
         /* Where the kernel copies on write, it copies zero pages too. */
         if (!getenv("MV_TEST_KERNEL_COW"))
             assert_true(stats(h).cow_nocopy >= 1);
@@ -292,15 +284,15 @@ static void equal_pages_of_a_block_share_one_frame(void **state)
     assert_int_equal(s.shared_frames, 1);
     assert_int_equal(s.shared_refs, 4);
     assert_int_equal(s.saved_pages, 3);
-    assert_int_equal(type_of(h, a, 5), MV_PAGE_SHARED);
+    assert_int_equal(tu_page_type(h, a, 5), MV_PAGE_SHARED);
     for (uint64_t g = 10; g < 13; g++) {
-        assert_int_equal(type_of(h, b, g), MV_PAGE_SHARED);
+        assert_int_equal(tu_page_type(h, b, g), MV_PAGE_SHARED);
         assert_ok(mv_domain_read_page(h, b, g, page));
         assert_int_equal(page[0], 0x5a);
         assert_int_equal(page[MV_PAGE_SIZE - 1], 0x5a);
         assert_int_equal(guest_load(rb + g * MV_PAGE_SIZE + 77), 0x5a);
     }
-    assert_int_equal(type_of(h, b, 20), MV_PAGE_RAM);
+    assert_int_equal(tu_page_type(h, b, 20), MV_PAGE_RAM);
     assert_int_equal(guest_load(rb + 20 * MV_PAGE_SIZE), 0x77);
     /* A write breaks one copy only. */
     guest_store(rb + 11 * MV_PAGE_SIZE, 1);
@@ -621,13 +613,13 @@ static void exclude_keeps_pages_private(void **state)
     assert_true(info(h, b).shared_pages > 400);
     assert_ok(mv_share_exclude(h, b, 0, 256));
     for (uint64_t g = 0; g < 256; g++)
-        assert_int_not_equal(type_of(h, b, g), MV_PAGE_SHARED);
+        assert_int_not_equal(tu_page_type(h, b, g), MV_PAGE_SHARED);
     assert_int_equal(info(h, b).excluded_pages, 256);
     assert_err(mv_share_nominate(h, b, 1, &hd), -EPERM);
     assert_ok(mv_share_scan(h, 0, NULL));
     assert_ok(mv_share_make_ro_and_share(h, b, 0, 256, NULL));
     for (uint64_t g = 0; g < 256; g++)
-        assert_int_not_equal(type_of(h, b, g), MV_PAGE_SHARED);
+        assert_int_not_equal(tu_page_type(h, b, g), MV_PAGE_SHARED);
     verify_both(h, a, b);
     mv_host_destroy(h);
 }
@@ -645,7 +637,7 @@ static void bad_calls_are_refused(void **state)
     fill(h, a, 64, 300);
     fill(h, b, 64, 300);
     for (uint64_t i = 0; i < 64 && g == UINT64_MAX; i++)
-        if (type_of(h, a, i) == MV_PAGE_RAM)
+        if (tu_page_type(h, a, i) == MV_PAGE_RAM)
             g = i;
     assert_ok(mv_share_nominate(h, a, g, &ha));
     assert_ok(mv_share_nominate(h, b, g, &hb));
@@ -672,9 +664,9 @@ static void bad_calls_are_refused(void **state)
     assert_int_equal(after.shared_refs, before.shared_refs);
     /* add_to_physmap onto an unpopulated gfn works; then the source goes. */
     assert_ok(mv_share_add_to_physmap(h, a, g, ha, b, 4000));
-    assert_int_equal(type_of(h, b, 4000), MV_PAGE_SHARED);
+    assert_int_equal(tu_page_type(h, b, 4000), MV_PAGE_SHARED);
     assert_ok(mv_share_unshare(h, b, 4000));
-    assert_int_equal(type_of(h, b, 4000), MV_PAGE_RAM);
+    assert_int_equal(tu_page_type(h, b, 4000), MV_PAGE_RAM);
     gone = domain1(h, "gone", 16 * MiB, 1);
     assert_ok(mv_domain_destroy(h, gone));
     assert_err(mv_share_pages(h, gone, g, ha, b, g, hb), -ESRCH);
@@ -1046,8 +1038,8 @@ static void kernel_copies_settle_into_breaks(void **state)
     assert_ok(mv_domain_read_page(h, c, 2, buf));
     assert_int_equal(buf[5], pattern(2, 5, 1));
     assert_int_equal(buf[6], pattern(2, 0, 0));
-    assert_int_equal(type_of(h, c, 2), MV_PAGE_RAM);
-    assert_int_equal(type_of(h, c, 3), MV_PAGE_SHARED);
+    assert_int_equal(tu_page_type(h, c, 2), MV_PAGE_RAM);
+    assert_int_equal(tu_page_type(h, c, 3), MV_PAGE_SHARED);
     assert_int_equal(mv_share_settle(h, c), pages / 2 - 1);
     assert_int_equal(mv_share_settle(h, c), 0);
     info = tu_info(h, c);
@@ -1079,7 +1071,7 @@ static void kernel_copies_settle_into_breaks(void **state)
     assert_ok(mv_domain_ram(h, c, (void **)&ram, &size));
     guest_store(ram + 3 * MV_PAGE_SIZE + 7, pattern(3, 7, 3));
     assert_int_equal(tu_info(h, c).faults, faults + 1);
-    assert_int_equal(type_of(h, c, 3), MV_PAGE_RAM);
+    assert_int_equal(tu_page_type(h, c, 3), MV_PAGE_RAM);
     assert_ok(mv_logdirty_disable(h, c));
     assert_int_equal(tu_info(h, c).cow_trapping, 0);
 

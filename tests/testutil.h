@@ -155,6 +155,15 @@ static inline struct mv_domain_info tu_info(mv_host *h, uint32_t id)
     return info;
 }
 
+/* The type of page gfn of a domain is now. */
+static inline enum mv_page_type tu_page_type(mv_host *h, uint32_t id, uint64_t gfn)
+{
+    enum mv_page_type t;
+
+    assert_ok(mv_domain_page_type(h, id, gfn, &t));
+    return t;
+}
+
 /* Run a workload to completion and return its status. */
 static inline struct mv_workload_status tu_run(mv_host *h, uint32_t id,
                                                const struct mv_workload_config *w)
