@@ -290,6 +290,8 @@ static uint64_t domains_metadata(mv_host *h)
 
 int mv_host_stats(mv_host *h, struct mv_host_stats *out)
 {
+    struct mv__scrub_counts scrub;
+
     mv__clear_error();
     memset(out, 0, sizeof(*out));
     out->budget_pages = atomic_load(&h->machine.budget_pages);
@@ -313,16 +315,11 @@ int mv_host_stats(mv_host *h, struct mv_host_stats *out)
     out->fault_mode = h->config.fault_mode;
     out->scrub_mode = h->config.scrub_mode;
     out->fault_path = h->config.fault_path;
-    if (h->machine.scrub.running) {
-        struct mv__scrubber *s = &h->machine.scrub;
-
-        mv__mutex_lock(&s->lock);
-        out->scrub_pending_pages = s->pending_pages;
-        out->scrub_pending_charged_pages = s->pending_charged;
-        out->scrubbed_background_pages = s->scrubbed_pages;
-        out->scrub_failures = s->failures;
-        mv__mutex_unlock(&s->lock);
-    }
+    mv__scrub_counts(&h->machine, &scrub);
+    out->scrub_pending_pages = scrub.pending_pages;
+    out->scrub_pending_charged_pages = scrub.pending_charged;
+    out->scrubbed_background_pages = scrub.scrubbed_pages;
+    out->scrub_failures = scrub.failures;
     return 0;
 }
 
@@ -364,6 +361,7 @@ static int audit_budget_sum(mv_host *h)
     for (unsigned attempt = 0; attempt < MV_AUDIT_SUM_TRIES; attempt++) {
         uint64_t before = atomic_load(&h->machine.charge_changes);
         uint64_t populated = 0, frames, charged;
+        struct mv__scrub_counts scrub;
         struct mv_domain **all;
         bool quiet = atomic_load(&h->domains_dying) == 0;
         size_t n = mv__domain_get_all(h, &all);
@@ -376,7 +374,8 @@ static int audit_budget_sum(mv_host *h)
         }
         free(all);
         /* Frames given back and not scrubbed yet are still charged. */
-        frames = mv__scrub_pending_charged(&h->machine);
+        mv__scrub_counts(&h->machine, &scrub);
+        frames = scrub.pending_charged;
         mv__each_mechanism(m)
             if (m->host_frames)
                 frames += m->host_frames(h);

@@ -383,15 +383,18 @@ void mv__scrub_stop(struct mv__machine *m);
  * blocks (pairs first, pages; *n pairs), which must not meet a free block. */
 int mv__scrub_audit(struct mv__machine *m, uint64_t **blocks, uint64_t *n);
 /* Wait until no queued release holds budget (MV__RELEASE_SCRUB: charge) or
- * frames for the allocator (MV__RELEASE_GIVE_BACK).  False at once when
- * there was nothing to wait for. */
+ * frames for the allocator (MV__RELEASE_GIVE_BACK); `what` 0: until nothing
+ * is queued.  False at once when there was nothing to wait for. */
 bool mv__scrub_wait(struct mv__machine *m, unsigned what);
-/* Budget still charged to queued releases (the audit's sum). */
-uint64_t mv__scrub_pending_charged(struct mv__machine *m);
-/* Tests: hold the scrubber (it takes no entry) or let it go; how many
- * threads wait for it. */
+/* The scrubber's counters at one instant (all zero under MV_SCRUB_SYNC):
+ * the stats, the audit's sum (pending_charged) and the tests (waiters). */
+struct mv__scrub_counts {
+    uint64_t pending_pages, pending_charged, scrubbed_pages, failures;
+    unsigned waiters;
+};
+void mv__scrub_counts(struct mv__machine *m, struct mv__scrub_counts *out);
+/* Tests: hold the scrubber (it takes no entry) or let it go. */
 void mv__scrub_hold(struct mv__machine *m, bool hold);
-unsigned mv__scrub_waiters(struct mv__machine *m);
 
 /* ------------------------------------------------------------------------ */
 /* domains and the p2m                                                       */

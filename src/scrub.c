@@ -115,6 +115,24 @@ int mv__scrub_start(struct mv__machine *m, struct mv_host *host)
     return 0;
 }
 
+/* Wait (lock held) while queued entries hold budget (MV__RELEASE_SCRUB:
+ * charge) or frames for the allocator (MV__RELEASE_GIVE_BACK), or, with
+ * `what` 0, while anything is queued.  True when it waited. */
+static bool wait_locked(struct mv__scrubber *s, unsigned what)
+{
+    bool waited = false;
+
+    while (s->count && !s->stop &&
+           (!what || (what & MV__RELEASE_SCRUB && s->pending_charged) ||
+            (what & MV__RELEASE_GIVE_BACK && s->pending_give_back))) {
+        waited = true;
+        s->waiters++;
+        mv__cond_wait(&s->done, &s->lock, 0);
+        s->waiters--;
+    }
+    return waited;
+}
+
 void mv__scrub_stop(struct mv__machine *m)
 {
     struct mv__scrubber *s = &m->scrub;
@@ -126,8 +144,7 @@ void mv__scrub_stop(struct mv__machine *m)
      * uncharged, as under MV_SCRUB_SYNC. */
     s->held = false;
     pthread_cond_signal(&s->work);
-    while (s->count)
-        mv__cond_wait(&s->done, &s->lock, 0);
+    wait_locked(s, 0);
     s->stop = true;
     pthread_cond_broadcast(&s->work);
     mv__mutex_unlock(&s->lock);
@@ -191,47 +208,30 @@ int mv__machine_release(struct mv__machine *m, uint64_t first, uint64_t pages,
 bool mv__scrub_wait(struct mv__machine *m, unsigned what)
 {
     struct mv__scrubber *s = &m->scrub;
-    bool waited = false;
+    bool waited;
 
     if (!s->running)
         return false;
     mv__mutex_lock(&s->lock);
-    while (s->count && !s->stop &&
-           ((what & MV__RELEASE_SCRUB && s->pending_charged) ||
-            (what & MV__RELEASE_GIVE_BACK && s->pending_give_back))) {
-        waited = true;
-        s->waiters++;
-        mv__cond_wait(&s->done, &s->lock, 0);
-        s->waiters--;
-    }
+    waited = wait_locked(s, what);
     mv__mutex_unlock(&s->lock);
     return waited;
 }
 
-uint64_t mv__scrub_pending_charged(struct mv__machine *m)
+void mv__scrub_counts(struct mv__machine *m, struct mv__scrub_counts *out)
 {
     struct mv__scrubber *s = &m->scrub;
-    uint64_t n;
 
+    memset(out, 0, sizeof(*out));
     if (!s->running)
-        return 0;
+        return;
     mv__mutex_lock(&s->lock);
-    n = s->pending_charged;
+    out->pending_pages = s->pending_pages;
+    out->pending_charged = s->pending_charged;
+    out->scrubbed_pages = s->scrubbed_pages;
+    out->failures = s->failures;
+    out->waiters = s->waiters;
     mv__mutex_unlock(&s->lock);
-    return n;
-}
-
-unsigned mv__scrub_waiters(struct mv__machine *m)
-{
-    struct mv__scrubber *s = &m->scrub;
-    unsigned n;
-
-    if (!s->running)
-        return 0;
-    mv__mutex_lock(&s->lock);
-    n = s->waiters;
-    mv__mutex_unlock(&s->lock);
-    return n;
 }
 
 void mv__scrub_hold(struct mv__machine *m, bool hold)
@@ -248,18 +248,10 @@ void mv__scrub_hold(struct mv__machine *m, bool hold)
 
 int mv_host_wait_freed(mv_host *h)
 {
-    struct mv__scrubber *s;
-
     mv__clear_error();
     if (!h)
         return mv__fail(-EINVAL, "host must not be NULL");
-    s = &h->machine.scrub;
-    if (!s->running)
-        return 0;
-    mv__mutex_lock(&s->lock);
-    while (s->count && !s->stop)
-        mv__cond_wait(&s->done, &s->lock, 0);
-    mv__mutex_unlock(&s->lock);
+    (void)mv__scrub_wait(&h->machine, 0);
     return 0;
 }
 

@@ -134,6 +134,14 @@ static void *fill_thread(void *arg)
     return NULL;
 }
 
+static unsigned scrub_waiters(mv_host *h)
+{
+    struct mv__scrub_counts c;
+
+    mv__scrub_counts(&h->machine, &c);
+    return c.waiters;
+}
+
 /* Start `fn(arg)` on a thread of its own, see it wait for the held
  * scrubber (not for a timeout), let the scrubber go and join the thread.
  * The caller holds the scrubber and checked that `fn` must wait. */
@@ -142,7 +150,7 @@ static void run_past_the_held_scrubber(mv_host *h, void *(*fn)(void *), void *ar
     pthread_t t;
 
     assert_int_equal(pthread_create(&t, NULL, fn, arg), 0);
-    tu_wait_until(mv__scrub_waiters(&h->machine) > 0);
+    tu_wait_until(scrub_waiters(h) > 0);
     mv__scrub_hold(&h->machine, false);
     assert_int_equal(pthread_join(t, NULL), 0);
 }
@@ -294,14 +302,6 @@ static void clone_frames_are_scrubbed_in_background(void **state)
  * source go, their region stays, and the frames they alone held are
  * scrubbed at once (the region's audit finds no memory outside its live
  * frames), the scrubber held or not. */
-static enum mv_page_type type_of(mv_host *h, uint32_t id, uint64_t gfn)
-{
-    enum mv_page_type t;
-
-    assert_ok(mv_domain_page_type(h, id, gfn, &t));
-    return t;
-}
-
 static void a_region_that_stays_is_scrubbed_at_once(void **state)
 {
     mv_host *h = background_host(1 * GiB, 0, NULL, NULL);
@@ -321,8 +321,8 @@ static void a_region_that_stays_is_scrubbed_at_once(void **state)
     for (uint64_t g = 0, done = 0; g < 8192 && done < 16; g++) {
         mv_share_handle hc, hx, hy;
 
-        if (type_of(h, c, g) != MV_PAGE_SHARED || type_of(h, x, g) != MV_PAGE_RAM ||
-            type_of(h, y, g) != MV_PAGE_RAM)
+        if (tu_page_type(h, c, g) != MV_PAGE_SHARED || tu_page_type(h, x, g) != MV_PAGE_RAM ||
+            tu_page_type(h, y, g) != MV_PAGE_RAM)
             continue;
         assert_ok(mv_share_nominate(h, c, g, &hc));
         assert_ok(mv_share_nominate(h, x, g, &hx));
