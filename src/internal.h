@@ -678,8 +678,10 @@ struct mv__p2m_ops {
     int (*fault)(struct mv_domain *d, uint64_t gfn);
     /* The same fault resolved in the faulting vCPU's own thread, from its
      * SIGBUS handler (lock held, domain running): only what needs no
-     * allocation, no sleep, no other lock and no message (a free page within
-     * the target and the budget, a page mapped again).  0, or -EAGAIN when
+     * allocation, no sleep, no message and no lock but the owner's own,
+     * ordered above the domain lock and never held while guest RAM is
+     * touched (a free page within the target and the budget, a page mapped
+     * again, a paged page copied back).  0, or -EAGAIN when
      * the fault needs more (reclaim, a wait, a crash, a failed system call):
      * nothing changed, and `fault` then serves it in a fault thread.  NULL:
      * always -EAGAIN. */

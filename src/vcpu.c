@@ -5,8 +5,9 @@
  *
  *   vCPU thread (a registered vCPU of d)
  *   store to guest RAM --> kernel: UFFD_FEATURE_SIGBUS --> SIGBUS here
- *     --> domain lock --> the gfn's p2m owner's fault_fast: a free page
- *     mapped with one ioctl --> return from the handler: the store runs again
+ *     --> domain lock --> the gfn's p2m owner's fault_fast: a free page (or
+ *     a paged page's bytes) mapped with one ioctl --> return from the
+ *     handler: the store runs again
  *
  * Today's other path costs two thread switches per fault (the vCPU blocks in
  * the kernel, a fault thread wakes, serves, wakes the vCPU); this one costs
@@ -32,8 +33,10 @@
  *
  * The handler runs at a synchronous fault on guest RAM, so it interrupts
  * only code that was touching guest RAM; it takes the domain lock (never
- * held there, see above), makes system calls and atomics, preserves errno,
- * and allocates nothing on the in-thread path.
+ * held there, see above) and at most the p2m owner's own lock under it,
+ * makes system calls and atomics, preserves errno, and allocates nothing
+ * on the in-thread path (a paged page's copy in tmem is freed there: the
+ * interrupted code was touching guest RAM, never inside the allocator).
  *
  * Table: MV_VCPU_SLOTS slots {start, end, domain, generation, users}.  A
  * domain claims one before its userfaultfd exists (no slot: the other

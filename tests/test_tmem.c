@@ -9,6 +9,7 @@
  */
 #include "testutil.h"
 #include "internal.h"
+#include "tmem/tmem.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -405,6 +406,42 @@ static void compaction_frees_frames_and_keeps_pages(void **state)
     mv_host_destroy(h);
 }
 
+/* Frames emptied by flushes are kept spare up to TM_SPARE_MAX; past that
+ * they are scrubbed and given back in batches, never kept for good. */
+static void emptied_frames_go_back_in_batches(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    int pool = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+    struct mv_host_stats hs0, hs1;
+    struct mv_tmem_stats s;
+    uint64_t oid[3], most = 0;
+
+    (void)state;
+    assert_ok(mv_host_stats(h, &hs0));
+    for (uint32_t i = 0; i < 3000; i++)
+        assert_int_equal(put(h, d, pool, 1, i, i, 2), 1);
+    assert_true(stats(h).used_frames > 500);
+    oid_of(oid, 1);
+    for (uint32_t i = 0; i < 3000; i++) {
+        assert_int_equal(mv_tmem_flush_page(h, d, (uint32_t)pool, oid, i), 1);
+        most = MV_MAX(most, stats(h).spare_frames);
+    }
+    s = stats(h);
+    assert_int_equal(s.used_frames, 0);
+    assert_true(most < TM_SPARE_MAX + TM_SPARE_SLACK);
+    assert_true(s.spare_frames < TM_SPARE_MAX + TM_SPARE_SLACK);
+    /* What tmem keeps is what the budget is charged for, no more. */
+    assert_ok(mv_host_stats(h, &hs1));
+    assert_int_equal(hs1.populated_pages - hs0.populated_pages, s.spare_frames);
+    audit(h);
+    assert_true(mv_tmem_relinquish_pages(h, UINT64_MAX) == (int64_t)s.spare_frames);
+    assert_ok(mv_host_stats(h, &hs1));
+    assert_int_equal(hs1.populated_pages, hs0.populated_pages);
+    audit(h);
+    mv_host_destroy(h);
+}
+
 static void relinquish_api_gives_back_ephemeral_only(void **state)
 {
     mv_host *h = tu_host();
@@ -758,6 +795,70 @@ static void page_out_and_fault_back_in(void **state)
     mv_host_destroy(h);
 }
 
+/* A vCPU's fault on a paged page is resolved in the vCPU's own thread: one
+ * UFFDIO_COPY fills, maps and returns.  When that cannot be done, a fault
+ * thread serves it as before; nothing is lost either way. */
+static void paged_faults_resolved_in_the_vcpus_thread(void **state)
+{
+    struct mv_host_config c;
+    struct mv_domain_config dc;
+    struct mv_workload_config w;
+    struct mv_domain_info i0, i1;
+    mv_host *h;
+    uint32_t d;
+
+    (void)state;
+    tu_host_config(&c, 4 * GiB);
+    c.fault_path = MV_FAULT_PATH_AUTO;
+    assert_ok(mv_host_create(&c, &h));
+    /* Single pages: a whole 2 MiB block is always a fault thread's. */
+    tu_domain_config(&dc, "a", 32 * MiB, 32 * MiB);
+    dc.pod_block_populate = 0;
+    assert_ok(mv_domain_create(h, &dc, &d));
+    if (!tu_info(h, d).fault_in_thread) {
+        mv_host_destroy(h);
+        print_message("skipped: the kernel lacks UFFD_FEATURE_SIGBUS\n");
+        skip();
+    }
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed |= MV_SEED_COMPRESSIBLE;
+    w.max_pages = 6000;
+    w.working_set_pages = 4096;
+    assert_false(tu_run(h, d, &w).crashed);
+    assert_int_equal(mv_tmem_page_out(h, d, 1000), 1000);
+    /* Every fault of the guest's reads, paged pages and aged ones alike,
+     * is resolved in the thread that took it, but one in each
+     * TM_FLUSH_LATER_MAX + 1 page-ins: the fault thread that serves it
+     * drops the pool's copies the vCPUs' page-ins left. */
+    i0 = tu_info(h, d);
+    mv_workload_config_init(&w, MV_WORKLOAD_VERIFY);
+    w.seed |= MV_SEED_COMPRESSIBLE;
+    assert_int_equal(tu_run(h, d, &w).mismatches, 0);
+    i1 = tu_info(h, d);
+    assert_int_equal(i1.paged_pages, 0);
+    assert_int_equal(stats(h).page_ins, 1000);
+    assert_true(i1.faults_in_thread - i0.faults_in_thread >= 1000 - 1000 / TM_FLUSH_LATER_MAX);
+    assert_true(i1.faults - i1.faults_in_thread - (i0.faults - i0.faults_in_thread) <=
+                1000 / TM_FLUSH_LATER_MAX);
+    audit(h);
+    /* The copy fails in the vCPU's thread, then in the fault thread: the
+     * frame is written and mapped there instead. */
+    assert_int_equal(mv_tmem_page_out(h, d, 200), 200);
+    i0 = tu_info(h, d);
+    mv__os_inject(MV_OS_UFFD_COPY, ENOMEM, 0, 2);
+    assert_int_equal(tu_run(h, d, &w).mismatches, 0);
+    assert_int_equal(mv__os_injection_left(MV_OS_UFFD_COPY), 0);
+    mv__os_inject(MV_OS_UFFD_COPY, 0, 0, 0);
+    i1 = tu_info(h, d);
+    assert_int_equal(i1.state, MV_DOMAIN_RUNNING);
+    assert_int_equal(i1.paged_pages, 0);
+    assert_int_equal(stats(h).page_ins, 1200);
+    assert_true(i1.faults - i0.faults > i1.faults_in_thread - i0.faults_in_thread);
+    tu_verify(h, d);
+    audit(h);
+    mv_host_destroy(h);
+}
+
 static void paged_pages_balloon_clone_and_destroy(void **state)
 {
     mv_host *h = tu_host();
@@ -1050,6 +1151,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(shared_pool_needs_authorisation),
     cmocka_unit_test(zstd_and_dedup_pools),
     cmocka_unit_test(compaction_frees_frames_and_keeps_pages),
+    cmocka_unit_test(emptied_frames_go_back_in_batches),
     cmocka_unit_test(relinquish_api_gives_back_ephemeral_only),
     cmocka_unit_test(eviction_takes_from_the_domain_over_its_share),
     cmocka_unit_test(budget_short_takes_tmem_memory_first),
@@ -1058,6 +1160,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(domain_destroyed_with_pages_in_pools),
     cmocka_unit_test(injected_failures_lose_and_leak_nothing),
     cmocka_unit_test(page_out_and_fault_back_in),
+    cmocka_unit_test(paged_faults_resolved_in_the_vcpus_thread),
     cmocka_unit_test(paged_pages_balloon_clone_and_destroy),
     cmocka_unit_test(pressure_paging_cow_and_tmem_at_once),
     cmocka_unit_test(guest_page_cache_and_swap_over_tmem),

@@ -46,7 +46,7 @@ static void tmem_host_fini(struct mv_host *h)
     if (!t)
         return;
     tm_paging_fini(t);
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     t->paging_pool = NULL;
     t->paging_client = NULL;
     for (uint32_t i = 0; i < TM_MAX_POOLS; i++)
@@ -89,7 +89,7 @@ static uint64_t tmem_host_metadata(struct mv_host *h)
 
     if (!t)
         return 0;
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     bytes = metadata(t);
     mv__mutex_unlock(&t->lock);
     return bytes;
@@ -107,7 +107,7 @@ static void tmem_domain_destroy(struct mv_domain *d)
 
     if (!t)
         return;
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     tm_paging_domain_gone(t, d->domid);
     tm_client_drop(t, d->domid);
     mv__mutex_unlock(&t->lock);
@@ -185,7 +185,7 @@ int mv_tmem_stats(mv_host *h, struct mv_tmem_stats *out)
     if (!out)
         return mv__fail(-EINVAL, "tmem: no stats buffer");
     memset(out, 0, sizeof(*out));
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     out->frames = atomic_load(&t->charged);
     out->used_frames = t->used_frames;
     out->spare_frames = t->spare_frames;
@@ -224,7 +224,7 @@ int mv_tmem_pool_list(mv_host *h, struct mv_tmem_pool_info *out, size_t capacity
     mv__clear_error();
     if (!out && capacity)
         return mv__fail(-EINVAL, "tmem: no pool buffer");
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     for (uint32_t i = 0; i < TM_MAX_POOLS; i++) {
         struct tm_pool *p = t->pools[i];
 
@@ -255,7 +255,7 @@ int mv_tmem_client_list(mv_host *h, struct mv_tmem_client_info *out, size_t capa
     mv__clear_error();
     if (!out && capacity)
         return mv__fail(-EINVAL, "tmem: no client buffer");
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     for (struct tm_client *c = t->clients; c; c = c->next) {
         if (n < capacity) {
             struct mv_tmem_client_info *o = &out[n];
@@ -292,7 +292,7 @@ static int audit_paged(struct mv_host *h)
         uint64_t held = 0;
 
         mv__mutex_lock(&d->lock);
-        mv__mutex_lock(&t->lock);
+        tm_lock(t);
         if (t->paging_pool) {
             struct tm_pool *pool = t->paging_pool;
 
@@ -347,7 +347,7 @@ int mv_tmem_audit(mv_host *h)
     rc = audit_paged(h);
     if (rc < 0)
         return rc;
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     rc = tm_paging_audit(t);
     if (rc == 0)
         rc = tm_store_audit(t);

@@ -4,7 +4,9 @@
  * TM_HOST_CLIENT, key: object {domid, gfn >> 32, 0}, index gfn), their
  * frames scrubbed and uncharged, and their p2m entries typed MV_P2M_PAGED,
  * a type tmem owns: a touch faults (the frame is a hole), and the fault
- * decompresses the page into its own frame and maps it, transparently.
+ * decompresses the page into its own frame and maps it, transparently: in
+ * the faulting vCPU's own thread when it can (one UFFDIO_COPY), else in a
+ * fault thread.
  *
  * Cold is judged from the page tables: a RAM page whose translation is not
  * present (PAGEMAP_SCAN, PAGE_IS_PRESENT, on the RAM's pagemap (ram.c); reading it on kernels
@@ -38,12 +40,31 @@
 #include <string.h>
 #include <unistd.h>
 
-static void key_of(const struct mv_domain *d, uint64_t gfn, uint64_t oid[3], uint32_t *index)
+static void key_from(uint32_t domid, uint64_t gfn, uint64_t oid[3], uint32_t *index)
 {
-    oid[0] = d->domid;
+    oid[0] = domid;
     oid[1] = gfn >> 32;
     oid[2] = 0;
     *index = (uint32_t)gfn;
+}
+
+static void key_of(const struct mv_domain *d, uint64_t gfn, uint64_t oid[3], uint32_t *index)
+{
+    key_from(d->domid, gfn, oid, index);
+}
+
+void tm_lock(struct mv__tmem *t)
+{
+    uint64_t oid[3];
+    uint32_t index;
+
+    mv__mutex_lock(&t->lock);
+    for (unsigned i = 0; i < t->flush_later_count; i++) {
+        key_from(t->flush_later[i].domid, t->flush_later[i].gfn, oid, &index);
+        if (t->paging_pool)
+            tm_flush(t, t->paging_pool, oid, index);
+    }
+    t->flush_later_count = 0;
 }
 
 /* The host's pool, made at the first page-out (tmem lock held). */
@@ -67,30 +88,72 @@ static int host_pool(struct mv__tmem *t, struct tm_pool **out)
 
 /* ---- the p2m type ---- */
 
-/* Bring gfn back into its own frame (domain lock held): 0, -ENOMEM (no
- * memory now: nothing changed) or -EFAULT (crashed). */
-static int page_in(struct mv_domain *d, uint64_t gfn, bool map)
+/* Take gfn's bytes out of the host pool into its frame, which is charged
+ * already (domain lock held, tmem lock taken here), and count the page-in
+ * (its time from `start`).
+ * With `map`, one UFFDIO_COPY fills the frame, maps it and wakes the
+ * faulting thread (*mapped); when it cannot (the mappings are changing), or
+ * without `map`, the frame is written instead.  `in_handler`: a vCPU's own
+ * fault from its signal handler, which frees nothing and waits for no
+ * flush: the copy or nothing (-EAGAIN), and the pool's copy of the page is
+ * dropped by the next tm_lock (-EAGAIN as well when too many wait).  The
+ * pool's copy goes only once the page is in its frame: 0, or a negative
+ * errno with the pool as it was (-ENODATA: no copy). */
+static int page_restore(struct mv_domain *d, uint64_t gfn, bool map, bool in_handler,
+                        uint64_t start, bool *mapped)
 {
     struct mv__tmem *t = tm_of(d->host);
     uint8_t buf[MV_PAGE_SIZE];
-    uint64_t oid[3], start = mv__now_ns();
+    uint64_t oid[3];
     uint32_t index;
+    int rc;
+
+    *mapped = false;
+    key_of(d, gfn, oid, &index);
+    if (in_handler)
+        mv__mutex_lock(&t->lock);
+    else
+        tm_lock(t);
+    if (in_handler && t->flush_later_count == TM_FLUSH_LATER_MAX)
+        rc = -EAGAIN;
+    else
+        rc = t->paging_pool ? tm_get(t, t->paging_client, t->paging_pool, oid, index,
+                                     buf, true) : 0;
+    if (rc == 0)
+        rc = -ENODATA;
+    if (rc == 1 && map && mv__os_uffd_copy(d->uffd, mv__gfn_addr(d, gfn), buf, false) == 0) {
+        *mapped = true;
+        rc = 0;
+    }
+    if (rc == 1)
+        rc = in_handler ? -EAGAIN : mv__os_write(d->host->machine.memfd, buf,
+                                                 (d->base_mfn + gfn) << MV_PAGE_SHIFT,
+                                                 MV_PAGE_SIZE);
+    if (rc == 0) {
+        if (in_handler)
+            t->flush_later[t->flush_later_count++] =
+                (struct tm_flush_later){ .domid = d->domid, .gfn = gfn };
+        else
+            tm_flush(t, t->paging_pool, oid, index);
+        t->page_ins++;
+        t->paged_now--;
+        t->page_in_ns += mv__now_ns() - start;
+    }
+    mv__mutex_unlock(&t->lock);
+    return rc;
+}
+
+/* Bring gfn back into its own frame (domain lock held), mapped with `map`:
+ * 0, -ENOMEM (no memory now: nothing changed) or -EFAULT (crashed). */
+static int page_in(struct mv_domain *d, uint64_t gfn, bool map)
+{
+    uint64_t start = mv__now_ns();
+    bool mapped;
     int rc;
 
     if (!mv__domain_claim(d, 1, true))
         return -ENOMEM;
-    key_of(d, gfn, oid, &index);
-    mv__mutex_lock(&t->lock);
-    rc = t->paging_pool ? tm_get(t, t->paging_client, t->paging_pool, oid, index, buf, true)
-                        : 0;
-    if (rc == 1)
-        rc = mv__os_write(d->host->machine.memfd, buf,
-                          (d->base_mfn + gfn) << MV_PAGE_SHIFT, MV_PAGE_SIZE);
-    else if (rc == 0)
-        rc = -ENODATA;
-    if (rc == 0)
-        tm_flush(t, t->paging_pool, oid, index);
-    mv__mutex_unlock(&t->lock);
+    rc = page_restore(d, gfn, map, false, start, &mapped);
     if (rc < 0) {
         mv__machine_uncharge(&d->host->machine, 1);
         mv__domain_crash(d, "cannot page gfn %#llx back in: %s", (unsigned long long)gfn,
@@ -98,7 +161,7 @@ static int page_in(struct mv_domain *d, uint64_t gfn, bool map)
         return -EFAULT;
     }
     mv__p2m_set(d, gfn, MV_P2M_RAM);
-    if (map) {
+    if (map && !mapped) {
         rc = mv__os_uffd_continue(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE);
         if (rc == -EEXIST)
             rc = mv__fault_wake(d, false, gfn, 1);
@@ -108,17 +171,34 @@ static int page_in(struct mv_domain *d, uint64_t gfn, bool map)
                     (unsigned long long)gfn, mv_strerror(rc));
     }
     mv__domain_pages_changed(d, gfn, 1);
-    mv__mutex_lock(&t->lock);
-    t->page_ins++;
-    t->paged_now--;
-    t->page_in_ns += mv__now_ns() - start;
-    mv__mutex_unlock(&t->lock);
     return rc == -EFAULT ? -EFAULT : 0;
 }
 
 static int paged_fault(struct mv_domain *d, uint64_t gfn)
 {
     return page_in(d, gfn, true);
+}
+
+/* paged_fault in the faulting vCPU's own thread (vcpu.c): only when the
+ * page fits the domain's target and the budget as they are and one
+ * UFFDIO_COPY maps it.  Else -EAGAIN with nothing changed, and paged_fault
+ * serves it in a fault thread (reclaim, waits, a crash and its message).
+ * Takes the tmem lock (above the domain lock; a vCPU in its handler holds
+ * no library lock) and neither allocates nor frees. */
+static int paged_fault_fast(struct mv_domain *d, uint64_t gfn)
+{
+    uint64_t start = mv__now_ns();
+    bool mapped;
+
+    if (d->populated + 1 > d->target_pages || !mv__machine_charge(&d->host->machine, 1))
+        return -EAGAIN;
+    if (page_restore(d, gfn, true, true, start, &mapped) < 0) {
+        mv__machine_uncharge(&d->host->machine, 1);
+        return -EAGAIN;
+    }
+    mv__p2m_set(d, gfn, MV_P2M_RAM);
+    mv__domain_pages_changed(d, gfn, 1);
+    return 0;
 }
 
 static int paged_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
@@ -128,7 +208,7 @@ static int paged_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type ty
     uint32_t index;
 
     key_of(d, gfn, oid, &index);
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     if (t->paging_pool && tm_flush(t, t->paging_pool, oid, index))
         t->paged_now--;
     mv__mutex_unlock(&t->lock);
@@ -152,7 +232,7 @@ static int paged_read(struct mv_domain *d, uint64_t gfn, void *buf)
     int rc;
 
     key_of(d, gfn, oid, &index);
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     rc = t->paging_pool ? tm_get(t, t->paging_client, t->paging_pool, oid, index, buf, true)
                         : 0;
     mv__mutex_unlock(&t->lock);
@@ -164,6 +244,7 @@ static int paged_read(struct mv_domain *d, uint64_t gfn, void *buf)
 
 const struct mv__p2m_ops mv__tmem_paged_ops = {
     .fault = paged_fault,
+    .fault_fast = paged_fault_fast,
     .release = paged_release,
     .frame = paged_frame,
     .read = paged_read,
@@ -207,7 +288,7 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
     if (taken == 0)
         return rc;
     mv__machine_uncharge(m, taken);
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     rc = host_pool(t, &pool);
     for (unsigned i = 0; rc == 0 && i < taken; i++) {
         uint64_t oid[3];
@@ -412,7 +493,7 @@ static void auto_pass(struct mv__tmem *t)
             int64_t done = page_out(d, share, false);
 
             if (done > 0) {
-                mv__mutex_lock(&t->lock);
+                tm_lock(t);
                 t->auto_paged += (uint64_t)done;
                 mv__mutex_unlock(&t->lock);
             }

@@ -391,7 +391,7 @@ int mv_tmem_authorize(mv_host *h, uint32_t domid, const uint8_t uuid[MV_TMEM_UUI
         return mv__fail(-EINVAL, "tmem: no UUID given");
     if ((rc = domain_hold(h, domid, &d, &quota)) < 0)
         return rc;
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     c = tm_client_get(t, domid, quota);
     rc = c ? 0 : -ENOMEM;
     for (size_t i = 0; c && i < c->auth_count; i++)
@@ -469,7 +469,7 @@ int mv_tmem_new_pool(mv_host *h, uint32_t domid, unsigned flags, const uint8_t *
         return mv__fail(-EINVAL, "tmem: a shared pool needs a UUID");
     if ((rc = domain_hold(h, domid, &d, &quota)) < 0)
         return rc;
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     c = tm_client_get(t, domid, quota);
     if (!c) {
         rc = -ENOMEM;
@@ -525,7 +525,7 @@ int mv_tmem_destroy_pool(mv_host *h, uint32_t domid, uint32_t id)
     int rc;
 
     mv__clear_error();
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     rc = pool_access(t, domid, id, &pool);
     if (rc == 0)
         pool_leave(t, pool, tm_client_find(t, domid));
@@ -606,7 +606,7 @@ int mv_tmem_put_page(mv_host *h, uint32_t domid, uint32_t id, const uint64_t oid
                         MV_PAGE_SIZE, size, page ? "" : " at NULL");
     if ((rc = check_key(oid)) < 0)
         return rc;
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     rc = pool_access(t, domid, id, &pool);
     c = rc == 0 ? tm_client_find(t, domid) : NULL;
     if (rc == 0)
@@ -658,7 +658,7 @@ int mv_tmem_get_page(mv_host *h, uint32_t domid, uint32_t id, const uint64_t oid
                         "bytes, not %zu%s", MV_PAGE_SIZE, size, page ? "" : " at NULL");
     if ((rc = check_key(oid)) < 0)
         return rc;
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     rc = pool_access(t, domid, id, &pool);
     if (rc == 0)
         rc = tm_get(t, tm_client_find(t, domid), pool, oid, index, page, false);
@@ -687,7 +687,7 @@ int mv_tmem_flush_page(mv_host *h, uint32_t domid, uint32_t id, const uint64_t o
     mv__clear_error();
     if ((rc = check_key(oid)) < 0)
         return rc;
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     rc = pool_access(t, domid, id, &pool);
     if (rc == 0) {
         rc = tm_flush(t, pool, oid, index);
@@ -713,7 +713,7 @@ int64_t mv_tmem_flush_object(mv_host *h, uint32_t domid, uint32_t id, const uint
     mv__clear_error();
     if ((r = check_key(oid)) < 0)
         return r;
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     r = pool_access(t, domid, id, &pool);
     rc = r;
     if (r == 0) {
@@ -754,7 +754,7 @@ int mv_tmem_set_client(mv_host *h, uint32_t domid, unsigned weight, uint64_t quo
         return mv__fail(-EINVAL, "tmem: weight %u is outside 1..10000", weight);
     if ((rc = domain_hold(h, domid, &d, &quota)) < 0)
         return rc;
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     c = tm_client_get(t, domid, quota);
     if (c) {
         c->weight = weight;
@@ -776,7 +776,7 @@ int mv_tmem_set_collateral(mv_host *h, uint32_t domid, uint64_t pages)
     mv__clear_error();
     if ((rc = domain_hold(h, domid, &d, &quota)) < 0)
         return rc;
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     c = tm_client_get(t, domid, quota);
     if (c)
         c->collateral = pages;

@@ -13,7 +13,7 @@
  *                collateral (the repayment reserve), then every domain's
  *                ephemeral pages by weight, then compaction.
  * Persistent pages are never evicted.  Every frame leaving tmem is
- * scrubbed first (store.c frame_scrub).
+ * scrubbed first (store.c run_scrub).
  *
  * Locking: the mv_tmem_* calls and the hook take tmem->lock; the hook is
  * called from charge paths holding a domain lock or the share lock, both
@@ -109,7 +109,7 @@ uint64_t tm_budget_short(struct mv_host *h, struct mv_domain *d, uint64_t pages)
 
     if (!t || pages == 0)
         return 0;
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     t->short_calls++;
     before = t->relinquished;
     tm_release_spare(t, pages);
@@ -148,7 +148,7 @@ int64_t mv_tmem_evict_npages(mv_host *h, uint64_t n)
     uint64_t r0, s0, got;
 
     mv__clear_error();
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     /* The frames emptied stay with tmem as spare: let it keep them all. */
     r0 = t->relinquished;
     s0 = t->spare_frames;
@@ -166,7 +166,7 @@ int64_t mv_tmem_relinquish_pages(mv_host *h, uint64_t n)
     uint64_t got;
 
     mv__clear_error();
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     got = tm_release_spare(t, n);
     t->spare_max = TM_SPARE_MAX;
     mv__mutex_unlock(&t->lock);
@@ -181,7 +181,7 @@ int mv_tmem_relinquish_page(mv_host *h)
     uint64_t got;
 
     mv__clear_error();
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     while (!t->spare_frames && tm_evict_one(t, NULL))
         ;
     got = tm_release_spare(t, 1);
@@ -216,7 +216,7 @@ int mv_tmem_relinquish_pageblock(mv_host *h, unsigned order)
     if (order > MV_BUDDY_MAX_ORDER)
         return mv__fail(-EINVAL, "tmem: order %u is above the allocator's %u", order,
                         MV_BUDDY_MAX_ORDER);
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     ok = machine_has_block(h, order);
     /* Tmem keeps no buddy allocator: only whole chunks can go back, and
      * which one empties first cannot be chosen.  Evict in LRU order until a
@@ -251,7 +251,7 @@ int64_t mv_tmem_compact(mv_host *h)
     uint64_t freed;
 
     mv__clear_error();
-    mv__mutex_lock(&t->lock);
+    tm_lock(t);
     freed = tm_compact(t);
     mv__mutex_unlock(&t->lock);
     return (int64_t)freed;

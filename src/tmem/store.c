@@ -128,21 +128,6 @@ void tm_release_chunks(struct mv__tmem *t)
     }
 }
 
-/* Scrub frame i of c and give its memory back to the budget. */
-static void frame_scrub(struct mv__tmem *t, struct tm_chunk *c, unsigned i)
-{
-    int rc = mv__machine_scrub(&t->host->machine, c->first_mfn + i, 1);
-
-    /* On failure the frame was overwritten with zeros and still holds
-     * memory: it is uncharged all the same, as a domain's frame is. */
-    if (rc < 0)
-        mv__log(t->host, MV_LOG_ERROR, "tmem: scrubbing frame %#llx: %s",
-                (unsigned long long)(c->first_mfn + i), mv_strerror(rc));
-    c->state[i] = TM_FRAME_FREE;
-    mv__machine_uncharge(&t->host->machine, 1);
-    atomic_fetch_sub(&t->charged, 1);
-}
-
 /* Scrub the run [i, i + k) of c's frames and give its memory back: one
  * hole punch for the run. */
 static void run_scrub(struct mv__tmem *t, struct tm_chunk *c, unsigned i, unsigned k)
@@ -158,7 +143,10 @@ static void run_scrub(struct mv__tmem *t, struct tm_chunk *c, unsigned i, unsign
     atomic_fetch_sub(&t->charged, k);
 }
 
-uint64_t tm_release_spare(struct mv__tmem *t, uint64_t n)
+/* Scrub up to n spare frames, in runs (one hole punch each), and give
+ * their memory back; chunks left with no frame holding memory go back to
+ * the allocator.  Returns the frames scrubbed. */
+static uint64_t spare_scrub(struct mv__tmem *t, uint64_t n)
 {
     uint64_t done = 0;
 
@@ -183,6 +171,13 @@ uint64_t tm_release_spare(struct mv__tmem *t, uint64_t n)
         }
     }
     tm_release_chunks(t);
+    return done;
+}
+
+uint64_t tm_release_spare(struct mv__tmem *t, uint64_t n)
+{
+    uint64_t done = spare_scrub(t, n);
+
     t->relinquished += done;
     return done;
 }
@@ -297,25 +292,22 @@ found:
     return 0;
 }
 
-/* A zspage's frames are empty: keep them SPARE (up to TM_SPARE_MAX) or
- * scrub them and give their memory back. */
+/* A zspage's frames are empty: they become SPARE.  Above spare_max by
+ * TM_SPARE_SLACK, the spare frames are scrubbed back down to spare_max in
+ * one batch: a frame scrubbed alone costs a hole punch and a TLB shootdown
+ * of its own, which a page-in freeing one frame in two would pay. */
 static void frames_put(struct mv__tmem *t, struct tm_chunk *c, unsigned first, unsigned k)
 {
     for (unsigned j = 0; j < k; j++) {
         c->used--;
         t->used_frames--;
-        if (t->spare_frames < t->spare_max) {
-            c->state[first + j] = TM_FRAME_SPARE;
-            c->spare++;
-            t->spare_frames++;
-        } else {
-            frame_scrub(t, c, first + j);
-        }
+        c->state[first + j] = TM_FRAME_SPARE;
+        c->spare++;
+        t->spare_frames++;
     }
-    if (c->used == 0 && c->spare == 0)
-        chunk_free(t, c);
-    else
-        chunk_note(t, c);
+    chunk_note(t, c);
+    if (t->spare_frames >= t->spare_max + TM_SPARE_SLACK)
+        spare_scrub(t, t->spare_frames - t->spare_max);
 }
 
 static void zspage_free(struct mv__tmem *t, struct tm_zspage *zs)

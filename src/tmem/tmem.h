@@ -20,17 +20,22 @@
  * allocator (a chunk), maps each chunk once, and charges the host budget
  * for a frame of a chunk only while it holds memory: USED (part of a
  * zspage) or SPARE (empty, kept dirty for tmem's own next use, at most
- * TM_SPARE_MAX of them: Xen's tmem_page_list).  A FREE frame is a hole
+ * TM_SPARE_MAX of them, Xen's tmem_page_list, plus fewer than
+ * TM_SPARE_SLACK waiting to be scrubbed back down to it in one batch).  A FREE frame is a hole
  * (scrubbed).  A chunk with every frame FREE goes back to the allocator.
  * Invariant (mv_tmem_audit): charged == used frames + spare frames, and
  * every stored page's blob sits in exactly one slot of a zspage whose slot
  * owner is that blob.
  *
- * Locking: all tmem state is guarded by one mutex, tmem->lock, of level
- * MV_LOCK_TMEM: above the domain and share locks (the host's budget-short
- * hook runs from charge paths that hold them; host paging takes a domain
- * lock, then this one) and below the machine lock (tmem allocates frames
- * with it held).  tmem never takes a domain lock while holding its own.
+ * Locking: all tmem state is guarded by one mutex, tmem->lock (taken with
+ * tm_lock), of level MV_LOCK_TMEM: above the domain and share locks (the
+ * host's budget-short hook runs from charge paths that hold them; host
+ * paging takes a domain lock, then this one) and below the machine lock
+ * (tmem allocates frames with it held).  tmem never takes a domain lock
+ * while holding its own.  A fault on a paged page resolved in a vCPU's
+ * own thread takes the mutex itself, from a signal handler: it frees
+ * nothing, and leaves the host pool's copy of the page to the next
+ * tm_lock (paging.c).
  */
 #ifndef MV_TMEM_H
 #define MV_TMEM_H
@@ -39,6 +44,8 @@
 
 #define TM_CHUNK_FRAMES 256u
 #define TM_SPARE_MAX 32u
+#define TM_SPARE_SLACK 64u                   /* spare frames scrubbed as a batch */
+#define TM_FLUSH_LATER_MAX 512u              /* paging.c: flushes a vCPU defers */
 #define TM_CLASS_SHIFT 5                      /* 32-byte size classes */
 #define TM_CLASS_COUNT (MV_PAGE_SIZE >> TM_CLASS_SHIFT)
 #define TM_ZSPAGE_MAX_FRAMES 8u
@@ -201,6 +208,11 @@ struct mv__tmem {
     struct tm_client *paging_client;   /* TM_HOST_CLIENT */
     struct tm_pool *paging_pool;       /* made at the first page-out */
     uint64_t paged_now, page_outs, page_ins, page_in_ns, auto_paged;
+    /* Pages brought back by faults resolved in a vCPU's thread, whose copy
+     * in the host pool tm_lock drops (nothing is freed in a signal
+     * handler). */
+    struct tm_flush_later { uint32_t domid; uint64_t gfn; } flush_later[TM_FLUSH_LATER_MAX];
+    unsigned flush_later_count;
     bool pagemap_scan;                 /* PAGEMAP_SCAN, else pagemap reads */
     pthread_mutex_t auto_ctl;          /* starting and stopping the thread */
     pthread_mutex_t auto_lock;         /* the thread's sleep */
@@ -273,6 +285,10 @@ uint64_t tm_budget_short(struct mv_host *h, struct mv_domain *d, uint64_t pages)
 
 /* paging.c */
 extern const struct mv__p2m_ops mv__tmem_paged_ops;
+/* Take tmem->lock: every tmem path takes it this way, but for a fault
+ * resolved in a vCPU's thread; the host pool's copies of the pages such
+ * faults brought back are dropped first. */
+void tm_lock(struct mv__tmem *t);
 int tm_paging_init(struct mv__tmem *t);
 /* Stop the automatic mode's thread (no lock). */
 void tm_paging_stop(struct mv__tmem *t);
