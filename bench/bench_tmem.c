@@ -27,10 +27,14 @@
  *   relinquish       mv_tmem_evict_npages(n) and mv_tmem_relinquish_pages(n)
  *                    over a full ephemeral pool, per frame;
  *   paged fault      the first touch of a page that host paging compressed
- *                    away (fault, decompress, map) against the kernel's first
- *                    touch of a memfd page and a swap-in from zram (the page
- *                    pushed out with MADV_PAGEOUT while zram is the only
- *                    swap; swap is turned off again at once).
+ *                    away (fault, decompress, map), twice: by a vCPU of the
+ *                    domain, resolved in its own thread (the default for
+ *                    the library's vCPUs), and with every fault served by a
+ *                    fault thread (MV_FAULT_PATH_THREAD, a VMM's guest's
+ *                    way); against the kernel's first touch of a memfd page
+ *                    and a swap-in from zram (the page pushed out with
+ *                    MADV_PAGEOUT while zram is the only swap; swap is
+ *                    turned off again at once), all from the same thread.
  * Rounds: put/get, the zram write/read and the lz4 loop are measured
  * --rounds times, alternating which of tmem and zram goes first (the one
  * going second may find the memory the first just freed still warm, and a
@@ -127,6 +131,7 @@ struct tmem_run {
     uint64_t evicted_frames, evict_ns, relinquished_frames, relinquish_ns;
     /* fault latency (medians and 99th percentiles) */
     uint64_t paged_median, paged_p99, kernel_median, kernel_p99;
+    uint64_t paged_thread_median, paged_thread_p99;
     bool zram_swap;
     char zram_swap_why[160];
     uint64_t swapin_median, swapin_p99, swapped_pages;
@@ -933,17 +938,68 @@ static void touch_pages(volatile uint8_t *mem, size_t n, const uint64_t *want, u
     }
 }
 
+/* The first touch of n paged-out pages of a host with `path`, from a
+ * thread that is a vCPU of the domain when `vcpu` (lat: each touch). */
+static int measure_paged(struct tmem_run *run, size_t n, enum mv_fault_path path, bool vcpu,
+                         const uint64_t *want, uint64_t *lat, uint64_t *median, uint64_t *p99)
+{
+    struct mv_host_config hc;
+    struct mv_domain_config dc;
+    mv_host *h = NULL;
+    uint64_t bad = 0;
+    uint8_t *ram;
+    uint32_t dom;
+    int64_t paged;
+    int rc;
+
+    mv_bench_host_config_init(&hc);
+    hc.fault_path = path;
+    if (mv_bench_host_create(&hc, &h) != MV_BENCH_OK)
+        return MV_BENCH_FAILED;
+    mv_domain_config_init(&dc);
+    snprintf(dc.name, sizeof(dc.name), "paged");
+    dc.maxmem_bytes = dc.target_bytes = ((n * MV_PAGE_SIZE + 2 * MV_BENCH_MIB - 1) /
+                                         (2 * MV_BENCH_MIB)) * 2 * MV_BENCH_MIB;
+    rc = mv_domain_create(h, &dc, &dom);
+    if (rc < 0 || mv_bench_domain_ram(h, dom, &ram, NULL) != MV_BENCH_OK) {
+        mv_host_destroy(h);
+        return rc < 0 ? mv_bench_lib_error("mv_domain_create", rc) : MV_BENCH_FAILED;
+    }
+    for (size_t i = 0; i < n; i++)
+        memcpy(ram + i * MV_PAGE_SIZE, guest_image_page(run->image, i), MV_PAGE_SIZE);
+    paged = mv_tmem_page_out(h, dom, n);
+    if (paged < 0) {
+        mv_host_destroy(h);
+        return mv_bench_lib_error("mv_tmem_page_out", (int)paged);
+    }
+    if ((uint64_t)paged != n) {
+        mv_host_destroy(h);
+        mv_bench_error("tmem: %" PRId64 " of %zu pages paged out", paged, n);
+        return MV_BENCH_FAILED;
+    }
+    if (vcpu && (rc = mv_vcpu_enter(h, dom)) != 1) {
+        mv_host_destroy(h);
+        if (rc < 0)
+            return mv_bench_lib_error("mv_vcpu_enter", rc);
+        mv_bench_error("tmem: the domain's faults cannot be resolved in its vCPUs' threads "
+                       "on this kernel");
+        return MV_BENCH_FAILED;
+    }
+    touch_pages(ram, n, want, lat, &bad);
+    if (vcpu)
+        mv_vcpu_exit();
+    median_p99(lat, n, median, p99);
+    run->bad_pages += bad;
+    mv_host_destroy(h);
+    return MV_BENCH_OK;
+}
+
 static int measure_faults(struct tmem_run *run)
 {
     size_t n = TM_MIN(TMEM_FAULT_PAGES, run->pages);
     uint64_t *lat = malloc(n * sizeof(*lat)), *want = malloc(n * sizeof(*want)), bad = 0;
-    struct mv_host_config hc;
-    struct mv_domain_config dc;
-    mv_host *h = NULL;
-    uint8_t *ram, *mem;
-    uint32_t dom;
-    int64_t paged;
-    int fd, rc;
+    uint8_t *mem;
+    int fd;
 
     if (!lat || !want) {
         free(lat);
@@ -953,38 +1009,12 @@ static int measure_faults(struct tmem_run *run)
     }
     for (size_t i = 0; i < n; i++)
         memcpy(&want[i], guest_image_page(run->image, i), sizeof(want[i]));
-    /* Host paging. */
-    mv_bench_host_config_init(&hc);
-    if (mv_bench_host_create(&hc, &h) != MV_BENCH_OK)
+    /* Host paging: a vCPU's own fault, then every fault in a fault thread. */
+    if (measure_paged(run, n, MV_FAULT_PATH_AUTO, true, want, lat, &run->paged_median,
+                      &run->paged_p99) != MV_BENCH_OK ||
+        measure_paged(run, n, MV_FAULT_PATH_THREAD, false, want, lat,
+                      &run->paged_thread_median, &run->paged_thread_p99) != MV_BENCH_OK)
         goto fail;
-    mv_domain_config_init(&dc);
-    snprintf(dc.name, sizeof(dc.name), "paged");
-    dc.maxmem_bytes = dc.target_bytes = ((n * MV_PAGE_SIZE + 2 * MV_BENCH_MIB - 1) /
-                                         (2 * MV_BENCH_MIB)) * 2 * MV_BENCH_MIB;
-    rc = mv_domain_create(h, &dc, &dom);
-    if (rc < 0 || mv_bench_domain_ram(h, dom, &ram, NULL) != MV_BENCH_OK) {
-        mv_host_destroy(h);
-        if (rc < 0)
-            mv_bench_lib_error("mv_domain_create", rc);
-        goto fail;
-    }
-    for (size_t i = 0; i < n; i++)
-        memcpy(ram + i * MV_PAGE_SIZE, guest_image_page(run->image, i), MV_PAGE_SIZE);
-    paged = mv_tmem_page_out(h, dom, n);
-    if (paged < 0) {
-        mv_host_destroy(h);
-        mv_bench_lib_error("mv_tmem_page_out", (int)paged);
-        goto fail;
-    }
-    if ((uint64_t)paged != n) {
-        mv_host_destroy(h);
-        mv_bench_error("tmem: %" PRId64 " of %zu pages paged out", paged, n);
-        goto fail;
-    }
-    touch_pages(ram, n, want, lat, &bad);
-    median_p99(lat, n, &run->paged_median, &run->paged_p99);
-    run->bad_pages += bad;
-    mv_host_destroy(h);
     /* The kernel's first touch of a memfd page. */
     fd = memfd_create("tmem-bench", MFD_CLOEXEC);
     if (fd >= 0 && ftruncate(fd, (off_t)(n * MV_PAGE_SIZE)) == 0) {
@@ -1159,12 +1189,19 @@ static size_t comparisons(const struct tmem_run *r, struct mv_bench_comparison *
     c[n++] = (struct mv_bench_comparison){ "get throughput, CPU time", "GiB/s", get_cpu,
                                            "lz4 decompress loop, CPU time",
                                            gib_per_s(r->pages, r->lz4_decomp_cpu_ns), 0, 0 };
-    c[n++] = (struct mv_bench_comparison){ "paged fault (median)", "ns",
+    c[n++] = (struct mv_bench_comparison){ "paged fault, in the vCPU (median)", "ns",
                                            (double)r->paged_median, "kernel first touch",
                                            (double)r->kernel_median, 0, 0 };
     if (r->zram_swap)
-        c[n++] = (struct mv_bench_comparison){ "paged fault (median)", "ns",
+        c[n++] = (struct mv_bench_comparison){ "paged fault, in the vCPU (median)", "ns",
                                                (double)r->paged_median, "zram swap-in",
+                                               (double)r->swapin_median, 0, 0 };
+    c[n++] = (struct mv_bench_comparison){ "paged fault, fault thread (median)", "ns",
+                                           (double)r->paged_thread_median, "kernel first touch",
+                                           (double)r->kernel_median, 0, 0 };
+    if (r->zram_swap)
+        c[n++] = (struct mv_bench_comparison){ "paged fault, fault thread (median)", "ns",
+                                               (double)r->paged_thread_median, "zram swap-in",
                                                (double)r->swapin_median, 0, 0 };
     return n;
 }
@@ -1272,6 +1309,10 @@ static int report_json(struct tmem_run *r)
     json_object_object_add(raw, "relinquish_ns", json_object_new_uint64(r->relinquish_ns));
     json_object_object_add(raw, "paged_fault_median_ns", json_object_new_uint64(r->paged_median));
     json_object_object_add(raw, "paged_fault_p99_ns", json_object_new_uint64(r->paged_p99));
+    json_object_object_add(raw, "paged_fault_thread_median_ns",
+                           json_object_new_uint64(r->paged_thread_median));
+    json_object_object_add(raw, "paged_fault_thread_p99_ns",
+                           json_object_new_uint64(r->paged_thread_p99));
     json_object_object_add(raw, "kernel_touch_median_ns", json_object_new_uint64(r->kernel_median));
     json_object_object_add(raw, "kernel_touch_p99_ns", json_object_new_uint64(r->kernel_p99));
     if (r->zram_swap) {
