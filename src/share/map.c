@@ -88,8 +88,13 @@ bool share_may_map(struct mv_host *h, uint64_t more)
 {
     struct mv__share *s = h->share;
     uint64_t limit = map_limit(s);
+    /* Below half the limit, a count a second does: counting reads all of
+     * /proc/self/maps, about 9 ms for 13,000 mappings, and at every 100 ms
+     * it was 7% of a scan's CPU on real guests. */
+    uint64_t interval = s->vma_count + more < limit / 2 ? MV_MAP_RECHECK_FAR_NS
+                                                        : MV_MAP_RECHECK_NS;
 
-    if (share_vma_count(s, MV_MAP_RECHECK_NS) + more >= limit) {
+    if (share_vma_count(s, interval) + more >= limit) {
         if (!s->stopped)
             mv__log(h, MV_LOG_WARN, "sharing stopped: %llu mappings, limit %llu "
                     "(vm.max_map_count %llu)", (unsigned long long)s->vma_count,

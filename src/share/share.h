@@ -120,6 +120,7 @@
                                        when there is no memory otherwise */
 #define MV_BREAK_RUN_MAX 4096u      /* gfns a break may unshare with it */
 #define MV_MAP_RECHECK_NS 100000000ull        /* sharing: count at most this often */
+#define MV_MAP_RECHECK_FAR_NS 1000000000ull    /* ... below half the limit */
 /* A CoW break counts at most this often: counting reads all of
  * /proc/self/maps, inside the fault (docs/performance.md, "Limit: mappings"). */
 #define MV_MAP_RECHECK_FAULT_NS 1000000000ull
