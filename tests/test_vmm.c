@@ -190,6 +190,37 @@ static void vmm_pod_populates_on_touch(void **state)
     mv_host_destroy(h);
 }
 
+/* Host paging of a VMM's guest: its pages are compressed out and come back
+ * on the VMM's own touch, served through the VMM's userfaultfd; the host
+ * reads paged pages without paging them in. */
+static void vmm_host_paging_round_trip(void **state)
+{
+    mv_host *h = tu_host();
+    struct mv_tmem_stats ts;
+    struct stub s;
+
+    (void)state;
+    stub_start(h, &s, "vmm-paged", 64 * MiB, 64 * MiB);
+    assert_cmd_ok(&s, "write 0 4096 9");
+    assert_int_equal(mv_tmem_page_out(h, s.domid, 1000), 1000);
+    assert_int_equal(tu_info(h, s.domid).paged_pages, 1000);
+    assert_host_sees(h, s.domid, 5, 9, 0);
+    assert_host_sees(h, s.domid, 4095, 9, 0);
+    assert_int_equal(tu_info(h, s.domid).paged_pages, 1000);
+    audit_all(h, s.domid);
+    assert_ok(mv_tmem_audit(h));
+    assert_cmd_ok(&s, "verify 0 4096 9");
+    assert_int_equal(tu_info(h, s.domid).paged_pages, 0);
+    assert_ok(mv_tmem_stats(h, &ts));
+    assert_int_equal(ts.page_ins, 1000);
+    assert_int_equal(ts.paged_out, 0);
+    audit_all(h, s.domid);
+    assert_ok(mv_tmem_audit(h));
+    stub_stop(h, &s);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 /* With MV_POD_CRASH a touch past the target crashes the domain: the VMM is
  * killed, not left hanging. */
 static void vmm_crash_policy_stops_the_vmm(void **state)
@@ -609,6 +640,7 @@ static void vmm_failed_discard_keeps_the_pages(void **state)
 
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(vmm_pod_populates_on_touch),
+    cmocka_unit_test(vmm_host_paging_round_trip),
     cmocka_unit_test(vmm_crash_policy_stops_the_vmm),
     cmocka_unit_test(vmm_sweep_reclaims_zero_pages),
     cmocka_unit_test(vmm_discard_returns_frames),
