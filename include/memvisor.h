@@ -153,7 +153,8 @@ enum mv_fault_mode {
 #define MV_FAULT_PER_CPU_AUTO_MAX 4
 
 /*
- * Where a populate-on-demand fault of a vCPU is resolved
+ * Where a vCPU's fault on a page not yet in its frame (populate-on-demand,
+ * or a page host paging compressed out) is resolved
  * (mv_host_config.fault_path).
  *
  * MV_FAULT_PATH_AUTO (default): in the faulting thread itself when that
@@ -161,11 +162,12 @@ enum mv_fault_mode {
  * vCPUs are) and the domain's RAM is in this process: the kernel raises
  * SIGBUS in that thread instead of queueing the fault
  * (UFFD_FEATURE_SIGBUS), and the library's handler populates the page
- * there and lets the access run again -- the counterpart of KVM's
- * memory-fault exits, resolved by the vCPU's own thread.  No thread switch
- * at all: a fault costs about twice the kernel's own first touch
- * (docs/performance.md).  Faults that need more than a free page (the
- * target or the budget is full, the domain is paused, a page paged out or
+ * (or decompresses a paged-out one into it) there and lets the access run
+ * again -- the counterpart of KVM's memory-fault exits, resolved by the
+ * vCPU's own thread.  No thread switch at all: a PoD fault costs about
+ * twice the kernel's own first touch, a paged-out page about a zram
+ * swap-in (docs/performance.md).  Faults that need more than a free page
+ * (the target or the budget is full, the domain is paused, a page
  * ballooned, a failed system call), and faults of any thread that is not a
  * vCPU of the domain, are handed to the fault threads and served as they
  * are on the other path, the thread waiting meanwhile.  Not used (the
