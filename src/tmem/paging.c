@@ -23,9 +23,14 @@
  * budget, down to a low one; a failing charge (the budget-short hook)
  * wakes it at once.
  *
+ * A page-in in a vCPU's signal handler frees nothing: it leaves the
+ * pool's copy of the page, and its key in tmem->flush_later, for tm_lock
+ * to drop before anyone else works on tmem's state.
+ *
  * Invariants: a PAGED gfn's frame holds no memory and the host pool holds
- * exactly one page under its key (mv_tmem_audit counts them against every
- * domain's paged counter).
+ * exactly one page under its key; once tm_lock has drained flush_later, a
+ * RAM gfn has none (mv_tmem_audit counts them against every domain's
+ * paged counter).
  *
  * Locking: page-out and page-in run with the domain lock held and take the
  * tmem lock inside it (domain < tmem); the thread takes one domain lock at
