@@ -67,13 +67,31 @@
 #define MV_NO_GFN UINT64_MAX
 #define MV_PARK_POLL_NS 1000000ull
 
+/* The tables of a tmem client workload (run_tmem_client): kept here, so
+ * that a vCPU whose domain crashes under it, and which leaves the workload
+ * by its crash jump, still frees them. */
+struct tmem_tables {
+    uint32_t *slot_item, *item_slot, *version;
+    uint8_t *in_tmem;
+};
+
 struct mv__vcpu {
     struct mv__guest *guest;
     unsigned index;
     pthread_t thread;
     _Atomic uint64_t current_gfn;
     sigjmp_buf crash_jump;
+    struct tmem_tables tmem;
 };
+
+static void tmem_tables_free(struct tmem_tables *t)
+{
+    free(t->slot_item);
+    free(t->item_slot);
+    free(t->version);
+    free(t->in_tmem);
+    memset(t, 0, sizeof(*t));
+}
 
 struct mv__guest {
     struct mv_domain *domain;
@@ -407,10 +425,11 @@ static void run_tmem_client(struct mv__vcpu *v, bool swap)
     uint64_t oid[3] = { swap ? TMEM_SWAP_TAG : TMEM_CACHE_TAG, i, 0 };
     uint64_t tag = (swap ? TMEM_SWAP_TAG : TMEM_CACHE_TAG) | (i << 32);
     uint32_t pool = (uint32_t)g->tmem_pool[swap];
-    uint32_t *slot_item = malloc(slots * sizeof(*slot_item));
-    uint32_t *item_slot = malloc(items * sizeof(*item_slot));
-    uint32_t *version = calloc(items, sizeof(*version));
-    uint8_t *in_tmem = calloc(items, 1), buf[MV_PAGE_SIZE];
+    struct tmem_tables *t = &v->tmem;
+    uint32_t *slot_item = t->slot_item = malloc(slots * sizeof(*slot_item));
+    uint32_t *item_slot = t->item_slot = malloc(items * sizeof(*item_slot));
+    uint32_t *version = t->version = calloc(items, sizeof(*version));
+    uint8_t *in_tmem = t->in_tmem = calloc(items, 1), buf[MV_PAGE_SIZE];
 
     if (!slot_item || !item_slot || !version || !in_tmem || items > UINT32_MAX) {
         note_mismatch(g, i); /* cannot run: say so rather than pass */
@@ -487,10 +506,7 @@ out:
         atomic_store_explicit(&g->oracle[gfn], 0, memory_order_relaxed);
         atomic_store(&v->current_gfn, MV_NO_GFN);
     }
-    free(slot_item);
-    free(item_slot);
-    free(version);
-    free(in_tmem);
+    tmem_tables_free(t);
 }
 
 static void *vcpu_main(void *arg)
@@ -521,6 +537,7 @@ static void *vcpu_main(void *arg)
     } else {
         atomic_store(&g->crashed, true);
     }
+    tmem_tables_free(&v->tmem); /* a workload left by the crash jump */
     current_vcpu = NULL;
     mv_vcpu_exit();
     atomic_store(&v->current_gfn, MV_NO_GFN);
