@@ -958,6 +958,22 @@ static void *thrasher(void *arg)
     return NULL;
 }
 
+/* A domain crashed under pressure: say why, and where the memory was. */
+static void fail_crashed(mv_host *h, uint32_t dom)
+{
+    struct mv_host_stats hs;
+    struct mv_tmem_stats s = stats(h);
+
+    assert_ok(mv_host_stats(h, &hs));
+    fail_msg("domain %u crashed: %s; host populated %llu of %llu; "
+             "tmem frames %llu used %llu spare %llu paged %llu chunks %llu", dom,
+             tu_info(h, dom).crash_reason, (unsigned long long)hs.populated_pages,
+             (unsigned long long)hs.budget_pages,
+             (unsigned long long)s.frames, (unsigned long long)s.used_frames,
+             (unsigned long long)s.spare_frames, (unsigned long long)s.paged_out,
+             (unsigned long long)s.chunks);
+}
+
 static void pressure_paging_cow_and_tmem_at_once(void **state)
 {
     /* Demand: three domains of 24 MiB plus a clone and tmem, on a budget of
@@ -990,17 +1006,8 @@ static void pressure_paging_cow_and_tmem_at_once(void **state)
     w.seed |= MV_SEED_COMPRESSIBLE;
     w.max_pages = 6000;
     st = tu_run(h, d[0], &w);
-    if (st.crashed) {
-        struct mv_host_stats hs;
-
-        mv_host_stats(h, &hs);
-        s = stats(h);
-        fail_msg("domain %u crashed: %s; host populated %llu; tmem frames %llu used %llu "
-                 "spare %llu paged %llu chunks %llu", d[0], tu_info(h, d[0]).crash_reason,
-                 (unsigned long long)hs.populated_pages, (unsigned long long)s.frames,
-                 (unsigned long long)s.used_frames, (unsigned long long)s.spare_frames,
-                 (unsigned long long)s.paged_out, (unsigned long long)s.chunks);
-    }
+    if (st.crashed)
+        fail_crashed(h, d[0]);
     assert_ok(mv_domain_pause(h, d[0]));
     assert_ok(mv_domain_clone(h, d[0], "clone", &d[3]));
     assert_ok(mv_domain_unpause(h, d[0]));
@@ -1011,7 +1018,7 @@ static void pressure_paging_cow_and_tmem_at_once(void **state)
     for (int i = 0; i < 4; i++) {
         assert_ok(mv_workload_wait(h, d[i], 120000, &st));
         if (st.crashed)
-            fail_msg("domain %u crashed: %s", d[i], tu_info(h, d[i]).crash_reason);
+            fail_crashed(h, d[i]);
     }
     atomic_store(&th.stop, true);
     pthread_join(thread, NULL);

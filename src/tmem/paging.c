@@ -185,20 +185,28 @@ static int paged_fault(struct mv_domain *d, uint64_t gfn)
 }
 
 /* paged_fault in the faulting vCPU's own thread (vcpu.c): only when the
- * page fits the domain's target and the budget as they are and one
- * UFFDIO_COPY maps it.  Else -EAGAIN with nothing changed, and paged_fault
- * serves it in a fault thread (reclaim, waits, a crash and its message).
+ * page fits the domain's target, the budget has room to spare (more than
+ * 1/TM_FAST_HEADROOM of it), and one UFFDIO_COPY maps it.  Else -EAGAIN
+ * with nothing changed, and paged_fault serves it in a fault thread
+ * (reclaim, waits, a crash and its message).  Short of memory, page-ins
+ * thus go at the fault threads' pace, with the faults waiting there: taken
+ * in the vCPUs' threads, as fast as the vCPUs could touch pages, they
+ * outran host paging under a budget far below demand, and a fault waiting
+ * for memory timed out (test_tmem's pressure test, one run in 20).
  * Takes the tmem lock (above the domain lock; a vCPU in its handler holds
  * no library lock) and neither allocates nor frees. */
 static int paged_fault_fast(struct mv_domain *d, uint64_t gfn)
 {
-    uint64_t start = mv__now_ns();
+    struct mv__machine *m = &d->host->machine;
+    uint64_t start = mv__now_ns(), budget = atomic_load(&m->budget_pages);
     bool mapped;
 
-    if (d->populated + 1 > d->target_pages || !mv__machine_charge(&d->host->machine, 1))
+    if (d->populated + 1 > d->target_pages ||
+        atomic_load(&m->populated_pages) + 1 + budget / TM_FAST_HEADROOM > budget ||
+        !mv__machine_charge(m, 1))
         return -EAGAIN;
     if (page_restore(d, gfn, true, true, start, &mapped) < 0) {
-        mv__machine_uncharge(&d->host->machine, 1);
+        mv__machine_uncharge(m, 1);
         return -EAGAIN;
     }
     mv__p2m_set(d, gfn, MV_P2M_RAM);

@@ -46,6 +46,7 @@
 #define TM_SPARE_MAX 32u
 #define TM_SPARE_SLACK 64u                   /* spare frames scrubbed as a batch */
 #define TM_FLUSH_LATER_MAX 512u              /* paging.c: flushes a vCPU defers */
+#define TM_FAST_HEADROOM 8u                  /* paging.c: budget/8 free for a vCPU's page-in */
 #define TM_CLASS_SHIFT 5                      /* 32-byte size classes */
 #define TM_CLASS_COUNT (MV_PAGE_SIZE >> TM_CLASS_SHIFT)
 #define TM_ZSPAGE_MAX_FRAMES 8u
