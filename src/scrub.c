@@ -64,6 +64,10 @@ static void *scrubber_main(void *arg)
             rc = mv__machine_scrub(m, r.first, r.pages);
         if (r.flags & MV__RELEASE_GIVE_BACK)
             mv__machine_free(m, r.first, r.pages);
+        /* Said before the run counts as done: whoever waits for it (host
+         * destroy, mv_host_wait_freed) finds the failure already logged. */
+        if (rc < 0)
+            mv__log(s->host, MV_LOG_ERROR, "background scrub: %s", mv_last_error());
         mv__mutex_lock(&s->lock);
         /* Uncharged with the counters it leaves: the audit sees both move
          * together (charge_changes tells it to look again). */
@@ -80,8 +84,6 @@ static void *scrubber_main(void *arg)
         s->failures += rc < 0;
         pthread_cond_broadcast(&s->done);
         mv__mutex_unlock(&s->lock);
-        if (rc < 0)
-            mv__log(s->host, MV_LOG_ERROR, "background scrub: %s", mv_last_error());
         mv__fault_kick(s->host); /* faults held for memory may go on */
         mv__mutex_lock(&s->lock);
     }
