@@ -804,6 +804,7 @@ static void paged_faults_resolved_in_the_vcpus_thread(void **state)
     struct mv_domain_config dc;
     struct mv_workload_config w;
     struct mv_domain_info i0, i1;
+    struct mv_tmem_counts g0, g1;
     mv_host *h;
     uint32_t d;
 
@@ -831,12 +832,17 @@ static void paged_faults_resolved_in_the_vcpus_thread(void **state)
      * TM_FLUSH_LATER_MAX + 1 page-ins: the fault thread that serves it
      * drops the pool's copies the vCPUs' page-ins left. */
     i0 = tu_info(h, d);
+    g0 = client(h, UINT32_MAX).counts;
     mv_workload_config_init(&w, MV_WORKLOAD_VERIFY);
     w.seed |= MV_SEED_COMPRESSIBLE;
     assert_int_equal(tu_run(h, d, &w).mismatches, 0);
     i1 = tu_info(h, d);
+    g1 = client(h, UINT32_MAX).counts;
     assert_int_equal(i1.paged_pages, 0);
     assert_int_equal(stats(h).page_ins, 1000);
+    /* One get a page-in, wherever it was served. */
+    assert_int_equal(g1.gets - g0.gets, 1000);
+    assert_int_equal(g1.found_gets - g0.found_gets, 1000);
     assert_true(i1.faults_in_thread - i0.faults_in_thread >= 1000 - 1000 / TM_FLUSH_LATER_MAX);
     assert_true(i1.faults - i1.faults_in_thread - (i0.faults - i0.faults_in_thread) <=
                 1000 / TM_FLUSH_LATER_MAX);
@@ -845,14 +851,19 @@ static void paged_faults_resolved_in_the_vcpus_thread(void **state)
      * frame is written and mapped there instead. */
     assert_int_equal(mv_tmem_page_out(h, d, 200), 200);
     i0 = tu_info(h, d);
+    g0 = client(h, UINT32_MAX).counts;
     mv__os_inject(MV_OS_UFFD_COPY, ENOMEM, 0, 2);
     assert_int_equal(tu_run(h, d, &w).mismatches, 0);
     assert_int_equal(mv__os_injection_left(MV_OS_UFFD_COPY), 0);
     mv__os_inject(MV_OS_UFFD_COPY, 0, 0, 0);
     i1 = tu_info(h, d);
+    g1 = client(h, UINT32_MAX).counts;
     assert_int_equal(i1.state, MV_DOMAIN_RUNNING);
     assert_int_equal(i1.paged_pages, 0);
     assert_int_equal(stats(h).page_ins, 1200);
+    /* The get the vCPU's thread handed on counts once, in the fault thread. */
+    assert_int_equal(g1.gets - g0.gets, 200);
+    assert_int_equal(g1.found_gets - g0.found_gets, 200);
     assert_true(i1.faults - i0.faults > i1.faults_in_thread - i0.faults_in_thread);
     tu_verify(h, d);
     audit(h);

@@ -130,10 +130,15 @@ static int page_restore(struct mv_domain *d, uint64_t gfn, bool map, bool in_han
         *mapped = true;
         rc = 0;
     }
+    if (rc != 0 && in_handler) {
+        /* Handed on: the fault thread's get is the one that counts. */
+        if (rc != -EAGAIN && t->paging_pool)
+            tm_get_uncount(t->paging_client, t->paging_pool, rc == 1);
+        rc = -EAGAIN;
+    }
     if (rc == 1)
-        rc = in_handler ? -EAGAIN : mv__os_write(d->host->machine.memfd, buf,
-                                                 (d->base_mfn + gfn) << MV_PAGE_SHIFT,
-                                                 MV_PAGE_SIZE);
+        rc = mv__os_write(d->host->machine.memfd, buf, (d->base_mfn + gfn) << MV_PAGE_SHIFT,
+                          MV_PAGE_SIZE);
     if (rc == 0) {
         if (in_handler)
             t->flush_later[t->flush_later_count++] =
@@ -198,13 +203,14 @@ static int paged_fault(struct mv_domain *d, uint64_t gfn)
 static int paged_fault_fast(struct mv_domain *d, uint64_t gfn)
 {
     struct mv__machine *m = &d->host->machine;
-    uint64_t start = mv__now_ns(), budget = atomic_load(&m->budget_pages);
+    uint64_t start, budget = atomic_load(&m->budget_pages);
     bool mapped;
 
     if (d->populated + 1 > d->target_pages ||
         atomic_load(&m->populated_pages) + 1 + budget / TM_FAST_HEADROOM > budget ||
         !mv__machine_charge(m, 1))
         return -EAGAIN;
+    start = mv__now_ns();
     if (page_restore(d, gfn, true, true, start, &mapped) < 0) {
         mv__machine_uncharge(m, 1);
         return -EAGAIN;

@@ -666,6 +666,14 @@ int mv_tmem_get_page(mv_host *h, uint32_t domid, uint32_t id, const uint64_t oid
     return rc;
 }
 
+void tm_get_uncount(struct tm_client *c, struct tm_pool *pool, bool found)
+{
+    pool->c.gets--;
+    c->c.gets--;
+    pool->c.found_gets -= found;
+    c->c.found_gets -= found;
+}
+
 int tm_flush(struct mv__tmem *t, struct tm_pool *pool, const uint64_t oid[3],
              uint32_t index)
 {
