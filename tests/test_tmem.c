@@ -376,6 +376,24 @@ static void zstd_and_dedup_pools(void **state)
     for (uint32_t i = 0; i < 99; i++)
         assert_int_equal(mv_tmem_flush_page(h, d, (uint32_t)dd, oid, i), 1);
     expect_page(h, d, dd, 1, 99, 1234, 2);
+    /* A pool id used again with the other codec: puts compress (before the
+     * lock or under it) with the codec of the pool they find. */
+    for (int round = 0; round < 2; round++) {
+        unsigned flags = MV_TMEM_PERSISTENT | (round ? 0 : MV_TMEM_ZSTD);
+        int again;
+
+        assert_ok(mv_tmem_destroy_pool(h, d, (uint32_t)z));
+        again = mv_tmem_new_pool(h, d, flags, NULL);
+        assert_int_equal(again, z);
+        for (uint32_t i = 0; i < 50; i++)
+            assert_int_equal(put(h, d, z, 2, i, i + 77, i % 4), 1);
+        for (uint32_t i = 0; i < 50; i++)
+            expect_page(h, d, z, 2, i, i + 77, i % 4);
+        assert_int_equal(mv_tmem_pool_list(h, info, 4), 2);
+        for (int i = 0; i < 2; i++)
+            if (info[i].pool == (uint32_t)z)
+                assert_int_equal(info[i].flags, flags);
+    }
     audit(h);
     mv_host_destroy(h);
 }

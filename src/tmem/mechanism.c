@@ -10,8 +10,9 @@
  * (client, private pools, pages in shared pools, paged pages) is gone once
  * its domain_destroy hook has run.
  *
- * Locking: everything here takes tmem->lock; host_frames reads an atomic;
- * the audit takes each domain's lock, then tmem's.
+ * Locking: everything here takes tmem->lock, host_frames too (the host
+ * audit calls it with no lock held); the audit takes each domain's lock,
+ * then tmem's.
  */
 #include "tmem.h"
 
@@ -63,9 +64,19 @@ static void tmem_host_fini(struct mv_host *h)
     h->tmem = NULL;
 }
 
+/* Under the lock: tmem charges the budget, then counts the frames, both
+ * under it, so the host audit never sees one without the other. */
 static uint64_t tmem_host_frames(struct mv_host *h)
 {
-    return h->tmem ? atomic_load(&h->tmem->charged) : 0;
+    struct mv__tmem *t = h->tmem;
+    uint64_t frames;
+
+    if (!t)
+        return 0;
+    tm_lock(t);
+    frames = atomic_load(&t->charged);
+    mv__mutex_unlock(&t->lock);
+    return frames;
 }
 
 static uint64_t metadata(const struct mv__tmem *t)

@@ -285,6 +285,7 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
 {
     struct mv__tmem *t = tm_of(d->host);
     struct mv__machine *m = &d->host->machine;
+    struct tm_prepared prep[TM_PAGE_OUT_BATCH]; /* compressed before the lock */
     bool stored[TM_PAGE_OUT_BATCH] = { false };
     struct tm_pool *pool = NULL; /* set by host_pool (gcc -Os cannot tell) */
     unsigned taken = 0, done = 0;
@@ -307,6 +308,8 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
     if (taken == 0)
         return rc;
     mv__machine_uncharge(m, taken);
+    for (unsigned i = 0; i < taken; i++)
+        tm_prepare_page(buf[i], &prep[i]);
     tm_lock(t);
     rc = host_pool(t, &pool);
     for (unsigned i = 0; rc == 0 && i < taken; i++) {
@@ -315,7 +318,7 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
         int r;
 
         key_of(d, gfns[i], oid, &index);
-        r = tm_put(t, t->paging_client, pool, oid, index, buf[i]);
+        r = tm_put(t, t->paging_client, pool, oid, index, buf[i], &prep[i]);
         stored[i] = r == 1;
         if (r == 1) {
             t->paged_now++;

@@ -448,6 +448,8 @@ int tm_pool_create(struct mv__tmem *t, uint32_t owner, unsigned flags,
         pool->members[pool->member_count++] = owner;
     tm_list_init(&pool->objects);
     t->pools[id] = pool;
+    atomic_store_explicit(&t->pool_zstd[id], (flags & MV_TMEM_ZSTD) != 0,
+                          memory_order_relaxed);
     t->pool_count++;
     *out = pool;
     return 0;
@@ -535,7 +537,8 @@ int mv_tmem_destroy_pool(mv_host *h, uint32_t domid, uint32_t id)
 
 /* The put, lock held: 1 stored, 0 dropped, or a negative errno. */
 int tm_put(struct mv__tmem *t, struct tm_client *c, struct tm_pool *pool,
-           const uint64_t oid[3], uint32_t index, const uint8_t *page)
+           const uint64_t oid[3], uint32_t index, const uint8_t *page,
+           const struct tm_prepared *prep)
 {
     bool persistent = pool->flags & MV_TMEM_PERSISTENT;
     struct tm_object *o;
@@ -567,7 +570,7 @@ int tm_put(struct mv__tmem *t, struct tm_client *c, struct tm_pool *pool,
     pg->client = c;
     tm_list_init(&pg->lru);
     before = pool->c.stored_bytes;
-    rc = tm_store_page(t, pool, pg, page, pool->flags & MV_TMEM_DEDUP);
+    rc = tm_store_page(t, pool, pg, page, prep, pool->flags & MV_TMEM_DEDUP);
     if (rc < 0) {
         free(pg);
         goto out;
@@ -596,8 +599,10 @@ int mv_tmem_put_page(mv_host *h, uint32_t domid, uint32_t id, const uint64_t oid
                      uint32_t index, const void *page, size_t size)
 {
     struct mv__tmem *t = tm_of(h);
+    struct tm_prepared prep;
     struct tm_pool *pool;
     struct tm_client *c;
+    bool prepared;
     int rc;
 
     mv__clear_error();
@@ -606,11 +611,18 @@ int mv_tmem_put_page(mv_host *h, uint32_t domid, uint32_t id, const uint64_t oid
                         MV_PAGE_SIZE, size, page ? "" : " at NULL");
     if ((rc = check_key(oid)) < 0)
         return rc;
+    /* Compressed before the lock unless the pool (as it looks now) is a
+     * zstd one: tm_store_page compresses under the lock what this did not
+     * ready for it. */
+    prepared = id >= TM_MAX_POOLS ||
+               !atomic_load_explicit(&t->pool_zstd[id], memory_order_relaxed);
+    if (prepared)
+        tm_prepare_page(page, &prep);
     tm_lock(t);
     rc = pool_access(t, domid, id, &pool);
     c = rc == 0 ? tm_client_find(t, domid) : NULL;
     if (rc == 0)
-        rc = tm_put(t, c, pool, oid, index, page);
+        rc = tm_put(t, c, pool, oid, index, page, prepared ? &prep : NULL);
     mv__mutex_unlock(&t->lock);
     return rc;
 }

@@ -31,7 +31,8 @@
  * slot's owner is a blob that names that slot; a class's zspages with a
  * free slot come before its full ones; no zspage is empty.
  *
- * Locking: every function here runs with tmem->lock held.
+ * Locking: every function here runs with tmem->lock held, but
+ * tm_prepare_page, which a put calls before it takes the lock.
  */
 #include "tmem.h"
 
@@ -478,32 +479,57 @@ static bool same_filled(const uint8_t *page, uint64_t *fill)
     return true;
 }
 
-int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
-                  const uint8_t *page, bool dedup)
+void tm_prepare_page(const uint8_t *page, struct tm_prepared *out)
 {
-    const uint8_t *src = t->scratch;
-    unsigned codec = TM_CODEC_LZ4, len = 0;
+    int n;
+
+    out->same = same_filled(page, &out->fill);
+    if (out->same)
+        return;
+    n = LZ4_compress_default((const char *)page, (char *)out->buf, MV_PAGE_SIZE,
+                             TM_RAW_THRESHOLD);
+    out->len = n > 0 ? (unsigned)n : 0;
+}
+
+int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
+                  const uint8_t *page, const struct tm_prepared *prep, bool dedup)
+{
+    struct tm_prepared here;
+    const uint8_t *src;
+    unsigned codec, len;
     uint64_t hash = 0;
     struct tm_blob *b;
     int rc;
 
-    if (same_filled(page, &pg->fill)) {
-        pg->kind = TM_PAGE_SAME;
-        pg->blob = NULL;
-        pool->c.same_filled++;
-        return 0;
-    }
     if (pool->flags & MV_TMEM_ZSTD) {
-        size_t n = ZSTD_compressCCtx(t->zstd_cctx, t->scratch, 2 * MV_PAGE_SIZE,
-                                     page, MV_PAGE_SIZE, TM_ZSTD_LEVEL);
+        size_t n;
 
+        if (same_filled(page, &pg->fill)) {
+            pg->kind = TM_PAGE_SAME;
+            pg->blob = NULL;
+            pool->c.same_filled++;
+            return 0;
+        }
+        n = ZSTD_compressCCtx(t->zstd_cctx, t->scratch, 2 * MV_PAGE_SIZE, page,
+                              MV_PAGE_SIZE, TM_ZSTD_LEVEL);
         codec = TM_CODEC_ZSTD;
+        src = t->scratch;
         len = ZSTD_isError(n) || n > TM_RAW_THRESHOLD ? 0 : (unsigned)n;
     } else {
-        int n = LZ4_compress_default((const char *)page, (char *)t->scratch,
-                                     MV_PAGE_SIZE, TM_RAW_THRESHOLD);
-
-        len = n > 0 ? (unsigned)n : 0;
+        if (!prep) {
+            tm_prepare_page(page, &here);
+            prep = &here;
+        }
+        if (prep->same) {
+            pg->kind = TM_PAGE_SAME;
+            pg->fill = prep->fill;
+            pg->blob = NULL;
+            pool->c.same_filled++;
+            return 0;
+        }
+        codec = TM_CODEC_LZ4;
+        src = prep->buf;
+        len = prep->len;
     }
     if (len == 0) {
         codec = TM_CODEC_RAW;
@@ -535,8 +561,8 @@ int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
         free(b);
         return rc;
     }
-    /* The scratch buffer still holds this page's bytes: making room only
-     * frees pages, it never compresses one. */
+    /* The bytes (prepared, or zstd's in the scratch buffer) are still
+     * this page's: making room only frees pages, it never compresses one. */
     memcpy(slot_addr(b->zs, b->slot), src, len);
     b->zs->owner[b->slot] = b;
     b->len = len;

@@ -28,7 +28,9 @@
  * owner is that blob.
  *
  * Locking: all tmem state is guarded by one mutex, tmem->lock (taken with
- * tm_lock), of level MV_LOCK_TMEM: above the domain and share locks (the
+ * tm_lock; a put compresses its page for an lz4 pool before it takes it,
+ * so that the lock is held for the index and the allocator only), of
+ * level MV_LOCK_TMEM: above the domain and share locks (the
  * host's budget-short hook runs from charge paths that hold them; host
  * paging takes a domain lock, then this one) and below the machine lock
  * (tmem allocates frames with it held).  tmem never takes a domain lock
@@ -193,6 +195,10 @@ struct mv__tmem {
     _Atomic uint64_t charged;          /* frames charged to the budget */
     struct tm_class cls[TM_CLASS_COUNT];
     struct tm_pool *pools[TM_MAX_POOLS];
+    /* Per pool id, whether it compresses with zstd: read without the lock
+     * by a put deciding whether to compress with lz4 before taking it (a
+     * hint; tm_store_page goes by the pool itself). */
+    atomic_bool pool_zstd[TM_MAX_POOLS];
     struct tm_client *clients;
     struct tm_object **objects;        /* hash of every pool's objects */
     size_t obj_buckets, obj_count;
@@ -228,14 +234,28 @@ struct mv__tmem {
 static inline struct mv__tmem *tm_of(struct mv_host *h) { return h->tmem; }
 
 
-/* store.c (lock held) */
+/* A page readied for an lz4 pool before the tmem lock is taken: the
+ * same-filled test and the compression, most of a put's time, need no
+ * tmem state, while other puts, gets and vCPUs' page-ins (in their signal
+ * handlers) wait for the lock. */
+struct tm_prepared {
+    bool same;                         /* same-filled with `fill` */
+    uint64_t fill;
+    unsigned len;                      /* lz4 bytes in buf; 0: stored raw */
+    uint8_t buf[TM_RAW_THRESHOLD];
+};
+
+/* store.c (lock held, but tm_prepare_page) */
 int tm_store_init(struct mv__tmem *t);
 void tm_store_fini(struct mv__tmem *t);
-/* Keep `page` for `pg` (kind, fill or blob set); `dedup` looks for and
- * indexes identical pages of the same pool and client.  -ENOMEM when no
- * frame can be had (nothing changed). */
+/* Ready `page` for an lz4 pool (no lock needed). */
+void tm_prepare_page(const uint8_t *page, struct tm_prepared *out);
+/* Keep `page` for `pg` (kind, fill or blob set), readied in `prep` (NULL:
+ * readied here; not used for a zstd pool); `dedup` looks for and indexes
+ * identical pages of the same pool and client.  -ENOMEM when no frame can
+ * be had (nothing changed). */
 int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
-                  const uint8_t *page, bool dedup);
+                  const uint8_t *page, const struct tm_prepared *prep, bool dedup);
 /* Copy pg's bytes out into `page`. */
 int tm_load_page(struct mv__tmem *t, const struct tm_page *pg, uint8_t *page);
 /* Drop pg's stored bytes (the blob when its last page goes). */
@@ -261,9 +281,11 @@ void tm_pool_free(struct mv__tmem *t, struct tm_pool *pool);
 void tm_client_drop(struct mv__tmem *t, uint32_t domid);
 int tm_pool_create(struct mv__tmem *t, uint32_t owner, unsigned flags,
                    const uint8_t *uuid, struct tm_pool **out);
-/* 1 stored, 0 dropped (ephemeral), or a negative errno. */
+/* 1 stored, 0 dropped (ephemeral), or a negative errno; `prep` as for
+ * tm_store_page. */
 int tm_put(struct mv__tmem *t, struct tm_client *c, struct tm_pool *pool,
-           const uint64_t oid[3], uint32_t index, const uint8_t *page);
+           const uint64_t oid[3], uint32_t index, const uint8_t *page,
+           const struct tm_prepared *prep);
 /* 1 found, 0 not; `keep` leaves an exclusive get's page in place. */
 int tm_get(struct mv__tmem *t, struct tm_client *c, struct tm_pool *pool,
            const uint64_t oid[3], uint32_t index, uint8_t *page, bool keep);
