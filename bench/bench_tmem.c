@@ -12,6 +12,10 @@
  *   zram write/read  the same pages written to / read from /dev/zram0
  *                    (lz4) with O_DIRECT, one 4 KiB request per page, one
  *                    thread: what swapping through zram costs per page;
+ *   two writers      the puts again from two threads at once, each putting
+ *                    half of the pages into a pool of its own domain, and
+ *                    the zram writes from two threads on a fresh device:
+ *                    how each scales past one writer (no goals);
  *   zswap store/load the same pages in a child process's anonymous memory
  *                    pushed out with MADV_PAGEOUT into zswap (lz4 when the
  *                    kernel's crypto API has it, else its configured
@@ -114,6 +118,10 @@ struct tmem_run {
     uint64_t cpu_zram_write[MV_BENCH_MAX_ROUNDS], cpu_zram_read[MV_BENCH_MAX_ROUNDS];
     uint64_t put_cpu_ns, get_cpu_ns, lz4_comp_cpu_ns, lz4_decomp_cpu_ns, zram_write_cpu_ns,
              zram_read_cpu_ns;
+    /* two writers at once, each half of the pages: tmem puts (two domains,
+     * a pool each) and zram writes; 0 when not measured */
+    uint64_t round_put2[MV_BENCH_MAX_ROUNDS], round_zram_write2[MV_BENCH_MAX_ROUNDS];
+    uint64_t put2_ns, zram_write2_ns;
     /* zram */
     bool zram;
     char zram_why[160];
@@ -140,6 +148,61 @@ struct tmem_run {
 static double gib_per_s(uint64_t pages, uint64_t ns)
 {
     return ns ? (double)pages * MV_PAGE_SIZE / (double)ns * 1e9 / (double)(1ull << 30) : 0;
+}
+
+/* ---- two writers at once ---- */
+
+struct half_writer {
+    struct tmem_run *run;
+    uint64_t first, count;
+    mv_host *host;              /* tmem: its domain and pool */
+    uint32_t dom;
+    int pool;
+    int fd;                     /* zram */
+    uint64_t bad;
+};
+
+static void *put_half(void *arg)
+{
+    struct half_writer *w = arg;
+    uint64_t oid[3] = { 1, 0, 0 };
+
+    for (uint64_t i = w->first; i < w->first + w->count; i++) {
+        oid[1] = i >> 32;
+        if (mv_tmem_put_page(w->host, w->dom, (uint32_t)w->pool, oid, (uint32_t)i,
+                             guest_image_page(w->run->image, i), MV_PAGE_SIZE) != 1)
+            w->bad++;
+    }
+    return NULL;
+}
+
+static void *zram_write_half(void *arg)
+{
+    struct half_writer *w = arg;
+
+    for (uint64_t i = w->first; i < w->first + w->count; i++)
+        if (pwrite(w->fd, guest_image_page(w->run->image, i), MV_PAGE_SIZE,
+                   (off_t)(i * MV_PAGE_SIZE)) != MV_PAGE_SIZE)
+            w->bad++;
+    return NULL;
+}
+
+/* Run fn on both halves of the pages at once; the wall time, or 0 when a
+ * thread could not start or a write failed. */
+static uint64_t two_writers(struct half_writer w[2], void *(*fn)(void *))
+{
+    pthread_t other;
+    uint64_t t0 = mv_bench_now_ns(), took;
+
+    w[0].count = w[0].run->pages / 2;
+    w[1].first = w[0].count;
+    w[1].count = w[0].run->pages - w[0].count;
+    if (pthread_create(&other, NULL, fn, &w[1]) != 0)
+        return 0;
+    fn(&w[0]);
+    pthread_join(other, NULL);
+    took = mv_bench_now_ns() - t0;
+    return w[0].bad || w[1].bad ? 0 : took;
 }
 
 /* ---- tmem ---- */
@@ -229,6 +292,61 @@ out:
     mv_host_destroy(h);
     if (rc < 0)
         return mv_bench_lib_error("mv_tmem_audit", rc);
+    return MV_BENCH_OK;
+}
+
+/* The puts again from two threads at once, each into a pool of its own
+ * domain on one host; then every page is checked. */
+static int measure_put_two(struct tmem_run *run, unsigned round)
+{
+    struct half_writer w[2] = { { .run = run }, { .run = run } };
+    struct mv_host_config hc;
+    uint8_t page[MV_PAGE_SIZE];
+    mv_host *h = NULL;
+    int rc = 0;
+
+    mv_bench_host_config_init(&hc);
+    hc.budget_bytes = run->pages * MV_PAGE_SIZE * 2 + 256 * MV_BENCH_MIB;
+    if (mv_bench_host_create(&hc, &h) != MV_BENCH_OK)
+        return MV_BENCH_FAILED;
+    for (int k = 0; k < 2 && rc >= 0; k++) {
+        struct mv_domain_config dc;
+
+        mv_domain_config_init(&dc);
+        snprintf(dc.name, sizeof(dc.name), "tmem-client-%d", k);
+        dc.maxmem_bytes = dc.target_bytes = 16 * MV_BENCH_MIB;
+        w[k].host = h;
+        rc = mv_domain_create(h, &dc, &w[k].dom);
+        if (rc == 0)
+            rc = mv_tmem_set_client(h, w[k].dom, 100, UINT64_MAX);
+        if (rc == 0)
+            rc = w[k].pool = mv_tmem_new_pool(h, w[k].dom, MV_TMEM_PERSISTENT, NULL);
+    }
+    if (rc < 0) {
+        mv_host_destroy(h);
+        return mv_bench_lib_error("tmem pools for two writers", rc);
+    }
+    run->round_put2[round] = two_writers(w, put_half);
+    /* Untimed: every page is what was put. */
+    for (int k = 0; k < 2; k++) {
+        uint64_t oid[3] = { 1, 0, 0 };
+
+        for (uint64_t i = w[k].first; i < w[k].first + w[k].count; i++) {
+            oid[1] = i >> 32;
+            if (mv_tmem_get_page(h, w[k].dom, (uint32_t)w[k].pool, oid, (uint32_t)i, page,
+                                 MV_PAGE_SIZE) != 1 ||
+                memcmp(page, guest_image_page(run->image, i), MV_PAGE_SIZE))
+                run->bad_pages++;
+        }
+    }
+    rc = mv_tmem_audit(h);
+    mv_host_destroy(h);
+    if (rc < 0)
+        return mv_bench_lib_error("mv_tmem_audit", rc);
+    if (!run->round_put2[round]) {
+        mv_bench_error("tmem: puts from two threads failed");
+        return MV_BENCH_FAILED;
+    }
     return MV_BENCH_OK;
 }
 
@@ -389,6 +507,21 @@ static void measure_zram(struct tmem_run *run, unsigned round)
             memcmp(buf, guest_image_page(run->image, i), MV_PAGE_SIZE))
             run->zram_bad++;
     close(fd);
+    /* Two writers at once, on a fresh device (each half written once). */
+    run->round_zram_write2[round] = 0;
+    zram_reset();
+    if (zram_setup(run->pages * MV_PAGE_SIZE + 64 * MV_BENCH_MIB, run->zram_why,
+                   sizeof(run->zram_why)) == 0 &&
+        (fd = open("/dev/zram0", O_RDWR | O_DIRECT | O_CLOEXEC)) >= 0) {
+        struct half_writer w[2] = { { .run = run, .fd = fd }, { .run = run, .fd = fd } };
+
+        run->round_zram_write2[round] = two_writers(w, zram_write_half);
+        for (uint64_t i = 0; i < run->pages; i++)
+            if (pread(fd, buf, MV_PAGE_SIZE, (off_t)(i * MV_PAGE_SIZE)) != MV_PAGE_SIZE ||
+                memcmp(buf, guest_image_page(run->image, i), MV_PAGE_SIZE))
+                run->zram_bad++;
+        close(fd);
+    }
     free(buf);
     zram_reset();
     run->zram = run->zram_used > 0 && run->zram_bad == 0;
@@ -1096,6 +1229,8 @@ static int measure_rounds(struct tmem_run *run)
         if (r % 2)
             measure_zram(run, r);
         rc = measure_tmem(run, r);
+        if (rc == MV_BENCH_OK)
+            rc = measure_put_two(run, r);
         if (rc != MV_BENCH_OK)
             return rc;
         measure_lz4(run, r);
@@ -1107,6 +1242,8 @@ static int measure_rounds(struct tmem_run *run)
     run->lz4_comp_ns = mv_bench_median(run->round_lz4_comp, n);
     run->lz4_decomp_ns = mv_bench_median(run->round_lz4_decomp, n);
     run->zram_write_ns = mv_bench_median(run->round_zram_write, n);
+    run->put2_ns = mv_bench_median(run->round_put2, n);
+    run->zram_write2_ns = mv_bench_median(run->round_zram_write2, n);
     run->zram_read_ns = mv_bench_median(run->round_zram_read, n);
     run->put_cpu_ns = mv_bench_median(run->cpu_put, n);
     run->get_cpu_ns = mv_bench_median(run->cpu_get, n);
@@ -1150,6 +1287,11 @@ static size_t comparisons(const struct tmem_run *r, struct mv_bench_comparison *
     if (r->zram) {
         c[n++] = (struct mv_bench_comparison){ "put throughput", "GiB/s", put, "zram write",
                                                gib_per_s(r->pages, r->zram_write_ns), 0, 1.0 };
+        if (r->zram_write2_ns)
+            c[n++] = (struct mv_bench_comparison){
+                "put throughput, two threads at once", "GiB/s",
+                gib_per_s(r->pages, r->put2_ns), "zram write, two writers at once",
+                gib_per_s(r->pages, r->zram_write2_ns), 0, 0 };
         c[n++] = (struct mv_bench_comparison){ "get throughput", "GiB/s", get, "zram read",
                                                gib_per_s(r->pages, r->zram_read_ns), 0, 1.0 };
         c[n++] = (struct mv_bench_comparison){
@@ -1166,6 +1308,9 @@ static size_t comparisons(const struct tmem_run *r, struct mv_bench_comparison *
         c[n++] = (struct mv_bench_comparison){ "compression ratio", "x", tmem_ratio(r),
                                                r->zswap_peer[2], zswap_ratio(r), 0, 0 };
     }
+    c[n++] = (struct mv_bench_comparison){ "put throughput, two threads at once", "GiB/s",
+                                           gib_per_s(r->pages, r->put2_ns),
+                                           "put throughput, one thread", put, 0, 0 };
     c[n++] = (struct mv_bench_comparison){ "put throughput", "GiB/s", put,
                                            "lz4 compress loop, one core",
                                            gib_per_s(r->pages, r->lz4_comp_ns), 0, 0.7 };
@@ -1231,6 +1376,9 @@ static int report_json(struct tmem_run *r)
     json_object_object_add(raw, "put_ns_rounds", rounds_json(r->round_put, r->opt.rounds));
     json_object_object_add(raw, "get_ns_rounds", rounds_json(r->round_get, r->opt.rounds));
     json_object_object_add(raw, "put_cpu_ns", json_object_new_uint64(r->put_cpu_ns));
+    json_object_object_add(raw, "put_two_writers_ns", json_object_new_uint64(r->put2_ns));
+    json_object_object_add(raw, "put_two_writers_ns_rounds",
+                           rounds_json(r->round_put2, r->opt.rounds));
     json_object_object_add(raw, "get_cpu_ns", json_object_new_uint64(r->get_cpu_ns));
     json_object_object_add(raw, "put_cpu_ns_rounds", rounds_json(r->cpu_put, r->opt.rounds));
     json_object_object_add(raw, "get_cpu_ns_rounds", rounds_json(r->cpu_get, r->opt.rounds));
@@ -1251,6 +1399,10 @@ static int report_json(struct tmem_run *r)
     json_object_object_add(raw, "zram", json_object_new_boolean(r->zram));
     if (r->zram) {
         json_object_object_add(raw, "zram_write_ns", json_object_new_uint64(r->zram_write_ns));
+        json_object_object_add(raw, "zram_write_two_writers_ns",
+                               json_object_new_uint64(r->zram_write2_ns));
+        json_object_object_add(raw, "zram_write_two_writers_ns_rounds",
+                               rounds_json(r->round_zram_write2, r->opt.rounds));
         json_object_object_add(raw, "zram_read_ns", json_object_new_uint64(r->zram_read_ns));
         json_object_object_add(raw, "zram_write_ns_rounds",
                                rounds_json(r->round_zram_write, r->opt.rounds));
@@ -1370,11 +1522,12 @@ static void print_usage(FILE *out)
         "usage: memvisor bench tmem [--json] [--size MIB] [--rounds N]\n"
         "\n"
         "Transcendent memory against zram, zswap and a plain lz4 loop on the same\n"
-        "realistic guest pages: put/get throughput, compression ratio, relinquish\n"
-        "time, and the fault latency of a paged-out page against the kernel's first\n"
-        "touch and a zram swap-in.  Uses /dev/zram0 when it is unused (root), resets\n"
-        "it after; turns zswap on over a swap file in $TMPDIR (or /tmp) when it is\n"
-        "off (root), and puts back every setting after.\n"
+        "realistic guest pages: put/get throughput (puts and zram writes also from\n"
+        "two writers at once), compression ratio, relinquish time, and the fault\n"
+        "latency of a paged-out page against the kernel's first touch and a zram\n"
+        "swap-in.  Uses /dev/zram0 when it is unused (root), resets it after; turns\n"
+        "zswap on over a swap file in $TMPDIR (or /tmp) when it is off (root), and\n"
+        "puts back every setting after.\n"
         "\n"
         "  --size MIB   guest pages to store (default %u, at most %u)\n"
         "  --rounds N   times put/get, zram and the lz4 loop are measured, tmem\n"

@@ -128,6 +128,11 @@ struct mv__mutex {
 };
 
 void mv__mutex_init(struct mv__mutex *m, enum mv__lock_level level);
+/* The same, for a lock taken often and held briefly by threads on other
+ * CPUs: a taker spins a little before it sleeps, since on a virtual
+ * machine the wakeup of a sleeping taker costs more than the holder's
+ * whole critical section. */
+void mv__mutex_init_spinning(struct mv__mutex *m, enum mv__lock_level level);
 void mv__mutex_destroy(struct mv__mutex *m);
 void mv__mutex_lock(struct mv__mutex *m);
 void mv__mutex_unlock(struct mv__mutex *m);

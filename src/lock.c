@@ -64,6 +64,17 @@ void mv__mutex_init(struct mv__mutex *m, enum mv__lock_level level)
     m->level = level;
 }
 
+void mv__mutex_init_spinning(struct mv__mutex *m, enum mv__lock_level level)
+{
+    pthread_mutexattr_t attr;
+
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&m->mutex, &attr);
+    pthread_mutexattr_destroy(&attr);
+    m->level = level;
+}
+
 void mv__mutex_destroy(struct mv__mutex *m)
 {
     pthread_mutex_destroy(&m->mutex);

@@ -28,7 +28,9 @@ static int tmem_host_init(struct mv_host *h)
     if (!t)
         return mv__fail(-ENOMEM, "tmem: out of memory");
     t->host = h;
-    mv__mutex_init(&t->lock, MV_LOCK_TMEM);
+    /* Puts and gets from many vCPUs hold it for the index and the
+     * allocator only (compression is done before). */
+    mv__mutex_init_spinning(&t->lock, MV_LOCK_TMEM);
     tm_list_init(&t->chunks);
     t->spare_max = TM_SPARE_MAX;
     t->obj_buckets = 1024;
