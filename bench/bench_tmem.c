@@ -150,6 +150,53 @@ static double gib_per_s(uint64_t pages, uint64_t ns)
     return ns ? (double)pages * MV_PAGE_SIZE / (double)ns * 1e9 / (double)(1ull << 30) : 0;
 }
 
+/* ---- tmem clients ---- */
+
+/* A host with room for every page twice over. */
+static int tmem_host(const struct tmem_run *run, mv_host **out)
+{
+    struct mv_host_config hc;
+
+    mv_bench_host_config_init(&hc);
+    hc.budget_bytes = run->pages * MV_PAGE_SIZE * 2 + 256 * MV_BENCH_MIB;
+    return mv_bench_host_create(&hc, out);
+}
+
+/* A domain `name` on h with a tmem client and a persistent pool: 0 or a
+ * negative errno. */
+static int tmem_client(mv_host *h, const char *name, uint32_t *dom, int *pool)
+{
+    struct mv_domain_config dc;
+    int rc;
+
+    mv_domain_config_init(&dc);
+    snprintf(dc.name, sizeof(dc.name), "%s", name);
+    dc.maxmem_bytes = dc.target_bytes = 16 * MV_BENCH_MIB;
+    rc = mv_domain_create(h, &dc, dom);
+    if (rc == 0)
+        rc = mv_tmem_set_client(h, *dom, 100, UINT64_MAX);
+    if (rc == 0)
+        rc = *pool = mv_tmem_new_pool(h, *dom, MV_TMEM_PERSISTENT, NULL);
+    return rc < 0 ? rc : 0;
+}
+
+/* Pages [first, first + count) that do not come back from the pool as
+ * they were put (untimed). */
+static uint64_t tmem_bad_pages(const struct tmem_run *run, mv_host *h, uint32_t dom, int pool,
+                               uint64_t first, uint64_t count)
+{
+    uint8_t page[MV_PAGE_SIZE];
+    uint64_t oid[3] = { 1, 0, 0 }, bad = 0;
+
+    for (uint64_t i = first; i < first + count; i++) {
+        oid[1] = i >> 32;
+        if (mv_tmem_get_page(h, dom, (uint32_t)pool, oid, (uint32_t)i, page, MV_PAGE_SIZE) != 1 ||
+            memcmp(page, guest_image_page(run->image, i), MV_PAGE_SIZE))
+            bad++;
+    }
+    return bad;
+}
+
 /* ---- two writers at once ---- */
 
 struct half_writer {
@@ -210,8 +257,6 @@ static uint64_t two_writers(struct half_writer w[2], void *(*fn)(void *))
 /* One round of put and get; the first also measures relinquish. */
 static int measure_tmem(struct tmem_run *run, unsigned round)
 {
-    struct mv_host_config hc;
-    struct mv_domain_config dc;
     struct mv_tmem_stats s;
     uint8_t page[MV_PAGE_SIZE];
     mv_host *h = NULL;
@@ -219,20 +264,12 @@ static int measure_tmem(struct tmem_run *run, unsigned round)
     uint64_t t0, c0, oid[3] = { 1, 0, 0 };
     int pool, rc;
 
-    mv_bench_host_config_init(&hc);
-    hc.budget_bytes = run->pages * MV_PAGE_SIZE * 2 + 256 * MV_BENCH_MIB;
-    if (mv_bench_host_create(&hc, &h) != MV_BENCH_OK)
+    if (tmem_host(run, &h) != MV_BENCH_OK)
         return MV_BENCH_FAILED;
-    mv_domain_config_init(&dc);
-    snprintf(dc.name, sizeof(dc.name), "tmem-client");
-    dc.maxmem_bytes = dc.target_bytes = 16 * MV_BENCH_MIB;
-    rc = mv_domain_create(h, &dc, &dom);
-    if (rc == 0)
-        rc = mv_tmem_set_client(h, dom, 100, UINT64_MAX);
-    pool = rc < 0 ? rc : mv_tmem_new_pool(h, dom, MV_TMEM_PERSISTENT, NULL);
-    if (pool < 0) {
+    rc = tmem_client(h, "tmem-client", &dom, &pool);
+    if (rc < 0) {
         mv_host_destroy(h);
-        return mv_bench_lib_error("tmem pool", pool);
+        return mv_bench_lib_error("tmem pool", rc);
     }
     c0 = mv_bench_process_cpu_ns();
     t0 = mv_bench_now_ns();
@@ -263,13 +300,7 @@ static int measure_tmem(struct tmem_run *run, unsigned round)
     }
     run->round_get[round] = mv_bench_now_ns() - t0;
     run->cpu_get[round] = mv_bench_process_cpu_ns() - c0;
-    /* Untimed: every page is what was put. */
-    for (uint64_t i = 0; i < run->pages; i++) {
-        oid[1] = i >> 32;
-        if (mv_tmem_get_page(h, dom, (uint32_t)pool, oid, (uint32_t)i, page, MV_PAGE_SIZE) != 1 ||
-            memcmp(page, guest_image_page(run->image, i), MV_PAGE_SIZE))
-            run->bad_pages++;
-    }
+    run->bad_pages += tmem_bad_pages(run, h, dom, pool, 0, run->pages);
     if (round > 0)
         goto out;
     /* Relinquish: the pages again, in an ephemeral pool, then frames back. */
@@ -300,45 +331,22 @@ out:
 static int measure_put_two(struct tmem_run *run, unsigned round)
 {
     struct half_writer w[2] = { { .run = run }, { .run = run } };
-    struct mv_host_config hc;
-    uint8_t page[MV_PAGE_SIZE];
     mv_host *h = NULL;
     int rc = 0;
 
-    mv_bench_host_config_init(&hc);
-    hc.budget_bytes = run->pages * MV_PAGE_SIZE * 2 + 256 * MV_BENCH_MIB;
-    if (mv_bench_host_create(&hc, &h) != MV_BENCH_OK)
+    if (tmem_host(run, &h) != MV_BENCH_OK)
         return MV_BENCH_FAILED;
-    for (int k = 0; k < 2 && rc >= 0; k++) {
-        struct mv_domain_config dc;
-
-        mv_domain_config_init(&dc);
-        snprintf(dc.name, sizeof(dc.name), "tmem-client-%d", k);
-        dc.maxmem_bytes = dc.target_bytes = 16 * MV_BENCH_MIB;
+    for (int k = 0; k < 2 && rc == 0; k++) {
         w[k].host = h;
-        rc = mv_domain_create(h, &dc, &w[k].dom);
-        if (rc == 0)
-            rc = mv_tmem_set_client(h, w[k].dom, 100, UINT64_MAX);
-        if (rc == 0)
-            rc = w[k].pool = mv_tmem_new_pool(h, w[k].dom, MV_TMEM_PERSISTENT, NULL);
+        rc = tmem_client(h, k ? "tmem-client-1" : "tmem-client-0", &w[k].dom, &w[k].pool);
     }
     if (rc < 0) {
         mv_host_destroy(h);
         return mv_bench_lib_error("tmem pools for two writers", rc);
     }
     run->round_put2[round] = two_writers(w, put_half);
-    /* Untimed: every page is what was put. */
-    for (int k = 0; k < 2; k++) {
-        uint64_t oid[3] = { 1, 0, 0 };
-
-        for (uint64_t i = w[k].first; i < w[k].first + w[k].count; i++) {
-            oid[1] = i >> 32;
-            if (mv_tmem_get_page(h, w[k].dom, (uint32_t)w[k].pool, oid, (uint32_t)i, page,
-                                 MV_PAGE_SIZE) != 1 ||
-                memcmp(page, guest_image_page(run->image, i), MV_PAGE_SIZE))
-                run->bad_pages++;
-        }
-    }
+    for (int k = 0; k < 2; k++)
+        run->bad_pages += tmem_bad_pages(run, h, w[k].dom, w[k].pool, w[k].first, w[k].count);
     rc = mv_tmem_audit(h);
     mv_host_destroy(h);
     if (rc < 0)
@@ -459,6 +467,18 @@ static void zram_reset(void)
     sys_write(ZRAM "reset", "1");
 }
 
+/* Pages of the device that do not read back as written (untimed). */
+static uint64_t zram_bad_pages(const struct tmem_run *run, int fd, uint8_t *buf)
+{
+    uint64_t bad = 0;
+
+    for (uint64_t i = 0; i < run->pages; i++)
+        if (pread(fd, buf, MV_PAGE_SIZE, (off_t)(i * MV_PAGE_SIZE)) != MV_PAGE_SIZE ||
+            memcmp(buf, guest_image_page(run->image, i), MV_PAGE_SIZE))
+            bad++;
+    return bad;
+}
+
 /* One round of zram writes and reads; a round after a failed one is not
  * run (run->zram stays false). */
 static void measure_zram(struct tmem_run *run, unsigned round)
@@ -502,10 +522,7 @@ static void measure_zram(struct tmem_run *run, unsigned round)
             run->zram_bad++;
     run->round_zram_read[round] = mv_bench_now_ns() - t0;
     run->cpu_zram_read[round] = mv_bench_process_cpu_ns() - c0;
-    for (uint64_t i = 0; i < run->pages; i++)
-        if (pread(fd, buf, MV_PAGE_SIZE, (off_t)(i * MV_PAGE_SIZE)) != MV_PAGE_SIZE ||
-            memcmp(buf, guest_image_page(run->image, i), MV_PAGE_SIZE))
-            run->zram_bad++;
+    run->zram_bad += zram_bad_pages(run, fd, buf);
     close(fd);
     /* Two writers at once, on a fresh device (each half written once). */
     run->round_zram_write2[round] = 0;
@@ -516,10 +533,7 @@ static void measure_zram(struct tmem_run *run, unsigned round)
         struct half_writer w[2] = { { .run = run, .fd = fd }, { .run = run, .fd = fd } };
 
         run->round_zram_write2[round] = two_writers(w, zram_write_half);
-        for (uint64_t i = 0; i < run->pages; i++)
-            if (pread(fd, buf, MV_PAGE_SIZE, (off_t)(i * MV_PAGE_SIZE)) != MV_PAGE_SIZE ||
-                memcmp(buf, guest_image_page(run->image, i), MV_PAGE_SIZE))
-                run->zram_bad++;
+        run->zram_bad += zram_bad_pages(run, fd, buf);
         close(fd);
     }
     free(buf);

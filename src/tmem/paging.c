@@ -109,6 +109,7 @@ static int page_restore(struct mv_domain *d, uint64_t gfn, bool map, bool in_han
 {
     struct mv__tmem *t = tm_of(d->host);
     uint8_t buf[MV_PAGE_SIZE];
+    bool looked = false, found = false;
     uint64_t oid[3];
     uint32_t index;
     int rc;
@@ -119,23 +120,25 @@ static int page_restore(struct mv_domain *d, uint64_t gfn, bool map, bool in_han
         mv__mutex_lock(&t->lock);
     else
         tm_lock(t);
-    if (in_handler && t->flush_later_count == TM_FLUSH_LATER_MAX)
+    if (in_handler && t->flush_later_count == TM_FLUSH_LATER_MAX) {
         rc = -EAGAIN;
-    else
-        rc = t->paging_pool ? tm_get(t, t->paging_client, t->paging_pool, oid, index,
-                                     buf, true) : 0;
+    } else {
+        /* The host pool is persistent: a get only counts, which is done
+         * below, once it is known whether this one is handed on. */
+        looked = t->paging_pool != NULL;
+        rc = looked ? tm_peek(t, t->paging_pool, oid, index, buf, NULL) : 0;
+        found = rc == 1;
+    }
     if (rc == 0)
         rc = -ENODATA;
     if (rc == 1 && map && mv__os_uffd_copy(d->uffd, mv__gfn_addr(d, gfn), buf, false) == 0) {
         *mapped = true;
         rc = 0;
     }
-    if (rc != 0 && in_handler) {
-        /* Handed on: the fault thread's get is the one that counts. */
-        if (rc != -EAGAIN && t->paging_pool)
-            tm_get_uncount(t->paging_client, t->paging_pool, rc == 1);
-        rc = -EAGAIN;
-    }
+    if (rc != 0 && in_handler)
+        rc = -EAGAIN; /* handed on: the fault thread's get is the one that counts */
+    else if (looked)
+        tm_count_get(t->paging_client, t->paging_pool, found);
     if (rc == 1)
         rc = mv__os_write(d->host->machine.memfd, buf, (d->base_mfn + gfn) << MV_PAGE_SHIFT,
                           MV_PAGE_SIZE);

@@ -628,24 +628,40 @@ int mv_tmem_put_page(mv_host *h, uint32_t domid, uint32_t id, const uint64_t oid
 }
 
 /* The get, lock held: 1 found (copied to page), 0 not, or a negative errno. */
-int tm_get(struct mv__tmem *t, struct tm_client *c, struct tm_pool *pool,
-           const uint64_t oid[3], uint32_t index, uint8_t *page, bool keep)
+int tm_peek(struct mv__tmem *t, struct tm_pool *pool, const uint64_t oid[3],
+            uint32_t index, uint8_t *page, struct tm_page **found)
 {
-    struct tm_object *o;
-    struct tm_page *pg;
+    struct tm_object *o = object_find(t, pool, oid, false);
+    struct tm_page *pg = o ? page_find(o, index) : NULL;
     int rc;
 
-    pool->c.gets++;
-    c->c.gets++;
-    o = object_find(t, pool, oid, false);
-    pg = o ? page_find(o, index) : NULL;
     if (!pg)
         return 0;
     rc = tm_load_page(t, pg, page);
     if (rc < 0)
         return rc;
-    pool->c.found_gets++;
-    c->c.found_gets++;
+    if (found)
+        *found = pg;
+    return 1;
+}
+
+void tm_count_get(struct tm_client *c, struct tm_pool *pool, bool found)
+{
+    pool->c.gets++;
+    c->c.gets++;
+    pool->c.found_gets += found;
+    c->c.found_gets += found;
+}
+
+int tm_get(struct mv__tmem *t, struct tm_client *c, struct tm_pool *pool,
+           const uint64_t oid[3], uint32_t index, uint8_t *page, bool keep)
+{
+    struct tm_page *pg;
+    int rc = tm_peek(t, pool, oid, index, page, &pg);
+
+    tm_count_get(c, pool, rc == 1);
+    if (rc != 1)
+        return rc;
     if (!(pool->flags & MV_TMEM_PERSISTENT)) {
         if (!(pool->flags & MV_TMEM_SHARED) && !keep) {
             tm_page_free(t, pg); /* exclusive get */
@@ -676,14 +692,6 @@ int mv_tmem_get_page(mv_host *h, uint32_t domid, uint32_t id, const uint64_t oid
         rc = tm_get(t, tm_client_find(t, domid), pool, oid, index, page, false);
     mv__mutex_unlock(&t->lock);
     return rc;
-}
-
-void tm_get_uncount(struct tm_client *c, struct tm_pool *pool, bool found)
-{
-    pool->c.gets--;
-    c->c.gets--;
-    pool->c.found_gets -= found;
-    c->c.found_gets -= found;
 }
 
 int tm_flush(struct mv__tmem *t, struct tm_pool *pool, const uint64_t oid[3],

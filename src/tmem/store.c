@@ -494,6 +494,7 @@ void tm_prepare_page(const uint8_t *page, struct tm_prepared *out)
 int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
                   const uint8_t *page, const struct tm_prepared *prep, bool dedup)
 {
+    bool zstd = pool->flags & MV_TMEM_ZSTD;
     struct tm_prepared here;
     const uint8_t *src;
     unsigned codec, len;
@@ -501,32 +502,26 @@ int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
     struct tm_blob *b;
     int rc;
 
-    if (pool->flags & MV_TMEM_ZSTD) {
-        size_t n;
+    if (!prep && !zstd) {
+        tm_prepare_page(page, &here);
+        prep = &here;
+    }
+    if (prep ? prep->same : same_filled(page, &pg->fill)) {
+        if (prep)
+            pg->fill = prep->fill;
+        pg->kind = TM_PAGE_SAME;
+        pg->blob = NULL;
+        pool->c.same_filled++;
+        return 0;
+    }
+    if (zstd) {
+        size_t n = ZSTD_compressCCtx(t->zstd_cctx, t->scratch, 2 * MV_PAGE_SIZE, page,
+                                     MV_PAGE_SIZE, TM_ZSTD_LEVEL);
 
-        if (same_filled(page, &pg->fill)) {
-            pg->kind = TM_PAGE_SAME;
-            pg->blob = NULL;
-            pool->c.same_filled++;
-            return 0;
-        }
-        n = ZSTD_compressCCtx(t->zstd_cctx, t->scratch, 2 * MV_PAGE_SIZE, page,
-                              MV_PAGE_SIZE, TM_ZSTD_LEVEL);
         codec = TM_CODEC_ZSTD;
         src = t->scratch;
         len = ZSTD_isError(n) || n > TM_RAW_THRESHOLD ? 0 : (unsigned)n;
     } else {
-        if (!prep) {
-            tm_prepare_page(page, &here);
-            prep = &here;
-        }
-        if (prep->same) {
-            pg->kind = TM_PAGE_SAME;
-            pg->fill = prep->fill;
-            pg->blob = NULL;
-            pool->c.same_filled++;
-            return 0;
-        }
         codec = TM_CODEC_LZ4;
         src = prep->buf;
         len = prep->len;

@@ -289,9 +289,12 @@ int tm_put(struct mv__tmem *t, struct tm_client *c, struct tm_pool *pool,
 /* 1 found, 0 not; `keep` leaves an exclusive get's page in place. */
 int tm_get(struct mv__tmem *t, struct tm_client *c, struct tm_pool *pool,
            const uint64_t oid[3], uint32_t index, uint8_t *page, bool keep);
-/* Take back the counts of a get (with `keep`) that the caller hands on to be
- * made again, so that it counts once. */
-void tm_get_uncount(struct tm_client *c, struct tm_pool *pool, bool found);
+/* The get's lookup alone: the page copied out (and its record in *found
+ * when not NULL), nothing counted or moved; 1, 0 or a negative errno. */
+int tm_peek(struct mv__tmem *t, struct tm_pool *pool, const uint64_t oid[3],
+            uint32_t index, uint8_t *page, struct tm_page **found);
+/* Count a get of client c from pool (found or not). */
+void tm_count_get(struct tm_client *c, struct tm_pool *pool, bool found);
 /* Remove the page under the key: 1 when it was there. */
 int tm_flush(struct mv__tmem *t, struct tm_pool *pool, const uint64_t oid[3],
              uint32_t index);
