@@ -169,6 +169,7 @@ static int tmem_client(mv_host *h, const char *name, uint32_t *dom, int *pool)
     struct mv_domain_config dc;
     int rc;
 
+    *pool = -1;
     mv_domain_config_init(&dc);
     snprintf(dc.name, sizeof(dc.name), "%s", name);
     dc.maxmem_bytes = dc.target_bytes = 16 * MV_BENCH_MIB;
