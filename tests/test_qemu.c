@@ -307,6 +307,46 @@ static bool dirty_bit(const uint64_t *bits, uint64_t gfn)
     return bits[gfn / 64] & (1ull << (gfn % 64));
 }
 
+/* One second of the guest's writes seen by QEMU's calc-dirty-rate
+ * (*dirty_mb, MB/s), then the next second seen by the log (*ours_pages,
+ * pages holding data).  QEMU 7.2 under TCG crashes in its dirty-bitmap
+ * mode, so it samples page contents (the most pages it allows): every
+ * rewrite of the verifier changes a page's bytes, as sampling needs. */
+static void measure_dirty_rates(mv_host *h, struct guest *g, uint64_t *bits, uint64_t *zero,
+                                uint64_t words, uint64_t *ours_pages, uint64_t *dirty_mb)
+{
+    char why[256], reply[2048];
+    const char *at;
+    int64_t n;
+
+    /* QEMU first, then the log: QEMU's sampling reads pages, and the log
+     * reports what the VMM's own reads map (fault-around) as written.
+     * Over-reporting, never a lost write; but not the guest's rate. */
+    assert_ok(mv_qemu_qmp(&g->q, "{\"execute\":\"calc-dirty-rate\",\"arguments\":"
+                          "{\"calc-time\":1,\"sample-pages\":10000}}", reply, sizeof(reply),
+                          10000, why, sizeof(why)));
+    tu_wait_until(mv_qemu_qmp(&g->q, "{\"execute\":\"query-dirty-rate\"}", reply,
+                              sizeof(reply), 10000, why, sizeof(why)) == 0 &&
+                  strstr(reply, "\"measured\""));
+    assert_ok(mv_logdirty_clean(h, g->q.domid, bits, zero, words));
+    usleep(1000 * 1000); /* the rate is per second: one second of writes */
+    n = mv_logdirty_clean(h, g->q.domid, bits, zero, words);
+    assert_true(n > 0);
+    /* Pages that hold data: the guest's free page reporting empties pages
+     * meanwhile, which the log reports (as holding no data) and sampling
+     * does not see. */
+    *ours_pages = 0;
+    for (uint64_t w = 0; w < words; w++)
+        *ours_pages += (uint64_t)__builtin_popcountll(bits[w] & ~zero[w]);
+    at = strstr(reply, "\"dirty-rate\":");
+    assert_non_null(at);
+    *dirty_mb = strtoull(at + strlen("\"dirty-rate\":"), NULL, 10);
+    print_message("dirty rate: memvisor %llu pages/s (%.1f MB/s), QEMU calc-dirty-rate "
+                  "%llu MB/s\n", (unsigned long long)*ours_pages, *ours_pages * 4096 / 1e6,
+                  (unsigned long long)*dirty_mb);
+    assert_true(*dirty_mb > 0);
+}
+
 /* Dirty logging on a real guest: every page the guest writes on purpose
  * (their gfns from its own pagemap) is in the log, and the rate the log
  * sees agrees with QEMU's own calc-dirty-rate, measured in the same run. */
@@ -316,7 +356,6 @@ static void check_guest_dirty_log(enum mv_logdirty_mode mode)
     struct mv_domain_config c;
     uint64_t words = (384 * MiB / 4096 + 63) / 64, dirty_mb, ours_pages;
     uint64_t *bits = calloc(words, 8), *zero = calloc(words, 8);
-    char why[256], reply[2048];
     const char *at;
     mv_host *h;
     int64_t n;
@@ -351,42 +390,25 @@ static void check_guest_dirty_log(enum mv_logdirty_mode mode)
     }
     print_message("dirty log: %lld pages dirty, the guest's 64 among them\n", (long long)n);
 
-    /* Rate: one second of the verifier's rewrites, seen by the log and by
-     * QEMU's calc-dirty-rate.  QEMU 7.2 under TCG crashes in its
-     * dirty-bitmap mode, so it samples page contents (the most pages it
-     * allows): every rewrite changes a page's bytes, as sampling needs. */
+    /* Rate: the verifier's rewrites, seen by the log and by QEMU. */
     guest_cmd(g, "run verify 32");
     guest_verified(g, 20000); /* filled, and rewriting at its steady pace */
-    /* QEMU first, then the log: QEMU's sampling reads pages, and the log
-     * reports what the VMM's own reads map (fault-around) as written.
-     * Over-reporting, never a lost write; but not the guest's rate. */
-    assert_ok(mv_qemu_qmp(&g->q, "{\"execute\":\"calc-dirty-rate\",\"arguments\":"
-                          "{\"calc-time\":1,\"sample-pages\":10000}}", reply, sizeof(reply),
-                          10000, why, sizeof(why)));
-    tu_wait_until(mv_qemu_qmp(&g->q, "{\"execute\":\"query-dirty-rate\"}", reply,
-                              sizeof(reply), 10000, why, sizeof(why)) == 0 &&
-                  strstr(reply, "\"measured\""));
-    assert_ok(mv_logdirty_clean(h, g->q.domid, bits, zero, words));
-    usleep(1000 * 1000); /* the rate is per second: one second of writes */
-    n = mv_logdirty_clean(h, g->q.domid, bits, zero, words);
-    assert_true(n > 0);
-    /* Pages that hold data: the guest's free page reporting empties pages
-     * meanwhile, which the log reports (as holding no data) and sampling
-     * does not see. */
-    ours_pages = 0;
-    for (uint64_t w = 0; w < words; w++)
-        ours_pages += (uint64_t)__builtin_popcountll(bits[w] & ~zero[w]);
-    at = strstr(reply, "\"dirty-rate\":");
-    assert_non_null(at);
-    dirty_mb = strtoull(at + strlen("\"dirty-rate\":"), NULL, 10);
-    print_message("dirty rate: memvisor %llu pages/s (%.1f MB/s), QEMU calc-dirty-rate "
-                  "%llu MB/s\n", (unsigned long long)ours_pages, ours_pages * 4096 / 1e6,
-                  (unsigned long long)dirty_mb);
-    assert_true(dirty_mb > 0);
-    /* Sampling against an exact log over slightly different seconds: the
-     * same order of magnitude. */
-    assert_true(ours_pages * 4096 / 1000000 * 4 + 4 >= dirty_mb);
-    assert_true(dirty_mb * 4 + 4 >= ours_pages * 4096 / 1000000);
+    /* Two seconds in a row, one each: under load (a TCG guest shares two
+     * CPUs with the rest of a parallel test run) the guest's pace can
+     * change between them, so a pair outside the bounds is measured again,
+     * up to three pairs.  A log that is wrong misses every time. */
+    for (int attempt = 1;; attempt++) {
+        bool agree;
+
+        measure_dirty_rates(h, g, bits, zero, words, &ours_pages, &dirty_mb);
+        agree = ours_pages * 4096 / 1000000 * 4 + 4 >= dirty_mb &&
+                dirty_mb * 4 + 4 >= ours_pages * 4096 / 1000000;
+        if (agree)
+            break;
+        if (attempt == 3)
+            fail_msg("three pairs of seconds: memvisor's log and QEMU's calc-dirty-rate "
+                     "never within 4x of each other");
+    }
     guest_verified(g, 1000);
     assert_ok(mv_logdirty_disable(h, g->q.domid));
     audit_all(h, g->q.domid);
