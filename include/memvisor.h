@@ -1285,7 +1285,10 @@ struct mv_tmem_counts {
     uint64_t pages;             /* pages stored now */
     uint64_t marker_pages;      /* ... of which same-filled, kept as a word */
     uint64_t stored_bytes;      /* bytes of frames they take */
-    uint64_t reserved[4];
+    uint64_t lz4_pages;         /* pages stored now as lz4 bytes */
+    uint64_t zstd_pages;        /* ... as zstd bytes (the other pages that
+                                 * are not markers are kept raw) */
+    uint64_t reserved[2];
 };
 
 struct mv_tmem_pool_info {

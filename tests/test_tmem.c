@@ -364,8 +364,13 @@ static void zstd_and_dedup_pools(void **state)
         if (info[i].pool == (uint32_t)dd) {
             assert_int_equal(info[i].counts.dedup_hits, 99);
             assert_true(info[i].counts.stored_bytes < PAGE);
+            /* Pages count by codec, blobs shared or not. */
+            assert_int_equal(info[i].counts.lz4_pages, 100);
+            assert_int_equal(info[i].counts.zstd_pages, 0);
         } else {
             assert_int_equal(info[i].counts.poor_compressions, 50);
+            assert_int_equal(info[i].counts.zstd_pages, 50);
+            assert_int_equal(info[i].counts.lz4_pages, 0);
         }
     }
     for (uint32_t i = 0; i < 100; i++) {
@@ -390,9 +395,17 @@ static void zstd_and_dedup_pools(void **state)
         for (uint32_t i = 0; i < 50; i++)
             expect_page(h, d, z, 2, i, i + 77, i % 4);
         assert_int_equal(mv_tmem_pool_list(h, info, 4), 2);
-        for (int i = 0; i < 2; i++)
-            if (info[i].pool == (uint32_t)z)
-                assert_int_equal(info[i].flags, flags);
+        for (int i = 0; i < 2; i++) {
+            if (info[i].pool != (uint32_t)z)
+                continue;
+            assert_int_equal(info[i].flags, flags);
+            /* Kinds 0 and 1 are markers, 3 raw: the 12 pages of kind 2
+             * are compressed, by this pool's codec only. */
+            assert_int_equal(info[i].counts.marker_pages, 26);
+            assert_int_equal(info[i].counts.poor_compressions, 12);
+            assert_int_equal(round ? info[i].counts.lz4_pages : info[i].counts.zstd_pages, 12);
+            assert_int_equal(round ? info[i].counts.zstd_pages : info[i].counts.lz4_pages, 0);
+        }
     }
     audit(h);
     mv_host_destroy(h);

@@ -2003,12 +2003,17 @@ static struct json_object *tmem_key_request(const struct invocation *inv, const 
 
 static void print_tmem_counts(const char *what, struct json_object *c)
 {
-    printf("%s: %" PRIu64 " pages in %" PRIu64 " bytes (ratio %.2f); puts %" PRIu64
+    uint64_t pages = field_u64(c, "pages"), markers = field_u64(c, "marker_pages");
+    uint64_t lz4 = field_u64(c, "lz4_pages"), zstd = field_u64(c, "zstd_pages");
+
+    printf("%s: %" PRIu64 " pages in %" PRIu64 " bytes (ratio %.2f; %" PRIu64 " lz4, %" PRIu64
+           " zstd, %" PRIu64 " raw, %" PRIu64 " markers); puts %" PRIu64
            " (%" PRIu64 " stored), gets %" PRIu64 " (%" PRIu64 " found), flushes %" PRIu64
            " (%" PRIu64 " objects), evictions %" PRIu64 ", poor compressions %" PRIu64
            ", same-filled %" PRIu64 ", dedup hits %" PRIu64 "\n",
-           what, field_u64(c, "pages"), field_u64(c, "stored_bytes"),
-           json_object_get_double(field(c, "ratio")), field_u64(c, "puts"),
+           what, pages, field_u64(c, "stored_bytes"),
+           json_object_get_double(field(c, "ratio")), lz4, zstd,
+           pages - markers - lz4 - zstd, markers, field_u64(c, "puts"),
            field_u64(c, "puts_stored"), field_u64(c, "gets"), field_u64(c, "found_gets"),
            field_u64(c, "flushes"), field_u64(c, "flush_objects"), field_u64(c, "evictions"),
            field_u64(c, "poor_compressions"), field_u64(c, "same_filled"),
@@ -2195,8 +2200,9 @@ static const struct command tmem_commands[] = {
         .description =
             "Host figures (frames, evictions, relinquished frames, budget shortages,\n"
             "repayment, host paging), then every pool (or DOMAIN's) with its puts,\n"
-            "gets, found gets, flushes, evictions and compression ratio, then every\n"
-            "domain's pages, quota, collateral and repaid frames.",
+            "gets, found gets, flushes, evictions, compression ratio and pages by\n"
+            "codec (lz4, zstd, raw, same-filled markers), then every domain's pages,\n"
+            "quota, collateral and repaid frames.",
         .options = OPTIONS(&opt_json), .run = run_tmem_list, .wire = WIRE("tmem-list"),
     },
     {

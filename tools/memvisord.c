@@ -1885,6 +1885,8 @@ static struct json_object *tmem_counts_json(const struct mv_tmem_counts *c)
     json_object_object_add(o, "same_filled", json_object_new_uint64(c->same_filled));
     json_object_object_add(o, "pages", json_object_new_uint64(c->pages));
     json_object_object_add(o, "marker_pages", json_object_new_uint64(c->marker_pages));
+    json_object_object_add(o, "lz4_pages", json_object_new_uint64(c->lz4_pages));
+    json_object_object_add(o, "zstd_pages", json_object_new_uint64(c->zstd_pages));
     json_object_object_add(o, "stored_bytes", json_object_new_uint64(c->stored_bytes));
     json_object_object_add(o, "ratio", json_object_new_double(mv_tmem_ratio(c)));
     return o;

@@ -162,6 +162,8 @@ static void counts_out(const struct tm_pool_counts *c, struct mv_tmem_counts *o)
     o->pages = c->pages;
     o->marker_pages = c->marker_pages;
     o->stored_bytes = c->stored_bytes;
+    o->lz4_pages = c->lz4_pages;
+    o->zstd_pages = c->zstd_pages;
 }
 
 static void counts_add(struct mv_tmem_counts *sum, const struct mv_tmem_counts *c)
@@ -179,6 +181,8 @@ static void counts_add(struct mv_tmem_counts *sum, const struct mv_tmem_counts *
     sum->pages += c->pages;
     sum->marker_pages += c->marker_pages;
     sum->stored_bytes += c->stored_bytes;
+    sum->lz4_pages += c->lz4_pages;
+    sum->zstd_pages += c->zstd_pages;
 }
 
 double mv_tmem_ratio(const struct mv_tmem_counts *c)

@@ -221,6 +221,12 @@ static void counts_pages(struct tm_pool *pool, struct tm_client *c, const struct
     if (pg->kind == TM_PAGE_SAME) {
         pool->c.marker_pages += (uint64_t)(int64_t)delta;
         c->c.marker_pages += (uint64_t)(int64_t)delta;
+    } else if (pg->blob->codec == TM_CODEC_LZ4) {
+        pool->c.lz4_pages += (uint64_t)(int64_t)delta;
+        c->c.lz4_pages += (uint64_t)(int64_t)delta;
+    } else if (pg->blob->codec == TM_CODEC_ZSTD) {
+        pool->c.zstd_pages += (uint64_t)(int64_t)delta;
+        c->c.zstd_pages += (uint64_t)(int64_t)delta;
     }
     if (pool->flags & MV_TMEM_PERSISTENT)
         c->persistent += (uint64_t)(int64_t)delta;
@@ -837,7 +843,7 @@ int tm_pool_audit(struct mv__tmem *t)
     }
     for (uint32_t i = 0; i < TM_MAX_POOLS; i++) {
         struct tm_pool *pool = t->pools[i];
-        uint64_t n = 0, markers = 0;
+        uint64_t n = 0, markers = 0, lz4 = 0, zstd = 0;
 
         if (!pool)
             continue;
@@ -862,6 +868,8 @@ int tm_pool_audit(struct mv__tmem *t)
                                         "a slot that does not hold its bytes", i);
                     k++;
                     markers += pg->kind == TM_PAGE_SAME;
+                    lz4 += pg->kind == TM_PAGE_BLOB && pg->blob->codec == TM_CODEC_LZ4;
+                    zstd += pg->kind == TM_PAGE_BLOB && pg->blob->codec == TM_CODEC_ZSTD;
                 }
             }
             if (k != o->npages || k == 0)
@@ -875,6 +883,17 @@ int tm_pool_audit(struct mv__tmem *t)
                             "holds %llu (%llu)", i, (unsigned long long)pool->c.pages,
                             (unsigned long long)pool->c.marker_pages,
                             (unsigned long long)n, (unsigned long long)markers);
+        if (lz4 != pool->c.lz4_pages || zstd != pool->c.zstd_pages)
+            return mv__fail(-EUCLEAN, "tmem: pool %u counts %llu lz4 and %llu zstd pages, "
+                            "holds %llu and %llu", i, (unsigned long long)pool->c.lz4_pages,
+                            (unsigned long long)pool->c.zstd_pages,
+                            (unsigned long long)lz4, (unsigned long long)zstd);
+        /* A pool's pages are compressed by its own codec only. */
+        if ((pool->flags & MV_TMEM_ZSTD) ? lz4 : zstd)
+            return mv__fail(-EUCLEAN, "tmem: pool %u (%s) holds %llu pages compressed "
+                            "by the other codec", i,
+                            (pool->flags & MV_TMEM_ZSTD) ? "zstd" : "lz4",
+                            (unsigned long long)((pool->flags & MV_TMEM_ZSTD) ? lz4 : zstd));
         pages += n;
     }
     if (pages != t->page_count || objects != t->obj_count || pools != t->pool_count)

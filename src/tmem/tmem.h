@@ -151,6 +151,7 @@ struct tm_pool_counts {
     uint64_t evictions, poor_compressions, dedup_hits, same_filled;
     uint64_t pages;                    /* stored now */
     uint64_t marker_pages;             /* ... of which kept as a marker */
+    uint64_t lz4_pages, zstd_pages;    /* ... of which compressed, by codec */
     uint64_t stored_bytes;             /* bytes of slots its pages use */
 };
 
