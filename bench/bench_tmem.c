@@ -4,7 +4,10 @@
  *
  * Pages: one synthetic guest of --size MiB from guest_image.c with
  * compressible contents (machine code, page-cache text, heap words and
- * zero pages in realistic proportions), the same bytes for every peer.
+ * zero pages in realistic proportions), or with --image the RAM of a real
+ * guest (a raw dump, as bench share takes; its first --size MiB when
+ * --size is given, else all of it up to TMEM_MAX_MIB), read into memory
+ * before anything is timed; the same bytes for every peer.
  *
  * Figures and their peers:
  *   put / get        mv_tmem_put_page and mv_tmem_get_page of every page
@@ -94,7 +97,9 @@
 
 struct tmem_options {
     uint64_t size_mib;
+    bool size_given;
     uint64_t rounds;
+    const char *image;          /* a raw RAM dump; NULL: the synthetic guest */
     bool json;
 };
 
@@ -1381,8 +1386,17 @@ static int report_json(struct tmem_run *r)
         "first in odd ones; each *_ns figure is the median of its rounds; *_cpu_ns is the "
         "process's CPU time over the same stretch (no goals)"));
     json_object_object_add(p, "pages", json_object_new_uint64(r->pages));
-    json_object_object_add(p, "pages_what", json_object_new_string(
-        "one synthetic guest (guest_image.c, compressible contents: code, text, heap, zero)"));
+    if (r->opt.image) {
+        char what[160];
+
+        snprintf(what, sizeof(what), "the RAM of a real guest: the first %" PRIu64
+                 " pages of the raw dump %s", r->pages, r->image->name);
+        json_object_object_add(p, "pages_what", json_object_new_string(what));
+    } else {
+        json_object_object_add(p, "pages_what", json_object_new_string(
+            "one synthetic guest (guest_image.c, compressible contents: code, text, heap, "
+            "zero)"));
+    }
     json_object_object_add(p, "fault_pages",
                            json_object_new_uint64(TM_MIN(TMEM_FAULT_PAGES, r->pages)));
     json_object_object_add(root, "parameters", p);
@@ -1503,9 +1517,11 @@ static int report_text(struct tmem_run *r)
     struct mv_bench_comparison c[24];
     size_t n = comparisons(r, c);
 
-    printf("memvisor bench tmem: %" PRIu64 " pages (%" PRIu64 " MiB) of one synthetic guest "
-           "with compressible contents; put/get, zram and the lz4 loop: median of %" PRIu64
-           " round%s\n", r->pages, r->opt.size_mib, r->opt.rounds, r->opt.rounds == 1 ? "" : "s");
+    printf("memvisor bench tmem: %" PRIu64 " pages (%" PRIu64 " MiB) of %s%s; put/get, zram and "
+           "the lz4 loop: median of %" PRIu64 " round%s\n", r->pages, r->opt.size_mib,
+           r->opt.image ? "the real guest RAM dump " : "one synthetic guest with compressible "
+                                                        "contents",
+           r->opt.image ? r->image->name : "", r->opt.rounds, r->opt.rounds == 1 ? "" : "s");
     mv_bench_machine_print(stdout, &r->machine);
     printf("\ntmem: %" PRIu64 " frames for %" PRIu64 " pages (%" PRIu64 " same-filled, %"
            PRIu64 " stored raw); relinquish: evict_npages %" PRIu64 " frames in %.1f us, "
@@ -1534,7 +1550,7 @@ static int report_text(struct tmem_run *r)
 static void print_usage(FILE *out)
 {
     fprintf(out,
-        "usage: memvisor bench tmem [--json] [--size MIB] [--rounds N]\n"
+        "usage: memvisor bench tmem [--json] [--size MIB] [--rounds N] [--image FILE]\n"
         "\n"
         "Transcendent memory against zram, zswap and a plain lz4 loop on the same\n"
         "realistic guest pages: put/get throughput (puts and zram writes also from\n"
@@ -1545,6 +1561,10 @@ static void print_usage(FILE *out)
         "puts back every setting after.\n"
         "\n"
         "  --size MIB   guest pages to store (default %u, at most %u)\n"
+        "  --image FILE the pages of a real guest instead of the synthetic one: a\n"
+        "               raw RAM dump (byte i = guest-physical byte i), such as\n"
+        "               scripts/guest-ram.sh leaves in build/vm/ram; all of it,\n"
+        "               or its first --size MiB\n"
         "  --rounds N   times put/get, zram and the lz4 loop are measured, tmem\n"
         "               and zram taking turns to go first; medians are reported\n"
         "               (default %u, at most %u)\n"
@@ -1557,8 +1577,12 @@ static int parse_option(int opt, const char *arg, void *ctx)
 {
     struct tmem_options *o = ctx;
 
-    if (opt == 's')
+    if (opt == 's') {
+        o->size_given = true;
         return mv_bench_parse_mib("tmem: --size", arg, TMEM_MAX_MIB, &o->size_mib);
+    }
+    if (opt == 'i')
+        o->image = arg;
     if (opt == 'r')
         return mv_bench_parse_u64("tmem: --rounds", arg, 1, MV_BENCH_MAX_ROUNDS, &o->rounds);
     return MV_BENCH_OK;
@@ -1570,6 +1594,7 @@ static int parse_options(int argc, char **argv, void *arg, bool *help)
         { "json", no_argument, NULL, 'j' },
         { "size", required_argument, NULL, 's' },
         { "rounds", required_argument, NULL, 'r' },
+        { "image", required_argument, NULL, 'i' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -1581,6 +1606,33 @@ static int parse_options(int argc, char **argv, void *arg, bool *help)
     return mv_bench_options_done("tmem", rc, argc, argv);
 }
 
+/* The pages of a real guest's RAM dump, all in memory before any timing:
+ * a page read from the file for the first time would charge its page-cache
+ * fault to whichever peer reads it first. */
+static int load_image(struct tmem_run *run)
+{
+    uint64_t limit = (run->opt.size_given ? run->opt.size_mib : TMEM_MAX_MIB) *
+                     (MV_BENCH_MIB / MV_PAGE_SIZE);
+    volatile uint8_t sink = 0;
+    int rc = guest_image_add_file(&run->set, run->opt.image);
+
+    if (rc != MV_BENCH_OK)
+        return rc;
+    run->image = &run->set.images[0];
+    run->pages = TM_MIN(run->image->pages, limit);
+    if (run->opt.size_given && run->pages < limit) {
+        mv_bench_error("tmem: %s holds %" PRIu64 " MiB, less than --size %" PRIu64,
+                       run->opt.image, run->image->pages * MV_PAGE_SIZE / MV_BENCH_MIB,
+                       run->opt.size_mib);
+        return MV_BENCH_USAGE;
+    }
+    for (uint64_t i = 0; i < run->pages; i++)
+        sink ^= guest_image_page(run->image, i)[0];
+    (void)sink;
+    run->opt.size_mib = (run->pages * MV_PAGE_SIZE + MV_BENCH_MIB - 1) / MV_BENCH_MIB;
+    return MV_BENCH_OK;
+}
+
 static int run_suite(void *arg)
 {
     struct tmem_run *run = arg;
@@ -1590,16 +1642,20 @@ static int run_suite(void *arg)
 
     if (rc != MV_BENCH_OK)
         return rc;
-    guest_image_params_init(&p);
-    p.guests = 1;
-    p.guest_mib = run->opt.size_mib;
-    p.kernel_mib = TM_MIN(p.kernel_mib, run->opt.size_mib / 8);
-    p.compressible = true;
-    rc = guest_image_generate(&p, &run->set);
+    if (run->opt.image) {
+        rc = load_image(run);
+    } else {
+        guest_image_params_init(&p);
+        p.guests = 1;
+        p.guest_mib = run->opt.size_mib;
+        p.kernel_mib = TM_MIN(p.kernel_mib, run->opt.size_mib / 8);
+        p.compressible = true;
+        rc = guest_image_generate(&p, &run->set);
+        run->image = &run->set.images[0];
+        run->pages = run->image->pages;
+    }
     if (rc != MV_BENCH_OK)
         return rc;
-    run->image = &run->set.images[0];
-    run->pages = run->image->pages;
     rc = measure_rounds(run);
     if (rc == MV_BENCH_OK) {
         measure_zswap(run);
