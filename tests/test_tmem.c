@@ -743,6 +743,15 @@ static void injected_failures_lose_and_leak_nothing(void **state)
     for (uint32_t i = 0; i < 300; i++)
         expect_page(h, d, per, 2, i, i, 2);
     audit(h);
+    /* A page stored raw goes to its new frame by one write; when that
+     * fails, it is stored through the mapping instead. */
+    mv__os_inject(MV_OS_WRITE, EIO, 0, 3);
+    for (uint32_t i = 0; i < 3; i++)
+        assert_int_equal(put(h, d, per, 3, i, i, 3), 1);
+    assert_int_equal(mv__os_injected(MV_OS_WRITE), 0);
+    for (uint32_t i = 0; i < 3; i++)
+        expect_page(h, d, per, 3, i, i, 3);
+    audit(h);
     for (uint32_t i = 0; i < 300; i++)
         assert_int_equal(put(h, d, per, 1, i, i, 3), 1);
     /* Scrubbing fails: the frames are zeroed by hand and still given back. */
