@@ -323,7 +323,6 @@ static void zspage_free(struct mv__tmem *t, struct tm_zspage *zs)
     cl->zspage_count--;
     t->zspage_count--;
     frames_put(t, zs->chunk, zs->frame, zs->frames);
-    free(zs->owner);
     free(zs);
 }
 
@@ -374,18 +373,13 @@ static int slot_alloc(struct mv__tmem *t, unsigned cls, bool may_evict,
         }
     }
     if (!zs) {
-        zs = calloc(1, sizeof(*zs));
-        if (zs)
-            zs->owner = calloc(cl->slots, sizeof(*zs->owner));
-        if (!zs || !zs->owner) {
-            if (zs)
-                free(zs);
+        zs = calloc(1, sizeof(*zs) + cl->slots * sizeof(zs->owner[0]));
+        if (!zs) {
             rc = mv__fail(-ENOMEM, "tmem: out of memory for a zspage record");
             goto uncharge;
         }
         rc = frames_take(t, cl->frames, &zs->chunk, &zs->frame, hole);
         if (rc < 0) {
-            free(zs->owner);
             free(zs);
             goto uncharge;
         }

@@ -100,8 +100,8 @@ struct tm_zspage {
     unsigned frames;
     unsigned cls;                      /* size class index */
     unsigned slots, used;
-    struct tm_blob **owner;            /* per slot, NULL when free */
     struct tm_list link;               /* its class's zspages */
+    struct tm_blob *owner[];           /* per slot, NULL when free */
 };
 
 enum tm_codec { TM_CODEC_RAW = 0, TM_CODEC_LZ4 = 1, TM_CODEC_ZSTD = 2 };
