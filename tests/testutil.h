@@ -302,12 +302,25 @@ static inline const char *tu_vask(FILE *in, FILE *out, const char *fmt, va_list 
     return reply;
 }
 
-/* Run the named case, or all of them without an argument. */
+/* Run the named case, or all of them without an argument.  A name that
+ * is no case fails: cmocka would run nothing and pass (a stale ctest entry
+ * for a case since renamed would test nothing, silently). */
 #define TU_MAIN(cases)                                                         \
     int main(int argc, char **argv)                                            \
     {                                                                          \
-        if (argc > 1)                                                          \
+        if (argc > 1) {                                                        \
+            size_t i_ = 0;                                                     \
+                                                                               \
+            while (i_ < sizeof(cases) / sizeof(cases[0]) &&                    \
+                   strcmp(cases[i_].name, argv[1]) != 0)                       \
+                i_++;                                                          \
+            if (i_ == sizeof(cases) / sizeof(cases[0])) {                      \
+                fprintf(stderr, "%s: no test case named %s\n", argv[0],        \
+                        argv[1]);                                              \
+                return 1;                                                      \
+            }                                                                  \
             cmocka_set_test_filter(argv[1]);                                   \
+        }                                                                      \
         return cmocka_run_group_tests(cases, NULL, NULL);                      \
     }
 
