@@ -394,6 +394,24 @@ static int scan_present(struct mv__tmem *t, struct mv_domain *d, uint8_t *presen
     return 0;
 }
 
+/* Unmap the populated pages found present (touched since the last pass),
+ * by runs: a page found absent next time was not touched in between. */
+static void age_present(struct mv_domain *d, const uint8_t *present)
+{
+    for (uint64_t g = 0; g < d->maxmem_pages;) {
+        uint64_t run = g;
+
+        while (run < d->maxmem_pages && d->p2m[run] == MV_P2M_RAM && present[run])
+            run++;
+        if (run > g) {
+            (void)mv__ram_zap(d, g, run - g);
+            g = run;
+        } else {
+            g++;
+        }
+    }
+}
+
 /* Page out up to `want` pages of d, cold ones first; with `force`, aged
  * ones too (domain lock held, domain not crashed).  Returns pages paged
  * out or a negative errno. */
@@ -419,18 +437,7 @@ static int64_t page_out(struct mv_domain *d, uint64_t want, bool force)
             if (!force)
                 break;
             /* Age the pages left: the next pass knows which were touched. */
-            for (g = 0; g < d->maxmem_pages;) {
-                uint64_t run = g;
-
-                while (run < d->maxmem_pages && d->p2m[run] == MV_P2M_RAM && present[run])
-                    run++;
-                if (run > g) {
-                    (void)mv__ram_zap(d, g, run - g);
-                    g = run;
-                } else {
-                    g++;
-                }
-            }
+            age_present(d, present);
         }
         for (g = 0; rc == 0 && g <= d->maxmem_pages && done < want; g++) {
             bool last = g == d->maxmem_pages;
@@ -451,18 +458,8 @@ static int64_t page_out(struct mv_domain *d, uint64_t want, bool force)
         }
     }
     /* Without `force`, age the pages left for the next pass. */
-    for (g = 0; !force && g < d->maxmem_pages;) {
-        uint64_t run = g;
-
-        while (run < d->maxmem_pages && d->p2m[run] == MV_P2M_RAM && present[run])
-            run++;
-        if (run > g) {
-            (void)mv__ram_zap(d, g, run - g);
-            g = run;
-        } else {
-            g++;
-        }
-    }
+    if (!force)
+        age_present(d, present);
     free(present);
     free(buf);
     if (done)
