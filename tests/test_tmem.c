@@ -628,6 +628,8 @@ struct race {
     int pool;
     atomic_bool stop;
     atomic_int bad;
+    atomic_int found;           /* gets that found their page */
+    atomic_int gone;            /* gets that found the pool destroyed */
 };
 
 static void *getter(void *arg)
@@ -646,7 +648,10 @@ static void *getter(void *arg)
             fill(want, i, 2);
             if (memcmp(want, buf, PAGE))
                 atomic_fetch_add(&r->bad, 1);
-        } else if (rc != 0 && rc != -ENOENT) {
+            atomic_fetch_add(&r->found, 1);
+        } else if (rc == -ENOENT) {
+            atomic_fetch_add(&r->gone, 1);
+        } else if (rc != 0) {
             atomic_fetch_add(&r->bad, 1);
         }
     }
@@ -667,11 +672,15 @@ static void destroy_pool_while_gets_are_in_flight(void **state)
         for (uint32_t i = 0; i < 500; i++)
             assert_int_equal(put(h, r.d, r.pool, 1, i, i, 2), 1);
         atomic_store(&r.stop, false);
+        atomic_store(&r.found, 0);
+        atomic_store(&r.gone, 0);
         for (int i = 0; i < 2; i++)
             assert_int_equal(pthread_create(&th[i], NULL, getter, &r), 0);
-        usleep(2000);
+        /* Destroyed while both keep getting: after gets found pages, and
+         * until gets find the pool gone. */
+        tu_wait_until(atomic_load(&r.found) >= 200);
         assert_ok(mv_tmem_destroy_pool(h, r.d, (uint32_t)r.pool));
-        usleep(1000);
+        tu_wait_until(atomic_load(&r.gone) >= 2);
         atomic_store(&r.stop, true);
         for (int i = 0; i < 2; i++)
             pthread_join(th[i], NULL);
