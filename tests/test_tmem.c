@@ -92,15 +92,25 @@ static struct mv_tmem_stats stats(mv_host *h)
 
 static struct mv_tmem_client_info client(mv_host *h, uint32_t dom)
 {
-    struct mv_tmem_client_info c[16];
-    int n = mv_tmem_client_list(h, c, 16);
+    struct mv_tmem_client_info *c = NULL, found;
+    int n = 0, had;
 
-    assert_ok(n);
-    for (int i = 0; i < n && i < 16; i++)
-        if (c[i].domid == dom)
-            return c[i];
+    do { /* room for as many as there are */
+        had = n;
+        free(c);
+        c = calloc((size_t)had + 1, sizeof(*c));
+        n = mv_tmem_client_list(h, c, (size_t)had + 1);
+        assert_ok(n);
+    } while (n > had + 1);
+    for (int i = 0; i < n; i++) {
+        if (c[i].domid == dom) {
+            found = c[i];
+            free(c);
+            return found;
+        }
+    }
     fail_msg("domain %u has no tmem client", dom);
-    return c[0];
+    return *c;
 }
 
 static void audit(mv_host *h)
@@ -1217,6 +1227,46 @@ static void pools_made_while_the_domain_dies_are_not_left_behind(void **state)
     mv_host_destroy(h);
 }
 
+/* Hundreds of domains' clients, more than the id hash has buckets: each
+ * domain's calls find its own client and pool, with some domains gone. */
+static void many_domains_find_their_own_clients(void **state)
+{
+    enum { DOMAINS = 300 };
+    mv_host *h = tu_host();
+    uint32_t *d = calloc(DOMAINS, sizeof(*d));
+    int *pool = calloc(DOMAINS, sizeof(*pool));
+
+    (void)state;
+    for (int i = 0; i < DOMAINS; i++) {
+        char name[32];
+
+        snprintf(name, sizeof(name), "d%d", i);
+        d[i] = tu_domain(h, name, 2 * MiB, 2 * MiB);
+        pool[i] = mv_tmem_new_pool(h, d[i], MV_TMEM_PERSISTENT, NULL);
+        assert_ok(pool[i]);
+        assert_int_equal(put(h, d[i], pool[i], 1, 0, (uint64_t)i, 2), 1);
+    }
+    assert_int_equal(stats(h).counts.pages, DOMAINS);
+    audit(h);
+    for (int i = 0; i < DOMAINS; i += 3)
+        assert_ok(mv_domain_destroy(h, d[i]));
+    audit(h);
+    for (int i = 0; i < DOMAINS; i++) {
+        if (i % 3 == 0)
+            continue;
+        expect_page(h, d[i], pool[i], 1, 0, (uint64_t)i, 2);
+        assert_int_equal(client(h, d[i]).persistent_pages, 1);
+        /* Another domain's pool stays another's. */
+        assert_err(put(h, d[i], pool[(i + 1) % DOMAINS], 1, 1, 1, 2),
+                   (i + 1) % 3 ? -EPERM : -ENOENT);
+    }
+    assert_int_equal(stats(h).counts.pages, DOMAINS - (DOMAINS + 2) / 3);
+    audit(h);
+    mv_host_destroy(h);
+    free(d);
+    free(pool);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(persistent_pages_round_trip),
     cmocka_unit_test(ephemeral_get_is_exclusive_unless_shared),
@@ -1242,6 +1292,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(guest_page_cache_and_swap_over_tmem),
     cmocka_unit_test(guest_tmem_clients_under_a_tight_budget),
     cmocka_unit_test(pools_made_while_the_domain_dies_are_not_left_behind),
+    cmocka_unit_test(many_domains_find_their_own_clients),
 };
 
 TU_MAIN(cases)

@@ -15,7 +15,8 @@
  * Invariants (mv_tmem_audit): every page is in exactly one object of its
  * pool and, when ephemeral, in its client's LRU; pool, client and host
  * counts equal what the records hold; an object with no page exists only
- * while a put pins it.
+ * while a put pins it; every client is listed once and found by its domid
+ * (a hash, so a call costs the same with one domain or hundreds).
  *
  * Locking: the mv_tmem_* calls look the domain up first (no tmem lock),
  * then do all their work under tmem->lock; the tm_* helpers run with it
@@ -29,9 +30,14 @@
 
 /* ---- clients ---- */
 
+static struct tm_client **client_bucket(struct mv__tmem *t, uint32_t domid)
+{
+    return &t->client_hash[(domid * 2654435761u) >> 24 & (TM_CLIENT_BUCKETS - 1)];
+}
+
 struct tm_client *tm_client_find(struct mv__tmem *t, uint32_t domid)
 {
-    for (struct tm_client *c = t->clients; c; c = c->next)
+    for (struct tm_client *c = *client_bucket(t, domid); c; c = c->hnext)
         if (c->domid == domid)
             return c;
     return NULL;
@@ -54,6 +60,8 @@ struct tm_client *tm_client_get(struct mv__tmem *t, uint32_t domid, uint64_t quo
     tm_list_init(&c->lru);
     c->next = t->clients;
     t->clients = c;
+    c->hnext = *client_bucket(t, domid);
+    *client_bucket(t, domid) = c;
     return c;
 }
 
@@ -371,6 +379,9 @@ void tm_client_drop(struct mv__tmem *t, uint32_t domid)
     for (p = &t->clients; *p != c; p = &(*p)->next)
         ;
     *p = c->next;
+    for (p = client_bucket(t, domid); *p != c; p = &(*p)->hnext)
+        ;
+    *p = c->hnext;
     free(c->auth);
     free(c);
 }
@@ -823,10 +834,18 @@ int mv_tmem_set_collateral(mv_host *h, uint32_t domid, uint64_t pages)
 
 int tm_pool_audit(struct mv__tmem *t)
 {
-    uint64_t pages = 0, objects = 0, pools = 0;
+    uint64_t pages = 0, objects = 0, pools = 0, clients = 0, hashed = 0;
 
+    for (size_t b = 0; b < TM_CLIENT_BUCKETS; b++)
+        for (struct tm_client *c = t->client_hash[b]; c; c = c->hnext)
+            hashed++;
     for (struct tm_client *c = t->clients; c; c = c->next) {
         uint64_t n = 0;
+
+        clients++;
+        if (tm_client_find(t, c->domid) != c)
+            return mv__fail(-EUCLEAN, "tmem: domain %u's client is not found by its id",
+                            c->domid);
 
         for (struct tm_list *e = c->lru.next; e != &c->lru; e = e->next) {
             struct tm_page *pg = tm_container(e, struct tm_page, lru);
@@ -841,6 +860,9 @@ int tm_pool_audit(struct mv__tmem *t)
                             "its LRU holds %llu", c->domid,
                             (unsigned long long)c->ephemeral, (unsigned long long)n);
     }
+    if (hashed != clients)
+        return mv__fail(-EUCLEAN, "tmem: %llu clients listed, %llu found by id",
+                        (unsigned long long)clients, (unsigned long long)hashed);
     for (uint32_t i = 0; i < TM_MAX_POOLS; i++) {
         struct tm_pool *pool = t->pools[i];
         uint64_t n = 0, markers = 0, lz4 = 0, zstd = 0;

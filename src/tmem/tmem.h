@@ -49,6 +49,7 @@
 #define TM_SPARE_SLACK 64u                   /* spare frames scrubbed as a batch */
 #define TM_FLUSH_LATER_MAX 512u              /* paging.c: flushes a vCPU defers */
 #define TM_FAST_HEADROOM 8u                  /* paging.c: budget/8 free for a vCPU's page-in */
+#define TM_CLIENT_BUCKETS 256u
 #define TM_CLASS_SHIFT 5                      /* 32-byte size classes */
 #define TM_CLASS_COUNT (MV_PAGE_SIZE >> TM_CLASS_SHIFT)
 #define TM_ZSPAGE_MAX_FRAMES 8u
@@ -178,6 +179,7 @@ struct tm_client {
     size_t auth_count;
     struct tm_pool_counts c;           /* over its pools */
     struct tm_client *next;
+    struct tm_client *hnext;           /* its bucket of client_hash */
 };
 
 struct tm_class {
@@ -201,6 +203,9 @@ struct mv__tmem {
      * hint; tm_store_page goes by the pool itself). */
     atomic_bool pool_zstd[TM_MAX_POOLS];
     struct tm_client *clients;
+    /* The same clients by domid: every call of a domain finds its client
+     * without a walk past every other domain's. */
+    struct tm_client *client_hash[TM_CLIENT_BUCKETS];
     struct tm_object **objects;        /* hash of every pool's objects */
     size_t obj_buckets, obj_count;
     struct tm_blob **dedup;            /* hash of indexed blobs */
