@@ -16,6 +16,10 @@
  *               0 <= populated <= target <= maxmem;
  *               block_pod[b] == #PoD entries in block b.
  *
+ * The host table is sorted by domid (ids are handed out in order, and after
+ * they wrap the first free one is inserted in its place), so every call
+ * that names a domain finds it by a binary search, not a walk of them all.
+ *
  * Life cycle: a domain is reachable through the host table; every user
  * takes a reference (mv__domain_get).  Destroy removes it from the table
  * first, so no new user can find it, then poisons its RAM (SIGBUS for any
@@ -37,20 +41,34 @@
 /* ------------------------------------------------------------------------ */
 /* references                                                               */
 
+/* Where domid is or would go in the table (domains_lock held). */
+static size_t table_index(const struct mv_host *host, uint32_t domid)
+{
+    size_t lo = 0, hi = host->domain_count;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (host->domains[mid]->domid < domid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 static struct mv_domain *domain_find(struct mv_host *host, uint32_t domid,
                                      bool include_dying)
 {
     struct mv_domain *found = NULL;
+    size_t i;
 
     pthread_rwlock_rdlock(&host->domains_lock);
-    for (size_t i = 0; i < host->domain_count; i++) {
-        struct mv_domain *d = host->domains[i];
-
-        if (d->domid == domid && (include_dying || !atomic_load(&d->dying))) {
-            found = d;
-            atomic_fetch_add(&found->refs, 1);
-            break;
-        }
+    i = table_index(host, domid);
+    if (i < host->domain_count && host->domains[i]->domid == domid &&
+        (include_dying || !atomic_load(&host->domains[i]->dying))) {
+        found = host->domains[i];
+        atomic_fetch_add(&found->refs, 1);
     }
     pthread_rwlock_unlock(&host->domains_lock);
     return found;
@@ -97,6 +115,23 @@ static void wait_for_users(struct mv_domain *d)
     while (atomic_load(&d->refs) > 1)
         mv__cond_wait(&d->refs_cond, &d->lock, 0);
     mv__mutex_unlock(&d->lock);
+}
+
+int mv__domain_table_audit(struct mv_host *host)
+{
+    int rc = 0;
+
+    pthread_rwlock_rdlock(&host->domains_lock);
+    for (size_t i = 0; rc == 0 && i < host->domain_count; i++) {
+        uint32_t id = host->domains[i]->domid;
+
+        if (id == 0 || id == UINT32_MAX ||
+            (i > 0 && host->domains[i - 1]->domid >= id))
+            rc = mv__fail(-EUCLEAN, "the domain table is out of order at %zu (id %u)",
+                          i, id);
+    }
+    pthread_rwlock_unlock(&host->domains_lock);
+    return rc;
 }
 
 size_t mv__domain_get_all(struct mv_host *host, struct mv_domain ***out)
@@ -384,10 +419,12 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
 
 static int table_insert(struct mv_host *h, struct mv_domain *d)
 {
+    uint32_t id;
+    size_t i;
     int rc = 0;
 
     pthread_rwlock_wrlock(&h->domains_lock);
-    for (size_t i = 0; i < h->domain_count; i++) {
+    for (i = 0; i < h->domain_count; i++) {
         if (strcmp(h->domains[i]->config.name, d->config.name) == 0) {
             rc = mv__fail(-EEXIST, "a domain named '%s' exists (id %u)",
                           d->config.name, h->domains[i]->domid);
@@ -405,8 +442,20 @@ static int table_insert(struct mv_host *h, struct mv_domain *d)
         h->domains = n;
         h->domain_capacity = cap;
     }
-    d->domid = h->next_domid++;
-    h->domains[h->domain_count++] = d;
+    /* The next id, past the ends (0 is no domain's, UINT32_MAX the host's)
+     * and past ids still in use once they wrapped. */
+    for (id = h->next_domid;; id++) {
+        if (id == 0 || id == UINT32_MAX)
+            id = 1;
+        i = table_index(h, id);
+        if (i == h->domain_count || h->domains[i]->domid != id)
+            break;
+    }
+    d->domid = id;
+    h->next_domid = id + 1;
+    memmove(&h->domains[i + 1], &h->domains[i], (h->domain_count - i) * sizeof(h->domains[0]));
+    h->domains[i] = d;
+    h->domain_count++;
 out:
     pthread_rwlock_unlock(&h->domains_lock);
     return rc;
@@ -415,14 +464,16 @@ out:
 static struct mv_domain *table_remove(struct mv_host *h, uint32_t domid)
 {
     struct mv_domain *d = NULL;
+    size_t i;
 
     pthread_rwlock_wrlock(&h->domains_lock);
-    for (size_t i = 0; i < h->domain_count; i++) {
-        if (h->domains[i]->domid == domid) {
-            d = h->domains[i];
-            h->domains[i] = h->domains[--h->domain_count];
-            break;
-        }
+    i = table_index(h, domid);
+    if (i < h->domain_count && h->domains[i]->domid == domid) {
+        d = h->domains[i];
+        /* Closing the gap keeps the table sorted. */
+        memmove(&h->domains[i], &h->domains[i + 1],
+                (h->domain_count - i - 1) * sizeof(h->domains[0]));
+        h->domain_count--;
     }
     pthread_rwlock_unlock(&h->domains_lock);
     return d;

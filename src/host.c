@@ -413,6 +413,8 @@ int mv_host_audit(mv_host *h)
         if (m->host_settle)
             m->host_settle(h);
     rc = mv__machine_audit(&h->machine);
+    if (rc == 0)
+        rc = mv__domain_table_audit(h);
     if (rc < 0)
         return rc;
     n = mv__domain_get_all(h, &all);

@@ -524,6 +524,9 @@ int mv__domain_lock_live(struct mv_host *host, uint32_t domid, struct mv_domain 
 void mv__domain_unlock_put(struct mv_domain *d);
 /* Every live domain, referenced; the caller puts each and frees the array. */
 size_t mv__domain_get_all(struct mv_host *host, struct mv_domain ***out);
+/* The host's domain table: sorted by domid, ids of domains only.  0 or
+ * -EUCLEAN. */
+int mv__domain_table_audit(struct mv_host *host);
 
 /*
  * Crash the domain (lock held): record why, replace its RAM with a mapping

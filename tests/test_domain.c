@@ -356,7 +356,48 @@ static void mechanisms_register_before_the_first_host(void **state)
     mv_host_destroy(h);
 }
 
+/* Domain ids wrap past the largest without reusing one still in use, and
+ * every domain stays found by its id (the table is searched by halves). */
+static void domain_ids_wrap_past_those_in_use(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t first = tu_domain(h, "first", 2 * MiB, 2 * MiB);
+    uint32_t second = tu_domain(h, "second", 2 * MiB, 2 * MiB);
+    uint32_t ids[4];
+    struct mv_domain_info info;
+
+    (void)state;
+    assert_int_equal(first, 1);
+    assert_int_equal(second, 2);
+    h->next_domid = UINT32_MAX - 2;
+    for (int i = 0; i < 4; i++) {
+        char name[16];
+
+        snprintf(name, sizeof(name), "wrap%d", i);
+        ids[i] = tu_domain(h, name, 2 * MiB, 2 * MiB);
+    }
+    /* UINT32_MAX is the host's, 1 and 2 are taken. */
+    assert_int_equal(ids[0], UINT32_MAX - 2);
+    assert_int_equal(ids[1], UINT32_MAX - 1);
+    assert_int_equal(ids[2], 3);
+    assert_int_equal(ids[3], 4);
+    assert_ok(mv_host_audit(h));
+    assert_ok(mv_domain_destroy(h, second));
+    assert_int_equal(tu_domain(h, "again", 2 * MiB, 2 * MiB), 5);
+    h->next_domid = 1;
+    assert_int_equal(tu_domain(h, "reused", 2 * MiB, 2 * MiB), 2);
+    assert_ok(mv_host_audit(h));
+    for (int i = 0; i < 4; i++) {
+        assert_ok(mv_domain_info(h, ids[i], &info));
+        assert_int_equal(info.domid, ids[i]);
+    }
+    assert_int_equal(mv_domain_info(h, UINT32_MAX, &info), -ESRCH);
+    assert_int_equal(mv_domain_info(h, 0, &info), -ESRCH);
+    mv_host_destroy(h);
+}
+
 static const struct CMUnitTest cases[] = {
+    cmocka_unit_test(domain_ids_wrap_past_those_in_use),
     cmocka_unit_test(create_rejects_bad_config),
     cmocka_unit_test(names_are_unique_and_ids_never_reused),
     cmocka_unit_test(unknown_domain_is_esrch_everywhere),
