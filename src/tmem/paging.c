@@ -279,16 +279,23 @@ const struct mv__p2m_ops mv__tmem_paged_ops = {
  * had even when the budget is exhausted. */
 #define TM_PAGE_OUT_BATCH TM_ZSPAGE_MAX_FRAMES
 
+/* A batch's pages and their compressed copies (made before the tmem lock),
+ * on the heap: 60 KiB is too much for a caller's stack. */
+struct page_out_scratch {
+    uint8_t page[TM_PAGE_OUT_BATCH][MV_PAGE_SIZE];
+    struct tm_prepared prep[TM_PAGE_OUT_BATCH];
+};
+
 /* Page out the RAM gfns[0..n) (domain lock held): each is zapped, read and
  * its frame released, then stored in the host pool; a page tmem cannot take
  * goes back into its frame.  Returns how many were paged out, or a
  * negative errno when none was. */
 static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
-                          uint8_t (*buf)[MV_PAGE_SIZE])
+                          struct page_out_scratch *s)
 {
     struct mv__tmem *t = tm_of(d->host);
     struct mv__machine *m = &d->host->machine;
-    struct tm_prepared prep[TM_PAGE_OUT_BATCH]; /* compressed before the lock */
+    uint8_t (*buf)[MV_PAGE_SIZE] = s->page;
     bool stored[TM_PAGE_OUT_BATCH] = { false };
     struct tm_pool *pool = NULL; /* set by host_pool (gcc -Os cannot tell) */
     unsigned taken = 0, done = 0;
@@ -312,7 +319,7 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
         return rc;
     mv__machine_uncharge(m, taken);
     for (unsigned i = 0; i < taken; i++)
-        tm_prepare_page(buf[i], &prep[i]);
+        tm_prepare_page(buf[i], &s->prep[i]);
     tm_lock(t);
     rc = host_pool(t, &pool);
     for (unsigned i = 0; rc == 0 && i < taken; i++) {
@@ -321,7 +328,7 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
         int r;
 
         key_of(d, gfns[i], oid, &index);
-        r = tm_put(t, t->paging_client, pool, oid, index, buf[i], &prep[i]);
+        r = tm_put(t, t->paging_client, pool, oid, index, buf[i], &s->prep[i]);
         stored[i] = r == 1;
         if (r == 1) {
             t->paged_now++;
@@ -419,14 +426,14 @@ static int64_t page_out(struct mv_domain *d, uint64_t want, bool force)
 {
     struct mv__tmem *t = tm_of(d->host);
     uint8_t *present = malloc(d->maxmem_pages);
-    uint8_t (*buf)[MV_PAGE_SIZE] = malloc(TM_PAGE_OUT_BATCH * sizeof(*buf));
+    struct page_out_scratch *scratch = malloc(sizeof(*scratch));
     uint64_t done = 0, g, batch[TM_PAGE_OUT_BATCH];
     unsigned n = 0;
     int rc;
 
-    if (!present || !buf) {
+    if (!present || !scratch) {
         free(present);
-        free(buf);
+        free(scratch);
         return mv__fail(-ENOMEM, "tmem: no memory to scan domain %u", d->domid);
     }
     rc = scan_present(t, d, present);
@@ -447,7 +454,7 @@ static int64_t page_out(struct mv_domain *d, uint64_t want, bool force)
             if (!last)
                 batch[n++] = g;
             if (n && (n == TM_PAGE_OUT_BATCH || last || done + n >= want)) {
-                int r = page_out_batch(d, batch, n, buf);
+                int r = page_out_batch(d, batch, n, scratch);
 
                 if (r > 0)
                     done += (uint64_t)r;
@@ -461,7 +468,7 @@ static int64_t page_out(struct mv_domain *d, uint64_t want, bool force)
     if (!force)
         age_present(d, present);
     free(present);
-    free(buf);
+    free(scratch);
     if (done)
         mv__fault_kick(d->host);
     if (rc < 0 && done == 0)

@@ -865,7 +865,7 @@ int tm_pool_audit(struct mv__tmem *t)
                         (unsigned long long)clients, (unsigned long long)hashed);
     for (uint32_t i = 0; i < TM_MAX_POOLS; i++) {
         struct tm_pool *pool = t->pools[i];
-        uint64_t n = 0, markers = 0, lz4 = 0, zstd = 0;
+        uint64_t n = 0, markers = 0, lz4 = 0, zstd = 0, foreign;
 
         if (!pool)
             continue;
@@ -911,11 +911,12 @@ int tm_pool_audit(struct mv__tmem *t)
                             (unsigned long long)pool->c.zstd_pages,
                             (unsigned long long)lz4, (unsigned long long)zstd);
         /* A pool's pages are compressed by its own codec only. */
-        if ((pool->flags & MV_TMEM_ZSTD) ? lz4 : zstd)
+        foreign = (pool->flags & MV_TMEM_ZSTD) ? lz4 : zstd;
+        if (foreign)
             return mv__fail(-EUCLEAN, "tmem: pool %u (%s) holds %llu pages compressed "
                             "by the other codec", i,
                             (pool->flags & MV_TMEM_ZSTD) ? "zstd" : "lz4",
-                            (unsigned long long)((pool->flags & MV_TMEM_ZSTD) ? lz4 : zstd));
+                            (unsigned long long)foreign);
         pages += n;
     }
     if (pages != t->page_count || objects != t->obj_count || pools != t->pool_count)
