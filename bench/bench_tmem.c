@@ -1371,12 +1371,24 @@ static size_t comparisons(const struct tmem_run *r, struct mv_bench_comparison *
     return n;
 }
 
+/* What the pages are, for both reports. */
+static const char *pages_what(const struct tmem_run *r, char *buf, size_t size)
+{
+    if (!r->opt.image)
+        return "one synthetic guest (guest_image.c, compressible contents: code, text, "
+               "heap, zero)";
+    snprintf(buf, size, "the RAM of a real guest: the first %" PRIu64
+             " pages of the raw dump %s", r->pages, r->image->name);
+    return buf;
+}
+
 static int report_json(struct tmem_run *r)
 {
     struct json_object *root = mv_bench_json_root("tmem", &r->machine);
     struct json_object *p = json_object_new_object(), *raw = json_object_new_object();
     struct mv_bench_comparison c[24];
     size_t n = comparisons(r, c);
+    char what[160];
     bool met;
 
     json_object_object_add(p, "size_mib", json_object_new_uint64(r->opt.size_mib));
@@ -1386,17 +1398,8 @@ static int report_json(struct tmem_run *r)
         "first in odd ones; each *_ns figure is the median of its rounds; *_cpu_ns is the "
         "process's CPU time over the same stretch (no goals)"));
     json_object_object_add(p, "pages", json_object_new_uint64(r->pages));
-    if (r->opt.image) {
-        char what[160];
-
-        snprintf(what, sizeof(what), "the RAM of a real guest: the first %" PRIu64
-                 " pages of the raw dump %s", r->pages, r->image->name);
-        json_object_object_add(p, "pages_what", json_object_new_string(what));
-    } else {
-        json_object_object_add(p, "pages_what", json_object_new_string(
-            "one synthetic guest (guest_image.c, compressible contents: code, text, heap, "
-            "zero)"));
-    }
+    json_object_object_add(p, "pages_what", json_object_new_string(pages_what(r, what,
+                                                                                  sizeof(what))));
     json_object_object_add(p, "fault_pages",
                            json_object_new_uint64(TM_MIN(TMEM_FAULT_PAGES, r->pages)));
     json_object_object_add(root, "parameters", p);
@@ -1516,12 +1519,11 @@ static int report_text(struct tmem_run *r)
 {
     struct mv_bench_comparison c[24];
     size_t n = comparisons(r, c);
+    char what[160];
 
-    printf("memvisor bench tmem: %" PRIu64 " pages (%" PRIu64 " MiB) of %s%s; put/get, zram and "
+    printf("memvisor bench tmem: %" PRIu64 " pages (%" PRIu64 " MiB): %s; put/get, zram and "
            "the lz4 loop: median of %" PRIu64 " round%s\n", r->pages, r->opt.size_mib,
-           r->opt.image ? "the real guest RAM dump " : "one synthetic guest with compressible "
-                                                        "contents",
-           r->opt.image ? r->image->name : "", r->opt.rounds, r->opt.rounds == 1 ? "" : "s");
+           pages_what(r, what, sizeof(what)), r->opt.rounds, r->opt.rounds == 1 ? "" : "s");
     mv_bench_machine_print(stdout, &r->machine);
     printf("\ntmem: %" PRIu64 " frames for %" PRIu64 " pages (%" PRIu64 " same-filled, %"
            PRIu64 " stored raw); relinquish: evict_npages %" PRIu64 " frames in %.1f us, "
@@ -1649,6 +1651,7 @@ static int run_suite(void *arg)
         p.guests = 1;
         p.guest_mib = run->opt.size_mib;
         p.kernel_mib = TM_MIN(p.kernel_mib, run->opt.size_mib / 8);
+        p.kernel_offset_mib = TM_MIN(p.kernel_offset_mib, run->opt.size_mib - p.kernel_mib);
         p.compressible = true;
         rc = guest_image_generate(&p, &run->set);
         run->image = &run->set.images[0];
