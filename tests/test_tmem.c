@@ -1262,6 +1262,86 @@ static void many_domains_find_their_own_clients(void **state)
     free(pool);
 }
 
+/* The clients of the n domains in ids, in that order; zeros for those gone. */
+static struct mv_tmem_client_info *clients_by_id(mv_host *h, const uint32_t *ids,
+                                                 const bool *gone, int n)
+{
+    struct mv_tmem_client_info *by_id = calloc((size_t)n, sizeof(*by_id));
+
+    for (int i = 0; i < n; i++)
+        if (!gone[i])
+            by_id[i] = client(h, ids[i]);
+    return by_id;
+}
+
+/* Each batch of evictions takes every page from the domain then furthest
+ * over its weighted share: a domain that lost pages in a batch was, before
+ * its last loss, at least as far over as any other is now.  The order is
+ * kept as pages come and go, weights change and domains go away. */
+static void eviction_follows_shares_across_many_domains(void **state)
+{
+    enum { DOMAINS = 40 };
+    mv_host *h = tu_host();
+    uint32_t d[DOMAINS];
+    int pool[DOMAINS];
+    bool gone[DOMAINS] = { false };
+
+    (void)state;
+    for (int i = 0; i < DOMAINS; i++) {
+        char name[32];
+
+        snprintf(name, sizeof(name), "d%d", i);
+        d[i] = tu_domain(h, name, 2 * MiB, 2 * MiB);
+        pool[i] = mv_tmem_new_pool(h, d[i], 0, NULL);
+        assert_ok(pool[i]);
+        assert_ok(mv_tmem_set_client(h, d[i], 50 + (unsigned)(i * 37 % 400), 0));
+        for (uint32_t k = 0; k < 20 + (uint32_t)(i * 7 % 90); k++)
+            assert_int_equal(put(h, d[i], pool[i], 1, k, (uint64_t)i << 16 | k, 3), 1);
+    }
+    audit(h);
+    for (int round = 0; round < 8; round++) {
+        struct mv_tmem_client_info *before = clients_by_id(h, d, gone, DOMAINS), *after;
+        uint64_t lost = 0;
+
+        assert_true(mv_tmem_evict_npages(h, 4) > 0);
+        after = clients_by_id(h, d, gone, DOMAINS);
+        for (int a = 0; a < DOMAINS; a++) {
+            if (gone[a] || after[a].ephemeral_pages == before[a].ephemeral_pages)
+                continue;
+            lost += before[a].ephemeral_pages - after[a].ephemeral_pages;
+            for (int x = 0; x < DOMAINS; x++)
+                if (!gone[x] && after[x].ephemeral_pages * after[a].weight >
+                                    (after[a].ephemeral_pages + 1) * after[x].weight)
+                    fail_msg("round %d: domain %u lost pages while domain %u was "
+                             "further over its share (%llu at weight %u against %llu "
+                             "at %u)", round, d[a], d[x],
+                             (unsigned long long)after[x].ephemeral_pages, after[x].weight,
+                             (unsigned long long)after[a].ephemeral_pages, after[a].weight);
+        }
+        assert_true(lost > 0);
+        free(before);
+        free(after);
+        audit(h);
+        /* Change the order: a new weight, new pages, a domain gone. */
+        {
+            int reweigh = round * 5 % DOMAINS, grow = round * 3 % DOMAINS;
+            int doomed = (round * 7 + 1) % DOMAINS;
+
+            if (!gone[reweigh])
+                assert_ok(mv_tmem_set_client(h, d[reweigh], 1 + (unsigned)round * 300, 0));
+            for (uint32_t k = 0; k < 30 && !gone[grow]; k++)
+                assert_int_equal(put(h, d[grow], pool[grow], 2, (uint32_t)round << 8 | k,
+                                     (uint64_t)round << 24 | k, 3), 1);
+            if (!gone[doomed]) {
+                assert_ok(mv_domain_destroy(h, d[doomed]));
+                gone[doomed] = true;
+            }
+        }
+        audit(h);
+    }
+    mv_host_destroy(h);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(persistent_pages_round_trip),
     cmocka_unit_test(ephemeral_get_is_exclusive_unless_shared),
@@ -1288,6 +1368,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(guest_tmem_clients_under_a_tight_budget),
     cmocka_unit_test(pools_made_while_the_domain_dies_are_not_left_behind),
     cmocka_unit_test(many_domains_find_their_own_clients),
+    cmocka_unit_test(eviction_follows_shares_across_many_domains),
 };
 
 TU_MAIN(cases)

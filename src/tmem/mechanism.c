@@ -61,6 +61,7 @@ static void tmem_host_fini(struct mv_host *h)
     mv__mutex_unlock(&t->lock);
     tm_store_fini(t);
     free(t->objects);
+    free(t->victims);
     mv__mutex_destroy(&t->lock);
     free(t);
     h->tmem = NULL;

@@ -49,6 +49,8 @@ struct tm_client *tm_client_get(struct mv__tmem *t, uint32_t domid, uint64_t quo
 
     if (c)
         return c;
+    if (tm_victims_reserve(t) < 0)
+        return NULL;
     c = calloc(1, sizeof(*c));
     if (!c) {
         mv__fail(-ENOMEM, "tmem: out of memory for a client record");
@@ -62,6 +64,7 @@ struct tm_client *tm_client_get(struct mv__tmem *t, uint32_t domid, uint64_t quo
     t->clients = c;
     c->hnext = *client_bucket(t, domid);
     *client_bucket(t, domid) = c;
+    t->client_count++;
     return c;
 }
 
@@ -221,7 +224,7 @@ static void page_unlink(struct tm_object *o, struct tm_page *pg)
 
 /* ---- pages ---- */
 
-static void counts_pages(struct tm_pool *pool, struct tm_client *c, const struct tm_page *pg,
+static void counts_pages(struct mv__tmem *t, struct tm_pool *pool, struct tm_client *c, const struct tm_page *pg,
                          int delta)
 {
     pool->c.pages += (uint64_t)(int64_t)delta;
@@ -236,10 +239,12 @@ static void counts_pages(struct tm_pool *pool, struct tm_client *c, const struct
         pool->c.zstd_pages += (uint64_t)(int64_t)delta;
         c->c.zstd_pages += (uint64_t)(int64_t)delta;
     }
-    if (pool->flags & MV_TMEM_PERSISTENT)
+    if (pool->flags & MV_TMEM_PERSISTENT) {
         c->persistent += (uint64_t)(int64_t)delta;
-    else
+    } else {
         c->ephemeral += (uint64_t)(int64_t)delta;
+        tm_victims_update(t, c);
+    }
 }
 
 void tm_page_free(struct mv__tmem *t, struct tm_page *pg)
@@ -249,7 +254,7 @@ void tm_page_free(struct mv__tmem *t, struct tm_page *pg)
     uint64_t before = pool->c.stored_bytes;
 
     page_unlink(o, pg);
-    counts_pages(pool, pg->client, pg, -1);
+    counts_pages(t, pool, pg->client, pg, -1);
     tm_release_page(t, pool, pg);
     pg->client->c.stored_bytes -= before - pool->c.stored_bytes;
     if (!(pool->flags & MV_TMEM_PERSISTENT))
@@ -382,6 +387,8 @@ void tm_client_drop(struct mv__tmem *t, uint32_t domid)
     for (p = client_bucket(t, domid); *p != c; p = &(*p)->hnext)
         ;
     *p = c->hnext;
+    tm_victims_remove(t, c);
+    t->client_count--;
     free(c->auth);
     free(c);
 }
@@ -594,7 +601,7 @@ int tm_put(struct mv__tmem *t, struct tm_client *c, struct tm_pool *pool,
     }
     c->c.stored_bytes += pool->c.stored_bytes - before;
     page_link(o, pg);
-    counts_pages(pool, c, pg, 1);
+    counts_pages(t, pool, c, pg, 1);
     if (!persistent)
         tm_list_add(&c->lru, &pg->lru);
     t->page_count++;
@@ -804,6 +811,7 @@ int mv_tmem_set_client(mv_host *h, uint32_t domid, unsigned weight, uint64_t quo
     if (c) {
         c->weight = weight;
         c->quota = quota_pages;
+        tm_victims_update(t, c);
     }
     mv__mutex_unlock(&t->lock);
     mv__domain_put(d);
@@ -835,6 +843,7 @@ int mv_tmem_set_collateral(mv_host *h, uint32_t domid, uint64_t pages)
 int tm_pool_audit(struct mv__tmem *t)
 {
     uint64_t pages = 0, objects = 0, pools = 0, clients = 0, hashed = 0;
+    int rc;
 
     for (size_t b = 0; b < TM_CLIENT_BUCKETS; b++)
         for (struct tm_client *c = t->client_hash[b]; c; c = c->hnext)
@@ -860,9 +869,12 @@ int tm_pool_audit(struct mv__tmem *t)
                             "its LRU holds %llu", c->domid,
                             (unsigned long long)c->ephemeral, (unsigned long long)n);
     }
-    if (hashed != clients)
-        return mv__fail(-EUCLEAN, "tmem: %llu clients listed, %llu found by id",
-                        (unsigned long long)clients, (unsigned long long)hashed);
+    if (hashed != clients || clients != t->client_count)
+        return mv__fail(-EUCLEAN, "tmem: %llu clients listed, %llu found by id, %zu counted",
+                        (unsigned long long)clients, (unsigned long long)hashed,
+                        t->client_count);
+    if ((rc = tm_victims_audit(t)) < 0)
+        return rc;
     for (uint32_t i = 0; i < TM_MAX_POOLS; i++) {
         struct tm_pool *pool = t->pools[i];
         uint64_t n = 0, markers = 0, lz4 = 0, zstd = 0, foreign;

@@ -2,6 +2,8 @@
  * relinquish.c - tmem giving memory back to the host, after Xen's design:
  *   evict        drop an ephemeral page: the least recently used one of the
  *                domain furthest over its weighted share of ephemeral pages
+ *                (the root of a heap of the domains holding any, kept as
+ *                their counts change: no walk past every domain)
  *   evict_npages evict until n frames are empty (kept SPARE by tmem, dirty,
  *                for its own next use: Xen's tmem_page_list)
  *   relinquish_pages  scrub spare frames and give them back to the budget
@@ -42,18 +44,127 @@ static void evict_page(struct mv__tmem *t, struct tm_client *c)
     tm_page_free(t, pg);
 }
 
+/* ---- the victims heap ---- */
+
+static void victim_place(struct mv__tmem *t, size_t i, struct tm_client *c)
+{
+    t->victims[i] = c;
+    c->victim_at = i + 1;
+}
+
+static void victim_sift_up(struct mv__tmem *t, size_t i)
+{
+    struct tm_client *c = t->victims[i];
+
+    while (i > 0 && more_over(c, t->victims[(i - 1) / 2])) {
+        victim_place(t, i, t->victims[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    victim_place(t, i, c);
+}
+
+static void victim_sift_down(struct mv__tmem *t, size_t i)
+{
+    struct tm_client *c = t->victims[i];
+
+    for (;;) {
+        size_t child = 2 * i + 1;
+
+        if (child >= t->victim_count)
+            break;
+        if (child + 1 < t->victim_count && more_over(t->victims[child + 1], t->victims[child]))
+            child++;
+        if (!more_over(t->victims[child], c))
+            break;
+        victim_place(t, i, t->victims[child]);
+        i = child;
+    }
+    victim_place(t, i, c);
+}
+
+int tm_victims_reserve(struct mv__tmem *t)
+{
+    struct tm_client **v;
+    size_t cap;
+
+    if (t->victim_cap > t->client_count)
+        return 0;
+    cap = MV_MAX(t->victim_cap * 2, (size_t)16);
+    v = realloc(t->victims, cap * sizeof(*v));
+    if (!v)
+        return mv__fail(-ENOMEM, "tmem: out of memory for the eviction order");
+    t->victims = v;
+    t->victim_cap = cap;
+    return 0;
+}
+
+void tm_victims_remove(struct mv__tmem *t, struct tm_client *c)
+{
+    struct tm_client *moved;
+    size_t i = c->victim_at - 1;
+
+    if (!c->victim_at)
+        return;
+    c->victim_at = 0;
+    if (i == --t->victim_count)
+        return;
+    moved = t->victims[t->victim_count];
+    victim_place(t, i, moved);
+    victim_sift_up(t, i);
+    victim_sift_down(t, moved->victim_at - 1);
+}
+
+void tm_victims_update(struct mv__tmem *t, struct tm_client *c)
+{
+    if (!c->ephemeral) {
+        tm_victims_remove(t, c);
+        return;
+    }
+    if (!c->victim_at) {
+        /* tm_victims_reserve made room when c was created. */
+        victim_place(t, t->victim_count++, c);
+        victim_sift_up(t, t->victim_count - 1);
+        return;
+    }
+    victim_sift_up(t, c->victim_at - 1);
+    victim_sift_down(t, c->victim_at - 1);
+}
+
+int tm_victims_audit(struct mv__tmem *t)
+{
+    size_t holders = 0;
+
+    for (struct tm_client *c = t->clients; c; c = c->next) {
+        holders += c->ephemeral > 0;
+        if (!!c->victim_at != (c->ephemeral > 0) ||
+            (c->victim_at && (c->victim_at > t->victim_count ||
+                              t->victims[c->victim_at - 1] != c)))
+            return mv__fail(-EUCLEAN, "tmem: domain %u with %llu ephemeral pages is %s "
+                            "the eviction order", c->domid,
+                            (unsigned long long)c->ephemeral,
+                            c->victim_at ? "misplaced in" : "missing from");
+    }
+    if (holders != t->victim_count || t->victim_cap < t->client_count)
+        return mv__fail(-EUCLEAN, "tmem: the eviction order holds %zu clients of %zu "
+                        "(room for %zu of %zu)", t->victim_count, holders,
+                        t->victim_cap, t->client_count);
+    for (size_t i = 1; i < t->victim_count; i++)
+        if (more_over(t->victims[i], t->victims[(i - 1) / 2]))
+            return mv__fail(-EUCLEAN, "tmem: domain %u is further over its share than "
+                            "domain %u above it in the eviction order",
+                            t->victims[i]->domid, t->victims[(i - 1) / 2]->domid);
+    return 0;
+}
+
 bool tm_evict_one(struct mv__tmem *t, struct tm_client *prefer)
 {
-    struct tm_client *victim = NULL;
+    struct tm_client *victim;
 
-    if (prefer && prefer->ephemeral) {
+    if (prefer && prefer->ephemeral)
         victim = prefer;
-    } else {
-        for (struct tm_client *c = t->clients; c; c = c->next)
-            if (c->ephemeral && (!victim || more_over(c, victim)))
-                victim = c;
-    }
-    if (!victim)
+    else if (t->victim_count)
+        victim = t->victims[0];
+    else
         return false;
     evict_page(t, victim);
     return true;

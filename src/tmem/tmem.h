@@ -180,6 +180,7 @@ struct tm_client {
     struct tm_pool_counts c;           /* over its pools */
     struct tm_client *next;
     struct tm_client *hnext;           /* its bucket of client_hash */
+    size_t victim_at;                  /* 1 + its place in t->victims; 0: not there */
 };
 
 struct tm_class {
@@ -206,6 +207,14 @@ struct mv__tmem {
     /* The same clients by domid: every call of a domain finds its client
      * without a walk past every other domain's. */
     struct tm_client *client_hash[TM_CLIENT_BUCKETS];
+    size_t client_count;
+    /* The clients holding ephemeral pages, a max-heap by how far each is
+     * over its weighted share: eviction's victim is the root, found
+     * without a walk past every client (relinquish.c).  Room for every
+     * client is made when it is created, so that keeping the heap never
+     * allocates. */
+    struct tm_client **victims;
+    size_t victim_count, victim_cap;
     struct tm_object **objects;        /* hash of every pool's objects */
     size_t obj_buckets, obj_count;
     struct tm_blob **dedup;            /* hash of indexed blobs */
@@ -311,6 +320,15 @@ int tm_pool_audit(struct mv__tmem *t);
  * one, else of the client most over its weighted share; false when there
  * is none. */
 bool tm_evict_one(struct mv__tmem *t, struct tm_client *prefer);
+/* Room in the victims heap for one more client: 0 or -ENOMEM.  Called
+ * before a client is made. */
+int tm_victims_reserve(struct mv__tmem *t);
+/* c's place in the heap after its ephemeral count or weight changed (in,
+ * moved, or out when it holds none). */
+void tm_victims_update(struct mv__tmem *t, struct tm_client *c);
+void tm_victims_remove(struct mv__tmem *t, struct tm_client *c);
+/* The heap holds exactly the clients with ephemeral pages, in order. */
+int tm_victims_audit(struct mv__tmem *t);
 /* Charge `frames` to the budget for tmem, evicting ephemeral pages (never
  * persistent ones) when `may_evict` and the budget is short; false when it
  * stays short. */
