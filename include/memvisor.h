@@ -1254,9 +1254,11 @@ MV_API int mv_tmem_set_collateral(mv_host *host, uint32_t domid, uint64_t pages)
  * Giving memory back to the host (Xen's tmem_relinquish_* API).
  *   relinquish_page: free one frame to the host, evicting ephemeral pages
  *     as needed: 1 when done, 0 when tmem has nothing to give.
- *   relinquish_pageblock: make a run of 2^order frames free in the machine
- *     allocator (evicting, compacting, returning whole chunks): 0 or
- *     -ENOMEM.
+ *   relinquish_pageblock: make room for a naturally aligned block of
+ *     2^order frames: a free run in the machine allocator and as many
+ *     frames of the host budget (spare frames given back, then ephemeral
+ *     pages evicted and compacted, whole chunks returned): 0, or -ENOMEM
+ *     when what is left is persistent pages or others' memory.
  *   evict_npages: evict ephemeral pages until `n` frames are empty (kept by
  *     tmem as spare): how many.
  *   relinquish_pages: scrub up to `n` spare frames and give them back to

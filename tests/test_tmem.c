@@ -593,6 +593,63 @@ static void budget_short_takes_tmem_memory_first(void **state)
     mv_host_destroy(h);
 }
 
+/* Frames the host budget has room for. */
+static uint64_t budget_room(mv_host *h)
+{
+    struct mv_host_stats hs;
+
+    assert_ok(mv_host_stats(h, &hs));
+    return hs.budget_pages > hs.populated_pages ? hs.budget_pages - hs.populated_pages : 0;
+}
+
+/* relinquish_pageblock makes room for a block in the budget, not only in
+ * the frame space: ephemeral pages go, persistent ones stay, and when they
+ * are all that is left the call says so. */
+static void relinquish_pageblock_makes_room_in_the_budget(void **state)
+{
+    mv_host *h = tu_host_with(16 * MiB, MV_FAULT_SPIN_DEFAULT);
+    uint32_t a = tu_domain_with(h, "a", 16 * MiB, 16 * MiB, 1, MV_POD_CRASH, 0), b;
+    int eph = mv_tmem_new_pool(h, a, 0, NULL), per = mv_tmem_new_pool(h, a, MV_TMEM_PERSISTENT, NULL);
+    struct mv_domain_config c;
+    uint64_t kept;
+    int rc;
+
+    (void)state;
+    for (uint32_t i = 0; i < 1000; i++)
+        assert_int_equal(put(h, a, per, 1, i, i, 3), 1);
+    for (uint32_t i = 0; i < 8000; i++) {
+        rc = put(h, a, eph, 1, i, i, 3);
+        assert_true(rc == 0 || rc == 1);
+    }
+    assert_true(budget_room(h) < 64);
+    kept = client(h, a).ephemeral_pages;
+    assert_ok(mv_tmem_relinquish_pageblock(h, 6));
+    assert_true(budget_room(h) >= 64);
+    assert_true(client(h, a).ephemeral_pages < kept);
+    assert_true(client(h, a).counts.evictions > 0);
+    audit(h);
+    /* The room is the budget's: a domain populates 64 pages in it without
+     * tmem being asked for memory again. */
+    tu_domain_config(&c, "b", 256 * 1024, 256 * 1024);
+    c.pod_policy = MV_POD_CRASH;
+    c.pod_block_populate = 0;
+    assert_ok(mv_domain_create(h, &c, &b));
+    kept = stats(h).budget_short_calls;
+    touch(h, b, 64, 5);
+    assert_int_equal(tu_info(h, b).state, MV_DOMAIN_RUNNING);
+    assert_int_equal(stats(h).budget_short_calls, kept);
+    /* Room for the whole budget cannot be made: the persistent pages hold
+     * their frames, and every ephemeral page is gone trying. */
+    assert_err(mv_tmem_relinquish_pageblock(h, 12), -ENOMEM);
+    assert_non_null(strstr(mv_last_error(), "budget has room for"));
+    assert_int_equal(client(h, a).ephemeral_pages, 0);
+    assert_int_equal(stats(h).spare_frames, 0);
+    for (uint32_t i = 0; i < 1000; i++)
+        expect_page(h, a, per, 1, i, i, 3);
+    audit(h);
+    mv_host_destroy(h);
+}
+
 static void repayment_comes_from_the_domains_own_collateral(void **state)
 {
     mv_host *h = tu_host_with(16 * MiB, MV_FAULT_SPIN_DEFAULT);
@@ -1356,6 +1413,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(relinquish_api_gives_back_ephemeral_only),
     cmocka_unit_test(eviction_takes_from_the_domain_over_its_share),
     cmocka_unit_test(budget_short_takes_tmem_memory_first),
+    cmocka_unit_test(relinquish_pageblock_makes_room_in_the_budget),
     cmocka_unit_test(repayment_comes_from_the_domains_own_collateral),
     cmocka_unit_test(destroy_pool_while_gets_are_in_flight),
     cmocka_unit_test(domain_destroyed_with_pages_in_pools),

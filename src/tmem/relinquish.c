@@ -8,8 +8,9 @@
  *                for its own next use: Xen's tmem_page_list)
  *   relinquish_pages  scrub spare frames and give them back to the budget
  *   relinquish_page   one frame back, evicting as needed
- *   relinquish_pageblock  a run of 2^order frames free in the machine
- *                allocator: whole chunks returned, evicting and compacting
+ *   relinquish_pageblock  room for a block of 2^order frames: a free run
+ *                in the machine allocator and as many frames of the
+ *                budget, evicting and compacting
  *   budget short the core's hook when a charge fails (a populate, a CoW
  *                break): spare frames first, then the needy domain's own
  *                collateral (the repayment reserve), then every domain's
@@ -318,40 +319,66 @@ static bool machine_has_block(struct mv_host *h, unsigned order)
     return true;
 }
 
+/* Frames the host budget has room for. */
+static uint64_t budget_room(struct mv_host *h)
+{
+    uint64_t budget = atomic_load(&h->machine.budget_pages);
+    uint64_t used = atomic_load(&h->machine.populated_pages);
+
+    return budget > used ? budget - used : 0;
+}
+
+/*
+ * Room for a naturally aligned block of 2^order frames: a free run in the
+ * machine allocator, and as many frames of the budget free.  The frame
+ * space is sparse, so the run is there unless it is fragmented; the budget
+ * is what is short when memory is.  Tmem gives its spare frames back, then
+ * (when a destroyed domain's memory being scrubbed does not make the room)
+ * evicts ephemeral pages in the eviction order and compacts, releasing
+ * frames as they empty: possibly all ephemeral data, as Xen's design says.
+ * Tmem keeps no buddy allocator of its own, so only whole chunks can go
+ * back to the machine's, and which one empties first cannot be chosen.
+ */
 int mv_tmem_relinquish_pageblock(mv_host *h, unsigned order)
 {
     struct mv__tmem *t = tm_of(h);
-    bool ok;
+    uint64_t want, room = 0;
+    bool run = false;
 
     mv__clear_error();
     if (order > MV_BUDDY_MAX_ORDER)
         return mv__fail(-EINVAL, "tmem: order %u is above the allocator's %u", order,
                         MV_BUDDY_MAX_ORDER);
+    want = 1ull << order;
     tm_lock(t);
-    ok = machine_has_block(h, order);
-    /* Tmem keeps no buddy allocator: only whole chunks can go back, and
-     * which one empties first cannot be chosen.  Evict in LRU order until a
-     * chunk is free and the run exists, as Xen's design says: possibly all
-     * ephemeral data. */
-    while (!ok) {
-        uint64_t chunks = t->chunk_count;
-        bool evicted = false;
+    for (;;) {
+        uint64_t short_by;
 
-        while (t->chunk_count == chunks && (evicted = tm_evict_one(t, NULL)))
-            if (t->spare_frames)
-                tm_release_spare(t, t->spare_frames);
-        if (t->chunk_count == chunks) {
-            tm_compact(t);
-            tm_release_spare(t, t->spare_frames);
-        }
-        ok = machine_has_block(h, order);
-        if (!evicted && t->chunk_count == chunks)
+        room = budget_room(h);
+        run = machine_has_block(h, order);
+        if (room >= want && run)
             break;
+        short_by = want - MV_MIN(want, room);
+        if (short_by && mv__scrub_wait(&h->machine, MV__RELEASE_SCRUB))
+            continue;
+        /* Empty frames until the shortfall is spare (or one more when the
+         * run is missing), then give them back in one release. */
+        if (t->spare_frames < MV_MAX(short_by, 1ull) &&
+            (tm_evict_one(t, NULL) || tm_compact(t) > 0))
+            continue;
+        if (!t->spare_frames)
+            break;
+        tm_release_spare(t, t->spare_frames);
     }
     mv__mutex_unlock(&t->lock);
-    if (!ok)
-        return mv__fail(-ENOMEM, "tmem: no run of 2^%u frames could be freed "
-                        "(persistent pages or other users hold the frames)", order);
+    if (room < want)
+        return mv__fail(-ENOMEM, "tmem: the budget has room for %llu frames, not the "
+                        "2^%u asked for: what is left is persistent tmem pages or "
+                        "others' memory", (unsigned long long)room, order);
+    if (!run)
+        return mv__fail(-ENOMEM, "tmem: no run of 2^%u frames could be freed in the "
+                        "machine's frame space (persistent pages or other users hold "
+                        "the frames)", order);
     mv__fault_kick(h);
     return 0;
 }
