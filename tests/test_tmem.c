@@ -5,7 +5,8 @@
  * compressions, zstd, dedup, compaction), giving memory back (the
  * relinquish API, eviction by weight, the host's budget-short hook, the
  * repayment reserve), domains destroyed with pages in pools, injected
- * failures, and mv_tmem_audit / mv_host_audit after each.
+ * failures, random sequences of calls against a model of what each key
+ * must hold, and mv_tmem_audit / mv_host_audit after each.
  */
 #include "testutil.h"
 #include "internal.h"
@@ -1399,6 +1400,240 @@ static void eviction_follows_shares_across_many_domains(void **state)
     mv_host_destroy(h);
 }
 
+/* ---- random calls against a model ---- */
+
+enum { MD_DOMAINS = 3, MD_POOLS = 8, MD_OBJS = 3, MD_INDEXES = 64, MD_QUOTA = 64 };
+
+/* What a pool must hold: per key, 0 for nothing, else the value put
+ * (seed << 3 | kind) and the domain that put it. */
+struct md_pool {
+    int id;                      /* -1: gone */
+    unsigned flags;
+    uint8_t uuid[MV_TMEM_UUID_SIZE];
+    unsigned members;            /* bit per domain index */
+    uint16_t val[MD_OBJS][MD_INDEXES];
+    uint8_t putter[MD_OBJS][MD_INDEXES];
+};
+
+struct md {
+    mv_host *h;
+    uint32_t dom[MD_DOMAINS];
+    struct md_pool pool[MD_POOLS];
+    uint64_t x;                  /* the sequence's random state */
+    unsigned step;
+};
+
+static uint64_t md_rand(struct md *m, uint64_t n)
+{
+    m->x ^= m->x << 13, m->x ^= m->x >> 7, m->x ^= m->x << 17;
+    return m->x % n;
+}
+
+/* Pool i: for each domain a persistent and an ephemeral private pool (the
+ * codec and dedup chosen at random each time one is made); pools 6 and 7
+ * are shared, ephemeral by domains 0 and 1, persistent by 1 and 2. */
+static void md_pool_make(struct md *m, unsigned i, unsigned d)
+{
+    struct md_pool *p = &m->pool[i];
+    int id;
+
+    if (i < 2 * MD_DOMAINS) {
+        p->flags = (i % 2 ? 0 : MV_TMEM_PERSISTENT) |
+                   (md_rand(m, 2) ? MV_TMEM_ZSTD : 0) | (md_rand(m, 2) ? MV_TMEM_DEDUP : 0);
+    } else {
+        p->flags = MV_TMEM_SHARED | (i == 7 ? MV_TMEM_PERSISTENT | MV_TMEM_DEDUP : 0);
+        memset(p->uuid, (int)i, sizeof(p->uuid));
+    }
+    id = mv_tmem_new_pool(m->h, m->dom[d], p->flags, p->flags & MV_TMEM_SHARED ? p->uuid : NULL);
+    assert_true(id >= 0);
+    if (!p->members)
+        memset(p->val, 0, sizeof(p->val));
+    else
+        assert_int_equal(id, p->id); /* joined the pool that was there */
+    p->id = id;
+    p->members |= 1u << d;
+}
+
+/* The domain's leave of pool i: its pages go, and the pool with its last
+ * member. */
+static void md_pool_leave(struct md *m, unsigned i, unsigned d)
+{
+    struct md_pool *p = &m->pool[i];
+
+    assert_ok(mv_tmem_destroy_pool(m->h, m->dom[d], (uint32_t)p->id));
+    p->members &= ~(1u << d);
+    for (unsigned o = 0; o < MD_OBJS; o++)
+        for (unsigned k = 0; k < MD_INDEXES; k++)
+            if (!p->members || p->putter[o][k] == d)
+                p->val[o][k] = 0;
+    if (!p->members)
+        p->id = -1;
+}
+
+static bool md_member(const struct md *m, unsigned i, unsigned d)
+{
+    return m->pool[i].id >= 0 && (m->pool[i].members >> d & 1);
+}
+
+/* A get checked against the model: a page is never one other than the
+ * last put under its key, and a persistent one is never missing. */
+static void md_get(struct md *m, unsigned i, unsigned d, unsigned o, unsigned k)
+{
+    struct md_pool *p = &m->pool[i];
+    uint8_t want[PAGE], got[PAGE];
+    uint64_t oid[3];
+    unsigned v = p->val[o][k];
+    int rc;
+
+    oid_of(oid, o);
+    memset(got, 0xa5, PAGE);
+    rc = mv_tmem_get_page(m->h, m->dom[d], (uint32_t)p->id, oid, k, got, PAGE);
+    if (rc == 1 && v) {
+        fill(want, v >> 3, (int)(v & 7));
+        if (memcmp(got, want, PAGE) != 0)
+            fail_msg("step %u: pool %d obj %u index %u holds other bytes than the "
+                     "last put", m->step, p->id, o, k);
+    } else if (rc == 1 || (rc == 0 && v && (p->flags & MV_TMEM_PERSISTENT)) || rc < 0) {
+        fail_msg("step %u: a get of pool %d obj %u index %u returned %d where the "
+                 "model holds %s", m->step, p->id, o, k, rc, v ? "a page" : "none");
+    }
+    /* Gone when evicted, or taken by an exclusive get. */
+    if (rc == 0 || !(p->flags & (MV_TMEM_PERSISTENT | MV_TMEM_SHARED)))
+        p->val[o][k] = 0;
+}
+
+/* The pools domain d may be in: its own two, and the shared ones it is
+ * authorised for (domain 1 for both). */
+static unsigned md_pool_of(struct md *m, unsigned d)
+{
+    unsigned pick = (unsigned)md_rand(m, d == 1 ? 4 : 3);
+
+    if (pick < 2)
+        return 2 * d + pick;
+    return pick == 3 || d == 2 ? 7 : 6;
+}
+
+static void md_step(struct md *m)
+{
+    unsigned d = (unsigned)md_rand(m, MD_DOMAINS), i = md_pool_of(m, d);
+    unsigned o = (unsigned)md_rand(m, MD_OBJS), k = (unsigned)md_rand(m, MD_INDEXES);
+    unsigned op = (unsigned)md_rand(m, 1000);
+    struct md_pool *p = &m->pool[i];
+    uint64_t oid[3];
+    int64_t rc;
+
+    oid_of(oid, o);
+    if (op >= 990) {
+        /* The host takes memory back, one of five ways. */
+        switch (md_rand(m, 5)) {
+        case 0: assert_true(mv_tmem_evict_npages(m->h, md_rand(m, 8) + 1) >= 0); break;
+        case 1: assert_true(mv_tmem_relinquish_page(m->h) >= 0); break;
+        case 2: assert_true(mv_tmem_relinquish_pages(m->h, md_rand(m, 16)) >= 0); break;
+        case 3: rc = mv_tmem_relinquish_pageblock(m->h, (unsigned)md_rand(m, 5));
+                assert_true(rc == 0 || rc == -ENOMEM); break;
+        default: assert_true(mv_tmem_compact(m->h) >= 0); break;
+        }
+        return;
+    }
+    if (op >= 985) {
+        assert_ok(mv_tmem_set_client(m->h, m->dom[d], 1 + (unsigned)md_rand(m, 400),
+                                     MD_QUOTA));
+        return;
+    }
+    if (!md_member(m, i, d)) {
+        md_pool_make(m, i, d);
+        return;
+    }
+    if (op >= 982) {
+        md_pool_leave(m, i, d);
+    } else if (op >= 970) {
+        uint64_t persistent = 0, present = 0;
+
+        for (unsigned j = 0; j < MD_INDEXES; j++) {
+            present += p->val[o][j] != 0;
+            persistent += p->val[o][j] && (p->flags & MV_TMEM_PERSISTENT);
+            p->val[o][j] = 0;
+        }
+        rc = mv_tmem_flush_object(m->h, m->dom[d], (uint32_t)p->id, oid);
+        assert_true(rc >= (int64_t)persistent && rc <= (int64_t)present);
+    } else if (op >= 900) {
+        rc = mv_tmem_flush_page(m->h, m->dom[d], (uint32_t)p->id, oid, k);
+        assert_true(rc == 0 || rc == 1);
+        assert_true(rc == 0 || p->val[o][k]);
+        assert_true(rc == 1 || !p->val[o][k] || !(p->flags & MV_TMEM_PERSISTENT));
+        p->val[o][k] = 0;
+    } else if (op >= 550) {
+        md_get(m, i, d, o, k);
+    } else {
+        /* Few seeds, so that pages repeat (dedup); every kind of page. */
+        unsigned v = (unsigned)(md_rand(m, 24) + 1) << 3 | (unsigned)md_rand(m, 4);
+
+        rc = put(m->h, m->dom[d], p->id, o, k, v >> 3, (int)(v & 7));
+        if (p->flags & MV_TMEM_PERSISTENT)
+            assert_true(rc == 1 || rc == -ENOMEM || rc == -EDQUOT);
+        else
+            assert_true(rc == 1 || rc == 0);
+        p->val[o][k] = rc == 1 ? (uint16_t)v : 0;
+        p->putter[o][k] = (uint8_t)d;
+    }
+}
+
+/* Random tmem calls by three domains (private and shared pools, both
+ * codecs, dedup, replacing puts, exclusive gets, flushes, pools left and
+ * made again, weights, quotas) with the host taking memory back between
+ * them, in what the domains' RAM leaves of the budget, so that puts evict
+ * and fail: every get returns the last page put under its key or none, no
+ * persistent page is ever lost, and the audits hold throughout. */
+static void random_calls_match_a_model(void **state)
+{
+    static const uint64_t seeds[] = { 20261205, 7, 0x9e3779b97f4a7c15ull };
+    /* The domains' RAM takes all of the budget but MD_ROOM frames. */
+    enum { BUDGET = 5 * MiB, MD_ROOM = 110, MD_RAM = (BUDGET / PAGE - MD_ROOM) / MD_DOMAINS };
+
+    uint8_t uuid6[MV_TMEM_UUID_SIZE], uuid7[MV_TMEM_UUID_SIZE];
+
+    (void)state;
+    /* The shared pools' names, as md_pool_make gives them. */
+    memset(uuid6, 6, sizeof(uuid6));
+    memset(uuid7, 7, sizeof(uuid7));
+    for (size_t s = 0; s < sizeof(seeds) / sizeof(seeds[0]); s++) {
+        struct md m = { .h = tu_host_with(BUDGET, MV_FAULT_SPIN_DEFAULT), .x = seeds[s] };
+        struct mv_domain_config c;
+
+        for (unsigned d = 0; d < MD_DOMAINS; d++) {
+            char name[16];
+
+            snprintf(name, sizeof(name), "m%u", d);
+            tu_domain_config(&c, name, 4 * MiB, 4 * MiB);
+            c.pod_policy = MV_POD_CRASH;
+            c.pod_block_populate = 0;
+            assert_ok(mv_domain_create(m.h, &c, &m.dom[d]));
+            assert_ok(mv_tmem_set_client(m.h, m.dom[d], 100, MD_QUOTA));
+            touch(m.h, m.dom[d], MD_RAM, 1);
+            assert_ok(mv_tmem_authorize(m.h, m.dom[d], d < 2 ? uuid6 : uuid7));
+            if (d == 1)
+                assert_ok(mv_tmem_authorize(m.h, m.dom[d], uuid7));
+        }
+        for (unsigned i = 0; i < MD_POOLS; i++)
+            m.pool[i].id = -1;
+        for (m.step = 0; m.step < 20000; m.step++) {
+            md_step(&m);
+            if (m.step % 500 == 0)
+                audit(m.h);
+        }
+        /* Every key of every pool, against the model. */
+        for (unsigned i = 0; i < MD_POOLS; i++)
+            for (unsigned d = 0; d < MD_DOMAINS; d++)
+                for (unsigned o = 0; md_member(&m, i, d) && o < MD_OBJS; o++)
+                    for (unsigned k = 0; k < MD_INDEXES; k++)
+                        md_get(&m, i, d, o, k);
+        for (unsigned d = 0; d < MD_DOMAINS; d++)
+            assert_int_equal(tu_info(m.h, m.dom[d]).state, MV_DOMAIN_RUNNING);
+        audit(m.h);
+        mv_host_destroy(m.h);
+    }
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(persistent_pages_round_trip),
     cmocka_unit_test(ephemeral_get_is_exclusive_unless_shared),
@@ -1427,6 +1662,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(pools_made_while_the_domain_dies_are_not_left_behind),
     cmocka_unit_test(many_domains_find_their_own_clients),
     cmocka_unit_test(eviction_follows_shares_across_many_domains),
+    cmocka_unit_test(random_calls_match_a_model),
 };
 
 TU_MAIN(cases)
