@@ -31,7 +31,7 @@ harness_skip_unless_supported
 # The tool on its own
 
 check "tmem --help" 0 --out "^usage: memvisor tmem" -- "$cli_bin" tmem --help
-for sub in list authorize new-pool destroy-pool put get flush relinquish; do
+for sub in list authorize new-pool destroy-pool put get flush relinquish relinquish-block; do
     check "tmem $sub --help" 0 --out "^usage: memvisor tmem $sub" -- \
         "$cli_bin" tmem "$sub" --help
 done
@@ -130,6 +130,11 @@ for i in $(seq 10 60); do
     "$cli_bin" tmem put a "$eph" 8 "$i" --seed "$i" >/dev/null 2>&1
 done
 check "relinquish" 0 --out 'frames given back' -- "$cli_bin" tmem relinquish --pages 4
+check "room for a block" 0 --out '^room made for 2\^4 frames: [0-9]+ frames given back, [0-9]+ pages evicted$' -- \
+    "$cli_bin" tmem relinquish-block --order 4
+check "a block above the allocator's largest" 1 --err "order 99 is above" -- \
+    "$cli_bin" tmem relinquish-block --order 99
+check "a block with no order" 1 --err "missing argument 'order'" -- "$cli_bin" tmem relinquish-block
 check "audit after relinquishing" 0 -- "$cli_bin" audit
 
 # Host paging: the guest writes, is paged out, reads everything back.

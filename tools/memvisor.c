@@ -1984,6 +1984,7 @@ static const struct cli_option
     opt_tmem_size = WIRE_OPTION("tmem-put", "size"),
     opt_tmem_get_seed = WIRE_OPTION("tmem-get", "seed"),
     opt_tmem_relinquish_pages = WIRE_OPTION("tmem-relinquish", "pages"),
+    opt_tmem_relinquish_order = WIRE_OPTION("tmem-relinquish-block", "order"),
     opt_page_out_pages = WIRE_OPTION("page-out", "pages");
 
 /* {"domain", "pool", "object"[, "index"]} from operands 0..3. */
@@ -2176,6 +2177,24 @@ static int run_tmem_relinquish(const struct invocation *inv)
     return STATUS_OK;
 }
 
+static int run_tmem_relinquish_block(const struct invocation *inv)
+{
+    struct json_object *request = mv_proto_request_new("tmem-relinquish-block"), *reply;
+    uint64_t order;
+    int status;
+
+    copy_option(inv, request, "order");
+    order = field_u64(request, "order");
+    status = request_once(inv, request, &reply);
+    if (status != STATUS_OK)
+        return status;
+    printf("room made for 2^%" PRIu64 " frames: %" PRIu64 " frames given back, %" PRIu64
+           " pages evicted\n", order, field_u64(reply, "relinquished"),
+           field_u64(reply, "evictions"));
+    json_object_put(reply);
+    return STATUS_OK;
+}
+
 static int run_page_out(const struct invocation *inv)
 {
     struct json_object *request = domain_request(inv, "page-out"), *reply;
@@ -2261,6 +2280,17 @@ static const struct command tmem_commands[] = {
                        "evicting ephemeral pages (never persistent ones).",
         .options = OPTIONS(&opt_tmem_relinquish_pages), .run = run_tmem_relinquish,
         .wire = WIRE("tmem-relinquish"),
+    },
+    {
+        .name = "tmem relinquish-block", .operands = "",
+        .summary = "make room for a block of 2^K frames",
+        .description = "Make room for a naturally aligned block of 2^K frames: as many\n"
+                       "frames free in the host budget and a free run of them, tmem giving\n"
+                       "back spare frames, then evicting ephemeral pages and compacting\n"
+                       "(never persistent ones). Fails, saying how much room there is,\n"
+                       "when what is left is persistent pages or others' memory.",
+        .options = OPTIONS(&opt_tmem_relinquish_order), .run = run_tmem_relinquish_block,
+        .wire = WIRE("tmem-relinquish-block"),
     },
 };
 

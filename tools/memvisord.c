@@ -2123,6 +2123,23 @@ static int run_tmem_relinquish(struct daemon *d, struct request *r)
     return 0;
 }
 
+static int run_tmem_relinquish_block(struct daemon *d, struct request *r)
+{
+    struct mv_tmem_stats before, after;
+    uint64_t order;
+    int rc = mv_proto_arg_u64(r->args, "order", true, &order, r->why);
+
+    if (rc < 0)
+        return rc;
+    if ((rc = mv_tmem_stats(d->host, &before)) < 0 ||
+        (rc = mv_tmem_relinquish_pageblock(d->host, (unsigned)order)) < 0 ||
+        (rc = mv_tmem_stats(d->host, &after)) < 0)
+        return library_status(r, rc);
+    reply_u64(r, "relinquished", after.relinquished - before.relinquished);
+    reply_u64(r, "evictions", after.evictions - before.evictions);
+    return 0;
+}
+
 static int run_page_out(struct daemon *d, struct request *r)
 {
     uint64_t pages;
@@ -2502,6 +2519,7 @@ static const struct command commands[] = {
     { "tmem-get", run_tmem_get, 0 },
     { "tmem-flush", run_tmem_flush, 0 },
     { "tmem-relinquish", run_tmem_relinquish, 0 },
+    { "tmem-relinquish-block", run_tmem_relinquish_block, 0 },
     { "page-out", run_page_out, 0 },
     { "doctor", run_doctor, 0 },
     { "shutdown", run_shutdown, ON_LOOP },

@@ -419,6 +419,15 @@ static const struct mv_schema_arg tmem_relinquish_args[] = {
     END,
 };
 
+static const struct mv_schema_arg tmem_relinquish_block_args[] = {
+    { .name = "order", .type = MV_SCHEMA_U64, .required = true, .max = UINT_ARG_MAX,
+      .metavar = "K",
+      .help = "make room for a block of 2^K frames: as many free in the host budget "
+              "and a free run of them",
+      .examples = EXAMPLES("0", "4", "9") },
+    END,
+};
+
 /* ------------------------------------------------------------------------ */
 /* The commands                                                              */
 
@@ -501,6 +510,8 @@ const struct mv_schema_command mv_schema_commands[] = {
       "flushed" },
     { "tmem-relinquish", "give tmem frames back to the host", tmem_relinquish_args, LONG,
       NULL, "relinquished" },
+    { "tmem-relinquish-block", "make room for a block of 2^order frames, tmem giving back",
+      tmem_relinquish_block_args, LONG, NULL, "relinquished, evictions" },
     { "page-out", "page cold pages of a domain out into compressed host memory",
       page_out_args, LONG, NULL, "paged" },
     { "doctor", "what this kernel offers memvisor", no_args, 0, NULL, "doctor" },
