@@ -556,6 +556,23 @@ static void touch(mv_host *h, uint32_t d, uint64_t pages, uint8_t v)
         ((volatile uint8_t *)ram)[i * PAGE + 1] = v;
 }
 
+/* 1,000 persistent pages into `per`, then `n` ephemeral ones into `eph`,
+ * each stored or dropped: how many ephemeral ones were stored. */
+static uint32_t fill_budget(mv_host *h, uint32_t dom, int per, int eph, uint32_t n)
+{
+    uint32_t stored = 0;
+    int rc;
+
+    for (uint32_t i = 0; i < 1000; i++)
+        assert_int_equal(put(h, dom, per, 1, i, i, 3), 1);
+    for (uint32_t i = 0; i < n; i++) {
+        rc = put(h, dom, eph, 1, i, i, 3);
+        assert_true(rc == 0 || rc == 1);
+        stored += (uint32_t)rc;
+    }
+    return stored;
+}
+
 static void budget_short_takes_tmem_memory_first(void **state)
 {
     mv_host *h = tu_host_with(16 * MiB, MV_FAULT_SPIN_DEFAULT);
@@ -563,19 +580,12 @@ static void budget_short_takes_tmem_memory_first(void **state)
     int eph = mv_tmem_new_pool(h, a, 0, NULL), per = mv_tmem_new_pool(h, a, MV_TMEM_PERSISTENT, NULL);
     struct mv_domain_config c;
     struct mv_tmem_stats s;
-    uint32_t stored = 0, b;
-    int rc;
+    uint32_t stored, b;
 
     (void)state;
     /* The persistent pool takes a quarter of the budget; ephemeral puts
      * fill the rest and are dropped (0), not failed, beyond it. */
-    for (uint32_t i = 0; i < 1000; i++)
-        assert_int_equal(put(h, a, per, 1, i, i, 3), 1);
-    for (uint32_t i = 0; i < 6000; i++) {
-        rc = put(h, a, eph, 1, i, i, 3);
-        assert_true(rc == 0 || rc == 1);
-        stored += (uint32_t)rc;
-    }
+    stored = fill_budget(h, a, per, eph, 6000);
     assert_true(stored > 2000);
     /* A domain populating its RAM gets the budget back from tmem. */
     tu_domain_config(&c, "b", 8 * MiB, 8 * MiB);
@@ -613,15 +623,9 @@ static void relinquish_pageblock_makes_room_in_the_budget(void **state)
     int eph = mv_tmem_new_pool(h, a, 0, NULL), per = mv_tmem_new_pool(h, a, MV_TMEM_PERSISTENT, NULL);
     struct mv_domain_config c;
     uint64_t kept;
-    int rc;
 
     (void)state;
-    for (uint32_t i = 0; i < 1000; i++)
-        assert_int_equal(put(h, a, per, 1, i, i, 3), 1);
-    for (uint32_t i = 0; i < 8000; i++) {
-        rc = put(h, a, eph, 1, i, i, 3);
-        assert_true(rc == 0 || rc == 1);
-    }
+    fill_budget(h, a, per, eph, 8000);
     assert_true(budget_room(h) < 64);
     kept = client(h, a).ephemeral_pages;
     assert_ok(mv_tmem_relinquish_pageblock(h, 6));
