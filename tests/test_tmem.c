@@ -577,7 +577,8 @@ static void budget_short_takes_tmem_memory_first(void **state)
 {
     mv_host *h = tu_host_with(16 * MiB, MV_FAULT_SPIN_DEFAULT);
     uint32_t a = tu_domain_with(h, "a", 16 * MiB, 16 * MiB, 1, MV_POD_CRASH, 0);
-    int eph = mv_tmem_new_pool(h, a, 0, NULL), per = mv_tmem_new_pool(h, a, MV_TMEM_PERSISTENT, NULL);
+    int eph = mv_tmem_new_pool(h, a, 0, NULL);
+    int per = mv_tmem_new_pool(h, a, MV_TMEM_PERSISTENT, NULL);
     struct mv_domain_config c;
     struct mv_tmem_stats s;
     uint32_t stored, b;
@@ -620,7 +621,8 @@ static void relinquish_pageblock_makes_room_in_the_budget(void **state)
 {
     mv_host *h = tu_host_with(16 * MiB, MV_FAULT_SPIN_DEFAULT);
     uint32_t a = tu_domain_with(h, "a", 16 * MiB, 16 * MiB, 1, MV_POD_CRASH, 0), b;
-    int eph = mv_tmem_new_pool(h, a, 0, NULL), per = mv_tmem_new_pool(h, a, MV_TMEM_PERSISTENT, NULL);
+    int eph = mv_tmem_new_pool(h, a, 0, NULL);
+    int per = mv_tmem_new_pool(h, a, MV_TMEM_PERSISTENT, NULL);
     struct mv_domain_config c;
     uint64_t kept;
 

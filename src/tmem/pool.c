@@ -224,8 +224,8 @@ static void page_unlink(struct tm_object *o, struct tm_page *pg)
 
 /* ---- pages ---- */
 
-static void counts_pages(struct mv__tmem *t, struct tm_pool *pool, struct tm_client *c, const struct tm_page *pg,
-                         int delta)
+static void counts_pages(struct mv__tmem *t, struct tm_pool *pool, struct tm_client *c,
+                         const struct tm_page *pg, int delta)
 {
     pool->c.pages += (uint64_t)(int64_t)delta;
     c->c.pages += (uint64_t)(int64_t)delta;
