@@ -1332,7 +1332,11 @@ struct mv_tmem_stats {
     uint64_t auto_paged;        /* pages the automatic mode paged out */
     uint64_t metadata_bytes;
     struct mv_tmem_counts counts;
-    uint64_t reserved[8];
+    /* Frames evicting every ephemeral page would give back (spare ones and
+     * those holding no persistent page; compaction may free more): Xen's
+     * tmem-freeable. */
+    uint64_t freeable_frames;
+    uint64_t reserved[7];
 };
 
 /*

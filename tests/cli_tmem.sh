@@ -115,10 +115,13 @@ check "b gets a's page" 0 --out '^found, matches$' -- \
 check "tmem list" 0 --out "^tmem: " -- "$cli_bin" tmem list
 expect "tmem list shows the pools" grep -q "persistent" "$scratch/out"
 expect "tmem list tells pages by codec" grep -Eq "[0-9]+ lz4, [0-9]+ zstd, [0-9]+ raw, [0-9]+ markers" "$scratch/out"
+expect "tmem list tells the freeable frames" grep -Eq "^tmem: [0-9]+ frames \\([0-9]+ used, [0-9]+ spare, [0-9]+ freeable\\)" "$scratch/out"
 check "tmem list --json" 0 -- "$cli_bin" tmem list --json
 json_check "pools and clients in JSON" \
     'len(d["pools"]) == 3 and any(c["domid"] == 1 or c["domid"] == 0 for c in d["clients"]) and d["tmem"]["counts"]["puts"] >= 10'
 json_check "found gets counted" 'd["tmem"]["counts"]["found_gets"] >= 5'
+json_check "freeable frames, no more than tmem holds" \
+    'd["tmem"]["spare_frames"] <= d["tmem"]["freeable_frames"] <= d["tmem"]["frames"]'
 json_check "pages counted by codec" \
     'all(p["counts"]["lz4_pages"] + p["counts"]["zstd_pages"] + p["counts"]["marker_pages"] <= p["counts"]["pages"] for p in d["pools"]) and d["tmem"]["counts"]["lz4_pages"] > 0'
 check "tmem list of one domain" 0 -- "$cli_bin" tmem list --json b

@@ -516,6 +516,38 @@ static void relinquish_api_gives_back_ephemeral_only(void **state)
     mv_host_destroy(h);
 }
 
+/* freeable_frames is what evicting every ephemeral page gives back: the
+ * spare frames and those of zspages holding no persistent page, not those
+ * a persistent page shares with ephemeral ones. */
+static void freeable_frames_are_what_eviction_gives_back(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    int eph = mv_tmem_new_pool(h, d, 0, NULL);
+    int per = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+    struct mv_tmem_stats s0, s1;
+
+    (void)state;
+    /* Text-like pages of many sizes, one persistent in eight: some
+     * zspages hold both kinds, most only ephemeral ones. */
+    for (uint32_t i = 0; i < 2000; i++)
+        assert_int_equal(put(h, d, i % 8 ? eph : per, 1, i, i, i % 16 ? 2 : 3), 1);
+    assert_true(mv_tmem_evict_npages(h, 3) >= 3);
+    s0 = stats(h);
+    assert_true(s0.spare_frames > 0);
+    assert_true(s0.freeable_frames > s0.spare_frames && s0.freeable_frames < s0.frames);
+    assert_true(mv_tmem_evict_npages(h, UINT64_MAX) >= 0);
+    assert_true(mv_tmem_relinquish_pages(h, UINT64_MAX) >= 0);
+    s1 = stats(h);
+    assert_int_equal(client(h, d).ephemeral_pages, 0);
+    assert_int_equal(s0.frames - s1.frames, s0.freeable_frames);
+    assert_int_equal(s1.freeable_frames, 0);
+    for (uint32_t i = 0; i < 2000; i += 8)
+        expect_page(h, d, per, 1, i, i, i % 16 ? 2 : 3);
+    audit(h);
+    mv_host_destroy(h);
+}
+
 static void eviction_takes_from_the_domain_over_its_share(void **state)
 {
     mv_host *h = tu_host();
@@ -1653,6 +1685,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(emptied_frames_go_back_in_batches),
     cmocka_unit_test(relinquish_api_gives_back_ephemeral_only),
     cmocka_unit_test(eviction_takes_from_the_domain_over_its_share),
+    cmocka_unit_test(freeable_frames_are_what_eviction_gives_back),
     cmocka_unit_test(budget_short_takes_tmem_memory_first),
     cmocka_unit_test(relinquish_pageblock_makes_room_in_the_budget),
     cmocka_unit_test(repayment_comes_from_the_domains_own_collateral),

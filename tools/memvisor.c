@@ -2025,12 +2025,14 @@ static void print_tmem_list(struct json_object *reply)
 {
     struct json_object *t = field(reply, "tmem");
 
-    printf("tmem: %" PRIu64 " frames (%" PRIu64 " used, %" PRIu64 " spare), %" PRIu64
-           " relinquished, %" PRIu64 " evictions, %" PRIu64 " budget shortages (%" PRIu64
-           " frames given), %" PRIu64 " repaid from collateral; host paging: %" PRIu64
-           " pages out now, %" PRIu64 " out and %" PRIu64 " in so far\n",
+    printf("tmem: %" PRIu64 " frames (%" PRIu64 " used, %" PRIu64 " spare, %" PRIu64
+           " freeable), %" PRIu64 " relinquished, %" PRIu64 " evictions, %" PRIu64
+           " budget shortages (%" PRIu64 " frames given), %" PRIu64
+           " repaid from collateral; host paging: %" PRIu64 " pages out now, %" PRIu64
+           " out and %" PRIu64 " in so far\n",
            field_u64(t, "frames"), field_u64(t, "used_frames"), field_u64(t, "spare_frames"),
-           field_u64(t, "relinquished"), field_u64(t, "evictions"),
+           field_u64(t, "freeable_frames"), field_u64(t, "relinquished"),
+           field_u64(t, "evictions"),
            field_u64(t, "budget_short_calls"), field_u64(t, "budget_short_freed"),
            field_u64(t, "repaid"), field_u64(t, "paged_out"), field_u64(t, "page_outs"),
            field_u64(t, "page_ins"));

@@ -1933,6 +1933,7 @@ static int run_tmem_list(struct daemon *d, struct request *r)
     json_object_object_add(host, "frames", json_object_new_uint64(s.frames));
     json_object_object_add(host, "used_frames", json_object_new_uint64(s.used_frames));
     json_object_object_add(host, "spare_frames", json_object_new_uint64(s.spare_frames));
+    json_object_object_add(host, "freeable_frames", json_object_new_uint64(s.freeable_frames));
     json_object_object_add(host, "pools", json_object_new_uint64(s.pools));
     json_object_object_add(host, "evictions", json_object_new_uint64(s.evictions));
     json_object_object_add(host, "relinquished", json_object_new_uint64(s.relinquished));

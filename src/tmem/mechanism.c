@@ -222,6 +222,7 @@ int mv_tmem_stats(mv_host *h, struct mv_tmem_stats *out)
     out->page_in_ns = t->page_in_ns;
     out->auto_paged = t->auto_paged;
     out->metadata_bytes = metadata(t);
+    out->freeable_frames = tm_freeable_frames(t);
     for (uint32_t i = 0; i < TM_MAX_POOLS; i++) {
         struct mv_tmem_counts c;
 

@@ -900,6 +900,12 @@ int tm_pool_audit(struct mv__tmem *t)
                         (!pg->blob || pg->blob->zs->owner[pg->blob->slot] != pg->blob))
                         return mv__fail(-EUCLEAN, "tmem: a page of pool %u names "
                                         "a slot that does not hold its bytes", i);
+                    if (pg->kind == TM_PAGE_BLOB &&
+                        pg->blob->persistent != !!(pool->flags & MV_TMEM_PERSISTENT))
+                        return mv__fail(-EUCLEAN, "tmem: a page of %s pool %u is stored "
+                                        "as %s", pool->flags & MV_TMEM_PERSISTENT ?
+                                        "persistent" : "ephemeral", i,
+                                        pg->blob->persistent ? "persistent" : "ephemeral");
                     k++;
                     markers += pg->kind == TM_PAGE_SAME;
                     lz4 += pg->kind == TM_PAGE_BLOB && pg->blob->codec == TM_CODEC_LZ4;

@@ -570,6 +570,7 @@ int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
     b->zs->owner[b->slot] = b;
     b->len = len;
     b->codec = codec;
+    b->persistent = pool->flags & MV_TMEM_PERSISTENT;
     b->refs = 1;
     t->blob_count++;
     if (dedup) {
@@ -590,6 +591,26 @@ int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
     pg->kind = TM_PAGE_BLOB;
     pg->blob = b;
     return 0;
+}
+
+uint64_t tm_freeable_frames(const struct mv__tmem *t)
+{
+    uint64_t frames = t->spare_frames;
+
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
+        const struct tm_class *cl = &t->cls[c];
+
+        for (const struct tm_list *e = cl->zspages.next; e != &cl->zspages; e = e->next) {
+            const struct tm_zspage *zs = tm_container(e, struct tm_zspage, link);
+            bool pinned = false;
+
+            for (unsigned k = 0; k < zs->slots && !pinned; k++)
+                pinned = zs->owner[k] && zs->owner[k]->persistent;
+            if (!pinned)
+                frames += zs->frames;
+        }
+    }
+    return frames;
 }
 
 int tm_load_page(struct mv__tmem *t, const struct tm_page *pg, uint8_t *page)

@@ -114,6 +114,7 @@ struct tm_blob {
     unsigned len;                      /* bytes stored */
     unsigned codec;                    /* enum tm_codec */
     unsigned refs;                     /* pages pointing here */
+    bool persistent;                   /* of a persistent pool: never evicted */
     uint64_t hash;                     /* of the page, when dedup indexed */
     uint32_t dedup_pool;               /* the pool whose index holds it */
     struct tm_client *dedup_client;    /* ... for that client's pages only */
@@ -279,6 +280,10 @@ void tm_release_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *p
 uint64_t tm_compact(struct mv__tmem *t);
 /* Scrub up to `n` spare frames and give them back; returns how many. */
 uint64_t tm_release_spare(struct mv__tmem *t, uint64_t n);
+/* The frames evicting every ephemeral page would give back, compaction
+ * aside: the spare ones, and those of zspages holding no persistent page
+ * (a walk of every zspage). */
+uint64_t tm_freeable_frames(const struct mv__tmem *t);
 /* Return chunks with no frame holding memory to the machine allocator. */
 void tm_release_chunks(struct mv__tmem *t);
 /* Bytes of slot space a blob takes. */
