@@ -114,11 +114,11 @@ struct tm_blob {
     unsigned len;                      /* bytes stored */
     unsigned codec;                    /* enum tm_codec */
     unsigned refs;                     /* pages pointing here */
-    bool persistent;                   /* of a persistent pool: never evicted */
     uint64_t hash;                     /* of the page, when dedup indexed */
     uint32_t dedup_pool;               /* the pool whose index holds it */
     struct tm_client *dedup_client;    /* ... for that client's pages only */
     bool indexed;
+    bool persistent;                   /* of a persistent pool: never evicted */
     struct tm_blob *hnext;             /* dedup hash chain */
 };
 
