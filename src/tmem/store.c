@@ -319,6 +319,7 @@ static void zspage_free(struct mv__tmem *t, struct tm_zspage *zs)
 {
     struct tm_class *cl = &t->cls[zs->cls];
 
+    t->unpinned_frames -= zs->frames; /* empty, so pinned by nothing */
     tm_list_del(&zs->link);
     cl->zspage_count--;
     t->zspage_count--;
@@ -386,6 +387,7 @@ static int slot_alloc(struct mv__tmem *t, unsigned cls, bool may_evict,
         zs->frames = cl->frames;
         zs->cls = cls;
         zs->slots = cl->slots;
+        t->unpinned_frames += zs->frames;
         tm_list_add(&cl->zspages, &zs->link);
         cl->zspage_count++;
         t->zspage_count++;
@@ -410,10 +412,22 @@ uncharge:
     return rc;
 }
 
+/* Slot `slot` of zs holds b's bytes now (written or moved there). */
+static void slot_own(struct mv__tmem *t, struct tm_zspage *zs, unsigned slot, struct tm_blob *b)
+{
+    zs->owner[slot] = b;
+    b->zs = zs;
+    b->slot = slot;
+    if (b->persistent && zs->pinned++ == 0)
+        t->unpinned_frames -= zs->frames;
+}
+
 static void slot_free(struct mv__tmem *t, struct tm_zspage *zs, unsigned slot)
 {
     struct tm_class *cl = &t->cls[zs->cls];
 
+    if (zs->owner[slot]->persistent && --zs->pinned == 0)
+        t->unpinned_frames += zs->frames;
     zs->owner[slot] = NULL;
     zs->used--;
     cl->used_slots--;
@@ -567,10 +581,10 @@ int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
      * When the write fails, the store through the mapping populates. */
     if (!hole || mv__os_write(t->host->machine.memfd, src, slot_offset(b->zs, b->slot), len) < 0)
         memcpy(slot_addr(b->zs, b->slot), src, len);
-    b->zs->owner[b->slot] = b;
+    b->persistent = pool->flags & MV_TMEM_PERSISTENT;
+    slot_own(t, b->zs, b->slot, b);
     b->len = len;
     b->codec = codec;
-    b->persistent = pool->flags & MV_TMEM_PERSISTENT;
     b->refs = 1;
     t->blob_count++;
     if (dedup) {
@@ -595,22 +609,7 @@ int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
 
 uint64_t tm_freeable_frames(const struct mv__tmem *t)
 {
-    uint64_t frames = t->spare_frames;
-
-    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
-        const struct tm_class *cl = &t->cls[c];
-
-        for (const struct tm_list *e = cl->zspages.next; e != &cl->zspages; e = e->next) {
-            const struct tm_zspage *zs = tm_container(e, struct tm_zspage, link);
-            bool pinned = false;
-
-            for (unsigned k = 0; k < zs->slots && !pinned; k++)
-                pinned = zs->owner[k] && zs->owner[k]->persistent;
-            if (!pinned)
-                frames += zs->frames;
-        }
-    }
-    return frames;
+    return t->spare_frames + t->unpinned_frames;
 }
 
 int tm_load_page(struct mv__tmem *t, const struct tm_page *pg, uint8_t *page)
@@ -706,9 +705,7 @@ uint64_t tm_compact(struct mv__tmem *t)
             for (d = 0; dst->owner[d]; d++)
                 ;
             memcpy(slot_addr(dst, d), slot_addr(src, s), src->owner[s]->len);
-            dst->owner[d] = src->owner[s];
-            dst->owner[d]->zs = dst;
-            dst->owner[d]->slot = d;
+            slot_own(t, dst, d, src->owner[s]);
             dst->used++;
             cl->used_slots++;
             t->compact_moves++;
@@ -732,7 +729,7 @@ uint64_t tm_compact(struct mv__tmem *t)
 
 int tm_store_audit(struct mv__tmem *t)
 {
-    uint64_t used = 0, spare = 0, zs_frames = 0, chunks = 0;
+    uint64_t used = 0, spare = 0, zs_frames = 0, chunks = 0, unpinned = 0;
 
     for (struct tm_list *e = t->chunks.next; e != &t->chunks; e = e->next) {
         struct tm_chunk *c = tm_container(e, struct tm_chunk, link);
@@ -772,7 +769,7 @@ int tm_store_audit(struct mv__tmem *t)
 
         for (struct tm_list *e = cl->zspages.next; e != &cl->zspages; e = e->next) {
             struct tm_zspage *zs = tm_container(e, struct tm_zspage, link);
-            unsigned u = 0;
+            unsigned u = 0, pinned = 0;
 
             if (zs->used < zs->slots && seen_full)
                 return mv__fail(-EUCLEAN, "tmem: a class-%u zspage with room follows a "
@@ -783,6 +780,7 @@ int tm_store_audit(struct mv__tmem *t)
                 if (!zs->owner[s])
                     continue;
                 u++;
+                pinned += zs->owner[s]->persistent;
                 if (zs->owner[s]->zs != zs || zs->owner[s]->slot != s ||
                     zs->owner[s]->refs == 0)
                     return mv__fail(-EUCLEAN, "tmem: slot %u of a class-%u zspage "
@@ -794,6 +792,10 @@ int tm_store_audit(struct mv__tmem *t)
             if (u != zs->used || u == 0)
                 return mv__fail(-EUCLEAN, "tmem: a class-%u zspage counts %u used "
                                 "slots, has %u", c, zs->used, u);
+            if (pinned != zs->pinned)
+                return mv__fail(-EUCLEAN, "tmem: a class-%u zspage counts %u slots of "
+                                "persistent pages, has %u", c, zs->pinned, pinned);
+            unpinned += pinned ? 0 : zs->frames;
             n++;
             slots += u;
             zs_frames += zs->frames;
@@ -805,6 +807,10 @@ int tm_store_audit(struct mv__tmem *t)
                             (unsigned long long)cl->used_slots,
                             (unsigned long long)n, (unsigned long long)slots);
     }
+    if (unpinned != t->unpinned_frames)
+        return mv__fail(-EUCLEAN, "tmem: %llu frames hold no persistent page, the "
+                        "counter says %llu", (unsigned long long)unpinned,
+                        (unsigned long long)t->unpinned_frames);
     if (zs_frames != used)
         return mv__fail(-EUCLEAN, "tmem: zspages hold %llu frames, %llu are used",
                         (unsigned long long)zs_frames, (unsigned long long)used);

@@ -101,6 +101,7 @@ struct tm_zspage {
     unsigned frames;
     unsigned cls;                      /* size class index */
     unsigned slots, used;
+    unsigned pinned;                   /* slots holding a persistent pool's bytes */
     struct tm_list link;               /* its class's zspages */
     struct tm_blob *owner[];           /* per slot, NULL when free */
 };
@@ -197,6 +198,9 @@ struct mv__tmem {
     struct tm_list chunks;
     uint64_t chunk_count;
     uint64_t used_frames, spare_frames;
+    /* Frames of zspages with no slot pinned by a persistent page: what
+     * evicting every ephemeral page would empty. */
+    uint64_t unpinned_frames;
     _Atomic uint64_t charged;          /* frames charged to the budget */
     struct tm_class cls[TM_CLASS_COUNT];
     struct tm_pool *pools[TM_MAX_POOLS];
@@ -281,8 +285,7 @@ uint64_t tm_compact(struct mv__tmem *t);
 /* Scrub up to `n` spare frames and give them back; returns how many. */
 uint64_t tm_release_spare(struct mv__tmem *t, uint64_t n);
 /* The frames evicting every ephemeral page would give back, compaction
- * aside: the spare ones, and those of zspages holding no persistent page
- * (a walk of every zspage). */
+ * aside: the spare ones, and those of zspages holding no persistent page. */
 uint64_t tm_freeable_frames(const struct mv__tmem *t);
 /* Return chunks with no frame holding memory to the machine allocator. */
 void tm_release_chunks(struct mv__tmem *t);
