@@ -1258,7 +1258,9 @@ MV_API int mv_tmem_set_collateral(mv_host *host, uint32_t domid, uint64_t pages)
  *     2^order frames: a free run in the machine allocator and as many
  *     frames of the host budget (spare frames given back, then ephemeral
  *     pages evicted and compacted, whole chunks returned): 0, or -ENOMEM
- *     when what is left is persistent pages or others' memory.
+ *     when what is left is persistent pages or others' memory (refused
+ *     before any page is evicted when even evicting every ephemeral page
+ *     and compacting could not make the room).
  *   evict_npages: evict ephemeral pages until `n` frames are empty (kept by
  *     tmem as spare): how many.
  *   relinquish_pages: scrub up to `n` spare frames and give them back to

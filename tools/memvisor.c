@@ -2290,7 +2290,9 @@ static const struct command tmem_commands[] = {
                        "frames free in the host budget and a free run of them, tmem giving\n"
                        "back spare frames, then evicting ephemeral pages and compacting\n"
                        "(never persistent ones). Fails, saying how much room there is,\n"
-                       "when what is left is persistent pages or others' memory.",
+                       "when what is left is persistent pages or others' memory; when\n"
+                       "even evicting everything could not make the room, before\n"
+                       "evicting anything.",
         .options = OPTIONS(&opt_tmem_relinquish_order), .run = run_tmem_relinquish_block,
         .wire = WIRE("tmem-relinquish-block"),
     },

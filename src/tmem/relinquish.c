@@ -328,6 +328,22 @@ static uint64_t budget_room(struct mv_host *h)
     return budget > used ? budget - used : 0;
 }
 
+/* The most frames of the budget that could be made free: what is free,
+ * what a destroyed domain's scrub will give back, and every tmem frame but
+ * the fewest the persistent pages' bytes could be compacted into. */
+static uint64_t budget_room_possible(struct mv__tmem *t, uint64_t room)
+{
+    struct mv__scrub_counts scrub;
+    uint64_t persistent = 0, frames = t->used_frames + t->spare_frames, keep;
+
+    for (uint32_t i = 0; i < TM_MAX_POOLS; i++)
+        if (t->pools[i] && (t->pools[i]->flags & MV_TMEM_PERSISTENT))
+            persistent += t->pools[i]->c.stored_bytes;
+    keep = (persistent + MV_PAGE_SIZE - 1) / MV_PAGE_SIZE;
+    mv__scrub_counts(&t->host->machine, &scrub);
+    return room + scrub.pending_charged + (frames > keep ? frames - keep : 0);
+}
+
 /*
  * Room for a naturally aligned block of 2^order frames: a free run in the
  * machine allocator, and as many frames of the budget free.  The frame
@@ -351,6 +367,18 @@ int mv_tmem_relinquish_pageblock(mv_host *h, unsigned order)
                         MV_BUDDY_MAX_ORDER);
     want = 1ull << order;
     tm_lock(t);
+    /* Evicting every ephemeral page for a block that cannot be made
+     * anyway would drop the guests' caches for nothing. */
+    room = budget_room(h);
+    if (room < want && budget_room_possible(t, room) < want) {
+        uint64_t possible = budget_room_possible(t, room);
+
+        mv__mutex_unlock(&t->lock);
+        return mv__fail(-ENOMEM, "tmem: the budget has room for %llu frames and at most "
+                        "%llu could be made, not the 2^%u asked for: the rest is "
+                        "persistent tmem pages or others' memory; nothing was evicted",
+                        (unsigned long long)room, (unsigned long long)possible, order);
+    }
     for (;;) {
         uint64_t short_by;
 
