@@ -350,6 +350,8 @@ bool mv__machine_charge(struct mv__machine *m, uint64_t pages);
 void mv__machine_uncharge(struct mv__machine *m, uint64_t pages);
 /* Charge without the budget check, for pages given back at once (a move). */
 void mv__machine_charge_anyway(struct mv__machine *m, uint64_t pages);
+/* Pages the budget has room for now (0 when over it). */
+uint64_t mv__machine_room(struct mv__machine *m);
 /* Frame mfn in place, read-only.  Only for a frame known to hold memory
  * (populated, under the lock that keeps it so): a hole read there would be
  * allocated. */

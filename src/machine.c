@@ -312,6 +312,14 @@ void mv__machine_uncharge(struct mv__machine *m, uint64_t pages)
     atomic_fetch_add(&m->charge_changes, 1);
 }
 
+uint64_t mv__machine_room(struct mv__machine *m)
+{
+    uint64_t budget = atomic_load(&m->budget_pages);
+    uint64_t used = atomic_load(&m->populated_pages);
+
+    return budget > used ? budget - used : 0;
+}
+
 bool mv__page_is_zero(const uint8_t *page)
 {
     const uint64_t *w = (const uint64_t *)page;

@@ -319,15 +319,6 @@ static bool machine_has_block(struct mv_host *h, unsigned order)
     return true;
 }
 
-/* Frames the host budget has room for. */
-static uint64_t budget_room(struct mv_host *h)
-{
-    uint64_t budget = atomic_load(&h->machine.budget_pages);
-    uint64_t used = atomic_load(&h->machine.populated_pages);
-
-    return budget > used ? budget - used : 0;
-}
-
 /* The most frames of the budget that could be made free: what is free,
  * what a destroyed domain's scrub will give back, and every tmem frame but
  * the fewest the persistent pages' bytes could be compacted into. */
@@ -358,7 +349,7 @@ static uint64_t budget_room_possible(struct mv__tmem *t, uint64_t room)
 int mv_tmem_relinquish_pageblock(mv_host *h, unsigned order)
 {
     struct mv__tmem *t = tm_of(h);
-    uint64_t want, room = 0;
+    uint64_t want, room, possible;
     bool run = false;
 
     mv__clear_error();
@@ -369,10 +360,9 @@ int mv_tmem_relinquish_pageblock(mv_host *h, unsigned order)
     tm_lock(t);
     /* Evicting every ephemeral page for a block that cannot be made
      * anyway would drop the guests' caches for nothing. */
-    room = budget_room(h);
-    if (room < want && budget_room_possible(t, room) < want) {
-        uint64_t possible = budget_room_possible(t, room);
-
+    room = mv__machine_room(&h->machine);
+    possible = room < want ? budget_room_possible(t, room) : want;
+    if (possible < want) {
         mv__mutex_unlock(&t->lock);
         return mv__fail(-ENOMEM, "tmem: the budget has room for %llu frames and at most "
                         "%llu could be made, not the 2^%u asked for: the rest is "
@@ -380,20 +370,19 @@ int mv_tmem_relinquish_pageblock(mv_host *h, unsigned order)
                         (unsigned long long)room, (unsigned long long)possible, order);
     }
     for (;;) {
-        uint64_t short_by;
-
-        room = budget_room(h);
+        room = mv__machine_room(&h->machine);
         run = machine_has_block(h, order);
         if (room >= want && run)
             break;
-        short_by = want - MV_MIN(want, room);
-        if (short_by && mv__scrub_wait(&h->machine, MV__RELEASE_SCRUB))
+        if (room < want && mv__scrub_wait(&h->machine, MV__RELEASE_SCRUB))
             continue;
-        /* Empty frames until the shortfall is spare (or one more when the
-         * run is missing), then give them back in one release. */
-        if (t->spare_frames < MV_MAX(short_by, 1ull) &&
-            (tm_evict_one(t, NULL) || tm_compact(t) > 0))
-            continue;
+        /* Empty frames until the room and the spare frames make the block
+         * (one spare at least when only the run is missing), then give
+         * them back in one release.  Eviction may scrub spare frames
+         * itself, which the room then counts. */
+        while ((!t->spare_frames || mv__machine_room(&h->machine) + t->spare_frames < want) &&
+               (tm_evict_one(t, NULL) || tm_compact(t) > 0))
+            ;
         if (!t->spare_frames)
             break;
         tm_release_spare(t, t->spare_frames);
