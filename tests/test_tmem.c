@@ -677,9 +677,15 @@ static void relinquish_pageblock_makes_room_in_the_budget(void **state)
     touch(h, b, 64, 5);
     assert_int_equal(tu_info(h, b).state, MV_DOMAIN_RUNNING);
     assert_int_equal(stats(h).budget_short_calls, kept);
-    /* Half the budget: within what evicting can make. */
+    /* Half the budget: within what evicting can make, also when every
+     * hole punch fails (the frames are zeroed by hand and still given
+     * back). */
+    mv__os_inject(MV_OS_PUNCH, EIO, 0, 100000);
     assert_ok(mv_tmem_relinquish_pageblock(h, 11));
+    assert_true(mv__os_injection_left(MV_OS_PUNCH) < 100000); /* punches failed */
+    mv__os_inject(MV_OS_PUNCH, 0, 0, 0);
     assert_true(budget_room(h) >= 2048);
+    audit(h);
     kept = client(h, a).ephemeral_pages;
     assert_true(kept > 0);
     /* The whole budget cannot be made, the persistent pages holding a
