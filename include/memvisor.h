@@ -1133,7 +1133,11 @@ struct mv_share_stats {
     uint64_t cow_settle_waiting;   /* copies found with no memory to settle
                                       them by the last settle pass: their
                                       writers trap now */
-    uint64_t reserved[8];     /* zero; room to grow without breaking the ABI */
+    uint64_t read_fallbacks;       /* blocks the scanner or a share read in
+                                      place through the machine's mapping
+                                      because copying them out failed (each
+                                      also sets mv_last_error) */
+    uint64_t reserved[7];     /* zero; room to grow without breaking the ABI */
 };
 
 /* Sharing counters.  Changes nothing and takes the share lock only to copy

@@ -14,6 +14,7 @@
 #include "sharing.h"
 #include "logdirty.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -232,6 +233,56 @@ static void scanner_shares_zero_and_volatile(void **state)
     assert_true(s.scan_volatile > 0);
     verify_both(h, a, b);
     mv_host_destroy(h);
+}
+
+/*
+ * The scanner copies pages out of the machine memory to read them, and
+ * apply copies them again once unmapped.  When a copy fails they are read
+ * in place instead: the same pages are shared and freed as on a host where
+ * nothing fails, the fallbacks are counted, and every byte stays.  Round 1:
+ * every copy fails.  Round 2: one copy in three, re-armed after each step
+ * of 600 pages, so that in some blocks the scan's copy works and apply's
+ * fails, and in others the other way round.
+ */
+static void scanner_reads_in_place_when_copies_fail(void **state)
+{
+    struct mv_share_stats want;
+
+    (void)state;
+    for (int round = 0; round < 3; round++) {
+        mv_host *h = tu_host();
+        uint32_t a = domain1(h, "a", 32 * MiB, 1), b = domain1(h, "b", 32 * MiB, 1);
+        struct mv_scan_result r;
+        struct mv_share_stats s;
+        unsigned step = 0;
+
+        fill(h, a, 4096, 3000);
+        fill(h, b, 4096, 3000);
+        /* One whole pass, in steps. */
+        do {
+            if (round == 1)
+                mv__os_inject(MV_OS_READ, EIO, 0, UINT_MAX);
+            else if (round == 2)
+                mv__os_inject(MV_OS_READ, EIO, step++ % 3, 1);
+            assert_ok(mv_share_scan(h, 600, &r));
+            mv__os_inject(MV_OS_READ, 0, 0, 0);
+            assert_ok(mv_share_stats(h, &s));
+        } while (s.scan_passes == 0);
+        s = stats(h);
+        if (round == 0) {
+            assert_int_equal(s.read_fallbacks, 0);
+            assert_true(s.saved_pages > 1000 && s.zero_reclaimed > 0);
+            want = s;
+        } else {
+            assert_true(s.read_fallbacks > (round == 1 ? 8u : 2u));
+            assert_int_equal(s.saved_pages, want.saved_pages);
+            assert_int_equal(s.shared_frames, want.shared_frames);
+            assert_int_equal(s.zero_reclaimed, want.zero_reclaimed);
+        }
+        assert_ok(mv_share_audit(h));
+        verify_both(h, a, b);
+        mv_host_destroy(h);
+    }
 }
 
 /*
@@ -1346,6 +1397,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(nominate_share_and_break),
     cmocka_unit_test(make_ro_and_share_across_domains),
     cmocka_unit_test(scanner_shares_zero_and_volatile),
+    cmocka_unit_test(scanner_reads_in_place_when_copies_fail),
     cmocka_unit_test(equal_pages_of_a_block_share_one_frame),
     cmocka_unit_test(equal_pages_of_a_block_survive_failures),
     cmocka_unit_test(hints_share_first),

@@ -1733,11 +1733,12 @@ static void print_share_stats(struct json_object *reply)
     printf("hints: %" PRIu64 " ranges pending, %" PRIu64 " pages processed\n",
            field_u64(s, "hints_pending"), field_u64(s, "hinted_pages"));
     printf("scanner: %s; %" PRIu64 " passes, %" PRIu64 " pages, %" PRIu64 " volatile, "
-           "%.3f s of CPU, %.0f pages/s over the last pass\n",
+           "%.3f s of CPU, %.0f pages/s over the last pass; %" PRIu64 " blocks read in "
+           "place because copying them out failed\n",
            field_bool(s, "scanner_running") ? "running" : "stopped",
            field_u64(s, "scan_passes"), field_u64(s, "scan_pages"),
            field_u64(s, "scan_volatile"), seconds(field_u64(s, "scan_cpu_ns")),
-           json_object_get_double(field(s, "scan_rate")));
+           json_object_get_double(field(s, "scan_rate")), field_u64(s, "read_fallbacks"));
     printf("mappings: %" PRIu64 " of vm.max_map_count %" PRIu64 "%s%s\n",
            field_u64(s, "vma_count"), field_u64(s, "max_map_count"),
            field_bool(s, "sharing_stopped") ? "; sharing stopped at its last attempt: " : "",

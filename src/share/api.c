@@ -429,6 +429,7 @@ int mv_share_stats(mv_host *host, struct mv_share_stats *out)
         out->clone_pending_frames += s->regions[i]->pending_frames;
     out->zero_reclaimed = s->zero_reclaimed;
     out->hash_collisions = s->hash_collisions;
+    out->read_fallbacks = __atomic_load_n(&s->read_fallbacks, __ATOMIC_RELAXED);
     out->vma_count = s->vma_count;
     out->max_map_count = s->max_map_count;
     out->sharing_stopped = s->stopped;

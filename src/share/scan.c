@@ -12,8 +12,10 @@
  * ranges then map with one remap per run).
  *
  * Scanning.  The scanner walks every running domain's populated pages, one
- * 2 MiB block at a time, reading them in place through the machine's view
- * (no copy; nothing is unmapped unless it is to be shared).  Per page:
+ * 2 MiB block at a time, copying each block's populated pages out of the
+ * machine memfd (a system call per run; nothing is mapped, and nothing is
+ * unmapped from the guest unless it is to be shared; should the copy fail,
+ * the block is read in place through the machine's view).  Per page:
  *   - all zero: back to PoD (no frame, no memory, no copy on the next write);
  *   - hash changed since the last pass: volatile, skipped (it would be
  *     broken again soon);
@@ -330,8 +332,9 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
 {
     struct mv__scanner *sc = host->scanner;
     uint64_t end = MV_MIN(first + MV_BLOCK_PAGES, d->maxmem_pages), lo = first, hi = end;
-    uint8_t actions[MV_BLOCK_PAGES];
+    uint8_t actions[MV_BLOCK_PAGES], take[MV_BLOCK_PAGES];
     struct mv__apply_result res;
+    const uint8_t *pages;
     uint32_t *checksums;
     bool any = false;
 
@@ -343,20 +346,20 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
         return;
     checksums = mv__share_checksums(d);
     memset(actions, MV_ACT_SKIP, sizeof(actions));
+    /* Populated (RAM, the domain lock held): the pages may change under the
+     * read (the guest writes), which only makes a candidate that apply,
+     * reading again once the page is unmapped, turns down. */
+    for (uint64_t g = lo; g < hi; g++)
+        take[g - lo] = d->p2m[g] == MV_P2M_RAM && !mv__share_excluded(d, g);
+    pages = mv__share_read_block(d, lo, hi - lo, take);
     for (uint64_t g = lo; g < hi; g++) {
-        /* Populated (RAM, the domain lock held): read in place. */
-        const uint8_t *page = mv__machine_frame(&host->machine, d->base_mfn + g);
+        const uint8_t *page = pages + ((g - lo) << MV_PAGE_SHIFT);
         struct candidate *c;
         uint64_t hash;
         uint32_t sum;
 
-        if (d->p2m[g] != MV_P2M_RAM || mv__share_excluded(d, g))
+        if (!take[g - lo])
             continue;
-        /* A page is read from memory, not cache: start on the next one
-         * while this one is hashed (prefetchers stop at page boundaries). */
-        if (g + 1 < hi && d->p2m[g + 1] == MV_P2M_RAM)
-            for (unsigned line = 0; line < MV_PAGE_SIZE; line += 64)
-                __builtin_prefetch(page + MV_PAGE_SIZE + line);
         result->pages_scanned++;
         if (mv__page_is_zero(page)) {
             actions[g - lo] = MV_ACT_MATCH;
