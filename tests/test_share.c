@@ -239,10 +239,10 @@ static void scanner_shares_zero_and_volatile(void **state)
  * The scanner copies pages out of the machine memory to read them, and
  * apply copies them again once unmapped.  When a copy fails they are read
  * in place instead: the same pages are shared and freed as on a host where
- * nothing fails, the fallbacks are counted, and every byte stays.  Round 1:
- * every copy fails.  Round 2: one copy in three, re-armed after each step
- * of 600 pages, so that in some blocks the scan's copy works and apply's
- * fails, and in others the other way round.
+ * nothing fails (round 0, the reference), the fallbacks are counted, and
+ * every byte stays.  Round 1: every copy fails.  Round 2: one copy in
+ * three, re-armed after each step of 600 pages, so that in some blocks the
+ * scan's copy works and apply's fails, and in others the other way round.
  */
 static void scanner_reads_in_place_when_copies_fail(void **state)
 {

@@ -79,8 +79,6 @@ static uint8_t *block_buffer(void)
 static int read_pages(struct mv_domain *d, uint64_t gfn, uint64_t n, const uint8_t *want,
                       uint8_t *buf)
 {
-    int fd = d->host->machine.memfd;
-
     for (uint64_t i = 0; i < n;) {
         uint64_t start, end;
         int rc;
@@ -101,8 +99,8 @@ static int read_pages(struct mv_domain *d, uint64_t gfn, uint64_t n, const uint8
             i++;
         }
         i = end;
-        rc = mv__os_read(fd, buf + (start << MV_PAGE_SHIFT), own_offset(d, gfn + start),
-                         (end - start) << MV_PAGE_SHIFT);
+        rc = mv__machine_read(&d->host->machine, d->base_mfn + gfn + start, end - start,
+                              buf + (start << MV_PAGE_SHIFT));
         if (rc < 0)
             return rc;
     }

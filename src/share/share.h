@@ -202,7 +202,7 @@ struct mv__share {
     /* counters */
     uint64_t cow_breaks, cow_takeovers, cow_nocopy, cow_run_unshares;
     uint64_t zero_reclaimed, hash_collisions;
-    uint64_t read_fallbacks;     /* atomic: pages read in place, not copied */
+    uint64_t read_fallbacks;     /* atomic: reads in place, a copy having failed */
     uint64_t kernel_copies, settles, settle_ns;
     uint64_t settle_waiting;     /* copies waiting for memory, last pass */
     /* The background settler of MV_COW_KERNEL domains (settler_main). */
