@@ -100,6 +100,7 @@ struct tmem_options {
     bool size_given;
     uint64_t rounds;
     const char *image;          /* a raw RAM dump; NULL: the synthetic guest */
+    enum mv_tmem_store store;   /* --store: how tmem keeps its frames */
     bool json;
 };
 
@@ -111,6 +112,8 @@ struct tmem_run {
     uint64_t pages;
     /* tmem */
     uint64_t put_ns, get_ns, frames, stored_bytes, poor, same, bad_pages;
+    enum mv_tmem_store store;   /* what the host used */
+    uint64_t store_mapped_ns, store_copied_ns;
     /* the lz4 loop */
     uint64_t lz4_comp_ns, lz4_decomp_ns, lz4_bytes;
     /* each round's timings (the figures above are their medians) */
@@ -164,6 +167,7 @@ static int tmem_host(const struct tmem_run *run, mv_host **out)
 
     mv_bench_host_config_init(&hc);
     hc.budget_bytes = run->pages * MV_PAGE_SIZE * 2 + 256 * MV_BENCH_MIB;
+    hc.tmem_store = run->opt.store;
     return mv_bench_host_create(&hc, out);
 }
 
@@ -292,6 +296,9 @@ static int measure_tmem(struct tmem_run *run, unsigned round)
     run->cpu_put[round] = mv_bench_process_cpu_ns() - c0;
     mv_tmem_stats(h, &s);
     if (round == 0) {
+        run->store = s.store;
+        run->store_mapped_ns = s.store_mapped_ns;
+        run->store_copied_ns = s.store_copied_ns;
         run->frames = s.frames;
         run->stored_bytes = s.counts.stored_bytes;
         run->poor = s.counts.poor_compressions;
@@ -1107,6 +1114,7 @@ static int measure_paged(struct tmem_run *run, size_t n, enum mv_fault_path path
 
     mv_bench_host_config_init(&hc);
     hc.fault_path = path;
+    hc.tmem_store = run->opt.store;
     if (mv_bench_host_create(&hc, &h) != MV_BENCH_OK)
         return MV_BENCH_FAILED;
     mv_domain_config_init(&dc);
@@ -1400,6 +1408,8 @@ static int report_json(struct tmem_run *r)
     json_object_object_add(p, "pages", json_object_new_uint64(r->pages));
     json_object_object_add(p, "pages_what", json_object_new_string(pages_what(r, what,
                                                                                   sizeof(what))));
+    json_object_object_add(p, "tmem_store", json_object_new_string(
+        mv_tmem_store_name(r->opt.store)));
     json_object_object_add(p, "fault_pages",
                            json_object_new_uint64(TM_MIN(TMEM_FAULT_PAGES, r->pages)));
     json_object_object_add(root, "parameters", p);
@@ -1414,6 +1424,9 @@ static int report_json(struct tmem_run *r)
     json_object_object_add(raw, "get_cpu_ns", json_object_new_uint64(r->get_cpu_ns));
     json_object_object_add(raw, "put_cpu_ns_rounds", rounds_json(r->cpu_put, r->opt.rounds));
     json_object_object_add(raw, "get_cpu_ns_rounds", rounds_json(r->cpu_get, r->opt.rounds));
+    json_object_object_add(raw, "tmem_store", json_object_new_string(mv_tmem_store_name(r->store)));
+    json_object_object_add(raw, "tmem_store_mapped_ns", json_object_new_uint64(r->store_mapped_ns));
+    json_object_object_add(raw, "tmem_store_copied_ns", json_object_new_uint64(r->store_copied_ns));
     json_object_object_add(raw, "tmem_frames", json_object_new_uint64(r->frames));
     json_object_object_add(raw, "tmem_stored_bytes", json_object_new_uint64(r->stored_bytes));
     json_object_object_add(raw, "tmem_poor_compressions", json_object_new_uint64(r->poor));
@@ -1525,6 +1538,9 @@ static int report_text(struct tmem_run *r)
            "the lz4 loop: median of %" PRIu64 " round%s\n", r->pages, r->opt.size_mib,
            pages_what(r, what, sizeof(what)), r->opt.rounds, r->opt.rounds == 1 ? "" : "s");
     mv_bench_machine_print(stdout, &r->machine);
+    printf("\ntmem store: %s (asked: %s; a frame mapped %" PRIu64 " ns, copied "
+           "%" PRIu64 " ns)", mv_tmem_store_name(r->store), mv_tmem_store_name(r->opt.store),
+           r->store_mapped_ns, r->store_copied_ns);
     printf("\ntmem: %" PRIu64 " frames for %" PRIu64 " pages (%" PRIu64 " same-filled, %"
            PRIu64 " stored raw); relinquish: evict_npages %" PRIu64 " frames in %.1f us, "
            "relinquish_pages %" PRIu64 " frames in %.1f us; mismatched pages %" PRIu64 "\n",
@@ -1553,6 +1569,7 @@ static void print_usage(FILE *out)
 {
     fprintf(out,
         "usage: memvisor bench tmem [--json] [--size MIB] [--rounds N] [--image FILE]\n"
+        "                           [--store auto|mapped|copied]\n"
         "\n"
         "Transcendent memory against zram, zswap and a plain lz4 loop on the same\n"
         "realistic guest pages: put/get throughput (puts and zram writes also from\n"
@@ -1570,6 +1587,9 @@ static void print_usage(FILE *out)
         "  --rounds N   times put/get, zram and the lz4 loop are measured, tmem\n"
         "               and zram taking turns to go first; medians are reported\n"
         "               (default %u, at most %u)\n"
+        "  --store S    how tmem keeps its frames (mv_host_config.tmem_store):\n"
+        "               auto (default: the library measures and chooses), mapped\n"
+        "               or copied\n"
         "  --json       one JSON object on stdout\n"
         "  --help       this text\n", TMEM_DEFAULT_MIB, TMEM_MAX_MIB, TMEM_DEFAULT_ROUNDS,
         MV_BENCH_MAX_ROUNDS);
@@ -1587,6 +1607,16 @@ static int parse_option(int opt, const char *arg, void *ctx)
         o->image = arg;
     if (opt == 'r')
         return mv_bench_parse_u64("tmem: --rounds", arg, 1, MV_BENCH_MAX_ROUNDS, &o->rounds);
+    if (opt == 'S') {
+        for (enum mv_tmem_store m = MV_TMEM_STORE_AUTO; m <= MV_TMEM_STORE_COPIED; m++) {
+            if (strcmp(arg, mv_tmem_store_name(m)) == 0) {
+                o->store = m;
+                return MV_BENCH_OK;
+            }
+        }
+        mv_bench_error("tmem: --store takes auto, mapped or copied, not '%s'", arg);
+        return MV_BENCH_USAGE;
+    }
     return MV_BENCH_OK;
 }
 
@@ -1597,6 +1627,7 @@ static int parse_options(int argc, char **argv, void *arg, bool *help)
         { "size", required_argument, NULL, 's' },
         { "rounds", required_argument, NULL, 'r' },
         { "image", required_argument, NULL, 'i' },
+        { "store", required_argument, NULL, 'S' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };

@@ -211,6 +211,37 @@ enum mv_scrub_mode {
 };
 
 /*
+ * How tmem writes and reads the machine frames it packs compressed pages
+ * into (mv_host_config.tmem_store).
+ *   MV_TMEM_STORE_MAPPED  through a mapping of the frames: a put copies
+ *                         into its slot, a get decompresses from it.  A
+ *                         new frame costs one mapping, then nothing.
+ *   MV_TMEM_STORE_COPIED  with system calls, the frames never mapped: the
+ *                         zspage being filled in each size class is
+ *                         gathered in a buffer of the class and written to
+ *                         the machine memfd by one write when the class
+ *                         needs a new zspage; a get reads its slot with
+ *                         one read.  Pays where mapping a page costs far
+ *                         more than a system call (shadow page tables: a
+ *                         paravirtualised guest), docs/performance.md.
+ *   MV_TMEM_STORE_AUTO    (default) mv_host_create measures what a frame
+ *                         costs each (on a throw-away memfd: a frame of
+ *                         two 2 KiB slots written and read once) and
+ *                         chooses COPIED when MAPPED costs more than
+ *                         MV_TMEM_STORE_COPY_PCT percent of it.
+ * mv_tmem_stats tells which was chosen and what was measured.
+ */
+enum mv_tmem_store {
+    MV_TMEM_STORE_AUTO = 0,
+    MV_TMEM_STORE_MAPPED,
+    MV_TMEM_STORE_COPIED,
+};
+#define MV_TMEM_STORE_COPY_PCT 150u
+
+/* "auto", "mapped" or "copied". */
+MV_API const char *mv_tmem_store_name(enum mv_tmem_store store);
+
+/*
  * Who copies a shared page when a domain writes it (mv_domain_config).
  *
  * MV_COW_TRAP (default): the write traps to a fault thread, which copies the
@@ -287,7 +318,10 @@ struct mv_host_config {
     enum mv_fault_path fault_path;
     /* When a destroyed domain's frames are scrubbed (enum mv_scrub_mode). */
     enum mv_scrub_mode scrub_mode;
-    uint64_t reserved[6];     /* zero; room to grow without breaking the ABI */
+    /* How tmem keeps its frames (enum mv_tmem_store). */
+    enum mv_tmem_store tmem_store;
+    uint32_t reserved32;      /* zero */
+    uint64_t reserved[5];     /* zero; room to grow without breaking the ABI */
 };
 #define MV_FAULT_SPIN_DEFAULT 50u
 
@@ -1342,7 +1376,13 @@ struct mv_tmem_stats {
      * those holding no persistent page; compaction may free more): Xen's
      * tmem-freeable. */
     uint64_t freeable_frames;
-    uint64_t reserved[7];
+    /* MV_TMEM_STORE_MAPPED or _COPIED: what the host uses (AUTO chose it
+     * from the two costs it measured, ns, both 0 when it did not). */
+    enum mv_tmem_store store;
+    uint32_t reserved32;
+    uint64_t store_mapped_ns;   /* a frame written and read, mapped */
+    uint64_t store_copied_ns;   /* ... and with system calls */
+    uint64_t reserved[4];
 };
 
 /*

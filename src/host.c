@@ -88,6 +88,19 @@ const char *mv_fault_path_name(enum mv_fault_path path)
     return "unknown";
 }
 
+const char *mv_tmem_store_name(enum mv_tmem_store store)
+{
+    switch (store) {
+    case MV_TMEM_STORE_AUTO:
+        return "auto";
+    case MV_TMEM_STORE_MAPPED:
+        return "mapped";
+    case MV_TMEM_STORE_COPIED:
+        return "copied";
+    }
+    return "unknown";
+}
+
 const char *mv_scrub_mode_name(enum mv_scrub_mode mode)
 {
     switch (mode) {
@@ -158,6 +171,9 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     if ((unsigned)config->scrub_mode > MV_SCRUB_BACKGROUND)
         return mv__fail(-EINVAL, "scrub_mode %d is not MV_SCRUB_SYNC or _BACKGROUND",
                         (int)config->scrub_mode);
+    if ((unsigned)config->tmem_store > MV_TMEM_STORE_COPIED)
+        return mv__fail(-EINVAL, "tmem_store %d is not MV_TMEM_STORE_AUTO, _MAPPED or "
+                        "_COPIED", (int)config->tmem_store);
     if (config->fault_threads > 64)
         return mv__fail(-EINVAL, "fault_threads %u is above 64", config->fault_threads);
     if (config->cow_settle_ms > 60000)

@@ -116,7 +116,11 @@ check "tmem list" 0 --out "^tmem: " -- "$cli_bin" tmem list
 expect "tmem list shows the pools" grep -q "persistent" "$scratch/out"
 expect "tmem list tells pages by codec" grep -Eq "[0-9]+ lz4, [0-9]+ zstd, [0-9]+ raw, [0-9]+ markers" "$scratch/out"
 expect "tmem list tells the freeable frames" grep -Eq "^tmem: [0-9]+ frames \\([0-9]+ used, [0-9]+ spare, [0-9]+ freeable\\)" "$scratch/out"
+expect "tmem list tells how frames are kept" grep -Eq "^store: frames (mapped|copied) \\(chosen: a frame measured at [0-9]+ ns mapped, [0-9]+ ns copied\\)" "$scratch/out"
 check "tmem list --json" 0 -- "$cli_bin" tmem list --json
+json_check "the store chosen, with what it measured" \
+    'd["tmem"]["store"] in ("mapped", "copied") and d["tmem"]["store_mapped_ns"] > 0 and d["tmem"]["store_copied_ns"] > 0'
+chosen_store=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["tmem"]["store"])' "$scratch/out")
 json_check "pools and clients in JSON" \
     'len(d["pools"]) == 3 and any(c["domid"] == 1 or c["domid"] == 0 for c in d["clients"]) and d["tmem"]["counts"]["puts"] >= 10'
 json_check "found gets counted" 'd["tmem"]["counts"]["found_gets"] >= 5'
@@ -173,7 +177,12 @@ check "audit at the end" 0 -- "$cli_bin" audit
 # keeps it running, and every page is still what it wrote.
 check "a bad --auto-paging" 2 --err "auto-paging" -- "$daemon_bin" --auto-paging 50:60
 auto_socket=$scratch/auto.sock
-start_daemon "$auto_socket" "$scratch/auto.log" --budget 24M --auto-paging 90:70 || exit 1
+# ... with the store the default did not choose.
+check "a bad --tmem-store" 2 --err "tmem-store" -- "$daemon_bin" --tmem-store paged
+other_store=copied
+[ "$chosen_store" = copied ] && other_store=mapped
+start_daemon "$auto_socket" "$scratch/auto.log" --budget 24M --auto-paging 90:70 \
+    --tmem-store "$other_store" || exit 1
 check "auto: create q" 0 -- "$cli_bin" --socket "$auto_socket" create q --maxmem 64M \
     --target 64M --vcpus 2 --wait-timeout-ms 60000
 check "auto: q writes 48 MiB into a 24 MiB budget" 0 --out "finished" -- \
@@ -182,6 +191,9 @@ check "auto: q writes 48 MiB into a 24 MiB budget" 0 --out "finished" -- \
 check "auto: the oracle holds" 0 -- "$cli_bin" --socket "$auto_socket" verify q
 check "auto: tmem list" 0 -- "$cli_bin" --socket "$auto_socket" tmem list --json
 json_check "auto: pages were paged out" 'd["tmem"]["page_outs"] > 0'
+json_check "auto: frames kept as asked" \
+    "d['tmem']['store'] == '$other_store' and d['tmem']['store_mapped_ns'] == 0"
+
 check "auto: audit" 0 -- "$cli_bin" --socket "$auto_socket" audit
 
 harness_finish

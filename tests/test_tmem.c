@@ -5,7 +5,7 @@
  * compressions, zstd, dedup, compaction), giving memory back (the
  * relinquish API, eviction by weight, the host's budget-short hook, the
  * repayment reserve), domains destroyed with pages in pools, injected
- * failures, random sequences of calls against a model of what each key
+ * failures, both stores (mapped and copied frames), random sequences of calls against a model of what each key
  * must hold, and mv_tmem_audit / mv_host_audit after each.
  */
 #include "testutil.h"
@@ -839,9 +839,23 @@ static void domain_destroyed_with_pages_in_pools(void **state)
     mv_host_destroy(h);
 }
 
+/* A host whose tmem keeps its frames the way `store` says, whatever the
+ * environment asks. */
+static mv_host *host_with_store(enum mv_tmem_store store)
+{
+    struct mv_host_config c;
+    mv_host *h = NULL;
+
+    tu_host_config(&c, 4 * GiB);
+    c.tmem_store = store;
+    assert_ok(mv_host_create(&c, &h));
+    return h;
+}
+
 static void injected_failures_lose_and_leak_nothing(void **state)
 {
-    mv_host *h = tu_host();
+    /* What fails here is the mapped store's own. */
+    mv_host *h = host_with_store(MV_TMEM_STORE_MAPPED);
     uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
     int per = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
     int eph = mv_tmem_new_pool(h, d, 0, NULL);
@@ -894,6 +908,183 @@ static void injected_failures_lose_and_leak_nothing(void **state)
     mv_tmem_relinquish_pages(h, UINT64_MAX);
     assert_ok(mv_host_stats(h, &hs));
     assert_int_equal(hs.populated_pages, 0);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+/* Pages of one size class: the same text but for their first 8 bytes,
+ * so that lz4 makes them all the same length. */
+static int put_same_class(mv_host *h, uint32_t dom, int pool, uint32_t idx)
+{
+    uint8_t p[PAGE];
+    uint64_t oid[3], n = idx;
+
+    oid_of(oid, 9);
+    fill(p, 7, 2);
+    memcpy(p, &n, sizeof(n));
+    return mv_tmem_put_page(h, dom, (uint32_t)pool, oid, idx, p, PAGE);
+}
+
+static void expect_same_class(mv_host *h, uint32_t dom, int pool, uint32_t idx)
+{
+    uint8_t want[PAGE], got[PAGE];
+    uint64_t oid[3], n = idx;
+
+    oid_of(oid, 9);
+    fill(want, 7, 2);
+    memcpy(want, &n, sizeof(n));
+    assert_int_equal(mv_tmem_get_page(h, dom, (uint32_t)pool, oid, idx, got, PAGE), 1);
+    assert_memory_equal(got, want, PAGE);
+}
+
+static void both_stores_keep_every_page_and_say_which(void **state)
+{
+    static const enum mv_tmem_store stores[] = { MV_TMEM_STORE_MAPPED, MV_TMEM_STORE_COPIED,
+                                                 MV_TMEM_STORE_AUTO };
+    struct mv_host_config c;
+    mv_host *bad = NULL;
+
+    (void)state;
+    tu_host_config(&c, 1 * GiB);
+    c.tmem_store = (enum mv_tmem_store)3;
+    assert_err(mv_host_create(&c, &bad), -EINVAL);
+    assert_non_null(strstr(mv_last_error(), "tmem_store"));
+    assert_string_equal(mv_tmem_store_name(MV_TMEM_STORE_COPIED), "copied");
+    for (size_t m = 0; m < sizeof(stores) / sizeof(stores[0]); m++) {
+        mv_host *h = host_with_store(stores[m]);
+        uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+        int per = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+        int dz = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT | MV_TMEM_ZSTD | MV_TMEM_DEDUP,
+                                  NULL);
+        struct mv_tmem_stats st = stats(h);
+        uint64_t oid[3];
+
+        assert_true(per >= 0 && dz >= 0);
+        if (stores[m] == MV_TMEM_STORE_AUTO) {
+            /* It measured both and chose one. */
+            assert_true(st.store == MV_TMEM_STORE_MAPPED || st.store == MV_TMEM_STORE_COPIED);
+            assert_true(st.store_mapped_ns > 0 && st.store_copied_ns > 0);
+            assert_int_equal(st.store == MV_TMEM_STORE_COPIED,
+                             st.store_mapped_ns * 100 > st.store_copied_ns *
+                                                        MV_TMEM_STORE_COPY_PCT);
+        } else {
+            assert_int_equal(st.store, stores[m]);
+            assert_int_equal(st.store_mapped_ns, 0);
+            assert_int_equal(st.store_copied_ns, 0);
+        }
+        /* Every kind of page, many zspages of each class, and duplicates. */
+        for (uint32_t i = 0; i < 600; i++) {
+            assert_int_equal(put(h, d, per, 1, i, i, (int)(i % 4)), 1);
+            assert_int_equal(put(h, d, dz, 2, i, i % 150, (int)(i % 4)), 1);
+        }
+        assert_true(stats(h).counts.dedup_hits > 0);
+        for (uint32_t i = 0; i < 600; i++) {
+            expect_page(h, d, per, 1, i, i, (int)(i % 4));
+            expect_page(h, d, dz, 2, i, i % 150, (int)(i % 4));
+        }
+        /* Holes everywhere, then compaction moves what is left. */
+        oid_of(oid, 1);
+        for (uint32_t i = 0; i < 600; i++)
+            if (i % 3)
+                assert_int_equal(mv_tmem_flush_page(h, d, (uint32_t)per, oid, i), 1);
+        assert_true(mv_tmem_compact(h) > 0);
+        assert_true(stats(h).compact_moves > 0);
+        audit(h);
+        for (uint32_t i = 0; i < 600; i += 3)
+            expect_page(h, d, per, 1, i, i, (int)(i % 4));
+        for (uint32_t i = 0; i < 600; i++)
+            expect_page(h, d, dz, 2, i, i % 150, (int)(i % 4));
+        audit(h);
+        assert_ok(mv_domain_destroy(h, d));
+        assert_int_equal(stats(h).used_frames, 0);
+        audit(h);
+        mv_host_destroy(h);
+    }
+}
+
+static void copied_store_failures_lose_nothing(void **state)
+{
+    mv_host *h = host_with_store(MV_TMEM_STORE_COPIED);
+    uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    int per = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+    int eph = mv_tmem_new_pool(h, d, 0, NULL);
+    int dd = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT | MV_TMEM_DEDUP, NULL);
+    uint8_t page[PAGE];
+    uint64_t oid[3];
+
+    (void)state;
+    assert_true(per >= 0 && eph >= 0 && dd >= 0);
+    /* Raw pages take a zspage each: the second put writes the first's
+     * (staged) to its frame.  That write fails: the put fails, the first
+     * page is still there, and the next put writes it. */
+    assert_int_equal(put(h, d, per, 1, 0, 0, 3), 1);
+    mv__os_inject(MV_OS_WRITE, EIO, 0, 1);
+    assert_err(put(h, d, per, 1, 1, 1, 3), -EIO);
+    assert_int_equal(mv__os_injected(MV_OS_WRITE), 0);
+    expect_page(h, d, per, 1, 0, 0, 3);
+    audit(h);
+    assert_int_equal(put(h, d, per, 1, 1, 1, 3), 1);
+    assert_int_equal(put(h, d, per, 1, 2, 2, 3), 1);
+    for (uint32_t i = 0; i < 3; i++)
+        expect_page(h, d, per, 1, i, i, 3);
+    /* A slot freed in a zspage written out takes the next put of its
+     * class, by one write of the slot; that write fails. */
+    for (uint32_t i = 0; i < 64; i++)
+        assert_int_equal(put_same_class(h, d, per, i), 1);
+    oid_of(oid, 9);
+    assert_int_equal(mv_tmem_flush_page(h, d, (uint32_t)per, oid, 0), 1);
+    mv__os_inject(MV_OS_WRITE, EIO, 0, 1);
+    assert_err(put_same_class(h, d, per, 64), -EIO);
+    assert_int_equal(mv__os_injected(MV_OS_WRITE), 0);
+    for (uint32_t i = 1; i < 64; i++)
+        expect_same_class(h, d, per, i);
+    audit(h);
+    assert_int_equal(put_same_class(h, d, per, 64), 1);
+    expect_same_class(h, d, per, 64);
+    /* A get whose read fails fails, and the page stays: in a persistent
+     * pool, and in a private ephemeral one, whose get would remove it. */
+    mv__os_inject(MV_OS_READ, EIO, 0, 1);
+    oid_of(oid, 9);
+    assert_err(mv_tmem_get_page(h, d, (uint32_t)per, oid, 1, page, PAGE), -EIO);
+    expect_same_class(h, d, per, 1);
+    for (uint32_t i = 0; i < 8; i++)
+        assert_int_equal(put(h, d, eph, 2, i, i, 3), 1);
+    mv__os_inject(MV_OS_READ, EIO, 0, 1);
+    oid_of(oid, 2);
+    assert_err(mv_tmem_get_page(h, d, (uint32_t)eph, oid, 0, page, PAGE), -EIO);
+    expect_page(h, d, eph, 2, 0, 0, 3);
+    assert_int_equal(mv_tmem_get_page(h, d, (uint32_t)eph, oid, 0, page, PAGE), 0);
+    audit(h);
+    /* A duplicate whose stored twin cannot be read for the comparison:
+     * the put fails, the twin stays. */
+    for (uint32_t i = 0; i < 4; i++)
+        assert_int_equal(put(h, d, dd, 3, i, i, 3), 1);
+    mv__os_inject(MV_OS_READ, EIO, 0, 1);
+    assert_err(put(h, d, dd, 4, 0, 0, 3), -EIO);
+    mv__os_inject(MV_OS_READ, 0, 0, 0);
+    assert_int_equal(put(h, d, dd, 4, 0, 0, 3), 1);
+    assert_int_equal(stats(h).counts.dedup_hits, 1);
+    expect_page(h, d, dd, 3, 0, 0, 3);
+    expect_page(h, d, dd, 4, 0, 0, 3);
+    audit(h);
+    /* Compaction that cannot read a slot stops there; nothing moves twice
+     * or goes missing, and it finishes once reads work. */
+    oid_of(oid, 9);
+    for (uint32_t i = 2; i < 64; i += 2)
+        assert_int_equal(mv_tmem_flush_page(h, d, (uint32_t)per, oid, i), 1);
+    mv__os_inject(MV_OS_READ, EIO, 0, 1);
+    assert_true(mv_tmem_compact(h) >= 0);
+    assert_int_equal(mv__os_injected(MV_OS_READ), 0);
+    audit(h);
+    assert_true(mv_tmem_compact(h) > 0);
+    for (uint32_t i = 1; i < 64; i += 2)
+        expect_same_class(h, d, per, i);
+    expect_same_class(h, d, per, 64);
+    for (uint32_t i = 0; i < 3; i++)
+        expect_page(h, d, per, 1, i, i, 3);
+    audit(h);
+    assert_ok(mv_domain_destroy(h, d));
+    mv_tmem_relinquish_pages(h, UINT64_MAX);
     audit(h);
     mv_host_destroy(h);
 }
@@ -1704,6 +1895,8 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(destroy_pool_while_gets_are_in_flight),
     cmocka_unit_test(domain_destroyed_with_pages_in_pools),
     cmocka_unit_test(injected_failures_lose_and_leak_nothing),
+    cmocka_unit_test(both_stores_keep_every_page_and_say_which),
+    cmocka_unit_test(copied_store_failures_lose_nothing),
     cmocka_unit_test(page_out_and_fault_back_in),
     cmocka_unit_test(paged_faults_resolved_in_the_vcpus_thread),
     cmocka_unit_test(paged_pages_balloon_clone_and_destroy),

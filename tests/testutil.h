@@ -52,6 +52,35 @@
         assert_true(mv_last_error()[0] != '\0' || (err) == -ESRCH);            \
     } while (0)
 
+/* The tmem store a host of this machine gets when it asks for none
+ * (MV_TMEM_STORE_AUTO measures and chooses): asked once, of a small host. */
+static inline enum mv_tmem_store tu_tmem_store_auto(void)
+{
+    static enum mv_tmem_store chosen = MV_TMEM_STORE_AUTO;
+    struct mv_host_config c;
+    struct mv_tmem_stats s;
+    mv_host *h = NULL;
+
+    if (chosen != MV_TMEM_STORE_AUTO)
+        return chosen;
+    mv_host_config_init(&c);
+    c.machine_bytes = 1 * GiB;
+    c.budget_bytes = 64 * MiB;
+    assert_ok(mv_host_create(&c, &h));
+    assert_ok(mv_tmem_stats(h, &s));
+    mv_host_destroy(h);
+    return chosen = s.store;
+}
+
+/* CTest runs the tmem suite a second time with the store that
+ * MV_TMEM_STORE_AUTO does not choose on this machine. */
+static inline void tu_apply_tmem_store(struct mv_host_config *c)
+{
+    if (getenv("MV_TEST_OTHER_TMEM_STORE"))
+        c->tmem_store = tu_tmem_store_auto() == MV_TMEM_STORE_COPIED
+                      ? MV_TMEM_STORE_MAPPED : MV_TMEM_STORE_COPIED;
+}
+
 static inline mv_host *tu_host_with(uint64_t budget, unsigned spin_us)
 {
     struct mv_kernel_features f;
@@ -80,6 +109,7 @@ static inline mv_host *tu_host_with(uint64_t budget, unsigned spin_us)
         c.fault_mode = CPU_COUNT(&cpus) <= (int)MV_FAULT_PER_CPU_AUTO_MAX
                      ? MV_FAULT_SHARED : MV_FAULT_PER_CPU;
     }
+    tu_apply_tmem_store(&c);
     assert_ok(mv_host_create(&c, &h));
     return h;
 }
@@ -99,6 +129,7 @@ static inline void tu_host_config(struct mv_host_config *c, uint64_t budget)
     mv_host_config_init(c);
     c->machine_bytes = 64 * GiB;
     c->budget_bytes = budget;
+    tu_apply_tmem_store(c);
 }
 
 static inline mv_host *tu_host(void)

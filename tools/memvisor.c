@@ -2037,6 +2037,11 @@ static void print_tmem_list(struct json_object *reply)
            field_u64(t, "budget_short_calls"), field_u64(t, "budget_short_freed"),
            field_u64(t, "repaid"), field_u64(t, "paged_out"), field_u64(t, "page_outs"),
            field_u64(t, "page_ins"));
+    printf("store: frames %s", field_string(t, "store"));
+    if (field_u64(t, "store_mapped_ns"))
+        printf(" (chosen: a frame measured at %" PRIu64 " ns mapped, %" PRIu64 " ns copied)",
+               field_u64(t, "store_mapped_ns"), field_u64(t, "store_copied_ns"));
+    printf("\n");
     print_tmem_counts("all pools", field(t, "counts"));
     printf("\n%5s %6s %-10s %-8s %-5s %5s %10s %10s %10s %10s %8s %7s\n", "POOL", "OWNER",
            "KIND", "SHARING", "CODEC", "DEDUP", "PAGES", "PUTS", "GETS", "FOUND", "EVICTED",

@@ -106,6 +106,7 @@ struct options {
     enum mv_fault_mode fault_mode;
     enum mv_fault_path fault_path;
     enum mv_scrub_mode scrub_mode;
+    enum mv_tmem_store tmem_store;
     unsigned cow_settle_ms;
     enum mv_log_level log_level;
     const char *socket_group;      /* --socket-group: its members may connect */
@@ -304,6 +305,9 @@ static void print_usage(FILE *out)
         "                       sync (default): before destroy replies;\n"
         "                       background: by a host thread afterwards, the\n"
         "                       memory counted in the budget until then\n"
+        "  --tmem-store STORE   how tmem keeps its frames: auto (default):\n"
+        "                       measured at start; mapped; copied (system\n"
+        "                       calls, never mapped: for shadow page tables)\n"
         "  --cow-settle-ms MS   how often the copies the kernel made for\n"
         "                       --cow-mode kernel domains are settled, 1..%u\n"
         "                       (default %u)\n"
@@ -346,7 +350,7 @@ static int usage_error(const char *fmt, ...)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FAULT_CPUS, OPT_FAULT_MODE,
-           OPT_FAULT_PATH, OPT_SCRUB_MODE, OPT_COW_SETTLE_MS, OPT_FOREGROUND,
+           OPT_FAULT_PATH, OPT_SCRUB_MODE, OPT_TMEM_STORE, OPT_COW_SETTLE_MS, OPT_FOREGROUND,
            OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION, OPT_SOCKET_GROUP, OPT_IDLE_EVICT_MS,
            OPT_REQUEST_TIMEOUT_MS, OPT_OVERCOMMIT, OPT_TEST_COMMANDS, OPT_AUTO_PAGING };
     static const struct option long_options[] = {
@@ -363,6 +367,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         { "fault-mode", required_argument, NULL, OPT_FAULT_MODE },
         { "fault-path", required_argument, NULL, OPT_FAULT_PATH },
         { "scrub-mode", required_argument, NULL, OPT_SCRUB_MODE },
+        { "tmem-store", required_argument, NULL, OPT_TMEM_STORE },
         { "cow-settle-ms", required_argument, NULL, OPT_COW_SETTLE_MS },
         { "foreground", no_argument, NULL, OPT_FOREGROUND },
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
@@ -454,6 +459,17 @@ static int parse_options(int argc, char **argv, struct options *o)
                 o->scrub_mode = MV_SCRUB_BACKGROUND;
             else
                 return usage_error("--scrub-mode: '%s' is not sync or background", optarg);
+            break;
+        case OPT_TMEM_STORE:
+            if (strcmp(optarg, "auto") == 0)
+                o->tmem_store = MV_TMEM_STORE_AUTO;
+            else if (strcmp(optarg, "mapped") == 0)
+                o->tmem_store = MV_TMEM_STORE_MAPPED;
+            else if (strcmp(optarg, "copied") == 0)
+                o->tmem_store = MV_TMEM_STORE_COPIED;
+            else
+                return usage_error("--tmem-store: '%s' is not auto, mapped or copied",
+                                   optarg);
             break;
         case OPT_COW_SETTLE_MS:
             if (mv_proto_parse_u64(optarg, &value) < 0 || value == 0 ||
@@ -1934,6 +1950,9 @@ static int run_tmem_list(struct daemon *d, struct request *r)
     json_object_object_add(host, "used_frames", json_object_new_uint64(s.used_frames));
     json_object_object_add(host, "spare_frames", json_object_new_uint64(s.spare_frames));
     json_object_object_add(host, "freeable_frames", json_object_new_uint64(s.freeable_frames));
+    json_object_object_add(host, "store", json_object_new_string(mv_tmem_store_name(s.store)));
+    json_object_object_add(host, "store_mapped_ns", json_object_new_uint64(s.store_mapped_ns));
+    json_object_object_add(host, "store_copied_ns", json_object_new_uint64(s.store_copied_ns));
     json_object_object_add(host, "pools", json_object_new_uint64(s.pools));
     json_object_object_add(host, "evictions", json_object_new_uint64(s.evictions));
     json_object_object_add(host, "relinquished", json_object_new_uint64(s.relinquished));
@@ -3487,6 +3506,7 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
     config.fault_mode = o->fault_mode;
     config.fault_path = o->fault_path;
     config.scrub_mode = o->scrub_mode;
+    config.tmem_store = o->tmem_store;
     if (o->cow_settle_ms)
         config.cow_settle_ms = o->cow_settle_ms;
     config.log = log_library_message;

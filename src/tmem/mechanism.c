@@ -223,6 +223,9 @@ int mv_tmem_stats(mv_host *h, struct mv_tmem_stats *out)
     out->auto_paged = t->auto_paged;
     out->metadata_bytes = metadata(t);
     out->freeable_frames = tm_freeable_frames(t);
+    out->store = t->store;
+    out->store_mapped_ns = t->store_mapped_ns;
+    out->store_copied_ns = t->store_copied_ns;
     for (uint32_t i = 0; i < TM_MAX_POOLS; i++) {
         struct mv_tmem_counts c;
 

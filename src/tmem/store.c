@@ -22,6 +22,17 @@
  * first read (with the cached pages around it).  A raw put and its get
  * took 4.1 + 0.2 us, now 3.3 + 0.7 (docs/performance.md).
  *
+ * That is the MAPPED store.  Where mapping a page costs far more than a
+ * system call (shadow page tables: mapping and first touching a frame took
+ * 12-14 us on a paravirtualised guest, a 2 KiB pread 1.7 us), the COPIED
+ * store never maps its frames: the zspage being filled in each class is
+ * gathered in the class's stage buffer and written to the memfd by one
+ * write when the class needs a new zspage (it is full by then), and a slot
+ * of any other zspage is read and written with one pread or pwrite.  Which
+ * one a host uses is mv_host_config.tmem_store; AUTO measures both costs
+ * once, at host creation (store_measure).  Every read and write of a slot
+ * goes through slot_bytes and slot_write.
+ *
  * Dedup compares bytes, never only hashes: a blob is reused only when its
  * stored bytes equal the new page's compressed bytes under the same codec
  * (the codecs are deterministic, so equal stored bytes decode to equal
@@ -32,7 +43,8 @@
  * Invariants (tm_store_audit): frames charged == USED + SPARE frames; a
  * chunk is kept only while one of its frames is USED or SPARE; every used
  * slot's owner is a blob that names that slot; a class's zspages with a
- * free slot come before its full ones; no zspage is empty.
+ * free slot come before its full ones; no zspage is empty; a class's
+ * staged zspage (COPIED) is one of its own.
  *
  * Locking: every function here runs with tmem->lock held, but
  * tm_prepare_page, which a put calls before it takes the lock.
@@ -44,6 +56,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 #include <zstd.h>
 
@@ -55,6 +69,102 @@ unsigned tm_blob_bytes(const struct mv__tmem *t, const struct tm_blob *b)
 {
     (void)t;
     return class_size(b->zs->cls);
+}
+
+/* ---- choosing the store ---- */
+
+#define TM_MEASURE_PAGES 16u
+#define TM_MEASURE_TRIALS 3u
+
+static uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* What a frame costs each store, measured on a throw-away memfd (not the
+ * machine's: nothing is charged, and no failure injected for the machine
+ * is taken here), per frame holding two 2 KiB slots, each put and got
+ * once, as the stores do it: MAPPED writes a hole of zeros, touches it
+ * (a fault maps it and the pages around it), copies two slots in and two
+ * out; COPIED writes the frame whole (its stage) and reads two slots.
+ * The cheapest of a few trials.  false when measuring fails. */
+static bool store_measure(uint64_t *mapped_ns, uint64_t *copied_ns)
+{
+    const size_t bytes = (size_t)2 * TM_MEASURE_PAGES * TM_MEASURE_TRIALS * MV_PAGE_SIZE;
+    static const uint8_t zeros[MV_PAGE_SIZE];
+    uint8_t page[MV_PAGE_SIZE], out[MV_PAGE_SIZE / 2];
+    const size_t half = MV_PAGE_SIZE / 2;
+    bool ok = false;
+    uint8_t *map;
+    int fd;
+
+    memset(page, 0x5a, sizeof(page));
+    *mapped_ns = *copied_ns = UINT64_MAX;
+    fd = memfd_create("memvisor-tmem-measure", MFD_CLOEXEC);
+    if (fd < 0)
+        return false;
+    if (ftruncate(fd, (off_t)bytes) < 0)
+        goto out;
+    map = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED)
+        goto out;
+    for (unsigned trial = 0; trial < TM_MEASURE_TRIALS; trial++) {
+        size_t base = (size_t)2 * TM_MEASURE_PAGES * trial;
+        uint64_t t0 = monotonic_ns(), t1, t2;
+
+        for (size_t i = base; i < base + TM_MEASURE_PAGES; i++) {
+            uint8_t *frame = map + i * MV_PAGE_SIZE;
+
+            if (pwrite(fd, zeros, MV_PAGE_SIZE, (off_t)(i * MV_PAGE_SIZE)) != MV_PAGE_SIZE)
+                goto unmap;
+            (void)*(volatile const uint8_t *)frame;
+            memcpy(frame, page, half);
+            memcpy(frame + half, page + half, half);
+            memcpy(out, frame, half);
+            memcpy(out, frame + half, half);
+            __asm__ volatile("" : : "r"(out) : "memory");
+        }
+        t1 = monotonic_ns();
+        for (size_t i = base + TM_MEASURE_PAGES; i < base + 2 * TM_MEASURE_PAGES; i++) {
+            off_t at = (off_t)(i * MV_PAGE_SIZE);
+
+            if (pwrite(fd, page, MV_PAGE_SIZE, at) != MV_PAGE_SIZE ||
+                pread(fd, out, half, at) != (ssize_t)half ||
+                pread(fd, out, half, at + (off_t)half) != (ssize_t)half)
+                goto unmap;
+        }
+        t2 = monotonic_ns();
+        *mapped_ns = MV_MIN(*mapped_ns, (t1 - t0) / TM_MEASURE_PAGES);
+        *copied_ns = MV_MIN(*copied_ns, (t2 - t1) / TM_MEASURE_PAGES);
+    }
+    ok = true;
+unmap:
+    munmap(map, bytes);
+out:
+    close(fd);
+    return ok;
+}
+
+static void store_choose(struct mv__tmem *t)
+{
+    uint64_t mapped, copied;
+
+    t->store = t->host->config.tmem_store;
+    if (t->store != MV_TMEM_STORE_AUTO)
+        return;
+    if (!store_measure(&mapped, &copied)) {
+        mv__log(t->host, MV_LOG_WARN, "tmem: cannot measure what the two stores "
+                "cost (%s); frames are mapped", strerror(errno));
+        t->store = MV_TMEM_STORE_MAPPED;
+        return;
+    }
+    t->store_mapped_ns = mapped;
+    t->store_copied_ns = copied;
+    t->store = mapped * 100 > copied * MV_TMEM_STORE_COPY_PCT ? MV_TMEM_STORE_COPIED
+                                                              : MV_TMEM_STORE_MAPPED;
 }
 
 int tm_store_init(struct mv__tmem *t)
@@ -78,17 +188,26 @@ int tm_store_init(struct mv__tmem *t)
         t->cls[c].slots = best * MV_PAGE_SIZE / size;
     }
     t->scratch = malloc(2 * MV_PAGE_SIZE);
+    t->readbuf = malloc(MV_PAGE_SIZE);
     t->zstd_cctx = ZSTD_createCCtx();
     t->zstd_dctx = ZSTD_createDCtx();
     t->dedup_buckets = 1024;
     t->dedup = calloc(t->dedup_buckets, sizeof(*t->dedup));
-    if (!t->scratch || !t->zstd_cctx || !t->zstd_dctx || !t->dedup)
+    if (!t->scratch || !t->readbuf || !t->zstd_cctx || !t->zstd_dctx || !t->dedup)
         return mv__fail(-ENOMEM, "tmem: out of memory for the page store");
+    store_choose(t);
     return 0;
 }
 
 void tm_store_fini(struct mv__tmem *t)
 {
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
+        free(t->cls[c].stage);
+        t->cls[c].stage = NULL;
+        t->cls[c].staged = NULL;
+    }
+    free(t->readbuf);
+    t->readbuf = NULL;
     free(t->scratch);
     ZSTD_freeCCtx(t->zstd_cctx);
     ZSTD_freeDCtx(t->zstd_dctx);
@@ -113,7 +232,8 @@ static void chunk_note(struct mv__tmem *t, struct tm_chunk *c)
 static void chunk_free(struct mv__tmem *t, struct tm_chunk *c)
 {
     tm_list_del(&c->link);
-    mv__os_unmap(c->map, (size_t)TM_CHUNK_FRAMES << MV_PAGE_SHIFT);
+    if (c->map)
+        mv__os_unmap(c->map, (size_t)TM_CHUNK_FRAMES << MV_PAGE_SHIFT);
     mv__machine_free(&t->host->machine, c->first_mfn, TM_CHUNK_FRAMES);
     t->chunk_count--;
     free(c);
@@ -263,10 +383,12 @@ static int frames_take(struct mv__tmem *t, unsigned k, struct tm_chunk **out,
         return rc;
     }
     c->first_mfn = mfn;
-    c->map = mv__os_map_shared(NULL, (size_t)TM_CHUNK_FRAMES << MV_PAGE_SHIFT,
-                               t->host->machine.memfd, mfn << MV_PAGE_SHIFT,
-                               PROT_READ | PROT_WRITE);
-    if (!c->map) {
+    /* The COPIED store never maps its frames. */
+    if (t->store == MV_TMEM_STORE_MAPPED)
+        c->map = mv__os_map_shared(NULL, (size_t)TM_CHUNK_FRAMES << MV_PAGE_SHIFT,
+                                   t->host->machine.memfd, mfn << MV_PAGE_SHIFT,
+                                   PROT_READ | PROT_WRITE);
+    if (t->store == MV_TMEM_STORE_MAPPED && !c->map) {
         rc = mv__fail(-errno, "tmem: cannot map frames %#llx+%u",
                       (unsigned long long)mfn, TM_CHUNK_FRAMES);
         mv__machine_free(&t->host->machine, mfn, TM_CHUNK_FRAMES);
@@ -279,7 +401,8 @@ static int frames_take(struct mv__tmem *t, unsigned k, struct tm_chunk **out,
     best_at = 0;
 found:
     *hole = k == 1 && best->state[best_at] == TM_FRAME_FREE;
-    run_populate(t, best, best_at, k);
+    if (t->store == MV_TMEM_STORE_MAPPED)
+        run_populate(t, best, best_at, k);
     for (unsigned j = 0; j < k; j++) {
         if (best->state[best_at + j] == TM_FRAME_SPARE) {
             best->spare--;
@@ -320,6 +443,8 @@ static void zspage_free(struct mv__tmem *t, struct tm_zspage *zs)
     struct tm_class *cl = &t->cls[zs->cls];
 
     t->unpinned_frames -= zs->frames; /* empty, so pinned by nothing */
+    if (cl->staged == zs)
+        cl->staged = NULL; /* its bytes were never written: nothing to */
     tm_list_del(&zs->link);
     cl->zspage_count--;
     t->zspage_count--;
@@ -337,6 +462,88 @@ static uint64_t slot_offset(const struct tm_zspage *zs, unsigned slot)
 {
     return ((zs->chunk->first_mfn + zs->frame) << MV_PAGE_SHIFT) +
            (uint64_t)slot * class_size(zs->cls);
+}
+
+/* ---- reading and writing slots (the two stores) ---- */
+
+/* The `len` bytes of slot `slot` of zs: where they are mapped or staged,
+ * or else read into `buf`. */
+static int slot_bytes(struct mv__tmem *t, const struct tm_zspage *zs, unsigned slot,
+                      unsigned len, uint8_t *buf, const uint8_t **out)
+{
+    const struct tm_class *cl = &t->cls[zs->cls];
+    int rc;
+
+    if (t->store == MV_TMEM_STORE_MAPPED) {
+        *out = slot_addr(zs, slot);
+        return 0;
+    }
+    if (cl->staged == zs) {
+        *out = cl->stage + (size_t)slot * class_size(zs->cls);
+        return 0;
+    }
+    rc = mv__os_read(t->host->machine.memfd, buf, slot_offset(zs, slot), len);
+    if (rc < 0)
+        return mv__fail(rc, "tmem: cannot read %u stored bytes at %#llx of the "
+                        "machine memfd: %s", len, (unsigned long long)slot_offset(zs, slot),
+                        strerror(-rc));
+    *out = buf;
+    return 0;
+}
+
+/* Write `len` bytes to slot `slot` of zs.  MAPPED: a copy through the
+ * mapping, but for a one-frame zspage that is a hole (`hole`), whose
+ * first bytes one write to the memfd stores without a write fault; it
+ * cannot fail (when that write fails, the copy populates).  COPIED: into
+ * the stage, or one write to the memfd, which can fail. */
+static int slot_write(struct mv__tmem *t, struct tm_zspage *zs, unsigned slot,
+                      const uint8_t *src, unsigned len, bool hole)
+{
+    struct tm_class *cl = &t->cls[zs->cls];
+    int rc;
+
+    if (t->store == MV_TMEM_STORE_MAPPED) {
+        if (!hole || mv__os_write(t->host->machine.memfd, src, slot_offset(zs, slot), len) < 0)
+            memcpy(slot_addr(zs, slot), src, len);
+        return 0;
+    }
+    if (cl->staged == zs) {
+        memcpy(cl->stage + (size_t)slot * class_size(zs->cls), src, len);
+        return 0;
+    }
+    rc = mv__os_write(t->host->machine.memfd, src, slot_offset(zs, slot), len);
+    if (rc < 0)
+        return mv__fail(rc, "tmem: cannot write %u bytes at %#llx of the machine "
+                        "memfd: %s", len, (unsigned long long)slot_offset(zs, slot),
+                        strerror(-rc));
+    return 0;
+}
+
+/* COPIED: write class cl's staged zspage to its frames, whole frames in
+ * one write (a page of the memfd written whole is allocated without being
+ * cleared).  It is full (a class asks for a new zspage only when every one
+ * it has is), so only the tail no slot reaches is cleared first.  On
+ * failure it stays staged, its bytes in the stage. */
+static int stage_flush(struct mv__tmem *t, struct tm_class *cl)
+{
+    struct tm_zspage *zs = cl->staged;
+    size_t bytes, used;
+    uint64_t at;
+    int rc;
+
+    if (!zs)
+        return 0;
+    bytes = (size_t)zs->frames << MV_PAGE_SHIFT;
+    used = (size_t)zs->slots * class_size(zs->cls);
+    at = (zs->chunk->first_mfn + zs->frame) << MV_PAGE_SHIFT;
+    memset(cl->stage + used, 0, bytes - used);
+    rc = mv__os_write(t->host->machine.memfd, cl->stage, at, bytes);
+    if (rc < 0)
+        return mv__fail(rc, "tmem: cannot write a zspage of %u frames at %#llx of "
+                        "the machine memfd: %s", zs->frames, (unsigned long long)at,
+                        strerror(-rc));
+    cl->staged = NULL;
+    return 0;
 }
 
 static struct tm_zspage *zspage_with_room(struct mv__tmem *t, unsigned cls)
@@ -373,6 +580,17 @@ static int slot_alloc(struct mv__tmem *t, unsigned cls, bool may_evict,
             atomic_fetch_sub(&t->charged, cl->frames);
         }
     }
+    if (!zs && t->store == MV_TMEM_STORE_COPIED) {
+        /* The new zspage is staged: the one staged before goes to its
+         * frames first. */
+        rc = stage_flush(t, cl);
+        if (rc < 0)
+            goto uncharge;
+        if (!cl->stage && !(cl->stage = malloc((size_t)cl->frames << MV_PAGE_SHIFT))) {
+            rc = mv__fail(-ENOMEM, "tmem: out of memory for a class's stage");
+            goto uncharge;
+        }
+    }
     if (!zs) {
         zs = calloc(1, sizeof(*zs) + cl->slots * sizeof(zs->owner[0]));
         if (!zs) {
@@ -387,6 +605,8 @@ static int slot_alloc(struct mv__tmem *t, unsigned cls, bool may_evict,
         zs->frames = cl->frames;
         zs->cls = cls;
         zs->slots = cl->slots;
+        if (t->store == MV_TMEM_STORE_COPIED)
+            cl->staged = zs;
         t->unpinned_frames += zs->frames;
         tm_list_add(&cl->zspages, &zs->link);
         cl->zspage_count++;
@@ -555,9 +775,15 @@ int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
     if (dedup) {
         hash = XXH3_64bits(page, MV_PAGE_SIZE);
         for (b = t->dedup[dedup_bucket(t, hash, pool->id)]; b; b = b->hnext) {
-            if (b->hash == hash && b->dedup_pool == pool->id &&
-                b->dedup_client == pg->client && b->codec == codec &&
-                b->len == len && memcmp(slot_addr(b->zs, b->slot), src, len) == 0) {
+            const uint8_t *have;
+
+            if (b->hash != hash || b->dedup_pool != pool->id ||
+                b->dedup_client != pg->client || b->codec != codec || b->len != len)
+                continue;
+            rc = slot_bytes(t, b->zs, b->slot, len, t->readbuf, &have);
+            if (rc < 0)
+                return rc;
+            if (memcmp(have, src, len) == 0) {
                 b->refs++;
                 pg->kind = TM_PAGE_BLOB;
                 pg->blob = b;
@@ -577,12 +803,15 @@ int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
         return rc;
     }
     /* The bytes (prepared, or zstd's in the scratch buffer) are still
-     * this page's: making room only frees pages, it never compresses one.
-     * When the write fails, the store through the mapping populates. */
-    if (!hole || mv__os_write(t->host->machine.memfd, src, slot_offset(b->zs, b->slot), len) < 0)
-        memcpy(slot_addr(b->zs, b->slot), src, len);
+     * this page's: making room only frees pages, it never compresses one. */
     b->persistent = pool->flags & MV_TMEM_PERSISTENT;
     slot_own(t, b->zs, b->slot, b);
+    rc = slot_write(t, b->zs, b->slot, src, len, hole);
+    if (rc < 0) {
+        slot_free(t, b->zs, b->slot);
+        free(b);
+        return rc;
+    }
     b->len = len;
     b->codec = codec;
     b->refs = 1;
@@ -616,6 +845,7 @@ int tm_load_page(struct mv__tmem *t, const struct tm_page *pg, uint8_t *page)
 {
     const struct tm_blob *b = pg->blob;
     const uint8_t *src;
+    int rc;
 
     if (pg->kind == TM_PAGE_SAME) {
         uint64_t *w = (uint64_t *)page;
@@ -624,10 +854,15 @@ int tm_load_page(struct mv__tmem *t, const struct tm_page *pg, uint8_t *page)
             w[i] = pg->fill;
         return 0;
     }
-    src = slot_addr(b->zs, b->slot);
+    /* A page kept raw is read straight into `page` when it is not mapped. */
+    rc = slot_bytes(t, b->zs, b->slot, b->len, b->codec == TM_CODEC_RAW ? page : t->readbuf,
+                    &src);
+    if (rc < 0)
+        return rc;
     switch (b->codec) {
     case TM_CODEC_RAW:
-        memcpy(page, src, MV_PAGE_SIZE);
+        if (src != page)
+            memcpy(page, src, MV_PAGE_SIZE);
         return 0;
     case TM_CODEC_LZ4:
         if (LZ4_decompress_safe((const char *)src, (char *)page, (int)b->len,
@@ -676,6 +911,7 @@ static int by_used_desc(const void *a, const void *b)
 uint64_t tm_compact(struct mv__tmem *t)
 {
     uint64_t freed = 0;
+    bool failed = false;
 
     for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
         struct tm_class *cl = &t->cls[c];
@@ -694,6 +930,7 @@ uint64_t tm_compact(struct mv__tmem *t)
         /* Fill the fullest from the emptiest. */
         for (i = 0, j = n - 1; i < j;) {
             struct tm_zspage *dst = v[i], *src = v[j];
+            const uint8_t *bytes;
             unsigned s, d;
 
             if (dst->used == dst->slots) {
@@ -704,7 +941,13 @@ uint64_t tm_compact(struct mv__tmem *t)
                 ;
             for (d = 0; dst->owner[d]; d++)
                 ;
-            memcpy(slot_addr(dst, d), slot_addr(src, s), src->owner[s]->len);
+            /* A slot that cannot be read or written (COPIED) stays where
+             * it is, and so does the rest: mv_last_error says why. */
+            if (slot_bytes(t, src, s, src->owner[s]->len, t->readbuf, &bytes) < 0 ||
+                slot_write(t, dst, d, bytes, src->owner[s]->len, false) < 0) {
+                failed = true;
+                break;
+            }
             slot_own(t, dst, d, src->owner[s]);
             dst->used++;
             cl->used_slots++;
@@ -720,6 +963,8 @@ uint64_t tm_compact(struct mv__tmem *t)
             slot_free(t, src, s); /* frees src when it empties */
         }
         free(v);
+        if (failed)
+            break;
     }
     t->compactions++;
     return freed;
@@ -765,7 +1010,7 @@ int tm_store_audit(struct mv__tmem *t)
         struct tm_class *cl = &t->cls[c];
         uint64_t n = 0, slots = 0;
 
-        bool seen_full = false;
+        bool seen_full = false, staged_seen = false;
 
         for (struct tm_list *e = cl->zspages.next; e != &cl->zspages; e = e->next) {
             struct tm_zspage *zs = tm_container(e, struct tm_zspage, link);
@@ -775,6 +1020,7 @@ int tm_store_audit(struct mv__tmem *t)
                 return mv__fail(-EUCLEAN, "tmem: a class-%u zspage with room follows a "
                                 "full one", c);
             seen_full |= zs->used == zs->slots;
+            staged_seen |= zs == cl->staged;
 
             for (unsigned s = 0; s < zs->slots; s++) {
                 if (!zs->owner[s])
@@ -800,6 +1046,9 @@ int tm_store_audit(struct mv__tmem *t)
             slots += u;
             zs_frames += zs->frames;
         }
+        if (cl->staged && (!staged_seen || t->store != MV_TMEM_STORE_COPIED))
+            return mv__fail(-EUCLEAN, "tmem: class %u stages a zspage that is not "
+                            "one of its own", c);
         if (n != cl->zspage_count || slots != cl->used_slots)
             return mv__fail(-EUCLEAN, "tmem: class %u counts %llu zspages and %llu "
                             "slots, has %llu and %llu", c,

@@ -85,7 +85,8 @@ static inline void tm_list_add(struct tm_list *head, struct tm_list *e)
 
 struct tm_chunk {
     uint64_t first_mfn;
-    uint8_t *map;                      /* the chunk's frames, mapped */
+    uint8_t *map;                      /* the chunk's frames, mapped (MAPPED
+                                          store; NULL for COPIED) */
     uint8_t state[TM_CHUNK_FRAMES];    /* enum tm_frame_state */
     unsigned used, spare;              /* frames USED, SPARE */
     struct tm_list link;               /* tmem->chunks: chunks with a frame
@@ -190,6 +191,11 @@ struct tm_class {
     unsigned frames;                   /* frames per zspage */
     unsigned slots;
     uint64_t zspage_count, used_slots;
+    /* MV_TMEM_STORE_COPIED: the zspage being filled, whose bytes are in
+     * `stage` (frames * 4 KiB) until the class needs a new zspage and
+     * writes them to its frames (NULL: none). */
+    struct tm_zspage *staged;
+    uint8_t *stage;
 };
 
 struct mv__tmem {
@@ -226,6 +232,11 @@ struct mv__tmem {
     size_t dedup_buckets, dedup_count;
     void *zstd_cctx, *zstd_dctx;
     uint8_t *scratch;                  /* compression output, 2 pages */
+    /* How frames are written and read (enum mv_tmem_store, never AUTO),
+     * and what the choice measured (ns; 0 when it was not AUTO). */
+    enum mv_tmem_store store;
+    uint64_t store_mapped_ns, store_copied_ns;
+    uint8_t *readbuf;                  /* COPIED: a slot read for a get */
     /* host-wide counters */
     uint64_t evictions, relinquished, compactions, compact_moves, repaid;
     uint64_t short_calls, short_freed;
