@@ -466,29 +466,41 @@ static uint64_t slot_offset(const struct tm_zspage *zs, unsigned slot)
 
 /* ---- reading and writing slots (the two stores) ---- */
 
+/* COPIED: slot `slot` of zs in its class's stage, or NULL when zs is not
+ * the staged zspage. */
+static uint8_t *staged_slot(struct mv__tmem *t, const struct tm_zspage *zs, unsigned slot)
+{
+    struct tm_class *cl = &t->cls[zs->cls];
+
+    return cl->staged == zs ? cl->stage + (size_t)slot * class_size(zs->cls) : NULL;
+}
+
+/* COPIED: the `len` bytes of a slot written from `from` to the machine
+ * memfd, or else read from it into `into`: one system call. */
+static int slot_transfer(struct mv__tmem *t, const struct tm_zspage *zs, unsigned slot,
+                         unsigned len, const uint8_t *from, uint8_t *into)
+{
+    uint64_t at = slot_offset(zs, slot);
+    int memfd = t->host->machine.memfd;
+    int rc = from ? mv__os_write(memfd, from, at, len) : mv__os_read(memfd, into, at, len);
+
+    if (rc < 0)
+        return mv__fail(rc, "tmem: cannot %s %u stored bytes at %#llx of the machine "
+                        "memfd: %s", from ? "write" : "read", len,
+                        (unsigned long long)at, strerror(-rc));
+    return 0;
+}
+
 /* The `len` bytes of slot `slot` of zs: where they are mapped or staged,
  * or else read into `buf`. */
 static int slot_bytes(struct mv__tmem *t, const struct tm_zspage *zs, unsigned slot,
                       unsigned len, uint8_t *buf, const uint8_t **out)
 {
-    const struct tm_class *cl = &t->cls[zs->cls];
-    int rc;
-
-    if (t->store == MV_TMEM_STORE_MAPPED) {
+    if (t->store == MV_TMEM_STORE_MAPPED)
         *out = slot_addr(zs, slot);
-        return 0;
-    }
-    if (cl->staged == zs) {
-        *out = cl->stage + (size_t)slot * class_size(zs->cls);
-        return 0;
-    }
-    rc = mv__os_read(t->host->machine.memfd, buf, slot_offset(zs, slot), len);
-    if (rc < 0)
-        return mv__fail(rc, "tmem: cannot read %u stored bytes at %#llx of the "
-                        "machine memfd: %s", len, (unsigned long long)slot_offset(zs, slot),
-                        strerror(-rc));
-    *out = buf;
-    return 0;
+    else if (!(*out = staged_slot(t, zs, slot)))
+        *out = buf;
+    return *out == buf ? slot_transfer(t, zs, slot, len, NULL, buf) : 0;
 }
 
 /* Write `len` bytes to slot `slot` of zs.  MAPPED: a copy through the
@@ -499,23 +511,17 @@ static int slot_bytes(struct mv__tmem *t, const struct tm_zspage *zs, unsigned s
 static int slot_write(struct mv__tmem *t, struct tm_zspage *zs, unsigned slot,
                       const uint8_t *src, unsigned len, bool hole)
 {
-    struct tm_class *cl = &t->cls[zs->cls];
-    int rc;
+    uint8_t *staged;
 
     if (t->store == MV_TMEM_STORE_MAPPED) {
         if (!hole || mv__os_write(t->host->machine.memfd, src, slot_offset(zs, slot), len) < 0)
             memcpy(slot_addr(zs, slot), src, len);
         return 0;
     }
-    if (cl->staged == zs) {
-        memcpy(cl->stage + (size_t)slot * class_size(zs->cls), src, len);
-        return 0;
-    }
-    rc = mv__os_write(t->host->machine.memfd, src, slot_offset(zs, slot), len);
-    if (rc < 0)
-        return mv__fail(rc, "tmem: cannot write %u bytes at %#llx of the machine "
-                        "memfd: %s", len, (unsigned long long)slot_offset(zs, slot),
-                        strerror(-rc));
+    staged = staged_slot(t, zs, slot);
+    if (!staged)
+        return slot_transfer(t, zs, slot, len, src, NULL);
+    memcpy(staged, src, len);
     return 0;
 }
 
