@@ -224,9 +224,10 @@ enum mv_scrub_mode {
  *                         one read.  Pays where mapping a page costs far
  *                         more than a system call (shadow page tables: a
  *                         paravirtualised guest), docs/performance.md.
- *   MV_TMEM_STORE_AUTO    (default) mv_host_create measures what a frame
- *                         costs each (on a throw-away memfd: a frame of
- *                         two 2 KiB slots written and read once) and
+ *   MV_TMEM_STORE_AUTO    (default) the first such mv_host_create of the
+ *                         process measures what a frame costs each (on a
+ *                         throw-away memfd: a frame of two 2 KiB slots
+ *                         written and read once; later hosts reuse it) and
  *                         chooses COPIED when MAPPED costs more than
  *                         MV_TMEM_STORE_COPY_PCT percent of it.
  * mv_tmem_stats tells which was chosen and what was measured.

@@ -30,7 +30,7 @@
  * write when the class needs a new zspage (it is full by then), and a slot
  * of any other zspage is read and written with one pread or pwrite.  Which
  * one a host uses is mv_host_config.tmem_store; AUTO measures both costs
- * once, at host creation (store_measure).  Every read and write of a slot
+ * once per process, at the first host that asks (store_measure).  Every read and write of a slot
  * goes through slot_bytes and slot_write.
  *
  * Dedup compares bytes, never only hashes: a blob is reused only when its
@@ -56,7 +56,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 #include <zstd.h>
@@ -75,14 +74,6 @@ unsigned tm_blob_bytes(const struct mv__tmem *t, const struct tm_blob *b)
 
 #define TM_MEASURE_PAGES 16u
 #define TM_MEASURE_TRIALS 3u
-
-static uint64_t monotonic_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* What a frame costs each store, measured on a throw-away memfd (not the
  * machine's: nothing is charged, and no failure injected for the machine
@@ -113,7 +104,7 @@ static bool store_measure(uint64_t *mapped_ns, uint64_t *copied_ns)
         goto out;
     for (unsigned trial = 0; trial < TM_MEASURE_TRIALS; trial++) {
         size_t base = (size_t)2 * TM_MEASURE_PAGES * trial;
-        uint64_t t0 = monotonic_ns(), t1, t2;
+        uint64_t t0 = mv__now_ns(), t1, t2;
 
         for (size_t i = base; i < base + TM_MEASURE_PAGES; i++) {
             uint8_t *frame = map + i * MV_PAGE_SIZE;
@@ -127,7 +118,7 @@ static bool store_measure(uint64_t *mapped_ns, uint64_t *copied_ns)
             memcpy(out, frame + half, half);
             __asm__ volatile("" : : "r"(out) : "memory");
         }
-        t1 = monotonic_ns();
+        t1 = mv__now_ns();
         for (size_t i = base + TM_MEASURE_PAGES; i < base + 2 * TM_MEASURE_PAGES; i++) {
             off_t at = (off_t)(i * MV_PAGE_SIZE);
 
@@ -136,7 +127,7 @@ static bool store_measure(uint64_t *mapped_ns, uint64_t *copied_ns)
                 pread(fd, out, half, at + (off_t)half) != (ssize_t)half)
                 goto unmap;
         }
-        t2 = monotonic_ns();
+        t2 = mv__now_ns();
         *mapped_ns = MV_MIN(*mapped_ns, (t1 - t0) / TM_MEASURE_PAGES);
         *copied_ns = MV_MIN(*copied_ns, (t2 - t1) / TM_MEASURE_PAGES);
     }
@@ -148,23 +139,37 @@ out:
     return ok;
 }
 
+/* Measured once per process, by the first AUTO host: every host of the
+ * process runs on the same machine, and so gets the same choice. */
+static struct {
+    pthread_once_t once;
+    bool ok;
+    int err;                           /* errno when not ok */
+    uint64_t mapped_ns, copied_ns;
+} measured = { .once = PTHREAD_ONCE_INIT };
+
+static void measure_once(void)
+{
+    measured.ok = store_measure(&measured.mapped_ns, &measured.copied_ns);
+    measured.err = measured.ok ? 0 : errno;
+}
+
 static void store_choose(struct mv__tmem *t)
 {
-    uint64_t mapped, copied;
-
     t->store = t->host->config.tmem_store;
     if (t->store != MV_TMEM_STORE_AUTO)
         return;
-    if (!store_measure(&mapped, &copied)) {
+    pthread_once(&measured.once, measure_once);
+    if (!measured.ok) {
         mv__log(t->host, MV_LOG_WARN, "tmem: cannot measure what the two stores "
-                "cost (%s); frames are mapped", strerror(errno));
+                "cost (%s); frames are mapped", strerror(measured.err));
         t->store = MV_TMEM_STORE_MAPPED;
         return;
     }
-    t->store_mapped_ns = mapped;
-    t->store_copied_ns = copied;
-    t->store = mapped * 100 > copied * MV_TMEM_STORE_COPY_PCT ? MV_TMEM_STORE_COPIED
-                                                              : MV_TMEM_STORE_MAPPED;
+    t->store_mapped_ns = measured.mapped_ns;
+    t->store_copied_ns = measured.copied_ns;
+    t->store = measured.mapped_ns * 100 > measured.copied_ns * MV_TMEM_STORE_COPY_PCT
+             ? MV_TMEM_STORE_COPIED : MV_TMEM_STORE_MAPPED;
 }
 
 int tm_store_init(struct mv__tmem *t)
@@ -444,7 +449,7 @@ static void zspage_free(struct mv__tmem *t, struct tm_zspage *zs)
 
     t->unpinned_frames -= zs->frames; /* empty, so pinned by nothing */
     if (cl->staged == zs)
-        cl->staged = NULL; /* its bytes were never written: nothing to */
+        cl->staged = NULL; /* its bytes need never be written now */
     tm_list_del(&zs->link);
     cl->zspage_count--;
     t->zspage_count--;
@@ -475,17 +480,16 @@ static uint8_t *staged_slot(struct mv__tmem *t, const struct tm_zspage *zs, unsi
     return cl->staged == zs ? cl->stage + (size_t)slot * class_size(zs->cls) : NULL;
 }
 
-/* COPIED: the `len` bytes of a slot written from `from` to the machine
- * memfd, or else read from it into `into`: one system call. */
-static int slot_transfer(struct mv__tmem *t, const struct tm_zspage *zs, unsigned slot,
-                         unsigned len, const uint8_t *from, uint8_t *into)
+/* COPIED: `len` bytes at byte `at` of the machine memfd written from
+ * `from`, or else read into `into`: one system call. */
+static int memfd_transfer(struct mv__tmem *t, uint64_t at, size_t len, const uint8_t *from,
+                          uint8_t *into)
 {
-    uint64_t at = slot_offset(zs, slot);
     int memfd = t->host->machine.memfd;
     int rc = from ? mv__os_write(memfd, from, at, len) : mv__os_read(memfd, into, at, len);
 
     if (rc < 0)
-        return mv__fail(rc, "tmem: cannot %s %u stored bytes at %#llx of the machine "
+        return mv__fail(rc, "tmem: cannot %s %zu stored bytes at %#llx of the machine "
                         "memfd: %s", from ? "write" : "read", len,
                         (unsigned long long)at, strerror(-rc));
     return 0;
@@ -500,7 +504,7 @@ static int slot_bytes(struct mv__tmem *t, const struct tm_zspage *zs, unsigned s
         *out = slot_addr(zs, slot);
     else if (!(*out = staged_slot(t, zs, slot)))
         *out = buf;
-    return *out == buf ? slot_transfer(t, zs, slot, len, NULL, buf) : 0;
+    return *out == buf ? memfd_transfer(t, slot_offset(zs, slot), len, NULL, buf) : 0;
 }
 
 /* Write `len` bytes to slot `slot` of zs.  MAPPED: a copy through the
@@ -520,7 +524,7 @@ static int slot_write(struct mv__tmem *t, struct tm_zspage *zs, unsigned slot,
     }
     staged = staged_slot(t, zs, slot);
     if (!staged)
-        return slot_transfer(t, zs, slot, len, src, NULL);
+        return memfd_transfer(t, slot_offset(zs, slot), len, src, NULL);
     memcpy(staged, src, len);
     return 0;
 }
@@ -534,22 +538,17 @@ static int stage_flush(struct mv__tmem *t, struct tm_class *cl)
 {
     struct tm_zspage *zs = cl->staged;
     size_t bytes, used;
-    uint64_t at;
     int rc;
 
     if (!zs)
         return 0;
     bytes = (size_t)zs->frames << MV_PAGE_SHIFT;
     used = (size_t)zs->slots * class_size(zs->cls);
-    at = (zs->chunk->first_mfn + zs->frame) << MV_PAGE_SHIFT;
     memset(cl->stage + used, 0, bytes - used);
-    rc = mv__os_write(t->host->machine.memfd, cl->stage, at, bytes);
-    if (rc < 0)
-        return mv__fail(rc, "tmem: cannot write a zspage of %u frames at %#llx of "
-                        "the machine memfd: %s", zs->frames, (unsigned long long)at,
-                        strerror(-rc));
-    cl->staged = NULL;
-    return 0;
+    rc = memfd_transfer(t, slot_offset(zs, 0), bytes, cl->stage, NULL);
+    if (rc == 0)
+        cl->staged = NULL;
+    return rc;
 }
 
 static struct tm_zspage *zspage_with_room(struct mv__tmem *t, unsigned cls)
