@@ -64,10 +64,17 @@ int share_region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool ado
     struct mv__share_region *r = calloc(1, sizeof(*r));
     size_t at = 0;
 
-    if (!r || !(r->frames = calloc(pages, sizeof(*r->frames))) ||
+    /* The records come from the kernel, not the heap: an adopted region's
+     * are written only as its frames are first looked at, and a calloc
+     * served from a heap that once held a larger table clears all of it,
+     * a page fault per page, inside the clone (glibc moves its mmap
+     * threshold up to the largest block freed). */
+    if (r)
+        r->frames = mv__os_table_alloc(pages * sizeof(*r->frames));
+    if (!r || !r->frames ||
         (adopted && !(r->pending = calloc((pages + 63) / 64, sizeof(*r->pending))))) {
-        if (r)
-            free(r->frames);
+        if (r && r->frames)
+            mv__os_unmap(r->frames, pages * sizeof(*r->frames));
         free(r);
         return mv__fail(-ENOMEM, "no memory for %llu shared frames",
                         (unsigned long long)pages);
@@ -78,7 +85,7 @@ int share_region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool ado
 
         if (!n) {
             free(r->pending);
-            free(r->frames);
+            mv__os_unmap(r->frames, pages * sizeof(*r->frames));
             free(r);
             return mv__fail(-ENOMEM, "no memory for shared frames");
         }
@@ -112,7 +119,7 @@ void share_region_unlink(struct mv__share *s, struct mv__share_region *r)
     }
     free(r->free_frames);
     free(r->pending);
-    free(r->frames);
+    mv__os_unmap(r->frames, r->pages * sizeof(*r->frames));
     free(r);
 }
 
