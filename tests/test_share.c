@@ -15,6 +15,9 @@
 #include "logdirty.h"
 
 #include <limits.h>
+#include <malloc.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -569,6 +572,61 @@ static void clone_frames_pending_until_touched(void **state)
     assert_ok(mv_share_audit(h));
     survivor_takes_over(h, src, c, 3000);
     mv_host_destroy(h);
+}
+
+/* The clone writes no per-frame bookkeeping, whatever the heap holds: the
+ * adopted region's frame records must not be cleared inside the clone.  The
+ * test puts the heap in the state that once made them so: large blocks
+ * served from the heap (glibc does that by itself once a large block has
+ * been freed), one such block freed and resident, and a fork() just before
+ * the clone, after which every resident heap page takes a fault when first
+ * written.  Clearing the records there would cost a fault per page of them. */
+static void clone_clears_no_frame_records(void **state)
+{
+    /* 56 bytes a frame record */
+    const uint64_t pages = 32768, record_pages = pages * 56 / MV_PAGE_SIZE;
+    mv_host *h;
+    uint32_t src, c;
+    struct rusage before, after;
+    uint8_t *block;
+    pid_t child;
+    int status;
+
+    (void)state;
+    (void)mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    (void)mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    h = tu_host();
+    src = domain1(h, "src", pages * MV_PAGE_SIZE, 1);
+    fill(h, src, pages, pages);
+    assert_int_equal(info(h, src).populated_pages, pages);
+    block = malloc(16 << 20);
+    assert_non_null(block);
+    memset(block, 0x5a, 16 << 20);
+    free(block);
+    assert_ok(mv_domain_pause(h, src));
+    child = fork();
+    assert_true(child >= 0);
+    if (child == 0)
+        _exit(0);
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_ok(getrusage(RUSAGE_SELF, &before));
+    assert_ok(mv_domain_clone(h, src, "c", &c));
+    assert_ok(getrusage(RUSAGE_SELF, &after));
+    print_message("clone of %llu pages: %ld minor faults (records: %llu pages)\n",
+                  (unsigned long long)pages, after.ru_minflt - before.ru_minflt,
+                  (unsigned long long)record_pages);
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+    /* (The sanitizers bring their own allocator, and fault in their own
+     * shadow of every mapping: only glibc's heap is what this is about.) */
+    assert_true((uint64_t)(after.ru_minflt - before.ru_minflt) < record_pages / 2);
+#endif
+    assert_ok(mv_domain_unpause(h, src));
+    assert_int_equal(stats(h).clone_pending_frames, pages);
+    verify_both(h, src, c);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+    (void)mallopt(M_MMAP_THRESHOLD, 128 << 10);
+    (void)mallopt(M_TRIM_THRESHOLD, 128 << 10);
 }
 
 /* Destroys of both sides of a clone nothing touched, in each order: the
@@ -1403,6 +1461,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(hints_share_first),
     cmocka_unit_test(clone_shares_until_written),
     cmocka_unit_test(clone_frames_pending_until_touched),
+    cmocka_unit_test(clone_clears_no_frame_records),
     cmocka_unit_test(clone_destroyed_untouched),
     cmocka_unit_test(cow_breaks_follow_pod_policy),
     cmocka_unit_test(exclude_keeps_pages_private),
