@@ -57,6 +57,22 @@ struct mv__sframe *share_frame_of(struct mv__share *s, uint64_t mfn)
     return &r->frames[i];
 }
 
+/* The records come from the kernel, not the heap: an adopted region's are
+ * written only as its frames are first looked at, and a calloc served from
+ * a heap that once held a larger table clears all of it, a page fault per
+ * page, inside the clone (glibc moves its mmap threshold up to the largest
+ * block freed). */
+static struct mv__sframe *records_alloc(uint64_t pages)
+{
+    return mv__os_table_alloc(pages * sizeof(struct mv__sframe));
+}
+
+static void records_free(struct mv__sframe *records, uint64_t pages)
+{
+    if (records)
+        mv__os_unmap(records, pages * sizeof(*records));
+}
+
 int share_region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool adopted,
                      struct mv__share_region **out)
 {
@@ -64,17 +80,10 @@ int share_region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool ado
     struct mv__share_region *r = calloc(1, sizeof(*r));
     size_t at = 0;
 
-    /* The records come from the kernel, not the heap: an adopted region's
-     * are written only as its frames are first looked at, and a calloc
-     * served from a heap that once held a larger table clears all of it,
-     * a page fault per page, inside the clone (glibc moves its mmap
-     * threshold up to the largest block freed). */
-    if (r)
-        r->frames = mv__os_table_alloc(pages * sizeof(*r->frames));
-    if (!r || !r->frames ||
+    if (!r || !(r->frames = records_alloc(pages)) ||
         (adopted && !(r->pending = calloc((pages + 63) / 64, sizeof(*r->pending))))) {
-        if (r && r->frames)
-            mv__os_unmap(r->frames, pages * sizeof(*r->frames));
+        if (r)
+            records_free(r->frames, pages);
         free(r);
         return mv__fail(-ENOMEM, "no memory for %llu shared frames",
                         (unsigned long long)pages);
@@ -85,7 +94,7 @@ int share_region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool ado
 
         if (!n) {
             free(r->pending);
-            mv__os_unmap(r->frames, pages * sizeof(*r->frames));
+            records_free(r->frames, pages);
             free(r);
             return mv__fail(-ENOMEM, "no memory for shared frames");
         }
@@ -119,7 +128,7 @@ void share_region_unlink(struct mv__share *s, struct mv__share_region *r)
     }
     free(r->free_frames);
     free(r->pending);
-    mv__os_unmap(r->frames, r->pages * sizeof(*r->frames));
+    records_free(r->frames, r->pages);
     free(r);
 }
 
