@@ -1383,7 +1383,13 @@ struct mv_tmem_stats {
     uint32_t reserved32;
     uint64_t store_mapped_ns;   /* a frame written and read, mapped */
     uint64_t store_copied_ns;   /* ... and with system calls */
-    uint64_t reserved[4];
+    /* MV_TMEM_STORE_COPIED: zspages read whole because two gets or
+     * page-ins in a row came from the same one (pages put in order come
+     * back in order), and the gets and page-ins served from those reads
+     * with no system call of their own. */
+    uint64_t store_read_aheads;
+    uint64_t store_read_ahead_hits;
+    uint64_t reserved[2];
 };
 
 /*

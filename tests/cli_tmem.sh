@@ -120,6 +120,8 @@ expect "tmem list tells how frames are kept" grep -Eq "^store: frames (mapped|co
 check "tmem list --json" 0 -- "$cli_bin" tmem list --json
 json_check "the store chosen, with what it measured" \
     'd["tmem"]["store"] in ("mapped", "copied") and d["tmem"]["store_mapped_ns"] > 0 and d["tmem"]["store_copied_ns"] > 0'
+json_check "read-aheads counted, serving no more gets than were found" \
+    'd["tmem"]["store_read_aheads"] >= 0 and d["tmem"]["store_read_ahead_hits"] <= d["tmem"]["counts"]["found_gets"]'
 chosen_store=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["tmem"]["store"])' "$scratch/out")
 json_check "pools and clients in JSON" \
     'len(d["pools"]) == 3 and any(c["domid"] == 1 or c["domid"] == 0 for c in d["clients"]) and d["tmem"]["counts"]["puts"] >= 10'

@@ -1007,13 +1007,12 @@ static void copied_store_failures_lose_nothing(void **state)
     mv_host *h = host_with_store(MV_TMEM_STORE_COPIED);
     uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
     int per = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
-    int eph = mv_tmem_new_pool(h, d, 0, NULL);
     int dd = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT | MV_TMEM_DEDUP, NULL);
     uint8_t page[PAGE];
     uint64_t oid[3];
 
     (void)state;
-    assert_true(per >= 0 && eph >= 0 && dd >= 0);
+    assert_true(per >= 0 && dd >= 0);
     /* Raw pages take a zspage each: the second put writes the first's
      * (staged) to its frame.  That write fails: the put fails, the first
      * page is still there, and the next put writes it. */
@@ -1041,19 +1040,15 @@ static void copied_store_failures_lose_nothing(void **state)
     audit(h);
     assert_int_equal(put_same_class(h, d, per, 64), 1);
     expect_same_class(h, d, per, 64);
-    /* A get whose read fails fails, and the page stays: in a persistent
-     * pool, and in a private ephemeral one, whose get would remove it. */
+    /* A get whose read fails fails, and the page stays (page 40: of a
+     * zspage no read-ahead holds, the last gets having read the first
+     * one's; a private ephemeral pool's, whose get would remove it, in
+     * copied_store_reads_ahead_for_gets_in_order). */
     mv__os_inject(MV_OS_READ, EIO, 0, 1);
     oid_of(oid, 9);
-    assert_err(mv_tmem_get_page(h, d, (uint32_t)per, oid, 1, page, PAGE), -EIO);
-    expect_same_class(h, d, per, 1);
-    for (uint32_t i = 0; i < 8; i++)
-        assert_int_equal(put(h, d, eph, 2, i, i, 3), 1);
-    mv__os_inject(MV_OS_READ, EIO, 0, 1);
-    oid_of(oid, 2);
-    assert_err(mv_tmem_get_page(h, d, (uint32_t)eph, oid, 0, page, PAGE), -EIO);
-    expect_page(h, d, eph, 2, 0, 0, 3);
-    assert_int_equal(mv_tmem_get_page(h, d, (uint32_t)eph, oid, 0, page, PAGE), 0);
+    assert_err(mv_tmem_get_page(h, d, (uint32_t)per, oid, 40, page, PAGE), -EIO);
+    assert_int_equal(mv__os_injected(MV_OS_READ), 0);
+    expect_same_class(h, d, per, 40);
     audit(h);
     /* A duplicate whose stored twin cannot be read for the comparison:
      * the put fails, the twin stays. */
@@ -1082,6 +1077,162 @@ static void copied_store_failures_lose_nothing(void **state)
     expect_same_class(h, d, per, 64);
     for (uint32_t i = 0; i < 3; i++)
         expect_page(h, d, per, 1, i, i, 3);
+    audit(h);
+    assert_ok(mv_domain_destroy(h, d));
+    mv_tmem_relinquish_pages(h, UINT64_MAX);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+/* The slots per zspage of the one class holding pages now. */
+static unsigned slots_of_the_class_in_use(mv_host *h)
+{
+    struct mv__tmem *t = tm_of(h);
+    unsigned slots = 0;
+
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
+        if (!t->cls[c].used_slots)
+            continue;
+        assert_int_equal(slots, 0);
+        slots = t->cls[c].slots;
+    }
+    assert_true(slots > 0);
+    return slots;
+}
+
+/* COPIED: gets in the order of the puts read a zspage whole once two in a
+ * row come from it, and the gets after it make no system call; the stream
+ * goes on into the next zspage without a slot's read.  Gets that jump from
+ * zspage to zspage do not read ahead.  What a read-ahead holds
+ * stays what the frames hold when the slots it covers are written again
+ * (a put into a slot a get freed, compaction moving pages into it), and a
+ * read-ahead that cannot be read fails its get and loses nothing. */
+static void copied_store_reads_ahead_for_gets_in_order(void **state)
+{
+    mv_host *h = host_with_store(MV_TMEM_STORE_COPIED);
+    uint32_t d = tu_domain(h, "a", 64 * MiB, 64 * MiB);
+    int per = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+    struct mv_tmem_stats s0, s1;
+    uint8_t page[PAGE];
+    uint64_t oid[3];
+    unsigned S, n;
+    int eph;
+
+    (void)state;
+    assert_true(per >= 0);
+    assert_int_equal(put_same_class(h, d, per, 0), 1);
+    S = slots_of_the_class_in_use(h);
+    assert_true(S > 8 && S < 64);
+    /* Four zspages of the class, the last still staged (read from the
+     * stage, never from the memfd). */
+    n = 4 * S;
+    for (uint32_t i = 1; i < n; i++)
+        assert_int_equal(put_same_class(h, d, per, i), 1);
+    s0 = stats(h);
+    assert_int_equal(s0.store, MV_TMEM_STORE_COPIED);
+    for (uint32_t i = 0; i < n; i++)
+        expect_same_class(h, d, per, i);
+    s1 = stats(h);
+    /* The first zspage's first get reads one slot, its second reads it
+     * whole; each zspage after it is read whole at its first get (the one
+     * before it was served to its last page).  Every get but the first is
+     * served from a read-ahead. */
+    assert_int_equal(s1.store_read_aheads - s0.store_read_aheads, 3);
+    assert_int_equal(s1.store_read_ahead_hits - s0.store_read_ahead_hits, 3 * S - 1);
+    audit(h);
+    /* Jumping from zspage to zspage (each round takes the next page of
+     * each): the first get reads its zspage ahead (the stream before it
+     * had reached a last page), and is served from it with the rest of
+     * that zspage's pages; every other get reads its slot alone. */
+    s0 = stats(h);
+    for (uint32_t i = 0; i < n; i++)
+        expect_same_class(h, d, per, (i % 4) * S + i / 4);
+    s1 = stats(h);
+    assert_int_equal(s1.store_read_aheads - s0.store_read_aheads, 1);
+    assert_int_equal(s1.store_read_ahead_hits - s0.store_read_ahead_hits, S);
+    assert_ok(mv_tmem_destroy_pool(h, d, (uint32_t)per));
+    audit(h);
+    assert_ok(mv_domain_destroy(h, d));
+    mv_host_destroy(h);
+
+    /* A private ephemeral pool, on a host that has read nothing yet: gets
+     * are exclusive and free their slots. */
+    h = host_with_store(MV_TMEM_STORE_COPIED);
+    d = tu_domain(h, "b", 64 * MiB, 64 * MiB);
+    eph = mv_tmem_new_pool(h, d, 0, NULL);
+    assert_true(eph >= 0);
+    for (uint32_t i = 0; i < 2 * S; i++)
+        assert_int_equal(put_same_class(h, d, eph, i), 1);
+    s0 = stats(h);
+    for (uint32_t i = 0; i < 4; i++)
+        expect_same_class(h, d, eph, i);
+    s1 = stats(h);
+    assert_int_equal(s1.store_read_aheads - s0.store_read_aheads, 1);
+    assert_int_equal(s1.store_read_ahead_hits - s0.store_read_ahead_hits, 3);
+    /* New pages fill the four slots those gets freed, in the zspage read
+     * ahead; getting them back is served from the read-ahead, and must
+     * give the new bytes. */
+    for (uint32_t i = 1000; i < 1004; i++)
+        assert_int_equal(put_same_class(h, d, eph, i), 1);
+    audit(h);
+    s0 = stats(h);
+    for (uint32_t i = 1000; i < 1004; i++)
+        expect_same_class(h, d, eph, i);
+    s1 = stats(h);
+    assert_int_equal(s1.store_read_ahead_hits - s0.store_read_ahead_hits, 4);
+    assert_int_equal(s1.store_read_aheads, s0.store_read_aheads);
+    /* Compaction moves the second zspage's last four pages into the four
+     * free slots of the first, the one read ahead. */
+    oid_of(oid, 9);
+    for (uint32_t i = S + 4; i < 2 * S; i++)
+        assert_int_equal(mv_tmem_flush_page(h, d, (uint32_t)eph, oid, i), 1);
+    s0 = stats(h);
+    assert_true(mv_tmem_compact(h) > 0);
+    assert_int_equal(stats(h).compact_moves - s0.compact_moves, 4);
+    audit(h);
+    for (uint32_t i = S; i < S + 4; i++)
+        expect_same_class(h, d, eph, i);
+    s1 = stats(h);
+    assert_int_equal(s1.store_read_ahead_hits - s0.store_read_ahead_hits, 4);
+    assert_int_equal(s1.store_read_aheads, s0.store_read_aheads);
+    for (uint32_t i = 4; i < S; i++)
+        expect_same_class(h, d, eph, i);
+    audit(h);
+
+    assert_ok(mv_domain_destroy(h, d));
+    mv_tmem_relinquish_pages(h, UINT64_MAX);
+    audit(h);
+    mv_host_destroy(h);
+
+    /* Reads that fail, on a host that has read nothing yet, in a private
+     * ephemeral pool, whose get would remove the page: a get of one slot
+     * whose read fails fails and the page stays, and so does a get whose
+     * read-ahead fails (the first of the second zspage: the stream went
+     * on from the first one's last page); the next get of each reads its
+     * zspage ahead and finds the page. */
+    h = host_with_store(MV_TMEM_STORE_COPIED);
+    d = tu_domain(h, "c", 64 * MiB, 64 * MiB);
+    eph = mv_tmem_new_pool(h, d, 0, NULL);
+    assert_true(eph >= 0);
+    for (uint32_t i = 0; i < 3 * S; i++)
+        assert_int_equal(put_same_class(h, d, eph, i), 1);
+    oid_of(oid, 9);
+    mv__os_inject(MV_OS_READ, EIO, 0, 1);
+    assert_err(mv_tmem_get_page(h, d, (uint32_t)eph, oid, 0, page, PAGE), -EIO);
+    assert_int_equal(mv__os_injected(MV_OS_READ), 0);
+    audit(h);
+    for (uint32_t i = 0; i < S; i++)
+        expect_same_class(h, d, eph, i);
+    assert_int_equal(stats(h).store_read_aheads, 1);
+    mv__os_inject(MV_OS_READ, EIO, 0, 1);
+    assert_err(mv_tmem_get_page(h, d, (uint32_t)eph, oid, S, page, PAGE), -EIO);
+    assert_int_equal(mv__os_injected(MV_OS_READ), 0);
+    assert_int_equal(stats(h).store_read_aheads, 1);
+    audit(h);
+    for (uint32_t i = S; i < 3 * S; i++)
+        expect_same_class(h, d, eph, i);
+    assert_int_equal(stats(h).store_read_aheads, 2);
+    assert_int_equal(stats(h).store_read_ahead_hits, 2 * S);
     audit(h);
     assert_ok(mv_domain_destroy(h, d));
     mv_tmem_relinquish_pages(h, UINT64_MAX);
@@ -1897,6 +2048,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(injected_failures_lose_and_leak_nothing),
     cmocka_unit_test(both_stores_keep_every_page_and_say_which),
     cmocka_unit_test(copied_store_failures_lose_nothing),
+    cmocka_unit_test(copied_store_reads_ahead_for_gets_in_order),
     cmocka_unit_test(page_out_and_fault_back_in),
     cmocka_unit_test(paged_faults_resolved_in_the_vcpus_thread),
     cmocka_unit_test(paged_pages_balloon_clone_and_destroy),

@@ -2041,6 +2041,9 @@ static void print_tmem_list(struct json_object *reply)
     if (field_u64(t, "store_mapped_ns"))
         printf(" (chosen: a frame measured at %" PRIu64 " ns mapped, %" PRIu64 " ns copied)",
                field_u64(t, "store_mapped_ns"), field_u64(t, "store_copied_ns"));
+    if (field_u64(t, "store_read_aheads"))
+        printf("; %" PRIu64 " read-aheads for gets in order served %" PRIu64 " gets",
+               field_u64(t, "store_read_aheads"), field_u64(t, "store_read_ahead_hits"));
     printf("\n");
     print_tmem_counts("all pools", field(t, "counts"));
     printf("\n%5s %6s %-10s %-8s %-5s %5s %10s %10s %10s %10s %8s %7s\n", "POOL", "OWNER",

@@ -1953,6 +1953,9 @@ static int run_tmem_list(struct daemon *d, struct request *r)
     json_object_object_add(host, "store", json_object_new_string(mv_tmem_store_name(s.store)));
     json_object_object_add(host, "store_mapped_ns", json_object_new_uint64(s.store_mapped_ns));
     json_object_object_add(host, "store_copied_ns", json_object_new_uint64(s.store_copied_ns));
+    json_object_object_add(host, "store_read_aheads", json_object_new_uint64(s.store_read_aheads));
+    json_object_object_add(host, "store_read_ahead_hits",
+                           json_object_new_uint64(s.store_read_ahead_hits));
     json_object_object_add(host, "pools", json_object_new_uint64(s.pools));
     json_object_object_add(host, "evictions", json_object_new_uint64(s.evictions));
     json_object_object_add(host, "relinquished", json_object_new_uint64(s.relinquished));

@@ -93,6 +93,10 @@ static uint64_t metadata(const struct mv__tmem *t)
     bytes += t->page_count * sizeof(struct tm_page);
     bytes += t->obj_count * (sizeof(struct tm_object) + 8 * sizeof(void *));
     bytes += t->pool_count * sizeof(struct tm_pool);
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
+        bytes += t->cls[c].stage ? (uint64_t)t->cls[c].frames << MV_PAGE_SHIFT : 0;
+        bytes += t->cls[c].ahead ? (uint64_t)TM_AHEAD_FRAMES << MV_PAGE_SHIFT : 0;
+    }
     return bytes;
 }
 
@@ -226,6 +230,8 @@ int mv_tmem_stats(mv_host *h, struct mv_tmem_stats *out)
     out->store = t->store;
     out->store_mapped_ns = t->store_mapped_ns;
     out->store_copied_ns = t->store_copied_ns;
+    out->store_read_aheads = t->read_aheads;
+    out->store_read_ahead_hits = t->read_ahead_hits;
     for (uint32_t i = 0; i < TM_MAX_POOLS; i++) {
         struct mv_tmem_counts c;
 

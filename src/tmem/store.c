@@ -30,8 +30,28 @@
  * write when the class needs a new zspage (it is full by then), and a slot
  * of any other zspage is read and written with one pread or pwrite.  Which
  * one a host uses is mv_host_config.tmem_store; AUTO measures both costs
- * once per process, at the first host that asks (store_measure).  Every read and write of a slot
- * goes through slot_bytes and slot_write.
+ * once per process, at the first host that asks (store_measure).  Every
+ * read and write of a slot goes through slot_bytes and slot_write.
+ *
+ * A COPIED store reads ahead for loads (gets and page-ins): pages put in
+ * order sit in order in their class's zspages, and come back in order when
+ * a file is read again or a swapped range faults back.  When two loads in
+ * a row of a class come from one zspage, the zspage is read whole by one
+ * pread into the class's read-ahead buffer, and the loads after it that
+ * fall in it need no system call; once loads in order (two or more in a
+ * row from one zspage) have reached a zspage's last page through the
+ * read-ahead, the class's next load reads its own zspage at once (the
+ * stream goes on into the class's next zspage).  A zspage of one slot (a
+ * page stored raw) would gain nothing read alone, so the frames after it
+ * in its chunk come with it (zspages made one after another take frames
+ * one after another), and two loads in a row from such zspages a few
+ * frames apart count as in order.  The buffer is a copy of a range of the
+ * memfd, and every write this store makes to the memfd writes the bytes of
+ * it that it overlaps (memfd_transfer), so what it holds for a used slot
+ * is what the frame holds.  Loads that jump from zspage to zspage do not
+ * read ahead, so they pay one slot's read each, as without it.  The buffer
+ * is allocated with the class's stage, by a put: a load may run in a
+ * signal handler (a page-in in the vCPU's thread).
  *
  * Dedup compares bytes, never only hashes: a blob is reused only when its
  * stored bytes equal the new page's compressed bytes under the same codec
@@ -44,7 +64,8 @@
  * chunk is kept only while one of its frames is USED or SPARE; every used
  * slot's owner is a blob that names that slot; a class's zspages with a
  * free slot come before its full ones; no zspage is empty; a class's
- * staged zspage (COPIED) is one of its own.
+ * staged zspage (COPIED) is one of its own; a class's read-ahead (COPIED)
+ * holds what the memfd holds in every used slot of the class it covers.
  *
  * Locking: every function here runs with tmem->lock held, but
  * tm_prepare_page, which a put calls before it takes the lock.
@@ -189,6 +210,7 @@ int tm_store_init(struct mv__tmem *t)
             }
         }
         tm_list_init(&t->cls[c].zspages);
+        t->cls[c].last_load_at = UINT64_MAX;
         t->cls[c].frames = best;
         t->cls[c].slots = best * MV_PAGE_SIZE / size;
     }
@@ -208,9 +230,12 @@ void tm_store_fini(struct mv__tmem *t)
 {
     for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
         free(t->cls[c].stage);
-        t->cls[c].stage = NULL;
+        free(t->cls[c].ahead);
+        t->cls[c].stage = t->cls[c].ahead = NULL;
         t->cls[c].staged = NULL;
+        t->cls[c].ahead_len = 0;
     }
+    memset(t->ahead_classes, 0, sizeof(t->ahead_classes));
     free(t->readbuf);
     t->readbuf = NULL;
     free(t->scratch);
@@ -450,6 +475,8 @@ static void zspage_free(struct mv__tmem *t, struct tm_zspage *zs)
     t->unpinned_frames -= zs->frames; /* empty, so pinned by nothing */
     if (cl->staged == zs)
         cl->staged = NULL; /* its bytes need never be written now */
+    if (cl->last_load_at == (zs->chunk->first_mfn + zs->frame) << MV_PAGE_SHIFT)
+        cl->last_load_at = UINT64_MAX; /* a zspage made there later is another */
     tm_list_del(&zs->link);
     cl->zspage_count--;
     t->zspage_count--;
@@ -480,6 +507,23 @@ static uint8_t *staged_slot(struct mv__tmem *t, const struct tm_zspage *zs, unsi
     return cl->staged == zs ? cl->stage + (size_t)slot * class_size(zs->cls) : NULL;
 }
 
+/* COPIED: the read-aheads that hold bytes of [at, at + len) of the memfd
+ * take those bytes from `from`, just written there. */
+static void aheads_write(struct mv__tmem *t, uint64_t at, size_t len, const uint8_t *from)
+{
+    for (unsigned w = 0; w < TM_CLASS_COUNT / 64; w++) {
+        for (uint64_t bits = t->ahead_classes[w]; bits; bits &= bits - 1) {
+            struct tm_class *cl = &t->cls[w * 64 + (unsigned)__builtin_ctzll(bits)];
+            uint64_t lo = at > cl->ahead_at ? at : cl->ahead_at;
+            uint64_t end = cl->ahead_at + cl->ahead_len;
+            uint64_t hi = at + len < end ? at + len : end;
+
+            if (lo < hi)
+                memcpy(cl->ahead + (lo - cl->ahead_at), from + (lo - at), hi - lo);
+        }
+    }
+}
+
 /* COPIED: `len` bytes at byte `at` of the machine memfd written from
  * `from`, or else read into `into`: one system call. */
 static int memfd_transfer(struct mv__tmem *t, uint64_t at, size_t len, const uint8_t *from,
@@ -492,6 +536,8 @@ static int memfd_transfer(struct mv__tmem *t, uint64_t at, size_t len, const uin
         return mv__fail(rc, "tmem: cannot %s %zu stored bytes at %#llx of the machine "
                         "memfd: %s", from ? "write" : "read", len,
                         (unsigned long long)at, strerror(-rc));
+    if (from)
+        aheads_write(t, at, len, from);
     return 0;
 }
 
@@ -505,6 +551,79 @@ static int slot_bytes(struct mv__tmem *t, const struct tm_zspage *zs, unsigned s
     else if (!(*out = staged_slot(t, zs, slot)))
         *out = buf;
     return *out == buf ? memfd_transfer(t, slot_offset(zs, slot), len, NULL, buf) : 0;
+}
+
+/* COPIED: read zs whole into its class's read-ahead (its buffer was
+ * allocated with the class's stage), and for a zspage of one slot the
+ * frames after it in its chunk too, up to TM_AHEAD_FRAMES in all. */
+static int read_ahead(struct mv__tmem *t, struct tm_class *cl, const struct tm_zspage *zs)
+{
+    unsigned frames = zs->frames, c = (unsigned)(cl - t->cls);
+    int rc;
+
+    if (zs->slots == 1)
+        frames = TM_CHUNK_FRAMES - zs->frame < TM_AHEAD_FRAMES ? TM_CHUNK_FRAMES - zs->frame
+                                                               : TM_AHEAD_FRAMES;
+    if (!cl->ahead)
+        return 0; /* never: a class has zspages only once it has both */
+    cl->ahead_len = 0;
+    t->ahead_classes[c / 64] &= ~(1ull << (c % 64));
+    rc = memfd_transfer(t, slot_offset(zs, 0), (size_t)frames << MV_PAGE_SHIFT, NULL,
+                        cl->ahead);
+    if (rc < 0)
+        return rc;
+    cl->ahead_at = slot_offset(zs, 0);
+    cl->ahead_len = (size_t)frames << MV_PAGE_SHIFT;
+    t->ahead_classes[c / 64] |= 1ull << (c % 64);
+    t->read_aheads++;
+    return 0;
+}
+
+/* COPIED: where slot `slot` of zs is in its class's read-ahead, or NULL. */
+static const uint8_t *ahead_slot(const struct tm_class *cl, const struct tm_zspage *zs,
+                                 unsigned slot, unsigned len)
+{
+    uint64_t at = slot_offset(zs, slot);
+
+    if (!cl->ahead_len || at < cl->ahead_at || at + len > cl->ahead_at + cl->ahead_len)
+        return NULL;
+    return cl->ahead + (at - cl->ahead_at);
+}
+
+/* slot_bytes for a load (a get or a page-in): from the class's read-ahead
+ * when it holds the slot, which is read first when the class's loads come
+ * in order: the last one came from zs too, or the class is streaming, or
+ * zs has one slot and the last one came from a zspage at most
+ * TM_AHEAD_FRAMES frames before it. */
+static int slot_bytes_to_load(struct mv__tmem *t, const struct tm_zspage *zs, unsigned slot,
+                              unsigned len, uint8_t *buf, const uint8_t **out)
+{
+    struct tm_class *cl = &t->cls[zs->cls];
+    uint64_t first = slot_offset(zs, 0);
+    bool next = first == cl->last_load_at ||
+                (zs->slots == 1 && first > cl->last_load_at &&
+                 first - cl->last_load_at <= (uint64_t)TM_AHEAD_FRAMES << MV_PAGE_SHIFT);
+    bool in_order = next || cl->streaming;
+    int rc;
+
+    if (t->store != MV_TMEM_STORE_COPIED || cl->staged == zs)
+        return slot_bytes(t, zs, slot, len, buf, out);
+    cl->last_load_at = first;
+    cl->streaming = false;
+    cl->run = next ? cl->run + 1 : 1; /* a stream goes on only when seen again */
+    if (!(*out = ahead_slot(cl, zs, slot, len)) && in_order) {
+        rc = read_ahead(t, cl, zs);
+        if (rc < 0)
+            return rc;
+        *out = ahead_slot(cl, zs, slot, len);
+    }
+    if (!*out)
+        return slot_bytes(t, zs, slot, len, buf, out);
+    t->read_ahead_hits++;
+    cl->streaming = cl->run >= 2;
+    for (unsigned s = slot + 1; s < zs->slots && cl->streaming; s++)
+        cl->streaming = !zs->owner[s];
+    return 0;
 }
 
 /* Write `len` bytes to slot `slot` of zs.  MAPPED: a copy through the
@@ -523,10 +642,11 @@ static int slot_write(struct mv__tmem *t, struct tm_zspage *zs, unsigned slot,
         return 0;
     }
     staged = staged_slot(t, zs, slot);
-    if (!staged)
-        return memfd_transfer(t, slot_offset(zs, slot), len, src, NULL);
-    memcpy(staged, src, len);
-    return 0;
+    if (staged) {
+        memcpy(staged, src, len);
+        return 0;
+    }
+    return memfd_transfer(t, slot_offset(zs, slot), len, src, NULL);
 }
 
 /* COPIED: write class cl's staged zspage to its frames, whole frames in
@@ -591,8 +711,15 @@ static int slot_alloc(struct mv__tmem *t, unsigned cls, bool may_evict,
         rc = stage_flush(t, cl);
         if (rc < 0)
             goto uncharge;
+        /* The read-ahead's buffer too: a load may run in a signal
+         * handler (a page-in in the vCPU's thread), where nothing may be
+         * allocated. */
         if (!cl->stage && !(cl->stage = malloc((size_t)cl->frames << MV_PAGE_SHIFT))) {
             rc = mv__fail(-ENOMEM, "tmem: out of memory for a class's stage");
+            goto uncharge;
+        }
+        if (!cl->ahead && !(cl->ahead = malloc((size_t)TM_AHEAD_FRAMES << MV_PAGE_SHIFT))) {
+            rc = mv__fail(-ENOMEM, "tmem: out of memory for a class's read-ahead");
             goto uncharge;
         }
     }
@@ -860,8 +987,8 @@ int tm_load_page(struct mv__tmem *t, const struct tm_page *pg, uint8_t *page)
         return 0;
     }
     /* A page kept raw is read straight into `page` when it is not mapped. */
-    rc = slot_bytes(t, b->zs, b->slot, b->len, b->codec == TM_CODEC_RAW ? page : t->readbuf,
-                    &src);
+    rc = slot_bytes_to_load(t, b->zs, b->slot, b->len,
+                            b->codec == TM_CODEC_RAW ? page : t->readbuf, &src);
     if (rc < 0)
         return rc;
     switch (b->codec) {
@@ -977,6 +1104,31 @@ uint64_t tm_compact(struct mv__tmem *t)
 
 /* ---- audit ---- */
 
+/* zs's class's read-ahead holds what the memfd holds in every used slot
+ * of zs it holds.  Read with pread itself: an audit takes no injected
+ * failure. */
+static int ahead_audit(struct mv__tmem *t, const struct tm_zspage *zs)
+{
+    const struct tm_class *cl = &t->cls[zs->cls];
+
+    for (unsigned s = 0; s < zs->slots; s++) {
+        unsigned len = zs->owner[s] ? zs->owner[s]->len : 0;
+        const uint8_t *held = len ? ahead_slot(cl, zs, s, len) : NULL;
+        ssize_t got;
+
+        if (!held)
+            continue;
+        got = pread(t->host->machine.memfd, t->readbuf, len, (off_t)slot_offset(zs, s));
+        if (got != (ssize_t)len)
+            return mv__fail(got < 0 ? -errno : -EIO, "tmem: cannot read slot %u of a "
+                            "class-%u zspage to audit its read-ahead", s, zs->cls);
+        if (memcmp(t->readbuf, held, len))
+            return mv__fail(-EUCLEAN, "tmem: slot %u of a class-%u zspage differs from "
+                            "the class's read-ahead of it", s, zs->cls);
+    }
+    return 0;
+}
+
 int tm_store_audit(struct mv__tmem *t)
 {
     uint64_t used = 0, spare = 0, zs_frames = 0, chunks = 0, unpinned = 0;
@@ -1043,6 +1195,12 @@ int tm_store_audit(struct mv__tmem *t)
             if (u != zs->used || u == 0)
                 return mv__fail(-EUCLEAN, "tmem: a class-%u zspage counts %u used "
                                 "slots, has %u", c, zs->used, u);
+            if (cl->ahead_len && zs != cl->staged) {
+                int rc = ahead_audit(t, zs);
+
+                if (rc < 0)
+                    return rc;
+            }
             if (pinned != zs->pinned)
                 return mv__fail(-EUCLEAN, "tmem: a class-%u zspage counts %u slots of "
                                 "persistent pages, has %u", c, zs->pinned, pinned);
@@ -1054,6 +1212,10 @@ int tm_store_audit(struct mv__tmem *t)
         if (cl->staged && (!staged_seen || t->store != MV_TMEM_STORE_COPIED))
             return mv__fail(-EUCLEAN, "tmem: class %u stages a zspage that is not "
                             "one of its own", c);
+        if (!!cl->ahead_len != !!(t->ahead_classes[c / 64] & (1ull << (c % 64))) ||
+            (cl->ahead_len && t->store != MV_TMEM_STORE_COPIED))
+            return mv__fail(-EUCLEAN, "tmem: class %u's read-ahead is not where the "
+                            "store looks for it", c);
         if (n != cl->zspage_count || slots != cl->used_slots)
             return mv__fail(-EUCLEAN, "tmem: class %u counts %llu zspages and %llu "
                             "slots, has %llu and %llu", c,

@@ -53,6 +53,7 @@
 #define TM_CLASS_SHIFT 5                      /* 32-byte size classes */
 #define TM_CLASS_COUNT (MV_PAGE_SIZE >> TM_CLASS_SHIFT)
 #define TM_ZSPAGE_MAX_FRAMES 8u
+#define TM_AHEAD_FRAMES TM_ZSPAGE_MAX_FRAMES  /* a class's read-ahead buffer (COPIED) */
 /* A compressed page longer than this is stored raw ("poor compression"). */
 #define TM_RAW_THRESHOLD (MV_PAGE_SIZE - MV_PAGE_SIZE / 8)
 #define TM_MAX_POOLS 1024u
@@ -196,6 +197,22 @@ struct tm_class {
      * writes them to its frames (NULL: none). */
     struct tm_zspage *staged;
     uint8_t *stage;
+    /* MV_TMEM_STORE_COPIED, for loads only: `ahead` holds the
+     * `ahead_len` bytes of the machine memfd from byte `ahead_at` (0: it
+     * holds nothing), read when the class's loads come in order, and every
+     * write this store makes to the memfd writes the bytes of it that it
+     * overlaps too.  `last_load_at`: the first byte of the zspage the
+     * class's last load came from (UINT64_MAX: none); `run`: the class's
+     * loads in a row each from the zspage of the one before (or, one-slot
+     * zspages, a few frames after it); `streaming`: the last load was
+     * of a run of two or more, served from the read-ahead, and of its
+     * zspage's last page. */
+    uint8_t *ahead;
+    uint64_t ahead_at;
+    size_t ahead_len;
+    unsigned run;
+    bool streaming;
+    uint64_t last_load_at;
 };
 
 struct mv__tmem {
@@ -237,6 +254,8 @@ struct mv__tmem {
     enum mv_tmem_store store;
     uint64_t store_mapped_ns, store_copied_ns;
     uint8_t *readbuf;                  /* COPIED: a slot read for a get */
+    uint64_t read_aheads, read_ahead_hits; /* COPIED: read-aheads made; loads they served */
+    uint64_t ahead_classes[TM_CLASS_COUNT / 64]; /* COPIED: bit c: class c's read-ahead holds bytes */
     /* host-wide counters */
     uint64_t evictions, relinquished, compactions, compact_moves, repaid;
     uint64_t short_calls, short_freed;
