@@ -15,6 +15,10 @@
  *   zram write/read  the same pages written to / read from /dev/zram0
  *                    (lz4) with O_DIRECT, one 4 KiB request per page, one
  *                    thread: what swapping through zram costs per page;
+ *   scattered order  the gets and the zram reads again, page (i * stride)
+ *                    mod pages (stride coprime to pages, about 0.62 of
+ *                    them): no two in a row near, so no read-ahead pays
+ *                    (no goal: what access in no order costs);
  *   two writers      the puts again from two threads at once, each putting
  *                    half of the pages into a pool of its own domain, and
  *                    the zram writes from two threads on a fresh device:
@@ -114,6 +118,14 @@ struct tmem_run {
     uint64_t put_ns, get_ns, frames, stored_bytes, poor, same, bad_pages;
     enum mv_tmem_store store;   /* what the host used */
     uint64_t store_mapped_ns, store_copied_ns;
+    uint64_t read_aheads, read_ahead_hits; /* the first round's gets */
+    uint64_t scattered_read_aheads;        /* ... and its gets in scattered order */
+    /* Gets and zram reads again in scattered order: page (i * stride) mod
+     * pages, stride coprime to pages, so no two in a row are near. */
+    uint64_t stride;
+    uint64_t round_get_scattered[MV_BENCH_MAX_ROUNDS];
+    uint64_t round_zram_read_scattered[MV_BENCH_MAX_ROUNDS];
+    uint64_t get_scattered_ns, zram_read_scattered_ns;
     /* the lz4 loop */
     uint64_t lz4_comp_ns, lz4_decomp_ns, lz4_bytes;
     /* each round's timings (the figures above are their medians) */
@@ -152,6 +164,32 @@ struct tmem_run {
     char zram_swap_why[160];
     uint64_t swapin_median, swapin_p99, swapped_pages;
 };
+
+static uint64_t gcd(uint64_t a, uint64_t b)
+{
+    while (b) {
+        uint64_t t = a % b;
+
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+/* A stride that visits every page once, about 0.618 of the pages apart. */
+static uint64_t scattered_stride(uint64_t pages)
+{
+    uint64_t stride = pages * 618 / 1000 + 1;
+
+    while (gcd(stride, pages) != 1)
+        stride++;
+    return stride;
+}
+
+static uint64_t scattered(const struct tmem_run *run, uint64_t i)
+{
+    return (uint64_t)((unsigned __int128)i * run->stride % run->pages);
+}
 
 static double gib_per_s(uint64_t pages, uint64_t ns)
 {
@@ -313,6 +351,26 @@ static int measure_tmem(struct tmem_run *run, unsigned round)
     }
     run->round_get[round] = mv_bench_now_ns() - t0;
     run->cpu_get[round] = mv_bench_process_cpu_ns() - c0;
+    mv_tmem_stats(h, &s);
+    if (round == 0) {
+        run->read_aheads = s.store_read_aheads;
+        run->read_ahead_hits = s.store_read_ahead_hits;
+    }
+    t0 = mv_bench_now_ns();
+    for (uint64_t i = 0; i < run->pages; i++) {
+        uint64_t k = scattered(run, i);
+
+        oid[1] = k >> 32;
+        if (mv_tmem_get_page(h, dom, (uint32_t)pool, oid, (uint32_t)k, page, MV_PAGE_SIZE) != 1)
+            run->bad_pages++;
+    }
+    run->round_get_scattered[round] = mv_bench_now_ns() - t0;
+    if (round == 0) {
+        uint64_t before = s.store_read_aheads;
+
+        mv_tmem_stats(h, &s);
+        run->scattered_read_aheads = s.store_read_aheads - before;
+    }
     run->bad_pages += tmem_bad_pages(run, h, dom, pool, 0, run->pages);
     if (round > 0)
         goto out;
@@ -535,6 +593,12 @@ static void measure_zram(struct tmem_run *run, unsigned round)
             run->zram_bad++;
     run->round_zram_read[round] = mv_bench_now_ns() - t0;
     run->cpu_zram_read[round] = mv_bench_process_cpu_ns() - c0;
+    t0 = mv_bench_now_ns();
+    for (uint64_t i = 0; i < run->pages; i++)
+        if (pread(fd, buf, MV_PAGE_SIZE, (off_t)(scattered(run, i) * MV_PAGE_SIZE)) !=
+            MV_PAGE_SIZE)
+            run->zram_bad++;
+    run->round_zram_read_scattered[round] = mv_bench_now_ns() - t0;
     run->zram_bad += zram_bad_pages(run, fd, buf);
     close(fd);
     /* Two writers at once, on a fresh device (each half written once). */
@@ -1273,6 +1337,8 @@ static int measure_rounds(struct tmem_run *run)
     run->put2_ns = mv_bench_median(run->round_put2, n);
     run->zram_write2_ns = mv_bench_median(run->round_zram_write2, n);
     run->zram_read_ns = mv_bench_median(run->round_zram_read, n);
+    run->get_scattered_ns = mv_bench_median(run->round_get_scattered, n);
+    run->zram_read_scattered_ns = mv_bench_median(run->round_zram_read_scattered, n);
     run->put_cpu_ns = mv_bench_median(run->cpu_put, n);
     run->get_cpu_ns = mv_bench_median(run->cpu_get, n);
     run->lz4_comp_cpu_ns = mv_bench_median(run->cpu_lz4_comp, n);
@@ -1322,6 +1388,9 @@ static size_t comparisons(const struct tmem_run *r, struct mv_bench_comparison *
                 gib_per_s(r->pages, r->zram_write2_ns), 0, 0 };
         c[n++] = (struct mv_bench_comparison){ "get throughput", "GiB/s", get, "zram read",
                                                gib_per_s(r->pages, r->zram_read_ns), 0, 1.0 };
+        c[n++] = (struct mv_bench_comparison){
+            "get throughput, scattered order", "GiB/s", gib_per_s(r->pages, r->get_scattered_ns),
+            "zram read, scattered order", gib_per_s(r->pages, r->zram_read_scattered_ns), 0, 0 };
         c[n++] = (struct mv_bench_comparison){
             "compression ratio", "x", tmem_ratio(r), "zram (mem_used_total)",
             (double)r->zram_orig / (double)r->zram_used, 0, 1.0 };
@@ -1427,6 +1496,15 @@ static int report_json(struct tmem_run *r)
     json_object_object_add(raw, "tmem_store", json_object_new_string(mv_tmem_store_name(r->store)));
     json_object_object_add(raw, "tmem_store_mapped_ns", json_object_new_uint64(r->store_mapped_ns));
     json_object_object_add(raw, "tmem_store_copied_ns", json_object_new_uint64(r->store_copied_ns));
+    json_object_object_add(raw, "tmem_read_aheads", json_object_new_uint64(r->read_aheads));
+    json_object_object_add(raw, "tmem_read_ahead_hits", json_object_new_uint64(r->read_ahead_hits));
+    json_object_object_add(raw, "tmem_read_aheads_scattered",
+                           json_object_new_uint64(r->scattered_read_aheads));
+    json_object_object_add(raw, "scattered_stride", json_object_new_uint64(r->stride));
+    json_object_object_add(raw, "get_scattered_ns_rounds",
+                           rounds_json(r->round_get_scattered, r->opt.rounds));
+    json_object_object_add(raw, "zram_read_scattered_ns_rounds",
+                           rounds_json(r->round_zram_read_scattered, r->opt.rounds));
     json_object_object_add(raw, "tmem_frames", json_object_new_uint64(r->frames));
     json_object_object_add(raw, "tmem_stored_bytes", json_object_new_uint64(r->stored_bytes));
     json_object_object_add(raw, "tmem_poor_compressions", json_object_new_uint64(r->poor));
@@ -1541,6 +1619,10 @@ static int report_text(struct tmem_run *r)
     printf("\ntmem store: %s (asked: %s; a frame mapped %" PRIu64 " ns, copied "
            "%" PRIu64 " ns)", mv_tmem_store_name(r->store), mv_tmem_store_name(r->opt.store),
            r->store_mapped_ns, r->store_copied_ns);
+    if (r->read_aheads)
+        printf("; gets of the first round: %" PRIu64 " read-aheads, %" PRIu64
+               " gets served from them; %" PRIu64 " read-aheads in scattered order",
+               r->read_aheads, r->read_ahead_hits, r->scattered_read_aheads);
     printf("\ntmem: %" PRIu64 " frames for %" PRIu64 " pages (%" PRIu64 " same-filled, %"
            PRIu64 " stored raw); relinquish: evict_npages %" PRIu64 " frames in %.1f us, "
            "relinquish_pages %" PRIu64 " frames in %.1f us; mismatched pages %" PRIu64 "\n",
@@ -1690,6 +1772,7 @@ static int run_suite(void *arg)
     }
     if (rc != MV_BENCH_OK)
         return rc;
+    run->stride = scattered_stride(run->pages);
     rc = measure_rounds(run);
     if (rc == MV_BENCH_OK) {
         measure_zswap(run);
