@@ -1100,6 +1100,20 @@ static unsigned slots_of_the_class_in_use(mv_host *h)
     return slots;
 }
 
+/* A host with the copied store that has read nothing yet, and a domain
+ * with `pages` pages of one class in a private ephemeral pool. */
+static mv_host *copied_host_with_ephemeral_pages(uint32_t pages, uint32_t *d, int *eph)
+{
+    mv_host *h = host_with_store(MV_TMEM_STORE_COPIED);
+
+    *d = tu_domain(h, "b", 64 * MiB, 64 * MiB);
+    *eph = mv_tmem_new_pool(h, *d, 0, NULL);
+    assert_true(*eph >= 0);
+    for (uint32_t i = 0; i < pages; i++)
+        assert_int_equal(put_same_class(h, *d, *eph, i), 1);
+    return h;
+}
+
 /* COPIED: gets in the order of the puts read a zspage whole once two in a
  * row come from it, and the gets after it make no system call; the stream
  * goes on into the next zspage without a slot's read.  Gets that jump from
@@ -1157,12 +1171,7 @@ static void copied_store_reads_ahead_for_gets_in_order(void **state)
 
     /* A private ephemeral pool, on a host that has read nothing yet: gets
      * are exclusive and free their slots. */
-    h = host_with_store(MV_TMEM_STORE_COPIED);
-    d = tu_domain(h, "b", 64 * MiB, 64 * MiB);
-    eph = mv_tmem_new_pool(h, d, 0, NULL);
-    assert_true(eph >= 0);
-    for (uint32_t i = 0; i < 2 * S; i++)
-        assert_int_equal(put_same_class(h, d, eph, i), 1);
+    h = copied_host_with_ephemeral_pages(2 * S, &d, &eph);
     s0 = stats(h);
     for (uint32_t i = 0; i < 4; i++)
         expect_same_class(h, d, eph, i);
@@ -1210,12 +1219,7 @@ static void copied_store_reads_ahead_for_gets_in_order(void **state)
      * read-ahead fails (the first of the second zspage: the stream went
      * on from the first one's last page); the next get of each reads its
      * zspage ahead and finds the page. */
-    h = host_with_store(MV_TMEM_STORE_COPIED);
-    d = tu_domain(h, "c", 64 * MiB, 64 * MiB);
-    eph = mv_tmem_new_pool(h, d, 0, NULL);
-    assert_true(eph >= 0);
-    for (uint32_t i = 0; i < 3 * S; i++)
-        assert_int_equal(put_same_class(h, d, eph, i), 1);
+    h = copied_host_with_ephemeral_pages(3 * S, &d, &eph);
     oid_of(oid, 9);
     mv__os_inject(MV_OS_READ, EIO, 0, 1);
     assert_err(mv_tmem_get_page(h, d, (uint32_t)eph, oid, 0, page, PAGE), -EIO);
