@@ -235,7 +235,6 @@ void tm_store_fini(struct mv__tmem *t)
         t->cls[c].staged = NULL;
         t->cls[c].ahead_len = 0;
     }
-    memset(t->ahead_classes, 0, sizeof(t->ahead_classes));
     free(t->readbuf);
     t->readbuf = NULL;
     free(t->scratch);
@@ -511,16 +510,13 @@ static uint8_t *staged_slot(struct mv__tmem *t, const struct tm_zspage *zs, unsi
  * take those bytes from `from`, just written there. */
 static void aheads_write(struct mv__tmem *t, uint64_t at, size_t len, const uint8_t *from)
 {
-    for (unsigned w = 0; w < TM_CLASS_COUNT / 64; w++) {
-        for (uint64_t bits = t->ahead_classes[w]; bits; bits &= bits - 1) {
-            struct tm_class *cl = &t->cls[w * 64 + (unsigned)__builtin_ctzll(bits)];
-            uint64_t lo = at > cl->ahead_at ? at : cl->ahead_at;
-            uint64_t end = cl->ahead_at + cl->ahead_len;
-            uint64_t hi = at + len < end ? at + len : end;
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
+        struct tm_class *cl = &t->cls[c];
+        uint64_t lo = MV_MAX(at, cl->ahead_at);
+        uint64_t hi = MV_MIN(at + len, cl->ahead_at + cl->ahead_len);
 
-            if (lo < hi)
-                memcpy(cl->ahead + (lo - cl->ahead_at), from + (lo - at), hi - lo);
-        }
+        if (lo < hi) /* an empty read-ahead (ahead_len 0) never overlaps */
+            memcpy(cl->ahead + (lo - cl->ahead_at), from + (lo - at), hi - lo);
     }
 }
 
@@ -558,23 +554,19 @@ static int slot_bytes(struct mv__tmem *t, const struct tm_zspage *zs, unsigned s
  * frames after it in its chunk too, up to TM_AHEAD_FRAMES in all. */
 static int read_ahead(struct mv__tmem *t, struct tm_class *cl, const struct tm_zspage *zs)
 {
-    unsigned frames = zs->frames, c = (unsigned)(cl - t->cls);
+    unsigned frames = zs->slots > 1 ? zs->frames
+                                    : MV_MIN(TM_AHEAD_FRAMES, TM_CHUNK_FRAMES - zs->frame);
     int rc;
 
-    if (zs->slots == 1)
-        frames = TM_CHUNK_FRAMES - zs->frame < TM_AHEAD_FRAMES ? TM_CHUNK_FRAMES - zs->frame
-                                                               : TM_AHEAD_FRAMES;
     if (!cl->ahead)
         return 0; /* never: a class has zspages only once it has both */
     cl->ahead_len = 0;
-    t->ahead_classes[c / 64] &= ~(1ull << (c % 64));
     rc = memfd_transfer(t, slot_offset(zs, 0), (size_t)frames << MV_PAGE_SHIFT, NULL,
                         cl->ahead);
     if (rc < 0)
         return rc;
     cl->ahead_at = slot_offset(zs, 0);
     cl->ahead_len = (size_t)frames << MV_PAGE_SHIFT;
-    t->ahead_classes[c / 64] |= 1ull << (c % 64);
     t->read_aheads++;
     return 0;
 }
@@ -1212,10 +1204,8 @@ int tm_store_audit(struct mv__tmem *t)
         if (cl->staged && (!staged_seen || t->store != MV_TMEM_STORE_COPIED))
             return mv__fail(-EUCLEAN, "tmem: class %u stages a zspage that is not "
                             "one of its own", c);
-        if (!!cl->ahead_len != !!(t->ahead_classes[c / 64] & (1ull << (c % 64))) ||
-            (cl->ahead_len && t->store != MV_TMEM_STORE_COPIED))
-            return mv__fail(-EUCLEAN, "tmem: class %u's read-ahead is not where the "
-                            "store looks for it", c);
+        if (cl->ahead_len && t->store != MV_TMEM_STORE_COPIED)
+            return mv__fail(-EUCLEAN, "tmem: class %u reads ahead in the mapped store", c);
         if (n != cl->zspage_count || slots != cl->used_slots)
             return mv__fail(-EUCLEAN, "tmem: class %u counts %llu zspages and %llu "
                             "slots, has %llu and %llu", c,

@@ -255,7 +255,6 @@ struct mv__tmem {
     uint64_t store_mapped_ns, store_copied_ns;
     uint8_t *readbuf;                  /* COPIED: a slot read for a get */
     uint64_t read_aheads, read_ahead_hits; /* COPIED: read-aheads made; loads they served */
-    uint64_t ahead_classes[TM_CLASS_COUNT / 64]; /* COPIED: bit c: class c's read-ahead holds bytes */
     /* host-wide counters */
     uint64_t evictions, relinquished, compactions, compact_moves, repaid;
     uint64_t short_calls, short_freed;
