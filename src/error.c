@@ -3,8 +3,10 @@
  *
  * Every failing library call records a sentence for mv_last_error() in
  * thread-local storage (mv__fail) so that a caller can say which argument or
- * limit was at fault; the return value stays a plain negative errno.  The
- * library prints nothing: log lines go to the host's callback, if any.
+ * limit was at fault; the return value stays a plain negative errno.  A
+ * fault resolved in a vCPU's SIGBUS handler keeps the message the thread had
+ * (mv__error_keep, mv__error_restore).  The library prints nothing: log
+ * lines go to the host's callback, if any.
  */
 #include "internal.h"
 
@@ -13,7 +15,7 @@
 #include <string.h>
 #include <time.h>
 
-static _Thread_local char last_error[256];
+static _Thread_local char last_error[MV__ERROR_MAX];
 
 const char *mv_strerror(int err)
 {
@@ -47,6 +49,16 @@ const char *mv_last_error(void)
 void mv__clear_error(void)
 {
     last_error[0] = '\0';
+}
+
+void mv__error_keep(struct mv__error_kept *kept)
+{
+    memcpy(kept->message, last_error, strnlen(last_error, MV__ERROR_MAX - 1) + 1);
+}
+
+void mv__error_restore(const struct mv__error_kept *kept)
+{
+    memcpy(last_error, kept->message, strnlen(kept->message, MV__ERROR_MAX - 1) + 1);
 }
 
 int mv__fail(int err, const char *fmt, ...)

@@ -103,6 +103,15 @@
 int mv__fail(int err, const char *fmt, ...) MV_PRINTF(2, 3);
 /* Clear the calling thread's last error message. */
 void mv__clear_error(void);
+/* The calling thread's message, kept across code that must leave it as it
+ * was: a fault resolved in a SIGBUS handler interrupts a thread that may not
+ * have read the message of its last call yet. */
+#define MV__ERROR_MAX 256
+struct mv__error_kept {
+    char message[MV__ERROR_MAX];
+};
+void mv__error_keep(struct mv__error_kept *kept);
+void mv__error_restore(const struct mv__error_kept *kept);
 void mv__log(struct mv_host *host, enum mv_log_level level, const char *fmt, ...)
     MV_PRINTF(3, 4);
 uint64_t mv__now_ns(void);

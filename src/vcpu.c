@@ -34,7 +34,8 @@
  * The handler runs at a synchronous fault on guest RAM, so it interrupts
  * only code that was touching guest RAM; it takes the domain lock (never
  * held there, see above) and at most the p2m owner's own lock under it,
- * makes system calls and atomics, preserves errno, and allocates nothing
+ * makes system calls and atomics, preserves errno and the thread's error
+ * message (mv_last_error), and allocates nothing
  * on the in-thread path (a paged page's copy in tmem is freed there: the
  * interrupted code was touching guest RAM, never inside the allocator).
  *
@@ -200,6 +201,7 @@ static void slot_leave(int i)
 bool mv_sigbus_handled(int sig, siginfo_t *info, void *context)
 {
     enum mv__fault_verdict verdict = MV__FAULT_FORWARD;
+    struct mv__error_kept saved_error;
     struct mv_domain *d;
     uintptr_t addr;
     int saved_errno = errno, i;
@@ -212,12 +214,14 @@ bool mv_sigbus_handled(int sig, siginfo_t *info, void *context)
     if (i < 0)
         return false;
     d = atomic_load(&slots[i].domain);
+    mv__error_keep(&saved_error);
     if (i == vcpu_slot && atomic_load(&slots[i].generation) == vcpu_generation &&
         mv__locks_held() == 0)
         verdict = mv__fault_in_thread(d, (addr - (uintptr_t)d->ram) >> MV_PAGE_SHIFT);
     if (verdict == MV__FAULT_FORWARD)
         verdict = mv__fault_forward(d->host, d->domid, addr);
     slot_leave(i);
+    mv__error_restore(&saved_error);
     errno = saved_errno;
     return verdict == MV__FAULT_RETRY;
 }

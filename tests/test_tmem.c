@@ -1387,6 +1387,79 @@ static void paged_faults_resolved_in_the_vcpus_thread(void **state)
     mv_host_destroy(h);
 }
 
+/* A vCPU that made a failing library call, then touched a paged page whose
+ * page-in failed in its thread (a fault thread then served it), still finds
+ * that call's message in mv_last_error(). */
+struct message_keeper {
+    mv_host *host;
+    uint32_t domid;
+    volatile uint8_t *page;
+    uint8_t byte;
+    char before[256], after[256];
+};
+
+static void *message_keeper_main(void *arg)
+{
+    struct message_keeper *k = arg;
+
+    assert_int_equal(mv_vcpu_enter(k->host, k->domid), 1);
+    assert_int_equal(mv_domain_set_target(k->host, k->domid, 12345), -EINVAL);
+    snprintf(k->before, sizeof(k->before), "%s", mv_last_error());
+    k->byte = k->page[0];
+    snprintf(k->after, sizeof(k->after), "%s", mv_last_error());
+    mv_vcpu_exit();
+    return NULL;
+}
+
+static void failed_page_in_keeps_the_vcpus_last_error(void **state)
+{
+    struct mv_host_config c;
+    struct mv_domain_config dc;
+    struct mv_workload_config w;
+    struct message_keeper k = { 0 };
+    enum mv_page_type type = MV_PAGE_RAM;
+    pthread_t thread;
+    uint8_t *ram;
+    uint64_t size, g;
+    mv_host *h;
+    uint32_t d;
+
+    (void)state;
+    tu_host_config(&c, 4 * GiB);
+    c.fault_path = MV_FAULT_PATH_AUTO;
+    c.tmem_store = MV_TMEM_STORE_COPIED; /* a page-in reads its slot */
+    assert_ok(mv_host_create(&c, &h));
+    tu_domain_config(&dc, "a", 16 * MiB, 16 * MiB);
+    dc.pod_block_populate = 0;
+    assert_ok(mv_domain_create(h, &dc, &d));
+    if (!tu_info(h, d).fault_in_thread) {
+        mv_host_destroy(h);
+        print_message("skipped: the kernel lacks UFFD_FEATURE_SIGBUS\n");
+        skip();
+    }
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed |= MV_SEED_COMPRESSIBLE;
+    w.max_pages = 3000;
+    assert_false(tu_run(h, d, &w).crashed);
+    assert_int_equal(mv_tmem_page_out(h, d, 1000), 1000);
+    for (g = 0; g < 4096 && type != MV_PAGE_PAGED; g++)
+        assert_ok(mv_domain_page_type(h, d, g, &type));
+    assert_int_equal(type, MV_PAGE_PAGED);
+    assert_ok(mv_domain_ram(h, d, (void **)&ram, &size));
+    k = (struct message_keeper){ .host = h, .domid = d, .page = ram + (g - 1) * PAGE };
+    mv__os_inject(MV_OS_READ, EIO, 0, 1);
+    assert_int_equal(pthread_create(&thread, NULL, message_keeper_main, &k), 0);
+    pthread_join(thread, NULL);
+    assert_int_equal(mv__os_injected(MV_OS_READ), 0);
+    assert_non_null(strstr(k.before, "not a multiple of the page size"));
+    assert_string_equal(k.after, k.before);
+    assert_ok(mv_domain_page_type(h, d, g - 1, &type));
+    assert_int_equal(type, MV_PAGE_RAM);
+    tu_verify(h, d);
+    audit(h);
+    mv_host_destroy(h);
+}
+
 static void paged_pages_balloon_clone_and_destroy(void **state)
 {
     mv_host *h = tu_host();
@@ -2055,6 +2128,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(copied_store_reads_ahead_for_gets_in_order),
     cmocka_unit_test(page_out_and_fault_back_in),
     cmocka_unit_test(paged_faults_resolved_in_the_vcpus_thread),
+    cmocka_unit_test(failed_page_in_keeps_the_vcpus_last_error),
     cmocka_unit_test(paged_pages_balloon_clone_and_destroy),
     cmocka_unit_test(pressure_paging_cow_and_tmem_at_once),
     cmocka_unit_test(guest_page_cache_and_swap_over_tmem),
