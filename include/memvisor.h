@@ -1303,7 +1303,9 @@ MV_API int mv_tmem_set_collateral(mv_host *host, uint32_t domid, uint64_t pages)
  *   evict_npages: evict ephemeral pages until `n` frames are empty (kept by
  *     tmem as spare): how many.
  *   relinquish_pages: scrub up to `n` spare frames and give them back to
- *     the host budget: how many.
+ *     the host budget: how many.  The buffers a size class left with no
+ *     stored page keeps (host memory, counted in metadata_bytes) are freed
+ *     too.
  */
 MV_API int mv_tmem_relinquish_page(mv_host *host);
 MV_API int mv_tmem_relinquish_pageblock(mv_host *host, unsigned order);

@@ -1244,6 +1244,51 @@ static void copied_store_reads_ahead_for_gets_in_order(void **state)
     mv_host_destroy(h);
 }
 
+/* COPIED: a size class left with no stored page gives its stage and
+ * read-ahead buffers back when memory is relinquished (a class still
+ * holding a page keeps them), and a put after it has them again. */
+static void relinquishing_frees_empty_classes_buffers(void **state)
+{
+    const uint64_t most = (uint64_t)(TM_ZSPAGE_MAX_FRAMES + TM_AHEAD_FRAMES) * PAGE;
+    uint64_t m0, freed, ra;
+    uint32_t d;
+    int eph;
+    mv_host *h = copied_host_with_ephemeral_pages(64, &d, &eph);
+
+    (void)state;
+    /* Gets from a private ephemeral pool take the pages: all but page 0. */
+    for (uint32_t i = 1; i < 64; i++)
+        expect_same_class(h, d, eph, i);
+    assert_true(stats(h).store_read_aheads > 0);
+    m0 = stats(h).metadata_bytes;
+    mv_tmem_relinquish_pages(h, UINT64_MAX);
+    assert_int_equal(stats(h).metadata_bytes, m0);
+    audit(h);
+    expect_same_class(h, d, eph, 0);
+    m0 = stats(h).metadata_bytes;
+    assert_true(mv_tmem_relinquish_pages(h, UINT64_MAX) > 0);
+    freed = m0 - stats(h).metadata_bytes;
+    /* The emptied chunk's record, and the class's stage and read-ahead. */
+    freed -= sizeof(struct tm_chunk);
+    assert_int_equal(freed % PAGE, 0);
+    assert_in_range(freed, (1 + TM_AHEAD_FRAMES) * PAGE, most);
+    audit(h);
+    /* The class stages and reads ahead again. */
+    for (uint32_t i = 0; i < 64; i++)
+        assert_int_equal(put_same_class(h, d, eph, i), 1);
+    assert_true(stats(h).metadata_bytes >= m0 - freed - sizeof(struct tm_chunk) +
+                (1 + TM_AHEAD_FRAMES) * PAGE);
+    ra = stats(h).store_read_aheads;
+    for (uint32_t i = 0; i < 64; i++)
+        expect_same_class(h, d, eph, i);
+    assert_true(stats(h).store_read_aheads > ra);
+    audit(h);
+    assert_ok(mv_domain_destroy(h, d));
+    mv_tmem_relinquish_pages(h, UINT64_MAX);
+    audit(h);
+    mv_host_destroy(h);
+}
+
 static void page_out_and_fault_back_in(void **state)
 {
     mv_host *h = tu_host();
@@ -2126,6 +2171,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(both_stores_keep_every_page_and_say_which),
     cmocka_unit_test(copied_store_failures_lose_nothing),
     cmocka_unit_test(copied_store_reads_ahead_for_gets_in_order),
+    cmocka_unit_test(relinquishing_frees_empty_classes_buffers),
     cmocka_unit_test(page_out_and_fault_back_in),
     cmocka_unit_test(paged_faults_resolved_in_the_vcpus_thread),
     cmocka_unit_test(failed_page_in_keeps_the_vcpus_last_error),

@@ -281,6 +281,8 @@ int64_t mv_tmem_relinquish_pages(mv_host *h, uint64_t n)
     tm_lock(t);
     got = tm_release_spare(t, n);
     t->spare_max = TM_SPARE_MAX;
+    /* The host memory of the classes left with nothing to stage or read. */
+    tm_release_class_buffers(t);
     mv__mutex_unlock(&t->lock);
     if (got)
         mv__fault_kick(h);

@@ -449,6 +449,23 @@ found:
     return 0;
 }
 
+void tm_release_class_buffers(struct mv__tmem *t)
+{
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
+        struct tm_class *cl = &t->cls[c];
+
+        if (cl->zspage_count)
+            continue;
+        free(cl->stage);
+        free(cl->ahead);
+        cl->stage = cl->ahead = NULL;
+        cl->ahead_len = 0;
+        cl->last_load_at = UINT64_MAX;
+        cl->run = 0;
+        cl->streaming = false;
+    }
+}
+
 /* A zspage's frames are empty: they become SPARE.  Above spare_max by
  * TM_SPARE_SLACK, the spare frames are scrubbed back down to spare_max in
  * one batch: a frame scrubbed alone costs a hole punch and a TLB shootdown

@@ -318,6 +318,10 @@ uint64_t tm_release_spare(struct mv__tmem *t, uint64_t n);
 uint64_t tm_freeable_frames(const struct mv__tmem *t);
 /* Return chunks with no frame holding memory to the machine allocator. */
 void tm_release_chunks(struct mv__tmem *t);
+/* COPIED: free the stage and read-ahead buffers of the classes that hold
+ * no zspage (a put allocates them again).  Never from a load: it may run
+ * in a signal handler. */
+void tm_release_class_buffers(struct mv__tmem *t);
 /* Bytes of slot space a blob takes. */
 unsigned tm_blob_bytes(const struct mv__tmem *t, const struct tm_blob *b);
 int tm_store_audit(struct mv__tmem *t);
