@@ -1348,28 +1348,27 @@ static void page_out_and_fault_back_in(void **state)
     mv_host_destroy(h);
 }
 
-/* A vCPU's fault on a paged page is resolved in the vCPU's own thread: one
- * UFFDIO_COPY fills, maps and returns.  When that cannot be done, a fault
- * thread serves it as before; nothing is lost either way. */
-static void paged_faults_resolved_in_the_vcpus_thread(void **state)
+/* A host whose domain *d resolves its vCPUs' faults in their threads, of
+ * single pages, with 1000 of the 6000 pages a guest wrote paged out; tmem
+ * keeps them the way `store` says (AUTO: as the test's environment asks).
+ * Skips, saying why, when the kernel cannot raise SIGBUS for a fault. */
+static mv_host *host_with_paged_vcpu_domain(enum mv_tmem_store store, uint32_t *d)
 {
     struct mv_host_config c;
     struct mv_domain_config dc;
     struct mv_workload_config w;
-    struct mv_domain_info i0, i1;
-    struct mv_tmem_counts g0, g1;
     mv_host *h;
-    uint32_t d;
 
-    (void)state;
     tu_host_config(&c, 4 * GiB);
     c.fault_path = MV_FAULT_PATH_AUTO;
+    if (store != MV_TMEM_STORE_AUTO)
+        c.tmem_store = store;
     assert_ok(mv_host_create(&c, &h));
     /* Single pages: a whole 2 MiB block is always a fault thread's. */
     tu_domain_config(&dc, "a", 32 * MiB, 32 * MiB);
     dc.pod_block_populate = 0;
-    assert_ok(mv_domain_create(h, &dc, &d));
-    if (!tu_info(h, d).fault_in_thread) {
+    assert_ok(mv_domain_create(h, &dc, d));
+    if (!tu_info(h, *d).fault_in_thread) {
         mv_host_destroy(h);
         print_message("skipped: the kernel lacks UFFD_FEATURE_SIGBUS\n");
         skip();
@@ -1378,8 +1377,23 @@ static void paged_faults_resolved_in_the_vcpus_thread(void **state)
     w.seed |= MV_SEED_COMPRESSIBLE;
     w.max_pages = 6000;
     w.working_set_pages = 4096;
-    assert_false(tu_run(h, d, &w).crashed);
-    assert_int_equal(mv_tmem_page_out(h, d, 1000), 1000);
+    assert_false(tu_run(h, *d, &w).crashed);
+    assert_int_equal(mv_tmem_page_out(h, *d, 1000), 1000);
+    return h;
+}
+
+/* A vCPU's fault on a paged page is resolved in the vCPU's own thread: one
+ * UFFDIO_COPY fills, maps and returns.  When that cannot be done, a fault
+ * thread serves it as before; nothing is lost either way. */
+static void paged_faults_resolved_in_the_vcpus_thread(void **state)
+{
+    struct mv_workload_config w;
+    struct mv_domain_info i0, i1;
+    struct mv_tmem_counts g0, g1;
+    uint32_t d;
+    mv_host *h = host_with_paged_vcpu_domain(MV_TMEM_STORE_AUTO, &d);
+
+    (void)state;
     /* Every fault of the guest's reads, paged pages and aged ones alike,
      * is resolved in the thread that took it, but one in each
      * TM_FLUSH_LATER_MAX + 1 page-ins: the fault thread that serves it
@@ -1458,35 +1472,16 @@ static void *message_keeper_main(void *arg)
 
 static void failed_page_in_keeps_the_vcpus_last_error(void **state)
 {
-    struct mv_host_config c;
-    struct mv_domain_config dc;
-    struct mv_workload_config w;
     struct message_keeper k = { 0 };
     enum mv_page_type type = MV_PAGE_RAM;
     pthread_t thread;
     uint8_t *ram;
     uint64_t size, g;
-    mv_host *h;
     uint32_t d;
+    /* The copied store: a page-in reads its slot. */
+    mv_host *h = host_with_paged_vcpu_domain(MV_TMEM_STORE_COPIED, &d);
 
     (void)state;
-    tu_host_config(&c, 4 * GiB);
-    c.fault_path = MV_FAULT_PATH_AUTO;
-    c.tmem_store = MV_TMEM_STORE_COPIED; /* a page-in reads its slot */
-    assert_ok(mv_host_create(&c, &h));
-    tu_domain_config(&dc, "a", 16 * MiB, 16 * MiB);
-    dc.pod_block_populate = 0;
-    assert_ok(mv_domain_create(h, &dc, &d));
-    if (!tu_info(h, d).fault_in_thread) {
-        mv_host_destroy(h);
-        print_message("skipped: the kernel lacks UFFD_FEATURE_SIGBUS\n");
-        skip();
-    }
-    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
-    w.seed |= MV_SEED_COMPRESSIBLE;
-    w.max_pages = 3000;
-    assert_false(tu_run(h, d, &w).crashed);
-    assert_int_equal(mv_tmem_page_out(h, d, 1000), 1000);
     for (g = 0; g < 4096 && type != MV_PAGE_PAGED; g++)
         assert_ok(mv_domain_page_type(h, d, g, &type));
     assert_int_equal(type, MV_PAGE_PAGED);
