@@ -64,8 +64,10 @@
  * chunk is kept only while one of its frames is USED or SPARE; every used
  * slot's owner is a blob that names that slot; a class's zspages with a
  * free slot come before its full ones; no zspage is empty; a class's
- * staged zspage (COPIED) is one of its own; a class's read-ahead (COPIED)
- * holds what the memfd holds in every used slot of the class it covers.
+ * staged zspage (COPIED) is one of its own; a class with zspages has its
+ * stage and read-ahead buffers (COPIED), freed only once it has none; a
+ * class's read-ahead (COPIED) holds what the memfd holds in every used slot
+ * of the class it covers.
  *
  * Locking: every function here runs with tmem->lock held, but
  * tm_prepare_page, which a put calls before it takes the lock.
@@ -1223,6 +1225,10 @@ int tm_store_audit(struct mv__tmem *t)
                             "one of its own", c);
         if (cl->ahead_len && t->store != MV_TMEM_STORE_COPIED)
             return mv__fail(-EUCLEAN, "tmem: class %u reads ahead in the mapped store", c);
+        /* A load may not allocate them (it may run in a signal handler). */
+        if (n && t->store == MV_TMEM_STORE_COPIED && (!cl->stage || !cl->ahead))
+            return mv__fail(-EUCLEAN, "tmem: class %u holds zspages without its stage "
+                            "and read-ahead buffers", c);
         if (n != cl->zspage_count || slots != cl->used_slots)
             return mv__fail(-EUCLEAN, "tmem: class %u counts %llu zspages and %llu "
                             "slots, has %llu and %llu", c,
