@@ -228,15 +228,24 @@ int tm_store_init(struct mv__tmem *t)
     return 0;
 }
 
+/* COPIED: class cl gives up its stage and read-ahead buffers (and the
+ * zspage it stages, if any: the caller knows it needs it no more). */
+static void class_buffers_free(struct tm_class *cl)
+{
+    free(cl->stage);
+    free(cl->ahead);
+    cl->stage = cl->ahead = NULL;
+    cl->staged = NULL;
+    cl->ahead_len = 0;
+    cl->last_load_at = UINT64_MAX;
+    cl->run = 0;
+    cl->streaming = false;
+}
+
 void tm_store_fini(struct mv__tmem *t)
 {
-    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
-        free(t->cls[c].stage);
-        free(t->cls[c].ahead);
-        t->cls[c].stage = t->cls[c].ahead = NULL;
-        t->cls[c].staged = NULL;
-        t->cls[c].ahead_len = 0;
-    }
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++)
+        class_buffers_free(&t->cls[c]);
     free(t->readbuf);
     t->readbuf = NULL;
     free(t->scratch);
@@ -453,19 +462,9 @@ found:
 
 void tm_release_class_buffers(struct mv__tmem *t)
 {
-    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
-        struct tm_class *cl = &t->cls[c];
-
-        if (cl->zspage_count)
-            continue;
-        free(cl->stage);
-        free(cl->ahead);
-        cl->stage = cl->ahead = NULL;
-        cl->ahead_len = 0;
-        cl->last_load_at = UINT64_MAX;
-        cl->run = 0;
-        cl->streaming = false;
-    }
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++)
+        if (!t->cls[c].zspage_count) /* and so nothing staged */
+            class_buffers_free(&t->cls[c]);
 }
 
 /* A zspage's frames are empty: they become SPARE.  Above spare_max by
