@@ -12,6 +12,7 @@
 #include "internal.h"
 #include "tmem/tmem.h"
 
+#include <lz4.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -1080,6 +1081,87 @@ static void copied_store_failures_lose_nothing(void **state)
     audit(h);
     assert_ok(mv_domain_destroy(h, d));
     mv_tmem_relinquish_pages(h, UINT64_MAX);
+    audit(h);
+    mv_host_destroy(h);
+}
+
+/* A page whose first `n` bytes are noise and the rest zeros: lz4 makes
+ * it a little over n bytes long. */
+static void fill_noise_head(uint8_t *p, unsigned n)
+{
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+
+    memset(p, 0, PAGE);
+    for (unsigned i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        p[i] = (uint8_t)x;
+    }
+}
+
+/* Size classes are 16 bytes apart, and the classes whose zspages come out
+ * the same (frames and slots) are one: the largest of them takes their
+ * pages, so that they fill one part-filled zspage instead of one each.
+ * Two pages of two such classes share a zspage, and come back whole. */
+static void classes_of_one_shape_share_a_zspage(void **state)
+{
+    (void)state;
+    mv_host *h = host_with_store(MV_TMEM_STORE_COPIED);
+    struct mv__tmem *t = tm_of(h);
+    uint8_t page[2][PAGE], got[PAGE], lz[PAGE];
+    unsigned n[2] = {0, 0}, cls[2] = {0, 0}, merged = 0;
+    uint64_t oid[3];
+
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
+        unsigned home = t->class_home[c];
+
+        assert_true(home >= c);
+        assert_int_equal(t->class_home[home], home);
+        assert_int_equal(t->cls[home].frames, t->cls[c].frames);
+        assert_int_equal(t->cls[home].slots, t->cls[c].slots);
+        if (home == c && c + 1 < TM_CLASS_COUNT) /* merged as far as it goes */
+            assert_false(t->cls[c].frames == t->cls[c + 1].frames &&
+                         t->cls[c].slots == t->cls[c + 1].slots);
+        merged += home != c;
+    }
+    assert_true(merged > 0);
+
+    /* Two pages whose lengths fall in two classes of one shape. */
+    for (unsigned len = 1024; len < 3 * PAGE / 4 && !n[1]; len++) {
+        int z;
+
+        fill_noise_head(page[0], len);
+        z = LZ4_compress_default((const char *)page[0], (char *)lz, PAGE, PAGE);
+        assert_true(z > 0);
+        unsigned c = (unsigned)(z - 1) >> TM_CLASS_SHIFT;
+        if (!n[0] && t->class_home[c] != c) {
+            n[0] = len;
+            cls[0] = c;
+        } else if (n[0] && c != cls[0] && t->class_home[c] == t->class_home[cls[0]]) {
+            n[1] = len;
+            cls[1] = c;
+        }
+    }
+    assert_true(n[1] > 0);
+    uint32_t d = tu_domain(h, "d", 64 * MiB, 64 * MiB);
+    int pool = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+    assert_true(pool >= 0);
+    oid_of(oid, 3);
+    for (int i = 0; i < 2; i++) {
+        fill_noise_head(page[i], n[i]);
+        assert_int_equal(mv_tmem_put_page(h, d, (uint32_t)pool, oid, (uint32_t)i, page[i],
+                                          PAGE), 1);
+    }
+    unsigned home = t->class_home[cls[0]];
+    assert_int_equal(t->cls[home].used_slots, 2);
+    assert_int_equal(t->cls[home].zspage_count, 1);
+    assert_int_equal(t->cls[cls[0]].zspage_count, 0); /* cls[0] is not its own home */
+    assert_int_equal(t->zspage_count, 1);
+    audit(h);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(mv_tmem_get_page(h, d, (uint32_t)pool, oid, (uint32_t)i, got, PAGE),
+                         1);
+        assert_memory_equal(got, page[i], PAGE);
+    }
     audit(h);
     mv_host_destroy(h);
 }
@@ -2165,6 +2247,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(injected_failures_lose_and_leak_nothing),
     cmocka_unit_test(both_stores_keep_every_page_and_say_which),
     cmocka_unit_test(copied_store_failures_lose_nothing),
+    cmocka_unit_test(classes_of_one_shape_share_a_zspage),
     cmocka_unit_test(copied_store_reads_ahead_for_gets_in_order),
     cmocka_unit_test(relinquishing_frees_empty_classes_buffers),
     cmocka_unit_test(page_out_and_fault_back_in),

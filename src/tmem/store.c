@@ -5,10 +5,13 @@
  * allocator in the manner of zsmalloc; compaction; deduplication of
  * identical pages within a pool.
  *
- * Size classes are 32 bytes apart.  A zspage of a class is a run of 1 to
- * TM_ZSPAGE_MAX_FRAMES frames of one chunk (contiguous in the chunk's
- * mapping, so a slot may straddle two frames), the run length chosen to
- * waste the least.  A frame is charged to the host budget from the moment a
+ * Size classes are 16 bytes apart, as zsmalloc's.  A zspage of a class is a
+ * run of 1 to TM_ZSPAGE_MAX_FRAMES frames of one chunk (contiguous in the
+ * chunk's mapping, so a slot may straddle two frames), the run length
+ * chosen to waste the least.  Classes whose zspages come out the same
+ * (frames and slots) are one, as in zsmalloc: the largest of them, their
+ * class_home, takes their pages, as densely, with one part-filled zspage
+ * where each would have one.  A frame is charged to the host budget from the moment a
  * zspage takes it (or it was kept SPARE) until it is scrubbed (a hole) and
  * uncharged.
  *
@@ -62,7 +65,8 @@
  *
  * Invariants (tm_store_audit): frames charged == USED + SPARE frames; a
  * chunk is kept only while one of its frames is USED or SPARE; every used
- * slot's owner is a blob that names that slot; a class's zspages with a
+ * slot's owner is a blob that names that slot and whose length's class
+ * has this class as its home; a class's zspages with a
  * free slot come before its full ones; no zspage is empty; a class's
  * staged zspage (COPIED) is one of its own; a class with zspages has its
  * stage and read-ahead buffers (COPIED), freed only once it has none; a
@@ -215,6 +219,14 @@ int tm_store_init(struct mv__tmem *t)
         t->cls[c].last_load_at = UINT64_MAX;
         t->cls[c].frames = best;
         t->cls[c].slots = best * MV_PAGE_SIZE / size;
+    }
+    for (unsigned c = TM_CLASS_COUNT; c-- > 0;) {
+        const struct tm_class *cl = &t->cls[c], *up = cl + 1;
+
+        t->class_home[c] = c + 1 < TM_CLASS_COUNT && cl->frames == up->frames &&
+                                   cl->slots == up->slots
+                               ? t->class_home[c + 1]
+                               : (uint16_t)c;
     }
     t->scratch = malloc(2 * MV_PAGE_SIZE);
     t->readbuf = malloc(MV_PAGE_SIZE);
@@ -939,7 +951,8 @@ int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
         return mv__fail(-ENOMEM, "tmem: out of memory for a page record");
     /* Persistent puts may evict ephemeral pages; ephemeral ones only their
      * own kind too: the same rule (never a persistent page). */
-    rc = slot_alloc(t, (len - 1) >> TM_CLASS_SHIFT, true, &b->zs, &b->slot, &hole);
+    rc = slot_alloc(t, t->class_home[(len - 1) >> TM_CLASS_SHIFT], true, &b->zs, &b->slot,
+                    &hole);
     if (rc < 0) {
         free(b);
         return rc;
@@ -1198,6 +1211,10 @@ int tm_store_audit(struct mv__tmem *t)
                     zs->owner[s]->refs == 0)
                     return mv__fail(-EUCLEAN, "tmem: slot %u of a class-%u zspage "
                                     "names a blob that is elsewhere", s, c);
+                if (t->class_home[(zs->owner[s]->len - 1) >> TM_CLASS_SHIFT] != c)
+                    return mv__fail(-EUCLEAN, "tmem: a class-%u zspage holds %u stored "
+                                    "bytes, which class %u takes", c, zs->owner[s]->len,
+                                    t->class_home[(zs->owner[s]->len - 1) >> TM_CLASS_SHIFT]);
             }
             for (unsigned f = 0; f < zs->frames; f++)
                 if (zs->chunk->state[zs->frame + f] != TM_FRAME_USED)
@@ -1228,6 +1245,9 @@ int tm_store_audit(struct mv__tmem *t)
         if (n && t->store == MV_TMEM_STORE_COPIED && (!cl->stage || !cl->ahead))
             return mv__fail(-EUCLEAN, "tmem: class %u holds zspages without its stage "
                             "and read-ahead buffers", c);
+        if (n && t->class_home[c] != c)
+            return mv__fail(-EUCLEAN, "tmem: class %u holds zspages, but its pages go to "
+                            "class %u", c, t->class_home[c]);
         if (n != cl->zspage_count || slots != cl->used_slots)
             return mv__fail(-EUCLEAN, "tmem: class %u counts %llu zspages and %llu "
                             "slots, has %llu and %llu", c,

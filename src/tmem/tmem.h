@@ -50,7 +50,7 @@
 #define TM_FLUSH_LATER_MAX 512u              /* paging.c: flushes a vCPU defers */
 #define TM_FAST_HEADROOM 8u                  /* paging.c: budget/8 free for a vCPU's page-in */
 #define TM_CLIENT_BUCKETS 256u
-#define TM_CLASS_SHIFT 5                      /* 32-byte size classes */
+#define TM_CLASS_SHIFT 4                      /* 16-byte size classes */
 #define TM_CLASS_COUNT (MV_PAGE_SIZE >> TM_CLASS_SHIFT)
 #define TM_ZSPAGE_MAX_FRAMES 8u
 #define TM_AHEAD_FRAMES TM_ZSPAGE_MAX_FRAMES  /* a class's read-ahead buffer (COPIED) */
@@ -226,6 +226,10 @@ struct mv__tmem {
     uint64_t unpinned_frames;
     _Atomic uint64_t charged;          /* frames charged to the budget */
     struct tm_class cls[TM_CLASS_COUNT];
+    /* The class a page of class c is stored in: the largest class from c
+     * up whose zspages have c's length and slot count (as dense, fewer
+     * part-filled zspages). */
+    uint16_t class_home[TM_CLASS_COUNT];
     struct tm_pool *pools[TM_MAX_POOLS];
     /* Per pool id, whether it compresses with zstd: read without the lock
      * by a put deciding whether to compress with lz4 before taking it (a
