@@ -1166,6 +1166,95 @@ static void classes_of_one_shape_share_a_zspage(void **state)
     mv_host_destroy(h);
 }
 
+/* The one class holding pages of kind 2 put by put_same_class. */
+static struct tm_class *class_of_same_class_pages(struct mv__tmem *t, unsigned *size)
+{
+    for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
+        if (t->cls[c].used_slots && t->cls[c].slots > 1) {
+            *size = (c + 1) << TM_CLASS_SHIFT;
+            return &t->cls[c];
+        }
+    }
+    fail_msg("no class holds the pages");
+    return NULL;
+}
+
+/* COPIED: the zspage a class is filling (staged) is charged only for the
+ * frames its slots reach, so a part-filled one costs what its bytes need;
+ * the frames after are held for it, holes, and charged as slots reach
+ * them.  When the budget has no room for the next frame, the put fails
+ * with a reason and loses nothing; with room again, it goes on there. */
+static void copied_store_charges_frames_as_slots_reach_them(void **state)
+{
+    (void)state;
+    struct mv_host_config hc;
+    mv_host *h = NULL;
+
+    tu_host_config(&hc, 8 * MiB); /* below the domain's persistent quota */
+    hc.tmem_store = MV_TMEM_STORE_COPIED;
+    assert_ok(mv_host_create(&hc, &h));
+    struct mv__tmem *t = tm_of(h);
+    uint32_t d = tu_domain(h, "a", 16 * MiB, 16 * MiB);
+    int per = mv_tmem_new_pool(h, d, MV_TMEM_PERSISTENT, NULL);
+    unsigned size = 0, n = 0, raw = 0;
+    struct tm_class *cl;
+    int rc;
+
+    assert_true(per >= 0);
+    assert_int_equal(put_same_class(h, d, per, n++), 1);
+    cl = class_of_same_class_pages(t, &size);
+    assert_true(cl->frames > 1); /* else there is nothing to hold */
+    /* Each put charges the frames its slot reaches, no more. */
+    for (; n <= cl->slots; n++) {
+        assert_int_equal(stats(h).frames, ((uint64_t)n * size + PAGE - 1) / PAGE);
+        audit(h);
+        assert_int_equal(put_same_class(h, d, per, n), 1);
+    }
+    /* The first zspage is full and written; the second has one slot. */
+    assert_int_equal(cl->zspage_count, 2);
+    assert_int_equal(stats(h).frames, cl->frames + 1);
+    audit(h);
+
+    /* Fill the budget with raw pages (a frame each): then puts fill the
+     * staged zspage's first frame, and the one reaching a held frame
+     * fails. */
+    while ((rc = put(h, d, per, 2, raw, raw, 3)) == 1)
+        raw++;
+    assert_err(rc, -ENOMEM);
+    assert_true(raw > 0);
+    for (;; n++) {
+        uint64_t frames = stats(h).frames;
+
+        rc = put_same_class(h, d, per, n);
+        if (rc != 1)
+            break;
+        assert_int_equal(stats(h).frames, frames); /* fits its charged frame */
+    }
+    assert_err(rc, -ENOMEM);
+    assert_non_null(strstr(mv_last_error(), "budget"));
+    audit(h);
+    for (uint32_t i = 0; i < n; i++)
+        expect_same_class(h, d, per, i);
+    /* A raw page flushed makes room: the put charges the held frame. */
+    uint64_t oid[3];
+    uint64_t frames = stats(h).frames;
+
+    oid_of(oid, 2);
+    assert_int_equal(mv_tmem_flush_page(h, d, (uint32_t)per, oid, 0), 1);
+    assert_int_equal(put_same_class(h, d, per, n), 1);
+    assert_int_equal(stats(h).frames, frames); /* one frame out, one in */
+    audit(h);
+    for (uint32_t i = 0; i <= n; i++)
+        expect_same_class(h, d, per, i);
+    for (uint32_t i = 1; i < raw; i++)
+        expect_page(h, d, per, 2, i, i, 3);
+    /* Emptied, the staged zspage gives its held frames back as holes. */
+    assert_ok(mv_tmem_destroy_pool(h, d, (uint32_t)per));
+    assert_int_equal(stats(h).used_frames, 0);
+    audit(h);
+    mv_host_destroy(h);
+}
+
 /* The slots per zspage of the one class holding pages now. */
 static unsigned slots_of_the_class_in_use(mv_host *h)
 {
@@ -2248,6 +2337,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(both_stores_keep_every_page_and_say_which),
     cmocka_unit_test(copied_store_failures_lose_nothing),
     cmocka_unit_test(classes_of_one_shape_share_a_zspage),
+    cmocka_unit_test(copied_store_charges_frames_as_slots_reach_them),
     cmocka_unit_test(copied_store_reads_ahead_for_gets_in_order),
     cmocka_unit_test(relinquishing_frees_empty_classes_buffers),
     cmocka_unit_test(page_out_and_fault_back_in),

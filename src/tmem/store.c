@@ -8,12 +8,20 @@
  * Size classes are 16 bytes apart, as zsmalloc's.  A zspage of a class is a
  * run of 1 to TM_ZSPAGE_MAX_FRAMES frames of one chunk (contiguous in the
  * chunk's mapping, so a slot may straddle two frames), the run length
- * chosen to waste the least.  Classes whose zspages come out the same
- * (frames and slots) are one, as in zsmalloc: the largest of them, their
- * class_home, takes their pages, as densely, with one part-filled zspage
- * where each would have one.  A frame is charged to the host budget from the moment a
- * zspage takes it (or it was kept SPARE) until it is scrubbed (a hole) and
- * uncharged.
+ * chosen to waste the least (the shortest such length in the MAPPED
+ * store, the longest in the COPIED one; a page stored raw has one frame in
+ * either).  Classes whose zspages come out the same (frames and slots) are
+ * one, as in zsmalloc: the largest of them, their class_home, takes their
+ * pages, as densely, with one part-filled zspage where each would have
+ * one.  A frame is charged to the host budget from the moment a zspage
+ * takes it (or it was kept SPARE) until it is scrubbed (a hole) and
+ * uncharged; but in the COPIED store, frames held: the zspage a class is
+ * filling is charged only for the frames its slots reach, its other frames
+ * HELD for it (holes, uncharged: its bytes are in the stage until it is
+ * full) and charged, evicting if need be, when a put's slot first reaches
+ * them.  A part-filled zspage then costs what its bytes need, so zspages
+ * can be long (a class's loads in order read more of it at once, a stage
+ * written out carries more pages) at no cost in density.
  *
  * Populating frames is a fifth of a put's time (a write fault on a hole of
  * the memfd allocates, clears and maps one page; see docs/performance.md),
@@ -64,14 +72,15 @@
  * channel between domains through dedup timing).
  *
  * Invariants (tm_store_audit): frames charged == USED + SPARE frames; a
- * chunk is kept only while one of its frames is USED or SPARE; every used
- * slot's owner is a blob that names that slot and whose length's class
- * has this class as its home; a class's zspages with a
- * free slot come before its full ones; no zspage is empty; a class's
- * staged zspage (COPIED) is one of its own; a class with zspages has its
- * stage and read-ahead buffers (COPIED), freed only once it has none; a
- * class's read-ahead (COPIED) holds what the memfd holds in every used slot
- * of the class it covers.
+ * chunk is kept only while one of its frames is USED or SPARE; a zspage's
+ * frames are USED, but those no used slot reaches of a class's staged
+ * zspage, which may be HELD; every used slot's owner is a blob that names
+ * that slot and whose length's class has this class as its home; a
+ * class's zspages with a free slot come before its full ones; no zspage is
+ * empty; a class's staged zspage (COPIED) is one of its own; a class with
+ * zspages has its stage and read-ahead buffers (COPIED), freed only once
+ * it has none; a class's read-ahead (COPIED) holds what the memfd holds in
+ * every used slot of the class it covers.
  *
  * Locking: every function here runs with tmem->lock held, but
  * tm_prepare_page, which a put calls before it takes the lock.
@@ -201,16 +210,24 @@ static void store_choose(struct mv__tmem *t)
 
 int tm_store_init(struct mv__tmem *t)
 {
+    store_choose(t);
     for (unsigned c = 0; c < TM_CLASS_COUNT; c++) {
         unsigned size = class_size(c), best = 1;
         uint64_t best_waste = UINT64_MAX;
+        bool longest = t->store == MV_TMEM_STORE_COPIED && size < MV_PAGE_SIZE;
 
-        /* The run length wasting the smallest share of its bytes. */
+        /* The run length wasting the smallest share of its bytes: the
+         * shortest of those (zsmalloc's rule) where a zspage's frames are
+         * charged whole, the longest where they are charged as its slots
+         * reach them (COPIED: a part-filled zspage costs no more, and its
+         * class's loads in order read more of it at once).  But a page
+         * stored raw has a frame of its own, as in zsmalloc, whichever
+         * store: evicting it empties a frame. */
         for (unsigned k = 1; k <= TM_ZSPAGE_MAX_FRAMES; k++) {
             uint64_t bytes = (uint64_t)k * MV_PAGE_SIZE;
             uint64_t waste = (bytes % size) * 1000 / bytes;
 
-            if (waste < best_waste) {
+            if (waste < best_waste || (longest && waste == best_waste)) {
                 best_waste = waste;
                 best = k;
             }
@@ -236,7 +253,6 @@ int tm_store_init(struct mv__tmem *t)
     t->dedup = calloc(t->dedup_buckets, sizeof(*t->dedup));
     if (!t->scratch || !t->readbuf || !t->zstd_cctx || !t->zstd_dctx || !t->dedup)
         return mv__fail(-ENOMEM, "tmem: out of memory for the page store");
-    store_choose(t);
     return 0;
 }
 
@@ -275,7 +291,7 @@ static void chunk_note(struct mv__tmem *t, struct tm_chunk *c)
 {
     /* Chunks with a frame to give are kept before the full ones. */
     tm_list_del(&c->link);
-    if (c->used < TM_CHUNK_FRAMES)
+    if (c->used + c->held < TM_CHUNK_FRAMES)
         tm_list_add(&t->chunks, &c->link);
     else
         tm_list_add(t->chunks.prev, &c->link);
@@ -299,7 +315,7 @@ void tm_release_chunks(struct mv__tmem *t)
         struct tm_chunk *c = tm_container(e, struct tm_chunk, link);
 
         next = e->next;
-        if (c->used == 0 && c->spare == 0)
+        if (c->used == 0 && c->spare == 0 && c->held == 0)
             chunk_free(t, c);
     }
 }
@@ -391,11 +407,13 @@ static void run_populate(struct mv__tmem *t, struct tm_chunk *c, unsigned first,
         (void)*(volatile const uint8_t *)(c->map + ((size_t)(first + j) << MV_PAGE_SHIFT));
 }
 
-/* A run of `k` frames not USED in a chunk, preferring SPARE ones; a new
- * chunk when none has room.  The frames are charged already: SPARE ones
- * taken refund their charge. */
-static int frames_take(struct mv__tmem *t, unsigned k, struct tm_chunk **out,
-                       unsigned *first, bool *hole)
+/* A run of `k` frames neither USED nor HELD in a chunk, preferring SPARE
+ * ones; a new chunk when none has room.  The first `charge` of them are
+ * charged already, and become USED (SPARE ones among them refund that
+ * charge); of the rest (COPIED only) SPARE ones become USED, keeping their
+ * own charge, and holes become HELD.  *charged: how many became USED. */
+static int frames_take(struct mv__tmem *t, unsigned k, unsigned charge, struct tm_chunk **out,
+                       unsigned *first, unsigned *charged, bool *hole)
 {
     struct tm_chunk *best = NULL, *c;
     unsigned best_at = 0, best_spare = 0;
@@ -404,12 +422,14 @@ static int frames_take(struct mv__tmem *t, unsigned k, struct tm_chunk **out,
 
     for (struct tm_list *e = t->chunks.next; e != &t->chunks; e = e->next) {
         c = tm_container(e, struct tm_chunk, link);
-        if (c->used == TM_CHUNK_FRAMES)
+        if (c->used + c->held == TM_CHUNK_FRAMES)
             break; /* the full ones come last */
         for (unsigned i = 0; i + k <= TM_CHUNK_FRAMES; i++) {
             unsigned spare = 0, j;
 
-            for (j = 0; j < k && c->state[i + j] != TM_FRAME_USED; j++)
+            for (j = 0; j < k && c->state[i + j] != TM_FRAME_USED &&
+                        c->state[i + j] != TM_FRAME_HELD;
+                 j++)
                 spare += c->state[i + j] == TM_FRAME_SPARE;
             if (j < k) {
                 i += j;
@@ -455,17 +475,28 @@ found:
     *hole = k == 1 && best->state[best_at] == TM_FRAME_FREE;
     if (t->store == MV_TMEM_STORE_MAPPED)
         run_populate(t, best, best_at, k);
+    *charged = 0;
     for (unsigned j = 0; j < k; j++) {
-        if (best->state[best_at + j] == TM_FRAME_SPARE) {
+        uint8_t *state = &best->state[best_at + j];
+
+        if (*state == TM_FRAME_SPARE) {
             best->spare--;
             t->spare_frames--;
-            mv__machine_uncharge(&t->host->machine, 1);
-            atomic_fetch_sub(&t->charged, 1);
+            if (j < charge) {
+                mv__machine_uncharge(&t->host->machine, 1);
+                atomic_fetch_sub(&t->charged, 1);
+            }
         }
-        best->state[best_at + j] = TM_FRAME_USED;
+        if (j >= charge && *state == TM_FRAME_FREE) {
+            *state = TM_FRAME_HELD;
+            best->held++;
+            continue;
+        }
+        *state = TM_FRAME_USED;
+        best->used++;
+        t->used_frames++;
+        (*charged)++;
     }
-    best->used += k;
-    t->used_frames += k;
     chunk_note(t, best);
     *out = best;
     *first = best_at;
@@ -479,13 +510,19 @@ void tm_release_class_buffers(struct mv__tmem *t)
             class_buffers_free(&t->cls[c]);
 }
 
-/* A zspage's frames are empty: they become SPARE.  Above spare_max by
+/* A zspage's frames are empty: its USED ones become SPARE, its HELD ones
+ * holes again.  Above spare_max by
  * TM_SPARE_SLACK, the spare frames are scrubbed back down to spare_max in
  * one batch: a frame scrubbed alone costs a hole punch and a TLB shootdown
  * of its own, which a page-in freeing one frame in two would pay. */
 static void frames_put(struct mv__tmem *t, struct tm_chunk *c, unsigned first, unsigned k)
 {
     for (unsigned j = 0; j < k; j++) {
+        if (c->state[first + j] == TM_FRAME_HELD) { /* a hole, never charged */
+            c->state[first + j] = TM_FRAME_FREE;
+            c->held--;
+            continue;
+        }
         c->used--;
         t->used_frames--;
         c->state[first + j] = TM_FRAME_SPARE;
@@ -501,7 +538,7 @@ static void zspage_free(struct mv__tmem *t, struct tm_zspage *zs)
 {
     struct tm_class *cl = &t->cls[zs->cls];
 
-    t->unpinned_frames -= zs->frames; /* empty, so pinned by nothing */
+    t->unpinned_frames -= zs->charged; /* empty, so pinned by nothing */
     if (cl->staged == zs)
         cl->staged = NULL; /* its bytes need never be written now */
     if (cl->last_load_at == (zs->chunk->first_mfn + zs->frame) << MV_PAGE_SHIFT)
@@ -708,25 +745,89 @@ static struct tm_zspage *zspage_with_room(struct mv__tmem *t, unsigned cls)
     return zs->used < zs->slots ? zs : NULL;
 }
 
+/* The first free slot of zs (which has one). */
+static unsigned slot_first_free(const struct tm_zspage *zs)
+{
+    unsigned s = 0;
+
+    while (zs->owner[s])
+        s++;
+    return s;
+}
+
+/* How many of zs's frames that slot `slot` reaches are HELD: what storing
+ * into it must charge first. */
+static unsigned slot_frames_to_charge(const struct tm_zspage *zs, unsigned slot)
+{
+    unsigned reach = (unsigned)(((uint64_t)(slot + 1) * class_size(zs->cls) + MV_PAGE_SIZE - 1)
+                                >> MV_PAGE_SHIFT);
+    unsigned n = 0;
+
+    for (unsigned f = 0; f < reach; f++)
+        n += zs->chunk->state[zs->frame + f] == TM_FRAME_HELD;
+    return n;
+}
+
+/* The HELD frames slot `slot` of zs reaches become USED: the caller has
+ * charged them. */
+static void slot_frames_charge(struct mv__tmem *t, struct tm_zspage *zs, unsigned slot)
+{
+    unsigned reach = (unsigned)(((uint64_t)(slot + 1) * class_size(zs->cls) + MV_PAGE_SIZE - 1)
+                                >> MV_PAGE_SHIFT);
+    struct tm_chunk *c = zs->chunk;
+
+    for (unsigned f = 0; f < reach; f++) {
+        if (c->state[zs->frame + f] != TM_FRAME_HELD)
+            continue;
+        c->state[zs->frame + f] = TM_FRAME_USED;
+        c->held--;
+        c->used++;
+        t->used_frames++;
+        zs->charged++;
+        if (!zs->pinned)
+            t->unpinned_frames++;
+    }
+}
+
+static void frames_uncharge(struct mv__tmem *t, uint64_t n)
+{
+    if (!n)
+        return;
+    mv__machine_uncharge(&t->host->machine, n);
+    atomic_fetch_sub(&t->charged, n);
+}
+
+/* A free slot of class cls, in a new zspage when none has one, with the
+ * frames it reaches charged: a new zspage's all at once (MAPPED), or in
+ * the COPIED store only those its first slot reaches, the others HELD
+ * until a slot reaches them.  May evict to make room in the budget. */
 static int slot_alloc(struct mv__tmem *t, unsigned cls, bool may_evict,
                       struct tm_zspage **out, unsigned *slot, bool *hole)
 {
     struct tm_class *cl = &t->cls[cls];
-    struct tm_zspage *zs = zspage_with_room(t, cls);
+    unsigned need, charged = 0, got = 0;
+    struct tm_zspage *zs;
     int rc;
 
     *hole = false;
-    if (!zs) {
-        if (!tm_charge(t, cl->frames, may_evict))
-            return mv__fail(-ENOMEM, "tmem: the host budget has no room for "
-                            "%u more frames", cl->frames);
-        /* Evicting to make room may have freed a slot of this class. */
+    /* Evicting to make room may free a slot of this class, or the zspage
+     * found before: look again after each charge that could evict. */
+    for (;;) {
         zs = zspage_with_room(t, cls);
-        if (zs) {
-            mv__machine_uncharge(&t->host->machine, cl->frames);
-            atomic_fetch_sub(&t->charged, cl->frames);
+        if (zs)
+            need = slot_frames_to_charge(zs, slot_first_free(zs));
+        else
+            need = t->store == MV_TMEM_STORE_COPIED ? 1 : cl->frames;
+        if (need <= charged)
+            break;
+        if (!tm_charge(t, need - charged, may_evict)) {
+            frames_uncharge(t, charged);
+            return mv__fail(-ENOMEM, "tmem: the host budget has no room for "
+                            "%u more frames", need - charged);
         }
+        charged = need;
     }
+    frames_uncharge(t, charged - need);
     if (!zs && t->store == MV_TMEM_STORE_COPIED) {
         /* The new zspage is staged: the one staged before goes to its
          * frames first. */
@@ -751,26 +852,25 @@ static int slot_alloc(struct mv__tmem *t, unsigned cls, bool may_evict,
             rc = mv__fail(-ENOMEM, "tmem: out of memory for a zspage record");
             goto uncharge;
         }
-        rc = frames_take(t, cl->frames, &zs->chunk, &zs->frame, hole);
+        rc = frames_take(t, cl->frames, need, &zs->chunk, &zs->frame, &got, hole);
         if (rc < 0) {
             free(zs);
             goto uncharge;
         }
         zs->frames = cl->frames;
+        zs->charged = got;
         zs->cls = cls;
         zs->slots = cl->slots;
         if (t->store == MV_TMEM_STORE_COPIED)
             cl->staged = zs;
-        t->unpinned_frames += zs->frames;
+        t->unpinned_frames += zs->charged;
         tm_list_add(&cl->zspages, &zs->link);
         cl->zspage_count++;
         t->zspage_count++;
-    }
-    for (unsigned s = 0; s < zs->slots; s++) {
-        if (!zs->owner[s]) {
-            *slot = s;
-            break;
-        }
+        *slot = 0;
+    } else {
+        *slot = slot_first_free(zs);
+        slot_frames_charge(t, zs, *slot);
     }
     zs->used++;
     cl->used_slots++;
@@ -781,8 +881,7 @@ static int slot_alloc(struct mv__tmem *t, unsigned cls, bool may_evict,
     *out = zs;
     return 0;
 uncharge:
-    mv__machine_uncharge(&t->host->machine, cl->frames);
-    atomic_fetch_sub(&t->charged, cl->frames);
+    frames_uncharge(t, need);
     return rc;
 }
 
@@ -793,7 +892,7 @@ static void slot_own(struct mv__tmem *t, struct tm_zspage *zs, unsigned slot, st
     b->zs = zs;
     b->slot = slot;
     if (b->persistent && zs->pinned++ == 0)
-        t->unpinned_frames -= zs->frames;
+        t->unpinned_frames -= zs->charged;
 }
 
 static void slot_free(struct mv__tmem *t, struct tm_zspage *zs, unsigned slot)
@@ -801,7 +900,7 @@ static void slot_free(struct mv__tmem *t, struct tm_zspage *zs, unsigned slot)
     struct tm_class *cl = &t->cls[zs->cls];
 
     if (zs->owner[slot]->persistent && --zs->pinned == 0)
-        t->unpinned_frames += zs->frames;
+        t->unpinned_frames += zs->charged;
     zs->owner[slot] = NULL;
     zs->used--;
     cl->used_slots--;
@@ -1088,13 +1187,14 @@ uint64_t tm_compact(struct mv__tmem *t)
             const uint8_t *bytes;
             unsigned s, d;
 
-            if (dst->used == dst->slots) {
+            /* Nor into a slot reaching a HELD frame: compaction charges
+             * nothing. */
+            if (dst->used == dst->slots ||
+                slot_frames_to_charge(dst, d = slot_first_free(dst)) > 0) {
                 i++;
                 continue;
             }
             for (s = 0; !src->owner[s]; s++)
-                ;
-            for (d = 0; dst->owner[d]; d++)
                 ;
             /* A slot that cannot be read or written (COPIED) stays where
              * it is, and so does the rest: mv_last_error says why. */
@@ -1112,7 +1212,7 @@ uint64_t tm_compact(struct mv__tmem *t)
                 tm_list_add(cl->zspages.prev, &dst->link);
             }
             if (src->used == 1) {
-                freed += src->frames;
+                freed += src->charged;
                 j--;
             }
             slot_free(t, src, s); /* frees src when it empties */
@@ -1154,25 +1254,29 @@ static int ahead_audit(struct mv__tmem *t, const struct tm_zspage *zs)
 
 int tm_store_audit(struct mv__tmem *t)
 {
-    uint64_t used = 0, spare = 0, zs_frames = 0, chunks = 0, unpinned = 0;
+    uint64_t used = 0, spare = 0, held = 0, zs_frames = 0, zs_held = 0, chunks = 0,
+             unpinned = 0;
 
     for (struct tm_list *e = t->chunks.next; e != &t->chunks; e = e->next) {
         struct tm_chunk *c = tm_container(e, struct tm_chunk, link);
-        unsigned u = 0, s = 0;
+        unsigned u = 0, s = 0, h = 0;
 
         for (unsigned i = 0; i < TM_CHUNK_FRAMES; i++) {
             u += c->state[i] == TM_FRAME_USED;
             s += c->state[i] == TM_FRAME_SPARE;
+            h += c->state[i] == TM_FRAME_HELD;
         }
-        if (u != c->used || s != c->spare)
-            return mv__fail(-EUCLEAN, "tmem: chunk %#llx counts %u used %u spare "
-                            "frames, its states say %u and %u",
-                            (unsigned long long)c->first_mfn, c->used, c->spare, u, s);
+        if (u != c->used || s != c->spare || h != c->held)
+            return mv__fail(-EUCLEAN, "tmem: chunk %#llx counts %u used, %u spare and "
+                            "%u held frames, its states say %u, %u and %u",
+                            (unsigned long long)c->first_mfn, c->used, c->spare, c->held,
+                            u, s, h);
         if (u == 0 && s == 0)
-            return mv__fail(-EUCLEAN, "tmem: chunk %#llx is empty but kept",
+            return mv__fail(-EUCLEAN, "tmem: chunk %#llx is kept but holds no memory",
                             (unsigned long long)c->first_mfn);
         used += u;
         spare += s;
+        held += h;
         chunks++;
     }
     if (chunks != t->chunk_count || used != t->used_frames || spare != t->spare_frames)
@@ -1216,9 +1320,29 @@ int tm_store_audit(struct mv__tmem *t)
                                     "bytes, which class %u takes", c, zs->owner[s]->len,
                                     t->class_home[(zs->owner[s]->len - 1) >> TM_CLASS_SHIFT]);
             }
-            for (unsigned f = 0; f < zs->frames; f++)
-                if (zs->chunk->state[zs->frame + f] != TM_FRAME_USED)
-                    return mv__fail(-EUCLEAN, "tmem: a zspage frame is not marked used");
+            /* Frames a used slot reaches are USED; the others of the
+             * staged zspage may be HELD (COPIED). */
+            unsigned reach = 0, charged = 0;
+
+            for (unsigned s = 0; s < zs->slots; s++)
+                if (zs->owner[s])
+                    reach = (unsigned)(((uint64_t)(s + 1) * class_size(c) + MV_PAGE_SIZE - 1)
+                                       >> MV_PAGE_SHIFT);
+            for (unsigned f = 0; f < zs->frames; f++) {
+                uint8_t state = zs->chunk->state[zs->frame + f];
+
+                charged += state == TM_FRAME_USED;
+                if (state != TM_FRAME_USED &&
+                    (state != TM_FRAME_HELD || f < reach || zs != cl->staged))
+                    return mv__fail(-EUCLEAN, "tmem: frame %u of a class-%u zspage is %s",
+                                    f, c, state == TM_FRAME_HELD
+                                              ? "held, not charged, but holds a slot or "
+                                                "is not staged"
+                                              : "neither used nor held");
+            }
+            if (charged != zs->charged)
+                return mv__fail(-EUCLEAN, "tmem: a class-%u zspage counts %u charged "
+                                "frames, has %u", c, zs->charged, charged);
             if (u != zs->used || u == 0)
                 return mv__fail(-EUCLEAN, "tmem: a class-%u zspage counts %u used "
                                 "slots, has %u", c, zs->used, u);
@@ -1231,10 +1355,11 @@ int tm_store_audit(struct mv__tmem *t)
             if (pinned != zs->pinned)
                 return mv__fail(-EUCLEAN, "tmem: a class-%u zspage counts %u slots of "
                                 "persistent pages, has %u", c, zs->pinned, pinned);
-            unpinned += pinned ? 0 : zs->frames;
+            unpinned += pinned ? 0 : zs->charged;
             n++;
             slots += u;
-            zs_frames += zs->frames;
+            zs_frames += zs->charged;
+            zs_held += zs->frames - zs->charged;
         }
         if (cl->staged && (!staged_seen || t->store != MV_TMEM_STORE_COPIED))
             return mv__fail(-EUCLEAN, "tmem: class %u stages a zspage that is not "
@@ -1259,8 +1384,10 @@ int tm_store_audit(struct mv__tmem *t)
         return mv__fail(-EUCLEAN, "tmem: %llu frames hold no persistent page, the "
                         "counter says %llu", (unsigned long long)unpinned,
                         (unsigned long long)t->unpinned_frames);
-    if (zs_frames != used)
-        return mv__fail(-EUCLEAN, "tmem: zspages hold %llu frames, %llu are used",
-                        (unsigned long long)zs_frames, (unsigned long long)used);
+    if (zs_frames != used || zs_held != held)
+        return mv__fail(-EUCLEAN, "tmem: zspages hold %llu charged and %llu held frames, "
+                        "the chunks %llu used and %llu held",
+                        (unsigned long long)zs_frames, (unsigned long long)zs_held,
+                        (unsigned long long)used, (unsigned long long)held);
     return 0;
 }

@@ -59,7 +59,16 @@
 #define TM_MAX_POOLS 1024u
 #define TM_HOST_CLIENT UINT32_MAX             /* the host's own client */
 
-enum tm_frame_state { TM_FRAME_FREE = 0, TM_FRAME_SPARE = 1, TM_FRAME_USED = 2 };
+/* FREE: a hole, not charged.  SPARE: empty, holding memory, charged.
+ * USED: a zspage's, charged.  HELD (COPIED store): a frame of a class's
+ * staged zspage that none of its slots reaches yet, so a hole, not charged
+ * until one does (store.c, "frames held"). */
+enum tm_frame_state {
+    TM_FRAME_FREE = 0,
+    TM_FRAME_SPARE = 1,
+    TM_FRAME_USED = 2,
+    TM_FRAME_HELD = 3,
+};
 
 struct tm_list {
     struct tm_list *prev, *next;
@@ -89,9 +98,10 @@ struct tm_chunk {
     uint8_t *map;                      /* the chunk's frames, mapped (MAPPED
                                           store; NULL for COPIED) */
     uint8_t state[TM_CHUNK_FRAMES];    /* enum tm_frame_state */
-    unsigned used, spare;              /* frames USED, SPARE */
+    unsigned used, spare, held;        /* frames USED, SPARE, HELD */
     struct tm_list link;               /* tmem->chunks: chunks with a frame
-                                          not USED first, full ones last */
+                                          neither USED nor HELD first, full
+                                          ones last */
 };
 
 struct tm_blob;
@@ -101,6 +111,7 @@ struct tm_zspage {
     struct tm_chunk *chunk;
     unsigned frame;                    /* first frame in the chunk */
     unsigned frames;
+    unsigned charged;                  /* of them USED, the rest HELD */
     unsigned cls;                      /* size class index */
     unsigned slots, used;
     unsigned pinned;                   /* slots holding a persistent pool's bytes */
@@ -223,7 +234,7 @@ struct mv__tmem {
     uint64_t used_frames, spare_frames;
     /* Frames of zspages with no slot pinned by a persistent page: what
      * evicting every ephemeral page would empty. */
-    uint64_t unpinned_frames;
+    uint64_t unpinned_frames;          /* (their charged frames) */
     _Atomic uint64_t charged;          /* frames charged to the budget */
     struct tm_class cls[TM_CLASS_COUNT];
     /* The class a page of class c is stored in: the largest class from c
