@@ -220,10 +220,13 @@ enum mv_scrub_mode {
  *                         zspage being filled in each size class is
  *                         gathered in a buffer of the class and written to
  *                         the machine memfd by one write when the class
- *                         needs a new zspage; a get reads its slot with
- *                         one read.  Pays where mapping a page costs far
- *                         more than a system call (shadow page tables: a
- *                         paravirtualised guest), docs/performance.md.
+ *                         needs a new zspage (charged to the budget only
+ *                         for the frames its pages reach until then); a
+ *                         get reads its slot, or its whole zspage when
+ *                         gets come in order, with one read.  Pays where
+ *                         mapping a page costs far more than a system
+ *                         call (shadow page tables: a paravirtualised
+ *                         guest), docs/performance.md.
  *   MV_TMEM_STORE_AUTO    (default) the first such mv_host_create of the
  *                         process measures what a frame costs each (on a
  *                         throw-away memfd: a frame of two 2 KiB slots
