@@ -755,13 +755,19 @@ static unsigned slot_first_free(const struct tm_zspage *zs)
     return s;
 }
 
+/* How many frames from a zspage's first the slots up to `slot` of class
+ * cls reach. */
+static unsigned slot_reach(unsigned cls, unsigned slot)
+{
+    return (unsigned)(((uint64_t)(slot + 1) * class_size(cls) + MV_PAGE_SIZE - 1) >>
+                      MV_PAGE_SHIFT);
+}
+
 /* How many of zs's frames that slot `slot` reaches are HELD: what storing
  * into it must charge first. */
 static unsigned slot_frames_to_charge(const struct tm_zspage *zs, unsigned slot)
 {
-    unsigned reach = (unsigned)(((uint64_t)(slot + 1) * class_size(zs->cls) + MV_PAGE_SIZE - 1)
-                                >> MV_PAGE_SHIFT);
-    unsigned n = 0;
+    unsigned reach = slot_reach(zs->cls, slot), n = 0;
 
     for (unsigned f = 0; f < reach; f++)
         n += zs->chunk->state[zs->frame + f] == TM_FRAME_HELD;
@@ -772,8 +778,7 @@ static unsigned slot_frames_to_charge(const struct tm_zspage *zs, unsigned slot)
  * charged them. */
 static void slot_frames_charge(struct mv__tmem *t, struct tm_zspage *zs, unsigned slot)
 {
-    unsigned reach = (unsigned)(((uint64_t)(slot + 1) * class_size(zs->cls) + MV_PAGE_SIZE - 1)
-                                >> MV_PAGE_SHIFT);
+    unsigned reach = slot_reach(zs->cls, slot);
     struct tm_chunk *c = zs->chunk;
 
     for (unsigned f = 0; f < reach; f++) {
@@ -1326,8 +1331,7 @@ int tm_store_audit(struct mv__tmem *t)
 
             for (unsigned s = 0; s < zs->slots; s++)
                 if (zs->owner[s])
-                    reach = (unsigned)(((uint64_t)(s + 1) * class_size(c) + MV_PAGE_SIZE - 1)
-                                       >> MV_PAGE_SHIFT);
+                    reach = slot_reach(c, s);
             for (unsigned f = 0; f < zs->frames; f++) {
                 uint8_t state = zs->chunk->state[zs->frame + f];
 
