@@ -320,6 +320,15 @@ void tm_release_chunks(struct mv__tmem *t)
     }
 }
 
+/* Give n charged frames back to the host budget. */
+static void frames_uncharge(struct mv__tmem *t, uint64_t n)
+{
+    if (!n)
+        return;
+    mv__machine_uncharge(&t->host->machine, n);
+    atomic_fetch_sub(&t->charged, n);
+}
+
 /* Scrub the run [i, i + k) of c's frames and give its memory back: one
  * hole punch for the run. */
 static void run_scrub(struct mv__tmem *t, struct tm_chunk *c, unsigned i, unsigned k)
@@ -331,8 +340,7 @@ static void run_scrub(struct mv__tmem *t, struct tm_chunk *c, unsigned i, unsign
                 (unsigned long long)(c->first_mfn + i), k, mv_strerror(rc));
     for (unsigned j = 0; j < k; j++)
         c->state[i + j] = TM_FRAME_FREE;
-    mv__machine_uncharge(&t->host->machine, k);
-    atomic_fetch_sub(&t->charged, k);
+    frames_uncharge(t, k);
 }
 
 /* Scrub up to n spare frames, in runs (one hole punch each), and give
@@ -482,10 +490,8 @@ found:
         if (*state == TM_FRAME_SPARE) {
             best->spare--;
             t->spare_frames--;
-            if (j < charge) {
-                mv__machine_uncharge(&t->host->machine, 1);
-                atomic_fetch_sub(&t->charged, 1);
-            }
+            if (j < charge)
+                frames_uncharge(t, 1);
         }
         if (j >= charge && *state == TM_FRAME_FREE) {
             *state = TM_FRAME_HELD;
@@ -792,14 +798,6 @@ static void slot_frames_charge(struct mv__tmem *t, struct tm_zspage *zs, unsigne
         if (!zs->pinned)
             t->unpinned_frames++;
     }
-}
-
-static void frames_uncharge(struct mv__tmem *t, uint64_t n)
-{
-    if (!n)
-        return;
-    mv__machine_uncharge(&t->host->machine, n);
-    atomic_fetch_sub(&t->charged, n);
 }
 
 /* A free slot of class cls, in a new zspage when none has one, with the
