@@ -246,6 +246,37 @@ enum mv_tmem_store {
 MV_API const char *mv_tmem_store_name(enum mv_tmem_store store);
 
 /*
+ * How the sharing scanner and its one-call sharing read a domain's pages
+ * (mv_host_config.share_read).  Both read every byte of a page they act on
+ * after unmapping it from the guest, whichever way.
+ *   MV_SHARE_READ_COPY      copied out of the machine memfd with a system
+ *                           call per run of pages, into a buffer of the
+ *                           thread: nothing is mapped.  Pays where mapping
+ *                           a page costs more than copying it (shadow page
+ *                           tables: a paravirtualised guest).
+ *   MV_SHARE_READ_IN_PLACE  where they are, through the machine's read-only
+ *                           mapping of the memfd: no copy, and a page read
+ *                           once is read again for nothing until it is
+ *                           freed.  Pays where mapping is cheap (hardware
+ *                           nested paging).
+ *   MV_SHARE_READ_AUTO      (default) the first mv_host_create of the
+ *                           process measures both on a throw-away memfd
+ *                           (pages read and checked for zeros, 2 MiB each
+ *                           way, the best of three rounds; later hosts reuse
+ *                           it) and takes IN_PLACE unless it costs more than
+ *                           COPY.
+ * mv_share_stats tells which was chosen and what was measured.
+ */
+enum mv_share_read {
+    MV_SHARE_READ_AUTO = 0,
+    MV_SHARE_READ_COPY,
+    MV_SHARE_READ_IN_PLACE,
+};
+
+/* "auto", "copy" or "in-place". */
+MV_API const char *mv_share_read_name(enum mv_share_read read);
+
+/*
  * Who copies a shared page when a domain writes it (mv_domain_config).
  *
  * MV_COW_TRAP (default): the write traps to a fault thread, which copies the
@@ -324,7 +355,8 @@ struct mv_host_config {
     enum mv_scrub_mode scrub_mode;
     /* How tmem keeps its frames (enum mv_tmem_store). */
     enum mv_tmem_store tmem_store;
-    uint32_t reserved32;      /* zero */
+    /* How sharing reads guest pages (enum mv_share_read). */
+    enum mv_share_read share_read;
     uint64_t reserved[5];     /* zero; room to grow without breaking the ABI */
 };
 #define MV_FAULT_SPIN_DEFAULT 50u
@@ -1175,7 +1207,14 @@ struct mv_share_stats {
                                       place through the machine's mapping
                                       because copying them out failed (each
                                       also sets mv_last_error) */
-    uint64_t reserved[7];     /* zero; room to grow without breaking the ABI */
+    /* MV_SHARE_READ_COPY or _IN_PLACE: how this host reads pages (AUTO
+     * chose it from the two costs it measured, ns a page, both 0 when it
+     * did not measure). */
+    enum mv_share_read read_mode;
+    uint32_t reserved32;
+    uint64_t read_in_place_ns;     /* a page read in place and checked */
+    uint64_t read_copy_ns;         /* ... copied out and checked */
+    uint64_t reserved[4];     /* zero; room to grow without breaking the ABI */
 };
 
 /* Sharing counters.  Changes nothing and takes the share lock only to copy

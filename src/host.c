@@ -101,6 +101,19 @@ const char *mv_tmem_store_name(enum mv_tmem_store store)
     return "unknown";
 }
 
+const char *mv_share_read_name(enum mv_share_read read)
+{
+    switch (read) {
+    case MV_SHARE_READ_AUTO:
+        return "auto";
+    case MV_SHARE_READ_COPY:
+        return "copy";
+    case MV_SHARE_READ_IN_PLACE:
+        return "in-place";
+    }
+    return "unknown";
+}
+
 const char *mv_scrub_mode_name(enum mv_scrub_mode mode)
 {
     switch (mode) {
@@ -174,6 +187,9 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     if ((unsigned)config->tmem_store > MV_TMEM_STORE_COPIED)
         return mv__fail(-EINVAL, "tmem_store %d is not MV_TMEM_STORE_AUTO, _MAPPED or "
                         "_COPIED", (int)config->tmem_store);
+    if ((unsigned)config->share_read > MV_SHARE_READ_IN_PLACE)
+        return mv__fail(-EINVAL, "share_read %d is not MV_SHARE_READ_AUTO, _COPY or "
+                        "_IN_PLACE", (int)config->share_read);
     if (config->fault_threads > 64)
         return mv__fail(-EINVAL, "fault_threads %u is above 64", config->fault_threads);
     if (config->cow_settle_ms > 60000)

@@ -370,6 +370,15 @@ static inline const uint8_t *mv__machine_frame(const struct mv__machine *m, uint
 }
 /* Copy frames [mfn, mfn + pages) into buf; holes read as zeros. */
 int mv__machine_read(struct mv__machine *m, uint64_t mfn, uint64_t pages, void *buf);
+/*
+ * What reading a populated frame and checking it for zeros costs on this
+ * host, ns a page: in place through a fresh read-only mapping (the first
+ * read of a frame, which builds its entry, as the view's first read does)
+ * and copied out with pread.  Measured once per process, on a throw-away
+ * memfd, the best of three rounds; 0, or a negative errno when it cannot be
+ * measured (then the same for every later call).
+ */
+int mv__machine_read_costs(uint64_t *in_place_ns, uint64_t *copy_ns);
 /* Return frames [first, first + pages) to the host, zeroed, before anyone
  * may be given them again: a hole punch, tried MV_SCRUB_TRIES times; failing
  * that, the frames are overwritten with zeros (their memory stays held) and

@@ -15,6 +15,9 @@
  * takes the entry away.  A read of a hole through the view would allocate
  * the frame: only frames the caller knows to be populated may be read there.
  * Residency (which frames hold memory) comes from SEEK_DATA/SEEK_HOLE.
+ * Which way pays for reading many frames once (the sharing scanner) depends
+ * on what a mapping costs the host: mv__machine_read_costs measures both,
+ * once per process.
  *
  * A machine frame number (mfn) is a page offset in the memfd.  The frame
  * space is sparse: handing frames out costs no memory; a frame holds memory
@@ -42,6 +45,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -250,6 +254,88 @@ int mv__machine_read(struct mv__machine *m, uint64_t mfn, uint64_t pages, void *
                         (unsigned long long)mfn, (unsigned long long)pages,
                         mv_strerror(rc));
     return 0;
+}
+
+/* Pages read each way per round of mv__machine_read_costs: a block. */
+#define READ_COST_PAGES MV_BLOCK_PAGES
+#define READ_COST_ROUNDS 3
+
+static unsigned zero_pages_in(const uint8_t *pages, uint64_t n)
+{
+    unsigned zero = 0;
+
+    for (uint64_t i = 0; i < n; i++)
+        zero += mv__page_is_zero(pages + (i << MV_PAGE_SHIFT));
+    return zero;
+}
+
+/* Two blocks of a throw-away memfd written with zeros by pwrite (so they
+ * hold memory, as a guest's populated pages do, and are read whole by the
+ * zero check), then one read in place, the other copied out. */
+static int read_costs_measure(uint64_t *in_place_ns, uint64_t *copy_ns)
+{
+    const size_t bytes = (size_t)READ_COST_PAGES << MV_PAGE_SHIFT;
+    uint8_t *buf = aligned_alloc(MV_PAGE_SIZE, bytes);
+    int fd = mv__os_memfd("memvisor-read-costs", 2 * (uint64_t)bytes), rc = 0;
+    unsigned zero = 0;
+
+    *in_place_ns = *copy_ns = UINT64_MAX;
+    if (fd < 0 || !buf) {
+        rc = fd < 0 ? fd : -ENOMEM;
+        goto out;
+    }
+    for (unsigned round = 0; round < READ_COST_ROUNDS && rc == 0; round++) {
+        const uint8_t *map;
+        uint64_t t0, t1, t2;
+
+        memset(buf, 0, bytes);
+        if ((rc = mv__os_write(fd, buf, 0, bytes)) < 0 ||
+            (rc = mv__os_write(fd, buf, bytes, bytes)) < 0)
+            break;
+        t0 = mv__now_ns();
+        map = mv__os_map_shared(NULL, bytes, fd, 0, PROT_READ);
+        if (!map) {
+            rc = -errno;
+            break;
+        }
+        (void)madvise((void *)map, bytes, MADV_RANDOM);    /* as the view */
+        zero += zero_pages_in(map, READ_COST_PAGES);
+        munmap((void *)map, bytes);
+        t1 = mv__now_ns();
+        if ((rc = mv__os_read(fd, buf, bytes, bytes)) < 0)
+            break;
+        zero += zero_pages_in(buf, READ_COST_PAGES);
+        t2 = mv__now_ns();
+        *in_place_ns = MV_MIN(*in_place_ns, (t1 - t0) / READ_COST_PAGES);
+        *copy_ns = MV_MIN(*copy_ns, (t2 - t1) / READ_COST_PAGES);
+        (void)mv__os_punch(fd, 0, 2 * (uint64_t)bytes);
+    }
+    if (rc == 0 && zero != 2u * READ_COST_ROUNDS * READ_COST_PAGES)
+        rc = -EIO;          /* zeros written, something else read */
+out:
+    if (fd >= 0)
+        close(fd);
+    free(buf);
+    return rc;
+}
+
+static struct {
+    pthread_once_t once;
+    int rc;
+    uint64_t in_place_ns, copy_ns;
+} read_costs = { .once = PTHREAD_ONCE_INIT };
+
+static void read_costs_once(void)
+{
+    read_costs.rc = read_costs_measure(&read_costs.in_place_ns, &read_costs.copy_ns);
+}
+
+int mv__machine_read_costs(uint64_t *in_place_ns, uint64_t *copy_ns)
+{
+    pthread_once(&read_costs.once, read_costs_once);
+    *in_place_ns = read_costs.rc == 0 ? read_costs.in_place_ns : 0;
+    *copy_ns = read_costs.rc == 0 ? read_costs.copy_ns : 0;
+    return read_costs.rc;
 }
 
 int mv__machine_resident(struct mv__machine *m, uint64_t first, uint64_t pages,

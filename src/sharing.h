@@ -91,10 +91,11 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
                     struct mv__apply_result *result);
 /*
  * The pages of [gfn, gfn + n) that `take` marks (nonzero; n <=
- * MV_BLOCK_PAGES, lock held), for a scan to read: copied out of the machine
- * memfd into this thread's block buffer (which mv__share_apply fills again),
- * or, if that fails (counted in read_fallbacks; mv_last_error says why), in
- * place.  Returns where page gfn is.
+ * MV_BLOCK_PAGES, lock held), for a scan to read: in place when the host
+ * reads so (mv_share_read), else copied out of the machine memfd into this
+ * thread's block buffer (which mv__share_apply fills again), or, if that
+ * fails (counted in read_fallbacks; mv_last_error says why), in place.
+ * Returns where page gfn is.
  */
 const uint8_t *mv__share_read_block(struct mv_domain *d, uint64_t gfn, uint64_t n,
                                     const uint8_t *take);

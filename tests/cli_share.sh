@@ -139,8 +139,12 @@ check "share stats with no daemon" 1 --err "^memvisor: share stats: cannot reach
 # default mode (one thread per CPU on a machine of a few CPUs).  Its
 # background settler of kernel copies waits a minute between passes, so
 # that `share settle` has copies left to settle.
+# It copies the pages it shares out (--share-read copy) rather than read
+# them where AUTO would measure which pays.
+check "a bad --share-read" 2 --err "share-read: 'mapped' is not auto, copy or in-place" -- \
+    "$daemon_bin" --share-read mapped
 start_daemon "$MEMVISOR_SOCKET" "$scratch/daemon.log" --fault-mode shared \
-    --cow-settle-ms 60000 || exit 1
+    --cow-settle-ms 60000 --share-read copy || exit 1
 main_pid=$daemon_pid
 check "daemon started its fault threads shared" 0 -- \
     grep -q "1 fault threads, kernel" "$scratch/daemon.log"
@@ -149,6 +153,11 @@ check "share stats on a fresh host" 0 -- "$cli_bin" share stats --json
 json_check "nothing shared yet" \
     'd["share"]["saved_pages"] == 0 and d["share"]["shared_frames"] == 0 and
      not d["share"]["scanner_running"] and d["domains"] == []'
+json_check "pages are copied out, as asked, nothing measured" \
+    'd["share"]["read_mode"] == "copy" and d["share"]["read_in_place_ns"] == 0 and
+     d["share"]["read_copy_ns"] == 0'
+check "share stats says how pages are read" 0 --out "^pages read: copy$" -- \
+    "$cli_bin" share stats
 
 check "create base" 0 --out "^created domain 1 \(base\)" -- \
     "$cli_bin" create base --maxmem 64M --vcpus 2

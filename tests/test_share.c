@@ -253,7 +253,12 @@ static void scanner_reads_in_place_when_copies_fail(void **state)
 
     (void)state;
     for (int round = 0; round < 3; round++) {
-        mv_host *h = tu_host();
+        struct mv_host_config c;
+        mv_host *h;
+
+        tu_host_config(&c, 4 * GiB);
+        c.share_read = MV_SHARE_READ_COPY;
+        assert_ok(mv_host_create(&c, &h));
         uint32_t a = domain1(h, "a", 32 * MiB, 1), b = domain1(h, "b", 32 * MiB, 1);
         struct mv_scan_result r;
         struct mv_share_stats s;
@@ -286,6 +291,74 @@ static void scanner_reads_in_place_when_copies_fail(void **state)
         verify_both(h, a, b);
         mv_host_destroy(h);
     }
+}
+
+/*
+ * Either way of reading pages (mv_host_config.share_read) shares the same
+ * pages, frees the same zero pages and keeps every byte.  Copies fail
+ * throughout each scan: a host that reads in place makes none (no
+ * fallback), one that copies falls back every time, so a host that read the
+ * other way than it says fails here.  AUTO takes one of the two by what it
+ * measured and says so; a way that is neither is refused.
+ */
+static void share_reads_alike_either_way(void **state)
+{
+    static const enum mv_share_read reads[] = { MV_SHARE_READ_COPY, MV_SHARE_READ_IN_PLACE,
+                                                MV_SHARE_READ_AUTO };
+    struct mv_share_stats want = { 0 };
+    struct mv_host_config c;
+    mv_host *h;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(reads) / sizeof(reads[0]); i++) {
+        struct mv_scan_result r;
+        struct mv_share_stats s;
+        uint32_t a, b;
+
+        tu_host_config(&c, 4 * GiB);
+        c.share_read = reads[i];
+        assert_ok(mv_host_create(&c, &h));
+        a = domain1(h, "a", 32 * MiB, 1);
+        b = domain1(h, "b", 32 * MiB, 1);
+        fill(h, a, 4096, 3000);
+        fill(h, b, 4096, 3000);
+        mv__os_inject(MV_OS_READ, EIO, 0, UINT_MAX);
+        assert_ok(mv_share_scan(h, 0, &r));
+        mv__os_inject(MV_OS_READ, 0, 0, 0);
+        s = stats(h);
+        if (reads[i] == MV_SHARE_READ_AUTO) {
+            assert_true(s.read_mode == MV_SHARE_READ_COPY || s.read_mode == MV_SHARE_READ_IN_PLACE);
+            assert_true(s.read_in_place_ns > 0 && s.read_copy_ns > 0);
+            assert_int_equal(s.read_mode == MV_SHARE_READ_IN_PLACE,
+                             s.read_in_place_ns <= s.read_copy_ns);
+        } else {
+            assert_int_equal(s.read_mode, reads[i]);
+            assert_int_equal(s.read_in_place_ns, 0);
+            assert_int_equal(s.read_copy_ns, 0);
+        }
+        if (s.read_mode == MV_SHARE_READ_IN_PLACE)
+            assert_int_equal(s.read_fallbacks, 0);
+        else
+            assert_true(s.read_fallbacks > 8);
+        if (i == 0) {
+            assert_true(s.saved_pages > 1000 && s.zero_reclaimed > 0);
+            want = s;
+        } else {
+            assert_int_equal(s.saved_pages, want.saved_pages);
+            assert_int_equal(s.shared_frames, want.shared_frames);
+            assert_int_equal(s.zero_reclaimed, want.zero_reclaimed);
+        }
+        assert_ok(mv_share_audit(h));
+        verify_both(h, a, b);
+        mv_host_destroy(h);
+    }
+    tu_host_config(&c, 4 * GiB);
+    c.share_read = (enum mv_share_read)3;
+    assert_err(mv_host_create(&c, &h), -EINVAL);
+    assert_non_null(strstr(mv_last_error(), "share_read"));
+    assert_string_equal(mv_share_read_name(MV_SHARE_READ_AUTO), "auto");
+    assert_string_equal(mv_share_read_name(MV_SHARE_READ_COPY), "copy");
+    assert_string_equal(mv_share_read_name(MV_SHARE_READ_IN_PLACE), "in-place");
 }
 
 /*
@@ -1456,6 +1529,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(make_ro_and_share_across_domains),
     cmocka_unit_test(scanner_shares_zero_and_volatile),
     cmocka_unit_test(scanner_reads_in_place_when_copies_fail),
+    cmocka_unit_test(share_reads_alike_either_way),
     cmocka_unit_test(equal_pages_of_a_block_share_one_frame),
     cmocka_unit_test(equal_pages_of_a_block_survive_failures),
     cmocka_unit_test(hints_share_first),

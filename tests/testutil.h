@@ -81,6 +81,35 @@ static inline void tu_apply_tmem_store(struct mv_host_config *c)
                       ? MV_TMEM_STORE_MAPPED : MV_TMEM_STORE_COPIED;
 }
 
+/* How a host of this machine reads pages to share them when it asks for
+ * no way (MV_SHARE_READ_AUTO measures and chooses): asked once. */
+static inline enum mv_share_read tu_share_read_auto(void)
+{
+    static enum mv_share_read chosen = MV_SHARE_READ_AUTO;
+    struct mv_host_config c;
+    struct mv_share_stats s;
+    mv_host *h = NULL;
+
+    if (chosen != MV_SHARE_READ_AUTO)
+        return chosen;
+    mv_host_config_init(&c);
+    c.machine_bytes = 1 * GiB;
+    c.budget_bytes = 64 * MiB;
+    assert_ok(mv_host_create(&c, &h));
+    assert_ok(mv_share_stats(h, &s));
+    mv_host_destroy(h);
+    return chosen = s.read_mode;
+}
+
+/* ... and the sharing suite with the way of reading pages
+ * (mv_host_config.share_read) that MV_SHARE_READ_AUTO does not choose. */
+static inline void tu_apply_share_read(struct mv_host_config *c)
+{
+    if (getenv("MV_TEST_OTHER_SHARE_READ"))
+        c->share_read = tu_share_read_auto() == MV_SHARE_READ_COPY
+                      ? MV_SHARE_READ_IN_PLACE : MV_SHARE_READ_COPY;
+}
+
 static inline mv_host *tu_host_with(uint64_t budget, unsigned spin_us)
 {
     struct mv_kernel_features f;
@@ -110,6 +139,7 @@ static inline mv_host *tu_host_with(uint64_t budget, unsigned spin_us)
                      ? MV_FAULT_SHARED : MV_FAULT_PER_CPU;
     }
     tu_apply_tmem_store(&c);
+    tu_apply_share_read(&c);
     assert_ok(mv_host_create(&c, &h));
     return h;
 }
@@ -130,6 +160,7 @@ static inline void tu_host_config(struct mv_host_config *c, uint64_t budget)
     c->machine_bytes = 64 * GiB;
     c->budget_bytes = budget;
     tu_apply_tmem_store(c);
+    tu_apply_share_read(c);
 }
 
 static inline mv_host *tu_host(void)

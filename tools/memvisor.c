@@ -1739,6 +1739,11 @@ static void print_share_stats(struct json_object *reply)
            field_u64(s, "scan_passes"), field_u64(s, "scan_pages"),
            field_u64(s, "scan_volatile"), seconds(field_u64(s, "scan_cpu_ns")),
            json_object_get_double(field(s, "scan_rate")), field_u64(s, "read_fallbacks"));
+    printf("pages read: %s", field_string(s, "read_mode"));
+    if (field_u64(s, "read_in_place_ns") || field_u64(s, "read_copy_ns"))
+        printf(" (chosen: a page read in place %" PRIu64 " ns, copied out %" PRIu64 " ns)",
+               field_u64(s, "read_in_place_ns"), field_u64(s, "read_copy_ns"));
+    printf("\n");
     printf("mappings: %" PRIu64 " of vm.max_map_count %" PRIu64 "%s%s\n",
            field_u64(s, "vma_count"), field_u64(s, "max_map_count"),
            field_bool(s, "sharing_stopped") ? "; sharing stopped at its last attempt: " : "",

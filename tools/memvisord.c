@@ -107,6 +107,7 @@ struct options {
     enum mv_fault_path fault_path;
     enum mv_scrub_mode scrub_mode;
     enum mv_tmem_store tmem_store;
+    enum mv_share_read share_read;
     unsigned cow_settle_ms;
     enum mv_log_level log_level;
     const char *socket_group;      /* --socket-group: its members may connect */
@@ -308,6 +309,9 @@ static void print_usage(FILE *out)
         "  --tmem-store STORE   how tmem keeps its frames: auto (default):\n"
         "                       measured at start; mapped; copied (system\n"
         "                       calls, never mapped: for shadow page tables)\n"
+        "  --share-read HOW     how sharing reads guest pages: auto (default):\n"
+        "                       measured at start; copy (system calls, for\n"
+        "                       shadow page tables); in-place (mapped)\n"
         "  --cow-settle-ms MS   how often the copies the kernel made for\n"
         "                       --cow-mode kernel domains are settled, 1..%u\n"
         "                       (default %u)\n"
@@ -350,7 +354,7 @@ static int usage_error(const char *fmt, ...)
 static int parse_options(int argc, char **argv, struct options *o)
 {
     enum { OPT_SOCKET = 256, OPT_BUDGET, OPT_FAULT_THREADS, OPT_FAULT_CPUS, OPT_FAULT_MODE,
-           OPT_FAULT_PATH, OPT_SCRUB_MODE, OPT_TMEM_STORE, OPT_COW_SETTLE_MS, OPT_FOREGROUND,
+           OPT_FAULT_PATH, OPT_SCRUB_MODE, OPT_TMEM_STORE, OPT_SHARE_READ, OPT_COW_SETTLE_MS, OPT_FOREGROUND,
            OPT_PIDFILE, OPT_LOG_LEVEL, OPT_VERSION, OPT_SOCKET_GROUP, OPT_IDLE_EVICT_MS,
            OPT_REQUEST_TIMEOUT_MS, OPT_OVERCOMMIT, OPT_TEST_COMMANDS, OPT_AUTO_PAGING };
     static const struct option long_options[] = {
@@ -368,6 +372,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         { "fault-path", required_argument, NULL, OPT_FAULT_PATH },
         { "scrub-mode", required_argument, NULL, OPT_SCRUB_MODE },
         { "tmem-store", required_argument, NULL, OPT_TMEM_STORE },
+        { "share-read", required_argument, NULL, OPT_SHARE_READ },
         { "cow-settle-ms", required_argument, NULL, OPT_COW_SETTLE_MS },
         { "foreground", no_argument, NULL, OPT_FOREGROUND },
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
@@ -469,6 +474,17 @@ static int parse_options(int argc, char **argv, struct options *o)
                 o->tmem_store = MV_TMEM_STORE_COPIED;
             else
                 return usage_error("--tmem-store: '%s' is not auto, mapped or copied",
+                                   optarg);
+            break;
+        case OPT_SHARE_READ:
+            if (strcmp(optarg, "auto") == 0)
+                o->share_read = MV_SHARE_READ_AUTO;
+            else if (strcmp(optarg, "copy") == 0)
+                o->share_read = MV_SHARE_READ_COPY;
+            else if (strcmp(optarg, "in-place") == 0)
+                o->share_read = MV_SHARE_READ_IN_PLACE;
+            else
+                return usage_error("--share-read: '%s' is not auto, copy or in-place",
                                    optarg);
             break;
         case OPT_COW_SETTLE_MS:
@@ -3510,6 +3526,7 @@ static int daemon_start(struct daemon *d, const struct options *o, const sigset_
     config.fault_path = o->fault_path;
     config.scrub_mode = o->scrub_mode;
     config.tmem_store = o->tmem_store;
+    config.share_read = o->share_read;
     if (o->cow_settle_ms)
         config.cow_settle_ms = o->cow_settle_ms;
     config.log = log_library_message;

@@ -430,6 +430,9 @@ int mv_share_stats(mv_host *host, struct mv_share_stats *out)
     out->zero_reclaimed = s->zero_reclaimed;
     out->hash_collisions = s->hash_collisions;
     out->read_fallbacks = __atomic_load_n(&s->read_fallbacks, __ATOMIC_RELAXED);
+    out->read_mode = s->read_mode;
+    out->read_in_place_ns = s->read_in_place_ns;
+    out->read_copy_ns = s->read_copy_ns;
     out->vma_count = s->vma_count;
     out->max_map_count = s->max_map_count;
     out->sharing_stopped = s->stopped;
@@ -450,6 +453,27 @@ uint64_t mv__share_frames(struct mv_host *host)
     return n;
 }
 
+/* How this host reads pages: as configured, or for AUTO whichever way the
+ * machine measured cheaper (in place on a tie: it also makes later passes
+ * over the same pages free of system calls). */
+static void share_read_choose(struct mv_host *h, struct mv__share *s)
+{
+    int rc;
+
+    s->read_mode = h->config.share_read;
+    if (s->read_mode != MV_SHARE_READ_AUTO)
+        return;
+    rc = mv__machine_read_costs(&s->read_in_place_ns, &s->read_copy_ns);
+    if (rc < 0) {
+        mv__log(h, MV_LOG_WARN, "sharing: cannot measure what reading a page costs "
+                "(%s); pages are copied out", mv_strerror(rc));
+        s->read_mode = MV_SHARE_READ_COPY;
+        return;
+    }
+    s->read_mode = s->read_in_place_ns <= s->read_copy_ns ? MV_SHARE_READ_IN_PLACE
+                                                          : MV_SHARE_READ_COPY;
+}
+
 int mv__share_init(struct mv_host *h)
 {
     struct mv__share *s = calloc(1, sizeof(*s));
@@ -460,6 +484,7 @@ int mv__share_init(struct mv_host *h)
     mv__mutex_init(&s->settler_lock, MV_LOCK_SETTLE);
     mv__cond_init(&s->settler_cond);
     s->max_map_count = share_read_sysctl_u64("/proc/sys/vm/max_map_count", 65530);
+    share_read_choose(h, s);
     h->share = s;
     return 0;
 }

@@ -12,10 +12,11 @@
  * ranges then map with one remap per run).
  *
  * Scanning.  The scanner walks every running domain's populated pages, one
- * 2 MiB block at a time, copying each block's populated pages out of the
- * machine memfd (a system call per run; nothing is mapped, and nothing is
- * unmapped from the guest unless it is to be shared; should the copy fail,
- * the block is read in place through the machine's view).  Per page:
+ * 2 MiB block at a time, reading each block's populated pages as the host's
+ * share_read says: in place through the machine's view, or copied out of the
+ * machine memfd (a system call per run; nothing is mapped; should the copy
+ * fail, the block is read in place).  Nothing is unmapped from the guest
+ * unless it is to be shared.  Per page:
  *   - all zero: back to PoD (no frame, no memory, no copy on the next write);
  *   - hash changed since the last pass: volatile, skipped (it would be
  *     broken again soon);
@@ -360,6 +361,12 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
 
         if (!take[g - lo])
             continue;
+        /* A page read in place comes from memory, not cache: start on the
+         * next one while this one is checked (prefetchers stop at page
+         * boundaries). */
+        if (g + 1 < hi && take[g + 1 - lo])
+            for (unsigned line = 0; line < MV_PAGE_SIZE; line += 64)
+                __builtin_prefetch(page + MV_PAGE_SIZE + line);
         result->pages_scanned++;
         if (mv__page_is_zero(page)) {
             actions[g - lo] = MV_ACT_MATCH;

@@ -203,6 +203,10 @@ struct mv__share {
     uint64_t cow_breaks, cow_takeovers, cow_nocopy, cow_run_unshares;
     uint64_t zero_reclaimed, hash_collisions;
     uint64_t read_fallbacks;     /* atomic: reads in place, a copy having failed */
+    /* How pages are read (COPY or IN_PLACE; set at init, then constant),
+     * and what AUTO measured to choose it (0 when it did not). */
+    enum mv_share_read read_mode;
+    uint64_t read_in_place_ns, read_copy_ns;
     uint64_t kernel_copies, settles, settle_ns;
     uint64_t settle_waiting;     /* copies waiting for memory, last pass */
     /* The background settler of MV_COW_KERNEL domains (settler_main). */
