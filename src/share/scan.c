@@ -650,6 +650,11 @@ void mv__scanner_stats(mv_host *host, struct mv_share_stats *out)
 /* ------------------------------------------------------------------------ */
 /* life cycle                                                               */
 
+static size_t candidates_bytes(const struct mv__scanner *sc)
+{
+    return (sc->candidate_mask + 1) * sizeof(struct candidate);
+}
+
 int mv__scanner_init(mv_host *host)
 {
     struct mv__scanner *sc = calloc(1, sizeof(*sc));
@@ -657,9 +662,8 @@ int mv__scanner_init(mv_host *host)
     if (!sc)
         return mv__fail(-ENOMEM, "no memory for the scanner");
     sc->candidate_mask = (1ull << MV_CANDIDATE_BITS) - 1;
-    sc->candidates = aligned_alloc(64, (sc->candidate_mask + 1) * sizeof(*sc->candidates));
-    if (sc->candidates)
-        memset(sc->candidates, 0, (sc->candidate_mask + 1) * sizeof(*sc->candidates));
+    /* 32 MiB, zero, taking memory as the scans fill it. */
+    sc->candidates = mv__os_table_alloc_huge(candidates_bytes(sc));
     if (!sc->candidates) {
         free(sc);
         return mv__fail(-ENOMEM, "no memory for the scanner's tables");
@@ -684,7 +688,7 @@ void mv__scanner_fini(mv_host *host)
     } else {
         mv__mutex_unlock(&sc->lock);
     }
-    free(sc->candidates);
+    mv__os_unmap(sc->candidates, candidates_bytes(sc));
     free(sc->revisits);
     free(sc->hints);
     free(sc->based_keys);
