@@ -221,10 +221,6 @@ int mv__os_zap(void *addr, size_t length);
  * set on failure (never injected: it is an allocation, not a mapping of
  * guest memory).  Released with mv__os_unmap. */
 void *mv__os_table_alloc(size_t length);
-/* The same for a large table read at random, every part of it used: backed
- * by huge pages where the kernel has them, so that a lookup costs one cache
- * miss and not a TLB miss too (a page walk, two-dimensional in a guest). */
-void *mv__os_table_alloc_huge(size_t length);
 
 /* Open a non-blocking userfaultfd: /dev/userfaultfd, else the syscall, else
  * the syscall restricted to user-mode faults.  `how` receives 0, 1 or 2. */

@@ -220,16 +220,6 @@ void *mv__os_table_alloc(size_t length)
     return p == MAP_FAILED ? NULL : p;
 }
 
-void *mv__os_table_alloc_huge(size_t length)
-{
-    void *p = mv__os_table_alloc(length);
-
-    /* Advice only: where transparent huge pages are off, small pages. */
-    if (p)
-        (void)madvise(p, length, MADV_HUGEPAGE);
-    return p;
-}
-
 int mv__os_uffd_open(int *how)
 {
     int fd, dev, err = injected(MV_OS_UFFD_OPEN);
