@@ -1214,7 +1214,11 @@ struct mv_share_stats {
     uint32_t reserved32;
     uint64_t read_in_place_ns;     /* a page read in place and checked */
     uint64_t read_copy_ns;         /* ... copied out and checked */
-    uint64_t reserved[4];     /* zero; room to grow without breaking the ABI */
+    uint64_t scan_candidate_slots; /* the scanner's table of pages seen once
+                                      (16 bytes each): eight per populated
+                                      page at the last pass's start, 4096
+                                      to 2^21, never shrunk */
+    uint64_t reserved[3];     /* zero; room to grow without breaking the ABI */
 };
 
 /* Sharing counters.  Changes nothing and takes the share lock only to copy

@@ -362,6 +362,42 @@ static void share_reads_alike_either_way(void **state)
 }
 
 /*
+ * The scanner's candidate table starts small and grows with the host at the
+ * start of a pass, keeping what it remembers.  b (scanned first, empty in
+ * the first pass) is given a's contents after a's pass left them as
+ * candidates; the next pass grows the table, and a step over b alone
+ * shares b's pages with a's: it could not had the growth forgotten them.
+ */
+static void candidate_table_grows_keeping_candidates(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t b = domain1(h, "b", 32 * MiB, 1), a = domain1(h, "a", 32 * MiB, 1);
+    struct mv_scan_result r;
+    struct mv_share_stats s;
+    uint64_t slots;
+
+    (void)state;
+    s = stats(h);
+    assert_int_equal(s.scan_candidate_slots, 4096);
+    fill(h, a, 4096, 3000);
+    assert_ok(mv_share_scan(h, 0, &r));
+    s = stats(h);
+    slots = s.scan_candidate_slots;
+    assert_true(slots > 4096);
+    assert_int_equal(s.saved_pages, 0);
+    fill(h, b, 4096, 3000);
+    assert_ok(mv_share_scan(h, info(h, b).populated_pages, &r));
+    s = stats(h);
+    assert_true(s.scan_candidate_slots > slots);
+    assert_int_equal(info(h, b).shared_pages, r.pages_shared / 2);
+    assert_true(r.pages_shared > 2000);
+    assert_true(s.saved_pages > 1000);
+    assert_ok(mv_share_audit(h));
+    verify_both(h, a, b);
+    mv_host_destroy(h);
+}
+
+/*
  * Stores to and loads from guest RAM from the test's thread, made as a vCPU
  * makes them.  ThreadSanitizer cannot see that the trap orders the fault
  * service's reads and remaps of a page around them, so they are not
@@ -1530,6 +1566,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(scanner_shares_zero_and_volatile),
     cmocka_unit_test(scanner_reads_in_place_when_copies_fail),
     cmocka_unit_test(share_reads_alike_either_way),
+    cmocka_unit_test(candidate_table_grows_keeping_candidates),
     cmocka_unit_test(equal_pages_of_a_block_share_one_frame),
     cmocka_unit_test(equal_pages_of_a_block_survive_failures),
     cmocka_unit_test(hints_share_first),

@@ -941,6 +941,7 @@ struct json_object *mv_proto_share_stats_json(const struct mv_share_stats *stats
     add_string(o, "read_mode", mv_share_read_name(stats->read_mode));
     add_u64(o, "read_in_place_ns", stats->read_in_place_ns);
     add_u64(o, "read_copy_ns", stats->read_copy_ns);
+    add_u64(o, "scan_candidate_slots", stats->scan_candidate_slots);
     json_object_object_add(o, "scan_rate", json_object_new_double(stats->scan_rate));
     add_u64(o, "vma_count", stats->vma_count);
     add_u64(o, "max_map_count", stats->max_map_count);
