@@ -424,6 +424,48 @@ static uint8_t guest_load(const uint8_t *at)
     return *(const volatile uint8_t *)at;
 }
 
+/* Three copies of a content side by side and nowhere else: the first is
+ * remembered, the second inserted, and the third, which finds no candidate
+ * left and nothing in the index yet, is inserted with it and matched to its
+ * frame.  One pass shares all three (it left the third to the next). */
+static void three_copies_side_by_side_share_in_one_pass(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t a = domain1(h, "a", 4 * MiB, 1);
+    struct mv_scan_result r;
+    struct mv_share_stats s;
+    uint8_t *ra, page[MV_PAGE_SIZE];
+    uint64_t size;
+
+    (void)state;
+    assert_ok(mv_domain_ram(h, a, (void **)&ra, &size));
+    for (uint64_t g = 4; g < 7; g++)
+        guest_fill_page(ra + g * MV_PAGE_SIZE, 0x5a);
+    guest_fill_page(ra + 20 * MV_PAGE_SIZE, 0x77); /* unique */
+    assert_ok(mv_share_scan(h, 0, &r));
+    s = stats(h);
+    assert_int_equal(s.shared_frames, 1);
+    assert_int_equal(s.shared_refs, 3);
+    assert_int_equal(s.saved_pages, 2);
+    /* Every byte of every page, read the way the oracle reads pages and
+     * as the guest reads them. */
+    for (uint64_t g = 0; g < 4 * MiB / MV_PAGE_SIZE; g++) {
+        uint8_t want = g >= 4 && g < 7 ? 0x5a : g == 20 ? 0x77 : 0;
+
+        assert_ok(mv_domain_read_page(h, a, g, page));
+        for (size_t i = 0; i < MV_PAGE_SIZE; i++)
+            assert_int_equal(page[i], want);
+        assert_int_equal(guest_load(ra + g * MV_PAGE_SIZE + 99), want);
+        if (want == 0x5a)
+            assert_int_equal(tu_page_type(h, a, g), MV_PAGE_SHARED);
+    }
+    assert_int_equal(tu_page_type(h, a, 20), MV_PAGE_RAM);
+    assert_ok(mv_share_audit(h));
+    assert_ok(mv_domain_audit(h, a));
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 /* Three copies of a content in one block of b, one in a: the scanner's
  * candidates make two of b's pages inserts of the same pass.  They end on
  * one frame: a content is never held by two shared frames. */
@@ -1568,6 +1610,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(share_reads_alike_either_way),
     cmocka_unit_test(candidate_table_grows_keeping_candidates),
     cmocka_unit_test(equal_pages_of_a_block_share_one_frame),
+    cmocka_unit_test(three_copies_side_by_side_share_in_one_pass),
     cmocka_unit_test(equal_pages_of_a_block_survive_failures),
     cmocka_unit_test(hints_share_first),
     cmocka_unit_test(clone_shares_until_written),

@@ -391,6 +391,14 @@ static void candidates_fit(mv_host *host)
  */
 #define SCAN_CHUNK_PAGES 64
 
+static bool hash_in(const uint64_t *hashes, unsigned n, uint64_t hash)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (hashes[i] == hash)
+            return true;
+    return false;
+}
+
 /* Scan [lo, hi) of d, at most SCAN_CHUNK_PAGES populated or not (its lock
  * held), and share what it found. */
 static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t hi,
@@ -398,11 +406,16 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
 {
     struct mv__scanner *sc = host->scanner;
     uint8_t actions[SCAN_CHUNK_PAGES], take[SCAN_CHUNK_PAGES];
+    /* Hashes of pages this chunk inserts: a later copy in the chunk is
+     * inserted too, and apply matches it to the first one's frame. */
+    uint64_t inserting[SCAN_CHUNK_PAGES];
+    unsigned inserts = 0;
     struct mv__apply_result res;
     const uint8_t *pages;
     bool any = false;
 
     memset(actions, MV_ACT_SKIP, sizeof(actions));
+    memset(take, 0, sizeof(take));
     /* Populated (RAM, the domain lock held): the pages may change under the
      * read (the guest writes), which only makes a candidate that apply,
      * reading again once the page is unmapped, turns down. */
@@ -446,6 +459,9 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
             queue_revisit(sc, (uint32_t)((c->place & ~PLACE_USED) >> PLACE_GFN_BITS),
                           c->place & ((1ull << PLACE_GFN_BITS) - 1));
             c->place = 0;
+            inserting[inserts++] = hash;
+        } else if (hash_in(inserting, inserts, hash)) {
+            actions[g - lo] = MV_ACT_MATCH_INSERT;
         } else {
             *c = (struct candidate){ .hash = hash, .place = candidate_place(d->domid, g) };
         }
