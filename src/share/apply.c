@@ -353,12 +353,17 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
     plan_equal_inserts(plan, n, buf);
     for (i = 0; i < n;) {
         uint8_t kind = plan->kind[i];
-        uint64_t start = i++;
+        uint64_t start = i++, maps = 1;
         int64_t done = 0;
 
-        while (i < n && plan->kind[i] == kind &&
-               (kind != PLAN_MATCH || plan->mfn[i] == plan->mfn[i - 1] + 1))
+        /* A stretch of matches side by side, their frames consecutive or
+         * not: one mapping per run of consecutive frames (maps), the rest
+         * once for the stretch (share_convert_stretch). */
+        while (i < n && plan->kind[i] == kind) {
+            if (kind == PLAN_MATCH && plan->mfn[i] != plan->mfn[i - 1] + 1)
+                maps++;
             i++;
+        }
         if (kind == PLAN_NONE || kind == PLAN_AFTER)
             continue;
         if (kind == PLAN_ZERO && rc == 0) {
@@ -370,13 +375,13 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
             continue;
         }
         /* After a failure the rest goes back as it was. */
-        if (kind == PLAN_RESTORE || rc < 0 || !share_may_map(h, 2)) {
+        if (kind == PLAN_RESTORE || rc < 0 || !share_may_map(h, maps + 1)) {
             share_restore_ram(d, gfn + start, i - start);
             result->skipped += i - start;
             continue;
         }
         if (kind == PLAN_MATCH)
-            done = share_convert_run(d, gfn + start, plan->mfn[start], i - start, FROM_RAM, &rc);
+            done = share_convert_stretch(d, gfn + start, plan->mfn + start, i - start, &rc);
         else
             done = insert_run(d, gfn + start, i - start, buf + (start << MV_PAGE_SHIFT),
                               plan->hash + start, &rc);
