@@ -109,6 +109,7 @@
  * compared with what was written, and the audits must return 0.
  */
 #include "bench.h"
+#include "protocol.h"
 #include "bench_util.h"
 #include "guest_image.h"
 
@@ -1263,28 +1264,9 @@ static struct json_object *mv_case_json(const struct mv_case *c)
         json_object_array_add(passes, po);
     }
     json_object_object_add(o, "scan_passes", passes);
-    {
-        struct json_object *so = json_object_new_object();
-
-        json_object_object_add(so, "shared_frames", u64_json(s->shared_frames));
-        json_object_object_add(so, "shared_refs", u64_json(s->shared_refs));
-        json_object_object_add(so, "saved_pages", u64_json(s->saved_pages));
-        json_object_object_add(so, "indexed_frames", u64_json(s->indexed_frames));
-        json_object_object_add(so, "zero_reclaimed", u64_json(s->zero_reclaimed));
-        json_object_object_add(so, "hash_collisions", u64_json(s->hash_collisions));
-        json_object_object_add(so, "hints_pending", u64_json(s->hints_pending));
-        json_object_object_add(so, "hinted_pages", u64_json(s->hinted_pages));
-        json_object_object_add(so, "scan_passes", u64_json(s->scan_passes));
-        json_object_object_add(so, "scan_pages", u64_json(s->scan_pages));
-        json_object_object_add(so, "scan_volatile", u64_json(s->scan_volatile));
-        json_object_object_add(so, "scan_cpu_ns", u64_json(s->scan_cpu_ns));
-        json_object_object_add(so, "scan_rate", mv_bench_json_real(s->scan_rate, 1));
-        json_object_object_add(so, "vma_count", u64_json(s->vma_count));
-        json_object_object_add(so, "max_map_count", u64_json(s->max_map_count));
-        json_object_object_add(so, "sharing_stopped", json_object_new_boolean(s->sharing_stopped));
-        json_object_object_add(so, "stop_reason", json_object_new_string(s->stop_reason));
-        json_object_object_add(o, "share_stats", so);
-    }
+    /* Every counter, as the daemon reports them (how pages were read,
+     * the candidate table's size among them). */
+    json_object_object_add(o, "share_stats", mv_proto_share_stats_json(s));
     json_object_object_add(o, "pages_checked", u64_json(c->pages_checked));
     json_object_object_add(o, "read_page_mismatches", u64_json(c->read_mismatches));
     json_object_object_add(o, "guest_view_mismatches", u64_json(c->guest_view_mismatches));
