@@ -238,6 +238,21 @@ static void scanner_shares_zero_and_volatile(void **state)
     mv_host_destroy(h);
 }
 
+/* The first of several hosts given the same pages sets `want` (it shared
+ * and freed some); every later one must share and free exactly as much. */
+static void expect_same_sharing(const struct mv_share_stats *s, struct mv_share_stats *want,
+                                bool first)
+{
+    if (first) {
+        assert_true(s->saved_pages > 1000 && s->zero_reclaimed > 0);
+        *want = *s;
+        return;
+    }
+    assert_int_equal(s->saved_pages, want->saved_pages);
+    assert_int_equal(s->shared_frames, want->shared_frames);
+    assert_int_equal(s->zero_reclaimed, want->zero_reclaimed);
+}
+
 /*
  * The scanner copies pages out of the machine memory to read them, and
  * apply copies them again once unmapped.  When a copy fails they are read
@@ -277,16 +292,11 @@ static void scanner_reads_in_place_when_copies_fail(void **state)
             assert_ok(mv_share_stats(h, &s));
         } while (s.scan_passes == 0);
         s = stats(h);
-        if (round == 0) {
+        if (round == 0)
             assert_int_equal(s.read_fallbacks, 0);
-            assert_true(s.saved_pages > 1000 && s.zero_reclaimed > 0);
-            want = s;
-        } else {
+        else
             assert_true(s.read_fallbacks > (round == 1 ? 8u : 2u));
-            assert_int_equal(s.saved_pages, want.saved_pages);
-            assert_int_equal(s.shared_frames, want.shared_frames);
-            assert_int_equal(s.zero_reclaimed, want.zero_reclaimed);
-        }
+        expect_same_sharing(&s, &want, round == 0);
         assert_ok(mv_share_audit(h));
         verify_both(h, a, b);
         mv_host_destroy(h);
@@ -340,14 +350,7 @@ static void share_reads_alike_either_way(void **state)
             assert_int_equal(s.read_fallbacks, 0);
         else
             assert_true(s.read_fallbacks > 8);
-        if (i == 0) {
-            assert_true(s.saved_pages > 1000 && s.zero_reclaimed > 0);
-            want = s;
-        } else {
-            assert_int_equal(s.saved_pages, want.saved_pages);
-            assert_int_equal(s.shared_frames, want.shared_frames);
-            assert_int_equal(s.zero_reclaimed, want.zero_reclaimed);
-        }
+        expect_same_sharing(&s, &want, i == 0);
         assert_ok(mv_share_audit(h));
         verify_both(h, a, b);
         mv_host_destroy(h);

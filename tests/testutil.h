@@ -52,24 +52,35 @@
         assert_true(mv_last_error()[0] != '\0' || (err) == -ESRCH);            \
     } while (0)
 
-/* The tmem store a host of this machine gets when it asks for none
- * (MV_TMEM_STORE_AUTO measures and chooses): asked once, of a small host. */
-static inline enum mv_tmem_store tu_tmem_store_auto(void)
+/* What a host of this machine chooses when it is asked to choose
+ * (MV_TMEM_STORE_AUTO, MV_SHARE_READ_AUTO: each measures once per
+ * process): asked once, of a small host. */
+struct tu_auto_choices {
+    enum mv_tmem_store tmem_store;
+    enum mv_share_read share_read;
+};
+
+static inline struct tu_auto_choices tu_auto_choices(void)
 {
-    static enum mv_tmem_store chosen = MV_TMEM_STORE_AUTO;
+    static struct tu_auto_choices chosen;
+    static bool asked;
     struct mv_host_config c;
-    struct mv_tmem_stats s;
+    struct mv_tmem_stats t;
+    struct mv_share_stats s;
     mv_host *h = NULL;
 
-    if (chosen != MV_TMEM_STORE_AUTO)
+    if (asked)
         return chosen;
     mv_host_config_init(&c);
     c.machine_bytes = 1 * GiB;
     c.budget_bytes = 64 * MiB;
     assert_ok(mv_host_create(&c, &h));
-    assert_ok(mv_tmem_stats(h, &s));
+    assert_ok(mv_tmem_stats(h, &t));
+    assert_ok(mv_share_stats(h, &s));
     mv_host_destroy(h);
-    return chosen = s.store;
+    chosen = (struct tu_auto_choices){ .tmem_store = t.store, .share_read = s.read_mode };
+    asked = true;
+    return chosen;
 }
 
 /* CTest runs the tmem suite a second time with the store that
@@ -77,28 +88,8 @@ static inline enum mv_tmem_store tu_tmem_store_auto(void)
 static inline void tu_apply_tmem_store(struct mv_host_config *c)
 {
     if (getenv("MV_TEST_OTHER_TMEM_STORE"))
-        c->tmem_store = tu_tmem_store_auto() == MV_TMEM_STORE_COPIED
+        c->tmem_store = tu_auto_choices().tmem_store == MV_TMEM_STORE_COPIED
                       ? MV_TMEM_STORE_MAPPED : MV_TMEM_STORE_COPIED;
-}
-
-/* How a host of this machine reads pages to share them when it asks for
- * no way (MV_SHARE_READ_AUTO measures and chooses): asked once. */
-static inline enum mv_share_read tu_share_read_auto(void)
-{
-    static enum mv_share_read chosen = MV_SHARE_READ_AUTO;
-    struct mv_host_config c;
-    struct mv_share_stats s;
-    mv_host *h = NULL;
-
-    if (chosen != MV_SHARE_READ_AUTO)
-        return chosen;
-    mv_host_config_init(&c);
-    c.machine_bytes = 1 * GiB;
-    c.budget_bytes = 64 * MiB;
-    assert_ok(mv_host_create(&c, &h));
-    assert_ok(mv_share_stats(h, &s));
-    mv_host_destroy(h);
-    return chosen = s.read_mode;
 }
 
 /* ... and the sharing suite with the way of reading pages
@@ -106,7 +97,7 @@ static inline enum mv_share_read tu_share_read_auto(void)
 static inline void tu_apply_share_read(struct mv_host_config *c)
 {
     if (getenv("MV_TEST_OTHER_SHARE_READ"))
-        c->share_read = tu_share_read_auto() == MV_SHARE_READ_COPY
+        c->share_read = tu_auto_choices().share_read == MV_SHARE_READ_COPY
                       ? MV_SHARE_READ_IN_PLACE : MV_SHARE_READ_COPY;
 }
 

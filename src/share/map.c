@@ -337,34 +337,29 @@ static uint64_t free_own_runs(struct mv_domain *d, uint64_t gfn, uint64_t n, int
     return unshared;
 }
 
-/* Map [gfn, gfn + n) of d to frames [mfn, mfn + n) and find the writes that
- * raced the remap (written, as share_find_private_copies).  On failure nothing has
- * changed but the mapping, put back where it was, or the domain crashed. */
-static long map_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
-                    enum origin from, uint8_t *written)
+/* A remap of [gfn, gfn + n) failed: put the gfns back where they were,
+ * their old frame or their own, or crash the domain when that fails too. */
+static void undo_remap(struct mv_domain *d, uint64_t gfn, uint64_t n, enum origin from)
 {
-    long copies;
-    int rc;
+    int undo = from == FROM_SHARED
+        ? share_map_frames(d, gfn, share_shared_mfn(d, gfn), 1)
+        : mv__domain_map_own(d, gfn, n);
 
-    /* Gfns that held nothing add shared pages the target must have room to
-     * copy; populated ones free as much room as they add. */
-    share_check_room(d, from == FROM_POD ? n : 0);
-    rc = share_map_frames(d, gfn, mfn, n);
+    if (undo < 0)
+        mv__domain_crash(d, "cannot restore gfn %#llx+%llu after a failed "
+                         "remap", (unsigned long long)gfn, (unsigned long long)n);
+    else if (from == FROM_RAM)
+        share_restore_ram(d, gfn, n);
+}
 
-    if (rc < 0) {
-        /* Put the gfns back where they were: their old frame, or their own. */
-        int undo = from == FROM_SHARED
-            ? share_map_frames(d, gfn, share_shared_mfn(d, gfn), 1)
-            : mv__domain_map_own(d, gfn, n);
+/* The writes that raced the remap of [gfn, gfn + n) (written, as
+ * share_find_private_copies); when they cannot be looked for, the domain
+ * crashes and this returns -EFAULT. */
+static long find_racing_writes(struct mv_domain *d, uint64_t gfn, uint64_t n,
+                               uint8_t *written)
+{
+    long copies = share_find_private_copies(d, gfn, n, written);
 
-        if (undo < 0)
-            mv__domain_crash(d, "cannot restore gfn %#llx+%llu after a failed "
-                             "remap", (unsigned long long)gfn, (unsigned long long)n);
-        else if (from == FROM_RAM)
-            share_restore_ram(d, gfn, n);
-        return rc;
-    }
-    copies = share_find_private_copies(d, gfn, n, written);
     if (copies < 0) {
         mv__domain_crash(d, "cannot check gfn %#llx+%llu for writes during its "
                          "remap: %s", (unsigned long long)gfn, (unsigned long long)n,
@@ -372,6 +367,25 @@ static long map_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
         return -EFAULT;
     }
     return copies;
+}
+
+/* Map [gfn, gfn + n) of d to frames [mfn, mfn + n) and find the writes that
+ * raced the remap (written, as share_find_private_copies).  On failure nothing has
+ * changed but the mapping, put back where it was, or the domain crashed. */
+static long map_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
+                    enum origin from, uint8_t *written)
+{
+    int rc;
+
+    /* Gfns that held nothing add shared pages the target must have room to
+     * copy; populated ones free as much room as they add. */
+    share_check_room(d, from == FROM_POD ? n : 0);
+    rc = share_map_frames(d, gfn, mfn, n);
+    if (rc < 0) {
+        undo_remap(d, gfn, n, from);
+        return rc;
+    }
+    return find_racing_writes(d, gfn, n, written);
 }
 
 /* The p2m and reverse map of a run just mapped: gfns written meanwhile
@@ -487,22 +501,12 @@ int64_t share_convert_stretch(struct mv_domain *d, uint64_t gfn, const uint64_t 
     if (rc == 0)
         rc = protect_frames(d, gfn, n);
     if (rc < 0) {
-        int undo = mv__domain_map_own(d, gfn, n);
-
-        if (undo < 0)
-            mv__domain_crash(d, "cannot restore gfn %#llx+%llu after a failed "
-                             "remap", (unsigned long long)gfn, (unsigned long long)n);
-        else
-            share_restore_ram(d, gfn, n);
+        undo_remap(d, gfn, n, FROM_RAM);
         return rc;
     }
-    copies = share_find_private_copies(d, gfn, n, written);
-    if (copies < 0) {
-        mv__domain_crash(d, "cannot check gfn %#llx+%llu for writes during its "
-                         "remap: %s", (unsigned long long)gfn, (unsigned long long)n,
-                         mv_strerror((int)copies));
-        return -EFAULT;
-    }
+    copies = find_racing_writes(d, gfn, n, written);
+    if (copies < 0)
+        return copies;
     for (uint64_t i = 0; i < n && shared >= 0;) {
         uint64_t start = i;
         int64_t done;
