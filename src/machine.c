@@ -45,6 +45,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -269,6 +270,16 @@ static unsigned zero_pages_in(const uint8_t *pages, uint64_t n)
     return zero;
 }
 
+/* pwrite or pread of exactly `len` bytes: 0 or a negative errno.  The
+ * measurement calls the kernel directly, not through os.c: it is not guest
+ * memory, and a test's injected failures are not meant for it. */
+static int io_all(bool write, int fd, void *buf, size_t len, off_t at)
+{
+    ssize_t done = write ? pwrite(fd, buf, len, at) : pread(fd, buf, len, at);
+
+    return done == (ssize_t)len ? 0 : done < 0 ? -errno : -EIO;
+}
+
 /* Two blocks of a throw-away memfd written with zeros by pwrite (so they
  * hold memory, as a guest's populated pages do, and are read whole by the
  * zero check), then one read in place, the other copied out. */
@@ -276,39 +287,39 @@ static int read_costs_measure(uint64_t *in_place_ns, uint64_t *copy_ns)
 {
     const size_t bytes = (size_t)READ_COST_PAGES << MV_PAGE_SHIFT;
     uint8_t *buf = aligned_alloc(MV_PAGE_SIZE, bytes);
-    int fd = mv__os_memfd("memvisor-read-costs", 2 * (uint64_t)bytes), rc = 0;
+    int fd = memfd_create("memvisor-read-costs", MFD_CLOEXEC), rc = 0;
     unsigned zero = 0;
 
     *in_place_ns = *copy_ns = UINT64_MAX;
     if (fd < 0 || !buf) {
-        rc = fd < 0 ? fd : -ENOMEM;
+        rc = fd < 0 ? -errno : -ENOMEM;
         goto out;
     }
     for (unsigned round = 0; round < READ_COST_ROUNDS && rc == 0; round++) {
-        const uint8_t *map;
+        uint8_t *map;
         uint64_t t0, t1, t2;
 
         memset(buf, 0, bytes);
-        if ((rc = mv__os_write(fd, buf, 0, bytes)) < 0 ||
-            (rc = mv__os_write(fd, buf, bytes, bytes)) < 0)
+        if ((rc = io_all(true, fd, buf, bytes, 0)) < 0 ||
+            (rc = io_all(true, fd, buf, bytes, (off_t)bytes)) < 0)
             break;
         t0 = mv__now_ns();
-        map = mv__os_map_shared(NULL, bytes, fd, 0, PROT_READ);
-        if (!map) {
+        map = mmap(NULL, bytes, PROT_READ, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) {
             rc = -errno;
             break;
         }
-        (void)madvise((void *)map, bytes, MADV_RANDOM);    /* as the view */
+        (void)madvise(map, bytes, MADV_RANDOM);    /* as the view */
         zero += zero_pages_in(map, READ_COST_PAGES);
-        munmap((void *)map, bytes);
+        munmap(map, bytes);
         t1 = mv__now_ns();
-        if ((rc = mv__os_read(fd, buf, bytes, bytes)) < 0)
+        if ((rc = io_all(false, fd, buf, bytes, (off_t)bytes)) < 0)
             break;
         zero += zero_pages_in(buf, READ_COST_PAGES);
         t2 = mv__now_ns();
         *in_place_ns = MV_MIN(*in_place_ns, (t1 - t0) / READ_COST_PAGES);
         *copy_ns = MV_MIN(*copy_ns, (t2 - t1) / READ_COST_PAGES);
-        (void)mv__os_punch(fd, 0, 2 * (uint64_t)bytes);
+        (void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 2 * (off_t)bytes);
     }
     if (rc == 0 && zero != 2u * READ_COST_ROUNDS * READ_COST_PAGES)
         rc = -EIO;          /* zeros written, something else read */

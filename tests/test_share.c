@@ -309,7 +309,8 @@ static void scanner_reads_in_place_when_copies_fail(void **state)
  * throughout each scan: a host that reads in place makes none (no
  * fallback), one that copies falls back every time, so a host that read the
  * other way than it says fails here.  AUTO takes one of the two by what it
- * measured and says so; a way that is neither is refused.
+ * measured and says so, without taking failures injected for guest memory;
+ * a way that is neither is refused.
  */
 static void share_reads_alike_either_way(void **state)
 {
@@ -320,6 +321,17 @@ static void share_reads_alike_either_way(void **state)
     mv_host *h;
 
     (void)state;
+    /* The process's first AUTO host measures with the kernel's own calls:
+     * failures injected for guest memory are left to what they are for. */
+    tu_host_config(&c, 4 * GiB);
+    mv__os_inject(MV_OS_READ, EIO, 0, 1);
+    mv__os_inject(MV_OS_WRITE, EIO, 0, 1);
+    assert_ok(mv_host_create(&c, &h));
+    assert_int_equal(mv__os_injection_left(MV_OS_READ), 1);
+    assert_int_equal(mv__os_injection_left(MV_OS_WRITE), 1);
+    mv__os_inject(MV_OS_READ, 0, 0, 0);
+    mv__os_inject(MV_OS_WRITE, 0, 0, 0);
+    mv_host_destroy(h);
     for (size_t i = 0; i < sizeof(reads) / sizeof(reads[0]); i++) {
         struct mv_scan_result r;
         struct mv_share_stats s;
