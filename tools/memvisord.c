@@ -350,6 +350,35 @@ static int usage_error(const char *fmt, ...)
     return STATUS_USAGE;
 }
 
+/* The names an option takes, in the order of its enum's values (0 first),
+ * NULL-terminated. */
+static const char *const fault_modes[] = { "auto", "shared", "per-cpu", NULL };
+static const char *const fault_paths[] = { "auto", "thread", NULL };
+static const char *const scrub_modes[] = { "sync", "background", NULL };
+static const char *const tmem_stores[] = { "auto", "mapped", "copied", NULL };
+static const char *const share_reads[] = { "auto", "copy", "in-place", NULL };
+
+/* *value = the index of arg among names; else a usage error listing them
+ * ("--x: 'y' is not a, b or c") and -1. */
+static int parse_choice(const char *option, const char *arg, const char *const *names,
+                        int *value)
+{
+    char list[128] = "";
+    size_t n = 0;
+
+    for (; names[n]; n++) {
+        if (strcmp(arg, names[n]) == 0) {
+            *value = (int)n;
+            return 0;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+                 i == 0 ? "" : i + 1 == n ? " or " : ", ", names[i]);
+    usage_error("%s: '%s' is not %s", option, arg, list);
+    return -1;
+}
+
 /* Returns -1 to go on, or the exit status. */
 static int parse_options(int argc, char **argv, struct options *o)
 {
@@ -383,6 +412,7 @@ static int parse_options(int argc, char **argv, struct options *o)
     };
     const char *socket_option = NULL;
     uint64_t value;
+    int choice;
     int opt, rc;
 
     memset(o, 0, sizeof(*o));
@@ -439,53 +469,29 @@ static int parse_options(int argc, char **argv, struct options *o)
             o->fault_cpus = optarg;     /* checked by mv_host_create */
             break;
         case OPT_FAULT_MODE:
-            if (strcmp(optarg, "auto") == 0)
-                o->fault_mode = MV_FAULT_AUTO;
-            else if (strcmp(optarg, "shared") == 0)
-                o->fault_mode = MV_FAULT_SHARED;
-            else if (strcmp(optarg, "per-cpu") == 0)
-                o->fault_mode = MV_FAULT_PER_CPU;
-            else
-                return usage_error("--fault-mode: '%s' is not auto, shared or per-cpu",
-                                   optarg);
+            if (parse_choice("--fault-mode", optarg, fault_modes, &choice) < 0)
+                return STATUS_USAGE;
+            o->fault_mode = (enum mv_fault_mode)choice;
             break;
         case OPT_FAULT_PATH:
-            if (strcmp(optarg, "auto") == 0)
-                o->fault_path = MV_FAULT_PATH_AUTO;
-            else if (strcmp(optarg, "thread") == 0)
-                o->fault_path = MV_FAULT_PATH_THREAD;
-            else
-                return usage_error("--fault-path: '%s' is not auto or thread", optarg);
+            if (parse_choice("--fault-path", optarg, fault_paths, &choice) < 0)
+                return STATUS_USAGE;
+            o->fault_path = (enum mv_fault_path)choice;
             break;
         case OPT_SCRUB_MODE:
-            if (strcmp(optarg, "sync") == 0)
-                o->scrub_mode = MV_SCRUB_SYNC;
-            else if (strcmp(optarg, "background") == 0)
-                o->scrub_mode = MV_SCRUB_BACKGROUND;
-            else
-                return usage_error("--scrub-mode: '%s' is not sync or background", optarg);
+            if (parse_choice("--scrub-mode", optarg, scrub_modes, &choice) < 0)
+                return STATUS_USAGE;
+            o->scrub_mode = (enum mv_scrub_mode)choice;
             break;
         case OPT_TMEM_STORE:
-            if (strcmp(optarg, "auto") == 0)
-                o->tmem_store = MV_TMEM_STORE_AUTO;
-            else if (strcmp(optarg, "mapped") == 0)
-                o->tmem_store = MV_TMEM_STORE_MAPPED;
-            else if (strcmp(optarg, "copied") == 0)
-                o->tmem_store = MV_TMEM_STORE_COPIED;
-            else
-                return usage_error("--tmem-store: '%s' is not auto, mapped or copied",
-                                   optarg);
+            if (parse_choice("--tmem-store", optarg, tmem_stores, &choice) < 0)
+                return STATUS_USAGE;
+            o->tmem_store = (enum mv_tmem_store)choice;
             break;
         case OPT_SHARE_READ:
-            if (strcmp(optarg, "auto") == 0)
-                o->share_read = MV_SHARE_READ_AUTO;
-            else if (strcmp(optarg, "copy") == 0)
-                o->share_read = MV_SHARE_READ_COPY;
-            else if (strcmp(optarg, "in-place") == 0)
-                o->share_read = MV_SHARE_READ_IN_PLACE;
-            else
-                return usage_error("--share-read: '%s' is not auto, copy or in-place",
-                                   optarg);
+            if (parse_choice("--share-read", optarg, share_reads, &choice) < 0)
+                return STATUS_USAGE;
+            o->share_read = (enum mv_share_read)choice;
             break;
         case OPT_COW_SETTLE_MS:
             if (mv_proto_parse_u64(optarg, &value) < 0 || value == 0 ||

@@ -356,14 +356,15 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
         uint64_t start = i++, maps = 1;
         int64_t done = 0;
 
-        /* A stretch of matches side by side, their frames consecutive or
-         * not: one mapping per run of consecutive frames (maps), the rest
-         * once for the stretch (share_convert_stretch). */
-        while (i < n && plan->kind[i] == kind) {
-            if (kind == PLAN_MATCH && plan->mfn[i] != plan->mfn[i - 1] + 1)
-                maps++;
+        while (i < n && plan->kind[i] == kind)
             i++;
-        }
+        /* A stretch of matches side by side, their frames consecutive or
+         * not: one mapping per run of consecutive frames, the rest once for
+         * the stretch (share_convert_stretch). */
+        if (kind == PLAN_MATCH)
+            for (uint64_t j = share_frame_run_end(plan->mfn, start, i); j < i;
+                 j = share_frame_run_end(plan->mfn, j, i))
+                maps++;
         if (kind == PLAN_NONE || kind == PLAN_AFTER)
             continue;
         if (kind == PLAN_ZERO && rc == 0) {

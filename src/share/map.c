@@ -472,6 +472,13 @@ int64_t share_convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint6
     return copies < 0 ? copies : share_settle_run(d, gfn, mfn, n, from, written, error);
 }
 
+uint64_t share_frame_run_end(const uint64_t *mfn, uint64_t i, uint64_t n)
+{
+    while (++i < n && mfn[i] == mfn[i - 1] + 1)
+        ;
+    return i;
+}
+
 /*
  * share_convert_run for populated gfns (FROM_RAM) side by side whose frames
  * need not be: gfn + i to frame mfn[i], one mapping per run of consecutive
@@ -491,12 +498,9 @@ int64_t share_convert_stretch(struct mv_domain *d, uint64_t gfn, const uint64_t 
     int rc = 0;
 
     share_check_room(d, 0);
-    for (uint64_t i = 0; i < n && rc == 0;) {
-        uint64_t start = i;
-
-        while (++i < n && mfn[i] == mfn[i - 1] + 1)
-            ;
-        rc = map_frames(d, gfn + start, mfn[start], i - start);
+    for (uint64_t i = 0, end; i < n && rc == 0; i = end) {
+        end = share_frame_run_end(mfn, i, n);
+        rc = map_frames(d, gfn + i, mfn[i], end - i);
     }
     if (rc == 0)
         rc = protect_frames(d, gfn, n);
@@ -507,13 +511,11 @@ int64_t share_convert_stretch(struct mv_domain *d, uint64_t gfn, const uint64_t 
     copies = find_racing_writes(d, gfn, n, written);
     if (copies < 0)
         return copies;
-    for (uint64_t i = 0; i < n && shared >= 0;) {
-        uint64_t start = i;
+    for (uint64_t i = 0, end; i < n && shared >= 0; i = end) {
         int64_t done;
 
-        while (++i < n && mfn[i] == mfn[i - 1] + 1)
-            ;
-        done = settle_pages(d, gfn + start, mfn[start], i - start, FROM_RAM, written + start);
+        end = share_frame_run_end(mfn, i, n);
+        done = settle_pages(d, gfn + i, mfn[i], end - i, FROM_RAM, written + i);
         shared = done < 0 ? done : shared + done;
     }
     return settle_finish(d, gfn, n, FROM_RAM, shared, error);

@@ -346,6 +346,8 @@ long share_find_private_copies(struct mv_domain *d, uint64_t gfn, uint64_t n,
 void share_restore_ram(struct mv_domain *d, uint64_t gfn, uint64_t n);
 int64_t share_settle_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,
                          enum origin from, const uint8_t *written, int *error);
+/* The end of the run of consecutive frames that starts at mfn[i], i < n. */
+uint64_t share_frame_run_end(const uint64_t *mfn, uint64_t i, uint64_t n);
 int64_t share_convert_stretch(struct mv_domain *d, uint64_t gfn, const uint64_t *mfn,
                               uint64_t n, int *error);
 int64_t share_convert_run(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n,

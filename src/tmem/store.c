@@ -964,10 +964,7 @@ static void dedup_remove(struct mv__tmem *t, struct tm_blob *b)
 
 static bool same_filled(const uint8_t *page, uint64_t *fill)
 {
-    /* The page is one 8-byte word repeated when each byte equals the one
-     * 8 bytes on: one memcmp, which the C library vectorises (50 ns for a
-     * same-filled page here, against 185-285 ns word by word). */
-    if (memcmp(page, page + 8, MV_PAGE_SIZE - 8) != 0)
+    if (!mv__page_repeats_word(page))
         return false;
     memcpy(fill, page, sizeof(*fill));
     return true;
