@@ -619,9 +619,14 @@ int mv__fault_service_start(struct mv_host *host);
 void mv__fault_service_stop(struct mv_host *host);
 int mv__fault_add_domain(struct mv_host *host, struct mv_domain *d);
 void mv__fault_remove_domain(struct mv_host *host, struct mv_domain *d);
-/* Ask the fault threads to retry held faults (memory was freed, a domain
- * was unpaused).  Cheap; callable with any lock held. */
+/* Wake the fault threads: a request was handed over, the service stops.
+ * Callable with any lock held. */
 void mv__fault_kick(struct mv_host *host);
+/* Memory was freed or a domain may run again: wake the fault threads if a
+ * fault or request waits, else nothing (a scan that frees memory chunk by
+ * chunk would otherwise wake a thread, and with it a second CPU, each
+ * time).  Call after the change is made.  Callable with any lock held. */
+void mv__fault_kick_waiters(struct mv_host *host);
 /* Hold a fault (domain lock held).  `deadline_ns` 0 = until unpaused. */
 int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns,
                    bool cow);
@@ -872,11 +877,16 @@ struct mv_host {
     int *epoll_fds;              /* one set, or one per fault thread */
     unsigned epoll_count;
     int kick_fd;                 /* eventfd: retry held faults / stop */
+    _Atomic uint64_t kicks;      /* writes to kick_fd so far */
     struct mv__fault_thread *fault_threads;
     unsigned fault_thread_count;
     cpu_set_t fault_cpus;        /* empty: no restriction */
     atomic_bool stopping;
     atomic_uint_fast64_t held_total;
+    /* Faults held for memory so far: a thread that holds one looks again at
+     * once, for memory freed while it was deciding (mv__fault_kick_waiters
+     * saw no fault held then, and woke no one). */
+    atomic_uint_fast64_t memory_holds;
 
     /* Faults handed over by SIGBUS handlers (fault.c), new and waiting
      * for their domain (paused, short of memory); forward_lock. */

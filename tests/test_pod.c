@@ -386,6 +386,59 @@ static void wait_policy_resumes_when_guest_balloons(void **state)
     mv_host_destroy(h);
 }
 
+/* Memory the scanner frees (copies shared) makes room for a fault waiting
+ * for it, and wakes the fault threads only when a fault waits.  (Copies,
+ * not zero pages: the fault's own sweep would find those first.) */
+static void memory_the_scanner_frees_resumes_a_waiting_fault(void **state)
+{
+    const uint64_t copies = 1024, first_copy = 8192, zeros = MV_BLOCK_PAGES;
+    mv_host *h = tu_host();
+    uint32_t id = tu_domain(h, "copies", 64 * MiB, 8 * MiB); /* 2048 pages */
+    uint8_t *ram = ram_of(h, id);
+    /* About 1,370 distinct pages of the first 8192: more than the room left
+     * beside the copies, less than the target. */
+    struct mv_workload_config w = overfill_config(1500);
+    struct mv_workload_status st;
+    struct mv_scan_result r;
+    uint64_t kicks;
+
+    (void)state;
+    w.working_set_pages = first_copy;
+    /* Nothing waits: freeing memory (copies shared, zero pages back to PoD)
+     * wakes no one. */
+    memset(ram + (first_copy << MV_PAGE_SHIFT), 0x5a, copies << MV_PAGE_SHIFT);
+    memset(ram + ((first_copy + copies) << MV_PAGE_SHIFT), 0, zeros << MV_PAGE_SHIFT);
+    kicks = atomic_load(&h->kicks);
+    assert_ok(mv_share_scan(h, 0, &r));
+    assert_int_equal(r.pages_shared, copies);
+    assert_int_equal(r.pages_zero, zeros);
+    assert_int_equal(tu_info(h, id).populated_pages, 0);
+    assert_int_equal(atomic_load(&h->kicks), kicks);
+    /* Written again, the copies take half the target; a fault waits for
+     * the room they hold. */
+    memset(ram + (first_copy << MV_PAGE_SHIFT), 0xa5, copies << MV_PAGE_SHIFT);
+    assert_int_equal(tu_info(h, id).populated_pages, copies);
+    assert_ok(mv_workload_start(h, id, &w));
+    wait_for_held(h, id, 1);
+    kicks = atomic_load(&h->kicks);
+    /* The first pass finds the copies changed since the last one (volatile)
+     * and leaves them; the second shares them. */
+    assert_ok(mv_share_scan(h, 0, &r));
+    assert_int_equal(atomic_load(&h->kicks), kicks);
+    assert_ok(mv_share_scan(h, 0, &r));
+    assert_true(r.pages_shared >= copies);
+    assert_true(atomic_load(&h->kicks) > kicks);
+    assert_ok(mv_workload_wait(h, id, 60000, &st));
+    assert_false(st.crashed);
+    assert_true(tu_info(h, id).pod_waits > 0);
+    assert_int_equal(tu_info(h, id).held_faults, 0);
+    /* What the oracle expects of pages the workload never wrote. */
+    assert_ok(mv_domain_set_target(h, id, 64 * MiB));
+    memset(ram + (first_copy << MV_PAGE_SHIFT), 0, copies << MV_PAGE_SHIFT);
+    tu_verify(h, id);
+    mv_host_destroy(h);
+}
+
 static void wait_policy_times_out_into_a_crash(void **state)
 {
     mv_host *h = tu_host();
@@ -1255,6 +1308,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(replaced_sigbus_handler_is_put_back),
     cmocka_unit_test(wait_policy_resumes_when_target_rises),
     cmocka_unit_test(wait_policy_resumes_when_guest_balloons),
+    cmocka_unit_test(memory_the_scanner_frees_resumes_a_waiting_fault),
     cmocka_unit_test(wait_policy_times_out_into_a_crash),
     cmocka_unit_test(touching_a_ballooned_page_crashes_the_domain),
     cmocka_unit_test(lowering_target_reclaims_zero_pages_or_refuses),

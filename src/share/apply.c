@@ -410,7 +410,8 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
     }
     result->shared += match_after_inserts(d, gfn, plan, n, buf, outcomes, &rc);
     mv__mutex_unlock(&s->lock);
-    if (result->zero)
-        mv__fault_kick(h);
+    /* Zero pages and matches gave memory back. */
+    if (result->zero || result->shared)
+        mv__fault_kick_waiters(h);
     return rc;
 }
