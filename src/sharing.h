@@ -54,9 +54,10 @@ int mv__share_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type)
 bool mv__share_excluded(struct mv_domain *d, uint64_t gfn);
 /* The scanner's per-gfn checksum table (lock held); NULL when no memory. */
 uint32_t *mv__share_checksums(struct mv_domain *d);
-/* Whether an indexed frame has this hash (a probe; bytes are compared
- * later). */
-bool mv__share_index_probe(struct mv_host *host, uint64_t hash);
+/* Whether an indexed frame has hashes[i] (found[i]), for each i that
+ * want[i] marks: probes, bytes are compared later. */
+void mv__share_index_probe_many(struct mv_host *host, const uint64_t *hashes, const bool *want,
+                                size_t n, bool *found);
 uint64_t mv__share_hash(const uint8_t *page);
 /* Frames held for sharing (charged to the host budget, to no domain). */
 uint64_t mv__share_frames(struct mv_host *host);

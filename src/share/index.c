@@ -11,7 +11,7 @@
  *   an indexed frame's bytes hash to frame.hash (mv_share_audit).
  *
  * Locking: share->lock held, except mv__share_hash (no state) and
- * mv__share_index_probe (takes it).
+ * mv__share_index_probe_many (takes it).
  */
 #include "share.h"
 
@@ -77,22 +77,47 @@ void share_index_remove(struct mv__share *s, uint64_t mfn)
     f->index_next = MV_NO_MFN;
 }
 
-bool mv__share_index_probe(struct mv_host *h, uint64_t hash)
+/*
+ * Probe for n hashes at once, under one lock: found[i] says whether an
+ * indexed frame has hashes[i], for each i that want[i] marks.  A probe is
+ * two dependent cache misses (the bucket, then its first frame's record),
+ * and with nested paging each may be a two-dimensional page walk besides:
+ * every bucket is fetched, then every first record, before any chain is
+ * walked, so that the misses of the n probes overlap.
+ */
+void mv__share_index_probe_many(struct mv_host *h, const uint64_t *hashes, const bool *want,
+                                size_t n, bool *found)
 {
     struct mv__share *s = h->share;
-    bool found = false;
 
+    memset(found, 0, n * sizeof(*found));
     mv__mutex_lock(&s->lock);
-    if (s->buckets) {
-        for (uint64_t mfn = s->buckets[hash & s->bucket_mask]; mfn != MV_NO_MFN && !found;) {
+    if (!s->buckets) {
+        mv__mutex_unlock(&s->lock);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (want[i])
+            __builtin_prefetch(&s->buckets[hashes[i] & s->bucket_mask]);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t mfn = want[i] ? s->buckets[hashes[i] & s->bucket_mask] : MV_NO_MFN;
+        struct mv__sframe *f = mfn != MV_NO_MFN ? share_frame_raw(s, mfn) : NULL;
+
+        if (f)
+            __builtin_prefetch(&f->hash);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!want[i])
+            continue;
+        for (uint64_t mfn = s->buckets[hashes[i] & s->bucket_mask];
+             mfn != MV_NO_MFN && !found[i];) {
             struct mv__sframe *f = share_frame_of(s, mfn);
 
-            found = f->hash == hash;
+            found[i] = f->hash == hashes[i];
             mfn = f->index_next;
         }
     }
     mv__mutex_unlock(&s->lock);
-    return found;
 }
 
 /* The first indexed frame whose hash is `hash`, or MV_NO_MFN: a candidate

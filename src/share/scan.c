@@ -323,9 +323,14 @@ static uint64_t candidate_place(uint32_t domid, uint64_t gfn)
  * slot, else the slot the hash's high bits pick (so two contents that share
  * the low bits do not evict each other pass after pass).
  */
+static struct candidate *candidate_set(struct mv__scanner *sc, uint64_t hash)
+{
+    return &sc->candidates[hash & sc->candidate_mask & ~(uint64_t)(MV_CANDIDATE_WAYS - 1)];
+}
+
 static struct candidate *find_candidate(struct mv__scanner *sc, uint64_t hash)
 {
-    struct candidate *set = &sc->candidates[hash & sc->candidate_mask & ~(uint64_t)(MV_CANDIDATE_WAYS - 1)];
+    struct candidate *set = candidate_set(sc, hash);
 
     for (unsigned i = 0; i < MV_CANDIDATE_WAYS; i++)
         if (set[i].place && set[i].hash == hash)
@@ -406,6 +411,8 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
 {
     struct mv__scanner *sc = host->scanner;
     uint8_t actions[SCAN_CHUNK_PAGES], take[SCAN_CHUNK_PAGES];
+    uint64_t hashes[SCAN_CHUNK_PAGES];
+    bool hashed[SCAN_CHUNK_PAGES], indexed[SCAN_CHUNK_PAGES];
     /* Hashes of pages this chunk inserts: a later copy in the chunk is
      * inserted too, and apply matches it to the first one's frame. */
     uint64_t inserting[SCAN_CHUNK_PAGES];
@@ -416,27 +423,38 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
 
     memset(actions, MV_ACT_SKIP, sizeof(actions));
     memset(take, 0, sizeof(take));
+    memset(hashed, 0, sizeof(hashed));
     /* Populated (RAM, the domain lock held): the pages may change under the
      * read (the guest writes), which only makes a candidate that apply,
      * reading again once the page is unmapped, turns down. */
     for (uint64_t g = lo; g < hi; g++)
         take[g - lo] = d->p2m[g] == MV_P2M_RAM && !mv__share_excluded(d, g);
     pages = mv__share_read_block(d, lo, hi - lo, take);
-    for (uint64_t g = lo; g < hi; g++) {
-        const uint8_t *page = pages + ((g - lo) << MV_PAGE_SHIFT);
-        struct candidate *c;
-        uint64_t hash;
-        uint32_t sum;
+    /* Zero pages and the hashes of the others; then every hash is looked up
+     * in the index at once (mv__share_index_probe_many), so that the
+     * index's cache misses overlap. */
+    for (uint64_t i = 0; i < hi - lo; i++) {
+        const uint8_t *page = pages + (i << MV_PAGE_SHIFT);
 
-        if (!take[g - lo])
+        if (!take[i])
             continue;
         result->pages_scanned++;
         if (mv__page_is_zero(page)) {
-            actions[g - lo] = MV_ACT_MATCH;
+            actions[i] = MV_ACT_MATCH;
             any = true;
             continue;
         }
-        hash = mv__share_hash(page);
+        hashes[i] = mv__share_hash(page);
+        hashed[i] = true;
+    }
+    mv__share_index_probe_many(host, hashes, hashed, hi - lo, indexed);
+    for (uint64_t g = lo; g < hi; g++) {
+        uint64_t hash = hashes[g - lo];
+        struct candidate *c;
+        uint32_t sum;
+
+        if (!hashed[g - lo])
+            continue;
         sum = (uint32_t)(hash >> 32) | 1;
         if (checksums) {
             uint32_t previous = checksums[g];
@@ -447,7 +465,7 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
                 continue;
             }
         }
-        if (mv__share_index_probe(host, hash)) {
+        if (indexed[g - lo]) {
             actions[g - lo] = MV_ACT_MATCH;
             any = true;
             continue;
