@@ -332,7 +332,7 @@ static void domain_free(struct mv_domain *d)
                                 MV__RELEASE_SCRUB | MV__RELEASE_GIVE_BACK) < 0)
             mv__log(h, MV_LOG_ERROR, "domain %u destroyed: %s", d->domid,
                     mv_last_error());
-        mv__fault_kick_waiters(h);
+        mv__fault_kick(h);
     }
     free(d->held);
     free(d->block_pod);
@@ -920,7 +920,7 @@ int mv_domain_unpause(mv_host *host, uint32_t domid)
         mv__each_mechanism(m)
             if (m->domain_unpark)
                 m->domain_unpark(d);
-        mv__fault_kick_waiters(host);
+        mv__fault_kick(host);
     }
     mv__domain_put(d);
     return rc;

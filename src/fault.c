@@ -8,9 +8,10 @@
  *      kernel)                                 map; the ioctl wakes the vCPU
  *
  * An epoll set holds the userfaultfd of every domain (keyed by domid) and an
- * eventfd used to kick the threads: memory was freed or a domain unpaused
- * while faults wait, so held faults should be tried again, a request was
- * handed over, or the service is stopping.  Faults of
+ * eventfd used to kick the threads: memory was freed or a domain unpaused,
+ * so held faults should be tried again (the sharing scanner kicks only
+ * while one waits), a request was handed over, or the service is
+ * stopping.  Faults of
  * many domains are served concurrently by the configured number of threads;
  * a domain's faults serialize on its lock.
  *
@@ -82,9 +83,9 @@ void mv__fault_kick(struct mv_host *host)
 
 void mv__fault_kick_waiters(struct mv_host *host)
 {
-    /* Sequentially consistent with the holder's increment of held_total:
-     * either this sees the fault held, or the holder's look again, after
-     * its increment, sees the memory freed before this load. */
+    /* A fault held just after this load, for memory freed just before it,
+     * is tried again at the next tick (MV_HELD_TICK_MS), as every held
+     * fault is. */
     if (atomic_load(&host->held_total) > 0 || atomic_load(&host->forward_pending) > 0)
         mv__fault_kick(host);
 }
@@ -161,7 +162,6 @@ MV_COLD static void out_of_memory(struct mv_domain *d, uint64_t gfn, bool cow)
                          "to queue the fault", (unsigned long long)gfn);
         return;
     }
-    atomic_fetch_add(&d->host->memory_holds, 1);
     d->pod_waits++;
 }
 
@@ -526,7 +526,6 @@ static void *fault_thread(void *arg)
     while (!atomic_load(&h->stopping)) {
         bool held = atomic_load(&h->held_total) > 0 ||
                     atomic_load(&h->forward_pending) > 0, kicked = false;
-        uint64_t memory_holds = atomic_load(&h->memory_holds);
         int timeout = spin_until ? 0 : held ? MV_HELD_TICK_MS : -1;
         int n = mv__os_epoll_wait(self->epoll_fd, events, MV_ARRAY_SIZE(events), timeout);
         unsigned served = 0;
@@ -556,8 +555,6 @@ static void *fault_thread(void *arg)
         }
         /* Not only when kicked: a wait that failed sees no kick. */
         serve_requests(h, take_requests(h, &h->forward_new), true);
-        if (atomic_load(&h->memory_holds) != memory_holds)
-            kicked = true;
         now = mv__now_ns();
         if (served && spin_ns)
             spin_until = now + spin_ns;

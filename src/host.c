@@ -376,7 +376,7 @@ int mv_host_set_budget(mv_host *h, uint64_t budget_bytes)
                         "%llu; reclaim or balloon first", (unsigned long long)populated,
                         (unsigned long long)pages);
     }
-    mv__fault_kick_waiters(h);
+    mv__fault_kick(h);
     return 0;
 }
 

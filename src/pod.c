@@ -511,7 +511,7 @@ void mv__pod_sweep(struct mv_domain *d, uint64_t max_scan, uint64_t want,
     result->reclaimed = reclaimed;
     result->elapsed_ns = mv__now_ns() - start_ns;
     if (reclaimed)
-        mv__fault_kick_waiters(d->host);
+        mv__fault_kick(d->host);
 }
 
 int mv_domain_reclaim_zero(mv_host *host, uint32_t domid, uint64_t max_pages,
@@ -569,7 +569,7 @@ int mv_domain_set_target(mv_host *host, uint32_t domid, uint64_t target_bytes)
     }
     mv__mutex_unlock(&d->lock);
     if (rc == 0)
-        mv__fault_kick_waiters(host);
+        mv__fault_kick(host);
     mv__domain_put(d);
     return rc;
 }
@@ -622,7 +622,7 @@ static void reservation_end(struct mv_domain *d)
     struct mv_host *h = d->host;
 
     mv__domain_unlock_put(d);
-    mv__fault_kick_waiters(h);
+    mv__fault_kick(h);
 }
 
 int mv_domain_decrease_reservation(mv_host *host, uint32_t domid,

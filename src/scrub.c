@@ -84,7 +84,7 @@ static void *scrubber_main(void *arg)
         s->failures += rc < 0;
         pthread_cond_broadcast(&s->done);
         mv__mutex_unlock(&s->lock);
-        mv__fault_kick_waiters(s->host); /* faults held for memory may go on */
+        mv__fault_kick(s->host); /* faults held for memory may go on */
         mv__mutex_lock(&s->lock);
     }
     mv__mutex_unlock(&s->lock);

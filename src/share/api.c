@@ -332,7 +332,7 @@ int mv_share_unshare(mv_host *host, uint32_t domid, uint64_t gfn)
     }
     end(d);
     if (rc == 0)
-        mv__fault_kick_waiters(host);
+        mv__fault_kick(host);
     return rc;
 }
 

@@ -470,7 +470,7 @@ static int64_t page_out(struct mv_domain *d, uint64_t want, bool force)
     free(present);
     free(scratch);
     if (done)
-        mv__fault_kick_waiters(d->host);
+        mv__fault_kick(d->host);
     if (rc < 0 && done == 0)
         return rc;
     return (int64_t)done;

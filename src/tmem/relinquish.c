@@ -285,7 +285,7 @@ int64_t mv_tmem_relinquish_pages(mv_host *h, uint64_t n)
     tm_release_class_buffers(t);
     mv__mutex_unlock(&t->lock);
     if (got)
-        mv__fault_kick_waiters(h);
+        mv__fault_kick(h);
     return (int64_t)got;
 }
 
@@ -306,7 +306,7 @@ int mv_tmem_relinquish_page(mv_host *h)
     }
     mv__mutex_unlock(&t->lock);
     if (got)
-        mv__fault_kick_waiters(h);
+        mv__fault_kick(h);
     return (int)got;
 }
 
@@ -398,7 +398,7 @@ int mv_tmem_relinquish_pageblock(mv_host *h, unsigned order)
         return mv__fail(-ENOMEM, "tmem: no run of 2^%u frames could be freed in the "
                         "machine's frame space (persistent pages or other users hold "
                         "the frames)", order);
-    mv__fault_kick_waiters(h);
+    mv__fault_kick(h);
     return 0;
 }
 

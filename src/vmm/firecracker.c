@@ -343,7 +343,7 @@ static void *serve_vm(void *arg)
     }
     vm->info.populated_pages = 0;
     pthread_mutex_unlock(&vm->lock);
-    mv__fault_kick_waiters(vm->host);
+    mv__fault_kick(vm->host);
     return NULL;
 }
 

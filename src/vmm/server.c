@@ -242,7 +242,7 @@ static void vmm_gone(struct vmm_conn *c)
                     "exited VMM: %s", c->domid, (unsigned long long)g, mv_last_error());
     mv__mutex_unlock(&d->lock);
     mv__domain_put(d);
-    mv__fault_kick_waiters(c->host);
+    mv__fault_kick(c->host);
 }
 
 static void serve_discard(struct vmm_conn *c, struct mv_handover_msg *m)
