@@ -422,9 +422,10 @@ static void memory_the_scanner_frees_resumes_a_waiting_fault(void **state)
     wait_for_held(h, id, 1);
     kicks = atomic_load(&h->kicks);
     /* The first pass finds the copies changed since the last one (volatile)
-     * and leaves them; the second shares them. */
+     * and leaves them; the second shares them.  (Kicks may come during
+     * the first too: from faults the workload's vCPUs hand over, and from
+     * zero pages of blocks the workload populated going back to PoD.) */
     assert_ok(mv_share_scan(h, 0, &r));
-    assert_int_equal(atomic_load(&h->kicks), kicks);
     assert_ok(mv_share_scan(h, 0, &r));
     assert_true(r.pages_shared >= copies);
     assert_true(atomic_load(&h->kicks) > kicks);
