@@ -382,8 +382,9 @@ int mv_host_set_budget(mv_host *h, uint64_t budget_bytes)
 
 /* Sum every domain's populated pages and the sharing frames against the
  * budget's count.  Faults, sharing and destroys may move pages meanwhile:
- * the sum is taken again until no page was charged or uncharged and no
- * domain was being destroyed while it was taken (each domain's own count is
+ * the sum is taken again until no charge or uncharge was under way as it
+ * began, none began until it ended, and no domain was being destroyed
+ * meanwhile (each domain's own count is
  * read under its lock, and every charge happens under that domain's lock,
  * so a view that held still is exact).  -EAGAIN when none held still. */
 #define MV_AUDIT_SUM_TRIES 64
@@ -391,11 +392,14 @@ int mv_host_set_budget(mv_host *h, uint64_t budget_bytes)
 static int audit_budget_sum(mv_host *h)
 {
     for (unsigned attempt = 0; attempt < MV_AUDIT_SUM_TRIES; attempt++) {
+        /* charge_done first: a change that ends between the two loads
+         * shows as under way, never as finished before it began. */
+        uint64_t done = atomic_load(&h->machine.charge_done);
         uint64_t before = atomic_load(&h->machine.charge_changes);
         uint64_t populated = 0, frames, charged;
         struct mv__scrub_counts scrub;
         struct mv_domain **all;
-        bool quiet = atomic_load(&h->domains_dying) == 0;
+        bool quiet = atomic_load(&h->domains_dying) == 0 && done == before;
         size_t n = mv__domain_get_all(h, &all);
 
         for (size_t i = 0; i < n; i++) {

@@ -340,9 +340,14 @@ struct mv__machine {
     _Atomic uint64_t budget_pages;
     _Atomic uint64_t populated_pages;
     _Atomic uint64_t peak_populated_pages;
-    /* Bumped by every charge and uncharge: an audit that sums the budget
-     * against the domains knows whether its view held still. */
+    /* Around every change of populated_pages: charge_changes is bumped
+     * before it, charge_done after.  An audit that sums the budget against
+     * the domains knows its view held still when none was under way as it
+     * began (the two equal) and none began until it ended (charge_changes
+     * unchanged).  One bump after the change was not enough: a sum could
+     * read the new count before the bump and pass as quiet. */
     _Atomic uint64_t charge_changes;
+    _Atomic uint64_t charge_done;
     struct mv__scrubber scrub;
 };
 

@@ -379,11 +379,16 @@ bool mv__machine_charge(struct mv__machine *m, uint64_t pages)
 {
     uint64_t cur = atomic_load(&m->populated_pages), peak;
 
-    do {
-        if (cur + pages > atomic_load(&m->budget_pages))
-            return false;
-    } while (!atomic_compare_exchange_weak(&m->populated_pages, &cur, cur + pages));
+    if (cur + pages > atomic_load(&m->budget_pages))
+        return false; /* refused before anything was under way */
     atomic_fetch_add(&m->charge_changes, 1);
+    do {
+        if (cur + pages > atomic_load(&m->budget_pages)) {
+            atomic_fetch_add(&m->charge_done, 1);
+            return false;
+        }
+    } while (!atomic_compare_exchange_weak(&m->populated_pages, &cur, cur + pages));
+    atomic_fetch_add(&m->charge_done, 1);
     cur += pages;
     peak = atomic_load(&m->peak_populated_pages);
     while (cur > peak &&
@@ -394,10 +399,12 @@ bool mv__machine_charge(struct mv__machine *m, uint64_t pages)
 
 void mv__machine_charge_anyway(struct mv__machine *m, uint64_t pages)
 {
-    uint64_t cur = atomic_fetch_add(&m->populated_pages, pages) + pages;
-    uint64_t peak = atomic_load(&m->peak_populated_pages);
+    uint64_t cur, peak;
 
     atomic_fetch_add(&m->charge_changes, 1);
+    cur = atomic_fetch_add(&m->populated_pages, pages) + pages;
+    atomic_fetch_add(&m->charge_done, 1);
+    peak = atomic_load(&m->peak_populated_pages);
     while (cur > peak &&
            !atomic_compare_exchange_weak(&m->peak_populated_pages, &peak, cur))
         ;
@@ -405,8 +412,9 @@ void mv__machine_charge_anyway(struct mv__machine *m, uint64_t pages)
 
 void mv__machine_uncharge(struct mv__machine *m, uint64_t pages)
 {
-    atomic_fetch_sub(&m->populated_pages, pages);
     atomic_fetch_add(&m->charge_changes, 1);
+    atomic_fetch_sub(&m->populated_pages, pages);
+    atomic_fetch_add(&m->charge_done, 1);
 }
 
 uint64_t mv__machine_room(struct mv__machine *m)
