@@ -323,14 +323,9 @@ static uint64_t candidate_place(uint32_t domid, uint64_t gfn)
  * slot, else the slot the hash's high bits pick (so two contents that share
  * the low bits do not evict each other pass after pass).
  */
-static struct candidate *candidate_set(struct mv__scanner *sc, uint64_t hash)
-{
-    return &sc->candidates[hash & sc->candidate_mask & ~(uint64_t)(MV_CANDIDATE_WAYS - 1)];
-}
-
 static struct candidate *find_candidate(struct mv__scanner *sc, uint64_t hash)
 {
-    struct candidate *set = candidate_set(sc, hash);
+    struct candidate *set = &sc->candidates[hash & sc->candidate_mask & ~(uint64_t)(MV_CANDIDATE_WAYS - 1)];
 
     for (unsigned i = 0; i < MV_CANDIDATE_WAYS; i++)
         if (set[i].place && set[i].hash == hash)
