@@ -20,6 +20,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -358,9 +359,26 @@ static inline const char *tu_vask(FILE *in, FILE *out, const char *fmt, va_list 
 /* Run the named case, or all of them without an argument.  A name that
  * is no case fails: cmocka would run nothing and pass (a stale ctest entry
  * for a case since renamed would test nothing, silently). */
+/*
+ * A failed assertion aborts the process where it failed.  Unwinding into
+ * cmocka would leave the test's host running (its vCPU, fault and scanner
+ * threads) while cmocka puts back the signal handlers of before the test:
+ * a vCPU fault then meets no handler of ours, and the process could hang
+ * on its way out instead of failing.  No core is written: a test's memory
+ * is most of the machine's.
+ */
+static inline void tu_abort_on_failure(void)
+{
+    struct rlimit no_core = { 0, 0 };
+
+    setenv("CMOCKA_TEST_ABORT", "1", 0);
+    (void)setrlimit(RLIMIT_CORE, &no_core);
+}
+
 #define TU_MAIN(cases)                                                         \
     int main(int argc, char **argv)                                            \
     {                                                                          \
+        tu_abort_on_failure();                                                 \
         if (argc > 1) {                                                        \
             size_t i_ = 0;                                                     \
                                                                                \
