@@ -340,8 +340,9 @@ struct mv__machine {
     _Atomic uint64_t budget_pages;
     _Atomic uint64_t populated_pages;
     _Atomic uint64_t peak_populated_pages;
-    /* Around every change of populated_pages: charge_changes is bumped
-     * before it, charge_done after.  An audit that sums the budget against
+    /* Around every change of populated_pages, and every move of charged
+     * pages between holders: charge_changes is bumped before it,
+     * charge_done after.  An audit that sums the budget against
      * the domains knows its view held still when none was under way as it
      * began (the two equal) and none began until it ended (charge_changes
      * unchanged).  One bump after the change was not enough: a sum could
@@ -365,6 +366,12 @@ bool mv__machine_charge(struct mv__machine *m, uint64_t pages);
 void mv__machine_uncharge(struct mv__machine *m, uint64_t pages);
 /* Charge without the budget check, for pages given back at once (a move). */
 void mv__machine_charge_anyway(struct mv__machine *m, uint64_t pages);
+/* Around a change of who holds charged pages that may leave the count as
+ * it was (a domain's pages handed to a mechanism): bracketed like a
+ * change of the count, so that an audit's sum across it is not taken for
+ * a quiet one. */
+void mv__machine_move_begin(struct mv__machine *m);
+void mv__machine_move_end(struct mv__machine *m);
 /* Pages the budget has room for now (0 when over it). */
 uint64_t mv__machine_room(struct mv__machine *m);
 /* Frame mfn in place, read-only.  Only for a frame known to hold memory

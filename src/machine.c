@@ -417,6 +417,16 @@ void mv__machine_uncharge(struct mv__machine *m, uint64_t pages)
     atomic_fetch_add(&m->charge_done, 1);
 }
 
+void mv__machine_move_begin(struct mv__machine *m)
+{
+    atomic_fetch_add(&m->charge_changes, 1);
+}
+
+void mv__machine_move_end(struct mv__machine *m)
+{
+    atomic_fetch_add(&m->charge_done, 1);
+}
+
 uint64_t mv__machine_room(struct mv__machine *m)
 {
     uint64_t budget = atomic_load(&m->budget_pages);

@@ -1711,6 +1711,62 @@ static void failed_page_in_keeps_the_vcpus_last_error(void **state)
     mv_host_destroy(h);
 }
 
+/* Charges the host budget a page at a time until told to stop, as the
+ * faults of another domain do when the budget is full. */
+struct budget_taker {
+    mv_host *h;
+    atomic_bool stop;
+    _Atomic uint64_t taken;
+};
+
+static void *budget_taker_main(void *arg)
+{
+    struct budget_taker *k = arg;
+
+    while (!atomic_load(&k->stop))
+        if (mv__machine_charge(&k->h->machine, 1))
+            atomic_fetch_add(&k->taken, 1);
+    return NULL;
+}
+
+/* A page-out hands its frames' charge to tmem for the compressed copies.
+ * It once gave it back to the budget first: a charge racing with it took
+ * that memory, the store found none, and the pages went back over the
+ * budget. */
+static void page_out_keeps_its_memory_from_racing_charges(void **state)
+{
+    mv_host *h = tu_host_with(24 * MiB, MV_FAULT_SPIN_DEFAULT);
+    uint32_t d = tu_domain(h, "a", 16 * MiB, 16 * MiB);
+    struct budget_taker k = { .h = h };
+    struct mv_workload_config w;
+    struct mv_host_stats hs;
+    pthread_t thread;
+    uint64_t full;
+
+    (void)state;
+    mv_workload_config_init(&w, MV_WORKLOAD_RANDOM);
+    w.seed |= MV_SEED_COMPRESSIBLE;
+    w.max_pages = 6000;
+    assert_false(tu_run(h, d, &w).crashed);
+    assert_int_equal(pthread_create(&thread, NULL, budget_taker_main, &k), 0);
+    while (mv__machine_room(&h->machine) > 0)
+        sched_yield();
+    full = atomic_load(&k.taken);
+    assert_int_equal(mv_tmem_page_out(h, d, 2000), 2000);
+    atomic_store(&k.stop, true);
+    pthread_join(thread, NULL);
+    assert_int_equal(stats(h).page_outs, 2000);
+    assert_ok(mv_host_stats(h, &hs));
+    assert_true(hs.peak_populated_pages <= hs.budget_pages);
+    /* What the compressed copies did not need went back to the budget, and
+     * the other side took it. */
+    assert_true(atomic_load(&k.taken) > full);
+    mv__machine_uncharge(&h->machine, atomic_load(&k.taken));
+    tu_verify(h, d);
+    audit(h);
+    mv_host_destroy(h);
+}
+
 static void paged_pages_balloon_clone_and_destroy(void **state)
 {
     mv_host *h = tu_host();
@@ -2382,6 +2438,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(copied_store_reads_ahead_for_gets_in_order),
     cmocka_unit_test(relinquishing_frees_empty_classes_buffers),
     cmocka_unit_test(page_out_and_fault_back_in),
+    cmocka_unit_test(page_out_keeps_its_memory_from_racing_charges),
     cmocka_unit_test(paged_faults_resolved_in_the_vcpus_thread),
     cmocka_unit_test(failed_page_in_keeps_the_vcpus_last_error),
     cmocka_unit_test(paged_pages_balloon_clone_and_destroy),

@@ -2,11 +2,12 @@
  * paging.c - host paging: overcommit with no guest cooperation.  Cold pages
  * of a domain are compressed into a persistent pool the host owns (client
  * TM_HOST_CLIENT, key: object {domid, gfn >> 32, 0}, index gfn), their
- * frames scrubbed and uncharged, and their p2m entries typed MV_P2M_PAGED,
- * a type tmem owns: a touch faults (the frame is a hole), and the fault
- * decompresses the page into its own frame and maps it, transparently: in
- * the faulting vCPU's own thread when it can (one UFFDIO_COPY), else in a
- * fault thread.
+ * frames punched (their charge handed to tmem for the compressed copies,
+ * what those do not need given back to the budget), and their p2m entries
+ * typed MV_P2M_PAGED, a type tmem owns: a touch faults (the frame is a
+ * hole), and the fault decompresses the page into its own frame and maps
+ * it, transparently: in the faulting vCPU's own thread when it can (one
+ * UFFDIO_COPY), else in a fault thread.
  *
  * Cold is judged from the page tables: a RAM page whose translation is not
  * present (PAGEMAP_SCAN, PAGE_IS_PRESENT, on the RAM's pagemap (ram.c); reading it on kernels
@@ -299,6 +300,7 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
     bool stored[TM_PAGE_OUT_BATCH] = { false };
     struct tm_pool *pool = NULL; /* set by host_pool (gcc -Os cannot tell) */
     unsigned taken = 0, done = 0;
+    uint64_t left;
     int rc = 0;
 
     for (; taken < n; taken++) {
@@ -308,8 +310,9 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
         if (rc == 0)
             rc = mv__machine_read(m, d->base_mfn + gfn, 1, buf[taken]);
         /* The guest's frame goes first, so that tmem has its memory for the
-         * compressed copy even when the budget is exhausted.  A page whose
-         * punch fails is still in the page cache: its next touch maps it. */
+         * compressed copy even when the budget is exhausted (its charge is
+         * handed over below).  A page whose punch fails is still in the
+         * page cache: its next touch maps it. */
         if (rc == 0)
             rc = mv__os_punch(m->memfd, (d->base_mfn + gfn) << MV_PAGE_SHIFT, MV_PAGE_SIZE);
         if (rc < 0)
@@ -317,10 +320,15 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
     }
     if (taken == 0)
         return rc;
-    mv__machine_uncharge(m, taken);
     for (unsigned i = 0; i < taken; i++)
         tm_prepare_page(buf[i], &s->prep[i]);
+    /* The frames' charge passes to tmem for the compressed copies rather
+     * than back to the budget, where a fault of another domain could take
+     * it first: the store would then fail, and the pages go back over the
+     * budget. */
+    mv__machine_move_begin(m);
     tm_lock(t);
+    t->handed_over = taken;
     rc = host_pool(t, &pool);
     for (unsigned i = 0; rc == 0 && i < taken; i++) {
         uint64_t oid[3];
@@ -338,7 +346,15 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
             rc = r < 0 ? r : -ENOMEM;
         }
     }
+    left = t->handed_over;
+    t->handed_over = 0;
     mv__mutex_unlock(&t->lock);
+    /* What tmem did not use pays for the pages that go back; the rest goes
+     * back to the budget. */
+    if (left > taken - done)
+        mv__machine_uncharge(m, left - (taken - done));
+    else if (left < taken - done)
+        mv__machine_charge_anyway(m, taken - done - left);
     for (unsigned i = 0; i < taken; i++) {
         uint64_t gfn = gfns[i];
 
@@ -347,16 +363,20 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
             mv__domain_pages_changed(d, gfn, 1);
             continue;
         }
-        /* No room in tmem: the page goes back where it was, at once. */
-        mv__machine_charge_anyway(m, 1);
-        if (mv__os_write(m->memfd, buf[i], (d->base_mfn + gfn) << MV_PAGE_SHIFT,
+        /* No room in tmem: the page goes back where it was, at once (its
+         * charge held, above).  A page that cannot crashes the domain, and
+         * stays counted as RAM until the domain goes. */
+        if (rc != -EFAULT &&
+            mv__os_write(m->memfd, buf[i], (d->base_mfn + gfn) << MV_PAGE_SHIFT,
                          MV_PAGE_SIZE) < 0) {
-            mv__machine_uncharge(m, 1);
             mv__domain_crash(d, "cannot put gfn %#llx back after a failed page-out",
                              (unsigned long long)gfn);
-            return -EFAULT;
+            rc = -EFAULT;
         }
     }
+    mv__machine_move_end(m);
+    if (rc == -EFAULT)
+        return rc;
     return done ? (int)done : rc < 0 ? rc : -ENOMEM;
 }
 

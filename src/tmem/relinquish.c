@@ -174,9 +174,13 @@ bool tm_evict_one(struct mv__tmem *t, struct tm_client *prefer)
 bool tm_charge(struct mv__tmem *t, uint64_t frames, bool may_evict)
 {
     struct mv__machine *m = &t->host->machine;
+    /* Budget a page-out handed over for its pages' compressed copies
+     * (paging.c) is charged already, and no one else's. */
+    uint64_t own = MV_MIN(t->handed_over, frames);
 
     for (;;) {
-        if (mv__machine_charge(m, frames)) {
+        if (own == frames || mv__machine_charge(m, frames - own)) {
+            t->handed_over -= own;
             atomic_fetch_add(&t->charged, frames);
             return true;
         }

@@ -236,6 +236,10 @@ struct mv__tmem {
      * evicting every ephemeral page would empty. */
     uint64_t unpinned_frames;          /* (their charged frames) */
     _Atomic uint64_t charged;          /* frames charged to the budget */
+    /* Pages of the budget a page-out gave up for their compressed copies
+     * (paging.c): charged, held by no domain, drawn on first by
+     * tm_charge; never left over outside the lock. */
+    uint64_t handed_over;
     struct tm_class cls[TM_CLASS_COUNT];
     /* The class a page of class c is stored in: the largest class from c
      * up whose zspages have c's length and slot count (as dense, fewer
