@@ -18,7 +18,11 @@
  * Held faults: a paused domain's faults wait for unpause (no deadline); a
  * fault that found no memory under MV_POD_WAIT waits until memory frees up
  * or its deadline passes, then the domain crashes.  While any fault is held
- * the threads wake every MV_HELD_TICK_MS to check deadlines.
+ * the threads wake every MV_HELD_TICK_MS to check deadlines.  Held faults
+ * are tried again domain by domain, the domain whose oldest fault has
+ * waited longest first, and each domain's in the order they came: memory
+ * that frees up a page at a time goes to the faults in the order they
+ * began to wait for it.
  *
  * After serving a burst of populate-on-demand faults, a thread keeps
  * polling (without sleeping) for fault_spin_us: the next fault of a guest
@@ -110,6 +114,8 @@ int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns,
         .gfn = gfn, .since_ns = mv__now_ns(), .deadline_ns = deadline_ns,
         .cow = cow,
     };
+    if (d->held_count == 1)
+        atomic_store(&d->held_since_ns, d->held[0].since_ns);
     atomic_fetch_add(&d->host->held_total, 1);
     return 0;
 }
@@ -119,6 +125,7 @@ void mv__fault_release_all(struct mv_domain *d)
     mv__assert_held(&d->lock);
     atomic_fetch_sub(&d->host->held_total, d->held_count);
     d->held_count = 0;
+    atomic_store(&d->held_since_ns, 0);
     /* Requests handed over wait for a look at the domain's state. */
     if (atomic_load(&d->host->forward_pending))
         mv__fault_kick(d->host);
@@ -140,9 +147,12 @@ int mv__fault_wake(struct mv_domain *d, bool cow, uint64_t gfn, uint64_t n)
     return -EFAULT;
 }
 
+/* Keeps the others in the order they were held. */
 static void remove_held(struct mv_domain *d, size_t i)
 {
-    d->held[i] = d->held[--d->held_count];
+    memmove(&d->held[i], &d->held[i + 1], (d->held_count - i - 1) * sizeof(d->held[0]));
+    d->held_count--;
+    atomic_store(&d->held_since_ns, d->held_count ? d->held[0].since_ns : 0);
     atomic_fetch_sub(&d->host->held_total, 1);
 }
 
@@ -468,19 +478,58 @@ static void retry_held_locked(struct mv_domain *d, uint64_t now)
     }
 }
 
+struct held_order {
+    uint64_t since_ns;
+    struct mv_domain *d;
+};
+
+static int compare_held_order(const void *a, const void *b)
+{
+    const struct held_order *x = a, *y = b;
+
+    return x->since_ns < y->since_ns ? -1 : x->since_ns > y->since_ns;
+}
+
+static void retry_domain(struct mv_domain *d, uint64_t now)
+{
+    mv__mutex_lock(&d->lock);
+    if (d->held_count)
+        retry_held_locked(d, now);
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+}
+
+/*
+ * Try every domain's held faults again, the domain whose fault has waited
+ * longest first: memory that frees up a little at a time goes to the
+ * faults in the order they came to wait for it, not to the domain created
+ * first every time.
+ */
 static void retry_held(struct mv_host *h)
 {
     struct mv_domain **all;
-    size_t n = mv__domain_get_all(h, &all);
+    size_t n = mv__domain_get_all(h, &all), waiting = 0;
+    struct held_order *order = n ? malloc(n * sizeof(*order)) : NULL;
     uint64_t now = mv__now_ns();
 
-    for (size_t i = 0; i < n; i++) {
-        mv__mutex_lock(&all[i]->lock);
-        if (all[i]->held_count)
-            retry_held_locked(all[i], now);
-        mv__mutex_unlock(&all[i]->lock);
-        mv__domain_put(all[i]);
+    if (!order) { /* no memory to sort them: in the domains' order */
+        for (size_t i = 0; i < n; i++)
+            retry_domain(all[i], now);
+        free(all);
+        return;
     }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t since = atomic_load(&all[i]->held_since_ns);
+
+        if (since)
+            order[waiting++] = (struct held_order){ since, all[i] };
+        else
+            mv__domain_put(all[i]);
+    }
+    qsort(order, waiting, sizeof(*order), compare_held_order);
+    for (size_t i = 0; i < waiting; i++)
+        retry_domain(order[i].d, now);
+    free(order);
     free(all);
 }
 

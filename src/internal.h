@@ -516,9 +516,12 @@ struct mv_domain {
     uint64_t sweep_cursor;     /* next gfn the zero sweep examines */
     unsigned sweep_backoff;    /* faults to skip optional sweeps for */
 
-    struct mv__held_fault *held;
+    struct mv__held_fault *held;   /* in the order they were held */
     size_t held_count;
     size_t held_capacity;
+    /* When the oldest of them was held (0: none): the fault threads retry
+     * the domains in this order, read without the lock. */
+    _Atomic uint64_t held_since_ns;
 
     /* counters (under lock) */
     uint64_t faults;

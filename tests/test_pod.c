@@ -440,6 +440,51 @@ static void memory_the_scanner_frees_resumes_a_waiting_fault(void **state)
     mv_host_destroy(h);
 }
 
+/* Memory freed while faults of several domains wait goes to the fault
+ * that has waited longest, whatever the domains' order (it went to the
+ * domain created first, which could keep a later one waiting until its
+ * deadline while memory came and went). */
+static void freed_memory_goes_to_the_longest_waiting_fault(void **state)
+{
+    const uint64_t budget = 2 * MiB;
+    mv_host *h = tu_host_with(budget, MV_FAULT_SPIN_DEFAULT);
+    uint32_t first = tu_domain(h, "first", 16 * MiB, 16 * MiB);
+    uint32_t second = tu_domain(h, "second", 16 * MiB, 16 * MiB);
+    struct toucher early, late;
+
+    (void)state;
+    assert_true(first < second);
+    /* The first domain takes the whole budget. */
+    memset(ram_of(h, first), 0x5a, budget);
+    assert_int_equal(tu_info(h, first).populated_pages, budget / 4096);
+    /* The second domain's fault waits first, then the first domain's. */
+    touch_async(&early, ram_of(h, second) + 5 * MiB);
+    wait_for_held(h, second, 1);
+    touch_async(&late, ram_of(h, first) + 9 * MiB);
+    wait_for_held(h, first, 1);
+    /* One page frees up: the second domain's fault takes it. */
+    assert_ok(mv_host_set_budget(h, budget + 4096));
+    tu_wait_until(atomic_load(&early.state) != 0 || atomic_load(&late.state) != 0);
+    assert_int_equal(atomic_load(&late.state), 0);
+    pthread_join(early.thread, NULL);
+    assert_int_equal(atomic_load(&early.state), 1);
+    assert_int_equal(tu_info(h, first).held_faults, 1);
+    assert_int_equal(tu_info(h, second).populated_pages, 1);
+    /* Then room for the other. */
+    assert_ok(mv_host_set_budget(h, budget + 2 * 4096));
+    pthread_join(late.thread, NULL);
+    assert_int_equal(atomic_load(&late.state), 1);
+    assert_int_equal(tu_info(h, first).held_faults, 0);
+    assert_int_equal(tu_info(h, first).populated_pages, budget / 4096 + 1);
+    /* What the oracle expects of pages no workload wrote. */
+    memset(ram_of(h, first), 0, budget);
+    ram_of(h, first)[9 * MiB] = 0;
+    ram_of(h, second)[5 * MiB] = 0;
+    tu_verify(h, first);
+    tu_verify(h, second);
+    mv_host_destroy(h);
+}
+
 static void wait_policy_times_out_into_a_crash(void **state)
 {
     mv_host *h = tu_host();
@@ -1310,6 +1355,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(wait_policy_resumes_when_target_rises),
     cmocka_unit_test(wait_policy_resumes_when_guest_balloons),
     cmocka_unit_test(memory_the_scanner_frees_resumes_a_waiting_fault),
+    cmocka_unit_test(freed_memory_goes_to_the_longest_waiting_fault),
     cmocka_unit_test(wait_policy_times_out_into_a_crash),
     cmocka_unit_test(touching_a_ballooned_page_crashes_the_domain),
     cmocka_unit_test(lowering_target_reclaims_zero_pages_or_refuses),
