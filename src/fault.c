@@ -20,9 +20,10 @@
  * or its deadline passes, then the domain crashes.  While any fault is held
  * the threads wake every MV_HELD_TICK_MS to check deadlines.  Held faults
  * are tried again domain by domain, the domain whose oldest fault has
- * waited longest first, and each domain's in the order they came: memory
- * that frees up a page at a time goes to the faults in the order they
- * began to wait for it.
+ * waited longest first, each domain's in the order they came, and none of
+ * a domain below its target once a domain's fault found the host without
+ * memory: memory that frees up a page at a time goes to the faults in the
+ * order they began to wait for it.
  *
  * After serving a burst of populate-on-demand faults, a thread keeps
  * polling (without sleeping) for fault_spin_us: the next fault of a guest
@@ -441,8 +442,10 @@ size_t mv__fault_held_blocking(struct mv_domain *d)
     return d->held_count;
 }
 
-/* Try a domain's held faults again (lock held). */
-static void retry_held_locked(struct mv_domain *d, uint64_t now)
+/* Try a domain's held faults again (lock held).  Without `may_take`, only
+ * look for one past its deadline: an older fault of another domain waits
+ * for the host's memory first. */
+static void retry_held_locked(struct mv_domain *d, uint64_t now, bool may_take)
 {
     size_t i = 0;
 
@@ -450,7 +453,7 @@ static void retry_held_locked(struct mv_domain *d, uint64_t now)
         struct mv__held_fault *f = &d->held[i];
         uint64_t gfn = f->gfn;
         bool cow = f->cow;
-        int rc = resolve(d, gfn, cow);
+        int rc = may_take ? resolve(d, gfn, cow) : -ENOMEM;
 
         if (rc == -EFAULT)
             return; /* crashed: every held fault was released */
@@ -458,6 +461,10 @@ static void retry_held_locked(struct mv_domain *d, uint64_t now)
             if (f->deadline_ns)
                 d->pod_wait_ns += now - f->since_ns;
             remove_held(d, i);
+            continue;
+        }
+        if (f->deadline_ns == 0 && !may_take) {
+            i++;
             continue;
         }
         if (f->deadline_ns == 0) {
@@ -490,20 +497,47 @@ static int compare_held_order(const void *a, const void *b)
     return x->since_ns < y->since_ns ? -1 : x->since_ns > y->since_ns;
 }
 
-static void retry_domain(struct mv_domain *d, uint64_t now)
+static bool waits_for_memory(const struct mv_domain *d)
 {
+    for (size_t i = 0; i < d->held_count; i++)
+        if (d->held[i].deadline_ns)
+            return true;
+    return false;
+}
+
+/*
+ * Try d's held faults again (see retry_held), and put the reference.
+ * Below its target a fault takes the host's memory: not while an older
+ * fault of another domain waits for it (`older_waits`).  Returns whether
+ * one of d's faults still waits for the host's memory, which had no room
+ * when they were tried.
+ */
+static bool retry_domain(struct mv_domain *d, uint64_t now, bool older_waits)
+{
+    bool waits = false;
+
     mv__mutex_lock(&d->lock);
-    if (d->held_count)
-        retry_held_locked(d, now);
+    if (d->held_count) {
+        bool below_target = d->populated < d->target_pages;
+        bool no_room = mv__machine_room(&d->host->machine) == 0;
+
+        retry_held_locked(d, now, !(older_waits && below_target));
+        waits = no_room && below_target && d->state == MV_DOMAIN_RUNNING &&
+                waits_for_memory(d);
+    }
     mv__mutex_unlock(&d->lock);
     mv__domain_put(d);
+    return waits;
 }
 
 /*
  * Try every domain's held faults again, the domain whose fault has waited
- * longest first: memory that frees up a little at a time goes to the
- * faults in the order they came to wait for it, not to the domain created
- * first every time.
+ * longest first, and none below its target after one that found the host
+ * without memory: memory that frees up a little at a time goes to the
+ * faults in the order they came to wait for it (the kick of whoever frees
+ * it starts a pass from the oldest), not to the domain created first, nor
+ * to a younger fault that a pass under way reaches just after the memory
+ * came.
  */
 static void retry_held(struct mv_host *h)
 {
@@ -511,10 +545,11 @@ static void retry_held(struct mv_host *h)
     size_t n = mv__domain_get_all(h, &all), waiting = 0;
     struct held_order *order = n ? malloc(n * sizeof(*order)) : NULL;
     uint64_t now = mv__now_ns();
+    bool older_waits = false;
 
     if (!order) { /* no memory to sort them: in the domains' order */
         for (size_t i = 0; i < n; i++)
-            retry_domain(all[i], now);
+            retry_domain(all[i], now, false);
         free(all);
         return;
     }
@@ -528,7 +563,7 @@ static void retry_held(struct mv_host *h)
     }
     qsort(order, waiting, sizeof(*order), compare_held_order);
     for (size_t i = 0; i < waiting; i++)
-        retry_domain(order[i].d, now);
+        older_waits |= retry_domain(order[i].d, now, older_waits);
     free(order);
     free(all);
 }
