@@ -1767,6 +1767,40 @@ static void page_out_keeps_its_memory_from_racing_charges(void **state)
     mv_host_destroy(h);
 }
 
+/* A page-out whose store fails puts the pages back on the charge it kept;
+ * one whose put-back fails too crashes the domain, and the budget still
+ * counts exactly what the domains hold.  The copied store writes a raw
+ * page's staged zspage at the next put: the first write of a page-out. */
+static void page_out_failures_keep_the_budget_exact(void **state)
+{
+    for (unsigned writes = 1; writes <= 2; writes++) {
+        mv_host *h = host_with_store(MV_TMEM_STORE_COPIED);
+        uint32_t d = tu_domain(h, "a", 16 * MiB, 16 * MiB);
+        struct mv_workload_config w;
+        int64_t n;
+
+        (void)state;
+        mv_workload_config_init(&w, MV_WORKLOAD_RANDOM); /* incompressible */
+        w.max_pages = 3000;
+        assert_false(tu_run(h, d, &w).crashed);
+        mv__os_inject(MV_OS_WRITE, EIO, 0, writes);
+        n = mv_tmem_page_out(h, d, 64);
+        assert_int_equal(mv__os_injected(MV_OS_WRITE), 0);
+        if (writes == 1) {
+            /* Stored after all, by the batches that followed. */
+            assert_int_equal(n, 64);
+            assert_int_equal(tu_info(h, d).state, MV_DOMAIN_RUNNING);
+            tu_verify(h, d);
+        } else {
+            assert_err(n, -EFAULT);
+            assert_int_equal(tu_info(h, d).state, MV_DOMAIN_CRASHED);
+            assert_non_null(strstr(tu_info(h, d).crash_reason, "after a failed page-out"));
+        }
+        audit(h);
+        mv_host_destroy(h);
+    }
+}
+
 static void paged_pages_balloon_clone_and_destroy(void **state)
 {
     mv_host *h = tu_host();
@@ -2439,6 +2473,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(relinquishing_frees_empty_classes_buffers),
     cmocka_unit_test(page_out_and_fault_back_in),
     cmocka_unit_test(page_out_keeps_its_memory_from_racing_charges),
+    cmocka_unit_test(page_out_failures_keep_the_budget_exact),
     cmocka_unit_test(paged_faults_resolved_in_the_vcpus_thread),
     cmocka_unit_test(failed_page_in_keeps_the_vcpus_last_error),
     cmocka_unit_test(paged_pages_balloon_clone_and_destroy),
