@@ -463,12 +463,13 @@ static void retry_held_locked(struct mv_domain *d, uint64_t now, bool may_take)
             remove_held(d, i);
             continue;
         }
-        if (f->deadline_ns == 0 && !may_take) {
-            i++;
-            continue;
-        }
         if (f->deadline_ns == 0) {
-            /* Held for a pause; now it waits for memory. */
+            /* Held for a pause (left as it is by a look that may not
+             * take); now it waits for memory. */
+            if (!may_take) {
+                i++;
+                continue;
+            }
             remove_held(d, i);
             out_of_memory(d, gfn, cow);
             continue;

@@ -375,48 +375,9 @@ int mv__machine_resident(struct mv__machine *m, uint64_t first, uint64_t pages,
     return 0;
 }
 
-bool mv__machine_charge(struct mv__machine *m, uint64_t pages)
-{
-    uint64_t cur = atomic_load(&m->populated_pages), peak;
-
-    if (cur + pages > atomic_load(&m->budget_pages))
-        return false; /* refused before anything was under way */
-    atomic_fetch_add(&m->charge_changes, 1);
-    do {
-        if (cur + pages > atomic_load(&m->budget_pages)) {
-            atomic_fetch_add(&m->charge_done, 1);
-            return false;
-        }
-    } while (!atomic_compare_exchange_weak(&m->populated_pages, &cur, cur + pages));
-    atomic_fetch_add(&m->charge_done, 1);
-    cur += pages;
-    peak = atomic_load(&m->peak_populated_pages);
-    while (cur > peak &&
-           !atomic_compare_exchange_weak(&m->peak_populated_pages, &peak, cur))
-        ;
-    return true;
-}
-
-void mv__machine_charge_anyway(struct mv__machine *m, uint64_t pages)
-{
-    uint64_t cur, peak;
-
-    atomic_fetch_add(&m->charge_changes, 1);
-    cur = atomic_fetch_add(&m->populated_pages, pages) + pages;
-    atomic_fetch_add(&m->charge_done, 1);
-    peak = atomic_load(&m->peak_populated_pages);
-    while (cur > peak &&
-           !atomic_compare_exchange_weak(&m->peak_populated_pages, &peak, cur))
-        ;
-}
-
-void mv__machine_uncharge(struct mv__machine *m, uint64_t pages)
-{
-    atomic_fetch_add(&m->charge_changes, 1);
-    atomic_fetch_sub(&m->populated_pages, pages);
-    atomic_fetch_add(&m->charge_done, 1);
-}
-
+/* Every change of populated_pages (and every move of charged pages between
+ * holders) between these two: the host audit's sum is quiet only across
+ * none (see charge_changes). */
 void mv__machine_move_begin(struct mv__machine *m)
 {
     atomic_fetch_add(&m->charge_changes, 1);
@@ -425,6 +386,50 @@ void mv__machine_move_begin(struct mv__machine *m)
 void mv__machine_move_end(struct mv__machine *m)
 {
     atomic_fetch_add(&m->charge_done, 1);
+}
+
+static void raise_peak(struct mv__machine *m, uint64_t populated)
+{
+    uint64_t peak = atomic_load(&m->peak_populated_pages);
+
+    while (populated > peak &&
+           !atomic_compare_exchange_weak(&m->peak_populated_pages, &peak, populated))
+        ;
+}
+
+bool mv__machine_charge(struct mv__machine *m, uint64_t pages)
+{
+    uint64_t cur = atomic_load(&m->populated_pages);
+
+    if (cur + pages > atomic_load(&m->budget_pages))
+        return false; /* refused before anything was under way */
+    mv__machine_move_begin(m);
+    do {
+        if (cur + pages > atomic_load(&m->budget_pages)) {
+            mv__machine_move_end(m);
+            return false;
+        }
+    } while (!atomic_compare_exchange_weak(&m->populated_pages, &cur, cur + pages));
+    mv__machine_move_end(m);
+    raise_peak(m, cur + pages);
+    return true;
+}
+
+void mv__machine_charge_anyway(struct mv__machine *m, uint64_t pages)
+{
+    uint64_t cur;
+
+    mv__machine_move_begin(m);
+    cur = atomic_fetch_add(&m->populated_pages, pages) + pages;
+    mv__machine_move_end(m);
+    raise_peak(m, cur);
+}
+
+void mv__machine_uncharge(struct mv__machine *m, uint64_t pages)
+{
+    mv__machine_move_begin(m);
+    atomic_fetch_sub(&m->populated_pages, pages);
+    mv__machine_move_end(m);
 }
 
 uint64_t mv__machine_room(struct mv__machine *m)
