@@ -69,6 +69,7 @@
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -228,6 +229,7 @@ struct ld_run {
     struct ld_protect_all protect_all[2];
     struct ld_floor floor;          /* open while wp-async's case 1 runs */
     uint64_t floor_ns[PAT_COUNT][LD_MAX_ROUNDS];
+    unsigned remote_readers;        /* busy readers pinned off the fetcher's CPU */
     /* cases 2-4 */
     uint64_t write_bytes;
     size_t write_pages;
@@ -617,30 +619,70 @@ struct ld_readers {
     struct ld_reader reader[MV_BENCH_MAX_THREADS];
     struct mv_bench_threads threads;
     atomic_bool stop;
+    cpu_set_t caller_cpus;  /* the caller's affinity, restored by readers_stop */
+    bool pinned;
 };
+
+/* Pin the calling thread to the CPU it is on and a reader to each other CPU
+ * it may use.  Left to the scheduler, a reader sometimes shares the
+ * caller's CPU while the other CPU idles; the fetch then sends no TLB
+ * shootdown at all, and the case measures something else from run to run
+ * (docs/performance.md).  Returns how many readers were pinned elsewhere. */
+static unsigned readers_pin(struct ld_readers *r, unsigned count)
+{
+    cpu_set_t own, other;
+    int cpu = sched_getcpu();
+    unsigned pinned = 0;
+
+    if (cpu < 0 || pthread_getaffinity_np(pthread_self(), sizeof(r->caller_cpus),
+                                          &r->caller_cpus) != 0)
+        return 0;
+    CPU_ZERO(&own);
+    CPU_SET(cpu, &own);
+    if (pthread_setaffinity_np(pthread_self(), sizeof(own), &own) != 0)
+        return 0;
+    r->pinned = true;
+    for (int c = 0; c < CPU_SETSIZE && pinned < count; c++) {
+        if (c == cpu || !CPU_ISSET(c, &r->caller_cpus))
+            continue;
+        CPU_ZERO(&other);
+        CPU_SET(c, &other);
+        if (pthread_setaffinity_np(r->threads.thread[pinned], sizeof(other), &other) == 0)
+            pinned++;
+    }
+    return pinned;
+}
 
 /* Start a reading vCPU thread on every CPU but the caller's (`busy`) or
  * none; stop them with readers_stop either way. */
-static int readers_start(const struct ld_run *run, const struct ld_domain *d, bool busy,
+static int readers_start(struct ld_run *run, const struct ld_domain *d, bool busy,
                          struct ld_readers *r)
 {
-    unsigned count = (unsigned)MV_BENCH_MIN(MV_BENCH_MAX(run->machine.nproc - 1, 1),
+    unsigned count = (unsigned)MV_BENCH_MIN(MV_BENCH_MAX(run->machine.cpus_allowed - 1, 1),
                                             MV_BENCH_MAX_THREADS);
+    int rc;
 
     r->threads.count = 0;
+    r->pinned = false;
     atomic_init(&r->stop, false);
     if (!busy)
         return MV_BENCH_OK;
     for (unsigned i = 0; i < count; i++)
         r->reader[i] = (struct ld_reader){ .d = d, .stop = &r->stop };
-    return mv_bench_threads_start(&r->threads, read_loop, r->reader, sizeof(r->reader[0]),
-                                  count);
+    rc = mv_bench_threads_start(&r->threads, read_loop, r->reader, sizeof(r->reader[0]),
+                                count);
+    if (rc == MV_BENCH_OK)
+        run->remote_readers = readers_pin(r, r->threads.count);
+    return rc;
 }
 
 static void readers_stop(struct ld_readers *r)
 {
     atomic_store(&r->stop, true);
     mv_bench_threads_join(&r->threads);
+    if (r->pinned)
+        pthread_setaffinity_np(pthread_self(), sizeof(r->caller_cpus), &r->caller_cpus);
+    r->pinned = false;
 }
 
 static bool pattern_busy(enum ld_pattern p)
@@ -918,6 +960,20 @@ static double floor_paired_ratio(const struct ld_run *run, enum ld_pattern p)
     return (double)percentile_of(run, milli, run->opt.rounds, 50) / 1000.0;
 }
 
+/* What the busy case's floor pays beyond the idle one, per written 2 MiB
+ * region: PAGEMAP_SCAN flushes the TLB once per region it write-protects,
+ * and with a reader on another CPU each flush is a shootdown that waits for
+ * that CPU's acknowledgement. */
+static double busy_extra_per_region_ns(const struct ld_run *run)
+{
+    double busy = (double)percentile_of(run, run->floor_ns[PAT_SCATTERED_BUSY],
+                                        run->opt.rounds, 50);
+    double idle = (double)percentile_of(run, run->floor_ns[PAT_SCATTERED], run->opt.rounds, 50);
+    size_t regions = run->pattern_regions[PAT_SCATTERED_BUSY];
+
+    return regions && busy > idle ? (busy - idle) / (double)regions : 0;
+}
+
 static double rate_of(const struct ld_rate *r)
 {
     return r->elapsed_ns ? (double)r->writes * 1e9 / (double)r->elapsed_ns : 0;
@@ -1129,6 +1185,8 @@ static struct json_object *fetch_case_json(const struct ld_run *run, enum ld_pat
     json_object_object_add(o, "dirty_pages",
                            u64_json(p == PAT_CLEAN ? 0 : run->dirty_pages));
     json_object_object_add(o, "dirty_2m_regions", u64_json(run->pattern_regions[p]));
+    if (pattern_busy(p))
+        json_object_object_add(o, "readers_on_other_cpus", u64_json(run->remote_readers));
     for (int m = MECH_ASYNC; m < MECH_COUNT; m++) {
         const struct ld_fetch *f = &run->fetch[m];
         struct json_object *mo = mech_json(run, raw, m);
@@ -1146,6 +1204,9 @@ static struct json_object *fetch_case_json(const struct ld_run *run, enum ld_pat
         samples_add(fo, run, run->floor_ns[p], rounds);
         json_object_object_add(fo, "wp_async_over_floor_paired_median",
                                mv_bench_json_real(floor_paired_ratio(run, p), 3));
+        if (pattern_busy(p))
+            json_object_object_add(fo, "busy_extra_per_region_ns",
+                                   mv_bench_json_real(busy_extra_per_region_ns(run), 0));
         json_object_object_add(raw, "kernel-floor", fo);
     }
     json_object_object_add(o, "raw", raw);
@@ -1390,6 +1451,11 @@ static void print_fetch(const struct ld_run *run)
                    mv_bench_format(e, sizeof(e), (double)percentile_of(
                        run, pa->enable_ns, run->opt.rounds, 50), "ns"));
         }
+        if (pattern_busy(p) && run->available[MECH_ASYNC])
+            printf("    readers pinned to other CPUs: %u; the floor pays %s more per "
+                   "written 2 MiB region than with them idle (a TLB shootdown each)\n",
+                   run->remote_readers,
+                   mv_bench_format(a, sizeof(a), busy_extra_per_region_ns(run), "ns"));
         mv_bench_comparisons_print(stdout, cmp, fetch_comparisons(run, p, cmp));
     }
 }
