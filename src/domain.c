@@ -88,6 +88,21 @@ struct mv_domain *mv__domain_get_any(struct mv_host *host, uint32_t domid)
     return domain_find(host, domid, true);
 }
 
+struct mv_domain *mv__domain_get_from(struct mv_host *host, uint32_t domid)
+{
+    struct mv_domain *found = NULL;
+
+    pthread_rwlock_rdlock(&host->domains_lock);
+    for (size_t i = table_index(host, domid); !found && i < host->domain_count; i++) {
+        if (atomic_load(&host->domains[i]->dying))
+            continue;
+        found = host->domains[i];
+        atomic_fetch_add(&found->refs, 1);
+    }
+    pthread_rwlock_unlock(&host->domains_lock);
+    return found;
+}
+
 void mv__domain_put(struct mv_domain *d)
 {
     int refs = atomic_load(&d->refs);
@@ -134,15 +149,22 @@ int mv__domain_table_audit(struct mv_host *host)
     return rc;
 }
 
-size_t mv__domain_get_all(struct mv_host *host, struct mv_domain ***out)
+int mv__domain_get_all(struct mv_host *host, struct mv_domain ***out, size_t *count)
 {
     struct mv_domain **all;
-    size_t n;
+    size_t n, slots;
 
     pthread_rwlock_rdlock(&host->domains_lock);
-    all = calloc(host->domain_count ? host->domain_count : 1, sizeof(*all));
+    slots = host->domain_count ? host->domain_count : 1;
+    all = mv__os_injected(MV_OS_DOMAIN_LIST) ? NULL : calloc(slots, sizeof(*all));
+    if (!all) {
+        pthread_rwlock_unlock(&host->domains_lock);
+        *out = NULL;
+        *count = 0;
+        return mv__fail(-ENOMEM, "no memory to list the host's %zu domains", slots);
+    }
     n = 0;
-    for (size_t i = 0; all && i < host->domain_count; i++) {
+    for (size_t i = 0; i < host->domain_count; i++) {
         if (atomic_load(&host->domains[i]->dying))
             continue;
         all[n] = host->domains[i];
@@ -150,7 +172,8 @@ size_t mv__domain_get_all(struct mv_host *host, struct mv_domain ***out)
     }
     pthread_rwlock_unlock(&host->domains_lock);
     *out = all;
-    return n;
+    *count = n;
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -486,18 +486,6 @@ static void retry_held_locked(struct mv_domain *d, uint64_t now, bool may_take)
     }
 }
 
-struct held_order {
-    uint64_t since_ns;
-    struct mv_domain *d;
-};
-
-static int compare_held_order(const void *a, const void *b)
-{
-    const struct held_order *x = a, *y = b;
-
-    return x->since_ns < y->since_ns ? -1 : x->since_ns > y->since_ns;
-}
-
 static bool waits_for_memory(const struct mv_domain *d)
 {
     for (size_t i = 0; i < d->held_count; i++)
@@ -543,29 +531,41 @@ static bool retry_domain(struct mv_domain *d, uint64_t now, bool older_waits)
 static void retry_held(struct mv_host *h)
 {
     struct mv_domain **all;
-    size_t n = mv__domain_get_all(h, &all), waiting = 0;
-    struct held_order *order = n ? malloc(n * sizeof(*order)) : NULL;
+    size_t n, waiting = 0;
     uint64_t now = mv__now_ns();
     bool older_waits = false;
 
-    if (!order) { /* no memory to sort them: in the domains' order */
-        for (size_t i = 0; i < n; i++)
-            retry_domain(all[i], now, false);
-        free(all);
+    if (mv__domain_get_all(h, &all, &n) < 0) {
+        /* The held faults bring the next tick, and this pass with it. */
+        mv__log(h, MV_LOG_WARN, "fault service: %s; held faults are tried again in "
+                "%u ms", mv_last_error(), MV_HELD_TICK_MS);
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        uint64_t since = atomic_load(&all[i]->held_since_ns);
-
-        if (since)
-            order[waiting++] = (struct held_order){ since, all[i] };
+        if (atomic_load(&all[i]->held_since_ns))
+            all[waiting++] = all[i];
         else
             mv__domain_put(all[i]);
     }
-    qsort(order, waiting, sizeof(*order), compare_held_order);
-    for (size_t i = 0; i < waiting; i++)
-        older_waits |= retry_domain(order[i].d, now, older_waits);
-    free(order);
+    /* The oldest first, picked afresh each time: a domain's oldest fault
+     * moves as other threads serve its faults. */
+    for (size_t i = 0; i < waiting; i++) {
+        struct mv_domain *d = all[i];
+        uint64_t best = UINT64_MAX;
+        size_t oldest = i;
+
+        for (size_t j = i; j < waiting; j++) {
+            uint64_t since = atomic_load(&all[j]->held_since_ns);
+
+            if (since && since < best) {
+                best = since;
+                oldest = j;
+            }
+        }
+        all[i] = all[oldest];
+        all[oldest] = d;
+        older_waits |= retry_domain(all[i], now, older_waits);
+    }
     free(all);
 }
 
@@ -578,12 +578,16 @@ static void retry_held(struct mv_host *h)
 MV_COLD static unsigned wait_failed(struct mv_host *h, int err)
 {
     struct mv_domain **all;
-    size_t n = mv__domain_get_all(h, &all);
+    size_t n;
     unsigned served = 0;
 
     if (atomic_fetch_add(&h->fault_wait_errors, 1) % 1000 == 0)
         mv__log(h, MV_LOG_ERROR, "fault service: waiting for faults failed (%s); "
                 "reading every userfaultfd in turn meanwhile", mv_strerror(err));
+    /* No memory to list the domains: nothing is served, and the tick below
+     * comes before the next try. */
+    if (mv__domain_get_all(h, &all, &n) < 0)
+        n = 0, all = NULL;
     for (size_t i = 0; i < n; i++) {
         served += serve_domain(h, all[i]->domid, false);
         served += serve_domain(h, all[i]->domid, true);

@@ -303,26 +303,29 @@ void mv_host_destroy(mv_host *h)
     free(h);
 }
 
-static uint64_t domains_metadata(mv_host *h)
+/* The domains' metadata, in *bytes: 0 or -ENOMEM. */
+static int domains_metadata(mv_host *h, uint64_t *bytes)
 {
     struct mv_domain **all;
-    size_t n = mv__domain_get_all(h, &all);
-    uint64_t bytes = 0;
+    size_t n;
+    int rc = mv__domain_get_all(h, &all, &n);
 
+    *bytes = 0;
     for (size_t i = 0; i < n; i++) {
         struct mv_domain_info info;
 
         if (mv_domain_info(h, all[i]->domid, &info) == 0)
-            bytes += info.metadata_bytes;
+            *bytes += info.metadata_bytes;
         mv__domain_put(all[i]);
     }
     free(all);
-    return bytes;
+    return rc;
 }
 
 int mv_host_stats(mv_host *h, struct mv_host_stats *out)
 {
     struct mv__scrub_counts scrub;
+    int rc;
 
     mv__clear_error();
     memset(out, 0, sizeof(*out));
@@ -339,7 +342,7 @@ int mv_host_stats(mv_host *h, struct mv_host_stats *out)
     out->faults = atomic_load(&h->faults);
     out->fault_wakeups = atomic_load(&h->fault_wakeups);
     out->fault_wait_errors = atomic_load(&h->fault_wait_errors);
-    out->metadata_bytes = domains_metadata(h);
+    rc = domains_metadata(h, &out->metadata_bytes);
     mv__each_mechanism(m)
         if (m->host_metadata)
             out->metadata_bytes += m->host_metadata(h);
@@ -352,7 +355,7 @@ int mv_host_stats(mv_host *h, struct mv_host_stats *out)
     out->scrub_pending_charged_pages = scrub.pending_charged;
     out->scrubbed_background_pages = scrub.scrubbed_pages;
     out->scrub_failures = scrub.failures;
-    return 0;
+    return rc;
 }
 
 int mv_host_set_budget(mv_host *h, uint64_t budget_bytes)
@@ -400,8 +403,11 @@ static int audit_budget_sum(mv_host *h)
         struct mv__scrub_counts scrub;
         struct mv_domain **all;
         bool quiet = atomic_load(&h->domains_dying) == 0 && done == before;
-        size_t n = mv__domain_get_all(h, &all);
+        size_t n;
+        int rc = mv__domain_get_all(h, &all, &n);
 
+        if (rc < 0)
+            return rc;
         for (size_t i = 0; i < n; i++) {
             mv__mutex_lock(&all[i]->lock);
             populated += all[i]->populated;
@@ -445,15 +451,18 @@ int mv_host_audit(mv_host *h)
     mv__clear_error();
     /* Records that lag behind (kernel copies not settled yet) are brought
      * up to date first, so that the counts below do not move under it. */
+    rc = 0;
     mv__each_mechanism(m)
-        if (m->host_settle)
-            m->host_settle(h);
-    rc = mv__machine_audit(&h->machine);
+        if (rc == 0 && m->host_settle)
+            rc = m->host_settle(h);
+    if (rc == 0)
+        rc = mv__machine_audit(&h->machine);
     if (rc == 0)
         rc = mv__domain_table_audit(h);
+    if (rc == 0)
+        rc = mv__domain_get_all(h, &all, &n);
     if (rc < 0)
         return rc;
-    n = mv__domain_get_all(h, &all);
     for (size_t i = 0; i < n; i++) {
         if (rc == 0) {
             rc = mv_domain_audit(h, all[i]->domid);

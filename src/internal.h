@@ -181,6 +181,7 @@ enum mv__os_op {
     MV_OS_SIGACTION,            /* installing a signal handler */
     MV_OS_UFFD_COPY,            /* UFFDIO_COPY: filling a page with bytes */
     MV_OS_UFFD_UNREGISTER,
+    MV_OS_DOMAIN_LIST,          /* the memory for a list of the host's domains */
     MV_OS_OP_COUNT,
 };
 
@@ -553,13 +554,18 @@ struct mv_domain *mv__domain_get(struct mv_host *host, uint32_t domid);
 /* The same, but also finds a domain being destroyed (for the fault service,
  * which must still drain its userfaultfd). */
 struct mv_domain *mv__domain_get_any(struct mv_host *host, uint32_t domid);
+/* The live domain with the lowest id >= domid, referenced; NULL if none. */
+struct mv_domain *mv__domain_get_from(struct mv_host *host, uint32_t domid);
 void mv__domain_put(struct mv_domain *d);
 /* Look a domain up, take a reference and lock it; -EPERM (with the reason)
  * when it has crashed.  Undone by mv__domain_unlock_put. */
 int mv__domain_lock_live(struct mv_host *host, uint32_t domid, struct mv_domain **out);
 void mv__domain_unlock_put(struct mv_domain *d);
-/* Every live domain, referenced; the caller puts each and frees the array. */
-size_t mv__domain_get_all(struct mv_host *host, struct mv_domain ***out);
+/* Every live domain, referenced, in *out (*count of them); the caller puts
+ * each and frees the array.  0, or -ENOMEM (with the message) and nothing
+ * taken: a caller in the background tries again later, one that answers a
+ * call fails it. */
+int mv__domain_get_all(struct mv_host *host, struct mv_domain ***out, size_t *count);
 /* The host's domain table: sorted by domid, ids of domains only.  0 or
  * -EUCLEAN. */
 int mv__domain_table_audit(struct mv_host *host);
@@ -775,8 +781,9 @@ struct mv__mechanism {
     void (*host_stop)(struct mv_host *h);
     /* After they are (also after a host_init that failed half-way). */
     void (*host_fini)(struct mv_host *h);
-    /* Bring lagging records up to date before an audit (no lock). */
-    void (*host_settle)(struct mv_host *h);
+    /* Bring lagging records up to date before an audit (no lock): 0 or a
+     * negative errno, with the message. */
+    int (*host_settle)(struct mv_host *h);
     /* Pages charged to the budget that no domain's populated count holds. */
     uint64_t (*host_frames)(struct mv_host *h);
     uint64_t (*host_metadata)(struct mv_host *h);

@@ -42,8 +42,9 @@ int64_t mv__share_settle(struct mv_domain *d, uint64_t gfn, uint64_t n);
 /* MV_COW_KERNEL: the domain's populated pages or target changed; trap when
  * its target no longer has room for a copy of every shared page (lock held). */
 void mv__share_check_room(struct mv_domain *d);
-/* Settle every running MV_COW_KERNEL domain (no lock held). */
-void mv__share_settle_all(struct mv_host *host);
+/* Settle every running MV_COW_KERNEL domain (no lock held).  0, or -ENOMEM
+ * when the domains could not be listed. */
+int mv__share_settle_all(struct mv_host *host);
 /* Sharing figures of a domain for mv_domain_info (lock held). */
 void mv__share_domain_info(struct mv_domain *d, struct mv_domain_info *out);
 /* Bytes of sharing's host-wide tables: frame records, the content index. */

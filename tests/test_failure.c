@@ -901,6 +901,83 @@ static void failed_reservation_refuses_the_domain(void **state)
     mv_host_destroy(h);
 }
 
+static int host_stats_of(mv_host *h)
+{
+    struct mv_host_stats st;
+
+    return mv_host_stats(h, &st);
+}
+
+/* Without the memory to list the host's domains, a call that looks at
+ * every domain fails with the reason (an audit used to pass over none of
+ * them), and works again once the memory is there. */
+static void unlisted_domains_fail_the_call(void **state)
+{
+    static const struct {
+        const char *name;
+        int (*call)(mv_host *h);
+    } calls[] = {
+        { "mv_host_audit", mv_host_audit },
+        { "mv_share_audit", mv_share_audit },
+        { "mv_tmem_audit", mv_tmem_audit },
+        { "mv_host_stats", host_stats_of },
+    };
+    mv_host *h = tu_host();
+    uint32_t id = domain_with(h, "listed", 16 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+
+    (void)state;
+    fill(h, id, SEED, 1024, 100);
+    for (size_t i = 0; i < MV_ARRAY_SIZE(calls); i++) {
+        mv__os_inject(MV_OS_DOMAIN_LIST, ENOMEM, 0, 1);
+        if (calls[i].call(h) != -ENOMEM || !strstr(mv_last_error(), "no memory to list"))
+            fail_msg("%s: expected -ENOMEM, got \"%s\"", calls[i].name, mv_last_error());
+        assert_int_equal(mv__os_injection_left(MV_OS_DOMAIN_LIST), 0);
+        assert_ok(calls[i].call(h));
+    }
+    disarm_all();
+    verify_oracle(h, id);
+    audit_host(h);
+    mv_host_destroy(h);
+}
+
+static uint64_t settled_copies(mv_host *h)
+{
+    struct mv_share_stats st;
+
+    assert_ok(mv_share_stats(h, &st));
+    return st.cow_kernel_copies;
+}
+
+/* The settler, when it cannot list the domains, looks again at its next
+ * interval: the kernel's copies are settled all the same. */
+static void settler_outlasts_a_failed_list_of_domains(void **state)
+{
+    struct mv_host_config hc;
+    mv_host *h;
+    uint32_t src, c;
+
+    (void)state;
+    mv_host_config_init(&hc);
+    hc.machine_bytes = 64 * GiB;
+    hc.budget_bytes = 4 * GiB;
+    hc.cow_settle_ms = 5;
+    assert_ok(mv_host_create(&hc, &h));
+    src = domain_with(h, "src", 16 * MiB, MV_COW_KERNEL, MV_LOGDIRTY_AUTO);
+    fill(h, src, SEED, 1024, 1500);
+    assert_ok(mv_domain_pause(h, src));
+    assert_ok(mv_domain_clone(h, src, "c", &c));
+    assert_ok(mv_domain_unpause(h, src));
+    mv__os_inject(MV_OS_DOMAIN_LIST, ENOMEM, 0, 2);
+    fill(h, c, SEED, 1024, 100);
+    tu_wait_until(mv__os_injection_left(MV_OS_DOMAIN_LIST) == 0);
+    tu_wait_until(settled_copies(h) > 0);
+    disarm_all();
+    audit_host(h);
+    verify_oracle(h, src);
+    verify_oracle(h, c);
+    mv_host_destroy(h);
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(half_failed_block_populate_keeps_the_write),
     cmocka_unit_test(failed_punch_keeps_pages_private),
@@ -911,6 +988,8 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(scanner_tells_large_domids_apart),
     cmocka_unit_test(audit_is_exact_while_mechanisms_run),
     cmocka_unit_test(failed_reservation_refuses_the_domain),
+    cmocka_unit_test(unlisted_domains_fail_the_call),
+    cmocka_unit_test(settler_outlasts_a_failed_list_of_domains),
     cmocka_unit_test(inject_populate),
     cmocka_unit_test(inject_sweep),
     cmocka_unit_test(inject_balloon),

@@ -485,6 +485,38 @@ static void freed_memory_goes_to_the_longest_waiting_fault(void **state)
     mv_host_destroy(h);
 }
 
+/* A pass over the held faults that cannot list the domains (no memory) is
+ * tried again at the next tick: a fault waiting for memory that came is
+ * served all the same. */
+static void held_faults_outlast_a_failed_list_of_domains(void **state)
+{
+    const uint64_t budget = 2 * MiB;
+    mv_host *h = tu_host_with(budget, MV_FAULT_SPIN_DEFAULT);
+    uint32_t full = tu_domain(h, "full", 16 * MiB, 16 * MiB);
+    uint32_t waiting = tu_domain(h, "waiting", 16 * MiB, 16 * MiB);
+    struct toucher t;
+
+    (void)state;
+    memset(ram_of(h, full), 0x5a, budget);
+    touch_async(&t, ram_of(h, waiting) + 3 * MiB);
+    wait_for_held(h, waiting, 1);
+    mv__os_inject(MV_OS_DOMAIN_LIST, ENOMEM, 0, 3);
+    assert_ok(mv_host_set_budget(h, budget + 4096));
+    pthread_join(t.thread, NULL);
+    assert_int_equal(atomic_load(&t.state), 1);
+    /* It was served after three passes failed, not before. */
+    assert_int_equal(mv__os_injection_left(MV_OS_DOMAIN_LIST), 0);
+    assert_int_equal(tu_info(h, waiting).held_faults, 0);
+    assert_int_equal(tu_info(h, waiting).populated_pages, 1);
+    /* What the oracle expects of pages no workload wrote. */
+    memset(ram_of(h, full), 0, budget);
+    ram_of(h, waiting)[3 * MiB] = 0;
+    tu_verify(h, full);
+    tu_verify(h, waiting);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 static void wait_policy_times_out_into_a_crash(void **state)
 {
     mv_host *h = tu_host();
@@ -1356,6 +1388,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(wait_policy_resumes_when_guest_balloons),
     cmocka_unit_test(memory_the_scanner_frees_resumes_a_waiting_fault),
     cmocka_unit_test(freed_memory_goes_to_the_longest_waiting_fault),
+    cmocka_unit_test(held_faults_outlast_a_failed_list_of_domains),
     cmocka_unit_test(wait_policy_times_out_into_a_crash),
     cmocka_unit_test(touching_a_ballooned_page_crashes_the_domain),
     cmocka_unit_test(lowering_target_reclaims_zero_pages_or_refuses),

@@ -288,9 +288,9 @@ static uint64_t count_shared_entries(struct mv__share *s)
 int mv_share_audit(mv_host *host)
 {
     struct mv__share *s;
-    struct mv_domain **all;
+    struct mv_domain **all = NULL;
     uint64_t frames = 0, entries;
-    size_t n;
+    size_t n = 0;
     int rc;
 
     mv__clear_error();
@@ -298,7 +298,9 @@ int mv_share_audit(mv_host *host)
         return mv__fail(-EINVAL, "host is NULL");
     s = host->share;
     /* Kernel copies made so far become what trapped breaks would have. */
-    mv__share_settle_all(host);
+    rc = mv__share_settle_all(host);
+    if (rc < 0)
+        return rc;
     mv__mutex_lock(&s->lock);
     rc = audit_frames(host, &frames);
     if (rc == 0 && frames != s->frames)
@@ -311,7 +313,8 @@ int mv_share_audit(mv_host *host)
                       (unsigned long long)(s->refs - s->frames),
                       (unsigned long long)s->frames, (unsigned long long)s->refs);
     mv__mutex_unlock(&s->lock);
-    n = mv__domain_get_all(host, &all);
+    if (rc == 0)
+        rc = mv__domain_get_all(host, &all, &n);
     for (size_t i = 0; i < n; i++) {
         if (rc == 0) {
             mv__mutex_lock(&all[i]->lock);

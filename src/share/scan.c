@@ -504,25 +504,6 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
         scan_chunk(host, d, at, MV_MIN(at + SCAN_CHUNK_PAGES, hi), checksums, result);
 }
 
-/* The first running domain with an id >= domid, referenced; NULL if none. */
-static struct mv_domain *domain_from(mv_host *host, uint32_t domid)
-{
-    struct mv_domain **all, *found = NULL;
-    size_t n = mv__domain_get_all(host, &all);
-
-    for (size_t i = 0; i < n; i++) {
-        if (all[i]->domid >= domid && (!found || all[i]->domid < found->domid)) {
-            if (found)
-                mv__domain_put(found);
-            found = all[i];
-        } else {
-            mv__domain_put(all[i]);
-        }
-    }
-    free(all);
-    return found;
-}
-
 /*
  * Scan from the cursor until `max_pages` populated pages were hashed or the
  * pass ends (then *pass_done).  Returns 0 or a negative errno.
@@ -539,7 +520,7 @@ static int scan_step(mv_host *host, uint64_t max_pages, struct mv_scan_result *r
     }
     process_hints(host, result);
     while (result->pages_scanned < max_pages) {
-        struct mv_domain *d = domain_from(host, sc->cursor_domid);
+        struct mv_domain *d = mv__domain_get_from(host, sc->cursor_domid);
         uint64_t before = result->pages_scanned;
 
         if (!d) {

@@ -330,15 +330,20 @@ int mv__share_cow_trap(struct mv_domain *d, enum mv__cow_trap reason, bool on)
 }
 
 /* Settle every running MV_COW_KERNEL domain that has shared gfns, each
- * under its lock, or a chunk at a time (no lock held).  Returns whether one
- * traps for want of memory (only a settle lets it copy again); adds the
- * copies left waiting for memory to *waiting when not NULL. */
-static bool settle_all(struct mv_host *h, bool chunked)
+ * under its lock, or a chunk at a time (no lock held).  Sets
+ * *memory_trapped when one traps for want of memory (only a settle lets it
+ * copy again).  0, or -ENOMEM when the domains could not be listed (none
+ * was settled). */
+static int settle_all(struct mv_host *h, bool chunked, bool *memory_trapped)
 {
     struct mv_domain **all;
-    size_t n = mv__domain_get_all(h, &all);
-    bool memory_trapped = false;
+    size_t n;
+    int rc = mv__domain_get_all(h, &all, &n);
     uint64_t waiting = 0;
+
+    *memory_trapped = false;
+    if (rc < 0)
+        return rc;
 
     for (size_t i = 0; i < n; i++) {
         struct mv_domain *d = all[i];
@@ -353,7 +358,7 @@ static bool settle_all(struct mv_host *h, bool chunked)
         }
         if (kernel_copies(d)) {
             mv__mutex_lock(&d->lock);
-            memory_trapped |= (d->share->trap_reasons & MV__COW_TRAP_MEMORY) != 0;
+            *memory_trapped |= (d->share->trap_reasons & MV__COW_TRAP_MEMORY) != 0;
             waiting += d->share->settle_waiting;
             mv__mutex_unlock(&d->lock);
         }
@@ -363,12 +368,14 @@ static bool settle_all(struct mv_host *h, bool chunked)
     mv__mutex_lock(&h->share->lock);
     h->share->settle_waiting = waiting;
     mv__mutex_unlock(&h->share->lock);
-    return memory_trapped;
+    return 0;
 }
 
-void mv__share_settle_all(struct mv_host *h)
+int mv__share_settle_all(struct mv_host *h)
 {
-    settle_all(h, false);
+    bool memory_trapped;
+
+    return settle_all(h, false, &memory_trapped);
 }
 
 /* Page faults this process has taken: a kernel copy is one, so while the
@@ -402,7 +409,13 @@ static void *settler_main(void *arg)
             continue;
         faults_seen = faults;
         mv__mutex_unlock(&s->settler_lock);
-        memory_trapped = settle_all(h, true);
+        /* Domains that could not be listed are settled at the next
+         * interval: as if one trapped for memory, the look is not skipped. */
+        if (settle_all(h, true, &memory_trapped) < 0) {
+            mv__log(h, MV_LOG_WARN, "settler: %s; trying again in %llu ms",
+                    mv_last_error(), (unsigned long long)(interval / 1000000));
+            memory_trapped = true;
+        }
         mv__mutex_lock(&s->settler_lock);
     }
     mv__mutex_unlock(&s->settler_lock);

@@ -312,8 +312,8 @@ static int audit_paged(struct mv_host *h)
 {
     struct mv__tmem *t = tm_of(h);
     struct mv_domain **all;
-    size_t n = mv__domain_get_all(h, &all);
-    int rc = 0;
+    size_t n;
+    int rc = mv__domain_get_all(h, &all, &n);
 
     for (size_t i = 0; i < n; i++) {
         struct mv_domain *d = all[i];

@@ -526,7 +526,12 @@ static void auto_pass(struct mv__tmem *t)
     if (populated <= high && !atomic_exchange(&t->auto_urgent, false))
         return;
     need = populated > low ? populated - low : 1;
-    n = mv__domain_get_all(h, &all);
+    if (mv__domain_get_all(h, &all, &n) < 0) {
+        /* The next period looks again, and a fault that waits wakes it. */
+        mv__log(h, MV_LOG_WARN, "tmem paging: %s; nothing paged out this pass",
+                mv_last_error());
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         mv__mutex_lock(&all[i]->lock);
         total += all[i]->populated;
