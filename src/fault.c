@@ -23,7 +23,13 @@
  * waited longest first, each domain's in the order they came, and none of
  * a domain below its target once a domain's fault found the host without
  * memory: memory that frees up a page at a time goes to the faults in the
- * order they began to wait for it.
+ * order they began to wait for it.  For the same reason a new fault that
+ * would take the host's memory while an older one waits for it
+ * (host->memory_wanted, set when a fault is held for want of the host's
+ * memory and by each retry pass) is held behind it, not served: in a
+ * fault thread, and in the faulting thread, which hands it over.  The
+ * flag is a hint that a pass corrects: a fault held by a stale one is
+ * served at the next tick.
  *
  * After serving a burst of populate-on-demand faults, a thread keeps
  * polling (without sleeping) for fault_spin_us: the next fault of a guest
@@ -174,6 +180,21 @@ MV_COLD static void out_of_memory(struct mv_domain *d, uint64_t gfn, bool cow)
         return;
     }
     d->pod_waits++;
+    if (d->populated < d->target_pages && mv__machine_room(&d->host->machine) == 0)
+        atomic_store(&d->host->memory_wanted, true);
+}
+
+/*
+ * Whether a new fault of d must wait behind older ones for the host's
+ * memory (lock held): d is below its target, so the fault would take a
+ * page of the host's, and a fault that came earlier waits for one.  Served
+ * at once, it would take the page that memory freed for the older fault.
+ * Under MV_POD_CRASH no fault waits.
+ */
+static bool waits_its_turn(struct mv_domain *d)
+{
+    return atomic_load(&d->host->memory_wanted) && d->config.pod_policy == MV_POD_WAIT &&
+           d->populated < d->target_pages;
 }
 
 /*
@@ -242,6 +263,10 @@ static void serve_fault(struct mv_domain *d, uint64_t address, uint64_t flags,
                 m->write_fault(d, gfn);
         return;
     }
+    if (waits_its_turn(d) && !needs_nothing(d, gfn, flags, cow)) {
+        out_of_memory(d, gfn, cow);
+        return;
+    }
     /* Out of memory, or a system call that failed and left the page as it
      * was: the fault waits and is tried again, like one short of memory,
      * up to the domain's wait_timeout_ms (MV_POD_CRASH: crash now). */
@@ -291,7 +316,8 @@ enum mv__fault_verdict mv__fault_in_thread(struct mv_domain *d, uint64_t gfn)
     mv__mutex_lock(&d->lock);
     if (atomic_load(&d->dying) || d->state == MV_DOMAIN_CRASHED) {
         verdict = MV__FAULT_CRASHED;
-    } else if (d->state == MV_DOMAIN_RUNNING && gfn < d->maxmem_pages) {
+    } else if (d->state == MV_DOMAIN_RUNNING && gfn < d->maxmem_pages &&
+               !waits_its_turn(d)) {
         ops = mv__p2m_ops_of((enum mv__p2m_type)d->p2m[gfn]);
         if (ops->fault_fast && ops->fault_fast(d, gfn) == 0) {
             d->faults++;
@@ -498,8 +524,8 @@ static bool waits_for_memory(const struct mv_domain *d)
  * Try d's held faults again (see retry_held), and put the reference.
  * Below its target a fault takes the host's memory: not while an older
  * fault of another domain waits for it (`older_waits`).  Returns whether
- * one of d's faults still waits for the host's memory, which had no room
- * when they were tried.
+ * one of d's faults still waits for the host's memory, which has no room
+ * left after they were tried.
  */
 static bool retry_domain(struct mv_domain *d, uint64_t now, bool older_waits)
 {
@@ -508,11 +534,10 @@ static bool retry_domain(struct mv_domain *d, uint64_t now, bool older_waits)
     mv__mutex_lock(&d->lock);
     if (d->held_count) {
         bool below_target = d->populated < d->target_pages;
-        bool no_room = mv__machine_room(&d->host->machine) == 0;
 
         retry_held_locked(d, now, !(older_waits && below_target));
-        waits = no_room && below_target && d->state == MV_DOMAIN_RUNNING &&
-                waits_for_memory(d);
+        waits = d->populated < d->target_pages && d->state == MV_DOMAIN_RUNNING &&
+                mv__machine_room(&d->host->machine) == 0 && waits_for_memory(d);
     }
     mv__mutex_unlock(&d->lock);
     mv__domain_put(d);
@@ -567,6 +592,8 @@ static void retry_held(struct mv_host *h)
         older_waits |= retry_domain(all[i], now, older_waits);
     }
     free(all);
+    /* New faults wait their turn while one of these still waits. */
+    atomic_store(&h->memory_wanted, older_waits);
 }
 
 /*

@@ -909,6 +909,9 @@ struct mv_host {
     cpu_set_t fault_cpus;        /* empty: no restriction */
     atomic_bool stopping;
     atomic_uint_fast64_t held_total;
+    /* A fault of a domain below its target waits for the host's memory:
+     * new faults that would take some wait behind it (fault.c). */
+    atomic_bool memory_wanted;
 
     /* Faults handed over by SIGBUS handlers (fault.c), new and waiting
      * for their domain (paused, short of memory); forward_lock. */

@@ -485,6 +485,52 @@ static void freed_memory_goes_to_the_longest_waiting_fault(void **state)
     mv_host_destroy(h);
 }
 
+/* A new fault does not take the memory that freed up for one that waits:
+ * it waits behind it.  (It was served if it came before the pass the
+ * freeing kicked off, and so a domain that faulted often could keep
+ * another waiting until its deadline.) */
+static void new_faults_wait_behind_older_ones(void **state)
+{
+    const uint64_t budget = 2 * MiB;
+    mv_host *h = tu_host_with(budget, MV_FAULT_SPIN_DEFAULT);
+    /* Its last 64 pages are no whole 2 MiB block: a fault there is one
+     * that the faulting thread may resolve itself. */
+    const uint64_t size = 16 * MiB + 64 * 4096, tail = 16 * MiB + 3 * 4096;
+    uint32_t first = tu_domain(h, "first", size, size);
+    uint32_t second = tu_domain(h, "second", 16 * MiB, 16 * MiB);
+    struct toucher older, newer;
+
+    (void)state;
+    memset(ram_of(h, first), 0x5a, budget);
+    /* vCPUs: where faults are resolved in the faulting thread, theirs are. */
+    vcpu_touch_async(&older, h, second, ram_of(h, second) + 5 * MiB);
+    wait_for_held(h, second, 1);
+    /* A page frees up, and the pass it brings has not run yet. */
+    atomic_fetch_add(&h->machine.budget_pages, 1);
+    vcpu_touch_async(&newer, h, first, ram_of(h, first) + tail);
+    tu_wait_until(tu_info(h, first).held_faults == 1 || atomic_load(&newer.state) != 0);
+    assert_int_equal(atomic_load(&newer.state), 0);
+    mv__fault_kick(h);
+    pthread_join(older.thread, NULL);
+    assert_int_equal(atomic_load(&older.state), 1);
+    assert_int_equal(tu_info(h, second).populated_pages, 1);
+    assert_int_equal(tu_info(h, first).held_faults, 1);
+    assert_int_equal(atomic_load(&newer.state), 0);
+    /* Then room for the other. */
+    assert_ok(mv_host_set_budget(h, budget + 2 * 4096));
+    pthread_join(newer.thread, NULL);
+    assert_int_equal(atomic_load(&newer.state), 1);
+    assert_int_equal(tu_info(h, first).held_faults, 0);
+    /* What the oracle expects of pages no workload wrote. */
+    memset(ram_of(h, first), 0, budget);
+    ram_of(h, first)[tail] = 0;
+    ram_of(h, second)[5 * MiB] = 0;
+    tu_verify(h, first);
+    tu_verify(h, second);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 /* A pass over the held faults that cannot list the domains (no memory) is
  * tried again at the next tick: a fault waiting for memory that came is
  * served all the same. */
@@ -1389,6 +1435,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(memory_the_scanner_frees_resumes_a_waiting_fault),
     cmocka_unit_test(freed_memory_goes_to_the_longest_waiting_fault),
     cmocka_unit_test(held_faults_outlast_a_failed_list_of_domains),
+    cmocka_unit_test(new_faults_wait_behind_older_ones),
     cmocka_unit_test(wait_policy_times_out_into_a_crash),
     cmocka_unit_test(touching_a_ballooned_page_crashes_the_domain),
     cmocka_unit_test(lowering_target_reclaims_zero_pages_or_refuses),
