@@ -725,26 +725,36 @@ static void fault_threads_survive_wait_errors(void **state)
     mv_host_destroy(h);
 }
 
+/* A host whose settler looks every settle_ms, with a MV_COW_KERNEL domain
+ * its workload filled (*src) and a clone of it (*c). */
+static mv_host *host_with_kernel_clone(unsigned settle_ms, uint32_t *src, uint32_t *c)
+{
+    struct mv_host_config hc;
+    mv_host *h;
+
+    mv_host_config_init(&hc);
+    hc.machine_bytes = 64 * GiB;
+    hc.budget_bytes = 4 * GiB;
+    hc.cow_settle_ms = settle_ms;
+    assert_ok(mv_host_create(&hc, &h));
+    *src = domain_with(h, "src", 16 * MiB, MV_COW_KERNEL, MV_LOGDIRTY_AUTO);
+    fill(h, *src, SEED, 1024, 1500);
+    assert_ok(mv_domain_pause(h, *src));
+    assert_ok(mv_domain_clone(h, *src, "c", c));
+    assert_ok(mv_domain_unpause(h, *src));
+    return h;
+}
+
 /* Reading statistics changes nothing: a kernel copy stays unsettled (and
  * uncounted) until something settles it. */
 static void statistics_change_nothing(void **state)
 {
-    struct mv_host_config hc;
     struct mv_share_stats st;
-    mv_host *h;
     uint32_t src, c;
+    /* The settler stays out of the way. */
+    mv_host *h = host_with_kernel_clone(60000, &src, &c);
 
     (void)state;
-    mv_host_config_init(&hc);
-    hc.machine_bytes = 64 * GiB;
-    hc.budget_bytes = 4 * GiB;
-    hc.cow_settle_ms = 60000;   /* the settler stays out of the way */
-    assert_ok(mv_host_create(&hc, &h));
-    src = domain_with(h, "src", 16 * MiB, MV_COW_KERNEL, MV_LOGDIRTY_AUTO);
-    fill(h, src, SEED, 1024, 1500);
-    assert_ok(mv_domain_pause(h, src));
-    assert_ok(mv_domain_clone(h, src, "c", &c));
-    assert_ok(mv_domain_unpause(h, src));
     fill(h, c, SEED, 1024, 100);
     for (int i = 0; i < 3; i++) {
         assert_ok(mv_share_stats(h, &st));
@@ -952,21 +962,10 @@ static uint64_t settled_copies(mv_host *h)
  * interval: the kernel's copies are settled all the same. */
 static void settler_outlasts_a_failed_list_of_domains(void **state)
 {
-    struct mv_host_config hc;
-    mv_host *h;
     uint32_t src, c;
+    mv_host *h = host_with_kernel_clone(5, &src, &c);
 
     (void)state;
-    mv_host_config_init(&hc);
-    hc.machine_bytes = 64 * GiB;
-    hc.budget_bytes = 4 * GiB;
-    hc.cow_settle_ms = 5;
-    assert_ok(mv_host_create(&hc, &h));
-    src = domain_with(h, "src", 16 * MiB, MV_COW_KERNEL, MV_LOGDIRTY_AUTO);
-    fill(h, src, SEED, 1024, 1500);
-    assert_ok(mv_domain_pause(h, src));
-    assert_ok(mv_domain_clone(h, src, "c", &c));
-    assert_ok(mv_domain_unpause(h, src));
     mv__os_inject(MV_OS_DOMAIN_LIST, ENOMEM, 0, 2);
     fill(h, c, SEED, 1024, 100);
     tu_wait_until(mv__os_injection_left(MV_OS_DOMAIN_LIST) == 0);

@@ -440,30 +440,57 @@ static void memory_the_scanner_frees_resumes_a_waiting_fault(void **state)
     mv_host_destroy(h);
 }
 
+/* The tests of faults waiting for the host's memory: a budget of 2 MiB,
+ * all of it taken by the domain created first, `full` (of full_bytes), and
+ * a second domain of 16 MiB, `other`. */
+#define FULL_BUDGET (2 * MiB)
+
+static mv_host *full_host(uint64_t full_bytes, uint32_t *full, uint32_t *other)
+{
+    mv_host *h = tu_host_with(FULL_BUDGET, MV_FAULT_SPIN_DEFAULT);
+
+    *full = tu_domain(h, "full", full_bytes, full_bytes);
+    *other = tu_domain(h, "other", 16 * MiB, 16 * MiB);
+    assert_true(*full < *other);
+    memset(ram_of(h, *full), 0x5a, FULL_BUDGET);
+    assert_int_equal(tu_info(h, *full).populated_pages, FULL_BUDGET / 4096);
+    return h;
+}
+
+/* The end of such a test: the bytes the budget's filling and the touchers
+ * (`touched`) wrote become what the oracle expects of pages no workload
+ * wrote; both domains verified, the host audited and destroyed. */
+static void end_full_host(mv_host *h, uint32_t full, uint32_t other,
+                          uint8_t *const *touched, size_t n)
+{
+    memset(ram_of(h, full), 0, FULL_BUDGET);
+    for (size_t i = 0; i < n; i++)
+        *touched[i] = 0;
+    tu_verify(h, full);
+    tu_verify(h, other);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 /* Memory freed while faults of several domains wait goes to the fault
  * that has waited longest, whatever the domains' order (it went to the
  * domain created first, which could keep a later one waiting until its
  * deadline while memory came and went). */
 static void freed_memory_goes_to_the_longest_waiting_fault(void **state)
 {
-    const uint64_t budget = 2 * MiB;
-    mv_host *h = tu_host_with(budget, MV_FAULT_SPIN_DEFAULT);
-    uint32_t first = tu_domain(h, "first", 16 * MiB, 16 * MiB);
-    uint32_t second = tu_domain(h, "second", 16 * MiB, 16 * MiB);
+    uint32_t first, second;
+    mv_host *h = full_host(16 * MiB, &first, &second);
+    uint8_t *const touched[] = { ram_of(h, second) + 5 * MiB, ram_of(h, first) + 9 * MiB };
     struct toucher early, late;
 
     (void)state;
-    assert_true(first < second);
-    /* The first domain takes the whole budget. */
-    memset(ram_of(h, first), 0x5a, budget);
-    assert_int_equal(tu_info(h, first).populated_pages, budget / 4096);
     /* The second domain's fault waits first, then the first domain's. */
-    touch_async(&early, ram_of(h, second) + 5 * MiB);
+    touch_async(&early, touched[0]);
     wait_for_held(h, second, 1);
-    touch_async(&late, ram_of(h, first) + 9 * MiB);
+    touch_async(&late, touched[1]);
     wait_for_held(h, first, 1);
     /* One page frees up: the second domain's fault takes it. */
-    assert_ok(mv_host_set_budget(h, budget + 4096));
+    assert_ok(mv_host_set_budget(h, FULL_BUDGET + 4096));
     tu_wait_until(atomic_load(&early.state) != 0 || atomic_load(&late.state) != 0);
     assert_int_equal(atomic_load(&late.state), 0);
     pthread_join(early.thread, NULL);
@@ -471,18 +498,12 @@ static void freed_memory_goes_to_the_longest_waiting_fault(void **state)
     assert_int_equal(tu_info(h, first).held_faults, 1);
     assert_int_equal(tu_info(h, second).populated_pages, 1);
     /* Then room for the other. */
-    assert_ok(mv_host_set_budget(h, budget + 2 * 4096));
+    assert_ok(mv_host_set_budget(h, FULL_BUDGET + 2 * 4096));
     pthread_join(late.thread, NULL);
     assert_int_equal(atomic_load(&late.state), 1);
     assert_int_equal(tu_info(h, first).held_faults, 0);
-    assert_int_equal(tu_info(h, first).populated_pages, budget / 4096 + 1);
-    /* What the oracle expects of pages no workload wrote. */
-    memset(ram_of(h, first), 0, budget);
-    ram_of(h, first)[9 * MiB] = 0;
-    ram_of(h, second)[5 * MiB] = 0;
-    tu_verify(h, first);
-    tu_verify(h, second);
-    mv_host_destroy(h);
+    assert_int_equal(tu_info(h, first).populated_pages, FULL_BUDGET / 4096 + 1);
+    end_full_host(h, first, second, touched, MV_ARRAY_SIZE(touched));
 }
 
 /* A new fault does not take the memory that freed up for one that waits:
@@ -491,23 +512,21 @@ static void freed_memory_goes_to_the_longest_waiting_fault(void **state)
  * another waiting until its deadline.) */
 static void new_faults_wait_behind_older_ones(void **state)
 {
-    const uint64_t budget = 2 * MiB;
-    mv_host *h = tu_host_with(budget, MV_FAULT_SPIN_DEFAULT);
-    /* Its last 64 pages are no whole 2 MiB block: a fault there is one
-     * that the faulting thread may resolve itself. */
-    const uint64_t size = 16 * MiB + 64 * 4096, tail = 16 * MiB + 3 * 4096;
-    uint32_t first = tu_domain(h, "first", size, size);
-    uint32_t second = tu_domain(h, "second", 16 * MiB, 16 * MiB);
+    /* The first domain's last 64 pages are no whole 2 MiB block: a fault
+     * there is one that the faulting thread may resolve itself. */
+    uint32_t first, second;
+    mv_host *h = full_host(16 * MiB + 64 * 4096, &first, &second);
+    uint8_t *const touched[] = { ram_of(h, second) + 5 * MiB,
+                                 ram_of(h, first) + 16 * MiB + 3 * 4096 };
     struct toucher older, newer;
 
     (void)state;
-    memset(ram_of(h, first), 0x5a, budget);
     /* vCPUs: where faults are resolved in the faulting thread, theirs are. */
-    vcpu_touch_async(&older, h, second, ram_of(h, second) + 5 * MiB);
+    vcpu_touch_async(&older, h, second, touched[0]);
     wait_for_held(h, second, 1);
     /* A page frees up, and the pass it brings has not run yet. */
     atomic_fetch_add(&h->machine.budget_pages, 1);
-    vcpu_touch_async(&newer, h, first, ram_of(h, first) + tail);
+    vcpu_touch_async(&newer, h, first, touched[1]);
     tu_wait_until(tu_info(h, first).held_faults == 1 || atomic_load(&newer.state) != 0);
     assert_int_equal(atomic_load(&newer.state), 0);
     mv__fault_kick(h);
@@ -517,18 +536,11 @@ static void new_faults_wait_behind_older_ones(void **state)
     assert_int_equal(tu_info(h, first).held_faults, 1);
     assert_int_equal(atomic_load(&newer.state), 0);
     /* Then room for the other. */
-    assert_ok(mv_host_set_budget(h, budget + 2 * 4096));
+    assert_ok(mv_host_set_budget(h, FULL_BUDGET + 2 * 4096));
     pthread_join(newer.thread, NULL);
     assert_int_equal(atomic_load(&newer.state), 1);
     assert_int_equal(tu_info(h, first).held_faults, 0);
-    /* What the oracle expects of pages no workload wrote. */
-    memset(ram_of(h, first), 0, budget);
-    ram_of(h, first)[tail] = 0;
-    ram_of(h, second)[5 * MiB] = 0;
-    tu_verify(h, first);
-    tu_verify(h, second);
-    assert_ok(mv_host_audit(h));
-    mv_host_destroy(h);
+    end_full_host(h, first, second, touched, MV_ARRAY_SIZE(touched));
 }
 
 /* A pass over the held faults that cannot list the domains (no memory) is
@@ -536,31 +548,23 @@ static void new_faults_wait_behind_older_ones(void **state)
  * served all the same. */
 static void held_faults_outlast_a_failed_list_of_domains(void **state)
 {
-    const uint64_t budget = 2 * MiB;
-    mv_host *h = tu_host_with(budget, MV_FAULT_SPIN_DEFAULT);
-    uint32_t full = tu_domain(h, "full", 16 * MiB, 16 * MiB);
-    uint32_t waiting = tu_domain(h, "waiting", 16 * MiB, 16 * MiB);
+    uint32_t full, waiting;
+    mv_host *h = full_host(16 * MiB, &full, &waiting);
+    uint8_t *const touched[] = { ram_of(h, waiting) + 3 * MiB };
     struct toucher t;
 
     (void)state;
-    memset(ram_of(h, full), 0x5a, budget);
-    touch_async(&t, ram_of(h, waiting) + 3 * MiB);
+    touch_async(&t, touched[0]);
     wait_for_held(h, waiting, 1);
     mv__os_inject(MV_OS_DOMAIN_LIST, ENOMEM, 0, 3);
-    assert_ok(mv_host_set_budget(h, budget + 4096));
+    assert_ok(mv_host_set_budget(h, FULL_BUDGET + 4096));
     pthread_join(t.thread, NULL);
     assert_int_equal(atomic_load(&t.state), 1);
     /* It was served after three passes failed, not before. */
     assert_int_equal(mv__os_injection_left(MV_OS_DOMAIN_LIST), 0);
     assert_int_equal(tu_info(h, waiting).held_faults, 0);
     assert_int_equal(tu_info(h, waiting).populated_pages, 1);
-    /* What the oracle expects of pages no workload wrote. */
-    memset(ram_of(h, full), 0, budget);
-    ram_of(h, waiting)[3 * MiB] = 0;
-    tu_verify(h, full);
-    tu_verify(h, waiting);
-    assert_ok(mv_host_audit(h));
-    mv_host_destroy(h);
+    end_full_host(h, full, waiting, touched, MV_ARRAY_SIZE(touched));
 }
 
 static void wait_policy_times_out_into_a_crash(void **state)
