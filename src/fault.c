@@ -524,8 +524,8 @@ static bool waits_for_memory(const struct mv_domain *d)
  * Try d's held faults again (see retry_held), and put the reference.
  * Below its target a fault takes the host's memory: not while an older
  * fault of another domain waits for it (`older_waits`).  Returns whether
- * one of d's faults still waits for the host's memory, which has no room
- * left after they were tried.
+ * one of d's faults still waits for the host's memory, which had no room
+ * before or after they were tried.
  */
 static bool retry_domain(struct mv_domain *d, uint64_t now, bool older_waits)
 {
@@ -534,10 +534,15 @@ static bool retry_domain(struct mv_domain *d, uint64_t now, bool older_waits)
     mv__mutex_lock(&d->lock);
     if (d->held_count) {
         bool below_target = d->populated < d->target_pages;
+        bool no_room = mv__machine_room(&d->host->machine) == 0;
 
         retry_held_locked(d, now, !(older_waits && below_target));
-        waits = d->populated < d->target_pages && d->state == MV_DOMAIN_RUNNING &&
-                mv__machine_room(&d->host->machine) == 0 && waits_for_memory(d);
+        /* The host without room before or after: memory that came during
+         * the retry is for these faults first (the kick that came with it
+         * starts a pass from the oldest). */
+        no_room = no_room || mv__machine_room(&d->host->machine) == 0;
+        waits = no_room && d->populated < d->target_pages &&
+                d->state == MV_DOMAIN_RUNNING && waits_for_memory(d);
     }
     mv__mutex_unlock(&d->lock);
     mv__domain_put(d);
