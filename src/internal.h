@@ -632,6 +632,8 @@ static inline bool mv__page_repeats_word(const uint8_t *page)
 }
 /* Whether a page's bytes are all zero (any page: guest or frame). */
 bool mv__page_is_zero(const uint8_t *page);
+/* A page's XXH3-64 hash: a hint for finding equal pages, never proof. */
+uint64_t mv__page_hash(const uint8_t *page);
 
 /* ------------------------------------------------------------------------ */
 /* fault.c                                                                   */

@@ -59,7 +59,6 @@ uint32_t *mv__share_checksums(struct mv_domain *d);
  * want[i] marks: probes, bytes are compared later. */
 void mv__share_index_probe_many(struct mv_host *host, const uint64_t *hashes, const bool *want,
                                 size_t n, bool *found);
-uint64_t mv__share_hash(const uint8_t *page);
 /* Frames held for sharing (charged to the host budget, to no domain). */
 uint64_t mv__share_frames(struct mv_host *host);
 /* The scanner's limit on mappings (0: vm.max_map_count less a reserve). */

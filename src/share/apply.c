@@ -345,7 +345,7 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
             plan->kind[i] = PLAN_ZERO;
             continue;
         }
-        plan->hash[i] = mv__share_hash(page);
+        plan->hash[i] = mv__page_hash(page);
         plan->mfn[i] = actions[i] == MV_ACT_INSERT ? MV_NO_MFN
                        : share_index_lookup(s, plan->hash[i]);
     }

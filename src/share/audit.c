@@ -50,7 +50,7 @@ static int audit_frame(struct mv_host *h, uint64_t mfn, struct mv__sframe *f,
 
         if (rc < 0)
             return rc;
-        if (mv__share_hash(page) != f->hash)
+        if (mv__page_hash(page) != f->hash)
             return mv__fail(-EUCLEAN, "shared frame %#llx no longer holds the bytes "
                             "its index entry was made from", (unsigned long long)mfn);
     }

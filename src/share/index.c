@@ -10,17 +10,9 @@
  *   before an insert would pass it);
  *   an indexed frame's bytes hash to frame.hash (mv_share_audit).
  *
- * Locking: share->lock held, except mv__share_hash (no state) and
- * mv__share_index_probe_many (takes it).
+ * Locking: share->lock held, except mv__share_index_probe_many (takes it).
  */
 #include "share.h"
-
-#include <xxhash.h>
-
-uint64_t mv__share_hash(const uint8_t *page)
-{
-    return XXH3_64bits(page, MV_PAGE_SIZE);
-}
 
 static int index_grow(struct mv__share *s)
 {

@@ -439,7 +439,7 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
             any = true;
             continue;
         }
-        hashes[i] = mv__share_hash(page);
+        hashes[i] = mv__page_hash(page);
         hashed[i] = true;
     }
     mv__share_index_probe_many(host, hashes, hashed, hi - lo, indexed);

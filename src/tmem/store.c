@@ -93,7 +93,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#include <xxhash.h>
 #include <zstd.h>
 
 #define TM_ZSTD_LEVEL 1
@@ -1025,7 +1024,7 @@ int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
         pool->c.poor_compressions++;
     }
     if (dedup) {
-        hash = XXH3_64bits(page, MV_PAGE_SIZE);
+        hash = mv__page_hash(page);
         for (b = t->dedup[dedup_bucket(t, hash, pool->id)]; b; b = b->hnext) {
             const uint8_t *have;
 
