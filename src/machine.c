@@ -51,12 +51,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#include <xxhash.h>
-#ifdef MV_HAVE_XXH3_DISPATCH
-/* XXH3_64bits becomes the library's entry that picks AVX2 or AVX-512 at run
- * time (CMakeLists.txt): the same hash, a page in half the time. */
-#include <xxh_x86dispatch.h>
-#endif
 
 static unsigned order_for(uint64_t pages)
 {
@@ -455,11 +449,6 @@ bool mv__page_is_zero(const uint8_t *page)
 
     memcpy(&first, page, sizeof(first));
     return first == 0 && mv__page_repeats_word(page);
-}
-
-uint64_t mv__page_hash(const uint8_t *page)
-{
-    return XXH3_64bits(page, MV_PAGE_SIZE);
 }
 
 int mv__machine_scrub(struct mv__machine *m, uint64_t first, uint64_t pages)
