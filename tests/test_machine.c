@@ -1,13 +1,18 @@
 /*
  * test_machine.c - the frame allocator and the budget, through the internal
  * interface: allocation alignment, splitting, merging back to one block,
- * exhaustion, the audit catching a corrupted free list, and a machine that
- * cannot be made.
+ * exhaustion, the audit catching a corrupted free list, a machine that
+ * cannot be made, and the page hash.
  */
 #include "testutil.h"
 #include "internal.h"
 
 #include <dirent.h>
+#include <stdlib.h>
+
+/* The reference hash: xxHash's header, compiled for this test's target. */
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #define MACHINE (64 * MiB) /* 16384 frames */
 
@@ -147,6 +152,29 @@ static void failed_machine_init_leaves_nothing(void **state)
     mv__machine_fini(&m);
 }
 
+/* mv__page_hash is XXH3-64, whichever vector unit the library picked for
+ * it on this CPU: the path it took must hash as the reference does. */
+static void page_hash_is_xxh3_on_every_path(void **state)
+{
+    static uint8_t pages[16][MV_PAGE_SIZE] __attribute__((aligned(64)));
+    uint64_t before;
+
+    (void)state;
+    srand(7);
+    for (size_t p = 1; p < MV_ARRAY_SIZE(pages); p++)
+        for (size_t i = 0; i < MV_PAGE_SIZE; i++)
+            pages[p][i] = (uint8_t)(p < 8 ? rand() : (int)(i % p)); /* random, then patterned */
+    for (size_t p = 0; p < MV_ARRAY_SIZE(pages); p++) {
+        assert_true(mv__page_hash(pages[p]) == XXH3_64bits(pages[p], MV_PAGE_SIZE));
+        assert_true(mv__page_hash(pages[p]) == mv__page_hash(pages[p]));
+    }
+    /* Its last byte changed, a page hashes differently. */
+    before = mv__page_hash(pages[3]);
+    pages[3][MV_PAGE_SIZE - 1] ^= 1;
+    assert_true(mv__page_hash(pages[3]) != before);
+    assert_true(mv__page_hash(pages[3]) == XXH3_64bits(pages[3], MV_PAGE_SIZE));
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(blocks_are_aligned_and_disjoint),
     cmocka_unit_test(exhaustion_and_fragmentation_are_reported),
@@ -154,6 +182,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(budget_counts_populated_frames),
     cmocka_unit_test(machine_size_is_validated),
     cmocka_unit_test(failed_machine_init_leaves_nothing),
+    cmocka_unit_test(page_hash_is_xxh3_on_every_path),
 };
 
 TU_MAIN(cases)
