@@ -156,7 +156,7 @@ int mv__domain_get_all(struct mv_host *host, struct mv_domain ***out, size_t *co
 
     pthread_rwlock_rdlock(&host->domains_lock);
     slots = host->domain_count ? host->domain_count : 1;
-    all = mv__os_injected(MV_OS_DOMAIN_LIST) ? NULL : calloc(slots, sizeof(*all));
+    all = mv__os_injected(MV_OS_DOMAIN_LIST) ? NULL : mv__calloc(slots, sizeof(*all));
     if (!all) {
         pthread_rwlock_unlock(&host->domains_lock);
         *out = NULL;
@@ -395,8 +395,8 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
     rc = mv__machine_fits(&h->machine, blocks * MV_BLOCK_PAGES);
     if (rc < 0)
         return rc;
-    d->p2m = malloc(d->maxmem_pages);
-    d->block_pod = calloc(blocks, sizeof(*d->block_pod));
+    d->p2m = mv__malloc(d->maxmem_pages);
+    d->block_pod = mv__calloc(blocks, sizeof(*d->block_pod));
     if (!d->p2m || !d->block_pod)
         return mv__fail(-ENOMEM, "no memory for a p2m of %llu entries",
                         (unsigned long long)d->maxmem_pages);
@@ -456,7 +456,7 @@ static int table_insert(struct mv_host *h, struct mv_domain *d)
     }
     if (h->domain_count == h->domain_capacity) {
         size_t cap = h->domain_capacity ? h->domain_capacity * 2 : 16;
-        struct mv_domain **n = realloc(h->domains, cap * sizeof(*n));
+        struct mv_domain **n = mv__realloc(h->domains, cap * sizeof(*n));
 
         if (!n) {
             rc = mv__fail(-ENOMEM, "no memory for the domain table");
@@ -520,7 +520,7 @@ static int domain_new(struct mv_host *host, const struct mv_domain_config *confi
     struct mv_domain *d = NULL;
     int rc = validate_config(config);
 
-    if (rc == 0 && !(d = calloc(1, sizeof(*d))))
+    if (rc == 0 && !(d = mv__calloc(1, sizeof(*d))))
         rc = mv__fail(-ENOMEM, "no memory for a domain");
     if (rc < 0) {
         mv__ram_vmm_free(vmm);
@@ -654,7 +654,7 @@ int mv_domain_create_vmm(mv_host *host, const struct mv_domain_config *config,
     rc = !host || !config || !domid
              ? mv__fail(-EINVAL, "host, config and domid must not be NULL")
              : check_vmm(config, vmm);
-    if (rc == 0 && !(v = calloc(1, sizeof(*v))))
+    if (rc == 0 && !(v = mv__calloc(1, sizeof(*v))))
         rc = mv__fail(-ENOMEM, "no memory for a VMM's record");
     if (rc < 0) {
         close_handed_over(vmm);
@@ -988,7 +988,7 @@ static int audit_locked(struct mv_domain *d)
                         (unsigned long long)d->populated,
                         (unsigned long long)d->target_pages,
                         (unsigned long long)d->maxmem_pages);
-    resident = malloc(d->frame_pages);
+    resident = mv__malloc(d->frame_pages);
     if (!resident)
         return mv__fail(-ENOMEM, "audit: no memory");
     rc = d->state == MV_DOMAIN_CRASHED ? 0 :

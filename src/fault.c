@@ -110,7 +110,7 @@ int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns,
             return 0;
     if (d->held_count == d->held_capacity) {
         size_t cap = d->held_capacity ? d->held_capacity * 2 : 8;
-        struct mv__held_fault *n = realloc(d->held, cap * sizeof(*n));
+        struct mv__held_fault *n = mv__realloc(d->held, cap * sizeof(*n));
 
         if (!n)
             return -ENOMEM;
@@ -735,8 +735,8 @@ int mv__fault_service_start(struct mv_host *h)
     if (h->kick_fd < 0)
         return mv__fail(-errno, "eventfd failed");
     h->epoll_count = per_cpu ? threads : 1;
-    h->epoll_fds = malloc(h->epoll_count * sizeof(int));
-    h->fault_threads = calloc(threads, sizeof(*h->fault_threads));
+    h->epoll_fds = mv__malloc(h->epoll_count * sizeof(int));
+    h->fault_threads = mv__calloc(threads, sizeof(*h->fault_threads));
     if (!h->epoll_fds || !h->fault_threads) {
         h->epoll_count = 0;
         return mv__fail(-ENOMEM, "no memory for fault threads");

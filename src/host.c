@@ -197,7 +197,7 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     if (config->budget_bytes % MV_PAGE_SIZE || config->machine_bytes % (2 * MV_MIB))
         return mv__fail(-EINVAL, "budget must be a multiple of 4 KiB and the "
                         "machine size a multiple of 2 MiB");
-    h = calloc(1, sizeof(*h));
+    h = mv__calloc(1, sizeof(*h));
     if (!h)
         return mv__fail(-ENOMEM, "no memory for a host");
     h->config = *config;

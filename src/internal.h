@@ -182,6 +182,7 @@ enum mv__os_op {
     MV_OS_UFFD_COPY,            /* UFFDIO_COPY: filling a page with bytes */
     MV_OS_UFFD_UNREGISTER,
     MV_OS_DOMAIN_LIST,          /* the memory for a list of the host's domains */
+    MV_OS_ALLOC,                /* any heap or table allocation of the library */
     MV_OS_OP_COUNT,
 };
 
@@ -220,9 +221,20 @@ int mv__os_copy(int fd, uint64_t from, uint64_t to, uint64_t length);
 int mv__os_zap(void *addr, size_t length);
 /* Reserve `length` bytes of zero-filled anonymous memory for the library's
  * own tables; pages take memory only when first written.  NULL with errno
- * set on failure (never injected: it is an allocation, not a mapping of
- * guest memory).  Released with mv__os_unmap. */
+ * set on failure (injected as MV_OS_ALLOC).  Released with mv__os_unmap. */
 void *mv__os_table_alloc(size_t length);
+
+/* The library's heap: malloc, calloc, realloc and aligned_alloc, each of
+ * which fails on demand as MV_OS_ALLOC (NULL, errno ENOMEM), so that the
+ * tests reach every allocation's failure path.  A failed mv__realloc
+ * leaves the old block as it was.  Freed with free(). */
+void *mv__malloc(size_t size);
+void *mv__calloc(size_t count, size_t size);
+void *mv__realloc(void *old, size_t size);
+void *mv__aligned_alloc(size_t align, size_t size);
+/* For an allocation made by another library (a compression context): true
+ * when the allocation is to fail as if that library had run out. */
+bool mv__alloc_fails(void);
 
 /* Open a non-blocking userfaultfd: /dev/userfaultfd, else the syscall, else
  * the syscall restricted to user-mode faults.  `how` receives 0, 1 or 2. */

@@ -421,7 +421,7 @@ int mv__logdirty_resolve(struct mv_host *h, enum mv_logdirty_mode requested,
 
 int mv__logdirty_create(struct mv_domain *d, enum mv_logdirty_mode mode)
 {
-    struct mv__logdirty *l = calloc(1, sizeof(*l));
+    struct mv__logdirty *l = mv__calloc(1, sizeof(*l));
     void *map;
 
     if (!l)
@@ -439,8 +439,8 @@ int mv__logdirty_create(struct mv_domain *d, enum mv_logdirty_mode mode)
         return mv__fail(-errno, "cannot map the dirty bitmap: %s", mv_strerror(-errno));
     l->bitmap = map;
     if (mode != MV_LOGDIRTY_WP_ASYNC) {
-        l->writable = calloc(l->words, sizeof(*l->writable));
-        l->taken = calloc(l->words, sizeof(*l->taken));
+        l->writable = mv__calloc(l->words, sizeof(*l->writable));
+        l->taken = mv__calloc(l->words, sizeof(*l->taken));
         if (!l->writable || !l->taken)
             return mv__fail(-ENOMEM, "no memory for the dirty log");
     }

@@ -65,7 +65,7 @@ static int free_list_push(struct mv__free_list *list, uint64_t start)
 {
     if (list->count == list->capacity) {
         size_t cap = list->capacity ? list->capacity * 2 : 16;
-        uint64_t *n = realloc(list->starts, cap * sizeof(*n));
+        uint64_t *n = mv__realloc(list->starts, cap * sizeof(*n));
 
         if (!n)
             return -ENOMEM;
@@ -286,7 +286,7 @@ static int io_all(bool write, int fd, void *buf, size_t len, off_t at)
 static int read_costs_measure(uint64_t *in_place_ns, uint64_t *copy_ns)
 {
     const size_t bytes = (size_t)READ_COST_PAGES << MV_PAGE_SHIFT;
-    uint8_t *buf = aligned_alloc(MV_PAGE_SIZE, bytes);
+    uint8_t *buf = mv__aligned_alloc(MV_PAGE_SIZE, bytes);
     int fd = memfd_create("memvisor-read-costs", MFD_CLOEXEC), rc = 0;
     unsigned zero = 0;
 
@@ -493,7 +493,7 @@ int mv__machine_audit(struct mv__machine *m)
     mv__mutex_lock(&m->lock);
     for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++)
         n += m->free[k].count;
-    blocks = calloc(n ? n : 1, 2 * sizeof(*blocks));
+    blocks = mv__calloc(n ? n : 1, 2 * sizeof(*blocks));
     if (!blocks) {
         mv__mutex_unlock(&m->lock);
         return mv__fail(-ENOMEM, "machine audit: out of memory");

@@ -2,9 +2,10 @@
  * os.c - the one place that makes system calls on memory and userfaultfds.
  *
  * Every mmap, hole punch, page-table zap and userfaultfd ioctl the library
- * issues goes through a function here, so that tests can make any of them
- * fail on demand (mv__os_inject) and see that the caller recovers or reports
- * the error, never corrupts a page.  Functions return 0 or a negative errno,
+ * issues goes through a function here, and so does every heap allocation
+ * (mv__malloc and its kin), so that tests can make any of them fail on
+ * demand (mv__os_inject) and see that the caller recovers or reports the
+ * error, never corrupts a page.  Functions return 0 or a negative errno,
  * except the mapping call, which returns NULL and sets errno.
  *
  * Injection state is a small table of atomics: arming it is for tests and is
@@ -212,11 +213,43 @@ int mv__os_zap(void *addr, size_t length)
     return madvise(addr, length, MADV_DONTNEED) < 0 ? -errno : 0;
 }
 
+/* An injected allocation failure: errno ENOMEM, as malloc's own. */
+bool mv__alloc_fails(void)
+{
+    if (mv_likely(injected(MV_OS_ALLOC) == 0))
+        return false;
+    errno = ENOMEM;
+    return true;
+}
+
+void *mv__malloc(size_t size)
+{
+    return mv__alloc_fails() ? NULL : malloc(size);
+}
+
+void *mv__calloc(size_t count, size_t size)
+{
+    return mv__alloc_fails() ? NULL : calloc(count, size);
+}
+
+void *mv__realloc(void *old, size_t size)
+{
+    return mv__alloc_fails() ? NULL : realloc(old, size);
+}
+
+void *mv__aligned_alloc(size_t align, size_t size)
+{
+    return mv__alloc_fails() ? NULL : aligned_alloc(align, size);
+}
+
 void *mv__os_table_alloc(size_t length)
 {
-    void *p = mmap(NULL, length, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void *p;
 
+    if (mv__alloc_fails())
+        return NULL;
+    p = mmap(NULL, length, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 
@@ -458,7 +491,7 @@ int mv__os_signal_install(int sig, void (*handler)(int, siginfo_t *, void *), in
     }
     if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == handler)
         goto out;
-    saved = malloc(sizeof(*saved));
+    saved = mv__malloc(sizeof(*saved));
     if (!saved) {
         err = -ENOMEM;
         goto out;

@@ -398,7 +398,7 @@ static uint8_t *sweep_buffer(void)
     pthread_once(&sweep_buffer_once, make_sweep_buffer_key);
     buf = pthread_getspecific(sweep_buffer_key);
     if (!buf) {
-        buf = aligned_alloc(MV_PAGE_SIZE, MV_BLOCK_BYTES);
+        buf = mv__aligned_alloc(MV_PAGE_SIZE, MV_BLOCK_BYTES);
         if (buf && pthread_setspecific(sweep_buffer_key, buf) != 0) {
             free(buf);
             buf = NULL;
@@ -584,7 +584,7 @@ int mv_domain_set_target(mv_host *host, uint32_t domid, uint64_t target_bytes)
 static int validate_gfns(struct mv_domain *d, const uint64_t *gfns, size_t count,
                          bool want_ballooned)
 {
-    uint8_t *seen = calloc((d->maxmem_pages + 7) / 8, 1);
+    uint8_t *seen = mv__calloc((d->maxmem_pages + 7) / 8, 1);
     int rc = 0;
 
     if (!seen)

@@ -98,7 +98,7 @@ int mv__scrub_start(struct mv__machine *m, struct mv_host *host)
 
     s->host = host;
     s->capacity = 64;
-    s->queue = calloc(s->capacity, sizeof(*s->queue));
+    s->queue = mv__calloc(s->capacity, sizeof(*s->queue));
     if (!s->queue)
         return mv__fail(-ENOMEM, "no memory for the scrub queue");
     mv__mutex_init(&s->lock, MV_LOCK_SCRUB);
@@ -166,7 +166,7 @@ static bool queue_grow(struct mv__scrubber *s)
 
     if (s->count < s->capacity)
         return true;
-    q = malloc(cap * sizeof(*q));
+    q = mv__malloc(cap * sizeof(*q));
     if (!q)
         return false;
     for (size_t i = 0; i < s->count; i++)
@@ -266,7 +266,7 @@ int mv__scrub_audit(struct mv__machine *m, uint64_t **blocks, uint64_t *n)
     if (!s->running)
         return 0;
     mv__mutex_lock(&s->lock);
-    b = realloc(*blocks, (*n + s->count + 1) * 2 * sizeof(*b));
+    b = mv__realloc(*blocks, (*n + s->count + 1) * 2 * sizeof(*b));
     if (!b) {
         mv__mutex_unlock(&s->lock);
         return mv__fail(-ENOMEM, "machine audit: out of memory");

@@ -375,7 +375,7 @@ int mv_share_exclude(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count
     sd = d->share;
     rc = check_range(d, gfn, count);
     if (rc == 0 && !sd->excluded &&
-        !(sd->excluded = calloc((d->maxmem_pages + 63) / 64, sizeof(uint64_t))))
+        !(sd->excluded = mv__calloc((d->maxmem_pages + 63) / 64, sizeof(uint64_t))))
         rc = mv__fail(-ENOMEM, "no memory for the exclusion map");
     for (uint64_t g = gfn; rc == 0 && g < gfn + count; g++) {
         if (d->p2m[g] != MV_P2M_SHARED)
@@ -476,7 +476,7 @@ static void share_read_choose(struct mv_host *h, struct mv__share *s)
 
 int mv__share_init(struct mv_host *h)
 {
-    struct mv__share *s = calloc(1, sizeof(*s));
+    struct mv__share *s = mv__calloc(1, sizeof(*s));
 
     if (!s)
         return mv__fail(-ENOMEM, "no memory for the sharing state");

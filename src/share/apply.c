@@ -51,7 +51,7 @@ static uint8_t *thread_buffer(pthread_key_t *key, uint64_t pages)
     pthread_once(&buffer_once, make_buffer_keys);
     buf = pthread_getspecific(*key);
     if (!buf) {
-        buf = aligned_alloc(MV_PAGE_SIZE, (size_t)pages << MV_PAGE_SHIFT);
+        buf = mv__aligned_alloc(MV_PAGE_SIZE, (size_t)pages << MV_PAGE_SHIFT);
         if (buf && pthread_setspecific(*key, buf) != 0) {
             free(buf);
             buf = NULL;

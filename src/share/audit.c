@@ -220,7 +220,7 @@ static int audit_shared_protected(struct mv_domain *d)
 static int audit_frames(struct mv_host *host, uint64_t *frames)
 {
     struct mv__share *s = host->share;
-    uint8_t *page = malloc(MV_PAGE_SIZE), *resident = NULL;
+    uint8_t *page = mv__malloc(MV_PAGE_SIZE), *resident = NULL;
     int rc = page ? 0 : mv__fail(-ENOMEM, "audit: no memory");
 
     for (size_t i = 0; i < s->region_count && rc == 0; i++) {
@@ -228,7 +228,7 @@ static int audit_frames(struct mv_host *host, uint64_t *frames)
         uint64_t live = 0, pending = 0;
 
         free(resident);
-        resident = malloc(r->pages);
+        resident = mv__malloc(r->pages);
         if (!resident) {
             rc = mv__fail(-ENOMEM, "audit: no memory");
             break;

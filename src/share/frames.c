@@ -77,11 +77,11 @@ int share_region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool ado
                      struct mv__share_region **out)
 {
     struct mv__share *s = h->share;
-    struct mv__share_region *r = calloc(1, sizeof(*r));
+    struct mv__share_region *r = mv__calloc(1, sizeof(*r));
     size_t at = 0;
 
     if (!r || !(r->frames = records_alloc(pages)) ||
-        (adopted && !(r->pending = calloc((pages + 63) / 64, sizeof(*r->pending))))) {
+        (adopted && !(r->pending = mv__calloc((pages + 63) / 64, sizeof(*r->pending))))) {
         if (r)
             records_free(r->frames, pages);
         free(r);
@@ -90,7 +90,7 @@ int share_region_add(struct mv_host *h, uint64_t first, uint64_t pages, bool ado
     }
     if (s->region_count == s->region_capacity) {
         size_t cap = s->region_capacity ? s->region_capacity * 2 : 8;
-        struct mv__share_region **n = realloc(s->regions, cap * sizeof(*n));
+        struct mv__share_region **n = mv__realloc(s->regions, cap * sizeof(*n));
 
         if (!n) {
             free(r->pending);
@@ -396,7 +396,7 @@ void share_frame_free(struct mv_host *h, uint64_t mfn, bool uncharge)
         r->free_frames[r->free_count++] = mfn;
     else if (!r->adopted) {
         size_t cap = r->free_capacity ? r->free_capacity * 2 : 64;
-        uint64_t *n = realloc(r->free_frames, cap * sizeof(*n));
+        uint64_t *n = mv__realloc(r->free_frames, cap * sizeof(*n));
 
         if (n) {
             r->free_frames = n;

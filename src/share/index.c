@@ -17,7 +17,7 @@
 static int index_grow(struct mv__share *s)
 {
     uint64_t count = s->buckets ? (s->bucket_mask + 1) * 2 : 4096;
-    uint64_t *buckets = malloc(count * sizeof(*buckets));
+    uint64_t *buckets = mv__malloc(count * sizeof(*buckets));
 
     if (!buckets)
         return -ENOMEM;

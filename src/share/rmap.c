@@ -64,7 +64,7 @@ int share_rmap_add(struct mv__share *s, uint64_t mfn, struct mv_domain *d, uint6
     uint32_t cap = f->rmap_cap ? f->rmap_cap : MV_RMAP_INLINE;
 
     if (f->refs == cap) {
-        uint64_t *n = malloc((size_t)cap * 2 * sizeof(*n));
+        uint64_t *n = mv__malloc((size_t)cap * 2 * sizeof(*n));
 
         if (!n)
             return -ENOMEM;
@@ -115,7 +115,7 @@ static int registry_add(struct mv__share *s, struct mv__share_dom *sd)
         slot++;
     if (slot == s->registry_capacity) {
         size_t cap = s->registry_capacity ? s->registry_capacity * 2 : 16;
-        struct mv__share_dom **n = realloc(s->registry, cap * sizeof(*n));
+        struct mv__share_dom **n = mv__realloc(s->registry, cap * sizeof(*n));
 
         if (!n)
             return -ENOMEM;
@@ -131,7 +131,7 @@ static int registry_add(struct mv__share *s, struct mv__share_dom *sd)
 int mv__share_domain_init(struct mv_domain *d)
 {
     struct mv__share *s = d->host->share;
-    struct mv__share_dom *sd = calloc(1, sizeof(*sd));
+    struct mv__share_dom *sd = mv__calloc(1, sizeof(*sd));
     uint64_t blocks = (d->maxmem_pages + MV_BLOCK_PAGES - 1) / MV_BLOCK_PAGES;
     int rc;
 
@@ -140,7 +140,7 @@ int mv__share_domain_init(struct mv_domain *d)
         sd->table = mv__os_table_alloc(sd->table_bytes);
     }
     if (!sd || !sd->table ||
-        !(sd->table_used = calloc((blocks + 63) / 64, sizeof(*sd->table_used)))) {
+        !(sd->table_used = mv__calloc((blocks + 63) / 64, sizeof(*sd->table_used)))) {
         if (sd && sd->table)
             mv__os_unmap(sd->table, sd->table_bytes);
         free(sd);
@@ -207,6 +207,6 @@ bool mv__share_excluded(struct mv_domain *d, uint64_t gfn)
 uint32_t *mv__share_checksums(struct mv_domain *d)
 {
     if (!d->share->checksums)
-        d->share->checksums = calloc(d->maxmem_pages, sizeof(uint32_t));
+        d->share->checksums = mv__calloc(d->maxmem_pages, sizeof(uint32_t));
     return d->share->checksums;
 }

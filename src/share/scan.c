@@ -153,7 +153,7 @@ int mv_share_hint(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count,
     mv__mutex_lock(&sc->lock);
     if (sc->hint_count == sc->hint_capacity) {
         size_t cap = sc->hint_capacity ? sc->hint_capacity * 2 : 64;
-        struct hint *n = realloc(sc->hints, cap * sizeof(*n));
+        struct hint *n = mv__realloc(sc->hints, cap * sizeof(*n));
 
         if (!n)
             rc = mv__fail(-ENOMEM, "no memory for a hint");
@@ -207,8 +207,8 @@ static void process_hints(mv_host *host, struct mv_scan_result *result)
 
     mv__mutex_lock(&sc->lock);
     if (sc->hint_count) {
-        ready = malloc(sc->hint_count * sizeof(*ready));
-        insert = calloc(sc->hint_count, sizeof(*insert));
+        ready = mv__malloc(sc->hint_count * sizeof(*ready));
+        insert = mv__calloc(sc->hint_count, sizeof(*insert));
     }
     for (size_t i = 0; ready && insert && i < sc->hint_count;) {
         struct hint *h = &sc->hints[i];
@@ -223,7 +223,7 @@ static void process_hints(mv_host *host, struct mv_scan_result *result)
         if (!key_based(sc, h->key)) {
             if (sc->based_count == sc->based_capacity) {
                 size_t cap = sc->based_capacity ? sc->based_capacity * 2 : 64;
-                uint64_t *n = realloc(sc->based_keys, cap * sizeof(*n));
+                uint64_t *n = mv__realloc(sc->based_keys, cap * sizeof(*n));
 
                 if (!n)
                     break;
@@ -255,7 +255,7 @@ static void queue_revisit(struct mv__scanner *sc, uint32_t domid, uint64_t gfn)
 {
     if (sc->revisit_count == sc->revisit_capacity) {
         size_t cap = sc->revisit_capacity ? sc->revisit_capacity * 2 : 256;
-        struct revisit *n = realloc(sc->revisits, cap * sizeof(*n));
+        struct revisit *n = mv__realloc(sc->revisits, cap * sizeof(*n));
 
         if (!n)
             return; /* the next pass finds it */
@@ -733,7 +733,7 @@ void mv__scanner_stats(mv_host *host, struct mv_share_stats *out)
 
 int mv__scanner_init(mv_host *host)
 {
-    struct mv__scanner *sc = calloc(1, sizeof(*sc));
+    struct mv__scanner *sc = mv__calloc(1, sizeof(*sc));
 
     if (!sc)
         return mv__fail(-ENOMEM, "no memory for the scanner");

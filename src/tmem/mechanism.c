@@ -22,7 +22,7 @@
 
 static int tmem_host_init(struct mv_host *h)
 {
-    struct mv__tmem *t = calloc(1, sizeof(*t));
+    struct mv__tmem *t = mv__calloc(1, sizeof(*t));
     int rc;
 
     if (!t)
@@ -34,7 +34,7 @@ static int tmem_host_init(struct mv_host *h)
     tm_list_init(&t->chunks);
     t->spare_max = TM_SPARE_MAX;
     t->obj_buckets = 1024;
-    t->objects = calloc(t->obj_buckets, sizeof(*t->objects));
+    t->objects = mv__calloc(t->obj_buckets, sizeof(*t->objects));
     rc = t->objects ? tm_store_init(t) : mv__fail(-ENOMEM, "tmem: out of memory");
     h->tmem = t;
     if (rc == 0)

@@ -445,8 +445,8 @@ static void age_present(struct mv_domain *d, const uint8_t *present)
 static int64_t page_out(struct mv_domain *d, uint64_t want, bool force)
 {
     struct mv__tmem *t = tm_of(d->host);
-    uint8_t *present = malloc(d->maxmem_pages);
-    struct page_out_scratch *scratch = malloc(sizeof(*scratch));
+    uint8_t *present = mv__malloc(d->maxmem_pages);
+    struct page_out_scratch *scratch = mv__malloc(sizeof(*scratch));
     uint64_t done = 0, g, batch[TM_PAGE_OUT_BATCH];
     unsigned n = 0;
     int rc;

@@ -51,7 +51,7 @@ struct tm_client *tm_client_get(struct mv__tmem *t, uint32_t domid, uint64_t quo
         return c;
     if (tm_victims_reserve(t) < 0)
         return NULL;
-    c = calloc(1, sizeof(*c));
+    c = mv__calloc(1, sizeof(*c));
     if (!c) {
         mv__fail(-ENOMEM, "tmem: out of memory for a client record");
         return NULL;
@@ -111,7 +111,7 @@ static struct tm_object **object_slot(struct mv__tmem *t, const struct tm_pool *
 static void objects_grow(struct mv__tmem *t)
 {
     size_t n = t->obj_buckets * 2;
-    struct tm_object **b = calloc(n, sizeof(*b));
+    struct tm_object **b = mv__calloc(n, sizeof(*b));
 
     if (!b)
         return; /* longer chains, still correct */
@@ -138,9 +138,9 @@ static struct tm_object *object_find(struct mv__tmem *t, struct tm_pool *pool,
 
     if (o || !create)
         return o;
-    o = calloc(1, sizeof(*o));
+    o = mv__calloc(1, sizeof(*o));
     if (o)
-        o->pages = calloc(8, sizeof(*o->pages));
+        o->pages = mv__calloc(8, sizeof(*o->pages));
     if (!o || !o->pages) {
         free(o);
         mv__fail(-ENOMEM, "tmem: out of memory for an object record");
@@ -187,7 +187,7 @@ static void page_link(struct tm_object *o, struct tm_page *pg)
 
     if (o->npages >= 2 * o->nbuckets) {
         size_t n = o->nbuckets * 2;
-        struct tm_page **b = calloc(n, sizeof(*b));
+        struct tm_page **b = mv__calloc(n, sizeof(*b));
 
         if (b) {
             struct tm_page **old = o->pages;
@@ -422,7 +422,7 @@ int mv_tmem_authorize(mv_host *h, uint32_t domid, const uint8_t uuid[MV_TMEM_UUI
         if (!memcmp(c->auth[i], uuid, MV_TMEM_UUID_SIZE))
             goto out;
     if (c) {
-        uint8_t (*a)[16] = realloc(c->auth, (c->auth_count + 1) * sizeof(*a));
+        uint8_t (*a)[16] = mv__realloc(c->auth, (c->auth_count + 1) * sizeof(*a));
 
         if (!a) {
             rc = mv__fail(-ENOMEM, "tmem: out of memory for an authorisation");
@@ -456,9 +456,9 @@ int tm_pool_create(struct mv__tmem *t, uint32_t owner, unsigned flags,
         ;
     if (id == TM_MAX_POOLS)
         return mv__fail(-ENOSPC, "tmem: all %u pool ids are in use", TM_MAX_POOLS);
-    pool = calloc(1, sizeof(*pool));
+    pool = mv__calloc(1, sizeof(*pool));
     if (pool && (flags & MV_TMEM_SHARED))
-        pool->members = malloc(sizeof(*pool->members));
+        pool->members = mv__malloc(sizeof(*pool->members));
     if (!pool || ((flags & MV_TMEM_SHARED) && !pool->members)) {
         free(pool);
         return mv__fail(-ENOMEM, "tmem: out of memory for a pool");
@@ -524,7 +524,7 @@ int mv_tmem_new_pool(mv_host *h, uint32_t domid, unsigned flags, const uint8_t *
                     rc = (int)i;
                     goto out;
                 }
-            m = realloc(p->members, (p->member_count + 1) * sizeof(*m));
+            m = mv__realloc(p->members, (p->member_count + 1) * sizeof(*m));
             if (!m) {
                 rc = mv__fail(-ENOMEM, "tmem: out of memory joining a pool");
                 goto out;
@@ -584,7 +584,7 @@ int tm_put(struct mv__tmem *t, struct tm_client *c, struct tm_pool *pool,
                       "tmem pages", c->domid, (unsigned long long)c->quota);
         goto out;
     }
-    pg = calloc(1, sizeof(*pg));
+    pg = mv__calloc(1, sizeof(*pg));
     if (!pg) {
         rc = mv__fail(-ENOMEM, "tmem: out of memory for a page record");
         goto out;

@@ -91,7 +91,7 @@ int tm_victims_reserve(struct mv__tmem *t)
     if (t->victim_cap > t->client_count)
         return 0;
     cap = MV_MAX(t->victim_cap * 2, (size_t)16);
-    v = realloc(t->victims, cap * sizeof(*v));
+    v = mv__realloc(t->victims, cap * sizeof(*v));
     if (!v)
         return mv__fail(-ENOMEM, "tmem: out of memory for the eviction order");
     t->victims = v;

@@ -244,12 +244,12 @@ int tm_store_init(struct mv__tmem *t)
                                ? t->class_home[c + 1]
                                : (uint16_t)c;
     }
-    t->scratch = malloc(2 * MV_PAGE_SIZE);
-    t->readbuf = malloc(MV_PAGE_SIZE);
-    t->zstd_cctx = ZSTD_createCCtx();
-    t->zstd_dctx = ZSTD_createDCtx();
+    t->scratch = mv__malloc(2 * MV_PAGE_SIZE);
+    t->readbuf = mv__malloc(MV_PAGE_SIZE);
+    t->zstd_cctx = mv__alloc_fails() ? NULL : ZSTD_createCCtx();
+    t->zstd_dctx = mv__alloc_fails() ? NULL : ZSTD_createDCtx();
     t->dedup_buckets = 1024;
-    t->dedup = calloc(t->dedup_buckets, sizeof(*t->dedup));
+    t->dedup = mv__calloc(t->dedup_buckets, sizeof(*t->dedup));
     if (!t->scratch || !t->readbuf || !t->zstd_cctx || !t->zstd_dctx || !t->dedup)
         return mv__fail(-ENOMEM, "tmem: out of memory for the page store");
     return 0;
@@ -453,7 +453,7 @@ static int frames_take(struct mv__tmem *t, unsigned k, unsigned charge, struct t
     }
     if (best)
         goto found;
-    c = calloc(1, sizeof(*c));
+    c = mv__calloc(1, sizeof(*c));
     if (!c)
         return mv__fail(-ENOMEM, "tmem: out of memory for a chunk record");
     rc = mv__machine_alloc(&t->host->machine, TM_CHUNK_FRAMES, &mfn);
@@ -839,17 +839,17 @@ static int slot_alloc(struct mv__tmem *t, unsigned cls, bool may_evict,
         /* The read-ahead's buffer too: a load may run in a signal
          * handler (a page-in in the vCPU's thread), where nothing may be
          * allocated. */
-        if (!cl->stage && !(cl->stage = malloc((size_t)cl->frames << MV_PAGE_SHIFT))) {
+        if (!cl->stage && !(cl->stage = mv__malloc((size_t)cl->frames << MV_PAGE_SHIFT))) {
             rc = mv__fail(-ENOMEM, "tmem: out of memory for a class's stage");
             goto uncharge;
         }
-        if (!cl->ahead && !(cl->ahead = malloc((size_t)TM_AHEAD_FRAMES << MV_PAGE_SHIFT))) {
+        if (!cl->ahead && !(cl->ahead = mv__malloc((size_t)TM_AHEAD_FRAMES << MV_PAGE_SHIFT))) {
             rc = mv__fail(-ENOMEM, "tmem: out of memory for a class's read-ahead");
             goto uncharge;
         }
     }
     if (!zs) {
-        zs = calloc(1, sizeof(*zs) + cl->slots * sizeof(zs->owner[0]));
+        zs = mv__calloc(1, sizeof(*zs) + cl->slots * sizeof(zs->owner[0]));
         if (!zs) {
             rc = mv__fail(-ENOMEM, "tmem: out of memory for a zspage record");
             goto uncharge;
@@ -924,7 +924,7 @@ static size_t dedup_bucket(const struct mv__tmem *t, uint64_t hash, uint32_t poo
 static void dedup_grow(struct mv__tmem *t)
 {
     size_t n = t->dedup_buckets * 2;
-    struct tm_blob **b = calloc(n, sizeof(*b));
+    struct tm_blob **b = mv__calloc(n, sizeof(*b));
 
     if (!b)
         return; /* longer chains, still correct */
@@ -1043,7 +1043,7 @@ int tm_store_page(struct mv__tmem *t, struct tm_pool *pool, struct tm_page *pg,
             }
         }
     }
-    b = calloc(1, sizeof(*b));
+    b = mv__calloc(1, sizeof(*b));
     if (!b)
         return mv__fail(-ENOMEM, "tmem: out of memory for a page record");
     /* Persistent puts may evict ephemeral pages; ephemeral ones only their
@@ -1173,7 +1173,7 @@ uint64_t tm_compact(struct mv__tmem *t)
 
         if (cl->zspage_count <= need)
             continue;
-        v = malloc(cl->zspage_count * sizeof(*v));
+        v = mv__malloc(cl->zspage_count * sizeof(*v));
         if (!v)
             break;
         for (struct tm_list *e = cl->zspages.next; e != &cl->zspages; e = e->next)

@@ -409,7 +409,7 @@ int mv_fc_serve(mv_host *host, const struct mv_fc_config *config, int uffd, int 
          : config->pod_policy != MV_POD_WAIT && config->pod_policy != MV_POD_CRASH
              ? mv__fail(-EINVAL, "unknown PoD policy %d", (int)config->pod_policy)
          : check_regions(regions, count, &pages);
-    if (rc == 0 && !(vm = calloc(1, sizeof(*vm))))
+    if (rc == 0 && !(vm = mv__calloc(1, sizeof(*vm))))
         rc = mv__fail(-ENOMEM, "no memory for a VM");
     if (rc < 0) {
         if (uffd >= 0)
@@ -430,8 +430,8 @@ int mv_fc_serve(mv_host *host, const struct mv_fc_config *config, int uffd, int 
         vm->config.wait_timeout_ms = MV_WAIT_TIMEOUT_DEFAULT_MS;
     pthread_mutex_init(&vm->lock, NULL);
     pthread_cond_init(&vm->room, NULL); /* CLOCK_REALTIME, as claim_page waits */
-    vm->regions = calloc(count, sizeof(*vm->regions));
-    vm->state = calloc(pages, 1);
+    vm->regions = mv__calloc(count, sizeof(*vm->regions));
+    vm->state = mv__calloc(pages, 1);
     vm->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (!vm->regions || !vm->state)
         rc = mv__fail(-ENOMEM, "no memory for %llu pages' state", (unsigned long long)pages);
@@ -541,7 +541,7 @@ int mv_fc_logdirty_enable(mv_fc *vm)
         rc = mv__fail(-EALREADY, "%s logs dirty pages already", vm->config.name);
     } else if (vm->vm_state != MV_FC_RUNNING) {
         rc = mv__fail(-EPERM, "%s is not running: %s", vm->config.name, vm->why);
-    } else if (!(vm->dirty = calloc((vm->pages + 63) / 64, 8))) {
+    } else if (!(vm->dirty = mv__calloc((vm->pages + 63) / 64, 8))) {
         rc = mv__fail(-ENOMEM, "no memory for the dirty log");
     } else {
         /* From here on pages are filled write-protected, and the filled
@@ -687,7 +687,7 @@ void mv_fc_destroy(mv_fc *vm)
 
 static int fc_host_init(struct mv_host *h)
 {
-    struct fc_host *fh = calloc(1, sizeof(*fh));
+    struct fc_host *fh = mv__calloc(1, sizeof(*fh));
 
     if (!fh)
         return mv__fail(-ENOMEM, "no memory for the hand-over's state");

@@ -340,7 +340,7 @@ int mv_vmm_accept(mv_host *host, int control, const struct mv_domain_config *con
                                            "the machine file?)"
                                          : mv_strerror(rc));
     }
-    c = calloc(1, sizeof(*c));
+    c = mv__calloc(1, sizeof(*c));
     if (!c) {
         rc = mv__fail(-ENOMEM, "no memory for a VMM connection");
     } else {
