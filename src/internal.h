@@ -349,6 +349,8 @@ struct mv__machine {
     uint64_t pages;          /* frame space */
     struct mv__mutex lock;   /* protects free lists and free_pages */
     struct mv__free_list free[MV_BUDDY_MAX_ORDER + 1];
+    uint64_t *free_lists;     /* the lists' entries: one table for all */
+    size_t free_lists_bytes;
     uint64_t free_pages;
     _Atomic uint64_t budget_pages;
     _Atomic uint64_t populated_pages;

@@ -29,7 +29,8 @@
  * Frame allocator: a binary buddy system.  free[k] holds the first frame of
  * every free block of 2^k frames; blocks are naturally aligned and a block's
  * buddy is first ^ 2^k.  The lists are small (a few blocks per order per
- * domain), so they are plain arrays searched linearly.
+ * domain), so they are plain arrays searched linearly; each is reserved at
+ * its bound (one block of each aligned pair), so that frees never fail.
  *   Invariants: free blocks are disjoint, aligned, inside the frame space;
  *   no two buddies are both free at the same order; their sizes add up to
  *   free_pages.
@@ -61,19 +62,18 @@ static unsigned order_for(uint64_t pages)
     return order;
 }
 
-static int free_list_push(struct mv__free_list *list, uint64_t start)
+/* The most free blocks of order k there can be: below the top order no two
+ * buddies are both free, so at most one block of each aligned pair. */
+static uint64_t free_list_bound(uint64_t pages, unsigned k)
 {
-    if (list->count == list->capacity) {
-        size_t cap = list->capacity ? list->capacity * 2 : 16;
-        uint64_t *n = mv__realloc(list->starts, cap * sizeof(*n));
+    return (k < MV_BUDDY_MAX_ORDER ? pages >> (k + 1) : pages >> k) + 1;
+}
 
-        if (!n)
-            return -ENOMEM;
-        list->starts = n;
-        list->capacity = cap;
-    }
+/* Never full: each list has room for its bound (mv__machine_init), so that
+ * freeing frames never fails. */
+static void free_list_push(struct mv__free_list *list, uint64_t start)
+{
     list->starts[list->count++] = start;
-    return 0;
 }
 
 static ssize_t free_list_find(const struct mv__free_list *list, uint64_t start)
@@ -95,7 +95,7 @@ static bool free_list_remove(struct mv__free_list *list, uint64_t start)
 }
 
 /* Free one aligned block, merging with free buddies (lock held). */
-static int buddy_free_block(struct mv__machine *m, uint64_t start, unsigned order)
+static void buddy_free_block(struct mv__machine *m, uint64_t start, unsigned order)
 {
     while (order < MV_BUDDY_MAX_ORDER) {
         uint64_t buddy = start ^ (1ull << order);
@@ -106,32 +106,29 @@ static int buddy_free_block(struct mv__machine *m, uint64_t start, unsigned orde
         start = MV_MIN(start, buddy);
         order++;
     }
-    return free_list_push(&m->free[order], start);
+    free_list_push(&m->free[order], start);
 }
 
 /* Free [first, first + pages) as maximal aligned blocks (lock held). */
-static int buddy_free_range(struct mv__machine *m, uint64_t first, uint64_t pages)
+static void buddy_free_range(struct mv__machine *m, uint64_t first, uint64_t pages)
 {
     while (pages) {
         unsigned order = first ? (unsigned)__builtin_ctzll(first) : MV_BUDDY_MAX_ORDER;
-        int rc;
 
         order = MV_MIN(order, MV_BUDDY_MAX_ORDER);
         while ((1ull << order) > pages)
             order--;
-        rc = buddy_free_block(m, first, order);
-        if (rc < 0)
-            return rc;
+        buddy_free_block(m, first, order);
         m->free_pages += 1ull << order;
         first += 1ull << order;
         pages -= 1ull << order;
     }
-    return 0;
 }
 
 int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
                      uint64_t budget_pages)
 {
+    uint64_t slots = 0, at = 0;
     int rc;
 
     memset(m, 0, sizeof(*m));
@@ -147,6 +144,23 @@ int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
                         (unsigned long long)(((1ull << MV_BUDDY_MAX_ORDER) * 64)
                                              >> (30 - MV_PAGE_SHIFT)));
     mv__mutex_init(&m->lock, MV_LOCK_MACHINE);
+    /* The free lists, each as long as its bound: 8 bytes of address space
+     * per frame in all, memory only for the entries ever used. */
+    for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++)
+        slots += free_list_bound(m->pages, k);
+    m->free_lists_bytes = slots * sizeof(uint64_t);
+    m->free_lists = mv__os_table_alloc(m->free_lists_bytes);
+    if (!m->free_lists) {
+        rc = -errno;
+        mv__machine_fini(m);
+        return mv__fail(rc, "cannot reserve the frame allocator's lists (%llu bytes): %s",
+                        (unsigned long long)m->free_lists_bytes, mv_strerror(rc));
+    }
+    for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++) {
+        m->free[k].starts = m->free_lists + at;
+        m->free[k].capacity = free_list_bound(m->pages, k);
+        at += m->free[k].capacity;
+    }
     m->memfd = mv__os_memfd("memvisor-machine", machine_bytes);
     if (m->memfd < 0) {
         rc = m->memfd;
@@ -168,12 +182,8 @@ int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
      * the LRU first (a punch of a frame the view maps cost ~25% more). */
     (void)madvise((void *)m->view, m->pages << MV_PAGE_SHIFT, MADV_RANDOM);
     mv__mutex_lock(&m->lock);
-    rc = buddy_free_range(m, 0, m->pages);
+    buddy_free_range(m, 0, m->pages);
     mv__mutex_unlock(&m->lock);
-    if (rc < 0) {
-        mv__machine_fini(m);
-        return mv__fail(rc, "cannot set up the frame allocator");
-    }
     atomic_store(&m->budget_pages, budget_pages);
     return 0;
 }
@@ -184,8 +194,8 @@ void mv__machine_fini(struct mv__machine *m)
         munmap((void *)m->view, m->pages << MV_PAGE_SHIFT);
     if (m->memfd >= 0)
         close(m->memfd);
-    for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++)
-        free(m->free[k].starts);
+    if (m->free_lists)
+        mv__os_unmap(m->free_lists, m->free_lists_bytes);
     mv__mutex_destroy(&m->lock);
     memset(m, 0, sizeof(*m));
     m->memfd = -1;
@@ -222,17 +232,14 @@ again:
     }
     start = m->free[k].starts[--m->free[k].count];
     /* Split down to the order wanted, freeing the upper halves. */
-    while (k > want && rc == 0) {
+    while (k > want) {
         k--;
-        rc = free_list_push(&m->free[k], start + (1ull << k));
+        free_list_push(&m->free[k], start + (1ull << k));
     }
     m->free_pages -= 1ull << want;
     /* Return the tail beyond what was asked for. */
-    if (rc == 0)
-        rc = buddy_free_range(m, start + pages, (1ull << want) - pages);
+    buddy_free_range(m, start + pages, (1ull << want) - pages);
     mv__mutex_unlock(&m->lock);
-    if (rc < 0)
-        return mv__fail(rc, "out of memory in the frame allocator");
     *first = start;
     return 0;
 }
@@ -240,9 +247,7 @@ again:
 void mv__machine_free(struct mv__machine *m, uint64_t first, uint64_t pages)
 {
     mv__mutex_lock(&m->lock);
-    /* Only fails when the list cannot grow; the frames are then lost to the
-     * allocator (never to another domain), which the audit reports. */
-    (void)buddy_free_range(m, first, pages);
+    buddy_free_range(m, first, pages);
     mv__mutex_unlock(&m->lock);
 }
 
@@ -491,8 +496,14 @@ int mv__machine_audit(struct mv__machine *m)
                         (unsigned long long)atomic_load(&m->populated_pages),
                         (unsigned long long)atomic_load(&m->budget_pages));
     mv__mutex_lock(&m->lock);
-    for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++)
+    for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++) {
+        if (m->free[k].count > m->free[k].capacity) {
+            mv__mutex_unlock(&m->lock);
+            return mv__fail(-EUCLEAN, "machine: %zu free blocks of order %u, above "
+                            "their bound of %zu", m->free[k].count, k, m->free[k].capacity);
+        }
         n += m->free[k].count;
+    }
     blocks = mv__calloc(n ? n : 1, 2 * sizeof(*blocks));
     if (!blocks) {
         mv__mutex_unlock(&m->lock);

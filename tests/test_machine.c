@@ -2,7 +2,7 @@
  * test_machine.c - the frame allocator and the budget, through the internal
  * interface: allocation alignment, splitting, merging back to one block,
  * exhaustion, the audit catching a corrupted free list, a machine that
- * cannot be made, and the page hash.
+ * cannot be made, frees that need no memory, and the page hash.
  */
 #include "testutil.h"
 #include "internal.h"
@@ -129,11 +129,11 @@ static unsigned open_fds(void)
     return n;
 }
 
-/* A machine whose memfd or view cannot be made fails with a message and
- * leaves nothing open. */
+/* A machine whose memfd, view or free lists cannot be made fails with a
+ * message and leaves nothing open. */
 static void failed_machine_init_leaves_nothing(void **state)
 {
-    static const enum mv__os_op ops[] = { MV_OS_MEMFD, MV_OS_MMAP };
+    static const enum mv__os_op ops[] = { MV_OS_MEMFD, MV_OS_MMAP, MV_OS_ALLOC };
     struct mv__machine m;
 
     (void)state;
@@ -149,6 +149,33 @@ static void failed_machine_init_leaves_nothing(void **state)
     }
     assert_ok(mv__machine_init(&m, MACHINE, 1024));
     assert_non_null(m.view);
+    mv__machine_fini(&m);
+}
+
+/* Freeing frames never needs memory: with every allocation failing, a
+ * thousand scattered single frames go back to the free lists and merge
+ * again into one block (the lists grew with realloc, and frames whose
+ * entry could not be stored were lost to the allocator). */
+static void frees_never_fail_for_want_of_memory(void **state)
+{
+    static uint64_t frames[2048];
+    struct mv__machine m;
+
+    (void)state;
+    assert_ok(mv__machine_init(&m, MACHINE, 1024));
+    mv__os_inject(MV_OS_ALLOC, ENOMEM, 0, UINT_MAX);
+    for (size_t i = 0; i < MV_ARRAY_SIZE(frames); i++)
+        assert_ok(mv__machine_alloc(&m, 1, &frames[i]));
+    for (size_t i = 0; i < MV_ARRAY_SIZE(frames); i += 2)
+        mv__machine_free(&m, frames[i], 1);
+    assert_true(m.free[0].count >= MV_ARRAY_SIZE(frames) / 2);
+    assert_int_equal(m.free_pages, m.pages - MV_ARRAY_SIZE(frames) / 2);
+    for (size_t i = 1; i < MV_ARRAY_SIZE(frames); i += 2)
+        mv__machine_free(&m, frames[i], 1);
+    mv__os_inject(MV_OS_ALLOC, 0, 0, 0);
+    assert_int_equal(m.free_pages, m.pages);
+    assert_ok(mv__machine_audit(&m));
+    assert_int_equal(m.free[14].count, 1); /* 16384 frames: one block again */
     mv__machine_fini(&m);
 }
 
@@ -182,6 +209,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(budget_counts_populated_frames),
     cmocka_unit_test(machine_size_is_validated),
     cmocka_unit_test(failed_machine_init_leaves_nothing),
+    cmocka_unit_test(frees_never_fail_for_want_of_memory),
     cmocka_unit_test(page_hash_is_xxh3_on_every_path),
 };
 
