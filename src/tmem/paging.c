@@ -305,21 +305,27 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
 
     for (; taken < n; taken++) {
         uint64_t gfn = gfns[taken];
+        const char *step = "unmap";
 
         rc = mv__ram_zap(d, gfn, 1);
-        if (rc == 0)
+        if (rc == 0) {
+            step = "read";
             rc = mv__machine_read(m, d->base_mfn + gfn, 1, buf[taken]);
+        }
         /* The guest's frame goes first, so that tmem has its memory for the
          * compressed copy even when the budget is exhausted (its charge is
          * handed over below).  A page whose punch fails is still in the
          * page cache: its next touch maps it. */
-        if (rc == 0)
+        if (rc == 0) {
+            step = "release the frame of";
             rc = mv__os_punch(m->memfd, (d->base_mfn + gfn) << MV_PAGE_SHIFT, MV_PAGE_SIZE);
+        }
+        if (rc < 0 && taken == 0)
+            return mv__fail(rc, "tmem: cannot %s gfn %#llx of domain %u to page it out: %s",
+                            step, (unsigned long long)gfn, d->domid, mv_strerror(rc));
         if (rc < 0)
             break;
     }
-    if (taken == 0)
-        return rc;
     for (unsigned i = 0; i < taken; i++)
         tm_prepare_page(buf[i], &s->prep[i]);
     /* The frames' charge passes to tmem for the compressed copies rather
