@@ -8,13 +8,16 @@
  *
  * The table case runs every public operation that reaches the OS layer
  * (os.c) with one failure of one OS operation injected, for every OS
- * operation and every position n along the operation's path (the n-th call
- * fails), until a run passes without the injection being reached.  After
- * each run it checks: the call's result (success, or an error with a
- * message), that no vCPU hangs (every workload finishes within a deadline),
- * the host audit, the content oracle of every domain, and that the domains
- * the operation was not about did not change at all.  Each operation is its
- * own case, so CTest runs each in its own process under a timeout.
+ * operation (heap allocations included) and every position n along the
+ * operation's path (the n-th call fails), until a run passes without the
+ * injection being reached.  After each run it checks: the call's result
+ * (success, or an error with a message), what the operation itself promises
+ * (tmem: every key holds the page of its last successful put, or nothing
+ * after a failed one, never an older page), that no vCPU hangs (every
+ * workload finishes within a deadline), the host audit, the content oracle
+ * of every domain, and that the domains the operation was not about did not
+ * change at all.  Each operation is its own case, so CTest runs each in its
+ * own process under a timeout.
  *
  * The other cases reproduce one finding each, and fail without its fix.
  */
@@ -34,6 +37,7 @@
 #define DEADLINE_MS 30000u
 #define MAX_STEPS 400u
 #define WATCHDOG_S 120u  /* one run of the table, at most (sanitizers included) */
+#define TMEM_KEYS 48u    /* the tmem operations' keys: one object, indexes 0..47 */
 
 /* ------------------------------------------------------------------------ */
 /* shared helpers                                                            */
@@ -129,6 +133,12 @@ struct scene {
     enum mv_logdirty_mode ld;
     uint64_t dirty[64];
     char why[256];      /* the error message, when calls after it clear it */
+    /* tmem: the victim's pool and, per index, the page a get must find
+     * (a version number; 0: none, -1: none, or the version, for an
+     * ephemeral pool that may drop a page). */
+    int pool;
+    unsigned pool_flags;
+    int expect[TMEM_KEYS];
 };
 
 struct operation {
@@ -141,6 +151,9 @@ struct operation {
     bool needs_partner;
     enum mv_cow_mode cow;
     enum mv_logdirty_mode ld;
+    /* What the operation's own result must be, checked once nothing is
+     * armed (NULL: the table's checks are enough). */
+    void (*check)(struct scene *s);
 };
 
 #define WS 256u        /* working set of the fills, in pages */
@@ -337,51 +350,218 @@ static int64_t run_destroy(struct scene *s)
     return rc;
 }
 
+/* A new domain, made whole or not at all. */
+static int64_t run_domain_create(struct scene *s)
+{
+    struct mv_domain_config c;
+    uint32_t id = 0;
+    int rc;
+
+    tu_domain_config(&c, "new", 8 * MiB, 8 * MiB);
+    c.vcpus = 1;
+    c.wait_timeout_ms = 2000;
+    rc = mv_domain_create(s->h, &c, &id);
+    if (rc == 0)
+        s->c = id;
+    else
+        assert_int_equal(mv_domain_lookup(s->h, "new", &id), -ESRCH);
+    return rc;
+}
+
+/* A pass of the sharing scanner: v and p share, their zero pages go back to
+ * PoD; b is excluded, so that it must not change. */
+static void prepare_scan(struct scene *s)
+{
+    assert_ok(mv_share_exclude(s->h, s->b, 0, 8 * MiB / MV_PAGE_SIZE));
+}
+
+static int64_t run_share_scan(struct scene *s)
+{
+    struct mv_scan_result r;
+
+    return mv_share_scan(s->h, 0, &r);
+}
+
+/* tmem: version `version` of the page at `index` (0..TMEM_KEYS-1).  Half
+ * the contents repeat (for deduplication) and every page compresses. */
+static void tmem_page(uint8_t *page, uint32_t index, int version)
+{
+    uint64_t x = ((uint64_t)(index % (TMEM_KEYS / 2)) << 8 | (uint64_t)version) *
+                 0x9e3779b97f4a7c15ull;
+
+    memset(page, 0, MV_PAGE_SIZE);
+    for (size_t i = 0; i < MV_PAGE_SIZE / 4; i += sizeof(x)) {
+        x ^= x >> 29;
+        x *= 0xbf58476d1ce4e5b9ull;
+        memcpy(page + i, &x, sizeof(x));
+    }
+}
+
+static const uint64_t tmem_oid[3] = { 7, 0, 0 };
+
+/* Every key of the victim's pool holds version 1. */
+static void prepare_pool(struct scene *s, unsigned flags)
+{
+    uint8_t page[MV_PAGE_SIZE];
+
+    s->pool_flags = flags;
+    s->pool = mv_tmem_new_pool(s->h, s->v, flags, NULL);
+    assert_true(s->pool >= 0);
+    for (uint32_t i = 0; i < TMEM_KEYS; i++) {
+        tmem_page(page, i, 1);
+        assert_int_equal(mv_tmem_put_page(s->h, s->v, (uint32_t)s->pool, tmem_oid, i, page,
+                                          MV_PAGE_SIZE), 1);
+        s->expect[i] = 1;
+    }
+}
+
+static void prepare_persistent_pool(struct scene *s)
+{
+    prepare_pool(s, MV_TMEM_PERSISTENT | MV_TMEM_DEDUP);
+}
+
+static void prepare_ephemeral_pool(struct scene *s)
+{
+    prepare_pool(s, MV_TMEM_ZSTD);
+}
+
+/* Every key's version 1 replaced by version 2: a put that stores it holds
+ * version 2; one that fails, or an ephemeral one dropped, leaves the key
+ * empty.  A persistent pool's pages are then read back. */
+static int64_t run_tmem_puts(struct scene *s)
+{
+    uint8_t page[MV_PAGE_SIZE], want[MV_PAGE_SIZE];
+    int64_t stored = 0;
+    int rc = 0;
+
+    for (uint32_t i = 0; i < TMEM_KEYS && rc >= 0; i++) {
+        tmem_page(page, i, 2);
+        rc = mv_tmem_put_page(s->h, s->v, (uint32_t)s->pool, tmem_oid, i, page, MV_PAGE_SIZE);
+        s->expect[i] = rc == 1 ? 2 : 0;
+        stored += rc == 1;
+    }
+    if (rc < 0 || !(s->pool_flags & MV_TMEM_PERSISTENT))
+        return rc < 0 ? rc : stored;
+    for (uint32_t i = 0; i < TMEM_KEYS; i++) {
+        rc = mv_tmem_get_page(s->h, s->v, (uint32_t)s->pool, tmem_oid, i, page, MV_PAGE_SIZE);
+        if (rc < 0)
+            return rc;
+        assert_int_equal(rc, 1);
+        tmem_page(want, i, 2);
+        assert_memory_equal(page, want, MV_PAGE_SIZE);
+    }
+    return stored;
+}
+
+/* Gives memory back: evictions of ephemeral pages, scrubbed frames
+ * returned to the budget, compaction. */
+static int64_t run_tmem_relinquish(struct scene *s)
+{
+    int64_t rc;
+
+    if ((rc = mv_tmem_evict_npages(s->h, 4)) < 0 ||
+        (rc = mv_tmem_relinquish_pages(s->h, 4)) < 0 ||
+        (rc = mv_tmem_relinquish_page(s->h)) < 0 ||
+        (rc = mv_tmem_compact(s->h)) < 0)
+        return rc;
+    return 0;
+}
+
+/* Every key holds what the model says: a persistent pool exactly; an
+ * ephemeral one that, or nothing (it may drop pages), never an older
+ * version. */
+static void check_pool(struct scene *s)
+{
+    bool persistent = s->pool_flags & MV_TMEM_PERSISTENT;
+    uint8_t page[MV_PAGE_SIZE], want[MV_PAGE_SIZE];
+
+    for (uint32_t i = 0; i < TMEM_KEYS; i++) {
+        int rc = mv_tmem_get_page(s->h, s->v, (uint32_t)s->pool, tmem_oid, i, page,
+                                  MV_PAGE_SIZE);
+
+        assert_true(rc == 0 || rc == 1);
+        if (rc == 0 && s->expect[i] && persistent)
+            fail_msg("tmem: key %u lost its page (version %d)", i, s->expect[i]);
+        if (rc == 1 && !s->expect[i])
+            fail_msg("tmem: key %u holds a page after its put failed", i);
+        if (rc == 1) {
+            tmem_page(want, i, s->expect[i]);
+            if (memcmp(page, want, MV_PAGE_SIZE) != 0)
+                fail_msg("tmem: key %u does not hold version %d", i, s->expect[i]);
+        }
+    }
+    if (mv_tmem_audit(s->h) < 0)
+        fail_msg("tmem audit: %s", mv_last_error());
+}
+
+/* Host paging: the victim's pages out to tmem (their faults bring them
+ * back in the checks after the run). */
+static int64_t run_page_out(struct scene *s)
+{
+    return mv_tmem_page_out(s->h, s->v, 48);
+}
+
 /* The fault service's own wait (epoll) failing under running guests. */
 static int64_t run_fault_service(struct scene *s)
 {
     return run_populate(s);
 }
 
+/* The victim's copy-on-write and dirty-log modes are the defaults unless
+ * named: MV_COW_TRAP, MV_LOGDIRTY_AUTO. */
 static const struct operation operations[] = {
-    { "populate", prepare_nothing, run_populate, false, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
-    { "sweep", prepare_zero_pages, run_sweep, false, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
-    { "balloon", prepare_nothing, run_balloon, false, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
-    { "deflate", prepare_ballooned, run_deflate, false, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
-    { "set_target", prepare_nothing, run_set_target, false, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
-    { "share", prepare_nothing, run_share_pages, true, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
-    { "make_ro_and_share", prepare_nothing, run_make_ro_and_share, true, MV_COW_TRAP,
-      MV_LOGDIRTY_AUTO },
-    { "unshare", prepare_shared, run_unshare, true, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
-    { "cow_break_trap", prepare_shared, run_cow_writes, true, MV_COW_TRAP,
-      MV_LOGDIRTY_AUTO },
-    { "cow_break_kernel", prepare_shared, run_cow_writes, true, MV_COW_KERNEL,
-      MV_LOGDIRTY_AUTO },
-    { "settle", prepare_shared_written, run_settle, true, MV_COW_KERNEL, MV_LOGDIRTY_AUTO },
-    { "clone", prepare_shared_paused, run_clone, true, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
-    { "clone_kernel", prepare_shared_paused, run_clone, true, MV_COW_KERNEL,
-      MV_LOGDIRTY_AUTO },
-    { "logdirty_enable_wp_async", prepare_nothing, run_logdirty_enable, false, MV_COW_TRAP,
-      MV_LOGDIRTY_WP_ASYNC },
-    { "logdirty_enable_wp_sync", prepare_nothing, run_logdirty_enable, false, MV_COW_TRAP,
-      MV_LOGDIRTY_WP_SYNC },
-    { "logdirty_enable_mprotect", prepare_nothing, run_logdirty_enable, false, MV_COW_TRAP,
-      MV_LOGDIRTY_MPROTECT },
-    { "logdirty_clean_wp_async", prepare_logging, run_logdirty_clean, false, MV_COW_TRAP,
-      MV_LOGDIRTY_WP_ASYNC },
-    { "logdirty_clean_wp_sync", prepare_logging, run_logdirty_clean, false, MV_COW_TRAP,
-      MV_LOGDIRTY_WP_SYNC },
-    { "logdirty_clean_mprotect", prepare_logging, run_logdirty_clean, false, MV_COW_TRAP,
-      MV_LOGDIRTY_MPROTECT },
-    { "logdirty_disable_wp_async", prepare_logging, run_logdirty_disable, false,
-      MV_COW_TRAP, MV_LOGDIRTY_WP_ASYNC },
-    { "logdirty_disable_wp_sync", prepare_logging, run_logdirty_disable, false,
-      MV_COW_TRAP, MV_LOGDIRTY_WP_SYNC },
-    { "logdirty_disable_mprotect", prepare_logging, run_logdirty_disable, false,
-      MV_COW_TRAP, MV_LOGDIRTY_MPROTECT },
-    { "destroy", prepare_shared, run_destroy, true, MV_COW_TRAP, MV_LOGDIRTY_AUTO },
-    { "fault_service", prepare_nothing, run_fault_service, false, MV_COW_TRAP,
-      MV_LOGDIRTY_AUTO },
+    { .name = "populate", .prepare = prepare_nothing, .run = run_populate },
+    { .name = "sweep", .prepare = prepare_zero_pages, .run = run_sweep },
+    { .name = "balloon", .prepare = prepare_nothing, .run = run_balloon },
+    { .name = "deflate", .prepare = prepare_ballooned, .run = run_deflate },
+    { .name = "set_target", .prepare = prepare_nothing, .run = run_set_target },
+    { .name = "share", .prepare = prepare_nothing, .run = run_share_pages,
+      .needs_partner = true },
+    { .name = "make_ro_and_share", .prepare = prepare_nothing, .run = run_make_ro_and_share,
+      .needs_partner = true },
+    { .name = "unshare", .prepare = prepare_shared, .run = run_unshare,
+      .needs_partner = true },
+    { .name = "cow_break_trap", .prepare = prepare_shared, .run = run_cow_writes,
+      .needs_partner = true },
+    { .name = "cow_break_kernel", .prepare = prepare_shared, .run = run_cow_writes,
+      .needs_partner = true, .cow = MV_COW_KERNEL },
+    { .name = "settle", .prepare = prepare_shared_written, .run = run_settle,
+      .needs_partner = true, .cow = MV_COW_KERNEL },
+    { .name = "clone", .prepare = prepare_shared_paused, .run = run_clone,
+      .needs_partner = true },
+    { .name = "clone_kernel", .prepare = prepare_shared_paused, .run = run_clone,
+      .needs_partner = true, .cow = MV_COW_KERNEL },
+    { .name = "logdirty_enable_wp_async", .prepare = prepare_nothing, .run = run_logdirty_enable,
+      .ld = MV_LOGDIRTY_WP_ASYNC },
+    { .name = "logdirty_enable_wp_sync", .prepare = prepare_nothing, .run = run_logdirty_enable,
+      .ld = MV_LOGDIRTY_WP_SYNC },
+    { .name = "logdirty_enable_mprotect", .prepare = prepare_nothing, .run = run_logdirty_enable,
+      .ld = MV_LOGDIRTY_MPROTECT },
+    { .name = "logdirty_clean_wp_async", .prepare = prepare_logging, .run = run_logdirty_clean,
+      .ld = MV_LOGDIRTY_WP_ASYNC },
+    { .name = "logdirty_clean_wp_sync", .prepare = prepare_logging, .run = run_logdirty_clean,
+      .ld = MV_LOGDIRTY_WP_SYNC },
+    { .name = "logdirty_clean_mprotect", .prepare = prepare_logging, .run = run_logdirty_clean,
+      .ld = MV_LOGDIRTY_MPROTECT },
+    { .name = "logdirty_disable_wp_async", .prepare = prepare_logging, .run = run_logdirty_disable,
+      .ld = MV_LOGDIRTY_WP_ASYNC },
+    { .name = "logdirty_disable_wp_sync", .prepare = prepare_logging, .run = run_logdirty_disable,
+      .ld = MV_LOGDIRTY_WP_SYNC },
+    { .name = "logdirty_disable_mprotect", .prepare = prepare_logging, .run = run_logdirty_disable,
+      .ld = MV_LOGDIRTY_MPROTECT },
+    { .name = "destroy", .prepare = prepare_shared, .run = run_destroy,
+      .needs_partner = true },
+    { .name = "fault_service", .prepare = prepare_nothing, .run = run_fault_service },
+    { .name = "domain_create", .prepare = prepare_nothing, .run = run_domain_create },
+    { .name = "share_scan", .prepare = prepare_scan, .run = run_share_scan,
+      .needs_partner = true },
+    { .name = "tmem_put_persistent", .prepare = prepare_persistent_pool, .run = run_tmem_puts,
+      .check = check_pool },
+    { .name = "tmem_put_ephemeral", .prepare = prepare_ephemeral_pool, .run = run_tmem_puts,
+      .check = check_pool },
+    { .name = "tmem_relinquish", .prepare = prepare_ephemeral_pool, .run = run_tmem_relinquish,
+      .check = check_pool },
+    { .name = "tmem_page_out", .prepare = prepare_nothing, .run = run_page_out },
 };
 
 /* The errno each OS operation fails with: what the kernel would say. */
@@ -462,6 +642,8 @@ static bool run_injected(const struct operation *o, enum mv__os_op op, unsigned 
     if (rc < 0 && mv_last_error()[0] == '\0' && s.why[0] == '\0' && rc != -ESRCH)
         fail_msg("%s, op %d failing call %u: error %lld without a message", o->name,
                  (int)op, skip + 1, (long long)rc);
+    if (o->check)
+        o->check(&s);
     /* The domains it was not about: unchanged, running, content intact. */
     assert_true(same_snapshot(before_b, snapshot_of(s.h, s.b)));
     verify_oracle(s.h, s.b);
@@ -594,6 +776,12 @@ TABLE_CASE(logdirty_disable_wp_sync)
 TABLE_CASE(logdirty_disable_mprotect)
 TABLE_CASE(destroy)
 TABLE_CASE(fault_service)
+TABLE_CASE(domain_create)
+TABLE_CASE(share_scan)
+TABLE_CASE(tmem_put_persistent)
+TABLE_CASE(tmem_put_ephemeral)
+TABLE_CASE(tmem_relinquish)
+TABLE_CASE(tmem_page_out)
 
 /* ------------------------------------------------------------------------ */
 /* one case per finding                                                      */
@@ -1013,6 +1201,12 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(inject_logdirty_disable_mprotect),
     cmocka_unit_test(inject_destroy),
     cmocka_unit_test(inject_fault_service),
+    cmocka_unit_test(inject_domain_create),
+    cmocka_unit_test(inject_share_scan),
+    cmocka_unit_test(inject_tmem_put_persistent),
+    cmocka_unit_test(inject_tmem_put_ephemeral),
+    cmocka_unit_test(inject_tmem_relinquish),
+    cmocka_unit_test(inject_tmem_page_out),
 };
 
 TU_MAIN(cases)
