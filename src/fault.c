@@ -720,7 +720,7 @@ static int start_thread(struct mv_host *h, struct mv__fault_thread *t)
         rc = pthread_attr_setaffinity_np(&attr, sizeof(h->fault_cpus), &h->fault_cpus);
     }
     if (rc == 0)
-        rc = pthread_create(&t->thread, &attr, fault_thread, t);
+        rc = -mv__os_thread_start(&t->thread, &attr, fault_thread, t);
     pthread_attr_destroy(&attr);
     return -rc;
 }

@@ -183,6 +183,7 @@ enum mv__os_op {
     MV_OS_UFFD_UNREGISTER,
     MV_OS_DOMAIN_LIST,          /* the memory for a list of the host's domains */
     MV_OS_ALLOC,                /* any heap or table allocation of the library */
+    MV_OS_THREAD,               /* starting a thread of the library's */
     MV_OS_OP_COUNT,
 };
 
@@ -232,6 +233,10 @@ void *mv__malloc(size_t size);
 void *mv__calloc(size_t count, size_t size);
 void *mv__realloc(void *old, size_t size);
 void *mv__aligned_alloc(size_t align, size_t size);
+/* pthread_create, failing on demand as MV_OS_THREAD: 0 or a negative
+ * errno (-EAGAIN when injected, as when the process has too many). */
+int mv__os_thread_start(pthread_t *thread, const pthread_attr_t *attr,
+                        void *(*main)(void *), void *arg);
 /* For an allocation made by another library (a compression context): true
  * when the allocation is to fail as if that library had run out. */
 bool mv__alloc_fails(void);

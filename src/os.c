@@ -242,6 +242,16 @@ void *mv__aligned_alloc(size_t align, size_t size)
     return mv__alloc_fails() ? NULL : aligned_alloc(align, size);
 }
 
+int mv__os_thread_start(pthread_t *thread, const pthread_attr_t *attr,
+                        void *(*main)(void *), void *arg)
+{
+    int err = injected(MV_OS_THREAD);
+
+    if (err)
+        return err;
+    return -pthread_create(thread, attr, main, arg);
+}
+
 void *mv__os_table_alloc(size_t length)
 {
     void *p;

@@ -104,7 +104,7 @@ int mv__scrub_start(struct mv__machine *m, struct mv_host *host)
     mv__mutex_init(&s->lock, MV_LOCK_SCRUB);
     mv__cond_init(&s->work);
     mv__cond_init(&s->done);
-    rc = -pthread_create(&s->thread, NULL, scrubber_main, m);
+    rc = mv__os_thread_start(&s->thread, NULL, scrubber_main, m);
     if (rc < 0) {
         pthread_cond_destroy(&s->work);
         pthread_cond_destroy(&s->done);

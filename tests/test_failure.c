@@ -382,6 +382,25 @@ static int64_t run_share_scan(struct scene *s)
     return mv_share_scan(s->h, 0, &r);
 }
 
+/* The background threads: the scanner's and host paging's start (or fail
+ * to, saying why) and stop.  Paging starts far above what the domains
+ * hold, and the scanner skips b: b must not change. */
+static int64_t run_background_start(struct scene *s)
+{
+    struct mv_scanner_config sc;
+    int rc;
+
+    mv_scanner_config_init(&sc);
+    if ((rc = mv_scanner_start(s->h, &sc)) < 0)
+        return rc;
+    rc = mv_tmem_auto_paging(s->h, 90, 80);
+    snprintf(s->why, sizeof(s->why), "%s", mv_last_error());
+    assert_ok(mv_scanner_stop(s->h));
+    if (rc == 0)
+        assert_ok(mv_tmem_auto_paging(s->h, 0, 0));
+    return rc;
+}
+
 /* tmem: version `version` of the page at `index` (0..TMEM_KEYS-1).  Half
  * the contents repeat (for deduplication) and every page compresses. */
 static void tmem_page(uint8_t *page, uint32_t index, int version)
@@ -562,6 +581,7 @@ static const struct operation operations[] = {
     { .name = "tmem_relinquish", .prepare = prepare_ephemeral_pool, .run = run_tmem_relinquish,
       .check = check_pool },
     { .name = "tmem_page_out", .prepare = prepare_nothing, .run = run_page_out },
+    { .name = "background_start", .prepare = prepare_scan, .run = run_background_start },
 };
 
 /* The errno each OS operation fails with: what the kernel would say. */
@@ -782,6 +802,7 @@ TABLE_CASE(tmem_put_persistent)
 TABLE_CASE(tmem_put_ephemeral)
 TABLE_CASE(tmem_relinquish)
 TABLE_CASE(tmem_page_out)
+TABLE_CASE(background_start)
 
 /* ------------------------------------------------------------------------ */
 /* one case per finding                                                      */
@@ -1099,6 +1120,55 @@ static void failed_reservation_refuses_the_domain(void **state)
     mv_host_destroy(h);
 }
 
+/* mv_host_create with each OS operation failing at each step: an error
+ * with a message and no descriptor left open (memory left behind is the
+ * sanitizer build's to find), or a host that works. */
+static void host_create_fails_whole_at_every_step(void **state)
+{
+    unsigned runs = 0;
+
+    (void)state;
+    for (int op = 0; op < MV_OS_OP_COUNT; op++) {
+        for (unsigned skip = 0;; skip++) {
+            unsigned fds = tu_open_fds();
+            struct mv_host_config c;
+            mv_host *h = NULL;
+            bool reached;
+            int rc;
+
+            tu_host_config(&c, 64 * MiB);
+            mv__clear_error();
+            mv__os_inject((enum mv__os_op)op, injected_errno(op), skip, 1);
+            rc = mv_host_create(&c, &h);
+            reached = mv__os_injection_left((enum mv__os_op)op) == 0;
+            disarm_all();
+            if (rc < 0) {
+                if (mv_last_error()[0] == '\0')
+                    fail_msg("host create, op %d failing call %u: error %d without a "
+                             "message", op, skip + 1, rc);
+                assert_null(h);
+            } else {
+                uint32_t id = domain_with(h, "a", 8 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+
+                fill(h, id, SEED, WS, 100);
+                verify_oracle(h, id);
+                audit_host(h);
+                mv_host_destroy(h);
+            }
+            if (tu_open_fds() != fds)
+                fail_msg("host create, op %d failing call %u: %u descriptors left open",
+                         op, skip + 1, tu_open_fds() - fds);
+            if (!reached)
+                break;
+            runs++;
+            if (skip + 1 == MAX_STEPS)
+                fail_msg("host create: op %d still reached after %u calls", op, MAX_STEPS);
+        }
+    }
+    print_message("host create: %u runs with a failure injected\n", runs);
+    assert_true(runs > 0);
+}
+
 static int host_stats_of(mv_host *h)
 {
     struct mv_host_stats st;
@@ -1176,6 +1246,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(audit_is_exact_while_mechanisms_run),
     cmocka_unit_test(failed_reservation_refuses_the_domain),
     cmocka_unit_test(unlisted_domains_fail_the_call),
+    cmocka_unit_test(host_create_fails_whole_at_every_step),
     cmocka_unit_test(settler_outlasts_a_failed_list_of_domains),
     cmocka_unit_test(inject_populate),
     cmocka_unit_test(inject_sweep),
@@ -1207,6 +1278,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(inject_tmem_put_ephemeral),
     cmocka_unit_test(inject_tmem_relinquish),
     cmocka_unit_test(inject_tmem_page_out),
+    cmocka_unit_test(inject_background_start),
 };
 
 TU_MAIN(cases)

@@ -7,7 +7,6 @@
 #include "testutil.h"
 #include "internal.h"
 
-#include <dirent.h>
 #include <stdlib.h>
 
 /* The reference hash: xxHash's header, compiled for this test's target. */
@@ -117,18 +116,6 @@ static void machine_size_is_validated(void **state)
     assert_err(mv__machine_init(&m, 1ull << 50, 1), -EINVAL);
 }
 
-static unsigned open_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    unsigned n = 0;
-
-    assert_non_null(d);
-    while (readdir(d))
-        n++;
-    closedir(d);
-    return n;
-}
-
 /* A machine whose memfd, view or free lists cannot be made fails with a
  * message and leaves nothing open. */
 static void failed_machine_init_leaves_nothing(void **state)
@@ -138,14 +125,14 @@ static void failed_machine_init_leaves_nothing(void **state)
 
     (void)state;
     for (size_t i = 0; i < MV_ARRAY_SIZE(ops); i++) {
-        unsigned fds = open_fds();
+        unsigned fds = tu_open_fds();
 
         mv__os_inject(ops[i], ENOMEM, 0, 1);
         assert_err(mv__machine_init(&m, MACHINE, 1024), -ENOMEM);
         assert_int_equal(mv__os_injection_left(ops[i]), 0);
         mv__os_inject(ops[i], 0, 0, 0);
         assert_true(mv_last_error()[0] != '\0');
-        assert_int_equal(open_fds(), fds);
+        assert_int_equal(tu_open_fds(), fds);
     }
     assert_ok(mv__machine_init(&m, MACHINE, 1024));
     assert_non_null(m.view);

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -373,6 +374,20 @@ static inline void tu_abort_on_failure(void)
 
     setenv("CMOCKA_TEST_ABORT", "1", 0);
     (void)setrlimit(RLIMIT_CORE, &no_core);
+}
+
+/* How many file descriptors the process has open (for "leaves nothing
+ * open" checks). */
+static inline unsigned tu_open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    unsigned n = 0;
+
+    assert_non_null(d);
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
 }
 
 #define TU_MAIN(cases)                                                         \

@@ -120,7 +120,7 @@ static uint64_t clone_helper_start(struct clone_helper *h, int uffd, uint8_t *at
         .len = (n - lower) << MV_PAGE_SHIFT,
     };
     if (n < CLONE_SPLIT_MIN_PAGES || sysconf(_SC_NPROCESSORS_ONLN) < 2 ||
-        pthread_create(&h->thread, NULL, clone_helper_main, h) != 0)
+        mv__os_thread_start(&h->thread, NULL, clone_helper_main, h) < 0)
         return n;
     h->running = true;
     return lower;

@@ -677,7 +677,7 @@ int mv_scanner_start(mv_host *host, const struct mv_scanner_config *config)
         sc->config = *config;
         sc->stop = false;
         mv__share_set_max_vmas(host, config->max_vmas);
-        rc = -pthread_create(&sc->thread, NULL, scanner_main, host);
+        rc = mv__os_thread_start(&sc->thread, NULL, scanner_main, host);
         if (rc < 0)
             rc = mv__fail(rc, "cannot start the scanner thread");
         else

@@ -432,7 +432,7 @@ int share_settler_start(struct mv_host *h)
 
     mv__mutex_lock(&s->settler_lock);
     if (!s->settler_started) {
-        rc = -pthread_create(&s->settler, NULL, settler_main, h);
+        rc = mv__os_thread_start(&s->settler, NULL, settler_main, h);
         s->settler_started = rc == 0;
         if (rc == 0)
             (void)pthread_setname_np(s->settler, MV__SETTLER_NAME);

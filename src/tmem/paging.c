@@ -626,9 +626,9 @@ int mv_tmem_auto_paging(mv_host *h, unsigned high_pct, unsigned low_pct)
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
         pthread_cond_init(&t->auto_cond, &attr);
         pthread_condattr_destroy(&attr);
-        if (pthread_create(&t->auto_thread, NULL, auto_thread, t) != 0) {
+        if ((rc = mv__os_thread_start(&t->auto_thread, NULL, auto_thread, t)) < 0) {
             pthread_cond_destroy(&t->auto_cond);
-            rc = mv__fail(-EAGAIN, "tmem: cannot start the paging thread");
+            rc = mv__fail(rc, "tmem: cannot start the paging thread: %s", mv_strerror(rc));
         } else {
             t->auto_running = true;
         }

@@ -452,7 +452,7 @@ int mv_fc_serve(mv_host *host, const struct mv_fc_config *config, int uffd, int 
     }
     vm->region_count = count;
     if (rc == 0) {
-        rc = -pthread_create(&vm->thread, NULL, serve_vm, vm);
+        rc = mv__os_thread_start(&vm->thread, NULL, serve_vm, vm);
         if (rc < 0)
             mv__fail(rc, "cannot start the VM's fault thread");
         vm->thread_started = rc == 0;

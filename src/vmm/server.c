@@ -365,7 +365,7 @@ int mv_vmm_accept(mv_host *host, int control, const struct mv_domain_config *con
             rc = mv__fail(-EINVAL, "the VMM maps %llu bytes of RAM, the domain's maxmem "
                           "is %llu", (unsigned long long)hello.length,
                           (unsigned long long)config->maxmem_bytes);
-        else if ((rc = -pthread_create(&c->thread, NULL, serve_vmm, c)) < 0)
+        else if ((rc = mv__os_thread_start(&c->thread, NULL, serve_vmm, c)) < 0)
             mv__fail(rc, "cannot start the VMM's request thread");
         c->thread_started = rc == 0;
     }
