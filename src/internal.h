@@ -240,6 +240,14 @@ int mv__os_thread_start(pthread_t *thread, const pthread_attr_t *attr,
 /* For an allocation made by another library (a compression context): true
  * when the allocation is to fail as if that library had run out. */
 bool mv__alloc_fails(void);
+/* The calling thread enters (true) or leaves (false) a signal handler of
+ * the library's.  There every allocation fails (ENOMEM), and is counted:
+ * malloc is not async-signal-safe, and a handler that interrupted it would
+ * deadlock.  The fault resolved there must never allocate; one that tried
+ * is handed to a fault thread like any other that cannot be resolved. */
+void mv__os_signal_context(bool enter);
+/* Allocations refused in a signal handler since the process started. */
+uint64_t mv__os_allocations_in_signal(void);
 
 /* Open a non-blocking userfaultfd: /dev/userfaultfd, else the syscall, else
  * the syscall restricted to user-mode faults.  `how` receives 0, 1 or 2. */

@@ -256,7 +256,9 @@ static void on_sigsegv(int sig, siginfo_t *info, void *context)
         uintptr_t end = start ? atomic_load(&s->end) : 0;
 
         if (start && addr >= start && addr < end && info->si_code == SEGV_ACCERR) {
+            mv__os_signal_context(true);
             unprotect_in_handler(s, start, end, addr);
+            mv__os_signal_context(false);
             atomic_fetch_sub(&handlers_running, 1);
             errno = saved_errno;
             return;

@@ -213,9 +213,28 @@ int mv__os_zap(void *addr, size_t length)
     return madvise(addr, length, MADV_DONTNEED) < 0 ? -errno : 0;
 }
 
-/* An injected allocation failure: errno ENOMEM, as malloc's own. */
+static _Thread_local unsigned signal_depth;
+static atomic_uint_fast64_t allocations_in_signal;
+
+void mv__os_signal_context(bool enter)
+{
+    signal_depth += enter ? 1 : -1u;
+}
+
+uint64_t mv__os_allocations_in_signal(void)
+{
+    return atomic_load(&allocations_in_signal);
+}
+
+/* An allocation that must fail: injected, or in a signal handler.  errno
+ * ENOMEM, as malloc's own. */
 bool mv__alloc_fails(void)
 {
+    if (mv_unlikely(signal_depth)) {
+        atomic_fetch_add(&allocations_in_signal, 1);
+        errno = ENOMEM;
+        return true;
+    }
     if (mv_likely(injected(MV_OS_ALLOC) == 0))
         return false;
     errno = ENOMEM;

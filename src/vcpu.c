@@ -215,11 +215,13 @@ bool mv_sigbus_handled(int sig, siginfo_t *info, void *context)
         return false;
     d = atomic_load(&slots[i].domain);
     mv__error_keep(&saved_error);
+    mv__os_signal_context(true);
     if (i == vcpu_slot && atomic_load(&slots[i].generation) == vcpu_generation &&
         mv__locks_held() == 0)
         verdict = mv__fault_in_thread(d, (addr - (uintptr_t)d->ram) >> MV_PAGE_SHIFT);
     if (verdict == MV__FAULT_FORWARD)
         verdict = mv__fault_forward(d->host, d->domid, addr);
+    mv__os_signal_context(false);
     slot_leave(i);
     mv__error_restore(&saved_error);
     errno = saved_errno;

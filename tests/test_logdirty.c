@@ -389,6 +389,8 @@ static void concurrent_writers_mprotect(void **state)
 {
     (void)state;
     concurrent_writers(MV_LOGDIRTY_MPROTECT, false);
+    /* The writes its SIGSEGV handler let through allocated nothing. */
+    assert_int_equal(mv__os_allocations_in_signal(), 0);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -2,7 +2,8 @@
  * test_machine.c - the frame allocator and the budget, through the internal
  * interface: allocation alignment, splitting, merging back to one block,
  * exhaustion, the audit catching a corrupted free list, a machine that
- * cannot be made, frees that need no memory, and the page hash.
+ * cannot be made, frees that need no memory, allocations refused in a
+ * signal handler, and the page hash.
  */
 #include "testutil.h"
 #include "internal.h"
@@ -166,6 +167,28 @@ static void frees_never_fail_for_want_of_memory(void **state)
     mv__machine_fini(&m);
 }
 
+/* In a signal handler of the library's every allocation fails and is
+ * counted (malloc there could deadlock); outside, allocations work. */
+static void allocations_fail_in_a_signal_handler(void **state)
+{
+    uint64_t before = mv__os_allocations_in_signal();
+    void *p;
+
+    (void)state;
+    mv__os_signal_context(true);
+    errno = 0;
+    assert_null(mv__malloc(16));
+    assert_int_equal(errno, ENOMEM);
+    assert_null(mv__calloc(1, 16));
+    assert_null(mv__os_table_alloc(MV_PAGE_SIZE));
+    mv__os_signal_context(false);
+    assert_int_equal(mv__os_allocations_in_signal(), before + 3);
+    p = mv__malloc(16);
+    assert_non_null(p);
+    free(p);
+    assert_int_equal(mv__os_allocations_in_signal(), before + 3);
+}
+
 /* mv__page_hash is XXH3-64, whichever vector unit the library picked for
  * it on this CPU: the path it took must hash as the reference does. */
 static void page_hash_is_xxh3_on_every_path(void **state)
@@ -197,6 +220,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(machine_size_is_validated),
     cmocka_unit_test(failed_machine_init_leaves_nothing),
     cmocka_unit_test(frees_never_fail_for_want_of_memory),
+    cmocka_unit_test(allocations_fail_in_a_signal_handler),
     cmocka_unit_test(page_hash_is_xxh3_on_every_path),
 };
 

@@ -1654,6 +1654,8 @@ static void paged_faults_resolved_in_the_vcpus_thread(void **state)
     assert_int_equal(stats(h).paged_out, 0);
     assert_int_equal(stats(h).counts.pages, 0);
     audit(h);
+    /* The page-ins in vCPUs' SIGBUS handlers allocated nothing. */
+    assert_int_equal(mv__os_allocations_in_signal(), 0);
     mv_host_destroy(h);
 }
 
