@@ -19,11 +19,11 @@
  * fault that found no memory under MV_POD_WAIT waits until memory frees up
  * or its deadline passes, then the domain crashes.  While any fault is held
  * the threads wake every MV_HELD_TICK_MS to check deadlines.  Held faults
- * are tried again domain by domain, the domain whose oldest fault has
- * waited longest first, each domain's in the order they came, and none of
- * a domain below its target once a domain's fault found the host without
- * memory: memory that frees up a page at a time goes to the faults in the
- * order they began to wait for it.  For the same reason a new fault that
+ * are tried again in the order they came, whichever their domains (one
+ * pass at a time, under host->retry_lock), and none of a domain below its
+ * target once a fault found the host without memory: memory that frees up
+ * a page at a time goes to the faults in the order they began to wait for
+ * it.  For the same reason a new fault that
  * would take the host's memory while an older one waits for it
  * (host->memory_wanted, set when a fault is held for want of the host's
  * memory and by each retry pass) is held behind it, not served: in a
@@ -63,7 +63,10 @@
  * atomic sum of every domain's held_count; host->forward_lock guards the
  * two request lists and is taken with no other lock or under a domain lock
  * (a leaf); a request is unlinked before its verdict is given, as the
- * waiting thread's stack may be gone the instant after.
+ * waiting thread's stack may be gone the instant after.  host->retry_lock
+ * is only tried, with no other lock held, never waited for; the pass that
+ * holds it takes domain locks one at a time and owns the domains'
+ * retry_tried_ns and retry_next_ns.
  */
 #include "internal.h"
 
@@ -468,10 +471,32 @@ size_t mv__fault_held_blocking(struct mv_domain *d)
     return d->held_count;
 }
 
-/* Try a domain's held faults again (lock held).  Without `may_take`, only
- * look for one past its deadline: an older fault of another domain waits
- * for the host's memory first. */
-static void retry_held_locked(struct mv_domain *d, uint64_t now, bool may_take)
+/* gfn's page was just given to a held fault (lock held). */
+static void note_woken(struct mv_domain *d, uint64_t gfn)
+{
+    /* gfn + 1: zero is an empty slot. */
+    d->woken[d->woken_next++ % MV_WOKEN_KEEP] = gfn + 1;
+}
+
+bool mv__fault_just_woken(const struct mv_domain *d, uint64_t gfn)
+{
+    for (unsigned i = 0; i < MV_WOKEN_KEEP; i++)
+        if (d->woken[i] == gfn + 1)
+            return true;
+    return false;
+}
+
+/*
+ * Try a domain's held faults again (lock held): those held after `after_ns`
+ * and no later than `upto_ns`, in the order they came.  The older ones
+ * were tried earlier in this pass; the younger ones wait for the faults of
+ * other domains held before them.  Without `may_take`, only look for one
+ * past its deadline: an older fault of another domain waits for the host's
+ * memory first.  Returns when the next fault, the first held after
+ * `upto_ns`, was held (0: none, or the domain no longer runs).
+ */
+static uint64_t retry_held_locked(struct mv_domain *d, uint64_t now, bool may_take,
+                                  uint64_t after_ns, uint64_t upto_ns)
 {
     size_t i = 0;
 
@@ -479,19 +504,28 @@ static void retry_held_locked(struct mv_domain *d, uint64_t now, bool may_take)
         struct mv__held_fault *f = &d->held[i];
         uint64_t gfn = f->gfn;
         bool cow = f->cow;
-        int rc = may_take ? resolve(d, gfn, cow) : -ENOMEM;
+        int rc;
 
+        if (f->since_ns <= after_ns) {
+            i++;
+            continue;
+        }
+        if (f->since_ns > upto_ns)
+            return f->since_ns;
+        rc = may_take ? resolve(d, gfn, cow) : -ENOMEM;
         if (rc == -EFAULT)
-            return; /* crashed: every held fault was released */
+            return 0; /* crashed: every held fault was released */
         if (rc == 0) {
             if (f->deadline_ns)
                 d->pod_wait_ns += now - f->since_ns;
+            if (!cow)
+                note_woken(d, gfn);
             remove_held(d, i);
             continue;
         }
         if (f->deadline_ns == 0) {
             /* Held for a pause (left as it is by a look that may not
-             * take); now it waits for memory. */
+             * take); now it waits for memory, as a fault held now. */
             if (!may_take) {
                 i++;
                 continue;
@@ -506,10 +540,11 @@ static void retry_held_locked(struct mv_domain *d, uint64_t now, bool may_take)
                              (unsigned long long)gfn, d->config.wait_timeout_ms,
                              (unsigned long long)d->populated,
                              (unsigned long long)d->target_pages);
-            return;
+            return 0;
         }
         i++;
     }
+    return 0;
 }
 
 static bool waits_for_memory(const struct mv_domain *d)
@@ -521,44 +556,49 @@ static bool waits_for_memory(const struct mv_domain *d)
 }
 
 /*
- * Try d's held faults again (see retry_held), and put the reference.
+ * Try d's held faults of (after_ns, upto_ns] again (see retry_held_pass).
  * Below its target a fault takes the host's memory: not while an older
  * fault of another domain waits for it (`older_waits`).  Returns whether
  * one of d's faults still waits for the host's memory, which had no room
- * before or after they were tried.
+ * before or after they were tried; *next_ns: see retry_held_locked.
  */
-static bool retry_domain(struct mv_domain *d, uint64_t now, bool older_waits)
+static bool retry_domain(struct mv_domain *d, uint64_t now, bool older_waits,
+                         uint64_t after_ns, uint64_t upto_ns, uint64_t *next_ns)
 {
     bool waits = false;
 
+    *next_ns = 0;
     mv__mutex_lock(&d->lock);
     if (d->held_count) {
         bool below_target = d->populated < d->target_pages;
         bool no_room = mv__machine_room(&d->host->machine) == 0;
 
-        retry_held_locked(d, now, !(older_waits && below_target));
+        *next_ns = retry_held_locked(d, now, !(older_waits && below_target), after_ns,
+                                     upto_ns);
         /* The host without room before or after: memory that came during
          * the retry is for these faults first (the kick that came with it
-         * starts a pass from the oldest). */
+         * brings another pass). */
         no_room = no_room || mv__machine_room(&d->host->machine) == 0;
         waits = no_room && d->populated < d->target_pages &&
                 d->state == MV_DOMAIN_RUNNING && waits_for_memory(d);
     }
     mv__mutex_unlock(&d->lock);
-    mv__domain_put(d);
     return waits;
 }
 
 /*
- * Try every domain's held faults again, the domain whose fault has waited
- * longest first, and none below its target after one that found the host
- * without memory: memory that frees up a little at a time goes to the
- * faults in the order they came to wait for it (the kick of whoever frees
- * it starts a pass from the oldest), not to the domain created first, nor
- * to a younger fault that a pass under way reaches just after the memory
- * came.
+ * Try every held fault again, fault by fault in the order they came,
+ * whichever their domains, and none below its target after one that found
+ * the host without memory: memory that frees up a little at a time goes to
+ * the faults in the order they came to wait for it (the kick of whoever
+ * frees it brings a pass), not to the domain created first, nor to the
+ * younger faults of the domain whose fault waited longest, nor to a fault
+ * that a pass reaches just after the memory came.  A domain's faults are
+ * tried in runs: those held before the next domain's next fault.  Faults
+ * held after the pass began wait for the next one (they were just found
+ * waiting).
  */
-static void retry_held(struct mv_host *h)
+static void retry_held_pass(struct mv_host *h)
 {
     struct mv_domain **all;
     size_t n, waiting = 0;
@@ -572,33 +612,59 @@ static void retry_held(struct mv_host *h)
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        if (atomic_load(&all[i]->held_since_ns))
-            all[waiting++] = all[i];
-        else
-            mv__domain_put(all[i]);
-    }
-    /* The oldest first, picked afresh each time: a domain's oldest fault
-     * moves as other threads serve its faults. */
-    for (size_t i = 0; i < waiting; i++) {
         struct mv_domain *d = all[i];
-        uint64_t best = UINT64_MAX;
-        size_t oldest = i;
 
-        for (size_t j = i; j < waiting; j++) {
-            uint64_t since = atomic_load(&all[j]->held_since_ns);
+        d->retry_tried_ns = 0;
+        d->retry_next_ns = atomic_load(&d->held_since_ns);
+        if (d->retry_next_ns)
+            all[waiting++] = d;
+        else
+            mv__domain_put(d);
+    }
+    for (;;) {
+        uint64_t oldest = UINT64_MAX, second = UINT64_MAX, upto;
+        struct mv_domain *d = NULL;
 
-            if (since && since < best) {
-                best = since;
-                oldest = j;
+        /* The domain of the oldest fault not tried yet; the next fault of
+         * the others bounds its run. */
+        for (size_t i = 0; i < waiting; i++) {
+            uint64_t next = all[i]->retry_next_ns;
+
+            if (!next || next > now)
+                continue;
+            if (next < oldest) {
+                second = oldest;
+                oldest = next;
+                d = all[i];
+            } else {
+                second = MV_MIN(second, next);
             }
         }
-        all[i] = all[oldest];
-        all[oldest] = d;
-        older_waits |= retry_domain(all[i], now, older_waits);
+        if (!d)
+            break;
+        upto = MV_MIN(second, now);
+        older_waits |= retry_domain(d, now, older_waits, d->retry_tried_ns, upto,
+                                    &d->retry_next_ns);
+        d->retry_tried_ns = upto;
     }
+    for (size_t i = 0; i < waiting; i++)
+        mv__domain_put(all[i]);
     free(all);
     /* New faults wait their turn while one of these still waits. */
     atomic_store(&h->memory_wanted, older_waits);
+}
+
+/* One pass at a time: a thread that finds one under way leaves it the
+ * work, and the pass runs again for it (so no request is lost between
+ * the holder's last look and its unlock). */
+static void retry_held(struct mv_host *h)
+{
+    atomic_store(&h->retry_wanted, true);
+    while (atomic_load(&h->retry_wanted) && pthread_mutex_trylock(&h->retry_lock) == 0) {
+        while (atomic_exchange(&h->retry_wanted, false))
+            retry_held_pass(h);
+        pthread_mutex_unlock(&h->retry_lock);
+    }
 }
 
 /*

@@ -202,6 +202,7 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
         return mv__fail(-ENOMEM, "no memory for a host");
     h->config = *config;
     pthread_mutex_init(&h->forward_lock, NULL);
+    pthread_mutex_init(&h->retry_lock, NULL);
     h->config.fault_cpus = NULL;    /* the caller's string: read here only */
     if (!h->config.fault_threads)
         h->config.fault_threads = 1;
@@ -210,6 +211,7 @@ int mv_host_create(const struct mv_host_config *config, mv_host **out)
     rc = settle_fault_threads(h, config->fault_cpus);
     if (rc < 0) {
         pthread_mutex_destroy(&h->forward_lock);
+        pthread_mutex_destroy(&h->retry_lock);
         free(h);
         return rc;
     }
@@ -299,6 +301,7 @@ void mv_host_destroy(mv_host *h)
         mv__machine_fini(&h->machine);
     pthread_rwlock_destroy(&h->domains_lock);
     pthread_mutex_destroy(&h->forward_lock);
+    pthread_mutex_destroy(&h->retry_lock);
     free(h->domains);
     free(h);
 }

@@ -543,6 +543,10 @@ struct mv_domain {
 
     uint64_t sweep_cursor;     /* next gfn the zero sweep examines */
     unsigned sweep_backoff;    /* faults to skip optional sweeps for */
+    /* The last gfns populated for held faults (mv__fault_just_woken). */
+#define MV_WOKEN_KEEP 8
+    uint64_t woken[MV_WOKEN_KEEP];
+    unsigned woken_next;
 
     struct mv__held_fault *held;   /* in the order they were held */
     size_t held_count;
@@ -550,6 +554,11 @@ struct mv_domain {
     /* When the oldest of them was held (0: none): the fault threads retry
      * the domains in this order, read without the lock. */
     _Atomic uint64_t held_since_ns;
+    /* A pass over the held faults (fault.c, under host->retry_lock): its
+     * faults held up to retry_tried_ns were tried; the next to try was
+     * held at retry_next_ns (0: none left for the pass). */
+    uint64_t retry_tried_ns;
+    uint64_t retry_next_ns;
 
     /* counters (under lock) */
     uint64_t faults;
@@ -688,6 +697,10 @@ int mv__fault_hold(struct mv_domain *d, uint64_t gfn, uint64_t deadline_ns,
  * made present meanwhile are dropped first.  What pause counts as stopped
  * vCPUs. */
 size_t mv__fault_held_blocking(struct mv_domain *d);
+/* Whether gfn is one of the last pages given to a held fault (lock held):
+ * its vCPU may not have written it yet, so a sweep for zero pages leaves
+ * it (a younger fault would take the page an older one was just given). */
+bool mv__fault_just_woken(const struct mv_domain *d, uint64_t gfn);
 /* Wake every held fault of a crashed or dying domain (lock held). */
 void mv__fault_release_all(struct mv_domain *d);
 /* Wake the threads blocked on faults in [gfn, gfn + n) of d's userfaultfd
@@ -941,6 +954,11 @@ struct mv_host {
     /* A fault of a domain below its target waits for the host's memory:
      * new faults that would take some wait behind it (fault.c). */
     atomic_bool memory_wanted;
+    /* One pass over the held faults at a time: a thread that finds one
+     * under way asks it for another (retry_wanted) instead of running its
+     * own beside it. */
+    pthread_mutex_t retry_lock;
+    atomic_bool retry_wanted;
 
     /* Faults handed over by SIGBUS handlers (fault.c), new and waiting
      * for their domain (paused, short of memory); forward_lock. */

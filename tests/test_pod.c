@@ -50,6 +50,7 @@ struct toucher {
     mv_host *host;      /* set: the thread enters domid as a vCPU first */
     uint32_t domid;
     volatile uint8_t *address;
+    bool reads;         /* loads from the address instead of storing */
     atomic_int state; /* 0 running, 1 touched, 2 got a signal */
     pthread_t thread;
 };
@@ -63,7 +64,10 @@ static void *toucher_main(void *arg)
     if (t->host)
         assert_true(mv_vcpu_enter(t->host, t->domid) >= 0);
     if (sigsetjmp(jump, 1) == 0) {
-        *t->address = 0x5a;
+        if (t->reads)
+            (void)*t->address;
+        else
+            *t->address = 0x5a;
         atomic_store(&t->state, 1);
     } else {
         atomic_store(&t->state, 2);
@@ -73,12 +77,22 @@ static void *toucher_main(void *arg)
     return NULL;
 }
 
-static void touch_async(struct toucher *t, void *address)
+/* A thread that stores to (or, with `reads`, loads from) `address`; a
+ * vCPU of domain id when `h` is given. */
+static void start_toucher(struct toucher *t, mv_host *h, uint32_t id, void *address,
+                          bool reads)
 {
-    t->host = NULL;
+    t->host = h;
+    t->domid = id;
+    t->reads = reads;
     t->address = address;
     atomic_store(&t->state, 0);
     assert_int_equal(pthread_create(&t->thread, NULL, toucher_main, t), 0);
+}
+
+static void touch_async(struct toucher *t, void *address)
+{
+    start_toucher(t, NULL, 0, address, false);
 }
 
 /* Touch and wait; returns the toucher's final state. */
@@ -94,11 +108,7 @@ static int touch(void *address)
 /* The same from a thread that is a vCPU of domain id. */
 static void vcpu_touch_async(struct toucher *t, mv_host *h, uint32_t id, void *address)
 {
-    t->host = h;
-    t->domid = id;
-    t->address = address;
-    atomic_store(&t->state, 0);
-    assert_int_equal(pthread_create(&t->thread, NULL, toucher_main, t), 0);
+    start_toucher(t, h, id, address, false);
 }
 
 static int vcpu_touch(mv_host *h, uint32_t id, void *address)
@@ -503,6 +513,48 @@ static void freed_memory_goes_to_the_longest_waiting_fault(void **state)
     assert_int_equal(atomic_load(&late.state), 1);
     assert_int_equal(tu_info(h, first).held_faults, 0);
     assert_int_equal(tu_info(h, first).populated_pages, FULL_BUDGET / 4096 + 1);
+    end_full_host(h, first, second, touched, MV_ARRAY_SIZE(touched));
+}
+
+/* Memory freed while faults of several domains wait goes to the faults in
+ * the order they came, not domain by domain: a domain's younger fault
+ * waits behind another domain's older one (the domain whose fault had
+ * waited longest took pages for all of its faults first).  The oldest
+ * fault is a read, which leaves its page zero: the younger fault of the
+ * same domain must not sweep it back (it did whenever the page was still
+ * zero, its vCPU woken but not run yet). */
+static void freed_memory_goes_to_faults_in_their_order(void **state)
+{
+    uint32_t first, second;
+    mv_host *h = full_host(16 * MiB, &first, &second);
+    uint8_t *const touched[] = { ram_of(h, first) + 9 * MiB, ram_of(h, second) + 5 * MiB,
+                                 ram_of(h, first) + 11 * MiB };
+    struct toucher oldest, middle, youngest;
+
+    (void)state;
+    start_toucher(&oldest, NULL, 0, touched[0], true);
+    wait_for_held(h, first, 1);
+    touch_async(&middle, touched[1]);
+    wait_for_held(h, second, 1);
+    touch_async(&youngest, touched[2]);
+    wait_for_held(h, first, 2);
+    /* Two pages free up: the two oldest faults take them. */
+    assert_ok(mv_host_set_budget(h, FULL_BUDGET + 2 * 4096));
+    tu_wait_until(atomic_load(&middle.state) != 0 || atomic_load(&youngest.state) != 0);
+    assert_int_equal(atomic_load(&youngest.state), 0);
+    pthread_join(oldest.thread, NULL);
+    pthread_join(middle.thread, NULL);
+    assert_int_equal(atomic_load(&oldest.state), 1);
+    assert_int_equal(atomic_load(&middle.state), 1);
+    assert_int_equal(tu_info(h, first).held_faults, 1);
+    assert_int_equal(atomic_load(&youngest.state), 0);
+    /* Then room for the youngest. */
+    assert_ok(mv_host_set_budget(h, FULL_BUDGET + 3 * 4096));
+    pthread_join(youngest.thread, NULL);
+    assert_int_equal(atomic_load(&youngest.state), 1);
+    assert_int_equal(tu_info(h, first).held_faults, 0);
+    assert_int_equal(tu_info(h, first).populated_pages, FULL_BUDGET / 4096 + 2);
+    assert_int_equal(tu_info(h, second).populated_pages, 1);
     end_full_host(h, first, second, touched, MV_ARRAY_SIZE(touched));
 }
 
@@ -1442,6 +1494,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(memory_the_scanner_frees_resumes_a_waiting_fault),
     cmocka_unit_test(freed_memory_goes_to_the_longest_waiting_fault),
     cmocka_unit_test(held_faults_outlast_a_failed_list_of_domains),
+    cmocka_unit_test(freed_memory_goes_to_faults_in_their_order),
     cmocka_unit_test(new_faults_wait_behind_older_ones),
     cmocka_unit_test(wait_policy_times_out_into_a_crash),
     cmocka_unit_test(touching_a_ballooned_page_crashes_the_domain),
