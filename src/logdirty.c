@@ -523,10 +523,17 @@ void mv__logdirty_wp_fault(struct mv_domain *d, uint64_t gfn)
         set_bits(l->writable, gfn, 1);
     set_bits(l->bitmap, gfn, 1);
     atomic_fetch_add_explicit(&l->faults, 1, memory_order_relaxed);
-    rc = mv__os_uffd_writeprotect(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE, false);
-    if (rc < 0)
-        mv__domain_crash(d, "cannot unprotect gfn %#llx after a write fault: %s",
-                         (unsigned long long)gfn, mv_strerror(rc));
+    /* The unprotect wakes the writer.  Tried again, as a wake is (the
+     * kernel answers EAGAIN while the mappings change); a writer whose
+     * page cannot be unprotected would wait forever, so the domain
+     * crashes after that. */
+    for (unsigned i = 0; i < MV_WAKE_TRIES; i++) {
+        rc = mv__os_uffd_writeprotect(d->uffd, mv__gfn_addr(d, gfn), MV_PAGE_SIZE, false);
+        if (rc == 0)
+            return;
+    }
+    mv__domain_crash(d, "cannot unprotect gfn %#llx after a write fault: %s",
+                     (unsigned long long)gfn, mv_strerror(rc));
 }
 
 /* ------------------------------------------------------------------------ */
