@@ -38,6 +38,8 @@
 #define MAX_STEPS 400u
 #define WATCHDOG_S 120u  /* one run of the table, at most (sanitizers included) */
 #define TMEM_KEYS 48u    /* the tmem operations' keys: one object, indexes 0..47 */
+#define SCENE_BYTES (8 * MiB) /* each domain of the table's scenes */
+#define DIRTY_WORDS (SCENE_BYTES / MV_PAGE_SIZE / 64) /* its dirty bitmap */
 
 /* ------------------------------------------------------------------------ */
 /* shared helpers                                                            */
@@ -80,7 +82,8 @@ static bool run_bounded(mv_host *h, uint32_t id, enum mv_workload_kind kind,
 
 static void fill(mv_host *h, uint32_t id, uint64_t seed, uint64_t ws, uint64_t pages)
 {
-    assert_false(run_bounded(h, id, MV_WORKLOAD_RANDOM, seed, ws, pages));
+    if (run_bounded(h, id, MV_WORKLOAD_RANDOM, seed, ws, pages))
+        fail_msg("domain %u crashed: %s", id, tu_info(h, id).crash_reason);
 }
 
 /* The host audit, taken again while it cannot get a consistent view. */
@@ -131,11 +134,11 @@ struct scene {
     uint32_t v, p, b, c;   /* c: a clone the operation made */
     enum mv_cow_mode cow;
     enum mv_logdirty_mode ld;
-    uint64_t dirty[64];
+    uint64_t dirty[DIRTY_WORDS];
     char why[256];      /* the error message, when calls after it clear it */
-    /* tmem: the victim's pool and, per index, the page a get must find
-     * (a version number; 0: none, -1: none, or the version, for an
-     * ephemeral pool that may drop a page). */
+    /* tmem: the victim's pool and, per index, the page a get must find:
+     * a version number, or 0 for none (an ephemeral pool may also have
+     * dropped it). */
     int pool;
     unsigned pool_flags;
     int expect[TMEM_KEYS];
@@ -199,7 +202,7 @@ static int64_t run_balloon(struct scene *s)
 
 static int64_t run_deflate(struct scene *s)
 {
-    return mv_guest_balloon(s->h, s->v, 8 * MiB);
+    return mv_guest_balloon(s->h, s->v, SCENE_BYTES);
 }
 
 static void prepare_ballooned(struct scene *s)
@@ -325,16 +328,48 @@ static void prepare_logging(struct scene *s)
 
 static int64_t run_logdirty_clean(struct scene *s)
 {
-    int64_t n = mv_logdirty_clean(s->h, s->v, s->dirty, NULL, MV_ARRAY_SIZE(s->dirty));
+    int64_t n = mv_logdirty_clean(s->h, s->v, s->dirty, NULL, DIRTY_WORDS);
 
     if (n < 0)
         return n;
     /* A write after the clean is reported by the next one. */
     fill(s->h, s->v, SEED, 64, 1);
-    n = mv_logdirty_clean(s->h, s->v, s->dirty, NULL, MV_ARRAY_SIZE(s->dirty));
+    n = mv_logdirty_clean(s->h, s->v, s->dirty, NULL, DIRTY_WORDS);
     if (n == 0)
         fail_msg("a write after a clean was not reported");
     return n;
+}
+
+/* A peek, then a clean: every page the peek reported, and every write
+ * before it, is reported by the clean, even after a peek that failed. */
+static int64_t run_logdirty_peek(struct scene *s)
+{
+    uint64_t seen[DIRTY_WORDS] = { 0 };
+    int64_t n = mv_logdirty_peek(s->h, s->v, seen, NULL, DIRTY_WORDS), cleaned;
+
+    if (n < 0)
+        snprintf(s->why, sizeof(s->why), "%s", mv_last_error());
+    cleaned = mv_logdirty_clean(s->h, s->v, s->dirty, NULL, DIRTY_WORDS);
+    if (cleaned < 0)
+        return cleaned;
+    for (size_t w = 0; w < DIRTY_WORDS; w++)
+        if (seen[w] & ~s->dirty[w])
+            fail_msg("pages the peek reported were not reported by the clean (word %zu)", w);
+    if (cleaned == 0)
+        fail_msg("the writes before the peek were not reported by the clean");
+    return n;
+}
+
+/* Hinted ranges of v and p: the next scan step verifies and shares them. */
+static int64_t run_share_hint(struct scene *s)
+{
+    struct mv_scan_result r;
+    int rc;
+
+    if ((rc = mv_share_hint(s->h, s->v, 0, WS, 0x51)) < 0 ||
+        (rc = mv_share_hint(s->h, s->p, 0, WS, 0x51)) < 0)
+        return rc;
+    return mv_share_scan(s->h, 1, &r);
 }
 
 static int64_t run_logdirty_disable(struct scene *s)
@@ -357,7 +392,7 @@ static int64_t run_domain_create(struct scene *s)
     uint32_t id = 0;
     int rc;
 
-    tu_domain_config(&c, "new", 8 * MiB, 8 * MiB);
+    tu_domain_config(&c, "new", SCENE_BYTES, SCENE_BYTES);
     c.vcpus = 1;
     c.wait_timeout_ms = 2000;
     rc = mv_domain_create(s->h, &c, &id);
@@ -372,7 +407,7 @@ static int64_t run_domain_create(struct scene *s)
  * PoD; b is excluded, so that it must not change. */
 static void prepare_scan(struct scene *s)
 {
-    assert_ok(mv_share_exclude(s->h, s->b, 0, 8 * MiB / MV_PAGE_SIZE));
+    assert_ok(mv_share_exclude(s->h, s->b, 0, SCENE_BYTES / MV_PAGE_SIZE));
 }
 
 static int64_t run_share_scan(struct scene *s)
@@ -417,15 +452,24 @@ static void tmem_page(uint8_t *page, uint32_t index, int version)
 }
 
 static const uint64_t tmem_oid[3] = { 7, 0, 0 };
+static const uint8_t tmem_uuid[MV_TMEM_UUID_SIZE] = { 0x6d, 0x76, 0x1 };
 
-/* Every key of the victim's pool holds version 1. */
+/* Every key of the victim's pool holds version 1.  A shared pool is the
+ * partner's too. */
 static void prepare_pool(struct scene *s, unsigned flags)
 {
+    bool shared = flags & MV_TMEM_SHARED;
     uint8_t page[MV_PAGE_SIZE];
 
     s->pool_flags = flags;
-    s->pool = mv_tmem_new_pool(s->h, s->v, flags, NULL);
+    if (shared) {
+        assert_ok(mv_tmem_authorize(s->h, s->v, tmem_uuid));
+        assert_ok(mv_tmem_authorize(s->h, s->p, tmem_uuid));
+    }
+    s->pool = mv_tmem_new_pool(s->h, s->v, flags, shared ? tmem_uuid : NULL);
     assert_true(s->pool >= 0);
+    if (shared)
+        assert_int_equal(mv_tmem_new_pool(s->h, s->p, flags, tmem_uuid), s->pool);
     for (uint32_t i = 0; i < TMEM_KEYS; i++) {
         tmem_page(page, i, 1);
         assert_int_equal(mv_tmem_put_page(s->h, s->v, (uint32_t)s->pool, tmem_oid, i, page,
@@ -442,6 +486,17 @@ static void prepare_persistent_pool(struct scene *s)
 static void prepare_ephemeral_pool(struct scene *s)
 {
     prepare_pool(s, MV_TMEM_ZSTD);
+}
+
+static void prepare_shared_pool(struct scene *s)
+{
+    prepare_pool(s, MV_TMEM_SHARED | MV_TMEM_PERSISTENT | MV_TMEM_DEDUP);
+}
+
+/* Who reads the pool back: the partner, when it shares it. */
+static uint32_t pool_reader(const struct scene *s)
+{
+    return s->pool_flags & MV_TMEM_SHARED ? s->p : s->v;
 }
 
 /* Every key's version 1 replaced by version 2: a put that stores it holds
@@ -462,7 +517,8 @@ static int64_t run_tmem_puts(struct scene *s)
     if (rc < 0 || !(s->pool_flags & MV_TMEM_PERSISTENT))
         return rc < 0 ? rc : stored;
     for (uint32_t i = 0; i < TMEM_KEYS; i++) {
-        rc = mv_tmem_get_page(s->h, s->v, (uint32_t)s->pool, tmem_oid, i, page, MV_PAGE_SIZE);
+        rc = mv_tmem_get_page(s->h, pool_reader(s), (uint32_t)s->pool, tmem_oid, i, page,
+                              MV_PAGE_SIZE);
         if (rc < 0)
             return rc;
         assert_int_equal(rc, 1);
@@ -495,18 +551,19 @@ static void check_pool(struct scene *s)
     uint8_t page[MV_PAGE_SIZE], want[MV_PAGE_SIZE];
 
     for (uint32_t i = 0; i < TMEM_KEYS; i++) {
-        int rc = mv_tmem_get_page(s->h, s->v, (uint32_t)s->pool, tmem_oid, i, page,
-                                  MV_PAGE_SIZE);
+        int version = s->expect[i];
+        int rc = mv_tmem_get_page(s->h, pool_reader(s), (uint32_t)s->pool, tmem_oid, i,
+                                  page, MV_PAGE_SIZE);
 
         assert_true(rc == 0 || rc == 1);
-        if (rc == 0 && s->expect[i] && persistent)
-            fail_msg("tmem: key %u lost its page (version %d)", i, s->expect[i]);
-        if (rc == 1 && !s->expect[i])
+        if (rc == 0 && version && persistent)
+            fail_msg("tmem: key %u lost its page (version %d)", i, version);
+        if (rc == 1 && !version)
             fail_msg("tmem: key %u holds a page after its put failed", i);
         if (rc == 1) {
-            tmem_page(want, i, s->expect[i]);
+            tmem_page(want, i, version);
             if (memcmp(page, want, MV_PAGE_SIZE) != 0)
-                fail_msg("tmem: key %u does not hold version %d", i, s->expect[i]);
+                fail_msg("tmem: key %u does not hold version %d", i, version);
         }
     }
     if (mv_tmem_audit(s->h) < 0)
@@ -568,16 +625,24 @@ static const struct operation operations[] = {
       .ld = MV_LOGDIRTY_WP_SYNC },
     { .name = "logdirty_disable_mprotect", .prepare = prepare_logging, .run = run_logdirty_disable,
       .ld = MV_LOGDIRTY_MPROTECT },
+    { .name = "logdirty_peek_wp_async", .prepare = prepare_logging, .run = run_logdirty_peek,
+      .ld = MV_LOGDIRTY_WP_ASYNC },
+    { .name = "logdirty_peek_mprotect", .prepare = prepare_logging, .run = run_logdirty_peek,
+      .ld = MV_LOGDIRTY_MPROTECT },
     { .name = "destroy", .prepare = prepare_shared, .run = run_destroy,
       .needs_partner = true },
     { .name = "fault_service", .prepare = prepare_nothing, .run = run_fault_service },
     { .name = "domain_create", .prepare = prepare_nothing, .run = run_domain_create },
     { .name = "share_scan", .prepare = prepare_scan, .run = run_share_scan,
       .needs_partner = true },
+    { .name = "share_hint", .prepare = prepare_scan, .run = run_share_hint,
+      .needs_partner = true },
     { .name = "tmem_put_persistent", .prepare = prepare_persistent_pool, .run = run_tmem_puts,
       .check = check_pool },
     { .name = "tmem_put_ephemeral", .prepare = prepare_ephemeral_pool, .run = run_tmem_puts,
       .check = check_pool },
+    { .name = "tmem_put_shared", .prepare = prepare_shared_pool, .run = run_tmem_puts,
+      .needs_partner = true, .check = check_pool },
     { .name = "tmem_relinquish", .prepare = prepare_ephemeral_pool, .run = run_tmem_relinquish,
       .check = check_pool },
     { .name = "tmem_page_out", .prepare = prepare_nothing, .run = run_page_out },
@@ -628,12 +693,12 @@ static void set_up(struct scene *s, const struct operation *o)
 {
     memset(s, 0, sizeof(*s));
     s->h = tu_host_with(1 * GiB, MV_FAULT_SPIN_DEFAULT);
-    s->v = domain_with(s->h, "v", 8 * MiB, o->cow, o->ld);
-    s->b = domain_with(s->h, "b", 8 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+    s->v = domain_with(s->h, "v", SCENE_BYTES, o->cow, o->ld);
+    s->b = domain_with(s->h, "b", SCENE_BYTES, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
     fill(s->h, s->v, SEED, WS, 400);
     fill(s->h, s->b, OTHER_SEED, WS, 400);
     if (o->needs_partner) {
-        s->p = domain_with(s->h, "p", 8 * MiB, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
+        s->p = domain_with(s->h, "p", SCENE_BYTES, MV_COW_TRAP, MV_LOGDIRTY_AUTO);
         fill(s->h, s->p, SEED, WS, 400);
     }
     o->prepare(s);
@@ -662,6 +727,11 @@ static bool run_injected(const struct operation *o, enum mv__os_op op, unsigned 
     if (rc < 0 && mv_last_error()[0] == '\0' && s.why[0] == '\0' && rc != -ESRCH)
         fail_msg("%s, op %d failing call %u: error %lld without a message", o->name,
                  (int)op, skip + 1, (long long)rc);
+    /* With nothing injected, the operation works (else the table would
+     * sweep failures through an operation that never ran). */
+    if (!reached && rc < 0)
+        fail_msg("%s failed with no failure injected: %lld (%s)", o->name, (long long)rc,
+                 s.why[0] ? s.why : mv_last_error());
     if (o->check)
         o->check(&s);
     /* The domains it was not about: unchanged, running, content intact. */
@@ -763,6 +833,8 @@ static void run_operation(const char *name)
         }
     }
     print_message("%s: %u runs with a failure injected\n", name, runs);
+    /* An operation that meets no failure has no business in the table. */
+    assert_true(runs > 0);
 }
 
 #define TABLE_CASE(op)                                                         \
@@ -794,12 +866,16 @@ TABLE_CASE(logdirty_clean_mprotect)
 TABLE_CASE(logdirty_disable_wp_async)
 TABLE_CASE(logdirty_disable_wp_sync)
 TABLE_CASE(logdirty_disable_mprotect)
+TABLE_CASE(logdirty_peek_wp_async)
+TABLE_CASE(logdirty_peek_mprotect)
 TABLE_CASE(destroy)
 TABLE_CASE(fault_service)
 TABLE_CASE(domain_create)
 TABLE_CASE(share_scan)
+TABLE_CASE(share_hint)
 TABLE_CASE(tmem_put_persistent)
 TABLE_CASE(tmem_put_ephemeral)
+TABLE_CASE(tmem_put_shared)
 TABLE_CASE(tmem_relinquish)
 TABLE_CASE(tmem_page_out)
 TABLE_CASE(background_start)
@@ -1270,12 +1346,16 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(inject_logdirty_disable_wp_async),
     cmocka_unit_test(inject_logdirty_disable_wp_sync),
     cmocka_unit_test(inject_logdirty_disable_mprotect),
+    cmocka_unit_test(inject_logdirty_peek_wp_async),
+    cmocka_unit_test(inject_logdirty_peek_mprotect),
     cmocka_unit_test(inject_destroy),
     cmocka_unit_test(inject_fault_service),
     cmocka_unit_test(inject_domain_create),
     cmocka_unit_test(inject_share_scan),
+    cmocka_unit_test(inject_share_hint),
     cmocka_unit_test(inject_tmem_put_persistent),
     cmocka_unit_test(inject_tmem_put_ephemeral),
+    cmocka_unit_test(inject_tmem_put_shared),
     cmocka_unit_test(inject_tmem_relinquish),
     cmocka_unit_test(inject_tmem_page_out),
     cmocka_unit_test(inject_background_start),
