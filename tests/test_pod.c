@@ -482,6 +482,16 @@ static void end_full_host(mv_host *h, uint32_t full, uint32_t other,
     mv_host_destroy(h);
 }
 
+/* The end of such a test: room for `pages` pages over the filled budget,
+ * and the fault that waited last (toucher t, of domain id) is served. */
+static void room_for_the_last(mv_host *h, uint64_t pages, struct toucher *t, uint32_t id)
+{
+    assert_ok(mv_host_set_budget(h, FULL_BUDGET + pages * 4096));
+    pthread_join(t->thread, NULL);
+    assert_int_equal(atomic_load(&t->state), 1);
+    assert_int_equal(tu_info(h, id).held_faults, 0);
+}
+
 /* Memory freed while faults of several domains wait goes to the fault
  * that has waited longest, whatever the domains' order (it went to the
  * domain created first, which could keep a later one waiting until its
@@ -508,10 +518,7 @@ static void freed_memory_goes_to_the_longest_waiting_fault(void **state)
     assert_int_equal(tu_info(h, first).held_faults, 1);
     assert_int_equal(tu_info(h, second).populated_pages, 1);
     /* Then room for the other. */
-    assert_ok(mv_host_set_budget(h, FULL_BUDGET + 2 * 4096));
-    pthread_join(late.thread, NULL);
-    assert_int_equal(atomic_load(&late.state), 1);
-    assert_int_equal(tu_info(h, first).held_faults, 0);
+    room_for_the_last(h, 2, &late, first);
     assert_int_equal(tu_info(h, first).populated_pages, FULL_BUDGET / 4096 + 1);
     end_full_host(h, first, second, touched, MV_ARRAY_SIZE(touched));
 }
@@ -549,10 +556,7 @@ static void freed_memory_goes_to_faults_in_their_order(void **state)
     assert_int_equal(tu_info(h, first).held_faults, 1);
     assert_int_equal(atomic_load(&youngest.state), 0);
     /* Then room for the youngest. */
-    assert_ok(mv_host_set_budget(h, FULL_BUDGET + 3 * 4096));
-    pthread_join(youngest.thread, NULL);
-    assert_int_equal(atomic_load(&youngest.state), 1);
-    assert_int_equal(tu_info(h, first).held_faults, 0);
+    room_for_the_last(h, 3, &youngest, first);
     assert_int_equal(tu_info(h, first).populated_pages, FULL_BUDGET / 4096 + 2);
     assert_int_equal(tu_info(h, second).populated_pages, 1);
     end_full_host(h, first, second, touched, MV_ARRAY_SIZE(touched));
@@ -588,10 +592,7 @@ static void new_faults_wait_behind_older_ones(void **state)
     assert_int_equal(tu_info(h, first).held_faults, 1);
     assert_int_equal(atomic_load(&newer.state), 0);
     /* Then room for the other. */
-    assert_ok(mv_host_set_budget(h, FULL_BUDGET + 2 * 4096));
-    pthread_join(newer.thread, NULL);
-    assert_int_equal(atomic_load(&newer.state), 1);
-    assert_int_equal(tu_info(h, first).held_faults, 0);
+    room_for_the_last(h, 2, &newer, first);
     end_full_host(h, first, second, touched, MV_ARRAY_SIZE(touched));
 }
 
