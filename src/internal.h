@@ -224,6 +224,10 @@ int mv__os_zap(void *addr, size_t length);
  * own tables; pages take memory only when first written.  NULL with errno
  * set on failure (injected as MV_OS_ALLOC).  Released with mv__os_unmap. */
 void *mv__os_table_alloc(size_t length);
+/* The same for a table reserved far beyond what it will likely use: backed
+ * by a memfd, so that no overcommit mode charges the reservation, only the
+ * pages touched (as guest RAM is).  Not inherited by a child process. */
+void *mv__os_table_reserve(size_t length);
 
 /* The library's heap: malloc, calloc, realloc and aligned_alloc, each of
  * which fails on demand as MV_OS_ALLOC (NULL, errno ENOMEM), so that the

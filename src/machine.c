@@ -145,11 +145,12 @@ int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
                                              >> (30 - MV_PAGE_SHIFT)));
     mv__mutex_init(&m->lock, MV_LOCK_MACHINE);
     /* The free lists, each as long as its bound: 8 bytes of address space
-     * per frame in all, memory only for the entries ever used. */
+     * per frame in all (2 GiB for the default 1 TiB), memory only for the
+     * entries ever used. */
     for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++)
         slots += free_list_bound(m->pages, k);
     m->free_lists_bytes = slots * sizeof(uint64_t);
-    m->free_lists = mv__os_table_alloc(m->free_lists_bytes);
+    m->free_lists = mv__os_table_reserve(m->free_lists_bytes);
     if (!m->free_lists) {
         rc = -errno;
         mv__machine_fini(m);
@@ -165,6 +166,7 @@ int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
     if (m->memfd < 0) {
         rc = m->memfd;
         m->memfd = -1;
+        mv__machine_fini(m);
         return mv__fail(rc, "cannot create the machine memfd of %llu bytes: %s",
                         (unsigned long long)machine_bytes, mv_strerror(rc));
     }

@@ -261,6 +261,31 @@ void *mv__aligned_alloc(size_t align, size_t size)
     return mv__alloc_fails() ? NULL : aligned_alloc(align, size);
 }
 
+void *mv__os_table_reserve(size_t length)
+{
+    void *p;
+    int fd;
+
+    if (mv__alloc_fails())
+        return NULL;
+    fd = memfd_create("memvisor-table", MFD_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    if (ftruncate(fd, (off_t)length) < 0) {
+        int err = errno;
+
+        close(fd);
+        errno = err;
+        return NULL;
+    }
+    p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED)
+        return NULL;
+    (void)madvise(p, length, MADV_DONTFORK);
+    return p;
+}
+
 int mv__os_thread_start(pthread_t *thread, const pthread_attr_t *attr,
                         void *(*main)(void *), void *arg)
 {

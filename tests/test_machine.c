@@ -117,8 +117,22 @@ static void machine_size_is_validated(void **state)
     assert_err(mv__machine_init(&m, 1ull << 50, 1), -EINVAL);
 }
 
+/* The process's mappings, as lines of /proc/self/maps. */
+static unsigned mappings(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    unsigned n = 0;
+    int c;
+
+    assert_non_null(f);
+    while ((c = fgetc(f)) != EOF)
+        n += c == '\n';
+    fclose(f);
+    return n;
+}
+
 /* A machine whose memfd, view or free lists cannot be made fails with a
- * message and leaves nothing open. */
+ * message and leaves nothing open or mapped. */
 static void failed_machine_init_leaves_nothing(void **state)
 {
     static const enum mv__os_op ops[] = { MV_OS_MEMFD, MV_OS_MMAP, MV_OS_ALLOC };
@@ -126,7 +140,7 @@ static void failed_machine_init_leaves_nothing(void **state)
 
     (void)state;
     for (size_t i = 0; i < MV_ARRAY_SIZE(ops); i++) {
-        unsigned fds = tu_open_fds();
+        unsigned fds = tu_open_fds(), maps = mappings();
 
         mv__os_inject(ops[i], ENOMEM, 0, 1);
         assert_err(mv__machine_init(&m, MACHINE, 1024), -ENOMEM);
@@ -134,6 +148,7 @@ static void failed_machine_init_leaves_nothing(void **state)
         mv__os_inject(ops[i], 0, 0, 0);
         assert_true(mv_last_error()[0] != '\0');
         assert_int_equal(tu_open_fds(), fds);
+        assert_int_equal(mappings(), maps);
     }
     assert_ok(mv__machine_init(&m, MACHINE, 1024));
     assert_non_null(m.view);
