@@ -147,8 +147,10 @@ int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
     /* The free lists, each as long as its bound: 8 bytes of address space
      * per frame in all (2 GiB for the default 1 TiB), memory only for the
      * entries ever used. */
-    for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++)
-        slots += free_list_bound(m->pages, k);
+    for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++) {
+        m->free[k].capacity = free_list_bound(m->pages, k);
+        slots += m->free[k].capacity;
+    }
     m->free_lists_bytes = slots * sizeof(uint64_t);
     m->free_lists = mv__os_table_reserve(m->free_lists_bytes);
     if (!m->free_lists) {
@@ -159,7 +161,6 @@ int mv__machine_init(struct mv__machine *m, uint64_t machine_bytes,
     }
     for (unsigned k = 0; k <= MV_BUDDY_MAX_ORDER; k++) {
         m->free[k].starts = m->free_lists + at;
-        m->free[k].capacity = free_list_bound(m->pages, k);
         at += m->free[k].capacity;
     }
     m->memfd = mv__os_memfd("memvisor-machine", machine_bytes);

@@ -268,21 +268,15 @@ void *mv__os_table_reserve(size_t length)
 
     if (mv__alloc_fails())
         return NULL;
-    fd = memfd_create("memvisor-table", MFD_CLOEXEC);
-    if (fd < 0)
-        return NULL;
-    if (ftruncate(fd, (off_t)length) < 0) {
-        int err = errno;
-
-        close(fd);
-        errno = err;
+    fd = mv__os_memfd("memvisor-table", length);
+    if (fd < 0) {
+        errno = -fd;
         return NULL;
     }
-    p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    p = mv__os_map_shared(NULL, length, fd, 0, PROT_READ | PROT_WRITE);
     close(fd);
-    if (p == MAP_FAILED)
-        return NULL;
-    (void)madvise(p, length, MADV_DONTFORK);
+    if (p)
+        (void)madvise(p, length, MADV_DONTFORK);
     return p;
 }
 
