@@ -227,6 +227,45 @@ static void page_hash_is_xxh3_on_every_path(void **state)
     assert_true(mv__page_hash(pages[3]) == XXH3_64bits(pages[3], MV_PAGE_SIZE));
 }
 
+/* One zero check: every page of zeros is zero, at any alignment, and one
+ * bit set anywhere makes a page not zero. */
+static void check_zero_path(bool (*is_zero)(const uint8_t *))
+{
+    static uint8_t buf[MV_PAGE_SIZE + 64] __attribute__((aligned(64)));
+
+    for (size_t offset = 0; offset < 64; offset += 7) {
+        uint8_t *page = buf + offset;
+
+        memset(buf, 0, sizeof(buf));
+        assert_true(is_zero(page));
+        for (size_t i = 0; i < MV_PAGE_SIZE; i++) {
+            page[i] = (uint8_t)(1u << (i % 8));
+            assert_false(is_zero(page));
+            page[i] = 0;
+        }
+        /* Bytes just outside the page are not its own. */
+        if (offset > 0)
+            page[-1] = 0xff;
+        page[MV_PAGE_SIZE] = 0xff;
+        assert_true(is_zero(page));
+    }
+}
+
+/* mv__page_is_zero and each path it may take. */
+static void page_is_zero_sees_every_bit_on_every_path(void **state)
+{
+    (void)state;
+    check_zero_path(mv__page_is_zero);
+    check_zero_path(mv__page_is_zero_vec16);
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2"))
+        check_zero_path(mv__page_is_zero_avx2);
+    else
+        print_message("no AVX2 on this CPU: its zero check is not run\n");
+#endif
+}
+
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(blocks_are_aligned_and_disjoint),
     cmocka_unit_test(exhaustion_and_fragmentation_are_reported),
@@ -237,6 +276,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(frees_never_fail_for_want_of_memory),
     cmocka_unit_test(allocations_fail_in_a_signal_handler),
     cmocka_unit_test(page_hash_is_xxh3_on_every_path),
+    cmocka_unit_test(page_is_zero_sees_every_bit_on_every_path),
 };
 
 TU_MAIN(cases)
