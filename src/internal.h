@@ -224,6 +224,11 @@ int mv__os_zap(void *addr, size_t length);
  * own tables; pages take memory only when first written.  NULL with errno
  * set on failure (injected as MV_OS_ALLOC).  Released with mv__os_unmap. */
 void *mv__os_table_alloc(size_t length);
+/* Give [addr, addr + length) of such a table its memory now, in one call
+ * (MADV_POPULATE_WRITE, Linux 5.14), for a table about to be written all
+ * over.  Only a speed-up: where it fails (an older kernel, no memory), the
+ * writes take the pages as they come, and report nothing either. */
+void mv__os_prefault_write(void *addr, size_t length);
 /* The same for a table reserved far beyond what it will likely use: backed
  * by a memfd, so that no overcommit mode charges the reservation, only the
  * pages touched (as guest RAM is).  Not inherited by a child process. */

@@ -213,6 +213,11 @@ int mv__os_zap(void *addr, size_t length)
     return madvise(addr, length, MADV_DONTNEED) < 0 ? -errno : 0;
 }
 
+void mv__os_prefault_write(void *addr, size_t length)
+{
+    (void)madvise(addr, length, MADV_POPULATE_WRITE);
+}
+
 static _Thread_local unsigned signal_depth;
 static atomic_uint_fast64_t allocations_in_signal;
 
