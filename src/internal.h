@@ -668,22 +668,17 @@ void mv__ram_fini(struct mv_domain *d);
 /* Close a VMM's handed-over fds and release its ctx (NULL: nothing). */
 void mv__ram_vmm_free(struct mv__vmm *v);
 
-/* Whether a page is one 8-byte word repeated: each byte equals the one 8
- * bytes on.  One memcmp, which the C library vectorises (50 ns for such a
- * page where a loop over its words took 185-285 ns). */
-static inline bool mv__page_repeats_word(const uint8_t *page)
-{
-    return memcmp(page, page + 8, MV_PAGE_SIZE - 8) == 0;
-}
+/* Whether a page is one 8-byte word repeated (tmem's same-filled pages). */
+bool mv__page_repeats_word(const uint8_t *page);
 /* Whether a page's bytes are all zero (any page: guest or frame, at any
  * address). */
 bool mv__page_is_zero(const uint8_t *page);
-/* The zero check's paths, which mv__page_is_zero picks from (page.c; the
- * tests call each): 16-byte vectors everywhere, AVX2 on x86-64 CPUs that
- * have it. */
-bool mv__page_is_zero_vec16(const uint8_t *page);
+/* The repeated-word check's paths, which mv__page_repeats_word picks from
+ * (page.c; the tests call each): 16-byte vectors everywhere, AVX2 on x86-64
+ * CPUs that have it. */
+bool mv__page_repeats_word_vec16(const uint8_t *page);
 #if defined(__x86_64__)
-bool mv__page_is_zero_avx2(const uint8_t *page);
+bool mv__page_repeats_word_avx2(const uint8_t *page);
 #endif
 /* A page's XXH3-64 hash: a hint for finding equal pages, never proof. */
 uint64_t mv__page_hash(const uint8_t *page);

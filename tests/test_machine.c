@@ -227,43 +227,57 @@ static void page_hash_is_xxh3_on_every_path(void **state)
     assert_true(mv__page_hash(pages[3]) == XXH3_64bits(pages[3], MV_PAGE_SIZE));
 }
 
-/* One zero check: every page of zeros is zero, at any alignment, and one
- * bit set anywhere makes a page not zero. */
-static void check_zero_path(bool (*is_zero)(const uint8_t *))
+/* One repeated-word check: a page of one word repeated is, at any
+ * alignment and for any word; one bit flipped anywhere makes it not. */
+static void check_repeats_path(bool (*repeats_word)(const uint8_t *))
 {
+    static const uint64_t words[] = { 0, 0x0123456789abcdefull, ~0ull };
     static uint8_t buf[MV_PAGE_SIZE + 64] __attribute__((aligned(64)));
 
-    for (size_t offset = 0; offset < 64; offset += 7) {
-        uint8_t *page = buf + offset;
+    for (size_t w = 0; w < MV_ARRAY_SIZE(words); w++) {
+        for (size_t offset = 0; offset < 64; offset += 7) {
+            uint8_t *page = buf + offset;
 
-        memset(buf, 0, sizeof(buf));
-        assert_true(is_zero(page));
-        for (size_t i = 0; i < MV_PAGE_SIZE; i++) {
-            page[i] = (uint8_t)(1u << (i % 8));
-            assert_false(is_zero(page));
-            page[i] = 0;
+            memset(buf, 0x5a, sizeof(buf));
+            for (size_t i = 0; i < MV_PAGE_SIZE; i += sizeof(words[w]))
+                memcpy(page + i, &words[w], sizeof(words[w]));
+            assert_true(repeats_word(page));
+            for (size_t i = 0; i < MV_PAGE_SIZE; i++) {
+                page[i] ^= (uint8_t)(1u << (i % 8));
+                assert_false(repeats_word(page));
+                page[i] ^= (uint8_t)(1u << (i % 8));
+            }
+            /* Bytes just outside the page (0x5a) are not its own. */
+            assert_true(repeats_word(page));
         }
-        /* Bytes just outside the page are not its own. */
-        if (offset > 0)
-            page[-1] = 0xff;
-        page[MV_PAGE_SIZE] = 0xff;
-        assert_true(is_zero(page));
     }
 }
 
-/* mv__page_is_zero and each path it may take. */
-static void page_is_zero_sees_every_bit_on_every_path(void **state)
+/* mv__page_repeats_word and each path it may take; mv__page_is_zero on
+ * top of it. */
+static void page_checks_see_every_bit_on_every_path(void **state)
 {
+    static uint8_t page[MV_PAGE_SIZE] __attribute__((aligned(64)));
+
     (void)state;
-    check_zero_path(mv__page_is_zero);
-    check_zero_path(mv__page_is_zero_vec16);
+    check_repeats_path(mv__page_repeats_word);
+    check_repeats_path(mv__page_repeats_word_vec16);
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2"))
-        check_zero_path(mv__page_is_zero_avx2);
+        check_repeats_path(mv__page_repeats_word_avx2);
     else
-        print_message("no AVX2 on this CPU: its zero check is not run\n");
+        print_message("no AVX2 on this CPU: its loop is not run\n");
 #endif
+    memset(page, 0, sizeof(page));
+    assert_true(mv__page_is_zero(page));
+    for (size_t i = 0; i < MV_PAGE_SIZE; i += 511) {
+        page[i] = 0x80;
+        assert_false(mv__page_is_zero(page));
+        page[i] = 0;
+    }
+    memset(page, 0x11, sizeof(page)); /* one word repeated, not zero */
+    assert_false(mv__page_is_zero(page));
 }
 
 static const struct CMUnitTest cases[] = {
@@ -276,7 +290,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(frees_never_fail_for_want_of_memory),
     cmocka_unit_test(allocations_fail_in_a_signal_handler),
     cmocka_unit_test(page_hash_is_xxh3_on_every_path),
-    cmocka_unit_test(page_is_zero_sees_every_bit_on_every_path),
+    cmocka_unit_test(page_checks_see_every_bit_on_every_path),
 };
 
 TU_MAIN(cases)
