@@ -8,14 +8,14 @@
  * pages are taken as equal.
  *
  * The hash and the zero check run on every page a sharing pass reads, so
- * they take the CPU's wide vectors.  libxxhash is built for the architecture's baseline, SSE2 on
- * x86-64: 243 ns for a page in cache and 750 ns for one from memory on the
- * machine of docs/performance.md, against 89 and 370 ns with wider vectors.
- * So the hash is compiled here from xxHash's header, for the baseline and,
- * on x86-64, a second time for AVX2 (page_avx2.c, built with -mavx2), with
- * the repeated-word check beside it; the first call looks at the CPU and
- * picks.
- * XXH3 gives the same hash on every path.
+ * they take the CPU's wide vectors.  libxxhash is built for the
+ * architecture's baseline, SSE2 on x86-64: 243 ns for a page in cache and
+ * 750 ns for one from memory on the machine of docs/performance.md, against
+ * 89 and 370 ns with wider vectors.  So the hash is compiled here from
+ * xxHash's header, for the baseline and, on x86-64, a second time for AVX2
+ * (page_avx2.c, built with -mavx2); the repeated-word loop (page_loop.h)
+ * likewise, with 16- and 32-byte vectors.  The first call looks at the CPU
+ * and picks.  XXH3 gives the same hash on every path.
  *
  * State: the choice, made once and kept in an atomic (a race makes it
  * twice, the same way).
@@ -63,33 +63,13 @@ uint64_t mv__page_hash(const uint8_t *page)
     return XXH3_64bits(page, MV_PAGE_SIZE);
 }
 
-/* 16-byte vectors, which every x86-64 and arm64 CPU has, XORed with the
- * first word repeated and ORed a KiB at a time: 34 ns for a page in cache
- * where memcmp(page, page + 8) took 48 (and the AVX2 loop 21). */
-typedef uint64_t mv_vec16 __attribute__((vector_size(16), aligned(1)));
+#define MV_VEC_BYTES 16
+#define MV_VEC_TARGET
+#include "page_loop.h"
 
 bool mv__page_repeats_word_vec16(const uint8_t *page)
 {
-    const mv_vec16 *v = (const mv_vec16 *)page;
-    uint64_t word;
-
-    memcpy(&word, page, sizeof(word));
-    const mv_vec16 w = { word, word };
-
-    for (unsigned i = 0; i < MV_PAGE_SIZE / sizeof(*v); i += 64) {
-        mv_vec16 a = v[i] ^ w, b = v[i + 1] ^ w, c = v[i + 2] ^ w, d = v[i + 3] ^ w;
-
-        for (unsigned j = i + 4; j < i + 64; j += 4) {
-            a |= v[j] ^ w;
-            b |= v[j + 1] ^ w;
-            c |= v[j + 2] ^ w;
-            d |= v[j + 3] ^ w;
-        }
-        a |= b | c | d;
-        if (a[0] | a[1])
-            return false;
-    }
-    return true;
+    return page_repeats_word_loop(page);
 }
 
 /* Most pages that are not one word repeated differ within their first

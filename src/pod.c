@@ -463,7 +463,8 @@ static uint64_t sweep_block(struct mv_domain *d, uint64_t first, uint64_t end,
          * first: only these are worth unmapping for the check that counts. */
         while (run < hi && d->p2m[run] == MV_P2M_RAM &&
                cheap_zero(buf + ((run - lo) << MV_PAGE_SHIFT)) &&
-               mv__page_is_zero(buf + ((run - lo) << MV_PAGE_SHIFT)) && !mv__fault_just_woken(d, run))
+               mv__page_is_zero(buf + ((run - lo) << MV_PAGE_SHIFT)) &&
+               !mv__fault_just_woken(d, run))
             run++;
         if (run == gfn) {
             *scanned += d->p2m[gfn] == MV_P2M_RAM;
