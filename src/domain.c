@@ -425,6 +425,7 @@ static int domain_init(struct mv_host *h, struct mv_domain *d,
         d->in_thread = true;
         uffd_features |= UFFD_FEATURE_SIGBUS;
     }
+    d->uffd_features = uffd_features;
     d->uffd = mv__ram_uffd(d, uffd_features);
     if (d->uffd < 0)
         return d->uffd;
@@ -574,6 +575,35 @@ int mv__domain_map_own(struct mv_domain *d, uint64_t gfn, uint64_t n)
         return mv__fail(rc, "domain %u: cannot register gfn %#llx+%llu with its "
                         "userfaultfd: %s", d->domid, (unsigned long long)gfn,
                         (unsigned long long)n, mv_strerror(rc));
+    return 0;
+}
+
+int mv__domain_register_modes(struct mv_domain *d, uint64_t modes)
+{
+    uint64_t all = d->register_modes | modes;
+
+    mv__assert_held(&d->lock);
+    if (d->register_modes == all)
+        return 0;
+    for (uint64_t g = 0; g < d->maxmem_pages;) {
+        uint64_t end = g;
+        int rc;
+
+        if (mv__p2m_ops_of(d->p2m[g])->remapped) {
+            g++;
+            continue;
+        }
+        while (end < d->maxmem_pages && !mv__p2m_ops_of(d->p2m[end])->remapped)
+            end++;
+        rc = mv__os_uffd_register(d->uffd, mv__gfn_addr(d, g), (end - g) << MV_PAGE_SHIFT,
+                                  all, NULL);
+        if (rc < 0)
+            return mv__fail(rc, "domain %u: cannot register gfn %#llx+%llu for "
+                            "write protection: %s", d->domid, (unsigned long long)g,
+                            (unsigned long long)(end - g), mv_strerror(rc));
+        g = end;
+    }
+    d->register_modes = all;
     return 0;
 }
 

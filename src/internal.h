@@ -76,6 +76,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -541,7 +542,12 @@ struct mv_domain {
                                   here) */
     struct mv__vmm *vmm;       /* NULL: the RAM is in this process */
     int uffd;
+    uint64_t uffd_features;    /* features asked of uffd besides the domain
+                                  ones (UFFD_FEATURE_SIGBUS, WP_ASYNC...) */
     uint64_t register_modes;   /* modes the RAM is registered with on uffd */
+    /* A mechanism watches the domain's writes (the dirty log is on): no
+     * other may change the write protection of its RAM (lock). */
+    bool writes_watched;
     int cow_uffd;              /* synchronous write-protect faults of the
                                   shared frames it maps (share.c) */
 
@@ -638,6 +644,11 @@ void mv__domain_discard(struct mv_domain *d);
 /* Map [gfn, gfn + n) to the domain's own frames and register it with the
  * domain's userfaultfd (lock held or domain unreachable). */
 int mv__domain_map_own(struct mv_domain *d, uint64_t gfn, uint64_t n);
+/* Add `modes` (UFFDIO_REGISTER_MODE_*) to those the RAM is registered with:
+ * every run of own mappings is registered again (remapped gfns belong to
+ * the second userfaultfd and are skipped), and later mappings take
+ * d->register_modes.  Lock held.  0 or a negative errno (said). */
+int mv__domain_register_modes(struct mv_domain *d, uint64_t modes);
 
 /* ------------------------------------------------------------------------ */
 /* ram.c: the mappings through which the vCPUs reach a domain's RAM          */
@@ -765,6 +776,35 @@ bool mv__vcpu_domain_claim(struct mv_domain *d);
 int mv__vcpu_sigbus_install(void (*hook)(int, siginfo_t *, void *));
 /* d's RAM is mapped: the handler may find it from now on. */
 void mv__vcpu_domain_publish(struct mv_domain *d);
+
+/*
+ * A read of a domain's RAM through its own mapping by the library itself,
+ * the domain lock held (the sharing scanner): a page the kernel took out of
+ * the page table meanwhile (reclaim) would raise a fault that nobody can
+ * serve while the lock is held.  On a domain whose faults raise SIGBUS
+ * (in_thread) the handler instead jumps back to the guard, which then
+ * reports the read as failed:
+ *
+ *     struct mv__ram_guard guard;
+ *     if (mv__ram_guard_faulted(&guard))
+ *         ...the read failed: nothing read is to be trusted...
+ *     mv__ram_guard_arm(&guard, start, length);
+ *     ...read [start, start + length)...
+ *     mv__ram_guard_disarm();
+ *
+ * Only for in_thread domains (elsewhere such a fault waits for a fault
+ * thread, which waits for the lock), and only for reads: nothing between
+ * arm and disarm may take a lock, allocate or write guest RAM.  Locals the
+ * read changes are not to be used after a jump.  One guard per thread.
+ */
+struct mv__ram_guard {
+    sigjmp_buf env;
+    uintptr_t start, end;
+};
+/* No system call: the handler puts back the signal mask of the read. */
+#define mv__ram_guard_faulted(guard) (sigsetjmp((guard)->env, 0) != 0)
+void mv__ram_guard_arm(struct mv__ram_guard *guard, const void *start, size_t length);
+void mv__ram_guard_disarm(void);
 /* Give d's slot back, waiting until no handler still uses it. */
 void mv__vcpu_domain_release(struct mv_domain *d);
 
@@ -915,7 +955,8 @@ const struct mv__p2m_ops *mv__p2m_ops_of(enum mv__p2m_type type);
 void mv__domain_pages_changed(struct mv_domain *d, uint64_t gfn, uint64_t n);
 bool mv__domain_needs_small_pages(struct mv_domain *d);
 void mv__domain_room_changed(struct mv_domain *d);
-/* 0, or the first error (the others still told). */
+/* A mechanism starts or stops watching d's writes (d->writes_watched):
+ * 0, or the first error (the others still told). */
 int mv__domain_writes_watched(struct mv_domain *d, bool on);
 /* src (paused, its lock held) was cloned into clone, not reachable yet. */
 void mv__domain_cloned(struct mv_domain *src, struct mv_domain *clone);

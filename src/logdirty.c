@@ -571,36 +571,13 @@ static void end(struct mv_domain *d)
  * enable, not when the domain is made: a range registered so is unprotected
  * page by page when it leaves the userfaultfd (the kernel walks every
  * page-table entry), which a clone's source does with all its populated
- * pages (share/clone.c).  Every run of own mappings is registered again with
- * the mode added; shared gfns belong to the copy-on-write userfaultfd and
- * are skipped.  Later mappings take d->register_modes.  Domain lock held.
+ * pages (share/clone.c).  Domain lock held.
  */
 static int register_for_log(struct mv_domain *d)
 {
-    uint64_t modes = d->register_modes | UFFDIO_REGISTER_MODE_WP;
-
-    if (d->logdirty->mode == MV_LOGDIRTY_MPROTECT || d->register_modes == modes)
+    if (d->logdirty->mode == MV_LOGDIRTY_MPROTECT)
         return 0;
-    for (uint64_t g = 0; g < d->maxmem_pages;) {
-        uint64_t end = g;
-        int rc;
-
-        if (d->p2m[g] == MV_P2M_SHARED) {
-            g++;
-            continue;
-        }
-        while (end < d->maxmem_pages && d->p2m[end] != MV_P2M_SHARED)
-            end++;
-        rc = mv__os_uffd_register(d->uffd, mv__gfn_addr(d, g), (end - g) << MV_PAGE_SHIFT,
-                                  modes, NULL);
-        if (rc < 0)
-            return mv__fail(rc, "cannot register gfn %#llx+%llu for write protection: %s",
-                            (unsigned long long)g, (unsigned long long)(end - g),
-                            mv_strerror(rc));
-        g = end;
-    }
-    d->register_modes = modes;
-    return 0;
+    return mv__domain_register_modes(d, UFFDIO_REGISTER_MODE_WP);
 }
 
 static void enable_undo(struct mv_domain *d, int rc)

@@ -113,6 +113,9 @@ int mv__domain_writes_watched(struct mv_domain *d, bool on)
 {
     int rc = 0;
 
+    mv__assert_held(&d->lock);
+    d->writes_watched = on;
+
     mv__each_mechanism(m) {
         if (m->writes_watched) {
             int r = m->writes_watched(d, on);

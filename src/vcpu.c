@@ -51,6 +51,14 @@
  * after every domain is freed).  A vCPU remembers (slot, generation), so a
  * slot reused by another domain is not taken for its own.
  *
+ * Guarded reads (mv__ram_guard): the library reads a domain's RAM through
+ * its own mapping holding the domain lock (the sharing scanner).  A page the
+ * kernel took out of the page table meanwhile raises SIGBUS in that thread,
+ * which no fault thread could serve while the lock is held; the handler
+ * jumps back to the read's guard instead, with the signal mask the read ran
+ * with, before it looks at anything else.  The guard is the thread's own
+ * (thread-local), so only the faulting thread's reads are affected.
+ *
  * One SIGBUS handler: the built-in guests' (a crashed domain's vCPU leaves
  * its workload) is a hook this one calls for a SIGBUS it did not resolve,
  * before passing it on; os.c remembers one replaced action per signal, so
@@ -65,6 +73,7 @@
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
+#include <ucontext.h>
 
 #define MV_VCPU_SLOTS 256
 
@@ -84,6 +93,9 @@ static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
  * of and that slot's generation then, or slot -1. */
 static _Thread_local int vcpu_slot = -1;
 static _Thread_local uint64_t vcpu_generation;
+
+/* The calling thread's read of guest RAM under a guard, or NULL. */
+static _Thread_local struct mv__ram_guard *ram_guard;
 
 /* The built-in guests' word on a SIGBUS the library did not resolve. */
 static _Atomic(void (*)(int, siginfo_t *, void *)) crash_hook;
@@ -206,10 +218,26 @@ bool mv_sigbus_handled(int sig, siginfo_t *info, void *context)
     uintptr_t addr;
     int saved_errno = errno, i;
 
-    (void)context;
     if (sig != SIGBUS || !info || info->si_code != BUS_ADRERR)
         return false;
     addr = (uintptr_t)info->si_addr;
+    /* The library's own guarded read: back to its guard, with the signal
+     * mask the read ran with (the guard did not save it: that costs a
+     * system call at every read). */
+    if (ram_guard && addr >= ram_guard->start && addr < ram_guard->end) {
+        struct mv__ram_guard *guard = ram_guard;
+        sigset_t unblock;
+
+        ram_guard = NULL;
+        if (context) {
+            pthread_sigmask(SIG_SETMASK, &((ucontext_t *)context)->uc_sigmask, NULL);
+        } else {
+            sigemptyset(&unblock);
+            sigaddset(&unblock, SIGBUS);
+            pthread_sigmask(SIG_UNBLOCK, &unblock, NULL);
+        }
+        siglongjmp(guard->env, 1);
+    }
     i = slot_enter(addr);
     if (i < 0)
         return false;
@@ -226,6 +254,23 @@ bool mv_sigbus_handled(int sig, siginfo_t *info, void *context)
     mv__error_restore(&saved_error);
     errno = saved_errno;
     return verdict == MV__FAULT_RETRY;
+}
+
+void mv__ram_guard_arm(struct mv__ram_guard *guard, const void *start, size_t length)
+{
+    guard->start = (uintptr_t)start;
+    guard->end = (uintptr_t)start + length;
+    /* The handler must see the range before the reads: only this thread's
+     * own faults look at it, so a compiler barrier is enough. */
+    atomic_signal_fence(memory_order_seq_cst);
+    ram_guard = guard;
+    atomic_signal_fence(memory_order_seq_cst);
+}
+
+void mv__ram_guard_disarm(void)
+{
+    atomic_signal_fence(memory_order_seq_cst);
+    ram_guard = NULL;
 }
 
 int mv_vcpu_enter(mv_host *host, uint32_t domid)
