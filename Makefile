@@ -34,7 +34,7 @@ build-asan: deps
 
 build-tsan: deps
 	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMV_TSAN=ON $(WERROR) $(CMAKE_FLAGS) >/dev/null
-	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_pod test_logdirty test_share test_scrub test_tmem test_races \
+	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_pod test_logdirty test_share test_share_guest test_scrub test_tmem test_races \
 		test_domain test_vmm test_fc vmm_stub fc_standin memvisor_agent
 
 # Every build type with every compiler, warnings as errors, each in its own
@@ -81,7 +81,7 @@ test: build-matrix build build-asan build-tsan guest-image
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j 1
 	@echo "== TSan build (concurrency tests)"
 	@cd $(TSAN_BUILD) && TSAN_OPTIONS=halt_on_error=1 \
-		ctest --output-on-failure -j 1 -R '^test_(pod|logdirty|share|scrub|tmem|races|domain|vmm|fc)\.' \
+		ctest --output-on-failure -j 1 -R '^test_(pod|logdirty|share|share_guest|scrub|tmem|races|domain|vmm|fc)\.' \
 		-E '\.other_tmem_store$$'
 
 test-fast: build

@@ -1247,6 +1247,8 @@ static struct json_object *mv_case_json(const struct mv_case *c)
     json_object_object_add(o, "converge_thread_cpu_ns", u64_json(c->converge_thread_cpu_ns));
     json_object_object_add(o, "converge_scan_cpu_ns", u64_json(c->converge_scan_cpu_ns));
     json_object_object_add(o, "total_ns", u64_json(c->total_ns));
+    json_object_object_add(o, "zero_pages_read_in_guest", u64_json(c->stats.zero_in_guest));
+    json_object_object_add(o, "guest_read_fallbacks", u64_json(c->stats.guest_read_fallbacks));
     for (unsigned p = 0; p < c->passes; p++) {
         const struct mv_pass *ps = &c->pass[p];
         struct json_object *po = json_object_new_object();
@@ -1464,9 +1466,10 @@ static int report_json(const struct share_run *run)
 static void print_mv_case(const struct mv_case *c)
 {
     printf("\n%s: %s\n", c->name, c->what);
-    printf("    saved %" PRIu64 " non-zero pages, %" PRIu64 " zero pages to PoD; "
-           "%u passes (%u productive), %s in %.1f ms, %.1f ms CPU "
-           "(scan_cpu_ns %.1f ms)\n", c->saved_pages, c->zero_pages, c->passes,
+    printf("    saved %" PRIu64 " non-zero pages, %" PRIu64 " zero pages to PoD (%" PRIu64
+           " read where the guest maps them); %u passes (%u productive), %s in %.1f ms, "
+           "%.1f ms CPU (scan_cpu_ns %.1f ms)\n", c->saved_pages, c->zero_pages,
+           c->stats.zero_in_guest, c->passes,
            c->productive_passes, c->converged ? "converged" : "NOT converged",
            (double)c->converge_ns / 1e6,
            (double)c->converge_process_cpu_ns / 1e6, (double)c->converge_scan_cpu_ns / 1e6);

@@ -264,7 +264,18 @@ MV_API const char *mv_tmem_store_name(enum mv_tmem_store store);
  *                           (pages read and checked for zeros, 2 MiB each
  *                           way, the best of three rounds; later hosts reuse
  *                           it) and takes IN_PLACE unless it costs more than
- *                           COPY.
+ *                           COPY.  The scanner then reads first where the
+ *                           guest maps its pages, and frees the zero ones
+ *                           from there, in a domain whose faults are
+ *                           resolved in the faulting thread, with no dirty
+ *                           log on, on Linux 6.7 or later (write protection
+ *                           that lets writes through and marks them): no
+ *                           page is mapped anywhere else.  Such a domain is
+ *                           registered for write protection for good, which
+ *                           costs its first clone the kernel's walk of its
+ *                           populated pages (8-16 ms a GiB measured): a
+ *                           host that clones domains it scans may choose
+ *                           IN_PLACE.
  * mv_share_stats tells which was chosen and what was measured.
  */
 enum mv_share_read {
@@ -611,7 +622,10 @@ MV_API void mv_vcpu_exit(void);
  * RAM of a domain of this process and has been resolved (or is being, by a
  * fault thread, which it waited for): return from the handler and the access
  * runs again.  False: not the library's (e.g. a crashed domain's RAM):
- * handle it as before.  Async-signal-safe for the SIGBUS it is given.
+ * handle it as before.  Async-signal-safe for the SIGBUS it is given.  A
+ * fault of the library's own read of guest RAM (the sharing scanner reads
+ * pages where the guest maps them) does not return: the call jumps back to
+ * that read, which then reads elsewhere.
  */
 MV_API bool mv_sigbus_handled(int sig, siginfo_t *info, void *context);
 
@@ -1218,7 +1232,17 @@ struct mv_share_stats {
                                       (16 bytes each): eight per populated
                                       page at the last pass's start, 4096
                                       to 2^21, never shrunk */
-    uint64_t reserved[3];     /* zero; room to grow without breaking the ABI */
+    /* Zero pages freed after reading them where the guest has them mapped
+     * (its own mapping, write-protected meanwhile) rather than through the
+     * machine's view: a domain whose faults are resolved in the faulting
+     * thread, with no dirty log on, on Linux 6.7 or later.  Part of
+     * zero_reclaimed. */
+    uint64_t zero_in_guest;
+    uint64_t guest_read_fallbacks; /* such reads that could not be done (a
+                                      page left the guest's page table under
+                                      the read, or a system call failed):
+                                      read through the machine's view */
+    uint64_t reserved[1];     /* zero; room to grow without breaking the ABI */
 };
 
 /* Sharing counters.  Changes nothing and takes the share lock only to copy

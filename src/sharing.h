@@ -91,15 +91,31 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
                     const uint8_t *actions, enum mv_share_outcome *outcomes,
                     struct mv__apply_result *result);
 /*
- * The pages of [gfn, gfn + n) that `take` marks (nonzero; n <=
- * MV_BLOCK_PAGES, lock held), for a scan to read: in place when the host
- * reads so (mv_share_read), else copied out of the machine memfd into this
- * thread's block buffer (which mv__share_apply fills again), or, if that
- * fails (counted in read_fallbacks; mv_last_error says why), in place.
- * Returns where page gfn is.
+ * Where a scan reads the pages of [gfn, gfn + n) that `take` marks (n <=
+ * MV_BLOCK_PAGES, lock held): at[i] is page i's bytes.  In the guest's own
+ * mapping (in_guest[i] set: to be read under a guard, mv__ram_guard) when
+ * `guest` allows it, d is read so (mv__share_reads_guest) and the page is
+ * taken to be mapped there; else as the host reads (mv_share_read): in
+ * place, or copied out of the machine memfd into this thread's block
+ * buffer (which mv__share_apply fills again), or, if that fails (counted
+ * in read_fallbacks; mv_last_error says why), in place.
  */
-const uint8_t *mv__share_read_block(struct mv_domain *d, uint64_t gfn, uint64_t n,
-                                    const uint8_t *take);
+void mv__share_locate(struct mv_domain *d, uint64_t gfn, uint64_t n, const uint8_t *take,
+                      bool guest, const uint8_t **at, uint8_t *in_guest);
+bool mv__share_reads_guest(struct mv_domain *d);
+/* A read through the guest's mapping met a page missing there (or a
+ * system call failed): counted in guest_read_fallbacks, and the next reads
+ * there ask first which pages it has. */
+void mv__share_guest_read_failed(struct mv_domain *d);
+/*
+ * The gfns of [gfn, gfn + n) marked in zero[] were read all zero through the
+ * guest's mapping (lock held, n <= MV_BLOCK_PAGES): free them back to PoD
+ * where a second read under write protection finds them still zero and
+ * unwritten, unmarking those.  The others are left to mv__share_apply.
+ * Returns the pages freed.
+ */
+uint64_t mv__share_reclaim_zero_in_guest(struct mv_domain *d, uint64_t gfn, uint64_t n,
+                                         uint8_t *zero);
 
 
 struct mv__scanner;

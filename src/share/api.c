@@ -430,6 +430,8 @@ int mv_share_stats(mv_host *host, struct mv_share_stats *out)
     out->zero_reclaimed = s->zero_reclaimed;
     out->hash_collisions = s->hash_collisions;
     out->read_fallbacks = __atomic_load_n(&s->read_fallbacks, __ATOMIC_RELAXED);
+    out->zero_in_guest = s->zero_in_guest;
+    out->guest_read_fallbacks = __atomic_load_n(&s->guest_read_fallbacks, __ATOMIC_RELAXED);
     out->read_mode = s->read_mode;
     out->read_in_place_ns = s->read_in_place_ns;
     out->read_copy_ns = s->read_copy_ns;
@@ -461,6 +463,7 @@ static void share_read_choose(struct mv_host *h, struct mv__share *s)
     int rc;
 
     s->read_mode = h->config.share_read;
+    s->guest_reads = s->read_mode == MV_SHARE_READ_AUTO;
     if (s->read_mode != MV_SHARE_READ_AUTO)
         return;
     rc = mv__machine_read_costs(&s->read_in_place_ns, &s->read_copy_ns);

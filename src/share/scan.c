@@ -12,12 +12,17 @@
  * ranges then map with one remap per run).
  *
  * Scanning.  The scanner walks every running domain's populated pages, one
- * 2 MiB block at a time, reading each block's populated pages as the host's
- * share_read says: in place through the machine's view, or copied out of the
- * machine memfd (a system call per run; nothing is mapped; should the copy
- * fail, the block is read in place).  Nothing is unmapped from the guest
- * unless it is to be shared.  Per page:
- *   - all zero: back to PoD (no frame, no memory, no copy on the next write);
+ * 2 MiB block at a time, 64 pages at a time, reading them where the guest
+ * maps them when the domain allows it (mv__share_reads_guest: nothing to
+ * map; a page missing there fails the read under its guard, and the chunk
+ * is read again, asking first which pages the guest's mapping has), else
+ * as the host's share_read says: in place through the machine's view, or
+ * copied out of the machine memfd (a system call per run; nothing is
+ * mapped; should the copy fail, the block is read in place).  Nothing is
+ * unmapped from the guest unless it is to be shared or freed.  Per page:
+ *   - all zero: back to PoD (no frame, no memory, no copy on the next
+ *     write), from the guest's mapping when it was read there
+ *     (mv__share_reclaim_zero_in_guest), else by apply;
  *   - hash changed since the last pass: volatile, skipped (it would be
  *     broken again soon);
  *   - an indexed frame has the same hash: share (bytes compared first);
@@ -402,13 +407,50 @@ static bool hash_in(const uint64_t *hashes, unsigned n, uint64_t hash)
     return false;
 }
 
+/*
+ * Check the pages `take` marks, page i at at[i]: zero[i] when it is all
+ * zero, else its hash in hashes[i] (hashed[i]).  With `guarded` the range
+ * is read under a guard (pages read through the guest's mapping): false
+ * when a page left the page table under the read, and nothing is set.
+ */
+static bool check_pages(struct mv_domain *d, uint64_t lo, uint64_t n, const uint8_t *take,
+                        const uint8_t *const *at, bool guarded, uint8_t *zero,
+                        bool *hashed, uint64_t *hashes)
+{
+    struct mv__ram_guard guard;
+
+    if (guarded) {
+        if (mv__ram_guard_faulted(&guard))
+            return false;
+        mv__ram_guard_arm(&guard, mv__gfn_addr(d, lo), n << MV_PAGE_SHIFT);
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        zero[i] = 0;
+        hashed[i] = false;
+        if (!take[i])
+            continue;
+        if (mv__page_is_zero(at[i])) {
+            zero[i] = 1;
+            continue;
+        }
+        hashes[i] = mv__page_hash(at[i]);
+        hashed[i] = true;
+    }
+    if (guarded)
+        mv__ram_guard_disarm();
+    return true;
+}
+
 /* Scan [lo, hi) of d, at most SCAN_CHUNK_PAGES populated or not (its lock
  * held), and share what it found. */
 static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t hi,
                        uint32_t *checksums, struct mv_scan_result *result)
 {
     struct mv__scanner *sc = host->scanner;
-    uint8_t actions[SCAN_CHUNK_PAGES], take[SCAN_CHUNK_PAGES];
+    const uint64_t n = hi - lo;
+    uint8_t actions[SCAN_CHUNK_PAGES], take[SCAN_CHUNK_PAGES], zero[SCAN_CHUNK_PAGES];
+    uint8_t in_guest[SCAN_CHUNK_PAGES], zero_in_guest[SCAN_CHUNK_PAGES];
+    const uint8_t *at[SCAN_CHUNK_PAGES];
     uint64_t hashes[SCAN_CHUNK_PAGES];
     bool hashed[SCAN_CHUNK_PAGES], indexed[SCAN_CHUNK_PAGES];
     /* Hashes of pages this chunk inserts: a later copy in the chunk is
@@ -416,34 +458,42 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
     uint64_t inserting[SCAN_CHUNK_PAGES];
     unsigned inserts = 0;
     struct mv__apply_result res;
-    const uint8_t *pages;
-    bool any = false;
+    bool any = false, guest, guest_zeros = false;
 
     memset(actions, MV_ACT_SKIP, sizeof(actions));
-    memset(take, 0, sizeof(take));
-    memset(hashed, 0, sizeof(hashed));
     /* Populated (RAM, the domain lock held): the pages may change under the
      * read (the guest writes), which only makes a candidate that apply,
      * reading again once the page is unmapped, turns down. */
     for (uint64_t g = lo; g < hi; g++)
         take[g - lo] = d->p2m[g] == MV_P2M_RAM && !mv__share_excluded(d, g);
-    pages = mv__share_read_block(d, lo, hi - lo, take);
-    /* Zero pages and the hashes of the others; then every hash is looked up
-     * in the index at once (mv__share_index_probe_many), so that the
-     * index's cache misses overlap. */
-    for (uint64_t i = 0; i < hi - lo; i++) {
-        const uint8_t *page = pages + (i << MV_PAGE_SHIFT);
-
-        if (!take[i])
-            continue;
-        result->pages_scanned++;
-        if (mv__page_is_zero(page)) {
+    /* Zero pages and the hashes of the others, read where the guest has
+     * them mapped or else through the machine's view (a page missing from
+     * the guest's mapping fails the read there: once more, asking first
+     * which pages it has, then through the machine's view); then every
+     * hash is looked up in the index at once (mv__share_index_probe_many),
+     * so that the index's cache misses overlap. */
+    for (unsigned attempt = 0;; attempt++) {
+        mv__share_locate(d, lo, n, take, attempt < 2, at, in_guest);
+        guest = memchr(in_guest, 1, n) != NULL;
+        if (check_pages(d, lo, n, take, at, guest, zero, hashed, hashes))
+            break;
+        mv__share_guest_read_failed(d);
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        result->pages_scanned += take[i];
+        zero_in_guest[i] = zero[i] && in_guest[i];
+        guest_zeros |= zero_in_guest[i];
+    }
+    /* Zero pages read through the guest's mapping are freed from there;
+     * what that leaves goes to apply with the rest. */
+    if (guest_zeros)
+        result->pages_zero += mv__share_reclaim_zero_in_guest(d, lo, n, zero_in_guest);
+    for (uint64_t i = 0; i < n; i++) {
+        /* Those freed were unmarked. */
+        if (zero[i] && !(in_guest[i] && !zero_in_guest[i])) {
             actions[i] = MV_ACT_MATCH;
             any = true;
-            continue;
         }
-        hashes[i] = mv__page_hash(page);
-        hashed[i] = true;
     }
     mv__share_index_probe_many(host, hashes, hashed, hi - lo, indexed);
     for (uint64_t g = lo; g < hi; g++) {

@@ -186,6 +186,12 @@ struct mv__share_dom {
      * and copies the last whole settle found no memory for. */
     unsigned trap_reasons;
     uint64_t kernel_copies, settle_waiting;
+    /* Its pages are never read through its own mapping: registering it for
+     * write protection failed (mv__share_reads_guest; domain lock). */
+    bool guest_reads_off;
+    /* Chunks left that ask which pages the guest's mapping has before
+     * reading there (mv__share_guest_read_failed; domain lock). */
+    unsigned guest_presence_checks;
 };
 
 struct mv__share {
@@ -203,10 +209,14 @@ struct mv__share {
     uint64_t cow_breaks, cow_takeovers, cow_nocopy, cow_run_unshares;
     uint64_t zero_reclaimed, hash_collisions;
     uint64_t read_fallbacks;     /* atomic: reads in place, a copy having failed */
+    uint64_t zero_in_guest;      /* zero pages freed read in the guest's mapping */
+    uint64_t guest_read_fallbacks; /* atomic: reads there that failed */
     /* How pages are read (COPY or IN_PLACE; set at init, then constant),
      * and what AUTO measured to choose it (0 when it did not). */
     enum mv_share_read read_mode;
     uint64_t read_in_place_ns, read_copy_ns;
+    bool guest_reads;            /* AUTO: pages read where the guest maps
+                                    them first (mv__share_reads_guest) */
     uint64_t kernel_copies, settles, settle_ns;
     uint64_t settle_waiting;     /* copies waiting for memory, last pass */
     /* The background settler of MV_COW_KERNEL domains (settler_main). */

@@ -1,0 +1,455 @@
+/*
+ * test_share_guest.c - sharing reading pages where the guest maps them: zero
+ * pages freed from the guest's own mapping (write-protected between two
+ * reads, unmapped, checked unwritten), and every way that can go wrong made
+ * certain rather than rare.  This program is linked with ioctl and madvise
+ * wrapped (-Wl,--wrap): a test arms a hook that runs once, just before or
+ * just after the library's next write protection or unmap, and stores into
+ * a guest page there (a vCPU's write racing the scanner) or drops a page
+ * from the guest's page table (the kernel reclaiming it).  Each case ends
+ * reading back every page, as the machine holds it and as the guest sees
+ * it, and with the audits.
+ */
+#include "testutil.h"
+#include "internal.h"
+
+#include <linux/userfaultfd.h>
+#include <stdarg.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+
+int __real_ioctl(int fd, unsigned long request, ...);
+int __wrap_ioctl(int fd, unsigned long request, ...);
+int __real_madvise(void *addr, size_t length, int advice);
+int __wrap_madvise(void *addr, size_t length, int advice);
+
+enum hook_point {
+    HOOK_NONE,
+    HOOK_BEFORE_PROTECT,   /* before the next write protection */
+    HOOK_AFTER_PROTECT,    /* after it */
+    HOOK_BEFORE_UNMAP,     /* before the next MADV_DONTNEED */
+};
+
+enum hook_action {
+    HOOK_STORE,            /* a guest store of `value` at `at` */
+    HOOK_DROP,             /* the page at `at` leaves the guest's page table */
+};
+
+/* The library calls these from its scanner in this thread only: no
+ * atomics needed. */
+static enum hook_point hook_point;
+static enum hook_action hook_action;
+static uint8_t *hook_at;
+static uint8_t hook_value;
+static unsigned hook_ran;
+
+static void arm(enum hook_point point, enum hook_action action, uint8_t *at, uint8_t value)
+{
+    hook_point = point;
+    hook_action = action;
+    hook_at = at;
+    hook_value = value;
+    hook_ran = 0;
+}
+
+/* A guest store: through a volatile pointer, like a vCPU's. */
+__attribute__((no_sanitize("thread"), noinline))
+static void guest_store(uint8_t *at, uint8_t value)
+{
+    *(volatile uint8_t *)at = value;
+}
+
+__attribute__((no_sanitize("thread"), noinline))
+static void guest_fill_page(uint8_t *page, uint8_t value)
+{
+    volatile uint64_t *words = (volatile uint64_t *)page;
+
+    for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
+        words[i] = 0x0101010101010101ull * value;
+}
+
+__attribute__((no_sanitize("thread"), noinline))
+static uint8_t guest_load(const uint8_t *at)
+{
+    return *(const volatile uint8_t *)at;
+}
+
+static bool covers(const void *start, size_t length, const uint8_t *at)
+{
+    return at >= (const uint8_t *)start && at < (const uint8_t *)start + length;
+}
+
+static void run_hook(enum hook_point point, const void *start, size_t length)
+{
+    if (hook_point != point || !covers(start, length, hook_at))
+        return;
+    hook_point = HOOK_NONE;
+    hook_ran++;
+    if (hook_action == HOOK_STORE)
+        guest_store(hook_at, hook_value);
+    else
+        assert_int_equal(__real_madvise((void *)((uintptr_t)hook_at & ~(uintptr_t)4095),
+                                        MV_PAGE_SIZE, MADV_DONTNEED), 0);
+}
+
+int __wrap_ioctl(int fd, unsigned long request, ...)
+{
+    va_list ap;
+    void *arg;
+    int rc;
+
+    va_start(ap, request);
+    arg = va_arg(ap, void *);
+    va_end(ap);
+    if (request == UFFDIO_WRITEPROTECT) {
+        const struct uffdio_writeprotect *wp = arg;
+        bool protect = wp->mode & UFFDIO_WRITEPROTECT_MODE_WP;
+        const void *start = (const void *)(uintptr_t)wp->range.start;
+
+        if (protect)
+            run_hook(HOOK_BEFORE_PROTECT, start, wp->range.len);
+        rc = __real_ioctl(fd, request, arg);
+        if (protect && rc == 0)
+            run_hook(HOOK_AFTER_PROTECT, start, wp->range.len);
+        return rc;
+    }
+    return __real_ioctl(fd, request, arg);
+}
+
+int __wrap_madvise(void *addr, size_t length, int advice)
+{
+    if (advice == MADV_DONTNEED)
+        run_hook(HOOK_BEFORE_UNMAP, addr, length);
+    return __real_madvise(addr, length, advice);
+}
+
+/* ------------------------------------------------------------------------ */
+
+#define PAGES 256u                 /* 1 MiB domains */
+#define ZERO_FIRST 16u             /* gfns [16, 144) are written zero */
+#define ZERO_END 144u
+#define UNIQUE_END 160u            /* [144, 160) unique */
+#define DUP_END 176u               /* [160, 176) two copies of 8 contents */
+
+struct guest {
+    mv_host *h;
+    uint32_t id;
+    uint8_t *ram;
+    /* What each gfn must read: a page of this byte, except `stored` bytes
+     * (page offset 0), which the hooks wrote. */
+    uint8_t want[PAGES];
+    int16_t stored[PAGES];         /* -1: none */
+};
+
+static uint8_t content_of(uint64_t g)
+{
+    if (g >= ZERO_FIRST && g < ZERO_END)
+        return 0;
+    if (g >= ZERO_END && g < UNIQUE_END)
+        return (uint8_t)(0x40 + g - ZERO_END);
+    if (g >= UNIQUE_END && g < DUP_END)
+        return (uint8_t)(0x80 + (g - UNIQUE_END) % 8);
+    return 0;
+}
+
+/* A host with `c` (NULL: the tests' default), one domain whose RAM holds
+ * zero, unique and duplicated pages; skips unless that domain's pages are
+ * read where the guest maps them, when `need_guest_reads`. */
+static void guest_make(struct guest *g, const struct mv_host_config *c, bool need_guest_reads)
+{
+    struct mv_kernel_features f;
+    uint64_t size;
+
+    memset(g, 0, sizeof(*g));
+    if (c)
+        assert_ok(mv_host_create(c, &g->h));
+    else
+        g->h = tu_host();
+    g->id = tu_domain_with(g->h, "g", PAGES * MV_PAGE_SIZE, PAGES * MV_PAGE_SIZE, 1,
+                           MV_POD_WAIT, 0);
+    assert_ok(mv_domain_ram(g->h, g->id, (void **)&g->ram, &size));
+    assert_ok(mv_probe_kernel(&f));
+    if (need_guest_reads && (!tu_info(g->h, g->id).fault_in_thread || !f.wp_async ||
+                             !f.pagemap_scan)) {
+        mv_host_destroy(g->h);
+        print_message("skipped: this domain's pages are not read where the guest maps "
+                      "them (faults not resolved in the vCPUs' threads, or a kernel "
+                      "without asynchronous write protection)\n");
+        skip();
+    }
+    for (uint64_t p = 0; p < PAGES; p++) {
+        g->stored[p] = -1;
+        g->want[p] = content_of(p);
+        if (p >= ZERO_FIRST && p < DUP_END)
+            guest_fill_page(g->ram + p * MV_PAGE_SIZE, g->want[p]);
+    }
+}
+
+static void guest_store_recorded(struct guest *g, uint64_t gfn, uint8_t value)
+{
+    g->stored[gfn] = value;
+}
+
+static struct mv_share_stats share_stats(mv_host *h)
+{
+    struct mv_share_stats s;
+
+    assert_ok(mv_share_stats(h, &s));
+    return s;
+}
+
+/* Every byte of every page, as the machine holds it and as the guest reads
+ * it; the audits; then the host goes. */
+static void guest_check_and_destroy(struct guest *g)
+{
+    uint8_t page[MV_PAGE_SIZE];
+
+    for (uint64_t p = 0; p < PAGES; p++) {
+        assert_ok(mv_domain_read_page(g->h, g->id, p, page));
+        for (size_t i = 0; i < MV_PAGE_SIZE; i++) {
+            uint8_t want = i == 0 && g->stored[p] >= 0 ? (uint8_t)g->stored[p] : g->want[p];
+
+            if (page[i] != want)
+                fail_msg("gfn %llu byte %zu: %#x, expected %#x", (unsigned long long)p, i,
+                         page[i], want);
+        }
+        assert_int_equal(guest_load(g->ram + p * MV_PAGE_SIZE + 1), g->want[p]);
+        if (g->stored[p] >= 0)
+            assert_int_equal(guest_load(g->ram + p * MV_PAGE_SIZE), (uint8_t)g->stored[p]);
+    }
+    assert_ok(mv_share_audit(g->h));
+    assert_ok(mv_domain_audit(g->h, g->id));
+    assert_ok(mv_host_audit(g->h));
+    mv_host_destroy(g->h);
+}
+
+static void scan(struct guest *g)
+{
+    struct mv_scan_result r;
+
+    assert_ok(mv_share_scan(g->h, 0, &r));
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* A domain whose faults raise SIGBUS in the faulting thread has its zero
+ * pages freed from its own mapping, every one; a domain served by the fault
+ * threads has them freed through the machine's view.  Both end the same. */
+static void zero_pages_are_freed_where_the_guest_maps_them(void **state)
+{
+    struct mv_host_config c;
+    struct mv_share_stats s;
+    struct guest g;
+
+    (void)state;
+    guest_make(&g, NULL, true);
+    scan(&g);
+    s = share_stats(g.h);
+    assert_int_equal(s.zero_reclaimed, ZERO_END - ZERO_FIRST);
+    assert_int_equal(s.zero_in_guest, ZERO_END - ZERO_FIRST);
+    assert_int_equal(s.guest_read_fallbacks, 0);
+    assert_int_equal(s.saved_pages, 8);
+    for (uint64_t p = ZERO_FIRST; p < ZERO_END; p++)
+        assert_int_equal(tu_page_type(g.h, g.id, p), MV_PAGE_POD);
+    /* The pages freed are the guest's again at its next touch. */
+    guest_store(g.ram + 20 * MV_PAGE_SIZE, 0x33);
+    guest_store_recorded(&g, 20, 0x33);
+    guest_check_and_destroy(&g);
+
+    tu_host_config(&c, 4 * GiB);
+    c.fault_path = MV_FAULT_PATH_THREAD;
+    guest_make(&g, &c, false);
+    scan(&g);
+    s = share_stats(g.h);
+    assert_int_equal(s.zero_reclaimed, ZERO_END - ZERO_FIRST);
+    assert_int_equal(s.zero_in_guest, 0);
+    guest_check_and_destroy(&g);
+}
+
+/* A store between the first read and the write protection: the second read
+ * sees it, and the page stays, with the store in it. */
+static void a_store_before_the_protection_keeps_its_page(void **state)
+{
+    struct mv_share_stats s;
+    struct guest g;
+
+    (void)state;
+    guest_make(&g, NULL, true);
+    arm(HOOK_BEFORE_PROTECT, HOOK_STORE, g.ram + 40 * MV_PAGE_SIZE, 0x9c);
+    guest_store_recorded(&g, 40, 0x9c);
+    scan(&g);
+    assert_int_equal(hook_ran, 1);
+    s = share_stats(g.h);
+    assert_int_equal(s.zero_in_guest, ZERO_END - ZERO_FIRST - 1);
+    assert_int_equal(s.zero_reclaimed, ZERO_END - ZERO_FIRST - 1);
+    assert_int_equal(tu_page_type(g.h, g.id, 40), MV_PAGE_RAM);
+    guest_check_and_destroy(&g);
+}
+
+/* A store after the second read, before the unmap: the write protection
+ * let it through and marked the page written, so the page stays. */
+static void a_store_before_the_unmap_keeps_its_page(void **state)
+{
+    struct mv_share_stats s;
+    struct guest g;
+
+    (void)state;
+    guest_make(&g, NULL, true);
+    arm(HOOK_BEFORE_UNMAP, HOOK_STORE, g.ram + 41 * MV_PAGE_SIZE, 0x3e);
+    guest_store_recorded(&g, 41, 0x3e);
+    scan(&g);
+    assert_int_equal(hook_ran, 1);
+    s = share_stats(g.h);
+    assert_int_equal(s.zero_in_guest, ZERO_END - ZERO_FIRST - 1);
+    assert_int_equal(tu_page_type(g.h, g.id, 41), MV_PAGE_RAM);
+    guest_check_and_destroy(&g);
+}
+
+/* A page the kernel took out of the guest's page table before the scan:
+ * the read there fails (SIGBUS, back to the guard), the chunk is read again
+ * asking first which pages the mapping has, and that page through the
+ * machine's view. */
+static void a_page_missing_from_the_guest_mapping_is_read_elsewhere(void **state)
+{
+    struct mv_share_stats s;
+    struct guest g;
+
+    (void)state;
+    guest_make(&g, NULL, true);
+    assert_int_equal(__real_madvise(g.ram + 50 * MV_PAGE_SIZE, MV_PAGE_SIZE, MADV_DONTNEED),
+                     0);
+    assert_int_equal(__real_madvise(g.ram + 150 * MV_PAGE_SIZE, MV_PAGE_SIZE,
+                                    MADV_DONTNEED), 0);
+    scan(&g);
+    s = share_stats(g.h);
+    assert_int_equal(s.guest_read_fallbacks, 1);
+    assert_int_equal(s.zero_reclaimed, ZERO_END - ZERO_FIRST);
+    assert_int_equal(s.zero_in_guest, ZERO_END - ZERO_FIRST - 1);
+    assert_int_equal(tu_page_type(g.h, g.id, 50), MV_PAGE_POD);
+    assert_int_equal(tu_page_type(g.h, g.id, 150), MV_PAGE_RAM);
+    guest_check_and_destroy(&g);
+}
+
+/* A page that leaves the guest's page table under the second read: that
+ * read fails, and the run's zero pages are freed through the machine's
+ * view instead. */
+static void a_page_gone_under_the_second_read_leaves_the_run_to_apply(void **state)
+{
+    struct mv_share_stats s;
+    struct guest g;
+
+    (void)state;
+    guest_make(&g, NULL, true);
+    arm(HOOK_AFTER_PROTECT, HOOK_DROP, g.ram + 60 * MV_PAGE_SIZE, 0);
+    scan(&g);
+    assert_int_equal(hook_ran, 1);
+    s = share_stats(g.h);
+    assert_int_equal(s.guest_read_fallbacks, 1);
+    assert_int_equal(s.zero_reclaimed, ZERO_END - ZERO_FIRST);
+    assert_true(s.zero_in_guest < ZERO_END - ZERO_FIRST);
+    assert_int_equal(tu_page_type(g.h, g.id, 60), MV_PAGE_POD);
+    guest_check_and_destroy(&g);
+}
+
+/* The system calls of the way through the guest's mapping, each failing:
+ * the zero pages are freed through the machine's view all the same. */
+static void failed_calls_leave_the_zero_pages_to_apply(void **state)
+{
+    static const struct {
+        enum mv__os_op op;
+        unsigned skip;
+    } cases[] = {
+        { MV_OS_UFFD_WRITEPROTECT, 0 },   /* protecting the first run */
+        { MV_OS_ZAP, 0 },                 /* unmapping it */
+        { MV_OS_PAGEMAP_SCAN, 0 },        /* asking which were written */
+        { MV_OS_PUNCH, 0 },               /* freeing them */
+        { MV_OS_UFFD_REGISTER, 0 },       /* registering for protection */
+    };
+
+    (void)state;
+    for (size_t i = 0; i < MV_ARRAY_SIZE(cases); i++) {
+        struct mv_share_stats s;
+        struct guest g;
+
+        guest_make(&g, NULL, true);
+        mv__os_inject(cases[i].op, EIO, cases[i].skip, 1);
+        scan(&g);
+        assert_int_equal(mv__os_injection_left(cases[i].op), 0);
+        s = share_stats(g.h);
+        assert_int_equal(s.zero_reclaimed, ZERO_END - ZERO_FIRST);
+        assert_true(s.zero_in_guest < ZERO_END - ZERO_FIRST);
+        if (cases[i].op == MV_OS_UFFD_REGISTER) {
+            assert_int_equal(s.zero_in_guest, 0);
+            /* Not tried again: a second scan frees nothing there either. */
+            guest_fill_page(g.ram + 30 * MV_PAGE_SIZE, 0);
+            scan(&g);
+            assert_int_equal(share_stats(g.h).zero_in_guest, 0);
+            assert_int_equal(share_stats(g.h).zero_reclaimed, ZERO_END - ZERO_FIRST + 1);
+        }
+        guest_check_and_destroy(&g);
+    }
+}
+
+/* Lifting the protection of a page left (a store raced the reads) fails:
+ * the page keeps it, and the guest's next stores there are let through by
+ * the kernel. */
+static void a_protection_not_lifted_costs_a_fault_only(void **state)
+{
+    struct guest g;
+
+    (void)state;
+    guest_make(&g, NULL, true);
+    arm(HOOK_BEFORE_PROTECT, HOOK_STORE, g.ram + 70 * MV_PAGE_SIZE, 0x71);
+    /* The protection of the run goes through; the lifting after it fails. */
+    mv__os_inject(MV_OS_UFFD_WRITEPROTECT, EIO, 1, 1);
+    scan(&g);
+    assert_int_equal(hook_ran, 1);
+    assert_int_equal(mv__os_injection_left(MV_OS_UFFD_WRITEPROTECT), 0);
+    assert_int_equal(tu_page_type(g.h, g.id, 70), MV_PAGE_RAM);
+    guest_fill_page(g.ram + 70 * MV_PAGE_SIZE, 0x71);
+    g.want[70] = 0x71;
+    guest_check_and_destroy(&g);
+}
+
+/* With the dirty log on, its write protection is its own: sharing reads
+ * through the machine's view, and every page written before the scan is
+ * still reported. */
+static void the_dirty_log_keeps_its_protection(void **state)
+{
+    uint64_t dirty[PAGES / 64], zero[PAGES / 64];
+    struct guest g;
+
+    (void)state;
+    guest_make(&g, NULL, true);
+    assert_ok(mv_logdirty_enable(g.h, g.id));
+    for (uint64_t p = ZERO_FIRST; p < DUP_END; p++)
+        guest_fill_page(g.ram + p * MV_PAGE_SIZE, g.want[p]);
+    scan(&g);
+    assert_int_equal(share_stats(g.h).zero_in_guest, 0);
+    assert_int_equal(share_stats(g.h).zero_reclaimed, ZERO_END - ZERO_FIRST);
+    memset(dirty, 0, sizeof(dirty));
+    assert_ok(mv_logdirty_clean(g.h, g.id, dirty, zero, PAGES / 64));
+    for (uint64_t p = ZERO_FIRST; p < DUP_END; p++)
+        if (!(dirty[p / 64] & (1ull << (p % 64))))
+            fail_msg("gfn %llu was written and is not reported dirty",
+                     (unsigned long long)p);
+    assert_ok(mv_logdirty_disable(g.h, g.id));
+    /* Off again: the next scan reads where the guest maps its pages. */
+    guest_fill_page(g.ram + 30 * MV_PAGE_SIZE, 0);
+    scan(&g);
+    assert_int_equal(share_stats(g.h).zero_in_guest, 1);
+    guest_check_and_destroy(&g);
+}
+
+static const struct CMUnitTest cases[] = {
+    cmocka_unit_test(zero_pages_are_freed_where_the_guest_maps_them),
+    cmocka_unit_test(a_store_before_the_protection_keeps_its_page),
+    cmocka_unit_test(a_store_before_the_unmap_keeps_its_page),
+    cmocka_unit_test(a_page_missing_from_the_guest_mapping_is_read_elsewhere),
+    cmocka_unit_test(a_page_gone_under_the_second_read_leaves_the_run_to_apply),
+    cmocka_unit_test(failed_calls_leave_the_zero_pages_to_apply),
+    cmocka_unit_test(a_protection_not_lifted_costs_a_fault_only),
+    cmocka_unit_test(the_dirty_log_keeps_its_protection),
+};
+
+TU_MAIN(cases)
