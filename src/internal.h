@@ -668,6 +668,12 @@ int mv__ram_read_mapped(struct mv_domain *d, uint64_t gfn, uint64_t n, void *buf
 int mv__ram_save_mapped(struct mv_domain *d, uint64_t gfn, uint64_t n, uint64_t offset);
 /* /proc/PID/pagemap of the process the RAM is mapped in. */
 int mv__ram_pagemap_fd(struct mv_domain *d);
+/* found[i] = 1 for the gfns of [gfn, gfn + n) whose page-table entries in
+ * the RAM's mapping have every category of `categories` (PAGE_IS_PRESENT,
+ * PAGE_IS_WRITTEN...; PAGEMAP_SCAN, Linux 6.7), else 0.  0 or a negative
+ * errno (found[] then partial). */
+int mv__ram_scan_pages(struct mv_domain *d, uint64_t gfn, uint64_t n, uint64_t categories,
+                       uint8_t *found);
 /* A userfaultfd for d's RAM with `features` (besides the domain ones):
  * opened here, or the next one the VMM handed over.  fd or -errno. */
 int mv__ram_uffd(struct mv_domain *d, uint64_t features);

@@ -108,6 +108,35 @@ int mv__ram_pagemap_fd(struct mv_domain *d)
     return d->vmm ? d->vmm->pagemap_fd : d->host->pagemap_fd;
 }
 
+int mv__ram_scan_pages(struct mv_domain *d, uint64_t gfn, uint64_t n, uint64_t categories,
+                       uint8_t *found)
+{
+    struct page_region regions[256];
+    uintptr_t base = (uintptr_t)mv__gfn_addr(d, gfn), start = base;
+    uintptr_t end = base + (n << MV_PAGE_SHIFT);
+
+    memset(found, 0, n);
+    while (start < end) {
+        struct pm_scan_arg arg = {
+            .size = sizeof(arg), .start = start, .end = end,
+            .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
+            .category_mask = categories, .return_mask = categories,
+        };
+        long r = mv__os_pagemap_scan(mv__ram_pagemap_fd(d), &arg);
+
+        if (r < 0)
+            return (int)r;
+        for (long i = 0; i < r; i++)
+            memset(found + ((regions[i].start - base) >> MV_PAGE_SHIFT), 1,
+                   (regions[i].end - regions[i].start) >> MV_PAGE_SHIFT);
+        /* Short of `end` only when the regions ran out. */
+        if (arg.walk_end <= start || arg.walk_end >= end)
+            break;
+        start = arg.walk_end;
+    }
+    return 0;
+}
+
 int mv__ram_uffd(struct mv_domain *d, uint64_t features)
 {
     if (!d->vmm)

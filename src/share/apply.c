@@ -204,29 +204,6 @@ bool mv__share_reads_guest(struct mv_domain *d)
     return false;
 }
 
-/* Which of the gfns [gfn, gfn + n) the guest's mapping has a page for
- * (present[i]).  0, or a negative errno (present[] then all 0). */
-static int guest_present(struct mv_domain *d, uint64_t gfn, uint64_t n, uint8_t *present)
-{
-    struct page_region regions[MV_BLOCK_PAGES / 2];
-    uintptr_t base = (uintptr_t)mv__gfn_addr(d, gfn);
-    struct pm_scan_arg arg = {
-        .size = sizeof(arg), .start = base, .end = base + (n << MV_PAGE_SHIFT),
-        .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
-        .category_mask = PAGE_IS_PRESENT, .return_mask = PAGE_IS_PRESENT,
-    };
-    long r = mv__os_pagemap_scan(mv__ram_pagemap_fd(d), &arg);
-
-    memset(present, 0, n);
-    if (r < 0)
-        return (int)r;
-    /* n pages make at most n / 2 + 1 regions: all fit. */
-    for (long i = 0; i < r; i++)
-        for (uintptr_t p = regions[i].start; p < regions[i].end; p += MV_PAGE_SIZE)
-            present[(p - base) >> MV_PAGE_SHIFT] = 1;
-    return 0;
-}
-
 /* After a read in the guest's mapping met a page missing there, the next
  * chunks ask the page tables first which pages are there (one PAGEMAP_SCAN
  * each, 1-2 us: more than a scan of a chunk that is mostly unique pages
@@ -254,8 +231,10 @@ void mv__share_locate(struct mv_domain *d, uint64_t gfn, uint64_t n, const uint8
             memset(in_guest, 1, n);
         } else {
             sd->guest_presence_checks--;
-            if (guest_present(d, gfn, n, in_guest) < 0)
+            if (mv__ram_scan_pages(d, gfn, n, PAGE_IS_PRESENT, in_guest) < 0) {
+                memset(in_guest, 0, n);
                 mv__share_guest_read_failed(d);
+            }
         }
     }
     for (uint64_t i = 0; i < n; i++) {
@@ -320,32 +299,18 @@ static void protect_marked(struct mv_domain *d, uint64_t gfn, uint64_t n, uint8_
  * write-protected (all of them when the page tables cannot be read). */
 static void unmark_written(struct mv_domain *d, uint64_t gfn, uint64_t n, uint8_t *which)
 {
-    struct page_region regions[MV_BLOCK_PAGES / 2];
-    uintptr_t base = (uintptr_t)mv__gfn_addr(d, gfn), start = base;
-    uintptr_t end = base + (n << MV_PAGE_SHIFT);
+    uint8_t written[MV_BLOCK_PAGES];
+    int rc = mv__ram_scan_pages(d, gfn, n, PAGE_IS_WRITTEN, written);
 
-    while (start < end) {
-        struct pm_scan_arg arg = {
-            .size = sizeof(arg), .start = start, .end = end,
-            .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
-            .category_mask = PAGE_IS_WRITTEN, .return_mask = PAGE_IS_WRITTEN,
-        };
-        long r = mv__os_pagemap_scan(mv__ram_pagemap_fd(d), &arg);
-
-        if (r < 0) {
-            mv__log(d->host, MV_LOG_WARN, "domain %u: cannot tell which pages of gfn "
-                    "%#llx+%llu were written (%s); they are read again through the "
-                    "machine's view", d->domid, (unsigned long long)gfn,
-                    (unsigned long long)n, mv_strerror((int)r));
-            memset(which, 0, n);
-            return;
-        }
-        for (long i = 0; i < r; i++)
-            for (uintptr_t p = regions[i].start; p < regions[i].end; p += MV_PAGE_SIZE)
-                which[(p - base) >> MV_PAGE_SHIFT] = 0;
-        start = r < (long)MV_ARRAY_SIZE(regions) || arg.walk_end <= start ? end
-                                                                         : arg.walk_end;
+    if (rc < 0) {
+        mv__log(d->host, MV_LOG_WARN, "domain %u: cannot tell which pages of gfn %#llx+%llu "
+                "were written (%s); they are read again through the machine's view",
+                d->domid, (unsigned long long)gfn, (unsigned long long)n, mv_strerror(rc));
+        memset(which, 0, n);
+        return;
     }
+    for (uint64_t i = 0; i < n; i++)
+        which[i] &= (uint8_t)!written[i];
 }
 
 /* Read the gfns `zero` marks in [gfn, gfn + n) again through the guest's

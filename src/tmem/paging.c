@@ -389,30 +389,12 @@ static int page_out_batch(struct mv_domain *d, const uint64_t *gfns, unsigned n,
 /* present[g] = 1 when gfn g's translation is present (domain lock held). */
 static int scan_present(struct mv__tmem *t, struct mv_domain *d, uint8_t *present)
 {
-    uint64_t start = (uintptr_t)d->ram, end = start + (d->maxmem_pages << MV_PAGE_SHIFT);
+    uint64_t start = (uintptr_t)d->ram;
 
-    memset(present, 0, d->maxmem_pages);
     if (t->pagemap_scan) {
-        struct page_region regions[256];
+        int rc = mv__ram_scan_pages(d, 0, d->maxmem_pages, PAGE_IS_PRESENT, present);
 
-        while (start < end) {
-            struct pm_scan_arg arg = {
-                .size = sizeof(arg), .start = start, .end = end,
-                .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
-                .category_mask = PAGE_IS_PRESENT, .return_mask = PAGE_IS_PRESENT,
-            };
-            long n = mv__os_pagemap_scan(mv__ram_pagemap_fd(d), &arg);
-
-            if (n < 0)
-                return mv__fail((int)n, "tmem: PAGEMAP_SCAN of domain %u failed", d->domid);
-            for (long i = 0; i < n; i++)
-                memset(present + ((regions[i].start - (uintptr_t)d->ram) >> MV_PAGE_SHIFT), 1,
-                       (regions[i].end - regions[i].start) >> MV_PAGE_SHIFT);
-            if (arg.walk_end <= start)
-                break;
-            start = arg.walk_end;
-        }
-        return 0;
+        return rc < 0 ? mv__fail(rc, "tmem: PAGEMAP_SCAN of domain %u failed", d->domid) : 0;
     }
     for (uint64_t g = 0; g < d->maxmem_pages; g += 512) {
         uint64_t e[512];
