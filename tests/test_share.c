@@ -412,32 +412,6 @@ static void candidate_table_grows_keeping_candidates(void **state)
     mv_host_destroy(h);
 }
 
-/*
- * Stores to and loads from guest RAM from the test's thread, made as a vCPU
- * makes them.  ThreadSanitizer cannot see that the trap orders the fault
- * service's reads and remaps of a page around them, so they are not
- * instrumented (as the built-in guests' are not).
- */
-__attribute__((no_sanitize("thread"), noinline))
-static void guest_store(uint8_t *at, uint8_t value)
-{
-    *(volatile uint8_t *)at = value;
-}
-
-__attribute__((no_sanitize("thread"), noinline))
-static void guest_fill_page(uint8_t *page, uint8_t value)
-{
-    volatile uint64_t *words = (volatile uint64_t *)page;
-
-    for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
-        words[i] = 0x0101010101010101ull * value;
-}
-
-__attribute__((no_sanitize("thread"), noinline))
-static uint8_t guest_load(const uint8_t *at)
-{
-    return *(const volatile uint8_t *)at;
-}
 
 /* Three copies of a content side by side and nowhere else: the first is
  * remembered, the second inserted, and the third, which finds no candidate
@@ -455,8 +429,8 @@ static void three_copies_side_by_side_share_in_one_pass(void **state)
     (void)state;
     assert_ok(mv_domain_ram(h, a, (void **)&ra, &size));
     for (uint64_t g = 4; g < 7; g++)
-        guest_fill_page(ra + g * MV_PAGE_SIZE, 0x5a);
-    guest_fill_page(ra + 20 * MV_PAGE_SIZE, 0x77); /* unique */
+        tu_guest_fill_page(ra + g * MV_PAGE_SIZE, 0x5a);
+    tu_guest_fill_page(ra + 20 * MV_PAGE_SIZE, 0x77); /* unique */
     assert_ok(mv_share_scan(h, 0, &r));
     s = stats(h);
     assert_int_equal(s.shared_frames, 1);
@@ -470,7 +444,7 @@ static void three_copies_side_by_side_share_in_one_pass(void **state)
         assert_ok(mv_domain_read_page(h, a, g, page));
         for (size_t i = 0; i < MV_PAGE_SIZE; i++)
             assert_int_equal(page[i], want);
-        assert_int_equal(guest_load(ra + g * MV_PAGE_SIZE + 99), want);
+        assert_int_equal(tu_guest_load(ra + g * MV_PAGE_SIZE + 99), want);
         if (want == 0x5a)
             assert_int_equal(tu_page_type(h, a, g), MV_PAGE_SHARED);
     }
@@ -495,10 +469,10 @@ static void equal_pages_of_a_block_share_one_frame(void **state)
     (void)state;
     assert_ok(mv_domain_ram(h, a, (void **)&ra, &size));
     assert_ok(mv_domain_ram(h, b, (void **)&rb, &size));
-    guest_fill_page(ra + 5 * MV_PAGE_SIZE, 0x5a);
+    tu_guest_fill_page(ra + 5 * MV_PAGE_SIZE, 0x5a);
     for (uint64_t g = 10; g < 13; g++)
-        guest_fill_page(rb + g * MV_PAGE_SIZE, 0x5a);
-    guest_fill_page(rb + 20 * MV_PAGE_SIZE, 0x77); /* unique */
+        tu_guest_fill_page(rb + g * MV_PAGE_SIZE, 0x5a);
+    tu_guest_fill_page(rb + 20 * MV_PAGE_SIZE, 0x77); /* unique */
     assert_ok(mv_share_scan(h, 0, NULL));
     s = stats(h);
     assert_int_equal(s.shared_frames, 1);
@@ -510,15 +484,15 @@ static void equal_pages_of_a_block_share_one_frame(void **state)
         assert_ok(mv_domain_read_page(h, b, g, page));
         assert_int_equal(page[0], 0x5a);
         assert_int_equal(page[MV_PAGE_SIZE - 1], 0x5a);
-        assert_int_equal(guest_load(rb + g * MV_PAGE_SIZE + 77), 0x5a);
+        assert_int_equal(tu_guest_load(rb + g * MV_PAGE_SIZE + 77), 0x5a);
     }
     assert_int_equal(tu_page_type(h, b, 20), MV_PAGE_RAM);
-    assert_int_equal(guest_load(rb + 20 * MV_PAGE_SIZE), 0x77);
+    assert_int_equal(tu_guest_load(rb + 20 * MV_PAGE_SIZE), 0x77);
     /* A write breaks one copy only. */
-    guest_store(rb + 11 * MV_PAGE_SIZE, 1);
-    assert_int_equal(guest_load(rb + 10 * MV_PAGE_SIZE), 0x5a);
-    assert_int_equal(guest_load(ra + 5 * MV_PAGE_SIZE), 0x5a);
-    assert_int_equal(guest_load(rb + 11 * MV_PAGE_SIZE), 1);
+    tu_guest_store(rb + 11 * MV_PAGE_SIZE, 1);
+    assert_int_equal(tu_guest_load(rb + 10 * MV_PAGE_SIZE), 0x5a);
+    assert_int_equal(tu_guest_load(ra + 5 * MV_PAGE_SIZE), 0x5a);
+    assert_int_equal(tu_guest_load(rb + 11 * MV_PAGE_SIZE), 1);
     assert_ok(mv_share_audit(h));
     assert_ok(mv_domain_audit(h, a));
     assert_ok(mv_domain_audit(h, b));
@@ -548,9 +522,9 @@ static void equal_pages_of_a_block_survive_failures(void **state)
 
             assert_ok(mv_domain_ram(h, a, (void **)&ra, &size));
             assert_ok(mv_domain_ram(h, b, (void **)&rb, &size));
-            guest_fill_page(ra + 5 * MV_PAGE_SIZE, 0x5a);
+            tu_guest_fill_page(ra + 5 * MV_PAGE_SIZE, 0x5a);
             for (uint64_t g = 10; g < 13; g++)
-                guest_fill_page(rb + g * MV_PAGE_SIZE, 0x5a);
+                tu_guest_fill_page(rb + g * MV_PAGE_SIZE, 0x5a);
             mv__os_inject(ops[k], EIO, n, 1);
             rc = mv_share_scan(h, 0, NULL);
             left = mv__os_injection_left(ops[k]);
@@ -561,9 +535,9 @@ static void equal_pages_of_a_block_survive_failures(void **state)
             for (uint64_t g = 10; g < 13; g++) {
                 assert_ok(mv_domain_read_page(h, b, g, page));
                 assert_int_equal(page[0], 0x5a);
-                assert_int_equal(guest_load(rb + g * MV_PAGE_SIZE + 4095), 0x5a);
+                assert_int_equal(tu_guest_load(rb + g * MV_PAGE_SIZE + 4095), 0x5a);
             }
-            assert_int_equal(guest_load(ra + 5 * MV_PAGE_SIZE + 9), 0x5a);
+            assert_int_equal(tu_guest_load(ra + 5 * MV_PAGE_SIZE + 9), 0x5a);
             assert_ok(mv_share_audit(h));
             assert_ok(mv_domain_audit(h, a));
             assert_ok(mv_domain_audit(h, b));
@@ -613,15 +587,15 @@ static void a_stretch_of_matches_survives_failures(void **state)
             assert_ok(mv_domain_ram(h, a, (void **)&ra, &size));
             assert_ok(mv_domain_ram(h, b, (void **)&rb, &size));
             assert_ok(mv_domain_ram(h, c, (void **)&rc, &size));
-            guest_fill_page(ra + 100 * MV_PAGE_SIZE, 0x11);
-            guest_fill_page(ra + 101 * MV_PAGE_SIZE, 0x22);
-            guest_fill_page(rb + 200 * MV_PAGE_SIZE, 0x11);
-            guest_fill_page(rb + 201 * MV_PAGE_SIZE, 0x22);
+            tu_guest_fill_page(ra + 100 * MV_PAGE_SIZE, 0x11);
+            tu_guest_fill_page(ra + 101 * MV_PAGE_SIZE, 0x22);
+            tu_guest_fill_page(rb + 200 * MV_PAGE_SIZE, 0x11);
+            tu_guest_fill_page(rb + 201 * MV_PAGE_SIZE, 0x22);
             assert_ok(mv_share_scan(h, 0, NULL));
             assert_int_equal(stats(h).shared_frames, 2);
             assert_int_equal(stats(h).shared_refs, 4);
             for (uint64_t g = 10; g < 13; g++)
-                guest_fill_page(rc + g * MV_PAGE_SIZE, fills[g - 10]);
+                tu_guest_fill_page(rc + g * MV_PAGE_SIZE, fills[g - 10]);
             mv__os_inject(ops[k], EIO, n, 1);
             (void)mv_share_scan(h, 0, NULL);
             left = mv__os_injection_left(ops[k]);
@@ -630,7 +604,7 @@ static void a_stretch_of_matches_survives_failures(void **state)
                 assert_ok(mv_domain_read_page(h, c, g, page));
                 for (size_t i = 0; i < MV_PAGE_SIZE; i++)
                     assert_int_equal(page[i], fills[g - 10]);
-                assert_int_equal(guest_load(rc + g * MV_PAGE_SIZE + 123), fills[g - 10]);
+                assert_int_equal(tu_guest_load(rc + g * MV_PAGE_SIZE + 123), fills[g - 10]);
                 private += tu_page_type(h, c, g) == MV_PAGE_RAM;
             }
             /* All three or none: a failure in the stretch undoes all of it. */
@@ -646,15 +620,15 @@ static void a_stretch_of_matches_survives_failures(void **state)
             assert_int_equal(st.saved_pages, 5);
             for (uint64_t g = 10; g < 13; g++) {
                 assert_int_equal(tu_page_type(h, c, g), MV_PAGE_SHARED);
-                assert_int_equal(guest_load(rc + g * MV_PAGE_SIZE + 7), fills[g - 10]);
+                assert_int_equal(tu_guest_load(rc + g * MV_PAGE_SIZE + 7), fills[g - 10]);
             }
             /* A write breaks one of the three only. */
-            guest_store(rc + 11 * MV_PAGE_SIZE, 0x33);
-            assert_int_equal(guest_load(rc + 11 * MV_PAGE_SIZE), 0x33);
-            assert_int_equal(guest_load(rc + 11 * MV_PAGE_SIZE + 1), 0x11);
-            assert_int_equal(guest_load(rc + 10 * MV_PAGE_SIZE), 0x11);
-            assert_int_equal(guest_load(rc + 12 * MV_PAGE_SIZE), 0x11);
-            assert_int_equal(guest_load(ra + 100 * MV_PAGE_SIZE), 0x11);
+            tu_guest_store(rc + 11 * MV_PAGE_SIZE, 0x33);
+            assert_int_equal(tu_guest_load(rc + 11 * MV_PAGE_SIZE), 0x33);
+            assert_int_equal(tu_guest_load(rc + 11 * MV_PAGE_SIZE + 1), 0x11);
+            assert_int_equal(tu_guest_load(rc + 10 * MV_PAGE_SIZE), 0x11);
+            assert_int_equal(tu_guest_load(rc + 12 * MV_PAGE_SIZE), 0x11);
+            assert_int_equal(tu_guest_load(ra + 100 * MV_PAGE_SIZE), 0x11);
             assert_ok(mv_share_audit(h));
             assert_ok(mv_host_audit(h));
             mv_host_destroy(h);
@@ -1383,7 +1357,7 @@ static void kernel_copies_settle_into_breaks(void **state)
     /* The source's pages, written directly, then a clone of it. */
     assert_ok(mv_domain_ram(h, src, (void **)&ram, &size));
     for (g = 0; g < pages; g++)
-        guest_fill_page(ram + g * MV_PAGE_SIZE, pattern(g, 0, 0));
+        tu_guest_fill_page(ram + g * MV_PAGE_SIZE, pattern(g, 0, 0));
     assert_ok(mv_domain_pause(h, src));
     assert_int_equal(tu_info(h, src).cow_trapping, 1);
     assert_ok(mv_domain_clone(h, src, "c", &c));
@@ -1399,7 +1373,7 @@ static void kernel_copies_settle_into_breaks(void **state)
      * and nothing is settled until asked. */
     assert_ok(mv_domain_ram(h, c, (void **)&ram, &size));
     for (g = 0; g < pages; g += 2)
-        guest_store(ram + g * MV_PAGE_SIZE + 5, pattern(g, 5, 1));
+        tu_guest_store(ram + g * MV_PAGE_SIZE + 5, pattern(g, 5, 1));
     /* A read sees the write before it is settled (and settles its page). */
     assert_ok(mv_domain_read_page(h, c, 2, buf));
     assert_int_equal(buf[5], pattern(2, 5, 1));
@@ -1426,7 +1400,7 @@ static void kernel_copies_settle_into_breaks(void **state)
      * over when settled. */
     assert_ok(mv_domain_ram(h, src, (void **)&ram, &size));
     for (g = 0; g < pages; g += 4)
-        guest_store(ram + g * MV_PAGE_SIZE + 9, pattern(g, 9, 2));
+        tu_guest_store(ram + g * MV_PAGE_SIZE + 9, pattern(g, 9, 2));
     assert_int_equal(mv_share_settle(h, src), pages / 4);
     assert_int_equal(tu_info(h, src).cow_takeovers, pages / 4);
     assert_ok(mv_host_audit(h));
@@ -1435,7 +1409,7 @@ static void kernel_copies_settle_into_breaks(void **state)
     assert_ok(mv_logdirty_enable(h, c));
     assert_int_equal(tu_info(h, c).cow_trapping, 1);
     assert_ok(mv_domain_ram(h, c, (void **)&ram, &size));
-    guest_store(ram + 3 * MV_PAGE_SIZE + 7, pattern(3, 7, 3));
+    tu_guest_store(ram + 3 * MV_PAGE_SIZE + 7, pattern(3, 7, 3));
     assert_int_equal(tu_info(h, c).faults, faults + 1);
     assert_int_equal(tu_page_type(h, c, 3), MV_PAGE_RAM);
     assert_ok(mv_logdirty_disable(h, c));
@@ -1446,12 +1420,12 @@ static void kernel_copies_settle_into_breaks(void **state)
     info = tu_info(h, c);
     assert_ok(mv_domain_set_target(h, c, (info.populated_pages + 16) * MV_PAGE_SIZE));
     assert_int_equal(tu_info(h, c).cow_trapping, 1);
-    guest_store(ram + 5 * MV_PAGE_SIZE + 7, pattern(5, 7, 3));
+    tu_guest_store(ram + 5 * MV_PAGE_SIZE + 7, pattern(5, 7, 3));
     assert_int_equal(tu_info(h, c).faults, faults + 2);
     assert_ok(mv_domain_set_target(h, c, 16 * MiB));
     assert_ok(mv_share_settle(h, c));
     assert_int_equal(tu_info(h, c).cow_trapping, 0);
-    guest_store(ram + 7 * MV_PAGE_SIZE + 7, pattern(7, 7, 3));
+    tu_guest_store(ram + 7 * MV_PAGE_SIZE + 7, pattern(7, 7, 3));
     assert_int_equal(mv_share_settle(h, c), 1);
     assert_int_equal(tu_info(h, c).faults, faults + 2);
 
@@ -1464,14 +1438,14 @@ static void kernel_copies_settle_into_breaks(void **state)
 
         assert_ok(mv_domain_ram(h, m, (void **)&mram, &size));
         for (g = 0; g < mp; g++)
-            guest_fill_page(mram + g * MV_PAGE_SIZE, pattern(g, 0, 0));
+            tu_guest_fill_page(mram + g * MV_PAGE_SIZE, pattern(g, 0, 0));
         assert_true(mv_share_make_ro_and_share(h, m, 0, mp, NULL) > 0);
         info = tu_info(h, m);
         assert_int_equal(info.shared_pages + info.pod_pages, mp); /* zero: PoD */
         assert_true(info.shared_pages > mp / 2);
         assert_int_equal(info.cow_trapping, 0);
         faults = info.faults;
-        guest_store(mram + 10 * MV_PAGE_SIZE + 1, 0xee);
+        tu_guest_store(mram + 10 * MV_PAGE_SIZE + 1, 0xee);
         assert_int_equal(mv_share_settle(h, m), 1);
         assert_int_equal(tu_info(h, m).faults, faults);
         assert_ok(mv_domain_read_page(h, m, 10, buf));
@@ -1516,7 +1490,7 @@ static void settler_settles_in_the_background(void **state)
     src = kernel_cow_domain(h, "src", 4 * MiB);
     assert_ok(mv_domain_ram(h, src, (void **)&ram, &size));
     for (g = 0; g < pages; g++)
-        guest_fill_page(ram + g * MV_PAGE_SIZE, pattern(g, 0, 0));
+        tu_guest_fill_page(ram + g * MV_PAGE_SIZE, pattern(g, 0, 0));
     assert_ok(mv_domain_pause(h, src));
     assert_ok(mv_domain_clone(h, src, "c", &c));
     assert_ok(mv_domain_unpause(h, src));
@@ -1524,7 +1498,7 @@ static void settler_settles_in_the_background(void **state)
     before = hs.populated_pages;
     assert_ok(mv_domain_ram(h, c, (void **)&ram, &size));
     for (g = 0; g < 100; g++)
-        guest_store(ram + g * 3 * MV_PAGE_SIZE + 1, pattern(g, 1, 1));
+        tu_guest_store(ram + g * 3 * MV_PAGE_SIZE + 1, pattern(g, 1, 1));
     do {
         usleep(10000);
         waited_ms += 10;

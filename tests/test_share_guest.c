@@ -52,27 +52,6 @@ static void arm(enum hook_point point, enum hook_action action, uint8_t *at, uin
     hook_ran = 0;
 }
 
-/* A guest store: through a volatile pointer, like a vCPU's. */
-__attribute__((no_sanitize("thread"), noinline))
-static void guest_store(uint8_t *at, uint8_t value)
-{
-    *(volatile uint8_t *)at = value;
-}
-
-__attribute__((no_sanitize("thread"), noinline))
-static void guest_fill_page(uint8_t *page, uint8_t value)
-{
-    volatile uint64_t *words = (volatile uint64_t *)page;
-
-    for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
-        words[i] = 0x0101010101010101ull * value;
-}
-
-__attribute__((no_sanitize("thread"), noinline))
-static uint8_t guest_load(const uint8_t *at)
-{
-    return *(const volatile uint8_t *)at;
-}
 
 static bool covers(const void *start, size_t length, const uint8_t *at)
 {
@@ -86,7 +65,7 @@ static void run_hook(enum hook_point point, const void *start, size_t length)
     hook_point = HOOK_NONE;
     hook_ran++;
     if (hook_action == HOOK_STORE)
-        guest_store(hook_at, hook_value);
+        tu_guest_store(hook_at, hook_value);
     else
         assert_int_equal(__real_madvise((void *)((uintptr_t)hook_at & ~(uintptr_t)4095),
                                         MV_PAGE_SIZE, MADV_DONTNEED), 0);
@@ -181,11 +160,11 @@ static void guest_make(struct guest *g, const struct mv_host_config *c, bool nee
         g->stored[p] = -1;
         g->want[p] = content_of(p);
         if (p >= ZERO_FIRST && p < DUP_END)
-            guest_fill_page(g->ram + p * MV_PAGE_SIZE, g->want[p]);
+            tu_guest_fill_page(g->ram + p * MV_PAGE_SIZE, g->want[p]);
     }
 }
 
-static void guest_store_recorded(struct guest *g, uint64_t gfn, uint8_t value)
+static void expect_stored(struct guest *g, uint64_t gfn, uint8_t value)
 {
     g->stored[gfn] = value;
 }
@@ -213,9 +192,9 @@ static void guest_check_and_destroy(struct guest *g)
                 fail_msg("gfn %llu byte %zu: %#x, expected %#x", (unsigned long long)p, i,
                          page[i], want);
         }
-        assert_int_equal(guest_load(g->ram + p * MV_PAGE_SIZE + 1), g->want[p]);
+        assert_int_equal(tu_guest_load(g->ram + p * MV_PAGE_SIZE + 1), g->want[p]);
         if (g->stored[p] >= 0)
-            assert_int_equal(guest_load(g->ram + p * MV_PAGE_SIZE), (uint8_t)g->stored[p]);
+            assert_int_equal(tu_guest_load(g->ram + p * MV_PAGE_SIZE), (uint8_t)g->stored[p]);
     }
     assert_ok(mv_share_audit(g->h));
     assert_ok(mv_domain_audit(g->h, g->id));
@@ -252,8 +231,8 @@ static void zero_pages_are_freed_where_the_guest_maps_them(void **state)
     for (uint64_t p = ZERO_FIRST; p < ZERO_END; p++)
         assert_int_equal(tu_page_type(g.h, g.id, p), MV_PAGE_POD);
     /* The pages freed are the guest's again at its next touch. */
-    guest_store(g.ram + 20 * MV_PAGE_SIZE, 0x33);
-    guest_store_recorded(&g, 20, 0x33);
+    tu_guest_store(g.ram + 20 * MV_PAGE_SIZE, 0x33);
+    expect_stored(&g, 20, 0x33);
     guest_check_and_destroy(&g);
 
     tu_host_config(&c, 4 * GiB);
@@ -276,7 +255,7 @@ static void a_store_before_the_protection_keeps_its_page(void **state)
     (void)state;
     guest_make(&g, NULL, true);
     arm(HOOK_BEFORE_PROTECT, HOOK_STORE, g.ram + 40 * MV_PAGE_SIZE, 0x9c);
-    guest_store_recorded(&g, 40, 0x9c);
+    expect_stored(&g, 40, 0x9c);
     scan(&g);
     assert_int_equal(hook_ran, 1);
     s = share_stats(g.h);
@@ -296,7 +275,7 @@ static void a_store_before_the_unmap_keeps_its_page(void **state)
     (void)state;
     guest_make(&g, NULL, true);
     arm(HOOK_BEFORE_UNMAP, HOOK_STORE, g.ram + 41 * MV_PAGE_SIZE, 0x3e);
-    guest_store_recorded(&g, 41, 0x3e);
+    expect_stored(&g, 41, 0x3e);
     scan(&g);
     assert_int_equal(hook_ran, 1);
     s = share_stats(g.h);
@@ -381,7 +360,7 @@ static void failed_calls_leave_the_zero_pages_to_apply(void **state)
         if (cases[i].op == MV_OS_UFFD_REGISTER) {
             assert_int_equal(s.zero_in_guest, 0);
             /* Not tried again: a second scan frees nothing there either. */
-            guest_fill_page(g.ram + 30 * MV_PAGE_SIZE, 0);
+            tu_guest_fill_page(g.ram + 30 * MV_PAGE_SIZE, 0);
             scan(&g);
             assert_int_equal(share_stats(g.h).zero_in_guest, 0);
             assert_int_equal(share_stats(g.h).zero_reclaimed, ZERO_END - ZERO_FIRST + 1);
@@ -406,7 +385,7 @@ static void a_protection_not_lifted_costs_a_fault_only(void **state)
     assert_int_equal(hook_ran, 1);
     assert_int_equal(mv__os_injection_left(MV_OS_UFFD_WRITEPROTECT), 0);
     assert_int_equal(tu_page_type(g.h, g.id, 70), MV_PAGE_RAM);
-    guest_fill_page(g.ram + 70 * MV_PAGE_SIZE, 0x71);
+    tu_guest_fill_page(g.ram + 70 * MV_PAGE_SIZE, 0x71);
     g.want[70] = 0x71;
     guest_check_and_destroy(&g);
 }
@@ -423,7 +402,7 @@ static void the_dirty_log_keeps_its_protection(void **state)
     guest_make(&g, NULL, true);
     assert_ok(mv_logdirty_enable(g.h, g.id));
     for (uint64_t p = ZERO_FIRST; p < DUP_END; p++)
-        guest_fill_page(g.ram + p * MV_PAGE_SIZE, g.want[p]);
+        tu_guest_fill_page(g.ram + p * MV_PAGE_SIZE, g.want[p]);
     scan(&g);
     assert_int_equal(share_stats(g.h).zero_in_guest, 0);
     assert_int_equal(share_stats(g.h).zero_reclaimed, ZERO_END - ZERO_FIRST);
@@ -435,7 +414,7 @@ static void the_dirty_log_keeps_its_protection(void **state)
                      (unsigned long long)p);
     assert_ok(mv_logdirty_disable(g.h, g.id));
     /* Off again: the next scan reads where the guest maps its pages. */
-    guest_fill_page(g.ram + 30 * MV_PAGE_SIZE, 0);
+    tu_guest_fill_page(g.ram + 30 * MV_PAGE_SIZE, 0);
     scan(&g);
     assert_int_equal(share_stats(g.h).zero_in_guest, 1);
     guest_check_and_destroy(&g);

@@ -260,6 +260,34 @@ static inline void tu_verify(mv_host *h, uint32_t id)
 }
 
 /* ------------------------------------------------------------------------ */
+/*
+ * Stores to and loads from guest RAM from the test's thread, made as a vCPU
+ * makes them.  ThreadSanitizer cannot see that the trap orders the fault
+ * service's reads and remaps of a page around them, so they are not
+ * instrumented (as the built-in guests' are not).
+ */
+__attribute__((no_sanitize("thread"), noinline, unused))
+static void tu_guest_store(uint8_t *at, uint8_t value)
+{
+    *(volatile uint8_t *)at = value;
+}
+
+__attribute__((no_sanitize("thread"), noinline, unused))
+static void tu_guest_fill_page(uint8_t *page, uint8_t value)
+{
+    volatile uint64_t *words = (volatile uint64_t *)page;
+
+    for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
+        words[i] = 0x0101010101010101ull * value;
+}
+
+__attribute__((no_sanitize("thread"), noinline, unused))
+static uint8_t tu_guest_load(const uint8_t *at)
+{
+    return *(const volatile uint8_t *)at;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Waiting for another thread without ordering events by sleeping.           */
 
 /* Long enough for anything a test waits for on a loaded machine under a
