@@ -134,6 +134,7 @@
 #define SH_KSM_DIR "/sys/kernel/mm/ksm/"
 #define SH_KSM_STABLE_SCANS 2u
 #define SH_KSM_MAX_POINTS 64u
+#define SH_MAX_ROUNDS 9u
 
 struct share_options {
     bool json;
@@ -148,6 +149,7 @@ struct share_options {
     size_t nimages;
     bool no_real;
     char real_dir[PATH_MAX];    /* captured real guests (scripts/guest-ram.sh) */
+    uint64_t rounds;            /* memvisor and KSM alternated this many times */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -280,6 +282,12 @@ struct share_run {
     struct ksm_state ksm;
     struct ksm_case ksm_aggressive;
     struct ksm_case ksm_default;
+    /* --rounds: each round's figures; mv_scan and ksm_aggressive above are
+     * the round whose time ratio is the median (median_round). */
+    struct share_round {
+        uint64_t mv_ns, mv_cpu_ns, ksm_ns, ksm_cpu_ns;
+    } round[SH_MAX_ROUNDS];
+    unsigned rounds, median_round;
     bool ok;
     /* The captured real guests, measured after the synthetic ones (NULL:
      * not measured, real_reason says why); real: this run is that set. */
@@ -1418,7 +1426,9 @@ static struct json_object *set_json(const struct share_run *run, bool *all_met)
         "that nothing is left); KSM, from run = 1 to the last sample (every sample_ms) "
         "at which pages_sharing or ksm_zero_pages moved; CPU to converge: memvisor, "
         "the process's CPU time (CLOCK_PROCESS_CPUTIME_ID) over the same span; KSM, "
-        "ksmd's utime + stime (/proc/<pid>/stat, 10 ms ticks) at that sample"));
+        "ksmd's utime + stime (/proc/<pid>/stat, 10 ms ticks) at that sample; with "
+        "--rounds N, memvisor and KSM alternate N times and the figures are those of "
+        "the round whose time ratio is the median (rounds lists them all)"));
     json_object_object_add(root, "parameters", params);
     json_object_object_add(root, "ideal", ideal_json(&run->ideal));
     json_object_object_add(root, "zero_pages", json_object_new_string(
@@ -1427,6 +1437,28 @@ static struct json_object *set_json(const struct share_run *run, bool *all_met)
         "KSM's ksm_zero_pages are zero pages mapped to the kernel's zero page, which KSM "
         "does only with use_zero_pages = 1, set for these runs (without it KSM merges "
         "zero pages like any other equal pages and counts them in pages_sharing)"));
+    if (run->rounds > 1) {
+        struct json_object *rounds = json_object_new_array();
+
+        for (unsigned r = 0; r < run->rounds; r++) {
+            const struct share_round *sr = &run->round[r];
+            struct json_object *o = json_object_new_object();
+
+            json_object_object_add(o, "memvisor_converge_ns", u64_json(sr->mv_ns));
+            json_object_object_add(o, "memvisor_cpu_ns", u64_json(sr->mv_cpu_ns));
+            json_object_object_add(o, "ksm_converge_ns", u64_json(sr->ksm_ns));
+            json_object_object_add(o, "ksmd_cpu_ns", u64_json(sr->ksm_cpu_ns));
+            if (sr->ksm_ns && sr->ksm_cpu_ns) {
+                json_object_object_add(o, "time_ratio", json_object_new_double(
+                    (double)sr->mv_ns / (double)sr->ksm_ns));
+                json_object_object_add(o, "cpu_ratio", json_object_new_double(
+                    (double)sr->mv_cpu_ns / (double)sr->ksm_cpu_ns));
+            }
+            json_object_array_add(rounds, o);
+        }
+        json_object_object_add(root, "rounds", rounds);
+        json_object_object_add(root, "median_round", u64_json(run->median_round));
+    }
     json_object_object_add(mv, "scan", mv_case_json(&run->mv_scan));
     json_object_object_add(mv, "hinted", run->mv_hinted.ran ?
                            mv_case_json(&run->mv_hinted) : NULL);
@@ -1550,6 +1582,19 @@ static int report_set_text(const struct share_run *run)
         print_ksm_case(&run->ksm_aggressive);
     if (run->ksm_default.ran)
         print_ksm_case(&run->ksm_default);
+    if (run->rounds > 1) {
+        printf("\nrounds (memvisor / KSM, time; CPU), the median round's shown above:\n");
+        for (unsigned r = 0; r < run->rounds; r++) {
+            const struct share_round *sr = &run->round[r];
+
+            printf("    %u%s %.1f / %.1f ms = %.3f; %.1f / %.1f ms = %.3f\n", r + 1,
+                   r == run->median_round ? "*" : " ", (double)sr->mv_ns / 1e6,
+                   (double)sr->ksm_ns / 1e6,
+                   sr->ksm_ns ? (double)sr->mv_ns / (double)sr->ksm_ns : 0,
+                   (double)sr->mv_cpu_ns / 1e6, (double)sr->ksm_cpu_ns / 1e6,
+                   sr->ksm_cpu_ns ? (double)sr->mv_cpu_ns / (double)sr->ksm_cpu_ns : 0);
+        }
+    }
     printf("\n");
     mv_bench_comparisons_print(stdout, cmp, n);
     printf("\n%s\n", run->ok ? "ok" : "FAILED: see the checks above");
@@ -1565,6 +1610,7 @@ static void print_usage(FILE *out)
         "usage: memvisor bench share [--json] [--guests N] [--guest-mib MIB] [--seed S]\n"
         "                            [--image FILE]... [--no-hint] [--no-ksm]\n"
         "                            [--ksm-defaults] [--real DIR] [--no-real]\n"
+        "                            [--rounds N]\n"
         "\n"
         "Copy-on-write page sharing of guests that look like real ones: what\n"
         "memvisor's scanner saves, how fast and at what CPU cost, against KSM on\n"
@@ -1587,12 +1633,15 @@ static void print_usage(FILE *out)
         "                    $MV_GUEST_RAM, else build/vm/ram); captured first\n"
         "                    with scripts/guest-ram.sh when there are none\n"
         "  --no-real         measure the synthetic guests only\n"
+        "  --rounds N        memvisor and KSM alternated N times (1..%u, default\n"
+        "                    1); the round reported is the one whose time\n"
+        "                    ratio is the median, and every round is listed\n"
         "  --help            this text\n"
         "\n"
         "The synthetic set also measures what one page costs by kind (zero,\n"
         "unique, duplicate) against the kernel's cost of freeing a page.\n",
         GUEST_IMAGE_MAX, GUEST_IMAGE_DEFAULT_GUESTS, GUEST_IMAGE_DEFAULT_MIB,
-        GUEST_IMAGE_DEFAULT_SEED, 900u);
+        GUEST_IMAGE_DEFAULT_SEED, 900u, SH_MAX_ROUNDS);
 }
 
 /* One option other than --json and --help. */
@@ -1631,6 +1680,8 @@ static int parse_option(int opt, const char *arg, void *ctx)
     case 'R':
         o->no_real = true;
         break;
+    case 'n':
+        return mv_bench_parse_u64("share: --rounds", arg, 1, SH_MAX_ROUNDS, &o->rounds);
     }
     return MV_BENCH_OK;
 }
@@ -1648,6 +1699,7 @@ static int parse_options(int argc, char **argv, void *arg, bool *help)
         { "ksm-defaults", no_argument, NULL, 'D' },
         { "real", required_argument, NULL, 'r' },
         { "no-real", no_argument, NULL, 'R' },
+        { "rounds", required_argument, NULL, 'n' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -1656,7 +1708,7 @@ static int parse_options(int argc, char **argv, void *arg, bool *help)
 
     *o = (struct share_options){
         .guests = GUEST_IMAGE_DEFAULT_GUESTS, .guest_mib = GUEST_IMAGE_DEFAULT_MIB,
-        .seed = GUEST_IMAGE_DEFAULT_SEED,
+        .seed = GUEST_IMAGE_DEFAULT_SEED, .rounds = 1,
     };
     if (getenv("MV_GUEST_RAM")) {
         snprintf(o->real_dir, sizeof(o->real_dir), "%s", getenv("MV_GUEST_RAM"));
@@ -1725,6 +1777,74 @@ static int run_ksm(struct share_run *run, struct ksm_case *c)
     return ksm_case_run(run, c);
 }
 
+static double round_ratio(const struct share_round *r)
+{
+    return r->ksm_ns ? (double)r->mv_ns / (double)r->ksm_ns : (double)r->mv_ns;
+}
+
+/*
+ * memvisor's scan and aggressive KSM, alternated --rounds times: on a
+ * shared machine one pair can land in a busy second.  The round kept for
+ * the report is the one whose time ratio is the median (with KSM not
+ * measured, memvisor's median time); every round must pass its checks.
+ */
+static int run_rounds(struct share_run *run)
+{
+    const struct mv_case mv_template = run->mv_scan;
+    const struct ksm_case ksm_template = run->ksm_aggressive;
+    struct mv_case *mv = calloc(run->opt.rounds, sizeof(*mv));
+    struct ksm_case *ksm = calloc(run->opt.rounds, sizeof(*ksm));
+    bool ok = true;
+    int rc = MV_BENCH_OK;
+
+    if (!mv || !ksm) {
+        free(mv);
+        free(ksm);
+        mv_bench_error("share: out of memory");
+        return MV_BENCH_FAILED;
+    }
+    run->rounds = 0;
+    for (unsigned r = 0; rc == MV_BENCH_OK && r < run->opt.rounds; r++) {
+        mv[r] = mv_template;
+        ksm[r] = ksm_template;
+        rc = mv_case_run(run, &mv[r]);
+        if (rc == MV_BENCH_OK)
+            rc = run_ksm(run, &ksm[r]);
+        if (rc != MV_BENCH_OK)
+            break;
+        run->round[r] = (struct share_round){
+            .mv_ns = mv[r].converge_ns, .mv_cpu_ns = mv[r].converge_process_cpu_ns,
+            .ksm_ns = ksm_usable(&ksm[r]) ? ksm[r].converge_ns : 0,
+            .ksm_cpu_ns = ksm_usable(&ksm[r]) ? ksm[r].converge_cpu_ns : 0,
+        };
+        ok = ok && mv[r].ok && (!ksm[r].ran || ksm[r].content_ok);
+        run->rounds = r + 1;
+    }
+    if (run->rounds) {
+        unsigned order[SH_MAX_ROUNDS];
+
+        for (unsigned i = 0; i < run->rounds; i++)
+            order[i] = i;
+        for (unsigned i = 1; i < run->rounds; i++)
+            for (unsigned j = i; j > 0 &&
+                 round_ratio(&run->round[order[j]]) < round_ratio(&run->round[order[j - 1]]); j--) {
+                unsigned t = order[j];
+
+                order[j] = order[j - 1];
+                order[j - 1] = t;
+            }
+        run->median_round = order[(run->rounds - 1) / 2];
+        run->mv_scan = mv[run->median_round];
+        run->ksm_aggressive = ksm[run->median_round];
+        /* A failed check in any round fails the run. */
+        run->mv_scan.ok = run->mv_scan.ok && ok;
+        run->ksm_aggressive.content_ok = run->ksm_aggressive.content_ok && ok;
+    }
+    free(mv);
+    free(ksm);
+    return rc;
+}
+
 /* Every case of one set of guests, KSM put back after; run->ok says
  * whether the checks passed. */
 static int run_cases(struct share_run *run)
@@ -1769,9 +1889,7 @@ static int run_cases(struct share_run *run)
                 "sleep_millisecs = 20 (use_zero_pages = 1)",
     };
     /* memvisor and KSM alternate, so that drift hits both. */
-    rc = mv_case_run(run, &run->mv_scan);
-    if (rc == MV_BENCH_OK)
-        rc = run_ksm(run, &run->ksm_aggressive);
+    rc = run_rounds(run);
     if (rc == MV_BENCH_OK && run->images.synthetic && !run->opt.no_hint)
         rc = mv_case_run(run, &run->mv_hinted);
     if (rc == MV_BENCH_OK && run->opt.ksm_defaults)
