@@ -94,7 +94,7 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
  * Where a scan reads the pages of [gfn, gfn + n) that `take` marks (n <=
  * MV_BLOCK_PAGES, lock held): at[i] is page i's bytes.  In the guest's own
  * mapping (in_guest[i] set: to be read under a guard, mv__ram_guard) when
- * `guest` allows it, d is read so (mv__share_reads_guest) and the page is
+ * `guest` allows it, d is read so (apply.c, reads_guest) and the page is
  * taken to be mapped there; else as the host reads (mv_share_read): in
  * place, or copied out of the machine memfd into this thread's block
  * buffer (which mv__share_apply fills again), or, if that fails (counted
@@ -102,7 +102,6 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
  */
 void mv__share_locate(struct mv_domain *d, uint64_t gfn, uint64_t n, const uint8_t *take,
                       bool guest, const uint8_t **at, uint8_t *in_guest);
-bool mv__share_reads_guest(struct mv_domain *d);
 /* A read through the guest's mapping met a page missing there (or a
  * system call failed): counted in guest_read_fallbacks, and the next reads
  * there ask first which pages it has. */

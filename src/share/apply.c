@@ -15,7 +15,7 @@
  * for nothing.
  *
  * The scanner reads first where the guest maps its pages, when the domain
- * allows it (mv__share_reads_guest), and frees the zero pages it finds
+ * allows it (reads_guest), and frees the zero pages it finds
  * there without the machine's view: write-protect them (asynchronously:
  * a guest write goes through and leaves its page marked written), read them
  * again, unmap them, ask the page tables which were written since the
@@ -184,7 +184,7 @@ static uint64_t reclaim_zero_run(struct mv_domain *d, uint64_t gfn, uint64_t n, 
  * populated pages that leaving that registration makes (8-16 ms a GiB
  * measured).  Lock held.
  */
-bool mv__share_reads_guest(struct mv_domain *d)
+static bool reads_guest(struct mv_domain *d)
 {
     struct mv__share_dom *sd = d->share;
     int rc;
@@ -226,7 +226,7 @@ void mv__share_locate(struct mv_domain *d, uint64_t gfn, uint64_t n, const uint8
 
     mv__assert_held(&d->lock);
     memset(in_guest, 0, n);
-    if (guest && mv__share_reads_guest(d)) {
+    if (guest && reads_guest(d)) {
         if (sd->guest_presence_checks == 0) {
             memset(in_guest, 1, n);
         } else {

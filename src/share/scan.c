@@ -13,7 +13,7 @@
  *
  * Scanning.  The scanner walks every running domain's populated pages, one
  * 2 MiB block at a time, 64 pages at a time, reading them where the guest
- * maps them when the domain allows it (mv__share_reads_guest: nothing to
+ * maps them when the domain allows it (apply.c, reads_guest: nothing to
  * map; a page missing there fails the read under its guard, and the chunk
  * is read again, asking first which pages the guest's mapping has), else
  * as the host's share_read says: in place through the machine's view, or
@@ -489,8 +489,9 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
     if (guest_zeros)
         result->pages_zero += mv__share_reclaim_zero_in_guest(d, lo, n, zero_in_guest);
     for (uint64_t i = 0; i < n; i++) {
-        /* Those freed were unmarked. */
-        if (zero[i] && !(in_guest[i] && !zero_in_guest[i])) {
+        /* Left to apply: zero pages read elsewhere, and those the reclaim
+         * kept marked (it unmarks what it freed). */
+        if (in_guest[i] ? zero_in_guest[i] : zero[i]) {
             actions[i] = MV_ACT_MATCH;
             any = true;
         }

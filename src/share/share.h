@@ -187,7 +187,7 @@ struct mv__share_dom {
     unsigned trap_reasons;
     uint64_t kernel_copies, settle_waiting;
     /* Its pages are never read through its own mapping: registering it for
-     * write protection failed (mv__share_reads_guest; domain lock). */
+     * write protection failed (apply.c, reads_guest; domain lock). */
     bool guest_reads_off;
     /* Chunks left that ask which pages the guest's mapping has before
      * reading there (mv__share_guest_read_failed; domain lock). */
@@ -216,7 +216,7 @@ struct mv__share {
     enum mv_share_read read_mode;
     uint64_t read_in_place_ns, read_copy_ns;
     bool guest_reads;            /* AUTO: pages read where the guest maps
-                                    them first (mv__share_reads_guest) */
+                                    them first (apply.c, reads_guest) */
     uint64_t kernel_copies, settles, settle_ns;
     uint64_t settle_waiting;     /* copies waiting for memory, last pass */
     /* The background settler of MV_COW_KERNEL domains (settler_main). */
