@@ -674,6 +674,24 @@ int mv__ram_pagemap_fd(struct mv_domain *d);
  * errno (found[] then partial). */
 int mv__ram_scan_pages(struct mv_domain *d, uint64_t gfn, uint64_t n, uint64_t categories,
                        uint8_t *found);
+/* What mv__ram_protect_scan found of each page. */
+enum {
+    MV_RAM_MAPPED = 1,    /* a page is mapped */
+    MV_RAM_MARKED = 2,    /* none is, but the entry keeps its protection */
+    MV_RAM_WRITTEN = 4,   /* written since its last protection (or never
+                             protected); protected again now */
+};
+/*
+ * One PAGEMAP_SCAN over [gfn, gfn + n) (n <= MV_BLOCK_PAGES) of RAM
+ * registered for asynchronous write protection: state[i] says what page i's
+ * entry holds (0: nothing, neither a page nor a protection, or a mapping
+ * not registered so, a shared frame's), and every entry is write-protected,
+ * atomically with the question for each page.  A page mapped or marked and
+ * not written has not been written since the previous such scan.  0 or a
+ * negative errno (state[] then unset, nothing protected or part of the
+ * range).
+ */
+int mv__ram_protect_scan(struct mv_domain *d, uint64_t gfn, uint64_t n, uint8_t *state);
 /* A userfaultfd for d's RAM with `features` (besides the domain ones):
  * opened here, or the next one the VMM handed over.  fd or -errno. */
 int mv__ram_uffd(struct mv_domain *d, uint64_t features);

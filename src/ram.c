@@ -137,6 +137,38 @@ int mv__ram_scan_pages(struct mv_domain *d, uint64_t gfn, uint64_t n, uint64_t c
     return 0;
 }
 
+int mv__ram_protect_scan(struct mv_domain *d, uint64_t gfn, uint64_t n, uint8_t *state)
+{
+    struct page_region regions[MV_BLOCK_PAGES];
+    uintptr_t base = (uintptr_t)mv__gfn_addr(d, gfn);
+    struct pm_scan_arg arg = {
+        .size = sizeof(arg),
+        .flags = PM_SCAN_WP_MATCHING,
+        .start = base, .end = base + (n << MV_PAGE_SHIFT),
+        .vec = (uintptr_t)regions, .vec_len = MV_ARRAY_SIZE(regions),
+        /* Mappings of shared frames (the copy-on-write userfaultfd, whose
+         * protection is synchronous) are passed over, not protected. */
+        .category_mask = PAGE_IS_WPALLOWED,
+        .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        .return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_WRITTEN,
+    };
+    /* n regions at most: the walk never stops short for want of room. */
+    long r = mv__os_pagemap_scan(mv__ram_pagemap_fd(d), &arg);
+
+    if (r < 0)
+        return (int)r;
+    memset(state, 0, n);
+    for (long i = 0; i < r; i++) {
+        uint8_t what = (uint8_t)((regions[i].categories & PAGE_IS_PRESENT ? MV_RAM_MAPPED
+                                                                          : MV_RAM_MARKED) |
+                                 (regions[i].categories & PAGE_IS_WRITTEN ? MV_RAM_WRITTEN : 0));
+
+        memset(state + ((regions[i].start - base) >> MV_PAGE_SHIFT), what,
+               (regions[i].end - regions[i].start) >> MV_PAGE_SHIFT);
+    }
+    return 0;
+}
+
 int mv__ram_uffd(struct mv_domain *d, uint64_t features)
 {
     if (!d->vmm)
