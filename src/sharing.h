@@ -53,8 +53,16 @@ uint64_t mv__share_host_metadata(struct mv_host *host);
 int mv__share_release(struct mv_domain *d, uint64_t gfn, enum mv__p2m_type type);
 /* Whether gfn may be shared or scanned (lock held). */
 bool mv__share_excluded(struct mv_domain *d, uint64_t gfn);
-/* The scanner's per-gfn checksum table (lock held); NULL when no memory. */
-uint32_t *mv__share_checksums(struct mv_domain *d);
+/* The scanner's per-gfn hashes (0: none; lock held), with the bitmap of
+ * those known to hold still (mv__share_known); NULL when no memory. */
+uint64_t *mv__share_hashes(struct mv_domain *d);
+/* Whether gfn's hash is known to be its content's: read after the last
+ * protecting scan of its chunk, and neither written by the guest (the scan
+ * says) nor changed by the hypervisor since. */
+bool mv__share_known(struct mv_domain *d, uint64_t gfn);
+void mv__share_set_known(struct mv_domain *d, uint64_t gfn, bool known);
+/* The hypervisor changed [gfn, gfn + n): their hashes are no longer known. */
+void mv__share_forget(struct mv_domain *d, uint64_t gfn, uint64_t n);
 /* Whether an indexed frame has hashes[i] (found[i]), for each i that
  * want[i] marks: probes, bytes are compared later. */
 void mv__share_index_probe_many(struct mv_host *host, const uint64_t *hashes, const bool *want,
@@ -92,26 +100,28 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
                     struct mv__apply_result *result);
 /*
  * Where a scan reads the pages of [gfn, gfn + n) that `take` marks (n <=
- * MV_BLOCK_PAGES, lock held): at[i] is page i's bytes.  In the guest's own
- * mapping (in_guest[i] set: to be read under a guard, mv__ram_guard) when
- * `guest` allows it, d is read so (apply.c, reads_guest) and the page is
- * taken to be mapped there; else as the host reads (mv_share_read): in
- * place, or copied out of the machine memfd into this thread's block
- * buffer (which mv__share_apply fills again), or, if that fails (counted
- * in read_fallbacks; mv_last_error says why), in place.
+ * MV_BLOCK_PAGES, lock held): at[i] is page i's bytes.  When `guest`
+ * allows it and d is read so (apply.c, reads_guest), one protecting scan
+ * (mv__ram_protect_scan) write-protects the range first and says which
+ * pages were written since the last one: a page not written whose hash is
+ * known is not read at all (unchanged[i], at[i] NULL); the other pages
+ * mapped there are read in the guest's own mapping (in_guest[i] set: to be
+ * read under a guard, mv__ram_guard).  The rest are read as the host reads
+ * (mv_share_read): in place, or copied out of the machine memfd into this
+ * thread's block buffer (which mv__share_apply fills again), or, if that
+ * fails (counted in read_fallbacks; mv_last_error says why), in place.
  */
 void mv__share_locate(struct mv_domain *d, uint64_t gfn, uint64_t n, const uint8_t *take,
-                      bool guest, const uint8_t **at, uint8_t *in_guest);
+                      bool guest, const uint8_t **at, uint8_t *in_guest, uint8_t *unchanged);
 /* A read through the guest's mapping met a page missing there (or a
- * system call failed): counted in guest_read_fallbacks, and the next reads
- * there ask first which pages it has. */
+ * system call failed): counted in guest_read_fallbacks. */
 void mv__share_guest_read_failed(struct mv_domain *d);
 /*
- * The gfns of [gfn, gfn + n) marked in zero[] were read all zero through the
- * guest's mapping (lock held, n <= MV_BLOCK_PAGES): free them back to PoD
- * where a second read under write protection finds them still zero and
- * unwritten, unmarking those.  The others are left to mv__share_apply.
- * Returns the pages freed.
+ * The gfns of [gfn, gfn + n) marked in zero[] were read all zero in the
+ * guest's mapping after the protecting scan of mv__share_locate (lock held,
+ * n <= MV_BLOCK_PAGES): unmap them, ask which were written since, free the
+ * others back to PoD and unmark those.  The others are left to
+ * mv__share_apply.  Returns the pages freed.
  */
 uint64_t mv__share_reclaim_zero_in_guest(struct mv_domain *d, uint64_t gfn, uint64_t n,
                                          uint8_t *zero);

@@ -1,14 +1,16 @@
 /*
- * test_share_guest.c - sharing reading pages where the guest maps them: zero
- * pages freed from the guest's own mapping (write-protected between two
- * reads, unmapped, checked unwritten), and every way that can go wrong made
- * certain rather than rare.  This program is linked with ioctl and madvise
- * wrapped (-Wl,--wrap): a test arms a hook that runs once, just before or
- * just after the library's next write protection or unmap, and stores into
- * a guest page there (a vCPU's write racing the scanner) or drops a page
- * from the guest's page table (the kernel reclaiming it).  Each case ends
- * reading back every page, as the machine holds it and as the guest sees
- * it, and with the audits.
+ * test_share_guest.c - sharing reading pages where the guest maps them: each
+ * chunk write-protected by the PAGEMAP_SCAN that asks which of its pages
+ * were written since the last one, the written ones read, zero pages freed
+ * from the guest's own mapping (unmapped, checked unwritten), pages not
+ * written since their last read not read at all; and every way that can go
+ * wrong made certain rather than rare.  This program is linked with ioctl
+ * and madvise wrapped (-Wl,--wrap): a test arms a hook that runs once, just
+ * before or just after the library's next protecting scan or unmap, and
+ * stores into a guest page there (a vCPU's write racing the scanner) or
+ * drops a page from the guest's page table (the kernel reclaiming it).
+ * Each case ends reading back every page, as the machine holds it and as
+ * the guest sees it, and with the audits.
  */
 #include "testutil.h"
 #include "internal.h"
@@ -25,7 +27,7 @@ int __wrap_madvise(void *addr, size_t length, int advice);
 
 enum hook_point {
     HOOK_NONE,
-    HOOK_BEFORE_PROTECT,   /* before the next write protection */
+    HOOK_BEFORE_PROTECT,   /* before the next protecting PAGEMAP_SCAN */
     HOOK_AFTER_PROTECT,    /* after it */
     HOOK_BEFORE_UNMAP,     /* before the next MADV_DONTNEED */
 };
@@ -80,16 +82,16 @@ int __wrap_ioctl(int fd, unsigned long request, ...)
     va_start(ap, request);
     arg = va_arg(ap, void *);
     va_end(ap);
-    if (request == UFFDIO_WRITEPROTECT) {
-        const struct uffdio_writeprotect *wp = arg;
-        bool protect = wp->mode & UFFDIO_WRITEPROTECT_MODE_WP;
-        const void *start = (const void *)(uintptr_t)wp->range.start;
+    if (request == PAGEMAP_SCAN &&
+        (((const struct pm_scan_arg *)arg)->flags & PM_SCAN_WP_MATCHING)) {
+        const struct pm_scan_arg *scan = arg;
+        const void *start = (const void *)(uintptr_t)scan->start;
+        size_t length = scan->end - scan->start;
 
-        if (protect)
-            run_hook(HOOK_BEFORE_PROTECT, start, wp->range.len);
+        run_hook(HOOK_BEFORE_PROTECT, start, length);
         rc = __real_ioctl(fd, request, arg);
-        if (protect && rc == 0)
-            run_hook(HOOK_AFTER_PROTECT, start, wp->range.len);
+        if (rc >= 0)
+            run_hook(HOOK_AFTER_PROTECT, start, length);
         return rc;
     }
     return __real_ioctl(fd, request, arg);
@@ -202,11 +204,12 @@ static void guest_check_and_destroy(struct guest *g)
     mv_host_destroy(g->h);
 }
 
-static void scan(struct guest *g)
+static struct mv_scan_result scan(struct guest *g)
 {
     struct mv_scan_result r;
 
     assert_ok(mv_share_scan(g->h, 0, &r));
+    return r;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -245,8 +248,8 @@ static void zero_pages_are_freed_where_the_guest_maps_them(void **state)
     guest_check_and_destroy(&g);
 }
 
-/* A store between the first read and the write protection: the second read
- * sees it, and the page stays, with the store in it. */
+/* A store just before the protecting scan: the read after it sees it, and
+ * the page stays, with the store in it. */
 static void a_store_before_the_protection_keeps_its_page(void **state)
 {
     struct mv_share_stats s;
@@ -265,8 +268,8 @@ static void a_store_before_the_protection_keeps_its_page(void **state)
     guest_check_and_destroy(&g);
 }
 
-/* A store after the second read, before the unmap: the write protection
- * let it through and marked the page written, so the page stays. */
+/* A store after the read, before the unmap: the write protection let it
+ * through and marked the page written, so the page stays. */
 static void a_store_before_the_unmap_keeps_its_page(void **state)
 {
     struct mv_share_stats s;
@@ -285,9 +288,8 @@ static void a_store_before_the_unmap_keeps_its_page(void **state)
 }
 
 /* A page the kernel took out of the guest's page table before the scan:
- * the read there fails (SIGBUS, back to the guard), the chunk is read again
- * asking first which pages the mapping has, and that page through the
- * machine's view. */
+ * the protecting scan says so, and that page is read through the machine's
+ * view, without a fault. */
 static void a_page_missing_from_the_guest_mapping_is_read_elsewhere(void **state)
 {
     struct mv_share_stats s;
@@ -301,7 +303,7 @@ static void a_page_missing_from_the_guest_mapping_is_read_elsewhere(void **state
                                     MADV_DONTNEED), 0);
     scan(&g);
     s = share_stats(g.h);
-    assert_int_equal(s.guest_read_fallbacks, 1);
+    assert_int_equal(s.guest_read_fallbacks, 0);
     assert_int_equal(s.zero_reclaimed, ZERO_END - ZERO_FIRST);
     assert_int_equal(s.zero_in_guest, ZERO_END - ZERO_FIRST - 1);
     assert_int_equal(tu_page_type(g.h, g.id, 50), MV_PAGE_POD);
@@ -309,10 +311,10 @@ static void a_page_missing_from_the_guest_mapping_is_read_elsewhere(void **state
     guest_check_and_destroy(&g);
 }
 
-/* A page that leaves the guest's page table under the second read: that
- * read fails, and the run's zero pages are freed through the machine's
- * view instead. */
-static void a_page_gone_under_the_second_read_leaves_the_run_to_apply(void **state)
+/* A page that leaves the guest's page table between the protecting scan
+ * and the read: the read fails there (SIGBUS, back to the guard), and the
+ * chunk is read through the machine's view instead. */
+static void a_page_gone_under_the_read_leaves_the_chunk_to_the_machine_view(void **state)
 {
     struct mv_share_stats s;
     struct guest g;
@@ -338,9 +340,9 @@ static void failed_calls_leave_the_zero_pages_to_apply(void **state)
         enum mv__os_op op;
         unsigned skip;
     } cases[] = {
-        { MV_OS_UFFD_WRITEPROTECT, 0 },   /* protecting the first run */
-        { MV_OS_ZAP, 0 },                 /* unmapping it */
-        { MV_OS_PAGEMAP_SCAN, 0 },        /* asking which were written */
+        { MV_OS_PAGEMAP_SCAN, 0 },        /* protecting the first chunk */
+        { MV_OS_ZAP, 0 },                 /* unmapping its zero pages */
+        { MV_OS_PAGEMAP_SCAN, 1 },        /* asking which were written */
         { MV_OS_PUNCH, 0 },               /* freeing them */
         { MV_OS_UFFD_REGISTER, 0 },       /* registering for protection */
     };
@@ -369,24 +371,88 @@ static void failed_calls_leave_the_zero_pages_to_apply(void **state)
     }
 }
 
-/* Lifting the protection of a page left (a store raced the reads) fails:
- * the page keeps it, and the guest's next stores there are let through by
- * the kernel. */
-static void a_protection_not_lifted_costs_a_fault_only(void **state)
+/* A second pass reads no page the guest has not written since the first:
+ * the protecting scan says which were, and the others keep the hash read
+ * then.  A guest read changes nothing; a guest write, or the hypervisor
+ * changing a page (nominated, then unshared: a new mapping), has it read. */
+static void pages_not_written_since_their_last_read_are_not_read_again(void **state)
 {
+    const uint64_t unique = UNIQUE_END - ZERO_END;
+    struct mv_scan_result r;
+    struct guest g;
+    mv_share_handle handle;
+
+    (void)state;
+    guest_make(&g, NULL, true);
+    r = scan(&g);
+    assert_int_equal(r.pages_unchanged, 0);
+    /* Left populated: the unique pages (the zero ones were freed, the
+     * duplicates shared). */
+    r = scan(&g);
+    assert_int_equal(r.pages_scanned, unique);
+    assert_int_equal(r.pages_unchanged, unique);
+    assert_int_equal(tu_guest_load(g.ram + (ZERO_END + 2) * MV_PAGE_SIZE + 5),
+                     g.want[ZERO_END + 2]);
+    tu_guest_store(g.ram + (ZERO_END + 1) * MV_PAGE_SIZE, 0x77);
+    expect_stored(&g, ZERO_END + 1, 0x77);
+    r = scan(&g);
+    assert_int_equal(r.pages_unchanged, unique - 1);
+    assert_int_equal(r.volatile_skips, 1);
+    assert_ok(mv_share_nominate(g.h, g.id, ZERO_END + 3, &handle));
+    assert_ok(mv_share_unshare(g.h, g.id, ZERO_END + 3));
+    r = scan(&g);
+    assert_int_equal(r.pages_unchanged, unique - 1);
+    assert_int_equal(share_stats(g.h).scan_unchanged, 3 * unique - 2);
+    guest_check_and_destroy(&g);
+}
+
+/* What the scanner knew is void where the hypervisor changes a page behind
+ * a protected entry (its bytes rewritten in the machine memory, the event
+ * raised), and everywhere once a mechanism has watched the domain's writes
+ * (it protects pages again without the scanner reading them). */
+static void the_hypervisor_s_changes_void_what_the_scanner_knew(void **state)
+{
+    const uint64_t unique = UNIQUE_END - ZERO_END, changed = ZERO_END + 4;
+    uint8_t page[MV_PAGE_SIZE];
+    struct mv_scan_result r;
+    struct mv_domain *d;
     struct guest g;
 
     (void)state;
     guest_make(&g, NULL, true);
-    arm(HOOK_BEFORE_PROTECT, HOOK_STORE, g.ram + 70 * MV_PAGE_SIZE, 0x71);
-    /* The protection of the run goes through; the lifting after it fails. */
-    mv__os_inject(MV_OS_UFFD_WRITEPROTECT, EIO, 1, 1);
     scan(&g);
-    assert_int_equal(hook_ran, 1);
-    assert_int_equal(mv__os_injection_left(MV_OS_UFFD_WRITEPROTECT), 0);
-    assert_int_equal(tu_page_type(g.h, g.id, 70), MV_PAGE_RAM);
-    tu_guest_fill_page(g.ram + 70 * MV_PAGE_SIZE, 0x71);
-    g.want[70] = 0x71;
+    assert_int_equal(scan(&g).pages_unchanged, unique);
+    d = mv__domain_get(g.h, g.id);
+    assert_non_null(d);
+    mv__mutex_lock(&d->lock);
+    g.want[changed] = 0xd7;
+    memset(page, g.want[changed], sizeof(page));
+    assert_int_equal(pwrite(g.h->machine.memfd, page, sizeof(page),
+                            (off_t)((d->base_mfn + changed) << MV_PAGE_SHIFT)),
+                     (ssize_t)sizeof(page));
+    mv__domain_pages_changed(d, changed, 1);
+    mv__mutex_unlock(&d->lock);
+    r = scan(&g);
+    assert_int_equal(r.pages_unchanged, unique - 1);
+    assert_int_equal(r.volatile_skips, 1);
+
+    /* A watcher that protects a written page again: the scan cannot tell
+     * it was written, so it reads every page. */
+    tu_guest_store(g.ram + (ZERO_END + 5) * MV_PAGE_SIZE, 0x5a);
+    expect_stored(&g, ZERO_END + 5, 0x5a);
+    mv__mutex_lock(&d->lock);
+    assert_ok(mv__domain_writes_watched(d, true));
+    {
+        uint8_t st[UNIQUE_END - ZERO_END];
+
+        assert_ok(mv__ram_protect_scan(d, ZERO_END, unique, st));
+    }
+    assert_ok(mv__domain_writes_watched(d, false));
+    mv__mutex_unlock(&d->lock);
+    mv__domain_put(d);
+    r = scan(&g);
+    assert_int_equal(r.pages_unchanged, 0);
+    assert_int_equal(r.volatile_skips, 1);
     guest_check_and_destroy(&g);
 }
 
@@ -413,9 +479,11 @@ static void the_dirty_log_keeps_its_protection(void **state)
             fail_msg("gfn %llu was written and is not reported dirty",
                      (unsigned long long)p);
     assert_ok(mv_logdirty_disable(g.h, g.id));
-    /* Off again: the next scan reads where the guest maps its pages. */
+    /* Off again: the next scan reads where the guest maps its pages, every
+     * one of them (the dirty log protected them again meanwhile, so the
+     * scan cannot tell which were written). */
     tu_guest_fill_page(g.ram + 30 * MV_PAGE_SIZE, 0);
-    scan(&g);
+    assert_int_equal(scan(&g).pages_unchanged, 0);
     assert_int_equal(share_stats(g.h).zero_in_guest, 1);
     guest_check_and_destroy(&g);
 }
@@ -425,9 +493,10 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(a_store_before_the_protection_keeps_its_page),
     cmocka_unit_test(a_store_before_the_unmap_keeps_its_page),
     cmocka_unit_test(a_page_missing_from_the_guest_mapping_is_read_elsewhere),
-    cmocka_unit_test(a_page_gone_under_the_second_read_leaves_the_run_to_apply),
+    cmocka_unit_test(a_page_gone_under_the_read_leaves_the_chunk_to_the_machine_view),
     cmocka_unit_test(failed_calls_leave_the_zero_pages_to_apply),
-    cmocka_unit_test(a_protection_not_lifted_costs_a_fault_only),
+    cmocka_unit_test(pages_not_written_since_their_last_read_are_not_read_again),
+    cmocka_unit_test(the_hypervisor_s_changes_void_what_the_scanner_knew),
     cmocka_unit_test(the_dirty_log_keeps_its_protection),
 };
 

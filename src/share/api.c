@@ -50,7 +50,8 @@ static uint64_t share_domain_metadata(struct mv_domain *d)
     return sizeof(*sd) + used * sizeof(struct mv__share_block) +
            (blocks + 63) / 64 * sizeof(uint64_t) +
            (sd->excluded ? (d->maxmem_pages + 63) / 64 * sizeof(uint64_t) : 0) +
-           (sd->checksums ? d->maxmem_pages * sizeof(*sd->checksums) : 0);
+           (sd->hashes ? d->maxmem_pages * sizeof(*sd->hashes) : 0) +
+           (sd->known ? (d->maxmem_pages + 63) / 64 * sizeof(uint64_t) : 0);
 }
 
 uint64_t mv__share_host_metadata(struct mv_host *h)

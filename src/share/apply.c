@@ -15,11 +15,13 @@
  * for nothing.
  *
  * The scanner reads first where the guest maps its pages, when the domain
- * allows it (reads_guest), and frees the zero pages it finds
- * there without the machine's view: write-protect them (asynchronously:
- * a guest write goes through and leaves its page marked written), read them
- * again, unmap them, ask the page tables which were written since the
- * protection (PAGEMAP_SCAN), free the others (mv__share_reclaim_zero_in_guest).
+ * allows it (reads_guest): each chunk is write-protected, asynchronously (a
+ * guest write goes through and leaves its page marked written), by the
+ * PAGEMAP_SCAN that says which of its pages were written since the last one
+ * (mv__share_locate); pages not written since the scanner read them are not
+ * read again; the others are read there, and the zero ones freed without
+ * the machine's view: unmap them, ask the page tables which were written
+ * since the protection, free the others (mv__share_reclaim_zero_in_guest).
  * That saves mapping each page into the machine's view and unmapping it
  * again: about 0.2 us of a zero page's 1.  What it leaves (a page written
  * meanwhile, a failure) comes here with the rest.
@@ -28,8 +30,8 @@
  * compared byte for byte: a write that completed before the unmap is in the
  * bytes compared, none can land after (its access traps and waits for the
  * domain lock).  A zero page is freed only when it read zero after it was
- * unmapped, or after it was write-protected with no write since (then its
- * bytes at the unmap are the bytes read).
+ * unmapped, or when it read zero after it was write-protected and was not
+ * written since (then its bytes at the unmap are the bytes read).
  *
  * Locking: the domain lock held; the share lock taken for the decision and
  * the remaps.
@@ -175,8 +177,9 @@ static uint64_t reclaim_zero_run(struct mv_domain *d, uint64_t gfn, uint64_t n, 
  * each page and unmap it again when it is freed (about 0.2 us of a zero
  * page's 1).  It takes a domain whose faults raise SIGBUS (in_thread: a page
  * the kernel unmaps under the read makes the read fail instead of waiting
- * for the lock the reader holds), asynchronous write protection (the check
- * before a zero page is freed, mv__share_reclaim_zero_in_guest) and no
+ * for the lock the reader holds), asynchronous write protection (each
+ * chunk's protecting scan, mv__share_locate, and the check before a zero
+ * page is freed, mv__share_reclaim_zero_in_guest) and no
  * mechanism watching its writes (the dirty log owns the protection then),
  * on a host that left the way of reading to the library (MV_SHARE_READ_AUTO).
  * RAM is registered for write protection at the first such read, for good:
@@ -204,48 +207,46 @@ static bool reads_guest(struct mv_domain *d)
     return false;
 }
 
-/* After a read in the guest's mapping met a page missing there, the next
- * chunks ask the page tables first which pages are there (one PAGEMAP_SCAN
- * each, 1-2 us: more than a scan of a chunk that is mostly unique pages
- * costs otherwise); until then every populated page is taken to be. */
-#define GUEST_PRESENCE_CHUNKS 256
-
 void mv__share_guest_read_failed(struct mv_domain *d)
 {
-    d->share->guest_presence_checks = GUEST_PRESENCE_CHUNKS;
     __atomic_fetch_add(&d->host->share->guest_read_fallbacks, 1, __ATOMIC_RELAXED);
 }
 
 void mv__share_locate(struct mv_domain *d, uint64_t gfn, uint64_t n, const uint8_t *take,
-                      bool guest, const uint8_t **at, uint8_t *in_guest)
+                      bool guest, const uint8_t **at, uint8_t *in_guest, uint8_t *unchanged)
 {
-    struct mv__share_dom *sd = d->share;
-    uint8_t rest[MV_BLOCK_PAGES];
+    uint8_t rest[MV_BLOCK_PAGES], state[MV_BLOCK_PAGES];
     const uint8_t *block;
     bool any_rest = false;
+    int rc;
 
     mv__assert_held(&d->lock);
     memset(in_guest, 0, n);
+    memset(unchanged, 0, n);
     if (guest && reads_guest(d)) {
-        if (sd->guest_presence_checks == 0) {
-            memset(in_guest, 1, n);
-        } else {
-            sd->guest_presence_checks--;
-            if (mv__ram_scan_pages(d, gfn, n, PAGE_IS_PRESENT, in_guest) < 0) {
-                memset(in_guest, 0, n);
-                mv__share_guest_read_failed(d);
+        rc = mv__ram_protect_scan(d, gfn, n, state);
+        if (rc == 0) {
+            for (uint64_t i = 0; i < n; i++) {
+                unchanged[i] = take[i] && (state[i] & (MV_RAM_MAPPED | MV_RAM_MARKED)) &&
+                               !(state[i] & MV_RAM_WRITTEN) && mv__share_known(d, gfn + i);
+                in_guest[i] = take[i] && !unchanged[i] && (state[i] & MV_RAM_MAPPED);
             }
+        } else {
+            mv__share_guest_read_failed(d);
+            mv__log(d->host, MV_LOG_WARN, "domain %u: cannot write-protect gfn %#llx+%llu "
+                    "and ask which of its pages were written (%s); they are read through "
+                    "the machine's view", d->domid, (unsigned long long)gfn,
+                    (unsigned long long)n, mv_strerror(rc));
         }
     }
     for (uint64_t i = 0; i < n; i++) {
-        in_guest[i] = in_guest[i] && take[i];
-        rest[i] = take[i] && !in_guest[i];
+        rest[i] = take[i] && !in_guest[i] && !unchanged[i];
         any_rest |= rest[i];
     }
     block = any_rest ? read_block(d, gfn, n, rest) : NULL;
     for (uint64_t i = 0; i < n; i++)
         at[i] = in_guest[i] ? mv__gfn_addr(d, gfn + i)
-              : block ? block + (i << MV_PAGE_SHIFT) : NULL;
+              : rest[i] && block ? block + (i << MV_PAGE_SHIFT) : NULL;
 }
 
 /* The next run of marked entries at or after *i in [0, n): [*start, *i). */
@@ -270,31 +271,6 @@ static void zap_marked(struct mv_domain *d, uint64_t gfn, uint64_t n, uint8_t *w
             memset(which + start, 0, i - start);
 }
 
-/* Write-protect (or not) the gfns `which` marks in [gfn, gfn + n), a run at
- * a time; with `protect`, those that could not be are unmarked. */
-static void protect_marked(struct mv_domain *d, uint64_t gfn, uint64_t n, uint8_t *which,
-                           bool protect)
-{
-    for (uint64_t i = 0, start; next_marked_run(which, n, &i, &start);) {
-        int rc = mv__os_uffd_writeprotect(d->uffd, mv__gfn_addr(d, gfn + start),
-                                          (i - start) << MV_PAGE_SHIFT, protect);
-
-        if (rc == 0)
-            continue;
-        if (protect) {
-            memset(which + start, 0, i - start);
-            mv__share_guest_read_failed(d);
-        }
-        mv__log(d->host, MV_LOG_WARN, protect ?
-                "domain %u: cannot write-protect gfn %#llx+%llu (%s); its zero pages "
-                "are read again through the machine's view" :
-                "domain %u: cannot lift the write protection of gfn %#llx+%llu (%s): "
-                "the guest's next write to each of its pages takes a fault in the kernel",
-                d->domid, (unsigned long long)(gfn + start),
-                (unsigned long long)(i - start), mv_strerror(rc));
-    }
-}
-
 /* Unmark the gfns of [gfn, gfn + n) written since the run was
  * write-protected (all of them when the page tables cannot be read). */
 static void unmark_written(struct mv_domain *d, uint64_t gfn, uint64_t n, uint8_t *which)
@@ -313,37 +289,15 @@ static void unmark_written(struct mv_domain *d, uint64_t gfn, uint64_t n, uint8_
         which[i] &= (uint8_t)!written[i];
 }
 
-/* Read the gfns `zero` marks in [gfn, gfn + n) again through the guest's
- * mapping (write-protected now) and mark in still[] those all zero; none
- * when a page left the page table (the guard's fault). */
-static void mark_still_zero(struct mv_domain *d, uint64_t gfn, uint64_t n,
-                            const uint8_t *zero, uint8_t *still)
-{
-    struct mv__ram_guard guard;
-    const uint8_t *at = mv__gfn_addr(d, gfn);
-
-    if (mv__ram_guard_faulted(&guard)) {
-        memset(still, 0, n);
-        mv__share_guest_read_failed(d);
-        return;
-    }
-    mv__ram_guard_arm(&guard, at, n << MV_PAGE_SHIFT);
-    for (uint64_t i = 0; i < n; i++)
-        still[i] = zero[i] && mv__page_is_zero(at + (i << MV_PAGE_SHIFT));
-    mv__ram_guard_disarm();
-}
-
 uint64_t mv__share_reclaim_zero_in_guest(struct mv_domain *d, uint64_t gfn, uint64_t n,
                                          uint8_t *zero)
 {
     struct mv__share *s = d->host->share;
-    uint8_t protected[MV_BLOCK_PAGES], still[MV_BLOCK_PAGES];
+    uint8_t still[MV_BLOCK_PAGES];
     uint64_t freed = 0;
 
     mv__assert_held(&d->lock);
-    memcpy(protected, zero, n);
-    protect_marked(d, gfn, n, protected, true);
-    mark_still_zero(d, gfn, n, protected, still);
+    memcpy(still, zero, n);
     zap_marked(d, gfn, n, still);
     unmark_written(d, gfn, n, still);
     for (uint64_t i = 0, start; next_marked_run(still, n, &i, &start);) {
@@ -351,14 +305,8 @@ uint64_t mv__share_reclaim_zero_in_guest(struct mv_domain *d, uint64_t gfn, uint
         uint64_t done = reclaim_zero_run(d, gfn + start, i - start, &error);
 
         memset(zero + start, 0, done);
-        memset(protected + start, 0, done);
         freed += done;
     }
-    /* A gfn freed keeps a write-protect marker in the guest's page table,
-     * which its next population replaces.  The other protected ones (a
-     * page written between the two reads, or a failure) are unprotected:
-     * their writes would take a fault in the kernel. */
-    protect_marked(d, gfn, n, protected, false);
     if (freed) {
         mv__mutex_lock(&s->lock);
         s->zero_reclaimed += freed;

@@ -61,8 +61,11 @@ static void share_room_changed(struct mv_domain *d)
         mv__share_check_room(d);
 }
 
+/* The dirty log protects pages again without the scanner reading them: what
+ * the scanner knew of which pages held still is void, either way. */
 static int share_writes_watched(struct mv_domain *d, bool on)
 {
+    mv__share_forget(d, 0, d->maxmem_pages);
     return mv__share_cow_trap(d, MV__COW_TRAP_LOGDIRTY, on);
 }
 
@@ -83,4 +86,5 @@ const struct mv__mechanism mv__share_mechanism = {
     .domain_unpause = share_unpause,
     .room_changed = share_room_changed,
     .writes_watched = share_writes_watched,
+    .pages_changed = mv__share_forget,
 };

@@ -17,8 +17,8 @@
  *   once per domain its region names.
  *
  * Locking: tables, reverse maps and the registry under share->lock; a gfn
- * changes to or from SHARED under its domain's lock as well.  excluded and
- * checksums: domain lock.
+ * changes to or from SHARED under its domain's lock as well.  excluded,
+ * hashes and known: domain lock.
  */
 #include "share.h"
 
@@ -192,7 +192,8 @@ void mv__share_domain_destroy(struct mv_domain *d)
     mv__os_unmap(sd->table, sd->table_bytes);
     free(sd->table_used);
     free(sd->excluded);
-    free(sd->checksums);
+    free(sd->hashes);
+    free(sd->known);
     free(sd);
     d->share = NULL;
 }
@@ -204,9 +205,52 @@ bool mv__share_excluded(struct mv_domain *d, uint64_t gfn)
     return x && (x[gfn / 64] >> (gfn % 64) & 1);
 }
 
-uint32_t *mv__share_checksums(struct mv_domain *d)
+uint64_t *mv__share_hashes(struct mv_domain *d)
 {
-    if (!d->share->checksums)
-        d->share->checksums = mv__calloc(d->maxmem_pages, sizeof(uint32_t));
-    return d->share->checksums;
+    struct mv__share_dom *sd = d->share;
+
+    if (!sd->hashes) {
+        sd->hashes = mv__calloc(d->maxmem_pages, sizeof(*sd->hashes));
+        sd->known = sd->hashes ? mv__calloc((d->maxmem_pages + 63) / 64, sizeof(uint64_t))
+                               : NULL;
+        if (!sd->known) {
+            free(sd->hashes);
+            sd->hashes = NULL;
+        }
+    }
+    return sd->hashes;
+}
+
+bool mv__share_known(struct mv_domain *d, uint64_t gfn)
+{
+    const uint64_t *k = d->share->known;
+
+    return k && (k[gfn / 64] >> (gfn % 64) & 1);
+}
+
+void mv__share_set_known(struct mv_domain *d, uint64_t gfn, bool known)
+{
+    uint64_t *k = d->share->known;
+
+    if (!k)
+        return;
+    if (known)
+        k[gfn / 64] |= 1ull << (gfn % 64);
+    else
+        k[gfn / 64] &= ~(1ull << (gfn % 64));
+}
+
+void mv__share_forget(struct mv_domain *d, uint64_t gfn, uint64_t n)
+{
+    uint64_t *k = d->share ? d->share->known : NULL;
+
+    for (uint64_t g = gfn; k && g < gfn + n;) {
+        if (g % 64 == 0 && gfn + n - g >= 64) {
+            k[g / 64] = 0;
+            g += 64;
+        } else {
+            k[g / 64] &= ~(1ull << (g % 64));
+            g++;
+        }
+    }
 }

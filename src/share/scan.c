@@ -14,8 +14,12 @@
  * Scanning.  The scanner walks every running domain's populated pages, one
  * 2 MiB block at a time, 64 pages at a time, reading them where the guest
  * maps them when the domain allows it (apply.c, reads_guest: nothing to
- * map; a page missing there fails the read under its guard, and the chunk
- * is read again, asking first which pages the guest's mapping has), else
+ * map; the chunk is write-protected first by the page-table scan that says
+ * which of its pages are mapped there and which were written since the
+ * last such scan: a page not written since the scanner read it keeps that
+ * read's hash and is not read again; a page that leaves the mapping under
+ * the read fails it under its guard, and the chunk is read again through
+ * the machine's view), else
  * as the host's share_read says: in place through the machine's view, or
  * copied out of the machine memfd (a system call per run; nothing is
  * mapped; should the copy fail, the block is read in place).  Nothing is
@@ -107,7 +111,7 @@ struct mv__scanner {
     pthread_t thread;
     bool running, stop;
     struct mv_scanner_config config;
-    uint64_t passes, pages, volatile_skips, cpu_ns, hinted, last_pass_pages;
+    uint64_t passes, pages, volatile_skips, unchanged, cpu_ns, hinted, last_pass_pages;
     uint64_t last_pass_ns;
 };
 
@@ -444,12 +448,13 @@ static bool check_pages(struct mv_domain *d, uint64_t lo, uint64_t n, const uint
 /* Scan [lo, hi) of d, at most SCAN_CHUNK_PAGES populated or not (its lock
  * held), and share what it found. */
 static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t hi,
-                       uint32_t *checksums, struct mv_scan_result *result)
+                       uint64_t *seen, struct mv_scan_result *result)
 {
     struct mv__scanner *sc = host->scanner;
     const uint64_t n = hi - lo;
     uint8_t actions[SCAN_CHUNK_PAGES], take[SCAN_CHUNK_PAGES], zero[SCAN_CHUNK_PAGES];
     uint8_t in_guest[SCAN_CHUNK_PAGES], zero_in_guest[SCAN_CHUNK_PAGES];
+    uint8_t unchanged[SCAN_CHUNK_PAGES], read[SCAN_CHUNK_PAGES];
     const uint8_t *at[SCAN_CHUNK_PAGES];
     uint64_t hashes[SCAN_CHUNK_PAGES];
     bool hashed[SCAN_CHUNK_PAGES], indexed[SCAN_CHUNK_PAGES];
@@ -466,16 +471,19 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
      * reading again once the page is unmapped, turns down. */
     for (uint64_t g = lo; g < hi; g++)
         take[g - lo] = d->p2m[g] == MV_P2M_RAM && !mv__share_excluded(d, g);
-    /* Zero pages and the hashes of the others, read where the guest has
-     * them mapped or else through the machine's view (a page missing from
-     * the guest's mapping fails the read there: once more, asking first
-     * which pages it has, then through the machine's view); then every
-     * hash is looked up in the index at once (mv__share_index_probe_many),
-     * so that the index's cache misses overlap. */
+    /* Zero pages and the hashes of the others: a page the guest has not
+     * written since its last read keeps the hash read then; the others are
+     * read where the guest has them mapped, or else through the machine's
+     * view (a page that leaves the guest's mapping under the read fails it
+     * there: once more, through the machine's view).  Then every hash is
+     * looked up in the index at once (mv__share_index_probe_many), so that
+     * the index's cache misses overlap. */
     for (unsigned attempt = 0;; attempt++) {
-        mv__share_locate(d, lo, n, take, attempt < 2, at, in_guest);
+        mv__share_locate(d, lo, n, take, attempt == 0, at, in_guest, unchanged);
         guest = memchr(in_guest, 1, n) != NULL;
-        if (check_pages(d, lo, n, take, at, guest, zero, hashed, hashes))
+        for (uint64_t i = 0; i < n; i++)
+            read[i] = take[i] && !unchanged[i];
+        if (check_pages(d, lo, n, read, at, guest, zero, hashed, hashes))
             break;
         mv__share_guest_read_failed(d);
     }
@@ -483,6 +491,16 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
         result->pages_scanned += take[i];
         zero_in_guest[i] = zero[i] && in_guest[i];
         guest_zeros |= zero_in_guest[i];
+        if (unchanged[i]) {
+            hashes[i] = seen[lo + i];
+            hashed[i] = true;
+            result->pages_unchanged++;
+        } else if (seen && read[i]) {
+            /* Its hash holds until the guest writes it (a protecting scan
+             * says so: a page never protected since counts as written) or
+             * the hypervisor changes it (mv__share_forget). */
+            mv__share_set_known(d, lo + i, hashed[i]);
+        }
     }
     /* Zero pages read through the guest's mapping are freed from there;
      * what that leaves goes to apply with the rest. */
@@ -500,16 +518,14 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
     for (uint64_t g = lo; g < hi; g++) {
         uint64_t hash = hashes[g - lo];
         struct candidate *c;
-        uint32_t sum;
 
         if (!hashed[g - lo])
             continue;
-        sum = (uint32_t)(hash >> 32) | 1;
-        if (checksums) {
-            uint32_t previous = checksums[g];
+        if (seen) {
+            uint64_t previous = seen[g];
 
-            checksums[g] = sum;
-            if (previous && previous != sum) {
+            seen[g] = hash;
+            if (previous && previous != hash) {
                 result->volatile_skips++;
                 continue;
             }
@@ -545,7 +561,7 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
                        struct mv_scan_result *result)
 {
     uint64_t end = MV_MIN(first + MV_BLOCK_PAGES, d->maxmem_pages), lo = first, hi = end;
-    uint32_t *checksums;
+    uint64_t *seen;
 
     while (lo < hi && d->p2m[lo] != MV_P2M_RAM)
         lo++;
@@ -553,9 +569,9 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
         hi--;
     if (lo == hi)
         return;
-    checksums = mv__share_checksums(d);
+    seen = mv__share_hashes(d);
     for (uint64_t at = lo; at < hi; at += SCAN_CHUNK_PAGES)
-        scan_chunk(host, d, at, MV_MIN(at + SCAN_CHUNK_PAGES, hi), checksums, result);
+        scan_chunk(host, d, at, MV_MIN(at + SCAN_CHUNK_PAGES, hi), seen, result);
 }
 
 /*
@@ -620,6 +636,7 @@ static void account(struct mv__scanner *sc, const struct mv_scan_result *r, uint
     mv__mutex_lock(&sc->lock);
     sc->pages += r->pages_scanned;
     sc->volatile_skips += r->volatile_skips;
+    sc->unchanged += r->pages_unchanged;
     sc->hinted += r->hinted_pages;
     sc->cpu_ns += cpu;
     mv__mutex_unlock(&sc->lock);
@@ -773,6 +790,7 @@ void mv__scanner_stats(mv_host *host, struct mv_share_stats *out)
     out->scan_passes = sc->passes;
     out->scan_pages = sc->pages;
     out->scan_volatile = sc->volatile_skips;
+    out->scan_unchanged = sc->unchanged;
     out->scan_cpu_ns = sc->cpu_ns;
     out->scan_rate = sc->last_pass_ns ? (double)sc->last_pass_pages * 1e9 /
                                         (double)sc->last_pass_ns : 0.0;

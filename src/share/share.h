@@ -179,7 +179,12 @@ struct mv__share_dom {
     struct mv__share_region *pending_region;  /* whose pending frames it maps */
     uint64_t *excluded;          /* bitmap; domain lock */
     uint64_t excluded_count;
-    uint32_t *checksums;         /* scanner; domain lock */
+    /* The scanner's (domain lock): each gfn's hash when last read (0:
+     * none), and which of those still hold: read after the protecting
+     * scan of its chunk (apply.c, mv__share_locate) and not changed by the
+     * hypervisor since (the pages_changed event clears them). */
+    uint64_t *hashes;
+    uint64_t *known;
     uint64_t cow_breaks, cow_takeovers, cow_nocopy; /* domain lock */
     /* MV_COW_KERNEL (domain lock): why its shared gfns trap now (enum
      * mv__cow_trap bits; none: the kernel copies on write), copies settled,
@@ -189,9 +194,6 @@ struct mv__share_dom {
     /* Its pages are never read through its own mapping: registering it for
      * write protection failed (apply.c, reads_guest; domain lock). */
     bool guest_reads_off;
-    /* Chunks left that ask which pages the guest's mapping has before
-     * reading there (mv__share_guest_read_failed; domain lock). */
-    unsigned guest_presence_checks;
 };
 
 struct mv__share {
