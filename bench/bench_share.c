@@ -1265,6 +1265,7 @@ static struct json_object *mv_case_json(const struct mv_case *c)
         json_object_object_add(po, "pages_shared", u64_json(ps->res.pages_shared));
         json_object_object_add(po, "pages_zero", u64_json(ps->res.pages_zero));
         json_object_object_add(po, "volatile_skips", u64_json(ps->res.volatile_skips));
+        json_object_object_add(po, "pages_unchanged", u64_json(ps->res.pages_unchanged));
         json_object_object_add(po, "hinted_pages", u64_json(ps->res.hinted_pages));
         json_object_object_add(po, "elapsed_ns", u64_json(ps->res.elapsed_ns));
         json_object_object_add(po, "end_ns", u64_json(ps->wall_ns));

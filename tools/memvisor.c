@@ -1732,15 +1732,20 @@ static void print_share_stats(struct json_object *reply)
            field_u64(s, "clone_pending_frames"));
     printf("hints: %" PRIu64 " ranges pending, %" PRIu64 " pages processed\n",
            field_u64(s, "hints_pending"), field_u64(s, "hinted_pages"));
-    printf("scanner: %s; %" PRIu64 " passes, %" PRIu64 " pages, %" PRIu64 " volatile, "
+    printf("scanner: %s; %" PRIu64 " passes, %" PRIu64 " pages (%" PRIu64 " not read again: "
+           "unwritten since), %" PRIu64 " volatile, "
            "%.3f s of CPU, %.0f pages/s over the last pass; %" PRIu64 " blocks read in "
            "place because copying them out failed; %" PRIu64 " candidate slots (%" PRIu64
            " KiB)\n",
            field_bool(s, "scanner_running") ? "running" : "stopped",
            field_u64(s, "scan_passes"), field_u64(s, "scan_pages"),
+           field_u64(s, "scan_unchanged"),
            field_u64(s, "scan_volatile"), seconds(field_u64(s, "scan_cpu_ns")),
            json_object_get_double(field(s, "scan_rate")), field_u64(s, "read_fallbacks"),
            field_u64(s, "scan_candidate_slots"), field_u64(s, "scan_candidate_slots") * 16 / 1024);
+    printf("zero pages freed where the guest maps them: %" PRIu64 " (%" PRIu64
+           " reads there fell back to the machine's view)\n", field_u64(s, "zero_in_guest"),
+           field_u64(s, "guest_read_fallbacks"));
     printf("pages read: %s", field_string(s, "read_mode"));
     if (field_u64(s, "read_in_place_ns") || field_u64(s, "read_copy_ns"))
         printf(" (chosen: a page read in place %" PRIu64 " ns, copied out %" PRIu64 " ns)",

@@ -936,12 +936,15 @@ struct json_object *mv_proto_share_stats_json(const struct mv_share_stats *stats
     add_u64(o, "scan_passes", stats->scan_passes);
     add_u64(o, "scan_pages", stats->scan_pages);
     add_u64(o, "scan_volatile", stats->scan_volatile);
+    add_u64(o, "scan_unchanged", stats->scan_unchanged);
     add_u64(o, "scan_cpu_ns", stats->scan_cpu_ns);
     add_u64(o, "read_fallbacks", stats->read_fallbacks);
     add_string(o, "read_mode", mv_share_read_name(stats->read_mode));
     add_u64(o, "read_in_place_ns", stats->read_in_place_ns);
     add_u64(o, "read_copy_ns", stats->read_copy_ns);
     add_u64(o, "scan_candidate_slots", stats->scan_candidate_slots);
+    add_u64(o, "zero_in_guest", stats->zero_in_guest);
+    add_u64(o, "guest_read_fallbacks", stats->guest_read_fallbacks);
     json_object_object_add(o, "scan_rate", json_object_new_double(stats->scan_rate));
     add_u64(o, "vma_count", stats->vma_count);
     add_u64(o, "max_map_count", stats->max_map_count);
@@ -958,6 +961,7 @@ struct json_object *mv_proto_scan_result_json(const struct mv_scan_result *resul
     add_u64(o, "pages_shared", result->pages_shared);
     add_u64(o, "pages_zero", result->pages_zero);
     add_u64(o, "volatile_skips", result->volatile_skips);
+    add_u64(o, "pages_unchanged", result->pages_unchanged);
     add_u64(o, "hinted_pages", result->hinted_pages);
     add_u64(o, "elapsed_ns", result->elapsed_ns);
     return o;
