@@ -232,11 +232,14 @@ void mv__share_locate(struct mv_domain *d, uint64_t gfn, uint64_t n, const uint8
                 in_guest[i] = take[i] && !unchanged[i] && (state[i] & MV_RAM_MAPPED);
             }
         } else {
+            /* Not tried again: a page table that cannot be scanned here
+             * would fail every chunk, each with its warning. */
+            d->share->guest_reads_off = true;
             mv__share_guest_read_failed(d);
             mv__log(d->host, MV_LOG_WARN, "domain %u: cannot write-protect gfn %#llx+%llu "
-                    "and ask which of its pages were written (%s); they are read through "
-                    "the machine's view", d->domid, (unsigned long long)gfn,
-                    (unsigned long long)n, mv_strerror(rc));
+                    "and ask which of its pages were written (%s); sharing reads its "
+                    "pages through the machine's view from now on", d->domid,
+                    (unsigned long long)gfn, (unsigned long long)n, mv_strerror(rc));
         }
     }
     for (uint64_t i = 0; i < n; i++) {

@@ -192,7 +192,8 @@ struct mv__share_dom {
     unsigned trap_reasons;
     uint64_t kernel_copies, settle_waiting;
     /* Its pages are never read through its own mapping: registering it for
-     * write protection failed (apply.c, reads_guest; domain lock). */
+     * write protection, or a protecting scan, failed (apply.c, reads_guest
+     * and mv__share_locate; domain lock). */
     bool guest_reads_off;
 };
 
