@@ -264,25 +264,27 @@ MV_API const char *mv_tmem_store_name(enum mv_tmem_store store);
  *                           (pages read and checked for zeros, 2 MiB each
  *                           way, the best of three rounds; later hosts reuse
  *                           it) and takes IN_PLACE unless it costs more than
- *                           COPY.  The scanner then reads first where the
- *                           guest maps its pages, and frees the zero ones
- *                           from there, in a domain whose faults are
- *                           resolved in the faulting thread, with no dirty
- *                           log on, on Linux 6.7 or later (write protection
- *                           that lets writes through and marks them): no
- *                           page is mapped anywhere else, and a page the
- *                           guest has not written since the scanner last
- *                           read it is not read again.  Its pages stay
- *                           write-protected between passes: the guest's
- *                           first write to each after a pass takes a fault
- *                           the kernel resolves alone (about 0.7 us
- *                           measured).  Such a domain is registered for
- *                           write protection for good, which costs its
- *                           first clone the kernel's walk of its populated
- *                           pages (8-16 ms a GiB measured).  A host whose
- *                           guests rewrite most of their memory between
- *                           passes, or that clones the domains it scans,
- *                           may choose IN_PLACE.
+ *                           COPY.  In a domain whose RAM is mapped in this
+ *                           process (not a VMM's), with no dirty log on, on
+ *                           Linux 6.7 or later (write protection that lets
+ *                           writes through and marks them), the scanner
+ *                           then write-protects each chunk as it asks which
+ *                           pages were written since its last pass, and
+ *                           does not read again a page the guest has not
+ *                           written since; where the domain's faults are
+ *                           resolved in the faulting thread it also reads
+ *                           the others where the guest maps them, and frees
+ *                           the zero ones from there: no page is mapped
+ *                           anywhere else.  The pages stay write-protected
+ *                           between passes: the guest's first write to each
+ *                           after a pass takes a fault the kernel resolves
+ *                           alone (about 0.7 us measured).  Such a domain
+ *                           is registered for write protection for good,
+ *                           which costs its first clone the kernel's walk
+ *                           of its populated pages (8-16 ms a GiB
+ *                           measured).  A host whose guests rewrite most of
+ *                           their memory between passes, or that clones the
+ *                           domains it scans, may choose IN_PLACE.
  * mv_share_stats tells which was chosen and what was measured.
  */
 enum mv_share_read {
@@ -1253,11 +1255,12 @@ struct mv_share_stats {
                                       the read, or a system call failed):
                                       read through the machine's view */
     /* Pages the scanner did not read again because the guest had not
-     * written them since it last did (part of scan_pages).  The same
-     * domains as zero_in_guest: each chunk is write-protected by the
-     * PAGEMAP_SCAN that asks which of its pages were written, so a page
-     * stays protected between passes, and the guest's first write to it
-     * after a pass takes a fault the kernel resolves alone. */
+     * written them since it last did (part of scan_pages): domains with no
+     * dirty log on, on Linux 6.7 or later (MV_SHARE_READ_AUTO).  Each chunk
+     * is write-protected by the PAGEMAP_SCAN that asks which of its pages
+     * were written, so a page stays protected between passes, and the
+     * guest's first write to it after a pass takes a fault the kernel
+     * resolves alone. */
     uint64_t scan_unchanged;
 };
 

@@ -101,12 +101,13 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
 /*
  * Where a scan reads the pages of [gfn, gfn + n) that `take` marks (n <=
  * MV_BLOCK_PAGES, lock held): at[i] is page i's bytes.  When `guest`
- * allows it and d is read so (apply.c, reads_guest), one protecting scan
+ * allows it and d allows it (apply.c, protects), one protecting scan
  * (mv__ram_protect_scan) write-protects the range first and says which
  * pages were written since the last one: a page not written whose hash is
- * known is not read at all (unchanged[i], at[i] NULL); the other pages
- * mapped there are read in the guest's own mapping (in_guest[i] set: to be
- * read under a guard, mv__ram_guard).  The rest are read as the host reads
+ * known is not read at all (unchanged[i], at[i] NULL); in a domain read
+ * where the guest maps its pages (apply.c, reads_guest), the other pages
+ * mapped there are read in its own mapping (in_guest[i] set: to be read
+ * under a guard, mv__ram_guard).  The rest are read as the host reads
  * (mv_share_read): in place, or copied out of the machine memfd into this
  * thread's block buffer (which mv__share_apply fills again), or, if that
  * fails (counted in read_fallbacks; mv_last_error says why), in place.

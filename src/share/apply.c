@@ -14,14 +14,15 @@
  * paging about 0.5 us against 0.7-0.9, and a page mapped once is read again
  * for nothing.
  *
- * The scanner reads first where the guest maps its pages, when the domain
- * allows it (reads_guest): each chunk is write-protected, asynchronously (a
- * guest write goes through and leaves its page marked written), by the
- * PAGEMAP_SCAN that says which of its pages were written since the last one
- * (mv__share_locate); pages not written since the scanner read them are not
- * read again; the others are read there, and the zero ones freed without
- * the machine's view: unmap them, ask the page tables which were written
- * since the protection, free the others (mv__share_reclaim_zero_in_guest).
+ * Where the domain allows it (protects), each chunk the scanner reads is
+ * write-protected, asynchronously (a guest write goes through and leaves
+ * its page marked written), by the PAGEMAP_SCAN that says which of its
+ * pages were written since the last one (mv__share_locate); pages not
+ * written since the scanner read them are not read again.  Where it also
+ * can (reads_guest), the others are read where the guest maps them, and
+ * the zero ones freed without the machine's view: unmap them, ask the page
+ * tables which were written since the protection, free the others
+ * (mv__share_reclaim_zero_in_guest).
  * That saves mapping each page into the machine's view and unmapping it
  * again: about 0.2 us of a zero page's 1.  What it leaves (a page written
  * meanwhile, a failure) comes here with the rest.
@@ -172,28 +173,23 @@ static uint64_t reclaim_zero_run(struct mv_domain *d, uint64_t gfn, uint64_t n, 
 /* reading through the guest's own mapping                                  */
 
 /*
- * Whether d's pages are read through its own mapping, where the guest has
- * them mapped, instead of through the machine's view, which must first map
- * each page and unmap it again when it is freed (about 0.2 us of a zero
- * page's 1).  It takes a domain whose faults raise SIGBUS (in_thread: a page
- * the kernel unmaps under the read makes the read fail instead of waiting
- * for the lock the reader holds), asynchronous write protection (each
- * chunk's protecting scan, mv__share_locate, and the check before a zero
- * page is freed, mv__share_reclaim_zero_in_guest) and no
- * mechanism watching its writes (the dirty log owns the protection then),
- * on a host that left the way of reading to the library (MV_SHARE_READ_AUTO).
- * RAM is registered for write protection at the first such read, for good:
- * the first clone of the domain then pays the kernel's walk of its
- * populated pages that leaving that registration makes (8-16 ms a GiB
- * measured).  Lock held.
+ * Whether the scanner write-protects d's chunks and asks which pages were
+ * written since (each chunk's protecting scan, mv__share_locate), so that
+ * it reads again only those.  It takes asynchronous write protection (the
+ * guest's writes go through, the kernel marks them), no mechanism watching
+ * d's writes (the dirty log owns the protection then), RAM in this process,
+ * and a host that left the way of reading to the library
+ * (MV_SHARE_READ_AUTO).  RAM is registered for write protection at the
+ * first such scan, for good: the first clone of the domain then pays the
+ * kernel's walk of its populated pages that leaving that registration makes
+ * (8-16 ms a GiB measured).  Lock held.
  */
-static bool reads_guest(struct mv_domain *d)
+static bool protects(struct mv_domain *d)
 {
     struct mv__share_dom *sd = d->share;
     int rc;
 
-    if (!d->host->share->guest_reads || !d->in_thread || d->vmm || d->writes_watched ||
-        sd->guest_reads_off ||
+    if (!d->host->share->guest_reads || d->vmm || d->writes_watched || sd->protect_off ||
         !(d->uffd_features & UFFD_FEATURE_WP_ASYNC) || !d->host->features.pagemap_scan)
         return false;
     if (d->register_modes & UFFDIO_REGISTER_MODE_WP)
@@ -201,10 +197,24 @@ static bool reads_guest(struct mv_domain *d)
     rc = mv__domain_register_modes(d, UFFDIO_REGISTER_MODE_WP);
     if (rc == 0)
         return true;
-    sd->guest_reads_off = true;
-    mv__log(d->host, MV_LOG_WARN, "domain %u: %s; sharing reads its pages through the "
+    sd->protect_off = true;
+    mv__log(d->host, MV_LOG_WARN, "domain %u: %s; sharing reads all its pages through the "
             "machine's view", d->domid, mv_last_error());
     return false;
+}
+
+/*
+ * Whether d's pages are also read through its own mapping, where the guest
+ * has them mapped, instead of through the machine's view, which must first
+ * map each page and unmap it again when it is freed (about 0.2 us of a zero
+ * page's 1).  It takes a domain whose faults raise SIGBUS as well
+ * (in_thread: a page the kernel unmaps under the read makes the read fail
+ * instead of waiting for the lock the reader holds); the protection also
+ * guards the free of a zero page read there (mv__share_reclaim_zero_in_guest).
+ */
+static bool reads_guest(struct mv_domain *d)
+{
+    return d->in_thread && protects(d);
 }
 
 void mv__share_guest_read_failed(struct mv_domain *d)
@@ -223,21 +233,24 @@ void mv__share_locate(struct mv_domain *d, uint64_t gfn, uint64_t n, const uint8
     mv__assert_held(&d->lock);
     memset(in_guest, 0, n);
     memset(unchanged, 0, n);
-    if (guest && reads_guest(d)) {
+    if (guest && protects(d)) {
+        bool in_place = reads_guest(d);
+
         rc = mv__ram_protect_scan(d, gfn, n, state);
         if (rc == 0) {
             for (uint64_t i = 0; i < n; i++) {
                 unchanged[i] = take[i] && (state[i] & (MV_RAM_MAPPED | MV_RAM_MARKED)) &&
                                !(state[i] & MV_RAM_WRITTEN) && mv__share_known(d, gfn + i);
-                in_guest[i] = take[i] && !unchanged[i] && (state[i] & MV_RAM_MAPPED);
+                in_guest[i] = in_place && take[i] && !unchanged[i] &&
+                              (state[i] & MV_RAM_MAPPED);
             }
         } else {
             /* Not tried again: a page table that cannot be scanned here
              * would fail every chunk, each with its warning. */
-            d->share->guest_reads_off = true;
+            d->share->protect_off = true;
             mv__share_guest_read_failed(d);
             mv__log(d->host, MV_LOG_WARN, "domain %u: cannot write-protect gfn %#llx+%llu "
-                    "and ask which of its pages were written (%s); sharing reads its "
+                    "and ask which of its pages were written (%s); sharing reads all its "
                     "pages through the machine's view from now on", d->domid,
                     (unsigned long long)gfn, (unsigned long long)n, mv_strerror(rc));
         }

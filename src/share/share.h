@@ -191,10 +191,10 @@ struct mv__share_dom {
      * and copies the last whole settle found no memory for. */
     unsigned trap_reasons;
     uint64_t kernel_copies, settle_waiting;
-    /* Its pages are never read through its own mapping: registering it for
-     * write protection, or a protecting scan, failed (apply.c, reads_guest
-     * and mv__share_locate; domain lock). */
-    bool guest_reads_off;
+    /* The scanner neither protects its chunks nor reads its pages through
+     * its own mapping: registering it for write protection, or a protecting
+     * scan, failed (apply.c, protects and mv__share_locate; domain lock). */
+    bool protect_off;
 };
 
 struct mv__share {
@@ -218,8 +218,9 @@ struct mv__share {
      * and what AUTO measured to choose it (0 when it did not). */
     enum mv_share_read read_mode;
     uint64_t read_in_place_ns, read_copy_ns;
-    bool guest_reads;            /* AUTO: pages read where the guest maps
-                                    them first (apply.c, reads_guest) */
+    bool guest_reads;            /* AUTO: chunks protected, pages read
+                                    where the guest maps them first
+                                    (apply.c, protects, reads_guest) */
     uint64_t kernel_copies, settles, settle_ns;
     uint64_t settle_waiting;     /* copies waiting for memory, last pass */
     /* The background settler of MV_COW_KERNEL domains (settler_main). */
