@@ -853,8 +853,10 @@ struct mv_domain_info {
     uint64_t excluded_pages;    /* never shared nor scanned */
     /* Host memory memvisor's own tables take for this domain: the p2m, the
      * sharing entries written so far, the dirty bitmaps, the built-in
-     * guest's oracle.  Grows with maxmem (about 5 bytes a page with the
-     * built-in guest), not with the memory the guest uses. */
+     * guest's oracle, the sharing scanner's hash of each page.  Grows with
+     * maxmem (about 5 bytes a page with the built-in guest, and 8 more once
+     * the scanner has looked at the domain), not with the memory the guest
+     * uses. */
     uint64_t metadata_bytes;
     char crash_reason[128];     /* why, when state == MV_DOMAIN_CRASHED */
     uint64_t paged_pages;       /* paged out by the host into tmem */
