@@ -1081,11 +1081,36 @@ static int page_costs_run(struct page_costs *pc)
 /* ------------------------------------------------------------------------ */
 /* Comparisons                                                               */
 
-#define SH_MAX_COMPARISONS 12
+#define SH_MAX_COMPARISONS 14
 
 static bool ksm_usable(const struct ksm_case *k)
 {
     return k->ran;
+}
+
+/* The CPU of memvisor's last pass, the one that found nothing more: what a
+ * pass costs once converged.  0 when the scan did not converge. */
+static uint64_t mv_steady_pass_cpu_ns(const struct mv_case *c)
+{
+    if (!c->converged || c->passes < 2)
+        return 0;
+    return c->pass[c->passes - 1].process_cpu_ns - c->pass[c->passes - 2].process_cpu_ns;
+}
+
+/* ksmd's CPU for one full scan once converged: between the last two full
+ * scans recorded, which changed nothing (the run ends two such scans after
+ * the last change).  0 when not known. */
+static uint64_t ksm_steady_scan_cpu_ns(const struct ksm_case *k)
+{
+    const struct ksm_point *a, *b;
+
+    if (!k->converged || k->points < 2)
+        return 0;
+    a = &k->point[k->points - 2];
+    b = &k->point[k->points - 1];
+    if (b->full_scans != k->full_scans || b->full_scans <= a->full_scans)
+        return 0;
+    return (b->ksmd_cpu_ns - a->ksmd_cpu_ns) / (b->full_scans - a->full_scans);
 }
 
 static size_t comparisons(const struct share_run *run, struct mv_bench_comparison *out)
@@ -1121,6 +1146,13 @@ static size_t comparisons(const struct share_run *run, struct mv_bench_compariso
             .value = (double)m->zero_pages,
             .peer = "KSM ksm_zero_pages (aggressive)", .peer_value = (double)ka->zero_pages,
         };
+        if (mv_steady_pass_cpu_ns(m) && ksm_steady_scan_cpu_ns(ka))
+            out[n++] = (struct mv_bench_comparison){
+                .figure = "CPU of a pass, converged", .unit = "ns",
+                .value = (double)mv_steady_pass_cpu_ns(m),
+                .peer = "ksmd CPU of a full scan, converged",
+                .peer_value = (double)ksm_steady_scan_cpu_ns(ka),
+            };
     }
     out[n++] = (struct mv_bench_comparison){
         .figure = "non-zero pages saved", .unit = "pages",
@@ -1254,6 +1286,7 @@ static struct json_object *mv_case_json(const struct mv_case *c)
     json_object_object_add(o, "converge_process_cpu_ns", u64_json(c->converge_process_cpu_ns));
     json_object_object_add(o, "converge_thread_cpu_ns", u64_json(c->converge_thread_cpu_ns));
     json_object_object_add(o, "converge_scan_cpu_ns", u64_json(c->converge_scan_cpu_ns));
+    json_object_object_add(o, "steady_pass_cpu_ns", u64_json(mv_steady_pass_cpu_ns(c)));
     json_object_object_add(o, "total_ns", u64_json(c->total_ns));
     json_object_object_add(o, "zero_pages_read_in_guest", u64_json(c->stats.zero_in_guest));
     json_object_object_add(o, "guest_read_fallbacks", u64_json(c->stats.guest_read_fallbacks));
@@ -1312,6 +1345,7 @@ static struct json_object *ksm_case_json(const struct ksm_case *c)
     json_object_object_add(o, "detect_ns", u64_json(c->detect_ns));
     json_object_object_add(o, "detect_ksmd_cpu_ns", u64_json(c->detect_cpu_ns));
     json_object_object_add(o, "full_scans", u64_json(c->full_scans));
+    json_object_object_add(o, "steady_full_scan_ksmd_cpu_ns", u64_json(ksm_steady_scan_cpu_ns(c)));
     for (unsigned i = 0; i < c->points; i++) {
         struct json_object *p = json_object_new_object();
 
