@@ -605,6 +605,13 @@ static void retry_held_pass(struct mv_host *h)
     uint64_t now = mv__now_ns();
     bool older_waits = false;
 
+    /* Nothing held: nothing to list.  Most kicks come so, from memory
+     * freed while no fault waits for it; a fault held after this look is
+     * tried at the next tick. */
+    if (atomic_load(&h->held_total) == 0) {
+        atomic_store(&h->memory_wanted, false);
+        return;
+    }
     if (mv__domain_get_all(h, &all, &n) < 0) {
         /* The held faults bring the next tick, and this pass with it. */
         mv__log(h, MV_LOG_WARN, "fault service: %s; held faults are tried again in "
