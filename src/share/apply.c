@@ -204,17 +204,18 @@ static bool protects(struct mv_domain *d)
 }
 
 /*
- * Whether d's pages are also read through its own mapping, where the guest
- * has them mapped, instead of through the machine's view, which must first
- * map each page and unmap it again when it is freed (about 0.2 us of a zero
- * page's 1).  It takes a domain whose faults raise SIGBUS as well
- * (in_thread: a page the kernel unmaps under the read makes the read fail
- * instead of waiting for the lock the reader holds); the protection also
- * guards the free of a zero page read there (mv__share_reclaim_zero_in_guest).
+ * Whether a domain the scanner protects (protects) also has its pages read
+ * through its own mapping, where the guest has them mapped, instead of
+ * through the machine's view, which must first map each page and unmap it
+ * again when it is freed (about 0.2 us of a zero page's 1).  It takes a
+ * domain whose faults raise SIGBUS (in_thread: a page the kernel unmaps
+ * under the read makes the read fail instead of waiting for the lock the
+ * reader holds); the protection also guards the free of a zero page read
+ * there (mv__share_reclaim_zero_in_guest).
  */
-static bool reads_guest(struct mv_domain *d)
+static bool reads_guest(const struct mv_domain *d)
 {
-    return d->in_thread && protects(d);
+    return d->in_thread;
 }
 
 void mv__share_guest_read_failed(struct mv_domain *d)
