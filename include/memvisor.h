@@ -1243,9 +1243,9 @@ struct mv_share_stats {
     uint64_t read_in_place_ns;     /* a page read in place and checked */
     uint64_t read_copy_ns;         /* ... copied out and checked */
     uint64_t scan_candidate_slots; /* the scanner's table of pages seen once
-                                      (16 bytes each): eight per populated
-                                      page at the last pass's start, 4096
-                                      to 2^21, never shrunk */
+                                      (16 bytes each): doubled during a pass
+                                      to keep eight per live candidate,
+                                      4096 to 2^21, never shrunk */
     /* Zero pages freed after reading them where the guest has them mapped
      * (its own mapping, write-protected first) rather than through the
      * machine's view: a domain whose faults are resolved in the faulting

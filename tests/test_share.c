@@ -377,41 +377,113 @@ static void share_reads_alike_either_way(void **state)
 }
 
 /*
- * The scanner's candidate table starts small and grows with the host at the
- * start of a pass, keeping what it remembers.  b (scanned first, empty in
- * the first pass) is given a's contents after a's pass left them as
- * candidates; the next pass grows the table, and a step over b alone
- * shares b's pages with a's: it could not had the growth forgotten them.
+ * The scanner's candidate table starts small and doubles during a pass as
+ * candidates arrive, keeping those it holds; zero pages take no room in it.
+ * z's 8192 zero pages are freed and a's non-zero pages become candidates:
+ * the table ends at eight to sixteen slots a candidate, far below the eight
+ * a populated page it once took.  b (scanned first, empty then) is then
+ * given a's contents, and a step over b alone shares every page of b with
+ * a's: it could not had a doubling forgotten candidates remembered before
+ * it.  Matched candidates leave the table: it does not grow again.
  */
-static void candidate_table_grows_keeping_candidates(void **state)
+static void candidate_table_grows_with_candidates_keeping_them(void **state)
 {
     mv_host *h = tu_host();
     uint32_t b = domain1(h, "b", 32 * MiB, 1), a = domain1(h, "a", 32 * MiB, 1);
+    uint32_t z = domain1(h, "z", 32 * MiB, 1);
     struct mv_scan_result r;
     struct mv_share_stats s;
-    uint64_t slots;
+    uint64_t slots, candidates, populated = 0, size;
+    uint8_t *rz;
 
     (void)state;
     s = stats(h);
     assert_int_equal(s.scan_candidate_slots, 4096);
+    assert_ok(mv_domain_ram(h, z, (void **)&rz, &size));
+    for (uint64_t g = 0; g < size / MV_PAGE_SIZE; g++)
+        tu_guest_fill_page(rz + g * MV_PAGE_SIZE, 0);
     fill(h, a, 4096, 3000);
+    populated = info(h, a).populated_pages + info(h, z).populated_pages;
     assert_ok(mv_share_scan(h, 0, &r));
+    assert_int_equal(info(h, z).populated_pages, 0);
+    /* a's pages are all distinct: each stays private, a candidate. */
+    candidates = info(h, a).populated_pages;
+    assert_int_equal(info(h, a).shared_pages, 0);
+    assert_true(candidates > 1500);
     s = stats(h);
     slots = s.scan_candidate_slots;
-    assert_true(slots > 4096);
+    assert_true(slots >= 8 * candidates && slots <= 16 * candidates);
+    assert_true(slots < 8 * populated);
     assert_int_equal(s.saved_pages, 0);
     fill(h, b, 4096, 3000);
     assert_ok(mv_share_scan(h, info(h, b).populated_pages, &r));
     s = stats(h);
-    assert_true(s.scan_candidate_slots > slots);
-    assert_int_equal(info(h, b).shared_pages, r.pages_shared / 2);
-    assert_true(r.pages_shared > 2000);
-    assert_true(s.saved_pages > 1000);
+    assert_int_equal(s.scan_candidate_slots, slots);
+    assert_int_equal(info(h, b).shared_pages, candidates);
+    assert_int_equal(info(h, a).shared_pages, candidates);
+    assert_int_equal(s.saved_pages, candidates);
+    assert_ok(mv_share_audit(h));
+    verify_both(h, a, b);
+    tu_verify(h, z);
+    mv_host_destroy(h);
+}
+
+/* Warnings that mention the candidate table, counted. */
+static void count_table_warnings(void *opaque, enum mv_log_level level, const char *message)
+{
+    unsigned *warnings = opaque;
+
+    if (level == MV_LOG_WARN && strstr(message, "candidate table"))
+        __atomic_fetch_add(warnings, 1, __ATOMIC_RELAXED);
+}
+
+/*
+ * No memory to grow the candidate table: the pass goes on with the table
+ * it has, says so once (not at every insert that would grow it), and keeps
+ * every byte; the next pass grows it, and passes until one shares nothing
+ * more share every page of b with a's.  Every allocation of the pass under
+ * test fails (the scanner's other tables too: it goes on without them).
+ */
+static void candidate_table_without_memory_stays_and_says_so(void **state)
+{
+    struct mv_host_config c;
+    unsigned warnings = 0;
+    struct mv_scan_result r;
+    struct mv_share_stats s;
+    uint32_t a, b;
+    mv_host *h;
+
+    (void)state;
+    tu_host_config(&c, 4 * GiB);
+    c.log = count_table_warnings;
+    c.log_opaque = &warnings;
+    assert_ok(mv_host_create(&c, &h));
+    b = domain1(h, "b", 32 * MiB, 1);
+    a = domain1(h, "a", 32 * MiB, 1);
+    fill(h, a, 4096, 3000);
+    mv__os_inject(MV_OS_ALLOC, ENOMEM, 0, UINT_MAX);
+    assert_ok(mv_share_scan(h, 0, &r));
+    mv__os_inject(MV_OS_ALLOC, 0, 0, 0);
+    assert_int_equal(warnings, 1);
+    s = stats(h);
+    assert_int_equal(s.scan_candidate_slots, 4096);
+    assert_int_equal(s.saved_pages, 0);
+    tu_verify(h, a);
+    fill(h, b, 4096, 3000);
+    do
+        assert_ok(mv_share_scan(h, 0, &r));
+    while (r.pages_shared);
+    s = stats(h);
+    assert_true(s.scan_candidate_slots > 4096);
+    assert_int_equal(warnings, 1);
+    /* b holds only a's contents: none of its pages stays private. */
+    assert_true(info(h, b).shared_pages > 1500);
+    assert_int_equal(info(h, b).populated_pages, 0);
+    assert_int_equal(s.saved_pages, info(h, b).shared_pages);
     assert_ok(mv_share_audit(h));
     verify_both(h, a, b);
     mv_host_destroy(h);
 }
-
 
 /* Three copies of a content side by side and nowhere else: the first is
  * remembered, the second inserted, and the third, which finds no candidate
@@ -1688,7 +1760,8 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(scanner_shares_zero_and_volatile),
     cmocka_unit_test(scanner_reads_in_place_when_copies_fail),
     cmocka_unit_test(share_reads_alike_either_way),
-    cmocka_unit_test(candidate_table_grows_keeping_candidates),
+    cmocka_unit_test(candidate_table_grows_with_candidates_keeping_them),
+    cmocka_unit_test(candidate_table_without_memory_stays_and_says_so),
     cmocka_unit_test(equal_pages_of_a_block_share_one_frame),
     cmocka_unit_test(three_copies_side_by_side_share_in_one_pass),
     cmocka_unit_test(equal_pages_of_a_block_survive_failures),

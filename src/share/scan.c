@@ -55,14 +55,17 @@
 #include <time.h>
 
 /* The candidate table: 2^12 entries (64 KiB) at least, 2^21 (32 MiB) at
- * most, and in between eight slots per page the host has populated.  A
- * candidate is a non-zero page not shared yet, and a set that overflows
- * forgets one, found again only by a later pass: at eight slots a page a
- * set holds one candidate on average at most, and a pass over two equal
- * domains shares every page (at two it missed a few in 16,384). */
+ * most, and in between eight slots per live candidate: it doubles during a
+ * pass when an insert leaves fewer.  A candidate is a non-zero page not
+ * shared yet, and a set that overflows forgets one, found again only by a
+ * later pass: at eight slots a candidate a set holds one on average at most,
+ * and a pass over two equal domains shares every page (at four it missed a
+ * few in 16,384).  Sized by candidates rather than populated pages, it
+ * takes no memory for zero pages (three in four of a real guest's) nor for
+ * shared ones. */
 #define MV_CANDIDATE_MIN_BITS 12
 #define MV_CANDIDATE_MAX_BITS 21
-#define MV_CANDIDATE_SLOTS_PER_PAGE 8
+#define MV_CANDIDATE_SLOTS_PER_CANDIDATE 8
 #define MV_CANDIDATE_WAYS 8u
 #define MV_REST_NS 50000000ull     /* between passes that shared nothing */
 #define MV_PACE_SLICE_NS 20000000ull
@@ -96,6 +99,8 @@ struct mv__scanner {
     struct candidate *candidates;
     uint64_t candidate_mask;
     uint64_t candidate_slots;    /* atomic: candidate_mask + 1, for stats */
+    uint64_t candidate_live;     /* slots in use */
+    bool candidate_grow_failed;  /* this pass: not tried again before the next */
     struct revisit *revisits;
     size_t revisit_count, revisit_capacity;
     uint32_t cursor_domid;
@@ -351,48 +356,70 @@ static size_t candidates_bytes(const struct mv__scanner *sc)
 }
 
 /*
- * Grow the candidate table to fit the host's populated pages, at the start
- * of a pass (scan_lock held), keeping the candidates it holds.  It never
- * shrinks: at most 3% of the host's memory at its peak, 32 MiB from 1 GiB
- * populated on.  A grown table takes its memory at once: candidates land
- * all over it within a pass, and faulting its pages in one by one cost two
- * faults each (a read maps the zero page, the write copies it), 2% of a
- * first pass over six real guests' RAM.
+ * Double the candidate table (scan_lock held), keeping its candidates: a set
+ * of the old table splits into two of the new one (the hash's next bit), so
+ * none is lost.  The new table takes its memory at once: candidates land all
+ * over it, and faulting its pages in one by one cost two faults each (a read
+ * maps the zero page, the write copies it).  Where there is no memory the
+ * table stays as it is until the next pass, and fewer duplicates are found
+ * a pass; said once a pass.
  */
-static void candidates_fit(mv_host *host)
+static void candidates_grow(mv_host *host)
 {
     struct mv__scanner *sc = host->scanner;
-    uint64_t want = atomic_load(&host->machine.populated_pages) * MV_CANDIDATE_SLOTS_PER_PAGE;
-    uint64_t old_mask = sc->candidate_mask;
+    uint64_t old_mask = sc->candidate_mask, slots = (old_mask + 1) * 2;
     struct candidate *old = sc->candidates, *grown;
-    unsigned bits = MV_CANDIDATE_MIN_BITS;
 
-    while (bits < MV_CANDIDATE_MAX_BITS && (1ull << bits) < want)
-        bits++;
-    if ((1ull << bits) <= old_mask + 1)
-        return;
-    grown = mv__os_table_alloc((size_t)(1ull << bits) * sizeof(*grown));
+    grown = mv__os_table_alloc((size_t)slots * sizeof(*grown));
     if (!grown) {
+        sc->candidate_grow_failed = true;
         mv__log(host, MV_LOG_WARN, "sharing: no memory to grow the scanner's candidate "
-                "table to %llu entries (%s); it stays at %llu, and finds fewer "
-                "duplicates a pass", 1ull << bits, strerror(errno),
+                "table to %llu entries (%s); it stays at %llu until the next pass, "
+                "and finds fewer duplicates", (unsigned long long)slots, strerror(errno),
                 (unsigned long long)(old_mask + 1));
         return;
     }
-    mv__os_prefault_write(grown, (size_t)(1ull << bits) * sizeof(*grown));
+    mv__os_prefault_write(grown, (size_t)slots * sizeof(*grown));
     sc->candidates = grown;
-    sc->candidate_mask = (1ull << bits) - 1;
-    __atomic_store_n(&sc->candidate_slots, 1ull << bits, __ATOMIC_RELAXED);
+    sc->candidate_mask = slots - 1;
+    sc->candidate_live = 0;
+    __atomic_store_n(&sc->candidate_slots, slots, __ATOMIC_RELAXED);
     for (uint64_t i = 0; i <= old_mask; i++) {
         struct candidate *c;
 
         if (!old[i].place)
             continue;
         c = find_candidate(sc, old[i].hash);
-        if (!c->place)
+        if (!c->place) {
             *c = old[i];
+            sc->candidate_live++;
+        }
     }
     mv__os_unmap(old, (old_mask + 1) * sizeof(*old));
+}
+
+/* Remember the page at `place` as the candidate for `hash` in slot c (from
+ * find_candidate; scan_lock held), growing the table when that leaves fewer
+ * than MV_CANDIDATE_SLOTS_PER_CANDIDATE slots a candidate.  c is stale
+ * after. */
+static void candidate_remember(mv_host *host, struct candidate *c, uint64_t hash,
+                               uint64_t place)
+{
+    struct mv__scanner *sc = host->scanner;
+
+    if (!c->place)
+        sc->candidate_live++;
+    *c = (struct candidate){ .hash = hash, .place = place };
+    if (sc->candidate_live * MV_CANDIDATE_SLOTS_PER_CANDIDATE > sc->candidate_mask + 1 &&
+        sc->candidate_mask + 1 < 1ull << MV_CANDIDATE_MAX_BITS && !sc->candidate_grow_failed)
+        candidates_grow(host);
+}
+
+/* A candidate just matched leaves the table (scan_lock held). */
+static void candidate_forget(struct mv__scanner *sc, struct candidate *c)
+{
+    c->place = 0;
+    sc->candidate_live--;
 }
 
 /*
@@ -541,12 +568,12 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
             any = true;
             queue_revisit(sc, (uint32_t)((c->place & ~PLACE_USED) >> PLACE_GFN_BITS),
                           c->place & ((1ull << PLACE_GFN_BITS) - 1));
-            c->place = 0;
+            candidate_forget(sc, c);
             inserting[inserts++] = hash;
         } else if (hash_in(inserting, inserts, hash)) {
             actions[g - lo] = MV_ACT_MATCH_INSERT;
         } else {
-            *c = (struct candidate){ .hash = hash, .place = candidate_place(d->domid, g) };
+            candidate_remember(host, c, hash, candidate_place(d->domid, g));
         }
     }
     if (!any)
@@ -586,7 +613,7 @@ static int scan_step(mv_host *host, uint64_t max_pages, struct mv_scan_result *r
     *pass_done = false;
     if (sc->pass_start_ns == 0) {
         sc->pass_start_ns = mv__now_ns();
-        candidates_fit(host);
+        sc->candidate_grow_failed = false;
     }
     process_hints(host, result);
     while (result->pages_scanned < max_pages) {
@@ -809,7 +836,7 @@ int mv__scanner_init(mv_host *host)
 
     if (!sc)
         return mv__fail(-ENOMEM, "no memory for the scanner");
-    /* Zero, taking memory as the scans fill it; grown by candidates_fit.
+    /* Zero, taking memory as the scans fill it; grown by candidates_grow.
      * Not on huge pages: where the host backs a VM's memory lazily, the
      * first touch of 32 MiB of fresh huge pages took 86 ms (measured on a
      * KVM guest), more than the page walks they save in a first pass. */
