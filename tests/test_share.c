@@ -428,6 +428,50 @@ static void candidate_table_grows_with_candidates_keeping_them(void **state)
     mv_host_destroy(h);
 }
 
+/*
+ * Two equal domains of 16,384 distinct pages: one pass shares every page.
+ * With these bytes, nine of the first domain's candidates fall in one set
+ * of the table at eight slots a candidate; a set found full makes the table
+ * double rather than forget one (it left one page of the 16,384 private).
+ */
+static void two_equal_domains_share_every_page_in_one_pass(void **state)
+{
+    mv_host *h = tu_host();
+    uint32_t d[2] = { domain1(h, "a", 64 * MiB, 1), domain1(h, "b", 64 * MiB, 1) };
+    const uint64_t pages = 64 * MiB / MV_PAGE_SIZE;
+    struct mv_scan_result r;
+    struct mv_share_stats s;
+
+    (void)state;
+    for (unsigned k = 0; k < 2; k++) {
+        uint64_t size, *w;
+
+        assert_ok(mv_domain_ram(h, d[k], (void **)&w, &size));
+        for (uint64_t g = 0; g < pages; g++)
+            for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
+                w[g * (MV_PAGE_SIZE / 8) + i] = ((g * 0x9e3779b97f4a7c15ull) ^ i) | 1;
+    }
+    assert_ok(mv_share_scan(h, 0, &r));
+    s = stats(h);
+    assert_int_equal(s.saved_pages, pages);
+    assert_int_equal(info(h, d[0]).shared_pages, pages);
+    assert_int_equal(info(h, d[1]).shared_pages, pages);
+    assert_ok(mv_share_audit(h));
+    for (unsigned k = 0; k < 2; k++) {
+        uint64_t want[MV_PAGE_SIZE / 8], page[MV_PAGE_SIZE / 8];
+
+        for (uint64_t g = 0; g < pages; g += 61) {
+            for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
+                want[i] = ((g * 0x9e3779b97f4a7c15ull) ^ i) | 1;
+            assert_ok(mv_domain_read_page(h, d[k], g, page));
+            assert_memory_equal(page, want, MV_PAGE_SIZE);
+        }
+        assert_ok(mv_domain_audit(h, d[k]));
+    }
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 /* Warnings that mention the candidate table, counted. */
 static void count_table_warnings(void *opaque, enum mv_log_level level, const char *message)
 {
@@ -1762,6 +1806,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(share_reads_alike_either_way),
     cmocka_unit_test(candidate_table_grows_with_candidates_keeping_them),
     cmocka_unit_test(candidate_table_without_memory_stays_and_says_so),
+    cmocka_unit_test(two_equal_domains_share_every_page_in_one_pass),
     cmocka_unit_test(equal_pages_of_a_block_share_one_frame),
     cmocka_unit_test(three_copies_side_by_side_share_in_one_pass),
     cmocka_unit_test(equal_pages_of_a_block_survive_failures),

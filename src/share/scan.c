@@ -56,13 +56,14 @@
 
 /* The candidate table: 2^12 entries (64 KiB) at least, 2^21 (32 MiB) at
  * most, and in between eight slots per live candidate: it doubles during a
- * pass when an insert leaves fewer.  A candidate is a non-zero page not
- * shared yet, and a set that overflows forgets one, found again only by a
- * later pass: at eight slots a candidate a set holds one on average at most,
- * and a pass over two equal domains shares every page (at four it missed a
- * few in 16,384).  Sized by candidates rather than populated pages, it
- * takes no memory for zero pages (three in four of a real guest's) nor for
- * shared ones. */
+ * pass when an insert leaves fewer, or finds its set full.  A candidate is a
+ * non-zero page not shared yet, and a set that overflows once the table is
+ * at its largest forgets one, found again only by a later pass: at eight
+ * slots a candidate a set holds one on average at most, and a pass over two
+ * equal domains shares every page (at four it missed a few in 16,384; at
+ * eight, without the doubling on a full set, one).  Sized by candidates
+ * rather than populated pages, it takes no memory for zero pages (three in
+ * four of a real guest's) nor for shared ones. */
 #define MV_CANDIDATE_MIN_BITS 12
 #define MV_CANDIDATE_MAX_BITS 21
 #define MV_CANDIDATE_SLOTS_PER_CANDIDATE 8
@@ -398,20 +399,31 @@ static void candidates_grow(mv_host *host)
     mv__os_unmap(old, (old_mask + 1) * sizeof(*old));
 }
 
+static bool candidates_may_grow(const struct mv__scanner *sc)
+{
+    return sc->candidate_mask + 1 < 1ull << MV_CANDIDATE_MAX_BITS && !sc->candidate_grow_failed;
+}
+
 /* Remember the page at `place` as the candidate for `hash` in slot c (from
- * find_candidate; scan_lock held), growing the table when that leaves fewer
- * than MV_CANDIDATE_SLOTS_PER_CANDIDATE slots a candidate.  c is stale
- * after. */
+ * find_candidate; scan_lock held).  Where c's set is full, the table doubles
+ * first if it may, rather than forget a candidate (at eight slots a
+ * candidate that is rare, but the same contents always fill the same set);
+ * it doubles after when the insert leaves fewer than
+ * MV_CANDIDATE_SLOTS_PER_CANDIDATE slots a candidate.  c is stale after. */
 static void candidate_remember(mv_host *host, struct candidate *c, uint64_t hash,
                                uint64_t place)
 {
     struct mv__scanner *sc = host->scanner;
 
+    if (c->place && c->hash != hash && candidates_may_grow(sc)) {
+        candidates_grow(host);
+        c = find_candidate(sc, hash);
+    }
     if (!c->place)
         sc->candidate_live++;
     *c = (struct candidate){ .hash = hash, .place = place };
     if (sc->candidate_live * MV_CANDIDATE_SLOTS_PER_CANDIDATE > sc->candidate_mask + 1 &&
-        sc->candidate_mask + 1 < 1ull << MV_CANDIDATE_MAX_BITS && !sc->candidate_grow_failed)
+        candidates_may_grow(sc))
         candidates_grow(host);
 }
 
