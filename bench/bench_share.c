@@ -254,7 +254,8 @@ struct ksm_state {
 
 /* What one page costs the scanner by kind, each kind alone on a host of its
  * own (SH_COST_PAGES pages of it), and the kernel's cost of freeing a page
- * of the machine memfd, the floor of returning a zero page. */
+ * of the machine memfd, the floor of returning a zero page; and what the
+ * scanner's write protection costs the guest's first write after a pass. */
 #define SH_COST_PAGES 16384u
 
 struct page_costs {
@@ -266,6 +267,12 @@ struct page_costs {
     double duplicate_ns;        /* first pass over two equal domains, per page */
     double punch_floor_ns;      /* fallocate(PUNCH_HOLE) of populated memfd
                                    pages, 512 a call, nothing else */
+    /* The guest's price of the scanner's protection: the first write to
+     * each unique page after a pass, the default share_read (AUTO: pages
+     * write-protected by the pass) against share_read COPY (nothing
+     * protected), median of SH_WRITE_ROUNDS. */
+    double write_protected_ns;
+    double write_unprotected_ns;
     bool ok;
     char error[160];
 };
@@ -1005,9 +1012,15 @@ static int cost_kind_run(struct page_costs *pc, enum cost_kind kind, double *fir
         uint64_t want_saved = kind == COST_DUPLICATE ? pc->pages : 0;
         uint64_t want_zero = kind == COST_ZERO ? pc->pages : 0;
 
-        if (st.saved_pages != want_saved || st.zero_reclaimed != want_zero)
-            rc = cost_fail(pc, "a kind's pages did not end as they should (shared, "
-                               "zero or left alone)");
+        if (st.saved_pages != want_saved || st.zero_reclaimed != want_zero) {
+            snprintf(pc->error, sizeof(pc->error), "%s pages: %" PRIu64 " saved and %"
+                     PRIu64 " zero pages freed, where %" PRIu64 " and %" PRIu64
+                     " should have been", kind == COST_ZERO ? "zero" :
+                     kind == COST_UNIQUE ? "unique" : "duplicate", st.saved_pages,
+                     st.zero_reclaimed, want_saved, want_zero);
+            pc->ok = false;
+            rc = MV_BENCH_FAILED;
+        }
     }
     for (unsigned i = 0; i < domains && rc == MV_BENCH_OK; i++) {
         for (uint64_t g = 0; g < pc->pages && rc == MV_BENCH_OK; g += 97) {
@@ -1060,6 +1073,81 @@ static int cost_punch_floor(struct page_costs *pc)
     return MV_BENCH_OK;
 }
 
+#define SH_WRITE_ROUNDS 5
+
+static int cost_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return (x > y) - (x < y);
+}
+
+/*
+ * The guest's first write to a page after a pass, on a host whose share_read
+ * is `mode`: a domain of unique pages, then SH_WRITE_ROUNDS times a pass and
+ * a byte written into every page through the guest's mapping, timed (wall
+ * clock per page; the median round in *ns).  Every byte is checked after.
+ */
+static int cost_guest_write(struct page_costs *pc, enum mv_share_read mode, double *ns)
+{
+    struct mv_host_config hc;
+    struct mv_domain_config dc;
+    struct mv_scan_result r;
+    double round_ns[SH_WRITE_ROUNDS];
+    uint8_t *ram, page[MV_PAGE_SIZE];
+    uint32_t dom;
+    mv_host *host;
+    int rc;
+
+    mv_bench_host_config_init(&hc);
+    hc.share_read = mode;
+    if ((rc = mv_bench_host_create(&hc, &host)) != MV_BENCH_OK)
+        return rc;
+    mv_domain_config_init(&dc);
+    snprintf(dc.name, sizeof(dc.name), "cost-write");
+    dc.maxmem_bytes = dc.target_bytes = pc->pages * MV_PAGE_SIZE;
+    if ((rc = mv_domain_create(host, &dc, &dom)) < 0)
+        rc = mv_bench_lib_error("mv_domain_create", rc);
+    else
+        rc = mv_bench_domain_ram(host, dom, &ram, NULL);
+    if (rc == MV_BENCH_OK)
+        cost_fill(ram, pc->pages, COST_UNIQUE);
+    for (unsigned k = 0; k < SH_WRITE_ROUNDS && rc == MV_BENCH_OK; k++) {
+        uint64_t t0;
+
+        if ((rc = mv_share_scan(host, 0, &r)) < 0) {
+            rc = mv_bench_lib_error("mv_share_scan", rc);
+            break;
+        }
+        t0 = mv_bench_now_ns();
+        for (uint64_t g = 0; g < pc->pages; g++)
+            ((volatile uint8_t *)ram)[g * MV_PAGE_SIZE + 8 + k] ^= 0xff;
+        round_ns[k] = (double)(mv_bench_now_ns() - t0) / (double)pc->pages;
+    }
+    if (rc == MV_BENCH_OK) {
+        qsort(round_ns, SH_WRITE_ROUNDS, sizeof(round_ns[0]), cost_cmp_double);
+        *ns = round_ns[SH_WRITE_ROUNDS / 2];
+    }
+    /* Byte 8 + k of every page flipped once: what the guest and the
+     * library read must say so. */
+    for (uint64_t g = 0; g < pc->pages && rc == MV_BENCH_OK; g += 97) {
+        if (mv_domain_read_page(host, dom, g, page) < 0)
+            rc = cost_fail(pc, "mv_domain_read_page failed");
+        for (size_t k = 0; k < MV_PAGE_SIZE / 8 && rc == MV_BENCH_OK; k++) {
+            uint64_t w = ((g * 0x9e3779b97f4a7c15ull) ^ k) | 1;
+
+            if (k == 1)
+                w ^= ((1ull << (8 * SH_WRITE_ROUNDS)) - 1);
+            if (((uint64_t *)page)[k] != w || ((uint64_t *)(ram + g * MV_PAGE_SIZE))[k] != w)
+                rc = cost_fail(pc, "a page written after a pass read back wrong");
+        }
+    }
+    if (rc == MV_BENCH_OK && (mv_share_audit(host) != 0 || mv_host_audit(host) != 0))
+        rc = cost_fail(pc, "an audit failed");
+    mv_host_destroy(host);
+    return rc;
+}
+
 static int page_costs_run(struct page_costs *pc)
 {
     int rc;
@@ -1072,6 +1160,10 @@ static int page_costs_run(struct page_costs *pc)
         rc = cost_kind_run(pc, COST_DUPLICATE, &pc->duplicate_ns, NULL);
     if (rc == MV_BENCH_OK)
         rc = cost_punch_floor(pc);
+    if (rc == MV_BENCH_OK)
+        rc = cost_guest_write(pc, MV_SHARE_READ_AUTO, &pc->write_protected_ns);
+    if (rc == MV_BENCH_OK)
+        rc = cost_guest_write(pc, MV_SHARE_READ_COPY, &pc->write_unprotected_ns);
     pc->ran = true;
     /* A failed check is reported in the JSON and fails the run; a failed
      * call fails it at once. */
@@ -1418,6 +1510,14 @@ static struct json_object *page_costs_json(const struct page_costs *pc)
     json_object_object_add(o, "unique_steady_ns", json_object_new_double(pc->unique_steady_ns));
     json_object_object_add(o, "duplicate_ns", json_object_new_double(pc->duplicate_ns));
     json_object_object_add(o, "punch_floor_ns", json_object_new_double(pc->punch_floor_ns));
+    json_object_object_add(o, "guest_write", json_object_new_string(
+        "wall time per page of the guest's first write to each unique page after a "
+        "pass, median of 5 passes: protected (share_read auto, the pass write-protects "
+        "what it read) against unprotected (share_read copy)"));
+    json_object_object_add(o, "guest_write_protected_ns",
+                           json_object_new_double(pc->write_protected_ns));
+    json_object_object_add(o, "guest_write_unprotected_ns",
+                           json_object_new_double(pc->write_unprotected_ns));
     json_object_object_add(o, "ok", json_object_new_boolean(pc->ok));
     if (!pc->ok)
         json_object_object_add(o, "error", json_object_new_string(pc->error));
@@ -1574,6 +1674,10 @@ static void print_page_costs(const struct page_costs *pc)
     printf("    zero %.0f ns (the kernel's punch alone: %.0f ns), unique %.0f ns first pass "
            "and %.0f ns a pass after, duplicate %.0f ns\n", pc->zero_ns, pc->punch_floor_ns,
            pc->unique_first_ns, pc->unique_steady_ns, pc->duplicate_ns);
+    printf("    the guest's first write to a page after a pass: %.0f ns, against %.0f ns "
+           "where the scanner protects nothing (share_read copy): %.2fx\n",
+           pc->write_protected_ns, pc->write_unprotected_ns,
+           pc->write_protected_ns / (pc->write_unprotected_ns > 0 ? pc->write_unprotected_ns : 1));
 }
 
 static int report_set_text(const struct share_run *run);
@@ -1674,7 +1778,9 @@ static void print_usage(FILE *out)
         "  --help            this text\n"
         "\n"
         "The synthetic set also measures what one page costs by kind (zero,\n"
-        "unique, duplicate) against the kernel's cost of freeing a page.\n",
+        "unique, duplicate) against the kernel's cost of freeing a page, and\n"
+        "the guest's first write to a page after a pass (the scanner leaves\n"
+        "what it read write-protected) against a host that protects nothing.\n",
         GUEST_IMAGE_MAX, GUEST_IMAGE_DEFAULT_GUESTS, GUEST_IMAGE_DEFAULT_MIB,
         GUEST_IMAGE_DEFAULT_SEED, 900u, SH_MAX_ROUNDS);
 }
