@@ -1,6 +1,6 @@
 /*
  * test_share_guest.c - sharing reading pages where the guest maps them: each
- * chunk write-protected by the PAGEMAP_SCAN that asks which of its pages
+ * block write-protected by the PAGEMAP_SCAN that asks which of its pages
  * were written since the last one, the written ones read, zero pages freed
  * from the guest's own mapping (unmapped, checked unwritten), pages not
  * written since their last read not read at all; and every way that can go
@@ -253,7 +253,7 @@ static void zero_pages_are_freed_where_the_guest_maps_them(void **state)
     s = share_stats(g.h);
     assert_int_equal(s.zero_reclaimed, ZERO_END - ZERO_FIRST);
     assert_int_equal(s.zero_in_guest, 0);
-    /* Its chunks are protected all the same (with asynchronous write
+    /* Its blocks are protected all the same (with asynchronous write
      * protection): the second pass reads no unwritten page. */
     if (probe_features().wp_async && probe_features().pagemap_scan)
         assert_int_equal(scan(&g).pages_unchanged, UNIQUE_END - ZERO_END);
@@ -296,6 +296,31 @@ static void a_store_before_the_unmap_keeps_its_page(void **state)
     s = share_stats(g.h);
     assert_int_equal(s.zero_in_guest, ZERO_END - ZERO_FIRST - 1);
     assert_int_equal(tu_page_type(g.h, g.id, 41), MV_PAGE_RAM);
+    guest_check_and_destroy(&g);
+}
+
+/* A store after the block's protection, before its page is read (its
+ * chunk comes later): the read sees it, so the page stays with the store
+ * in it; it was written after the protection, so the next pass reads it
+ * again, and the one after does not. */
+static void a_store_after_the_protection_is_read_now_and_again(void **state)
+{
+    struct mv_scan_result r;
+    struct guest g;
+
+    (void)state;
+    guest_make(&g, NULL, true);
+    arm(HOOK_AFTER_PROTECT, HOOK_STORE, g.ram + 140 * MV_PAGE_SIZE, 0x5d);
+    expect_stored(&g, 140, 0x5d);
+    scan(&g);
+    assert_int_equal(hook_ran, 1);
+    assert_int_equal(share_stats(g.h).zero_in_guest, ZERO_END - ZERO_FIRST - 1);
+    assert_int_equal(tu_page_type(g.h, g.id, 140), MV_PAGE_RAM);
+    r = scan(&g);
+    assert_true(r.pages_scanned > 1);
+    assert_int_equal(r.pages_unchanged, r.pages_scanned - 1);
+    r = scan(&g);
+    assert_int_equal(r.pages_unchanged, r.pages_scanned);
     guest_check_and_destroy(&g);
 }
 
@@ -352,7 +377,7 @@ static void failed_calls_leave_the_zero_pages_to_apply(void **state)
         enum mv__os_op op;
         unsigned skip;
     } cases[] = {
-        { MV_OS_PAGEMAP_SCAN, 0 },        /* protecting the first chunk */
+        { MV_OS_PAGEMAP_SCAN, 0 },        /* protecting the block */
         { MV_OS_ZAP, 0 },                 /* unmapping its zero pages */
         { MV_OS_PAGEMAP_SCAN, 1 },        /* asking which were written */
         { MV_OS_PUNCH, 0 },               /* freeing them */
@@ -512,6 +537,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(a_store_before_the_unmap_keeps_its_page),
     cmocka_unit_test(a_page_missing_from_the_guest_mapping_is_read_elsewhere),
     cmocka_unit_test(a_page_gone_under_the_read_leaves_the_chunk_to_the_machine_view),
+    cmocka_unit_test(a_store_after_the_protection_is_read_now_and_again),
     cmocka_unit_test(failed_calls_leave_the_zero_pages_to_apply),
     cmocka_unit_test(pages_not_written_since_their_last_read_are_not_read_again),
     cmocka_unit_test(the_hypervisor_s_changes_void_what_the_scanner_knew),

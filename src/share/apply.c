@@ -14,10 +14,10 @@
  * paging about 0.5 us against 0.7-0.9, and a page mapped once is read again
  * for nothing.
  *
- * Where the domain allows it (protects), each chunk the scanner reads is
+ * Where the domain allows it (protects), each block the scanner reads is
  * write-protected, asynchronously (a guest write goes through and leaves
  * its page marked written), by the PAGEMAP_SCAN that says which of its
- * pages were written since the last one (mv__share_locate); pages not
+ * pages were written since the last one (mv__share_protect); pages not
  * written since the scanner read them are not read again.  Where it also
  * can (reads_guest), the others are read where the guest maps them, and
  * the zero ones freed without the machine's view: unmap them, ask the page
@@ -173,8 +173,8 @@ static uint64_t reclaim_zero_run(struct mv_domain *d, uint64_t gfn, uint64_t n, 
 /* reading through the guest's own mapping                                  */
 
 /*
- * Whether the scanner write-protects d's chunks and asks which pages were
- * written since (each chunk's protecting scan, mv__share_locate), so that
+ * Whether the scanner write-protects d's blocks and asks which pages were
+ * written since (each block's protecting scan, mv__share_protect), so that
  * it reads again only those.  It takes asynchronous write protection (the
  * guest's writes go through, the kernel marks them), no mechanism watching
  * d's writes (the dirty log owns the protection then), RAM in this process,
@@ -223,37 +223,45 @@ void mv__share_guest_read_failed(struct mv_domain *d)
     __atomic_fetch_add(&d->host->share->guest_read_fallbacks, 1, __ATOMIC_RELAXED);
 }
 
-void mv__share_locate(struct mv_domain *d, uint64_t gfn, uint64_t n, const uint8_t *take,
-                      bool guest, const uint8_t **at, uint8_t *in_guest, uint8_t *unchanged)
+bool mv__share_protect(struct mv_domain *d, uint64_t gfn, uint64_t n, uint8_t *state)
 {
-    uint8_t rest[MV_BLOCK_PAGES], state[MV_BLOCK_PAGES];
+    int rc;
+
+    mv__assert_held(&d->lock);
+    if (!protects(d))
+        return false;
+    rc = mv__ram_protect_scan(d, gfn, n, state);
+    if (rc == 0)
+        return true;
+    /* Not tried again: a page table that cannot be scanned here would fail
+     * every block, each with its warning. */
+    d->share->protect_off = true;
+    mv__share_guest_read_failed(d);
+    mv__log(d->host, MV_LOG_WARN, "domain %u: cannot write-protect gfn %#llx+%llu and ask "
+            "which of its pages were written (%s); sharing reads all its pages through "
+            "the machine's view from now on", d->domid, (unsigned long long)gfn,
+            (unsigned long long)n, mv_strerror(rc));
+    return false;
+}
+
+void mv__share_locate(struct mv_domain *d, uint64_t gfn, uint64_t n, const uint8_t *take,
+                      const uint8_t *state, const uint8_t **at, uint8_t *in_guest,
+                      uint8_t *unchanged)
+{
+    uint8_t rest[MV_BLOCK_PAGES];
     const uint8_t *block;
     bool any_rest = false;
-    int rc;
 
     mv__assert_held(&d->lock);
     memset(in_guest, 0, n);
     memset(unchanged, 0, n);
-    if (guest && protects(d)) {
+    if (state) {
         bool in_place = reads_guest(d);
 
-        rc = mv__ram_protect_scan(d, gfn, n, state);
-        if (rc == 0) {
-            for (uint64_t i = 0; i < n; i++) {
-                unchanged[i] = take[i] && (state[i] & (MV_RAM_MAPPED | MV_RAM_MARKED)) &&
-                               !(state[i] & MV_RAM_WRITTEN) && mv__share_known(d, gfn + i);
-                in_guest[i] = in_place && take[i] && !unchanged[i] &&
-                              (state[i] & MV_RAM_MAPPED);
-            }
-        } else {
-            /* Not tried again: a page table that cannot be scanned here
-             * would fail every chunk, each with its warning. */
-            d->share->protect_off = true;
-            mv__share_guest_read_failed(d);
-            mv__log(d->host, MV_LOG_WARN, "domain %u: cannot write-protect gfn %#llx+%llu "
-                    "and ask which of its pages were written (%s); sharing reads all its "
-                    "pages through the machine's view from now on", d->domid,
-                    (unsigned long long)gfn, (unsigned long long)n, mv_strerror(rc));
+        for (uint64_t i = 0; i < n; i++) {
+            unchanged[i] = take[i] && (state[i] & (MV_RAM_MAPPED | MV_RAM_MARKED)) &&
+                           !(state[i] & MV_RAM_WRITTEN) && mv__share_known(d, gfn + i);
+            in_guest[i] = in_place && take[i] && !unchanged[i] && (state[i] & MV_RAM_MAPPED);
         }
     }
     for (uint64_t i = 0; i < n; i++) {

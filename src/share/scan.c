@@ -14,7 +14,7 @@
  * Scanning.  The scanner walks every running domain's populated pages, one
  * 2 MiB block at a time, 64 pages at a time, reading them where the guest
  * maps them when the domain allows it (apply.c, reads_guest: nothing to
- * map; the chunk is write-protected first by the page-table scan that says
+ * map; the block is write-protected first by the page-table scan that says
  * which of its pages are mapped there and which were written since the
  * last such scan: a page not written since the scanner read it keeps that
  * read's hash and is not read again; a page that leaves the mapping under
@@ -487,7 +487,7 @@ static bool check_pages(struct mv_domain *d, uint64_t lo, uint64_t n, const uint
 /* Scan [lo, hi) of d, at most SCAN_CHUNK_PAGES populated or not (its lock
  * held), and share what it found. */
 static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t hi,
-                       uint64_t *seen, struct mv_scan_result *result)
+                       uint64_t *seen, const uint8_t *state, struct mv_scan_result *result)
 {
     struct mv__scanner *sc = host->scanner;
     const uint64_t n = hi - lo;
@@ -518,7 +518,8 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
      * looked up in the index at once (mv__share_index_probe_many), so that
      * the index's cache misses overlap. */
     for (unsigned attempt = 0;; attempt++) {
-        mv__share_locate(d, lo, n, take, attempt == 0, at, in_guest, unchanged);
+        mv__share_locate(d, lo, n, take, attempt == 0 ? state : NULL, at, in_guest,
+                         unchanged);
         guest = memchr(in_guest, 1, n) != NULL;
         for (uint64_t i = 0; i < n; i++)
             read[i] = take[i] && !unchanged[i];
@@ -600,7 +601,9 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
                        struct mv_scan_result *result)
 {
     uint64_t end = MV_MIN(first + MV_BLOCK_PAGES, d->maxmem_pages), lo = first, hi = end;
+    uint8_t state[MV_BLOCK_PAGES];
     uint64_t *seen;
+    bool protected;
 
     while (lo < hi && d->p2m[lo] != MV_P2M_RAM)
         lo++;
@@ -609,8 +612,13 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
     if (lo == hi)
         return;
     seen = mv__share_hashes(d);
+    /* The whole block protected at once, before its chunks are read: a
+     * write after the protection is seen as such, whenever its chunk is
+     * read. */
+    protected = mv__share_protect(d, lo, hi - lo, state);
     for (uint64_t at = lo; at < hi; at += SCAN_CHUNK_PAGES)
-        scan_chunk(host, d, at, MV_MIN(at + SCAN_CHUNK_PAGES, hi), seen, result);
+        scan_chunk(host, d, at, MV_MIN(at + SCAN_CHUNK_PAGES, hi), seen,
+                   protected ? state + (at - lo) : NULL, result);
 }
 
 /*

@@ -181,7 +181,7 @@ struct mv__share_dom {
     uint64_t excluded_count;
     /* The scanner's (domain lock): each gfn's hash when last read (0:
      * none), and which of those still hold: read after the protecting
-     * scan of its chunk (apply.c, mv__share_locate) and not changed by the
+     * scan of its block (apply.c, mv__share_protect) and not changed by the
      * hypervisor since (the pages_changed event clears them). */
     uint64_t *hashes;
     uint64_t *known;
@@ -191,9 +191,9 @@ struct mv__share_dom {
      * and copies the last whole settle found no memory for. */
     unsigned trap_reasons;
     uint64_t kernel_copies, settle_waiting;
-    /* The scanner neither protects its chunks nor reads its pages through
+    /* The scanner neither protects its blocks nor reads its pages through
      * its own mapping: registering it for write protection, or a protecting
-     * scan, failed (apply.c, protects and mv__share_locate; domain lock). */
+     * scan, failed (apply.c, protects and mv__share_protect; domain lock). */
     bool protect_off;
 };
 
