@@ -268,7 +268,7 @@ MV_API const char *mv_tmem_store_name(enum mv_tmem_store store);
  *                           process (not a VMM's), with no dirty log on, on
  *                           Linux 6.7 or later (write protection that lets
  *                           writes through and marks them), the scanner
- *                           then write-protects each chunk as it asks which
+ *                           then write-protects each block as it asks which
  *                           pages were written since its last pass, and
  *                           does not read again a page the guest has not
  *                           written since; where the domain's faults are
@@ -1258,7 +1258,7 @@ struct mv_share_stats {
                                       read through the machine's view */
     /* Pages the scanner did not read again because the guest had not
      * written them since it last did (part of scan_pages): domains with no
-     * dirty log on, on Linux 6.7 or later (MV_SHARE_READ_AUTO).  Each chunk
+     * dirty log on, on Linux 6.7 or later (MV_SHARE_READ_AUTO).  Each block
      * is write-protected by the PAGEMAP_SCAN that asks which of its pages
      * were written, so a page stays protected between passes, and the
      * guest's first write to it after a pass takes a fault the kernel
