@@ -1075,13 +1075,6 @@ static int cost_punch_floor(struct page_costs *pc)
 
 #define SH_WRITE_ROUNDS 5
 
-static int cost_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return (x > y) - (x < y);
-}
-
 /*
  * The guest's first write to a page after a pass, on a host whose share_read
  * is `mode`: a domain of unique pages, then SH_WRITE_ROUNDS times a pass and
@@ -1093,7 +1086,7 @@ static int cost_guest_write(struct page_costs *pc, enum mv_share_read mode, doub
     struct mv_host_config hc;
     struct mv_domain_config dc;
     struct mv_scan_result r;
-    double round_ns[SH_WRITE_ROUNDS];
+    uint64_t round_ns[SH_WRITE_ROUNDS];
     uint8_t *ram, page[MV_PAGE_SIZE];
     uint32_t dom;
     mv_host *host;
@@ -1122,12 +1115,10 @@ static int cost_guest_write(struct page_costs *pc, enum mv_share_read mode, doub
         t0 = mv_bench_now_ns();
         for (uint64_t g = 0; g < pc->pages; g++)
             ((volatile uint8_t *)ram)[g * MV_PAGE_SIZE + 8 + k] ^= 0xff;
-        round_ns[k] = (double)(mv_bench_now_ns() - t0) / (double)pc->pages;
+        round_ns[k] = mv_bench_now_ns() - t0;
     }
-    if (rc == MV_BENCH_OK) {
-        qsort(round_ns, SH_WRITE_ROUNDS, sizeof(round_ns[0]), cost_cmp_double);
-        *ns = round_ns[SH_WRITE_ROUNDS / 2];
-    }
+    if (rc == MV_BENCH_OK)
+        *ns = (double)mv_bench_median(round_ns, SH_WRITE_ROUNDS) / (double)pc->pages;
     /* Byte 8 + k of every page flipped once: what the guest and the
      * library read must say so. */
     for (uint64_t g = 0; g < pc->pages && rc == MV_BENCH_OK; g += 97) {
