@@ -159,6 +159,8 @@ struct mv_pass {
     struct mv_scan_result res;
     uint64_t wall_ns;           /* since the first pass started */
     uint64_t process_cpu_ns;    /* since the first pass started */
+    uint64_t own_cpu_ns;        /* process CPU of this pass alone (not the
+                                   mv_share_stats between passes) */
     uint64_t saved_pages;       /* mv_share_stats after the pass */
     uint64_t zero_pages;
 };
@@ -765,11 +767,13 @@ static int scan_until_converged(struct mv_case *c, mv_host *host, uint64_t timeo
     t0 = mv_bench_now_ns();
     for (unsigned p = 0; p < SH_MAX_PASSES; p++) {
         struct mv_pass *pass = &c->pass[p];
+        uint64_t pass_cpu0 = mv_bench_process_cpu_ns();
         bool gained;
 
         rc = mv_share_scan(host, 0, &pass->res);
         pass->wall_ns = mv_bench_now_ns() - t0;
         pass->process_cpu_ns = mv_bench_process_cpu_ns() - cpu0;
+        pass->own_cpu_ns = pass->process_cpu_ns - (pass_cpu0 - cpu0);
         if (rc < 0)
             return mv_bench_lib_error("mv_share_scan", rc);
         rc = mv_share_stats(host, &s);
@@ -1177,7 +1181,7 @@ static uint64_t mv_steady_pass_cpu_ns(const struct mv_case *c)
 {
     if (!c->converged || c->passes < 2)
         return 0;
-    return c->pass[c->passes - 1].process_cpu_ns - c->pass[c->passes - 2].process_cpu_ns;
+    return c->pass[c->passes - 1].own_cpu_ns;
 }
 
 /* ksmd's CPU for one full scan once converged: between the last two full
@@ -1388,6 +1392,7 @@ static struct json_object *mv_case_json(const struct mv_case *c)
         json_object_object_add(po, "elapsed_ns", u64_json(ps->res.elapsed_ns));
         json_object_object_add(po, "end_ns", u64_json(ps->wall_ns));
         json_object_object_add(po, "process_cpu_ns", u64_json(ps->process_cpu_ns));
+        json_object_object_add(po, "pass_cpu_ns", u64_json(ps->own_cpu_ns));
         json_object_object_add(po, "saved_pages", u64_json(ps->saved_pages));
         json_object_object_add(po, "zero_pages_to_pod", u64_json(ps->zero_pages));
         json_object_array_add(passes, po);
