@@ -948,13 +948,20 @@ static int mv_case_run(struct share_run *run, struct mv_case *c)
 
 enum cost_kind { COST_ZERO, COST_UNIQUE, COST_DUPLICATE };
 
+/* Word i of page g of a kind: 0 for zero pages, else a word no other page
+ * has at that place (pages of one domain all differ). */
+static uint64_t cost_word(enum cost_kind kind, uint64_t g, size_t i)
+{
+    return kind == COST_ZERO ? 0 : ((g * 0x9e3779b97f4a7c15ull) ^ i) | 1;
+}
+
 static void cost_fill(uint8_t *ram, uint64_t pages, enum cost_kind kind)
 {
     for (uint64_t g = 0; g < pages; g++) {
         uint64_t *w = (uint64_t *)(ram + g * MV_PAGE_SIZE);
 
         for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
-            w[i] = kind == COST_ZERO ? 0 : ((g * 0x9e3779b97f4a7c15ull) ^ i) | 1;
+            w[i] = cost_word(kind, g, i);
     }
 }
 
@@ -1031,7 +1038,7 @@ static int cost_kind_run(struct page_costs *pc, enum cost_kind kind, double *fir
             if (mv_domain_read_page(host, doms[i], g, page) < 0)
                 rc = cost_fail(pc, "mv_domain_read_page failed");
             for (size_t k = 0; k < MV_PAGE_SIZE / 8 && rc == MV_BENCH_OK; k++) {
-                uint64_t w = kind == COST_ZERO ? 0 : ((g * 0x9e3779b97f4a7c15ull) ^ k) | 1;
+                uint64_t w = cost_word(kind, g, k);
 
                 if (((uint64_t *)page)[k] != w || ((uint64_t *)(ram[i] + g * MV_PAGE_SIZE))[k] != w)
                     rc = cost_fail(pc, "a page read back wrong");
@@ -1129,7 +1136,7 @@ static int cost_guest_write(struct page_costs *pc, enum mv_share_read mode, doub
         if (mv_domain_read_page(host, dom, g, page) < 0)
             rc = cost_fail(pc, "mv_domain_read_page failed");
         for (size_t k = 0; k < MV_PAGE_SIZE / 8 && rc == MV_BENCH_OK; k++) {
-            uint64_t w = ((g * 0x9e3779b97f4a7c15ull) ^ k) | 1;
+            uint64_t w = cost_word(COST_UNIQUE, g, k);
 
             if (k == 1)
                 w ^= ((1ull << (8 * SH_WRITE_ROUNDS)) - 1);

@@ -434,6 +434,11 @@ static void candidate_table_grows_with_candidates_keeping_them(void **state)
  * of the table at eight slots a candidate; a set found full makes the table
  * double rather than forget one (it left one page of the 16,384 private).
  */
+static uint64_t distinct_word(uint64_t g, size_t i)
+{
+    return ((g * 0x9e3779b97f4a7c15ull) ^ i) | 1;
+}
+
 static void two_equal_domains_share_every_page_in_one_pass(void **state)
 {
     mv_host *h = tu_host();
@@ -449,7 +454,7 @@ static void two_equal_domains_share_every_page_in_one_pass(void **state)
         assert_ok(mv_domain_ram(h, d[k], (void **)&w, &size));
         for (uint64_t g = 0; g < pages; g++)
             for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
-                w[g * (MV_PAGE_SIZE / 8) + i] = ((g * 0x9e3779b97f4a7c15ull) ^ i) | 1;
+                w[g * (MV_PAGE_SIZE / 8) + i] = distinct_word(g, i);
     }
     assert_ok(mv_share_scan(h, 0, &r));
     s = stats(h);
@@ -462,7 +467,7 @@ static void two_equal_domains_share_every_page_in_one_pass(void **state)
 
         for (uint64_t g = 0; g < pages; g += 61) {
             for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
-                want[i] = ((g * 0x9e3779b97f4a7c15ull) ^ i) | 1;
+                want[i] = distinct_word(g, i);
             assert_ok(mv_domain_read_page(h, d[k], g, page));
             assert_memory_equal(page, want, MV_PAGE_SIZE);
         }
