@@ -185,6 +185,7 @@ enum mv__os_op {
     MV_OS_DOMAIN_LIST,          /* the memory for a list of the host's domains */
     MV_OS_ALLOC,                /* any heap or table allocation of the library */
     MV_OS_THREAD,               /* starting a thread of the library's */
+    MV_OS_COUNT_MAPPINGS,       /* reading /proc/self/maps to count mappings */
     MV_OS_OP_COUNT,
 };
 
@@ -220,6 +221,9 @@ int mv__os_write(int fd, const void *buf, uint64_t offset, uint64_t length);
 /* Copy `length` bytes of `fd` from `from` to `to` inside the kernel. */
 int mv__os_copy(int fd, uint64_t from, uint64_t to, uint64_t length);
 /* Drop the page table entries of a shared mapping (pages stay in memory). */
+/* The mappings of this process (lines of /proc/self/maps) into *count: 0,
+ * or a negative errno and *count untouched. */
+int mv__os_count_mappings(uint64_t *count);
 int mv__os_zap(void *addr, size_t length);
 /* Reserve `length` bytes of zero-filled anonymous memory for the library's
  * own tables; pages take memory only when first written.  NULL with errno

@@ -1161,6 +1161,60 @@ static void mapping_limit_stops_sharing(void **state)
     mv_host_destroy(h);
 }
 
+/* Warnings that say the mappings could not be counted, counted. */
+static void count_mapping_warnings(void *opaque, enum mv_log_level level, const char *message)
+{
+    unsigned *warnings = opaque;
+
+    if (level == MV_LOG_WARN && strstr(message, "cannot count this process's mappings"))
+        __atomic_fetch_add(warnings, 1, __ATOMIC_RELAXED);
+}
+
+/*
+ * Counting the mappings fails (no descriptor left to open /proc/self/maps,
+ * say): the limit holds from the last count and what sharing made since,
+ * not from no mappings at all; the statistics still answer, with that
+ * count; the failure is said once until a count succeeds.
+ */
+static void mapping_limit_holds_when_mappings_cannot_be_counted(void **state)
+{
+    struct mv_host_config c;
+    unsigned warnings = 0;
+    struct mv_share_stats s;
+    uint64_t before, now;
+    uint32_t a, b;
+    mv_host *h;
+
+    (void)state;
+    tu_host_config(&c, 256 * MiB);
+    c.log = count_mapping_warnings;
+    c.log_opaque = &warnings;
+    assert_ok(mv_host_create(&c, &h));
+    a = domain1(h, "a", 16 * MiB, 1);
+    b = domain1(h, "b", 16 * MiB, 1);
+    fill(h, a, 4096, 4000);
+    fill(h, b, 4096, 4000);
+    before = stats(h).vma_count;
+    mv__share_set_max_vmas(h, (unsigned)before + 8);
+    mv__os_inject(MV_OS_COUNT_MAPPINGS, EMFILE, 0, UINT_MAX);
+    assert_ok(mv_share_scan(h, 0, NULL));
+    s = stats(h);
+    s = stats(h);
+    mv__os_inject(MV_OS_COUNT_MAPPINGS, 0, 0, 0);
+    assert_int_equal(warnings, 1);
+    assert_int_equal(s.sharing_stopped, 1);
+    assert_true(s.vma_count >= before && s.vma_count <= before + 8);
+    /* Counted again: the count is the kernel's, and nothing more is said. */
+    s = stats(h);
+    assert_ok(mv__os_count_mappings(&now));
+    assert_true(s.vma_count <= now + 2 && now <= s.vma_count + 2);
+    assert_true(s.vma_count <= before + 8);
+    assert_int_equal(warnings, 1);
+    verify_both(h, a, b);
+    assert_ok(mv_share_audit(h));
+    mv_host_destroy(h);
+}
+
 /* Near the limit, CoW breaks scattered over a clone stop splitting its
  * mapping: each takes the rest of its run along, and the mappings stay put. */
 static void breaks_near_the_limit_do_not_split(void **state)
@@ -1825,6 +1879,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(exclude_keeps_pages_private),
     cmocka_unit_test(bad_calls_are_refused),
     cmocka_unit_test(mapping_limit_stops_sharing),
+    cmocka_unit_test(mapping_limit_holds_when_mappings_cannot_be_counted),
     cmocka_unit_test(breaks_near_the_limit_do_not_split),
     cmocka_unit_test(breaks_near_the_limit_without_memory_split),
     cmocka_unit_test(audit_is_exact_while_guests_run),

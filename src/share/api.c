@@ -398,7 +398,8 @@ int mv_share_exclude(mv_host *host, uint32_t domid, uint64_t gfn, uint64_t count
 int mv_share_stats(mv_host *host, struct mv_share_stats *out)
 {
     struct mv__share *s;
-    uint64_t mappings;
+    uint64_t mappings = 0;
+    int counted;
 
     mv__clear_error();
     if (!host || !out)
@@ -408,10 +409,9 @@ int mv_share_stats(mv_host *host, struct mv_share_stats *out)
     /* Reading the counters changes nothing and holds no lock a fault needs
      * for long: kernel copies are counted once settled, and the mappings
      * are counted before the share lock is taken. */
-    mappings = share_count_mappings();
+    counted = mv__os_count_mappings(&mappings);
     mv__mutex_lock(&s->lock);
-    s->vma_count = mappings;
-    s->vma_checked_ns = mv__now_ns();
+    share_take_count(host, counted, mappings);
     /* Stopped stays stopped until sharing would get somewhere again. */
     share_recheck_stopped(host, MV_MAP_HARD_MARGIN);
     out->cow_kernel_copies = s->kernel_copies;

@@ -55,9 +55,11 @@ static bool maps_own(struct mv_domain *d, uint64_t gfn, int step)
 
 /* Whether a break may still split a run: the kernel's own limit is not
  * near (share lock held); takes the two mappings. */
-static bool may_split(struct mv__share *s)
+static bool may_split(struct mv_host *h)
 {
-    if (share_vma_count(s, MV_MAP_RECHECK_FAULT_NS) + 2 + MV_MAP_HARD_MARGIN >= s->max_map_count)
+    struct mv__share *s = h->share;
+
+    if (share_vma_count(h, MV_MAP_RECHECK_FAULT_NS) + 2 + MV_MAP_HARD_MARGIN >= s->max_map_count)
         return false;
     s->vma_count += 2;
     return true;
@@ -74,11 +76,12 @@ static uint64_t break_map_limit(struct mv__share *s)
  * keep to (share lock held); takes the two mappings.  The count as last
  * known, plus what was added since, first: counting again reads all of
  * /proc/self/maps, too slow for every fault. */
-bool share_may_split_for_break(struct mv__share *s)
+bool share_may_split_for_break(struct mv_host *h)
 {
+    struct mv__share *s = h->share;
     uint64_t limit = break_map_limit(s);
 
-    if (s->vma_count + 2 < limit || share_vma_count(s, MV_MAP_RECHECK_FAULT_NS) + 2 < limit) {
+    if (s->vma_count + 2 < limit || share_vma_count(h, MV_MAP_RECHECK_FAULT_NS) + 2 < limit) {
         s->vma_count += 2;
         return true;
     }
@@ -103,7 +106,7 @@ static uint64_t break_extent(struct mv_domain *d, uint64_t gfn, uint64_t *first)
     bool left_ends, right_ends;
 
     *first = gfn;
-    if (share_may_split_for_break(s))
+    if (share_may_split_for_break(d->host))
         return 1;
     left_ends = share_run_side(d, gfn, -1, MV_BREAK_RUN_MAX, &left);
     right_ends = share_run_side(d, gfn, +1, MV_BREAK_RUN_MAX, &right);
@@ -126,7 +129,7 @@ static uint64_t break_extent(struct mv_domain *d, uint64_t gfn, uint64_t *first)
     /* Memory the run takes is gone for writes to come: past half of what
      * the domain may still populate, split while the kernel allows. */
     if (n > (d->target_pages - MV_MIN(d->populated, d->target_pages)) / 2 &&
-        may_split(s))
+        may_split(d->host))
         return 1;
     *first = cost_left <= cost_right ? gfn - left : gfn;
     return n;
@@ -270,7 +273,7 @@ int share_break_share_trapped(struct mv_domain *d, uint64_t gfn)
         if (n == 1)
             return -ENOMEM;
         mv__mutex_lock(&s->lock);
-        split = may_split(s);
+        split = may_split(d->host);
         mv__mutex_unlock(&s->lock);
         first = gfn;
         n = 1;

@@ -34,31 +34,36 @@ uint64_t share_read_sysctl_u64(const char *path, uint64_t fallback)
     return v;
 }
 
-uint64_t share_count_mappings(void)
+void share_take_count(struct mv_host *h, int rc, uint64_t counted)
 {
-    FILE *f = fopen("/proc/self/maps", "re");
-    uint64_t n = 0;
-    int c;
+    struct mv__share *s = h->share;
 
-    if (!f)
-        return 0;
-    while ((c = getc_unlocked(f)) != EOF)
-        n += c == '\n';
-    fclose(f);
-    return n;
+    s->vma_checked_ns = mv__now_ns();
+    if (rc == 0) {
+        s->vma_count = counted;
+        s->count_failing = false;
+        return;
+    }
+    if (!s->count_failing)
+        mv__log(h, MV_LOG_WARN, "cannot count this process's mappings (%s); the limit "
+                "on mappings goes on from the last count, %llu, and those sharing made "
+                "since", mv_strerror(rc), (unsigned long long)s->vma_count);
+    s->count_failing = true;
 }
 
 /* The mappings of this process (share lock held).  Counting reads all of
  * /proc/self/maps, so it is done at most every `interval` ns; in between the
  * count only grows by what sharing and breaks add (never an undercount from
  * our side: what merges back is found at the next count). */
-uint64_t share_vma_count(struct mv__share *s, uint64_t interval)
+uint64_t share_vma_count(struct mv_host *h, uint64_t interval)
 {
-    uint64_t now = mv__now_ns();
+    struct mv__share *s = h->share;
+    uint64_t counted = 0;
+    int rc;
 
-    if (now - s->vma_checked_ns > interval) {
-        s->vma_count = share_count_mappings();
-        s->vma_checked_ns = now;
+    if (mv__now_ns() - s->vma_checked_ns > interval) {
+        rc = mv__os_count_mappings(&counted);
+        share_take_count(h, rc, counted);
     }
     return s->vma_count;
 }
@@ -94,7 +99,7 @@ bool share_may_map(struct mv_host *h, uint64_t more)
     uint64_t interval = s->vma_count + more < limit / 2 ? MV_MAP_RECHECK_FAR_NS
                                                         : MV_MAP_RECHECK_NS;
 
-    if (share_vma_count(s, interval) + more >= limit) {
+    if (share_vma_count(h, interval) + more >= limit) {
         if (!s->stopped)
             mv__log(h, MV_LOG_WARN, "sharing stopped: %llu mappings, limit %llu "
                     "(vm.max_map_count %llu)", (unsigned long long)s->vma_count,

@@ -114,7 +114,7 @@ static int settle_copies(struct mv_domain *d, uint64_t gfn, uint64_t n)
         return -EFAULT;
     }
     mv__mutex_lock(&s->lock);
-    split = share_may_split_for_break(s);
+    split = share_may_split_for_break(d->host);
     mv__mutex_unlock(&s->lock);
     if (!split) {
         /* Near the mapping limit: break them one by one as trapped writes,

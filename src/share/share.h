@@ -232,6 +232,7 @@ struct mv__share {
     uint64_t max_map_count;
     uint64_t vma_count;
     uint64_t vma_checked_ns;
+    bool count_failing;          /* the last count failed, and said so */
     uint64_t max_vmas;           /* 0: vm.max_map_count - MV_MAP_RESERVE */
     uint64_t break_limit;        /* 0: vm.max_map_count - MV_MAP_SLACK */
     bool stopped, breaks_unsharing_runs;
@@ -348,8 +349,12 @@ void share_rmap_del(struct mv_host *h, struct mv_domain *d, uint64_t gfn, bool u
 
 /* map.c */
 uint64_t share_read_sysctl_u64(const char *path, uint64_t fallback);
-uint64_t share_count_mappings(void);
-uint64_t share_vma_count(struct mv__share *s, uint64_t interval);
+/* Take the result of counting this process's mappings (mv__os_count_mappings
+ * returned rc; share lock held).  A failed count leaves the last one, which
+ * never undercounts sharing's own mappings, and is said once until a count
+ * succeeds. */
+void share_take_count(struct mv_host *h, int rc, uint64_t counted);
+uint64_t share_vma_count(struct mv_host *h, uint64_t interval);
 void share_recheck_stopped(struct mv_host *h, uint64_t more);
 bool share_may_map(struct mv_host *h, uint64_t more);
 int share_map_frames(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n);
@@ -383,7 +388,7 @@ int share_give_own_frames(struct mv_domain *d, uint64_t first, uint64_t n,
                           const uint8_t *copies, uint64_t breaks);
 bool share_run_side(struct mv_domain *d, uint64_t gfn, int step, uint64_t max,
                     uint64_t *len);
-bool share_may_split_for_break(struct mv__share *s);
+bool share_may_split_for_break(struct mv_host *h);
 int share_break_share_trapped(struct mv_domain *d, uint64_t gfn);
 int share_break_share(struct mv_domain *d, uint64_t gfn);
 
