@@ -1397,6 +1397,10 @@ static struct json_object *mv_case_json(const struct mv_case *c)
         json_object_object_add(po, "pages_unchanged", u64_json(ps->res.pages_unchanged));
         json_object_object_add(po, "hinted_pages", u64_json(ps->res.hinted_pages));
         json_object_object_add(po, "elapsed_ns", u64_json(ps->res.elapsed_ns));
+        json_object_object_add(po, "read_ns", u64_json(ps->res.read_ns));
+        json_object_object_add(po, "zero_ns", u64_json(ps->res.zero_ns));
+        json_object_object_add(po, "index_ns", u64_json(ps->res.index_ns));
+        json_object_object_add(po, "share_ns", u64_json(ps->res.share_ns));
         json_object_object_add(po, "end_ns", u64_json(ps->wall_ns));
         json_object_object_add(po, "process_cpu_ns", u64_json(ps->process_cpu_ns));
         json_object_object_add(po, "pass_cpu_ns", u64_json(ps->own_cpu_ns));
@@ -1645,6 +1649,16 @@ static void print_mv_case(const struct mv_case *c)
            c->productive_passes, c->converged ? "converged" : "NOT converged",
            (double)c->converge_ns / 1e6,
            (double)c->converge_process_cpu_ns / 1e6, (double)c->converge_scan_cpu_ns / 1e6);
+    if (c->passes && c->pass[0].res.elapsed_ns) {
+        const struct mv_scan_result *r = &c->pass[0].res;
+        uint64_t parts = r->read_ns + r->zero_ns + r->index_ns + r->share_ns;
+
+        printf("    first pass %.1f ms: reading pages %.1f, freeing zero pages %.1f, index "
+               "lookups %.1f, sharing %.1f, the rest %.1f\n", (double)r->elapsed_ns / 1e6,
+               (double)r->read_ns / 1e6, (double)r->zero_ns / 1e6, (double)r->index_ns / 1e6,
+               (double)r->share_ns / 1e6,
+               (double)(r->elapsed_ns - (parts < r->elapsed_ns ? parts : r->elapsed_ns)) / 1e6);
+    }
     printf("    %" PRIu64 " duplicated pages left unshared\n", c->missed_duplicates);
     printf("    populated %" PRIu64 " -> %" PRIu64 " pages; %" PRIu64 " shared frames, "
            "%" PRIu64 " mappings in the process%s%s\n", c->populated_before,

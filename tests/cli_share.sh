@@ -438,6 +438,11 @@ for round in 1 2 3; do
     [ "$(counter south shared_pages)" -gt 0 ] 2>/dev/null && break
 done
 json_check "the scan hashed pages" 'd["scan"]["pages_scanned"] > 0'
+json_check "the scan says where its time went" \
+    'd["scan"]["read_ns"] > 0 and d["scan"]["index_ns"] > 0 and d["scan"]["read_ns"] + d["scan"]["zero_ns"] + d["scan"]["index_ns"] + d["scan"]["share_ns"] <= d["scan"]["elapsed_ns"]'
+check "scan, where the time went" 0 \
+    --out "^  time: reading pages [0-9.]+ s, freeing zero pages [0-9.]+ s, index lookups [0-9.]+ s, sharing [0-9.]+ s$" \
+    -- "$cli_bin" share scan
 expect "blind scans share north's pages ($(counter north shared_pages))" \
     test "$(counter north shared_pages)" -ge 32
 expect "blind scans share south's pages ($(counter south shared_pages))" \

@@ -260,6 +260,44 @@ static void zero_pages_are_freed_where_the_guest_maps_them(void **state)
     guest_check_and_destroy(&g);
 }
 
+/* A pass says where its time went: each part that had work to do took
+ * time, the parts fit in the pass, and a pass that finds nothing new spends
+ * nothing freeing or sharing. */
+static void a_pass_says_where_its_time_went(void **state)
+{
+    struct mv_scan_result r;
+    struct guest g;
+
+    (void)state;
+    guest_make(&g, NULL, true);
+    r = scan(&g);
+    assert_int_equal(r.pages_zero, ZERO_END - ZERO_FIRST);
+    assert_int_equal(r.pages_shared, 16);
+    assert_true(r.read_ns > 0);
+    assert_true(r.zero_ns > 0);
+    assert_true(r.index_ns > 0);
+    assert_true(r.share_ns > 0);
+    assert_true(r.read_ns + r.zero_ns + r.index_ns + r.share_ns <= r.elapsed_ns);
+    r = scan(&g);
+    assert_int_equal(r.pages_zero + r.pages_shared, 0);
+    assert_true(r.read_ns > 0);
+    assert_true(r.index_ns > 0);
+    assert_int_equal(r.zero_ns, 0);
+    assert_int_equal(r.share_ns, 0);
+    assert_true(r.read_ns + r.index_ns <= r.elapsed_ns);
+    /* A unique page becomes a copy of a shared one: skipped once as
+     * volatile, then shared by the content index (no candidate to visit
+     * again). */
+    g.want[ZERO_END] = content_of(UNIQUE_END);
+    tu_guest_fill_page(g.ram + ZERO_END * MV_PAGE_SIZE, g.want[ZERO_END]);
+    assert_int_equal(scan(&g).volatile_skips, 1);
+    r = scan(&g);
+    assert_int_equal(r.pages_shared, 1);
+    assert_true(r.share_ns > 0);
+    assert_int_equal(r.zero_ns, 0);
+    guest_check_and_destroy(&g);
+}
+
 /* A store just before the protecting scan: the read after it sees it, and
  * the page stays, with the store in it. */
 static void a_store_before_the_protection_keeps_its_page(void **state)
@@ -533,6 +571,7 @@ static void the_dirty_log_keeps_its_protection(void **state)
 
 static const struct CMUnitTest cases[] = {
     cmocka_unit_test(zero_pages_are_freed_where_the_guest_maps_them),
+    cmocka_unit_test(a_pass_says_where_its_time_went),
     cmocka_unit_test(a_store_before_the_protection_keeps_its_page),
     cmocka_unit_test(a_store_before_the_unmap_keeps_its_page),
     cmocka_unit_test(a_page_missing_from_the_guest_mapping_is_read_elsewhere),

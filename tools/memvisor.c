@@ -1675,9 +1675,9 @@ static int run_share_scan(const struct invocation *inv)
     if (status != STATUS_OK)
         return status;
     scan = field(reply, "scan");
-    if (option_set(inv, "json"))
+    if (option_set(inv, "json")) {
         print_json(reply);
-    else
+    } else {
         printf("scan: hashed %" PRIu64 " pages in %.3f s: %" PRIu64 " newly shared (%s), %"
                PRIu64 " zero pages returned to the host, %" PRIu64 " volatile pages "
                "skipped, %" PRIu64 " pages of hinted ranges\n",
@@ -1686,6 +1686,11 @@ static int run_share_scan(const struct invocation *inv)
                pages_text(shared, sizeof(shared), field_u64(scan, "pages_shared")),
                field_u64(scan, "pages_zero"), field_u64(scan, "volatile_skips"),
                field_u64(scan, "hinted_pages"));
+        printf("  time: reading pages %.3f s, freeing zero pages %.3f s, index "
+               "lookups %.3f s, sharing %.3f s\n", seconds(field_u64(scan, "read_ns")),
+               seconds(field_u64(scan, "zero_ns")), seconds(field_u64(scan, "index_ns")),
+               seconds(field_u64(scan, "share_ns")));
+    }
     json_object_put(reply);
     return STATUS_OK;
 }

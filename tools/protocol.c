@@ -964,6 +964,10 @@ struct json_object *mv_proto_scan_result_json(const struct mv_scan_result *resul
     add_u64(o, "pages_unchanged", result->pages_unchanged);
     add_u64(o, "hinted_pages", result->hinted_pages);
     add_u64(o, "elapsed_ns", result->elapsed_ns);
+    add_u64(o, "read_ns", result->read_ns);
+    add_u64(o, "zero_ns", result->zero_ns);
+    add_u64(o, "index_ns", result->index_ns);
+    add_u64(o, "share_ns", result->share_ns);
     return o;
 }
 

@@ -517,6 +517,8 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
      * there: once more, through the machine's view).  Then every hash is
      * looked up in the index at once (mv__share_index_probe_many), so that
      * the index's cache misses overlap. */
+    uint64_t t = mv__now_ns(), t_next;
+
     for (unsigned attempt = 0;; attempt++) {
         mv__share_locate(d, lo, n, take, attempt == 0 ? state : NULL, at, in_guest,
                          unchanged);
@@ -542,10 +544,17 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
             mv__share_set_known(d, lo + i, hashed[i]);
         }
     }
+    t_next = mv__now_ns();
+    result->read_ns += t_next - t;
+    t = t_next;
     /* Zero pages read through the guest's mapping are freed from there;
      * what that leaves goes to apply with the rest. */
-    if (guest_zeros)
+    if (guest_zeros) {
         result->pages_zero += mv__share_reclaim_zero_in_guest(d, lo, n, zero_in_guest);
+        t_next = mv__now_ns();
+        result->zero_ns += t_next - t;
+        t = t_next;
+    }
     for (uint64_t i = 0; i < n; i++) {
         /* Left to apply: zero pages read elsewhere, and those the reclaim
          * kept marked (it unmarks what it freed). */
@@ -589,9 +598,12 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
             candidate_remember(host, c, hash, candidate_place(d->domid, g));
         }
     }
+    t_next = mv__now_ns();
+    result->index_ns += t_next - t;
     if (!any)
         return;
     mv__share_apply(d, lo, hi - lo, actions, NULL, &res);
+    result->share_ns += mv__now_ns() - t_next;
     result->pages_shared += res.shared + res.inserted;
     result->pages_zero += res.zero;
 }
@@ -602,7 +614,7 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
 {
     uint64_t end = MV_MIN(first + MV_BLOCK_PAGES, d->maxmem_pages), lo = first, hi = end;
     uint8_t state[MV_BLOCK_PAGES];
-    uint64_t *seen;
+    uint64_t *seen, t;
     bool protected;
 
     while (lo < hi && d->p2m[lo] != MV_P2M_RAM)
@@ -615,7 +627,9 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
     /* The whole block protected at once, before its chunks are read: a
      * write after the protection is seen as such, whenever its chunk is
      * read. */
+    t = mv__now_ns();
     protected = mv__share_protect(d, lo, hi - lo, state);
+    result->read_ns += mv__now_ns() - t;
     for (uint64_t at = lo; at < hi; at += SCAN_CHUNK_PAGES)
         scan_chunk(host, d, at, MV_MIN(at + SCAN_CHUNK_PAGES, hi), seen,
                    protected ? state + (at - lo) : NULL, result);
@@ -629,13 +643,18 @@ static int scan_step(mv_host *host, uint64_t max_pages, struct mv_scan_result *r
                      bool *pass_done)
 {
     struct mv__scanner *sc = host->scanner;
+    uint64_t t, hinted;
 
     *pass_done = false;
     if (sc->pass_start_ns == 0) {
         sc->pass_start_ns = mv__now_ns();
         sc->candidate_grow_failed = false;
     }
+    t = mv__now_ns();
+    hinted = result->hinted_pages;
     process_hints(host, result);
+    if (result->hinted_pages != hinted)
+        result->share_ns += mv__now_ns() - t;
     while (result->pages_scanned < max_pages) {
         struct mv_domain *d = mv__domain_get_from(host, sc->cursor_domid);
         uint64_t before = result->pages_scanned;
@@ -658,8 +677,11 @@ static int scan_step(mv_host *host, uint64_t max_pages, struct mv_scan_result *r
         }
         mv__mutex_unlock(&d->lock);
         mv__domain_put(d);
-        if (sc->revisit_count)
+        if (sc->revisit_count) {
+            t = mv__now_ns();
             process_revisits(host, result);
+            result->share_ns += mv__now_ns() - t;
+        }
         sc->pass_pages += result->pages_scanned - before;
     }
     if (*pass_done) {
