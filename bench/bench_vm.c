@@ -770,8 +770,11 @@ static int measure_memory_mv(struct vm_run *run, mv_host *host, struct vm_guest 
         total_saved += added;
         m->zero_pages += r.pages_zero;
         fprintf(stderr, "vm: scan pass %u: %" PRIu64 " scanned, %" PRIu64 " shared, %"
-                PRIu64 " zero, %" PRIu64 " volatile\n", m->passes, r.pages_scanned,
-                r.pages_shared, r.pages_zero, r.volatile_skips);
+                PRIu64 " zero, %" PRIu64 " volatile; %.1f ms: reading %.1f, freeing zero "
+                "pages %.1f, index %.1f, sharing %.1f\n", m->passes, r.pages_scanned,
+                r.pages_shared, r.pages_zero, r.volatile_skips, (double)r.elapsed_ns / 1e6,
+                (double)r.read_ns / 1e6, (double)r.zero_ns / 1e6, (double)r.index_ns / 1e6,
+                (double)r.share_ns / 1e6);
     }
     m->all_ns = mv_bench_now_ns() - t0;
     m->all_cpu_ns = mv_bench_thread_cpu_ns() - c0;
