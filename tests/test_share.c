@@ -477,13 +477,31 @@ static void two_equal_domains_share_every_page_in_one_pass(void **state)
     mv_host_destroy(h);
 }
 
-/* Warnings that mention the candidate table, counted. */
-static void count_table_warnings(void *opaque, enum mv_log_level level, const char *message)
-{
-    unsigned *warnings = opaque;
+/* The warnings whose message holds `needle`, counted. */
+struct warnings {
+    const char *needle;
+    unsigned count;
+};
 
-    if (level == MV_LOG_WARN && strstr(message, "candidate table"))
-        __atomic_fetch_add(warnings, 1, __ATOMIC_RELAXED);
+static void count_warnings(void *opaque, enum mv_log_level level, const char *message)
+{
+    struct warnings *w = opaque;
+
+    if (level == MV_LOG_WARN && strstr(message, w->needle))
+        __atomic_fetch_add(&w->count, 1, __ATOMIC_RELAXED);
+}
+
+/* A host of `budget` bytes whose log counts into w. */
+static mv_host *host_counting(struct warnings *w, uint64_t budget)
+{
+    struct mv_host_config c;
+    mv_host *h;
+
+    tu_host_config(&c, budget);
+    c.log = count_warnings;
+    c.log_opaque = w;
+    assert_ok(mv_host_create(&c, &h));
+    return h;
 }
 
 /*
@@ -495,25 +513,20 @@ static void count_table_warnings(void *opaque, enum mv_log_level level, const ch
  */
 static void candidate_table_without_memory_stays_and_says_so(void **state)
 {
-    struct mv_host_config c;
-    unsigned warnings = 0;
+    struct warnings warnings = { "candidate table", 0 };
+    mv_host *h = host_counting(&warnings, 4 * GiB);
     struct mv_scan_result r;
     struct mv_share_stats s;
     uint32_t a, b;
-    mv_host *h;
 
     (void)state;
-    tu_host_config(&c, 4 * GiB);
-    c.log = count_table_warnings;
-    c.log_opaque = &warnings;
-    assert_ok(mv_host_create(&c, &h));
     b = domain1(h, "b", 32 * MiB, 1);
     a = domain1(h, "a", 32 * MiB, 1);
     fill(h, a, 4096, 3000);
     mv__os_inject(MV_OS_ALLOC, ENOMEM, 0, UINT_MAX);
     assert_ok(mv_share_scan(h, 0, &r));
     mv__os_inject(MV_OS_ALLOC, 0, 0, 0);
-    assert_int_equal(warnings, 1);
+    assert_int_equal(warnings.count, 1);
     s = stats(h);
     assert_int_equal(s.scan_candidate_slots, 4096);
     assert_int_equal(s.saved_pages, 0);
@@ -524,7 +537,7 @@ static void candidate_table_without_memory_stays_and_says_so(void **state)
     while (r.pages_shared);
     s = stats(h);
     assert_true(s.scan_candidate_slots > 4096);
-    assert_int_equal(warnings, 1);
+    assert_int_equal(warnings.count, 1);
     /* b holds only a's contents: none of its pages stays private. */
     assert_true(info(h, b).shared_pages > 1500);
     assert_int_equal(info(h, b).populated_pages, 0);
@@ -1161,15 +1174,6 @@ static void mapping_limit_stops_sharing(void **state)
     mv_host_destroy(h);
 }
 
-/* Warnings that say the mappings could not be counted, counted. */
-static void count_mapping_warnings(void *opaque, enum mv_log_level level, const char *message)
-{
-    unsigned *warnings = opaque;
-
-    if (level == MV_LOG_WARN && strstr(message, "cannot count this process's mappings"))
-        __atomic_fetch_add(warnings, 1, __ATOMIC_RELAXED);
-}
-
 /*
  * Counting the mappings fails (no descriptor left to open /proc/self/maps,
  * say): the limit holds from the last count and what sharing made since,
@@ -1178,18 +1182,13 @@ static void count_mapping_warnings(void *opaque, enum mv_log_level level, const 
  */
 static void mapping_limit_holds_when_mappings_cannot_be_counted(void **state)
 {
-    struct mv_host_config c;
-    unsigned warnings = 0;
+    struct warnings warnings = { "cannot count this process's mappings", 0 };
+    mv_host *h = host_counting(&warnings, 256 * MiB);
     struct mv_share_stats s;
     uint64_t before, now;
     uint32_t a, b;
-    mv_host *h;
 
     (void)state;
-    tu_host_config(&c, 256 * MiB);
-    c.log = count_mapping_warnings;
-    c.log_opaque = &warnings;
-    assert_ok(mv_host_create(&c, &h));
     a = domain1(h, "a", 16 * MiB, 1);
     b = domain1(h, "b", 16 * MiB, 1);
     fill(h, a, 4096, 4000);
@@ -1201,7 +1200,7 @@ static void mapping_limit_holds_when_mappings_cannot_be_counted(void **state)
     s = stats(h);
     s = stats(h);
     mv__os_inject(MV_OS_COUNT_MAPPINGS, 0, 0, 0);
-    assert_int_equal(warnings, 1);
+    assert_int_equal(warnings.count, 1);
     assert_int_equal(s.sharing_stopped, 1);
     assert_true(s.vma_count >= before && s.vma_count <= before + 8);
     /* Counted again: the count is the kernel's, and nothing more is said. */
@@ -1209,7 +1208,7 @@ static void mapping_limit_holds_when_mappings_cannot_be_counted(void **state)
     assert_ok(mv__os_count_mappings(&now));
     assert_true(s.vma_count <= now + 2 && now <= s.vma_count + 2);
     assert_true(s.vma_count <= before + 8);
-    assert_int_equal(warnings, 1);
+    assert_int_equal(warnings.count, 1);
     verify_both(h, a, b);
     assert_ok(mv_share_audit(h));
     mv_host_destroy(h);
