@@ -1203,11 +1203,12 @@ static void mapping_limit_holds_when_mappings_cannot_be_counted(void **state)
     assert_int_equal(warnings.count, 1);
     assert_int_equal(s.sharing_stopped, 1);
     assert_true(s.vma_count >= before && s.vma_count <= before + 8);
-    /* Counted again: the count is the kernel's, and nothing more is said. */
+    /* Counted again: the count is the kernel's (which may have grown
+     * apart from sharing: a sanitizer's allocator maps memory too), and
+     * nothing more is said. */
     s = stats(h);
     assert_ok(mv__os_count_mappings(&now));
     assert_true(s.vma_count <= now + 2 && now <= s.vma_count + 2);
-    assert_true(s.vma_count <= before + 8);
     assert_int_equal(warnings.count, 1);
     verify_both(h, a, b);
     assert_ok(mv_share_audit(h));
