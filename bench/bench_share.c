@@ -1657,7 +1657,7 @@ static void print_mv_case(const struct mv_case *c)
                "lookups %.1f, sharing %.1f, the rest %.1f\n", (double)r->elapsed_ns / 1e6,
                (double)r->read_ns / 1e6, (double)r->zero_ns / 1e6, (double)r->index_ns / 1e6,
                (double)r->share_ns / 1e6,
-               (double)(r->elapsed_ns - (parts < r->elapsed_ns ? parts : r->elapsed_ns)) / 1e6);
+               (double)(r->elapsed_ns - MV_BENCH_MIN(parts, r->elapsed_ns)) / 1e6);
     }
     printf("    %" PRIu64 " duplicated pages left unshared\n", c->missed_duplicates);
     printf("    populated %" PRIu64 " -> %" PRIu64 " pages; %" PRIu64 " shared frames, "

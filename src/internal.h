@@ -220,10 +220,10 @@ int mv__os_read(int fd, void *buf, uint64_t offset, uint64_t length);
 int mv__os_write(int fd, const void *buf, uint64_t offset, uint64_t length);
 /* Copy `length` bytes of `fd` from `from` to `to` inside the kernel. */
 int mv__os_copy(int fd, uint64_t from, uint64_t to, uint64_t length);
-/* Drop the page table entries of a shared mapping (pages stay in memory). */
 /* The mappings of this process (lines of /proc/self/maps) into *count: 0,
  * or a negative errno and *count untouched. */
 int mv__os_count_mappings(uint64_t *count);
+/* Drop the page table entries of a shared mapping (pages stay in memory). */
 int mv__os_zap(void *addr, size_t length);
 /* Reserve `length` bytes of zero-filled anonymous memory for the library's
  * own tables; pages take memory only when first written.  NULL with errno

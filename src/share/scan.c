@@ -484,6 +484,16 @@ static bool check_pages(struct mv_domain *d, uint64_t lo, uint64_t n, const uint
     return true;
 }
 
+/* The time since *since, which becomes now: a pass's parts are timed one
+ * after the other (mv_scan_result's read_ns, zero_ns, index_ns, share_ns). */
+static uint64_t lap_ns(uint64_t *since)
+{
+    uint64_t now = mv__now_ns(), lap = now - *since;
+
+    *since = now;
+    return lap;
+}
+
 /* Scan [lo, hi) of d, at most SCAN_CHUNK_PAGES populated or not (its lock
  * held), and share what it found. */
 static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t hi,
@@ -517,7 +527,7 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
      * there: once more, through the machine's view).  Then every hash is
      * looked up in the index at once (mv__share_index_probe_many), so that
      * the index's cache misses overlap. */
-    uint64_t t = mv__now_ns(), t_next;
+    uint64_t t = mv__now_ns();
 
     for (unsigned attempt = 0;; attempt++) {
         mv__share_locate(d, lo, n, take, attempt == 0 ? state : NULL, at, in_guest,
@@ -544,16 +554,12 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
             mv__share_set_known(d, lo + i, hashed[i]);
         }
     }
-    t_next = mv__now_ns();
-    result->read_ns += t_next - t;
-    t = t_next;
+    result->read_ns += lap_ns(&t);
     /* Zero pages read through the guest's mapping are freed from there;
      * what that leaves goes to apply with the rest. */
     if (guest_zeros) {
         result->pages_zero += mv__share_reclaim_zero_in_guest(d, lo, n, zero_in_guest);
-        t_next = mv__now_ns();
-        result->zero_ns += t_next - t;
-        t = t_next;
+        result->zero_ns += lap_ns(&t);
     }
     for (uint64_t i = 0; i < n; i++) {
         /* Left to apply: zero pages read elsewhere, and those the reclaim
@@ -598,12 +604,11 @@ static void scan_chunk(mv_host *host, struct mv_domain *d, uint64_t lo, uint64_t
             candidate_remember(host, c, hash, candidate_place(d->domid, g));
         }
     }
-    t_next = mv__now_ns();
-    result->index_ns += t_next - t;
+    result->index_ns += lap_ns(&t);
     if (!any)
         return;
     mv__share_apply(d, lo, hi - lo, actions, NULL, &res);
-    result->share_ns += mv__now_ns() - t_next;
+    result->share_ns += lap_ns(&t);
     result->pages_shared += res.shared + res.inserted;
     result->pages_zero += res.zero;
 }
@@ -629,7 +634,7 @@ static void scan_block(mv_host *host, struct mv_domain *d, uint64_t first,
      * read. */
     t = mv__now_ns();
     protected = mv__share_protect(d, lo, hi - lo, state);
-    result->read_ns += mv__now_ns() - t;
+    result->read_ns += lap_ns(&t);
     for (uint64_t at = lo; at < hi; at += SCAN_CHUNK_PAGES)
         scan_chunk(host, d, at, MV_MIN(at + SCAN_CHUNK_PAGES, hi), seen,
                    protected ? state + (at - lo) : NULL, result);
@@ -654,7 +659,7 @@ static int scan_step(mv_host *host, uint64_t max_pages, struct mv_scan_result *r
     hinted = result->hinted_pages;
     process_hints(host, result);
     if (result->hinted_pages != hinted)
-        result->share_ns += mv__now_ns() - t;
+        result->share_ns += lap_ns(&t);
     while (result->pages_scanned < max_pages) {
         struct mv_domain *d = mv__domain_get_from(host, sc->cursor_domid);
         uint64_t before = result->pages_scanned;
@@ -680,7 +685,7 @@ static int scan_step(mv_host *host, uint64_t max_pages, struct mv_scan_result *r
         if (sc->revisit_count) {
             t = mv__now_ns();
             process_revisits(host, result);
-            result->share_ns += mv__now_ns() - t;
+            result->share_ns += lap_ns(&t);
         }
         sc->pass_pages += result->pages_scanned - before;
     }
