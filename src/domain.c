@@ -674,6 +674,13 @@ static int check_vmm(const struct mv_domain_config *config, const struct mv_vmm_
 int mv_domain_create_vmm(mv_host *host, const struct mv_domain_config *config,
                          const struct mv_vmm_ram *vmm, uint32_t *domid)
 {
+    return mv__domain_create_vmm(host, config, vmm, NULL, domid);
+}
+
+int mv__domain_create_vmm(mv_host *host, const struct mv_domain_config *config,
+                          const struct mv_vmm_ram *vmm, mv__vmm_batch_fn batch,
+                          uint32_t *domid)
+{
     struct mv__vmm *v = NULL;
     uint64_t d_ram_addr;
     int rc;
@@ -694,6 +701,7 @@ int mv_domain_create_vmm(mv_host *host, const struct mv_domain_config *config,
     }
     v->pid = vmm->pid;
     v->ops = vmm->ops;
+    v->batch = batch;
     v->ctx = vmm->ctx;
     v->pagemap_fd = vmm->pagemap_fd;
     v->uffds[0] = vmm->uffd;

@@ -502,12 +502,27 @@ struct mv__held_fault {
 struct mv__logdirty;
 struct mv__share_dom;
 
+/* One change of a VMM's mapping among several asked at once: a run of
+ * [addr, addr + length) in the VMM, at byte `offset` of the machine memory
+ * for a map. */
+enum mv__vmm_change { MV__VMM_MAP, MV__VMM_MAP_PRIVATE, MV__VMM_ZAP };
+struct mv__vmm_run {
+    uint64_t addr, length, offset;
+};
+/* Carry out `what` for each of runs[0..n), as ops.map or ops.zap would one
+ * at a time, and set results[i] to run i's 0 or -errno.  Every run is
+ * tried, whatever became of the others.  Locks as ops.map. */
+typedef void (*mv__vmm_batch_fn)(void *ctx, enum mv__vmm_change what,
+                                 const struct mv__vmm_run *runs, size_t n, int *results);
+
 /* A domain whose RAM lives in another process, a VMM (ram.c): the handed-
  * over userfaultfds and pagemap, and the VMM's operations that change its
- * mappings.  Set once at creation, never changed. */
+ * mappings (`batch`, when set, several at once: the hand-over's server
+ * pipelines them, vmm/server.c).  Set once at creation, never changed. */
 struct mv__vmm {
     pid_t pid;
     struct mv_vmm_ops ops;
+    mv__vmm_batch_fn batch;
     void *ctx;
     int pagemap_fd;        /* the VMM's /proc/PID/pagemap */
     int uffds[2];          /* handed over, not yet given to a user; -1 after */
@@ -645,6 +660,11 @@ int mv__domain_new(struct mv_host *host, const struct mv_domain_config *config,
                    struct mv_domain **out);
 int mv__domain_publish(struct mv_host *host, struct mv_domain *d);
 void mv__domain_discard(struct mv_domain *d);
+/* mv_domain_create_vmm for the hand-over's server, whose VMMs also take
+ * several mapping changes at once (`batch`, NULL: one at a time). */
+int mv__domain_create_vmm(mv_host *host, const struct mv_domain_config *config,
+                          const struct mv_vmm_ram *vmm, mv__vmm_batch_fn batch,
+                          uint32_t *domid);
 /* Map [gfn, gfn + n) to the domain's own frames and register it with the
  * domain's userfaultfd (lock held or domain unreachable). */
 int mv__domain_map_own(struct mv_domain *d, uint64_t gfn, uint64_t n);
@@ -664,6 +684,19 @@ int mv__ram_map(struct mv_domain *d, uint64_t gfn, uint64_t n, uint64_t offset,
                 bool private);
 /* Drop the page table entries of [gfn, gfn + n) (the pages stay). */
 int mv__ram_zap(struct mv_domain *d, uint64_t gfn, uint64_t n);
+/* A run of gfns for mv__ram_map_runs (to the machine memory at byte
+ * `offset`) or mv__ram_zap_runs (offset unused). */
+struct mv__ram_run {
+    uint64_t gfn, n, offset;
+};
+/* mv__ram_map or mv__ram_zap of each run, all of them tried whatever became
+ * of the others (a VMM is asked for them at once: one wait for its agent,
+ * not one a run).  results[i] is run i's 0 or -errno; returns the first
+ * error or 0 (the caller says which run failed). */
+int mv__ram_map_runs(struct mv_domain *d, const struct mv__ram_run *runs, size_t n,
+                     bool private, int *results);
+int mv__ram_zap_runs(struct mv_domain *d, const struct mv__ram_run *runs, size_t n,
+                     int *results);
 /* Read what the vCPUs see at [gfn, gfn + n): only for pages mapped now
  * (private copies), never for missing ones. */
 int mv__ram_read_mapped(struct mv_domain *d, uint64_t gfn, uint64_t n, void *buf);

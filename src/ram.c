@@ -10,7 +10,8 @@
  *   - userfaultfd ioctls act on the address space of the process that
  *     opened the userfaultfd, so they work unchanged on d->ram either way;
  *   - mmap and madvise act only on the caller's own address space: for a
- *     VMM they are the VMM's ops, run by code inside it;
+ *     VMM they are the VMM's ops, run by code inside it, several at once
+ *     where the VMM takes them so (mv__ram_map_runs, mv__ram_zap_runs);
  *   - page contents are read from the machine memory file (machine.c),
  *     never through the mapping, except private copies, which exist only
  *     in the mapping and are always present (read_mapped).
@@ -64,6 +65,64 @@ int mv__ram_zap(struct mv_domain *d, uint64_t gfn, uint64_t n)
     if (rc == 0)
         rc = d->vmm->ops.zap(d->vmm->ctx, (uintptr_t)at, n << MV_PAGE_SHIFT);
     return rc > 0 || rc < -4095 ? -EIO : rc;
+}
+
+/* Runs a VMM is asked for at once, at most (the rest in further batches). */
+#define RUNS_AT_ONCE 64
+
+/* mv__ram_map_runs and mv__ram_zap_runs: one run at a time, or through the
+ * VMM's batch, where an injected failure stands for the VMM's own for its
+ * run alone (as for a single call) and the others go on. */
+static int change_runs(struct mv_domain *d, enum mv__vmm_change what,
+                       const struct mv__ram_run *runs, size_t n, int *results)
+{
+    int first = 0;
+
+    if (!d->vmm || !d->vmm->batch) {
+        for (size_t i = 0; i < n; i++) {
+            results[i] = what == MV__VMM_ZAP
+                ? mv__ram_zap(d, runs[i].gfn, runs[i].n)
+                : mv__ram_map(d, runs[i].gfn, runs[i].n, runs[i].offset,
+                              what == MV__VMM_MAP_PRIVATE);
+            if (first == 0)
+                first = results[i];
+        }
+        return first;
+    }
+    for (size_t i = 0; i < n;) {
+        struct mv__vmm_run ask[RUNS_AT_ONCE];
+        size_t which[RUNS_AT_ONCE], k = 0;
+        int got[RUNS_AT_ONCE];
+
+        for (; i < n && k < RUNS_AT_ONCE; i++) {
+            results[i] = mv__os_injected(what == MV__VMM_ZAP ? MV_OS_ZAP : MV_OS_MMAP);
+            if (results[i] < 0)
+                continue;
+            ask[k] = (struct mv__vmm_run){ .addr = (uintptr_t)mv__gfn_addr(d, runs[i].gfn),
+                                           .length = runs[i].n << MV_PAGE_SHIFT,
+                                           .offset = runs[i].offset };
+            which[k++] = i;
+        }
+        if (k)
+            d->vmm->batch(d->vmm->ctx, what, ask, k, got);
+        for (size_t j = 0; j < k; j++)
+            results[which[j]] = got[j] > 0 || got[j] < -4095 ? -EIO : got[j];
+    }
+    for (size_t i = 0; i < n && first == 0; i++)
+        first = results[i];
+    return first;
+}
+
+int mv__ram_map_runs(struct mv_domain *d, const struct mv__ram_run *runs, size_t n,
+                     bool private, int *results)
+{
+    return change_runs(d, private ? MV__VMM_MAP_PRIVATE : MV__VMM_MAP, runs, n, results);
+}
+
+int mv__ram_zap_runs(struct mv_domain *d, const struct mv__ram_run *runs, size_t n,
+                     int *results)
+{
+    return change_runs(d, MV__VMM_ZAP, runs, n, results);
 }
 
 int mv__ram_read_mapped(struct mv_domain *d, uint64_t gfn, uint64_t n, void *buf)

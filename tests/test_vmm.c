@@ -616,6 +616,85 @@ static void vmm_failed_remaps_and_zaps_keep_every_byte(void **state)
     }
 }
 
+/*
+ * Pages that make a VMM's agent change several mappings at once: gfns 0-15
+ * of one VMM hold the bytes 1-16 and those of the other the same pages in
+ * the reverse order (one stretch of sixteen runs of frames, mapped by one
+ * batch), and gfns 32-63 alternate duplicates (bytes 40-55 at the even
+ * ones) with pages of their own (sixteen runs to unmap in one chunk).
+ */
+static void fill_scattered_copies(struct stub *s, bool reversed, uint64_t seed)
+{
+    assert_cmd_ok(s, "write 32 32 %llu", (unsigned long long)seed);
+    for (unsigned i = 0; i < 16; i++) {
+        assert_cmd_ok(s, "fill %u 1 %u", i, reversed ? 16 - i : i + 1);
+        assert_cmd_ok(s, "fill %u 1 %u", 32 + 2 * i, 40 + i);
+    }
+}
+
+static void verify_scattered_copies(struct stub *s, bool reversed, uint64_t seed)
+{
+    char want[32];
+
+    for (unsigned i = 0; i < 16; i++) {
+        snprintf(want, sizeof(want), "ok %u", 4096 * (reversed ? 16 - i : i + 1));
+        assert_string_equal(stub_cmd(s, "sum %u 1", i), want);
+        snprintf(want, sizeof(want), "ok %u", 4096 * (40 + i));
+        assert_string_equal(stub_cmd(s, "sum %u 1", 32 + 2 * i), want);
+        assert_cmd_ok(s, "verify %u 1 %llu", 33 + 2 * i, (unsigned long long)seed);
+    }
+}
+
+/* The maps and unmaps a VMM's agent is asked for several at once each fail
+ * in turn (the first, the second, ... of a batch): the others of the batch
+ * are carried out, and every byte stays as the VMM wrote it; with none
+ * failing, every copy is shared. */
+static void vmm_batched_remaps_fail_one_run_at_a_time(void **state)
+{
+    enum mv__os_op ops[] = { MV_OS_MMAP, MV_OS_ZAP };
+
+    (void)state;
+    for (size_t o = 0; o < sizeof(ops) / sizeof(ops[0]); o++) {
+        bool reached = true;
+
+        for (unsigned skip = 0; reached; skip++) {
+            mv_host *h = tu_host();
+            struct mv_share_stats st;
+            struct mv_scan_result r;
+            struct stub a, b;
+
+            stub_start(h, &a, "vmm-ba", 16 * MiB, 16 * MiB);
+            stub_start(h, &b, "vmm-bb", 16 * MiB, 16 * MiB);
+            fill_scattered_copies(&a, false, 9);
+            fill_scattered_copies(&b, true, 10);
+            mv__os_inject(ops[o], EIO, skip, 1);
+            for (int i = 0; i < 2; i++)
+                (void)mv_share_scan(h, 0, &r);
+            reached = mv__os_injection_left(ops[o]) == 0;
+            mv__os_inject(ops[o], 0, 0, 0);
+            assert_ok(mv_share_stats(h, &st));
+            /* 16 + 16 copies: all of them when nothing failed. */
+            assert_true(st.saved_pages <= 32);
+            if (!reached)
+                assert_int_equal(st.saved_pages, 32);
+            verify_scattered_copies(&a, false, 9);
+            verify_scattered_copies(&b, true, 10);
+            assert_host_sees(h, a.domid, 33, 9, 0);
+            assert_host_sees(h, b.domid, 3, 0, 13);
+            /* Writes after the failure are each VMM's own. */
+            assert_cmd_ok(&a, "fill 0 16 77");
+            verify_scattered_copies(&b, true, 10);
+            assert_host_sees(h, a.domid, 3, 0, 77);
+            audit_all(h, a.domid);
+            assert_ok(mv_domain_audit(h, b.domid));
+            stub_stop(h, &a);
+            stub_stop(h, &b);
+            assert_ok(mv_host_audit(h));
+            mv_host_destroy(h);
+        }
+    }
+}
+
 /* A discard whose hole punch fails: the VMM is told, the pages keep their
  * bytes and their frames. */
 static void vmm_failed_discard_keeps_the_pages(void **state)
@@ -653,6 +732,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(vmm_stops_when_memvisor_dies),
     cmocka_unit_test(vmm_bad_handovers_are_refused),
     cmocka_unit_test(vmm_failed_remaps_and_zaps_keep_every_byte),
+    cmocka_unit_test(vmm_batched_remaps_fail_one_run_at_a_time),
     cmocka_unit_test(vmm_failed_discard_keeps_the_pages),
 };
 

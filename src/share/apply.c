@@ -483,6 +483,10 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
     /* The block's own frames: those acted on are populated (RAM) and
      * unmapped from the guest, so they hold still.  Read once unmapped. */
     const uint8_t *buf;
+    /* Runs alternate with gfns left alone: at most one a gfn pair. */
+    struct mv__ram_run zaps[MV_BLOCK_PAGES / 2 + 1];
+    int zapped[MV_BLOCK_PAGES / 2 + 1];
+    size_t zap_count = 0;
     uint64_t i;
     int rc = 0;
 
@@ -494,7 +498,7 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
             outcomes[i] = d->p2m[gfn + i] == MV_P2M_SHARED ? MV_SHARE_ALREADY
                                                            : MV_SHARE_SKIPPED;
     }
-    /* Unmap runs of the populated gfns to act on. */
+    /* Unmap runs of the populated gfns to act on, all asked at once. */
     for (i = 0; i < n;) {
         uint64_t start = i;
 
@@ -505,10 +509,12 @@ int mv__share_apply(struct mv_domain *d, uint64_t gfn, uint64_t n,
             i++;
             continue;
         }
-        if (mv__ram_zap(d, gfn + start, i - start) < 0)
-            continue;
-        memset(plan->kind + start, PLAN_RESTORE, i - start);
+        zaps[zap_count++] = (struct mv__ram_run){ .gfn = gfn + start, .n = i - start };
     }
+    mv__ram_zap_runs(d, zaps, zap_count, zapped);
+    for (size_t r = 0; r < zap_count; r++)
+        if (zapped[r] == 0)
+            memset(plan->kind + (zaps[r].gfn - gfn), PLAN_RESTORE, zaps[r].n);
     /* plan->kind is PLAN_RESTORE (nonzero) exactly where a page was
      * unmapped: the pages to read. */
     buf = read_block(d, gfn, n, plan->kind);

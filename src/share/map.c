@@ -129,6 +129,32 @@ static int map_frames(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t 
     return 0;
 }
 
+/* Map gfn + i to frame mfn[i] for i in [0, n): one mapping per run of
+ * consecutive frames, all asked at once (a VMM's agent is waited for once). */
+static int map_frame_runs(struct mv_domain *d, uint64_t gfn, const uint64_t *mfn, uint64_t n)
+{
+    struct mv__ram_run runs[MV_BLOCK_PAGES];
+    int results[MV_BLOCK_PAGES], rc;
+    size_t count = 0;
+    uint64_t i = 0, end;
+
+    if (n == 0)
+        return 0;
+    do {
+        end = share_frame_run_end(mfn, i, n);
+        runs[count++] = (struct mv__ram_run){ .gfn = gfn + i, .n = end - i,
+                                              .offset = mfn[i] << MV_PAGE_SHIFT };
+        i = end;
+    } while (i < n);
+    rc = mv__ram_map_runs(d, runs, count, true, results);
+    for (size_t r = 0; rc < 0 && r < count; r++)
+        if (results[r] < 0)
+            return mv__fail(results[r], "domain %u: cannot map gfn %#llx+%llu to shared "
+                            "frames: %s", d->domid, (unsigned long long)runs[r].gfn,
+                            (unsigned long long)runs[r].n, mv_strerror(results[r]));
+    return 0;
+}
+
 /* Register [gfn, gfn + n), just mapped to shared frames (one mapping or
  * several side by side), with the domain's cow_uffd, write-protected unless
  * the kernel copies this domain's shared pages now. */
@@ -503,10 +529,7 @@ int64_t share_convert_stretch(struct mv_domain *d, uint64_t gfn, const uint64_t 
     int rc = 0;
 
     share_check_room(d, 0);
-    for (uint64_t i = 0, end; i < n && rc == 0; i = end) {
-        end = share_frame_run_end(mfn, i, n);
-        rc = map_frames(d, gfn + i, mfn[i], end - i);
-    }
+    rc = map_frame_runs(d, gfn, mfn, n);
     if (rc == 0)
         rc = protect_frames(d, gfn, n);
     if (rc < 0) {

@@ -1,7 +1,11 @@
 /*
  * vmm/server.c - the server side of the VMM hand-over (vmm/handover.h):
  * accepts a VMM's HELLO, creates its domain with mv_domain_create_vmm, and
- * carries out the library's mapping changes in the VMM by asking its agent.
+ * carries out the library's mapping changes in the VMM by asking its agent:
+ * one at a time (the VMM ops), or several sent back to back before their
+ * replies are read (vmm_batch, for mv__ram_map_runs and mv__ram_zap_runs),
+ * so that a stretch of them waits once for the agent's thread, which on a
+ * busy host is most of a request's cost.
  *
  * One struct vmm_conn per VMM, with two references: the domain's (its vmm
  * ops release it, when the domain goes or its creation fails) and
@@ -12,7 +16,8 @@
  * requests socket closes): the domain then crashes and its frames return
  * to the host.
  *
- * Locking: `call_lock` serializes requests on the control socket (the
+ * Locking: `call_lock` serializes exchanges on the control socket, a
+ * batch's requests and replies being one exchange (the
  * library calls map and zap with the domain lock held, so they never wait
  * on the library).  `start_lock` guards go and released.  The thread
  * takes no lock of its own while serving; it calls the public API, like
@@ -137,39 +142,85 @@ static int recv_msg(int fd, struct mv_handover_msg *m, int timeout_ms, int *fds,
     return 0;
 }
 
+/* Requests the agent is given before their replies are read, at most:
+ * the replies queue up meanwhile, far below the socket's buffer. */
+#define MV_VMM_WINDOW 16
+/* A result not known yet (results are 0 or -errno). */
+#define MV_VMM_PENDING 1
+
+/*
+ * Send reqs[0..n) (their seq set here) back to back, at most MV_VMM_WINDOW
+ * unanswered, and read the replies: the agent carries out the next request
+ * while this thread reads the last reply, and a stretch of requests costs
+ * one wait for the agent's thread rather than one each.  results[i] is
+ * request i's 0 or -errno; one not sent or not answered in time takes the
+ * error of its send or of the wait (MV_VMM_CALL_TIMEOUT_MS since the last
+ * reply).  *reply (when set) takes the last reply read.
+ */
+static void exchange(struct vmm_conn *c, struct mv_handover_msg *reqs, size_t n,
+                     int *results, struct mv_handover_msg *reply)
+{
+    uint64_t deadline = mv__now_ns() + MV_VMM_CALL_TIMEOUT_MS * 1000000ull;
+    size_t sent = 0, answered = 0;
+    uint32_t first;
+    int rc = 0;
+
+    pthread_mutex_lock(&c->call_lock);
+    first = c->seq + 1;
+    for (size_t i = 0; i < n; i++)
+        results[i] = MV_VMM_PENDING;
+    for (;;) {
+        struct mv_handover_msg r;
+        uint64_t now;
+        size_t i;
+        int got;
+
+        while (rc == 0 && sent < n && sent - answered < MV_VMM_WINDOW) {
+            reqs[sent].seq = ++c->seq;
+            rc = send_msg(c->control, &reqs[sent]);
+            sent += rc == 0;
+        }
+        if (answered == sent)
+            break;
+        now = mv__now_ns();
+        got = now >= deadline ? -ETIMEDOUT
+                              : recv_msg(c->control, &r, (int)((deadline - now) / 1000000) + 1,
+                                         NULL, 0);
+        if (got < 0) {
+            rc = got;
+            break;
+        }
+        /* Anything else is a stale reply (a request that timed out before). */
+        i = (uint32_t)(r.seq - first);
+        if (i >= sent || r.type != (reqs[i].type | MV_HO_REPLY) ||
+            results[i] != MV_VMM_PENDING)
+            continue;
+        results[i] = r.result > 0 || r.result < -4095 ? -EPROTO : r.result;
+        answered++;
+        deadline = mv__now_ns() + MV_VMM_CALL_TIMEOUT_MS * 1000000ull;
+        if (reply)
+            *reply = r;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (results[i] == MV_VMM_PENDING)
+            results[i] = rc;
+    pthread_mutex_unlock(&c->call_lock);
+}
+
 /* One request to the agent and its reply: 0 or -errno. */
 static int call_agent_reply(struct vmm_conn *c, uint16_t type, uint64_t addr,
                             uint64_t length, uint64_t offset, uint32_t flags,
                             struct mv_handover_msg *reply)
 {
     struct mv_handover_msg m;
-    uint64_t deadline = mv__now_ns() + MV_VMM_CALL_TIMEOUT_MS * 1000000ull;
     int rc;
 
-    pthread_mutex_lock(&c->call_lock);
     msg_init(&m, type);
-    m.seq = ++c->seq;
     m.addr = addr;
     m.length = length;
     m.offset = offset;
     m.flags = flags;
-    rc = send_msg(c->control, &m);
-    while (rc == 0) {
-        struct mv_handover_msg r;
-        uint64_t now = mv__now_ns();
-
-        rc = now >= deadline ? -ETIMEDOUT
-                             : recv_msg(c->control, &r, (int)((deadline - now) / 1000000) + 1,
-                                        NULL, 0);
-        if (rc == 0 && r.type == (type | MV_HO_REPLY) && r.seq == m.seq) {
-            rc = r.result > 0 || r.result < -4095 ? -EPROTO : r.result;
-            if (reply)
-                *reply = r;
-            break;
-        }
-        /* A stale reply (a request that timed out before) is skipped. */
-    }
-    pthread_mutex_unlock(&c->call_lock);
+    exchange(c, &m, 1, &rc, reply);
     return rc;
 }
 
@@ -188,6 +239,31 @@ static int vmm_map(void *ctx, uint64_t addr, uint64_t length, uint64_t offset, u
 static int vmm_zap(void *ctx, uint64_t addr, uint64_t length)
 {
     return call_agent(ctx, MV_HO_ZAP, addr, length, 0, 0);
+}
+
+/* Requests of one batch made at a time (on the stack). */
+#define MV_VMM_BATCH 64
+
+/* Several maps or zaps, exchanged at once (mv__vmm_batch_fn). */
+static void vmm_batch(void *ctx, enum mv__vmm_change what, const struct mv__vmm_run *runs,
+                      size_t n, int *results)
+{
+    struct mv_handover_msg reqs[MV_VMM_BATCH];
+
+    for (size_t at = 0; at < n; at += MV_VMM_BATCH) {
+        size_t k = MV_MIN(n - at, (size_t)MV_VMM_BATCH);
+
+        for (size_t i = 0; i < k; i++) {
+            msg_init(&reqs[i], what == MV__VMM_ZAP ? MV_HO_ZAP : MV_HO_MAP);
+            reqs[i].addr = runs[at + i].addr;
+            reqs[i].length = runs[at + i].length;
+            if (what != MV__VMM_ZAP)
+                reqs[i].offset = runs[at + i].offset;
+            if (what == MV__VMM_MAP_PRIVATE)
+                reqs[i].flags = MV_HO_MAP_PRIVATE;
+        }
+        exchange(ctx, reqs, k, results + at, NULL);
+    }
 }
 
 /* Stop the VMM at once: its vCPUs must not touch the RAM again. */
@@ -398,7 +474,7 @@ int mv_vmm_accept(mv_host *host, int control, const struct mv_domain_config *con
     /* From here the domain holds a reference to c, failing or not; ours
      * keeps c alive until the end of this call whatever the domain does. */
     spare = dup(control);
-    rc = mv_domain_create_vmm(host, config, &vmm, &id);
+    rc = mv__domain_create_vmm(host, config, &vmm, vmm_batch, &id);
     pthread_mutex_lock(&c->start_lock);
     if (rc < 0) {
         char why[sizeof(hello.text)];
