@@ -565,47 +565,40 @@ static void vmm_bad_handovers_are_refused(void **state)
     mv_host_destroy(h);
 }
 
-/* The VMM's mappings fail (its mmap or madvise refused, as an injected
- * failure stands for): sharing and the zero sweep fail or do less, and
- * every byte the VMM wrote stays as it was, for every failing call in
- * turn. */
-static void vmm_failed_remaps_and_zaps_keep_every_byte(void **state)
+/*
+ * A case of failing VMM mappings: two VMMs filled (fill), each call of the
+ * VMM's mmap, then of its madvise, failing in turn while act() runs (as
+ * an injected failure stands for the VMM's own), then checked (check: every
+ * byte as the VMM wrote it, writes after the failure each VMM's own), and
+ * the audits.  The n-th call fails, for n = 1, 2, ... until a round makes
+ * fewer than n calls (it makes at least one).
+ */
+struct failing_maps {
+    void (*fill)(struct stub *a, struct stub *b);
+    void (*act)(mv_host *h, struct stub *a, struct stub *b);
+    void (*check)(mv_host *h, struct stub *a, struct stub *b, bool failed);
+};
+
+static void fail_each_mapping_call(const struct failing_maps *c)
 {
     enum mv__os_op ops[] = { MV_OS_MMAP, MV_OS_ZAP };
 
-    (void)state;
     for (size_t o = 0; o < sizeof(ops) / sizeof(ops[0]); o++) {
         bool reached = true;
 
         for (unsigned skip = 0; reached; skip++) {
             mv_host *h = tu_host();
-            struct mv_sweep_result res;
-            struct mv_scan_result r;
             struct stub a, b;
 
             stub_start(h, &a, "vmm-fa", 16 * MiB, 16 * MiB);
             stub_start(h, &b, "vmm-fb", 16 * MiB, 16 * MiB);
-            assert_cmd_ok(&a, "write 0 256 42");
-            assert_cmd_ok(&b, "write 0 256 42");
-            assert_cmd_ok(&a, "fill 256 256 0");
-            assert_cmd_ok(&b, "write 256 256 7");
+            c->fill(&a, &b);
             mv__os_inject(ops[o], EIO, skip, 1);
-            (void)mv_share_scan(h, 0, &r);
-            (void)mv_domain_reclaim_zero(h, a.domid, 0, &res);
-            /* The n-th call fails, for n = 1, 2, ... until a run makes
-             * fewer than n calls (there is at least one). */
+            c->act(h, &a, &b);
             reached = mv__os_injection_left(ops[o]) == 0;
             assert_true(reached || skip > 0);
             mv__os_inject(ops[o], 0, 0, 0);
-            assert_cmd_ok(&a, "verify 0 256 42");
-            assert_cmd_ok(&b, "verify 0 256 42");
-            assert_string_equal(stub_cmd(&a, "sum 256 256"), "ok 0");
-            assert_cmd_ok(&b, "verify 256 256 7");
-            /* Writes after the failure land where they should. */
-            assert_cmd_ok(&a, "write 0 16 43");
-            assert_cmd_ok(&b, "verify 0 256 42");
-            assert_host_sees(h, a.domid, 3, 43, 0);
-            assert_host_sees(h, b.domid, 3, 42, 0);
+            c->check(h, &a, &b, reached);
             audit_all(h, a.domid);
             assert_ok(mv_domain_audit(h, b.domid));
             stub_stop(h, &a);
@@ -616,19 +609,63 @@ static void vmm_failed_remaps_and_zaps_keep_every_byte(void **state)
     }
 }
 
+static void fill_copies_and_zeros(struct stub *a, struct stub *b)
+{
+    assert_cmd_ok(a, "write 0 256 42");
+    assert_cmd_ok(b, "write 0 256 42");
+    assert_cmd_ok(a, "fill 256 256 0");
+    assert_cmd_ok(b, "write 256 256 7");
+}
+
+static void share_and_sweep(mv_host *h, struct stub *a, struct stub *b)
+{
+    struct mv_sweep_result res;
+    struct mv_scan_result r;
+
+    (void)b;
+    (void)mv_share_scan(h, 0, &r);
+    (void)mv_domain_reclaim_zero(h, a->domid, 0, &res);
+}
+
+static void check_copies_and_zeros(mv_host *h, struct stub *a, struct stub *b, bool failed)
+{
+    (void)failed;
+    assert_cmd_ok(a, "verify 0 256 42");
+    assert_cmd_ok(b, "verify 0 256 42");
+    assert_string_equal(stub_cmd(a, "sum 256 256"), "ok 0");
+    assert_cmd_ok(b, "verify 256 256 7");
+    /* Writes after the failure land where they should. */
+    assert_cmd_ok(a, "write 0 16 43");
+    assert_cmd_ok(b, "verify 0 256 42");
+    assert_host_sees(h, a->domid, 3, 43, 0);
+    assert_host_sees(h, b->domid, 3, 42, 0);
+}
+
+/* The VMM's mappings fail: sharing and the zero sweep fail or do less, and
+ * every byte the VMM wrote stays as it was, for every failing call in
+ * turn. */
+static void vmm_failed_remaps_and_zaps_keep_every_byte(void **state)
+{
+    const struct failing_maps c = { fill_copies_and_zeros, share_and_sweep,
+                                    check_copies_and_zeros };
+
+    (void)state;
+    fail_each_mapping_call(&c);
+}
+
 /*
- * Pages that make a VMM's agent change several mappings at once: gfns 0-15
- * of one VMM hold the bytes 1-16 and those of the other the same pages in
- * the reverse order (one stretch of sixteen runs of frames, mapped by one
- * batch), and gfns 32-63 alternate duplicates (bytes 40-55 at the even
- * ones) with pages of their own (sixteen runs to unmap in one chunk).
+ * Pages that make a VMM's agent change several mappings at once: gfns 0-7
+ * of one VMM hold the bytes 1-8 and those of the other the same pages in
+ * the reverse order (one stretch of eight runs of frames, mapped by one
+ * batch), and gfns 16-31 alternate duplicates (bytes 40-47 at the even
+ * ones) with pages of their own (eight runs to unmap in one chunk).
  */
 static void fill_scattered_copies(struct stub *s, bool reversed, uint64_t seed)
 {
-    assert_cmd_ok(s, "write 32 32 %llu", (unsigned long long)seed);
-    for (unsigned i = 0; i < 16; i++) {
-        assert_cmd_ok(s, "fill %u 1 %u", i, reversed ? 16 - i : i + 1);
-        assert_cmd_ok(s, "fill %u 1 %u", 32 + 2 * i, 40 + i);
+    assert_cmd_ok(s, "write 16 16 %llu", (unsigned long long)seed);
+    for (unsigned i = 0; i < 8; i++) {
+        assert_cmd_ok(s, "fill %u 1 %u", i, reversed ? 8 - i : i + 1);
+        assert_cmd_ok(s, "fill %u 1 %u", 16 + 2 * i, 40 + i);
     }
 }
 
@@ -636,13 +673,47 @@ static void verify_scattered_copies(struct stub *s, bool reversed, uint64_t seed
 {
     char want[32];
 
-    for (unsigned i = 0; i < 16; i++) {
-        snprintf(want, sizeof(want), "ok %u", 4096 * (reversed ? 16 - i : i + 1));
+    for (unsigned i = 0; i < 8; i++) {
+        snprintf(want, sizeof(want), "ok %u", 4096 * (reversed ? 8 - i : i + 1));
         assert_string_equal(stub_cmd(s, "sum %u 1", i), want);
         snprintf(want, sizeof(want), "ok %u", 4096 * (40 + i));
-        assert_string_equal(stub_cmd(s, "sum %u 1", 32 + 2 * i), want);
-        assert_cmd_ok(s, "verify %u 1 %llu", 33 + 2 * i, (unsigned long long)seed);
+        assert_string_equal(stub_cmd(s, "sum %u 1", 16 + 2 * i), want);
+        assert_cmd_ok(s, "verify %u 1 %llu", 17 + 2 * i, (unsigned long long)seed);
     }
+}
+
+static void fill_both_scattered(struct stub *a, struct stub *b)
+{
+    fill_scattered_copies(a, false, 9);
+    fill_scattered_copies(b, true, 10);
+}
+
+static void share_once(mv_host *h, struct stub *a, struct stub *b)
+{
+    struct mv_scan_result r;
+
+    (void)a;
+    (void)b;
+    (void)mv_share_scan(h, 0, &r);
+}
+
+static void check_scattered(mv_host *h, struct stub *a, struct stub *b, bool failed)
+{
+    struct mv_share_stats st;
+
+    assert_ok(mv_share_stats(h, &st));
+    /* 8 + 8 copies: all of them when nothing failed. */
+    assert_true(st.saved_pages <= 16);
+    if (!failed)
+        assert_int_equal(st.saved_pages, 16);
+    verify_scattered_copies(a, false, 9);
+    verify_scattered_copies(b, true, 10);
+    assert_host_sees(h, a->domid, 17, 9, 0);
+    assert_host_sees(h, b->domid, 3, 0, 5);
+    /* Writes after the failure are each VMM's own. */
+    assert_cmd_ok(a, "fill 0 8 77");
+    verify_scattered_copies(b, true, 10);
+    assert_host_sees(h, a->domid, 3, 0, 77);
 }
 
 /* The maps and unmaps a VMM's agent is asked for several at once each fail
@@ -651,48 +722,10 @@ static void verify_scattered_copies(struct stub *s, bool reversed, uint64_t seed
  * failing, every copy is shared. */
 static void vmm_batched_remaps_fail_one_run_at_a_time(void **state)
 {
-    enum mv__os_op ops[] = { MV_OS_MMAP, MV_OS_ZAP };
+    const struct failing_maps c = { fill_both_scattered, share_once, check_scattered };
 
     (void)state;
-    for (size_t o = 0; o < sizeof(ops) / sizeof(ops[0]); o++) {
-        bool reached = true;
-
-        for (unsigned skip = 0; reached; skip++) {
-            mv_host *h = tu_host();
-            struct mv_share_stats st;
-            struct mv_scan_result r;
-            struct stub a, b;
-
-            stub_start(h, &a, "vmm-ba", 16 * MiB, 16 * MiB);
-            stub_start(h, &b, "vmm-bb", 16 * MiB, 16 * MiB);
-            fill_scattered_copies(&a, false, 9);
-            fill_scattered_copies(&b, true, 10);
-            mv__os_inject(ops[o], EIO, skip, 1);
-            for (int i = 0; i < 2; i++)
-                (void)mv_share_scan(h, 0, &r);
-            reached = mv__os_injection_left(ops[o]) == 0;
-            mv__os_inject(ops[o], 0, 0, 0);
-            assert_ok(mv_share_stats(h, &st));
-            /* 16 + 16 copies: all of them when nothing failed. */
-            assert_true(st.saved_pages <= 32);
-            if (!reached)
-                assert_int_equal(st.saved_pages, 32);
-            verify_scattered_copies(&a, false, 9);
-            verify_scattered_copies(&b, true, 10);
-            assert_host_sees(h, a.domid, 33, 9, 0);
-            assert_host_sees(h, b.domid, 3, 0, 13);
-            /* Writes after the failure are each VMM's own. */
-            assert_cmd_ok(&a, "fill 0 16 77");
-            verify_scattered_copies(&b, true, 10);
-            assert_host_sees(h, a.domid, 3, 0, 77);
-            audit_all(h, a.domid);
-            assert_ok(mv_domain_audit(h, b.domid));
-            stub_stop(h, &a);
-            stub_stop(h, &b);
-            assert_ok(mv_host_audit(h));
-            mv_host_destroy(h);
-        }
-    }
+    fail_each_mapping_call(&c);
 }
 
 /* A discard whose hole punch fails: the VMM is told, the pages keep their
