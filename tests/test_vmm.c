@@ -12,6 +12,7 @@
 
 #include "testutil.h"
 #include "internal.h"
+#include "vmm/handover.h"
 
 #include <fcntl.h>
 
@@ -20,8 +21,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -728,6 +733,197 @@ static void vmm_batched_remaps_fail_one_run_at_a_time(void **state)
     fail_each_mapping_call(&c);
 }
 
+/*
+ * An agent played by the test itself, in this process, whose replies come
+ * with noise before each: the previous reply again, a reply to a request
+ * never sent, and one of the right request but the wrong type.  It counts
+ * the requests it found already waiting when it went to read the next one
+ * (sent before their predecessor's reply was read).  The pid it gives is a
+ * child that only waits, so that the kill a destroy sends is not this
+ * process's.
+ */
+struct noisy_agent {
+    int control;          /* its end of the control socket */
+    int requests;         /* its end of the requests socket */
+    int ram_fd;
+    uint8_t *ram;
+    uint64_t size;
+    pid_t stand_in;
+    pthread_t thread;
+    unsigned sent_ahead, waited_for;  /* maps of the stretch (below) */
+};
+
+static void agent_send(int fd, const struct mv_handover_msg *m, const int *fds, int nfds)
+{
+    assert_int_equal(mv_handover_send(fd, m, fds, nfds), 0);
+}
+
+/* Whether m maps one of gfns 0-6, which the case remaps as one stretch
+ * with gfn 7 (see vmm_batched_replies_are_matched_among_noise). */
+static bool maps_stretch_before_last(const struct noisy_agent *a, const struct mv_handover_msg *m)
+{
+    uint64_t gfn = (m->addr - (uintptr_t)a->ram) >> 12;
+
+    return m->type == MV_HO_MAP && m->length == 4096 && gfn < 7;
+}
+
+static void *noisy_agent_main(void *arg)
+{
+    struct noisy_agent *a = arg;
+    struct mv_handover_msg m, last = { 0 };
+    bool replied = false;
+
+    while (recv(a->control, &m, sizeof(m), 0) == (ssize_t)sizeof(m)) {
+        struct mv_handover_msg noise;
+
+        if (m.type == MV_HO_READY || m.type == MV_HO_STOP)
+            continue;
+        if (m.type == MV_HO_MAP)
+            m.result = mmap(a->ram + (m.addr - (uintptr_t)a->ram), m.length,
+                            PROT_READ | PROT_WRITE,
+                            MAP_FIXED | (m.flags & MV_HO_MAP_PRIVATE ? MAP_PRIVATE : MAP_SHARED),
+                            a->ram_fd, (off_t)m.offset) == MAP_FAILED ? -errno : 0;
+        else if (m.type == MV_HO_ZAP)
+            m.result = madvise((void *)(uintptr_t)m.addr, m.length, MADV_DONTNEED) < 0 ? -errno : 0;
+        else
+            m.result = -EOPNOTSUPP;
+        /* A map of the stretch is answered only once the next one has come:
+         * it comes at once where the maps are sent before their replies are
+         * read, never where each waits for its reply (then 3 s pass). */
+        if (maps_stretch_before_last(a, &m)) {
+            struct pollfd next = { .fd = a->control, .events = POLLIN };
+
+            /* Atomic: the test reads them with no lock in between. */
+            if (poll(&next, 1, 3000) == 1)
+                __atomic_fetch_add(&a->sent_ahead, 1, __ATOMIC_RELAXED);
+            else
+                __atomic_fetch_add(&a->waited_for, 1, __ATOMIC_RELAXED);
+        }
+        /* The noise says the request failed: taken for a reply, it would
+         * fail the change it answers. */
+        m.type |= MV_HO_REPLY;
+        if (replied) {
+            last.result = -EIO;
+            agent_send(a->control, &last, NULL, 0);
+        }
+        noise = m;
+        noise.seq += 1000;
+        noise.result = -EIO;
+        agent_send(a->control, &noise, NULL, 0);
+        noise.seq = m.seq;
+        noise.type = MV_HO_TRIM | MV_HO_REPLY;
+        agent_send(a->control, &noise, NULL, 0);
+        agent_send(a->control, &m, NULL, 0);
+        last = m;
+        replied = true;
+    }
+    return NULL;
+}
+
+static int open_uffd_for_agent(void)
+{
+    return (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+}
+
+static void noisy_agent_start(mv_host *h, struct noisy_agent *a, uint64_t size, uint32_t *domid)
+{
+    struct mv_domain_config c;
+    struct mv_handover_msg hello;
+    int control[2], requests[2], fds[MV_HANDOVER_FDS];
+
+    memset(a, 0, sizeof(*a));
+    a->size = size;
+    a->ram_fd = mv_host_machine_fd(h);
+    a->ram = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    assert_true(a->ram != MAP_FAILED);
+    a->stand_in = fork();
+    assert_true(a->stand_in >= 0);
+    if (a->stand_in == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        for (;;)
+            pause();
+    }
+    assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, control), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, requests), 0);
+    a->control = control[1];
+    a->requests = requests[0];
+    fds[0] = open_uffd_for_agent();
+    fds[1] = open_uffd_for_agent();
+    fds[2] = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    fds[3] = requests[1];
+    assert_true(fds[0] >= 0 && fds[1] >= 0 && fds[2] >= 0);
+    memset(&hello, 0, sizeof(hello));
+    hello.magic = MV_HANDOVER_MAGIC;
+    hello.version = MV_HANDOVER_VERSION;
+    hello.type = MV_HO_HELLO;
+    hello.addr = (uintptr_t)a->ram;
+    hello.length = size;
+    hello.pid = a->stand_in;
+    snprintf(hello.text, sizeof(hello.text), "noisy-agent");
+    agent_send(a->control, &hello, fds, MV_HANDOVER_FDS);
+    for (int i = 0; i < MV_HANDOVER_FDS; i++)
+        close(fds[i]);
+    assert_int_equal(pthread_create(&a->thread, NULL, noisy_agent_main, a), 0);
+    config_for(&c, "vmm-noisy", size, size);
+    assert_ok(mv_vmm_accept(h, control[0], &c, 10000, domid));
+}
+
+/* The domain goes (the stand-in VMM is killed), then the agent. */
+static void noisy_agent_stop(mv_host *h, struct noisy_agent *a, uint32_t domid)
+{
+    int status;
+
+    assert_ok(mv_domain_destroy(h, domid));
+    assert_int_equal(waitpid(a->stand_in, &status, 0), a->stand_in);
+    shutdown(a->control, SHUT_RDWR);
+    pthread_join(a->thread, NULL);
+    close(a->control);
+    close(a->requests);
+    munmap(a->ram, a->size);
+}
+
+/* Replies among noise (a reply again, to a request never made, of the
+ * wrong type) are matched to their requests; a stretch's maps are sent
+ * before their replies are read; the duplicates the domain holds are all
+ * shared, and it reads what was written. */
+static void vmm_batched_replies_are_matched_among_noise(void **state)
+{
+    mv_host *h = tu_host();
+    struct mv_share_stats st;
+    struct mv_scan_result r;
+    struct noisy_agent a;
+    uint32_t domid;
+    uint8_t page[4096];
+
+    (void)state;
+    noisy_agent_start(h, &a, 16 * MiB, &domid);
+    /* Gfns 64-71 hold the contents of 0-7 in the reverse order. */
+    for (unsigned i = 0; i < 8; i++) {
+        memset(a.ram + (uint64_t)i * 4096, (int)(i + 1), 4096);
+        memset(a.ram + (uint64_t)(64 + i) * 4096, (int)(8 - i), 4096);
+    }
+    assert_ok(mv_share_scan(h, 0, &r));
+    assert_ok(mv_share_stats(h, &st));
+    assert_int_equal(st.saved_pages, 8);
+    /* Gfns 0-7 were mapped by one batch: each map came before the reply
+     * to the one before it. */
+    assert_int_equal(__atomic_load_n(&a.sent_ahead, __ATOMIC_RELAXED), 7);
+    assert_int_equal(__atomic_load_n(&a.waited_for, __ATOMIC_RELAXED), 0);
+    for (unsigned i = 0; i < 8; i++) {
+        assert_int_equal(a.ram[(uint64_t)i * 4096 + 100], i + 1);
+        assert_int_equal(a.ram[(uint64_t)(64 + i) * 4096 + 4000], 8 - i);
+        assert_ok(mv_domain_read_page(h, domid, 64 + i, page));
+        assert_int_equal(page[7], 8 - i);
+    }
+    /* A write after sharing is this gfn's alone. */
+    a.ram[3 * 4096] = 99;
+    assert_int_equal(a.ram[(64 + 4) * 4096], 4);
+    audit_all(h, domid);
+    noisy_agent_stop(h, &a, domid);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
 /* A discard whose hole punch fails: the VMM is told, the pages keep their
  * bytes and their frames. */
 static void vmm_failed_discard_keeps_the_pages(void **state)
@@ -766,6 +962,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(vmm_bad_handovers_are_refused),
     cmocka_unit_test(vmm_failed_remaps_and_zaps_keep_every_byte),
     cmocka_unit_test(vmm_batched_remaps_fail_one_run_at_a_time),
+    cmocka_unit_test(vmm_batched_replies_are_matched_among_noise),
     cmocka_unit_test(vmm_failed_discard_keeps_the_pages),
 };
 

@@ -138,31 +138,6 @@ static void msg_init(struct mv_handover_msg *m, uint16_t type)
     m->type = type;
 }
 
-static int send_msg(int fd, const struct mv_handover_msg *m, const int *fds, int nfds)
-{
-    char cbuf[CMSG_SPACE(sizeof(int) * MV_HANDOVER_FDS)];
-    struct iovec iov = { (void *)m, sizeof(*m) };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-    ssize_t n;
-
-    if (nfds) {
-        struct cmsghdr *c;
-
-        memset(cbuf, 0, sizeof(cbuf));
-        mh.msg_control = cbuf;
-        mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-        c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
-    }
-    do
-        n = sendmsg(fd, &mh, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    return n == (ssize_t)sizeof(*m) ? 0 : -1;
-}
-
 static int recv_msg(int fd, struct mv_handover_msg *m)
 {
     ssize_t n;
@@ -218,7 +193,7 @@ static int carry_out(struct mv_handover_msg *m)
     }
     m->type |= MV_HO_REPLY;
     m->result = rc;
-    return send_msg(control_fd, m, NULL, 0);
+    return mv_handover_send(control_fd, m, NULL, 0);
 }
 
 static void *serve_memvisor(void *arg)
@@ -272,7 +247,7 @@ static bool hand_over(void *addr, size_t len)
     m.length = len;
     m.pid = getpid();
     snprintf(m.text, sizeof(m.text), "%s", program_invocation_short_name);
-    if (send_msg(control_fd, &m, fds, MV_HANDOVER_FDS) < 0) {
+    if (mv_handover_send(control_fd, &m, fds, MV_HANDOVER_FDS) < 0) {
         say("cannot reach memvisor: %s", strerror(errno));
         goto out;
     }
@@ -385,7 +360,7 @@ static int discard(off_t off, off_t len)
     m.seq = ++request_seq;
     m.offset = (uint64_t)off;
     m.length = (uint64_t)len;
-    if (send_msg(request_fd, &m, NULL, 0) == 0 && recv_msg(request_fd, &m) == 0 &&
+    if (mv_handover_send(request_fd, &m, NULL, 0) == 0 && recv_msg(request_fd, &m) == 0 &&
         m.type == (MV_HO_DISCARD | MV_HO_REPLY))
         rc = m.result;
     pthread_mutex_unlock(&request_lock);

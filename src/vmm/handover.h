@@ -23,7 +23,10 @@
 #ifndef MV_VMM_HANDOVER_H
 #define MV_VMM_HANDOVER_H
 
+#include <errno.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
 
 #define MV_HANDOVER_MAGIC 0x4d564d48u /* "MVMH" */
 #define MV_HANDOVER_VERSION 1u
@@ -65,5 +68,37 @@ struct mv_handover_msg {
 
 /* The size is part of the protocol (docs/vmm-handover.md). */
 _Static_assert(sizeof(struct mv_handover_msg) == 152, "hand-over message is 152 bytes");
+
+/* Send one message with `nfds` descriptors (SCM_RIGHTS, at most
+ * MV_HANDOVER_FDS): 0, or -1 with errno set (a short send: EIO). */
+static inline int mv_handover_send(int fd, const struct mv_handover_msg *m, const int *fds,
+                                   int nfds)
+{
+    char cbuf[CMSG_SPACE(sizeof(int) * MV_HANDOVER_FDS)];
+    struct iovec iov = { (void *)m, sizeof(*m) };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+    ssize_t n;
+
+    if (nfds) {
+        struct cmsghdr *c;
+
+        memset(cbuf, 0, sizeof(cbuf));
+        mh.msg_control = cbuf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    do
+        n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)sizeof(*m))
+        return 0;
+    if (n >= 0)
+        errno = EIO;
+    return -1;
+}
 
 #endif /* MV_VMM_HANDOVER_H */
