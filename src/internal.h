@@ -660,6 +660,9 @@ int mv__domain_new(struct mv_host *host, const struct mv_domain_config *config,
                    struct mv_domain **out);
 int mv__domain_publish(struct mv_host *host, struct mv_domain *d);
 void mv__domain_discard(struct mv_domain *d);
+/* How long the hand-over's server waits for an agent's reply (vmm/server.c;
+ * 0: the default, 10 s).  For tests of an agent that never answers. */
+void mv__vmm_set_reply_timeout(unsigned ms);
 /* mv_domain_create_vmm for the hand-over's server, whose VMMs also take
  * several mapping changes at once (`batch`, NULL: one at a time). */
 int mv__domain_create_vmm(mv_host *host, const struct mv_domain_config *config,

@@ -751,6 +751,8 @@ struct noisy_agent {
     pid_t stand_in;
     pthread_t thread;
     unsigned sent_ahead, waited_for;  /* maps of the stretch (below) */
+    uint64_t silent_gfn;   /* a 1-page map of it is carried out, never answered */
+    unsigned silenced;
 };
 
 static void agent_send(int fd, const struct mv_handover_msg *m, const int *fds, int nfds)
@@ -799,6 +801,10 @@ static void *noisy_agent_main(void *arg)
             else
                 __atomic_fetch_add(&a->waited_for, 1, __ATOMIC_RELAXED);
         }
+        if (m.type == MV_HO_MAP && m.length == 4096 &&
+            (m.addr - (uintptr_t)a->ram) >> 12 == a->silent_gfn &&
+            __atomic_fetch_add(&a->silenced, 1, __ATOMIC_RELAXED) == 0)
+            continue;
         /* The noise says the request failed: taken for a reply, it would
          * fail the change it answers. */
         m.type |= MV_HO_REPLY;
@@ -825,7 +831,8 @@ static int open_uffd_for_agent(void)
     return (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 }
 
-static void noisy_agent_start(mv_host *h, struct noisy_agent *a, uint64_t size, uint32_t *domid)
+static void noisy_agent_start(mv_host *h, struct noisy_agent *a, uint64_t size,
+                              uint64_t silent_gfn, uint32_t *domid)
 {
     struct mv_domain_config c;
     struct mv_handover_msg hello;
@@ -833,6 +840,7 @@ static void noisy_agent_start(mv_host *h, struct noisy_agent *a, uint64_t size, 
 
     memset(a, 0, sizeof(*a));
     a->size = size;
+    a->silent_gfn = silent_gfn;
     a->ram_fd = mv_host_machine_fd(h);
     a->ram = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     assert_true(a->ram != MAP_FAILED);
@@ -882,6 +890,42 @@ static void noisy_agent_stop(mv_host *h, struct noisy_agent *a, uint32_t domid)
     munmap(a->ram, a->size);
 }
 
+/* Gfns 64-71 hold the contents of 0-7 in the reverse order: 0-7 are
+ * remapped as one stretch of eight runs onto the frames of 64-71. */
+static void fill_reversed_stretch(struct noisy_agent *a)
+{
+    for (unsigned i = 0; i < 8; i++) {
+        memset(a->ram + (uint64_t)i * 4096, (int)(i + 1), 4096);
+        memset(a->ram + (uint64_t)(64 + i) * 4096, (int)(8 - i), 4096);
+    }
+}
+
+/* Both the VMM and the library read what fill_reversed_stretch wrote. */
+static void verify_reversed_stretch(mv_host *h, struct noisy_agent *a, uint32_t domid)
+{
+    uint8_t page[4096];
+
+    for (unsigned i = 0; i < 8; i++) {
+        assert_int_equal(a->ram[(uint64_t)i * 4096 + 100], i + 1);
+        assert_int_equal(a->ram[(uint64_t)(64 + i) * 4096 + 4000], 8 - i);
+        assert_ok(mv_domain_read_page(h, domid, i, page));
+        assert_int_equal(page[7], i + 1);
+        assert_ok(mv_domain_read_page(h, domid, 64 + i, page));
+        assert_int_equal(page[7], 8 - i);
+    }
+}
+
+/* One sharing pass; the pages saved in all after it. */
+static uint64_t scan_once_saved(mv_host *h)
+{
+    struct mv_share_stats st;
+    struct mv_scan_result r;
+
+    assert_ok(mv_share_scan(h, 0, &r));
+    assert_ok(mv_share_stats(h, &st));
+    return st.saved_pages;
+}
+
 /* Replies among noise (a reply again, to a request never made, of the
  * wrong type) are matched to their requests; a stretch's maps are sent
  * before their replies are read; the duplicates the domain holds are all
@@ -889,37 +933,51 @@ static void noisy_agent_stop(mv_host *h, struct noisy_agent *a, uint32_t domid)
 static void vmm_batched_replies_are_matched_among_noise(void **state)
 {
     mv_host *h = tu_host();
-    struct mv_share_stats st;
-    struct mv_scan_result r;
     struct noisy_agent a;
     uint32_t domid;
-    uint8_t page[4096];
 
     (void)state;
-    noisy_agent_start(h, &a, 16 * MiB, &domid);
-    /* Gfns 64-71 hold the contents of 0-7 in the reverse order. */
-    for (unsigned i = 0; i < 8; i++) {
-        memset(a.ram + (uint64_t)i * 4096, (int)(i + 1), 4096);
-        memset(a.ram + (uint64_t)(64 + i) * 4096, (int)(8 - i), 4096);
-    }
-    assert_ok(mv_share_scan(h, 0, &r));
-    assert_ok(mv_share_stats(h, &st));
-    assert_int_equal(st.saved_pages, 8);
+    noisy_agent_start(h, &a, 16 * MiB, UINT64_MAX, &domid);
+    fill_reversed_stretch(&a);
+    assert_int_equal(scan_once_saved(h), 8);
     /* Gfns 0-7 were mapped by one batch: each map came before the reply
      * to the one before it. */
     assert_int_equal(__atomic_load_n(&a.sent_ahead, __ATOMIC_RELAXED), 7);
     assert_int_equal(__atomic_load_n(&a.waited_for, __ATOMIC_RELAXED), 0);
-    for (unsigned i = 0; i < 8; i++) {
-        assert_int_equal(a.ram[(uint64_t)i * 4096 + 100], i + 1);
-        assert_int_equal(a.ram[(uint64_t)(64 + i) * 4096 + 4000], 8 - i);
-        assert_ok(mv_domain_read_page(h, domid, 64 + i, page));
-        assert_int_equal(page[7], 8 - i);
-    }
+    verify_reversed_stretch(h, &a, domid);
     /* A write after sharing is this gfn's alone. */
     a.ram[3 * 4096] = 99;
     assert_int_equal(a.ram[(64 + 4) * 4096], 4);
     audit_all(h, domid);
     noisy_agent_stop(h, &a, domid);
+    assert_ok(mv_host_audit(h));
+    mv_host_destroy(h);
+}
+
+/* An agent that carries out one map of a batch and never answers it: the
+ * wait ends (after 200 ms here), the stretch goes back to the gfns' own
+ * frames, the domain runs on and every byte stays; the next pass, all
+ * answered, shares the stretch. */
+static void vmm_unanswered_map_fails_its_stretch_alone(void **state)
+{
+    mv_host *h = tu_host();
+    struct noisy_agent a;
+    uint32_t domid;
+
+    (void)state;
+    mv__vmm_set_reply_timeout(200);
+    noisy_agent_start(h, &a, 16 * MiB, 3, &domid);
+    fill_reversed_stretch(&a);
+    assert_int_equal(scan_once_saved(h), 0);
+    assert_int_equal(__atomic_load_n(&a.silenced, __ATOMIC_RELAXED), 1);
+    assert_int_equal(tu_info(h, domid).state, MV_DOMAIN_RUNNING);
+    verify_reversed_stretch(h, &a, domid);
+    audit_all(h, domid);
+    assert_int_equal(scan_once_saved(h), 8);
+    verify_reversed_stretch(h, &a, domid);
+    audit_all(h, domid);
+    noisy_agent_stop(h, &a, domid);
+    mv__vmm_set_reply_timeout(0);
     assert_ok(mv_host_audit(h));
     mv_host_destroy(h);
 }
@@ -963,6 +1021,7 @@ static const struct CMUnitTest cases[] = {
     cmocka_unit_test(vmm_failed_remaps_and_zaps_keep_every_byte),
     cmocka_unit_test(vmm_batched_remaps_fail_one_run_at_a_time),
     cmocka_unit_test(vmm_batched_replies_are_matched_among_noise),
+    cmocka_unit_test(vmm_unanswered_map_fails_its_stretch_alone),
     cmocka_unit_test(vmm_failed_discard_keeps_the_pages),
 };
 

@@ -36,8 +36,22 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* How long the agent may take to carry out one request. */
-#define MV_VMM_CALL_TIMEOUT_MS 10000
+/* How long the agent may take to carry out one request (tests shorten it:
+ * mv__vmm_set_reply_timeout). */
+#define MV_VMM_CALL_TIMEOUT_MS 10000u
+
+static unsigned reply_timeout_ms = MV_VMM_CALL_TIMEOUT_MS;
+
+void mv__vmm_set_reply_timeout(unsigned ms)
+{
+    __atomic_store_n(&reply_timeout_ms, ms ? ms : MV_VMM_CALL_TIMEOUT_MS, __ATOMIC_RELAXED);
+}
+
+/* When a reply must have come by, from now. */
+static uint64_t reply_deadline(void)
+{
+    return mv__now_ns() + __atomic_load_n(&reply_timeout_ms, __ATOMIC_RELAXED) * 1000000ull;
+}
 
 struct vmm_conn {
     mv_host *host;
@@ -154,13 +168,13 @@ static int recv_msg(int fd, struct mv_handover_msg *m, int timeout_ms, int *fds,
  * while this thread reads the last reply, and a stretch of requests costs
  * one wait for the agent's thread rather than one each.  results[i] is
  * request i's 0 or -errno; one not sent or not answered in time takes the
- * error of its send or of the wait (MV_VMM_CALL_TIMEOUT_MS since the last
+ * error of its send or of the wait (reply_timeout_ms since the last
  * reply).  *reply (when set) takes the last reply read.
  */
 static void exchange(struct vmm_conn *c, struct mv_handover_msg *reqs, size_t n,
                      int *results, struct mv_handover_msg *reply)
 {
-    uint64_t deadline = mv__now_ns() + MV_VMM_CALL_TIMEOUT_MS * 1000000ull;
+    uint64_t deadline = reply_deadline();
     size_t sent = 0, answered = 0;
     uint32_t first;
     int rc = 0;
@@ -197,7 +211,7 @@ static void exchange(struct vmm_conn *c, struct mv_handover_msg *reqs, size_t n,
             continue;
         results[i] = r.result > 0 || r.result < -4095 ? -EPROTO : r.result;
         answered++;
-        deadline = mv__now_ns() + MV_VMM_CALL_TIMEOUT_MS * 1000000ull;
+        deadline = reply_deadline();
         if (reply)
             *reply = r;
     }
