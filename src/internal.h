@@ -509,9 +509,11 @@ enum mv__vmm_change { MV__VMM_MAP, MV__VMM_MAP_PRIVATE, MV__VMM_ZAP };
 struct mv__vmm_run {
     uint64_t addr, length, offset;
 };
-/* Carry out `what` for each of runs[0..n), as ops.map or ops.zap would one
- * at a time, and set results[i] to run i's 0 or -errno.  Every run is
- * tried, whatever became of the others.  Locks as ops.map. */
+/* Carry out `what` for each of runs[0..n), n <= MV__VMM_BATCH_MAX, as
+ * ops.map or ops.zap would one at a time, and set results[i] to run i's 0
+ * or -errno.  Every run is tried, whatever became of the others.  Locks as
+ * ops.map. */
+#define MV__VMM_BATCH_MAX 64
 typedef void (*mv__vmm_batch_fn)(void *ctx, enum mv__vmm_change what,
                                  const struct mv__vmm_run *runs, size_t n, int *results);
 

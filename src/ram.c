@@ -67,12 +67,10 @@ int mv__ram_zap(struct mv_domain *d, uint64_t gfn, uint64_t n)
     return rc > 0 || rc < -4095 ? -EIO : rc;
 }
 
-/* Runs a VMM is asked for at once, at most (the rest in further batches). */
-#define RUNS_AT_ONCE 64
-
 /* mv__ram_map_runs and mv__ram_zap_runs: one run at a time, or through the
- * VMM's batch, where an injected failure stands for the VMM's own for its
- * run alone (as for a single call) and the others go on. */
+ * VMM's batch (MV__VMM_BATCH_MAX runs a call), where an injected failure
+ * stands for the VMM's own for its run alone (as for a single call) and the
+ * others go on. */
 static int change_runs(struct mv_domain *d, enum mv__vmm_change what,
                        const struct mv__ram_run *runs, size_t n, int *results)
 {
@@ -90,11 +88,11 @@ static int change_runs(struct mv_domain *d, enum mv__vmm_change what,
         return first;
     }
     for (size_t i = 0; i < n;) {
-        struct mv__vmm_run ask[RUNS_AT_ONCE];
-        size_t which[RUNS_AT_ONCE], k = 0;
-        int got[RUNS_AT_ONCE];
+        struct mv__vmm_run ask[MV__VMM_BATCH_MAX];
+        size_t which[MV__VMM_BATCH_MAX], k = 0;
+        int got[MV__VMM_BATCH_MAX];
 
-        for (; i < n && k < RUNS_AT_ONCE; i++) {
+        for (; i < n && k < MV__VMM_BATCH_MAX; i++) {
             results[i] = mv__os_injected(what == MV__VMM_ZAP ? MV_OS_ZAP : MV_OS_MMAP);
             if (results[i] < 0)
                 continue;
@@ -106,7 +104,7 @@ static int change_runs(struct mv_domain *d, enum mv__vmm_change what,
         if (k)
             d->vmm->batch(d->vmm->ctx, what, ask, k, got);
         for (size_t j = 0; j < k; j++)
-            results[which[j]] = got[j] > 0 || got[j] < -4095 ? -EIO : got[j];
+            results[which[j]] = got[j];
     }
     for (size_t i = 0; i < n && first == 0; i++)
         first = results[i];

@@ -117,16 +117,20 @@ bool share_may_map(struct mv_host *h, uint64_t more)
     return true;
 }
 
+/* A map of [gfn, gfn + n) to shared frames failed with rc: said, returned. */
+static int map_failed(struct mv_domain *d, uint64_t gfn, uint64_t n, int rc)
+{
+    return mv__fail(rc, "domain %u: cannot map gfn %#llx+%llu to shared frames: %s",
+                    d->domid, (unsigned long long)gfn, (unsigned long long)n,
+                    mv_strerror(rc));
+}
+
 /* Map [gfn, gfn + n) to frames [mfn, mfn + n), unprotected yet. */
 static int map_frames(struct mv_domain *d, uint64_t gfn, uint64_t mfn, uint64_t n)
 {
     int rc = mv__ram_map(d, gfn, n, mfn << MV_PAGE_SHIFT, true);
 
-    if (rc < 0)
-        return mv__fail(rc, "domain %u: cannot map gfn %#llx+%llu to shared "
-                        "frames: %s", d->domid, (unsigned long long)gfn,
-                        (unsigned long long)n, mv_strerror(rc));
-    return 0;
+    return rc < 0 ? map_failed(d, gfn, n, rc) : 0;
 }
 
 /* Map gfn + i to frame mfn[i] for i in [0, n): one mapping per run of
@@ -149,9 +153,7 @@ static int map_frame_runs(struct mv_domain *d, uint64_t gfn, const uint64_t *mfn
     rc = mv__ram_map_runs(d, runs, count, true, results);
     for (size_t r = 0; rc < 0 && r < count; r++)
         if (results[r] < 0)
-            return mv__fail(results[r], "domain %u: cannot map gfn %#llx+%llu to shared "
-                            "frames: %s", d->domid, (unsigned long long)runs[r].gfn,
-                            (unsigned long long)runs[r].n, mv_strerror(results[r]));
+            return map_failed(d, runs[r].gfn, runs[r].n, results[r]);
     return 0;
 }
 

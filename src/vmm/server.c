@@ -92,14 +92,7 @@ static void msg_init(struct mv_handover_msg *m, uint16_t type)
 
 static int send_msg(int fd, const struct mv_handover_msg *m)
 {
-    ssize_t n;
-
-    do
-        n = send(fd, m, sizeof(*m), MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    if (n == (ssize_t)sizeof(*m))
-        return 0;
-    return n < 0 ? -errno : -EIO;
+    return mv_handover_send(fd, m, NULL, 0) == 0 ? 0 : -errno;
 }
 
 /* Receive one message within timeout_ms (-1: forever), with up to `max_fds`
@@ -255,29 +248,26 @@ static int vmm_zap(void *ctx, uint64_t addr, uint64_t length)
     return call_agent(ctx, MV_HO_ZAP, addr, length, 0, 0);
 }
 
-/* Requests of one batch made at a time (on the stack). */
-#define MV_VMM_BATCH 64
-
 /* Several maps or zaps, exchanged at once (mv__vmm_batch_fn). */
 static void vmm_batch(void *ctx, enum mv__vmm_change what, const struct mv__vmm_run *runs,
                       size_t n, int *results)
 {
-    struct mv_handover_msg reqs[MV_VMM_BATCH];
+    struct mv_handover_msg reqs[MV__VMM_BATCH_MAX];
 
-    for (size_t at = 0; at < n; at += MV_VMM_BATCH) {
-        size_t k = MV_MIN(n - at, (size_t)MV_VMM_BATCH);
-
-        for (size_t i = 0; i < k; i++) {
-            msg_init(&reqs[i], what == MV__VMM_ZAP ? MV_HO_ZAP : MV_HO_MAP);
-            reqs[i].addr = runs[at + i].addr;
-            reqs[i].length = runs[at + i].length;
-            if (what != MV__VMM_ZAP)
-                reqs[i].offset = runs[at + i].offset;
-            if (what == MV__VMM_MAP_PRIVATE)
-                reqs[i].flags = MV_HO_MAP_PRIVATE;
-        }
-        exchange(ctx, reqs, k, results + at, NULL);
+    /* Beyond the contract (n <= MV__VMM_BATCH_MAX): not asked. */
+    for (size_t i = MV__VMM_BATCH_MAX; i < n; i++)
+        results[i] = -E2BIG;
+    n = MV_MIN(n, (size_t)MV__VMM_BATCH_MAX);
+    for (size_t i = 0; i < n; i++) {
+        msg_init(&reqs[i], what == MV__VMM_ZAP ? MV_HO_ZAP : MV_HO_MAP);
+        reqs[i].addr = runs[i].addr;
+        reqs[i].length = runs[i].length;
+        if (what != MV__VMM_ZAP)
+            reqs[i].offset = runs[i].offset;
+        if (what == MV__VMM_MAP_PRIVATE)
+            reqs[i].flags = MV_HO_MAP_PRIVATE;
     }
+    exchange(ctx, reqs, n, results, NULL);
 }
 
 /* Stop the VMM at once: its vCPUs must not touch the RAM again. */
